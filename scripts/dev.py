@@ -50,8 +50,9 @@ def ensure_environment() -> None:
             )
     print("installing bearerguard with its dev extra (first run only) ...", flush=True)
     pip = [str(_python()), "-m", "pip", "--disable-pip-version-check", "--quiet"]
-    subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "install", "-e", f"{ROOT}[dev,redis]"], check=True)
+    for args in (["install", "--upgrade", "pip"], ["install", "-e", f"{ROOT}[dev,redis]"]):
+        if subprocess.call([*pip, *args]) != 0:
+            sys.exit(f"installing failed: pip {' '.join(args)}")
     STAMP.write_text(wanted)
 
 

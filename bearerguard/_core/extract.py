@@ -1,0 +1,57 @@
+"""Bearer credentials from an ``Authorization`` header (RFC 6750 §2.1)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from bearerguard.errors import InvalidRequestError, MalformedTokenError
+
+__all__ = ["DEFAULT_MAX_TOKEN_BYTES", "extract_bearer", "has_query_token"]
+
+DEFAULT_MAX_TOKEN_BYTES = 8192
+
+# RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
+
+
+def extract_bearer(values: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> str | None:
+    """Return the bearer token carried by the ``Authorization`` header values, if any.
+
+    Args:
+        values: every ``Authorization`` header value of the request, in order.
+        max_bytes: the largest token accepted; checked before any decoding.
+
+    Returns:
+        The token, or ``None`` when the request carries no bearer credentials (no header, or
+        another scheme: RFC 6750 §3.1 asks for a bare challenge then).
+
+    Raises:
+        InvalidRequestError: several ``Authorization`` headers, or a ``Bearer`` header whose
+            credentials are not one b64token (RFC 6750 §2.1, §3.1).
+        MalformedTokenError: the token is longer than ``max_bytes``.
+    """
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidRequestError("several Authorization headers")
+    scheme, _, credentials = values[0].partition(b" ")
+    if scheme.lower() != b"bearer":
+        return None
+    # RFC 6750 §2.1 allows 1*SP between the scheme and the token; the server already strips
+    # optional white space around the field value (RFC 9110 §5.5).
+    credentials = credentials.lstrip(b" ")
+    if len(credentials) > max_bytes:
+        raise MalformedTokenError(f"token of {len(credentials)} bytes exceeds {max_bytes}")
+    if not _B64TOKEN.fullmatch(credentials):
+        raise InvalidRequestError("Bearer credentials are not a single b64token")
+    return credentials.decode("ascii")
+
+
+def has_query_token(query_string: bytes) -> bool:
+    """Tell whether a query string carries ``access_token`` (RFC 6750 §2.3)."""
+    if b"access_token" not in query_string:
+        return False
+    return any(
+        part.partition(b"=")[0] == b"access_token" for part in query_string.split(b"&")
+    )

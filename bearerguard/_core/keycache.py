@@ -1,0 +1,111 @@
+"""When to fetch a JWK Set again: freshness, cooldown, stale-if-error. Pure state, no I/O.
+
+The rules:
+
+* a fetched set is fresh for its TTL: ``Cache-Control: max-age`` clamped to configured bounds;
+* an unknown ``kid`` triggers a refresh, unless a fetch started less than ``cooldown`` seconds
+  ago. That one rule is the negative cache: every kid that a fetch just came back without is
+  answered "unknown" without another fetch, so a flood of random kids costs at most one fetch
+  per cooldown, while a key that newly appears is picked up by the first request after it;
+* a failed fetch keeps the last good set usable until ``max_stale`` seconds past its
+  freshness (stale-if-error), and is retried at most once per cooldown;
+* past that, there are no usable keys and the guard fails closed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bearerguard._core.keys import KeySet
+from bearerguard.errors import ConfigurationError
+
+__all__ = ["KeyCache", "RefreshPolicy", "ttl_from_cache_control"]
+
+_MAX_AGE = re.compile(r"(?:^|[,\s])(s-maxage|max-age)\s*=\s*\"?(\d{1,10})\"?", re.IGNORECASE)
+_NO_CACHE = re.compile(r"(?:^|[,\s])(no-cache|no-store)(?:$|[,\s=])", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshPolicy:
+    """How long key sets are trusted and how often they may be fetched.
+
+    Args:
+        default_ttl: freshness when the response has no usable ``Cache-Control``.
+        min_ttl: the least freshness granted, whatever the server says.
+        max_ttl: the most freshness granted, whatever the server says.
+        cooldown: the least time between two fetches triggered by unknown kids or failures.
+        max_stale: how long past its freshness a set stays usable while fetches fail.
+    """
+
+    default_ttl: float = 600.0
+    min_ttl: float = 60.0
+    max_ttl: float = 86_400.0
+    cooldown: float = 30.0
+    max_stale: float = 86_400.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_ttl <= self.default_ttl <= self.max_ttl:
+            raise ConfigurationError("key set TTLs must satisfy 0 < min <= default <= max")
+        if self.cooldown < 0 or self.max_stale < 0:
+            raise ConfigurationError("cooldown and max_stale must not be negative")
+
+    def ttl(self, max_age: float | None) -> float:
+        """The freshness to grant a set the server described with ``max_age``."""
+        wanted = self.default_ttl if max_age is None else max_age
+        return min(max(wanted, self.min_ttl), self.max_ttl)
+
+
+def ttl_from_cache_control(value: str | None) -> float | None:
+    """Read ``max-age`` from a ``Cache-Control`` header (RFC 9111 §5.2.2); 0 for no-cache."""
+    if not value:
+        return None
+    if _NO_CACHE.search(value):
+        return 0.0
+    match = _MAX_AGE.search(value)
+    return float(match.group(2)) if match else None
+
+
+class KeyCache:
+    """The current key set and its fetch history."""
+
+    __slots__ = ("fresh_until", "keys", "last_attempt", "last_failed", "policy", "usable_until")
+
+    def __init__(self, policy: RefreshPolicy, keys: KeySet | None = None) -> None:
+        self.policy = policy
+        self.keys = keys
+        # Static keys never expire; fetched ones get their deadlines in record_success.
+        forever = float("inf") if keys is not None else float("-inf")
+        self.fresh_until = forever
+        self.usable_until = forever
+        self.last_attempt = float("-inf")
+        self.last_failed = False
+
+    def usable(self, now: float) -> bool:
+        """Whether a key set may be used to verify tokens at ``now``."""
+        return self.keys is not None and now < self.usable_until
+
+    def needs_refresh(self, now: float) -> bool:
+        """Whether the set is past its freshness and a fetch may start now."""
+        if now < self.fresh_until:
+            return False
+        return not (self.last_failed and now - self.last_attempt < self.policy.cooldown)
+
+    def may_refresh_for_unknown_kid(self, now: float) -> bool:
+        """Whether an unknown ``kid`` may trigger a fetch now (one per cooldown)."""
+        return self.fresh_until != float("inf") and now - self.last_attempt >= self.policy.cooldown
+
+    def record_attempt(self, now: float) -> None:
+        """Note that a fetch starts at ``now``."""
+        self.last_attempt = now
+
+    def record_success(self, keys: KeySet, now: float, max_age: float | None) -> None:
+        """Install a freshly fetched set."""
+        self.keys = keys
+        self.fresh_until = now + self.policy.ttl(max_age)
+        self.usable_until = self.fresh_until + self.policy.max_stale
+        self.last_failed = False
+
+    def record_failure(self) -> None:
+        """Note that the fetch failed; the previous set stays usable until its deadline."""
+        self.last_failed = True

@@ -1,0 +1,223 @@
+"""Trusted verification keys, each bound to the algorithms it may verify (RFC 8725 §3.1).
+
+A key's algorithms come from the key itself (its JWK ``alg``, or its type and curve), never
+from the token: a token's ``alg`` header only selects among what the key already allows. Keys
+for encryption (``use: enc``), symmetric JWKs, keys carrying private members and RSA keys
+under 2048 bits are never loaded from a key set.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt.algorithms import Algorithm, get_default_algorithms
+from jwt.exceptions import InvalidKeyError
+
+from bearerguard.errors import ConfigurationError
+
+__all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "HMAC_ALGORITHMS",
+    "KeySet",
+    "VerificationKey",
+    "key_from_pem",
+    "key_from_secret",
+    "keys_from_jwks",
+    "verify_signature",
+]
+
+_RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+_EC_ALGORITHM_BY_CURVE = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+_EC_ALGORITHM_BY_CLASS: dict[type[ec.EllipticCurve], str] = {
+    ec.SECP256R1: "ES256",
+    ec.SECP384R1: "ES384",
+    ec.SECP521R1: "ES512",
+}
+ASYMMETRIC_ALGORITHMS = _RSA_ALGORITHMS | frozenset(_EC_ALGORITHM_BY_CURVE.values()) | {"EdDSA"}
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+_MIN_RSA_BITS = 2048
+# RFC 7518 §3.2: an HMAC key must be at least as long as the hash output.
+_MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+# Members that only private or symmetric JWKs carry (RFC 7518 §6.2.2, §6.3.2, §6.4.1).
+_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+
+_IMPLEMENTATIONS: dict[str, Algorithm] = {
+    name: algorithm
+    for name, algorithm in get_default_algorithms().items()
+    if name in ASYMMETRIC_ALGORITHMS | HMAC_ALGORITHMS
+}
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class VerificationKey:
+    """A public key (or a configured shared secret) and the algorithms it may verify.
+
+    Compared by identity: the key set keeps the same object across refreshes while the
+    published JWK is unchanged, so a cached verification can tell whether its key is still
+    trusted with one set lookup.
+    """
+
+    kid: str | None
+    algorithms: frozenset[str]
+    key: Any = field(repr=False)
+    source: str = field(default="", repr=False)
+
+
+def verify_signature(key: VerificationKey, alg: str, signing_input: bytes, signature: bytes) -> bool:
+    """Check ``signature`` over ``signing_input`` with ``key`` under ``alg``.
+
+    The caller has already checked that ``alg`` is one of ``key.algorithms``.
+    """
+    return _IMPLEMENTATIONS[alg].verify(signing_input, key.key, signature)
+
+
+def _algorithms_for_public_key(public_key: Any) -> frozenset[str]:
+    if isinstance(public_key, rsa.RSAPublicKey):
+        if public_key.key_size < _MIN_RSA_BITS:
+            return frozenset()
+        return _RSA_ALGORITHMS
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        alg = _EC_ALGORITHM_BY_CLASS.get(type(public_key.curve))
+        return frozenset({alg}) if alg else frozenset()
+    if isinstance(public_key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return frozenset({"EdDSA"})
+    return frozenset()
+
+
+def _load_jwk(jwk: Mapping[str, Any]) -> Any:
+    kty = jwk.get("kty")
+    loader = {"RSA": "RS256", "EC": "ES256", "OKP": "EdDSA"}.get(kty) if isinstance(kty, str) else None
+    if loader is None:
+        raise InvalidKeyError(f"unsupported kty {kty!r}")
+    return _IMPLEMENTATIONS[loader].from_jwk(dict(jwk))
+
+
+def _parse_jwk(jwk: Any, allowed: frozenset[str]) -> tuple[VerificationKey | None, str]:
+    """Return a key bound to its algorithms, or ``None`` and why it was skipped."""
+    if not isinstance(jwk, dict):
+        return None, "not a JSON object"
+    kid = jwk.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        return None, "kid is not a string"
+    if _PRIVATE_MEMBERS & jwk.keys():
+        return None, "private or symmetric key material published"
+    use = jwk.get("use")
+    if use is not None and use != "sig":
+        return None, f"use is {use!r}, not 'sig'"  # RFC 7517 §4.2
+    key_ops = jwk.get("key_ops")
+    if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
+        return None, "key_ops does not allow verify"  # RFC 7517 §4.3
+    try:
+        public_key = _load_jwk(jwk)
+    except (InvalidKeyError, ValueError, TypeError, KeyError) as exc:
+        return None, f"unusable key: {exc}"
+    algorithms = _algorithms_for_public_key(public_key)
+    declared = jwk.get("alg")
+    if declared is not None:
+        # RFC 7517 §4.4: a JWK's alg restricts it; it must also agree with the key's type.
+        if not isinstance(declared, str) or declared not in algorithms:
+            return None, f"alg {declared!r} does not match the key type"
+        algorithms = frozenset({declared})
+    algorithms &= allowed
+    if not algorithms:
+        return None, "no allowed algorithm for this key"
+    source = json.dumps(jwk, sort_keys=True)
+    return VerificationKey(kid=kid, algorithms=algorithms, key=public_key, source=source), ""
+
+
+def keys_from_jwks(
+    document: Any, allowed: frozenset[str]
+) -> tuple[list[VerificationKey], list[tuple[str | None, str]]]:
+    """Load the usable signing keys of a JWK Set (RFC 7517 §5).
+
+    Returns:
+        The keys, and for every skipped entry its ``kid`` (when readable) and why.
+
+    Raises:
+        ValueError: the document is not a JWK Set at all.
+    """
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError("not a JWK Set: expected an object with a 'keys' array")
+    keys: list[VerificationKey] = []
+    skipped: list[tuple[str | None, str]] = []
+    for entry in document["keys"]:
+        key, why = _parse_jwk(entry, allowed)
+        if key is None:
+            kid = entry.get("kid") if isinstance(entry, dict) else None
+            skipped.append((kid if isinstance(kid, str) else None, why))
+        else:
+            keys.append(key)
+    return keys, skipped
+
+
+def key_from_pem(pem: str | bytes, allowed: frozenset[str], kid: str | None = None) -> VerificationKey:
+    """Load a PEM public key for offline use, bound to the algorithms its type allows."""
+    data = pem.encode() if isinstance(pem, str) else pem
+    try:
+        public_key = load_pem_public_key(data)
+    except ValueError as exc:
+        raise ConfigurationError(f"not a PEM public key: {exc}") from exc
+    algorithms = _algorithms_for_public_key(public_key) & allowed
+    if not algorithms:
+        raise ConfigurationError("the PEM key fits none of the allowed algorithms (RSA >= 2048)")
+    return VerificationKey(kid=kid, algorithms=algorithms, key=public_key, source=data.decode())
+
+
+def key_from_secret(secret: str | bytes, allowed: frozenset[str]) -> VerificationKey:
+    """Bind a shared secret to the HS* algorithms it is long enough for (RFC 7518 §3.2)."""
+    data = secret.encode() if isinstance(secret, str) else secret
+    algorithms = frozenset(
+        alg for alg in allowed & HMAC_ALGORITHMS if len(data) >= _MIN_SECRET_BYTES[alg]
+    )
+    if not algorithms:
+        raise ConfigurationError(
+            "the shared secret is too short for every allowed HS* algorithm "
+            "(RFC 7518 §3.2: at least 32 bytes for HS256, 48 for HS384, 64 for HS512)"
+        )
+    return VerificationKey(kid=None, algorithms=algorithms, key=data)
+
+
+class KeySet:
+    """An immutable set of trusted keys, looked up by ``kid`` and algorithm."""
+
+    __slots__ = ("_by_kid", "_members", "_only")
+
+    def __init__(self, keys: Iterable[VerificationKey], previous: KeySet | None = None) -> None:
+        reuse = {key.source: key for key in previous._members} if previous else {}
+        members = [reuse.get(key.source, key) if key.source else key for key in keys]
+        self._members = frozenset(members)
+        self._by_kid: dict[str, list[VerificationKey]] = {}
+        for key in members:
+            if key.kid is not None:
+                self._by_kid.setdefault(key.kid, []).append(key)
+        self._only = members[0] if len(members) == 1 else None
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._members
+
+    @property
+    def kids(self) -> list[str]:
+        """The key ids present, sorted."""
+        return sorted(self._by_kid)
+
+    def candidates(self, kid: str | None) -> list[VerificationKey]:
+        """The keys that may have signed a token with this ``kid``.
+
+        A token names its key by ``kid``; a key without a ``kid`` is used only when it is the
+        set's sole key, and a token without ``kid`` only against a set of one key.
+        """
+        if kid is not None:
+            found = self._by_kid.get(kid)
+            if found:
+                return found
+        if self._only is not None and (kid is None or self._only.kid is None):
+            return [self._only]
+        return []

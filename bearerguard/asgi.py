@@ -1,0 +1,218 @@
+"""``BearerGuardMiddleware``: the guard as pure ASGI middleware (Starlette, FastAPI, any ASGI app).
+
+Every HTTP request and websocket handshake is authenticated before the app sees it, except
+on public paths reached without credentials. The verified token is put where Starlette looks
+(``scope["auth"]`` and ``scope["user"]``, so ``request.auth``, ``request.user`` and
+``starlette.authentication.requires`` work) and where ``get_access_token`` and
+``requires_scopes`` find it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from time import perf_counter
+from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth
+from bearerguard._core.extract import extract_bearer, has_query_token
+from bearerguard._core.refusal import render_refusal
+from bearerguard.audit import RequestInfo
+from bearerguard.errors import (
+    AuthError,
+    ConfigurationError,
+    InvalidRequestError,
+    MissingTokenError,
+    ServiceUnavailableError,
+)
+from bearerguard.guard import BearerGuard
+from bearerguard.token import AccessToken
+
+__all__ = ["BearerGuardMiddleware", "PublicPaths", "TokenUser"]
+
+_log = logging.getLogger("bearerguard")
+_POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
+
+
+class TokenUser(BaseUser):
+    """The Starlette user of a request authenticated by a token."""
+
+    __slots__ = ("access_token",)
+
+    def __init__(self, access_token: AccessToken) -> None:
+        self.access_token = access_token
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.access_token.subject or self.access_token.client_id or ""
+
+    @property
+    def identity(self) -> str:
+        return self.access_token.subject or ""
+
+
+class PublicPaths:
+    """Paths reachable without credentials.
+
+    A path is public when it equals an entry exactly; an entry ending in ``/*`` makes every
+    path under that prefix public (``"/static/*"``), so ``"/health"`` never opens
+    ``"/healthcheck-admin"``.
+    """
+
+    __slots__ = ("_exact", "_prefixes")
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        for pattern in patterns:
+            if not isinstance(pattern, str) or not pattern.startswith("/"):
+                raise ConfigurationError(f"public path {pattern!r} must start with '/'")
+            if pattern.endswith("/*"):
+                prefixes.append(pattern[:-1])
+            elif "*" in pattern:
+                raise ConfigurationError(f"public path {pattern!r}: '*' only as a final '/*'")
+            else:
+                exact.add(pattern)
+        self._exact = frozenset(exact)
+        self._prefixes = tuple(prefixes)
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and (path in self._exact or path.startswith(self._prefixes))
+
+
+def _request_info(scope: Scope, request_id: bytes | None) -> RequestInfo:
+    client = scope.get("client")
+    return RequestInfo(
+        method=scope.get("method", "WEBSOCKET"),
+        path=scope.get("path", ""),
+        client=client[0] if client else None,
+        request_id=request_id.decode("latin-1") if request_id else None,
+    )
+
+
+class BearerGuardMiddleware:
+    """Authenticate every HTTP request and websocket handshake with a ``BearerGuard``.
+
+    Args:
+        app: the ASGI application to protect.
+        guard: the configured guard.
+        public_paths: paths served without credentials (exact, or ``"/prefix/*"``). A token
+            sent to a public path is still verified, and refused if invalid.
+        warm_up: fetch the key set during lifespan start-up, so the first request does not
+            wait for it. A failure is logged; requests then fail closed until keys arrive.
+
+    Refusals follow RFC 6750 §3: 401 with a bare challenge when no credentials were sent,
+    400 ``invalid_request``, 401 ``invalid_token``, and 503 with ``Retry-After`` when keys or
+    the revocation store cannot answer. Websockets are refused before ``accept``: with the
+    same HTTP response where the server supports ``websocket.http.response``, else a close
+    with code 1008.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        guard: BearerGuard,
+        public_paths: Iterable[str] = (),
+        warm_up: bool = False,
+    ) -> None:
+        if not isinstance(guard, BearerGuard):
+            raise ConfigurationError("guard must be a BearerGuard")
+        self.app = app
+        self.guard = guard
+        self.public_paths = PublicPaths(public_paths)
+        self.warm_up = warm_up
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http" or kind == "websocket":
+            await self._guard(scope, receive, send)
+        elif kind == "lifespan" and self.warm_up:
+            await self.app(scope, self._warming(receive), send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _warming(self, receive: Receive) -> Receive:
+        async def receive_and_warm_up() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.guard.warm_up()
+                except ServiceUnavailableError as exc:
+                    _log.warning("bearerguard: warm-up failed, requests fail closed: %s", exc)
+            return message
+
+        return receive_and_warm_up
+
+    async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = perf_counter()
+        guard = self.guard
+        authorization: list[bytes] = []
+        request_id: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization.append(value)
+            elif name == b"x-request-id":
+                request_id = value
+        try:
+            token = extract_bearer(authorization, max_bytes=guard.max_token_bytes)
+            if has_query_token(scope.get("query_string", b"")):
+                # RFC 6750 §2.3 is not offered; one method per request (RFC 6750 §2).
+                raise InvalidRequestError("access_token in the query string is not accepted")
+            if token is None:
+                if scope["path"] not in self.public_paths:
+                    raise MissingTokenError("no bearer credentials")
+                access = None
+            else:
+                access = await guard.authenticate(token)
+        except AuthError as error:
+            info = _request_info(scope, request_id)
+            guard.audit.refused(
+                error,
+                info,
+                perf_counter() - started,
+                token=error.token,
+                header=error.header,
+                fingerprint=error.fingerprint,
+            )
+            await self._refuse(scope, receive, send, error)
+            return
+        info = _request_info(scope, request_id)
+        if access is None:
+            scope.setdefault("auth", AuthCredentials())
+            scope.setdefault("user", UnauthenticatedUser())
+        else:
+            guard.audit.accepted(access, info, perf_counter() - started)
+            scope["auth"] = AuthCredentials(access.scopes)
+            scope["user"] = TokenUser(access)
+        auth = RequestAuth(guard, access, info, started, scope["type"] == "websocket")
+        scope[SCOPE_KEY] = auth
+        reset = current_auth.set(auth)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            current_auth.reset(reset)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: AuthError) -> None:
+        refusal = render_refusal(error, self.guard.realm)
+        headers = [(name.encode(), value.encode("latin-1")) for name, value in refusal.headers]
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+            await send({"type": "http.response.body", "body": refusal.body})
+            return
+        message = await receive()  # websocket.connect: refuse before accepting
+        if message["type"] != "websocket.connect":
+            return
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await send(
+                {"type": "websocket.http.response.start", "status": refusal.status, "headers": headers}
+            )
+            await send({"type": "websocket.http.response.body", "body": refusal.body})
+        else:
+            await send({"type": "websocket.close", "code": _POLICY_VIOLATION, "reason": error.reason})
+

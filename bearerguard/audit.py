@@ -1,0 +1,129 @@
+"""Audit events: one structured event per decision, on the ``bearerguard.audit`` logger.
+
+The library only asks structlog for a logger; configuring structlog (renderers, levels,
+where events go) belongs to the application. Events never carry the raw token nor any part
+of its signature: a short SHA-256 fingerprint correlates events of one token.
+
+Event names (stable): ``token.accepted``, ``token.rejected``, ``scope.denied`` and
+``auth.unavailable``. ``docs/audit-events.md`` documents every field.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from bearerguard.errors import AuthError, InsufficientScopeError, ServiceUnavailableError
+from bearerguard.token import AccessToken
+
+__all__ = ["AUDIT_LOGGER_NAME", "AuditLog", "RequestInfo"]
+
+AUDIT_LOGGER_NAME = "bearerguard.audit"
+_MAX_FIELD = 128  # header values chosen by clients are truncated before logging
+
+
+class RequestInfo:
+    """What the audit log records about the request: filled by each integration."""
+
+    __slots__ = ("client", "method", "path", "request_id")
+
+    def __init__(self, method: str, path: str, client: str | None, request_id: str | None) -> None:
+        self.method = method
+        self.path = path[:512]
+        self.client = client
+        self.request_id = request_id[:_MAX_FIELD] if request_id else None
+
+
+def _token_fields(token: AccessToken) -> dict[str, Any]:
+    return {
+        "sub": token.subject,
+        "client_id": token.client_id,
+        "iss": token.issuer,
+        "jti": token.token_id,
+        "kid": token.key_id,
+        "alg": token.algorithm,
+        "scopes": sorted(token.scopes),
+        "token_fp": token.fingerprint,
+    }
+
+
+class AuditLog:
+    """Emits the audit events of one guard.
+
+    Args:
+        sample_accepted: the share of ``token.accepted`` events emitted, from 0.0 (none) to
+            1.0 (all). Refusals are always emitted.
+        logger: a structlog-compatible logger; by default ``structlog.get_logger``
+            named ``bearerguard.audit``.
+    """
+
+    __slots__ = ("_logger", "_sample")
+
+    def __init__(self, *, sample_accepted: float = 1.0, logger: Any = None) -> None:
+        if not 0.0 <= sample_accepted <= 1.0:
+            raise ValueError("sample_accepted must be between 0 and 1")
+        self._sample = sample_accepted
+        self._logger = logger if logger is not None else structlog.get_logger(AUDIT_LOGGER_NAME)
+
+    def accepted(self, token: AccessToken, request: RequestInfo, latency: float) -> None:
+        """Record a request let through with ``token``."""
+        if self._sample < 1.0 and (self._sample == 0.0 or random.random() >= self._sample):  # noqa: S311
+            return
+        self._logger.info(
+            "token.accepted",
+            outcome="allow",
+            reason="ok",
+            status=None,
+            method=request.method,
+            path=request.path,
+            client=request.client,
+            request_id=request.request_id,
+            latency_ms=round(latency * 1000, 3),
+            **_token_fields(token),
+        )
+
+    def refused(
+        self,
+        error: AuthError,
+        request: RequestInfo,
+        latency: float,
+        *,
+        token: AccessToken | None = None,
+        header: Mapping[str, Any] | None = None,
+        fingerprint: str | None = None,
+    ) -> None:
+        """Record a refusal, with what is known of the token that was refused."""
+        fields: dict[str, Any]
+        if token is not None:
+            fields = _token_fields(token)
+        else:
+            fields = {"token_fp": fingerprint}
+            if header:
+                for name in ("kid", "alg"):
+                    value = header.get(name)
+                    if isinstance(value, str):
+                        fields[name] = value[:_MAX_FIELD]
+        if isinstance(error, InsufficientScopeError):
+            event, level = "scope.denied", "warning"
+            fields["required_scopes"] = list(error.required)
+            fields["scope_match"] = "any" if error.any_of else "all"
+        elif isinstance(error, ServiceUnavailableError):
+            event, level = "auth.unavailable", "error"
+        else:
+            event, level = "token.rejected", "warning"
+        getattr(self._logger, level)(
+            event,
+            outcome="error" if level == "error" else "deny",
+            reason=error.reason,
+            status=error.status,
+            detail=error.detail,
+            method=request.method,
+            path=request.path,
+            client=request.client,
+            request_id=request.request_id,
+            latency_ms=round(latency * 1000, 3),
+            **fields,
+        )

@@ -1,0 +1,281 @@
+"""Errors, shaped by RFC 6750 §3, and the ``WWW-Authenticate`` challenges they render.
+
+```
+BearerGuardError
+├── AuthError                      a request is refused (status, error_code, reason)
+│   ├── MissingTokenError          401, no error code (RFC 6750 §3.1)
+│   ├── InvalidRequestError        400 invalid_request
+│   ├── InvalidTokenError          401 invalid_token
+│   │   ├── MalformedTokenError    not a strict compact JWS, or a claim of the wrong type
+│   │   ├── UnsupportedAlgorithmError
+│   │   ├── UnknownKeyError        no trusted key matches the kid and algorithm
+│   │   ├── BadSignatureError
+│   │   ├── ExpiredTokenError
+│   │   ├── NotYetValidError       nbf in the future, or iat in the future
+│   │   ├── TokenTooOldError       older than the configured maximum age
+│   │   ├── InvalidIssuerError
+│   │   ├── InvalidAudienceError
+│   │   ├── InvalidTypeError       typ is not at+jwt where it is required
+│   │   ├── InvalidClaimError      a required or custom claim check failed
+│   │   └── RevokedTokenError
+│   ├── InsufficientScopeError     403 insufficient_scope, scope="..."
+│   └── ServiceUnavailableError    503: a dependency cannot answer, so we fail closed
+│       ├── KeySetUnavailableError no usable signing keys (JWKS down past max staleness)
+│       └── RevocationStoreError   the revocation store failed
+└── ConfigurationError             raised at construction, never while serving a request
+```
+
+Every ``AuthError`` carries a fixed, safe ``description`` for clients; details (what the
+token said, which check failed and why) go only to ``detail``, which the audit log records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar
+
+from bearerguard.token import AccessToken
+
+__all__ = [
+    "AuthError",
+    "BadSignatureError",
+    "BearerGuardError",
+    "ConfigurationError",
+    "ExpiredTokenError",
+    "InsufficientScopeError",
+    "InvalidAudienceError",
+    "InvalidClaimError",
+    "InvalidIssuerError",
+    "InvalidRequestError",
+    "InvalidTokenError",
+    "InvalidTypeError",
+    "KeySetUnavailableError",
+    "MalformedTokenError",
+    "MissingTokenError",
+    "NotYetValidError",
+    "RevocationStoreError",
+    "RevokedTokenError",
+    "ServiceUnavailableError",
+    "TokenTooOldError",
+    "UnknownKeyError",
+    "UnsupportedAlgorithmError",
+    "render_challenge",
+]
+
+
+class BearerGuardError(Exception):
+    """The root of every error this package raises."""
+
+
+class ConfigurationError(BearerGuardError, ValueError):
+    """A guard, store or middleware was configured wrongly; raised at construction."""
+
+
+class AuthError(BearerGuardError):
+    """A request is refused. Subclasses fix the status, RFC 6750 code and description.
+
+    Args:
+        detail: what exactly went wrong, for the audit log only; never sent to the client.
+    """
+
+    status: ClassVar[int] = 401
+    error_code: ClassVar[str | None] = None
+    reason: ClassVar[str] = "unauthenticated"
+    description: ClassVar[str] = "The request is not authenticated."
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or self.description)
+        self.detail = detail
+        # Filled by the guard for the audit log: what is known of the refused token.
+        self.fingerprint: str | None = None
+        self.header: dict[str, object] | None = None
+        self.token: AccessToken | None = None
+
+
+class MissingTokenError(AuthError):
+    """No bearer credentials at all: 401 with a bare challenge (RFC 6750 §3.1)."""
+
+    reason = "missing_token"
+    description = "Bearer authentication is required."
+
+
+class InvalidRequestError(AuthError):
+    """The request is malformed (RFC 6750 §3.1 ``invalid_request``)."""
+
+    status = 400
+    error_code = "invalid_request"
+    reason = "invalid_request"
+    description = "The request carries malformed or duplicated credentials."
+
+
+class InvalidTokenError(AuthError):
+    """The token is expired, revoked, malformed or invalid (RFC 6750 §3.1)."""
+
+    error_code = "invalid_token"
+    reason = "invalid_token"
+    description = "The access token is invalid."
+
+
+class MalformedTokenError(InvalidTokenError):
+    """Not a strict compact JWS, or a claim of the wrong type."""
+
+    reason = "malformed_token"
+    description = "The access token is malformed."
+
+
+class UnsupportedAlgorithmError(InvalidTokenError):
+    """The header's ``alg`` is not allowed for this guard or for the key."""
+
+    reason = "unsupported_algorithm"
+    description = "The access token is signed with an algorithm that is not accepted."
+
+
+class UnknownKeyError(InvalidTokenError):
+    """No trusted key matches the token's ``kid`` and algorithm."""
+
+    reason = "unknown_key"
+    description = "The access token is signed by an unknown key."
+
+
+class BadSignatureError(InvalidTokenError):
+    """The signature does not verify with the trusted key."""
+
+    reason = "bad_signature"
+    description = "The access token signature is invalid."
+
+
+class ExpiredTokenError(InvalidTokenError):
+    """``exp`` has passed (RFC 7519 §4.1.4)."""
+
+    reason = "expired"
+    description = "The access token has expired."
+
+
+class NotYetValidError(InvalidTokenError):
+    """``nbf`` or ``iat`` lies in the future (RFC 7519 §4.1.5, §4.1.6)."""
+
+    reason = "not_yet_valid"
+    description = "The access token is not valid yet."
+
+
+class TokenTooOldError(InvalidTokenError):
+    """The token was issued longer ago than the configured maximum age."""
+
+    reason = "too_old"
+    description = "The access token is too old."
+
+
+class InvalidIssuerError(InvalidTokenError):
+    """``iss`` is not the trusted issuer (RFC 9068 §4)."""
+
+    reason = "invalid_issuer"
+    description = "The access token was issued by an untrusted issuer."
+
+
+class InvalidAudienceError(InvalidTokenError):
+    """``aud`` does not name this resource server (RFC 7519 §4.1.3)."""
+
+    reason = "invalid_audience"
+    description = "The access token is not meant for this resource."
+
+
+class InvalidTypeError(InvalidTokenError):
+    """The header's ``typ`` is not ``at+jwt`` where that is required (RFC 9068 §2.1)."""
+
+    reason = "invalid_type"
+    description = "The token is not an access token."
+
+
+class InvalidClaimError(InvalidTokenError):
+    """A required claim is missing or a custom claim check refused the token."""
+
+    reason = "invalid_claim"
+    description = "The access token claims are not acceptable."
+
+
+class RevokedTokenError(InvalidTokenError):
+    """The token, its subject or its client has been revoked."""
+
+    reason = "revoked"
+    description = "The access token has been revoked."
+
+
+class InsufficientScopeError(AuthError):
+    """The token lacks a scope the route needs (RFC 6750 §3.1 ``insufficient_scope``).
+
+    Args:
+        required: the scopes the route asks for; rendered as the challenge's ``scope``.
+        any_of: whether one of ``required`` suffices (otherwise all are needed).
+    """
+
+    status = 403
+    error_code = "insufficient_scope"
+    reason = "insufficient_scope"
+    description = "The access token does not grant the scope this request needs."
+
+    def __init__(
+        self, required: Iterable[str] = (), *, any_of: bool = False, detail: str | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.required = tuple(required)
+        self.any_of = any_of
+
+
+class ServiceUnavailableError(AuthError):
+    """A dependency cannot answer, so the guard fails closed with 503 ``Retry-After``.
+
+    No ``WWW-Authenticate`` error code is sent: the client's token may well be good, and a 503
+    tells it to retry rather than to fetch a new token.
+    """
+
+    status = 503
+    error_code = "temporarily_unavailable"
+    reason = "unavailable"
+    description = "Authentication is temporarily unavailable; retry shortly."
+
+
+class KeySetUnavailableError(ServiceUnavailableError):
+    """No usable signing keys: the JWKS cannot be fetched and no fresh-enough copy is held."""
+
+    reason = "keys_unavailable"
+
+
+class RevocationStoreError(ServiceUnavailableError):
+    """The revocation store failed; the guard fails closed unless configured to fail open."""
+
+    reason = "revocation_unavailable"
+
+
+def _quote(value: str) -> str:
+    """Render an auth-param value as an RFC 9110 §5.6.4 quoted-string."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_challenge(
+    realm: str | None,
+    error: AuthError | None = None,
+    *,
+    scheme: str = "Bearer",
+    extra: Iterable[tuple[str, str]] = (),
+) -> str:
+    """Render a ``WWW-Authenticate`` challenge (RFC 6750 §3).
+
+    Args:
+        realm: the protection space; omitted when ``None``.
+        error: the refusal; a ``MissingTokenError`` (or ``None``) renders no error code, as
+            RFC 6750 §3.1 asks when the request carried no credentials.
+        scheme: the auth scheme.
+        extra: further auth-params, rendered after the standard ones.
+    """
+    params: list[tuple[str, str]] = []
+    if realm is not None:
+        params.append(("realm", realm))
+    if error is not None and error.error_code is not None:
+        params.append(("error", error.error_code))
+        params.append(("error_description", error.description))
+        if isinstance(error, InsufficientScopeError) and error.required:
+            params.append(("scope", " ".join(error.required)))
+    params.extend(extra)
+    if not params:
+        return scheme
+    return scheme + " " + ", ".join(f"{name}={_quote(value)}" for name, value in params)

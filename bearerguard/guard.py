@@ -1,0 +1,419 @@
+"""``BearerGuard``: the one verification flow, shared by every integration.
+
+The flow for a token: a cache lookup by SHA-256 of the token; on a miss, strict JWS parsing,
+key selection (fetching the JWK Set only when the cache says so), signature verification,
+claim validation; then, hit or miss, the revocation check. Everything but the key fetch and
+the revocation store is synchronous, sans-I/O code from ``bearerguard._core``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+from cachetools import LRUCache
+
+from bearerguard._core.claims import ClaimCheck, ClaimsPolicy, validate_claims
+from bearerguard._core.extract import DEFAULT_MAX_TOKEN_BYTES
+from bearerguard._core.jws import CompactJWS, decode_json_object, parse_compact
+from bearerguard._core.keycache import KeyCache, RefreshPolicy
+from bearerguard._core.keys import (
+    ASYMMETRIC_ALGORITHMS,
+    HMAC_ALGORITHMS,
+    KeySet,
+    VerificationKey,
+    key_from_pem,
+    key_from_secret,
+    keys_from_jwks,
+    verify_signature,
+)
+from bearerguard._core.scopes import parse_scope_claim_paths, read_scopes
+from bearerguard.audit import AuditLog
+from bearerguard.errors import (
+    AuthError,
+    BadSignatureError,
+    ConfigurationError,
+    KeySetUnavailableError,
+    MalformedTokenError,
+    RevocationStoreError,
+    RevokedTokenError,
+    UnknownKeyError,
+    UnsupportedAlgorithmError,
+)
+from bearerguard.jwks import FetchError, FetchPolicy, JWKSFetcher, check_url
+from bearerguard.revocation.memory import MemoryRevocationStore
+from bearerguard.revocation.protocol import RevocationStore
+from bearerguard.token import AccessToken
+
+__all__ = ["DEFAULT_ALGORITHMS", "BearerGuard"]
+
+DEFAULT_ALGORITHMS: tuple[str, ...] = tuple(sorted(ASYMMETRIC_ALGORITHMS))
+_RFC9068_CLAIMS = frozenset({"sub", "client_id", "iat", "jti"})
+_log = logging.getLogger("bearerguard")
+
+
+@dataclass(slots=True)
+class _Verified:
+    token: AccessToken
+    valid_until: float
+    key: VerificationKey
+
+
+def _fingerprint(digest: bytes) -> str:
+    return digest[:8].hex()
+
+
+def _static_keys(keys: Any, allowed: frozenset[str]) -> KeySet:
+    items = keys if isinstance(keys, list | tuple) else [keys]
+    loaded: list[VerificationKey] = []
+    for item in items:
+        document = item
+        if isinstance(item, bytes | str):
+            text = item.decode() if isinstance(item, bytes) else item
+            if text.lstrip().startswith("-----BEGIN"):
+                loaded.append(key_from_pem(text, allowed))
+                continue
+            try:
+                document = json.loads(text)
+            except ValueError as exc:
+                raise ConfigurationError("keys must be PEM public keys or a JWKS") from exc
+        try:
+            found, skipped = keys_from_jwks(document, allowed)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        if skipped:
+            reasons = "; ".join(f"{kid}: {why}" for kid, why in skipped)
+            raise ConfigurationError(f"unusable static keys: {reasons}")
+        loaded.extend(found)
+    if not loaded:
+        raise ConfigurationError("no static keys given")
+    return KeySet(loaded)
+
+
+class BearerGuard:
+    """Verifies access tokens from one trusted issuer for one resource server.
+
+    Args:
+        issuer: the trusted issuer; a token's ``iss`` must equal it exactly. https, or http
+            on a loopback host for development.
+        audience: this API's identifier(s); a token's ``aud`` must contain one of them.
+        jwks_uri: where the issuer publishes its keys; ``None`` discovers it from the
+            issuer's metadata (OIDC Discovery, then RFC 8414).
+        algorithms: the allow-list. By default every asymmetric JWS algorithm (RS*, PS*,
+            ES*, EdDSA), each usable only with a key of its own type. HS* only together
+            with ``secret``, and never with keys from a JWKS (RFC 8725 §3.1, §3.2).
+        leeway: seconds of clock skew tolerated for ``exp``, ``nbf`` and ``iat``.
+        revocation: the store asked on every request; a ``MemoryRevocationStore`` by default.
+        revocation_failure: ``"deny"`` (default) answers 503 when the store fails;
+            ``"allow"`` lets verified tokens through and records the failure.
+        keys: static keys for offline use, instead of fetching: PEM public keys, a JWKS
+            (dict or JSON text), or a list of these.
+        secret: a shared secret for HS* tokens, configured on purpose; at least as long as
+            the hash (RFC 7518 §3.2).
+        profile: ``"rfc9068"`` enforces the JWT access token profile: ``typ`` ``at+jwt`` and
+            the claims ``sub``, ``client_id``, ``iat`` and ``jti``.
+        require_typ: require ``typ`` ``at+jwt`` (RFC 9068 §2.1) without the whole profile.
+        require_jti: refuse tokens without ``jti`` (they cannot be revoked individually).
+        max_age: refuse tokens issued more than this many seconds ago (needs ``iat``).
+        required_claims: claims that must be present and not null.
+        claim_checks: callables given the claims; a falsy result or an exception refuses.
+        scope_claims: further claims read as scopes, besides ``scope`` and ``scp``; dotted
+            paths reach into objects (``"realm_access.roles"``).
+        realm: the ``realm`` of challenges; the first audience by default.
+        max_token_bytes: tokens longer than this are refused before any decoding.
+        cache_size: how many verified tokens are remembered; 0 disables the cache.
+        refresh: key set freshness, cooldown and staleness rules.
+        fetch: timeouts and size limits for key set fetches.
+        audit_sample_accepted: the share of ``token.accepted`` events emitted (0.0 to 1.0).
+        audit_logger: a structlog-compatible logger instead of ``bearerguard.audit``.
+        clock: returns epoch seconds; injectable for tests.
+
+    Raises:
+        ConfigurationError: an inconsistent or unsafe configuration.
+    """
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str | Sequence[str],
+        jwks_uri: str | None = None,
+        algorithms: Iterable[str] = DEFAULT_ALGORITHMS,
+        leeway: float = 30.0,
+        revocation: RevocationStore | None = None,
+        revocation_failure: Literal["deny", "allow"] = "deny",
+        keys: Any = None,
+        secret: str | bytes | None = None,
+        profile: Literal["rfc9068"] | None = None,
+        require_typ: bool = False,
+        require_jti: bool = False,
+        max_age: float | None = None,
+        required_claims: Iterable[str] = (),
+        claim_checks: Iterable[ClaimCheck] = (),
+        scope_claims: Iterable[str] = (),
+        realm: str | None = None,
+        max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
+        cache_size: int = 10_000,
+        refresh: RefreshPolicy | None = None,
+        fetch: FetchPolicy | None = None,
+        audit_sample_accepted: float = 1.0,
+        audit_logger: Any = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.issuer = check_url(issuer, "issuer")
+        audiences = (audience,) if isinstance(audience, str) else tuple(audience)
+        if not audiences or not all(isinstance(item, str) and item for item in audiences):
+            raise ConfigurationError("audience must be a non-empty string or strings")
+        self.audiences = audiences
+        allowed = frozenset(algorithms)
+        unknown = allowed - ASYMMETRIC_ALGORITHMS - HMAC_ALGORITHMS
+        if unknown:
+            raise ConfigurationError(f"unsupported algorithms: {sorted(unknown)} ('none' never)")
+        if not allowed:
+            raise ConfigurationError("algorithms must not be empty")
+        if bool(allowed & HMAC_ALGORITHMS) != (secret is not None):
+            raise ConfigurationError(
+                "HS* algorithms need a shared secret and a secret needs HS* algorithms: "
+                "both must be configured on purpose (RFC 8725 §3.2)"
+            )
+        if profile not in (None, "rfc9068"):
+            raise ConfigurationError(f"unknown profile {profile!r}")
+        if leeway < 0 or (max_age is not None and max_age <= 0) or max_token_bytes < 16:
+            raise ConfigurationError("leeway, max_age and max_token_bytes must be sensible")
+        if revocation_failure not in ("deny", "allow"):
+            raise ConfigurationError("revocation_failure is 'deny' or 'allow'")
+        self.algorithms = allowed
+        self.leeway = float(leeway)
+        self.realm = audiences[0] if realm is None else realm
+        self.max_token_bytes = max_token_bytes
+        self.revocation: RevocationStore = revocation or MemoryRevocationStore()
+        if not isinstance(self.revocation, RevocationStore):
+            raise ConfigurationError("revocation must implement RevocationStore.is_revoked")
+        self._fail_open = revocation_failure == "allow"
+        strict = profile == "rfc9068"
+        required = set(required_claims)
+        if strict:
+            required |= _RFC9068_CLAIMS
+        if require_jti:
+            required.add("jti")
+        self._policy = ClaimsPolicy(
+            issuer=self.issuer,
+            audiences=frozenset(audiences),
+            leeway=self.leeway,
+            max_age=max_age,
+            require_typ=require_typ or strict,
+            required_claims=frozenset(required),
+            checks=tuple(claim_checks),
+        )
+        self._scope_paths = parse_scope_claim_paths(scope_claims)
+        self._secret = None if secret is None else key_from_secret(secret, allowed)
+        asymmetric = allowed & ASYMMETRIC_ALGORITHMS
+        self._refresh_policy = refresh or RefreshPolicy()
+        if keys is not None:
+            if jwks_uri is not None:
+                raise ConfigurationError("give either static keys or jwks_uri, not both")
+            self._fetcher: JWKSFetcher | None = None
+            self._keys = KeyCache(self._refresh_policy, _static_keys(keys, asymmetric))
+        elif asymmetric:
+            self._fetcher = JWKSFetcher(self.issuer, jwks_uri, fetch or FetchPolicy())
+            self._keys = KeyCache(self._refresh_policy)
+        else:
+            self._fetcher = None
+            self._keys = KeyCache(self._refresh_policy, KeySet([]))
+        self._cache: LRUCache[bytes, _Verified] | None = (
+            LRUCache(maxsize=cache_size) if cache_size > 0 else None
+        )
+        self._refreshing: anyio.Event | None = None
+        self.audit = AuditLog(sample_accepted=audit_sample_accepted, logger=audit_logger)
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"BearerGuard(issuer={self.issuer!r}, audience={self.audiences!r})"
+
+    # -- the flow -------------------------------------------------------------------------
+
+    async def authenticate(self, token: str) -> AccessToken:
+        """Verify ``token`` and check its revocation status.
+
+        Args:
+            token: the bearer token, as extracted from the request.
+
+        Returns:
+            The verified token.
+
+        Raises:
+            AuthError: the token is refused (``InvalidTokenError``), or keys or revocation
+                status cannot be had (``ServiceUnavailableError``). The error carries the
+                token's fingerprint, and its header or verified token where known.
+        """
+        digest = hashlib.sha256(token.encode()).digest()
+        try:
+            verified = self._cached(digest)
+            if verified is None:
+                verified = await self._verify(token, digest)
+            access = verified.token
+            await self._check_revocation(access)
+        except AuthError as exc:
+            exc.fingerprint = _fingerprint(digest)
+            raise
+        return access
+
+    def _cached(self, digest: bytes) -> _Verified | None:
+        cache = self._cache
+        if cache is None:
+            return None
+        entry = cache.get(digest)
+        if entry is None:
+            return None
+        # Expiry is checked on every use, and a cached verification lasts only while the key
+        # that made it is still published: removing a key from the JWKS revokes its tokens.
+        keys = self._keys.keys
+        trusted = entry.key is self._secret or (keys is not None and entry.key in keys)
+        if trusted and self.clock() < entry.valid_until:
+            return entry
+        cache.pop(digest, None)
+        return None
+
+    async def _verify(self, token: str, digest: bytes) -> _Verified:
+        jws: CompactJWS | None = None
+        try:
+            jws = parse_compact(token)
+            key = await self._select_key(jws)
+            if not verify_signature(key, jws.alg, jws.signing_input, jws.signature):
+                raise BadSignatureError("signature does not verify")
+            claims = decode_json_object(jws.payload_segment, "payload")
+            now = self.clock()
+            times = validate_claims(jws.header, claims, self._policy, now)
+            access = AccessToken.from_claims(
+                claims,
+                scopes=read_scopes(claims, self._scope_paths),
+                expires_at=times.expires_at,
+                issued_at=times.issued_at,
+                key_id=jws.header.get("kid"),
+                algorithm=jws.alg,
+                fingerprint=_fingerprint(digest),
+            )
+        except AuthError as exc:
+            if jws is not None:
+                exc.header = jws.header
+            raise
+        except Exception as exc:
+            # A defect reached by client input must still be a refusal, never a 500.
+            _log.exception("unexpected error while verifying a token")
+            error = MalformedTokenError(f"unexpected {type(exc).__name__} during verification")
+            error.header = None if jws is None else jws.header
+            raise error from exc
+        verified = _Verified(access, times.valid_until, key)
+        if self._cache is not None:
+            self._cache[digest] = verified
+        return verified
+
+    async def _select_key(self, jws: CompactJWS) -> VerificationKey:
+        alg = jws.alg
+        if alg not in self.algorithms:
+            raise UnsupportedAlgorithmError(f"alg {alg[:32]!r} is not allowed")
+        if alg in HMAC_ALGORITHMS:
+            # Only the configured secret verifies HS*: never a JWK, never a public key.
+            assert self._secret is not None  # noqa: S101 - guaranteed by __init__
+            if alg not in self._secret.algorithms:
+                raise UnsupportedAlgorithmError("the shared secret is too short for this alg")
+            return self._secret
+        kid: str | None = jws.header.get("kid")
+        cache = self._keys
+        if cache.needs_refresh(self.clock()):
+            await self._refresh()
+        if not cache.usable(self.clock()):
+            raise KeySetUnavailableError("no usable key set")
+        key = self._match(kid, alg)
+        if key is None and cache.may_refresh_for_unknown_kid(self.clock()):
+            await self._refresh(unknown_kid=True)
+            key = self._match(kid, alg)
+        if key is None:
+            if cache.last_failed:
+                raise KeySetUnavailableError(f"kid {str(kid)[:64]!r} unknown and the key set cannot be fetched")
+            raise UnknownKeyError(f"no trusted key for kid {str(kid)[:64]!r}")
+        return key
+
+    def _match(self, kid: str | None, alg: str) -> VerificationKey | None:
+        keys = self._keys.keys
+        if keys is None:
+            return None
+        candidates = keys.candidates(kid)
+        for key in candidates:
+            if alg in key.algorithms:
+                return key
+        if candidates:
+            # The kid names a key of another type or algorithm: algorithm confusion.
+            raise UnsupportedAlgorithmError(f"alg {alg!r} does not match the key's algorithms")
+        return None
+
+    async def _refresh(self, *, unknown_kid: bool = False) -> None:
+        """Fetch the key set once, however many requests ask at the same time."""
+        if self._fetcher is None:
+            return
+        if self._refreshing is not None:
+            # A fetch is under way: wait for it when there is nothing usable to go on with.
+            if unknown_kid or not self._keys.usable(self.clock()):
+                await self._refreshing.wait()
+            return
+        self._refreshing = anyio.Event()
+        try:
+            await self._fetch_keys()
+        finally:
+            self._refreshing.set()
+            self._refreshing = None
+
+    async def _fetch_keys(self) -> None:
+        assert self._fetcher is not None  # noqa: S101 - checked by the caller
+        cache = self._keys
+        cache.record_attempt(self.clock())
+        try:
+            document, max_age = await self._fetcher.fetch()
+            found, skipped = keys_from_jwks(document, self.algorithms & ASYMMETRIC_ALGORITHMS)
+        except (FetchError, ValueError) as exc:
+            cache.record_failure()
+            _log.warning("bearerguard: key set refresh failed: %s", exc)
+            return
+        for kid, why in skipped:
+            _log.info("bearerguard: skipped JWK %r: %s", kid, why)
+        cache.record_success(KeySet(found, previous=cache.keys), self.clock(), max_age)
+
+    async def _check_revocation(self, access: AccessToken) -> None:
+        try:
+            revoked = await self.revocation.is_revoked(access)
+        except Exception as exc:
+            if self._fail_open:
+                _log.warning("bearerguard: revocation store failed, failing open: %r", exc)
+                return
+            error = RevocationStoreError(f"{type(exc).__name__}: {exc}"[:200])
+            error.token = access
+            raise error from exc
+        if revoked:
+            error = RevokedTokenError("revoked")
+            error.token = access
+            raise error
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def warm_up(self) -> None:
+        """Fetch the key set now, for example at application start-up.
+
+        Raises:
+            KeySetUnavailableError: no usable keys could be had.
+        """
+        if self._fetcher is not None and not self._keys.usable(self.clock()):
+            await self._refresh()
+        if not self._keys.usable(self.clock()):
+            raise KeySetUnavailableError("the key set could not be fetched")
+
+    @property
+    def key_ids(self) -> list[str]:
+        """The key ids currently trusted (empty before the first fetch)."""
+        keys = self._keys.keys
+        return [] if keys is None else keys.kids

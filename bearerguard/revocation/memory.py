@@ -1,0 +1,136 @@
+"""An in-process revocation store: the default, for an API that runs as one process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from bearerguard._core.times import Instant, to_epoch
+from bearerguard.errors import ConfigurationError, RevocationStoreError
+from bearerguard.token import AccessToken
+
+__all__ = ["MemoryRevocationStore"]
+
+_Key = tuple[str | None, str]
+
+
+class MemoryRevocationStore:
+    """Revoked tokens (by ``(iss, jti)``), subjects and clients, held in this process.
+
+    Entries vanish once no token they cover could still be accepted, so memory stays bounded
+    by the revocations of the last token lifetime. The store never drops a live entry to make
+    room: when ``max_entries`` live entries exist, a new revocation raises
+    ``RevocationStoreError`` instead of silently un-revoking an older one.
+
+    Args:
+        max_entries: the most live entries held, all kinds together.
+        retention: how long an entry is kept when no expiry is known: a revoked token given
+            without ``expires_at``, or a subject or client cutoff (which must outlive every
+            token issued before it). Set it to at least your issuer's longest token lifetime.
+        expiry_grace: kept past a token's ``exp``; must exceed every guard's ``leeway``.
+        clock: returns epoch seconds; injectable for tests.
+
+    Any ``issuer`` argument below limits an entry to tokens of that issuer; ``None`` matches
+    every issuer the guard trusts.
+    """
+
+    name = "memory"
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = 100_000,
+        retention: float = 86_400.0,
+        expiry_grace: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_entries < 1 or retention <= 0 or expiry_grace < 0:
+            raise ConfigurationError("max_entries and retention must be positive")
+        self._max_entries = max_entries
+        self._retention = retention
+        self._grace = expiry_grace
+        self._clock = clock
+        self._tokens: dict[_Key, float] = {}
+        # cutoff, and the instant the entry may be forgotten
+        self._subjects: dict[_Key, tuple[float, float]] = {}
+        self._clients: dict[_Key, tuple[float, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._tokens) + len(self._subjects) + len(self._clients)
+
+    async def revoke_token(
+        self, jti: str, expires_at: Instant | None = None, *, issuer: str | None = None
+    ) -> None:
+        """Revoke one token by its ``jti``, until it would have expired anyway.
+
+        Args:
+            jti: the token's ``jti`` claim.
+            expires_at: the token's ``exp`` (epoch seconds or an aware datetime); when
+                omitted the entry is kept for ``retention``.
+            issuer: the token's ``iss``; ``None`` for any trusted issuer.
+        """
+        now = self._clock()
+        until = now + self._retention if expires_at is None else to_epoch(expires_at) + self._grace
+        self._make_room(now)
+        self._tokens[(issuer, jti)] = max(until, self._tokens.get((issuer, jti), until))
+
+    async def revoke_subject(
+        self, sub: str, issued_before: Instant | None = None, *, issuer: str | None = None
+    ) -> None:
+        """Revoke every token of ``sub`` issued at or before ``issued_before`` (default: now).
+
+        Tokens without ``iat`` cannot show when they were issued, so a subject cutoff refuses
+        them all while it lasts.
+        """
+        self._cut(self._subjects, (issuer, sub), issued_before)
+
+    async def revoke_client(
+        self, client_id: str, issued_before: Instant | None = None, *, issuer: str | None = None
+    ) -> None:
+        """Revoke every token issued to ``client_id`` at or before ``issued_before``."""
+        self._cut(self._clients, (issuer, client_id), issued_before)
+
+    async def is_revoked(self, token: AccessToken) -> bool:
+        """Whether ``token``, its subject or its client has been revoked."""
+        if not (self._tokens or self._subjects or self._clients):
+            return False
+        now = self._clock()
+        iss = token.issuer
+        jti = token.token_id
+        if jti is not None:
+            for key in ((iss, jti), (None, jti)):
+                until = self._tokens.get(key)
+                if until is not None and now < until:
+                    return True
+        iat = token.claims.get("iat")
+        for cutoffs, name in ((self._subjects, token.subject), (self._clients, token.client_id)):
+            if name is None or not cutoffs:
+                continue
+            for key in ((iss, name), (None, name)):
+                entry = cutoffs.get(key)
+                if entry is not None and now < entry[1] and (iat is None or iat <= entry[0]):
+                    return True
+        return False
+
+    def _cut(
+        self, cutoffs: dict[_Key, tuple[float, float]], key: _Key, issued_before: Instant | None
+    ) -> None:
+        now = self._clock()
+        cutoff = now if issued_before is None else to_epoch(issued_before)
+        previous = cutoffs.get(key)
+        if previous is not None and previous[0] > cutoff:
+            cutoff = previous[0]
+        self._make_room(now)
+        cutoffs[key] = (cutoff, max(cutoff, now) + self._retention)
+
+    def _make_room(self, now: float) -> None:
+        if len(self) < self._max_entries:
+            return
+        self._tokens = {key: until for key, until in self._tokens.items() if now < until}
+        for cutoffs in (self._subjects, self._clients):
+            for key in [key for key, (_, until) in cutoffs.items() if now >= until]:
+                del cutoffs[key]
+        if len(self) >= self._max_entries:
+            raise RevocationStoreError(
+                f"memory store holds {self._max_entries} live revocations; raise max_entries"
+            )

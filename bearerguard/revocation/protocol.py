@@ -1,0 +1,28 @@
+"""The protocol the guard consumes to ask whether a token is revoked."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from bearerguard.token import AccessToken
+
+__all__ = ["RevocationStore"]
+
+
+@runtime_checkable
+class RevocationStore(Protocol):
+    """Answers whether a verified token has been revoked.
+
+    The guard calls ``is_revoked`` on every request, after the signature and claims check
+    and also for tokens served from its verification cache, so a revocation takes effect on
+    the next request. Stores key individual tokens on ``(token.issuer, token.token_id)``,
+    never on the token's bytes (ECDSA signatures are malleable), and may also revoke by
+    subject or client.
+
+    Any exception raised is treated as the store failing: the guard fails closed (503)
+    unless it was built with ``revocation_failure="allow"``.
+    """
+
+    async def is_revoked(self, token: AccessToken) -> bool:
+        """Return ``True`` when ``token`` must be refused."""
+        ...

@@ -1,0 +1,77 @@
+"""The verified access token handed to application code."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["AccessToken"]
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """A token whose signature, claims and revocation status have been checked.
+
+    Attributes:
+        subject: the ``sub`` claim (RFC 7519 §4.1.2), if any.
+        scopes: every scope granted, from ``scope``, ``scp`` and any configured claim.
+        claims: all claims, read-only.
+        token_id: the ``jti`` claim (RFC 7519 §4.1.7), if any.
+        client_id: the ``client_id`` claim (RFC 9068 §2.2), else ``azp``, if any.
+        issuer: the ``iss`` claim, equal to the guard's trusted issuer.
+        audience: the ``aud`` claim as a tuple.
+        expires_at: ``exp`` as an aware UTC datetime.
+        issued_at: ``iat`` as an aware UTC datetime, if present.
+        key_id: the ``kid`` of the key that verified the signature.
+        algorithm: the JWS algorithm that was verified.
+        fingerprint: a short, non-reversible hash of the token, for correlating log lines.
+    """
+
+    subject: str | None
+    scopes: frozenset[str]
+    claims: Mapping[str, Any] = field(repr=False)
+    token_id: str | None
+    client_id: str | None
+    issuer: str
+    audience: tuple[str, ...]
+    expires_at: datetime
+    issued_at: datetime | None
+    key_id: str | None
+    algorithm: str
+    fingerprint: str
+
+    @classmethod
+    def from_claims(
+        cls,
+        claims: dict[str, Any],
+        *,
+        scopes: frozenset[str],
+        expires_at: float,
+        issued_at: float | None,
+        key_id: str | None,
+        algorithm: str,
+        fingerprint: str,
+    ) -> AccessToken:
+        """Build a token from claims that have already been validated."""
+        aud = claims["aud"]
+        return cls(
+            subject=claims.get("sub"),
+            scopes=scopes,
+            claims=MappingProxyType(claims),
+            token_id=claims.get("jti"),
+            client_id=claims.get("client_id") or claims.get("azp"),
+            issuer=claims["iss"],
+            audience=(aud,) if isinstance(aud, str) else tuple(aud),
+            expires_at=datetime.fromtimestamp(expires_at, timezone.utc),
+            issued_at=None if issued_at is None else datetime.fromtimestamp(issued_at, timezone.utc),
+            key_id=key_id,
+            algorithm=algorithm,
+            fingerprint=fingerprint,
+        )
+
+    def has_scopes(self, *required: str) -> bool:
+        """Whether every one of ``required`` is granted (exact, case-sensitive)."""
+        return self.scopes.issuperset(required)

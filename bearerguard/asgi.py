@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from time import perf_counter
+
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -130,7 +131,7 @@ class BearerGuardMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http" or kind == "websocket":
+        if kind in ("http", "websocket"):
             await self._guard(scope, receive, send)
         elif kind == "lifespan" and self.warm_up:
             await self.app(scope, self._warming(receive), send)
@@ -188,7 +189,7 @@ class BearerGuardMiddleware:
             scope.setdefault("user", UnauthenticatedUser())
         else:
             guard.audit.accepted(access, info, perf_counter() - started)
-            scope["auth"] = AuthCredentials(access.scopes)
+            scope["auth"] = AuthCredentials(list(access.scopes))
             scope["user"] = TokenUser(access)
         auth = RequestAuth(guard, access, info, started, scope["type"] == "websocket")
         scope[SCOPE_KEY] = auth
@@ -202,7 +203,9 @@ class BearerGuardMiddleware:
         refusal = render_refusal(error, self.guard.realm)
         headers = [(name.encode(), value.encode("latin-1")) for name, value in refusal.headers]
         if scope["type"] == "http":
-            await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+            await send(
+                {"type": "http.response.start", "status": refusal.status, "headers": headers}
+            )
             await send({"type": "http.response.body", "body": refusal.body})
             return
         message = await receive()  # websocket.connect: refuse before accepting
@@ -210,9 +213,14 @@ class BearerGuardMiddleware:
             return
         if "websocket.http.response" in scope.get("extensions", {}):
             await send(
-                {"type": "websocket.http.response.start", "status": refusal.status, "headers": headers}
+                {
+                    "type": "websocket.http.response.start",
+                    "status": refusal.status,
+                    "headers": headers,
+                }
             )
             await send({"type": "websocket.http.response.body", "body": refusal.body})
         else:
-            await send({"type": "websocket.close", "code": _POLICY_VIOLATION, "reason": error.reason})
-
+            await send(
+                {"type": "websocket.close", "code": _POLICY_VIOLATION, "reason": error.reason}
+            )

@@ -21,7 +21,12 @@ from starlette.responses import Response
 from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth
 from bearerguard._core.refusal import render_refusal
 from bearerguard._core.scopes import grants, validate_scope_names
-from bearerguard.errors import AuthError, ConfigurationError, InsufficientScopeError, MissingTokenError
+from bearerguard.errors import (
+    AuthError,
+    ConfigurationError,
+    InsufficientScopeError,
+    MissingTokenError,
+)
 from bearerguard.token import AccessToken
 
 __all__ = ["get_access_token", "requires_any_scope", "requires_scopes"]

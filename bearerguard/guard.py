@@ -96,6 +96,28 @@ def _static_keys(keys: Any, allowed: frozenset[str]) -> KeySet:
     return KeySet(loaded)
 
 
+def _audiences(audience: str | Sequence[str]) -> tuple[str, ...]:
+    audiences = (audience,) if isinstance(audience, str) else tuple(audience)
+    if not audiences or not all(isinstance(item, str) and item for item in audiences):
+        raise ConfigurationError("audience must be a non-empty string or strings")
+    return audiences
+
+
+def _allowed_algorithms(algorithms: Iterable[str], secret: str | bytes | None) -> frozenset[str]:
+    allowed = frozenset(algorithms)
+    unknown = allowed - ASYMMETRIC_ALGORITHMS - HMAC_ALGORITHMS
+    if unknown:
+        raise ConfigurationError(f"unsupported algorithms: {sorted(unknown)} ('none' never)")
+    if not allowed:
+        raise ConfigurationError("algorithms must not be empty")
+    if bool(allowed & HMAC_ALGORITHMS) != (secret is not None):
+        raise ConfigurationError(
+            "HS* algorithms need a shared secret and a secret needs HS* algorithms: "
+            "both must be configured on purpose (RFC 8725 §3.2)"
+        )
+    return allowed
+
+
 class BearerGuard:
     """Verifies access tokens from one trusted issuer for one resource server.
 
@@ -167,32 +189,23 @@ class BearerGuard:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.issuer = check_url(issuer, "issuer")
-        audiences = (audience,) if isinstance(audience, str) else tuple(audience)
-        if not audiences or not all(isinstance(item, str) and item for item in audiences):
-            raise ConfigurationError("audience must be a non-empty string or strings")
-        self.audiences = audiences
-        allowed = frozenset(algorithms)
-        unknown = allowed - ASYMMETRIC_ALGORITHMS - HMAC_ALGORITHMS
-        if unknown:
-            raise ConfigurationError(f"unsupported algorithms: {sorted(unknown)} ('none' never)")
-        if not allowed:
-            raise ConfigurationError("algorithms must not be empty")
-        if bool(allowed & HMAC_ALGORITHMS) != (secret is not None):
-            raise ConfigurationError(
-                "HS* algorithms need a shared secret and a secret needs HS* algorithms: "
-                "both must be configured on purpose (RFC 8725 §3.2)"
-            )
+        self.audiences = audiences = _audiences(audience)
+        allowed = _allowed_algorithms(algorithms, secret)
         if profile not in (None, "rfc9068"):
             raise ConfigurationError(f"unknown profile {profile!r}")
         if leeway < 0 or (max_age is not None and max_age <= 0) or max_token_bytes < 16:
             raise ConfigurationError("leeway, max_age and max_token_bytes must be sensible")
         if revocation_failure not in ("deny", "allow"):
             raise ConfigurationError("revocation_failure is 'deny' or 'allow'")
+        if not isinstance(refresh, RefreshPolicy | None) or not isinstance(fetch, FetchPolicy | None):
+            raise ConfigurationError("refresh and fetch take RefreshPolicy and FetchPolicy")
         self.algorithms = allowed
         self.leeway = float(leeway)
         self.realm = audiences[0] if realm is None else realm
         self.max_token_bytes = max_token_bytes
-        self.revocation: RevocationStore = revocation or MemoryRevocationStore()
+        self.revocation: RevocationStore = (
+            MemoryRevocationStore() if revocation is None else revocation
+        )
         if not isinstance(self.revocation, RevocationStore):
             raise ConfigurationError("revocation must implement RevocationStore.is_revoked")
         self._fail_open = revocation_failure == "allow"
@@ -284,21 +297,7 @@ class BearerGuard:
         jws: CompactJWS | None = None
         try:
             jws = parse_compact(token)
-            key = await self._select_key(jws)
-            if not verify_signature(key, jws.alg, jws.signing_input, jws.signature):
-                raise BadSignatureError("signature does not verify")
-            claims = decode_json_object(jws.payload_segment, "payload")
-            now = self.clock()
-            times = validate_claims(jws.header, claims, self._policy, now)
-            access = AccessToken.from_claims(
-                claims,
-                scopes=read_scopes(claims, self._scope_paths),
-                expires_at=times.expires_at,
-                issued_at=times.issued_at,
-                key_id=jws.header.get("kid"),
-                algorithm=jws.alg,
-                fingerprint=_fingerprint(digest),
-            )
+            verified = await self._verify_jws(jws, digest)
         except AuthError as exc:
             if jws is not None:
                 exc.header = jws.header
@@ -309,10 +308,26 @@ class BearerGuard:
             error = MalformedTokenError(f"unexpected {type(exc).__name__} during verification")
             error.header = None if jws is None else jws.header
             raise error from exc
-        verified = _Verified(access, times.valid_until, key)
         if self._cache is not None:
             self._cache[digest] = verified
         return verified
+
+    async def _verify_jws(self, jws: CompactJWS, digest: bytes) -> _Verified:
+        key = await self._select_key(jws)
+        if not verify_signature(key, jws.alg, jws.signing_input, jws.signature):
+            raise BadSignatureError("signature does not verify")
+        claims = decode_json_object(jws.payload_segment, "payload")
+        times = validate_claims(jws.header, claims, self._policy, self.clock())
+        access = AccessToken.from_claims(
+            claims,
+            scopes=read_scopes(claims, self._scope_paths),
+            expires_at=times.expires_at,
+            issued_at=times.issued_at,
+            key_id=jws.header.get("kid"),
+            algorithm=jws.alg,
+            fingerprint=_fingerprint(digest),
+        )
+        return _Verified(access, times.valid_until, key)
 
     async def _select_key(self, jws: CompactJWS) -> VerificationKey:
         alg = jws.alg
@@ -336,7 +351,9 @@ class BearerGuard:
             key = self._match(kid, alg)
         if key is None:
             if cache.last_failed:
-                raise KeySetUnavailableError(f"kid {str(kid)[:64]!r} unknown and the key set cannot be fetched")
+                raise KeySetUnavailableError(
+                    f"kid {str(kid)[:64]!r} unknown and the key set cannot be fetched"
+                )
             raise UnknownKeyError(f"no trusted key for kid {str(kid)[:64]!r}")
         return key
 
@@ -391,13 +408,13 @@ class BearerGuard:
             if self._fail_open:
                 _log.warning("bearerguard: revocation store failed, failing open: %r", exc)
                 return
-            error = RevocationStoreError(f"{type(exc).__name__}: {exc}"[:200])
-            error.token = access
-            raise error from exc
+            failure = RevocationStoreError(f"{type(exc).__name__}: {exc}"[:200])
+            failure.token = access
+            raise failure from exc
         if revoked:
-            error = RevokedTokenError("revoked")
-            error.token = access
-            raise error
+            refusal = RevokedTokenError("revoked")
+            refusal.token = access
+            raise refusal
 
     # -- lifecycle ------------------------------------------------------------------------
 

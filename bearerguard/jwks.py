@@ -53,9 +53,9 @@ def check_url(url: str, what: str) -> str:
     """
     parts = urlsplit(url)
     host = parts.hostname or ""
-    if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(host)):
-        if host and not parts.username and not parts.password and not parts.fragment:
-            return url
+    secure = parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(host))
+    if secure and host and not (parts.username or parts.password or parts.fragment):
+        return url
     raise ConfigurationError(
         f"{what} must be an https URL without credentials or fragment "
         f"(http only for 127.0.0.1, ::1 or localhost): {url!r}"
@@ -86,7 +86,9 @@ class FetchPolicy:
     max_bytes: int = 512 * 1024
 
 
-async def _get_json(client: httpx.AsyncClient, url: str, policy: FetchPolicy) -> tuple[Any, str | None]:
+async def _get_json(
+    client: httpx.AsyncClient, url: str, policy: FetchPolicy
+) -> tuple[Any, str | None]:
     try:
         with anyio.fail_after(policy.timeout):
             async with client.stream("GET", url) as response:

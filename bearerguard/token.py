@@ -66,7 +66,9 @@ class AccessToken:
             issuer=claims["iss"],
             audience=(aud,) if isinstance(aud, str) else tuple(aud),
             expires_at=datetime.fromtimestamp(expires_at, timezone.utc),
-            issued_at=None if issued_at is None else datetime.fromtimestamp(issued_at, timezone.utc),
+            issued_at=None
+            if issued_at is None
+            else datetime.fromtimestamp(issued_at, timezone.utc),
             key_id=key_id,
             algorithm=algorithm,
             fingerprint=fingerprint,

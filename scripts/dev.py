@@ -33,7 +33,7 @@ def _python() -> Path:
 
 def ensure_environment() -> None:
     """Create .venv and install the project when missing or out of date."""
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 - users may run an older python3
         sys.exit(f"bearerguard needs Python 3.10 or newer; this is {sys.version.split()[0]}")
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted and _python().exists():

@@ -68,7 +68,9 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
     return number
 
 
-def _check_types(header: Mapping[str, Any], claims: Mapping[str, Any], policy: ClaimsPolicy) -> None:
+def _check_types(
+    header: Mapping[str, Any], claims: Mapping[str, Any], policy: ClaimsPolicy
+) -> None:
     for name in _STRING_CLAIMS:
         value = claims.get(name)
         if value is not None and not isinstance(value, str):
@@ -129,7 +131,9 @@ def _run_checks(claims: Mapping[str, Any], policy: ClaimsPolicy) -> None:
         except InvalidTokenError:
             raise
         except Exception as exc:  # a user's check failing on odd claims must not become a 500
-            raise InvalidClaimError(f"claim check {_name(check)} raised {type(exc).__name__}") from exc
+            raise InvalidClaimError(
+                f"claim check {_name(check)} raised {type(exc).__name__}"
+            ) from exc
         if not accepted:
             raise InvalidClaimError(f"claim check {_name(check)} refused the token")
 

@@ -15,7 +15,9 @@ DEFAULT_MAX_TOKEN_BYTES = 8192
 _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 
 
-def extract_bearer(values: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> str | None:
+def extract_bearer(
+    values: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES
+) -> str | None:
     """Return the bearer token carried by the ``Authorization`` header values, if any.
 
     Args:
@@ -52,6 +54,4 @@ def has_query_token(query_string: bytes) -> bool:
     """Tell whether a query string carries ``access_token`` (RFC 6750 §2.3)."""
     if b"access_token" not in query_string:
         return False
-    return any(
-        part.partition(b"=")[0] == b"access_token" for part in query_string.split(b"&")
-    )
+    return any(part.partition(b"=")[0] == b"access_token" for part in query_string.split(b"&"))

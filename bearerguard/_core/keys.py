@@ -68,7 +68,9 @@ class VerificationKey:
     source: str = field(default="", repr=False)
 
 
-def verify_signature(key: VerificationKey, alg: str, signing_input: bytes, signature: bytes) -> bool:
+def verify_signature(
+    key: VerificationKey, alg: str, signing_input: bytes, signature: bytes
+) -> bool:
     """Check ``signature`` over ``signing_input`` with ``key`` under ``alg``.
 
     The caller has already checked that ``alg`` is one of ``key.algorithms``.
@@ -91,7 +93,9 @@ def _algorithms_for_public_key(public_key: Any) -> frozenset[str]:
 
 def _load_jwk(jwk: Mapping[str, Any]) -> Any:
     kty = jwk.get("kty")
-    loader = {"RSA": "RS256", "EC": "ES256", "OKP": "EdDSA"}.get(kty) if isinstance(kty, str) else None
+    loader = (
+        {"RSA": "RS256", "EC": "ES256", "OKP": "EdDSA"}.get(kty) if isinstance(kty, str) else None
+    )
     if loader is None:
         raise InvalidKeyError(f"unsupported kty {kty!r}")
     return _IMPLEMENTATIONS[loader].from_jwk(dict(jwk))
@@ -142,7 +146,8 @@ def keys_from_jwks(
         ValueError: the document is not a JWK Set at all.
     """
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise ValueError("not a JWK Set: expected an object with a 'keys' array")
+        raise ValueError(  # noqa: TRY004 - a bad document from the network, not a caller's bug
+"not a JWK Set: expected an object with a 'keys' array")
     keys: list[VerificationKey] = []
     skipped: list[tuple[str | None, str]] = []
     for entry in document["keys"]:
@@ -155,7 +160,9 @@ def keys_from_jwks(
     return keys, skipped
 
 
-def key_from_pem(pem: str | bytes, allowed: frozenset[str], kid: str | None = None) -> VerificationKey:
+def key_from_pem(
+    pem: str | bytes, allowed: frozenset[str], kid: str | None = None
+) -> VerificationKey:
     """Load a PEM public key for offline use, bound to the algorithms its type allows."""
     data = pem.encode() if isinstance(pem, str) else pem
     try:
@@ -190,7 +197,7 @@ class KeySet:
     def __init__(self, keys: Iterable[VerificationKey], previous: KeySet | None = None) -> None:
         reuse = {key.source: key for key in previous._members} if previous else {}
         members = [reuse.get(key.source, key) if key.source else key for key in keys]
-        self._members = frozenset(members)
+        self._members: frozenset[VerificationKey] = frozenset(members)
         self._by_kid: dict[str, list[VerificationKey]] = {}
         for key in members:
             if key.kid is not None:

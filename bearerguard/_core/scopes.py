@@ -29,7 +29,9 @@ def parse_scope_claim_paths(claims: Iterable[str]) -> tuple[tuple[str, ...], ...
     return tuple(paths)
 
 
-def read_scopes(claims: Mapping[str, Any], extra_paths: tuple[tuple[str, ...], ...] = ()) -> frozenset[str]:
+def read_scopes(
+    claims: Mapping[str, Any], extra_paths: tuple[tuple[str, ...], ...] = ()
+) -> frozenset[str]:
     """Collect the scopes a token grants.
 
     ``scope`` may be a space-delimited string (RFC 8693 §4.2) or a list; ``scp`` a list or a

@@ -1,0 +1,28 @@
+"""Shared fixtures: a real development issuer on 127.0.0.1 and app builders."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from bearerguard.testing import DevIssuer
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def session_issuer() -> Iterator[DevIssuer]:
+    """One issuer for tests that only mint tokens and never change its keys."""
+    with DevIssuer() as issuer:
+        yield issuer
+
+
+@pytest.fixture
+def issuer() -> Iterator[DevIssuer]:
+    """A fresh issuer per test, for tests that rotate keys or inject faults."""
+    with DevIssuer() as issuer:
+        yield issuer

@@ -1,0 +1,143 @@
+"""Claim validation against an injected now (RFC 7519 §4.1, RFC 9068 §4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bearerguard._core.claims import ClaimsPolicy, validate_claims
+from bearerguard.errors import (
+    ExpiredTokenError,
+    InvalidAudienceError,
+    InvalidClaimError,
+    InvalidIssuerError,
+    InvalidTokenError,
+    InvalidTypeError,
+    MalformedTokenError,
+    NotYetValidError,
+    TokenTooOldError,
+)
+
+NOW = 1_800_000_000.0
+ISS = "https://issuer.example"
+POLICY = ClaimsPolicy(issuer=ISS, audiences=frozenset({"api"}), leeway=30)
+HEADER = {"alg": "RS256", "typ": "at+jwt"}
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"iss": ISS, "aud": "api", "exp": NOW + 60, "iat": NOW - 10}
+    base.update(overrides)
+    return {name: value for name, value in base.items() if value is not None}
+
+
+def test_valid_claims() -> None:
+    times = validate_claims(HEADER, claims(), POLICY, NOW)
+    assert times.expires_at == NOW + 60
+    assert times.issued_at == NOW - 10
+    assert times.valid_until == NOW + 90
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        ({"exp": None}, InvalidClaimError),
+        ({"exp": NOW - 30}, ExpiredTokenError),
+        ({"exp": "1900000000"}, MalformedTokenError),
+        ({"exp": True}, MalformedTokenError),
+        ({"exp": [NOW + 60]}, MalformedTokenError),
+        ({"exp": -1}, MalformedTokenError),
+        ({"exp": 1e20}, MalformedTokenError),
+        ({"nbf": NOW + 31}, NotYetValidError),
+        ({"iat": NOW + 31}, NotYetValidError),
+        ({"iat": "yesterday"}, MalformedTokenError),
+        ({"iss": None}, InvalidIssuerError),
+        ({"iss": ISS + "/"}, InvalidIssuerError),
+        ({"iss": ISS.upper()}, InvalidIssuerError),
+        ({"iss": [ISS]}, InvalidIssuerError),
+        ({"aud": None}, InvalidAudienceError),
+        ({"aud": []}, InvalidAudienceError),
+        ({"aud": "other"}, InvalidAudienceError),
+        ({"aud": ["other", 5]}, InvalidAudienceError),
+        ({"aud": 5}, InvalidAudienceError),
+        ({"sub": 5}, MalformedTokenError),
+        ({"jti": ["x"]}, MalformedTokenError),
+        ({"client_id": {}}, MalformedTokenError),
+    ],
+    ids=lambda value: str(value) if not isinstance(value, dict) else ",".join(value),
+)
+def test_refusals(overrides: dict[str, Any], error: type[InvalidTokenError]) -> None:
+    with pytest.raises(error):
+        validate_claims(HEADER, claims(**overrides), POLICY, NOW)
+
+
+def test_leeway_applies_to_exp_nbf_and_iat() -> None:
+    validate_claims(HEADER, claims(exp=NOW - 29, nbf=NOW + 29, iat=NOW + 29), POLICY, NOW)
+    with pytest.raises(ExpiredTokenError):
+        validate_claims(HEADER, claims(exp=NOW - 30.5), POLICY, NOW)
+
+
+def test_fractional_numeric_dates_are_accepted() -> None:
+    validate_claims(HEADER, claims(exp=NOW + 0.5, iat=NOW - 0.25), POLICY, NOW)
+
+
+def test_audience_array_needs_one_match() -> None:
+    validate_claims(HEADER, claims(aud=["other", "api"]), POLICY, NOW)
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "AT+JWT", "application/at+jwt"])
+def test_typ_enforcement_accepts_access_token_types(typ: str) -> None:
+    policy = ClaimsPolicy(issuer=ISS, audiences=frozenset({"api"}), require_typ=True)
+    validate_claims({"typ": typ}, claims(), policy, NOW)
+
+
+@pytest.mark.parametrize("typ", [None, "JWT", "at+jwt; x", 5])
+def test_typ_enforcement_refuses_other_types(typ: object) -> None:
+    policy = ClaimsPolicy(issuer=ISS, audiences=frozenset({"api"}), require_typ=True)
+    with pytest.raises(InvalidTypeError):
+        validate_claims({"typ": typ}, claims(), policy, NOW)
+
+
+def test_max_age() -> None:
+    policy = ClaimsPolicy(issuer=ISS, audiences=frozenset({"api"}), max_age=60, leeway=0)
+    times = validate_claims(HEADER, claims(iat=NOW - 50), policy, NOW)
+    assert times.valid_until == NOW + 10
+    with pytest.raises(TokenTooOldError):
+        validate_claims(HEADER, claims(iat=NOW - 61), policy, NOW)
+    with pytest.raises(InvalidClaimError):
+        validate_claims(HEADER, claims(iat=None), policy, NOW)
+
+
+def test_required_claims_and_custom_checks() -> None:
+    def tenant_is_acme(values: Any) -> bool:
+        return bool(values["tenant"] == "acme")
+
+    policy = ClaimsPolicy(
+        issuer=ISS,
+        audiences=frozenset({"api"}),
+        required_claims=frozenset({"tenant"}),
+        checks=(tenant_is_acme,),
+    )
+    validate_claims(HEADER, claims(tenant="acme"), policy, NOW)
+    with pytest.raises(InvalidClaimError, match="required claims missing"):
+        validate_claims(HEADER, claims(), policy, NOW)
+    with pytest.raises(InvalidClaimError, match="refused"):
+        validate_claims(HEADER, claims(tenant="other"), policy, NOW)
+
+
+def test_a_custom_check_that_crashes_refuses_instead_of_raising() -> None:
+    def crashes(values: Any) -> bool:
+        return bool(values["missing"])
+
+    policy = ClaimsPolicy(issuer=ISS, audiences=frozenset({"api"}), checks=(crashes,))
+    with pytest.raises(InvalidClaimError, match="raised KeyError"):
+        validate_claims(HEADER, claims(), policy, NOW)
+
+
+def test_a_custom_check_may_raise_its_own_token_error() -> None:
+    def expired_session(values: Any) -> bool:
+        raise ExpiredTokenError("session over")
+
+    policy = ClaimsPolicy(issuer=ISS, audiences=frozenset({"api"}), checks=(expired_session,))
+    with pytest.raises(ExpiredTokenError):
+        validate_claims(HEADER, claims(), policy, NOW)

@@ -1,0 +1,168 @@
+"""requires_scopes / requires_any_scope on every kind of Starlette and FastAPI endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import structlog
+from fastapi import FastAPI
+from pydantic import BaseModel
+from starlette.middleware import Middleware
+
+from bearerguard import AccessToken, BearerGuard, get_access_token, requires_any_scope, requires_scopes
+from bearerguard.asgi import BearerGuardMiddleware
+from bearerguard.errors import ConfigurationError
+from bearerguard.testing import DevIssuer
+from tests.apps import build_app
+
+pytestmark = pytest.mark.anyio
+
+
+class Item(BaseModel):
+    name: str
+    owner: str | None
+
+
+def build_fastapi(guard: BearerGuard) -> FastAPI:
+    app = FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard)])
+
+    @app.get("/async/{name}")
+    @requires_scopes("items:read")
+    async def read_async(name: str) -> Item:
+        token = get_access_token()
+        return Item(name=name, owner=None if token is None else token.subject)
+
+    @app.get("/sync/{name}")
+    @requires_scopes("items:read")
+    def read_sync(name: str, limit: int = 10) -> Item:
+        token = get_access_token()
+        return Item(name=f"{name}:{limit}", owner=None if token is None else token.subject)
+
+    @app.delete("/any")
+    @requires_any_scope("admin", "items:delete")
+    async def delete_any() -> dict[str, bool]:
+        return {"deleted": True}
+
+    return app
+
+
+@pytest.fixture
+def guard(session_issuer: DevIssuer) -> BearerGuard:
+    return session_issuer.guard()
+
+
+@pytest.fixture
+async def starlette_client(guard: BearerGuard) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=build_app(guard))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+@pytest.fixture
+async def fastapi_client(guard: BearerGuard) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=build_fastapi(guard))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+def bearer(issuer: DevIssuer, *scopes: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issuer.mint(scopes=scopes, sub='erin')}"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "scopes", "status"),
+    [
+        ("GET", "/items", ["items:read"], 200),
+        ("GET", "/items", ["items:write"], 403),
+        ("POST", "/items", ["items:read", "items:write"], 200),
+        ("POST", "/items", ["items:write"], 403),
+        ("DELETE", "/items", ["items:delete"], 200),
+        ("DELETE", "/items", ["admin"], 200),
+        ("DELETE", "/items", ["items:read"], 403),
+        ("GET", "/reports", ["reports:read"], 200),
+        ("GET", "/reports", ["reports:write"], 403),
+        ("POST", "/reports", ["reports:write"], 200),
+        ("POST", "/reports", ["Reports:write"], 403),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else str(value),
+)
+async def test_starlette_endpoints(
+    starlette_client: httpx.AsyncClient,
+    session_issuer: DevIssuer,
+    method: str,
+    path: str,
+    scopes: list[str],
+    status: int,
+) -> None:
+    response = await starlette_client.request(method, path, headers=bearer(session_issuer, *scopes))
+    assert response.status_code == status
+
+
+async def test_denial_challenge_names_the_required_scopes(
+    starlette_client: httpx.AsyncClient, session_issuer: DevIssuer
+) -> None:
+    with structlog.testing.capture_logs() as events:
+        response = await starlette_client.post("/items", headers=bearer(session_issuer, "items:read"))
+    assert response.status_code == 403
+    challenge = response.headers["www-authenticate"]
+    assert 'error="insufficient_scope"' in challenge
+    assert 'scope="items:read items:write"' in challenge
+    assert response.json()["error"] == "insufficient_scope"
+    assert [event["event"] for event in events] == ["token.accepted", "scope.denied"]
+    denied = events[1]
+    assert denied["required_scopes"] == ["items:read", "items:write"]
+    assert denied["scopes"] == ["items:read"]
+    assert denied["status"] == 403
+
+
+async def test_fastapi_path_operations_without_request_parameter(
+    fastapi_client: httpx.AsyncClient, session_issuer: DevIssuer
+) -> None:
+    ok = await fastapi_client.get("/async/pen", headers=bearer(session_issuer, "items:read"))
+    assert ok.json() == {"name": "pen", "owner": "erin"}
+    ok_sync = await fastapi_client.get("/sync/pen?limit=3", headers=bearer(session_issuer, "items:read"))
+    assert ok_sync.json() == {"name": "pen:3", "owner": "erin"}
+    for path in ["/async/pen", "/sync/pen"]:
+        denied = await fastapi_client.get(path, headers=bearer(session_issuer, "other"))
+        assert denied.status_code == 403
+        assert 'scope="items:read"' in denied.headers["www-authenticate"]
+    assert (await fastapi_client.delete("/any", headers=bearer(session_issuer, "admin"))).status_code == 200
+    assert (await fastapi_client.delete("/any", headers=bearer(session_issuer))).status_code == 403
+    assert (await fastapi_client.get("/async/pen")).status_code == 401
+
+
+def test_fastapi_keeps_the_handler_signature_in_openapi(guard: BearerGuard) -> None:
+    schema = build_fastapi(guard).openapi()
+    parameters = schema["paths"]["/sync/{name}"]["get"]["parameters"]
+    assert [parameter["name"] for parameter in parameters] == ["name", "limit"]
+
+
+async def test_without_middleware_the_decorator_fails_loudly() -> None:
+    @requires_scopes("x")
+    async def handler() -> str:
+        return "never"  # pragma: no cover
+
+    with pytest.raises(ConfigurationError, match="BearerGuardMiddleware"):
+        await handler()
+
+
+def test_get_access_token_outside_a_request_is_none() -> None:
+    assert get_access_token() is None
+
+
+def test_access_token_has_scopes() -> None:
+    token = AccessToken.from_claims(
+        {"iss": "https://i", "aud": "a", "exp": 2_000_000_000, "scope": "a b"},
+        scopes=frozenset({"a", "b"}),
+        expires_at=2_000_000_000,
+        issued_at=None,
+        key_id=None,
+        algorithm="RS256",
+        fingerprint="0" * 16,
+    )
+    assert token.has_scopes("a", "b")
+    assert not token.has_scopes("c")
+    assert token.audience == ("a",)
+    assert token.expires_at.year == 2033

@@ -1,0 +1,77 @@
+"""RFC 6750 §3 challenges and refusal bodies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bearerguard._core.refusal import render_refusal
+from bearerguard.errors import (
+    ExpiredTokenError,
+    InsufficientScopeError,
+    InvalidRequestError,
+    KeySetUnavailableError,
+    MissingTokenError,
+    render_challenge,
+)
+
+EXPIRED = 'error_description="The access token has expired."'
+
+
+@pytest.mark.parametrize(
+    ("realm", "error", "expected"),
+    [
+        ("api", None, 'Bearer realm="api"'),
+        (None, None, "Bearer"),
+        ("api", MissingTokenError(), 'Bearer realm="api"'),
+        (
+            "api",
+            InvalidRequestError(),
+            'Bearer realm="api", error="invalid_request", '
+            'error_description="The request carries malformed or duplicated credentials."',
+        ),
+        ("api", ExpiredTokenError(), f'Bearer realm="api", error="invalid_token", {EXPIRED}'),
+        (
+            "api",
+            InsufficientScopeError(["items:read", "items:write"]),
+            'Bearer realm="api", error="insufficient_scope", error_description="The access '
+            'token does not grant the scope this request needs.", scope="items:read items:write"',
+        ),
+        ('a "quoted" \\ realm', None, 'Bearer realm="a \\"quoted\\" \\\\ realm"'),
+    ],
+    ids=["bare", "no-realm", "missing", "invalid-request", "expired", "scope", "quoting"],
+)
+def test_challenge_rendering(realm: str | None, error: object, expected: str) -> None:
+    assert render_challenge(realm, error) == expected  # type: ignore[arg-type]
+
+
+def test_detail_never_reaches_the_client() -> None:
+    secret_detail = "iss 'https://evil' with token eyJhbGciOi..."
+    refusal = render_refusal(ExpiredTokenError(secret_detail), "api")
+    rendered = refusal.body.decode() + " ".join(value for _, value in refusal.headers)
+    assert "evil" not in rendered
+    assert "eyJ" not in rendered
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (MissingTokenError(), 401, "unauthorized"),
+        (InvalidRequestError(), 400, "invalid_request"),
+        (ExpiredTokenError(), 401, "invalid_token"),
+        (InsufficientScopeError(["a"]), 403, "insufficient_scope"),
+        (KeySetUnavailableError(), 503, "temporarily_unavailable"),
+    ],
+)
+def test_refusal_status_and_body(error: object, status: int, code: str) -> None:
+    refusal = render_refusal(error, "api")  # type: ignore[arg-type]
+    headers = dict(refusal.headers)
+    assert refusal.status == status
+    assert json.loads(refusal.body)["error"] == code
+    assert headers["cache-control"] == "no-store"
+    if status == 503:
+        assert "www-authenticate" not in headers
+        assert headers["retry-after"] == "5"
+    else:
+        assert headers["www-authenticate"].startswith('Bearer realm="api"')

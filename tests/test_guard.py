@@ -1,0 +1,210 @@
+"""BearerGuard configuration and the verification flow, without HTTP framing."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from bearerguard import BearerGuard, RefreshPolicy
+from bearerguard.errors import (
+    BadSignatureError,
+    ConfigurationError,
+    ExpiredTokenError,
+    InvalidClaimError,
+    InvalidTypeError,
+    UnknownKeyError,
+    UnsupportedAlgorithmError,
+)
+from bearerguard.testing import DevIssuer
+
+pytestmark = pytest.mark.anyio
+ISS = "https://issuer.example"
+SECRET = "s" * 32
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"issuer": "http://issuer.example", "audience": "a"},
+        {"issuer": "ftp://issuer.example", "audience": "a"},
+        {"issuer": "https://user:pw@issuer.example", "audience": "a"},
+        {"issuer": ISS, "audience": ""},
+        {"issuer": ISS, "audience": []},
+        {"issuer": ISS, "audience": "a", "algorithms": ["none"]},
+        {"issuer": ISS, "audience": "a", "algorithms": []},
+        {"issuer": ISS, "audience": "a", "algorithms": ["HS256"]},
+        {"issuer": ISS, "audience": "a", "secret": SECRET},
+        {"issuer": ISS, "audience": "a", "algorithms": ["HS256"], "secret": "short"},
+        {"issuer": ISS, "audience": "a", "jwks_uri": "http://keys.example/jwks"},
+        {"issuer": ISS, "audience": "a", "profile": "strict"},
+        {"issuer": ISS, "audience": "a", "leeway": -1},
+        {"issuer": ISS, "audience": "a", "revocation": object()},
+        {"issuer": ISS, "audience": "a", "revocation_failure": "maybe"},
+        {"issuer": ISS, "audience": "a", "keys": "not a key"},
+        {"issuer": ISS, "audience": "a", "keys": {"keys": [{"kty": "oct", "k": "AA"}]}},
+        {"issuer": ISS, "audience": "a", "keys": {"keys": []}},
+        {"issuer": ISS, "audience": "a", "keys": {"keys": []}, "jwks_uri": ISS + "/jwks"},
+        {"issuer": ISS, "audience": "a", "refresh": "fast"},
+    ],
+    ids=lambda options: ",".join(f"{k}={v!s:.20}" for k, v in options.items() if k != "issuer"),
+)
+def test_unsafe_or_inconsistent_configuration_is_refused(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        BearerGuard(**options)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]"])
+def test_http_is_allowed_on_loopback(host: str) -> None:
+    BearerGuard(issuer=f"http://{host}:8080", audience="a")
+
+
+def test_refresh_policy_is_checked() -> None:
+    with pytest.raises(ConfigurationError):
+        RefreshPolicy(min_ttl=10, default_ttl=5)
+
+
+async def test_static_keys_work_offline(session_issuer: DevIssuer) -> None:
+    rsa_key = session_issuer.key("RS256")
+    pem = rsa_key.private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    jwks = session_issuer.jwks()
+    for keys in (pem, pem.decode(), jwks, json.dumps(jwks), [pem, jwks]):
+        guard = BearerGuard(issuer=session_issuer.url, audience=session_issuer.audience, keys=keys)
+        token = await guard.authenticate(session_issuer.mint(sub="static"))
+        assert token.subject == "static"
+
+
+async def test_pem_key_verifies_tokens_whatever_their_kid(session_issuer: DevIssuer) -> None:
+    public = session_issuer.key("ES256").private_key.public_key()
+    pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    guard = BearerGuard(issuer=session_issuer.url, audience=session_issuer.audience, keys=pem)
+    assert (await guard.authenticate(session_issuer.mint(algorithm="ES256"))).algorithm == "ES256"
+    with pytest.raises(UnsupportedAlgorithmError):
+        await guard.authenticate(session_issuer.mint(algorithm="RS256"))
+
+
+def hs_token(secret: str = SECRET, **claims: Any) -> str:
+    now = int(time.time())
+    payload = {"iss": ISS, "aud": "api", "exp": now + 60, "iat": now, "sub": "svc", **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+async def test_shared_secret_configured_on_purpose() -> None:
+    guard = BearerGuard(issuer=ISS, audience="api", algorithms=["HS256"], secret=SECRET)
+    assert (await guard.authenticate(hs_token())).subject == "svc"
+    with pytest.raises(BadSignatureError):
+        await guard.authenticate(hs_token(secret="t" * 32))
+
+
+async def test_hs_tokens_refused_when_no_secret_is_configured(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard()
+    with pytest.raises(UnsupportedAlgorithmError):
+        await guard.authenticate(hs_token())
+
+
+async def test_rfc9068_profile(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard(profile="rfc9068")
+    await guard.authenticate(session_issuer.mint())
+    with pytest.raises(InvalidClaimError):
+        await guard.authenticate(session_issuer.mint(client_id=None))
+    with pytest.raises(InvalidClaimError):
+        await guard.authenticate(session_issuer.mint(jti=None))
+    with pytest.raises(InvalidTypeError):
+        await guard.authenticate(session_issuer.mint(headers={"typ": "JWT"}))
+
+
+async def test_require_jti_and_extra_required_claims(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard(require_jti=True, required_claims=["tenant"])
+    await guard.authenticate(session_issuer.mint(tenant="acme"))
+    with pytest.raises(InvalidClaimError):
+        await guard.authenticate(session_issuer.mint(tenant="acme", jti=None))
+    with pytest.raises(InvalidClaimError):
+        await guard.authenticate(session_issuer.mint())
+
+
+async def test_scope_claims(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard(scope_claims=["permissions", "realm_access.roles"])
+    token = await guard.authenticate(
+        session_issuer.mint(scopes=["a"], permissions=["b"], realm_access={"roles": ["c"]})
+    )
+    assert token.scopes == {"a", "b", "c"}
+
+
+async def test_access_token_fields(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard()
+    token = await guard.authenticate(session_issuer.mint(scopes=["x"], sub="gail", expires_in=120))
+    assert token.subject == "gail"
+    assert token.client_id == "dev-client"
+    assert token.issuer == session_issuer.url
+    assert token.audience == (session_issuer.audience,)
+    assert token.token_id is not None
+    assert token.key_id == session_issuer.key().kid
+    assert token.expires_at.tzinfo is not None
+    assert token.issued_at is not None
+    with pytest.raises(TypeError):
+        token.claims["sub"] = "mallory"  # type: ignore[index]
+
+
+async def test_azp_stands_in_for_client_id(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard()
+    token = await guard.authenticate(session_issuer.mint(client_id=None, azp="spa"))
+    assert token.client_id == "spa"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_cached_tokens_still_expire(session_issuer: DevIssuer) -> None:
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=0)
+    minted = session_issuer.mint(expires_in=60)
+    first = await guard.authenticate(minted)
+    assert await guard.authenticate(minted) is first  # served from the cache
+    clock.now += 61
+    with pytest.raises(ExpiredTokenError):
+        await guard.authenticate(minted)
+
+
+async def test_max_age_applies_to_cached_tokens(session_issuer: DevIssuer) -> None:
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=0, max_age=30)
+    minted = session_issuer.mint(expires_in=600)
+    await guard.authenticate(minted)
+    clock.now += 31
+    with pytest.raises(InvalidClaimError.__mro__[1]):  # InvalidTokenError: too old
+        await guard.authenticate(minted)
+
+
+async def test_cache_can_be_disabled(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard(cache_size=0)
+    minted = session_issuer.mint()
+    assert await guard.authenticate(minted) is not await guard.authenticate(minted)
+
+
+async def test_unknown_kid_is_refused(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard(refresh=RefreshPolicy(cooldown=3600))
+    await guard.authenticate(session_issuer.mint())
+    with pytest.raises(UnknownKeyError):
+        await guard.authenticate(session_issuer.mint(headers={"kid": "nope"}))
+
+
+async def test_refusals_carry_the_fingerprint_and_header(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard()
+    with pytest.raises(ExpiredTokenError) as refused:
+        await guard.authenticate(session_issuer.mint(expires_in=-100))
+    assert refused.value.fingerprint is not None
+    assert refused.value.header is not None
+    assert refused.value.header["alg"] == "RS256"
+    assert "BearerGuard(issuer=" in repr(guard)
+    assert guard.key_ids

@@ -1,0 +1,136 @@
+"""Keys bound to their algorithms (RFC 7517, RFC 8725 §3.1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from bearerguard._core.keys import (
+    ASYMMETRIC_ALGORITHMS,
+    KeySet,
+    key_from_pem,
+    key_from_secret,
+    keys_from_jwks,
+)
+from bearerguard.errors import ConfigurationError
+
+ALL = ASYMMETRIC_ALGORITHMS
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def rsa_jwk(**extra: Any) -> dict[str, Any]:
+    jwk: dict[str, Any] = RSAAlgorithm.to_jwk(RSA_KEY.public_key(), as_dict=True)
+    jwk.update({"kid": "r1", **extra})
+    return jwk
+
+
+def ec_jwk(**extra: Any) -> dict[str, Any]:
+    jwk: dict[str, Any] = ECAlgorithm.to_jwk(EC_KEY.public_key(), as_dict=True)
+    jwk.update({"kid": "e1", **extra})
+    return jwk
+
+
+def load_one(jwk: dict[str, Any], allowed: frozenset[str] = ALL) -> Any:
+    keys, skipped = keys_from_jwks({"keys": [jwk]}, allowed)
+    return keys[0] if keys else skipped[0][1]
+
+
+def test_rsa_key_without_alg_allows_rsa_algorithms_only() -> None:
+    key = load_one(rsa_jwk())
+    assert key.algorithms == {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+
+
+def test_declared_alg_restricts_the_key() -> None:
+    assert load_one(rsa_jwk(alg="PS256")).algorithms == {"PS256"}
+
+
+def test_ec_key_is_bound_to_its_curve() -> None:
+    assert load_one(ec_jwk()).algorithms == {"ES256"}
+    assert "does not match" in load_one(ec_jwk(alg="ES384"))
+
+
+def test_eddsa_key() -> None:
+    public = ed25519.Ed25519PrivateKey.generate().public_key()
+    jwk: dict[str, Any] = OKPAlgorithm.to_jwk(public, as_dict=True)
+    assert load_one(jwk).algorithms == {"EdDSA"}
+
+
+def test_configured_allow_list_narrows_keys() -> None:
+    assert load_one(rsa_jwk(), frozenset({"RS256", "ES256"})).algorithms == {"RS256"}
+    assert "no allowed algorithm" in load_one(rsa_jwk(), frozenset({"ES256"}))
+
+
+@pytest.mark.parametrize(
+    ("jwk", "why"),
+    [
+        (rsa_jwk(alg="HS256"), "does not match"),
+        (rsa_jwk(alg="ES256"), "does not match"),
+        (rsa_jwk(use="enc"), "use"),
+        (rsa_jwk(key_ops=["encrypt"]), "key_ops"),
+        (rsa_jwk(d="AQAB"), "private"),
+        ({"kty": "oct", "k": "c2VjcmV0", "kid": "o"}, "private or symmetric"),
+        ({"kty": "RSA", "kid": "x", "n": "AQAB"}, "unusable"),
+        ({"kty": "XYZ", "kid": "x"}, "unusable"),
+        (rsa_jwk(kid=5), "kid"),
+        ("not-an-object", "not a JSON object"),
+    ],
+    ids=["hs-alg", "ec-alg", "use-enc", "key-ops", "private", "oct", "broken", "kty", "kid", "str"],
+)
+def test_unusable_jwks_entries_are_skipped(jwk: Any, why: str) -> None:
+    assert why in load_one(jwk)
+
+
+def test_small_rsa_keys_are_skipped() -> None:
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    jwk: dict[str, Any] = RSAAlgorithm.to_jwk(small.public_key(), as_dict=True)
+    assert "no allowed algorithm" in load_one(jwk)
+
+
+@pytest.mark.parametrize("document", [None, [], {}, {"keys": {}}, "keys"])
+def test_not_a_jwks(document: Any) -> None:
+    with pytest.raises(ValueError, match="not a JWK Set"):
+        keys_from_jwks(document, ALL)
+
+
+def test_pem_keys() -> None:
+    pem = RSA_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert key_from_pem(pem, ALL).algorithms >= {"RS256"}
+    with pytest.raises(ConfigurationError):
+        key_from_pem("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----", ALL)
+    with pytest.raises(ConfigurationError):
+        key_from_pem(pem, frozenset({"ES256"}))
+
+
+def test_secrets_must_be_long_enough() -> None:
+    assert key_from_secret("s" * 32, frozenset({"HS256", "HS512"})).algorithms == {"HS256"}
+    with pytest.raises(ConfigurationError):
+        key_from_secret("short", frozenset({"HS256"}))
+
+
+def test_key_set_lookup() -> None:
+    rsa_key = load_one(rsa_jwk())
+    ec_key = load_one(ec_jwk())
+    keys = KeySet([rsa_key, ec_key])
+    assert keys.candidates("r1") == [rsa_key]
+    assert keys.candidates("nope") == []
+    assert keys.candidates(None) == []
+    assert keys.kids == ["e1", "r1"]
+    single = KeySet([rsa_key])
+    assert single.candidates(None) == [rsa_key]
+    assert single.candidates("other") == []
+
+
+def test_key_set_keeps_unchanged_keys_across_refreshes() -> None:
+    first = KeySet(keys_from_jwks({"keys": [rsa_jwk(), ec_jwk()]}, ALL)[0])
+    second = KeySet(keys_from_jwks({"keys": [rsa_jwk()]}, ALL)[0], previous=first)
+    (old_rsa,) = first.candidates("r1")
+    (old_ec,) = first.candidates("e1")
+    assert old_rsa in second
+    assert old_ec not in second

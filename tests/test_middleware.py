@@ -1,0 +1,258 @@
+"""The ASGI middleware end to end, against a real issuer on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from bearerguard import BearerGuard
+from bearerguard.asgi import BearerGuardMiddleware, PublicPaths
+from bearerguard.errors import ConfigurationError
+from bearerguard.testing import DevIssuer
+from tests.apps import build_app
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def guard(session_issuer: DevIssuer) -> BearerGuard:
+    return session_issuer.guard()
+
+
+@pytest.fixture
+async def client(guard: BearerGuard) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=build_app(guard))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_no_credentials_gets_a_bare_challenge(client: httpx.AsyncClient) -> None:
+    with structlog.testing.capture_logs() as events:
+        response = await client.get("/me")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer realm="https://api.example"'
+    assert response.json()["error"] == "unauthorized"
+    assert [event["event"] for event in events] == ["token.rejected"]
+    assert events[0]["reason"] == "missing_token"
+
+
+async def test_another_scheme_is_no_credentials(client: httpx.AsyncClient) -> None:
+    response = await client.get("/me", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert response.status_code == 401
+    assert "error=" not in response.headers["www-authenticate"]
+
+
+async def test_valid_token_fills_request_auth_and_user(
+    client: httpx.AsyncClient, session_issuer: DevIssuer
+) -> None:
+    token = session_issuer.mint(scopes=["items:read", "b"], sub="alice")
+    response = await client.get("/me", headers=bearer(token))
+    assert response.status_code == 200
+    assert response.json() == {"sub": "alice", "user": "alice", "auth_scopes": ["b", "items:read"]}
+
+
+async def test_starlette_requires_sees_the_token_scopes(
+    client: httpx.AsyncClient, session_issuer: DevIssuer
+) -> None:
+    ok = await client.get("/starlette", headers=bearer(session_issuer.mint(scopes=["items:read"])))
+    assert ok.status_code == 200
+    denied = await client.get("/starlette", headers=bearer(session_issuer.mint()))
+    assert denied.status_code == 403
+
+
+async def test_lowercase_scheme_and_extra_spaces(client: httpx.AsyncClient, session_issuer: DevIssuer) -> None:
+    response = await client.get("/me", headers={"Authorization": f"bearer   {session_issuer.mint()}"})
+    assert response.status_code == 200
+
+
+async def test_two_authorization_headers_are_invalid_request(
+    client: httpx.AsyncClient, session_issuer: DevIssuer
+) -> None:
+    token = session_issuer.mint()
+    headers = [("Authorization", f"Bearer {token}"), ("Authorization", f"Bearer {token}")]
+    response = await client.get("/me", headers=headers)
+    assert response.status_code == 400
+    assert 'error="invalid_request"' in response.headers["www-authenticate"]
+
+
+async def test_token_in_header_and_query_is_invalid_request(
+    client: httpx.AsyncClient, session_issuer: DevIssuer
+) -> None:
+    token = session_issuer.mint()
+    response = await client.get(f"/me?access_token={token}", headers=bearer(token))
+    assert response.status_code == 400
+    only_query = await client.get(f"/me?access_token={token}")
+    assert only_query.status_code == 400
+
+
+async def test_oversized_token_is_refused(client: httpx.AsyncClient) -> None:
+    response = await client.get("/me", headers=bearer("a" * 9000))
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/health", 200), ("/static/app.js", 200), ("/healthcheck-admin", 401), ("/health/", 401)],
+)
+async def test_public_paths_are_exact_or_explicit_prefixes(
+    client: httpx.AsyncClient, path: str, status: int
+) -> None:
+    assert (await client.get(path)).status_code == status
+
+
+async def test_public_path_reached_without_credentials_has_no_token(client: httpx.AsyncClient) -> None:
+    with structlog.testing.capture_logs() as events:
+        response = await client.get("/health")
+    assert response.json() == {"ok": True, "sub": None}
+    assert events == []
+
+
+async def test_public_path_with_valid_token_sees_it(
+    client: httpx.AsyncClient, session_issuer: DevIssuer
+) -> None:
+    response = await client.get("/health", headers=bearer(session_issuer.mint(sub="bob")))
+    assert response.json()["sub"] == "bob"
+
+
+async def test_public_path_with_invalid_token_is_refused(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/health", headers=bearer("abc.def.ghi"))).status_code == 401
+
+
+async def test_scoped_route_on_public_path_needs_a_token(client: httpx.AsyncClient) -> None:
+    with structlog.testing.capture_logs() as events:
+        response = await client.get("/open")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer realm="https://api.example"'
+    assert [event["event"] for event in events] == ["token.rejected"]
+
+
+def test_public_path_patterns_are_validated() -> None:
+    for pattern in ["health", "/a*", "/*/x"]:
+        with pytest.raises(ConfigurationError):
+            PublicPaths([pattern])
+    paths = PublicPaths(["/", "/docs/*"])
+    assert "/" in paths
+    assert "/docs/" in paths
+    assert "/docs" not in paths
+    assert "/x" not in paths
+
+
+async def test_audit_event_fields_and_no_raw_token(
+    client: httpx.AsyncClient, session_issuer: DevIssuer
+) -> None:
+    token = session_issuer.mint(scopes=["items:read"], sub="carol")
+    with structlog.testing.capture_logs() as events:
+        await client.get("/me", headers={**bearer(token), "X-Request-ID": "req-42"})
+    (event,) = events
+    assert event["event"] == "token.accepted"
+    assert event["outcome"] == "allow"
+    assert event["sub"] == "carol"
+    assert event["client_id"] == "dev-client"
+    assert event["request_id"] == "req-42"
+    assert event["method"] == "GET"
+    assert event["path"] == "/me"
+    assert event["client"] == "127.0.0.1"
+    assert event["scopes"] == ["items:read"]
+    assert event["alg"] == "RS256"
+    assert len(event["token_fp"]) == 16
+    assert event["latency_ms"] >= 0
+    signature = token.rsplit(".", 1)[1]
+    flat = repr(events)
+    assert token not in flat
+    assert signature[:12] not in flat
+
+
+async def test_every_refusal_emits_one_event(client: httpx.AsyncClient, session_issuer: DevIssuer) -> None:
+    cases: list[dict[str, Any]] = [
+        {},
+        bearer("x.y.z"),
+        bearer(session_issuer.mint(expires_in=-120)),
+        {"Authorization": "Bearer a b"},
+    ]
+    for headers in cases:
+        with structlog.testing.capture_logs() as events:
+            await client.get("/items", headers=headers)
+        assert len(events) == 1, (headers, events)
+
+
+async def test_sampling_accepted_events_off(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard(audit_sample_accepted=0.0)
+    transport = httpx.ASGITransport(app=build_app(guard))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        with structlog.testing.capture_logs() as events:
+            ok = await client.get("/me", headers=bearer(session_issuer.mint()))
+            refused = await client.get("/me")
+    assert (ok.status_code, refused.status_code) == (200, 401)
+    assert [event["event"] for event in events] == ["token.rejected"]
+
+
+def test_websocket_with_token_is_accepted(guard: BearerGuard, session_issuer: DevIssuer) -> None:
+    with TestClient(build_app(guard)) as client, client.websocket_connect(
+        "/ws", headers=bearer(session_issuer.mint(sub="dan"))
+    ) as websocket:
+        assert websocket.receive_json() == {"sub": "dan"}
+
+
+def test_websocket_without_token_is_refused_before_accept(guard: BearerGuard) -> None:
+    from starlette.testclient import WebSocketDenialResponse
+
+    with TestClient(build_app(guard)) as client, pytest.raises(WebSocketDenialResponse) as denied:  # noqa: PT012
+        with client.websocket_connect("/ws"):
+            pass  # pragma: no cover - never accepted
+    assert denied.value.status_code == 401
+    assert denied.value.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_websocket_refusal_without_denial_extension_closes_1008(guard: BearerGuard) -> None:
+    app = build_app(guard)
+    sent: list[dict[str, Any]] = []
+    inbox = [{"type": "websocket.connect"}]
+
+    async def receive() -> dict[str, Any]:
+        return inbox.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/ws", "headers": [], "query_string": b"",
+             "client": ("127.0.0.1", 1), "extensions": {}}
+    await app(scope, receive, send)
+    assert sent == [{"type": "websocket.close", "code": 1008, "reason": "missing_token"}]
+
+
+def test_websocket_scope_denial_closes_1008(guard: BearerGuard, session_issuer: DevIssuer) -> None:
+    with TestClient(build_app(guard)) as client:
+        with pytest.raises(WebSocketDisconnect) as closed:  # noqa: PT012
+            with client.websocket_connect("/ws/chat", headers=bearer(session_issuer.mint())) as ws:
+                ws.receive_json()  # pragma: no cover
+        assert closed.value.code == 1008
+        with client.websocket_connect("/ws/chat", headers=bearer(session_issuer.mint(scopes=["chat"]))) as ws:
+            assert ws.receive_json() == {"chat": True}
+
+
+async def test_lifespan_and_other_scopes_pass_through(guard: BearerGuard) -> None:
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    middleware = BearerGuardMiddleware(app, guard=guard)
+    await middleware({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+    await middleware({"type": "custom"}, None, None)  # type: ignore[arg-type]
+    assert seen == ["lifespan", "custom"]
+
+
+def test_middleware_needs_a_guard() -> None:
+    with pytest.raises(ConfigurationError):
+        BearerGuardMiddleware(build_app, guard="nope")  # type: ignore[arg-type]

@@ -1,0 +1,170 @@
+"""MemoryRevocationStore, and revocation as the guard applies it on every request."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+
+from bearerguard import AccessToken
+from bearerguard.errors import ConfigurationError, RevocationStoreError
+from bearerguard.revocation import MemoryRevocationStore, RevocationStore
+from bearerguard.testing import DevIssuer
+from tests.apps import build_app
+
+pytestmark = pytest.mark.anyio
+
+ISS = "https://issuer.example"
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def token(jti: str | None = "j1", sub: str | None = "s1", iat: float | None = 1_799_999_000.0,
+          client_id: str | None = "c1", iss: str = ISS) -> AccessToken:
+    claims: dict[str, Any] = {"iss": iss, "aud": "api", "exp": 1_800_003_600}
+    for name, value in (("jti", jti), ("sub", sub), ("iat", iat), ("client_id", client_id)):
+        if value is not None:
+            claims[name] = value
+    return AccessToken.from_claims(claims, scopes=frozenset(), expires_at=1_800_003_600,
+                                   issued_at=iat, key_id=None, algorithm="RS256", fingerprint="f")
+
+
+def test_is_a_revocation_store() -> None:
+    assert isinstance(MemoryRevocationStore(), RevocationStore)
+
+
+async def test_revoke_token_until_expiry_plus_grace() -> None:
+    clock = Clock()
+    store = MemoryRevocationStore(clock=clock, expiry_grace=60)
+    assert not await store.is_revoked(token())
+    await store.revoke_token("j1", expires_at=clock.now + 100)
+    assert await store.is_revoked(token())
+    assert not await store.is_revoked(token(jti="j2"))
+    clock.now += 159
+    assert await store.is_revoked(token())
+    clock.now += 2
+    assert not await store.is_revoked(token())
+
+
+async def test_revoke_token_accepts_aware_datetimes_only() -> None:
+    store = MemoryRevocationStore()
+    await store.revoke_token("j1", expires_at=datetime(2030, 1, 1, tzinfo=timezone.utc))
+    with pytest.raises(ValueError, match="naive"):
+        await store.revoke_token("j1", expires_at=datetime(2030, 1, 1))  # noqa: DTZ001
+    with pytest.raises(TypeError):
+        await store.revoke_token("j1", expires_at="2030")  # type: ignore[arg-type]
+
+
+async def test_revocations_are_keyed_on_issuer_and_jti() -> None:
+    store = MemoryRevocationStore()
+    await store.revoke_token("j1", issuer="https://other.example")
+    assert not await store.is_revoked(token())
+    assert await store.is_revoked(token(iss="https://other.example"))
+    await store.revoke_token("j1")  # any issuer
+    assert await store.is_revoked(token())
+
+
+async def test_revoke_subject_cuts_tokens_issued_up_to_the_instant() -> None:
+    clock = Clock()
+    store = MemoryRevocationStore(clock=clock)
+    await store.revoke_subject("s1")
+    assert await store.is_revoked(token(iat=clock.now - 10))
+    assert await store.is_revoked(token(iat=clock.now))
+    assert not await store.is_revoked(token(iat=clock.now + 1))
+    assert await store.is_revoked(token(iat=None, jti=None))  # no iat: cannot show it is newer
+    assert not await store.is_revoked(token(sub="s2"))
+
+
+async def test_subject_cutoff_in_the_past_and_retention() -> None:
+    clock = Clock()
+    store = MemoryRevocationStore(clock=clock, retention=100)
+    await store.revoke_subject("s1", issued_before=clock.now - 500)
+    assert not await store.is_revoked(token(iat=clock.now - 400))
+    assert await store.is_revoked(token(iat=clock.now - 600))
+    # A later cut-off never moves back in time.
+    await store.revoke_subject("s1", issued_before=clock.now - 1000)
+    assert await store.is_revoked(token(iat=clock.now - 600))
+    clock.now += 101
+    assert not await store.is_revoked(token(iat=clock.now - 10_000))
+
+
+async def test_revoke_client() -> None:
+    store = MemoryRevocationStore(clock=Clock())
+    await store.revoke_client("c1")
+    assert await store.is_revoked(token())
+    assert not await store.is_revoked(token(client_id="c2"))
+
+
+async def test_full_store_refuses_rather_than_forgetting() -> None:
+    clock = Clock()
+    store = MemoryRevocationStore(clock=clock, max_entries=2, expiry_grace=0)
+    await store.revoke_token("a", expires_at=clock.now + 10)
+    await store.revoke_token("b", expires_at=clock.now + 1000)
+    with pytest.raises(RevocationStoreError):
+        await store.revoke_token("c")
+    clock.now += 11  # "a" expires: its room is reclaimed
+    await store.revoke_token("c")
+    assert len(store) == 2
+    assert await store.is_revoked(token(jti="b"))
+
+
+def test_store_configuration_is_checked() -> None:
+    with pytest.raises(ConfigurationError):
+        MemoryRevocationStore(max_entries=0)
+
+
+async def test_revocation_takes_effect_on_the_next_request(session_issuer: DevIssuer) -> None:
+    store = MemoryRevocationStore()
+    guard = session_issuer.guard(revocation=store)
+    transport = httpx.ASGITransport(app=build_app(guard))
+    minted = session_issuer.mint(sub="frank")
+    headers = {"Authorization": f"Bearer {minted}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        first = await client.get("/me", headers=headers)
+        assert first.status_code == 200  # now cached
+        claims = (await guard.authenticate(minted)).claims
+        await store.revoke_token(claims["jti"], expires_at=claims["exp"])
+        with structlog.testing.capture_logs() as events:
+            second = await client.get("/me", headers=headers)
+        assert second.status_code == 401
+        assert "The access token has been revoked." in second.headers["www-authenticate"]
+        assert events[0]["reason"] == "revoked"
+        assert events[0]["sub"] == "frank"
+        other = session_issuer.mint(sub="frank")
+        assert (await client.get("/me", headers={"Authorization": f"Bearer {other}"})).status_code == 200
+        await store.revoke_subject("frank")
+        assert (await client.get("/me", headers={"Authorization": f"Bearer {other}"})).status_code == 401
+
+
+class BrokenStore:
+    async def is_revoked(self, token: AccessToken) -> bool:
+        raise ConnectionError("store down")
+
+
+async def test_a_failing_store_fails_closed(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard(revocation=BrokenStore())
+    transport = httpx.ASGITransport(app=build_app(guard))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        with structlog.testing.capture_logs() as events:
+            response = await client.get("/me", headers={"Authorization": f"Bearer {session_issuer.mint()}"})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert events[0]["event"] == "auth.unavailable"
+    assert events[0]["reason"] == "revocation_unavailable"
+
+
+async def test_failing_open_is_an_explicit_choice(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard(revocation=BrokenStore(), revocation_failure="allow")
+    transport = httpx.ASGITransport(app=build_app(guard))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/me", headers={"Authorization": f"Bearer {session_issuer.mint()}"})
+    assert response.status_code == 200

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bearerguard.audit import RequestInfo
@@ -18,15 +17,24 @@ SCOPE_KEY = "bearerguard"
 """The ASGI scope key (and WSGI environ key) under which ``RequestAuth`` is stored."""
 
 
-@dataclass(frozen=True, slots=True)
 class RequestAuth:
-    """What the middleware decided for this request."""
+    """What the middleware decided for this request (a plain slotted class: built per request)."""
 
-    guard: BearerGuard
-    token: AccessToken | None
-    request: RequestInfo
-    started: float
-    websocket: bool = False
+    __slots__ = ("guard", "request", "started", "token", "websocket")
+
+    def __init__(
+        self,
+        guard: BearerGuard,
+        token: AccessToken | None,
+        request: RequestInfo,
+        started: float,
+        websocket: bool = False,
+    ) -> None:
+        self.guard = guard
+        self.token = token
+        self.request = request
+        self.started = started
+        self.websocket = websocket
 
 
 current_auth: ContextVar[RequestAuth | None] = ContextVar("bearerguard_auth", default=None)

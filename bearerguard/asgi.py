@@ -89,10 +89,10 @@ class PublicPaths:
 def _request_info(scope: Scope, request_id: bytes | None) -> RequestInfo:
     client = scope.get("client")
     return RequestInfo(
-        method=scope.get("method", "WEBSOCKET"),
-        path=scope.get("path", ""),
-        client=client[0] if client else None,
-        request_id=request_id.decode("latin-1") if request_id else None,
+        scope.get("method", "WEBSOCKET"),
+        scope["path"],
+        client[0] if client else None,
+        request_id.decode("latin-1") if request_id else None,
     )
 
 
@@ -131,26 +131,11 @@ class BearerGuardMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind in ("http", "websocket"):
-            await self._guard(scope, receive, send)
-        elif kind == "lifespan" and self.warm_up:
-            await self.app(scope, self._warming(receive), send)
-        else:
+        if kind != "http" and kind != "websocket":  # noqa: PLR1714 - the hot path: no tuple
+            if kind == "lifespan" and self.warm_up:
+                receive = self._warming(receive)
             await self.app(scope, receive, send)
-
-    def _warming(self, receive: Receive) -> Receive:
-        async def receive_and_warm_up() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.guard.warm_up()
-                except ServiceUnavailableError as exc:
-                    _log.warning("bearerguard: warm-up failed, requests fail closed: %s", exc)
-            return message
-
-        return receive_and_warm_up
-
-    async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
+            return
         started = perf_counter()
         guard = self.guard
         authorization: list[bytes] = []
@@ -162,7 +147,8 @@ class BearerGuardMiddleware:
                 request_id = value
         try:
             token = extract_bearer(authorization, max_bytes=guard.max_token_bytes)
-            if has_query_token(scope.get("query_string", b"")):
+            query = scope.get("query_string", b"")
+            if b"access_token" in query and has_query_token(query):
                 # RFC 6750 §2.3 is not offered; one method per request (RFC 6750 §2).
                 raise InvalidRequestError("access_token in the query string is not accepted")
             if token is None:
@@ -172,10 +158,9 @@ class BearerGuardMiddleware:
             else:
                 access = await guard.authenticate(token)
         except AuthError as error:
-            info = _request_info(scope, request_id)
             guard.audit.refused(
                 error,
-                info,
+                _request_info(scope, request_id),
                 perf_counter() - started,
                 token=error.token,
                 header=error.header,
@@ -191,13 +176,25 @@ class BearerGuardMiddleware:
             guard.audit.accepted(access, info, perf_counter() - started)
             scope["auth"] = AuthCredentials(list(access.scopes))
             scope["user"] = TokenUser(access)
-        auth = RequestAuth(guard, access, info, started, scope["type"] == "websocket")
+        auth = RequestAuth(guard, access, info, started, kind == "websocket")
         scope[SCOPE_KEY] = auth
         reset = current_auth.set(auth)
         try:
             await self.app(scope, receive, send)
         finally:
             current_auth.reset(reset)
+
+    def _warming(self, receive: Receive) -> Receive:
+        async def receive_and_warm_up() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.guard.warm_up()
+                except ServiceUnavailableError as exc:
+                    _log.warning("bearerguard: warm-up failed, requests fail closed: %s", exc)
+            return message
+
+        return receive_and_warm_up
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: AuthError) -> None:
         refusal = render_refusal(error, self.guard.realm)

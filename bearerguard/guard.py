@@ -284,12 +284,16 @@ class BearerGuard:
         entry = cache.get(digest)
         if entry is None:
             return None
-        # Expiry is checked on every use, and a cached verification lasts only while the key
-        # that made it is still published: removing a key from the JWKS revokes its tokens.
-        keys = self._keys.keys
-        trusted = entry.key is self._secret or (keys is not None and entry.key in keys)
-        if trusted and self.clock() < entry.valid_until:
-            return entry
+        now = self.clock()
+        # Expiry is checked on every use. A cached verification also lasts only while the
+        # key set it came from may be used without a refresh, and while the key that made it
+        # is still published: removing a key from the JWKS revokes its tokens.
+        if now < entry.valid_until:
+            if entry.key is self._secret:
+                return entry
+            keys = self._keys
+            if keys.current(now) and keys.keys is not None and entry.key in keys.keys:
+                return entry
         cache.pop(digest, None)
         return None
 
@@ -399,6 +403,12 @@ class BearerGuard:
             return
         for kid, why in skipped:
             _log.info("bearerguard: skipped JWK %r: %s", kid, why)
+        if not found:
+            # A set with no usable key is an outage, not a verdict on every token: keep the
+            # last good keys (stale-if-error) rather than refusing everything as invalid.
+            cache.record_failure()
+            _log.warning("bearerguard: key set refresh returned no usable key")
+            return
         cache.record_success(KeySet(found, previous=cache.keys), self.clock(), max_age)
 
     async def _check_revocation(self, access: AccessToken) -> None:

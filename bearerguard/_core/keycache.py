@@ -85,6 +85,10 @@ class KeyCache:
         """Whether a key set may be used to verify tokens at ``now``."""
         return self.keys is not None and now < self.usable_until
 
+    def current(self, now: float) -> bool:
+        """Whether the set may be used at ``now`` without trying a refresh first."""
+        return now < self.fresh_until or (self.usable(now) and not self.needs_refresh(now))
+
     def needs_refresh(self, now: float) -> bool:
         """Whether the set is past its freshness and a fetch may start now."""
         if now < self.fresh_until:

@@ -197,7 +197,9 @@ class BearerGuard:
             raise ConfigurationError("leeway, max_age and max_token_bytes must be sensible")
         if revocation_failure not in ("deny", "allow"):
             raise ConfigurationError("revocation_failure is 'deny' or 'allow'")
-        if not isinstance(refresh, RefreshPolicy | None) or not isinstance(fetch, FetchPolicy | None):
+        if not isinstance(refresh, RefreshPolicy | None) or not isinstance(
+            fetch, FetchPolicy | None
+        ):
             raise ConfigurationError("refresh and fetch take RefreshPolicy and FetchPolicy")
         self.algorithms = allowed
         self.leeway = float(leeway)

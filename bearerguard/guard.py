@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import anyio
 from cachetools import LRUCache
@@ -46,7 +46,7 @@ from bearerguard.errors import (
     UnknownKeyError,
     UnsupportedAlgorithmError,
 )
-from bearerguard.jwks import FetchError, FetchPolicy, JWKSFetcher, check_url
+from bearerguard.jwks import FetchPolicy, JWKSFetcher, check_url
 from bearerguard.revocation.memory import MemoryRevocationStore
 from bearerguard.revocation.protocol import RevocationStore
 from bearerguard.token import AccessToken
@@ -56,6 +56,22 @@ __all__ = ["DEFAULT_ALGORITHMS", "BearerGuard"]
 DEFAULT_ALGORITHMS: tuple[str, ...] = tuple(sorted(ASYMMETRIC_ALGORITHMS))
 _RFC9068_CLAIMS = frozenset({"sub", "client_id", "iat", "jti"})
 _log = logging.getLogger("bearerguard")
+
+
+class _KeysNeeded(Exception):  # noqa: N818 - a signal between the core and its drivers
+    """Raised by the synchronous core when the key set must be fetched before going on."""
+
+    def __init__(self, *, unknown_kid: bool) -> None:
+        super().__init__()
+        self.unknown_kid = unknown_kid
+
+
+def _unexpected(exc: Exception, jws: CompactJWS | None) -> MalformedTokenError:
+    """A defect reached by client input must still be a refusal, never a 500."""
+    _log.error("unexpected error while verifying a token", exc_info=exc)
+    error = MalformedTokenError(f"unexpected {type(exc).__name__} during verification")
+    error.header = None if jws is None else jws.header
+    return error
 
 
 @dataclass(slots=True)
@@ -271,13 +287,25 @@ class BearerGuard:
         try:
             verified = self._cached(digest)
             if verified is None:
-                verified = await self._verify(token, digest)
-            access = verified.token
-            await self._check_revocation(access)
+                jws = self._parse(token)
+                try:
+                    verified = self._verify_jws(jws, digest, refreshed=False)
+                except _KeysNeeded as needed:
+                    await self._refresh(unknown_kid=needed.unknown_kid)
+                    verified = self._verify_jws(jws, digest, refreshed=True)
+            try:
+                revoked = await self.revocation.is_revoked(verified.token)
+            except Exception as exc:  # noqa: BLE001 - any store failure: the policy decides
+                self._revocation_failed(verified.token, exc)
+            else:
+                if revoked:
+                    self._revoked(verified.token)
         except AuthError as exc:
             exc.fingerprint = _fingerprint(digest)
             raise
-        return access
+        return verified.token
+
+    # Everything below up to the I/O edges is synchronous and shared by every driver.
 
     def _cached(self, digest: bytes) -> _Verified | None:
         cache = self._cache
@@ -299,27 +327,32 @@ class BearerGuard:
         cache.pop(digest, None)
         return None
 
-    async def _verify(self, token: str, digest: bytes) -> _Verified:
-        jws: CompactJWS | None = None
+    @staticmethod
+    def _parse(token: str) -> CompactJWS:
         try:
-            jws = parse_compact(token)
-            verified = await self._verify_jws(jws, digest)
-        except AuthError as exc:
-            if jws is not None:
-                exc.header = jws.header
+            return parse_compact(token)
+        except AuthError:
             raise
         except Exception as exc:
-            # A defect reached by client input must still be a refusal, never a 500.
-            _log.exception("unexpected error while verifying a token")
-            error = MalformedTokenError(f"unexpected {type(exc).__name__} during verification")
-            error.header = None if jws is None else jws.header
-            raise error from exc
+            raise _unexpected(exc, None) from exc
+
+    def _verify_jws(self, jws: CompactJWS, digest: bytes, *, refreshed: bool) -> _Verified:
+        """Verify a parsed token; raises ``_KeysNeeded`` when the key set must be fetched."""
+        try:
+            verified = self._check(jws, digest, refreshed=refreshed)
+        except AuthError as exc:
+            exc.header = jws.header
+            raise
+        except _KeysNeeded:
+            raise
+        except Exception as exc:
+            raise _unexpected(exc, jws) from exc
         if self._cache is not None:
             self._cache[digest] = verified
         return verified
 
-    async def _verify_jws(self, jws: CompactJWS, digest: bytes) -> _Verified:
-        key = await self._select_key(jws)
+    def _check(self, jws: CompactJWS, digest: bytes, *, refreshed: bool) -> _Verified:
+        key = self._select_key(jws, refreshed=refreshed)
         if not verify_signature(key, jws.alg, jws.signing_input, jws.signature):
             raise BadSignatureError("signature does not verify")
         claims = decode_json_object(jws.payload_segment, "payload")
@@ -335,7 +368,7 @@ class BearerGuard:
         )
         return _Verified(access, times.valid_until, key)
 
-    async def _select_key(self, jws: CompactJWS) -> VerificationKey:
+    def _select_key(self, jws: CompactJWS, *, refreshed: bool) -> VerificationKey:
         alg = jws.alg
         if alg not in self.algorithms:
             raise UnsupportedAlgorithmError(f"alg {alg[:32]!r} is not allowed")
@@ -347,21 +380,19 @@ class BearerGuard:
             return self._secret
         kid: str | None = jws.header.get("kid")
         cache = self._keys
-        if cache.needs_refresh(self.clock()):
-            await self._refresh()
-        if not cache.usable(self.clock()):
+        now = self.clock()
+        if not refreshed and self._fetcher is not None and cache.needs_refresh(now):
+            raise _KeysNeeded(unknown_kid=False)
+        if not cache.usable(now):
             raise KeySetUnavailableError("no usable key set")
         key = self._match(kid, alg)
-        if key is None and cache.may_refresh_for_unknown_kid(self.clock()):
-            await self._refresh(unknown_kid=True)
-            key = self._match(kid, alg)
-        if key is None:
-            if cache.last_failed:
-                raise KeySetUnavailableError(
-                    f"kid {str(kid)[:64]!r} unknown and the key set cannot be fetched"
-                )
-            raise UnknownKeyError(f"no trusted key for kid {str(kid)[:64]!r}")
-        return key
+        if key is not None:
+            return key
+        if not refreshed and cache.may_refresh_for_unknown_kid(now):
+            raise _KeysNeeded(unknown_kid=True)
+        if cache.last_failed:
+            raise KeySetUnavailableError(f"kid {str(kid)[:64]!r} unknown; key set unreachable")
+        raise UnknownKeyError(f"no trusted key for kid {str(kid)[:64]!r}")
 
     def _match(self, kid: str | None, alg: str) -> VerificationKey | None:
         keys = self._keys.keys
@@ -376,6 +407,43 @@ class BearerGuard:
             raise UnsupportedAlgorithmError(f"alg {alg!r} does not match the key's algorithms")
         return None
 
+    def _install_keys(self, document: Any, max_age: float | None) -> None:
+        """Install a fetched JWK Set, or record why it cannot be used."""
+        cache = self._keys
+        try:
+            found, skipped = keys_from_jwks(document, self.algorithms & ASYMMETRIC_ALGORITHMS)
+        except ValueError as exc:
+            self._keys_failed(exc)
+            return
+        for kid, why in skipped:
+            _log.info("bearerguard: skipped JWK %r: %s", kid, why)
+        if not found:
+            # A set with no usable key is an outage, not a verdict on every token: keep the
+            # last good keys (stale-if-error) rather than refusing everything as invalid.
+            self._keys_failed(ValueError("the key set has no usable key"))
+            return
+        cache.record_success(KeySet(found, previous=cache.keys), self.clock(), max_age)
+
+    def _keys_failed(self, error: Exception) -> None:
+        self._keys.record_failure()
+        _log.warning("bearerguard: key set refresh failed: %s", error)
+
+    def _revocation_failed(self, access: AccessToken, exc: Exception) -> None:
+        if self._fail_open:
+            _log.warning("bearerguard: revocation store failed, failing open: %r", exc)
+            return
+        failure = RevocationStoreError(f"{type(exc).__name__}: {exc}"[:200])
+        failure.token = access
+        raise failure from exc
+
+    @staticmethod
+    def _revoked(access: AccessToken) -> NoReturn:
+        refusal = RevokedTokenError("revoked")
+        refusal.token = access
+        raise refusal
+
+    # -- the asynchronous I/O edge --------------------------------------------------------
+
     async def _refresh(self, *, unknown_kid: bool = False) -> None:
         """Fetch the key set once, however many requests ask at the same time."""
         if self._fetcher is None:
@@ -386,47 +454,16 @@ class BearerGuard:
                 await self._refreshing.wait()
             return
         self._refreshing = anyio.Event()
+        self._keys.record_attempt(self.clock())
         try:
-            await self._fetch_keys()
+            document, max_age = await self._fetcher.fetch()
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the fetch failed: fail closed
+            self._keys_failed(exc)
+        else:
+            self._install_keys(document, max_age)
         finally:
             self._refreshing.set()
             self._refreshing = None
-
-    async def _fetch_keys(self) -> None:
-        assert self._fetcher is not None  # noqa: S101 - checked by the caller
-        cache = self._keys
-        cache.record_attempt(self.clock())
-        try:
-            document, max_age = await self._fetcher.fetch()
-            found, skipped = keys_from_jwks(document, self.algorithms & ASYMMETRIC_ALGORITHMS)
-        except (FetchError, ValueError) as exc:
-            cache.record_failure()
-            _log.warning("bearerguard: key set refresh failed: %s", exc)
-            return
-        for kid, why in skipped:
-            _log.info("bearerguard: skipped JWK %r: %s", kid, why)
-        if not found:
-            # A set with no usable key is an outage, not a verdict on every token: keep the
-            # last good keys (stale-if-error) rather than refusing everything as invalid.
-            cache.record_failure()
-            _log.warning("bearerguard: key set refresh returned no usable key")
-            return
-        cache.record_success(KeySet(found, previous=cache.keys), self.clock(), max_age)
-
-    async def _check_revocation(self, access: AccessToken) -> None:
-        try:
-            revoked = await self.revocation.is_revoked(access)
-        except Exception as exc:
-            if self._fail_open:
-                _log.warning("bearerguard: revocation store failed, failing open: %r", exc)
-                return
-            failure = RevocationStoreError(f"{type(exc).__name__}: {exc}"[:200])
-            failure.token = access
-            raise failure from exc
-        if revoked:
-            refusal = RevokedTokenError("revoked")
-            refusal.token = access
-            raise refusal
 
     # -- lifecycle ------------------------------------------------------------------------
 

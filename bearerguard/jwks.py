@@ -49,17 +49,23 @@ def check_url(url: str, what: str) -> str:
     """Require https, or http on a loopback host (for development).
 
     Raises:
-        ConfigurationError: any other scheme, a missing host, credentials or a fragment.
+        ConfigurationError: any other scheme, a missing host, an invalid port, credentials
+            or a fragment.
     """
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    secure = parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(host))
-    if secure and host and not (parts.username or parts.password or parts.fragment):
-        return url
-    raise ConfigurationError(
+    refusal = ConfigurationError(
         f"{what} must be an https URL without credentials or fragment "
         f"(http only for 127.0.0.1, ::1 or localhost): {url!r}"
     )
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        raise refusal from None
+    secure = parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(host))
+    if not secure or not host or parts.username or parts.password or parts.fragment:
+        raise refusal
+    return url
 
 
 def discovery_urls(issuer: str) -> tuple[str, str]:

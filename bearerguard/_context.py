@@ -17,22 +17,25 @@ SCOPE_KEY = "bearerguard"
 """The ASGI scope key (and WSGI environ key) under which ``RequestAuth`` is stored."""
 
 
-class RequestAuth:
-    """What the middleware decided for this request (a plain slotted class: built per request)."""
+class RequestAuth(RequestInfo):
+    """What the middleware decided for this request, with what the audit log records of it.
 
-    __slots__ = ("guard", "request", "started", "token", "websocket")
+    One plain slotted object per request: it is built on the hot path.
+    """
+
+    __slots__ = ("guard", "started", "token", "websocket")
 
     def __init__(
         self,
         guard: BearerGuard,
         token: AccessToken | None,
-        request: RequestInfo,
         started: float,
+        request: tuple[str, str, str | None, str | None],
         websocket: bool = False,
     ) -> None:
+        self.method, self.path, self.client, self.request_id = request
         self.guard = guard
         self.token = token
-        self.request = request
         self.started = started
         self.websocket = websocket
 

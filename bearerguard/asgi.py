@@ -86,9 +86,10 @@ class PublicPaths:
         return isinstance(path, str) and (path in self._exact or path.startswith(self._prefixes))
 
 
-def _request_info(scope: Scope, request_id: bytes | None) -> RequestInfo:
+def _describe(scope: Scope, request_id: bytes | None) -> tuple[str, str, str | None, str | None]:
+    """Method, path, client address and request id, as the audit log records them."""
     client = scope.get("client")
-    return RequestInfo(
+    return (
         scope.get("method", "WEBSOCKET"),
         scope["path"],
         client[0] if client else None,
@@ -160,7 +161,7 @@ class BearerGuardMiddleware:
         except AuthError as error:
             guard.audit.refused(
                 error,
-                _request_info(scope, request_id),
+                RequestInfo(*_describe(scope, request_id)),
                 perf_counter() - started,
                 token=error.token,
                 header=error.header,
@@ -168,15 +169,16 @@ class BearerGuardMiddleware:
             )
             await self._refuse(scope, receive, send, error)
             return
-        info = _request_info(scope, request_id)
+        auth = RequestAuth(
+            guard, access, started, _describe(scope, request_id), kind == "websocket"
+        )
         if access is None:
             scope.setdefault("auth", AuthCredentials())
             scope.setdefault("user", UnauthenticatedUser())
         else:
-            guard.audit.accepted(access, info, perf_counter() - started)
+            guard.audit.accepted(access, auth, perf_counter() - started)
             scope["auth"] = AuthCredentials(list(access.scopes))
             scope["user"] = TokenUser(access)
-        auth = RequestAuth(guard, access, info, started, kind == "websocket")
         scope[SCOPE_KEY] = auth
         reset = current_auth.set(auth)
         try:

@@ -73,7 +73,7 @@ def _denial(required: tuple[str, ...], any_of: bool) -> Response | None:
         error = MissingTokenError("scoped route on a public path reached without a token")
     else:
         error = InsufficientScopeError(required, any_of=any_of)
-    auth.guard.audit.refused(error, auth.request, perf_counter() - auth.started, token=token)
+    auth.guard.audit.refused(error, auth, perf_counter() - auth.started, token=token)
     if auth.websocket:
         raise WebSocketException(code=_POLICY_VIOLATION, reason=error.reason)
     refusal = render_refusal(error, auth.guard.realm)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -130,17 +131,28 @@ class JWKSFetcher:
 
     def __init__(self, issuer: str, jwks_uri: str | None, policy: FetchPolicy) -> None:
         self.issuer = issuer
-        self.jwks_uri = None if jwks_uri is None else check_url(jwks_uri, "jwks_uri")
+        self.configured_uri = None if jwks_uri is None else check_url(jwks_uri, "jwks_uri")
+        self.jwks_uri = self.configured_uri
         self.policy = policy
+        # Loading the CA bundle takes tens of milliseconds of CPU: do it once, here, rather
+        # than on the event loop at every refresh.
+        self._tls = ssl.create_default_context()
 
     def _client(self) -> httpx.AsyncClient:
         # A short-lived client per refresh: fetches are rare, and a client bound to no event
         # loop keeps the guard usable across loops (tests, lifespans, reloads).
         return httpx.AsyncClient(
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            headers={
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+                # Uncompressed only: a compressed body could inflate far past max_bytes
+                # within one chunk before the size check sees it.
+                "Accept-Encoding": "identity",
+            },
             timeout=self.policy.timeout,
             follow_redirects=False,
             trust_env=False,
+            verify=self._tls,
         )
 
     async def _discover(self, client: httpx.AsyncClient) -> str:
@@ -174,5 +186,10 @@ class JWKSFetcher:
         async with self._client() as client:
             if self.jwks_uri is None:
                 self.jwks_uri = await self._discover(client)
-            document, cache_control = await _get_json(client, self.jwks_uri, self.policy)
+            try:
+                document, cache_control = await _get_json(client, self.jwks_uri, self.policy)
+            except FetchError:
+                # A discovered location may have moved: discover it again next time.
+                self.jwks_uri = self.configured_uri
+                raise
         return document, ttl_from_cache_control(cache_control)

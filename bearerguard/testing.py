@@ -26,7 +26,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from bearerguard.guard import BearerGuard
 
-__all__ = ["DevIssuer", "SigningKey", "Override"]
+__all__ = ["DevIssuer", "Override", "RecordedRequest", "SigningKey"]
 
 DEFAULT_AUDIENCE = "https://api.example"
 
@@ -55,12 +55,23 @@ class Override:
     body: bytes = b""
     delay: float = 0.0
     headers: Mapping[str, str] = field(default_factory=dict)
+    """Extra response headers; a ``Content-Type`` here replaces the default JSON one."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """A request the dev issuer received: its path (without query) and its headers."""
+
+    path: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """The request headers, names lower-cased."""
 
 
 def _new_key(algorithm: str) -> SigningKey:
     kid = f"{algorithm.lower()}-{uuid.uuid4().hex[:8]}"
     if algorithm.startswith(("RS", "PS")):
-        return SigningKey(kid, algorithm, rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return SigningKey(kid, algorithm, private_key)
     if algorithm == "ES256":
         return SigningKey(kid, algorithm, ec.generate_private_key(ec.SECP256R1()))
     raise ValueError(f"DevIssuer does not generate {algorithm} keys")
@@ -75,9 +86,17 @@ class DevIssuer:
         audience: the default ``aud`` of minted tokens.
         port: the port to listen on; 0 picks a free one.
         jwks_max_age: the ``Cache-Control: max-age`` sent with the JWKS.
+        path: a path component for the issuer identifier (``"/tenant-a"`` makes the issuer
+            ``http://127.0.0.1:<port>/tenant-a``); metadata and JWKS are served under it.
+        oidc_discovery: serve OpenID Connect Discovery metadata at
+            ``<path>/.well-known/openid-configuration``.
+        oauth_metadata: also serve RFC 8414 metadata at
+            ``/.well-known/oauth-authorization-server<path>``.
 
     Attributes:
         requests: the paths requested so far, in order (for counting fetches).
+        received: the requests so far with their headers, in order.
+        overrides: canned answers by path, consulted before the normal ones.
     """
 
     def __init__(
@@ -87,12 +106,21 @@ class DevIssuer:
         audience: str = DEFAULT_AUDIENCE,
         port: int = 0,
         jwks_max_age: int = 300,
+        path: str = "",
+        oidc_discovery: bool = True,
+        oauth_metadata: bool = False,
     ) -> None:
+        if path and (not path.startswith("/") or path.endswith("/") or "?" in path):
+            raise ValueError("path must start with '/' and end without '/' (or be empty)")
         self.audience = audience
+        self.path = path
+        self.oidc_discovery = oidc_discovery
+        self.oauth_metadata = oauth_metadata
         self.jwks_max_age = jwks_max_age
         self.keys: list[SigningKey] = [_new_key(alg) for alg in algorithms]
         self.published: list[SigningKey] = list(self.keys)
         self.requests: list[str] = []
+        self.received: list[RecordedRequest] = []
         self.overrides: dict[str, Override] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -109,19 +137,37 @@ class DevIssuer:
     @property
     def url(self) -> str:
         """The issuer identifier (``iss``)."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.port}{self.path}"
 
     @property
     def jwks_uri(self) -> str:
         """Where the JWKS is served."""
         return f"{self.url}/jwks.json"
 
+    @property
+    def jwks_path(self) -> str:
+        """The request path of the JWKS (a key for ``overrides`` and ``fetch_count``)."""
+        return f"{self.path}/jwks.json"
+
+    @property
+    def oidc_metadata_path(self) -> str:
+        """The request path of the OpenID Connect Discovery document."""
+        return f"{self.path}/.well-known/openid-configuration"
+
+    @property
+    def oauth_metadata_path(self) -> str:
+        """The request path of the RFC 8414 metadata document (RFC 8414 §3.1)."""
+        return f"/.well-known/oauth-authorization-server{self.path}"
+
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> DevIssuer:
         """Serve in a background thread; returns ``self``."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+            # A short poll interval makes stop() quick (the default waits up to 0.5 s).
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+            )
             self._thread.start()
         return self
 
@@ -211,10 +257,16 @@ class DevIssuer:
         algorithm: str | None = None,
         headers: Mapping[str, Any] | None = None,
     ) -> str:
-        """Sign ``claims`` as a JWT with the issuer's key for ``algorithm``."""
+        """Sign ``claims`` as a JWT with the issuer's key for ``algorithm``.
+
+        ``headers`` are merged over ``{"kid": ..., "typ": "at+jwt"}``; members given as
+        ``None`` are left out.
+        """
         key = self.key(algorithm)
         header: dict[str, Any] = {"kid": key.kid, "typ": "at+jwt"}
         header.update(headers or {})
+        # A member given as None is left out: headers={"kid": None} signs without a kid.
+        header = {name: value for name, value in header.items() if value is not None}
         return jwt.encode(dict(claims), key.private_key, algorithm=key.algorithm, headers=header)
 
     def mint(
@@ -241,16 +293,26 @@ class DevIssuer:
             options.setdefault("jwks_uri", self.jwks_uri)
         return BearerGuard(issuer=self.url, **options)
 
+    def fetch_count(self, path: str | None = None) -> int:
+        """How many requests ``path`` received (the JWKS path by default)."""
+        wanted = self.jwks_path if path is None else path
+        with self._lock:
+            return sum(1 for seen in self.requests if seen == wanted)
+
     # -- serving --------------------------------------------------------------------------
 
-    def _answer(self, path: str) -> Override:
-        self.requests.append(path)
-        override = self.overrides.get(path)
+    def _answer(self, path: str, headers: Mapping[str, str]) -> Override:
+        with self._lock:
+            self.requests.append(path)
+            self.received.append(RecordedRequest(path, dict(headers)))
+            override = self.overrides.get(path)
         if override is not None:
             return override
-        if path == "/.well-known/openid-configuration":
+        if (path == self.oidc_metadata_path and self.oidc_discovery) or (
+            path == self.oauth_metadata_path and self.oauth_metadata
+        ):
             return Override(body=json.dumps(self.metadata()).encode())
-        if path == "/jwks.json":
+        if path == self.jwks_path:
             return Override(
                 body=json.dumps(self.jwks()).encode(),
                 headers={"Cache-Control": f"public, max-age={self.jwks_max_age}"},
@@ -261,13 +323,15 @@ class DevIssuer:
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server naming
-                answer = issuer._answer(self.path.split("?", 1)[0])
+            def do_GET(self) -> None:
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                answer = issuer._answer(self.path.split("?", 1)[0], headers)
                 if answer.delay:
                     time.sleep(answer.delay)
                 try:
                     self.send_response(answer.status)
-                    self.send_header("Content-Type", "application/json")
+                    if not any(name.lower() == "content-type" for name in answer.headers):
+                        self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(answer.body)))
                     for name, value in answer.headers.items():
                         self.send_header(name, value)
@@ -276,7 +340,7 @@ class DevIssuer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test): nothing to tell it
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         return Handler

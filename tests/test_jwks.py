@@ -1,0 +1,1135 @@
+"""Key-set behaviour against real loopback HTTP servers: discovery, caching, rotation, outages.
+
+Every test talks to a real ``DevIssuer`` on 127.0.0.1 (or a raw socket, where the issuer
+cannot express the case). Time is a ``FakeClock`` handed to the guard, so TTLs, cooldowns
+and staleness are crossed by advancing it: nothing sleeps, except where a real network
+delay is the point (a fetch held open, a timeout).
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+import jwt
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+from starlette.types import ASGIApp, Message
+from structlog.testing import capture_logs
+
+from bearerguard import (
+    BearerGuard,
+    ConfigurationError,
+    FetchPolicy,
+    KeySetUnavailableError,
+    RefreshPolicy,
+    __version__,
+)
+from bearerguard.asgi import BearerGuardMiddleware
+from bearerguard.errors import UnknownKeyError
+from bearerguard.jwks import USER_AGENT
+from bearerguard.testing import DevIssuer, Override, SigningKey
+
+# Fresh for 300 s (the issuer's max-age), one fetch per 30 s on misses or failures, and
+# stale keys served for 600 s past freshness while fetches fail.
+POLICY = RefreshPolicy(default_ttl=300, min_ttl=60, max_ttl=3600, cooldown=30, max_stale=600)
+# Generous for fetches that should succeed (no flakes on a loaded machine); SHORT where a
+# fetch is meant to time out, or is bound to fail anyway.
+FETCH = FetchPolicy(timeout=5.0, max_bytes=16 * 1024)
+SHORT = FetchPolicy(timeout=0.3, max_bytes=FETCH.max_bytes)
+LONG = 30 * 86_400  # token lifetime that outlives every clock jump in this file
+
+
+class FakeClock:
+    """Epoch seconds that move only when told to."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(time.time())
+
+
+@pytest.fixture
+def dev() -> Iterator[DevIssuer]:
+    """A fresh single-key ES256 issuer (fast to generate); faults go in ``overrides``."""
+    with DevIssuer(algorithms=("ES256",)) as issuer:
+        yield issuer
+
+
+def make_guard(
+    issuer: DevIssuer, clock: FakeClock, *, discover: bool = True, **options: Any
+) -> BearerGuard:
+    options.setdefault("refresh", POLICY)
+    options.setdefault("fetch", FETCH)
+    return issuer.guard(discover=discover, clock=clock, **options)
+
+
+def mint(issuer: DevIssuer, **options: Any) -> str:
+    return issuer.mint(expires_in=LONG, **options)
+
+
+def random_kid_token(issuer: DevIssuer) -> str:
+    """A token naming a key nobody publishes (the signature is never reached)."""
+    return issuer.sign(issuer.claims(expires_in=LONG), headers={"kid": uuid.uuid4().hex})
+
+
+def sign_with(issuer: DevIssuer, key: SigningKey) -> str:
+    """A token signed by a given (possibly no longer current) key of the issuer."""
+    header = {"kid": key.kid, "typ": "at+jwt"}
+    claims = issuer.claims(expires_in=LONG)
+    return jwt.encode(claims, key.private_key, algorithm=key.algorithm, headers=header)
+
+
+def jwks_body(issuer: DevIssuer, **extra: Any) -> bytes:
+    return json.dumps({**issuer.jwks(), **extra}).encode()
+
+
+def serve_jwks(
+    issuer: DevIssuer, *, delay: float = 0.0, cache_control: str | None = "max-age=300"
+) -> None:
+    """Serve the current JWKS from an override: a snapshot, optionally slow."""
+    headers = {} if cache_control is None else {"Cache-Control": cache_control}
+    issuer.overrides[issuer.jwks_path] = Override(
+        body=jwks_body(issuer), delay=delay, headers=headers
+    )
+
+
+def break_jwks(issuer: DevIssuer) -> None:
+    issuer.overrides[issuer.jwks_path] = Override(status=500, body=b'{"error": "boom"}')
+
+
+def repair_jwks(issuer: DevIssuer) -> None:
+    issuer.overrides.pop(issuer.jwks_path, None)
+
+
+# -- the middleware -----------------------------------------------------------------------
+
+
+async def whoami(request: Request) -> JSONResponse:
+    return JSONResponse({"sub": request.user.identity})
+
+
+def protected(guard: BearerGuard, **options: Any) -> BearerGuardMiddleware:
+    app = Starlette(routes=[Route("/me", whoami)])
+    return BearerGuardMiddleware(app, guard=guard, **options)
+
+
+@asynccontextmanager
+async def client_for(app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        yield client
+
+
+async def get_me(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    return await client.get("/me", headers={"Authorization": f"Bearer {token}"})
+
+
+def assert_unavailable(response: httpx.Response) -> None:
+    """Fail closed: 503 with Retry-After, no challenge (the token may well be good)."""
+    assert response.status_code == 503, response.text
+    assert int(response.headers["retry-after"]) > 0
+    assert "www-authenticate" not in response.headers
+    assert response.json()["error"] == "temporarily_unavailable"
+
+
+async def assert_guard_unavailable(guard: BearerGuard, token: str) -> None:
+    with pytest.raises(KeySetUnavailableError):
+        await guard.authenticate(token)
+
+
+@asynccontextmanager
+async def lifespan(app: ASGIApp) -> AsyncIterator[Message]:
+    """Run a real ASGI lifespan cycle by hand; yields the app's answer to start-up."""
+    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+    to_app, app_inbox = anyio.create_memory_object_stream[Message](1)
+    app_outbox, from_app = anyio.create_memory_object_stream[Message](1)
+    with to_app, app_inbox, app_outbox, from_app, anyio.fail_after(5):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(app, scope, app_inbox.receive, app_outbox.send)
+            await to_app.send({"type": "lifespan.startup"})
+            yield await from_app.receive()
+            await to_app.send({"type": "lifespan.shutdown"})
+            assert (await from_app.receive())["type"] == "lifespan.shutdown.complete"
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A URL on a port that accepts TCP connections but never answers them."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/jwks.json"
+
+
+# == discovery ============================================================================
+
+
+@pytest.mark.anyio
+async def test_discovers_the_jwks_uri_from_openid_configuration(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock)
+    token = await guard.authenticate(mint(dev))
+    assert token.subject == "user-1"
+    assert dev.requests == [dev.oidc_metadata_path, dev.jwks_path]
+
+
+@pytest.mark.anyio
+async def test_falls_back_to_rfc8414_metadata_when_oidc_discovery_is_404(
+    clock: FakeClock,
+) -> None:
+    with DevIssuer(algorithms=("ES256",), oidc_discovery=False, oauth_metadata=True) as issuer:
+        guard = make_guard(issuer, clock)
+        await guard.authenticate(mint(issuer))
+        assert issuer.requests == [
+            issuer.oidc_metadata_path,
+            issuer.oauth_metadata_path,
+            issuer.jwks_path,
+        ]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("oidc", [True, False], ids=["oidc", "rfc8414"])
+async def test_issuer_with_a_path_component(clock: FakeClock, *, oidc: bool) -> None:
+    options = {"oidc_discovery": oidc, "oauth_metadata": not oidc}
+    with DevIssuer(algorithms=("ES256",), path="/tenants/a", **options) as issuer:
+        guard = make_guard(issuer, clock)
+        await guard.authenticate(mint(issuer))
+        # OIDC appends the well-known suffix; RFC 8414 §3.1 inserts it before the path.
+        assert "/tenants/a/.well-known/openid-configuration" in issuer.requests
+        if not oidc:
+            assert "/.well-known/oauth-authorization-server/tenants/a" in issuer.requests
+        assert issuer.requests[-1] == "/tenants/a/jwks.json"
+
+
+@pytest.mark.anyio
+async def test_discovery_happens_once_then_only_the_jwks_is_refetched(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock)
+    await guard.authenticate(mint(dev))
+    clock.advance(300)
+    await guard.authenticate(mint(dev))
+    assert dev.fetch_count() == 2
+    assert dev.fetch_count(dev.oidc_metadata_path) == 1
+
+
+@pytest.mark.anyio
+async def test_explicit_jwks_uri_skips_discovery(dev: DevIssuer, clock: FakeClock) -> None:
+    # Discovery would fail: it is never asked.
+    dev.overrides[dev.oidc_metadata_path] = Override(status=500)
+    guard = make_guard(dev, clock, discover=False)
+    await guard.authenticate(mint(dev))
+    assert dev.requests == [dev.jwks_path]
+
+
+def _mismatched(issuer: DevIssuer) -> dict[str, object]:
+    return {"issuer": "https://evil.example", "jwks_uri": issuer.jwks_uri}
+
+
+METADATA_MISMATCHES: dict[str, Callable[[DevIssuer], object]] = {
+    "other-issuer": _mismatched,
+    "trailing-slash": lambda i: {"issuer": i.url + "/", "jwks_uri": i.jwks_uri},
+    "other-port": lambda i: {"issuer": "http://127.0.0.1:1", "jwks_uri": i.jwks_uri},
+    "case-differs": lambda i: {"issuer": i.url.upper(), "jwks_uri": i.jwks_uri},
+    "no-issuer": lambda i: {"jwks_uri": i.jwks_uri},
+    "issuer-not-a-string": lambda i: {"issuer": [i.url], "jwks_uri": i.jwks_uri},
+    "not-an-object": lambda i: [{"issuer": i.url, "jwks_uri": i.jwks_uri}],
+    "no-jwks-uri": lambda i: {"issuer": i.url},
+    "jwks-uri-not-a-string": lambda i: {"issuer": i.url, "jwks_uri": [i.jwks_uri]},
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("where", "case"),
+    [("oidc", case) for case in sorted(METADATA_MISMATCHES)]
+    + [("rfc8414", case) for case in ("other-issuer", "trailing-slash", "no-jwks-uri")],
+)
+async def test_unacceptable_metadata_fails_closed(
+    dev: DevIssuer, clock: FakeClock, case: str, where: str
+) -> None:
+    body = json.dumps(METADATA_MISMATCHES[case](dev)).encode()
+    if where == "oidc":
+        dev.overrides[dev.oidc_metadata_path] = Override(body=body)
+    else:
+        dev.overrides[dev.oidc_metadata_path] = Override(status=404)
+        dev.overrides[dev.oauth_metadata_path] = Override(body=body)
+    guard = make_guard(dev, clock)
+    await assert_guard_unavailable(guard, mint(dev))
+    async with client_for(protected(guard)) as client:
+        assert_unavailable(await get_me(client, mint(dev)))
+    # The JWKS the bad metadata points at (a working one) is never fetched.
+    assert dev.fetch_count() == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "jwks_uri",
+    [
+        "http://example.com/jwks.json",
+        "http://10.0.0.1/jwks.json",
+        "http://127.0.0.1.nip.io/jwks.json",
+        "file:///etc/passwd",
+        "https://user:secret@example.com/jwks.json",
+        "https://example.com/jwks.json#fragment",
+        "/jwks.json",
+        "http://[::1/jwks.json",
+    ],
+)
+async def test_metadata_with_an_unsafe_jwks_uri_is_refused(
+    dev: DevIssuer, clock: FakeClock, jwks_uri: str
+) -> None:
+    metadata = {**dev.metadata(), "jwks_uri": jwks_uri}
+    dev.overrides[dev.oidc_metadata_path] = Override(body=json.dumps(metadata).encode())
+    guard = make_guard(dev, clock)
+    await assert_guard_unavailable(guard, mint(dev))
+    async with client_for(protected(guard)) as client:
+        assert_unavailable(await get_me(client, mint(dev)))
+
+
+# == Cache-Control ========================================================================
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("cache_control", "ttl"),
+    [
+        ("public, max-age=120", 120),  # within bounds: as said
+        ("max-age=5", 60),  # below min_ttl: clamped up (max-age=0, no-cache: test_keycache)
+        ("public, max-age=999999", 3600),  # above max_ttl: clamped down
+        ("no-store", 60),  # min_ttl: never a fetch per request
+        (None, 300),  # unsaid: default_ttl
+    ],
+)
+async def test_cache_control_is_respected_within_bounds(
+    dev: DevIssuer, clock: FakeClock, cache_control: str | None, ttl: float
+) -> None:
+    serve_jwks(dev, cache_control=cache_control)
+    guard = make_guard(dev, clock, discover=False)
+    for _ in range(3):  # fresh tokens: the verified-token cache never answers
+        await guard.authenticate(mint(dev))
+    assert dev.fetch_count() == 1
+    clock.advance(ttl - 0.5)
+    await guard.authenticate(mint(dev))
+    assert dev.fetch_count() == 1
+    clock.advance(0.5)
+    await guard.authenticate(mint(dev))
+    assert dev.fetch_count() == 2
+    clock.advance(ttl - 0.5)
+    await guard.authenticate(mint(dev))
+    assert dev.fetch_count() == 2
+
+
+@pytest.mark.anyio
+async def test_expired_set_is_refetched_once_not_per_request(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock, discover=False)
+    await guard.authenticate(mint(dev))
+    clock.advance(3 * 300)
+    for _ in range(20):
+        await guard.authenticate(mint(dev))
+    assert dev.fetch_count() == 2
+
+
+# == rotation =============================================================================
+
+
+@pytest.mark.anyio
+async def test_rotated_key_is_picked_up_by_its_first_token(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock, discover=False)
+    async with client_for(protected(guard)) as client:
+        assert (await get_me(client, mint(dev))).status_code == 200
+        clock.advance(POLICY.cooldown)  # well within the set's freshness (300 s)
+        old = dev.key()
+        new = dev.rotate("ES256")
+        response = await get_me(client, mint(dev))
+        assert response.status_code == 200, response.text
+        assert dev.fetch_count() == 2
+        assert new.kid in guard.key_ids
+        # The previous key is still published and still verifies.
+        assert (await get_me(client, sign_with(dev, old))).status_code == 200
+        assert dev.fetch_count() == 2
+
+
+@pytest.mark.anyio
+async def test_rotated_key_within_the_cooldown_waits_for_it(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    """A kid-miss refresh is rate limited: a key published right after a fetch is unknown
+    (401) until the cooldown has passed, then picked up by the next token naming it."""
+    guard = make_guard(dev, clock, discover=False)
+    await guard.authenticate(mint(dev))
+    dev.rotate("ES256")
+    clock.advance(POLICY.cooldown - 1)
+    with pytest.raises(UnknownKeyError):
+        await guard.authenticate(mint(dev))
+    assert dev.fetch_count() == 1
+    clock.advance(1)
+    await guard.authenticate(mint(dev))
+    assert dev.fetch_count() == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("trigger", ["unknown-kid", "ttl", "the-cached-token-itself"])
+async def test_retired_keys_cached_tokens_stop_verifying_after_the_next_refresh(
+    dev: DevIssuer, clock: FakeClock, trigger: str
+) -> None:
+    guard = make_guard(dev, clock, discover=False)
+    old_token = mint(dev)
+    old_kid = dev.key().kid
+    await guard.authenticate(old_token)  # verified, and now in the verified-token cache
+    dev.rotate("ES256")
+    dev.retire(old_kid)
+    # Until the set is refetched, the cached verification stands.
+    await guard.authenticate(old_token)
+    clock.advance(POLICY.cooldown if trigger == "unknown-kid" else 300)
+    if trigger != "the-cached-token-itself":
+        await guard.authenticate(mint(dev))  # new key: a refresh (kid miss, or expired TTL)
+        assert dev.fetch_count() == 2
+    # Past its freshness, even a cached verification waits for the refresh it triggers.
+    with pytest.raises(UnknownKeyError):
+        await guard.authenticate(old_token)
+    assert dev.fetch_count() == 2
+    assert old_kid not in guard.key_ids
+    async with client_for(protected(guard)) as client:
+        response = await get_me(client, old_token)
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+
+
+@pytest.mark.anyio
+async def test_unchanged_keys_keep_their_cached_tokens_across_refreshes(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock, discover=False)
+    token = mint(dev)
+    await guard.authenticate(token)
+    dev.rotate("ES256")  # the old key stays published
+    clock.advance(300)
+    await guard.authenticate(mint(dev))
+    assert dev.fetch_count() == 2
+    assert (await guard.authenticate(token)).subject == "user-1"
+
+
+# == floods and concurrency ===============================================================
+
+
+@pytest.mark.anyio
+async def test_a_flood_of_random_kids_costs_at_most_one_fetch_per_cooldown(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock)
+    fetched_at: list[float] = []
+    for _ in range(1000):
+        before = dev.fetch_count()
+        with pytest.raises(UnknownKeyError) as caught:
+            await guard.authenticate(random_kid_token(dev))
+        assert caught.value.reason == "unknown_key"
+        if dev.fetch_count() != before:
+            fetched_at.append(clock.now)
+        clock.advance(0.1)  # 1,000 tokens over 100 s
+    # The cold fetch, then at most one per 30 s cooldown: at 0, 30, 60, 90 s.
+    assert len(fetched_at) <= 1 + 100 // POLICY.cooldown
+    gaps = [later - earlier for earlier, later in itertools.pairwise(fetched_at)]
+    assert all(gap >= POLICY.cooldown for gap in gaps), gaps
+    assert dev.fetch_count(dev.oidc_metadata_path) == 1
+    # The genuine keys still verify in the middle of the flood.
+    assert (await guard.authenticate(mint(dev))).subject == "user-1"
+
+
+@pytest.mark.anyio
+async def test_a_flood_of_random_kids_through_the_middleware(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock, discover=False)
+    async with client_for(protected(guard)) as client:
+        for _ in range(200):
+            response = await get_me(client, random_kid_token(dev))
+            assert response.status_code == 401
+            assert 'error="invalid_token"' in response.headers["www-authenticate"]
+    assert dev.fetch_count() == 1
+
+
+@pytest.mark.anyio
+async def test_concurrent_cold_requests_share_one_fetch(dev: DevIssuer, clock: FakeClock) -> None:
+    # The JWKS answers after 0.2 s: every request arrives while the first fetch is open.
+    serve_jwks(dev, delay=0.2)
+    guard = make_guard(dev, clock, fetch=FetchPolicy(timeout=2.0))
+    tokens = [mint(dev) for _ in range(50)]
+    subjects: list[str | None] = []
+
+    async def verify(token: str) -> None:
+        subjects.append((await guard.authenticate(token)).subject)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tasks:
+            for token in tokens:
+                tasks.start_soon(verify, token)
+    assert subjects == ["user-1"] * 50
+    assert dev.fetch_count(dev.oidc_metadata_path) == 1
+    assert dev.fetch_count() == 1
+
+
+@pytest.mark.anyio
+async def test_concurrent_cold_requests_through_the_middleware(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    serve_jwks(dev, delay=0.2)
+    guard = make_guard(dev, clock, fetch=FetchPolicy(timeout=2.0))
+    statuses: list[int] = []
+    async with client_for(protected(guard)) as client:
+
+        async def call(token: str) -> None:
+            statuses.append((await get_me(client, token)).status_code)
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tasks:
+                for token in [mint(dev) for _ in range(50)]:
+                    tasks.start_soon(call, token)
+    assert statuses == [200] * 50
+    assert dev.fetch_count() == 1
+
+
+@pytest.mark.anyio
+async def test_concurrent_cold_requests_share_one_failing_fetch(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    dev.overrides[dev.jwks_path] = Override(status=500, delay=0.2)
+    guard = make_guard(dev, clock, discover=False, fetch=FetchPolicy(timeout=2.0))
+    statuses: list[int] = []
+    async with client_for(protected(guard)) as client:
+
+        async def call(token: str) -> None:
+            response = await get_me(client, token)
+            assert_unavailable(response)
+            statuses.append(response.status_code)
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tasks:
+                for token in [mint(dev) for _ in range(50)]:
+                    tasks.start_soon(call, token)
+    assert statuses == [503] * 50
+    assert dev.fetch_count() == 1
+
+
+# == outages ==============================================================================
+
+_VALID_PADDING = "x" * (FETCH.max_bytes + 1)
+
+# Each fault: what the JWKS endpoint answers instead of the key set (under FETCH limits).
+JWKS_FAULTS: dict[str, Callable[[DevIssuer], Override]] = {
+    "500": lambda _: Override(status=500, body=b'{"error": "boom"}'),
+    "503-html": lambda _: Override(
+        status=503, body=b"<h1>down</h1>", headers={"Content-Type": "text/html"}
+    ),
+    "404": lambda _: Override(status=404, body=b"{}"),
+    "204": lambda _: Override(status=204),
+    "not-json": lambda _: Override(body=b"this is not json"),
+    "empty-body": lambda _: Override(body=b""),
+    "json-without-keys": lambda _: Override(body=b'{"issuer": "x"}'),
+    "keys-not-a-list": lambda _: Override(body=b'{"keys": {"kty": "EC"}}'),
+    "json-array": lambda _: Override(body=b"[]"),
+    "json-null": lambda _: Override(body=b"null"),
+    "html": lambda _: Override(
+        body=b"<!doctype html><html><body>Sign in</body></html>",
+        headers={"Content-Type": "text/html; charset=utf-8"},
+    ),
+    "wrong-content-type": lambda _: Override(
+        body=b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", headers={"Content-Type": "image/png"}
+    ),
+    "invalid-utf8": lambda _: Override(body=b'{"keys": ["\xff\xfe"]}'),
+    "deeply-nested": lambda _: Override(body=b"[" * 5000 + b"]" * 5000),
+    # A valid JWKS, just too big: the limit is about bytes, not content.
+    "oversized": lambda i: Override(body=jwks_body(i, padding=_VALID_PADDING)),
+    "slow": lambda i: Override(body=jwks_body(i), delay=SHORT.timeout + 0.3),
+    "redirect": lambda i: Override(status=302, headers={"Location": i.jwks_uri + "?moved"}),
+    "bad-gzip": lambda i: Override(body=jwks_body(i), headers={"Content-Encoding": "gzip"}),
+    # Small on the wire, bigger than max_bytes once decoded: the limit counts decoded bytes.
+    "gzip-bomb": lambda i: Override(
+        body=gzip.compress(jwks_body(i, padding=" " * 10 * FETCH.max_bytes)),
+        headers={"Content-Encoding": "gzip"},
+    ),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fault", sorted(JWKS_FAULTS))
+async def test_cold_start_outage_fails_closed(dev: DevIssuer, clock: FakeClock, fault: str) -> None:
+    dev.overrides[dev.jwks_path] = JWKS_FAULTS[fault](dev)
+    guard = make_guard(dev, clock, discover=False, fetch=SHORT)
+    await assert_guard_unavailable(guard, mint(dev))
+    assert dev.fetch_count() == 1  # a redirect, in particular, is not followed
+    async with client_for(protected(guard)) as client:
+        for _ in range(3):
+            clock.advance(POLICY.cooldown / 4)
+            assert_unavailable(await get_me(client, mint(dev)))
+    assert dev.fetch_count() == 1  # within the cooldown: no new fetch
+
+
+@pytest.mark.anyio
+async def test_cold_start_outage_is_retried_once_per_cooldown_until_it_heals(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    break_jwks(dev)
+    guard = make_guard(dev, clock, discover=False)
+    async with client_for(protected(guard)) as client:
+        assert_unavailable(await get_me(client, mint(dev)))
+        clock.advance(POLICY.cooldown - 0.1)
+        assert_unavailable(await get_me(client, mint(dev)))
+        assert dev.fetch_count() == 1
+        clock.advance(0.1)
+        assert_unavailable(await get_me(client, mint(dev)))
+        assert dev.fetch_count() == 2
+        repair_jwks(dev)  # the issuer heals, but the next try waits for the cooldown
+        assert_unavailable(await get_me(client, mint(dev)))
+        clock.advance(POLICY.cooldown)
+        assert (await get_me(client, mint(dev))).status_code == 200
+    assert dev.fetch_count() == 3
+
+
+@pytest.mark.anyio
+async def test_slow_fetch_is_bounded_by_the_timeout(dev: DevIssuer, clock: FakeClock) -> None:
+    dev.overrides[dev.jwks_path] = Override(body=jwks_body(dev), delay=2.0)
+    guard = make_guard(dev, clock, discover=False, fetch=SHORT)
+    started = anyio.current_time()
+    await assert_guard_unavailable(guard, mint(dev))
+    assert anyio.current_time() - started < SHORT.timeout + 0.5
+
+
+@pytest.mark.anyio
+async def test_default_size_limit_refuses_a_huge_jwks(dev: DevIssuer, clock: FakeClock) -> None:
+    limit = FetchPolicy().max_bytes
+    padding = "x" * limit
+    dev.overrides[dev.jwks_path] = Override(body=jwks_body(dev, padding=padding))
+    guard = make_guard(dev, clock, discover=False, fetch=FetchPolicy())
+    await assert_guard_unavailable(guard, mint(dev))
+
+
+@pytest.mark.anyio
+async def test_a_jwks_just_under_the_size_limit_is_accepted(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    body = jwks_body(dev, padding="")
+    padding = "x" * (FETCH.max_bytes - len(body))
+    dev.overrides[dev.jwks_path] = Override(body=jwks_body(dev, padding=padding))
+    assert len(dev.overrides[dev.jwks_path].body) == FETCH.max_bytes
+    guard = make_guard(dev, clock, discover=False)
+    await guard.authenticate(mint(dev))
+
+
+@pytest.mark.anyio
+async def test_oversized_or_slow_metadata_fails_closed(dev: DevIssuer, clock: FakeClock) -> None:
+    metadata = {**dev.metadata(), "padding": _VALID_PADDING}
+    dev.overrides[dev.oidc_metadata_path] = Override(body=json.dumps(metadata).encode())
+    dev.overrides[dev.oauth_metadata_path] = Override(
+        body=json.dumps(dev.metadata()).encode(), delay=SHORT.timeout + 0.3
+    )
+    guard = make_guard(dev, clock, fetch=SHORT)
+    await assert_guard_unavailable(guard, mint(dev))
+    assert dev.fetch_count() == 0
+
+
+@pytest.mark.anyio
+async def test_connection_refused_fails_closed(dev: DevIssuer, clock: FakeClock) -> None:
+    guard = make_guard(dev, clock)
+    token = mint(dev)
+    dev.stop()
+    await assert_guard_unavailable(guard, token)
+    async with client_for(protected(guard)) as client:
+        assert_unavailable(await get_me(client, token))
+
+
+@pytest.mark.anyio
+async def test_a_server_that_never_answers_fails_closed(
+    dev: DevIssuer, clock: FakeClock, black_hole: str
+) -> None:
+    guard = BearerGuard(
+        issuer=dev.url,
+        audience=dev.audience,
+        jwks_uri=black_hole,
+        refresh=POLICY,
+        fetch=SHORT,
+        clock=clock,
+    )
+    started = anyio.current_time()
+    async with client_for(protected(guard)) as client:
+        assert_unavailable(await get_me(client, mint(dev)))
+    assert anyio.current_time() - started < SHORT.timeout + 0.5
+
+
+@pytest.mark.anyio
+async def test_a_valid_jwks_under_an_unusual_content_type_is_accepted(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    """Content-Type is not checked: static hosting often serves JWKS as text/plain or
+    octet-stream, and the body is parsed strictly as a JWK Set whatever it claims to be."""
+    headers = {"Content-Type": "application/octet-stream"}
+    dev.overrides[dev.jwks_path] = Override(body=jwks_body(dev), headers=headers)
+    guard = make_guard(dev, clock, discover=False)
+    await guard.authenticate(mint(dev))
+
+
+# == stale-if-error =======================================================================
+
+OUTAGES: dict[str, Callable[[DevIssuer], None]] = {
+    "500": break_jwks,
+    "connection-refused": lambda i: i.stop(),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("outage", sorted(OUTAGES))
+async def test_stale_keys_serve_until_max_stale_then_fail_closed(
+    dev: DevIssuer, clock: FakeClock, outage: str
+) -> None:
+    guard = make_guard(dev, clock)
+    start = clock.now
+    await guard.authenticate(mint(dev))
+    OUTAGES[outage](dev)
+    countable = outage != "connection-refused"  # a stopped server counts nothing
+
+    async def at(offset: float, fetches: int) -> None:
+        clock.now = start + offset
+        await guard.authenticate(mint(dev))  # a fresh token: the verified cache is no help
+        if countable:
+            assert dev.fetch_count() == fetches, offset
+
+    await at(299, 1)  # fresh
+    await at(300, 2)  # stale: a fetch is tried and fails, the last good keys answer
+    await at(329, 2)  # within the cooldown: no fetch
+    await at(330, 3)  # a second try
+    await at(340, 3)
+    await at(899.9, 4)  # a third try, still within max_stale (300 + 600)
+    clock.now = start + 900
+    await assert_guard_unavailable(guard, mint(dev))
+    async with client_for(protected(guard)) as client:
+        assert_unavailable(await get_me(client, mint(dev)))
+        clock.advance(POLICY.cooldown)
+        assert_unavailable(await get_me(client, mint(dev)))
+        if outage == "connection-refused":
+            return
+        assert dev.fetch_count() == 5
+        repair_jwks(dev)
+        clock.advance(POLICY.cooldown)
+        assert (await get_me(client, mint(dev))).status_code == 200
+        assert dev.fetch_count() == 6
+
+
+@pytest.mark.anyio
+async def test_stale_keys_through_the_middleware(dev: DevIssuer, clock: FakeClock) -> None:
+    guard = make_guard(dev, clock, discover=False)
+    async with client_for(protected(guard)) as client:
+        assert (await get_me(client, mint(dev))).status_code == 200
+        break_jwks(dev)
+        clock.advance(300 + 600 - 1)
+        assert (await get_me(client, mint(dev))).status_code == 200
+        clock.advance(1)
+        assert_unavailable(await get_me(client, mint(dev)))
+
+
+@pytest.mark.anyio
+async def test_cached_tokens_also_fail_closed_past_max_stale(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock, discover=False)
+    token = mint(dev)
+    await guard.authenticate(token)  # verified and cached
+    break_jwks(dev)
+    clock.advance(300 + 600)
+    await assert_guard_unavailable(guard, mint(dev))  # a new token: fails closed
+    await assert_guard_unavailable(guard, token)  # the cached one must too
+
+
+@pytest.mark.anyio
+async def test_cached_tokens_keep_verifying_while_the_set_is_stale_but_usable(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock, discover=False)
+    token = mint(dev)
+    await guard.authenticate(token)
+    break_jwks(dev)
+    clock.advance(300 + 600 - 1)
+    await guard.authenticate(mint(dev))
+    assert (await guard.authenticate(token)).subject == "user-1"
+
+
+# == unknown kids and kid-less tokens =====================================================
+
+
+@pytest.mark.anyio
+async def test_unknown_kid_with_a_healthy_jwks_is_401_unknown_key(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock, discover=False)
+    await guard.authenticate(mint(dev))
+    clock.advance(POLICY.cooldown)
+    token = random_kid_token(dev)
+    with pytest.raises(UnknownKeyError) as caught:
+        await guard.authenticate(token)
+    assert caught.value.reason == "unknown_key"
+    assert dev.fetch_count() == 2  # the miss triggered one (fruitless) refresh
+    with capture_logs() as events:
+        async with client_for(protected(guard)) as client:
+            response = await get_me(client, token)
+    assert response.status_code == 401
+    challenge = response.headers["www-authenticate"]
+    assert 'error="invalid_token"' in challenge
+    assert response.json()["error"] == "invalid_token"
+    decisions = [(e["event"], e["reason"]) for e in events if "reason" in e]
+    assert decisions == [("token.rejected", "unknown_key")]
+
+
+@pytest.mark.anyio
+async def test_unknown_kid_when_the_fetch_fails_is_503_not_401(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock, discover=False)
+    await guard.authenticate(mint(dev))
+    break_jwks(dev)
+    clock.advance(POLICY.cooldown)  # the set is still fresh; the kid miss may fetch
+    await assert_guard_unavailable(guard, random_kid_token(dev))
+    assert dev.fetch_count() == 2
+    async with client_for(protected(guard)) as client:
+        clock.advance(1)  # within the cooldown: no fetch, still 503 (not a verdict on the kid)
+        assert_unavailable(await get_me(client, random_kid_token(dev)))
+        assert dev.fetch_count() == 2
+        # Known keys keep working meanwhile.
+        assert (await get_me(client, mint(dev))).status_code == 200
+        # Once the issuer answers again, the miss is a real verdict.
+        repair_jwks(dev)
+        clock.advance(POLICY.cooldown)
+        response = await get_me(client, random_kid_token(dev))
+        assert response.status_code == 401
+        assert dev.fetch_count() == 3
+
+
+@pytest.mark.anyio
+async def test_unknown_kid_on_a_cold_failing_guard_is_503(dev: DevIssuer, clock: FakeClock) -> None:
+    break_jwks(dev)
+    guard = make_guard(dev, clock, discover=False)
+    async with client_for(protected(guard)) as client:
+        assert_unavailable(await get_me(client, random_kid_token(dev)))
+
+
+@pytest.mark.anyio
+async def test_token_without_kid_against_a_one_key_set_verifies(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock, discover=False)
+    token = mint(dev, headers={"kid": None})
+    assert "kid" not in jwt.get_unverified_header(token)
+    assert (await guard.authenticate(token)).key_id is None
+
+
+@pytest.mark.anyio
+async def test_token_without_kid_against_a_multi_key_set_is_refused(clock: FakeClock) -> None:
+    with DevIssuer(algorithms=("ES256", "ES256")) as issuer:
+        guard = make_guard(issuer, clock, discover=False)
+        await guard.authenticate(mint(issuer))
+        with pytest.raises(UnknownKeyError):
+            await guard.authenticate(mint(issuer, headers={"kid": None}))
+        async with client_for(protected(guard)) as client:
+            response = await get_me(client, mint(issuer, headers={"kid": None}))
+        assert response.status_code == 401
+        assert 'error="invalid_token"' in response.headers["www-authenticate"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("token_kid", ["some-kid", None])
+async def test_a_one_key_set_whose_key_has_no_kid(
+    dev: DevIssuer, clock: FakeClock, token_kid: str | None
+) -> None:
+    jwks = dev.jwks()
+    del jwks["keys"][0]["kid"]
+    dev.overrides[dev.jwks_path] = Override(body=json.dumps(jwks).encode())
+    guard = make_guard(dev, clock, discover=False)
+    await guard.authenticate(mint(dev, headers={"kid": token_kid}))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [b'{"keys": []}', b'{"keys": [{"kty": "EC", "use": "enc", "crv": "P-256"}]}'],
+    ids=["empty", "no-usable-key"],
+)
+async def test_a_jwks_without_usable_keys_is_an_outage_not_a_verdict(
+    dev: DevIssuer, clock: FakeClock, body: bytes
+) -> None:
+    guard = make_guard(dev, clock, discover=False)
+    token = mint(dev)
+    await guard.authenticate(mint(dev))
+    dev.overrides[dev.jwks_path] = Override(body=body)
+    clock.advance(300)
+    # The last good keys keep answering (stale-if-error), as for any broken answer ...
+    await guard.authenticate(token)
+    # ... and on a cold start, the refusal is 503, not a 401 about the client's token.
+    cold = make_guard(dev, clock, discover=False)
+    await assert_guard_unavailable(cold, mint(dev))
+
+
+@pytest.mark.anyio
+async def test_a_gzip_encoded_jwks_within_the_limit_is_accepted(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    headers = {"Content-Encoding": "gzip", "Cache-Control": "max-age=300"}
+    dev.overrides[dev.jwks_path] = Override(body=gzip.compress(jwks_body(dev)), headers=headers)
+    guard = make_guard(dev, clock, discover=False)
+    await guard.authenticate(mint(dev))
+
+
+# == URLs httpx cannot use (regressions: they once escaped as other errors) ================
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "template",
+    [
+        "http://127.0.0.1:{port}x/jwks.json",  # not a port: urlsplit is lenient, httpx is not
+        "http://127.0.0.1:99999/jwks.json",  # out of range
+        "http://127.0.0.1:{port}/jwks\x00.json",  # a control character httpx refuses
+    ],
+)
+async def test_discovered_jwks_uri_httpx_cannot_use_fails_closed(
+    dev: DevIssuer, clock: FakeClock, template: str
+) -> None:
+    metadata = {**dev.metadata(), "jwks_uri": template.format(port=dev.port)}
+    dev.overrides[dev.oidc_metadata_path] = Override(body=json.dumps(metadata).encode())
+    guard = make_guard(dev, clock)
+    await assert_guard_unavailable(guard, mint(dev))
+    async with client_for(protected(guard)) as client:
+        clock.advance(POLICY.cooldown)  # a second try, after the cooldown, fails closed too
+        assert_unavailable(await get_me(client, mint(dev)))
+
+
+@pytest.mark.anyio
+async def test_lifespan_warm_up_survives_a_jwks_uri_httpx_cannot_use(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    metadata = {**dev.metadata(), "jwks_uri": f"http://127.0.0.1:{dev.port}x/jwks.json"}
+    dev.overrides[dev.oidc_metadata_path] = Override(body=json.dumps(metadata).encode())
+    guard = make_guard(dev, clock)
+    async with lifespan(protected(guard, warm_up=True)) as started:
+        assert started["type"] == "lifespan.startup.complete"
+
+
+def test_configured_jwks_uri_with_an_invalid_port_is_a_configuration_error(
+    dev: DevIssuer,
+) -> None:
+    with pytest.raises(ConfigurationError):
+        BearerGuard(issuer=dev.url, audience="api", jwks_uri="http://127.0.0.1:abc/jwks.json")
+
+
+@pytest.mark.anyio
+async def test_a_failing_discovered_jwks_uri_is_rediscovered(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    moved = {**dev.metadata(), "jwks_uri": f"{dev.url}/old/jwks.json"}  # answers 404
+    dev.overrides[dev.oidc_metadata_path] = Override(body=json.dumps(moved).encode())
+    guard = make_guard(dev, clock)
+    await assert_guard_unavailable(guard, mint(dev))
+    dev.overrides.clear()  # the issuer fixes its metadata
+    clock.advance(POLICY.cooldown)
+    await guard.authenticate(mint(dev))
+
+
+# == warm-up ==============================================================================
+
+
+@pytest.mark.anyio
+async def test_warm_up_fetches_the_keys_before_the_first_request(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock)
+    assert guard.key_ids == []
+    await guard.warm_up()
+    assert dev.requests == [dev.oidc_metadata_path, dev.jwks_path]
+    assert guard.key_ids == [dev.key().kid]
+    await guard.warm_up()  # usable keys: nothing to do
+    await guard.authenticate(mint(dev))
+    assert dev.fetch_count() == 1
+
+
+@pytest.mark.anyio
+async def test_failed_warm_up_raises_and_requests_fail_closed(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    break_jwks(dev)
+    guard = make_guard(dev, clock, discover=False)
+    with pytest.raises(KeySetUnavailableError):
+        await guard.warm_up()
+    await assert_guard_unavailable(guard, mint(dev))
+    assert dev.fetch_count() == 1  # the warm-up's failure counts for the cooldown
+
+
+async def _app_with_startup_hook(
+    guard: BearerGuard, seen: list[int], issuer: DevIssuer, **options: Any
+) -> BearerGuardMiddleware:
+    @asynccontextmanager
+    async def app_lifespan(_: Starlette) -> AsyncIterator[None]:
+        seen.append(issuer.fetch_count())  # the application's own start-up still runs
+        yield
+
+    app = Starlette(routes=[Route("/me", whoami)], lifespan=app_lifespan)
+    return BearerGuardMiddleware(app, guard=guard, **options)
+
+
+@pytest.mark.anyio
+async def test_middleware_warms_up_during_lifespan_startup(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock)
+    seen: list[int] = []
+    app = await _app_with_startup_hook(guard, seen, dev, warm_up=True)
+    async with lifespan(app) as started:
+        assert started["type"] == "lifespan.startup.complete"
+        assert seen == [1]  # the keys were there before the application's start-up ran
+        assert dev.requests == [dev.oidc_metadata_path, dev.jwks_path]
+        async with client_for(app) as client:
+            assert (await get_me(client, mint(dev))).status_code == 200
+    assert dev.fetch_count() == 1
+
+
+@pytest.mark.anyio
+async def test_middleware_without_warm_up_fetches_on_the_first_request(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock)
+    seen: list[int] = []
+    app = await _app_with_startup_hook(guard, seen, dev)
+    async with lifespan(app) as started:
+        assert started["type"] == "lifespan.startup.complete"
+        assert dev.requests == []
+        async with client_for(app) as client:
+            assert (await get_me(client, mint(dev))).status_code == 200
+    assert dev.fetch_count() == 1
+
+
+LIFESPAN_FAULTS: dict[str, Callable[[DevIssuer], None]] = {
+    "500": break_jwks,
+    "timeout": lambda i: i.overrides.__setitem__(
+        i.jwks_path, Override(body=jwks_body(i), delay=SHORT.timeout + 0.3)
+    ),
+    "issuer-mismatch": lambda i: i.overrides.__setitem__(
+        i.oidc_metadata_path, Override(body=json.dumps(_mismatched(i)).encode())
+    ),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fault", sorted(LIFESPAN_FAULTS))
+async def test_failing_lifespan_warm_up_does_not_crash_startup(
+    dev: DevIssuer, clock: FakeClock, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    LIFESPAN_FAULTS[fault](dev)
+    guard = make_guard(dev, clock, fetch=SHORT if fault == "timeout" else FETCH)
+    seen: list[int] = []
+    app = await _app_with_startup_hook(guard, seen, dev, warm_up=True)
+    async with lifespan(app) as started:
+        assert started["type"] == "lifespan.startup.complete"
+        assert len(seen) == 1
+        assert "warm-up failed" in caplog.text
+        async with client_for(app) as client:
+            assert_unavailable(await get_me(client, mint(dev)))
+            if fault == "timeout":
+                return  # recovery is shown below, without a tight timeout
+            dev.overrides.clear()
+            clock.advance(POLICY.cooldown)
+            assert (await get_me(client, mint(dev))).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_failing_lifespan_warm_up_when_the_issuer_is_down(clock: FakeClock) -> None:
+    with DevIssuer(algorithms=("ES256",)) as issuer:
+        guard = make_guard(issuer, clock)
+        token = mint(issuer)
+    app = protected(guard, warm_up=True)
+    async with lifespan(app) as started:
+        assert started["type"] == "lifespan.startup.complete"
+        async with client_for(app) as client:
+            assert_unavailable(await get_me(client, token))
+
+
+def test_lifespan_warm_up_under_starlette_testclient(dev: DevIssuer, clock: FakeClock) -> None:
+    guard = make_guard(dev, clock)
+    app = protected(guard, warm_up=True)
+    with TestClient(app) as client:
+        assert dev.fetch_count() == 1  # start-up is over: the keys are in
+        response = client.get("/me", headers={"Authorization": f"Bearer {mint(dev)}"})
+        assert response.status_code == 200
+    assert dev.fetch_count() == 1
+
+
+# == what goes over the wire ==============================================================
+
+
+@pytest.mark.anyio
+async def test_fetches_carry_a_recognisable_user_agent(dev: DevIssuer, clock: FakeClock) -> None:
+    guard = make_guard(dev, clock)
+    await guard.authenticate(mint(dev))
+    assert [r.path for r in dev.received] == [dev.oidc_metadata_path, dev.jwks_path]
+    for request in dev.received:
+        assert request.headers["user-agent"] == USER_AGENT
+        assert request.headers["user-agent"].startswith(f"bearerguard/{__version__} ")
+        assert "application/json" in request.headers["accept"]
+        assert "authorization" not in request.headers
+        assert "cookie" not in request.headers
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[DevIssuer]:
+    """A second issuer, the target of redirects: it must never be asked anything."""
+    with DevIssuer(algorithms=("ES256",)) as issuer:
+        yield issuer
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_jwks_redirects_are_not_followed(
+    dev: DevIssuer, elsewhere: DevIssuer, clock: FakeClock, status: int
+) -> None:
+    dev.overrides[dev.jwks_path] = Override(status=status, headers={"Location": elsewhere.jwks_uri})
+    guard = make_guard(dev, clock, discover=False)
+    async with client_for(protected(guard)) as client:
+        assert_unavailable(await get_me(client, mint(dev)))
+    assert elsewhere.requests == []
+
+
+@pytest.mark.anyio
+async def test_metadata_redirects_are_not_followed(
+    dev: DevIssuer, elsewhere: DevIssuer, clock: FakeClock
+) -> None:
+    # Even to a document that would name the right issuer and a working JWKS.
+    elsewhere.overrides["/moved"] = Override(body=json.dumps(dev.metadata()).encode())
+    for path in (dev.oidc_metadata_path, dev.oauth_metadata_path):
+        dev.overrides[path] = Override(status=302, headers={"Location": f"{elsewhere.url}/moved"})
+    guard = make_guard(dev, clock)
+    await assert_guard_unavailable(guard, mint(dev))
+    assert elsewhere.requests == []
+    assert dev.fetch_count() == 0

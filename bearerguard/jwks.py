@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import ssl
+import time
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -93,28 +95,71 @@ class FetchPolicy:
     max_bytes: int = 512 * 1024
 
 
-async def _get_json(
+@dataclass(frozen=True, slots=True)
+class _Response:
+    body: bytes
+    cache_control: str | None
+
+
+def _too_large(url: str, policy: FetchPolicy) -> FetchError:
+    return FetchError(f"GET {url} body exceeds {policy.max_bytes} bytes")
+
+
+async def _get_async(
     client: httpx.AsyncClient, url: str, policy: FetchPolicy
-) -> tuple[Any, str | None]:
+) -> _Response | FetchError:
     try:
         with anyio.fail_after(policy.timeout):
             async with client.stream("GET", url) as response:
                 if response.status_code != 200:
-                    raise FetchError(f"GET {url} answered {response.status_code}")
+                    return FetchError(f"GET {url} answered {response.status_code}")
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
                     body += chunk
                     if len(body) > policy.max_bytes:
-                        raise FetchError(f"GET {url} body exceeds {policy.max_bytes} bytes")
-                cache_control = response.headers.get("cache-control")
-    except TimeoutError as exc:
-        raise FetchError(f"GET {url} timed out after {policy.timeout}s") from exc
+                        return _too_large(url, policy)
+                return _Response(bytes(body), response.headers.get("cache-control"))
+    except TimeoutError:
+        return FetchError(f"GET {url} timed out after {policy.timeout}s")
     except httpx.HTTPError as exc:
-        raise FetchError(f"GET {url} failed: {type(exc).__name__}: {exc}") from exc
+        return FetchError(f"GET {url} failed: {type(exc).__name__}: {exc}")
+
+
+def _get_sync(client: httpx.Client, url: str, policy: FetchPolicy) -> _Response | FetchError:
+    deadline = time.monotonic() + policy.timeout
     try:
-        return json.loads(bytes(body)), cache_control
+        with client.stream("GET", url) as response:
+            if response.status_code != 200:
+                return FetchError(f"GET {url} answered {response.status_code}")
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > policy.max_bytes:
+                    return _too_large(url, policy)
+                if time.monotonic() > deadline:
+                    return FetchError(f"GET {url} timed out after {policy.timeout}s")
+            return _Response(bytes(body), response.headers.get("cache-control"))
+    except httpx.HTTPError as exc:
+        return FetchError(f"GET {url} failed: {type(exc).__name__}: {exc}")
+
+
+def _json(url: str, response: _Response) -> Any:
+    try:
+        return json.loads(response.body)
     except (ValueError, RecursionError) as exc:
         raise FetchError(f"GET {url} did not return JSON") from exc
+
+
+_Result = tuple[Any, float | None]
+_Flow = Generator[str, _Response, _Result]
+"""A fetch as a generator: it yields URLs to GET and is sent their responses."""
+
+
+def _advance(flow: _Flow, outcome: _Response | FetchError) -> str:
+    """Give the flow a GET's outcome; returns the next URL (StopIteration when done)."""
+    if isinstance(outcome, FetchError):
+        return flow.throw(outcome)
+    return flow.send(outcome)
 
 
 class JWKSFetcher:
@@ -138,28 +183,41 @@ class JWKSFetcher:
         # than on the event loop at every refresh.
         self._tls = ssl.create_default_context()
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client_options(self) -> dict[str, Any]:
         # A short-lived client per refresh: fetches are rare, and a client bound to no event
         # loop keeps the guard usable across loops (tests, lifespans, reloads).
-        return httpx.AsyncClient(
-            headers={
+        return {
+            "headers": {
                 "User-Agent": USER_AGENT,
                 "Accept": "application/json",
                 # Uncompressed only: a compressed body could inflate far past max_bytes
                 # within one chunk before the size check sees it.
                 "Accept-Encoding": "identity",
             },
-            timeout=self.policy.timeout,
-            follow_redirects=False,
-            trust_env=False,
-            verify=self._tls,
-        )
+            "timeout": self.policy.timeout,
+            "follow_redirects": False,
+            "trust_env": False,
+            "verify": self._tls,
+        }
 
-    async def _discover(self, client: httpx.AsyncClient) -> str:
+    def _flow(self) -> _Flow:
+        """Discovery (when needed), then the key set: the logic both drivers share."""
+        if self.jwks_uri is None:
+            self.jwks_uri = yield from self._discover()
+        try:
+            response = yield self.jwks_uri
+            document = _json(self.jwks_uri, response)
+        except FetchError:
+            # A discovered location may have moved: discover it again next time.
+            self.jwks_uri = self.configured_uri
+            raise
+        return document, ttl_from_cache_control(response.cache_control)
+
+    def _discover(self) -> Generator[str, _Response, str]:
         failures = []
         for url in discovery_urls(self.issuer):
             try:
-                metadata, _ = await _get_json(client, url, self.policy)
+                metadata = _json(url, (yield url))
             except FetchError as exc:
                 failures.append(str(exc))
                 continue
@@ -175,7 +233,7 @@ class JWKSFetcher:
         raise FetchError("discovery failed: " + "; ".join(failures))
 
     async def fetch(self) -> tuple[Any, float | None]:
-        """Fetch the key set document.
+        """Fetch the key set document without blocking the event loop.
 
         Returns:
             The parsed JSON, and the ``max-age`` its response allowed (``None`` if unsaid).
@@ -183,13 +241,24 @@ class JWKSFetcher:
         Raises:
             FetchError: the network, the server or the document failed.
         """
-        async with self._client() as client:
-            if self.jwks_uri is None:
-                self.jwks_uri = await self._discover(client)
+        flow = self._flow()
+        async with httpx.AsyncClient(**self._client_options()) as client:
             try:
-                document, cache_control = await _get_json(client, self.jwks_uri, self.policy)
-            except FetchError:
-                # A discovered location may have moved: discover it again next time.
-                self.jwks_uri = self.configured_uri
-                raise
-        return document, ttl_from_cache_control(cache_control)
+                url = next(flow)
+                while True:
+                    url = _advance(flow, await _get_async(client, url, self.policy))
+            except StopIteration as done:
+                result: _Result = done.value
+                return result
+
+    def fetch_sync(self) -> tuple[Any, float | None]:
+        """Fetch the key set document, blocking this thread (for WSGI); as ``fetch``."""
+        flow = self._flow()
+        with httpx.Client(**self._client_options()) as client:
+            try:
+                url = next(flow)
+                while True:
+                    url = _advance(flow, _get_sync(client, url, self.policy))
+            except StopIteration as done:
+                result: _Result = done.value
+                return result

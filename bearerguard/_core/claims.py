@@ -127,7 +127,7 @@ def _run_checks(claims: Mapping[str, Any], policy: ClaimsPolicy) -> None:
         raise InvalidClaimError(f"required claims missing: {', '.join(sorted(missing))}")
     for check in policy.checks:
         try:
-            accepted = check(claims)
+            accepted = bool(check(claims))
         except InvalidTokenError:
             raise
         except Exception as exc:  # a user's check failing on odd claims must not become a 500

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ from bearerguard.errors import (
 )
 from bearerguard.jwks import FetchPolicy, JWKSFetcher, check_url
 from bearerguard.revocation.memory import MemoryRevocationStore
-from bearerguard.revocation.protocol import RevocationStore
+from bearerguard.revocation.protocol import RevocationStore, SyncRevocationStore
 from bearerguard.token import AccessToken
 
 __all__ = ["DEFAULT_ALGORITHMS", "BearerGuard"]
@@ -261,6 +262,9 @@ class BearerGuard:
             LRUCache(maxsize=cache_size) if cache_size > 0 else None
         )
         self._refreshing: anyio.Event | None = None
+        self._fetch_lock = threading.Lock()
+        self._fetch_count = 0
+        self._fetch_timeout = (fetch or FetchPolicy()).timeout
         self.audit = AuditLog(sample_accepted=audit_sample_accepted, logger=audit_logger)
         self.clock = clock
 
@@ -295,6 +299,35 @@ class BearerGuard:
                     verified = self._verify_jws(jws, digest, refreshed=True)
             try:
                 revoked = await self.revocation.is_revoked(verified.token)
+            except Exception as exc:  # noqa: BLE001 - any store failure: the policy decides
+                self._revocation_failed(verified.token, exc)
+            else:
+                if revoked:
+                    self._revoked(verified.token)
+        except AuthError as exc:
+            exc.fingerprint = _fingerprint(digest)
+            raise
+        return verified.token
+
+    def authenticate_sync(self, token: str) -> AccessToken:
+        """Verify ``token`` as ``authenticate`` does, blocking this thread (for WSGI).
+
+        Key fetches are coalesced across threads, no lock is held while verifying, and no
+        call blocks for longer than one fetch's timeout. The revocation store must offer the
+        synchronous side (``SyncRevocationStore``).
+        """
+        digest = hashlib.sha256(token.encode()).digest()
+        try:
+            verified = self._cached(digest)
+            if verified is None:
+                jws = self._parse(token)
+                try:
+                    verified = self._verify_jws(jws, digest, refreshed=False)
+                except _KeysNeeded as needed:
+                    self._refresh_sync(unknown_kid=needed.unknown_kid)
+                    verified = self._verify_jws(jws, digest, refreshed=True)
+            try:
+                revoked = self._sync_revocation().is_revoked_sync(verified.token)
             except Exception as exc:  # noqa: BLE001 - any store failure: the policy decides
                 self._revocation_failed(verified.token, exc)
             else:
@@ -465,6 +498,42 @@ class BearerGuard:
             self._refreshing.set()
             self._refreshing = None
 
+    # -- the synchronous I/O edge ---------------------------------------------------------
+
+    def _sync_revocation(self) -> SyncRevocationStore:
+        store = self.revocation
+        if not isinstance(store, SyncRevocationStore):
+            raise ConfigurationError(
+                f"{type(store).__name__} has no synchronous side (is_revoked_sync): "
+                "use a store that implements SyncRevocationStore with WSGI"
+            )
+        return store
+
+    def _refresh_sync(self, *, unknown_kid: bool = False) -> None:
+        """Fetch the key set once across threads; others go on with usable keys or wait."""
+        if self._fetcher is None:
+            return
+        seen = self._fetch_count
+        must_wait = unknown_kid or not self._keys.usable(self.clock())
+        # A thread with usable keys never waits for another's fetch; one without waits at
+        # most one fetch timeout, then goes on with what there is.
+        lock = self._fetch_lock
+        if not (lock.acquire(timeout=self._fetch_timeout) if must_wait else lock.acquire(False)):
+            return
+        try:
+            if self._fetch_count != seen:
+                return  # another thread fetched while this one waited: use its result
+            self._fetch_count += 1
+            self._keys.record_attempt(self.clock())
+            try:
+                document, max_age = self._fetcher.fetch_sync()
+            except Exception as exc:  # noqa: BLE001 - whatever broke, the fetch failed: fail closed
+                self._keys_failed(exc)
+            else:
+                self._install_keys(document, max_age)
+        finally:
+            lock.release()
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def warm_up(self) -> None:
@@ -475,6 +544,13 @@ class BearerGuard:
         """
         if self._fetcher is not None and not self._keys.usable(self.clock()):
             await self._refresh()
+        if not self._keys.usable(self.clock()):
+            raise KeySetUnavailableError("the key set could not be fetched")
+
+    def warm_up_sync(self) -> None:
+        """Fetch the key set now, blocking (for WSGI start-up); as ``warm_up``."""
+        if self._fetcher is not None and not self._keys.usable(self.clock()):
+            self._refresh_sync()
         if not self._keys.usable(self.clock()):
             raise KeySetUnavailableError("the key set could not be fetched")
 

@@ -5,6 +5,6 @@ default, for one process.
 """
 
 from bearerguard.revocation.memory import MemoryRevocationStore
-from bearerguard.revocation.protocol import RevocationStore
+from bearerguard.revocation.protocol import RevocationStore, SyncRevocationStore
 
-__all__ = ["MemoryRevocationStore", "RevocationStore"]
+__all__ = ["MemoryRevocationStore", "RevocationStore", "SyncRevocationStore"]

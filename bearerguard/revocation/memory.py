@@ -58,7 +58,7 @@ class MemoryRevocationStore:
     def __len__(self) -> int:
         return len(self._tokens) + len(self._subjects) + len(self._clients)
 
-    async def revoke_token(
+    def revoke_token_sync(
         self, jti: str, expires_at: Instant | None = None, *, issuer: str | None = None
     ) -> None:
         """Revoke one token by its ``jti``, until it would have expired anyway.
@@ -74,7 +74,7 @@ class MemoryRevocationStore:
         self._make_room(now)
         self._tokens[(issuer, jti)] = max(until, self._tokens.get((issuer, jti), until))
 
-    async def revoke_subject(
+    def revoke_subject_sync(
         self, sub: str, issued_before: Instant | None = None, *, issuer: str | None = None
     ) -> None:
         """Revoke every token of ``sub`` issued at or before ``issued_before`` (default: now).
@@ -84,13 +84,13 @@ class MemoryRevocationStore:
         """
         self._cut(self._subjects, (issuer, sub), issued_before)
 
-    async def revoke_client(
+    def revoke_client_sync(
         self, client_id: str, issued_before: Instant | None = None, *, issuer: str | None = None
     ) -> None:
         """Revoke every token issued to ``client_id`` at or before ``issued_before``."""
         self._cut(self._clients, (issuer, client_id), issued_before)
 
-    async def is_revoked(self, token: AccessToken) -> bool:
+    def is_revoked_sync(self, token: AccessToken) -> bool:
         """Whether ``token``, its subject or its client has been revoked."""
         if not (self._tokens or self._subjects or self._clients):
             return False
@@ -111,6 +111,30 @@ class MemoryRevocationStore:
                 if entry is not None and now < entry[1] and (iat is None or iat <= entry[0]):
                     return True
         return False
+
+    # The asynchronous side: the same state, awaited (the memory store never blocks).
+
+    async def revoke_token(
+        self, jti: str, expires_at: Instant | None = None, *, issuer: str | None = None
+    ) -> None:
+        """Revoke one token by its ``jti``: as ``revoke_token_sync``."""
+        self.revoke_token_sync(jti, expires_at, issuer=issuer)
+
+    async def revoke_subject(
+        self, sub: str, issued_before: Instant | None = None, *, issuer: str | None = None
+    ) -> None:
+        """Revoke every token of ``sub`` issued up to an instant: as ``revoke_subject_sync``."""
+        self.revoke_subject_sync(sub, issued_before, issuer=issuer)
+
+    async def revoke_client(
+        self, client_id: str, issued_before: Instant | None = None, *, issuer: str | None = None
+    ) -> None:
+        """Revoke every token of a client issued up to an instant: as ``revoke_client_sync``."""
+        self.revoke_client_sync(client_id, issued_before, issuer=issuer)
+
+    async def is_revoked(self, token: AccessToken) -> bool:
+        """Whether ``token``, its subject or its client has been revoked."""
+        return self.is_revoked_sync(token)
 
     def _cut(
         self, cutoffs: dict[_Key, tuple[float, float]], key: _Key, issued_before: Instant | None

@@ -6,7 +6,7 @@ from typing import Protocol, runtime_checkable
 
 from bearerguard.token import AccessToken
 
-__all__ = ["RevocationStore"]
+__all__ = ["RevocationStore", "SyncRevocationStore"]
 
 
 @runtime_checkable
@@ -24,5 +24,18 @@ class RevocationStore(Protocol):
     """
 
     async def is_revoked(self, token: AccessToken) -> bool:
+        """Return ``True`` when ``token`` must be refused."""
+        ...
+
+
+@runtime_checkable
+class SyncRevocationStore(Protocol):
+    """The synchronous side of a revocation store, for WSGI applications.
+
+    The same contract as ``RevocationStore``, for code that cannot await. The built-in
+    stores implement both sides over the same state.
+    """
+
+    def is_revoked_sync(self, token: AccessToken) -> bool:
         """Return ``True`` when ``token`` must be refused."""
         ...

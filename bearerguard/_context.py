@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from bearerguard._core.refusal import Refusal
 from bearerguard.audit import RequestInfo
 from bearerguard.token import AccessToken
 
@@ -23,7 +25,7 @@ class RequestAuth(RequestInfo):
     One plain slotted object per request: it is built on the hot path.
     """
 
-    __slots__ = ("guard", "started", "token", "websocket")
+    __slots__ = ("guard", "respond", "started", "token", "websocket")
 
     def __init__(
         self,
@@ -31,12 +33,16 @@ class RequestAuth(RequestInfo):
         token: AccessToken | None,
         started: float,
         request: tuple[str, str, str | None, str | None],
+        respond: Callable[[Refusal], Any],
+        *,
         websocket: bool = False,
     ) -> None:
         self.method, self.path, self.client, self.request_id = request
         self.guard = guard
         self.token = token
         self.started = started
+        self.respond = respond
+        """Turns a refusal into the response type of the framework serving the request."""
         self.websocket = websocket
 
 

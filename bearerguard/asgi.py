@@ -14,17 +14,17 @@ from collections.abc import Iterable
 from time import perf_counter
 
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth
-from bearerguard._core.extract import extract_bearer, has_query_token
-from bearerguard._core.refusal import render_refusal
+from bearerguard._core.extract import request_credentials
+from bearerguard._core.paths import PublicPaths
+from bearerguard._core.refusal import Refusal, render_refusal
 from bearerguard.audit import RequestInfo
 from bearerguard.errors import (
     AuthError,
     ConfigurationError,
-    InvalidRequestError,
-    MissingTokenError,
     ServiceUnavailableError,
 )
 from bearerguard.guard import BearerGuard
@@ -57,33 +57,8 @@ class TokenUser(BaseUser):
         return self.access_token.subject or ""
 
 
-class PublicPaths:
-    """Paths reachable without credentials.
-
-    A path is public when it equals an entry exactly; an entry ending in ``/*`` makes every
-    path under that prefix public (``"/static/*"``), so ``"/health"`` never opens
-    ``"/healthcheck-admin"``.
-    """
-
-    __slots__ = ("_exact", "_prefixes")
-
-    def __init__(self, patterns: Iterable[str]) -> None:
-        exact: set[str] = set()
-        prefixes: list[str] = []
-        for pattern in patterns:
-            if not isinstance(pattern, str) or not pattern.startswith("/"):
-                raise ConfigurationError(f"public path {pattern!r} must start with '/'")
-            if pattern.endswith("/*"):
-                prefixes.append(pattern[:-1])
-            elif "*" in pattern:
-                raise ConfigurationError(f"public path {pattern!r}: '*' only as a final '/*'")
-            else:
-                exact.add(pattern)
-        self._exact = frozenset(exact)
-        self._prefixes = tuple(prefixes)
-
-    def __contains__(self, path: object) -> bool:
-        return isinstance(path, str) and (path in self._exact or path.startswith(self._prefixes))
+def _respond(refusal: Refusal) -> Response:
+    return Response(refusal.body, status_code=refusal.status, headers=dict(refusal.headers))
 
 
 def _describe(scope: Scope, request_id: bytes | None) -> tuple[str, str, str | None, str | None]:
@@ -147,31 +122,21 @@ class BearerGuardMiddleware:
             elif name == b"x-request-id":
                 request_id = value
         try:
-            token = extract_bearer(authorization, max_bytes=guard.max_token_bytes)
-            query = scope.get("query_string", b"")
-            if b"access_token" in query and has_query_token(query):
-                # RFC 6750 §2.3 is not offered; one method per request (RFC 6750 §2).
-                raise InvalidRequestError("access_token in the query string is not accepted")
-            if token is None:
-                if scope["path"] not in self.public_paths:
-                    raise MissingTokenError("no bearer credentials")
-                access = None
-            else:
-                access = await guard.authenticate(token)
-        except AuthError as error:
-            guard.audit.refused(
-                error,
-                RequestInfo(*_describe(scope, request_id)),
-                perf_counter() - started,
-                token=error.token,
-                header=error.header,
-                fingerprint=error.fingerprint,
+            token = request_credentials(
+                authorization,
+                scope.get("query_string", b""),
+                scope["path"],
+                self.public_paths,
+                max_bytes=guard.max_token_bytes,
             )
+            access = None if token is None else await guard.authenticate(token)
+        except AuthError as error:
+            refused = RequestInfo(*_describe(scope, request_id))
+            guard.audit.refused(error, refused, perf_counter() - started)
             await self._refuse(scope, receive, send, error)
             return
-        auth = RequestAuth(
-            guard, access, started, _describe(scope, request_id), kind == "websocket"
-        )
+        request = _describe(scope, request_id)
+        auth = RequestAuth(guard, access, started, request, _respond, websocket=kind == "websocket")
         if access is None:
             scope.setdefault("auth", AuthCredentials())
             scope.setdefault("user", UnauthenticatedUser())

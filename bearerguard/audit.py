@@ -11,7 +11,6 @@ Event names (stable): ``token.accepted``, ``token.rejected``, ``scope.denied`` a
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -103,15 +102,15 @@ class AuditLog:
         latency: float,
         *,
         token: AccessToken | None = None,
-        header: Mapping[str, Any] | None = None,
-        fingerprint: str | None = None,
     ) -> None:
-        """Record a refusal, with what is known of the token that was refused."""
+        """Record a refusal, with what ``error`` (or ``token``) tells of the refused token."""
         fields: dict[str, Any]
+        token = token or error.token
         if token is not None:
             fields = _token_fields(token)
         else:
-            fields = {"token_fp": fingerprint}
+            fields = {"token_fp": error.fingerprint}
+            header = error.header
             if header:
                 for name in ("kid", "alg"):
                     value = header.get(name)

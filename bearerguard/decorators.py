@@ -15,8 +15,6 @@ from time import perf_counter
 from typing import Any, TypeVar, cast
 
 from starlette.exceptions import WebSocketException
-from starlette.requests import HTTPConnection
-from starlette.responses import Response
 
 from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth
 from bearerguard._core.refusal import render_refusal
@@ -35,29 +33,36 @@ F = TypeVar("F", bound=Callable[..., Any])
 _POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
 
 
-def _request_auth(connection: HTTPConnection | None) -> RequestAuth | None:
-    if connection is not None:
-        auth = connection.scope.get(SCOPE_KEY)
-        return auth if isinstance(auth, RequestAuth) else None
-    return current_auth.get()
+def _request_auth(connection: object | None) -> RequestAuth | None:
+    if connection is None:
+        return current_auth.get()
+    # Starlette connections keep it in .scope, Werkzeug (Flask) requests in .environ, and
+    # Django requests in .META (the WSGI environ).
+    for attribute in ("scope", "environ", "META"):
+        store = getattr(connection, attribute, None)
+        if isinstance(store, dict):
+            auth = store.get(SCOPE_KEY)
+            return auth if isinstance(auth, RequestAuth) else None
+    return None
 
 
-def get_access_token(connection: HTTPConnection | None = None) -> AccessToken | None:
+def get_access_token(connection: object | None = None) -> AccessToken | None:
     """Return the verified token of a request or websocket.
 
     Args:
-        connection: the Starlette ``Request`` or ``WebSocket``; when omitted, the request
-            being served in the current context.
+        connection: the request: a Starlette ``Request`` or ``WebSocket``, a Flask
+            (Werkzeug) request or a Django ``HttpRequest``; when omitted, the request being
+            served in the current context.
 
     Returns:
         The ``AccessToken``, or ``None`` on a public path reached without credentials (or
-        outside a request the middleware has seen).
+        outside a request a bearerguard middleware has seen).
     """
     auth = _request_auth(connection)
     return None if auth is None else auth.token
 
 
-def _denial(required: tuple[str, ...], any_of: bool) -> Response | None:
+def _denial(required: tuple[str, ...], any_of: bool) -> Any:
     """``None`` when the current request may proceed; else the refusal to answer with."""
     auth = current_auth.get()
     if auth is None:
@@ -76,8 +81,7 @@ def _denial(required: tuple[str, ...], any_of: bool) -> Response | None:
     auth.guard.audit.refused(error, auth, perf_counter() - auth.started, token=token)
     if auth.websocket:
         raise WebSocketException(code=_POLICY_VIOLATION, reason=error.reason)
-    refusal = render_refusal(error, auth.guard.realm)
-    return Response(refusal.body, status_code=refusal.status, headers=dict(refusal.headers))
+    return auth.respond(render_refusal(error, auth.guard.realm))
 
 
 def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F]:

@@ -327,7 +327,7 @@ class BearerGuard:
                     self._refresh_sync(unknown_kid=needed.unknown_kid)
                     verified = self._verify_jws(jws, digest, refreshed=True)
             try:
-                revoked = self._sync_revocation().is_revoked_sync(verified.token)
+                revoked = self.require_sync_revocation().is_revoked_sync(verified.token)
             except Exception as exc:  # noqa: BLE001 - any store failure: the policy decides
                 self._revocation_failed(verified.token, exc)
             else:
@@ -500,7 +500,12 @@ class BearerGuard:
 
     # -- the synchronous I/O edge ---------------------------------------------------------
 
-    def _sync_revocation(self) -> SyncRevocationStore:
+    def require_sync_revocation(self) -> SyncRevocationStore:
+        """The revocation store's synchronous side, for WSGI.
+
+        Raises:
+            ConfigurationError: the store offers only the asynchronous side.
+        """
         store = self.revocation
         if not isinstance(store, SyncRevocationStore):
             raise ConfigurationError(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import string
 from collections.abc import Sequence
 
-from bearerguard.errors import InvalidRequestError, MalformedTokenError
+from bearerguard._core.paths import PublicPaths
+from bearerguard.errors import InvalidRequestError, MalformedTokenError, MissingTokenError
 
-__all__ = ["DEFAULT_MAX_TOKEN_BYTES", "extract_bearer", "has_query_token"]
+__all__ = ["DEFAULT_MAX_TOKEN_BYTES", "extract_bearer", "has_query_token", "request_credentials"]
 
 DEFAULT_MAX_TOKEN_BYTES = 8192
 
@@ -57,3 +58,30 @@ def has_query_token(query_string: bytes) -> bool:
     if b"access_token" not in query_string:
         return False
     return any(part.partition(b"=")[0] == b"access_token" for part in query_string.split(b"&"))
+
+
+def request_credentials(
+    authorization: Sequence[bytes],
+    query_string: bytes,
+    path: str,
+    public_paths: PublicPaths,
+    *,
+    max_bytes: int,
+) -> str | None:
+    """Apply the request-level rules every integration shares; return the token to verify.
+
+    Returns:
+        The bearer token, or ``None`` for a public path reached without credentials.
+
+    Raises:
+        InvalidRequestError: malformed or repeated credentials, or ``access_token`` in the
+            query string (RFC 6750 §2.3 is not offered, and RFC 6750 §2 allows one method).
+        MalformedTokenError: the token is too large.
+        MissingTokenError: no credentials on a path that needs them (RFC 6750 §3.1).
+    """
+    token = extract_bearer(authorization, max_bytes=max_bytes)
+    if b"access_token" in query_string and has_query_token(query_string):
+        raise InvalidRequestError("access_token in the query string is not accepted")
+    if token is None and path not in public_paths:
+        raise MissingTokenError("no bearer credentials")
+    return token

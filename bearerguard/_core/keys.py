@@ -147,7 +147,8 @@ def keys_from_jwks(
     """
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError(  # noqa: TRY004 - a bad document from the network, not a caller's bug
-"not a JWK Set: expected an object with a 'keys' array")
+            "not a JWK Set: expected an object with a 'keys' array"
+        )
     keys: list[VerificationKey] = []
     skipped: list[tuple[str | None, str]] = []
     for entry in document["keys"]:

@@ -1,0 +1,137 @@
+"""The ``bearerguard`` command line (also ``python -m bearerguard``).
+
+Each sub-command is registered by one ``_add_*`` function that builds its parser and sets
+its ``handler``: a callable taking the parsed arguments and returning the exit code. A
+command group (``token mint``, ``jwks show`` ...) is one more ``add_subparsers`` under its
+parser, whose leaves set their own handler; the group itself gets ``_usage`` so that naming
+the group alone prints its help.
+
+Handlers import what they need lazily: ``bearerguard --help`` stays fast, and a command
+whose optional extra is missing says which one to install instead of failing on import.
+
+Exit codes: 0 success, 1 the command ran and failed, 2 usage error or missing extra,
+130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TypeAlias
+
+from bearerguard.__about__ import __version__
+
+__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+Handler = Callable[[argparse.Namespace], int]
+_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+_MISSING_UVICORN = (
+    "bearerguard demo needs uvicorn, which is not installed.\n"
+    "Install the demo extra:  pip install 'bearerguard[demo]'"
+)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is not between 0 and 65535")
+    return value
+
+
+def _usage(parser: argparse.ArgumentParser, _args: argparse.Namespace) -> int:
+    """The handler of a parser that needs a sub-command: print its help."""
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+# -- demo -------------------------------------------------------------------------------
+
+
+def _add_demo(commands: _Commands) -> None:
+    parser = commands.add_parser(
+        "demo",
+        help="walk through accepted and refused requests against a local demo API",
+        description=(
+            "Start a development issuer and a protected demo API on 127.0.0.1, then send "
+            "real requests to it: no token, a valid token, an expired one, one missing a "
+            "scope, a revoked one and forged ones, each with its status, WWW-Authenticate "
+            "challenge and audit event. Exits 0 when every answer is the expected one."
+        ),
+    )
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep serving after the walkthrough, with a 1-hour token and curl lines, until Ctrl-C",
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=0,
+        help="the API's port on 127.0.0.1 (default: a free one)",
+    )
+    parser.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    try:
+        from bearerguard import _demo  # noqa: PLC0415 - needs the optional uvicorn
+    except ModuleNotFoundError as exc:
+        if exc.name != "uvicorn":
+            raise
+        print(_MISSING_UVICORN, file=sys.stderr)
+        return EXIT_USAGE
+    return _demo.run_demo(port=args.port, serve=args.serve)
+
+
+# -- the parser -------------------------------------------------------------------------
+
+_COMMANDS: tuple[Callable[[_Commands], None], ...] = (_add_demo,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="bearerguard",
+        description="Tools for bearerguard: accept OAuth 2.0 bearer tokens safely.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.set_defaults(handler=partial(_usage, parser))
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for add in _COMMANDS:
+        add(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: the arguments, without the program name; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        The exit code (see the module docstring).
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error: argparse has spoken
+        if exc.code is None:
+            return EXIT_OK
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -263,7 +263,6 @@ class BearerGuard:
         )
         self._refreshing: anyio.Event | None = None
         self._fetch_lock = threading.Lock()
-        self._fetch_count = 0
         self._fetch_timeout = (fetch or FetchPolicy()).timeout
         self.audit = AuditLog(sample_accepted=audit_sample_accepted, logger=audit_logger)
         self.clock = clock
@@ -518,18 +517,24 @@ class BearerGuard:
         """Fetch the key set once across threads; others go on with usable keys or wait."""
         if self._fetcher is None:
             return
-        seen = self._fetch_count
-        must_wait = unknown_kid or not self._keys.usable(self.clock())
+        cache = self._keys
         # A thread with usable keys never waits for another's fetch; one without waits at
         # most one fetch timeout, then goes on with what there is.
         lock = self._fetch_lock
-        if not (lock.acquire(timeout=self._fetch_timeout) if must_wait else lock.acquire(False)):
+        if cache.usable(self.clock()) and not unknown_kid:
+            if not lock.acquire(blocking=False):
+                return
+        elif not lock.acquire(timeout=self._fetch_timeout):
             return
         try:
-            if self._fetch_count != seen:
-                return  # another thread fetched while this one waited: use its result
-            self._fetch_count += 1
-            self._keys.record_attempt(self.clock())
+            # Another thread may have fetched while this one waited: ask the rules again.
+            now = self.clock()
+            wanted = (
+                cache.may_refresh_for_unknown_kid(now) if unknown_kid else cache.needs_refresh(now)
+            )
+            if not wanted:
+                return
+            cache.record_attempt(now)
             try:
                 document, max_age = self._fetcher.fetch_sync()
             except Exception as exc:  # noqa: BLE001 - whatever broke, the fetch failed: fail closed

@@ -192,6 +192,10 @@ class DevIssuer:
         with self._lock:
             return {"keys": [key.public_jwk() for key in self.published]}
 
+    def jwks_bytes(self) -> bytes:
+        """The JWK Set currently published, as the JSON body served (for overrides)."""
+        return json.dumps(self.jwks()).encode()
+
     def metadata(self) -> dict[str, Any]:
         """The discovery document."""
         return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.authentication import requires
@@ -82,7 +83,9 @@ async def scoped_socket(websocket: WebSocket) -> None:
     await websocket.close()
 
 
-def build_app(guard: BearerGuard, public_paths: Iterable[str] = ("/health", "/static/*", "/open")) -> Starlette:
+def build_app(
+    guard: BearerGuard, public_paths: Iterable[str] = ("/health", "/static/*", "/open")
+) -> Starlette:
     """The test app: every kind of endpoint, behind the middleware."""
     return Starlette(
         routes=[
@@ -101,3 +104,68 @@ def build_app(guard: BearerGuard, public_paths: Iterable[str] = ("/health", "/st
         ],
         middleware=[Middleware(BearerGuardMiddleware, guard=guard, public_paths=public_paths)],
     )
+
+
+def build_flask_app(
+    guard: BearerGuard, public_paths: Iterable[str] = ("/health", "/static/*", "/open")
+) -> Any:
+    """The same routes as ``build_app``, in Flask behind the WSGI middleware."""
+    import flask
+
+    from bearerguard.flask import protect
+
+    app = flask.Flask("bearerguard-tests", static_folder=None)
+
+    @app.get("/me")
+    def flask_me() -> Any:
+        token = get_access_token(flask.request)
+        return {
+            "sub": None if token is None else token.subject,
+            "user": None if token is None else (token.subject or token.client_id),
+            "auth_scopes": [] if token is None else sorted(token.scopes),
+        }
+
+    @app.get("/items")
+    @requires_scopes("items:read")
+    def flask_read_items() -> Any:
+        return {"items": []}
+
+    @app.post("/items")
+    @requires_scopes("items:read", "items:write")
+    def flask_write_items() -> Any:
+        return {"written": True}
+
+    @app.delete("/items")
+    @requires_any_scope("admin", "items:delete")
+    async def flask_delete_items() -> Any:
+        return {"deleted": True}
+
+    reports = flask.Blueprint("reports", "reports")
+
+    @reports.get("/reports")
+    @requires_scopes("reports:read")
+    def flask_reports() -> Any:
+        return {"reports": []}
+
+    @reports.post("/reports")
+    @requires_scopes("reports:write")
+    def flask_create_report() -> Any:
+        return {"created": True}
+
+    app.register_blueprint(reports)
+
+    def flask_health(name: str | None = None) -> Any:
+        token = get_access_token()
+        return {"ok": True, "sub": None if token is None else token.subject}
+
+    app.add_url_rule("/health", "health", flask_health)
+    app.add_url_rule("/healthcheck-admin", "healthcheck_admin", flask_health)
+    app.add_url_rule("/static/<name>", "static_files", flask_health)
+
+    @app.get("/open")
+    @requires_scopes("items:read")
+    def flask_public_but_scoped() -> Any:
+        return {"never": "without a token"}
+
+    protect(app, guard=guard, public_paths=public_paths)
+    return app

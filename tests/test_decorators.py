@@ -11,7 +11,13 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from starlette.middleware import Middleware
 
-from bearerguard import AccessToken, BearerGuard, get_access_token, requires_any_scope, requires_scopes
+from bearerguard import (
+    AccessToken,
+    BearerGuard,
+    get_access_token,
+    requires_any_scope,
+    requires_scopes,
+)
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.errors import ConfigurationError
 from bearerguard.testing import DevIssuer
@@ -104,7 +110,9 @@ async def test_denial_challenge_names_the_required_scopes(
     starlette_client: httpx.AsyncClient, session_issuer: DevIssuer
 ) -> None:
     with structlog.testing.capture_logs() as events:
-        response = await starlette_client.post("/items", headers=bearer(session_issuer, "items:read"))
+        response = await starlette_client.post(
+            "/items", headers=bearer(session_issuer, "items:read")
+        )
     assert response.status_code == 403
     challenge = response.headers["www-authenticate"]
     assert 'error="insufficient_scope"' in challenge
@@ -122,13 +130,17 @@ async def test_fastapi_path_operations_without_request_parameter(
 ) -> None:
     ok = await fastapi_client.get("/async/pen", headers=bearer(session_issuer, "items:read"))
     assert ok.json() == {"name": "pen", "owner": "erin"}
-    ok_sync = await fastapi_client.get("/sync/pen?limit=3", headers=bearer(session_issuer, "items:read"))
+    ok_sync = await fastapi_client.get(
+        "/sync/pen?limit=3", headers=bearer(session_issuer, "items:read")
+    )
     assert ok_sync.json() == {"name": "pen:3", "owner": "erin"}
     for path in ["/async/pen", "/sync/pen"]:
         denied = await fastapi_client.get(path, headers=bearer(session_issuer, "other"))
         assert denied.status_code == 403
         assert 'scope="items:read"' in denied.headers["www-authenticate"]
-    assert (await fastapi_client.delete("/any", headers=bearer(session_issuer, "admin"))).status_code == 200
+    assert (
+        await fastapi_client.delete("/any", headers=bearer(session_issuer, "admin"))
+    ).status_code == 200
     assert (await fastapi_client.delete("/any", headers=bearer(session_issuer))).status_code == 403
     assert (await fastapi_client.get("/async/pen")).status_code == 401
 

@@ -82,7 +82,9 @@ async def test_static_keys_work_offline(session_issuer: DevIssuer) -> None:
 
 async def test_pem_key_verifies_tokens_whatever_their_kid(session_issuer: DevIssuer) -> None:
     public = session_issuer.key("ES256").private_key.public_key()
-    pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     guard = BearerGuard(issuer=session_issuer.url, audience=session_issuer.audience, keys=pem)
     assert (await guard.authenticate(session_issuer.mint(algorithm="ES256"))).algorithm == "ES256"
     with pytest.raises(UnsupportedAlgorithmError):

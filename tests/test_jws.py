@@ -73,8 +73,19 @@ def test_refuses_bad_framing(token: str) -> None:
         ["alg", "RS256"],
         "RS256",
     ],
-    ids=["crit", "crit-empty", "b64", "enc", "zip", "nested", "nested-media", "cty-int", "kid-int",
-         "array", "string"],
+    ids=[
+        "crit",
+        "crit-empty",
+        "b64",
+        "enc",
+        "zip",
+        "nested",
+        "nested-media",
+        "cty-int",
+        "kid-int",
+        "array",
+        "string",
+    ],
 )
 def test_refuses_headers_needing_processing_we_do_not_do(header: object) -> None:
     with pytest.raises(MalformedTokenError):
@@ -105,8 +116,21 @@ def test_refuses_missing_or_unsecured_alg(alg: object) -> None:
         b"not json",
         b"[]",
     ],
-    ids=["dup", "nested-dup", "not-utf8", "utf16", "bom", "nan", "inf", "-inf", "1e400",
-         "huge-int", "deep", "garbage", "array"],
+    ids=[
+        "dup",
+        "nested-dup",
+        "not-utf8",
+        "utf16",
+        "bom",
+        "nan",
+        "inf",
+        "-inf",
+        "1e400",
+        "huge-int",
+        "deep",
+        "garbage",
+        "array",
+    ],
 )
 def test_strict_json(raw: bytes) -> None:
     with pytest.raises(MalformedTokenError):

@@ -70,8 +70,12 @@ async def test_starlette_requires_sees_the_token_scopes(
     assert denied.status_code == 403
 
 
-async def test_lowercase_scheme_and_extra_spaces(client: httpx.AsyncClient, session_issuer: DevIssuer) -> None:
-    response = await client.get("/me", headers={"Authorization": f"bearer   {session_issuer.mint()}"})
+async def test_lowercase_scheme_and_extra_spaces(
+    client: httpx.AsyncClient, session_issuer: DevIssuer
+) -> None:
+    response = await client.get(
+        "/me", headers={"Authorization": f"bearer   {session_issuer.mint()}"}
+    )
     assert response.status_code == 200
 
 
@@ -111,7 +115,9 @@ async def test_public_paths_are_exact_or_explicit_prefixes(
     assert (await client.get(path)).status_code == status
 
 
-async def test_public_path_reached_without_credentials_has_no_token(client: httpx.AsyncClient) -> None:
+async def test_public_path_reached_without_credentials_has_no_token(
+    client: httpx.AsyncClient,
+) -> None:
     with structlog.testing.capture_logs() as events:
         response = await client.get("/health")
     assert response.json() == {"ok": True, "sub": None}
@@ -173,7 +179,9 @@ async def test_audit_event_fields_and_no_raw_token(
     assert signature[:12] not in flat
 
 
-async def test_every_refusal_emits_one_event(client: httpx.AsyncClient, session_issuer: DevIssuer) -> None:
+async def test_every_refusal_emits_one_event(
+    client: httpx.AsyncClient, session_issuer: DevIssuer
+) -> None:
     cases: list[dict[str, Any]] = [
         {},
         bearer("x.y.z"),
@@ -198,18 +206,24 @@ async def test_sampling_accepted_events_off(session_issuer: DevIssuer) -> None:
 
 
 def test_websocket_with_token_is_accepted(guard: BearerGuard, session_issuer: DevIssuer) -> None:
-    with TestClient(build_app(guard)) as client, client.websocket_connect(
-        "/ws", headers=bearer(session_issuer.mint(sub="dan"))
-    ) as websocket:
+    with (
+        TestClient(build_app(guard)) as client,
+        client.websocket_connect(
+            "/ws", headers=bearer(session_issuer.mint(sub="dan"))
+        ) as websocket,
+    ):
         assert websocket.receive_json() == {"sub": "dan"}
 
 
 def test_websocket_without_token_is_refused_before_accept(guard: BearerGuard) -> None:
     from starlette.testclient import WebSocketDenialResponse
 
-    with TestClient(build_app(guard)) as client, pytest.raises(WebSocketDenialResponse) as denied:  # noqa: PT012
-        with client.websocket_connect("/ws"):
-            pass  # pragma: no cover - never accepted
+    with (
+        TestClient(build_app(guard)) as client,
+        pytest.raises(WebSocketDenialResponse) as denied,
+        client.websocket_connect("/ws"),
+    ):
+        pass  # pragma: no cover - never accepted
     assert denied.value.status_code == 401
     assert denied.value.headers["www-authenticate"].startswith("Bearer")
 
@@ -225,19 +239,29 @@ async def test_websocket_refusal_without_denial_extension_closes_1008(guard: Bea
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "websocket", "path": "/ws", "headers": [], "query_string": b"",
-             "client": ("127.0.0.1", 1), "extensions": {}}
+    scope = {
+        "type": "websocket",
+        "path": "/ws",
+        "headers": [],
+        "query_string": b"",
+        "client": ("127.0.0.1", 1),
+        "extensions": {},
+    }
     await app(scope, receive, send)
     assert sent == [{"type": "websocket.close", "code": 1008, "reason": "missing_token"}]
 
 
 def test_websocket_scope_denial_closes_1008(guard: BearerGuard, session_issuer: DevIssuer) -> None:
     with TestClient(build_app(guard)) as client:
-        with pytest.raises(WebSocketDisconnect) as closed:  # noqa: PT012
-            with client.websocket_connect("/ws/chat", headers=bearer(session_issuer.mint())) as ws:
-                ws.receive_json()  # pragma: no cover
+        with (
+            pytest.raises(WebSocketDisconnect) as closed,
+            client.websocket_connect("/ws/chat", headers=bearer(session_issuer.mint())) as ws,
+        ):
+            ws.receive_json()  # pragma: no cover
         assert closed.value.code == 1008
-        with client.websocket_connect("/ws/chat", headers=bearer(session_issuer.mint(scopes=["chat"]))) as ws:
+        with client.websocket_connect(
+            "/ws/chat", headers=bearer(session_issuer.mint(scopes=["chat"]))
+        ) as ws:
             assert ws.receive_json() == {"chat": True}
 
 

@@ -28,14 +28,25 @@ class Clock:
         return self.now
 
 
-def token(jti: str | None = "j1", sub: str | None = "s1", iat: float | None = 1_799_999_000.0,
-          client_id: str | None = "c1", iss: str = ISS) -> AccessToken:
+def token(
+    jti: str | None = "j1",
+    sub: str | None = "s1",
+    iat: float | None = 1_799_999_000.0,
+    client_id: str | None = "c1",
+    iss: str = ISS,
+) -> AccessToken:
+    optional = {"jti": jti, "sub": sub, "iat": iat, "client_id": client_id}
     claims: dict[str, Any] = {"iss": iss, "aud": "api", "exp": 1_800_003_600}
-    for name, value in (("jti", jti), ("sub", sub), ("iat", iat), ("client_id", client_id)):
-        if value is not None:
-            claims[name] = value
-    return AccessToken.from_claims(claims, scopes=frozenset(), expires_at=1_800_003_600,
-                                   issued_at=iat, key_id=None, algorithm="RS256", fingerprint="f")
+    claims.update({name: value for name, value in optional.items() if value is not None})
+    return AccessToken.from_claims(
+        claims,
+        scopes=frozenset(),
+        expires_at=1_800_003_600,
+        issued_at=iat,
+        key_id=None,
+        algorithm="RS256",
+        fingerprint="f",
+    )
 
 
 def test_is_a_revocation_store() -> None:
@@ -59,7 +70,7 @@ async def test_revoke_token_accepts_aware_datetimes_only() -> None:
     store = MemoryRevocationStore()
     await store.revoke_token("j1", expires_at=datetime(2030, 1, 1, tzinfo=timezone.utc))
     with pytest.raises(ValueError, match="naive"):
-        await store.revoke_token("j1", expires_at=datetime(2030, 1, 1))  # noqa: DTZ001
+        await store.revoke_token("j1", expires_at=datetime(2030, 1, 1))
     with pytest.raises(TypeError):
         await store.revoke_token("j1", expires_at="2030")  # type: ignore[arg-type]
 
@@ -140,9 +151,13 @@ async def test_revocation_takes_effect_on_the_next_request(session_issuer: DevIs
         assert events[0]["reason"] == "revoked"
         assert events[0]["sub"] == "frank"
         other = session_issuer.mint(sub="frank")
-        assert (await client.get("/me", headers={"Authorization": f"Bearer {other}"})).status_code == 200
+        assert (
+            await client.get("/me", headers={"Authorization": f"Bearer {other}"})
+        ).status_code == 200
         await store.revoke_subject("frank")
-        assert (await client.get("/me", headers={"Authorization": f"Bearer {other}"})).status_code == 401
+        assert (
+            await client.get("/me", headers={"Authorization": f"Bearer {other}"})
+        ).status_code == 401
 
 
 class BrokenStore:
@@ -155,7 +170,9 @@ async def test_a_failing_store_fails_closed(session_issuer: DevIssuer) -> None:
     transport = httpx.ASGITransport(app=build_app(guard))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         with structlog.testing.capture_logs() as events:
-            response = await client.get("/me", headers={"Authorization": f"Bearer {session_issuer.mint()}"})
+            response = await client.get(
+                "/me", headers={"Authorization": f"Bearer {session_issuer.mint()}"}
+            )
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
     assert events[0]["event"] == "auth.unavailable"
@@ -166,5 +183,7 @@ async def test_failing_open_is_an_explicit_choice(session_issuer: DevIssuer) -> 
     guard = session_issuer.guard(revocation=BrokenStore(), revocation_failure="allow")
     transport = httpx.ASGITransport(app=build_app(guard))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        response = await client.get("/me", headers={"Authorization": f"Bearer {session_issuer.mint()}"})
+        response = await client.get(
+            "/me", headers={"Authorization": f"Bearer {session_issuer.mint()}"}
+        )
     assert response.status_code == 200

@@ -6,7 +6,12 @@ from typing import Any
 
 import pytest
 
-from bearerguard._core.scopes import grants, parse_scope_claim_paths, read_scopes, validate_scope_names
+from bearerguard._core.scopes import (
+    grants,
+    parse_scope_claim_paths,
+    read_scopes,
+    validate_scope_names,
+)
 from bearerguard.errors import ConfigurationError, MalformedTokenError
 
 

@@ -1,0 +1,49 @@
+"""Flask glue: protect a Flask application (and its blueprints) with one call.
+
+app = Flask(__name__)
+protect(app, guard=guard, public_paths=["/health"])
+
+@app.get("/items")
+@requires_scopes("items:read")
+def items():
+    return {"owner": get_access_token().subject}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from bearerguard.guard import BearerGuard
+from bearerguard.wsgi import BearerGuardWSGIMiddleware, responder_for
+
+if TYPE_CHECKING:
+    import flask
+
+__all__ = ["protect"]
+
+
+def protect(
+    app: flask.Flask,
+    *,
+    guard: BearerGuard,
+    public_paths: Iterable[str] = (),
+    warm_up: bool = False,
+) -> BearerGuardWSGIMiddleware:
+    """Wrap ``app.wsgi_app`` in ``BearerGuardWSGIMiddleware`` and return the middleware.
+
+    ``requires_scopes`` then answers with Flask responses, and ``get_access_token()`` (or
+    ``get_access_token(flask.request)``) returns the token inside views.
+
+    Raises:
+        ConfigurationError: as ``BearerGuardWSGIMiddleware``.
+    """
+    middleware = BearerGuardWSGIMiddleware(
+        app.wsgi_app,
+        guard=guard,
+        public_paths=public_paths,
+        warm_up=warm_up,
+        respond=responder_for(app),
+    )
+    app.wsgi_app = middleware  # type: ignore[method-assign]
+    return middleware

@@ -1,0 +1,485 @@
+"""The sans-I/O core of ``RedisRevocationStore``: key layout, entries, the in-process table
+and the mirror session, written once as a flow of I/O requests.
+
+Nothing here imports redis, opens a socket or sleeps. ``session`` is a generator that yields
+``Subscribe``, ``Receive``, ``Scan`` and ``Ping`` requests and is sent their replies; the
+store drives it with redis-py's synchronous client in a thread, or with ``redis.asyncio`` in
+a task (httpx's ``auth_flow`` pattern), so both sides share every rule about ordering and
+trust.
+
+Layout in Redis, one string key per entry, each expiring with what it covers::
+
+    {namespace}:t:{issuer}:{jti}        a revoked token
+    {namespace}:s:{issuer}:{sub}        a subject cut-off
+    {namespace}:c:{issuer}:{client_id}  a client cut-off
+    value: {"u": lapse_ms, "c": cutoff_ms, "r": reason, "a": updated_ms}
+
+``{issuer}`` is ``*`` for "any issuer"; in the parts ``%``, ``:`` and ``*`` are
+percent-encoded, so a key splits unambiguously and namespaces cannot read each other's keys.
+Every change is published on ``{namespace}:changes`` as ``[key, value]`` by the same Lua
+script that writes it, so the write and its announcement are one atomic step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, Literal, NoReturn
+
+from bearerguard.errors import RevocationStoreError
+from bearerguard.token import AccessToken
+
+__all__ = [
+    "REVOKE_SCRIPT",
+    "Entry",
+    "Layout",
+    "Mirror",
+    "Ping",
+    "Receive",
+    "RevocationTable",
+    "Scan",
+    "Subscribe",
+    "session",
+]
+
+Kind = Literal["t", "s", "c"]
+KINDS: tuple[Kind, ...] = ("t", "s", "c")
+_Key = tuple[str | None, str]
+
+# KEYS[1]: the entry. ARGV: channel, now_ms, lapse_ms, cutoff_ms ("" for a token), reason.
+# Merges with an existing entry (the later lapse, the later cut-off: a revocation is never
+# weakened), writes it with a relative expiry (so Redis's own clock does not matter), and
+# publishes it. Returns the stored value, or false when it had already lapsed.
+REVOKE_SCRIPT = """
+local now = tonumber(ARGV[2])
+local u = tonumber(ARGV[3])
+local c = tonumber(ARGV[4])
+local r = ARGV[5]
+local old = redis.call('GET', KEYS[1])
+if old then
+  local ok, e = pcall(cjson.decode, old)
+  if ok and type(e) == 'table' then
+    local ou = tonumber(e.u)
+    if ou and ou > u then u = ou end
+    local oc = tonumber(e.c)
+    if c and oc and oc > c then c = oc end
+    if r == '' and type(e.r) == 'string' then r = e.r end
+  end
+end
+if u <= now then return false end
+local entry = {u = u, a = now}
+if c then entry.c = c end
+if r ~= '' then entry.r = r end
+local value = cjson.encode(entry)
+redis.call('SET', KEYS[1], value, 'PX', u - now)
+redis.call('PUBLISH', ARGV[1], cjson.encode({KEYS[1], value}))
+return value
+"""
+
+
+def _encode_part(value: str | None) -> str:
+    if value is None:
+        return "*"
+    return value.replace("%", "%25").replace(":", "%3A").replace("*", "%2A")
+
+
+def _decode_part(part: str) -> str | None:
+    if part == "*":
+        return None
+    value = part.replace("%2A", "*").replace("%3A", ":").replace("%25", "%")
+    # Only what _encode_part produces is ours: anything else is a foreign key.
+    if _encode_part(value) != part:
+        raise ValueError("not an encoded key part")
+    return value
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where a namespace's entries and announcements live in Redis."""
+
+    namespace: str
+
+    @property
+    def channel(self) -> str:
+        return f"{self.namespace}:changes"
+
+    @property
+    def pattern(self) -> str:
+        """A SCAN pattern for this namespace's entries (narrows; ``parse_key`` decides)."""
+        return f"{_glob_escape(self.namespace)}:[tsc]:*:*"
+
+    def key(self, kind: Kind, issuer: str | None, name: str) -> str:
+        return f"{self.namespace}:{kind}:{_encode_part(issuer)}:{_encode_part(name)}"
+
+    def parse_key(self, key: bytes | str) -> tuple[Kind, str | None, str] | None:
+        """``(kind, issuer, name)``, or ``None`` when the key is not one of ours."""
+        text = _text(key)
+        prefix = self.namespace + ":"
+        if not text.startswith(prefix):
+            return None
+        parts = text[len(prefix) :].split(":")
+        if len(parts) != 3 or parts[0] not in KINDS or parts[2] == "*":
+            return None
+        try:
+            issuer = _decode_part(parts[1])
+            name = _decode_part(parts[2])
+        except ValueError:
+            return None
+        assert name is not None  # noqa: S101 - "*" was excluded above
+        kind: Kind = parts[0]  # type: ignore[assignment] - checked against KINDS
+        return kind, issuer, name
+
+    def entry(self, key: bytes | str, value: bytes | str) -> Entry | None:
+        """The entry stored under ``key``, or ``None`` for a key of another namespace.
+
+        Raises:
+            ValueError: one of our keys holds a value we cannot read.
+        """
+        parsed = self.parse_key(key)
+        if parsed is None:
+            return None
+        kind, issuer, name = parsed
+        document = json.loads(value)
+        lapse = document["u"]
+        cutoff = document.get("c")
+        reason = document.get("r")
+        updated = document.get("a", 0)
+        if not isinstance(lapse, int | float) or (kind != "t") != isinstance(cutoff, int | float):
+            raise ValueError(f"unreadable revocation entry under {_text(key)[:100]!r}")
+        return Entry(
+            kind=kind,
+            issuer=issuer,
+            name=name,
+            until=lapse / 1000,
+            cutoff=None if cutoff is None else cutoff / 1000,
+            reason=reason if isinstance(reason, str) else None,
+            updated_at=updated / 1000 if isinstance(updated, int | float) else 0.0,
+        )
+
+    def message(self, data: bytes | str) -> Entry | None:
+        """The entry announced by a message on ``channel``."""
+        key, value = json.loads(data)
+        return self.entry(key, value)
+
+
+def to_ms(seconds: float) -> int:
+    """Epoch seconds as whole milliseconds, rounded up: a revocation errs on the long side."""
+    return math.ceil(round(seconds * 1000, 3))
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One revocation as stored: a token (``cutoff`` is ``None``) or a cut-off."""
+
+    kind: Kind
+    issuer: str | None
+    name: str
+    until: float
+    cutoff: float | None
+    reason: str | None
+    updated_at: float
+
+
+class RevocationTable:
+    """Live revocations held in this process; the same rules as ``MemoryRevocationStore``.
+
+    Reads take no lock (single dictionary lookups); writes merge under a lock so that two
+    writers can never leave the weaker of two entries behind.
+    """
+
+    __slots__ = ("_lock", "clients", "subjects", "tokens")
+
+    def __init__(self) -> None:
+        self.tokens: dict[_Key, float] = {}
+        # (cutoff, until)
+        self.subjects: dict[_Key, tuple[float, float]] = {}
+        self.clients: dict[_Key, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.tokens) + len(self.subjects) + len(self.clients)
+
+    def apply(self, entry: Entry) -> None:
+        key = (entry.issuer, entry.name)
+        with self._lock:
+            if entry.cutoff is None:
+                self.tokens[key] = max(entry.until, self.tokens.get(key, entry.until))
+                return
+            cutoffs = self.subjects if entry.kind == "s" else self.clients
+            cutoff, until = cutoffs.get(key, (entry.cutoff, entry.until))
+            cutoffs[key] = (max(cutoff, entry.cutoff), max(until, entry.until))
+
+    def revoked(self, token: AccessToken, now: float) -> bool:
+        """Whether ``token``, its subject or its client is revoked at ``now``."""
+        tokens, subjects, clients = self.tokens, self.subjects, self.clients
+        if not (tokens or subjects or clients):
+            return False
+        iss = token.issuer
+        jti = token.token_id
+        if jti is not None and tokens:
+            for key in ((iss, jti), (None, jti)):
+                until = tokens.get(key)
+                if until is not None and now < until:
+                    return True
+        iat = token.claims.get("iat")
+        for cutoffs, name in ((subjects, token.subject), (clients, token.client_id)):
+            if name is None or not cutoffs:
+                continue
+            for key in ((iss, name), (None, name)):
+                entry = cutoffs.get(key)
+                # No iat: the token cannot show it is newer than the cut-off.
+                if entry is not None and now < entry[1] and (iat is None or iat <= entry[0]):
+                    return True
+        return False
+
+    def prune(self, now: float) -> None:
+        """Forget lapsed entries (each dictionary is swapped whole: readers never block)."""
+        with self._lock:
+            self.tokens = {key: until for key, until in self.tokens.items() if now < until}
+            self.subjects = {key: item for key, item in self.subjects.items() if now < item[1]}
+            self.clients = {key: item for key, item in self.clients.items() if now < item[1]}
+
+
+MirrorState = Literal["stopped", "connecting", "syncing", "live", "failed", "closed"]
+
+
+class Mirror:
+    """The mirror's state as the hot path sees it: a table and whether it may be trusted.
+
+    The table is trusted only while ``state`` is ``"live"`` and Redis confirmed, less than
+    ``failure_timeout`` ago, that every announcement published before it was received: a
+    ping's answer arrives after every message published before the ping, on the same
+    connection. A check that cannot be answered raises ``RevocationStoreError``.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_entries: int,
+        failure_timeout: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.table = RevocationTable()
+        self.state: MirrorState = "stopped"
+        self.error: str | None = None
+        self.max_entries = max_entries
+        self.failure_timeout = failure_timeout
+        self.fresh_at = -math.inf  # monotonic instant up to which the table is complete
+        self.resyncs = 0
+        self.ever_live = False
+        self.live = threading.Event()
+        self._monotonic = monotonic
+
+    def answerable(self) -> bool:
+        return (
+            self.state == "live"
+            and self._monotonic() - self.fresh_at <= self.failure_timeout
+        )
+
+    def check(self, token: AccessToken, now: float) -> bool:
+        """Whether ``token`` is revoked, from the table, if it may be trusted.
+
+        Raises:
+            RevocationStoreError: the mirror is not synchronised with Redis, or has not heard
+                from it for longer than ``failure_timeout``.
+        """
+        state = self.state
+        if state != "live":
+            raise RevocationStoreError(f"revocation mirror is {state}: {self.error or 'not ready'}")
+        age = self._monotonic() - self.fresh_at
+        if age > self.failure_timeout:
+            raise RevocationStoreError(f"revocation mirror has not heard from Redis for {age:.1f}s")
+        return self.table.revoked(token, now)
+
+    def staleness(self) -> float | None:
+        if self.fresh_at == -math.inf:
+            return None
+        return max(0.0, self._monotonic() - self.fresh_at)
+
+    def apply(self, entry: Entry, now: float) -> None:
+        """Add an entry to the current table, keeping it within ``max_entries``."""
+        table = self.table
+        table.apply(entry)
+        if len(table) > self.max_entries:
+            table.prune(now)
+            if len(table) > self.max_entries:
+                raise RevocationStoreError(
+                    f"more than {self.max_entries} live revocations: raise max_entries"
+                )
+
+    def connecting(self) -> None:
+        self.state = "connecting"
+
+    def syncing(self) -> None:
+        self.live.clear()
+        self.state = "syncing"
+
+    def install(self, table: RevocationTable) -> None:
+        """A freshly loaded table: trusted once the next ping is answered."""
+        self.table = table
+        self.resyncs += 1
+
+    def confirm(self, sent_at: float) -> None:
+        """A ping sent at ``sent_at`` was answered: the table is complete up to then."""
+        self.fresh_at = max(self.fresh_at, sent_at)
+        if self.state == "syncing":
+            self.state = "live"
+            self.error = None
+            self.ever_live = True
+            self.live.set()
+
+    def lost(self, error: BaseException) -> bool:
+        """The session ended; returns whether it had been live."""
+        was_live = self.state == "live"
+        if self.state != "closed":
+            self.state = "failed"
+        self.live.clear()
+        self.error = f"{type(error).__name__}: {error}"[:300]
+        self.table = RevocationTable()  # untrusted: free it, a resync loads a new one
+        return was_live
+
+    def close(self) -> None:
+        self.state = "closed"
+        self.error = "the store was closed"
+        self.live.clear()
+        self.table = RevocationTable()
+
+
+# -- the session flow ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Subscribe the session's pub/sub connection to ``channel``. Reply: ``None``."""
+
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Receive:
+    """Read one pub/sub message, waiting at most ``timeout``. Reply: redis-py's dict or None."""
+
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """One SCAN step, then MGET of the keys found. Reply: ``(cursor, [(key, value)])``."""
+
+    cursor: int
+    match: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """PING on the pub/sub connection; the answer comes back as a ``pong`` message."""
+
+    payload: str
+
+
+Request = Subscribe | Receive | Scan | Ping
+Flow = Generator[Request, Any, NoReturn]
+
+SCAN_COUNT = 1000
+POLL = 0.05  # how long a Receive waits: bounds how soon a stopping thread notices
+PRUNE_EVERY = 30.0
+_serial = iter(range(1, 1 << 62))
+
+
+def session(
+    mirror: Mirror,
+    layout: Layout,
+    *,
+    clock: Callable[[], float],
+    monotonic: Callable[[], float] = time.monotonic,
+) -> Flow:
+    """One connection's life: subscribe, load, then follow; raises when it must end.
+
+    The order is what makes the mirror complete. Subscribing first, and waiting for Redis to
+    confirm it, means every revocation written after that instant will be announced to us;
+    the SCAN that follows returns every key that exists for its whole duration, so every
+    revocation written before the subscription is loaded (SCAN never misses a key present
+    throughout). Announcements received during the load wait in the connection and are
+    applied after it; merging is idempotent and commutative, so order does not matter. The
+    mirror is trusted only when a ping sent after the load is answered: by then every
+    announcement published before it has been applied.
+
+    Every ``failure_timeout / 4`` a ping goes out; no answer within ``failure_timeout`` ends
+    the session (a connection that stalls without closing). A second subscription
+    confirmation means the client reconnected on its own, and messages may have been lost in
+    between: that also ends the session, and the driver resynchronises from scratch.
+    """
+    heartbeat = mirror.failure_timeout / 4
+    mirror.connecting()
+    yield Subscribe(layout.channel)
+    deadline = monotonic() + mirror.failure_timeout
+    while True:
+        message = yield Receive(POLL)
+        if message is not None and message.get("type") == "subscribe":
+            break
+        if monotonic() > deadline:
+            raise TimeoutError("Redis did not confirm the subscription")
+
+    mirror.syncing()
+    table = RevocationTable()
+    now = clock()
+    cursor = 0
+    while True:
+        cursor, items = yield Scan(cursor, layout.pattern, SCAN_COUNT)
+        for key, value in items:
+            if value is None:
+                continue  # expired between SCAN and MGET
+            entry = layout.entry(key, value)
+            if entry is not None and now < entry.until:
+                table.apply(entry)
+        if len(table) > mirror.max_entries:
+            raise RevocationStoreError(
+                f"more than {mirror.max_entries} live revocations: raise max_entries"
+            )
+        if not cursor:
+            break
+    mirror.install(table)
+
+    pending: tuple[str, float] | None = None
+    last_ping = -math.inf
+    last_prune = monotonic()
+    while True:
+        instant = monotonic()
+        if pending is None and instant - last_ping >= heartbeat:
+            payload = f"bearerguard-{next(_serial)}"
+            yield Ping(payload)
+            pending = (payload, instant)
+            last_ping = instant
+        elif pending is not None and instant - pending[1] > mirror.failure_timeout:
+            raise TimeoutError(f"Redis did not answer a ping within {mirror.failure_timeout}s")
+        if instant - last_prune > PRUNE_EVERY:
+            mirror.table.prune(clock())
+            last_prune = instant
+        message = yield Receive(POLL)
+        if message is None:
+            continue
+        kind = message.get("type")
+        data = message.get("data")
+        if kind == "message":
+            entry = layout.message(data)
+            if entry is not None:
+                mirror.apply(entry, clock())
+        elif kind == "pong":
+            if pending is not None and _text(data) == pending[0]:
+                mirror.confirm(pending[1])
+                pending = None
+        elif kind in ("subscribe", "unsubscribe"):
+            raise ConnectionError("the subscription was renewed or dropped: resynchronising")

@@ -1,0 +1,150 @@
+"""``BearerGuardWSGIMiddleware``: the guard for Flask, Django and any WSGI application.
+
+The same rules as the ASGI middleware, from the same core: extraction, verification, public
+paths, RFC 6750 answers, audit events and revocation (through the store's synchronous side).
+Key fetches use httpx's sync client, one at a time per guard across threads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth
+from bearerguard._core.extract import request_credentials
+from bearerguard._core.paths import PublicPaths
+from bearerguard._core.refusal import Refusal, render_refusal
+from bearerguard.audit import RequestInfo
+from bearerguard.errors import AuthError, ConfigurationError, ServiceUnavailableError
+from bearerguard.guard import BearerGuard
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["BearerGuardWSGIMiddleware", "plain_response", "responder_for"]
+
+_log = logging.getLogger("bearerguard")
+Responder = Callable[[Refusal], Any]
+
+
+def plain_response(refusal: Refusal) -> tuple[bytes, int, list[tuple[str, str]]]:
+    """A refusal as ``(body, status, headers)``: what Flask and many frameworks accept."""
+    return refusal.body, refusal.status, list(refusal.headers)
+
+
+def _flask_response(refusal: Refusal) -> Any:
+    import flask  # noqa: PLC0415 - only when the app is a Flask app
+
+    return flask.Response(refusal.body, status=refusal.status, headers=list(refusal.headers))
+
+
+def _django_response(refusal: Refusal) -> Any:
+    from django.http import HttpResponse  # noqa: PLC0415 - only when the app is Django
+
+    response = HttpResponse(refusal.body, status=refusal.status)
+    for name, value in refusal.headers:
+        response[name] = value
+    return response
+
+
+def responder_for(app: object) -> Responder:
+    """How ``requires_scopes`` answers inside ``app``: a Flask or Django response, or a tuple.
+
+    Flask's ``app.wsgi_app`` (a bound method) counts as the Flask app.
+    """
+    owner = getattr(app, "__self__", app)
+    frameworks = {cls.__module__.partition(".")[0] for cls in type(owner).__mro__}
+    if "flask" in frameworks:
+        return _flask_response
+    if "django" in frameworks:
+        return _django_response
+    return plain_response
+
+
+def _path(environ: WSGIEnvironment) -> str:
+    # PEP 3333 hands PATH_INFO over as latin-1; decode it as UTF-8, as ASGI servers do.
+    return str(environ.get("PATH_INFO", "")).encode("latin-1", "replace").decode("utf-8", "replace")
+
+
+def _describe(environ: WSGIEnvironment, path: str) -> tuple[str, str, str | None, str | None]:
+    return (
+        str(environ.get("REQUEST_METHOD", "GET")),
+        path,
+        environ.get("REMOTE_ADDR"),
+        environ.get("HTTP_X_REQUEST_ID"),
+    )
+
+
+class BearerGuardWSGIMiddleware:
+    """Authenticate every request to a WSGI application with a ``BearerGuard``.
+
+    Args:
+        app: the WSGI application (for Flask, ``app.wsgi_app``; see ``bearerguard.flask``).
+        guard: the configured guard; its revocation store must offer the synchronous side.
+        public_paths: paths served without credentials (exact, or ``"/prefix/*"``), matched
+            against ``PATH_INFO``.
+        warm_up: fetch the key set now, at construction, so the first request does not wait.
+        respond: how ``requires_scopes`` builds its refusals inside ``app``; by default a
+            Flask or Django response when ``app`` is one, else ``(body, status, headers)``.
+
+    Refusals are exactly those of the ASGI middleware (RFC 6750 §3).
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        guard: BearerGuard,
+        public_paths: Iterable[str] = (),
+        warm_up: bool = False,
+        respond: Responder | None = None,
+    ) -> None:
+        if not isinstance(guard, BearerGuard):
+            raise ConfigurationError("guard must be a BearerGuard")
+        guard.require_sync_revocation()
+        self.app = app
+        self.guard = guard
+        self.public_paths = PublicPaths(public_paths)
+        self.respond = respond or responder_for(app)
+        if warm_up:
+            try:
+                guard.warm_up_sync()
+            except ServiceUnavailableError as exc:
+                _log.warning("bearerguard: warm-up failed, requests fail closed: %s", exc)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        started = perf_counter()
+        guard = self.guard
+        header = environ.get("HTTP_AUTHORIZATION")
+        path = _path(environ)
+        try:
+            # Servers join repeated headers with commas: such a value is not one b64token,
+            # so it is refused as invalid_request, as two headers are over ASGI.
+            token = request_credentials(
+                [] if header is None else [header.encode("latin-1", "replace")],
+                str(environ.get("QUERY_STRING", "")).encode("latin-1", "replace"),
+                path,
+                self.public_paths,
+                max_bytes=guard.max_token_bytes,
+            )
+            access = None if token is None else guard.authenticate_sync(token)
+        except AuthError as error:
+            guard.audit.refused(
+                error, RequestInfo(*_describe(environ, path)), perf_counter() - started
+            )
+            refusal = render_refusal(error, guard.realm)
+            status = f"{refusal.status} {HTTPStatus(refusal.status).phrase}"
+            start_response(status, list(refusal.headers))
+            return [refusal.body]
+        auth = RequestAuth(guard, access, started, _describe(environ, path), self.respond)
+        if access is not None:
+            guard.audit.accepted(access, auth, perf_counter() - started)
+        environ[SCOPE_KEY] = auth
+        reset = current_auth.set(auth)
+        try:
+            return self.app(environ, start_response)
+        finally:
+            current_auth.reset(reset)

@@ -1,0 +1,183 @@
+"""WSGI specifics: environ handling, thread-safe key fetching, framework responders."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import flask
+import httpx
+import pytest
+import structlog
+
+from bearerguard import AccessToken, RefreshPolicy
+from bearerguard.errors import ConfigurationError, KeySetUnavailableError, UnknownKeyError
+from bearerguard.testing import DevIssuer, Override
+from bearerguard.wsgi import BearerGuardWSGIMiddleware, plain_response, responder_for
+
+
+def hello_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+def call(app: Any, **environ: Any) -> tuple[str, dict[str, str], bytes]:
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        seen["status"] = status
+        seen["headers"] = dict(headers)
+
+    base = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "QUERY_STRING": "",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.input": io.BytesIO(b""),
+        "SERVER_NAME": "t",
+        "SERVER_PORT": "80",
+    }
+    body = b"".join(app({**base, **environ}, start_response))
+    return seen["status"], seen["headers"], body
+
+
+def test_joined_duplicate_headers_are_invalid_request(session_issuer: DevIssuer) -> None:
+    app = BearerGuardWSGIMiddleware(hello_app, guard=session_issuer.guard())
+    token = session_issuer.mint()
+    status, headers, _ = call(app, HTTP_AUTHORIZATION=f"Bearer {token}, Bearer {token}")
+    assert status == "400 Bad Request"
+    assert 'error="invalid_request"' in headers["www-authenticate"]
+
+
+def test_odd_environ_values_never_crash(session_issuer: DevIssuer) -> None:
+    app = BearerGuardWSGIMiddleware(hello_app, guard=session_issuer.guard())
+    for value in ["Bearer \u0100\u2603", "Bearer \udcff", "\x00", ""]:
+        status, _, _ = call(app, HTTP_AUTHORIZATION=value)
+        assert status[:3] in {"400", "401"}, value
+    status, _, _ = call(app, PATH_INFO="/caf\xc3\xa9", QUERY_STRING="x=\u2603")
+    assert status.startswith("401")
+
+
+def test_plain_wsgi_app_and_audit(session_issuer: DevIssuer) -> None:
+    app = BearerGuardWSGIMiddleware(
+        hello_app, guard=session_issuer.guard(), public_paths=["/health"]
+    )
+    with structlog.testing.capture_logs() as events:
+        status, _, body = call(
+            app,
+            HTTP_AUTHORIZATION=f"Bearer {session_issuer.mint(sub='kim')}",
+            HTTP_X_REQUEST_ID="r-1",
+        )
+    assert (status, body) == ("200 OK", b"hello")
+    (event,) = events
+    assert event["event"] == "token.accepted"
+    assert (event["sub"], event["request_id"], event["client"]) == ("kim", "r-1", "127.0.0.1")
+    assert call(app, PATH_INFO="/health")[0] == "200 OK"
+
+
+def test_store_without_a_sync_side_is_refused_at_construction(session_issuer: DevIssuer) -> None:
+    class AsyncOnly:
+        async def is_revoked(self, token: AccessToken) -> bool:
+            return False
+
+    with pytest.raises(ConfigurationError, match="synchronous"):
+        BearerGuardWSGIMiddleware(hello_app, guard=session_issuer.guard(revocation=AsyncOnly()))
+
+
+def test_warm_up_at_construction(issuer: DevIssuer) -> None:
+    guard = issuer.guard()
+    BearerGuardWSGIMiddleware(hello_app, guard=guard, warm_up=True)
+    assert guard.key_ids
+    assert issuer.requests == ["/.well-known/openid-configuration", "/jwks.json"]
+
+
+def test_failed_warm_up_does_not_prevent_start(issuer: DevIssuer) -> None:
+    issuer.overrides["/jwks.json"] = Override(status=500)
+    app = BearerGuardWSGIMiddleware(hello_app, guard=issuer.guard(), warm_up=True)
+    status, headers, _ = call(app, HTTP_AUTHORIZATION=f"Bearer {issuer.mint()}")
+    assert status == "503 Service Unavailable"
+    assert headers["retry-after"] == "5"
+
+
+def test_concurrent_cold_threads_share_one_fetch(issuer: DevIssuer) -> None:
+    issuer.overrides["/jwks.json"] = Override(body=issuer.jwks_bytes(), delay=0.3)
+    guard = issuer.guard(jwks_uri=issuer.jwks_uri)
+    token = issuer.mint()
+    results: list[str] = []
+
+    def worker() -> None:
+        results.append(guard.authenticate_sync(token).subject or "")
+
+    threads = [threading.Thread(target=worker) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == ["user-1"] * 20
+    assert issuer.fetch_count("/jwks.json") == 1
+
+
+def test_threads_with_usable_keys_do_not_wait_for_a_refresh(issuer: DevIssuer) -> None:
+    clock = [time.time()]
+    guard = issuer.guard(jwks_uri=issuer.jwks_uri, clock=lambda: clock[0])
+    guard.warm_up_sync()
+    clock[0] += 3600  # the set is stale but usable; the next fetch is slow
+    issuer.overrides["/jwks.json"] = Override(body=issuer.jwks_bytes(), delay=1.0)
+    slow = threading.Thread(target=guard.authenticate_sync, args=(issuer.mint(expires_in=7200),))
+    slow.start()
+    time.sleep(0.1)
+    started = time.perf_counter()
+    guard.authenticate_sync(issuer.mint(expires_in=7200))
+    assert time.perf_counter() - started < 0.5
+    slow.join()
+
+
+def test_a_slow_key_set_blocks_no_longer_than_the_fetch_timeout(issuer: DevIssuer) -> None:
+    from bearerguard import FetchPolicy
+
+    issuer.overrides["/jwks.json"] = Override(body=issuer.jwks_bytes(), delay=2.0)
+    guard = issuer.guard(jwks_uri=issuer.jwks_uri, fetch=FetchPolicy(timeout=0.3))
+    started = time.perf_counter()
+    with pytest.raises(KeySetUnavailableError):
+        guard.authenticate_sync(issuer.mint())
+    assert time.perf_counter() - started < 1.5
+
+
+def test_unknown_kid_refreshes_then_refuses(issuer: DevIssuer) -> None:
+    guard = issuer.guard(refresh=RefreshPolicy(cooldown=0))
+    guard.authenticate_sync(issuer.mint())
+    new_key = issuer.rotate()
+    assert guard.authenticate_sync(issuer.mint()).key_id == new_key.kid
+    with pytest.raises(UnknownKeyError):
+        guard.authenticate_sync(issuer.mint(headers={"kid": "nobody"}))
+
+
+def test_responders() -> None:
+    assert responder_for(flask.Flask("x").wsgi_app).__name__ == "_flask_response"
+    assert responder_for(hello_app) is plain_response
+    from django.core.handlers.wsgi import WSGIHandler
+
+    assert responder_for(WSGIHandler.__new__(WSGIHandler)).__name__ == "_django_response"
+
+
+def test_flask_get_access_token_forms(session_issuer: DevIssuer) -> None:
+    from bearerguard import get_access_token
+    from bearerguard.flask import protect
+
+    app = flask.Flask("forms", static_folder=None)
+
+    @app.get("/")
+    def both() -> Any:
+        implicit = get_access_token()
+        explicit = get_access_token(flask.request)
+        return {"same": implicit is explicit, "sub": None if explicit is None else explicit.subject}
+
+    protect(app, guard=session_issuer.guard())
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as client:
+        response = client.get(
+            "/", headers={"Authorization": f"Bearer {session_issuer.mint(sub='lee')}"}
+        )
+    assert response.json() == {"same": True, "sub": "lee"}

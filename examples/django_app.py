@@ -32,6 +32,8 @@ if not settings.configured:
         INSTALLED_APPS=[],
     )
     django.setup()
+else:  # embedded in a process that configured Django already (the tests): route to this file
+    settings.ROOT_URLCONF = __name__
 
 from django.core.wsgi import get_wsgi_application
 from django.http import HttpRequest, JsonResponse

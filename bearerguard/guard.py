@@ -397,6 +397,7 @@ class BearerGuard:
             key_id=jws.header.get("kid"),
             algorithm=jws.alg,
             fingerprint=_fingerprint(digest),
+            raw=jws.token,
         )
         return _Verified(access, times.valid_until, key)
 

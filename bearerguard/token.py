@@ -28,6 +28,8 @@ class AccessToken:
         key_id: the ``kid`` of the key that verified the signature.
         algorithm: the JWS algorithm that was verified.
         fingerprint: a short, non-reversible hash of the token, for correlating log lines.
+        raw: the token as the client sent it, for forwarding downstream or introspection
+            (RFC 7662); never in ``repr`` and never logged by bearerguard.
     """
 
     subject: str | None
@@ -42,6 +44,7 @@ class AccessToken:
     key_id: str | None
     algorithm: str
     fingerprint: str
+    raw: str = field(default="", repr=False)
 
     @classmethod
     def from_claims(
@@ -54,6 +57,7 @@ class AccessToken:
         key_id: str | None,
         algorithm: str,
         fingerprint: str,
+        raw: str = "",
     ) -> AccessToken:
         """Build a token from claims that have already been validated."""
         aud = claims["aud"]
@@ -72,6 +76,7 @@ class AccessToken:
             key_id=key_id,
             algorithm=algorithm,
             fingerprint=fingerprint,
+            raw=raw,
         )
 
     def has_scopes(self, *required: str) -> bool:

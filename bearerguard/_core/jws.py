@@ -13,7 +13,7 @@ import binascii
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bearerguard.errors import MalformedTokenError, UnsupportedAlgorithmError
@@ -35,10 +35,12 @@ _REFUSED_HEADER_MEMBERS = ("crit", "b64", "enc", "zip")
 class CompactJWS:
     """A compact JWS split into its parts; the payload is not decoded until verified."""
 
+
+    token: str = field(repr=False)
     header: dict[str, Any]
-    signing_input: bytes
-    payload_segment: str
-    signature: bytes
+    signing_input: bytes = field(repr=False)
+    payload_segment: str = field(repr=False)
+    signature: bytes = field(repr=False)
 
     @property
     def alg(self) -> str:
@@ -128,6 +130,7 @@ def parse_compact(token: str) -> CompactJWS:
     if kid is not None and not isinstance(kid, str):
         raise MalformedTokenError("header kid is not a string")
     return CompactJWS(
+        token=token,
         header=header,
         signing_input=token[: match.end(2)].encode("ascii"),
         payload_segment=payload_segment,

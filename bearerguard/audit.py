@@ -116,6 +116,8 @@ class AuditLog:
                     value = header.get(name)
                     if isinstance(value, str):
                         fields[name] = value[:_MAX_FIELD]
+        if error.store is not None:
+            fields["store"] = error.store
         if isinstance(error, InsufficientScopeError):
             event, level = "scope.denied", "warning"
             fields["required_scopes"] = list(error.required)

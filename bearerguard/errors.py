@@ -90,6 +90,7 @@ class AuthError(BearerGuardError):
         self.fingerprint: str | None = None
         self.header: dict[str, object] | None = None
         self.token: AccessToken | None = None
+        self.store: str | None = None  # the revocation store that answered or failed
 
 
 class MissingTokenError(AuthError):

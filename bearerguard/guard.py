@@ -228,6 +228,7 @@ class BearerGuard:
         if not isinstance(self.revocation, RevocationStore):
             raise ConfigurationError("revocation must implement RevocationStore.is_revoked")
         self._fail_open = revocation_failure == "allow"
+        self._store_name = str(getattr(self.revocation, "name", type(self.revocation).__name__))
         strict = profile == "rfc9068"
         required = set(required_claims)
         if strict:
@@ -463,16 +464,19 @@ class BearerGuard:
 
     def _revocation_failed(self, access: AccessToken, exc: Exception) -> None:
         if self._fail_open:
-            _log.warning("bearerguard: revocation store failed, failing open: %r", exc)
+            _log.warning(
+                "bearerguard: revocation store %s failed, failing open: %r", self._store_name, exc
+            )
             return
         failure = RevocationStoreError(f"{type(exc).__name__}: {exc}"[:200])
         failure.token = access
+        failure.store = self._store_name
         raise failure from exc
 
-    @staticmethod
-    def _revoked(access: AccessToken) -> NoReturn:
+    def _revoked(self, access: AccessToken) -> NoReturn:
         refusal = RevokedTokenError("revoked")
         refusal.token = access
+        refusal.store = self._store_name
         raise refusal
 
     # -- the asynchronous I/O edge --------------------------------------------------------

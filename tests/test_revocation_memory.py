@@ -149,6 +149,7 @@ async def test_revocation_takes_effect_on_the_next_request(session_issuer: DevIs
         assert second.status_code == 401
         assert "The access token has been revoked." in second.headers["www-authenticate"]
         assert events[0]["reason"] == "revoked"
+        assert events[0]["store"] == "memory"
         assert events[0]["sub"] == "frank"
         other = session_issuer.mint(sub="frank")
         assert (
@@ -177,6 +178,7 @@ async def test_a_failing_store_fails_closed(session_issuer: DevIssuer) -> None:
     assert response.headers["retry-after"] == "5"
     assert events[0]["event"] == "auth.unavailable"
     assert events[0]["reason"] == "revocation_unavailable"
+    assert events[0]["store"] == "BrokenStore"
 
 
 async def test_failing_open_is_an_explicit_choice(session_issuer: DevIssuer) -> None:

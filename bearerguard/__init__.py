@@ -2,6 +2,7 @@
 
 from bearerguard.__about__ import __version__
 from bearerguard._core.keycache import RefreshPolicy
+from bearerguard._core.scopes import ScopeImplications
 from bearerguard.decorators import get_access_token, requires_any_scope, requires_scopes
 from bearerguard.errors import (
     AuthError,
@@ -17,6 +18,7 @@ from bearerguard.errors import (
 )
 from bearerguard.guard import DEFAULT_ALGORITHMS, BearerGuard
 from bearerguard.jwks import FetchPolicy
+from bearerguard.metadata import ResourceMetadata
 from bearerguard.token import AccessToken
 
 __all__ = [
@@ -33,7 +35,9 @@ __all__ = [
     "KeySetUnavailableError",
     "MissingTokenError",
     "RefreshPolicy",
+    "ResourceMetadata",
     "RevocationStoreError",
+    "ScopeImplications",
     "ServiceUnavailableError",
     "__version__",
     "get_access_token",

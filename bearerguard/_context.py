@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from bearerguard._core.refusal import Refusal
+from bearerguard._core.refusal import Refusal, render_refusal
 from bearerguard.audit import RequestInfo
+from bearerguard.errors import AuthError
 from bearerguard.token import AccessToken
 
 if TYPE_CHECKING:
     from bearerguard.guard import BearerGuard
 
-__all__ = ["SCOPE_KEY", "RequestAuth", "current_auth"]
+__all__ = ["SCOPE_KEY", "Refused", "RequestAuth", "current_auth", "refusal_for"]
 
 SCOPE_KEY = "bearerguard"
 """The ASGI scope key (and WSGI environ key) under which ``RequestAuth`` is stored."""
@@ -47,3 +48,31 @@ class RequestAuth(RequestInfo):
 
 
 current_auth: ContextVar[RequestAuth | None] = ContextVar("bearerguard_auth", default=None)
+
+
+def refusal_for(guard: BearerGuard, error: AuthError, scope: Sequence[str] = ()) -> Refusal:
+    """The RFC 6750 answer to ``error`` under ``guard``'s settings, for every integration.
+
+    Adds ``resource_metadata`` when the guard has a resource (RFC 9728 §5.1), and ``scope``
+    as a hint to 401 challenges when the route's scopes are known.
+    """
+    resource = guard.protected_resource
+    return render_refusal(
+        error,
+        guard.realm,
+        resource_metadata=None if resource is None else resource.metadata_url,
+        scope=scope,
+    )
+
+
+class Refused(Exception):  # noqa: N818 - a signal, like StopIteration: not an error to report
+    """Raised inside an app to answer with a refusal that has already been audited.
+
+    The ASGI middleware catches it and sends ``refusal``; it is how a check that runs as a
+    FastAPI dependency (before the body is validated) answers without an exception handler.
+    """
+
+    def __init__(self, error: AuthError, refusal: Refusal) -> None:
+        super().__init__(error.reason)
+        self.error = error
+        self.refusal = refusal

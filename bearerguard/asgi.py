@@ -12,28 +12,36 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from time import perf_counter
+from typing import Literal
+from urllib.parse import unquote_to_bytes
 
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth
-from bearerguard._core.extract import request_credentials
+from bearerguard._context import SCOPE_KEY, Refused, RequestAuth, current_auth, refusal_for
+from bearerguard._core.extract import has_query_token, request_credentials
 from bearerguard._core.paths import PublicPaths
-from bearerguard._core.refusal import Refusal, render_refusal
+from bearerguard._core.refusal import Refusal
 from bearerguard.audit import RequestInfo
 from bearerguard.errors import (
     AuthError,
     ConfigurationError,
+    InvalidRequestError,
     ServiceUnavailableError,
 )
 from bearerguard.guard import BearerGuard
 from bearerguard.token import AccessToken
 
-__all__ = ["BearerGuardMiddleware", "PublicPaths", "TokenUser"]
+__all__ = ["WEBSOCKET_TOKEN_PROTOCOL_PREFIX", "BearerGuardMiddleware", "PublicPaths", "TokenUser"]
 
 _log = logging.getLogger("bearerguard")
 _POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
+WebSocketCredential = Literal["subprotocol", "query"]
+
+WEBSOCKET_TOKEN_PROTOCOL_PREFIX = "bearer."  # noqa: S105 - a prefix, not a secret
+"""With ``websocket_credentials=["subprotocol"]``: the offered subprotocol ``bearer.<token>``
+carries the token (browsers cannot set headers on a websocket handshake)."""
 
 
 class TokenUser(BaseUser):
@@ -72,6 +80,40 @@ def _describe(scope: Scope, request_id: bytes | None) -> tuple[str, str, str | N
     )
 
 
+def _websocket_credentials(
+    scope: Scope, authorization: list[bytes], allowed: frozenset[str]
+) -> tuple[list[bytes], bytes]:
+    """The credentials of a browser's handshake, where the opt-ins allow them.
+
+    Returns the ``Authorization`` values and query string to apply the common rules to. A
+    token found in a subprotocol or the query is handed on as a header value, so it meets
+    the same b64token and size checks; the subprotocol is removed from what the app sees,
+    so it can never be echoed back or logged by the app. Two methods at once are refused
+    (RFC 6750 §2: a client uses one method per request).
+    """
+    found: list[bytes] = []
+    query = scope.get("query_string", b"")
+    if "subprotocol" in allowed:
+        offered = list(scope.get("subprotocols") or ())
+        tokens = [p for p in offered if p.startswith(WEBSOCKET_TOKEN_PROTOCOL_PREFIX)]
+        if tokens:
+            scope["subprotocols"] = [p for p in offered if p not in tokens]
+            found.extend(p[len(WEBSOCKET_TOKEN_PROTOCOL_PREFIX) :].encode() for p in tokens)
+    if "query" in allowed and has_query_token(query):
+        parts = query.split(b"&")
+        found.extend(
+            unquote_to_bytes(part.partition(b"=")[2])
+            for part in parts
+            if part.partition(b"=")[0] == b"access_token"
+        )
+        query = b"&".join(part for part in parts if part.partition(b"=")[0] != b"access_token")
+    if not found:
+        return authorization, query
+    if authorization or len(found) > 1:
+        raise InvalidRequestError("bearer credentials sent by more than one method")
+    return [b"Bearer " + found[0]], query
+
+
 class BearerGuardMiddleware:
     """Authenticate every HTTP request and websocket handshake with a ``BearerGuard``.
 
@@ -82,6 +124,16 @@ class BearerGuardMiddleware:
             sent to a public path is still verified, and refused if invalid.
         warm_up: fetch the key set during lifespan start-up, so the first request does not
             wait for it. A failure is logged; requests then fail closed until keys arrive.
+        websocket_credentials: where else a websocket handshake may carry its token, for
+            browsers, which cannot set an ``Authorization`` header on one: ``"subprotocol"``
+            (an offered subprotocol ``bearer.<token>``) and/or ``"query"``
+            (``?access_token=``, RFC 6750 §2.3). Empty by default: the header only. A query
+            token can end up in server and proxy logs (RFC 6750 §5.3); prefer the
+            subprotocol. Plain HTTP requests never accept either.
+
+    When the guard has a ``resource``, its protected-resource metadata (RFC 9728 §3) is
+    served at ``/.well-known/oauth-protected-resource`` and its path-suffixed form, without
+    credentials, and every 401 and 403 challenge names it (RFC 9728 §5.1).
 
     Refusals follow RFC 6750 §3: 401 with a bare challenge when no credentials were sent,
     400 ``invalid_request``, 401 ``invalid_token``, and 503 with ``Retry-After`` when keys or
@@ -97,13 +149,18 @@ class BearerGuardMiddleware:
         guard: BearerGuard,
         public_paths: Iterable[str] = (),
         warm_up: bool = False,
+        websocket_credentials: Iterable[WebSocketCredential] = (),
     ) -> None:
         if not isinstance(guard, BearerGuard):
             raise ConfigurationError("guard must be a BearerGuard")
+        ws_credentials = frozenset(websocket_credentials)
+        if not ws_credentials <= {"subprotocol", "query"} or isinstance(websocket_credentials, str):
+            raise ConfigurationError("websocket_credentials: 'subprotocol' and/or 'query'")
         self.app = app
         self.guard = guard
         self.public_paths = PublicPaths(public_paths)
         self.warm_up = warm_up
+        self.websocket_credentials = ws_credentials
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -114,6 +171,13 @@ class BearerGuardMiddleware:
             return
         started = perf_counter()
         guard = self.guard
+        resource = guard.protected_resource
+        if resource is not None and kind == "http" and scope["path"] in resource.paths:
+            status, headers, body = resource.response(scope["method"])
+            raw = [(name.encode(), value.encode()) for name, value in headers]
+            await send({"type": "http.response.start", "status": status, "headers": raw})
+            await send({"type": "http.response.body", "body": body})
+            return
         authorization: list[bytes] = []
         request_id: bytes | None = None
         for name, value in scope["headers"]:
@@ -121,10 +185,15 @@ class BearerGuardMiddleware:
                 authorization.append(value)
             elif name == b"x-request-id":
                 request_id = value
+        query = scope.get("query_string", b"")
         try:
+            if kind == "websocket" and self.websocket_credentials:
+                authorization, query = _websocket_credentials(
+                    scope, authorization, self.websocket_credentials
+                )
             token = request_credentials(
                 authorization,
-                scope.get("query_string", b""),
+                query,
                 scope["path"],
                 self.public_paths,
                 max_bytes=guard.max_token_bytes,
@@ -148,6 +217,10 @@ class BearerGuardMiddleware:
         reset = current_auth.set(auth)
         try:
             await self.app(scope, receive, send)
+        except Refused as refused:
+            # A check that ran as a FastAPI dependency, before the app answered: already
+            # audited, so only the answer is left to send.
+            await self._send_refusal(scope, send, refused.refusal, refused.error)
         finally:
             current_auth.reset(reset)
 
@@ -164,18 +237,22 @@ class BearerGuardMiddleware:
         return receive_and_warm_up
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: AuthError) -> None:
-        refusal = render_refusal(error, self.guard.realm)
+        refusal = refusal_for(self.guard, error)
+        if scope["type"] == "websocket":
+            message = await receive()  # websocket.connect: refuse before accepting
+            if message["type"] != "websocket.connect":
+                return
+        await self._send_refusal(scope, send, refusal, error)
+
+    @staticmethod
+    async def _send_refusal(scope: Scope, send: Send, refusal: Refusal, error: AuthError) -> None:
         headers = [(name.encode(), value.encode("latin-1")) for name, value in refusal.headers]
         if scope["type"] == "http":
             await send(
                 {"type": "http.response.start", "status": refusal.status, "headers": headers}
             )
             await send({"type": "http.response.body", "body": refusal.body})
-            return
-        message = await receive()  # websocket.connect: refuse before accepting
-        if message["type"] != "websocket.connect":
-            return
-        if "websocket.http.response" in scope.get("extensions", {}):
+        elif "websocket.http.response" in scope.get("extensions", {}):
             await send(
                 {
                     "type": "websocket.http.response.start",

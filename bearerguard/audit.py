@@ -81,6 +81,11 @@ class AuditLog:
         self._sample = sample_accepted
         self._logger = logger if logger is not None else structlog.get_logger(AUDIT_LOGGER_NAME)
 
+    @property
+    def logger(self) -> Any:
+        """The structlog logger events go to, for sibling components (the SET receiver)."""
+        return self._logger
+
     def accepted(self, token: AccessToken, request: RequestInfo, latency: float) -> None:
         """Record a request let through with ``token``."""
         if self._sample < 1.0 and (self._sample == 0.0 or random.random() >= self._sample):  # noqa: S311

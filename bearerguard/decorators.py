@@ -3,22 +3,27 @@
 ``requires_scopes`` and ``requires_any_scope`` wrap Starlette endpoints (functions and
 ``HTTPEndpoint`` methods) and FastAPI path operations, sync or async, without the handler
 needing a ``request`` parameter: they read the outcome the middleware recorded for the
-current request.
+current request. The guard's ``scope_implications`` apply.
+
+On a FastAPI path operation the check also runs as a dependency, so it answers before
+FastAPI validates the parameters and the body: an under-scoped request gets 403, never 422
+with validation details.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, TypeVar, cast
 
 from starlette.exceptions import WebSocketException
 
-from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth
-from bearerguard._core.refusal import render_refusal
-from bearerguard._core.scopes import grants, validate_scope_names
+from bearerguard._context import SCOPE_KEY, Refused, RequestAuth, current_auth, refusal_for
+from bearerguard._core.scopes import validate_scope_names
 from bearerguard.errors import (
     AuthError,
     ConfigurationError,
@@ -27,10 +32,28 @@ from bearerguard.errors import (
 )
 from bearerguard.token import AccessToken
 
-__all__ = ["get_access_token", "requires_any_scope", "requires_scopes"]
+__all__ = [
+    "REQUIREMENT_ATTRIBUTE",
+    "ScopeRequirement",
+    "get_access_token",
+    "requires_any_scope",
+    "requires_scopes",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
+_CHECK_PARAMETER = "bearerguard_scope_check"
+
+REQUIREMENT_ATTRIBUTE = "__bearerguard_scopes__"
+"""Where a decorated handler keeps its ``ScopeRequirement`` (read for OpenAPI documents)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeRequirement:
+    """The scopes a route needs: all of ``scopes``, or one of them when ``any_of``."""
+
+    scopes: tuple[str, ...]
+    any_of: bool = False
 
 
 def _request_auth(connection: object | None) -> RequestAuth | None:
@@ -62,49 +85,113 @@ def get_access_token(connection: object | None = None) -> AccessToken | None:
     return None if auth is None else auth.token
 
 
-def _denial(required: tuple[str, ...], any_of: bool) -> Any:
-    """``None`` when the current request may proceed; else the refusal to answer with."""
+def check_scopes(
+    auth: RequestAuth, required: tuple[str, ...], *, any_of: bool
+) -> tuple[AuthError, Any] | None:
+    """Check the request's token against ``required``, with the guard's implications.
+
+    Returns ``None`` when the request may proceed; else the error, already audited (one
+    ``scope.denied`` or ``token.rejected`` event), and its rendered refusal. Shared by the
+    decorators and the FastAPI dependency, so every integration applies the same rule.
+    """
+    token = auth.token
+    guard = auth.guard
+    if token is not None and guard.scope_implications.grants(token.scopes, required, any_of=any_of):
+        return None
+    error: AuthError
+    if token is None:
+        # A public path reached without credentials: a scoped route still needs a token.
+        error = MissingTokenError("scoped route reached without a token")
+    else:
+        error = InsufficientScopeError(required, any_of=any_of)
+    guard.audit.refused(error, auth, perf_counter() - auth.started, token=token)
+    return error, refusal_for(guard, error, required)
+
+
+def _current(
+    required: tuple[str, ...], any_of: bool
+) -> tuple[RequestAuth, tuple[AuthError, Any] | None]:
     auth = current_auth.get()
     if auth is None:
         raise ConfigurationError(
             "requires_scopes found no BearerGuardMiddleware in front of this route"
         )
-    token = auth.token
-    if token is not None and grants(token.scopes, required, any_of=any_of):
-        return None
-    error: AuthError
-    if token is None:
-        # A public path reached without credentials: a scoped route still needs a token.
-        error = MissingTokenError("scoped route on a public path reached without a token")
-    else:
-        error = InsufficientScopeError(required, any_of=any_of)
-    auth.guard.audit.refused(error, auth, perf_counter() - auth.started, token=token)
-    if auth.websocket:
-        raise WebSocketException(code=_POLICY_VIOLATION, reason=error.reason)
-    return auth.respond(render_refusal(error, auth.guard.realm))
+    denied = check_scopes(auth, required, any_of=any_of)
+    if denied is not None and auth.websocket:
+        raise WebSocketException(code=_POLICY_VIOLATION, reason=denied[0].reason)
+    return auth, denied
+
+
+def _denial(required: tuple[str, ...], any_of: bool) -> Any:
+    """``None`` when the current request may proceed; else the response to answer with."""
+    auth, denied = _current(required, any_of)
+    return None if denied is None else auth.respond(denied[1])
+
+
+def _with_fastapi_check(wrapper: Callable[..., Any], requirement: ScopeRequirement) -> None:
+    """Declare the check as a FastAPI dependency in ``wrapper``'s signature.
+
+    FastAPI solves dependencies before it validates parameters and the body, so the check
+    answers first. The refusal is raised as ``Refused`` for the middleware to send (the
+    decorator needs the middleware anyway). Other frameworks ignore the extra parameter.
+    """
+    from fastapi import Depends  # noqa: PLC0415 - only when the app is a FastAPI app
+
+    async def bearerguard_scope_check() -> None:
+        _, denied = _current(requirement.scopes, requirement.any_of)
+        if denied is not None:
+            raise Refused(*denied)
+
+    signature = inspect.signature(wrapper)
+    parameters = list(signature.parameters.values())
+    if _CHECK_PARAMETER in signature.parameters:
+        return
+    check = inspect.Parameter(
+        _CHECK_PARAMETER,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=Depends(bearerguard_scope_check),
+        annotation=None,
+    )
+    at = len(parameters)
+    if parameters and parameters[-1].kind is inspect.Parameter.VAR_KEYWORD:
+        at -= 1
+    parameters.insert(at, check)
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
 
 
 def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F]:
+    requirement = ScopeRequirement(required, any_of)
+
     def decorate(func: F) -> F:
+        wrapper: Callable[..., Any]
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                kwargs.pop(_CHECK_PARAMETER, None)
                 denial = _denial(required, any_of)
                 if denial is not None:
                     return denial
                 return await func(*args, **kwargs)
 
-            return cast(F, async_wrapper)
+            wrapper = async_wrapper
+        else:
 
-        @functools.wraps(func)
-        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            denial = _denial(required, any_of)
-            if denial is not None:
-                return denial
-            return func(*args, **kwargs)
+            @functools.wraps(func)
+            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+                kwargs.pop(_CHECK_PARAMETER, None)
+                denial = _denial(required, any_of)
+                if denial is not None:
+                    return denial
+                return func(*args, **kwargs)
 
-        return cast(F, sync_wrapper)
+            wrapper = sync_wrapper
+        setattr(wrapper, REQUIREMENT_ATTRIBUTE, requirement)
+        # A FastAPI app has imported fastapi before its path operations are decorated;
+        # Starlette, Flask and Django apps never pay for importing it.
+        if "fastapi" in sys.modules:
+            _with_fastapi_check(wrapper, requirement)
+        return cast(F, wrapper)
 
     return decorate
 
@@ -112,9 +199,10 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
 def requires_scopes(*scopes: str) -> Callable[[F], F]:
     """Require every one of ``scopes`` (exact, case-sensitive matching).
 
-    A request whose token lacks one is answered 403 ``insufficient_scope`` with the required
-    scopes in the challenge (RFC 6750 §3.1); a request without a token (on a public path) is
-    answered 401. Websocket handlers are closed with code 1008 instead.
+    A request whose token lacks one (with the guard's ``scope_implications`` applied) is
+    answered 403 ``insufficient_scope`` with the required scopes in the challenge (RFC 6750
+    §3.1); a request without a token (on a public path) is answered 401 with them as the
+    ``scope`` hint. Websocket handlers are closed with code 1008 instead.
 
     Raises:
         ConfigurationError: no scopes, or a scope name with white space (at decoration), or

@@ -25,6 +25,9 @@ BearerGuardError
 └── ConfigurationError             raised at construction, never while serving a request
 ```
 
+``bearerguard.introspection`` adds ``InactiveTokenError`` (401, an ``InvalidTokenError``) and
+``IntrospectionError`` (503, a ``ServiceUnavailableError``).
+
 Every ``AuthError`` carries a fixed, safe ``description`` for clients; details (what the
 token said, which check failed and why) go only to ``detail``, which the audit log records.
 """

@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
@@ -22,7 +22,8 @@ from cachetools import LRUCache
 
 from bearerguard._core.claims import ClaimCheck, ClaimsPolicy, validate_claims
 from bearerguard._core.extract import DEFAULT_MAX_TOKEN_BYTES
-from bearerguard._core.jws import CompactJWS, decode_json_object, parse_compact
+from bearerguard._core.introspected import token_from_introspection
+from bearerguard._core.jws import CompactJWS, decode_json_object, looks_compact, parse_compact
 from bearerguard._core.keycache import KeyCache, RefreshPolicy
 from bearerguard._core.keys import (
     ASYMMETRIC_ALGORITHMS,
@@ -34,7 +35,7 @@ from bearerguard._core.keys import (
     keys_from_jwks,
     verify_signature,
 )
-from bearerguard._core.scopes import parse_scope_claim_paths, read_scopes
+from bearerguard._core.scopes import ScopeImplications, parse_scope_claim_paths, read_scopes
 from bearerguard.audit import AuditLog
 from bearerguard.errors import (
     AuthError,
@@ -47,7 +48,9 @@ from bearerguard.errors import (
     UnknownKeyError,
     UnsupportedAlgorithmError,
 )
+from bearerguard.introspection import Introspector
 from bearerguard.jwks import FetchPolicy, JWKSFetcher, check_url
+from bearerguard.metadata import ProtectedResource, ResourceMetadata, check_resource
 from bearerguard.revocation.memory import MemoryRevocationStore
 from bearerguard.revocation.protocol import RevocationStore, SyncRevocationStore
 from bearerguard.token import AccessToken
@@ -113,11 +116,31 @@ def _static_keys(keys: Any, allowed: frozenset[str]) -> KeySet:
     return KeySet(loaded)
 
 
-def _audiences(audience: str | Sequence[str]) -> tuple[str, ...]:
+def _introspector(introspection: object) -> Introspector | None:
+    if not isinstance(introspection, Introspector | None):
+        raise ConfigurationError("introspection must be an Introspector")
+    return introspection
+
+
+def _audiences(audience: str | Sequence[str] | None, resource: str | None) -> tuple[str, ...]:
+    if audience is None:
+        if resource is None:
+            raise ConfigurationError("give the audience, or the resource (RFC 8707) as audience")
+        return (resource,)
     audiences = (audience,) if isinstance(audience, str) else tuple(audience)
     if not audiences or not all(isinstance(item, str) and item for item in audiences):
         raise ConfigurationError("audience must be a non-empty string or strings")
     return audiences
+
+
+def _protected_resource(
+    resource: str | None, metadata: ResourceMetadata | None, issuer: str
+) -> ProtectedResource | None:
+    if resource is None:
+        if metadata is not None:
+            raise ConfigurationError("resource_metadata needs resource")
+        return None
+    return ProtectedResource(check_resource(resource), issuer, metadata)
 
 
 def _allowed_algorithms(algorithms: Iterable[str], secret: str | bytes | None) -> frozenset[str]:
@@ -141,7 +164,9 @@ class BearerGuard:
     Args:
         issuer: the trusted issuer; a token's ``iss`` must equal it exactly. https, or http
             on a loopback host for development.
-        audience: this API's identifier(s); a token's ``aud`` must contain one of them.
+        audience: this API's identifier(s); a token's ``aud`` must contain one of them. The
+            ``resource`` by default: a token obtained for another resource is refused even
+            from the trusted issuer (RFC 8707 §2, RFC 9068 §4).
         jwks_uri: where the issuer publishes its keys; ``None`` discovers it from the
             issuer's metadata (OIDC Discovery, then RFC 8414).
         algorithms: the allow-list. By default every asymmetric JWS algorithm (RS*, PS*,
@@ -151,6 +176,12 @@ class BearerGuard:
         revocation: the store asked on every request; a ``MemoryRevocationStore`` by default.
         revocation_failure: ``"deny"`` (default) answers 503 when the store fails;
             ``"allow"`` lets verified tokens through and records the failure.
+        introspection: accept opaque access tokens by asking the authorization server
+            (RFC 7662): a token that is not shaped as a compact JWS is introspected, one that
+            is stays verified locally. The answer must say ``active: true`` and carry
+            ``exp``; ``iss`` and ``aud``, when present, must match (list them in
+            ``required_claims`` to demand them). The revocation store is asked afterwards,
+            as for JWTs. An endpoint failure answers 503 (fail closed).
         keys: static keys for offline use, instead of fetching: PEM public keys, a JWKS
             (dict or JSON text), or a list of these.
         secret: a shared secret for HS* tokens, configured on purpose; at least as long as
@@ -164,6 +195,14 @@ class BearerGuard:
         claim_checks: callables given the claims; a falsy result or an exception refuses.
         scope_claims: further claims read as scopes, besides ``scope`` and ``scp``; dotted
             paths reach into objects (``"realm_access.roles"``).
+        scope_implications: broader scopes and the narrower ones they imply, applied by
+            every scope check (``{"items:write": ["items:read"], "admin": ["admin:*"]}``);
+            see ``ScopeImplications``.
+        resource: this API's canonical resource identifier (RFC 8707 §2, RFC 9728 §1.2),
+            an https URL without query or fragment. It is the default audience, the
+            middlewares serve its protected-resource metadata (RFC 9728 §3), and every 401
+            and 403 challenge carries ``resource_metadata`` (RFC 9728 §5.1).
+        resource_metadata: further members of that metadata document (needs ``resource``).
         realm: the ``realm`` of challenges; the first audience by default.
         max_token_bytes: tokens longer than this are refused before any decoding.
         cache_size: how many verified tokens are remembered; 0 disables the cache.
@@ -181,12 +220,13 @@ class BearerGuard:
         self,
         *,
         issuer: str,
-        audience: str | Sequence[str],
+        audience: str | Sequence[str] | None = None,
         jwks_uri: str | None = None,
         algorithms: Iterable[str] = DEFAULT_ALGORITHMS,
         leeway: float = 30.0,
         revocation: RevocationStore | None = None,
         revocation_failure: Literal["deny", "allow"] = "deny",
+        introspection: Introspector | None = None,
         keys: Any = None,
         secret: str | bytes | None = None,
         profile: Literal["rfc9068"] | None = None,
@@ -196,6 +236,9 @@ class BearerGuard:
         required_claims: Iterable[str] = (),
         claim_checks: Iterable[ClaimCheck] = (),
         scope_claims: Iterable[str] = (),
+        scope_implications: ScopeImplications | Mapping[str, Iterable[str]] | None = None,
+        resource: str | None = None,
+        resource_metadata: ResourceMetadata | None = None,
         realm: str | None = None,
         max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
         cache_size: int = 10_000,
@@ -206,7 +249,8 @@ class BearerGuard:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.issuer = check_url(issuer, "issuer")
-        self.audiences = audiences = _audiences(audience)
+        self.protected_resource = _protected_resource(resource, resource_metadata, self.issuer)
+        self.audiences = audiences = _audiences(audience, resource)
         allowed = _allowed_algorithms(algorithms, secret)
         if profile not in (None, "rfc9068"):
             raise ConfigurationError(f"unknown profile {profile!r}")
@@ -228,6 +272,7 @@ class BearerGuard:
         if not isinstance(self.revocation, RevocationStore):
             raise ConfigurationError("revocation must implement RevocationStore.is_revoked")
         self._fail_open = revocation_failure == "allow"
+        self._introspector = _introspector(introspection)
         self._store_name = str(getattr(self.revocation, "name", type(self.revocation).__name__))
         strict = profile == "rfc9068"
         required = set(required_claims)
@@ -244,7 +289,11 @@ class BearerGuard:
             required_claims=frozenset(required),
             checks=tuple(claim_checks),
         )
-        self._scope_paths = parse_scope_claim_paths(scope_claims)
+        # How scopes are read from tokens, and how they are matched against routes.
+        self._scope_paths, self.scope_implications = (
+            parse_scope_claim_paths(scope_claims),
+            ScopeImplications.of(scope_implications),
+        )
         self._secret = None if secret is None else key_from_secret(secret, allowed)
         asymmetric = allowed & ASYMMETRIC_ALGORITHMS
         self._refresh_policy = refresh or RefreshPolicy()
@@ -268,6 +317,12 @@ class BearerGuard:
         self.audit = AuditLog(sample_accepted=audit_sample_accepted, logger=audit_logger)
         self.clock = clock
 
+    @property
+    def resource(self) -> str | None:
+        """The canonical resource identifier this guard protects (RFC 8707), if configured."""
+        resource = self.protected_resource
+        return None if resource is None else resource.resource
+
     def __repr__(self) -> str:
         return f"BearerGuard(issuer={self.issuer!r}, audience={self.audiences!r})"
 
@@ -290,24 +345,30 @@ class BearerGuard:
         digest = hashlib.sha256(token.encode()).digest()
         try:
             verified = self._cached(digest)
-            if verified is None:
+            if verified is not None:
+                access = verified.token
+            elif self._introspector is not None and not looks_compact(token):
+                answer = await self._introspector.introspect(token)
+                access = self._introspected(answer.claims, token, digest)
+            else:
                 jws = self._parse(token)
                 try:
                     verified = self._verify_jws(jws, digest, refreshed=False)
                 except _KeysNeeded as needed:
                     await self._refresh(unknown_kid=needed.unknown_kid)
                     verified = self._verify_jws(jws, digest, refreshed=True)
+                access = verified.token
             try:
-                revoked = await self.revocation.is_revoked(verified.token)
+                revoked = await self.revocation.is_revoked(access)
             except Exception as exc:  # noqa: BLE001 - any store failure: the policy decides
-                self._revocation_failed(verified.token, exc)
+                self._revocation_failed(access, exc)
             else:
                 if revoked:
-                    self._revoked(verified.token)
+                    self._revoked(access)
         except AuthError as exc:
             exc.fingerprint = _fingerprint(digest)
             raise
-        return verified.token
+        return access
 
     def authenticate_sync(self, token: str) -> AccessToken:
         """Verify ``token`` as ``authenticate`` does, blocking this thread (for WSGI).
@@ -319,24 +380,30 @@ class BearerGuard:
         digest = hashlib.sha256(token.encode()).digest()
         try:
             verified = self._cached(digest)
-            if verified is None:
+            if verified is not None:
+                access = verified.token
+            elif self._introspector is not None and not looks_compact(token):
+                answer = self._introspector.introspect_sync(token)
+                access = self._introspected(answer.claims, token, digest)
+            else:
                 jws = self._parse(token)
                 try:
                     verified = self._verify_jws(jws, digest, refreshed=False)
                 except _KeysNeeded as needed:
                     self._refresh_sync(unknown_kid=needed.unknown_kid)
                     verified = self._verify_jws(jws, digest, refreshed=True)
+                access = verified.token
             try:
-                revoked = self.require_sync_revocation().is_revoked_sync(verified.token)
+                revoked = self.require_sync_revocation().is_revoked_sync(access)
             except Exception as exc:  # noqa: BLE001 - any store failure: the policy decides
-                self._revocation_failed(verified.token, exc)
+                self._revocation_failed(access, exc)
             else:
                 if revoked:
-                    self._revoked(verified.token)
+                    self._revoked(access)
         except AuthError as exc:
             exc.fingerprint = _fingerprint(digest)
             raise
-        return verified.token
+        return access
 
     # Everything below up to the I/O edges is synchronous and shared by every driver.
 
@@ -401,6 +468,23 @@ class BearerGuard:
             raw=jws.token,
         )
         return _Verified(access, times.valid_until, key)
+
+    def _introspected(self, answer: Mapping[str, Any], token: str, digest: bytes) -> AccessToken:
+        """Judge an opaque token on the authorization server's answer (never cached here:
+        the introspector's own cache keeps active answers briefly)."""
+        try:
+            return token_from_introspection(
+                answer,
+                policy=self._policy,
+                scope_paths=self._scope_paths,
+                now=self.clock(),
+                fingerprint=_fingerprint(digest),
+                raw=token,
+            )
+        except AuthError:
+            raise
+        except Exception as exc:
+            raise _unexpected(exc, None) from exc
 
     def _select_key(self, jws: CompactJWS, *, refreshed: bool) -> VerificationKey:
         alg = jws.alg
@@ -548,6 +632,62 @@ class BearerGuard:
                 self._install_keys(document, max_age)
         finally:
             lock.release()
+
+    # -- the signature step alone, for other signed JWTs ----------------------------------
+
+    async def verify_signed(self, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Verify only the signature of a compact JWS with this guard's trusted keys.
+
+        For signed JWTs that are not access tokens, such as Security Event Tokens (RFC 8417):
+        the same strict parsing, algorithm allow-list, key binding and key set fetching as
+        ``authenticate``, but no claim is checked, nothing is cached and the revocation store
+        is not asked.
+
+        Warning:
+            The caller must check every claim it relies on (``iss``, ``aud``, ``typ``, times).
+
+        Returns:
+            The JOSE header and the claims.
+
+        Raises:
+            InvalidTokenError: malformed, an algorithm not allowed (``none`` never), no
+                trusted key, or a bad signature.
+            KeySetUnavailableError: no usable keys could be had.
+        """
+        jws = self._parse(token)
+        try:
+            return self._verify_signature_only(jws, refreshed=False)
+        except _KeysNeeded as needed:
+            await self._refresh(unknown_kid=needed.unknown_kid)
+            return self._verify_signature_only(jws, refreshed=True)
+
+    def verify_signed_sync(self, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Verify only the signature of a compact JWS, blocking; as ``verify_signed``."""
+        jws = self._parse(token)
+        try:
+            return self._verify_signature_only(jws, refreshed=False)
+        except _KeysNeeded as needed:
+            self._refresh_sync(unknown_kid=needed.unknown_kid)
+            return self._verify_signature_only(jws, refreshed=True)
+
+    def _verify_signature_only(
+        self, jws: CompactJWS, *, refreshed: bool
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        try:
+            self._check_signature(jws, refreshed=refreshed)
+            return jws.header, decode_json_object(jws.payload_segment, "payload")
+        except AuthError as exc:
+            exc.header = jws.header
+            raise
+        except _KeysNeeded:
+            raise
+        except Exception as exc:
+            raise _unexpected(exc, jws) from exc
+
+    def _check_signature(self, jws: CompactJWS, *, refreshed: bool) -> None:
+        key = self._select_key(jws, refreshed=refreshed)
+        if not verify_signature(key, jws.alg, jws.signing_input, jws.signature):
+            raise BadSignatureError("signature does not verify")
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -1,34 +1,71 @@
-"""A development issuer for tests, demos and local work: real keys, served on 127.0.0.1.
+"""Helpers for testing APIs protected by bearerguard: a development issuer and audit capture.
 
 ``DevIssuer`` generates signing keys, serves OIDC discovery and a JWKS over real HTTP on a
-loopback port, and mints access tokens. It is for development only: it signs whatever it is
+loopback port, and mints access tokens, good ones and the usual bad ones (expired, for
+another audience, forged, revoked). It is for development only: it signs whatever it is
 asked to.
 
-    with DevIssuer() as issuer:
+``audit_events()`` captures the audit events bearerguard emits while it is active, with
+assertions that say what was emitted instead when they fail.
+
+    with DevIssuer() as issuer, audit_events() as events:
         guard = issuer.guard(audience="https://api.example")
         token = issuer.mint(scopes=["items:read"])
+        ...
+        events.assert_one("token.accepted", sub="user-1")
+
+The pytest fixtures built on these live in ``bearerguard.pytest_plugin`` (opt-in).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from structlog.testing import capture_logs
 
 from bearerguard.guard import BearerGuard
 
-__all__ = ["DevIssuer", "Override", "RecordedRequest", "SigningKey"]
+__all__ = [
+    "AUDIT_EVENT_NAMES",
+    "DEFAULT_AUDIENCE",
+    "AuditEvents",
+    "DevIssuer",
+    "Override",
+    "RecordedRequest",
+    "SigningKey",
+    "audit_events",
+]
 
 DEFAULT_AUDIENCE = "https://api.example"
+"""The ``aud`` of minted tokens unless the issuer is given another."""
+
+AUDIT_EVENT_NAMES = frozenset(
+    {
+        "token.accepted",
+        "token.rejected",
+        "scope.denied",
+        "auth.unavailable",
+        "event.received",
+        "event.rejected",
+    }
+)
+"""The names of bearerguard's audit events (``docs/audit-events.md``)."""
+
+_GENERATED_ALGORITHMS = ("RS256", "PS256", "ES256")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +76,68 @@ class SigningKey:
     algorithm: str
     private_key: Any = field(repr=False)
 
+    @classmethod
+    def generate(cls, algorithm: str = "RS256") -> SigningKey:
+        """A new key for ``algorithm`` (RS256, PS256: RSA 2048 bits; ES256: P-256)."""
+        return _new_key(algorithm)
+
+    @classmethod
+    def from_pem(
+        cls, pem: str | bytes, *, algorithm: str | None = None, kid: str | None = None
+    ) -> SigningKey:
+        """Load an unencrypted PEM private key: RSA (2048 bits or more) or EC P-256.
+
+        Args:
+            pem: the PEM text.
+            algorithm: RS256 or PS256 for an RSA key (RS256 by default); ES256 for P-256.
+            kid: the key id; by default the RFC 7638 thumbprint of the public key, so the
+                same key file always publishes and signs under the same ``kid``.
+
+        Raises:
+            ValueError: not a PEM private key of a supported type, size or algorithm.
+        """
+        data = pem.encode() if isinstance(pem, str) else pem
+        try:
+            private_key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"not an unencrypted PEM private key: {exc}") from None
+        if isinstance(private_key, rsa.RSAPrivateKey):
+            if private_key.key_size < 2048:
+                raise ValueError(f"an RSA key of {private_key.key_size} bits is too weak")
+            chosen = algorithm or "RS256"
+            if chosen not in ("RS256", "PS256"):
+                raise ValueError(f"an RSA key signs RS256 or PS256, not {chosen}")
+        elif isinstance(private_key, ec.EllipticCurvePrivateKey):
+            if not isinstance(private_key.curve, ec.SECP256R1):
+                raise ValueError(  # noqa: TRY004 - a bad key file is a value, not a caller's type
+                    f"EC curve {private_key.curve.name} is not supported (P-256 only)"
+                )
+            chosen = algorithm or "ES256"
+            if chosen != "ES256":
+                raise ValueError(f"a P-256 key signs ES256, not {chosen}")
+        else:
+            raise ValueError(  # noqa: TRY004 - idem
+                "only RSA and EC P-256 private keys are supported"
+            )
+        if kid is None:
+            kid = _thumbprint(cls("", chosen, private_key).public_jwk())
+        return cls(kid, chosen, private_key)
+
     def public_jwk(self) -> dict[str, Any]:
         """The public JWK, with ``kid``, ``alg`` and ``use``."""
         impl = RSAAlgorithm if self.algorithm.startswith(("RS", "PS")) else ECAlgorithm
         jwk: dict[str, Any] = impl.to_jwk(self.private_key.public_key(), as_dict=True)
         jwk.update(kid=self.kid, alg=self.algorithm, use="sig")
         return jwk
+
+    def private_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM (for ``from_pem`` and ``--key``)."""
+        pem: bytes = self.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return pem
 
 
 @dataclass(slots=True)
@@ -67,9 +160,20 @@ class RecordedRequest:
     """The request headers, names lower-cased."""
 
 
-def _new_key(algorithm: str) -> SigningKey:
-    kid = f"{algorithm.lower()}-{uuid.uuid4().hex[:8]}"
-    if algorithm.startswith(("RS", "PS")):
+_SIGN_OPTIONS = frozenset({"algorithm", "headers"})
+
+
+def _thumbprint(jwk: Mapping[str, Any]) -> str:
+    """The RFC 7638 JWK thumbprint (SHA-256, base64url) of an RSA or EC public JWK."""
+    members = ("e", "kty", "n") if jwk["kty"] == "RSA" else ("crv", "kty", "x", "y")
+    canonical = json.dumps({name: jwk[name] for name in members}, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _new_key(algorithm: str, kid: str | None = None) -> SigningKey:
+    kid = kid or f"{algorithm.lower()}-{uuid.uuid4().hex[:8]}"
+    if algorithm in ("RS256", "PS256"):
         private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         return SigningKey(kid, algorithm, private_key)
     if algorithm == "ES256":
@@ -92,6 +196,9 @@ class DevIssuer:
             ``<path>/.well-known/openid-configuration``.
         oauth_metadata: also serve RFC 8414 metadata at
             ``/.well-known/oauth-authorization-server<path>``.
+        keys: signing keys to use instead of generating one per algorithm (generating an
+            RSA key takes a while: share keys across the issuers of a test session); the
+            first signs by default and ``algorithms`` is ignored.
 
     Attributes:
         requests: the paths requested so far, in order (for counting fetches).
@@ -109,6 +216,7 @@ class DevIssuer:
         path: str = "",
         oidc_discovery: bool = True,
         oauth_metadata: bool = False,
+        keys: Iterable[SigningKey] | None = None,
     ) -> None:
         if path and (not path.startswith("/") or path.endswith("/") or "?" in path):
             raise ValueError("path must start with '/' and end without '/' (or be empty)")
@@ -117,7 +225,12 @@ class DevIssuer:
         self.oidc_discovery = oidc_discovery
         self.oauth_metadata = oauth_metadata
         self.jwks_max_age = jwks_max_age
-        self.keys: list[SigningKey] = [_new_key(alg) for alg in algorithms]
+        self.keys: list[SigningKey] = (
+            [_new_key(alg) for alg in algorithms] if keys is None else list(keys)
+        )
+        if not self.keys:
+            raise ValueError("a DevIssuer needs at least one key")
+        self._strangers: dict[str, SigningKey] = {}
         self.published: list[SigningKey] = list(self.keys)
         self.requests: list[str] = []
         self.received: list[RecordedRequest] = []
@@ -290,10 +403,94 @@ class DevIssuer:
         payload = self.claims(scopes=scopes, sub=sub, expires_in=expires_in, **claims)
         return self.sign(payload, algorithm=algorithm, headers=headers)
 
-    def guard(self, *, discover: bool = True, **options: Any) -> BearerGuard:
-        """A ``BearerGuard`` that trusts this issuer; keyword arguments pass through."""
+    # -- the usual bad tokens ---------------------------------------------------------------
+
+    def mint_expired(self, *, ago: float = 600, **options: Any) -> str:
+        """A token whose ``exp`` passed ``ago`` seconds ago, well beyond the default leeway.
+
+        Other keyword arguments are those of ``mint``. A guard answers it ``expired``.
+        """
+        now = int(time.time())
+        options.setdefault("iat", now - int(ago) - 300)
+        return self.mint(exp=now - int(ago), **options)
+
+    def mint_not_yet_valid(self, *, starts_in: float = 600, **options: Any) -> str:
+        """A token whose ``nbf`` lies ``starts_in`` seconds ahead: ``not_yet_valid``."""
+        now = int(time.time())
+        return self.mint(nbf=now + int(starts_in), **options)
+
+    def mint_for_audience(self, audience: str | list[str], **options: Any) -> str:
+        """A token issued for another API (``aud`` is ``audience``): ``invalid_audience``."""
+        return self.mint(aud=audience, **options)
+
+    def mint_forged(
+        self, *, kid: str | None = None, algorithm: str | None = None, **options: Any
+    ) -> str:
+        """A token with this issuer's claims, signed by a key it never published.
+
+        Args:
+            kid: the ``kid`` to claim. By default that of the issuer's signing key for
+                ``algorithm``, which a guard answers ``bad_signature``; a ``kid`` the issuer
+                never published is answered ``unknown_key``.
+            algorithm: the algorithm signed with (the default signing key's by default).
+            options: as for ``mint``.
+        """
+        genuine = self.key(algorithm)
+        stranger = self._strangers.get(genuine.algorithm)
+        if stranger is None:
+            stranger = self._strangers[genuine.algorithm] = _new_key(genuine.algorithm)
+        headers = dict(options.pop("headers", None) or {})
+        headers.setdefault("kid", genuine.kid if kid is None else kid)
+        payload = self.claims(**options)
+        header = {"typ": "at+jwt", **headers}
+        header = {name: value for name, value in header.items() if value is not None}
+        return jwt.encode(
+            payload, stranger.private_key, algorithm=stranger.algorithm, headers=header
+        )
+
+    def mint_revoked(self, store: Any, **options: Any) -> str:
+        """A token that is revoked in ``store`` by its ``jti``: ``revoked``.
+
+        Args:
+            store: a revocation store with the synchronous ``revoke_token_sync(jti,
+                expires_at)``, such as ``MemoryRevocationStore``; the guard must use it.
+            options: as for ``mint``.
+
+        Raises:
+            TypeError: the store has no ``revoke_token_sync``; revoke with
+                ``await store.revoke_token(jti, expires_at)`` instead.
+        """
+        revoke = getattr(store, "revoke_token_sync", None)
+        if not callable(revoke):
+            raise TypeError(
+                f"{type(store).__name__} has no revoke_token_sync: mint the token, then "
+                "await store.revoke_token(jti, expires_at) yourself"
+            )
+        payload = self.claims(
+            **{name: value for name, value in options.items() if name not in _SIGN_OPTIONS}
+        )
+        revoke(payload["jti"], payload["exp"])
+        return self.sign(
+            payload, algorithm=options.get("algorithm"), headers=options.get("headers")
+        )
+
+    def guard(
+        self, *, discover: bool = True, in_process: bool = False, **options: Any
+    ) -> BearerGuard:
+        """A ``BearerGuard`` that trusts this issuer; keyword arguments pass through.
+
+        Args:
+            discover: find the JWKS through discovery, as against a real provider; ``False``
+                configures ``jwks_uri`` directly.
+            in_process: give the guard the published keys as static keys: no HTTP at all
+                (the issuer need not be started), but later ``rotate`` and ``retire`` calls
+                are not seen.
+            options: ``BearerGuard`` options; ``audience`` defaults to the issuer's.
+        """
         options.setdefault("audience", self.audience)
-        if not discover:
+        if in_process:
+            options.setdefault("keys", self.jwks())
+        elif not discover:
             options.setdefault("jwks_uri", self.jwks_uri)
         return BearerGuard(issuer=self.url, **options)
 
@@ -348,3 +545,121 @@ class DevIssuer:
                 pass
 
         return Handler
+
+
+# -- audit events -----------------------------------------------------------------------
+
+
+def _show(event: Mapping[str, Any]) -> str:
+    fields = " ".join(
+        f"{name}={value!r}"
+        for name, value in event.items()
+        if name not in ("event", "log_level") and value is not None
+    )
+    return f"{event.get('event')} {fields}".rstrip()
+
+
+class AuditEvents:
+    """bearerguard's audit events captured by ``audit_events()``, oldest first.
+
+    Iterating, ``len()`` and indexing see the events captured so far, each a ``dict`` with
+    the fields of ``docs/audit-events.md`` plus ``event`` (its name) and ``log_level``.
+    Other structlog events are left out.
+    """
+
+    __slots__ = ("_entries",)
+
+    def __init__(self, entries: list[MutableMapping[str, Any]]) -> None:
+        self._entries = entries
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The audit events captured so far."""
+        return [dict(entry) for entry in self._entries if entry.get("event") in AUDIT_EVENT_NAMES]
+
+    @property
+    def names(self) -> list[str]:
+        """The names of the audit events captured so far, in order."""
+        return [str(event["event"]) for event in self.events]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.events)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.events[index]
+
+    def __repr__(self) -> str:
+        return f"AuditEvents({self.names!r})"
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        """The captured events called ``event``."""
+        return [entry for entry in self.events if entry["event"] == event]
+
+    def clear(self) -> None:
+        """Forget the events captured so far."""
+        self._entries.clear()
+
+    def assert_one(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Assert that exactly one ``event`` was emitted, and that it has these field values.
+
+        Values are compared with ``==``, so ``unittest.mock.ANY`` matches anything present.
+
+        Returns:
+            The event, for further checks.
+
+        Raises:
+            AssertionError: naming what was emitted instead.
+        """
+        found = self.named(event)
+        wanted = " ".join(f"{name}={value!r}" for name, value in fields.items())
+        if len(found) != 1:
+            raise AssertionError(
+                f"expected exactly one {event!r} audit event, got {len(found)}; "
+                f"captured: {self._listing()}"
+            )
+        entry = found[0]
+        wrong = [
+            f"{name}: wanted {value!r}, got "
+            + (repr(entry[name]) if name in entry else "no such field")
+            for name, value in fields.items()
+            if name not in entry or entry[name] != value
+        ]
+        if wrong:
+            raise AssertionError(
+                f"the {event!r} audit event does not have {wanted}: "
+                + "; ".join(wrong)
+                + f"\n  the event: {_show(entry)}"
+            )
+        return entry
+
+    def assert_none(self, event: str | None = None) -> None:
+        """Assert that no audit event (or none called ``event``) was emitted."""
+        found = self.events if event is None else self.named(event)
+        if found:
+            what = "audit events" if event is None else f"{event!r} audit events"
+            raise AssertionError(f"expected no {what}; captured: {self._listing()}")
+
+    def _listing(self) -> str:
+        events = self.events
+        if not events:
+            return "no audit event"
+        return "".join(f"\n  {_show(entry)}" for entry in events)
+
+
+@contextmanager
+def audit_events() -> Iterator[AuditEvents]:
+    """Capture bearerguard's audit events while the block runs.
+
+    Built on ``structlog.testing.capture_logs``: structlog's processors are replaced for the
+    duration, process-wide, so events are captured whichever thread emits them (a WSGI
+    test client's, a server's). Guards built with their own ``audit_logger`` are not seen.
+
+        with audit_events() as events:
+            client.get("/items")
+        events.assert_one("token.rejected", reason="missing_token", status=401)
+    """
+    with capture_logs() as entries:
+        yield AuditEvents(entries)

@@ -13,10 +13,10 @@ from http import HTTPStatus
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth
+from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth, refusal_for
 from bearerguard._core.extract import request_credentials
 from bearerguard._core.paths import PublicPaths
-from bearerguard._core.refusal import Refusal, render_refusal
+from bearerguard._core.refusal import Refusal
 from bearerguard.audit import RequestInfo
 from bearerguard.errors import AuthError, ConfigurationError, ServiceUnavailableError
 from bearerguard.guard import BearerGuard
@@ -90,7 +90,8 @@ class BearerGuardWSGIMiddleware:
         respond: how ``requires_scopes`` builds its refusals inside ``app``; by default a
             Flask or Django response when ``app`` is one, else ``(body, status, headers)``.
 
-    Refusals are exactly those of the ASGI middleware (RFC 6750 §3).
+    Refusals are exactly those of the ASGI middleware (RFC 6750 §3), and so is the
+    protected-resource metadata served when the guard has a ``resource`` (RFC 9728).
     """
 
     def __init__(
@@ -120,6 +121,11 @@ class BearerGuardWSGIMiddleware:
         guard = self.guard
         header = environ.get("HTTP_AUTHORIZATION")
         path = _path(environ)
+        resource = guard.protected_resource
+        if resource is not None and path in resource.paths:
+            status_code, headers, body = resource.response(str(environ.get("REQUEST_METHOD")))
+            start_response(f"{status_code} {HTTPStatus(status_code).phrase}", headers)
+            return [body]
         try:
             # Servers join repeated headers with commas: such a value is not one b64token,
             # so it is refused as invalid_request, as two headers are over ASGI.
@@ -135,7 +141,7 @@ class BearerGuardWSGIMiddleware:
             guard.audit.refused(
                 error, RequestInfo(*_describe(environ, path)), perf_counter() - started
             )
-            refusal = render_refusal(error, guard.realm)
+            refusal = refusal_for(guard, error)
             status = f"{refusal.status} {HTTPStatus(refusal.status).phrase}"
             start_response(status, list(refusal.headers))
             return [refusal.body]

@@ -25,10 +25,11 @@ they read the outcome the middleware recorded for the current request. A refusal
 RFC 6750 response (401 without a valid token, 403 ``insufficient_scope`` without the
 scope), and an audit event.
 
-Mind the order: FastAPI validates the body and parameters before it calls the path
-operation, so a valid token that lacks the scope but sends an invalid body gets 422 (with
-the validation details), not 403. The token itself is always checked first, by the
-middleware.
+On a FastAPI path operation the decorators also run as a dependency, before FastAPI
+validates the parameters and the body: a valid token that lacks the scope gets 403 even
+with an invalid body, never 422 with the validation details. The token itself is always
+checked first, by the middleware. (``bearerguard.fastapi.BearerAuth`` is the dependency
+to use when you want the token injected and the scopes in the OpenAPI document.)
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ import pytest
 
 from bearerguard.testing import DevIssuer
 
+pytest_plugins = ["tests.redis_server"]
+
 
 @pytest.fixture
 def anyio_backend() -> str:

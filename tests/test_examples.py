@@ -324,16 +324,22 @@ async def test_fastapi_sync_path_operation_sees_the_token(
     assert invalid.status_code == 422
 
 
-async def test_fastapi_validates_before_the_scope_check(
+async def test_fastapi_checks_scopes_before_validating(
     fastapi_client: httpx.AsyncClient, session_issuer: DevIssuer
 ) -> None:
-    # A known limitation of decorator-based checks, documented in the example: FastAPI
-    # validates the request before calling the (wrapped) path operation.
+    # The decorator also runs as a FastAPI dependency, before the body is validated: an
+    # under-scoped request never learns the body's schema from a 422.
     token = session_issuer.mint(scopes=["items:read"])
     with capture_logs() as events:
         response = await fastapi_client.post("/items", headers=bearer(token), json={"name": ""})
-    assert response.status_code == 422
-    assert [event["event"] for event in events] == ["token.accepted"]
+    assert response.status_code == 403
+    assert response.json()["error"] == "insufficient_scope"
+    assert 'scope="items:write"' in response.headers["www-authenticate"]
+    assert [event["event"] for event in events] == ["token.accepted", "scope.denied"]
+    # With the scope, validation answers as usual.
+    writer = session_issuer.mint(scopes=["items:write"])
+    invalid = await fastapi_client.post("/items", headers=bearer(writer), json={"name": ""})
+    assert invalid.status_code == 422
 
 
 async def test_fastapi_openapi_shows_the_decorated_signatures(

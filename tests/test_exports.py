@@ -13,6 +13,9 @@ MODULES = [
     "bearerguard.asgi",
     "bearerguard.decorators",
     "bearerguard.testing",
+    "bearerguard.fastapi",
+    "bearerguard.mcp",
+    "bearerguard.metadata",
 ]
 
 

@@ -139,7 +139,10 @@ async def test_scoped_route_on_public_path_needs_a_token(client: httpx.AsyncClie
     with structlog.testing.capture_logs() as events:
         response = await client.get("/open")
     assert response.status_code == 401
-    assert response.headers["www-authenticate"] == 'Bearer realm="https://api.example"'
+    # The route's scopes are known here, so the challenge hints at them (RFC 6750 §3).
+    assert response.headers["www-authenticate"] == (
+        'Bearer realm="https://api.example", scope="items:read"'
+    )
     assert [event["event"] for event in events] == ["token.rejected"]
 
 

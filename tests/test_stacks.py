@@ -15,6 +15,7 @@ import structlog
 from starlette.testclient import TestClient
 
 from bearerguard import AccessToken, BearerGuard
+from bearerguard.metadata import ResourceMetadata
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from tests.apps import build_app, build_flask_app
@@ -256,5 +257,131 @@ def test_same_body_and_challenge_text(session_issuer: DevIssuer) -> None:
             response = client("POST", "/items", headers=bearer(token))
             answers.append(
                 (response.status_code, response.headers["www-authenticate"], response.json())
+            )
+    assert answers[0] == answers[1]
+
+
+# -- scope implications and RFC 9728 metadata: the same on both stacks ----------------------
+
+IMPLICATIONS = {"items:admin": ["items:write", "items:delete"], "items:write": ["items:read"]}
+RESOURCE = "https://api.example/v1"
+METADATA_URL = "https://api.example/.well-known/oauth-protected-resource/v1"
+
+
+@pytest.fixture
+def described(stack: str, session_issuer: DevIssuer) -> Iterator[Client]:
+    guard = session_issuer.guard(
+        scope_implications=IMPLICATIONS,
+        resource=RESOURCE,
+        resource_metadata=ResourceMetadata(scopes_supported=["items:read", "items:write"]),
+    )
+    yield from open_client(stack, guard)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "scopes", "status"),
+    [
+        ("GET", "/items", ["items:write"], 200),
+        ("GET", "/items", ["items:admin"], 200),
+        ("POST", "/items", ["items:write"], 200),
+        ("POST", "/items", ["items:admin"], 200),
+        ("DELETE", "/items", ["items:admin"], 200),
+        ("POST", "/items", ["items:read"], 403),
+        ("GET", "/reports", ["items:admin"], 403),
+    ],
+)
+def test_implied_scopes_on_both_stacks(
+    described: Client,
+    session_issuer: DevIssuer,
+    method: str,
+    path: str,
+    scopes: list[str],
+    status: int,
+) -> None:
+    with structlog.testing.capture_logs() as logged:
+        response = described(method, path, headers=bearer(session_issuer.mint(scopes=scopes)))
+    assert response.status_code == status
+    expected = ["token.accepted"] + (["scope.denied"] if status == 403 else [])
+    assert [event["event"] for event in logged] == expected
+    if status == 403:
+        assert f'resource_metadata="{METADATA_URL}"' in response.headers["www-authenticate"]
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "challenge"),
+    [
+        ("/me", {}, f'Bearer realm="https://api.example", resource_metadata="{METADATA_URL}"'),
+        (
+            "/me",
+            {"Authorization": "Bearer x.y.z"},
+            'Bearer realm="https://api.example", error="invalid_token", '
+            'error_description="The access token is malformed.", '
+            f'resource_metadata="{METADATA_URL}"',
+        ),
+        (
+            "/open",  # public, but the route's scopes are known: they are hinted
+            {},
+            f'Bearer realm="https://api.example", resource_metadata="{METADATA_URL}", '
+            'scope="items:read"',
+        ),
+    ],
+)
+def test_challenges_name_the_metadata_on_both_stacks(
+    described: Client, path: str, headers: dict[str, str], challenge: str
+) -> None:
+    response = described("GET", path, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == challenge
+
+
+def test_bad_requests_and_outages_carry_no_metadata(stack: str, session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard(resource=RESOURCE, revocation=BrokenStore())
+    for client in open_client(stack, guard):
+        assert "resource_metadata" not in client(
+            "GET", "/me", headers={"Authorization": "Bearer a b"}
+        ).headers.get("www-authenticate", "")
+        outage = client("GET", "/me", headers=bearer(session_issuer.mint()))
+        assert outage.status_code == 503
+        assert "www-authenticate" not in outage.headers
+
+
+@pytest.mark.parametrize(
+    "path", ["/.well-known/oauth-protected-resource/v1", "/.well-known/oauth-protected-resource"]
+)
+def test_metadata_served_on_both_stacks(
+    described: Client, session_issuer: DevIssuer, path: str
+) -> None:
+    with structlog.testing.capture_logs() as logged:
+        response = described("GET", path, headers={"Authorization": "Bearer not-even-checked"})
+        head = described("HEAD", path)
+        post = described("POST", path)
+    assert logged == []  # public metadata, not an authentication decision
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert response.json() == {
+        "resource": RESOURCE,
+        "authorization_servers": [session_issuer.url],
+        "scopes_supported": ["items:read", "items:write"],
+        "bearer_methods_supported": ["header"],
+    }
+    assert head.status_code == 200
+    assert head.content == b""
+    assert (post.status_code, post.headers["allow"]) == (405, "GET, HEAD")
+
+
+def test_other_well_known_paths_stay_protected(described: Client) -> None:
+    assert described("GET", "/.well-known/oauth-protected-resource/v2").status_code == 401
+
+
+def test_same_metadata_and_challenges_text(session_issuer: DevIssuer) -> None:
+    answers: list[tuple[Any, ...]] = []
+    for stack in ("asgi", "wsgi"):
+        guard = session_issuer.guard(scope_implications=IMPLICATIONS, resource=RESOURCE)
+        for client in open_client(stack, guard):
+            document = client("GET", "/.well-known/oauth-protected-resource/v1")
+            denied = client("GET", "/reports", headers=bearer(session_issuer.mint()))
+            answers.append(
+                (document.content, denied.status_code, denied.headers["www-authenticate"])
             )
     assert answers[0] == answers[1]

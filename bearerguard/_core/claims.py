@@ -19,7 +19,14 @@ from bearerguard.errors import (
     TokenTooOldError,
 )
 
-__all__ = ["ClaimCheck", "ClaimsPolicy", "TimeClaims", "validate_claims"]
+__all__ = [
+    "ClaimCheck",
+    "ClaimsPolicy",
+    "TimeClaims",
+    "check_times",
+    "run_checks",
+    "validate_claims",
+]
 
 ClaimCheck = Callable[[Mapping[str, Any]], object]
 """A custom check: return a falsy value or raise to refuse the token."""
@@ -97,7 +104,8 @@ def _check_issuer_and_audience(claims: Mapping[str, Any], policy: ClaimsPolicy) 
         raise InvalidAudienceError("aud does not name this resource server")
 
 
-def _check_times(claims: Mapping[str, Any], policy: ClaimsPolicy, now: float) -> TimeClaims:
+def check_times(claims: Mapping[str, Any], policy: ClaimsPolicy, now: float) -> TimeClaims:
+    """Check exp (required), nbf and iat at ``now`` with leeway, and the maximum age."""
     exp = _numeric_date(claims, "exp")
     if exp is None:
         raise InvalidClaimError("exp is required")
@@ -121,7 +129,8 @@ def _check_times(claims: Mapping[str, Any], policy: ClaimsPolicy, now: float) ->
     return TimeClaims(expires_at=exp, issued_at=iat, valid_until=valid_until)
 
 
-def _run_checks(claims: Mapping[str, Any], policy: ClaimsPolicy) -> None:
+def run_checks(claims: Mapping[str, Any], policy: ClaimsPolicy) -> None:
+    """Check the required claims and run the custom claim checks."""
     missing = [name for name in policy.required_claims if claims.get(name) is None]
     if missing:
         raise InvalidClaimError(f"required claims missing: {', '.join(sorted(missing))}")
@@ -152,6 +161,6 @@ def validate_claims(
     """
     _check_types(header, claims, policy)
     _check_issuer_and_audience(claims, policy)
-    times = _check_times(claims, policy, now)
-    _run_checks(claims, policy)
+    times = check_times(claims, policy, now)
+    run_checks(claims, policy)
     return times

@@ -18,7 +18,7 @@ from typing import Any
 
 from bearerguard.errors import MalformedTokenError, UnsupportedAlgorithmError
 
-__all__ = ["CompactJWS", "decode_json_object", "parse_compact"]
+__all__ = ["CompactJWS", "decode_json_object", "looks_compact", "parse_compact"]
 
 _COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
 
@@ -34,7 +34,6 @@ _REFUSED_HEADER_MEMBERS = ("crit", "b64", "enc", "zip")
 @dataclass(frozen=True, slots=True)
 class CompactJWS:
     """A compact JWS split into its parts; the payload is not decoded until verified."""
-
 
     token: str = field(repr=False)
     header: dict[str, Any]
@@ -96,6 +95,11 @@ def decode_json_object(segment: str, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise MalformedTokenError(f"{what} is not a JSON object")
     return value
+
+
+def looks_compact(token: str) -> bool:
+    """Whether ``token`` has the shape of a compact JWS (three base64url segments)."""
+    return _COMPACT.fullmatch(token) is not None
 
 
 def parse_compact(token: str) -> CompactJWS:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bearerguard.errors import AuthError, ServiceUnavailableError, render_challenge
+from bearerguard.errors import (
+    AuthError,
+    InsufficientScopeError,
+    ServiceUnavailableError,
+    render_challenge,
+)
 
 __all__ = ["RETRY_AFTER_SECONDS", "Refusal", "render_refusal"]
 
@@ -21,12 +27,26 @@ class Refusal:
     body: bytes
 
 
-def render_refusal(error: AuthError, realm: str | None) -> Refusal:
+def render_refusal(
+    error: AuthError,
+    realm: str | None,
+    *,
+    resource_metadata: str | None = None,
+    scope: Sequence[str] = (),
+) -> Refusal:
     """Render ``error`` as an RFC 6750 response.
 
     401 and 403 carry a ``WWW-Authenticate`` challenge; a missing token gets one without an
     error code (RFC 6750 §3.1). 503 (fail closed) carries ``Retry-After`` instead. The body
     holds only the fixed ``error`` code and ``error_description`` of the error class.
+
+    Args:
+        error: the refusal.
+        realm: the challenge's ``realm``.
+        resource_metadata: the URL of the protected-resource metadata, added to 401 and
+            403 challenges (RFC 9728 §5.1).
+        scope: the scopes the route needs, as a hint in 401 challenges (RFC 6750 §3: the
+            ``scope`` attribute; 403 ``insufficient_scope`` names its own).
     """
     code = error.error_code or "unauthorized"
     body = json.dumps({"error": code, "error_description": error.description}).encode()
@@ -37,5 +57,10 @@ def render_refusal(error: AuthError, realm: str | None) -> Refusal:
     if isinstance(error, ServiceUnavailableError):
         headers.append(("retry-after", str(RETRY_AFTER_SECONDS)))
     else:
-        headers.append(("www-authenticate", render_challenge(realm, error)))
+        extra: list[tuple[str, str]] = []
+        if error.status in (401, 403) and resource_metadata is not None:
+            extra.append(("resource_metadata", resource_metadata))
+        if scope and error.status == 401 and not isinstance(error, InsufficientScopeError):
+            extra.append(("scope", " ".join(scope)))
+        headers.append(("www-authenticate", render_challenge(realm, error, extra=extra)))
     return Refusal(error.status, tuple(headers), body)

@@ -7,7 +7,13 @@ from typing import Any
 
 from bearerguard.errors import ConfigurationError, MalformedTokenError
 
-__all__ = ["grants", "parse_scope_claim_paths", "read_scopes", "validate_scope_names"]
+__all__ = [
+    "ScopeImplications",
+    "grants",
+    "parse_scope_claim_paths",
+    "read_scopes",
+    "validate_scope_names",
+]
 
 
 def _split(value: Any, claim: str) -> Iterable[str]:
@@ -76,3 +82,93 @@ def grants(granted: frozenset[str], required: tuple[str, ...], *, any_of: bool) 
     if any_of:
         return not granted.isdisjoint(required)
     return granted.issuperset(required)
+
+
+class ScopeImplications:
+    """A declared map of broader scopes to the narrower ones they imply.
+
+    ``{"items:write": ["items:read"], "admin": ["admin:*"]}`` reads "items:write implies
+    items:read" and "admin implies every scope under admin:". A trailing ``*`` on an implied
+    scope is a prefix; nothing else is a pattern, and a token's own scopes are always taken
+    literally (a token granting ``admin:*`` grants that one scope name only). Implications
+    are transitive, so ``{"a": ["b"], "b": ["c"]}`` lets ``a`` satisfy ``c``.
+
+    The MCP authorization specification asks servers to honour broader scopes; RFC 6749
+    §3.3 leaves the meaning of scope values to the resource server, which is where this map
+    declares it.
+
+    Raises:
+        ConfigurationError: a scope name with white space, a ``*`` anywhere but at the end
+            of an implied scope, or a key that is a pattern.
+    """
+
+    __slots__ = ("_cache", "_map")
+
+    def __init__(self, implications: Mapping[str, Iterable[str]] | None = None) -> None:
+        mapping: dict[str, tuple[str, ...]] = {}
+        for broad, narrower in (implications or {}).items():
+            (key,) = validate_scope_names([broad])
+            if "*" in key:
+                raise ConfigurationError(f"scope implication key {key!r} cannot be a pattern")
+            implied = tuple(narrower) if not isinstance(narrower, str) else (narrower,)
+            for name in validate_scope_names(implied):
+                if "*" in name[:-1] or name == "*":
+                    raise ConfigurationError(f"implied scope {name!r}: '*' only after a prefix")
+            mapping[key] = implied
+        self._map = mapping
+        self._cache: dict[frozenset[str], tuple[frozenset[str], tuple[str, ...]]] = {}
+
+    @classmethod
+    def of(
+        cls, implications: ScopeImplications | Mapping[str, Iterable[str]] | None
+    ) -> ScopeImplications:
+        """``implications`` as a ``ScopeImplications`` (built from a mapping if need be)."""
+        return implications if isinstance(implications, ScopeImplications) else cls(implications)
+
+    def __bool__(self) -> bool:
+        return bool(self._map)
+
+    def __repr__(self) -> str:
+        return f"ScopeImplications({self._map!r})"
+
+    @property
+    def declared(self) -> frozenset[str]:
+        """Every scope name the map mentions literally (keys and non-pattern implied scopes)."""
+        names = set(self._map)
+        for implied in self._map.values():
+            names.update(name for name in implied if not name.endswith("*"))
+        return frozenset(names)
+
+    def _closure(self, granted: frozenset[str]) -> tuple[frozenset[str], tuple[str, ...]]:
+        """The scopes ``granted`` reaches: exact names and prefixes, to a fixed point."""
+        cached = self._cache.get(granted)
+        if cached is not None:
+            return cached
+        exact = set(granted)
+        prefixes: set[str] = set()
+        pending = dict(self._map)
+        changed = True
+        while changed:  # the map is finite: each pass applies at least one key or stops
+            changed = False
+            for key in [k for k in pending if k in exact or k.startswith(tuple(prefixes))]:
+                for name in pending.pop(key):
+                    if name.endswith("*"):
+                        prefixes.add(name[:-1])
+                    else:
+                        exact.add(name)
+                changed = True
+        result = (frozenset(exact), tuple(sorted(prefixes)))
+        if len(self._cache) >= 1024:  # bounded: scope sets come from tokens
+            self._cache.clear()
+        self._cache[granted] = result
+        return result
+
+    def grants(self, granted: frozenset[str], required: tuple[str, ...], *, any_of: bool) -> bool:
+        """Whether ``granted``, with everything it implies, satisfies ``required``."""
+        if grants(granted, required, any_of=any_of):
+            return True
+        if not self._map:
+            return False
+        exact, prefixes = self._closure(granted)
+        check = any if any_of else all
+        return check(name in exact or name.startswith(prefixes) for name in required)

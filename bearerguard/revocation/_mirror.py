@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
 from bearerguard.errors import RevocationStoreError
+from bearerguard.revocation._table import Entry, Kind, RevocationTable
 from bearerguard.token import AccessToken
 
 __all__ = [
@@ -46,9 +47,7 @@ __all__ = [
     "session",
 ]
 
-Kind = Literal["t", "s", "c"]
 KINDS: tuple[Kind, ...] = ("t", "s", "c")
-_Key = tuple[str | None, str]
 
 # KEYS[1]: the entry. ARGV: channel, now_ms, lapse_ms, cutoff_ms ("" for a token), reason.
 # Merges with an existing entry (the later lapse, the later cut-off: a revocation is never
@@ -138,8 +137,7 @@ class Layout:
         except ValueError:
             return None
         assert name is not None  # noqa: S101 - "*" was excluded above
-        kind: Kind = parts[0]  # type: ignore[assignment] - checked against KINDS
-        return kind, issuer, name
+        return parts[0], issuer, name
 
     def entry(self, key: bytes | str, value: bytes | str) -> Entry | None:
         """The entry stored under ``key``, or ``None`` for a key of another namespace.
@@ -151,11 +149,14 @@ class Layout:
         if parsed is None:
             return None
         kind, issuer, name = parsed
-        document = json.loads(value)
-        lapse = document["u"]
-        cutoff = document.get("c")
-        reason = document.get("r")
-        updated = document.get("a", 0)
+        try:
+            document = json.loads(value)
+            lapse = document["u"]
+            cutoff = document.get("c")
+            reason = document.get("r")
+            updated = document.get("a", 0)
+        except (KeyError, TypeError, AttributeError, ValueError):
+            lapse = None
         if not isinstance(lapse, int | float) or (kind != "t") != isinstance(cutoff, int | float):
             raise ValueError(f"unreadable revocation entry under {_text(key)[:100]!r}")
         return Entry(
@@ -169,87 +170,23 @@ class Layout:
         )
 
     def message(self, data: bytes | str) -> Entry | None:
-        """The entry announced by a message on ``channel``."""
-        key, value = json.loads(data)
+        """The entry announced by a message on ``channel``.
+
+        Raises:
+            ValueError: a message we cannot read (the mirror then resynchronises).
+        """
+        try:
+            key, value = json.loads(data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError("unreadable revocation announcement") from exc
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError("unreadable revocation announcement")  # noqa: TRY004 - bad data
         return self.entry(key, value)
 
 
 def to_ms(seconds: float) -> int:
     """Epoch seconds as whole milliseconds, rounded up: a revocation errs on the long side."""
     return math.ceil(round(seconds * 1000, 3))
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One revocation as stored: a token (``cutoff`` is ``None``) or a cut-off."""
-
-    kind: Kind
-    issuer: str | None
-    name: str
-    until: float
-    cutoff: float | None
-    reason: str | None
-    updated_at: float
-
-
-class RevocationTable:
-    """Live revocations held in this process; the same rules as ``MemoryRevocationStore``.
-
-    Reads take no lock (single dictionary lookups); writes merge under a lock so that two
-    writers can never leave the weaker of two entries behind.
-    """
-
-    __slots__ = ("_lock", "clients", "subjects", "tokens")
-
-    def __init__(self) -> None:
-        self.tokens: dict[_Key, float] = {}
-        # (cutoff, until)
-        self.subjects: dict[_Key, tuple[float, float]] = {}
-        self.clients: dict[_Key, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self.tokens) + len(self.subjects) + len(self.clients)
-
-    def apply(self, entry: Entry) -> None:
-        key = (entry.issuer, entry.name)
-        with self._lock:
-            if entry.cutoff is None:
-                self.tokens[key] = max(entry.until, self.tokens.get(key, entry.until))
-                return
-            cutoffs = self.subjects if entry.kind == "s" else self.clients
-            cutoff, until = cutoffs.get(key, (entry.cutoff, entry.until))
-            cutoffs[key] = (max(cutoff, entry.cutoff), max(until, entry.until))
-
-    def revoked(self, token: AccessToken, now: float) -> bool:
-        """Whether ``token``, its subject or its client is revoked at ``now``."""
-        tokens, subjects, clients = self.tokens, self.subjects, self.clients
-        if not (tokens or subjects or clients):
-            return False
-        iss = token.issuer
-        jti = token.token_id
-        if jti is not None and tokens:
-            for key in ((iss, jti), (None, jti)):
-                until = tokens.get(key)
-                if until is not None and now < until:
-                    return True
-        iat = token.claims.get("iat")
-        for cutoffs, name in ((subjects, token.subject), (clients, token.client_id)):
-            if name is None or not cutoffs:
-                continue
-            for key in ((iss, name), (None, name)):
-                entry = cutoffs.get(key)
-                # No iat: the token cannot show it is newer than the cut-off.
-                if entry is not None and now < entry[1] and (iat is None or iat <= entry[0]):
-                    return True
-        return False
-
-    def prune(self, now: float) -> None:
-        """Forget lapsed entries (each dictionary is swapped whole: readers never block)."""
-        with self._lock:
-            self.tokens = {key: until for key, until in self.tokens.items() if now < until}
-            self.subjects = {key: item for key, item in self.subjects.items() if now < item[1]}
-            self.clients = {key: item for key, item in self.clients.items() if now < item[1]}
 
 
 MirrorState = Literal["stopped", "connecting", "syncing", "live", "failed", "closed"]
@@ -279,14 +216,12 @@ class Mirror:
         self.fresh_at = -math.inf  # monotonic instant up to which the table is complete
         self.resyncs = 0
         self.ever_live = False
-        self.live = threading.Event()
+        self.live = threading.Event()  # set while live
+        self.settled = threading.Event()  # set once a start has succeeded or failed
         self._monotonic = monotonic
 
     def answerable(self) -> bool:
-        return (
-            self.state == "live"
-            and self._monotonic() - self.fresh_at <= self.failure_timeout
-        )
+        return self.state == "live" and self._monotonic() - self.fresh_at <= self.failure_timeout
 
     def check(self, token: AccessToken, now: float) -> bool:
         """Whether ``token`` is revoked, from the table, if it may be trusted.
@@ -295,13 +230,16 @@ class Mirror:
             RevocationStoreError: the mirror is not synchronised with Redis, or has not heard
                 from it for longer than ``failure_timeout``.
         """
+        # The table is read before the state, and writers change the state before swapping
+        # the table (lost, close): a check never answers from a table emptied by a loss.
+        table = self.table
         state = self.state
         if state != "live":
-            raise RevocationStoreError(f"revocation mirror is {state}: {self.error or 'not ready'}")
+            raise RevocationStoreError(f"revocation mirror is {state}: {self.error or 'starting'}")
         age = self._monotonic() - self.fresh_at
         if age > self.failure_timeout:
             raise RevocationStoreError(f"revocation mirror has not heard from Redis for {age:.1f}s")
-        return self.table.revoked(token, now)
+        return table.revoked(token, now)
 
     def staleness(self) -> float | None:
         if self.fresh_at == -math.inf:
@@ -320,16 +258,19 @@ class Mirror:
                 )
 
     def connecting(self) -> None:
-        self.state = "connecting"
+        if self.state != "closed":
+            self.settled.clear()
+            self.state = "connecting"
 
     def syncing(self) -> None:
-        self.live.clear()
-        self.state = "syncing"
+        if self.state != "closed":
+            self.state = "syncing"
 
     def install(self, table: RevocationTable) -> None:
         """A freshly loaded table: trusted once the next ping is answered."""
-        self.table = table
-        self.resyncs += 1
+        if self.state != "closed":
+            self.table = table
+            self.resyncs += 1
 
     def confirm(self, sent_at: float) -> None:
         """A ping sent at ``sent_at`` was answered: the table is complete up to then."""
@@ -339,21 +280,25 @@ class Mirror:
             self.error = None
             self.ever_live = True
             self.live.set()
+            self.settled.set()
 
     def lost(self, error: BaseException) -> bool:
         """The session ended; returns whether it had been live."""
+        if self.state == "closed":
+            return False
         was_live = self.state == "live"
-        if self.state != "closed":
-            self.state = "failed"
+        self.state = "failed"
         self.live.clear()
         self.error = f"{type(error).__name__}: {error}"[:300]
         self.table = RevocationTable()  # untrusted: free it, a resync loads a new one
+        self.settled.set()
         return was_live
 
     def close(self) -> None:
         self.state = "closed"
         self.error = "the store was closed"
         self.live.clear()
+        self.settled.set()
         self.table = RevocationTable()
 
 
@@ -399,6 +344,26 @@ PRUNE_EVERY = 30.0
 _serial = iter(range(1, 1 << 62))
 
 
+def _load(mirror: Mirror, layout: Layout, now: float) -> Generator[Request, Any, RevocationTable]:
+    """Every live entry of the namespace, SCAN step by SCAN step."""
+    table = RevocationTable()
+    cursor = 0
+    while True:
+        cursor, items = yield Scan(cursor, layout.pattern, SCAN_COUNT)
+        for key, value in items:
+            if value is None:
+                continue  # expired between SCAN and MGET
+            entry = layout.entry(key, value)
+            if entry is not None and now < entry.until:
+                table.apply(entry)
+        if len(table) > mirror.max_entries:
+            raise RevocationStoreError(
+                f"more than {mirror.max_entries} live revocations: raise max_entries"
+            )
+        if not cursor:
+            return table
+
+
 def session(
     mirror: Mirror,
     layout: Layout,
@@ -417,10 +382,11 @@ def session(
     mirror is trusted only when a ping sent after the load is answered: by then every
     announcement published before it has been applied.
 
-    Every ``failure_timeout / 4`` a ping goes out; no answer within ``failure_timeout`` ends
-    the session (a connection that stalls without closing). A second subscription
-    confirmation means the client reconnected on its own, and messages may have been lost in
-    between: that also ends the session, and the driver resynchronises from scratch.
+    Every ``failure_timeout / 4`` a ping goes out; no answer within ``failure_timeout``, with
+    nothing left to read, ends the session (a connection that stalls without closing). A
+    second subscription confirmation means the client reconnected on its own, and messages
+    may have been lost in between: that also ends the session, and the driver resynchronises
+    from scratch.
     """
     heartbeat = mirror.failure_timeout / 4
     mirror.connecting()
@@ -434,24 +400,7 @@ def session(
             raise TimeoutError("Redis did not confirm the subscription")
 
     mirror.syncing()
-    table = RevocationTable()
-    now = clock()
-    cursor = 0
-    while True:
-        cursor, items = yield Scan(cursor, layout.pattern, SCAN_COUNT)
-        for key, value in items:
-            if value is None:
-                continue  # expired between SCAN and MGET
-            entry = layout.entry(key, value)
-            if entry is not None and now < entry.until:
-                table.apply(entry)
-        if len(table) > mirror.max_entries:
-            raise RevocationStoreError(
-                f"more than {mirror.max_entries} live revocations: raise max_entries"
-            )
-        if not cursor:
-            break
-    mirror.install(table)
+    mirror.install((yield from _load(mirror, layout, clock())))
 
     pending: tuple[str, float] | None = None
     last_ping = -math.inf
@@ -463,12 +412,18 @@ def session(
             yield Ping(payload)
             pending = (payload, instant)
             last_ping = instant
-        elif pending is not None and instant - pending[1] > mirror.failure_timeout:
-            raise TimeoutError(f"Redis did not answer a ping within {mirror.failure_timeout}s")
         if instant - last_prune > PRUNE_EVERY:
             mirror.table.prune(clock())
             last_prune = instant
         message = yield Receive(POLL)
+        overdue = pending is not None and monotonic() - pending[1] > mirror.failure_timeout
+        if message is None and overdue:
+            # Only once the connection has nothing more to give: after this process stalled
+            # (a blocked event loop) the answer may be there, unread, and the wait above may
+            # have timed out before reading it.
+            message = yield Receive(0.0)
+            if message is None:
+                raise TimeoutError(f"Redis did not answer a ping within {mirror.failure_timeout}s")
         if message is None:
             continue
         kind = message.get("type")

@@ -7,11 +7,10 @@ from collections.abc import Callable
 
 from bearerguard._core.times import Instant, to_epoch
 from bearerguard.errors import ConfigurationError, RevocationStoreError
+from bearerguard.revocation._table import Entry, Kind, RevocationTable
 from bearerguard.token import AccessToken
 
 __all__ = ["MemoryRevocationStore"]
-
-_Key = tuple[str | None, str]
 
 
 class MemoryRevocationStore:
@@ -50,13 +49,10 @@ class MemoryRevocationStore:
         self._retention = retention
         self._grace = expiry_grace
         self._clock = clock
-        self._tokens: dict[_Key, float] = {}
-        # cutoff, and the instant the entry may be forgotten
-        self._subjects: dict[_Key, tuple[float, float]] = {}
-        self._clients: dict[_Key, tuple[float, float]] = {}
+        self._table = RevocationTable()
 
     def __len__(self) -> int:
-        return len(self._tokens) + len(self._subjects) + len(self._clients)
+        return len(self._table)
 
     def revoke_token_sync(
         self, jti: str, expires_at: Instant | None = None, *, issuer: str | None = None
@@ -71,8 +67,7 @@ class MemoryRevocationStore:
         """
         now = self._clock()
         until = now + self._retention if expires_at is None else to_epoch(expires_at) + self._grace
-        self._make_room(now)
-        self._tokens[(issuer, jti)] = max(until, self._tokens.get((issuer, jti), until))
+        self._add(Entry("t", issuer, jti, until, None, None, now), now)
 
     def revoke_subject_sync(
         self, sub: str, issued_before: Instant | None = None, *, issuer: str | None = None
@@ -82,35 +77,20 @@ class MemoryRevocationStore:
         Tokens without ``iat`` cannot show when they were issued, so a subject cutoff refuses
         them all while it lasts.
         """
-        self._cut(self._subjects, (issuer, sub), issued_before)
+        self._cut("s", issuer, sub, issued_before)
 
     def revoke_client_sync(
         self, client_id: str, issued_before: Instant | None = None, *, issuer: str | None = None
     ) -> None:
         """Revoke every token issued to ``client_id`` at or before ``issued_before``."""
-        self._cut(self._clients, (issuer, client_id), issued_before)
+        self._cut("c", issuer, client_id, issued_before)
 
     def is_revoked_sync(self, token: AccessToken) -> bool:
         """Whether ``token``, its subject or its client has been revoked."""
-        if not (self._tokens or self._subjects or self._clients):
+        table = self._table
+        if not (table.tokens or table.subjects or table.clients):
             return False
-        now = self._clock()
-        iss = token.issuer
-        jti = token.token_id
-        if jti is not None:
-            for key in ((iss, jti), (None, jti)):
-                until = self._tokens.get(key)
-                if until is not None and now < until:
-                    return True
-        iat = token.claims.get("iat")
-        for cutoffs, name in ((self._subjects, token.subject), (self._clients, token.client_id)):
-            if name is None or not cutoffs:
-                continue
-            for key in ((iss, name), (None, name)):
-                entry = cutoffs.get(key)
-                if entry is not None and now < entry[1] and (iat is None or iat <= entry[0]):
-                    return True
-        return False
+        return table.revoked(token, self._clock())
 
     # The asynchronous side: the same state, awaited (the memory store never blocks).
 
@@ -137,24 +117,20 @@ class MemoryRevocationStore:
         return self.is_revoked_sync(token)
 
     def _cut(
-        self, cutoffs: dict[_Key, tuple[float, float]], key: _Key, issued_before: Instant | None
+        self, kind: Kind, issuer: str | None, name: str, issued_before: Instant | None
     ) -> None:
         now = self._clock()
         cutoff = now if issued_before is None else to_epoch(issued_before)
-        previous = cutoffs.get(key)
-        if previous is not None and previous[0] > cutoff:
-            cutoff = previous[0]
-        self._make_room(now)
-        cutoffs[key] = (cutoff, max(cutoff, now) + self._retention)
+        self._add(
+            Entry(kind, issuer, name, max(cutoff, now) + self._retention, cutoff, None, now), now
+        )
 
-    def _make_room(self, now: float) -> None:
-        if len(self) < self._max_entries:
-            return
-        self._tokens = {key: until for key, until in self._tokens.items() if now < until}
-        for cutoffs in (self._subjects, self._clients):
-            for key in [key for key, (_, until) in cutoffs.items() if now >= until]:
-                del cutoffs[key]
-        if len(self) >= self._max_entries:
-            raise RevocationStoreError(
-                f"memory store holds {self._max_entries} live revocations; raise max_entries"
-            )
+    def _add(self, entry: Entry, now: float) -> None:
+        table = self._table
+        if len(table) >= self._max_entries:
+            table.prune(now)
+            if len(table) >= self._max_entries:
+                raise RevocationStoreError(
+                    f"memory store holds {self._max_entries} live revocations; raise max_entries"
+                )
+        table.apply(entry)

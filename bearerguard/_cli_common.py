@@ -1,0 +1,160 @@
+"""What every ``bearerguard`` sub-command shares: exit codes, output, expected failures.
+
+Results go to standard output (text, or one JSON document with ``--json``); progress lines
+for network steps and warnings go to standard error, so ``TOKEN=$(bearerguard token mint)``
+and ``bearerguard jwks show URL --json | jq`` see only the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO, TypeAlias
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the command ran and the answer is "no": an invalid token, a bad key set
+EXIT_USAGE = 2  # wrong arguments, a missing extra
+EXIT_UNREACHABLE = 3  # the issuer or key set could not be fetched or used
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+Handler = Callable[[argparse.Namespace], int]
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+class CommandError(Exception):
+    """An expected failure: reported as one line (or a JSON document), never a traceback.
+
+    Args:
+        message: what went wrong and, where it helps, what to do.
+        code: the exit code.
+        kind: a short stable name for ``--json`` output (``usage``, ``unreachable`` ...).
+    """
+
+    def __init__(self, message: str, *, code: int = EXIT_FAILURE, kind: str = "failed") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.kind = kind
+
+
+def print_usage(parser: argparse.ArgumentParser, _args: argparse.Namespace) -> int:
+    """The handler of a command group named alone: print its help (to stderr), exit 2."""
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def usage_error(message: str) -> CommandError:
+    """A ``CommandError`` for arguments that cannot work (exit 2)."""
+    return CommandError(message, code=EXIT_USAGE, kind="usage")
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``--json`` and ``--quiet``, on every leaf command."""
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of text"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress lines on standard error"
+    )
+
+
+class Console:
+    """Where a command writes: results to ``out``, progress and warnings to ``err``."""
+
+    def __init__(
+        self,
+        *,
+        as_json: bool = False,
+        quiet: bool = False,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+    ) -> None:
+        self.as_json = as_json
+        self.quiet = quiet
+        self.out = sys.stdout if out is None else out
+        self.err = sys.stderr if err is None else err
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Console:
+        """The console the parsed ``--json`` and ``--quiet`` ask for."""
+        return cls(as_json=getattr(args, "json", False), quiet=getattr(args, "quiet", False))
+
+    def say(self, text: str = "") -> None:
+        """A line of the result (text mode)."""
+        print(text, file=self.out, flush=True)
+
+    def document(self, value: Any) -> None:
+        """The result as JSON (``--json``)."""
+        print(json.dumps(value, indent=2, ensure_ascii=False), file=self.out, flush=True)
+
+    def progress(self, text: str) -> None:
+        """A progress line on standard error, unless ``--quiet``."""
+        if not self.quiet:
+            print(text, file=self.err, flush=True)
+
+    def warn(self, text: str) -> None:
+        """A warning on standard error, even with ``--quiet``."""
+        print(text, file=self.err, flush=True)
+
+    @contextmanager
+    def step(self, text: str) -> Iterator[None]:
+        """Announce a network step, then say how long it took."""
+        self.progress(f"{text} ...")
+        started = time.monotonic()
+        yield
+        self.progress(f"  done in {(time.monotonic() - started) * 1000:.0f} ms")
+
+    def fail(self, error: CommandError) -> int:
+        """Report an expected failure; returns its exit code."""
+        if self.as_json:
+            self.document({"ok": False, "error": {"kind": error.kind, "message": error.message}})
+        else:
+            print(f"bearerguard: {error.message}", file=self.err, flush=True)
+        return error.code
+
+
+def read_token(text: str, stdin: TextIO | None = None) -> str:
+    """The token given as an argument, or read from standard input when it is ``-``.
+
+    Surrounding whitespace, a ``Bearer`` scheme and an ``Authorization:`` header name are
+    removed, so a header pasted whole works.
+
+    Raises:
+        CommandError: nothing was given.
+    """
+    if text == "-":
+        text = (sys.stdin if stdin is None else stdin).read()
+    token = text.strip()
+    name, colon, rest = token.partition(":")
+    if colon and name.strip().lower() == "authorization":
+        token = rest.strip()
+    scheme, space, rest = token.partition(" ")
+    if space and scheme.lower() == "bearer":
+        token = rest.strip()
+    if not token:
+        raise usage_error("no token given (pass it as an argument, or '-' to read stdin)")
+    return token
+
+
+def describe_duration(seconds: float) -> str:
+    """``seconds`` as a short human duration: ``45 s``, ``4 min 10 s``, ``3 h 2 min``, ``2 d``."""
+    seconds = abs(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{hours // 24} d"
+
+
+def relative(instant: float, now: float) -> str:
+    """``instant`` relative to ``now``: ``in 5 min`` or ``5 min ago``."""
+    delta = instant - now
+    return f"in {describe_duration(delta)}" if delta >= 0 else f"{describe_duration(delta)} ago"

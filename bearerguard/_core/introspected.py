@@ -1,0 +1,173 @@
+"""Token introspection answers (RFC 7662 §2.2), parsed strictly and turned into tokens.
+
+Pure code: the answer's bytes come in, a verdict goes out; ``now`` is passed in. The HTTP
+exchange lives in ``bearerguard.introspection``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any
+
+from bearerguard._core.claims import ClaimsPolicy, check_times, run_checks
+from bearerguard._core.scopes import read_scopes
+from bearerguard.errors import InvalidAudienceError, InvalidIssuerError, InvalidTokenError
+from bearerguard.token import AccessToken
+
+__all__ = [
+    "INTROSPECTION_ALGORITHM",
+    "InactiveTokenError",
+    "IntrospectionResponseError",
+    "parse_introspection_response",
+    "token_from_introspection",
+]
+
+INTROSPECTION_ALGORITHM = "introspection"
+"""``AccessToken.algorithm`` of a token accepted on the authorization server's word."""
+
+# The shape of a compact JWS, as bearerguard._core.jws matches it: a token of this shape is
+# verified locally; any other (opaque strings, JWE) is for the authorization server.
+_MAX_NUMERIC_DATE = 253_402_300_799.0  # as in bearerguard._core.claims
+_STRING_MEMBERS = ("scope", "client_id", "username", "token_type", "sub", "iss", "jti")
+_TIME_MEMBERS = ("exp", "iat", "nbf")
+
+
+class InactiveTokenError(InvalidTokenError):
+    """The authorization server says the token is not active (RFC 7662 §2.2).
+
+    It does not say why: expired, revoked, never issued, or not for this resource server.
+    """
+
+    reason = "inactive"
+    description = "The access token is not active."
+
+
+class IntrospectionResponseError(ValueError):
+    """The introspection endpoint's answer does not follow RFC 7662 §2.2."""
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise IntrospectionResponseError("duplicate JSON member name")
+    return result
+
+
+def _refuse_constant(name: str) -> Any:
+    raise IntrospectionResponseError(f"JSON constant {name} is not allowed")
+
+
+def _numeric_date(value: Any, name: str) -> None:
+    # bool is an int subclass: true is not a date.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise IntrospectionResponseError(f"{name!r} is not a number")
+    if not (math.isfinite(value) and 0 <= value <= _MAX_NUMERIC_DATE):
+        raise IntrospectionResponseError(f"{name!r} is out of range")
+
+
+def parse_introspection_response(body: bytes) -> dict[str, Any]:
+    """Parse an introspection response body strictly (RFC 7662 §2.2).
+
+    The body must be a UTF-8 JSON object without duplicate members whose ``active`` is a
+    JSON boolean. For an active token, ``scope``, ``client_id``, ``username``,
+    ``token_type``, ``sub``, ``iss`` and ``jti`` must be strings when present, ``exp``,
+    ``iat`` and ``nbf`` NumericDates, and ``aud`` a string or a non-empty array of strings.
+    An inactive answer is reduced to ``{"active": False}``: RFC 7662 §2.2 gives its other
+    members no meaning.
+
+    Raises:
+        IntrospectionResponseError: anything else.
+    """
+    try:
+        value = json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_refuse_duplicates,
+            parse_constant=_refuse_constant,
+        )
+    except IntrospectionResponseError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise IntrospectionResponseError("the body is not UTF-8 JSON") from exc
+    if not isinstance(value, dict):
+        raise IntrospectionResponseError("the body is not a JSON object")
+    active = value.get("active")
+    if not isinstance(active, bool):
+        raise IntrospectionResponseError("'active' is missing or not a JSON boolean")
+    if not active:
+        return {"active": False}
+    for name in _STRING_MEMBERS:
+        if name in value and not isinstance(value[name], str):
+            raise IntrospectionResponseError(f"{name!r} is not a string")
+    for name in _TIME_MEMBERS:
+        if name in value:
+            _numeric_date(value[name], name)
+    if "aud" in value:
+        aud = value["aud"]
+        audiences = [aud] if isinstance(aud, str) else aud
+        if not (
+            isinstance(audiences, list)
+            and audiences
+            and all(isinstance(item, str) for item in audiences)
+        ):
+            raise IntrospectionResponseError("'aud' is not a string or array of strings")
+    return value
+
+
+def token_from_introspection(
+    claims: Mapping[str, Any],
+    *,
+    policy: ClaimsPolicy,
+    scope_paths: tuple[tuple[str, ...], ...],
+    now: float,
+    fingerprint: str,
+    raw: str,
+) -> AccessToken:
+    """Accept or refuse a token on the authorization server's answer about it.
+
+    ``claims`` is an answer already checked by ``parse_introspection_response``. The token
+    is accepted when the answer says ``active: true``; ``exp`` is present and, with the
+    policy's leeway, not passed (nor ``nbf`` and ``iat`` in the future); ``iss``, when
+    present, equals the trusted issuer; ``aud``, when present, names one of the policy's
+    audiences; and the policy's required claims, maximum age and custom checks pass. RFC 7662
+    §2.2 makes ``iss`` and ``aud`` optional: list them in ``required_claims`` to demand them.
+
+    Raises:
+        InvalidTokenError: a subclass naming the first rule broken (``InactiveTokenError``
+            when the answer says inactive).
+    """
+    if claims.get("active") is not True:
+        raise InactiveTokenError("the authorization server says the token is not active")
+    iss = claims.get("iss")
+    if iss is not None and iss != policy.issuer:
+        raise InvalidIssuerError(f"introspected iss {str(iss)[:200]!r} is not trusted")
+    aud = claims.get("aud")
+    audiences: tuple[str, ...] = ()
+    if aud is not None:
+        audiences = (aud,) if isinstance(aud, str) else tuple(aud)
+        if policy.audiences.isdisjoint(audiences):
+            raise InvalidAudienceError("introspected aud does not name this resource server")
+    times = check_times(claims, policy, now)
+    run_checks(claims, policy)
+    return AccessToken(
+        subject=claims.get("sub"),
+        scopes=read_scopes(claims, scope_paths),
+        claims=MappingProxyType(dict(claims)),
+        token_id=claims.get("jti"),
+        client_id=claims.get("client_id"),
+        issuer=policy.issuer,
+        audience=audiences,
+        expires_at=_utc(times.expires_at),
+        issued_at=None if times.issued_at is None else _utc(times.issued_at),
+        key_id=None,
+        algorithm=INTROSPECTION_ALGORITHM,
+        fingerprint=fingerprint,
+        raw=raw,
+    )
+
+
+def _utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, timezone.utc)

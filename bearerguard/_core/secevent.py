@@ -1,0 +1,272 @@
+"""Security Event Tokens (RFC 8417) judged, and turned into subject cut-offs.
+
+Pure code: a SET's verified header and claims come in, with ``now``; out comes either the
+RFC 8935 §2.4 error to answer with, or the plan: which subjects to cut off as of when, and
+which events are acknowledged without action (and why). Receiving, verifying signatures,
+de-duplicating and applying the plan live in ``bearerguard.events``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CAEP_CREDENTIAL_CHANGE",
+    "CAEP_SESSION_REVOKED",
+    "RISC_ACCOUNT_DISABLED",
+    "RISC_ACCOUNT_PURGED",
+    "RISC_CREDENTIAL_COMPROMISE",
+    "SUBJECT_CUTOFF_EVENTS",
+    "EventPlan",
+    "IgnoredEvent",
+    "SecurityEventError",
+    "SubjectCutoff",
+    "plan_security_event",
+]
+
+_CAEP = "https://schemas.openid.net/secevent/caep/event-type/"
+_RISC = "https://schemas.openid.net/secevent/risc/event-type/"
+CAEP_SESSION_REVOKED = _CAEP + "session-revoked"
+CAEP_CREDENTIAL_CHANGE = _CAEP + "credential-change"
+RISC_ACCOUNT_DISABLED = _RISC + "account-disabled"
+RISC_ACCOUNT_PURGED = _RISC + "account-purged"
+RISC_CREDENTIAL_COMPROMISE = _RISC + "credential-compromise"
+SUBJECT_CUTOFF_EVENTS: frozenset[str] = frozenset(
+    {
+        CAEP_SESSION_REVOKED,
+        CAEP_CREDENTIAL_CHANGE,
+        RISC_ACCOUNT_DISABLED,
+        RISC_ACCOUNT_PURGED,
+        RISC_CREDENTIAL_COMPROMISE,
+    }
+)
+"""Event types that cut off every token of their subject issued up to the event."""
+
+# RFC 8417 §2.3: "secevent+jwt", with or without the "application/" prefix (RFC 7515
+# §4.1.9), compared case-insensitively as media types are.
+_SET_TYPES = frozenset({"secevent+jwt", "application/secevent+jwt"})
+_MAX_NUMERIC_DATE = 253_402_300_799.0
+_MAX_JTI = 256
+# The members of an OpenID SSF complex subject.
+_COMPLEX_MEMBERS = frozenset(
+    {"user", "device", "session", "application", "tenant", "org_unit", "group"}
+)
+
+_DESCRIPTIONS = {
+    "invalid_request": "The request is not an acceptable Security Event Token.",
+    "invalid_key": "The SET is not signed with a key this recipient accepts.",
+    "invalid_issuer": "The SET issuer is not trusted by this recipient.",
+    "invalid_audience": "The SET audience does not name this recipient.",
+    "authentication_failed": "The SET signature does not verify.",
+    "access_denied": "The SET transmitter may not send this SET to this recipient.",
+}
+
+
+class SecurityEventError(Exception):
+    """A SET refused with an RFC 8935 §2.4 error code.
+
+    Args:
+        err: the error code.
+        detail: what exactly was wrong, for the audit log only.
+        description: the sentence sent back; a fixed one per code by default.
+    """
+
+    def __init__(self, err: str, detail: str, description: str | None = None) -> None:
+        super().__init__(detail)
+        self.err = err
+        self.detail = detail
+        self.description = description or _DESCRIPTIONS[err]
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectCutoff:
+    """Refuse every token of ``subject`` issued at or before ``issued_before``."""
+
+    event_type: str
+    subject: str
+    issued_before: float
+
+
+@dataclass(frozen=True, slots=True)
+class IgnoredEvent:
+    """An event acknowledged without action, and why."""
+
+    event_type: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventPlan:
+    """What one valid SET asks for."""
+
+    jti: str
+    issued_at: float
+    event_types: tuple[str, ...]
+    cutoffs: tuple[SubjectCutoff, ...]
+    ignored: tuple[IgnoredEvent, ...]
+
+
+def _invalid(detail: str) -> SecurityEventError:
+    return SecurityEventError("invalid_request", detail)
+
+
+def _numeric_date(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _invalid(f"{name} is not a NumericDate")
+    number = float(value)
+    if not (math.isfinite(number) and 0 <= number <= _MAX_NUMERIC_DATE):
+        raise _invalid(f"{name} is out of range")
+    return number
+
+
+@dataclass(frozen=True, slots=True)
+class _Unsupported:
+    """A well-formed subject this recipient cannot map to a token's ``sub``: acknowledged."""
+
+    why: str
+
+
+def _subject_of(identifier: Any, issuer: str, *, nested: bool = False) -> str | _Unsupported:
+    """The ``sub`` an RFC 9493 subject identifier names (``iss_sub`` or ``opaque``), or why
+    it names none we act on (another issuer's ``iss_sub``, another format).
+
+    Raises:
+        SecurityEventError: the identifier is malformed.
+    """
+    if not isinstance(identifier, dict):
+        raise _invalid("a subject identifier is not a JSON object")
+    # "format" (RFC 9493 §3); "subject_type" in the RISC and CAEP drafts before it.
+    fmt = identifier.get("format", identifier.get("subject_type"))
+    if fmt is None and not nested and not _COMPLEX_MEMBERS.isdisjoint(identifier):
+        # A complex subject (OpenID SSF 1.0 §3.2): act on its user, if it names one.
+        if "user" in identifier:
+            return _subject_of(identifier["user"], issuer, nested=True)
+        return _Unsupported("a complex subject without a user")
+    if not isinstance(fmt, str):
+        raise _invalid("a subject identifier has no format")
+    if fmt == "iss_sub":  # RFC 9493 §3.2.5
+        iss, sub = identifier.get("iss"), identifier.get("sub")
+        if not (isinstance(iss, str) and isinstance(sub, str) and sub):
+            raise _invalid("an iss_sub identifier lacks iss or sub")
+        if iss != issuer:
+            return _Unsupported("an iss_sub identifier of another issuer")
+        return sub
+    if fmt == "opaque":  # RFC 9493 §3.2.4: the id the issuer uses, taken as the token's sub
+        value = identifier.get("id")
+        if not (isinstance(value, str) and value):
+            raise _invalid("an opaque identifier lacks id")
+        return value
+    if fmt == "aliases" and not nested:  # RFC 9493 §3.2.7: any one of them will do
+        aliases = identifier.get("identifiers")
+        if not (isinstance(aliases, list) and aliases):
+            raise _invalid("an aliases identifier lacks identifiers")
+        for alias in aliases:
+            found = _subject_of(alias, issuer, nested=True)
+            if isinstance(found, str):
+                return found
+        return _Unsupported("no supported identifier among aliases")
+    return _Unsupported(f"subject format {fmt[:64]!r} is not supported")
+
+
+def _check_envelope(
+    header: Mapping[str, Any],
+    claims: Mapping[str, Any],
+    *,
+    issuer: str,
+    audiences: Collection[str],
+    now: float,
+    leeway: float,
+) -> tuple[str, float, dict[str, Any]]:
+    typ = header.get("typ")
+    if not isinstance(typ, str) or typ.lower() not in _SET_TYPES:
+        # RFC 8417 §2.3 explicit typing keeps an access token or ID token from being
+        # accepted as a SET (and the reverse, RFC 8725 §3.11).
+        raise _invalid(f"typ is {str(typ)[:64]!r}, not secevent+jwt")
+    iss = claims.get("iss")
+    if iss != issuer:
+        raise SecurityEventError("invalid_issuer", f"iss {str(iss)[:200]!r} is not trusted")
+    aud = claims.get("aud")
+    named = [aud] if isinstance(aud, str) else aud
+    if not isinstance(named, list) or not any(
+        isinstance(item, str) and item in audiences for item in named
+    ):
+        raise SecurityEventError("invalid_audience", "aud does not name this recipient")
+    if "iat" not in claims:
+        raise _invalid("iat is required")
+    iat = _numeric_date(claims["iat"], "iat")
+    if iat > now + leeway:
+        raise _invalid(f"iat is {iat - now:.0f}s in the future")
+    if "exp" in claims and now >= _numeric_date(claims["exp"], "exp") + leeway:
+        raise _invalid("the SET has expired")
+    jti = claims.get("jti")
+    if not (isinstance(jti, str) and 0 < len(jti) <= _MAX_JTI):
+        raise _invalid("jti is missing, not a string or too long")
+    events = claims.get("events")
+    if not (isinstance(events, dict) and events):
+        raise _invalid("events is missing or not a non-empty object")
+    for payload in events.values():
+        if not isinstance(payload, dict):
+            raise _invalid("an event payload is not a JSON object")
+    return jti, iat, events
+
+
+def plan_security_event(
+    header: Mapping[str, Any],
+    claims: Mapping[str, Any],
+    *,
+    issuer: str,
+    audiences: Collection[str],
+    now: float,
+    leeway: float,
+    cutoff_events: Collection[str] = SUBJECT_CUTOFF_EVENTS,
+) -> EventPlan:
+    """Validate a signature-verified SET and decide what it asks for.
+
+    The SET must be explicitly typed ``secevent+jwt`` (RFC 8417 §2.3), come from
+    ``issuer``, name one of ``audiences``, carry ``iat`` (not in the future beyond
+    ``leeway``), a ``jti`` and a non-empty ``events`` object of objects (RFC 8417 §2.2). A
+    SET needs no ``exp``; one that has it must not have expired.
+
+    Each event of a type in ``cutoff_events`` becomes a ``SubjectCutoff`` for its subject as
+    of its ``event_timestamp`` (CAEP), else the SET's ``iat``. The subject is the event's
+    ``subject`` member (RISC and CAEP drafts), else the SET's ``sub_id`` claim (RFC 9493
+    §4), else its ``sub`` claim; identifiers of format ``iss_sub`` (of ``issuer`` only),
+    ``opaque``, ``aliases`` holding one of those, and complex subjects with a ``user``
+    are understood. Other event types and subject formats are acknowledged, not acted on.
+
+    Raises:
+        SecurityEventError: the RFC 8935 §2.4 code to answer with.
+    """
+    jti, iat, events = _check_envelope(
+        header, claims, issuer=issuer, audiences=audiences, now=now, leeway=leeway
+    )
+    sub_id = claims.get("sub_id")
+    sub = claims.get("sub")
+    cutoffs: list[SubjectCutoff] = []
+    ignored: list[IgnoredEvent] = []
+    for event_type, payload in events.items():
+        if event_type not in cutoff_events:
+            ignored.append(IgnoredEvent(event_type, "event type not acted on"))
+            continue
+        at = iat
+        if "event_timestamp" in payload:
+            at = _numeric_date(payload["event_timestamp"], "event_timestamp")
+            if at > now + leeway:
+                raise _invalid("event_timestamp is in the future")
+        subject: str | _Unsupported
+        if "subject" in payload:
+            subject = _subject_of(payload["subject"], issuer)
+        elif sub_id is not None:
+            subject = _subject_of(sub_id, issuer)
+        elif isinstance(sub, str) and sub:
+            subject = sub  # RFC 8417 §2.2: the SET's own subject, in the issuer's namespace
+        else:
+            raise _invalid(f"no subject for {event_type[:200]!r}")
+        if isinstance(subject, _Unsupported):
+            ignored.append(IgnoredEvent(event_type, subject.why))
+        else:
+            cutoffs.append(SubjectCutoff(event_type, subject, at))
+    return EventPlan(jti, iat, tuple(events), tuple(cutoffs), tuple(ignored))

@@ -1,0 +1,399 @@
+"""Security Event Tokens pushed by the identity provider (RFC 8417, RFC 8935).
+
+``SecurityEventReceiver`` is an ASGI app to mount in the API (``Mount("/events",
+app=receiver)`` or ``Route("/events", receiver)``). The identity provider POSTs each
+Security Event Token (SET) to it; the receiver verifies the SET with the guard's own keys
+and turns the events that mean "this user's tokens must stop working" (OpenID CAEP
+``session-revoked`` and ``credential-change``, RISC ``account-disabled``, ``account-purged``
+and ``credential-compromise``) into subject cut-offs in the revocation store: every token of
+that subject issued up to the event is refused from then on, by every instance sharing the
+store.
+
+Answers (RFC 8935 §2.2-§2.4):
+
+- ``202 Accepted``: the SET is valid and has been acted on (or acknowledged: unknown event
+  types and subject formats are logged and not acted on).
+- ``400`` with ``{"err": ..., "description": ...}``: ``invalid_request`` (not a SET: not a
+  compact JWS, wrong ``typ``, missing or ill-typed claims, a ``jti`` already received),
+  ``invalid_key`` (an algorithm or key this recipient does not accept, unsigned SETs
+  included), ``authentication_failed`` (the signature does not verify), ``invalid_issuer``,
+  ``invalid_audience``.
+- ``405`` for another method, ``413`` for a body over ``max_body_bytes``, ``415`` for
+  another ``Content-Type``: with the same JSON body, ``err`` ``invalid_request``.
+- ``503`` with ``Retry-After`` when the keys or the store cannot be had: the transmitter
+  should retry, and the ``jti`` is not remembered as received.
+
+Audit events go to the guard's audit logger: ``event.received`` (event types, subjects,
+the action taken for each event) and ``event.rejected`` (the error code and reason).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from cachetools import LRUCache
+from starlette.types import Receive, Scope, Send
+
+from bearerguard._core.refusal import RETRY_AFTER_SECONDS
+from bearerguard._core.secevent import (
+    CAEP_CREDENTIAL_CHANGE,
+    CAEP_SESSION_REVOKED,
+    RISC_ACCOUNT_DISABLED,
+    RISC_ACCOUNT_PURGED,
+    RISC_CREDENTIAL_COMPROMISE,
+    SUBJECT_CUTOFF_EVENTS,
+    EventPlan,
+    SecurityEventError,
+    plan_security_event,
+)
+from bearerguard._core.times import Instant
+from bearerguard.errors import (
+    BadSignatureError,
+    ConfigurationError,
+    MalformedTokenError,
+    ServiceUnavailableError,
+    UnknownKeyError,
+    UnsupportedAlgorithmError,
+)
+from bearerguard.guard import BearerGuard
+
+__all__ = [
+    "CAEP_CREDENTIAL_CHANGE",
+    "CAEP_SESSION_REVOKED",
+    "RISC_ACCOUNT_DISABLED",
+    "RISC_ACCOUNT_PURGED",
+    "RISC_CREDENTIAL_COMPROMISE",
+    "SET_MEDIA_TYPE",
+    "SUBJECT_CUTOFF_EVENTS",
+    "SecurityEventReceiver",
+    "SubjectRevocationStore",
+]
+
+SET_MEDIA_TYPE = "application/secevent+jwt"
+"""The ``Content-Type`` of a pushed SET (RFC 8935 §2, RFC 8417 §7.2)."""
+
+_MAX_FIELD = 256
+_POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
+
+
+@runtime_checkable
+class SubjectRevocationStore(Protocol):
+    """A store that can cut off a subject's tokens (``MemoryRevocationStore``,
+    ``RedisRevocationStore``)."""
+
+    async def revoke_subject(
+        self, sub: str, issued_before: Instant | None = None, *, issuer: str | None = None
+    ) -> None:
+        """Revoke every token of ``sub`` issued at or before ``issued_before``."""
+        ...
+
+
+class _Answer(Exception):  # noqa: N818 - a response to send, raised from deep in the flow
+    def __init__(
+        self, status: int, err: str, description: str, detail: str, *, retry: bool = False
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.err = err
+        self.description = description
+        self.detail = detail
+        self.retry = retry
+
+
+def _refused(error: SecurityEventError) -> _Answer:
+    return _Answer(400, error.err, error.description, error.detail)
+
+
+def _unavailable(detail: str) -> _Answer:
+    return _Answer(
+        503,
+        "",
+        "Security events cannot be processed right now; retry later.",
+        detail,
+        retry=True,
+    )
+
+
+def _trim(value: str) -> str:
+    return value[:_MAX_FIELD]
+
+
+class SecurityEventReceiver:
+    """Receives Security Event Tokens pushed over HTTP (RFC 8935) and acts on them.
+
+    Args:
+        guard: the guard of the API; its issuer must have signed the SET, with one of its
+            trusted keys and allowed algorithms (the same JWKS, the same algorithm binding,
+            ``none`` never), and its clock and leeway apply.
+        audience: what the SET's ``aud`` must name: this receiver's identifier in the
+            identity provider's stream configuration.
+        store: where subject cut-offs go; the guard's revocation store by default (it must
+            then have ``revoke_subject``).
+        events: the event types that cut off their subject; by default CAEP
+            ``session-revoked`` and ``credential-change`` and RISC ``account-disabled``,
+            ``account-purged`` and ``credential-compromise``.
+        max_body_bytes: larger bodies are refused with 413 before being read whole.
+        replay_cache_size: how many received ``jti`` values are remembered, to refuse a
+            SET delivered twice.
+        audit_logger: a structlog-compatible logger; the guard's audit logger by default.
+
+    Raises:
+        ConfigurationError: no usable store, an empty audience or a nonsensical limit.
+    """
+
+    def __init__(
+        self,
+        *,
+        guard: BearerGuard,
+        audience: str | Sequence[str],
+        store: SubjectRevocationStore | None = None,
+        events: Iterable[str] = SUBJECT_CUTOFF_EVENTS,
+        max_body_bytes: int = 64 * 1024,
+        replay_cache_size: int = 10_000,
+        audit_logger: Any = None,
+    ) -> None:
+        if not isinstance(guard, BearerGuard):
+            raise ConfigurationError("guard must be a BearerGuard")
+        audiences = (audience,) if isinstance(audience, str) else tuple(audience)
+        if not audiences or not all(isinstance(item, str) and item for item in audiences):
+            raise ConfigurationError("audience must be a non-empty string or strings")
+        chosen = guard.revocation if store is None else store
+        if not isinstance(chosen, SubjectRevocationStore):
+            raise ConfigurationError(
+                f"{type(chosen).__name__} has no revoke_subject: pass a store that has"
+            )
+        if max_body_bytes < 512 or replay_cache_size < 1:
+            raise ConfigurationError("max_body_bytes and replay_cache_size must be sensible")
+        self.guard = guard
+        self.audiences = frozenset(audiences)
+        self.store: SubjectRevocationStore = chosen
+        self.events = frozenset(events)
+        self.max_body_bytes = max_body_bytes
+        self._seen: LRUCache[str, bool] = LRUCache(maxsize=replay_cache_size)
+        # The guard's own audit logger, so that one configuration covers every event (AuditLog
+        # has no public accessor for it yet, hence the private attribute).
+        self._audit = audit_logger if audit_logger is not None else guard.audit.logger
+
+    def __repr__(self) -> str:
+        audiences = sorted(self.audiences)
+        return f"SecurityEventReceiver(issuer={self.guard.issuer!r}, audience={audiences!r})"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if kind != "http":
+            await send({"type": "websocket.close", "code": _POLICY_VIOLATION})
+            return
+        request = _request_fields(scope)
+        try:
+            plan = await self._receive(scope, receive)
+            await self._apply(plan)
+        except _Answer as answer:
+            self._rejected(answer, request)
+            await _respond(send, answer)
+            return
+        except _Disconnected:
+            return
+        self._received(plan, request)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 202,
+                "headers": [(b"cache-control", b"no-store"), (b"content-length", b"0")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+    # -- the flow -------------------------------------------------------------------------
+
+    async def _receive(self, scope: Scope, receive: Receive) -> EventPlan:
+        if scope.get("method") != "POST":
+            raise _Answer(405, "invalid_request", "Security events are POSTed.", "method not POST")
+        content_type, length = _headers(scope)
+        if content_type != SET_MEDIA_TYPE:
+            raise _Answer(
+                415,
+                "invalid_request",
+                f"The Content-Type must be {SET_MEDIA_TYPE}.",
+                f"content-type {content_type[:64]!r}",
+            )
+        if length is not None and length > self.max_body_bytes:
+            raise _too_large(length)
+        body = await self._body(receive)
+        try:
+            text = body.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise _refused(SecurityEventError("invalid_request", "body is not ASCII")) from None
+        header, claims = await self._verify(text)
+        guard = self.guard
+        try:
+            plan = plan_security_event(
+                header,
+                claims,
+                issuer=guard.issuer,
+                audiences=self.audiences,
+                now=guard.clock(),
+                leeway=guard.leeway,
+                cutoff_events=self.events,
+            )
+        except SecurityEventError as error:
+            raise _refused(error) from None
+        if plan.jti in self._seen:
+            raise _Answer(
+                400,
+                "invalid_request",
+                "A SET with this jti has already been received.",
+                f"duplicate jti {plan.jti[:64]!r}",
+            )
+        return plan
+
+    async def _body(self, receive: Receive) -> bytes:
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                raise _too_large(len(body))
+            if not message.get("more_body", False):
+                return bytes(body)
+
+    async def _verify(self, text: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        try:
+            return await self.guard.verify_signed(text)
+        except MalformedTokenError as exc:
+            raise _refused(SecurityEventError("invalid_request", str(exc))) from None
+        except (UnsupportedAlgorithmError, UnknownKeyError) as exc:
+            raise _refused(SecurityEventError("invalid_key", str(exc))) from None
+        except BadSignatureError as exc:
+            raise _refused(SecurityEventError("authentication_failed", str(exc))) from None
+        except ServiceUnavailableError as exc:
+            raise _unavailable(f"keys unavailable: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any other refusal of the JWS: not a SET we take
+            raise _refused(
+                SecurityEventError("invalid_request", f"{type(exc).__name__}: {exc}"[:200])
+            ) from None
+
+    async def _apply(self, plan: EventPlan) -> None:
+        # Marked before the awaits, so a copy arriving meanwhile is refused, and forgotten
+        # if the store fails, so the transmitter's retry is acted on.
+        self._seen[plan.jti] = True
+        try:
+            for cutoff in plan.cutoffs:
+                await self.store.revoke_subject(
+                    cutoff.subject, cutoff.issued_before, issuer=self.guard.issuer
+                )
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the SET was not acted on
+            self._seen.pop(plan.jti, None)
+            raise _unavailable(f"store failed: {type(exc).__name__}: {exc}"[:200]) from None
+
+    # -- audit ----------------------------------------------------------------------------
+
+    def _received(self, plan: EventPlan, request: dict[str, Any]) -> None:
+        actions: list[dict[str, Any]] = [
+            {
+                "event": _trim(cutoff.event_type),
+                "action": "revoke_subject",
+                "sub": _trim(cutoff.subject),
+                "issued_before": cutoff.issued_before,
+            }
+            for cutoff in plan.cutoffs
+        ]
+        actions += [
+            {"event": _trim(ignored.event_type), "action": "ignored", "why": ignored.why}
+            for ignored in plan.ignored
+        ]
+        self._audit.info(
+            "event.received",
+            outcome="accepted",
+            status=202,
+            iss=self.guard.issuer,
+            jti=_trim(plan.jti),
+            event_types=[_trim(event) for event in plan.event_types],
+            subjects=sorted({_trim(cutoff.subject) for cutoff in plan.cutoffs}),
+            actions=actions,
+            **request,
+        )
+
+    def _rejected(self, answer: _Answer, request: dict[str, Any]) -> None:
+        log = self._audit.error if answer.status >= 500 else self._audit.warning
+        log(
+            "event.rejected",
+            outcome="error" if answer.status >= 500 else "deny",
+            status=answer.status,
+            err=answer.err or None,
+            reason=answer.detail,
+            **request,
+        )
+
+
+class _Disconnected(Exception):  # noqa: N818 - the client went away: nothing to answer
+    pass
+
+
+def _too_large(size: int) -> _Answer:
+    return _Answer(413, "invalid_request", "The SET is too large.", f"body of {size} bytes")
+
+
+def _headers(scope: Scope) -> tuple[str, int | None]:
+    content_type = ""
+    length: int | None = None
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            content_type = value.decode("latin-1").partition(";")[0].strip().lower()
+        elif name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                raise _Answer(
+                    400, "invalid_request", "Content-Length is invalid.", "bad content-length"
+                ) from None
+    return content_type, length
+
+
+def _request_fields(scope: Scope) -> dict[str, Any]:
+    client = scope.get("client")
+    request_id = None
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            request_id = value.decode("latin-1")[:128]
+    return {
+        "method": str(scope.get("method", ""))[:16],
+        "path": str(scope.get("path", ""))[:512],
+        "client": client[0] if client else None,
+        "request_id": request_id,
+    }
+
+
+async def _respond(send: Send, answer: _Answer) -> None:
+    document: dict[str, str] = {"description": answer.description}
+    if answer.err:
+        document = {"err": answer.err, **document}
+    body = json.dumps(document).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"cache-control", b"no-store"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if answer.status == 405:
+        headers.append((b"allow", b"POST"))
+    if answer.retry:
+        headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # Served on its own (not mounted), the receiver still completes the lifespan protocol.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

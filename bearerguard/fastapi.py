@@ -1,0 +1,479 @@
+"""FastAPI glue: a ``Security`` dependency that requires scopes and injects the token.
+
+    bearer = BearerAuth(guard)
+    app = FastAPI()
+    bearer.install(app)  # RFC 6750 answers, and 401/403 and any-of scopes in OpenAPI
+
+    @app.get("/items")
+    async def items(token: Annotated[AccessToken, bearer.requires("items:read")]) -> ...
+
+    @app.delete("/items/{item_id}", dependencies=[bearer.requires_any("items:delete", "admin")])
+    async def delete(item_id: int) -> ...
+
+    router = APIRouter(dependencies=[bearer.requires("admin")])  # a whole router
+    bearer.protect(app)  # or a whole app: a valid token on every operation
+
+``BearerAuth`` is a FastAPI security scheme, so the OpenAPI document names it and lists,
+per operation, the scopes it needs: Swagger UI shows the padlock and its "Authorize" button
+takes a bearer JWT (or runs OAuth 2.0 flows, with ``oauth2_flows``). Scopes declared with
+``Security(bearer, scopes=[...])`` anywhere in an operation's dependencies add up (all-of,
+as FastAPI's ``SecurityScopes`` do); ``requires_any`` is one-of. The guard's
+``scope_implications`` apply to both.
+
+It works with ``BearerGuardMiddleware`` in front (it then reuses the middleware's verdict:
+one verification, one audit event) or without it (it verifies the token itself). Like any
+FastAPI dependency it runs before the body is validated, so an under-scoped request gets
+403, never 422 with validation details. Refusals are RFC 6750 answers; without the
+middleware, ``install(app)`` is what gives them the RFC 6750 JSON body (FastAPI's default
+handler would answer ``{"detail": ...}``, with the right status and challenge).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from time import perf_counter
+from typing import Any, NoReturn
+
+try:
+    import fastapi.routing
+    from fastapi import FastAPI, Security
+    from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+    from fastapi.openapi.models import OAuth2 as OAuth2Model
+    from fastapi.openapi.models import OAuthFlows as OAuthFlowsModel
+    from fastapi.routing import APIRoute, APIRouter
+    from fastapi.security import SecurityScopes
+    from fastapi.security.base import SecurityBase
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "bearerguard.fastapi needs FastAPI: pip install fastapi (or bearerguard[dev])"
+    ) from exc
+from starlette.exceptions import HTTPException, WebSocketException
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+
+from bearerguard._context import SCOPE_KEY, Refused, RequestAuth, current_auth, refusal_for
+from bearerguard._core.extract import request_credentials
+from bearerguard._core.paths import PublicPaths
+from bearerguard._core.refusal import Refusal
+from bearerguard._core.scopes import validate_scope_names
+from bearerguard.audit import RequestInfo
+from bearerguard.decorators import REQUIREMENT_ATTRIBUTE, ScopeRequirement, check_scopes
+from bearerguard.errors import AuthError, ConfigurationError
+from bearerguard.guard import BearerGuard
+from bearerguard.token import AccessToken
+
+__all__ = ["BearerAuth", "BearerRefusal", "oauth2_flows"]
+
+_log = logging.getLogger("bearerguard")
+_POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
+_NO_PUBLIC_PATHS = PublicPaths(())
+_MAX_ALTERNATIVES = 64  # any-of groups multiply; past this the document lists the groups
+_ERROR_SCHEMA = "BearerError"
+
+
+class BearerRefusal(HTTPException):
+    """A refusal raised by ``BearerAuth`` when no middleware is in front to answer it.
+
+    An ``HTTPException``, so that even without ``BearerAuth.install`` the answer has the
+    right status and ``WWW-Authenticate`` challenge (never a 500); with it, the body is the
+    RFC 6750 one.
+    """
+
+    def __init__(self, error: AuthError, refusal: Refusal) -> None:
+        headers = {name: value for name, value in refusal.headers if name != "content-type"}
+        super().__init__(refusal.status, error.description, headers)
+        self.error = error
+        self.refusal = refusal
+
+
+async def _answer_refusal(request: Request, exc: Exception) -> Response:
+    refusal = exc.refusal if isinstance(exc, BearerRefusal | Refused) else None
+    if refusal is None:  # pragma: no cover - registered for these two classes only
+        raise exc
+    return Response(refusal.body, status_code=refusal.status, headers=dict(refusal.headers))
+
+
+def _never_called(refusal: Refusal) -> Any:  # pragma: no cover - marks dependency verdicts
+    raise AssertionError("a dependency verdict has no framework responder")
+
+
+def oauth2_flows(
+    metadata: Mapping[str, Any],
+    *,
+    scopes: Mapping[str, str] | Iterable[str] = (),
+    flows: Sequence[str] = ("authorizationCode",),
+) -> OAuthFlowsModel:
+    """OpenAPI OAuth 2.0 flows built from an authorization server's metadata (RFC 8414 §2).
+
+    Args:
+        metadata: the issuer's metadata document (``authorization_endpoint``,
+            ``token_endpoint``), as fetched from its discovery URL.
+        scopes: the scopes Swagger UI offers, with descriptions, or just their names.
+        flows: which flows to describe: ``"authorizationCode"`` (with PKCE in Swagger UI)
+            and/or ``"clientCredentials"``.
+
+    Raises:
+        ConfigurationError: the metadata lacks an endpoint a requested flow needs.
+    """
+    described = dict(scopes) if isinstance(scopes, Mapping) else {name: name for name in scopes}
+    built: dict[str, Any] = {}
+    token_url = metadata.get("token_endpoint")
+    for flow in flows:
+        if not isinstance(token_url, str):
+            raise ConfigurationError("the issuer metadata has no token_endpoint")
+        if flow == "authorizationCode":
+            authorize = metadata.get("authorization_endpoint")
+            if not isinstance(authorize, str):
+                raise ConfigurationError("the issuer metadata has no authorization_endpoint")
+            built[flow] = {
+                "authorizationUrl": authorize,
+                "tokenUrl": token_url,
+                "scopes": described,
+            }
+        elif flow == "clientCredentials":
+            built[flow] = {"tokenUrl": token_url, "scopes": described}
+        else:
+            raise ConfigurationError(f"unsupported flow {flow!r}")
+    return OAuthFlowsModel.model_validate(built)
+
+
+def _describe(scope: Mapping[str, Any]) -> RequestInfo:
+    client = scope.get("client")
+    request_id = next((v for n, v in scope.get("headers", ()) if n == b"x-request-id"), None)
+    return RequestInfo(
+        scope.get("method", "WEBSOCKET"),
+        scope.get("path", ""),
+        client[0] if client else None,
+        request_id.decode("latin-1") if request_id else None,
+    )
+
+
+class BearerAuth(SecurityBase):
+    """A FastAPI security scheme whose dependency verifies the token and its scopes.
+
+    Args:
+        guard: the configured guard.
+        scheme_name: the security scheme's name in the OpenAPI document.
+        description: its description there.
+        oauth2_flows: describe the scheme as OAuth 2.0 with these flows (see
+            ``oauth2_flows``) instead of an HTTP bearer JWT, so that Swagger UI's
+            "Authorize" obtains a token from the issuer. Verification is the same.
+
+    Use it as ``Security(bearer, scopes=[...])`` or through ``requires`` and
+    ``requires_any``; the dependency's value is the ``AccessToken``.
+
+    Raises:
+        ConfigurationError: ``guard`` is not a ``BearerGuard``.
+    """
+
+    def __init__(
+        self,
+        guard: BearerGuard,
+        *,
+        scheme_name: str = "bearerAuth",
+        description: str | None = None,
+        oauth2_flows: OAuthFlowsModel | None = None,
+    ) -> None:
+        if not isinstance(guard, BearerGuard):
+            raise ConfigurationError("guard must be a BearerGuard")
+        self.guard = guard
+        self.scheme_name = scheme_name
+        text = description or "An OAuth 2.0 access token (JWT) in the Authorization header."
+        self.model = (
+            HTTPBearerModel(bearerFormat="JWT", description=text)
+            if oauth2_flows is None
+            else OAuth2Model(flows=oauth2_flows, description=text)
+        )
+        self._warned: set[int] = set()
+
+    def __repr__(self) -> str:
+        return f"BearerAuth({self.guard!r})"
+
+    # -- the dependency -------------------------------------------------------------------
+
+    async def __call__(
+        self, connection: HTTPConnection, security_scopes: SecurityScopes
+    ) -> AccessToken:
+        """Verify the request's token and the scopes the operation declared (all of them).
+
+        Raises:
+            Refused, BearerRefusal: the RFC 6750 refusal, already audited.
+            WebSocketException: on a websocket, code 1008 (before ``accept``).
+        """
+        required = tuple(security_scopes.scopes)
+        auth = await self._authenticate(connection, required)
+        return self._check(connection, auth, required, any_of=False)
+
+    async def _authenticate(
+        self, connection: HTTPConnection, required: tuple[str, ...]
+    ) -> RequestAuth:
+        scope = connection.scope
+        found = scope.get(SCOPE_KEY)
+        if isinstance(found, RequestAuth) and found.guard is self.guard:
+            return found  # the middleware's verdict, or this dependency's earlier one
+        guard = self.guard
+        started = perf_counter()
+        authorization = [value for name, value in scope["headers"] if name == b"authorization"]
+        try:
+            raw = request_credentials(
+                authorization,
+                scope.get("query_string", b""),
+                scope["path"],
+                _NO_PUBLIC_PATHS,
+                max_bytes=guard.max_token_bytes,
+            )
+            # request_credentials refuses a missing token on a non-public path.
+            token = await guard.authenticate(raw or "")
+        except AuthError as error:
+            guard.audit.refused(error, _describe(scope), perf_counter() - started)
+            self._raise(
+                connection, error, refusal_for(guard, error, required), from_middleware=False
+            )
+        info = _describe(scope)
+        request = (info.method, info.path, info.client, info.request_id)
+        auth = RequestAuth(
+            guard,
+            token,
+            started,
+            request,
+            _never_called,
+            websocket=scope["type"] == "websocket",
+        )
+        guard.audit.accepted(token, auth, perf_counter() - started)
+        scope[SCOPE_KEY] = auth
+        current_auth.set(auth)  # get_access_token() in the handler; the task ends with it
+        return auth
+
+    def _check(
+        self,
+        connection: HTTPConnection,
+        auth: RequestAuth,
+        required: tuple[str, ...],
+        *,
+        any_of: bool,
+    ) -> AccessToken:
+        denied = check_scopes(auth, required, any_of=any_of)
+        if denied is not None:
+            error, refusal = denied
+            self._raise(
+                connection, error, refusal, from_middleware=auth.respond is not _never_called
+            )
+        assert auth.token is not None  # noqa: S101 - check_scopes refuses a missing token
+        return auth.token
+
+    def _raise(
+        self,
+        connection: HTTPConnection,
+        error: AuthError,
+        refusal: Refusal,
+        *,
+        from_middleware: bool,
+    ) -> NoReturn:
+        if connection.scope["type"] == "websocket":
+            raise WebSocketException(code=_POLICY_VIOLATION, reason=error.reason)
+        if from_middleware:
+            raise Refused(error, refusal)  # the middleware sends it
+        app = connection.scope.get("app")
+        handlers = getattr(app, "exception_handlers", {})
+        if BearerRefusal not in handlers and id(app) not in self._warned:
+            self._warned.add(id(app))
+            _log.warning(
+                "bearerguard: BearerAuth refusals get FastAPI's {'detail'} body; call "
+                "bearer.install(app) for the RFC 6750 body"
+            )
+        raise BearerRefusal(error, refusal)
+
+    # -- declaring requirements -----------------------------------------------------------
+
+    def requires(self, *scopes: str) -> Any:
+        """``Security(self, scopes=scopes)``: a valid token granting every one of ``scopes``.
+
+        With no scopes, any valid token. Use it in ``dependencies=[...]`` of an operation,
+        a router or the app, or as ``Annotated[AccessToken, bearer.requires(...)]``.
+
+        Raises:
+            ConfigurationError: a scope name with white space.
+        """
+        names = validate_scope_names(scopes) if scopes else ()
+        return Security(self, scopes=list(names))
+
+    def requires_any(self, *scopes: str) -> Any:
+        """A valid token granting at least one of ``scopes``; the dependency's value is it.
+
+        Raises:
+            ConfigurationError: no scopes, or a scope name with white space.
+        """
+        required = validate_scope_names(scopes)
+        bearer = self
+
+        async def any_scope(
+            connection: HTTPConnection, security_scopes: SecurityScopes
+        ) -> AccessToken:
+            # The all-of scopes declared around this dependency still apply.
+            auth = await bearer._authenticate(connection, tuple(security_scopes.scopes))
+            bearer._check(connection, auth, tuple(security_scopes.scopes), any_of=False)
+            return bearer._check(connection, auth, required, any_of=True)
+
+        setattr(any_scope, REQUIREMENT_ATTRIBUTE, ScopeRequirement(required, any_of=True))
+        any_scope.__qualname__ = f"requires_any({', '.join(required)})"
+        return Security(any_scope)
+
+    # -- applications ---------------------------------------------------------------------
+
+    def install(self, app: FastAPI) -> FastAPI:
+        """Answer refusals with the RFC 6750 body, and document them in ``app``'s OpenAPI.
+
+        Registers the exception handler for ``BearerRefusal``, and makes ``app.openapi()``
+        list, per operation that needs a token, the scopes (any-of as alternatives), the
+        scheme (also for operations protected by ``requires_scopes`` behind the
+        middleware), and the 401 and 403 responses. Returns ``app``.
+        """
+        app.add_exception_handler(BearerRefusal, _answer_refusal)
+        app.add_exception_handler(Refused, _answer_refusal)
+        generate = app.openapi
+        documented: list[dict[str, Any]] = []  # the schema already documented, held on to
+
+        def openapi() -> dict[str, Any]:
+            schema = generate()
+            if not documented or documented[0] is not schema:
+                self._document(schema, app.routes)  # once per schema FastAPI generates
+                documented[:] = [schema]
+            return schema
+
+        app.openapi = openapi  # type: ignore[method-assign]
+        return app
+
+    def protect(self, target: FastAPI | APIRouter, *scopes: str) -> None:
+        """Require a valid token (granting every one of ``scopes``) on every operation.
+
+        For an app this also calls ``install``. Call it before adding routes: FastAPI
+        applies router-wide dependencies to the routes added afterwards.
+
+        Raises:
+            ConfigurationError: ``target`` already has path operations, which would stay
+                unprotected.
+        """
+        router = target.router if isinstance(target, FastAPI) else target
+        if any(True for _ in _api_routes(router.routes)):
+            raise ConfigurationError(
+                "protect() before adding path operations: existing ones would stay unprotected"
+            )
+        router.dependencies.append(self.requires(*scopes))
+        if isinstance(target, FastAPI):
+            self.install(target)
+
+    # -- the OpenAPI document -------------------------------------------------------------
+
+    def _document(self, schema: dict[str, Any], routes: Iterable[Any]) -> None:
+        name = self.scheme_name
+        paths = schema.get("paths", {})
+        used = False
+        for route in _api_routes(routes):
+            if not route.include_in_schema:
+                continue
+            groups = _any_of_groups(route)
+            endpoint_requirement = getattr(route.endpoint, REQUIREMENT_ATTRIBUTE, None)
+            for method in sorted(route.methods or ()):
+                operation = paths.get(route.path_format, {}).get(method.lower())
+                if operation is None:
+                    continue
+                security = operation.get("security", [])
+                mine = [entry for entry in security if name in entry]
+                all_of = [scope for entry in mine for scope in entry[name]]
+                alternatives = list(groups)
+                if isinstance(endpoint_requirement, ScopeRequirement):
+                    if endpoint_requirement.any_of:
+                        alternatives.append(endpoint_requirement.scopes)
+                    else:
+                        all_of.extend(endpoint_requirement.scopes)
+                if not mine and not alternatives and endpoint_requirement is None:
+                    continue
+                used = True
+                others = [entry for entry in security if name not in entry]
+                operation["security"] = others + _requirements(name, all_of, alternatives)
+                _document_refusals(operation, scoped=bool(all_of or alternatives))
+        if used:
+            components = schema.setdefault("components", {})
+            components.setdefault("securitySchemes", {})[name] = self.model.model_dump(
+                by_alias=True, exclude_none=True, mode="json"
+            )
+            components.setdefault("schemas", {})[_ERROR_SCHEMA] = {
+                "type": "object",
+                "title": _ERROR_SCHEMA,
+                "description": "An RFC 6750 error answer.",
+                "properties": {
+                    "error": {"type": "string"},
+                    "error_description": {"type": "string"},
+                },
+                "required": ["error", "error_description"],
+            }
+
+
+def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """Every path operation, with the dependencies and path it has where it is mounted."""
+    contexts = getattr(fastapi.routing, "iter_route_contexts", None)
+    if contexts is None:  # pragma: no cover - FastAPI before included routers stayed nested
+        yield from (route for route in routes if isinstance(route, APIRoute))
+        return
+    for context in contexts(list(routes)):
+        if isinstance(context.original_route, APIRoute):
+            yield context
+
+
+def _any_of_groups(route: Any) -> list[tuple[str, ...]]:
+    """The ``requires_any`` groups among the route's dependencies, in order, once each."""
+    groups: list[tuple[str, ...]] = []
+    pending = list(route.dependant.dependencies)
+    while pending:
+        dependant = pending.pop(0)
+        requirement = getattr(dependant.call, REQUIREMENT_ATTRIBUTE, None)
+        if isinstance(requirement, ScopeRequirement) and requirement.scopes not in groups:
+            groups.append(requirement.scopes)
+        pending.extend(dependant.dependencies)
+    return groups
+
+
+def _requirements(
+    name: str, all_of: list[str], alternatives: list[tuple[str, ...]]
+) -> list[dict[str, list[str]]]:
+    """Security requirement objects: OpenAPI ORs the list, ANDs the scopes of one entry."""
+    base = list(dict.fromkeys(all_of))
+    count = 1
+    for group in alternatives:
+        count *= len(group)
+    if count > _MAX_ALTERNATIVES:  # too many to list: name every scope that may be needed
+        flat = base + [scope for group in alternatives for scope in group]
+        return [{name: list(dict.fromkeys(flat))}]
+    return [
+        {name: list(dict.fromkeys(base + list(pick)))} for pick in itertools.product(*alternatives)
+    ]
+
+
+def _document_refusals(operation: dict[str, Any], *, scoped: bool) -> None:
+    responses = operation.setdefault("responses", {})
+    content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{_ERROR_SCHEMA}"}}}
+    challenge = {
+        "WWW-Authenticate": {
+            "description": "The Bearer challenge (RFC 6750 §3).",
+            "schema": {"type": "string"},
+        }
+    }
+    responses.setdefault(
+        "401",
+        {
+            "description": "No valid access token (RFC 6750 §3.1).",
+            "headers": challenge,
+            "content": content,
+        },
+    )
+    if scoped:
+        responses.setdefault(
+            "403",
+            {
+                "description": "The token lacks a required scope (insufficient_scope).",
+                "headers": challenge,
+                "content": content,
+            },
+        )

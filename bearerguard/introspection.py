@@ -1,0 +1,388 @@
+"""OAuth 2.0 Token Introspection (RFC 7662): asking the authorization server about a token.
+
+``Introspector`` posts a token to the authorization server's introspection endpoint and
+returns its answer. The guard uses it two ways:
+
+- ``BearerGuard(..., introspection=Introspector(...))`` accepts opaque (non-JWT) access
+  tokens on the authorization server's word;
+- ``IntrospectionRevocationStore`` (``bearerguard.revocation.introspection``) refuses a
+  verified JWT once the authorization server says it is no longer active.
+
+The exchange is one generator flow (cache lookup, request, strict parsing, caching) driven
+by an asynchronous and a synchronous httpx edge, like the key set fetches in
+``bearerguard.jwks``. Every failure of the endpoint raises ``IntrospectionError``: it is
+never read as an answer, active or inactive (fail closed).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import ssl
+import threading
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+from urllib.parse import quote, urlencode
+
+import anyio
+import httpx
+from cachetools import LRUCache
+
+from bearerguard._core.introspected import (
+    InactiveTokenError,
+    IntrospectionResponseError,
+    parse_introspection_response,
+)
+from bearerguard.errors import ConfigurationError, ServiceUnavailableError
+from bearerguard.jwks import USER_AGENT, check_url
+
+__all__ = [
+    "InactiveTokenError",
+    "IntrospectionError",
+    "IntrospectionResult",
+    "Introspector",
+]
+
+ClientAuthMethod = Literal["client_secret_basic", "client_secret_post"]
+_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+
+
+class IntrospectionError(ServiceUnavailableError):
+    """The introspection endpoint gave no usable answer: unreachable, slow, refusing our
+    client credentials, or answering something that is not RFC 7662 JSON.
+
+    The guard fails closed on it (503 with ``Retry-After``); the message says why, and
+    never contains the token.
+    """
+
+    reason = "introspection_unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class IntrospectionResult:
+    """The authorization server's answer about one token (RFC 7662 §2.2).
+
+    Attributes:
+        active: whether the token is active; the only member RFC 7662 requires.
+        claims: every member of an active answer, read-only (``{"active": False}`` for an
+            inactive one).
+    """
+
+    active: bool
+    claims: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        """The space-delimited ``scope`` member as a set (empty when absent)."""
+        scope = self.claims.get("scope")
+        return frozenset(scope.split()) if isinstance(scope, str) else frozenset()
+
+    @property
+    def subject(self) -> str | None:
+        """The ``sub`` member, if any."""
+        return self.claims.get("sub")
+
+    @property
+    def client_id(self) -> str | None:
+        """The ``client_id`` member, if any."""
+        return self.claims.get("client_id")
+
+    @property
+    def expires_at(self) -> float | None:
+        """The ``exp`` member in epoch seconds, if any."""
+        exp = self.claims.get("exp")
+        return None if exp is None else float(exp)
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    body: bytes = field(repr=False)
+    headers: Mapping[str, str] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Response:
+    status: int
+    content_type: str | None
+    body: bytes
+
+
+_Flow = Generator[_Request, _Response, IntrospectionResult]
+"""One introspection as a generator: it yields the request to send and is sent the answer."""
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").partition(";")[0].strip().lower()
+
+
+def _error_code(body: bytes) -> str:
+    """The RFC 6749 §5.2 ``error`` of a refusal body, for the message (never the body)."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError, RecursionError):
+        return ""
+    return f" ({error[:64]!r})" if isinstance(error, str) else ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    timeout: float
+    max_bytes: int
+
+
+async def _post_async(
+    client: httpx.AsyncClient, url: str, request: _Request, limits: _Limits
+) -> _Response | IntrospectionError:
+    timeout, max_bytes = limits.timeout, limits.max_bytes
+    try:
+        with anyio.fail_after(timeout):
+            async with client.stream(
+                "POST", url, content=request.body, headers=dict(request.headers)
+            ) as response:
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > max_bytes:
+                        return IntrospectionError(f"POST {url}: body exceeds {max_bytes} bytes")
+                return _Response(
+                    response.status_code, response.headers.get("content-type"), bytes(body)
+                )
+    except TimeoutError:
+        return IntrospectionError(f"POST {url} timed out after {timeout}s")
+    except httpx.HTTPError as exc:
+        return IntrospectionError(f"POST {url} failed: {type(exc).__name__}: {exc}"[:300])
+
+
+def _post_sync(
+    client: httpx.Client, url: str, request: _Request, limits: _Limits
+) -> _Response | IntrospectionError:
+    timeout, max_bytes = limits.timeout, limits.max_bytes
+    deadline = time.monotonic() + timeout
+    try:
+        with client.stream(
+            "POST", url, content=request.body, headers=dict(request.headers)
+        ) as response:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    return IntrospectionError(f"POST {url}: body exceeds {max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    return IntrospectionError(f"POST {url} timed out after {timeout}s")
+            return _Response(
+                response.status_code, response.headers.get("content-type"), bytes(body)
+            )
+    except httpx.TimeoutException:
+        return IntrospectionError(f"POST {url} timed out after {timeout}s")
+    except httpx.HTTPError as exc:
+        return IntrospectionError(f"POST {url} failed: {type(exc).__name__}: {exc}"[:300])
+
+
+def _finish(flow: _Flow, outcome: _Response | IntrospectionError) -> IntrospectionResult:
+    """Hand the flow its one response (or failure) and return what it concludes."""
+    try:
+        if isinstance(outcome, IntrospectionError):
+            flow.throw(outcome)
+        else:
+            flow.send(outcome)
+    except StopIteration as done:
+        result: IntrospectionResult = done.value
+        return result
+    raise RuntimeError("the introspection flow asked for a second request")  # pragma: no cover
+
+
+class Introspector:
+    """Asks an authorization server whether tokens are active (RFC 7662).
+
+    Args:
+        endpoint: the introspection endpoint; https, or http on a loopback host for
+            development. Redirects are never followed.
+        client_id: this resource server's client identifier at the authorization server.
+        client_secret: its secret. RFC 7662 §2.1 requires the endpoint to authenticate its
+            callers; an endpoint that does not would tell anyone whether a token is valid.
+        auth_method: ``"client_secret_basic"`` (HTTP Basic, both parts form-urlencoded
+            first, RFC 6749 §2.3.1) or ``"client_secret_post"`` (in the form body).
+        timeout: seconds for the whole exchange, connection included.
+        max_bytes: the largest answer read.
+        cache_size: how many answers are remembered, keyed by the token's SHA-256 (never by
+            the token itself); 0 disables the cache.
+        active_ttl: how long an ``active: true`` answer is reused: keep it short, since a
+            revocation at the authorization server is seen only once it lapses. Never past
+            the answer's ``exp`` (RFC 7662 §4); 0 asks on every use.
+        inactive_ttl: how long an ``active: false`` answer is reused.
+        clock: returns epoch seconds; injectable for tests.
+
+    Raises:
+        ConfigurationError: an unusable endpoint, credentials or limit.
+
+    Answers are parsed strictly (RFC 7662 §2.2): a JSON object whose ``active`` is a JSON
+    boolean, with typed members (see ``parse_introspection_response``). Any failure (network,
+    timeout, a status other than 200, a body too large or not such JSON) raises
+    ``IntrospectionError`` and is not cached.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        client_id: str,
+        client_secret: str,
+        auth_method: ClientAuthMethod = "client_secret_basic",
+        timeout: float = 5.0,
+        max_bytes: int = 64 * 1024,
+        cache_size: int = 10_000,
+        active_ttl: float = 30.0,
+        inactive_ttl: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.endpoint = check_url(endpoint, "introspection endpoint")
+        if not (isinstance(client_id, str) and client_id):
+            raise ConfigurationError("client_id must be a non-empty string")
+        if not (isinstance(client_secret, str) and client_secret):
+            raise ConfigurationError("client_secret must be a non-empty string (RFC 7662 §2.1)")
+        if auth_method not in _AUTH_METHODS:
+            raise ConfigurationError(f"auth_method must be one of {_AUTH_METHODS}")
+        if timeout <= 0 or max_bytes < 256 or cache_size < 0:
+            raise ConfigurationError("timeout, max_bytes and cache_size must be sensible")
+        if active_ttl < 0 or inactive_ttl < 0:
+            raise ConfigurationError("active_ttl and inactive_ttl must not be negative")
+        self.client_id = client_id
+        self.auth_method = auth_method
+        self.timeout = float(timeout)
+        self.max_bytes = max_bytes
+        self.active_ttl = float(active_ttl)
+        self.inactive_ttl = float(inactive_ttl)
+        self.clock = clock
+        self._secret = client_secret
+        self._headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        if auth_method == "client_secret_basic":
+            # RFC 6749 §2.3.1: each part is form-urlencoded before the Basic encoding. quote()
+            # writes a space as %20, which form decoders and plain percent-decoders both read.
+            pair = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}"
+            self._headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        self._cache: LRUCache[bytes, tuple[IntrospectionResult, float]] | None = (
+            LRUCache(maxsize=cache_size) if cache_size > 0 else None
+        )
+        self._lock = threading.Lock()
+        self._limits = _Limits(self.timeout, max_bytes)
+        # Loading the CA bundle costs tens of milliseconds: once, not per request.
+        self._tls = ssl.create_default_context()
+
+    def __repr__(self) -> str:
+        return f"Introspector({self.endpoint!r}, client_id={self.client_id!r})"
+
+    async def introspect(self, token: str) -> IntrospectionResult:
+        """Ask whether ``token`` is active, from the cache when a fresh answer is held.
+
+        Raises:
+            IntrospectionError: the endpoint gave no usable answer.
+        """
+        flow = self._flow(token)
+        try:
+            request = next(flow)
+        except StopIteration as done:  # answered from the cache
+            cached: IntrospectionResult = done.value
+            return cached
+        async with httpx.AsyncClient(**self._client_options()) as client:
+            outcome = await _post_async(client, self.endpoint, request, self._limits)
+        return _finish(flow, outcome)
+
+    def introspect_sync(self, token: str) -> IntrospectionResult:
+        """Ask whether ``token`` is active, blocking this thread (for WSGI); as ``introspect``."""
+        flow = self._flow(token)
+        try:
+            request = next(flow)
+        except StopIteration as done:
+            cached: IntrospectionResult = done.value
+            return cached
+        with httpx.Client(**self._client_options()) as client:
+            outcome = _post_sync(client, self.endpoint, request, self._limits)
+        return _finish(flow, outcome)
+
+    def forget(self, token: str) -> None:
+        """Drop the cached answer about ``token``, if any."""
+        if self._cache is not None:
+            with self._lock:
+                self._cache.pop(hashlib.sha256(token.encode()).digest(), None)
+
+    # -- the flow both drivers share ------------------------------------------------------
+
+    def _flow(self, token: str) -> _Flow:
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self._cached(digest)
+        if cached is not None:
+            return cached
+        response = yield self._request(token)
+        result = self._result(response)
+        self._remember(digest, result)
+        return result
+
+    def _request(self, token: str) -> _Request:
+        form = {"token": token, "token_type_hint": "access_token"}  # RFC 7662 §2.1
+        if self.auth_method == "client_secret_post":
+            form |= {"client_id": self.client_id, "client_secret": self._secret}
+        return _Request(urlencode(form).encode("ascii"), self._headers)
+
+    def _result(self, response: _Response) -> IntrospectionResult:
+        where = f"introspection endpoint {self.endpoint}"
+        if response.status != 200:
+            hint = " (are client_id and client_secret right?)" if response.status == 401 else ""
+            raise IntrospectionError(
+                f"{where} answered {response.status}{_error_code(response.body)}{hint}"
+            )
+        if _media_type(response.content_type) != "application/json":
+            raise IntrospectionError(f"{where} answered {response.content_type!r}, not JSON")
+        try:
+            claims = parse_introspection_response(response.body)
+        except IntrospectionResponseError as exc:
+            raise IntrospectionError(f"{where} answered malformed JSON: {exc}") from exc
+        return IntrospectionResult(claims["active"], MappingProxyType(claims))
+
+    def _cached(self, digest: bytes) -> IntrospectionResult | None:
+        cache = self._cache
+        if cache is None:
+            return None
+        with self._lock:
+            entry = cache.get(digest)
+            if entry is None:
+                return None
+            if self.clock() < entry[1]:
+                return entry[0]
+            del cache[digest]
+        return None
+
+    def _remember(self, digest: bytes, result: IntrospectionResult) -> None:
+        cache = self._cache
+        if cache is None:
+            return
+        now = self.clock()
+        if result.active:
+            until = now + self.active_ttl
+            exp = result.expires_at
+            if exp is not None:
+                until = min(until, exp)  # RFC 7662 §4: never past the token's expiry
+        else:
+            until = now + self.inactive_ttl
+        if until > now:
+            with self._lock:
+                cache[digest] = (result, until)
+
+    def _client_options(self) -> dict[str, Any]:
+        # A short-lived client per exchange, bound to no event loop (as in jwks.py).
+        return {
+            "headers": {
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+                # Uncompressed only: a compressed body could inflate past max_bytes in one
+                # chunk before the size check sees it.
+                "Accept-Encoding": "identity",
+            },
+            "timeout": self.timeout,
+            "follow_redirects": False,
+            "trust_env": False,
+            "verify": self._tls,
+        }

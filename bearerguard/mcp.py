@@ -1,0 +1,183 @@
+"""Per-tool scopes for MCP servers over streamable HTTP, answered at the HTTP level.
+
+The MCP authorization specification asks a server to refuse a call its token's scopes do
+not cover with an HTTP 403 ``insufficient_scope`` challenge naming the scope to ask for
+(step-up authorization, RFC 6750 §3.1), so the client can obtain a broader token and retry.
+A tool function cannot answer that way: by the time it runs, the MCP transport has
+committed to a 200 stream. ``MCPToolScopes`` therefore reads the JSON-RPC message of each
+POST before the MCP app does, and refuses ``tools/call`` for a tool whose scopes the token
+lacks (with the guard's ``scope_implications`` applied).
+
+    app = BearerGuardMiddleware(
+        MCPToolScopes(server.streamable_http_app(), tools={"delete_note": ["notes:write"]}),
+        guard=guard,  # built with resource="https://notes.example/mcp"
+    )
+
+It needs no MCP package and sits inside ``BearerGuardMiddleware``, whose verdict it reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bearerguard._context import SCOPE_KEY, RequestAuth
+from bearerguard._core.scopes import validate_scope_names
+from bearerguard.decorators import check_scopes
+from bearerguard.errors import ConfigurationError
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "MCPToolScopes"]
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+"""The largest JSON-RPC POST body read for checking (the MCP SDK's own default limit)."""
+
+
+class _Unreadable(Exception):  # noqa: N818 - a signal inside this module
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two "name" members read differently by two parsers would let a call slip past the
+    # check under one name and run under another: refuse duplicates outright.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate member {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _tool_calls(body: bytes) -> list[object]:
+    """The names of the tools a JSON-RPC message (or batch) calls."""
+    try:
+        message = json.loads(
+            body.decode("utf-8"), object_pairs_hook=_strict_object, parse_constant=_no_constants
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _Unreadable(400, -32700, "Parse error") from None
+    messages = message if isinstance(message, list) else [message]
+    names: list[object] = []
+    for item in messages:
+        if isinstance(item, dict) and item.get("method") == "tools/call":
+            params = item.get("params")
+            names.append(params.get("name") if isinstance(params, dict) else None)
+    return names
+
+
+class MCPToolScopes:
+    """Require scopes per MCP tool, refusing with 403 ``insufficient_scope`` before the call.
+
+    Args:
+        app: the MCP streamable HTTP application.
+        tools: the scopes each tool needs (all of them), by tool name.
+        default: the scopes needed by a tool not named in ``tools``; none beyond a valid
+            token by default.
+        max_body_bytes: larger POST bodies are refused with 413 rather than passed on
+            unchecked.
+
+    Every refusal is the RFC 6750 answer with ``resource_metadata`` when the guard has a
+    resource, and one ``scope.denied`` audit event. A body that is not strict JSON is
+    refused with a JSON-RPC parse error (400): what cannot be checked is not passed on. A
+    batch is refused when any call in it is.
+
+    Raises:
+        ConfigurationError: an invalid scope name (here), or no ``BearerGuardMiddleware``
+            in front (at request time).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tools: Mapping[str, str | Iterable[str]],
+        default: Iterable[str] = (),
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        self.app = app
+        self.tools = {
+            name: validate_scope_names([scopes] if isinstance(scopes, str) else scopes)
+            for name, scopes in tools.items()
+        }
+        default_scopes = tuple(default)
+        self.default = validate_scope_names(default_scopes) if default_scopes else ()
+        self.max_body_bytes = max_body_bytes
+
+    def required(self, tool: object) -> tuple[str, ...]:
+        """The scopes a call of ``tool`` needs."""
+        return self.tools.get(tool, self.default) if isinstance(tool, str) else self.default
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        auth = scope.get(SCOPE_KEY)
+        if not isinstance(auth, RequestAuth):
+            raise ConfigurationError("MCPToolScopes needs BearerGuardMiddleware in front of it")
+        try:
+            body = await self._read(receive)
+            calls = _tool_calls(body)
+        except _Unreadable as unreadable:
+            await _send(
+                send,
+                unreadable.status,
+                [(b"content-type", b"application/json")],
+                json.dumps(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": None,
+                        "error": {"code": unreadable.code, "message": unreadable.message},
+                    }
+                ).encode(),
+            )
+            return
+        for tool in calls:
+            required = self.required(tool)
+            denied = check_scopes(auth, required, any_of=False) if required else None
+            if denied is not None:
+                refusal = denied[1]
+                headers = [(n.encode(), v.encode("latin-1")) for n, v in refusal.headers]
+                await _send(send, refusal.status, headers, refusal.body)
+                return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                raise _Unreadable(400, -32600, "Invalid Request")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise _Unreadable(413, -32600, "Request body too large")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

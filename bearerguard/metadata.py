@@ -1,0 +1,153 @@
+"""OAuth 2.0 Protected Resource Metadata (RFC 9728), as plain data: no I/O.
+
+A guard built with ``resource="https://api.example/mcp"`` describes itself with a metadata
+document; the middlewares serve it at its well-known URLs, and every 401 and 403 challenge
+points to it with ``resource_metadata="..."`` (RFC 9728 §5.1), so a client that only knows
+the API's URL can find the authorization server and the scopes to ask for (the discovery
+the MCP authorization specification builds on).
+
+    guard = BearerGuard(
+        issuer="https://issuer.example",
+        resource="https://api.example/mcp",  # also the audience unless one is given
+        resource_metadata=ResourceMetadata(scopes_supported=["tools:read"]),
+    )
+    guard.protected_resource.metadata_url
+    # 'https://api.example/.well-known/oauth-protected-resource/mcp'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from bearerguard._core.scopes import validate_scope_names
+from bearerguard.errors import ConfigurationError
+from bearerguard.jwks import check_url
+
+__all__ = ["WELL_KNOWN_PATH", "ProtectedResource", "ResourceMetadata", "check_resource"]
+
+WELL_KNOWN_PATH = "/.well-known/oauth-protected-resource"
+"""The well-known URI suffix registered by RFC 9728 §3."""
+
+
+def _strings(values: Iterable[str], what: str) -> tuple[str, ...]:
+    items = (values,) if isinstance(values, str) else tuple(values)
+    if not all(isinstance(item, str) and item for item in items):
+        raise ConfigurationError(f"{what} must be non-empty strings")
+    return items
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceMetadata:
+    """The parts of the metadata document that the guard's own settings do not give.
+
+    Args:
+        scopes_supported: the scopes clients may request for this resource (RFC 9728 §2);
+            omitted from the document when empty.
+        authorization_servers: issuer identifiers of the authorization servers; the guard's
+            issuer by default (RFC 9728 §2).
+        resource_name: a human-readable name of the resource.
+        resource_documentation: a URL of developer documentation.
+    """
+
+    scopes_supported: Iterable[str] = ()
+    authorization_servers: Iterable[str] = ()
+    resource_name: str | None = None
+    resource_documentation: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Further members, for registered parameters not modelled here."""
+
+
+def check_resource(resource: str) -> str:
+    """Validate a resource identifier (RFC 8707 §2, RFC 9728 §1.2).
+
+    It must be an absolute https URL (http only on a loopback host, for development) with
+    no query and no fragment, and in canonical form: lower-case scheme and host, so that
+    the ``aud`` clients obtain for it compares equal to it.
+
+    Raises:
+        ConfigurationError: any other value.
+    """
+    check_url(resource, "resource")
+    parts = urlsplit(resource)
+    if parts.query or "?" in resource:
+        raise ConfigurationError(f"resource must not have a query (RFC 9728 §1.2): {resource!r}")
+    origin = f"{parts.scheme}://{parts.netloc}"
+    if origin != origin.lower():
+        raise ConfigurationError(f"resource must use a lower-case scheme and host: {resource!r}")
+    return resource
+
+
+class ProtectedResource:
+    """The metadata of one protected resource, and where it is published.
+
+    Built by the guard from its ``resource``, ``issuer`` and ``resource_metadata``.
+
+    Attributes:
+        resource: the resource identifier.
+        document: the metadata document (RFC 9728 §2).
+        body: the document as served (JSON bytes).
+        metadata_url: the path-suffixed well-known URL (RFC 9728 §3.1), the one challenges
+            name in ``resource_metadata``.
+        paths: the request paths served: the path-suffixed form and the bare
+            ``/.well-known/oauth-protected-resource`` that some clients try next.
+    """
+
+    __slots__ = ("body", "document", "metadata_url", "paths", "resource")
+
+    def __init__(self, resource: str, issuer: str, metadata: ResourceMetadata | None) -> None:
+        metadata = metadata or ResourceMetadata()
+        servers = _strings(metadata.authorization_servers, "authorization_servers") or (issuer,)
+        scopes = tuple(metadata.scopes_supported)
+        if scopes:
+            validate_scope_names(scopes)
+        document: dict[str, Any] = {
+            "resource": resource,
+            "authorization_servers": list(servers),
+        }
+        if scopes:
+            document["scopes_supported"] = list(scopes)
+        # Only the Authorization header is accepted (RFC 6750 §2.1; §2.2 and §2.3 are not).
+        document["bearer_methods_supported"] = ["header"]
+        for name in ("resource_name", "resource_documentation"):
+            value = getattr(metadata, name)
+            if value is not None:
+                document[name] = _strings([value], name)[0]
+        for name, value in metadata.extra.items():
+            if name in document:
+                raise ConfigurationError(f"extra metadata member {name!r} is set by the guard")
+            document[name] = value
+        parts = urlsplit(resource)
+        # RFC 9728 §3.1: the well-known suffix goes between the host and the path; a path of
+        # just "/" is a terminating slash and is dropped.
+        suffix = "" if parts.path in ("", "/") else parts.path
+        self.resource = resource
+        self.document = document
+        try:
+            self.body = json.dumps(document).encode()
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"resource metadata is not JSON: {exc}") from exc
+        self.metadata_url = f"{parts.scheme}://{parts.netloc}{WELL_KNOWN_PATH}{suffix}"
+        self.paths = frozenset({WELL_KNOWN_PATH + suffix, WELL_KNOWN_PATH})
+
+    def __repr__(self) -> str:
+        return f"ProtectedResource({self.resource!r})"
+
+    def response(self, method: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The answer to a request for the document: ``(status, headers, body)``.
+
+        ``GET`` and ``HEAD`` get the document (no body for ``HEAD``); any other method 405.
+        The document is public: it is readable cross-origin, as browser-based clients need.
+        """
+        if method not in ("GET", "HEAD"):
+            return 405, [("allow", "GET, HEAD"), ("content-length", "0")], b""
+        headers = [
+            ("content-type", "application/json"),
+            ("content-length", str(len(self.body))),
+            ("cache-control", "public, max-age=3600"),
+            ("access-control-allow-origin", "*"),
+        ]
+        return 200, headers, b"" if method == "HEAD" else self.body

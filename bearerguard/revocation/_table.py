@@ -1,0 +1,92 @@
+"""Live revocations held in this process, and the rules that decide what they revoke.
+
+Shared by ``MemoryRevocationStore`` (the table is the store) and ``RedisRevocationStore``
+(the table is the mirror of Redis), so both apply the same rules.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Literal
+
+from bearerguard.token import AccessToken
+
+__all__ = ["Entry", "Kind", "RevocationTable"]
+
+Kind = Literal["t", "s", "c"]
+"""A revoked token, a subject cut-off, or a client cut-off."""
+_Key = tuple[str | None, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One revocation as stored: a token (``cutoff`` is ``None``) or a cut-off."""
+
+    kind: Kind
+    issuer: str | None
+    name: str
+    until: float
+    cutoff: float | None
+    reason: str | None
+    updated_at: float
+
+
+class RevocationTable:
+    """Live revocations held in this process; the same rules as ``MemoryRevocationStore``.
+
+    Reads take no lock (single dictionary lookups); writes merge under a lock so that two
+    writers can never leave the weaker of two entries behind.
+    """
+
+    __slots__ = ("_lock", "clients", "subjects", "tokens")
+
+    def __init__(self) -> None:
+        self.tokens: dict[_Key, float] = {}
+        # (cutoff, until)
+        self.subjects: dict[_Key, tuple[float, float]] = {}
+        self.clients: dict[_Key, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.tokens) + len(self.subjects) + len(self.clients)
+
+    def apply(self, entry: Entry) -> None:
+        key = (entry.issuer, entry.name)
+        with self._lock:
+            if entry.cutoff is None:
+                self.tokens[key] = max(entry.until, self.tokens.get(key, entry.until))
+                return
+            cutoffs = self.subjects if entry.kind == "s" else self.clients
+            cutoff, until = cutoffs.get(key, (entry.cutoff, entry.until))
+            cutoffs[key] = (max(cutoff, entry.cutoff), max(until, entry.until))
+
+    def revoked(self, token: AccessToken, now: float) -> bool:
+        """Whether ``token``, its subject or its client is revoked at ``now``."""
+        tokens, subjects, clients = self.tokens, self.subjects, self.clients
+        if not (tokens or subjects or clients):
+            return False
+        iss = token.issuer
+        jti = token.token_id
+        if jti is not None and tokens:
+            for key in ((iss, jti), (None, jti)):
+                until = tokens.get(key)
+                if until is not None and now < until:
+                    return True
+        iat = token.claims.get("iat")
+        for cutoffs, name in ((subjects, token.subject), (clients, token.client_id)):
+            if name is None or not cutoffs:
+                continue
+            for key in ((iss, name), (None, name)):
+                entry = cutoffs.get(key)
+                # No iat: the token cannot show it is newer than the cut-off.
+                if entry is not None and now < entry[1] and (iat is None or iat <= entry[0]):
+                    return True
+        return False
+
+    def prune(self, now: float) -> None:
+        """Forget lapsed entries (each dictionary is swapped whole: readers never block)."""
+        with self._lock:
+            self.tokens = {key: until for key, until in self.tokens.items() if now < until}
+            self.subjects = {key: item for key, item in self.subjects.items() if now < item[1]}
+            self.clients = {key: item for key, item in self.clients.items() if now < item[1]}

@@ -1,0 +1,929 @@
+"""A revocation store shared by every instance of an API, through Redis.
+
+Redis holds the revocations; each process keeps a *mirror* of the live ones and answers
+``is_revoked`` from it without a network round trip. A revocation made on any instance is
+written and announced in one atomic Lua call, and every other mirror applies it as soon as the
+announcement arrives (well under a millisecond on a LAN; see ``docs/deployment.md``).
+
+Why pub/sub, rather than keyspace notifications or a stream:
+
+- keyspace notifications need ``notify-keyspace-events`` set on the server (often refused on
+  managed Redis) and carry only the key name, so each would cost a GET;
+- a stream (XADD/XREAD) could replay what a disconnected mirror missed, but only while the
+  stream still holds it, so a full reload is needed anyway as the fallback; it also costs
+  memory per event and a trimming policy;
+- pub/sub works on every Redis, carries the entry itself, and Redis never loses a message
+  silently: a subscriber that falls too far behind is disconnected
+  (``client-output-buffer-limit pubsub``). The mirror therefore only has to be right about
+  connections, and it is: after any disconnection it is not trusted again until it has
+  subscribed, reloaded every entry with SCAN (never KEYS) and seen a ping answered; the
+  ordering argument is in ``bearerguard.revocation._mirror.session``.
+
+Failure is never silent. While the mirror is not synchronised, or has not heard from Redis
+(a ping answered) for ``failure_timeout`` seconds, ``is_revoked`` raises
+``RevocationStoreError`` and the guard answers 503, unless it was built with
+``revocation_failure="allow"``. With ``mirror=False`` every check is one MGET (one round
+trip), bounded by the socket timeout.
+
+The mirror runs as an asyncio task when the asynchronous side starts it (``await
+store.start()``, or lazily on the first ``is_revoked``/``health``), or as a daemon thread
+when the synchronous side does; either serves both sides, and ``aclose()``/``close()``
+stop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal, TypeVar
+
+try:
+    import redis
+    import redis.asyncio as aredis
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "RedisRevocationStore needs redis-py: pip install 'bearerguard[redis]'"
+    ) from exc
+
+from bearerguard._core.times import Instant, to_epoch
+from bearerguard.errors import ConfigurationError, RevocationStoreError
+from bearerguard.revocation._mirror import (
+    REVOKE_SCRIPT,
+    SCAN_COUNT,
+    Layout,
+    Mirror,
+    Ping,
+    Receive,
+    Request,
+    RevocationTable,
+    Scan,
+    Subscribe,
+    session,
+    to_ms,
+)
+from bearerguard.revocation._table import Entry, Kind
+from bearerguard.token import AccessToken
+
+__all__ = ["DEFAULT_URL", "RedisRevocationStore", "Revocation"]
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+_KIND_NAMES: dict[Kind, Literal["token", "subject", "client"]] = {
+    "t": "token",
+    "s": "subject",
+    "c": "client",
+}
+_MAX_REASON = 500
+_T = TypeVar("_T")
+_log = logging.getLogger("bearerguard")
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One live revocation, as ``list_revocations`` reports it.
+
+    Attributes:
+        kind: ``"token"`` (by ``jti``), ``"subject"`` or ``"client"``.
+        issuer: the issuer it is limited to; ``None`` for every issuer.
+        name: the ``jti``, ``sub`` or ``client_id``.
+        lapses_at: when the entry is forgotten (a token's ``exp`` plus the grace, or the
+            retention of a cut-off).
+        issued_before: for a cut-off, tokens issued at or before this instant are refused.
+        reason: the reason given when revoking, if any.
+        updated_at: when the entry was last written.
+    """
+
+    kind: Literal["token", "subject", "client"]
+    issuer: str | None
+    name: str
+    lapses_at: datetime
+    issued_before: datetime | None
+    reason: str | None
+    updated_at: datetime
+
+    @classmethod
+    def _from_entry(cls, entry: Entry) -> Revocation:
+        def utc(seconds: float) -> datetime:
+            return datetime.fromtimestamp(seconds, timezone.utc)
+
+        return cls(
+            kind=_KIND_NAMES[entry.kind],
+            issuer=entry.issuer,
+            name=entry.name,
+            lapses_at=utc(entry.until),
+            issued_before=None if entry.cutoff is None else utc(entry.cutoff),
+            reason=entry.reason,
+            updated_at=utc(entry.updated_at),
+        )
+
+
+@contextlib.contextmanager
+def _failures(action: str) -> Iterator[None]:
+    """Every failure of Redis becomes ``RevocationStoreError`` (fail closed at the guard)."""
+    try:
+        yield
+    except RevocationStoreError:
+        raise
+    except (RedisError, OSError, asyncio.TimeoutError, ValueError) as exc:
+        raise RevocationStoreError(f"redis {action} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _message(pubsub: Any, response: Any) -> Any:
+    """redis-py's message for a raw pub/sub response.
+
+    Under RESP3 a PING on a subscribed connection is answered with a plain string; redis-py
+    reads a decoded one (``decode_responses=True``) as a message list and loses the payload,
+    so an answer to PING is recognised here, before redis-py's parsing.
+    """
+    if isinstance(response, bytes | str):
+        return {"type": "pong", "data": response}
+    return pubsub.handle_message(response) if response else None
+
+
+class RedisRevocationStore:
+    """Revoked tokens (by ``(iss, jti)``), subjects and clients, shared through Redis.
+
+    The same methods and rules as ``MemoryRevocationStore``; every instance of the API that
+    points at the same Redis and ``namespace`` sees the same revocations.
+
+    Args:
+        url: a ``redis://``, ``rediss://`` or ``unix://`` URL; ``DEFAULT_URL`` when neither a
+            URL nor clients are given. Credentials belong in the URL or in the clients.
+        namespace: the prefix of every key and of the announcement channel; APIs that must
+            not share revocations use different namespaces.
+        mirror: answer checks from an in-process copy kept current through pub/sub (no
+            round trip per check). ``False`` asks Redis on every check (one MGET).
+        client: an existing ``redis.Redis`` for the synchronous side, instead of ``url``;
+            the store does not close it. Give it timeouts: the store cannot bound a call on
+            a client without them.
+        async_client: an existing ``redis.asyncio.Redis`` for the asynchronous side.
+        socket_timeout: seconds any Redis command may take (revoking, direct checks,
+            loading the mirror) before it fails.
+        connect_timeout: seconds to establish a connection.
+        max_connections: connections per side (synchronous, asynchronous); a call waits up
+            to ``socket_timeout`` for a free one.
+        failure_timeout: the longest the mirror is trusted without word from Redis; a ping
+            goes out every quarter of it. Also the longest the first check waits for the
+            mirror's first load. While Redis is down, checks fail after at most this long.
+        max_entries: the most live revocations the mirror holds. Beyond it the mirror stops
+            answering (checks raise) rather than forget any, and this instance refuses to
+            add more.
+        retention: how long an entry lives when no expiry is known (a token revoked without
+            ``expires_at``, a subject or client cut-off); at least your longest token lifetime.
+        expiry_grace: kept past a token's ``exp``; must exceed every guard's ``leeway``.
+        clock: returns epoch seconds; injectable for tests.
+
+    Raises:
+        ConfigurationError: inconsistent options.
+
+    Warning:
+        Redis must not evict these keys: run it with ``maxmemory-policy noeviction`` (writes
+        then fail loudly when memory is full) and with persistence if revocations must
+        survive a restart of Redis. ``start()`` reads the policy in force, logs a warning
+        when it evicts, and ``health()`` reports it.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str = "bearerguard",
+        mirror: bool = True,
+        client: redis.Redis | None = None,
+        async_client: aredis.Redis | None = None,
+        socket_timeout: float = 1.0,
+        connect_timeout: float = 1.0,
+        failure_timeout: float = 2.0,
+        max_connections: int = 50,
+        max_entries: int = 100_000,
+        retention: float = 86_400.0,
+        expiry_grace: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if url is not None and (client is not None or async_client is not None):
+            raise ConfigurationError("give either a URL or clients, not both")
+        if not isinstance(namespace, str) or not namespace or any(c in namespace for c in "\0\n"):
+            raise ConfigurationError("namespace must be a non-empty string")
+        if min(socket_timeout, connect_timeout, failure_timeout) <= 0:
+            raise ConfigurationError("timeouts must be positive")
+        if max_entries < 1 or max_connections < 2 or retention <= 0 or expiry_grace < 0:
+            raise ConfigurationError("max_entries, max_connections and retention must be positive")
+        if client is None and async_client is None:
+            url = DEFAULT_URL if url is None else url
+            if not url.startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigurationError("url must start with redis://, rediss:// or unix://")
+        self._url = url
+        self._layout = Layout(namespace)
+        self._options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+            "health_check_interval": 0,
+            "client_name": "bearerguard",
+            "max_connections": max_connections,
+            "timeout": socket_timeout,  # the longest wait for a free pooled connection
+        }
+        self._timeout = socket_timeout
+        self._failure_timeout = failure_timeout
+        self._max_entries = max_entries
+        self._retention = retention
+        self._grace = expiry_grace
+        self._clock = clock
+        self._closed = False
+        self._last_ok: bool | None = None
+        self._eviction_policy: str | None = None
+        self._mirror = (
+            Mirror(max_entries=max_entries, failure_timeout=failure_timeout) if mirror else None
+        )
+        self._sync: redis.Redis | None = client
+        self._owns_sync = client is None and url is not None
+        if self._owns_sync:
+            assert url is not None  # noqa: S101 - checked above
+            # redis-py never retries on our connections: a pub/sub connection must not
+            # reconnect and resubscribe behind the mirror's back (it resynchronises instead),
+            # and a call must not outlast the socket timeout. Commands get one more attempt
+            # of our own after a fast connection failure (_again). Waiting for a free pooled
+            # connection is bounded by the socket timeout too.
+            pool = redis.BlockingConnectionPool.from_url(
+                url, retry=Retry(NoBackoff(), 0), **self._options
+            )
+            self._sync = redis.Redis.from_pool(pool)
+        self._async: aredis.Redis | None = async_client
+        self._owns_async = async_client is None and url is not None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._sync_script: Any = None
+        self._async_script: Any = None
+        self._lock = threading.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._task_loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def __repr__(self) -> str:
+        mode = "mirror" if self._mirror is not None else "direct"
+        return f"RedisRevocationStore(namespace={self._layout.namespace!r}, mode={mode!r})"
+
+    # -- revoking -------------------------------------------------------------------------
+
+    def revoke_token_sync(
+        self,
+        jti: str,
+        expires_at: Instant | None = None,
+        *,
+        issuer: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Revoke one token by its ``jti``, until it would have expired anyway.
+
+        Args:
+            jti: the token's ``jti`` claim.
+            expires_at: the token's ``exp`` (epoch seconds or an aware datetime); the Redis
+                key expires at it plus ``expiry_grace``. When omitted, kept for ``retention``.
+            issuer: the token's ``iss``; ``None`` for any trusted issuer.
+            reason: a short note kept with the entry, for ``list_revocations``.
+
+        Raises:
+            ValueError: a naive datetime; TypeError: not an instant.
+            RevocationStoreError: Redis failed, or the mirror is full.
+        """
+        self._write_sync(*self._token_args(jti, expires_at, issuer, reason))
+
+    def revoke_subject_sync(
+        self,
+        sub: str,
+        issued_before: Instant | None = None,
+        *,
+        issuer: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Revoke every token of ``sub`` issued at or before ``issued_before`` (default: now).
+
+        Tokens without ``iat`` cannot show when they were issued, so a subject cut-off
+        refuses them all while it lasts. A cut-off never moves back in time.
+        """
+        self._write_sync(*self._cutoff_args("s", sub, issued_before, issuer, reason))
+
+    def revoke_client_sync(
+        self,
+        client_id: str,
+        issued_before: Instant | None = None,
+        *,
+        issuer: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Revoke every token issued to ``client_id`` at or before ``issued_before``."""
+        self._write_sync(*self._cutoff_args("c", client_id, issued_before, issuer, reason))
+
+    async def revoke_token(
+        self,
+        jti: str,
+        expires_at: Instant | None = None,
+        *,
+        issuer: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Revoke one token by its ``jti``: as ``revoke_token_sync``."""
+        await self._write(*self._token_args(jti, expires_at, issuer, reason))
+
+    async def revoke_subject(
+        self,
+        sub: str,
+        issued_before: Instant | None = None,
+        *,
+        issuer: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Revoke every token of ``sub`` issued up to an instant: as ``revoke_subject_sync``."""
+        await self._write(*self._cutoff_args("s", sub, issued_before, issuer, reason))
+
+    async def revoke_client(
+        self,
+        client_id: str,
+        issued_before: Instant | None = None,
+        *,
+        issuer: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Revoke every token of a client issued up to an instant: as ``revoke_client_sync``."""
+        await self._write(*self._cutoff_args("c", client_id, issued_before, issuer, reason))
+
+    def _token_args(
+        self, jti: str, expires_at: Instant | None, issuer: str | None, reason: str | None
+    ) -> tuple[str, list[str | int]]:
+        now = self._clock()
+        until = now + self._retention if expires_at is None else to_epoch(expires_at) + self._grace
+        return self._args("t", jti, issuer, reason, now=now, until=until, cutoff=None)
+
+    def _cutoff_args(
+        self,
+        kind: Kind,
+        name: str,
+        issued_before: Instant | None,
+        issuer: str | None,
+        reason: str | None,
+    ) -> tuple[str, list[str | int]]:
+        now = self._clock()
+        cutoff = now if issued_before is None else to_epoch(issued_before)
+        until = max(cutoff, now) + self._retention
+        return self._args(kind, name, issuer, reason, now=now, until=until, cutoff=cutoff)
+
+    def _args(
+        self,
+        kind: Kind,
+        name: str,
+        issuer: str | None,
+        reason: str | None,
+        *,
+        now: float,
+        until: float,
+        cutoff: float | None,
+    ) -> tuple[str, list[str | int]]:
+        if not isinstance(name, str) or not name:
+            raise TypeError("the jti, sub or client_id must be a non-empty string")
+        if issuer is not None and not isinstance(issuer, str):
+            raise TypeError("issuer must be a string or None")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > _MAX_REASON):
+            raise ValueError(f"reason must be a string of at most {_MAX_REASON} characters")
+        self._check_room(now)
+        now_ms = math.floor(now * 1000)
+        argv: list[str | int] = [
+            self._layout.channel,
+            now_ms,
+            max(to_ms(until), now_ms),
+            "" if cutoff is None else to_ms(cutoff),
+            reason or "",
+        ]
+        return self._layout.key(kind, issuer, name), argv
+
+    def _check_room(self, now: float) -> None:
+        mirror = self._mirror
+        if mirror is None or len(mirror.table) < self._max_entries:
+            return
+        mirror.table.prune(now)
+        if len(mirror.table) >= self._max_entries:
+            raise RevocationStoreError(
+                f"the mirror holds {self._max_entries} live revocations; raise max_entries"
+            )
+
+    def _written(self, key: str, value: bytes | str | None) -> None:
+        self._last_ok = True
+        if value is None or self._mirror is None:
+            return
+        entry = self._layout.entry(key, value)
+        if entry is not None:
+            # Read your own writes at once; the announcement brings the same entry again.
+            self._mirror.table.apply(entry)
+
+    def _write_sync(self, key: str, argv: list[str | int]) -> None:
+        client = self._sync_client()
+        with self._recording("revocation"):
+            if self._sync_script is None:
+                self._sync_script = client.register_script(REVOKE_SCRIPT)
+            script = self._sync_script
+            value = self._again_sync(lambda: script(keys=[key], args=argv))
+            self._written(key, value)
+
+    async def _write(self, key: str, argv: list[str | int]) -> None:
+        client = self._async_client()
+        with self._recording("revocation"):
+            if self._async_script is None:
+                self._async_script = client.register_script(REVOKE_SCRIPT)
+            script = self._async_script
+            value = await self._again(lambda: script(keys=[key], args=argv))
+            self._written(key, value)
+
+    # -- checking -------------------------------------------------------------------------
+
+    def is_revoked_sync(self, token: AccessToken) -> bool:
+        """Whether ``token``, its subject or its client has been revoked.
+
+        Raises:
+            RevocationStoreError: the answer cannot be had (the mirror is not synchronised or
+                has lost contact with Redis; or, without a mirror, Redis failed).
+        """
+        mirror = self._mirror
+        if mirror is None:
+            return self._check_direct_sync(token)
+        if not mirror.answerable():
+            self._start_thread()
+            if not mirror.ever_live and mirror.state != "failed":
+                mirror.settled.wait(self._failure_timeout)  # the first requests wait for it
+        return mirror.check(token, self._clock())
+
+    async def is_revoked(self, token: AccessToken) -> bool:
+        """Whether ``token``, its subject or its client has been revoked (no I/O with a mirror).
+
+        Raises:
+            RevocationStoreError: as ``is_revoked_sync``.
+        """
+        mirror = self._mirror
+        if mirror is None:
+            return await self._check_direct(token)
+        if not mirror.answerable():
+            self._start_task()
+            if not mirror.ever_live and mirror.state != "failed":
+                await self._wait(mirror.settled, self._failure_timeout)
+        return mirror.check(token, self._clock())
+
+    def _lookup_keys(self, token: AccessToken) -> list[str]:
+        key = self._layout.key
+        keys: list[str] = []
+        for kind, name in (("t", token.token_id), ("s", token.subject), ("c", token.client_id)):
+            if isinstance(name, str) and name:
+                keys += [key(kind, token.issuer, name), key(kind, None, name)]  # type: ignore[arg-type]
+        return keys
+
+    def _decide(self, token: AccessToken, keys: list[str], values: list[Any]) -> bool:
+        table = RevocationTable()
+        for key, value in zip(keys, values, strict=True):
+            if value is not None:
+                entry = self._layout.entry(key, value)
+                if entry is not None:
+                    table.apply(entry)
+        return table.revoked(token, self._clock())
+
+    def _check_direct_sync(self, token: AccessToken) -> bool:
+        keys = self._lookup_keys(token)
+        if not keys:
+            return False
+        client = self._sync_client()
+        with self._recording("check"):
+            return self._decide(token, keys, self._again_sync(lambda: client.mget(keys)))
+
+    async def _check_direct(self, token: AccessToken) -> bool:
+        keys = self._lookup_keys(token)
+        if not keys:
+            return False
+        client = self._async_client()
+        with self._recording("check"):
+            return self._decide(token, keys, await self._again(lambda: client.mget(keys)))
+
+    # -- listing --------------------------------------------------------------------------
+
+    def list_revocations_sync(self) -> list[Revocation]:
+        """Every live revocation in this namespace, oldest change first (SCAN, never KEYS)."""
+        client = self._sync_client()
+        entries: list[Entry] = []
+        cursor = 0
+        with self._recording("listing"):
+            while True:
+                cursor, keys = client.scan(cursor, match=self._layout.pattern, count=SCAN_COUNT)
+                values = client.mget(keys) if keys else []
+                entries += self._entries(keys, values)
+                if not cursor:
+                    break
+        return self._listing(entries)
+
+    async def list_revocations(self) -> list[Revocation]:
+        """Every live revocation in this namespace: as ``list_revocations_sync``."""
+        client = self._async_client()
+        entries: list[Entry] = []
+        cursor = 0
+        with self._recording("listing"):
+            while True:
+                cursor, keys = await client.scan(
+                    cursor, match=self._layout.pattern, count=SCAN_COUNT
+                )
+                values = await client.mget(keys) if keys else []
+                entries += self._entries(keys, values)
+                if not cursor:
+                    break
+        return self._listing(entries)
+
+    def _entries(self, keys: list[Any], values: list[Any]) -> list[Entry]:
+        found = (
+            self._layout.entry(key, value)
+            for key, value in zip(keys, values, strict=True)
+            if value is not None
+        )
+        return [entry for entry in found if entry is not None]
+
+    def _listing(self, entries: list[Entry]) -> list[Revocation]:
+        now = self._clock()
+        live = {(e.kind, e.issuer, e.name): e for e in entries if now < e.until}
+        ordered = sorted(live.values(), key=lambda e: (e.updated_at, e.kind, e.name))
+        return [Revocation._from_entry(entry) for entry in ordered]
+
+    # -- health ---------------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        """Whether a check would be answered now (no I/O).
+
+        With a mirror: it is synchronised and has heard from Redis within
+        ``failure_timeout``. Without one: the last call to Redis succeeded.
+        """
+        if self._closed:
+            return False
+        if self._mirror is not None:
+            return self._mirror.answerable()
+        return bool(self._last_ok)
+
+    def health_report(self) -> dict[str, Any]:
+        """The store's state for a health endpoint, without I/O (see ``health``)."""
+        mirror = self._mirror
+        report: dict[str, Any] = {
+            "store": self.name,
+            "namespace": self._layout.namespace,
+            "mode": "direct" if mirror is None else "mirror",
+            "healthy": self.healthy,
+            "maxmemory_policy": self._eviction_policy,
+        }
+        if mirror is not None:
+            staleness = mirror.staleness()
+            report.update(
+                state=mirror.state,
+                entries=len(mirror.table),
+                staleness_seconds=None if staleness is None else round(staleness, 3),
+                resyncs=mirror.resyncs,
+                error=mirror.error,
+            )
+        else:
+            report["state"] = "closed" if self._closed else "direct"
+        return report
+
+    async def health(self) -> dict[str, Any]:
+        """The store's state, for a readiness or health endpoint.
+
+        With a mirror this starts it if needed (without waiting) and does no I/O; without
+        one it pings Redis. The ``"healthy"`` member is what a load balancer should act on.
+        """
+        if self._mirror is not None:
+            if not self._closed:
+                self._start_task()
+        else:
+            with contextlib.suppress(RevocationStoreError):
+                client = self._async_client()
+                with self._recording("ping"):
+                    await self._again(client.ping)
+        return self.health_report()
+
+    def health_sync(self) -> dict[str, Any]:
+        """As ``health``, for the synchronous side (the mirror runs in a thread)."""
+        if self._mirror is not None:
+            if not self._closed:
+                self._start_thread()
+        else:
+            with contextlib.suppress(RevocationStoreError):
+                client = self._sync_client()
+                with self._recording("ping"):
+                    self._again_sync(client.ping)
+        return self.health_report()
+
+    def _note_policy(self, info: Any) -> None:
+        policy = info.get("maxmemory_policy") if isinstance(info, dict) else None
+        self._eviction_policy = None if policy is None else str(policy)
+        if self._eviction_policy not in (None, "noeviction"):
+            _log.warning(
+                "bearerguard: Redis evicts keys (maxmemory-policy %s): under memory pressure "
+                "it may forget revocations; use noeviction",
+                self._eviction_policy,
+            )
+
+    def _again_sync(self, call: Callable[[], _T]) -> _T:
+        """``call()``, once more after a fast connection failure (a pooled connection that
+        Redis closed while idle, a restarted Redis); never after a slow one or a timeout,
+        so that a call stays bounded by about the socket timeout."""
+        started = time.monotonic()
+        try:
+            return call()
+        except RedisConnectionError:
+            if time.monotonic() - started > self._timeout / 2:
+                raise
+        return call()
+
+    async def _again(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """As ``_again_sync``, awaited."""
+        started = time.monotonic()
+        try:
+            return await call()
+        except RedisConnectionError:
+            if time.monotonic() - started > self._timeout / 2:
+                raise
+        return await call()
+
+    @contextlib.contextmanager
+    def _recording(self, action: str) -> Iterator[None]:
+        try:
+            with _failures(action):
+                yield
+        except RevocationStoreError:
+            self._last_ok = False
+            raise
+        self._last_ok = True
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Start the mirror in this event loop and wait for its first load (or ping Redis).
+
+        Call it at application start-up (a lifespan handler) so the first requests do not
+        wait; without it the first check starts the mirror (and waits at most
+        ``failure_timeout`` for it). Loading takes about a second per 100,000 entries.
+
+        Args:
+            timeout: how long to wait for the mirror, through reconnection attempts.
+
+        Raises:
+            RevocationStoreError: not ready within ``timeout`` (the mirror keeps trying).
+        """
+        client = self._async_client()
+        with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+            self._note_policy(await client.info("memory"))
+        mirror = self._mirror
+        if mirror is None:
+            with self._recording("ping"):
+                await self._again(client.ping)
+            return
+        self._start_task()
+        if not await self._wait(mirror.live, timeout):
+            raise RevocationStoreError(f"revocation mirror not ready: {mirror.error or 'timeout'}")
+
+    def start_sync(self, timeout: float = 10.0) -> None:
+        """Start the mirror in a thread and wait for its first load; as ``start``."""
+        client = self._sync_client()
+        with contextlib.suppress(RedisError, OSError):
+            self._note_policy(client.info("memory"))
+        mirror = self._mirror
+        if mirror is None:
+            with self._recording("ping"):
+                self._again_sync(client.ping)
+            return
+        self._start_thread()
+        if not mirror.live.wait(timeout):
+            raise RevocationStoreError(f"revocation mirror not ready: {mirror.error or 'timeout'}")
+
+    async def aclose(self) -> None:
+        """Stop the mirror and close the connections this store opened."""
+        task, loop = self._shutdown()
+        if task is not None and not task.done():
+            if loop is asyncio.get_running_loop():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            elif loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(task.cancel)
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            await asyncio.to_thread(thread.join, self._timeout + 1.0)
+        client = self._async
+        if self._owns_async and client is not None:
+            self._async = None
+            if self._async_loop is asyncio.get_running_loop():
+                await client.aclose()
+        self._close_sync_client()
+
+    def close(self) -> None:
+        """Stop the mirror and close the synchronous connections this store opened.
+
+        An asynchronous client is closed by ``aclose()``, from its event loop.
+        """
+        task, loop = self._shutdown()
+        if task is not None and loop is not None and not task.done() and not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(self._timeout + 1.0)
+        self._close_sync_client()
+
+    def _shutdown(self) -> tuple[asyncio.Task[None] | None, asyncio.AbstractEventLoop | None]:
+        with self._lock:
+            self._closed = True
+            self._stop.set()
+            if self._mirror is not None:
+                self._mirror.close()
+            task, loop = self._task, self._task_loop
+            self._task = self._task_loop = None
+        return task, loop
+
+    def _close_sync_client(self) -> None:
+        client = self._sync
+        if self._owns_sync and client is not None:
+            self._sync = None
+            client.close()
+
+    async def __aenter__(self) -> RedisRevocationStore:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> RedisRevocationStore:
+        self.start_sync()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- clients --------------------------------------------------------------------------
+
+    def _sync_client(self) -> redis.Redis:
+        if self._closed:
+            raise RevocationStoreError("the revocation store is closed")
+        if self._sync is None:
+            raise RevocationStoreError("this store has no synchronous client: give url= or client=")
+        return self._sync
+
+    def _async_client(self) -> aredis.Redis:
+        if self._closed:
+            raise RevocationStoreError("the revocation store is closed")
+        loop = asyncio.get_running_loop()
+        if self._owns_async and (self._async is None or self._async_loop is not loop):
+            # redis.asyncio connections belong to one event loop: a store first used in
+            # another loop (a test, a worker restarted in-process) gets its own client there.
+            assert self._url is not None  # noqa: S101 - owning implies a URL
+            pool = aredis.BlockingConnectionPool.from_url(
+                self._url,
+                retry=AsyncRetry(NoBackoff(), 0),
+                **self._options,
+            )
+            self._async = aredis.Redis.from_pool(pool)
+            self._async_loop = loop
+            self._async_script = None
+        if self._async is None:
+            raise RevocationStoreError(
+                "this store has no asynchronous client: give url= or async_client="
+            )
+        return self._async
+
+    # -- the mirror's drivers -------------------------------------------------------------
+
+    def _runner_alive(self) -> bool:
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return True
+        task, loop = self._task, self._task_loop
+        return (
+            task is not None
+            and loop is not None
+            and not task.done()
+            and loop.is_running()
+            and not loop.is_closed()
+        )
+
+    def _start_task(self) -> None:
+        """Run the mirror as a task of the running loop, unless a runner is already alive."""
+        mirror = self._mirror
+        assert mirror is not None  # noqa: S101 - only called in mirror mode
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._closed:
+                raise RevocationStoreError("the revocation store is closed")
+            if self._runner_alive():
+                return
+            self._async_client()  # fails now, in the caller, when there is no async client
+            self._task = loop.create_task(self._run_async(mirror), name="bearerguard-mirror")
+            self._task_loop = loop
+
+    def _start_thread(self) -> None:
+        """Run the mirror in a daemon thread, unless a runner is already alive."""
+        mirror = self._mirror
+        assert mirror is not None  # noqa: S101 - only called in mirror mode
+        with self._lock:
+            if self._closed:
+                raise RevocationStoreError("the revocation store is closed")
+            if self._runner_alive():
+                return
+            self._sync_client()
+            self._thread = threading.Thread(
+                target=self._run_thread, args=(mirror,), name="bearerguard-mirror", daemon=True
+            )
+            self._thread.start()
+
+    @staticmethod
+    async def _wait(event: threading.Event, timeout: float) -> bool:
+        # Polled: the event may be set by a thread; this happens only while starting.
+        deadline = time.monotonic() + timeout
+        while not event.is_set():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(2.0, self._failure_timeout)
+        return min(cap, 0.05 * 2.0**attempt) * (0.5 + random.random() / 2)  # noqa: S311 - jitter
+
+    def _lost(self, mirror: Mirror, exc: BaseException, attempt: int) -> int:
+        if self._closed:
+            return attempt
+        was_live = mirror.lost(exc)
+        (_log.warning if was_live else _log.info)(
+            "bearerguard: revocation mirror lost Redis (%s); resynchronising", mirror.error
+        )
+        return 0 if was_live else attempt + 1
+
+    def _run_thread(self, mirror: Mirror) -> None:
+        client = self._sync
+        assert client is not None  # noqa: S101 - checked by _start_thread
+        attempt = 0
+        while not self._stop.is_set():
+            pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+            try:
+                flow = session(mirror, self._layout, clock=self._clock)
+                reply: Any = None
+                while not self._stop.is_set():
+                    reply = self._perform_sync(client, pubsub, flow.send(reply))
+            except Exception as exc:  # noqa: BLE001 - any failure ends the session: resync
+                attempt = self._lost(mirror, exc, attempt)
+            finally:
+                with contextlib.suppress(Exception):
+                    pubsub.close()
+            self._stop.wait(self._backoff(attempt))
+
+    @staticmethod
+    def _perform_sync(client: redis.Redis, pubsub: Any, request: Request) -> Any:
+        if isinstance(request, Receive):
+            return _message(pubsub, pubsub.parse_response(block=False, timeout=request.timeout))
+        if isinstance(request, Ping):
+            return pubsub.ping(request.payload)
+        if isinstance(request, Subscribe):
+            return pubsub.subscribe(request.channel)
+        cursor, keys = client.scan(request.cursor, match=request.match, count=request.count)
+        return cursor, list(zip(keys, client.mget(keys) if keys else [], strict=True))
+
+    async def _run_async(self, mirror: Mirror) -> None:
+        client = self._async_client()
+        attempt = 0
+        while not self._closed:
+            pubsub = client.pubsub()
+            try:
+                flow = session(mirror, self._layout, clock=self._clock)
+                reply: Any = None
+                while True:
+                    reply = await self._perform(client, pubsub, flow.send(reply))
+            except Exception as exc:  # noqa: BLE001 - any failure ends the session: resync
+                attempt = self._lost(mirror, exc, attempt)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(self._backoff(attempt))
+
+    @staticmethod
+    async def _perform(client: aredis.Redis, pubsub: Any, request: Request) -> Any:
+        if isinstance(request, Receive):
+            response = await pubsub.parse_response(block=False, timeout=request.timeout)
+            if isinstance(response, bytes | str) or not response:
+                return _message(pubsub, response)
+            return await pubsub.handle_message(response)
+        if isinstance(request, Ping):
+            return await pubsub.ping(request.payload)
+        if isinstance(request, Subscribe):
+            return await pubsub.subscribe(request.channel)
+        assert isinstance(request, Scan)  # noqa: S101 - the last kind of request
+        cursor, keys = await client.scan(request.cursor, match=request.match, count=request.count)
+        return cursor, list(zip(keys, await client.mget(keys) if keys else [], strict=True))

@@ -1,0 +1,429 @@
+"""In-process costs: ASGI apps called directly, and token verification alone.
+
+Each app is driven with a prebuilt HTTP scope (a shallow copy per request, as a server hands
+each request its own scope), a ``receive`` that returns an empty body and a ``send`` that
+drops messages. No server, no sockets: the figure is the per-request cost of the framework
+plus the authentication, which is what a middleware adds to every request.
+
+Cases run interleaved (repeat 1 of every case, then repeat 2, ...) so that a slow spell of a
+shared machine lands on every case alike. Every repeat records how much CPU other processes
+took meanwhile; the figure reported is the median of the quiet repeats (see
+``benchmarks/noise.py``), or of the three quietest when fewer were quiet. The garbage
+collector stays on, as it is in a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from jwt.utils import base64url_decode
+from starlette.types import ASGIApp, Message, Scope
+
+from bearerguard import BearerGuard
+from bearerguard.testing import DevIssuer
+from benchmarks.apps import (
+    PATH,
+    SCOPE,
+    Settings,
+    configure_audit_logging,
+    fastapi_apps,
+    starlette_apps,
+)
+from benchmarks.apps.pyjwt_middleware import decode_token
+from benchmarks.noise import QUIET, CpuMeter
+
+__all__ = ["Measurement", "Plan", "run_inprocess"]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How long to measure."""
+
+    repeats: int
+    seconds_per_repeat: float
+    fresh_tokens: int
+
+
+@dataclass(slots=True)
+class Measurement:
+    """The repeats of one case, in seconds per operation."""
+
+    key: str
+    label: str
+    group: str
+    baseline: str | None
+    iterations: int = 0
+    samples: list[float] = field(default_factory=list)
+    noise: list[float | None] = field(default_factory=list)
+    """For each sample, the share of all CPUs other processes used while it ran."""
+
+    @property
+    def quiet(self) -> list[float]:
+        """The samples taken while the machine was quiet; at least the three quietest."""
+        quiet = [
+            s for s, n in zip(self.samples, self.noise, strict=True) if n is None or n <= QUIET
+        ]
+        if len(quiet) >= min(3, len(self.samples)):
+            return quiet
+        ranked = sorted(zip(self.noise, self.samples, strict=True), key=lambda pair: pair[0] or 0.0)
+        return [sample for _, sample in ranked[:3]]
+
+    @property
+    def median_us(self) -> float:
+        """The median of the quiet samples, in µs."""
+        return statistics.median(self.quiet) * 1e6
+
+    @property
+    def best_us(self) -> float:
+        return min(self.samples) * 1e6
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the quiet samples: how noisy the figure still is."""
+        quiet = self.quiet
+        return (max(quiet) - min(quiet)) / statistics.median(quiet)
+
+
+def _scope(token: str) -> Scope:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 51000),
+        "scheme": "http",
+        "method": "GET",
+        "root_path": "",
+        "path": PATH,
+        "raw_path": PATH.encode(),
+        "query_string": b"",
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"user-agent", b"bearerguard-bench"),
+            (b"accept", b"*/*"),
+            (b"authorization", f"Bearer {token}".encode()),
+        ],
+    }
+
+
+async def _receive() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _drop(message: Message) -> None:
+    return None
+
+
+async def _status(app: ASGIApp, scope: Scope) -> int:
+    """Serve one request and return its status (to check the case measures a 200)."""
+    status = 0
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(dict(scope), _receive, send)
+    return status
+
+
+class Case:
+    """Something timed per operation; subclasses say what one operation is."""
+
+    def __init__(self, key: str, label: str, group: str, baseline: str | None) -> None:
+        self.result = Measurement(key, label, group, baseline)
+
+    async def prepare(self) -> None:
+        """Warm up and check, outside any timing."""
+
+    async def before_repeat(self) -> None:
+        """Set up one repeat, outside its timing."""
+
+    async def timed(self, n: int) -> float:
+        """Run ``n`` operations; return seconds per operation."""
+        raise NotImplementedError
+
+    def iterations_for(self, seconds: float, per_op: float) -> int:
+        return max(50, min(500_000, int(seconds / per_op)))
+
+
+class AppCase(Case):
+    """One ASGI app, the same request (the same token) every time."""
+
+    def __init__(
+        self, key: str, label: str, group: str, baseline: str | None, *, app: ASGIApp, token: str
+    ) -> None:
+        super().__init__(key, label, group, baseline)
+        self.app = app
+        self.scope = _scope(token)
+
+    async def prepare(self) -> None:
+        for _ in range(20):  # first requests fetch keys and fill caches
+            status = await _status(self.app, self.scope)
+            if status != 200:
+                raise RuntimeError(f"{self.result.label}: status {status}, expected 200")
+
+    async def timed(self, n: int) -> float:
+        app, scope = self.app, self.scope
+        started = time.perf_counter()
+        for _ in range(n):
+            await app(dict(scope), _receive, _drop)
+        return (time.perf_counter() - started) / n
+
+
+class FreshTokenCase(Case):
+    """An app behind a new guard each repeat, every request with a token it has not seen."""
+
+    def __init__(
+        self,
+        key: str,
+        label: str,
+        group: str,
+        baseline: str | None,
+        *,
+        build: Callable[[], ASGIApp],
+        tokens: list[str],
+        warm_token: str,
+    ) -> None:
+        super().__init__(key, label, group, baseline)
+        self.build = build
+        self.scopes = [_scope(token) for token in tokens]
+        self.warm_scope = _scope(warm_token)
+        self.app = build()
+
+    async def prepare(self) -> None:
+        await self.before_repeat()
+
+    async def before_repeat(self) -> None:
+        self.app = self.build()
+        status = await _status(self.app, self.warm_scope)  # fetches the keys
+        if status != 200:
+            raise RuntimeError(f"{self.result.label}: status {status}, expected 200")
+
+    def iterations_for(self, seconds: float, per_op: float) -> int:
+        return len(self.scopes)
+
+    async def timed(self, n: int) -> float:
+        app = self.app
+        scopes = [dict(scope) for scope in self.scopes[:n]]
+        started = time.perf_counter()
+        for scope in scopes:
+            await app(scope, _receive, _drop)
+        return (time.perf_counter() - started) / len(scopes)
+
+
+class CallCase(Case):
+    """A synchronous call, or a coroutine function awaited, per operation."""
+
+    def __init__(
+        self,
+        key: str,
+        label: str,
+        baseline: str | None,
+        *,
+        call: Callable[[], object] | None = None,
+        acall: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        super().__init__(key, label, "verify", baseline)
+        self.call = call
+        self.acall = acall
+
+    async def prepare(self) -> None:
+        for _ in range(20):
+            if self.call is not None:
+                self.call()
+            else:
+                assert self.acall is not None
+                await self.acall()
+
+    async def timed(self, n: int) -> float:
+        if self.call is not None:
+            call = self.call
+            started = time.perf_counter()
+            for _ in range(n):
+                call()
+            return (time.perf_counter() - started) / n
+        assert self.acall is not None
+        acall = self.acall
+        started = time.perf_counter()
+        for _ in range(n):
+            await acall()
+        return (time.perf_counter() - started) / n
+
+
+async def _measure(cases: list[Case], plan: Plan, progress: Callable[[str], None]) -> None:
+    iterations: dict[str, int] = {}
+    for case in cases:
+        await case.prepare()
+        per_op = await case.timed(50)  # a first estimate, also warming the path up
+        iterations[case.result.key] = case.iterations_for(plan.seconds_per_repeat, per_op)
+        case.result.iterations = iterations[case.result.key]
+    for repeat in range(plan.repeats):
+        progress(f"in-process repeat {repeat + 1}/{plan.repeats}")
+        for case in cases:
+            await case.before_repeat()
+            gc.collect()
+            meter = CpuMeter()
+            case.result.samples.append(await case.timed(iterations[case.result.key]))
+            case.result.noise.append(meter.others())
+
+
+def _cases(issuer: DevIssuer, settings: Settings, plan: Plan, token: str) -> list[Case]:
+    audited = Settings(settings.issuer, settings.jwks_uri, settings.audience, audit="all")
+    fresh = [issuer.mint(scopes=[SCOPE], expires_in=3600) for _ in range(plan.fresh_tokens)]
+    warm = issuer.mint(scopes=[SCOPE], expires_in=3600)
+
+    # Verification alone: the key objects are what PyJWKClient hands out.
+    jwks_client = jwt.PyJWKClient(settings.jwks_uri)
+    public_key: RSAPublicKey = jwks_client.get_signing_key_from_jwt(token).key
+    signing_input, _, signature_segment = token.rpartition(".")
+    signature = base64url_decode(signature_segment)
+    miss_guard = starlette_apps.guard_for(settings, cache_size=0)
+    hit_guard = starlette_apps.guard_for(settings)
+
+    def rsa_verify() -> None:
+        public_key.verify(signature, signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+
+    def pyjwt_decode() -> object:
+        return jwt.decode(
+            token,
+            public_key,
+            algorithms=["RS256"],
+            audience=settings.audience,
+            issuer=settings.issuer,
+        )
+
+    def pyjwk_decode() -> object:
+        return decode_token(jwks_client, token, audience=settings.audience, issuer=settings.issuer)
+
+    def authenticate(guard: BearerGuard) -> Callable[[], Coroutine[Any, Any, object]]:
+        async def call() -> object:
+            return await guard.authenticate(token)
+
+        return call
+
+    def app(key: str, label: str, group: str, baseline: str | None, asgi: ASGIApp) -> Case:
+        return AppCase(key, label, group, baseline, app=asgi, token=token)
+
+    st, fa = "starlette", "fastapi"
+    bare, bare_fa = "starlette_bare", "fastapi_bare"
+    return [
+        app(bare, "Starlette, bare", st, None, starlette_apps.build_bare(settings)),
+        app(
+            "starlette_bg_hit",
+            "+ bearerguard, cache hit, accepted-audit off",
+            st,
+            bare,
+            starlette_apps.build_bearerguard(settings),
+        ),
+        app(
+            "starlette_bg_hit_audited",
+            "+ bearerguard, cache hit, every decision audited",
+            st,
+            bare,
+            starlette_apps.build_bearerguard(audited),
+        ),
+        FreshTokenCase(
+            "starlette_bg_miss",
+            "+ bearerguard, cache miss (a fresh token each request)",
+            st,
+            bare,
+            build=lambda: starlette_apps.build_bearerguard(settings),
+            tokens=fresh,
+            warm_token=warm,
+        ),
+        app(
+            "starlette_pyjwt_asgi",
+            "+ hand-rolled PyJWT, pure ASGI middleware",
+            st,
+            bare,
+            starlette_apps.build_pyjwt_asgi(settings),
+        ),
+        app(
+            "starlette_pyjwt_base",
+            "+ hand-rolled PyJWT, BaseHTTPMiddleware",
+            st,
+            bare,
+            starlette_apps.build_pyjwt_base(settings),
+        ),
+        app(bare_fa, "FastAPI, bare", fa, None, fastapi_apps.build_bare(settings)),
+        app(
+            "fastapi_bg_hit",
+            "+ bearerguard + @requires_scopes, cache hit, accepted-audit off",
+            fa,
+            bare_fa,
+            fastapi_apps.build_bearerguard(settings),
+        ),
+        app(
+            "fastapi_bg_hit_audited",
+            "+ bearerguard + @requires_scopes, cache hit, every decision audited",
+            fa,
+            bare_fa,
+            fastapi_apps.build_bearerguard(audited),
+        ),
+        app(
+            "fastapi_httpbearer",
+            "+ HTTPBearer() dependency + PyJWT (tutorial pattern)",
+            fa,
+            bare_fa,
+            fastapi_apps.build_httpbearer(settings),
+        ),
+        CallCase(
+            "rsa_verify",
+            "RSA PKCS#1 v1.5 verify alone (cryptography), the floor",
+            "jwt_decode",
+            call=rsa_verify,
+        ),
+        CallCase("jwt_decode", "jwt.decode (key object at hand)", None, call=pyjwt_decode),
+        CallCase(
+            "pyjwk_decode",
+            "PyJWKClient.get_signing_key_from_jwt + jwt.decode",
+            "jwt_decode",
+            call=pyjwk_decode,
+        ),
+        CallCase(
+            "bg_miss",
+            "bearerguard authenticate, cache_size=0 (miss)",
+            "jwt_decode",
+            acall=authenticate(miss_guard),
+        ),
+        CallCase(
+            "bg_hit",
+            "bearerguard authenticate, cache hit",
+            "jwt_decode",
+            acall=authenticate(hit_guard),
+        ),
+    ]
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_inprocess(
+    issuer: DevIssuer, settings: Settings, token: str, plan: Plan, progress: Callable[[str], None]
+) -> list[Measurement]:
+    """Measure every in-process case; returns them in report order."""
+    configure_audit_logging()
+    progress(f"minting {plan.fresh_tokens} fresh tokens for the cache-miss case")
+    cases = _cases(issuer, settings, plan, token)
+    loop = _new_loop()
+    try:
+        loop.run_until_complete(_measure(cases, plan, progress))
+    finally:
+        loop.close()
+    return [case.result for case in cases]

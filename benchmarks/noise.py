@@ -1,0 +1,69 @@
+"""How much CPU other processes took while a measurement ran: the noise of a shared machine.
+
+The machine's busy time (``/proc/stat``, every CPU together) minus the CPU time of this
+process, of its reaped children (``os.times``) and of any still-running processes of ours
+(the uvicorn servers, read from ``/proc/<pid>/stat``): what is left was used by processes
+the benchmark does not own. Every sample records this share, so that figures can be taken
+from the quiet samples only. Linux only; elsewhere the share is unknown (``None``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["QUIET", "CpuMeter", "process_cpu_seconds"]
+
+QUIET = 0.10
+"""A sample is quiet when other processes used at most this share of all CPUs."""
+
+
+def _machine_seconds() -> tuple[float, float] | None:
+    """Busy and total CPU seconds of every CPU together, from ``/proc/stat``."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:9]
+    except (OSError, IndexError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(value) for value in fields)
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = user + nice + system + irq + softirq + steal
+    return busy / hz, (busy + idle + iowait) / hz
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a running process, or ``None``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+class CpuMeter:
+    """Started on creation; ``others()`` is the share other processes used since.
+
+    Args:
+        running: returns the CPU seconds used so far by processes of ours that have not
+            been reaped yet (they are not in ``os.times``).
+    """
+
+    def __init__(self, running: Callable[[], float] | None = None) -> None:
+        self._running = running
+        self._machine = _machine_seconds()
+        self._own = _own_seconds() + (running() if running else 0.0)
+
+    def others(self) -> float | None:
+        """The share of the machine's CPU capacity used by other processes (0 to 1)."""
+        end = _machine_seconds()
+        if self._machine is None or end is None or end[1] <= self._machine[1]:
+            return None
+        own = _own_seconds() + (self._running() if self._running else 0.0) - self._own
+        busy = end[0] - self._machine[0]
+        return min(1.0, max(0.0, busy - own) / (end[1] - self._machine[1]))

@@ -1,0 +1,811 @@
+"""Security Event Tokens pushed by the identity provider (RFC 8417, RFC 8935).
+
+SETs are signed by a real ``DevIssuer`` and posted through a real Starlette app (the test
+app of ``tests/apps.py`` with the receiver routed in) over ``httpx.ASGITransport``; the
+effect is checked the way it matters: an access token issued before the event is refused by
+the middleware afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import structlog
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route
+
+from bearerguard import BearerGuard, ConfigurationError, RefreshPolicy
+from bearerguard._core.secevent import (
+    SecurityEventError,
+    plan_security_event,
+)
+from bearerguard.errors import (
+    BadSignatureError,
+    KeySetUnavailableError,
+    UnsupportedAlgorithmError,
+)
+from bearerguard.events import (
+    CAEP_CREDENTIAL_CHANGE,
+    CAEP_SESSION_REVOKED,
+    RISC_ACCOUNT_DISABLED,
+    RISC_ACCOUNT_PURGED,
+    RISC_CREDENTIAL_COMPROMISE,
+    SET_MEDIA_TYPE,
+    SUBJECT_CUTOFF_EVENTS,
+    SecurityEventReceiver,
+)
+from bearerguard.introspection import Introspector
+from bearerguard.revocation import IntrospectionRevocationStore, MemoryRevocationStore
+from bearerguard.testing import DevIssuer, Override
+from tests.apps import build_app
+from tests.helpers import b64, compact, segment
+
+RECEIVER = "https://api.example/events"
+UNKNOWN_EVENT = "https://schemas.example/event-type/coffee-brewed"
+
+
+@pytest.fixture
+def issuer() -> Iterator[DevIssuer]:
+    """A fresh ES256 issuer per test (fast keys); faults go in ``overrides``."""
+    with DevIssuer(algorithms=["ES256"]) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stranger() -> Iterator[DevIssuer]:
+    """Another issuer: its keys are trusted by nobody here."""
+    with DevIssuer(algorithms=["ES256"]) as running:
+        yield running
+
+
+class Setup:
+    """The API, its store and receiver, and a client posting to it."""
+
+    client: httpx.AsyncClient
+
+    def __init__(self, issuer: DevIssuer, **options: Any) -> None:
+        self.issuer = issuer
+        self.store = MemoryRevocationStore()
+        self.guard = issuer.guard(revocation=self.store)
+        self.receiver = SecurityEventReceiver(guard=self.guard, audience=RECEIVER, **options)
+
+    def claims(self, events: dict[str, Any], **members: Any) -> dict[str, Any]:
+        """SET claims (RFC 8417 §2.2); a member given as ``None`` is left out."""
+        claims: dict[str, Any] = {
+            "iss": self.issuer.url,
+            "aud": RECEIVER,
+            "iat": int(time.time()),
+            "jti": uuid.uuid4().hex,
+            "events": events,
+            **members,
+        }
+        return {name: value for name, value in claims.items() if value is not None}
+
+    def sign(self, claims: dict[str, Any], **headers: Any) -> str:
+        """Sign as the issuer would, typed secevent+jwt; any JSON goes (PyJWT's JWT layer
+        refuses a non-string iss, so the JWS layer signs the claims' bytes)."""
+        return self.sign_bytes(json.dumps(claims).encode(), **headers)
+
+    def sign_bytes(self, payload: bytes, **headers: Any) -> str:
+        key = self.issuer.key()
+        header = {"kid": key.kid, "typ": "secevent+jwt", **headers}
+        header = {name: value for name, value in header.items() if value is not None}
+        return jwt.api_jws.encode(payload, key.private_key, algorithm=key.algorithm, headers=header)
+
+    async def post(
+        self,
+        body: str | bytes,
+        content_type: str | None = SET_MEDIA_TYPE,
+        path: str = "/events",
+    ) -> httpx.Response:
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        content = body.encode() if isinstance(body, str) else body
+        return await self.client.post(path, content=content, headers=headers)
+
+    async def push(self, events: dict[str, Any], **members: Any) -> httpx.Response:
+        return await self.post(self.sign(self.claims(events, **members)))
+
+    async def status_of(self, token: str) -> int:
+        response = await self.client.get("/items", headers={"Authorization": f"Bearer {token}"})
+        return response.status_code
+
+
+def app_for(setup: Setup) -> Starlette:
+    app = build_app(setup.guard, public_paths=("/events", "/hooks/*"))
+    app.router.routes.append(Route("/events", setup.receiver))
+    app.router.routes.append(Mount("/hooks", app=setup.receiver))
+    return app
+
+
+async def make_setup(issuer: DevIssuer, **options: Any) -> AsyncIterator[Setup]:
+    setup = Setup(issuer, **options)
+    transport = httpx.ASGITransport(app=app_for(setup))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        setup.client = client
+        yield setup
+
+
+@pytest.fixture
+async def api(issuer: DevIssuer) -> AsyncIterator[Setup]:
+    async for setup in make_setup(issuer):
+        yield setup
+
+
+def iss_sub(issuer: DevIssuer, sub: str) -> dict[str, str]:
+    return {"format": "iss_sub", "iss": issuer.url, "sub": sub}
+
+
+def user_token(issuer: DevIssuer, sub: str = "kim", *, age: int = 60) -> str:
+    return issuer.mint(scopes=["items:read"], sub=sub, iat=int(time.time()) - age)
+
+
+# -- each event type cuts off its subject -------------------------------------------------
+
+CUTOFF_CASES = [
+    (CAEP_SESSION_REVOKED, "sub_id"),
+    (CAEP_CREDENTIAL_CHANGE, "legacy"),
+    (RISC_ACCOUNT_DISABLED, "legacy"),
+    (RISC_ACCOUNT_PURGED, "sub_id"),
+    (RISC_CREDENTIAL_COMPROMISE, "legacy"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("event_type", "placement"), CUTOFF_CASES)
+async def test_each_event_type_cuts_off_the_subject(
+    api: Setup, event_type: str, placement: str
+) -> None:
+    issuer = api.issuer
+    earlier = user_token(issuer, "kim")
+    bystander = user_token(issuer, "lee")
+    assert await api.status_of(earlier) == 200
+    now = int(time.time())
+    payload: dict[str, Any] = {"event_timestamp": now - 1}
+    members: dict[str, Any] = {}
+    if placement == "sub_id":  # RFC 9493 §4: the subject as a top-level claim
+        members["sub_id"] = iss_sub(issuer, "kim")
+    else:  # the RISC and CAEP drafts: the subject inside the event
+        payload["subject"] = iss_sub(issuer, "kim")
+    with structlog.testing.capture_logs() as events:
+        response = await api.push({event_type: payload}, **members)
+    assert response.status_code == 202
+    assert response.content == b""
+    assert await api.status_of(earlier) == 401  # issued before: refused from now on
+    assert await api.status_of(bystander) == 200
+    later = issuer.mint(scopes=["items:read"], sub="kim", iat=now + 1)
+    assert await api.status_of(later) == 200  # issued after the event: accepted
+    (received,) = [event for event in events if event["event"] == "event.received"]
+    assert received["event_types"] == [event_type]
+    assert received["subjects"] == ["kim"]
+    assert received["actions"] == [
+        {"event": event_type, "action": "revoke_subject", "sub": "kim", "issued_before": now - 1}
+    ]
+    assert received["iss"] == issuer.url
+    assert received["status"] == 202
+
+
+@pytest.mark.anyio
+async def test_without_event_timestamp_the_set_iat_is_the_cutoff(api: Setup) -> None:
+    issuer = api.issuer
+    iat = int(time.time()) - 30
+    older = user_token(issuer, "kim", age=60)
+    newer = issuer.mint(scopes=["items:read"], sub="kim", iat=iat + 10)
+    response = await api.push({RISC_ACCOUNT_DISABLED: {"subject": iss_sub(issuer, "kim")}}, iat=iat)
+    assert response.status_code == 202
+    assert await api.status_of(older) == 401
+    assert await api.status_of(newer) == 200
+
+
+SUBJECTS = {
+    "opaque": ({"format": "opaque", "id": "kim"}, True),
+    "legacy subject_type": ({"subject_type": "iss_sub", "iss": "{iss}", "sub": "kim"}, True),
+    "aliases": (
+        {
+            "format": "aliases",
+            "identifiers": [
+                {"format": "email", "email": "kim@example.com"},
+                {"format": "iss_sub", "iss": "{iss}", "sub": "kim"},
+            ],
+        },
+        True,
+    ),
+    "complex subject": (
+        {
+            "user": {"format": "iss_sub", "iss": "{iss}", "sub": "kim"},
+            "session": {"format": "opaque", "id": "s-1"},
+        },
+        True,
+    ),
+    "iss_sub of another issuer": (
+        {"format": "iss_sub", "iss": "https://other.example", "sub": "kim"},
+        False,
+    ),
+    "email": ({"format": "email", "email": "kim@example.com"}, False),
+    "phone": ({"format": "phone_number", "phone_number": "+12065550100"}, False),
+    "aliases without a usable one": (
+        {"format": "aliases", "identifiers": [{"format": "email", "email": "k@x"}]},
+        False,
+    ),
+    "complex subject without user": ({"session": {"format": "opaque", "id": "s-1"}}, False),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", list(SUBJECTS))
+async def test_subject_identifier_formats(api: Setup, name: str) -> None:
+    identifier, acted_on = SUBJECTS[name]
+    identifier = json.loads(json.dumps(identifier).replace("{iss}", api.issuer.url))
+    token = user_token(api.issuer, "kim")
+    with structlog.testing.capture_logs() as events:
+        response = await api.push({CAEP_SESSION_REVOKED: {"subject": identifier}})
+    assert response.status_code == 202
+    assert (await api.status_of(token) == 401) is acted_on
+    assert (len(api.store) == 1) is acted_on
+    (received,) = events
+    (action,) = received["actions"]
+    assert action["action"] == ("revoke_subject" if acted_on else "ignored")
+    assert "kim@example.com" not in json.dumps(received)  # unsupported identifiers unlogged
+
+
+@pytest.mark.anyio
+async def test_top_level_sub_names_the_subject(api: Setup) -> None:
+    token = user_token(api.issuer, "kim")
+    assert (await api.push({RISC_ACCOUNT_PURGED: {}}, sub="kim")).status_code == 202
+    assert await api.status_of(token) == 401
+
+
+@pytest.mark.anyio
+async def test_unknown_event_types_are_acknowledged_and_change_nothing(api: Setup) -> None:
+    token = user_token(api.issuer, "kim")
+    with structlog.testing.capture_logs() as events:
+        response = await api.push({UNKNOWN_EVENT: {"subject": iss_sub(api.issuer, "kim")}})
+    assert response.status_code == 202
+    assert len(api.store) == 0
+    assert await api.status_of(token) == 200
+    (received,) = events
+    assert received["event"] == "event.received"
+    assert received["actions"] == [
+        {"event": UNKNOWN_EVENT, "action": "ignored", "why": "event type not acted on"}
+    ]
+    assert received["subjects"] == []
+
+
+@pytest.mark.anyio
+async def test_several_events_in_one_set(api: Setup) -> None:
+    issuer = api.issuer
+    kim, lee = user_token(issuer, "kim"), user_token(issuer, "lee")
+    response = await api.push(
+        {
+            UNKNOWN_EVENT: {},
+            RISC_ACCOUNT_DISABLED: {"subject": iss_sub(issuer, "kim")},
+            RISC_CREDENTIAL_COMPROMISE: {"subject": {"format": "opaque", "id": "lee"}},
+        }
+    )
+    assert response.status_code == 202
+    assert (await api.status_of(kim), await api.status_of(lee)) == (401, 401)
+
+
+@pytest.mark.anyio
+async def test_the_event_types_acted_on_are_configurable(issuer: DevIssuer) -> None:
+    async for api in make_setup(issuer, events=[UNKNOWN_EVENT]):
+        token = user_token(issuer, "kim")
+        subject = {"subject": iss_sub(issuer, "kim")}
+        assert (await api.push({CAEP_SESSION_REVOKED: subject})).status_code == 202
+        assert await api.status_of(token) == 200
+        assert (await api.push({UNKNOWN_EVENT: subject})).status_code == 202
+        assert await api.status_of(token) == 401
+
+
+@pytest.mark.anyio
+async def test_mounted_under_a_prefix(api: Setup) -> None:
+    token = user_token(api.issuer, "kim")
+    body = api.sign(api.claims({CAEP_SESSION_REVOKED: {"subject": iss_sub(api.issuer, "kim")}}))
+    assert (await api.post(body, path="/hooks/")).status_code == 202
+    assert await api.status_of(token) == 401
+
+
+# -- refusals: the RFC 8935 §2.4 codes, never a 500 ---------------------------------------
+
+
+def tamper(token: str, **claims: Any) -> str:
+    """Change claims in a signed token, keeping its signature (which then fails)."""
+    header, payload, signature = token.split(".")
+    decoded = json.loads(jwt.utils.base64url_decode(payload))
+    return f"{header}.{segment({**decoded, **claims})}.{signature}"
+
+
+def without(claims: dict[str, Any], name: str) -> dict[str, Any]:
+    return {key: value for key, value in claims.items() if key != name}
+
+
+def flip(token: str, index: int) -> str:
+    """Change one base64url character (keeping the segment canonical)."""
+    replacement = "B" if token[index] == "A" else "A"
+    return token[:index] + replacement + token[index + 1 :]
+
+
+def refusals(api: Setup, stranger: DevIssuer) -> dict[str, tuple[str | bytes, str]]:
+    issuer = api.issuer
+    event = {CAEP_SESSION_REVOKED: {"subject": iss_sub(issuer, "kim")}}
+    good = api.claims(event)
+    signed = api.sign(good)
+    hs_secret = issuer.key().public_jwk()["x"].encode() * 4  # a public value as HMAC key
+    return {
+        "unsigned, empty signature": (
+            f"{segment({'alg': 'none', 'typ': 'secevent+jwt'})}.{segment(good)}.",
+            "invalid_request",
+        ),
+        "alg none with a signature": (
+            compact({"alg": "none", "typ": "secevent+jwt"}, good),
+            "invalid_key",
+        ),
+        "HS256 (not allowed)": (
+            jwt.encode(good, hs_secret, algorithm="HS256", headers={"typ": "secevent+jwt"}),
+            "invalid_key",
+        ),
+        "another issuer's key": (
+            stranger.sign(good, headers={"typ": "secevent+jwt"}),
+            "invalid_key",
+        ),
+        "another issuer's key with our kid": (
+            stranger.sign(good, headers={"typ": "secevent+jwt", "kid": issuer.key().kid}),
+            "authentication_failed",
+        ),
+        "tampered claims": (tamper(signed, iss=issuer.url + "/x"), "authentication_failed"),
+        "tampered signature": (flip(signed, -10), "authentication_failed"),
+        "typ at+jwt": (issuer.sign(good), "invalid_request"),
+        "no typ": (api.sign(good, typ=None), "invalid_request"),
+        "typ JWT": (api.sign(good, typ="JWT"), "invalid_request"),
+        "an access token": (issuer.mint(aud=RECEIVER), "invalid_request"),
+        "wrong iss": (api.sign({**good, "iss": stranger.url}), "invalid_issuer"),
+        "no iss": (api.sign(without(good, "iss")), "invalid_issuer"),
+        "wrong aud": (api.sign({**good, "aud": "https://api.example"}), "invalid_audience"),
+        "aud list without us": (api.sign({**good, "aud": ["a", "b"]}), "invalid_audience"),
+        "no aud": (api.sign(without(good, "aud")), "invalid_audience"),
+        "no iat": (api.sign(without(good, "iat")), "invalid_request"),
+        "iat as string": (api.sign({**good, "iat": "now"}), "invalid_request"),
+        "iat in the future": (
+            api.sign({**good, "iat": int(time.time()) + 3600}),
+            "invalid_request",
+        ),
+        "expired": (api.sign({**good, "exp": int(time.time()) - 3600}), "invalid_request"),
+        "no jti": (api.sign(without(good, "jti")), "invalid_request"),
+        "jti as number": (api.sign({**good, "jti": 7}), "invalid_request"),
+        "no events": (api.sign(without(good, "events")), "invalid_request"),
+        "events empty": (api.sign({**good, "events": {}}), "invalid_request"),
+        "events as list": (api.sign({**good, "events": [CAEP_SESSION_REVOKED]}), "invalid_request"),
+        "event payload not an object": (
+            api.sign({**good, "events": {CAEP_SESSION_REVOKED: "kim"}}),
+            "invalid_request",
+        ),
+        "no subject": (api.sign({**good, "events": {CAEP_SESSION_REVOKED: {}}}), "invalid_request"),
+        "subject not an object": (
+            api.sign({**good, "events": {CAEP_SESSION_REVOKED: {"subject": "kim"}}}),
+            "invalid_request",
+        ),
+        "subject without format": (
+            api.sign({**good, "events": {CAEP_SESSION_REVOKED: {"subject": {"sub": "kim"}}}}),
+            "invalid_request",
+        ),
+        "iss_sub without sub": (
+            api.sign(
+                {**good, "events": {CAEP_SESSION_REVOKED: {"subject": {"format": "iss_sub"}}}}
+            ),
+            "invalid_request",
+        ),
+        "event_timestamp as string": (
+            api.sign(
+                {
+                    **good,
+                    "events": {
+                        RISC_ACCOUNT_DISABLED: {
+                            "subject": iss_sub(issuer, "kim"),
+                            "event_timestamp": "yesterday",
+                        }
+                    },
+                }
+            ),
+            "invalid_request",
+        ),
+        "event_timestamp in the future": (
+            api.sign(
+                {
+                    **good,
+                    "events": {
+                        RISC_ACCOUNT_DISABLED: {
+                            "subject": iss_sub(issuer, "kim"),
+                            "event_timestamp": 253_402_300_000,
+                        }
+                    },
+                }
+            ),
+            "invalid_request",
+        ),
+        "empty body": (b"", "invalid_request"),
+        "not a JWT": (b"hello", "invalid_request"),
+        "JSON": (json.dumps(good).encode(), "invalid_request"),
+        "not ASCII": ("é.é.é".encode(), "invalid_request"),
+        "binary": (bytes(range(256)), "invalid_request"),
+        "five segments (JWE)": ("a.b.c.d.e", "invalid_request"),
+        "payload not JSON": (api.sign_bytes(b"{"), "invalid_request"),
+        "payload a JSON array": (api.sign_bytes(b"[1]"), "invalid_request"),
+        "payload with duplicate members": (
+            api.sign_bytes(b'{"iss": "a", "iss": "b"}'),
+            "invalid_request",
+        ),
+        "garbage signed": (
+            f"{segment({'alg': 'ES256'})}.{b64(b'{')}.{b64(b's')}",
+            "authentication_failed",
+        ),
+    }
+
+
+@pytest.mark.anyio
+async def test_refusals_answer_the_rfc8935_codes(api: Setup, stranger: DevIssuer) -> None:
+    token = user_token(api.issuer, "kim")
+    for name, (body, err) in refusals(api, stranger).items():
+        with structlog.testing.capture_logs() as events:
+            response = await api.post(body)
+        assert response.status_code == 400, name
+        assert response.headers["content-type"] == "application/json"
+        document = response.json()
+        assert document["err"] == err, (name, document)
+        assert isinstance(document["description"], str)
+        (rejected,) = events
+        assert (rejected["event"], rejected["err"], rejected["status"]) == (
+            "event.rejected",
+            err,
+            400,
+        ), name
+    assert len(api.store) == 0
+    assert await api.status_of(token) == 200
+
+
+@pytest.mark.anyio
+async def test_a_replayed_jti_is_refused(api: Setup) -> None:
+    body = api.sign(api.claims({RISC_ACCOUNT_DISABLED: {"subject": iss_sub(api.issuer, "kim")}}))
+    assert (await api.post(body)).status_code == 202
+    replay = await api.post(body)
+    assert replay.status_code == 400
+    assert replay.json() == {
+        "err": "invalid_request",
+        "description": "A SET with this jti has already been received.",
+    }
+
+
+@pytest.mark.anyio
+async def test_the_replay_cache_is_bounded(issuer: DevIssuer) -> None:
+    async for api in make_setup(issuer, replay_cache_size=2):
+        bodies = [api.sign(api.claims({UNKNOWN_EVENT: {}})) for _ in range(3)]
+        for body in bodies:
+            assert (await api.post(body)).status_code == 202
+        assert (await api.post(bodies[2])).status_code == 400
+        assert len(api.receiver._seen) == 2
+        # The oldest was forgotten; acting on it again is harmless (cut-offs are idempotent).
+        assert (await api.post(bodies[0])).status_code == 202
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/json", "application/jwt", "text/plain", "application/secevent+json"],
+)
+async def test_wrong_content_type_is_415(api: Setup, content_type: str | None) -> None:
+    body = api.sign(api.claims({CAEP_SESSION_REVOKED: {"subject": iss_sub(api.issuer, "kim")}}))
+    response = await api.post(body, content_type=content_type)
+    assert response.status_code == 415
+    assert response.json()["err"] == "invalid_request"
+    assert len(api.store) == 0
+
+
+@pytest.mark.anyio
+async def test_content_type_parameters_and_case_are_tolerated(api: Setup) -> None:
+    body = api.sign(api.claims({UNKNOWN_EVENT: {}}))
+    response = await api.post(body, content_type="Application/SecEvent+JWT; charset=us-ascii")
+    assert response.status_code == 202
+
+
+@pytest.mark.anyio
+async def test_huge_bodies_are_413(issuer: DevIssuer) -> None:
+    async for api in make_setup(issuer, max_body_bytes=4096):
+        huge = api.sign(api.claims({UNKNOWN_EVENT: {"pad": "x" * 8192}}))
+        response = await api.post(huge)
+        assert response.status_code == 413
+        assert response.json()["err"] == "invalid_request"
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: streamed
+            for _ in range(10):
+                yield b"a" * 1024
+
+        streamed = await api.client.post(
+            "/events", content=chunks(), headers={"Content-Type": SET_MEDIA_TYPE}
+        )
+        assert streamed.status_code == 413
+        lying = await api.client.post(
+            "/events",
+            content=b"abc",
+            headers={"Content-Type": SET_MEDIA_TYPE, "Content-Length": "nope"},
+        )
+        assert lying.status_code in {400, 413}
+
+
+@pytest.mark.anyio
+async def test_other_methods_are_405(api: Setup) -> None:
+    response = await api.client.get("/events")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["err"] == "invalid_request"
+
+
+@pytest.mark.anyio
+async def test_random_input_never_gets_a_500(api: Setup, stranger: DevIssuer) -> None:
+    rng = random.Random(8417)
+    issuer = api.issuer
+    values: list[Any] = [
+        None,
+        True,
+        0,
+        -1,
+        1.5,
+        1e308,
+        "",
+        "kim",
+        [],
+        [1],
+        {},
+        {"format": None},
+        {"format": "iss_sub", "iss": issuer.url, "sub": 5},
+        {"format": "iss_sub", "iss": issuer.url, "sub": ""},
+        {"format": "opaque"},
+        {"format": "opaque", "id": ["x"]},
+        {"format": "aliases", "identifiers": "x"},
+        {"format": "aliases", "identifiers": [1]},
+        {"format": "aliases", "identifiers": [{"format": "aliases", "identifiers": []}]},
+        {"user": "kim"},
+        {"user": {"user": {"format": "opaque", "id": "x"}}},
+        {"subject_type": 3},
+    ]
+    statuses = set()
+    for _ in range(150):
+        claims = api.claims({rng.choice([*SUBJECT_CUTOFF_EVENTS, UNKNOWN_EVENT]): {}})
+        event_type = next(iter(claims["events"]))
+        for member in rng.sample(["subject", "event_timestamp", "reason_admin"], 2):
+            claims["events"][event_type][member] = rng.choice(values)
+        for member in rng.sample(["iat", "jti", "aud", "sub_id", "sub", "exp", "iss"], 2):
+            if rng.random() < 0.3:
+                claims[member] = rng.choice(values)
+        body: str | bytes = api.sign(claims)
+        if rng.random() < 0.2:
+            raw = bytearray(body.encode())
+            raw[rng.randrange(len(raw))] = rng.randrange(256)
+            body = bytes(raw)
+        response = await api.post(body)
+        statuses.add(response.status_code)
+        assert response.status_code in {202, 400}, (claims, response.text)
+        if response.status_code == 400:
+            assert response.json()["err"] in {
+                "invalid_request",
+                "invalid_key",
+                "invalid_issuer",
+                "invalid_audience",
+                "authentication_failed",
+            }
+    assert statuses == {202, 400}
+
+
+# -- outages: 503, and the transmitter's retry is acted on --------------------------------
+
+
+class FlakyStore(MemoryRevocationStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    async def revoke_subject(self, sub: str, issued_before: Any = None, *, issuer: Any = None):
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("store down")
+        await super().revoke_subject(sub, issued_before, issuer=issuer)
+
+
+@pytest.mark.anyio
+async def test_store_failure_is_503_and_the_retry_is_acted_on(issuer: DevIssuer) -> None:
+    store = FlakyStore()
+    async for api in make_setup(issuer, store=store):
+        token = user_token(issuer, "kim")
+        body = api.sign(api.claims({RISC_ACCOUNT_DISABLED: {"subject": iss_sub(issuer, "kim")}}))
+        with structlog.testing.capture_logs() as events:
+            failed = await api.post(body)
+        assert failed.status_code == 503
+        assert failed.headers["retry-after"]
+        assert "err" not in failed.json()
+        assert (events[0]["event"], events[0]["status"]) == ("event.rejected", 503)
+        assert "store down" in events[0]["reason"]
+        assert (await api.post(body)).status_code == 202  # the same jti, now acted on
+        # The cut-off went to the receiver's store; the guard's own store is separate here.
+        assert len(store) == 1
+        assert await api.status_of(token) == 200
+
+
+@pytest.mark.anyio
+async def test_keys_unavailable_is_503(issuer: DevIssuer) -> None:
+    issuer.overrides[issuer.jwks_path] = Override(status=500, body=b"{}")
+    async for api in make_setup(issuer):
+        body = api.sign(api.claims({UNKNOWN_EVENT: {}}))
+        response = await api.post(body)
+        assert response.status_code == 503
+        assert "retry-after" in response.headers
+        issuer.overrides.clear()
+
+
+# -- configuration and plumbing ------------------------------------------------------------
+
+
+def test_configuration_is_checked(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard()
+    with pytest.raises(ConfigurationError):
+        SecurityEventReceiver(guard="guard", audience=RECEIVER)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        SecurityEventReceiver(guard=guard, audience="")
+    with pytest.raises(ConfigurationError):
+        SecurityEventReceiver(guard=guard, audience=[])
+    with pytest.raises(ConfigurationError):
+        SecurityEventReceiver(guard=guard, audience=RECEIVER, max_body_bytes=10)
+    introspecting = session_issuer.guard(
+        revocation=IntrospectionRevocationStore(
+            Introspector("https://as.example/i", client_id="a", client_secret="b")
+        )
+    )
+    with pytest.raises(ConfigurationError, match="revoke_subject"):
+        SecurityEventReceiver(guard=introspecting, audience=RECEIVER)
+    store = MemoryRevocationStore()
+    receiver = SecurityEventReceiver(guard=introspecting, audience=RECEIVER, store=store)
+    assert receiver.store is store
+    assert RECEIVER in repr(receiver)
+
+
+@pytest.mark.anyio
+async def test_lifespan_and_websocket_scopes(session_issuer: DevIssuer) -> None:
+    receiver = SecurityEventReceiver(guard=session_issuer.guard(), audience=RECEIVER)
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await receiver({"type": "lifespan"}, receive, send)
+    assert [message["type"] for message in sent] == [
+        "lifespan.startup.complete",
+        "lifespan.shutdown.complete",
+    ]
+    sent.clear()
+    await receiver({"type": "websocket", "path": "/"}, receive, send)
+    assert sent == [{"type": "websocket.close", "code": 1008}]
+
+
+@pytest.mark.anyio
+async def test_a_client_that_disconnects_gets_no_answer(session_issuer: DevIssuer) -> None:
+    receiver = SecurityEventReceiver(guard=session_issuer.guard(), audience=RECEIVER)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "headers": [(b"content-type", SET_MEDIA_TYPE.encode())],
+    }
+    await receiver(scope, receive, send)
+    assert sent == []
+
+
+# -- the guard's signature step on its own --------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_verify_signed_checks_only_the_signature(issuer: DevIssuer) -> None:
+    guard = issuer.guard(refresh=RefreshPolicy(cooldown=0))
+    claims = {"iss": "anyone", "events": {}}  # no exp, no aud: not an access token
+    header, verified = await guard.verify_signed(issuer.sign(claims, headers={"typ": "x"}))
+    assert verified == claims
+    assert header["typ"] == "x"
+    assert guard.verify_signed_sync(issuer.sign(claims))[1] == claims
+    with pytest.raises(BadSignatureError):
+        await guard.verify_signed(tamper(issuer.sign(claims), iss="someone"))
+    with pytest.raises(UnsupportedAlgorithmError):
+        guard.verify_signed_sync(compact({"alg": "none"}, claims))
+    # A rotated key is fetched as for access tokens (an unknown kid triggers a refresh).
+    issuer.rotate("ES256")
+    assert (await guard.verify_signed(issuer.sign(claims)))[1] == claims
+    issuer.rotate("ES256")
+    assert guard.verify_signed_sync(issuer.sign(claims))[1] == claims
+
+
+def test_verify_signed_fails_closed_without_keys(issuer: DevIssuer) -> None:
+    issuer.overrides[issuer.jwks_path] = Override(status=500)
+    with pytest.raises(KeySetUnavailableError):
+        issuer.guard().verify_signed_sync(issuer.sign({"a": 1}))
+
+
+def test_verify_signed_with_static_keys_and_hmac(issuer: DevIssuer) -> None:
+    secret = "s" * 32
+    guard = BearerGuard(
+        issuer="https://idp.example",
+        audience=RECEIVER,
+        keys=issuer.jwks(),
+        algorithms=["ES256", "HS256"],
+        secret=secret,
+    )
+    assert guard.verify_signed_sync(issuer.sign({"a": 1}))[1] == {"a": 1}
+    assert guard.verify_signed_sync(jwt.encode({"b": 2}, secret, algorithm="HS256"))[1] == {"b": 2}
+
+
+# -- the pure plan ------------------------------------------------------------------------
+
+
+def plan(claims: dict[str, Any], **header: Any) -> Any:
+    return plan_security_event(
+        {"typ": "secevent+jwt", **header},
+        claims,
+        issuer="https://idp.example",
+        audiences=frozenset({RECEIVER}),
+        now=1_700_000_000.0,
+        leeway=30.0,
+    )
+
+
+def test_plan_of_a_set() -> None:
+    result = plan(
+        {
+            "iss": "https://idp.example",
+            "aud": [RECEIVER, "other"],
+            "iat": 1_700_000_000,
+            "jti": "j-1",
+            "sub_id": {"format": "opaque", "id": "kim"},
+            "events": {
+                CAEP_SESSION_REVOKED: {"event_timestamp": 1_699_999_990},
+                CAEP_CREDENTIAL_CHANGE: {},
+                UNKNOWN_EVENT: {},
+            },
+        },
+        typ="application/SECEVENT+jwt",
+    )
+    assert result.jti == "j-1"
+    assert [(cut.subject, cut.issued_before) for cut in result.cutoffs] == [
+        ("kim", 1_699_999_990.0),
+        ("kim", 1_700_000_000.0),
+    ]
+    assert [ignored.event_type for ignored in result.ignored] == [UNKNOWN_EVENT]
+    assert result.event_types == (CAEP_SESSION_REVOKED, CAEP_CREDENTIAL_CHANGE, UNKNOWN_EVENT)
+
+
+def test_plan_errors_carry_fixed_descriptions() -> None:
+    with pytest.raises(SecurityEventError) as caught:
+        plan({"iss": "https://evil.example"})
+    assert caught.value.err == "invalid_issuer"
+    assert "evil" not in caught.value.description
+    assert "evil" in caught.value.detail
+
+
+def test_exports_are_sorted_and_resolve() -> None:
+    import bearerguard.events as module
+
+    exported = list(module.__all__)
+    assert exported == sorted(exported, key=lambda item: (not item.isupper(), item))
+    assert all(hasattr(module, item) for item in exported)

@@ -1,0 +1,451 @@
+"""bearerguard.fastapi: the Security dependency, with and without the middleware, and OpenAPI.
+
+No ``from __future__ import annotations`` here: FastAPI evaluates string annotations in the
+module's globals, and these path operations annotate with a local ``BearerAuth``.
+"""
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import APIRouter, FastAPI, Security
+from pydantic import BaseModel, Field
+from starlette.middleware import Middleware
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from structlog.testing import capture_logs
+
+from bearerguard import AccessToken, BearerGuard, get_access_token, requires_scopes
+from bearerguard.asgi import BearerGuardMiddleware
+from bearerguard.errors import ConfigurationError
+from bearerguard.fastapi import BearerAuth, oauth2_flows
+from bearerguard.testing import DevIssuer
+
+pytestmark = pytest.mark.anyio
+
+IMPLICATIONS = {"items:write": ["items:read"], "admin": ["admin:*", "items:write"]}
+
+
+class ItemIn(BaseModel):
+    name: str = Field(min_length=1)
+
+
+def build_api(guard: BearerGuard, *, middleware: bool, install: bool = True) -> FastAPI:
+    bearer = BearerAuth(guard)
+    app = FastAPI(
+        middleware=[Middleware(BearerGuardMiddleware, guard=guard, public_paths=["/health"])]
+        if middleware
+        else []
+    )
+    if install:
+        bearer.install(app)
+
+    @app.get("/health")
+    def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/items")
+    async def list_items(
+        token: Annotated[AccessToken, bearer.requires("items:read")],
+    ) -> dict[str, Any]:
+        current = get_access_token()
+        return {"sub": token.subject, "same": current is token}
+
+    @app.post("/items", status_code=201)
+    def add_item(
+        item: ItemIn, token: Annotated[AccessToken, Security(bearer, scopes=["items:write"])]
+    ) -> dict[str, Any]:
+        return {"name": item.name, "owner": token.subject}
+
+    @app.delete("/items/{item_id}", dependencies=[bearer.requires_any("items:delete", "admin")])
+    async def delete_item(item_id: int) -> dict[str, int]:
+        return {"deleted": item_id}
+
+    @app.get("/admin/users")
+    async def admin_users(
+        token: Annotated[AccessToken, bearer.requires("admin:users")],
+    ) -> list[str]:
+        return []
+
+    @app.get("/me")
+    async def me(token: Annotated[AccessToken, bearer.requires()]) -> dict[str, Any]:
+        return {"sub": token.subject, "scopes": sorted(token.scopes)}
+
+    @app.get("/decorated")
+    @requires_scopes("reports:read")
+    async def decorated() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.websocket("/ws")
+    async def socket(
+        websocket: WebSocket, token: Annotated[AccessToken, bearer.requires("chat")]
+    ) -> None:
+        await websocket.accept()
+        await websocket.send_json({"sub": token.subject})
+        await websocket.close()
+
+    return app
+
+
+@pytest.fixture
+def guard(session_issuer: DevIssuer) -> BearerGuard:
+    return session_issuer.guard(scope_implications=IMPLICATIONS)
+
+
+@pytest.fixture(params=["dependency-only", "with-middleware"])
+def middleware(request: pytest.FixtureRequest) -> bool:
+    return request.param == "with-middleware"
+
+
+@pytest.fixture
+async def client(guard: BearerGuard, middleware: bool) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=build_api(guard, middleware=middleware))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+def bearer(issuer: DevIssuer, *scopes: str, sub: str = "erin") -> dict[str, str]:
+    return {"Authorization": f"Bearer {issuer.mint(scopes=scopes, sub=sub)}"}
+
+
+def assert_refusal(response: httpx.Response, status: int, error: str | None) -> str:
+    assert response.status_code == status, response.text
+    challenge = response.headers["www-authenticate"]
+    assert challenge.startswith('Bearer realm="https://api.example"')
+    assert (f'error="{error}"' in challenge) if error else ("error=" not in challenge)
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert set(body) == {"error", "error_description"}
+    assert body["error"] == (error or "unauthorized")
+    return challenge
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "scopes", "status"),
+    [
+        ("GET", "/items", ["items:read"], 200),
+        ("GET", "/items", ["items:write"], 200),  # implied
+        ("GET", "/items", ["admin"], 200),  # implied, transitively
+        ("GET", "/items", ["items:delete"], 403),
+        ("DELETE", "/items/1", ["items:delete"], 200),
+        ("DELETE", "/items/1", ["admin"], 200),
+        ("DELETE", "/items/1", ["items:write"], 403),
+        ("GET", "/admin/users", ["admin"], 200),  # admin implies admin:*
+        ("GET", "/admin/users", ["admin:users"], 200),
+        ("GET", "/admin/users", ["admin:*"], 403),  # a token's scopes are literal
+        ("GET", "/admin/users", ["items:write"], 403),
+        ("GET", "/me", [], 200),
+    ],
+)
+async def test_scopes_all_of_any_of_and_implied(
+    client: httpx.AsyncClient,
+    session_issuer: DevIssuer,
+    method: str,
+    path: str,
+    scopes: list[str],
+    status: int,
+) -> None:
+    with capture_logs() as events:
+        response = await client.request(method, path, headers=bearer(session_issuer, *scopes))
+    assert response.status_code == status, response.text
+    expected = ["token.accepted"] if status == 200 else ["token.accepted", "scope.denied"]
+    assert [event["event"] for event in events] == expected
+    if status == 403:
+        assert_refusal(response, 403, "insufficient_scope")
+
+
+async def test_the_token_is_injected_and_current(
+    client: httpx.AsyncClient, session_issuer: DevIssuer
+) -> None:
+    response = await client.get("/items", headers=bearer(session_issuer, "items:read", sub="fay"))
+    assert response.json() == {"sub": "fay", "same": True}
+
+
+async def test_missing_and_bad_tokens(
+    client: httpx.AsyncClient, session_issuer: DevIssuer, middleware: bool
+) -> None:
+    with capture_logs() as events:
+        missing = await client.get("/items")
+        expired = await client.get(
+            "/items", headers={"Authorization": f"Bearer {session_issuer.mint(expires_in=-300)}"}
+        )
+        doubled = await client.get("/items?access_token=abc", headers=bearer(session_issuer))
+    challenge = assert_refusal(missing, 401, None)
+    if not middleware:
+        # The dependency knows the operation's scopes: the 401 says which to ask for.
+        assert challenge.endswith('scope="items:read"')
+    assert_refusal(expired, 401, "invalid_token")
+    assert_refusal(doubled, 400, "invalid_request")
+    assert [(event["event"], event["reason"]) for event in events] == [
+        ("token.rejected", "missing_token"),
+        ("token.rejected", "expired"),
+        ("token.rejected", "invalid_request"),
+    ]
+
+
+async def test_scope_checked_before_the_body_is_validated(
+    client: httpx.AsyncClient, session_issuer: DevIssuer
+) -> None:
+    under = await client.post(
+        "/items", headers=bearer(session_issuer, "items:read"), json={"name": ""}
+    )
+    assert_refusal(under, 403, "insufficient_scope")
+    assert "detail" not in under.text
+    invalid = await client.post(
+        "/items", headers=bearer(session_issuer, "items:write"), json={"name": ""}
+    )
+    assert invalid.status_code == 422
+    created = await client.post(
+        "/items", headers=bearer(session_issuer, "items:write"), json={"name": "mug"}
+    )
+    assert created.json() == {"name": "mug", "owner": "erin"}
+
+
+async def test_one_verification_with_the_middleware(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    app = build_api(guard, middleware=True, install=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        with capture_logs() as events:
+            ok = await client.get("/items", headers=bearer(session_issuer, "items:read"))
+            denied = await client.get("/items", headers=bearer(session_issuer, "x"))
+            public = await client.get("/health")
+    assert ok.status_code == 200
+    # Without install(), the middleware still answers the dependency's refusal in full.
+    assert_refusal(denied, 403, "insufficient_scope")
+    assert public.status_code == 200
+    assert [event["event"] for event in events] == [
+        "token.accepted",
+        "token.accepted",
+        "scope.denied",
+    ]
+
+
+async def test_without_install_or_middleware_the_answer_is_still_safe(
+    guard: BearerGuard, session_issuer: DevIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = build_api(guard, middleware=False, install=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        denied = await client.get("/items", headers=bearer(session_issuer, "x"))
+        missing = await client.get("/items")
+    assert denied.status_code == 403
+    assert 'error="insufficient_scope"' in denied.headers["www-authenticate"]
+    assert denied.json() == {
+        "detail": "The access token does not grant the scope this request needs."
+    }
+    assert missing.status_code == 401
+    assert "install(app)" in caplog.text
+
+
+async def test_websocket_dependency(guard: BearerGuard, session_issuer: DevIssuer) -> None:
+    for middleware in (False, True):
+        with TestClient(build_api(guard, middleware=middleware)) as client:
+            with client.websocket_connect("/ws", headers=bearer(session_issuer, "chat")) as ws:
+                assert ws.receive_json() == {"sub": "erin"}
+            with (
+                pytest.raises(WebSocketDisconnect) as closed,
+                client.websocket_connect("/ws", headers=bearer(session_issuer, "other")),
+            ):
+                pass  # pragma: no cover - refused before accept
+            assert closed.value.code == 1008
+
+
+async def test_resource_metadata_in_the_dependency_challenges(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard(
+        audience=None, resource="https://api.example", realm="https://api.example"
+    )
+    transport = httpx.ASGITransport(app=build_api(guard, middleware=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        missing = await client.get("/items")
+        denied = await client.get("/items", headers=bearer(session_issuer, "x"))
+    url = "https://api.example/.well-known/oauth-protected-resource"
+    assert assert_refusal(missing, 401, None) == (
+        f'Bearer realm="https://api.example", resource_metadata="{url}", scope="items:read"'
+    )
+    assert f'resource_metadata="{url}"' in assert_refusal(denied, 403, "insufficient_scope")
+
+
+# -- whole apps and routers -------------------------------------------------------------
+
+
+async def test_protect_an_app_and_a_router(guard: BearerGuard, session_issuer: DevIssuer) -> None:
+    bearer_auth = BearerAuth(guard)
+    app = FastAPI()
+    bearer_auth.protect(app)
+    admin = APIRouter(prefix="/admin", dependencies=[bearer_auth.requires("admin")])
+
+    @admin.get("/stats")
+    async def stats() -> dict[str, int]:
+        return {"users": 1}
+
+    @app.get("/anything")
+    async def anything() -> dict[str, bool]:
+        return {"ok": True}
+
+    app.include_router(admin)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert_refusal(await client.get("/anything"), 401, None)
+        assert (await client.get("/anything", headers=bearer(session_issuer))).status_code == 200
+        assert_refusal(
+            await client.get("/admin/stats", headers=bearer(session_issuer)),
+            403,
+            "insufficient_scope",
+        )
+        ok = await client.get("/admin/stats", headers=bearer(session_issuer, "admin"))
+        assert ok.json() == {"users": 1}
+        assert (await client.get("/docs")).status_code == 200  # FastAPI's own pages stay open
+
+
+def test_protect_refuses_apps_that_already_have_operations(guard: BearerGuard) -> None:
+    bearer_auth = BearerAuth(guard)
+    app = FastAPI()
+
+    @app.get("/early")
+    async def early() -> None:
+        pass  # pragma: no cover
+
+    with pytest.raises(ConfigurationError, match="before adding path operations"):
+        bearer_auth.protect(app)
+    with pytest.raises(ConfigurationError, match="BearerGuard"):
+        BearerAuth("not a guard")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        bearer_auth.requires("two words")
+    with pytest.raises(ConfigurationError):
+        bearer_auth.requires_any()
+
+
+# -- OpenAPI ----------------------------------------------------------------------------
+
+
+def test_openapi_security_scopes_and_responses(guard: BearerGuard) -> None:
+    schema = build_api(guard, middleware=True).openapi()
+    assert schema["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "An OAuth 2.0 access token (JWT) in the Authorization header.",
+    }
+    paths = schema["paths"]
+    assert paths["/items"]["get"]["security"] == [{"bearerAuth": ["items:read"]}]
+    assert paths["/items"]["post"]["security"] == [{"bearerAuth": ["items:write"]}]
+    assert paths["/items/{item_id}"]["delete"]["security"] == [
+        {"bearerAuth": ["items:delete"]},
+        {"bearerAuth": ["admin"]},
+    ]
+    assert paths["/me"]["get"]["security"] == [{"bearerAuth": []}]
+    # requires_scopes behind the middleware is documented too
+    assert paths["/decorated"]["get"]["security"] == [{"bearerAuth": ["reports:read"]}]
+    assert "security" not in paths["/health"]["get"]
+    for path, method in [("/items", "get"), ("/items/{item_id}", "delete"), ("/decorated", "get")]:
+        responses = paths[path][method]["responses"]
+        assert {"401", "403"} <= set(responses)
+        assert responses["403"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/BearerError"
+        }
+        assert "WWW-Authenticate" in responses["401"]["headers"]
+    assert "403" not in paths["/me"]["get"]["responses"]
+    assert "401" not in paths["/health"]["get"]["responses"]
+    # the handler's own parameters are unchanged; the decorator's check is not a parameter
+    assert [p["name"] for p in paths["/items/{item_id}"]["delete"]["parameters"]] == ["item_id"]
+    assert "parameters" not in paths["/decorated"]["get"]
+
+
+def test_openapi_any_of_combines_with_all_of(guard: BearerGuard) -> None:
+    bearer_auth = BearerAuth(guard, scheme_name="jwt")
+    app = bearer_auth.install(FastAPI())
+    groups = [bearer_auth.requires_any(f"g{n}a", f"g{n}b") for n in range(7)]
+
+    @app.get("/combined", dependencies=[bearer_auth.requires("base"), groups[0], groups[1]])
+    async def combined() -> None:
+        pass  # pragma: no cover
+
+    @app.get("/many", dependencies=groups)
+    async def many() -> None:
+        pass  # pragma: no cover
+
+    paths = app.openapi()["paths"]
+    assert paths["/combined"]["get"]["security"] == [
+        {"jwt": ["base", "g0a", "g1a"]},
+        {"jwt": ["base", "g0a", "g1b"]},
+        {"jwt": ["base", "g0b", "g1a"]},
+        {"jwt": ["base", "g0b", "g1b"]},
+    ]
+    # 2**7 alternatives are too many to list: every scope that may be needed is named
+    (only,) = paths["/many"]["get"]["security"]
+    assert len(only["jwt"]) == 14
+    assert app.openapi() is app.openapi()
+
+
+def test_openapi_oauth2_flows_from_the_issuer_metadata(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    metadata = {
+        **session_issuer.metadata(),
+        "authorization_endpoint": f"{session_issuer.url}/authorize",
+    }
+    flows = oauth2_flows(
+        metadata,
+        scopes={"items:read": "Read items"},
+        flows=["authorizationCode", "clientCredentials"],
+    )
+    bearer_auth = BearerAuth(guard, oauth2_flows=flows)
+    app = bearer_auth.install(FastAPI())
+
+    @app.get("/items")
+    async def items(token: Annotated[AccessToken, bearer_auth.requires("items:read")]) -> None:
+        pass  # pragma: no cover
+
+    scheme = app.openapi()["components"]["securitySchemes"]["bearerAuth"]
+    assert scheme["type"] == "oauth2"
+    assert scheme["flows"]["authorizationCode"] == {
+        "authorizationUrl": f"{session_issuer.url}/authorize",
+        "tokenUrl": f"{session_issuer.url}/token",
+        "scopes": {"items:read": "Read items"},
+    }
+    assert scheme["flows"]["clientCredentials"]["tokenUrl"] == f"{session_issuer.url}/token"
+    with pytest.raises(ConfigurationError, match="authorization_endpoint"):
+        oauth2_flows(session_issuer.metadata())
+    with pytest.raises(ConfigurationError, match="token_endpoint"):
+        oauth2_flows({}, flows=["clientCredentials"])
+    with pytest.raises(ConfigurationError, match="unsupported flow"):
+        oauth2_flows(metadata, scopes=["a"], flows=["implicit"])
+
+
+def test_swagger_ui_is_served(guard: BearerGuard) -> None:
+    with TestClient(build_api(guard, middleware=False)) as client:
+        assert "swagger-ui" in client.get("/docs").text
+        assert client.get("/openapi.json").json()["paths"]["/items"]["get"]["security"]
+
+
+def test_protect_refuses_apps_with_included_routers(guard: BearerGuard) -> None:
+    router = APIRouter()
+
+    @router.get("/included")
+    async def included() -> None:
+        pass  # pragma: no cover
+
+    app = FastAPI()
+    app.include_router(router)
+    with pytest.raises(ConfigurationError, match="before adding path operations"):
+        BearerAuth(guard).protect(app)
+
+
+def test_openapi_documents_included_routers(guard: BearerGuard) -> None:
+    bearer_auth = BearerAuth(guard)
+    app = bearer_auth.install(FastAPI())
+    inner = APIRouter(prefix="/inner", dependencies=[bearer_auth.requires_any("a", "b")])
+
+    @inner.get("/x")
+    async def x() -> None:
+        pass  # pragma: no cover
+
+    outer = APIRouter(prefix="/outer")
+    outer.include_router(inner)
+    app.include_router(outer)
+    operation = app.openapi()["paths"]["/outer/inner/x"]["get"]
+    assert operation["security"] == [{"bearerAuth": ["a"]}, {"bearerAuth": ["b"]}]
+    assert {"401", "403"} <= set(operation["responses"])

@@ -1,0 +1,786 @@
+"""Token introspection (RFC 7662) against a real authorization server on 127.0.0.1.
+
+``IntrospectionServer`` is a small RFC 7662 endpoint: it requires client authentication
+(HTTP Basic with form-urlencoded credentials, or credentials in the body: RFC 6749 §2.3.1),
+answers from a table of tokens, counts its calls, and can be told to fail, stall or answer
+garbage. Time is a ``FakeClock`` given to the introspector: cache lifetimes are crossed by
+advancing it, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote_plus
+
+import httpx
+import pytest
+import structlog
+
+from bearerguard import BearerGuard, ConfigurationError, ServiceUnavailableError
+from bearerguard._core.claims import ClaimsPolicy
+from bearerguard._core.introspected import (
+    INTROSPECTION_ALGORITHM,
+    IntrospectionResponseError,
+    parse_introspection_response,
+    token_from_introspection,
+)
+from bearerguard._core.jws import looks_compact
+from bearerguard.errors import (
+    ExpiredTokenError,
+    InvalidAudienceError,
+    InvalidClaimError,
+    InvalidIssuerError,
+    NotYetValidError,
+    RevocationStoreError,
+    RevokedTokenError,
+)
+from bearerguard.introspection import (
+    InactiveTokenError,
+    IntrospectionError,
+    IntrospectionResult,
+    Introspector,
+)
+from bearerguard.revocation import IntrospectionRevocationStore, MemoryRevocationStore
+from bearerguard.testing import DevIssuer
+from tests.apps import build_app, build_flask_app
+
+CLIENT_ID = "api server"  # a space and a colon below: both must survive RFC 6749 §2.3.1
+CLIENT_SECRET = "s3cr:t+/%é"
+AUDIENCE = "https://api.example"
+
+
+class FakeClock:
+    """Epoch seconds that move only when told to."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Fault:
+    """What the server answers instead of the truth."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request the server received."""
+
+    form: dict[str, list[str]]
+    headers: dict[str, str]
+    client: str | None
+    """The client id it authenticated, ``None`` when authentication failed."""
+
+
+class IntrospectionServer:
+    """An RFC 7662 introspection endpoint on 127.0.0.1 (POST /introspect)."""
+
+    def __init__(self, *, client_id: str = CLIENT_ID, client_secret: str = CLIENT_SECRET):
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.tokens: dict[str, dict[str, Any]] = {}
+        self.fault: Fault | None = None
+        self.seen: list[Seen] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/introspect"
+
+    @property
+    def calls(self) -> int:
+        with self._lock:
+            return len(self.seen)
+
+    def introspector(self, **options: Any) -> Introspector:
+        options.setdefault("client_id", self.client_id)
+        options.setdefault("client_secret", self.client_secret)
+        return Introspector(self.endpoint, **options)
+
+    def activate(self, token: str, **members: Any) -> None:
+        """Make ``token`` active with ``members`` (exp in five minutes unless given); a
+        member given as ``None`` is left out."""
+        members.setdefault("exp", int(time.time()) + 300)
+        answer = {"active": True, **members}
+        self.tokens[token] = {name: value for name, value in answer.items() if value is not None}
+
+    def deactivate(self, token: str) -> None:
+        self.tokens[token] = {"active": False}
+
+    def __enter__(self) -> IntrospectionServer:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        assert self._thread is not None
+        self._thread.join()
+        self._server.server_close()
+
+    def _authenticate(self, headers: dict[str, str], form: dict[str, list[str]]) -> str | None:
+        basic = headers.get("authorization", "")
+        in_body = "client_secret" in form or "client_id" in form
+        if basic and in_body:
+            return None  # RFC 6749 §2.3: one method per request
+        if basic:
+            scheme, _, encoded = basic.partition(" ")
+            if scheme.lower() != "basic":
+                return None
+            try:
+                pair = base64.b64decode(encoded, validate=True).decode()
+            except ValueError:
+                return None
+            raw_id, _, raw_secret = pair.partition(":")
+            client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
+        elif in_body:
+            client_id = form.get("client_id", [""])[0]
+            secret = form.get("client_secret", [""])[0]
+        else:
+            return None
+        ok = client_id == self.client_id and secret == self.client_secret
+        return client_id if ok else None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                body = self.rfile.read(int(headers.get("content-length", "0")))
+                form = parse_qs(body.decode("ascii"), keep_blank_values=True, strict_parsing=True)
+                client = server._authenticate(headers, form)
+                with server._lock:
+                    server.seen.append(Seen(form, headers, client))
+                    fault = server.fault
+                    answer = server.tokens.get(form.get("token", [""])[0], {"active": False})
+                if fault is not None:
+                    self._send(fault.status, fault.body, fault.content_type, fault.headers)
+                elif self.path != "/introspect":
+                    self._send(404, b'{"error": "not_found"}')
+                elif client is None:
+                    self._send(
+                        401,
+                        b'{"error": "invalid_client"}',
+                        headers={"WWW-Authenticate": 'Basic realm="as"'},
+                    )
+                else:
+                    self._send(200, json.dumps(answer).encode())
+
+            def _send(
+                self,
+                status: int,
+                body: bytes,
+                content_type: str = "application/json",
+                headers: dict[str, str] | None = None,
+            ) -> None:
+                fault = server.fault
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
+                    if fault is not None and fault.delay:
+                        # Headers sent, body withheld: the client must give up on its own.
+                        self.end_headers()
+                        self.wfile.flush()
+                        time.sleep(fault.delay)
+                    else:
+                        self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def server() -> Iterator[IntrospectionServer]:
+    with IntrospectionServer() as running:
+        yield running
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+# -- the client: requests, client authentication, answers --------------------------------
+
+
+@pytest.mark.anyio
+async def test_active_answer_with_basic_client_authentication(
+    server: IntrospectionServer,
+) -> None:
+    server.activate("opaque-1", scope="items:read items:write", sub="kim", client_id="app")
+    result = await server.introspector().introspect("opaque-1")
+    assert result.active
+    assert result.scopes == {"items:read", "items:write"}
+    assert (result.subject, result.client_id) == ("kim", "app")
+    (seen,) = server.seen
+    assert seen.client == CLIENT_ID  # credentials form-urlencoded, then Basic (RFC 6749 §2.3.1)
+    assert seen.form == {"token": ["opaque-1"], "token_type_hint": ["access_token"]}
+    assert seen.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert seen.headers["accept"] == "application/json"
+    assert seen.headers["authorization"].startswith("Basic ")
+
+
+def test_client_secret_post_sync(server: IntrospectionServer) -> None:
+    server.activate("opaque-2", sub="lee")
+    introspector = server.introspector(auth_method="client_secret_post")
+    result = introspector.introspect_sync("opaque-2")
+    assert result.active
+    assert result.subject == "lee"
+    (seen,) = server.seen
+    assert seen.client == CLIENT_ID
+    assert "authorization" not in seen.headers
+    assert seen.form["client_secret"] == [CLIENT_SECRET]
+
+
+@pytest.mark.anyio
+async def test_inactive_and_unknown_tokens(server: IntrospectionServer) -> None:
+    server.deactivate("revoked")
+    introspector = server.introspector()
+    assert not (await introspector.introspect("revoked")).active
+    assert not (await introspector.introspect("never-issued")).active
+    assert introspector.introspect_sync("never-issued-either").claims == {"active": False}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("auth_method", ["client_secret_basic", "client_secret_post"])
+async def test_client_authentication_failure_fails_closed(
+    server: IntrospectionServer, auth_method: Any
+) -> None:
+    server.activate("opaque-3")
+    introspector = server.introspector(client_secret="wrong", auth_method=auth_method)
+    with pytest.raises(IntrospectionError, match=r"401 \('invalid_client'\)"):
+        await introspector.introspect("opaque-3")
+    with pytest.raises(IntrospectionError, match="401"):
+        introspector.introspect_sync("opaque-3")
+    assert server.calls == 2  # failures are never cached
+    assert all(seen.client is None for seen in server.seen)
+
+
+@pytest.mark.anyio
+async def test_timeouts_fail_closed(server: IntrospectionServer) -> None:
+    server.activate("slow")
+    server.fault = Fault(body=b'{"active": true, "exp": 9999999999}', delay=1.0)
+    introspector = server.introspector(timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(IntrospectionError, match="timed out"):
+        await introspector.introspect("slow")
+    with pytest.raises(IntrospectionError, match="timed out"):
+        introspector.introspect_sync("slow")
+    assert time.monotonic() - started < 1.5
+
+
+def test_unreachable_endpoint_fails_closed() -> None:
+    with IntrospectionServer() as gone:
+        endpoint = gone.endpoint
+    introspector = Introspector(endpoint, client_id="a", client_secret="b", timeout=1)
+    with pytest.raises(IntrospectionError, match="ConnectError"):
+        introspector.introspect_sync("opaque")
+
+
+GARBAGE = {
+    "not json": Fault(body=b"<html>hello</html>"),
+    "html content type": Fault(body=b'{"active": true}', content_type="text/html"),
+    "array": Fault(body=b'[{"active": true}]'),
+    "string": Fault(body=b'"active"'),
+    "active missing": Fault(body=b'{"scope": "items:read"}'),
+    "active as string": Fault(body=b'{"active": "true"}'),
+    "active as number": Fault(body=b'{"active": 1}'),
+    "active null": Fault(body=b'{"active": null}'),
+    "duplicate active": Fault(body=b'{"active": false, "active": true}'),
+    "scope as list": Fault(body=b'{"active": true, "scope": ["items:read"]}'),
+    "exp as string": Fault(body=b'{"active": true, "exp": "9999999999"}'),
+    "exp as bool": Fault(body=b'{"active": true, "exp": true}'),
+    "exp NaN": Fault(body=b'{"active": true, "exp": NaN}'),
+    "exp huge": Fault(body=b'{"active": true, "exp": 1e300}'),
+    "sub as number": Fault(body=b'{"active": true, "sub": 42}'),
+    "aud empty": Fault(body=b'{"active": true, "aud": []}'),
+    "aud of numbers": Fault(body=b'{"active": true, "aud": [1]}'),
+    "not utf-8": Fault(body=b'{"active": true, "sub": "\xff"}'),
+    "deep nesting": Fault(body=b'{"active": true, "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"),
+    "server error": Fault(status=500, body=b'{"active": true}'),
+    "redirect": Fault(status=302, headers={"Location": "http://127.0.0.1:1/elsewhere"}),
+    "forbidden": Fault(status=403, body=b'{"error": "access_denied"}'),
+    "too large": Fault(body=b'{"active": true, "x": "' + b"a" * 70_000 + b'"}'),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", list(GARBAGE))
+async def test_garbage_answers_fail_closed(server: IntrospectionServer, name: str) -> None:
+    server.fault = GARBAGE[name]
+    introspector = server.introspector()
+    with pytest.raises(IntrospectionError):
+        await introspector.introspect("opaque")
+    with pytest.raises(IntrospectionError):
+        introspector.introspect_sync("opaque")
+    assert server.calls == 2
+
+
+def test_errors_never_carry_the_token(server: IntrospectionServer) -> None:
+    server.fault = GARBAGE["active as string"]
+    with pytest.raises(IntrospectionError) as caught:
+        server.introspector().introspect_sync("very-secret-token-value")
+    assert "very-secret-token-value" not in str(caught.value)
+    assert caught.value.status == 503
+
+
+# -- the cache ---------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_active_answers_are_cached_for_active_ttl(
+    server: IntrospectionServer, clock: FakeClock
+) -> None:
+    server.activate("opaque", exp=int(clock.now) + 3600)
+    introspector = server.introspector(active_ttl=30, clock=clock)
+    for _ in range(3):
+        assert (await introspector.introspect("opaque")).active
+        assert introspector.introspect_sync("opaque").active
+    assert server.calls == 1
+    clock.advance(29)
+    assert (await introspector.introspect("opaque")).active
+    assert server.calls == 1
+    server.deactivate("opaque")
+    clock.advance(1)  # active_ttl has passed: ask again
+    assert not (await introspector.introspect("opaque")).active
+    assert server.calls == 2
+
+
+def test_active_answers_never_outlive_exp(server: IntrospectionServer, clock: FakeClock) -> None:
+    server.activate("short", exp=int(clock.now) + 5)
+    introspector = server.introspector(active_ttl=30, clock=clock)
+    introspector.introspect_sync("short")
+    clock.advance(4)
+    introspector.introspect_sync("short")
+    assert server.calls == 1
+    clock.advance(1)
+    introspector.introspect_sync("short")
+    assert server.calls == 2
+    # An answer already past its exp is not cached at all.
+    server.activate("expired", exp=int(clock.now) - 10)
+    introspector.introspect_sync("expired")
+    introspector.introspect_sync("expired")
+    assert server.calls == 4
+
+
+def test_inactive_answers_are_cached_for_inactive_ttl(
+    server: IntrospectionServer, clock: FakeClock
+) -> None:
+    introspector = server.introspector(inactive_ttl=60, clock=clock)
+    introspector.introspect_sync("unknown")
+    clock.advance(59)
+    introspector.introspect_sync("unknown")
+    assert server.calls == 1
+    clock.advance(1)
+    introspector.introspect_sync("unknown")
+    assert server.calls == 2
+
+
+def test_cache_is_bounded_and_keyed_by_hash(server: IntrospectionServer, clock: FakeClock) -> None:
+    for name in ("a", "b", "c"):
+        server.activate(f"token-{name}")
+    introspector = server.introspector(cache_size=2, clock=clock)
+    for name in ("a", "b", "c"):
+        introspector.introspect_sync(f"token-{name}")
+    assert server.calls == 3
+    introspector.introspect_sync("token-c")  # held
+    assert server.calls == 3
+    introspector.introspect_sync("token-a")  # evicted: asked again
+    assert server.calls == 4
+    cache = introspector._cache
+    assert cache is not None
+    assert len(cache) == 2
+    assert all(isinstance(key, bytes) and len(key) == 32 for key in cache)
+    introspector.forget("token-a")
+    introspector.introspect_sync("token-a")
+    assert server.calls == 5
+
+
+def test_cache_can_be_disabled(server: IntrospectionServer) -> None:
+    server.activate("opaque")
+    introspector = server.introspector(cache_size=0)
+    introspector.introspect_sync("opaque")
+    introspector.introspect_sync("opaque")
+    assert server.calls == 2
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "options"),
+    [
+        ("http://as.example/introspect", {}),  # http only on loopback
+        ("https://user:pw@as.example/introspect", {}),
+        ("https://as.example/introspect", {"client_id": ""}),
+        ("https://as.example/introspect", {"client_secret": ""}),
+        ("https://as.example/introspect", {"auth_method": "none"}),
+        ("https://as.example/introspect", {"auth_method": "private_key_jwt"}),
+        ("https://as.example/introspect", {"timeout": 0}),
+        ("https://as.example/introspect", {"cache_size": -1}),
+        ("https://as.example/introspect", {"active_ttl": -1}),
+        ("https://as.example/introspect", {"max_bytes": 10}),
+    ],
+)
+def test_configuration_is_checked(endpoint: str, options: dict[str, Any]) -> None:
+    settings: dict[str, Any] = {"client_id": "api", "client_secret": "secret", **options}
+    with pytest.raises(ConfigurationError):
+        Introspector(endpoint, **settings)
+
+
+def test_repr_hides_the_secret() -> None:
+    introspector = Introspector(
+        "https://as.example/introspect", client_id="api", client_secret="hunter2"
+    )
+    assert "hunter2" not in repr(introspector)
+    assert "hunter2" not in repr(IntrospectionRevocationStore(introspector))
+    assert "api" in repr(introspector)
+
+
+def test_guard_and_store_check_their_arguments(session_issuer: DevIssuer) -> None:
+    with pytest.raises(ConfigurationError):
+        session_issuer.guard(introspection="https://as.example/introspect")
+    with pytest.raises(ConfigurationError):
+        IntrospectionRevocationStore("https://as.example/introspect")  # type: ignore[arg-type]
+
+
+# -- the pure core: parsing and judging answers ------------------------------------------
+
+
+def test_parsing_reduces_inactive_answers() -> None:
+    body = b'{"active": false, "sub": 1, "exp": "never"}'
+    assert parse_introspection_response(body) == {"active": False}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{}", b"[]", b"null", b'{"active": "false"}', b'{"active": true, "iat": -1}', b"\xff"],
+)
+def test_parsing_refuses(body: bytes) -> None:
+    with pytest.raises(IntrospectionResponseError):
+        parse_introspection_response(body)
+
+
+POLICY = ClaimsPolicy(issuer="https://as.example", audiences=frozenset({AUDIENCE}), leeway=10)
+NOW = 1_700_000_000.0
+
+
+def judge(policy: ClaimsPolicy = POLICY, **members: Any) -> Any:
+    """Judge an active answer expiring in a minute, with ``members`` (``None`` removes one)."""
+    claims = {"active": True, "exp": NOW + 60, **members}
+    claims = {name: value for name, value in claims.items() if value is not None}
+    return token_from_introspection(
+        claims, policy=policy, scope_paths=(), now=NOW, fingerprint="fp", raw="opaque"
+    )
+
+
+def test_an_acceptable_answer_becomes_a_token() -> None:
+    token = judge(
+        scope="a b",
+        sub="kim",
+        client_id="app",
+        jti="j-1",
+        iat=NOW - 5,
+        iss="https://as.example",
+        aud=["other", AUDIENCE],
+    )
+    assert (token.subject, token.client_id, token.token_id) == ("kim", "app", "j-1")
+    assert token.scopes == {"a", "b"}
+    assert token.issuer == "https://as.example"
+    assert token.audience == ("other", AUDIENCE)
+    assert token.algorithm == INTROSPECTION_ALGORITHM
+    assert token.key_id is None
+    assert token.raw == "opaque"
+    assert token.expires_at.timestamp() == NOW + 60
+    assert token.issued_at is not None
+    # iss and aud are optional (RFC 7662 §2.2): absent, the trusted issuer stands in.
+    bare = judge()
+    assert (bare.issuer, bare.audience, bare.scopes) == ("https://as.example", (), frozenset())
+
+
+@pytest.mark.parametrize(
+    ("members", "error"),
+    [
+        ({"active": False}, InactiveTokenError),
+        ({"exp": None}, InvalidClaimError),
+        ({"exp": NOW - 11}, ExpiredTokenError),
+        ({"nbf": NOW + 11}, NotYetValidError),
+        ({"iat": NOW + 11}, NotYetValidError),
+        ({"iss": "https://evil.example"}, InvalidIssuerError),
+        ({"aud": "https://other.example"}, InvalidAudienceError),
+        ({"aud": ["a", "b"]}, InvalidAudienceError),
+    ],
+)
+def test_unacceptable_answers_are_refused(members: dict[str, Any], error: type) -> None:
+    with pytest.raises(error):
+        judge(**members)
+
+
+def test_leeway_and_the_guard_policy_apply() -> None:
+    judge(exp=NOW - 9)  # within leeway
+    strict = ClaimsPolicy(
+        issuer=POLICY.issuer,
+        audiences=POLICY.audiences,
+        required_claims=frozenset({"aud", "sub"}),
+        max_age=60,
+        checks=(lambda claims: claims.get("sub") != "blocked",),
+    )
+    with pytest.raises(InvalidClaimError, match="aud"):
+        judge(strict, sub="kim", iat=NOW)
+    with pytest.raises(InvalidClaimError, match="refused"):
+        judge(strict, sub="blocked", aud=AUDIENCE, iat=NOW)
+    with pytest.raises(InvalidClaimError, match="iat is required"):
+        judge(strict, sub="kim", aud=AUDIENCE)
+    assert judge(strict, sub="kim", aud=AUDIENCE, iat=NOW).subject == "kim"
+
+
+def test_shape_routing() -> None:
+    assert looks_compact("eyJh.eyJz.c2ln")
+    assert not looks_compact("opaque-token")
+    assert not looks_compact("a.b.c.d.e")  # JWE: opaque to a resource server
+    assert not looks_compact("a.b")
+    assert not looks_compact("a..c")
+
+
+def test_result_accessors() -> None:
+    result = IntrospectionResult(True, {"active": True, "exp": 5, "scope": "x  y"})
+    assert result.scopes == {"x", "y"}
+    assert result.expires_at == 5.0
+    assert result.subject is None
+    assert IntrospectionResult(False, {"active": False}).scopes == frozenset()
+
+
+# -- opaque tokens through the guard and the middlewares ---------------------------------
+
+
+def opaque_guard(issuer: DevIssuer, server: IntrospectionServer, **options: Any) -> BearerGuard:
+    introspector = server.introspector(clock=options.pop("introspector_clock", time.time))
+    return issuer.guard(audience=AUDIENCE, introspection=introspector, **options)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.anyio
+async def test_opaque_tokens_through_the_asgi_middleware(
+    issuer: DevIssuer, server: IntrospectionServer
+) -> None:
+    server.activate("reader", scope="items:read", sub="kim", client_id="app")
+    server.activate("writer", scope="items:read items:write", sub="lee", aud=AUDIENCE)
+    server.activate("foreign", scope="items:read", aud="https://other.example")
+    server.activate("other-issuer", scope="items:read", iss="https://evil.example")
+    server.activate("expired", scope="items:read", exp=int(time.time()) - 3600)
+    server.activate("no-exp", scope="items:read", exp=None)
+    server.deactivate("revoked")
+    app = build_app(opaque_guard(issuer, server))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        me = await client.get("/me", headers=bearer("reader"))
+        assert me.json() == {"sub": "kim", "user": "kim", "auth_scopes": ["items:read"]}
+        assert (await client.get("/items", headers=bearer("reader"))).status_code == 200
+        denied = await client.post("/items", headers=bearer("reader"))
+        assert denied.status_code == 403
+        assert 'error="insufficient_scope"' in denied.headers["www-authenticate"]
+        assert (await client.post("/items", headers=bearer("writer"))).status_code == 200
+        assert (await client.get("/starlette", headers=bearer("reader"))).status_code == 200
+        for refused in ("revoked", "unknown", "foreign", "other-issuer", "expired", "no-exp"):
+            response = await client.get("/items", headers=bearer(refused))
+            assert response.status_code == 401, refused
+            assert 'error="invalid_token"' in response.headers["www-authenticate"]
+        # A JWT is still verified locally: the authorization server is not asked.
+        calls = server.calls
+        jwt_token = issuer.mint(scopes=["items:read"], aud=AUDIENCE)
+        assert (await client.get("/items", headers=bearer(jwt_token))).status_code == 200
+        assert server.calls == calls
+
+
+@pytest.mark.anyio
+async def test_opaque_token_refusals_and_outages_are_audited(
+    issuer: DevIssuer, server: IntrospectionServer
+) -> None:
+    server.activate("reader", scope="items:read", sub="kim")
+    server.deactivate("revoked")
+    app = build_app(opaque_guard(issuer, server))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        with structlog.testing.capture_logs() as events:
+            assert (await client.get("/items", headers=bearer("reader"))).status_code == 200
+            assert (await client.get("/items", headers=bearer("revoked"))).status_code == 401
+            server.fault = Fault(status=500)
+            down = await client.get("/items", headers=bearer("fresh-token"))
+    assert down.status_code == 503
+    assert "retry-after" in down.headers
+    accepted, rejected, unavailable = events
+    assert (accepted["event"], accepted["alg"], accepted["sub"]) == (
+        "token.accepted",
+        "introspection",
+        "kim",
+    )
+    assert (rejected["event"], rejected["reason"]) == ("token.rejected", "inactive")
+    assert (unavailable["event"], unavailable["reason"]) == (
+        "auth.unavailable",
+        "introspection_unavailable",
+    )
+    for event in events:
+        assert "reader" not in json.dumps(event, default=str)
+
+
+@pytest.mark.anyio
+async def test_opaque_tokens_still_meet_the_revocation_store(
+    issuer: DevIssuer, server: IntrospectionServer
+) -> None:
+    store = MemoryRevocationStore()
+    server.activate("reader", scope="items:read", sub="kim", iat=int(time.time()) - 10)
+    guard = opaque_guard(issuer, server, revocation=store)
+    assert (await guard.authenticate("reader")).subject == "kim"
+    await store.revoke_subject("kim")
+    with pytest.raises(RevokedTokenError):
+        await guard.authenticate("reader")
+
+
+def test_opaque_tokens_through_the_wsgi_middleware(
+    issuer: DevIssuer, server: IntrospectionServer
+) -> None:
+    server.activate("reader", scope="items:read", sub="kim")
+    server.activate("writer", scope="items:read items:write", sub="lee")
+    server.deactivate("revoked")
+    app = build_flask_app(opaque_guard(issuer, server))
+    transport = httpx.WSGITransport(app=app)
+    with httpx.Client(transport=transport, base_url="http://t") as client:
+        assert client.get("/me", headers=bearer("reader")).json()["sub"] == "kim"
+        assert client.get("/items", headers=bearer("reader")).status_code == 200
+        assert client.post("/items", headers=bearer("reader")).status_code == 403
+        assert client.post("/items", headers=bearer("writer")).status_code == 200
+        assert client.get("/items", headers=bearer("revoked")).status_code == 401
+        server.fault = Fault(status=401, body=b'{"error": "invalid_client"}')
+        assert client.get("/items", headers=bearer("another")).status_code == 503
+
+
+def test_guard_error_carries_fingerprint_for_opaque_tokens(
+    issuer: DevIssuer, server: IntrospectionServer
+) -> None:
+    guard = opaque_guard(issuer, server)
+    with pytest.raises(InactiveTokenError) as caught:
+        guard.authenticate_sync("nope")
+    assert caught.value.fingerprint is not None
+    server.fault = Fault(status=500)
+    with pytest.raises(ServiceUnavailableError):
+        guard.authenticate_sync("nope-2")
+
+
+# -- IntrospectionRevocationStore: a JWT revoked at the authorization server -------------
+
+
+@pytest.mark.anyio
+async def test_store_revokes_a_jwt_once_the_as_says_inactive(
+    issuer: DevIssuer, server: IntrospectionServer, clock: FakeClock
+) -> None:
+    store = IntrospectionRevocationStore(server.introspector(active_ttl=30, clock=clock))
+    assert store.name == "introspection"
+    guard = issuer.guard(audience=AUDIENCE, revocation=store)
+    token = issuer.mint(scopes=["items:read"], aud=AUDIENCE)
+    server.activate(token)
+    transport = httpx.ASGITransport(app=build_app(guard))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/items", headers=bearer(token))).status_code == 200
+        assert (await client.get("/items", headers=bearer(token))).status_code == 200
+        assert server.calls == 1  # the second request was answered from the cache
+        server.deactivate(token)  # revoked at the authorization server
+        clock.advance(10)
+        assert (await client.get("/items", headers=bearer(token))).status_code == 200
+        clock.advance(21)  # active_ttl has passed: the next request asks again
+        with structlog.testing.capture_logs() as events:
+            refused = await client.get("/items", headers=bearer(token))
+        assert refused.status_code == 401
+        assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+        assert events[0]["reason"] == "revoked"
+        assert server.calls == 2
+    assert server.seen[-1].form["token"] == [token]
+
+
+def test_store_sync_side_through_wsgi(
+    issuer: DevIssuer, server: IntrospectionServer, clock: FakeClock
+) -> None:
+    store = IntrospectionRevocationStore(server.introspector(active_ttl=30, clock=clock))
+    guard = issuer.guard(audience=AUDIENCE, revocation=store)
+    token = issuer.mint(scopes=["items:read"], aud=AUDIENCE)
+    server.activate(token)
+    transport = httpx.WSGITransport(app=build_flask_app(guard))
+    with httpx.Client(transport=transport, base_url="http://t") as client:
+        assert client.get("/items", headers=bearer(token)).status_code == 200
+        server.deactivate(token)
+        clock.advance(31)
+        assert client.get("/items", headers=bearer(token)).status_code == 401
+
+
+@pytest.mark.anyio
+async def test_store_failure_fails_closed_unless_allowed(
+    issuer: DevIssuer, server: IntrospectionServer
+) -> None:
+    token = issuer.mint(aud=AUDIENCE)
+    server.activate(token)
+    server.fault = Fault(status=503)
+    store = IntrospectionRevocationStore(server.introspector())
+    closed = issuer.guard(audience=AUDIENCE, revocation=store)
+    with pytest.raises(RevocationStoreError) as caught:
+        await closed.authenticate(token)
+    assert caught.value.status == 503
+    lenient = issuer.guard(audience=AUDIENCE, revocation=store, revocation_failure="allow")
+    assert (await lenient.authenticate(token)).token_id is not None
+
+
+@pytest.mark.anyio
+async def test_store_refuses_tokens_without_raw_form(session_issuer: DevIssuer) -> None:
+    store = IntrospectionRevocationStore(
+        Introspector("https://as.example/introspect", client_id="a", client_secret="b")
+    )
+    token = replace(session_issuer.guard().authenticate_sync(session_issuer.mint()), raw="")
+    with pytest.raises(IntrospectionError):
+        await store.is_revoked(token)
+    with pytest.raises(IntrospectionError):
+        store.is_revoked_sync(token)
+
+
+@pytest.mark.parametrize(
+    "name", ["bearerguard.introspection", "bearerguard.revocation.introspection"]
+)
+def test_exports_are_sorted_and_resolve(name: str) -> None:
+    import importlib
+
+    module = importlib.import_module(name)
+    exported = list(module.__all__)
+    assert exported == sorted(exported, key=lambda item: (not item.isupper(), item))
+    assert all(hasattr(module, item) for item in exported)

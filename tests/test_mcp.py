@@ -1,0 +1,212 @@
+"""The MCP example, served by uvicorn on 127.0.0.1 and driven by the MCP SDK's own client.
+
+Tokens come from a real development issuer; the guard verifies them against its keys, for
+the server's resource URL as audience (RFC 8707). Raw HTTP checks the exact 401/403 answers
+and the RFC 9728 metadata; the SDK's ``Client`` (streamable HTTP) checks that a real MCP
+client gets through with a good token and is refused without the scope.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from bearerguard.testing import DevIssuer
+from tests.test_examples import load_example
+
+mcp = pytest.importorskip("mcp", reason="the MCP SDK (mcp, in the dev extra) is not installed")
+httpx2 = pytest.importorskip("httpx2")
+uvicorn = pytest.importorskip("uvicorn")
+
+from mcp import Client  # noqa: E402
+from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+from mcp.shared.exceptions import MCPError  # noqa: E402
+
+pytestmark = pytest.mark.anyio
+
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"},
+    },
+}
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+@dataclass
+class Served:
+    url: str
+    resource: str
+    issuer: DevIssuer
+
+    def token(self, *scopes: str, **claims: Any) -> str:
+        claims.setdefault("aud", self.resource)
+        return self.issuer.mint(scopes=scopes, sub="mia", **claims)
+
+    def headers(self, *scopes: str, **claims: Any) -> dict[str, str]:
+        return {**ACCEPT, "Authorization": f"Bearer {self.token(*scopes, **claims)}"}
+
+
+@pytest.fixture(scope="module")
+def example() -> Iterator[ModuleType]:
+    yield from load_example("mcp_server")
+
+
+@pytest.fixture(scope="module")
+def served(example: ModuleType) -> Iterator[Served]:
+    with DevIssuer() as issuer, socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        resource = f"http://127.0.0.1:{port}/mcp"
+        app = example.create_app(example.create_guard(issuer.url, resource))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "the MCP server did not start"
+            time.sleep(0.01)
+        try:
+            yield Served(f"http://127.0.0.1:{port}/mcp", resource, issuer)
+        finally:
+            server.should_exit = True
+            thread.join(10)
+
+
+def call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments},
+    }
+
+
+@asynccontextmanager
+async def client_for(served: Served, *scopes: str) -> AsyncIterator[Client]:
+    """The SDK's client over streamable HTTP, sending a token with every request."""
+    headers = {"Authorization": f"Bearer {served.token(*scopes)}"} if scopes else {}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=10) as http,
+        Client(streamable_http_client(served.url, http_client=http)) as client,
+    ):
+        yield client
+
+
+# -- raw HTTP: the answers a client discovers authorization from -----------------------
+
+
+def test_401_points_to_the_metadata(served: Served) -> None:
+    metadata_url = f"{served.url.rsplit('/', 1)[0]}/.well-known/oauth-protected-resource/mcp"
+    with capture_logs() as events:
+        response = httpx.post(served.url, json=INIT, headers=ACCEPT)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == (
+        f'Bearer realm="{served.resource}", resource_metadata="{metadata_url}"'
+    )
+    assert response.json()["error"] == "unauthorized"
+    assert [event["event"] for event in events] == ["token.rejected"]
+    document = httpx.get(metadata_url).json()
+    assert document == {
+        "resource": served.resource,
+        "authorization_servers": [served.issuer.url],
+        "scopes_supported": ["notes:read", "notes:write"],
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Notes",
+    }
+
+
+def test_a_token_for_another_resource_is_refused(served: Served) -> None:
+    response = httpx.post(
+        served.url, json=INIT, headers=served.headers(aud="http://127.0.0.1:1/mcp")
+    )
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+
+
+def test_403_step_up_names_the_missing_scope(served: Served) -> None:
+    with capture_logs() as events:
+        denied = httpx.post(
+            served.url, json=call("write_note", {"text": "x"}), headers=served.headers("notes:read")
+        )
+    assert denied.status_code == 403
+    challenge = denied.headers["www-authenticate"]
+    assert 'error="insufficient_scope"' in challenge
+    assert 'scope="notes:write"' in challenge
+    assert "resource_metadata=" in challenge
+    assert [event["event"] for event in events] == ["token.accepted", "scope.denied"]
+    assert events[1]["required_scopes"] == ["notes:write"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","name":"write_note"}}',
+            400,
+        ),
+        (b"{not json", 400),
+        (b'{"x": NaN}', 400),
+        (b"\xff\xfe", 400),
+        (b"[" * 100_000, 400),
+        (b'{"pad": "' + b"a" * (5 * 1024 * 1024) + b'"}', 413),
+    ],
+    ids=["duplicate-name", "not-json", "nan", "not-utf8", "deep", "too-large"],
+)
+def test_what_cannot_be_checked_is_refused(served: Served, body: bytes, status: int) -> None:
+    response = httpx.post(served.url, content=body, headers=served.headers())
+    assert response.status_code == status
+    assert response.json()["error"]["code"] in (-32700, -32600)
+
+
+def test_a_batch_is_refused_when_one_call_is(served: Served) -> None:
+    batch = [call("add", {"a": 1, "b": 2}), call("read_notes", {})]
+    response = httpx.post(served.url, json=batch, headers=served.headers())
+    assert response.status_code == 403
+    assert 'scope="notes:read"' in response.headers["www-authenticate"]
+
+
+# -- the SDK's own client ---------------------------------------------------------------
+
+
+async def test_the_sdk_client_calls_tools_with_a_token(served: Served) -> None:
+    async with client_for(served, "notes:write") as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert names == {"add", "whoami", "read_notes", "write_note"}
+        added = await client.call_tool("add", {"a": 2, "b": 3})
+        assert added.structured_content == {"result": 5}
+        assert (await client.call_tool("whoami", {})).structured_content == {"result": "mia"}
+        written = await client.call_tool("write_note", {"text": "hello"})
+        assert not written.is_error
+        # notes:write implies notes:read (scope_implications)
+        notes = await client.call_tool("read_notes", {})
+        assert "hello" in notes.structured_content["result"]  # type: ignore[index]
+
+
+async def test_the_sdk_client_is_refused_a_tool_without_its_scope(served: Served) -> None:
+    async with client_for(served, "notes:read") as client:
+        assert (await client.call_tool("add", {"a": 1, "b": 1})).structured_content == {"result": 2}
+        with capture_logs() as events, pytest.raises(MCPError):
+            await client.call_tool("write_note", {"text": "denied"})
+        assert [event["event"] for event in events] == ["token.accepted", "scope.denied"]
+        assert "denied" not in str(await client.call_tool("read_notes", {}))
+
+
+async def test_the_sdk_client_without_a_token_cannot_connect(served: Served) -> None:
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the SDK's error types vary by phase
+        async with client_for(served) as client:
+            await client.list_tools()  # pragma: no cover

@@ -1,0 +1,214 @@
+"""RFC 9728 protected-resource metadata, RFC 8707 audience binding, and scope implications."""
+
+from __future__ import annotations
+
+import pytest
+
+from bearerguard import BearerGuard
+from bearerguard._core.scopes import ScopeImplications
+from bearerguard.errors import ConfigurationError, InvalidAudienceError
+from bearerguard.metadata import WELL_KNOWN_PATH, ProtectedResource, ResourceMetadata
+from bearerguard.testing import DevIssuer
+
+pytestmark = pytest.mark.anyio
+
+ISSUER = "https://issuer.example"
+
+
+@pytest.mark.parametrize(
+    ("resource", "url", "paths"),
+    [
+        # RFC 9728 §3.1: the suffix goes between the host and the path.
+        (
+            "https://api.example/mcp",
+            "https://api.example/.well-known/oauth-protected-resource/mcp",
+            {WELL_KNOWN_PATH, WELL_KNOWN_PATH + "/mcp"},
+        ),
+        (
+            "https://api.example",
+            "https://api.example/.well-known/oauth-protected-resource",
+            {WELL_KNOWN_PATH},
+        ),
+        # A terminating slash after the host is dropped.
+        (
+            "https://api.example/",
+            "https://api.example/.well-known/oauth-protected-resource",
+            {WELL_KNOWN_PATH},
+        ),
+        (
+            "https://api.example:8443/v1/tenant/",
+            "https://api.example:8443/.well-known/oauth-protected-resource/v1/tenant/",
+            {WELL_KNOWN_PATH, WELL_KNOWN_PATH + "/v1/tenant/"},
+        ),
+        (
+            "http://127.0.0.1:8000/mcp",
+            "http://127.0.0.1:8000/.well-known/oauth-protected-resource/mcp",
+            {WELL_KNOWN_PATH, WELL_KNOWN_PATH + "/mcp"},
+        ),
+    ],
+)
+def test_well_known_urls(resource: str, url: str, paths: set[str]) -> None:
+    published = ProtectedResource(resource, ISSUER, None)
+    assert published.metadata_url == url
+    assert published.paths == paths
+    assert published.document == {
+        "resource": resource,
+        "authorization_servers": [ISSUER],
+        "bearer_methods_supported": ["header"],
+    }
+
+
+def test_document_members() -> None:
+    published = ProtectedResource(
+        "https://api.example",
+        ISSUER,
+        ResourceMetadata(
+            scopes_supported=["items:read", "items:write"],
+            authorization_servers=["https://as1.example", "https://as2.example"],
+            resource_name="Items",
+            resource_documentation="https://docs.example/items",
+            extra={"tls_client_certificate_bound_access_tokens": False},
+        ),
+    )
+    assert published.document == {
+        "resource": "https://api.example",
+        "authorization_servers": ["https://as1.example", "https://as2.example"],
+        "scopes_supported": ["items:read", "items:write"],
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Items",
+        "resource_documentation": "https://docs.example/items",
+        "tls_client_certificate_bound_access_tokens": False,
+    }
+    status, headers, body = published.response("GET")
+    assert status == 200
+    assert body == published.body
+    assert ("content-type", "application/json") in headers
+    assert published.response("HEAD")[2] == b""
+    assert published.response("POST")[:2] == (
+        405,
+        [("allow", "GET, HEAD"), ("content-length", "0")],
+    )
+    assert repr(published) == "ProtectedResource('https://api.example')"
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"resource": "ftp://api.example"}, "https URL"),
+        ({"resource": "http://api.example/mcp"}, "https URL"),
+        ({"resource": "https://api.example/mcp#x"}, "fragment"),
+        ({"resource": "https://api.example/mcp?tenant=a"}, "query"),
+        ({"resource": "https://API.example/mcp"}, "lower-case"),
+        ({"audience": "a", "resource_metadata": ResourceMetadata()}, "needs resource"),
+        ({}, "give the audience"),
+        (
+            {
+                "resource": "https://api.example",
+                "resource_metadata": ResourceMetadata(extra={"resource": "x"}),
+            },
+            "set by the guard",
+        ),
+        (
+            {
+                "resource": "https://api.example",
+                "resource_metadata": ResourceMetadata(extra={"x": {1, 2}}),
+            },
+            "not JSON",
+        ),
+        (
+            {
+                "resource": "https://api.example",
+                "resource_metadata": ResourceMetadata(scopes_supported=["a b"]),
+            },
+            "invalid scope",
+        ),
+        (
+            {
+                "resource": "https://api.example",
+                "resource_metadata": ResourceMetadata(resource_name=""),
+            },
+            "non-empty",
+        ),
+    ],
+)
+def test_resource_configuration_errors(options: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        BearerGuard(issuer=ISSUER, **options)  # type: ignore[arg-type]
+
+
+def test_the_resource_is_the_default_audience() -> None:
+    guard = BearerGuard(issuer=ISSUER, resource="https://api.example/mcp")
+    assert guard.audiences == ("https://api.example/mcp",)
+    assert guard.resource == "https://api.example/mcp"
+    assert guard.realm == "https://api.example/mcp"
+    other = BearerGuard(issuer=ISSUER, audience="api://items", resource="https://api.example")
+    assert other.audiences == ("api://items",)
+    assert BearerGuard(issuer=ISSUER, audience="a").resource is None
+
+
+async def test_a_token_for_another_resource_is_refused(issuer: DevIssuer) -> None:
+    # RFC 8707: the same trusted issuer mints tokens for many resources; a token obtained
+    # for another one must not be accepted here.
+    guard = issuer.guard(audience=None, resource="http://127.0.0.1:9/mcp")
+    ok = await guard.authenticate(issuer.mint(aud="http://127.0.0.1:9/mcp"))
+    assert ok.audience == ("http://127.0.0.1:9/mcp",)
+    for audience in ["http://127.0.0.1:9/other", "http://127.0.0.1:9/mcp/", "http://127.0.0.1:9"]:
+        with pytest.raises(InvalidAudienceError):
+            await guard.authenticate(issuer.mint(aud=audience))
+
+
+# -- scope implications -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("granted", "required", "any_of", "expected"),
+    [
+        ({"items:write"}, ("items:read",), False, True),
+        ({"items:admin"}, ("items:read",), False, True),  # transitive
+        ({"items:read"}, ("items:write",), False, False),  # never upwards
+        ({"admin"}, ("admin:users", "admin:billing:read"), False, True),
+        ({"admin"}, ("admin",), False, True),
+        ({"admin"}, ("administrator",), False, False),  # a prefix ends at the colon given
+        ({"admin:*"}, ("admin:users",), False, False),  # token scopes are literal
+        ({"admin"}, ("audit:read",), False, True),  # via a key matched by a prefix
+        ({"items:write"}, ("items:read", "items:delete"), False, False),
+        ({"items:write"}, ("items:read", "items:delete"), True, True),
+        (set(), ("items:read",), True, False),
+        ({"Items:write"}, ("items:read",), False, False),  # case-sensitive
+    ],
+)
+def test_implications(
+    granted: set[str], required: tuple[str, ...], any_of: bool, expected: bool
+) -> None:
+    implications = ScopeImplications(
+        {
+            "items:admin": ["items:write", "items:delete"],
+            "items:write": ["items:read"],
+            "admin": ["admin:*"],
+            "admin:audit": ["audit:read"],
+        }
+    )
+    assert implications.grants(frozenset(granted), required, any_of=any_of) is expected
+    assert implications.grants(frozenset(granted), required, any_of=any_of) is expected  # cached
+
+
+def test_implications_declared_and_validated() -> None:
+    implications = ScopeImplications({"a": "b", "c": ["d:*"]})
+    assert implications.declared == {"a", "b", "c"}
+    assert bool(implications)
+    assert not ScopeImplications()
+    assert not ScopeImplications().grants(frozenset({"a"}), ("b",), any_of=False)
+    assert ScopeImplications.of(implications) is implications
+    assert "ScopeImplications" in repr(implications)
+    cyclic = ScopeImplications({"a": ["b"], "b": ["a", "c"]})
+    assert cyclic.grants(frozenset({"a"}), ("c",), any_of=False)
+    for bad in [{"a:*": ["b"]}, {"a": ["*"]}, {"a": ["b*c"]}, {"a b": ["c"]}, {"a": [""]}]:
+        with pytest.raises(ConfigurationError):
+            ScopeImplications(bad)
+
+
+def test_implications_cache_is_bounded() -> None:
+    implications = ScopeImplications({"a": ["b"]})
+    for n in range(1100):
+        implications.grants(frozenset({f"s{n}"}), ("b",), any_of=False)
+    assert len(implications._cache) <= 1024

@@ -1,0 +1,605 @@
+"""RedisRevocationStore beyond the shared contract: many instances, outages, and the guard.
+
+Everything runs against real redis-server processes (``tests/redis_server.py``): the shared
+session server for tests that only need a namespace of their own, and a private server per
+test for those that stop, restart or pause it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+
+from bearerguard import AccessToken
+from bearerguard.errors import ConfigurationError, RevocationStoreError, RevokedTokenError
+from bearerguard.testing import DevIssuer
+from tests.apps import build_app
+from tests.redis_server import RedisServer
+
+try:
+    import redis
+    import redis.asyncio as aredis
+except ImportError:  # pragma: no cover - the extra is part of the dev environment
+    if os.environ.get("CI"):
+        raise
+    pytest.skip(
+        "!!! redis-py is missing: pip install 'bearerguard[redis]'", allow_module_level=True
+    )
+
+from bearerguard.revocation import RedisRevocationStore
+
+ISS = "https://issuer.example"
+
+
+def token(
+    jti: str | None = "j1", sub: str | None = "s1", client_id: str | None = "c1", iss: str = ISS
+) -> AccessToken:
+    now = time.time()
+    optional = {"jti": jti, "sub": sub, "client_id": client_id}
+    claims: dict[str, Any] = {"iss": iss, "aud": "api", "exp": now + 600, "iat": now - 10}
+    claims.update({name: value for name, value in optional.items() if value is not None})
+    return AccessToken.from_claims(
+        claims,
+        scopes=frozenset(),
+        expires_at=now + 600,
+        issued_at=now - 10,
+        key_id=None,
+        algorithm="RS256",
+        fingerprint="f",
+    )
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], within: float) -> float:
+    """Poll ``check`` until it holds; returns how long it took, fails after ``within``."""
+    start = time.perf_counter()
+    while True:
+        outcome = check()
+        if not isinstance(outcome, bool):
+            outcome = await outcome
+        elapsed = time.perf_counter() - start
+        if outcome:
+            return elapsed
+        if elapsed > within:
+            pytest.fail(f"condition not met within {within}s")
+        await asyncio.sleep(0.002)
+
+
+async def refuses(store: RedisRevocationStore, checked: AccessToken | None = None) -> bool:
+    try:
+        await store.is_revoked(checked or token(jti="probe"))
+    except RevocationStoreError:
+        return True
+    return False
+
+
+@pytest.fixture
+async def stores() -> AsyncIterator[Callable[..., RedisRevocationStore]]:
+    """Builds stores and closes them after the test."""
+    created: list[RedisRevocationStore] = []
+
+    def make(*args: Any, **options: Any) -> RedisRevocationStore:
+        store = RedisRevocationStore(*args, **options)
+        created.append(store)
+        return store
+
+    yield make
+    for store in created:
+        await store.aclose()
+
+
+# -- construction ---------------------------------------------------------------------------
+
+
+def test_the_package_imports_without_redis_and_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "import bearerguard.revocation as r\n"
+        "assert r.MemoryRevocationStore\n"
+        "try:\n"
+        "    r.RedisRevocationStore\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert "bearerguard[redis]" in result.stdout
+
+
+def test_construction_does_not_connect_and_checks_options() -> None:
+    store = RedisRevocationStore("redis://redis.invalid:6379/0", namespace="api")
+    assert store.name == "redis"
+    assert "api" in repr(store)
+    assert not store.healthy
+    store.close()
+    with pytest.raises(ConfigurationError):
+        RedisRevocationStore("redis://h/0", client=redis.Redis())
+    with pytest.raises(ConfigurationError):
+        RedisRevocationStore("http://h/0")
+    with pytest.raises(ConfigurationError):
+        RedisRevocationStore(failure_timeout=0)
+    with pytest.raises(ConfigurationError):
+        RedisRevocationStore(namespace="")
+    with pytest.raises(ConfigurationError):
+        RedisRevocationStore(max_entries=0)
+
+
+# -- many instances -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_revocation_reaches_another_mirror_within_100ms(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    a = stores(redis_server.url, namespace=redis_namespace)
+    b = stores(redis_server.url, namespace=redis_namespace)
+    await a.start()
+    await b.start()
+    worst = 0.0
+    for i in range(20):
+        await b.revoke_token(f"p{i}", time.time() + 60)
+        worst = max(worst, await eventually(lambda i=i: a.is_revoked(token(jti=f"p{i}")), 1.0))
+    await b.revoke_subject("s9")
+    await eventually(lambda: a.is_revoked(token(jti="x", sub="s9")), 0.1)
+    await a.revoke_client("c9")
+    await eventually(lambda: b.is_revoked(token(jti="x", client_id="c9")), 0.1)
+    assert worst < 0.1
+
+
+@pytest.mark.anyio
+async def test_the_synchronous_mirror_runs_in_a_thread(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    a = stores(redis_server.url, namespace=redis_namespace)
+    b = stores(redis_server.url, namespace=redis_namespace)
+    a.start_sync()
+    assert a.healthy
+    for i in range(10):
+        b.revoke_token_sync(f"t{i}", time.time() + 60)
+        checked = token(jti=f"t{i}")
+        elapsed = await eventually(lambda checked=checked: a.is_revoked_sync(checked), 1.0)
+        assert elapsed < 0.1
+
+
+@pytest.mark.anyio
+async def test_the_guard_refuses_at_the_next_request_a_token_revoked_elsewhere(
+    session_issuer: DevIssuer,
+    redis_server: RedisServer,
+    redis_namespace: str,
+    stores: Callable[..., RedisRevocationStore],
+) -> None:
+    here = stores(redis_server.url, namespace=redis_namespace)
+    elsewhere = stores(redis_server.url, namespace=redis_namespace)
+    guard = session_issuer.guard(revocation=here)
+    await here.start()
+    minted = session_issuer.mint(sub="frank")
+    headers = {"Authorization": f"Bearer {minted}"}
+    claims = (await guard.authenticate(minted)).claims
+    transport = httpx.ASGITransport(app=build_app(guard))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/me", headers=headers)).status_code == 200
+        await elsewhere.revoke_token(claims["jti"], claims["exp"], issuer=claims["iss"])
+        start = time.perf_counter()
+        with structlog.testing.capture_logs() as events:
+            while (response := await client.get("/me", headers=headers)).status_code == 200:
+                assert time.perf_counter() - start < 0.1, "not refused within 100 ms"
+                # Requests through ASGITransport never wait on the event loop; a server's
+                # do (on their sockets), and that is when the mirror's task reads Redis.
+                await asyncio.sleep(0.001)
+        assert response.status_code == 401
+        assert "The access token has been revoked." in response.headers["www-authenticate"]
+        assert events[-1]["reason"] == "revoked"
+        other = {"Authorization": f"Bearer {session_issuer.mint(sub='frank')}"}
+        assert (await client.get("/me", headers=other)).status_code == 200
+        await elsewhere.revoke_subject("frank", issuer=session_issuer.url)
+        await eventually(
+            lambda: here.is_revoked(token(jti="x", sub="frank", iss=session_issuer.url)), 0.1
+        )
+        assert (await client.get("/me", headers=other)).status_code == 401
+
+
+@pytest.mark.anyio
+async def test_the_synchronous_guard_path_uses_the_thread_mirror(
+    session_issuer: DevIssuer,
+    redis_server: RedisServer,
+    redis_namespace: str,
+    stores: Callable[..., RedisRevocationStore],
+) -> None:
+    here = stores(redis_server.url, namespace=redis_namespace)
+    elsewhere = stores(redis_server.url, namespace=redis_namespace, mirror=False)
+    guard = session_issuer.guard(revocation=here)
+    guard.warm_up_sync()
+    minted = session_issuer.mint()
+    claims = guard.authenticate_sync(minted).claims
+    elsewhere.revoke_token_sync(claims["jti"], claims["exp"])
+
+    def refused() -> bool:
+        try:
+            guard.authenticate_sync(minted)
+        except RevokedTokenError:
+            return True
+        return False
+
+    assert await eventually(refused, 1.0) < 0.1
+
+
+@pytest.mark.anyio
+async def test_namespaces_are_isolated(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    a = stores(redis_server.url, namespace=redis_namespace)
+    # A namespace that a naive prefix match would mistake for a's token keys.
+    b = stores(redis_server.url, namespace=f"{redis_namespace}:t")
+    direct_a = stores(redis_server.url, namespace=redis_namespace, mirror=False)
+    await a.start()
+    await b.start()
+    await a.revoke_token("only-a", time.time() + 60, issuer=ISS)
+    await b.revoke_token("only-b", time.time() + 60, issuer=ISS)
+    await b.revoke_subject("s1")
+    await asyncio.sleep(0.05)
+    assert await a.is_revoked(token(jti="only-a", sub="x"))
+    assert not await a.is_revoked(token(jti="only-b", sub="x"))
+    assert not await direct_a.is_revoked(token(jti="only-b", sub="x"))
+    assert not await b.is_revoked(token(jti="only-a", sub="x"))
+    assert [item.name for item in await a.list_revocations()] == ["only-a"]
+    assert sorted(item.name for item in await b.list_revocations()) == ["only-b", "s1"]
+
+
+# -- what Redis holds -----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_keys_expire_with_what_they_cover(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    store = stores(
+        redis_server.url, namespace=redis_namespace, mirror=False, expiry_grace=300, retention=3600
+    )
+    inspect = redis_server.client()
+    now = time.time()
+    await store.revoke_token("j1", expires_at=now + 100, issuer=ISS, reason="stolen laptop")
+    await store.revoke_subject("s1")
+    await store.revoke_client("c1", issued_before=now - 50)
+    await store.revoke_token("long-gone", expires_at=now - 400)  # lapsed: nothing to keep
+    keys = sorted(inspect.scan_iter(match=f"{redis_namespace}:*"))
+    assert keys == [
+        f"{redis_namespace}:c:*:c1",
+        f"{redis_namespace}:s:*:s1",
+        f"{redis_namespace}:t:https%3A//issuer.example:j1",
+    ]
+    ttls = {key.split(":")[1]: inspect.pttl(key) for key in keys}
+    assert 398_000 < ttls["t"] <= 400_000
+    assert 3_598_000 < ttls["s"] <= 3_600_000
+    assert 3_598_000 < ttls["c"] <= 3_600_000
+    inspect.close()
+
+
+@pytest.mark.anyio
+async def test_an_entry_vanishes_from_redis_and_the_mirror_when_it_lapses(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    mirrored = stores(redis_server.url, namespace=redis_namespace, expiry_grace=0)
+    direct = stores(redis_server.url, namespace=redis_namespace, expiry_grace=0, mirror=False)
+    await mirrored.start()
+    await direct.revoke_token("brief", expires_at=time.time() + 0.15)
+    checked = token(jti="brief")
+    await eventually(lambda: mirrored.is_revoked(checked), 0.1)
+    assert await direct.is_revoked(checked)
+    await asyncio.sleep(0.25)
+    assert not await mirrored.is_revoked(checked)
+    assert not await direct.is_revoked(checked)
+    inspect = redis_server.client()
+    assert inspect.exists(f"{redis_namespace}:t:*:brief") == 0
+    inspect.close()
+
+
+@pytest.mark.anyio
+async def test_listing_uses_scan_never_keys(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    writer = stores(redis_server.url, namespace=redis_namespace, mirror=False)
+    lapse = time.time() + 600
+    await asyncio.gather(*(writer.revoke_token(f"j{i}", lapse) for i in range(1500)))
+    await writer.revoke_subject("s1", reason="offboarded")
+    watcher = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    commands: list[str] = []
+    with watcher.monitor() as monitor:
+        listed = await writer.list_revocations()
+        reader = stores(redis_server.url, namespace=redis_namespace, max_entries=2000)
+        await reader.start()  # the mirror's load
+        listed_sync = writer.list_revocations_sync()
+        poke = redis.Redis.from_url(redis_server.url)
+        poke.echo("monitor-done")
+        poke.close()
+        while "monitor-done" not in (line := monitor.next_command()["command"]):
+            commands.append(line)
+    watcher.close()
+    names = [line.split()[0].upper() for line in commands]
+    assert "KEYS" not in names
+    assert names.count("SCAN") >= 3 * 2  # at least two SCAN steps for each of the three
+    assert len(listed) == len(listed_sync) == 1501
+    assert reader.health_report()["entries"] == 1501
+    subject = next(item for item in listed if item.kind == "subject")
+    assert subject.reason == "offboarded"
+    assert subject.issuer is None
+    assert subject.issued_before is not None
+
+
+# -- health and failures --------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_health_signal(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    store = stores(redis_server.url, namespace=redis_namespace)
+    assert not store.healthy
+    assert store.health_report()["state"] == "stopped"
+    await store.health()  # starts the mirror without waiting for it
+    await eventually(lambda: store.healthy, 2.0)
+    report = await store.health()
+    assert report["healthy"] is True
+    assert report["mode"] == "mirror"
+    assert report["state"] == "live"
+    assert report["entries"] == 0
+    assert report["resyncs"] == 1
+    assert report["error"] is None
+    assert report["staleness_seconds"] < 1.0
+    direct = stores(redis_server.url, namespace=redis_namespace, mirror=False)
+    assert not direct.healthy  # nothing asked yet
+    assert (await direct.health())["healthy"] is True
+    assert direct.health_sync()["healthy"] is True
+    await store.aclose()
+    assert not store.healthy
+    assert (await store.health())["state"] == "closed"
+    with pytest.raises(RevocationStoreError, match="closed"):
+        await store.is_revoked(token())
+
+
+@pytest.mark.anyio
+async def test_an_evicting_redis_is_reported(
+    private_redis: RedisServer,
+    stores: Callable[..., RedisRevocationStore],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    safe = stores(private_redis.url, mirror=False)
+    await safe.start()
+    assert safe.health_report()["maxmemory_policy"] == "noeviction"
+    with private_redis.client() as admin:
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+    risky = stores(private_redis.url)
+    with caplog.at_level("WARNING", logger="bearerguard"):
+        risky.start_sync()
+    assert (await risky.health())["maxmemory_policy"] == "allkeys-lru"
+    assert "may forget revocations" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_unreachable_redis_fails_closed_without_hanging(
+    stores: Callable[..., RedisRevocationStore],
+) -> None:
+    from tests.redis_server import _free_port
+
+    url = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    mirrored = stores(url, failure_timeout=2.0, connect_timeout=0.2)
+    start = time.perf_counter()
+    with pytest.raises(RevocationStoreError):
+        await mirrored.is_revoked(token())
+    assert time.perf_counter() - start < 1.0  # a refused connection is not waited out
+    with pytest.raises(RevocationStoreError):
+        mirrored.is_revoked_sync(token())
+    assert not mirrored.healthy
+    assert "Connection" in str(mirrored.health_report()["error"])
+    direct = stores(url, mirror=False, connect_timeout=0.2)
+    with pytest.raises(RevocationStoreError):
+        await direct.is_revoked(token())
+    with pytest.raises(RevocationStoreError):
+        direct.is_revoked_sync(token())
+    with pytest.raises(RevocationStoreError):
+        await direct.revoke_token("j1")
+    assert (await direct.health())["healthy"] is False
+    starting = stores(url, failure_timeout=0.3, connect_timeout=0.1)
+    with pytest.raises(RevocationStoreError, match="not ready"):
+        await starting.start(timeout=0.3)
+
+
+@pytest.mark.anyio
+async def test_a_paused_redis_fails_checks_within_the_timeouts(
+    private_redis: RedisServer, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    mirrored = stores(private_redis.url, failure_timeout=0.4, socket_timeout=0.3)
+    direct = stores(private_redis.url, mirror=False, socket_timeout=0.3)
+    await mirrored.start()
+    await direct.start()
+    assert not await mirrored.is_revoked(token())
+    private_redis.pause()
+    try:
+        # The mirror answers while it may still be sure, then refuses.
+        assert await eventually(lambda: refuses(mirrored), 1.0) <= 0.4 + 0.2
+        start = time.perf_counter()
+        with pytest.raises(RevocationStoreError, match="Timeout"):
+            await direct.is_revoked(token())
+        with pytest.raises(RevocationStoreError):
+            direct.is_revoked_sync(token())
+        with pytest.raises(RevocationStoreError):
+            await direct.revoke_token("j1")
+        assert time.perf_counter() - start < 3 * 0.3 + 0.3
+        assert not mirrored.healthy
+        assert not direct.healthy
+    finally:
+        private_redis.resume()
+    await eventually(lambda: mirrored.healthy, 3.0)
+    assert not await mirrored.is_revoked(token())
+    assert not await direct.is_revoked(token())
+
+
+@pytest.mark.anyio
+async def test_a_stalled_event_loop_reads_the_answer_before_giving_up(
+    private_redis: RedisServer, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    mirrored = stores(private_redis.url, failure_timeout=0.3)
+    await mirrored.start()
+    private_redis.pause()
+    await asyncio.sleep(0.1)  # a ping goes out and waits for its answer
+    time.sleep(0.05)  # noqa: ASYNC251 - the point: the event loop stalls
+    private_redis.resume()  # the answer arrives while the loop still stalls...
+    time.sleep(0.4)  # noqa: ASYNC251 - ...for longer than failure_timeout
+    await eventually(lambda: mirrored.healthy, 0.5)
+    assert mirrored.health_report()["resyncs"] == 1  # read, not reloaded
+
+
+@pytest.mark.anyio
+async def test_after_a_restart_the_mirror_resynchronises_before_answering(
+    private_redis: RedisServer, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    def admit_mirror_user() -> None:
+        with private_redis.client() as admin:
+            admin.execute_command("ACL", "SETUSER", "mirror", "on", ">pw", "~*", "&*", "+@all")
+
+    admit_mirror_user()
+    port = private_redis.port
+    # The mirror logs in as a user that exists only when we say so: after the restart it
+    # cannot reconnect until admitted, so revocations made meanwhile reach it only through
+    # the resynchronisation, never as announcements.
+    mirrored = stores(f"redis://mirror:pw@127.0.0.1:{port}/0", failure_timeout=0.5)
+    writer = stores(private_redis.url, mirror=False)
+    await mirrored.start()
+    await writer.revoke_token("before", time.time() + 60)
+    await eventually(lambda: mirrored.is_revoked(token(jti="before")), 0.1)
+
+    private_redis.restart()  # no persistence: "before" is gone, and so is the user
+    await eventually(lambda: refuses(mirrored), 0.5)
+    await writer.revoke_token("during", time.time() + 60)
+    await writer.revoke_subject("s-during")
+    await asyncio.sleep(0.3)
+    assert await refuses(mirrored, token(jti="during"))
+    assert not mirrored.healthy
+    assert "mirror" in repr(mirrored)
+
+    admit_mirror_user()
+    await eventually(lambda: mirrored.healthy, 3.0)
+    assert await mirrored.is_revoked(token(jti="during"))
+    assert await mirrored.is_revoked(token(jti="x", sub="s-during"))
+    assert not await mirrored.is_revoked(token(jti="before"))  # Redis is the source of truth
+    assert (await mirrored.health())["resyncs"] >= 2
+
+
+@pytest.mark.anyio
+async def test_a_client_that_resubscribes_on_its_own_still_resynchronises(
+    private_redis: RedisServer, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    # A caller's client with redis-py's default retries reconnects and resubscribes behind
+    # our back; the second subscription confirmation gives it away.
+    own = redis.Redis.from_url(private_redis.url, socket_timeout=1)
+    store = stores(client=own, failure_timeout=1.0)
+    store.start_sync()
+    assert store.health_report()["resyncs"] == 1
+    with private_redis.client() as admin:
+        admin.client_kill_filter(_type="pubsub")
+    await eventually(lambda: store.health_report()["resyncs"] >= 2 and store.healthy, 2.0)
+    store.revoke_token_sync("j1", time.time() + 60)
+    assert store.is_revoked_sync(token())
+    await store.aclose()
+    assert own.ping()  # the caller's client is the caller's to close
+    own.close()
+
+
+@pytest.mark.anyio
+async def test_existing_clients_with_decoded_responses(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    sync_client = redis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=1)
+    async_client = aredis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=1)
+    store = stores(client=sync_client, async_client=async_client, namespace=redis_namespace)
+    await store.revoke_token("j1", time.time() + 60, reason="why")
+    assert await store.is_revoked(token())
+    assert store.is_revoked_sync(token())
+    assert (await store.list_revocations())[0].reason == "why"
+    only_async = stores(async_client=async_client, namespace=redis_namespace, mirror=False)
+    assert await only_async.is_revoked(token())
+    with pytest.raises(RevocationStoreError, match="no synchronous client"):
+        only_async.is_revoked_sync(token())
+    await store.aclose()
+    assert await async_client.ping()
+    await async_client.aclose()
+    sync_client.close()
+
+
+@pytest.mark.anyio
+async def test_a_full_mirror_stops_answering_rather_than_forget(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    small = stores(redis_server.url, namespace=redis_namespace, max_entries=3)
+    other = stores(redis_server.url, namespace=redis_namespace, mirror=False)
+    await small.start()
+    for i in range(3):
+        await small.revoke_token(f"j{i}", time.time() + 60)
+    with pytest.raises(RevocationStoreError, match="max_entries"):
+        await small.revoke_token("j3", time.time() + 60)
+    await other.revoke_token("j4", time.time() + 60)  # another instance, another limit
+    await eventually(lambda: refuses(small), 1.0)
+    assert "max_entries" in str(small.health_report()["error"])
+
+
+@pytest.mark.anyio
+async def test_an_unreadable_entry_fails_closed(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    with redis_server.client() as inspect:
+        inspect.set(f"{redis_namespace}:t:*:bad", "not json", ex=60)
+        inspect.set(f"{redis_namespace}:unrelated", "x", ex=60)  # not an entry: ignored
+        inspect.set(f"{redis_namespace}:t:a:b:c", "x", ex=60)  # not one of our keys either
+    direct = stores(redis_server.url, namespace=redis_namespace, mirror=False)
+    with pytest.raises(RevocationStoreError, match="unreadable"):
+        await direct.is_revoked(token(jti="bad"))
+    assert not await direct.is_revoked(token(jti="fine"))
+    mirrored = stores(redis_server.url, namespace=redis_namespace, failure_timeout=0.3)
+    with pytest.raises(RevocationStoreError, match="unreadable"):
+        await mirrored.start(timeout=0.5)
+
+
+@pytest.mark.anyio
+async def test_the_guard_answers_503_when_redis_goes_down(
+    session_issuer: DevIssuer,
+    private_redis: RedisServer,
+    stores: Callable[..., RedisRevocationStore],
+) -> None:
+    mirrored = stores(private_redis.url, failure_timeout=0.5, socket_timeout=0.3)
+    direct = stores(private_redis.url, mirror=False, socket_timeout=0.3, connect_timeout=0.3)
+    apps = [build_app(session_issuer.guard(revocation=store)) for store in (mirrored, direct)]
+    lenient = build_app(session_issuer.guard(revocation=direct, revocation_failure="allow"))
+    headers = {"Authorization": f"Bearer {session_issuer.mint()}"}
+    await mirrored.start()
+    for app in [*apps, lenient]:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as client:
+            assert (await client.get("/me", headers=headers)).status_code == 200
+    private_redis.stop()
+    for app in apps:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as client:
+
+            async def unavailable(client: httpx.AsyncClient = client) -> bool:
+                return (await client.get("/me", headers=headers)).status_code == 503
+
+            await eventually(unavailable, 1.0)
+            with structlog.testing.capture_logs() as events:
+                response = await client.get("/me", headers=headers)
+            assert response.status_code == 503
+            assert response.headers["retry-after"]
+            assert events[-1]["reason"] == "revocation_unavailable"
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=lenient), base_url="http://t"
+    ) as client:
+        assert (await client.get("/me", headers=headers)).status_code == 200  # chosen: open

@@ -1,0 +1,422 @@
+"""``bearerguard.testing`` (token variants, audit capture) and the opt-in pytest plugin."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+from unittest.mock import ANY
+
+import pytest
+import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from bearerguard.errors import (
+    BadSignatureError,
+    ExpiredTokenError,
+    InvalidAudienceError,
+    NotYetValidError,
+    RevokedTokenError,
+    UnknownKeyError,
+)
+from bearerguard.revocation import MemoryRevocationStore
+from bearerguard.testing import (
+    AUDIT_EVENT_NAMES,
+    AuditEvents,
+    DevIssuer,
+    SigningKey,
+    audit_events,
+)
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- token variants ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mint", "error"),
+    [
+        (lambda issuer: issuer.mint_expired(), ExpiredTokenError),
+        (lambda issuer: issuer.mint_expired(ago=60, sub="ann"), ExpiredTokenError),
+        (lambda issuer: issuer.mint_not_yet_valid(), NotYetValidError),
+        (lambda issuer: issuer.mint_for_audience("https://other.example"), InvalidAudienceError),
+        (lambda issuer: issuer.mint_for_audience(["a", "b"]), InvalidAudienceError),
+        (lambda issuer: issuer.mint_forged(), BadSignatureError),
+        (lambda issuer: issuer.mint_forged(algorithm="ES256"), BadSignatureError),
+        (lambda issuer: issuer.mint_forged(kid="never-published"), UnknownKeyError),
+    ],
+    ids=["expired", "expired-60s", "not-yet-valid", "audience", "audiences", "forged",
+         "forged-es256", "unknown-kid"],  # fmt: skip
+)
+def test_bad_token_variants_are_refused_for_their_reason(
+    session_issuer: DevIssuer, mint: object, error: type[Exception]
+) -> None:
+    guard = session_issuer.guard()
+    token = mint(session_issuer)  # type: ignore[operator]
+    with pytest.raises(error):
+        guard.authenticate_sync(token)
+
+
+def test_variants_keep_the_other_claims(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard(leeway=0)
+    # Only the claim that makes the variant bad differs: the rest verifies.
+    accepted = guard.authenticate_sync(session_issuer.mint_expired(ago=-120, sub="bo"))
+    assert accepted.subject == "bo"
+    right_aud = session_issuer.mint_for_audience(session_issuer.audience, scopes=["a"])
+    assert guard.authenticate_sync(right_aud).scopes == frozenset({"a"})
+
+
+def test_forged_token_reuses_one_stranger_key_per_algorithm(session_issuer: DevIssuer) -> None:
+    first = session_issuer.mint_forged(headers={"typ": None})
+    stranger = session_issuer._strangers["RS256"]
+    second = session_issuer.mint_forged()
+    assert first.split(".")[2] != second.split(".")[2]
+    assert session_issuer._strangers["RS256"] is stranger
+
+
+def test_revoked_variant(session_issuer: DevIssuer) -> None:
+    store = MemoryRevocationStore()
+    guard = session_issuer.guard(revocation=store)
+    token = session_issuer.mint_revoked(store, scopes=["a"], algorithm="ES256")
+    with pytest.raises(RevokedTokenError):
+        guard.authenticate_sync(token)
+    assert guard.authenticate_sync(session_issuer.mint()).subject == "user-1"
+    assert len(store) == 1
+
+
+def test_revoked_variant_needs_a_synchronous_store(session_issuer: DevIssuer) -> None:
+    class AsyncOnly:
+        async def revoke_token(self, jti: str, expires_at: float) -> None:
+            raise NotImplementedError
+
+    with pytest.raises(TypeError, match="await store.revoke_token"):
+        session_issuer.mint_revoked(AsyncOnly())
+
+
+def test_in_process_guard_needs_no_server() -> None:
+    issuer = DevIssuer()  # never started: nothing listens
+    try:
+        guard = issuer.guard(in_process=True)
+        assert guard.authenticate_sync(issuer.mint(sub="ida")).subject == "ida"
+        assert issuer.requests == []
+    finally:
+        issuer.stop()
+
+
+# -- keys -------------------------------------------------------------------------------
+
+
+def test_issuers_can_share_keys() -> None:
+    keys = [SigningKey.generate("ES256"), SigningKey.generate("PS256")]
+    with DevIssuer(keys=keys) as first, DevIssuer(keys=keys, algorithms=["RS256"]) as second:
+        assert [key.kid for key in first.keys] == [key.kid for key in second.keys]
+        assert first.key().algorithm == "ES256"
+        first.rotate()
+        assert len(second.keys) == 2  # rotating one issuer leaves the other alone
+        assert second.guard().authenticate_sync(second.mint(algorithm="PS256"))
+    with pytest.raises(ValueError, match="at least one key"):
+        DevIssuer(keys=[])
+    with pytest.raises(ValueError, match="does not generate"):
+        SigningKey.generate("ES384")
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "PS256", "ES256"])
+def test_pem_round_trip_and_stable_kid(algorithm: str) -> None:
+    key = SigningKey.generate(algorithm)
+    pem = key.private_pem()
+    loaded = SigningKey.from_pem(pem, algorithm=algorithm)
+    again = SigningKey.from_pem(pem.decode(), algorithm=algorithm)
+    assert loaded.kid == again.kid  # the RFC 7638 thumbprint
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", loaded.kid)
+    assert SigningKey.from_pem(pem, algorithm=algorithm, kid="mine").kid == "mine"
+    with DevIssuer(keys=[loaded]) as issuer:
+        assert issuer.guard().authenticate_sync(issuer.mint()).key_id == loaded.kid
+
+
+def test_rfc7638_thumbprint_example() -> None:
+    # RFC 7638 §3.1: the example RSA key and its thumbprint.
+    from bearerguard.testing import _thumbprint
+
+    jwk = {
+        "kty": "RSA",
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6t"
+        "Soc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YG"
+        "jQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-b"
+        "FTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+        "e": "AQAB",
+        "alg": "RS256",
+        "kid": "2011-04-29",
+    }
+    assert _thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+def _pem(private_key: object) -> bytes:
+    return private_key.private_bytes(  # type: ignore[attr-defined, no-any-return]
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("pem", "algorithm", "message"),
+    [
+        (b"not a key", None, "not an unencrypted PEM private key"),
+        (_pem(rsa.generate_private_key(65537, 1024)), None, "1024 bits is too weak"),
+        (_pem(ec.generate_private_key(ec.SECP384R1())), None, "secp384r1 is not supported"),
+        (_pem(ec.generate_private_key(ec.SECP256R1())), "RS256", "signs ES256, not RS256"),
+        (_pem(rsa.generate_private_key(65537, 2048)), "ES256", "signs RS256 or PS256"),
+    ],
+    ids=["garbage", "rsa-1024", "p-384", "ec-as-rsa", "rsa-as-ec"],
+)
+def test_bad_pem_keys(pem: bytes, algorithm: str | None, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SigningKey.from_pem(pem, algorithm=algorithm)
+
+
+def test_ed25519_pem_is_refused() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    with pytest.raises(ValueError, match="only RSA and EC P-256"):
+        SigningKey.from_pem(_pem(ed25519.Ed25519PrivateKey.generate()))
+
+
+# -- audit events -----------------------------------------------------------------------
+
+
+def _emit(issuer: DevIssuer, *tokens: str | None) -> None:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from bearerguard.asgi import BearerGuardMiddleware
+
+    async def hello(_request: object) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    app = Starlette(
+        routes=[Route("/", hello)],
+        middleware=[Middleware(BearerGuardMiddleware, guard=issuer.guard())],
+    )
+    with TestClient(app) as client:
+        for token in tokens:
+            headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+            client.get("/", headers=headers)
+
+
+def test_audit_events_capture_only_bearerguard_events(session_issuer: DevIssuer) -> None:
+    with audit_events() as events:
+        structlog.get_logger("app").info("order.placed", outcome="allow")
+        _emit(session_issuer, session_issuer.mint(sub="al"), None)
+    assert events.names == ["token.accepted", "token.rejected"]
+    assert len(events) == 2
+    assert events[0]["sub"] == "al"
+    assert [event["event"] for event in events] == events.names
+    assert repr(events) == "AuditEvents(['token.accepted', 'token.rejected'])"
+    accepted = events.assert_one("token.accepted", sub="al", outcome="allow", token_fp=ANY)
+    assert accepted["log_level"] == "info"
+    events.assert_one("token.rejected", reason="missing_token", status=401)
+    events.assert_none("scope.denied")
+    events.clear()
+    events.assert_none()
+
+
+def test_audit_assertions_say_what_was_emitted(session_issuer: DevIssuer) -> None:
+    with audit_events() as events:
+        _emit(session_issuer, session_issuer.mint_expired(sub="cy"))
+    with pytest.raises(AssertionError) as missing:
+        events.assert_one("token.accepted")
+    assert "expected exactly one 'token.accepted' audit event, got 0" in str(missing.value)
+    assert "token.rejected" in str(missing.value)
+    assert "reason='expired'" in str(missing.value)
+
+    with pytest.raises(AssertionError) as wrong:
+        events.assert_one("token.rejected", reason="bad_signature", status=401, nope=1)
+    message = str(wrong.value)
+    assert "reason: wanted 'bad_signature', got 'expired'" in message
+    assert "nope: wanted 1, got no such field" in message
+    assert "status" not in message.split("\n")[0].split(":", 1)[1].split(";")[0]
+
+    with pytest.raises(AssertionError, match="expected no audit events"):
+        events.assert_none()
+    with pytest.raises(AssertionError, match="expected no 'token.rejected' audit events"):
+        events.assert_none("token.rejected")
+
+
+def test_audit_assertions_on_nothing_captured() -> None:
+    with audit_events() as events:
+        pass
+    with pytest.raises(AssertionError, match="captured: no audit event"):
+        events.assert_one("token.accepted")
+    assert isinstance(events, AuditEvents)
+    assert list(events) == []
+
+
+def test_audit_event_names_cover_the_documented_schema() -> None:
+    text = (ROOT / "docs" / "audit-events.md").read_text()
+    table = text.split("## Event names", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \|", table, re.MULTILINE))
+    assert documented
+    assert documented <= AUDIT_EVENT_NAMES
+
+
+# -- the pytest plugin, in a scratch project --------------------------------------------
+
+APPS_TESTS = textwrap.dedent(
+    """
+    from fastapi import FastAPI
+    from flask import Flask
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from bearerguard import get_access_token, requires_scopes
+    from bearerguard.asgi import BearerGuardMiddleware
+    from bearerguard.flask import protect
+
+
+    def bearer(token):
+        return {"Authorization": f"Bearer {token}"}
+
+
+    def test_starlette(bearerguard_issuer, bearerguard_guard, bearerguard_audit):
+        @requires_scopes("items:read")
+        async def items(request):
+            return JSONResponse({"for": request.user.display_name})
+
+        app = Starlette(
+            routes=[Route("/items", items)],
+            middleware=[Middleware(BearerGuardMiddleware, guard=bearerguard_guard)],
+        )
+        with TestClient(app) as client:
+            good = client.get("/items", headers=bearer(bearerguard_issuer.mint(
+                scopes=["items:read"], sub="sal")))
+            assert good.json() == {"for": "sal"}
+            expired = client.get("/items", headers=bearer(bearerguard_issuer.mint_expired()))
+            assert expired.status_code == 401
+        bearerguard_audit.assert_one("token.accepted", sub="sal")
+        bearerguard_audit.assert_one("token.rejected", reason="expired", status=401)
+
+
+    def test_fastapi(bearerguard_issuer, bearerguard_guard, bearerguard_audit):
+        api = FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=bearerguard_guard)])
+
+        @api.get("/me")
+        @requires_scopes("profile")
+        async def me():
+            return {"sub": get_access_token().subject}
+
+        with TestClient(api) as client:
+            token = bearerguard_issuer.mint(scopes=["profile"], sub="fay")
+            assert client.get("/me", headers=bearer(token)).json() == {"sub": "fay"}
+            other = bearerguard_issuer.mint_for_audience("https://other.example")
+            assert client.get("/me", headers=bearer(other)).status_code == 401
+            unscoped = bearerguard_issuer.mint(sub="fay")
+            assert client.get("/me", headers=bearer(unscoped)).status_code == 403
+        bearerguard_audit.assert_one("token.rejected", reason="invalid_audience")
+        bearerguard_audit.assert_one("scope.denied", required_scopes=["profile"])
+
+
+    def test_flask(bearerguard_issuer, bearerguard_guard, bearerguard_audit):
+        app = Flask(__name__)
+
+        @app.get("/items")
+        @requires_scopes("items:read")
+        def items():
+            return {"for": get_access_token().subject}
+
+        protect(app, guard=bearerguard_guard)
+        client = app.test_client()
+        token = bearerguard_issuer.mint(scopes=["items:read"], sub="flo")
+        assert client.get("/items", headers=bearer(token)).json == {"for": "flo"}
+        forged = bearerguard_issuer.mint_forged(scopes=["items:read"])
+        assert client.get("/items", headers=bearer(forged)).status_code == 401
+        bearerguard_audit.assert_one("token.accepted", sub="flo")
+        bearerguard_audit.assert_one("token.rejected", reason="bad_signature")
+    """
+)
+
+OPTIONS_TESTS = textwrap.dedent(
+    """
+    import pytest
+
+
+    @pytest.fixture
+    def bearerguard_guard_options():
+        return {"audience": "https://orders.example", "leeway": 0}
+
+
+    def test_options(bearerguard_issuer, bearerguard_guard):
+        assert bearerguard_guard.audiences == ("https://orders.example",)
+        token = bearerguard_issuer.mint(aud="https://orders.example")
+        assert bearerguard_guard.authenticate_sync(token).subject == "user-1"
+
+
+    def test_keys_are_shared(bearerguard_issuer, bearerguard_signing_keys):
+        assert bearerguard_issuer.keys == bearerguard_signing_keys
+    """
+)
+
+
+def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest("-W", "error", "-p", "no:cacheprovider", *args)
+
+
+def test_plugin_is_off_unless_enabled(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_off="def test_off(bearerguard_issuer):\n    pass\n")
+    result = _run(pytester)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'bearerguard_issuer' not found*"])
+    listing = _run(pytester, "--fixtures")
+    assert "bearerguard_guard" not in listing.stdout.str()
+
+
+def test_plugin_enabled_with_dash_p(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_apps=APPS_TESTS, test_options=OPTIONS_TESTS)
+    result = _run(pytester, "-p", "bearerguard")
+    result.assert_outcomes(passed=5)
+    listing = _run(pytester, "-p", "bearerguard", "--fixtures")
+    listing.stdout.fnmatch_lines(["bearerguard_guard*", "*trusts ``bearerguard_issuer``*"])
+
+
+def test_plugin_enabled_in_addopts_without_autoload(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makeini("[pytest]\naddopts = -p bearerguard\n")
+    pytester.makepyfile(test_options=OPTIONS_TESTS)
+    _run(pytester).assert_outcomes(passed=2)
+
+
+def test_plugin_enabled_by_pytest_plugins_and_dash_p_together(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest('pytest_plugins = ["bearerguard.pytest_plugin"]\n')
+    pytester.makepyfile(test_apps=APPS_TESTS)
+    _run(pytester).assert_outcomes(passed=3)
+    # Both ways at once register the module once, not twice.
+    _run(pytester, "-p", "bearerguard").assert_outcomes(passed=3)
+
+
+def test_a_failing_audit_assertion_reads_well(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_fail=textwrap.dedent(
+            """
+            def test_fail(bearerguard_guard, bearerguard_issuer, bearerguard_audit):
+                bearerguard_audit.assert_one("token.accepted")
+            """
+        )
+    )
+    result = _run(pytester, "-p", "bearerguard")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*expected exactly one 'token.accepted' audit event, got 0; captured: no audit event*"]
+    )

@@ -1,0 +1,143 @@
+"""Websocket handshakes: refused before accept, the header by default, browser opt-ins."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import WebSocketRoute
+from starlette.testclient import TestClient, WebSocketDenialResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from structlog.testing import capture_logs
+
+from bearerguard import BearerGuard, get_access_token, requires_scopes
+from bearerguard.asgi import WEBSOCKET_TOKEN_PROTOCOL_PREFIX, BearerGuardMiddleware
+from bearerguard.errors import ConfigurationError
+from bearerguard.testing import DevIssuer
+
+PREFIX = WEBSOCKET_TOKEN_PROTOCOL_PREFIX
+
+
+async def echo(websocket: WebSocket) -> None:
+    offered = list(websocket.scope.get("subprotocols", []))
+    await websocket.accept(subprotocol="chat" if "chat" in offered else None)
+    token = get_access_token(websocket)
+    await websocket.send_json({"sub": None if token is None else token.subject, "offered": offered})
+    await websocket.close()
+
+
+@requires_scopes("chat:write")
+async def scoped(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_json({"ok": True})
+    await websocket.close()
+
+
+def build(guard: BearerGuard, credentials: Iterable[str] = ()) -> Starlette:
+    return Starlette(
+        routes=[WebSocketRoute("/ws", echo), WebSocketRoute("/ws/scoped", scoped)],
+        middleware=[
+            Middleware(BearerGuardMiddleware, guard=guard, websocket_credentials=credentials)
+        ],
+    )
+
+
+@pytest.fixture
+def guard(session_issuer: DevIssuer) -> BearerGuard:
+    return session_issuer.guard(resource="https://api.example/ws", audience="https://api.example")
+
+
+def denied(client: TestClient, path: str, **options: Any) -> WebSocketDenialResponse:
+    with (
+        pytest.raises(WebSocketDenialResponse) as refused,
+        client.websocket_connect(path, **options),
+    ):
+        pass  # pragma: no cover - never accepted
+    return refused.value
+
+
+def test_the_authorization_header_is_the_default(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    token = session_issuer.mint(sub="ann")
+    with TestClient(build(guard)) as client:
+        with client.websocket_connect("/ws", headers={"Authorization": f"Bearer {token}"}) as ws:
+            assert ws.receive_json() == {"sub": "ann", "offered": []}
+        with capture_logs() as events:
+            missing = denied(client, "/ws")
+        assert missing.status_code == 401
+        assert missing.headers["www-authenticate"] == (
+            'Bearer realm="https://api.example", resource_metadata='
+            '"https://api.example/.well-known/oauth-protected-resource/ws"'
+        )
+        assert missing.json()["error"] == "unauthorized"
+        assert [event["event"] for event in events] == ["token.rejected"]
+        # Without the opt-ins, a subprotocol token is just an unknown subprotocol and a
+        # query token is refused outright (RFC 6750 §2.3 is not offered).
+        assert denied(client, "/ws", subprotocols=[PREFIX + token]).status_code == 401
+        assert denied(client, f"/ws?access_token={token}").status_code == 400
+
+
+def test_subprotocol_opt_in(guard: BearerGuard, session_issuer: DevIssuer) -> None:
+    token = session_issuer.mint(sub="bea")
+    with TestClient(build(guard, ["subprotocol"])) as client:
+        with client.websocket_connect("/ws", subprotocols=["chat", PREFIX + token]) as ws:
+            assert ws.accepted_subprotocol == "chat"
+            # The token never reaches the app, so it can never be echoed back or logged.
+            assert ws.receive_json() == {"sub": "bea", "offered": ["chat"]}
+        bad = denied(client, "/ws", subprotocols=["chat", PREFIX + "x.y.z"])
+        assert bad.status_code == 401
+        assert 'error="invalid_token"' in bad.headers["www-authenticate"]
+        malformed = denied(client, "/ws", subprotocols=[PREFIX + "a%20b"])
+        assert malformed.status_code == 400
+        two = denied(client, "/ws", subprotocols=[PREFIX + token, PREFIX + token])
+        assert two.status_code == 400
+        both = denied(
+            client,
+            "/ws",
+            subprotocols=[PREFIX + token],
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert both.status_code == 400  # one method per request (RFC 6750 §2)
+        # The query stays refused unless opted in as well.
+        assert denied(client, f"/ws?access_token={token}").status_code == 400
+
+
+def test_query_opt_in(guard: BearerGuard, session_issuer: DevIssuer) -> None:
+    token = session_issuer.mint(sub="cy")
+    with TestClient(build(guard, ["query"])) as client:
+        with client.websocket_connect(f"/ws?room=1&access_token={token}") as ws:
+            assert ws.receive_json()["sub"] == "cy"
+        both = denied(
+            client, f"/ws?access_token={token}", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert both.status_code == 400
+        assert denied(client, f"/ws?access_token={token}&access_token={token}").status_code == 400
+        assert denied(client, "/ws?access_token=").status_code == 400
+        # Plain HTTP requests never take a query token, whatever the websocket opt-ins.
+        assert client.get(f"/anything?access_token={token}").status_code == 400
+
+
+def test_scope_denial_closes_before_accept(guard: BearerGuard, session_issuer: DevIssuer) -> None:
+    with TestClient(build(guard, ["subprotocol"])) as client:
+        token = session_issuer.mint(scopes=["chat:read"])
+        with (
+            capture_logs() as events,
+            pytest.raises(WebSocketDisconnect) as closed,
+            client.websocket_connect("/ws/scoped", subprotocols=[PREFIX + token]) as ws,
+        ):
+            ws.receive_json()  # pragma: no cover
+        assert closed.value.code == 1008
+        assert [event["event"] for event in events] == ["token.accepted", "scope.denied"]
+        allowed = session_issuer.mint(scopes=["chat:write"])
+        with client.websocket_connect("/ws/scoped", subprotocols=[PREFIX + allowed]) as ws:
+            assert ws.receive_json() == {"ok": True}
+
+
+@pytest.mark.parametrize("credentials", [["cookie"], "query", ["query", "header"]])
+def test_opt_ins_are_validated(guard: BearerGuard, credentials: Any) -> None:
+    with pytest.raises(ConfigurationError, match="websocket_credentials"):
+        BearerGuardMiddleware(build(guard), guard=guard, websocket_credentials=credentials)

@@ -9,7 +9,19 @@ the group alone prints its help.
 Handlers import what they need lazily: ``bearerguard --help`` stays fast, and a command
 whose optional extra is missing says which one to install instead of failing on import.
 
-Exit codes: 0 success, 1 the command ran and failed, 2 usage error or missing extra,
+Commands:
+
+- ``demo``: a walkthrough against a local demo API (``bearerguard._demo``).
+- ``token mint | inspect | verify`` (``bearerguard._cli_token``).
+- ``jwks show | check`` (``bearerguard._cli_jwks``).
+
+Every leaf but ``demo`` takes ``--json`` (one JSON document on standard output) and
+``--quiet`` (no progress lines on standard error). Expected failures (an unreachable
+issuer, a bad argument, a key file that is not a key) are one line on standard error, or a
+JSON document with ``--json``; never a traceback.
+
+Exit codes: 0 success, 1 the command ran and the answer is no (an invalid token, a key set
+with errors), 2 usage error or missing extra, 3 the issuer or key set is unreachable,
 130 interrupted (Ctrl-C).
 """
 
@@ -19,19 +31,32 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TypeAlias
 
 from bearerguard.__about__ import __version__
+from bearerguard._cli_common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CommandError,
+    Console,
+    Handler,
+    print_usage,
+)
+from bearerguard._cli_common import Commands as _Commands
+from bearerguard._cli_jwks import add_jwks_commands
+from bearerguard._cli_token import add_token_commands
 
-__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
-
-Handler = Callable[[argparse.Namespace], int]
-_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+]
 
 _MISSING_UVICORN = (
     "bearerguard demo needs uvicorn, which is not installed.\n"
@@ -47,12 +72,6 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port {value} is not between 0 and 65535")
     return value
-
-
-def _usage(parser: argparse.ArgumentParser, _args: argparse.Namespace) -> int:
-    """The handler of a parser that needs a sub-command: print its help."""
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 # -- demo -------------------------------------------------------------------------------
@@ -96,7 +115,11 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 # -- the parser -------------------------------------------------------------------------
 
-_COMMANDS: tuple[Callable[[_Commands], None], ...] = (_add_demo,)
+_COMMANDS: tuple[Callable[[_Commands], None], ...] = (
+    _add_demo,
+    add_token_commands,
+    add_jwks_commands,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tools for bearerguard: accept OAuth 2.0 bearer tokens safely.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.set_defaults(handler=partial(_usage, parser))
+    parser.set_defaults(handler=partial(print_usage, parser))
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add in _COMMANDS:
         add(commands)
@@ -132,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
+    except CommandError as exc:
+        return Console.of(args).fail(exc)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

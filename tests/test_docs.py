@@ -16,5 +16,5 @@ _BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 def test_python_blocks_run(document: Path) -> None:
     namespace: dict[str, object] = {"__name__": "docs_snippet"}
     for number, block in enumerate(_BLOCK.findall(document.read_text()), start=1):
-        code = compile(block, f"{document.name}[block {number}]", "exec")
+        code = compile(block, f"{document.name}[block {number}]", "exec", dont_inherit=True)
         exec(code, namespace)  # noqa: S102 - running our own documentation is the point

@@ -8,7 +8,6 @@ header parameter that would change how the token must be processed (``crit``, ``
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import math
@@ -25,6 +24,7 @@ _COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
 # A canonical base64url string leaves the unused low bits of its last character zero
 # (RFC 4648 §3.5); anything else decodes to the same bytes and would make tokens malleable.
 _CANONICAL_LAST = {2: frozenset("AQgw"), 3: frozenset("AEIMQUYcgkosw048")}
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 # Header parameters whose presence means processing we do not do: JWE (RFC 7516 §4.1.2,
 # §4.1.3), unencoded payloads (RFC 7797 §3) and critical extensions (RFC 7515 §4.1.11).
@@ -52,8 +52,10 @@ def _b64decode(segment: str) -> bytes:
     remainder = len(segment) % 4
     if remainder == 1 or (remainder and segment[-1] not in _CANONICAL_LAST[remainder]):
         raise MalformedTokenError("non-canonical base64url segment")
+    # The characters were checked by _COMPACT: map the url-safe alphabet onto the standard
+    # one and let the C decoder work (surplus padding is ignored by a2b_base64).
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        return binascii.a2b_base64(segment.encode("ascii").translate(_URLSAFE) + b"==")
     except (binascii.Error, ValueError) as exc:  # pragma: no cover - the regex rules these out
         raise MalformedTokenError("invalid base64url segment") from exc
 
@@ -77,17 +79,18 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_refuse_duplicates,
+    parse_constant=_refuse_constant,
+    parse_float=_finite_float,
+)
+
+
 def decode_json_object(segment: str, what: str) -> dict[str, Any]:
     """Decode a base64url segment holding a UTF-8 JSON object, strictly."""
     raw = _b64decode(segment)
     try:
-        text = raw.decode("utf-8")
-        value = json.loads(
-            text,
-            object_pairs_hook=_refuse_duplicates,
-            parse_constant=_refuse_constant,
-            parse_float=_finite_float,
-        )
+        value = _DECODER.decode(raw.decode("utf-8"))
     except MalformedTokenError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -102,20 +105,15 @@ def looks_compact(token: str) -> bool:
     return _COMPACT.fullmatch(token) is not None
 
 
-def parse_compact(token: str) -> CompactJWS:
-    """Split and check a compact JWS; decode its header and signature, not its payload.
+# An issuer signs every token with a handful of headers (one per key), so checked headers are
+# remembered by their segment: a token from a known key skips the header's decoding. Only
+# headers that passed every check are kept, and the bound keeps a flood of distinct headers
+# from growing it.
+_HEADERS: dict[str, dict[str, Any]] = {}
+_MAX_CACHED_HEADERS = 256
 
-    Raises:
-        MalformedTokenError: anything but a strict compact JWS with an acceptable header.
-        UnsupportedAlgorithmError: ``alg`` is missing, not a string, or ``none``.
-    """
-    match = _COMPACT.fullmatch(token)
-    if match is None:
-        parts = token.count(".") + 1
-        if parts == 5:
-            raise MalformedTokenError("JWE (five segments) is not accepted")
-        raise MalformedTokenError(f"not a compact JWS ({parts} segments or bad characters)")
-    header_segment, payload_segment, signature_segment = match.groups()
+
+def _checked_header(header_segment: str) -> dict[str, Any]:
     header = decode_json_object(header_segment, "header")
     for member in _REFUSED_HEADER_MEMBERS:
         if member in header:
@@ -133,6 +131,29 @@ def parse_compact(token: str) -> CompactJWS:
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise MalformedTokenError("header kid is not a string")
+    return header
+
+
+def parse_compact(token: str) -> CompactJWS:
+    """Split and check a compact JWS; decode its header and signature, not its payload.
+
+    Raises:
+        MalformedTokenError: anything but a strict compact JWS with an acceptable header.
+        UnsupportedAlgorithmError: ``alg`` is missing, not a string, or ``none``.
+    """
+    match = _COMPACT.fullmatch(token)
+    if match is None:
+        parts = token.count(".") + 1
+        if parts == 5:
+            raise MalformedTokenError("JWE (five segments) is not accepted")
+        raise MalformedTokenError(f"not a compact JWS ({parts} segments or bad characters)")
+    header_segment, payload_segment, signature_segment = match.groups()
+    header = _HEADERS.get(header_segment)
+    if header is None:
+        header = _checked_header(header_segment)
+        if len(_HEADERS) >= _MAX_CACHED_HEADERS:
+            _HEADERS.clear()
+        _HEADERS[header_segment] = header
     return CompactJWS(
         token=token,
         header=header,

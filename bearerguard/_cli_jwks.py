@@ -12,6 +12,7 @@ import argparse
 import base64
 import binascii
 import json
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,10 +24,11 @@ from bearerguard._cli_common import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_UNREACHABLE,
-    Commands,
     CommandError,
+    Commands,
     Console,
     add_output_options,
+    positive_seconds,
     print_usage,
     usage_error,
 )
@@ -40,6 +42,7 @@ _EC_ALGORITHM_BY_CURVE = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 _OKP_CURVES = frozenset({"Ed25519", "Ed448"})
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 _MIN_RSA_BITS = 2048
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,7 @@ class KeyReport:
 
 
 def _rsa_bits(modulus: Any) -> int | None:
-    if not isinstance(modulus, str):
+    if not isinstance(modulus, str) or not _BASE64URL.fullmatch(modulus):
         return None
     try:
         raw = base64.urlsafe_b64decode(modulus + "=" * (-len(modulus) % 4))
@@ -111,7 +114,8 @@ def _judge(index: int, entry: Any, allowed: frozenset[str]) -> tuple[KeyReport, 
     if not isinstance(entry, dict):
         report = KeyReport(index, None, None, None, None, None, usable=False)
         report.skipped = "not a JSON object"
-        return report, [Finding("error", "not_an_object", "the entry is not a JSON object", None, index)]
+        problem = Finding("error", "not_an_object", "the entry is not a JSON object", None, index)
+        return report, [problem]
     raw_kid = entry.get("kid")
     kid = raw_kid if isinstance(raw_kid, str) else None
     kty = entry.get("kty") if isinstance(entry.get("kty"), str) else None
@@ -143,8 +147,7 @@ def _judge(index: int, entry: Any, allowed: frozenset[str]) -> tuple[KeyReport, 
         flag(
             "error",
             "private_key_material",
-            f"private key members published ({members}): the private key is exposed; "
-            "rotate it now",
+            f"private key members published ({members}): the private key is exposed; rotate it now",
         )
     if kty not in ("RSA", "EC", "OKP", "oct"):
         flag("error", "unknown_kty", f"kty {entry.get('kty')!r} is not a known key type")
@@ -211,8 +214,10 @@ def analyze_jwks(
         findings.extend(problems)
     several = len(reports) > 1
     for report in reports:
-        if report.kid is None and isinstance(document["keys"][report.index], dict) and (
-            "kid" not in document["keys"][report.index]
+        if (
+            report.kid is None
+            and isinstance(document["keys"][report.index], dict)
+            and ("kid" not in document["keys"][report.index])
         ):
             if several:
                 findings.append(
@@ -248,9 +253,7 @@ def analyze_jwks(
             message = f"{count} keys share the kid {kid!r} (only one is a signing key)"
             findings.append(Finding("warning", "duplicate_kid", message, kid))
     if not any(report.usable for report in reports):
-        findings.append(
-            Finding("error", "no_usable_key", "no key in the set can verify a token")
-        )
+        findings.append(Finding("error", "no_usable_key", "no key in the set can verify a token"))
     return reports, findings
 
 
@@ -288,7 +291,10 @@ def add_jwks_commands(commands: Commands) -> None:
         source.add_argument("--issuer", metavar="URL", help="discover the JWK Set of this issuer")
         source.add_argument("--file", type=Path, metavar="PATH", help="read a JWK Set file")
         parser_.add_argument(
-            "--timeout", type=float, default=10.0, help="seconds for each fetch (default 10)"
+            "--timeout",
+            type=positive_seconds,
+            default=10.0,
+            help="seconds for each fetch (default 10)",
         )
         add_output_options(parser_)
         parser_.set_defaults(handler=handler)
@@ -297,7 +303,7 @@ def add_jwks_commands(commands: Commands) -> None:
 def _load(args: argparse.Namespace, console: Console) -> tuple[dict[str, Any], Any]:
     """The source description and the parsed document."""
     from bearerguard.errors import ConfigurationError  # noqa: PLC0415
-    from bearerguard.jwks import FetchError, FetchPolicy, JWKSFetcher  # noqa: PLC0415
+    from bearerguard.jwks import FetchError, FetchPolicy, JWKSFetcher, check_url  # noqa: PLC0415
 
     if args.file is not None:
         try:
@@ -310,7 +316,8 @@ def _load(args: argparse.Namespace, console: Console) -> tuple[dict[str, Any], A
             raise CommandError(f"{args.file} is not JSON", kind="not_a_jwks") from None
     try:
         if args.issuer is not None:
-            fetcher = JWKSFetcher(args.issuer, None, FetchPolicy(timeout=args.timeout))
+            issuer = check_url(args.issuer, "issuer")
+            fetcher = JWKSFetcher(issuer, None, FetchPolicy(timeout=args.timeout))
             what = f"discovering the keys of {args.issuer}"
         else:
             fetcher = JWKSFetcher(args.url, args.url, FetchPolicy(timeout=args.timeout))

@@ -17,6 +17,7 @@ import binascii
 import datetime as dt
 import ipaddress
 import json
+import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -28,13 +29,16 @@ from bearerguard._cli_common import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_UNREACHABLE,
-    Commands,
     CommandError,
+    Commands,
     Console,
     add_output_options,
+    port_number,
+    positive_seconds,
     print_usage,
     read_token,
     relative,
+    seconds,
     usage_error,
 )
 
@@ -76,12 +80,13 @@ def _add_mint(commands: Commands) -> None:
     parser = commands.add_parser(
         "mint",
         help="sign a development token (never for a real issuer)",
-        description=(
+        description=textwrap.fill(
             "Sign an access token with an ephemeral development key, or a PEM key file of "
             "yours, and print it. The issuer must be a loopback address or a reserved test "
             "name (.test, .example, .invalid, .localhost): this is not a way to make tokens "
             "for a real identity provider. With --serve, discovery and the JWKS are served "
-            "on 127.0.0.1 until Ctrl-C, so an API can verify the token."
+            "on 127.0.0.1 until Ctrl-C, so an API can verify the token.",
+            width=79,
         ),
         epilog=(
             "examples:\n"
@@ -106,7 +111,7 @@ def _add_mint(commands: Commands) -> None:
     )
     parser.add_argument(
         "--expires-in",
-        type=float,
+        type=seconds,
         default=300.0,
         metavar="SECONDS",
         help="lifetime in seconds (default: 300; negative for an expired token)",
@@ -139,7 +144,10 @@ def _add_mint(commands: Commands) -> None:
         help="serve discovery and the JWKS on 127.0.0.1 until Ctrl-C",
     )
     parser.add_argument(
-        "--port", type=int, default=0, help="the port to serve on (with --serve; default: free)"
+        "--port",
+        type=port_number,
+        default=0,
+        help="the port to serve on (with --serve; default: free)",
     )
     add_output_options(parser)
     parser.set_defaults(handler=run_mint)
@@ -203,9 +211,12 @@ def run_mint(args: argparse.Namespace) -> int:
     try:
         issuer = DevIssuer(keys=[key], audience=args.audience, port=args.port if args.serve else 0)
     except OSError as exc:
-        raise CommandError(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}") from None
+        reason = exc.strerror or exc
+        raise CommandError(f"cannot listen on 127.0.0.1:{args.port}: {reason}") from None
     try:
-        token = issuer.mint(scopes=scopes, sub=args.sub, expires_in=args.expires_in, **claims)
+        payload = issuer.claims(scopes=scopes, sub=args.sub, expires_in=args.expires_in)
+        payload.update(claims)  # --claim wins, sub and scope included
+        token = issuer.sign({name: value for name, value in payload.items() if value is not None})
         payload = _decode_segment(token.split(".")[1])
         if args.serve:
             issuer.start()
@@ -291,21 +302,25 @@ def _when(value: Any, now: float) -> dict[str, Any] | None:
     }
 
 
-def _notes(token: str, header: Mapping[str, Any], claims: Mapping[str, Any], now: float) -> list[str]:
+def _notes(
+    token: str, header: Mapping[str, Any], claims: Mapping[str, Any], now: float
+) -> list[str]:
     notes: list[str] = []
     if len(token.encode()) > _DEFAULT_MAX_TOKEN_BYTES:
         notes.append(
             f"{len(token.encode())} bytes: over the default max_token_bytes "
             f"({_DEFAULT_MAX_TOKEN_BYTES}), refused before any decoding"
         )
-    for member in _KEYS_FROM_TOKEN:
-        if member in header:
-            notes.append(
-                f"the header offers its own key ({member}): ignored, only configured keys verify"
-            )
+    notes.extend(
+        f"the header offers its own key ({member}): ignored, only configured keys verify"
+        for member in _KEYS_FROM_TOKEN
+        if member in header
+    )
+    if not header:
+        return notes
     alg = header.get("alg")
     if isinstance(alg, str) and alg.upper().startswith("HS"):
-        notes.append(f"alg {alg} (HMAC): verifiable only with a shared secret configured on purpose")
+        notes.append(f"alg {alg} (HMAC): verifiable only with a shared secret set on purpose")
     if "kid" not in header:
         notes.append("no kid: verifiable only against a key set of exactly one key")
     typ = header.get("typ")
@@ -315,9 +330,11 @@ def _notes(token: str, header: Mapping[str, Any], claims: Mapping[str, Any], now
             "require_typ is configured (an ID token is not an access token)"
         )
     if claims:
-        for name in ("exp", "aud", "iss"):
-            if name not in claims:
-                notes.append(f"no {name} claim: always refused")
+        notes.extend(
+            f"no {name} claim: always refused"
+            for name in ("exp", "aud", "iss")
+            if name not in claims
+        )
         exp = claims.get("exp")
         if isinstance(exp, int | float) and not isinstance(exp, bool) and exp <= now:
             notes.append(f"expired {relative(float(exp), now)}")
@@ -362,9 +379,11 @@ def inspect_token(token: str, *, now: float | None = None) -> dict[str, Any]:
         claims = _lenient_segment(segments[1])
     header_map = header if isinstance(header, dict) else {}
     claims_map = claims if isinstance(claims, dict) else {}
-    times = {
-        name: when for name in _TIME_CLAIMS if (when := _when(claims_map.get(name), now)) is not None
-    }
+    times = {}
+    for name in _TIME_CLAIMS:
+        when = _when(claims_map.get(name), now)
+        if when is not None:
+            times[name] = when
     return {
         "verified": False,
         "warning": UNVERIFIED,
@@ -393,8 +412,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     else:
         bar = "!" * 78
         console.say(bar)
-        console.say(f"! {UNVERIFIED[:74]}")
-        console.say(f"! {UNVERIFIED[74:]}")
+        for line in textwrap.wrap(UNVERIFIED, 74):
+            console.say(f"! {line}")
         console.say(bar)
         for part in ("header", "claims"):
             console.say(f"{part}:")
@@ -468,19 +487,25 @@ def _add_verify(commands: Commands) -> None:
         "--profile", choices=("rfc9068",), help="enforce the RFC 9068 access token profile"
     )
     parser.add_argument(
-        "--leeway", type=float, default=30.0, help="seconds of clock skew tolerated (default 30)"
+        "--leeway", type=seconds, default=30.0, help="seconds of clock skew tolerated (default 30)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds for each fetch (default 10)"
+        "--timeout", type=positive_seconds, default=10.0, help="seconds for each fetch (default 10)"
     )
     add_output_options(parser)
     parser.set_defaults(handler=run_verify)
 
 
 def _explain(
-    error: Any, header: Mapping[str, Any], claims: Mapping[str, Any], args: argparse.Namespace,
-    kids: Sequence[str], now: float,
+    error: Any,
+    *,
+    header: Mapping[str, Any],
+    claims: Mapping[str, Any],
+    args: argparse.Namespace,
+    kids: Sequence[str],
+    now: float,
 ) -> str | None:
+    """Why the check failed, in terms of what the token says (read without trusting it)."""
     reason = error.reason
     if reason == "expired" and "exp" in claims:
         return f"exp was {relative(float(claims['exp']), now)} (leeway {args.leeway:g} s)"
@@ -497,7 +522,8 @@ def _explain(
     if reason == "invalid_audience":
         return f"the token's aud is {claims.get('aud')!r}; --audience is {args.audience!r}"
     if reason == "unknown_key":
-        return f"the token's kid {header.get('kid')!r} is not published; the key set has {list(kids)}"
+        kid = header.get("kid")
+        return f"the token's kid {kid!r} is not published; the key set has {list(kids)}"
     if reason == "unsupported_algorithm":
         return f"the token's alg is {header.get('alg')!r}"
     if reason == "bad_signature":
@@ -514,7 +540,6 @@ def _explain(
 
 def run_verify(args: argparse.Namespace) -> int:
     """``token verify``: 0 valid, 1 invalid, 2 usage error, 3 keys unreachable."""
-    from bearerguard._core.keys import ASYMMETRIC_ALGORITHMS, keys_from_jwks  # noqa: PLC0415
     from bearerguard.errors import (  # noqa: PLC0415
         AuthError,
         ConfigurationError,
@@ -522,7 +547,7 @@ def run_verify(args: argparse.Namespace) -> int:
         ServiceUnavailableError,
     )
     from bearerguard.guard import DEFAULT_ALGORITHMS, BearerGuard  # noqa: PLC0415
-    from bearerguard.jwks import FetchError, FetchPolicy, JWKSFetcher  # noqa: PLC0415
+    from bearerguard.jwks import FetchPolicy, JWKSFetcher  # noqa: PLC0415
 
     console = Console.of(args)
     token = read_token(args.token)
@@ -540,28 +565,7 @@ def run_verify(args: argparse.Namespace) -> int:
         fetcher = JWKSFetcher(args.issuer, args.jwks_uri, FetchPolicy(timeout=args.timeout))
     except ConfigurationError as exc:
         raise usage_error(str(exc)) from None
-    what = f"fetching {args.jwks_uri}" if args.jwks_uri else f"discovering the keys of {args.issuer}"
-    try:
-        with console.step(what):
-            document, _max_age = fetcher.fetch_sync()
-    except FetchError as exc:
-        raise CommandError(str(exc), code=EXIT_UNREACHABLE, kind="unreachable") from None
-    allowed = frozenset(options["algorithms"]) & ASYMMETRIC_ALGORITHMS
-    try:
-        usable, skipped = keys_from_jwks(document, allowed)
-    except ValueError as exc:
-        raise CommandError(
-            f"{fetcher.jwks_uri}: {exc}", code=EXIT_UNREACHABLE, kind="unreachable"
-        ) from None
-    console.progress(f"  {fetcher.jwks_uri}: {len(usable)} usable key(s)")
-    for kid, why in skipped:
-        console.progress(f"  skipped key {kid!r}: {why}")
-    if not usable:
-        raise CommandError(
-            f"{fetcher.jwks_uri} has no usable key (`bearerguard jwks check` says why)",
-            code=EXIT_UNREACHABLE,
-            kind="unreachable",
-        )
+    usable = _published_keys(fetcher, frozenset(options["algorithms"]), console)
     kids = sorted(key.kid for key in usable if key.kid is not None)
     guard = BearerGuard(keys={"keys": [json.loads(key.source) for key in usable]}, **options)
     now = time.time()
@@ -581,7 +585,9 @@ def run_verify(args: argparse.Namespace) -> int:
             "class": type(exc).__name__,
             "reason": exc.reason,
             "detail": exc.detail,
-            "explanation": _explain(exc, header, claims, args, kids, now),
+            "explanation": _explain(
+                exc, header=header, claims=claims, args=args, kids=kids, now=now
+            ),
             "status": exc.status,
             "error_code": exc.error_code,
         }
@@ -610,6 +616,42 @@ def run_verify(args: argparse.Namespace) -> int:
             console.say(f"  {name:<10} {shown if shown not in (None, '') else '-'}")
         console.say(f"  {'expires':<10} {details['expires_at']} ({details['expires']})")
     return EXIT_OK
+
+
+def _published_keys(fetcher: Any, algorithms: frozenset[str], console: Console) -> list[Any]:
+    """Fetch the key set and load the keys a guard allowing ``algorithms`` would use.
+
+    Raises:
+        CommandError: the key set is unreachable, not a JWK Set, or has no usable key.
+    """
+    from bearerguard._core.keys import ASYMMETRIC_ALGORITHMS, keys_from_jwks  # noqa: PLC0415
+    from bearerguard.jwks import FetchError  # noqa: PLC0415
+
+    if fetcher.configured_uri is not None:
+        what = f"fetching {fetcher.configured_uri}"
+    else:
+        what = f"discovering the keys of {fetcher.issuer}"
+    try:
+        with console.step(what):
+            document, _max_age = fetcher.fetch_sync()
+    except FetchError as exc:
+        raise CommandError(str(exc), code=EXIT_UNREACHABLE, kind="unreachable") from None
+    try:
+        usable, skipped = keys_from_jwks(document, algorithms & ASYMMETRIC_ALGORITHMS)
+    except ValueError as exc:
+        raise CommandError(
+            f"{fetcher.jwks_uri}: {exc}", code=EXIT_UNREACHABLE, kind="unreachable"
+        ) from None
+    console.progress(f"  {fetcher.jwks_uri}: {len(usable)} usable key(s)")
+    for kid, why in skipped:
+        console.progress(f"  skipped key {kid!r}: {why}")
+    if not usable:
+        raise CommandError(
+            f"{fetcher.jwks_uri} has no usable key (`bearerguard jwks check` says why)",
+            code=EXIT_UNREACHABLE,
+            kind="unreachable",
+        )
+    return usable
 
 
 def _report_invalid(console: Console, report: dict[str, Any]) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from bearerguard._core.usage import UsageVerdict, consequence
 from bearerguard.errors import AuthError, InsufficientScopeError, ServiceUnavailableError
 from bearerguard.token import AccessToken
 
@@ -96,6 +97,34 @@ class AuditLog:
             reason="ok",
             status=None,
             latency_ms=round(latency * 1000, 3),
+            **request.fields(),
+            **_token_fields(token),
+        )
+
+    def anomaly(self, token: AccessToken, request: RequestInfo, verdict: UsageVerdict) -> None:
+        """Record ``token`` used beyond a usage limit: ``token.anomaly`` (always emitted).
+
+        ``action`` is what the guard does about it (``log``, ``reject`` or ``revoke``, see
+        ``bearerguard.usage.consequence``); ``breaches`` lists each limit exceeded with its
+        count; the four counts are ``None`` where not measured.
+        """
+        action = consequence(verdict)
+        self._logger.warning(
+            "token.anomaly",
+            outcome="allow" if action in ("allow", "log") else "deny",
+            reason="usage_anomaly",
+            status=None if action in ("allow", "log") else 401,
+            action=action,
+            breaches=[
+                {"scope": b.scope, "measure": b.measure, "count": b.count, "limit": b.limit}
+                for b in verdict.breaches
+            ],
+            window_s=verdict.window,
+            first=verdict.first,
+            token_uses=verdict.token_uses,
+            token_addresses=verdict.token_addresses,
+            subject_uses=verdict.subject_uses,
+            subject_addresses=verdict.subject_addresses,
             **request.fields(),
             **_token_fields(token),
         )

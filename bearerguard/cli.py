@@ -42,6 +42,7 @@ from bearerguard._cli_common import (
     CommandError,
     Console,
     Handler,
+    port_number,
     print_usage,
 )
 from bearerguard._cli_common import Commands as _Commands
@@ -62,16 +63,6 @@ _MISSING_UVICORN = (
     "bearerguard demo needs uvicorn, which is not installed.\n"
     "Install the demo extra:  pip install 'bearerguard[demo]'"
 )
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port {value} is not between 0 and 65535")
-    return value
 
 
 # -- demo -------------------------------------------------------------------------------
@@ -95,7 +86,7 @@ def _add_demo(commands: _Commands) -> None:
     )
     parser.add_argument(
         "--port",
-        type=_port,
+        type=port_number,
         default=0,
         help="the API's port on 127.0.0.1 (default: a free one)",
     )

@@ -21,7 +21,7 @@ import anyio
 from cachetools import LRUCache
 
 from bearerguard._core.claims import ClaimCheck, ClaimsPolicy, validate_claims
-from bearerguard._core.extract import DEFAULT_MAX_TOKEN_BYTES
+from bearerguard._core.extract import DEFAULT_MAX_TOKEN_BYTES, check_b64token
 from bearerguard._core.introspected import token_from_introspection
 from bearerguard._core.jws import CompactJWS, decode_json_object, looks_compact, parse_compact
 from bearerguard._core.keycache import KeyCache, RefreshPolicy
@@ -83,6 +83,12 @@ class _Verified:
     token: AccessToken
     valid_until: float
     key: VerificationKey
+
+
+def _credentials(token: str | bytes) -> tuple[bytes, bytes]:
+    """The token's bytes and their SHA-256, the key of the verification cache."""
+    credentials = token if isinstance(token, bytes) else token.encode("latin-1", "replace")
+    return credentials, hashlib.sha256(credentials).digest()
 
 
 def _fingerprint(digest: bytes) -> str:
@@ -328,11 +334,13 @@ class BearerGuard:
 
     # -- the flow -------------------------------------------------------------------------
 
-    async def authenticate(self, token: str) -> AccessToken:
+    async def authenticate(self, token: str | bytes) -> AccessToken:
         """Verify ``token`` and check its revocation status.
 
         Args:
-            token: the bearer token, as extracted from the request.
+            token: the bearer token, as text or as the raw credentials of the request's
+                ``Authorization`` header. Its b64token syntax (RFC 6750 §2.1) is checked
+                unless this exact token was verified before.
 
         Returns:
             The verified token.
@@ -342,16 +350,18 @@ class BearerGuard:
                 status cannot be had (``ServiceUnavailableError``). The error carries the
                 token's fingerprint, and its header or verified token where known.
         """
-        digest = hashlib.sha256(token.encode()).digest()
+        credentials, digest = _credentials(token)
         try:
             verified = self._cached(digest)
             if verified is not None:
                 access = verified.token
-            elif self._introspector is not None and not looks_compact(token):
-                answer = await self._introspector.introspect(token)
-                access = self._introspected(answer.claims, token, digest)
+            elif self._introspector is not None and not looks_compact(
+                text := check_b64token(credentials)
+            ):
+                answer = await self._introspector.introspect(text)
+                access = self._introspected(answer.claims, text, digest)
             else:
-                jws = self._parse(token)
+                jws = self._parse(credentials)
                 try:
                     verified = self._verify_jws(jws, digest, refreshed=False)
                 except _KeysNeeded as needed:
@@ -370,23 +380,25 @@ class BearerGuard:
             raise
         return access
 
-    def authenticate_sync(self, token: str) -> AccessToken:
+    def authenticate_sync(self, token: str | bytes) -> AccessToken:
         """Verify ``token`` as ``authenticate`` does, blocking this thread (for WSGI).
 
         Key fetches are coalesced across threads, no lock is held while verifying, and no
         call blocks for longer than one fetch's timeout. The revocation store must offer the
         synchronous side (``SyncRevocationStore``).
         """
-        digest = hashlib.sha256(token.encode()).digest()
+        credentials, digest = _credentials(token)
         try:
             verified = self._cached(digest)
             if verified is not None:
                 access = verified.token
-            elif self._introspector is not None and not looks_compact(token):
-                answer = self._introspector.introspect_sync(token)
-                access = self._introspected(answer.claims, token, digest)
+            elif self._introspector is not None and not looks_compact(
+                text := check_b64token(credentials)
+            ):
+                answer = self._introspector.introspect_sync(text)
+                access = self._introspected(answer.claims, text, digest)
             else:
-                jws = self._parse(token)
+                jws = self._parse(credentials)
                 try:
                     verified = self._verify_jws(jws, digest, refreshed=False)
                 except _KeysNeeded as needed:
@@ -428,8 +440,9 @@ class BearerGuard:
         return None
 
     @staticmethod
-    def _parse(token: str) -> CompactJWS:
+    def _parse(credentials: str | bytes) -> CompactJWS:
         try:
+            token = credentials if isinstance(credentials, str) else check_b64token(credentials)
             return parse_compact(token)
         except AuthError:
             raise

@@ -57,6 +57,7 @@ AUDIT_EVENT_NAMES = frozenset(
     {
         "token.accepted",
         "token.rejected",
+        "token.anomaly",
         "scope.denied",
         "auth.unavailable",
         "event.received",
@@ -64,6 +65,10 @@ AUDIT_EVENT_NAMES = frozenset(
     }
 )
 """The names of bearerguard's audit events (``docs/audit-events.md``)."""
+
+# Every audit event carries `outcome` and is named "<namespace>.<what>" in one of these
+# namespaces: events added later are captured too, before this list learns their names.
+_AUDIT_NAMESPACES = frozenset(name.partition(".")[0] for name in AUDIT_EVENT_NAMES)
 
 _GENERATED_ALGORITHMS = ("RS256", "PS256", "ES256")
 
@@ -550,6 +555,16 @@ class DevIssuer:
 # -- audit events -----------------------------------------------------------------------
 
 
+def _is_audit_event(entry: Mapping[str, Any]) -> bool:
+    name = entry.get("event")
+    if not isinstance(name, str):
+        return False
+    if name in AUDIT_EVENT_NAMES:
+        return True
+    namespace, dot, what = name.partition(".")
+    return bool(dot and what) and namespace in _AUDIT_NAMESPACES and "outcome" in entry
+
+
 def _show(event: Mapping[str, Any]) -> str:
     fields = " ".join(
         f"{name}={value!r}"
@@ -575,7 +590,7 @@ class AuditEvents:
     @property
     def events(self) -> list[dict[str, Any]]:
         """The audit events captured so far."""
-        return [dict(entry) for entry in self._entries if entry.get("event") in AUDIT_EVENT_NAMES]
+        return [dict(entry) for entry in self._entries if _is_audit_event(entry)]
 
     @property
     def names(self) -> list[str]:

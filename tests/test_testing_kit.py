@@ -49,8 +49,16 @@ ROOT = Path(__file__).resolve().parent.parent
         (lambda issuer: issuer.mint_forged(algorithm="ES256"), BadSignatureError),
         (lambda issuer: issuer.mint_forged(kid="never-published"), UnknownKeyError),
     ],
-    ids=["expired", "expired-60s", "not-yet-valid", "audience", "audiences", "forged",
-         "forged-es256", "unknown-kid"],  # fmt: skip
+    ids=[
+        "expired",
+        "expired-60s",
+        "not-yet-valid",
+        "audience",
+        "audiences",
+        "forged",
+        "forged-es256",
+        "unknown-kid",
+    ],
 )
 def test_bad_token_variants_are_refused_for_their_reason(
     session_issuer: DevIssuer, mint: object, error: type[Exception]
@@ -93,7 +101,7 @@ def test_revoked_variant_needs_a_synchronous_store(session_issuer: DevIssuer) ->
         async def revoke_token(self, jti: str, expires_at: float) -> None:
             raise NotImplementedError
 
-    with pytest.raises(TypeError, match="await store.revoke_token"):
+    with pytest.raises(TypeError, match=r"await store\.revoke_token"):
         session_issuer.mint_revoked(AsyncOnly())
 
 
@@ -166,7 +174,7 @@ def _pem(private_key: object) -> bytes:
     ("pem", "algorithm", "message"),
     [
         (b"not a key", None, "not an unencrypted PEM private key"),
-        (_pem(rsa.generate_private_key(65537, 1024)), None, "1024 bits is too weak"),
+        (_pem(rsa.generate_private_key(65537, 1024)), None, "1024 bits is too weak"),  # noqa: S505
         (_pem(ec.generate_private_key(ec.SECP384R1())), None, "secp384r1 is not supported"),
         (_pem(ec.generate_private_key(ec.SECP256R1())), "RS256", "signs ES256, not RS256"),
         (_pem(rsa.generate_private_key(65537, 2048)), "ES256", "signs RS256 or PS256"),
@@ -213,6 +221,8 @@ def _emit(issuer: DevIssuer, *tokens: str | None) -> None:
 def test_audit_events_capture_only_bearerguard_events(session_issuer: DevIssuer) -> None:
     with audit_events() as events:
         structlog.get_logger("app").info("order.placed", outcome="allow")
+        structlog.get_logger("app").info("token.refreshed")  # a namespace, but no outcome
+        structlog.get_logger("app").info(42)
         _emit(session_issuer, session_issuer.mint(sub="al"), None)
     assert events.names == ["token.accepted", "token.rejected"]
     assert len(events) == 2
@@ -241,11 +251,11 @@ def test_audit_assertions_say_what_was_emitted(session_issuer: DevIssuer) -> Non
     message = str(wrong.value)
     assert "reason: wanted 'bad_signature', got 'expired'" in message
     assert "nope: wanted 1, got no such field" in message
-    assert "status" not in message.split("\n")[0].split(":", 1)[1].split(";")[0]
+    assert "status:" not in message  # the fields that match are not listed
 
     with pytest.raises(AssertionError, match="expected no audit events"):
         events.assert_none()
-    with pytest.raises(AssertionError, match="expected no 'token.rejected' audit events"):
+    with pytest.raises(AssertionError, match=r"expected no 'token\.rejected' audit events"):
         events.assert_none("token.rejected")
 
 
@@ -256,6 +266,12 @@ def test_audit_assertions_on_nothing_captured() -> None:
         events.assert_one("token.accepted")
     assert isinstance(events, AuditEvents)
     assert list(events) == []
+
+
+def test_events_named_later_are_captured_by_their_shape() -> None:
+    with audit_events() as events:
+        structlog.get_logger("bearerguard.audit").warning("token.replayed", outcome="deny")
+    assert events.names == ["token.replayed"]
 
 
 def test_audit_event_names_cover_the_documented_schema() -> None:

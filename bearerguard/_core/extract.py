@@ -8,12 +8,62 @@ from collections.abc import Sequence
 from bearerguard._core.paths import PublicPaths
 from bearerguard.errors import InvalidRequestError, MalformedTokenError, MissingTokenError
 
-__all__ = ["DEFAULT_MAX_TOKEN_BYTES", "extract_bearer", "has_query_token", "request_credentials"]
+__all__ = [
+    "DEFAULT_MAX_TOKEN_BYTES",
+    "bearer_credentials",
+    "check_b64token",
+    "extract_bearer",
+    "has_query_token",
+    "request_credentials",
+]
 
 DEFAULT_MAX_TOKEN_BYTES = 8192
 
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN_CHARS = (string.ascii_letters + string.digits + "-._~+/").encode()
+
+
+def bearer_credentials(
+    values: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES
+) -> bytes | None:
+    """Return the credentials of a ``Bearer`` ``Authorization`` header, not yet checked.
+
+    ``check_b64token`` checks them; the guard does that only for tokens it has not verified
+    before, so a reused token skips the scan.
+
+    Raises:
+        InvalidRequestError: several ``Authorization`` headers, or ``Bearer`` without
+            credentials (RFC 6750 §2.1, §3.1).
+        MalformedTokenError: the credentials are longer than ``max_bytes``.
+    """
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidRequestError("several Authorization headers")
+    scheme, _, credentials = values[0].partition(b" ")
+    if scheme.lower() != b"bearer":
+        return None
+    # RFC 6750 §2.1 allows 1*SP between the scheme and the token; the server already strips
+    # optional white space around the field value (RFC 9110 §5.5).
+    credentials = credentials.lstrip(b" ")
+    if len(credentials) > max_bytes:
+        raise MalformedTokenError(f"token of {len(credentials)} bytes exceeds {max_bytes}")
+    if not credentials:
+        raise InvalidRequestError("Bearer without credentials")
+    return credentials
+
+
+def check_b64token(credentials: bytes) -> str:
+    """Return ``credentials`` as text if they are one b64token (RFC 6750 §2.1).
+
+    Raises:
+        InvalidRequestError: they are not.
+    """
+    # Deleting every allowed character leaves nothing of a b64token: a single C-level pass.
+    body = credentials.rstrip(b"=")
+    if not body or body.translate(None, _B64TOKEN_CHARS):
+        raise InvalidRequestError("Bearer credentials are not a single b64token")
+    return credentials.decode("ascii")
 
 
 def extract_bearer(
@@ -34,23 +84,8 @@ def extract_bearer(
             credentials are not one b64token (RFC 6750 §2.1, §3.1).
         MalformedTokenError: the token is longer than ``max_bytes``.
     """
-    if not values:
-        return None
-    if len(values) > 1:
-        raise InvalidRequestError("several Authorization headers")
-    scheme, _, credentials = values[0].partition(b" ")
-    if scheme.lower() != b"bearer":
-        return None
-    # RFC 6750 §2.1 allows 1*SP between the scheme and the token; the server already strips
-    # optional white space around the field value (RFC 9110 §5.5).
-    credentials = credentials.lstrip(b" ")
-    if len(credentials) > max_bytes:
-        raise MalformedTokenError(f"token of {len(credentials)} bytes exceeds {max_bytes}")
-    # Deleting every allowed character leaves nothing of a b64token: a single C-level pass.
-    body = credentials.rstrip(b"=")
-    if not body or body.translate(None, _B64TOKEN_CHARS):
-        raise InvalidRequestError("Bearer credentials are not a single b64token")
-    return credentials.decode("ascii")
+    credentials = bearer_credentials(values, max_bytes=max_bytes)
+    return None if credentials is None else check_b64token(credentials)
 
 
 def has_query_token(query_string: bytes) -> bool:
@@ -67,11 +102,12 @@ def request_credentials(
     public_paths: PublicPaths,
     *,
     max_bytes: int,
-) -> str | None:
+) -> bytes | None:
     """Apply the request-level rules every integration shares; return the token to verify.
 
     Returns:
-        The bearer token, or ``None`` for a public path reached without credentials.
+        The bearer credentials (checked by the guard as a b64token unless it has verified
+        them before), or ``None`` for a public path reached without credentials.
 
     Raises:
         InvalidRequestError: malformed or repeated credentials, or ``access_token`` in the
@@ -79,7 +115,7 @@ def request_credentials(
         MalformedTokenError: the token is too large.
         MissingTokenError: no credentials on a path that needs them (RFC 6750 §3.1).
     """
-    token = extract_bearer(authorization, max_bytes=max_bytes)
+    token = bearer_credentials(authorization, max_bytes=max_bytes)
     if b"access_token" in query_string and has_query_token(query_string):
         raise InvalidRequestError("access_token in the query string is not accepted")
     if token is None and path not in public_paths:

@@ -1,0 +1,520 @@
+"""``bearerguard revoke token|subject|client`` and ``bearerguard revocations list``.
+
+Administration of a ``RedisRevocationStore`` from a shell: every instance of the API that
+shares the Redis and the namespace enforces a revocation made here within milliseconds.
+The commands use the store's synchronous side without a mirror (one round trip per
+revocation; ``SCAN`` for the list), so they need nothing but the Redis URL.
+
+Registration imports nothing heavy; redis-py is imported when a command runs, and its
+absence is reported as a missing extra (exit 2). A URL that cannot be a Redis URL is a usage
+error (exit 2); a Redis that cannot be reached or used through it (refused, unknown host,
+timeout, wrong password or database) exits 3 with one line saying so, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from functools import partial, wraps
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from bearerguard._cli_common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CommandError,
+    Commands,
+    Console,
+    Handler,
+    add_output_options,
+    describe_duration,
+    print_usage,
+    relative,
+    usage_error,
+)
+
+if TYPE_CHECKING:
+    from bearerguard.revocation.redis import RedisRevocationStore, Revocation
+
+__all__ = ["DEFAULT_NAMESPACE", "URL_VARIABLE", "add_revocation_commands", "parse_instant", "run"]
+
+URL_VARIABLE = "BEARERGUARD_REDIS_URL"
+DEFAULT_URL = "redis://127.0.0.1:6379/0"  # as bearerguard.revocation.redis.DEFAULT_URL
+DEFAULT_NAMESPACE = "bearerguard"  # as RedisRevocationStore's default
+EXPIRY_GRACE = 300.0  # RedisRevocationStore's default: a token entry outlives its exp by this
+_MAX_EPOCH = 1e11  # year 5138: anything larger is almost certainly milliseconds
+_NUMBER = re.compile(r"\d+(\.\d+)?")
+_MAX_CELL = 80
+_NAME_ARGUMENT = {"token": "jti", "subject": "sub", "client": "client_id"}
+
+_MISSING_REDIS = (
+    "the revocation commands need redis-py, which is not installed.\n"
+    "Install the redis extra:  pip install 'bearerguard[redis]'"
+)
+
+
+# -- arguments ------------------------------------------------------------------------------
+
+
+def parse_instant(text: str) -> float:
+    """An instant given on the command line, as epoch seconds (an argparse ``type``).
+
+    Accepts epoch seconds (``1767225600``), ISO 8601 with a UTC offset
+    (``2026-01-01T00:00:00Z``, ``2026-01-01 01:00+01:00``), or ``now``.
+
+    Raises:
+        argparse.ArgumentTypeError: anything else, a time without an offset (its meaning
+            would depend on this machine's zone), or a number that looks like milliseconds.
+    """
+    value = text.strip()
+    if value.lower() == "now":
+        return time.time()
+    if _NUMBER.fullmatch(value):
+        seconds = float(value)
+        if seconds >= _MAX_EPOCH:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is too far in the future: epoch seconds, not milliseconds"
+            )
+        return seconds
+    iso = value[:-1] + "+00:00" if value[-1:] in ("Z", "z") else value
+    try:
+        instant = datetime.fromisoformat(iso)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an instant: {text!r} (give epoch seconds, or ISO 8601 with an offset "
+            "such as 2026-01-01T00:00:00Z)"
+        ) from None
+    if instant.tzinfo is None or instant.utcoffset() is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no UTC offset: add one (2026-01-01T00:00:00Z, ...+02:00) "
+            "or give epoch seconds"
+        )
+    return instant.timestamp()
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _add_connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        default=None,
+        help=f"the Redis of the revocation store (default: ${URL_VARIABLE}, else "
+        f"{DEFAULT_URL}); prefer the variable for a URL with a password",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=DEFAULT_NAMESPACE,
+        help=f"the store's namespace, as given to RedisRevocationStore (default: "
+        f"{DEFAULT_NAMESPACE})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="the longest wait for Redis to connect and to answer (default 5)",
+    )
+    add_output_options(parser)
+
+
+def _add_target_options(parser: argparse.ArgumentParser, *, cutoff: bool) -> None:
+    parser.add_argument(
+        "--issuer",
+        metavar="ISS",
+        help="only tokens of this issuer (the exact iss); default: any issuer",
+    )
+    if cutoff:
+        parser.add_argument(
+            "--issued-before",
+            type=parse_instant,
+            metavar="WHEN",
+            help="refuse tokens issued at or before this instant: epoch seconds, ISO 8601 "
+            "with an offset, or 'now' (the default); tokens without iat are refused too",
+        )
+    else:
+        parser.add_argument(
+            "--expires-at",
+            type=parse_instant,
+            metavar="WHEN",
+            help="the token's exp (epoch seconds or ISO 8601 with an offset): the entry "
+            "lapses then, plus 5 min; without it the entry is kept for --retention",
+        )
+    parser.add_argument("--reason", metavar="TEXT", help="a short note kept with the entry")
+    parser.add_argument(
+        "--retention",
+        type=_seconds,
+        default=86_400.0,
+        metavar="SECONDS",
+        help="how long an entry without a known expiry is kept"
+        + (" (a cut-off always is)" if cutoff else "")
+        + ": at least your longest token lifetime (default 86400, one day)",
+    )
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Report a ``CommandError`` on the console and return its exit code."""
+
+    @wraps(handler)
+    def run_handler(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except CommandError as error:
+            return Console.of(args).fail(error)
+
+    return run_handler
+
+
+def add_revocation_commands(commands: Commands) -> None:
+    """Register ``revoke`` (``token``, ``subject``, ``client``) and ``revocations list``."""
+    revoke = commands.add_parser(
+        "revoke",
+        help="revoke a token (by jti), a subject or a client in a Redis revocation store",
+        description=(
+            "Revoke in a RedisRevocationStore: every instance of the API sharing the Redis "
+            "and the namespace refuses the token(s) within milliseconds."
+        ),
+    )
+    revoke.set_defaults(handler=partial(print_usage, revoke))
+    leaves = revoke.add_subparsers(title="commands", metavar="COMMAND")
+    token = leaves.add_parser(
+        "token",
+        help="revoke one token by its jti",
+        description="Revoke one token by its jti, until it would have expired anyway.",
+    )
+    token.add_argument("jti", help="the token's jti claim")
+    subject = leaves.add_parser(
+        "subject",
+        help="revoke every token of a subject issued up to an instant",
+        description="Revoke every token of a subject (sub) issued at or before an instant.",
+    )
+    subject.add_argument("sub", metavar="SUB", help="the subject (the sub claim)")
+    client = leaves.add_parser(
+        "client",
+        help="revoke every token of a client issued up to an instant",
+        description="Revoke every token issued to a client (client_id, else azp) at or "
+        "before an instant.",
+    )
+    client.add_argument("client_id", metavar="CLIENT_ID", help="the client_id claim")
+    for parser, kind in ((token, "token"), (subject, "subject"), (client, "client")):
+        _add_target_options(parser, cutoff=kind != "token")
+        _add_connection_options(parser)
+        parser.set_defaults(handler=_guarded(partial(run_revoke, kind)))
+
+    revocations = commands.add_parser(
+        "revocations",
+        help="list the live revocations of a Redis revocation store",
+        description="Inspect a RedisRevocationStore.",
+    )
+    revocations.set_defaults(handler=partial(print_usage, revocations))
+    listing = revocations.add_subparsers(title="commands", metavar="COMMAND").add_parser(
+        "list",
+        help="list every live revocation (SCAN, never KEYS)",
+        description="List every live revocation of the namespace, oldest change first. "
+        "Walks the keys with SCAN, so it never blocks Redis.",
+    )
+    listing.add_argument(
+        "--kind", choices=("token", "subject", "client"), help="only revocations of this kind"
+    )
+    _add_connection_options(listing)
+    listing.set_defaults(handler=_guarded(run_list))
+
+
+# -- the store ------------------------------------------------------------------------------
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password or query (which may hold one), for messages."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            user = parts.username or ""
+            netloc = f"{user}:***@{netloc.rpartition('@')[2]}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        return "(unparsable URL)"
+
+
+def _check_url(url: str) -> None:
+    """Refuse, as a usage error, a URL that cannot name a Redis (redis-py would guess)."""
+    shown = _redacted(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise usage_error(f"--redis-url {shown}: {exc}") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise usage_error(
+            f"--redis-url must start with redis://, rediss:// or unix://, not {shown!r}"
+        )
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise usage_error(f"--redis-url {shown}: a unix:// URL needs a socket path")
+        return
+    if not parts.hostname:
+        raise usage_error(f"--redis-url {shown}: no host")
+    if port == 0:
+        raise usage_error(f"--redis-url {shown}: port 0")
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise usage_error(
+            f"--redis-url {shown}: the path must be a database number (/0), not /{database}"
+        )
+
+
+def _unreachable(url: str, cause: BaseException | None) -> CommandError:
+    """A one-line message for a Redis that cannot be used, by what redis-py raised."""
+    import redis.exceptions as errors  # noqa: PLC0415 - redis-py is there once a store is
+
+    shown = _redacted(url)
+    text = str(cause).strip().rstrip(".") if cause is not None else "unknown failure"
+    if isinstance(cause, errors.AuthenticationError | errors.AuthenticationWrongNumberOfArgsError):
+        message = f"Redis at {shown} refused the credentials: {text}"
+    elif isinstance(cause, errors.TimeoutError | TimeoutError):
+        message = f"Redis at {shown} did not answer in time: {text}"
+    elif isinstance(cause, errors.ConnectionError | OSError):
+        message = f"cannot reach Redis at {shown}: {text}"
+    elif isinstance(cause, errors.ResponseError):
+        message = f"Redis at {shown} refused the command: {text}"
+    else:
+        message = f"Redis at {shown} failed: {type(cause).__name__}: {text}"
+    return CommandError(message, code=EXIT_UNREACHABLE, kind="unreachable")
+
+
+@contextmanager
+def _store(args: argparse.Namespace, *, retention: float = 86_400.0) -> Iterator[Any]:
+    """A store without a mirror for the parsed options; every failure is a CommandError."""
+    try:
+        from bearerguard.errors import (  # noqa: PLC0415 - lazily, see the module docstring
+            ConfigurationError,
+            RevocationStoreError,
+        )
+        from bearerguard.revocation.redis import (  # noqa: PLC0415
+            RedisRevocationStore,
+        )
+    except ImportError as exc:
+        if "redis" not in str(exc):
+            raise
+        raise CommandError(_MISSING_REDIS, code=EXIT_USAGE, kind="missing_extra") from None
+    url: str = args.redis_url or os.environ.get(URL_VARIABLE) or DEFAULT_URL
+    _check_url(url)
+    namespace: str = args.namespace
+    try:
+        store = RedisRevocationStore(
+            url,
+            namespace=namespace,
+            mirror=False,
+            socket_timeout=args.timeout,
+            connect_timeout=args.timeout,
+            retention=retention,
+            expiry_grace=EXPIRY_GRACE,
+            max_connections=2,
+        )
+    except (ConfigurationError, ValueError) as exc:
+        raise usage_error(f"{_redacted(url)}: {exc}") from None
+    try:
+        yield store
+    except RevocationStoreError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ValueError) and not isinstance(cause, OSError):
+            # The store's own refusal to read an entry: Redis works, the data is odd.
+            raise CommandError(str(exc), code=EXIT_FAILURE, kind="unreadable") from None
+        raise _unreachable(url, cause) from None
+    finally:
+        store.close()
+
+
+# -- revoke ---------------------------------------------------------------------------------
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _check_text(name: str, value: str | None, *, limit: int) -> None:
+    if value is not None and (not value or len(value) > limit):
+        raise usage_error(f"{name} must be 1 to {limit} characters")
+
+
+def run_revoke(kind: str, args: argparse.Namespace) -> int:
+    """``revoke token|subject|client``: write one revocation; exit 0 once Redis has it."""
+    console = Console.of(args)
+    name: str = getattr(args, _NAME_ARGUMENT[kind])
+    _check_text("the jti, sub or client_id", name, limit=1024)
+    _check_text("--reason", args.reason, limit=500)
+    _check_text("--issuer", args.issuer, limit=2048)
+    now = time.time()
+    result: dict[str, Any] = {
+        "kind": kind,
+        "name": name,
+        "issuer": args.issuer,
+        "namespace": args.namespace,
+        "reason": args.reason,
+    }
+    if kind == "token":
+        expires_at: float | None = args.expires_at
+        result["expires_at"] = None if expires_at is None else _iso(expires_at)
+        if expires_at is not None and expires_at + EXPIRY_GRACE <= now:
+            # The store would write nothing: the guard refuses an expired token anyway.
+            note = f"the token expired {relative(expires_at, now)}: it is refused anyway"
+            if console.as_json:
+                console.document({"ok": True, "written": False, "revocation": result})
+            else:
+                console.say(f"nothing written: {note}")
+            return EXIT_OK
+    else:
+        issued_before: float = now if args.issued_before is None else args.issued_before
+        result["issued_before"] = _iso(issued_before)
+    step = f"revoking {kind} {_cell(name)!r} in namespace {args.namespace!r}"
+    with _store(args, retention=args.retention) as store, console.step(step):
+        _write(store, kind, name, args)
+    if console.as_json:
+        console.document({"ok": True, "written": True, "revocation": result})
+        return EXIT_OK
+    issuer = "any issuer" if args.issuer is None else f"issuer {args.issuer}"
+    if kind == "token":
+        console.say(f"revoked token jti={_cell(name)!r} ({issuer})")
+        if args.expires_at is None:
+            console.warn(
+                f"note: without --expires-at the entry is kept for "
+                f"{describe_duration(args.retention)} (--retention); tokens living longer "
+                "would be accepted again after that"
+            )
+    else:
+        what = "subject" if kind == "subject" else "client"
+        console.say(
+            f"revoked {what} {_cell(name)!r} ({issuer}): tokens issued at or before "
+            f"{result['issued_before']} are refused"
+        )
+    return EXIT_OK
+
+
+def _write(store: RedisRevocationStore, kind: str, name: str, args: argparse.Namespace) -> None:
+    # The store merges with an existing entry: a revocation is never shortened.
+    if kind == "token":
+        store.revoke_token_sync(name, args.expires_at, issuer=args.issuer, reason=args.reason)
+    elif kind == "subject":
+        store.revoke_subject_sync(name, args.issued_before, issuer=args.issuer, reason=args.reason)
+    else:
+        store.revoke_client_sync(name, args.issued_before, issuer=args.issuer, reason=args.reason)
+
+
+# -- list -----------------------------------------------------------------------------------
+
+
+def _cell(text: str, limit: int = _MAX_CELL) -> str:
+    """Text from Redis made safe for a terminal: no control characters, bounded length."""
+    safe = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    return safe if len(safe) <= limit else safe[: limit - 1] + "…"
+
+
+def _described(revocation: Revocation) -> dict[str, Any]:
+    def iso(moment: datetime | None) -> str | None:
+        return None if moment is None else _iso(moment.timestamp())
+
+    return {
+        "kind": revocation.kind,
+        "issuer": revocation.issuer,
+        "name": revocation.name,
+        "issued_before": iso(revocation.issued_before),
+        "lapses_at": iso(revocation.lapses_at),
+        "reason": revocation.reason,
+        "updated_at": iso(revocation.updated_at),
+    }
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """``revocations list``: every live revocation, as a table or one JSON document."""
+    console = Console.of(args)
+    with _store(args) as store, console.step(f"listing namespace {args.namespace!r}"):
+        found = store.list_revocations_sync()
+    if args.kind is not None:
+        found = [revocation for revocation in found if revocation.kind == args.kind]
+    if console.as_json:
+        console.document(
+            {
+                "namespace": args.namespace,
+                "count": len(found),
+                "revocations": [_described(revocation) for revocation in found],
+            }
+        )
+        return EXIT_OK
+    what = "live" if args.kind is None else f"live {args.kind}"
+    if not found:
+        console.say(f"no {what} revocations in namespace {args.namespace!r}")
+        return EXIT_OK
+    now = time.time()
+    rows = [["KIND", "ISSUER", "NAME", "ISSUED BEFORE", "LAPSES", "REASON"]]
+    for revocation in found:
+        cutoff = revocation.issued_before
+        rows.append(
+            [
+                revocation.kind,
+                "*" if revocation.issuer is None else _cell(revocation.issuer, 48),
+                _cell(revocation.name),
+                "-" if cutoff is None else _iso(cutoff.timestamp()),
+                relative(revocation.lapses_at.timestamp(), now),
+                "-" if revocation.reason is None else _cell(revocation.reason),
+            ]
+        )
+    for line in _table(rows):
+        console.say(line)
+    console.say(f"{len(found)} {what} revocation(s) in namespace {args.namespace!r}")
+    return EXIT_OK
+
+
+# -- standalone entry, until ``bearerguard.cli`` registers these commands -----------------------
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run ``revoke ...`` or ``revocations list`` as ``bearerguard`` would.
+
+    Args:
+        argv: the arguments without the program name (``["revoke", "token", "j1"]``).
+
+    Returns:
+        The exit code: 0 done, 1 failed, 2 usage error or missing extra, 3 Redis cannot be
+        reached or used, 130 interrupted.
+    """
+    parser = argparse.ArgumentParser(prog="bearerguard")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    add_revocation_commands(commands)
+    parser.set_defaults(handler=partial(print_usage, parser))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error: argparse has spoken
+        if exc.code is None:
+            return EXIT_OK
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130

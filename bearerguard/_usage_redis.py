@@ -1,0 +1,417 @@
+"""``RedisUsageMonitor``: usage counted across every instance of an API, in one round trip.
+
+Layout in Redis, per counted key (a token ``t``: ``(iss, jti)``, a subject ``s``:
+``(iss, sub)``) and fixed window (``{number}`` = ``floor(now / window)``, ``{ms}`` the window
+length, so that policies with different windows never mix their counts)::
+
+    {namespace}:use:{ms}:{number}:{t|s}n:{issuer}:{name}   uses (INCR)
+    {namespace}:use:{ms}:{number}:{t|s}a:{issuer}:{name}   client addresses (HyperLogLog)
+    {namespace}:use:{ms}:{number}:{t|s}r:{issuer}:{name}   "a breach was reported" (SET NX)
+
+Every key expires once the window after its own has ended (the next window reads it as its
+previous one). One Lua script counts the use, reads the previous window, and sets the
+"reported" marker when a limit is exceeded, for every tracked key at once: one round trip,
+atomic, with the same integer arithmetic as ``bearerguard._core.usage``.
+
+A HyperLogLog in its sparse form takes a few dozen bytes for a handful of addresses. Its
+count of a small set is exact unless two addresses fall into the same of its 16,384
+registers (for 5 addresses about 1 chance in 1,600), which can only undercount by one; the
+standard error is 0.81 % for large sets. Addresses are sent as the policy's network keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+
+try:
+    import redis
+    import redis.asyncio as aredis
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("RedisUsageMonitor needs redis-py: pip install 'bearerguard[redis]'") from exc
+
+from bearerguard._core.usage import (
+    Target,
+    UsagePolicy,
+    UsageVerdict,
+    address_key,
+    estimate,
+    targets,
+    verdict_of,
+    window_at,
+)
+from bearerguard.errors import ConfigurationError
+from bearerguard.token import AccessToken
+from bearerguard.usage import UsageMonitorError
+
+__all__ = ["DEFAULT_URL", "OBSERVE_SCRIPT", "RedisUsageMonitor"]
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+_T = TypeVar("_T")
+
+# KEYS, five per counted key: uses now, uses before, addresses now, addresses before, marker.
+# ARGV: ttl_ms, remaining (thousandths), address ("" for none), then per counted key its
+# uses limit and its addresses limit (-1: none; addresses are counted only with a limit).
+# Returns per counted key {uses now, uses before, addresses (-1: not counted)}, then 1 when
+# this call set a marker (the first breach of its key in this window), else 0.
+OBSERVE_SCRIPT = """
+local ttl = tonumber(ARGV[1])
+local remaining = tonumber(ARGV[2])
+local address = ARGV[3]
+local out = {}
+local first = 0
+for i = 0, #KEYS / 5 - 1 do
+  local k = i * 5
+  local max_uses = tonumber(ARGV[4 + i * 2])
+  local max_addresses = tonumber(ARGV[5 + i * 2])
+  local uses = redis.call('INCR', KEYS[k + 1])
+  if uses == 1 then redis.call('PEXPIRE', KEYS[k + 1], ttl) end
+  local before = tonumber(redis.call('GET', KEYS[k + 2]) or '0') or 0
+  local exceeded = max_uses >= 0 and uses + math.floor(before * remaining / 1000) > max_uses
+  local addresses = -1
+  if max_addresses >= 0 then
+    if address ~= '' and redis.call('PFADD', KEYS[k + 3], address) == 1 then
+      redis.call('PEXPIRE', KEYS[k + 3], ttl)
+    end
+    addresses = redis.call('PFCOUNT', KEYS[k + 3], KEYS[k + 4])
+    exceeded = exceeded or addresses > max_addresses
+  end
+  if exceeded and redis.call('SET', KEYS[k + 5], '1', 'NX', 'PX', ttl) then first = 1 end
+  out[#out + 1] = uses
+  out[#out + 1] = before
+  out[#out + 1] = addresses
+end
+out[#out + 1] = first
+return out
+"""
+
+_SCOPES = {"token": "t", "subject": "s"}
+
+
+def _part(text: str) -> str:
+    return text.replace("%", "%25").replace(":", "%3A")
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One observation, ready to send: the keys and arguments of the script."""
+
+    targets: tuple[Target, ...]
+    remaining: int
+    keys: list[str]
+    args: list[str | int]
+
+
+def _failure(exc: BaseException) -> UsageMonitorError:
+    return UsageMonitorError(f"redis usage monitor failed: {type(exc).__name__}: {exc}"[:300])
+
+
+class RedisUsageMonitor:
+    """Counts token and subject usage across every instance that shares a Redis.
+
+    Each observation is one round trip (an ``EVALSHA``): every instance pointing at the same
+    Redis and ``namespace`` sees the same counts, so a token replayed through another
+    instance, from another address, is noticed.
+
+    Args:
+        policy: the limits and what to do when one is exceeded.
+        url: a ``redis://``, ``rediss://`` or ``unix://`` URL; ``DEFAULT_URL`` when neither a
+            URL nor clients are given.
+        namespace: the prefix of every key (``{namespace}:use:...``); the revocation store's
+            namespace may be shared, its keys do not overlap.
+        client: an existing ``redis.Redis`` for the synchronous side, instead of ``url``
+            (not closed by the monitor; give it timeouts).
+        async_client: an existing ``redis.asyncio.Redis`` for the asynchronous side.
+        socket_timeout: seconds an observation may take before it fails. Every accepted
+            request waits for it, so keep it short.
+        connect_timeout: seconds to establish a connection.
+        max_connections: connections per side (with ``async_client``, the most observations
+            in flight at once); a call waits in turn, up to ``socket_timeout``, for one.
+        failure_cooldown: after a failure, observations raise at once (``skipped``) for this
+            many seconds instead of asking Redis: an outage then costs requests nothing.
+        clock: returns epoch seconds, which name the windows: keep the instances' clocks
+            synchronised (NTP). Injectable for tests.
+
+    Raises:
+        ConfigurationError: inconsistent options.
+
+    Warning:
+        One Redis, not Redis Cluster (the script touches keys of several slots). Counts may
+        be evicted under memory pressure without harm beyond missed detections, but
+        ``noeviction``, as the revocation store needs, is fine: keys expire on their own.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        policy: UsagePolicy,
+        url: str | None = None,
+        *,
+        namespace: str = "bearerguard",
+        client: redis.Redis | None = None,
+        async_client: aredis.Redis | None = None,
+        socket_timeout: float = 0.25,
+        connect_timeout: float = 0.25,
+        max_connections: int = 50,
+        failure_cooldown: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(policy, UsagePolicy):
+            raise ConfigurationError("policy must be a UsagePolicy")
+        if url is not None and (client is not None or async_client is not None):
+            raise ConfigurationError("give either a URL or clients, not both")
+        if not isinstance(namespace, str) or not namespace or any(c in namespace for c in "\0\n"):
+            raise ConfigurationError("namespace must be a non-empty string")
+        if min(socket_timeout, connect_timeout) <= 0 or failure_cooldown < 0:
+            raise ConfigurationError("timeouts must be positive")
+        if max_connections < 1:
+            raise ConfigurationError("max_connections must be positive")
+        if client is None and async_client is None:
+            url = DEFAULT_URL if url is None else url
+            if not url.startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigurationError("url must start with redis://, rediss:// or unix://")
+        self._policy = policy
+        self._prefix = f"{namespace}:use:{round(policy.window * 1000)}:"
+        self._namespace = namespace
+        self._url = url
+        self._options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+            "health_check_interval": 0,
+            "client_name": "bearerguard-usage",
+            "max_connections": max_connections,
+            "timeout": socket_timeout,  # the longest wait for a free pooled connection
+        }
+        self._timeout = socket_timeout
+        self._cooldown = failure_cooldown
+        self._down_until = -math.inf
+        self._clock = clock
+        self._closed = False
+        self._sync: redis.Redis | None = client
+        self._owns_sync = client is None and url is not None
+        if self._owns_sync:
+            assert url is not None  # noqa: S101 - checked above
+            # No retries inside redis-py: a call stays bounded by the socket timeout
+            # (one more attempt of our own after a fast connection failure, _again).
+            pool = redis.BlockingConnectionPool.from_url(
+                url, retry=Retry(NoBackoff(), 0), **self._options
+            )
+            self._sync = redis.Redis.from_pool(pool)
+        self._async: aredis.Redis | None = async_client
+        self._owns_async = async_client is None and url is not None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._sync_script: Any = None
+        self._async_script: Any = None
+        self._slots: anyio.Semaphore | None = None
+
+    @property
+    def policy(self) -> UsagePolicy:
+        """The limits, the action and the failure mode."""
+        return self._policy
+
+    def __repr__(self) -> str:
+        return f"RedisUsageMonitor(namespace={self._namespace!r}, {self._policy!r})"
+
+    # -- observing ------------------------------------------------------------------------
+
+    def observe_sync(self, token: AccessToken, client: str | None) -> UsageVerdict:
+        """Count one use of ``token`` from ``client`` and judge it: one round trip.
+
+        Raises:
+            UsageMonitorError: Redis failed or timed out, or failed less than
+                ``failure_cooldown`` seconds ago (``skipped``).
+        """
+        plan = self._plan(token, client)
+        if plan is None:
+            return verdict_of(self._policy, token, [], first=False)
+        redis_client = self._sync_client()
+        with self._failures():
+            if self._sync_script is None:
+                self._sync_script = redis_client.register_script(OBSERVE_SCRIPT)
+            script = self._sync_script
+            reply = self._again_sync(lambda: script(keys=plan.keys, args=plan.args))
+        return self._verdict(token, plan, reply)
+
+    async def observe(self, token: AccessToken, client: str | None) -> UsageVerdict:
+        """Count one use of ``token`` from ``client`` and judge it: as ``observe_sync``."""
+        plan = self._plan(token, client)
+        if plan is None:
+            return verdict_of(self._policy, token, [], first=False)
+        redis_client, slots = self._async_client()
+        # Wait for a connection in turn: redis-py's asyncio pool lets a waiter starve until
+        # its timeout while others come and go, and an observation must stay bounded.
+        with anyio.move_on_after(self._timeout) as waiting:
+            await slots.acquire()
+        if waiting.cancelled_caught:
+            raise UsageMonitorError(
+                f"redis usage monitor busy: no connection free within {self._timeout:g} s "
+                "(raise max_connections?)"
+            )
+        try:
+            with self._failures():
+                if self._async_script is None:
+                    self._async_script = redis_client.register_script(OBSERVE_SCRIPT)
+                script = self._async_script
+                reply = await self._again(lambda: script(keys=plan.keys, args=plan.args))
+        finally:
+            slots.release()
+        return self._verdict(token, plan, reply)
+
+    def _plan(self, token: AccessToken, client: str | None) -> _Plan | None:
+        policy = self._policy
+        found = targets(token, policy)
+        if not found:
+            return None
+        if time.monotonic() < self._down_until:
+            raise UsageMonitorError(
+                "redis usage monitor skipped: Redis failed moments ago", skipped=True
+            )
+        window = window_at(self._clock(), policy.window)
+        address = address_key(client, policy) if policy.counts_addresses else None
+        prefix = self._prefix
+        now, before = f"{prefix}{window.number}:", f"{prefix}{window.number - 1}:"
+        keys: list[str] = []
+        args: list[str | int] = [math.ceil(window.ttl * 1000), window.remaining, address or ""]
+        for target in found:
+            tail = f"{_part(target.issuer)}:{_part(target.name)}"
+            scope = _SCOPES[target.scope]
+            keys += [
+                f"{now}{scope}n:{tail}",
+                f"{before}{scope}n:{tail}",
+                f"{now}{scope}a:{tail}",
+                f"{before}{scope}a:{tail}",
+                f"{now}{scope}r:{tail}",
+            ]
+            args += [
+                -1 if target.max_uses is None else target.max_uses,
+                -1 if target.max_addresses is None else target.max_addresses,
+            ]
+        return _Plan(found, window.remaining, keys, args)
+
+    def _verdict(self, token: AccessToken, plan: _Plan, reply: Any) -> UsageVerdict:
+        try:
+            numbers = [int(item) for item in reply]
+            counted: list[tuple[Target, int, int | None]] = []
+            for position, target in enumerate(plan.targets):
+                uses, before, addresses = numbers[position * 3 : position * 3 + 3]
+                counted.append(
+                    (
+                        target,
+                        estimate(uses, before, plan.remaining),
+                        None if addresses < 0 else addresses,
+                    )
+                )
+            first = numbers[len(plan.targets) * 3] == 1
+        except (TypeError, ValueError, IndexError) as exc:
+            raise UsageMonitorError(
+                f"unexpected reply from the usage script: {reply!r:.100}"
+            ) from exc
+        return verdict_of(self._policy, token, counted, first=first)
+
+    @contextlib.contextmanager
+    def _failures(self) -> Iterator[None]:
+        """Every failure of Redis becomes ``UsageMonitorError``, and starts the cooldown."""
+        try:
+            yield
+        except (RedisError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            self._down_until = time.monotonic() + self._cooldown
+            raise _failure(exc) from exc
+        self._down_until = -math.inf
+
+    def _again_sync(self, call: Callable[[], _T]) -> _T:
+        """``call()``, once more after a fast connection failure (a pooled connection that
+        Redis closed while idle); never after a slow one, so a call stays bounded."""
+        started = time.monotonic()
+        try:
+            return call()
+        except RedisConnectionError:
+            if time.monotonic() - started > self._timeout / 2:
+                raise
+        return call()
+
+    async def _again(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """As ``_again_sync``, awaited."""
+        started = time.monotonic()
+        try:
+            return await call()
+        except RedisConnectionError:
+            if time.monotonic() - started > self._timeout / 2:
+                raise
+        return await call()
+
+    # -- clients and lifecycle ------------------------------------------------------------
+
+    def _sync_client(self) -> redis.Redis:
+        if self._closed:
+            raise UsageMonitorError("the usage monitor is closed")
+        if self._sync is None:
+            raise UsageMonitorError("this monitor has no synchronous client: give url= or client=")
+        return self._sync
+
+    def _async_client(self) -> tuple[aredis.Redis, anyio.Semaphore]:
+        if self._closed:
+            raise UsageMonitorError("the usage monitor is closed")
+        loop = asyncio.get_running_loop()
+        if self._async_loop is not loop:
+            # redis.asyncio connections belong to one event loop: a monitor first used in
+            # another loop gets its own client (and its own queue) there.
+            if self._owns_async:
+                assert self._url is not None  # noqa: S101 - owning implies a URL
+                pool = aredis.BlockingConnectionPool.from_url(
+                    self._url, retry=AsyncRetry(NoBackoff(), 0), **self._options
+                )
+                self._async = aredis.Redis.from_pool(pool)
+                self._async_script = None
+            self._async_loop = loop
+            self._slots = anyio.Semaphore(self._options["max_connections"])
+        if self._async is None or self._slots is None:
+            raise UsageMonitorError(
+                "this monitor has no asynchronous client: give url= or async_client="
+            )
+        return self._async, self._slots
+
+    async def aclose(self) -> None:
+        """Close the connections this monitor opened (both sides)."""
+        self._closed = True
+        client = self._async
+        if self._owns_async and client is not None:
+            self._async = None
+            if self._async_loop is asyncio.get_running_loop():
+                await client.aclose()
+        self.close()
+
+    def close(self) -> None:
+        """Close the synchronous connections this monitor opened.
+
+        An asynchronous client is closed by ``aclose()``, from its event loop.
+        """
+        self._closed = True
+        client = self._sync
+        if self._owns_sync and client is not None:
+            self._sync = None
+            client.close()
+
+    async def __aenter__(self) -> RedisUsageMonitor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> RedisUsageMonitor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

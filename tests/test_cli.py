@@ -1,0 +1,807 @@
+"""``bearerguard token ...`` and ``bearerguard jwks ...`` against real issuers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from bearerguard import BearerGuard, cli
+from bearerguard._cli_common import describe_duration, read_token
+from bearerguard._cli_jwks import analyze_jwks
+from bearerguard._cli_token import inspect_token
+from bearerguard.testing import DevIssuer, Override, SigningKey
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
+    code, out, _err = run(capsys, *argv, "--json")
+    return code, json.loads(out)
+
+
+def b64(value: object) -> str:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- groups and help --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [(["token"], ["mint", "inspect", "verify"]), (["jwks"], ["show", "check"])],
+)
+def test_a_group_alone_prints_its_help(
+    capsys: pytest.CaptureFixture[str], argv: list[str], words: list[str]
+) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    for word in words:
+        assert word in err
+
+
+def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _err = run(capsys, "--help")
+    assert code == 0
+    for word in ("demo", "token", "jwks"):
+        assert word in out
+
+
+# -- token mint -------------------------------------------------------------------------
+
+
+def test_mint_prints_only_the_token(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "token", "mint", "--scope", "items:read items:write", "-s", "x")
+    assert code == 0
+    token = out.strip()
+    assert token.count(".") == 2
+    assert "\n" not in token
+    assert "development only" in err
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["scope"] == "items:read items:write x"
+    assert claims["sub"] == "user-1"
+    assert claims["aud"] == "https://api.example"
+
+
+def test_mint_json_carries_the_keys_to_verify_it(capsys: pytest.CaptureFixture[str]) -> None:
+    code, doc = run_json(
+        capsys,
+        "token",
+        "mint",
+        "--sub",
+        "alice",
+        "--audience",
+        "https://orders.example",
+        "--algorithm",
+        "ES256",
+        "--expires-in",
+        "60",
+        "--claim",
+        "tenant=acme",
+        "--claim",
+        "level=3",
+        "--claim",
+        'tags=["a", "b"]',
+    )
+    assert code == 0
+    assert doc["development_only"] is True
+    assert doc["alg"] == "ES256"
+    assert doc["claims"]["tenant"] == "acme"
+    assert doc["claims"]["level"] == 3
+    assert doc["claims"]["tags"] == ["a", "b"]
+    assert doc["claims"]["exp"] - doc["claims"]["iat"] == 60
+    assert doc["serving"] is None
+    guard = BearerGuard(issuer=doc["issuer"], audience="https://orders.example", keys=doc["jwks"])
+    assert guard.authenticate_sync(doc["token"]).subject == "alice"
+    code, doc = run_json(capsys, "token", "mint", "--claim", "sub=bob", "--claim", "scope=a b")
+    assert (doc["claims"]["sub"], doc["claims"]["scope"]) == ("bob", "a b")
+    code, doc = run_json(capsys, "token", "mint", "--claim", "jti=null")
+    assert "jti" not in doc["claims"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--issuer", "https://login.example.com/tenant"], "refusing to mint for issuer"),
+        (["--claim", "iss=https://accounts.google.com"], "development issuers only"),
+        (["--claim", "iss=42"], "development issuers only"),
+        (["--issuer", "nonsense"], "development issuers only"),
+        (["--issuer", "http://[::1"], "development issuers only"),
+        (["--claim", "novalue"], "--claim takes NAME=VALUE"),
+        (["--issuer", "http://127.0.0.1:9", "--serve"], "do not go together"),
+        (["--key", "/nonexistent/dev.pem"], "cannot read /nonexistent/dev.pem"),
+        (["--expires-in", "nan"], "not a sensible number of seconds"),
+        (["--expires-in", "soon"], "not a number of seconds"),
+        (["--serve", "--port", "70000"], "port 70000 is not between 0 and 65535"),
+    ],
+)
+def test_mint_usage_errors(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, out, err = run(capsys, "token", "mint", *argv)
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    assert message in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "issuer", ["http://127.0.0.1:9000", "http://localhost:8080/realms/dev", "https://id.test"]
+)
+def test_mint_accepts_development_issuers(capsys: pytest.CaptureFixture[str], issuer: str) -> None:
+    code, doc = run_json(capsys, "token", "mint", "--issuer", issuer)
+    assert code == 0
+    assert doc["claims"]["iss"] == issuer
+
+
+def test_mint_with_a_key_file_verifies_against_an_issuer_serving_that_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    pem = tmp_path / "dev.pem"
+    pem.write_bytes(SigningKey.generate("ES256").private_pem())
+    with DevIssuer(keys=[SigningKey.from_pem(pem.read_bytes())]) as issuer:
+        code, out, _err = run(
+            capsys, "token", "mint", "--key", str(pem), "--issuer", issuer.url, "--sub", "kim"
+        )
+        assert code == 0
+        token = out.strip()
+        assert jwt.get_unverified_header(token)["kid"] == issuer.keys[0].kid
+        code, out, _err = run(
+            capsys,
+            "token",
+            "verify",
+            token,
+            "--issuer",
+            issuer.url,
+            "--audience",
+            "https://api.example",
+        )
+    assert code == 0, out
+    assert "VALID" in out
+    assert "kim" in out
+
+
+def test_mint_with_a_bad_key_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pem = tmp_path / "dev.pem"
+    pem.write_text("-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
+    code, _out, err = run(capsys, "token", "mint", "--key", str(pem))
+    assert code == cli.EXIT_USAGE
+    assert f"{pem}: not an unencrypted PEM private key" in err
+    rsa_pem = tmp_path / "rsa.pem"
+    rsa_pem.write_bytes(SigningKey.generate("RS256").private_pem())
+    code, _out, err = run(capsys, "token", "mint", "--key", str(rsa_pem), "--algorithm", "ES256")
+    assert code == cli.EXIT_USAGE
+    assert "an RSA key signs RS256 or PS256" in err
+
+
+def test_mint_serve_serves_the_keys_until_ctrl_c(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bearerguard import _cli_token
+
+    seen: dict[str, Any] = {}
+
+    def check_then_interrupt() -> None:
+        so_far = capsys.readouterr()
+        seen["err"] = so_far.err
+        doc = json.loads(so_far.out)
+        guard = BearerGuard(issuer=doc["serving"], audience="https://api.example")
+        seen["subject"] = guard.authenticate_sync(doc["token"]).subject
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cli_token, "wait_for_interrupt", check_then_interrupt)
+    code, _out, err = run(capsys, "token", "mint", "--serve", "--sub", "sam", "--json")
+    assert code == 0
+    assert seen["subject"] == "sam"
+    assert "Serving issuer http://127.0.0.1:" in seen["err"]
+    assert 'BearerGuard(issuer="http://127.0.0.1:' in seen["err"]
+    assert err == "Stopping.\n"
+
+
+def test_mint_serve_on_a_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        code, _out, err = run(capsys, "token", "mint", "--serve", "--port", str(port))
+    assert code == cli.EXIT_FAILURE
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+
+
+# -- token inspect ----------------------------------------------------------------------
+
+
+def test_inspect_shows_everything_marked_unverified(
+    capsys: pytest.CaptureFixture[str], session_issuer: DevIssuer
+) -> None:
+    token = session_issuer.mint(scopes=["items:read"], sub="ann")
+    code, out, err = run(capsys, "token", "inspect", token)
+    assert code == 0
+    assert err == ""
+    lines = out.splitlines()
+    assert lines[0] == "!" * 78
+    assert lines[1].startswith("! UNVERIFIED: decoded without checking the signature")
+    assert '"sub": "ann"' in out
+    assert '"kid": "' in out
+    assert "exp  " in out
+    assert "structure: acceptable" in out
+    assert token.split(".")[2] not in out  # the signature is never printed
+
+
+def test_inspect_json(capsys: pytest.CaptureFixture[str], session_issuer: DevIssuer) -> None:
+    token = session_issuer.mint(expires_in=90)
+    code, doc = run_json(capsys, "token", "inspect", token)
+    assert code == 0
+    assert doc["verified"] is False
+    assert doc["warning"].startswith("UNVERIFIED")
+    assert doc["structure"] == {"ok": True}
+    assert doc["header"]["typ"] == "at+jwt"
+    assert doc["claims"]["iss"] == session_issuer.url
+    assert doc["times"]["exp"]["relative"].startswith("in 1 min")
+    assert doc["notes"] == []
+
+
+def _token(header: object, payload: object, signature: bytes = b"sig") -> str:
+    first = header if isinstance(header, str) else b64(header)
+    second = payload if isinstance(payload, str) else b64(payload)
+    return f"{first}.{second}.{b64(signature)}"
+
+
+PAYLOAD = {"iss": "https://id.example", "aud": "a", "exp": 4_000_000_000, "jti": "j"}
+
+
+@pytest.mark.parametrize(
+    ("token", "error", "detail"),
+    [
+        ("a.b", "MalformedTokenError", "not a compact JWS (2 segments"),
+        ("a.b.c.d.e", "MalformedTokenError", "JWE (five segments)"),
+        (_token({"alg": "none"}, PAYLOAD), "UnsupportedAlgorithmError", "alg none"),
+        (_token({"typ": "JWT"}, PAYLOAD), "UnsupportedAlgorithmError", "alg is missing"),
+        (
+            _token(b64(b'{"alg":"RS256","alg":"HS256"}'), PAYLOAD),
+            "MalformedTokenError",
+            "duplicate JSON member name",
+        ),
+        (_token({"alg": "RS256", "crit": ["exp"]}, PAYLOAD), "MalformedTokenError", "'crit'"),
+        (_token({"alg": "RS256", "cty": "JWT"}, PAYLOAD), "MalformedTokenError", "nested JWTs"),
+        (_token({"alg": "RS256"}, b64(b"[1, 2]")), "MalformedTokenError", "not a JSON object"),
+    ],
+    ids=["two-segments", "jwe", "alg-none", "no-alg", "duplicate", "crit", "nested", "array"],
+)
+def test_inspect_names_structural_refusals(
+    capsys: pytest.CaptureFixture[str], token: str, error: str, detail: str
+) -> None:
+    code, doc = run_json(capsys, "token", "inspect", token)
+    assert code == cli.EXIT_FAILURE
+    assert doc["structure"]["ok"] is False
+    assert doc["structure"]["error"] == error
+    assert detail in doc["structure"]["detail"]
+    code, out, _err = run(capsys, "token", "inspect", token)
+    assert code == cli.EXIT_FAILURE
+    assert f"structure: REFUSED by BearerGuard's parser: {error}" in out
+
+
+def test_inspect_decodes_what_it_can_of_a_refused_token(capsys: pytest.CaptureFixture[str]) -> None:
+    token = _token({"alg": "none", "typ": "JWT"}, {"sub": "eve"})
+    code, out, _err = run(capsys, "token", "inspect", token)
+    assert code == cli.EXIT_FAILURE
+    assert '"sub": "eve"' in out
+    code, out, _err = run(capsys, "token", "inspect", "not.a-token.!")
+    assert "(not decodable)" in out
+
+
+def test_inspect_notes() -> None:
+    header = {"alg": "HS256", "typ": "JWT", "jku": "https://evil.example/jwks"}
+    report = inspect_token(_token(header, {"exp": 100, "nbf": 10_000}), now=1_000)
+    notes = "\n".join(report["notes"])
+    assert "offers its own key (jku): ignored" in notes
+    assert "alg HS256 (HMAC)" in notes
+    assert "no kid" in notes
+    assert "typ is 'JWT', not 'at+jwt'" in notes
+    assert "no aud claim: always refused" in notes
+    assert "no iss claim" in notes
+    assert "expired 15 min ago" in notes
+    assert "not valid before in 2 h 30 min" in notes
+    assert "no jti" in notes
+    big = inspect_token(_token({"alg": "RS256", "kid": "k"}, {"pad": "x" * 9000}), now=0)
+    assert "over the default max_token_bytes (8192)" in big["notes"][0]
+    odd = inspect_token(_token({"alg": "RS256"}, {"exp": 1e300, "iat": True}), now=0)
+    assert odd["times"] == {}
+
+
+def test_inspect_reads_stdin_and_pasted_headers(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, session_issuer: DevIssuer
+) -> None:
+    token = session_issuer.mint(sub="pat")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"Authorization: Bearer {token}\n"))
+    code, doc = run_json(capsys, "token", "inspect", "-")
+    assert code == 0
+    assert doc["claims"]["sub"] == "pat"
+    assert read_token(f"  bearer {token} ") == token
+    code, _out, err = run(capsys, "token", "inspect", "  ")
+    assert code == cli.EXIT_USAGE
+    assert "no token given" in err
+
+
+def test_durations() -> None:
+    assert describe_duration(59.6) == "1 min"
+    assert describe_duration(-45) == "45 s"
+    assert describe_duration(3 * 3600) == "3 h"
+    assert describe_duration(5 * 86400) == "5 d"
+
+
+# -- token verify -----------------------------------------------------------------------
+
+
+def verify(
+    capsys: pytest.CaptureFixture[str], issuer: DevIssuer, token: str, *extra: str
+) -> tuple[int, str, str]:
+    return run(
+        capsys,
+        "token",
+        "verify",
+        token,
+        "--issuer",
+        issuer.url,
+        "--audience",
+        issuer.audience,
+        *extra,
+    )
+
+
+def test_verify_a_valid_token(capsys: pytest.CaptureFixture[str], issuer: DevIssuer) -> None:
+    token = issuer.mint(scopes=["items:read", "items:write"], sub="val")
+    code, out, err = verify(capsys, issuer, token, "--scope", "items:read")
+    assert code == 0
+    assert out.startswith("VALID: every check passed")
+    assert "sub        val" in out
+    assert "scopes     items:read items:write" in out
+    assert f"discovering the keys of {issuer.url} ..." in err
+    assert "done in" in err
+    assert f"{issuer.jwks_uri}: 2 usable key(s)" in err
+    assert issuer.fetch_count() == 1
+
+
+def test_verify_json_and_quiet(capsys: pytest.CaptureFixture[str], issuer: DevIssuer) -> None:
+    token = issuer.mint(sub="jo", algorithm="ES256")
+    code, out, err = verify(
+        capsys, issuer, token, "--json", "--quiet", "--jwks-uri", issuer.jwks_uri
+    )
+    assert code == 0
+    assert err == ""
+    doc = json.loads(out)
+    assert doc["valid"] is True
+    assert doc["jwks_uri"] == issuer.jwks_uri
+    assert doc["token"]["sub"] == "jo"
+    assert doc["token"]["alg"] == "ES256"
+    assert issuer.requests == [issuer.jwks_path]  # no discovery with --jwks-uri
+
+
+def _other_issuer_token(issuer: DevIssuer) -> str:
+    return issuer.mint(iss="http://127.0.0.1:1/other")
+
+
+@pytest.mark.parametrize(
+    ("make", "extra", "error", "reason", "why"),
+    [
+        (lambda i: i.mint_expired(ago=600), [], "ExpiredTokenError", "expired", "exp was 10 min"),
+        (lambda i: i.mint_not_yet_valid(), [], "NotYetValidError", "not_yet_valid", "nbf is in"),
+        (
+            lambda i: i.mint_for_audience("https://other.example"),
+            [],
+            "InvalidAudienceError",
+            "invalid_audience",
+            "the token's aud is 'https://other.example'; --audience is ['https://api.example']",
+        ),
+        (
+            _other_issuer_token,
+            [],
+            "InvalidIssuerError",
+            "invalid_issuer",
+            "the token's iss is 'http://127.0.0.1:1/other'",
+        ),
+        (lambda i: i.mint_forged(), [], "BadSignatureError", "bad_signature", "was altered"),
+        (
+            lambda i: i.mint_forged(kid="gone"),
+            [],
+            "UnknownKeyError",
+            "unknown_key",
+            "the token's kid 'gone' is not published; the key set has",
+        ),
+        (
+            lambda i: i.mint(),
+            ["--algorithm", "ES256"],
+            "UnsupportedAlgorithmError",
+            "unsupported_algorithm",
+            "the token's alg is 'RS256'",
+        ),
+        (
+            lambda i: i.mint(scopes=["items:read"]),
+            ["--scope", "items:read", "--scope", "admin"],
+            "InsufficientScopeError",
+            "insufficient_scope",
+            "--scope asks for ['admin', 'items:read']",
+        ),
+        (
+            lambda i: i.mint(headers={"typ": "JWT"}),
+            ["--profile", "rfc9068"],
+            "InvalidTypeError",
+            "invalid_type",
+            "the header's typ is 'JWT'",
+        ),
+        (lambda i: "a.b", [], "MalformedTokenError", "malformed_token", None),
+    ],
+    ids=[
+        "expired",
+        "nbf",
+        "audience",
+        "issuer",
+        "forged",
+        "unknown-kid",
+        "alg",
+        "scope",
+        "typ",
+        "malformed",
+    ],
+)
+def test_verify_names_the_failing_check(
+    capsys: pytest.CaptureFixture[str],
+    session_issuer: DevIssuer,
+    make: Any,
+    extra: list[str],
+    error: str,
+    reason: str,
+    why: str | None,
+) -> None:
+    token = make(session_issuer)
+    code, out, _err = verify(capsys, session_issuer, token, *extra)
+    assert code == cli.EXIT_FAILURE
+    assert out.startswith(f"INVALID: {error} (reason {reason})")
+    if why is not None:
+        assert why in out
+    status = "403" if reason == "insufficient_scope" else "401"
+    assert f"an API answers {status}" in out
+    code, out, _err = verify(capsys, session_issuer, token, *extra, "--json")
+    doc = json.loads(out)
+    assert doc["valid"] is False
+    assert doc["error"]["class"] == error
+    assert doc["error"]["reason"] == reason
+    assert doc["error"]["status"] == int(status)
+
+
+def test_verify_scope_claims(capsys: pytest.CaptureFixture[str], session_issuer: DevIssuer) -> None:
+    token = session_issuer.mint(realm_access={"roles": ["admin"]})
+    code, out, _err = verify(
+        capsys, session_issuer, token, "--scope", "admin", "--scope-claim", "realm_access.roles"
+    )
+    assert code == 0, out
+
+
+def test_verify_reports_skipped_keys(capsys: pytest.CaptureFixture[str], issuer: DevIssuer) -> None:
+    jwks = issuer.jwks()
+    jwks["keys"].append({"kty": "RSA", "kid": "enc-1", "use": "enc", "n": "AQAB", "e": "AQAB"})
+    issuer.overrides[issuer.jwks_path] = Override(body=json.dumps(jwks).encode())
+    code, _out, err = verify(capsys, issuer, issuer.mint())
+    assert code == 0
+    assert "skipped key 'enc-1': use is 'enc', not 'sig'" in err
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (Override(status=500, body=b"oops"), "answered 500"),
+        (Override(body=b"<html>"), "did not return JSON"),
+        (Override(body=b'{"nope": 1}'), "not a JWK Set"),
+        (Override(body=b'{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}'), "has no usable key"),
+    ],
+    ids=["500", "not-json", "not-a-jwks", "no-usable-key"],
+)
+def test_verify_when_keys_cannot_be_had(
+    capsys: pytest.CaptureFixture[str], issuer: DevIssuer, override: Override, message: str
+) -> None:
+    issuer.overrides[issuer.jwks_path] = override
+    code, out, err = verify(capsys, issuer, issuer.mint())
+    assert code == cli.EXIT_UNREACHABLE
+    assert out == ""
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_verify_unreachable_issuer(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    argv = ["token", "verify", "a.b.c", "--issuer", url, "--audience", "x", "--timeout", "2"]
+    code, _out, err = run(capsys, *argv)
+    assert code == cli.EXIT_UNREACHABLE
+    assert err.startswith(f"discovering the keys of {url} ...")
+    assert "bearerguard: discovery failed" in err
+    code, doc = run_json(capsys, *argv)
+    assert code == cli.EXIT_UNREACHABLE
+    assert doc["ok"] is False
+    assert doc["error"]["kind"] == "unreachable"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--issuer", "http://id.example.com"], "issuer must be an https URL"),
+        (["--issuer", "https://id.example", "--algorithm", "HS256"], "HS* algorithms need"),
+        (["--issuer", "https://id.example", "--algorithm", "none"], "unsupported algorithms"),
+        (["--issuer", "https://id.example", "--jwks-uri", "ftp://x"], "jwks_uri must be"),
+        (["--issuer", "https://id.example", "--timeout", "0"], "must be more than 0 seconds"),
+        (["--issuer", "https://id.example", "--leeway", "-1"], "leeway, max_age"),
+    ],
+)
+def test_verify_usage_errors(
+    capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    code, _out, err = run(capsys, "token", "verify", "a.b.c", "--audience", "x", *extra)
+    assert code == cli.EXIT_USAGE
+    assert message in err
+    assert "Traceback" not in err
+
+
+# -- jwks show and check ----------------------------------------------------------------
+
+
+def test_jwks_show(capsys: pytest.CaptureFixture[str], issuer: DevIssuer) -> None:
+    code, out, err = run(capsys, "jwks", "show", "--issuer", issuer.url)
+    assert code == 0
+    assert f"discovering the keys of {issuer.url} ..." in err
+    lines = out.splitlines()
+    assert lines[0] == f"{issuer.jwks_uri}  (Cache-Control max-age 300 s)"
+    assert lines[1].split() == ["KID", "KTY", "ALG", "USE", "SIZE", "BEARERGUARD"]
+    rsa_kid, ec_kid = (key.kid for key in issuer.keys)
+    assert any(
+        line.split()[:6] == [rsa_kid, "RSA", "RS256", "sig", "2048", "bits"] for line in lines
+    )
+    assert any(line.split()[:5] == [ec_kid, "EC", "ES256", "sig", "P-256"] for line in lines)
+    assert lines[-1] == "2 key(s), 2 usable"
+
+
+def test_jwks_show_json_by_url_and_file(
+    capsys: pytest.CaptureFixture[str], issuer: DevIssuer, tmp_path: Path
+) -> None:
+    code, doc = run_json(capsys, "jwks", "show", issuer.jwks_uri)
+    assert code == 0
+    assert doc["source"] == {"jwks_uri": issuer.jwks_uri, "max_age": 300.0}
+    assert [key["kid"] for key in doc["keys"]] == [key.kid for key in issuer.keys]
+    assert doc["keys"][0]["algorithms"] == ["RS256"]
+    assert doc["keys"][0]["usable"] is True
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(issuer.jwks()))
+    code, doc = run_json(capsys, "jwks", "show", "--file", str(path))
+    assert code == 0
+    assert doc["source"] == {"file": str(path)}
+    assert len(doc["keys"]) == 2
+
+
+def test_jwks_check_a_good_set(capsys: pytest.CaptureFixture[str], issuer: DevIssuer) -> None:
+    code, out, _err = run(capsys, "jwks", "check", "--issuer", issuer.url)
+    assert code == 0
+    assert out.splitlines()[-1] == "no problems found"
+    code, doc = run_json(capsys, "jwks", "check", "--issuer", issuer.url)
+    assert doc["ok"] is True
+    assert doc["problems"] == []
+
+
+def _public(private_key: Any, **members: Any) -> dict[str, Any]:
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        jwk: dict[str, Any] = RSAAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
+    elif isinstance(private_key, ec.EllipticCurvePrivateKey):
+        jwk = ECAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
+    else:
+        jwk = OKPAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
+    jwk.update(members)
+    return jwk
+
+
+@pytest.fixture(scope="module")
+def bad_jwks() -> dict[str, Any]:
+    weak = rsa.generate_private_key(65537, 1024)  # noqa: S505 - the weakness under test
+    strong = rsa.generate_private_key(65537, 2048)
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    leaked: dict[str, Any] = RSAAlgorithm.to_jwk(strong, as_dict=True)
+    leaked.update(kid="leaked")
+    return {
+        "keys": [
+            _public(strong, kid="good", alg="RS256", use="sig"),
+            _public(weak, kid="weak", alg="RS256"),
+            _public(p256),  # no kid in a set of several
+            _public(p256, kid="twin"),
+            _public(ec.generate_private_key(ec.SECP256R1()), kid="twin"),
+            _public(strong, kid="enc-1", use="enc", alg="RSA-OAEP"),
+            leaked,
+            {"kty": "oct", "kid": "hmac", "k": b64(b"s" * 32)},
+            _public(p256, kid="mismatch", alg="RS256"),
+            _public(ed25519.Ed25519PrivateKey.generate(), kid="ed", alg="EdDSA"),
+        ]
+    }
+
+
+def test_jwks_check_flags_every_problem(
+    capsys: pytest.CaptureFixture[str], issuer: DevIssuer, bad_jwks: dict[str, Any]
+) -> None:
+    issuer.overrides[issuer.jwks_path] = Override(body=json.dumps(bad_jwks).encode())
+    code, doc = run_json(capsys, "jwks", "check", issuer.jwks_uri)
+    assert code == cli.EXIT_FAILURE
+    assert doc["ok"] is False
+    found = {(problem["severity"], problem["code"], problem["kid"]) for problem in doc["problems"]}
+    assert found == {
+        ("error", "weak_rsa_key", "weak"),
+        ("error", "missing_kid", None),
+        ("error", "duplicate_kid", "twin"),
+        ("warning", "encryption_key", "enc-1"),
+        ("error", "private_key_material", "leaked"),
+        ("warning", "no_verify_op", "leaked"),  # a private JWK says key_ops ["sign"]
+        ("error", "symmetric_key", "hmac"),
+        ("error", "alg_mismatch", "mismatch"),
+    }
+    usable = {key["kid"] for key in doc["keys"] if key["usable"]}
+    assert usable == {"good", None, "twin", "leaked", "ed"} - {"leaked"}
+
+    code, out, _err = run(capsys, "jwks", "check", issuer.jwks_uri)
+    assert code == cli.EXIT_FAILURE
+    assert "ERROR    kid weak: an RSA key of 1024 bits (under 2048): refused as weak" in out
+    assert "ERROR    key #3: no kid in a set of several keys" in out
+    assert "WARNING  kid enc-1: an encryption key (use: enc)" in out
+    assert "ERROR    kid hmac: a symmetric (oct) key is published" in out
+    assert "ERROR    kid leaked: private key members published (d, p, q, dp, dq, qi)" in out
+    assert "alg 'RS256' does not fit a EC key on P-256 (it may say: ES256)" in out
+    assert out.splitlines()[-1] == "6 error(s), 2 warning(s)"
+
+    code, out, _err = run(capsys, "jwks", "show", issuer.jwks_uri)
+    assert code == 0
+    assert "skips it: use is 'enc', not 'sig'" in out
+    assert "1024 bits" in out
+
+
+def test_jwks_check_warnings_alone_pass(
+    capsys: pytest.CaptureFixture[str], issuer: DevIssuer
+) -> None:
+    key = issuer.jwks()["keys"][0]
+    del key["kid"]
+    enc = _public(ec.generate_private_key(ec.SECP256R1()), kid="enc", use="enc")
+    issuer.overrides[issuer.jwks_path] = Override(body=json.dumps({"keys": [key]}).encode())
+    code, out, _err = run(capsys, "jwks", "check", issuer.jwks_uri)
+    assert code == 0
+    assert "WARNING  key #1: no kid: fine while it is the only key" in out
+    issuer.overrides[issuer.jwks_path] = Override(body=json.dumps({"keys": [enc]}).encode())
+    code, out, _err = run(capsys, "jwks", "check", issuer.jwks_uri)
+    assert code == cli.EXIT_FAILURE
+    assert "ERROR    key set: no key in the set can verify a token" in out
+
+
+def test_analyze_jwks_edge_cases() -> None:
+    with pytest.raises(ValueError, match="not a JWK Set"):
+        analyze_jwks({"keys": "no"})
+    p384 = _public(ec.generate_private_key(ec.SECP384R1()), kid="p384")
+    k1 = {"kty": "EC", "kid": "k1", "crv": "secp256k1", "x": "AA", "y": "AA"}
+    reports, findings = analyze_jwks(
+        {
+            "keys": [
+                "not an object",
+                {"kty": "RSA", "kid": 7, "n": "AQAB", "e": "AQAB"},
+                {"kty": "RSA", "kid": "ops", "n": "AQAB", "e": "AQAB", "key_ops": ["encrypt"]},
+                {"kty": "RSA", "kid": "use", "n": "AQAB", "e": "AQAB", "use": "wrap"},
+                {"kty": "RSA", "kid": "garbage", "n": "!!", "e": "AQAB"},
+                {"kty": "XYZ", "kid": "xyz"},
+                k1,
+                p384,
+            ]
+        }
+    )
+    codes = [(finding.code, finding.kid) for finding in findings]
+    assert ("not_an_object", None) in codes
+    assert ("kid_not_string", None) in codes
+    assert ("no_verify_op", "ops") in codes
+    assert ("unknown_use", "use") in codes
+    assert ("unusable_key", "garbage") in codes
+    assert ("unknown_kty", "xyz") in codes
+    assert ("unsupported_curve", "k1") in codes
+    assert [report.kid for report in reports if report.usable] == ["p384"]
+    assert reports[-1].algorithms == ["ES384"]
+    assert reports[-1].size == "P-384"
+    reports, _findings = analyze_jwks({"keys": [{"kty": "oct", "k": "AAAA"}]})
+    assert reports[0].size == "24 bits"
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["jwks", "show", "http://id.example.com/jwks"], cli.EXIT_USAGE, "must be an https URL"),
+        (["jwks", "check", "--issuer", "http://id.example.com"], cli.EXIT_USAGE, "issuer must be"),
+        (["jwks", "check", "--file", "/nonexistent.json"], cli.EXIT_USAGE, "cannot read"),
+        (["jwks", "show"], cli.EXIT_USAGE, "one of the arguments"),
+    ],
+)
+def test_jwks_usage_errors(
+    capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
+) -> None:
+    got, _out, err = run(capsys, *argv)
+    assert got == code
+    assert message in err
+
+
+def test_jwks_unreachable_and_not_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/jwks.json"
+    code, _out, err = run(capsys, "jwks", "check", url, "--timeout", "2")
+    assert code == cli.EXIT_UNREACHABLE
+    assert f"bearerguard: GET {url} failed" in err
+    path = tmp_path / "jwks.json"
+    path.write_text("{not json")
+    code, doc = run_json(capsys, "jwks", "check", "--file", str(path))
+    assert code == cli.EXIT_FAILURE
+    assert doc["error"]["kind"] == "not_a_jwks"
+    path.write_text('{"keys": {}}')
+    code, _out, err = run(capsys, "jwks", "show", "--file", str(path))
+    assert code == cli.EXIT_FAILURE
+    assert "not a JWK Set" in err
+
+
+# -- the real command -------------------------------------------------------------------
+
+
+def test_the_installed_command_end_to_end(session_issuer: DevIssuer) -> None:
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    env.pop("PYTHONPATH", None)
+    token = session_issuer.mint(scopes=["items:read"], sub="sub-process")
+    started = time.monotonic()
+    result = subprocess.run(  # noqa: S603 - our own command
+        [
+            sys.executable,
+            "-W",
+            "error",
+            "-m",
+            "bearerguard",
+            "token",
+            "verify",
+            "-",
+            "--issuer",
+            session_issuer.url,
+            "--audience",
+            session_issuer.audience,
+            "--scope",
+            "items:read",
+            "--json",
+        ],
+        input=f"Bearer {token}\n",
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["token"]["sub"] == "sub-process"
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 15
+    assert httpx.get(session_issuer.jwks_uri, timeout=5).status_code == 200

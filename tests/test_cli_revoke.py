@@ -1,0 +1,364 @@
+"""``bearerguard revoke ...`` and ``bearerguard revocations list`` against a real Redis.
+
+The commands are driven through ``bearerguard._cli_revoke.run`` (the same parser and
+handlers that ``bearerguard.cli`` registers), against the session redis-server of
+``tests/redis_server.py`` with a namespace per test, or a private one for outages.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from bearerguard import AccessToken
+from bearerguard._cli_revoke import parse_instant, run
+from tests.redis_server import RedisServer
+
+ISS = "https://issuer.example"
+
+
+class Result:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code = code
+        self.out = out
+        self.err = err
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Any:
+    def invoke(*argv: str) -> Result:
+        code = run(list(argv))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return invoke
+
+
+@pytest.fixture
+def target(redis_server: RedisServer, redis_namespace: str) -> list[str]:
+    """The connection options of a namespace of this test's own."""
+    return ["--redis-url", redis_server.url, "--namespace", redis_namespace]
+
+
+@pytest.fixture
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def token(jti: str = "j1", sub: str = "alice", client_id: str = "web", iat: float = 0) -> Any:
+    now = time.time()
+    claims = {"iss": ISS, "aud": "api", "exp": now + 600, "jti": jti, "sub": sub}
+    claims |= {"client_id": client_id, "iat": iat or now - 10}
+    return AccessToken.from_claims(
+        claims,
+        scopes=frozenset(),
+        expires_at=now + 600,
+        issued_at=claims["iat"],
+        key_id=None,
+        algorithm="RS256",
+        fingerprint="f",
+    )
+
+
+@pytest.fixture
+def store(redis_server: RedisServer, redis_namespace: str) -> Iterator[Any]:
+    """The namespace as an API instance sees it (no mirror: each check asks Redis)."""
+    from bearerguard.revocation import RedisRevocationStore
+
+    checked = RedisRevocationStore(redis_server.url, namespace=redis_namespace, mirror=False)
+    yield checked
+    checked.close()
+
+
+# -- revoking and listing -------------------------------------------------------------------
+
+
+def test_revoke_a_token_and_see_it_refused(cli: Any, target: list[str], store: Any) -> None:
+    result = cli(
+        "revoke", "token", "j1", "--issuer", ISS, "--expires-at", "2099-01-01T00:00:00Z",
+        "--reason", "stolen laptop", *target,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert result.out == f"revoked token jti='j1' (issuer {ISS})\n"
+    assert "revoking token 'j1'" in result.err
+    assert store.is_revoked_sync(token())
+    assert not store.is_revoked_sync(token(jti="j2"))
+    [listed] = store.list_revocations_sync()
+    assert (listed.kind, listed.issuer, listed.name, listed.reason) == (
+        "token",
+        ISS,
+        "j1",
+        "stolen laptop",
+    )
+    # Kept until the token's exp plus the expiry grace (5 min).
+    assert listed.lapses_at == datetime(2099, 1, 1, 0, 5, tzinfo=timezone.utc)
+
+
+def test_revoke_a_subject_and_a_client(cli: Any, target: list[str], store: Any) -> None:
+    cutoff = time.time() - 5
+    result = cli("revoke", "subject", "alice", "--issued-before", str(cutoff), *target)
+    assert result.code == 0, result.err
+    assert "revoked subject 'alice' (any issuer): tokens issued at or before" in result.out
+    assert store.is_revoked_sync(token(iat=cutoff - 60))
+    assert not store.is_revoked_sync(token(iat=cutoff + 1))  # issued after the cut-off
+    assert cli("revoke", "client", "web", "--issuer", ISS, "-q", *target).code == 0
+    assert store.is_revoked_sync(token(sub="bob"))  # every token of the client, up to now
+    assert not store.is_revoked_sync(token(sub="bob", client_id="cli"))
+
+
+def test_list_as_a_table_and_as_json(cli: Any, target: list[str]) -> None:
+    assert cli("revocations", "list", *target).out == (
+        f"no live revocations in namespace {target[-1]!r}\n"
+    )
+    cli("revoke", "token", "j1", "--expires-at", str(time.time() + 600), *target)
+    cli("revoke", "subject", "al\x1b[31mice", "--reason", "offboarded\n", *target)
+    table = cli("revocations", "list", *target)
+    assert table.code == 0
+    lines = table.out.splitlines()
+    assert lines[0].split() == ["KIND", "ISSUER", "NAME", "ISSUED", "BEFORE", "LAPSES", "REASON"]
+    assert lines[1].split()[:3] == ["token", "*", "j1"]
+    assert "in 15 min" in lines[1]  # 10 minutes and the 5-minute grace
+    # Names and reasons from Redis cannot drive the terminal.
+    assert "\x1b" not in table.out
+    assert "al\\x1b[31mice" in lines[2]
+    assert lines[2].endswith("offboarded\\n")
+    assert lines[3] == f"2 live revocation(s) in namespace {target[-1]!r}"
+
+    document = cli("revocations", "list", "--json", *target).json()
+    assert document["namespace"] == target[-1]
+    assert document["count"] == 2
+    first, second = document["revocations"]
+    assert (first["kind"], first["name"], first["issuer"], first["issued_before"]) == (
+        "token",
+        "j1",
+        None,
+        None,
+    )
+    assert second["name"] == "al\x1b[31mice"
+    assert second["reason"] == "offboarded\n"
+    assert second["issued_before"].endswith("Z")
+    only = cli("revocations", "list", "--json", "--kind", "subject", *target).json()
+    assert [item["kind"] for item in only["revocations"]] == ["subject"]
+    assert (
+        "1 live subject revocation(s)"
+        in cli("revocations", "list", "--kind", "subject", *target).out
+    )
+
+
+def test_json_output_of_revoke(cli: Any, target: list[str]) -> None:
+    result = cli("revoke", "client", "web", "--json", "--issued-before", "1767225600", *target)
+    assert result.json() == {
+        "ok": True,
+        "written": True,
+        "revocation": {
+            "kind": "client",
+            "name": "web",
+            "issuer": None,
+            "namespace": target[-1],
+            "reason": None,
+            "issued_before": "2026-01-01T00:00:00Z",
+        },
+    }
+
+
+def test_the_url_comes_from_the_environment(
+    cli: Any, redis_server: RedisServer, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BEARERGUARD_REDIS_URL", redis_server.url)
+    assert cli("revoke", "token", "j9", "--namespace", redis_namespace).code == 0
+    listed = cli("revocations", "list", "--json", "--namespace", redis_namespace).json()
+    assert [item["name"] for item in listed["revocations"]] == ["j9"]
+
+
+def test_namespaces_are_apart(cli: Any, target: list[str]) -> None:
+    cli("revoke", "token", "j1", *target)
+    other = [*target[:-1], target[-1] + "-other"]
+    assert cli("revocations", "list", "--json", *other).json()["count"] == 0
+
+
+def test_a_token_without_expiry_is_kept_for_the_retention(cli: Any, target: list[str]) -> None:
+    result = cli("revoke", "token", "j1", "--retention", "3600", *target)
+    assert result.code == 0
+    assert "without --expires-at the entry is kept for 1 h" in result.err
+    [listed] = cli("revocations", "list", "--json", *target).json()["revocations"]
+    lapses = datetime.fromisoformat(listed["lapses_at"].replace("Z", "+00:00")).timestamp()
+    assert abs(lapses - (time.time() + 3600)) < 5
+
+
+def test_an_expired_token_needs_no_revocation(cli: Any, target: list[str]) -> None:
+    result = cli("revoke", "token", "old", "--expires-at", "2020-01-01T00:00:00Z", *target)
+    assert result.code == 0
+    assert result.out.startswith("nothing written: the token expired")
+    assert cli("revocations", "list", "--json", *target).json()["count"] == 0
+    result = cli("revoke", "token", "old", "--json", "--expires-at", "1000", *target)
+    assert result.json()["written"] is False
+
+
+# -- usage errors (exit 2) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("when", "message"),
+    [
+        ("tomorrow", "not an instant: 'tomorrow'"),
+        ("2026-01-01T00:00:00", "has no UTC offset"),
+        ("2026-01-01", "has no UTC offset"),
+        ("1767225600000", "not milliseconds"),
+        ("-5", "not an instant"),
+    ],
+)
+def test_bad_dates_are_usage_errors(cli: Any, when: str, message: str) -> None:
+    result = cli("revoke", "subject", "alice", f"--issued-before={when}")
+    assert result.code == 2
+    assert message in result.err
+    assert "Traceback" not in result.err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1767225600", 1767225600.0),
+        ("1767225600.5", 1767225600.5),
+        ("2026-01-01T00:00:00Z", 1767225600.0),
+        ("2026-01-01T01:00:00+01:00", 1767225600.0),
+        ("2026-01-01 00:00z", 1767225600.0),
+    ],
+)
+def test_instants(text: str, expected: float) -> None:
+    assert parse_instant(text) == expected
+    assert abs(parse_instant("now") - time.time()) < 1
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1:6379/0", "must start with redis://, rediss:// or unix://"),
+        ("redis://127.0.0.1:abc/0", "Port could not be cast"),
+        ("redis://127.0.0.1:99999/0", "out of range"),
+        ("redis://127.0.0.1:6379/orders", "the path must be a database number"),
+        ("redis:///0", "no host"),
+        ("unix://", "needs a socket path"),
+    ],
+)
+def test_malformed_urls_are_usage_errors(cli: Any, url: str, message: str) -> None:
+    result = cli("revocations", "list", "--redis-url", url)
+    assert result.code == 2
+    assert message in result.err
+    assert len(result.err.strip().splitlines()) <= 2  # the progress line, then the error
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["revoke"],
+        ["revocations"],
+        ["revoke", "token"],
+        ["revoke", "token", "j1", "--timeout", "0"],
+        ["revocations", "list", "--kind", "everything"],
+    ],
+)
+def test_incomplete_commands_are_usage_errors(cli: Any, argv: list[str]) -> None:
+    result = cli(*argv)
+    assert result.code == 2
+    assert "usage: bearerguard" in result.err
+
+
+def test_a_reason_too_long_is_a_usage_error(cli: Any, target: list[str]) -> None:
+    result = cli("revoke", "token", "j1", "--reason", "x" * 501, *target)
+    assert (result.code, result.err.strip()) == (
+        2,
+        "bearerguard: --reason must be 1 to 500 characters",
+    )
+
+
+def test_without_redis_py_the_extra_is_named() -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "from bearerguard._cli_revoke import run\n"
+        "sys.exit(run(['revocations', 'list', '--redis-url', 'redis://127.0.0.1:1/0']))\n"
+    )
+    result = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=30
+    )
+    assert result.returncode == 2
+    assert "pip install 'bearerguard[redis]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- Redis that cannot be used (exit 3) -----------------------------------------------------
+
+
+def test_an_unreachable_server(cli: Any, closed_port: int) -> None:
+    url = f"redis://:s3cret@127.0.0.1:{closed_port}/0"
+    result = cli("revoke", "token", "j1", "--redis-url", url)
+    assert result.code == 3
+    last = result.err.strip().splitlines()[-1]
+    assert last.startswith(
+        f"bearerguard: cannot reach Redis at redis://:***@127.0.0.1:{closed_port}/0"
+    )
+    assert "Connection refused" in last
+    assert "s3cret" not in result.err
+    assert "Traceback" not in result.err
+    document = cli("revocations", "list", "--json", "-q", "--redis-url", url).json()
+    assert document["ok"] is False
+    assert document["error"]["kind"] == "unreachable"
+
+
+def test_an_unknown_host(cli: Any) -> None:
+    result = cli("revocations", "list", "-q", "--redis-url", "redis://redis.invalid:6379/0")
+    assert result.code == 3
+    assert result.err.startswith("bearerguard: cannot reach Redis at redis://redis.invalid:6379/0")
+
+
+def test_a_server_that_does_not_answer(cli: Any) -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel does), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        started = time.monotonic()
+        result = cli("revocations", "list", "-q", "--timeout", "0.2", "--redis-url", url)
+    assert result.code == 3
+    assert "did not answer in time" in result.err
+    assert time.monotonic() - started < 2
+
+
+def test_a_wrong_database_or_password(cli: Any, private_redis: RedisServer) -> None:
+    result = cli("revocations", "list", "-q", "--redis-url", private_redis.url[:-1] + "99")
+    assert result.code == 3
+    assert "refused the command: DB index is out of range" in result.err
+    with private_redis.client() as admin:
+        admin.config_set("requirepass", "right")
+    result = cli("revocations", "list", "-q", "--redis-url", private_redis.url)
+    assert result.code == 3
+    assert "refused the credentials" in result.err
+    wrong = private_redis.url.replace("redis://", "redis://:wrong@")
+    result = cli("revoke", "subject", "alice", "-q", "--redis-url", wrong)
+    assert result.code == 3
+    assert "refused the credentials" in result.err
+    assert "wrong" not in result.err.replace("redis://:***@", "")
+    right = private_redis.url.replace("redis://", "redis://:right@")
+    assert cli("revoke", "subject", "alice", "-q", "--redis-url", right).code == 0
+
+
+def test_a_namespace_holding_unreadable_data(
+    cli: Any, redis_server: RedisServer, target: list[str]
+) -> None:
+    with redis_server.client() as admin:
+        admin.set(f"{target[-1]}:t:*:j1", "not json")
+    result = cli("revocations", "list", "-q", *target)
+    assert result.code == 1
+    assert "unreadable revocation entry" in result.err

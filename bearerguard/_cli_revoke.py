@@ -5,7 +5,9 @@ shares the Redis and the namespace enforces a revocation made here within millis
 The commands use the store's synchronous side without a mirror (one round trip per
 revocation; ``SCAN`` for the list), so they need nothing but the Redis URL.
 
-Registration imports nothing heavy; redis-py is imported when a command runs, and its
+Handlers raise ``CommandError`` for expected failures; ``bearerguard.cli.main`` (and ``run``
+here) report it as one line, or a JSON document with ``--json``. Registration imports
+nothing heavy; redis-py is imported when a command runs, and its
 absence is reported as a missing extra (exit 2). A URL that cannot be a Redis URL is a usage
 error (exit 2); a Redis that cannot be reached or used through it (refused, unknown host,
 timeout, wrong password or database) exits 3 with one line saying so, never a traceback.
@@ -14,15 +16,14 @@ timeout, wrong password or database) exits 3 with one line saying so, never a tr
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from functools import partial, wraps
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,6 +38,7 @@ from bearerguard._cli_common import (
     Handler,
     add_output_options,
     describe_duration,
+    positive_seconds,
     print_usage,
     relative,
     usage_error,
@@ -101,16 +103,6 @@ def parse_instant(text: str) -> float:
     return instant.timestamp()
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
-
-
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-url",
@@ -127,7 +119,7 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=_seconds,
+        type=positive_seconds,
         default=5.0,
         metavar="SECONDS",
         help="the longest wait for Redis to connect and to answer (default 5)",
@@ -160,26 +152,13 @@ def _add_target_options(parser: argparse.ArgumentParser, *, cutoff: bool) -> Non
     parser.add_argument("--reason", metavar="TEXT", help="a short note kept with the entry")
     parser.add_argument(
         "--retention",
-        type=_seconds,
+        type=positive_seconds,
         default=86_400.0,
         metavar="SECONDS",
         help="how long an entry without a known expiry is kept"
         + (" (a cut-off always is)" if cutoff else "")
         + ": at least your longest token lifetime (default 86400, one day)",
     )
-
-
-def _guarded(handler: Handler) -> Handler:
-    """Report a ``CommandError`` on the console and return its exit code."""
-
-    @wraps(handler)
-    def run_handler(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except CommandError as error:
-            return Console.of(args).fail(error)
-
-    return run_handler
 
 
 def add_revocation_commands(commands: Commands) -> None:
@@ -216,7 +195,7 @@ def add_revocation_commands(commands: Commands) -> None:
     for parser, kind in ((token, "token"), (subject, "subject"), (client, "client")):
         _add_target_options(parser, cutoff=kind != "token")
         _add_connection_options(parser)
-        parser.set_defaults(handler=_guarded(partial(run_revoke, kind)))
+        parser.set_defaults(handler=partial(run_revoke, kind))
 
     revocations = commands.add_parser(
         "revocations",
@@ -234,7 +213,7 @@ def add_revocation_commands(commands: Commands) -> None:
         "--kind", choices=("token", "subject", "client"), help="only revocations of this kind"
     )
     _add_connection_options(listing)
-    listing.set_defaults(handler=_guarded(run_list))
+    listing.set_defaults(handler=run_list)
 
 
 # -- the store ------------------------------------------------------------------------------
@@ -512,9 +491,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         if exc.code is None:
             return EXIT_OK
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    handler: Callable[[argparse.Namespace], int] = args.handler
+    handler: Handler = args.handler
     try:
         return handler(args)
+    except CommandError as exc:
+        return Console.of(args).fail(exc)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

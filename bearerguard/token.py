@@ -11,6 +11,19 @@ from typing import Any
 __all__ = ["AccessToken"]
 
 
+# RFC 9068 §2.2 names the client in client_id; OIDC-style tokens use azp, Okta uses cid and
+# Entra ID v1 tokens appid.
+_CLIENT_CLAIMS = ("client_id", "azp", "cid", "appid")
+
+
+def _client_id(claims: Mapping[str, Any]) -> str | None:
+    for name in _CLIENT_CLAIMS:
+        value = claims.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class AccessToken:
     """A token whose signature, claims and revocation status have been checked.
@@ -20,7 +33,8 @@ class AccessToken:
         scopes: every scope granted, from ``scope``, ``scp`` and any configured claim.
         claims: all claims, read-only.
         token_id: the ``jti`` claim (RFC 7519 §4.1.7), if any.
-        client_id: the ``client_id`` claim (RFC 9068 §2.2), else ``azp``, if any.
+        client_id: the ``client_id`` claim (RFC 9068 §2.2), else ``azp``, ``cid`` (Okta) or
+            ``appid`` (Entra ID v1), if any.
         issuer: the ``iss`` claim, equal to the guard's trusted issuer.
         audience: the ``aud`` claim as a tuple.
         expires_at: ``exp`` as an aware UTC datetime.
@@ -66,7 +80,7 @@ class AccessToken:
             scopes=scopes,
             claims=MappingProxyType(claims),
             token_id=claims.get("jti"),
-            client_id=claims.get("client_id") or claims.get("azp"),
+            client_id=_client_id(claims),
             issuer=claims["iss"],
             audience=(aud,) if isinstance(aud, str) else tuple(aud),
             expires_at=datetime.fromtimestamp(expires_at, timezone.utc),

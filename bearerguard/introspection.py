@@ -38,7 +38,7 @@ from bearerguard._core.introspected import (
     parse_introspection_response,
 )
 from bearerguard.errors import ConfigurationError, ServiceUnavailableError
-from bearerguard.jwks import USER_AGENT, check_url
+from bearerguard.jwks import check_url, client_options
 
 __all__ = [
     "InactiveTokenError",
@@ -373,16 +373,4 @@ class Introspector:
 
     def _client_options(self) -> dict[str, Any]:
         # A short-lived client per exchange, bound to no event loop (as in jwks.py).
-        return {
-            "headers": {
-                "User-Agent": USER_AGENT,
-                "Accept": "application/json",
-                # Uncompressed only: a compressed body could inflate past max_bytes in one
-                # chunk before the size check sees it.
-                "Accept-Encoding": "identity",
-            },
-            "timeout": self.timeout,
-            "follow_redirects": False,
-            "trust_env": False,
-            "verify": self._tls,
-        }
+        return client_options(self.timeout, self._tls)

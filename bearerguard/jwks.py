@@ -28,6 +28,7 @@ __all__ = [
     "FetchPolicy",
     "JWKSFetcher",
     "check_url",
+    "client_options",
     "discovery_urls",
 ]
 
@@ -69,6 +70,26 @@ def check_url(url: str, what: str) -> str:
     if not secure or not host or parts.username or parts.password or parts.fragment:
         raise refusal
     return url
+
+
+def client_options(timeout: float, tls: ssl.SSLContext) -> dict[str, Any]:
+    """httpx client settings for every request bearerguard makes to an authorization server.
+
+    No redirects, no proxies or credentials from the environment, a prebuilt TLS context
+    (loading the CA bundle costs tens of milliseconds), and uncompressed bodies only: a
+    compressed body could inflate far past a size limit within one chunk.
+    """
+    return {
+        "headers": {
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+            "Accept-Encoding": "identity",
+        },
+        "timeout": timeout,
+        "follow_redirects": False,
+        "trust_env": False,
+        "verify": tls,
+    }
 
 
 def discovery_urls(issuer: str) -> tuple[str, str]:
@@ -186,19 +207,7 @@ class JWKSFetcher:
     def _client_options(self) -> dict[str, Any]:
         # A short-lived client per refresh: fetches are rare, and a client bound to no event
         # loop keeps the guard usable across loops (tests, lifespans, reloads).
-        return {
-            "headers": {
-                "User-Agent": USER_AGENT,
-                "Accept": "application/json",
-                # Uncompressed only: a compressed body could inflate far past max_bytes
-                # within one chunk before the size check sees it.
-                "Accept-Encoding": "identity",
-            },
-            "timeout": self.policy.timeout,
-            "follow_redirects": False,
-            "trust_env": False,
-            "verify": self._tls,
-        }
+        return client_options(self.policy.timeout, self._tls)
 
     def _flow(self) -> _Flow:
         """Discovery (when needed), then the key set: the logic both drivers share."""

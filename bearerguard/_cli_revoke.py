@@ -7,10 +7,10 @@ revocation; ``SCAN`` for the list), so they need nothing but the Redis URL.
 
 Handlers raise ``CommandError`` for expected failures; ``bearerguard.cli.main`` (and ``run``
 here) report it as one line, or a JSON document with ``--json``. Registration imports
-nothing heavy; redis-py is imported when a command runs, and its
-absence is reported as a missing extra (exit 2). A URL that cannot be a Redis URL is a usage
-error (exit 2); a Redis that cannot be reached or used through it (refused, unknown host,
-timeout, wrong password or database) exits 3 with one line saying so, never a traceback.
+nothing heavy; redis-py is imported when a command runs, and its absence is reported as a
+missing extra (exit 2). A URL that cannot be a Redis URL is a usage error (exit 2); a Redis
+that cannot be reached or used through it (refused, unknown host, timeout, wrong password
+or database) exits 3 with one line saying so, never a traceback.
 """
 
 from __future__ import annotations

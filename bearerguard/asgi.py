@@ -31,6 +31,7 @@ from bearerguard.errors import (
     ServiceUnavailableError,
 )
 from bearerguard.guard import BearerGuard
+from bearerguard.metadata import ProtectedResource
 from bearerguard.token import AccessToken
 
 __all__ = ["WEBSOCKET_TOKEN_PROTOCOL_PREFIX", "BearerGuardMiddleware", "PublicPaths", "TokenUser"]
@@ -63,6 +64,14 @@ class TokenUser(BaseUser):
     @property
     def identity(self) -> str:
         return self.access_token.subject or ""
+
+
+async def _serve_metadata(resource: ProtectedResource, scope: Scope, send: Send) -> None:
+    """Answer a request for the protected-resource metadata (RFC 9728 §3)."""
+    status, headers, body = resource.response(scope["method"])
+    raw = [(name.encode(), value.encode()) for name, value in headers]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _respond(refusal: Refusal) -> Response:
@@ -173,10 +182,7 @@ class BearerGuardMiddleware:
         guard = self.guard
         resource = guard.protected_resource
         if resource is not None and kind == "http" and scope["path"] in resource.paths:
-            status, headers, body = resource.response(scope["method"])
-            raw = [(name.encode(), value.encode()) for name, value in headers]
-            await send({"type": "http.response.start", "status": status, "headers": raw})
-            await send({"type": "http.response.body", "body": body})
+            await _serve_metadata(resource, scope, send)
             return
         authorization: list[bytes] = []
         request_id: bytes | None = None
@@ -186,6 +192,7 @@ class BearerGuardMiddleware:
             elif name == b"x-request-id":
                 request_id = value
         query = scope.get("query_string", b"")
+        request = _describe(scope, request_id)
         try:
             if kind == "websocket" and self.websocket_credentials:
                 authorization, query = _websocket_credentials(
@@ -198,13 +205,17 @@ class BearerGuardMiddleware:
                 self.public_paths,
                 max_bytes=guard.max_token_bytes,
             )
-            access = None if token is None else await guard.authenticate(token)
+            if token is None:
+                access = None
+            elif guard.usage is None:
+                access = await guard.authenticate(token)
+            else:
+                info = RequestInfo(*request)
+                access = await guard.authenticate(token, client=info.client, request=info)
         except AuthError as error:
-            refused = RequestInfo(*_describe(scope, request_id))
-            guard.audit.refused(error, refused, perf_counter() - started)
+            guard.audit.refused(error, RequestInfo(*request), perf_counter() - started)
             await self._refuse(scope, receive, send, error)
             return
-        request = _describe(scope, request_id)
         auth = RequestAuth(guard, access, started, request, _respond, websocket=kind == "websocket")
         if access is None:
             scope.setdefault("auth", AuthCredentials())

@@ -4,8 +4,9 @@ The library only asks structlog for a logger; configuring structlog (renderers, 
 where events go) belongs to the application. Events never carry the raw token nor any part
 of its signature: a short SHA-256 fingerprint correlates events of one token.
 
-Event names (stable): ``token.accepted``, ``token.rejected``, ``scope.denied`` and
-``auth.unavailable``. ``docs/audit-events.md`` documents every field.
+Event names (stable): ``token.accepted``, ``token.rejected``, ``scope.denied``,
+``auth.unavailable`` and ``token.anomaly`` (usage monitoring); the SET receiver adds
+``event.received`` and ``event.rejected``. ``docs/audit-events.md`` documents every field.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ Commands:
 - ``demo``: a walkthrough against a local demo API (``bearerguard._demo``).
 - ``token mint | inspect | verify`` (``bearerguard._cli_token``).
 - ``jwks show | check`` (``bearerguard._cli_jwks``).
+- ``revoke token | subject | client`` and ``revocations list``, against a Redis revocation
+  store (``bearerguard._cli_revoke``).
 
 Every leaf but ``demo`` takes ``--json`` (one JSON document on standard output) and
 ``--quiet`` (no progress lines on standard error). Expected failures (an unreachable
@@ -21,7 +23,7 @@ issuer, a bad argument, a key file that is not a key) are one line on standard e
 JSON document with ``--json``; never a traceback.
 
 Exit codes: 0 success, 1 the command ran and the answer is no (an invalid token, a key set
-with errors), 2 usage error or missing extra, 3 the issuer or key set is unreachable,
+with errors), 2 usage error or missing extra, 3 the issuer, the key set or Redis is unreachable,
 130 interrupted (Ctrl-C).
 """
 
@@ -47,6 +49,7 @@ from bearerguard._cli_common import (
 )
 from bearerguard._cli_common import Commands as _Commands
 from bearerguard._cli_jwks import add_jwks_commands
+from bearerguard._cli_revoke import add_revocation_commands
 from bearerguard._cli_token import add_token_commands
 
 __all__ = [
@@ -110,6 +113,7 @@ _COMMANDS: tuple[Callable[[_Commands], None], ...] = (
     _add_demo,
     add_token_commands,
     add_jwks_commands,
+    add_revocation_commands,
 )
 
 

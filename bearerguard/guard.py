@@ -36,7 +36,7 @@ from bearerguard._core.keys import (
     verify_signature,
 )
 from bearerguard._core.scopes import ScopeImplications, parse_scope_claim_paths, read_scopes
-from bearerguard.audit import AuditLog
+from bearerguard.audit import AuditLog, RequestInfo
 from bearerguard.errors import (
     AuthError,
     BadSignatureError,
@@ -54,12 +54,21 @@ from bearerguard.metadata import ProtectedResource, ResourceMetadata, check_reso
 from bearerguard.revocation.memory import MemoryRevocationStore
 from bearerguard.revocation.protocol import RevocationStore, SyncRevocationStore
 from bearerguard.token import AccessToken
+from bearerguard.usage import (
+    SyncUsageMonitor,
+    UsageAnomalyError,
+    UsageMonitor,
+    UsageVerdict,
+    consequence,
+    usage_failed,
+)
 
 __all__ = ["DEFAULT_ALGORITHMS", "BearerGuard"]
 
 DEFAULT_ALGORITHMS: tuple[str, ...] = tuple(sorted(ASYMMETRIC_ALGORITHMS))
 _RFC9068_CLAIMS = frozenset({"sub", "client_id", "iat", "jti"})
 _log = logging.getLogger("bearerguard")
+_UNKNOWN_REQUEST = RequestInfo("-", "-", None, None)
 
 
 class _KeysNeeded(Exception):  # noqa: N818 - a signal between the core and its drivers
@@ -126,6 +135,31 @@ def _introspector(introspection: object) -> Introspector | None:
     if not isinstance(introspection, Introspector | None):
         raise ConfigurationError("introspection must be an Introspector")
     return introspection
+
+
+def _key_source(
+    issuer: str,
+    *,
+    keys: Any,
+    jwks_uri: str | None,
+    asymmetric: frozenset[str],
+    refresh: RefreshPolicy,
+    fetch: FetchPolicy,
+) -> tuple[JWKSFetcher | None, KeyCache]:
+    """Static keys, or a fetcher for the issuer's JWKS (none when only HS* is allowed)."""
+    if keys is not None:
+        if jwks_uri is not None:
+            raise ConfigurationError("give either static keys or jwks_uri, not both")
+        return None, KeyCache(refresh, _static_keys(keys, asymmetric))
+    if asymmetric:
+        return JWKSFetcher(issuer, jwks_uri, fetch), KeyCache(refresh)
+    return None, KeyCache(refresh, KeySet([]))
+
+
+def _usage_monitor(usage: object) -> UsageMonitor | SyncUsageMonitor | None:
+    if usage is not None and not isinstance(usage, UsageMonitor | SyncUsageMonitor):
+        raise ConfigurationError("usage must be a UsageMonitor (see bearerguard.usage)")
+    return usage
 
 
 def _audiences(audience: str | Sequence[str] | None, resource: str | None) -> tuple[str, ...]:
@@ -201,6 +235,10 @@ class BearerGuard:
         claim_checks: callables given the claims; a falsy result or an exception refuses.
         scope_claims: further claims read as scopes, besides ``scope`` and ``scp``; dotted
             paths reach into objects (``"realm_access.roles"``).
+        usage: watch how each token is used (``bearerguard.usage``): distinct client
+            networks and uses per token and per subject over a window, with a
+            ``token.anomaly`` audit event and, as its policy says, the token refused or
+            revoked. Off by default.
         scope_implications: broader scopes and the narrower ones they imply, applied by
             every scope check (``{"items:write": ["items:read"], "admin": ["admin:*"]}``);
             see ``ScopeImplications``.
@@ -233,6 +271,7 @@ class BearerGuard:
         revocation: RevocationStore | None = None,
         revocation_failure: Literal["deny", "allow"] = "deny",
         introspection: Introspector | None = None,
+        usage: UsageMonitor | SyncUsageMonitor | None = None,
         keys: Any = None,
         secret: str | bytes | None = None,
         profile: Literal["rfc9068"] | None = None,
@@ -279,20 +318,18 @@ class BearerGuard:
             raise ConfigurationError("revocation must implement RevocationStore.is_revoked")
         self._fail_open = revocation_failure == "allow"
         self._introspector = _introspector(introspection)
+        self.usage = _usage_monitor(usage)
         self._store_name = str(getattr(self.revocation, "name", type(self.revocation).__name__))
         strict = profile == "rfc9068"
-        required = set(required_claims)
-        if strict:
-            required |= _RFC9068_CLAIMS
-        if require_jti:
-            required.add("jti")
         self._policy = ClaimsPolicy(
             issuer=self.issuer,
             audiences=frozenset(audiences),
             leeway=self.leeway,
             max_age=max_age,
             require_typ=require_typ or strict,
-            required_claims=frozenset(required),
+            required_claims=frozenset(required_claims)
+            | (_RFC9068_CLAIMS if strict else frozenset())
+            | ({"jti"} if require_jti else frozenset()),
             checks=tuple(claim_checks),
         )
         # How scopes are read from tokens, and how they are matched against routes.
@@ -303,17 +340,14 @@ class BearerGuard:
         self._secret = None if secret is None else key_from_secret(secret, allowed)
         asymmetric = allowed & ASYMMETRIC_ALGORITHMS
         self._refresh_policy = refresh or RefreshPolicy()
-        if keys is not None:
-            if jwks_uri is not None:
-                raise ConfigurationError("give either static keys or jwks_uri, not both")
-            self._fetcher: JWKSFetcher | None = None
-            self._keys = KeyCache(self._refresh_policy, _static_keys(keys, asymmetric))
-        elif asymmetric:
-            self._fetcher = JWKSFetcher(self.issuer, jwks_uri, fetch or FetchPolicy())
-            self._keys = KeyCache(self._refresh_policy)
-        else:
-            self._fetcher = None
-            self._keys = KeyCache(self._refresh_policy, KeySet([]))
+        self._fetcher, self._keys = _key_source(
+            self.issuer,
+            keys=keys,
+            jwks_uri=jwks_uri,
+            asymmetric=asymmetric,
+            refresh=self._refresh_policy,
+            fetch=fetch or FetchPolicy(),
+        )
         self._cache: LRUCache[bytes, _Verified] | None = (
             LRUCache(maxsize=cache_size) if cache_size > 0 else None
         )
@@ -334,13 +368,17 @@ class BearerGuard:
 
     # -- the flow -------------------------------------------------------------------------
 
-    async def authenticate(self, token: str | bytes) -> AccessToken:
+    async def authenticate(
+        self, token: str | bytes, *, client: str | None = None, request: RequestInfo | None = None
+    ) -> AccessToken:
         """Verify ``token`` and check its revocation status.
 
         Args:
             token: the bearer token, as text or as the raw credentials of the request's
                 ``Authorization`` header. Its b64token syntax (RFC 6750 §2.1) is checked
                 unless this exact token was verified before.
+            client: the client's address, counted by usage monitoring.
+            request: the request, for the ``token.anomaly`` audit event.
 
         Returns:
             The verified token.
@@ -375,12 +413,16 @@ class BearerGuard:
             else:
                 if revoked:
                     self._revoked(access)
+            if self.usage is not None:
+                await self._observe(access, client, request)
         except AuthError as exc:
             exc.fingerprint = _fingerprint(digest)
             raise
         return access
 
-    def authenticate_sync(self, token: str | bytes) -> AccessToken:
+    def authenticate_sync(
+        self, token: str | bytes, *, client: str | None = None, request: RequestInfo | None = None
+    ) -> AccessToken:
         """Verify ``token`` as ``authenticate`` does, blocking this thread (for WSGI).
 
         Key fetches are coalesced across threads, no lock is held while verifying, and no
@@ -412,6 +454,8 @@ class BearerGuard:
             else:
                 if revoked:
                     self._revoked(access)
+            if self.usage is not None:
+                self._observe_sync(access, client, request)
         except AuthError as exc:
             exc.fingerprint = _fingerprint(digest)
             raise
@@ -576,6 +620,15 @@ class BearerGuard:
         refusal.store = self._store_name
         raise refusal
 
+    def _usage_consequence(
+        self, access: AccessToken, verdict: UsageVerdict, request: RequestInfo | None
+    ) -> str:
+        """What a usage verdict means for this request; records the anomaly once a window."""
+        decided = consequence(verdict)
+        if decided != "allow" and verdict.first:
+            self.audit.anomaly(access, request or _UNKNOWN_REQUEST, verdict)
+        return decided
+
     # -- the asynchronous I/O edge --------------------------------------------------------
 
     async def _refresh(self, *, unknown_kid: bool = False) -> None:
@@ -599,7 +652,39 @@ class BearerGuard:
             self._refreshing.set()
             self._refreshing = None
 
+    async def _observe(
+        self, access: AccessToken, client: str | None, request: RequestInfo | None
+    ) -> None:
+        usage = self.usage
+        if not isinstance(usage, UsageMonitor):
+            raise ConfigurationError("the usage monitor has no asynchronous side (observe)")
+        try:
+            verdict = await usage.observe(access, client)
+        except Exception as exc:  # noqa: BLE001 - the monitor's own failure policy decides
+            usage_failed(usage.policy, exc)
+            return
+        decided = self._usage_consequence(access, verdict, request)
+        if decided == "revoke":
+            try:
+                await getattr(self.revocation, "revoke_token")(  # noqa: B009 - not in the protocol
+                    access.token_id, access.expires_at, issuer=access.issuer
+                )
+            except Exception as exc:  # noqa: BLE001 - the token is refused all the same
+                _log.warning("bearerguard: revoking a misused token failed: %r", exc)
+        if decided in ("reject", "revoke"):
+            raise UsageAnomalyError.of(verdict, access)
+
     # -- the synchronous I/O edge ---------------------------------------------------------
+
+    def require_sync_side(self) -> None:
+        """Check that everything this guard calls offers a synchronous side, for WSGI.
+
+        Raises:
+            ConfigurationError: the revocation store or the usage monitor is async-only.
+        """
+        self.require_sync_revocation()
+        if self.usage is not None and not isinstance(self.usage, SyncUsageMonitor):
+            raise ConfigurationError("the usage monitor has no synchronous side (observe_sync)")
 
     def require_sync_revocation(self) -> SyncRevocationStore:
         """The revocation store's synchronous side, for WSGI.
@@ -701,6 +786,28 @@ class BearerGuard:
         key = self._select_key(jws, refreshed=refreshed)
         if not verify_signature(key, jws.alg, jws.signing_input, jws.signature):
             raise BadSignatureError("signature does not verify")
+
+    def _observe_sync(
+        self, access: AccessToken, client: str | None, request: RequestInfo | None
+    ) -> None:
+        usage = self.usage
+        if not isinstance(usage, SyncUsageMonitor):
+            raise ConfigurationError("the usage monitor has no synchronous side (observe_sync)")
+        try:
+            verdict = usage.observe_sync(access, client)
+        except Exception as exc:  # noqa: BLE001 - the monitor's own failure policy decides
+            usage_failed(usage.policy, exc)
+            return
+        decided = self._usage_consequence(access, verdict, request)
+        if decided == "revoke":
+            try:
+                getattr(self.revocation, "revoke_token_sync")(  # noqa: B009 - not in the protocol
+                    access.token_id, access.expires_at, issuer=access.issuer
+                )
+            except Exception as exc:  # noqa: BLE001 - the token is refused all the same
+                _log.warning("bearerguard: revoking a misused token failed: %r", exc)
+        if decided in ("reject", "revoke"):
+            raise UsageAnomalyError.of(verdict, access)
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -105,7 +105,7 @@ class BearerGuardWSGIMiddleware:
     ) -> None:
         if not isinstance(guard, BearerGuard):
             raise ConfigurationError("guard must be a BearerGuard")
-        guard.require_sync_revocation()
+        guard.require_sync_side()
         self.app = app
         self.guard = guard
         self.public_paths = PublicPaths(public_paths)
@@ -126,6 +126,7 @@ class BearerGuardWSGIMiddleware:
             status_code, headers, body = resource.response(str(environ.get("REQUEST_METHOD")))
             start_response(f"{status_code} {HTTPStatus(status_code).phrase}", headers)
             return [body]
+        request = _describe(environ, path)
         try:
             # Servers join repeated headers with commas: such a value is not one b64token,
             # so it is refused as invalid_request, as two headers are over ASGI.
@@ -136,16 +137,20 @@ class BearerGuardWSGIMiddleware:
                 self.public_paths,
                 max_bytes=guard.max_token_bytes,
             )
-            access = None if token is None else guard.authenticate_sync(token)
+            if token is None:
+                access = None
+            elif guard.usage is None:
+                access = guard.authenticate_sync(token)
+            else:
+                info = RequestInfo(*request)
+                access = guard.authenticate_sync(token, client=info.client, request=info)
         except AuthError as error:
-            guard.audit.refused(
-                error, RequestInfo(*_describe(environ, path)), perf_counter() - started
-            )
+            guard.audit.refused(error, RequestInfo(*request), perf_counter() - started)
             refusal = refusal_for(guard, error)
             status = f"{refusal.status} {HTTPStatus(refusal.status).phrase}"
             start_response(status, list(refusal.headers))
             return [refusal.body]
-        auth = RequestAuth(guard, access, started, _describe(environ, path), self.respond)
+        auth = RequestAuth(guard, access, started, request, self.respond)
         if access is not None:
             guard.audit.accepted(access, auth, perf_counter() - started)
         environ[SCOPE_KEY] = auth

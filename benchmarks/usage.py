@@ -2,8 +2,8 @@
 
 Usage (from the repository root; starts its own redis-server, needs the binary on PATH):
 
-    .venv/bin/python benchmarks/usage.py            # about 30 seconds
-    .venv/bin/python benchmarks/usage.py --quick    # a smoke check, a few seconds
+    .venv/bin/python benchmarks/usage.py            # about a minute and a half
+    .venv/bin/python benchmarks/usage.py --quick    # a smoke check, about 15 seconds
 
 Measured:
 

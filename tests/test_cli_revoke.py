@@ -362,3 +362,20 @@ def test_a_namespace_holding_unreadable_data(
     result = cli("revocations", "list", "-q", *target)
     assert result.code == 1
     assert "unreadable revocation entry" in result.err
+
+
+def test_through_bearerguard_cli_main(
+    target: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Wired as ``bearerguard.cli`` wires every command: one entry in its ``_COMMANDS``."""
+    from bearerguard import cli
+    from bearerguard._cli_revoke import add_revocation_commands
+
+    if add_revocation_commands not in cli._COMMANDS:
+        monkeypatch.setattr(cli, "_COMMANDS", (*cli._COMMANDS, add_revocation_commands))
+    assert cli.main(["revoke", "subject", "alice", "-q", *target]) == cli.EXIT_OK
+    assert capsys.readouterr().out.startswith("revoked subject 'alice'")
+    assert cli.main(["revocations", "list", "--json", "-q", *target]) == cli.EXIT_OK
+    assert json.loads(capsys.readouterr().out)["count"] == 1
+    assert cli.main(["revocations", "list", "-q", "--redis-url", "redis://127.0.0.1:1/0"]) == 3
+    assert "cannot reach Redis" in capsys.readouterr().err

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
-from ipaddress import IPv4Address, IPv6Address
+from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Literal, NamedTuple
 
 from bearerguard.errors import ConfigurationError
@@ -261,36 +260,35 @@ def address_key(client: str | None, policy: UsagePolicy) -> str | None:
     """
     if not client:
         return None
-    if ":" not in client and policy.ipv4_prefix == 32:
-        return client[:MAX_ADDRESS_LENGTH]  # the common case, without parsing
-    return _network_key(client[:MAX_ADDRESS_LENGTH], policy.ipv4_prefix, policy.ipv6_prefix)
-
-
-@lru_cache(maxsize=4096)  # parsing an IPv6 address costs microseconds; clients come back
-def _network_key(client: str, ipv4_prefix: int, ipv6_prefix: int) -> str:
+    client = client[:MAX_ADDRESS_LENGTH]
     if ":" not in client:
+        if policy.ipv4_prefix == 32:
+            return client  # the common case, without parsing
         try:
-            address = IPv4Address(client)
-        except ValueError:
+            packed = inet_pton(AF_INET, client)
+        except OSError:
             return client
-        return _network(int(address), 32, ipv4_prefix, IPv4Address)
+        return _network(AF_INET, packed, policy.ipv4_prefix)
     try:
-        address6 = IPv6Address(client.strip("[]"))
-    except ValueError:
+        # inet_pton, not ipaddress: C, and a tenth of the cost on the hot path.
+        packed = inet_pton(AF_INET6, client.strip("[]"))
+    except OSError:
         return client
-    mapped = address6.ipv4_mapped
-    if mapped is not None:
-        if ipv4_prefix == 32:
-            return str(mapped)
-        return _network(int(mapped), 32, ipv4_prefix, IPv4Address)
-    return _network(int(address6), 128, ipv6_prefix, IPv6Address)
+    if packed[:12] == _IPV4_MAPPED:
+        if policy.ipv4_prefix == 32:
+            return inet_ntop(AF_INET, packed[12:])
+        return _network(AF_INET, packed[12:], policy.ipv4_prefix)
+    return _network(AF_INET6, packed, policy.ipv6_prefix)
 
 
-def _network(
-    value: int, bits: int, prefix: int, kind: type[IPv4Address] | type[IPv6Address]
-) -> str:
+_IPV4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96 (RFC 4291 §2.5.5.2)
+
+
+def _network(family: int, packed: bytes, prefix: int) -> str:
+    bits = len(packed) * 8
     shift = bits - prefix
-    return f"{kind((value >> shift) << shift)}/{prefix}"
+    value = int.from_bytes(packed, "big") >> shift << shift
+    return f"{inet_ntop(family, value.to_bytes(len(packed), 'big'))}/{prefix}"
 
 
 class Target(NamedTuple):

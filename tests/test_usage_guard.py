@@ -1,0 +1,121 @@
+"""Usage monitoring wired into the guard, on the ASGI and the WSGI stack alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+
+from bearerguard import AccessToken, BearerGuard
+from bearerguard.errors import ConfigurationError
+from bearerguard.revocation import MemoryRevocationStore
+from bearerguard.testing import DevIssuer
+from bearerguard.usage import MemoryUsageMonitor, UsagePolicy, UsageVerdict
+from bearerguard.wsgi import BearerGuardWSGIMiddleware
+from tests.apps import build_app, build_flask_app
+
+Send = Callable[[str, str], httpx.Response]
+
+
+def client_for(stack: str, guard: BearerGuard) -> Iterator[Send]:
+    """Send a request as a given client address, through one stack."""
+    if stack == "asgi":
+        app: Any = build_app(guard)
+    else:
+        app = build_flask_app(guard)
+
+    def send(token: str, address: str) -> httpx.Response:
+        if stack == "asgi":
+            from starlette.testclient import TestClient
+
+            with TestClient(app, client=(address, 5000)) as client:
+                return client.get("/me", headers={"Authorization": f"Bearer {token}"})
+        transport = httpx.WSGITransport(app=app, remote_addr=address)
+        with httpx.Client(transport=transport, base_url="http://t") as client:
+            return client.get("/me", headers={"Authorization": f"Bearer {token}"})
+
+    yield send
+
+
+@pytest.fixture(params=["asgi", "wsgi"])
+def stack(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def guarded(issuer: DevIssuer, action: str, store: MemoryRevocationStore) -> BearerGuard:
+    policy = UsagePolicy(max_addresses_per_token=1, action=action)  # type: ignore[arg-type]
+    return issuer.guard(usage=MemoryUsageMonitor(policy), revocation=store)
+
+
+@pytest.mark.parametrize("action", ["log", "reject", "revoke"])
+def test_a_token_used_from_a_second_address(
+    stack: str, session_issuer: DevIssuer, action: str
+) -> None:
+    store = MemoryRevocationStore()
+    token = session_issuer.mint(sub="ola")
+    for send in client_for(stack, guarded(session_issuer, action, store)):
+        assert send(token, "10.0.0.1").status_code == 200
+        with structlog.testing.capture_logs() as events:
+            second = send(token, "10.0.0.2")
+        names = [event["event"] for event in events]
+        assert "token.anomaly" in names
+        anomaly = next(event for event in events if event["event"] == "token.anomaly")
+        assert anomaly["action"] == action
+        assert anomaly["path"] == "/me"
+        if action == "log":
+            assert second.status_code == 200
+            assert names == ["token.anomaly", "token.accepted"]
+        else:
+            assert second.status_code == 401
+            assert 'error="invalid_token"' in second.headers["www-authenticate"]
+            refusal = next(event for event in events if event["event"] == "token.rejected")
+            assert refusal["reason"] == "usage_anomaly"
+        # Back at the first address: only a revoked token stays refused.
+        again = send(token, "10.0.0.1")
+        assert again.status_code == (401 if action == "revoke" else 200 if action == "log" else 401)
+        if action == "revoke":
+            assert len(store) == 1
+
+
+class BrokenMonitor:
+    def __init__(self, failure: str) -> None:
+        self.policy = UsagePolicy(max_uses_per_token=10, failure=failure)  # type: ignore[arg-type]
+
+    async def observe(self, token: AccessToken, client: str | None) -> UsageVerdict:
+        raise ConnectionError("down")
+
+    def observe_sync(self, token: AccessToken, client: str | None) -> UsageVerdict:
+        raise ConnectionError("down")
+
+
+@pytest.mark.parametrize(("failure", "status"), [("allow", 200), ("deny", 503)])
+def test_a_failing_monitor_follows_its_policy(
+    stack: str, session_issuer: DevIssuer, failure: str, status: int
+) -> None:
+    guard = session_issuer.guard(usage=BrokenMonitor(failure))
+    for send in client_for(stack, guard):
+        assert send(session_issuer.mint(), "10.0.0.9").status_code == status
+
+
+def test_usage_must_be_a_monitor(session_issuer: DevIssuer) -> None:
+    with pytest.raises(ConfigurationError):
+        session_issuer.guard(usage=object())
+
+
+def test_wsgi_needs_the_sync_side(session_issuer: DevIssuer) -> None:
+    class AsyncOnly:
+        policy = UsagePolicy(max_uses_per_token=1)
+
+        async def observe(self, token: AccessToken, client: str | None) -> UsageVerdict:
+            raise NotImplementedError
+
+    guard = session_issuer.guard(usage=AsyncOnly())
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        return []  # pragma: no cover
+
+    with pytest.raises(ConfigurationError, match="synchronous"):
+        BearerGuardWSGIMiddleware(app, guard=guard)

@@ -8,6 +8,7 @@ the revocation store is synchronous, sans-I/O code from ``bearerguard._core``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
 import anyio
-from cachetools import LRUCache
 
 from bearerguard._core.claims import ClaimCheck, ClaimsPolicy, validate_claims
 from bearerguard._core.extract import DEFAULT_MAX_TOKEN_BYTES, check_b64token
@@ -317,6 +317,12 @@ class BearerGuard:
         if not isinstance(self.revocation, RevocationStore):
             raise ConfigurationError("revocation must implement RevocationStore.is_revoked")
         self._fail_open = revocation_failure == "allow"
+        store = self.revocation
+        self._revoked_now = (
+            store.is_revoked_sync
+            if getattr(store, "nonblocking", False) and isinstance(store, SyncRevocationStore)
+            else None
+        )
         self._introspector = _introspector(introspection)
         self.usage = _usage_monitor(usage)
         self._store_name = str(getattr(self.revocation, "name", type(self.revocation).__name__))
@@ -348,9 +354,10 @@ class BearerGuard:
             refresh=self._refresh_policy,
             fetch=fetch or FetchPolicy(),
         )
-        self._cache: LRUCache[bytes, _Verified] | None = (
-            LRUCache(maxsize=cache_size) if cache_size > 0 else None
-        )
+        # A plain dict, oldest entry evicted first: a lookup costs a fraction of an LRU's, and
+        # single dict operations stay safe under WSGI threads without a lock.
+        self._cache: dict[bytes, _Verified] | None = {} if cache_size > 0 else None
+        self._cache_size = cache_size
         self._refreshing: anyio.Event | None = None
         self._fetch_lock = threading.Lock()
         self._fetch_timeout = (fetch or FetchPolicy()).timeout
@@ -407,7 +414,10 @@ class BearerGuard:
                     verified = self._verify_jws(jws, digest, refreshed=True)
                 access = verified.token
             try:
-                revoked = await self.revocation.is_revoked(access)
+                if self._revoked_now is not None:  # a store that never blocks: no coroutine
+                    revoked = self._revoked_now(access)
+                else:
+                    revoked = await self.revocation.is_revoked(access)
             except Exception as exc:  # noqa: BLE001 - any store failure: the policy decides
                 self._revocation_failed(access, exc)
             else:
@@ -504,8 +514,13 @@ class BearerGuard:
             raise
         except Exception as exc:
             raise _unexpected(exc, jws) from exc
-        if self._cache is not None:
-            self._cache[digest] = verified
+        cache = self._cache
+        if cache is not None:
+            if len(cache) >= self._cache_size:
+                # Another thread may change the dict meanwhile: then evict next time.
+                with contextlib.suppress(RuntimeError, StopIteration):
+                    cache.pop(next(iter(cache)), None)
+            cache[digest] = verified
         return verified
 
     def _check(self, jws: CompactJWS, digest: bytes, *, refreshed: bool) -> _Verified:

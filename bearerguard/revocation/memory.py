@@ -34,6 +34,7 @@ class MemoryRevocationStore:
     """
 
     name = "memory"
+    nonblocking = True  # is_revoked_sync never waits: the guard calls it on the event loop
 
     def __init__(
         self,

@@ -21,6 +21,10 @@ class RevocationStore(Protocol):
 
     Any exception raised is treated as the store failing: the guard fails closed (503)
     unless it was built with ``revocation_failure="allow"``.
+
+    A store whose ``is_revoked_sync`` answers from memory without ever waiting may set a
+    class attribute ``nonblocking = True``: the guard then calls that method directly on the
+    event loop and saves a coroutine per request.
     """
 
     async def is_revoked(self, token: AccessToken) -> bool:

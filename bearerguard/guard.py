@@ -21,6 +21,7 @@ from typing import Any, Literal, NoReturn
 import anyio
 
 from bearerguard._core.claims import ClaimCheck, ClaimsPolicy, validate_claims
+from bearerguard._core.dpop import check_proof
 from bearerguard._core.extract import DEFAULT_MAX_TOKEN_BYTES, check_b64token
 from bearerguard._core.introspected import token_from_introspection
 from bearerguard._core.jws import CompactJWS, decode_json_object, looks_compact, parse_compact
@@ -37,16 +38,20 @@ from bearerguard._core.keys import (
 )
 from bearerguard._core.scopes import ScopeImplications, parse_scope_claim_paths, read_scopes
 from bearerguard.audit import AuditLog, RequestInfo
+from bearerguard.dpop import DPoPPolicy, DPoPRequest
 from bearerguard.errors import (
     AuthError,
     BadSignatureError,
     ConfigurationError,
+    InvalidDPoPProofError,
+    InvalidTokenError,
     KeySetUnavailableError,
     MalformedTokenError,
     RevocationStoreError,
     RevokedTokenError,
     UnknownKeyError,
     UnsupportedAlgorithmError,
+    UseDPoPNonceError,
 )
 from bearerguard.introspection import Introspector
 from bearerguard.jwks import FetchPolicy, JWKSFetcher, check_url
@@ -254,6 +259,8 @@ class BearerGuard:
         fetch: timeouts and size limits for key set fetches.
         audit_sample_accepted: the share of ``token.accepted`` events emitted (0.0 to 1.0).
         audit_logger: a structlog-compatible logger instead of ``bearerguard.audit``.
+        dpop: accept DPoP-bound tokens (RFC 9449) as its ``DPoPPolicy`` says; see
+            ``bearerguard.dpop``. Off by default: then tokens are plain bearer tokens.
         clock: returns epoch seconds; injectable for tests.
 
     Raises:
@@ -291,6 +298,7 @@ class BearerGuard:
         fetch: FetchPolicy | None = None,
         audit_sample_accepted: float = 1.0,
         audit_logger: Any = None,
+        dpop: DPoPPolicy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.issuer = check_url(issuer, "issuer")
@@ -317,7 +325,9 @@ class BearerGuard:
         if not isinstance(self.revocation, RevocationStore):
             raise ConfigurationError("revocation must implement RevocationStore.is_revoked")
         self._fail_open = revocation_failure == "allow"
+        # Protocol checks are slow: decided once here, not per request.
         store = self.revocation
+        self._sync_store = store if isinstance(store, SyncRevocationStore) else None
         self._revoked_now = (
             store.is_revoked_sync
             if getattr(store, "nonblocking", False) and isinstance(store, SyncRevocationStore)
@@ -325,6 +335,8 @@ class BearerGuard:
         )
         self._introspector = _introspector(introspection)
         self.usage = _usage_monitor(usage)
+        self._async_usage = self.usage if isinstance(self.usage, UsageMonitor) else None
+        self._sync_usage = self.usage if isinstance(self.usage, SyncUsageMonitor) else None
         self._store_name = str(getattr(self.revocation, "name", type(self.revocation).__name__))
         strict = profile == "rfc9068"
         self._policy = ClaimsPolicy(
@@ -362,6 +374,9 @@ class BearerGuard:
         self._fetch_lock = threading.Lock()
         self._fetch_timeout = (fetch or FetchPolicy()).timeout
         self.audit = AuditLog(sample_accepted=audit_sample_accepted, logger=audit_logger)
+        if dpop is not None and not isinstance(dpop, DPoPPolicy):
+            raise ConfigurationError("dpop must be a DPoPPolicy")
+        self.dpop = dpop
         self.clock = clock
 
     @property
@@ -376,7 +391,12 @@ class BearerGuard:
     # -- the flow -------------------------------------------------------------------------
 
     async def authenticate(
-        self, token: str | bytes, *, client: str | None = None, request: RequestInfo | None = None
+        self,
+        token: str | bytes,
+        *,
+        client: str | None = None,
+        request: RequestInfo | None = None,
+        dpop: DPoPRequest | None = None,
     ) -> AccessToken:
         """Verify ``token`` and check its revocation status.
 
@@ -386,6 +406,8 @@ class BearerGuard:
                 unless this exact token was verified before.
             client: the client's address, counted by usage monitoring.
             request: the request, for the ``token.anomaly`` audit event.
+            dpop: the request's scheme, ``DPoP`` proofs, method and URL, when the guard has
+                a ``DPoPPolicy``; ``None`` counts as the Bearer scheme without a proof.
 
         Returns:
             The verified token.
@@ -413,6 +435,10 @@ class BearerGuard:
                     await self._refresh(unknown_kid=needed.unknown_kid)
                     verified = self._verify_jws(jws, digest, refreshed=True)
                 access = verified.token
+            if self.dpop is not None:
+                replay = self._check_binding(access, dpop)
+                if replay is not None and not await self.dpop.replay.first_use(*replay):
+                    raise InvalidDPoPProofError("proof jti replayed")
             try:
                 if self._revoked_now is not None:  # a store that never blocks: no coroutine
                     revoked = self._revoked_now(access)
@@ -427,11 +453,18 @@ class BearerGuard:
                 await self._observe(access, client, request)
         except AuthError as exc:
             exc.fingerprint = _fingerprint(digest)
+            if dpop is not None:
+                exc.binding = dpop.scheme
             raise
         return access
 
     def authenticate_sync(
-        self, token: str | bytes, *, client: str | None = None, request: RequestInfo | None = None
+        self,
+        token: str | bytes,
+        *,
+        client: str | None = None,
+        request: RequestInfo | None = None,
+        dpop: DPoPRequest | None = None,
     ) -> AccessToken:
         """Verify ``token`` as ``authenticate`` does, blocking this thread (for WSGI).
 
@@ -457,6 +490,10 @@ class BearerGuard:
                     self._refresh_sync(unknown_kid=needed.unknown_kid)
                     verified = self._verify_jws(jws, digest, refreshed=True)
                 access = verified.token
+            if self.dpop is not None:
+                replay = self._check_binding(access, dpop)
+                if replay is not None and not self.dpop.replay.first_use_sync(*replay):
+                    raise InvalidDPoPProofError("proof jti replayed")
             try:
                 revoked = self.require_sync_revocation().is_revoked_sync(access)
             except Exception as exc:  # noqa: BLE001 - any store failure: the policy decides
@@ -468,10 +505,62 @@ class BearerGuard:
                 self._observe_sync(access, client, request)
         except AuthError as exc:
             exc.fingerprint = _fingerprint(digest)
+            if dpop is not None:
+                exc.binding = dpop.scheme
             raise
         return access
 
     # Everything below up to the I/O edges is synchronous and shared by every driver.
+
+    def _check_binding(
+        self, access: AccessToken, request: DPoPRequest | None
+    ) -> tuple[str, float] | None:
+        """RFC 9449 checks for this request, whether the token came from the cache or not.
+
+        Returns the replay-store key and lifetime of the proof's ``jti``, or ``None`` for a
+        request with the Bearer scheme (allowed only for unbound tokens, in "allowed" mode).
+        """
+        policy = self.dpop
+        assert policy is not None  # noqa: S101 - only called when DPoP is configured
+        cnf = access.claims.get("cnf")
+        jkt = cnf.get("jkt") if isinstance(cnf, Mapping) else None
+        if request is None or request.scheme == "bearer":
+            if policy.mode == "required":
+                raise InvalidTokenError("Bearer scheme used where DPoP is required")
+            if jkt is not None:
+                # RFC 9449 §7.2: a DPoP-bound token must not be accepted as a bearer token.
+                raise InvalidTokenError("DPoP-bound token presented with the Bearer scheme")
+            return None
+        if not request.proofs:
+            raise InvalidDPoPProofError("no DPoP proof header")
+        if len(request.proofs) > 1:
+            raise InvalidDPoPProofError("several DPoP proof headers")  # RFC 9449 §4.3 step 1
+        now = self.clock()
+        try:
+            proof = check_proof(
+                request.proofs[0],
+                method=request.method,
+                url=request.url,
+                access_token=access.raw,
+                now=now,
+                algorithms=policy.allowed,
+                iat_window=policy.iat_window,
+                leeway=policy.leeway,
+            )
+        except AuthError:
+            raise
+        except Exception as exc:
+            raise InvalidDPoPProofError(f"unexpected {type(exc).__name__} in the proof") from exc
+        if policy.nonce is not None and (
+            proof.nonce is None or not policy.nonce.is_valid(proof.nonce, now)
+        ):
+            raise UseDPoPNonceError(policy.nonce.issue(now), "proof without a current nonce")
+        if not isinstance(jkt, str):
+            raise InvalidTokenError("DPoP scheme used with a token that is not DPoP-bound")
+        if jkt != proof.thumbprint:
+            raise InvalidDPoPProofError("the proof key is not the key the token is bound to")
+        ttl = max(proof.issued_at + policy.iat_window + policy.leeway - now, 1.0)
+        return f"{proof.thumbprint}:{proof.jti}", ttl
 
     def _cached(self, digest: bytes) -> _Verified | None:
         cache = self._cache
@@ -670,8 +759,8 @@ class BearerGuard:
     async def _observe(
         self, access: AccessToken, client: str | None, request: RequestInfo | None
     ) -> None:
-        usage = self.usage
-        if not isinstance(usage, UsageMonitor):
+        usage = self._async_usage
+        if usage is None:
             raise ConfigurationError("the usage monitor has no asynchronous side (observe)")
         try:
             verdict = await usage.observe(access, client)
@@ -698,7 +787,7 @@ class BearerGuard:
             ConfigurationError: the revocation store or the usage monitor is async-only.
         """
         self.require_sync_revocation()
-        if self.usage is not None and not isinstance(self.usage, SyncUsageMonitor):
+        if self.usage is not None and self._sync_usage is None:
             raise ConfigurationError("the usage monitor has no synchronous side (observe_sync)")
 
     def require_sync_revocation(self) -> SyncRevocationStore:
@@ -707,10 +796,10 @@ class BearerGuard:
         Raises:
             ConfigurationError: the store offers only the asynchronous side.
         """
-        store = self.revocation
-        if not isinstance(store, SyncRevocationStore):
+        store = self._sync_store
+        if store is None:
             raise ConfigurationError(
-                f"{type(store).__name__} has no synchronous side (is_revoked_sync): "
+                f"{type(self.revocation).__name__} has no synchronous side (is_revoked_sync): "
                 "use a store that implements SyncRevocationStore with WSGI"
             )
         return store
@@ -805,8 +894,8 @@ class BearerGuard:
     def _observe_sync(
         self, access: AccessToken, client: str | None, request: RequestInfo | None
     ) -> None:
-        usage = self.usage
-        if not isinstance(usage, SyncUsageMonitor):
+        usage = self._sync_usage
+        if usage is None:
             raise ConfigurationError("the usage monitor has no synchronous side (observe_sync)")
         try:
             verdict = usage.observe_sync(access, client)

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from cryptography.hazmat.primitives import hashes
@@ -41,6 +43,9 @@ from benchmarks.apps import (
 )
 from benchmarks.apps.pyjwt_middleware import decode_token
 from benchmarks.noise import QUIET, CpuMeter
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 __all__ = ["Measurement", "Plan", "run_inprocess"]
 
@@ -222,6 +227,61 @@ class FreshTokenCase(Case):
         return (time.perf_counter() - started) / len(scopes)
 
 
+class WSGICase(Case):
+    """One WSGI app called directly with a prebuilt environ, the same token every time."""
+
+    def __init__(
+        self, key: str, label: str, baseline: str | None, *, app: WSGIApplication, token: str
+    ) -> None:
+        super().__init__(key, label, "flask", baseline)
+        self.app = app
+        self.environ: dict[str, Any] = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": PATH,
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8000",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_AUTHORIZATION": f"Bearer {token}",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(b""),
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+            "wsgi.version": (1, 0),
+        }
+
+    def _call(self) -> str:
+        status = ""
+
+        def start_response(line: str, headers: Any, exc_info: Any = None) -> Any:
+            nonlocal status
+            status = line
+            return None
+
+        body = self.app(dict(self.environ), start_response)
+        for _ in body:
+            pass
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+        return status
+
+    async def prepare(self) -> None:
+        for _ in range(20):
+            status = self._call()
+            if not status.startswith("200"):
+                raise RuntimeError(f"{self.result.label}: status {status}, expected 200")
+
+    async def timed(self, n: int) -> float:
+        call = self._call
+        started = time.perf_counter()
+        for _ in range(n):
+            call()
+        return (time.perf_counter() - started) / n
+
+
 class CallCase(Case):
     """A synchronous call, or a coroutine function awaited, per operation."""
 
@@ -276,6 +336,25 @@ async def _measure(cases: list[Case], plan: Plan, progress: Callable[[str], None
             meter = CpuMeter()
             case.result.samples.append(await case.timed(iterations[case.result.key]))
             case.result.noise.append(meter.others())
+
+
+def flask_app(guard: BearerGuard | None) -> WSGIApplication:
+    """The Flask twin of the Starlette apps: one JSON route, protected when ``guard`` is given."""
+    import flask
+
+    from bearerguard import requires_scopes
+    from bearerguard.flask import protect
+
+    app = flask.Flask("bench", static_folder=None)
+
+    def hello() -> dict[str, bool]:
+        return {"hello": True}
+
+    view = hello if guard is None else requires_scopes(SCOPE)(hello)
+    app.add_url_rule(PATH, "hello", view)
+    if guard is not None:
+        protect(app, guard=guard)
+    return app.wsgi_app
 
 
 def _cases(issuer: DevIssuer, settings: Settings, plan: Plan, token: str) -> list[Case]:
@@ -377,6 +456,14 @@ def _cases(issuer: DevIssuer, settings: Settings, plan: Plan, token: str) -> lis
             fa,
             bare_fa,
             fastapi_apps.build_httpbearer(settings),
+        ),
+        WSGICase("flask_bare", "Flask (WSGI), bare", None, app=flask_app(None), token=token),
+        WSGICase(
+            "flask_bg_hit",
+            "+ bearerguard WSGI middleware + @requires_scopes, cache hit, accepted-audit off",
+            "flask_bare",
+            app=flask_app(starlette_apps.guard_for(settings)),
+            token=token,
         ),
         CallCase(
             "rsa_verify",

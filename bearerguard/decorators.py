@@ -43,6 +43,7 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 _POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
 _CHECK_PARAMETER = "bearerguard_scope_check"
+_UNCHECKED = object()
 
 REQUIREMENT_ATTRIBUTE = "__bearerguard_scopes__"
 """Where a decorated handler keeps its ``ScopeRequirement`` (read for OpenAPI documents)."""
@@ -168,10 +169,11 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                kwargs.pop(_CHECK_PARAMETER, None)
-                denial = _denial(required, any_of)
-                if denial is not None:
-                    return denial
+                # FastAPI passes the parameter once its dependency has run the check.
+                if kwargs.pop(_CHECK_PARAMETER, _UNCHECKED) is _UNCHECKED:
+                    denial = _denial(required, any_of)
+                    if denial is not None:
+                        return denial
                 return await func(*args, **kwargs)
 
             wrapper = async_wrapper
@@ -179,10 +181,10 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
 
             @functools.wraps(func)
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                kwargs.pop(_CHECK_PARAMETER, None)
-                denial = _denial(required, any_of)
-                if denial is not None:
-                    return denial
+                if kwargs.pop(_CHECK_PARAMETER, _UNCHECKED) is _UNCHECKED:
+                    denial = _denial(required, any_of)
+                    if denial is not None:
+                        return denial
                 return func(*args, **kwargs)
 
             wrapper = sync_wrapper

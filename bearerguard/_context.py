@@ -57,11 +57,21 @@ def refusal_for(guard: BearerGuard, error: AuthError, scope: Sequence[str] = ())
     as a hint to 401 challenges when the route's scopes are known.
     """
     resource = guard.protected_resource
+    dpop = guard.dpop
+    if dpop is not None and error.binding == "bearer":
+        # A scope check after authentication knows the token, not the scheme: a bound token
+        # was presented with DPoP (a Bearer one would have been refused).
+        token = error.token or getattr(current_auth.get(), "token", None)
+        cnf = None if token is None else token.claims.get("cnf")
+        if isinstance(cnf, dict) and "jkt" in cnf:
+            error.binding = "dpop"
     return render_refusal(
         error,
         guard.realm,
         resource_metadata=None if resource is None else resource.metadata_url,
         scope=scope,
+        dpop_algs=None if dpop is None else dpop.algs,
+        dpop_only=dpop is not None and dpop.mode == "required",
     )
 
 

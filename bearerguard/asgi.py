@@ -20,10 +20,15 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bearerguard._context import SCOPE_KEY, Refused, RequestAuth, current_auth, refusal_for
-from bearerguard._core.extract import has_query_token, request_credentials
+from bearerguard._core.extract import (
+    has_query_token,
+    request_credentials,
+    request_dpop_credentials,
+)
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard.audit import RequestInfo
+from bearerguard.dpop import DPoPPolicy, dpop_request
 from bearerguard.errors import (
     AuthError,
     ConfigurationError,
@@ -123,6 +128,51 @@ def _websocket_credentials(
     return [b"Bearer " + found[0]], query
 
 
+def _full_path(scope: Scope) -> str:
+    # Servers differ on whether path already includes root_path (ASGI 3 says it does).
+    root, path = scope.get("root_path", ""), scope["path"]
+    return str(path if not root or path.startswith(root) else root + path)
+
+
+def _host(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"host":
+            return str(value.decode("latin-1"))
+    server = scope.get("server")
+    return "" if not server else f"{server[0]}:{server[1]}"
+
+
+async def _authenticate_dpop(  # noqa: PLR0917 - private, one call site
+    guard: BearerGuard,
+    policy: DPoPPolicy,
+    scope: Scope,
+    authorization: list[bytes],
+    query: bytes,
+    request: tuple[str, str, str | None, str | None],
+    public_paths: PublicPaths,
+) -> tuple[AccessToken | None, str]:
+    """Extraction and verification when the guard accepts DPoP (RFC 9449)."""
+    token, scheme = request_dpop_credentials(
+        authorization, query, scope["path"], public_paths, max_bytes=guard.max_token_bytes
+    )
+    if token is None:
+        return None, scheme
+    url_scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), "http")
+    if scope.get("scheme") in ("http", "https"):
+        url_scheme = scope["scheme"]
+    dpop = dpop_request(
+        policy,
+        scheme,
+        [value for name, value in scope["headers"] if name == b"dpop"],
+        scope.get("method", "GET"),
+        url_scheme,
+        _host(scope),
+        _full_path(scope).encode("utf-8", "surrogateescape"),
+    )
+    info = RequestInfo(*request)
+    return await guard.authenticate(token, client=info.client, request=info, dpop=dpop), scheme
+
+
 class BearerGuardMiddleware:
     """Authenticate every HTTP request and websocket handshake with a ``BearerGuard``.
 
@@ -171,7 +221,9 @@ class BearerGuardMiddleware:
         self.warm_up = warm_up
         self.websocket_credentials = ws_credentials
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(  # noqa: PLR0915 - the hot path, kept in one frame
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":  # noqa: PLR1714 - the hot path: no tuple
             if kind == "lifespan" and self.warm_up:
@@ -198,20 +250,26 @@ class BearerGuardMiddleware:
                 authorization, query = _websocket_credentials(
                     scope, authorization, self.websocket_credentials
                 )
-            token = request_credentials(
-                authorization,
-                query,
-                scope["path"],
-                self.public_paths,
-                max_bytes=guard.max_token_bytes,
-            )
-            if token is None:
-                access = None
-            elif guard.usage is None:
-                access = await guard.authenticate(token)
+            if guard.dpop is not None:
+                access, binding = await _authenticate_dpop(
+                    guard, guard.dpop, scope, authorization, query, request, self.public_paths
+                )
             else:
-                info = RequestInfo(*request)
-                access = await guard.authenticate(token, client=info.client, request=info)
+                binding = "bearer"
+                token = request_credentials(
+                    authorization,
+                    query,
+                    scope["path"],
+                    self.public_paths,
+                    max_bytes=guard.max_token_bytes,
+                )
+                if token is None:
+                    access = None
+                elif guard.usage is None:
+                    access = await guard.authenticate(token)
+                else:
+                    info = RequestInfo(*request)
+                    access = await guard.authenticate(token, client=info.client, request=info)
         except AuthError as error:
             guard.audit.refused(error, RequestInfo(*request), perf_counter() - started)
             await self._refuse(scope, receive, send, error)
@@ -221,7 +279,7 @@ class BearerGuardMiddleware:
             scope.setdefault("auth", AuthCredentials())
             scope.setdefault("user", UnauthenticatedUser())
         else:
-            guard.audit.accepted(access, auth, perf_counter() - started)
+            guard.audit.accepted(access, auth, perf_counter() - started, binding=binding)
             scope["auth"] = AuthCredentials(list(access.scopes))
             scope["user"] = TokenUser(access)
         scope[SCOPE_KEY] = auth

@@ -18,6 +18,7 @@ import structlog
 
 from bearerguard._core.usage import UsageVerdict, consequence
 from bearerguard.errors import AuthError, InsufficientScopeError, ServiceUnavailableError
+from bearerguard.metrics import DECISION_SECONDS, DECISIONS, MetricsHook
 from bearerguard.token import AccessToken
 
 __all__ = ["AUDIT_LOGGER_NAME", "AuditLog", "RequestInfo"]
@@ -73,23 +74,45 @@ class AuditLog:
             1.0 (all). Refusals are always emitted.
         logger: a structlog-compatible logger; by default ``structlog.get_logger``
             named ``bearerguard.audit``.
+        metrics: counts every decision and its latency, whatever the sampling.
     """
 
-    __slots__ = ("_logger", "_sample")
+    __slots__ = ("_logger", "_sample", "metrics")
 
-    def __init__(self, *, sample_accepted: float = 1.0, logger: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        sample_accepted: float = 1.0,
+        logger: Any = None,
+        metrics: MetricsHook | None = None,
+    ) -> None:
         if not 0.0 <= sample_accepted <= 1.0:
             raise ValueError("sample_accepted must be between 0 and 1")
         self._sample = sample_accepted
         self._logger = logger if logger is not None else structlog.get_logger(AUDIT_LOGGER_NAME)
+        self.metrics = metrics
+
+    def _count(self, event: str, reason: str, latency: float) -> None:
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.increment(DECISIONS, {"event": event, "reason": reason})
+            metrics.observe(DECISION_SECONDS, latency, {"event": event})
 
     @property
     def logger(self) -> Any:
         """The structlog logger events go to, for sibling components (the SET receiver)."""
         return self._logger
 
-    def accepted(self, token: AccessToken, request: RequestInfo, latency: float) -> None:
-        """Record a request let through with ``token``."""
+    def accepted(
+        self, token: AccessToken, request: RequestInfo, latency: float, *, binding: str = "bearer"
+    ) -> None:
+        """Record a request let through with ``token``.
+
+        ``binding`` is how the token was presented: ``"bearer"``, or ``"dpop"`` with a
+        proof of possession (RFC 9449).
+        """
+        if self.metrics is not None:
+            self._count("token.accepted", "ok", latency)
         if self._sample < 1.0 and (self._sample == 0.0 or random.random() >= self._sample):  # noqa: S311
             return
         self._logger.info(
@@ -98,6 +121,7 @@ class AuditLog:
             reason="ok",
             status=None,
             latency_ms=round(latency * 1000, 3),
+            binding=binding,
             **request.fields(),
             **_token_fields(token),
         )
@@ -161,6 +185,8 @@ class AuditLog:
             event, level = "auth.unavailable", "error"
         else:
             event, level = "token.rejected", "warning"
+        if self.metrics is not None:
+            self._count(event, error.reason, latency)
         getattr(self._logger, level)(
             event,
             outcome="error" if level == "error" else "deny",
@@ -168,6 +194,7 @@ class AuditLog:
             status=error.status,
             detail=error.detail,
             latency_ms=round(latency * 1000, 3),
+            binding=error.binding,
             **request.fields(),
             **fields,
         )

@@ -18,10 +18,13 @@ BearerGuardError
 │   │   ├── InvalidTypeError       typ is not at+jwt where it is required
 │   │   ├── InvalidClaimError      a required or custom claim check failed
 │   │   └── RevokedTokenError
+│   ├── InvalidDPoPProofError      401 invalid_dpop_proof (RFC 9449 §7.1)
+│   ├── UseDPoPNonceError          401 use_dpop_nonce, with a DPoP-Nonce (RFC 9449 §8)
 │   ├── InsufficientScopeError     403 insufficient_scope, scope="..."
 │   └── ServiceUnavailableError    503: a dependency cannot answer, so we fail closed
 │       ├── KeySetUnavailableError no usable signing keys (JWKS down past max staleness)
-│       └── RevocationStoreError   the revocation store failed
+│       ├── RevocationStoreError   the revocation store failed
+│       └── ReplayStoreError       the DPoP replay store failed
 └── ConfigurationError             raised at construction, never while serving a request
 ```
 
@@ -48,6 +51,7 @@ __all__ = [
     "InsufficientScopeError",
     "InvalidAudienceError",
     "InvalidClaimError",
+    "InvalidDPoPProofError",
     "InvalidIssuerError",
     "InvalidRequestError",
     "InvalidTokenError",
@@ -56,12 +60,14 @@ __all__ = [
     "MalformedTokenError",
     "MissingTokenError",
     "NotYetValidError",
+    "ReplayStoreError",
     "RevocationStoreError",
     "RevokedTokenError",
     "ServiceUnavailableError",
     "TokenTooOldError",
     "UnknownKeyError",
     "UnsupportedAlgorithmError",
+    "UseDPoPNonceError",
     "render_challenge",
 ]
 
@@ -94,6 +100,9 @@ class AuthError(BearerGuardError):
         self.header: dict[str, object] | None = None
         self.token: AccessToken | None = None
         self.store: str | None = None  # the revocation store that answered or failed
+        # "dpop" when the request used the DPoP scheme (RFC 9449), else "bearer"; chooses
+        # the challenge that carries the error code and is recorded by the audit log.
+        self.binding: str = "bearer"
 
 
 class MissingTokenError(AuthError):
@@ -204,6 +213,30 @@ class RevokedTokenError(InvalidTokenError):
     description = "The access token has been revoked."
 
 
+class InvalidDPoPProofError(AuthError):
+    """The DPoP proof is missing, malformed or fails a check (RFC 9449 §4.3, §7.1)."""
+
+    error_code = "invalid_dpop_proof"
+    reason = "invalid_dpop_proof"
+    description = "The DPoP proof is invalid."
+
+
+class UseDPoPNonceError(AuthError):
+    """The proof must carry the server's current nonce (RFC 9449 §8, §9).
+
+    Args:
+        nonce: the fresh nonce, sent in the ``DPoP-Nonce`` response header.
+    """
+
+    error_code = "use_dpop_nonce"
+    reason = "use_dpop_nonce"
+    description = "Authorization server requires nonce in DPoP proof."
+
+    def __init__(self, nonce: str, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.nonce = nonce
+
+
 class InsufficientScopeError(AuthError):
     """The token lacks a scope the route needs (RFC 6750 §3.1 ``insufficient_scope``).
 
@@ -248,6 +281,12 @@ class RevocationStoreError(ServiceUnavailableError):
     """The revocation store failed; the guard fails closed unless configured to fail open."""
 
     reason = "revocation_unavailable"
+
+
+class ReplayStoreError(ServiceUnavailableError):
+    """The DPoP replay store failed: a replay cannot be ruled out, so the guard fails closed."""
+
+    reason = "replay_store_unavailable"
 
 
 def _quote(value: str) -> str:

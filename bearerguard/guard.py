@@ -47,6 +47,7 @@ from bearerguard.errors import (
     InvalidTokenError,
     KeySetUnavailableError,
     MalformedTokenError,
+    ReplayStoreError,
     RevocationStoreError,
     RevokedTokenError,
     UnknownKeyError,
@@ -56,6 +57,12 @@ from bearerguard.errors import (
 from bearerguard.introspection import Introspector
 from bearerguard.jwks import FetchPolicy, JWKSFetcher, check_url
 from bearerguard.metadata import ProtectedResource, ResourceMetadata, check_resource
+from bearerguard.metrics import (
+    CACHE,
+    JWKS_FETCHES,
+    REVOCATION_FAILURES,
+    MetricsHook,
+)
 from bearerguard.revocation.memory import MemoryRevocationStore
 from bearerguard.revocation.protocol import RevocationStore, SyncRevocationStore
 from bearerguard.token import AccessToken
@@ -73,6 +80,7 @@ __all__ = ["DEFAULT_ALGORITHMS", "BearerGuard"]
 DEFAULT_ALGORITHMS: tuple[str, ...] = tuple(sorted(ASYMMETRIC_ALGORITHMS))
 _RFC9068_CLAIMS = frozenset({"sub", "client_id", "iat", "jti"})
 _log = logging.getLogger("bearerguard")
+_HIT, _MISS = {"result": "hit"}, {"result": "miss"}
 _UNKNOWN_REQUEST = RequestInfo("-", "-", None, None)
 
 
@@ -259,6 +267,8 @@ class BearerGuard:
         fetch: timeouts and size limits for key set fetches.
         audit_sample_accepted: the share of ``token.accepted`` events emitted (0.0 to 1.0).
         audit_logger: a structlog-compatible logger instead of ``bearerguard.audit``.
+        metrics: counts decisions, cache lookups, key fetches and store failures
+            (``bearerguard.metrics``: in memory, Prometheus, or your own hook).
         dpop: accept DPoP-bound tokens (RFC 9449) as its ``DPoPPolicy`` says; see
             ``bearerguard.dpop``. Off by default: then tokens are plain bearer tokens.
         clock: returns epoch seconds; injectable for tests.
@@ -298,6 +308,7 @@ class BearerGuard:
         fetch: FetchPolicy | None = None,
         audit_sample_accepted: float = 1.0,
         audit_logger: Any = None,
+        metrics: MetricsHook | None = None,
         dpop: DPoPPolicy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -373,7 +384,12 @@ class BearerGuard:
         self._refreshing: anyio.Event | None = None
         self._fetch_lock = threading.Lock()
         self._fetch_timeout = (fetch or FetchPolicy()).timeout
-        self.audit = AuditLog(sample_accepted=audit_sample_accepted, logger=audit_logger)
+        if metrics is not None and not isinstance(metrics, MetricsHook):
+            raise ConfigurationError("metrics must implement MetricsHook (increment, observe)")
+        self.metrics = metrics
+        self.audit = AuditLog(
+            sample_accepted=audit_sample_accepted, logger=audit_logger, metrics=metrics
+        )
         if dpop is not None and not isinstance(dpop, DPoPPolicy):
             raise ConfigurationError("dpop must be a DPoPPolicy")
         self.dpop = dpop
@@ -420,6 +436,8 @@ class BearerGuard:
         credentials, digest = _credentials(token)
         try:
             verified = self._cached(digest)
+            if self.metrics is not None:
+                self.metrics.increment(CACHE, _MISS if verified is None else _HIT)
             if verified is not None:
                 access = verified.token
             elif self._introspector is not None and not looks_compact(
@@ -437,8 +455,13 @@ class BearerGuard:
                 access = verified.token
             if self.dpop is not None:
                 replay = self._check_binding(access, dpop)
-                if replay is not None and not await self.dpop.replay.first_use(*replay):
-                    raise InvalidDPoPProofError("proof jti replayed")
+                if replay is not None:
+                    try:
+                        first = await self.dpop.replay.first_use(*replay)
+                    except Exception as exc:  # noqa: BLE001 - any store failure: fail closed
+                        self._replay_failed(exc)
+                    if not first:
+                        raise InvalidDPoPProofError("proof jti replayed")
             try:
                 if self._revoked_now is not None:  # a store that never blocks: no coroutine
                     revoked = self._revoked_now(access)
@@ -475,6 +498,8 @@ class BearerGuard:
         credentials, digest = _credentials(token)
         try:
             verified = self._cached(digest)
+            if self.metrics is not None:
+                self.metrics.increment(CACHE, _MISS if verified is None else _HIT)
             if verified is not None:
                 access = verified.token
             elif self._introspector is not None and not looks_compact(
@@ -492,8 +517,13 @@ class BearerGuard:
                 access = verified.token
             if self.dpop is not None:
                 replay = self._check_binding(access, dpop)
-                if replay is not None and not self.dpop.replay.first_use_sync(*replay):
-                    raise InvalidDPoPProofError("proof jti replayed")
+                if replay is not None:
+                    try:
+                        first = self.dpop.replay.first_use_sync(*replay)
+                    except Exception as exc:  # noqa: BLE001 - any store failure: fail closed
+                        self._replay_failed(exc)
+                    if not first:
+                        raise InvalidDPoPProofError("proof jti replayed")
             try:
                 revoked = self.require_sync_revocation().is_revoked_sync(access)
             except Exception as exc:  # noqa: BLE001 - any store failure: the policy decides
@@ -511,6 +541,12 @@ class BearerGuard:
         return access
 
     # Everything below up to the I/O edges is synchronous and shared by every driver.
+
+    @staticmethod
+    def _replay_failed(exc: Exception) -> NoReturn:
+        if isinstance(exc, ReplayStoreError):
+            raise exc
+        raise ReplayStoreError(f"{type(exc).__name__}: {exc}"[:200]) from exc
 
     def _check_binding(
         self, access: AccessToken, request: DPoPRequest | None
@@ -702,12 +738,18 @@ class BearerGuard:
             self._keys_failed(ValueError("the key set has no usable key"))
             return
         cache.record_success(KeySet(found, previous=cache.keys), self.clock(), max_age)
+        if self.metrics is not None:
+            self.metrics.increment(JWKS_FETCHES, {"result": "ok"})
 
     def _keys_failed(self, error: Exception) -> None:
         self._keys.record_failure()
+        if self.metrics is not None:
+            self.metrics.increment(JWKS_FETCHES, {"result": "error"})
         _log.warning("bearerguard: key set refresh failed: %s", error)
 
     def _revocation_failed(self, access: AccessToken, exc: Exception) -> None:
+        if self.metrics is not None:
+            self.metrics.increment(REVOCATION_FAILURES, {"store": self._store_name})
         if self._fail_open:
             _log.warning(
                 "bearerguard: revocation store %s failed, failing open: %r", self._store_name, exc
@@ -932,6 +974,17 @@ class BearerGuard:
             self._refresh_sync()
         if not self._keys.usable(self.clock()):
             raise KeySetUnavailableError("the key set could not be fetched")
+
+    def keys_ready(self) -> bool:
+        """Whether tokens can be verified now: a usable key set (or a shared secret) is held."""
+        return self._keys.usable(self.clock()) and (
+            (self._keys.keys is not None and len(self._keys.keys) > 0) or self._secret is not None
+        )
+
+    def key_set_age(self) -> float | None:
+        """Seconds since the key set was last fetched successfully (``None``: never, or static)."""
+        fetched = self._keys.fetched_at
+        return None if fetched is None else max(0.0, self.clock() - fetched)
 
     @property
     def key_ids(self) -> list[str]:

@@ -14,12 +14,14 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth, refusal_for
-from bearerguard._core.extract import request_credentials
+from bearerguard._core.extract import request_credentials, request_dpop_credentials
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard.audit import RequestInfo
+from bearerguard.dpop import DPoPPolicy, dpop_request
 from bearerguard.errors import AuthError, ConfigurationError, ServiceUnavailableError
 from bearerguard.guard import BearerGuard
+from bearerguard.token import AccessToken
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -78,6 +80,46 @@ def _describe(environ: WSGIEnvironment, path: str) -> tuple[str, str, str | None
     )
 
 
+def _host(environ: WSGIEnvironment) -> str:
+    host = environ.get("HTTP_HOST")
+    if host:
+        return str(host)
+    return f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
+
+
+def _authenticate_dpop(  # noqa: PLR0917 - private, one call site
+    guard: BearerGuard,
+    policy: DPoPPolicy,
+    environ: WSGIEnvironment,
+    authorization: list[bytes],
+    query: bytes,
+    path: str,
+    request: tuple[str, str, str | None, str | None],
+    public_paths: PublicPaths,
+) -> tuple[AccessToken | None, str]:
+    """Extraction and verification when the guard accepts DPoP (RFC 9449)."""
+    token, scheme = request_dpop_credentials(
+        authorization, query, path, public_paths, max_bytes=guard.max_token_bytes
+    )
+    if token is None:
+        return None, scheme
+    proof = environ.get("HTTP_DPOP")
+    # PEP 3333 hands the path over as latin-1 characters standing for the raw bytes.
+    full_path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+    dpop = dpop_request(
+        policy,
+        scheme,
+        # Servers join repeated headers with commas, so two proofs arrive as one value.
+        [] if proof is None else [part.encode("latin-1") for part in str(proof).split(",")],
+        str(environ.get("REQUEST_METHOD", "GET")),
+        str(environ.get("wsgi.url_scheme", "http")),
+        _host(environ),
+        full_path.encode("latin-1", "replace"),
+    )
+    info = RequestInfo(*request)
+    return guard.authenticate_sync(token, client=info.client, request=info, dpop=dpop), scheme
+
+
 class BearerGuardWSGIMiddleware:
     """Authenticate every request to a WSGI application with a ``BearerGuard``.
 
@@ -130,20 +172,33 @@ class BearerGuardWSGIMiddleware:
         try:
             # Servers join repeated headers with commas: such a value is not one b64token,
             # so it is refused as invalid_request, as two headers are over ASGI.
-            token = request_credentials(
-                [] if header is None else [header.encode("latin-1", "replace")],
-                str(environ.get("QUERY_STRING", "")).encode("latin-1", "replace"),
-                path,
-                self.public_paths,
-                max_bytes=guard.max_token_bytes,
-            )
-            if token is None:
-                access = None
-            elif guard.usage is None:
-                access = guard.authenticate_sync(token)
+            if guard.dpop is not None:
+                access, binding = _authenticate_dpop(
+                    guard,
+                    guard.dpop,
+                    environ,
+                    [] if header is None else [header.encode("latin-1", "replace")],
+                    str(environ.get("QUERY_STRING", "")).encode("latin-1", "replace"),
+                    path,
+                    request,
+                    self.public_paths,
+                )
             else:
-                info = RequestInfo(*request)
-                access = guard.authenticate_sync(token, client=info.client, request=info)
+                binding = "bearer"
+                token = request_credentials(
+                    [] if header is None else [header.encode("latin-1", "replace")],
+                    str(environ.get("QUERY_STRING", "")).encode("latin-1", "replace"),
+                    path,
+                    self.public_paths,
+                    max_bytes=guard.max_token_bytes,
+                )
+                if token is None:
+                    access = None
+                elif guard.usage is None:
+                    access = guard.authenticate_sync(token)
+                else:
+                    info = RequestInfo(*request)
+                    access = guard.authenticate_sync(token, client=info.client, request=info)
         except AuthError as error:
             guard.audit.refused(error, RequestInfo(*request), perf_counter() - started)
             refusal = refusal_for(guard, error)
@@ -152,7 +207,7 @@ class BearerGuardWSGIMiddleware:
             return [refusal.body]
         auth = RequestAuth(guard, access, started, request, self.respond)
         if access is not None:
-            guard.audit.accepted(access, auth, perf_counter() - started)
+            guard.audit.accepted(access, auth, perf_counter() - started, binding=binding)
         environ[SCOPE_KEY] = auth
         reset = current_auth.set(auth)
         try:

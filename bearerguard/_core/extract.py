@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
+from typing import Literal
 
 from bearerguard._core.paths import PublicPaths
-from bearerguard.errors import InvalidRequestError, MalformedTokenError, MissingTokenError
+from bearerguard.errors import (
+    AuthError,
+    InvalidRequestError,
+    MalformedTokenError,
+    MissingTokenError,
+)
 
 __all__ = [
     "DEFAULT_MAX_TOKEN_BYTES",
@@ -15,6 +21,7 @@ __all__ = [
     "extract_bearer",
     "has_query_token",
     "request_credentials",
+    "request_dpop_credentials",
 ]
 
 DEFAULT_MAX_TOKEN_BYTES = 8192
@@ -121,3 +128,44 @@ def request_credentials(
     if token is None and path not in public_paths:
         raise MissingTokenError("no bearer credentials")
     return token
+
+
+def request_dpop_credentials(
+    authorization: Sequence[bytes],
+    query_string: bytes,
+    path: str,
+    public_paths: PublicPaths,
+    *,
+    max_bytes: int,
+) -> tuple[bytes | None, Literal["bearer", "dpop"]]:
+    """``request_credentials`` for a guard with DPoP: the ``DPoP`` scheme is accepted too.
+
+    RFC 9449 §7.1: ``Authorization: DPoP <token>``, with the same token68 syntax and size
+    limit as Bearer credentials. Only called when DPoP is configured, so the Bearer hot path
+    stays as it is.
+
+    Returns:
+        The credentials (or ``None`` on a public path reached without any) and the scheme.
+
+    Raises:
+        As ``request_credentials``; errors about DPoP credentials carry ``binding="dpop"``.
+    """
+    if len(authorization) == 1 and authorization[0][:5].lower() == b"dpop ":
+        try:
+            credentials = bearer_credentials(
+                [b"Bearer" + authorization[0][4:]], max_bytes=max_bytes
+            )
+            if b"access_token" in query_string and has_query_token(query_string):
+                raise InvalidRequestError("access_token in the query string is not accepted")
+        except AuthError as exc:
+            exc.binding = "dpop"
+            raise
+        return credentials, "dpop"
+    if len(authorization) == 1 and authorization[0].lower() == b"dpop":
+        error = InvalidRequestError("DPoP without credentials")
+        error.binding = "dpop"
+        raise error
+    return (
+        request_credentials(authorization, query_string, path, public_paths, max_bytes=max_bytes),
+        "bearer",
+    )

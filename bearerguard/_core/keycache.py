@@ -69,7 +69,15 @@ def ttl_from_cache_control(value: str | None) -> float | None:
 class KeyCache:
     """The current key set and its fetch history."""
 
-    __slots__ = ("fresh_until", "keys", "last_attempt", "last_failed", "policy", "usable_until")
+    __slots__ = (
+        "fetched_at",
+        "fresh_until",
+        "keys",
+        "last_attempt",
+        "last_failed",
+        "policy",
+        "usable_until",
+    )
 
     def __init__(self, policy: RefreshPolicy, keys: KeySet | None = None) -> None:
         self.policy = policy
@@ -80,6 +88,7 @@ class KeyCache:
         self.usable_until = forever
         self.last_attempt = float("-inf")
         self.last_failed = False
+        self.fetched_at: float | None = None
 
     def usable(self, now: float) -> bool:
         """Whether a key set may be used to verify tokens at ``now``."""
@@ -106,6 +115,7 @@ class KeyCache:
     def record_success(self, keys: KeySet, now: float, max_age: float | None) -> None:
         """Install a freshly fetched set."""
         self.keys = keys
+        self.fetched_at = now
         self.fresh_until = now + self.policy.ttl(max_age)
         self.usable_until = self.fresh_until + self.policy.max_stale
         self.last_failed = False

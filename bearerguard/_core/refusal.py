@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from bearerguard.errors import (
     AuthError,
     InsufficientScopeError,
+    InvalidDPoPProofError,
     ServiceUnavailableError,
+    UseDPoPNonceError,
     render_challenge,
 )
 
@@ -33,6 +35,8 @@ def render_refusal(
     *,
     resource_metadata: str | None = None,
     scope: Sequence[str] = (),
+    dpop_algs: str | None = None,
+    dpop_only: bool = False,
 ) -> Refusal:
     """Render ``error`` as an RFC 6750 response.
 
@@ -47,6 +51,10 @@ def render_refusal(
             403 challenges (RFC 9728 §5.1).
         scope: the scopes the route needs, as a hint in 401 challenges (RFC 6750 §3: the
             ``scope`` attribute; 403 ``insufficient_scope`` names its own).
+        dpop_algs: when DPoP is accepted, the proof algorithms: a ``DPoP`` challenge with
+            ``algs`` is added (RFC 9449 §7.1), and the error code goes on the challenge of
+            the scheme the request used. A ``use_dpop_nonce`` refusal adds ``DPoP-Nonce``.
+        dpop_only: DPoP is required: the ``Bearer`` challenge is left out.
     """
     code = error.error_code or "unauthorized"
     body = json.dumps({"error": code, "error_description": error.description}).encode()
@@ -62,5 +70,35 @@ def render_refusal(
             extra.append(("resource_metadata", resource_metadata))
         if scope and error.status == 401 and not isinstance(error, InsufficientScopeError):
             extra.append(("scope", " ".join(scope)))
-        headers.append(("www-authenticate", render_challenge(realm, error, extra=extra)))
+        if dpop_algs is None:
+            headers.append(("www-authenticate", render_challenge(realm, error, extra=extra)))
+        else:
+            headers.extend(_dpop_challenges(error, realm, extra, dpop_algs, dpop_only=dpop_only))
     return Refusal(error.status, tuple(headers), body)
+
+
+def _dpop_challenges(
+    error: AuthError,
+    realm: str | None,
+    extra: list[tuple[str, str]],
+    algs: str,
+    *,
+    dpop_only: bool,
+) -> list[tuple[str, str]]:
+    on_dpop = (
+        dpop_only
+        or error.binding == "dpop"
+        or isinstance(error, InvalidDPoPProofError | UseDPoPNonceError)
+    )
+    challenges = []
+    if not dpop_only:
+        challenges.append(render_challenge(realm, None if on_dpop else error, extra=extra))
+    dpop_extra = [*extra, ("algs", algs)]
+    challenges.append(
+        render_challenge(realm, error if on_dpop else None, scheme="DPoP", extra=dpop_extra)
+    )
+    # Several challenges in one field (RFC 9110 §11.6.1): a dict of headers keeps them all.
+    headers = [("www-authenticate", ", ".join(challenges))]
+    if isinstance(error, UseDPoPNonceError):
+        headers.append(("dpop-nonce", error.nonce))  # RFC 9449 §8.1
+    return headers

@@ -1,0 +1,374 @@
+"""DPoP: sender-constrained access tokens (RFC 9449).
+
+A DPoP-bound token carries ``cnf.jkt``, the thumbprint of a key only its client holds; each
+request carries a fresh proof signed by that key (the ``DPoP`` header), bound to the
+request's method and URL and to the token. A stolen token is of no use without the key.
+
+Give ``BearerGuard(dpop=DPoPPolicy(...))``; both middlewares then accept
+``Authorization: DPoP <token>`` with its proof, and answer with DPoP challenges
+(RFC 9449 §7.1). See ``docs/dpop.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+from urllib.parse import quote
+
+from bearerguard._core.dpop import b64url
+from bearerguard._core.keys import ASYMMETRIC_ALGORITHMS
+from bearerguard.errors import ConfigurationError, ReplayStoreError
+
+__all__ = [
+    "DEFAULT_DPOP_ALGORITHMS",
+    "DPoPPolicy",
+    "DPoPReplayStore",
+    "DPoPRequest",
+    "MemoryDPoPReplayStore",
+    "NonceIssuer",
+    "RedisDPoPReplayStore",
+    "dpop_request",
+]
+
+DEFAULT_DPOP_ALGORITHMS: tuple[str, ...] = ("ES256", "ES384", "EdDSA", "PS256", "RS256")
+
+
+@runtime_checkable
+class DPoPReplayStore(Protocol):
+    """Remembers the ``jti`` of every proof seen, for RFC 9449 §11.1 replay detection.
+
+    ``first_use`` records ``key`` for ``ttl`` seconds and returns ``True`` unless it was
+    already recorded (then the proof is a replay). It must be atomic. ``first_use_sync`` is
+    the same for WSGI.
+    """
+
+    async def first_use(self, key: str, ttl: float) -> bool: ...
+
+    def first_use_sync(self, key: str, ttl: float) -> bool: ...
+
+
+class MemoryDPoPReplayStore:
+    """An in-process replay store: bounded, entries expiring with the ``iat`` window.
+
+    Good for one process; several instances need a shared store, or a replay may succeed
+    once per instance.
+
+    Args:
+        max_entries: the bound; when full, the oldest entries go first (they are the
+            closest to expiring, since every entry lives for the same window).
+        clock: returns epoch seconds; injectable for tests.
+    """
+
+    def __init__(
+        self, *, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if max_entries < 1:
+            raise ConfigurationError("max_entries must be at least 1")
+        self._clock = clock
+        self._max = max_entries
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def first_use_sync(self, key: str, ttl: float) -> bool:
+        """Record ``key`` for ``ttl`` seconds; ``False`` if it was already recorded."""
+        now = self._clock()
+        with self._lock:
+            seen = self._seen
+            # Entries share one ttl, so insertion order is expiry order: drop from the front.
+            while seen:
+                oldest, expires = next(iter(seen.items()))
+                if expires > now:
+                    break
+                del seen[oldest]
+            previous = seen.get(key)
+            if previous is not None and previous > now:
+                return False
+            while len(seen) >= self._max:
+                seen.popitem(last=False)
+            seen[key] = now + ttl
+            return True
+
+    async def first_use(self, key: str, ttl: float) -> bool:
+        """As ``first_use_sync`` (no I/O: safe on the event loop)."""
+        return self.first_use_sync(key, ttl)
+
+
+class RedisDPoPReplayStore:
+    """A replay store shared through Redis by every instance of the API.
+
+    One round trip per proof: ``SET key 1 NX PX ttl``, atomic in Redis, so two instances
+    receiving the same proof at once cannot both accept it. Keys expire with the proof's
+    window, so the store stays bounded by the request rate times the window.
+
+    Args:
+        url: a ``redis://``, ``rediss://`` or ``unix://`` URL, used for both sides.
+        namespace: the prefix of every key (``<namespace>:dpop:<jkt>:<jti>``).
+        client: an existing ``redis.Redis`` for the synchronous side, instead of ``url``.
+        async_client: an existing ``redis.asyncio.Redis`` for the asynchronous side.
+        socket_timeout: seconds a command may take before it fails.
+        connect_timeout: seconds to establish a connection.
+
+    Any Redis failure is raised as ``ReplayStoreError``: the guard answers 503 (a replay
+    cannot be ruled out). Run Redis with ``maxmemory-policy noeviction`` or ``volatile-ttl``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str = "bearerguard",
+        client: Any = None,
+        async_client: Any = None,
+        socket_timeout: float = 1.0,
+        connect_timeout: float = 1.0,
+    ) -> None:
+        try:
+            import redis  # noqa: PLC0415 - an optional extra
+            import redis.asyncio  # noqa: PLC0415
+        except ImportError as exc:  # pragma: no cover - exercised only without the extra
+            raise ImportError(
+                "RedisDPoPReplayStore needs redis-py: pip install 'bearerguard[redis]'"
+            ) from exc
+        if url is not None and (client is not None or async_client is not None):
+            raise ConfigurationError("give either a URL or clients, not both")
+        if url is None and client is None and async_client is None:
+            raise ConfigurationError("give a Redis URL or clients")
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigurationError("url must start with redis://, rediss:// or unix://")
+        if not namespace or any(c in namespace for c in "\0\n"):
+            raise ConfigurationError("namespace must be a non-empty string")
+        self._prefix = f"{namespace}:dpop:"
+        self._url = url
+        self._options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+        }
+        self._aredis = redis.asyncio
+        self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
+        self._sync = client if url is None else redis.Redis.from_url(url, **self._options)
+        self._owns_sync = url is not None
+        self._async = async_client
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+
+    def _ttl_ms(self, ttl: float) -> int:
+        return max(int(ttl * 1000), 1)
+
+    def first_use_sync(self, key: str, ttl: float) -> bool:
+        """Record ``key`` for ``ttl`` seconds; ``False`` if it was already recorded.
+
+        Raises:
+            ReplayStoreError: Redis failed, or there is no synchronous client.
+        """
+        if self._sync is None:
+            raise ReplayStoreError("no synchronous Redis client: give url= or client=")
+        try:
+            return bool(self._sync.set(self._prefix + key, b"1", nx=True, px=self._ttl_ms(ttl)))
+        except self._errors as exc:
+            raise ReplayStoreError(f"redis SET failed: {type(exc).__name__}: {exc}") from exc
+
+    async def first_use(self, key: str, ttl: float) -> bool:
+        """As ``first_use_sync``, on the event loop."""
+        client = self._async_client()
+        try:
+            return bool(await client.set(self._prefix + key, b"1", nx=True, px=self._ttl_ms(ttl)))
+        except self._errors as exc:
+            raise ReplayStoreError(f"redis SET failed: {type(exc).__name__}: {exc}") from exc
+
+    def _async_client(self) -> Any:
+        if self._url is not None:
+            loop = asyncio.get_running_loop()
+            # redis.asyncio connections belong to one event loop: a client per loop.
+            if self._async is None or self._async_loop is not loop:
+                self._async = self._aredis.Redis.from_url(self._url, **self._options)
+                self._async_loop = loop
+        if self._async is None:
+            raise ReplayStoreError("no asynchronous Redis client: give url= or async_client=")
+        return self._async
+
+    async def aclose(self) -> None:
+        """Close the connections this store opened (the asynchronous ones from their loop)."""
+        client, self._async = self._async, None
+        owned = self._url is not None and client is not None
+        if owned and self._async_loop is asyncio.get_running_loop():
+            await client.aclose()
+        self.close()
+
+    def close(self) -> None:
+        """Close the synchronous connections this store opened."""
+        client = self._sync
+        if self._owns_sync and client is not None:
+            self._sync = None
+            client.close()
+
+
+class NonceIssuer:
+    """Issues and checks server nonces for DPoP proofs (RFC 9449 §9), statelessly.
+
+    A nonce is its issue time with an HMAC over it: any instance sharing ``secret`` accepts
+    it until ``lifetime`` seconds have passed, then asks for a fresh one with
+    ``use_dpop_nonce``. Nonces limit how far ahead a stolen key holder can make proofs.
+
+    Args:
+        secret: at least 32 bytes, shared by every instance; random per process by default.
+        lifetime: seconds a nonce stays acceptable.
+    """
+
+    def __init__(self, *, secret: bytes | None = None, lifetime: float = 300.0) -> None:
+        if secret is not None and len(secret) < 32:
+            raise ConfigurationError("the nonce secret must be at least 32 bytes")
+        if lifetime <= 0:
+            raise ConfigurationError("lifetime must be positive")
+        self._secret = secret or secrets.token_bytes(32)
+        self.lifetime = lifetime
+
+    def _mac(self, stamp: bytes) -> bytes:
+        return hmac.new(self._secret, b"dpop-nonce" + stamp, hashlib.sha256).digest()[:16]
+
+    def issue(self, now: float) -> str:
+        """A fresh nonce issued at ``now`` (epoch seconds)."""
+        stamp = struct.pack(">Q", int(now))
+        return b64url(stamp + self._mac(stamp))
+
+    def is_valid(self, nonce: str, now: float) -> bool:
+        """Whether ``nonce`` was issued by this secret and is still fresh at ``now``."""
+        if len(nonce) != 32:  # 24 bytes, base64url
+            return False
+        try:
+            import base64  # noqa: PLC0415 - rarely needed
+
+            raw = base64.urlsafe_b64decode(nonce + "==")
+        except ValueError:
+            return False
+        stamp, mac = raw[:8], raw[8:]
+        if not hmac.compare_digest(mac, self._mac(stamp)):
+            return False
+        issued = int(struct.unpack(">Q", stamp)[0])
+        return issued - 5 <= now < issued + self.lifetime
+
+
+@dataclass(frozen=True, slots=True)
+class DPoPPolicy:
+    """How a guard accepts DPoP-bound tokens (RFC 9449).
+
+    Args:
+        mode: ``"allowed"``: Bearer and DPoP are both accepted, but a DPoP-bound token (one
+            with ``cnf.jkt``) presented as Bearer is refused (RFC 9449 §7.2). ``"required"``:
+            only DPoP is accepted.
+        algorithms: the proof algorithms accepted (asymmetric only; RFC 9449 §4.3 step 5),
+            advertised in the challenge's ``algs``.
+        iat_window: how many seconds old a proof may be; its ``jti`` is remembered that long.
+        leeway: how many seconds in the future a proof's ``iat`` may be (clock skew).
+        nonce: a ``NonceIssuer`` to require server nonces (RFC 9449 §9); off by default.
+        replay: the ``jti`` store; a ``MemoryDPoPReplayStore`` by default. Use a shared one
+            when several instances serve the API.
+        external_url: the URL clients reach the API at (``https://api.example.com`` or
+            with a path prefix), when a proxy stands in front: the request's path is appended
+            to it to check ``htu``. Without it the URL is rebuilt from the request's scheme
+            and ``Host``, which a proxy may change.
+
+    Raises:
+        ConfigurationError: an unknown mode, a non-asymmetric algorithm, or a bad URL.
+    """
+
+    mode: Literal["allowed", "required"] = "allowed"
+    algorithms: Iterable[str] = DEFAULT_DPOP_ALGORITHMS
+    iat_window: float = 300.0
+    leeway: float = 5.0
+    nonce: NonceIssuer | None = None
+    replay: DPoPReplayStore = field(default_factory=MemoryDPoPReplayStore)
+    external_url: str | None = None
+    allowed: frozenset[str] = field(init=False, repr=False)
+    algs: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("allowed", "required"):
+            raise ConfigurationError("mode must be 'allowed' or 'required'")
+        algorithms = self.algorithms
+        allowed = frozenset((algorithms,) if isinstance(algorithms, str) else algorithms)
+        if not allowed or not allowed <= ASYMMETRIC_ALGORITHMS:
+            raise ConfigurationError(
+                f"DPoP algorithms must be asymmetric JWS algorithms: {sorted(allowed)}"
+            )
+        if self.iat_window <= 0 or self.leeway < 0:
+            raise ConfigurationError("iat_window must be positive and leeway not negative")
+        if not isinstance(self.replay, DPoPReplayStore):
+            raise ConfigurationError("replay must be a DPoPReplayStore")
+        if self.external_url is not None:
+            from bearerguard._core.dpop import normalize_htu  # noqa: PLC0415
+
+            try:
+                normalize_htu(self.external_url)
+            except ValueError as exc:
+                raise ConfigurationError("external_url must be an http(s) URL") from exc
+            object.__setattr__(self, "external_url", self.external_url.rstrip("/"))
+        object.__setattr__(self, "allowed", allowed)
+        object.__setattr__(self, "algs", " ".join(sorted(allowed)))
+
+    def request_url(self, scheme: str, host: str, path: str) -> str:
+        """The URL a request was addressed to, as its proof's ``htu`` must name it."""
+        if self.external_url is not None:
+            return self.external_url + path
+        return f"{scheme}://{host}{path}"
+
+
+@dataclass(frozen=True, slots=True)
+class DPoPRequest:
+    """What a middleware tells the guard about a request for DPoP (per request).
+
+    Attributes:
+        scheme: the ``Authorization`` scheme used, ``"bearer"`` or ``"dpop"``.
+        proofs: every ``DPoP`` header value sent (exactly one is accepted).
+        method: the HTTP method.
+        url: the request's URL (see ``DPoPPolicy.request_url``).
+    """
+
+    scheme: Literal["bearer", "dpop"]
+    proofs: tuple[str, ...]
+    method: str
+    url: str
+
+
+# Characters a path keeps unescaped (RFC 3986 §3.3 pchar and "/"); the rest is escaped as a
+# client builds its htu, before both sides are normalised.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+def dpop_request(  # noqa: PLR0917 - one call site per middleware
+    policy: DPoPPolicy,
+    scheme: Literal["bearer", "dpop"],
+    proofs: Iterable[bytes],
+    method: str,
+    url_scheme: str,
+    host: str,
+    path: bytes,
+) -> DPoPRequest:
+    """Describe a request for the guard's DPoP checks; both middlewares call this.
+
+    Args:
+        policy: the guard's policy (its ``external_url`` replaces ``url_scheme`` and
+            ``host`` when set).
+        scheme: the ``Authorization`` scheme used.
+        proofs: every ``DPoP`` header value.
+        method: the request method.
+        url_scheme: ``http`` or ``https``, as the server saw the request.
+        host: the ``Host`` header (or the server's name and port).
+        path: the full path the server received (including any root path), unescaped.
+    """
+    return DPoPRequest(
+        scheme,
+        tuple(value.decode("latin-1") for value in proofs),
+        method,
+        policy.request_url(url_scheme, host, quote(path, safe=_PATH_SAFE)),
+    )

@@ -1,0 +1,177 @@
+"""Metrics: what the guard decides and does, counted through one small hook.
+
+Give a guard a ``MetricsHook`` (``BearerGuard(metrics=...)``) and it reports:
+
+========================================  =========  ==========================================
+name                                      kind       labels
+========================================  =========  ==========================================
+``bearerguard_decisions_total``           counter    ``event`` (``token.accepted`` ...), ``reason``
+``bearerguard_decision_seconds``          histogram  ``event``: time spent deciding
+``bearerguard_token_cache_total``         counter    ``result``: ``hit`` or ``miss``
+``bearerguard_jwks_fetches_total``        counter    ``result``: ``ok`` or ``error``
+``bearerguard_revocation_failures_total`` counter    ``store``
+========================================  =========  ==========================================
+
+Every decision is counted, whatever the audit sampling. The key set's age is read when asked
+(``BearerGuard.key_set_age()``), so exporters publish it as a gauge computed at scrape time.
+
+``InMemoryMetrics`` keeps the figures in the process (``snapshot()``, for tests and a debug
+endpoint); ``PrometheusMetrics`` (extra ``bearerguard[prometheus]``) exports them. Anything
+else, OpenTelemetry or statsd, is a class with the two methods of ``MetricsHook``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from bearerguard.guard import BearerGuard
+
+__all__ = [
+    "CACHE",
+    "DECISIONS",
+    "DECISION_SECONDS",
+    "JWKS_FETCHES",
+    "LATENCY_BUCKETS",
+    "REVOCATION_FAILURES",
+    "InMemoryMetrics",
+    "MetricsHook",
+    "PrometheusMetrics",
+]
+
+DECISIONS = "bearerguard_decisions_total"
+DECISION_SECONDS = "bearerguard_decision_seconds"
+CACHE = "bearerguard_token_cache_total"
+JWKS_FETCHES = "bearerguard_jwks_fetches_total"
+REVOCATION_FAILURES = "bearerguard_revocation_failures_total"
+JWKS_AGE = "bearerguard_jwks_age_seconds"
+
+LATENCY_BUCKETS = (0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+"""Upper bounds, in seconds: a cache hit takes microseconds, a key fetch up to the timeout."""
+
+_LABELS = {
+    DECISIONS: ("event", "reason"),
+    DECISION_SECONDS: ("event",),
+    CACHE: ("result",),
+    JWKS_FETCHES: ("result",),
+    REVOCATION_FAILURES: ("store",),
+}
+_HELP = {
+    DECISIONS: "Authentication and authorization decisions, by audit event and reason.",
+    DECISION_SECONDS: "Time spent deciding, by audit event.",
+    CACHE: "Lookups in the verified-token cache.",
+    JWKS_FETCHES: "Key set fetches, by result.",
+    REVOCATION_FAILURES: "Revocation store failures, by store.",
+    JWKS_AGE: "Seconds since the key set was last fetched successfully.",
+}
+
+
+@runtime_checkable
+class MetricsHook(Protocol):
+    """Receives the guard's metrics. Called on the request path: keep both methods cheap."""
+
+    def increment(self, name: str, labels: dict[str, str]) -> None:
+        """Add one to the counter ``name`` with ``labels``."""
+        ...
+
+    def observe(self, name: str, value: float, labels: dict[str, str]) -> None:
+        """Record ``value`` in the histogram ``name`` with ``labels``."""
+        ...
+
+
+class InMemoryMetrics:
+    """Counters and histograms kept in this process; thread-safe."""
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self._buckets = buckets
+        self._lock = threading.Lock()
+        self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._histograms: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}
+
+    def increment(self, name: str, labels: dict[str, str]) -> None:
+        """Add one to a counter."""
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self._counters[key] = self._counters.get(key, 0) + 1
+
+    def observe(self, name: str, value: float, labels: dict[str, str]) -> None:
+        """Record a value: bucket counts, then the count and the sum."""
+        key = (name, tuple(sorted(labels.items())))
+        slot = bisect.bisect_left(self._buckets, value)
+        with self._lock:
+            histogram = self._histograms.get(key)
+            if histogram is None:
+                histogram = self._histograms[key] = [0.0] * (len(self._buckets) + 3)
+            histogram[slot] += 1
+            histogram[-2] += 1
+            histogram[-1] += value
+
+    def count(self, name: str, **labels: str) -> float:
+        """A counter's value (0 when never incremented)."""
+        return self._counters.get((name, tuple(sorted(labels.items()))), 0)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every counter and histogram, as plain data."""
+        with self._lock:
+            counters = [
+                {"name": name, "labels": dict(labels), "value": value}
+                for (name, labels), value in sorted(self._counters.items())
+            ]
+            histograms = [
+                {
+                    "name": name,
+                    "labels": dict(labels),
+                    "count": values[-2],
+                    "sum": values[-1],
+                    "buckets": dict(zip([*self._buckets, float("inf")], values[:-2], strict=True)),
+                }
+                for (name, labels), values in sorted(self._histograms.items())
+            ]
+        return {"counters": counters, "histograms": histograms}
+
+
+class PrometheusMetrics:
+    """Exports the guard's metrics with ``prometheus_client`` (``bearerguard[prometheus]``).
+
+    Args:
+        registry: where to register; the default registry when omitted.
+        guard: when given, also publishes ``bearerguard_jwks_age_seconds``, read at scrape.
+
+    Raises:
+        ImportError: ``prometheus_client`` is not installed.
+    """
+
+    def __init__(self, registry: Any = None, *, guard: BearerGuard | None = None) -> None:
+        try:
+            import prometheus_client as prometheus  # noqa: PLC0415 - an optional extra
+        except ImportError as exc:  # pragma: no cover - exercised only without the extra
+            raise ImportError(
+                "PrometheusMetrics needs prometheus_client: pip install 'bearerguard[prometheus]'"
+            ) from exc
+        options: dict[str, Any] = {} if registry is None else {"registry": registry}
+        self._metrics: dict[str, Any] = {}
+        for name, labels in _LABELS.items():
+            metric: Any
+            if name == DECISION_SECONDS:
+                metric = prometheus.Histogram(
+                    name, _HELP[name], labels, buckets=LATENCY_BUCKETS, **options
+                )
+            else:
+                # prometheus_client adds the _total suffix itself.
+                metric = prometheus.Counter(
+                    name.removesuffix("_total"), _HELP[name], labels, **options
+                )
+            self._metrics[name] = metric
+        if guard is not None:
+            age = prometheus.Gauge(JWKS_AGE, _HELP[JWKS_AGE], **options)
+            age.set_function(lambda: guard.key_set_age() or 0.0)
+
+    def increment(self, name: str, labels: dict[str, str]) -> None:
+        """Add one to a counter."""
+        self._metrics[name].labels(**labels).inc()
+
+    def observe(self, name: str, value: float, labels: dict[str, str]) -> None:
+        """Record a value in a histogram."""
+        self._metrics[name].labels(**labels).observe(value)

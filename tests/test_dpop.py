@@ -1,0 +1,801 @@
+"""DPoP (RFC 9449): the proof checks, the stores, and both middlewares end to end.
+
+Proofs are built by hand with ``cryptography`` and our own base64url, and, for interop, with
+joserfc, a JOSE library that shares no code with ours.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from joserfc import jws as jose_jws
+from joserfc.errors import SecurityWarning
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+from starlette.testclient import TestClient
+
+from bearerguard import BearerGuard
+from bearerguard._core.dpop import (
+    access_token_hash,
+    b64url,
+    check_proof,
+    jwk_thumbprint,
+    normalize_htu,
+)
+from bearerguard.dpop import (
+    DPoPPolicy,
+    MemoryDPoPReplayStore,
+    NonceIssuer,
+    RedisDPoPReplayStore,
+)
+from bearerguard.errors import ConfigurationError, InvalidDPoPProofError, ReplayStoreError
+from bearerguard.testing import DevIssuer
+from tests.apps import build_app, build_flask_app
+from tests.redis_server import RedisServer
+
+URL = "http://testserver/me"
+Client = Callable[..., httpx.Response]
+
+
+class Holder:
+    """A client's DPoP key (EC P-256), making proofs by hand."""
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        numbers = self.key.public_key().public_numbers()
+        self.jwk = {
+            "kty": "EC",
+            "crv": "P-256",
+            "x": b64url(numbers.x.to_bytes(32, "big")),
+            "y": b64url(numbers.y.to_bytes(32, "big")),
+        }
+        self.jkt = jwk_thumbprint(self.jwk)
+
+    def sign(self, header: dict[str, Any], claims: dict[str, Any]) -> str:
+        signing_input = (
+            b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())
+        )
+        der = self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        return signing_input + "." + b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+    def proof(
+        self,
+        token: str,
+        *,
+        method: str = "GET",
+        url: str = URL,
+        iat: float | None = None,
+        nonce: str | None = None,
+        header: dict[str, Any] | None = None,
+        claims: dict[str, Any] | None = None,
+    ) -> str:
+        head: dict[str, Any] = {"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk}
+        body: dict[str, Any] = {
+            "jti": str(uuid.uuid4()),
+            "htm": method,
+            "htu": url,
+            "iat": int(time.time() if iat is None else iat),
+            "ath": access_token_hash(token),
+        }
+        if nonce is not None:
+            body["nonce"] = nonce
+        head.update(header or {})
+        body.update(claims or {})
+        return self.sign(
+            {k: v for k, v in head.items() if v is not None},
+            {k: v for k, v in body.items() if v is not None},
+        )
+
+
+@pytest.fixture
+def holder() -> Holder:
+    return Holder()
+
+
+def dpop(token: str, proof: str) -> dict[str, str]:
+    return {"Authorization": f"DPoP {token}", "DPoP": proof}
+
+
+# -- the sans-I/O core ------------------------------------------------------------------
+
+
+def test_ath_matches_rfc_9449_example() -> None:
+    # RFC 9449 §7.1: the example access token and its ath.
+    token = "Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU"
+    assert access_token_hash(token) == "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo"
+
+
+def test_thumbprint_matches_rfc_7638_example() -> None:
+    # RFC 7638 §3.1.
+    jwk = {
+        "kty": "RSA",
+        "n": (
+            "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1"
+            "L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4"
+            "QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbO"
+            "pbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csF"
+            "Cur-kEgU8awapJzKnqDKgw"
+        ),
+        "e": "AQAB",
+        "alg": "RS256",
+        "kid": "2011-04-29",
+    }
+    assert jwk_thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ECKey.generate_key("P-256"),
+        lambda: ECKey.generate_key("P-384"),
+        lambda: RSAKey.generate_key(2048),
+        lambda: OKPKey.generate_key("Ed25519"),
+    ],
+    ids=["P-256", "P-384", "RSA", "Ed25519"],
+)
+def test_thumbprint_agrees_with_joserfc(make: Callable[[], Any]) -> None:
+    key = make()
+    assert jwk_thumbprint(key.as_dict(private=False)) == key.thumbprint()
+
+
+def test_thumbprint_refuses_unknown_or_incomplete_keys() -> None:
+    with pytest.raises(ValueError, match="kty"):
+        jwk_thumbprint({"kty": "oct", "k": "AAAA"})
+    with pytest.raises(ValueError, match="'y'"):
+        jwk_thumbprint({"kty": "EC", "crv": "P-256", "x": "AAAA"})
+
+
+@pytest.mark.parametrize(
+    ("url", "normal"),
+    [
+        ("https://API.Example.COM/a/b", "https://api.example.com/a/b"),
+        ("HTTPS://api.example.com:443/a", "https://api.example.com/a"),
+        ("http://api.example.com:80/a", "http://api.example.com/a"),
+        ("http://api.example.com:8080/a", "http://api.example.com:8080/a"),
+        ("https://api.example.com", "https://api.example.com/"),
+        ("https://api.example.com/a?x=1#f", "https://api.example.com/a"),
+        ("https://api.example.com/%7euser/%2f", "https://api.example.com/~user/%2F"),
+        ("https://[::1]:8443/a", "https://[::1]:8443/a"),
+    ],
+)
+def test_htu_normalisation(url: str, normal: str) -> None:
+    assert normalize_htu(url) == normal
+
+
+@pytest.mark.parametrize("url", ["ftp://x/a", "/relative", "https:///nohost", "http://h:99999/"])
+def test_htu_normalisation_refuses_non_http_uris(url: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - the message varies by cause
+        normalize_htu(url)
+
+
+def _check(proof: str, token: str = "tok", **options: Any) -> Any:  # noqa: S107
+    arguments: dict[str, Any] = {
+        "method": "GET",
+        "url": URL,
+        "access_token": token,
+        "now": time.time(),
+        "algorithms": frozenset({"ES256", "RS256", "EdDSA"}),
+        "iat_window": 300.0,
+        "leeway": 5.0,
+    }
+    arguments.update(options)
+    return check_proof(proof, **arguments)
+
+
+def test_a_good_proof_passes(holder: Holder) -> None:
+    checked = _check(holder.proof("tok", nonce="n-1"))
+    assert checked.thumbprint == holder.jkt
+    assert checked.nonce == "n-1"
+    assert checked.algorithm == "ES256"
+
+
+def test_htu_is_compared_after_normalisation(holder: Holder) -> None:
+    proof = holder.proof("tok", url="HTTP://TestServer:80/me?page=2")
+    assert _check(proof).thumbprint == holder.jkt
+
+
+def _private_jwk(holder: Holder) -> dict[str, Any]:
+    d = holder.key.private_numbers().private_value.to_bytes(32, "big")
+    return {**holder.jwk, "d": b64url(d)}
+
+
+# Every RFC 9449 §4.3 check, failing: (name, proof-making function, detail matched).
+FAILURES: list[tuple[str, Callable[[Holder], str], str]] = [
+    ("not-a-jws", lambda h: "not.a.jws!", "strict compact JWS"),
+    ("two-segments", lambda h: h.proof("tok").rsplit(".", 1)[0], "strict compact JWS"),
+    ("no-typ", lambda h: h.proof("tok", header={"typ": None}), "typ missing"),
+    ("no-jwk", lambda h: h.proof("tok", header={"jwk": None}), "jwk missing"),
+    ("no-jti", lambda h: h.proof("tok", claims={"jti": None}), "jti missing"),
+    ("no-htm", lambda h: h.proof("tok", claims={"htm": None}), "htm missing"),
+    ("no-htu", lambda h: h.proof("tok", claims={"htu": None}), "htu missing"),
+    ("no-iat", lambda h: h.proof("tok", claims={"iat": None}), "iat missing"),
+    ("no-ath", lambda h: h.proof("tok", claims={"ath": None}), "ath missing"),
+    ("typ-jwt", lambda h: h.proof("tok", header={"typ": "JWT"}), "typ is not"),
+    ("typ-at+jwt", lambda h: h.proof("tok", header={"typ": "at+jwt"}), "typ is not"),
+    ("alg-none", lambda h: h.proof("tok", header={"alg": "none"}), "strict compact JWS"),
+    ("alg-hs256", lambda h: h.proof("tok", header={"alg": "HS256"}), "not accepted"),
+    ("alg-not-allowed", lambda h: h.proof("tok", header={"alg": "ES384"}), "not accepted"),
+    ("alg-not-key", lambda h: h.proof("tok", header={"alg": "RS256"}), "jwk unusable"),
+    ("jwk-private", lambda h: h.proof("tok", header={"jwk": _private_jwk(h)}), "private"),
+    ("jwk-not-object", lambda h: h.proof("tok", header={"jwk": "k"}), "not a JSON object"),
+    ("jwk-other-key", lambda h: h.proof("tok", header={"jwk": Holder().jwk}), "signature"),
+    ("bad-signature", lambda h: h.proof("tok")[:-4] + "AAAA", "signature"),
+    ("htm-post", lambda h: h.proof("tok", method="POST"), "htm"),
+    ("htm-lowercase", lambda h: h.proof("tok", method="get"), "htm"),
+    ("htu-other-path", lambda h: h.proof("tok", url="http://testserver/other"), "htu"),
+    ("htu-other-host", lambda h: h.proof("tok", url="http://evil.example/me"), "htu"),
+    ("htu-https", lambda h: h.proof("tok", url="https://testserver/me"), "htu"),
+    ("htu-not-string", lambda h: h.proof("tok", claims={"htu": 1}), "htu"),
+    ("htu-garbage", lambda h: h.proof("tok", claims={"htu": "::"}), "htu"),
+    ("iat-old", lambda h: h.proof("tok", iat=time.time() - 301), "too old"),
+    ("iat-future", lambda h: h.proof("tok", iat=time.time() + 60), "future"),
+    ("iat-string", lambda h: h.proof("tok", claims={"iat": "now"}), "iat is not"),
+    ("iat-bool", lambda h: h.proof("tok", claims={"iat": True}), "iat is not"),
+    ("ath-other-token", lambda h: h.proof("other"), "ath"),
+    ("jti-empty", lambda h: h.proof("tok", claims={"jti": ""}), "jti"),
+    ("jti-huge", lambda h: h.proof("tok", claims={"jti": "j" * 300}), "jti"),
+    ("nonce-number", lambda h: h.proof("tok", claims={"nonce": 7}), "nonce"),
+    ("crit", lambda h: h.proof("tok", header={"crit": ["x"], "x": 1}), "strict compact JWS"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "detail"), [c[1:] for c in FAILURES], ids=[c[0] for c in FAILURES]
+)
+def test_every_check_fails_on_its_own(
+    holder: Holder, make: Callable[[Holder], str], detail: str
+) -> None:
+    with pytest.raises(InvalidDPoPProofError) as raised:
+        _check(make(holder), algorithms=frozenset({"ES256", "RS256"}))
+    assert detail in str(raised.value.detail)
+    assert raised.value.error_code == "invalid_dpop_proof"
+    assert raised.value.status == 401
+
+
+def test_oversized_proof_is_refused_before_parsing(holder: Holder) -> None:
+    with pytest.raises(InvalidDPoPProofError, match="too large"):
+        _check("a" * 9000)
+
+
+# -- interop: proofs made by joserfc ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "alg"),
+    [
+        (lambda: ECKey.generate_key("P-256"), "ES256"),
+        (lambda: RSAKey.generate_key(2048), "PS256"),
+        (lambda: OKPKey.generate_key("Ed25519"), "EdDSA"),
+    ],
+    ids=["ES256", "PS256", "EdDSA"],
+)
+def test_proofs_made_by_joserfc_pass(make: Callable[[], Any], alg: str) -> None:
+    key = make()
+    proof = joserfc_proof(key, alg, "tok")
+    checked = _check(proof, algorithms=frozenset({alg}))
+    assert checked.thumbprint == key.thumbprint()
+
+
+def joserfc_proof(key: Any, alg: str, token: str, *, url: str = URL, **claims: Any) -> str:
+    header = {"typ": "dpop+jwt", "alg": alg, "jwk": key.as_dict(private=False)}
+    payload = {
+        "jti": str(uuid.uuid4()),
+        "htm": "GET",
+        "htu": url,
+        "iat": int(time.time()),
+        "ath": access_token_hash(token),
+        **claims,
+    }
+    registry = jose_jws.JWSRegistry(algorithms=[alg])
+    with warnings.catch_warnings():
+        # joserfc warns that "EdDSA" is deprecated by RFC 9864 (in favour of "Ed25519"), but
+        # RFC 9449 deployments still use it.
+        warnings.simplefilter("ignore", SecurityWarning)
+        return str(jose_jws.serialize_compact(header, json.dumps(payload), key, registry=registry))
+
+
+# -- the stores -------------------------------------------------------------------------
+
+
+def test_memory_replay_store_remembers_until_expiry() -> None:
+    now = [1000.0]
+    store = MemoryDPoPReplayStore(clock=lambda: now[0])
+    assert store.first_use_sync("a", 10)
+    assert not store.first_use_sync("a", 10)
+    now[0] += 11
+    assert store.first_use_sync("a", 10)
+    assert len(store) == 1
+
+
+def test_memory_replay_store_is_bounded() -> None:
+    store = MemoryDPoPReplayStore(max_entries=3, clock=lambda: 0.0)
+    for key in "abcde":
+        assert store.first_use_sync(key, 60)
+    assert len(store) == 3
+    assert not store.first_use_sync("e", 60)
+    with pytest.raises(ConfigurationError):
+        MemoryDPoPReplayStore(max_entries=0)
+
+
+@pytest.mark.anyio
+async def test_memory_replay_store_async_side() -> None:
+    store = MemoryDPoPReplayStore()
+    assert await store.first_use("k", 5)
+    assert not await store.first_use("k", 5)
+
+
+def test_nonces() -> None:
+    issuer = NonceIssuer(secret=b"s" * 32, lifetime=60)
+    nonce = issuer.issue(1000)
+    assert issuer.is_valid(nonce, 1000)
+    assert issuer.is_valid(nonce, 1059)
+    assert not issuer.is_valid(nonce, 1060)
+    assert not issuer.is_valid(nonce, 990)
+    assert not NonceIssuer(secret=b"t" * 32).is_valid(nonce, 1000)
+    assert not issuer.is_valid(nonce[:-2] + "AA", 1000)
+    assert not issuer.is_valid("short", 1000)
+    assert not issuer.is_valid("!" * 32, 1000)
+    with pytest.raises(ConfigurationError):
+        NonceIssuer(secret=b"short")
+    with pytest.raises(ConfigurationError):
+        NonceIssuer(lifetime=0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"mode": "sometimes"},
+        {"algorithms": ["HS256"]},
+        {"algorithms": []},
+        {"iat_window": 0},
+        {"leeway": -1},
+        {"replay": object()},
+        {"external_url": "ftp://x"},
+    ],
+)
+def test_policy_configuration_errors(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        DPoPPolicy(**options)
+
+
+def test_guard_refuses_a_policy_of_another_type(session_issuer: DevIssuer) -> None:
+    with pytest.raises(ConfigurationError):
+        session_issuer.guard(in_process=True, dpop={"mode": "required"})
+
+
+def test_policy_advertises_sorted_algorithms() -> None:
+    assert DPoPPolicy(algorithms="ES256").algs == "ES256"
+    assert DPoPPolicy(algorithms=["PS256", "ES256"]).algs == "ES256 PS256"
+
+
+# -- both middlewares -------------------------------------------------------------------
+
+
+@pytest.fixture(params=["asgi", "wsgi"])
+def stack(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def open_client(
+    stack: str, guard: BearerGuard, base_url: str = "http://testserver"
+) -> Iterator[Client]:
+    if stack == "asgi":
+        with TestClient(build_app(guard), base_url=base_url) as client:
+            yield client.request
+    else:
+        transport = httpx.WSGITransport(app=build_flask_app(guard))
+        with httpx.Client(transport=transport, base_url=base_url) as client:
+            yield client.request
+
+
+def make_client(stack: str, issuer: DevIssuer, **policy: Any) -> Iterator[Client]:
+    yield from open_client(stack, issuer.guard(in_process=True, dpop=DPoPPolicy(**policy)))
+
+
+@pytest.fixture
+def call(stack: str, session_issuer: DevIssuer) -> Iterator[Client]:
+    yield from make_client(stack, session_issuer)
+
+
+@pytest.fixture
+def strict(stack: str, session_issuer: DevIssuer) -> Iterator[Client]:
+    yield from make_client(stack, session_issuer, mode="required")
+
+
+def bound(issuer: DevIssuer, holder: Holder, **claims: Any) -> str:
+    return issuer.mint(cnf={"jkt": holder.jkt}, **claims)
+
+
+def challenge(response: httpx.Response) -> str:
+    return response.headers.get("www-authenticate", "")
+
+
+def test_dpop_request_is_accepted(call: Client, session_issuer: DevIssuer, holder: Holder) -> None:
+    token = bound(session_issuer, holder)
+    with structlog.testing.capture_logs() as logged:
+        response = call("GET", "/me", headers=dpop(token, holder.proof(token)))
+    assert response.status_code == 200, response.text
+    assert response.json()["sub"] == "user-1"
+    accepted = [e for e in logged if e["event"] == "token.accepted"]
+    assert [e["binding"] for e in accepted] == ["dpop"]
+
+
+def test_plain_bearer_is_still_accepted_in_allowed_mode(
+    call: Client, session_issuer: DevIssuer
+) -> None:
+    with structlog.testing.capture_logs() as logged:
+        response = call("GET", "/me", headers={"Authorization": f"Bearer {session_issuer.mint()}"})
+    assert response.status_code == 200
+    assert [e["binding"] for e in logged if e["event"] == "token.accepted"] == ["bearer"]
+
+
+def test_missing_credentials_get_both_challenges(call: Client) -> None:
+    response = call("GET", "/me")
+    assert response.status_code == 401
+    value = challenge(response)
+    assert value.startswith("Bearer realm=")
+    assert ', DPoP realm="' in value
+    assert 'algs="ES256 ES384 EdDSA PS256 RS256"' in value
+    assert "error=" not in value
+
+
+def test_public_paths_stay_open(call: Client) -> None:
+    assert call("GET", "/health").status_code == 200
+
+
+def test_replayed_proof_is_refused(call: Client, session_issuer: DevIssuer, holder: Holder) -> None:
+    token = bound(session_issuer, holder)
+    headers = dpop(token, holder.proof(token))
+    assert call("GET", "/me", headers=headers).status_code == 200
+    with structlog.testing.capture_logs() as logged:
+        replay = call("GET", "/me", headers=headers)
+    assert replay.status_code == 401
+    value = challenge(replay)
+    assert 'DPoP realm="' in value
+    assert 'error="invalid_dpop_proof"' in value.split("DPoP realm=")[1]
+    assert "error=" not in value.split(", DPoP realm=")[0]
+    assert replay.json()["error"] == "invalid_dpop_proof"
+    rejected = [e for e in logged if e["event"] == "token.rejected"]
+    assert rejected[0]["binding"] == "dpop"
+    assert rejected[0]["reason"] == "invalid_dpop_proof"
+    assert rejected[0]["detail"] == "proof jti replayed"
+
+
+def test_cached_token_needs_a_fresh_proof_each_time(
+    call: Client, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    token = bound(session_issuer, holder)
+    for _ in range(3):
+        assert call("GET", "/me", headers=dpop(token, holder.proof(token))).status_code == 200
+    # The token's verification comes from the cache now; the binding is still checked.
+    thief = Holder()
+    response = call("GET", "/me", headers=dpop(token, thief.proof(token)))
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_dpop_proof"
+    response = call("GET", "/me", headers={"Authorization": f"DPoP {token}"})
+    assert response.json()["error"] == "invalid_dpop_proof"
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("wrong-method", lambda h, t: h.proof(t, method="POST")),
+        ("wrong-url", lambda h, t: h.proof(t, url="http://testserver/items")),
+        ("other-token", lambda h, t: h.proof("another-token")),
+        ("old", lambda h, t: h.proof(t, iat=time.time() - 3600)),
+        ("bearer-typ", lambda h, t: h.proof(t, header={"typ": "JWT"})),
+    ],
+)
+def test_bad_proofs_through_the_middleware(
+    call: Client,
+    session_issuer: DevIssuer,
+    holder: Holder,
+    name: str,
+    make: Callable[[Holder, str], str],
+) -> None:
+    token = bound(session_issuer, holder)
+    response = call("GET", "/me", headers=dpop(token, make(holder, token)))
+    assert response.status_code == 401, name
+    assert response.json()["error"] == "invalid_dpop_proof"
+
+
+def test_several_proofs_are_refused(
+    stack: str, call: Client, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    token = bound(session_issuer, holder)
+    one, two = holder.proof(token), holder.proof(token)
+    # WSGI servers join repeated headers with commas; ASGI keeps them apart.
+    forms: list[Any] = [{"Authorization": f"DPoP {token}", "DPoP": f"{one}, {two}"}]
+    if stack == "asgi":
+        forms.append([("Authorization", f"DPoP {token}"), ("DPoP", one), ("DPoP", two)])
+    for headers in forms:
+        response = call("GET", "/me", headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"] == "invalid_dpop_proof"
+
+
+def test_bound_token_presented_as_bearer_is_refused(
+    call: Client, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    token = bound(session_issuer, holder)
+    with structlog.testing.capture_logs() as logged:
+        response = call(
+            "GET", "/me", headers={"Authorization": f"Bearer {token}", "DPoP": holder.proof(token)}
+        )
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_token"
+    value = challenge(response)
+    assert 'error="invalid_token"' in value.split(", DPoP realm=")[0]
+    rejected = [e for e in logged if e["event"] == "token.rejected"]
+    assert rejected[0]["binding"] == "bearer"
+
+
+def test_unbound_token_with_the_dpop_scheme_is_refused(
+    call: Client, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    token = session_issuer.mint()
+    response = call("GET", "/me", headers=dpop(token, holder.proof(token)))
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_token"
+    assert 'error="invalid_token"' in challenge(response).split("DPoP realm=")[1]
+
+
+def test_dpop_scheme_errors_in_the_header(call: Client) -> None:
+    for value in ("DPoP", "DPoP  ", "DPoP a b"):
+        response = call("GET", "/me", headers={"Authorization": value})
+        assert response.status_code == 400, value
+        assert 'error="invalid_request"' in challenge(response).split("DPoP realm=")[1]
+    response = call("GET", "/me?access_token=x", headers={"Authorization": "DPoP abc"})
+    assert response.status_code == 400
+
+
+def test_invalid_token_with_dpop_gets_the_dpop_challenge(call: Client, holder: Holder) -> None:
+    response = call("GET", "/me", headers=dpop("not-a-jwt", holder.proof("not-a-jwt")))
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in challenge(response).split("DPoP realm=")[1]
+
+
+def test_required_mode_refuses_bearer(
+    strict: Client, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    response = strict("GET", "/me", headers={"Authorization": f"Bearer {session_issuer.mint()}"})
+    assert response.status_code == 401
+    value = challenge(response)
+    assert value.startswith("DPoP realm=")
+    assert "Bearer" not in value
+    assert 'error="invalid_token"' in value
+    missing = strict("GET", "/me")
+    assert challenge(missing).startswith("DPoP realm=")
+    assert "error=" not in challenge(missing)
+    token = bound(session_issuer, holder)
+    assert strict("GET", "/me", headers=dpop(token, holder.proof(token))).status_code == 200
+
+
+def test_insufficient_scope_names_the_dpop_scheme(
+    call: Client, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    token = bound(session_issuer, holder, scopes=["other"])
+    response = call(
+        "GET", "/items", headers=dpop(token, holder.proof(token, url=URL[:-2] + "items"))
+    )
+    assert response.status_code == 403
+    value = challenge(response)
+    assert 'error="insufficient_scope"' in value.split("DPoP realm=")[1]
+    assert "error=" not in value.split(", DPoP realm=")[0]
+
+
+def test_nonce_flow(stack: str, session_issuer: DevIssuer, holder: Holder) -> None:
+    nonces = NonceIssuer(lifetime=60)
+    for call in make_client(stack, session_issuer, nonce=nonces):
+        token = bound(session_issuer, holder)
+        first = call("GET", "/me", headers=dpop(token, holder.proof(token)))
+        assert first.status_code == 401
+        assert first.json()["error"] == "use_dpop_nonce"
+        assert 'error="use_dpop_nonce"' in challenge(first).split("DPoP realm=")[1]
+        nonce = first.headers["dpop-nonce"]
+        assert nonces.is_valid(nonce, time.time())
+        stale = NonceIssuer().issue(time.time())
+        refused = call("GET", "/me", headers=dpop(token, holder.proof(token, nonce=stale)))
+        assert refused.json()["error"] == "use_dpop_nonce"
+        again = call("GET", "/me", headers=dpop(token, holder.proof(token, nonce=nonce)))
+        assert again.status_code == 200, again.text
+
+
+def test_external_url_behind_a_proxy(stack: str, session_issuer: DevIssuer, holder: Holder) -> None:
+    token = bound(session_issuer, holder)
+    public = "https://api.example.com/v1/me"
+    for call in make_client(stack, session_issuer, external_url="https://API.example.com/v1/"):
+        # The proxy strips /v1 and speaks plain HTTP to the app, with another Host.
+        assert call("GET", "/me", headers=dpop(token, holder.proof(token, url=public))).is_success
+        internal = call("GET", "/me", headers=dpop(token, holder.proof(token)))
+        assert internal.json()["error"] == "invalid_dpop_proof"
+    for call in make_client(stack, session_issuer):
+        refused = call("GET", "/me", headers=dpop(token, holder.proof(token, url=public)))
+        assert refused.json()["error"] == "invalid_dpop_proof"
+
+
+def test_htu_from_host_and_scheme_without_external_url(
+    stack: str, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    token = bound(session_issuer, holder)
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy())
+    for call in open_client(stack, guard, base_url="https://Api.Example.com:443"):
+        url = "https://api.example.com/me"
+        assert call("GET", "/me", headers=dpop(token, holder.proof(token, url=url))).is_success
+        url = "http://api.example.com/me"
+        assert call("GET", "/me", headers=dpop(token, holder.proof(token, url=url))).is_error
+
+
+def test_joserfc_proof_through_the_middleware(call: Client, session_issuer: DevIssuer) -> None:
+    key = ECKey.generate_key("P-256")
+    token = session_issuer.mint(cnf={"jkt": key.thumbprint()})
+    response = call("GET", "/me", headers=dpop(token, joserfc_proof(key, "ES256", token)))
+    assert response.status_code == 200, response.text
+
+
+def test_shared_replay_store_across_guards(session_issuer: DevIssuer, holder: Holder) -> None:
+    shared = MemoryDPoPReplayStore()
+    token = bound(session_issuer, holder)
+    headers = dpop(token, holder.proof(token))
+    statuses = []
+    for stack in ("asgi", "wsgi"):
+        guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(replay=shared))
+        statuses.extend(
+            call("GET", "/me", headers=headers).status_code for call in open_client(stack, guard)
+        )
+    assert statuses == [200, 401]
+
+
+@pytest.mark.anyio
+async def test_guard_without_request_info_treats_the_call_as_bearer(
+    session_issuer: DevIssuer, holder: Holder
+) -> None:
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy())
+    assert (await guard.authenticate(session_issuer.mint())).subject == "user-1"
+    with pytest.raises(Exception, match="Bearer scheme"):
+        await guard.authenticate(bound(session_issuer, holder))
+
+
+# -- the Redis replay store, and store failures -----------------------------------------
+
+
+@pytest.fixture
+def redis_replay(redis_server: RedisServer, redis_namespace: str) -> Iterator[RedisDPoPReplayStore]:
+    store = RedisDPoPReplayStore(redis_server.url, namespace=redis_namespace)
+    yield store
+    store.close()
+
+
+def test_redis_replay_store_sync(
+    redis_replay: RedisDPoPReplayStore, redis_server: RedisServer
+) -> None:
+    assert redis_replay.first_use_sync("jkt:a", 30)
+    assert not redis_replay.first_use_sync("jkt:a", 30)
+    with redis_server.client() as client:
+        ttl = client.pttl(next(iter(client.scan_iter("*:dpop:jkt:a"))))
+    assert 0 < ttl <= 30_000
+    assert redis_replay.first_use_sync("jkt:b", 0.001)
+
+
+@pytest.mark.anyio
+async def test_redis_replay_store_async(redis_server: RedisServer, redis_namespace: str) -> None:
+    one = RedisDPoPReplayStore(redis_server.url, namespace=redis_namespace)
+    two = RedisDPoPReplayStore(redis_server.url, namespace=redis_namespace)
+    try:
+        assert await one.first_use("jkt:x", 30)
+        assert not await two.first_use("jkt:x", 30)  # another instance sees it
+        assert not two.first_use_sync("jkt:x", 30)
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+def redis_client(stack: str, guard: BearerGuard, store: RedisDPoPReplayStore) -> Iterator[Client]:
+    """A client whose Redis store's asynchronous connections are closed on the app's loop."""
+    if stack == "asgi":
+        with TestClient(build_app(guard), base_url="http://testserver") as client:
+            yield client.request
+            client.portal.call(store.aclose)
+    else:
+        yield from open_client(stack, guard)
+        store.close()
+
+
+def test_redis_replay_store_through_both_middlewares(
+    redis_replay: RedisDPoPReplayStore, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    token = bound(session_issuer, holder)
+    headers = dpop(token, holder.proof(token))
+    statuses = []
+    for stack in ("wsgi", "asgi"):  # the ASGI client closes the store on its way out
+        guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(replay=redis_replay))
+        statuses.extend(
+            call("GET", "/me", headers=headers).status_code
+            for call in redis_client(stack, guard, redis_replay)
+        )
+    assert statuses == [200, 401]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"url": "http://x"},
+        {"url": "redis://x", "client": object()},
+        {},
+        {"url": "redis://x", "namespace": ""},
+    ],
+)
+def test_redis_replay_store_configuration(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        RedisDPoPReplayStore(**options)
+
+
+@pytest.mark.anyio
+async def test_redis_replay_store_without_a_side() -> None:
+    sync_only = RedisDPoPReplayStore(client=object())
+    with pytest.raises(ReplayStoreError):
+        await sync_only.first_use("k", 1)
+    async_only = RedisDPoPReplayStore(async_client=object())
+    with pytest.raises(ReplayStoreError):
+        async_only.first_use_sync("k", 1)
+
+
+def test_redis_down_fails_closed(stack: str, session_issuer: DevIssuer, holder: Holder) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = RedisDPoPReplayStore(f"redis://127.0.0.1:{port}/0", connect_timeout=0.2)
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(replay=store))
+    token = bound(session_issuer, holder)
+    try:
+        for call in redis_client(stack, guard, store):
+            with structlog.testing.capture_logs() as logged:
+                response = call("GET", "/me", headers=dpop(token, holder.proof(token)))
+            assert response.status_code == 503
+            assert "retry-after" in response.headers
+            assert logged[-1]["reason"] == "replay_store_unavailable"
+    finally:
+        store.close()
+
+
+class BrokenStore:
+    async def first_use(self, key: str, ttl: float) -> bool:
+        raise RuntimeError("down")
+
+    def first_use_sync(self, key: str, ttl: float) -> bool:
+        raise RuntimeError("down")
+
+
+def test_any_store_failure_fails_closed(
+    stack: str, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(replay=BrokenStore()))
+    token = bound(session_issuer, holder)
+    for call in open_client(stack, guard):
+        response = call("GET", "/me", headers=dpop(token, holder.proof(token)))
+        assert response.status_code == 503
+
+
+def test_websocket_handshake_with_dpop(session_issuer: DevIssuer, holder: Holder) -> None:
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(mode="required"))
+    token = bound(session_issuer, holder)
+    # A handshake is a GET; its htu names the http(s) URL of the same resource.
+    proof = holder.proof(token, url="http://testserver/ws")
+    with (
+        TestClient(build_app(guard)) as client,
+        client.websocket_connect("/ws", headers=dpop(token, proof)) as socket,
+    ):
+        assert socket.receive_json() == {"sub": "user-1"}

@@ -699,6 +699,8 @@ class BearerGuard:
         if not refreshed and self._fetcher is not None and cache.needs_refresh(now):
             raise _KeysNeeded(unknown_kid=False)
         if not cache.usable(now):
+            if not refreshed and self._fetch_in_flight():
+                raise _KeysNeeded(unknown_kid=False)  # wait for the fetch under way
             raise KeySetUnavailableError("no usable key set")
         key = self._match(kid, alg)
         if key is not None:
@@ -708,6 +710,9 @@ class BearerGuard:
         if cache.last_failed:
             raise KeySetUnavailableError(f"kid {str(kid)[:64]!r} unknown; key set unreachable")
         raise UnknownKeyError(f"no trusted key for kid {str(kid)[:64]!r}")
+
+    def _fetch_in_flight(self) -> bool:
+        return self._refreshing is not None or self._fetch_lock.locked()
 
     def _match(self, kid: str | None, alg: str) -> VerificationKey | None:
         keys = self._keys.keys

@@ -84,14 +84,6 @@ class FakeClock:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: once the key set is unusable after an outage, a request arriving while the "
-    "recovering fetch is in flight gets 503 instead of waiting for it (BearerGuard._select_key "
-    "raises KeySetUnavailableError when the cooldown forbids another fetch, without looking at "
-    "the fetch under way); scripts/faults.py shows it as a 503 right after recovery",
-)
 async def test_requests_during_the_recovering_fetch_wait_for_it() -> None:
     with DevIssuer(algorithms=("ES256",), jwks_max_age=1) as issuer:
         clock = FakeClock()

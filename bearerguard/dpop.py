@@ -12,6 +12,7 @@ Give ``BearerGuard(dpop=DPoPPolicy(...))``; both middlewares then accept
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import secrets
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import quote
 
-from bearerguard._core.dpop import b64url
+from bearerguard._core.dpop import b64url, normalize_htu
 from bearerguard._core.keys import ASYMMETRIC_ALGORITHMS
 from bearerguard.errors import ConfigurationError, ReplayStoreError
 
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 DEFAULT_DPOP_ALGORITHMS: tuple[str, ...] = ("ES256", "ES384", "EdDSA", "PS256", "RS256")
+_NONCE_SKEW = 5.0
 
 
 @runtime_checkable
@@ -246,8 +248,6 @@ class NonceIssuer:
         if len(nonce) != 32:  # 24 bytes, base64url
             return False
         try:
-            import base64  # noqa: PLC0415 - rarely needed
-
             raw = base64.urlsafe_b64decode(nonce + "==")
         except ValueError:
             return False
@@ -255,7 +255,8 @@ class NonceIssuer:
         if not hmac.compare_digest(mac, self._mac(stamp)):
             return False
         issued = int(struct.unpack(">Q", stamp)[0])
-        return issued - 5 <= now < issued + self.lifetime
+        # A few seconds of skew between instances sharing the secret.
+        return issued - _NONCE_SKEW <= now < issued + self.lifetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,8 +307,6 @@ class DPoPPolicy:
         if not isinstance(self.replay, DPoPReplayStore):
             raise ConfigurationError("replay must be a DPoPReplayStore")
         if self.external_url is not None:
-            from bearerguard._core.dpop import normalize_htu  # noqa: PLC0415
-
             try:
                 normalize_htu(self.external_url)
             except ValueError as exc:

@@ -230,7 +230,7 @@ class UseDPoPNonceError(AuthError):
 
     error_code = "use_dpop_nonce"
     reason = "use_dpop_nonce"
-    description = "Authorization server requires nonce in DPoP proof."
+    description = "Resource server requires nonce in DPoP proof."  # RFC 9449 §9
 
     def __init__(self, nonce: str, detail: str | None = None) -> None:
         super().__init__(detail)

@@ -154,7 +154,8 @@ class RedisProcess:
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open and nothing answers."""
-        assert self.process is not None
+        if self.process is None:
+            raise RuntimeError("redis-server is not running")
         self.process.send_signal(signal.SIGSTOP)
         self.paused = True
 
@@ -200,7 +201,7 @@ class IssuerHost:
         new = DevIssuer(keys=old.keys, port=old.port, jwks_max_age=self.jwks_max_age)
         new.published = old.published
         new.overrides = old.overrides
-        new._strangers = old._strangers  # noqa: SLF001 - forged tokens stay forged by one key
+        new._strangers = old._strangers
         self.issuer = new.start()
         self.up = True
 
@@ -258,10 +259,9 @@ def _configure_audit(path: str) -> None:
 
 def create_example_api() -> Any:
     """The uvicorn factory: the example API with a Redis revocation store, from ``BG_SETTINGS``."""
-    from examples.starlette_app import create_app
-
     from bearerguard import BearerGuard, FetchPolicy, RefreshPolicy
     from bearerguard.revocation import RedisRevocationStore
+    from examples.starlette_app import create_app
 
     settings = ApiSettings.from_env()
     _configure_audit(settings.audit_path)

@@ -6,6 +6,10 @@ Usage (from a fresh clone, with only Python 3.10+ installed):
     python3 scripts/dev.py test [pytest args]
     python3 scripts/dev.py lint              # ruff and mypy
     python3 scripts/dev.py bench [args]      # benchmarks/run.py
+    python3 scripts/dev.py peers [args]      # benchmarks/peers.py: Authlib, joserfc, PyJWT
+    python3 scripts/dev.py fuzz [--seconds N]   # scripts/fuzz.py: hypothesis (long) + atheris
+    python3 scripts/dev.py faults [args]     # scripts/faults.py: JWKS and Redis outages
+    python3 scripts/dev.py load [args]       # scripts/load.py: uvicorn + wrk, RSS under a flood
 
 The first call creates ``.venv`` and installs the package with its ``dev`` extra; later calls
 reinstall only when ``pyproject.toml`` changes.
@@ -66,7 +70,14 @@ def run(argv: list[str]) -> int:
 def main() -> int:
     """Dispatch the sub-command named on the command line."""
     command, *rest = sys.argv[1:] or ["help"]
-    if command not in {"demo", "test", "lint", "bench"}:
+    scripts = {
+        "bench": "benchmarks/run.py",
+        "peers": "benchmarks/peers.py",
+        "fuzz": "scripts/fuzz.py",
+        "faults": "scripts/faults.py",
+        "load": "scripts/load.py",
+    }
+    if command not in {"demo", "test", "lint", *scripts}:
         print(__doc__)
         return 0 if command in {"help", "-h", "--help"} else 2
     ensure_environment()
@@ -75,8 +86,8 @@ def main() -> int:
         return run([python, "-m", "bearerguard", "demo", *rest])
     if command == "test":
         return run([python, "-m", "pytest", *rest])
-    if command == "bench":
-        return run([python, "benchmarks/run.py", *rest])
+    if command in scripts:
+        return run([python, scripts[command], *rest])
     return run([python, "-m", "ruff", "check", "."]) or run([python, "-m", "mypy"])
 
 

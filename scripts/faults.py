@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import base64
+import json
 import math
 import sys
 import threading
@@ -40,7 +40,7 @@ import jwt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import (  # noqa: E402 - a sibling module of this script
+from _harness import (
     PATH,
     SCOPE,
     ApiServer,
@@ -51,8 +51,8 @@ from _harness import (  # noqa: E402 - a sibling module of this script
     temporary_file,
 )
 
-from bearerguard.revocation import RedisRevocationStore  # noqa: E402
-from bearerguard.testing import Override, SigningKey  # noqa: E402
+from bearerguard.revocation import RedisRevocationStore
+from bearerguard.testing import Override, SigningKey
 
 JWKS_TTL = 1
 COOLDOWN = 1.0
@@ -424,9 +424,7 @@ async def run_scenario(
         late = [t for t in late if t >= 0]
         retired_last = max(late) if late else None
         wrong += sum(1 for t in late if t > RETIRE_GRACE)
-    failed_valid = [
-        s.sent - fault_start for s in during if s.kind == "valid" and s.status != 200
-    ]
+    failed_valid = [s.sent - fault_start for s in during if s.kind == "valid" and s.status != 200]
     valid_latencies = sorted(s.latency for s in during if s.kind == "valid")
     p99 = (
         valid_latencies[min(len(valid_latencies) - 1, math.ceil(0.99 * len(valid_latencies)) - 1)]
@@ -470,13 +468,13 @@ def render(results: list[Result], machine: dict[str, str], command: str) -> str:
         "other 5xx | valid refused after | recovered after | audit events / requests |",
         "|---|---|---|---:|---:|---:|---:|---|",
     ]
-    for r in results:
-        lines.append(
-            f"| {r.label} ({r.fault_seconds:.1f} s) | {_statuses(r.during.get('valid'))} | "
-            f"{_statuses(r.after.get('valid'))} | {r.wrongly_accepted} | {r.other_5xx} | "
-            f"{_seconds(r.fail_closed_after, 'never')} | {_seconds(r.recovered_after, 'NOT')} | "
-            f"{r.audit_events} / {r.requests} |"
-        )
+    lines.extend(
+        f"| {r.label} ({r.fault_seconds:.1f} s) | {_statuses(r.during.get('valid'))} | "
+        f"{_statuses(r.after.get('valid'))} | {r.wrongly_accepted} | {r.other_5xx} | "
+        f"{_seconds(r.fail_closed_after, 'never')} | {_seconds(r.recovered_after, 'NOT')} | "
+        f"{r.audit_events} / {r.requests} |"
+        for r in results
+    )
     lines += [
         "",
         "Answers to the tokens that must never get 200, during the fault / after recovery:",

@@ -37,10 +37,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bearerguard.testing import DevIssuer
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("extract_bearer", "parse_compact", "decode_json_object", "asgi_middleware")
@@ -168,142 +171,171 @@ def _b64u(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def _extract_bearer_target(
+    issuer: DevIssuer, genuine: tuple[str, ...], token_seeds: list[bytes]
+) -> tuple[Callable[[bytes], None], list[bytes]]:
+    """Header values (split at newlines) through ``extract_bearer``."""
+    from bearerguard._core.extract import extract_bearer
+    from bearerguard.errors import InvalidRequestError, MalformedTokenError
+    from tests.test_properties import is_b64token
+
+    def extract(data: bytes) -> None:
+        max_bytes = 16 + (data[0] if data else 0) * 4
+        values = data[1:].split(b"\n")[:3] if data else []
+        try:
+            token = extract_bearer(values, max_bytes=max_bytes)
+        except (InvalidRequestError, MalformedTokenError):
+            return
+        if token is None:
+            return
+        assert len(values) == 1
+        scheme, _, rest = values[0].partition(b" ")
+        assert scheme.lower() == b"bearer"
+        assert rest.lstrip(b" ") == token.encode("ascii")
+        assert is_b64token(token)
+        assert len(token) <= max_bytes
+
+    seeds = [b"\xff" + b"Bearer " + t for t in token_seeds]
+    seeds += [b"\x10Bearer abc\nBearer def", b"\x00Basic dXNlcjpwYXNz", b"\x40bearer   a.b.c="]
+    return extract, seeds
+
+
+def _parse_compact_target(
+    issuer: DevIssuer, genuine: tuple[str, ...], token_seeds: list[bytes]
+) -> tuple[Callable[[bytes], None], list[bytes]]:
+    """Any text through ``parse_compact``: refused, or strict and canonical."""
+    from bearerguard._core.jws import parse_compact
+    from bearerguard.errors import AuthError
+    from tests.test_properties import check_parsed
+
+    def parse(data: bytes) -> None:
+        text = data.decode("utf-8", "surrogateescape")
+        try:
+            jws = parse_compact(text)
+        except AuthError:
+            return
+        check_parsed(text, jws)
+
+    seeds = [*token_seeds, b"a.b.c", b"e30.e30.c2ln", b"a.b.c.d.e"]
+    return parse, seeds
+
+
+def _decode_json_object_target(
+    issuer: DevIssuer, genuine: tuple[str, ...], token_seeds: list[bytes]
+) -> tuple[Callable[[bytes], None], list[bytes]]:
+    """Segments through the strict JSON decoder, checked against ``json``."""
+    from bearerguard._core.jws import decode_json_object
+    from bearerguard.errors import MalformedTokenError
+
+    def decode(data: bytes) -> None:
+        # Half the inputs are the segment text itself (base64url framing and canonical
+        # form), half are raw bytes encoded here (the strict JSON decoder).
+        direct = bool(data) and data[0] & 1
+        segment = data[1:].decode("latin-1") if direct else _b64u(data[1:])
+        try:
+            value = decode_json_object(segment, "payload")
+        except MalformedTokenError:
+            return
+        assert isinstance(value, dict)
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        assert _b64u(raw) == segment  # only canonical base64url is accepted
+        assert json.loads(raw.decode("utf-8")) == value
+
+    seeds = [
+        b"\x00" + raw
+        for raw in (b'{"a": 1}', b'{"a": 1, "a": 2}', b"[1]", b'{"x": NaN}', b'{"n": 1e999}')
+    ]
+    seeds += [b"\x01" + t.split(b".")[1] for t in token_seeds]
+    return decode, seeds
+
+
+def _asgi_middleware_target(
+    issuer: DevIssuer, genuine: tuple[str, ...], token_seeds: list[bytes]
+) -> tuple[Callable[[bytes], None], list[bytes]]:
+    """Authorization headers through the middleware, with the test oracle."""
+    from bearerguard.asgi import BearerGuardMiddleware
+
+    recorder = _Recorder()
+    defects = _DefectHandler()
+    logging.getLogger("bearerguard").addHandler(defects)
+    guard = issuer.guard(in_process=True, audit_logger=recorder)
+    messages: list[dict[str, Any]] = []
+
+    async def protected(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"protected"})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        messages.append(dict(message))
+
+    app = BearerGuardMiddleware(protected, guard=guard)
+    loop = asyncio.new_event_loop()
+    bearer = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +(.+)", re.DOTALL)
+
+    def middleware(data: bytes) -> None:
+        values = data.split(b"\n")[:3] if data else []
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "GET", "scheme": "http", "path": "/protected",
+            "raw_path": b"/protected", "query_string": b"", "root_path": "",
+            "headers": [(b"host", b"fuzz")] + [(b"authorization", v) for v in values],
+            "client": ("127.0.0.1", 50000), "server": ("fuzz", 80),
+        }  # fmt: skip
+        messages.clear()
+        recorder.events.clear()
+        defects.records.clear()
+        loop.run_until_complete(app(scope, receive, send))
+        status = messages[0]["status"]
+        names = [event for event, _ in recorder.events]
+        assert not defects.records, defects.records[0].getMessage()
+        assert status in (200, 400, 401), status
+        assert len(names) == 1, names
+        if status == 200:
+            assert len(values) == 1
+            match = bearer.fullmatch(values[0])
+            assert match is not None
+            assert match.group(1).decode("latin-1") in genuine
+            assert names == ["token.accepted"]
+        else:
+            assert names == ["token.rejected"], names
+            headers = dict(messages[0]["headers"])
+            assert headers[b"www-authenticate"].startswith(b"Bearer")
+            assert not str(recorder.events[0][1].get("detail") or "").startswith("unexpected")
+
+    seeds = [b"Bearer " + t for t in token_seeds]
+    seeds += [b"bearer  " + token_seeds[1], b"Bearer " + token_seeds[0] + b"\nBearer x"]
+    return middleware, seeds
+
+
 def _child_target(name: str) -> tuple[Callable[[bytes], None], list[bytes]]:
     """The fuzz target ``name`` and its seed inputs (imports instrumented by the caller)."""
-    from bearerguard._core.extract import extract_bearer
-    from bearerguard._core.jws import decode_json_object, parse_compact
-    from bearerguard.asgi import BearerGuardMiddleware
-    from bearerguard.errors import AuthError, InvalidRequestError, MalformedTokenError
     from bearerguard.testing import DevIssuer
 
     sys.path.insert(0, str(ROOT))
-    from tests.test_properties import check_parsed, is_b64token
-
+    builders = {
+        "extract_bearer": _extract_bearer_target,
+        "parse_compact": _parse_compact_target,
+        "decode_json_object": _decode_json_object_target,
+        "asgi_middleware": _asgi_middleware_target,
+    }
+    if name not in builders:
+        raise SystemExit(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
     issuer = DevIssuer(algorithms=("RS256", "ES256"))  # never started: keys in-process
     genuine = (issuer.mint(scopes=["read"]), issuer.mint(algorithm="ES256", sub="ec-user"))
-    forged = issuer.mint_forged()
-    token_seeds = [t.encode() for t in (*genuine, forged)]
-
-    if name == "extract_bearer":
-
-        def extract(data: bytes) -> None:
-            max_bytes = 16 + (data[0] if data else 0) * 4
-            values = data[1:].split(b"\n")[:3] if data else []
-            try:
-                token = extract_bearer(values, max_bytes=max_bytes)
-            except (InvalidRequestError, MalformedTokenError):
-                return
-            if token is None:
-                return
-            assert len(values) == 1
-            scheme, _, rest = values[0].partition(b" ")
-            assert scheme.lower() == b"bearer"
-            assert rest.lstrip(b" ") == token.encode("ascii")
-            assert is_b64token(token)
-            assert len(token) <= max_bytes
-
-        seeds = [b"\xff" + b"Bearer " + t for t in token_seeds]
-        seeds += [b"\x10Bearer abc\nBearer def", b"\x00Basic dXNlcjpwYXNz", b"\x40bearer   a.b.c="]
-        return extract, seeds
-
-    if name == "parse_compact":
-
-        def parse(data: bytes) -> None:
-            text = data.decode("utf-8", "surrogateescape")
-            try:
-                jws = parse_compact(text)
-            except AuthError:
-                return
-            check_parsed(text, jws)
-
-        seeds = [*token_seeds, b"a.b.c", b"e30.e30.c2ln", b"a.b.c.d.e"]
-        return parse, seeds
-
-    if name == "decode_json_object":
-
-        def decode(data: bytes) -> None:
-            # Half the inputs are the segment text itself (base64url framing and canonical
-            # form), half are raw bytes encoded here (the strict JSON decoder).
-            direct = bool(data) and data[0] & 1
-            segment = data[1:].decode("latin-1") if direct else _b64u(data[1:])
-            try:
-                value = decode_json_object(segment, "payload")
-            except MalformedTokenError:
-                return
-            assert isinstance(value, dict)
-            raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-            assert _b64u(raw) == segment  # only canonical base64url is accepted
-            assert json.loads(raw.decode("utf-8")) == value
-
-        seeds = [
-            b"\x00" + raw
-            for raw in (b'{"a": 1}', b'{"a": 1, "a": 2}', b"[1]", b'{"x": NaN}', b'{"n": 1e999}')
-        ]
-        seeds += [b"\x01" + t.split(b".")[1] for t in token_seeds]
-        return decode, seeds
-
-    if name == "asgi_middleware":
-        recorder = _Recorder()
-        defects = _DefectHandler()
-        logging.getLogger("bearerguard").addHandler(defects)
-        guard = issuer.guard(in_process=True, audit_logger=recorder)
-        messages: list[dict[str, Any]] = []
-
-        async def protected(scope: Any, receive: Any, send: Any) -> None:
-            await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b"protected"})
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            messages.append(message)
-
-        app = BearerGuardMiddleware(protected, guard=guard)
-        loop = asyncio.new_event_loop()
-        bearer = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +(.+)", re.DOTALL)
-
-        def middleware(data: bytes) -> None:
-            values = data.split(b"\n")[:3] if data else []
-            scope = {
-                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                "method": "GET", "scheme": "http", "path": "/protected",
-                "raw_path": b"/protected", "query_string": b"", "root_path": "",
-                "headers": [(b"host", b"fuzz")] + [(b"authorization", v) for v in values],
-                "client": ("127.0.0.1", 50000), "server": ("fuzz", 80),
-            }  # fmt: skip
-            messages.clear()
-            recorder.events.clear()
-            defects.records.clear()
-            loop.run_until_complete(app(scope, receive, send))
-            status = messages[0]["status"]
-            names = [event for event, _ in recorder.events]
-            assert not defects.records, defects.records[0].getMessage()
-            assert status in (200, 400, 401), status
-            assert len(names) == 1, names
-            if status == 200:
-                assert len(values) == 1
-                match = bearer.fullmatch(values[0])
-                assert match is not None
-                assert match.group(1).decode("latin-1") in genuine
-                assert names == ["token.accepted"]
-            else:
-                assert names == ["token.rejected"], names
-                headers = dict(messages[0]["headers"])
-                assert headers[b"www-authenticate"].startswith(b"Bearer")
-                assert not str(recorder.events[0][1].get("detail") or "").startswith("unexpected")
-
-        seeds = [b"Bearer " + t for t in token_seeds]
-        seeds += [b"bearer  " + token_seeds[1], b"Bearer " + token_seeds[0] + b"\nBearer x"]
-        return middleware, seeds
-
-    raise SystemExit(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
+    token_seeds = [t.encode() for t in (*genuine, issuer.mint_forged())]
+    return builders[name](issuer, genuine, token_seeds)
 
 
 def child_main(name: str) -> None:
     """Run inside the atheris process: instrument bearerguard, then fuzz one target."""
     import atheris
 
+    # Let str comparisons guide the fuzzer. (The "RegEx" hook fails on bytes patterns in
+    # atheris 3.0: TypeError in function_hooks.gen_match_recursive.)
+    atheris.enabled_hooks.add("str")
     with atheris.instrument_imports(include=["bearerguard"]):
         import bearerguard._core.extract
         import bearerguard._core.jws
@@ -334,7 +366,9 @@ def _write_seeds(name: str, corpus: Path) -> None:
     )  # fmt: skip
 
 
-def run_atheris(targets: list[str], budget: float, artifacts: Path) -> tuple[list[Figures], list[str]]:
+def run_atheris(
+    targets: list[str], budget: float, artifacts: Path
+) -> tuple[list[Figures], list[str]]:
     """Each target for an equal share of ``budget`` seconds, in a process of its own."""
     results: list[Figures] = []
     problems: list[str] = []
@@ -361,7 +395,8 @@ def run_atheris(targets: list[str], budget: float, artifacts: Path) -> tuple[lis
         figures = Figures("atheris", name, seconds=took, rounds=1)
         stats = dict(_STAT.findall(output))
         runs = _DONE.search(output)
-        figures.examples = int(stats.get("number_of_executed_units", runs.group(1) if runs else 0))
+        executed = stats.get("number_of_executed_units") or (runs.group(1) if runs else "0")
+        figures.examples = int(executed)
         coverage = _COV.findall(output)
         if coverage:
             figures.coverage = f"cov {coverage[-1][0]}, ft {coverage[-1][1]}"

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -46,9 +45,8 @@ import jwt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import (  # noqa: E402 - a sibling module of this script
+from _harness import (
     PATH,
-    ROOT,
     SCOPE,
     ApiServer,
     ApiSettings,
@@ -57,9 +55,9 @@ from _harness import (  # noqa: E402 - a sibling module of this script
     machine_description,
 )
 
-from bearerguard.revocation import RedisRevocationStore  # noqa: E402
-from bearerguard.testing import DevIssuer, SigningKey  # noqa: E402
-from benchmarks.noise import CpuMeter, process_cpu_seconds  # noqa: E402
+from bearerguard.revocation import RedisRevocationStore
+from bearerguard.testing import DevIssuer, SigningKey
+from benchmarks.noise import CpuMeter, process_cpu_seconds
 
 JWKS_TTL = 2
 COOLDOWN = 1.0
@@ -234,7 +232,8 @@ def run_wrk(
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
-    assert api.process is not None
+    if api.process is None:
+        raise RuntimeError("the API server is not running")
     pid = api.process.pid
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
         file.write(script)
@@ -323,6 +322,7 @@ def _sign_with(issuer: DevIssuer, key: SigningKey, n: int) -> list[str]:
 
 
 def side_activity(
+    *,
     host: IssuerHost,
     admin: RedisRevocationStore,
     api_url: str,
@@ -380,6 +380,7 @@ def side_activity(
 
 
 async def verify(
+    *,
     api_url: str,
     classes: dict[str, list[str]],
     timeline: Timeline,
@@ -459,6 +460,144 @@ def render_wrk(title: str, result: WrkResult) -> list[str]:
     ]
 
 
+@dataclass
+class Run:
+    """The servers of a load run and where its token files go."""
+
+    redis: RedisProcess
+    host: IssuerHost
+    admin: RedisRevocationStore
+    api: ApiServer
+    workdir: Path
+    wrk_pin: list[str]
+    connections: int
+    lines: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def issuer(self) -> DevIssuer:
+        return self.host.issuer
+
+    def wrk(self, script: str, seconds: int, env: dict[str, str]) -> WrkResult:
+        return run_wrk(
+            self.api, script, seconds=seconds, connections=self.connections, pin=self.wrk_pin,
+            env=env,
+        )  # fmt: skip
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def saturation(run: Run, duration: int) -> str:
+    """Phase 1; returns a valid token that stays valid (for checks after the phases)."""
+    _progress(f"phase 1: wrk for {duration} s with rotation and revocations ...")
+    issuer = run.issuer
+    pool = [issuer.mint(scopes=[SCOPE], expires_in=3600) for _ in range(POOL_SIZE)]
+    pool_path = run.workdir / "pool.txt"
+    _write_pool(pool_path, pool)
+    run.api.start(pool[0])
+    steady = issuer.mint(scopes=[SCOPE], expires_in=3600, algorithm="ES256")
+    classes = {
+        "valid (ES256)": [steady],
+        "forged": [issuer.mint_forged(scopes=[SCOPE]), issuer.mint_forged(kid="nope")],
+        "expired": [issuer.mint_expired(scopes=[SCOPE])],
+        "wrong audience": [issuer.mint_for_audience("https://other.example")],
+    }
+    timeline = Timeline()
+    seen: dict[str, Counter[int]] = {}
+    wrong: list[str] = []
+    stop = threading.Event()
+    checks = verify(
+        api_url=run.api.url, classes=classes, timeline=timeline, stop=stop, seen=seen, wrong=wrong
+    )
+    verifier = threading.Thread(target=asyncio.run, args=(checks,), daemon=True)
+    rss_before = run.api.rss_kb()
+    side = threading.Thread(
+        target=side_activity,
+        kwargs={
+            "host": run.host, "admin": run.admin, "api_url": run.api.url,
+            "pool_path": pool_path, "pool": pool, "duration": duration,
+            "timeline": timeline, "started": time.monotonic(),
+        },
+        daemon=True,
+    )  # fmt: skip
+    verifier.start()
+    side.start()
+    result = run.wrk(LUA_POOL, duration, {"BG_TOKENS": str(pool_path)})
+    side.join(timeout=30)
+    stop.set()
+    verifier.join(timeout=30)
+    lines = run.lines
+    lines += render_wrk(
+        f"1. Saturation: {duration} s, {run.connections} connections, valid tokens while keys "
+        "rotate and tokens are revoked",
+        result,
+    )
+    lines += [f"RSS before the phase: {(rss_before or 0) / 1024:.1f} MiB.", "", "Timeline:"]
+    lines += [f"- {at:5.1f} s: {what}" for at, what in timeline.events]
+    if timeline.propagation_ms:
+        lines += [
+            "",
+            f"Revocations: {len(timeline.propagation_ms)}, each refused from the next request "
+            "on: from the revoking call's return to the first 401 took "
+            f"{min(timeline.propagation_ms):.1f} to {max(timeline.propagation_ms):.1f} ms "
+            "(one request's round trip).",
+        ]
+    lines += ["", "The verifier's requests meanwhile (status × count):", ""]
+    lines += [f"- {kind}: {_statuses(counter)}" for kind, counter in sorted(seen.items())]
+    lines += ["", f"Wrongly accepted: {len(wrong)}.", ""]
+    if wrong:
+        run.failures.append(f"wrongly accepted: {Counter(wrong)}")
+    if result.five_xx or result.socket_errors:
+        run.failures.append("phase 1: 5xx or socket errors")
+    non_200 = sum(n for status, n in result.statuses.items() if status != 200)
+    if non_200:
+        lines += [
+            f"wrk saw {non_200} answers other than 200: tokens still in flight when they were "
+            "taken out of its pool, or a key switched before it was seen.",
+            "",
+        ]
+    return steady
+
+
+def flood(run: Run, seconds: int, steady: str) -> None:
+    """Phase 2: distinct invalid tokens; RSS must stay flat; a valid token still passes."""
+    _progress(f"phase 2: a flood of distinct invalid tokens for {seconds} s ...")
+    header = run.issuer.mint(scopes=[SCOPE]).split(".")[0]
+    result = run.wrk(LUA_FLOOD, seconds, {"BG_HEADER": header})
+    run.lines += render_wrk(
+        f"2. Flood: {seconds} s of distinct invalid tokens (junk, random kid, real header with a "
+        "random signature, a third each)",
+        result,
+    )
+    if result.five_xx or 200 in result.statuses:
+        run.failures.append("phase 2: a 5xx or a 200")
+    with httpx.Client(base_url=run.api.url, timeout=5.0) as client:
+        after = client.get(PATH, headers={"Authorization": f"Bearer {steady}"}).status_code
+    run.lines += [f"A valid token right after the flood: {after}.", ""]
+    if after != 200:
+        run.failures.append(f"a valid token after the flood: {after}")
+
+
+def distinct(run: Run, count: int, seconds: int, cache_size: int) -> None:
+    """Phase 3: more distinct valid tokens than the verification cache holds."""
+    _progress(f"phase 3: minting {count} distinct ES256 tokens ...")
+    path = run.workdir / "distinct.txt"
+    tokens = (
+        run.issuer.mint(scopes=[SCOPE], expires_in=3600, algorithm="ES256") for _ in range(count)
+    )
+    path.write_text("\n".join(tokens) + "\n")
+    result = run.wrk(LUA_DISTINCT, seconds, {"BG_TOKENS": str(path)})
+    run.lines += render_wrk(
+        f"3. Distinct valid tokens: {count} tokens for {seconds} s (the verification cache "
+        f"holds {cache_size})",
+        result,
+    )
+    if result.five_xx:
+        run.failures.append("phase 3: 5xx")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=20, help="saturation phase, seconds")
@@ -469,154 +608,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="also write the report here (markdown)")
     args = parser.parse_args(argv)
     server_pin, wrk_pin, pinned = _pinning()
-    started_all = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="bearerguard-load-"))
+    started = time.monotonic()
     redis = RedisProcess().start()
     host = IssuerHost(algorithms=("RS256", "ES256"), jwks_max_age=JWKS_TTL)
-    issuer = host.issuer
-    admin = RedisRevocationStore(redis.url, namespace="load", mirror=False)
     settings = ApiSettings(
-        issuer=issuer.url,
-        jwks_uri=issuer.jwks_uri,
+        issuer=host.issuer.url,
+        jwks_uri=host.issuer.jwks_uri,
         redis_url=redis.url,
         namespace="load",
         jwks_ttl=JWKS_TTL,
         cooldown=COOLDOWN,
     )
-    api = ApiServer(settings, pin=server_pin)
-    lines: list[str] = []
-    failures: list[str] = []
+    run = Run(
+        redis=redis,
+        host=host,
+        admin=RedisRevocationStore(redis.url, namespace="load", mirror=False),
+        api=ApiServer(settings, pin=server_pin),
+        workdir=Path(tempfile.mkdtemp(prefix="bearerguard-load-")),
+        wrk_pin=wrk_pin,
+        connections=args.connections,
+    )
     try:
-        pool = [issuer.mint(scopes=[SCOPE], expires_in=3600) for _ in range(POOL_SIZE)]
-        pool_path = workdir / "pool.txt"
-        _write_pool(pool_path, pool)
-        api.start(pool[0])
-        # -- phase 1 ----------------------------------------------------------------------
-        print(f"phase 1: wrk for {args.duration} s with rotation and revocations ...",
-              file=sys.stderr, flush=True)  # fmt: skip
-        steady = issuer.mint(scopes=[SCOPE], expires_in=3600, algorithm="ES256")
-        expired = issuer.mint_expired(scopes=[SCOPE])
-        classes = {
-            "valid (ES256)": [steady],
-            "forged": [issuer.mint_forged(scopes=[SCOPE]), issuer.mint_forged(kid="nope")],
-            "expired": [expired],
-            "wrong audience": [issuer.mint_for_audience("https://other.example")],
-        }
-        timeline = Timeline()
-        seen: dict[str, Counter[int]] = {}
-        wrong: list[str] = []
-        stop = threading.Event()
-        verifier = threading.Thread(
-            target=lambda: asyncio.run(verify(api.url, classes, timeline, stop, seen, wrong)),
-            daemon=True,
-        )
-        rss_before = api.rss_kb()
-        started = time.monotonic()
-        side = threading.Thread(
-            target=side_activity,
-            args=(host, admin, api.url, pool_path, pool, args.duration, timeline, started),
-            daemon=True,
-        )
-        verifier.start()
-        side.start()
-        phase1 = run_wrk(
-            api, LUA_POOL, seconds=args.duration, connections=args.connections, pin=wrk_pin,
-            env={"BG_TOKENS": str(pool_path)},
-        )  # fmt: skip
-        side.join(timeout=30)
-        stop.set()
-        verifier.join(timeout=30)
-        lines += render_wrk(
-            f"1. Saturation: {args.duration} s, {args.connections} connections, valid tokens "
-            "while keys rotate and tokens are revoked",
-            phase1,
-        )
-        lines += [f"RSS before the phase: {(rss_before or 0) / 1024:.1f} MiB.", "", "Timeline:"]
-        lines += [f"- {at:5.1f} s: {what}" for at, what in timeline.events]
-        if timeline.propagation_ms:
-            lines += [
-                "",
-                f"Revocations: {len(timeline.propagation_ms)}, each refused from the next "
-                f"request on: the revoking call's return to the first 401 took "
-                f"{min(timeline.propagation_ms):.1f} to {max(timeline.propagation_ms):.1f} ms "
-                "(one request's round trip).",
-            ]
-        lines += ["", "The verifier's requests meanwhile (status × count):", ""]
-        lines += [f"- {kind}: {_statuses(counter)}" for kind, counter in sorted(seen.items())]
-        lines += ["", f"Wrongly accepted: {len(wrong)}.", ""]
-        if wrong:
-            failures.append(f"wrongly accepted: {Counter(wrong)}")
-        if phase1.five_xx or phase1.socket_errors:
-            failures.append("phase 1: 5xx or socket errors")
-        non_200 = sum(n for status, n in phase1.statuses.items() if status != 200)
-        if non_200:
-            lines += [
-                f"wrk saw {non_200} answers other than 200: tokens still in flight when they "
-                "were taken out of its pool, or a key switched before it was seen.",
-                "",
-            ]
-        # -- phase 2 ----------------------------------------------------------------------
-        print(f"phase 2: a flood of distinct invalid tokens for {args.flood_seconds} s ...",
-              file=sys.stderr, flush=True)  # fmt: skip
-        header = issuer.mint(scopes=[SCOPE]).split(".")[0]
-        phase2 = run_wrk(
-            api, LUA_FLOOD, seconds=args.flood_seconds, connections=args.connections,
-            pin=wrk_pin, env={"BG_HEADER": header},
-        )  # fmt: skip
-        lines += render_wrk(
-            f"2. Flood: {args.flood_seconds} s of distinct invalid tokens (junk, random kid, "
-            "real header with a random signature, a third each)",
-            phase2,
-        )
-        if phase2.five_xx or 200 in phase2.statuses:
-            failures.append("phase 2: a 5xx or a 200")
-        with httpx.Client(base_url=api.url, timeout=5.0) as client:
-            after = client.get(PATH, headers={"Authorization": f"Bearer {steady}"}).status_code
-        lines += [f"A valid token right after the flood: {after}.", ""]
-        # -- phase 3 ----------------------------------------------------------------------
+        steady = saturation(run, args.duration)
+        flood(run, args.flood_seconds, steady)
         if args.distinct:
-            print(f"phase 3: minting {args.distinct} distinct ES256 tokens ...",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            distinct_path = workdir / "distinct.txt"
-            distinct_path.write_text(
-                "\n".join(
-                    issuer.mint(scopes=[SCOPE], expires_in=3600, algorithm="ES256")
-                    for _ in range(args.distinct)
-                )
-                + "\n"
-            )
-            phase3 = run_wrk(
-                api, LUA_DISTINCT, seconds=args.distinct_seconds,
-                connections=args.connections, pin=wrk_pin,
-                env={"BG_TOKENS": str(distinct_path)},
-            )  # fmt: skip
-            lines += render_wrk(
-                f"3. Distinct valid tokens: {args.distinct} tokens for {args.distinct_seconds} s "
-                f"(the verification cache holds {settings.cache_size})",
-                phase3,
-            )
-            if phase3.five_xx:
-                failures.append("phase 3: 5xx")
+            distinct(run, args.distinct, args.distinct_seconds, settings.cache_size)
     finally:
-        log = api.log_text()
-        api.close()
-        admin.close()
+        log = run.api.log_text()
+        run.api.close()
+        run.admin.close()
         host.close()
         redis.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(run.workdir, ignore_errors=True)
+    lines = run.lines
     defects = [line for line in log.splitlines() if "Traceback" in line or "unexpected" in line]
     if defects:
-        failures.append("server log shows defects")
+        run.failures.append("server log shows defects")
         lines += ["Server log lines showing defects:", *defects[:20], ""]
     command = "python3 scripts/dev.py load " + " ".join(sys.argv[1:] if argv is None else argv)
-    lines += [f"Command: `{command.strip()}`; {pinned}; total {time.monotonic() - started_all:.0f} s.", ""]
+    total = time.monotonic() - started
+    lines += [f"Command: `{command.strip()}`; {pinned}; total {total:.0f} s.", ""]
     lines += [f"- {name}: {value}" for name, value in machine_description().items()]
     report = "\n".join(lines) + "\n"
     print(report)
     if args.output:
         args.output.write_text(report)
-    if failures:
-        print("FAILED: " + "; ".join(failures), file=sys.stderr)
+    if run.failures:
+        print("FAILED: " + "; ".join(run.failures), file=sys.stderr)
         return 1
     return 0
 

@@ -34,6 +34,7 @@ from bearerguard._core.dpop import (
 )
 from bearerguard.dpop import (
     DPoPPolicy,
+    DPoPReplayStore,
     MemoryDPoPReplayStore,
     NonceIssuer,
     RedisDPoPReplayStore,
@@ -799,3 +800,94 @@ def test_websocket_handshake_with_dpop(session_issuer: DevIssuer, holder: Holder
         client.websocket_connect("/ws", headers=dpop(token, proof)) as socket,
     ):
         assert socket.receive_json() == {"sub": "user-1"}
+
+
+# -- one contract for every replay store ------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+def any_replay_store(
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[[], MemoryDPoPReplayStore | RedisDPoPReplayStore]]:
+    made: list[RedisDPoPReplayStore] = []
+    if request.param == "memory":
+        shared = MemoryDPoPReplayStore()
+        yield lambda: shared
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    namespace: str = request.getfixturevalue("redis_namespace")
+
+    def make() -> RedisDPoPReplayStore:
+        made.append(RedisDPoPReplayStore(server.url, namespace=namespace))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def test_replay_store_contract(
+    any_replay_store: Callable[[], MemoryDPoPReplayStore | RedisDPoPReplayStore],
+) -> None:
+    one, two = any_replay_store(), any_replay_store()
+    assert isinstance(one, DPoPReplayStore)
+    assert one.first_use_sync("jkt:1", 30)
+    assert not one.first_use_sync("jkt:1", 30)
+    assert not two.first_use_sync("jkt:1", 30)  # instances sharing the store share the jti
+    assert two.first_use_sync("other-jkt:1", 30)  # a jti is scoped by the key
+    assert one.first_use_sync("jkt:short", 0.05)
+    time.sleep(0.12)
+    assert one.first_use_sync("jkt:short", 0.05)  # expired with its window
+
+
+# -- ASGI and WSGI answer alike ---------------------------------------------------------
+
+SCENARIOS: list[tuple[str, dict[str, Any], Callable[[DevIssuer, Holder], Any]]] = [
+    ("no-credentials", {}, lambda i, h: {}),
+    ("dpop-ok", {}, lambda i, h: dpop(t := bound(i, h), h.proof(t))),
+    ("bearer-ok", {}, lambda i, h: {"Authorization": f"Bearer {i.mint()}"}),
+    ("bound-as-bearer", {}, lambda i, h: {"Authorization": f"Bearer {bound(i, h)}"}),
+    ("no-proof", {}, lambda i, h: {"Authorization": f"DPoP {bound(i, h)}"}),
+    ("bad-proof", {}, lambda i, h: dpop(t := bound(i, h), h.proof(t, method="PUT"))),
+    ("two-proofs", {}, lambda i, h: dpop(t := bound(i, h), h.proof(t) + "," + h.proof(t))),
+    ("unbound-dpop", {}, lambda i, h: dpop(t := i.mint(), h.proof(t))),
+    ("expired", {}, lambda i, h: dpop(t := i.mint_expired(cnf={"jkt": h.jkt}), h.proof(t))),
+    ("empty-scheme", {}, lambda i, h: {"Authorization": "DPoP"}),
+    ("required-bearer", {"mode": "required"}, lambda i, h: {"Authorization": f"Bearer {i.mint()}"}),
+    ("required-none", {"mode": "required"}, lambda i, h: {}),
+    ("nonce", {"nonce": NonceIssuer()}, lambda i, h: dpop(t := bound(i, h), h.proof(t))),
+]
+
+
+def _outcome(response: httpx.Response, logged: list[Any]) -> tuple[Any, ...]:
+    events = [(e["event"], e["reason"], e["binding"]) for e in logged if "binding" in e]
+    return (
+        response.status_code,
+        response.headers.get("www-authenticate"),
+        response.content,
+        "dpop-nonce" in response.headers,
+        events,
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "make"), [s[1:] for s in SCENARIOS], ids=[s[0] for s in SCENARIOS]
+)
+def test_asgi_and_wsgi_answer_alike(
+    session_issuer: DevIssuer,
+    holder: Holder,
+    policy: dict[str, Any],
+    make: Callable[[DevIssuer, Holder], Any],
+) -> None:
+    outcomes = []
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(**policy))
+    for stack in ("asgi", "wsgi"):
+        for call in open_client(stack, guard):
+            with structlog.testing.capture_logs() as logged:
+                response = call("GET", "/me", headers=make(session_issuer, holder))
+            outcomes.append(_outcome(response, logged))
+    asgi, wsgi = outcomes
+    if asgi[0] == 200:
+        # The app's own answers differ between the Starlette and Flask test apps.
+        asgi, wsgi = asgi[:2] + asgi[3:], wsgi[:2] + wsgi[3:]
+    assert asgi == wsgi

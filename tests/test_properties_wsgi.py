@@ -90,7 +90,9 @@ class WsgiTarget:
             environ["HTTP_AUTHORIZATION"] = value
         seen: dict[str, Any] = {}
 
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
             seen["status"], seen["headers"] = status, headers
             return lambda data: None
 

@@ -13,6 +13,7 @@ from bearerguard.token import AccessToken
 
 if TYPE_CHECKING:
     from bearerguard.guard import BearerGuard
+    from bearerguard.issuers import TrustedIssuers
 
 __all__ = ["SCOPE_KEY", "Refused", "RequestAuth", "current_auth", "refusal_for"]
 
@@ -30,7 +31,7 @@ class RequestAuth(RequestInfo):
 
     def __init__(
         self,
-        guard: BearerGuard,
+        guard: BearerGuard | TrustedIssuers,
         token: AccessToken | None,
         started: float,
         request: tuple[str, str, str | None, str | None],
@@ -50,7 +51,9 @@ class RequestAuth(RequestInfo):
 current_auth: ContextVar[RequestAuth | None] = ContextVar("bearerguard_auth", default=None)
 
 
-def refusal_for(guard: BearerGuard, error: AuthError, scope: Sequence[str] = ()) -> Refusal:
+def refusal_for(
+    guard: BearerGuard | TrustedIssuers, error: AuthError, scope: Sequence[str] = ()
+) -> Refusal:
     """The RFC 6750 answer to ``error`` under ``guard``'s settings, for every integration.
 
     Adds ``resource_metadata`` when the guard has a resource (RFC 9728 §5.1), and ``scope``

@@ -28,7 +28,7 @@ from bearerguard._core.extract import (
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard.audit import RequestInfo
-from bearerguard.dpop import DPoPPolicy, dpop_request
+from bearerguard.dpop import DPoPPolicy, DPoPRequest, dpop_request
 from bearerguard.errors import (
     AuthError,
     ConfigurationError,
@@ -36,7 +36,9 @@ from bearerguard.errors import (
     ServiceUnavailableError,
 )
 from bearerguard.guard import BearerGuard
+from bearerguard.issuers import TrustedIssuers
 from bearerguard.metadata import ProtectedResource
+from bearerguard.mtls import is_certificate_bound, scope_certificate
 from bearerguard.token import AccessToken
 
 __all__ = ["WEBSOCKET_TOKEN_PROTOCOL_PREFIX", "BearerGuardMiddleware", "PublicPaths", "TokenUser"]
@@ -142,25 +144,51 @@ def _host(scope: Scope) -> str:
     return "" if not server else f"{server[0]}:{server[1]}"
 
 
-async def _authenticate_dpop(  # noqa: PLR0917 - private, one call site
-    guard: BearerGuard,
-    policy: DPoPPolicy,
+async def _authenticate_bound(  # noqa: PLR0917 - private, one call site
+    guard: BearerGuard | TrustedIssuers,
     scope: Scope,
     authorization: list[bytes],
     query: bytes,
     request: tuple[str, str, str | None, str | None],
     public_paths: PublicPaths,
 ) -> tuple[AccessToken | None, str]:
-    """Extraction and verification when the guard accepts DPoP (RFC 9449)."""
-    token, scheme = request_dpop_credentials(
-        authorization, query, scope["path"], public_paths, max_bytes=guard.max_token_bytes
-    )
+    """Extraction and verification when the guard accepts sender-constrained tokens: DPoP
+    (RFC 9449) and/or certificate-bound ones (RFC 8705). Returns the binding used."""
+    policy = guard.dpop
+    dpop = None
+    scheme: Literal["bearer", "dpop"]
+    if policy is None:
+        scheme = "bearer"
+        token = request_credentials(
+            authorization, query, scope["path"], public_paths, max_bytes=guard.max_token_bytes
+        )
+    else:
+        token, scheme = request_dpop_credentials(
+            authorization, query, scope["path"], public_paths, max_bytes=guard.max_token_bytes
+        )
     if token is None:
         return None, scheme
+    if policy is not None:
+        dpop = _dpop_request(policy, scope, scheme)
+    mtls = guard.mtls
+    certificate = None if mtls is None else scope_certificate(scope, mtls)
+    info = RequestInfo(*request)
+    access = await guard.authenticate(
+        token, client=info.client, request=info, dpop=dpop, certificate=certificate
+    )
+    if scheme == "bearer" and mtls is not None and is_certificate_bound(access):
+        return access, "mtls"
+    return access, scheme
+
+
+def _dpop_request(
+    policy: DPoPPolicy, scope: Scope, scheme: Literal["bearer", "dpop"]
+) -> DPoPRequest:
+    """What the guard needs of the request to check a DPoP proof (RFC 9449 §4.3)."""
     url_scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), "http")
     if scope.get("scheme") in ("http", "https"):
         url_scheme = scope["scheme"]
-    dpop = dpop_request(
+    return dpop_request(
         policy,
         scheme,
         [value for name, value in scope["headers"] if name == b"dpop"],
@@ -169,8 +197,6 @@ async def _authenticate_dpop(  # noqa: PLR0917 - private, one call site
         _host(scope),
         _full_path(scope).encode("utf-8", "surrogateescape"),
     )
-    info = RequestInfo(*request)
-    return await guard.authenticate(token, client=info.client, request=info, dpop=dpop), scheme
 
 
 class BearerGuardMiddleware:
@@ -178,7 +204,7 @@ class BearerGuardMiddleware:
 
     Args:
         app: the ASGI application to protect.
-        guard: the configured guard.
+        guard: the configured guard, or a ``TrustedIssuers`` for several issuers.
         public_paths: paths served without credentials (exact, or ``"/prefix/*"``). A token
             sent to a public path is still verified, and refused if invalid.
         warm_up: fetch the key set during lifespan start-up, so the first request does not
@@ -205,13 +231,13 @@ class BearerGuardMiddleware:
         self,
         app: ASGIApp,
         *,
-        guard: BearerGuard,
+        guard: BearerGuard | TrustedIssuers,
         public_paths: Iterable[str] = (),
         warm_up: bool = False,
         websocket_credentials: Iterable[WebSocketCredential] = (),
     ) -> None:
-        if not isinstance(guard, BearerGuard):
-            raise ConfigurationError("guard must be a BearerGuard")
+        if not isinstance(guard, BearerGuard | TrustedIssuers):
+            raise ConfigurationError("guard must be a BearerGuard or TrustedIssuers")
         ws_credentials = frozenset(websocket_credentials)
         if not ws_credentials <= {"subprotocol", "query"} or isinstance(websocket_credentials, str):
             raise ConfigurationError("websocket_credentials: 'subprotocol' and/or 'query'")
@@ -250,9 +276,9 @@ class BearerGuardMiddleware:
                 authorization, query = _websocket_credentials(
                     scope, authorization, self.websocket_credentials
                 )
-            if guard.dpop is not None:
-                access, binding = await _authenticate_dpop(
-                    guard, guard.dpop, scope, authorization, query, request, self.public_paths
+            if guard.sender_constrained:
+                access, binding = await _authenticate_bound(
+                    guard, scope, authorization, query, request, self.public_paths
                 )
             else:
                 binding = "bearer"

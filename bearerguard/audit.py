@@ -108,8 +108,9 @@ class AuditLog:
     ) -> None:
         """Record a request let through with ``token``.
 
-        ``binding`` is how the token was presented: ``"bearer"``, or ``"dpop"`` with a
-        proof of possession (RFC 9449).
+        ``binding`` is how the token was presented: ``"bearer"``, ``"dpop"`` with a
+        proof of possession (RFC 9449), or ``"mtls"``: bound to the client certificate
+        of the request (RFC 8705).
         """
         if self.metrics is not None:
             self._count("token.accepted", "ok", latency)

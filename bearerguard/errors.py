@@ -17,7 +17,8 @@ BearerGuardError
 │   │   ├── InvalidAudienceError
 │   │   ├── InvalidTypeError       typ is not at+jwt where it is required
 │   │   ├── InvalidClaimError      a required or custom claim check failed
-│   │   └── RevokedTokenError
+│   │   ├── RevokedTokenError
+│   │   └── CertificateBindingError   bound to a client certificate not presented (RFC 8705)
 │   ├── InvalidDPoPProofError      401 invalid_dpop_proof (RFC 9449 §7.1)
 │   ├── UseDPoPNonceError          401 use_dpop_nonce, with a DPoP-Nonce (RFC 9449 §8)
 │   ├── InsufficientScopeError     403 insufficient_scope, scope="..."
@@ -46,6 +47,7 @@ __all__ = [
     "AuthError",
     "BadSignatureError",
     "BearerGuardError",
+    "CertificateBindingError",
     "ConfigurationError",
     "ExpiredTokenError",
     "InsufficientScopeError",
@@ -100,8 +102,9 @@ class AuthError(BearerGuardError):
         self.header: dict[str, object] | None = None
         self.token: AccessToken | None = None
         self.store: str | None = None  # the revocation store that answered or failed
-        # "dpop" when the request used the DPoP scheme (RFC 9449), else "bearer"; chooses
-        # the challenge that carries the error code and is recorded by the audit log.
+        # "dpop" when the request used the DPoP scheme (RFC 9449), "mtls" when a certificate
+        # binding failed (RFC 8705), else "bearer"; chooses the challenge that carries the
+        # error code and is recorded by the audit log.
         self.binding: str = "bearer"
 
 
@@ -211,6 +214,17 @@ class RevokedTokenError(InvalidTokenError):
 
     reason = "revoked"
     description = "The access token has been revoked."
+
+
+class CertificateBindingError(InvalidTokenError):
+    """A certificate-bound token without the client certificate it is bound to (RFC 8705 §3).
+
+    The request presented no client certificate, or one whose SHA-256 thumbprint is not the
+    token's ``cnf`` ``x5t#S256``: the token may have been stolen.
+    """
+
+    reason = "certificate_binding"
+    description = "The access token is not bound to the client certificate presented."
 
 
 class InvalidDPoPProofError(AuthError):

@@ -36,12 +36,14 @@ from bearerguard._core.keys import (
     keys_from_jwks,
     verify_signature,
 )
+from bearerguard._core.mtls import check_certificate_binding
 from bearerguard._core.scopes import ScopeImplications, parse_scope_claim_paths, read_scopes
 from bearerguard.audit import AuditLog, RequestInfo
 from bearerguard.dpop import DPoPPolicy, DPoPRequest
 from bearerguard.errors import (
     AuthError,
     BadSignatureError,
+    CertificateBindingError,
     ConfigurationError,
     InvalidDPoPProofError,
     InvalidTokenError,
@@ -63,6 +65,7 @@ from bearerguard.metrics import (
     REVOCATION_FAILURES,
     MetricsHook,
 )
+from bearerguard.mtls import CertificateBinding
 from bearerguard.revocation.memory import MemoryRevocationStore
 from bearerguard.revocation.protocol import RevocationStore, SyncRevocationStore
 from bearerguard.token import AccessToken
@@ -175,6 +178,12 @@ def _usage_monitor(usage: object) -> UsageMonitor | SyncUsageMonitor | None:
     return usage
 
 
+def _certificate_binding(mtls: object) -> CertificateBinding | None:
+    if mtls is not None and not isinstance(mtls, CertificateBinding):
+        raise ConfigurationError("mtls must be a CertificateBinding (see bearerguard.mtls)")
+    return mtls
+
+
 def _audiences(audience: str | Sequence[str] | None, resource: str | None) -> tuple[str, ...]:
     if audience is None:
         if resource is None:
@@ -271,6 +280,9 @@ class BearerGuard:
             (``bearerguard.metrics``: in memory, Prometheus, or your own hook).
         dpop: accept DPoP-bound tokens (RFC 9449) as its ``DPoPPolicy`` says; see
             ``bearerguard.dpop``. Off by default: then tokens are plain bearer tokens.
+        mtls: accept certificate-bound tokens (RFC 8705 §3): a token with ``cnf``
+            ``x5t#S256`` only with the client certificate it names, taken as its
+            ``CertificateBinding`` says; see ``bearerguard.mtls``. Off by default.
         clock: returns epoch seconds; injectable for tests.
 
     Raises:
@@ -310,6 +322,7 @@ class BearerGuard:
         audit_logger: Any = None,
         metrics: MetricsHook | None = None,
         dpop: DPoPPolicy | None = None,
+        mtls: CertificateBinding | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.issuer = check_url(issuer, "issuer")
@@ -393,6 +406,9 @@ class BearerGuard:
         if dpop is not None and not isinstance(dpop, DPoPPolicy):
             raise ConfigurationError("dpop must be a DPoPPolicy")
         self.dpop = dpop
+        self.mtls = _certificate_binding(mtls)
+        # One check on the middlewares' hot path: does any request need more than a token?
+        self.sender_constrained = dpop is not None or mtls is not None
         self.clock = clock
 
     @property
@@ -413,6 +429,7 @@ class BearerGuard:
         client: str | None = None,
         request: RequestInfo | None = None,
         dpop: DPoPRequest | None = None,
+        certificate: bytes | None = None,
     ) -> AccessToken:
         """Verify ``token`` and check its revocation status.
 
@@ -424,6 +441,8 @@ class BearerGuard:
             request: the request, for the ``token.anomaly`` audit event.
             dpop: the request's scheme, ``DPoP`` proofs, method and URL, when the guard has
                 a ``DPoPPolicy``; ``None`` counts as the Bearer scheme without a proof.
+            certificate: the DER of the request's client certificate, when the guard has a
+                ``CertificateBinding``; ``None``: no certificate was presented.
 
         Returns:
             The verified token.
@@ -462,6 +481,8 @@ class BearerGuard:
                         self._replay_failed(exc)
                     if not first:
                         raise InvalidDPoPProofError("proof jti replayed")
+            if self.mtls is not None:
+                self._check_certificate(access, certificate)
             try:
                 if self._revoked_now is not None:  # a store that never blocks: no coroutine
                     revoked = self._revoked_now(access)
@@ -476,8 +497,8 @@ class BearerGuard:
                 await self._observe(access, client, request)
         except AuthError as exc:
             exc.fingerprint = _fingerprint(digest)
-            if dpop is not None:
-                exc.binding = dpop.scheme
+            if dpop is not None and (exc.binding == "bearer" or dpop.scheme == "dpop"):
+                exc.binding = dpop.scheme  # the challenge of the scheme the client used
             raise
         return access
 
@@ -488,6 +509,7 @@ class BearerGuard:
         client: str | None = None,
         request: RequestInfo | None = None,
         dpop: DPoPRequest | None = None,
+        certificate: bytes | None = None,
     ) -> AccessToken:
         """Verify ``token`` as ``authenticate`` does, blocking this thread (for WSGI).
 
@@ -524,6 +546,8 @@ class BearerGuard:
                         self._replay_failed(exc)
                     if not first:
                         raise InvalidDPoPProofError("proof jti replayed")
+            if self.mtls is not None:
+                self._check_certificate(access, certificate)
             try:
                 revoked = self.require_sync_revocation().is_revoked_sync(access)
             except Exception as exc:  # noqa: BLE001 - any store failure: the policy decides
@@ -535,8 +559,8 @@ class BearerGuard:
                 self._observe_sync(access, client, request)
         except AuthError as exc:
             exc.fingerprint = _fingerprint(digest)
-            if dpop is not None:
-                exc.binding = dpop.scheme
+            if dpop is not None and (exc.binding == "bearer" or dpop.scheme == "dpop"):
+                exc.binding = dpop.scheme  # the challenge of the scheme the client used
             raise
         return access
 
@@ -597,6 +621,20 @@ class BearerGuard:
             raise InvalidDPoPProofError("the proof key is not the key the token is bound to")
         ttl = max(proof.issued_at + policy.iat_window + policy.leeway - now, 1.0)
         return f"{proof.thumbprint}:{proof.jti}", ttl
+
+    def _check_certificate(self, access: AccessToken, certificate: bytes | None) -> None:
+        """RFC 8705 §3 for this request, whether the token came from the cache or not."""
+        policy = self.mtls
+        assert policy is not None  # noqa: S101 - only called when mTLS is configured
+        try:
+            bound = check_certificate_binding(access.claims, certificate)
+        except CertificateBindingError as exc:
+            exc.binding, exc.token = "mtls", access
+            raise
+        if policy.required and not bound:
+            refusal = CertificateBindingError("token not certificate-bound where mTLS is required")
+            refusal.binding, refusal.token = "mtls", access
+            raise refusal
 
     def _cached(self, digest: bytes) -> _Verified | None:
         cache = self._cache

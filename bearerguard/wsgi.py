@@ -11,16 +11,18 @@ import logging
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth, refusal_for
 from bearerguard._core.extract import request_credentials, request_dpop_credentials
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard.audit import RequestInfo
-from bearerguard.dpop import DPoPPolicy, dpop_request
+from bearerguard.dpop import DPoPPolicy, DPoPRequest, dpop_request
 from bearerguard.errors import AuthError, ConfigurationError, ServiceUnavailableError
 from bearerguard.guard import BearerGuard
+from bearerguard.issuers import TrustedIssuers
+from bearerguard.mtls import environ_certificate, is_certificate_bound
 from bearerguard.token import AccessToken
 
 if TYPE_CHECKING:
@@ -87,9 +89,8 @@ def _host(environ: WSGIEnvironment) -> str:
     return f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
 
 
-def _authenticate_dpop(  # noqa: PLR0917 - private, one call site
-    guard: BearerGuard,
-    policy: DPoPPolicy,
+def _authenticate_bound(  # noqa: PLR0917 - private, one call site
+    guard: BearerGuard | TrustedIssuers,
     environ: WSGIEnvironment,
     authorization: list[bytes],
     query: bytes,
@@ -97,16 +98,43 @@ def _authenticate_dpop(  # noqa: PLR0917 - private, one call site
     request: tuple[str, str, str | None, str | None],
     public_paths: PublicPaths,
 ) -> tuple[AccessToken | None, str]:
-    """Extraction and verification when the guard accepts DPoP (RFC 9449)."""
-    token, scheme = request_dpop_credentials(
-        authorization, query, path, public_paths, max_bytes=guard.max_token_bytes
-    )
+    """Extraction and verification when the guard accepts sender-constrained tokens: DPoP
+    (RFC 9449) and/or certificate-bound ones (RFC 8705). Returns the binding used."""
+    policy = guard.dpop
+    dpop = None
+    scheme: Literal["bearer", "dpop"]
+    if policy is None:
+        scheme = "bearer"
+        token = request_credentials(
+            authorization, query, path, public_paths, max_bytes=guard.max_token_bytes
+        )
+    else:
+        token, scheme = request_dpop_credentials(
+            authorization, query, path, public_paths, max_bytes=guard.max_token_bytes
+        )
     if token is None:
         return None, scheme
+    if policy is not None:
+        dpop = _dpop_request(policy, environ, scheme)
+    mtls = guard.mtls
+    certificate = None if mtls is None else environ_certificate(environ, mtls)
+    info = RequestInfo(*request)
+    access = guard.authenticate_sync(
+        token, client=info.client, request=info, dpop=dpop, certificate=certificate
+    )
+    if scheme == "bearer" and mtls is not None and is_certificate_bound(access):
+        return access, "mtls"
+    return access, scheme
+
+
+def _dpop_request(
+    policy: DPoPPolicy, environ: WSGIEnvironment, scheme: Literal["bearer", "dpop"]
+) -> DPoPRequest:
+    """What the guard needs of the request to check a DPoP proof (RFC 9449 §4.3)."""
     proof = environ.get("HTTP_DPOP")
     # PEP 3333 hands the path over as latin-1 characters standing for the raw bytes.
     full_path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
-    dpop = dpop_request(
+    return dpop_request(
         policy,
         scheme,
         # Servers join repeated headers with commas, so two proofs arrive as one value.
@@ -116,8 +144,6 @@ def _authenticate_dpop(  # noqa: PLR0917 - private, one call site
         _host(environ),
         full_path.encode("latin-1", "replace"),
     )
-    info = RequestInfo(*request)
-    return guard.authenticate_sync(token, client=info.client, request=info, dpop=dpop), scheme
 
 
 class BearerGuardWSGIMiddleware:
@@ -125,7 +151,8 @@ class BearerGuardWSGIMiddleware:
 
     Args:
         app: the WSGI application (for Flask, ``app.wsgi_app``; see ``bearerguard.flask``).
-        guard: the configured guard; its revocation store must offer the synchronous side.
+        guard: the configured guard, or a ``TrustedIssuers`` for several issuers; their
+            revocation stores must offer the synchronous side.
         public_paths: paths served without credentials (exact, or ``"/prefix/*"``), matched
             against ``PATH_INFO``.
         warm_up: fetch the key set now, at construction, so the first request does not wait.
@@ -140,13 +167,13 @@ class BearerGuardWSGIMiddleware:
         self,
         app: WSGIApplication,
         *,
-        guard: BearerGuard,
+        guard: BearerGuard | TrustedIssuers,
         public_paths: Iterable[str] = (),
         warm_up: bool = False,
         respond: Responder | None = None,
     ) -> None:
-        if not isinstance(guard, BearerGuard):
-            raise ConfigurationError("guard must be a BearerGuard")
+        if not isinstance(guard, BearerGuard | TrustedIssuers):
+            raise ConfigurationError("guard must be a BearerGuard or TrustedIssuers")
         guard.require_sync_side()
         self.app = app
         self.guard = guard
@@ -172,10 +199,9 @@ class BearerGuardWSGIMiddleware:
         try:
             # Servers join repeated headers with commas: such a value is not one b64token,
             # so it is refused as invalid_request, as two headers are over ASGI.
-            if guard.dpop is not None:
-                access, binding = _authenticate_dpop(
+            if guard.sender_constrained:
+                access, binding = _authenticate_bound(
                     guard,
-                    guard.dpop,
                     environ,
                     [] if header is None else [header.encode("latin-1", "replace")],
                     str(environ.get("QUERY_STRING", "")).encode("latin-1", "replace"),

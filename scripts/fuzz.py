@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("extract_bearer", "parse_compact", "decode_json_object", "asgi_middleware")
 PROPERTY_FILES = ("tests/test_properties.py", "tests/test_properties_wsgi.py")
 CHILD_VARIABLE = "BEARERGUARD_FUZZ_TARGET"
+_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 @dataclass
@@ -232,6 +233,11 @@ def _decode_json_object_target(
         # form), half are raw bytes encoded here (the strict JSON decoder).
         direct = bool(data) and data[0] & 1
         segment = data[1:].decode("latin-1") if direct else _b64u(data[1:])
+        if direct and not set(segment) <= _B64URL:
+            # The callers' contract: parse_compact's pattern admits only the base64url
+            # alphabet. decode_json_object alone would decode "e\x0530" as "e30" ({}), since
+            # binascii skips characters outside the alphabet (a hardening note, not a bug).
+            return
         try:
             value = decode_json_object(segment, "payload")
         except MalformedTokenError:

@@ -16,6 +16,8 @@ MODULES = [
     "bearerguard.fastapi",
     "bearerguard.mcp",
     "bearerguard.metadata",
+    "bearerguard.mtls",
+    "bearerguard.issuers",
 ]
 
 

@@ -57,13 +57,11 @@ def test_jwks_down_and_redis_frozen_fail_closed_and_recover(faults: Any) -> None
         # Valid tokens were refused during the outage (fail closed, 503 only) ...
         assert result.fail_closed_after is not None, report
         assert set(result.during["valid"]) <= {200, 503}, report
-        # ... and accepted again soon after it ended. Requests that arrive while the
-        # recovering JWKS fetch is in flight may still get 503 (at most one per worker):
-        # see test_requests_during_the_recovering_fetch_wait_for_it below.
+        # ... and accepted again soon after it ended, without flapping: requests arriving
+        # while the recovering fetch is in flight wait for it (the test below).
         assert result.recovered_after is not None, report
         assert result.recovered_after < 3.0, report
-        assert set(result.after["valid"]) <= {200, 503}, report
-        assert result.flaps <= 4, report
+        assert set(result.after["valid"]) == {200}, report
         for kind in ("revoked", "forged"):
             assert 200 not in result.during[kind], report
             assert set(result.after[kind]) == {401}, report
@@ -72,7 +70,6 @@ def test_jwks_down_and_redis_frozen_fail_closed_and_recover(faults: Any) -> None
     # trusted for FAILURE_TIMEOUT. Allow a second of slack on a loaded machine.
     assert jwks.fail_closed_after <= faults.JWKS_TTL + faults.MAX_STALE + 1.0, report
     assert redis.fail_closed_after <= faults.FAILURE_TIMEOUT + 1.0, report
-    assert redis.flaps == 0, report
 
 
 class FakeClock:
@@ -85,6 +82,8 @@ class FakeClock:
 
 @pytest.mark.anyio
 async def test_requests_during_the_recovering_fetch_wait_for_it() -> None:
+    """Found by scripts/faults.py: once an outage had made the key set unusable, a request
+    arriving while the recovering fetch was in flight got 503 instead of waiting for it."""
     with DevIssuer(algorithms=("ES256",), jwks_max_age=1) as issuer:
         clock = FakeClock()
         policy = RefreshPolicy(default_ttl=1, min_ttl=1, max_ttl=1, cooldown=1, max_stale=2)

@@ -168,9 +168,9 @@ class Clock:
 
 
 async def test_cached_tokens_still_expire(session_issuer: DevIssuer) -> None:
-    clock = Clock()
-    guard = session_issuer.guard(clock=clock, leeway=0)
     minted = session_issuer.mint(expires_in=60)
+    clock = Clock()  # after minting: iat (whole seconds) must not be ahead of the clock
+    guard = session_issuer.guard(clock=clock, leeway=0)
     first = await guard.authenticate(minted)
     assert await guard.authenticate(minted) is first  # served from the cache
     clock.now += 61
@@ -179,9 +179,9 @@ async def test_cached_tokens_still_expire(session_issuer: DevIssuer) -> None:
 
 
 async def test_max_age_applies_to_cached_tokens(session_issuer: DevIssuer) -> None:
-    clock = Clock()
-    guard = session_issuer.guard(clock=clock, leeway=0, max_age=30)
     minted = session_issuer.mint(expires_in=600)
+    clock = Clock()  # after minting: iat (whole seconds) must not be ahead of the clock
+    guard = session_issuer.guard(clock=clock, leeway=0, max_age=30)
     await guard.authenticate(minted)
     clock.now += 31
     with pytest.raises(InvalidClaimError.__mro__[1]):  # InvalidTokenError: too old

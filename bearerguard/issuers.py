@@ -1,0 +1,312 @@
+"""``TrustedIssuers``: one API, several trusted issuers, each with its own ``BearerGuard``.
+
+Multi-tenant identity providers (Entra ID, one issuer per tenant) and several Auth0 custom
+domains give one API tokens from several issuers, each with its own keys, audience and
+algorithms. ``TrustedIssuers`` holds a ``BearerGuard`` per issuer and hands each token to the
+guard of its ``iss``, read from the payload after strict parsing but before any signature is
+checked. The token is then verified entirely by that guard, against that issuer's keys only.
+
+An ``iss`` that no configured guard names is refused (401 ``invalid_token``) before any key is
+fetched: keys are never fetched from an issuer named by a token (that would be SSRF, and would
+let anyone mint tokens). A ``resolver`` can admit issuers by pattern (tenants): it is given the
+``iss`` string and returns a guard for it, or ``None``; resolved guards are cached, bounded.
+
+Both middlewares accept a ``TrustedIssuers`` wherever they accept a ``BearerGuard``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import anyio
+
+from bearerguard._core.extract import check_b64token
+from bearerguard._core.jws import decode_json_object, looks_compact, parse_compact
+from bearerguard._core.scopes import ScopeImplications
+from bearerguard.audit import AuditLog, RequestInfo
+from bearerguard.dpop import DPoPPolicy, DPoPRequest
+from bearerguard.errors import (
+    AuthError,
+    ConfigurationError,
+    InvalidIssuerError,
+    ServiceUnavailableError,
+)
+from bearerguard.guard import BearerGuard, _credentials, _fingerprint
+from bearerguard.metadata import ProtectedResource
+from bearerguard.metrics import MetricsHook
+from bearerguard.mtls import CertificateBinding
+from bearerguard.token import AccessToken
+from bearerguard.usage import SyncUsageMonitor, UsageMonitor
+
+__all__ = ["IssuerResolver", "TrustedIssuers"]
+
+IssuerResolver = Callable[[str], BearerGuard | None]
+"""Given a token's (unverified) ``iss``, a guard for that issuer, or ``None`` to refuse it."""
+
+_log = logging.getLogger("bearerguard")
+_MAX_ISSUER_LENGTH = 512
+
+
+def _request_settings(guard: BearerGuard) -> tuple[Any, ...]:
+    """What every guard of a ``TrustedIssuers`` must agree on: it shapes each request."""
+    resource = guard.protected_resource
+    return (guard.dpop, guard.mtls, None if resource is None else resource.resource)
+
+
+class TrustedIssuers:
+    """Verifies tokens from several trusted issuers, each with its own ``BearerGuard``.
+
+    Args:
+        guards: a guard per trusted issuer (each ``issuer`` at most once). The first is the
+            primary: its request-level settings (``resource`` and its metadata, ``realm``,
+            ``max_token_bytes``, the audit logger, ``scope_implications``) apply to every
+            request, and it judges tokens that are not JWTs (``introspection``). Every guard
+            must have the same ``dpop``, ``mtls`` and ``resource``.
+        resolver: admits further issuers: called with a token's ``iss`` (a string of at most
+            512 characters) when no guard names it, it returns a guard whose ``issuer`` is
+            exactly that string, or ``None`` to refuse the token. It must not do I/O (it is
+            called on the request path) and must accept only issuers you trust, such as
+            ``https://login.microsoftonline.com/<one of your tenants>/v2.0``: a resolver that
+            accepts any issuer accepts tokens anyone can mint.
+        max_resolved: how many resolved guards are kept (least recently used go first).
+
+    Raises:
+        ConfigurationError: no guard, an issuer configured twice, or guards that disagree.
+
+    Warning:
+        A resolved guard that breaks these rules (another issuer, other request-level
+        settings, no synchronous side under WSGI) is not used: its tokens are refused and
+        the error is logged, since a configuration error cannot be raised on a request.
+    """
+
+    def __init__(
+        self,
+        guards: Iterable[BearerGuard],
+        *,
+        resolver: IssuerResolver | None = None,
+        max_resolved: int = 100,
+    ) -> None:
+        listed = list(guards)
+        if not listed or not all(isinstance(guard, BearerGuard) for guard in listed):
+            raise ConfigurationError("TrustedIssuers needs at least one BearerGuard")
+        if resolver is not None and not callable(resolver):
+            raise ConfigurationError("resolver must be a callable")
+        if max_resolved < 0:
+            raise ConfigurationError("max_resolved must not be negative")
+        self._guards: dict[str, BearerGuard] = {}
+        primary = listed[0]
+        for guard in listed:
+            if guard.issuer in self._guards:
+                raise ConfigurationError(f"issuer {guard.issuer!r} is configured twice")
+            if _request_settings(guard) != _request_settings(primary):
+                raise ConfigurationError(
+                    "every guard of a TrustedIssuers needs the same dpop, mtls and resource"
+                )
+            self._guards[guard.issuer] = guard
+        self.primary = primary
+        self.resolver = resolver
+        self._resolved: OrderedDict[str, BearerGuard] = OrderedDict()
+        self._max_resolved = max_resolved
+        self._lock = threading.Lock()
+        self._sync = False
+        # The request-level settings the middlewares read, from the primary guard.
+        self.protected_resource: ProtectedResource | None = primary.protected_resource
+        self.realm: str = primary.realm
+        self.max_token_bytes: int = primary.max_token_bytes
+        self.dpop: DPoPPolicy | None = primary.dpop
+        self.mtls: CertificateBinding | None = primary.mtls
+        # Always the middlewares' full path: it hands every guard the request's client,
+        # certificate and DPoP proof, whichever guard the token turns out to need.
+        self.sender_constrained = True
+        self.audit: AuditLog = primary.audit
+        self.metrics: MetricsHook | None = primary.metrics
+        self.scope_implications: ScopeImplications = primary.scope_implications
+        self.usage: UsageMonitor | SyncUsageMonitor | None = primary.usage
+
+    @property
+    def issuers(self) -> list[str]:
+        """The issuers configured, then those resolved and still cached."""
+        return [*self._guards, *self._resolved]
+
+    def __repr__(self) -> str:
+        return f"TrustedIssuers(issuers={self.issuers!r})"
+
+    # -- choosing the guard ---------------------------------------------------------------
+
+    def guard_for(self, token: str | bytes) -> BearerGuard:
+        """The guard that verifies ``token``: the one for its ``iss``.
+
+        Tokens that are not compact JWS, or whose payload cannot be read, go to the primary
+        guard, which refuses them (or introspects them) exactly as it would alone.
+
+        Raises:
+            InvalidIssuerError: the ``iss`` is not a trusted issuer (401 ``invalid_token``).
+        """
+        issuer, header = _unverified_issuer(token)
+        if issuer is None:
+            return self.primary
+        guard = self._guards.get(issuer)
+        if guard is None:
+            guard = self._resolve(issuer)
+        if guard is None:
+            error = InvalidIssuerError(f"iss {issuer[:128]!r} is not a trusted issuer")
+            error.header = header
+            raise error
+        return guard
+
+    def _resolve(self, issuer: str) -> BearerGuard | None:
+        resolver = self.resolver
+        if resolver is None or len(issuer) > _MAX_ISSUER_LENGTH:
+            return None
+        with self._lock:
+            cached = self._resolved.get(issuer)
+            if cached is not None:
+                self._resolved.move_to_end(issuer)
+                return cached
+        try:
+            guard = resolver(issuer)
+        except Exception:  # noqa: BLE001 - a broken resolver refuses the token, never a 500
+            _log.exception("bearerguard: the issuer resolver failed for %r", issuer[:128])
+            return None
+        if guard is None:
+            return None
+        problem = self._unusable(guard, issuer)
+        if problem is not None:
+            _log.error("bearerguard: resolved guard for %r not used: %s", issuer[:128], problem)
+            return None
+        with self._lock:
+            guard = self._resolved.setdefault(issuer, guard)  # another thread may have won
+            while len(self._resolved) > self._max_resolved:
+                self._resolved.popitem(last=False)
+        return guard
+
+    def _unusable(self, guard: object, issuer: str) -> str | None:
+        if not isinstance(guard, BearerGuard):
+            return "the resolver must return a BearerGuard or None"
+        if guard.issuer != issuer:
+            return f"its issuer is {guard.issuer!r}"
+        if _request_settings(guard) != _request_settings(self.primary):
+            return "its dpop, mtls or resource differ from the primary guard's"
+        if self._sync:
+            try:
+                guard.require_sync_side()
+            except ConfigurationError as exc:
+                return str(exc)
+        return None
+
+    # -- the flow -------------------------------------------------------------------------
+
+    async def authenticate(
+        self,
+        token: str | bytes,
+        *,
+        client: str | None = None,
+        request: RequestInfo | None = None,
+        dpop: DPoPRequest | None = None,
+        certificate: bytes | None = None,
+    ) -> AccessToken:
+        """Verify ``token`` with the guard of its issuer; as ``BearerGuard.authenticate``."""
+        guard = self._route(token, dpop)
+        return await guard.authenticate(
+            token, client=client, request=request, dpop=dpop, certificate=certificate
+        )
+
+    def authenticate_sync(
+        self,
+        token: str | bytes,
+        *,
+        client: str | None = None,
+        request: RequestInfo | None = None,
+        dpop: DPoPRequest | None = None,
+        certificate: bytes | None = None,
+    ) -> AccessToken:
+        """Verify ``token`` with the guard of its issuer, blocking (for WSGI)."""
+        guard = self._route(token, dpop)
+        return guard.authenticate_sync(
+            token, client=client, request=request, dpop=dpop, certificate=certificate
+        )
+
+    def _route(self, token: str | bytes, dpop: DPoPRequest | None) -> BearerGuard:
+        try:
+            return self.guard_for(token)
+        except AuthError as exc:
+            exc.fingerprint = _fingerprint(_credentials(token)[1])
+            if dpop is not None:
+                exc.binding = dpop.scheme
+            raise
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def require_sync_side(self) -> None:
+        """Check that every configured guard offers a synchronous side, for WSGI.
+
+        Resolved guards are checked when resolved; one without is not used.
+
+        Raises:
+            ConfigurationError: a guard's revocation store or usage monitor is async-only.
+        """
+        for guard in self._guards.values():
+            guard.require_sync_side()
+        self._sync = True
+
+    async def warm_up(self) -> None:
+        """Fetch every configured issuer's key set now, all at once.
+
+        Raises:
+            KeySetUnavailableError: some issuer's keys could not be had (the others are
+                fetched all the same).
+        """
+        failures: list[ServiceUnavailableError] = []
+
+        async def warm(guard: BearerGuard) -> None:
+            try:
+                await guard.warm_up()
+            except ServiceUnavailableError as exc:
+                failures.append(exc)
+
+        async with anyio.create_task_group() as group:
+            for guard in self._guards.values():
+                group.start_soon(warm, guard)
+        if failures:
+            raise failures[0]
+
+    def warm_up_sync(self) -> None:
+        """Fetch every configured issuer's key set now, blocking; as ``warm_up``."""
+        failures = [
+            failure
+            for guard in self._guards.values()
+            if (failure := _warm_up_sync(guard)) is not None
+        ]
+        if failures:
+            raise failures[0]
+
+
+def _warm_up_sync(guard: BearerGuard) -> ServiceUnavailableError | None:
+    try:
+        guard.warm_up_sync()
+    except ServiceUnavailableError as exc:
+        return exc
+    return None
+
+
+def _unverified_issuer(token: str | bytes) -> tuple[str | None, dict[str, Any] | None]:
+    """The ``iss`` of a strictly parsed compact JWS, unverified; ``None`` when there is none.
+
+    Only ever used to choose among trusted guards: nothing else is decided on it.
+    """
+    try:
+        text = token if isinstance(token, str) else check_b64token(token)
+        if not looks_compact(text):
+            return None, None
+        jws = parse_compact(text)
+        claims = decode_json_object(jws.payload_segment, "payload")
+    except Exception:  # noqa: BLE001 - the primary guard refuses it with the precise reason
+        return None, None
+    issuer = claims.get("iss")
+    if not isinstance(issuer, str) or not issuer:
+        return None, jws.header
+    return issuer, jws.header

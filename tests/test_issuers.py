@@ -1,0 +1,270 @@
+"""Several trusted issuers (``TrustedIssuers``): routing by ``iss``, resolvers, both stacks."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from starlette.testclient import TestClient
+
+from bearerguard import BearerGuard
+from bearerguard.dpop import DPoPPolicy
+from bearerguard.errors import ConfigurationError, InvalidIssuerError, KeySetUnavailableError
+from bearerguard.issuers import TrustedIssuers
+from bearerguard.mtls import CertificateBinding
+from bearerguard.testing import DevIssuer
+from bearerguard.wsgi import BearerGuardWSGIMiddleware
+from tests.apps import build_app, build_flask_app
+from tests.test_mtls import issue
+from tests.test_mtls import open_client as open_tls_client
+
+Client = Callable[..., httpx.Response]
+
+
+@pytest.fixture(scope="module")
+def alpha() -> Iterator[DevIssuer]:
+    with DevIssuer(audience="api://alpha", path="/tenants/alpha") as issuer:
+        yield issuer
+
+
+@pytest.fixture(scope="module")
+def beta() -> Iterator[DevIssuer]:
+    with DevIssuer(audience="api://beta", path="/tenants/beta", algorithms=["ES256"]) as issuer:
+        yield issuer
+
+
+@pytest.fixture(scope="module")
+def stranger() -> Iterator[DevIssuer]:
+    with DevIssuer(path="/tenants/stranger") as issuer:
+        yield issuer
+
+
+@pytest.fixture(params=["asgi", "wsgi"])
+def stack(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def open_client(stack: str, guard: TrustedIssuers) -> Iterator[Client]:
+    if stack == "asgi":
+        with TestClient(build_app(guard), base_url="http://testserver") as client:  # type: ignore[arg-type]
+            yield client.request
+    else:
+        transport = httpx.WSGITransport(app=build_flask_app(guard))  # type: ignore[arg-type]
+        with httpx.Client(transport=transport, base_url="http://testserver") as client:
+            yield client.request
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_construction_rules(alpha: DevIssuer, beta: DevIssuer) -> None:
+    with pytest.raises(ConfigurationError):
+        TrustedIssuers([])
+    with pytest.raises(ConfigurationError):
+        TrustedIssuers([alpha.guard(in_process=True), alpha.guard(in_process=True)])
+    with pytest.raises(ConfigurationError):
+        TrustedIssuers(["https://issuer.example"])  # type: ignore[list-item]
+    with pytest.raises(ConfigurationError):
+        TrustedIssuers(
+            [alpha.guard(in_process=True), beta.guard(in_process=True, dpop=DPoPPolicy())]
+        )
+    with pytest.raises(ConfigurationError):
+        TrustedIssuers([alpha.guard(in_process=True)], resolver="nope")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        TrustedIssuers([alpha.guard(in_process=True)], max_resolved=-1)
+    both = TrustedIssuers([alpha.guard(in_process=True), beta.guard(in_process=True)])
+    assert both.issuers == [alpha.url, beta.url]
+    assert alpha.url in repr(both)
+    assert both.realm == "api://alpha"
+
+
+def test_each_issuer_with_its_own_keys_and_audience(
+    stack: str, alpha: DevIssuer, beta: DevIssuer, stranger: DevIssuer
+) -> None:
+    guards = TrustedIssuers([alpha.guard(in_process=True), beta.guard(in_process=True)])
+    for call in open_client(stack, guards):
+        with structlog.testing.capture_logs() as logged:
+            assert call("GET", "/me", headers=bearer(alpha.mint())).status_code == 200
+            assert call("GET", "/me", headers=bearer(beta.mint(sub="b"))).json()["sub"] == "b"
+            # A token for alpha's audience, from beta: beta's guard refuses the audience.
+            wrong_audience = beta.mint(aud="api://alpha")
+            assert call("GET", "/me", headers=bearer(wrong_audience)).status_code == 401
+            # iss says alpha, beta signed it: alpha's guard knows no such key.
+            forged = beta.sign(beta.claims(iss=alpha.url, aud="api://alpha"))
+            assert call("GET", "/me", headers=bearer(forged)).status_code == 401
+            unknown = call("GET", "/me", headers=bearer(stranger.mint()))
+        assert unknown.status_code == 401
+        assert 'error="invalid_token"' in unknown.headers["www-authenticate"]
+        reasons = [e["reason"] for e in logged if e["event"] == "token.rejected"]
+        assert reasons == ["invalid_audience", "unknown_key", "invalid_issuer"]
+        rejected = [e for e in logged if e["event"] == "token.rejected"][-1]
+        assert rejected["token_fp"]
+        assert rejected["kid"]
+        assert call("GET", "/me").status_code == 401
+        assert call("GET", "/me", headers=bearer("not-a-jwt")).status_code == 401
+    assert stranger.fetch_count() == 0  # never a request to an issuer named by a token
+
+
+def test_keys_are_fetched_only_from_configured_issuers(
+    alpha: DevIssuer, beta: DevIssuer, stranger: DevIssuer
+) -> None:
+    guards = TrustedIssuers([alpha.guard(), beta.guard(discover=False)])
+    guards.warm_up_sync()
+    before = stranger.fetch_count()
+    with pytest.raises(InvalidIssuerError):
+        guards.authenticate_sync(stranger.mint())
+    assert stranger.fetch_count() == before == 0
+    assert guards.authenticate_sync(beta.mint()).issuer == beta.url
+
+
+@pytest.mark.anyio
+async def test_async_warm_up_and_failure(alpha: DevIssuer, beta: DevIssuer) -> None:
+    guards = TrustedIssuers([alpha.guard(), beta.guard()])
+    await guards.warm_up()
+    assert (await guards.authenticate(alpha.mint())).issuer == alpha.url
+    down = BearerGuard(
+        issuer="http://127.0.0.1:9/down", audience="x", jwks_uri="http://127.0.0.1:9/jwks"
+    )
+    broken = TrustedIssuers([alpha.guard(), down])
+    with pytest.raises(KeySetUnavailableError):
+        await broken.warm_up()
+    with pytest.raises(KeySetUnavailableError):
+        broken.warm_up_sync()
+
+
+class Tenants:
+    """A tenant-pattern resolver that counts its calls."""
+
+    def __init__(self, *issuers: DevIssuer, **options: Any) -> None:
+        self.by_url = {issuer.url: issuer for issuer in issuers}
+        self.calls: list[str] = []
+        self.options = options
+
+    def __call__(self, iss: str) -> BearerGuard | None:
+        self.calls.append(iss)
+        if not re.fullmatch(r"http://127\.0\.0\.1:\d+/tenants/[a-z]+", iss):
+            return None
+        issuer = self.by_url.get(iss)
+        return None if issuer is None else issuer.guard(in_process=True, **self.options)
+
+
+def test_resolver_admits_tenants_and_caches_them(
+    stack: str, alpha: DevIssuer, beta: DevIssuer, stranger: DevIssuer
+) -> None:
+    tenants = Tenants(beta)
+    guards = TrustedIssuers([alpha.guard(in_process=True)], resolver=tenants)
+    for call in open_client(stack, guards):
+        for _ in range(2):
+            assert call("GET", "/me", headers=bearer(beta.mint())).status_code == 200
+        assert tenants.calls == [beta.url]
+        assert guards.issuers == [alpha.url, beta.url]
+        assert call("GET", "/me", headers=bearer(stranger.mint())).status_code == 401
+        assert call("GET", "/me", headers=bearer(alpha.mint())).status_code == 200
+        assert tenants.calls == [beta.url, stranger.url]
+        long_iss = alpha.mint(iss="https://x.example/" + "a" * 600)
+        assert call("GET", "/me", headers=bearer(long_iss)).status_code == 401
+        assert len(tenants.calls) == 2  # too long to be asked about
+
+
+def test_resolved_guards_are_bounded(alpha: DevIssuer, beta: DevIssuer) -> None:
+    tenants = Tenants(alpha, beta)
+    guards = TrustedIssuers(
+        [BearerGuard(issuer="https://home.example", audience="x", keys=alpha.jwks())],
+        resolver=tenants,
+        max_resolved=1,
+    )
+    for issuer in (alpha, beta, alpha):
+        guards.authenticate_sync(issuer.mint())
+    assert tenants.calls == [alpha.url, beta.url, alpha.url]
+    assert guards.issuers == ["https://home.example", alpha.url]
+
+
+@pytest.mark.parametrize(
+    "resolver",
+    [
+        lambda issuer, iss: 1 / 0,
+        lambda issuer, iss: "a guard?",
+        lambda issuer, iss: BearerGuard(
+            issuer="https://other.example", audience="api://beta", keys=issuer.jwks()
+        ),
+        lambda issuer, iss: issuer.guard(in_process=True, mtls=CertificateBinding()),
+    ],
+    ids=["raises", "not-a-guard", "another-issuer", "other-request-settings"],
+)
+def test_a_bad_resolved_guard_is_not_used(
+    alpha: DevIssuer,
+    beta: DevIssuer,
+    resolver: Callable[[DevIssuer, str], Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    guards = TrustedIssuers(
+        [alpha.guard(in_process=True)], resolver=lambda iss: resolver(beta, iss)
+    )
+    with caplog.at_level(logging.ERROR, "bearerguard"), pytest.raises(InvalidIssuerError):
+        guards.authenticate_sync(beta.mint())
+    assert caplog.records
+    assert guards.issuers == [alpha.url]
+
+
+def test_wsgi_needs_synchronous_sides(alpha: DevIssuer, beta: DevIssuer) -> None:
+    class AsyncOnly:
+        async def is_revoked(self, token: object) -> bool:
+            return False
+
+    guards = TrustedIssuers(
+        [alpha.guard(in_process=True), beta.guard(in_process=True, revocation=AsyncOnly())]
+    )
+    with pytest.raises(ConfigurationError):
+        BearerGuardWSGIMiddleware(build_flask_app(alpha.guard(in_process=True)), guard=guards)
+    # Resolved under WSGI: a guard without the synchronous side is not used.
+    tenants = TrustedIssuers(
+        [alpha.guard(in_process=True)],
+        resolver=lambda iss: beta.guard(in_process=True, revocation=AsyncOnly()),
+    )
+    BearerGuardWSGIMiddleware(build_flask_app(alpha.guard(in_process=True)), guard=tenants)
+    with pytest.raises(InvalidIssuerError):
+        tenants.authenticate_sync(beta.mint())
+
+
+def test_middlewares_refuse_other_guards() -> None:
+    with pytest.raises(ConfigurationError):
+        BearerGuardWSGIMiddleware(lambda environ, start: [], guard=object())  # type: ignore[arg-type]
+
+
+def test_certificate_bound_tokens_from_several_issuers(
+    stack: str, alpha: DevIssuer, beta: DevIssuer
+) -> None:
+    ca = issue("CA")
+    alice, mallory = issue("alice", ca), issue("mallory", ca)
+    guards = TrustedIssuers(
+        [
+            alpha.guard(in_process=True, mtls=CertificateBinding()),
+            beta.guard(in_process=True, mtls=CertificateBinding()),
+        ]
+    )
+    token = beta.mint(cnf={"x5t#S256": alice.thumbprint})
+    for call in open_tls_client(stack, guards, alice.pem):  # type: ignore[arg-type]
+        with structlog.testing.capture_logs() as logged:
+            assert call("GET", "/me", headers=bearer(token)).status_code == 200
+        assert [e["binding"] for e in logged if e["event"] == "token.accepted"] == ["mtls"]
+    for call in open_tls_client(stack, guards, mallory.pem):  # type: ignore[arg-type]
+        assert call("GET", "/me", headers=bearer(token)).status_code == 401
+        assert call("GET", "/me", headers=bearer(alpha.mint())).status_code == 200
+
+
+def test_dpop_scheme_on_an_untrusted_issuer(alpha: DevIssuer, stranger: DevIssuer) -> None:
+    policy = DPoPPolicy()
+    guards = TrustedIssuers([alpha.guard(in_process=True, dpop=policy)])
+    for call in open_client("asgi", guards):
+        response = call("GET", "/me", headers={"Authorization": f"DPoP {stranger.mint()}"})
+        assert response.status_code == 401
+        assert (
+            ', DPoP realm="api://alpha", error="invalid_token"'
+            in response.headers["www-authenticate"]
+        )

@@ -476,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         artifacts = args.artifacts or Path(tempfile.mkdtemp(prefix="bearerguard-fuzz-artifacts-"))
         artifacts.mkdir(parents=True, exist_ok=True)
         remaining = args.seconds - (time.monotonic() - started)
-        found, trouble = run_atheris(args.target or list(TARGETS), max(remaining, 20), artifacts)
+        targets = args.target or list(TARGETS)
+        found, trouble = run_atheris(targets, max(remaining, 5.0 * len(targets)), artifacts)
         results += found
         problems += trouble
         failed |= any(r.failures for r in found)

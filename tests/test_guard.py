@@ -210,3 +210,13 @@ async def test_refusals_carry_the_fingerprint_and_header(session_issuer: DevIssu
     assert refused.value.header["alg"] == "RS256"
     assert "BearerGuard(issuer=" in repr(guard)
     assert guard.key_ids
+
+
+async def test_the_verification_cache_is_bounded(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard(cache_size=3)
+    tokens = [session_issuer.mint() for _ in range(10)]
+    for token in tokens:
+        await guard.authenticate(token)
+        assert guard._cache is not None
+        assert len(guard._cache) <= 3
+    assert await guard.authenticate(tokens[-1]) is await guard.authenticate(tokens[-1])

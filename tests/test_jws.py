@@ -135,3 +135,17 @@ def test_refuses_missing_or_unsecured_alg(alg: object) -> None:
 def test_strict_json(raw: bytes) -> None:
     with pytest.raises(MalformedTokenError):
         decode_json_object(b64(raw), "payload")
+
+
+@pytest.mark.parametrize("segment", ["e\x0530", "e y", "ab+c", ""])
+def test_decode_checks_the_alphabet_itself(segment: str) -> None:
+    with pytest.raises(MalformedTokenError):
+        decode_json_object(segment, "payload")
+
+
+def test_checked_headers_are_remembered_within_a_bound() -> None:
+    from bearerguard._core import jws
+
+    for number in range(jws._MAX_CACHED_HEADERS + 50):
+        parse_compact(compact({"alg": "RS256", "kid": f"k{number}"}, {}))
+        assert len(jws._HEADERS) <= jws._MAX_CACHED_HEADERS

@@ -25,6 +25,7 @@ _COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
 # (RFC 4648 §3.5); anything else decodes to the same bytes and would make tokens malleable.
 _CANONICAL_LAST = {2: frozenset("AQgw"), 3: frozenset("AEIMQUYcgkosw048")}
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 
 # Header parameters whose presence means processing we do not do: JWE (RFC 7516 §4.1.2,
 # §4.1.3), unencoded payloads (RFC 7797 §3) and critical extensions (RFC 7515 §4.1.11).
@@ -88,6 +89,8 @@ _DECODER = json.JSONDecoder(
 
 def decode_json_object(segment: str, what: str) -> dict[str, Any]:
     """Decode a base64url segment holding a UTF-8 JSON object, strictly."""
+    if _SEGMENT.fullmatch(segment) is None:  # parse_compact checked it; other callers may not
+        raise MalformedTokenError(f"{what} is not base64url")
     raw = _b64decode(segment)
     try:
         value = _DECODER.decode(raw.decode("utf-8"))

@@ -10,7 +10,9 @@ different authentication, called directly as an ASGI app with the same RS256 tok
 ``DevIssuer``'s, whose JWKS is served on 127.0.0.1), exactly as ``benchmarks/inprocess.py``
 calls its apps:
 
-* the bare app, and bearerguard with a cache hit (the library defaults, accepted-audit off);
+* the bare app, and bearerguard with a cache hit (the library defaults, accepted-audit off),
+  with the memory revocation store and with a Redis store (its mirror, and direct: one round
+  trip per request) on a private redis-server;
 * bearerguard with ``cache_size=0``: a full verification on every request, for a like-for-like
   comparison with the peers, none of which caches verified tokens;
 * the hand-rolled PyJWT pattern (``PyJWKClient`` + ``jwt.decode``, pure ASGI middleware);
@@ -62,6 +64,7 @@ from benchmarks.apps.starlette_apps import (  # noqa: E402
     guard_for,
 )
 from benchmarks.noise import QUIET, CpuMeter  # noqa: E402
+from benchmarks.revocation import redis_server  # noqa: E402
 
 __all__ = ["AuthlibMiddleware", "JoserfcMiddleware", "main"]
 
@@ -241,7 +244,15 @@ async def measure(cases: list[Case], token: str, repeats: int, seconds: float) -
             case.noise.append(meter.others())
 
 
-def build_cases(issuer: DevIssuer) -> list[Case]:
+_STORES: list[Any] = []  # Redis stores to close before the event loop does
+
+
+async def _close_stores() -> None:
+    for store in _STORES:
+        await store.aclose()
+
+
+def build_cases(issuer: DevIssuer, redis_url: str | None = None) -> list[Case]:
     """The apps compared, each behind a different authentication."""
     settings = Settings(issuer.url, issuer.jwks_uri, issuer.audience)
     jwks = httpx.get(issuer.jwks_uri, timeout=5.0).json()  # once, as an app would at start-up
@@ -275,6 +286,34 @@ def build_cases(issuer: DevIssuer) -> list[Case]:
             lambda: behind(Middleware(JoserfcMiddleware, **options)),
         ),
     ]
+    if redis_url is not None:
+        from bearerguard import BearerGuard
+        from bearerguard.revocation import RedisRevocationStore
+
+        def with_store(mirror: bool) -> ASGIApp:
+            store = RedisRevocationStore(redis_url, mirror=mirror, namespace=f"peers{mirror}")
+            _STORES.append(store)
+            guard = BearerGuard(
+                issuer=settings.issuer,
+                audience=settings.audience,
+                jwks_uri=settings.jwks_uri,
+                audit_sample_accepted=settings.sample_accepted,
+                revocation=store,
+            )
+            return build_bearerguard(settings, guard=guard)
+
+        builders[2:2] = [
+            (
+                "bg_hit_redis_mirror",
+                "+ bearerguard, cache hit, Redis revocation (mirror)",
+                lambda: with_store(True),
+            ),
+            (
+                "bg_hit_redis_direct",
+                "+ bearerguard, cache hit, Redis revocation (no mirror: one round trip)",
+                lambda: with_store(False),
+            ),
+        ]
     return [Case(key, label, build()) for key, label, build in builders]
 
 
@@ -341,18 +380,20 @@ def main(argv: list[str] | None = None) -> int:
     configure_audit_logging()
     with DevIssuer(algorithms=("RS256",)) as issuer:
         token = issuer.mint(scopes=[SCOPE], expires_in=3600)
-        cases = build_cases(issuer)
-        loop: asyncio.AbstractEventLoop
-        try:
-            import uvloop
+        with redis_server() as redis_url:
+            cases = build_cases(issuer, redis_url)
+            loop: asyncio.AbstractEventLoop
+            try:
+                import uvloop
 
-            loop = uvloop.new_event_loop()
-        except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
-            loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(measure(cases, token, args.repeats, args.seconds))
-        finally:
-            loop.close()
+                loop = uvloop.new_event_loop()
+            except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+                loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(measure(cases, token, args.repeats, args.seconds))
+            finally:
+                loop.run_until_complete(_close_stores())
+                loop.close()
     report = render(cases, len(token))
     print(report)
     if args.output:

@@ -36,7 +36,6 @@ try:
     import redis.asyncio as aredis
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -52,6 +51,7 @@ from bearerguard._core.usage import (
     verdict_of,
     window_at,
 )
+from bearerguard._redis_retry import again, again_sync
 from bearerguard.errors import ConfigurationError
 from bearerguard.token import AccessToken
 from bearerguard.usage import UsageMonitorError
@@ -332,25 +332,10 @@ class RedisUsageMonitor:
         self._down_until = -math.inf
 
     def _again_sync(self, call: Callable[[], _T]) -> _T:
-        """``call()``, once more after a fast connection failure (a pooled connection that
-        Redis closed while idle); never after a slow one, so a call stays bounded."""
-        started = time.monotonic()
-        try:
-            return call()
-        except RedisConnectionError:
-            if time.monotonic() - started > self._timeout / 2:
-                raise
-        return call()
+        return again_sync(call, self._timeout)
 
     async def _again(self, call: Callable[[], Awaitable[_T]]) -> _T:
-        """As ``_again_sync``, awaited."""
-        started = time.monotonic()
-        try:
-            return await call()
-        except RedisConnectionError:
-            if time.monotonic() - started > self._timeout / 2:
-                raise
-        return await call()
+        return await again(call, self._timeout)
 
     # -- clients and lifecycle ------------------------------------------------------------
 

@@ -21,9 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bearerguard._context import SCOPE_KEY, Refused, RequestAuth, current_auth, refusal_for
 from bearerguard._core.extract import (
+    bound_credentials,
     has_query_token,
     request_credentials,
-    request_dpop_credentials,
 )
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
@@ -38,7 +38,7 @@ from bearerguard.errors import (
 from bearerguard.guard import BearerGuard
 from bearerguard.issuers import TrustedIssuers
 from bearerguard.metadata import ProtectedResource
-from bearerguard.mtls import is_certificate_bound, scope_certificate
+from bearerguard.mtls import binding_of, scope_certificate
 from bearerguard.token import AccessToken
 
 __all__ = ["WEBSOCKET_TOKEN_PROTOCOL_PREFIX", "BearerGuardMiddleware", "PublicPaths", "TokenUser"]
@@ -155,30 +155,24 @@ async def _authenticate_bound(  # noqa: PLR0917 - private, one call site
     """Extraction and verification when the guard accepts sender-constrained tokens: DPoP
     (RFC 9449) and/or certificate-bound ones (RFC 8705). Returns the binding used."""
     policy = guard.dpop
-    dpop = None
-    scheme: Literal["bearer", "dpop"]
-    if policy is None:
-        scheme = "bearer"
-        token = request_credentials(
-            authorization, query, scope["path"], public_paths, max_bytes=guard.max_token_bytes
-        )
-    else:
-        token, scheme = request_dpop_credentials(
-            authorization, query, scope["path"], public_paths, max_bytes=guard.max_token_bytes
-        )
+    token, scheme = bound_credentials(
+        policy is not None,
+        authorization,
+        query,
+        scope["path"],
+        public_paths,
+        max_bytes=guard.max_token_bytes,
+    )
     if token is None:
         return None, scheme
-    if policy is not None:
-        dpop = _dpop_request(policy, scope, scheme)
+    dpop = None if policy is None else _dpop_request(policy, scope, scheme)
     mtls = guard.mtls
     certificate = None if mtls is None else scope_certificate(scope, mtls)
     info = RequestInfo(*request)
     access = await guard.authenticate(
         token, client=info.client, request=info, dpop=dpop, certificate=certificate
     )
-    if scheme == "bearer" and mtls is not None and is_certificate_bound(access):
-        return access, "mtls"
-    return access, scheme
+    return access, binding_of(scheme, mtls, access)
 
 
 def _dpop_request(

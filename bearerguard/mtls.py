@@ -121,3 +121,10 @@ def is_certificate_bound(token: AccessToken) -> bool:
     """Whether ``token`` carries a certificate binding (``cnf`` ``x5t#S256``)."""
     cnf = token.claims.get("cnf")
     return isinstance(cnf, Mapping) and "x5t#S256" in cnf
+
+
+def binding_of(scheme: str, binding: CertificateBinding | None, token: AccessToken) -> str:
+    """How an accepted token was bound: ``"mtls"`` for a certificate-bound bearer token."""
+    if scheme == "bearer" and binding is not None and is_certificate_bound(token):
+        return "mtls"
+    return scheme

@@ -14,7 +14,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal
 
 from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth, refusal_for
-from bearerguard._core.extract import request_credentials, request_dpop_credentials
+from bearerguard._core.extract import bound_credentials, request_credentials
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard.audit import RequestInfo
@@ -22,7 +22,7 @@ from bearerguard.dpop import DPoPPolicy, DPoPRequest, dpop_request
 from bearerguard.errors import AuthError, ConfigurationError, ServiceUnavailableError
 from bearerguard.guard import BearerGuard
 from bearerguard.issuers import TrustedIssuers
-from bearerguard.mtls import environ_certificate, is_certificate_bound
+from bearerguard.mtls import binding_of, environ_certificate
 from bearerguard.token import AccessToken
 
 if TYPE_CHECKING:
@@ -101,30 +101,24 @@ def _authenticate_bound(  # noqa: PLR0917 - private, one call site
     """Extraction and verification when the guard accepts sender-constrained tokens: DPoP
     (RFC 9449) and/or certificate-bound ones (RFC 8705). Returns the binding used."""
     policy = guard.dpop
-    dpop = None
-    scheme: Literal["bearer", "dpop"]
-    if policy is None:
-        scheme = "bearer"
-        token = request_credentials(
-            authorization, query, path, public_paths, max_bytes=guard.max_token_bytes
-        )
-    else:
-        token, scheme = request_dpop_credentials(
-            authorization, query, path, public_paths, max_bytes=guard.max_token_bytes
-        )
+    token, scheme = bound_credentials(
+        policy is not None,
+        authorization,
+        query,
+        path,
+        public_paths,
+        max_bytes=guard.max_token_bytes,
+    )
     if token is None:
         return None, scheme
-    if policy is not None:
-        dpop = _dpop_request(policy, environ, scheme)
+    dpop = None if policy is None else _dpop_request(policy, environ, scheme)
     mtls = guard.mtls
     certificate = None if mtls is None else environ_certificate(environ, mtls)
     info = RequestInfo(*request)
     access = guard.authenticate_sync(
         token, client=info.client, request=info, dpop=dpop, certificate=certificate
     )
-    if scheme == "bearer" and mtls is not None and is_certificate_bound(access):
-        return access, "mtls"
-    return access, scheme
+    return access, binding_of(scheme, mtls, access)
 
 
 def _dpop_request(

@@ -17,6 +17,7 @@ from bearerguard.errors import (
 __all__ = [
     "DEFAULT_MAX_TOKEN_BYTES",
     "bearer_credentials",
+    "bound_credentials",
     "check_b64token",
     "extract_bearer",
     "has_query_token",
@@ -169,3 +170,27 @@ def request_dpop_credentials(
         request_credentials(authorization, query_string, path, public_paths, max_bytes=max_bytes),
         "bearer",
     )
+
+
+def bound_credentials(
+    dpop_enabled: bool,
+    authorization: Sequence[bytes],
+    query_string: bytes,
+    path: str,
+    public_paths: PublicPaths,
+    *,
+    max_bytes: int,
+) -> tuple[bytes | None, Literal["bearer", "dpop"]]:
+    """The credentials and their scheme when the guard accepts sender-constrained tokens.
+
+    With DPoP enabled the ``DPoP`` scheme is accepted too (RFC 9449 §7.1); otherwise only
+    ``Bearer``, as ``request_credentials``.
+    """
+    if dpop_enabled:
+        return request_dpop_credentials(
+            authorization, query_string, path, public_paths, max_bytes=max_bytes
+        )
+    token = request_credentials(
+        authorization, query_string, path, public_paths, max_bytes=max_bytes
+    )
+    return token, "bearer"

@@ -50,7 +50,6 @@ try:
     import redis.asyncio as aredis
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -59,6 +58,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from bearerguard._core.times import Instant, to_epoch
+from bearerguard._redis_retry import again, again_sync
 from bearerguard.errors import ConfigurationError, RevocationStoreError
 from bearerguard.revocation._mirror import (
     REVOKE_SCRIPT,
@@ -634,26 +634,10 @@ class RedisRevocationStore:
             )
 
     def _again_sync(self, call: Callable[[], _T]) -> _T:
-        """``call()``, once more after a fast connection failure (a pooled connection that
-        Redis closed while idle, a restarted Redis); never after a slow one or a timeout,
-        so that a call stays bounded by about the socket timeout."""
-        started = time.monotonic()
-        try:
-            return call()
-        except RedisConnectionError:
-            if time.monotonic() - started > self._timeout / 2:
-                raise
-        return call()
+        return again_sync(call, self._timeout)
 
     async def _again(self, call: Callable[[], Awaitable[_T]]) -> _T:
-        """As ``_again_sync``, awaited."""
-        started = time.monotonic()
-        try:
-            return await call()
-        except RedisConnectionError:
-            if time.monotonic() - started > self._timeout / 2:
-                raise
-        return await call()
+        return await again(call, self._timeout)
 
     @contextlib.contextmanager
     def _recording(self, action: str) -> Iterator[None]:

@@ -25,29 +25,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from bearerguard import AccessToken
-from bearerguard.usage import (
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: make the ``benchmarks`` package importable
+    sys.path.insert(0, str(ROOT))
+
+from bearerguard.usage import (  # noqa: E402
     MemoryUsageMonitor,
     RedisUsageMonitor,
     UsageMonitorError,
     UsagePolicy,
 )
+from benchmarks.revocation import redis_server  # noqa: E402
 
 ISSUER = "https://login.example.com/"
 TOKENS = 10_000
@@ -98,46 +99,6 @@ def population() -> list[tuple[AccessToken, str]]:
 
 # -- a private redis-server ------------------------------------------------------------------
 
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not on PATH (apt-get install redis-server)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    directory = tempfile.mkdtemp(prefix="bearerguard-bench-redis-")
-    options = {
-        "port": str(port),
-        "bind": "127.0.0.1",
-        "save": "",
-        "appendonly": "no",
-        "dir": directory,
-        "maxmemory-policy": "noeviction",
-    }
-    argv = [binary, *(part for name, value in options.items() for part in (f"--{name}", value))]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                with redis.Redis.from_url(url) as probe_client:
-                    probe_client.ping()
-                break
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(5)
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-# -- 1. cost per observation -----------------------------------------------------------------
 
 
 def sync_loop(monitor: Any, pairs: list[tuple[AccessToken, str]]) -> Callable[[int], float]:

@@ -286,7 +286,9 @@ class BearerGuardMiddleware:
                 if token is None:
                     access = None
                 elif guard.usage is None:
-                    access = await guard.authenticate(token)
+                    access = guard.cached_access(token)  # a reused token: no coroutine
+                    if access is None:
+                        access = await guard.authenticate(token)
                 else:
                     info = RequestInfo(*request)
                     access = await guard.authenticate(token, client=info.client, request=info)

@@ -422,6 +422,30 @@ class BearerGuard:
 
     # -- the flow -------------------------------------------------------------------------
 
+    def cached_access(self, token: bytes) -> AccessToken | None:
+        """The verified token straight from the cache, when no check on this request needs I/O.
+
+        For the middlewares' hot path: answers only a cache hit that the revocation store
+        can clear without waiting (``nonblocking``), with no usage monitor. Anything else,
+        refusals included, returns ``None`` and goes through ``authenticate``, which applies
+        every rule and carries the details a refusal needs.
+        """
+        revoked_now = self._revoked_now
+        if revoked_now is None or self.usage is not None:
+            return None
+        verified = self._cached(hashlib.sha256(token).digest())
+        if verified is None:
+            return None
+        access = verified.token
+        try:
+            if revoked_now(access):
+                return None
+        except Exception:  # noqa: BLE001 - authenticate applies the failure policy
+            return None
+        if self.metrics is not None:
+            self.metrics.increment(CACHE, _HIT)
+        return access
+
     async def authenticate(
         self,
         token: str | bytes,

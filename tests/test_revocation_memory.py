@@ -189,3 +189,27 @@ async def test_failing_open_is_an_explicit_choice(session_issuer: DevIssuer) -> 
             "/me", headers={"Authorization": f"Bearer {session_issuer.mint()}"}
         )
     assert response.status_code == 200
+
+
+class BrokenNonblockingStore:
+    """Answers from memory (so the middleware may ask it on the hot path), and fails."""
+
+    nonblocking = True
+
+    async def is_revoked(self, token: AccessToken) -> bool:
+        raise ConnectionError("store down")
+
+    def is_revoked_sync(self, token: AccessToken) -> bool:
+        raise ConnectionError("store down")
+
+
+async def test_a_failing_nonblocking_store_fails_closed_on_cache_hits(
+    session_issuer: DevIssuer,
+) -> None:
+    guard = session_issuer.guard(revocation=BrokenNonblockingStore())
+    transport = httpx.ASGITransport(app=build_app(guard))
+    headers = {"Authorization": f"Bearer {session_issuer.mint()}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        first = await client.get("/me", headers=headers)  # a miss: verified, then cached
+        second = await client.get("/me", headers=headers)  # a hit: the fast path defers
+    assert (first.status_code, second.status_code) == (503, 503)

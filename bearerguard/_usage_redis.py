@@ -34,10 +34,7 @@ import anyio
 try:
     import redis
     import redis.asyncio as aredis
-    from redis.asyncio.retry import Retry as AsyncRetry
-    from redis.backoff import NoBackoff
     from redis.exceptions import RedisError
-    from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("RedisUsageMonitor needs redis-py: pip install 'bearerguard[redis]'") from exc
 
@@ -51,7 +48,7 @@ from bearerguard._core.usage import (
     verdict_of,
     window_at,
 )
-from bearerguard._redis_retry import again, again_sync
+from bearerguard._redis import again, again_sync, async_client, sync_client
 from bearerguard.errors import ConfigurationError
 from bearerguard.token import AccessToken
 from bearerguard.usage import UsageMonitorError
@@ -206,10 +203,7 @@ class RedisUsageMonitor:
             assert url is not None  # noqa: S101 - checked above
             # No retries inside redis-py: a call stays bounded by the socket timeout
             # (one more attempt of our own after a fast connection failure, _again).
-            pool = redis.BlockingConnectionPool.from_url(
-                url, retry=Retry(NoBackoff(), 0), **self._options
-            )
-            self._sync = redis.Redis.from_pool(pool)
+            self._sync = sync_client(url, self._options)
         self._async: aredis.Redis | None = async_client
         self._owns_async = async_client is None and url is not None
         self._async_loop: asyncio.AbstractEventLoop | None = None
@@ -355,10 +349,7 @@ class RedisUsageMonitor:
             # another loop gets its own client (and its own queue) there.
             if self._owns_async:
                 assert self._url is not None  # noqa: S101 - owning implies a URL
-                pool = aredis.BlockingConnectionPool.from_url(
-                    self._url, retry=AsyncRetry(NoBackoff(), 0), **self._options
-                )
-                self._async = aredis.Redis.from_pool(pool)
+                self._async = async_client(self._url, self._options)
                 self._async_script = None
             self._async_loop = loop
             self._slots = anyio.Semaphore(self._options["max_connections"])

@@ -99,7 +99,8 @@ class Measurement:
         return (max(quiet) - min(quiet)) / statistics.median(quiet)
 
 
-def _scope(token: str) -> Scope:
+def asgi_scope(token: str) -> Scope:
+    """The benchmark's request: GET of the route with ``token``, as an ASGI scope."""
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -170,7 +171,7 @@ class AppCase(Case):
     ) -> None:
         super().__init__(key, label, group, baseline)
         self.app = app
-        self.scope = _scope(token)
+        self.scope = asgi_scope(token)
 
     async def prepare(self) -> None:
         for _ in range(20):  # first requests fetch keys and fill caches
@@ -202,8 +203,8 @@ class FreshTokenCase(Case):
     ) -> None:
         super().__init__(key, label, group, baseline)
         self.build = build
-        self.scopes = [_scope(token) for token in tokens]
-        self.warm_scope = _scope(warm_token)
+        self.scopes = [asgi_scope(token) for token in tokens]
+        self.warm_scope = asgi_scope(warm_token)
         self.app = build()
 
     async def prepare(self) -> None:

@@ -55,7 +55,7 @@ from starlette.responses import JSONResponse  # noqa: E402
 from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 
 from bearerguard.testing import DevIssuer  # noqa: E402
-from benchmarks.apps import PATH, SCOPE, Settings, configure_audit_logging  # noqa: E402
+from benchmarks.apps import SCOPE, Settings, configure_audit_logging  # noqa: E402
 from benchmarks.apps.starlette_apps import (  # noqa: E402
     ROUTES,
     build_bare,
@@ -63,6 +63,7 @@ from benchmarks.apps.starlette_apps import (  # noqa: E402
     build_pyjwt_asgi,
     guard_for,
 )
+from benchmarks.inprocess import asgi_scope  # noqa: E402
 from benchmarks.noise import QUIET, CpuMeter  # noqa: E402
 from benchmarks.revocation import redis_server  # noqa: E402
 
@@ -177,28 +178,6 @@ class Case:
         return min(self.samples) * 1e6
 
 
-def _scope(token: str) -> Scope:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "server": ("127.0.0.1", 8000),
-        "client": ("127.0.0.1", 51000),
-        "scheme": "http",
-        "method": "GET",
-        "root_path": "",
-        "path": PATH,
-        "raw_path": PATH.encode(),
-        "query_string": b"",
-        "headers": [
-            (b"host", b"127.0.0.1:8000"),
-            (b"user-agent", b"bearerguard-bench"),
-            (b"accept", b"*/*"),
-            (b"authorization", f"Bearer {token}".encode()),
-        ],
-    }
-
-
 async def _receive() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
@@ -230,7 +209,7 @@ async def _timed(app: ASGIApp, scope: Scope, n: int) -> float:
 
 async def measure(cases: list[Case], token: str, repeats: int, seconds: float) -> None:
     """Warm up and check every case, then run the repeats interleaved."""
-    scope = _scope(token)
+    scope = asgi_scope(token)
     for case in cases:
         await _check(case, scope)
         per_op = await _timed(case.app, scope, 50)

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from bearerguard.testing import DevIssuer
 from benchmarks.apps import Settings, configure_audit_logging, starlette_apps
-from benchmarks.inprocess import _drop, _receive, _scope
+from benchmarks.inprocess import _drop, _receive, asgi_scope
 
 __all__ = ["profile_paths"]
 
@@ -35,7 +35,7 @@ def profile_paths(issuer: DevIssuer, settings: Settings, token: str) -> None:
     configure_audit_logging()
     app = starlette_apps.build_bearerguard(settings)
     miss_guard = starlette_apps.guard_for(settings, cache_size=0)
-    scope = _scope(token)
+    scope = asgi_scope(token)
 
     async def hit() -> None:
         await app(dict(scope), _receive, _drop)

@@ -48,17 +48,14 @@ from typing import Any, Literal, TypeVar
 try:
     import redis
     import redis.asyncio as aredis
-    from redis.asyncio.retry import Retry as AsyncRetry
-    from redis.backoff import NoBackoff
     from redis.exceptions import RedisError
-    from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "RedisRevocationStore needs redis-py: pip install 'bearerguard[redis]'"
     ) from exc
 
 from bearerguard._core.times import Instant, to_epoch
-from bearerguard._redis_retry import again, again_sync
+from bearerguard._redis import again, again_sync, async_client, sync_client
 from bearerguard.errors import ConfigurationError, RevocationStoreError
 from bearerguard.revocation._mirror import (
     REVOKE_SCRIPT,
@@ -257,10 +254,7 @@ class RedisRevocationStore:
             # and a call must not outlast the socket timeout. Commands get one more attempt
             # of our own after a fast connection failure (_again). Waiting for a free pooled
             # connection is bounded by the socket timeout too.
-            pool = redis.BlockingConnectionPool.from_url(
-                url, retry=Retry(NoBackoff(), 0), **self._options
-            )
-            self._sync = redis.Redis.from_pool(pool)
+            self._sync = sync_client(url, self._options)
         self._async: aredis.Redis | None = async_client
         self._owns_async = async_client is None and url is not None
         self._async_loop: asyncio.AbstractEventLoop | None = None
@@ -770,12 +764,7 @@ class RedisRevocationStore:
             # redis.asyncio connections belong to one event loop: a store first used in
             # another loop (a test, a worker restarted in-process) gets its own client there.
             assert self._url is not None  # noqa: S101 - owning implies a URL
-            pool = aredis.BlockingConnectionPool.from_url(
-                self._url,
-                retry=AsyncRetry(NoBackoff(), 0),
-                **self._options,
-            )
-            self._async = aredis.Redis.from_pool(pool)
+            self._async = async_client(self._url, self._options)
             self._async_loop = loop
             self._async_script = None
         if self._async is None:

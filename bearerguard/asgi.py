@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from time import perf_counter
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import unquote_to_bytes
 
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
@@ -27,7 +27,7 @@ from bearerguard._core.extract import (
 )
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
-from bearerguard.audit import RequestInfo
+from bearerguard.audit import RequestInfo, token_fields
 from bearerguard.dpop import DPoPPolicy, DPoPRequest, dpop_request
 from bearerguard.errors import (
     AuthError,
@@ -41,7 +41,13 @@ from bearerguard.metadata import ProtectedResource
 from bearerguard.mtls import binding_of, scope_certificate
 from bearerguard.token import AccessToken
 
-__all__ = ["WEBSOCKET_TOKEN_PROTOCOL_PREFIX", "BearerGuardMiddleware", "PublicPaths", "TokenUser"]
+__all__ = [
+    "WEBSOCKET_TOKEN_PROTOCOL_PREFIX",
+    "BearerGuardMiddleware",
+    "PublicPaths",
+    "TokenCredentials",
+    "TokenUser",
+]
 
 _log = logging.getLogger("bearerguard")
 _POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
@@ -73,12 +79,32 @@ class TokenUser(BaseUser):
         return self.access_token.subject or ""
 
 
+class TokenCredentials(AuthCredentials):
+    """Starlette's ``request.auth`` for a request authenticated by a token.
+
+    ``scopes`` holds the token's scopes, sorted, as a tuple: one instance serves every
+    request that reuses the token, so it cannot be changed by one of them.
+    """
+
+    def __init__(self, access_token: AccessToken) -> None:
+        super().__init__()
+        self.scopes = tuple(sorted(access_token.scopes))  # type: ignore[assignment]
+
+
 async def _serve_metadata(resource: ProtectedResource, scope: Scope, send: Send) -> None:
     """Answer a request for the protected-resource metadata (RFC 9728 §3)."""
     status, headers, body = resource.response(scope["method"])
     raw = [(name.encode(), value.encode()) for name, value in headers]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+def _attachments(token: AccessToken) -> tuple[TokenCredentials, TokenUser, dict[str, Any]]:
+    """What every request with ``token`` gets: Starlette's auth and user, and audit fields.
+
+    Built once per cached token and shared by the requests that reuse it.
+    """
+    return TokenCredentials(token), TokenUser(token), token_fields(token)
 
 
 def _respond(refusal: Refusal) -> Response:
@@ -240,6 +266,10 @@ class BearerGuardMiddleware:
         self.public_paths = PublicPaths(public_paths)
         self.warm_up = warm_up
         self.websocket_credentials = ws_credentials
+        # The cache-hit fast path serves a plain single-issuer Bearer setup (decided once).
+        self._reusing = (
+            guard if isinstance(guard, BearerGuard) and not guard.sender_constrained else None
+        )
 
     async def __call__(  # noqa: PLR0915 - the hot path, kept in one frame
         self, scope: Scope, receive: Receive, send: Send
@@ -252,58 +282,104 @@ class BearerGuardMiddleware:
             return
         started = perf_counter()
         guard = self.guard
-        resource = guard.protected_resource
-        if resource is not None and kind == "http" and scope["path"] in resource.paths:
-            await _serve_metadata(resource, scope, send)
-            return
-        authorization: list[bytes] = []
+        entry = None
         request_id: bytes | None = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization.append(value)
-            elif name == b"x-request-id":
-                request_id = value
-        query = scope.get("query_string", b"")
-        request = _describe(scope, request_id)
-        try:
-            if kind == "websocket" and self.websocket_credentials:
-                authorization, query = _websocket_credentials(
-                    scope, authorization, self.websocket_credentials
-                )
-            if guard.sender_constrained:
-                access, binding = await _authenticate_bound(
-                    guard, scope, authorization, query, request, self.public_paths
-                )
-            else:
-                binding = "bearer"
-                token = request_credentials(
-                    authorization,
-                    query,
+        resource = guard.protected_resource
+        reusing = self._reusing
+        if (
+            kind == "http"
+            and reusing is not None
+            and (resource is None or scope["path"] not in resource.paths)
+        ):
+            # A token seen before, sent the usual way: one Authorization header with the
+            # "Bearer " spelling and no access_token in the query. Anything else, or a cache
+            # miss, takes the general path below, which applies every rule.
+            credentials = None
+            repeated = False
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    repeated = credentials is not None
+                    credentials = value
+                elif name == b"x-request-id":
+                    request_id = value
+            if (
+                credentials is not None
+                and not repeated
+                and credentials.startswith(b"Bearer ")
+                and b"access_token" not in scope.get("query_string", b"")
+            ):
+                entry = reusing.reused(credentials[7:])
+        if entry is not None:
+            access: AccessToken | None = entry.token
+            attached = entry.attached
+            if attached is None:  # once per cached token: reused by every later request
+                attached = entry.attached = _attachments(entry.token)
+            scope["auth"], scope["user"], described = attached
+            client = scope.get("client")
+            auth = RequestAuth(
+                guard,
+                access,
+                started,
+                (
+                    scope["method"],
                     scope["path"],
-                    self.public_paths,
-                    max_bytes=guard.max_token_bytes,
-                )
-                if token is None:
-                    access = None
-                elif guard.usage is None:
-                    access = guard.cached_access(token)  # a reused token: no coroutine
-                    if access is None:
-                        access = await guard.authenticate(token)
-                else:
-                    info = RequestInfo(*request)
-                    access = await guard.authenticate(token, client=info.client, request=info)
-        except AuthError as error:
-            guard.audit.refused(error, RequestInfo(*request), perf_counter() - started)
-            await self._refuse(scope, receive, send, error)
-            return
-        auth = RequestAuth(guard, access, started, request, _respond, websocket=kind == "websocket")
-        if access is None:
-            scope.setdefault("auth", AuthCredentials())
-            scope.setdefault("user", UnauthenticatedUser())
+                    client[0] if client else None,
+                    request_id.decode("latin-1") if request_id else None,
+                ),
+                _respond,
+            )
+            audit = guard.audit
+            if audit.records_accepted:
+                audit.accepted(entry.token, auth, perf_counter() - started, described=described)
         else:
-            guard.audit.accepted(access, auth, perf_counter() - started, binding=binding)
-            scope["auth"] = AuthCredentials(list(access.scopes))
-            scope["user"] = TokenUser(access)
+            if resource is not None and kind == "http" and scope["path"] in resource.paths:
+                await _serve_metadata(resource, scope, send)
+                return
+            authorization: list[bytes] = []
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    authorization.append(value)
+                elif name == b"x-request-id":
+                    request_id = value
+            query = scope.get("query_string", b"")
+            request = _describe(scope, request_id)
+            try:
+                if kind == "websocket" and self.websocket_credentials:
+                    authorization, query = _websocket_credentials(
+                        scope, authorization, self.websocket_credentials
+                    )
+                if guard.sender_constrained:
+                    access, binding = await _authenticate_bound(
+                        guard, scope, authorization, query, request, self.public_paths
+                    )
+                else:
+                    binding = "bearer"
+                    token = request_credentials(
+                        authorization,
+                        query,
+                        scope["path"],
+                        self.public_paths,
+                        max_bytes=guard.max_token_bytes,
+                    )
+                    if token is None:
+                        access = None
+                    else:
+                        info = RequestInfo(*request)
+                        access = await guard.authenticate(token, client=info.client, request=info)
+            except AuthError as error:
+                guard.audit.refused(error, RequestInfo(*request), perf_counter() - started)
+                await self._refuse(scope, receive, send, error)
+                return
+            auth = RequestAuth(
+                guard, access, started, request, _respond, websocket=kind == "websocket"
+            )
+            if access is None:
+                scope.setdefault("auth", AuthCredentials())
+                scope.setdefault("user", UnauthenticatedUser())
+            else:
+                guard.audit.accepted(access, auth, perf_counter() - started, binding=binding)
+                scope["auth"] = TokenCredentials(access)
+                scope["user"] = TokenUser(access)
         scope[SCOPE_KEY] = auth
         reset = current_auth.set(auth)
         try:

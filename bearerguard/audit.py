@@ -21,7 +21,7 @@ from bearerguard.errors import AuthError, InsufficientScopeError, ServiceUnavail
 from bearerguard.metrics import DECISION_SECONDS, DECISIONS, MetricsHook
 from bearerguard.token import AccessToken
 
-__all__ = ["AUDIT_LOGGER_NAME", "AuditLog", "RequestInfo"]
+__all__ = ["AUDIT_LOGGER_NAME", "AuditLog", "RequestInfo", "token_fields"]
 
 AUDIT_LOGGER_NAME = "bearerguard.audit"
 _MAX_FIELD = 128  # header values chosen by clients are truncated before logging
@@ -53,7 +53,8 @@ class RequestInfo:
         }
 
 
-def _token_fields(token: AccessToken) -> dict[str, Any]:
+def token_fields(token: AccessToken) -> dict[str, Any]:
+    """The event fields describing ``token``: built once per cached token by the middleware."""
     return {
         "sub": token.subject,
         "client_id": token.client_id,
@@ -77,7 +78,7 @@ class AuditLog:
         metrics: counts every decision and its latency, whatever the sampling.
     """
 
-    __slots__ = ("_logger", "_sample", "metrics")
+    __slots__ = ("_logger", "_sample", "metrics", "records_accepted")
 
     def __init__(
         self,
@@ -91,6 +92,8 @@ class AuditLog:
         self._sample = sample_accepted
         self._logger = logger if logger is not None else structlog.get_logger(AUDIT_LOGGER_NAME)
         self.metrics = metrics
+        self.records_accepted = sample_accepted > 0.0 or metrics is not None
+        """Whether ``accepted`` has anything to do: events sampled in, or metrics to count."""
 
     def _count(self, event: str, reason: str, latency: float) -> None:
         metrics = self.metrics
@@ -104,18 +107,27 @@ class AuditLog:
         return self._logger
 
     def accepted(
-        self, token: AccessToken, request: RequestInfo, latency: float, *, binding: str = "bearer"
+        self,
+        token: AccessToken,
+        request: RequestInfo,
+        latency: float,
+        *,
+        binding: str = "bearer",
+        described: dict[str, Any] | None = None,
     ) -> None:
         """Record a request let through with ``token``.
 
         ``binding`` is how the token was presented: ``"bearer"``, ``"dpop"`` with a
         proof of possession (RFC 9449), or ``"mtls"``: bound to the client certificate
-        of the request (RFC 8705).
+        of the request (RFC 8705). ``described`` is ``token_fields(token)`` when the caller
+        keeps it from an earlier request with the same token.
         """
         if self.metrics is not None:
             self._count("token.accepted", "ok", latency)
-        if self._sample < 1.0 and (self._sample == 0.0 or random.random() >= self._sample):  # noqa: S311
+        sample = self._sample
+        if sample < 1.0 and (sample == 0.0 or random.random() >= sample):  # noqa: S311
             return
+        request_id = request.request_id
         self._logger.info(
             "token.accepted",
             outcome="allow",
@@ -123,8 +135,11 @@ class AuditLog:
             status=None,
             latency_ms=round(latency * 1000, 3),
             binding=binding,
-            **request.fields(),
-            **_token_fields(token),
+            method=request.method[:_MAX_FIELD],
+            path=request.path[:512],
+            client=request.client,
+            request_id=request_id[:_MAX_FIELD] if request_id else None,
+            **(token_fields(token) if described is None else described),
         )
 
     def anomaly(self, token: AccessToken, request: RequestInfo, verdict: UsageVerdict) -> None:
@@ -152,7 +167,7 @@ class AuditLog:
             subject_uses=verdict.subject_uses,
             subject_addresses=verdict.subject_addresses,
             **request.fields(),
-            **_token_fields(token),
+            **token_fields(token),
         )
 
     def refused(
@@ -167,7 +182,7 @@ class AuditLog:
         fields: dict[str, Any]
         token = token or error.token
         if token is not None:
-            fields = _token_fields(token)
+            fields = token_fields(token)
         else:
             fields = {"token_fp": error.fingerprint}
             header = error.header

@@ -24,7 +24,13 @@ from bearerguard._core.claims import ClaimCheck, ClaimsPolicy, validate_claims
 from bearerguard._core.dpop import check_proof
 from bearerguard._core.extract import DEFAULT_MAX_TOKEN_BYTES, check_b64token
 from bearerguard._core.introspected import token_from_introspection
-from bearerguard._core.jws import CompactJWS, decode_json_object, looks_compact, parse_compact
+from bearerguard._core.jws import (
+    CompactJWS,
+    decode_payload,
+    looks_compact,
+    parse_compact,
+    parse_credentials,
+)
 from bearerguard._core.keycache import KeyCache, RefreshPolicy
 from bearerguard._core.keys import (
     ASYMMETRIC_ALGORITHMS,
@@ -66,6 +72,7 @@ from bearerguard.metrics import (
     MetricsHook,
 )
 from bearerguard.mtls import CertificateBinding
+from bearerguard.revocation._table import RevocationTable
 from bearerguard.revocation.memory import MemoryRevocationStore
 from bearerguard.revocation.protocol import RevocationStore, SyncRevocationStore
 from bearerguard.token import AccessToken
@@ -104,10 +111,20 @@ def _unexpected(exc: Exception, jws: CompactJWS | None) -> MalformedTokenError:
 
 
 @dataclass(slots=True)
-class _Verified:
+class Verified:
+    """A verification cache entry: the token, until when it may be reused, and its key."""
+
     token: AccessToken
     valid_until: float
     key: VerificationKey
+    key_set: KeySet | None = None
+    """The published key set ``key`` was last found in (stamped by ``_cached``): while it is
+    still the current one, a reuse needs no membership check."""
+    cleared: int = 0
+    """The memory store's table version at which the token was last found unrevoked."""
+    attached: Any = None
+    """What an integration derived from the token once and reuses on every hit (the ASGI
+    middleware keeps Starlette's ``request.auth`` and ``request.user`` objects here)."""
 
 
 def _credentials(token: str | bytes) -> tuple[bytes, bytes]:
@@ -118,6 +135,20 @@ def _credentials(token: str | bytes) -> tuple[bytes, bytes]:
 
 def _fingerprint(digest: bytes) -> str:
     return digest[:8].hex()
+
+
+def _nonblocking_checks(
+    store: RevocationStore,
+) -> tuple[Callable[[AccessToken], bool] | None, RevocationTable | None]:
+    """How a reuse asks ``store`` without a coroutine: its synchronous check when it never
+    blocks, and the built-in memory store's table (not a subclass's, which may answer
+    differently), whose version says when a token cleared before needs no new lookup."""
+    revoked_now = (
+        store.is_revoked_sync
+        if getattr(store, "nonblocking", False) and isinstance(store, SyncRevocationStore)
+        else None
+    )
+    return revoked_now, store.table if type(store) is MemoryRevocationStore else None
 
 
 def _static_keys(keys: Any, allowed: frozenset[str]) -> KeySet:
@@ -352,11 +383,7 @@ class BearerGuard:
         # Protocol checks are slow: decided once here, not per request.
         store = self.revocation
         self._sync_store = store if isinstance(store, SyncRevocationStore) else None
-        self._revoked_now = (
-            store.is_revoked_sync
-            if getattr(store, "nonblocking", False) and isinstance(store, SyncRevocationStore)
-            else None
-        )
+        self._revoked_now, self._revocations = _nonblocking_checks(store)
         self._introspector = _introspector(introspection)
         self.usage = _usage_monitor(usage)
         self._async_usage = self.usage if isinstance(self.usage, UsageMonitor) else None
@@ -392,7 +419,7 @@ class BearerGuard:
         )
         # A plain dict, oldest entry evicted first: a lookup costs a fraction of an LRU's, and
         # single dict operations stay safe under WSGI threads without a lock.
-        self._cache: dict[bytes, _Verified] | None = {} if cache_size > 0 else None
+        self._cache: dict[bytes, Verified] | None = {} if cache_size > 0 else None
         self._cache_size = cache_size
         self._refreshing: anyio.Event | None = None
         self._fetch_lock = threading.Lock()
@@ -422,29 +449,40 @@ class BearerGuard:
 
     # -- the flow -------------------------------------------------------------------------
 
-    def cached_access(self, token: bytes) -> AccessToken | None:
-        """The verified token straight from the cache, when no check on this request needs I/O.
+    def reused(self, credentials: bytes) -> Verified | None:
+        """The cache entry of a token verified before, when nothing on this request needs I/O.
 
-        For the middlewares' hot path: answers only a cache hit that the revocation store
-        can clear without waiting (``nonblocking``), with no usage monitor. Anything else,
-        refusals included, returns ``None`` and goes through ``authenticate``, which applies
-        every rule and carries the details a refusal needs.
+        For the ASGI middleware's hot path: answers only a cache hit whose key set is fresh
+        and still holds its key, with a revocation store that answers without waiting
+        (``nonblocking``) and no usage monitor. Anything else, refusals included, returns
+        ``None`` and goes through ``authenticate``, which applies every rule and carries the
+        details a refusal needs.
         """
+        cache = self._cache
         revoked_now = self._revoked_now
-        if revoked_now is None or self.usage is not None:
+        if cache is None or revoked_now is None or self.usage is not None:
             return None
-        verified = self._cached(hashlib.sha256(token).digest())
-        if verified is None:
+        entry = cache.get(hashlib.sha256(credentials).digest())
+        if entry is None:
             return None
-        access = verified.token
-        try:
-            if revoked_now(access):
+        now = self.clock()
+        keys = self._keys
+        # Expiry on every use; the key set must be fresh and still the one that held the key
+        # (any refresh installs a new set: _cached checks membership again and re-stamps).
+        if not (now < entry.valid_until and now < keys.fresh_until and entry.key_set is keys.keys):
+            return None
+        table = self._revocations
+        version = 0 if table is None else table.version  # read before the lookup it vouches for
+        if version == 0 or entry.cleared != version:
+            try:
+                if revoked_now(entry.token):
+                    return None
+            except Exception:  # noqa: BLE001 - authenticate applies the failure policy
                 return None
-        except Exception:  # noqa: BLE001 - authenticate applies the failure policy
-            return None
+            entry.cleared = version
         if self.metrics is not None:
             self.metrics.increment(CACHE, _HIT)
-        return access
+        return entry
 
     async def authenticate(
         self,
@@ -660,7 +698,7 @@ class BearerGuard:
             refusal.binding, refusal.token = "mtls", access
             raise refusal
 
-    def _cached(self, digest: bytes) -> _Verified | None:
+    def _cached(self, digest: bytes) -> Verified | None:
         cache = self._cache
         if cache is None:
             return None
@@ -676,6 +714,7 @@ class BearerGuard:
                 return entry
             keys = self._keys
             if keys.current(now) and keys.keys is not None and entry.key in keys.keys:
+                entry.key_set = keys.keys
                 return entry
         cache.pop(digest, None)
         return None
@@ -683,24 +722,44 @@ class BearerGuard:
     @staticmethod
     def _parse(credentials: str | bytes) -> CompactJWS:
         try:
-            token = credentials if isinstance(credentials, str) else check_b64token(credentials)
-            return parse_compact(token)
+            if isinstance(credentials, str):
+                return parse_compact(credentials)
+            # Credentials that are exactly a compact JWS's characters are a b64token too;
+            # anything else is checked as one first (RFC 6750 §2.1), then as a JWS.
+            jws = parse_credentials(credentials)
+            return parse_compact(check_b64token(credentials)) if jws is None else jws
         except AuthError:
             raise
         except Exception as exc:
             raise _unexpected(exc, None) from exc
 
-    def _verify_jws(self, jws: CompactJWS, digest: bytes, *, refreshed: bool) -> _Verified:
+    def _verify_jws(self, jws: CompactJWS, digest: bytes, *, refreshed: bool) -> Verified:
         """Verify a parsed token; raises ``_KeysNeeded`` when the key set must be fetched."""
+        header = jws.header
         try:
-            verified = self._check(jws, digest, refreshed=refreshed)
+            key = self._select_key(jws, refreshed=refreshed)
+            if not verify_signature(key, header["alg"], jws.signing_input, jws.signature):
+                raise BadSignatureError("signature does not verify")  # noqa: TRY301 - gets the header
+            claims = decode_payload(jws)
+            times = validate_claims(header, claims, self._policy, self.clock())
+            access = AccessToken.from_claims(
+                claims,
+                scopes=read_scopes(claims, self._scope_paths),
+                expires_at=times.expires_at,
+                issued_at=times.issued_at,
+                key_id=header.get("kid"),
+                algorithm=header["alg"],
+                fingerprint=digest[:8].hex(),  # _fingerprint, inlined on the hot path
+                raw=jws.token,
+            )
         except AuthError as exc:
-            exc.header = jws.header
+            exc.header = header
             raise
         except _KeysNeeded:
             raise
         except Exception as exc:
             raise _unexpected(exc, jws) from exc
+        verified = Verified(access, times.valid_until, key)
         cache = self._cache
         if cache is not None:
             if len(cache) >= self._cache_size:
@@ -709,24 +768,6 @@ class BearerGuard:
                     cache.pop(next(iter(cache)), None)
             cache[digest] = verified
         return verified
-
-    def _check(self, jws: CompactJWS, digest: bytes, *, refreshed: bool) -> _Verified:
-        key = self._select_key(jws, refreshed=refreshed)
-        if not verify_signature(key, jws.alg, jws.signing_input, jws.signature):
-            raise BadSignatureError("signature does not verify")
-        claims = decode_json_object(jws.payload_segment, "payload")
-        times = validate_claims(jws.header, claims, self._policy, self.clock())
-        access = AccessToken.from_claims(
-            claims,
-            scopes=read_scopes(claims, self._scope_paths),
-            expires_at=times.expires_at,
-            issued_at=times.issued_at,
-            key_id=jws.header.get("kid"),
-            algorithm=jws.alg,
-            fingerprint=_fingerprint(digest),
-            raw=jws.token,
-        )
-        return _Verified(access, times.valid_until, key)
 
     def _introspected(self, answer: Mapping[str, Any], token: str, digest: bytes) -> AccessToken:
         """Judge an opaque token on the authorization server's answer (never cached here:
@@ -746,7 +787,8 @@ class BearerGuard:
             raise _unexpected(exc, None) from exc
 
     def _select_key(self, jws: CompactJWS, *, refreshed: bool) -> VerificationKey:
-        alg = jws.alg
+        header = jws.header
+        alg: str = header["alg"]
         if alg not in self.algorithms:
             raise UnsupportedAlgorithmError(f"alg {alg[:32]!r} is not allowed")
         if alg in HMAC_ALGORITHMS:
@@ -755,16 +797,19 @@ class BearerGuard:
             if alg not in self._secret.algorithms:
                 raise UnsupportedAlgorithmError("the shared secret is too short for this alg")
             return self._secret
-        kid: str | None = jws.header.get("kid")
+        kid: str | None = header.get("kid")
         cache = self._keys
+        keys = cache.keys
         now = self.clock()
-        if not refreshed and self._fetcher is not None and cache.needs_refresh(now):
-            raise _KeysNeeded(unknown_kid=False)
-        if not cache.usable(now):
-            if not refreshed and self._fetch_in_flight():
-                raise _KeysNeeded(unknown_kid=False)  # wait for the fetch under way
-            raise KeySetUnavailableError("no usable key set")
-        key = self._match(kid, alg)
+        # A set within its freshness is usable and needs no refresh: the rules apply past it.
+        if keys is None or now >= cache.fresh_until:
+            if not refreshed and self._fetcher is not None and cache.needs_refresh(now):
+                raise _KeysNeeded(unknown_kid=False)
+            if not cache.usable(now) or keys is None:
+                if not refreshed and self._fetch_in_flight():
+                    raise _KeysNeeded(unknown_kid=False)  # wait for the fetch under way
+                raise KeySetUnavailableError("no usable key set")
+        key = keys.key_for(kid, alg)
         if key is not None:
             return key
         if not refreshed and cache.may_refresh_for_unknown_kid(now):
@@ -775,19 +820,6 @@ class BearerGuard:
 
     def _fetch_in_flight(self) -> bool:
         return self._refreshing is not None or self._fetch_lock.locked()
-
-    def _match(self, kid: str | None, alg: str) -> VerificationKey | None:
-        keys = self._keys.keys
-        if keys is None:
-            return None
-        candidates = keys.candidates(kid)
-        for key in candidates:
-            if alg in key.algorithms:
-                return key
-        if candidates:
-            # The kid names a key of another type or algorithm: algorithm confusion.
-            raise UnsupportedAlgorithmError(f"alg {alg!r} does not match the key's algorithms")
-        return None
 
     def _install_keys(self, document: Any, max_age: float | None) -> None:
         """Install a fetched JWK Set, or record why it cannot be used."""
@@ -986,7 +1018,7 @@ class BearerGuard:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         try:
             self._check_signature(jws, refreshed=refreshed)
-            return jws.header, decode_json_object(jws.payload_segment, "payload")
+            return jws.header, decode_payload(jws)
         except AuthError as exc:
             exc.header = jws.header
             raise

@@ -200,10 +200,6 @@ class TrustedIssuers:
 
     # -- the flow -------------------------------------------------------------------------
 
-    def cached_access(self, token: bytes) -> AccessToken | None:
-        """Always ``None``: the issuer's guard is chosen in ``authenticate``."""
-        return None
-
     async def authenticate(
         self,
         token: str | bytes,

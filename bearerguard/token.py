@@ -75,24 +75,58 @@ class AccessToken:
     ) -> AccessToken:
         """Build a token from claims that have already been validated."""
         aud = claims["aud"]
-        return cls(
-            subject=claims.get("sub"),
-            scopes=scopes,
-            claims=MappingProxyType(claims),
-            token_id=claims.get("jti"),
-            client_id=_client_id(claims),
-            issuer=claims["iss"],
-            audience=(aud,) if isinstance(aud, str) else tuple(aud),
-            expires_at=datetime.fromtimestamp(expires_at, timezone.utc),
-            issued_at=None
-            if issued_at is None
-            else datetime.fromtimestamp(issued_at, timezone.utc),
-            key_id=key_id,
-            algorithm=algorithm,
-            fingerprint=fingerprint,
-            raw=raw,
-        )
+        audience = (aud,) if isinstance(aud, str) else tuple(aud)
+        expires = datetime.fromtimestamp(expires_at, _UTC)
+        issued = None if issued_at is None else datetime.fromtimestamp(issued_at, _UTC)
+        if cls is not AccessToken:  # a subclass may add fields or a __post_init__
+            return cls(
+                subject=claims.get("sub"),
+                scopes=scopes,
+                claims=MappingProxyType(claims),
+                token_id=claims.get("jti"),
+                client_id=_client_id(claims),
+                issuer=claims["iss"],
+                audience=audience,
+                expires_at=expires,
+                issued_at=issued,
+                key_id=key_id,
+                algorithm=algorithm,
+                fingerprint=fingerprint,
+                raw=raw,
+            )
+        # Once per verified token, so built without the frozen __init__ (object.__setattr__
+        # for every field): a _Draft with the same slots is filled, then becomes an
+        # AccessToken, which CPython allows between classes of identical layout.
+        client_id = claims.get("client_id")
+        if not (isinstance(client_id, str) and client_id):
+            client_id = _client_id(claims)
+        draft: Any = object.__new__(_Draft)
+        draft.subject = claims.get("sub")
+        draft.scopes = scopes
+        draft.claims = MappingProxyType(claims)
+        draft.token_id = claims.get("jti")
+        draft.client_id = client_id
+        draft.issuer = claims["iss"]
+        draft.audience = audience
+        draft.expires_at = expires
+        draft.issued_at = issued
+        draft.key_id = key_id
+        draft.algorithm = algorithm
+        draft.fingerprint = fingerprint
+        draft.raw = raw
+        draft.__class__ = AccessToken
+        token: AccessToken = draft
+        return token
 
     def has_scopes(self, *required: str) -> bool:
         """Whether every one of ``required`` is granted (exact, case-sensitive)."""
         return self.scopes.issuperset(required)
+
+
+_UTC = timezone.utc
+
+
+class _Draft:
+    """An ``AccessToken`` under construction: the same slots, none of them frozen."""
+
+    __slots__ = AccessToken.__slots__

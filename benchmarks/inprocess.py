@@ -32,6 +32,7 @@ from jwt.utils import base64url_decode
 from starlette.types import ASGIApp, Message, Scope
 
 from bearerguard import BearerGuard
+from bearerguard.audit import RequestInfo, token_fields
 from bearerguard.testing import DevIssuer
 from benchmarks.apps import (
     PATH,
@@ -386,6 +387,14 @@ def _cases(issuer: DevIssuer, settings: Settings, plan: Plan, token: str) -> lis
     def pyjwk_decode() -> object:
         return decode_token(jwks_client, token, audience=settings.audience, issuer=settings.issuer)
 
+    audit_guard = starlette_apps.guard_for(audited)
+    accepted = audit_guard.authenticate_sync(token)
+    request = RequestInfo("GET", PATH, "127.0.0.1", None)
+    described = token_fields(accepted)
+
+    def audit_event() -> None:
+        audit_guard.audit.accepted(accepted, request, 0.0001, described=described)
+
     def authenticate(guard: BearerGuard) -> Callable[[], Coroutine[Any, Any, object]]:
         async def call() -> object:
             return await guard.authenticate(token)
@@ -412,6 +421,13 @@ def _cases(issuer: DevIssuer, settings: Settings, plan: Plan, token: str) -> lis
             st,
             bare,
             starlette_apps.build_bearerguard(audited),
+        ),
+        app(
+            "starlette_hash_lookup",
+            "reference: SHA-256 token lookup only (no checks, not bearerguard)",
+            st,
+            bare,
+            starlette_apps.build_hash_lookup(settings),
         ),
         FreshTokenCase(
             "starlette_bg_miss",
@@ -490,6 +506,12 @@ def _cases(issuer: DevIssuer, settings: Settings, plan: Plan, token: str) -> lis
             "bearerguard authenticate, cache hit",
             "jwt_decode",
             acall=authenticate(hit_guard),
+        ),
+        CallCase(
+            "audit_event",
+            "one token.accepted audit event alone (this run's structlog pipeline)",
+            None,
+            call=audit_event,
         ),
     ]
 

@@ -75,6 +75,12 @@ SERVED_APPS = (
         audit="all",
     ),
     ServedApp(
+        "starlette_hash_lookup",
+        "reference: SHA-256 token lookup only (no checks, not bearerguard)",
+        "starlette_apps:create_hash_lookup",
+        "starlette_bare",
+    ),
+    ServedApp(
         "starlette_pyjwt_asgi",
         "+ hand-rolled PyJWT, pure ASGI middleware",
         "starlette_apps:create_pyjwt_asgi",

@@ -100,7 +100,6 @@ def population() -> list[tuple[AccessToken, str]]:
 # -- a private redis-server ------------------------------------------------------------------
 
 
-
 def sync_loop(monitor: Any, pairs: list[tuple[AccessToken, str]]) -> Callable[[int], float]:
     observe = monitor.observe_sync
     size = len(pairs)

@@ -63,6 +63,13 @@ def test_valid_claims() -> None:
         ({"sub": 5}, MalformedTokenError),
         ({"jti": ["x"]}, MalformedTokenError),
         ({"client_id": {}}, MalformedTokenError),
+        ({"exp": 10**400}, MalformedTokenError),  # an int too large for a float
+        ({"exp": float("nan")}, MalformedTokenError),
+        ({"exp": float("inf")}, MalformedTokenError),
+        ({"nbf": True}, MalformedTokenError),
+        ({"nbf": -5}, MalformedTokenError),
+        ({"iat": 10**400}, MalformedTokenError),
+        ({"iat": float("nan")}, MalformedTokenError),
     ],
     ids=lambda value: str(value) if not isinstance(value, dict) else ",".join(value),
 )

@@ -16,7 +16,9 @@ from bearerguard.errors import (
     ConfigurationError,
     ExpiredTokenError,
     InvalidClaimError,
+    InvalidRequestError,
     InvalidTypeError,
+    MalformedTokenError,
     UnknownKeyError,
     UnsupportedAlgorithmError,
 )
@@ -220,3 +222,46 @@ async def test_the_verification_cache_is_bounded(session_issuer: DevIssuer) -> N
         assert guard._cache is not None
         assert len(guard._cache) <= 3
     assert await guard.authenticate(tokens[-1]) is await guard.authenticate(tokens[-1])
+
+
+def _respelled(token: str, how: str) -> str:
+    header, payload, signature = token.split(".")
+    return {
+        "space": f"{header}.{payload} .{signature}",
+        "comma": f"{header}.{payload},.{signature}",
+        "tilde": f"{header}.{payload}~.{signature}",
+        "plus": f"{header}.{payload}+.{signature}",
+        "slash": f"{header}.{payload}/.{signature}",
+        "padding": f"{header}.{payload}.{signature}=",
+        "two-segments": f"{header}.{payload}",
+    }[how]
+
+
+@pytest.mark.parametrize(
+    ("how", "error"),
+    [
+        ("space", InvalidRequestError),  # not a b64token at all (RFC 6750 §2.1)
+        ("comma", InvalidRequestError),
+        ("tilde", MalformedTokenError),  # a b64token, but not base64url (RFC 7515 §7.1)
+        ("plus", MalformedTokenError),
+        ("slash", MalformedTokenError),
+        ("padding", MalformedTokenError),
+        ("two-segments", MalformedTokenError),
+    ],
+)
+@pytest.mark.parametrize("as_bytes", [True, False], ids=["bytes", "text"])
+async def test_credentials_are_a_b64token_then_a_strict_jws(
+    session_issuer: DevIssuer, how: str, error: type[Exception], as_bytes: bool
+) -> None:
+    guard = session_issuer.guard(cache_size=0)
+    token = _respelled(session_issuer.mint(), how)
+    with pytest.raises(error):
+        await guard.authenticate(token.encode() if as_bytes else token)
+    with pytest.raises(error):
+        guard.authenticate_sync(token.encode() if as_bytes else token)
+
+
+async def test_a_fresh_token_is_the_same_from_bytes_or_text(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard(cache_size=0)
+    token = session_issuer.mint(scopes=["a", "b"])
+    assert await guard.authenticate(token.encode()) == await guard.authenticate(token)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from bearerguard._core.jws import decode_json_object, parse_compact
+from bearerguard._core.jws import (
+    decode_json_object,
+    decode_payload,
+    parse_compact,
+    parse_credentials,
+)
 from bearerguard.errors import MalformedTokenError, UnsupportedAlgorithmError
 from tests.helpers import b64, compact, segment
 
@@ -149,3 +154,103 @@ def test_checked_headers_are_remembered_within_a_bound() -> None:
     for number in range(jws._MAX_CACHED_HEADERS + 50):
         parse_compact(compact({"alg": "RS256", "kid": f"k{number}"}, {}))
         assert len(jws._HEADERS) <= jws._MAX_CACHED_HEADERS
+
+
+# -- parse_credentials: the guard's fast path over request bytes ------------------------------
+
+VALID = compact(HEADER, {"sub": "x"}, b"\x01\x02\x03")
+
+
+def test_credentials_parse_as_the_text_does() -> None:
+    from_bytes = parse_credentials(VALID.encode())
+    assert from_bytes is not None
+    assert tuple(from_bytes) == tuple(parse_compact(VALID))
+    assert decode_payload(from_bytes) == {"sub": "x"}
+    assert repr(from_bytes) == f"CompactJWS(header={HEADER!r})"  # the token stays out of logs
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        VALID.encode() + b"=",  # padding (RFC 7515 §2: base64url without "=")
+        VALID.replace(".", "+.", 1).encode(),  # the standard alphabet's "+" and "/"
+        VALID.replace(".", "/.", 1).encode(),
+        VALID.replace(".", "~.", 1).encode(),  # a b64token character, not base64url
+        VALID.replace(".", " .", 1).encode(),  # white space anywhere
+        VALID.replace(".", "\t.", 1).encode(),
+        VALID.encode() + b"\n",
+        VALID.replace(".", "*.", 1).encode(),  # the byte the translation marks with
+        VALID.replace(".", "~", 1).encode(),  # a bad byte in place of a dot
+        VALID.replace(".", "\x00", 1).encode(),
+        VALID.replace(".", "\xe9.", 1).encode("latin-1"),
+        VALID.rsplit(".", 1)[0].encode(),  # two segments
+        VALID.encode() + b".x",  # four
+        VALID.replace(".", "..", 1).encode(),  # an empty segment
+        b"." + VALID.encode(),
+    ],
+    ids=[
+        "padding",
+        "plus",
+        "slash",
+        "tilde",
+        "space",
+        "tab",
+        "newline",
+        "star",
+        "tilde-for-dot",
+        "nul-for-dot",
+        "latin-1",
+        "two-segments",
+        "four-segments",
+        "empty-segment",
+        "leading-dot",
+    ],
+)
+def test_credentials_that_are_not_plainly_compact_are_left_to_the_checks(
+    credentials: bytes,
+) -> None:
+    assert parse_credentials(credentials) is None
+    with pytest.raises(MalformedTokenError):
+        parse_compact(credentials.decode("latin-1"))
+
+
+@pytest.mark.parametrize("signature", ["AB", "ABD", "A"], ids=["bits-2", "bits-3", "mod-1"])
+def test_credentials_with_a_non_canonical_signature_are_refused(signature: str) -> None:
+    # RFC 4648 §3.5: non-zero trailing bits would let two spellings verify as one token.
+    with pytest.raises(MalformedTokenError):
+        parse_credentials(f"{segment(HEADER)}.{segment({})}.{signature}".encode())
+
+
+@pytest.mark.parametrize("payload", ["AB", "ABD", "A"], ids=["bits-2", "bits-3", "mod-1"])
+def test_a_non_canonical_payload_is_refused_when_decoded(payload: str) -> None:
+    jws = parse_compact(f"{segment(HEADER)}.{payload}.{b64(b'sig')}")
+    with pytest.raises(MalformedTokenError):
+        decode_payload(jws)
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        (b' {"a":1}', {"a": 1}),
+        (b'{"a":1}\n', {"a": 1}),
+        (b'\t{ "a" : [1, {"b": 2}] } ', {"a": [1, {"b": 2}]}),
+    ],
+)
+def test_white_space_around_the_json_object_is_accepted(raw: bytes, value: object) -> None:
+    assert decode_json_object(b64(raw), "payload") == value
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"a":1}x', b'{"a":1}{}', b'{"a": x}', b'{"a":[1,}', b"{", b'"a"', b"1"],
+    ids=["extra", "two-objects", "bad-value", "bad-array", "unclosed", "string", "number"],
+)
+def test_json_scanned_directly_still_refuses_what_decode_refuses(raw: bytes) -> None:
+    with pytest.raises(MalformedTokenError):
+        decode_json_object(b64(raw), "payload")
+
+
+@pytest.mark.parametrize("segment_text", ["e30=", "e3+0", "e3/0", "e3.0", "e30\n"])
+def test_decode_json_object_takes_only_base64url(segment_text: str) -> None:
+    with pytest.raises(MalformedTokenError):
+        decode_json_object(segment_text, "payload")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from bearerguard._core.keys import (
     ASYMMETRIC_ALGORITHMS,
@@ -15,8 +15,9 @@ from bearerguard._core.keys import (
     key_from_pem,
     key_from_secret,
     keys_from_jwks,
+    verify_signature,
 )
-from bearerguard.errors import ConfigurationError
+from bearerguard.errors import ConfigurationError, UnsupportedAlgorithmError
 
 ALL = ASYMMETRIC_ALGORITHMS
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -127,6 +128,24 @@ def test_key_set_lookup() -> None:
     assert single.candidates("other") == []
 
 
+def test_key_for_binds_the_alg_to_the_named_key() -> None:
+    rsa_key = load_one(rsa_jwk())
+    ec_key = load_one(ec_jwk())
+    keys = KeySet([rsa_key, ec_key])
+    assert keys.key_for("r1", "RS256") is rsa_key
+    assert keys.key_for("r1", "PS384") is rsa_key
+    assert keys.key_for("e1", "ES256") is ec_key
+    assert keys.key_for("nope", "RS256") is None
+    assert keys.key_for(None, "RS256") is None  # several keys: a token must name one
+    # RFC 8725 §3.1: a kid naming a key of another type is algorithm confusion, not a miss.
+    for kid, alg in (("r1", "ES256"), ("e1", "RS256"), ("r1", "HS256")):
+        with pytest.raises(UnsupportedAlgorithmError):
+            keys.key_for(kid, alg)
+    single = KeySet([rsa_key])
+    assert single.key_for(None, "RS256") is rsa_key
+    assert single.key_for("other", "RS256") is None
+
+
 def test_key_set_keeps_unchanged_keys_across_refreshes() -> None:
     first = KeySet(keys_from_jwks({"keys": [rsa_jwk(), ec_jwk()]}, ALL)[0])
     second = KeySet(keys_from_jwks({"keys": [rsa_jwk()]}, ALL)[0], previous=first)
@@ -134,3 +153,16 @@ def test_key_set_keeps_unchanged_keys_across_refreshes() -> None:
     (old_ec,) = first.candidates("e1")
     assert old_rsa in second
     assert old_ec not in second
+
+
+@pytest.mark.parametrize("alg", ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256"])
+def test_verify_signature_for_every_algorithm_of_the_key(alg: str) -> None:
+    private = EC_KEY if alg.startswith("ES") else RSA_KEY
+    key = load_one(ec_jwk() if alg.startswith("ES") else rsa_jwk())
+    signing_input = b"header.payload"
+    signature = get_default_algorithms()[alg].sign(signing_input, private)
+    assert verify_signature(key, alg, signing_input, signature)
+    assert not verify_signature(key, alg, signing_input + b"x", signature)
+    assert not verify_signature(key, alg, signing_input, bytes(len(signature)))
+    if alg.startswith("RS"):  # the same key under PSS does not accept a PKCS #1 v1.5 signature
+        assert not verify_signature(key, "PS" + alg[2:], signing_input, signature)

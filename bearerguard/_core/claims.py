@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 from bearerguard.errors import (
     ExpiredTokenError,
@@ -37,6 +36,7 @@ _MAX_NUMERIC_DATE = 253_402_300_799.0
 # compared case-insensitively as media types are.
 _ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 _STRING_CLAIMS = ("sub", "jti", "client_id", "azp")
+_NUMBERS = frozenset({int, float})  # exactly: bool is an int subclass
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +52,7 @@ class ClaimsPolicy:
     checks: tuple[ClaimCheck, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class TimeClaims:
+class TimeClaims(NamedTuple):
     """The validated time claims, as floats."""
 
     expires_at: float
@@ -62,63 +61,70 @@ class TimeClaims:
     """The instant the token stops being acceptable: ``exp`` (or the maximum age) plus leeway."""
 
 
-def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    # bool is an int subclass; strings, NaN and infinities are refused too (RFC 7519 §2).
+# TimeClaims(...) without the generated Python-level __new__: this runs once per token.
+_new_times = tuple.__new__
+
+
+def _numeric_date(value: Any, name: str) -> float:
+    """``value`` (not ``None``) as a NumericDate (RFC 7519 §2), or a refusal."""
+    # bool is an int subclass; strings are refused too. NaN fails every comparison and the
+    # infinities and huge integers are out of range, all before float() is applied.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise MalformedTokenError(f"claim {name!r} is not a NumericDate")
-    number = float(value)
-    if not (math.isfinite(number) and 0 <= number <= _MAX_NUMERIC_DATE):
+    if not 0 <= value <= _MAX_NUMERIC_DATE:
         raise MalformedTokenError(f"claim {name!r} is out of range")
-    return number
+    return float(value)
 
 
-def _check_types(
-    header: Mapping[str, Any], claims: Mapping[str, Any], policy: ClaimsPolicy
-) -> None:
-    for name in _STRING_CLAIMS:
-        value = claims.get(name)
-        if value is not None and not isinstance(value, str):
-            raise MalformedTokenError(f"claim {name!r} is not a string")
-    if policy.require_typ:
-        typ = header.get("typ")
-        if not isinstance(typ, str) or typ.lower() not in _ACCESS_TOKEN_TYPES:
-            raise InvalidTypeError(f"typ is {typ!r}, not at+jwt")
+def _check_typ(header: Mapping[str, Any]) -> None:
+    typ = header.get("typ")
+    if not isinstance(typ, str) or typ.lower() not in _ACCESS_TOKEN_TYPES:
+        raise InvalidTypeError(f"typ is {typ!r}, not at+jwt")
 
 
-def _check_issuer_and_audience(claims: Mapping[str, Any], policy: ClaimsPolicy) -> None:
-    iss = claims.get("iss")
+def _refuse_issuer(iss: Any) -> NoReturn:
     if not isinstance(iss, str):
         raise InvalidIssuerError("iss is missing or not a string")
-    if iss != policy.issuer:  # RFC 9068 §4: exact match with the trusted issuer.
-        raise InvalidIssuerError(f"iss {iss[:200]!r} is not trusted")
-    aud = claims.get("aud")
-    audiences = [aud] if isinstance(aud, str) else aud
-    if not isinstance(audiences, list) or not audiences:
+    raise InvalidIssuerError(f"iss {iss[:200]!r} is not trusted")
+
+
+def _check_audience_list(aud: Any, policy: ClaimsPolicy) -> None:
+    if not isinstance(aud, list) or not aud:
         raise InvalidAudienceError("aud is missing or not a string or non-empty array")
-    if not all(isinstance(item, str) for item in audiences):
-        raise InvalidAudienceError("aud holds a non-string")
-    if policy.audiences.isdisjoint(audiences):
+    for item in aud:
+        if not isinstance(item, str):
+            raise InvalidAudienceError("aud holds a non-string")
+    if policy.audiences.isdisjoint(aud):
         raise InvalidAudienceError("aud does not name this resource server")
 
 
 def check_times(claims: Mapping[str, Any], policy: ClaimsPolicy, now: float) -> TimeClaims:
     """Check exp (required), nbf and iat at ``now`` with leeway, and the maximum age."""
-    exp = _numeric_date(claims, "exp")
-    if exp is None:
+    # A plain int or float in range is a NumericDate: checked inline, the rest by
+    # _numeric_date (once per token, so the common case costs no call).
+    exp: Any = claims.get("exp")
+    if type(exp) in _NUMBERS and 0 <= exp <= _MAX_NUMERIC_DATE:
+        exp = float(exp)
+    elif exp is None:
         raise InvalidClaimError("exp is required")
-    nbf = _numeric_date(claims, "nbf")
-    iat = _numeric_date(claims, "iat")
+    else:
+        exp = _numeric_date(exp, "exp")
+    nbf: Any = claims.get("nbf")
+    if nbf is not None and not (type(nbf) in _NUMBERS and 0 <= nbf <= _MAX_NUMERIC_DATE):
+        nbf = _numeric_date(nbf, "nbf")
+    iat: Any = claims.get("iat")
+    if type(iat) in _NUMBERS and 0 <= iat <= _MAX_NUMERIC_DATE:
+        iat = float(iat)
+    elif iat is not None:
+        iat = _numeric_date(iat, "iat")
     leeway = policy.leeway
-    if now >= exp + leeway:  # RFC 7519 §4.1.4: now must be before exp.
+    valid_until = exp + leeway
+    if now >= valid_until:  # RFC 7519 §4.1.4: now must be before exp.
         raise ExpiredTokenError(f"expired {now - exp:.0f}s ago")
     if nbf is not None and now + leeway < nbf:  # RFC 7519 §4.1.5
         raise NotYetValidError(f"nbf is {nbf - now:.0f}s in the future")
     if iat is not None and now + leeway < iat:
         raise NotYetValidError(f"iat is {iat - now:.0f}s in the future")
-    valid_until = exp + leeway
     if policy.max_age is not None:
         if iat is None:
             raise InvalidClaimError("iat is required to enforce a maximum token age")
@@ -126,7 +132,7 @@ def check_times(claims: Mapping[str, Any], policy: ClaimsPolicy, now: float) -> 
         if now >= oldest:
             raise TokenTooOldError(f"issued {now - iat:.0f}s ago")
         valid_until = min(valid_until, oldest)
-    return TimeClaims(expires_at=exp, issued_at=iat, valid_until=valid_until)
+    return _new_times(TimeClaims, (exp, iat, valid_until))
 
 
 def run_checks(claims: Mapping[str, Any], policy: ClaimsPolicy) -> None:
@@ -159,8 +165,23 @@ def validate_claims(
     Raises:
         InvalidTokenError: a subclass naming the first check that failed.
     """
-    _check_types(header, claims, policy)
-    _check_issuer_and_audience(claims, policy)
+    get = claims.get
+    for name in _STRING_CLAIMS:
+        value = get(name)
+        if value is not None and not isinstance(value, str):
+            raise MalformedTokenError(f"claim {name!r} is not a string")
+    if policy.require_typ:
+        _check_typ(header)  # RFC 9068 §2.1
+    iss = get("iss")
+    if iss != policy.issuer or not isinstance(iss, str):
+        _refuse_issuer(iss)  # RFC 9068 §4: exact match with the trusted issuer.
+    aud = get("aud")
+    if isinstance(aud, str):  # RFC 7519 §4.1.3: a string or an array of strings
+        if aud not in policy.audiences:
+            raise InvalidAudienceError("aud does not name this resource server")
+    else:
+        _check_audience_list(aud, policy)
     times = check_times(claims, policy, now)
-    run_checks(claims, policy)
+    if policy.required_claims or policy.checks:
+        run_checks(claims, policy)
     return times

@@ -12,35 +12,65 @@ import binascii
 import json
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Any
+import string
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from bearerguard.errors import MalformedTokenError, UnsupportedAlgorithmError
 
-__all__ = ["CompactJWS", "decode_json_object", "looks_compact", "parse_compact"]
+__all__ = [
+    "CompactJWS",
+    "decode_json_object",
+    "decode_payload",
+    "looks_compact",
+    "parse_compact",
+    "parse_credentials",
+]
 
 _COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
 
+# The base64url alphabet (RFC 4648 §5): deleting it with bytes.translate checks every
+# character of a segment in one C-level pass.
+_B64URL_CHARS = (string.ascii_letters + string.digits + "-_").encode()
+
+
+def _standard_table() -> bytes:
+    table = bytearray(b"*" * 256)
+    for char in (string.ascii_letters + string.digits + ".").encode():
+        table[char] = char
+    table[ord("-")], table[ord("_")] = ord("+"), ord("/")
+    return bytes(table)
+
+
+# One translate pass over a compact JWS: the base64url alphabet becomes the standard one
+# (RFC 4648 §4) that binascii decodes, dots stay, and every other byte ("+", "/" and "="
+# included) becomes "*", so a single search tells whether any was there.
+_TO_STANDARD = _standard_table()
 # A canonical base64url string leaves the unused low bits of its last character zero
 # (RFC 4648 §3.5); anything else decodes to the same bytes and would make tokens malleable.
-_CANONICAL_LAST = {2: frozenset("AQgw"), 3: frozenset("AEIMQUYcgkosw048")}
-_URLSAFE = bytes.maketrans(b"-_", b"+/")
-_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+_CANONICAL_LAST = {2: frozenset(b"AQgw"), 3: frozenset(b"AEIMQUYcgkosw048")}
+_PADDING = (b"", b"", b"==", b"=")  # by length % 4; 1 is never valid
 
 # Header parameters whose presence means processing we do not do: JWE (RFC 7516 §4.1.2,
 # §4.1.3), unencoded payloads (RFC 7797 §3) and critical extensions (RFC 7515 §4.1.11).
 _REFUSED_HEADER_MEMBERS = ("crit", "b64", "enc", "zip")
 
 
-@dataclass(frozen=True, slots=True)
-class CompactJWS:
+class CompactJWS(NamedTuple):
     """A compact JWS split into its parts; the payload is not decoded until verified."""
 
-    token: str = field(repr=False)
+    token: str
     header: dict[str, Any]
-    signing_input: bytes = field(repr=False)
-    payload_segment: str = field(repr=False)
-    signature: bytes = field(repr=False)
+    signing_input: bytes
+    signature: bytes
+    standard_payload: bytes
+    """The payload segment in the standard base64 alphabet, for ``decode_payload``."""
+
+    @property
+    def payload_segment(self) -> str:
+        """The payload segment as it appears in the token."""
+        end = len(self.signing_input)
+        return self.token[end - len(self.standard_payload) : end]
 
     @property
     def alg(self) -> str:
@@ -48,16 +78,23 @@ class CompactJWS:
         alg: str = self.header["alg"]
         return alg
 
+    def __repr__(self) -> str:
+        return f"CompactJWS(header={self.header!r})"  # the token stays out of logs
 
-def _b64decode(segment: str) -> bytes:
-    remainder = len(segment) % 4
-    if remainder == 1 or (remainder and segment[-1] not in _CANONICAL_LAST[remainder]):
+
+# CompactJWS(...) through tuple.__new__ directly, skipping the generated Python-level __new__
+# (this runs once per token verified).
+_new_jws = tuple.__new__
+
+
+def _b64decode(standard: bytes) -> bytes:
+    """Decode a segment already checked and mapped onto the standard base64 alphabet."""
+    remainder = len(standard) % 4
+    if remainder == 1 or (remainder and standard[-1] not in _CANONICAL_LAST[remainder]):
         raise MalformedTokenError("non-canonical base64url segment")
-    # The characters were checked by _COMPACT: map the url-safe alphabet onto the standard
-    # one and let the C decoder work (surplus padding is ignored by a2b_base64).
     try:
-        return binascii.a2b_base64(segment.encode("ascii").translate(_URLSAFE) + b"==")
-    except (binascii.Error, ValueError) as exc:  # pragma: no cover - the regex rules these out
+        return binascii.a2b_base64(standard + _PADDING[remainder])
+    except (binascii.Error, ValueError) as exc:  # pragma: no cover - the alphabet rules these out
         raise MalformedTokenError("invalid base64url segment") from exc
 
 
@@ -85,22 +122,44 @@ _DECODER = json.JSONDecoder(
     parse_constant=_refuse_constant,
     parse_float=_finite_float,
 )
+# The decoder's scanner, called directly: decode() adds two regex passes for white space.
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
-def decode_json_object(segment: str, what: str) -> dict[str, Any]:
-    """Decode a base64url segment holding a UTF-8 JSON object, strictly."""
-    if _SEGMENT.fullmatch(segment) is None:  # parse_compact checked it; other callers may not
-        raise MalformedTokenError(f"{what} is not base64url")
-    raw = _b64decode(segment)
+def _decode_object(standard: bytes, what: str) -> dict[str, Any]:
+    """Decode a segment (as ``_b64decode`` takes it) holding a UTF-8 JSON object, strictly."""
+    raw = _b64decode(standard)
     try:
-        value = _DECODER.decode(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        try:
+            # The scanner alone, for a document that is one value and nothing else; anything
+            # else (white space around it, extra data, invalid JSON) goes through decode(),
+            # which accepts or names it exactly as it always did.
+            value, end = _SCAN(text, 0)
+            if end != len(text):
+                value = _DECODER.decode(text)
+        except StopIteration:
+            value = _DECODER.decode(text)
     except MalformedTokenError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise MalformedTokenError(f"{what} is not valid UTF-8 JSON") from exc
-    if not isinstance(value, dict):
+    if type(value) is not dict:  # the decoder makes plain dicts and lists
         raise MalformedTokenError(f"{what} is not a JSON object")
     return value
+
+
+def decode_json_object(segment: str, what: str) -> dict[str, Any]:
+    """Decode a base64url segment holding a UTF-8 JSON object, strictly."""
+    data = segment.encode("ascii") if segment.isascii() else b""
+    if not data or data.translate(None, _B64URL_CHARS):
+        raise MalformedTokenError(f"{what} is not base64url")
+    return _decode_object(data.translate(_TO_STANDARD), what)
+
+
+def decode_payload(jws: CompactJWS) -> dict[str, Any]:
+    """Decode the payload of a parsed JWS (its characters checked by the parse), strictly."""
+    return _decode_object(jws.standard_payload, "payload")
 
 
 def looks_compact(token: str) -> bool:
@@ -109,15 +168,16 @@ def looks_compact(token: str) -> bool:
 
 
 # An issuer signs every token with a handful of headers (one per key), so checked headers are
-# remembered by their segment: a token from a known key skips the header's decoding. Only
+# remembered by their segment (in the standard alphabet: the mapping is one-to-one on
+# base64url): a token from a known key skips the header's decoding. Only
 # headers that passed every check are kept, and the bound keeps a flood of distinct headers
 # from growing it.
-_HEADERS: dict[str, dict[str, Any]] = {}
+_HEADERS: dict[bytes, dict[str, Any]] = {}
 _MAX_CACHED_HEADERS = 256
 
 
-def _checked_header(header_segment: str) -> dict[str, Any]:
-    header = decode_json_object(header_segment, "header")
+def _checked_header(header_segment: bytes) -> dict[str, Any]:
+    header = _decode_object(header_segment, "header")
     for member in _REFUSED_HEADER_MEMBERS:
         if member in header:
             raise MalformedTokenError(f"header parameter {member!r} is not accepted")
@@ -137,6 +197,38 @@ def _checked_header(header_segment: str) -> dict[str, Any]:
     return header
 
 
+def parse_credentials(credentials: bytes, text: str | None = None) -> CompactJWS | None:
+    """Parse credentials made of exactly three base64url segments joined by dots.
+
+    The fast path for request credentials: those are a b64token (RFC 6750 §2.1) too, so no
+    other check is needed. ``text`` is ``credentials`` as text, when the caller has it.
+
+    Returns:
+        The parsed JWS, or ``None`` when the characters or the segments are not those of a
+        compact JWS: the caller then runs the checks that name the error.
+
+    Raises:
+        MalformedTokenError, UnsupportedAlgorithmError: as ``parse_compact``.
+    """
+    standard = credentials.translate(_TO_STANDARD)
+    segments = standard.split(b".", 3)
+    if len(segments) != 3 or b"*" in standard:
+        return None
+    header_segment, payload_segment, signature_segment = segments
+    if not (header_segment and payload_segment and signature_segment):
+        return None
+    header = _HEADERS.get(header_segment)
+    if header is None:
+        header = _checked_header(header_segment)
+        if len(_HEADERS) >= _MAX_CACHED_HEADERS:
+            _HEADERS.clear()
+        _HEADERS[header_segment] = header
+    signature = _b64decode(signature_segment)
+    token = credentials.decode("ascii") if text is None else text
+    signing_input = credentials[: len(header_segment) + 1 + len(payload_segment)]
+    return _new_jws(CompactJWS, (token, header, signing_input, signature, payload_segment))
+
+
 def parse_compact(token: str) -> CompactJWS:
     """Split and check a compact JWS; decode its header and signature, not its payload.
 
@@ -144,23 +236,11 @@ def parse_compact(token: str) -> CompactJWS:
         MalformedTokenError: anything but a strict compact JWS with an acceptable header.
         UnsupportedAlgorithmError: ``alg`` is missing, not a string, or ``none``.
     """
-    match = _COMPACT.fullmatch(token)
-    if match is None:
-        parts = token.count(".") + 1
-        if parts == 5:
-            raise MalformedTokenError("JWE (five segments) is not accepted")
-        raise MalformedTokenError(f"not a compact JWS ({parts} segments or bad characters)")
-    header_segment, payload_segment, signature_segment = match.groups()
-    header = _HEADERS.get(header_segment)
-    if header is None:
-        header = _checked_header(header_segment)
-        if len(_HEADERS) >= _MAX_CACHED_HEADERS:
-            _HEADERS.clear()
-        _HEADERS[header_segment] = header
-    return CompactJWS(
-        token=token,
-        header=header,
-        signing_input=token[: match.end(2)].encode("ascii"),
-        payload_segment=payload_segment,
-        signature=_b64decode(signature_segment),
-    )
+    if token.isascii():
+        jws = parse_credentials(token.encode("ascii"), token)
+        if jws is not None:
+            return jws
+    parts = token.count(".") + 1
+    if parts == 5:
+        raise MalformedTokenError("JWE (five segments) is not accepted")
+    raise MalformedTokenError(f"not a compact JWS ({parts} segments or bad characters)")

@@ -117,6 +117,7 @@ class KeyCache:
         self.keys = keys
         self.fetched_at = now
         self.fresh_until = now + self.policy.ttl(max_age)
+        # Never before fresh_until: a set within its freshness is usable (the guard relies on it).
         self.usable_until = self.fresh_until + self.policy.max_stale
         self.last_failed = False
 

@@ -13,12 +13,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.exceptions import InvalidKeyError
 
-from bearerguard.errors import ConfigurationError
+from bearerguard.errors import ConfigurationError, UnsupportedAlgorithmError
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -53,6 +55,23 @@ _IMPLEMENTATIONS: dict[str, Algorithm] = {
 }
 
 
+def _pss(digest: hashes.HashAlgorithm) -> padding.PSS:
+    # RFC 7518 §3.5: MGF1 with the same hash, and a salt as long as the hash output.
+    return padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
+
+
+# RSA signatures are checked with the key object itself and padding and hash objects built
+# once (RFC 7518 §3.3, §3.5), as PyJWT would but without building them for every token.
+_RSA_SCHEMES: dict[str, tuple[padding.AsymmetricPadding, hashes.HashAlgorithm]] = {
+    "RS256": (padding.PKCS1v15(), hashes.SHA256()),
+    "RS384": (padding.PKCS1v15(), hashes.SHA384()),
+    "RS512": (padding.PKCS1v15(), hashes.SHA512()),
+    "PS256": (_pss(hashes.SHA256()), hashes.SHA256()),
+    "PS384": (_pss(hashes.SHA384()), hashes.SHA384()),
+    "PS512": (_pss(hashes.SHA512()), hashes.SHA512()),
+}
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class VerificationKey:
     """A public key (or a configured shared secret) and the algorithms it may verify.
@@ -73,9 +92,17 @@ def verify_signature(
 ) -> bool:
     """Check ``signature`` over ``signing_input`` with ``key`` under ``alg``.
 
-    The caller has already checked that ``alg`` is one of ``key.algorithms``.
+    The caller has already checked that ``alg`` is one of ``key.algorithms``, so an RS* or
+    PS* ``alg`` comes with an RSA key.
     """
-    return _IMPLEMENTATIONS[alg].verify(signing_input, key.key, signature)
+    scheme = _RSA_SCHEMES.get(alg)
+    if scheme is None:
+        return _IMPLEMENTATIONS[alg].verify(signing_input, key.key, signature)
+    try:
+        key.key.verify(signature, signing_input, scheme[0], scheme[1])
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _algorithms_for_public_key(public_key: Any) -> frozenset[str]:
@@ -229,3 +256,20 @@ class KeySet:
         if self._only is not None and (kid is None or self._only.kid is None):
             return [self._only]
         return []
+
+    def key_for(self, kid: str | None, alg: str) -> VerificationKey | None:
+        """The key that verifies ``alg`` for a token with this ``kid``, if any.
+
+        Raises:
+            UnsupportedAlgorithmError: the kid names only keys of another type or algorithm:
+                algorithm confusion (RFC 8725 §3.1).
+        """
+        candidates = self._by_kid.get(kid) if kid is not None else None  # the usual case
+        if candidates is None:
+            candidates = self.candidates(kid)
+        for key in candidates:
+            if alg in key.algorithms:
+                return key
+        if candidates:
+            raise UnsupportedAlgorithmError(f"alg {alg!r} does not match the key's algorithms")
+        return None

@@ -6,6 +6,7 @@ Shared by ``MemoryRevocationStore`` (the table is the store) and ``RedisRevocati
 
 from __future__ import annotations
 
+import itertools
 import threading
 from dataclasses import dataclass
 from typing import Literal
@@ -17,6 +18,7 @@ __all__ = ["Entry", "Kind", "RevocationTable"]
 Kind = Literal["t", "s", "c"]
 """A revoked token, a subject cut-off, or a client cut-off."""
 _Key = tuple[str | None, str]
+_versions = itertools.count(1)  # shared by every table: a version never repeats
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +41,7 @@ class RevocationTable:
     writers can never leave the weaker of two entries behind.
     """
 
-    __slots__ = ("_lock", "clients", "subjects", "tokens")
+    __slots__ = ("_lock", "clients", "subjects", "tokens", "version")
 
     def __init__(self) -> None:
         self.tokens: dict[_Key, float] = {}
@@ -47,6 +49,10 @@ class RevocationTable:
         self.subjects: dict[_Key, tuple[float, float]] = {}
         self.clients: dict[_Key, tuple[float, float]] = {}
         self._lock = threading.Lock()
+        self.version = next(_versions)
+        """Changes whenever an entry is added, after the entry is readable: a token found
+        unrevoked at one version stays unrevoked while the version stays the same (entries
+        only lapse, and a lapsed entry no longer revoked anything that had not expired)."""
 
     def __len__(self) -> int:
         return len(self.tokens) + len(self.subjects) + len(self.clients)
@@ -56,10 +62,11 @@ class RevocationTable:
         with self._lock:
             if entry.cutoff is None:
                 self.tokens[key] = max(entry.until, self.tokens.get(key, entry.until))
-                return
-            cutoffs = self.subjects if entry.kind == "s" else self.clients
-            cutoff, until = cutoffs.get(key, (entry.cutoff, entry.until))
-            cutoffs[key] = (max(cutoff, entry.cutoff), max(until, entry.until))
+            else:
+                cutoffs = self.subjects if entry.kind == "s" else self.clients
+                cutoff, until = cutoffs.get(key, (entry.cutoff, entry.until))
+                cutoffs[key] = (max(cutoff, entry.cutoff), max(until, entry.until))
+            self.version = next(_versions)
 
     def revoked(self, token: AccessToken, now: float) -> bool:
         """Whether ``token``, its subject or its client is revoked at ``now``."""

@@ -50,10 +50,11 @@ class MemoryRevocationStore:
         self._retention = retention
         self._grace = expiry_grace
         self._clock = clock
-        self._table = RevocationTable()
+        self.table = RevocationTable()
+        """The live entries (read by the guard; change them through the methods only)."""
 
     def __len__(self) -> int:
-        return len(self._table)
+        return len(self.table)
 
     def revoke_token_sync(
         self, jti: str, expires_at: Instant | None = None, *, issuer: str | None = None
@@ -88,7 +89,7 @@ class MemoryRevocationStore:
 
     def is_revoked_sync(self, token: AccessToken) -> bool:
         """Whether ``token``, its subject or its client has been revoked."""
-        table = self._table
+        table = self.table
         if not (table.tokens or table.subjects or table.clients):
             return False
         return table.revoked(token, self._clock())
@@ -127,7 +128,7 @@ class MemoryRevocationStore:
         )
 
     def _add(self, entry: Entry, now: float) -> None:
-        table = self._table
+        table = self.table
         if len(table) >= self._max_entries:
             table.prune(now)
             if len(table) >= self._max_entries:

@@ -5,11 +5,14 @@ Served by uvicorn as ``benchmarks.apps.starlette_apps:create_<name>`` with ``--f
 
 from __future__ import annotations
 
+import hashlib
+
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bearerguard import BearerGuard
 from bearerguard.asgi import BearerGuardMiddleware
@@ -17,12 +20,15 @@ from benchmarks.apps import PATH, Settings, configure_audit_logging
 from benchmarks.apps.pyjwt_middleware import PyJWTASGIMiddleware, PyJWTHTTPMiddleware
 
 __all__ = [
+    "HashLookupMiddleware",
     "build_bare",
     "build_bearerguard",
+    "build_hash_lookup",
     "build_pyjwt_asgi",
     "build_pyjwt_base",
     "create_bare",
     "create_bearerguard",
+    "create_hash_lookup",
     "create_pyjwt_asgi",
     "create_pyjwt_base",
     "guard_for",
@@ -61,6 +67,30 @@ def build_bearerguard(settings: Settings, *, guard: BearerGuard | None = None) -
     )
 
 
+class HashLookupMiddleware:
+    """A reference, not an authenticator: the least a SHA-256-keyed token cache must do.
+
+    Finds the ``Authorization`` header, hashes the token and looks the digest up in a dict.
+    No expiry, revocation, audit or request state: the floor under any such cache hit.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.seen: dict[bytes, bool] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    self.seen.setdefault(hashlib.sha256(value[7:]).digest(), True)
+        await self.app(scope, receive, send)
+
+
+def build_hash_lookup(settings: Settings) -> Starlette:
+    """The same route behind ``HashLookupMiddleware`` (a reference floor, no checks)."""
+    return Starlette(routes=ROUTES, middleware=[Middleware(HashLookupMiddleware)])
+
+
 def build_pyjwt_asgi(settings: Settings) -> Starlette:
     """The same route behind a pure ASGI middleware calling ``jwt.decode``."""
     options = {
@@ -87,6 +117,10 @@ def create_bare() -> Starlette:
 
 def create_bearerguard() -> Starlette:
     return build_bearerguard(Settings.from_env())
+
+
+def create_hash_lookup() -> Starlette:
+    return build_hash_lookup(Settings.from_env())
 
 
 def create_pyjwt_asgi() -> Starlette:

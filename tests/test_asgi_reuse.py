@@ -1,0 +1,284 @@
+"""The ASGI middleware's cache-hit path: a reused token meets every rule a fresh one does.
+
+Each test sends a token once (verified and cached), then again in the situation under test,
+so the second request goes through ``BearerGuard.reused`` rather than ``authenticate``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from bearerguard import BearerGuard, RefreshPolicy, get_access_token, requires_scopes
+from bearerguard.asgi import BearerGuardMiddleware
+from bearerguard.metrics import CACHE, DECISIONS, InMemoryMetrics
+from bearerguard.revocation import MemoryRevocationStore
+from bearerguard.testing import DevIssuer
+
+pytestmark = pytest.mark.anyio
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def me(request: Request) -> JSONResponse:
+    token = get_access_token(request)
+    assert token is not None
+    assert isinstance(request.auth.scopes, tuple)  # shared by reuses: must not be changeable
+    return JSONResponse(
+        {
+            "sub": token.subject,
+            "user": request.user.identity,
+            "scopes": sorted(request.auth.scopes),
+        }
+    )
+
+
+@requires_scopes("items:write")
+async def write(request: Request) -> JSONResponse:
+    return JSONResponse({"ok": True})
+
+
+def app_for(guard: BearerGuard) -> BearerGuardMiddleware:
+    routes = [Route("/me", me), Route("/write", write)]
+    return BearerGuardMiddleware(Starlette(routes=routes), guard=guard)
+
+
+@pytest.fixture
+async def client(session_issuer: DevIssuer) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    store = MemoryRevocationStore()
+    guard = session_issuer.guard(revocation=store)
+    transport = httpx.ASGITransport(app=app_for(guard))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        yield client, store
+
+
+def bearer(token: str, scheme: str = "Bearer") -> dict[str, str]:
+    return {"Authorization": f"{scheme} {token}"}
+
+
+async def test_a_reused_token_fills_the_request_like_a_fresh_one(
+    client: tuple[httpx.AsyncClient, Any], session_issuer: DevIssuer
+) -> None:
+    http, _ = client
+    token = session_issuer.mint(sub="alice", scopes=["items:read", "b"])
+    first = await http.get("/me", headers=bearer(token))
+    with structlog.testing.capture_logs() as events:
+        second = await http.get("/me", headers={**bearer(token), "X-Request-ID": "req-7"})
+    assert (
+        first.json()
+        == second.json()
+        == {"sub": "alice", "user": "alice", "scopes": ["b", "items:read"]}
+    )
+    [event] = events
+    assert event["event"] == "token.accepted"
+    assert event["request_id"] == "req-7"
+    assert event["path"] == "/me"
+    assert event["sub"] == "alice"
+    assert event["scopes"] == ["b", "items:read"]
+
+
+async def test_revocation_applies_to_a_reused_token_at_once(
+    client: tuple[httpx.AsyncClient, Any], session_issuer: DevIssuer
+) -> None:
+    http, store = client
+    token = session_issuer.mint(sub="bob")
+    assert (await http.get("/me", headers=bearer(token))).status_code == 200
+    assert (await http.get("/me", headers=bearer(token))).status_code == 200
+    await store.revoke_subject("bob")
+    with structlog.testing.capture_logs() as events:
+        response = await http.get("/me", headers=bearer(token))
+    assert response.status_code == 401
+    assert events[0]["reason"] == "revoked"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ([("Authorization", "Bearer {t}"), ("Authorization", "Bearer {t}")], 400),
+        ([("Authorization", "Bearer {t}"), ("X-Other", "1")], 200),
+        ([("Authorization", "bearer {t}")], 200),
+        ([("Authorization", "BEARER   {t}")], 200),
+        ([("Authorization", "Bearer {t}x")], 401),
+        ([("Authorization", "Basic {t}")], 401),
+    ],
+)
+async def test_the_request_rules_hold_for_a_reused_token(
+    client: tuple[httpx.AsyncClient, Any],
+    session_issuer: DevIssuer,
+    headers: list[tuple[str, str]],
+    status: int,
+) -> None:
+    http, _ = client
+    token = session_issuer.mint()
+    assert (await http.get("/me", headers=bearer(token))).status_code == 200
+    sent = [(name, value.format(t=token)) for name, value in headers]
+    response = await http.get("/me", headers=httpx.Headers(sent))
+    assert response.status_code == status
+
+
+async def test_a_query_token_beside_a_reused_header_token_is_invalid_request(
+    client: tuple[httpx.AsyncClient, Any], session_issuer: DevIssuer
+) -> None:
+    http, _ = client
+    token = session_issuer.mint()
+    assert (await http.get("/me", headers=bearer(token))).status_code == 200
+    response = await http.get(f"/me?access_token={token}", headers=bearer(token))
+    assert response.status_code == 400
+
+
+async def test_scope_checks_and_their_audit_event_on_a_reused_token(
+    client: tuple[httpx.AsyncClient, Any], session_issuer: DevIssuer
+) -> None:
+    http, _ = client
+    token = session_issuer.mint(scopes=["items:read"])
+    assert (await http.get("/me", headers=bearer(token))).status_code == 200
+    with structlog.testing.capture_logs() as events:
+        response = await http.get("/write", headers={**bearer(token), "X-Request-ID": "r1"})
+    assert response.status_code == 403
+    assert [e["event"] for e in events] == ["token.accepted", "scope.denied"]
+    assert events[1]["request_id"] == "r1"
+    assert events[1]["required_scopes"] == ["items:write"]
+
+
+async def test_a_reused_token_expires_on_time(session_issuer: DevIssuer) -> None:
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=0)
+    token = session_issuer.mint(expires_in=60)
+    transport = httpx.ASGITransport(app=app_for(guard))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
+        assert (await http.get("/me", headers=bearer(token))).status_code == 200
+        assert (await http.get("/me", headers=bearer(token))).status_code == 200
+        clock.now += 61
+        with structlog.testing.capture_logs() as events:
+            response = await http.get("/me", headers=bearer(token))
+    assert response.status_code == 401
+    assert events[0]["reason"] == "expired"
+
+
+async def test_a_reused_token_stops_when_its_key_leaves_the_key_set() -> None:
+    clock = Clock()
+    policy = RefreshPolicy(default_ttl=300, min_ttl=60, max_ttl=3600, cooldown=30, max_stale=600)
+    with DevIssuer(algorithms=("ES256",)) as issuer:
+        guard = issuer.guard(clock=clock, refresh=policy)
+        token = issuer.mint(expires_in=86_400)
+        transport = httpx.ASGITransport(app=app_for(guard))
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
+            for _ in range(2):  # verified, then found in the cache with its key set
+                assert (await http.get("/me", headers=bearer(token))).status_code == 200
+            assert guard.reused(token.encode()) is not None  # the next request reuses it
+            old = issuer.key().kid
+            issuer.rotate("ES256")
+            issuer.retire(old)
+            # Within the set's freshness the cached verification stands, as documented.
+            assert (await http.get("/me", headers=bearer(token))).status_code == 200
+            clock.now += 301  # past freshness: the reuse path must not answer alone
+            assert guard.reused(token.encode()) is None
+            response = await http.get("/me", headers=bearer(token))
+            assert response.status_code == 401
+            fresh = issuer.mint(expires_in=86_400)
+            assert (await http.get("/me", headers=bearer(fresh))).status_code == 200
+            assert (await http.get("/me", headers=bearer(fresh))).status_code == 200
+
+
+async def test_a_refreshed_set_still_holding_the_key_keeps_reusing(
+    session_issuer: DevIssuer,
+) -> None:
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock)
+    token = session_issuer.mint(expires_in=86_400)
+    transport = httpx.ASGITransport(app=app_for(guard))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
+        for _ in range(2):
+            assert (await http.get("/me", headers=bearer(token))).status_code == 200
+            assert (await http.get("/me", headers=bearer(token))).status_code == 200
+            assert guard.reused(token.encode()) is not None
+            clock.now += 7200  # past any TTL: the next request refreshes the set
+            assert guard.reused(token.encode()) is None
+    assert session_issuer.fetch_count() >= 2
+
+
+async def test_metrics_count_reused_hits_and_accepted_decisions_with_audit_off(
+    session_issuer: DevIssuer,
+) -> None:
+    metrics = InMemoryMetrics()
+    guard = session_issuer.guard(metrics=metrics, audit_sample_accepted=0.0)
+    token = session_issuer.mint()
+    transport = httpx.ASGITransport(app=app_for(guard))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
+        with structlog.testing.capture_logs() as events:
+            for _ in range(3):
+                assert (await http.get("/me", headers=bearer(token))).status_code == 200
+    assert events == []
+    assert metrics.count(CACHE, result="hit") == 2
+    assert metrics.count(CACHE, result="miss") == 1
+    assert metrics.count(DECISIONS, event="token.accepted", reason="ok") == 3
+
+
+@pytest.mark.parametrize("kind", ["token", "subject", "client"])
+async def test_every_kind_of_revocation_reaches_a_token_cleared_before(
+    client: tuple[httpx.AsyncClient, Any], session_issuer: DevIssuer, kind: str
+) -> None:
+    http, store = client
+    for _ in range(50):  # other revocations, before and between: each changes the table
+        store.revoke_token_sync(f"other-{_}")
+    token = session_issuer.mint(sub="carol", client_id="app-9")
+    for _ in range(3):
+        assert (await http.get("/me", headers=bearer(token))).status_code == 200
+    store.revoke_subject_sync("someone-else")
+    assert (await http.get("/me", headers=bearer(token))).status_code == 200
+    if kind == "token":
+        jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+        store.revoke_token_sync(jti)
+    elif kind == "subject":
+        store.revoke_subject_sync("carol")
+    else:
+        store.revoke_client_sync("app-9")
+    assert (await http.get("/me", headers=bearer(token))).status_code == 401
+
+
+async def test_a_revocation_from_another_thread_applies_to_the_next_reuse(
+    client: tuple[httpx.AsyncClient, Any], session_issuer: DevIssuer
+) -> None:
+    http, store = client
+    token = session_issuer.mint(sub="dana")
+    for _ in range(3):
+        assert (await http.get("/me", headers=bearer(token))).status_code == 200
+    worker = threading.Thread(target=store.revoke_subject_sync, args=("dana",))
+    worker.start()
+    worker.join()
+    assert (await http.get("/me", headers=bearer(token))).status_code == 401
+
+
+async def test_a_store_subclass_is_asked_on_every_reuse(session_issuer: DevIssuer) -> None:
+    class Switch(MemoryRevocationStore):
+        revoked = False
+
+        def is_revoked_sync(self, token: Any) -> bool:
+            return self.revoked
+
+    store = Switch()
+    guard = session_issuer.guard(revocation=store)
+    token = session_issuer.mint()
+    transport = httpx.ASGITransport(app=app_for(guard))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
+        for _ in range(3):
+            assert (await http.get("/me", headers=bearer(token))).status_code == 200
+        store.revoked = True  # no write through the store's methods: nothing to notice
+        assert (await http.get("/me", headers=bearer(token))).status_code == 401

@@ -1,0 +1,99 @@
+"""AccessToken: built by from_claims, frozen, compared and shown as a dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from bearerguard import AccessToken
+
+CLAIMS: dict[str, Any] = {
+    "iss": "https://issuer.example",
+    "aud": ["api", "other"],
+    "sub": "user-1",
+    "azp": "spa",
+    "jti": "j1",
+    "exp": 1_800_000_060,
+    "iat": 1_800_000_000,
+    "scope": "a b",
+}
+
+
+def built(cls: type[AccessToken] = AccessToken, **changes: Any) -> AccessToken:
+    return cls.from_claims(
+        {**CLAIMS, **changes},
+        scopes=frozenset({"a", "b"}),
+        expires_at=1_800_000_060.0,
+        issued_at=1_800_000_000.0,
+        key_id="k1",
+        algorithm="RS256",
+        fingerprint="0123456789abcdef",
+        raw="h.p.s",
+    )
+
+
+def test_from_claims_fills_every_field_as_the_constructor_would() -> None:
+    token = built()
+    assert type(token) is AccessToken
+    expected = AccessToken(
+        subject="user-1",
+        scopes=frozenset({"a", "b"}),
+        claims={**CLAIMS},
+        token_id="j1",
+        client_id="spa",
+        issuer="https://issuer.example",
+        audience=("api", "other"),
+        expires_at=datetime.fromtimestamp(1_800_000_060, timezone.utc),
+        issued_at=datetime.fromtimestamp(1_800_000_000, timezone.utc),
+        key_id="k1",
+        algorithm="RS256",
+        fingerprint="0123456789abcdef",
+        raw="h.p.s",
+    )
+    assert token == expected
+    assert {f.name: getattr(token, f.name) for f in dataclasses.fields(token)} == {
+        f.name: getattr(expected, f.name) for f in dataclasses.fields(expected)
+    }
+    assert repr(token) == repr(expected)
+    assert "h.p.s" not in repr(token)
+
+
+def test_from_claims_tokens_are_frozen_and_read_only() -> None:
+    token = built()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        token.subject = "someone-else"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        token.claims["sub"] = "someone-else"  # type: ignore[index]
+    assert dataclasses.replace(token, raw="").raw == ""
+
+
+@pytest.mark.parametrize(
+    ("changes", "client_id"),
+    [
+        ({"client_id": "c"}, "c"),
+        ({"client_id": ""}, "spa"),  # empty: the next claim in line
+        ({"client_id": 7}, "spa"),
+        ({"azp": None, "cid": "okta"}, "okta"),
+        ({"azp": None}, None),
+    ],
+)
+def test_client_id_comes_from_the_first_usable_claim(
+    changes: dict[str, Any], client_id: str | None
+) -> None:
+    assert built(**changes).client_id == client_id
+
+
+def test_subclasses_are_built_through_their_own_init() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Tagged(AccessToken):
+        tag: str = "x"
+
+        def __post_init__(self) -> None:
+            object.__setattr__(self, "tag", self.subject or "")
+
+    token = built(Tagged)
+    assert type(token) is Tagged
+    assert token.tag == "user-1"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from time import perf_counter
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import unquote_to_bytes
 
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
@@ -97,14 +97,6 @@ async def _serve_metadata(resource: ProtectedResource, scope: Scope, send: Send)
     raw = [(name.encode(), value.encode()) for name, value in headers]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
-
-
-def _attachments(token: AccessToken) -> tuple[TokenCredentials, TokenUser, dict[str, Any]]:
-    """What every request with ``token`` gets: Starlette's auth and user, and audit fields.
-
-    Built once per cached token and shared by the requests that reuse it.
-    """
-    return TokenCredentials(token), TokenUser(token), token_fields(token)
 
 
 def _respond(refusal: Refusal) -> Response:
@@ -309,12 +301,13 @@ class BearerGuardMiddleware:
                 and b"access_token" not in scope.get("query_string", b"")
             ):
                 entry = reusing.reused(credentials[7:])
+        access: AccessToken | None
         if entry is not None:
-            access: AccessToken | None = entry.token
+            reused = access = entry.token
             attached = entry.attached
             if attached is None:  # once per cached token: reused by every later request
-                attached = entry.attached = _attachments(entry.token)
-            scope["auth"], scope["user"], described = attached
+                attached = entry.attached = (TokenCredentials(reused), TokenUser(reused))
+            scope["auth"], scope["user"] = attached
             client = scope.get("client")
             auth = RequestAuth(
                 guard,
@@ -330,7 +323,10 @@ class BearerGuardMiddleware:
             )
             audit = guard.audit
             if audit.records_accepted:
-                audit.accepted(entry.token, auth, perf_counter() - started, described=described)
+                described = entry.described
+                if described is None:
+                    described = entry.described = token_fields(reused)
+                audit.accepted(reused, auth, perf_counter() - started, described=described)
         else:
             if resource is not None and kind == "http" and scope["path"] in resource.paths:
                 await _serve_metadata(resource, scope, send)

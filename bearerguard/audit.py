@@ -54,7 +54,7 @@ class RequestInfo:
 
 
 def token_fields(token: AccessToken) -> dict[str, Any]:
-    """The event fields describing ``token``: built once per cached token by the middleware."""
+    """The event fields describing ``token``: the middlewares build them once per cached token."""
     return {
         "sub": token.subject,
         "client_id": token.client_id,

@@ -122,6 +122,9 @@ class Verified:
     still the current one, a reuse needs no membership check."""
     cleared: int = 0
     """The memory store's table version at which the token was last found unrevoked."""
+    described: dict[str, Any] | None = None
+    """The token's audit event fields (``bearerguard.audit.token_fields``), built at the
+    first reuse that records an event."""
     attached: Any = None
     """What an integration derived from the token once and reuses on every hit (the ASGI
     middleware keeps Starlette's ``request.auth`` and ``request.user`` objects here)."""

@@ -17,7 +17,7 @@ from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth, refusal_f
 from bearerguard._core.extract import bound_credentials, request_credentials
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
-from bearerguard.audit import RequestInfo
+from bearerguard.audit import RequestInfo, token_fields
 from bearerguard.dpop import DPoPPolicy, DPoPRequest, dpop_request
 from bearerguard.errors import AuthError, ConfigurationError, ServiceUnavailableError
 from bearerguard.guard import BearerGuard
@@ -169,6 +169,10 @@ class BearerGuardWSGIMiddleware:
         if not isinstance(guard, BearerGuard | TrustedIssuers):
             raise ConfigurationError("guard must be a BearerGuard or TrustedIssuers")
         guard.require_sync_side()
+        # The cache-hit fast path serves a plain single-issuer Bearer setup (decided once).
+        self._reusing = (
+            guard if isinstance(guard, BearerGuard) and not guard.sender_constrained else None
+        )
         self.app = app
         self.guard = guard
         self.public_paths = PublicPaths(public_paths)
@@ -190,6 +194,26 @@ class BearerGuardWSGIMiddleware:
             start_response(f"{status_code} {HTTPStatus(status_code).phrase}", headers)
             return [body]
         request = _describe(environ, path)
+        reusing = self._reusing
+        if (
+            reusing is not None
+            and header is not None
+            and header.startswith("Bearer ")
+            and "access_token" not in environ.get("QUERY_STRING", "")
+        ):
+            # A token seen before, sent the usual way: as in the ASGI middleware, a cache hit
+            # that needs no I/O is served here; anything else takes the general path.
+            entry = reusing.reused(header[7:].encode("latin-1", "replace"))
+            if entry is not None:
+                reused = entry.token
+                auth = RequestAuth(guard, reused, started, request, self.respond)
+                audit = guard.audit
+                if audit.records_accepted:
+                    described = entry.described
+                    if described is None:
+                        described = entry.described = token_fields(reused)
+                    audit.accepted(reused, auth, perf_counter() - started, described=described)
+                return self._call_app(environ, start_response, auth)
         try:
             # Servers join repeated headers with commas: such a value is not one b64token,
             # so it is refused as invalid_request, as two headers are over ASGI.
@@ -228,6 +252,11 @@ class BearerGuardWSGIMiddleware:
         auth = RequestAuth(guard, access, started, request, self.respond)
         if access is not None:
             guard.audit.accepted(access, auth, perf_counter() - started, binding=binding)
+        return self._call_app(environ, start_response, auth)
+
+    def _call_app(
+        self, environ: WSGIEnvironment, start_response: StartResponse, auth: RequestAuth
+    ) -> Iterable[bytes]:
         environ[SCOPE_KEY] = auth
         reset = current_auth.set(auth)
         try:

@@ -385,3 +385,61 @@ def test_same_metadata_and_challenges_text(session_issuer: DevIssuer) -> None:
                 (document.content, denied.status_code, denied.headers["www-authenticate"])
             )
     assert answers[0] == answers[1]
+
+
+# -- reused tokens: the cache-hit fast path of each middleware applies the same rules -------
+
+
+def _reused(call: Client, token: str) -> None:
+    """Send ``token`` until the middleware serves it from its fast path."""
+    for _ in range(3):
+        assert call("GET", "/me", headers=bearer(token)).status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["token", "subject", "client"])
+def test_revoking_a_reused_token_on_both_stacks(
+    call: Client, session_issuer: DevIssuer, store: MemoryRevocationStore, kind: str
+) -> None:
+    token = session_issuer.mint(sub="jo", client_id="app-3", jti="reused-1")
+    _reused(call, token)
+    store.revoke_subject_sync("someone-else")  # a change that does not concern it
+    assert call("GET", "/me", headers=bearer(token)).status_code == 200
+    if kind == "token":
+        store.revoke_token_sync("reused-1")
+    elif kind == "subject":
+        store.revoke_subject_sync("jo")
+    else:
+        store.revoke_client_sync("app-3")
+    with structlog.testing.capture_logs() as logged:
+        assert call("GET", "/me", headers=bearer(token)).status_code == 401
+    assert logged[0]["reason"] == "revoked"
+
+
+@pytest.mark.parametrize(("query", "status"), [("", 200), ("?x=1", 200), ("?access_token=t", 400)])
+def test_request_rules_hold_for_a_reused_token_on_both_stacks(
+    call: Client, session_issuer: DevIssuer, query: str, status: int
+) -> None:
+    token = session_issuer.mint()
+    _reused(call, token)
+    assert call("GET", f"/me{query}", headers=bearer(token)).status_code == status
+    joined = {"Authorization": f"Bearer {token}, Bearer {token}"}  # what WSGI servers make
+    assert call("GET", "/me", headers=joined).status_code == 400
+
+
+def test_reused_token_events_and_scope_checks_on_both_stacks(
+    call: Client, session_issuer: DevIssuer
+) -> None:
+    token = session_issuer.mint(sub="kai", scopes=["items:read"])
+    _reused(call, token)
+    with structlog.testing.capture_logs() as logged:
+        ok = call("GET", "/items", headers={**bearer(token), "X-Request-ID": "r-9"})
+        denied = call("POST", "/items", headers={**bearer(token), "X-Request-ID": "r-10"})
+    assert (ok.status_code, denied.status_code) == (200, 403)
+    assert [event["event"] for event in logged] == [
+        "token.accepted",
+        "token.accepted",
+        "scope.denied",
+    ]
+    assert [event["request_id"] for event in logged] == ["r-9", "r-10", "r-10"]
+    assert {event["sub"] for event in logged} == {"kai"}
+    assert logged[0]["scopes"] == ["items:read"]

@@ -27,7 +27,7 @@ from bearerguard._core.extract import (
 )
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
-from bearerguard.audit import RequestInfo, token_fields
+from bearerguard.audit import RequestInfo
 from bearerguard.dpop import DPoPPolicy, DPoPRequest, dpop_request
 from bearerguard.errors import (
     AuthError,
@@ -323,10 +323,8 @@ class BearerGuardMiddleware:
             )
             audit = guard.audit
             if audit.records_accepted:
-                described = entry.described
-                if described is None:
-                    described = entry.described = token_fields(reused)
-                audit.accepted(reused, auth, perf_counter() - started, described=described)
+                latency = perf_counter() - started
+                audit.accepted(reused, auth, latency, described=entry.audit_fields())
         else:
             if resource is not None and kind == "http" and scope["path"] in resource.paths:
                 await _serve_metadata(resource, scope, send)

@@ -44,7 +44,7 @@ from bearerguard._core.keys import (
 )
 from bearerguard._core.mtls import check_certificate_binding
 from bearerguard._core.scopes import ScopeImplications, parse_scope_claim_paths, read_scopes
-from bearerguard.audit import AuditLog, RequestInfo
+from bearerguard.audit import AuditLog, RequestInfo, token_fields
 from bearerguard.dpop import DPoPPolicy, DPoPRequest
 from bearerguard.errors import (
     AuthError,
@@ -123,11 +123,16 @@ class Verified:
     cleared: int = 0
     """The memory store's table version at which the token was last found unrevoked."""
     described: dict[str, Any] | None = None
-    """The token's audit event fields (``bearerguard.audit.token_fields``), built at the
-    first reuse that records an event."""
     attached: Any = None
     """What an integration derived from the token once and reuses on every hit (the ASGI
     middleware keeps Starlette's ``request.auth`` and ``request.user`` objects here)."""
+
+    def audit_fields(self) -> dict[str, Any]:
+        """The token's audit event fields (``token_fields``), built at the first call."""
+        described = self.described
+        if described is None:
+            described = self.described = token_fields(self.token)
+        return described
 
 
 def _credentials(token: str | bytes) -> tuple[bytes, bytes]:

@@ -17,7 +17,7 @@ from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth, refusal_f
 from bearerguard._core.extract import bound_credentials, request_credentials
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
-from bearerguard.audit import RequestInfo, token_fields
+from bearerguard.audit import RequestInfo
 from bearerguard.dpop import DPoPPolicy, DPoPRequest, dpop_request
 from bearerguard.errors import AuthError, ConfigurationError, ServiceUnavailableError
 from bearerguard.guard import BearerGuard
@@ -209,10 +209,8 @@ class BearerGuardWSGIMiddleware:
                 auth = RequestAuth(guard, reused, started, request, self.respond)
                 audit = guard.audit
                 if audit.records_accepted:
-                    described = entry.described
-                    if described is None:
-                        described = entry.described = token_fields(reused)
-                    audit.accepted(reused, auth, perf_counter() - started, described=described)
+                    latency = perf_counter() - started
+                    audit.accepted(reused, auth, latency, described=entry.audit_fields())
                 return self._call_app(environ, start_response, auth)
         try:
             # Servers join repeated headers with commas: such a value is not one b64token,

@@ -460,7 +460,7 @@ class BearerGuard:
     def reused(self, credentials: bytes) -> Verified | None:
         """The cache entry of a token verified before, when nothing on this request needs I/O.
 
-        For the ASGI middleware's hot path: answers only a cache hit whose key set is fresh
+        For the middlewares' hot path: answers only a cache hit whose key set is fresh
         and still holds its key, with a revocation store that answers without waiting
         (``nonblocking``) and no usage monitor. Anything else, refusals included, returns
         ``None`` and goes through ``authenticate``, which applies every rule and carries the

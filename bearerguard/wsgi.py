@@ -199,7 +199,7 @@ class BearerGuardWSGIMiddleware:
             reusing is not None
             and header is not None
             and header.startswith("Bearer ")
-            and "access_token" not in environ.get("QUERY_STRING", "")
+            and "access_token" not in str(environ.get("QUERY_STRING", ""))
         ):
             # A token seen before, sent the usual way: as in the ASGI middleware, a cache hit
             # that needs no I/O is served here; anything else takes the general path.

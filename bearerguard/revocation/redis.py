@@ -690,8 +690,8 @@ class RedisRevocationStore:
         if task is not None and not task.done():
             if loop is asyncio.get_running_loop():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                # Bounded: the mirror ends at its next step even if the cancellation is lost.
+                await asyncio.wait({task}, timeout=self._timeout + 1.0)
             elif loop is not None and not loop.is_closed():
                 loop.call_soon_threadsafe(task.cancel)
         thread = self._thread
@@ -877,7 +877,10 @@ class RedisRevocationStore:
             try:
                 flow = session(mirror, self._layout, clock=self._clock)
                 reply: Any = None
-                while True:
+                # Checked at every step, not only left to cancellation: a client library that
+                # swallows a CancelledError (seen with redis-py's reads under uvloop) would
+                # otherwise keep the mirror running after aclose().
+                while not self._closed:
                     reply = await self._perform(client, pubsub, flow.send(reply))
             except Exception as exc:  # noqa: BLE001 - any failure ends the session: resync
                 attempt = self._lost(mirror, exc, attempt)

@@ -147,16 +147,24 @@ def _fingerprint(digest: bytes) -> str:
 
 def _nonblocking_checks(
     store: RevocationStore,
-) -> tuple[Callable[[AccessToken], bool] | None, RevocationTable | None]:
-    """How a reuse asks ``store`` without a coroutine: its synchronous check when it never
-    blocks, and the built-in memory store's table (not a subclass's, which may answer
-    differently), whose version says when a token cleared before needs no new lookup."""
+) -> tuple[
+    Callable[[AccessToken], bool] | None,
+    Callable[[AccessToken], bool] | None,
+    RevocationTable | None,
+]:
+    """How ``store`` is asked without a coroutine: its synchronous check when it never
+    blocks (for every request); what a reuse asks first, which may raise to say "not now"
+    (``is_revoked_now``, else that same check); and the built-in memory store's table (not
+    a subclass's, which may answer differently), whose version says when a token cleared
+    before needs no new lookup."""
     revoked_now = (
         store.is_revoked_sync
         if getattr(store, "nonblocking", False) and isinstance(store, SyncRevocationStore)
         else None
     )
-    return revoked_now, store.table if type(store) is MemoryRevocationStore else None
+    answer_now = getattr(store, "is_revoked_now", None)
+    reuse_check = answer_now if callable(answer_now) else revoked_now
+    return revoked_now, reuse_check, store.table if type(store) is MemoryRevocationStore else None
 
 
 def _static_keys(keys: Any, allowed: frozenset[str]) -> KeySet:
@@ -391,7 +399,7 @@ class BearerGuard:
         # Protocol checks are slow: decided once here, not per request.
         store = self.revocation
         self._sync_store = store if isinstance(store, SyncRevocationStore) else None
-        self._revoked_now, self._revocations = _nonblocking_checks(store)
+        self._revoked_now, self._reuse_check, self._revocations = _nonblocking_checks(store)
         self._introspector = _introspector(introspection)
         self.usage = _usage_monitor(usage)
         self._async_usage = self.usage if isinstance(self.usage, UsageMonitor) else None
@@ -461,13 +469,13 @@ class BearerGuard:
         """The cache entry of a token verified before, when nothing on this request needs I/O.
 
         For the middlewares' hot path: answers only a cache hit whose key set is fresh
-        and still holds its key, with a revocation store that answers without waiting
-        (``nonblocking``) and no usage monitor. Anything else, refusals included, returns
-        ``None`` and goes through ``authenticate``, which applies every rule and carries the
-        details a refusal needs.
+        and still holds its key, whose revocation store answers without waiting
+        (``nonblocking``, or ``is_revoked_now`` when it can), with no usage monitor.
+        Anything else, refusals included, returns ``None`` and goes through
+        ``authenticate``, which applies every rule and carries the details a refusal needs.
         """
         cache = self._cache
-        revoked_now = self._revoked_now
+        revoked_now = self._reuse_check
         if cache is None or revoked_now is None or self.usage is not None:
             return None
         entry = cache.get(hashlib.sha256(credentials).digest())

@@ -603,3 +603,32 @@ async def test_the_guard_answers_503_when_redis_goes_down(
         transport=httpx.ASGITransport(app=lenient), base_url="http://t"
     ) as client:
         assert (await client.get("/me", headers=headers)).status_code == 200  # chosen: open
+
+
+@pytest.mark.anyio
+async def test_reused_tokens_are_cleared_by_the_mirror_without_a_round_trip(
+    session_issuer: DevIssuer,
+    private_redis: RedisServer,
+    stores: Callable[..., RedisRevocationStore],
+) -> None:
+    mirrored = stores(private_redis.url, failure_timeout=0.5, socket_timeout=0.3)
+    direct = stores(private_redis.url, mirror=False)
+    with pytest.raises(RevocationStoreError):
+        mirrored.is_revoked_now(token())  # not started: the guard must ask is_revoked
+    with pytest.raises(RevocationStoreError):
+        direct.is_revoked_now(token())  # no mirror: every answer is a round trip
+    guard = session_issuer.guard(revocation=mirrored)
+    await mirrored.start()
+    revoked, kept = (session_issuer.mint(sub=sub).encode() for sub in ("gil", "hal"))
+    for credentials in (revoked, kept) * 2:
+        await guard.authenticate(credentials)
+    assert guard.reused(revoked) is not None  # the mirror answered: no coroutine
+    await direct.revoke_subject("gil", issuer=session_issuer.url)
+    await eventually(lambda: guard.reused(revoked) is None, 1.0)
+    assert guard.reused(kept) is not None
+    private_redis.stop()
+    # Out of contact, the mirror cannot answer: the reuse path steps aside, and the guard's
+    # own path fails closed (see test_the_guard_answers_503_when_redis_goes_down).
+    await eventually(lambda: guard.reused(kept) is None, 2.0)
+    with pytest.raises(RevocationStoreError):
+        mirrored.is_revoked_now(token())

@@ -24,7 +24,10 @@ class RevocationStore(Protocol):
 
     A store whose ``is_revoked_sync`` answers from memory without ever waiting may set a
     class attribute ``nonblocking = True``: the guard then calls that method directly on the
-    event loop and saves a coroutine per request.
+    event loop and saves a coroutine per request. A store that can answer so only at times
+    (a mirror that may be out of contact) may offer ``is_revoked_now(token) -> bool`` instead,
+    raising whenever it cannot answer that way: the middlewares ask it first for a token
+    served from the cache, and ``is_revoked`` when it raises.
     """
 
     async def is_revoked(self, token: AccessToken) -> bool:

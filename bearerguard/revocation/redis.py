@@ -457,6 +457,21 @@ class RedisRevocationStore:
                 mirror.settled.wait(self._failure_timeout)  # the first requests wait for it
         return mirror.check(token, self._clock())
 
+    def is_revoked_now(self, token: AccessToken) -> bool:
+        """Whether ``token`` is revoked, answered from the mirror without I/O or waiting.
+
+        What the guard asks first for a token it has cached; when this raises, it asks
+        ``is_revoked``, which starts the mirror, waits for it, or fails closed.
+
+        Raises:
+            RevocationStoreError: no mirror (every check is a round trip), or the mirror
+                cannot answer now (not started, not synchronised, or out of contact).
+        """
+        mirror = self._mirror
+        if mirror is None:
+            raise RevocationStoreError("no mirror: every check asks Redis")
+        return mirror.check(token, self._clock())
+
     async def is_revoked(self, token: AccessToken) -> bool:
         """Whether ``token``, its subject or its client has been revoked (no I/O with a mirror).
 

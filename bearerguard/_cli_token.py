@@ -354,7 +354,7 @@ def inspect_token(token: str, *, now: float | None = None) -> dict[str, Any]:
         error class, reason and detail that would refuse it), ``header``, ``claims``,
         ``times`` and ``notes``.
     """
-    from bearerguard._core.jws import decode_json_object, parse_compact  # noqa: PLC0415
+    from bearerguard._core.jws import decode_payload, parse_compact  # noqa: PLC0415
     from bearerguard.errors import AuthError  # noqa: PLC0415
 
     now = time.time() if now is None else now
@@ -365,7 +365,7 @@ def inspect_token(token: str, *, now: float | None = None) -> dict[str, Any]:
     try:
         jws = parse_compact(token)
         header = jws.header
-        claims = decode_json_object(jws.payload_segment, "payload")
+        claims = decode_payload(jws)
     except AuthError as exc:
         structure = {
             "ok": False,

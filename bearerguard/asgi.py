@@ -308,19 +308,7 @@ class BearerGuardMiddleware:
             if attached is None:  # once per cached token: reused by every later request
                 attached = entry.attached = (TokenCredentials(reused), TokenUser(reused))
             scope["auth"], scope["user"] = attached
-            client = scope.get("client")
-            auth = RequestAuth(
-                guard,
-                access,
-                started,
-                (
-                    scope["method"],
-                    scope["path"],
-                    client[0] if client else None,
-                    request_id.decode("latin-1") if request_id else None,
-                ),
-                _respond,
-            )
+            auth = RequestAuth(guard, access, started, _describe(scope, request_id), _respond)
             audit = guard.audit
             if audit.records_accepted:
                 latency = perf_counter() - started

@@ -118,8 +118,8 @@ class Verified:
     valid_until: float
     key: VerificationKey
     key_set: KeySet | None = None
-    """The published key set ``key`` was last found in (stamped by ``_cached``): while it is
-    still the current one, a reuse needs no membership check."""
+    """The published key set ``key`` was found in (at verification, then by ``_cached``):
+    while it is still the current one, a reuse needs no membership check."""
     cleared: int = 0
     """The memory store's table version at which the token was last found unrevoked."""
     described: dict[str, Any] | None = None
@@ -533,8 +533,6 @@ class BearerGuard:
         credentials, digest = _credentials(token)
         try:
             verified = self._cached(digest)
-            if self.metrics is not None:
-                self.metrics.increment(CACHE, _MISS if verified is None else _HIT)
             if verified is not None:
                 access = verified.token
             elif self._introspector is not None and not looks_compact(
@@ -598,8 +596,6 @@ class BearerGuard:
         credentials, digest = _credentials(token)
         try:
             verified = self._cached(digest)
-            if self.metrics is not None:
-                self.metrics.increment(CACHE, _MISS if verified is None else _HIT)
             if verified is not None:
                 access = verified.token
             elif self._introspector is not None and not looks_compact(
@@ -715,6 +711,13 @@ class BearerGuard:
             raise refusal
 
     def _cached(self, digest: bytes) -> Verified | None:
+        """The cache entry for ``digest`` if it may still be used, counted as a hit or miss."""
+        verified = self._usable_entry(digest)
+        if self.metrics is not None:
+            self.metrics.increment(CACHE, _MISS if verified is None else _HIT)
+        return verified
+
+    def _usable_entry(self, digest: bytes) -> Verified | None:
         cache = self._cache
         if cache is None:
             return None
@@ -753,7 +756,7 @@ class BearerGuard:
         """Verify a parsed token; raises ``_KeysNeeded`` when the key set must be fetched."""
         header = jws.header
         try:
-            key = self._select_key(jws, refreshed=refreshed)
+            key, key_set = self._select_key(jws, refreshed=refreshed)
             if not verify_signature(key, header["alg"], jws.signing_input, jws.signature):
                 raise BadSignatureError("signature does not verify")  # noqa: TRY301 - gets the header
             claims = decode_payload(jws)
@@ -775,7 +778,7 @@ class BearerGuard:
             raise
         except Exception as exc:
             raise _unexpected(exc, jws) from exc
-        verified = Verified(access, times.valid_until, key)
+        verified = Verified(access, times.valid_until, key, key_set)
         cache = self._cache
         if cache is not None:
             if len(cache) >= self._cache_size:
@@ -802,7 +805,11 @@ class BearerGuard:
         except Exception as exc:
             raise _unexpected(exc, None) from exc
 
-    def _select_key(self, jws: CompactJWS, *, refreshed: bool) -> VerificationKey:
+    def _select_key(
+        self, jws: CompactJWS, *, refreshed: bool
+    ) -> tuple[VerificationKey, KeySet | None]:
+        """The trusted key for ``jws``, and the published set it was found in (``None`` for
+        the shared secret): a cache entry is stamped with that set."""
         header = jws.header
         alg: str = header["alg"]
         if alg not in self.algorithms:
@@ -812,7 +819,7 @@ class BearerGuard:
             assert self._secret is not None  # noqa: S101 - guaranteed by __init__
             if alg not in self._secret.algorithms:
                 raise UnsupportedAlgorithmError("the shared secret is too short for this alg")
-            return self._secret
+            return self._secret, None
         kid: str | None = header.get("kid")
         cache = self._keys
         keys = cache.keys
@@ -827,7 +834,7 @@ class BearerGuard:
                 raise KeySetUnavailableError("no usable key set")
         key = keys.key_for(kid, alg)
         if key is not None:
-            return key
+            return key, keys
         if not refreshed and cache.may_refresh_for_unknown_kid(now):
             raise _KeysNeeded(unknown_kid=True)
         if cache.last_failed:
@@ -1044,7 +1051,7 @@ class BearerGuard:
             raise _unexpected(exc, jws) from exc
 
     def _check_signature(self, jws: CompactJWS, *, refreshed: bool) -> None:
-        key = self._select_key(jws, refreshed=refreshed)
+        key, _ = self._select_key(jws, refreshed=refreshed)
         if not verify_signature(key, jws.alg, jws.signing_input, jws.signature):
             raise BadSignatureError("signature does not verify")
 

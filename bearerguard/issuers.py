@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 
 from bearerguard._core.extract import check_b64token
-from bearerguard._core.jws import decode_json_object, looks_compact, parse_compact
+from bearerguard._core.jws import decode_payload, looks_compact, parse_compact
 from bearerguard._core.scopes import ScopeImplications
 from bearerguard.audit import AuditLog, RequestInfo
 from bearerguard.dpop import DPoPPolicy, DPoPRequest
@@ -303,7 +303,7 @@ def _unverified_issuer(token: str | bytes) -> tuple[str | None, dict[str, Any] |
         if not looks_compact(text):
             return None, None
         jws = parse_compact(text)
-        claims = decode_json_object(jws.payload_segment, "payload")
+        claims = decode_payload(jws)
     except Exception:  # noqa: BLE001 - the primary guard refuses it with the precise reason
         return None, None
     issuer = claims.get("iss")

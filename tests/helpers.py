@@ -1,9 +1,10 @@
-"""Small helpers shared by the tests: base64url and hand-made tokens."""
+"""Small helpers shared by the tests: base64url, hand-made tokens, a settable clock."""
 
 from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Any
 
 
@@ -20,3 +21,16 @@ def segment(value: Any) -> str:
 def compact(header: Any, payload: Any, signature: bytes = b"sig") -> str:
     """A compact JWS from parts, signed with nothing in particular."""
     return f"{segment(header)}.{segment(payload)}.{b64(signature)}"
+
+
+class Clock:
+    """Epoch seconds that move only when told to (``now`` is set, or ``advance`` called)."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -7,7 +7,6 @@ so the second request goes through ``BearerGuard.reused`` rather than ``authenti
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,16 +24,9 @@ from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.metrics import CACHE, DECISIONS, InMemoryMetrics
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
+from tests.helpers import Clock
 
 pytestmark = pytest.mark.anyio
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def me(request: Request) -> JSONResponse:
@@ -282,3 +274,13 @@ async def test_a_store_subclass_is_asked_on_every_reuse(session_issuer: DevIssue
             assert (await http.get("/me", headers=bearer(token))).status_code == 200
         store.revoked = True  # no write through the store's methods: nothing to notice
         assert (await http.get("/me", headers=bearer(token))).status_code == 401
+
+
+async def test_the_first_reuse_already_takes_the_fast_path(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard()
+    token = session_issuer.mint()
+    assert guard.reused(token.encode()) is None  # never seen
+    await guard.authenticate(token)
+    entry = guard.reused(token.encode())
+    assert entry is not None
+    assert entry.key_set is not None  # stamped with the set its key came from

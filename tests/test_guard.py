@@ -23,6 +23,7 @@ from bearerguard.errors import (
     UnsupportedAlgorithmError,
 )
 from bearerguard.testing import DevIssuer
+from tests.helpers import Clock
 
 pytestmark = pytest.mark.anyio
 ISS = "https://issuer.example"
@@ -159,14 +160,6 @@ async def test_azp_stands_in_for_client_id(session_issuer: DevIssuer) -> None:
     guard = session_issuer.guard()
     token = await guard.authenticate(session_issuer.mint(client_id=None, azp="spa"))
     assert token.client_id == "spa"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_cached_tokens_still_expire(session_issuer: DevIssuer) -> None:

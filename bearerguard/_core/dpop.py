@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from bearerguard._core.jws import decode_json_object, parse_compact
+from bearerguard._core.jws import decode_payload, parse_compact
 from bearerguard._core.keys import (
     ASYMMETRIC_ALGORITHMS,
     VerificationKey,
@@ -165,7 +165,7 @@ def check_proof(
     # Step 2: a well-formed, strict compact JWS.
     try:
         jws = parse_compact(proof)
-        claims = decode_json_object(jws.payload_segment, "payload")
+        claims = decode_payload(jws)
     except AuthError as exc:
         raise _invalid(f"not a strict compact JWS: {exc.detail}") from exc
     header = jws.header

@@ -294,13 +294,10 @@ class BearerGuardMiddleware:
                     credentials = value
                 elif name == b"x-request-id":
                     request_id = value
-            if (
-                credentials is not None
-                and not repeated
-                and credentials.startswith(b"Bearer ")
-                and b"access_token" not in scope.get("query_string", b"")
-            ):
-                entry = reusing.reused(credentials[7:])
+            if credentials is not None and not repeated and credentials[:7] == b"Bearer ":
+                query = scope.get("query_string")
+                if not query or b"access_token" not in query:
+                    entry = reusing.reused(credentials[7:])
         access: AccessToken | None
         if entry is not None:
             reused = access = entry.token

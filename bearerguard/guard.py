@@ -135,10 +135,13 @@ class Verified:
         return described
 
 
+_sha256 = hashlib.sha256  # one global lookup on the hot paths
+
+
 def _credentials(token: str | bytes) -> tuple[bytes, bytes]:
     """The token's bytes and their SHA-256, the key of the verification cache."""
     credentials = token if isinstance(token, bytes) else token.encode("latin-1", "replace")
-    return credentials, hashlib.sha256(credentials).digest()
+    return credentials, _sha256(credentials).digest()
 
 
 def _fingerprint(digest: bytes) -> str:
@@ -478,7 +481,7 @@ class BearerGuard:
         revoked_now = self._reuse_check
         if cache is None or revoked_now is None or self.usage is not None:
             return None
-        entry = cache.get(hashlib.sha256(credentials).digest())
+        entry = cache.get(_sha256(credentials).digest())
         if entry is None:
             return None
         now = self.clock()

@@ -48,7 +48,7 @@ from bearerguard.introspection import (
     Introspector,
 )
 from bearerguard.revocation import IntrospectionRevocationStore, MemoryRevocationStore
-from bearerguard.testing import DevIssuer
+from bearerguard.testing import DevIssuer, _ServingThread
 from tests.apps import build_app, build_flask_app
 
 CLIENT_ID = "api server"  # a space and a colon below: both must survive RFC 6749 §2.3.1
@@ -101,8 +101,7 @@ class IntrospectionServer:
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self._serving = _ServingThread(self._server)
 
     @property
     def endpoint(self) -> str:
@@ -129,17 +128,11 @@ class IntrospectionServer:
         self.tokens[token] = {"active": False}
 
     def __enter__(self) -> IntrospectionServer:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self._thread.start()
+        self._serving.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        assert self._thread is not None
-        self._thread.join()
-        self._server.server_close()
+        self._serving.close()
 
     def _authenticate(self, headers: dict[str, str], form: dict[str, list[str]]) -> str | None:
         basic = headers.get("authorization", "")

@@ -212,7 +212,8 @@ def parse_credentials(credentials: bytes, text: str | None = None) -> CompactJWS
     """
     standard = credentials.translate(_TO_STANDARD)
     segments = standard.split(b".", 3)
-    if len(segments) != 3 or b"*" in standard:
+    # find() rather than "in": bytes.__contains__ first tries the operand as an integer.
+    if len(segments) != 3 or standard.find(b"*") != -1:
         return None
     header_segment, payload_segment, signature_segment = segments
     if not (header_segment and payload_segment and signature_segment):

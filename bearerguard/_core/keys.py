@@ -8,6 +8,8 @@ under 2048 bits are never loaded from a key set.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -60,16 +62,21 @@ def _pss(digest: hashes.HashAlgorithm) -> padding.PSS:
     return padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
 
 
-# RSA signatures are checked with the key object itself and padding and hash objects built
-# once (RFC 7518 §3.3, §3.5), as PyJWT would but without building them for every token.
-_RSA_SCHEMES: dict[str, tuple[padding.AsymmetricPadding, hashes.HashAlgorithm]] = {
-    "RS256": (padding.PKCS1v15(), hashes.SHA256()),
-    "RS384": (padding.PKCS1v15(), hashes.SHA384()),
-    "RS512": (padding.PKCS1v15(), hashes.SHA512()),
+# RSASSA-PSS signatures are checked with the key object itself and padding and hash objects
+# built once (RFC 7518 §3.5), as PyJWT would but without building them for every token.
+_PSS_SCHEMES: dict[str, tuple[padding.AsymmetricPadding, hashes.HashAlgorithm]] = {
     "PS256": (_pss(hashes.SHA256()), hashes.SHA256()),
     "PS384": (_pss(hashes.SHA384()), hashes.SHA384()),
     "PS512": (_pss(hashes.SHA512()), hashes.SHA512()),
 }
+# RSASSA-PKCS1-v1_5 (RFC 7518 §3.3): each hash with the DER DigestInfo prefix its encoding
+# starts with (RFC 8017 §9.2, note 1).
+_PKCS1V15_DIGESTS: dict[str, tuple[Any, bytes]] = {
+    "RS256": (hashlib.sha256, bytes.fromhex("3031300d060960864801650304020105000420")),
+    "RS384": (hashlib.sha384, bytes.fromhex("3041300d060960864801650304020205000430")),
+    "RS512": (hashlib.sha512, bytes.fromhex("3051300d060960864801650304020305000440")),
+}
+_PKCS1V15 = padding.PKCS1v15()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -95,7 +102,10 @@ def verify_signature(
     The caller has already checked that ``alg`` is one of ``key.algorithms``, so an RS* or
     PS* ``alg`` comes with an RSA key.
     """
-    scheme = _RSA_SCHEMES.get(alg)
+    pkcs1 = _PKCS1V15_DIGESTS.get(alg)
+    if pkcs1 is not None:
+        return _verify_pkcs1v15(key.key, pkcs1, signing_input, signature)
+    scheme = _PSS_SCHEMES.get(alg)
     if scheme is None:
         return _IMPLEMENTATIONS[alg].verify(signing_input, key.key, signature)
     try:
@@ -103,6 +113,29 @@ def verify_signature(
     except InvalidSignature:
         return False
     return True
+
+
+def _verify_pkcs1v15(
+    public_key: rsa.RSAPublicKey,
+    digest: tuple[Any, bytes],
+    signing_input: bytes,
+    signature: bytes,
+) -> bool:
+    """RSASSA-PKCS1-V1_5-VERIFY (RFC 8017 §8.2.2), by encoding and comparing.
+
+    OpenSSL applies RSAVP1 and checks the padding (``00 01``, at least eight ``FF``, ``00``);
+    what follows must then be exactly the expected DigestInfo and hash (steps 3 and 4), so
+    nothing is parsed and no trailing data can hide. This equals ``RSAPublicKey.verify``
+    and saves its per-call hash and context set-up (``docs/performance.md``).
+    """
+    if len(signature) != (public_key.key_size + 7) // 8:
+        return False  # step 1: the recovery alone would accept a shortened signature
+    try:
+        recovered = public_key.recover_data_from_signature(signature, _PKCS1V15, None)
+    except InvalidSignature:
+        return False
+    hash_function, digest_info = digest
+    return hmac.compare_digest(recovered, digest_info + hash_function(signing_input).digest())
 
 
 def _algorithms_for_public_key(public_key: Any) -> frozenset[str]:

@@ -339,7 +339,7 @@ class BearerGuard:
         ConfigurationError: an inconsistent or unsafe configuration.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - one statement per setting
         self,
         *,
         issuer: str,
@@ -440,6 +440,11 @@ class BearerGuard:
         # single dict operations stay safe under WSGI threads without a lock.
         self._cache: dict[bytes, Verified] | None = {} if cache_size > 0 else None
         self._cache_size = cache_size
+        # What reused() looks in: no cache when a reuse may need I/O (the store has no
+        # answer without a coroutine, or usage monitoring counts every use).
+        self._reuse_cache = (
+            self._cache if self._reuse_check is not None and self.usage is None else None
+        )
         self._refreshing: anyio.Event | None = None
         self._fetch_lock = threading.Lock()
         self._fetch_timeout = (fetch or FetchPolicy()).timeout
@@ -477,9 +482,8 @@ class BearerGuard:
         Anything else, refusals included, returns ``None`` and goes through
         ``authenticate``, which applies every rule and carries the details a refusal needs.
         """
-        cache = self._cache
-        revoked_now = self._reuse_check
-        if cache is None or revoked_now is None or self.usage is not None:
+        cache = self._reuse_cache
+        if cache is None:
             return None
         entry = cache.get(_sha256(credentials).digest())
         if entry is None:
@@ -493,8 +497,9 @@ class BearerGuard:
         table = self._revocations
         version = 0 if table is None else table.version  # read before the lookup it vouches for
         if version == 0 or entry.cleared != version:
+            revoked_now = self._reuse_check
             try:
-                if revoked_now(entry.token):
+                if revoked_now is None or revoked_now(entry.token):
                     return None
             except Exception:  # noqa: BLE001 - authenticate applies the failure policy
                 return None

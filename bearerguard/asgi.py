@@ -296,7 +296,7 @@ class BearerGuardMiddleware:
                     request_id = value
             if credentials is not None and not repeated and credentials[:7] == b"Bearer ":
                 query = scope.get("query_string")
-                if not query or b"access_token" not in query:
+                if not query or query.find(b"access_token") == -1:  # find: see has_query_token
                     entry = reusing.reused(credentials[7:])
         access: AccessToken | None
         if entry is not None:

@@ -32,6 +32,7 @@ from jwt.utils import base64url_decode
 from starlette.types import ASGIApp, Message, Scope
 
 from bearerguard import BearerGuard
+from bearerguard._core.keys import VerificationKey, verify_signature
 from bearerguard.audit import RequestInfo, token_fields
 from bearerguard.testing import DevIssuer
 from benchmarks.apps import (
@@ -375,6 +376,12 @@ def _cases(issuer: DevIssuer, settings: Settings, plan: Plan, token: str) -> lis
     def rsa_verify() -> None:
         public_key.verify(signature, signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
 
+    rsa_key = VerificationKey(kid=None, algorithms=frozenset({"RS256"}), key=public_key)
+    signed = signing_input.encode()
+
+    def rsa_check() -> None:
+        verify_signature(rsa_key, "RS256", signed, signature)
+
     def pyjwt_decode() -> object:
         return jwt.decode(
             token,
@@ -484,9 +491,15 @@ def _cases(issuer: DevIssuer, settings: Settings, plan: Plan, token: str) -> lis
         ),
         CallCase(
             "rsa_verify",
-            "RSA PKCS#1 v1.5 verify alone (cryptography), the floor",
+            "RSA PKCS#1 v1.5 verify alone (cryptography's verify)",
             "jwt_decode",
             call=rsa_verify,
+        ),
+        CallCase(
+            "rsa_check",
+            "RSA PKCS#1 v1.5 as bearerguard checks it (recovery, then encoding compared)",
+            "jwt_decode",
+            call=rsa_check,
         ),
         CallCase("jwt_decode", "jwt.decode (key object at hand)", None, call=pyjwt_decode),
         CallCase(

@@ -198,7 +198,7 @@ class BearerGuardWSGIMiddleware:
         if (
             reusing is not None
             and header is not None
-            and header[:7] == "Bearer "
+            and header.startswith("Bearer ")
             and "access_token" not in str(environ.get("QUERY_STRING", ""))
         ):
             # A token seen before, sent the usual way: as in the ASGI middleware, a cache hit

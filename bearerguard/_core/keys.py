@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +71,7 @@ _PSS_SCHEMES: dict[str, tuple[padding.AsymmetricPadding, hashes.HashAlgorithm]] 
 }
 # RSASSA-PKCS1-v1_5 (RFC 7518 §3.3): each hash with the DER DigestInfo prefix its encoding
 # starts with (RFC 8017 §9.2, note 1).
-_PKCS1V15_DIGESTS: dict[str, tuple[Any, bytes]] = {
+_PKCS1V15_DIGESTS: dict[str, tuple[Callable[[bytes], Any], bytes]] = {
     "RS256": (hashlib.sha256, bytes.fromhex("3031300d060960864801650304020105000420")),
     "RS384": (hashlib.sha384, bytes.fromhex("3041300d060960864801650304020205000430")),
     "RS512": (hashlib.sha512, bytes.fromhex("3051300d060960864801650304020305000440")),
@@ -117,7 +117,7 @@ def verify_signature(
 
 def _verify_pkcs1v15(
     public_key: rsa.RSAPublicKey,
-    digest: tuple[Any, bytes],
+    digest: tuple[Callable[[bytes], Any], bytes],
     signing_input: bytes,
     signature: bytes,
 ) -> bool:

@@ -132,3 +132,15 @@ def test_a_signature_not_of_the_modulus_length_fails() -> None:
 )
 def test_degenerate_signature_values_fail(signature: bytes) -> None:
     assert not verify_signature(KEY, "RS256", MESSAGE, signature)
+
+
+@pytest.mark.parametrize("bits", [2050, 3072])
+def test_moduli_of_other_sizes(bits: int) -> None:
+    # A 2050-bit modulus takes 257-octet signatures: the length rule rounds up.
+    private = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    key = VerificationKey(kid=None, algorithms=frozenset({"RS256"}), key=private.public_key())
+    signature = private.sign(MESSAGE, padding.PKCS1v15(), hashes.SHA256())
+    assert len(signature) == (bits + 7) // 8
+    assert verify_signature(key, "RS256", MESSAGE, signature)
+    assert not verify_signature(key, "RS256", MESSAGE + b"x", signature)
+    assert not verify_signature(key, "RS256", MESSAGE, signature[1:] + b"\x00")

@@ -9,6 +9,7 @@ stays bounded by about the socket timeout.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -20,7 +21,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
-__all__ = ["again", "again_sync", "async_client", "sync_client"]
+from bearerguard.errors import ConfigurationError
+
+__all__ = ["DEFAULT_URL", "RedisClients", "again", "again_sync", "async_client", "sync_client"]
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 _T = TypeVar("_T")
 
@@ -57,3 +62,72 @@ async def again(call: Callable[[], Awaitable[_T]], timeout: float) -> _T:
         if time.monotonic() - started > timeout / 2:
             raise
     return await call()
+
+
+class RedisClients:
+    """The clients of one Redis-backed component, and which of them it owns.
+
+    Clients given by the application are used as they are and never closed here. From a URL
+    (``DEFAULT_URL`` when nothing is given), the clients are built and owned: ``close`` and
+    ``aclose`` close them, and the asynchronous one is rebuilt for each event loop it is
+    used in, as redis.asyncio connections belong to one loop.
+    """
+
+    def __init__(
+        self,
+        url: str | None,
+        client: redis.Redis | None,
+        async_client: aredis.Redis | None,
+        *,
+        socket_timeout: float,
+        connect_timeout: float,
+        max_connections: int,
+        client_name: str,
+    ) -> None:
+        if url is not None and (client is not None or async_client is not None):
+            raise ConfigurationError("give either a URL or clients, not both")
+        if client is None and async_client is None:
+            url = DEFAULT_URL if url is None else url
+            if not url.startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigurationError("url must start with redis://, rediss:// or unix://")
+        self.url = url
+        self.options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+            "health_check_interval": 0,
+            "client_name": client_name,
+            "max_connections": max_connections,
+            "timeout": socket_timeout,  # the longest wait for a free pooled connection
+        }
+        self._owns_sync = client is None and url is not None
+        self.sync: redis.Redis | None = (
+            sync_client(url, self.options) if url is not None and self._owns_sync else client
+        )
+        self._owns_async = async_client is None and url is not None
+        self.asynchronous: aredis.Redis | None = async_client
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def use_loop(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Make the asynchronous client one for ``loop``; ``True`` when the loop is new to it."""
+        if self._loop is loop:
+            return False
+        if self._owns_async and self.url is not None:
+            self.asynchronous = async_client(self.url, self.options)
+        self._loop = loop
+        return True
+
+    async def aclose(self) -> None:
+        """Close the owned clients: the asynchronous one from its own loop, then the other."""
+        client = self.asynchronous
+        if self._owns_async and client is not None:
+            self.asynchronous = None
+            if self._loop is asyncio.get_running_loop():
+                await client.aclose()
+        self.close()
+
+    def close(self) -> None:
+        """Close the owned synchronous client (``aclose`` closes the asynchronous one)."""
+        client = self.sync
+        if self._owns_sync and client is not None:
+            self.sync = None
+            client.close()

@@ -48,14 +48,13 @@ from bearerguard._core.usage import (
     verdict_of,
     window_at,
 )
-from bearerguard._redis import again, again_sync, async_client, sync_client
+from bearerguard._redis import DEFAULT_URL, RedisClients, again, again_sync
 from bearerguard.errors import ConfigurationError
 from bearerguard.token import AccessToken
 from bearerguard.usage import UsageMonitorError
 
 __all__ = ["DEFAULT_URL", "OBSERVE_SCRIPT", "RedisUsageMonitor"]
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _T = TypeVar("_T")
 
 # KEYS, five per counted key: uses now, uses before, addresses now, addresses before, marker.
@@ -168,45 +167,31 @@ class RedisUsageMonitor:
     ) -> None:
         if not isinstance(policy, UsagePolicy):
             raise ConfigurationError("policy must be a UsagePolicy")
-        if url is not None and (client is not None or async_client is not None):
-            raise ConfigurationError("give either a URL or clients, not both")
         if not isinstance(namespace, str) or not namespace or any(c in namespace for c in "\0\n"):
             raise ConfigurationError("namespace must be a non-empty string")
         if min(socket_timeout, connect_timeout) <= 0 or failure_cooldown < 0:
             raise ConfigurationError("timeouts must be positive")
         if max_connections < 1:
             raise ConfigurationError("max_connections must be positive")
-        if client is None and async_client is None:
-            url = DEFAULT_URL if url is None else url
-            if not url.startswith(("redis://", "rediss://", "unix://")):
-                raise ConfigurationError("url must start with redis://, rediss:// or unix://")
         self._policy = policy
         self._prefix = f"{namespace}:use:{round(policy.window * 1000)}:"
         self._namespace = namespace
-        self._url = url
-        self._options: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": connect_timeout,
-            "health_check_interval": 0,
-            "client_name": "bearerguard-usage",
-            "max_connections": max_connections,
-            "timeout": socket_timeout,  # the longest wait for a free pooled connection
-        }
+        self._max_connections = max_connections
         self._timeout = socket_timeout
         self._cooldown = failure_cooldown
         self._down_until = -math.inf
         self._clock = clock
         self._closed = False
-        self._sync: redis.Redis | None = client
-        self._owns_sync = client is None and url is not None
-        if self._owns_sync:
-            assert url is not None  # noqa: S101 - checked above
-            # No retries inside redis-py: a call stays bounded by the socket timeout
-            # (one more attempt of our own after a fast connection failure, _again).
-            self._sync = sync_client(url, self._options)
-        self._async: aredis.Redis | None = async_client
-        self._owns_async = async_client is None and url is not None
-        self._async_loop: asyncio.AbstractEventLoop | None = None
+        # Clients without retries, bounded waits (bearerguard._redis).
+        self._clients = RedisClients(
+            url,
+            client,
+            async_client,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            client_name="bearerguard-usage",
+        )
         self._sync_script: Any = None
         self._async_script: Any = None
         self._slots: anyio.Semaphore | None = None
@@ -336,38 +321,29 @@ class RedisUsageMonitor:
     def _sync_client(self) -> redis.Redis:
         if self._closed:
             raise UsageMonitorError("the usage monitor is closed")
-        if self._sync is None:
+        client = self._clients.sync
+        if client is None:
             raise UsageMonitorError("this monitor has no synchronous client: give url= or client=")
-        return self._sync
+        return client
 
     def _async_client(self) -> tuple[aredis.Redis, anyio.Semaphore]:
         if self._closed:
             raise UsageMonitorError("the usage monitor is closed")
-        loop = asyncio.get_running_loop()
-        if self._async_loop is not loop:
-            # redis.asyncio connections belong to one event loop: a monitor first used in
-            # another loop gets its own client (and its own queue) there.
-            if self._owns_async:
-                assert self._url is not None  # noqa: S101 - owning implies a URL
-                self._async = async_client(self._url, self._options)
-                self._async_script = None
-            self._async_loop = loop
-            self._slots = anyio.Semaphore(self._options["max_connections"])
-        if self._async is None or self._slots is None:
+        if self._clients.use_loop(asyncio.get_running_loop()):
+            # A loop new to the monitor: its own client (when owned) and its own queue.
+            self._async_script = None
+            self._slots = anyio.Semaphore(self._max_connections)
+        client = self._clients.asynchronous
+        if client is None or self._slots is None:
             raise UsageMonitorError(
                 "this monitor has no asynchronous client: give url= or async_client="
             )
-        return self._async, self._slots
+        return client, self._slots
 
     async def aclose(self) -> None:
         """Close the connections this monitor opened (both sides)."""
         self._closed = True
-        client = self._async
-        if self._owns_async and client is not None:
-            self._async = None
-            if self._async_loop is asyncio.get_running_loop():
-                await client.aclose()
-        self.close()
+        await self._clients.aclose()
 
     def close(self) -> None:
         """Close the synchronous connections this monitor opened.
@@ -375,10 +351,7 @@ class RedisUsageMonitor:
         An asynchronous client is closed by ``aclose()``, from its event loop.
         """
         self._closed = True
-        client = self._sync
-        if self._owns_sync and client is not None:
-            self._sync = None
-            client.close()
+        self._clients.close()
 
     async def __aenter__(self) -> RedisUsageMonitor:
         return self

@@ -55,7 +55,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from bearerguard._core.times import Instant, to_epoch
-from bearerguard._redis import again, again_sync, async_client, sync_client
+from bearerguard._redis import DEFAULT_URL, RedisClients, again, again_sync
 from bearerguard.errors import ConfigurationError, RevocationStoreError
 from bearerguard.revocation._mirror import (
     REVOKE_SCRIPT,
@@ -76,7 +76,6 @@ from bearerguard.token import AccessToken
 
 __all__ = ["DEFAULT_URL", "RedisRevocationStore", "Revocation"]
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _KIND_NAMES: dict[Kind, Literal["token", "subject", "client"]] = {
     "t": "token",
     "s": "subject",
@@ -211,28 +210,13 @@ class RedisRevocationStore:
         expiry_grace: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if url is not None and (client is not None or async_client is not None):
-            raise ConfigurationError("give either a URL or clients, not both")
         if not isinstance(namespace, str) or not namespace or any(c in namespace for c in "\0\n"):
             raise ConfigurationError("namespace must be a non-empty string")
         if min(socket_timeout, connect_timeout, failure_timeout) <= 0:
             raise ConfigurationError("timeouts must be positive")
         if max_entries < 1 or max_connections < 2 or retention <= 0 or expiry_grace < 0:
             raise ConfigurationError("max_entries, max_connections and retention must be positive")
-        if client is None and async_client is None:
-            url = DEFAULT_URL if url is None else url
-            if not url.startswith(("redis://", "rediss://", "unix://")):
-                raise ConfigurationError("url must start with redis://, rediss:// or unix://")
-        self._url = url
         self._layout = Layout(namespace)
-        self._options: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": connect_timeout,
-            "health_check_interval": 0,
-            "client_name": "bearerguard",
-            "max_connections": max_connections,
-            "timeout": socket_timeout,  # the longest wait for a free pooled connection
-        }
         self._timeout = socket_timeout
         self._failure_timeout = failure_timeout
         self._max_entries = max_entries
@@ -245,19 +229,16 @@ class RedisRevocationStore:
         self._mirror = (
             Mirror(max_entries=max_entries, failure_timeout=failure_timeout) if mirror else None
         )
-        self._sync: redis.Redis | None = client
-        self._owns_sync = client is None and url is not None
-        if self._owns_sync:
-            assert url is not None  # noqa: S101 - checked above
-            # redis-py never retries on our connections: a pub/sub connection must not
-            # reconnect and resubscribe behind the mirror's back (it resynchronises instead),
-            # and a call must not outlast the socket timeout. Commands get one more attempt
-            # of our own after a fast connection failure (_again). Waiting for a free pooled
-            # connection is bounded by the socket timeout too.
-            self._sync = sync_client(url, self._options)
-        self._async: aredis.Redis | None = async_client
-        self._owns_async = async_client is None and url is not None
-        self._async_loop: asyncio.AbstractEventLoop | None = None
+        # Clients without retries, bounded waits (bearerguard._redis).
+        self._clients = RedisClients(
+            url,
+            client,
+            async_client,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            client_name="bearerguard",
+        )
         self._sync_script: Any = None
         self._async_script: Any = None
         self._lock = threading.Lock()
@@ -712,12 +693,7 @@ class RedisRevocationStore:
         thread = self._thread
         if thread is not None and thread.is_alive():
             await asyncio.to_thread(thread.join, self._timeout + 1.0)
-        client = self._async
-        if self._owns_async and client is not None:
-            self._async = None
-            if self._async_loop is asyncio.get_running_loop():
-                await client.aclose()
-        self._close_sync_client()
+        await self._clients.aclose()
 
     def close(self) -> None:
         """Stop the mirror and close the synchronous connections this store opened.
@@ -730,7 +706,7 @@ class RedisRevocationStore:
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join(self._timeout + 1.0)
-        self._close_sync_client()
+        self._clients.close()
 
     def _shutdown(self) -> tuple[asyncio.Task[None] | None, asyncio.AbstractEventLoop | None]:
         with self._lock:
@@ -741,12 +717,6 @@ class RedisRevocationStore:
             task, loop = self._task, self._task_loop
             self._task = self._task_loop = None
         return task, loop
-
-    def _close_sync_client(self) -> None:
-        client = self._sync
-        if self._owns_sync and client is not None:
-            self._sync = None
-            client.close()
 
     async def __aenter__(self) -> RedisRevocationStore:
         await self.start()
@@ -767,26 +737,24 @@ class RedisRevocationStore:
     def _sync_client(self) -> redis.Redis:
         if self._closed:
             raise RevocationStoreError("the revocation store is closed")
-        if self._sync is None:
+        client = self._clients.sync
+        if client is None:
             raise RevocationStoreError("this store has no synchronous client: give url= or client=")
-        return self._sync
+        return client
 
     def _async_client(self) -> aredis.Redis:
         if self._closed:
             raise RevocationStoreError("the revocation store is closed")
-        loop = asyncio.get_running_loop()
-        if self._owns_async and (self._async is None or self._async_loop is not loop):
-            # redis.asyncio connections belong to one event loop: a store first used in
-            # another loop (a test, a worker restarted in-process) gets its own client there.
-            assert self._url is not None  # noqa: S101 - owning implies a URL
-            self._async = async_client(self._url, self._options)
-            self._async_loop = loop
+        if self._clients.use_loop(asyncio.get_running_loop()):
+            # A loop new to the store (a test, a worker restarted in-process): its own
+            # client there when owned, and the script registered again.
             self._async_script = None
-        if self._async is None:
+        client = self._clients.asynchronous
+        if client is None:
             raise RevocationStoreError(
                 "this store has no asynchronous client: give url= or async_client="
             )
-        return self._async
+        return client
 
     # -- the mirror's drivers -------------------------------------------------------------
 
@@ -856,7 +824,7 @@ class RedisRevocationStore:
         return 0 if was_live else attempt + 1
 
     def _run_thread(self, mirror: Mirror) -> None:
-        client = self._sync
+        client = self._clients.sync
         assert client is not None  # noqa: S101 - checked by _start_thread
         attempt = 0
         while not self._stop.is_set():

@@ -119,8 +119,9 @@ class RedisDPoPReplayStore:
         namespace: the prefix of every key (``<namespace>:dpop:<jkt>:<jti>``).
         client: an existing ``redis.Redis`` for the synchronous side, instead of ``url``.
         async_client: an existing ``redis.asyncio.Redis`` for the asynchronous side.
-        socket_timeout: seconds a command may take before it fails.
+        socket_timeout: seconds a command, or the wait for a pooled connection, may take.
         connect_timeout: seconds to establish a connection.
+        max_connections: connections per side.
 
     Any Redis failure is raised as ``ReplayStoreError``: the guard answers 503 (a replay
     cannot be ruled out). Run Redis with ``maxmemory-policy noeviction`` or ``volatile-ttl``.
@@ -135,34 +136,34 @@ class RedisDPoPReplayStore:
         async_client: Any = None,
         socket_timeout: float = 1.0,
         connect_timeout: float = 1.0,
+        max_connections: int = 50,
     ) -> None:
         try:
             import redis  # noqa: PLC0415 - an optional extra
-            import redis.asyncio  # noqa: PLC0415
+
+            from bearerguard._redis import RedisClients  # noqa: PLC0415 - imports redis-py
         except ImportError as exc:  # pragma: no cover - exercised only without the extra
             raise ImportError(
                 "RedisDPoPReplayStore needs redis-py: pip install 'bearerguard[redis]'"
             ) from exc
-        if url is not None and (client is not None or async_client is not None):
-            raise ConfigurationError("give either a URL or clients, not both")
         if url is None and client is None and async_client is None:
             raise ConfigurationError("give a Redis URL or clients")
-        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigurationError("url must start with redis://, rediss:// or unix://")
         if not namespace or any(c in namespace for c in "\0\n"):
             raise ConfigurationError("namespace must be a non-empty string")
+        if min(socket_timeout, connect_timeout) <= 0 or max_connections < 1:
+            raise ConfigurationError("timeouts and max_connections must be positive")
         self._prefix = f"{namespace}:dpop:"
-        self._url = url
-        self._options: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": connect_timeout,
-        }
-        self._aredis = redis.asyncio
         self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
-        self._sync = client if url is None else redis.Redis.from_url(url, **self._options)
-        self._owns_sync = url is not None
-        self._async = async_client
-        self._async_loop: asyncio.AbstractEventLoop | None = None
+        # Clients without retries, bounded waits (bearerguard._redis).
+        self._clients = RedisClients(
+            url,
+            client,
+            async_client,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            client_name="bearerguard-dpop",
+        )
 
     def _ttl_ms(self, ttl: float) -> int:
         return max(int(ttl * 1000), 1)
@@ -173,10 +174,11 @@ class RedisDPoPReplayStore:
         Raises:
             ReplayStoreError: Redis failed, or there is no synchronous client.
         """
-        if self._sync is None:
+        client = self._clients.sync
+        if client is None:
             raise ReplayStoreError("no synchronous Redis client: give url= or client=")
         try:
-            return bool(self._sync.set(self._prefix + key, b"1", nx=True, px=self._ttl_ms(ttl)))
+            return bool(client.set(self._prefix + key, b"1", nx=True, px=self._ttl_ms(ttl)))
         except self._errors as exc:
             raise ReplayStoreError(f"redis SET failed: {type(exc).__name__}: {exc}") from exc
 
@@ -189,30 +191,19 @@ class RedisDPoPReplayStore:
             raise ReplayStoreError(f"redis SET failed: {type(exc).__name__}: {exc}") from exc
 
     def _async_client(self) -> Any:
-        if self._url is not None:
-            loop = asyncio.get_running_loop()
-            # redis.asyncio connections belong to one event loop: a client per loop.
-            if self._async is None or self._async_loop is not loop:
-                self._async = self._aredis.Redis.from_url(self._url, **self._options)
-                self._async_loop = loop
-        if self._async is None:
+        self._clients.use_loop(asyncio.get_running_loop())
+        client = self._clients.asynchronous
+        if client is None:
             raise ReplayStoreError("no asynchronous Redis client: give url= or async_client=")
-        return self._async
+        return client
 
     async def aclose(self) -> None:
         """Close the connections this store opened (the asynchronous ones from their loop)."""
-        client, self._async = self._async, None
-        owned = self._url is not None and client is not None
-        if owned and self._async_loop is asyncio.get_running_loop():
-            await client.aclose()
-        self.close()
+        await self._clients.aclose()
 
     def close(self) -> None:
         """Close the synchronous connections this store opened."""
-        client = self._sync
-        if self._owns_sync and client is not None:
-            self._sync = None
-            client.close()
+        self._clients.close()
 
 
 class NonceIssuer:

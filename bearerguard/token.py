@@ -76,8 +76,6 @@ class AccessToken:
         """Build a token from claims that have already been validated."""
         aud = claims["aud"]
         audience = (aud,) if isinstance(aud, str) else tuple(aud)
-        expires = datetime.fromtimestamp(expires_at, _UTC)
-        issued = None if issued_at is None else datetime.fromtimestamp(issued_at, _UTC)
         if cls is not AccessToken:  # a subclass may add fields or a __post_init__
             return cls(
                 subject=claims.get("sub"),
@@ -87,8 +85,8 @@ class AccessToken:
                 client_id=_client_id(claims),
                 issuer=claims["iss"],
                 audience=audience,
-                expires_at=expires,
-                issued_at=issued,
+                expires_at=datetime.fromtimestamp(expires_at, _UTC),
+                issued_at=None if issued_at is None else datetime.fromtimestamp(issued_at, _UTC),
                 key_id=key_id,
                 algorithm=algorithm,
                 fingerprint=fingerprint,
@@ -108,8 +106,8 @@ class AccessToken:
         draft.client_id = client_id
         draft.issuer = claims["iss"]
         draft.audience = audience
-        draft.expires_at = expires
-        draft.issued_at = issued
+        draft.expires_at = expires_at  # epoch seconds: _Instant converts on first read
+        draft.issued_at = issued_at
         draft.key_id = key_id
         draft.algorithm = algorithm
         draft.fingerprint = fingerprint
@@ -130,3 +128,34 @@ class _Draft:
     """An ``AccessToken`` under construction: the same slots, none of them frozen."""
 
     __slots__ = AccessToken.__slots__
+
+
+class _Instant:
+    """A datetime slot of ``AccessToken`` that ``from_claims`` may fill with epoch seconds.
+
+    The datetime is made on first read and kept: a verified token whose times nobody reads
+    costs no ``datetime.fromtimestamp`` (two per token, about 1 µs of a cache miss). Every
+    read (attributes, ``==``, ``repr``, ``dataclasses.replace``) sees a datetime.
+    """
+
+    __slots__ = ("_slot",)
+
+    def __init__(self, slot: Any) -> None:
+        self._slot = slot  # the slot's own member descriptor
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        value = self._slot.__get__(instance, owner)
+        if value is None or type(value) is datetime:
+            return value
+        instant = datetime.fromtimestamp(value, _UTC)  # range checked by validate_claims
+        self._slot.__set__(instance, instant)
+        return instant
+
+    def __set__(self, instance: object, value: Any) -> None:
+        self._slot.__set__(instance, value)
+
+
+for _name in ("expires_at", "issued_at"):
+    setattr(AccessToken, _name, _Instant(AccessToken.__dict__[_name]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from datetime import datetime, timezone
 from typing import Any
@@ -68,6 +69,33 @@ def test_from_claims_tokens_are_frozen_and_read_only() -> None:
     with pytest.raises(TypeError):
         token.claims["sub"] = "someone-else"  # type: ignore[index]
     assert dataclasses.replace(token, raw="").raw == ""
+
+
+def test_times_are_aware_datetimes_made_once_on_first_read() -> None:
+    token = built()
+    expires = token.expires_at
+    assert expires == datetime.fromtimestamp(1_800_000_060, timezone.utc)
+    assert expires.tzinfo is timezone.utc
+    assert token.expires_at is expires  # kept after the first read
+    fractional = AccessToken.from_claims(
+        dict(CLAIMS),
+        scopes=frozenset(),
+        expires_at=1_800_000_060.25,
+        issued_at=None,
+        key_id=None,
+        algorithm="RS256",
+        fingerprint="f",
+    )
+    assert fractional.expires_at == datetime.fromtimestamp(1_800_000_060.25, timezone.utc)
+    assert fractional.issued_at is None
+
+
+def test_tokens_copy_with_their_times() -> None:
+    token = built()
+    copied = copy.copy(token)
+    assert copied == token
+    assert type(copied.issued_at) is datetime
+    assert dataclasses.replace(token, raw="").expires_at == token.expires_at
 
 
 @pytest.mark.parametrize(

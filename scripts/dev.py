@@ -7,6 +7,7 @@ Usage (from a fresh clone, with only Python 3.10+ installed):
     python3 scripts/dev.py lint              # ruff and mypy
     python3 scripts/dev.py bench [args]      # benchmarks/run.py
     python3 scripts/dev.py peers [args]      # benchmarks/peers.py: Authlib, joserfc, PyJWT
+    python3 scripts/dev.py instructions      # benchmarks/instructions.py: callgrind counts
     python3 scripts/dev.py fuzz [args]       # scripts/fuzz.py --seconds N: hypothesis, atheris
     python3 scripts/dev.py faults [args]     # scripts/faults.py: JWKS and Redis outages
     python3 scripts/dev.py load [args]       # scripts/load.py: uvicorn + wrk, RSS under a flood
@@ -73,6 +74,7 @@ def main() -> int:
     scripts = {
         "bench": "benchmarks/run.py",
         "peers": "benchmarks/peers.py",
+        "instructions": "benchmarks/instructions.py",
         "fuzz": "scripts/fuzz.py",
         "faults": "scripts/faults.py",
         "load": "scripts/load.py",

@@ -1,0 +1,218 @@
+"""Instructions per operation under callgrind: an A/B measure that a busy machine cannot blur.
+
+Usage (from the repository root; needs valgrind):
+
+    python3 scripts/dev.py instructions            # about 3 minutes on 2 cores
+    python3 scripts/dev.py instructions --cases starlette_hit,reference
+
+Timings on a shared virtual machine can spread by tens of percent from one repeat to the
+next, which hides a change worth half a microsecond. Valgrind's callgrind counts the machine
+instructions a process executes instead: the same code, inputs and hash seed give the same
+count whatever else the machine is doing. Each case runs twice in a fresh interpreter, with
+a few hundred and with a few thousand operations after the same warm-up; the difference
+divided by the difference in operations is the count per operation, start-up excluded.
+
+Counts are not times. Python's interpreter, RSA's big-number code and SHA-256 run at very
+different instructions per cycle, and valgrind hides CPU features (SHA extensions among them)
+so OpenSSL's SHA-256 runs its portable code here. Compare a case with itself across a change,
+not one case with another; the targets stay with ``benchmarks/run.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: make the ``benchmarks`` package importable
+    sys.path.insert(0, str(ROOT))
+
+CASES = {
+    "starlette_bare": "Starlette, bare (one ASGI request)",
+    "starlette_hit": "+ bearerguard, cache hit, accepted-audit off",
+    "reference": "+ reference: SHA-256 token lookup only",
+    "bg_miss": "bearerguard authenticate, cache_size=0 (miss)",
+    "jwt_decode": "jwt.decode (key object at hand)",
+    "audit_event": "one token.accepted audit event alone",
+}
+WARM_UP = 200
+_COLLECTED = re.compile(r"Collected : (\d+)")
+
+
+def _operation(case: str, fixture: dict[str, Any]) -> Callable[[int], None]:
+    """A function doing ``count`` operations of ``case``, everything imported and built."""
+    from bearerguard import BearerGuard
+    from bearerguard.audit import RequestInfo, token_fields
+    from benchmarks.apps import PATH, Settings, configure_audit_logging, starlette_apps
+    from benchmarks.inprocess import _drop, _receive, asgi_scope
+
+    issuer, audience, tokens = fixture["issuer"], fixture["audience"], fixture["tokens"]
+    settings = Settings(issuer=issuer, jwks_uri="", audience=audience)
+    configure_audit_logging()
+
+    def guard(**options: Any) -> BearerGuard:
+        return BearerGuard(issuer=issuer, audience=audience, keys=fixture["jwks"], **options)
+
+    loop = asyncio.new_event_loop()
+
+    if case in ("starlette_bare", "starlette_hit", "reference"):
+        if case == "starlette_bare":
+            app = starlette_apps.build_bare(settings)
+        elif case == "reference":
+            app = starlette_apps.build_hash_lookup(settings)
+        else:
+            hit = guard(audit_sample_accepted=0.0)
+            app = starlette_apps.build_bearerguard(settings, guard=hit)
+        scope = asgi_scope(tokens[0])
+
+        async def requests(count: int) -> None:
+            for _ in range(count):
+                await app(dict(scope), _receive, _drop)
+
+        # One coroutine per batch, as benchmarks/inprocess.py drives its apps.
+        return lambda count: loop.run_until_complete(requests(count))
+    if case == "bg_miss":
+        miss = guard(cache_size=0, audit_sample_accepted=0.0)
+
+        async def misses(count: int) -> None:
+            for token in tokens[:count]:
+                await miss.authenticate(token)
+
+        return lambda count: loop.run_until_complete(misses(count))
+    if case == "jwt_decode":
+        import jwt
+
+        key = jwt.PyJWK(fixture["jwks"]["keys"][0]).key
+
+        def decodes(count: int) -> None:
+            for token in tokens[:count]:
+                jwt.decode(token, key, algorithms=["RS256"], audience=audience, issuer=issuer)
+
+        return decodes
+    if case == "audit_event":
+        audited = guard(audit_sample_accepted=1.0)
+        accepted = audited.authenticate_sync(tokens[0])
+        request = RequestInfo("GET", PATH, "127.0.0.1", None)
+        described = token_fields(accepted)  # as the middleware keeps them per cached token
+
+        def events(count: int) -> None:
+            for _ in range(count):
+                audited.audit.accepted(accepted, request, 0.0001, described=described)
+
+        return events
+    raise ValueError(f"unknown case {case!r}")
+
+
+def _child(case: str, count: int, fixture_path: Path) -> None:
+    """The measured process: warm up, then ``count`` operations."""
+    run = _operation(case, json.loads(fixture_path.read_text()))
+    run(WARM_UP)
+    run(count)
+
+
+def _fixture(directory: Path, tokens: int) -> Path:
+    """Mint distinct tokens and keep the key set, so children need no issuer nor key pair."""
+    from bearerguard.testing import DevIssuer
+
+    with DevIssuer(algorithms=("RS256",)) as issuer:
+        document = {
+            "issuer": issuer.url,
+            "audience": issuer.audience,
+            "jwks": issuer.jwks(),
+            "tokens": [
+                issuer.mint(scopes=["items:read"], expires_in=7 * 86400) for _ in range(tokens)
+            ],
+        }
+    path = directory / "fixture.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+def _instructions(valgrind: str, case: str, count: int, fixture: Path, out: Path) -> int:
+    command = [
+        valgrind,
+        "--tool=callgrind",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        __file__,
+        "--child",
+        case,
+        str(count),
+        str(fixture),
+    ]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)  # noqa: S603
+    found = _COLLECTED.search(done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"{case} ({count}) failed: {done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Count instructions per operation for the chosen cases; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
+    parser.add_argument("--small", type=int, default=500, help="operations in the short run")
+    parser.add_argument("--large", type=int, default=2500, help="operations in the long run")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args.child[0], int(args.child[1]), Path(args.child[2]))
+        return 0
+    cases = [name.strip() for name in args.cases.split(",") if name.strip()]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown or not 0 < args.small < args.large:
+        parser.error(f"unknown cases {unknown}" if unknown else "need 0 < --small < --large")
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        print("valgrind not found (Debian: apt-get install valgrind)", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="bearerguard-instructions-") as temporary:
+        directory = Path(temporary)
+        fixture = _fixture(directory, WARM_UP + args.large)
+        runs = [(case, count) for case in cases for count in (args.small, args.large)]
+        with ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as pool:
+            counted = dict(
+                zip(
+                    runs,
+                    pool.map(
+                        lambda run: _instructions(
+                            valgrind, run[0], run[1], fixture, directory / f"{run[0]}.{run[1]}"
+                        ),
+                        runs,
+                    ),
+                    strict=True,
+                )
+            )
+    per_operation = {
+        case: (counted[case, args.large] - counted[case, args.small]) / (args.large - args.small)
+        for case in cases
+    }
+    print(f"instructions per operation (callgrind; {args.large} - {args.small} operations)\n")
+    print("| case | instructions/op | Δ vs bare |")
+    print("|---|---|---|")
+    bare = per_operation.get("starlette_bare")
+    for case in cases:
+        value = per_operation[case]
+        delta = (
+            f"+{value - bare:,.0f}"
+            if bare is not None and case in ("starlette_hit", "reference")
+            else "-"
+        )
+        print(f"| {CASES[case]} | {value:,.0f} | {delta} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

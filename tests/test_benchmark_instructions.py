@@ -1,0 +1,34 @@
+"""``benchmarks/instructions.py``: every case runs, natively, as valgrind would start it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import instructions
+
+SCRIPT = Path(instructions.__file__)
+
+
+@pytest.fixture(scope="module")
+def fixture_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return instructions._fixture(tmp_path_factory.mktemp("instructions"), tokens=220)
+
+
+@pytest.mark.parametrize("case", sorted(instructions.CASES))
+def test_every_case_runs_as_a_child(case: str, fixture_file: Path) -> None:
+    # A process of its own, as under valgrind: the cases configure structlog globally.
+    command = [sys.executable, str(SCRIPT), "--child", case, "10", str(fixture_file)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603
+    assert done.returncode == 0, done.stderr
+
+
+def test_unknown_cases_and_bad_counts_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--cases", "nope"], ["--small", "10", "--large", "10"]):
+        with pytest.raises(SystemExit) as exited:
+            instructions.main(argv)
+        assert exited.value.code == 2
+    assert "unknown cases ['nope']" in capsys.readouterr().err

@@ -29,17 +29,23 @@ class RequestAuth(RequestInfo):
 
     __slots__ = ("guard", "respond", "started", "token", "websocket")
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - built per request: positional, no keyword matching
         self,
         guard: BearerGuard | TrustedIssuers,
         token: AccessToken | None,
         started: float,
-        request: tuple[str, str, str | None, str | None],
+        method: str,
+        path: str,
+        client: str | None,
+        request_id: str | None,
         respond: Callable[[Refusal], Any],
         *,
         websocket: bool = False,
     ) -> None:
-        self.method, self.path, self.client, self.request_id = request
+        self.method = method
+        self.path = path
+        self.client = client
+        self.request_id = request_id
         self.guard = guard
         self.token = token
         self.started = started

@@ -305,7 +305,17 @@ class BearerGuardMiddleware:
             if attached is None:  # once per cached token: reused by every later request
                 attached = entry.attached = (TokenCredentials(reused), TokenUser(reused))
             scope["auth"], scope["user"] = attached
-            auth = RequestAuth(guard, access, started, _describe(scope, request_id), _respond)
+            client = scope.get("client")
+            auth = RequestAuth(
+                guard,
+                access,
+                started,
+                scope["method"],  # an HTTP scope: the fast path serves no websocket
+                scope["path"],
+                client[0] if client else None,
+                request_id.decode("latin-1") if request_id else None,
+                _respond,
+            )
             audit = guard.audit
             if audit.records_accepted:
                 latency = perf_counter() - started
@@ -350,7 +360,7 @@ class BearerGuardMiddleware:
                 await self._refuse(scope, receive, send, error)
                 return
             auth = RequestAuth(
-                guard, access, started, request, _respond, websocket=kind == "websocket"
+                guard, access, started, *request, _respond, websocket=kind == "websocket"
             )
             if access is None:
                 scope.setdefault("auth", AuthCredentials())

@@ -232,12 +232,14 @@ class BearerAuth(SecurityBase):
                 connection, error, refusal_for(guard, error, required), from_middleware=False
             )
         info = _describe(scope)
-        request = (info.method, info.path, info.client, info.request_id)
         auth = RequestAuth(
             guard,
             token,
             started,
-            request,
+            info.method,
+            info.path,
+            info.client,
+            info.request_id,
             _never_called,
             websocket=scope["type"] == "websocket",
         )

@@ -206,7 +206,7 @@ class BearerGuardWSGIMiddleware:
             entry = reusing.reused(header[7:].encode("latin-1", "replace"))
             if entry is not None:
                 reused = entry.token
-                auth = RequestAuth(guard, reused, started, request, self.respond)
+                auth = RequestAuth(guard, reused, started, *request, self.respond)
                 audit = guard.audit
                 if audit.records_accepted:
                     latency = perf_counter() - started
@@ -247,7 +247,7 @@ class BearerGuardWSGIMiddleware:
             status = f"{refusal.status} {HTTPStatus(refusal.status).phrase}"
             start_response(status, list(refusal.headers))
             return [refusal.body]
-        auth = RequestAuth(guard, access, started, request, self.respond)
+        auth = RequestAuth(guard, access, started, *request, self.respond)
         if access is not None:
             guard.audit.accepted(access, auth, perf_counter() - started, binding=binding)
         return self._call_app(environ, start_response, auth)

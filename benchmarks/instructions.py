@@ -2,15 +2,16 @@
 
 Usage (from the repository root; needs valgrind):
 
-    python3 scripts/dev.py instructions            # about 3 minutes on 2 cores
+    python3 scripts/dev.py instructions            # about 6 minutes on 2 cores
     python3 scripts/dev.py instructions --cases starlette_hit,reference
 
 Timings on a shared virtual machine can spread by tens of percent from one repeat to the
 next, which hides a change worth half a microsecond. Valgrind's callgrind counts the machine
 instructions a process executes instead: the same code, inputs and hash seed give the same
-count whatever else the machine is doing. Each case runs twice in a fresh interpreter, with
-a few hundred and with a few thousand operations after the same warm-up; the difference
-divided by the difference in operations is the count per operation, start-up excluded.
+count whatever else the machine is doing (each run mints its own tokens, which moves the
+counts by about 0.1%). Each case runs twice in a fresh interpreter, with a few hundred and
+with a few thousand operations after the same warm-up; the difference divided by the
+difference in operations is the count per operation, start-up excluded.
 
 Counts are not times. Python's interpreter, RSA's big-number code and SHA-256 run at very
 different instructions per cycle, and valgrind hides CPU features (SHA extensions among them)

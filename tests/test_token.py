@@ -23,12 +23,18 @@ CLAIMS: dict[str, Any] = {
 }
 
 
-def built(cls: type[AccessToken] = AccessToken, **changes: Any) -> AccessToken:
+def built(
+    cls: type[AccessToken] = AccessToken,
+    *,
+    expires_at: float = 1_800_000_060.0,
+    issued_at: float | None = 1_800_000_000.0,
+    **changes: Any,
+) -> AccessToken:
     return cls.from_claims(
         {**CLAIMS, **changes},
         scopes=frozenset({"a", "b"}),
-        expires_at=1_800_000_060.0,
-        issued_at=1_800_000_000.0,
+        expires_at=expires_at,
+        issued_at=issued_at,
         key_id="k1",
         algorithm="RS256",
         fingerprint="0123456789abcdef",
@@ -77,15 +83,7 @@ def test_times_are_aware_datetimes_made_once_on_first_read() -> None:
     assert expires == datetime.fromtimestamp(1_800_000_060, timezone.utc)
     assert expires.tzinfo is timezone.utc
     assert token.expires_at is expires  # kept after the first read
-    fractional = AccessToken.from_claims(
-        dict(CLAIMS),
-        scopes=frozenset(),
-        expires_at=1_800_000_060.25,
-        issued_at=None,
-        key_id=None,
-        algorithm="RS256",
-        fingerprint="f",
-    )
+    fractional = built(expires_at=1_800_000_060.25, issued_at=None)
     assert fractional.expires_at == datetime.fromtimestamp(1_800_000_060.25, timezone.utc)
     assert fractional.issued_at is None
 

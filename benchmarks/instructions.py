@@ -2,7 +2,7 @@
 
 Usage (from the repository root; needs valgrind):
 
-    python3 scripts/dev.py instructions            # about 6 minutes on 2 cores
+    python3 scripts/dev.py instructions            # about 10 minutes on 2 cores
     python3 scripts/dev.py instructions --cases starlette_hit,reference
 
 Timings on a shared virtual machine can spread by tens of percent from one repeat to the
@@ -11,7 +11,9 @@ instructions a process executes instead: the same code, inputs and hash seed giv
 count whatever else the machine is doing (each run mints its own tokens, which moves the
 counts by about 0.1%). Each case runs twice in a fresh interpreter, with a few hundred and
 with a few thousand operations after the same warm-up; the difference divided by the
-difference in operations is the count per operation, start-up excluded.
+difference in operations is the count per operation, start-up excluded. The ``served_``
+cases count a uvicorn server (uvloop, httptools) answering requests sent one after another
+on one keep-alive connection.
 
 Counts are not times. Python's interpreter, RSA's big-number code and SHA-256 run at very
 different instructions per cycle, and valgrind hides CPU features (SHA extensions among them)
@@ -27,9 +29,12 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,20 +51,56 @@ CASES = {
     "bg_miss": "bearerguard authenticate, cache_size=0 (miss)",
     "jwt_decode": "jwt.decode (key object at hand)",
     "audit_event": "one token.accepted audit event alone",
+    "served_bare": "under uvicorn: Starlette, bare (one HTTP request)",
+    "served_hit": "under uvicorn: + bearerguard, cache hit, accepted-audit off",
+    "served_reference": "under uvicorn: + reference: SHA-256 token lookup only",
+}
+# The app each request case runs, in-process and under uvicorn.
+_APPS = {
+    "starlette_bare": "bare",
+    "starlette_hit": "hit",
+    "reference": "reference",
+    "served_bare": "bare",
+    "served_hit": "hit",
+    "served_reference": "reference",
+}
+_BARE = {
+    "starlette_bare": ("starlette_hit", "reference"),
+    "served_bare": ("served_hit", "served_reference"),
 }
 WARM_UP = 200
 _COLLECTED = re.compile(r"Collected : (\d+)")
+_CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
+
+
+def _app(kind: str, fixture: dict[str, Any]) -> Any:
+    """The benchmark's Starlette app: ``bare``, ``hit`` (bearerguard) or ``reference``."""
+    from bearerguard import BearerGuard
+    from benchmarks.apps import Settings, configure_audit_logging, starlette_apps
+
+    settings = Settings(issuer=fixture["issuer"], jwks_uri="", audience=fixture["audience"])
+    configure_audit_logging()
+    if kind == "bare":
+        return starlette_apps.build_bare(settings)
+    if kind == "reference":
+        return starlette_apps.build_hash_lookup(settings)
+    guard = BearerGuard(
+        issuer=fixture["issuer"],
+        audience=fixture["audience"],
+        keys=fixture["jwks"],
+        audit_sample_accepted=0.0,
+    )
+    return starlette_apps.build_bearerguard(settings, guard=guard)
 
 
 def _operation(case: str, fixture: dict[str, Any]) -> Callable[[int], None]:
     """A function doing ``count`` operations of ``case``, everything imported and built."""
     from bearerguard import BearerGuard
     from bearerguard.audit import RequestInfo, token_fields
-    from benchmarks.apps import PATH, Settings, configure_audit_logging, starlette_apps
+    from benchmarks.apps import PATH, configure_audit_logging
     from benchmarks.inprocess import _drop, _receive, asgi_scope
 
     issuer, audience, tokens = fixture["issuer"], fixture["audience"], fixture["tokens"]
-    settings = Settings(issuer=issuer, jwks_uri="", audience=audience)
     configure_audit_logging()
 
     def guard(**options: Any) -> BearerGuard:
@@ -67,14 +108,8 @@ def _operation(case: str, fixture: dict[str, Any]) -> Callable[[int], None]:
 
     loop = asyncio.new_event_loop()
 
-    if case in ("starlette_bare", "starlette_hit", "reference"):
-        if case == "starlette_bare":
-            app = starlette_apps.build_bare(settings)
-        elif case == "reference":
-            app = starlette_apps.build_hash_lookup(settings)
-        else:
-            hit = guard(audit_sample_accepted=0.0)
-            app = starlette_apps.build_bearerguard(settings, guard=hit)
+    if case in _APPS:
+        app = _app(_APPS[case], fixture)
         scope = asgi_scope(tokens[0])
 
         async def requests(count: int) -> None:
@@ -122,6 +157,63 @@ def _child(case: str, count: int, fixture_path: Path) -> None:
     run(count)
 
 
+def _serve(case: str, port: int, fixture_path: Path) -> None:
+    """The measured process of a served case: uvicorn as the benchmarks run it, until SIGTERM."""
+    import uvicorn
+
+    app = _app(_APPS[case], json.loads(fixture_path.read_text()))
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _send_requests(port: int, token: str, count: int, deadline: float) -> None:
+    """``count`` GET requests, one after another on one keep-alive connection; each must be 200."""
+    from benchmarks.apps import PATH
+
+    while True:  # the server starts slowly under valgrind
+        try:
+            connection = socket.create_connection(("127.0.0.1", port), timeout=60)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    request = (
+        f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ).encode()
+    buffer = b""
+    with connection:
+        for _ in range(count):
+            connection.sendall(request)
+            while True:
+                end = buffer.find(b"\r\n\r\n")
+                length = _CONTENT_LENGTH.search(buffer, 0, end) if end >= 0 else None
+                if length is not None and len(buffer) >= end + 4 + int(length.group(1)):
+                    if not buffer.startswith(b"HTTP/1.1 200"):
+                        raise RuntimeError(f"not 200: {buffer[:100]!r}")
+                    buffer = buffer[end + 4 + int(length.group(1)) :]
+                    break
+                received = connection.recv(65536)
+                if not received:
+                    raise RuntimeError("the server closed the connection")
+                buffer += received
+
+
 def _fixture(directory: Path, tokens: int) -> Path:
     """Mint distinct tokens and keep the key set, so children need no issuer nor key pair."""
     from bearerguard.testing import DevIssuer
@@ -141,22 +233,34 @@ def _fixture(directory: Path, tokens: int) -> Path:
 
 
 def _instructions(valgrind: str, case: str, count: int, fixture: Path, out: Path) -> int:
-    command = [
-        valgrind,
-        "--tool=callgrind",
-        f"--callgrind-out-file={out}",
-        sys.executable,
-        __file__,
-        "--child",
-        case,
-        str(count),
-        str(fixture),
-    ]
+    """Instructions of one measured process: ``count`` operations after the warm-up."""
+    command = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)  # noqa: S603
-    found = _COLLECTED.search(done.stderr)
-    if done.returncode != 0 or found is None:
-        raise RuntimeError(f"{case} ({count}) failed: {done.stderr[-2000:]}")
+    if case.startswith("served_"):
+        port = _free_port()
+        server = subprocess.Popen(  # noqa: S603 - our own fixed command line
+            [*command, __file__, "--serve", case, str(port), str(fixture)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            token = json.loads(fixture.read_text())["tokens"][0]
+            _send_requests(port, token, WARM_UP + count, time.monotonic() + 300)
+        finally:
+            server.terminate()  # uvicorn shuts down cleanly; valgrind then reports
+            _, stderr = server.communicate(timeout=300)
+        # uvicorn raises the signal again once shut down: dying of SIGTERM is its clean exit.
+        returncode = 0 if server.returncode == -signal.SIGTERM else server.returncode
+    else:
+        command += [__file__, "--child", case, str(count), str(fixture)]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)  # noqa: S603
+        returncode, stderr = done.returncode, done.stderr
+    found = _COLLECTED.search(stderr)
+    if returncode != 0 or found is None:
+        raise RuntimeError(f"{case} ({count}) failed: {stderr[-2000:]}")
     return int(found.group(1))
 
 
@@ -167,9 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=500, help="operations in the short run")
     parser.add_argument("--large", type=int, default=2500, help="operations in the long run")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(args.child[0], int(args.child[1]), Path(args.child[2]))
+        return 0
+    if args.serve:
+        _serve(args.serve[0], int(args.serve[1]), Path(args.serve[2]))
         return 0
     cases = [name.strip() for name in args.cases.split(",") if name.strip()]
     unknown = sorted(set(cases) - set(CASES))
@@ -203,14 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"instructions per operation (callgrind; {args.large} - {args.small} operations)\n")
     print("| case | instructions/op | Δ vs bare |")
     print("|---|---|---|")
-    bare = per_operation.get("starlette_bare")
     for case in cases:
         value = per_operation[case]
-        delta = (
-            f"+{value - bare:,.0f}"
-            if bare is not None and case in ("starlette_hit", "reference")
-            else "-"
-        )
+        bare = next((b for b, cased in _BARE.items() if case in cased), None)
+        delta = f"+{value - per_operation[bare]:,.0f}" if bare in per_operation else "-"
         print(f"| {CASES[case]} | {value:,.0f} | {delta} |")
     return 0
 

@@ -106,8 +106,8 @@ class AccessToken:
         draft.client_id = client_id
         draft.issuer = claims["iss"]
         draft.audience = audience
-        draft.expires_at = expires_at  # epoch seconds: _Instant converts on first read
-        draft.issued_at = issued_at
+        draft.expires_at = float(expires_at)  # epoch seconds: _Instant converts on first read
+        draft.issued_at = None if issued_at is None else float(issued_at)
         draft.key_id = key_id
         draft.algorithm = algorithm
         draft.fingerprint = fingerprint
@@ -147,7 +147,7 @@ class _Instant:
         if instance is None:
             return self
         value = self._slot.__get__(instance, owner)
-        if value is None or type(value) is datetime:
+        if type(value) is not float:  # a datetime (or a subclass) given, or None
             return value
         instant = datetime.fromtimestamp(value, _UTC)  # range checked by validate_claims
         self._slot.__set__(instance, instant)

@@ -88,6 +88,16 @@ def test_times_are_aware_datetimes_made_once_on_first_read() -> None:
     assert fractional.issued_at is None
 
 
+def test_datetimes_given_to_the_constructor_are_kept_as_they_are() -> None:
+    class LocalDatetime(datetime):  # as freezegun and pendulum hand out
+        pass
+
+    expires = LocalDatetime(2027, 1, 1, tzinfo=timezone.utc)
+    token = dataclasses.replace(built(), expires_at=expires, issued_at=None)
+    assert token.expires_at is expires
+    assert token.issued_at is None
+
+
 def test_tokens_copy_with_their_times() -> None:
     token = built()
     copied = copy.copy(token)

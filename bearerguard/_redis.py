@@ -64,6 +64,12 @@ async def again(call: Callable[[], Awaitable[_T]], timeout: float) -> _T:
     return await call()
 
 
+def check_namespace(namespace: object) -> None:
+    """Refuse a key namespace that is not a non-empty string, or holds NUL or a newline."""
+    if not isinstance(namespace, str) or not namespace or any(c in namespace for c in "\0\n"):
+        raise ConfigurationError("namespace must be a non-empty string")
+
+
 class RedisClients:
     """The clients of one Redis-backed component, and which of them it owns.
 
@@ -84,6 +90,10 @@ class RedisClients:
         max_connections: int,
         client_name: str,
     ) -> None:
+        if min(socket_timeout, connect_timeout) <= 0:
+            raise ConfigurationError("socket_timeout and connect_timeout must be positive")
+        if max_connections < 1:
+            raise ConfigurationError("max_connections must be positive")
         if url is not None and (client is not None or async_client is not None):
             raise ConfigurationError("give either a URL or clients, not both")
         if client is None and async_client is None:

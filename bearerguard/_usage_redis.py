@@ -48,7 +48,7 @@ from bearerguard._core.usage import (
     verdict_of,
     window_at,
 )
-from bearerguard._redis import DEFAULT_URL, RedisClients, again, again_sync
+from bearerguard._redis import DEFAULT_URL, RedisClients, again, again_sync, check_namespace
 from bearerguard.errors import ConfigurationError
 from bearerguard.token import AccessToken
 from bearerguard.usage import UsageMonitorError
@@ -167,12 +167,9 @@ class RedisUsageMonitor:
     ) -> None:
         if not isinstance(policy, UsagePolicy):
             raise ConfigurationError("policy must be a UsagePolicy")
-        if not isinstance(namespace, str) or not namespace or any(c in namespace for c in "\0\n"):
-            raise ConfigurationError("namespace must be a non-empty string")
-        if min(socket_timeout, connect_timeout) <= 0 or failure_cooldown < 0:
-            raise ConfigurationError("timeouts must be positive")
-        if max_connections < 1:
-            raise ConfigurationError("max_connections must be positive")
+        check_namespace(namespace)
+        if failure_cooldown < 0:
+            raise ConfigurationError("failure_cooldown must not be negative")
         self._policy = policy
         self._prefix = f"{namespace}:use:{round(policy.window * 1000)}:"
         self._namespace = namespace

@@ -141,17 +141,17 @@ class RedisDPoPReplayStore:
         try:
             import redis  # noqa: PLC0415 - an optional extra
 
-            from bearerguard._redis import RedisClients  # noqa: PLC0415 - imports redis-py
+            from bearerguard._redis import (  # noqa: PLC0415 - imports redis-py
+                RedisClients,
+                check_namespace,
+            )
         except ImportError as exc:  # pragma: no cover - exercised only without the extra
             raise ImportError(
                 "RedisDPoPReplayStore needs redis-py: pip install 'bearerguard[redis]'"
             ) from exc
         if url is None and client is None and async_client is None:
             raise ConfigurationError("give a Redis URL or clients")
-        if not namespace or any(c in namespace for c in "\0\n"):
-            raise ConfigurationError("namespace must be a non-empty string")
-        if min(socket_timeout, connect_timeout) <= 0 or max_connections < 1:
-            raise ConfigurationError("timeouts and max_connections must be positive")
+        check_namespace(namespace)
         self._prefix = f"{namespace}:dpop:"
         self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
         # Clients without retries, bounded waits (bearerguard._redis).

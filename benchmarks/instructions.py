@@ -174,13 +174,6 @@ def _serve(case: str, port: int, fixture_path: Path) -> None:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _send_requests(port: int, token: str, count: int, deadline: float) -> None:
     """``count`` GET requests, one after another on one keep-alive connection; each must be 200."""
     from benchmarks.apps import PATH
@@ -237,7 +230,9 @@ def _instructions(valgrind: str, case: str, count: int, fixture: Path, out: Path
     command = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     if case.startswith("served_"):
-        port = _free_port()
+        from benchmarks.served import free_port
+
+        port = free_port()
         server = subprocess.Popen(  # noqa: S603 - our own fixed command line
             [*command, __file__, "--serve", case, str(port), str(fixture)],
             env=env,

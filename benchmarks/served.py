@@ -38,6 +38,7 @@ __all__ = [
     "ServedResult",
     "WrkOptions",
     "WrkRun",
+    "free_port",
     "pinning",
     "run_served",
     "wrk_install_hint",
@@ -209,7 +210,8 @@ def pinning() -> tuple[list[str], list[str], str]:
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -248,7 +250,7 @@ class _Server:
         self, app: ServedApp, settings: Settings, prefix: list[str], log: IO[bytes]
     ) -> None:
         self.app = app
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}{PATH}"
         env = {**os.environ, **settings.env(), "BENCH_AUDIT": app.audit}
         env.pop("PYTHONPATH", None)

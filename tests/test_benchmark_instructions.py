@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import instructions
+from benchmarks.served import free_port
 
 SCRIPT = Path(instructions.__file__)
 
@@ -35,7 +36,7 @@ def test_every_case_runs_as_a_child(case: str, fixture_file: Path) -> None:
 
 @pytest.mark.parametrize("case", SERVED)
 def test_every_served_case_answers_its_requests(case: str, fixture_file: Path) -> None:
-    port = instructions._free_port()
+    port = free_port()
     command = [sys.executable, str(SCRIPT), "--serve", case, str(port), str(fixture_file)]
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)  # noqa: S603
     try:

@@ -737,6 +737,8 @@ def test_redis_replay_store_through_both_middlewares(
         {"url": "redis://x", "namespace": ""},
         {"url": "redis://x", "socket_timeout": 0},
         {"url": "redis://x", "max_connections": 0},
+        {"url": "redis://x", "connect_timeout": 0},
+        {"url": "redis://x", "namespace": "a\0b"},
     ],
 )
 def test_redis_replay_store_configuration(options: dict[str, Any]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import pytest
 
 from bearerguard import AuthError, KeySetUnavailableError, RefreshPolicy
 from bearerguard.testing import DevIssuer, Override
+from tests.helpers import Clock
 from tests.redis_server import _unavailable
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
@@ -72,20 +72,12 @@ def test_jwks_down_and_redis_frozen_fail_closed_and_recover(faults: Any) -> None
     assert redis.fail_closed_after <= faults.FAILURE_TIMEOUT + 1.0, report
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.mark.anyio
 async def test_requests_during_the_recovering_fetch_wait_for_it() -> None:
     """Found by scripts/faults.py: once an outage had made the key set unusable, a request
     arriving while the recovering fetch was in flight got 503 instead of waiting for it."""
     with DevIssuer(algorithms=("ES256",), jwks_max_age=1) as issuer:
-        clock = FakeClock()
+        clock = Clock()
         policy = RefreshPolicy(default_ttl=1, min_ttl=1, max_ttl=1, cooldown=1, max_stale=2)
         guard = issuer.guard(discover=False, refresh=policy, clock=clock)
         first, second = issuer.mint(expires_in=3600), issuer.mint(expires_in=3600)

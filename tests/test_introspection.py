@@ -3,7 +3,7 @@
 ``IntrospectionServer`` is a small RFC 7662 endpoint: it requires client authentication
 (HTTP Basic with form-urlencoded credentials, or credentials in the body: RFC 6749 §2.3.1),
 answers from a table of tokens, counts its calls, and can be told to fail, stall or answer
-garbage. Time is a ``FakeClock`` given to the introspector: cache lifetimes are crossed by
+garbage. Time is a ``Clock`` given to the introspector: cache lifetimes are crossed by
 advancing it, never by sleeping.
 """
 
@@ -50,23 +50,11 @@ from bearerguard.introspection import (
 from bearerguard.revocation import IntrospectionRevocationStore, MemoryRevocationStore
 from bearerguard.testing import DevIssuer, _ServingThread
 from tests.apps import build_app, build_flask_app
+from tests.helpers import Clock
 
 CLIENT_ID = "api server"  # a space and a colon below: both must survive RFC 6749 §2.3.1
 CLIENT_SECRET = "s3cr:t+/%é"
 AUDIENCE = "https://api.example"
-
-
-class FakeClock:
-    """Epoch seconds that move only when told to."""
-
-    def __init__(self, start: float | None = None) -> None:
-        self.now = time.time() if start is None else start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -221,8 +209,8 @@ def server() -> Iterator[IntrospectionServer]:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> Clock:
+    return Clock()
 
 
 # -- the client: requests, client authentication, answers --------------------------------
@@ -354,7 +342,7 @@ def test_errors_never_carry_the_token(server: IntrospectionServer) -> None:
 
 @pytest.mark.anyio
 async def test_active_answers_are_cached_for_active_ttl(
-    server: IntrospectionServer, clock: FakeClock
+    server: IntrospectionServer, clock: Clock
 ) -> None:
     server.activate("opaque", exp=int(clock.now) + 3600)
     introspector = server.introspector(active_ttl=30, clock=clock)
@@ -371,7 +359,7 @@ async def test_active_answers_are_cached_for_active_ttl(
     assert server.calls == 2
 
 
-def test_active_answers_never_outlive_exp(server: IntrospectionServer, clock: FakeClock) -> None:
+def test_active_answers_never_outlive_exp(server: IntrospectionServer, clock: Clock) -> None:
     server.activate("short", exp=int(clock.now) + 5)
     introspector = server.introspector(active_ttl=30, clock=clock)
     introspector.introspect_sync("short")
@@ -389,7 +377,7 @@ def test_active_answers_never_outlive_exp(server: IntrospectionServer, clock: Fa
 
 
 def test_inactive_answers_are_cached_for_inactive_ttl(
-    server: IntrospectionServer, clock: FakeClock
+    server: IntrospectionServer, clock: Clock
 ) -> None:
     introspector = server.introspector(inactive_ttl=60, clock=clock)
     introspector.introspect_sync("unknown")
@@ -401,7 +389,7 @@ def test_inactive_answers_are_cached_for_inactive_ttl(
     assert server.calls == 2
 
 
-def test_cache_is_bounded_and_keyed_by_hash(server: IntrospectionServer, clock: FakeClock) -> None:
+def test_cache_is_bounded_and_keyed_by_hash(server: IntrospectionServer, clock: Clock) -> None:
     for name in ("a", "b", "c"):
         server.activate(f"token-{name}")
     introspector = server.introspector(cache_size=2, clock=clock)
@@ -699,7 +687,7 @@ def test_guard_error_carries_fingerprint_for_opaque_tokens(
 
 @pytest.mark.anyio
 async def test_store_revokes_a_jwt_once_the_as_says_inactive(
-    issuer: DevIssuer, server: IntrospectionServer, clock: FakeClock
+    issuer: DevIssuer, server: IntrospectionServer, clock: Clock
 ) -> None:
     store = IntrospectionRevocationStore(server.introspector(active_ttl=30, clock=clock))
     assert store.name == "introspection"
@@ -725,7 +713,7 @@ async def test_store_revokes_a_jwt_once_the_as_says_inactive(
 
 
 def test_store_sync_side_through_wsgi(
-    issuer: DevIssuer, server: IntrospectionServer, clock: FakeClock
+    issuer: DevIssuer, server: IntrospectionServer, clock: Clock
 ) -> None:
     store = IntrospectionRevocationStore(server.introspector(active_ttl=30, clock=clock))
     guard = issuer.guard(audience=AUDIENCE, revocation=store)

@@ -131,6 +131,9 @@ def test_construction_does_not_connect_and_checks_options() -> None:
         RedisRevocationStore(namespace="")
     with pytest.raises(ConfigurationError):
         RedisRevocationStore(max_entries=0)
+    for options in ({"socket_timeout": 0}, {"connect_timeout": -1}, {"namespace": "a\nb"}):
+        with pytest.raises(ConfigurationError):
+            RedisRevocationStore(**options)  # checked before any client is built
 
 
 # -- many instances -------------------------------------------------------------------------

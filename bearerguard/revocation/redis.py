@@ -55,7 +55,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from bearerguard._core.times import Instant, to_epoch
-from bearerguard._redis import DEFAULT_URL, RedisClients, again, again_sync
+from bearerguard._redis import DEFAULT_URL, RedisClients, again, again_sync, check_namespace
 from bearerguard.errors import ConfigurationError, RevocationStoreError
 from bearerguard.revocation._mirror import (
     REVOKE_SCRIPT,
@@ -210,10 +210,9 @@ class RedisRevocationStore:
         expiry_grace: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not isinstance(namespace, str) or not namespace or any(c in namespace for c in "\0\n"):
-            raise ConfigurationError("namespace must be a non-empty string")
-        if min(socket_timeout, connect_timeout, failure_timeout) <= 0:
-            raise ConfigurationError("timeouts must be positive")
+        check_namespace(namespace)
+        if failure_timeout <= 0:
+            raise ConfigurationError("failure_timeout must be positive")
         if max_entries < 1 or max_connections < 2 or retention <= 0 or expiry_grace < 0:
             raise ConfigurationError("max_entries, max_connections and retention must be positive")
         self._layout = Layout(namespace)

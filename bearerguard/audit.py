@@ -53,6 +53,11 @@ class RequestInfo:
         }
 
 
+def _milliseconds(seconds: float) -> float:
+    """``seconds`` in milliseconds to the microsecond (``round(x, 3)`` costs three times more)."""
+    return round(seconds * 1_000_000) / 1000
+
+
 def token_fields(token: AccessToken) -> dict[str, Any]:
     """The event fields describing ``token``: the middlewares build them once per cached token."""
     return {
@@ -78,7 +83,7 @@ class AuditLog:
         metrics: counts every decision and its latency, whatever the sampling.
     """
 
-    __slots__ = ("_logger", "_sample", "metrics", "records_accepted")
+    __slots__ = ("_logger", "_proxy", "_sample", "metrics", "records_accepted")
 
     def __init__(
         self,
@@ -90,7 +95,11 @@ class AuditLog:
         if not 0.0 <= sample_accepted <= 1.0:
             raise ValueError("sample_accepted must be between 0 and 1")
         self._sample = sample_accepted
-        self._logger = logger if logger is not None else structlog.get_logger(AUDIT_LOGGER_NAME)
+        if logger is None:
+            logger = self._proxy = structlog.get_logger(AUDIT_LOGGER_NAME)
+        else:
+            self._proxy = None
+        self._logger = logger
         self.metrics = metrics
         self.records_accepted = sample_accepted > 0.0 or metrics is not None
         """Whether ``accepted`` has anything to do: events sampled in, or metrics to count."""
@@ -105,6 +114,23 @@ class AuditLog:
     def logger(self) -> Any:
         """The structlog logger events go to, for sibling components (the SET receiver)."""
         return self._logger
+
+    def _settle(self) -> None:
+        """Emit through the logger structlog's lazy proxy has cached, once it has cached one.
+
+        With ``cache_logger_on_first_use``, the proxy from ``structlog.get_logger``
+        assembles a bound logger at its first use and hands out that same logger ever after
+        (a later ``structlog.configure`` does not reach it). Calling that logger directly
+        skips the proxy's lookup on every event, 0.6 µs, and changes nothing else
+        (``structlog.testing.capture_logs`` swaps the processors inside the list that
+        logger holds, so it still sees the events). Without caching, events keep going
+        through the proxy, so a later ``configure`` applies to them.
+        """
+        proxy = self._proxy
+        # The proxy marks a cached logger by replacing its bind method on the instance.
+        if proxy is not None and "bind" in vars(proxy):
+            self._logger = proxy.bind()
+            self._proxy = None
 
     def accepted(
         self,
@@ -133,7 +159,7 @@ class AuditLog:
             outcome="allow",
             reason="ok",
             status=None,
-            latency_ms=round(latency * 1000, 3),
+            latency_ms=_milliseconds(latency),
             binding=binding,
             method=request.method[:_MAX_FIELD],
             path=request.path[:512],
@@ -141,6 +167,8 @@ class AuditLog:
             request_id=request_id[:_MAX_FIELD] if request_id else None,
             **(token_fields(token) if described is None else described),
         )
+        if self._proxy is not None:
+            self._settle()
 
     def anomaly(self, token: AccessToken, request: RequestInfo, verdict: UsageVerdict) -> None:
         """Record ``token`` used beyond a usage limit: ``token.anomaly`` (always emitted).
@@ -209,8 +237,10 @@ class AuditLog:
             reason=error.reason,
             status=error.status,
             detail=error.detail,
-            latency_ms=round(latency * 1000, 3),
+            latency_ms=_milliseconds(latency),
             binding=error.binding,
             **request.fields(),
             **fields,
         )
+        if self._proxy is not None:
+            self._settle()

@@ -1,0 +1,38 @@
+"""The benchmark report's in-process verdicts, from made-up samples (no timing here)."""
+
+from __future__ import annotations
+
+from benchmarks.inprocess import Measurement
+from benchmarks.report import Target, targets
+
+
+def measured(key: str, *microseconds: float) -> Measurement:
+    """A case whose repeats took ``microseconds`` per operation, on a quiet machine."""
+    samples = [value / 1e6 for value in microseconds]
+    return Measurement(key, key, "starlette", None, samples=samples, noise=[0.0] * len(samples))
+
+
+def target(found: list[Target], prefix: str) -> Target:
+    return next(item for item in found if item.goal.startswith(prefix))
+
+
+def test_the_hit_target_counts_the_repeats_that_met_it_side_by_side() -> None:
+    bare = measured("starlette_bare", 10.0, 10.0, 10.2, 10.0, 10.1)
+    hit = measured("starlette_bg_hit", 12.9, 13.1, 13.1, 12.95, 13.2)
+    found = target(targets([bare, hit], None), "cache hit <= +3")
+    assert found.met is False
+    assert found.figure == "+3.10 µs (13.10 vs 10.00 µs/request; 3 of 5 repeats within it)"
+    assert found.verdict == "NOT MET"
+
+
+def test_the_miss_target_shows_three_decimals_and_the_repeats_within_it() -> None:
+    miss = measured("bg_miss", 33.3, 33.0, 33.4)
+    decode = measured("jwt_decode", 66.5, 66.4, 66.6)
+    found = target(targets([miss, decode], None), "cache miss")
+    assert found.met is False
+    assert found.figure == "0.501x (33.3 / 66.5 µs; 1 of 3 repeats within it)"
+
+
+def test_targets_not_measured_say_so() -> None:
+    found = targets([measured("starlette_bare", 10.0)], None)
+    assert {item.verdict for item in found} == {"not measured"}

@@ -104,7 +104,11 @@ def _respond(refusal: Refusal) -> Response:
 
 
 def _describe(scope: Scope, request_id: bytes | None) -> tuple[str, str, str | None, str | None]:
-    """Method, path, client address and request id, as the audit log records them."""
+    """Method, path, client address and request id, as the audit log records them.
+
+    The cache-hit fast path in ``BearerGuardMiddleware.__call__`` writes the same four
+    values inline (no frame, no tuple): a change here belongs there too.
+    """
     client = scope.get("client")
     return (
         scope.get("method", "WEBSOCKET"),
@@ -306,7 +310,7 @@ class BearerGuardMiddleware:
                 attached = entry.attached = (TokenCredentials(reused), TokenUser(reused))
             scope["auth"], scope["user"] = attached
             client = scope.get("client")
-            auth = RequestAuth(
+            auth = RequestAuth(  # the request's four fields as _describe gives them, inline
                 guard,
                 access,
                 started,

@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import jwt
@@ -36,6 +36,7 @@ from bearerguard._core.keys import VerificationKey, verify_signature
 from bearerguard.audit import RequestInfo, token_fields
 from bearerguard.testing import DevIssuer
 from benchmarks.apps import (
+    AUDIT_DROPPED,
     PATH,
     SCOPE,
     Settings,
@@ -435,6 +436,13 @@ def _cases(issuer: DevIssuer, settings: Settings, plan: Plan, token: str) -> lis
             st,
             bare,
             starlette_apps.build_bearerguard(audited),
+        ),
+        app(
+            "starlette_bg_hit_audit_dropped",
+            f"+ bearerguard, cache hit, every decision audited, {AUDIT_DROPPED}",
+            st,
+            bare,
+            starlette_apps.build_bearerguard(replace(audited, audit="dropped")),
         ),
         app(
             "starlette_hash_lookup",

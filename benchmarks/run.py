@@ -8,8 +8,9 @@ Usage (from the repository root):
     python3 scripts/dev.py bench --profile    # cProfile of the cache-hit and cache-miss paths
 
 One run measures, side by side: the in-process cost per request of a bare Starlette and
-FastAPI app, the same behind bearerguard (cache hit with and without audit events, cache
-miss) and behind the hand-rolled PyJWT patterns; token verification alone; and requests per
+FastAPI app, the same behind bearerguard (cache hit with and without audit events, and with
+every event dropped by the application's first structlog processor; cache miss) and behind
+the hand-rolled PyJWT patterns; token verification alone; and requests per
 second under uvicorn driven by ``wrk``. The report goes to stdout and to
 ``benchmarks/results/latest.md`` and ``latest.json`` (``quick.*`` for ``--quick``).
 Benchmarks never assert: the targets are reported as met or not met.

@@ -29,7 +29,7 @@ from typing import IO
 
 import httpx
 
-from benchmarks.apps import PATH, Settings
+from benchmarks.apps import AUDIT_DROPPED, PATH, Audit, Settings
 from benchmarks.noise import QUIET, CpuMeter, process_cpu_seconds
 
 __all__ = [
@@ -57,7 +57,7 @@ class ServedApp:
     label: str
     factory: str
     baseline: str | None
-    audit: str = "off"
+    audit: Audit = "off"
 
 
 SERVED_APPS = (
@@ -74,6 +74,13 @@ SERVED_APPS = (
         "starlette_apps:create_bearerguard",
         "starlette_bare",
         audit="all",
+    ),
+    ServedApp(
+        "starlette_bg_hit_audit_dropped",
+        f"+ bearerguard, cache hit, every decision audited, {AUDIT_DROPPED}",
+        "starlette_apps:create_bearerguard",
+        "starlette_bare",
+        audit="dropped",
     ),
     ServedApp(
         "starlette_hash_lookup",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from benchmarks.inprocess import Measurement
 from benchmarks.report import Target, targets
+from benchmarks.served import ServedResult, WrkRun
 
 
 def measured(key: str, *microseconds: float) -> Measurement:
@@ -36,3 +37,24 @@ def test_the_miss_target_shows_three_decimals_and_the_repeats_within_it() -> Non
 def test_targets_not_measured_say_so() -> None:
     found = targets([measured("starlette_bare", 10.0)], None)
     assert {item.verdict for item in found} == {"not measured"}
+
+
+def served(key: str, requests_per_second: float) -> ServedResult:
+    """An app served for one quiet round at ``requests_per_second``."""
+    result = ServedResult(key, key, None)
+    result.runs.append(WrkRun(requests_per_second, 1.0, 2.0, 1000, 0, 0, others=0.0))
+    return result
+
+
+def test_the_audited_target_shows_the_library_share_beside_the_verdict() -> None:
+    runs = [
+        served("starlette_bare", 30_000),
+        served("starlette_bg_hit_audited", 18_000),
+        served("starlette_bg_hit_audit_dropped", 24_000),
+    ]
+    found = target(targets([], runs), "cache hit >= 0.75x")
+    assert found.met is False  # judged on the configured pipeline, not on the dropped events
+    assert found.figure == (
+        "0.60x (18,000 / 30,000 req/s; events dropped by the app's first processor, "
+        "the library's share: 0.80x)"
+    )

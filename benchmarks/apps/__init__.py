@@ -10,7 +10,10 @@ Environment (set by ``benchmarks/run.py`` for each uvicorn subprocess):
 ``BENCH_ISSUER``     the DevIssuer's URL, the trusted ``iss``
 ``BENCH_JWKS_URI``   where its JWK Set is served
 ``BENCH_AUDIENCE``   the audience tokens are minted for
-``BENCH_AUDIT``      ``off`` (accepted events sampled at 0.0) or ``all`` (every decision)
+``BENCH_AUDIT``      ``off`` (accepted events sampled at 0.0), ``all`` (every decision) or
+                     ``dropped`` (every decision, each event dropped by the application's
+                     first structlog processor: what the library and structlog's dispatch
+                     cost before the application's rendering)
 """
 
 from __future__ import annotations
@@ -18,11 +21,20 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, NoReturn
 
 import structlog
 
-__all__ = ["AUDIT_CONFIG", "PATH", "SCOPE", "Settings", "configure_audit_logging"]
+__all__ = [
+    "AUDIT_CONFIG",
+    "AUDIT_DROPPED",
+    "PATH",
+    "SCOPE",
+    "Audit",
+    "Settings",
+    "configure_audit_logging",
+    "dropping_audit_logger",
+]
 
 PATH = "/items"
 SCOPE = "items:read"
@@ -33,6 +45,12 @@ AUDIT_CONFIG = (
     "filtering bound logger at INFO; cache_logger_on_first_use=True"
 )
 """What ``configure_audit_logging`` sets up, stated in every report."""
+
+AUDIT_DROPPED = "events dropped by the app's first processor"
+"""How the ``dropped`` cases label themselves."""
+
+Audit = Literal["off", "all", "dropped"]
+_AUDITS: tuple[Audit, ...] = ("off", "all", "dropped")
 
 _configured = False
 
@@ -62,6 +80,23 @@ def configure_audit_logging() -> None:
     _configured = True
 
 
+def _drop(logger: Any, method: str, event: Any) -> NoReturn:
+    raise structlog.DropEvent
+
+
+def dropping_audit_logger() -> Any:
+    """A logger whose first processor drops every event, given to the guard as ``audit_logger``.
+
+    The guard builds each event and hands it to structlog exactly as with the configured
+    logger; only the rendering and the write are gone. Timed against the configured
+    pipeline, it splits an audited request's cost into the library's share and the
+    application's.
+    """
+    # The class structlog.configure would install, bound directly: no lazy proxy in between.
+    bound_logger: Any = structlog.make_filtering_bound_logger(logging.INFO)
+    return bound_logger(structlog.WriteLogger(), [_drop], {})
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Where the issuer is, and how much the guard audits."""
@@ -69,20 +104,21 @@ class Settings:
     issuer: str
     jwks_uri: str
     audience: str
-    audit: Literal["off", "all"] = "off"
+    audit: Audit = "off"
 
     @classmethod
     def from_env(cls) -> Settings:
         """Read the settings a benchmark run passes to a uvicorn subprocess."""
         audit = os.environ.get("BENCH_AUDIT", "off")
-        if audit not in ("off", "all"):
-            raise ValueError(f"BENCH_AUDIT must be 'off' or 'all', not {audit!r}")
-        return cls(
-            issuer=os.environ["BENCH_ISSUER"],
-            jwks_uri=os.environ["BENCH_JWKS_URI"],
-            audience=os.environ["BENCH_AUDIENCE"],
-            audit="all" if audit == "all" else "off",
-        )
+        for known in _AUDITS:
+            if audit == known:
+                return cls(
+                    issuer=os.environ["BENCH_ISSUER"],
+                    jwks_uri=os.environ["BENCH_JWKS_URI"],
+                    audience=os.environ["BENCH_AUDIENCE"],
+                    audit=known,
+                )
+        raise ValueError(f"BENCH_AUDIT must be 'off', 'all' or 'dropped', not {audit!r}")
 
     def env(self) -> dict[str, str]:
         """The environment variables ``from_env`` reads."""
@@ -96,4 +132,4 @@ class Settings:
     @property
     def sample_accepted(self) -> float:
         """``audit_sample_accepted`` for the guard."""
-        return 1.0 if self.audit == "all" else 0.0
+        return 0.0 if self.audit == "off" else 1.0

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bearerguard import BearerGuard
 from bearerguard.asgi import BearerGuardMiddleware
-from benchmarks.apps import PATH, Settings, configure_audit_logging
+from benchmarks.apps import PATH, Settings, configure_audit_logging, dropping_audit_logger
 from benchmarks.apps.pyjwt_middleware import PyJWTASGIMiddleware, PyJWTHTTPMiddleware
 
 __all__ = [
@@ -43,13 +43,14 @@ ROUTES = [Route(PATH, items)]
 
 
 def guard_for(settings: Settings, *, cache_size: int = 10_000) -> BearerGuard:
-    """The guard every bearerguard app uses: the library defaults but for audit sampling."""
+    """The guard every bearerguard app uses: the library defaults but for the audit settings."""
     configure_audit_logging()
     return BearerGuard(
         issuer=settings.issuer,
         audience=settings.audience,
         jwks_uri=settings.jwks_uri,
         audit_sample_accepted=settings.sample_accepted,
+        audit_logger=dropping_audit_logger() if settings.audit == "dropped" else None,
         cache_size=cache_size,
     )
 

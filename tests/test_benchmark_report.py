@@ -58,3 +58,16 @@ def test_the_audited_target_shows_the_library_share_beside_the_verdict() -> None
         "0.60x (18,000 / 30,000 req/s; events dropped by the app's first processor, "
         "the library's share: 0.80x)"
     )
+
+
+def test_the_served_hit_target_shows_the_reference_lookup_beside_it() -> None:
+    runs = [
+        served("starlette_bare", 30_000),
+        served("starlette_bg_hit", 26_400),
+        served("starlette_hash_lookup", 28_500),
+    ]
+    found = target(targets([], runs), "cache hit >= 0.90x")
+    assert found.met is False
+    assert found.figure == (
+        "0.88x (26,400 / 30,000 req/s; the SHA-256 lookup alone, no checks: 0.95x)"
+    )

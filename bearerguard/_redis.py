@@ -90,7 +90,7 @@ class RedisClients:
         max_connections: int,
         client_name: str,
     ) -> None:
-        if min(socket_timeout, connect_timeout) <= 0:
+        if not (socket_timeout > 0 and connect_timeout > 0):  # NaN fails too
             raise ConfigurationError("socket_timeout and connect_timeout must be positive")
         if max_connections < 1:
             raise ConfigurationError("max_connections must be positive")

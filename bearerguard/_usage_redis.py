@@ -168,7 +168,7 @@ class RedisUsageMonitor:
         if not isinstance(policy, UsagePolicy):
             raise ConfigurationError("policy must be a UsagePolicy")
         check_namespace(namespace)
-        if failure_cooldown < 0:
+        if not failure_cooldown >= 0:  # NaN fails too
             raise ConfigurationError("failure_cooldown must not be negative")
         self._policy = policy
         self._prefix = f"{namespace}:use:{round(policy.window * 1000)}:"

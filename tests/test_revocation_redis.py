@@ -131,7 +131,13 @@ def test_construction_does_not_connect_and_checks_options() -> None:
         RedisRevocationStore(namespace="")
     with pytest.raises(ConfigurationError):
         RedisRevocationStore(max_entries=0)
-    for options in ({"socket_timeout": 0}, {"connect_timeout": -1}, {"namespace": "a\nb"}):
+    for options in (
+        {"socket_timeout": 0},
+        {"connect_timeout": -1},
+        {"socket_timeout": float("nan")},
+        {"failure_timeout": float("nan")},
+        {"namespace": "a\nb"},
+    ):
         with pytest.raises(ConfigurationError):
             RedisRevocationStore(**options)  # checked before any client is built
 

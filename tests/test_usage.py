@@ -764,6 +764,8 @@ def test_redis_construction_does_not_connect_and_checks_options(
         {"url": "redis://h/0", "client": redis.Redis()},
         {"namespace": ""},
         {"socket_timeout": 0},
+        {"socket_timeout": float("nan")},
+        {"failure_cooldown": float("nan")},
         {"max_connections": 0},
     ):
         with pytest.raises(ConfigurationError):

@@ -211,7 +211,7 @@ class RedisRevocationStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         check_namespace(namespace)
-        if failure_timeout <= 0:
+        if not failure_timeout > 0:  # NaN fails too
             raise ConfigurationError("failure_timeout must be positive")
         if max_entries < 1 or max_connections < 2 or retention <= 0 or expiry_grace < 0:
             raise ConfigurationError("max_entries, max_connections and retention must be positive")

@@ -33,16 +33,18 @@ from starlette.types import ASGIApp, Message, Scope
 
 from bearerguard import BearerGuard
 from bearerguard._core.keys import VerificationKey, verify_signature
-from bearerguard.audit import RequestInfo, token_fields
+from bearerguard.audit import AuditLog, RequestInfo, token_fields
 from bearerguard.testing import DevIssuer
 from benchmarks.apps import (
     AUDIT_DROPPED,
+    AUDIT_STDLIB,
     PATH,
     SCOPE,
     Settings,
     configure_audit_logging,
     fastapi_apps,
     starlette_apps,
+    stdlib_audit_logger,
 )
 from benchmarks.apps.pyjwt_middleware import decode_token
 from benchmarks.noise import QUIET, CpuMeter
@@ -410,6 +412,11 @@ def _cases(issuer: DevIssuer, settings: Settings, plan: Plan, token: str) -> lis
     def audit_event() -> None:
         audit_guard.audit.accepted(accepted, request, 0.0001, described=described)
 
+    stdlib_audit = AuditLog(logger=stdlib_audit_logger())
+
+    def audit_event_stdlib() -> None:
+        stdlib_audit.accepted(accepted, request, 0.0001, described=described)
+
     def authenticate(guard: BearerGuard) -> Callable[[], Coroutine[Any, Any, object]]:
         async def call() -> object:
             return await guard.authenticate(token)
@@ -540,6 +547,12 @@ def _cases(issuer: DevIssuer, settings: Settings, plan: Plan, token: str) -> lis
             "one token.accepted audit event alone (this run's structlog pipeline)",
             None,
             call=audit_event,
+        ),
+        CallCase(
+            "audit_event_stdlib",
+            f"the same event through the {AUDIT_STDLIB}",
+            None,
+            call=audit_event_stdlib,
         ),
     ]
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import structlog
@@ -10,7 +14,15 @@ from starlette.testclient import TestClient
 
 import benchmarks.apps
 from bearerguard.testing import DevIssuer
-from benchmarks.apps import PATH, SCOPE, Settings, dropping_audit_logger, starlette_apps
+from benchmarks.apps import (
+    PATH,
+    SCOPE,
+    Settings,
+    audit_processors,
+    dropping_audit_logger,
+    starlette_apps,
+    stdlib_audit_logger,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -72,3 +84,32 @@ def test_the_dropped_case_serves_its_requests_with_every_event_dropped(
         refused = client.get(PATH, headers={"Authorization": "Bearer not.a.token"})
         assert refused.status_code == 401
     assert capsys.readouterr().out == ""
+
+
+def rendered_event(logger: Any, sink: io.BytesIO | io.StringIO) -> dict[str, Any]:
+    logger.info("token.accepted", sub="alice", scopes=["items:read"])
+    line = sink.getvalue()
+    assert line.count("\n" if isinstance(line, str) else b"\n") == 1
+    event: dict[str, Any] = json.loads(line)
+    return event
+
+
+def test_the_configured_pipeline_renders_one_json_line_per_event() -> None:
+    sink = io.BytesIO()
+    bound_logger: Any = structlog.make_filtering_bound_logger(logging.INFO)
+    logger = bound_logger(structlog.BytesLogger(sink), audit_processors(), {})
+    event = rendered_event(logger, sink)
+    assert event["event"] == "token.accepted"
+    assert event["level"] == "info"
+    assert event["sub"] == "alice"
+    assert event["scopes"] == ["items:read"]
+    assert event["timestamp"].endswith("Z")
+
+
+def test_the_stdlib_pipeline_renders_the_same_event() -> None:
+    sink = io.StringIO()
+    event = rendered_event(stdlib_audit_logger(sink), sink)
+    assert event["event"] == "token.accepted"
+    assert event["level"] == "info"
+    assert event["sub"] == "alice"
+    assert event["timestamp"].endswith("Z")

@@ -47,7 +47,7 @@ from benchmarks.apps import (
     stdlib_audit_logger,
 )
 from benchmarks.apps.pyjwt_middleware import decode_token
-from benchmarks.noise import QUIET, CpuMeter
+from benchmarks.noise import FULL_SPEED, QUIET, CpuMeter, speed_probe
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -76,14 +76,39 @@ class Measurement:
     samples: list[float] = field(default_factory=list)
     noise: list[float | None] = field(default_factory=list)
     """For each sample, the share of all CPUs other processes used while it ran."""
+    speeds: list[float | None] = field(default_factory=list)
+    """For each sample, the core's speed around it: the slower of the two ``speed_probe``
+    timings taken just before and just after it, against the run's full speed (the tenth
+    percentile of all its probes' timings); 1.0 is full speed."""
+
+    def _calm(self) -> list[bool]:
+        speeds = self.speeds or [None] * len(self.samples)
+        return [
+            (share is None or share <= QUIET) and (speed is None or speed >= FULL_SPEED)
+            for share, speed in zip(self.noise, speeds, strict=True)
+        ]
+
+    @property
+    def quiet_count(self) -> int:
+        """How many samples were quiet: other processes idle enough, the core at full speed."""
+        return sum(self._calm())
 
     @property
     def quiet(self) -> list[float]:
-        """The samples taken while the machine was quiet; at least the three quietest."""
+        """The samples taken while the machine was quiet; at least the three quietest.
+
+        With fewer than three at full speed, a core's speed is no guide (it changed too
+        often): the samples are then chosen by the other processes' share alone, and the
+        report marks the verdict noisy.
+        """
+        enough = min(3, len(self.samples))
+        calm = [sample for sample, ok in zip(self.samples, self._calm(), strict=True) if ok]
+        if len(calm) >= enough:
+            return calm
         quiet = [
             s for s, n in zip(self.samples, self.noise, strict=True) if n is None or n <= QUIET
         ]
-        if len(quiet) >= min(3, len(self.samples)):
+        if len(quiet) >= enough:
             return quiet
         ranked = sorted(zip(self.noise, self.samples, strict=True), key=lambda pair: pair[0] or 0.0)
         return [sample for _, sample in ranked[:3]]
@@ -341,14 +366,24 @@ async def _measure(cases: list[Case], plan: Plan, progress: Callable[[str], None
         per_op = await case.timed(50)  # a first estimate, also warming the path up
         iterations[case.result.key] = case.iterations_for(plan.seconds_per_repeat, per_op)
         case.result.iterations = iterations[case.result.key]
+    slower: dict[str, list[float]] = {case.result.key: [] for case in cases}
+    every: list[float] = []
     for repeat in range(plan.repeats):
         progress(f"in-process repeat {repeat + 1}/{plan.repeats}")
         for case in cases:
             await case.before_repeat()
             gc.collect()
+            before = speed_probe()
             meter = CpuMeter()
             case.result.samples.append(await case.timed(iterations[case.result.key]))
             case.result.noise.append(meter.others())
+            after = speed_probe()
+            every += (before, after)
+            slower[case.result.key].append(max(before, after))
+    # Full speed: the tenth percentile of the probes' times, not the one luckiest probe.
+    full = sorted(every)[len(every) // 10]
+    for case in cases:
+        case.result.speeds = [full / probe for probe in slower[case.result.key]]
 
 
 def flask_app(guard: BearerGuard | None) -> WSGIApplication:

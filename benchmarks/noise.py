@@ -1,10 +1,15 @@
-"""How much CPU other processes took while a measurement ran: the noise of a shared machine.
+"""The noise of a shared machine: CPU taken by other processes, and a core running slow.
 
 The machine's busy time (``/proc/stat``, every CPU together) minus the CPU time of this
 process, of its reaped children (``os.times``) and of any still-running processes of ours
 (the uvicorn servers, read from ``/proc/<pid>/stat``): what is left was used by processes
 the benchmark does not own. Every sample records this share, so that figures can be taken
 from the quiet samples only. Linux only; elsewhere the share is unknown (``None``).
+
+A virtual machine's host can also slow a core down without any of it showing in
+``/proc/stat`` (seen on 2026-11-29: a fixed loop took 4.2 ms, then 8 to 10 ms, in phases of
+0.1 to 1 s, on each core independently). ``speed_probe`` times a fixed piece of work around
+each in-process sample, so that samples taken while the core ran slow count as noisy too.
 """
 
 from __future__ import annotations
@@ -12,11 +17,27 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from time import perf_counter
 
-__all__ = ["QUIET", "CpuMeter", "process_cpu_seconds"]
+__all__ = ["FULL_SPEED", "QUIET", "CpuMeter", "process_cpu_seconds", "speed_probe"]
 
 QUIET = 0.10
 """A sample is quiet when other processes used at most this share of all CPUs."""
+
+FULL_SPEED = 0.85
+"""An in-process sample is quiet only if, besides, the probes around it ran at least this
+share of the run's full speed (its tenth-percentile probe)."""
+
+_PROBE_STEPS = 20_000  # about 1 ms of bytecode on a fast core
+
+
+def speed_probe() -> float:
+    """Seconds a fixed piece of pure-Python work takes now, on the core this runs on."""
+    started = perf_counter()
+    total = 0
+    for step in range(_PROBE_STEPS):
+        total += step
+    return perf_counter() - started
 
 
 def _machine_seconds() -> tuple[float, float] | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.inprocess import Measurement
-from benchmarks.noise import QUIET
+from benchmarks.noise import FULL_SPEED, QUIET
 from benchmarks.served import ServedResult
 
 __all__ = ["Report", "Target", "machine", "targets"]
@@ -111,7 +111,7 @@ def _quiet_count(noise: list[float | None]) -> int:
 
 
 def _quiet_case(case: Measurement) -> bool:
-    return _quiet_count(case.noise) >= min(3, len(case.samples))
+    return case.quiet_count >= min(3, len(case.samples))
 
 
 def _quiet_result(result: ServedResult) -> bool:
@@ -267,6 +267,14 @@ class Report:
             lines.append(
                 f"{bullet}other processes used {share:.0%} of all CPUs during the {part}{warning}"
             )
+        speeds = [speed for case in self.inprocess for speed in case.speeds if speed is not None]
+        if speeds:
+            slow = sum(1 for speed in speeds if speed < FULL_SPEED)
+            warning = " (a throttled core: see the quiet columns)" if slow else ""
+            lines.append(
+                f"{bullet}the core ran below {FULL_SPEED:.0%} of its full speed around {slow} of "
+                f"{len(speeds)} in-process samples (slowest: {min(speeds):.0%}){warning}"
+            )
         return lines
 
     def _inprocess_rows(self, group: str) -> list[list[str]]:
@@ -286,7 +294,7 @@ class Report:
                     delta,
                     ratio,
                     f"{case.spread:.0%}",
-                    f"{_quiet_count(case.noise)}/{len(case.samples)}",
+                    f"{case.quiet_count}/{len(case.samples)}",
                 ]
             )
         return rows
@@ -310,7 +318,7 @@ class Report:
                     f"{case.best_us:.1f}",
                     ratio,
                     f"{case.spread:.0%}",
-                    f"{_quiet_count(case.noise)}/{len(case.samples)}",
+                    f"{case.quiet_count}/{len(case.samples)}",
                 ]
             )
         return rows
@@ -383,8 +391,10 @@ class Report:
             "",
             f"Apps called directly with a prebuilt scope; {self.settings['repeats']} repeats of "
             f"~{self.settings['seconds_per_repeat']}s each, interleaved; µs/request is the median "
-            f"of the quiet repeats (other processes <= {QUIET:.0%} of all CPUs; the three "
-            "quietest when fewer), best the fastest repeat, quiet how many were quiet. The "
+            f"of the quiet repeats (other processes <= {QUIET:.0%} of all CPUs, and a fixed "
+            f"loop timed before and after ran at >= {FULL_SPEED:.0%} of the run's full speed, "
+            "its tenth-percentile timing; the three quietest when fewer), best the fastest "
+            "repeat, quiet how many were quiet. The "
             f"cache-miss row uses {self.settings['fresh_tokens']} distinct pre-minted tokens per "
             "repeat against a new guard. Δ and x are against the bare app of the same "
             "framework; spread is (max-min)/median of the quiet repeats.",
@@ -479,6 +489,7 @@ class Report:
                     "iterations": case.iterations,
                     "samples_us": [round(s * 1e6, 3) for s in case.samples],
                     "others_cpu_share": case.noise,
+                    "core_speed": [None if v is None else round(v, 3) for v in case.speeds],
                 }
                 for case in self.inprocess
             },

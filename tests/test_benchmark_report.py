@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from benchmarks.inprocess import Measurement
-from benchmarks.report import Target, targets
+from benchmarks.noise import speed_probe
+from benchmarks.report import Report, Target, targets
 from benchmarks.served import ServedResult, WrkRun
 
 
@@ -71,3 +72,51 @@ def test_the_served_hit_target_shows_the_reference_lookup_beside_it() -> None:
     assert found.figure == (
         "0.88x (26,400 / 30,000 req/s; the SHA-256 lookup alone, no checks: 0.95x)"
     )
+
+
+def test_samples_taken_on_a_slowed_core_are_not_quiet() -> None:
+    slowed = measured("starlette_bare", 10.0, 20.0, 10.2, 19.0, 10.1)
+    slowed.speeds = [1.0, 0.5, 0.95, 0.55, 0.9]
+    assert slowed.quiet_count == 3
+    assert slowed.median_us == 10.1
+    assert slowed.spread < 0.03
+
+
+def test_with_too_few_samples_at_full_speed_the_other_processes_share_decides() -> None:
+    slowed = measured("starlette_bare", 10.0, 20.0, 11.0, 19.0, 12.0)
+    slowed.speeds = [0.8, 1.0, 0.7, 0.55, 1.0]
+    slowed.noise = [0.0, 0.0, 0.5, 0.0, 0.0]
+    assert slowed.quiet_count == 2
+    assert sorted(slowed.quiet) == [10.0 / 1e6, 12.0 / 1e6, 19.0 / 1e6, 20.0 / 1e6]
+
+
+def test_a_verdict_from_slowed_samples_is_marked_noisy() -> None:
+    bare = measured("starlette_bare", 10.0, 10.0, 10.0)
+    hit = measured("starlette_bg_hit", 12.0, 12.0, 12.0)
+    hit.speeds = [0.5, 1.0, 0.6]
+    found = target(targets([bare, hit], None), "cache hit <= +3")
+    assert found.verdict == "met (noisy)"
+
+
+def test_the_report_says_how_often_the_core_ran_slow() -> None:
+    bare = measured("starlette_bare", 10.0, 20.0)
+    bare.speeds = [1.0, 0.5]
+    report = Report(
+        started="now",
+        command="bench",
+        machine={},
+        settings={"other_processes_cpu": {"in-process part": 0.01}},
+        inprocess=[bare],
+        served=None,
+        served_note="",
+        targets=[],
+    )
+    assert report._noise_lines("- ") == [
+        "- other processes used 1% of all CPUs during the in-process part",
+        "- the core ran below 85% of its full speed around 1 of 2 in-process samples "
+        "(slowest: 50%) (a throttled core: see the quiet columns)",
+    ]
+
+
+def test_the_speed_probe_times_its_loop() -> None:
+    assert 0.0 < speed_probe() < 1.0

@@ -111,8 +111,7 @@ def stdlib_audit_logger(file: TextIO | None = None) -> Any:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.JSONRenderer(),
     ]
-    bound_logger: Any = structlog.make_filtering_bound_logger(logging.INFO)
-    return bound_logger(structlog.WriteLogger(sink), processors, {})
+    return _bound(structlog.WriteLogger(sink), processors)
 
 
 def _drop(logger: Any, method: str, event: Any) -> NoReturn:
@@ -127,9 +126,13 @@ def dropping_audit_logger() -> Any:
     pipeline, it splits an audited request's cost into the library's share and the
     application's.
     """
-    # The class structlog.configure would install, bound directly: no lazy proxy in between.
+    return _bound(structlog.WriteLogger(), [_drop])
+
+
+def _bound(logger: Any, processors: list[Any]) -> Any:
+    """The class ``structlog.configure`` would install, bound directly: no lazy proxy."""
     bound_logger: Any = structlog.make_filtering_bound_logger(logging.INFO)
-    return bound_logger(structlog.WriteLogger(), [_drop], {})
+    return bound_logger(logger, processors, {})
 
 
 @dataclass(frozen=True, slots=True)

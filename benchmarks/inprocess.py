@@ -372,8 +372,8 @@ async def _measure(cases: list[Case], plan: Plan, progress: Callable[[str], None
         progress(f"in-process repeat {repeat + 1}/{plan.repeats}")
         for case in cases:
             await case.before_repeat()
+            before = speed_probe()  # not after gc.collect(): its sweep slows the next ~1 ms
             gc.collect()
-            before = speed_probe()
             meter = CpuMeter()
             case.result.samples.append(await case.timed(iterations[case.result.key]))
             case.result.noise.append(meter.others())

@@ -25,6 +25,7 @@ __all__ = ["AUDIT_LOGGER_NAME", "AuditLog", "RequestInfo", "token_fields"]
 
 AUDIT_LOGGER_NAME = "bearerguard.audit"
 _MAX_FIELD = 128  # header values chosen by clients are truncated before logging
+_NO_FIELDS: dict[str, Any] = {}
 
 
 class RequestInfo:
@@ -132,6 +133,22 @@ class AuditLog:
             self._logger = proxy.bind()
             self._proxy = None
 
+    def token_logger(self, described: dict[str, Any]) -> Any:
+        """The logger with a token's fields (``token_fields``) bound, for its later events.
+
+        Binding them once per cached token spares each event passing eight keyword
+        arguments through structlog's call boundaries (about 2 µs of a 12 µs event on a slow
+        machine). ``None`` while events go through the lazy proxy of
+        ``structlog.get_logger`` (structlog has not cached a logger, or never will): a
+        later ``structlog.configure`` must still reach them. A structlog bound logger, given
+        or cached, keeps its processors whatever ``configure`` does later, and the loggers
+        bound from it share them (so ``structlog.testing.capture_logs`` sees their events).
+        """
+        logger = self._logger
+        if isinstance(logger, structlog.BoundLoggerBase):
+            return logger.bind(**described)
+        return None
+
     def accepted(
         self,
         token: AccessToken,
@@ -140,21 +157,28 @@ class AuditLog:
         *,
         binding: str = "bearer",
         described: dict[str, Any] | None = None,
+        token_logger: Any = None,
     ) -> None:
         """Record a request let through with ``token``.
 
         ``binding`` is how the token was presented: ``"bearer"``, ``"dpop"`` with a
         proof of possession (RFC 9449), or ``"mtls"``: bound to the client certificate
         of the request (RFC 8705). ``described`` is ``token_fields(token)`` when the caller
-        keeps it from an earlier request with the same token.
+        keeps it from an earlier request with the same token; ``token_logger``, this log's
+        ``token_logger(described)`` when the caller keeps that.
         """
         if self.metrics is not None:
             self._count("token.accepted", "ok", latency)
         sample = self._sample
         if sample < 1.0 and (sample == 0.0 or random.random() >= sample):  # noqa: S311
             return
+        if token_logger is None:
+            logger = self._logger
+            fields = token_fields(token) if described is None else described
+        else:
+            logger, fields = token_logger, _NO_FIELDS
         request_id = request.request_id
-        self._logger.info(
+        logger.info(
             "token.accepted",
             outcome="allow",
             reason="ok",
@@ -165,7 +189,7 @@ class AuditLog:
             path=request.path[:512],
             client=request.client,
             request_id=request_id[:_MAX_FIELD] if request_id else None,
-            **(token_fields(token) if described is None else described),
+            **fields,
         )
         if self._proxy is not None:
             self._settle()

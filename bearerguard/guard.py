@@ -127,12 +127,25 @@ class Verified:
     """What an integration derived from the token once and reuses on every hit (the ASGI
     middleware keeps Starlette's ``request.auth`` and ``request.user`` objects here)."""
 
+    audit_logger: tuple[AuditLog, Any] | None = None
+    """An audit log and its ``token_logger`` for this token, once it had one to give."""
+
     def audit_fields(self) -> dict[str, Any]:
         """The token's audit event fields (``token_fields``), built at the first call."""
         described = self.described
         if described is None:
             described = self.described = token_fields(self.token)
         return described
+
+    def token_logger(self, audit: AuditLog) -> Any:
+        """``audit.token_logger`` for this token, kept from the first call that got one."""
+        kept = self.audit_logger
+        if kept is not None and kept[0] is audit:
+            return kept[1]
+        logger = audit.token_logger(self.audit_fields())
+        if logger is not None:
+            self.audit_logger = (audit, logger)
+        return logger
 
 
 _sha256 = hashlib.sha256  # one global lookup on the hot paths

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+import io
+import logging
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
 import pytest
 import structlog
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
-from bearerguard.audit import AuditLog, RequestInfo
+from bearerguard import BearerGuard
+from bearerguard.asgi import BearerGuardMiddleware
+from bearerguard.audit import AuditLog, RequestInfo, token_fields
 from bearerguard.errors import ExpiredTokenError
 from bearerguard.testing import DevIssuer
+from bearerguard.wsgi import BearerGuardWSGIMiddleware
 
 REQUEST = RequestInfo("GET", "/items", "127.0.0.1", None)
 
@@ -102,3 +113,127 @@ def test_latency_is_in_milliseconds_to_the_microsecond(
     for event in events:
         assert event["latency_ms"] == milliseconds
         assert type(event["latency_ms"]) is float
+
+
+def bound_logger(*processors: Any) -> Any:
+    """A structlog bound logger with ``processors``, made directly (no lazy proxy)."""
+    bound_logger_class: Any = structlog.make_filtering_bound_logger(logging.INFO)
+    return bound_logger_class(None, list(processors), {})
+
+
+def test_no_token_logger_through_the_lazy_proxy(session_issuer: DevIssuer) -> None:
+    structlog.configure(processors=[Sink()], cache_logger_on_first_use=False)
+    token = session_issuer.guard().authenticate_sync(session_issuer.mint())
+    assert AuditLog().token_logger(token_fields(token)) is None
+    given = AuditLog(logger=structlog.wrap_logger(None, processors=[Sink()]))
+    assert given.token_logger(token_fields(token)) is None
+
+
+def test_a_token_logger_carries_the_tokens_fields(session_issuer: DevIssuer) -> None:
+    sink = Sink()
+    audit = AuditLog(logger=bound_logger(sink))
+    token = session_issuer.guard().authenticate_sync(session_issuer.mint())
+    described = token_fields(token)
+    audit.accepted(token, REQUEST, 0.001, described=described)
+    audit.accepted(token, REQUEST, 0.001, token_logger=audit.token_logger(described))
+    assert sink.events[0] == sink.events[1]
+    assert described.items() <= sink.events[1].items()
+
+
+def serve_asgi(guard: BearerGuard) -> Callable[[str], int]:
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    app = Starlette(
+        routes=[Route("/", hello)], middleware=[Middleware(BearerGuardMiddleware, guard=guard)]
+    )
+    client = TestClient(app)
+
+    def get(token: str) -> int:
+        return client.get("/", headers={"Authorization": f"Bearer {token}"}).status_code
+
+    return get
+
+
+def serve_wsgi(guard: BearerGuard) -> Callable[[str], int]:
+    def hello(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"hello"]
+
+    app = BearerGuardWSGIMiddleware(hello, guard=guard)
+
+    def get(token: str) -> int:
+        seen: list[str] = []
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/",
+            "QUERY_STRING": "",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_AUTHORIZATION": f"Bearer {token}",
+            "wsgi.input": io.BytesIO(b""),
+        }
+        b"".join(app(environ, lambda status, headers: seen.append(status)))
+        return int(seen[0].split()[0])
+
+    return get
+
+
+SERVERS = [pytest.param(serve_asgi, id="asgi"), pytest.param(serve_wsgi, id="wsgi")]
+
+
+@pytest.mark.parametrize("serve", SERVERS)
+def test_a_reused_token_is_audited_through_a_logger_with_its_fields_bound(
+    session_issuer: DevIssuer, serve: Callable[[BearerGuard], Callable[[str], int]]
+) -> None:
+    sink = Sink()
+    structlog.configure(processors=[sink], cache_logger_on_first_use=True)
+    guard = session_issuer.guard()
+    get = serve(guard)
+    token = session_issuer.mint()
+    assert [get(token) for _ in range(3)] == [200, 200, 200]
+    entry = guard.reused(token.encode())
+    assert entry is not None
+    assert entry.audit_logger is not None
+    assert entry.audit_logger[0] is guard.audit
+    # The first event (a verification) and the reused token's carry the same fields.
+    events = [{**event, "latency_ms": None} for event in sink.events]
+    assert [event["event"] for event in events] == ["token.accepted"] * 3
+    assert events[0] == events[1] == events[2]
+    with structlog.testing.capture_logs() as captured:  # its loggers share the processors
+        assert get(token) == 200
+    assert [event["event"] for event in captured] == ["token.accepted"]
+    assert captured[0]["token_fp"] == events[0]["token_fp"]
+
+
+@pytest.mark.parametrize("serve", SERVERS)
+def test_without_caching_a_reused_tokens_events_follow_a_later_configuration(
+    session_issuer: DevIssuer, serve: Callable[[BearerGuard], Callable[[str], int]]
+) -> None:
+    first, second = Sink(), Sink()
+    structlog.configure(processors=[first], cache_logger_on_first_use=False)
+    guard = session_issuer.guard()
+    get = serve(guard)
+    token = session_issuer.mint()
+    assert [get(token) for _ in range(2)] == [200, 200]
+    structlog.configure(processors=[second])
+    assert get(token) == 200
+    entry = guard.reused(token.encode())
+    assert entry is not None
+    assert entry.audit_logger is None
+    assert len(first.events) == 2
+    assert [event["event"] for event in second.events] == ["token.accepted"]
+
+
+def test_a_cached_token_binds_again_for_another_audit_log(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard()
+    token = session_issuer.mint()
+    guard.authenticate_sync(token)
+    entry = guard.reused(token.encode())
+    assert entry is not None
+    one, other = Sink(), Sink()
+    first, second = AuditLog(logger=bound_logger(one)), AuditLog(logger=bound_logger(other))
+    kept = entry.token_logger(first)
+    assert entry.token_logger(first) is kept
+    entry.token_logger(second).info("token.accepted")
+    assert not one.events
+    assert other.events[0]["token_fp"] == entry.token.fingerprint

@@ -25,7 +25,6 @@ __all__ = ["AUDIT_LOGGER_NAME", "AuditLog", "RequestInfo", "token_fields"]
 
 AUDIT_LOGGER_NAME = "bearerguard.audit"
 _MAX_FIELD = 128  # header values chosen by clients are truncated before logging
-_NO_FIELDS: dict[str, Any] = {}
 
 
 class RequestInfo:
@@ -134,11 +133,12 @@ class AuditLog:
             self._proxy = None
 
     def token_logger(self, described: dict[str, Any]) -> Any:
-        """The logger with a token's fields (``token_fields``) bound, for its later events.
+        """A logger for one token's ``token.accepted`` events as a Bearer token.
 
-        Binding them once per cached token spares each event passing eight keyword
-        arguments through structlog's call boundaries (about 2 µs of a 12 µs event on a slow
-        machine). ``None`` while events go through the lazy proxy of
+        It has the token's fields (``described``, from ``token_fields``) and the event's
+        constant ones bound, so an event of a cached token passes only its five per-request
+        fields through structlog's call boundaries (about 1.5 µs less per event than all
+        seventeen on a slow machine). ``None`` while events go through the lazy proxy of
         ``structlog.get_logger`` (structlog has not cached a logger, or never will): a
         later ``structlog.configure`` must still reach them. A structlog bound logger, given
         or cached, keeps its processors whatever ``configure`` does later, and the loggers
@@ -146,7 +146,9 @@ class AuditLog:
         """
         logger = self._logger
         if isinstance(logger, structlog.BoundLoggerBase):
-            return logger.bind(**described)
+            return logger.bind(
+                outcome="allow", reason="ok", status=None, binding="bearer", **described
+            )
         return None
 
     def accepted(
@@ -172,13 +174,19 @@ class AuditLog:
         sample = self._sample
         if sample < 1.0 and (sample == 0.0 or random.random() >= sample):  # noqa: S311
             return
-        if token_logger is None:
-            logger = self._logger
-            fields = token_fields(token) if described is None else described
-        else:
-            logger, fields = token_logger, _NO_FIELDS
         request_id = request.request_id
-        logger.info(
+        if token_logger is not None and binding == "bearer":
+            # The other twelve fields are bound to token_logger.
+            token_logger.info(
+                "token.accepted",
+                latency_ms=_milliseconds(latency),
+                method=request.method[:_MAX_FIELD],
+                path=request.path[:512],
+                client=request.client,
+                request_id=request_id[:_MAX_FIELD] if request_id else None,
+            )
+            return
+        self._logger.info(
             "token.accepted",
             outcome="allow",
             reason="ok",
@@ -189,7 +197,7 @@ class AuditLog:
             path=request.path[:512],
             client=request.client,
             request_id=request_id[:_MAX_FIELD] if request_id else None,
-            **fields,
+            **(token_fields(token) if described is None else described),
         )
         if self._proxy is not None:
             self._settle()

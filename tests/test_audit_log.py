@@ -134,10 +134,14 @@ def test_a_token_logger_carries_the_tokens_fields(session_issuer: DevIssuer) -> 
     audit = AuditLog(logger=bound_logger(sink))
     token = session_issuer.guard().authenticate_sync(session_issuer.mint())
     described = token_fields(token)
+    bound = audit.token_logger(described)
     audit.accepted(token, REQUEST, 0.001, described=described)
-    audit.accepted(token, REQUEST, 0.001, token_logger=audit.token_logger(described))
+    audit.accepted(token, REQUEST, 0.001, token_logger=bound)
     assert sink.events[0] == sink.events[1]
     assert described.items() <= sink.events[1].items()
+    # Its bound fields are those of a Bearer token's acceptance: other bindings pass theirs.
+    audit.accepted(token, REQUEST, 0.001, binding="dpop", described=described, token_logger=bound)
+    assert sink.events[2] == {**sink.events[0], "binding": "dpop"}
 
 
 def serve_asgi(guard: BearerGuard) -> Callable[[str], int]:

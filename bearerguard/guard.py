@@ -126,7 +126,6 @@ class Verified:
     attached: Any = None
     """What an integration derived from the token once and reuses on every hit (the ASGI
     middleware keeps Starlette's ``request.auth`` and ``request.user`` objects here)."""
-
     audit_logger: tuple[AuditLog, Any] | None = None
     """An audit log and its ``token_logger`` for this token, once it had one to give."""
 

@@ -323,13 +323,7 @@ class BearerGuardMiddleware:
             audit = guard.audit
             if audit.records_accepted:
                 latency = perf_counter() - started
-                audit.accepted(
-                    reused,
-                    auth,
-                    latency,
-                    described=entry.audit_fields(),
-                    token_logger=entry.token_logger(audit),
-                )
+                entry.record_accepted(audit, auth, latency)
         else:
             if resource is not None and kind == "http" and scope["path"] in resource.paths:
                 await _serve_metadata(resource, scope, send)

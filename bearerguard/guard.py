@@ -146,6 +146,16 @@ class Verified:
             self.audit_logger = (audit, logger)
         return logger
 
+    def record_accepted(self, audit: AuditLog, request: RequestInfo, latency: float) -> None:
+        """``audit.accepted`` for this cached token, with what the entry keeps for it."""
+        audit.accepted(
+            self.token,
+            request,
+            latency,
+            described=self.audit_fields(),
+            token_logger=self.token_logger(audit),
+        )
+
 
 _sha256 = hashlib.sha256  # one global lookup on the hot paths
 

@@ -210,13 +210,7 @@ class BearerGuardWSGIMiddleware:
                 audit = guard.audit
                 if audit.records_accepted:
                     latency = perf_counter() - started
-                    audit.accepted(
-                        reused,
-                        auth,
-                        latency,
-                        described=entry.audit_fields(),
-                        token_logger=entry.token_logger(audit),
-                    )
+                    entry.record_accepted(audit, auth, latency)
                 return self._call_app(environ, start_response, auth)
         try:
             # Servers join repeated headers with commas: such a value is not one b64token,

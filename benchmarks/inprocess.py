@@ -446,14 +446,8 @@ def _cases(issuer: DevIssuer, settings: Settings, plan: Plan, token: str) -> lis
     request = RequestInfo("GET", PATH, "127.0.0.1", None)
     audit = audit_guard.audit
 
-    def audit_event() -> None:  # as the middlewares call it for a cached token
-        audit.accepted(
-            accepted,
-            request,
-            0.0001,
-            described=entry.audit_fields(),
-            token_logger=entry.token_logger(audit),
-        )
+    def audit_event() -> None:
+        entry.record_accepted(audit, request, 0.0001)  # as the middlewares' cache hits do
 
     stdlib_audit = AuditLog(logger=stdlib_audit_logger())
     stdlib_token_logger = stdlib_audit.token_logger(entry.audit_fields())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,6 +119,29 @@ def _quiet_result(result: ServedResult) -> bool:
     return any(run.others is None or run.others <= QUIET for run in result.runs)
 
 
+def _paired(ours: ServedResult, base: ServedResult) -> str:
+    """The median over rounds of the two apps' req/s ratio, each pair from the same round.
+
+    The apps take turns within a round, so a pair was measured seconds apart. One lucky or
+    unlucky round of either app moves the best-round ratio; it hardly moves this one.
+    """
+    pairs = [
+        (mine, theirs)
+        for mine, theirs in zip(ours.runs, base.runs, strict=False)
+        if theirs.requests_per_second > 0
+    ]
+    quiet = [
+        (mine, theirs)
+        for mine, theirs in pairs
+        if all(run.others is None or run.others <= QUIET for run in (mine, theirs))
+    ]
+    chosen = quiet or pairs
+    ratios = [mine.requests_per_second / theirs.requests_per_second for mine, theirs in chosen]
+    if len(ratios) < 2:
+        return ""
+    return f"; the rounds' paired ratios, median: {statistics.median(ratios):.2f}x"
+
+
 def _beside(runs: dict[str, ServedResult], key: str, label: str) -> str:
     """Another app's ratio to the bare Starlette app, printed beside a target's figure."""
     other, bare = runs.get(key), runs.get("starlette_bare")
@@ -166,7 +190,7 @@ def targets(inprocess: list[Measurement], served: list[ServedResult] | None) -> 
         value = ours_run.requests_per_second / base_run.requests_per_second
         figure = (
             f"{value:.2f}x ({ours_run.requests_per_second:,.0f} / "
-            f"{base_run.requests_per_second:,.0f} req/s{extra}"
+            f"{base_run.requests_per_second:,.0f} req/s{_paired(ours, base)}{extra}"
         )
         noisy = not (_quiet_result(ours) and _quiet_result(base))
         if ours.cpu_us is not None and base.cpu_us is not None:

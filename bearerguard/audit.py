@@ -151,7 +151,38 @@ class AuditLog:
             )
         return None
 
+    def admits_accepted(self, latency: float) -> bool:
+        """Count an acceptance in the metrics, and say whether its event is sampled in.
+
+        ``accepted`` asks it first; a caller with work to do only for an emitted event
+        (``Verified.record_accepted`` binding a token's logger) asks it, then calls
+        ``emit_accepted``.
+        """
+        if self.metrics is not None:
+            self._count("token.accepted", "ok", latency)
+        sample = self._sample
+        return sample >= 1.0 or (sample > 0.0 and random.random() < sample)  # noqa: S311
+
     def accepted(
+        self,
+        token: AccessToken,
+        request: RequestInfo,
+        latency: float,
+        *,
+        binding: str = "bearer",
+        described: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a request let through with ``token``.
+
+        ``binding`` is how the token was presented: ``"bearer"``, ``"dpop"`` with a
+        proof of possession (RFC 9449), or ``"mtls"``: bound to the client certificate
+        of the request (RFC 8705). ``described`` is ``token_fields(token)`` when the caller
+        keeps it from an earlier request with the same token.
+        """
+        if self.admits_accepted(latency):
+            self.emit_accepted(token, request, latency, binding=binding, described=described)
+
+    def emit_accepted(
         self,
         token: AccessToken,
         request: RequestInfo,
@@ -161,19 +192,10 @@ class AuditLog:
         described: dict[str, Any] | None = None,
         token_logger: Any = None,
     ) -> None:
-        """Record a request let through with ``token``.
+        """The ``token.accepted`` event itself, once ``admits_accepted`` said yes.
 
-        ``binding`` is how the token was presented: ``"bearer"``, ``"dpop"`` with a
-        proof of possession (RFC 9449), or ``"mtls"``: bound to the client certificate
-        of the request (RFC 8705). ``described`` is ``token_fields(token)`` when the caller
-        keeps it from an earlier request with the same token; ``token_logger``, this log's
-        ``token_logger(described)`` when the caller keeps that.
+        ``token_logger`` is this log's ``token_logger(described)`` when the caller keeps it.
         """
-        if self.metrics is not None:
-            self._count("token.accepted", "ok", latency)
-        sample = self._sample
-        if sample < 1.0 and (sample == 0.0 or random.random() >= sample):  # noqa: S311
-            return
         request_id = request.request_id
         if token_logger is not None and binding == "bearer":
             # The other twelve fields are bound to token_logger.

@@ -147,14 +147,19 @@ class Verified:
         return logger
 
     def record_accepted(self, audit: AuditLog, request: RequestInfo, latency: float) -> None:
-        """``audit.accepted`` for this cached token, with what the entry keeps for it."""
-        audit.accepted(
-            self.token,
-            request,
-            latency,
-            described=self.audit_fields(),
-            token_logger=self.token_logger(audit),
-        )
+        """``audit.accepted`` for this cached token, with what the entry keeps for it.
+
+        The token's logger is bound only for an event sampled in: an acceptance that is
+        only counted, or sampled out, leaves the entry as it was.
+        """
+        if audit.admits_accepted(latency):
+            audit.emit_accepted(
+                self.token,
+                request,
+                latency,
+                described=self.audit_fields(),
+                token_logger=self.token_logger(audit),
+            )
 
 
 _sha256 = hashlib.sha256  # one global lookup on the hot paths

@@ -453,7 +453,7 @@ def _cases(issuer: DevIssuer, settings: Settings, plan: Plan, token: str) -> lis
     stdlib_token_logger = stdlib_audit.token_logger(entry.audit_fields())
 
     def audit_event_stdlib() -> None:
-        stdlib_audit.accepted(accepted, request, 0.0001, token_logger=stdlib_token_logger)
+        stdlib_audit.emit_accepted(accepted, request, 0.0001, token_logger=stdlib_token_logger)
 
     def authenticate(guard: BearerGuard) -> Callable[[], Coroutine[Any, Any, object]]:
         async def call() -> object:

@@ -20,6 +20,7 @@ from bearerguard import BearerGuard
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.audit import AuditLog, RequestInfo, token_fields
 from bearerguard.errors import ExpiredTokenError
+from bearerguard.metrics import DECISIONS, InMemoryMetrics
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
 
@@ -136,11 +137,13 @@ def test_a_token_logger_carries_the_tokens_fields(session_issuer: DevIssuer) -> 
     described = token_fields(token)
     bound = audit.token_logger(described)
     audit.accepted(token, REQUEST, 0.001, described=described)
-    audit.accepted(token, REQUEST, 0.001, token_logger=bound)
+    audit.emit_accepted(token, REQUEST, 0.001, token_logger=bound)
     assert sink.events[0] == sink.events[1]
     assert described.items() <= sink.events[1].items()
     # Its bound fields are those of a Bearer token's acceptance: other bindings pass theirs.
-    audit.accepted(token, REQUEST, 0.001, binding="dpop", described=described, token_logger=bound)
+    audit.emit_accepted(
+        token, REQUEST, 0.001, binding="dpop", described=described, token_logger=bound
+    )
     assert sink.events[2] == {**sink.events[0], "binding": "dpop"}
 
 
@@ -241,3 +244,21 @@ def test_a_cached_token_binds_again_for_another_audit_log(session_issuer: DevIss
     entry.token_logger(second).info("token.accepted")
     assert not one.events
     assert other.events[0]["token_fp"] == entry.token.fingerprint
+
+
+@pytest.mark.parametrize("serve", SERVERS)
+def test_an_acceptance_only_counted_binds_no_logger(
+    session_issuer: DevIssuer, serve: Callable[[BearerGuard], Callable[[str], int]]
+) -> None:
+    sink = Sink()
+    structlog.configure(processors=[sink], cache_logger_on_first_use=True)
+    metrics = InMemoryMetrics()
+    guard = session_issuer.guard(metrics=metrics, audit_sample_accepted=0.0)
+    get = serve(guard)
+    token = session_issuer.mint()
+    assert [get(token) for _ in range(3)] == [200, 200, 200]
+    entry = guard.reused(token.encode())
+    assert entry is not None
+    assert entry.audit_logger is None  # nothing emitted, so nothing bound
+    assert sink.events == []
+    assert metrics.count(DECISIONS, event="token.accepted", reason="ok") == 3

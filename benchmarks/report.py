@@ -107,16 +107,12 @@ def _by_key(items: list[Any]) -> dict[str, Any]:
     return {item.key: item for item in items}
 
 
-def _quiet_count(noise: list[float | None]) -> int:
-    return sum(1 for share in noise if share is None or share <= QUIET)
-
-
 def _quiet_case(case: Measurement) -> bool:
     return case.quiet_count >= min(3, len(case.samples))
 
 
 def _quiet_result(result: ServedResult) -> bool:
-    return any(run.others is None or run.others <= QUIET for run in result.runs)
+    return any(run.quiet for run in result.runs)
 
 
 def _paired(ours: ServedResult, base: ServedResult) -> str:
@@ -130,11 +126,7 @@ def _paired(ours: ServedResult, base: ServedResult) -> str:
         for mine, theirs in zip(ours.runs, base.runs, strict=False)
         if theirs.requests_per_second > 0
     ]
-    quiet = [
-        (mine, theirs)
-        for mine, theirs in pairs
-        if all(run.others is None or run.others <= QUIET for run in (mine, theirs))
-    ]
+    quiet = [(mine, theirs) for mine, theirs in pairs if mine.quiet and theirs.quiet]
     chosen = quiet or pairs
     ratios = [mine.requests_per_second / theirs.requests_per_second for mine, theirs in chosen]
     if len(ratios) < 2:
@@ -384,7 +376,7 @@ class Report:
                     cpu_ratio,
                     "-" if run.utilization is None else f"{run.utilization:.2f}",
                     f"{result.spread:.0%}",
-                    f"{_quiet_count([run.others for run in result.runs])}/{len(result.runs)}",
+                    f"{sum(run.quiet for run in result.runs)}/{len(result.runs)}",
                 ]
             )
         return rows

@@ -152,6 +152,11 @@ class WrkRun:
     others: float | None = None
     """The share of all CPUs other processes used during the run."""
 
+    @property
+    def quiet(self) -> bool:
+        """Whether other processes left the machine quiet during the run."""
+        return self.others is None or self.others <= QUIET
+
 
 @dataclass(slots=True)
 class ServedResult:
@@ -166,7 +171,7 @@ class ServedResult:
     @property
     def quiet(self) -> list[WrkRun]:
         """The rounds run while the machine was quiet; else the quietest two."""
-        quiet = [run for run in self.runs if run.others is None or run.others <= QUIET]
+        quiet = [run for run in self.runs if run.quiet]
         if quiet:
             return quiet
         return sorted(self.runs, key=lambda run: run.others or 0.0)[:2]

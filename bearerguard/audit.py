@@ -53,6 +53,15 @@ class RequestInfo:
         }
 
 
+def _escaped(value: str) -> str:
+    """``value`` as printable ASCII, Python's escapes standing for the rest (``\\n``,
+    ``\\x1b``, ``\\xe9``): an unverified header's text can neither break a log line nor
+    fail a log sink's encoding."""
+    if value.isascii() and value.isprintable():
+        return value
+    return value.encode("unicode_escape").decode("ascii")
+
+
 def _milliseconds(seconds: float) -> float:
     """``seconds`` in milliseconds to the microsecond (``round(x, 3)`` costs three times more)."""
     return round(seconds * 1_000_000) / 1000
@@ -272,7 +281,7 @@ class AuditLog:
                 for name in ("kid", "alg"):
                     value = header.get(name)
                     if isinstance(value, str):
-                        fields[name] = value[:_MAX_FIELD]
+                        fields[name] = _escaped(value[:_MAX_FIELD])
         if error.store is not None:
             fields["store"] = error.store
         if isinstance(error, InsufficientScopeError):

@@ -72,7 +72,7 @@ from bearerguard.metrics import (
     MetricsHook,
 )
 from bearerguard.mtls import CertificateBinding
-from bearerguard.revocation._table import RevocationTable
+from bearerguard.revocation._table import DEFAULT_EXPIRY_GRACE, RevocationTable
 from bearerguard.revocation.memory import MemoryRevocationStore
 from bearerguard.revocation.protocol import RevocationStore, SyncRevocationStore
 from bearerguard.token import AccessToken
@@ -175,6 +175,22 @@ def _fingerprint(digest: bytes) -> str:
     return digest[:8].hex()
 
 
+def _answers_as_is_revoked(store: RevocationStore, method: str) -> bool:
+    """Whether ``store``'s synchronous ``method`` may stand in for its ``is_revoked``.
+
+    Only when it is defined where ``is_revoked`` is, or below: a subclass of a built-in
+    store that overrides ``is_revoked`` alone keeps the inherited shortcut, which knows
+    nothing of the override, so the guard awaits ``is_revoked`` instead.
+    """
+    if "is_revoked" in getattr(store, "__dict__", {}):
+        return False
+    owners = {
+        name: next((cls for cls in type(store).__mro__ if name in vars(cls)), object)
+        for name in (method, "is_revoked")
+    }
+    return issubclass(owners[method], owners["is_revoked"])
+
+
 def _nonblocking_checks(
     store: RevocationStore,
 ) -> tuple[
@@ -189,11 +205,15 @@ def _nonblocking_checks(
     before needs no new lookup."""
     revoked_now = (
         store.is_revoked_sync
-        if getattr(store, "nonblocking", False) and isinstance(store, SyncRevocationStore)
+        if getattr(store, "nonblocking", False)
+        and isinstance(store, SyncRevocationStore)
+        and _answers_as_is_revoked(store, "is_revoked_sync")
         else None
     )
     answer_now = getattr(store, "is_revoked_now", None)
-    reuse_check = answer_now if callable(answer_now) else revoked_now
+    if not (callable(answer_now) and _answers_as_is_revoked(store, "is_revoked_now")):
+        answer_now = None
+    reuse_check = answer_now or revoked_now
     return revoked_now, reuse_check, store.table if type(store) is MemoryRevocationStore else None
 
 
@@ -312,7 +332,10 @@ class BearerGuard:
             ES*, EdDSA), each usable only with a key of its own type. HS* only together
             with ``secret``, and never with keys from a JWKS (RFC 8725 §3.1, §3.2).
         leeway: seconds of clock skew tolerated for ``exp``, ``nbf`` and ``iat``.
-        revocation: the store asked on every request; a ``MemoryRevocationStore`` by default.
+        revocation: the store asked on every request; by default a ``MemoryRevocationStore``
+            on this guard's clock that keeps a revoked token's entry 300 s past its ``exp``,
+            or ``leeway`` plus 60 s when longer. A store whose ``expiry_grace`` is shorter
+            than ``leeway`` is refused: a revocation would lapse while the token is accepted.
         revocation_failure: ``"deny"`` (default) answers 503 when the store fails;
             ``"allow"`` lets verified tokens through and records the failure.
         introspection: accept opaque access tokens by asking the authorization server
@@ -421,14 +444,30 @@ class BearerGuard:
         self.realm = audiences[0] if realm is None else realm
         self.max_token_bytes = max_token_bytes
         self.revocation: RevocationStore = (
-            MemoryRevocationStore() if revocation is None else revocation
+            MemoryRevocationStore(
+                expiry_grace=max(DEFAULT_EXPIRY_GRACE, self.leeway + 60.0), clock=clock
+            )
+            if revocation is None
+            else revocation
         )
         if not isinstance(self.revocation, RevocationStore):
             raise ConfigurationError("revocation must implement RevocationStore.is_revoked")
+        grace = getattr(self.revocation, "expiry_grace", None)
+        if isinstance(grace, int | float) and grace < self.leeway:
+            # A revoked token's entry would lapse while the token is still accepted.
+            raise ConfigurationError(
+                f"the revocation store's expiry_grace ({grace:g} s) must be at least "
+                f"the guard's leeway ({self.leeway:g} s)"
+            )
         self._fail_open = revocation_failure == "allow"
         # Protocol checks are slow: decided once here, not per request.
         store = self.revocation
-        self._sync_store = store if isinstance(store, SyncRevocationStore) else None
+        self._sync_store = (
+            store
+            if isinstance(store, SyncRevocationStore)
+            and _answers_as_is_revoked(store, "is_revoked_sync")
+            else None
+        )
         self._revoked_now, self._reuse_check, self._revocations = _nonblocking_checks(store)
         self._introspector = _introspector(introspection)
         self.usage = _usage_monitor(usage)
@@ -993,13 +1032,14 @@ class BearerGuard:
         """The revocation store's synchronous side, for WSGI.
 
         Raises:
-            ConfigurationError: the store offers only the asynchronous side.
+            ConfigurationError: the store offers only the asynchronous side, or overrides
+                ``is_revoked`` without ``is_revoked_sync``.
         """
         store = self._sync_store
         if store is None:
             raise ConfigurationError(
-                f"{type(self.revocation).__name__} has no synchronous side (is_revoked_sync): "
-                "use a store that implements SyncRevocationStore with WSGI"
+                f"{type(self.revocation).__name__} has no synchronous side that answers as "
+                "its is_revoked does: implement is_revoked_sync (SyncRevocationStore) for WSGI"
             )
         return store
 
@@ -1076,7 +1116,8 @@ class BearerGuard:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         try:
             self._check_signature(jws, refreshed=refreshed)
-            return jws.header, decode_payload(jws)
+            # A copy: the parsed header is shared by every later token with the same one.
+            return dict(jws.header), decode_payload(jws)
         except AuthError as exc:
             exc.header = jws.header
             raise

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bearerguard._context import SCOPE_KEY, RequestAuth
 from bearerguard._core.scopes import validate_scope_names
+from bearerguard._core.unicode import has_lone_surrogate
 from bearerguard.decorators import check_scopes
 from bearerguard.errors import ConfigurationError
 
@@ -59,11 +60,12 @@ def _no_constants(name: str) -> Any:
 def _tool_calls(body: bytes) -> list[object]:
     """The names of the tools a JSON-RPC message (or batch) calls."""
     try:
-        message = json.loads(
-            body.decode("utf-8"), object_pairs_hook=_strict_object, parse_constant=_no_constants
-        )
+        text = body.decode("utf-8")
+        message = json.loads(text, object_pairs_hook=_strict_object, parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise _Unreadable(400, -32700, "Parse error") from None
+    if has_lone_surrogate(text, message):  # a tool name no UTF-8 encoder can carry
+        raise _Unreadable(400, -32700, "Parse error")
     messages = message if isinstance(message, list) else [message]
     names: list[object] = []
     for item in messages:

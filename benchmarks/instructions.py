@@ -47,26 +47,30 @@ if str(ROOT) not in sys.path:  # run as a script: make the ``benchmarks`` packag
 CASES = {
     "starlette_bare": "Starlette, bare (one ASGI request)",
     "starlette_hit": "+ bearerguard, cache hit, accepted-audit off",
+    "starlette_audited": "+ bearerguard, cache hit, every decision audited",
     "reference": "+ reference: SHA-256 token lookup only",
     "bg_miss": "bearerguard authenticate, cache_size=0 (miss)",
     "jwt_decode": "jwt.decode (key object at hand)",
     "audit_event": "one token.accepted audit event alone",
     "served_bare": "under uvicorn: Starlette, bare (one HTTP request)",
     "served_hit": "under uvicorn: + bearerguard, cache hit, accepted-audit off",
+    "served_audited": "under uvicorn: + bearerguard, cache hit, every decision audited",
     "served_reference": "under uvicorn: + reference: SHA-256 token lookup only",
 }
 # The app each request case runs, in-process and under uvicorn.
 _APPS = {
     "starlette_bare": "bare",
     "starlette_hit": "hit",
+    "starlette_audited": "audited",
     "reference": "reference",
     "served_bare": "bare",
     "served_hit": "hit",
+    "served_audited": "audited",
     "served_reference": "reference",
 }
 _BARE = {
-    "starlette_bare": ("starlette_hit", "reference"),
-    "served_bare": ("served_hit", "served_reference"),
+    "starlette_bare": ("starlette_hit", "starlette_audited", "reference"),
+    "served_bare": ("served_hit", "served_audited", "served_reference"),
 }
 WARM_UP = 200
 _COLLECTED = re.compile(r"Collected : (\d+)")
@@ -74,7 +78,8 @@ _CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
 
 
 def _app(kind: str, fixture: dict[str, Any]) -> Any:
-    """The benchmark's Starlette app: ``bare``, ``hit`` (bearerguard) or ``reference``."""
+    """The benchmark's Starlette app: ``bare``, ``hit`` or ``audited`` (bearerguard, accepted
+    events sampled off or all emitted), or ``reference``."""
     from bearerguard import BearerGuard
     from benchmarks.apps import Settings, configure_audit_logging, starlette_apps
 
@@ -88,7 +93,7 @@ def _app(kind: str, fixture: dict[str, Any]) -> Any:
         issuer=fixture["issuer"],
         audience=fixture["audience"],
         keys=fixture["jwks"],
-        audit_sample_accepted=0.0,
+        audit_sample_accepted=1.0 if kind == "audited" else 0.0,
     )
     return starlette_apps.build_bearerguard(settings, guard=guard)
 

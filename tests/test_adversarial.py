@@ -609,9 +609,9 @@ def _header_key_cases() -> list[Case]:
             UNKNOWN_KEY,
             lambda lab: bearer(lab.token(header=lab.header(kid=lab.rsa.kid + " "))),
         ),
-        refused(
+        refused(  # no UTF-8 can carry it (RFC 8259 §8.2): refused as it is decoded
             "kid_lone_surrogate",
-            UNKNOWN_KEY,
+            MALFORMED,
             lambda lab: bearer(
                 lab.token(header=b'{"alg":"RS256","kid":"\\ud800' + lab.rsa.kid.encode() + b'"}')
             ),

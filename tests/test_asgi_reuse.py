@@ -150,9 +150,9 @@ async def test_scope_checks_and_their_audit_event_on_a_reused_token(
 
 
 async def test_a_reused_token_expires_on_time(session_issuer: DevIssuer) -> None:
-    clock = Clock()
-    guard = session_issuer.guard(clock=clock, leeway=0)
     token = session_issuer.mint(expires_in=60)
+    clock = Clock()  # after minting: iat (whole seconds) must not be ahead of the clock
+    guard = session_issuer.guard(clock=clock, leeway=0)
     transport = httpx.ASGITransport(app=app_for(guard))
     async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
         assert (await http.get("/me", headers=bearer(token))).status_code == 200

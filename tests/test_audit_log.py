@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
@@ -262,3 +264,61 @@ def test_an_acceptance_only_counted_binds_no_logger(
     assert entry.audit_logger is None  # nothing emitted, so nothing bound
     assert sink.events == []
     assert metrics.count(DECISIONS, event="token.accepted", reason="ok") == 3
+
+
+def _unsigned(header: bytes, payload: bytes = b'{"sub":"x"}') -> str:
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    return f"{b64(header)}.{b64(payload)}.{b64(b'sig')}"
+
+
+def _utf8_console() -> tuple[Any, io.BytesIO]:
+    """A logger rendering to a UTF-8 text stream, which raises on what UTF-8 cannot carry,
+    as a real stdout does."""
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+    logger = structlog.wrap_logger(
+        structlog.PrintLogger(stream),
+        processors=[structlog.dev.ConsoleRenderer(colors=False)],
+    )
+    return logger, raw
+
+
+@pytest.mark.parametrize("serve", SERVERS)
+@pytest.mark.parametrize(
+    "header",
+    [
+        rb'{"alg":"ES256","kid":"\ud800"}',
+        rb'{"alg":"\udfff"}',
+        rb'{"alg":"ES256","x":"\ud83d"}',
+    ],
+    ids=["kid", "alg", "other"],
+)
+def test_a_lone_surrogate_in_a_header_is_refused_and_logged_without_error(
+    session_issuer: DevIssuer,
+    serve: Callable[[BearerGuard], Callable[[str], int]],
+    header: bytes,
+) -> None:
+    logger, raw = _utf8_console()
+    get = serve(session_issuer.guard(audit_logger=logger))
+    assert get(_unsigned(header)) == 401
+    written = raw.getvalue().decode("utf-8")
+    assert "token.rejected" in written
+    assert "reason=malformed" in written
+
+
+@pytest.mark.parametrize("serve", SERVERS)
+def test_unverified_header_text_is_escaped_in_audit_events(
+    session_issuer: DevIssuer, serve: Callable[[BearerGuard], Callable[[str], int]]
+) -> None:
+    sink = Sink()
+    get = serve(session_issuer.guard(audit_logger=structlog.wrap_logger(None, processors=[sink])))
+    kid = "k\n2026-11-29 [info] token.accepted sub=admin\x1b[0m é"
+    header = json.dumps({"alg": "ES256", "kid": kid}).encode()
+    assert get(_unsigned(header)) == 401
+    [event] = sink.events
+    assert event["kid"] == "k\\n2026-11-29 [info] token.accepted sub=admin\\x1b[0m \\xe9"
+    assert event["kid"].isascii()
+    assert event["kid"].isprintable()
+    assert event["alg"] == "ES256"

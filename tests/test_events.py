@@ -737,6 +737,18 @@ async def test_verify_signed_checks_only_the_signature(issuer: DevIssuer) -> Non
     assert guard.verify_signed_sync(issuer.sign(claims))[1] == claims
 
 
+def test_a_header_returned_by_verify_signed_is_the_callers_own(issuer: DevIssuer) -> None:
+    guard = issuer.guard()
+    claims = {"iss": "anyone", "events": {}}
+    header, _ = guard.verify_signed_sync(issuer.sign(claims))
+    header["alg"] = "none"  # a caller changing it must not change how later tokens parse
+    header["kid"] = "elsewhere"
+    again, verified = guard.verify_signed_sync(issuer.sign(claims))
+    assert verified == claims
+    assert again["alg"] == "ES256"
+    assert again["kid"] != "elsewhere"
+
+
 def test_verify_signed_fails_closed_without_keys(issuer: DevIssuer) -> None:
     issuer.overrides[issuer.jwks_path] = Override(status=500)
     with pytest.raises(KeySetUnavailableError):

@@ -467,7 +467,15 @@ def test_parsing_reduces_inactive_answers() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"{}", b"[]", b"null", b'{"active": "false"}', b'{"active": true, "iat": -1}', b"\xff"],
+    [
+        b"{}",
+        b"[]",
+        b"null",
+        b'{"active": "false"}',
+        b'{"active": true, "iat": -1}',
+        b"\xff",
+        b'{"active": true, "sub": "\\ud800"}',  # no UTF-8 can carry it (RFC 8259 8.2)
+    ],
 )
 def test_parsing_refuses(body: bytes) -> None:
     with pytest.raises(IntrospectionResponseError):

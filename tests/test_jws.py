@@ -254,3 +254,33 @@ def test_json_scanned_directly_still_refuses_what_decode_refuses(raw: bytes) -> 
 def test_decode_json_object_takes_only_base64url(segment_text: str) -> None:
     with pytest.raises(MalformedTokenError):
         decode_json_object(segment_text, "payload")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        rb'{"sub":"\ud800"}',  # a high surrogate alone
+        rb'{"sub":"\udc00"}',  # a low surrogate alone
+        rb'{"sub":"\ude00\ud83d"}',  # a pair in the wrong order
+        rb'{"\ud800":1}',  # in a member name
+        rb'{"aud":["a","x\ud83d"]}',  # inside an array
+    ],
+    ids=["high", "low", "reversed", "name", "nested"],
+)
+def test_a_lone_surrogate_escape_is_refused(raw: bytes) -> None:
+    # RFC 8259 §8.2: no UTF-8 can carry it, and a log renderer printing it would raise.
+    with pytest.raises(MalformedTokenError, match="not valid UTF-8 JSON"):
+        decode_json_object(b64(raw), "payload")
+
+
+def test_an_escaped_surrogate_pair_is_one_character() -> None:
+    decoded = decode_json_object(b64(rb'{"sub":"\ud83d\ude00","p":"a\\u00e9"}'), "payload")
+    assert decoded == {"sub": "\U0001f600", "p": "a\\u00e9"}
+
+
+@pytest.mark.parametrize("member", ["kid", "alg", "x-other"])
+def test_a_header_with_a_lone_surrogate_is_refused_before_any_key_lookup(member: str) -> None:
+    members = {"alg": '"RS256"', "kid": '"k1"', member: '"\\ud800"'}
+    header = b64(("{" + ",".join(f'"{k}":{v}' for k, v in members.items()) + "}").encode())
+    with pytest.raises(MalformedTokenError, match="header is not valid UTF-8 JSON"):
+        parse_compact(f"{header}.{segment({'sub': 'x'})}.{b64(b'sig')}")

@@ -162,10 +162,11 @@ def test_403_step_up_names_the_missing_scope(served: Served) -> None:
         (b"{not json", 400),
         (b'{"x": NaN}', 400),
         (b"\xff\xfe", 400),
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\\udc00"}}', 400),
         (b"[" * 100_000, 400),
         (b'{"pad": "' + b"a" * (5 * 1024 * 1024) + b'"}', 413),
     ],
-    ids=["duplicate-name", "not-json", "nan", "not-utf8", "deep", "too-large"],
+    ids=["duplicate-name", "not-json", "nan", "not-utf8", "lone-surrogate", "deep", "too-large"],
 )
 def test_what_cannot_be_checked_is_refused(served: Served, body: bytes, status: int) -> None:
     response = httpx.post(served.url, content=body, headers=served.headers())

@@ -10,7 +10,8 @@ Four properties, from the header parser up to the whole middleware:
    and what it accepts satisfies every rule (checked by an independent oracle);
 4. the middleware, given any ``Authorization`` bytes, never answers 5xx, answers 200 only to
    a token byte-identical to a genuine one, always challenges on 400/401, and always emits
-   exactly one audit event.
+   exactly one audit event, which a UTF-8 console and orjson can write (unsigned tokens
+   with arbitrary header and claims text included).
 
 Example counts stay modest by default; ``HYPOTHESIS_PROFILE=long`` runs many more, e.g.
 ``HYPOTHESIS_PROFILE=long .venv/bin/python -m pytest tests/test_properties.py``.
@@ -30,7 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import orjson
 import pytest
+import structlog
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -175,6 +178,9 @@ def local_tokens() -> tuple[str, ...]:
 
 # -- JSON-like values -------------------------------------------------------------------------
 
+# Lone surrogates and control characters too: json.dumps writes them as \\u escapes, which
+# decode to text no UTF-8 log sink can write, or that breaks a log line.
+any_characters = st.characters(exclude_categories=()) | st.sampled_from("\ud800\udfff\n\x1b")
 json_scalars = st.one_of(
     st.none(),
     st.booleans(),
@@ -182,11 +188,13 @@ json_scalars = st.one_of(
     st.integers(min_value=-(10**30), max_value=10**30),
     st.floats(),  # NaN and infinities too: the core must not rely on the JSON parser alone
     st.text(max_size=12),
+    st.text(any_characters, max_size=6),
 )
 json_values = st.recursive(
     json_scalars,
     lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.text(any_characters, max_size=6), children, max_size=3)
     ),
     max_leaves=8,
 )
@@ -593,6 +601,9 @@ class Target:
             await self.app(scope, receive, send)
         start, body = messages[0], messages[1]
         assert start["type"] == "http.response.start"
+        for audit in events:  # as real sinks write them: a UTF-8 console, and orjson
+            CONSOLE(None, "warning", dict(audit)).encode("utf-8")
+            orjson.dumps(audit)
         return Outcome(start["status"], start["headers"], body["body"], events)
 
     def check(self, values: list[bytes], query: bytes, outcome: Outcome) -> None:
@@ -628,6 +639,13 @@ class Target:
 def target(session_issuer: DevIssuer) -> Target:
     return Target(session_issuer)
 
+
+CONSOLE = structlog.dev.ConsoleRenderer(colors=False)
+# Headers that parse, so that their kid and alg reach the refusal's audit event.
+audited_headers = st.fixed_dictionaries(
+    {"alg": st.sampled_from(["RS256", "ES256", "PS384"]) | st.text(any_characters, min_size=1)},
+    optional={"kid": st.text(any_characters, max_size=8), "typ": st.text(any_characters)},
+).map(lambda value: json.dumps(value).encode())
 
 queries = st.sampled_from([b"", b"a=1", b"access_token=x", b"x=1&access_token="])
 
@@ -666,6 +684,26 @@ async def test_middleware_over_mutated_valid_tokens(
     outcome = await target.call(values)
     event(f"status {outcome.status}")
     target.check(values, b"", outcome)
+
+
+@pytest.mark.anyio
+@settings(MIDDLEWARE_PROFILE)
+@given(
+    header=raw_segments | audited_headers,
+    payload=raw_segments,
+    signature=st.binary(min_size=1, max_size=40),
+)
+async def test_middleware_over_structured_unsigned_tokens(
+    target: Target, header: bytes, payload: bytes, signature: bytes
+) -> None:
+    # Header members reach the audit event of the refusal (kid, alg): whatever their text,
+    # the event must render and the answer be a clean refusal.
+    values = [f"Bearer {b64u(header)}.{b64u(payload)}.{b64u(signature)}".encode()]
+    outcome = await target.call(values)
+    event(f"status {outcome.status}")
+    target.check(values, b"", outcome)
+    kid = outcome.events[0].get("kid")
+    assert kid is None or (kid.isascii() and kid.isprintable())
 
 
 @pytest.mark.anyio

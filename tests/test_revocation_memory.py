@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -10,7 +11,12 @@ import pytest
 import structlog
 
 from bearerguard import AccessToken
-from bearerguard.errors import ConfigurationError, RevocationStoreError
+from bearerguard.errors import (
+    ConfigurationError,
+    ExpiredTokenError,
+    RevocationStoreError,
+    RevokedTokenError,
+)
 from bearerguard.revocation import MemoryRevocationStore, RevocationStore
 from bearerguard.testing import DevIssuer
 from tests.apps import build_app
@@ -213,3 +219,71 @@ async def test_a_failing_nonblocking_store_fails_closed_on_cache_hits(
         first = await client.get("/me", headers=headers)  # a miss: verified, then cached
         second = await client.get("/me", headers=headers)  # a hit: the fast path defers
     assert (first.status_code, second.status_code) == (503, 503)
+
+
+async def test_the_guards_own_store_outlives_a_long_leeway(session_issuer: DevIssuer) -> None:
+    clock = Clock(time.time())
+    guard = session_issuer.guard(leeway=900, clock=clock)
+    store = guard.revocation
+    assert isinstance(store, MemoryRevocationStore)
+    assert store.expiry_grace == 960
+    minted = session_issuer.mint(expires_in=60)
+    claims = (await guard.authenticate(minted)).claims
+    await store.revoke_token(claims["jti"], expires_at=claims["exp"])
+    for seconds_past_exp in (0, 400, 899):
+        clock.now = claims["exp"] + seconds_past_exp
+        with pytest.raises(RevokedTokenError):
+            await guard.authenticate(minted)
+    clock.now = claims["exp"] + 901  # past the leeway: expired, and the entry may go
+    with pytest.raises(ExpiredTokenError):
+        await guard.authenticate(minted)
+    assert session_issuer.guard().revocation.expiry_grace == 300  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("grace", "leeway"), [(60, 120), (0, 1), (299.5, 300)])
+def test_a_store_forgetting_revocations_within_the_leeway_is_refused(
+    session_issuer: DevIssuer, grace: float, leeway: float
+) -> None:
+    with pytest.raises(ConfigurationError, match="expiry_grace"):
+        session_issuer.guard(revocation=MemoryRevocationStore(expiry_grace=grace), leeway=leeway)
+    same = MemoryRevocationStore(expiry_grace=leeway)
+    assert session_issuer.guard(revocation=same, leeway=leeway).revocation is same
+
+
+class DenyList(MemoryRevocationStore):
+    """Overrides only the protocol's ``is_revoked``: the inherited synchronous side knows
+    nothing of its list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.denied: set[str] = set()
+
+    async def is_revoked(self, token: AccessToken) -> bool:
+        return token.subject in self.denied or await super().is_revoked(token)
+
+
+async def test_a_subclass_overriding_only_is_revoked_is_asked_first_and_on_reuse(
+    session_issuer: DevIssuer,
+) -> None:
+    store = DenyList()
+    guard = session_issuer.guard(revocation=store)
+    transport = httpx.ASGITransport(app=build_app(guard))
+    reused, fresh = session_issuer.mint(sub="carol"), session_issuer.mint(sub="carol")
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for _ in range(3):
+            response = await client.get("/me", headers={"Authorization": f"Bearer {reused}"})
+            assert response.status_code == 200
+        store.denied.add("carol")
+        for minted in (reused, fresh):
+            response = await client.get("/me", headers={"Authorization": f"Bearer {minted}"})
+            assert response.status_code == 401
+        await store.revoke_subject("dave")  # the inherited state still applies
+        dave = session_issuer.mint(sub="dave", iat=time.time() - 5)
+        response = await client.get("/me", headers={"Authorization": f"Bearer {dave}"})
+        assert response.status_code == 401
+
+
+def test_such_a_subclass_has_no_synchronous_side_for_wsgi(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard(revocation=DenyList())
+    with pytest.raises(ConfigurationError, match="is_revoked_sync"):
+        guard.require_sync_side()

@@ -142,6 +142,17 @@ def test_construction_does_not_connect_and_checks_options() -> None:
             RedisRevocationStore(**options)  # checked before any client is built
 
 
+def test_a_guard_refuses_a_store_forgetting_revocations_within_its_leeway(
+    session_issuer: DevIssuer,
+) -> None:
+    short = RedisRevocationStore("redis://redis.invalid:6379/0", expiry_grace=20)
+    assert short.expiry_grace == 20
+    with pytest.raises(ConfigurationError, match="expiry_grace"):
+        session_issuer.guard(revocation=short, leeway=30)
+    assert session_issuer.guard(revocation=short, leeway=20).revocation is short
+    short.close()
+
+
 # -- many instances -------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from bearerguard._core.claims import ClaimsPolicy, check_times, run_checks
 from bearerguard._core.scopes import read_scopes
+from bearerguard._core.unicode import has_lone_surrogate
 from bearerguard.errors import InvalidAudienceError, InvalidIssuerError, InvalidTokenError
 from bearerguard.token import AccessToken
 
@@ -83,15 +84,16 @@ def parse_introspection_response(body: bytes) -> dict[str, Any]:
         IntrospectionResponseError: anything else.
     """
     try:
+        text = body.decode("utf-8")
         value = json.loads(
-            body.decode("utf-8"),
-            object_pairs_hook=_refuse_duplicates,
-            parse_constant=_refuse_constant,
+            text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
         )
     except IntrospectionResponseError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise IntrospectionResponseError("the body is not UTF-8 JSON") from exc
+    if has_lone_surrogate(text, value):
+        raise IntrospectionResponseError("the body is not UTF-8 JSON")
     if not isinstance(value, dict):
         raise IntrospectionResponseError("the body is not a JSON object")
     active = value.get("active")

@@ -16,6 +16,7 @@ import string
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from bearerguard._core.unicode import has_lone_surrogate
 from bearerguard.errors import MalformedTokenError, UnsupportedAlgorithmError
 
 __all__ = [
@@ -146,6 +147,9 @@ def _decode_object(standard: bytes, what: str) -> dict[str, Any]:
         raise MalformedTokenError(f"{what} is not valid UTF-8 JSON") from exc
     if type(value) is not dict:  # the decoder makes plain dicts and lists
         raise MalformedTokenError(f"{what} is not a JSON object")
+    # Only an escape can hide a lone surrogate, and a token's JSON rarely has any.
+    if "\\" in text and has_lone_surrogate(text, value):
+        raise MalformedTokenError(f"{what} is not valid UTF-8 JSON")
     return value
 
 

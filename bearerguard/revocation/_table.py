@@ -13,7 +13,10 @@ from typing import Literal
 
 from bearerguard.token import AccessToken
 
-__all__ = ["Entry", "Kind", "RevocationTable"]
+__all__ = ["DEFAULT_EXPIRY_GRACE", "Entry", "Kind", "RevocationTable"]
+
+DEFAULT_EXPIRY_GRACE = 300.0
+"""Seconds a revoked token's entry outlives its ``exp``: past any sensible leeway."""
 
 Kind = Literal["t", "s", "c"]
 """A revoked token, a subject cut-off, or a client cut-off."""

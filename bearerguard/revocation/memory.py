@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from bearerguard._core.times import Instant, to_epoch
 from bearerguard.errors import ConfigurationError, RevocationStoreError
-from bearerguard.revocation._table import Entry, Kind, RevocationTable
+from bearerguard.revocation._table import DEFAULT_EXPIRY_GRACE, Entry, Kind, RevocationTable
 from bearerguard.token import AccessToken
 
 __all__ = ["MemoryRevocationStore"]
@@ -26,7 +26,8 @@ class MemoryRevocationStore:
         retention: how long an entry is kept when no expiry is known: a revoked token given
             without ``expires_at``, or a subject or client cutoff (which must outlive every
             token issued before it). Set it to at least your issuer's longest token lifetime.
-        expiry_grace: kept past a token's ``exp``; must exceed every guard's ``leeway``.
+        expiry_grace: how long a revoked token's entry is kept past its ``exp``: at
+            least the ``leeway`` of every guard using the store (a guard refuses less).
         clock: returns epoch seconds; injectable for tests.
 
     Any ``issuer`` argument below limits an entry to tokens of that issuer; ``None`` matches
@@ -41,7 +42,7 @@ class MemoryRevocationStore:
         *,
         max_entries: int = 100_000,
         retention: float = 86_400.0,
-        expiry_grace: float = 300.0,
+        expiry_grace: float = DEFAULT_EXPIRY_GRACE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_entries < 1 or retention <= 0 or expiry_grace < 0:
@@ -55,6 +56,11 @@ class MemoryRevocationStore:
 
     def __len__(self) -> int:
         return len(self.table)
+
+    @property
+    def expiry_grace(self) -> float:
+        """Seconds a revoked token's entry is kept past its ``exp``."""
+        return self._grace
 
     def revoke_token_sync(
         self, jti: str, expires_at: Instant | None = None, *, issuer: str | None = None

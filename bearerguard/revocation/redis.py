@@ -71,7 +71,7 @@ from bearerguard.revocation._mirror import (
     session,
     to_ms,
 )
-from bearerguard.revocation._table import Entry, Kind
+from bearerguard.revocation._table import DEFAULT_EXPIRY_GRACE, Entry, Kind
 from bearerguard.token import AccessToken
 
 __all__ = ["DEFAULT_URL", "RedisRevocationStore", "Revocation"]
@@ -178,7 +178,8 @@ class RedisRevocationStore:
             add more.
         retention: how long an entry lives when no expiry is known (a token revoked without
             ``expires_at``, a subject or client cut-off); at least your longest token lifetime.
-        expiry_grace: kept past a token's ``exp``; must exceed every guard's ``leeway``.
+        expiry_grace: how long a revoked token's entry is kept past its ``exp``: at
+            least the ``leeway`` of every guard using the store (a guard refuses less).
         clock: returns epoch seconds; injectable for tests.
 
     Raises:
@@ -207,7 +208,7 @@ class RedisRevocationStore:
         max_connections: int = 50,
         max_entries: int = 100_000,
         retention: float = 86_400.0,
-        expiry_grace: float = 300.0,
+        expiry_grace: float = DEFAULT_EXPIRY_GRACE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         check_namespace(namespace)
@@ -245,6 +246,11 @@ class RedisRevocationStore:
         self._task_loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+
+    @property
+    def expiry_grace(self) -> float:
+        """Seconds a revoked token's entry is kept past its ``exp``."""
+        return self._grace
 
     def __repr__(self) -> str:
         mode = "mirror" if self._mirror is not None else "direct"

@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import heapq
 import hmac
 import secrets
 import struct
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -65,8 +65,10 @@ class MemoryDPoPReplayStore:
     once per instance.
 
     Args:
-        max_entries: the bound; when full, the oldest entries go first (they are the
-            closest to expiring, since every entry lives for the same window).
+        max_entries: the bound. A proof's ``jti`` is never forgotten before it expires: when
+            every entry is still live, a new proof raises ``ReplayStoreError`` (the guard
+            answers 503), as a replay could not be ruled out later. Otherwise a client
+            sending many proofs of its own could push out another's and replay it.
         clock: returns epoch seconds; injectable for tests.
     """
 
@@ -77,29 +79,35 @@ class MemoryDPoPReplayStore:
             raise ConfigurationError("max_entries must be at least 1")
         self._clock = clock
         self._max = max_entries
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._seen: dict[str, float] = {}
+        # (expiry, key), earliest first: each proof's ttl depends on its iat, so the order
+        # of insertion is not the order of expiry.
+        self._expiries: list[tuple[float, str]] = []
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def first_use_sync(self, key: str, ttl: float) -> bool:
-        """Record ``key`` for ``ttl`` seconds; ``False`` if it was already recorded."""
+        """Record ``key`` for ``ttl`` seconds; ``False`` if it was already recorded.
+
+        Raises:
+            ReplayStoreError: ``max_entries`` live entries are held.
+        """
         now = self._clock()
         with self._lock:
-            seen = self._seen
-            # Entries share one ttl, so insertion order is expiry order: drop from the front.
-            while seen:
-                oldest, expires = next(iter(seen.items()))
-                if expires > now:
-                    break
-                del seen[oldest]
+            seen, expiries = self._seen, self._expiries
+            while expiries and expiries[0][0] <= now:
+                expires, oldest = heapq.heappop(expiries)
+                if seen.get(oldest) == expires:  # not recorded again since
+                    del seen[oldest]
             previous = seen.get(key)
             if previous is not None and previous > now:
                 return False
-            while len(seen) >= self._max:
-                seen.popitem(last=False)
-            seen[key] = now + ttl
+            if len(seen) >= self._max:
+                raise ReplayStoreError(f"replay store full: {self._max} live proofs")
+            seen[key] = expires = now + ttl
+            heapq.heappush(expiries, (expires, key))
             return True
 
     async def first_use(self, key: str, ttl: float) -> bool:

@@ -32,6 +32,7 @@ import anyio
 import httpx
 from cachetools import LRUCache
 
+from bearerguard._core.bodies import BodyError, BoundedBody
 from bearerguard._core.introspected import (
     InactiveTokenError,
     IntrospectionResponseError,
@@ -143,14 +144,14 @@ async def _post_async(
             async with client.stream(
                 "POST", url, content=request.body, headers=dict(request.headers)
             ) as response:
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > max_bytes:
-                        return IntrospectionError(f"POST {url}: body exceeds {max_bytes} bytes")
+                body = BoundedBody(response.headers.get("content-encoding"), max_bytes)
+                async for chunk in response.aiter_raw():
+                    body.feed(chunk)
                 return _Response(
-                    response.status_code, response.headers.get("content-type"), bytes(body)
+                    response.status_code, response.headers.get("content-type"), body.finish()
                 )
+    except BodyError as exc:
+        return IntrospectionError(f"POST {url}: {exc}")
     except TimeoutError:
         return IntrospectionError(f"POST {url} timed out after {timeout}s")
     except httpx.HTTPError as exc:
@@ -166,16 +167,16 @@ def _post_sync(
         with client.stream(
             "POST", url, content=request.body, headers=dict(request.headers)
         ) as response:
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > max_bytes:
-                    return IntrospectionError(f"POST {url}: body exceeds {max_bytes} bytes")
+            body = BoundedBody(response.headers.get("content-encoding"), max_bytes)
+            for chunk in response.iter_raw():
+                body.feed(chunk)
                 if time.monotonic() > deadline:
                     return IntrospectionError(f"POST {url} timed out after {timeout}s")
             return _Response(
-                response.status_code, response.headers.get("content-type"), bytes(body)
+                response.status_code, response.headers.get("content-type"), body.finish()
             )
+    except BodyError as exc:
+        return IntrospectionError(f"POST {url}: {exc}")
     except httpx.TimeoutException:
         return IntrospectionError(f"POST {url} timed out after {timeout}s")
     except httpx.HTTPError as exc:

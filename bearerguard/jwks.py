@@ -19,6 +19,7 @@ import anyio
 import httpx
 
 from bearerguard.__about__ import __version__
+from bearerguard._core.bodies import BodyError, BoundedBody
 from bearerguard._core.keycache import ttl_from_cache_control
 from bearerguard.errors import ConfigurationError
 
@@ -76,8 +77,9 @@ def client_options(timeout: float, tls: ssl.SSLContext) -> dict[str, Any]:
     """httpx client settings for every request bearerguard makes to an authorization server.
 
     No redirects, no proxies or credentials from the environment, a prebuilt TLS context
-    (loading the CA bundle costs tens of milliseconds), and uncompressed bodies only: a
-    compressed body could inflate far past a size limit within one chunk.
+    (loading the CA bundle costs tens of milliseconds), and uncompressed bodies asked for:
+    a server that compresses anyway is inflated within the size limit by ``BoundedBody``
+    (callers read ``iter_raw``), never by httpx.
     """
     return {
         "headers": {
@@ -122,10 +124,6 @@ class _Response:
     cache_control: str | None
 
 
-def _too_large(url: str, policy: FetchPolicy) -> FetchError:
-    return FetchError(f"GET {url} body exceeds {policy.max_bytes} bytes")
-
-
 async def _get_async(
     client: httpx.AsyncClient, url: str, policy: FetchPolicy
 ) -> _Response | FetchError:
@@ -134,12 +132,12 @@ async def _get_async(
             async with client.stream("GET", url) as response:
                 if response.status_code != 200:
                     return FetchError(f"GET {url} answered {response.status_code}")
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > policy.max_bytes:
-                        return _too_large(url, policy)
-                return _Response(bytes(body), response.headers.get("cache-control"))
+                body = BoundedBody(response.headers.get("content-encoding"), policy.max_bytes)
+                async for chunk in response.aiter_raw():
+                    body.feed(chunk)
+                return _Response(body.finish(), response.headers.get("cache-control"))
+    except BodyError as exc:
+        return FetchError(f"GET {url}: {exc}")
     except TimeoutError:
         return FetchError(f"GET {url} timed out after {policy.timeout}s")
     except httpx.HTTPError as exc:
@@ -152,14 +150,14 @@ def _get_sync(client: httpx.Client, url: str, policy: FetchPolicy) -> _Response 
         with client.stream("GET", url) as response:
             if response.status_code != 200:
                 return FetchError(f"GET {url} answered {response.status_code}")
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > policy.max_bytes:
-                    return _too_large(url, policy)
+            body = BoundedBody(response.headers.get("content-encoding"), policy.max_bytes)
+            for chunk in response.iter_raw():
+                body.feed(chunk)
                 if time.monotonic() > deadline:
                     return FetchError(f"GET {url} timed out after {policy.timeout}s")
-            return _Response(bytes(body), response.headers.get("cache-control"))
+            return _Response(body.finish(), response.headers.get("cache-control"))
+    except BodyError as exc:
+        return FetchError(f"GET {url}: {exc}")
     except httpx.HTTPError as exc:
         return FetchError(f"GET {url} failed: {type(exc).__name__}: {exc}")
 

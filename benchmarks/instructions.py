@@ -52,6 +52,7 @@ CASES = {
     "bg_miss": "bearerguard authenticate, cache_size=0 (miss)",
     "jwt_decode": "jwt.decode (key object at hand)",
     "audit_event": "one token.accepted audit event alone",
+    "audit_event_dropped": "the same, dropped by the app's first processor",
     "served_bare": "under uvicorn: Starlette, bare (one HTTP request)",
     "served_hit": "under uvicorn: + bearerguard, cache hit, accepted-audit off",
     "served_audited": "under uvicorn: + bearerguard, cache hit, every decision audited",
@@ -102,7 +103,7 @@ def _operation(case: str, fixture: dict[str, Any]) -> Callable[[int], None]:
     """A function doing ``count`` operations of ``case``, everything imported and built."""
     from bearerguard import BearerGuard
     from bearerguard.audit import RequestInfo
-    from benchmarks.apps import PATH, configure_audit_logging
+    from benchmarks.apps import PATH, configure_audit_logging, dropping_audit_logger
     from benchmarks.inprocess import _drop, _receive, asgi_scope
 
     issuer, audience, tokens = fixture["issuer"], fixture["audience"], fixture["tokens"]
@@ -141,8 +142,9 @@ def _operation(case: str, fixture: dict[str, Any]) -> Callable[[int], None]:
                 jwt.decode(token, key, algorithms=["RS256"], audience=audience, issuer=issuer)
 
         return decodes
-    if case == "audit_event":
-        audited = guard(audit_sample_accepted=1.0)
+    if case in ("audit_event", "audit_event_dropped"):
+        dropping = dropping_audit_logger() if case == "audit_event_dropped" else None
+        audited = guard(audit_sample_accepted=1.0, audit_logger=dropping)
         audited.authenticate_sync(tokens[0])  # verified once: the cache holds it
         entry = audited.reused(tokens[0].encode())
         assert entry is not None

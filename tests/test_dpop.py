@@ -319,14 +319,50 @@ def test_memory_replay_store_remembers_until_expiry() -> None:
     assert len(store) == 1
 
 
-def test_memory_replay_store_is_bounded() -> None:
-    store = MemoryDPoPReplayStore(max_entries=3, clock=lambda: 0.0)
-    for key in "abcde":
-        assert store.first_use_sync(key, 60)
+def test_memory_replay_store_is_bounded_and_never_forgets_a_live_proof() -> None:
+    now = [0.0]
+    store = MemoryDPoPReplayStore(max_entries=3, clock=lambda: now[0])
+    # Each proof's ttl depends on its iat: the first recorded is not the first to expire.
+    assert store.first_use_sync("victim", 300)
+    assert store.first_use_sync("b", 10)
+    assert store.first_use_sync("c", 20)
+    with pytest.raises(ReplayStoreError):  # full of live proofs: a replay cannot be ruled out
+        store.first_use_sync("d", 60)
+    assert not store.first_use_sync("victim", 300)  # still remembered
+    now[0] = 15  # "b" expired: its room is free again
+    assert store.first_use_sync("d", 60)
     assert len(store) == 3
-    assert not store.first_use_sync("e", 60)
+    for _ in range(2):
+        with pytest.raises(ReplayStoreError):
+            store.first_use_sync("e", 60)
+        assert not store.first_use_sync("victim", 300)
+    now[0] = 301
+    assert store.first_use_sync("victim", 300)  # expired long ago: a fresh proof may reuse it
+    assert len(store) == 1
     with pytest.raises(ConfigurationError):
         MemoryDPoPReplayStore(max_entries=0)
+
+
+@pytest.mark.parametrize("stack", ["asgi", "wsgi"])
+def test_a_full_replay_store_answers_503_rather_than_forgetting_a_proof(
+    stack: str, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    replay = MemoryDPoPReplayStore(max_entries=3)
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(replay=replay))
+    victim = Holder()
+    victims_token = bound(session_issuer, victim)
+    captured = dpop(victims_token, victim.proof(victims_token))
+    attackers_token = bound(session_issuer, holder)
+    for call in open_client(stack, guard):
+        assert call("GET", "/me", headers=captured).status_code == 200
+        statuses = [
+            call(
+                "GET", "/me", headers=dpop(attackers_token, holder.proof(attackers_token))
+            ).status_code
+            for _ in range(4)
+        ]
+        assert statuses == [200, 200, 503, 503]  # the victim's jti is not pushed out
+        assert call("GET", "/me", headers=captured).status_code == 401  # still a replay
 
 
 @pytest.mark.anyio

@@ -372,6 +372,8 @@ def refusals(api: Setup, stranger: DevIssuer) -> dict[str, tuple[str | bytes, st
         "no aud": (api.sign(without(good, "aud")), "invalid_audience"),
         "no iat": (api.sign(without(good, "iat")), "invalid_request"),
         "iat as string": (api.sign({**good, "iat": "now"}), "invalid_request"),
+        "iat beyond a float": (api.sign({**good, "iat": 10**400}), "invalid_request"),
+        "exp beyond a float": (api.sign({**good, "exp": 10**400}), "invalid_request"),
         "iat in the future": (
             api.sign({**good, "iat": int(time.time()) + 3600}),
             "invalid_request",
@@ -398,6 +400,20 @@ def refusals(api: Setup, stranger: DevIssuer) -> dict[str, tuple[str | bytes, st
         "iss_sub without sub": (
             api.sign(
                 {**good, "events": {CAEP_SESSION_REVOKED: {"subject": {"format": "iss_sub"}}}}
+            ),
+            "invalid_request",
+        ),
+        "event_timestamp beyond a float": (
+            api.sign(
+                {
+                    **good,
+                    "events": {
+                        RISC_ACCOUNT_DISABLED: {
+                            "subject": iss_sub(issuer, "kim"),
+                            "event_timestamp": 10**400,
+                        }
+                    },
+                }
             ),
             "invalid_request",
         ),

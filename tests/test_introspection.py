@@ -10,6 +10,7 @@ advancing it, never by sleeping.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import threading
 import time
@@ -305,6 +306,8 @@ GARBAGE = {
     "exp as bool": Fault(body=b'{"active": true, "exp": true}'),
     "exp NaN": Fault(body=b'{"active": true, "exp": NaN}'),
     "exp huge": Fault(body=b'{"active": true, "exp": 1e300}'),
+    "exp beyond a float": Fault(body=b'{"active": true, "exp": 1' + b"0" * 400 + b"}"),
+    "lone surrogate": Fault(body=b'{"active": true, "sub": "\\udc00"}'),
     "sub as number": Fault(body=b'{"active": true, "sub": 42}'),
     "aud empty": Fault(body=b'{"active": true, "aud": []}'),
     "aud of numbers": Fault(body=b'{"active": true, "aud": [1]}'),
@@ -314,6 +317,14 @@ GARBAGE = {
     "redirect": Fault(status=302, headers={"Location": "http://127.0.0.1:1/elsewhere"}),
     "forbidden": Fault(status=403, body=b'{"error": "access_denied"}'),
     "too large": Fault(body=b'{"active": true, "x": "' + b"a" * 70_000 + b'"}'),
+    "gzip bomb": Fault(
+        body=gzip.compress(b'{"active": true, "x": "' + b" " * 10_000_000 + b'"}'),
+        headers={"Content-Encoding": "gzip"},
+    ),
+    "compressed twice": Fault(
+        body=gzip.compress(gzip.compress(b'{"active": true}')),
+        headers={"Content-Encoding": "gzip, gzip"},
+    ),
 }
 
 
@@ -475,6 +486,8 @@ def test_parsing_reduces_inactive_answers() -> None:
         b'{"active": true, "iat": -1}',
         b"\xff",
         b'{"active": true, "sub": "\\ud800"}',  # no UTF-8 can carry it (RFC 8259 8.2)
+        b'{"active": true, "exp": 1' + b"0" * 400 + b"}",  # beyond a float
+        b'{"active": true, "iat": -1' + b"0" * 400 + b"}",
     ],
 )
 def test_parsing_refuses(body: bytes) -> None:

@@ -13,6 +13,7 @@ import itertools
 import json
 import socket
 import time
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -576,6 +577,12 @@ JWKS_FAULTS: dict[str, Callable[[DevIssuer], Override]] = {
         body=gzip.compress(jwks_body(i, padding=" " * 10 * FETCH.max_bytes)),
         headers={"Content-Encoding": "gzip"},
     ),
+    # Compressed twice: a millionfold, so httpx would inflate one chunk to gigabytes.
+    "gzip-twice": lambda i: Override(
+        body=gzip.compress(gzip.compress(jwks_body(i))),
+        headers={"Content-Encoding": "gzip, gzip"},
+    ),
+    "brotli": lambda i: Override(body=jwks_body(i), headers={"Content-Encoding": "br"}),
 }
 
 
@@ -902,6 +909,32 @@ async def test_a_gzip_encoded_jwks_within_the_limit_is_accepted(
     dev.overrides[dev.jwks_path] = Override(body=gzip.compress(jwks_body(dev)), headers=headers)
     guard = make_guard(dev, clock, discover=False)
     await guard.authenticate(mint(dev))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("synchronous", [False, True])
+async def test_a_compression_bomb_is_refused_without_being_inflated(
+    dev: DevIssuer, clock: FakeClock, synchronous: bool
+) -> None:
+    decoded = 50_000_000  # in about 50 KB on the wire
+    bomb = gzip.compress(jwks_body(dev, padding=" " * decoded))
+    dev.overrides[dev.jwks_path] = Override(body=bomb, headers={"Content-Encoding": "gzip"})
+    guard = make_guard(dev, clock, discover=False)
+    token = mint(dev)
+    tracemalloc.start()
+    try:
+        if synchronous:
+            with pytest.raises(KeySetUnavailableError):
+                guard.authenticate_sync(token)
+        else:
+            with pytest.raises(KeySetUnavailableError):
+                await guard.authenticate(token)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # httpx inflating the chunks itself held up to 50 MB at once; the fetch's own clients
+    # and TLS context, built on first use, account for most of what is left.
+    assert peak < 5_000_000
 
 
 # == URLs httpx cannot use (regressions: they once escaped as other errors) ================

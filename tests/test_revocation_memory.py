@@ -81,6 +81,15 @@ async def test_revoke_token_accepts_aware_datetimes_only() -> None:
         await store.revoke_token("j1", expires_at="2030")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("instant", [10**400, -(10**400), float("nan"), float("inf")])
+async def test_an_instant_beyond_any_date_is_refused(instant: float) -> None:
+    store = MemoryRevocationStore()
+    with pytest.raises(ValueError, match="instant is"):
+        await store.revoke_token("j1", expires_at=instant)
+    with pytest.raises(ValueError, match="instant is"):
+        await store.revoke_subject("s1", issued_before=instant)
+
+
 async def test_revocations_are_keyed_on_issuer_and_jti() -> None:
     store = MemoryRevocationStore()
     await store.revoke_token("j1", issuer="https://other.example")

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn
 
+from bearerguard._core.times import MAX_NUMERIC_DATE
 from bearerguard.errors import (
     ExpiredTokenError,
     InvalidAudienceError,
@@ -31,7 +32,6 @@ ClaimCheck = Callable[[Mapping[str, Any]], object]
 """A custom check: return a falsy value or raise to refuse the token."""
 
 # NumericDate (RFC 7519 §2) values outside [0, year 9999] are refused as nonsense.
-_MAX_NUMERIC_DATE = 253_402_300_799.0
 # RFC 9068 §2.1: "at+jwt", with or without the "application/" prefix (RFC 7515 §4.1.9),
 # compared case-insensitively as media types are.
 _ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
@@ -71,7 +71,7 @@ def _numeric_date(value: Any, name: str) -> float:
     # infinities and huge integers are out of range, all before float() is applied.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise MalformedTokenError(f"claim {name!r} is not a NumericDate")
-    if not 0 <= value <= _MAX_NUMERIC_DATE:
+    if not 0 <= value <= MAX_NUMERIC_DATE:
         raise MalformedTokenError(f"claim {name!r} is out of range")
     return float(value)
 
@@ -103,17 +103,17 @@ def check_times(claims: Mapping[str, Any], policy: ClaimsPolicy, now: float) -> 
     # A plain int or float in range is a NumericDate: checked inline, the rest by
     # _numeric_date (once per token, so the common case costs no call).
     exp: Any = claims.get("exp")
-    if type(exp) in _NUMBERS and 0 <= exp <= _MAX_NUMERIC_DATE:
+    if type(exp) in _NUMBERS and 0 <= exp <= MAX_NUMERIC_DATE:
         exp = float(exp)
     elif exp is None:
         raise InvalidClaimError("exp is required")
     else:
         exp = _numeric_date(exp, "exp")
     nbf: Any = claims.get("nbf")
-    if nbf is not None and not (type(nbf) in _NUMBERS and 0 <= nbf <= _MAX_NUMERIC_DATE):
+    if nbf is not None and not (type(nbf) in _NUMBERS and 0 <= nbf <= MAX_NUMERIC_DATE):
         nbf = _numeric_date(nbf, "nbf")
     iat: Any = claims.get("iat")
-    if type(iat) in _NUMBERS and 0 <= iat <= _MAX_NUMERIC_DATE:
+    if type(iat) in _NUMBERS and 0 <= iat <= MAX_NUMERIC_DATE:
         iat = float(iat)
     elif iat is not None:
         iat = _numeric_date(iat, "iat")

@@ -7,7 +7,6 @@ exchange lives in ``bearerguard.introspection``.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from types import MappingProxyType
@@ -15,6 +14,7 @@ from typing import Any
 
 from bearerguard._core.claims import ClaimsPolicy, check_times, run_checks
 from bearerguard._core.scopes import read_scopes
+from bearerguard._core.times import is_numeric_date
 from bearerguard._core.unicode import has_lone_surrogate
 from bearerguard.errors import InvalidAudienceError, InvalidIssuerError, InvalidTokenError
 from bearerguard.token import AccessToken
@@ -32,7 +32,6 @@ INTROSPECTION_ALGORITHM = "introspection"
 
 # The shape of a compact JWS, as bearerguard._core.jws matches it: a token of this shape is
 # verified locally; any other (opaque strings, JWE) is for the authorization server.
-_MAX_NUMERIC_DATE = 253_402_300_799.0  # as in bearerguard._core.claims
 _STRING_MEMBERS = ("scope", "client_id", "username", "token_type", "sub", "iss", "jti")
 _TIME_MEMBERS = ("exp", "iat", "nbf")
 
@@ -63,11 +62,8 @@ def _refuse_constant(name: str) -> Any:
 
 
 def _numeric_date(value: Any, name: str) -> None:
-    # bool is an int subclass: true is not a date.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise IntrospectionResponseError(f"{name!r} is not a number")
-    if not (math.isfinite(value) and 0 <= value <= _MAX_NUMERIC_DATE):
-        raise IntrospectionResponseError(f"{name!r} is out of range")
+    if not is_numeric_date(value):
+        raise IntrospectionResponseError(f"{name!r} is not a NumericDate in range")
 
 
 def parse_introspection_response(body: bytes) -> dict[str, Any]:

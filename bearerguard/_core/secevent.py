@@ -8,10 +8,11 @@ de-duplicating and applying the plan live in ``bearerguard.events``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from bearerguard._core.times import is_numeric_date
 
 __all__ = [
     "CAEP_CREDENTIAL_CHANGE",
@@ -48,7 +49,6 @@ SUBJECT_CUTOFF_EVENTS: frozenset[str] = frozenset(
 # RFC 8417 §2.3: "secevent+jwt", with or without the "application/" prefix (RFC 7515
 # §4.1.9), compared case-insensitively as media types are.
 _SET_TYPES = frozenset({"secevent+jwt", "application/secevent+jwt"})
-_MAX_NUMERIC_DATE = 253_402_300_799.0
 _MAX_JTI = 256
 # The members of an OpenID SSF complex subject.
 _COMPLEX_MEMBERS = frozenset(
@@ -114,12 +114,9 @@ def _invalid(detail: str) -> SecurityEventError:
 
 
 def _numeric_date(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _invalid(f"{name} is not a NumericDate")
-    number = float(value)
-    if not (math.isfinite(number) and 0 <= number <= _MAX_NUMERIC_DATE):
-        raise _invalid(f"{name} is out of range")
-    return number
+    if not is_numeric_date(value):
+        raise _invalid(f"{name} is not a NumericDate in range")
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,10 +5,26 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-__all__ = ["Instant", "to_epoch"]
+__all__ = ["MAX_NUMERIC_DATE", "Instant", "is_numeric_date", "to_epoch"]
 
 Instant = int | float | datetime
 """Epoch seconds (int or float) or an aware ``datetime``."""
+
+MAX_NUMERIC_DATE = 253_402_300_799.0
+"""9999-12-31T23:59:59Z: a later NumericDate is refused as out of range."""
+
+
+def is_numeric_date(value: object) -> bool:
+    """Whether a decoded JSON value is a NumericDate (RFC 7519 §2) in range.
+
+    Booleans are not (``bool`` is an ``int``). The range is compared before any ``float()``:
+    NaN fails every comparison, and an integer too large for a float cannot overflow.
+    """
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and 0 <= value <= MAX_NUMERIC_DATE
+    )
 
 
 def to_epoch(value: Instant) -> float:
@@ -25,6 +41,9 @@ def to_epoch(value: Instant) -> float:
         return value.timestamp()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected epoch seconds or an aware datetime, got {type(value).__name__}")
-    if not math.isfinite(value):
+    if isinstance(value, int):
+        if abs(value) > MAX_NUMERIC_DATE:  # float() of a huge integer would overflow
+            raise ValueError("instant is out of range")
+    elif not math.isfinite(value):
         raise ValueError("instant is not finite")
     return float(value)

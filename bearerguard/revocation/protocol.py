@@ -28,6 +28,10 @@ class RevocationStore(Protocol):
     (a mirror that may be out of contact) may offer ``is_revoked_now(token) -> bool`` instead,
     raising whenever it cannot answer that way: the middlewares ask it first for a token
     served from the cache, and ``is_revoked`` when it raises.
+
+    Either stands in for ``is_revoked`` only when defined in the class that defines
+    ``is_revoked`` or in a subclass of it: a subclass of a built-in store that overrides
+    ``is_revoked`` alone is awaited on every request (and has no synchronous side for WSGI).
     """
 
     async def is_revoked(self, token: AccessToken) -> bool:

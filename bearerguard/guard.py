@@ -275,6 +275,15 @@ def _usage_monitor(usage: object) -> UsageMonitor | SyncUsageMonitor | None:
     return usage
 
 
+def _checked_confirmations(dpop: object, mtls: object, *, upstream: bool) -> frozenset[str] | None:
+    """The ``cnf`` members a token may carry: those this guard checks; ``None``: any."""
+    if upstream:
+        return None
+    return frozenset(
+        (["jkt"] if dpop is not None else []) + (["x5t#S256"] if mtls is not None else [])
+    )
+
+
 def _certificate_binding(mtls: object) -> CertificateBinding | None:
     if mtls is not None and not isinstance(mtls, CertificateBinding):
         raise ConfigurationError("mtls must be a CertificateBinding (see bearerguard.mtls)")
@@ -379,11 +388,20 @@ class BearerGuard:
         metrics: counts decisions, cache lookups, key fetches and store failures
             (``bearerguard.metrics``: in memory, Prometheus, or your own hook).
         dpop: accept DPoP-bound tokens (RFC 9449) as its ``DPoPPolicy`` says; see
-            ``bearerguard.dpop``. Off by default: then tokens are plain bearer tokens.
+            ``bearerguard.dpop``. Off by default.
         mtls: accept certificate-bound tokens (RFC 8705 §3): a token with ``cnf``
             ``x5t#S256`` only with the client certificate it names, taken as its
             ``CertificateBinding`` says; see ``bearerguard.mtls``. Off by default.
+        bindings_checked_upstream: accept tokens bound to their client (``cnf``) that
+            this guard does not check, because a gateway in front of the API checks them.
+            Off by default: such a token is refused (``invalid_claim``).
         clock: returns epoch seconds; injectable for tests.
+
+    A token bound to its client (a ``cnf`` claim, RFC 7800 §3) is accepted only when the
+    guard checks that binding: with ``dpop`` for ``cnf.jkt`` (RFC 9449 §6), with ``mtls``
+    for ``cnf.x5t#S256`` (RFC 8705 §3). Otherwise it is refused, never taken as a plain
+    bearer token that would work for whoever stole it, unless
+    ``bindings_checked_upstream``.
 
     Raises:
         ConfigurationError: an inconsistent or unsafe configuration.
@@ -423,6 +441,7 @@ class BearerGuard:
         metrics: MetricsHook | None = None,
         dpop: DPoPPolicy | None = None,
         mtls: CertificateBinding | None = None,
+        bindings_checked_upstream: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.issuer = check_url(issuer, "issuer")
@@ -485,6 +504,7 @@ class BearerGuard:
             | (_RFC9068_CLAIMS if strict else frozenset())
             | ({"jti"} if require_jti else frozenset()),
             checks=tuple(claim_checks),
+            confirmations=_checked_confirmations(dpop, mtls, upstream=bindings_checked_upstream),
         )
         # How scopes are read from tokens, and how they are matched against routes.
         self._scope_paths, self.scope_implications = (

@@ -694,6 +694,25 @@ def test_shared_replay_store_across_guards(session_issuer: DevIssuer, holder: Ho
     assert statuses == [200, 401]
 
 
+@pytest.mark.parametrize(
+    "cnf",
+    [{"jkt": "x" * 43}, {"jwk": {"kty": "EC"}}, {"jkt": "x" * 43, "x5t#S256": "y" * 43}, "jkt"],
+    ids=["jkt", "jwk", "two", "not-an-object"],
+)
+def test_a_bound_token_the_guard_cannot_check_is_refused(
+    stack: str, session_issuer: DevIssuer, cnf: object
+) -> None:
+    # RFC 7800 §3.1: cnf names who may present the token; taken as a plain bearer token, a
+    # stolen one would work for anyone.
+    headers = {"Authorization": f"Bearer {session_issuer.mint(cnf=cnf)}"}
+    guards = [session_issuer.guard(in_process=True)]
+    if cnf != {"jkt": "x" * 43}:  # bound some way that DPoP does not check either
+        guards.append(session_issuer.guard(in_process=True, dpop=DPoPPolicy()))
+    for guard in guards:
+        for call in open_client(stack, guard):
+            assert call("GET", "/me", headers=headers).status_code == 401
+
+
 @pytest.mark.anyio
 async def test_guard_without_request_info_treats_the_call_as_bearer(
     session_issuer: DevIssuer, holder: Holder

@@ -10,6 +10,7 @@ advancing it, never by sleeping.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gzip
 import json
 import threading
@@ -38,6 +39,7 @@ from bearerguard.errors import (
     InvalidAudienceError,
     InvalidClaimError,
     InvalidIssuerError,
+    MalformedTokenError,
     NotYetValidError,
     RevocationStoreError,
     RevokedTokenError,
@@ -530,6 +532,16 @@ def test_an_acceptable_answer_becomes_a_token() -> None:
     # iss and aud are optional (RFC 7662 §2.2): absent, the trusted issuer stands in.
     bare = judge()
     assert (bare.issuer, bare.audience, bare.scopes) == ("https://as.example", (), frozenset())
+
+
+def test_an_answer_bound_to_its_client_needs_a_guard_that_checks_the_binding() -> None:
+    # RFC 8705 §3.2 and RFC 9449 §6.2: introspection answers carry cnf too.
+    with pytest.raises(InvalidClaimError, match="cnf jkt"):
+        judge(cnf={"jkt": "x" * 43})
+    dpop = dataclasses.replace(POLICY, confirmations=frozenset({"jkt"}))
+    assert judge(dpop, cnf={"jkt": "x" * 43}).claims["cnf"] == {"jkt": "x" * 43}
+    with pytest.raises(MalformedTokenError):
+        judge(dpop, cnf="jkt")
 
 
 @pytest.mark.parametrize(

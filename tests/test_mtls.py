@@ -377,15 +377,25 @@ def test_tls_source_ignores_headers(stack: str, session_issuer: DevIssuer, pki: 
         assert call("GET", "/me", headers=headers).status_code == 401
 
 
-def test_without_mtls_a_bound_token_is_a_bearer_token(
+def test_without_mtls_a_bound_token_is_refused_not_taken_as_a_bearer_token(
     stack: str, session_issuer: DevIssuer, pki: PKI
 ) -> None:
-    # RFC 8705 §3: a resource server that does not check the binding sees a bearer token.
+    # Accepted as a bearer token, a stolen certificate-bound token would work for anyone.
     token = session_issuer.mint(cnf={"x5t#S256": pki.alice.thumbprint})
     guard = session_issuer.guard(in_process=True)
     assert guard.mtls is None
     assert not guard.sender_constrained
     for call in open_client(stack, guard):
+        with structlog.testing.capture_logs() as events:
+            response = call("GET", "/me", headers=bearer(token))
+        assert response.status_code == 401
+        assert 'error="invalid_token"' in response.headers["www-authenticate"]
+        assert [(e["reason"], e["detail"]) for e in events] == [
+            ("invalid_claim", "token bound by cnf x5t#S256, which this API does not check")
+        ]
+    # A gateway that checks the binding in front of the API: said so explicitly.
+    upstream = session_issuer.guard(in_process=True, bindings_checked_upstream=True)
+    for call in open_client(stack, upstream):
         assert call("GET", "/me", headers=bearer(token)).status_code == 200
 
 

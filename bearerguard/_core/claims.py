@@ -50,6 +50,10 @@ class ClaimsPolicy:
     require_typ: bool = False
     required_claims: frozenset[str] = frozenset()
     checks: tuple[ClaimCheck, ...] = ()
+    confirmations: frozenset[str] | None = frozenset()
+    """The ``cnf`` members whose binding is checked on each request: ``jkt`` with DPoP,
+    ``x5t#S256`` with mTLS; a token bound any other way is refused. ``None``: a gateway
+    checks them, any is accepted."""
 
 
 class TimeClaims(NamedTuple):
@@ -153,6 +157,23 @@ def run_checks(claims: Mapping[str, Any], policy: ClaimsPolicy) -> None:
             raise InvalidClaimError(f"claim check {_name(check)} refused the token")
 
 
+def check_confirmation(cnf: Any, policy: ClaimsPolicy) -> None:
+    """Refuse a sender-constrained token whose binding this guard does not check.
+
+    ``cnf`` (RFC 7800 §3.1) says who may present the token: the holder of a DPoP key (RFC
+    9449 §6) or of a client certificate (RFC 8705 §3). Accepted as a plain bearer token, a
+    stolen one would work for anyone, which is what the binding exists to prevent.
+    """
+    if not isinstance(cnf, Mapping):
+        raise MalformedTokenError("claim 'cnf' is not a JSON object")
+    if policy.confirmations is None:
+        return
+    unchecked = cnf.keys() - policy.confirmations
+    if unchecked:
+        shown = ", ".join(sorted(name[:32] for name in unchecked)[:3])
+        raise InvalidClaimError(f"token bound by cnf {shown}, which this API does not check")
+
+
 def _name(check: ClaimCheck) -> str:
     return getattr(check, "__qualname__", None) or type(check).__name__
 
@@ -182,6 +203,9 @@ def validate_claims(
     else:
         _check_audience_list(aud, policy)
     times = check_times(claims, policy, now)
+    cnf = get("cnf")
+    if cnf is not None:
+        check_confirmation(cnf, policy)
     if policy.required_claims or policy.checks:
         run_checks(claims, policy)
     return times

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any
 
-from bearerguard._core.claims import ClaimsPolicy, check_times, run_checks
+from bearerguard._core.claims import ClaimsPolicy, check_confirmation, check_times, run_checks
 from bearerguard._core.scopes import read_scopes
 from bearerguard._core.times import is_numeric_date
 from bearerguard._core.unicode import has_lone_surrogate
@@ -149,6 +149,9 @@ def token_from_introspection(
         if policy.audiences.isdisjoint(audiences):
             raise InvalidAudienceError("introspected aud does not name this resource server")
     times = check_times(claims, policy, now)
+    cnf = claims.get("cnf")
+    if cnf is not None:  # RFC 7662 §2.2 allows it; RFC 8705 §3.2 and RFC 9449 §6.2 use it
+        check_confirmation(cnf, policy)
     run_checks(claims, policy)
     return AccessToken(
         subject=claims.get("sub"),

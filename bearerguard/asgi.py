@@ -135,7 +135,13 @@ def _websocket_credentials(
         offered = list(scope.get("subprotocols") or ())
         tokens = [p for p in offered if p.startswith(WEBSOCKET_TOKEN_PROTOCOL_PREFIX)]
         if tokens:
-            scope["subprotocols"] = [p for p in offered if p not in tokens]
+            kept = [p for p in offered if p not in tokens]
+            scope["subprotocols"] = kept
+            # The raw header carries them too (RFC 6455 §4.1): rewritten without the token.
+            headers = [(n, v) for n, v in scope["headers"] if n != b"sec-websocket-protocol"]
+            if kept:
+                headers.append((b"sec-websocket-protocol", ", ".join(kept).encode("latin-1")))
+            scope["headers"] = headers
             found.extend(p[len(WEBSOCKET_TOKEN_PROTOCOL_PREFIX) :].encode() for p in tokens)
     if "query" in allowed and has_query_token(query):
         parts = query.split(b"&")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any, TypeVar, cast
 
 from starlette.exceptions import WebSocketException
 
-from bearerguard._context import SCOPE_KEY, Refused, RequestAuth, current_auth, refusal_for
+from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth, refusal_for
 from bearerguard._core.scopes import validate_scope_names
 from bearerguard.errors import (
     AuthError,
@@ -38,11 +39,13 @@ __all__ = [
     "get_access_token",
     "requires_any_scope",
     "requires_scopes",
+    "scope_requirements",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
 _CHECK_PARAMETER = "bearerguard_scope_check"
+_decorations = itertools.count(1)  # numbers each decoration's own check parameter
 _UNCHECKED = object()
 
 REQUIREMENT_ATTRIBUTE = "__bearerguard_scopes__"
@@ -68,6 +71,19 @@ def _request_auth(connection: object | None) -> RequestAuth | None:
             auth = store.get(SCOPE_KEY)
             return auth if isinstance(auth, RequestAuth) else None
     return None
+
+
+def scope_requirements(func: Callable[..., Any]) -> list[ScopeRequirement]:
+    """The requirements of every scope decorator stacked on ``func``, outermost first."""
+    found: list[ScopeRequirement] = []
+    current: object = func
+    while current is not None:
+        # Its own attribute: functools.wraps copies the wrapped function's onto the wrapper.
+        requirement = getattr(current, "__dict__", {}).get(REQUIREMENT_ATTRIBUTE)
+        if isinstance(requirement, ScopeRequirement) and requirement not in found:
+            found.append(requirement)
+        current = getattr(current, "__wrapped__", None)
+    return found
 
 
 def get_access_token(connection: object | None = None) -> AccessToken | None:
@@ -129,26 +145,30 @@ def _denial(required: tuple[str, ...], any_of: bool) -> Any:
     return None if denied is None else auth.respond(denied[1])
 
 
-def _with_fastapi_check(wrapper: Callable[..., Any], requirement: ScopeRequirement) -> None:
+def _with_fastapi_check(
+    wrapper: Callable[..., Any], requirement: ScopeRequirement, parameter: str
+) -> None:
     """Declare the check as a FastAPI dependency in ``wrapper``'s signature.
 
     FastAPI solves dependencies before it validates parameters and the body, so the check
-    answers first. The refusal is raised as ``Refused`` for the middleware to send (the
-    decorator needs the middleware anyway). Other frameworks ignore the extra parameter.
+    answers first. The refusal is raised for the middleware to send, or as an
+    ``HTTPException`` when only ``BearerAuth`` recorded the verdict. Other frameworks
+    ignore the extra parameter.
+    Each decorator declares its own ``parameter``: stacked decorators each add a check.
     """
     from fastapi import Depends  # noqa: PLC0415 - only when the app is a FastAPI app
 
+    from bearerguard.fastapi import raise_refusal  # noqa: PLC0415 - imports fastapi
+
     async def bearerguard_scope_check() -> None:
-        _, denied = _current(requirement.scopes, requirement.any_of)
+        auth, denied = _current(requirement.scopes, requirement.any_of)
         if denied is not None:
-            raise Refused(*denied)
+            raise_refusal(auth, *denied)
 
     signature = inspect.signature(wrapper)
     parameters = list(signature.parameters.values())
-    if _CHECK_PARAMETER in signature.parameters:
-        return
     check = inspect.Parameter(
-        _CHECK_PARAMETER,
+        parameter,
         inspect.Parameter.KEYWORD_ONLY,
         default=Depends(bearerguard_scope_check),
         annotation=None,
@@ -165,12 +185,13 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
 
     def decorate(func: F) -> F:
         wrapper: Callable[..., Any]
+        parameter = f"{_CHECK_PARAMETER}_{next(_decorations)}"
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 # FastAPI passes the parameter once its dependency has run the check.
-                if kwargs.pop(_CHECK_PARAMETER, _UNCHECKED) is _UNCHECKED:
+                if kwargs.pop(parameter, _UNCHECKED) is _UNCHECKED:
                     denial = _denial(required, any_of)
                     if denial is not None:
                         return denial
@@ -181,7 +202,7 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
 
             @functools.wraps(func)
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if kwargs.pop(_CHECK_PARAMETER, _UNCHECKED) is _UNCHECKED:
+                if kwargs.pop(parameter, _UNCHECKED) is _UNCHECKED:
                     denial = _denial(required, any_of)
                     if denial is not None:
                         return denial
@@ -192,7 +213,7 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
         # A FastAPI app has imported fastapi before its path operations are decorated;
         # Starlette, Flask and Django apps never pay for importing it.
         if "fastapi" in sys.modules:
-            _with_fastapi_check(wrapper, requirement)
+            _with_fastapi_check(wrapper, requirement, parameter)
         return cast(F, wrapper)
 
     return decorate

@@ -59,7 +59,12 @@ from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard._core.scopes import validate_scope_names
 from bearerguard.audit import RequestInfo
-from bearerguard.decorators import REQUIREMENT_ATTRIBUTE, ScopeRequirement, check_scopes
+from bearerguard.decorators import (
+    REQUIREMENT_ATTRIBUTE,
+    ScopeRequirement,
+    check_scopes,
+    scope_requirements,
+)
 from bearerguard.errors import AuthError, ConfigurationError
 from bearerguard.guard import BearerGuard
 from bearerguard.token import AccessToken
@@ -97,6 +102,18 @@ async def _answer_refusal(request: Request, exc: Exception) -> Response:
 
 def _never_called(refusal: Refusal) -> Any:  # pragma: no cover - marks dependency verdicts
     raise AssertionError("a dependency verdict has no framework responder")
+
+
+def raise_refusal(auth: RequestAuth, error: AuthError, refusal: Refusal) -> NoReturn:
+    """Answer a refusal from inside a dependency, already audited.
+
+    As ``Refused`` for the middleware to send when it recorded the verdict; as a
+    ``BearerRefusal`` (an ``HTTPException``) when ``BearerAuth`` did with no middleware in
+    front, so the answer keeps its status and challenge, never a 500.
+    """
+    if auth.respond is _never_called:
+        raise BearerRefusal(error, refusal)
+    raise Refused(error, refusal)
 
 
 def oauth2_flows(
@@ -376,7 +393,7 @@ class BearerAuth(SecurityBase):
             if not route.include_in_schema:
                 continue
             groups = _any_of_groups(route)
-            endpoint_requirement = getattr(route.endpoint, REQUIREMENT_ATTRIBUTE, None)
+            endpoint_requirements = scope_requirements(route.endpoint)
             for method in sorted(route.methods or ()):
                 operation = paths.get(route.path_format, {}).get(method.lower())
                 if operation is None:
@@ -385,12 +402,12 @@ class BearerAuth(SecurityBase):
                 mine = [entry for entry in security if name in entry]
                 all_of = [scope for entry in mine for scope in entry[name]]
                 alternatives = list(groups)
-                if isinstance(endpoint_requirement, ScopeRequirement):
-                    if endpoint_requirement.any_of:
-                        alternatives.append(endpoint_requirement.scopes)
+                for requirement in endpoint_requirements:
+                    if requirement.any_of:
+                        alternatives.append(requirement.scopes)
                     else:
-                        all_of.extend(endpoint_requirement.scopes)
-                if not mine and not alternatives and endpoint_requirement is None:
+                        all_of.extend(requirement.scopes)
+                if not mine and not alternatives and not endpoint_requirements:
                     continue
                 used = True
                 others = [entry for entry in security if name not in entry]

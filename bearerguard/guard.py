@@ -176,19 +176,23 @@ def _fingerprint(digest: bytes) -> str:
 
 
 def _answers_as_is_revoked(store: RevocationStore, method: str) -> bool:
-    """Whether ``store``'s synchronous ``method`` may stand in for its ``is_revoked``.
+    """Whether ``store``'s synchronous ``method`` may stand in for its other checks.
 
-    Only when it is defined where ``is_revoked`` is, or below: a subclass of a built-in
-    store that overrides ``is_revoked`` alone keeps the inherited shortcut, which knows
-    nothing of the override, so the guard awaits ``is_revoked`` instead.
+    Only when it is defined where ``is_revoked`` (and, for ``is_revoked_now``, also
+    ``is_revoked_sync``) is, or below: a subclass of a built-in store that overrides one
+    check alone keeps the inherited shortcut, which knows nothing of the override, so the
+    guard asks the overridden check instead.
     """
-    if "is_revoked" in getattr(store, "__dict__", {}):
+    overridden = getattr(store, "__dict__", {})
+    others = ["is_revoked"] if method == "is_revoked_sync" else ["is_revoked", "is_revoked_sync"]
+    if any(name in overridden for name in others):
         return False
-    owners = {
-        name: next((cls for cls in type(store).__mro__ if name in vars(cls)), object)
-        for name in (method, "is_revoked")
-    }
-    return issubclass(owners[method], owners["is_revoked"])
+    mro = type(store).__mro__
+    owner = next((cls for cls in mro if method in vars(cls)), object)
+    return all(
+        issubclass(owner, next((cls for cls in mro if name in vars(cls)), object))
+        for name in others
+    )
 
 
 def _nonblocking_checks(
@@ -284,6 +288,14 @@ def _checked_confirmations(dpop: object, mtls: object, *, upstream: bool) -> fro
     )
 
 
+def _header_text(value: str, name: str) -> str:
+    """``value``, checked to fit a ``WWW-Authenticate`` quoted-string (RFC 9110 §5.6.4):
+    printable ASCII, so that no refusal can fail to encode or split the header."""
+    if not isinstance(value, str) or not (value.isascii() and value.isprintable()):
+        raise ConfigurationError(f"{name} must be printable ASCII: {value!r}")
+    return value
+
+
 def _certificate_binding(mtls: object) -> CertificateBinding | None:
     if mtls is not None and not isinstance(mtls, CertificateBinding):
         raise ConfigurationError("mtls must be a CertificateBinding (see bearerguard.mtls)")
@@ -308,7 +320,9 @@ def _protected_resource(
         if metadata is not None:
             raise ConfigurationError("resource_metadata needs resource")
         return None
-    return ProtectedResource(check_resource(resource), issuer, metadata)
+    protected = ProtectedResource(check_resource(resource), issuer, metadata)
+    _header_text(protected.metadata_url, "the resource's metadata URL")  # in every challenge
+    return protected
 
 
 def _allowed_algorithms(algorithms: Iterable[str], secret: str | bytes | None) -> frozenset[str]:
@@ -460,7 +474,7 @@ class BearerGuard:
             raise ConfigurationError("refresh and fetch take RefreshPolicy and FetchPolicy")
         self.algorithms = allowed
         self.leeway = float(leeway)
-        self.realm = audiences[0] if realm is None else realm
+        self.realm = _header_text(audiences[0] if realm is None else realm, "realm")
         self.max_token_bytes = max_token_bytes
         self.revocation: RevocationStore = (
             MemoryRevocationStore(

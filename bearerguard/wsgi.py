@@ -14,7 +14,11 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal
 
 from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth, refusal_for
-from bearerguard._core.extract import bound_credentials, request_credentials
+from bearerguard._core.extract import (
+    bound_credentials,
+    request_credentials,
+    split_joined_values,
+)
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard.audit import RequestInfo
@@ -212,14 +216,15 @@ class BearerGuardWSGIMiddleware:
                     latency = perf_counter() - started
                     entry.record_accepted(audit, auth, latency)
                 return self._call_app(environ, start_response, auth)
+        # Servers join repeated headers with commas: split back, two values are refused as
+        # invalid_request, as two headers are over ASGI.
+        values = [] if header is None else split_joined_values(header.encode("latin-1", "replace"))
         try:
-            # Servers join repeated headers with commas: such a value is not one b64token,
-            # so it is refused as invalid_request, as two headers are over ASGI.
             if guard.sender_constrained:
                 access, binding = _authenticate_bound(
                     guard,
                     environ,
-                    [] if header is None else [header.encode("latin-1", "replace")],
+                    values,
                     str(environ.get("QUERY_STRING", "")).encode("latin-1", "replace"),
                     path,
                     request,
@@ -228,7 +233,7 @@ class BearerGuardWSGIMiddleware:
             else:
                 binding = "bearer"
                 token = request_credentials(
-                    [] if header is None else [header.encode("latin-1", "replace")],
+                    values,
                     str(environ.get("QUERY_STRING", "")).encode("latin-1", "replace"),
                     path,
                     self.public_paths,

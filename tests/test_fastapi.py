@@ -16,7 +16,13 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from structlog.testing import capture_logs
 
-from bearerguard import AccessToken, BearerGuard, get_access_token, requires_scopes
+from bearerguard import (
+    AccessToken,
+    BearerGuard,
+    get_access_token,
+    requires_any_scope,
+    requires_scopes,
+)
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.errors import ConfigurationError
 from bearerguard.fastapi import BearerAuth, oauth2_flows
@@ -240,6 +246,28 @@ async def test_without_install_or_middleware_the_answer_is_still_safe(
     assert "install(app)" in caplog.text
 
 
+def test_a_decorator_under_a_router_dependency_answers_without_middleware_or_install(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    bearer_auth = BearerAuth(guard)
+    router = APIRouter(dependencies=[bearer_auth.requires()])
+
+    @router.get("/items")
+    @requires_scopes("items:read")
+    async def items() -> dict[str, bool]:
+        return {"ok": True}
+
+    app = FastAPI()
+    app.include_router(router)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        denied = client.get("/items", headers=bearer(session_issuer, "other"))
+        allowed = client.get("/items", headers=bearer(session_issuer, "items:read"))
+    assert denied.status_code == 403
+    assert 'error="insufficient_scope"' in denied.headers["www-authenticate"]
+    assert 'scope="items:read"' in denied.headers["www-authenticate"]
+    assert allowed.json() == {"ok": True}
+
+
 async def test_websocket_dependency(guard: BearerGuard, session_issuer: DevIssuer) -> None:
     for middleware in (False, True):
         with TestClient(build_api(guard, middleware=middleware)) as client:
@@ -352,6 +380,47 @@ def test_openapi_security_scopes_and_responses(guard: BearerGuard) -> None:
     # the handler's own parameters are unchanged; the decorator's check is not a parameter
     assert [p["name"] for p in paths["/items/{item_id}"]["delete"]["parameters"]] == ["item_id"]
     assert "parameters" not in paths["/decorated"]["get"]
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_stacked_scope_decorators_each_check_their_scopes(
+    session_issuer: DevIssuer, sync: bool
+) -> None:
+    guard = session_issuer.guard()  # no implications: admin grants only admin
+    app = FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard)])
+    BearerAuth(guard).install(app)
+
+    if sync:
+
+        @app.delete("/items/{item_id}")
+        @requires_scopes("admin")
+        @requires_any_scope("items:write", "items:delete")
+        def delete_sync(item_id: int) -> dict[str, int]:
+            return {"deleted": item_id}
+
+    else:
+
+        @app.delete("/items/{item_id}")
+        @requires_scopes("admin")
+        @requires_any_scope("items:write", "items:delete")
+        async def delete(item_id: int) -> dict[str, int]:
+            return {"deleted": item_id}
+
+    with TestClient(app) as client:
+        for scopes, status in [
+            (["items:delete"], 403),  # lacks the outer decorator's admin
+            (["admin"], 403),  # lacks the inner one's alternatives
+            (["admin", "items:write"], 200),
+        ]:
+            response = client.delete("/items/7", headers=bearer(session_issuer, *scopes))
+            assert response.status_code == status, (scopes, response.text)
+        assert response.json() == {"deleted": 7}
+    operation = app.openapi()["paths"]["/items/{item_id}"]["delete"]
+    assert operation["security"] == [
+        {"bearerAuth": ["admin", "items:write"]},
+        {"bearerAuth": ["admin", "items:delete"]},
+    ]
+    assert [p["name"] for p in operation["parameters"]] == ["item_id"]
 
 
 def test_openapi_any_of_combines_with_all_of(guard: BearerGuard) -> None:

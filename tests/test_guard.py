@@ -258,3 +258,14 @@ async def test_a_fresh_token_is_the_same_from_bytes_or_text(session_issuer: DevI
     guard = session_issuer.guard(cache_size=0)
     token = session_issuer.mint(scopes=["a", "b"])
     assert await guard.authenticate(token.encode()) == await guard.authenticate(token)
+
+
+@pytest.mark.parametrize(
+    "realm", ["Acme API \u2013 production", "api\r\nSet-Cookie: x=1", "tab\there", "caf\xe9"]
+)
+def test_a_realm_no_challenge_can_carry_is_refused_at_construction(
+    session_issuer: DevIssuer, realm: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="realm must be printable ASCII"):
+        session_issuer.guard(realm=realm)
+    assert session_issuer.guard(realm='Acme "API" \\ prod').realm == 'Acme "API" \\ prod'

@@ -52,10 +52,19 @@ def test_matching_is_exact_and_case_sensitive() -> None:
     assert not grants(granted, ("items",), any_of=True)
 
 
-@pytest.mark.parametrize("names", [(), ("",), ("a b",), ("a\t",), (5,)])
+@pytest.mark.parametrize(
+    "names",
+    [(), ("",), ("a b",), ("a\t",), (5,), ("администратор",), ('a"b',), ("a\\b",), ("a\nb",)],
+)
 def test_scope_names_are_validated(names: tuple[object, ...]) -> None:
+    # RFC 6749 §3.3 scope-tokens only: what a challenge's scope attribute can carry.
     with pytest.raises(ConfigurationError):
         validate_scope_names(names)  # type: ignore[arg-type]
+
+
+def test_every_scope_token_character_is_accepted() -> None:
+    every = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) not in '"\\')
+    assert validate_scope_names([every, "items:read", "realm_access.roles"])[0] == every
 
 
 def test_scope_claim_paths_are_validated() -> None:

@@ -25,7 +25,10 @@ async def echo(websocket: WebSocket) -> None:
     offered = list(websocket.scope.get("subprotocols", []))
     await websocket.accept(subprotocol="chat" if "chat" in offered else None)
     token = get_access_token(websocket)
-    await websocket.send_json({"sub": None if token is None else token.subject, "offered": offered})
+    header = websocket.headers.get("sec-websocket-protocol")
+    await websocket.send_json(
+        {"sub": None if token is None else token.subject, "offered": offered, "header": header}
+    )
     await websocket.close()
 
 
@@ -65,7 +68,7 @@ def test_the_authorization_header_is_the_default(
     token = session_issuer.mint(sub="ann")
     with TestClient(build(guard)) as client:
         with client.websocket_connect("/ws", headers={"Authorization": f"Bearer {token}"}) as ws:
-            assert ws.receive_json() == {"sub": "ann", "offered": []}
+            assert ws.receive_json() == {"sub": "ann", "offered": [], "header": None}
         with capture_logs() as events:
             missing = denied(client, "/ws")
         assert missing.status_code == 401
@@ -86,8 +89,11 @@ def test_subprotocol_opt_in(guard: BearerGuard, session_issuer: DevIssuer) -> No
     with TestClient(build(guard, ["subprotocol"])) as client:
         with client.websocket_connect("/ws", subprotocols=["chat", PREFIX + token]) as ws:
             assert ws.accepted_subprotocol == "chat"
-            # The token never reaches the app, so it can never be echoed back or logged.
-            assert ws.receive_json() == {"sub": "bea", "offered": ["chat"]}
+            # The token never reaches the app, so it can never be echoed back or logged:
+            # neither in the offered subprotocols nor in the raw header (RFC 6455 §4.1).
+            assert ws.receive_json() == {"sub": "bea", "offered": ["chat"], "header": "chat"}
+        with client.websocket_connect("/ws", subprotocols=[PREFIX + token]) as ws:
+            assert ws.receive_json() == {"sub": "bea", "offered": [], "header": None}
         bad = denied(client, "/ws", subprotocols=["chat", PREFIX + "x.y.z"])
         assert bad.status_code == 401
         assert 'error="invalid_token"' in bad.headers["www-authenticate"]

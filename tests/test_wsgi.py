@@ -15,8 +15,10 @@ import structlog
 
 from bearerguard import AccessToken, RefreshPolicy
 from bearerguard.errors import ConfigurationError, KeySetUnavailableError, UnknownKeyError
+from bearerguard.revocation.redis import RedisRevocationStore
 from bearerguard.testing import DevIssuer, Override
 from bearerguard.wsgi import BearerGuardWSGIMiddleware, plain_response, responder_for
+from tests.redis_server import RedisServer
 
 
 def hello_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -50,6 +52,47 @@ def test_joined_duplicate_headers_are_invalid_request(session_issuer: DevIssuer)
     status, headers, _ = call(app, HTTP_AUTHORIZATION=f"Bearer {token}, Bearer {token}")
     assert status == "400 Bad Request"
     assert 'error="invalid_request"' in headers["www-authenticate"]
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [
+        ("Basic dXNlcjpwYXNz,Bearer {expired}", "400 Bad Request"),
+        ("Bearer {expired}, Basic dXNlcjpwYXNz", "400 Bad Request"),
+        ("Basic dXNlcjpwYXNz", "200 OK"),  # not Bearer: no credentials, a public path
+        ('Digest username="u", realm="a, b", nonce="n"', "200 OK"),  # one value, with commas
+    ],
+)
+def test_joined_values_are_split_back_as_over_asgi(
+    session_issuer: DevIssuer, value: str, status: str
+) -> None:
+    app = BearerGuardWSGIMiddleware(
+        hello_app, guard=session_issuer.guard(), public_paths=["/health"]
+    )
+    header = value.format(expired=session_issuer.mint_expired())
+    assert call(app, PATH_INFO="/health", HTTP_AUTHORIZATION=header)[0] == status
+
+
+def test_a_store_subclass_overriding_the_synchronous_check_is_asked_on_every_reuse(
+    session_issuer: DevIssuer, redis_server: RedisServer, redis_namespace: str
+) -> None:
+    blocked: set[str] = set()
+
+    class DenySubjects(RedisRevocationStore):
+        def is_revoked_sync(self, token: AccessToken) -> bool:
+            return token.subject in blocked or super().is_revoked_sync(token)
+
+    store = DenySubjects(redis_server.url, namespace=redis_namespace)
+    try:
+        app = BearerGuardWSGIMiddleware(hello_app, guard=session_issuer.guard(revocation=store))
+        token = session_issuer.mint(sub="mallory")
+        authorization = f"Bearer {token}"
+        assert [call(app, HTTP_AUTHORIZATION=authorization)[0] for _ in range(2)] == ["200 OK"] * 2
+        blocked.add("mallory")  # the inherited is_revoked_now knows nothing of it
+        for _ in range(3):
+            assert call(app, HTTP_AUTHORIZATION=authorization)[0] == "401 Unauthorized"
+    finally:
+        store.close()
 
 
 def test_odd_environ_values_never_crash(session_issuer: DevIssuer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Sequence
 from typing import Literal
@@ -23,12 +24,36 @@ __all__ = [
     "has_query_token",
     "request_credentials",
     "request_dpop_credentials",
+    "split_joined_values",
 ]
 
 DEFAULT_MAX_TOKEN_BYTES = 8192
 
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN_CHARS = (string.ascii_letters + string.digits + "-._~+/").encode()
+
+
+# RFC 9110 §11.6.2: credentials = auth-scheme [ 1*SP ( token68 / #auth-param ) ]. In a value
+# joined with commas, a part starting with a scheme and a space opens new credentials; an
+# auth-param ("name=value", as in Digest) continues the previous ones.
+_NEW_CREDENTIALS = re.compile(rb"[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+ +[^ =]")
+
+
+def split_joined_values(value: bytes) -> list[bytes]:
+    """The ``Authorization`` values a WSGI server joined into one with commas (RFC 9110 §5.3).
+
+    ``Bearer a, Bearer b`` and ``Basic x, Bearer y`` are two values, as two headers are over
+    ASGI; ``Digest realm="r", nonce="n"`` stays one.
+    """
+    if value.find(b",") == -1:
+        return [value]
+    values: list[bytes] = []
+    for part in value.split(b","):
+        if values and not _NEW_CREDENTIALS.match(part):
+            values[-1] += b"," + part
+        else:
+            values.append(part.strip(b" \t"))
+    return values
 
 
 def bearer_credentials(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -67,14 +68,24 @@ def read_scopes(
 
 
 def validate_scope_names(scopes: Iterable[str]) -> tuple[str, ...]:
-    """Check scope names given to a decorator: non-empty, no white space (RFC 6749 §3.3)."""
+    """Check scope names given to a decorator: each one a scope-token (RFC 6749 §3.3).
+
+    Those are the characters a challenge's ``scope`` attribute can carry (RFC 6750 §3):
+    a name outside them is refused here, at configuration, never while refusing a request.
+    """
     names = tuple(scopes)
     if not names:
         raise ConfigurationError("at least one scope is required")
     for name in names:
-        if not isinstance(name, str) or not name or any(char.isspace() for char in name):
-            raise ConfigurationError(f"invalid scope name {name!r}")
+        if not isinstance(name, str) or not _SCOPE_TOKEN.fullmatch(name):
+            raise ConfigurationError(
+                f"invalid scope name {name!r}: printable ASCII but space, '\"' and '\\'"
+            )
     return names
+
+
+# scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 
 def grants(granted: frozenset[str], required: tuple[str, ...], *, any_of: bool) -> bool:

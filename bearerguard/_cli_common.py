@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TextIO, TypeAlias
+from typing import Any, NoReturn, TextIO, TypeAlias
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the command ran and the answer is "no": an invalid token, a bad key set
@@ -40,6 +40,33 @@ class CommandError(Exception):
         self.message = message
         self.code = code
         self.kind = kind
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"JSON has no {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"JSON number out of range: {text[:40]}")
+    return value
+
+
+def parse_json(text: str | bytes) -> Any:
+    """A JSON document, strictly: no ``NaN`` or ``Infinity``, no number beyond a float.
+
+    RFC 8259 §6 excludes ``Infinity`` and ``NaN``, which Python's ``json`` accepts, and
+    ``1e400`` would become an infinite float: either would later crash arithmetic or print
+    as invalid JSON.
+
+    Raises:
+        ValueError: not JSON, one of those, or nested too deeply for the parser.
+    """
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def port_number(text: str) -> int:
@@ -69,6 +96,14 @@ def positive_seconds(text: str) -> float:
     value = seconds(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
+def non_negative_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds, 0 or more."""
+    value = seconds(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 seconds or more: {text!r}")
     return value
 
 
@@ -173,6 +208,8 @@ def read_token(text: str, stdin: TextIO | None = None) -> str:
 
 def describe_duration(seconds: float) -> str:
     """``seconds`` as a short human duration: ``45 s``, ``4 min 10 s``, ``3 h 2 min``, ``2 d``."""
+    if not math.isfinite(seconds):
+        return "forever"
     seconds = abs(round(seconds))
     if seconds < 60:
         return f"{seconds} s"

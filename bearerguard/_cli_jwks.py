@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import json
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,7 @@ from bearerguard._cli_common import (
     Commands,
     Console,
     add_output_options,
+    parse_json,
     positive_seconds,
     print_usage,
     usage_error,
@@ -311,8 +311,8 @@ def _load(args: argparse.Namespace, console: Console) -> tuple[dict[str, Any], A
         except (OSError, UnicodeDecodeError) as exc:
             raise usage_error(f"cannot read {args.file}: {exc}") from None
         try:
-            return {"file": str(args.file)}, json.loads(text)
-        except ValueError:
+            return {"file": str(args.file)}, parse_json(text)
+        except (ValueError, RecursionError):  # parse_json already maps RecursionError
             raise CommandError(f"{args.file} is not JSON", kind="not_a_jwks") from None
     try:
         if args.issuer is not None:

@@ -38,11 +38,13 @@ from bearerguard._cli_common import (
     Handler,
     add_output_options,
     describe_duration,
+    non_negative_seconds,
     positive_seconds,
     print_usage,
     relative,
     usage_error,
 )
+from bearerguard.revocation._table import DEFAULT_EXPIRY_GRACE
 
 if TYPE_CHECKING:
     from bearerguard.revocation.redis import RedisRevocationStore, Revocation
@@ -52,7 +54,6 @@ __all__ = ["DEFAULT_NAMESPACE", "URL_VARIABLE", "add_revocation_commands", "pars
 URL_VARIABLE = "BEARERGUARD_REDIS_URL"
 DEFAULT_URL = "redis://127.0.0.1:6379/0"  # as bearerguard.revocation.redis.DEFAULT_URL
 DEFAULT_NAMESPACE = "bearerguard"  # as RedisRevocationStore's default
-EXPIRY_GRACE = 300.0  # RedisRevocationStore's default: a token entry outlives its exp by this
 _MAX_EPOCH = 1e11  # year 5138: anything larger is almost certainly milliseconds
 _NUMBER = re.compile(r"\d+(\.\d+)?")
 _MAX_CELL = 80
@@ -147,7 +148,15 @@ def _add_target_options(parser: argparse.ArgumentParser, *, cutoff: bool) -> Non
             type=parse_instant,
             metavar="WHEN",
             help="the token's exp (epoch seconds or ISO 8601 with an offset): the entry "
-            "lapses then, plus 5 min; without it the entry is kept for --retention",
+            "lapses then, plus --expiry-grace; without it the entry is kept for --retention",
+        )
+        parser.add_argument(
+            "--expiry-grace",
+            type=non_negative_seconds,
+            default=DEFAULT_EXPIRY_GRACE,
+            metavar="SECONDS",
+            help="how long the entry outlives --expires-at: the API store's expiry_grace, at "
+            f"least every guard's leeway (default {DEFAULT_EXPIRY_GRACE:g}, the stores' default)",
         )
     parser.add_argument("--reason", metavar="TEXT", help="a short note kept with the entry")
     parser.add_argument(
@@ -279,7 +288,12 @@ def _unreachable(url: str, cause: BaseException | None) -> CommandError:
 
 
 @contextmanager
-def _store(args: argparse.Namespace, *, retention: float = 86_400.0) -> Iterator[Any]:
+def _store(
+    args: argparse.Namespace,
+    *,
+    retention: float = 86_400.0,
+    expiry_grace: float = DEFAULT_EXPIRY_GRACE,
+) -> Iterator[Any]:
     """A store without a mirror for the parsed options; every failure is a CommandError."""
     try:
         from bearerguard.errors import (  # noqa: PLC0415 - lazily, see the module docstring
@@ -304,7 +318,7 @@ def _store(args: argparse.Namespace, *, retention: float = 86_400.0) -> Iterator
             socket_timeout=args.timeout,
             connect_timeout=args.timeout,
             retention=retention,
-            expiry_grace=EXPIRY_GRACE,
+            expiry_grace=expiry_grace,
             max_connections=2,
         )
     except (ConfigurationError, ValueError) as exc:
@@ -351,49 +365,87 @@ def run_revoke(kind: str, args: argparse.Namespace) -> int:
     if kind == "token":
         expires_at: float | None = args.expires_at
         result["expires_at"] = None if expires_at is None else _iso(expires_at)
-        if expires_at is not None and expires_at + EXPIRY_GRACE <= now:
-            # The store would write nothing: the guard refuses an expired token anyway.
-            note = f"the token expired {relative(expires_at, now)}: it is refused anyway"
-            if console.as_json:
-                console.document({"ok": True, "written": False, "revocation": result})
-            else:
-                console.say(f"nothing written: {note}")
-            return EXIT_OK
+        result["lapses_at"] = _iso(_token_lapse(args, now))
     else:
         issued_before: float = now if args.issued_before is None else args.issued_before
         result["issued_before"] = _iso(issued_before)
     step = f"revoking {kind} {_cell(name)!r} in namespace {args.namespace!r}"
-    with _store(args, retention=args.retention) as store, console.step(step):
-        _write(store, kind, name, args)
+    grace = getattr(args, "expiry_grace", DEFAULT_EXPIRY_GRACE)
+    with (
+        _store(args, retention=args.retention, expiry_grace=grace) as store,
+        console.step(step),
+    ):
+        written = _write(store, kind, name, args)
     if console.as_json:
-        console.document({"ok": True, "written": True, "revocation": result})
-        return EXIT_OK
-    issuer = "any issuer" if args.issuer is None else f"issuer {args.issuer}"
-    if kind == "token":
-        console.say(f"revoked token jti={_cell(name)!r} ({issuer})")
-        if args.expires_at is None:
-            console.warn(
-                f"note: without --expires-at the entry is kept for "
-                f"{describe_duration(args.retention)} (--retention); tokens living longer "
-                "would be accepted again after that"
-            )
+        console.document({"ok": True, "written": written, "revocation": result})
+    elif not written:
+        console.say(f"nothing written: {_lapsed_note(args, now)}")
     else:
+        _say_revoked(console, kind, name, args, result)
+    return EXIT_OK
+
+
+def _token_lapse(args: argparse.Namespace, now: float) -> float:
+    """When a token's entry lapses: its exp plus the grace, else ``retention`` from now."""
+    if args.expires_at is None:
+        return float(now + args.retention)
+    return float(args.expires_at + args.expiry_grace)
+
+
+def _lapsed_note(args: argparse.Namespace, now: float) -> str:
+    """Why the store wrote nothing: the entry had already lapsed by Redis's clock."""
+    lapse = _token_lapse(args, now)
+    if lapse > now:
+        return (
+            f"the entry would lapse at {_iso(lapse)} ({relative(lapse, now)} by this "
+            "machine's clock), already past by Redis's clock: this clock is behind Redis's"
+        )
+    return (
+        f"the token expired {relative(args.expires_at, now)} and its entry (exp + "
+        f"{describe_duration(args.expiry_grace)}) has lapsed: it is refused anyway"
+    )
+
+
+def _say_revoked(
+    console: Console, kind: str, name: str, args: argparse.Namespace, result: dict[str, Any]
+) -> None:
+    issuer = "any issuer" if args.issuer is None else f"issuer {args.issuer}"
+    if kind != "token":
         what = "subject" if kind == "subject" else "client"
         console.say(
             f"revoked {what} {_cell(name)!r} ({issuer}): tokens issued at or before "
             f"{result['issued_before']} are refused"
         )
-    return EXIT_OK
+        return
+    if args.expires_at is None:
+        kept = f"--retention {describe_duration(args.retention)}"
+    else:
+        kept = f"exp + {describe_duration(args.expiry_grace)} grace"
+    console.say(
+        f"revoked token jti={_cell(name)!r} ({issuer}) until {result['lapses_at']} ({kept})"
+    )
+    if args.expires_at is None:
+        console.warn(
+            f"note: without --expires-at the entry is kept for "
+            f"{describe_duration(args.retention)} (--retention); tokens living longer "
+            "would be accepted again after that"
+        )
 
 
-def _write(store: RedisRevocationStore, kind: str, name: str, args: argparse.Namespace) -> None:
+def _write(store: RedisRevocationStore, kind: str, name: str, args: argparse.Namespace) -> bool:
+    """Whether Redis holds the entry: ``False`` when it had lapsed by Redis's clock."""
     # The store merges with an existing entry: a revocation is never shortened.
     if kind == "token":
-        store.revoke_token_sync(name, args.expires_at, issuer=args.issuer, reason=args.reason)
-    elif kind == "subject":
-        store.revoke_subject_sync(name, args.issued_before, issuer=args.issuer, reason=args.reason)
-    else:
-        store.revoke_client_sync(name, args.issued_before, issuer=args.issuer, reason=args.reason)
+        return store.revoke_token_sync(
+            name, args.expires_at, issuer=args.issuer, reason=args.reason
+        )
+    if kind == "subject":
+        return store.revoke_subject_sync(
+            name, args.issued_before, issuer=args.issuer, reason=args.reason
+        )
+    return store.revoke_client_sync(
+        name, args.issued_before, issuer=args.issuer, reason=args.reason
+    )
 
 
 # -- list -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import binascii
 import datetime as dt
 import ipaddress
 import json
+import math
 import textwrap
 import time
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ from bearerguard._cli_common import (
     Commands,
     Console,
     add_output_options,
+    parse_json,
     port_number,
     positive_seconds,
     print_usage,
@@ -160,8 +162,8 @@ def _claim_values(items: Sequence[str]) -> dict[str, Any]:
         if not equals or not name:
             raise usage_error(f"--claim takes NAME=VALUE, not {item!r}")
         try:
-            claims[name] = json.loads(value)
-        except ValueError:
+            claims[name] = parse_json(value)
+        except ValueError:  # not JSON (or Infinity, NaN, too deep): the text itself
             claims[name] = value
     return claims
 
@@ -278,8 +280,8 @@ def _add_inspect(commands: Commands) -> None:
 
 def _lenient_segment(segment: str) -> Any:
     try:
-        return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (ValueError, binascii.Error, RecursionError):
+        return parse_json(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, binascii.Error):  # includes Infinity and NaN: shown as undecodable
         return None
 
 
@@ -288,17 +290,29 @@ def _decode_segment(segment: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _when(value: Any, now: float) -> dict[str, Any] | None:
+def _number(value: Any) -> float | None:
+    """A time claim as finite epoch seconds; ``None`` for a bool, a non-number, or no float."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
-        moment = dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _when(value: Any, now: float) -> dict[str, Any] | None:
+    number = _number(value)
+    if number is None:
+        return None
+    try:
+        moment = dt.datetime.fromtimestamp(number, tz=dt.timezone.utc)
     except (OverflowError, OSError, ValueError):
         return None
     return {
         "value": value,
         "utc": moment.isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "relative": relative(float(value), now),
+        "relative": relative(number, now),
     }
 
 
@@ -335,12 +349,12 @@ def _notes(
             for name in ("exp", "aud", "iss")
             if name not in claims
         )
-        exp = claims.get("exp")
-        if isinstance(exp, int | float) and not isinstance(exp, bool) and exp <= now:
-            notes.append(f"expired {relative(float(exp), now)}")
-        nbf = claims.get("nbf")
-        if isinstance(nbf, int | float) and not isinstance(nbf, bool) and nbf > now:
-            notes.append(f"not valid before {relative(float(nbf), now)}")
+        exp = _number(claims.get("exp"))
+        if exp is not None and exp <= now:
+            notes.append(f"expired {relative(exp, now)}")
+        nbf = _number(claims.get("nbf"))
+        if nbf is not None and nbf > now:
+            notes.append(f"not valid before {relative(nbf, now)}")
         if "jti" not in claims:
             notes.append("no jti: cannot be revoked individually")
     return notes

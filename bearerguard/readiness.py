@@ -4,13 +4,17 @@
         Middleware(BearerGuardMiddleware, guard=guard, public_paths=["/ready"])])
 
 ``GET`` answers 200 with a JSON report when tokens can be verified now, else 503 (so a load
-balancer sends no traffic to an instance that would refuse every token).
+balancer sends no traffic to an instance that would refuse every token). A store that offers
+``health()`` (ASGI) or ``health_sync()`` (WSGI) is asked at every request: the Redis store
+then starts its mirror, or without one pings Redis, rather than report a stale flag.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -25,16 +29,64 @@ if TYPE_CHECKING:
 __all__ = ["ReadinessEndpoint", "readiness", "readiness_wsgi"]
 
 _HEADERS = [("content-type", "application/json"), ("cache-control", "no-store")]
+_log = logging.getLogger("bearerguard")
 
 
 def readiness(guard: BearerGuard) -> dict[str, Any]:
-    """The guard's readiness as plain data: keys usable, key set age, store health.
+    """The guard's readiness as plain data, without I/O: keys usable, key set age, store health.
 
     A store that reports no health (the memory store) counts as healthy; one that does (the
-    Redis store's ``healthy``) must say so.
+    Redis store's ``healthy``) must say so. The endpoints ask the store first (``health()``).
     """
+    return _report(guard, _flag(guard.revocation))
+
+
+def _flag(store: object) -> bool:
+    """The store's own ``healthy`` flag; a store without one counts as healthy."""
+    return bool(getattr(store, "healthy", True))
+
+
+def _verdict(store: object, report: object) -> bool:
+    """``report["healthy"]`` from a store's health report, else its ``healthy`` flag."""
+    if isinstance(report, dict) and isinstance(report.get("healthy"), bool):
+        return bool(report["healthy"])
+    return _flag(store)
+
+
+def _refused(store: object, exc: Exception) -> bool:
+    """A store whose health check raised is not ready (the guard would fail on it too)."""
+    _log.debug("bearerguard: revocation store %r failed its health check: %r", store, exc)
+    return False
+
+
+async def _asked(store: object) -> bool:
+    """The store's health, asked through ``health()`` when it offers one (may do I/O)."""
+    health = getattr(store, "health", None)
+    if not callable(health):
+        return _flag(store)
+    try:
+        report = health()
+        if inspect.isawaitable(report):
+            report = await report
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+        return _refused(store, exc)
+    return _verdict(store, report)
+
+
+def _asked_sync(store: object) -> bool:
+    """The store's health, asked through ``health_sync()`` when it offers one."""
+    health_sync = getattr(store, "health_sync", None)
+    if not callable(health_sync):
+        return _flag(store)
+    try:
+        report = health_sync()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+        return _refused(store, exc)
+    return _verdict(store, report)
+
+
+def _report(guard: BearerGuard, healthy: bool) -> dict[str, Any]:
     store = guard.revocation
-    healthy = getattr(store, "healthy", True)
     keys_ready = guard.keys_ready()
     return {
         "ready": bool(keys_ready and healthy),
@@ -53,6 +105,10 @@ def _answer(report: dict[str, Any]) -> tuple[int, bytes]:
 
 class ReadinessEndpoint:
     """An ASGI app answering ``GET``/``HEAD`` with the guard's readiness.
+
+    Each request asks the store through ``health()`` when it offers one: a Redis store
+    starts its mirror (the first answers are 503 until it has loaded, unless ``start()``
+    ran at start-up) or, without a mirror, pings Redis.
 
     Args:
         guard: the guard to report on.
@@ -78,7 +134,8 @@ class ReadinessEndpoint:
         if self.warm_up and not self.guard.keys_ready():
             with contextlib.suppress(ServiceUnavailableError):  # reported below as not ready
                 await self.guard.warm_up()
-        status, body = _answer(readiness(self.guard))
+        healthy = await _asked(self.guard.revocation)
+        status, body = _answer(_report(self.guard, healthy))
         await _send(send, status, b"" if scope["method"] == "HEAD" else body)
 
 
@@ -91,13 +148,17 @@ async def _send(
 
 
 def readiness_wsgi(guard: BearerGuard, *, warm_up: bool = True) -> Any:
-    """The same check as a WSGI app (mount it with your framework, or wrap it in a route)."""
+    """The same check as a WSGI app (mount it with your framework, or wrap it in a route).
+
+    It asks the store through ``health_sync()`` when it offers one (the Redis store then
+    starts its mirror in a thread, or pings Redis).
+    """
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
         if warm_up and not guard.keys_ready():
             with contextlib.suppress(ServiceUnavailableError):  # reported below as not ready
                 guard.warm_up_sync()
-        status, body = _answer(readiness(guard))
+        status, body = _answer(_report(guard, _asked_sync(guard.revocation)))
         start_response("200 OK" if status == 200 else "503 Service Unavailable", list(_HEADERS))
         return [body]
 

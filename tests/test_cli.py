@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import socket
 import subprocess
@@ -336,6 +337,42 @@ def test_inspect_notes() -> None:
     assert odd["times"] == {}
 
 
+def _strict_json(text: str) -> Any:
+    """``text`` as RFC 8259 JSON: Python's ``Infinity`` and ``NaN`` are refused."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"exp": -Infinity, "iss": "x", "aud": "y"}',
+        b'{"exp": 1, "nbf": Infinity, "iss": "x", "aud": "y"}',
+        b'{"exp": NaN, "iat": -Infinity}',
+        b'{"exp": 1e400, "nbf": -1e400}',
+        b'{"exp": -1' + b"0" * 400 + b', "nbf": 1' + b"0" * 400 + b"}",
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+    ids=["exp-minus-infinity", "nbf-infinity", "nan", "overflowing-floats", "huge-ints", "deep"],
+)
+def test_inspect_survives_hostile_numbers_and_nesting(
+    capsys: pytest.CaptureFixture[str], payload: bytes
+) -> None:
+    token = _token({"alg": "RS256", "typ": "at+jwt"}, b64(payload))
+    code, out, err = run(capsys, "token", "inspect", token)
+    assert code in (cli.EXIT_OK, cli.EXIT_FAILURE)
+    assert "Traceback" not in out + err
+    code, out, _err = run(capsys, "token", "inspect", token, "--json")
+    document = _strict_json(out)  # valid JSON: no Infinity or NaN printed
+    assert document["times"] == {}  # none of these is an instant
+    if b"Infinity" in payload or b"NaN" in payload or b"e400" in payload:
+        assert document["claims"] is None  # undecodable, as the strict parser says
+        assert document["structure"]["reason"] == "malformed_token"
+
+
 def test_inspect_reads_stdin_and_pasted_headers(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, session_issuer: DevIssuer
 ) -> None:
@@ -355,6 +392,7 @@ def test_durations() -> None:
     assert describe_duration(-45) == "45 s"
     assert describe_duration(3 * 3600) == "3 h"
     assert describe_duration(5 * 86400) == "5 d"
+    assert describe_duration(-math.inf) == describe_duration(math.nan) == "forever"
 
 
 # -- token verify -----------------------------------------------------------------------
@@ -763,6 +801,29 @@ def test_jwks_unreachable_and_not_json(capsys: pytest.CaptureFixture[str], tmp_p
     code, _out, err = run(capsys, "jwks", "show", "--file", str(path))
     assert code == cli.EXIT_FAILURE
     assert "not a JWK Set" in err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"keys": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"keys": [{"kty": "RSA", "n": NaN, "e": "AQAB"}]}',
+        '{"keys": [], "max": Infinity}',
+    ],
+    ids=["deep", "nan", "infinity"],
+)
+@pytest.mark.parametrize("command", ["show", "check"])
+def test_jwks_files_too_deep_or_not_strict_json(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str, text: str
+) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_text(text)
+    code, out, err = run(capsys, "jwks", command, "--file", str(path))
+    assert (code, out) == (cli.EXIT_FAILURE, "")
+    assert err == f"bearerguard: {path} is not JSON\n"
+    code, document = run_json(capsys, "jwks", command, "--file", str(path))
+    assert code == cli.EXIT_FAILURE
+    assert document["error"]["kind"] == "not_a_jwks"
 
 
 # -- the real command -------------------------------------------------------------------

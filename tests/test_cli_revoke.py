@@ -7,6 +7,7 @@ handlers that ``bearerguard.cli`` registers), against the session redis-server o
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import subprocess
@@ -20,6 +21,8 @@ import pytest
 
 from bearerguard import AccessToken
 from bearerguard._cli_revoke import parse_instant, run
+from bearerguard.errors import RevokedTokenError
+from bearerguard.testing import DevIssuer
 from tests.redis_server import RedisServer
 
 ISS = "https://issuer.example"
@@ -93,7 +96,9 @@ def test_revoke_a_token_and_see_it_refused(cli: Any, target: list[str], store: A
         "--reason", "stolen laptop", *target,
     )  # fmt: skip
     assert result.code == 0, result.err
-    assert result.out == f"revoked token jti='j1' (issuer {ISS})\n"
+    assert result.out == (
+        f"revoked token jti='j1' (issuer {ISS}) until 2099-01-01T00:05:00Z (exp + 5 min grace)\n"
+    )
     assert "revoking token 'j1'" in result.err
     assert store.is_revoked_sync(token())
     assert not store.is_revoked_sync(token(jti="j2"))
@@ -106,6 +111,54 @@ def test_revoke_a_token_and_see_it_refused(cli: Any, target: list[str], store: A
     )
     # Kept until the token's exp plus the expiry grace (5 min).
     assert listed.lapses_at == datetime(2099, 1, 1, 0, 5, tzinfo=timezone.utc)
+
+
+def test_the_expiry_grace_matches_the_api_s_leeway(
+    cli: Any, target: list[str], redis_server: RedisServer, session_issuer: DevIssuer
+) -> None:
+    """With the API's grace (900 s for a 600 s leeway) the entry outlives every acceptance."""
+    from bearerguard.revocation import RedisRevocationStore
+
+    raw = session_issuer.mint(expires_in=60, jti="tok-grace")
+    exp = json.loads(base64.urlsafe_b64decode(raw.split(".")[1] + "=="))["exp"]
+    result = cli(
+        "revoke", "token", "tok-grace", "--issuer", session_issuer.url, "--expires-at", str(exp),
+        "--expiry-grace", "900", "-q", *target,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    lapse = datetime.fromtimestamp(exp + 900, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert result.out.endswith(f"until {lapse} (exp + 15 min grace)\n")
+    now = [0.0]
+    api = RedisRevocationStore(
+        redis_server.url, namespace=target[-1], mirror=False, expiry_grace=900,
+        clock=lambda: now[0],
+    )  # fmt: skip
+    guard = session_issuer.guard(leeway=600, revocation=api, clock=lambda: now[0])
+    for offset in (0, 400, 590):  # accepted by the leeway, so refused only by the revocation
+        now[0] = exp + offset
+        with pytest.raises(RevokedTokenError):
+            guard.authenticate_sync(raw)
+    api.close()
+    listed = cli("revocations", "list", "--json", *target).json()["revocations"]
+    assert [item["lapses_at"] for item in listed] == [lapse]
+
+
+def test_the_default_grace_and_the_lapse_in_json(cli: Any, target: list[str]) -> None:
+    result = cli("revoke", "token", "j1", "--expires-at", "4070908800", "--json", *target)
+    assert result.json()["revocation"]["lapses_at"] == "2099-01-01T00:05:00Z"
+    result = cli(
+        "revoke", "token", "j2", "--expires-at", "4070908800", "--expiry-grace", "0", "--json",
+        *target,
+    )  # fmt: skip
+    assert result.json()["revocation"]["lapses_at"] == "2099-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize("grace", ["-1", "nan", "inf", "soon"])
+def test_a_bad_expiry_grace_is_a_usage_error(cli: Any, grace: str) -> None:
+    result = cli("revoke", "token", "j1", "--expires-at", "4070908800", "--expiry-grace", grace)
+    assert result.code == 2
+    assert "--expiry-grace" in result.err
+    assert "Traceback" not in result.err
 
 
 def test_revoke_a_subject_and_a_client(cli: Any, target: list[str], store: Any) -> None:

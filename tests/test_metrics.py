@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -10,7 +14,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
-from bearerguard import AccessToken
+from bearerguard import AccessToken, BearerGuard
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.errors import ConfigurationError
 from bearerguard.metrics import (
@@ -25,6 +29,7 @@ from bearerguard.metrics import (
 from bearerguard.readiness import ReadinessEndpoint, readiness, readiness_wsgi
 from bearerguard.testing import DevIssuer, Override
 from tests.apps import build_app, build_flask_app
+from tests.redis_server import RedisServer
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -145,3 +150,98 @@ def test_readiness_wsgi(issuer: DevIssuer) -> None:
         response = client.get("/")
     assert response.status_code == 200
     assert response.json()["ready"] is True
+
+
+# -- readiness with a Redis revocation store (real servers, tests/redis_server.py) ----------
+
+
+def _poll_ready(client: httpx.Client, within: float = 3.0) -> list[int]:
+    """GET /ready/ until it answers 200; the statuses seen, failing after ``within``."""
+    statuses: list[int] = []
+    deadline = time.monotonic() + within
+    while not statuses or statuses[-1] != 200:
+        assert time.monotonic() < deadline, f"never ready: {statuses}"
+        statuses.append(client.get("/ready/").status_code)
+        time.sleep(0.02)
+    return statuses
+
+
+@pytest.mark.parametrize("stack", ["asgi", "wsgi"])
+def test_readiness_starts_a_mirror_nobody_started(
+    stack: str, issuer: DevIssuer, redis_server: RedisServer, redis_namespace: str
+) -> None:
+    """No request goes through the guard: readiness alone brings the mirror up."""
+    from bearerguard.revocation import RedisRevocationStore
+
+    store = RedisRevocationStore(redis_server.url, namespace=redis_namespace)
+    guard = issuer.guard(revocation=store)
+    try:
+        with _ready_client(stack, guard) as client:
+            assert set(_poll_ready(client)[:-1]) <= {503}
+            assert client.get("/ready/").json()["revocation"] == {"store": "redis", "healthy": True}
+            assert store.health_report()["state"] == "live"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("stack", ["asgi", "wsgi"])
+def test_readiness_pings_redis_without_a_mirror(
+    stack: str, issuer: DevIssuer, private_redis: RedisServer
+) -> None:
+    from bearerguard.revocation import RedisRevocationStore
+
+    store = RedisRevocationStore(private_redis.url, mirror=False, socket_timeout=0.5)
+    guard = issuer.guard(revocation=store)
+    try:
+        with _ready_client(stack, guard) as client:
+            assert client.get("/ready/").status_code == 200  # asked before any check
+            private_redis.stop()
+            answer = client.get("/ready/")
+            assert answer.status_code == 503
+            assert answer.json()["revocation"] == {"store": "redis", "healthy": False}
+            private_redis.start()
+            assert client.get("/ready/").status_code == 200
+    finally:
+        store.close()
+
+
+def test_readiness_of_a_store_that_cannot_serve_that_side(
+    issuer: DevIssuer, redis_server: RedisServer, redis_namespace: str
+) -> None:
+    """A store whose health check raises (no client for that side) is not ready: 503."""
+    import redis
+    import redis.asyncio as aredis
+
+    from bearerguard.revocation import RedisRevocationStore
+
+    sides = {
+        "asgi": {"client": redis.Redis.from_url(redis_server.url)},
+        "wsgi": {"async_client": aredis.Redis.from_url(redis_server.url)},
+    }
+    for stack, clients in sides.items():
+        store = RedisRevocationStore(namespace=redis_namespace, **clients)  # type: ignore[arg-type]
+        with _ready_client(stack, issuer.guard(revocation=store)) as client:
+            answer = client.get("/ready/")
+        store.close()
+        assert answer.status_code == 503
+        assert answer.json()["revocation"] == {"store": "redis", "healthy": False}
+    sides["asgi"]["client"].close()
+
+
+@contextlib.contextmanager
+def _ready_client(stack: str, guard: BearerGuard) -> Iterator[httpx.Client]:
+    """A client of the readiness endpoint alone; the ASGI app closes the store at shutdown."""
+    if stack == "asgi":
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+            yield
+            await guard.revocation.aclose()  # type: ignore[attr-defined]
+
+        app = Starlette(routes=[Mount("/ready", app=ReadinessEndpoint(guard))], lifespan=lifespan)
+        with TestClient(app) as client:
+            yield client
+        return
+    transport = httpx.WSGITransport(app=readiness_wsgi(guard))
+    with httpx.Client(transport=transport, base_url="http://t/ready") as client:
+        yield client

@@ -289,7 +289,7 @@ async def test_keys_expire_with_what_they_cover(
     await store.revoke_token("j1", expires_at=now + 100, issuer=ISS, reason="stolen laptop")
     await store.revoke_subject("s1")
     await store.revoke_client("c1", issued_before=now - 50)
-    await store.revoke_token("long-gone", expires_at=now - 400)  # lapsed: nothing to keep
+    assert await store.revoke_token("long-gone", expires_at=now - 400) is False  # lapsed
     keys = sorted(inspect.scan_iter(match=f"{redis_namespace}:*"))
     assert keys == [
         f"{redis_namespace}:c:*:c1",
@@ -301,6 +301,58 @@ async def test_keys_expire_with_what_they_cover(
     assert 3_598_000 < ttls["s"] <= 3_600_000
     assert 3_598_000 < ttls["c"] <= 3_600_000
     inspect.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("skew", [600.0, -600.0], ids=["revoker-ahead", "revoker-behind"])
+async def test_the_revoker_s_clock_does_not_decide_what_redis_keeps(
+    redis_server: RedisServer,
+    redis_namespace: str,
+    stores: Callable[..., RedisRevocationStore],
+    skew: float,
+) -> None:
+    api = stores(redis_server.url, namespace=redis_namespace)
+    await api.start()
+    admin = stores(
+        redis_server.url, namespace=redis_namespace, mirror=False, clock=lambda: time.time() + skew
+    )
+    expires_at = time.time() + 240  # still valid for 4 minutes, whatever the admin's clock says
+    assert await admin.revoke_token("stolen", expires_at, issuer=ISS) is True
+    assert admin.revoke_token_sync("stolen-too", expires_at, issuer=ISS) is True
+    for jti in ("stolen", "stolen-too"):
+        checked = token(jti=jti)
+        await eventually(lambda checked=checked: api.is_revoked(checked), 1.0)
+    inspect = redis_server.client()
+    seconds, micros = inspect.time()
+    expected = (expires_at + 300 - (seconds + micros / 1e6)) * 1000  # by Redis's clock
+    remaining = inspect.pttl(f"{redis_namespace}:t:https%3A//issuer.example:stolen")
+    inspect.close()
+    assert expected - 2000 < remaining <= expected + 10  # ms rounding, up
+
+
+@pytest.mark.anyio
+async def test_an_entry_lapsed_by_redis_s_clock_is_not_written_and_says_so(
+    redis_server: RedisServer,
+    redis_namespace: str,
+    stores: Callable[..., RedisRevocationStore],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    behind = stores(
+        redis_server.url, namespace=redis_namespace, mirror=False, clock=lambda: time.time() - 600
+    )
+    lapsed = time.time() - 400  # exp + 300 s: past by Redis's clock, ahead by the store's
+    with caplog.at_level("DEBUG", logger="bearerguard"):
+        assert await behind.revoke_token("late", lapsed) is False
+        assert behind.revoke_token_sync("late", lapsed) is False
+    warnings = [record for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert "behind Redis's" in warnings[0].getMessage()
+    caplog.clear()
+    right = stores(redis_server.url, namespace=redis_namespace, mirror=False)
+    with caplog.at_level("WARNING", logger="bearerguard"):
+        assert await right.revoke_token("late", lapsed) is False  # the clocks agree: quiet
+    assert caplog.records == []
+    assert await right.list_revocations() == []
 
 
 @pytest.mark.anyio

@@ -49,15 +49,19 @@ __all__ = [
 
 KINDS: tuple[Kind, ...] = ("t", "s", "c")
 
-# KEYS[1]: the entry. ARGV: channel, now_ms, lapse_ms, cutoff_ms ("" for a token), reason.
-# Merges with an existing entry (the later lapse, the later cut-off: a revocation is never
-# weakened), writes it with a relative expiry (so Redis's own clock does not matter), and
-# publishes it. Returns the stored value, or false when it had already lapsed.
+# KEYS[1]: the entry. ARGV: channel, lapse_ms, cutoff_ms ("" for a token), reason.
+# "Now" is Redis's own clock (TIME), never the caller's: a revoking process whose clock is
+# wrong neither drops the entry nor shortens its expiry. Calling TIME before a write needs
+# effect replication, the default since Redis 5. Merges with an existing entry (the later
+# lapse, the later cut-off: a revocation is never weakened), writes it to expire at its
+# lapse by that clock, and publishes it. Returns the stored value, or false when it had
+# already lapsed by Redis's clock (nothing written, nothing published).
 REVOKE_SCRIPT = """
-local now = tonumber(ARGV[2])
-local u = tonumber(ARGV[3])
-local c = tonumber(ARGV[4])
-local r = ARGV[5]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local u = tonumber(ARGV[2])
+local c = tonumber(ARGV[3])
+local r = ARGV[4]
 local old = redis.call('GET', KEYS[1])
 if old then
   local ok, e = pcall(cjson.decode, old)

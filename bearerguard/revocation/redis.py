@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import threading
 import time
@@ -123,6 +122,15 @@ class Revocation:
             reason=entry.reason,
             updated_at=utc(entry.updated_at),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One call of ``REVOKE_SCRIPT``: the key, its arguments, and the lapse (epoch seconds)."""
+
+    key: str
+    argv: list[str | int]
+    lapse: float
 
 
 @contextlib.contextmanager
@@ -265,7 +273,7 @@ class RedisRevocationStore:
         *,
         issuer: str | None = None,
         reason: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Revoke one token by its ``jti``, until it would have expired anyway.
 
         Args:
@@ -275,11 +283,17 @@ class RedisRevocationStore:
             issuer: the token's ``iss``; ``None`` for any trusted issuer.
             reason: a short note kept with the entry, for ``list_revocations``.
 
+        Returns:
+            ``True`` once Redis holds the entry; ``False`` when nothing was written because
+            the entry had already lapsed by Redis's clock (``expires_at`` plus the grace is
+            past: no guard accepts the token any more). A lapse still ahead by this
+            process's clock is also logged as a warning: the clocks disagree.
+
         Raises:
             ValueError: a naive datetime; TypeError: not an instant.
             RevocationStoreError: Redis failed, or the mirror is full.
         """
-        self._write_sync(*self._token_args(jti, expires_at, issuer, reason))
+        return self._write_sync(self._token_write(jti, expires_at, issuer, reason))
 
     def revoke_subject_sync(
         self,
@@ -288,13 +302,14 @@ class RedisRevocationStore:
         *,
         issuer: str | None = None,
         reason: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Revoke every token of ``sub`` issued at or before ``issued_before`` (default: now).
 
         Tokens without ``iat`` cannot show when they were issued, so a subject cut-off
-        refuses them all while it lasts. A cut-off never moves back in time.
+        refuses them all while it lasts. A cut-off never moves back in time. Returns
+        whether Redis holds the entry, as ``revoke_token_sync``.
         """
-        self._write_sync(*self._cutoff_args("s", sub, issued_before, issuer, reason))
+        return self._write_sync(self._cutoff_write("s", sub, issued_before, issuer, reason))
 
     def revoke_client_sync(
         self,
@@ -303,9 +318,9 @@ class RedisRevocationStore:
         *,
         issuer: str | None = None,
         reason: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Revoke every token issued to ``client_id`` at or before ``issued_before``."""
-        self._write_sync(*self._cutoff_args("c", client_id, issued_before, issuer, reason))
+        return self._write_sync(self._cutoff_write("c", client_id, issued_before, issuer, reason))
 
     async def revoke_token(
         self,
@@ -314,9 +329,9 @@ class RedisRevocationStore:
         *,
         issuer: str | None = None,
         reason: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Revoke one token by its ``jti``: as ``revoke_token_sync``."""
-        await self._write(*self._token_args(jti, expires_at, issuer, reason))
+        return await self._write(self._token_write(jti, expires_at, issuer, reason))
 
     async def revoke_subject(
         self,
@@ -325,9 +340,9 @@ class RedisRevocationStore:
         *,
         issuer: str | None = None,
         reason: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Revoke every token of ``sub`` issued up to an instant: as ``revoke_subject_sync``."""
-        await self._write(*self._cutoff_args("s", sub, issued_before, issuer, reason))
+        return await self._write(self._cutoff_write("s", sub, issued_before, issuer, reason))
 
     async def revoke_client(
         self,
@@ -336,31 +351,31 @@ class RedisRevocationStore:
         *,
         issuer: str | None = None,
         reason: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Revoke every token of a client issued up to an instant: as ``revoke_client_sync``."""
-        await self._write(*self._cutoff_args("c", client_id, issued_before, issuer, reason))
+        return await self._write(self._cutoff_write("c", client_id, issued_before, issuer, reason))
 
-    def _token_args(
+    def _token_write(
         self, jti: str, expires_at: Instant | None, issuer: str | None, reason: str | None
-    ) -> tuple[str, list[str | int]]:
+    ) -> _Write:
         now = self._clock()
         until = now + self._retention if expires_at is None else to_epoch(expires_at) + self._grace
-        return self._args("t", jti, issuer, reason, now=now, until=until, cutoff=None)
+        return self._prepare("t", jti, issuer, reason, now=now, until=until, cutoff=None)
 
-    def _cutoff_args(
+    def _cutoff_write(
         self,
         kind: Kind,
         name: str,
         issued_before: Instant | None,
         issuer: str | None,
         reason: str | None,
-    ) -> tuple[str, list[str | int]]:
+    ) -> _Write:
         now = self._clock()
         cutoff = now if issued_before is None else to_epoch(issued_before)
         until = max(cutoff, now) + self._retention
-        return self._args(kind, name, issuer, reason, now=now, until=until, cutoff=cutoff)
+        return self._prepare(kind, name, issuer, reason, now=now, until=until, cutoff=cutoff)
 
-    def _args(
+    def _prepare(
         self,
         kind: Kind,
         name: str,
@@ -370,7 +385,8 @@ class RedisRevocationStore:
         now: float,
         until: float,
         cutoff: float | None,
-    ) -> tuple[str, list[str | int]]:
+    ) -> _Write:
+        """The script's arguments: absolute instants only, Redis supplies "now" (TIME)."""
         if not isinstance(name, str) or not name:
             raise TypeError("the jti, sub or client_id must be a non-empty string")
         if issuer is not None and not isinstance(issuer, str):
@@ -378,15 +394,13 @@ class RedisRevocationStore:
         if reason is not None and (not isinstance(reason, str) or len(reason) > _MAX_REASON):
             raise ValueError(f"reason must be a string of at most {_MAX_REASON} characters")
         self._check_room(now)
-        now_ms = math.floor(now * 1000)
         argv: list[str | int] = [
             self._layout.channel,
-            now_ms,
-            max(to_ms(until), now_ms),
+            to_ms(until),
             "" if cutoff is None else to_ms(cutoff),
             reason or "",
         ]
-        return self._layout.key(kind, issuer, name), argv
+        return _Write(self._layout.key(kind, issuer, name), argv, until)
 
     def _check_room(self, now: float) -> None:
         mirror = self._mirror
@@ -398,32 +412,50 @@ class RedisRevocationStore:
                 f"the mirror holds {self._max_entries} live revocations; raise max_entries"
             )
 
-    def _written(self, key: str, value: bytes | str | None) -> None:
+    def _written(self, write: _Write, value: bytes | str | None) -> bool:
+        """Whether Redis holds the entry; the mirror reads its own writes at once."""
         self._last_ok = True
-        if value is None or self._mirror is None:
-            return
-        entry = self._layout.entry(key, value)
-        if entry is not None:
-            # Read your own writes at once; the announcement brings the same entry again.
-            self._mirror.table.apply(entry)
+        if value is None:
+            self._not_written(write)
+            return False
+        if self._mirror is not None:
+            entry = self._layout.entry(write.key, value)
+            if entry is not None:
+                # Read your own writes at once; the announcement brings the same entry again.
+                self._mirror.table.apply(entry)
+        return True
 
-    def _write_sync(self, key: str, argv: list[str | int]) -> None:
+    def _not_written(self, write: _Write) -> None:
+        """Say that an entry was not written: it had lapsed by Redis's clock."""
+        ahead = write.lapse - self._clock()
+        if ahead > 0:
+            _log.warning(
+                "bearerguard: revocation %s not written: it lapsed by Redis's clock, yet "
+                "lapses in %.0fs by this process's clock, which is behind Redis's; "
+                "synchronise the clocks (NTP)",
+                write.key[:200],
+                ahead,
+            )
+        else:
+            _log.debug("bearerguard: revocation %s not written: lapsed", write.key[:200])
+
+    def _write_sync(self, write: _Write) -> bool:
         client = self._sync_client()
         with self._recording("revocation"):
             if self._sync_script is None:
                 self._sync_script = client.register_script(REVOKE_SCRIPT)
             script = self._sync_script
-            value = self._again_sync(lambda: script(keys=[key], args=argv))
-            self._written(key, value)
+            value = self._again_sync(lambda: script(keys=[write.key], args=write.argv))
+            return self._written(write, value)
 
-    async def _write(self, key: str, argv: list[str | int]) -> None:
+    async def _write(self, write: _Write) -> bool:
         client = self._async_client()
         with self._recording("revocation"):
             if self._async_script is None:
                 self._async_script = client.register_script(REVOKE_SCRIPT)
             script = self._async_script
-            value = await self._again(lambda: script(keys=[key], args=argv))
-            self._written(key, value)
+            value = await self._again(lambda: script(keys=[write.key], args=write.argv))
+            return self._written(write, value)
 
     # -- checking -------------------------------------------------------------------------
 

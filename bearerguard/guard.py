@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -245,6 +247,11 @@ def _static_keys(keys: Any, allowed: frozenset[str]) -> KeySet:
         loaded.extend(found)
     if not loaded:
         raise ConfigurationError("no static keys given")
+    if len(loaded) > 1 and any(key.kid is None for key in loaded):
+        # A token names its key by kid; a key without one serves only as the sole key.
+        raise ConfigurationError(
+            "several static keys each need a kid: give them as a JWKS, or give one PEM key"
+        )
     return KeySet(loaded)
 
 
@@ -367,8 +374,9 @@ class BearerGuard:
             ``exp``; ``iss`` and ``aud``, when present, must match (list them in
             ``required_claims`` to demand them). The revocation store is asked afterwards,
             as for JWTs. An endpoint failure answers 503 (fail closed).
-        keys: static keys for offline use, instead of fetching: PEM public keys, a JWKS
-            (dict or JSON text), or a list of these.
+        keys: static keys for offline use, instead of fetching: a PEM public key, a JWKS
+            (dict or JSON text), or a list of these; with several keys, each needs a
+            ``kid`` (tokens name their key by it).
         secret: a shared secret for HS* tokens, configured on purpose; at least as long as
             the hash (RFC 7518 §3.2).
         profile: ``"rfc9068"`` enforces the JWT access token profile: ``typ`` ``at+jwt`` and
@@ -464,8 +472,18 @@ class BearerGuard:
         allowed = _allowed_algorithms(algorithms, secret)
         if profile not in (None, "rfc9068"):
             raise ConfigurationError(f"unknown profile {profile!r}")
-        if leeway < 0 or (max_age is not None and max_age <= 0) or max_token_bytes < 16:
+        if (
+            not (0 <= leeway < math.inf)  # NaN fails too: it would switch off every expiry
+            or (max_age is not None and not (0 < max_age < math.inf))
+            or max_token_bytes < 16
+        ):
             raise ConfigurationError("leeway, max_age and max_token_bytes must be sensible")
+        claim_checks = tuple(claim_checks)
+        for check in claim_checks:
+            if not callable(check) or inspect.iscoroutinefunction(check):
+                raise ConfigurationError(
+                    f"claim_checks take plain functions of the claims, not {check!r}"
+                )
         if revocation_failure not in ("deny", "allow"):
             raise ConfigurationError("revocation_failure is 'deny' or 'allow'")
         if not isinstance(refresh, RefreshPolicy | None) or not isinstance(

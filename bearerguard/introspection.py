@@ -80,7 +80,9 @@ class IntrospectionResult:
     def scopes(self) -> frozenset[str]:
         """The space-delimited ``scope`` member as a set (empty when absent)."""
         scope = self.claims.get("scope")
-        return frozenset(scope.split()) if isinstance(scope, str) else frozenset()
+        if not isinstance(scope, str):
+            return frozenset()
+        return frozenset(scope.split(" ")) - {""}  # RFC 6749 §3.3: spaces only
 
     @property
     def subject(self) -> str | None:

@@ -48,7 +48,7 @@ class AccessToken:
 
     subject: str | None
     scopes: frozenset[str]
-    claims: Mapping[str, Any] = field(repr=False)
+    claims: Mapping[str, Any] = field(repr=False, hash=False)  # a mapping is unhashable
     token_id: str | None
     client_id: str | None
     issuer: str

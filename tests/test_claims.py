@@ -148,3 +148,23 @@ def test_a_custom_check_may_raise_its_own_token_error() -> None:
     policy = ClaimsPolicy(issuer=ISS, audiences=frozenset({"api"}), checks=(expired_session,))
     with pytest.raises(ExpiredTokenError):
         validate_claims(HEADER, claims(), policy, NOW)
+
+
+@pytest.mark.parametrize("name", ["jti", "sub", "client_id", "azp"])
+def test_an_empty_identifier_is_refused(name: str) -> None:
+    # It names nobody: it would satisfy require_jti or the RFC 9068 profile while no store
+    # could revoke it.
+    with pytest.raises(MalformedTokenError, match="non-empty string"):
+        validate_claims(HEADER, claims(**{name: ""}), POLICY, NOW)
+
+
+def test_an_awaitable_from_a_claim_check_refuses_the_token() -> None:
+    async def tenant_is_acme(claims: Any) -> bool:  # pragma: no cover - never awaited
+        return claims.get("tenant") == "acme"
+
+    def returns_a_coroutine(claims: Any) -> Any:  # how a wrapped async check looks
+        return tenant_is_acme(claims)
+
+    policy = ClaimsPolicy(issuer=ISS, audiences=frozenset({"api"}), checks=(returns_a_coroutine,))
+    with pytest.raises(InvalidClaimError, match="returned an awaitable"):
+        validate_claims(HEADER, claims(tenant="acme"), policy, NOW)

@@ -77,10 +77,20 @@ async def test_static_keys_work_offline(session_issuer: DevIssuer) -> None:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     jwks = session_issuer.jwks()
-    for keys in (pem, pem.decode(), jwks, json.dumps(jwks), [pem, jwks]):
+    for keys in (pem, pem.decode(), jwks, json.dumps(jwks), [jwks]):
         guard = BearerGuard(issuer=session_issuer.url, audience=session_issuer.audience, keys=keys)
         token = await guard.authenticate(session_issuer.mint(sub="static"))
         assert token.subject == "static"
+    # A key without a kid serves only as the sole key: next to others it would never be
+    # used, and two of them would refuse every token. Said at construction.
+    other = (
+        session_issuer.key("ES256")
+        .private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    for keys in ([pem, jwks], [pem, other]):
+        with pytest.raises(ConfigurationError, match="each need a kid"):
+            BearerGuard(issuer=session_issuer.url, audience=session_issuer.audience, keys=keys)
 
 
 async def test_pem_key_verifies_tokens_whatever_their_kid(session_issuer: DevIssuer) -> None:
@@ -269,3 +279,30 @@ def test_a_realm_no_challenge_can_carry_is_refused_at_construction(
     with pytest.raises(ConfigurationError, match="realm must be printable ASCII"):
         session_issuer.guard(realm=realm)
     assert session_issuer.guard(realm='Acme "API" \\ prod').realm == 'Acme "API" \\ prod'
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"leeway": float("nan")},
+        {"leeway": float("inf")},
+        {"max_age": float("nan")},
+        {"max_age": float("inf")},
+        {"leeway": -1},
+    ],
+)
+def test_times_that_would_switch_off_expiry_are_refused(
+    session_issuer: DevIssuer, options: dict[str, float]
+) -> None:
+    with pytest.raises(ConfigurationError, match="leeway, max_age"):
+        session_issuer.guard(**options)
+
+
+def test_async_claim_checks_are_refused_at_construction(session_issuer: DevIssuer) -> None:
+    async def tenant_is_acme(claims: Any) -> bool:  # pragma: no cover - never called
+        return claims.get("tenant") == "acme"
+
+    with pytest.raises(ConfigurationError, match="plain functions"):
+        session_issuer.guard(claim_checks=[tenant_is_acme])
+    with pytest.raises(ConfigurationError, match="plain functions"):
+        session_issuer.guard(claim_checks=["tenant"])

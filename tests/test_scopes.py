@@ -70,3 +70,15 @@ def test_every_scope_token_character_is_accepted() -> None:
 def test_scope_claim_paths_are_validated() -> None:
     with pytest.raises(ConfigurationError):
         parse_scope_claim_paths(["realm_access..roles"])
+
+
+@pytest.mark.parametrize("separator", ["\u00a0", "\t", "\n", "\x1f", "\u2028", "\u3000"])
+def test_scopes_are_split_on_spaces_only(separator: str) -> None:
+    # RFC 6749 §3.3: one signed scope must never become several the issuer did not grant.
+    value = f"reports:read{separator}admin"
+    for claims in ({"scope": value}, {"scp": value}, {"scope": f"a  {value} "}):
+        granted = read_scopes(claims)
+        assert "admin" not in granted
+        assert value in granted
+    assert read_scopes({"permissions": value}, (("permissions",),)) == {value}
+    assert read_scopes({"scope": " a  b "}) == {"a", "b"}

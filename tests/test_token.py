@@ -133,3 +133,11 @@ def test_subclasses_are_built_through_their_own_init() -> None:
     token = built(Tagged)
     assert type(token) is Tagged
     assert token.tag == "user-1"
+
+
+def test_tokens_are_hashable_and_equal_by_value() -> None:
+    token = built()
+    assert hash(token) == hash(built())
+    assert token == built()
+    assert len({token, built(), built(sub="other")}) == 2
+    assert "h.p.s" not in repr(token)

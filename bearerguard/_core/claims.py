@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn
@@ -146,7 +147,7 @@ def run_checks(claims: Mapping[str, Any], policy: ClaimsPolicy) -> None:
         raise InvalidClaimError(f"required claims missing: {', '.join(sorted(missing))}")
     for check in policy.checks:
         try:
-            accepted = bool(check(claims))
+            accepted = _verdict(check(claims), check)
         except InvalidTokenError:
             raise
         except Exception as exc:  # a user's check failing on odd claims must not become a 500
@@ -174,6 +175,17 @@ def check_confirmation(cnf: Any, policy: ClaimsPolicy) -> None:
         raise InvalidClaimError(f"token bound by cnf {shown}, which this API does not check")
 
 
+def _verdict(result: object, check: ClaimCheck) -> bool:
+    """A check's result as a yes or no; an awaitable (an async check) is always truthy, so it
+    must never count as a yes."""
+    if inspect.isawaitable(result):
+        close = getattr(result, "close", None)
+        if callable(close):
+            close()  # never awaited: no warning, no leak
+        raise InvalidClaimError(f"claim check {_name(check)} returned an awaitable")
+    return bool(result)
+
+
 def _name(check: ClaimCheck) -> str:
     return getattr(check, "__qualname__", None) or type(check).__name__
 
@@ -189,8 +201,10 @@ def validate_claims(
     get = claims.get
     for name in _STRING_CLAIMS:
         value = get(name)
-        if value is not None and not isinstance(value, str):
-            raise MalformedTokenError(f"claim {name!r} is not a string")
+        if value is not None and (not isinstance(value, str) or not value):
+            # An empty identifier names nobody: it would satisfy require_jti and the RFC
+            # 9068 profile while no store can revoke it (RFC 7519 §4.1.2, §4.1.7).
+            raise MalformedTokenError(f"claim {name!r} is not a non-empty string")
     if policy.require_typ:
         _check_typ(header)  # RFC 9068 §2.1
     iss = get("iss")

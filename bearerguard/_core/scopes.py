@@ -17,9 +17,14 @@ __all__ = [
 ]
 
 
+_NOTHING = frozenset({""})  # what two adjacent spaces leave between them
+
+
 def _split(value: Any, claim: str) -> Iterable[str]:
     if isinstance(value, str):
-        return value.split()
+        # RFC 6749 §3.3: delimited by spaces (%x20) only. str.split() would also split on
+        # tabs, no-break spaces and other white space, turning one signed scope into several.
+        return value.split(" ")
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return value
     raise MalformedTokenError(f"claim {claim!r} is neither a string nor a list of strings")
@@ -49,7 +54,8 @@ def read_scopes(
     """
     scope = claims.get("scope")
     if type(scope) is str and not extra_paths and claims.get("scp") is None:
-        return frozenset(scope.split())  # the usual shape, in one step
+        once = frozenset(scope.split(" "))  # the usual shape, in one step
+        return once - _NOTHING if "" in once else once
     granted: set[str] = set()
     for name in ("scope", "scp"):
         value = claims.get(name)

@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from bearerguard._core.scopes import validate_scope_names
 from bearerguard.errors import ConfigurationError
@@ -73,8 +73,12 @@ def check_resource(resource: str) -> str:
     """
     check_url(resource, "resource")
     parts = urlsplit(resource)
-    if parts.query or "?" in resource:
-        raise ConfigurationError(f"resource must not have a query (RFC 9728 §1.2): {resource!r}")
+    if parts.query or "?" in resource or "#" in resource:
+        raise ConfigurationError(
+            f"resource must have no query and no fragment (RFC 8707 §2): {resource!r}"
+        )
+    if any(segment in (".", "..") for segment in parts.path.split("/")):
+        raise ConfigurationError(f"resource must not have dot segments: {resource!r}")
     origin = f"{parts.scheme}://{parts.netloc}"
     if origin != origin.lower():
         raise ConfigurationError(f"resource must use a lower-case scheme and host: {resource!r}")
@@ -131,7 +135,9 @@ class ProtectedResource:
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"resource metadata is not JSON: {exc}") from exc
         self.metadata_url = f"{parts.scheme}://{parts.netloc}{WELL_KNOWN_PATH}{suffix}"
-        self.paths = frozenset({WELL_KNOWN_PATH + suffix, WELL_KNOWN_PATH})
+        # Servers hand apps the decoded path (ASGI "path", WSGI PATH_INFO): compare with the
+        # suffix decoded, so that the URL every challenge names is the one served.
+        self.paths = frozenset({WELL_KNOWN_PATH + unquote(suffix), WELL_KNOWN_PATH})
 
     def __repr__(self) -> str:
         return f"ProtectedResource({self.resource!r})"

@@ -399,6 +399,8 @@ class DevIssuer:
             "exp": int(now + expires_in),
             "jti": uuid.uuid4().hex,
         }
+        if isinstance(scopes, str):  # list("a:b") would grant one scope per character
+            raise TypeError("scopes is an iterable of scope names: ['items:read'], not a string")
         scope_list = list(scopes)
         if scope_list:
             payload["scope"] = " ".join(scope_list)
@@ -523,9 +525,11 @@ class DevIssuer:
             in_process: give the guard the published keys as static keys: no HTTP at all
                 (the issuer need not be started), but later ``rotate`` and ``retire`` calls
                 are not seen.
-            options: ``BearerGuard`` options; ``audience`` defaults to the issuer's.
+            options: ``BearerGuard`` options; ``audience`` defaults to the issuer's, unless
+                ``resource`` is given: then the resource is the audience, as in production.
         """
-        options.setdefault("audience", self.audience)
+        if "resource" not in options:
+            options.setdefault("audience", self.audience)
         if in_process:
             options.setdefault("keys", self.jwks())
         elif not discover:

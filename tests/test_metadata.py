@@ -45,6 +45,12 @@ ISSUER = "https://issuer.example"
             "http://127.0.0.1:8000/.well-known/oauth-protected-resource/mcp",
             {WELL_KNOWN_PATH, WELL_KNOWN_PATH + "/mcp"},
         ),
+        # Servers hand apps the decoded path: the served path is the decoded suffix.
+        (
+            "https://api.example/notes%20v2/%7Emia",
+            "https://api.example/.well-known/oauth-protected-resource/notes%20v2/%7Emia",
+            {WELL_KNOWN_PATH, WELL_KNOWN_PATH + "/notes v2/~mia"},
+        ),
     ],
 )
 def test_well_known_urls(resource: str, url: str, paths: set[str]) -> None:
@@ -89,6 +95,21 @@ def test_document_members() -> None:
         [("allow", "GET, HEAD"), ("content-length", "0")],
     )
     assert repr(published) == "ProtectedResource('https://api.example')"
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        "https://api.example/mcp#",
+        "https://api.example/mcp#x",
+        "https://api.example/a/../b",
+        "https://api.example/./mcp",
+    ],
+)
+def test_a_resource_with_a_fragment_or_dot_segments_is_refused(resource: str) -> None:
+    # RFC 8707 §2: no fragment; dot segments would make the served metadata path differ.
+    with pytest.raises(ConfigurationError, match=r"fragment|dot segments"):
+        BearerGuard(issuer=ISSUER, resource=resource)
 
 
 @pytest.mark.parametrize(

@@ -272,6 +272,7 @@ METADATA_URL = "https://api.example/.well-known/oauth-protected-resource/v1"
 def described(stack: str, session_issuer: DevIssuer) -> Iterator[Client]:
     guard = session_issuer.guard(
         scope_implications=IMPLICATIONS,
+        audience=session_issuer.audience,  # the tokens' aud; the resource is published
         resource=RESOURCE,
         resource_metadata=ResourceMetadata(scopes_supported=["items:read", "items:write"]),
     )
@@ -335,7 +336,9 @@ def test_challenges_name_the_metadata_on_both_stacks(
 
 
 def test_bad_requests_and_outages_carry_no_metadata(stack: str, session_issuer: DevIssuer) -> None:
-    guard = session_issuer.guard(resource=RESOURCE, revocation=BrokenStore())
+    guard = session_issuer.guard(
+        audience=session_issuer.audience, resource=RESOURCE, revocation=BrokenStore()
+    )
     for client in open_client(stack, guard):
         assert "resource_metadata" not in client(
             "GET", "/me", headers={"Authorization": "Bearer a b"}
@@ -368,6 +371,20 @@ def test_metadata_served_on_both_stacks(
     assert head.status_code == 200
     assert head.content == b""
     assert (post.status_code, post.headers["allow"]) == (405, "GET, HEAD")
+
+
+def test_a_percent_encoded_resource_path_is_served_where_challenges_point(
+    stack: str, session_issuer: DevIssuer
+) -> None:
+    resource = "https://api.example/notes%20v2/%7Emia"
+    guard = session_issuer.guard(audience=session_issuer.audience, resource=resource)
+    for client in open_client(stack, guard):
+        challenge = client("GET", "/me").headers["www-authenticate"]
+        url = "https://api.example/.well-known/oauth-protected-resource/notes%20v2/%7Emia"
+        assert f'resource_metadata="{url}"' in challenge
+        served = client("GET", "/.well-known/oauth-protected-resource/notes%20v2/%7Emia")
+        assert served.status_code == 200
+        assert served.json()["resource"] == resource
 
 
 def test_other_well_known_paths_stay_protected(described: Client) -> None:

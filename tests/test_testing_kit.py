@@ -436,3 +436,17 @@ def test_a_failing_audit_assertion_reads_well(pytester: pytest.Pytester) -> None
     result.stdout.fnmatch_lines(
         ["*expected exactly one 'token.accepted' audit event, got 0; captured: no audit event*"]
     )
+
+
+def test_a_guard_for_a_resource_checks_the_resource_as_audience(session_issuer: DevIssuer) -> None:
+    # As BearerGuard(resource=...) does in production (RFC 8707): no lenient test default.
+    resource = "https://notes.example/mcp"
+    guard = session_issuer.guard(resource=resource, in_process=True)
+    assert guard.authenticate_sync(session_issuer.mint(aud=resource)).audience == (resource,)
+    with pytest.raises(InvalidAudienceError):
+        guard.authenticate_sync(session_issuer.mint())
+
+
+def test_scopes_given_as_one_string_are_refused(session_issuer: DevIssuer) -> None:
+    with pytest.raises(TypeError, match="not a string"):
+        session_issuer.mint(scopes="items:read")  # type: ignore[arg-type]

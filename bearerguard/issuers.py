@@ -114,7 +114,11 @@ class TrustedIssuers:
         self._lock = threading.Lock()
         self._sync = False
         # The request-level settings the middlewares read, from the primary guard.
-        self.protected_resource: ProtectedResource | None = primary.protected_resource
+        resource = primary.protected_resource
+        # Every listed issuer is trusted: the metadata names them all (RFC 9728 §2).
+        self.protected_resource: ProtectedResource | None = (
+            None if resource is None else resource.naming(self._guards)
+        )
         self.realm: str = primary.realm
         self.max_token_bytes: int = primary.max_token_bytes
         self.dpop: DPoPPolicy | None = primary.dpop

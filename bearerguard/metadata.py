@@ -17,6 +17,7 @@ the MCP authorization specification builds on).
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -100,11 +101,12 @@ class ProtectedResource:
             ``/.well-known/oauth-protected-resource`` that some clients try next.
     """
 
-    __slots__ = ("body", "document", "metadata_url", "paths", "resource")
+    __slots__ = ("body", "document", "metadata_url", "paths", "resource", "servers_given")
 
     def __init__(self, resource: str, issuer: str, metadata: ResourceMetadata | None) -> None:
         metadata = metadata or ResourceMetadata()
-        servers = _strings(metadata.authorization_servers, "authorization_servers") or (issuer,)
+        given = _strings(metadata.authorization_servers, "authorization_servers")
+        servers = given or (issuer,)
         scopes = tuple(metadata.scopes_supported)
         if scopes:
             validate_scope_names(scopes)
@@ -129,6 +131,8 @@ class ProtectedResource:
         # just "/" is a terminating slash and is dropped.
         suffix = "" if parts.path in ("", "/") else parts.path
         self.resource = resource
+        self.servers_given = bool(given)
+        """Whether ``authorization_servers`` was configured rather than the guard's issuer."""
         self.document = document
         try:
             self.body = json.dumps(document).encode()
@@ -141,6 +145,16 @@ class ProtectedResource:
 
     def __repr__(self) -> str:
         return f"ProtectedResource({self.resource!r})"
+
+    def naming(self, servers: Iterable[str]) -> ProtectedResource:
+        """This metadata with ``servers`` as its ``authorization_servers`` (RFC 9728 §2), for
+        a resource that trusts several issuers; unchanged when it names some already."""
+        if self.servers_given:
+            return self
+        named = copy.copy(self)
+        named.document = {**self.document, "authorization_servers": list(dict.fromkeys(servers))}
+        named.body = json.dumps(named.document).encode()
+        return named
 
     def response(self, method: str) -> tuple[int, list[tuple[str, str]], bytes]:
         """The answer to a request for the document: ``(status, headers, body)``.

@@ -16,6 +16,7 @@ from bearerguard import BearerGuard
 from bearerguard.dpop import DPoPPolicy
 from bearerguard.errors import ConfigurationError, InvalidIssuerError, KeySetUnavailableError
 from bearerguard.issuers import TrustedIssuers
+from bearerguard.metadata import ResourceMetadata
 from bearerguard.mtls import CertificateBinding
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
@@ -268,3 +269,36 @@ def test_dpop_scheme_on_an_untrusted_issuer(alpha: DevIssuer, stranger: DevIssue
             ', DPoP realm="api://alpha", error="invalid_token"'
             in response.headers["www-authenticate"]
         )
+
+
+def test_the_resource_metadata_names_every_trusted_issuer(
+    stack: str, alpha: DevIssuer, beta: DevIssuer
+) -> None:
+    resource = "https://api.example/orders"
+    guards = [
+        issuer.guard(in_process=True, audience=issuer.audience, resource=resource)
+        for issuer in (alpha, beta)
+    ]
+    trusted = TrustedIssuers(guards)
+    for client in open_client(stack, trusted):
+        document = client("GET", "/.well-known/oauth-protected-resource/orders").json()
+        assert document["authorization_servers"] == [alpha.url, beta.url]
+        assert document["resource"] == resource
+        assert client("GET", "/me", headers=bearer(beta.mint())).status_code == 200
+    # Servers given explicitly are kept as they are.
+    named = ResourceMetadata(authorization_servers=["https://login.example"])
+    explicit = TrustedIssuers(
+        [
+            issuer.guard(
+                in_process=True,
+                audience=issuer.audience,
+                resource=resource,
+                resource_metadata=named,
+            )
+            for issuer in (alpha, beta)
+        ]
+    )
+    assert explicit.protected_resource is not None
+    assert explicit.protected_resource.document["authorization_servers"] == [
+        "https://login.example"
+    ]

@@ -85,6 +85,9 @@ class MCPToolScopes:
             token by default.
         max_body_bytes: larger POST bodies are refused with 413 rather than passed on
             unchecked.
+        paths: the paths of the MCP endpoint (``scope["path"]``, e.g. ``["/mcp"]``); POSTs
+            to other routes of the app (webhooks, uploads) pass through unread. By default
+            every POST is read as JSON-RPC.
 
     Every refusal is the RFC 6750 answer with ``resource_metadata`` when the guard has a
     resource, and one ``scope.denied`` audit event. A body that is not strict JSON is
@@ -103,8 +106,12 @@ class MCPToolScopes:
         tools: Mapping[str, str | Iterable[str]],
         default: Iterable[str] = (),
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        paths: Iterable[str] | None = None,
     ) -> None:
+        if isinstance(paths, str):
+            raise ConfigurationError("paths is an iterable of paths: ['/mcp'], not a string")
         self.app = app
+        self.paths = None if paths is None else frozenset(paths)
         self.tools = {
             name: validate_scope_names([scopes] if isinstance(scopes, str) else scopes)
             for name, scopes in tools.items()
@@ -118,7 +125,12 @@ class MCPToolScopes:
         return self.tools.get(tool, self.default) if isinstance(tool, str) else self.default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        paths = self.paths
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or (paths is not None and scope["path"] not in paths)
+        ):
             await self.app(scope, receive, send)
             return
         auth = scope.get(SCOPE_KEY)

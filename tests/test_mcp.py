@@ -211,3 +211,33 @@ async def test_the_sdk_client_without_a_token_cannot_connect(served: Served) -> 
     with pytest.raises(Exception):  # noqa: B017, PT011 - the SDK's error types vary by phase
         async with client_for(served) as client:
             await client.list_tools()  # pragma: no cover
+
+
+def test_paths_limit_the_check_to_the_mcp_endpoint(session_issuer: DevIssuer) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from bearerguard.asgi import BearerGuardMiddleware
+    from bearerguard.errors import ConfigurationError
+    from bearerguard.mcp import MCPToolScopes
+
+    async def echo(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(f"{len(await request.body())} bytes")
+
+    inner = Starlette(
+        routes=[Route("/mcp", echo, methods=["POST"]), Route("/hooks", echo, methods=["POST"])]
+    )
+    checked = MCPToolScopes(inner, tools={"delete_note": ["notes:write"]}, paths=["/mcp"])
+    app = BearerGuardMiddleware(checked, guard=session_issuer.guard(in_process=True))
+    headers = {"Authorization": f"Bearer {session_issuer.mint()}"}
+    delete = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "delete_note"}}
+    with TestClient(app) as client:
+        assert client.post("/hooks", content=b"plain text", headers=headers).text == "10 bytes"
+        assert client.post("/mcp", content=b"plain text", headers=headers).status_code == 400
+        assert client.post("/mcp", json=delete, headers=headers).status_code == 403
+        assert client.post("/hooks", json=delete, headers=headers).status_code == 200
+    with pytest.raises(ConfigurationError, match="not a string"):
+        MCPToolScopes(inner, tools={}, paths="/mcp")

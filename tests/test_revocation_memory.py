@@ -63,7 +63,7 @@ async def test_revoke_token_until_expiry_plus_grace() -> None:
     clock = Clock()
     store = MemoryRevocationStore(clock=clock, expiry_grace=60)
     assert not await store.is_revoked(token())
-    await store.revoke_token("j1", expires_at=clock.now + 100)
+    assert await store.revoke_token("j1", expires_at=clock.now + 100) is True
     assert await store.is_revoked(token())
     assert not await store.is_revoked(token(jti="j2"))
     clock.now += 159
@@ -296,3 +296,14 @@ def test_such_a_subclass_has_no_synchronous_side_for_wsgi(session_issuer: DevIss
     guard = session_issuer.guard(revocation=DenyList())
     with pytest.raises(ConfigurationError, match="is_revoked_sync"):
         guard.require_sync_side()
+
+
+async def test_revoking_says_whether_an_entry_is_held() -> None:
+    # As RedisRevocationStore: False when the entry had already lapsed (nothing kept).
+    clock = Clock()
+    store = MemoryRevocationStore(clock=clock, expiry_grace=60)
+    assert await store.revoke_token("old", expires_at=clock.now - 61) is False
+    assert store.revoke_token_sync("old", expires_at=clock.now - 59) is True
+    assert len(store) == 1
+    assert await store.revoke_subject("s1") is True
+    assert store.revoke_client_sync("c1", issued_before=clock.now - 10) is True

@@ -64,7 +64,7 @@ class MemoryRevocationStore:
 
     def revoke_token_sync(
         self, jti: str, expires_at: Instant | None = None, *, issuer: str | None = None
-    ) -> None:
+    ) -> bool:
         """Revoke one token by its ``jti``, until it would have expired anyway.
 
         Args:
@@ -72,26 +72,33 @@ class MemoryRevocationStore:
             expires_at: the token's ``exp`` (epoch seconds or an aware datetime); when
                 omitted the entry is kept for ``retention``.
             issuer: the token's ``iss``; ``None`` for any trusted issuer.
+
+        Returns:
+            ``True`` once the entry is held; ``False`` when nothing was kept because it had
+            already lapsed (``exp`` plus the grace is past: no guard accepts the token).
         """
         now = self._clock()
         until = now + self._retention if expires_at is None else to_epoch(expires_at) + self._grace
+        if until <= now:
+            return False
         self._add(Entry("t", issuer, jti, until, None, None, now), now)
+        return True
 
     def revoke_subject_sync(
         self, sub: str, issued_before: Instant | None = None, *, issuer: str | None = None
-    ) -> None:
+    ) -> bool:
         """Revoke every token of ``sub`` issued at or before ``issued_before`` (default: now).
 
         Tokens without ``iat`` cannot show when they were issued, so a subject cutoff refuses
         them all while it lasts.
         """
-        self._cut("s", issuer, sub, issued_before)
+        return self._cut("s", issuer, sub, issued_before)
 
     def revoke_client_sync(
         self, client_id: str, issued_before: Instant | None = None, *, issuer: str | None = None
-    ) -> None:
+    ) -> bool:
         """Revoke every token issued to ``client_id`` at or before ``issued_before``."""
-        self._cut("c", issuer, client_id, issued_before)
+        return self._cut("c", issuer, client_id, issued_before)
 
     def is_revoked_sync(self, token: AccessToken) -> bool:
         """Whether ``token``, its subject or its client has been revoked."""
@@ -104,21 +111,21 @@ class MemoryRevocationStore:
 
     async def revoke_token(
         self, jti: str, expires_at: Instant | None = None, *, issuer: str | None = None
-    ) -> None:
+    ) -> bool:
         """Revoke one token by its ``jti``: as ``revoke_token_sync``."""
-        self.revoke_token_sync(jti, expires_at, issuer=issuer)
+        return self.revoke_token_sync(jti, expires_at, issuer=issuer)
 
     async def revoke_subject(
         self, sub: str, issued_before: Instant | None = None, *, issuer: str | None = None
-    ) -> None:
+    ) -> bool:
         """Revoke every token of ``sub`` issued up to an instant: as ``revoke_subject_sync``."""
-        self.revoke_subject_sync(sub, issued_before, issuer=issuer)
+        return self.revoke_subject_sync(sub, issued_before, issuer=issuer)
 
     async def revoke_client(
         self, client_id: str, issued_before: Instant | None = None, *, issuer: str | None = None
-    ) -> None:
+    ) -> bool:
         """Revoke every token of a client issued up to an instant: as ``revoke_client_sync``."""
-        self.revoke_client_sync(client_id, issued_before, issuer=issuer)
+        return self.revoke_client_sync(client_id, issued_before, issuer=issuer)
 
     async def is_revoked(self, token: AccessToken) -> bool:
         """Whether ``token``, its subject or its client has been revoked."""
@@ -126,12 +133,13 @@ class MemoryRevocationStore:
 
     def _cut(
         self, kind: Kind, issuer: str | None, name: str, issued_before: Instant | None
-    ) -> None:
+    ) -> bool:
         now = self._clock()
         cutoff = now if issued_before is None else to_epoch(issued_before)
         self._add(
             Entry(kind, issuer, name, max(cutoff, now) + self._retention, cutoff, None, now), now
         )
+        return True  # a cut-off lives for retention past now: never lapsed already
 
     def _add(self, entry: Entry, now: float) -> None:
         table = self.table

@@ -206,8 +206,9 @@ class _ServingThread:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start serving (once)."""
+        """Start listening and serving (once)."""
         if self._thread is None:
+            self.server.server_activate()  # listen: before it, connections are refused
             self._thread = threading.Thread(target=self._serve, daemon=True)
             self._thread.start()
 
@@ -284,7 +285,16 @@ class DevIssuer:
         self.received: list[RecordedRequest] = []
         self.overrides: dict[str, Override] = {}
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        # Bound now, so that the port (and the issuer's URL) is known; listening only from
+        # start(): an issuer not started refuses connections rather than leave them hanging.
+        self._server = ThreadingHTTPServer(
+            ("127.0.0.1", port), self._handler(), bind_and_activate=False
+        )
+        try:
+            self._server.server_bind()
+        except OSError:
+            self._server.server_close()
+            raise
         self._serving = _ServingThread(self._server)
 
     # -- addresses ------------------------------------------------------------------------

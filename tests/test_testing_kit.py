@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 import textwrap
+import time
 from pathlib import Path
 from unittest.mock import ANY
 
+import httpx
 import pytest
 import structlog
 from cryptography.hazmat.primitives import serialization
@@ -106,11 +108,24 @@ def test_revoked_variant_needs_a_synchronous_store(session_issuer: DevIssuer) ->
 
 
 def test_in_process_guard_needs_no_server() -> None:
-    issuer = DevIssuer()  # never started: nothing listens
+    issuer = DevIssuer()  # never started: connections are refused
     try:
         guard = issuer.guard(in_process=True)
         assert guard.authenticate_sync(issuer.mint(sub="ida")).subject == "ida"
         assert issuer.requests == []
+    finally:
+        issuer.stop()
+
+
+def test_an_issuer_not_started_refuses_connections_at_once() -> None:
+    issuer = DevIssuer()
+    try:
+        started = time.monotonic()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(issuer.jwks_uri, timeout=5.0)
+        assert time.monotonic() - started < 2.0  # refused, not left hanging to the timeout
+        issuer.start()
+        assert httpx.get(issuer.jwks_uri, timeout=5.0).json() == issuer.jwks()
     finally:
         issuer.stop()
 

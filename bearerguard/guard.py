@@ -535,7 +535,7 @@ class BearerGuard:
             required_claims=frozenset(required_claims)
             | (_RFC9068_CLAIMS if strict else frozenset())
             | ({"jti"} if require_jti else frozenset()),
-            checks=tuple(claim_checks),
+            checks=claim_checks,
             confirmations=_checked_confirmations(dpop, mtls, upstream=bindings_checked_upstream),
         )
         # How scopes are read from tokens, and how they are matched against routes.

@@ -38,6 +38,7 @@ from bearerguard._core.introspected import (
     IntrospectionResponseError,
     parse_introspection_response,
 )
+from bearerguard._core.scopes import split_scope
 from bearerguard.errors import ConfigurationError, ServiceUnavailableError
 from bearerguard.jwks import check_url, client_options
 
@@ -80,9 +81,7 @@ class IntrospectionResult:
     def scopes(self) -> frozenset[str]:
         """The space-delimited ``scope`` member as a set (empty when absent)."""
         scope = self.claims.get("scope")
-        if not isinstance(scope, str):
-            return frozenset()
-        return frozenset(scope.split(" ")) - {""}  # RFC 6749 §3.3: spaces only
+        return split_scope(scope) if isinstance(scope, str) else frozenset()
 
     @property
     def subject(self) -> str | None:

@@ -534,6 +534,12 @@ def test_an_acceptable_answer_becomes_a_token() -> None:
     assert (bare.issuer, bare.audience, bare.scopes) == ("https://as.example", (), frozenset())
 
 
+@pytest.mark.parametrize("name", ["sub", "jti", "client_id"])
+def test_an_answer_with_an_empty_identifier_is_refused_as_a_jwt_would_be(name: str) -> None:
+    with pytest.raises(MalformedTokenError, match="non-empty string"):
+        judge(**{name: ""})
+
+
 def test_an_answer_bound_to_its_client_needs_a_guard_that_checks_the_binding() -> None:
     # RFC 8705 §3.2 and RFC 9449 §6.2: introspection answers carry cnf too.
     with pytest.raises(InvalidClaimError, match="cnf jkt"):

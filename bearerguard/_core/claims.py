@@ -24,6 +24,8 @@ __all__ = [
     "ClaimCheck",
     "ClaimsPolicy",
     "TimeClaims",
+    "check_confirmation",
+    "check_identifiers",
     "check_times",
     "run_checks",
     "validate_claims",
@@ -158,6 +160,19 @@ def run_checks(claims: Mapping[str, Any], policy: ClaimsPolicy) -> None:
             raise InvalidClaimError(f"claim check {_name(check)} refused the token")
 
 
+def check_identifiers(claims: Mapping[str, Any]) -> None:
+    """Refuse ``sub``, ``jti``, ``client_id`` or ``azp`` that is not a non-empty string.
+
+    An empty identifier names nobody: it would satisfy ``require_jti`` and the RFC 9068
+    profile while no store can revoke it (RFC 7519 §4.1.2, §4.1.7). Applied to verified
+    tokens and to introspection answers alike.
+    """
+    for name in _STRING_CLAIMS:
+        value = claims.get(name)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise MalformedTokenError(f"claim {name!r} is not a non-empty string")
+
+
 def check_confirmation(cnf: Any, policy: ClaimsPolicy) -> None:
     """Refuse a sender-constrained token whose binding this guard does not check.
 
@@ -199,12 +214,7 @@ def validate_claims(
         InvalidTokenError: a subclass naming the first check that failed.
     """
     get = claims.get
-    for name in _STRING_CLAIMS:
-        value = get(name)
-        if value is not None and (not isinstance(value, str) or not value):
-            # An empty identifier names nobody: it would satisfy require_jti and the RFC
-            # 9068 profile while no store can revoke it (RFC 7519 §4.1.2, §4.1.7).
-            raise MalformedTokenError(f"claim {name!r} is not a non-empty string")
+    check_identifiers(claims)
     if policy.require_typ:
         _check_typ(header)  # RFC 9068 §2.1
     iss = get("iss")

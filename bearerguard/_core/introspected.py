@@ -12,7 +12,13 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any
 
-from bearerguard._core.claims import ClaimsPolicy, check_confirmation, check_times, run_checks
+from bearerguard._core.claims import (
+    ClaimsPolicy,
+    check_confirmation,
+    check_identifiers,
+    check_times,
+    run_checks,
+)
 from bearerguard._core.scopes import read_scopes
 from bearerguard._core.times import is_numeric_date
 from bearerguard._core.unicode import has_lone_surrogate
@@ -139,6 +145,7 @@ def token_from_introspection(
     """
     if claims.get("active") is not True:
         raise InactiveTokenError("the authorization server says the token is not active")
+    check_identifiers(claims)  # as for a verified JWT
     iss = claims.get("iss")
     if iss is not None and iss != policy.issuer:
         raise InvalidIssuerError(f"introspected iss {str(iss)[:200]!r} is not trusted")

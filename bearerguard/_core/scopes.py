@@ -13,6 +13,7 @@ __all__ = [
     "grants",
     "parse_scope_claim_paths",
     "read_scopes",
+    "split_scope",
     "validate_scope_names",
 ]
 
@@ -20,11 +21,19 @@ __all__ = [
 _NOTHING = frozenset({""})  # what two adjacent spaces leave between them
 
 
+def split_scope(value: str) -> frozenset[str]:
+    """The scopes of a space-delimited ``scope`` string.
+
+    RFC 6749 §3.3: delimited by spaces (%x20) only. ``str.split()`` would also split on
+    tabs, no-break spaces and other white space, turning one signed scope into several.
+    """
+    names = frozenset(value.split(" "))
+    return names - _NOTHING if "" in names else names
+
+
 def _split(value: Any, claim: str) -> Iterable[str]:
     if isinstance(value, str):
-        # RFC 6749 §3.3: delimited by spaces (%x20) only. str.split() would also split on
-        # tabs, no-break spaces and other white space, turning one signed scope into several.
-        return value.split(" ")
+        return split_scope(value)
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return value
     raise MalformedTokenError(f"claim {claim!r} is neither a string nor a list of strings")
@@ -54,8 +63,7 @@ def read_scopes(
     """
     scope = claims.get("scope")
     if type(scope) is str and not extra_paths and claims.get("scp") is None:
-        once = frozenset(scope.split(" "))  # the usual shape, in one step
-        return once - _NOTHING if "" in once else once
+        return split_scope(scope)  # the usual shape, in one step
     granted: set[str] = set()
     for name in ("scope", "scp"):
         value = claims.get(name)
@@ -69,7 +77,7 @@ def read_scopes(
                 break
         if node is not None:
             granted.update(_split(node, ".".join(path)))
-    granted.discard("")
+    granted.discard("")  # an empty name in a list
     return frozenset(granted)
 
 

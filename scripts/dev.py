@@ -75,6 +75,7 @@ def main() -> int:
         "bench": "benchmarks/run.py",
         "peers": "benchmarks/peers.py",
         "instructions": "benchmarks/instructions.py",
+        "event-inside": "benchmarks/event_inside.py",
         "fuzz": "scripts/fuzz.py",
         "faults": "scripts/faults.py",
         "load": "scripts/load.py",

@@ -148,14 +148,16 @@ def _add_target_options(parser: argparse.ArgumentParser, *, cutoff: bool) -> Non
             type=parse_instant,
             metavar="WHEN",
             help="the token's exp (epoch seconds or ISO 8601 with an offset): the entry "
-            "lapses then, plus --expiry-grace; without it the entry is kept for --retention",
+            "lapses then, plus --expiry-grace; without it the entry is kept for --retention "
+            "plus --expiry-grace",
         )
         parser.add_argument(
             "--expiry-grace",
             type=non_negative_seconds,
             default=DEFAULT_EXPIRY_GRACE,
             metavar="SECONDS",
-            help="how long the entry outlives --expires-at: the API store's expiry_grace, at "
+            help="how long the entry outlives --expires-at (or --retention): the API store's "
+            "expiry_grace, at "
             f"least every guard's leeway (default {DEFAULT_EXPIRY_GRACE:g}, the stores' default)",
         )
     parser.add_argument("--reason", metavar="TEXT", help="a short note kept with the entry")
@@ -386,9 +388,9 @@ def run_revoke(kind: str, args: argparse.Namespace) -> int:
 
 
 def _token_lapse(args: argparse.Namespace, now: float) -> float:
-    """When a token's entry lapses: its exp plus the grace, else ``retention`` from now."""
+    """When a token's entry lapses: its exp, else ``retention`` from now, plus the grace."""
     if args.expires_at is None:
-        return float(now + args.retention)
+        return float(now + args.retention + args.expiry_grace)
     return float(args.expires_at + args.expiry_grace)
 
 
@@ -418,7 +420,10 @@ def _say_revoked(
         )
         return
     if args.expires_at is None:
-        kept = f"--retention {describe_duration(args.retention)}"
+        kept = (
+            f"--retention {describe_duration(args.retention)} + "
+            f"{describe_duration(args.expiry_grace)} grace"
+        )
     else:
         kept = f"exp + {describe_duration(args.expiry_grace)} grace"
     console.say(
@@ -427,8 +432,8 @@ def _say_revoked(
     if args.expires_at is None:
         console.warn(
             f"note: without --expires-at the entry is kept for "
-            f"{describe_duration(args.retention)} (--retention); tokens living longer "
-            "would be accepted again after that"
+            f"{describe_duration(args.retention)} (--retention) plus the grace; tokens "
+            "living longer would be accepted again after that"
         )
 
 

@@ -173,9 +173,11 @@ async def test_a_revoked_token_lapses_after_its_expiry_plus_grace(
 @pytest.mark.anyio
 async def test_without_expiry_an_entry_lasts_for_the_retention(side: Callable[..., Side]) -> None:
     clock = Clock()
-    store = side(clock=clock, retention=100)
+    # Retention plus the grace: a token revoked now may live `retention` more, and is
+    # accepted up to the guard's leeway (at most the grace) past its exp.
+    store = side(clock=clock, retention=100, expiry_grace=10)
     await store.revoke_token("j1")
-    clock.now += 99
+    clock.now += 109
     assert await store.is_revoked(token())
     clock.now += 2
     assert not await store.is_revoked(token())
@@ -231,13 +233,13 @@ async def test_a_cutoff_in_the_past_never_moves_back_and_lasts_the_retention(
     side: Callable[..., Side],
 ) -> None:
     clock = Clock()
-    store = side(clock=clock, retention=100)
+    store = side(clock=clock, retention=100, expiry_grace=10)
     await store.revoke_subject("s1", issued_before=NOW - 500)
     assert not await store.is_revoked(token(jti="x", iat=NOW - 400))
     assert await store.is_revoked(token(jti="x", iat=NOW - 600))
     await store.revoke_subject("s1", issued_before=NOW - 1000)
     assert await store.is_revoked(token(jti="x", iat=NOW - 600))
-    clock.now += 99
+    clock.now += 109  # retention plus the grace
     assert await store.is_revoked(token(jti="x", iat=NOW - 600))
     clock.now += 2
     assert not await store.is_revoked(token(jti="x", iat=NOW - 10_000))

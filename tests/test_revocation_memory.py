@@ -112,14 +112,16 @@ async def test_revoke_subject_cuts_tokens_issued_up_to_the_instant() -> None:
 
 async def test_subject_cutoff_in_the_past_and_retention() -> None:
     clock = Clock()
-    store = MemoryRevocationStore(clock=clock, retention=100)
+    store = MemoryRevocationStore(clock=clock, retention=100, expiry_grace=10)
     await store.revoke_subject("s1", issued_before=clock.now - 500)
     assert not await store.is_revoked(token(iat=clock.now - 400))
     assert await store.is_revoked(token(iat=clock.now - 600))
     # A later cut-off never moves back in time.
     await store.revoke_subject("s1", issued_before=clock.now - 1000)
     assert await store.is_revoked(token(iat=clock.now - 600))
-    clock.now += 101
+    clock.now += 109  # retention plus the grace
+    assert await store.is_revoked(token(iat=clock.now - 109 - 600))
+    clock.now += 2
     assert not await store.is_revoked(token(iat=clock.now - 10_000))
 
 
@@ -247,6 +249,26 @@ async def test_the_guards_own_store_outlives_a_long_leeway(session_issuer: DevIs
     with pytest.raises(ExpiredTokenError):
         await guard.authenticate(minted)
     assert session_issuer.guard().revocation.expiry_grace == 300  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", ["subject", "token without exp"])
+async def test_a_retained_entry_outlives_the_leeway(session_issuer: DevIssuer, kind: str) -> None:
+    # retention set as documented (the longest token lifetime): a token issued just before
+    # the revocation is accepted up to the leeway past its exp, and must stay refused.
+    clock = Clock(time.time())
+    store = MemoryRevocationStore(retention=3600, clock=clock)
+    guard = session_issuer.guard(revocation=store, clock=clock, cache_size=0)
+    issued = int(clock.now)
+    minted = session_issuer.mint(sub="mallory", iat=issued, exp=issued + 3600)
+    claims = (await guard.authenticate(minted)).claims
+    if kind == "subject":
+        await store.revoke_subject("mallory")
+    else:
+        await store.revoke_token(claims["jti"])
+    for seconds_past_exp in (0, 15, guard.leeway - 1):
+        clock.now = issued + 3600 + seconds_past_exp
+        with pytest.raises(RevokedTokenError):
+            await guard.authenticate(minted)
 
 
 @pytest.mark.parametrize(("grace", "leeway"), [(60, 120), (0, 1), (299.5, 300)])

@@ -25,9 +25,12 @@ class MemoryRevocationStore:
         max_entries: the most live entries held, all kinds together.
         retention: how long an entry is kept when no expiry is known: a revoked token given
             without ``expires_at``, or a subject or client cutoff (which must outlive every
-            token issued before it). Set it to at least your issuer's longest token lifetime.
-        expiry_grace: how long a revoked token's entry is kept past its ``exp``: at
-            least the ``leeway`` of every guard using the store (a guard refuses less).
+            token issued before it). Set it to at least your issuer's longest token lifetime;
+            the entry is kept ``expiry_grace`` longer still, as a token is accepted up to
+            ``leeway`` past its ``exp``.
+        expiry_grace: how long a revoked token's entry is kept past its ``exp`` (and a
+            retained entry past ``retention``): at least the ``leeway`` of every guard using
+            the store (a guard refuses less).
         clock: returns epoch seconds; injectable for tests.
 
     Any ``issuer`` argument below limits an entry to tokens of that issuer; ``None`` matches
@@ -70,7 +73,7 @@ class MemoryRevocationStore:
         Args:
             jti: the token's ``jti`` claim.
             expires_at: the token's ``exp`` (epoch seconds or an aware datetime); when
-                omitted the entry is kept for ``retention``.
+                omitted the entry is kept for ``retention`` (plus ``expiry_grace``).
             issuer: the token's ``iss``; ``None`` for any trusted issuer.
 
         Returns:
@@ -78,7 +81,9 @@ class MemoryRevocationStore:
             already lapsed (``exp`` plus the grace is past: no guard accepts the token).
         """
         now = self._clock()
-        until = now + self._retention if expires_at is None else to_epoch(expires_at) + self._grace
+        # Without exp, the token may live up to retention from now, then leeway past that.
+        lapse = now + self._retention if expires_at is None else to_epoch(expires_at)
+        until = lapse + self._grace
         if until <= now:
             return False
         self._add(Entry("t", issuer, jti, until, None, None, now), now)
@@ -136,9 +141,10 @@ class MemoryRevocationStore:
     ) -> bool:
         now = self._clock()
         cutoff = now if issued_before is None else to_epoch(issued_before)
-        self._add(
-            Entry(kind, issuer, name, max(cutoff, now) + self._retention, cutoff, None, now), now
-        )
+        # A token issued at the cut-off lives up to retention, and is accepted up to the
+        # guard's leeway (at most expiry_grace) past its exp: the cut-off outlasts both.
+        until = max(cutoff, now) + self._retention + self._grace
+        self._add(Entry(kind, issuer, name, until, cutoff, None, now), now)
         return True  # a cut-off lives for retention past now: never lapsed already
 
     def _add(self, entry: Entry, now: float) -> None:

@@ -94,7 +94,7 @@ class Revocation:
         issuer: the issuer it is limited to; ``None`` for every issuer.
         name: the ``jti``, ``sub`` or ``client_id``.
         lapses_at: when the entry is forgotten (a token's ``exp`` plus the grace, or the
-            retention of a cut-off).
+            retention of a cut-off plus the grace).
         issued_before: for a cut-off, tokens issued at or before this instant are refused.
         reason: the reason given when revoking, if any.
         updated_at: when the entry was last written.
@@ -185,9 +185,11 @@ class RedisRevocationStore:
             answering (checks raise) rather than forget any, and this instance refuses to
             add more.
         retention: how long an entry lives when no expiry is known (a token revoked without
-            ``expires_at``, a subject or client cut-off); at least your longest token lifetime.
-        expiry_grace: how long a revoked token's entry is kept past its ``exp``: at
-            least the ``leeway`` of every guard using the store (a guard refuses less).
+            ``expires_at``, a subject or client cut-off); at least your longest token
+            lifetime. The entry lives ``expiry_grace`` longer still (the guard's leeway).
+        expiry_grace: how long a revoked token's entry is kept past its ``exp`` (and a
+            retained entry past ``retention``): at least the ``leeway`` of every guard using
+            the store (a guard refuses less).
         clock: returns epoch seconds; injectable for tests.
 
     Raises:
@@ -279,7 +281,8 @@ class RedisRevocationStore:
         Args:
             jti: the token's ``jti`` claim.
             expires_at: the token's ``exp`` (epoch seconds or an aware datetime); the Redis
-                key expires at it plus ``expiry_grace``. When omitted, kept for ``retention``.
+                key expires at it plus ``expiry_grace``. When omitted, kept for ``retention`` plus
+                ``expiry_grace``.
             issuer: the token's ``iss``; ``None`` for any trusted issuer.
             reason: a short note kept with the entry, for ``list_revocations``.
 
@@ -359,7 +362,9 @@ class RedisRevocationStore:
         self, jti: str, expires_at: Instant | None, issuer: str | None, reason: str | None
     ) -> _Write:
         now = self._clock()
-        until = now + self._retention if expires_at is None else to_epoch(expires_at) + self._grace
+        # Without exp, the token may live up to retention from now, then leeway past that.
+        lapse = now + self._retention if expires_at is None else to_epoch(expires_at)
+        until = lapse + self._grace
         return self._prepare("t", jti, issuer, reason, now=now, until=until, cutoff=None)
 
     def _cutoff_write(
@@ -372,7 +377,9 @@ class RedisRevocationStore:
     ) -> _Write:
         now = self._clock()
         cutoff = now if issued_before is None else to_epoch(issued_before)
-        until = max(cutoff, now) + self._retention
+        # A token issued at the cut-off lives up to retention, and is accepted up to the
+        # guard's leeway (at most expiry_grace) past its exp: the cut-off outlasts both.
+        until = max(cutoff, now) + self._retention + self._grace
         return self._prepare(kind, name, issuer, reason, now=now, until=until, cutoff=cutoff)
 
     def _prepare(

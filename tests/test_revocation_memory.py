@@ -145,6 +145,19 @@ async def test_full_store_refuses_rather_than_forgetting() -> None:
     assert await store.is_revoked(token(jti="b"))
 
 
+async def test_lapsed_entries_are_forgotten_before_the_store_is_full() -> None:
+    # Entries vanish once the tokens they cover would have expired: revoking five-minute
+    # tokens all day keeps the last minutes' revocations, not every one (max_entries).
+    clock = Clock()
+    store = MemoryRevocationStore(clock=clock)
+    for minute in range(24 * 60):
+        for i in range(10):
+            await store.revoke_token(f"j{minute}-{i}", expires_at=clock.now + 300)
+        clock.now += 60
+    assert len(store) <= 10 * 11
+    assert await store.is_revoked(token(jti=f"j{24 * 60 - 1}-0"))
+
+
 def test_store_configuration_is_checked() -> None:
     with pytest.raises(ConfigurationError):
         MemoryRevocationStore(max_entries=0)

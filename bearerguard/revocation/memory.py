@@ -12,6 +12,8 @@ from bearerguard.token import AccessToken
 
 __all__ = ["MemoryRevocationStore"]
 
+_PRUNE_EVERY = 30.0  # seconds between sweeps of lapsed entries, on a write (as the mirror)
+
 
 class MemoryRevocationStore:
     """Revoked tokens (by ``(iss, jti)``), subjects and clients, held in this process.
@@ -56,6 +58,7 @@ class MemoryRevocationStore:
         self._clock = clock
         self.table = RevocationTable()
         """The live entries (read by the guard; change them through the methods only)."""
+        self._next_prune = clock() + _PRUNE_EVERY
 
     def __len__(self) -> int:
         return len(self.table)
@@ -149,8 +152,11 @@ class MemoryRevocationStore:
 
     def _add(self, entry: Entry, now: float) -> None:
         table = self.table
-        if len(table) >= self._max_entries:
+        # Lapsed entries go on a write at least every _PRUNE_EVERY seconds, not only when the
+        # table is full: the store holds the revocations of the last token lifetime.
+        if len(table) >= self._max_entries or now >= self._next_prune:
             table.prune(now)
+            self._next_prune = now + _PRUNE_EVERY
             if len(table) >= self._max_entries:
                 raise RevocationStoreError(
                     f"memory store holds {self._max_entries} live revocations; raise max_entries"

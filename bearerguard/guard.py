@@ -522,6 +522,20 @@ class BearerGuard:
         self._revoked_now, self._reuse_check, self._revocations = _nonblocking_checks(store)
         self._introspector = _introspector(introspection)
         self.usage = _usage_monitor(usage)
+        # "revoke" promises every instance refuses the token from then on: a store that
+        # cannot revoke would leave it refused only while its usage stays over the limit.
+        if (
+            self.usage is not None
+            and self.usage.policy.action == "revoke"
+            and not any(
+                callable(getattr(store, name, None))
+                for name in ("revoke_token", "revoke_token_sync")
+            )
+        ):
+            raise ConfigurationError(
+                f"UsagePolicy(action='revoke') needs a revocation store with revoke_token; "
+                f"{type(store).__name__} has none (use action='reject')"
+            )
         self._async_usage = self.usage if isinstance(self.usage, UsageMonitor) else None
         self._sync_usage = self.usage if isinstance(self.usage, SyncUsageMonitor) else None
         self._store_name = str(getattr(self.revocation, "name", type(self.revocation).__name__))
@@ -1079,6 +1093,15 @@ class BearerGuard:
         self.require_sync_revocation()
         if self.usage is not None and self._sync_usage is None:
             raise ConfigurationError("the usage monitor has no synchronous side (observe_sync)")
+        if (
+            self.usage is not None
+            and self.usage.policy.action == "revoke"
+            and not callable(getattr(self.revocation, "revoke_token_sync", None))
+        ):
+            raise ConfigurationError(
+                "UsagePolicy(action='revoke') needs a revocation store with revoke_token_sync "
+                "for WSGI"
+            )
 
     def require_sync_revocation(self) -> SyncRevocationStore:
         """The revocation store's synchronous side, for WSGI.

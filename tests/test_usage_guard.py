@@ -119,3 +119,30 @@ def test_wsgi_needs_the_sync_side(session_issuer: DevIssuer) -> None:
 
     with pytest.raises(ConfigurationError, match="synchronous"):
         BearerGuardWSGIMiddleware(app, guard=guard)
+
+
+class _CannotRevoke:
+    """A valid revocation store (both sides) that has no revoke_* methods."""
+
+    async def is_revoked(self, token: AccessToken) -> bool:
+        return False
+
+    def is_revoked_sync(self, token: AccessToken) -> bool:
+        return False
+
+
+class _RevokesAsyncOnly(_CannotRevoke):
+    async def revoke_token(self, jti: str, expires_at: Any = None, *, issuer: Any = None) -> None:
+        return None
+
+
+def test_revoking_needs_a_store_that_can_revoke(session_issuer: DevIssuer) -> None:
+    # Otherwise the "revoked" token would be accepted again once its usage dropped.
+    policy = UsagePolicy(max_uses_per_token=2, action="revoke")
+    with pytest.raises(ConfigurationError, match="revoke_token"):
+        session_issuer.guard(usage=MemoryUsageMonitor(policy), revocation=_CannotRevoke())
+    guard = session_issuer.guard(usage=MemoryUsageMonitor(policy), revocation=_RevokesAsyncOnly())
+    with pytest.raises(ConfigurationError, match="revoke_token_sync"):
+        guard.require_sync_side()
+    rejecting = UsagePolicy(max_uses_per_token=2, action="reject")
+    session_issuer.guard(usage=MemoryUsageMonitor(rejecting), revocation=_CannotRevoke())

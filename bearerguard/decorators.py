@@ -22,6 +22,7 @@ from time import perf_counter
 from typing import Any, TypeVar, cast
 
 from starlette.exceptions import WebSocketException
+from starlette.requests import HTTPConnection
 
 from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth, refusal_for
 from bearerguard._core.scopes import validate_scope_names
@@ -160,10 +161,10 @@ def _with_fastapi_check(
 
     from bearerguard.fastapi import raise_refusal  # noqa: PLC0415 - imports fastapi
 
-    async def bearerguard_scope_check() -> None:
+    async def bearerguard_scope_check(connection: HTTPConnection) -> None:
         auth, denied = _current(requirement.scopes, requirement.any_of)
         if denied is not None:
-            raise_refusal(auth, *denied)
+            raise_refusal(auth, *denied, connection.scope)
 
     signature = inspect.signature(wrapper)
     parameters = list(signature.parameters.values())

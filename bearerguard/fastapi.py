@@ -58,6 +58,7 @@ from bearerguard._core.extract import request_credentials
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard._core.scopes import validate_scope_names
+from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.audit import RequestInfo
 from bearerguard.decorators import (
     REQUIREMENT_ATTRIBUTE,
@@ -104,14 +105,34 @@ def _never_called(refusal: Refusal) -> Any:  # pragma: no cover - marks dependen
     raise AssertionError("a dependency verdict has no framework responder")
 
 
-def raise_refusal(auth: RequestAuth, error: AuthError, refusal: Refusal) -> NoReturn:
+def _middleware_answers(scope: Mapping[str, Any]) -> bool:
+    """Whether a ``Refused`` raised inside ``scope``'s app reaches something that sends it.
+
+    The app's own handler (``install``) or a ``BearerGuardMiddleware`` among its middleware
+    does. When the middleware wraps the app from outside, or sits in front of a ``Mount``
+    holding it, the app's ``ServerErrorMiddleware`` would catch it first and answer 500.
+    """
+    app = scope.get("app")
+    stack = getattr(app, "user_middleware", None)
+    if stack is None or Refused in getattr(app, "exception_handlers", {}):
+        return True
+    return any(
+        isinstance(entry.cls, type) and issubclass(entry.cls, BearerGuardMiddleware)
+        for entry in stack
+    )
+
+
+def raise_refusal(
+    auth: RequestAuth, error: AuthError, refusal: Refusal, scope: Mapping[str, Any]
+) -> NoReturn:
     """Answer a refusal from inside a dependency, already audited.
 
-    As ``Refused`` for the middleware to send when it recorded the verdict; as a
-    ``BearerRefusal`` (an ``HTTPException``) when ``BearerAuth`` did with no middleware in
-    front, so the answer keeps its status and challenge, never a 500.
+    As ``Refused`` for the middleware to send when it recorded the verdict and will see the
+    exception; as a ``BearerRefusal`` (an ``HTTPException``) when ``BearerAuth`` did with no
+    middleware in front, or the middleware is outside the app (wrapping it, or in front of
+    a ``Mount``), so the answer keeps its status and challenge, never a 500.
     """
-    if auth.respond is _never_called:
+    if auth.respond is _never_called or not _middleware_answers(scope):
         raise BearerRefusal(error, refusal)
     raise Refused(error, refusal)
 
@@ -292,7 +313,7 @@ class BearerAuth(SecurityBase):
     ) -> NoReturn:
         if connection.scope["type"] == "websocket":
             raise WebSocketException(code=_POLICY_VIOLATION, reason=error.reason)
-        if from_middleware:
+        if from_middleware and _middleware_answers(connection.scope):
             raise Refused(error, refusal)  # the middleware sends it
         app = connection.scope.get("app")
         handlers = getattr(app, "exception_handlers", {})

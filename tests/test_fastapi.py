@@ -11,7 +11,9 @@ import httpx
 import pytest
 from fastapi import APIRouter, FastAPI, Security
 from pydantic import BaseModel, Field
+from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.routing import Mount
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from structlog.testing import capture_logs
@@ -518,3 +520,45 @@ def test_openapi_documents_included_routers(guard: BearerGuard) -> None:
     operation = app.openapi()["paths"]["/outer/inner/x"]["get"]
     assert operation["security"] == [{"bearerAuth": ["a"]}, {"bearerAuth": ["b"]}]
     assert {"401", "403"} <= set(operation["responses"])
+
+
+@pytest.mark.parametrize("placement", ["wrapping", "mounted"])
+@pytest.mark.parametrize("install", [False, True])
+def test_refusals_when_the_middleware_is_outside_the_fastapi_app(
+    guard: BearerGuard, session_issuer: DevIssuer, placement: str, install: bool
+) -> None:
+    # The middleware wrapping the app, or in front of a Mount holding it: the app's own
+    # ServerErrorMiddleware sees a dependency's refusal before the middleware does.
+    bearer_auth = BearerAuth(guard)
+    api = FastAPI()
+    if install:
+        bearer_auth.install(api)
+
+    @api.get("/items")
+    @requires_scopes("items:read")
+    async def items() -> dict[str, bool]:
+        return {"ok": True}
+
+    @api.get("/me")
+    async def me(token: Annotated[AccessToken, bearer_auth.requires("admin")]) -> dict[str, bool]:
+        return {"ok": True}
+
+    app: Any
+    prefix = ""
+    if placement == "wrapping":
+        app = BearerGuardMiddleware(api, guard=guard)
+    else:
+        prefix = "/api"
+        app = Starlette(
+            routes=[Mount(prefix, app=api)],
+            middleware=[Middleware(BearerGuardMiddleware, guard=guard)],
+        )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for path in ("/items", "/me"):
+            denied = client.get(prefix + path, headers=bearer(session_issuer, "other"))
+            assert denied.status_code == 403, (path, denied.text)
+            assert 'error="insufficient_scope"' in denied.headers["www-authenticate"]
+            if install:
+                assert denied.json()["error"] == "insufficient_scope"
+        allowed = client.get(prefix + "/items", headers=bearer(session_issuer, "items:read"))
+    assert allowed.json() == {"ok": True}

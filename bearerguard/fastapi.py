@@ -254,6 +254,7 @@ class BearerAuth(SecurityBase):
         guard = self.guard
         started = perf_counter()
         authorization = [value for name, value in scope["headers"] if name == b"authorization"]
+        info = _describe(scope)
         try:
             raw = request_credentials(
                 authorization,
@@ -262,14 +263,15 @@ class BearerAuth(SecurityBase):
                 _NO_PUBLIC_PATHS,
                 max_bytes=guard.max_token_bytes,
             )
-            # request_credentials refuses a missing token on a non-public path.
-            token = await guard.authenticate(raw or "")
+            # request_credentials refuses a missing token on a non-public path. The client's
+            # address and the request, as the middleware gives them: usage monitoring counts
+            # the address, and a token.anomaly event describes the request.
+            token = await guard.authenticate(raw or "", client=info.client, request=info)
         except AuthError as error:
-            guard.audit.refused(error, _describe(scope), perf_counter() - started)
+            guard.audit.refused(error, info, perf_counter() - started)
             self._raise(
                 connection, error, refusal_for(guard, error, required), from_middleware=False
             )
-        info = _describe(scope)
         auth = RequestAuth(
             guard,
             token,

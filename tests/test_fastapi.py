@@ -29,6 +29,7 @@ from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.errors import ConfigurationError
 from bearerguard.fastapi import BearerAuth, oauth2_flows
 from bearerguard.testing import DevIssuer
+from bearerguard.usage import MemoryUsageMonitor, UsagePolicy
 
 pytestmark = pytest.mark.anyio
 
@@ -562,3 +563,21 @@ def test_refusals_when_the_middleware_is_outside_the_fastapi_app(
                 assert denied.json()["error"] == "insufficient_scope"
         allowed = client.get(prefix + "/items", headers=bearer(session_issuer, "items:read"))
     assert allowed.json() == {"ok": True}
+
+
+def test_without_middleware_usage_monitoring_counts_the_client_address(
+    session_issuer: DevIssuer,
+) -> None:
+    guard = session_issuer.guard(
+        usage=MemoryUsageMonitor(UsagePolicy(max_addresses_per_token=1, action="reject"))
+    )
+    app = build_api(guard, middleware=False)
+    headers = bearer(session_issuer)
+    with capture_logs() as events:
+        with TestClient(app, client=("198.51.100.7", 4000)) as here:
+            assert here.get("/me", headers=headers).status_code == 200
+        with TestClient(app, client=("203.0.113.50", 4000)) as elsewhere:
+            replayed = elsewhere.get("/me", headers=headers)
+    assert_refusal(replayed, 401, "invalid_token")
+    anomaly = next(event for event in events if event["event"] == "token.anomaly")
+    assert (anomaly["method"], anomaly["path"], anomaly["client"]) == ("GET", "/me", "203.0.113.50")

@@ -77,6 +77,7 @@ _POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
 _NO_PUBLIC_PATHS = PublicPaths(())
 _MAX_ALTERNATIVES = 64  # any-of groups multiply; past this the document lists the groups
 _ERROR_SCHEMA = "BearerError"
+_INSTALLED = "__bearerguard_schemes__"  # on app.openapi: the scheme names it documents
 
 
 class BearerRefusal(HTTPException):
@@ -370,11 +371,17 @@ class BearerAuth(SecurityBase):
         Registers the exception handler for ``BearerRefusal``, and makes ``app.openapi()``
         list, per operation that needs a token, the scopes (any-of as alternatives), the
         scheme (also for operations protected by ``requires_scopes`` behind the
-        middleware), and the 401 and 403 responses. Returns ``app``.
+        middleware), and the 401 and 403 responses. Returns ``app``. Installing again (as
+        ``protect`` does) changes nothing.
         """
         app.add_exception_handler(BearerRefusal, _answer_refusal)
         app.add_exception_handler(Refused, _answer_refusal)
         generate = app.openapi
+        installed: tuple[str, ...] = getattr(generate, _INSTALLED, ())
+        if self.scheme_name in installed:
+            # Documenting a schema twice under one scheme would read the any-of
+            # alternatives written the first time as scopes all required.
+            return app
         documented: list[dict[str, Any]] = []  # the schema already documented, held on to
 
         def openapi() -> dict[str, Any]:
@@ -384,6 +391,7 @@ class BearerAuth(SecurityBase):
                 documented[:] = [schema]
             return schema
 
+        setattr(openapi, _INSTALLED, (*installed, self.scheme_name))
         app.openapi = openapi  # type: ignore[method-assign]
         return app
 

@@ -581,3 +581,23 @@ def test_without_middleware_usage_monitoring_counts_the_client_address(
     assert_refusal(replayed, 401, "invalid_token")
     anomaly = next(event for event in events if event["event"] == "token.anomaly")
     assert (anomaly["method"], anomaly["path"], anomaly["client"]) == ("GET", "/me", "203.0.113.50")
+
+
+def test_installing_twice_documents_any_of_once(guard: BearerGuard) -> None:
+    bearer_auth = BearerAuth(guard)
+    app = bearer_auth.install(FastAPI())
+    bearer_auth.protect(app)  # installs again
+    BearerAuth(guard).install(app)  # the same scheme name
+
+    @app.get("/x", dependencies=[bearer_auth.requires_any("a", "b")])
+    async def x() -> None:
+        pass  # pragma: no cover
+
+    @app.get("/y")
+    @requires_any_scope("c", "d")
+    async def y() -> None:
+        pass  # pragma: no cover
+
+    paths = app.openapi()["paths"]
+    assert paths["/x"]["get"]["security"] == [{"bearerAuth": ["a"]}, {"bearerAuth": ["b"]}]
+    assert paths["/y"]["get"]["security"] == [{"bearerAuth": ["c"]}, {"bearerAuth": ["d"]}]

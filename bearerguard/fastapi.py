@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextvars import Token
 from time import perf_counter
 from typing import Any, NoReturn
 
@@ -178,6 +179,12 @@ def oauth2_flows(
     return OAuthFlowsModel.model_validate(built)
 
 
+def _forget(reset: Token[RequestAuth | None] | None) -> None:
+    """Undo the dependency's ``current_auth.set``, if it made one."""
+    if reset is not None:
+        current_auth.reset(reset)
+
+
 def _describe(scope: Mapping[str, Any]) -> RequestInfo:
     client = scope.get("client")
     request_id = next((v for n, v in scope.get("headers", ()) if n == b"x-request-id"), None)
@@ -234,24 +241,31 @@ class BearerAuth(SecurityBase):
 
     async def __call__(
         self, connection: HTTPConnection, security_scopes: SecurityScopes
-    ) -> AccessToken:
+    ) -> AsyncIterator[AccessToken]:
         """Verify the request's token and the scopes the operation declared (all of them).
+
+        A dependency with ``yield``: the token it yields is the dependency's value.
 
         Raises:
             Refused, BearerRefusal: the RFC 6750 refusal, already audited.
             WebSocketException: on a websocket, code 1008 (before ``accept``).
         """
         required = tuple(security_scopes.scopes)
-        auth = await self._authenticate(connection, required)
-        return self._check(connection, auth, required, any_of=False)
+        auth, reset = await self._authenticate(connection, required)
+        try:
+            yield self._check(connection, auth, required, any_of=False)
+        finally:
+            _forget(reset)
 
     async def _authenticate(
         self, connection: HTTPConnection, required: tuple[str, ...]
-    ) -> RequestAuth:
+    ) -> tuple[RequestAuth, Token[RequestAuth | None] | None]:
+        """The request's verdict, and the context variable's token to reset once the request
+        is over (``None`` when this call did not set it)."""
         scope = connection.scope
         found = scope.get(SCOPE_KEY)
         if isinstance(found, RequestAuth) and found.guard is self.guard:
-            return found  # the middleware's verdict, or this dependency's earlier one
+            return found, None  # the middleware's verdict, or this dependency's earlier one
         guard = self.guard
         started = perf_counter()
         authorization = [value for name, value in scope["headers"] if name == b"authorization"]
@@ -286,8 +300,10 @@ class BearerAuth(SecurityBase):
         )
         guard.audit.accepted(token, auth, perf_counter() - started)
         scope[SCOPE_KEY] = auth
-        current_auth.set(auth)  # get_access_token() in the handler; the task ends with it
-        return auth
+        # get_access_token() in the handler, until the dependency exits: the task serving
+        # this request may serve the next one (httpx.ASGITransport runs every request in
+        # the caller's task), which must not see this token.
+        return auth, current_auth.set(auth)
 
     def _check(
         self,
@@ -353,11 +369,14 @@ class BearerAuth(SecurityBase):
 
         async def any_scope(
             connection: HTTPConnection, security_scopes: SecurityScopes
-        ) -> AccessToken:
+        ) -> AsyncIterator[AccessToken]:
             # The all-of scopes declared around this dependency still apply.
-            auth = await bearer._authenticate(connection, tuple(security_scopes.scopes))
-            bearer._check(connection, auth, tuple(security_scopes.scopes), any_of=False)
-            return bearer._check(connection, auth, required, any_of=True)
+            auth, reset = await bearer._authenticate(connection, tuple(security_scopes.scopes))
+            try:
+                bearer._check(connection, auth, tuple(security_scopes.scopes), any_of=False)
+                yield bearer._check(connection, auth, required, any_of=True)
+            finally:
+                _forget(reset)
 
         setattr(any_scope, REQUIREMENT_ATTRIBUTE, ScopeRequirement(required, any_of=True))
         any_scope.__qualname__ = f"requires_any({', '.join(required)})"

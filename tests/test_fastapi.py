@@ -601,3 +601,29 @@ def test_installing_twice_documents_any_of_once(guard: BearerGuard) -> None:
     paths = app.openapi()["paths"]
     assert paths["/x"]["get"]["security"] == [{"bearerAuth": ["a"]}, {"bearerAuth": ["b"]}]
     assert paths["/y"]["get"]["security"] == [{"bearerAuth": ["c"]}, {"bearerAuth": ["d"]}]
+
+
+async def test_without_middleware_the_token_does_not_outlive_its_request(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # httpx.ASGITransport serves every request in the caller's task, as a server may serve
+    # several requests in one: the next request must not see this one's token.
+    app = build_api(guard, middleware=False)
+
+    @app.get("/whoami")
+    async def whoami() -> str | None:
+        token = get_access_token()
+        return None if token is None else token.subject
+
+    @app.get("/unprotected")
+    @requires_scopes("items:read")
+    async def unprotected() -> str:
+        return "served"  # pragma: no cover - no BearerAuth: the decorator fails loudly
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/me", headers=bearer(session_issuer, "items:read"))).is_success
+        assert (await client.get("/items", headers=bearer(session_issuer, "items:read"))).is_success
+        assert (await client.get("/whoami")).json() is None
+        assert (await client.get("/unprotected")).status_code == 500
+    assert get_access_token() is None

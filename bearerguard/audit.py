@@ -25,6 +25,7 @@ __all__ = ["AUDIT_LOGGER_NAME", "AuditLog", "RequestInfo", "token_fields"]
 
 AUDIT_LOGGER_NAME = "bearerguard.audit"
 _MAX_FIELD = 128  # header values chosen by clients are truncated before logging
+_MAX_PATH = 512
 
 
 class RequestInfo:
@@ -46,10 +47,10 @@ class RequestInfo:
         """The event fields describing the request, truncated."""
         request_id = self.request_id
         return {
-            "method": self.method[:_MAX_FIELD],
-            "path": self.path[:512],
+            "method": _printable(self.method[:_MAX_FIELD]),
+            "path": _printable(self.path[:_MAX_PATH]),
             "client": self.client,
-            "request_id": request_id[:_MAX_FIELD] if request_id else None,
+            "request_id": _printable(request_id[:_MAX_FIELD]) if request_id else None,
         }
 
 
@@ -62,6 +63,14 @@ def _escaped(value: str) -> str:
     return value.encode("unicode_escape").decode("ascii")
 
 
+def _printable(value: str) -> str:
+    """``value`` itself when every character prints; else with Python's escapes for the
+    text (``\\n``, ``\\x1b``, ``\\u2028``, a lone surrogate): a percent-encoded line break
+    in a path, or a control character in a header or claim, can neither forge a log line
+    nor fail a sink's encoding, whatever the application's renderer."""
+    return value if value.isprintable() else value.encode("unicode_escape").decode("ascii")
+
+
 def _milliseconds(seconds: float) -> float:
     """``seconds`` in milliseconds to the microsecond (``round(x, 3)`` costs three times more)."""
     return round(seconds * 1_000_000) / 1000
@@ -69,14 +78,21 @@ def _milliseconds(seconds: float) -> float:
 
 def token_fields(token: AccessToken) -> dict[str, Any]:
     """The event fields describing ``token``: the middlewares build them once per cached token."""
+    subject, client_id, token_id, key_id = (
+        token.subject,
+        token.client_id,
+        token.token_id,
+        token.key_id,
+    )
+    # Signed by the issuer, but some issuers put user-chosen text in them (a username as sub).
     return {
-        "sub": token.subject,
-        "client_id": token.client_id,
-        "iss": token.issuer,
-        "jti": token.token_id,
-        "kid": token.key_id,
+        "sub": None if subject is None else _printable(subject),
+        "client_id": None if client_id is None else _printable(client_id),
+        "iss": _printable(token.issuer),
+        "jti": None if token_id is None else _printable(token_id),
+        "kid": None if key_id is None else _printable(key_id),
         "alg": token.algorithm,
-        "scopes": sorted(token.scopes),
+        "scopes": [_printable(scope) for scope in sorted(token.scopes)],
         "token_fp": token.fingerprint,
     }
 
@@ -211,10 +227,10 @@ class AuditLog:
             token_logger.info(
                 "token.accepted",
                 latency_ms=_milliseconds(latency),
-                method=request.method[:_MAX_FIELD],
-                path=request.path[:512],
+                method=_printable(request.method[:_MAX_FIELD]),
+                path=_printable(request.path[:_MAX_PATH]),
                 client=request.client,
-                request_id=request_id[:_MAX_FIELD] if request_id else None,
+                request_id=_printable(request_id[:_MAX_FIELD]) if request_id else None,
             )
             return
         self._logger.info(
@@ -224,10 +240,10 @@ class AuditLog:
             status=None,
             latency_ms=_milliseconds(latency),
             binding=binding,
-            method=request.method[:_MAX_FIELD],
-            path=request.path[:512],
+            method=_printable(request.method[:_MAX_FIELD]),
+            path=_printable(request.path[:_MAX_PATH]),
             client=request.client,
-            request_id=request_id[:_MAX_FIELD] if request_id else None,
+            request_id=_printable(request_id[:_MAX_FIELD]) if request_id else None,
             **(token_fields(token) if described is None else described),
         )
         if self._proxy is not None:

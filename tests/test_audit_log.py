@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import logging
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
@@ -322,3 +323,63 @@ def test_unverified_header_text_is_escaped_in_audit_events(
     assert event["kid"].isascii()
     assert event["kid"].isprintable()
     assert event["alg"] == "ES256"
+
+
+FORGED = "\n2026-11-29 [info     ] token.accepted sub=admin\x1b[0m\u2028"
+
+
+def _forging_asgi(guard: BearerGuard) -> Callable[[str, dict[str, str]], int]:
+    # Any path, line breaks included (a router's path pattern would not match those).
+    client = TestClient(BearerGuardMiddleware(PlainTextResponse("hello"), guard=guard))
+
+    def get(path: str, headers: dict[str, str]) -> int:
+        return client.get(path, headers=headers).status_code
+
+    return get
+
+
+def _forging_wsgi(guard: BearerGuard) -> Callable[[str, dict[str, str]], int]:
+    def hello(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"hello"]
+
+    app = BearerGuardWSGIMiddleware(hello, guard=guard)
+
+    def get(path: str, headers: dict[str, str]) -> int:
+        seen: list[str] = []
+        environ = {
+            "REQUEST_METHOD": "GET",
+            # PEP 3333: the percent-decoded path's bytes, as latin-1 text.
+            "PATH_INFO": urllib.parse.unquote(path).encode().decode("latin-1"),
+            "QUERY_STRING": "",
+            "REMOTE_ADDR": "127.0.0.1",
+            **{f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers.items()},
+        }
+        b"".join(app(environ, lambda status, _headers, *_: seen.append(status)))
+        return int(seen[0].split()[0])
+
+    return get
+
+
+@pytest.mark.parametrize("serve", [_forging_asgi, _forging_wsgi], ids=["asgi", "wsgi"])
+def test_request_and_token_text_is_escaped_in_audit_events(
+    session_issuer: DevIssuer, serve: Callable[[BearerGuard], Callable[[str, dict[str, str]], int]]
+) -> None:
+    sink = Sink()
+    get = serve(session_issuer.guard(audit_logger=structlog.wrap_logger(None, processors=[sink])))
+    path = "/items" + urllib.parse.quote(FORGED)
+    token = session_issuer.mint(sub="alice" + FORGED)
+    headers = {"Authorization": f"Bearer {token}", "X-Request-ID": "r1\x1b[0m"}
+    # A first sight of the token, a cache hit, and a refusal.
+    assert get(path, headers) == 200
+    assert get(path, headers) == 200
+    assert get(path, {"X-Request-ID": "r1\x1b[0m"}) == 401
+    assert [event["event"] for event in sink.events] == ["token.accepted"] * 2 + ["token.rejected"]
+    for event in sink.events:
+        for value in event.values():
+            assert not isinstance(value, str) or value.isprintable()
+        assert event["path"].startswith("/items\\n2026-11-29 [info     ] token.accepted")
+        assert event["request_id"] == "r1\\x1b[0m"
+    for event in sink.events[:2]:
+        assert event["sub"] == "alice" + FORGED.encode("unicode_escape").decode()
+        assert event["sub"].startswith("alice\\n2026-11-29 [info     ] token.accepted")

@@ -140,7 +140,11 @@ def _websocket_credentials(
             # The raw header carries them too (RFC 6455 §4.1): rewritten without the token.
             headers = [(n, v) for n, v in scope["headers"] if n != b"sec-websocket-protocol"]
             if kept:
-                headers.append((b"sec-websocket-protocol", ", ".join(kept).encode("latin-1")))
+                try:
+                    header = ", ".join(kept).encode("latin-1")  # as servers decode it
+                except UnicodeEncodeError:
+                    raise InvalidRequestError("a subprotocol that is not latin-1 text") from None
+                headers.append((b"sec-websocket-protocol", header))
             scope["headers"] = headers
             found.extend(p[len(WEBSOCKET_TOKEN_PROTOCOL_PREFIX) :].encode() for p in tokens)
     if "query" in allowed and has_query_token(query):

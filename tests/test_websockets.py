@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -147,3 +148,37 @@ def test_scope_denial_closes_before_accept(guard: BearerGuard, session_issuer: D
 def test_opt_ins_are_validated(guard: BearerGuard, credentials: Any) -> None:
     with pytest.raises(ConfigurationError, match="websocket_credentials"):
         BearerGuardMiddleware(build(guard), guard=guard, websocket_credentials=credentials)
+
+
+def test_a_subprotocol_that_is_not_latin1_is_refused_not_a_500(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # Servers decode the header as latin-1; a scope built otherwise must still get an answer.
+    token = session_issuer.mint(audience="https://api.example")
+    scope: dict[str, Any] = {
+        "type": "websocket",
+        "path": "/ws",
+        "raw_path": b"/ws",
+        "query_string": b"",
+        "headers": [(b"sec-websocket-protocol", b"chat, bearer.x")],
+        "subprotocols": ["chat\u0100", PREFIX + token],
+        "client": ("127.0.0.1", 1234),
+    }
+    sent: list[dict[str, Any]] = []
+    reached: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(True)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    middleware = BearerGuardMiddleware(app, guard=guard, websocket_credentials=["subprotocol"])
+    with capture_logs() as events:
+        asyncio.run(middleware(scope, receive, send))
+    assert reached == []
+    assert sent == [{"type": "websocket.close", "code": 1008, "reason": "invalid_request"}]
+    assert [event["event"] for event in events] == ["token.rejected"]

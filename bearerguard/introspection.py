@@ -40,7 +40,7 @@ from bearerguard._core.introspected import (
 )
 from bearerguard._core.scopes import split_scope
 from bearerguard.errors import ConfigurationError, ServiceUnavailableError
-from bearerguard.jwks import check_url, client_options
+from bearerguard.jwks import check_url, client_options, deadline_client
 
 __all__ = [
     "InactiveTokenError",
@@ -160,10 +160,9 @@ async def _post_async(
 
 
 def _post_sync(
-    client: httpx.Client, url: str, request: _Request, limits: _Limits
+    client: httpx.Client, url: str, request: _Request, limits: _Limits, deadline: float
 ) -> _Response | IntrospectionError:
     timeout, max_bytes = limits.timeout, limits.max_bytes
-    deadline = time.monotonic() + timeout
     try:
         with client.stream(
             "POST", url, content=request.body, headers=dict(request.headers)
@@ -301,8 +300,10 @@ class Introspector:
         except StopIteration as done:
             cached: IntrospectionResult = done.value
             return cached
-        with httpx.Client(**self._client_options()) as client:
-            outcome = _post_sync(client, self.endpoint, request, self._limits)
+        # One deadline for the whole exchange, as anyio.fail_after gives the async side.
+        deadline = time.monotonic() + self.timeout
+        with deadline_client(self._client_options(), deadline) as client:
+            outcome = _post_sync(client, self.endpoint, request, self._limits, deadline)
         return _finish(flow, outcome)
 
     def forget(self, token: str) -> None:

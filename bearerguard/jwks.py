@@ -10,12 +10,13 @@ import ipaddress
 import json
 import ssl
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import httpcore
 import httpx
 
 from bearerguard.__about__ import __version__
@@ -30,6 +31,7 @@ __all__ = [
     "JWKSFetcher",
     "check_url",
     "client_options",
+    "deadline_client",
     "discovery_urls",
 ]
 
@@ -144,8 +146,106 @@ async def _get_async(
         return FetchError(f"GET {url} failed: {type(exc).__name__}: {exc}")
 
 
-def _get_sync(client: httpx.Client, url: str, policy: FetchPolicy) -> _Response | FetchError:
-    deadline = time.monotonic() + policy.timeout
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by ``deadline`` (``time.monotonic()``).
+
+    httpx's sync timeouts bound each socket operation: a server sending its status line or
+    headers a byte at a time would hold the thread for ever. Each operation here waits at
+    most what is left of the whole exchange, and fails at once past it.
+    """
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: float) -> None:
+        self._stream = stream
+        self._deadline = deadline
+
+    def _left(self, timeout: float | None, error: type[Exception]) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise error("deadline exceeded")
+        return left if timeout is None else min(timeout, left)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        left = self._left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._stream.start_tls(ssl_context, server_hostname, left), self._deadline
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's sync backend, its connections bounded by one deadline (``_DeadlineStream``)."""
+
+    def __init__(self, deadline: float) -> None:
+        self._backend = httpcore.SyncBackend()
+        self._deadline = deadline
+
+    def _left(self, timeout: float | None) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise httpcore.ConnectTimeout("deadline exceeded")
+        return left if timeout is None else min(timeout, left)
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._backend.connect_tcp(
+            host, port, self._left(timeout), local_address, socket_options
+        )
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._backend.connect_unix_socket(path, self._left(timeout), socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def deadline_client(options: dict[str, Any], deadline: float) -> httpx.Client:
+    """A sync client (``client_options``) whose whole use ends by ``deadline`` (monotonic).
+
+    Past it, or when a read, write or connection would outlast it, httpx raises a
+    ``TimeoutException``: the sync counterpart of the ``anyio.fail_after`` around async
+    exchanges.
+    """
+    transport = httpx.HTTPTransport(verify=options["verify"], trust_env=False)
+    # httpx offers no way to pass a network backend: its pool is rebuilt with ours.
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=options["verify"],
+        network_backend=_DeadlineBackend(deadline),
+    )
+    return httpx.Client(transport=transport, **options)
+
+
+def _get_sync(
+    client: httpx.Client, url: str, policy: FetchPolicy, deadline: float
+) -> _Response | FetchError:
     try:
         with client.stream("GET", url) as response:
             if response.status_code != 200:
@@ -158,6 +258,8 @@ def _get_sync(client: httpx.Client, url: str, policy: FetchPolicy) -> _Response 
             return _Response(body.finish(), response.headers.get("cache-control"))
     except BodyError as exc:
         return FetchError(f"GET {url}: {exc}")
+    except httpx.TimeoutException:
+        return FetchError(f"GET {url} timed out after {policy.timeout}s")
     except httpx.HTTPError as exc:
         return FetchError(f"GET {url} failed: {type(exc).__name__}: {exc}")
 
@@ -259,13 +361,17 @@ class JWKSFetcher:
                 return result
 
     def fetch_sync(self) -> tuple[Any, float | None]:
-        """Fetch the key set document, blocking this thread (for WSGI); as ``fetch``."""
+        """Fetch the key set document, blocking this thread (for WSGI); as ``fetch``.
+
+        The whole fetch (discovery included) ends within ``policy.timeout``.
+        """
+        deadline = time.monotonic() + self.policy.timeout
         flow = self._flow()
-        with httpx.Client(**self._client_options()) as client:
+        with deadline_client(self._client_options(), deadline) as client:
             try:
                 url = next(flow)
                 while True:
-                    url = _advance(flow, _get_sync(client, url, self.policy))
+                    url = _advance(flow, _get_sync(client, url, self.policy, deadline))
             except StopIteration as done:
                 result: _Result = done.value
                 return result

@@ -127,10 +127,11 @@ class _Response:
 
 
 async def _get_async(
-    client: httpx.AsyncClient, url: str, policy: FetchPolicy
+    client: httpx.AsyncClient, url: str, policy: FetchPolicy, deadline: float
 ) -> _Response | FetchError:
     try:
-        with anyio.fail_after(policy.timeout):
+        # What is left of the whole fetch's timeout (discovery included), not a fresh one.
+        with anyio.fail_after(max(deadline - time.monotonic(), 0.0)):
             async with client.stream("GET", url) as response:
                 if response.status_code != 200:
                     return FetchError(f"GET {url} answered {response.status_code}")
@@ -344,18 +345,21 @@ class JWKSFetcher:
     async def fetch(self) -> tuple[Any, float | None]:
         """Fetch the key set document without blocking the event loop.
 
+        The whole fetch (discovery included) ends within ``policy.timeout``.
+
         Returns:
             The parsed JSON, and the ``max-age`` its response allowed (``None`` if unsaid).
 
         Raises:
             FetchError: the network, the server or the document failed.
         """
+        deadline = time.monotonic() + self.policy.timeout
         flow = self._flow()
         async with httpx.AsyncClient(**self._client_options()) as client:
             try:
                 url = next(flow)
                 while True:
-                    url = _advance(flow, await _get_async(client, url, self.policy))
+                    url = _advance(flow, await _get_async(client, url, self.policy, deadline))
             except StopIteration as done:
                 result: _Result = done.value
                 return result

@@ -1,11 +1,13 @@
-"""Sync fetches end within their timeout, however slowly the server answers."""
+"""Fetches end within their timeout, however slowly the server answers."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -71,3 +73,50 @@ def test_a_sync_introspection_ends_within_its_timeout(dripping_server: str) -> N
     with pytest.raises(IntrospectionError, match="timed out"):
         introspector.introspect_sync("opaque")
     assert time.monotonic() - started < 1.5
+
+
+class _SlowIssuer(BaseHTTPRequestHandler):
+    """Discovery metadata, then the key set, each answered after 0.3 s."""
+
+    def do_GET(self) -> None:
+        time.sleep(0.3)
+        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if self.path.endswith("openid-configuration"):
+            body = json.dumps({"issuer": base, "jwks_uri": f"{base}/jwks"}).encode()
+        else:
+            body = b'{"keys": []}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def slow_issuer() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowIssuer)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.anyio
+async def test_an_async_discovery_and_fetch_end_within_one_timeout(slow_issuer: str) -> None:
+    # Each GET alone is within the timeout; discovery and the key set together are not.
+    fetcher = JWKSFetcher(slow_issuer, None, FetchPolicy(timeout=0.5))
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="timed out"):
+        await fetcher.fetch()
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_slow_sync_discovery_and_fetch_end_within_one_timeout(slow_issuer: str) -> None:
+    fetcher = JWKSFetcher(slow_issuer, None, FetchPolicy(timeout=0.5))
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="timed out"):
+        fetcher.fetch_sync()
+    assert time.monotonic() - started < 1.0

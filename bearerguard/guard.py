@@ -579,6 +579,7 @@ class BearerGuard:
         )
         self._refreshing: anyio.Event | None = None
         self._fetch_lock = threading.Lock()
+        self._fetches = 0  # sync fetches ended: tells a thread that waited whether one ran
         self._fetch_timeout = (fetch or FetchPolicy()).timeout
         if metrics is not None and not isinstance(metrics, MetricsHook):
             raise ConfigurationError("metrics must implement MetricsHook (increment, observe)")
@@ -1126,11 +1127,17 @@ class BearerGuard:
         # A thread with usable keys never waits for another's fetch; one without waits at
         # most one fetch timeout, then goes on with what there is.
         lock = self._fetch_lock
-        if cache.usable(self.clock()) and not unknown_kid:
-            if not lock.acquire(blocking=False):
+        fetches = self._fetches
+        if not lock.acquire(blocking=False):
+            if (cache.usable(self.clock()) and not unknown_kid) or not lock.acquire(
+                timeout=self._fetch_timeout
+            ):
                 return
-        elif not lock.acquire(timeout=self._fetch_timeout):
-            return
+            if self._fetches != fetches:
+                # A fetch ended while this thread waited: go on with what it brought, as the
+                # async side does; a fetch of its own would block it for a second timeout.
+                lock.release()
+                return
         try:
             # Another thread may have fetched while this one waited: ask the rules again.
             now = self.clock()
@@ -1146,6 +1153,8 @@ class BearerGuard:
                 self._keys_failed(exc)
             else:
                 self._install_keys(document, max_age)
+            finally:
+                self._fetches += 1  # under the lock
         finally:
             lock.release()
 

@@ -189,6 +189,34 @@ def test_a_slow_key_set_blocks_no_longer_than_the_fetch_timeout(issuer: DevIssue
     assert time.perf_counter() - started < 1.5
 
 
+def test_a_thread_that_waited_for_a_fetch_does_not_fetch_again(issuer: DevIssuer) -> None:
+    # The fetch fails at its timeout, by when the cooldown has passed: a thread that waited
+    # for it goes on without a second fetch, so it too blocks at most one fetch timeout.
+    from bearerguard import FetchPolicy
+
+    issuer.overrides["/jwks.json"] = Override(body=issuer.jwks_bytes(), delay=2.0)
+    guard = issuer.guard(
+        jwks_uri=issuer.jwks_uri,
+        fetch=FetchPolicy(timeout=0.5),
+        refresh=RefreshPolicy(cooldown=0.5),
+    )
+    token = issuer.mint()
+
+    def fetching() -> None:
+        with pytest.raises(KeySetUnavailableError):
+            guard.authenticate_sync(token)
+
+    first = threading.Thread(target=fetching)
+    first.start()
+    time.sleep(0.15)
+    started = time.perf_counter()
+    with pytest.raises(KeySetUnavailableError):
+        guard.authenticate_sync(token)
+    assert time.perf_counter() - started < 0.75
+    first.join()
+    assert issuer.fetch_count("/jwks.json") == 1
+
+
 def test_unknown_kid_refreshes_then_refuses(issuer: DevIssuer) -> None:
     guard = issuer.guard(refresh=RefreshPolicy(cooldown=0))
     guard.authenticate_sync(issuer.mint())

@@ -194,6 +194,11 @@ class RedisUsageMonitor:
         self._slots: anyio.Semaphore | None = None
 
     @property
+    def synchronous(self) -> bool:
+        """Whether this monitor has its synchronous side (a synchronous client), for WSGI."""
+        return self._clients.sync is not None
+
+    @property
     def policy(self) -> UsagePolicy:
         """The limits, the action and the failure mode."""
         return self._policy

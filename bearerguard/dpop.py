@@ -173,6 +173,11 @@ class RedisDPoPReplayStore:
             client_name="bearerguard-dpop",
         )
 
+    @property
+    def synchronous(self) -> bool:
+        """Whether this store has its synchronous side (a synchronous client), for WSGI."""
+        return self._clients.sync is not None
+
     def _ttl_ms(self, ttl: float) -> int:
         return max(int(ttl * 1000), 1)
 

@@ -1089,10 +1089,20 @@ class BearerGuard:
         """Check that everything this guard calls offers a synchronous side, for WSGI.
 
         Raises:
-            ConfigurationError: the revocation store or the usage monitor is async-only.
+            ConfigurationError: the revocation store, the usage monitor or the DPoP replay
+                store is async-only (a Redis-backed one: built with only ``async_client``).
         """
-        self.require_sync_revocation()
-        if self.usage is not None and self._sync_usage is None:
+        # A Redis-backed component given only an asynchronous client answers every
+        # synchronous call with an error: as good as no synchronous side (checked here, once:
+        # a closed store drops its client, and then answers 503).
+        if getattr(self.require_sync_revocation(), "synchronous", True) is False:
+            raise ConfigurationError(
+                f"{type(self.revocation).__name__} has no synchronous client: give it url= "
+                "or client= for WSGI"
+            )
+        if self.usage is not None and (
+            self._sync_usage is None or getattr(self.usage, "synchronous", True) is False
+        ):
             raise ConfigurationError("the usage monitor has no synchronous side (observe_sync)")
         if (
             self.usage is not None
@@ -1102,6 +1112,10 @@ class BearerGuard:
             raise ConfigurationError(
                 "UsagePolicy(action='revoke') needs a revocation store with revoke_token_sync "
                 "for WSGI"
+            )
+        if self.dpop is not None and getattr(self.dpop.replay, "synchronous", True) is False:
+            raise ConfigurationError(
+                "the DPoP replay store has no synchronous side: give it url= or client="
             )
 
     def require_sync_revocation(self) -> SyncRevocationStore:

@@ -252,3 +252,31 @@ def test_flask_get_access_token_forms(session_issuer: DevIssuer) -> None:
             "/", headers={"Authorization": f"Bearer {session_issuer.mint(sub='lee')}"}
         )
     assert response.json() == {"same": True, "sub": "lee"}
+
+
+def test_redis_components_without_a_synchronous_client_are_refused_at_construction(
+    session_issuer: DevIssuer,
+) -> None:
+    # Built with only async_client=, each would answer every WSGI request with an error
+    # (a 503, or monitoring silently off): refused when the middleware is built instead.
+    import redis.asyncio as aredis
+
+    from bearerguard.dpop import DPoPPolicy, RedisDPoPReplayStore
+    from bearerguard.usage import RedisUsageMonitor, UsagePolicy
+
+    async_client = aredis.Redis()
+    for options in (
+        {"revocation": RedisRevocationStore(async_client=async_client)},
+        {"usage": RedisUsageMonitor(UsagePolicy(max_uses_per_token=5), async_client=async_client)},
+        {"dpop": DPoPPolicy(replay=RedisDPoPReplayStore(async_client=async_client))},
+    ):
+        guard = session_issuer.guard(in_process=True, **options)
+        with pytest.raises(ConfigurationError, match="synchronous"):
+            BearerGuardWSGIMiddleware(hello_app, guard=guard)
+    # With a synchronous client each is accepted.
+    for options in (
+        {"revocation": RedisRevocationStore("redis://127.0.0.1:1/0")},
+        {"usage": RedisUsageMonitor(UsagePolicy(max_uses_per_token=5), "redis://127.0.0.1:1/0")},
+        {"dpop": DPoPPolicy(replay=RedisDPoPReplayStore("redis://127.0.0.1:1/0"))},
+    ):
+        BearerGuardWSGIMiddleware(hello_app, guard=session_issuer.guard(in_process=True, **options))

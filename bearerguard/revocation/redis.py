@@ -594,6 +594,11 @@ class RedisRevocationStore:
     # -- health ---------------------------------------------------------------------------
 
     @property
+    def synchronous(self) -> bool:
+        """Whether this store has its synchronous side (a synchronous client), for WSGI."""
+        return self._clients.sync is not None
+
+    @property
     def healthy(self) -> bool:
         """Whether a check would be answered now (no I/O).
 

@@ -705,3 +705,48 @@ async def test_reused_tokens_are_cleared_by_the_mirror_without_a_round_trip(
     await eventually(lambda: guard.reused(kept) is None, 2.0)
     with pytest.raises(RevocationStoreError):
         mirrored.is_revoked_now(token())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_worker_does_not_trust_the_mirror_it_inherited(
+    redis_server: RedisServer, redis_namespace: str
+) -> None:
+    # A pre-forking server (gunicorn --preload) starts the mirror, then forks: no runner
+    # feeds the child's copy, so a revocation made after the fork must still be seen there
+    # (it went unseen until failure_timeout ran out).
+    import warnings
+
+    store = RedisRevocationStore(redis_server.url, namespace=redis_namespace, failure_timeout=5)
+    admin = RedisRevocationStore(redis_server.url, namespace=redis_namespace, mirror=False)
+    try:
+        store.start_sync()
+        checked = token(jti="after-fork")
+        read, write = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the pipe
+            outcome = b"unseen"
+            try:
+                time.sleep(0.3)  # the parent revokes meanwhile
+                deadline = time.monotonic() + 2.0
+                while time.monotonic() < deadline:
+                    try:
+                        if store.is_revoked_sync(checked):
+                            outcome = b"seen"
+                            break
+                    except RevocationStoreError:
+                        pass
+                    time.sleep(0.01)
+            finally:
+                os.write(write, outcome)
+                os._exit(0)
+        os.close(write)
+        admin.revoke_token_sync("after-fork", time.time() + 600, issuer=ISS)
+        with os.fdopen(read, "rb") as pipe:
+            reported = pipe.read()
+        os.waitpid(pid, 0)
+        assert reported == b"seen"
+    finally:
+        store.close()
+        admin.close()

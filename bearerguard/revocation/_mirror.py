@@ -298,6 +298,24 @@ class Mirror:
         self.settled.set()
         return was_live
 
+    def forked(self) -> None:
+        """In a child process after ``fork()``: nothing inherited may be trusted.
+
+        The runner did not survive the fork, so announcements published from now on would
+        never reach this copy of the table; it starts over as new (its events and table are
+        new too: a lock held by a parent's thread at the fork is never released here).
+        """
+        self.table = RevocationTable()
+        self.live = threading.Event()
+        self.settled = threading.Event()
+        self.fresh_at = -math.inf
+        self.ever_live = False
+        self.error = None
+        if self.state == "closed":
+            self.settled.set()
+        else:
+            self.state = "stopped"
+
     def close(self) -> None:
         self.state = "closed"
         self.error = "the store was closed"

@@ -36,9 +36,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -256,6 +258,24 @@ class RedisRevocationStore:
         self._task_loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        if self._mirror is not None:
+            # A pre-forking server (gunicorn --preload) may start the mirror before forking
+            # its workers: a worker's copy was trusted until failure_timeout ran out, though
+            # no runner fed it, so revocations made meanwhile went unseen there.
+            store = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: _forked(store))
+
+    def _forked(self) -> None:
+        """In a child process: the inherited mirror restarts (and is waited for) on first use."""
+        self._lock = threading.Lock()
+        self._thread = None
+        self._task = self._task_loop = None
+        self._stop = threading.Event()
+        if self._closed:
+            self._stop.set()
+        mirror = self._mirror
+        if mirror is not None:
+            mirror.forked()
 
     @property
     def expiry_grace(self) -> float:
@@ -935,3 +955,9 @@ class RedisRevocationStore:
         assert isinstance(request, Scan)  # noqa: S101 - the last kind of request
         cursor, keys = await client.scan(request.cursor, match=request.match, count=request.count)
         return cursor, list(zip(keys, await client.mget(keys) if keys else [], strict=True))
+
+
+def _forked(store: weakref.ref[RedisRevocationStore]) -> None:
+    alive = store()
+    if alive is not None:
+        alive._forked()  # the store's own hook, through a weak reference

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -29,6 +30,8 @@ def test_the_timed_app_times_every_part_of_each_event(
     verified = guard_module.Verified
     monkeypatch.setattr(verified, "record_accepted", verified.record_accepted)
     monkeypatch.setattr(event_inside, "_totals", {})
+    sinks: list[Any] = []
+    monkeypatch.setattr(event_inside, "_devnull", sinks)
     token = session_issuer.mint(scopes=[SCOPE])
 
     with TestClient(event_inside.create_timed()) as client:
@@ -36,6 +39,8 @@ def test_the_timed_app_times_every_part_of_each_event(
             response = client.get(PATH, headers={"Authorization": f"Bearer {token}"})
             assert response.status_code == 200
         assert not timings.exists()
+    for sink in sinks:
+        sink.close()
 
     counted = {}
     for line in timings.read_text().splitlines():

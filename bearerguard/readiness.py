@@ -148,18 +148,24 @@ async def _send(
 
 
 def readiness_wsgi(guard: BearerGuard, *, warm_up: bool = True) -> Any:
-    """The same check as a WSGI app (mount it with your framework, or wrap it in a route).
+    """The same check as a WSGI app (mount it with your framework, or wrap it in a route):
+    ``GET`` and ``HEAD`` only, as the ASGI endpoint.
 
     It asks the store through ``health_sync()`` when it offers one (the Redis store then
     starts its mirror in a thread, or pings Redis).
     """
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD"):
+            headers = [*_HEADERS, ("allow", "GET, HEAD")]
+            start_response("405 Method Not Allowed", headers)
+            return [b'{"error": "method_not_allowed"}']
         if warm_up and not guard.keys_ready():
             with contextlib.suppress(ServiceUnavailableError):  # reported below as not ready
                 guard.warm_up_sync()
         status, body = _answer(_report(guard, _asked_sync(guard.revocation)))
         start_response("200 OK" if status == 200 else "503 Service Unavailable", list(_HEADERS))
-        return [body]
+        return [b"" if method == "HEAD" else body]
 
     return app

@@ -152,6 +152,22 @@ def test_readiness_wsgi(issuer: DevIssuer) -> None:
     assert response.json()["ready"] is True
 
 
+def test_readiness_wsgi_answers_as_the_asgi_endpoint(issuer: DevIssuer) -> None:
+    guard = issuer.guard()
+    wsgi = httpx.Client(
+        transport=httpx.WSGITransport(app=readiness_wsgi(guard)), base_url="http://t"
+    )
+    asgi = TestClient(ReadinessEndpoint(guard), base_url="http://t")
+    for client in (wsgi, asgi):
+        head = client.head("/")
+        assert (head.status_code, head.content) == (200, b"")
+        post = client.post("/")
+        assert post.status_code == 405
+        assert post.headers["allow"] == "GET, HEAD"
+        assert post.json() == {"error": "method_not_allowed"}
+    wsgi.close()
+
+
 # -- readiness with a Redis revocation store (real servers, tests/redis_server.py) ----------
 
 

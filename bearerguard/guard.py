@@ -968,7 +968,8 @@ class BearerGuard:
         # A set within its freshness is usable and needs no refresh: the rules apply past it.
         if keys is None or now >= cache.fresh_until:
             if not refreshed and self._fetcher is not None and cache.needs_refresh(now):
-                raise _KeysNeeded(unknown_kid=False)
+                # A kid the set lacks waits for a fetch already under way (rotation).
+                raise _KeysNeeded(unknown_kid=keys is not None and not keys.candidates(kid))
             if not cache.usable(now) or keys is None:
                 if not refreshed and self._fetch_in_flight():
                     raise _KeysNeeded(unknown_kid=False)  # wait for the fetch under way
@@ -976,7 +977,9 @@ class BearerGuard:
         key = keys.key_for(kid, alg)
         if key is not None:
             return key, keys
-        if not refreshed and cache.may_refresh_for_unknown_kid(now):
+        if not refreshed and (cache.may_refresh_for_unknown_kid(now) or self._fetch_in_flight()):
+            # A fetch under way (another request's) may bring the key: wait for it rather
+            # than refuse a token signed with a key just published.
             raise _KeysNeeded(unknown_kid=True)
         if cache.last_failed:
             raise KeySetUnavailableError(f"kid {str(kid)[:64]!r} unknown; key set unreachable")
@@ -1155,8 +1158,8 @@ class BearerGuard:
         try:
             # Another thread may have fetched while this one waited: ask the rules again.
             now = self.clock()
-            wanted = (
-                cache.may_refresh_for_unknown_kid(now) if unknown_kid else cache.needs_refresh(now)
+            wanted = cache.needs_refresh(now) or (
+                unknown_kid and cache.may_refresh_for_unknown_kid(now)
             )
             if not wanted:
                 return

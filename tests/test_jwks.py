@@ -16,6 +16,7 @@ import time
 import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -394,6 +395,46 @@ async def test_rotated_key_within_the_cooldown_waits_for_it(
     assert dev.fetch_count() == 1
     clock.advance(1)
     await guard.authenticate(mint(dev))
+    assert dev.fetch_count() == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("elapsed", [POLICY.cooldown, 400], ids=["fresh", "stale"])
+async def test_tokens_of_a_new_key_wait_for_the_fetch_another_started(
+    dev: DevIssuer, clock: FakeClock, elapsed: float
+) -> None:
+    """Tokens naming a key just published that arrive while another request's fetch is in
+    flight wait for it, rather than being refused as unknown_key."""
+    guard = make_guard(dev, clock, discover=False, fetch=FetchPolicy(timeout=2.0))
+    await guard.warm_up()
+    clock.advance(elapsed)  # past the cooldown; "stale": past the freshness too
+    dev.rotate("ES256")
+    serve_jwks(dev, delay=0.3)
+    subjects: list[str | None] = []
+
+    async def verify(token: str) -> None:
+        subjects.append((await guard.authenticate(token)).subject)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tasks:
+            for token in [mint(dev) for _ in range(10)]:
+                tasks.start_soon(verify, token)
+    assert subjects == ["user-1"] * 10
+    assert dev.fetch_count() == 2
+
+
+def test_tokens_of_a_new_key_wait_for_another_threads_fetch(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock, discover=False, fetch=FetchPolicy(timeout=2.0))
+    guard.warm_up_sync()
+    clock.advance(POLICY.cooldown)
+    dev.rotate("ES256")
+    serve_jwks(dev, delay=0.3)
+    tokens = [mint(dev) for _ in range(5)]
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        subjects = list(pool.map(lambda token: guard.authenticate_sync(token).subject, tokens))
+    assert subjects == ["user-1"] * 5
     assert dev.fetch_count() == 2
 
 

@@ -71,7 +71,10 @@ class TrustedIssuers:
             exactly that string, or ``None`` to refuse the token. It must not do I/O (it is
             called on the request path) and must accept only issuers you trust, such as
             ``https://login.microsoftonline.com/<one of your tenants>/v2.0``: a resolver that
-            accepts any issuer accepts tokens anyone can mint.
+            accepts any issuer accepts tokens anyone can mint. It should return the same
+            guard for an issuer every time (``functools.cache`` over your tenants): a new
+            guard holds no keys, so one built afresh whenever an issuer is resolved again
+            (after being dropped) would fetch that issuer's keys again.
         max_resolved: how many resolved guards are kept (least recently used go first).
 
     Raises:

@@ -95,6 +95,11 @@ def test_policy_ttl_is_clamped(max_age: float | None, ttl: float) -> None:
         {"max_ttl": 30.0},  # below min_ttl
         {"cooldown": -1.0},
         {"max_stale": -1.0},
+        # NaN compares false with everything: a NaN cooldown lifted the one-fetch-per-
+        # cooldown limit (every request retried a failing JWKS).
+        {"cooldown": math.nan},
+        {"max_stale": math.nan},
+        {"max_ttl": math.nan},
     ],
 )
 def test_policy_refuses_inconsistent_bounds(options: dict[str, float]) -> None:

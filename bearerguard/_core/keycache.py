@@ -47,8 +47,10 @@ class RefreshPolicy:
     def __post_init__(self) -> None:
         if not 0 < self.min_ttl <= self.default_ttl <= self.max_ttl:
             raise ConfigurationError("key set TTLs must satisfy 0 < min <= default <= max")
-        if self.cooldown < 0 or self.max_stale < 0:
-            raise ConfigurationError("cooldown and max_stale must not be negative")
+        # Written so that NaN fails too: it compares false with everything, and a NaN
+        # cooldown would let every request fetch.
+        if not (self.cooldown >= 0 and self.max_stale >= 0):
+            raise ConfigurationError("cooldown and max_stale must be numbers, not negative")
 
     def ttl(self, max_age: float | None) -> float:
         """The freshness to grant a set the server described with ``max_age``."""

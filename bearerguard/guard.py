@@ -974,12 +974,17 @@ class BearerGuard:
                 if not refreshed and self._fetch_in_flight():
                     raise _KeysNeeded(unknown_kid=False)  # wait for the fetch under way
                 raise KeySetUnavailableError("no usable key set")
-        key = keys.key_for(kid, alg)
+        try:
+            key = keys.key_for(kid, alg)
+        except UnsupportedAlgorithmError:
+            # RFC 7517 §4.5: one kid may name keys of several types, and a key of this type
+            # may just have been published: look once, as for a kid miss, then refuse.
+            if not refreshed and self._may_look_again(now):
+                raise _KeysNeeded(unknown_kid=True) from None
+            raise
         if key is not None:
             return key, keys
-        if not refreshed and (cache.may_refresh_for_unknown_kid(now) or self._fetch_in_flight()):
-            # A fetch under way (another request's) may bring the key: wait for it rather
-            # than refuse a token signed with a key just published.
+        if not refreshed and self._may_look_again(now):
             raise _KeysNeeded(unknown_kid=True)
         if cache.last_failed:
             raise KeySetUnavailableError(f"kid {str(kid)[:64]!r} unknown; key set unreachable")
@@ -987,6 +992,12 @@ class BearerGuard:
 
     def _fetch_in_flight(self) -> bool:
         return self._refreshing is not None or self._fetch_lock.locked()
+
+    def _may_look_again(self, now: float) -> bool:
+        """Whether a token whose key the set lacks may have the set fetched (a kid miss,
+        once per cooldown) or wait for a fetch already under way (another request's, which
+        may bring a key just published)."""
+        return self._keys.may_refresh_for_unknown_kid(now) or self._fetch_in_flight()
 
     def _install_keys(self, document: Any, max_age: float | None) -> None:
         """Install a fetched JWK Set, or record why it cannot be used."""

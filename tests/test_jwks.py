@@ -41,7 +41,7 @@ from bearerguard import (
     __version__,
 )
 from bearerguard.asgi import BearerGuardMiddleware
-from bearerguard.errors import UnknownKeyError
+from bearerguard.errors import UnknownKeyError, UnsupportedAlgorithmError
 from bearerguard.jwks import USER_AGENT
 from bearerguard.testing import DevIssuer, Override, SigningKey
 
@@ -436,6 +436,31 @@ def test_tokens_of_a_new_key_wait_for_another_threads_fetch(
         subjects = list(pool.map(lambda token: guard.authenticate_sync(token).subject, tokens))
     assert subjects == ["user-1"] * 5
     assert dev.fetch_count() == 2
+
+
+@pytest.mark.anyio
+async def test_a_key_of_another_type_published_under_a_known_kid_is_picked_up(
+    clock: FakeClock,
+) -> None:
+    """RFC 7517 §4.5: one kid may name keys of different types. A token for the new type
+    is a kid miss (a fetch, once per cooldown), not an algorithm refused on the old set."""
+    original = SigningKey.generate("ES256")
+    with DevIssuer(keys=[original]) as issuer:
+        guard = make_guard(issuer, clock, discover=False)
+        await guard.authenticate(mint(issuer))
+        clock.advance(POLICY.cooldown)
+        rsa = SigningKey(original.kid, "RS256", SigningKey.generate("RS256").private_key)
+        issuer.keys.insert(0, rsa)
+        issuer.published.append(rsa)
+        await guard.authenticate(mint(issuer, algorithm="RS256"))
+        assert issuer.fetch_count() == 2
+        # Algorithm confusion is still refused, after at most that one fetch per cooldown.
+        confused = jwt.encode(  # PS256: neither key's JWK alg
+            issuer.claims(expires_in=LONG), rsa.private_key, "PS256", {"kid": original.kid}
+        )
+        with pytest.raises(UnsupportedAlgorithmError):
+            await guard.authenticate(confused)
+        assert issuer.fetch_count() == 2
 
 
 @pytest.mark.anyio

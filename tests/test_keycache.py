@@ -46,6 +46,9 @@ def _fetched(now: float = T0, max_age: float | None = None) -> KeyCache:
         ("max-age=-5", None),
         ("max-age=abc", None),
         ("s-maxage=90", 90.0),
+        # A shared cache's lifetime never overrides our own (RFC 9111 §5.2.2.10).
+        ("public, s-maxage=86400, max-age=60", 60.0),
+        ("max-age=60, s-maxage=86400", 60.0),
         ("no-store", 0.0),
         ("no-cache", 0.0),
         ("public, max-age=600, no-cache", 0.0),

@@ -64,8 +64,10 @@ def ttl_from_cache_control(value: str | None) -> float | None:
         return None
     if _NO_CACHE.search(value):
         return 0.0
-    match = _MAX_AGE.search(value)
-    return float(match.group(2)) if match else None
+    found = {name.lower(): float(seconds) for name, seconds in _MAX_AGE.findall(value)}
+    # RFC 9111 §5.2.2.10: s-maxage is for shared caches; ours is private, so max-age wins
+    # wherever it stands, and s-maxage serves only when there is no max-age.
+    return found.get("max-age", found.get("s-maxage"))
 
 
 class KeyCache:

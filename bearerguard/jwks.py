@@ -124,6 +124,7 @@ class FetchPolicy:
 class _Response:
     body: bytes
     cache_control: str | None
+    age: str | None = None
 
 
 async def _get_async(
@@ -135,10 +136,11 @@ async def _get_async(
             async with client.stream("GET", url) as response:
                 if response.status_code != 200:
                     return FetchError(f"GET {url} answered {response.status_code}")
-                body = BoundedBody(response.headers.get("content-encoding"), policy.max_bytes)
+                headers = response.headers
+                body = BoundedBody(headers.get("content-encoding"), policy.max_bytes)
                 async for chunk in response.aiter_raw():
                     body.feed(chunk)
-                return _Response(body.finish(), response.headers.get("cache-control"))
+                return _Response(body.finish(), headers.get("cache-control"), headers.get("age"))
     except BodyError as exc:
         return FetchError(f"GET {url}: {exc}")
     except TimeoutError:
@@ -251,12 +253,13 @@ def _get_sync(
         with client.stream("GET", url) as response:
             if response.status_code != 200:
                 return FetchError(f"GET {url} answered {response.status_code}")
-            body = BoundedBody(response.headers.get("content-encoding"), policy.max_bytes)
+            headers = response.headers
+            body = BoundedBody(headers.get("content-encoding"), policy.max_bytes)
             for chunk in response.iter_raw():
                 body.feed(chunk)
                 if time.monotonic() > deadline:
                     return FetchError(f"GET {url} timed out after {policy.timeout}s")
-            return _Response(body.finish(), response.headers.get("cache-control"))
+            return _Response(body.finish(), headers.get("cache-control"), headers.get("age"))
     except BodyError as exc:
         return FetchError(f"GET {url}: {exc}")
     except httpx.TimeoutException:
@@ -321,7 +324,7 @@ class JWKSFetcher:
             # A discovered location may have moved: discover it again next time.
             self.jwks_uri = self.configured_uri
             raise
-        return document, ttl_from_cache_control(response.cache_control)
+        return document, ttl_from_cache_control(response.cache_control, response.age)
 
     def _discover(self) -> Generator[str, _Response, str]:
         failures = []

@@ -347,6 +347,21 @@ async def test_cache_control_is_respected_within_bounds(
 
 
 @pytest.mark.anyio
+async def test_the_age_a_cache_in_between_held_the_jwks_counts(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    """RFC 9111 §4.2.3: a CDN that held the JWKS for 250 of its 300 s leaves it fresh for
+    50 s more (here the 60 s minimum), not another 300 s."""
+    headers = {"Cache-Control": "max-age=300", "Age": "250"}
+    dev.overrides[dev.jwks_path] = Override(body=jwks_body(dev), headers=headers)
+    guard = make_guard(dev, clock, discover=False)
+    await guard.authenticate(mint(dev))
+    clock.advance(POLICY.min_ttl)
+    await guard.authenticate(mint(dev))
+    assert dev.fetch_count() == 2
+
+
+@pytest.mark.anyio
 async def test_expired_set_is_refetched_once_not_per_request(
     dev: DevIssuer, clock: FakeClock
 ) -> None:

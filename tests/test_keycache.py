@@ -63,6 +63,26 @@ def test_ttl_from_cache_control(header: str | None, expected: float | None) -> N
     assert ttl_from_cache_control(header) == expected
 
 
+@pytest.mark.parametrize(
+    ("header", "age", "expected"),
+    [
+        # RFC 9111 §4.2.3: a response a cache in between held for a while has used up that
+        # much of its freshness.
+        ("max-age=3600", "3500", 100.0),
+        ("max-age=3600", "7200", 0.0),
+        ("max-age=3600", " 0 ", 3600.0),
+        ("max-age=3600", "-5", 3600.0),  # not delta-seconds: ignored
+        ("max-age=3600", "abc", 3600.0),
+        ("public", "100", None),
+        ("no-store", "100", 0.0),
+    ],
+)
+def test_ttl_from_cache_control_subtracts_the_age(
+    header: str, age: str, expected: float | None
+) -> None:
+    assert ttl_from_cache_control(header, age) == expected
+
+
 def test_ttl_from_cache_control_huge_max_age_is_still_a_number() -> None:
     value = ttl_from_cache_control("max-age=99999999999999")
     assert value is not None

@@ -23,6 +23,7 @@ from bearerguard.errors import ConfigurationError
 __all__ = ["KeyCache", "RefreshPolicy", "ttl_from_cache_control"]
 
 _MAX_AGE = re.compile(r"(?:^|[,\s])(s-maxage|max-age)\s*=\s*\"?(\d{1,10})\"?", re.IGNORECASE)
+_AGE = re.compile(r"(\d{1,10})")  # RFC 9111 §5.1: delta-seconds
 _NO_CACHE = re.compile(r"(?:^|[,\s])(no-cache|no-store)(?:$|[,\s=])", re.IGNORECASE)
 
 
@@ -58,8 +59,12 @@ class RefreshPolicy:
         return min(max(wanted, self.min_ttl), self.max_ttl)
 
 
-def ttl_from_cache_control(value: str | None) -> float | None:
-    """Read ``max-age`` from a ``Cache-Control`` header (RFC 9111 §5.2.2); 0 for no-cache."""
+def ttl_from_cache_control(value: str | None, age: str | None = None) -> float | None:
+    """Read ``max-age`` from a ``Cache-Control`` header (RFC 9111 §5.2.2); 0 for no-cache.
+
+    ``age`` is the response's ``Age`` header: the seconds a cache in between already held
+    it, which its freshness has used up (RFC 9111 §4.2.3, §5.1).
+    """
     if not value:
         return None
     if _NO_CACHE.search(value):
@@ -67,7 +72,11 @@ def ttl_from_cache_control(value: str | None) -> float | None:
     found = {name.lower(): float(seconds) for name, seconds in _MAX_AGE.findall(value)}
     # RFC 9111 §5.2.2.10: s-maxage is for shared caches; ours is private, so max-age wins
     # wherever it stands, and s-maxage serves only when there is no max-age.
-    return found.get("max-age", found.get("s-maxage"))
+    lifetime = found.get("max-age", found.get("s-maxage"))
+    held = _AGE.fullmatch(age.strip()) if age else None
+    if lifetime is not None and held is not None:
+        lifetime = max(lifetime - float(held.group(1)), 0.0)
+    return lifetime
 
 
 class KeyCache:

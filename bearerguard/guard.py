@@ -1152,8 +1152,9 @@ class BearerGuard:
         if self._fetcher is None:
             return
         cache = self._keys
-        # A thread with usable keys never waits for another's fetch; one without waits at
-        # most one fetch timeout, then goes on with what there is.
+        # A thread with a usable key for its token never waits for another's fetch; one
+        # without (no usable set, or a kid the set lacks) waits at most one fetch timeout,
+        # then goes on with what there is.
         lock = self._fetch_lock
         fetches = self._fetches
         if not lock.acquire(blocking=False):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_
 from bearerguard._core.keys import (
     ASYMMETRIC_ALGORITHMS,
     KeySet,
+    VerificationKey,
     key_from_pem,
     key_from_secret,
     keys_from_jwks,
@@ -90,6 +92,46 @@ def test_small_rsa_keys_are_skipped() -> None:
     small = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - the point
     jwk: dict[str, Any] = RSAAlgorithm.to_jwk(small.public_key(), as_dict=True)
     assert "no allowed algorithm" in load_one(jwk)
+
+
+_P25519 = 2**255 - 19
+# Every encoding of a point of order 1, 2, 4 or 8 (libsodium's blocklist, with the sign bit
+# clear), non-canonical ones (y >= p) included.
+_SMALL_ORDER_ED25519 = [
+    bytes(32),
+    (1).to_bytes(32, "little"),
+    bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),
+    bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),
+    (_P25519 - 1).to_bytes(32, "little"),
+    _P25519.to_bytes(32, "little"),
+    (_P25519 + 1).to_bytes(32, "little"),
+]
+
+
+@pytest.mark.parametrize("sign", [0, 0x80])
+@pytest.mark.parametrize("point", _SMALL_ORDER_ED25519, ids=lambda point: point[:4].hex())
+def test_small_order_ed25519_keys_are_skipped(point: bytes, sign: int) -> None:
+    """Such a key verifies a forged signature (R the identity, S zero) for any message, or
+    for one in a few: anyone could mint tokens under it. OpenSSL loads it all the same."""
+    encoded = point[:31] + bytes([point[31] | sign])
+    x = base64.urlsafe_b64encode(encoded).rstrip(b"=").decode()
+    assert "no allowed algorithm" in load_one({"kty": "OKP", "crv": "Ed25519", "x": x})
+
+
+def test_the_identity_as_an_ed25519_key_would_verify_anything() -> None:
+    identity = (1).to_bytes(32, "little")
+    key = VerificationKey(
+        "z", frozenset({"EdDSA"}), ed25519.Ed25519PublicKey.from_public_bytes(identity)
+    )
+    assert verify_signature(key, "EdDSA", b"any.thing", identity + bytes(32))
+
+
+def test_genuine_ed25519_keys_still_load() -> None:
+    for _ in range(50):
+        public = ed25519.Ed25519PrivateKey.generate().public_key()
+        jwk: dict[str, Any] = OKPAlgorithm.to_jwk(public, as_dict=True)
+        keys, _ = keys_from_jwks({"keys": [jwk]}, ALL)
+        assert len(keys) == 1
 
 
 @pytest.mark.parametrize("document", [None, [], {}, {"keys": {}}, "keys"])

@@ -2,8 +2,8 @@
 
 A key's algorithms come from the key itself (its JWK ``alg``, or its type and curve), never
 from the token: a token's ``alg`` header only selects among what the key already allows. Keys
-for encryption (``use: enc``), symmetric JWKs, keys carrying private members and RSA keys
-under 2048 bits are never loaded from a key set.
+for encryption (``use: enc``), symmetric JWKs, keys carrying private members, RSA keys
+under 2048 bits and Ed25519 keys of small order are never loaded from a key set.
 """
 
 from __future__ import annotations
@@ -138,6 +138,37 @@ def _verify_pkcs1v15(
     return hmac.compare_digest(recovered, digest_info + hash_function(signing_input).digest())
 
 
+# edwards25519 (RFC 8032 §5.1): the field prime and the curve constant d.
+_P25519 = 2**255 - 19
+_D25519 = -121665 * pow(121666, _P25519 - 2, _P25519) % _P25519
+
+
+def _ed25519_small_order(encoded: bytes) -> bool:
+    """Whether an Ed25519 public key is a point of small order ([8]A is the identity).
+
+    Such a key verifies forged signatures (R the identity, S zero) for any message, or for
+    one in a handful, and OpenSSL accepts it: it is never loaded, as RSA keys under 2048
+    bits are not. The point is decoded as in RFC 8032 §5.1.3 (y reduced modulo p, so that
+    non-canonical encodings are caught too) and doubled three times.
+    """
+    p, d = _P25519, _D25519
+    y = int.from_bytes(encoded, "little") & ((1 << 255) - 1)
+    y %= p
+    x2 = (y * y - 1) * pow(d * y * y + 1, p - 2, p) % p
+    x = pow(x2, (p + 3) // 8, p)
+    if (x * x - x2) % p:
+        x = x * pow(2, (p - 1) // 4, p) % p
+    if (x * x - x2) % p:
+        return False  # not on the curve: no such key loads
+    for _ in range(3):  # the complete twisted Edwards addition law, a = -1, P + P
+        t = d * x * x * y * y % p
+        x, y = (
+            2 * x * y * pow(1 + t, p - 2, p) % p,
+            (y * y + x * x) * pow(1 - t, p - 2, p) % p,
+        )
+    return x == 0 and y == 1
+
+
 def _algorithms_for_public_key(public_key: Any) -> frozenset[str]:
     if isinstance(public_key, rsa.RSAPublicKey):
         if public_key.key_size < _MIN_RSA_BITS:
@@ -146,6 +177,10 @@ def _algorithms_for_public_key(public_key: Any) -> frozenset[str]:
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         alg = _EC_ALGORITHM_BY_CLASS.get(type(public_key.curve))
         return frozenset({alg}) if alg else frozenset()
+    if isinstance(public_key, ed25519.Ed25519PublicKey) and _ed25519_small_order(
+        public_key.public_bytes_raw()
+    ):
+        return frozenset()
     if isinstance(public_key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         return frozenset({"EdDSA"})
     return frozenset()

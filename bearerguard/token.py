@@ -31,7 +31,9 @@ class AccessToken:
     Attributes:
         subject: the ``sub`` claim (RFC 7519 §4.1.2), if any.
         scopes: every scope granted, from ``scope``, ``scp`` and any configured claim.
-        claims: all claims, read-only.
+        claims: all claims, read-only. Nested objects and arrays are the decoded JSON,
+            shared by every request that reuses the token (the verification cache): read
+            them, copy them to change them.
         token_id: the ``jti`` claim (RFC 7519 §4.1.7), if any.
         client_id: the ``client_id`` claim (RFC 9068 §2.2), else ``azp``, ``cid`` (Okta) or
             ``appid`` (Entra ID v1), if any.

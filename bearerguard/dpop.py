@@ -16,6 +16,7 @@ import base64
 import hashlib
 import heapq
 import hmac
+import re
 import secrets
 import struct
 import threading
@@ -42,6 +43,10 @@ __all__ = [
 
 DEFAULT_DPOP_ALGORITHMS: tuple[str, ...] = ("ES256", "ES384", "EdDSA", "PS256", "RS256")
 _NONCE_SKEW = 5.0
+# RFC 9110 §7.2: Host = uri-host [ ":" port ], uri-host an IP-literal or a reg-name
+# (RFC 3986 §3.2.2). Nothing that would end the authority of the rebuilt URL ("/", "?",
+# "#") or add userinfo ("@") may pass: the htu would then be checked against another path.
+_HOST = re.compile(r"(?:\[[0-9A-Za-z:._~!$&'()*+,;=-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 
 
 @runtime_checkable
@@ -323,6 +328,8 @@ class DPoPPolicy:
         """The URL a request was addressed to, as its proof's ``htu`` must name it."""
         if self.external_url is not None:
             return self.external_url + path
+        if not _HOST.fullmatch(host):
+            return ""  # matches no htu (RFC 9449 §4.3 step 9)
         return f"{scheme}://{host}{path}"
 
 

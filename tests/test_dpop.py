@@ -950,3 +950,22 @@ def test_asgi_and_wsgi_answer_alike(
         # The app's own answers differ between the Starlette and Flask test apps.
         asgi, wsgi = asgi[:2] + asgi[3:], wsgi[:2] + wsgi[3:]
     assert asgi == wsgi
+
+
+@pytest.mark.parametrize("host", ["testserver/items#", "testserver/items?", "x@testserver"])
+def test_a_host_header_cannot_move_the_htu_to_another_path(
+    stack: str, session_issuer: DevIssuer, holder: Holder, host: str
+) -> None:
+    # RFC 9449 §4.3 step 9 with RFC 9110 §7.2: a Host that ends the authority early would
+    # rebuild the URL as http://testserver/items#/me, and a proof made for /items (or for
+    # "/", with "testserver?") would be accepted on /me.
+    token = bound(session_issuer, holder)
+    for call in make_client(stack, session_issuer):
+        for url in ("http://testserver/items", "http://testserver/"):
+            proof = holder.proof(token, url=url)
+            headers = {**dpop(token, proof), "Host": host}
+            assert call("GET", "/me", headers=headers).status_code == 401
+        # a well-formed Host with a port still works
+        proof = holder.proof(token, url="http://testserver:8080/me")
+        headers = {**dpop(token, proof), "Host": "TestServer:8080"}
+        assert call("GET", "/me", headers=headers).is_success

@@ -59,7 +59,7 @@ from bearerguard._core.extract import request_credentials
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard._core.scopes import validate_scope_names
-from bearerguard.asgi import BearerGuardMiddleware
+from bearerguard.asgi import BearerGuardMiddleware, _authenticate_bound
 from bearerguard.audit import RequestInfo
 from bearerguard.decorators import (
     REQUIREMENT_ATTRIBUTE,
@@ -270,18 +270,34 @@ class BearerAuth(SecurityBase):
         started = perf_counter()
         authorization = [value for name, value in scope["headers"] if name == b"authorization"]
         info = _describe(scope)
+        binding = "bearer"
         try:
-            raw = request_credentials(
-                authorization,
-                scope.get("query_string", b""),
-                scope["path"],
-                _NO_PUBLIC_PATHS,
-                max_bytes=guard.max_token_bytes,
-            )
-            # request_credentials refuses a missing token on a non-public path. The client's
-            # address and the request, as the middleware gives them: usage monitoring counts
-            # the address, and a token.anomaly event describes the request.
-            token = await guard.authenticate(raw or "", client=info.client, request=info)
+            if guard.sender_constrained:
+                # DPoP (RFC 9449 §7.1) and certificate-bound tokens (RFC 8705 §3): the
+                # middleware's extraction, so that the proof or certificate is checked here too.
+                request = (info.method, info.path, info.client, info.request_id)
+                bound, binding = await _authenticate_bound(
+                    guard,
+                    scope,
+                    authorization,
+                    scope.get("query_string", b""),
+                    request,
+                    _NO_PUBLIC_PATHS,
+                )
+                assert bound is not None  # noqa: S101 - no public paths: a missing token raises
+                token = bound
+            else:
+                raw = request_credentials(
+                    authorization,
+                    scope.get("query_string", b""),
+                    scope["path"],
+                    _NO_PUBLIC_PATHS,
+                    max_bytes=guard.max_token_bytes,
+                )
+                # request_credentials refuses a missing token on a non-public path. The
+                # client's address and the request, as the middleware gives them: usage
+                # monitoring counts the address, and a token.anomaly event describes it.
+                token = await guard.authenticate(raw or "", client=info.client, request=info)
         except AuthError as error:
             guard.audit.refused(error, info, perf_counter() - started)
             self._raise(
@@ -298,7 +314,7 @@ class BearerAuth(SecurityBase):
             _never_called,
             websocket=scope["type"] == "websocket",
         )
-        guard.audit.accepted(token, auth, perf_counter() - started)
+        guard.audit.accepted(token, auth, perf_counter() - started, binding=binding)
         scope[SCOPE_KEY] = auth
         # get_access_token() in the handler, until the dependency exits: the task serving
         # this request may serve the next one (httpx.ASGITransport runs every request in

@@ -627,3 +627,35 @@ async def test_without_middleware_the_token_does_not_outlive_its_request(
         assert (await client.get("/whoami")).json() is None
         assert (await client.get("/unprotected")).status_code == 500
     assert get_access_token() is None
+
+
+def test_the_dependency_alone_checks_dpop_proofs(session_issuer: DevIssuer) -> None:
+    # docs/migration.md: with dpop=DPoPPolicy() the dependency accepts DPoP-bound tokens
+    # (RFC 9449 §7.1), each with its proof, as the middleware does; none without one.
+    from bearerguard.dpop import DPoPPolicy
+    from tests.test_dpop import Holder
+
+    holder = Holder()
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy())
+    bearer = BearerAuth(guard)
+    app = bearer.install(FastAPI())
+
+    @app.get("/private")
+    async def private(token: Annotated[AccessToken, bearer.requires()]) -> dict[str, Any]:
+        return {"sub": token.subject}
+
+    token = session_issuer.mint(cnf={"jkt": holder.jkt})
+    with TestClient(app) as client, capture_logs() as logged:
+        proof = holder.proof(token, url="http://testserver/private")
+        headers = {"Authorization": f"DPoP {token}", "DPoP": proof}
+        assert client.get("/private", headers=headers).json() == {"sub": "user-1"}
+        replayed = client.get("/private", headers=headers)
+        assert replayed.json()["error"] == "invalid_dpop_proof"
+        stolen = client.get("/private", headers={"Authorization": f"Bearer {token}"})
+        assert stolen.status_code == 401
+    decisions = [(e["event"], e.get("binding")) for e in logged if e["event"].startswith("token.")]
+    assert decisions == [
+        ("token.accepted", "dpop"),
+        ("token.rejected", "dpop"),
+        ("token.rejected", "bearer"),
+    ]

@@ -26,6 +26,7 @@ __all__ = ["AUDIT_LOGGER_NAME", "AuditLog", "RequestInfo", "token_fields"]
 AUDIT_LOGGER_NAME = "bearerguard.audit"
 _MAX_FIELD = 128  # header values chosen by clients are truncated before logging
 _MAX_PATH = 512
+_MAX_DETAIL = 512  # a detail may quote what a client sent (a DPoP proof's jwk members)
 
 
 class RequestInfo:
@@ -315,7 +316,7 @@ class AuditLog:
             outcome="error" if level == "error" else "deny",
             reason=error.reason,
             status=error.status,
-            detail=error.detail,
+            detail=None if error.detail is None else _printable(error.detail[:_MAX_DETAIL]),
             latency_ms=_milliseconds(latency),
             binding=error.binding,
             **request.fields(),

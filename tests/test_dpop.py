@@ -969,3 +969,19 @@ def test_a_host_header_cannot_move_the_htu_to_another_path(
         proof = holder.proof(token, url="http://testserver:8080/me")
         headers = {**dpop(token, proof), "Host": "TestServer:8080"}
         assert call("GET", "/me", headers=headers).is_success
+
+
+def test_a_proof_cannot_forge_or_flood_the_audit_detail(
+    call: Client, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    # The jwk's members reach the refusal's detail (the JOSE library quotes a bad curve): the
+    # audit event escapes control characters and bounds the length, as for every other field.
+    token = bound(session_issuer, holder)
+    crv = "P-256\n2026-01-01 [info] token.accepted sub=admin\x1b[2K" + "A" * 3000
+    proof = holder.proof(token, header={"jwk": {**holder.jwk, "crv": crv}})
+    with structlog.testing.capture_logs() as logged:
+        assert call("GET", "/me", headers=dpop(token, proof)).status_code == 401
+    (event,) = [e for e in logged if e["event"] == "token.rejected"]
+    assert event["detail"].isprintable()
+    assert "\\n2026-01-01" in event["detail"]
+    assert len(event["detail"]) < 600

@@ -320,6 +320,10 @@ class DPoPPolicy:
                 normalize_htu(self.external_url)
             except ValueError as exc:
                 raise ConfigurationError("external_url must be an http(s) URL") from exc
+            if any(char in self.external_url for char in "?#@"):
+                # The request's path is appended to it: after a query or fragment it would
+                # drop out of the htu compared (RFC 9449 §4.3 step 9), matching every path.
+                raise ConfigurationError("external_url takes no query, fragment or userinfo")
             object.__setattr__(self, "external_url", self.external_url.rstrip("/"))
         object.__setattr__(self, "allowed", allowed)
         object.__setattr__(self, "algs", " ".join(sorted(allowed)))

@@ -399,6 +399,10 @@ def test_nonces() -> None:
         {"leeway": -1},
         {"replay": object()},
         {"external_url": "ftp://x"},
+        # RFC 9449 §4.3 step 9: a path appended after "?" or "#" would not be compared.
+        {"external_url": "https://api.example.com/v1?"},
+        {"external_url": "https://api.example.com/v1#"},
+        {"external_url": "https://user@api.example.com"},
     ],
 )
 def test_policy_configuration_errors(options: dict[str, Any]) -> None:

@@ -802,7 +802,7 @@ class BearerGuard:
         if request is None or request.scheme == "bearer":
             if policy.mode == "required":
                 raise InvalidTokenError("Bearer scheme used where DPoP is required")
-            if jkt is not None:
+            if isinstance(cnf, Mapping) and "jkt" in cnf:  # even "jkt": null
                 # RFC 9449 §7.2: a DPoP-bound token must not be accepted as a bearer token.
                 raise InvalidTokenError("DPoP-bound token presented with the Bearer scheme")
             return None

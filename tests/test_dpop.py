@@ -989,3 +989,13 @@ def test_a_proof_cannot_forge_or_flood_the_audit_detail(
     assert event["detail"].isprintable()
     assert "\\n2026-01-01" in event["detail"]
     assert len(event["detail"]) < 600
+
+
+@pytest.mark.parametrize("jkt", [None, 5, ""])
+def test_a_malformed_jkt_is_never_taken_as_a_bearer_token(
+    call: Client, session_issuer: DevIssuer, jkt: Any
+) -> None:
+    # RFC 9449 §7.2: a token with cnf.jkt is DPoP-bound, whatever its value.
+    token = session_issuer.mint(cnf={"jkt": jkt})
+    response = call("GET", "/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401

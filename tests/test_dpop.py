@@ -168,6 +168,8 @@ def test_thumbprint_refuses_unknown_or_incomplete_keys() -> None:
         ("https://api.example.com/a?x=1#f", "https://api.example.com/a"),
         ("https://api.example.com/%7euser/%2f", "https://api.example.com/~user/%2F"),
         ("https://[::1]:8443/a", "https://[::1]:8443/a"),
+        ("https://h/u/ada%40x.com/a%2cb%3A", "https://h/u/ada@x.com/a,b:"),
+        ("https://h/a%3Fb%23c%25", "https://h/a%3Fb%23c%25"),
     ],
 )
 def test_htu_normalisation(url: str, normal: str) -> None:
@@ -999,3 +1001,15 @@ def test_a_malformed_jkt_is_never_taken_as_a_bearer_token(
     token = session_issuer.mint(cnf={"jkt": jkt})
     response = call("GET", "/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/users/ada%40example.com", "/tags/a%2Cb", "/a%3Ab;c=d"])
+def test_escaped_path_characters_match_the_request(
+    call: Client, session_issuer: DevIssuer, holder: Holder, path: str
+) -> None:
+    # RFC 9449 §4.2: htu is the URL the client requested, escapes and all (a path built
+    # with encodeURIComponent); the server only sees the path decoded.
+    token = bound(session_issuer, holder)
+    proof = holder.proof(token, url="http://testserver" + path)
+    response = call("GET", path, headers=dpop(token, proof))
+    assert response.status_code == 404  # past the guard: the app has no such route

@@ -46,6 +46,10 @@ _THUMBPRINT_MEMBERS = {
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# RFC 3986 §3.3: the other characters a path segment may hold as they are (sub-delims, ":"
+# and "@"). Servers hand over the path decoded, so the URL rebuilt from it cannot say whether
+# the client escaped them: they are compared decoded too, or "/a%40b" could never match.
+_DECODED = _UNRESERVED | frozenset(b"!$&'()*+,;=:@")
 
 
 def b64url(data: bytes) -> str:
@@ -79,8 +83,9 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
 
 def _normalize_escape(match: re.Match[str]) -> str:
     char = int(match.group(1), 16)
-    # RFC 3986 §6.2.2: decode unreserved characters, uppercase the hex of the others.
-    return chr(char) if char in _UNRESERVED else "%" + match.group(1).upper()
+    # RFC 3986 §6.2.2: decode unreserved characters (and pchar ones, above), uppercase the
+    # hex of the others.
+    return chr(char) if char in _DECODED else "%" + match.group(1).upper()
 
 
 def normalize_htu(url: str) -> str:

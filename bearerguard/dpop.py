@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from bearerguard._core.dpop import b64url, normalize_htu
 from bearerguard._core.keys import ASYMMETRIC_ALGORITHMS
@@ -316,11 +316,12 @@ class DPoPPolicy:
         if not isinstance(self.replay, DPoPReplayStore):
             raise ConfigurationError("replay must be a DPoPReplayStore")
         if self.external_url is not None:
+            netloc = urlsplit(self.external_url).netloc
             try:
                 normalize_htu(self.external_url)
             except ValueError as exc:
                 raise ConfigurationError("external_url must be an http(s) URL") from exc
-            if any(char in self.external_url for char in "?#@"):
+            if "?" in self.external_url or "#" in self.external_url or "@" in netloc:
                 # The request's path is appended to it: after a query or fragment it would
                 # drop out of the htu compared (RFC 9449 §4.3 step 9), matching every path.
                 raise ConfigurationError("external_url takes no query, fragment or userinfo")

@@ -412,6 +412,11 @@ def test_policy_configuration_errors(options: dict[str, Any]) -> None:
         DPoPPolicy(**options)
 
 
+def test_external_url_may_hold_an_at_sign_in_its_path() -> None:
+    policy = DPoPPolicy(external_url="https://api.example.com/@v1/")
+    assert policy.request_url("http", "ignored", "/me") == "https://api.example.com/@v1/me"
+
+
 def test_guard_refuses_a_policy_of_another_type(session_issuer: DevIssuer) -> None:
     with pytest.raises(ConfigurationError):
         session_issuer.guard(in_process=True, dpop={"mode": "required"})

@@ -190,10 +190,17 @@ def read_token(text: str, stdin: TextIO | None = None) -> str:
     removed, so a header pasted whole works.
 
     Raises:
-        CommandError: nothing was given.
+        CommandError: nothing was given, or bytes that are not UTF-8.
     """
     if text == "-":
-        text = (sys.stdin if stdin is None else stdin).read()
+        try:
+            text = (sys.stdin if stdin is None else stdin).read()
+        except UnicodeDecodeError:
+            raise usage_error("the token read from standard input is not UTF-8 text") from None
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # undecodable bytes, kept by surrogateescape
+        raise usage_error("the token is not UTF-8 text (a JWS is ASCII: RFC 7515 §7.1)") from None
     token = text.strip()
     name, colon, rest = token.partition(":")
     if colon and name.strip().lower() == "authorization":

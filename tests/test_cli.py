@@ -387,6 +387,23 @@ def test_inspect_reads_stdin_and_pasted_headers(
     assert "no token given" in err
 
 
+@pytest.mark.parametrize("command", ["inspect", "verify"])
+def test_a_token_of_undecodable_bytes_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    # argv and a C-locale stdin carry undecodable bytes as lone surrogates (surrogateescape);
+    # a strict UTF-8 stdin raises while reading. Either is one line, never a traceback.
+    verify = ["--issuer", "http://127.0.0.1:1", "--audience", "a"] if command == "verify" else []
+    code, _out, err = run(capsys, "token", command, "a\udcff.b.c", *verify)
+    assert code == cli.EXIT_USAGE
+    assert "not UTF-8" in err
+    raw = io.TextIOWrapper(io.BytesIO(b"\xff\xfe.b.c"), encoding="utf-8", errors="strict")
+    monkeypatch.setattr(sys, "stdin", raw)
+    code, _out, err = run(capsys, "token", command, "-", *verify)
+    assert code == cli.EXIT_USAGE
+    assert "not UTF-8" in err
+
+
 def test_durations() -> None:
     assert describe_duration(59.6) == "1 min"
     assert describe_duration(-45) == "45 s"

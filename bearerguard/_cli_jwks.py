@@ -99,6 +99,8 @@ def _algorithms_for(entry: Mapping[str, Any]) -> frozenset[str]:
     """The JWS algorithms the key's type and curve allow (what its ``alg`` may say)."""
     kty = entry.get("kty")
     crv = entry.get("crv")
+    if not isinstance(crv, str):  # a list or an object from the network: unhashable
+        crv = None
     if kty == "RSA":
         return _RSA_ALGORITHMS
     if kty == "EC" and crv in _EC_ALGORITHM_BY_CURVE:
@@ -172,7 +174,7 @@ def _judge(index: int, entry: Any, allowed: frozenset[str]) -> tuple[KeyReport, 
                 + (f" on {entry.get('crv')}" if kty != "RSA" else "")
                 + f" (it may say: {expected})",
             )
-    if kty == "EC" and entry.get("crv") not in _EC_ALGORITHM_BY_CURVE:
+    if kty == "EC" and not _algorithms_for(entry):  # crv not a supported curve (or a string)
         flag("warning", "unsupported_curve", f"curve {entry.get('crv')!r} is not supported")
     if kty in ("RSA", "EC", "OKP") and not found and report.skipped is not None:
         known = {finding.code for finding in findings}

@@ -787,6 +787,23 @@ def test_analyze_jwks_edge_cases() -> None:
     assert reports[0].size == "24 bits"
 
 
+@pytest.mark.parametrize("crv", [["P-256"], {"name": "Ed25519"}, 7, None])
+@pytest.mark.parametrize("kty", ["EC", "OKP"])
+def test_jwks_check_survives_a_curve_that_is_not_a_string(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, kty: str, crv: object
+) -> None:
+    # RFC 7518 §6.2.1.1 and RFC 8037 §2: crv is a string; anything else is a bad key, not
+    # a crash (a list or an object is unhashable).
+    entry = {"kty": kty, "crv": crv, "x": "AA", "y": "AA", "kid": "k", "alg": "ES256"}
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [entry]}))
+    for command in ("show", "check"):
+        code, out, err = run(capsys, "jwks", command, "--file", str(path))
+        assert "Traceback" not in out + err
+    assert code == cli.EXIT_FAILURE
+    assert "alg_mismatch" in json.dumps(analyze_jwks({"keys": [entry]}), default=repr)
+
+
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [

@@ -101,7 +101,14 @@ def parse_instant(text: str) -> float:
             f"{text!r} has no UTC offset: add one (2026-01-01T00:00:00Z, ...+02:00) "
             "or give epoch seconds"
         )
-    return instant.timestamp()
+    seconds = instant.timestamp()
+    if not 0 <= seconds < _MAX_EPOCH:
+        # Years 0001 and 9999 pass fromisoformat, but their entry's lapse (plus the grace)
+        # is no datetime: writing it, and every later `revocations list`, would crash.
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is out of range: give an instant from 1970 to the year 5138"
+        )
+    return seconds
 
 
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:

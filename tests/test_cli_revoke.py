@@ -272,6 +272,9 @@ def test_an_expired_token_needs_no_revocation(cli: Any, target: list[str]) -> No
         ("2026-01-01", "has no UTC offset"),
         ("1767225600000", "not milliseconds"),
         ("-5", "not an instant"),
+        ("9999-12-31T23:59:59Z", "out of range"),
+        ("0001-01-01T00:00:00+01:00", "out of range"),
+        ("1969-12-31T23:59:59Z", "out of range"),
     ],
 )
 def test_bad_dates_are_usage_errors(cli: Any, when: str, message: str) -> None:
@@ -279,6 +282,20 @@ def test_bad_dates_are_usage_errors(cli: Any, when: str, message: str) -> None:
     assert result.code == 2
     assert message in result.err
     assert "Traceback" not in result.err
+
+
+@pytest.mark.parametrize("option", ["--expires-at", "--issued-before"])
+def test_an_instant_near_the_end_of_the_calendar_is_refused_before_redis(
+    cli: Any, target: list[str], option: str
+) -> None:
+    # Year 9999 passes fromisoformat, but its entry's lapse is no datetime: writing it
+    # crashed, and so did every later `revocations list` of the namespace.
+    kind, name = ("token", "j9999") if option == "--expires-at" else ("subject", "s9999")
+    result = cli("revoke", kind, name, f"{option}=9999-12-31T23:59:59Z", *target)
+    assert result.code == 2
+    assert "Traceback" not in result.err
+    listed = cli("revocations", "list", *target)
+    assert listed.code == 0, listed.err
 
 
 @pytest.mark.parametrize(

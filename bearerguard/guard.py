@@ -1274,7 +1274,15 @@ class BearerGuard:
         Raises:
             KeySetUnavailableError: no usable keys could be had.
         """
-        if self._fetcher is not None and not self._keys.usable(self.clock()):
+        now = self.clock()
+        # As warm_up_sync (whose _refresh_sync asks needs_refresh): after a failed fetch, no
+        # new one before the cooldown, or every GET of a public readiness endpoint would
+        # send one to an issuer that is down.
+        if (
+            self._fetcher is not None
+            and not self._keys.usable(now)
+            and self._keys.needs_refresh(now)
+        ):
             await self._refresh()
         if not self._keys.usable(self.clock()):
             raise KeySetUnavailableError("the key set could not be fetched")

@@ -144,6 +144,26 @@ def test_readiness_reports_missing_keys(issuer: DevIssuer) -> None:
     assert readiness(guard)["ready"] is False  # until the cooldown allows another fetch
 
 
+@pytest.mark.parametrize("stack", ["asgi", "wsgi"])
+def test_readiness_polled_during_an_outage_fetches_once_per_cooldown(
+    issuer: DevIssuer, stack: str
+) -> None:
+    # A public readiness endpoint hammered while the issuer is down must not send one
+    # fetch per request to the issuer: the failure cooldown holds, as on the token path.
+    issuer.overrides[issuer.jwks_path] = Override(status=503)
+    guard = issuer.guard(discover=False)
+    client: httpx.Client
+    if stack == "asgi":
+        client = TestClient(ReadinessEndpoint(guard), base_url="http://t")
+    else:
+        transport = httpx.WSGITransport(app=readiness_wsgi(guard))
+        client = httpx.Client(transport=transport, base_url="http://t")
+    with client:
+        statuses = {client.get("/").status_code for _ in range(20)}
+    assert statuses == {503}
+    assert issuer.fetch_count() == 1
+
+
 def test_readiness_wsgi(issuer: DevIssuer) -> None:
     app = readiness_wsgi(issuer.guard())
     with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as client:

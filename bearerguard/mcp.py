@@ -85,8 +85,9 @@ class MCPToolScopes:
             token by default.
         max_body_bytes: larger POST bodies are refused with 413 rather than passed on
             unchecked.
-        paths: the paths of the MCP endpoint (``scope["path"]``, e.g. ``["/mcp"]``); POSTs
-            to other routes of the app (webhooks, uploads) pass through unread. By default
+        paths: the paths of the MCP endpoint as the wrapped app routes them (e.g.
+            ``["/mcp"]``, also when mounted under a prefix); POSTs to other routes of the
+            app (webhooks, uploads) pass through unread. By default
             every POST is read as JSON-RPC.
 
     Every refusal is the RFC 6750 answer with ``resource_metadata`` when the guard has a
@@ -129,7 +130,7 @@ class MCPToolScopes:
         if (
             scope["type"] != "http"
             or scope["method"] != "POST"
-            or (paths is not None and scope["path"] not in paths)
+            or (paths is not None and not _on_paths(scope, paths))
         ):
             await self.app(scope, receive, send)
             return
@@ -177,6 +178,17 @@ class MCPToolScopes:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _on_paths(scope: Scope, paths: frozenset[str]) -> bool:
+    """Whether the request is for one of ``paths``, as the full path or as the path the
+    app routes on. Mounted under a prefix, ``path`` includes ``root_path`` (ASGI 3), but the
+    MCP app routes on what follows it: ``/mcp`` must match ``/api/mcp`` under ``/api``."""
+    path = scope["path"]
+    if path in paths:
+        return True
+    root = scope.get("root_path", "")
+    return bool(root) and path.startswith(root) and path[len(root) :] in paths
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

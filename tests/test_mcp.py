@@ -241,3 +241,36 @@ def test_paths_limit_the_check_to_the_mcp_endpoint(session_issuer: DevIssuer) ->
         assert client.post("/hooks", json=delete, headers=headers).status_code == 200
     with pytest.raises(ConfigurationError, match="not a string"):
         MCPToolScopes(inner, tools={}, paths="/mcp")
+
+
+def test_paths_match_when_the_mcp_app_is_mounted_under_a_prefix(
+    session_issuer: DevIssuer,
+) -> None:
+    # Under Mount("/api"), scope["path"] is /api/mcp and root_path /api (ASGI 3): the app
+    # routes /mcp. paths=["/mcp"] must still check, or a tool runs without its scope.
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+    from starlette.testclient import TestClient
+
+    from bearerguard.asgi import BearerGuardMiddleware
+    from bearerguard.mcp import MCPToolScopes
+
+    async def ran(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ran")
+
+    inner = Starlette(routes=[Route("/mcp", ran, methods=["POST"])])
+    guard = session_issuer.guard(in_process=True)
+    delete = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "delete_note"}}
+    headers = {"Authorization": f"Bearer {session_issuer.mint()}"}
+    for paths in (["/mcp"], ["/api/mcp"]):
+        checked = MCPToolScopes(inner, tools={"delete_note": ["notes:write"]}, paths=paths)
+        app = Starlette(routes=[Mount("/api", app=BearerGuardMiddleware(checked, guard=guard))])
+        with TestClient(app) as client:
+            assert client.post("/api/mcp", json=delete, headers=headers).status_code == 403
+            allowed = session_issuer.mint(scopes=["notes:write"])
+            answer = client.post(
+                "/api/mcp", json=delete, headers={"Authorization": f"Bearer {allowed}"}
+            )
+            assert answer.text == "ran"

@@ -900,3 +900,26 @@ def test_the_installed_command_end_to_end(session_issuer: DevIssuer) -> None:
     assert "Traceback" not in result.stderr
     assert time.monotonic() - started < 15
     assert httpx.get(session_issuer.jwks_uri, timeout=5).status_code == 200
+
+
+def test_the_documented_exit_codes_include_a_document_that_is_not_a_jwk_set(
+    capsys: pytest.CaptureFixture[str], issuer: DevIssuer
+) -> None:
+    # docs/cli.md's table is the reference for scripts: each exit code seen must be in it.
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[3]
+        for line in (ROOT / "docs" / "cli.md").read_text().splitlines()
+        if line.startswith("| `bearerguard ")
+    }
+    issuer.overrides[issuer.jwks_path] = Override(body=b'{"nope": 1}')
+    for command in ("show", "check"):
+        code, _out, _err = run(capsys, "jwks", command, issuer.jwks_uri, "-q")
+        assert code == cli.EXIT_FAILURE
+        assert str(code) in rows[f"`bearerguard jwks {command} URL`"]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        code, _out, _err = run(capsys, "token", "mint", "--serve", "--port", port, "-q")
+    assert code == cli.EXIT_FAILURE
+    assert str(code) in rows["`bearerguard token mint`"]

@@ -277,6 +277,17 @@ def _check_url(url: str) -> None:
         )
 
 
+def _check_url_options(url: str) -> None:
+    """Refuse, as a usage error, query options redis-py would fail on only at the first
+    command (it passes unknown ones, ``?foo=1``, to the connection as keyword arguments)."""
+    import redis  # noqa: PLC0415 - redis-py is there once the store module imported
+
+    try:
+        redis.ConnectionPool.from_url(url).make_connection()  # builds it; no I/O
+    except (TypeError, ValueError, redis.RedisError) as exc:
+        raise usage_error(f"--redis-url {_redacted(url)}: {exc}") from None
+
+
 def _unreachable(url: str, cause: BaseException | None) -> CommandError:
     """A one-line message for a Redis that cannot be used, by what redis-py raised."""
     import redis.exceptions as errors  # noqa: PLC0415 - redis-py is there once a store is
@@ -318,6 +329,7 @@ def _store(
         raise CommandError(_MISSING_REDIS, code=EXIT_USAGE, kind="missing_extra") from None
     url: str = args.redis_url or os.environ.get(URL_VARIABLE) or DEFAULT_URL
     _check_url(url)
+    _check_url_options(url)
     namespace: str = args.namespace
     try:
         store = RedisRevocationStore(

@@ -322,12 +322,17 @@ def test_instants(text: str, expected: float) -> None:
         ("redis://127.0.0.1:6379/orders", "the path must be a database number"),
         ("redis:///0", "no host"),
         ("unix://", "needs a socket path"),
+        # redis-py passes query options to the connection: an unknown one was a TypeError
+        # traceback at the first command.
+        ("redis://:s3cret@127.0.0.1:6379/0?foo=bar", "unexpected keyword argument 'foo'"),
+        ("rediss://:s3cret@127.0.0.1:6379/0?ssl_cert_reqs=no", "Invalid SSL Certificate"),
     ],
 )
 def test_malformed_urls_are_usage_errors(cli: Any, url: str, message: str) -> None:
     result = cli("revocations", "list", "--redis-url", url)
     assert result.code == 2
     assert message in result.err
+    assert "s3cret" not in result.err
     assert len(result.err.strip().splitlines()) <= 2  # the progress line, then the error
 
 

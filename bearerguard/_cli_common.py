@@ -213,6 +213,12 @@ def read_token(text: str, stdin: TextIO | None = None) -> str:
     return token
 
 
+def terminal_safe(text: str) -> str:
+    """``text`` with every non-printable character (C0 and C1 controls, ESC, bidi
+    overrides) shown as its escape, so text from the network cannot drive the terminal."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 def describe_duration(seconds: float) -> str:
     """``seconds`` as a short human duration: ``45 s``, ``4 min 10 s``, ``3 h 2 min``, ``2 d``."""
     if not math.isfinite(seconds):

@@ -30,6 +30,7 @@ from bearerguard._cli_common import (
     parse_json,
     positive_seconds,
     print_usage,
+    terminal_safe,
     usage_error,
 )
 
@@ -352,7 +353,8 @@ def _analyzed(
 def _where(source: Mapping[str, Any]) -> str:
     where = str(source.get("jwks_uri") or source.get("file"))
     max_age = source.get("max_age")
-    return where + (f"  (Cache-Control max-age {max_age:g} s)" if max_age is not None else "")
+    where += f"  (Cache-Control max-age {max_age:g} s)" if max_age is not None else ""
+    return terminal_safe(where)  # the jwks_uri comes from the issuer's metadata
 
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
@@ -388,7 +390,9 @@ def run_show(args: argparse.Namespace) -> int:
                 status,
             ]
         )
-    for line in _table(rows):
+    # A hostile key set's kid or use may hold escape sequences (erasing an ERROR line):
+    # every cell is made printable before it reaches the terminal.
+    for line in _table([[terminal_safe(cell) for cell in row] for row in rows]):
         console.say(line)
     usable = sum(report.usable for report in reports)
     console.say(f"{len(reports)} key(s), {usable} usable")
@@ -419,7 +423,8 @@ def run_check(args: argparse.Namespace) -> int:
             which = f"key #{finding.index + 1}"
         else:
             which = "key set"
-        console.say(f"  {finding.severity.upper():<7}  {which}: {finding.message}")
+        line = f"  {finding.severity.upper():<7}  {which}: {finding.message}"
+        console.say(terminal_safe(line))
     warnings = len(findings) - len(errors)
     if not findings:
         console.say("no problems found")

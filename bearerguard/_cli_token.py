@@ -41,6 +41,7 @@ from bearerguard._cli_common import (
     read_token,
     relative,
     seconds,
+    terminal_safe,
     usage_error,
 )
 
@@ -435,8 +436,8 @@ def run_inspect(args: argparse.Namespace) -> int:
             if value is None:
                 console.say("  (not decodable)")
             else:
-                for line in _indented_json(value):
-                    console.say(line)
+                for line in _indented_json(value):  # JSON leaves C1 controls and DEL raw
+                    console.say(terminal_safe(line))
         if report["times"]:
             console.say("times:")
             for name, when in report["times"].items():
@@ -627,7 +628,8 @@ def run_verify(args: argparse.Namespace) -> int:
         for name in ("sub", "client_id", "scopes", "aud", "kid", "alg"):
             value = details[name]
             shown = " ".join(value) if isinstance(value, list) else value
-            console.say(f"  {name:<10} {shown if shown not in (None, '') else '-'}")
+            shown = "-" if shown in (None, "") else terminal_safe(str(shown))
+            console.say(f"  {name:<10} {shown}")
         console.say(f"  {'expires':<10} {details['expires_at']} ({details['expires']})")
     return EXIT_OK
 
@@ -675,9 +677,9 @@ def _report_invalid(console: Console, report: dict[str, Any]) -> int:
         return EXIT_FAILURE
     console.say(f"INVALID: {error['class']} (reason {error['reason']})")
     if error["detail"]:
-        console.say(f"  detail   {error['detail']}")
+        console.say(terminal_safe(f"  detail   {error['detail']}"))
     if error["explanation"]:
-        console.say(f"  why      {error['explanation']}")
+        console.say(terminal_safe(f"  why      {error['explanation']}"))
     code = f' error="{error["error_code"]}"' if error["error_code"] else ""
     console.say(f"  answer   an API answers {error['status']}{code}")
     return EXIT_FAILURE

@@ -923,3 +923,29 @@ def test_the_documented_exit_codes_include_a_document_that_is_not_a_jwk_set(
         code, _out, _err = run(capsys, "token", "mint", "--serve", "--port", port, "-q")
     assert code == cli.EXIT_FAILURE
     assert str(code) in rows["`bearerguard token mint`"]
+
+
+def test_text_from_a_hostile_key_set_cannot_drive_the_terminal(
+    capsys: pytest.CaptureFixture[str], issuer: DevIssuer
+) -> None:
+    # An ESC sequence in a kid ("erase the line above") could hide an ERROR line of
+    # `jwks check`; every byte that reaches the terminal is printable.
+    erase = "\x1b[1A\x1b[2K\r"
+    keys = [
+        {"kty": "oct", "k": "c2VjcmV0c2VjcmV0", "kid": "hs"},
+        {"kty": "RSA", "kid": f"k{erase}", "n": "AQAB", "e": "AQAB", "use": "sig\x9b\u202e"},
+    ]
+    issuer.overrides[issuer.jwks_path] = Override(body=json.dumps({"keys": keys}).encode())
+    for command in ("show", "check"):
+        _code, out, _err = run(capsys, "jwks", command, issuer.jwks_uri, "-q")
+        assert all(char.isprintable() or char == "\n" for char in out), repr(out)
+        assert "k\\x1b[1A\\x1b[2K\\r" in out
+    issuer.overrides.clear()
+    code, out, _err = run(capsys, "token", "inspect", issuer.mint(sub="m\x9b2J\x7f\u202e"))
+    assert code == cli.EXIT_OK
+    assert all(char.isprintable() or char == "\n" for char in out), repr(out)
+    token = issuer.mint(sub=f"mallory{erase}", scopes=["a\x1b[2J"])
+    argv = ["token", "verify", token, "--issuer", issuer.url, "--audience", issuer.audience]
+    code, out, _err = run(capsys, *argv, "-q")
+    assert code == cli.EXIT_OK
+    assert all(char.isprintable() or char == "\n" for char in out), repr(out)

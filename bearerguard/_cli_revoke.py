@@ -44,6 +44,7 @@ from bearerguard._cli_common import (
     relative,
     usage_error,
 )
+from bearerguard._core.times import MAX_NUMERIC_DATE
 from bearerguard.revocation._table import DEFAULT_EXPIRY_GRACE
 
 if TYPE_CHECKING:
@@ -360,7 +361,8 @@ def _store(
 
 
 def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    instant = datetime.fromtimestamp(min(seconds, MAX_NUMERIC_DATE), timezone.utc)
+    return instant.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _check_text(name: str, value: str | None, *, limit: int) -> None:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
@@ -750,3 +751,17 @@ def test_a_forked_worker_does_not_trust_the_mirror_it_inherited(
     finally:
         store.close()
         admin.close()
+
+
+@pytest.mark.anyio
+async def test_a_cut_off_at_the_end_of_time_is_listed(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    # The latest instant a store takes: its lapse (with retention) is past what datetime holds.
+    writer = stores(redis_server.url, namespace=redis_namespace, mirror=False)
+    await writer.revoke_subject("alice", issued_before=253_402_300_799.0)
+    [listed] = await writer.list_revocations()
+    [listed_sync] = writer.list_revocations_sync()
+    assert listed == listed_sync
+    assert listed.lapses_at == datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+    assert listed.issued_before == listed.lapses_at

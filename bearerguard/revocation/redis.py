@@ -55,7 +55,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "RedisRevocationStore needs redis-py: pip install 'bearerguard[redis]'"
     ) from exc
 
-from bearerguard._core.times import Instant, to_epoch
+from bearerguard._core.times import MAX_NUMERIC_DATE, Instant, to_epoch
 from bearerguard._redis import DEFAULT_URL, RedisClients, again, again_sync, check_namespace
 from bearerguard.errors import ConfigurationError, RevocationStoreError
 from bearerguard.revocation._mirror import (
@@ -113,7 +113,9 @@ class Revocation:
     @classmethod
     def _from_entry(cls, entry: Entry) -> Revocation:
         def utc(seconds: float) -> datetime:
-            return datetime.fromtimestamp(seconds, timezone.utc)
+            # A cut-off near the end of year 9999 lapses, with its retention, past what a
+            # datetime holds: shown as that last instant (it never lapses in practice).
+            return datetime.fromtimestamp(min(seconds, MAX_NUMERIC_DATE), timezone.utc)
 
         return cls(
             kind=_KIND_NAMES[entry.kind],

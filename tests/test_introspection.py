@@ -648,6 +648,26 @@ async def test_opaque_tokens_through_the_asgi_middleware(
 
 
 @pytest.mark.anyio
+async def test_opaque_tokens_are_granted_their_scope_claims(
+    issuer: DevIssuer, server: IntrospectionServer
+) -> None:
+    # The answer reaches the guard read-only: scope_claims must still be read from it, and a
+    # claim of the wrong type refuses the token, as for a JWT.
+    server.activate("roles", roles=["items:read"], realm_access={"roles": ["admin"]})
+    server.activate("bad-roles", roles=[1, {"x": 2}])
+    guard = opaque_guard(
+        issuer,
+        server,
+        scope_claims=["roles", "realm_access.roles"],
+        claim_checks=[json.dumps],  # given a dict, as for a JWT
+    )
+    assert (await guard.authenticate("roles")).scopes == {"items:read", "admin"}
+    assert guard.authenticate_sync("roles").scopes == {"items:read", "admin"}
+    with pytest.raises(MalformedTokenError, match="roles"):
+        await guard.authenticate("bad-roles")
+
+
+@pytest.mark.anyio
 async def test_opaque_token_refusals_and_outages_are_audited(
     issuer: DevIssuer, server: IntrospectionServer
 ) -> None:

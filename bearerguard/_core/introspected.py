@@ -145,6 +145,10 @@ def token_from_introspection(
     """
     if claims.get("active") is not True:
         raise InactiveTokenError("the authorization server says the token is not active")
+    # A plain dict, as a verified JWT's claims are: the introspector hands its answer over
+    # read-only, and read_scopes walks scope_claims paths through dicts only (claim checks
+    # get a dict too, as for a JWT).
+    plain = dict(claims)
     check_identifiers(claims)  # as for a verified JWT
     iss = claims.get("iss")
     if iss is not None and iss != policy.issuer:
@@ -159,11 +163,11 @@ def token_from_introspection(
     cnf = claims.get("cnf")
     if cnf is not None:  # RFC 7662 §2.2 allows it; RFC 8705 §3.2 and RFC 9449 §6.2 use it
         check_confirmation(cnf, policy)
-    run_checks(claims, policy)
+    run_checks(plain, policy)
     return AccessToken(
         subject=claims.get("sub"),
-        scopes=read_scopes(claims, scope_paths),
-        claims=MappingProxyType(dict(claims)),
+        scopes=read_scopes(plain, scope_paths),
+        claims=MappingProxyType(plain),
         token_id=claims.get("jti"),
         client_id=claims.get("client_id"),
         issuer=policy.issuer,

@@ -591,6 +591,12 @@ class BearerGuard:
             raise ConfigurationError("dpop must be a DPoPPolicy")
         self.dpop = dpop
         self.mtls = _certificate_binding(mtls)
+        if self.protected_resource is not None:
+            self.protected_resource = self.protected_resource.binding(
+                dpop_algorithms=None if dpop is None else dpop.allowed,
+                dpop_required=dpop is not None and dpop.mode == "required",
+                mtls=self.mtls is not None,
+            )
         # One check on the middlewares' hot path: does any request need more than a token?
         self.sender_constrained = dpop is not None or mtls is not None
         self.clock = clock

@@ -156,6 +156,35 @@ class ProtectedResource:
         named.body = json.dumps(named.document).encode()
         return named
 
+    def binding(
+        self, *, dpop_algorithms: Iterable[str] | None, dpop_required: bool, mtls: bool
+    ) -> ProtectedResource:
+        """This metadata stating which sender-constrained tokens the guard accepts.
+
+        RFC 9728 §2: ``tls_client_certificate_bound_access_tokens`` and
+        ``dpop_bound_access_tokens_required`` mean false when omitted, so a guard that checks
+        certificate-bound tokens (RFC 8705) or requires DPoP (RFC 9449) must say so; the DPoP
+        proof algorithms go in ``dpop_signing_alg_values_supported``.
+
+        Raises:
+            ConfigurationError: an ``extra`` member that says otherwise.
+        """
+        members: dict[str, Any] = {}
+        if mtls:
+            members["tls_client_certificate_bound_access_tokens"] = True
+        if dpop_algorithms is not None:
+            members["dpop_signing_alg_values_supported"] = sorted(dpop_algorithms)
+            members["dpop_bound_access_tokens_required"] = dpop_required
+        for name, value in members.items():
+            if name in self.document and self.document[name] != value:
+                raise ConfigurationError(f"extra metadata member {name!r} contradicts the guard")
+        if not members:
+            return self
+        bound = copy.copy(self)
+        bound.document = {**self.document, **members}
+        bound.body = json.dumps(bound.document).encode()
+        return bound
+
     def response(self, method: str) -> tuple[int, list[tuple[str, str]], bytes]:
         """The answer to a request for the document: ``(status, headers, body)``.
 

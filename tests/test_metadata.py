@@ -6,8 +6,11 @@ import pytest
 
 from bearerguard import BearerGuard
 from bearerguard._core.scopes import ScopeImplications
+from bearerguard.dpop import DPoPPolicy
 from bearerguard.errors import ConfigurationError, InvalidAudienceError
+from bearerguard.issuers import TrustedIssuers
 from bearerguard.metadata import WELL_KNOWN_PATH, ProtectedResource, ResourceMetadata
+from bearerguard.mtls import CertificateBinding
 from bearerguard.testing import DevIssuer
 
 pytestmark = pytest.mark.anyio
@@ -95,6 +98,44 @@ def test_document_members() -> None:
         [("allow", "GET, HEAD"), ("content-length", "0")],
     )
     assert repr(published) == "ProtectedResource('https://api.example')"
+
+
+def test_the_document_states_the_sender_constrained_tokens_the_guard_takes() -> None:
+    # RFC 9728 §2: omitted, dpop_bound_access_tokens_required and
+    # tls_client_certificate_bound_access_tokens mean false.
+    def document(**options: object) -> dict[str, object]:
+        guard = BearerGuard(
+            issuer=ISSUER, jwks_uri=ISSUER + "/jwks", resource="https://api.example", **options
+        )
+        assert guard.protected_resource is not None
+        return dict(guard.protected_resource.document)
+
+    assert "dpop_bound_access_tokens_required" not in document()
+    assert "tls_client_certificate_bound_access_tokens" not in document()
+    required = document(dpop=DPoPPolicy(mode="required", algorithms=["ES256", "EdDSA"]))
+    assert required["dpop_bound_access_tokens_required"] is True
+    assert required["dpop_signing_alg_values_supported"] == ["ES256", "EdDSA"]
+    assert document(dpop=DPoPPolicy())["dpop_bound_access_tokens_required"] is False
+    assert document(mtls=CertificateBinding())["tls_client_certificate_bound_access_tokens"]
+    with pytest.raises(ConfigurationError, match="contradicts"):
+        document(
+            mtls=CertificateBinding(),
+            resource_metadata=ResourceMetadata(
+                extra={"tls_client_certificate_bound_access_tokens": False}
+            ),
+        )
+    # Several issuers: the document naming them all keeps the members.
+    policy = DPoPPolicy(mode="required")
+    guards = [
+        BearerGuard(
+            issuer=issuer, jwks_uri=issuer + "/jwks", resource="https://api.example", dpop=policy
+        )
+        for issuer in (ISSUER, "https://other.example")
+    ]
+    published = TrustedIssuers(guards).protected_resource
+    assert published is not None
+    assert published.document["dpop_bound_access_tokens_required"] is True
+    assert published.document["authorization_servers"] == [ISSUER, "https://other.example"]
 
 
 @pytest.mark.parametrize(

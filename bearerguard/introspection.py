@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import ssl
 import threading
 import time
@@ -247,10 +248,13 @@ class Introspector:
             raise ConfigurationError("client_secret must be a non-empty string (RFC 7662 §2.1)")
         if auth_method not in _AUTH_METHODS:
             raise ConfigurationError(f"auth_method must be one of {_AUTH_METHODS}")
-        if timeout <= 0 or max_bytes < 256 or cache_size < 0:
+        # NaN fails these comparisons too: a NaN timeout fails every exchange with a
+        # ValueError (a 500), an infinite one never fails closed, an infinite TTL never asks
+        # again (a revocation is never seen).
+        if not 0 < timeout < math.inf or max_bytes < 256 or cache_size < 0:
             raise ConfigurationError("timeout, max_bytes and cache_size must be sensible")
-        if active_ttl < 0 or inactive_ttl < 0:
-            raise ConfigurationError("active_ttl and inactive_ttl must not be negative")
+        if not (0 <= active_ttl < math.inf and 0 <= inactive_ttl < math.inf):
+            raise ConfigurationError("active_ttl and inactive_ttl must be finite, not negative")
         self.client_id = client_id
         self.auth_method = auth_method
         self.timeout = float(timeout)

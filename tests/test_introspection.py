@@ -445,6 +445,12 @@ def test_cache_can_be_disabled(server: IntrospectionServer) -> None:
         ("https://as.example/introspect", {"timeout": 0}),
         ("https://as.example/introspect", {"cache_size": -1}),
         ("https://as.example/introspect", {"active_ttl": -1}),
+        ("https://as.example/introspect", {"timeout": float("nan")}),
+        ("https://as.example/introspect", {"timeout": float("inf")}),
+        ("https://as.example/introspect", {"active_ttl": float("nan")}),
+        ("https://as.example/introspect", {"active_ttl": float("inf")}),
+        ("https://as.example/introspect", {"inactive_ttl": float("nan")}),
+        ("https://as.example/introspect", {"inactive_ttl": float("inf")}),
         ("https://as.example/introspect", {"max_bytes": 10}),
     ],
 )

@@ -107,7 +107,8 @@ class ProtectedResource:
         metadata = metadata or ResourceMetadata()
         given = _strings(metadata.authorization_servers, "authorization_servers")
         servers = given or (issuer,)
-        scopes = tuple(metadata.scopes_supported)
+        supported = metadata.scopes_supported  # one scope, as one server is taken above
+        scopes = (supported,) if isinstance(supported, str) else tuple(supported)
         if scopes:
             validate_scope_names(scopes)
         document: dict[str, Any] = {

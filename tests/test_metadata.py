@@ -100,6 +100,18 @@ def test_document_members() -> None:
     assert repr(published) == "ProtectedResource('https://api.example')"
 
 
+def test_a_single_string_is_one_scope_as_it_is_one_server() -> None:
+    published = ProtectedResource(
+        "https://api.example",
+        ISSUER,
+        ResourceMetadata(scopes_supported="items:read", authorization_servers=ISSUER),
+    )
+    assert published.document["scopes_supported"] == ["items:read"]
+    assert published.document["authorization_servers"] == [ISSUER]
+    with pytest.raises(ConfigurationError):
+        ProtectedResource("https://api.example", ISSUER, ResourceMetadata(scopes_supported="a b"))
+
+
 def test_the_document_states_the_sender_constrained_tokens_the_guard_takes() -> None:
     # RFC 9728 §2: omitted, dpop_bound_access_tokens_required and
     # tls_client_certificate_bound_access_tokens mean false.

@@ -168,3 +168,13 @@ def test_an_awaitable_from_a_claim_check_refuses_the_token() -> None:
     policy = ClaimsPolicy(issuer=ISS, audiences=frozenset({"api"}), checks=(returns_a_coroutine,))
     with pytest.raises(InvalidClaimError, match="returned an awaitable"):
         validate_claims(HEADER, claims(tenant="acme"), policy, NOW)
+
+
+@pytest.mark.parametrize("name", ["nbf", "iat", "sub", "jti", "client_id", "azp"])
+def test_null_claims_are_not_absent(name: str) -> None:
+    # RFC 7519 §4.1: a registered claim, when present, has a value of its type; JSON null
+    # is neither that nor absence (nbf: null must not read as "no not-before").
+    values = claims()
+    values[name] = None
+    with pytest.raises(MalformedTokenError):
+        validate_claims(HEADER, values, POLICY, NOW)

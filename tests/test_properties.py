@@ -402,12 +402,12 @@ def check_accepted(
     assert times.expires_at == exp
     assert times.valid_until <= exp + policy.leeway
     for name in ("nbf", "iat"):
-        if claims.get(name) is not None:
+        if name in claims:
             assert numeric_date(claims[name]) <= now + policy.leeway
     if policy.max_age is not None:
         assert now < numeric_date(claims["iat"]) + policy.max_age + policy.leeway
     for name in STRING_CLAIMS:
-        assert claims.get(name) is None or isinstance(claims[name], str)
+        assert name not in claims or (isinstance(claims[name], str) and claims[name])
     if policy.require_typ:
         assert str(header.get("typ")).lower() in ACCESS_TOKEN_TYPES
     for name in policy.required_claims:
@@ -482,10 +482,10 @@ def time_rules_accept(claims: Mapping[str, Any], policy: ClaimsPolicy, now: floa
     """RFC 7519 §4.1.4-4.1.6 and the maximum age, stated independently of the library."""
     dates: dict[str, float | None] = {}
     for name in ("exp", "nbf", "iat"):
-        value = claims.get(name)
-        if value is None:
+        if name not in claims:
             dates[name] = None
             continue
+        value = claims[name]  # present as null: no NumericDate (RFC 7519 §4.1.4-4.1.6)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
         if not (math.isfinite(value) and 0 <= value <= 253_402_300_799):

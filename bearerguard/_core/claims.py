@@ -40,6 +40,9 @@ ClaimCheck = Callable[[Mapping[str, Any]], object]
 _ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 _STRING_CLAIMS = ("sub", "jti", "client_id", "azp")
 _NUMBERS = frozenset({int, float})  # exactly: bool is an int subclass
+# What claims.get returns for an absent claim: a claim present as JSON null is not absent
+# (RFC 7519 §4.1.2-4.1.7: each registered claim has a value of its type when present).
+_ABSENT: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,13 +119,19 @@ def check_times(claims: Mapping[str, Any], policy: ClaimsPolicy, now: float) -> 
         raise InvalidClaimError("exp is required")
     else:
         exp = _numeric_date(exp, "exp")
-    nbf: Any = claims.get("nbf")
-    if nbf is not None and not (type(nbf) in _NUMBERS and 0 <= nbf <= MAX_NUMERIC_DATE):
+    # RFC 7519 §4.1.5, §4.1.6: when present, nbf and iat are NumericDates; null is neither
+    # absent nor a date, so it is refused rather than read as "no constraint".
+    nbf: Any = claims.get("nbf", _ABSENT)
+    if nbf is _ABSENT:
+        nbf = None
+    elif not (type(nbf) in _NUMBERS and 0 <= nbf <= MAX_NUMERIC_DATE):
         nbf = _numeric_date(nbf, "nbf")
-    iat: Any = claims.get("iat")
+    iat: Any = claims.get("iat", _ABSENT)
     if type(iat) in _NUMBERS and 0 <= iat <= MAX_NUMERIC_DATE:
         iat = float(iat)
-    elif iat is not None:
+    elif iat is _ABSENT:
+        iat = None
+    else:
         iat = _numeric_date(iat, "iat")
     leeway = policy.leeway
     valid_until = exp + leeway
@@ -168,8 +177,9 @@ def check_identifiers(claims: Mapping[str, Any]) -> None:
     tokens and to introspection answers alike.
     """
     for name in _STRING_CLAIMS:
-        value = claims.get(name)
-        if value is not None and (not isinstance(value, str) or not value):
+        value = claims.get(name, _ABSENT)
+        # null is not absent: a present identifier must name someone (RFC 7519 §4.1.2).
+        if value is not _ABSENT and (not isinstance(value, str) or not value):
             raise MalformedTokenError(f"claim {name!r} is not a non-empty string")
 
 

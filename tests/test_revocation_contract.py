@@ -212,6 +212,9 @@ async def test_instants_are_epoch_seconds_or_aware_datetimes(side: Callable[...,
         await store.revoke_token("j1", expires_at="2030")
     with pytest.raises(TypeError):
         await store.revoke_client("c1", issued_before="2030")
+    # A float past year 9999 is refused as an int is: the Redis side would overflow.
+    with pytest.raises(ValueError, match="instant is out of range"):
+        await store.revoke_token("j1", expires_at=1e16)
     assert not await store.is_revoked(token(jti="j1", sub="s1", client_id="c1"))
 
 

@@ -32,7 +32,7 @@ def to_epoch(value: Instant) -> float:
 
     Raises:
         ValueError: a naive datetime (its meaning depends on the machine's zone), or a
-            number that is not finite.
+            number that is not finite or lies beyond year 9999.
         TypeError: anything else.
     """
     if isinstance(value, datetime):
@@ -41,9 +41,11 @@ def to_epoch(value: Instant) -> float:
         return value.timestamp()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected epoch seconds or an aware datetime, got {type(value).__name__}")
-    if isinstance(value, int):
-        if abs(value) > MAX_NUMERIC_DATE:  # float() of a huge integer would overflow
-            raise ValueError("instant is out of range")
-    elif not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("instant is not finite")
+    # Compared before float(): that of a huge integer would overflow. A float is held to the
+    # same range as an int: 1e16 is no more an instant than 10**16 (and a store keeping it in
+    # milliseconds would overflow a 64-bit integer).
+    if abs(value) > MAX_NUMERIC_DATE:
+        raise ValueError("instant is out of range")
     return float(value)

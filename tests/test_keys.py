@@ -208,3 +208,17 @@ def test_verify_signature_for_every_algorithm_of_the_key(alg: str) -> None:
     assert not verify_signature(key, alg, signing_input, bytes(len(signature)))
     if alg.startswith("RS"):  # the same key under PSS does not accept a PKCS #1 v1.5 signature
         assert not verify_signature(key, "PS" + alg[2:], signing_input, signature)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "-----BEGIN PUBLIC KEY-----\n" + "A" * 64 + "\n-----END PUBLIC KEY-----\n",
+        b"-----BEGIN CERTIFICATE-----\n" + b"B" * 64 + b"\n-----END CERTIFICATE-----",
+        "ssh-rsa " + "C" * 64 + " user@host",
+    ],
+)
+def test_a_public_key_is_no_shared_secret(secret: str | bytes) -> None:
+    # RFC 8725 §3.2: HMAC keyed with a public key lets anyone forge HS* tokens.
+    with pytest.raises(ConfigurationError, match="PEM or SSH key"):
+        key_from_secret(secret, frozenset({"HS256"}))

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.exceptions import InvalidKeyError
+from jwt.utils import is_pem_format, is_ssh_key
 
 from bearerguard.errors import ConfigurationError, UnsupportedAlgorithmError
 
@@ -274,6 +275,13 @@ def key_from_pem(
 def key_from_secret(secret: str | bytes, allowed: frozenset[str]) -> VerificationKey:
     """Bind a shared secret to the HS* algorithms it is long enough for (RFC 7518 §3.2)."""
     data = secret.encode() if isinstance(secret, str) else secret
+    if is_pem_format(data) or is_ssh_key(data):
+        # RFC 8725 §3.1, §3.2: a public key is public; as an HMAC secret it would let anyone
+        # sign HS* tokens (CVE-2015-9235, CVE-2022-29217). PyJWT refuses it for that reason.
+        raise ConfigurationError(
+            "the shared secret is a PEM or SSH key: a public key (or certificate) is no "
+            "HMAC secret; pass a public key with keys=, a random secret with secret="
+        )
     algorithms = frozenset(
         alg for alg in allowed & HMAC_ALGORITHMS if len(data) >= _MIN_SECRET_BYTES[alg]
     )

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from bearerguard._core.keys import (
@@ -129,6 +129,43 @@ def test_the_identity_as_an_ed25519_key_would_verify_anything() -> None:
 def test_genuine_ed25519_keys_still_load() -> None:
     for _ in range(50):
         public = ed25519.Ed25519PrivateKey.generate().public_key()
+        jwk: dict[str, Any] = OKPAlgorithm.to_jwk(public, as_dict=True)
+        keys, _ = keys_from_jwks({"keys": [jwk]}, ALL)
+        assert len(keys) == 1
+
+
+_P448 = 2**448 - 2**224 - 1
+# Every point of order 1, 2 or 4 on edwards448 ((0, 1), (0, -1), (1, 0), (-1, 0)) by its y,
+# non-canonical encodings (y >= p) included.
+_SMALL_ORDER_ED448 = [1, _P448 - 1, 0, _P448, _P448 + 1]
+# RFC 8032 §5.2: the Ed448 base point B, encoded.
+_ED448_B = bytes.fromhex(
+    "14fa30f25b790898adc8d74e2c13bdfdc4397ce61cffd33ad7c2a0051e9c78874098a36c7373ea4b62c7c9"
+    "563720768824bcb66e71463f6900"
+)
+
+
+@pytest.mark.parametrize("sign", [0, 0x80])
+@pytest.mark.parametrize("y", _SMALL_ORDER_ED448, ids=lambda y: f"y{y % _P448}-{y >= _P448}")
+def test_small_order_ed448_keys_are_skipped(y: int, sign: int) -> None:
+    """(+-1, 0) verifies R = B, S = 1 for every message under OpenSSL (RFC 8032 §5.2)."""
+    encoded = y.to_bytes(57, "little")
+    encoded = encoded[:56] + bytes([encoded[56] | sign])
+    x = base64.urlsafe_b64encode(encoded).rstrip(b"=").decode()
+    assert "no allowed algorithm" in load_one({"kty": "OKP", "crv": "Ed448", "x": x})
+
+
+def test_a_small_order_ed448_key_would_verify_anything() -> None:
+    point = bytes(56) + b"\x80"  # (1, 0), of order 4
+    key = VerificationKey("z", frozenset({"EdDSA"}), ed448.Ed448PublicKey.from_public_bytes(point))
+    forged = _ED448_B + (1).to_bytes(57, "little")
+    assert verify_signature(key, "EdDSA", b"any.thing", forged)
+    assert verify_signature(key, "EdDSA", b"other.thing", forged)
+
+
+def test_genuine_ed448_keys_still_load() -> None:
+    for _ in range(20):
+        public = ed448.Ed448PrivateKey.generate().public_key()
         jwk: dict[str, Any] = OKPAlgorithm.to_jwk(public, as_dict=True)
         keys, _ = keys_from_jwks({"keys": [jwk]}, ALL)
         assert len(keys) == 1

@@ -3,7 +3,7 @@
 A key's algorithms come from the key itself (its JWK ``alg``, or its type and curve), never
 from the token: a token's ``alg`` header only selects among what the key already allows. Keys
 for encryption (``use: enc``), symmetric JWKs, keys carrying private members, RSA keys
-under 2048 bits and Ed25519 keys of small order are never loaded from a key set.
+under 2048 bits and Ed25519 or Ed448 keys of small order are never loaded from a key set.
 """
 
 from __future__ import annotations
@@ -170,6 +170,23 @@ def _ed25519_small_order(encoded: bytes) -> bool:
     return x == 0 and y == 1
 
 
+# edwards448 (RFC 8032 §5.2): the field prime.
+_P448 = 2**448 - 2**224 - 1
+
+
+def _ed448_small_order(encoded: bytes) -> bool:
+    """Whether an Ed448 public key is a point of small order ([4]A is the identity).
+
+    The cofactor of edwards448 is 4, and its only points of order dividing 4 are (0, 1),
+    (0, -1) and (+-1, 0): y is 1, -1 or 0. OpenSSL loads (+-1, 0) and then accepts
+    R = B, S = 1 as a signature of every message, so such a key is refused as small-order
+    Ed25519 keys are. y is read as in RFC 8032 §5.2.3 (the x sign bit dropped) and reduced
+    modulo p, so that non-canonical encodings are caught too.
+    """
+    y = int.from_bytes(encoded, "little") & ((1 << 455) - 1)
+    return y % _P448 in {0, 1, _P448 - 1}
+
+
 def _algorithms_for_public_key(public_key: Any) -> frozenset[str]:
     if isinstance(public_key, rsa.RSAPublicKey):
         if public_key.key_size < _MIN_RSA_BITS:
@@ -179,6 +196,10 @@ def _algorithms_for_public_key(public_key: Any) -> frozenset[str]:
         alg = _EC_ALGORITHM_BY_CLASS.get(type(public_key.curve))
         return frozenset({alg}) if alg else frozenset()
     if isinstance(public_key, ed25519.Ed25519PublicKey) and _ed25519_small_order(
+        public_key.public_bytes_raw()
+    ):
+        return frozenset()
+    if isinstance(public_key, ed448.Ed448PublicKey) and _ed448_small_order(
         public_key.public_bytes_raw()
     ):
         return frozenset()

@@ -38,6 +38,10 @@ ClaimCheck = Callable[[Mapping[str, Any]], object]
 # RFC 9068 §2.1: "at+jwt", with or without the "application/" prefix (RFC 7515 §4.1.9),
 # compared case-insensitively as media types are.
 _ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+# Types that say the JWT is something else, refused even without require_typ: a Security
+# Event Token (RFC 8417 §2.3) from the trusted issuer must never pass as an access token
+# (RFC 8725 §3.11), as the SET receiver refuses access tokens.
+_OTHER_TYPES = frozenset({"secevent+jwt", "application/secevent+jwt"})
 _STRING_CLAIMS = ("sub", "jti", "client_id", "azp")
 _NUMBERS = frozenset({int, float})  # exactly: bool is an int subclass
 # What claims.get returns for an absent claim: a claim present as JSON null is not absent
@@ -227,6 +231,10 @@ def validate_claims(
     check_identifiers(claims)
     if policy.require_typ:
         _check_typ(header)  # RFC 9068 §2.1
+    else:
+        typ = header.get("typ")
+        if isinstance(typ, str) and typ.lower() in _OTHER_TYPES:
+            raise InvalidTypeError(f"typ is {typ!r}, not an access token")
     iss = get("iss")
     if iss != policy.issuer or not isinstance(iss, str):
         _refuse_issuer(iss)  # RFC 9068 §4: exact match with the trusted issuer.

@@ -180,7 +180,16 @@ def test_null_claims_are_not_absent(name: str) -> None:
         validate_claims(HEADER, values, POLICY, NOW)
 
 
-@pytest.mark.parametrize("typ", ["secevent+jwt", "application/secevent+jwt", "SecEvent+JWT"])
+@pytest.mark.parametrize(
+    "typ",
+    [
+        "secevent+jwt",
+        "application/secevent+jwt",
+        "SecEvent+JWT",
+        "logout+jwt",
+        "application/logout+jwt",
+    ],
+)
 def test_a_security_event_token_is_never_an_access_token(typ: str) -> None:
     # RFC 8417 §2.3, RFC 8725 §3.11: explicit typing keeps a SET from the trusted issuer
     # from passing as an access token, even where at+jwt is not required.

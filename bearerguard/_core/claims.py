@@ -38,10 +38,13 @@ ClaimCheck = Callable[[Mapping[str, Any]], object]
 # RFC 9068 §2.1: "at+jwt", with or without the "application/" prefix (RFC 7515 §4.1.9),
 # compared case-insensitively as media types are.
 _ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
-# Types that say the JWT is something else, refused even without require_typ: a Security
-# Event Token (RFC 8417 §2.3) from the trusted issuer must never pass as an access token
-# (RFC 8725 §3.11), as the SET receiver refuses access tokens.
-_OTHER_TYPES = frozenset({"secevent+jwt", "application/secevent+jwt"})
+# Types that say the JWT is something else, refused even without require_typ (RFC 8725
+# §3.11): a Security Event Token (RFC 8417 §2.3; the SET receiver refuses access tokens in
+# turn) or an OpenID Connect back-channel logout token (Back-Channel Logout 1.0 §2.4), both
+# signed by the trusted issuer, must never pass as an access token.
+_OTHER_TYPES = frozenset(
+    {"secevent+jwt", "application/secevent+jwt", "logout+jwt", "application/logout+jwt"}
+)
 _STRING_CLAIMS = ("sub", "jti", "client_id", "azp")
 _NUMBERS = frozenset({int, float})  # exactly: bool is an int subclass
 # What claims.get returns for an absent claim: a claim present as JSON null is not absent

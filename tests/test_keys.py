@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import datetime
+import json
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
 
@@ -257,5 +260,40 @@ def test_verify_signature_for_every_algorithm_of_the_key(alg: str) -> None:
 )
 def test_a_public_key_is_no_shared_secret(secret: str | bytes) -> None:
     # RFC 8725 §3.2: HMAC keyed with a public key lets anyone forge HS* tokens.
-    with pytest.raises(ConfigurationError, match="PEM or SSH key"):
+    with pytest.raises(ConfigurationError, match="is a public key"):
         key_from_secret(secret, frozenset({"HS256"}))
+
+
+def _der_certificate() -> bytes:
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "issuer.example")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(EC_KEY.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(EC_KEY, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.DER)
+
+
+@pytest.mark.parametrize(
+    "encoding", ["jwk", "der", "der_certificate"], ids=["jwk", "der", "der-certificate"]
+)
+def test_a_public_key_in_another_encoding_is_no_shared_secret(encoding: str) -> None:
+    secret = {
+        "jwk": lambda: json.dumps(rsa_jwk()),
+        "der": lambda: RSA_KEY.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+        "der_certificate": _der_certificate,
+    }[encoding]()
+    with pytest.raises(ConfigurationError, match="is a public key"):
+        key_from_secret(secret, frozenset({"HS256"}))
+
+
+def test_a_random_secret_starting_with_a_brace_is_still_a_secret() -> None:
+    assert key_from_secret(b"{" + b"s" * 40, frozenset({"HS256"})).algorithms == {"HS256"}

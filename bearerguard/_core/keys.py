@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.exceptions import InvalidKeyError
 from jwt.utils import is_pem_format, is_ssh_key
@@ -293,14 +294,32 @@ def key_from_pem(
     return VerificationKey(kid=kid, algorithms=algorithms, key=public_key, source=data.decode())
 
 
+def _is_public_key(data: bytes) -> bool:
+    """Whether ``data`` is a key in another encoding: a JWK's JSON, or a DER public key or
+    certificate (PEM and SSH are ``jwt.utils``'s to spot)."""
+    if data[:1] == b"{":
+        try:
+            document = json.loads(data)
+        except ValueError:
+            return False
+        return isinstance(document, dict) and "kty" in document
+    for load in (load_der_public_key, x509.load_der_x509_certificate):
+        try:
+            load(data)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            continue
+        return True
+    return False
+
+
 def key_from_secret(secret: str | bytes, allowed: frozenset[str]) -> VerificationKey:
     """Bind a shared secret to the HS* algorithms it is long enough for (RFC 7518 §3.2)."""
     data = secret.encode() if isinstance(secret, str) else secret
-    if is_pem_format(data) or is_ssh_key(data):
+    if is_pem_format(data) or is_ssh_key(data) or _is_public_key(data):
         # RFC 8725 §3.1, §3.2: a public key is public; as an HMAC secret it would let anyone
         # sign HS* tokens (CVE-2015-9235, CVE-2022-29217). PyJWT refuses it for that reason.
         raise ConfigurationError(
-            "the shared secret is a PEM or SSH key: a public key (or certificate) is no "
+            "the shared secret is a public key (PEM, SSH, DER or a JWK) or certificate, no "
             "HMAC secret; pass a public key with keys=, a random secret with secret="
         )
     algorithms = frozenset(

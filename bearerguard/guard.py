@@ -879,8 +879,11 @@ class BearerGuard:
             if entry.key is self._secret:
                 return entry
             keys = self._keys
-            if keys.current(now) and keys.keys is not None and entry.key in keys.keys:
-                entry.key_set = keys.keys
+            # The set is read once: one another thread installs meanwhile must not be
+            # stamped on the entry unchecked (reused() trusts the stamp alone).
+            published = keys.keys
+            if keys.current(now) and published is not None and entry.key in published:
+                entry.key_set = published
                 return entry
         cache.pop(digest, None)
         return None

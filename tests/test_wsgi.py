@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import io
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -15,6 +17,7 @@ import structlog
 
 from bearerguard import AccessToken, RefreshPolicy
 from bearerguard.errors import ConfigurationError, KeySetUnavailableError, UnknownKeyError
+from bearerguard.guard import BearerGuard
 from bearerguard.revocation.redis import RedisRevocationStore
 from bearerguard.testing import DevIssuer, Override
 from bearerguard.wsgi import BearerGuardWSGIMiddleware, plain_response, responder_for
@@ -280,3 +283,45 @@ def test_redis_components_without_a_synchronous_client_are_refused_at_constructi
         {"dpop": DPoPPolicy(replay=RedisDPoPReplayStore("redis://127.0.0.1:1/0"))},
     ):
         BearerGuardWSGIMiddleware(hello_app, guard=session_issuer.guard(in_process=True, **options))
+
+
+def test_a_set_installed_during_a_reuse_check_is_never_stamped_unchecked(
+    issuer: DevIssuer,
+) -> None:
+    # Thread A finds the key in the set, then another thread installs a set without it
+    # before A stamps the entry: the stamp must name the set A checked, or the fast path
+    # would reuse a token whose key is gone until that set's freshness ends.
+    guard = issuer.guard(refresh=RefreshPolicy(cooldown=0))
+    app = BearerGuardWSGIMiddleware(hello_app, guard=guard)
+    old = issuer.key().kid
+    token = issuer.mint(expires_in=3600)
+    assert call(app, HTTP_AUTHORIZATION=f"Bearer {token}")[0] == "200 OK"
+    issuer.rotate(issuer.key().algorithm)
+    assert call(app, HTTP_AUTHORIZATION=f"Bearer {issuer.mint()}")[0] == "200 OK"  # {old, new}
+    issuer.retire(old)
+    lines, first = inspect.getsourcelines(BearerGuard._usable_entry)
+    stamp = first + next(i for i, line in enumerate(lines) if "entry.key_set =" in line)
+
+    previous = sys.gettrace()
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        if event == "line" and frame.f_lineno == stamp:
+            sys.settrace(previous)
+            frame.f_trace = None
+            worker = threading.Thread(target=guard._refresh_sync, kwargs={"unknown_kid": True})
+            worker.start()  # another request's refresh: the set without the old key
+            worker.join()
+        return local
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        return local if frame.f_code is BearerGuard._usable_entry.__code__ else None
+
+    sys.settrace(tracer)
+    try:
+        assert call(app, HTTP_AUTHORIZATION=f"Bearer {token}")[0] == "200 OK"  # checked first
+    finally:
+        sys.settrace(previous)
+    assert old not in guard.key_ids
+    with structlog.testing.capture_logs() as events:
+        assert call(app, HTTP_AUTHORIZATION=f"Bearer {token}")[0] == "401 Unauthorized"
+    assert [event["reason"] for event in events] == ["unknown_key"]

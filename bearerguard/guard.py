@@ -173,6 +173,20 @@ def _credentials(token: str | bytes) -> tuple[bytes, bytes]:
     return credentials, _sha256(credentials).digest()
 
 
+def _still_chosen(keys: KeySet, entry: Verified) -> bool:
+    """Whether a first verification of the entry's token would pick its key in ``keys``.
+
+    Not only that the key is still published: that the token's ``kid`` (or its absence, once
+    the set holds several keys) and ``alg`` still name that key (RFC 7515 §4.1.4), else a
+    cached token would be accepted where the same token seen first is refused.
+    """
+    token = entry.token
+    try:
+        return keys.key_for(token.key_id, token.algorithm) is entry.key
+    except UnsupportedAlgorithmError:
+        return False
+
+
 def _fingerprint(digest: bytes) -> str:
     return digest[:8].hex()
 
@@ -882,7 +896,11 @@ class BearerGuard:
             # The set is read once: one another thread installs meanwhile must not be
             # stamped on the entry unchecked (reused() trusts the stamp alone).
             published = keys.keys
-            if keys.current(now) and published is not None and entry.key in published:
+            if (
+                keys.current(now)
+                and published is not None
+                and (entry.key_set is published or _still_chosen(published, entry))
+            ):
                 entry.key_set = published
                 return entry
         cache.pop(digest, None)

@@ -284,3 +284,23 @@ async def test_the_first_reuse_already_takes_the_fast_path(session_issuer: DevIs
     entry = guard.reused(token.encode())
     assert entry is not None
     assert entry.key_set is not None  # stamped with the set its key came from
+
+
+async def test_a_cached_token_whose_kid_no_longer_chooses_its_key_is_refused() -> None:
+    # Without a kid, a token is verified only against a set of one key. Cached then, it must
+    # not outlive that rule once the set holds two: seen first, it is refused.
+    with DevIssuer(algorithms=("ES256",)) as issuer:
+        guard = issuer.guard(refresh=RefreshPolicy(cooldown=0))
+        kidless = issuer.mint(headers={"kid": None})
+        transport = httpx.ASGITransport(app=app_for(guard))
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
+            assert (await http.get("/me", headers=bearer(kidless))).status_code == 200
+            issuer.rotate("ES256")
+            # The new key's token names a kid the set lacks: the set is fetched again.
+            assert (await http.get("/me", headers=bearer(issuer.mint()))).status_code == 200
+            assert len(guard.key_ids) == 2
+            with structlog.testing.capture_logs() as events:
+                response = await http.get("/me", headers=bearer(kidless))
+            assert response.status_code == 401
+            assert [event["reason"] for event in events] == ["unknown_key"]
+            assert guard.reused(kidless.encode()) is None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,14 @@ if TYPE_CHECKING:
     from bearerguard.guard import BearerGuard
     from bearerguard.issuers import TrustedIssuers
 
-__all__ = ["SCOPE_KEY", "Refused", "RequestAuth", "current_auth", "refusal_for"]
+__all__ = [
+    "SCOPE_KEY",
+    "Refused",
+    "RequestAuth",
+    "already_let_in",
+    "current_auth",
+    "refusal_for",
+]
 
 SCOPE_KEY = "bearerguard"
 """The ASGI scope key (and WSGI environ key) under which ``RequestAuth`` is stored."""
@@ -55,6 +62,19 @@ class RequestAuth(RequestInfo):
 
 
 current_auth: ContextVar[RequestAuth | None] = ContextVar("bearerguard_auth", default=None)
+
+
+def already_let_in(store: Mapping[str, Any], guard: object) -> bool:
+    """Whether a middleware with ``guard`` further out let this request in with a token.
+
+    ``store`` is the ASGI scope or the WSGI environ. An app mounted with its own middleware
+    behind another with the same guard meets the request decided: the decision stands,
+    audited once, and a DPoP proof is not checked (and refused as replayed) a second time.
+    A request let in without a token is decided again: the inner ``public_paths`` may be
+    stricter.
+    """
+    prior = store.get(SCOPE_KEY)
+    return isinstance(prior, RequestAuth) and prior.guard is guard and prior.token is not None
 
 
 def refusal_for(

@@ -19,7 +19,14 @@ from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedU
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bearerguard._context import SCOPE_KEY, Refused, RequestAuth, current_auth, refusal_for
+from bearerguard._context import (
+    SCOPE_KEY,
+    Refused,
+    RequestAuth,
+    already_let_in,
+    current_auth,
+    refusal_for,
+)
 from bearerguard._core.extract import (
     bound_credentials,
     has_query_token,
@@ -331,12 +338,15 @@ class BearerGuardMiddleware:
                 _respond,
             )
             audit = guard.audit
-            if audit.records_accepted:
+            if audit.records_accepted and not already_let_in(scope, guard):
                 latency = perf_counter() - started
                 entry.record_accepted(audit, auth, latency)
         else:
             if resource is not None and kind == "http" and scope["path"] in resource.paths:
                 await _serve_metadata(resource, scope, send)
+                return
+            if already_let_in(scope, guard):
+                await self.app(scope, receive, send)
                 return
             authorization: list[bytes] = []
             for name, value in scope["headers"]:

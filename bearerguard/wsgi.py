@@ -13,7 +13,7 @@ from http import HTTPStatus
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal
 
-from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth, refusal_for
+from bearerguard._context import SCOPE_KEY, RequestAuth, already_let_in, current_auth, refusal_for
 from bearerguard._core.extract import (
     bound_credentials,
     request_credentials,
@@ -212,10 +212,12 @@ class BearerGuardWSGIMiddleware:
                 reused = entry.token
                 auth = RequestAuth(guard, reused, started, *request, self.respond)
                 audit = guard.audit
-                if audit.records_accepted:
+                if audit.records_accepted and not already_let_in(environ, guard):
                     latency = perf_counter() - started
                     entry.record_accepted(audit, auth, latency)
                 return self._call_app(environ, start_response, auth)
+        if already_let_in(environ, guard):
+            return self.app(environ, start_response)
         # Servers join repeated headers with commas: split back, two values are refused as
         # invalid_request, as two headers are over ASGI.
         values = [] if header is None else split_joined_values(header.encode("latin-1", "replace"))

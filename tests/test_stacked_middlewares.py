@@ -1,0 +1,121 @@
+"""An app mounted with its own middleware behind another with the same guard: one decision.
+
+A request the outer middleware let in with a token meets the inner one decided: one audit
+event per request, and a DPoP proof checked once (a second check would refuse it as
+replayed). A request let in without a token is decided again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+from starlette.testclient import TestClient
+from structlog.testing import capture_logs
+
+from bearerguard import BearerGuard, get_access_token
+from bearerguard.asgi import BearerGuardMiddleware
+from bearerguard.dpop import DPoPPolicy
+from bearerguard.testing import DevIssuer
+from bearerguard.wsgi import BearerGuardWSGIMiddleware
+from tests.test_dpop import Holder
+
+
+async def me(request: Request) -> PlainTextResponse:
+    token = get_access_token(request)
+    return PlainTextResponse("anonymous" if token is None else str(token.subject))
+
+
+def stacked(guard: BearerGuard, *, outer_public: tuple[str, ...] = ()) -> Starlette:
+    inner = Starlette(
+        routes=[Route("/me", me)], middleware=[Middleware(BearerGuardMiddleware, guard=guard)]
+    )
+    return Starlette(
+        routes=[Mount("/api", app=inner)],
+        middleware=[Middleware(BearerGuardMiddleware, guard=guard, public_paths=outer_public)],
+    )
+
+
+def test_a_request_is_audited_once_through_two_middlewares(session_issuer: DevIssuer) -> None:
+    client = TestClient(stacked(session_issuer.guard(in_process=True)))
+    token = session_issuer.mint(sub="ada")
+    for _ in range(2):  # the token's first sight, then a cache hit
+        with capture_logs() as events:
+            response = client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+        assert (response.status_code, response.text) == (200, "ada")
+        assert [event["event"] for event in events] == ["token.accepted"]
+
+
+def test_a_dpop_proof_is_checked_once_through_two_middlewares(session_issuer: DevIssuer) -> None:
+    holder = Holder()
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy())
+    client = TestClient(stacked(guard))
+    token = session_issuer.mint(sub="ada", cnf={"jkt": holder.jkt})
+    url = "http://testserver/api/me"
+    with capture_logs() as events:
+        response = client.get(
+            "/api/me",
+            headers={"Authorization": f"DPoP {token}", "DPoP": holder.proof(token, url=url)},
+        )
+    assert (response.status_code, response.text) == (200, "ada")
+    assert [event["event"] for event in events] == ["token.accepted"]
+
+
+def test_a_request_let_in_without_a_token_is_decided_again(session_issuer: DevIssuer) -> None:
+    # Public outside, protected inside: the inner middleware still asks for a token.
+    client = TestClient(stacked(session_issuer.guard(in_process=True), outer_public=("/api/*",)))
+    with capture_logs() as events:
+        response = client.get("/api/me")
+    assert response.status_code == 401
+    assert [event["event"] for event in events] == ["token.rejected"]
+
+
+def test_another_guard_decides_for_itself(session_issuer: DevIssuer) -> None:
+    outer, inner = session_issuer.guard(in_process=True), session_issuer.guard(in_process=True)
+    inner_app = Starlette(
+        routes=[Route("/me", me)], middleware=[Middleware(BearerGuardMiddleware, guard=inner)]
+    )
+    app = Starlette(
+        routes=[Mount("/api", app=inner_app)],
+        middleware=[Middleware(BearerGuardMiddleware, guard=outer)],
+    )
+    token = session_issuer.mint(sub="ada")
+    with capture_logs() as events:
+        response = TestClient(app).get("/api/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    assert [event["event"] for event in events] == ["token.accepted", "token.accepted"]
+
+
+def test_wsgi_a_request_is_audited_once_through_two_middlewares(
+    session_issuer: DevIssuer,
+) -> None:
+    guard = session_issuer.guard(in_process=True)
+
+    def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(get_access_token()).encode()]
+
+    app = BearerGuardWSGIMiddleware(BearerGuardWSGIMiddleware(hello, guard=guard), guard=guard)
+    token = session_issuer.mint(sub="ada")
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, *_: Any) -> None:
+        statuses.append(status)
+
+    for _ in range(2):
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/me",
+            "QUERY_STRING": "",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_AUTHORIZATION": f"Bearer {token}",
+        }
+        statuses.clear()
+        with capture_logs() as events:
+            b"".join(app(environ, start_response))
+        assert statuses == ["200 OK"]
+        assert [event["event"] for event in events] == ["token.accepted"]

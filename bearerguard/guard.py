@@ -400,6 +400,7 @@ class BearerGuard:
         max_age: refuse tokens issued more than this many seconds ago (needs ``iat``).
         required_claims: claims that must be present and not null.
         claim_checks: callables given the claims; a falsy result or an exception refuses.
+            They run when a token is verified, not on each reuse of a cached one.
         scope_claims: further claims read as scopes, besides ``scope`` and ``scp``; dotted
             paths reach into objects (``"realm_access.roles"``).
         usage: watch how each token is used (``bearerguard.usage``): distinct client

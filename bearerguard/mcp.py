@@ -156,7 +156,10 @@ class MCPToolScopes:
             return
         for tool in calls:
             required = self.required(tool)
-            denied = check_scopes(auth, required, any_of=False) if required else None
+            # "None beyond a valid token" still needs one: on a public path reached without
+            # credentials a call is refused 401, as requires_scopes() refuses it.
+            needs_check = required or auth.token is None
+            denied = check_scopes(auth, required, any_of=False) if needs_check else None
             if denied is not None:
                 refusal = denied[1]
                 headers = [(n.encode(), v.encode("latin-1")) for n, v in refusal.headers]

@@ -274,3 +274,36 @@ def test_paths_match_when_the_mcp_app_is_mounted_under_a_prefix(
                 "/api/mcp", json=delete, headers={"Authorization": f"Bearer {allowed}"}
             )
             assert answer.text == "ran"
+
+
+def test_a_call_on_a_public_path_still_needs_a_token(session_issuer: DevIssuer) -> None:
+    # A tool not named in tools needs "only a valid token": a public /mcp (initialize and
+    # tools/list without credentials) must not run it anonymously.
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from bearerguard.asgi import BearerGuardMiddleware
+    from bearerguard.mcp import MCPToolScopes
+
+    async def ran(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ran")
+
+    inner = Starlette(routes=[Route("/mcp", ran, methods=["POST"])])
+    checked = MCPToolScopes(inner, tools={"delete_note": ["notes:write"]})
+    guard = session_issuer.guard(in_process=True)
+    app = BearerGuardMiddleware(checked, guard=guard, public_paths=["/mcp"])
+    purge = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "purge"}}
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    with TestClient(app) as client, capture_logs() as logs:
+        assert client.post("/mcp", json=listing).text == "ran"
+        refused = client.post("/mcp", json=purge)
+        token = session_issuer.mint()
+        allowed = client.post("/mcp", json=purge, headers={"Authorization": f"Bearer {token}"})
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"].startswith("Bearer")
+    assert allowed.text == "ran"
+    rejected = [e for e in logs if e["event"] == "token.rejected"]
+    assert [e["reason"] for e in rejected] == ["missing_token"]

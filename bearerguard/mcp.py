@@ -19,7 +19,8 @@ It needs no MCP package and sits inside ``BearerGuardMiddleware``, whose verdict
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import cache
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,8 +28,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bearerguard._context import SCOPE_KEY, RequestAuth
 from bearerguard._core.scopes import validate_scope_names
 from bearerguard._core.unicode import has_lone_surrogate
+from bearerguard.asgi import TokenUser
 from bearerguard.decorators import check_scopes
 from bearerguard.errors import ConfigurationError
+from bearerguard.token import AccessToken
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "MCPToolScopes"]
 
@@ -73,6 +76,32 @@ def _tool_calls(body: bytes) -> list[object]:
             params = item.get("params")
             names.append(params.get("name") if isinstance(params, dict) else None)
     return names
+
+
+@cache
+def _sdk_user() -> Callable[[AccessToken], TokenUser] | None:
+    """A ``TokenUser`` the MCP SDK also takes for its own authenticated user, if it is installed.
+
+    The SDK binds a stateful session (streamable HTTP ``Mcp-Session-Id``, the SSE
+    transport's ``session_id``) to the principal that opened it, and answers 404 to any
+    other: but only for a ``scope["user"]`` of its ``AuthenticatedUser`` type. Seeing a
+    plain ``TokenUser``, it takes every caller for anonymous, and any valid token could
+    use, read or end another principal's session. It reads ``client_id``, ``sub`` and
+    ``iss`` from ``user.access_token``, which a bearerguard ``AccessToken`` provides.
+    """
+    try:
+        from mcp.server.auth.middleware.bearer_auth import (  # noqa: PLC0415 - optional
+            AuthenticatedUser,
+        )
+    except ImportError:  # pragma: no cover - the SDK is in the dev extra
+        return None
+
+    class MCPTokenUser(TokenUser, AuthenticatedUser):  # type: ignore[misc]
+        def __init__(self, access_token: AccessToken) -> None:
+            TokenUser.__init__(self, access_token)
+            self.scopes = sorted(access_token.scopes)
+
+    return MCPTokenUser
 
 
 class MCPToolScopes:
@@ -120,12 +149,20 @@ class MCPToolScopes:
         default_scopes = tuple(default)
         self.default = validate_scope_names(default_scopes) if default_scopes else ()
         self.max_body_bytes = max_body_bytes
+        self._sdk_user = _sdk_user()
 
     def required(self, tool: object) -> tuple[str, ...]:
         """The scopes a call of ``tool`` needs."""
         return self.tools.get(tool, self.default) if isinstance(tool, str) else self.default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            verdict = scope.get(SCOPE_KEY)
+            token = verdict.token if isinstance(verdict, RequestAuth) else None
+            if token is not None and self._sdk_user is not None:
+                # Session ownership (MCP security best practices: bind sessions to the
+                # user), for every method: GET streams and DELETE end sessions too.
+                scope["user"] = self._sdk_user(token)
         paths = self.paths
         if (
             scope["type"] != "http"

@@ -30,6 +30,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from mcp import Client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+from mcp.server.mcpserver import Context, MCPServer  # noqa: E402
 from mcp.shared.exceptions import MCPError  # noqa: E402
 
 pytestmark = pytest.mark.anyio
@@ -307,3 +308,45 @@ def test_a_call_on_a_public_path_still_needs_a_token(session_issuer: DevIssuer) 
     assert allowed.text == "ran"
     rejected = [e for e in logs if e["event"] == "token.rejected"]
     assert [e["reason"] for e in rejected] == ["missing_token"]
+
+
+def test_a_stateful_session_is_bound_to_the_principal_that_opened_it(
+    session_issuer: DevIssuer,
+) -> None:
+    # The SDK refuses another principal's requests for a session (404) only when it
+    # recognizes the request's user: behind the guard, any valid token could use or end it.
+    from starlette.testclient import TestClient
+
+    from bearerguard.asgi import BearerGuardMiddleware, TokenUser
+    from bearerguard.mcp import MCPToolScopes
+
+    server = MCPServer("notes")
+
+    @server.tool()
+    def whoami(ctx: Context) -> str:
+        user = ctx.request_context.request.user
+        assert isinstance(user, TokenUser)
+        return user.display_name
+
+    app = BearerGuardMiddleware(
+        MCPToolScopes(server.streamable_http_app(json_response=True), tools={}),
+        guard=session_issuer.guard(in_process=True),
+    )
+
+    def headers(sub: str, session: str | None = None) -> dict[str, str]:
+        extra = {} if session is None else {"Mcp-Session-Id": session}
+        token = session_issuer.mint(sub=sub)
+        version = {"Mcp-Protocol-Version": "2025-06-18"}
+        return {**ACCEPT, **version, **extra, "Authorization": f"Bearer {token}"}
+
+    whoami_call = {**call("whoami", {}), "id": 3}
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        session = client.post("/mcp", json=INIT, headers=headers("ana")).headers["mcp-session-id"]
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert client.post("/mcp", json=initialized, headers=headers("ana", session)).is_success
+        stolen = client.post("/mcp", json=whoami_call, headers=headers("eve", session))
+        assert stolen.status_code == 404
+        assert client.delete("/mcp", headers=headers("eve", session)).status_code == 404
+        mine = client.post("/mcp", json=whoami_call, headers=headers("ana", session))
+        assert mine.json()["result"]["structuredContent"] == {"result": "ana"}
+        assert client.delete("/mcp", headers=headers("ana", session)).status_code == 200

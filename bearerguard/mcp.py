@@ -114,9 +114,10 @@ class MCPToolScopes:
             token by default.
         max_body_bytes: larger POST bodies are refused with 413 rather than passed on
             unchecked.
-        paths: the paths of the MCP endpoint as the wrapped app routes them (e.g.
-            ``["/mcp"]``, also when mounted under a prefix); POSTs to other routes of the
-            app (webhooks, uploads) pass through unread. By default
+        paths: the paths of the MCP endpoint as the MCP app routes them (e.g.
+            ``["/mcp"]``), each also covering itself under any prefix (``/api/mcp``,
+            whether the MCP app is mounted above or inside the wrapped app); POSTs to
+            other routes of the app (webhooks, uploads) pass through unread. By default
             every POST is read as JSON-RPC.
 
     Every refusal is the RFC 6750 answer with ``resource_metadata`` when the guard has a
@@ -142,6 +143,8 @@ class MCPToolScopes:
             raise ConfigurationError("paths is an iterable of paths: ['/mcp'], not a string")
         self.app = app
         self.paths = None if paths is None else frozenset(paths)
+        if self.paths is not None and not all(p.startswith("/") for p in self.paths):
+            raise ConfigurationError("paths are absolute: '/mcp', not 'mcp'")
         self.tools = {
             name: validate_scope_names([scopes] if isinstance(scopes, str) else scopes)
             for name, scopes in tools.items()
@@ -221,14 +224,15 @@ class MCPToolScopes:
 
 
 def _on_paths(scope: Scope, paths: frozenset[str]) -> bool:
-    """Whether the request is for one of ``paths``, as the full path or as the path the
-    app routes on. Mounted under a prefix, ``path`` includes ``root_path`` (ASGI 3), but the
-    MCP app routes on what follows it: ``/mcp`` must match ``/api/mcp`` under ``/api``."""
-    path = scope["path"]
-    if path in paths:
-        return True
-    root = scope.get("root_path", "")
-    return bool(root) and path.startswith(root) and path[len(root) :] in paths
+    """Whether the request is for one of ``paths``, under any prefix.
+
+    The MCP app routes on what follows its mount point, wherever that is: above this
+    middleware (``root_path``), or inside the app it wraps (``Mount("/api", mcp_app)``,
+    which no scope field reveals here). ``/mcp`` must match ``/api/mcp`` either way: a
+    path matched in excess is only read as JSON-RPC, one missed runs tools unchecked.
+    """
+    path: str = scope["path"]
+    return any(path.endswith(entry) for entry in paths)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -277,6 +277,35 @@ def test_paths_match_when_the_mcp_app_is_mounted_under_a_prefix(
             assert answer.text == "ran"
 
 
+def test_paths_match_when_the_wrapped_app_mounts_the_mcp_app(session_issuer: DevIssuer) -> None:
+    # MCPToolScopes around an app with webhooks that mounts the MCP app under /api: the MCP
+    # app routes /mcp, and nothing in the scope says where the Mount is.
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+    from starlette.testclient import TestClient
+
+    from bearerguard.asgi import BearerGuardMiddleware
+    from bearerguard.errors import ConfigurationError
+    from bearerguard.mcp import MCPToolScopes
+
+    async def ran(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ran")
+
+    mcp_app = Starlette(routes=[Route("/mcp", ran, methods=["POST"])])
+    outer = Starlette(routes=[Route("/hooks", ran, methods=["POST"]), Mount("/api", mcp_app)])
+    checked = MCPToolScopes(outer, tools={"delete_note": ["notes:write"]}, paths=["/mcp"])
+    app = BearerGuardMiddleware(checked, guard=session_issuer.guard(in_process=True))
+    delete = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "delete_note"}}
+    headers = {"Authorization": f"Bearer {session_issuer.mint()}"}
+    with TestClient(app) as client:
+        assert client.post("/api/mcp", json=delete, headers=headers).status_code == 403
+        assert client.post("/hooks", content=b"plain", headers=headers).text == "ran"
+    with pytest.raises(ConfigurationError, match="absolute"):
+        MCPToolScopes(outer, tools={}, paths=["mcp"])
+
+
 def test_a_call_on_a_public_path_still_needs_a_token(session_issuer: DevIssuer) -> None:
     # A tool not named in tools needs "only a valid token": a public /mcp (initialize and
     # tools/list without credentials) must not run it anonymously.

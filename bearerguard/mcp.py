@@ -115,10 +115,11 @@ class MCPToolScopes:
         max_body_bytes: larger POST bodies are refused with 413 rather than passed on
             unchecked.
         paths: the paths of the MCP endpoint as the MCP app routes them (e.g.
-            ``["/mcp"]``), each also covering itself under any prefix (``/api/mcp``,
-            whether the MCP app is mounted above or inside the wrapped app); POSTs to
-            other routes of the app (webhooks, uploads) pass through unread. By default
-            every POST is read as JSON-RPC.
+            ``["/mcp"]``, or the SSE transport's ``["/messages/"]``), each also covering
+            itself under any prefix (``/api/mcp``, whether the MCP app is mounted above or
+            inside the wrapped app) and the paths below it (``/messages/<anything>``);
+            POSTs to other routes of the app (webhooks, uploads) pass through unread. By
+            default every POST is read as JSON-RPC.
 
     Every refusal is the RFC 6750 answer with ``resource_metadata`` when the guard has a
     resource, and one ``scope.denied`` audit event. A body that is not strict JSON is
@@ -145,6 +146,7 @@ class MCPToolScopes:
         self.paths = None if paths is None else frozenset(paths)
         if self.paths is not None and not all(p.startswith("/") for p in self.paths):
             raise ConfigurationError("paths are absolute: '/mcp', not 'mcp'")
+        self._paths = None if self.paths is None else frozenset(p.rstrip("/") for p in self.paths)
         self.tools = {
             name: validate_scope_names([scopes] if isinstance(scopes, str) else scopes)
             for name, scopes in tools.items()
@@ -166,7 +168,7 @@ class MCPToolScopes:
                 # Session ownership (MCP security best practices: bind sessions to the
                 # user), for every method: GET streams and DELETE end sessions too.
                 scope["user"] = self._sdk_user(token)
-        paths = self.paths
+        paths = self._paths
         if (
             scope["type"] != "http"
             or scope["method"] != "POST"
@@ -232,7 +234,9 @@ def _on_paths(scope: Scope, paths: frozenset[str]) -> bool:
     path matched in excess is only read as JSON-RPC, one missed runs tools unchecked.
     """
     path: str = scope["path"]
-    return any(path.endswith(entry) for entry in paths)
+    # And what lies below: Mount("/messages/") (the SSE transport's message endpoint)
+    # routes /messages/<anything> to the same app.
+    return any(path.endswith(entry) or f"{entry}/" in path for entry in paths)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -379,3 +379,29 @@ def test_a_stateful_session_is_bound_to_the_principal_that_opened_it(
         mine = client.post("/mcp", json=whoami_call, headers=headers("ana", session))
         assert mine.json()["result"]["structuredContent"] == {"result": "ana"}
         assert client.delete("/mcp", headers=headers("ana", session)).status_code == 200
+
+
+def test_paths_cover_what_a_mount_routes_below_them(session_issuer: DevIssuer) -> None:
+    # The SSE transport's message endpoint is Mount("/messages/"): /messages/x reaches it.
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+    from starlette.types import Receive, Scope, Send
+
+    from bearerguard.asgi import BearerGuardMiddleware
+    from bearerguard.mcp import MCPToolScopes
+
+    async def messages(scope: Scope, receive: Receive, send: Send) -> None:
+        await PlainTextResponse("ran")(scope, receive, send)
+
+    inner = Starlette(routes=[Mount("/messages/", app=messages)])
+    delete = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "delete_note"}}
+    headers = {"Authorization": f"Bearer {session_issuer.mint()}"}
+    for paths in (["/messages/"], ["/messages"]):
+        checked = MCPToolScopes(inner, tools={"delete_note": ["notes:write"]}, paths=paths)
+        app = BearerGuardMiddleware(checked, guard=session_issuer.guard(in_process=True))
+        with TestClient(app) as client:
+            for path in ("/messages/", "/messages/x", "/messages/x/y"):
+                answer = client.post(f"{path}?session_id=1", json=delete, headers=headers)
+                assert answer.status_code == 403, (paths, path)

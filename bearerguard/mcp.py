@@ -136,7 +136,7 @@ class MCPToolScopes:
         app: ASGIApp,
         *,
         tools: Mapping[str, str | Iterable[str]],
-        default: Iterable[str] = (),
+        default: str | Iterable[str] = (),
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         paths: Iterable[str] | None = None,
     ) -> None:
@@ -151,7 +151,8 @@ class MCPToolScopes:
             name: validate_scope_names([scopes] if isinstance(scopes, str) else scopes)
             for name, scopes in tools.items()
         }
-        default_scopes = tuple(default)
+        # One scope as a string, as in tools: not one scope per character.
+        default_scopes = (default,) if isinstance(default, str) else tuple(default)
         self.default = validate_scope_names(default_scopes) if default_scopes else ()
         self.max_body_bytes = max_body_bytes
         self._sdk_user = _sdk_user()

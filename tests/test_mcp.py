@@ -405,3 +405,13 @@ def test_paths_cover_what_a_mount_routes_below_them(session_issuer: DevIssuer) -
             for path in ("/messages/", "/messages/x", "/messages/x/y"):
                 answer = client.post(f"{path}?session_id=1", json=delete, headers=headers)
                 assert answer.status_code == 403, (paths, path)
+
+
+def test_default_takes_one_scope_as_a_string_as_tools_does() -> None:
+    from starlette.applications import Starlette
+
+    from bearerguard.mcp import MCPToolScopes
+
+    checked = MCPToolScopes(Starlette(), tools={"a": "notes:write"}, default="notes:read")
+    assert checked.required("a") == ("notes:write",)
+    assert checked.required("b") == ("notes:read",)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
 import anyio
+import anyio.to_thread
 
 from bearerguard._core.claims import ClaimCheck, ClaimsPolicy, validate_claims
 from bearerguard._core.dpop import check_proof
@@ -1107,12 +1108,19 @@ class BearerGuard:
         self, access: AccessToken, client: str | None, request: RequestInfo | None
     ) -> None:
         usage = self._async_usage
-        if usage is None:
-            raise ConfigurationError("the usage monitor has no asynchronous side (observe)")
+        sync_usage = self._sync_usage
+        monitor = usage or sync_usage
+        assert monitor is not None  # noqa: S101 - only called with a usage monitor
         try:
-            verdict = await usage.observe(access, client)
+            if usage is not None:
+                verdict = await usage.observe(access, client)
+            else:
+                # A monitor with only the synchronous side (SyncUsageMonitor) is accepted at
+                # construction: it runs in a worker thread rather than failing every request.
+                assert sync_usage is not None  # noqa: S101 - usage is one or the other
+                verdict = await anyio.to_thread.run_sync(sync_usage.observe_sync, access, client)
         except Exception as exc:  # noqa: BLE001 - the monitor's own failure policy decides
-            usage_failed(usage.policy, exc)
+            usage_failed(monitor.policy, exc)
             return
         decided = self._usage_consequence(access, verdict, request)
         if decided == "revoke":

@@ -121,6 +121,26 @@ def test_wsgi_needs_the_sync_side(session_issuer: DevIssuer) -> None:
         BearerGuardWSGIMiddleware(app, guard=guard)
 
 
+def test_asgi_runs_a_sync_only_monitor(session_issuer: DevIssuer) -> None:
+    """A SyncUsageMonitor is accepted by the guard, so ASGI must use it, not answer 500."""
+
+    class SyncOnly:
+        def __init__(self) -> None:
+            self.inner = MemoryUsageMonitor(UsagePolicy(max_addresses_per_token=1))
+            self.policy = self.inner.policy
+
+        def observe_sync(self, token: AccessToken, client: str | None) -> UsageVerdict:
+            return self.inner.observe_sync(token, client)
+
+    guard = session_issuer.guard(usage=SyncOnly())
+    token = session_issuer.mint()
+    for send in client_for("asgi", guard):
+        assert send(token, "10.0.0.1").status_code == 200
+        with structlog.testing.capture_logs() as events:
+            assert send(token, "10.0.0.2").status_code == 200  # action "log"
+        assert [event["event"] for event in events] == ["token.anomaly", "token.accepted"]
+
+
 class _CannotRevoke:
     """A valid revocation store (both sides) that has no revoke_* methods."""
 

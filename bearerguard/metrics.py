@@ -23,6 +23,7 @@ else, OpenTelemetry or statsd, is a class with the two methods of ``MetricsHook`
 from __future__ import annotations
 
 import bisect
+import math
 import threading
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -166,7 +167,7 @@ class PrometheusMetrics:
             self._metrics[name] = metric
         if guard is not None:
             age = prometheus.Gauge(JWKS_AGE, _HELP[JWKS_AGE], **options)
-            age.set_function(lambda: guard.key_set_age() or 0.0)
+            age.set_function(lambda: _key_set_age(guard))
 
     def increment(self, name: str, labels: dict[str, str]) -> None:
         """Add one to a counter."""
@@ -175,3 +176,12 @@ class PrometheusMetrics:
     def observe(self, name: str, value: float, labels: dict[str, str]) -> None:
         """Record a value in a histogram."""
         self._metrics[name].labels(**labels).observe(value)
+
+
+def _key_set_age(guard: BearerGuard) -> float:
+    """The gauge's value: +Inf while a guard that fetches its keys never had them (an alert on
+    the age must fire for an instance that never got keys), 0 for static keys."""
+    age = guard.key_set_age()
+    if age is not None:
+        return age
+    return 0.0 if guard._fetcher is None else math.inf

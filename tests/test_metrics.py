@@ -113,6 +113,25 @@ def test_prometheus_exporter(issuer: DevIssuer) -> None:
     assert 'bearerguard_jwks_fetches_total{result="ok"} 1.0' in text
 
 
+def test_prometheus_key_set_age_before_any_fetch(issuer: DevIssuer) -> None:
+    """Keys never fetched are not "0 seconds old": an alert on the age must fire."""
+    fetching = BearerGuard(
+        issuer="https://issuer.invalid", audience="api", jwks_uri="https://issuer.invalid/jwks"
+    )
+    registry = CollectorRegistry()
+    PrometheusMetrics(registry, guard=fetching)
+    assert "bearerguard_jwks_age_seconds +Inf" in generate_latest(registry).decode()
+    static = BearerGuard(issuer=issuer.url, audience="api", keys=issuer.jwks())
+    registry = CollectorRegistry()
+    PrometheusMetrics(registry, guard=static)
+    assert "bearerguard_jwks_age_seconds 0.0" in generate_latest(registry).decode()
+    warm = issuer.guard()
+    warm.warm_up_sync()
+    registry = CollectorRegistry()
+    PrometheusMetrics(registry, guard=warm)
+    assert "bearerguard_jwks_age_seconds +Inf" not in generate_latest(registry).decode()
+
+
 def test_readiness_asgi(issuer: DevIssuer) -> None:
     guard = issuer.guard()
     app = Starlette(

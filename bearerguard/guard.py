@@ -318,6 +318,17 @@ def _header_text(value: str, name: str) -> str:
     return value
 
 
+def _names(names: Iterable[str], option: str) -> tuple[str, ...]:
+    """Claim names, each a non-empty string: a bare string is refused, since it would be
+    read as its characters (``"roles"``: the claims ``r``, ``o``, ``l``, ``e``, ``s``)."""
+    if isinstance(names, str | bytes):
+        raise ConfigurationError(f"{option} takes a list of claim names, not {names!r}")
+    listed = tuple(names)
+    if not all(isinstance(name, str) and name for name in listed):
+        raise ConfigurationError(f"{option} takes non-empty strings: {listed!r}")
+    return listed
+
+
 def _certificate_binding(mtls: object) -> CertificateBinding | None:
     if mtls is not None and not isinstance(mtls, CertificateBinding):
         raise ConfigurationError("mtls must be a CertificateBinding (see bearerguard.mtls)")
@@ -494,6 +505,17 @@ class BearerGuard:
             or max_token_bytes < 16
         ):
             raise ConfigurationError("leeway, max_age and max_token_bytes must be sensible")
+        for name, flag in (
+            ("require_typ", require_typ),
+            ("require_jti", require_jti),
+            ("bindings_checked_upstream", bindings_checked_upstream),
+        ):
+            if not isinstance(flag, bool):
+                # A string such as "false" (from the environment) is truthy: it would switch
+                # bindings_checked_upstream on, accepting bound tokens unchecked.
+                raise ConfigurationError(f"{name} must be True or False, not {flag!r}")
+        required_claims = _names(required_claims, "required_claims")
+        scope_claims = _names(scope_claims, "scope_claims")
         claim_checks = tuple(claim_checks)
         for check in claim_checks:
             if not callable(check) or inspect.iscoroutinefunction(check):

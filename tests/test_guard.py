@@ -306,3 +306,30 @@ def test_async_claim_checks_are_refused_at_construction(session_issuer: DevIssue
         session_issuer.guard(claim_checks=[tenant_is_acme])
     with pytest.raises(ConfigurationError, match="plain functions"):
         session_issuer.guard(claim_checks=["tenant"])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"bindings_checked_upstream": "false"},
+        {"require_jti": "no"},
+        {"require_typ": 0},
+        {"scope_claims": "roles"},
+        {"required_claims": "tenant"},
+        {"required_claims": ["tenant", 1]},
+        {"scope_claims": [None]},
+    ],
+)
+def test_options_of_the_wrong_type_are_refused_not_misread(
+    session_issuer: DevIssuer, options: dict[str, Any]
+) -> None:
+    with pytest.raises(ConfigurationError):
+        session_issuer.guard(**options)
+
+
+def test_a_bare_string_of_scope_claims_grants_nothing_from_its_letters(
+    session_issuer: DevIssuer,
+) -> None:
+    guard = session_issuer.guard(scope_claims=["roles"])
+    access = guard.authenticate_sync(session_issuer.mint(s="admin", roles=["reader"]))
+    assert access.scopes == frozenset({"reader"})

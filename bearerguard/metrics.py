@@ -138,7 +138,8 @@ class PrometheusMetrics:
 
     Args:
         registry: where to register; the default registry when omitted.
-        guard: when given, also publishes ``bearerguard_jwks_age_seconds``, read at scrape.
+        guard: when given, also publishes ``bearerguard_jwks_age_seconds``, read at scrape
+            (or later, for the guard given this hook: ``publish_key_set_age``).
 
     Raises:
         ImportError: ``prometheus_client`` is not installed.
@@ -165,9 +166,21 @@ class PrometheusMetrics:
                     name.removesuffix("_total"), _HELP[name], labels, **options
                 )
             self._metrics[name] = metric
+        self._prometheus, self._options = prometheus, options
+        self._age: Any = None
         if guard is not None:
-            age = prometheus.Gauge(JWKS_AGE, _HELP[JWKS_AGE], **options)
-            age.set_function(lambda: _key_set_age(guard))
+            self.publish_key_set_age(guard)
+
+    def publish_key_set_age(self, guard: BearerGuard) -> None:
+        """Publish ``bearerguard_jwks_age_seconds`` of ``guard``, read at scrape time.
+
+        For the guard built with this hook (``BearerGuard(metrics=...)`` needs the hook
+        first): a second ``PrometheusMetrics`` on the same registry would register every
+        counter twice. Calling it again switches the gauge to another guard.
+        """
+        if self._age is None:
+            self._age = self._prometheus.Gauge(JWKS_AGE, _HELP[JWKS_AGE], **self._options)
+        self._age.set_function(lambda: _key_set_age(guard))
 
     def increment(self, name: str, labels: dict[str, str]) -> None:
         """Add one to a counter."""

@@ -132,6 +132,19 @@ def test_prometheus_key_set_age_before_any_fetch(issuer: DevIssuer) -> None:
     assert "bearerguard_jwks_age_seconds +Inf" not in generate_latest(registry).decode()
 
 
+def test_prometheus_decisions_and_key_set_age_on_one_registry(issuer: DevIssuer) -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry)
+    guard = issuer.guard(metrics=metrics)
+    metrics.publish_key_set_age(guard)
+    metrics.publish_key_set_age(guard)  # again: the same gauge, not a second one
+    guard.warm_up_sync()
+    text = generate_latest(registry).decode()
+    assert 'bearerguard_jwks_fetches_total{result="ok"} 1.0' in text
+    age = next(line for line in text.splitlines() if line.startswith("bearerguard_jwks_age"))
+    assert 0.0 <= float(age.split()[1]) < 60
+
+
 def test_readiness_asgi(issuer: DevIssuer) -> None:
     guard = issuer.guard()
     app = Starlette(

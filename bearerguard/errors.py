@@ -38,6 +38,7 @@ token said, which check failed and why) go only to ``detail``, which the audit l
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import ClassVar
 
@@ -303,6 +304,23 @@ class ReplayStoreError(ServiceUnavailableError):
     reason = "replay_store_unavailable"
 
 
+# scope-token = 1*( %x21 / %x23-5B / %x5D-7E ) (RFC 6750 §3, RFC 6749 §3.3)
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+def scope_attribute(names: Iterable[str]) -> str | None:
+    """The ``scope`` auth-param for ``names`` (RFC 6750 §3), or ``None`` when there are none
+    or one is not a scope-token: a name declared unchecked (FastAPI's ``Security(...,
+    scopes=[...])``) with a space, a quote or a character outside ASCII would split the
+    attribute or fail to encode the header, so the optional attribute is left out."""
+    listed = tuple(names)
+    if not listed or not all(
+        isinstance(name, str) and _SCOPE_TOKEN.fullmatch(name) for name in listed
+    ):
+        return None
+    return " ".join(listed)
+
+
 def _quote(value: str) -> str:
     """Render an auth-param value as an RFC 9110 §5.6.4 quoted-string."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -330,8 +348,10 @@ def render_challenge(
     if error is not None and error.error_code is not None:
         params.append(("error", error.error_code))
         params.append(("error_description", error.description))
-        if isinstance(error, InsufficientScopeError) and error.required:
-            params.append(("scope", " ".join(error.required)))
+        if isinstance(error, InsufficientScopeError):
+            scope = scope_attribute(error.required)
+            if scope is not None:
+                params.append(("scope", scope))
     params.extend(extra)
     if not params:
         return scheme

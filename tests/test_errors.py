@@ -75,3 +75,20 @@ def test_refusal_status_and_body(error: object, status: int, code: str) -> None:
         assert headers["retry-after"] == "5"
     else:
         assert headers["www-authenticate"].startswith('Bearer realm="api"')
+
+
+@pytest.mark.parametrize("name", ["读取", "read items", 'read"', "a\\b", ""])
+def test_a_scope_no_challenge_can_carry_is_left_out(name: str) -> None:
+    """RFC 6750 §3: ``scope`` holds scope-tokens; a route's scope declared unchecked (FastAPI's
+    ``Security(scopes=[...])``) must neither fail to encode the header nor split it."""
+    for error, hint in (
+        (InsufficientScopeError(["ok", name]), ()),
+        (MissingTokenError(), ("ok", name)),
+        (ExpiredTokenError(), (name,)),
+    ):
+        refusal = render_refusal(error, "api", scope=hint)
+        challenge = dict(refusal.headers)["www-authenticate"]
+        challenge.encode("ascii")
+        assert "scope=" not in challenge
+    kept = render_refusal(InsufficientScopeError(["a:read", "b"]), "api")
+    assert 'scope="a:read b"' in dict(kept.headers)["www-authenticate"]

@@ -659,3 +659,17 @@ def test_the_dependency_alone_checks_dpop_proofs(session_issuer: DevIssuer) -> N
         ("token.rejected", "dpop"),
         ("token.rejected", "bearer"),
     ]
+
+
+def test_security_scopes_no_challenge_can_carry_answer_a_plain_401(guard: BearerGuard) -> None:
+    bearer = BearerAuth(guard)
+    app = bearer.install(FastAPI())
+
+    @app.get("/a")
+    def read(token: Annotated[AccessToken, Security(bearer, scopes=["读取"])]) -> dict[str, str]:
+        return {}  # pragma: no cover
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.get("/a")
+    assert answer.status_code == 401
+    assert answer.headers["www-authenticate"].startswith("Bearer realm=")

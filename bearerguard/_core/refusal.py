@@ -13,6 +13,7 @@ from bearerguard.errors import (
     ServiceUnavailableError,
     UseDPoPNonceError,
     render_challenge,
+    scope_attribute,
 )
 
 __all__ = ["RETRY_AFTER_SECONDS", "Refusal", "render_refusal"]
@@ -68,8 +69,9 @@ def render_refusal(
         extra: list[tuple[str, str]] = []
         if error.status in (401, 403) and resource_metadata is not None:
             extra.append(("resource_metadata", resource_metadata))
-        if scope and error.status == 401 and not isinstance(error, InsufficientScopeError):
-            extra.append(("scope", " ".join(scope)))
+        hint = scope_attribute(scope) if error.status == 401 else None
+        if hint is not None and not isinstance(error, InsufficientScopeError):
+            extra.append(("scope", hint))
         if dpop_algs is None:
             headers.append(("www-authenticate", render_challenge(realm, error, extra=extra)))
         else:

@@ -9,6 +9,7 @@ the revocation store is synchronous, sans-I/O code from ``bearerguard._core``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -1147,9 +1148,17 @@ class BearerGuard:
         decided = self._usage_consequence(access, verdict, request)
         if decided == "revoke":
             try:
-                await getattr(self.revocation, "revoke_token")(  # noqa: B009 - not in the protocol
-                    access.token_id, access.expires_at, issuer=access.issuer
-                )
+                revoke = getattr(self.revocation, "revoke_token", None)
+                if callable(revoke):
+                    await revoke(access.token_id, access.expires_at, issuer=access.issuer)
+                else:
+                    # __init__ accepts a store with only revoke_token_sync: in a worker thread.
+                    revoke_sync = getattr(self.revocation, "revoke_token_sync")  # noqa: B009
+                    await anyio.to_thread.run_sync(
+                        functools.partial(
+                            revoke_sync, access.token_id, access.expires_at, issuer=access.issuer
+                        )
+                    )
             except Exception as exc:  # noqa: BLE001 - the token is refused all the same
                 _log.warning("bearerguard: revoking a misused token failed: %r", exc)
         if decided in ("reject", "revoke"):

@@ -166,3 +166,23 @@ def test_revoking_needs_a_store_that_can_revoke(session_issuer: DevIssuer) -> No
         guard.require_sync_side()
     rejecting = UsagePolicy(max_uses_per_token=2, action="reject")
     session_issuer.guard(usage=MemoryUsageMonitor(rejecting), revocation=_CannotRevoke())
+
+
+def test_asgi_revokes_through_a_store_with_only_revoke_token_sync(
+    session_issuer: DevIssuer,
+) -> None:
+    """The guard accepts action="revoke" with a store that has only revoke_token_sync: the
+    asynchronous flow must then revoke through it, not log an AttributeError."""
+    memory = MemoryRevocationStore()
+
+    class SyncRevoking(_CannotRevoke):
+        def revoke_token_sync(self, jti: str, expires_at: Any, *, issuer: Any = None) -> bool:
+            return memory.revoke_token_sync(jti, expires_at, issuer=issuer)
+
+    policy = UsagePolicy(max_addresses_per_token=1, action="revoke")
+    guard = session_issuer.guard(usage=MemoryUsageMonitor(policy), revocation=SyncRevoking())
+    token = session_issuer.mint()
+    for send in client_for("asgi", guard):
+        assert send(token, "10.0.0.1").status_code == 200
+        assert send(token, "10.0.0.2").status_code == 401
+    assert len(memory) == 1

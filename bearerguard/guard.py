@@ -500,6 +500,20 @@ class BearerGuard:
         allowed = _allowed_algorithms(algorithms, secret)
         if profile not in (None, "rfc9068"):
             raise ConfigurationError(f"unknown profile {profile!r}")
+        for name, number, whole in (
+            ("leeway", leeway, False),
+            ("max_age", 1 if max_age is None else max_age, False),
+            ("audit_sample_accepted", audit_sample_accepted, False),
+            ("max_token_bytes", max_token_bytes, True),
+            ("cache_size", cache_size, True),
+        ):
+            kinds = int if whole else int | float
+            if isinstance(number, bool) or not isinstance(number, kinds):
+                raise ConfigurationError(f"{name} must be a number, not {number!r}")
+        if not 0.0 <= audit_sample_accepted <= 1.0:  # NaN fails too
+            raise ConfigurationError("audit_sample_accepted must be between 0 and 1")
+        if not callable(clock):
+            raise ConfigurationError("clock must be a callable returning epoch seconds")
         if (
             not (0 <= leeway < math.inf)  # NaN fails too: it would switch off every expiry
             or (max_age is not None and not (0 < max_age < math.inf))
@@ -517,6 +531,8 @@ class BearerGuard:
                 raise ConfigurationError(f"{name} must be True or False, not {flag!r}")
         required_claims = _names(required_claims, "required_claims")
         scope_claims = _names(scope_claims, "scope_claims")
+        if callable(claim_checks):
+            raise ConfigurationError("claim_checks takes a list of functions of the claims")
         claim_checks = tuple(claim_checks)
         for check in claim_checks:
             if not callable(check) or inspect.iscoroutinefunction(check):

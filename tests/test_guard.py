@@ -333,3 +333,29 @@ def test_a_bare_string_of_scope_claims_grants_nothing_from_its_letters(
     guard = session_issuer.guard(scope_claims=["roles"])
     access = guard.authenticate_sync(session_issuer.mint(s="admin", roles=["reader"]))
     assert access.scopes == frozenset({"reader"})
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"leeway": "30"},
+        {"leeway": None},
+        {"max_age": "60"},
+        {"max_token_bytes": None},
+        {"max_token_bytes": float("inf")},
+        {"cache_size": "10"},
+        {"cache_size": None},
+        {"audit_sample_accepted": 2},
+        {"audit_sample_accepted": float("nan")},
+        {"audit_sample_accepted": "1"},
+        {"clock": 5},
+        {"claim_checks": lambda claims: True},
+        {"scope_implications": [("admin", "read")]},
+    ],
+)
+def test_options_that_are_not_what_they_take_raise_configuration_errors(
+    session_issuer: DevIssuer, options: dict[str, Any]
+) -> None:
+    """BearerGuard documents ConfigurationError for a bad option, not TypeError or ValueError."""
+    with pytest.raises(ConfigurationError):
+        session_issuer.guard(**options)

@@ -133,6 +133,8 @@ class ScopeImplications:
     __slots__ = ("_cache", "_map")
 
     def __init__(self, implications: Mapping[str, Iterable[str]] | None = None) -> None:
+        if implications is not None and not isinstance(implications, Mapping):
+            raise ConfigurationError("scope implications map scope names to implied scopes")
         mapping: dict[str, tuple[str, ...]] = {}
         for broad, narrower in (implications or {}).items():
             (key,) = validate_scope_names([broad])

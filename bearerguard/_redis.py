@@ -117,6 +117,11 @@ class RedisClients:
         self.asynchronous: aredis.Redis | None = async_client
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def owns_async(self) -> bool:
+        """Whether the asynchronous client is built here (from the URL) for each loop."""
+        return self._owns_async
+
     def use_loop(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Make the asynchronous client one for ``loop``; ``True`` when the loop is new to it."""
         if self._loop is loop:

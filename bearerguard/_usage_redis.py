@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
+import anyio.to_thread
 
 try:
     import redis
@@ -128,7 +129,8 @@ class RedisUsageMonitor:
         namespace: the prefix of every key (``{namespace}:use:...``); the revocation store's
             namespace may be shared, its keys do not overlap.
         client: an existing ``redis.Redis`` for the synchronous side, instead of ``url``
-            (not closed by the monitor; give it timeouts).
+            (not closed by the monitor; give it timeouts). Without ``async_client``,
+            ``observe`` uses it too, in a worker thread.
         async_client: an existing ``redis.asyncio.Redis`` for the asynchronous side.
         socket_timeout: seconds an observation may take before it fails. Every accepted
             request waits for it, so keep it short.
@@ -228,6 +230,11 @@ class RedisUsageMonitor:
 
     async def observe(self, token: AccessToken, client: str | None) -> UsageVerdict:
         """Count one use of ``token`` from ``client`` and judge it: as ``observe_sync``."""
+        clients = self._clients
+        if clients.asynchronous is None and not clients.owns_async and clients.sync is not None:
+            # Built with only a synchronous client (client=, as for WSGI): under ASGI, observe
+            # through it in a worker thread rather than fail every observation unmonitored.
+            return await anyio.to_thread.run_sync(self.observe_sync, token, client)
         plan = self._plan(token, client)
         if plan is None:
             return verdict_of(self._policy, token, [], first=False)

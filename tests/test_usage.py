@@ -620,6 +620,27 @@ async def test_two_instances_count_together(
         await b.aclose()
 
 
+@pytest.mark.anyio
+async def test_only_a_sync_client_still_observes_from_async_code(
+    redis_server: RedisServer, redis_namespace: str, redis_monitor_class: Any
+) -> None:
+    """Built for WSGI with client= alone, the monitor under ASGI must still count (in a worker
+    thread), not fail every observation and let each request through unmonitored."""
+    import redis
+
+    policy = UsagePolicy(max_addresses_per_token=1)
+    sync_client = redis.Redis.from_url(redis_server.url, socket_timeout=2)
+    monitor = redis_monitor_class(policy, client=sync_client, namespace=redis_namespace)
+    try:
+        assert (await monitor.observe(token(), "203.0.113.1")).token_addresses == 1
+        verdict = await monitor.observe(token(), "203.0.113.2")
+        assert verdict.exceeded
+        assert verdict.first
+    finally:
+        monitor.close()
+        sync_client.close()
+
+
 def calls(client: Any) -> dict[str, int]:
     stats = client.info("commandstats")
     return {name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in stats.items()}

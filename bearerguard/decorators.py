@@ -140,10 +140,23 @@ def _current(
     return auth, denied
 
 
-def _denial(required: tuple[str, ...], any_of: bool) -> Any:
+def _denial(required: tuple[str, ...], any_of: bool, args: tuple[Any, ...]) -> Any:
     """``None`` when the current request may proceed; else the response to answer with."""
     auth, denied = _current(required, any_of)
-    return None if denied is None else auth.respond(denied[1])
+    if denied is None:
+        return None
+    response = auth.respond(denied[1])
+    http = sys.modules.get("django.http")
+    if http is None or isinstance(response, http.HttpResponseBase):
+        return response
+    # A Django view must return an HttpResponse, even when the app the middleware wraps is
+    # not Django's own (WhiteNoise, Sentry, OpenTelemetry...) and the default responder
+    # did not recognise it: the view's request says which framework serves it.
+    if any(isinstance(arg, http.HttpRequest) for arg in args[:2]):
+        from bearerguard.wsgi import _django_response  # noqa: PLC0415 - Django only
+
+        return _django_response(denied[1])
+    return response
 
 
 def _with_fastapi_check(
@@ -193,7 +206,7 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 # FastAPI passes the parameter once its dependency has run the check.
                 if kwargs.pop(parameter, _UNCHECKED) is _UNCHECKED:
-                    denial = _denial(required, any_of)
+                    denial = _denial(required, any_of, args)
                     if denial is not None:
                         return denial
                 return await func(*args, **kwargs)
@@ -204,7 +217,7 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
             @functools.wraps(func)
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
                 if kwargs.pop(parameter, _UNCHECKED) is _UNCHECKED:
-                    denial = _denial(required, any_of)
+                    denial = _denial(required, any_of, args)
                     if denial is not None:
                         return denial
                 return func(*args, **kwargs)

@@ -6,11 +6,13 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import httpx
 import pytest
 
 from bearerguard.testing import DevIssuer
+from bearerguard.wsgi import BearerGuardWSGIMiddleware
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -71,3 +73,28 @@ def test_django_passes_the_token_through_request_meta(session_issuer: DevIssuer)
     with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as client:
         response = client.get("/items", headers=bearer(session_issuer, "items:read"))
     assert response.json() == {"items": ["pen", "ink"], "for": "mia"}
+
+
+def test_django_behind_another_wsgi_wrapper_still_gets_a_django_refusal(
+    session_issuer: DevIssuer,
+) -> None:
+    # WhiteNoise(get_wsgi_application()), Sentry's or OpenTelemetry's wrappers hide Django
+    # from responder_for: the refusal must still be an HttpResponse, not a 500.
+    django_app = load("django_app")
+
+    class Wrapper:
+        def __init__(self, application: Any) -> None:
+            self.application = application
+
+        def __call__(self, environ: Any, start_response: Any) -> Any:
+            return self.application(environ, start_response)
+
+    app = BearerGuardWSGIMiddleware(
+        Wrapper(django_app.get_wsgi_application()), guard=session_issuer.guard()
+    )
+    transport = httpx.WSGITransport(app=app, raise_app_exceptions=False)
+    with httpx.Client(transport=transport, base_url="http://testserver") as client:
+        denied = client.get("/items", headers=bearer(session_issuer, "other"))
+        assert denied.status_code == 403
+        assert denied.json()["error"] == "insufficient_scope"
+        assert 'scope="items:read"' in denied.headers["www-authenticate"]

@@ -49,6 +49,7 @@ from bearerguard._core.secevent import (
     plan_security_event,
 )
 from bearerguard._core.times import Instant
+from bearerguard.audit import RequestInfo
 from bearerguard.errors import (
     BadSignatureError,
     ConfigurationError,
@@ -361,13 +362,15 @@ def _request_fields(scope: Scope) -> dict[str, Any]:
     request_id = None
     for name, value in scope.get("headers", []):
         if name == b"x-request-id":
-            request_id = value.decode("latin-1")[:128]
-    return {
-        "method": str(scope.get("method", ""))[:16],
-        "path": str(scope.get("path", ""))[:512],
-        "client": client[0] if client else None,
-        "request_id": request_id,
-    }
+            request_id = value.decode("latin-1")
+    # Truncated and escaped as every other audit event's: a control character in the
+    # (percent-decoded) path or the header must not forge or garble a log line.
+    return RequestInfo(
+        str(scope.get("method", ""))[:16],
+        str(scope.get("path", "")),
+        client[0] if client else None,
+        request_id,
+    ).fields()
 
 
 async def _respond(send: Send, answer: _Answer) -> None:

@@ -562,6 +562,21 @@ async def test_other_methods_are_405(api: Setup) -> None:
 
 
 @pytest.mark.anyio
+async def test_request_fields_are_escaped_in_audit_events(api: Setup) -> None:
+    # A percent-encoded carriage return or terminal escape in the path, or a C1 control in
+    # X-Request-ID, must not reach the log raw (as with every other audit event).
+    with structlog.testing.capture_logs() as events:
+        response = await api.client.get(
+            "/hooks/%0D%1B[2K event.received outcome=accepted",
+            headers={"X-Request-ID": b"a\x85b"},
+        )
+    assert response.status_code == 405
+    (rejected,) = [event for event in events if event["event"] == "event.rejected"]
+    assert rejected["path"] == "/hooks/\\r\\x1b[2K event.received outcome=accepted"
+    assert rejected["request_id"] == "a\\x85b"
+
+
+@pytest.mark.anyio
 async def test_random_input_never_gets_a_500(api: Setup, stranger: DevIssuer) -> None:
     rng = random.Random(8417)
     issuer = api.issuer

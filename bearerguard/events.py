@@ -311,7 +311,7 @@ class SecurityEventReceiver:
         ]
         self._audit.info(
             "event.received",
-            outcome="accepted",
+            outcome="allow",  # docs/audit-events.md: allow, deny or error, as every event
             status=202,
             iss=self.guard.issuer,
             jti=_trim(plan.jti),

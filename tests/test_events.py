@@ -190,6 +190,7 @@ async def test_each_event_type_cuts_off_the_subject(
     ]
     assert received["iss"] == issuer.url
     assert received["status"] == 202
+    assert received["outcome"] == "allow"  # docs/audit-events.md: allow, deny or error
 
 
 @pytest.mark.anyio

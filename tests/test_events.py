@@ -257,6 +257,29 @@ async def test_subject_identifier_formats(api: Setup, name: str) -> None:
 
 
 @pytest.mark.anyio
+async def test_every_identifier_of_aliases_is_cut_off(api: Setup) -> None:
+    # RFC 9493 §3.2.7: all name the same subject; an opaque id listed first need not be the
+    # token's sub, so acting on the first one only would leave the user's tokens valid.
+    token = user_token(api.issuer, "kim")
+    aliases = {
+        "format": "aliases",
+        "identifiers": [
+            {"format": "opaque", "id": "a9f3-internal"},
+            {"format": "email", "email": "kim@example.com"},
+            iss_sub(api.issuer, "kim"),
+            {"format": "opaque", "id": "kim"},
+        ],
+    }
+    with structlog.testing.capture_logs() as events:
+        response = await api.push({CAEP_SESSION_REVOKED: {}}, sub_id=aliases)
+    assert response.status_code == 202
+    assert await api.status_of(token) == 401
+    (received,) = [event for event in events if event["event"] == "event.received"]
+    assert received["subjects"] == ["a9f3-internal", "kim"]
+    assert [action["sub"] for action in received["actions"]] == ["a9f3-internal", "kim"]
+
+
+@pytest.mark.anyio
 async def test_top_level_sub_names_the_subject(api: Setup) -> None:
     token = user_token(api.issuer, "kim")
     assert (await api.push({RISC_ACCOUNT_PURGED: {}}, sub="kim")).status_code == 202

@@ -126,9 +126,12 @@ class _Unsupported:
     why: str
 
 
-def _subject_of(identifier: Any, issuer: str, *, nested: bool = False) -> str | _Unsupported:
-    """The ``sub`` an RFC 9493 subject identifier names (``iss_sub`` or ``opaque``), or why
-    it names none we act on (another issuer's ``iss_sub``, another format).
+def _subject_of(
+    identifier: Any, issuer: str, *, nested: bool = False
+) -> tuple[str, ...] | _Unsupported:
+    """The ``sub`` values an RFC 9493 subject identifier names (``iss_sub`` or ``opaque``;
+    every one of them for ``aliases``), or why it names none we act on (another issuer's
+    ``iss_sub``, another format).
 
     Raises:
         SecurityEventError: the identifier is malformed.
@@ -150,21 +153,24 @@ def _subject_of(identifier: Any, issuer: str, *, nested: bool = False) -> str | 
             raise _invalid("an iss_sub identifier lacks iss or sub")
         if iss != issuer:
             return _Unsupported("an iss_sub identifier of another issuer")
-        return sub
+        return (sub,)
     if fmt == "opaque":  # RFC 9493 §3.2.4: the id the issuer uses, taken as the token's sub
         value = identifier.get("id")
         if not (isinstance(value, str) and value):
             raise _invalid("an opaque identifier lacks id")
-        return value
-    if fmt == "aliases" and not nested:  # RFC 9493 §3.2.7: any one of them will do
+        return (value,)
+    if fmt == "aliases" and not nested:
+        # RFC 9493 §3.2.7: every identifier names the same subject, and which of them is the
+        # token's sub is not known (an opaque id may be another one): cut off each of them.
         aliases = identifier.get("identifiers")
         if not (isinstance(aliases, list) and aliases):
             raise _invalid("an aliases identifier lacks identifiers")
+        subjects: list[str] = []
         for alias in aliases:
             found = _subject_of(alias, issuer, nested=True)
-            if isinstance(found, str):
-                return found
-        return _Unsupported("no supported identifier among aliases")
+            if not isinstance(found, _Unsupported):
+                subjects += [sub for sub in found if sub not in subjects]
+        return tuple(subjects) or _Unsupported("no supported identifier among aliases")
     return _Unsupported(f"subject format {fmt[:64]!r} is not supported")
 
 
@@ -231,8 +237,9 @@ def plan_security_event(
     of its ``event_timestamp`` (CAEP), else the SET's ``iat``. The subject is the event's
     ``subject`` member (RISC and CAEP drafts), else the SET's ``sub_id`` claim (RFC 9493
     §4), else its ``sub`` claim; identifiers of format ``iss_sub`` (of ``issuer`` only),
-    ``opaque``, ``aliases`` holding one of those, and complex subjects with a ``user``
-    are understood. Other event types and subject formats are acknowledged, not acted on.
+    ``opaque``, ``aliases`` (each of its identifiers of those formats is cut off), and
+    complex subjects with a ``user`` are understood. Other event types and subject formats
+    are acknowledged, not acted on.
 
     Raises:
         SecurityEventError: the RFC 8935 §2.4 code to answer with.
@@ -253,17 +260,17 @@ def plan_security_event(
             at = _numeric_date(payload["event_timestamp"], "event_timestamp")
             if at > now + leeway:
                 raise _invalid("event_timestamp is in the future")
-        subject: str | _Unsupported
+        subjects: tuple[str, ...] | _Unsupported
         if "subject" in payload:
-            subject = _subject_of(payload["subject"], issuer)
+            subjects = _subject_of(payload["subject"], issuer)
         elif sub_id is not None:
-            subject = _subject_of(sub_id, issuer)
+            subjects = _subject_of(sub_id, issuer)
         elif isinstance(sub, str) and sub:
-            subject = sub  # RFC 8417 §2.2: the SET's own subject, in the issuer's namespace
+            subjects = (sub,)  # RFC 8417 §2.2: the SET's own subject, in the issuer's namespace
         else:
             raise _invalid(f"no subject for {event_type[:200]!r}")
-        if isinstance(subject, _Unsupported):
-            ignored.append(IgnoredEvent(event_type, subject.why))
+        if isinstance(subjects, _Unsupported):
+            ignored.append(IgnoredEvent(event_type, subjects.why))
         else:
-            cutoffs.append(SubjectCutoff(event_type, subject, at))
+            cutoffs += [SubjectCutoff(event_type, subject, at) for subject in subjects]
     return EventPlan(jti, iat, tuple(events), tuple(cutoffs), tuple(ignored))

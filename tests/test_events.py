@@ -225,6 +225,19 @@ SUBJECTS = {
         },
         True,
     ),
+    "complex subject with an aliases user": (
+        {
+            "user": {
+                "format": "aliases",
+                "identifiers": [
+                    {"format": "email", "email": "kim@example.com"},
+                    {"format": "iss_sub", "iss": "{iss}", "sub": "kim"},
+                ],
+            },
+            "session": {"format": "opaque", "id": "s-1"},
+        },
+        True,
+    ),
     "iss_sub of another issuer": (
         {"format": "iss_sub", "iss": "https://other.example", "sub": "kim"},
         False,

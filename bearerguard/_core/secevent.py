@@ -127,7 +127,7 @@ class _Unsupported:
 
 
 def _subject_of(
-    identifier: Any, issuer: str, *, nested: bool = False
+    identifier: Any, issuer: str, *, complex_ok: bool = True, aliases_ok: bool = True
 ) -> tuple[str, ...] | _Unsupported:
     """The ``sub`` values an RFC 9493 subject identifier names (``iss_sub`` or ``opaque``;
     every one of them for ``aliases``), or why it names none we act on (another issuer's
@@ -140,10 +140,11 @@ def _subject_of(
         raise _invalid("a subject identifier is not a JSON object")
     # "format" (RFC 9493 §3); "subject_type" in the RISC and CAEP drafts before it.
     fmt = identifier.get("format", identifier.get("subject_type"))
-    if fmt is None and not nested and not _COMPLEX_MEMBERS.isdisjoint(identifier):
-        # A complex subject (OpenID SSF 1.0 §3.2): act on its user, if it names one.
+    if fmt is None and complex_ok and not _COMPLEX_MEMBERS.isdisjoint(identifier):
+        # A complex subject (OpenID SSF 1.0 §3.2): act on its user, if it names one. Each
+        # member is a Subject Identifier, so the user may be an aliases one.
         if "user" in identifier:
-            return _subject_of(identifier["user"], issuer, nested=True)
+            return _subject_of(identifier["user"], issuer, complex_ok=False)
         return _Unsupported("a complex subject without a user")
     if not isinstance(fmt, str):
         raise _invalid("a subject identifier has no format")
@@ -159,7 +160,7 @@ def _subject_of(
         if not (isinstance(value, str) and value):
             raise _invalid("an opaque identifier lacks id")
         return (value,)
-    if fmt == "aliases" and not nested:
+    if fmt == "aliases" and aliases_ok:
         # RFC 9493 §3.2.7: every identifier names the same subject, and which of them is the
         # token's sub is not known (an opaque id may be another one): cut off each of them.
         aliases = identifier.get("identifiers")
@@ -167,7 +168,8 @@ def _subject_of(
             raise _invalid("an aliases identifier lacks identifiers")
         subjects: list[str] = []
         for alias in aliases:
-            found = _subject_of(alias, issuer, nested=True)
+            # RFC 9493 §3.2.7: an aliases identifier never holds another one.
+            found = _subject_of(alias, issuer, complex_ok=False, aliases_ok=False)
             if not isinstance(found, _Unsupported):
                 subjects += [sub for sub in found if sub not in subjects]
         return tuple(subjects) or _Unsupported("no supported identifier among aliases")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
 
@@ -98,3 +100,21 @@ def test_django_behind_another_wsgi_wrapper_still_gets_a_django_refusal(
         assert denied.status_code == 403
         assert denied.json()["error"] == "insufficient_scope"
         assert 'scope="items:read"' in denied.headers["www-authenticate"]
+
+
+async def _under_scoped_over_asgi(issuer: DevIssuer) -> httpx.Response:
+    from django.core.asgi import get_asgi_application  # Django is set up by then
+
+    load("django_app")
+    app = BearerGuardMiddleware(get_asgi_application(), guard=issuer.guard())
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        return await client.get("/items", headers=bearer(issuer, "other"))
+
+
+def test_django_over_asgi_gets_a_django_refusal(session_issuer: DevIssuer) -> None:
+    # Behind BearerGuardMiddleware the default responder builds a Starlette response, which
+    # a Django view cannot return.
+    denied = asyncio.run(_under_scoped_over_asgi(session_issuer))
+    assert denied.status_code == 403
+    assert denied.json()["error"] == "insufficient_scope"

@@ -118,31 +118,13 @@ def create_timed() -> ASGIApp:
 
 
 def _serve(factory: str, settings: Settings, port: int, timings: Path | None) -> Any:
-    from benchmarks.served import pinning
+    from benchmarks.served import pinning, uvicorn_command
 
     env = {**os.environ, **settings.env()}
     env.pop("PYTHONPATH", None)
     if timings is not None:
         env[TIMINGS_ENV] = str(timings)
-    command = [
-        *pinning()[0],
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        factory,
-        "--port",
-        str(port),
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        "--lifespan",
-        "on",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
+    command = [*pinning()[0], *uvicorn_command(factory, port)]
     return subprocess.Popen(command, cwd=ROOT, env=env)  # noqa: S603 - our own command line
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "free_port",
     "pinning",
     "run_served",
+    "uvicorn_command",
     "wrk_install_hint",
     "wrk_version",
 ]
@@ -257,6 +258,30 @@ def parse_wrk(output: str) -> WrkRun:
     )
 
 
+def uvicorn_command(factory: str, port: int) -> list[str]:
+    """How every served app runs: one uvicorn worker, uvloop, httptools, no access log."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        factory,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--lifespan",
+        "on",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
 class _Server:
     def __init__(
         self, app: ServedApp, settings: Settings, prefix: list[str], log: IO[bytes]
@@ -266,27 +291,7 @@ class _Server:
         self.url = f"http://127.0.0.1:{self.port}{PATH}"
         env = {**os.environ, **settings.env(), "BENCH_AUDIT": app.audit}
         env.pop("PYTHONPATH", None)
-        command = [
-            *prefix,
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            f"benchmarks.apps.{app.factory}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--lifespan",
-            "on",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
+        command = [*prefix, *uvicorn_command(f"benchmarks.apps.{app.factory}", self.port)]
         self.log = log
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)  # noqa: S603
 

@@ -179,7 +179,8 @@ class Attacker:
         return {**jwk, **members}
 
 
-def _self_signed(key: RSAPrivateKey) -> bytes:
+def self_signed_der(key: RSAPrivateKey) -> bytes:
+    """A self-signed certificate for ``key``, DER-encoded."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attacker.example")])
     now = datetime.datetime.now(datetime.timezone.utc)
     certificate = (
@@ -203,7 +204,7 @@ def attacker() -> Attacker:
         ec=ec.generate_private_key(ec.SECP256R1()),
         # Weak on purpose: a JWKS publishing it must not get it used (RFC 8725 §3.5).
         weak_rsa=rsa.generate_private_key(public_exponent=65537, key_size=1024),  # noqa: S505
-        certificate=_self_signed(key),
+        certificate=self_signed_der(key),
     )
 
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import base64
-import datetime
 import json
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
 
@@ -23,6 +21,7 @@ from bearerguard._core.keys import (
     verify_signature,
 )
 from bearerguard.errors import ConfigurationError, UnsupportedAlgorithmError
+from tests.test_adversarial import self_signed_der
 
 ALL = ASYMMETRIC_ALGORITHMS
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -264,22 +263,6 @@ def test_a_public_key_is_no_shared_secret(secret: str | bytes) -> None:
         key_from_secret(secret, frozenset({"HS256"}))
 
 
-def _der_certificate() -> bytes:
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "issuer.example")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(EC_KEY.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(EC_KEY, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.DER)
-
-
 @pytest.mark.parametrize(
     "encoding", ["jwk", "der", "der_certificate"], ids=["jwk", "der", "der-certificate"]
 )
@@ -289,7 +272,7 @@ def test_a_public_key_in_another_encoding_is_no_shared_secret(encoding: str) -> 
         "der": lambda: RSA_KEY.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         ),
-        "der_certificate": _der_certificate,
+        "der_certificate": lambda: self_signed_der(RSA_KEY),
     }[encoding]()
     with pytest.raises(ConfigurationError, match="is a public key"):
         key_from_secret(secret, frozenset({"HS256"}))

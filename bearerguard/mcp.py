@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache
+from time import perf_counter
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,7 +31,7 @@ from bearerguard._core.scopes import validate_scope_names
 from bearerguard._core.unicode import has_lone_surrogate
 from bearerguard.asgi import TokenUser
 from bearerguard.decorators import check_scopes
-from bearerguard.errors import ConfigurationError
+from bearerguard.errors import ConfigurationError, InvalidRequestError
 from bearerguard.token import AccessToken
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "MCPToolScopes"]
@@ -102,6 +103,12 @@ def _sdk_user() -> Callable[[AccessToken], TokenUser] | None:
             self.scopes = sorted(access_token.scopes)
 
     return MCPTokenUser
+
+
+class _BodyTooLargeError(InvalidRequestError):
+    """A POST body over ``max_body_bytes``: refused unread (413)."""
+
+    status = 413
 
 
 class MCPToolScopes:
@@ -184,6 +191,11 @@ class MCPToolScopes:
             body = await self._read(receive)
             calls = _tool_calls(body)
         except _Unreadable as unreadable:
+            # A refusal like any other: audited (token.rejected, invalid_request).
+            error = (_BodyTooLargeError if unreadable.status == 413 else InvalidRequestError)(
+                f"MCP request body: {unreadable.message}"
+            )
+            auth.guard.audit.refused(error, auth, perf_counter() - auth.started, token=auth.token)
             await _send(
                 send,
                 unreadable.status,

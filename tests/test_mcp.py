@@ -170,9 +170,14 @@ def test_403_step_up_names_the_missing_scope(served: Served) -> None:
     ids=["duplicate-name", "not-json", "nan", "not-utf8", "lone-surrogate", "deep", "too-large"],
 )
 def test_what_cannot_be_checked_is_refused(served: Served, body: bytes, status: int) -> None:
-    response = httpx.post(served.url, content=body, headers=served.headers())
+    with capture_logs() as events:
+        response = httpx.post(served.url, content=body, headers=served.headers())
     assert response.status_code == status
     assert response.json()["error"]["code"] in (-32700, -32600)
+    # Audited as a refusal, after the middleware's acceptance of the token.
+    assert [event["event"] for event in events] == ["token.accepted", "token.rejected"]
+    assert (events[1]["reason"], events[1]["status"]) == ("invalid_request", status)
+    assert events[1]["sub"] is not None
 
 
 def test_a_batch_is_refused_when_one_call_is(served: Served) -> None:

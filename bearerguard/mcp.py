@@ -130,8 +130,9 @@ class MCPToolScopes:
 
     Every refusal is the RFC 6750 answer with ``resource_metadata`` when the guard has a
     resource, and one ``scope.denied`` audit event. A body that is not strict JSON is
-    refused with a JSON-RPC parse error (400): what cannot be checked is not passed on. A
-    batch is refused when any call in it is.
+    refused with a JSON-RPC parse error (400), and one over ``max_body_bytes`` with 413:
+    what cannot be checked is not passed on, and the refusal is audited
+    (``token.rejected``, ``invalid_request``). A batch is refused when any call in it is.
 
     Raises:
         ConfigurationError: an invalid scope name (here), or no ``BearerGuardMiddleware``

@@ -15,8 +15,9 @@ Answers (RFC 8935 §2.2-§2.4):
   types and subject formats are logged and not acted on).
 - ``400`` with ``{"err": ..., "description": ...}``: ``invalid_request`` (not a SET: not a
   compact JWS, wrong ``typ``, missing or ill-typed claims, a ``jti`` already received),
-  ``invalid_key`` (an algorithm or key this recipient does not accept, unsigned SETs
-  included), ``authentication_failed`` (the signature does not verify), ``invalid_issuer``,
+  ``invalid_key`` (an algorithm or key this recipient does not accept, ``alg: none``
+  included; an unsigned SET, its signature empty, is not a compact JWS:
+  ``invalid_request``), ``authentication_failed`` (the signature does not verify), ``invalid_issuer``,
   ``invalid_audience``.
 - ``405`` for another method, ``413`` for a body over ``max_body_bytes``, ``415`` for
   another ``Content-Type``: with the same JSON body, ``err`` ``invalid_request``.

@@ -99,6 +99,7 @@ def verdict(**fields: Any) -> UsageVerdict:
         ({"max_uses_per_token": 2.5}, "positive integer"),
         ({"max_uses_per_token": 5, "window": 0.5}, "at least one second"),
         ({"max_uses_per_token": 5, "window": float("inf")}, "at least one second"),
+        ({"max_uses_per_token": 5, "window": 1e16}, "at most 366 days"),
         ({"max_uses_per_token": 5, "action": "block"}, "action"),
         ({"max_uses_per_token": 5, "failure": "open"}, "failure"),
         ({"max_uses_per_token": 5, "ipv6_prefix": 129}, "ipv6_prefix"),

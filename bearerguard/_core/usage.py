@@ -64,6 +64,9 @@ def _limit(name: str, value: object) -> int | None:
     return value
 
 
+_MAX_WINDOW = 366 * 86_400.0  # a year: longer windows are a mistake (and overflow Redis)
+
+
 @dataclass(frozen=True, slots=True)
 class UsagePolicy:
     """How tokens may be used before it counts as an anomaly, and what then happens.
@@ -97,7 +100,8 @@ class UsagePolicy:
 
     Raises:
         ConfigurationError: a limit that is not a positive integer, no limit at all, an
-            unknown action or failure mode, or a window shorter than one second.
+            unknown action or failure mode, or a window shorter than one second or
+            longer than 366 days.
 
     Warning:
         Addresses are as the integration reports them: behind a proxy, configure the
@@ -121,6 +125,8 @@ class UsagePolicy:
             raise ConfigurationError("window must be a number of seconds")
         if not math.isfinite(window) or window < 1.0:
             raise ConfigurationError("window must be at least one second")
+        if window > _MAX_WINDOW:  # Redis keys expire after two windows, in milliseconds
+            raise ConfigurationError("window must be at most 366 days")
         limits = [
             _limit(name, getattr(self, name))
             for name in (

@@ -17,8 +17,8 @@ Answers (RFC 8935 §2.2-§2.4):
   compact JWS, wrong ``typ``, missing or ill-typed claims, a ``jti`` already received),
   ``invalid_key`` (an algorithm or key this recipient does not accept, ``alg: none``
   included; an unsigned SET, its signature empty, is not a compact JWS:
-  ``invalid_request``), ``authentication_failed`` (the signature does not verify), ``invalid_issuer``,
-  ``invalid_audience``.
+  ``invalid_request``), ``authentication_failed`` (the signature does not verify),
+  ``invalid_issuer``, ``invalid_audience``.
 - ``405`` for another method, ``413`` for a body over ``max_body_bytes``, ``415`` for
   another ``Content-Type``: with the same JSON body, ``err`` ``invalid_request``.
 - ``503`` with ``Retry-After`` when the keys or the store cannot be had: the transmitter

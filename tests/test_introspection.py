@@ -557,6 +557,53 @@ def test_an_answer_bound_to_its_client_needs_a_guard_that_checks_the_binding() -
 
 
 @pytest.mark.parametrize(
+    "token_type",
+    [
+        "refresh_token",
+        "urn:ietf:params:oauth:token-type:refresh_token",
+        "id_token",
+        "urn:ietf:params:oauth:token-type:id_token",
+        "N_A",
+    ],
+)
+def test_an_answer_about_another_kind_of_token_is_refused(token_type: str) -> None:
+    # RFC 7662 §2.1: the endpoint searches past token_type_hint=access_token, so a refresh
+    # token or an ID token sent as a bearer token can be answered active.
+    with pytest.raises(InvalidClaimError, match="not an access token"):
+        judge(token_type=token_type)
+
+
+@pytest.mark.parametrize("token_use", ["refresh_token", "id", 5])
+def test_an_answer_whose_token_use_is_not_access_is_refused(token_use: object) -> None:
+    # ORY Hydra answers about refresh tokens with token_type Bearer, token_use refresh_token.
+    with pytest.raises(InvalidClaimError, match="not access"):
+        judge(token_type="bearer", token_use=token_use)
+    assert judge(token_use="access_token").subject is None
+
+
+def test_access_token_types_are_accepted_and_dpop_needs_its_binding() -> None:
+    for token_type in ("Bearer", "bearer", "access_token"):
+        assert judge(token_type=token_type).claims["token_type"] == token_type
+    dpop = dataclasses.replace(POLICY, confirmations=frozenset({"jkt"}))
+    assert judge(dpop, token_type="DPoP", cnf={"jkt": "x" * 43}).subject is None
+    # RFC 9449 §6.2: a DPoP token without cnf.jkt would pass as a bearer token (§7.2).
+    with pytest.raises(InvalidClaimError, match=r"without cnf\.jkt"):
+        judge(dpop, token_type="DPoP")
+
+
+@pytest.mark.anyio
+async def test_a_refresh_token_is_not_an_access_token(
+    issuer: DevIssuer, server: IntrospectionServer
+) -> None:
+    server.activate("refresh-1", token_type="refresh_token", sub="kim", scope="items:read")
+    guard = opaque_guard(issuer, server)
+    with pytest.raises(InvalidClaimError):
+        await guard.authenticate("refresh-1")
+    with pytest.raises(InvalidClaimError):
+        guard.authenticate_sync("refresh-1")
+
+
+@pytest.mark.parametrize(
     ("members", "error"),
     [
         ({"active": False}, InactiveTokenError),

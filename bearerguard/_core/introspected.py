@@ -22,7 +22,12 @@ from bearerguard._core.claims import (
 from bearerguard._core.scopes import read_scopes
 from bearerguard._core.times import is_numeric_date
 from bearerguard._core.unicode import has_lone_surrogate
-from bearerguard.errors import InvalidAudienceError, InvalidIssuerError, InvalidTokenError
+from bearerguard.errors import (
+    InvalidAudienceError,
+    InvalidClaimError,
+    InvalidIssuerError,
+    InvalidTokenError,
+)
 from bearerguard.token import AccessToken
 
 __all__ = [
@@ -40,6 +45,13 @@ INTROSPECTION_ALGORITHM = "introspection"
 # verified locally; any other (opaque strings, JWE) is for the authorization server.
 _STRING_MEMBERS = ("scope", "client_id", "username", "token_type", "sub", "iss", "jti")
 _TIME_MEMBERS = ("exp", "iat", "nbf")
+# RFC 7662 §2.1: the endpoint extends its search past our token_type_hint to every type it
+# knows, so a refresh token or an ID token can come back active. token_type (RFC 7662 §2.2)
+# is an access token type (RFC 6749 §5.1, case-insensitive: Bearer, or DPoP per RFC 9449
+# §6.2), or the access token's RFC 8693 §3 identifier; anything else is not an access token.
+_ACCESS_TOKEN_TYPES = frozenset(
+    {"bearer", "dpop", "access_token", "urn:ietf:params:oauth:token-type:access_token"}
+)
 
 
 class InactiveTokenError(InvalidTokenError):
@@ -134,7 +146,9 @@ def token_from_introspection(
 
     ``claims`` is an answer already checked by ``parse_introspection_response``. The token
     is accepted when the answer says ``active: true``; ``exp`` is present and, with the
-    policy's leeway, not passed (nor ``nbf`` and ``iat`` in the future); ``iss``, when
+    policy's leeway, not passed (nor ``nbf`` and ``iat`` in the future); ``token_type``, when
+    present, names an access token (``Bearer``, or ``DPoP`` with ``cnf.jkt``), as does a
+    ``token_use`` (Hydra, Cognito); ``iss``, when
     present, equals the trusted issuer; ``aud``, when present, names one of the policy's
     audiences; and the policy's required claims, maximum age and custom checks pass. RFC 7662
     §2.2 makes ``iss`` and ``aud`` optional: list them in ``required_claims`` to demand them.
@@ -149,6 +163,20 @@ def token_from_introspection(
     # read-only, and read_scopes walks scope_claims paths through dicts only (claim checks
     # get a dict too, as for a JWT).
     plain = dict(claims)
+    token_type = claims.get("token_type")
+    if token_type is not None:
+        kind = token_type.lower()
+        if kind not in _ACCESS_TOKEN_TYPES:
+            shown = token_type[:64]
+            raise InvalidClaimError(f"introspected token_type {shown!r}: not an access token")
+        cnf = claims.get("cnf")
+        if kind == "dpop" and not (isinstance(cnf, Mapping) and "jkt" in cnf):
+            # RFC 9449 §6.2: a DPoP token's answer carries cnf.jkt; without it the binding
+            # could not be checked and the token would pass as a bearer token (§7.2).
+            raise InvalidClaimError("introspected token_type DPoP without cnf.jkt")
+    token_use = claims.get("token_use")  # not RFC 7662: ORY Hydra and Amazon Cognito name it
+    if token_use is not None and token_use not in ("access_token", "access"):
+        raise InvalidClaimError(f"introspected token_use {str(token_use)[:64]!r}: not access")
     check_identifiers(claims)  # as for a verified JWT
     iss = claims.get("iss")
     if iss is not None and iss != policy.issuer:

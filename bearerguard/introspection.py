@@ -30,6 +30,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 import anyio
+import anyio.lowlevel
 import httpx
 from cachetools import LRUCache
 
@@ -118,6 +119,30 @@ _Flow = Generator[_Request, _Response, IntrospectionResult]
 """One introspection as a generator: it yields the request to send and is sent the answer."""
 
 
+@dataclass(slots=True)
+class _Flight:
+    """One exchange under way about one token, whose outcome concurrent callers share."""
+
+    result: IntrospectionResult | None = None
+    error: IntrospectionError | None = None
+
+    def shared(self) -> IntrospectionResult | None:
+        """The leader's answer; its failure raised afresh; ``None`` if it gave up (cancelled)."""
+        if self.error is not None:
+            raise IntrospectionError(str(self.error))
+        return self.result
+
+
+@dataclass(slots=True)
+class _AsyncFlight(_Flight):
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+@dataclass(slots=True)
+class _SyncFlight(_Flight):
+    done: threading.Event = field(default_factory=threading.Event)
+
+
 def _media_type(content_type: str | None) -> str:
     return (content_type or "").partition(";")[0].strip().lower()
 
@@ -197,6 +222,10 @@ def _finish(flow: _Flow, outcome: _Response | IntrospectionError) -> Introspecti
     raise RuntimeError("the introspection flow asked for a second request")  # pragma: no cover
 
 
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
 class Introspector:
     """Asks an authorization server whether tokens are active (RFC 7662).
 
@@ -273,6 +302,10 @@ class Introspector:
             LRUCache(maxsize=cache_size) if cache_size > 0 else None
         )
         self._lock = threading.Lock()
+        # Concurrent callers asking about one token share one exchange: a burst of requests
+        # with a token not (or no longer) cached costs one POST, not one each.
+        self._async_flights: dict[tuple[object, bytes], _AsyncFlight] = {}
+        self._sync_flights: dict[bytes, _SyncFlight] = {}
         self._limits = _Limits(self.timeout, max_bytes)
         # Loading the CA bundle costs tens of milliseconds: once, not per request.
         self._tls = ssl.create_default_context()
@@ -286,40 +319,79 @@ class Introspector:
         Raises:
             IntrospectionError: the endpoint gave no usable answer.
         """
-        flow = self._flow(token)
+        digest = _digest(token)
+        flow = self._flow(token, digest)
         try:
             request = next(flow)
         except StopIteration as done:  # answered from the cache
             cached: IntrospectionResult = done.value
             return cached
-        async with httpx.AsyncClient(**self._client_options()) as client:
-            outcome = await _post_async(client, self.endpoint, request, self._limits)
-        return _finish(flow, outcome)
+        # An anyio.Event belongs to one event loop: flights are shared within a loop only.
+        key = (anyio.lowlevel.current_token(), digest)
+        flight = self._async_flights.get(key)
+        if flight is not None:
+            flow.close()
+            await flight.done.wait()
+            shared = flight.shared()
+            return shared if shared is not None else await self.introspect(token)
+        flight = self._async_flights[key] = _AsyncFlight()
+        try:
+            async with httpx.AsyncClient(**self._client_options()) as client:
+                outcome = await _post_async(client, self.endpoint, request, self._limits)
+            flight.result = _finish(flow, outcome)
+        except IntrospectionError as exc:
+            flight.error = exc
+            raise
+        finally:
+            del self._async_flights[key]
+            flight.done.set()
+        return flight.result
 
     def introspect_sync(self, token: str) -> IntrospectionResult:
         """Ask whether ``token`` is active, blocking this thread (for WSGI); as ``introspect``."""
-        flow = self._flow(token)
+        digest = _digest(token)
+        flow = self._flow(token, digest)
         try:
             request = next(flow)
         except StopIteration as done:
             cached: IntrospectionResult = done.value
             return cached
-        # One deadline for the whole exchange, as anyio.fail_after gives the async side.
-        deadline = time.monotonic() + self.timeout
-        with deadline_client(self._client_options(), deadline) as client:
-            outcome = _post_sync(client, self.endpoint, request, self._limits, deadline)
-        return _finish(flow, outcome)
+        with self._lock:
+            flight = self._sync_flights.get(digest)
+            leading = flight is None
+            if flight is None:
+                flight = self._sync_flights[digest] = _SyncFlight()
+        if not leading:
+            flow.close()
+            # The leader's exchange ends within its timeout, which began before this call.
+            if not flight.done.wait(self.timeout):
+                raise IntrospectionError(f"POST {self.endpoint} timed out after {self.timeout}s")
+            shared = flight.shared()
+            return shared if shared is not None else self.introspect_sync(token)
+        try:
+            # One deadline for the whole exchange, as anyio.fail_after gives the async side.
+            deadline = time.monotonic() + self.timeout
+            with deadline_client(self._client_options(), deadline) as client:
+                outcome = _post_sync(client, self.endpoint, request, self._limits, deadline)
+            flight.result = _finish(flow, outcome)
+        except IntrospectionError as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._sync_flights[digest]
+            flight.done.set()
+        return flight.result
 
     def forget(self, token: str) -> None:
         """Drop the cached answer about ``token``, if any."""
         if self._cache is not None:
             with self._lock:
-                self._cache.pop(hashlib.sha256(token.encode()).digest(), None)
+                self._cache.pop(_digest(token), None)
 
     # -- the flow both drivers share ------------------------------------------------------
 
-    def _flow(self, token: str) -> _Flow:
-        digest = hashlib.sha256(token.encode()).digest()
+    def _flow(self, token: str, digest: bytes) -> _Flow:
         cached = self._cached(digest)
         if cached is not None:
             return cached

@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
+import anyio
 import httpx
 import pytest
 import structlog
@@ -427,6 +428,63 @@ def test_cache_can_be_disabled(server: IntrospectionServer) -> None:
     introspector = server.introspector(cache_size=0)
     introspector.introspect_sync("opaque")
     introspector.introspect_sync("opaque")
+    assert server.calls == 2
+
+
+@pytest.mark.anyio
+async def test_concurrent_calls_about_one_token_share_one_exchange(
+    server: IntrospectionServer,
+) -> None:
+    # docs/revocation.md: one POST per token per active_ttl, bursts included.
+    answer = json.dumps({"active": True, "exp": int(time.time()) + 300, "sub": "kim"})
+    server.fault = Fault(body=answer.encode(), delay=0.3)  # a slow answer
+    introspector = server.introspector()
+    results: list[IntrospectionResult] = []
+
+    async def ask() -> None:
+        results.append(await introspector.introspect("opaque"))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(20):
+            group.start_soon(ask)
+    assert server.calls == 1
+    assert len(results) == 20
+    assert {result.subject for result in results} == {"kim"}
+
+    threads = [
+        threading.Thread(target=lambda: results.append(introspector.introspect_sync("other")))
+        for _ in range(20)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert server.calls == 2
+    assert len(results) == 40
+
+
+@pytest.mark.anyio
+async def test_a_shared_exchange_fails_every_caller_and_is_not_cached(
+    server: IntrospectionServer,
+) -> None:
+    server.fault = Fault(status=500, body=b"{}", delay=0.3)
+    introspector = server.introspector()
+    failures: list[Exception] = []
+
+    async def ask() -> None:
+        try:
+            await introspector.introspect("opaque")
+        except IntrospectionError as exc:
+            failures.append(exc)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(10):
+            group.start_soon(ask)
+    assert (server.calls, len(failures)) == (1, 10)
+    assert all("500" in str(exc) for exc in failures)
+    server.fault = None
+    server.activate("opaque")
+    assert (await introspector.introspect("opaque")).active
     assert server.calls == 2
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import quote, urlsplit
 
+import anyio.to_thread
+
 from bearerguard._core.dpop import b64url, normalize_htu
 from bearerguard._core.keys import ASYMMETRIC_ALGORITHMS
 from bearerguard.errors import ConfigurationError, ReplayStoreError
@@ -130,7 +132,8 @@ class RedisDPoPReplayStore:
     Args:
         url: a ``redis://``, ``rediss://`` or ``unix://`` URL, used for both sides.
         namespace: the prefix of every key (``<namespace>:dpop:<jkt>:<jti>``).
-        client: an existing ``redis.Redis`` for the synchronous side, instead of ``url``.
+        client: an existing ``redis.Redis`` for the synchronous side, instead of ``url``;
+            without ``async_client`` the asynchronous side uses it too, in a worker thread.
         async_client: an existing ``redis.asyncio.Redis`` for the asynchronous side.
         socket_timeout: seconds a command, or the wait for a pooled connection, may take.
         connect_timeout: seconds to establish a connection.
@@ -202,6 +205,11 @@ class RedisDPoPReplayStore:
 
     async def first_use(self, key: str, ttl: float) -> bool:
         """As ``first_use_sync``, on the event loop."""
+        clients = self._clients
+        if clients.asynchronous is None and not clients.owns_async and clients.sync is not None:
+            # Built with only client= (as for WSGI): under ASGI, through it in a worker thread
+            # rather than fail every DPoP request with 503.
+            return await anyio.to_thread.run_sync(self.first_use_sync, key, ttl)
         client = self._async_client()
         try:
             return bool(await client.set(self._prefix + key, b"1", nx=True, px=self._ttl_ms(ttl)))

@@ -768,6 +768,25 @@ async def test_redis_replay_store_async(redis_server: RedisServer, redis_namespa
         await two.aclose()
 
 
+@pytest.mark.anyio
+async def test_redis_replay_store_with_only_a_sync_client_serves_the_async_side(
+    redis_server: RedisServer, redis_namespace: str
+) -> None:
+    """Built for WSGI with client= alone, the store under ASGI must still record proofs (in
+    a worker thread), not answer every DPoP request with 503."""
+    import redis
+
+    sync_client = redis.Redis.from_url(redis_server.url, socket_timeout=1)
+    store = RedisDPoPReplayStore(client=sync_client, namespace=redis_namespace)
+    try:
+        assert await store.first_use("jkt:s", 30)
+        assert not await store.first_use("jkt:s", 30)
+        assert not store.first_use_sync("jkt:s", 30)
+    finally:
+        await store.aclose()
+        sync_client.close()
+
+
 def redis_client(stack: str, guard: BearerGuard, store: RedisDPoPReplayStore) -> Iterator[Client]:
     """A client whose Redis store's asynchronous connections are closed on the app's loop."""
     if stack == "asgi":
@@ -814,9 +833,7 @@ def test_redis_replay_store_configuration(options: dict[str, Any]) -> None:
 
 @pytest.mark.anyio
 async def test_redis_replay_store_without_a_side() -> None:
-    sync_only = RedisDPoPReplayStore(client=object())
-    with pytest.raises(ReplayStoreError):
-        await sync_only.first_use("k", 1)
+    # A store with only client= serves the asynchronous side through it (tested above).
     async_only = RedisDPoPReplayStore(async_client=object())
     with pytest.raises(ReplayStoreError):
         async_only.first_use_sync("k", 1)

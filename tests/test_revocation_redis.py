@@ -609,6 +609,30 @@ async def test_existing_clients_with_decoded_responses(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("mirror", [True, False], ids=["mirror", "direct"])
+async def test_only_a_sync_client_still_serves_the_async_side(
+    redis_server: RedisServer,
+    redis_namespace: str,
+    stores: Callable[..., RedisRevocationStore],
+    mirror: bool,
+) -> None:
+    """Built for WSGI with client= alone, the store under ASGI must still answer (the mirror
+    in its thread, other calls in a worker thread), not fail every check with 503."""
+    sync_client = redis.Redis.from_url(redis_server.url, socket_timeout=1)
+    store = stores(client=sync_client, namespace=redis_namespace, mirror=mirror)
+    try:
+        await store.start()
+        assert not await store.is_revoked(token())
+        assert await store.revoke_token("j1", time.time() + 60, reason="why")
+        assert await store.is_revoked(token())
+        assert [entry.name for entry in await store.list_revocations()] == ["j1"]
+        assert (await store.health())["healthy"]
+    finally:
+        await store.aclose()
+        sync_client.close()
+
+
+@pytest.mark.anyio
 async def test_a_full_mirror_stops_answering_rather_than_forget(
     redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
 ) -> None:

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
 
+import anyio.to_thread
+
 try:
     import redis
     import redis.asyncio as aredis
@@ -175,7 +177,8 @@ class RedisRevocationStore:
             round trip per check). ``False`` asks Redis on every check (one MGET).
         client: an existing ``redis.Redis`` for the synchronous side, instead of ``url``;
             the store does not close it. Give it timeouts: the store cannot bound a call on
-            a client without them.
+            a client without them. Without ``async_client`` the asynchronous side uses it
+            too (the mirror in its thread, other calls in a worker thread).
         async_client: an existing ``redis.asyncio.Redis`` for the asynchronous side.
         socket_timeout: seconds any Redis command may take (revoking, direct checks,
             loading the mirror) before it fails.
@@ -478,6 +481,8 @@ class RedisRevocationStore:
             return self._written(write, value)
 
     async def _write(self, write: _Write) -> bool:
+        if self._sync_only():
+            return await anyio.to_thread.run_sync(self._write_sync, write)
         client = self._async_client()
         with self._recording("revocation"):
             if self._async_script is None:
@@ -527,9 +532,11 @@ class RedisRevocationStore:
         """
         mirror = self._mirror
         if mirror is None:
+            if self._sync_only():
+                return await anyio.to_thread.run_sync(self._check_direct_sync, token)
             return await self._check_direct(token)
         if not mirror.answerable():
-            self._start_task()
+            self._start_runner()
             if not mirror.ever_live and mirror.state != "failed":
                 await self._wait(mirror.settled, self._failure_timeout)
         return mirror.check(token, self._clock())
@@ -585,6 +592,8 @@ class RedisRevocationStore:
 
     async def list_revocations(self) -> list[Revocation]:
         """Every live revocation in this namespace: as ``list_revocations_sync``."""
+        if self._sync_only():
+            return await anyio.to_thread.run_sync(self.list_revocations_sync)
         client = self._async_client()
         entries: list[Entry] = []
         cursor = 0
@@ -662,6 +671,8 @@ class RedisRevocationStore:
         With a mirror this starts it if needed (without waiting) and does no I/O; without
         one it pings Redis. The ``"healthy"`` member is what a load balancer should act on.
         """
+        if self._sync_only():
+            return await anyio.to_thread.run_sync(self.health_sync)
         if self._mirror is not None:
             if not self._closed:
                 self._start_task()
@@ -712,7 +723,7 @@ class RedisRevocationStore:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def start(self, timeout: float = 10.0) -> None:
+    async def start(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - public API
         """Start the mirror in this event loop and wait for its first load (or ping Redis).
 
         Call it at application start-up (a lifespan handler) so the first requests do not
@@ -725,6 +736,9 @@ class RedisRevocationStore:
         Raises:
             RevocationStoreError: not ready within ``timeout`` (the mirror keeps trying).
         """
+        if self._sync_only():
+            await anyio.to_thread.run_sync(self.start_sync, timeout)
+            return
         client = self._async_client()
         with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
             self._note_policy(await client.info("memory"))
@@ -813,6 +827,12 @@ class RedisRevocationStore:
             raise RevocationStoreError("this store has no synchronous client: give url= or client=")
         return client
 
+    def _sync_only(self) -> bool:
+        """Built with only ``client=`` (as for WSGI): the asynchronous side goes through it,
+        in a worker thread (the mirror in its daemon thread), rather than fail every call."""
+        clients = self._clients
+        return clients.asynchronous is None and not clients.owns_async and clients.sync is not None
+
     def _async_client(self) -> aredis.Redis:
         if self._closed:
             raise RevocationStoreError("the revocation store is closed")
@@ -841,6 +861,13 @@ class RedisRevocationStore:
             and loop.is_running()
             and not loop.is_closed()
         )
+
+    def _start_runner(self) -> None:
+        """Start the mirror for the asynchronous side: a task, or a thread when sync-only."""
+        if self._sync_only():
+            self._start_thread()
+        else:
+            self._start_task()
 
     def _start_task(self) -> None:
         """Run the mirror as a task of the running loop, unless a runner is already alive."""
@@ -872,7 +899,7 @@ class RedisRevocationStore:
             self._thread.start()
 
     @staticmethod
-    async def _wait(event: threading.Event, timeout: float) -> bool:
+    async def _wait(event: threading.Event, timeout: float) -> bool:  # noqa: ASYNC109 - polled
         # Polled: the event may be set by a thread; this happens only while starting.
         deadline = time.monotonic() + timeout
         while not event.is_set():

@@ -140,7 +140,9 @@ class RedisDPoPReplayStore:
         max_connections: connections per side.
 
     Any Redis failure is raised as ``ReplayStoreError``: the guard answers 503 (a replay
-    cannot be ruled out). Run Redis with ``maxmemory-policy noeviction`` or ``volatile-ttl``.
+    cannot be ruled out). Run Redis with ``maxmemory-policy noeviction``: any evicting policy
+    may forget a live proof and then accept its replay (``volatile-ttl`` evicts these
+    short-lived keys first).
     """
 
     def __init__(

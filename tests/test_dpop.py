@@ -768,6 +768,14 @@ async def test_redis_replay_store_async(redis_server: RedisServer, redis_namespa
         await two.aclose()
 
 
+def test_redis_replay_store_advises_no_evicting_policy() -> None:
+    """An evicting policy forgets live proofs, and a replayed proof is then accepted:
+    volatile-ttl, once advised here, evicts exactly these short-lived keys first."""
+    advice = " ".join((RedisDPoPReplayStore.__doc__ or "").split())
+    assert "maxmemory-policy noeviction``:" in advice
+    assert "noeviction`` or" not in advice
+
+
 @pytest.mark.anyio
 async def test_redis_replay_store_with_only_a_sync_client_serves_the_async_side(
     redis_server: RedisServer, redis_namespace: str

@@ -275,6 +275,28 @@ async def test_namespaces_are_isolated(
     assert sorted(item.name for item in await b.list_revocations()) == ["only-b", "s1"]
 
 
+@pytest.mark.anyio
+async def test_databases_do_not_separate_namespaces_and_the_docs_say_so(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    """Pub/sub is server-wide: a mirror on database 1 applies a revocation written on
+    database 0 in the same namespace. The docs must send users to namespaces instead."""
+    base = redis_server.url.rsplit("/", 1)[0]
+    zero = stores(f"{base}/0", namespace=redis_namespace)
+    one = stores(f"{base}/1", namespace=redis_namespace)
+    await zero.start()
+    await one.start()
+    await zero.revoke_token("in-db-0", time.time() + 60)
+    await eventually(lambda: one.is_revoked(token(jti="in-db-0", sub="x")), 2.0)
+    assert "A namespace per API, not a database per API." in _deployment_doc()
+
+
+def _deployment_doc() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "deployment.md"), encoding="utf-8") as file:
+        return " ".join(file.read().split())
+
+
 # -- what Redis holds -----------------------------------------------------------------------
 
 

@@ -172,7 +172,8 @@ class RedisRevocationStore:
         url: a ``redis://``, ``rediss://`` or ``unix://`` URL; ``DEFAULT_URL`` when neither a
             URL nor clients are given. Credentials belong in the URL or in the clients.
         namespace: the prefix of every key and of the announcement channel; APIs that must
-            not share revocations use different namespaces.
+            not share revocations use different namespaces (a different database of the
+            same server is not enough: pub/sub channels are server-wide).
         mirror: answer checks from an in-process copy kept current through pub/sub (no
             round trip per check). ``False`` asks Redis on every check (one MGET).
         client: an existing ``redis.Redis`` for the synchronous side, instead of ``url``;

@@ -161,6 +161,8 @@ class RedisDPoPReplayStore:
 
             from bearerguard._redis import (  # noqa: PLC0415 - imports redis-py
                 RedisClients,
+                again,
+                again_sync,
                 check_namespace,
             )
         except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -172,6 +174,11 @@ class RedisDPoPReplayStore:
         check_namespace(namespace)
         self._prefix = f"{namespace}:dpop:"
         self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
+        # A pooled connection Redis closed while idle (its ``timeout``, a restart) fails at
+        # once: one more try, on a fresh connection. A SET that did run before the connection
+        # broke only makes the retry see a replay (401, never an accepted replay).
+        self._timeout = socket_timeout
+        self._again, self._again_sync = again, again_sync
         # Clients without retries, bounded waits (bearerguard._redis).
         self._clients = RedisClients(
             url,
@@ -201,7 +208,12 @@ class RedisDPoPReplayStore:
         if client is None:
             raise ReplayStoreError("no synchronous Redis client: give url= or client=")
         try:
-            return bool(client.set(self._prefix + key, b"1", nx=True, px=self._ttl_ms(ttl)))
+            return bool(
+                self._again_sync(
+                    lambda: client.set(self._prefix + key, b"1", nx=True, px=self._ttl_ms(ttl)),
+                    self._timeout,
+                )
+            )
         except self._errors as exc:
             raise ReplayStoreError(f"redis SET failed: {type(exc).__name__}: {exc}") from exc
 
@@ -214,7 +226,12 @@ class RedisDPoPReplayStore:
             return await anyio.to_thread.run_sync(self.first_use_sync, key, ttl)
         client = self._async_client()
         try:
-            return bool(await client.set(self._prefix + key, b"1", nx=True, px=self._ttl_ms(ttl)))
+            return bool(
+                await self._again(
+                    lambda: client.set(self._prefix + key, b"1", nx=True, px=self._ttl_ms(ttl)),
+                    self._timeout,
+                )
+            )
         except self._errors as exc:
             raise ReplayStoreError(f"redis SET failed: {type(exc).__name__}: {exc}") from exc
 

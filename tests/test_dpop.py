@@ -795,6 +795,21 @@ async def test_redis_replay_store_with_only_a_sync_client_serves_the_async_side(
         sync_client.close()
 
 
+@pytest.mark.anyio
+async def test_redis_replay_store_survives_a_redis_restart(private_redis: RedisServer) -> None:
+    """A pooled connection Redis closed (a restart, its idle ``timeout``) is retried once on
+    a fresh connection, as the other Redis components do, not answered with 503."""
+    store = RedisDPoPReplayStore(private_redis.url)
+    try:
+        assert await store.first_use("jkt:before", 30)
+        assert store.first_use_sync("jkt:before-sync", 30)
+        private_redis.restart()
+        assert await store.first_use("jkt:after", 30)
+        assert store.first_use_sync("jkt:after-sync", 30)
+    finally:
+        await store.aclose()
+
+
 def redis_client(stack: str, guard: BearerGuard, store: RedisDPoPReplayStore) -> Iterator[Client]:
     """A client whose Redis store's asynchronous connections are closed on the app's loop."""
     if stack == "asgi":

@@ -480,6 +480,22 @@ async def test_an_evicting_redis_is_reported(
 
 
 @pytest.mark.anyio
+async def test_an_evicting_redis_is_reported_without_start(
+    private_redis: RedisServer, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    """A mirror started by the first check or health() (no start()) reads the policy too."""
+    with private_redis.client() as client:
+        client.config_set("maxmemory-policy", "allkeys-lru")
+    store = stores(private_redis.url)
+    sync_store = stores(private_redis.url)
+    await store.health()
+    sync_store.health_sync()
+    await eventually(lambda: store.healthy and sync_store.healthy, 5.0)
+    assert (await store.health())["maxmemory_policy"] == "allkeys-lru"
+    assert sync_store.health_sync()["maxmemory_policy"] == "allkeys-lru"
+
+
+@pytest.mark.anyio
 async def test_unreachable_redis_fails_closed_without_hanging(
     stores: Callable[..., RedisRevocationStore],
 ) -> None:

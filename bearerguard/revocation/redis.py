@@ -927,6 +927,11 @@ class RedisRevocationStore:
         assert client is not None  # noqa: S101 - checked by _start_thread
         attempt = 0
         while not self._stop.is_set():
+            if self._eviction_policy is None:
+                # Started lazily (no start_sync()): read the policy here, for the warning
+                # and health().
+                with contextlib.suppress(RedisError, OSError):
+                    self._note_policy(client.info("memory"))
             pubsub = client.pubsub()  # type: ignore[no-untyped-call]
             try:
                 flow = session(mirror, self._layout, clock=self._clock)
@@ -955,6 +960,11 @@ class RedisRevocationStore:
         client = self._async_client()
         attempt = 0
         while not self._closed:
+            if self._eviction_policy is None:
+                # Started lazily (no start()): read the policy here, for the warning and
+                # health().
+                with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+                    self._note_policy(await client.info("memory"))
             pubsub = client.pubsub()
             try:
                 flow = session(mirror, self._layout, clock=self._clock)

@@ -5,9 +5,10 @@
 needing a ``request`` parameter: they read the outcome the middleware recorded for the
 current request. The guard's ``scope_implications`` apply.
 
-On a FastAPI path operation the check also runs as a dependency, so it answers before
-FastAPI validates the parameters and the body: an under-scoped request gets 403, never 422
-with validation details.
+On a FastAPI path operation the check also runs as a dependency, the operation's first, so
+it answers before FastAPI validates the parameters and the body and before the operation's
+own dependencies run: an under-scoped request gets 403, not 422 with validation details. (A
+body that is not JSON at all is answered 422 by FastAPI before any dependency runs.)
 """
 
 from __future__ import annotations
@@ -164,10 +165,10 @@ def _with_fastapi_check(
 ) -> None:
     """Declare the check as a FastAPI dependency in ``wrapper``'s signature.
 
-    FastAPI solves dependencies before it validates parameters and the body, so the check
-    answers first. The refusal is raised for the middleware to send, or as an
-    ``HTTPException`` when only ``BearerAuth`` recorded the verdict. Other frameworks
-    ignore the extra parameter.
+    FastAPI solves dependencies before it validates parameters and the body, in the order
+    of the parameters, so the check, declared first, answers first. The refusal is raised
+    for the middleware to send, or as an ``HTTPException`` when only ``BearerAuth``
+    recorded the verdict. Other frameworks ignore the extra parameter.
     Each decorator declares its own ``parameter``: stacked decorators each add a check.
     """
     from fastapi import Depends  # noqa: PLC0415 - only when the app is a FastAPI app
@@ -187,11 +188,26 @@ def _with_fastapi_check(
         default=Depends(bearerguard_scope_check),
         annotation=None,
     )
-    at = len(parameters)
-    if parameters and parameters[-1].kind is inspect.Parameter.VAR_KEYWORD:
-        at -= 1
-    parameters.insert(at, check)
+    kinds = {each.kind for each in parameters}
+    if not kinds & {inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.VAR_POSITIONAL}:
+        # FastAPI solves a path operation's dependencies in the order of its parameters and
+        # passes every argument by name: the check goes first, so that the operation's own
+        # dependencies (loading a record, answering 404 for a missing one, writing) never run
+        # for an under-scoped token. Keyword-only parameters may follow one with a default.
+        parameters = [check] + [each.replace(kind=_keyword(each.kind)) for each in parameters]
+    else:
+        at = len(parameters)
+        if parameters and parameters[-1].kind is inspect.Parameter.VAR_KEYWORD:
+            at -= 1
+        parameters.insert(at, check)
     wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+
+
+def _keyword(kind: Any) -> Any:
+    """``kind``, as a keyword-only parameter's unless it is ``**kwargs``."""
+    if kind is inspect.Parameter.VAR_KEYWORD:
+        return kind
+    return inspect.Parameter.KEYWORD_ONLY
 
 
 def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F]:

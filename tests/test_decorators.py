@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Annotated
 
 import httpx
 import pytest
 import structlog
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, HTTPException
 from pydantic import BaseModel
 from starlette.middleware import Middleware
 
@@ -143,6 +144,39 @@ async def test_fastapi_path_operations_without_request_parameter(
     ).status_code == 200
     assert (await fastapi_client.delete("/any", headers=bearer(session_issuer))).status_code == 403
     assert (await fastapi_client.get("/async/pen")).status_code == 401
+
+
+_LOADED: list[int] = []
+
+
+def load_item(item_id: int) -> dict[str, int]:
+    """A dependency that looks a record up (module level: FastAPI resolves it by name)."""
+    _LOADED.append(item_id)
+    raise HTTPException(404, "no such item")
+
+
+async def test_fastapi_scope_check_runs_before_the_operations_own_dependencies(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # An under-scoped token must get 403 before the operation's dependencies run: one that
+    # loads a record would otherwise answer 404 (an existence oracle) or write something.
+    loaded = _LOADED
+    loaded.clear()
+    app = FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard)])
+
+    @app.get("/items/{item_id}")
+    @requires_scopes("items:read")
+    async def read_item(item: Annotated[dict[str, int], Depends(load_item)]) -> dict[str, int]:
+        return item  # pragma: no cover
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        denied = await client.get("/items/7", headers=bearer(session_issuer, "other"))
+        assert denied.status_code == 403
+        assert loaded == []
+        found = await client.get("/items/7", headers=bearer(session_issuer, "items:read"))
+        assert found.status_code == 404
+        assert loaded == [7]
 
 
 def test_fastapi_keeps_the_handler_signature_in_openapi(guard: BearerGuard) -> None:

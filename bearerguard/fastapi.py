@@ -23,7 +23,8 @@ as FastAPI's ``SecurityScopes`` do); ``requires_any`` is one-of. The guard's
 It works with ``BearerGuardMiddleware`` in front (it then reuses the middleware's verdict:
 one verification, one audit event) or without it (it verifies the token itself). Like any
 FastAPI dependency it runs before the body is validated, so an under-scoped request gets
-403, never 422 with validation details. Refusals are RFC 6750 answers; without the
+403, not 422 with validation details (a body that is not JSON at all is answered 422 by
+FastAPI before any dependency runs). Refusals are RFC 6750 answers; without the
 middleware, ``install(app)`` is what gives them the RFC 6750 JSON body (FastAPI's default
 handler would answer ``{"detail": ...}``, with the right status and challenge).
 """

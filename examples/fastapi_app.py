@@ -27,7 +27,8 @@ scope), and an audit event.
 
 On a FastAPI path operation the decorators also run as a dependency, before FastAPI
 validates the parameters and the body: a valid token that lacks the scope gets 403 even
-with an invalid body, never 422 with the validation details. The token itself is always
+with a body that fails validation, not 422 with the validation details (a body that is not
+JSON at all is answered 422 by FastAPI before any dependency runs). The token itself is always
 checked first, by the middleware. (``bearerguard.fastapi.BearerAuth`` is the dependency
 to use when you want the token injected and the scopes in the OpenAPI document.)
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated
 
 import httpx
@@ -12,9 +13,11 @@ from fastapi import Depends, FastAPI, HTTPException
 from pydantic import BaseModel
 from starlette.middleware import Middleware
 
+import bearerguard.fastapi
 from bearerguard import (
     AccessToken,
     BearerGuard,
+    decorators,
     get_access_token,
     requires_any_scope,
     requires_scopes,
@@ -177,6 +180,39 @@ async def test_fastapi_scope_check_runs_before_the_operations_own_dependencies(
         found = await client.get("/items/7", headers=bearer(session_issuer, "items:read"))
         assert found.status_code == 404
         assert loaded == [7]
+
+
+class Note(BaseModel):
+    text: str
+
+
+async def test_fastapi_body_that_is_not_json_is_422_before_any_check(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # FastAPI decodes a JSON body before it solves any dependency: only a body that fails
+    # validation gets the check's 403; one that is not JSON gets FastAPI's 422 first.
+    app = FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard)])
+
+    @app.post("/notes")
+    @requires_scopes("notes:write")
+    async def add_note(note: Note) -> dict[str, str]:
+        return {"text": note.text}  # pragma: no cover
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        headers = {**bearer(session_issuer, "other"), "Content-Type": "application/json"}
+        invalid = await client.post("/notes", headers=headers, content=b'{"text": 1}')
+        assert invalid.status_code == 403  # fails validation: the check answers first
+        not_json = await client.post("/notes", headers=headers, content=b"{oops")
+        assert not_json.status_code == 422  # not JSON: FastAPI answers before any check
+
+
+def test_documents_do_not_promise_403_for_a_body_that_is_not_json() -> None:
+    root = Path(__file__).resolve().parent.parent
+    for path in [root / "README.md", root / "examples" / "fastapi_app.py"]:
+        assert "never 422" not in " ".join(path.read_text().split()), path
+    for module in (decorators, bearerguard.fastapi):
+        assert "never 422" not in " ".join((module.__doc__ or "").split()), module
 
 
 def test_fastapi_keeps_the_handler_signature_in_openapi(guard: BearerGuard) -> None:

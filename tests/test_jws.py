@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bearerguard._core.jws import (
@@ -250,10 +252,16 @@ def test_json_scanned_directly_still_refuses_what_decode_refuses(raw: bytes) -> 
         decode_json_object(b64(raw), "payload")
 
 
-@pytest.mark.parametrize("segment_text", ["e30=", "e3+0", "e3/0", "e3.0", "e30\n"])
+@pytest.mark.parametrize("segment_text", ["e30=", "e3+0", "e3/0", "e3.0", "e30\n", "e\x0530"])
 def test_decode_json_object_takes_only_base64url(segment_text: str) -> None:
     with pytest.raises(MalformedTokenError):
         decode_json_object(segment_text, "payload")
+
+
+def test_reliability_page_does_not_say_decode_json_object_skips_foreign_characters() -> None:
+    # binascii alone decodes "e\x0530" as {}; decode_json_object refuses it (above).
+    page = (Path(__file__).resolve().parent.parent / "docs" / "reliability.md").read_text()
+    assert "decodes whatever `binascii` decodes" not in " ".join(page.split())
 
 
 @pytest.mark.parametrize(

@@ -47,10 +47,13 @@ class RequestInfo:
     def fields(self) -> dict[str, Any]:
         """The event fields describing the request, truncated."""
         request_id = self.request_id
+        client = self.client
         return {
             "method": _printable(self.method[:_MAX_FIELD]),
             "path": _printable(self.path[:_MAX_PATH]),
-            "client": self.client,
+            # Behind a proxy the address is a client's header (X-Forwarded-For, read by
+            # uvicorn's --proxy-headers or werkzeug's ProxyFix): any text, of any length.
+            "client": _printable(client[:_MAX_FIELD]) if client else client,
             "request_id": _printable(request_id[:_MAX_FIELD]) if request_id else None,
         }
 

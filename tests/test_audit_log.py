@@ -383,3 +383,33 @@ def test_request_and_token_text_is_escaped_in_audit_events(
     for event in sink.events[:2]:
         assert event["sub"] == "alice" + FORGED.encode("unicode_escape").decode()
         assert event["sub"].startswith("alice\\n2026-11-29 [info     ] token.accepted")
+
+
+def test_a_client_address_from_a_proxy_header_is_truncated_and_escaped(
+    session_issuer: DevIssuer,
+) -> None:
+    # Behind a proxy the address is a client's X-Forwarded-For (uvicorn --proxy-headers,
+    # werkzeug ProxyFix): any latin-1 text, as long as the header limit allows.
+    forwarded = "198.51.100.7\x85forged " + "x" * 4000
+    sink = Sink()
+    guard = session_issuer.guard(audit_logger=structlog.wrap_logger(None, processors=[sink]))
+
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("hello")  # pragma: no cover
+
+    app = Starlette(
+        routes=[Route("/", hello)], middleware=[Middleware(BearerGuardMiddleware, guard=guard)]
+    )
+    assert TestClient(app, client=(forwarded, 1)).get("/").status_code == 401
+    wsgi = BearerGuardWSGIMiddleware(lambda environ, start_response: [], guard=guard)
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "QUERY_STRING": "",
+        "REMOTE_ADDR": forwarded,
+        "wsgi.input": io.BytesIO(b""),
+    }
+    b"".join(wsgi(environ, lambda status, headers: None))
+    assert len(sink.events) == 2
+    for event in sink.events:
+        assert event["client"] == "198.51.100.7\\x85forged " + "x" * (128 - 20)

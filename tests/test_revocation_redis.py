@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -454,11 +455,17 @@ async def test_the_health_signal(
     assert not direct.healthy  # nothing asked yet
     assert (await direct.health())["healthy"] is True
     assert direct.health_sync()["healthy"] is True
+    assert direct.health_sync()["state"] == "direct"  # as docs/deployment.md lists
     await store.aclose()
     assert not store.healthy
     assert (await store.health())["state"] == "closed"
     with pytest.raises(RevocationStoreError, match="closed"):
         await store.is_revoked(token())
+
+
+def test_the_deployment_page_lists_the_state_without_a_mirror() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "deployment.md").read_text()
+    assert "without a mirror it is `direct`" in " ".join(page.split())
 
 
 @pytest.mark.anyio

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.authentication import requires
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
+from bearerguard import requires_scopes
 from bearerguard._core.scopes import (
     grants,
     parse_scope_claim_paths,
     read_scopes,
     validate_scope_names,
 )
+from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.errors import ConfigurationError, MalformedTokenError
+from bearerguard.testing import DevIssuer
 
 
 @pytest.mark.parametrize(
@@ -82,3 +93,31 @@ def test_scopes_are_split_on_spaces_only(separator: str) -> None:
         assert value in granted
     assert read_scopes({"permissions": value}, (("permissions",),)) == {value}
     assert read_scopes({"scope": " a  b "}) == {"a", "b"}
+
+
+def test_starlette_requires_reads_granted_scopes_without_implications(
+    session_issuer: DevIssuer,
+) -> None:
+    # request.auth.scopes are the token's own scopes: Starlette's requires does not apply
+    # scope_implications, and the documents must not say "every scope check" does.
+    @requires("items:read")
+    async def starlette_check(request: Request) -> JSONResponse:
+        return JSONResponse({})  # pragma: no cover
+
+    @requires_scopes("items:read")
+    async def ours(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    guard = session_issuer.guard(scope_implications={"items:write": ["items:read"]})
+    app = Starlette(
+        routes=[Route("/starlette", starlette_check), Route("/ours", ours)],
+        middleware=[Middleware(BearerGuardMiddleware, guard=guard)],
+    )
+    headers = {"Authorization": f"Bearer {session_issuer.mint(scopes=['items:write'])}"}
+    client = TestClient(app)
+    assert client.get("/ours", headers=headers).status_code == 200
+    assert client.get("/starlette", headers=headers).status_code == 403
+    root = Path(__file__).resolve().parent.parent
+    configuration = " ".join((root / "docs" / "configuration.md").read_text().split())
+    assert "applied by every scope check" not in configuration
+    assert "not by Starlette's own `requires`" in configuration

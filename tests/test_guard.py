@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -22,7 +23,7 @@ from bearerguard.errors import (
     UnknownKeyError,
     UnsupportedAlgorithmError,
 )
-from bearerguard.testing import DevIssuer
+from bearerguard.testing import DevIssuer, Override
 from tests.helpers import Clock
 
 pytestmark = pytest.mark.anyio
@@ -359,3 +360,27 @@ def test_options_that_are_not_what_they_take_raise_configuration_errors(
     """BearerGuard documents ConfigurationError for a bad option, not TypeError or ValueError."""
     with pytest.raises(ConfigurationError):
         session_issuer.guard(**options)
+
+
+def test_the_thread_that_starts_a_due_refresh_waits_for_it() -> None:
+    # The set is past its freshness and the JWKS answers slowly: the request that starts
+    # the refresh waits for it, though its token's key is held; the next one does not.
+    # threats.md and migration.md must not promise that such a request never waits.
+    clock = Clock()
+    with DevIssuer(jwks_max_age=60) as issuer:
+        guard = BearerGuard(
+            issuer=issuer.url, audience=issuer.audience, jwks_uri=issuer.jwks_uri, clock=clock
+        )
+        guard.authenticate_sync(issuer.mint())
+        issuer.overrides[issuer.jwks_path] = Override(body=issuer.jwks_bytes(), delay=0.5)
+        clock.advance(61)
+        started = time.monotonic()
+        guard.authenticate_sync(issuer.mint())
+        assert time.monotonic() - started >= 0.5
+        started = time.monotonic()
+        guard.authenticate_sync(issuer.mint())
+        assert time.monotonic() - started < 0.5
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    threats = " ".join((docs / "threats.md").read_text().split())
+    assert "holding the key their token names never wait for a refresh" not in threats
+    assert "in the background of the event loop" not in (docs / "migration.md").read_text()

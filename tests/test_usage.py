@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -794,3 +795,14 @@ def test_redis_construction_does_not_connect_and_checks_options(
             redis_monitor_class(policy, **options)
     with pytest.raises(ConfigurationError):
         redis_monitor_class({"max_uses_per_token": 5})
+
+
+def test_redis_usage_keys_encode_the_separator_as_the_deployment_page_says() -> None:
+    from bearerguard._usage_redis import _part
+
+    assert _part("https://id.example:8443/") == "https%3A//id.example%3A8443/"
+    assert _part("50%") == "50%25"
+    page = (Path(__file__).resolve().parent.parent / "docs" / "deployment.md").read_text()
+    text = " ".join(page.split())
+    assert "the `sub` as they are" not in text
+    assert "with `%` and `:` percent-encoded" in text

@@ -5,10 +5,12 @@
 needing a ``request`` parameter: they read the outcome the middleware recorded for the
 current request. The guard's ``scope_implications`` apply.
 
-On a FastAPI path operation the check also runs as a dependency, the operation's first, so
-it answers before FastAPI validates the parameters and the body and before the operation's
-own dependencies run: an under-scoped request gets 403, not 422 with validation details. (A
-body that is not JSON at all is answered 422 by FastAPI before any dependency runs.)
+On a FastAPI path operation the check also runs as a dependency, ahead of the dependencies
+declared by the operation's parameters, so it answers before FastAPI validates the
+parameters and the body and before those dependencies run: an under-scoped request gets
+403, not 422 with validation details. (A body that is not JSON at all is answered 422 by
+FastAPI before any dependency runs; ``dependencies=[...]`` of the route, a router or the app
+run before the check.)
 """
 
 from __future__ import annotations

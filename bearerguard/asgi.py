@@ -30,6 +30,7 @@ from bearerguard._context import (
 from bearerguard._core.extract import (
     bound_credentials,
     has_query_token,
+    is_query_token,
     request_credentials,
 )
 from bearerguard._core.paths import PublicPaths
@@ -159,9 +160,9 @@ def _websocket_credentials(
         found.extend(
             unquote_to_bytes(part.partition(b"=")[2])
             for part in parts
-            if part.partition(b"=")[0] == b"access_token"
+            if is_query_token(part)
         )
-        query = b"&".join(part for part in parts if part.partition(b"=")[0] != b"access_token")
+        query = b"&".join(part for part in parts if not is_query_token(part))
     if not found:
         return authorization, query
     if authorization or len(found) > 1:
@@ -317,7 +318,8 @@ class BearerGuardMiddleware:
                     request_id = value
             if credentials is not None and not repeated and credentials[:7] == b"Bearer ":
                 query = scope.get("query_string")
-                if not query or query.find(b"access_token") == -1:  # find: see has_query_token
+                # A percent-encoded name may decode to access_token: the general path decides.
+                if not query or (query.find(b"access_token") == -1 and query.find(b"%") == -1):
                     entry = reusing.reused(credentials[7:])
         access: AccessToken | None
         if entry is not None:

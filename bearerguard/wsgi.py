@@ -203,7 +203,8 @@ class BearerGuardWSGIMiddleware:
             reusing is not None
             and header is not None
             and header.startswith("Bearer ")
-            and "access_token" not in str(environ.get("QUERY_STRING", ""))
+            and "access_token" not in (query := str(environ.get("QUERY_STRING", "")))
+            and "%" not in query  # a percent-encoded name may decode to access_token
         ):
             # A token seen before, sent the usual way: as in the ASGI middleware, a cache hit
             # that needs no I/O is served here; anything else takes the general path.

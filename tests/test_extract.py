@@ -63,6 +63,13 @@ def test_size_cap_applies_before_decoding() -> None:
         (b"access_token", True),
         (b"my_access_token=abc", False),
         (b"x=access_token", False),
+        # RFC 6750 §2.3: form-encoded, so the name is percent-decoded as query parsers do.
+        (b"access%5Ftoken=abc", True),
+        (b"a=1&%61ccess_token=abc", True),
+        (b"access%5ftoken", True),
+        (b"access+token=abc", False),
+        (b"access%2Btoken=abc", False),
+        (b"x=access%5Ftoken", False),
     ],
 )
 def test_query_token_detection(query: bytes, expected: bool) -> None:

@@ -99,6 +99,22 @@ async def test_token_in_header_and_query_is_invalid_request(
     assert only_query.status_code == 400
 
 
+async def test_a_percent_encoded_access_token_name_is_a_query_token(
+    client: httpx.AsyncClient, session_issuer: DevIssuer
+) -> None:
+    # The app's query parser decodes access%5Ftoken to access_token (RFC 6750 §2.3 is
+    # form-encoded): it is a token in the URL, whether the header's token is cached or not.
+    token = session_issuer.mint()
+    for query in ("access%5Ftoken", "%61ccess_token"):
+        response = await client.get(f"/me?{query}={token}", headers=bearer(token))
+        assert response.status_code == 400, query
+    assert (await client.get("/me", headers=bearer(token))).status_code == 200  # now cached
+    for query in ("access%5Ftoken", "%61ccess_token"):
+        response = await client.get(f"/me?{query}={token}", headers=bearer(token))
+        assert response.status_code == 400, query
+    assert (await client.get("/me?q=a%20b", headers=bearer(token))).status_code == 200
+
+
 async def test_oversized_token_is_refused(client: httpx.AsyncClient) -> None:
     response = await client.get("/me", headers=bearer("a" * 9000))
     assert response.status_code == 401

@@ -57,6 +57,20 @@ def test_joined_duplicate_headers_are_invalid_request(session_issuer: DevIssuer)
     assert 'error="invalid_request"' in headers["www-authenticate"]
 
 
+def test_a_percent_encoded_access_token_name_is_a_query_token(session_issuer: DevIssuer) -> None:
+    # As over ASGI: the application decodes access%5Ftoken to access_token, cached or not.
+    app = BearerGuardWSGIMiddleware(hello_app, guard=session_issuer.guard())
+    token = session_issuer.mint()
+    header = f"Bearer {token}"
+    for query in ("access%5Ftoken", "%61ccess_token"):
+        status, _, _ = call(app, HTTP_AUTHORIZATION=header, QUERY_STRING=f"{query}={token}")
+        assert status.startswith("400"), query
+    assert call(app, HTTP_AUTHORIZATION=header)[0].startswith("200")  # now cached
+    for query in ("access%5Ftoken", "%61ccess_token"):
+        status, _, _ = call(app, HTTP_AUTHORIZATION=header, QUERY_STRING=f"{query}={token}")
+        assert status.startswith("400"), query
+
+
 @pytest.mark.parametrize(
     ("value", "status"),
     [

@@ -6,6 +6,7 @@ import re
 import string
 from collections.abc import Sequence
 from typing import Literal
+from urllib.parse import unquote_to_bytes
 
 from bearerguard._core.paths import PublicPaths
 from bearerguard.errors import (
@@ -22,6 +23,7 @@ __all__ = [
     "check_b64token",
     "extract_bearer",
     "has_query_token",
+    "is_query_token",
     "request_credentials",
     "request_dpop_credentials",
     "split_joined_values",
@@ -121,13 +123,26 @@ def extract_bearer(
     return None if credentials is None else check_b64token(credentials)
 
 
+def is_query_token(part: bytes) -> bool:
+    """Tell whether one ``name=value`` part of a query string is ``access_token``.
+
+    RFC 6750 §2.3 sends it form-encoded (``application/x-www-form-urlencoded``), so the name
+    is decoded as the application's query parser decodes it: ``access%5Ftoken`` is
+    ``access_token`` too.
+    """
+    name = part.partition(b"=")[0]
+    if name.find(b"%") != -1 or name.find(b"+") != -1:
+        name = unquote_to_bytes(name.replace(b"+", b" "))
+    return name == b"access_token"
+
+
 def has_query_token(query_string: bytes) -> bool:
     """Tell whether a query string carries ``access_token`` (RFC 6750 §2.3)."""
     # find(), not "in": bytes.__contains__ first tries its operand as an integer, and the
     # TypeError it raises and clears costs more than the search on every request.
-    if query_string.find(b"access_token") == -1:
+    if query_string.find(b"access_token") == -1 and query_string.find(b"%") == -1:
         return False
-    return any(part.partition(b"=")[0] == b"access_token" for part in query_string.split(b"&"))
+    return any(is_query_token(part) for part in query_string.split(b"&"))
 
 
 def request_credentials(

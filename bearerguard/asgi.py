@@ -158,9 +158,7 @@ def _websocket_credentials(
     if "query" in allowed and has_query_token(query):
         parts = query.split(b"&")
         found.extend(
-            unquote_to_bytes(part.partition(b"=")[2])
-            for part in parts
-            if is_query_token(part)
+            unquote_to_bytes(part.partition(b"=")[2]) for part in parts if is_query_token(part)
         )
         query = b"&".join(part for part in parts if not is_query_token(part))
     if not found:

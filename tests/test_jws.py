@@ -267,9 +267,7 @@ def test_reliability_page_does_not_say_decode_json_object_skips_foreign_characte
 def test_reliability_page_does_not_promise_a_smoke_version_of_every_run() -> None:
     # The load run, atheris and the peer benchmarks have none in the default tests.
     page = (Path(__file__).resolve().parent.parent / "docs" / "reliability.md").read_text()
-    assert "and a short smoke version inside the default test command" not in " ".join(
-        page.split()
-    )
+    assert "and a short smoke version inside the default test command" not in " ".join(page.split())
 
 
 @pytest.mark.parametrize(

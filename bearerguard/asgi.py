@@ -313,7 +313,8 @@ class BearerGuardMiddleware:
                     repeated = credentials is not None
                     credentials = value
                 elif name == b"x-request-id":
-                    request_id = value
+                    # Repeated: one comma-joined value (RFC 9110 §5.3), as WSGI servers give it.
+                    request_id = value if request_id is None else request_id + b", " + value
             if credentials is not None and not repeated and credentials[:7] == b"Bearer ":
                 query = scope.get("query_string")
                 # A percent-encoded name may decode to access_token: the general path decides.
@@ -349,11 +350,12 @@ class BearerGuardMiddleware:
                 await self.app(scope, receive, send)
                 return
             authorization: list[bytes] = []
+            request_id = None  # read again, as the headers are
             for name, value in scope["headers"]:
                 if name == b"authorization":
                     authorization.append(value)
                 elif name == b"x-request-id":
-                    request_id = value
+                    request_id = value if request_id is None else request_id + b", " + value
             query = scope.get("query_string", b"")
             request = _describe(scope, request_id)
             try:

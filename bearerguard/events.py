@@ -360,10 +360,10 @@ def _headers(scope: Scope) -> tuple[str, int | None]:
 
 def _request_fields(scope: Scope) -> dict[str, Any]:
     client = scope.get("client")
-    request_id = None
-    for name, value in scope.get("headers", []):
-        if name == b"x-request-id":
-            request_id = value.decode("latin-1")
+    # Repeated: one comma-joined value (RFC 9110 §5.3), as the middlewares record it.
+    headers = scope.get("headers", [])
+    joined = b", ".join(value for name, value in headers if name == b"x-request-id")
+    request_id = joined.decode("latin-1") or None
     # Truncated and escaped as every other audit event's: a control character in the
     # (percent-decoded) path or the header must not forge or garble a log line.
     return RequestInfo(

@@ -188,7 +188,8 @@ def _forget(reset: Token[RequestAuth | None] | None) -> None:
 
 def _describe(scope: Mapping[str, Any]) -> RequestInfo:
     client = scope.get("client")
-    request_id = next((v for n, v in scope.get("headers", ()) if n == b"x-request-id"), None)
+    # Repeated: one comma-joined value (RFC 9110 §5.3), as the middlewares record it.
+    request_id = b", ".join(v for n, v in scope.get("headers", ()) if n == b"x-request-id")
     return RequestInfo(
         scope.get("method", "WEBSOCKET"),
         scope.get("path", ""),

@@ -413,3 +413,55 @@ def test_a_client_address_from_a_proxy_header_is_truncated_and_escaped(
     assert len(sink.events) == 2
     for event in sink.events:
         assert event["client"] == "198.51.100.7\\x85forged " + "x" * (128 - 20)
+
+
+def test_a_repeated_request_id_is_recorded_alike_by_every_integration(
+    session_issuer: DevIssuer,
+) -> None:
+    # RFC 9110 §5.3: repeated field lines are one comma-joined value, as a WSGI server
+    # hands them over; the ASGI middleware (first sight and cache hit) and BearerAuth
+    # without it record the same, neither only the first nor only the last header.
+    from fastapi import FastAPI
+
+    from bearerguard.fastapi import BearerAuth
+    from bearerguard.testing import audit_events
+
+    token = session_issuer.mint()
+    headers = [("Authorization", f"Bearer {token}"), ("X-Request-ID", "a"), ("X-Request-ID", "b")]
+    starlette = Starlette(
+        routes=[Route("/me", lambda request: PlainTextResponse("ok"))],
+        middleware=[Middleware(BearerGuardMiddleware, guard=session_issuer.guard(in_process=True))],
+    )
+    bearer = BearerAuth(session_issuer.guard(in_process=True))
+    fastapi_app = FastAPI()
+
+    @fastapi_app.get("/me", dependencies=[bearer.requires()])
+    async def me() -> dict[str, str]:
+        return {}
+
+    def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b""]
+
+    wsgi = BearerGuardWSGIMiddleware(wsgi_app, guard=session_issuer.guard(in_process=True))
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/me",
+        "HTTP_AUTHORIZATION": f"Bearer {token}",
+        "HTTP_X_REQUEST_ID": "a, b",
+        "wsgi.input": io.BytesIO(),
+    }
+    with audit_events() as events:
+        with TestClient(starlette) as client:
+            assert client.get("/me", headers=headers).status_code == 200
+            assert client.get("/me", headers=headers).status_code == 200  # a cache hit
+        with TestClient(fastapi_app) as client:
+            assert client.get("/me", headers=headers).status_code == 200
+        list(wsgi(environ, lambda *args: None))
+    assert [event["request_id"] for event in events] == ["a, b"] * 4
+    # The security-event receiver's events too.
+    from bearerguard.events import _request_fields
+
+    scope = {"headers": [(b"x-request-id", b"a"), (b"x-request-id", b"b")], "path": "/events"}
+    assert _request_fields(scope)["request_id"] == "a, b"
+    assert _request_fields({"headers": [], "path": "/events"})["request_id"] is None

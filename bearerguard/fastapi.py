@@ -54,13 +54,15 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from starlette.exceptions import HTTPException, WebSocketException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from bearerguard._context import SCOPE_KEY, Refused, RequestAuth, current_auth, refusal_for
 from bearerguard._core.extract import request_credentials
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard._core.scopes import validate_scope_names
-from bearerguard.asgi import BearerGuardMiddleware, _authenticate_bound
+from bearerguard.asgi import BearerGuardMiddleware, _authenticate_bound, _serve_metadata
 from bearerguard.audit import RequestInfo
 from bearerguard.decorators import (
     REQUIREMENT_ATTRIBUTE,
@@ -70,6 +72,7 @@ from bearerguard.decorators import (
 )
 from bearerguard.errors import AuthError, ConfigurationError
 from bearerguard.guard import BearerGuard
+from bearerguard.metadata import ProtectedResource
 from bearerguard.token import AccessToken
 
 __all__ = ["BearerAuth", "BearerRefusal", "oauth2_flows"]
@@ -102,6 +105,17 @@ async def _answer_refusal(request: Request, exc: Exception) -> Response:
     if refusal is None:  # pragma: no cover - registered for these two classes only
         raise exc
     return Response(refusal.body, status_code=refusal.status, headers=dict(refusal.headers))
+
+
+class _MetadataDocument:
+    """The protected-resource metadata (RFC 9728 §3) as an ASGI app, answering any method
+    as the middlewares do (GET and HEAD; 405 otherwise)."""
+
+    def __init__(self, resource: ProtectedResource) -> None:
+        self.resource = resource
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _serve_metadata(self.resource, scope, send)
 
 
 def _never_called(refusal: Refusal) -> Any:  # pragma: no cover - marks dependency verdicts
@@ -405,14 +419,23 @@ class BearerAuth(SecurityBase):
     def install(self, app: FastAPI) -> FastAPI:
         """Answer refusals with the RFC 6750 body, and document them in ``app``'s OpenAPI.
 
-        Registers the exception handler for ``BearerRefusal``, and makes ``app.openapi()``
-        list, per operation that needs a token, the scopes (any-of as alternatives), the
-        scheme (also for operations protected by ``requires_scopes`` behind the
-        middleware), and the 401 and 403 responses. Returns ``app``. Installing again (as
+        Registers the exception handler for ``BearerRefusal``, serves the guard's
+        protected-resource metadata (RFC 9728) when it has a ``resource``, and makes
+        ``app.openapi()`` list, per operation that needs a token, the scopes (any-of as
+        alternatives), the scheme (also for operations protected by ``requires_scopes``
+        behind the middleware), and the 401 and 403 responses. Returns ``app``. Installing again (as
         ``protect`` does) changes nothing.
         """
         app.add_exception_handler(BearerRefusal, _answer_refusal)
         app.add_exception_handler(Refused, _answer_refusal)
+        resource = self.guard.protected_resource
+        if resource is not None:
+            # Every 401 and 403 names the metadata (RFC 9728 §5.1): without the middleware in
+            # front, the app serves it. First, so that no catch-all route shadows it.
+            served = {getattr(route, "path", None) for route in app.router.routes}
+            for path in sorted(resource.paths - served, reverse=True):
+                document = _MetadataDocument(resource)
+                app.router.routes.insert(0, Route(path, document, include_in_schema=False))
         generate = app.openapi
         installed: tuple[str, ...] = getattr(generate, _INSTALLED, ())
         if self.scheme_name in installed:

@@ -299,6 +299,32 @@ async def test_resource_metadata_in_the_dependency_challenges(session_issuer: De
     assert f'resource_metadata="{url}"' in assert_refusal(denied, 403, "insufficient_scope")
 
 
+@pytest.mark.parametrize("middleware", [False, True])
+async def test_the_metadata_the_challenges_name_is_served(
+    session_issuer: DevIssuer, middleware: bool
+) -> None:
+    # RFC 9728 §5.1: resource_metadata must lead to the document, with or without the
+    # middleware in front (it then answers first); the same answers either way.
+    guard = session_issuer.guard(audience=None, resource="https://api.example/api")
+    transport = httpx.ASGITransport(app=build_api(guard, middleware=middleware))
+    url = "https://api.example/.well-known/oauth-protected-resource/api"
+    async with httpx.AsyncClient(transport=transport, base_url="https://api.example") as client:
+        missing = await client.get("/items")
+        assert f'resource_metadata="{url}"' in missing.headers["www-authenticate"]
+        document = await client.get(url)
+        head = await client.head(url)
+        post = await client.post(url)
+    assert document.status_code == 200
+    assert document.json()["resource"] == "https://api.example/api"
+    assert document.headers["access-control-allow-origin"] == "*"
+    assert (head.status_code, head.content) == (200, b"")
+    assert (post.status_code, post.headers["allow"], post.content) == (405, "GET, HEAD", b"")
+    assert (
+        "/.well-known/oauth-protected-resource/api"
+        not in build_api(guard, middleware=middleware).openapi()["paths"]
+    )
+
+
 # -- whole apps and routers -------------------------------------------------------------
 
 

@@ -228,6 +228,7 @@ def _dpop_request(
         url_scheme,
         _host(scope),
         _full_path(scope).encode("utf-8", "surrogateescape"),
+        scope.get("raw_path"),
     )
 
 

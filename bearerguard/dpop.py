@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 import anyio.to_thread
 
@@ -395,6 +395,7 @@ def dpop_request(  # noqa: PLR0917 - one call site per middleware
     url_scheme: str,
     host: str,
     path: bytes,
+    raw_path: bytes | None = None,
 ) -> DPoPRequest:
     """Describe a request for the guard's DPoP checks; both middlewares call this.
 
@@ -407,10 +408,25 @@ def dpop_request(  # noqa: PLR0917 - one call site per middleware
         url_scheme: ``http`` or ``https``, as the server saw the request.
         host: the ``Host`` header (or the server's name and port).
         path: the full path the server received (including any root path), unescaped.
+        raw_path: the same path as the client escaped it, when the server passes it on
+            (ASGI ``raw_path``, WSGI ``REQUEST_URI``); used only if it unescapes to ``path``.
     """
     return DPoPRequest(
         scheme,
         tuple(value.decode("latin-1") for value in proofs),
         method,
-        policy.request_url(url_scheme, host, quote(path, safe=_PATH_SAFE)),
+        policy.request_url(url_scheme, host, _escaped_path(path, raw_path)),
     )
+
+
+def _escaped_path(path: bytes, raw_path: bytes | None) -> str:
+    """The request path as the client wrote it in its ``htu`` (RFC 9449 §4.3 step 9).
+
+    Unescaping loses what the client meant: ``%2F`` and ``/`` are not equivalent (RFC 3986
+    §2.2), so a proof for ``/files/a%2Fb`` names a URL that no re-escaping of ``/files/a/b``
+    gives back. The raw path, when the server passes it on and it unescapes to the path the
+    app routes on, is that URL; anything else falls back to escaping the decoded path.
+    """
+    if raw_path and raw_path[:1] == b"/" and unquote_to_bytes(raw_path) == path:
+        return quote(raw_path, safe=_PATH_SAFE + "%")
+    return quote(path, safe=_PATH_SAFE)

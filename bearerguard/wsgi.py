@@ -141,6 +141,10 @@ def _dpop_request(
         str(environ.get("wsgi.url_scheme", "http")),
         _host(environ),
         full_path.encode("latin-1", "replace"),
+        # The request target as received (werkzeug, uWSGI: REQUEST_URI; gunicorn: RAW_URI).
+        str(environ.get("REQUEST_URI") or environ.get("RAW_URI") or "")
+        .partition("?")[0]
+        .encode("latin-1", "replace"),
     )
 
 

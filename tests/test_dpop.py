@@ -1058,3 +1058,35 @@ def test_escaped_path_characters_match_the_request(
     proof = holder.proof(token, url="http://testserver" + path)
     response = call("GET", path, headers=dpop(token, proof))
     assert response.status_code == 404  # past the guard: the app has no such route
+
+
+@pytest.mark.parametrize("path", ["/files/a%2Fb", "/files/a%2fb%2F"])
+def test_an_escaped_slash_matches_the_url_the_client_requested(
+    stack: str, session_issuer: DevIssuer, holder: Holder, path: str
+) -> None:
+    # RFC 3986 §2.2: %2F is not "/", and the decoded path has lost it; the raw path the
+    # server passes on (ASGI raw_path, WSGI REQUEST_URI) is the URL of the htu.
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy())
+    token = bound(session_issuer, holder)
+    headers = dpop(token, holder.proof(token, url="http://testserver" + path))
+    if stack == "asgi":
+        with TestClient(build_app(guard)) as client:
+            status = client.get(path, headers=headers).status_code
+    else:  # werkzeug's client, as its server, sets REQUEST_URI (httpx's transport does not)
+        status = (
+            build_flask_app(guard)
+            .test_client()
+            .get(path, headers=headers, base_url="http://testserver")
+            .status_code
+        )
+    assert status == 404  # past the guard: the app has no such route
+    # The decoded path's own URL is another one: its proof does not pass for this request.
+    other = dpop(token, holder.proof(token, url="http://testserver/files/a/b"))
+    if stack == "asgi":
+        with TestClient(build_app(guard)) as client:
+            assert client.get(path, headers=other).status_code == 401
+    else:
+        flask_client = build_flask_app(guard).test_client()
+        assert (
+            flask_client.get(path, headers=other, base_url="http://testserver").status_code == 401
+        )

@@ -86,6 +86,18 @@ def check_resource(resource: str) -> str:
     return resource
 
 
+def _states(given: Any, value: Any) -> bool:
+    """Whether an ``extra`` member says what the guard says: an array of algorithms is a
+    set (RFC 9728 §2 gives it no order), a tuple as good as a list (both JSON arrays)."""
+    if isinstance(value, list):
+        return (
+            isinstance(given, list | tuple)
+            and all(isinstance(each, str) for each in given)
+            and sorted(set(given)) == value
+        )
+    return bool(given == value)
+
+
 class ProtectedResource:
     """The metadata of one protected resource, and where it is published.
 
@@ -177,7 +189,7 @@ class ProtectedResource:
             members["dpop_signing_alg_values_supported"] = sorted(dpop_algorithms)
             members["dpop_bound_access_tokens_required"] = dpop_required
         for name, value in members.items():
-            if name in self.document and self.document[name] != value:
+            if name in self.document and not _states(self.document[name], value):
                 raise ConfigurationError(f"extra metadata member {name!r} contradicts the guard")
         if not members:
             return self

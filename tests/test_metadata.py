@@ -286,3 +286,26 @@ def test_implications_cache_is_bounded() -> None:
     for n in range(1100):
         implications.grants(frozenset({f"s{n}"}), ("b",), any_of=False)
     assert len(implications._cache) <= 1024
+
+
+def test_an_extra_member_saying_what_the_guard_says_is_no_contradiction() -> None:
+    # RFC 9728 §2: dpop_signing_alg_values_supported is a JSON array of algorithms, in no
+    # order; a tuple serialises as one too. Only a different set contradicts the guard.
+    policy = DPoPPolicy(algorithms=["ES256", "EdDSA"])
+
+    def guard(given: object) -> BearerGuard:
+        return BearerGuard(
+            issuer=ISSUER,
+            jwks_uri=ISSUER + "/jwks",
+            resource="https://api.example",
+            resource_metadata=ResourceMetadata(extra={"dpop_signing_alg_values_supported": given}),
+            dpop=policy,
+        )
+
+    for given in (("ES256", "EdDSA"), ["EdDSA", "ES256"]):
+        published = guard(given).protected_resource
+        assert published is not None
+        assert published.document["dpop_signing_alg_values_supported"] == ["ES256", "EdDSA"]
+    for other in (["ES256"], "ES256 EdDSA", ["ES256", "EdDSA", "RS256"]):
+        with pytest.raises(ConfigurationError, match="contradicts"):
+            guard(other)

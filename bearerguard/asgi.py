@@ -348,7 +348,13 @@ class BearerGuardMiddleware:
                 await _serve_metadata(resource, scope, send)
                 return
             if already_let_in(scope, guard):
-                await self.app(scope, receive, send)
+                try:
+                    await self.app(scope, receive, send)
+                except Refused as refused:
+                    # As below: a FastAPI check found this middleware in the app's stack and
+                    # left the answer to it; the app's ServerErrorMiddleware, further out,
+                    # would turn it into a 500 before the outer middleware saw it.
+                    await self._send_refusal(scope, send, refused.refusal, refused.error)
                 return
             authorization: list[bytes] = []
             request_id = None  # read again, as the headers are

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -17,7 +18,7 @@ from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
-from bearerguard import BearerGuard, get_access_token
+from bearerguard import BearerGuard, get_access_token, requires_scopes
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.dpop import DPoPPolicy
 from bearerguard.testing import DevIssuer
@@ -119,3 +120,34 @@ def test_wsgi_a_request_is_audited_once_through_two_middlewares(
             b"".join(app(environ, start_response))
         assert statuses == ["200 OK"]
         assert [event["event"] for event in events] == ["token.accepted"]
+
+
+def test_a_scope_refusal_inside_the_inner_app_is_answered_not_a_500(
+    session_issuer: DevIssuer,
+) -> None:
+    # A FastAPI check finds the inner middleware in its app's stack and raises Refused for it
+    # to send: passed over, the inner app's ServerErrorMiddleware would answer 500.
+    guard = session_issuer.guard(in_process=True, cache_size=0)  # the general path each time
+    inner = FastAPI()
+    inner.add_middleware(BearerGuardMiddleware, guard=guard)
+
+    @inner.get("/admin")
+    @requires_scopes("admin")
+    async def admin() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    outer = Starlette(
+        routes=[Mount("/api", app=inner)],
+        middleware=[Middleware(BearerGuardMiddleware, guard=guard)],
+    )
+    client = TestClient(outer, raise_server_exceptions=False)
+    reader = session_issuer.mint(scopes=["read"])
+    with capture_logs() as events:
+        response = client.get("/api/admin", headers={"Authorization": f"Bearer {reader}"})
+    assert response.status_code == 403
+    assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
+    assert [event["event"] for event in events] == ["token.accepted", "scope.denied"]
+    admin_token = session_issuer.mint(scopes=["admin"])
+    assert client.get("/api/admin", headers={"Authorization": f"Bearer {admin_token}"}).json() == {
+        "ok": "yes"
+    }

@@ -19,6 +19,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
+from numbers import Integral, Real
 from typing import Any, Literal, NoReturn
 
 import anyio
@@ -507,9 +509,18 @@ class BearerGuard:
             ("max_token_bytes", max_token_bytes, True),
             ("cache_size", cache_size, True),
         ):
-            kinds = int if whole else int | float
+            # Not only int and float: numpy's numbers, Fraction and Decimal (from a settings
+            # library) were taken before these checks, and serve as well once converted.
+            kinds = Integral if whole else (Real, Decimal)
             if isinstance(number, bool) or not isinstance(number, kinds):
-                raise ConfigurationError(f"{name} must be a number, not {number!r}")
+                kind = "a whole number" if whole else "a number"
+                raise ConfigurationError(f"{name} must be {kind}, not {number!r}")
+        try:
+            leeway, audit_sample_accepted = float(leeway), float(audit_sample_accepted)
+            max_age = None if max_age is None else float(max_age)
+        except ValueError:  # Decimal("sNaN")
+            raise ConfigurationError("leeway, max_age and the sample must be numbers") from None
+        max_token_bytes, cache_size = int(max_token_bytes), int(cache_size)
         if not 0.0 <= audit_sample_accepted <= 1.0:  # NaN fails too
             raise ConfigurationError("audit_sample_accepted must be between 0 and 1")
         if not callable(clock):

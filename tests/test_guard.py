@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import numbers
 import time
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,22 @@ from bearerguard.errors import (
 )
 from bearerguard.testing import DevIssuer, Override
 from tests.helpers import Clock
+
+
+class _Whole:
+    """An integer as numpy's are: a numbers.Integral, no int subclass."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __int__(self) -> int:
+        return self.value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+numbers.Integral.register(_Whole)
 
 pytestmark = pytest.mark.anyio
 ISS = "https://issuer.example"
@@ -360,6 +379,32 @@ def test_options_that_are_not_what_they_take_raise_configuration_errors(
     """BearerGuard documents ConfigurationError for a bad option, not TypeError or ValueError."""
     with pytest.raises(ConfigurationError):
         session_issuer.guard(**options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"leeway": Fraction(10)},
+        {"leeway": Decimal("10")},
+        {"max_age": Fraction(3600)},
+        {"audit_sample_accepted": Decimal("0.5")},
+        {"cache_size": _Whole(100)},
+        {"max_token_bytes": _Whole(8192)},
+    ],
+)
+def test_numbers_of_other_types_are_taken_as_before(
+    session_issuer: DevIssuer, options: dict[str, Any]
+) -> None:
+    # numpy's numbers (registered as numbers.Integral / Real, not int or float subclasses),
+    # Fraction and Decimal were taken before the type checks: they still are, converted.
+    guard = session_issuer.guard(**options)
+    assert guard.authenticate_sync(session_issuer.mint(sub="ada")).subject == "ada"
+    assert type(guard.leeway) is float
+
+
+def test_a_signalling_nan_is_a_configuration_error(session_issuer: DevIssuer) -> None:
+    with pytest.raises(ConfigurationError):
+        session_issuer.guard(leeway=Decimal("sNaN"))
 
 
 def test_the_thread_that_starts_a_due_refresh_waits_for_it() -> None:

@@ -1142,8 +1142,20 @@ class BearerGuard:
             if unknown_kid or not self._keys.usable(self.clock()):
                 await self._refreshing.wait()
             return
+        cache, now = self._keys, self.clock()
+        if not (
+            cache.needs_refresh(now) or (unknown_kid and cache.may_refresh_for_unknown_kid(now))
+        ):
+            # Only a thread's fetch (authenticate_sync, warm_up_sync) is under way: a fetch of
+            # our own would break the one-fetch-per-cooldown rule, so wait for that one as a
+            # thread would (at most one fetch timeout), without blocking the event loop.
+            if unknown_kid or not cache.usable(now):
+                with anyio.move_on_after(self._fetch_timeout):
+                    while self._fetch_lock.locked():  # noqa: ASYNC110 - a thread holds it
+                        await anyio.sleep(0.01)
+            return
         self._refreshing = anyio.Event()
-        self._keys.record_attempt(self.clock())
+        cache.record_attempt(now)
         try:
             document, max_age = await self._fetcher.fetch()
         except Exception as exc:  # noqa: BLE001 - whatever broke, the fetch failed: fail closed

@@ -429,3 +429,25 @@ def test_the_thread_that_starts_a_due_refresh_waits_for_it() -> None:
     threats = " ".join((docs / "threats.md").read_text().split())
     assert "holding the key their token names never wait for a refresh" not in threats
     assert "in the background of the event loop" not in (docs / "migration.md").read_text()
+
+
+async def test_async_kid_miss_waits_for_a_threads_fetch_instead_of_fetching(
+    issuer: DevIssuer,
+) -> None:
+    """A thread's fetch (authenticate_sync, warm_up_sync) holds the sync lock: an async
+    kid miss within the cooldown waits for it rather than fetching past the cooldown."""
+    import threading
+
+    clock = Clock()
+    guard = issuer.guard(discover=False, clock=clock, cache_size=0)
+    await guard.warm_up()
+    clock.advance(31)
+    guard._keys.record_attempt(clock())  # a thread's fetch starts now, holding the lock
+    guard._fetch_lock.acquire()
+    threading.Timer(0.2, guard._fetch_lock.release).start()
+    started = time.monotonic()
+    for kid in ("random-1", "random-2", "random-3"):
+        with pytest.raises(UnknownKeyError):
+            await guard.authenticate(issuer.sign(issuer.claims(), headers={"kid": kid}))
+    assert issuer.fetch_count() == 1  # the warm-up's only: one fetch per cooldown
+    assert time.monotonic() - started >= 0.15  # the first waited for the thread's fetch

@@ -74,7 +74,17 @@ def already_let_in(store: Mapping[str, Any], guard: object) -> bool:
     stricter.
     """
     prior = store.get(SCOPE_KEY)
-    return isinstance(prior, RequestAuth) and prior.guard is guard and prior.token is not None
+    return isinstance(prior, RequestAuth) and prior.token is not None and decided_by(prior, guard)
+
+
+def decided_by(prior: RequestAuth, guard: object) -> bool:
+    """Whether ``prior`` is ``guard``'s verdict: its own, or a ``TrustedIssuers``' that handed
+    the token to ``guard`` (the guard of the token's issuer verified it, DPoP proof and all)."""
+    if prior.guard is guard:
+        return True
+    token = prior.token
+    routed = getattr(prior.guard, "guard_of", None)
+    return token is not None and routed is not None and routed(token.issuer) is guard
 
 
 def refusal_for(

@@ -57,7 +57,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from bearerguard._context import SCOPE_KEY, Refused, RequestAuth, current_auth, refusal_for
+from bearerguard._context import (
+    SCOPE_KEY,
+    Refused,
+    RequestAuth,
+    current_auth,
+    decided_by,
+    refusal_for,
+)
 from bearerguard._core.extract import request_credentials
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
@@ -280,8 +287,13 @@ class BearerAuth(SecurityBase):
         is over (``None`` when this call did not set it)."""
         scope = connection.scope
         found = scope.get(SCOPE_KEY)
-        if isinstance(found, RequestAuth) and found.guard is self.guard:
-            return found, None  # the middleware's verdict, or this dependency's earlier one
+        if isinstance(found, RequestAuth) and (
+            found.guard is self.guard or (found.token is not None and decided_by(found, self.guard))
+        ):
+            # The middleware's verdict (or a TrustedIssuers' one reached by this guard), or this
+            # dependency's earlier one: not verified twice (two audit events, and a DPoP proof
+            # refused as replayed, RFC 9449 §11.1).
+            return found, None
         guard = self.guard
         started = perf_counter()
         authorization = [value for name, value in scope["headers"] if name == b"authorization"]

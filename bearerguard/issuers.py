@@ -165,6 +165,10 @@ class TrustedIssuers:
             raise error
         return guard
 
+    def guard_of(self, issuer: str) -> BearerGuard | None:
+        """The guard configured or resolved (and still cached) for ``issuer``; no resolving."""
+        return self._guards.get(issuer) or self._resolved.get(issuer)
+
     def _resolve(self, issuer: str) -> BearerGuard | None:
         resolver = self.resolver
         if resolver is None or len(issuer) > _MAX_ISSUER_LENGTH:

@@ -699,3 +699,31 @@ def test_security_scopes_no_challenge_can_carry_answer_a_plain_401(guard: Bearer
         answer = client.get("/a")
     assert answer.status_code == 401
     assert answer.headers["www-authenticate"].startswith("Bearer realm=")
+
+
+def test_dependency_takes_the_trusted_issuers_middlewares_verdict() -> None:
+    """BearerGuardMiddleware(guard=TrustedIssuers) in front of BearerAuth(one of its guards):
+    the request is decided once (one audit event), not verified again by the dependency."""
+    from bearerguard.issuers import TrustedIssuers
+    from bearerguard.testing import audit_events
+
+    with (
+        DevIssuer(audience="api://one", path="/one") as one,
+        DevIssuer(audience="api://two", path="/two") as two,
+    ):
+        first, second = one.guard(), two.guard()
+        bearer = BearerAuth(first)
+        app = FastAPI()
+
+        @app.get("/items")
+        def items(token: Annotated[AccessToken, Security(bearer)]) -> dict[str, str]:
+            return {"sub": token.subject}
+
+        app.add_middleware(BearerGuardMiddleware, guard=TrustedIssuers([first, second]))
+        with TestClient(app) as client, audit_events() as events:
+            answer = client.get("/items", headers={"Authorization": f"Bearer {one.mint()}"})
+            assert answer.status_code == 200
+            assert events.names == ["token.accepted"]
+            # The other issuer's token is still this dependency's to judge: refused.
+            answer = client.get("/items", headers={"Authorization": f"Bearer {two.mint()}"})
+            assert answer.status_code == 401

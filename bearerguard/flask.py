@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from bearerguard.guard import BearerGuard
+from bearerguard.issuers import TrustedIssuers
 from bearerguard.wsgi import BearerGuardWSGIMiddleware, responder_for
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ __all__ = ["protect"]
 def protect(
     app: flask.Flask,
     *,
-    guard: BearerGuard,
+    guard: BearerGuard | TrustedIssuers,
     public_paths: Iterable[str] = (),
     warm_up: bool = False,
 ) -> BearerGuardWSGIMiddleware:

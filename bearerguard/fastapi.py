@@ -51,10 +51,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError(
         "bearerguard.fastapi needs FastAPI: pip install fastapi (or bearerguard[dev])"
     ) from exc
+from starlette._utils import get_route_path
+from starlette.datastructures import URLPath
 from starlette.exceptions import HTTPException, WebSocketException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
 from bearerguard._context import (
@@ -114,14 +116,34 @@ async def _answer_refusal(request: Request, exc: Exception) -> Response:
     return Response(refusal.body, status_code=refusal.status, headers=dict(refusal.headers))
 
 
-class _MetadataDocument:
-    """The protected-resource metadata (RFC 9728 §3) as an ASGI app, answering any method
-    as the middlewares do (GET and HEAD; 405 otherwise)."""
+class _MetadataRoute(BaseRoute):
+    """The protected-resource metadata (RFC 9728 §3) at one path, answering any method as
+    the middlewares do (GET and HEAD; 405 otherwise).
 
-    def __init__(self, resource: ProtectedResource) -> None:
+    The path is compared literally (a resource path may decode to ``{`` or ``:``, which a
+    ``Route`` would read as a parameter), and a route of the app's own at the same path,
+    added before or after ``install``, serves it instead: this one only stands first so
+    that no catch-all route shadows it.
+    """
+
+    def __init__(self, path: str, resource: ProtectedResource, routes: list[BaseRoute]) -> None:
+        self.path = path
         self.resource = resource
+        self.routes = routes
+        self.include_in_schema = False
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http" or get_route_path(scope) != self.path:
+            return Match.NONE, {}
+        for route in self.routes:
+            if route is not self and getattr(route, "path", None) == self.path:
+                return Match.NONE, {}
+        return Match.FULL, {"endpoint": self, "path_params": dict(scope.get("path_params", {}))}
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
+        raise NoMatchFound(name, path_params)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _serve_metadata(self.resource, scope, send)
 
 
@@ -445,9 +467,9 @@ class BearerAuth(SecurityBase):
             # Every 401 and 403 names the metadata (RFC 9728 §5.1): without the middleware in
             # front, the app serves it. First, so that no catch-all route shadows it.
             served = {getattr(route, "path", None) for route in app.router.routes}
+            routes = app.router.routes
             for path in sorted(resource.paths - served, reverse=True):
-                document = _MetadataDocument(resource)
-                app.router.routes.insert(0, Route(path, document, include_in_schema=False))
+                routes.insert(0, _MetadataRoute(path, resource, routes))
         generate = app.openapi
         installed: tuple[str, ...] = getattr(generate, _INSTALLED, ())
         if self.scheme_name in installed:

@@ -325,6 +325,25 @@ async def test_the_metadata_the_challenges_name_is_served(
     )
 
 
+def test_install_leaves_the_apps_own_metadata_route_and_reads_the_path_literally(
+    session_issuer: DevIssuer,
+) -> None:
+    # A route of the app's own at the metadata path, added after install (as the docs order
+    # it), still answers; a resource path decoding to "{...}" names one URL, not a pattern.
+    guard = session_issuer.guard(audience=None, resource="https://api.example/%7Bt:x%7D")
+    app = BearerAuth(guard).install(FastAPI())
+
+    @app.get("/.well-known/oauth-protected-resource")
+    def own() -> dict[str, str]:
+        return {"mine": "yes"}
+
+    client = TestClient(app)
+    assert client.get("/.well-known/oauth-protected-resource").json() == {"mine": "yes"}
+    served = client.get("/.well-known/oauth-protected-resource/%7Bt:x%7D")
+    assert served.json()["resource"] == "https://api.example/%7Bt:x%7D"
+    assert client.get("/.well-known/oauth-protected-resource/other").status_code == 404
+
+
 # -- whole apps and routers -------------------------------------------------------------
 
 

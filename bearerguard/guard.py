@@ -518,7 +518,7 @@ class BearerGuard:
         try:
             leeway, audit_sample_accepted = float(leeway), float(audit_sample_accepted)
             max_age = None if max_age is None else float(max_age)
-        except ValueError:  # Decimal("sNaN")
+        except (ValueError, OverflowError):  # Decimal("sNaN"); an int beyond any float
             raise ConfigurationError("leeway, max_age and the sample must be numbers") from None
         max_token_bytes, cache_size = int(max_token_bytes), int(cache_size)
         if not 0.0 <= audit_sample_accepted <= 1.0:  # NaN fails too

@@ -407,6 +407,17 @@ def test_a_signalling_nan_is_a_configuration_error(session_issuer: DevIssuer) ->
         session_issuer.guard(leeway=Decimal("sNaN"))
 
 
+@pytest.mark.parametrize(
+    "options", [{"leeway": 10**400}, {"max_age": Fraction(10**400)}, {"max_age": 10**400}]
+)
+def test_a_number_beyond_any_float_is_a_configuration_error(
+    session_issuer: DevIssuer, options: dict[str, Any]
+) -> None:
+    # float() overflows: configuration raises ConfigurationError, not OverflowError.
+    with pytest.raises(ConfigurationError):
+        session_issuer.guard(**options)
+
+
 def test_the_thread_that_starts_a_due_refresh_waits_for_it() -> None:
     # The set is past its freshness and the JWKS answers slowly: the request that starts
     # the refresh waits for it, though its token's key is held; the next one does not.

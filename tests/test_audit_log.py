@@ -10,6 +10,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
+import anyio
 import pytest
 import structlog
 from starlette.applications import Starlette
@@ -24,7 +25,7 @@ from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.audit import AuditLog, RequestInfo, token_fields
 from bearerguard.errors import ExpiredTokenError
 from bearerguard.metrics import DECISIONS, InMemoryMetrics
-from bearerguard.testing import DevIssuer
+from bearerguard.testing import DevIssuer, audit_events
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
 
 REQUEST = RequestInfo("GET", "/items", "127.0.0.1", None)
@@ -467,24 +468,18 @@ def test_a_repeated_request_id_is_recorded_alike_by_every_integration(
     assert _request_fields({"headers": [], "path": "/events"})["request_id"] is None
 
 
-def test_many_request_ids_are_joined_in_linear_time(session_issuer: DevIssuer) -> None:
-    # A request with tens of thousands of X-Request-ID headers (uvicorn's httptools parser
-    # limits no header size): joined value by value, 60 000 of them held the event loop for
-    # seconds, on first sight as on a cache hit.
-    import time
-
-    import anyio
-
-    from bearerguard.testing import audit_events
-
+def test_many_request_ids_are_joined_once(session_issuer: DevIssuer) -> None:
+    # Tens of thousands of X-Request-ID headers (uvicorn's httptools parser limits no header
+    # size) were joined value by value, in quadratic time, on first sight as on a cache hit.
+    # The join now happens once (speed belongs to benchmarks/; this checks the result).
     token = session_issuer.mint()
     app = BearerGuardMiddleware(
         Starlette(routes=[Route("/me", lambda request: PlainTextResponse("ok"))]),
         guard=session_issuer.guard(in_process=True),
     )
-    ids = [(b"x-request-id", b"abcdefgh")] * 60_000
+    ids = [(b"x-request-id", b"abcdefgh")] * 5_000
 
-    async def call() -> float:
+    async def call() -> None:
         scope = {
             "type": "http",
             "method": "GET",
@@ -501,13 +496,11 @@ def test_many_request_ids_are_joined_in_linear_time(session_issuer: DevIssuer) -
         async def send(message: Any) -> None:
             pass
 
-        started = time.perf_counter()
         await app(scope, receive, send)
-        return time.perf_counter() - started
 
     with audit_events() as events:
-        first, hit = anyio.run(call), anyio.run(call)
-    assert first < 1.0
-    assert hit < 1.0
+        anyio.run(call)
+        anyio.run(call)
     assert [event["event"] for event in events] == ["token.accepted"] * 2
-    assert events[0]["request_id"].startswith("abcdefgh, abcdefgh")
+    joined = ", ".join(["abcdefgh"] * 5_000)[:128]
+    assert [event["request_id"] for event in events] == [joined, joined]

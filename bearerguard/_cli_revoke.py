@@ -42,6 +42,7 @@ from bearerguard._cli_common import (
     positive_seconds,
     print_usage,
     relative,
+    terminal_safe,
     usage_error,
 )
 from bearerguard._core.times import MAX_NUMERIC_DATE
@@ -479,7 +480,7 @@ def _write(store: RedisRevocationStore, kind: str, name: str, args: argparse.Nam
 
 def _cell(text: str, limit: int = _MAX_CELL) -> str:
     """Text from Redis made safe for a terminal: no control characters, bounded length."""
-    safe = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    safe = terminal_safe(text)
     return safe if len(safe) <= limit else safe[: limit - 1] + "…"
 
 

@@ -31,6 +31,7 @@ from bearerguard._core.extract import (
     bound_credentials,
     has_query_token,
     is_query_token,
+    joined_request_ids,
     request_credentials,
 )
 from bearerguard._core.paths import PublicPaths
@@ -109,12 +110,6 @@ async def _serve_metadata(resource: ProtectedResource, scope: Scope, send: Send)
 
 def _respond(refusal: Refusal) -> Response:
     return Response(refusal.body, status_code=refusal.status, headers=dict(refusal.headers))
-
-
-def _request_ids(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """Every ``X-Request-ID`` as one comma-joined value (RFC 9110 §5.3), as WSGI servers give
-    it: joined once, as concatenating value by value is quadratic in the number of headers."""
-    return b", ".join(value for name, value in headers if name == b"x-request-id")
 
 
 def _describe(scope: Scope, request_id: bytes | None) -> tuple[str, str, str | None, str | None]:
@@ -325,7 +320,7 @@ class BearerGuardMiddleware:
                     else:
                         ids_repeated = True
             if ids_repeated:
-                request_id = _request_ids(scope["headers"])
+                request_id = joined_request_ids(scope["headers"])
             if credentials is not None and not repeated and credentials[:7] == b"Bearer ":
                 query = scope.get("query_string")
                 # A percent-encoded name may decode to access_token: the general path decides.
@@ -367,7 +362,7 @@ class BearerGuardMiddleware:
                     await self._send_refusal(scope, send, refused.refusal, refused.error)
                 return
             authorization = [value for name, value in scope["headers"] if name == b"authorization"]
-            request_id = _request_ids(scope["headers"]) or None  # read again, as the headers are
+            request_id = joined_request_ids(scope["headers"]) or None  # read again, as above
             query = scope.get("query_string", b"")
             request = _describe(scope, request_id)
             try:

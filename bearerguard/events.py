@@ -37,6 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 from cachetools import LRUCache
 from starlette.types import Receive, Scope, Send
 
+from bearerguard._core.extract import joined_request_ids
 from bearerguard._core.refusal import RETRY_AFTER_SECONDS
 from bearerguard._core.secevent import (
     CAEP_CREDENTIAL_CHANGE,
@@ -361,9 +362,7 @@ def _headers(scope: Scope) -> tuple[str, int | None]:
 def _request_fields(scope: Scope) -> dict[str, Any]:
     client = scope.get("client")
     # Repeated: one comma-joined value (RFC 9110 §5.3), as the middlewares record it.
-    headers = scope.get("headers", [])
-    joined = b", ".join(value for name, value in headers if name == b"x-request-id")
-    request_id = joined.decode("latin-1") or None
+    request_id = joined_request_ids(scope.get("headers", [])).decode("latin-1") or None
     # Truncated and escaped as every other audit event's: a control character in the
     # (percent-decoded) path or the header must not forge or garble a log line.
     return RequestInfo(

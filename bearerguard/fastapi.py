@@ -67,7 +67,7 @@ from bearerguard._context import (
     decided_by,
     refusal_for,
 )
-from bearerguard._core.extract import request_credentials
+from bearerguard._core.extract import joined_request_ids, request_credentials
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard._core.scopes import validate_scope_names
@@ -232,7 +232,7 @@ def _forget(reset: Token[RequestAuth | None] | None) -> None:
 def _describe(scope: Mapping[str, Any]) -> RequestInfo:
     client = scope.get("client")
     # Repeated: one comma-joined value (RFC 9110 §5.3), as the middlewares record it.
-    request_id = b", ".join(v for n, v in scope.get("headers", ()) if n == b"x-request-id")
+    request_id = joined_request_ids(scope.get("headers", ()))
     return RequestInfo(
         scope.get("method", "WEBSOCKET"),
         scope.get("path", ""),

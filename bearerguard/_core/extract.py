@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal
 from urllib.parse import unquote_to_bytes
 
@@ -24,6 +24,7 @@ __all__ = [
     "extract_bearer",
     "has_query_token",
     "is_query_token",
+    "joined_request_ids",
     "request_credentials",
     "request_dpop_credentials",
     "split_joined_values",
@@ -236,3 +237,10 @@ def bound_credentials(
         authorization, query_string, path, public_paths, max_bytes=max_bytes
     )
     return token, "bearer"
+
+
+def joined_request_ids(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Every ``X-Request-ID`` of an ASGI header list as one comma-joined value (RFC 9110
+    §5.3), as WSGI servers give it; empty when there is none. Joined once: concatenating
+    value by value is quadratic in the number of headers."""
+    return b", ".join(value for name, value in headers if name == b"x-request-id")

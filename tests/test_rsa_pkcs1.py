@@ -1,4 +1,5 @@
-"""RS256/384/512 verification (RFC 8017 §8.2.2): every encoded message but the exact one fails.
+"""RS256/384/512 verification (RFC 8017 §8.2.2): every encoded message but the exact one fails;
+PS* signatures of another length than the modulus fail too (RFC 8017 §8.1.2).
 
 Signatures here are made with the raw RSA private operation over hand-built encoded
 messages, so each malformation a lenient verifier has been fooled by can be tried
@@ -144,3 +145,24 @@ def test_moduli_of_other_sizes(bits: int) -> None:
     assert verify_signature(key, "RS256", MESSAGE, signature)
     assert not verify_signature(key, "RS256", MESSAGE + b"x", signature)
     assert not verify_signature(key, "RS256", MESSAGE, signature[1:] + b"\x00")
+
+
+@pytest.mark.parametrize(
+    ("alg", "hash_algorithm"), [("PS256", hashes.SHA256()), ("PS512", hashes.SHA512())]
+)
+def test_a_pss_signature_not_of_the_modulus_length_fails(
+    alg: str, hash_algorithm: hashes.HashAlgorithm
+) -> None:
+    # RFC 8017 §8.1.2 step 1 holds for RSASSA-PSS too; OpenSSL alone accepts a signature
+    # whose leading zero octets were dropped: another token string with the same signature.
+    key = VerificationKey(kid="p1", algorithms=frozenset({alg}), key=PRIVATE.public_key())
+    scheme = padding.PSS(mgf=padding.MGF1(hash_algorithm), salt_length=hash_algorithm.digest_size)
+    signature = next(
+        s
+        for s in (PRIVATE.sign(MESSAGE, scheme, hash_algorithm) for _ in range(100_000))
+        if s[0] == 0
+    )
+    assert verify_signature(key, alg, MESSAGE, signature)
+    assert not verify_signature(key, alg, MESSAGE, signature[1:])
+    assert not verify_signature(key, alg, MESSAGE, b"\x00" + signature)
+    assert not verify_signature(key, alg, MESSAGE, b"")

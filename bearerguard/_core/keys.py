@@ -110,6 +110,10 @@ def verify_signature(
     scheme = _PSS_SCHEMES.get(alg)
     if scheme is None:
         return _IMPLEMENTATIONS[alg].verify(signing_input, key.key, signature)
+    if len(signature) != (key.key.key_size + 7) // 8:
+        # RFC 8017 §8.1.2 step 1: OpenSSL would accept a signature with its leading zero
+        # octets dropped, a second encoding of the same token.
+        return False
     try:
         key.key.verify(signature, signing_input, scheme[0], scheme[1])
     except InvalidSignature:

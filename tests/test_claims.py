@@ -188,6 +188,9 @@ def test_null_claims_are_not_absent(name: str) -> None:
         "SecEvent+JWT",
         "logout+jwt",
         "application/logout+jwt",
+        # RFC 9701 §5: an introspection response, whose aud is this resource server.
+        "token-introspection+jwt",
+        "application/token-introspection+jwt",
     ],
 )
 def test_a_security_event_token_is_never_an_access_token(typ: str) -> None:

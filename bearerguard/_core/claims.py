@@ -40,10 +40,18 @@ ClaimCheck = Callable[[Mapping[str, Any]], object]
 _ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 # Types that say the JWT is something else, refused even without require_typ (RFC 8725
 # §3.11): a Security Event Token (RFC 8417 §2.3; the SET receiver refuses access tokens in
-# turn) or an OpenID Connect back-channel logout token (Back-Channel Logout 1.0 §2.4), both
+# turn), an OpenID Connect back-channel logout token (Back-Channel Logout 1.0 §2.4) or a
+# JWT introspection response (RFC 9701 §5, which names this resource server in aud), all
 # signed by the trusted issuer, must never pass as an access token.
 _OTHER_TYPES = frozenset(
-    {"secevent+jwt", "application/secevent+jwt", "logout+jwt", "application/logout+jwt"}
+    {
+        "secevent+jwt",
+        "application/secevent+jwt",
+        "logout+jwt",
+        "application/logout+jwt",
+        "token-introspection+jwt",
+        "application/token-introspection+jwt",
+    }
 )
 _STRING_CLAIMS = ("sub", "jti", "client_id", "azp")
 _NUMBERS = frozenset({int, float})  # exactly: bool is an int subclass

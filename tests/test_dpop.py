@@ -17,7 +17,7 @@ import httpx
 import pytest
 import structlog
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from joserfc import jws as jose_jws
 from joserfc.errors import SecurityWarning
@@ -306,6 +306,22 @@ def joserfc_proof(key: Any, alg: str, token: str, *, url: str = URL, **claims: A
         # RFC 9449 deployments still use it.
         warnings.simplefilter("ignore", SecurityWarning)
         return str(jose_jws.serialize_compact(header, json.dumps(payload), key, registry=registry))
+
+
+def test_a_proof_key_with_a_huge_rsa_exponent_is_refused_unused() -> None:
+    # A client's own proof key, checked before the token's binding: with a 3072-bit
+    # exponent every request cost a full-size exponentiation, a hundred times a usual
+    # verification, whatever the signature. The key is refused before any signature check.
+    public = rsa.generate_private_key(public_exponent=65537, key_size=3072).public_key()
+    n = public.public_numbers().n
+    e = (1 << 3069) | 1
+    jwk = {"kty": "RSA", "n": b64url(n.to_bytes(384, "big")), "e": b64url(e.to_bytes(384, "big"))}
+    header = {"typ": "dpop+jwt", "alg": "RS256", "jwk": jwk}
+    claims = {"jti": "j", "htm": "GET", "htu": URL, "iat": int(time.time()), "ath": "x"}
+    signing_input = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())
+    proof = signing_input + "." + b64url((n // 3).to_bytes(384, "big"))
+    with pytest.raises(InvalidDPoPProofError, match="jwk unusable"):
+        _check(proof, algorithms=frozenset({"RS256"}))
 
 
 # -- the stores -------------------------------------------------------------------------

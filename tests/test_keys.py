@@ -96,6 +96,24 @@ def test_small_rsa_keys_are_skipped() -> None:
     assert "no allowed algorithm" in load_one(jwk)
 
 
+def _rsa_jwk_with_exponent(e: int) -> dict[str, Any]:
+    encoded = base64.urlsafe_b64encode(e.to_bytes(-(-e.bit_length() // 8), "big"))
+    return rsa_jwk(e=encoded.rstrip(b"=").decode())
+
+
+@pytest.mark.parametrize("bits", [34, 64, 2040])
+def test_rsa_keys_with_a_huge_public_exponent_are_skipped(bits: int) -> None:
+    """Verifying under such a key is a full-size exponentiation (a 3072-bit modulus takes
+    a 3072-bit exponent): a hundred times the usual cost, for every bad signature too."""
+    e = (1 << (bits - 1)) | 1
+    assert "no allowed algorithm" in load_one(_rsa_jwk_with_exponent(e))
+
+
+@pytest.mark.parametrize("e", [3, 65537, 2**32 + 1])
+def test_rsa_keys_with_usual_public_exponents_load(e: int) -> None:
+    assert load_one(_rsa_jwk_with_exponent(e)).algorithms == load_one(rsa_jwk()).algorithms
+
+
 _P25519 = 2**255 - 19
 # Every encoding of a point of order 1, 2, 4 or 8 (libsodium's blocklist, with the sign bit
 # clear), non-canonical ones (y >= p) included.

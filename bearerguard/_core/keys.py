@@ -3,7 +3,8 @@
 A key's algorithms come from the key itself (its JWK ``alg``, or its type and curve), never
 from the token: a token's ``alg`` header only selects among what the key already allows. Keys
 for encryption (``use: enc``), symmetric JWKs, keys carrying private members, RSA keys
-under 2048 bits and Ed25519 or Ed448 keys of small order are never loaded from a key set.
+under 2048 bits or with a public exponent over 33 bits, and Ed25519 or Ed448 keys of small
+order are never loaded from a key set.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ _EC_ALGORITHM_BY_CLASS: dict[type[ec.EllipticCurve], str] = {
 ASYMMETRIC_ALGORITHMS = _RSA_ALGORITHMS | frozenset(_EC_ALGORITHM_BY_CURVE.values()) | {"EdDSA"}
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 _MIN_RSA_BITS = 2048
+# RFC 8017 §3.1 bounds the public exponent only by the modulus, and OpenSSL accepts one as
+# large as a 3072-bit modulus: verifying then costs a full-size exponentiation, about a
+# hundred times an e = 65537 verification, paid for a proof's or a token's bad signature
+# too. 33 bits (BoringSSL's limit) keeps every exponent in use, e = 2**32 + 1 included.
+_MAX_RSA_EXPONENT_BITS = 33
 # RFC 7518 §3.2: an HMAC key must be at least as long as the hash output.
 _MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 # Members that only private or symmetric JWKs carry (RFC 7518 §6.2.2, §6.3.2, §6.4.1).
@@ -194,7 +200,10 @@ def _ed448_small_order(encoded: bytes) -> bool:
 
 def _algorithms_for_public_key(public_key: Any) -> frozenset[str]:
     if isinstance(public_key, rsa.RSAPublicKey):
-        if public_key.key_size < _MIN_RSA_BITS:
+        if (
+            public_key.key_size < _MIN_RSA_BITS
+            or public_key.public_numbers().e.bit_length() > _MAX_RSA_EXPONENT_BITS
+        ):
             return frozenset()
         return _RSA_ALGORITHMS
     if isinstance(public_key, ec.EllipticCurvePublicKey):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import sys
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from bearerguard._core.keys import (
     ASYMMETRIC_ALGORITHMS,
     KeySet,
     VerificationKey,
+    _ed25519_small_order,
     key_from_pem,
     key_from_secret,
     keys_from_jwks,
@@ -136,6 +139,59 @@ def test_small_order_ed25519_keys_are_skipped(point: bytes, sign: int) -> None:
     encoded = point[:31] + bytes([point[31] | sign])
     x = base64.urlsafe_b64encode(encoded).rstrip(b"=").decode()
     assert "no allowed algorithm" in load_one({"kty": "OKP", "crv": "Ed25519", "x": x})
+
+
+def _small_order_by_doubling(encoded: bytes) -> bool:
+    """RFC 8032 §5.1.3 decoding, then the point doubled three times: [8]A is the identity."""
+    p = _P25519
+    d = -121665 * pow(121666, p - 2, p) % p
+    y = (int.from_bytes(encoded, "little") & ((1 << 255) - 1)) % p
+    x2 = (y * y - 1) * pow(d * y * y + 1, p - 2, p) % p
+    x = pow(x2, (p + 3) // 8, p)
+    if (x * x - x2) % p:
+        x = x * pow(2, (p - 1) // 4, p) % p
+    if (x * x - x2) % p:
+        return False  # not on the curve
+    for _ in range(3):  # the complete twisted Edwards addition law, a = -1, P + P
+        t = d * x * x * y * y % p
+        x, y = (
+            2 * x * y * pow(1 + t, p - 2, p) % p,
+            (y * y + x * x) * pow(1 - t, p - 2, p) % p,
+        )
+    return x == 0 and y == 1
+
+
+def test_the_small_order_lookup_agrees_with_the_curve_arithmetic() -> None:
+    random = [os.urandom(32) for _ in range(200)]
+    genuine = [ed25519.Ed25519PrivateKey.generate().public_key().public_bytes_raw()]
+    signed = [point[:31] + bytes([point[31] | 0x80]) for point in _SMALL_ORDER_ED25519]
+    for encoded in [*_SMALL_ORDER_ED25519, *signed, *random, *genuine]:
+        assert _ed25519_small_order(encoded) is _small_order_by_doubling(encoded)
+
+
+def test_ed25519_keys_load_without_field_arithmetic() -> None:
+    # Field inversions in Python cost about a millisecond per key: a 512 KB key set of 6 000
+    # Ed25519 keys held the event loop for seconds at each fetch (or a DPoP proof key cost
+    # a millisecond per request). Counted: the calls to pow() while loading keys.
+    jwks = {
+        "keys": [
+            OKPAlgorithm.to_jwk(ed25519.Ed25519PrivateKey.generate().public_key(), as_dict=True)
+            for _ in range(20)
+        ]
+    }
+    calls = []
+
+    def count(frame: Any, event: str, function: Any) -> None:
+        if event == "c_call" and function is pow:
+            calls.append(function)
+
+    sys.setprofile(count)
+    try:
+        keys, _ = keys_from_jwks(jwks, ALL)
+    finally:
+        sys.setprofile(None)
+    assert len(keys) == 20
+    assert calls == []
 
 
 def test_the_identity_as_an_ed25519_key_would_verify_anything() -> None:

@@ -144,7 +144,9 @@ def _websocket_credentials(
         offered = list(scope.get("subprotocols") or ())
         tokens = [p for p in offered if p.startswith(WEBSOCKET_TOKEN_PROTOCOL_PREFIX)]
         if tokens:
-            kept = [p for p in offered if p not in tokens]
+            # By the same test, not by membership in tokens: that was quadratic in the
+            # number offered (uvicorn's websockets parser passes ~1 MB of them).
+            kept = [p for p in offered if not p.startswith(WEBSOCKET_TOKEN_PROTOCOL_PREFIX)]
             scope["subprotocols"] = kept
             # The raw header carries them too (RFC 6455 §4.1): rewritten without the token.
             headers = [(n, v) for n, v in scope["headers"] if n != b"sec-websocket-protocol"]

@@ -50,13 +50,15 @@ def split_joined_values(value: bytes) -> list[bytes]:
     """
     if value.find(b",") == -1:
         return [value]
-    values: list[bytes] = []
+    # Each value's parts are joined once: appending part by part copied the value so far
+    # each time, quadratic in a long header (waitress takes 256 KB of them).
+    values: list[list[bytes]] = []
     for part in value.split(b","):
         if values and not _NEW_CREDENTIALS.match(part):
-            values[-1] += b"," + part
+            values[-1].append(part)
         else:
-            values.append(part.strip(b" \t"))
-    return values
+            values.append([part.strip(b" \t")])
+    return [b",".join(parts) for parts in values]
 
 
 def bearer_credentials(

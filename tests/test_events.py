@@ -208,6 +208,16 @@ async def test_without_event_timestamp_the_set_iat_is_the_cutoff(api: Setup) -> 
 SUBJECTS = {
     "opaque": ({"format": "opaque", "id": "kim"}, True),
     "legacy subject_type": ({"subject_type": "iss_sub", "iss": "{iss}", "sub": "kim"}, True),
+    # The drafts' spelling (Google's Cross-Account Protection RISC events): ignoring it left
+    # an account-disabled user's tokens valid.
+    "legacy subject_type iss-sub": (
+        {"subject_type": "iss-sub", "iss": "{iss}", "sub": "kim"},
+        True,
+    ),
+    "iss-sub of another issuer": (
+        {"subject_type": "iss-sub", "iss": "https://other.example", "sub": "kim"},
+        False,
+    ),
     "aliases": (
         {
             "format": "aliases",

@@ -138,8 +138,12 @@ def _subject_of(
     """
     if not isinstance(identifier, dict):
         raise _invalid("a subject identifier is not a JSON object")
-    # "format" (RFC 9493 §3); "subject_type" in the RISC and CAEP drafts before it.
+    # "format" (RFC 9493 §3); "subject_type" in the RISC and CAEP drafts before it, whose
+    # subject identifier drafts (before draft-ietf-secevent-subject-identifiers-05) spelled
+    # iss_sub "iss-sub", as Google's Cross-Account Protection still sends it.
     fmt = identifier.get("format", identifier.get("subject_type"))
+    if fmt == "iss-sub" and "format" not in identifier:
+        fmt = "iss_sub"
     if fmt is None and complex_ok and not _COMPLEX_MEMBERS.isdisjoint(identifier):
         # A complex subject (OpenID SSF 1.0 §3.2): act on its user, if it names one. Each
         # member is a Subject Identifier, so the user may be an aliases one.

@@ -325,6 +325,32 @@ class RedisUsageMonitor:
     async def _again(self, call: Callable[[], Awaitable[_T]]) -> _T:
         return await again(call, self._timeout)
 
+    # -- health ---------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        """Whether Redis answers now (a ``PING``), for a readiness endpoint: ``"healthy"``."""
+        clients = self._clients
+        if clients.asynchronous is None and not clients.owns_async and clients.sync is not None:
+            return await anyio.to_thread.run_sync(self.health_sync)
+        try:
+            client, _ = self._async_client()
+            await self._again(client.ping)
+        except (UsageMonitorError, RedisError, OSError, asyncio.TimeoutError):
+            return self._health(healthy=False)
+        return self._health(healthy=True)
+
+    def health_sync(self) -> dict[str, Any]:
+        """As ``health``, blocking (for WSGI)."""
+        try:
+            client = self._sync_client()
+            self._again_sync(client.ping)
+        except (UsageMonitorError, RedisError, OSError, asyncio.TimeoutError):
+            return self._health(healthy=False)
+        return self._health(healthy=True)
+
+    def _health(self, *, healthy: bool) -> dict[str, Any]:
+        return {"store": self.name, "namespace": self._namespace, "healthy": healthy}
+
     # -- clients and lifecycle ------------------------------------------------------------
 
     def _sync_client(self) -> redis.Redis:

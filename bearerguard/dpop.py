@@ -145,6 +145,8 @@ class RedisDPoPReplayStore:
     short-lived keys first).
     """
 
+    name = "redis"
+
     def __init__(
         self,
         url: str | None = None,
@@ -234,6 +236,29 @@ class RedisDPoPReplayStore:
             )
         except self._errors as exc:
             raise ReplayStoreError(f"redis SET failed: {type(exc).__name__}: {exc}") from exc
+
+    async def health(self) -> dict[str, Any]:
+        """Whether Redis answers now (a ``PING``), for a readiness endpoint: ``"healthy"``."""
+        clients = self._clients
+        if clients.asynchronous is None and not clients.owns_async and clients.sync is not None:
+            return await anyio.to_thread.run_sync(self.health_sync)
+        try:
+            client = self._async_client()
+            await self._again(client.ping, self._timeout)
+        except (ReplayStoreError, *self._errors):
+            return {"store": self.name, "healthy": False}
+        return {"store": self.name, "healthy": True}
+
+    def health_sync(self) -> dict[str, Any]:
+        """As ``health``, blocking (for WSGI)."""
+        client = self._clients.sync
+        try:
+            if client is None:
+                raise ReplayStoreError("no synchronous Redis client")  # noqa: TRY301 - as a failure
+            self._again_sync(client.ping, self._timeout)
+        except (ReplayStoreError, *self._errors):
+            return {"store": self.name, "healthy": False}
+        return {"store": self.name, "healthy": True}
 
     def _async_client(self) -> Any:
         self._clients.use_loop(asyncio.get_running_loop())

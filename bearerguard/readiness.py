@@ -7,6 +7,10 @@
 balancer sends no traffic to an instance that would refuse every token). A store that offers
 ``health()`` (ASGI) or ``health_sync()`` (WSGI) is asked at every request: the Redis store
 then starts its mirror, or without one pings Redis, rather than report a stale flag.
+
+The other stores a request cannot do without are asked the same way: the usage monitor when
+its policy's ``failure`` is ``"deny"`` (report ``usage``), and the DPoP replay store
+(``dpop``), whose failures answer 503 too.
 """
 
 from __future__ import annotations
@@ -38,7 +42,19 @@ def readiness(guard: BearerGuard) -> dict[str, Any]:
     A store that reports no health (the memory store) counts as healthy; one that does (the
     Redis store's ``healthy``) must say so. The endpoints ask the store first (``health()``).
     """
-    return _report(guard, _flag(guard.revocation))
+    needed = _needed(guard)
+    return _report(guard, _flag(guard.revocation), {name: _flag(item) for name, item in needed})
+
+
+def _needed(guard: BearerGuard) -> list[tuple[str, object]]:
+    """The stores besides the revocation store whose failure refuses requests (503)."""
+    needed: list[tuple[str, object]] = []
+    usage = guard.usage
+    if usage is not None and usage.policy.failure == "deny":
+        needed.append(("usage", usage))
+    if guard.dpop is not None:
+        needed.append(("dpop", guard.dpop.replay))
+    return needed
 
 
 def _flag(store: object) -> bool:
@@ -85,18 +101,25 @@ def _asked_sync(store: object) -> bool:
     return _verdict(store, report)
 
 
-def _report(guard: BearerGuard, healthy: bool) -> dict[str, Any]:
+def _report(guard: BearerGuard, healthy: bool, others: dict[str, bool]) -> dict[str, Any]:
     store = guard.revocation
     keys_ready = guard.keys_ready()
-    return {
-        "ready": bool(keys_ready and healthy),
+    report: dict[str, Any] = {
+        "ready": bool(keys_ready and healthy and all(others.values())),
         "keys": {
             "ready": keys_ready,
             "kids": len(guard.key_ids),
             "age_seconds": guard.key_set_age(),
         },
-        "revocation": {"store": getattr(store, "name", type(store).__name__), "healthy": healthy},
+        "revocation": {"store": _name(store), "healthy": healthy},
     }
+    for name, item in _needed(guard):
+        report[name] = {"store": _name(item), "healthy": others[name]}
+    return report
+
+
+def _name(store: object) -> str:
+    return str(getattr(store, "name", type(store).__name__))
 
 
 def _answer(report: dict[str, Any]) -> tuple[int, bytes]:
@@ -135,7 +158,8 @@ class ReadinessEndpoint:
             with contextlib.suppress(ServiceUnavailableError):  # reported below as not ready
                 await self.guard.warm_up()
         healthy = await _asked(self.guard.revocation)
-        status, body = _answer(_report(self.guard, healthy))
+        others = {name: await _asked(item) for name, item in _needed(self.guard)}
+        status, body = _answer(_report(self.guard, healthy, others))
         await _send(send, status, b"" if scope["method"] == "HEAD" else body)
 
 
@@ -164,7 +188,8 @@ def readiness_wsgi(guard: BearerGuard, *, warm_up: bool = True) -> Any:
         if warm_up and not guard.keys_ready():
             with contextlib.suppress(ServiceUnavailableError):  # reported below as not ready
                 guard.warm_up_sync()
-        status, body = _answer(_report(guard, _asked_sync(guard.revocation)))
+        others = {name: _asked_sync(item) for name, item in _needed(guard)}
+        status, body = _answer(_report(guard, _asked_sync(guard.revocation), others))
         start_response("200 OK" if status == 200 else "503 Service Unavailable", list(_HEADERS))
         return [b"" if method == "HEAD" else body]
 

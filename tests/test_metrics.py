@@ -313,3 +313,68 @@ def _ready_client(stack: str, guard: BearerGuard) -> Iterator[httpx.Client]:
     transport = httpx.WSGITransport(app=readiness_wsgi(guard))
     with httpx.Client(transport=transport, base_url="http://t/ready") as client:
         yield client
+
+
+def _needing_redis(part: str, url: str) -> tuple[dict[str, object], object]:
+    """Guard options whose every request needs Redis, and the Redis part itself."""
+    if part == "usage":
+        from bearerguard.usage import RedisUsageMonitor, UsagePolicy
+
+        policy = UsagePolicy(max_uses_per_token=100, failure="deny")
+        monitor = RedisUsageMonitor(policy, url, socket_timeout=0.5)
+        return {"usage": monitor}, monitor
+    from bearerguard.dpop import DPoPPolicy, RedisDPoPReplayStore
+
+    store = RedisDPoPReplayStore(url, socket_timeout=0.5)
+    return {"dpop": DPoPPolicy(replay=store)}, store
+
+
+@pytest.mark.parametrize("stack", ["asgi", "wsgi"])
+@pytest.mark.parametrize("part", ["usage", "dpop"])
+def test_readiness_asks_every_store_a_request_needs(
+    stack: str, part: str, issuer: DevIssuer, private_redis: RedisServer
+) -> None:
+    # A usage monitor with failure="deny" and a DPoP replay store answer 503 to every request
+    # while their Redis is down: readiness said 200 all the same.
+    options, needed = _needing_redis(part, private_redis.url)
+    guard = issuer.guard(**options)
+    client: httpx.Client
+    if stack == "asgi":
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+            yield
+            await needed.aclose()  # type: ignore[attr-defined]
+
+        app = Starlette(routes=[Mount("/ready", app=ReadinessEndpoint(guard))], lifespan=lifespan)
+        client = TestClient(app, base_url="http://t/ready")
+    else:
+        transport = httpx.WSGITransport(app=readiness_wsgi(guard))
+        client = httpx.Client(transport=transport, base_url="http://t/ready")
+    try:
+        with client:
+            ready = client.get("/ready/")
+            assert ready.status_code == 200
+            assert ready.json()[part] == {"store": "redis", "healthy": True}
+            private_redis.stop()
+            down = client.get("/ready/")
+            assert down.status_code == 503
+            assert down.json()["ready"] is False
+            assert down.json()[part] == {"store": "redis", "healthy": False}
+            private_redis.start()
+            assert client.get("/ready/").status_code == 200
+    finally:
+        needed.close()  # type: ignore[attr-defined]
+
+
+def test_readiness_leaves_out_a_usage_monitor_that_fails_open(issuer: DevIssuer) -> None:
+    from bearerguard.usage import MemoryUsageMonitor, UsagePolicy
+
+    monitor = MemoryUsageMonitor(UsagePolicy(max_uses_per_token=5))  # failure="allow"
+    guard = issuer.guard(usage=monitor)
+    guard.warm_up_sync()
+    report = readiness(guard)
+    assert report["ready"] is True
+    assert "usage" not in report
+    denying = MemoryUsageMonitor(UsagePolicy(max_uses_per_token=5, failure="deny"))
+    assert readiness(issuer.guard(usage=denying))["usage"] == {"store": "memory", "healthy": True}

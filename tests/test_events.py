@@ -310,6 +310,22 @@ async def test_top_level_sub_names_the_subject(api: Setup) -> None:
 
 
 @pytest.mark.anyio
+async def test_sub_names_the_subject_when_sub_id_is_not_understood(api: Setup) -> None:
+    # RFC 9493 §4.1: sub and sub_id name the same principal, and a recipient that does not
+    # understand sub_id's format may use sub; the event was ignored, leaving kim's tokens valid.
+    token = user_token(api.issuer, "kim")
+    email = {"format": "email", "email": "kim@example.com"}
+    assert (await api.push({CAEP_SESSION_REVOKED: {}}, sub_id=email, sub="kim")).status_code == 202
+    assert await api.status_of(token) == 401
+    # A sub_id understood wins over sub.
+    token = user_token(api.issuer, "lee")
+    other = user_token(api.issuer, "max")
+    sub_id = iss_sub(api.issuer, "lee")
+    assert (await api.push({RISC_ACCOUNT_PURGED: {}}, sub_id=sub_id, sub="max")).status_code == 202
+    assert (await api.status_of(token), await api.status_of(other)) == (401, 200)
+
+
+@pytest.mark.anyio
 async def test_unknown_event_types_are_acknowledged_and_change_nothing(api: Setup) -> None:
     token = user_token(api.issuer, "kim")
     with structlog.testing.capture_logs() as events:

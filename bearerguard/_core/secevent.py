@@ -242,7 +242,8 @@ def plan_security_event(
     Each event of a type in ``cutoff_events`` becomes a ``SubjectCutoff`` for its subject as
     of its ``event_timestamp`` (CAEP), else the SET's ``iat``. The subject is the event's
     ``subject`` member (RISC and CAEP drafts), else the SET's ``sub_id`` claim (RFC 9493
-    §4), else its ``sub`` claim; identifiers of format ``iss_sub`` (of ``issuer`` only),
+    §4), else its ``sub`` claim (also when ``sub_id`` is not understood, §4.1);
+    identifiers of format ``iss_sub`` (of ``issuer`` only),
     ``opaque``, ``aliases`` (each of its identifiers of those formats is cut off), and
     complex subjects with a ``user`` are understood. Other event types and subject formats
     are acknowledged, not acted on.
@@ -267,12 +268,17 @@ def plan_security_event(
             if at > now + leeway:
                 raise _invalid("event_timestamp is in the future")
         subjects: tuple[str, ...] | _Unsupported
+        named = sub if isinstance(sub, str) and sub else None
         if "subject" in payload:
             subjects = _subject_of(payload["subject"], issuer)
         elif sub_id is not None:
             subjects = _subject_of(sub_id, issuer)
-        elif isinstance(sub, str) and sub:
-            subjects = (sub,)  # RFC 8417 §2.2: the SET's own subject, in the issuer's namespace
+            if isinstance(subjects, _Unsupported) and named is not None:
+                # RFC 9493 §4.1: sub and sub_id name the same principal; a sub_id of a format
+                # not understood falls back to sub.
+                subjects = (named,)
+        elif named is not None:
+            subjects = (named,)  # RFC 8417 §2.2: the SET's own subject, in the issuer's namespace
         else:
             raise _invalid(f"no subject for {event_type[:200]!r}")
         if isinstance(subjects, _Unsupported):

@@ -134,16 +134,17 @@ class SecurityEventReceiver:
             identity provider's stream configuration.
         store: where subject cut-offs go; the guard's revocation store by default (it must
             then have ``revoke_subject``).
-        events: the event types that cut off their subject; by default CAEP
-            ``session-revoked`` and ``credential-change`` and RISC ``account-disabled``,
-            ``account-purged`` and ``credential-compromise``.
+        events: the event types that cut off their subject (a string is one type); by
+            default CAEP ``session-revoked`` and ``credential-change`` and RISC
+            ``account-disabled``, ``account-purged`` and ``credential-compromise``.
         max_body_bytes: larger bodies are refused with 413 before being read whole.
         replay_cache_size: how many received ``jti`` values are remembered, to refuse a
             SET delivered twice.
         audit_logger: a structlog-compatible logger; the guard's audit logger by default.
 
     Raises:
-        ConfigurationError: no usable store, an empty audience or a nonsensical limit.
+        ConfigurationError: no usable store, an empty audience or event type, or a
+            nonsensical limit.
     """
 
     def __init__(
@@ -167,12 +168,17 @@ class SecurityEventReceiver:
             raise ConfigurationError(
                 f"{type(chosen).__name__} has no revoke_subject: pass a store that has"
             )
+        # One string is one event type, not the set of its characters (which no event
+        # type would match: every SET acknowledged, none acted on).
+        types = (events,) if isinstance(events, str) else tuple(events)
+        if not all(isinstance(item, str) and item for item in types):
+            raise ConfigurationError("events must be event type URIs (strings)")
         if max_body_bytes < 512 or replay_cache_size < 1:
             raise ConfigurationError("max_body_bytes and replay_cache_size must be sensible")
         self.guard = guard
         self.audiences = frozenset(audiences)
         self.store: SubjectRevocationStore = chosen
-        self.events = frozenset(events)
+        self.events = frozenset(types)
         self.max_body_bytes = max_body_bytes
         self._seen: LRUCache[str, bool] = LRUCache(maxsize=replay_cache_size)
         # The guard's own audit logger, so that one configuration covers every event (AuditLog

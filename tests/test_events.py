@@ -368,6 +368,18 @@ async def test_the_event_types_acted_on_are_configurable(issuer: DevIssuer) -> N
 
 
 @pytest.mark.anyio
+async def test_one_event_type_given_as_a_string(issuer: DevIssuer) -> None:
+    # The string was taken as the set of its characters: no event type matched, and every
+    # session-revoked SET was acknowledged but not acted on.
+    async for api in make_setup(issuer, events=CAEP_SESSION_REVOKED):
+        assert api.receiver.events == {CAEP_SESSION_REVOKED}
+        token = user_token(issuer, "kim")
+        subject = {"subject": iss_sub(issuer, "kim")}
+        assert (await api.push({CAEP_SESSION_REVOKED: subject})).status_code == 202
+        assert await api.status_of(token) == 401
+
+
+@pytest.mark.anyio
 async def test_mounted_under_a_prefix(api: Setup) -> None:
     token = user_token(api.issuer, "kim")
     body = api.sign(api.claims({CAEP_SESSION_REVOKED: {"subject": iss_sub(api.issuer, "kim")}}))
@@ -753,6 +765,9 @@ def test_configuration_is_checked(session_issuer: DevIssuer) -> None:
         SecurityEventReceiver(guard=guard, audience=[])
     with pytest.raises(ConfigurationError):
         SecurityEventReceiver(guard=guard, audience=RECEIVER, max_body_bytes=10)
+    for events in ([""], [CAEP_SESSION_REVOKED, 7]):
+        with pytest.raises(ConfigurationError, match="events"):
+            SecurityEventReceiver(guard=guard, audience=RECEIVER, events=events)  # type: ignore[list-item]
     introspecting = session_issuer.guard(
         revocation=IntrospectionRevocationStore(
             Introspector("https://as.example/i", client_id="a", client_secret="b")

@@ -225,7 +225,10 @@ class AuditLog:
 
         ``token_logger`` is this log's ``token_logger(described)`` when the caller keeps it.
         """
-        request_id = request.request_id
+        request_id, client = request.request_id, request.client
+        # Behind a proxy the address is a client's X-Forwarded-For: truncated and escaped
+        # as in every other event (a security fix: a raw "\x85" forges a log line).
+        client = _printable(client[:_MAX_FIELD]) if client else client
         if token_logger is not None and binding == "bearer":
             # The other twelve fields are bound to token_logger.
             token_logger.info(
@@ -233,7 +236,7 @@ class AuditLog:
                 latency_ms=_milliseconds(latency),
                 method=_printable(request.method[:_MAX_FIELD]),
                 path=_printable(request.path[:_MAX_PATH]),
-                client=request.client,
+                client=client,
                 request_id=_printable(request_id[:_MAX_FIELD]) if request_id else None,
             )
             return
@@ -246,7 +249,7 @@ class AuditLog:
             binding=binding,
             method=_printable(request.method[:_MAX_FIELD]),
             path=_printable(request.path[:_MAX_PATH]),
-            client=request.client,
+            client=client,
             request_id=_printable(request_id[:_MAX_FIELD]) if request_id else None,
             **(token_fields(token) if described is None else described),
         )

@@ -416,6 +416,46 @@ def test_a_client_address_from_a_proxy_header_is_truncated_and_escaped(
         assert event["client"] == "198.51.100.7\\x85forged " + "x" * (128 - 20)
 
 
+def test_an_accepted_requests_client_address_is_truncated_and_escaped(
+    session_issuer: DevIssuer,
+) -> None:
+    # As for refusals above: token.accepted, first verification and cache hits alike (the
+    # hits through the token's own bound logger) records a proxy's X-Forwarded-For
+    # truncated and escaped, never a raw "\x85" that a log viewer takes as a line break.
+    forwarded = "198.51.100.7\x85forged " + "x" * 4000
+    sink = Sink()
+    structlog.configure(processors=[sink], cache_logger_on_first_use=True)
+    guard = session_issuer.guard()
+    headers = {"Authorization": f"Bearer {session_issuer.mint()}"}
+
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    app = Starlette(
+        routes=[Route("/", hello)], middleware=[Middleware(BearerGuardMiddleware, guard=guard)]
+    )
+    client = TestClient(app, client=(forwarded, 1))
+    for _ in range(3):
+        assert client.get("/", headers=headers).status_code == 200
+
+    def ok(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b""]
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "QUERY_STRING": "",
+        "REMOTE_ADDR": forwarded,
+        "HTTP_AUTHORIZATION": headers["Authorization"],
+        "wsgi.input": io.BytesIO(b""),
+    }
+    b"".join(BearerGuardWSGIMiddleware(ok, guard=guard)(environ, lambda status, headers: None))
+    assert [event["event"] for event in sink.events] == ["token.accepted"] * 4
+    for event in sink.events:
+        assert event["client"] == "198.51.100.7\\x85forged " + "x" * (128 - 20)
+
+
 def test_a_repeated_request_id_is_recorded_alike_by_every_integration(
     session_issuer: DevIssuer,
 ) -> None:

@@ -1,11 +1,32 @@
-"""Every ```python block in README.md and docs/ runs, in order, one namespace per file."""
+"""Every ```python block in README.md and docs/ runs, in order, one namespace per file; the
+audit events page lists the fields and reasons the code emits."""
 
 from __future__ import annotations
 
 import re
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
+import structlog
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from bearerguard import BearerGuard, requires_scopes
+from bearerguard.asgi import BearerGuardMiddleware
+from bearerguard.dpop import DPoPPolicy
+from bearerguard.errors import AuthError, ServiceUnavailableError
+from bearerguard.events import CAEP_SESSION_REVOKED, SET_MEDIA_TYPE, SecurityEventReceiver
+from bearerguard.revocation import MemoryRevocationStore
+from bearerguard.testing import DevIssuer
+from bearerguard.usage import MemoryUsageMonitor, UsagePolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -18,3 +39,108 @@ def test_python_blocks_run(document: Path) -> None:
     for number, block in enumerate(_BLOCK.findall(document.read_text()), start=1):
         code = compile(block, f"{document.name}[block {number}]", "exec", dont_inherit=True)
         exec(code, namespace)  # noqa: S102 - running our own documentation is the point
+
+
+AUDIT_PAGE = ROOT / "docs" / "audit-events.md"
+_FIELD = re.compile(r"`([a-z_.]+)`")
+
+
+def _documented_fields() -> dict[str, tuple[set[str], set[str]]]:
+    """docs/audit-events.md's table of each event's fields: always, and when they apply."""
+    table: dict[str, tuple[set[str], set[str]]] = {}
+    for line in AUDIT_PAGE.read_text().splitlines():
+        cells = line.split(" | ")
+        if len(cells) == 3 and cells[0].startswith("| `") and "`outcome`" in cells[1]:
+            event = _FIELD.findall(cells[0])[0]
+            table[event] = (set(_FIELD.findall(cells[1])), set(_FIELD.findall(cells[2])))
+    return table
+
+
+def _documented_reasons() -> dict[str, int]:
+    """docs/audit-events.md's table of reasons and the status each answers."""
+    rows = re.findall(r"^\| `(\w+)` \| (\d{3}) \|", AUDIT_PAGE.read_text(), re.MULTILINE)
+    return {reason: int(status) for reason, status in rows}
+
+
+def _emit_every_event(issuer: DevIssuer) -> list[dict[str, Any]]:
+    """Every audit event name, through real requests to real middlewares and receivers."""
+
+    @requires_scopes("items:read")
+    async def scoped(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    store = MemoryRevocationStore()
+    monitor = MemoryUsageMonitor(UsagePolicy(max_addresses_per_token=1))  # action "log"
+    guard = issuer.guard(revocation=store, usage=monitor)
+    receiver = SecurityEventReceiver(guard=guard, audience="https://api.example/events")
+    app = Starlette(
+        routes=[Route("/", scoped), Route("/events", receiver)],
+        middleware=[Middleware(BearerGuardMiddleware, guard=guard, public_paths=["/events"])],
+    )
+    offline = BearerGuard(issuer="http://127.0.0.1:9", audience="https://api.example")
+    unavailable = BearerGuardMiddleware(scoped, guard=offline)
+    dpop_only = BearerGuardMiddleware(scoped, guard=issuer.guard(dpop=DPoPPolicy(mode="required")))
+    token = issuer.mint(scopes=["items:read"], sub="alice", jti="audit-fields")
+    bearer = {"Authorization": f"Bearer {token}"}
+    now = int(time.time())
+    security_event = issuer.sign(
+        {
+            "iss": issuer.url,
+            "aud": "https://api.example/events",
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+            "sub_id": {"format": "iss_sub", "iss": issuer.url, "sub": "carol"},
+            "events": {CAEP_SESSION_REVOKED: {"event_timestamp": now}},
+        },
+        headers={"typ": "secevent+jwt"},
+    )
+    pushed = {"Content-Type": SET_MEDIA_TYPE}
+    with structlog.testing.capture_logs() as events:
+        client = TestClient(app)
+        assert client.get("/", headers=bearer).status_code == 200
+        moved = TestClient(app, client=("203.0.113.50", 1))
+        assert moved.get("/", headers=bearer).status_code == 200  # token.anomaly, logged
+        assert client.get("/").status_code == 401
+        assert client.get("/", headers={"Authorization": "Bearer a.b.c"}).status_code == 401
+        under_scoped = {"Authorization": f"Bearer {issuer.mint()}"}
+        assert client.get("/", headers=under_scoped).status_code == 403
+        anyio.run(lambda: store.revoke_token("audit-fields", expires_at=now + 600))
+        assert client.get("/", headers=bearer).status_code == 401
+        assert client.post("/events", content=security_event, headers=pushed).status_code == 202
+        assert client.post("/events", content=security_event, headers=pushed).status_code == 400
+        assert TestClient(unavailable).get("/", headers=bearer).status_code == 503
+        assert TestClient(dpop_only).get("/", headers=bearer).status_code == 401
+    return events
+
+
+def test_each_audit_event_carries_the_fields_its_documentation_lists(
+    session_issuer: DevIssuer,
+) -> None:
+    documented, reasons = _documented_fields(), _documented_reasons()
+    events = _emit_every_event(session_issuer)
+    assert {event["event"] for event in events} == set(documented)
+    for event in events:
+        always, sometimes = documented[event["event"]]
+        fields = set(event) - {"event", "log_level"}
+        assert always <= fields, (event["event"], always - fields)
+        assert fields <= always | sometimes, (event["event"], fields - always - sometimes)
+        if event["event"] in ("token.rejected", "scope.denied", "auth.unavailable"):
+            assert reasons.get(event["reason"]) == event["status"], event
+    # A DPoP-bound token's scheme mismatch has a reason of its own (RFC 9449 §7.1, §7.2).
+    assert events[-1]["reason"] == "invalid_token"
+
+
+def test_each_refusal_reason_is_documented_with_its_status() -> None:
+    documented = _documented_reasons()
+    for error in _subclasses(AuthError):
+        # The base of the 503 errors is never raised itself; a private class shares the
+        # reason (and the row) of a public one.
+        if error is not ServiceUnavailableError and not error.__name__.startswith("_"):
+            assert documented.get(error.reason) == error.status, error.__name__
+
+
+def _subclasses(base: type[AuthError]) -> list[type[AuthError]]:
+    found: list[type[AuthError]] = []
+    for sub in base.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found

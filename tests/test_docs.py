@@ -144,3 +144,45 @@ def _subclasses(base: type[AuthError]) -> list[type[AuthError]]:
     for sub in base.__subclasses__():
         found += [sub, *_subclasses(sub)]
     return found
+
+
+def test_the_readme_apps_answer_as_the_readme_says(session_issuer: DevIssuer) -> None:
+    # The README's snippets build three apps that nothing else ever requests: run them as
+    # written, with only the issuer's URL swapped for a development issuer's.
+    namespace: dict[str, Any] = {"__name__": "readme"}
+    source = (ROOT / "README.md").read_text().replace('"https://issuer.example"', "ISSUER")
+    namespace["ISSUER"] = session_issuer.url
+    for block in _BLOCK.findall(source):
+        exec(compile(block, "README.md", "exec", dont_inherit=True), namespace)  # noqa: S102
+    reader = session_issuer.mint(scopes=["items:read", "reports:read"], sub="ann")
+    nobody = {"Authorization": f"Bearer {session_issuer.mint(sub='ann')}"}
+    bearer = {"Authorization": f"Bearer {reader}"}
+    with TestClient(namespace["app"]) as client:
+        assert client.get("/items", headers=bearer).json() == {"owner": "ann", "items": []}
+        assert client.get("/health").json() == {"ok": True}
+        # The "What you get" table, RFC 6750 §3 and §3.1.
+        missing = client.get("/items")
+        assert missing.status_code == 401
+        assert missing.headers["www-authenticate"] == 'Bearer realm="https://api.example"'
+        twice = [("Authorization", f"Bearer {reader}")] * 2
+        assert client.get("/items", headers=twice).status_code == 400
+        in_url = client.get(f"/items?access_token={reader}")
+        assert in_url.status_code == 400
+        assert 'error="invalid_request"' in in_url.headers["www-authenticate"]
+        forged = {"Authorization": f"Bearer {session_issuer.mint_forged()}"}
+        assert (
+            'error="invalid_token"'
+            in client.get("/items", headers=forged).headers["www-authenticate"]
+        )
+        denied = client.get("/items", headers=nobody)
+        assert denied.status_code == 403
+        assert denied.headers["www-authenticate"].endswith('scope="items:read"')
+    with TestClient(namespace["api"]) as client:
+        assert client.get("/reports/3", headers=bearer).json() == {"id": 3, "reader": "ann"}
+        # Under-scoped: 403 even where FastAPI would answer 422 for the path parameter.
+        assert client.get("/reports/three", headers=nobody).status_code == 403
+    with TestClient(namespace["docs_api"]) as client:
+        assert client.get("/items", headers=bearer).json() == []
+        assert client.get("/items", headers=nobody).status_code == 403
+        operation = client.get("/openapi.json").json()["paths"]["/items"]["get"]
+        assert operation["security"] == [{"bearerAuth": ["items:read"]}]

@@ -3,6 +3,8 @@ audit events page lists the fields and reasons the code emits."""
 
 from __future__ import annotations
 
+import ast
+import inspect
 import re
 import time
 import uuid
@@ -186,3 +188,16 @@ def test_the_readme_apps_answer_as_the_readme_says(session_issuer: DevIssuer) ->
         assert client.get("/items", headers=nobody).status_code == 403
         operation = client.get("/openapi.json").json()["paths"]["/items"]["get"]
         assert operation["security"] == [{"bearerAuth": ["items:read"]}]
+
+
+def test_the_configuration_table_lists_every_option_with_its_default() -> None:
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", page, re.MULTILINE))
+    parameters = inspect.signature(BearerGuard).parameters
+    assert set(rows) == set(parameters)
+    for name, cell in rows.items():
+        try:
+            documented = ast.literal_eval(cell.strip().strip("`"))
+        except (ValueError, SyntaxError):
+            continue  # "required", "`MemoryRevocationStore()`": said in words
+        assert documented == parameters[name].default, name

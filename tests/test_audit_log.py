@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import logging
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
@@ -25,6 +26,7 @@ from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.audit import AuditLog, RequestInfo, token_fields
 from bearerguard.errors import ExpiredTokenError
 from bearerguard.metrics import DECISIONS, InMemoryMetrics
+from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer, audit_events
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
 
@@ -544,3 +546,30 @@ def test_many_request_ids_are_joined_once(session_issuer: DevIssuer) -> None:
     assert [event["event"] for event in events] == ["token.accepted"] * 2
     joined = ", ".join(["abcdefgh"] * 5_000)[:128]
     assert [event["request_id"] for event in events] == [joined, joined]
+
+
+def test_a_kid_is_escaped_when_unverified_and_whole_once_its_key_is_published(
+    session_issuer: DevIssuer,
+) -> None:
+    # docs/audit-events.md: a header that did not verify is truncated and escaped; a verified
+    # token's kid names a key its issuer publishes, and is written like its sub.
+    kid = "clé-" + "k" * 200
+    jwks = session_issuer.jwks()
+    published = {**next(key for key in jwks["keys"] if key["kty"] == "RSA"), "kid": kid}
+    store = MemoryRevocationStore()
+    guard = BearerGuard(
+        issuer=session_issuer.url,
+        audience=session_issuer.audience,
+        keys={"keys": [published]},
+        revocation=store,
+    )
+    revoked = session_issuer.mint(headers={"kid": kid}, jti="kid-test")
+    anyio.run(lambda: store.revoke_token("kid-test", expires_at=time.time() + 600))
+    client = TestClient(BearerGuardMiddleware(PlainTextResponse("hello"), guard=guard))
+    unknown = session_issuer.mint_forged(kid=kid)
+    with structlog.testing.capture_logs() as events:
+        for token in (revoked, unknown):
+            assert client.get("/", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert [event["reason"] for event in events] == ["revoked", "bad_signature"]
+    assert events[0]["kid"] == kid
+    assert events[1]["kid"] == ("clé-" + "k" * 124).encode("unicode_escape").decode()

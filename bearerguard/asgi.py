@@ -437,7 +437,9 @@ class BearerGuardMiddleware:
 
     @staticmethod
     async def _send_refusal(scope: Scope, send: Send, refusal: Refusal, error: AuthError) -> None:
-        headers = [(name.encode(), value.encode("latin-1")) for name, value in refusal.headers]
+        headers = [
+            (name.encode(), value.encode("latin-1")) for name, value in refusal.framed_headers
+        ]
         if scope["type"] == "http":
             await send(
                 {"type": "http.response.start", "status": refusal.status, "headers": headers}

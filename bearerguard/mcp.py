@@ -218,7 +218,7 @@ class MCPToolScopes:
             denied = check_scopes(auth, required, any_of=False) if needs_check else None
             if denied is not None:
                 refusal = denied[1]
-                headers = [(n.encode(), v.encode("latin-1")) for n, v in refusal.headers]
+                headers = [(n.encode(), v.encode("latin-1")) for n, v in refusal.framed_headers]
                 await _send(send, refusal.status, headers, refusal.body)
                 return
         await self.app(scope, _replay(body, receive), send)

@@ -160,15 +160,26 @@ class ReadinessEndpoint:
         healthy = await _asked(self.guard.revocation)
         others = {name: await _asked(item) for name, item in _needed(self.guard)}
         status, body = _answer(_report(self.guard, healthy, others))
-        await _send(send, status, b"" if scope["method"] == "HEAD" else body)
+        await _send(send, status, body, head=scope["method"] == "HEAD")
 
 
 async def _send(
-    send: Send, status: int, body: bytes, extra: Iterable[tuple[str, str]] = ()
+    send: Send,
+    status: int,
+    body: bytes,
+    extra: Iterable[tuple[str, str]] = (),
+    *,
+    head: bool = False,
 ) -> None:
-    headers = [(name.encode(), value.encode()) for name, value in [*_HEADERS, *extra]]
+    headers = [(name.encode(), value.encode()) for name, value in _headers(body, extra)]
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+def _headers(body: bytes, extra: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """The answer's headers; ``content-length`` is the body's, for ``HEAD`` too (RFC 9110
+    §9.3.2: the headers a ``GET`` would get)."""
+    return [*_HEADERS, ("content-length", str(len(body))), *extra]
 
 
 def readiness_wsgi(guard: BearerGuard, *, warm_up: bool = True) -> Any:
@@ -182,15 +193,15 @@ def readiness_wsgi(guard: BearerGuard, *, warm_up: bool = True) -> Any:
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         if method not in ("GET", "HEAD"):
-            headers = [*_HEADERS, ("allow", "GET, HEAD")]
-            start_response("405 Method Not Allowed", headers)
-            return [b'{"error": "method_not_allowed"}']
+            refused = b'{"error": "method_not_allowed"}'
+            start_response("405 Method Not Allowed", _headers(refused, [("allow", "GET, HEAD")]))
+            return [refused]
         if warm_up and not guard.keys_ready():
             with contextlib.suppress(ServiceUnavailableError):  # reported below as not ready
                 guard.warm_up_sync()
         others = {name: _asked_sync(item) for name, item in _needed(guard)}
         status, body = _answer(_report(guard, _asked_sync(guard.revocation), others))
-        start_response("200 OK" if status == 200 else "503 Service Unavailable", list(_HEADERS))
+        start_response("200 OK" if status == 200 else "503 Service Unavailable", _headers(body))
         return [b"" if method == "HEAD" else body]
 
     return app

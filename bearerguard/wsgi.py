@@ -257,7 +257,7 @@ class BearerGuardWSGIMiddleware:
             guard.audit.refused(error, RequestInfo(*request), perf_counter() - started)
             refusal = refusal_for(guard, error)
             status = f"{refusal.status} {HTTPStatus(refusal.status).phrase}"
-            start_response(status, list(refusal.headers))
+            start_response(status, refusal.framed_headers)
             return [refusal.body]
         auth = RequestAuth(guard, access, started, *request, self.respond)
         if access is not None:

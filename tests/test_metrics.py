@@ -378,3 +378,25 @@ def test_readiness_leaves_out_a_usage_monitor_that_fails_open(issuer: DevIssuer)
     assert "usage" not in report
     denying = MemoryUsageMonitor(UsagePolicy(max_uses_per_token=5, failure="deny"))
     assert readiness(issuer.guard(usage=denying))["usage"] == {"store": "memory", "healthy": True}
+
+
+@pytest.mark.parametrize("stack", ["asgi", "wsgi"])
+def test_readiness_states_the_length_of_its_document(issuer: DevIssuer, stack: str) -> None:
+    guard = issuer.guard()
+    client: httpx.Client
+    if stack == "asgi":
+        client = TestClient(ReadinessEndpoint(guard), base_url="http://t")
+    else:
+        client = httpx.Client(
+            transport=httpx.WSGITransport(app=readiness_wsgi(guard)), base_url="http://t"
+        )
+    with client:
+        got = client.get("/")
+        head = client.head("/")
+        refused = client.post("/")
+    assert got.headers["content-length"] == str(len(got.content))
+    # RFC 9110 §9.3.2: the length a GET would get (the document's figures may differ by now).
+    assert int(head.headers["content-length"]) > 0
+    assert head.content == b""
+    assert refused.status_code == 405
+    assert refused.headers["content-length"] == str(len(refused.content))

@@ -299,3 +299,31 @@ async def test_lifespan_and_other_scopes_pass_through(guard: BearerGuard) -> Non
 def test_middleware_needs_a_guard() -> None:
     with pytest.raises(ConfigurationError):
         BearerGuardMiddleware(build_app, guard="nope")  # type: ignore[arg-type]
+
+
+async def test_a_refusal_states_its_length(guard: BearerGuard) -> None:
+    # Sent raw to the server: without content-length an HTTP/1.1 server chunks the body and
+    # an HTTP/1.0 client's connection is closed to end it.
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}  # pragma: no cover - never read
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    for headers in ([], [(b"authorization", b"Bearer not-a-jwt")], [(b"authorization", b"x")]):
+        sent.clear()
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/items",
+            "root_path": "",
+            "query_string": b"",
+            "headers": headers,
+            "client": ("127.0.0.1", 1),
+        }
+        await BearerGuardMiddleware(build_app(guard), guard=guard)(scope, receive, send)
+        start, body = sent
+        assert start["status"] in (400, 401)
+        assert (b"content-length", str(len(body["body"])).encode()) in start["headers"]

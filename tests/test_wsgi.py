@@ -339,3 +339,23 @@ def test_a_set_installed_during_a_reuse_check_is_never_stamped_unchecked(
     with structlog.testing.capture_logs() as events:
         assert call(app, HTTP_AUTHORIZATION=f"Bearer {token}")[0] == "401 Unauthorized"
     assert [event["reason"] for event in events] == ["unknown_key"]
+
+
+def test_a_refusal_states_its_length(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard(in_process=True)
+    app = BearerGuardWSGIMiddleware(lambda environ, start_response: [], guard=guard)
+    started: list[Any] = []
+    for header in (None, "Bearer not-a-jwt", "x"):
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/items",
+            "QUERY_STRING": "",
+            "wsgi.input": io.BytesIO(b""),
+        }
+        if header is not None:
+            environ["HTTP_AUTHORIZATION"] = header
+        started.clear()
+        body = b"".join(app(environ, lambda status, headers: started.append((status, headers))))
+        [(status, headers)] = started
+        assert status.startswith(("400", "401"))
+        assert ("content-length", str(len(body))) in headers

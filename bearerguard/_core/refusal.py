@@ -29,6 +29,13 @@ class Refusal:
     headers: tuple[tuple[str, str], ...]
     body: bytes
 
+    @property
+    def framed_headers(self) -> list[tuple[str, str]]:
+        """``headers`` with the body's ``content-length``, for a response written raw to an
+        ASGI or WSGI server (a framework's response object adds its own): without it, an
+        HTTP/1.1 server chunks the body and an HTTP/1.0 client's connection is closed."""
+        return [*self.headers, ("content-length", str(len(self.body)))]
+
 
 def render_refusal(
     error: AuthError,

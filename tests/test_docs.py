@@ -201,3 +201,47 @@ def test_the_configuration_table_lists_every_option_with_its_default() -> None:
         except (ValueError, SyntaxError):
             continue  # "required", "`MemoryRevocationStore()`": said in words
         assert documented == parameters[name].default, name
+
+
+def test_the_wsgi_page_apps_answer_as_the_page_says(session_issuer: DevIssuer) -> None:
+    # docs/wsgi.md's Django and plain WSGI snippets build apps that nothing else requests:
+    # run them as written (the issuer's URL swapped), route the Django view, and ask them.
+    import sys
+    import types
+
+    import httpx
+    from django.conf import settings
+    from django.urls import clear_url_caches, path
+
+    namespace: dict[str, Any] = {"__name__": "docs_wsgi"}
+    source = (ROOT / "docs" / "wsgi.md").read_text().replace('"https://issuer.example"', "ISSUER")
+    namespace["ISSUER"] = session_issuer.url
+    for block in _BLOCK.findall(source):
+        exec(compile(block, "wsgi.md", "exec", dont_inherit=True), namespace)  # noqa: S102
+    urls = types.ModuleType("docs_wsgi_urls")
+    urls.urlpatterns = [path("items", namespace["django_items"])]  # type: ignore[attr-defined]
+    sys.modules[urls.__name__], before = urls, settings.ROOT_URLCONF
+    settings.ROOT_URLCONF = urls.__name__
+    clear_url_caches()
+    reader = {"Authorization": f"Bearer {session_issuer.mint(scopes=['items:read'], sub='ann')}"}
+    nobody = {"Authorization": f"Bearer {session_issuer.mint(sub='ann')}"}
+    try:
+        for app in (namespace["application"], namespace["protected"]):
+            transport = httpx.WSGITransport(app=app)
+            with httpx.Client(transport=transport, base_url="http://testserver") as client:
+                missing = client.get("/items")
+                assert missing.status_code == 401
+                assert missing.headers["www-authenticate"] == 'Bearer realm="https://api.example"'
+                got = client.get("/items", headers=reader)
+                assert got.status_code == 200
+                if app is namespace["protected"]:
+                    assert got.content == b"hello"
+                else:
+                    assert got.json() == {"for": "ann"}
+                    denied = client.get("/items", headers=nobody)
+                    assert denied.status_code == 403
+                    assert 'error="insufficient_scope"' in denied.headers["www-authenticate"]
+    finally:
+        settings.ROOT_URLCONF = before
+        clear_url_caches()
+        del sys.modules[urls.__name__]

@@ -465,3 +465,30 @@ def test_a_guard_for_a_resource_checks_the_resource_as_audience(session_issuer: 
 def test_scopes_given_as_one_string_are_refused(session_issuer: DevIssuer) -> None:
     with pytest.raises(TypeError, match="not a string"):
         session_issuer.mint(scopes="items:read")  # type: ignore[arg-type]
+
+
+def test_the_testing_page_runs_under_pytest(pytester: pytest.Pytester) -> None:
+    # docs/testing.md's own tests and its options fixture, run by pytest with the plugin
+    # as the page tells a user to enable it (the page's last block calls them by hand).
+    blocks = re.findall(
+        r"^```python\n(.*?)^```", (ROOT / "docs" / "testing.md").read_text(), re.M | re.S
+    )
+    conftest = next(block for block in blocks if "pytest_plugins" in block)
+    tests = [block for block in blocks if "def test_" in block]
+    [override] = [block for block in blocks if "def bearerguard_guard_options" in block]
+    pytester.makeconftest(conftest)
+    pytester.makepyfile(
+        test_page="\n".join([blocks[0], *tests]),
+        test_override=override
+        + textwrap.dedent(
+            """
+
+            def test_the_options_apply(bearerguard_issuer, bearerguard_guard):
+                token = bearerguard_issuer.mint(
+                    aud="https://orders.example", permissions=["orders:read"]
+                )
+                assert "orders:read" in bearerguard_guard.authenticate_sync(token).scopes
+            """
+        ),
+    )
+    _run(pytester).assert_outcomes(passed=4)

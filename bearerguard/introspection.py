@@ -245,6 +245,11 @@ class Introspector:
             revocation at the authorization server is seen only once it lapses. Never past
             the answer's ``exp`` (RFC 7662 §4); 0 asks on every use.
         inactive_ttl: how long an ``active: false`` answer is reused.
+        max_concurrent: the most exchanges in flight at once, sync and async together
+            (callers asking about one token share one). Past it a request fails closed at
+            once (``IntrospectionError``, answered 503): a flood of unknown opaque tokens
+            can neither exhaust the process's connections nor pass through to the
+            authorization server unbounded.
         clock: returns epoch seconds; injectable for tests.
 
     Raises:
@@ -268,6 +273,7 @@ class Introspector:
         cache_size: int = 10_000,
         active_ttl: float = 30.0,
         inactive_ttl: float = 300.0,
+        max_concurrent: int = 100,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.endpoint = check_url(endpoint, "introspection endpoint")
@@ -284,12 +290,15 @@ class Introspector:
             raise ConfigurationError("timeout, max_bytes and cache_size must be sensible")
         if not (0 <= active_ttl < math.inf and 0 <= inactive_ttl < math.inf):
             raise ConfigurationError("active_ttl and inactive_ttl must be finite, not negative")
+        if type(max_concurrent) is not int or max_concurrent < 1:
+            raise ConfigurationError("max_concurrent must be a positive integer")
         self.client_id = client_id
         self.auth_method = auth_method
         self.timeout = float(timeout)
         self.max_bytes = max_bytes
         self.active_ttl = float(active_ttl)
         self.inactive_ttl = float(inactive_ttl)
+        self.max_concurrent = max_concurrent
         self.clock = clock
         self._secret = client_secret
         self._headers = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -306,6 +315,7 @@ class Introspector:
         # with a token not (or no longer) cached costs one POST, not one each.
         self._async_flights: dict[tuple[object, bytes], _AsyncFlight] = {}
         self._sync_flights: dict[bytes, _SyncFlight] = {}
+        self._in_flight = 0  # exchanges under way, under _lock
         self._limits = _Limits(self.timeout, max_bytes)
         # Loading the CA bundle costs tens of milliseconds: once, not per request.
         self._tls = ssl.create_default_context()
@@ -334,6 +344,8 @@ class Introspector:
             await flight.done.wait()
             shared = flight.shared()
             return shared if shared is not None else await self.introspect(token)
+        with self._lock:
+            self._take_slot(flow)
         flight = self._async_flights[key] = _AsyncFlight()
         try:
             async with httpx.AsyncClient(**self._client_options()) as client:
@@ -344,6 +356,7 @@ class Introspector:
             raise
         finally:
             del self._async_flights[key]
+            self._free_slot()
             flight.done.set()
         return flight.result
 
@@ -360,6 +373,7 @@ class Introspector:
             flight = self._sync_flights.get(digest)
             leading = flight is None
             if flight is None:
+                self._take_slot(flow)
                 flight = self._sync_flights[digest] = _SyncFlight()
         if not leading:
             flow.close()
@@ -380,8 +394,25 @@ class Introspector:
         finally:
             with self._lock:
                 del self._sync_flights[digest]
+            self._free_slot()
             flight.done.set()
         return flight.result
+
+    def _take_slot(self, flow: _Flow) -> None:
+        """Count one more exchange in flight, or refuse (closing ``flow``) at the limit.
+
+        The caller holds ``_lock``.
+        """
+        if self._in_flight >= self.max_concurrent:
+            flow.close()
+            raise IntrospectionError(
+                f"{self.max_concurrent} exchanges with {self.endpoint} already in flight"
+            )
+        self._in_flight += 1
+
+    def _free_slot(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def forget(self, token: str) -> None:
         """Drop the cached answer about ``token``, if any."""

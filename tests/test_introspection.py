@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import gzip
+import io
 import json
 import threading
 import time
@@ -53,6 +54,7 @@ from bearerguard.introspection import (
 )
 from bearerguard.revocation import IntrospectionRevocationStore, MemoryRevocationStore
 from bearerguard.testing import DevIssuer, _ServingThread
+from bearerguard.wsgi import BearerGuardWSGIMiddleware
 from tests.apps import build_app, build_flask_app
 from tests.helpers import Clock
 
@@ -488,6 +490,78 @@ async def test_a_shared_exchange_fails_every_caller_and_is_not_cached(
     assert server.calls == 2
 
 
+@pytest.mark.anyio
+async def test_exchanges_in_flight_are_bounded(server: IntrospectionServer) -> None:
+    # A flood of distinct unknown tokens: past max_concurrent, each fails closed at once
+    # instead of opening one more connection to the authorization server.
+    server.fault = Fault(body=b'{"active": false}', delay=1.0)
+    introspector = server.introspector(max_concurrent=3, cache_size=0)
+    answers: list[bool] = []
+    refusals: list[IntrospectionError] = []
+
+    async def ask(token: str) -> None:
+        try:
+            answers.append((await introspector.introspect(token)).active)
+        except IntrospectionError as exc:
+            refusals.append(exc)
+
+    async with anyio.create_task_group() as group:
+        for number in range(10):
+            group.start_soon(ask, f"junk-{number}")
+    assert (server.calls, answers, len(refusals)) == (3, [False] * 3, 7)
+    assert all("already in flight" in str(exc) for exc in refusals)
+
+    together = threading.Barrier(10)
+
+    def ask_sync(token: str) -> None:
+        together.wait()
+        try:
+            answers.append(introspector.introspect_sync(token).active)
+        except IntrospectionError as exc:
+            refusals.append(exc)
+
+    threads = [threading.Thread(target=ask_sync, args=(f"more-{n}",)) for n in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Every slot was given back, by answers and refusals alike: three more exchanges.
+    assert (server.calls, len(answers), len(refusals)) == (6, 6, 14)
+    server.fault = Fault(status=500, body=b"{}")
+    for _ in range(5):  # failed exchanges give their slot back too
+        with pytest.raises(IntrospectionError, match="500"):
+            introspector.introspect_sync("failing")
+    assert introspector._in_flight == 0
+
+
+def test_a_guard_answers_503_past_the_limit(issuer: DevIssuer, server: IntrospectionServer) -> None:
+    server.fault = Fault(body=b'{"active": false}', delay=1.0)
+    introspector = server.introspector(max_concurrent=1)
+    guard = issuer.guard(audience=AUDIENCE, introspection=introspector)
+    app = BearerGuardWSGIMiddleware(lambda environ, start_response: [], guard=guard)
+    statuses: list[str] = []
+    together = threading.Barrier(4)
+
+    def call(token: str) -> None:
+        together.wait()
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/",
+            "QUERY_STRING": "",
+            "HTTP_AUTHORIZATION": f"Bearer {token}",
+            "wsgi.input": io.BytesIO(b""),
+        }
+        list(app(environ, lambda status, headers: statuses.append(status)))
+
+    threads = [threading.Thread(target=call, args=(f"opaque-{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == ["401 Unauthorized"] + ["503 Service Unavailable"] * 3
+    assert server.calls == 1
+
+
 # -- configuration -----------------------------------------------------------------------
 
 
@@ -510,6 +584,9 @@ async def test_a_shared_exchange_fails_every_caller_and_is_not_cached(
         ("https://as.example/introspect", {"inactive_ttl": float("nan")}),
         ("https://as.example/introspect", {"inactive_ttl": float("inf")}),
         ("https://as.example/introspect", {"max_bytes": 10}),
+        ("https://as.example/introspect", {"max_concurrent": 0}),
+        ("https://as.example/introspect", {"max_concurrent": 2.5}),
+        ("https://as.example/introspect", {"max_concurrent": True}),
     ],
 )
 def test_configuration_is_checked(endpoint: str, options: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from numbers import Integral, Real
 from typing import Any, Literal, NoReturn
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from bearerguard._core.claims import ClaimCheck, ClaimsPolicy, validate_claims
@@ -643,7 +644,8 @@ class BearerGuard:
         self._reuse_cache = (
             self._cache if self._reuse_check is not None and self.usage is None else None
         )
-        self._refreshing: anyio.Event | None = None
+        # The async fetch under way: the event loop it runs in, and what it sets when done.
+        self._refreshing: tuple[object, anyio.Event] | None = None
         self._fetch_lock = threading.Lock()
         self._fetches = 0  # sync fetches ended: tells a thread that waited whether one ran
         self._fetch_timeout = (fetch or FetchPolicy()).timeout
@@ -1137,10 +1139,19 @@ class BearerGuard:
         """Fetch the key set once, however many requests ask at the same time."""
         if self._fetcher is None:
             return
-        if self._refreshing is not None:
+        refreshing = self._refreshing
+        if refreshing is not None:
             # A fetch is under way: wait for it when there is nothing usable to go on with.
             if unknown_kid or not self._keys.usable(self.clock()):
-                await self._refreshing.wait()
+                loop, done = refreshing
+                if loop is anyio.lowlevel.current_token():
+                    await done.wait()
+                else:
+                    # Another event loop's fetch (one guard serving two loops): its event
+                    # cannot wake this loop, so look, as for a thread's fetch below.
+                    with anyio.move_on_after(self._fetch_timeout):
+                        while self._refreshing is refreshing:  # noqa: ASYNC110 - see above
+                            await anyio.sleep(0.01)
             return
         cache, now = self._keys, self.clock()
         if not (
@@ -1154,7 +1165,8 @@ class BearerGuard:
                     while self._fetch_lock.locked():  # noqa: ASYNC110 - a thread holds it
                         await anyio.sleep(0.01)
             return
-        self._refreshing = anyio.Event()
+        done = anyio.Event()
+        self._refreshing = (anyio.lowlevel.current_token(), done)
         cache.record_attempt(now)
         try:
             document, max_age = await self._fetcher.fetch()
@@ -1163,8 +1175,8 @@ class BearerGuard:
         else:
             self._install_keys(document, max_age)
         finally:
-            self._refreshing.set()
             self._refreshing = None
+            done.set()
 
     async def _observe(
         self, access: AccessToken, client: str | None, request: RequestInfo | None

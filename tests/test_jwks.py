@@ -12,6 +12,7 @@ import gzip
 import itertools
 import json
 import socket
+import threading
 import time
 import tracemalloc
 import uuid
@@ -451,6 +452,37 @@ def test_tokens_of_a_new_key_wait_for_another_threads_fetch(
         subjects = list(pool.map(lambda token: guard.authenticate_sync(token).subject, tokens))
     assert subjects == ["user-1"] * 5
     assert dev.fetch_count() == 2
+
+
+def test_a_fetch_under_way_in_another_event_loop_is_waited_for(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    # One guard serving two event loops (two threads each running one): the second loop's
+    # cold request waited on the first loop's event, which can never wake it, and hung.
+    guard = make_guard(dev, clock, discover=False, fetch=FetchPolicy(timeout=5.0))
+    serve_jwks(dev, delay=0.5)
+    token = mint(dev)
+    fetching = threading.Event()
+    subjects: list[str | None] = []
+
+    def in_its_own_loop(first: bool) -> None:
+        if not first:
+            fetching.wait()
+            time.sleep(0.1)  # the first loop's fetch is under way
+        else:
+            fetching.set()
+        subjects.append(anyio.run(guard.authenticate, token).subject)
+
+    threads = [
+        threading.Thread(target=in_its_own_loop, args=(f,), daemon=True) for f in (True, False)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)  # a hang detector, not a timing assertion
+    assert not any(thread.is_alive() for thread in threads)
+    assert subjects == ["user-1", "user-1"]
+    assert dev.fetch_count() == 1
 
 
 @pytest.mark.anyio

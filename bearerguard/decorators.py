@@ -15,6 +15,7 @@ run before the check.)
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import itertools
@@ -51,6 +52,14 @@ _POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
 _CHECK_PARAMETER = "bearerguard_scope_check"
 _decorations = itertools.count(1)  # numbers each decoration's own check parameter
 _UNCHECKED = object()
+
+if sys.version_info >= (3, 12):
+    _is_coroutine_function = inspect.iscoroutinefunction
+else:
+    # Django marks ``as_view()`` of an async class-based view (a plain function returning a
+    # coroutine) with asgiref's markcoroutinefunction: before Python 3.12, an attribute that
+    # only asyncio.iscoroutinefunction reads. Wrapped as sync, its refusal would be awaited.
+    _is_coroutine_function = asyncio.iscoroutinefunction
 
 REQUIREMENT_ATTRIBUTE = "__bearerguard_scopes__"
 """Where a decorated handler keeps its ``ScopeRequirement`` (read for OpenAPI documents)."""
@@ -218,7 +227,7 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
     def decorate(func: F) -> F:
         wrapper: Callable[..., Any]
         parameter = f"{_CHECK_PARAMETER}_{next(_decorations)}"
-        if inspect.iscoroutinefunction(func):
+        if _is_coroutine_function(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bearerguard import get_access_token, requires_scopes
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
@@ -100,6 +101,42 @@ def test_django_behind_another_wsgi_wrapper_still_gets_a_django_refusal(
         assert denied.status_code == 403
         assert denied.json()["error"] == "insufficient_scope"
         assert 'scope="items:read"' in denied.headers["www-authenticate"]
+
+
+def test_an_async_django_class_based_view_is_refused_403(session_issuer: DevIssuer) -> None:
+    # as_view() of an async view is a plain function that Django marks as a coroutine
+    # function; before Python 3.12 inspect does not see the mark. Wrapped as a sync view,
+    # the refusal was returned to Django, which awaited it: a 500 instead of the 403.
+    load("django_app")  # Django is set up by then
+    from django.core.wsgi import get_wsgi_application
+    from django.http import HttpRequest, JsonResponse
+    from django.test import override_settings
+    from django.urls import path
+    from django.views import View
+
+    class Items(View):
+        async def get(self, request: HttpRequest) -> JsonResponse:
+            token = get_access_token(request)
+            return JsonResponse({"for": token.subject if token else None})
+
+    urls = ModuleType("async_view_urls")
+    urls.urlpatterns = [path("items", requires_scopes("items:read")(Items.as_view()))]  # type: ignore[attr-defined]
+    sys.modules[urls.__name__] = urls
+    app = BearerGuardWSGIMiddleware(get_wsgi_application(), guard=session_issuer.guard())
+    transport = httpx.WSGITransport(app=app, raise_app_exceptions=False)
+    try:
+        with (
+            override_settings(ROOT_URLCONF=urls.__name__),
+            httpx.Client(transport=transport, base_url="http://testserver") as client,
+        ):
+            allowed = client.get("/items", headers=bearer(session_issuer, "items:read"))
+            denied = client.get("/items", headers=bearer(session_issuer, "other"))
+    finally:
+        del sys.modules[urls.__name__]
+    assert allowed.json() == {"for": "mia"}
+    assert denied.status_code == 403
+    assert denied.json()["error"] == "insufficient_scope"
+    assert 'scope="items:read"' in denied.headers["www-authenticate"]
 
 
 async def _under_scoped_over_asgi(issuer: DevIssuer) -> httpx.Response:

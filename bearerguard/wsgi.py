@@ -135,8 +135,11 @@ def _dpop_request(
     return dpop_request(
         policy,
         scheme,
-        # Servers join repeated headers with commas, so two proofs arrive as one value.
-        [] if proof is None else [part.encode("latin-1") for part in str(proof).split(",")],
+        # Servers join repeated headers with commas, so two proofs arrive as one value. A
+        # value that is not latin-1 (a server outside PEP 3333) is a bad proof, not a 500.
+        []
+        if proof is None
+        else [part.encode("latin-1", "replace") for part in str(proof).split(",")],
         str(environ.get("REQUEST_METHOD", "GET")),
         str(environ.get("wsgi.url_scheme", "http")),
         _host(environ),

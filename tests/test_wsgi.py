@@ -16,6 +16,7 @@ import pytest
 import structlog
 
 from bearerguard import AccessToken, RefreshPolicy
+from bearerguard.dpop import DPoPPolicy
 from bearerguard.errors import ConfigurationError, KeySetUnavailableError, UnknownKeyError
 from bearerguard.guard import BearerGuard
 from bearerguard.revocation.redis import RedisRevocationStore
@@ -119,6 +120,16 @@ def test_odd_environ_values_never_crash(session_issuer: DevIssuer) -> None:
         assert status[:3] in {"400", "401"}, value
     status, _, _ = call(app, PATH_INFO="/caf\xc3\xa9", QUERY_STRING="x=\u2603")
     assert status.startswith("401")
+
+
+def test_a_dpop_proof_that_is_not_latin_1_is_refused_not_a_500(session_issuer: DevIssuer) -> None:
+    # As an Authorization value that is not latin-1 (above): refused as the client's error.
+    app = BearerGuardWSGIMiddleware(hello_app, guard=session_issuer.guard(dpop=DPoPPolicy()))
+    token = session_issuer.mint()
+    for proof in ["\u0100", "a.b.\udcff"]:
+        status, headers, _ = call(app, HTTP_AUTHORIZATION=f"DPoP {token}", HTTP_DPOP=proof)
+        assert status == "401 Unauthorized", proof
+        assert 'error="invalid_dpop_proof"' in headers["www-authenticate"]
 
 
 def test_plain_wsgi_app_and_audit(session_issuer: DevIssuer) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import ssl
+import threading
 import time
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
@@ -114,10 +115,25 @@ class FetchPolicy:
     Args:
         timeout: seconds for the whole fetch, connection included.
         max_bytes: the largest response body read.
+
+    Raises:
+        ConfigurationError: a timeout that is not a positive number of seconds a thread
+            can wait (``threading.TIMEOUT_MAX`` at most), or a ``max_bytes`` below 1.
     """
 
     timeout: float = 5.0
     max_bytes: int = 512 * 1024
+
+    def __post_init__(self) -> None:
+        # Written so that NaN fails too. Every fetch failed at once with an obscure message
+        # (503 on every request), and under WSGI a thread waiting for another's fetch waits
+        # up to ``timeout`` on a lock, which refuses more than TIMEOUT_MAX: a 500.
+        if not 0 < self.timeout <= threading.TIMEOUT_MAX:
+            raise ConfigurationError(
+                f"FetchPolicy timeout must be positive seconds: {self.timeout!r}"
+            )
+        if not self.max_bytes > 0:
+            raise ConfigurationError(f"FetchPolicy max_bytes must be positive: {self.max_bytes!r}")
 
 
 @dataclass(frozen=True, slots=True)

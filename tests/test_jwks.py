@@ -1279,3 +1279,21 @@ async def test_metadata_redirects_are_not_followed(
     await assert_guard_unavailable(guard, mint(dev))
     assert elsewhere.requests == []
     assert dev.fetch_count() == 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"timeout": float("nan")},
+        {"timeout": float("inf")},
+        {"timeout": 0.0},
+        {"timeout": -1.0},
+        {"timeout": 1e10},  # beyond threading.TIMEOUT_MAX
+        {"max_bytes": 0},
+    ],
+)
+def test_a_fetch_policy_that_cannot_work_is_a_configuration_error(options: dict[str, Any]) -> None:
+    # Accepted, it failed every fetch (503 on every request), and a WSGI thread waiting for
+    # another's fetch raised from Lock.acquire(timeout=...): a 500.
+    with pytest.raises(ConfigurationError):
+        FetchPolicy(**options)

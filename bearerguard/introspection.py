@@ -285,8 +285,9 @@ class Introspector:
             raise ConfigurationError(f"auth_method must be one of {_AUTH_METHODS}")
         # NaN fails these comparisons too: a NaN timeout fails every exchange with a
         # ValueError (a 500), an infinite one never fails closed, an infinite TTL never asks
-        # again (a revocation is never seen).
-        if not 0 < timeout < math.inf or max_bytes < 256 or cache_size < 0:
+        # again (a revocation is never seen). Past TIMEOUT_MAX, the longest a thread can
+        # wait, every exchange raised OverflowError (a 500).
+        if not 0 < timeout <= threading.TIMEOUT_MAX or max_bytes < 256 or cache_size < 0:
             raise ConfigurationError("timeout, max_bytes and cache_size must be sensible")
         if not (0 <= active_ttl < math.inf and 0 <= inactive_ttl < math.inf):
             raise ConfigurationError("active_ttl and inactive_ttl must be finite, not negative")

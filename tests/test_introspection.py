@@ -579,6 +579,7 @@ def test_a_guard_answers_503_past_the_limit(issuer: DevIssuer, server: Introspec
         ("https://as.example/introspect", {"active_ttl": -1}),
         ("https://as.example/introspect", {"timeout": float("nan")}),
         ("https://as.example/introspect", {"timeout": float("inf")}),
+        ("https://as.example/introspect", {"timeout": 1e10}),  # past threading.TIMEOUT_MAX
         ("https://as.example/introspect", {"active_ttl": float("nan")}),
         ("https://as.example/introspect", {"active_ttl": float("inf")}),
         ("https://as.example/introspect", {"inactive_ttl": float("nan")}),

@@ -73,8 +73,12 @@ def responder_for(app: object) -> Responder:
 
 
 def _path(environ: WSGIEnvironment) -> str:
-    # PEP 3333 hands PATH_INFO over as latin-1; decode it as UTF-8, as ASGI servers do.
-    return str(environ.get("PATH_INFO", "")).encode("latin-1", "replace").decode("utf-8", "replace")
+    # PEP 3333 hands PATH_INFO over as latin-1; decode it as UTF-8, as ASGI servers do. It
+    # is empty for the application's root reached without a slash (SCRIPT_NAME "/api",
+    # request "/api"), which Django serves as "/" and Werkzeug redirects to "/": so is it
+    # matched against public_paths.
+    path = str(environ.get("PATH_INFO", "")).encode("latin-1", "replace").decode("utf-8", "replace")
+    return path or "/"
 
 
 def _describe(environ: WSGIEnvironment, path: str) -> tuple[str, str, str | None, str | None]:

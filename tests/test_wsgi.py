@@ -122,6 +122,16 @@ def test_odd_environ_values_never_crash(session_issuer: DevIssuer) -> None:
     assert status.startswith("401")
 
 
+def test_the_root_reached_without_a_slash_is_the_public_root(session_issuer: DevIssuer) -> None:
+    # PATH_INFO is empty for a request to the mount point itself (SCRIPT_NAME "/api", request
+    # "/api"): Django serves its "/" route for it, so a public "/" was refused there (401).
+    app = BearerGuardWSGIMiddleware(hello_app, guard=session_issuer.guard(), public_paths=["/"])
+    assert call(app, SCRIPT_NAME="/api", PATH_INFO="")[0] == "200 OK"
+    assert call(app, SCRIPT_NAME="/api", PATH_INFO="/")[0] == "200 OK"
+    guarded = BearerGuardWSGIMiddleware(hello_app, guard=session_issuer.guard())
+    assert call(guarded, SCRIPT_NAME="/api", PATH_INFO="")[0] == "401 Unauthorized"
+
+
 def test_a_dpop_proof_that_is_not_latin_1_is_refused_not_a_500(session_issuer: DevIssuer) -> None:
     # As an Authorization value that is not latin-1 (above): refused as the client's error.
     app = BearerGuardWSGIMiddleware(hello_app, guard=session_issuer.guard(dpop=DPoPPolicy()))

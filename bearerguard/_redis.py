@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from threading import TIMEOUT_MAX
 from typing import Any, TypeVar
 
 import redis
@@ -90,8 +91,10 @@ class RedisClients:
         max_connections: int,
         client_name: str,
     ) -> None:
-        if not (socket_timeout > 0 and connect_timeout > 0):  # NaN fails too
-            raise ConfigurationError("socket_timeout and connect_timeout must be positive")
+        # NaN fails too. Past TIMEOUT_MAX (the longest wait Python's sockets and locks
+        # take), every command raised OverflowError, and the mirror's thread died of it.
+        if not (0 < socket_timeout <= TIMEOUT_MAX and 0 < connect_timeout <= TIMEOUT_MAX):
+            raise ConfigurationError("socket_timeout and connect_timeout must be positive seconds")
         if max_connections < 1:
             raise ConfigurationError("max_connections must be positive")
         if url is not None and (client is not None or async_client is not None):

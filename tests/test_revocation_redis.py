@@ -137,6 +137,8 @@ def test_construction_does_not_connect_and_checks_options() -> None:
         {"socket_timeout": 0},
         {"connect_timeout": -1},
         {"socket_timeout": float("nan")},
+        {"socket_timeout": float("inf")},  # every command raised OverflowError
+        {"connect_timeout": 1e10},  # past threading.TIMEOUT_MAX: as above
         {"failure_timeout": float("nan")},
         {"namespace": "a\nb"},
     ):

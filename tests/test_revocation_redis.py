@@ -140,6 +140,7 @@ def test_construction_does_not_connect_and_checks_options() -> None:
         {"socket_timeout": float("inf")},  # every command raised OverflowError
         {"connect_timeout": 1e10},  # past threading.TIMEOUT_MAX: as above
         {"failure_timeout": float("nan")},
+        {"failure_timeout": float("inf")},  # the first checks' wait raised OverflowError
         {"namespace": "a\nb"},
     ):
         with pytest.raises(ConfigurationError):

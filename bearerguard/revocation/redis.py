@@ -230,8 +230,10 @@ class RedisRevocationStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         check_namespace(namespace)
-        if not failure_timeout > 0:  # NaN fails too
-            raise ConfigurationError("failure_timeout must be positive")
+        # NaN fails too. The first checks wait up to failure_timeout for the mirror: past
+        # threading.TIMEOUT_MAX (inf included) that wait raised OverflowError.
+        if not 0 < failure_timeout <= threading.TIMEOUT_MAX:
+            raise ConfigurationError("failure_timeout must be positive seconds")
         if max_entries < 1 or max_connections < 2 or retention <= 0 or expiry_grace < 0:
             raise ConfigurationError("max_entries, max_connections and retention must be positive")
         self._layout = Layout(namespace)

@@ -184,7 +184,10 @@ def _with_fastapi_check(
     """
     from fastapi import Depends  # noqa: PLC0415 - only when the app is a FastAPI app
 
-    from bearerguard.fastapi import raise_refusal  # noqa: PLC0415 - imports fastapi
+    from bearerguard.fastapi import (  # noqa: PLC0415 - imports fastapi
+        declares_bearer,
+        raise_refusal,
+    )
 
     async def bearerguard_scope_check(connection: HTTPConnection) -> None:
         auth, denied = _current(requirement.scopes, requirement.any_of)
@@ -205,7 +208,13 @@ def _with_fastapi_check(
         # passes every argument by name: the check goes first, so that the operation's own
         # dependencies (loading a record, answering 404 for a missing one, writing) never run
         # for an under-scoped token. Keyword-only parameters may follow one with a default.
-        parameters = [check] + [each.replace(kind=_keyword(each.kind)) for each in parameters]
+        # The operation's own BearerAuth dependencies go before it: without the middleware
+        # they verify the token the check reads (and only that: no side effects).
+        namespace = getattr(inspect.unwrap(wrapper), "__globals__", {})
+        bearers = [each for each in parameters if declares_bearer(each, namespace)]
+        others = [each for each in parameters if each not in bearers]
+        parameters = [each.replace(kind=_keyword(each.kind)) for each in bearers]
+        parameters += [check, *(each.replace(kind=_keyword(each.kind)) for each in others)]
     else:
         at = len(parameters)
         if parameters and parameters[-1].kind is inspect.Parameter.VAR_KEYWORD:

@@ -31,16 +31,18 @@ handler would answer ``{"detail": ...}``, with the right status and challenge).
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextvars import Token
 from time import perf_counter
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn, get_args, get_origin
 
 try:
     import fastapi.routing
-    from fastapi import FastAPI, Security
+    from fastapi import FastAPI, Security, params
+    from fastapi.dependencies.utils import get_typed_annotation
     from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
     from fastapi.openapi.models import OAuth2 as OAuth2Model
     from fastapi.openapi.models import OAuthFlows as OAuthFlowsModel
@@ -92,6 +94,7 @@ _NO_PUBLIC_PATHS = PublicPaths(())
 _MAX_ALTERNATIVES = 64  # any-of groups multiply; past this the document lists the groups
 _ERROR_SCHEMA = "BearerError"
 _INSTALLED = "__bearerguard_schemes__"  # on app.openapi: the scheme names it documents
+_AUTHENTICATES = "__bearerguard_auth__"  # on a requires_any dependency: its BearerAuth
 
 
 class BearerRefusal(HTTPException):
@@ -181,6 +184,31 @@ def raise_refusal(
     if auth.respond is _never_called or not _middleware_answers(scope):
         raise BearerRefusal(error, refusal)
     raise Refused(error, refusal)
+
+
+def declares_bearer(parameter: inspect.Parameter, namespace: dict[str, Any]) -> bool:
+    """Whether ``parameter`` of a path operation is a ``BearerAuth`` dependency.
+
+    As its default (``Security(bearer, ...)``, ``bearer.requires(...)``) or in its
+    ``Annotated`` metadata; a string annotation is read in ``namespace``, as FastAPI reads it.
+    """
+    annotation = parameter.annotation
+    if isinstance(annotation, str):
+        try:
+            annotation = get_typed_annotation(annotation, namespace)
+        except Exception:  # noqa: BLE001 - a name defined later: FastAPI will say so
+            return False
+    markers = [parameter.default]
+    if get_origin(annotation) is Annotated:
+        markers.extend(get_args(annotation)[1:])
+    return any(
+        isinstance(marker, params.Depends)
+        and (
+            isinstance(marker.dependency, BearerAuth)
+            or isinstance(getattr(marker.dependency, _AUTHENTICATES, None), BearerAuth)
+        )
+        for marker in markers
+    )
 
 
 def oauth2_flows(
@@ -445,6 +473,7 @@ class BearerAuth(SecurityBase):
                 _forget(reset)
 
         setattr(any_scope, REQUIREMENT_ATTRIBUTE, ScopeRequirement(required, any_of=True))
+        setattr(any_scope, _AUTHENTICATES, bearer)
         any_scope.__qualname__ = f"requires_any({', '.join(required)})"
         return Security(any_scope)
 

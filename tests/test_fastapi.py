@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI, Security
+from fastapi import APIRouter, Depends, FastAPI, Security
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -269,6 +269,52 @@ def test_a_decorator_under_a_router_dependency_answers_without_middleware_or_ins
     assert 'error="insufficient_scope"' in denied.headers["www-authenticate"]
     assert 'scope="items:read"' in denied.headers["www-authenticate"]
     assert allowed.json() == {"ok": True}
+
+
+def test_a_decorator_over_a_bearer_parameter_answers_without_middleware(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # The decorator's check reads the verdict the operation's own BearerAuth parameter
+    # records: it ran first and found none, a 500 for every request.
+    bearer_auth = BearerAuth(guard)
+    app = bearer_auth.install(FastAPI())
+    loaded: list[int] = []
+
+    def load(item_id: int) -> int:
+        loaded.append(item_id)
+        return item_id
+
+    @app.get("/items/{item_id}")
+    @requires_scopes("items:read")
+    async def item(
+        record: Annotated[int, Depends(load)],
+        token: Annotated[AccessToken, bearer_auth.requires_any("items:read", "items:delete")],
+    ) -> dict[str, Any]:
+        return {"id": record, "sub": token.subject}
+
+    any_token = bearer_auth.requires()  # as a default, not in Annotated
+
+    @app.websocket("/ws")
+    @requires_scopes("chat")
+    async def socket(websocket: WebSocket, token: AccessToken = any_token) -> None:
+        await websocket.accept()
+        await websocket.send_json({"sub": token.subject})
+        await websocket.close()
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        allowed = client.get("/items/3", headers=bearer(session_issuer, "items:read"))
+        denied = client.get("/items/4", headers=bearer(session_issuer, "items:delete"))
+        with client.websocket_connect("/ws", headers=bearer(session_issuer, "chat")) as ws:
+            assert ws.receive_json() == {"sub": "erin"}
+        with (
+            pytest.raises(WebSocketDisconnect) as closed,
+            client.websocket_connect("/ws", headers=bearer(session_issuer, "other")),
+        ):
+            pass  # pragma: no cover - refused before accept
+    assert allowed.json() == {"id": 3, "sub": "erin"}
+    assert_refusal(denied, 403, "insufficient_scope")
+    assert loaded == [3]  # the record loader still runs after the check
+    assert closed.value.code == 1008
 
 
 async def test_websocket_dependency(guard: BearerGuard, session_issuer: DevIssuer) -> None:

@@ -210,10 +210,15 @@ def _with_fastapi_check(
         # for an under-scoped token. Keyword-only parameters may follow one with a default.
         # The operation's own BearerAuth dependencies go before it: without the middleware
         # they verify the token the check reads (and only that: no side effects).
+        # A method's self stays first and positional: a bound method's signature drops it,
+        # and inspect refuses one whose first parameter is keyword-only (ValueError when
+        # FastAPI registers it).
+        head = parameters[:1] if parameters and _defined_in_class(wrapper) else []
+        parameters = parameters[len(head) :]
         namespace = getattr(inspect.unwrap(wrapper), "__globals__", {})
         bearers = [each for each in parameters if declares_bearer(each, namespace)]
         others = [each for each in parameters if each not in bearers]
-        parameters = [each.replace(kind=_keyword(each.kind)) for each in bearers]
+        parameters = head + [each.replace(kind=_keyword(each.kind)) for each in bearers]
         parameters += [check, *(each.replace(kind=_keyword(each.kind)) for each in others)]
     else:
         at = len(parameters)
@@ -221,6 +226,12 @@ def _with_fastapi_check(
             at -= 1
         parameters.insert(at, check)
     wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+
+
+def _defined_in_class(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` was defined in a class body (a method), by its qualified name."""
+    outer, _, _ = getattr(func, "__qualname__", "").rpartition(".")
+    return bool(outer) and not outer.endswith("<locals>")
 
 
 def _keyword(kind: Any) -> Any:

@@ -317,6 +317,43 @@ def test_a_decorator_over_a_bearer_parameter_answers_without_middleware(
     assert closed.value.code == 1008
 
 
+class Catalog:
+    """Path operations and a class-based dependency written as decorated methods."""
+
+    @requires_scopes("items:read")
+    async def search(self, q: str = "") -> dict[str, str]:
+        return {"q": q}
+
+    @requires_any_scope("items:write", "items:delete")
+    def __call__(self, item_id: int) -> int:
+        return item_id
+
+
+def test_decorated_methods_are_path_operations_and_dependencies(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # The check declared first and keyword-only took self's place: inspect refused the
+    # bound method's signature, and FastAPI could not register either (ValueError).
+    app = FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard)])
+    catalog = Catalog()
+    app.add_api_route("/search", catalog.search)
+
+    @app.delete("/items/{item_id}")
+    async def delete(item_id: Annotated[int, Depends(catalog)]) -> dict[str, int]:
+        return {"deleted": item_id}
+
+    with TestClient(app) as client:
+        found = client.get("/search?q=pen", headers=bearer(session_issuer, "items:read"))
+        hidden = client.get("/search?q=pen", headers=bearer(session_issuer, "other"))
+        deleted = client.delete("/items/5", headers=bearer(session_issuer, "items:delete"))
+        kept = client.delete("/items/5", headers=bearer(session_issuer, "items:read"))
+    assert found.json() == {"q": "pen"}
+    assert deleted.json() == {"deleted": 5}
+    assert_refusal(hidden, 403, "insufficient_scope")
+    assert_refusal(kept, 403, "insufficient_scope")
+    assert [p["name"] for p in app.openapi()["paths"]["/search"]["get"]["parameters"]] == ["q"]
+
+
 async def test_websocket_dependency(guard: BearerGuard, session_issuer: DevIssuer) -> None:
     for middleware in (False, True):
         with TestClient(build_api(guard, middleware=middleware)) as client:

@@ -241,13 +241,23 @@ def _keyword(kind: Any) -> Any:
     return inspect.Parameter.KEYWORD_ONLY
 
 
+def _is_async(func: Callable[..., Any]) -> bool:
+    """Whether calling ``func`` returns a coroutine: a coroutine function, a partial of one,
+    or an object whose ``__call__`` is one (what Starlette and FastAPI await)."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    return _is_coroutine_function(func) or _is_coroutine_function(
+        getattr(func, "__call__", None)  # noqa: B004 - the method, not whether it is callable
+    )
+
+
 def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F]:
     requirement = ScopeRequirement(required, any_of)
 
     def decorate(func: F) -> F:
         wrapper: Callable[..., Any]
         parameter = f"{_CHECK_PARAMETER}_{next(_decorations)}"
-        if _is_coroutine_function(func):
+        if _is_async(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:

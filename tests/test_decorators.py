@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +12,11 @@ import pytest
 import structlog
 from fastapi import Depends, FastAPI, HTTPException
 from pydantic import BaseModel
+from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 import bearerguard.fastapi
 from bearerguard import (
@@ -108,6 +113,41 @@ async def test_starlette_endpoints(
 ) -> None:
     response = await starlette_client.request(method, path, headers=bearer(session_issuer, *scopes))
     assert response.status_code == status
+
+
+class Export:
+    """An endpoint written as an object with an async ``__call__``."""
+
+    def __init__(self, fmt: str) -> None:
+        self.fmt = fmt
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        return JSONResponse({"format": self.fmt})
+
+
+async def export_as(request: Request, fmt: str) -> JSONResponse:
+    return JSONResponse({"format": fmt})
+
+
+async def test_starlette_async_callable_objects_and_partials(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # Not coroutine functions themselves: the object was wrapped as a sync endpoint and its
+    # coroutine returned unawaited, a 500 for every request the scopes let through.
+    app = Starlette(
+        routes=[
+            Route("/csv", requires_scopes("export")(Export("csv"))),
+            Route("/pdf", requires_any_scope("export")(functools.partial(export_as, fmt="pdf"))),
+        ],
+        middleware=[Middleware(BearerGuardMiddleware, guard=guard)],
+    )
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for path in ("/csv", "/pdf"):
+            allowed = await client.get(path, headers=bearer(session_issuer, "export"))
+            denied = await client.get(path, headers=bearer(session_issuer, "other"))
+            assert allowed.json() == {"format": path[1:]}
+            assert denied.status_code == 403
 
 
 async def test_denial_challenge_names_the_required_scopes(

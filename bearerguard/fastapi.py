@@ -546,7 +546,7 @@ class BearerAuth(SecurityBase):
         for route in _api_routes(routes):
             if not route.include_in_schema:
                 continue
-            groups = _any_of_groups(route)
+            required, groups = _dependency_requirements(route)
             endpoint_requirements = scope_requirements(route.endpoint)
             for method in sorted(route.methods or ()):
                 operation = paths.get(route.path_format, {}).get(method.lower())
@@ -554,14 +554,14 @@ class BearerAuth(SecurityBase):
                     continue
                 security = operation.get("security", [])
                 mine = [entry for entry in security if name in entry]
-                all_of = [scope for entry in mine for scope in entry[name]]
+                all_of = [scope for entry in mine for scope in entry[name]] + required
                 alternatives = list(groups)
                 for requirement in endpoint_requirements:
                     if requirement.any_of:
                         alternatives.append(requirement.scopes)
                     else:
                         all_of.extend(requirement.scopes)
-                if not mine and not alternatives and not endpoint_requirements:
+                if not mine and not required and not alternatives and not endpoint_requirements:
                     continue
                 used = True
                 others = [entry for entry in security if name not in entry]
@@ -595,17 +595,45 @@ def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:
             yield context
 
 
-def _any_of_groups(route: Any) -> list[tuple[str, ...]]:
-    """The ``requires_any`` groups among the route's dependencies, in order, once each."""
+def _dependency_requirements(route: Any) -> tuple[list[str], list[tuple[str, ...]]]:
+    """The scopes the route's dependencies check: all-of, and the any-of groups once each.
+
+    Those of ``requires_any`` and of dependencies decorated with ``requires_scopes`` or
+    ``requires_any_scope`` (stacked ones too); a ``requires_any`` also checks, all of them,
+    the scopes FastAPI hands it from ``Security(..., scopes=...)`` declared around it.
+    """
+    all_of: list[str] = []
     groups: list[tuple[str, ...]] = []
     pending = list(route.dependant.dependencies)
     while pending:
         dependant = pending.pop(0)
-        requirement = getattr(dependant.call, REQUIREMENT_ATTRIBUTE, None)
-        if isinstance(requirement, ScopeRequirement) and requirement.scopes not in groups:
-            groups.append(requirement.scopes)
+        call = dependant.call
+        if isinstance(getattr(call, _AUTHENTICATES, None), BearerAuth):
+            all_of.extend(_security_scopes(dependant))
+        for requirement in _call_requirements(call):
+            if not requirement.any_of:
+                all_of.extend(requirement.scopes)
+            elif requirement.scopes not in groups:
+                groups.append(requirement.scopes)
         pending.extend(dependant.dependencies)
-    return groups
+    return all_of, groups
+
+
+def _call_requirements(call: Any) -> list[ScopeRequirement]:
+    """The scope decorators on a dependency: a function, or an object's ``__call__``."""
+    found = scope_requirements(call)
+    if not found and not inspect.isroutine(call) and callable(call):
+        found = scope_requirements(type(call).__call__)
+    return found
+
+
+def _security_scopes(dependant: Any) -> list[str]:
+    """The scopes FastAPI passes ``dependant`` as ``SecurityScopes``: those declared around
+    it, then its own."""
+    scopes = getattr(dependant, "security_scopes", None)  # older FastAPI: already joined
+    if scopes is None:
+        scopes = (dependant.parent_oauth_scopes or []) + (dependant.own_oauth_scopes or [])
+    return list(scopes)
 
 
 def _requirements(

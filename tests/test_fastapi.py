@@ -580,6 +580,72 @@ def test_openapi_any_of_combines_with_all_of(guard: BearerGuard) -> None:
     assert app.openapi() is app.openapi()
 
 
+@requires_scopes("items:read", "items:audit")
+async def load_audited(item_id: int) -> int:
+    return item_id
+
+
+@requires_scopes("admin")
+@requires_any_scope("items:write", "items:delete")
+async def load_editable(item_id: int) -> int:
+    return item_id
+
+
+def test_openapi_documents_what_dependencies_check(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # A decorated dependency's all-of scopes were listed as alternatives, only the outermost
+    # of stacked ones was, and a requires_any dropped the scopes declared around it.
+    bearer_auth = BearerAuth(guard, scheme_name="jwt")
+    app = FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard)])
+    bearer_auth.install(app)
+
+    async def reader(token: Annotated[AccessToken, bearer_auth.requires_any("a", "b")]) -> str:
+        return token.subject or ""
+
+    @app.get("/audited/{item_id}")
+    async def audited(item_id: Annotated[int, Depends(load_audited)]) -> int:
+        return item_id
+
+    @app.get("/editable/{item_id}")
+    async def editable(item_id: Annotated[int, Depends(load_editable)]) -> int:
+        return item_id
+
+    @app.get("/nested")
+    async def nested(sub: Annotated[str, Security(reader, scopes=["c"])]) -> str:
+        return sub
+
+    @app.delete("/catalog/{item_id}")
+    async def uncatalog(item_id: Annotated[int, Depends(Catalog())]) -> int:
+        return item_id
+
+    paths = app.openapi()["paths"]
+    assert paths["/audited/{item_id}"]["get"]["security"] == [
+        {"jwt": ["items:read", "items:audit"]}
+    ]
+    assert paths["/editable/{item_id}"]["get"]["security"] == [
+        {"jwt": ["admin", "items:write"]},
+        {"jwt": ["admin", "items:delete"]},
+    ]
+    assert paths["/nested"]["get"]["security"] == [{"jwt": ["c", "a"]}, {"jwt": ["c", "b"]}]
+    assert paths["/catalog/{item_id}"]["delete"]["security"] == [
+        {"jwt": ["items:write"]},
+        {"jwt": ["items:delete"]},
+    ]
+    # as the document now says: each alternative alone is let in, one scope less is not
+    with TestClient(app) as client:
+        for path, granted, status in [
+            ("/audited/1", ["items:read"], 403),
+            ("/audited/1", ["items:read", "items:audit"], 200),
+            ("/editable/1", ["items:delete"], 403),
+            ("/editable/1", ["admin", "items:delete"], 200),
+            ("/nested", ["a"], 403),
+            ("/nested", ["c", "b"], 200),
+        ]:
+            response = client.get(path, headers=bearer(session_issuer, *granted))
+            assert response.status_code == status, (path, granted)
+
+
 def test_openapi_oauth2_flows_from_the_issuer_metadata(
     guard: BearerGuard, session_issuer: DevIssuer
 ) -> None:

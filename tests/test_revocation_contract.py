@@ -156,6 +156,24 @@ async def test_names_with_separators_are_not_confused(side: Callable[..., Side])
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("name", "issuer"), [(b"j1", None), (42, None), ("", None), ("j1", b"https://issuer.example")]
+)
+async def test_what_no_token_can_carry_is_refused_not_held(
+    side: Callable[..., Side], name: Any, issuer: Any
+) -> None:
+    # A jti, sub or client_id is a non-empty JSON string (RFC 7519 §4.1): an entry under
+    # anything else would be reported held, yet never refuse a token.
+    store = side(clock=Clock())
+    for method in ("revoke_token", "revoke_subject", "revoke_client"):
+        with pytest.raises(TypeError):
+            await getattr(store, method)(name, NOW + 100, issuer=issuer)
+    assert not await store.is_revoked(token(jti="j1", sub="j1", client_id="j1", iat=None))
+    if isinstance(store.store, MemoryRevocationStore):
+        assert len(store.store) == 0
+
+
+@pytest.mark.anyio
 async def test_a_revoked_token_lapses_after_its_expiry_plus_grace(
     side: Callable[..., Side],
 ) -> None:

@@ -13,7 +13,7 @@ from typing import Literal
 
 from bearerguard.token import AccessToken
 
-__all__ = ["DEFAULT_EXPIRY_GRACE", "Entry", "Kind", "RevocationTable"]
+__all__ = ["DEFAULT_EXPIRY_GRACE", "Entry", "Kind", "RevocationTable", "check_target"]
 
 DEFAULT_EXPIRY_GRACE = 300.0
 """Seconds a revoked token's entry outlives its ``exp``: past any sensible leeway."""
@@ -22,6 +22,21 @@ Kind = Literal["t", "s", "c"]
 """A revoked token, a subject cut-off, or a client cut-off."""
 _Key = tuple[str | None, str]
 _versions = itertools.count(1)  # shared by every table: a version never repeats
+
+
+def check_target(name: object, issuer: object) -> None:
+    """Refuse what no token's ``jti``, ``sub`` or ``client_id`` (or ``iss``) can equal.
+
+    The claims are non-empty JSON strings (RFC 7519 §4.1.1, §4.1.2, §4.1.7): an entry under
+    ``b"j1"``, ``42`` or ``""`` would be held, and reported held, yet never match a token.
+
+    Raises:
+        TypeError: ``name`` is not a non-empty string, or ``issuer`` not a string or None.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError("the jti, sub or client_id must be a non-empty string")
+    if issuer is not None and not isinstance(issuer, str):
+        raise TypeError("issuer must be a string or None")
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,13 @@ from collections.abc import Callable
 
 from bearerguard._core.times import Instant, to_epoch
 from bearerguard.errors import ConfigurationError, RevocationStoreError
-from bearerguard.revocation._table import DEFAULT_EXPIRY_GRACE, Entry, Kind, RevocationTable
+from bearerguard.revocation._table import (
+    DEFAULT_EXPIRY_GRACE,
+    Entry,
+    Kind,
+    RevocationTable,
+    check_target,
+)
 from bearerguard.token import AccessToken
 
 __all__ = ["MemoryRevocationStore"]
@@ -82,7 +88,12 @@ class MemoryRevocationStore:
         Returns:
             ``True`` once the entry is held; ``False`` when nothing was kept because it had
             already lapsed (``exp`` plus the grace is past: no guard accepts the token).
+
+        Raises:
+            TypeError: ``jti`` is not a non-empty string (it could never match a token), or
+                ``issuer`` is neither a string nor None.
         """
+        check_target(jti, issuer)
         now = self._clock()
         # Without exp, the token may live up to retention from now, then leeway past that.
         lapse = now + self._retention if expires_at is None else to_epoch(expires_at)
@@ -142,6 +153,7 @@ class MemoryRevocationStore:
     def _cut(
         self, kind: Kind, issuer: str | None, name: str, issued_before: Instant | None
     ) -> bool:
+        check_target(name, issuer)
         now = self._clock()
         cutoff = now if issued_before is None else to_epoch(issued_before)
         # A token issued at the cut-off lives up to retention, and is accepted up to the

@@ -74,7 +74,7 @@ from bearerguard.revocation._mirror import (
     session,
     to_ms,
 )
-from bearerguard.revocation._table import DEFAULT_EXPIRY_GRACE, Entry, Kind
+from bearerguard.revocation._table import DEFAULT_EXPIRY_GRACE, Entry, Kind, check_target
 from bearerguard.token import AccessToken
 
 __all__ = ["DEFAULT_URL", "RedisRevocationStore", "Revocation"]
@@ -422,10 +422,7 @@ class RedisRevocationStore:
         cutoff: float | None,
     ) -> _Write:
         """The script's arguments: absolute instants only, Redis supplies "now" (TIME)."""
-        if not isinstance(name, str) or not name:
-            raise TypeError("the jti, sub or client_id must be a non-empty string")
-        if issuer is not None and not isinstance(issuer, str):
-            raise TypeError("issuer must be a string or None")
+        check_target(name, issuer)
         if reason is not None and (not isinstance(reason, str) or len(reason) > _MAX_REASON):
             raise ValueError(f"reason must be a string of at most {_MAX_REASON} characters")
         self._check_room(now)

@@ -714,6 +714,23 @@ async def test_an_unreadable_entry_fails_closed(
 
 
 @pytest.mark.anyio
+async def test_a_foreign_key_that_is_not_utf8_is_ignored(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    # Shaped like an entry, but no key of ours is anything but UTF-8: not one of ours. It
+    # failed every load, so the mirror never came up and every check answered 503.
+    with redis_server.client() as inspect:
+        inspect.set(f"{redis_namespace}:t:*:".encode() + b"\xff\xfe", "x", ex=60)
+    writer = stores(redis_server.url, namespace=redis_namespace, mirror=False)
+    await writer.revoke_token("j1", time.time() + 60)
+    mirrored = stores(redis_server.url, namespace=redis_namespace)
+    await mirrored.start(timeout=5)
+    assert await mirrored.is_revoked(token(jti="j1"))
+    assert not await mirrored.is_revoked(token(jti="j2"))
+    assert [item.name for item in await writer.list_revocations()] == ["j1"]
+
+
+@pytest.mark.anyio
 async def test_the_guard_answers_503_when_redis_goes_down(
     session_issuer: DevIssuer,
     private_redis: RedisServer,

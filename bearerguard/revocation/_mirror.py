@@ -128,7 +128,10 @@ class Layout:
 
     def parse_key(self, key: bytes | str) -> tuple[Kind, str | None, str] | None:
         """``(kind, issuer, name)``, or ``None`` when the key is not one of ours."""
-        text = _text(key)
+        try:
+            text = _text(key)
+        except UnicodeDecodeError:
+            return None  # every key written here is UTF-8: another application's
         prefix = self.namespace + ":"
         if not text.startswith(prefix):
             return None

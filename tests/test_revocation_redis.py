@@ -359,6 +359,38 @@ async def test_the_revoker_s_clock_does_not_decide_what_redis_keeps(
 
 
 @pytest.mark.anyio
+async def test_a_cut_off_at_now_is_not_earlier_than_redis_s_now(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    # An admin whose clock is 10 minutes behind cut the subject and the client off "now":
+    # the tokens issued in those 10 minutes (a stolen one, 10 s old) were still accepted.
+    api = stores(redis_server.url, namespace=redis_namespace)
+    await api.start()
+    behind = stores(
+        redis_server.url,
+        namespace=redis_namespace,
+        mirror=False,
+        retention=3600,
+        expiry_grace=300,
+        clock=lambda: time.time() - 600,
+    )
+    assert await behind.revoke_subject("s1") is True
+    assert behind.revoke_client_sync("c1") is True
+    await eventually(lambda: api.is_revoked(token(jti="x", client_id="other")), 1.0)
+    await eventually(lambda: api.is_revoked(token(jti="x", sub="other")), 1.0)
+    inspect = redis_server.client()
+    for kind in ("s", "c"):
+        # The lapse moves with the cut-off: the retention plus the grace from Redis's now.
+        remaining = inspect.pttl(f"{redis_namespace}:{kind}:*:{kind}1")
+        assert 3_898_000 < remaining <= 3_900_000
+    inspect.close()
+    # An instant given explicitly is kept as given.
+    await behind.revoke_subject("s2", issued_before=time.time() - 600)
+    assert not await behind.is_revoked(token(jti="x", sub="s2", client_id="other"))
+    assert await behind.is_revoked(token(jti="x", sub="s1", client_id="other"))
+
+
+@pytest.mark.anyio
 async def test_an_entry_lapsed_by_redis_s_clock_is_not_written_and_says_so(
     redis_server: RedisServer,
     redis_namespace: str,

@@ -49,9 +49,12 @@ __all__ = [
 
 KINDS: tuple[Kind, ...] = ("t", "s", "c")
 
-# KEYS[1]: the entry. ARGV: channel, lapse_ms, cutoff_ms ("" for a token), reason.
+# KEYS[1]: the entry. ARGV: channel, lapse_ms, cutoff_ms ("" for a token), reason, and "1"
+# when the cut-off is "now" (no instant was given).
 # "Now" is Redis's own clock (TIME), never the caller's: a revoking process whose clock is
-# wrong neither drops the entry nor shortens its expiry. Calling TIME before a write needs
+# wrong neither drops the entry nor shortens its expiry. A cut-off at "now" is at least
+# Redis's now (the lapse moves with it): a revoker whose clock is behind would otherwise
+# spare the tokens issued in the last moments before it. Calling TIME before a write needs
 # effect replication, the default since Redis 5. Merges with an existing entry (the later
 # lapse, the later cut-off: a revocation is never weakened), writes it to expire at its
 # lapse by that clock, and publishes it. Returns the stored value, or false when it had
@@ -62,6 +65,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local u = tonumber(ARGV[2])
 local c = tonumber(ARGV[3])
 local r = ARGV[4]
+if c and ARGV[5] == '1' and c < now then
+  u = u + (now - c)
+  c = now
+end
 local old = redis.call('GET', KEYS[1])
 if old then
   local ok, e = pcall(cjson.decode, old)

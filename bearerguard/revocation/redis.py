@@ -337,8 +337,10 @@ class RedisRevocationStore:
         """Revoke every token of ``sub`` issued at or before ``issued_before`` (default: now).
 
         Tokens without ``iat`` cannot show when they were issued, so a subject cut-off
-        refuses them all while it lasts. A cut-off never moves back in time. Returns
-        whether Redis holds the entry, as ``revoke_token_sync``.
+        refuses them all while it lasts. A cut-off never moves back in time. "Now" is the
+        later of this process's clock and Redis's: a clock running behind must not spare
+        the tokens issued just before. Returns whether Redis holds the entry, as
+        ``revoke_token_sync``.
         """
         return self._write_sync(self._cutoff_write("s", sub, issued_before, issuer, reason))
 
@@ -408,7 +410,10 @@ class RedisRevocationStore:
         # A token issued at the cut-off lives up to retention, and is accepted up to the
         # guard's leeway (at most expiry_grace) past its exp: the cut-off outlasts both.
         until = max(cutoff, now) + self._retention + self._grace
-        return self._prepare(kind, name, issuer, reason, now=now, until=until, cutoff=cutoff)
+        write = self._prepare(kind, name, issuer, reason, now=now, until=until, cutoff=cutoff)
+        if issued_before is None:
+            write.argv.append("1")  # "now": at least Redis's now (see REVOKE_SCRIPT)
+        return write
 
     def _prepare(
         self,

@@ -113,6 +113,12 @@ def parse_instant(text: str) -> float:
     return seconds
 
 
+def _cutoff_instant(text: str) -> float | None:
+    """``--issued-before``: as ``parse_instant``, but ``now`` is the default (``None``), which
+    the store takes as the later of this machine's clock and Redis's."""
+    return None if text.strip().lower() == "now" else parse_instant(text)
+
+
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-url",
@@ -146,7 +152,7 @@ def _add_target_options(parser: argparse.ArgumentParser, *, cutoff: bool) -> Non
     if cutoff:
         parser.add_argument(
             "--issued-before",
-            type=parse_instant,
+            type=_cutoff_instant,
             metavar="WHEN",
             help="refuse tokens issued at or before this instant: epoch seconds, ISO 8601 "
             "with an offset, or 'now' (the default); tokens without iat are refused too",

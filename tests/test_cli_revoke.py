@@ -7,6 +7,7 @@ handlers that ``bearerguard.cli`` registers), against the session redis-server o
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import socket
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 from bearerguard import AccessToken
-from bearerguard._cli_revoke import parse_instant, run
+from bearerguard._cli_revoke import add_revocation_commands, parse_instant, run
 from bearerguard.errors import RevokedTokenError
 from bearerguard.testing import DevIssuer
 from tests.redis_server import RedisServer
@@ -171,6 +172,19 @@ def test_revoke_a_subject_and_a_client(cli: Any, target: list[str], store: Any) 
     assert cli("revoke", "client", "web", "--issuer", ISS, "-q", *target).code == 0
     assert store.is_revoked_sync(token(sub="bob"))  # every token of the client, up to now
     assert not store.is_revoked_sync(token(sub="bob", client_id="cli"))
+
+
+def test_issued_before_now_is_the_store_s_now(cli: Any, target: list[str], store: Any) -> None:
+    # Not this machine's clock read at parsing: the store's default, at least Redis's now
+    # (a clock behind Redis's would spare the tokens issued in the lag).
+    parser = argparse.ArgumentParser()
+    add_revocation_commands(parser.add_subparsers())
+    for when in ("now", " NOW "):
+        args = parser.parse_args(["revoke", "client", "web", "--issued-before", when])
+        assert args.issued_before is None
+    result = cli("revoke", "subject", "alice", "--issued-before", "now", *target)
+    assert result.code == 0, result.err
+    assert store.is_revoked_sync(token(iat=time.time() - 1))
 
 
 def test_list_as_a_table_and_as_json(cli: Any, target: list[str]) -> None:

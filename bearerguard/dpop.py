@@ -383,6 +383,12 @@ class DPoPPolicy:
 
     def request_url(self, scheme: str, host: str, path: str) -> str:
         """The URL a request was addressed to, as its proof's ``htu`` must name it."""
+        if path and path[0] != "/":
+            # RFC 9110 §3.2.1: an origin-form target starts with "/" (an empty path is "/",
+            # RFC 3986 §6.2.3). Servers pass on others ("@evil.example/me"): appended to the
+            # authority, they would make it userinfo and name another host, whose proofs
+            # would then be accepted here (RFC 9449 §4.3 step 9).
+            return ""  # matches no htu
         if self.external_url is not None:
             return self.external_url + path
         if not _HOST.fullmatch(host):

@@ -7,10 +7,12 @@ joserfc, a JOSE library that shares no code with ours.
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import httpx
@@ -32,6 +34,7 @@ from bearerguard._core.dpop import (
     jwk_thumbprint,
     normalize_htu,
 )
+from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.dpop import (
     DPoPPolicy,
     DPoPReplayStore,
@@ -41,6 +44,7 @@ from bearerguard.dpop import (
 )
 from bearerguard.errors import ConfigurationError, InvalidDPoPProofError, ReplayStoreError
 from bearerguard.testing import DevIssuer
+from bearerguard.wsgi import BearerGuardWSGIMiddleware
 from tests.apps import build_app, build_flask_app
 from tests.redis_server import RedisServer
 
@@ -1036,6 +1040,83 @@ def test_a_host_header_cannot_move_the_htu_to_another_path(
         proof = holder.proof(token, url="http://testserver:8080/me")
         headers = {**dpop(token, proof), "Host": "TestServer:8080"}
         assert call("GET", "/me", headers=headers).is_success
+
+
+def _served_path(environ_or_scope: Any) -> bytes:
+    return str(environ_or_scope.get("PATH_INFO", environ_or_scope.get("path"))).encode()
+
+
+async def _asgi_catch_all(scope: Any, receive: Any, send: Any) -> None:
+    """An app that serves every path (a proxy, a mount at "/"): the guard alone decides."""
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": _served_path(scope)})
+
+
+def _wsgi_catch_all(environ: Any, start_response: Any) -> Iterable[bytes]:
+    start_response("200 OK", [("content-length", str(len(_served_path(environ))))])
+    return [_served_path(environ)]
+
+
+def _raw_get(port: int, target: str, headers: dict[str, str]) -> bytes:
+    """The status line of a GET for ``target`` exactly as written, over a plain socket."""
+    lines = [f"GET {target} HTTP/1.1", "Host: api.example", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        while chunk := connection.recv(65536):
+            data += chunk
+    return data.split(b"\r\n", 1)[0]
+
+
+def _serving(stack: str, guard: BearerGuard) -> Iterator[int]:
+    """uvicorn (h11) or werkzeug on 127.0.0.1 serving a catch-all app behind the guard."""
+    if stack == "asgi":
+        uvicorn = pytest.importorskip("uvicorn")
+        app = BearerGuardMiddleware(_asgi_catch_all, guard=guard)
+        server = uvicorn.Server(uvicorn.Config(app, http="h11", log_level="warning"))
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+            thread.start()
+            deadline = time.monotonic() + 10
+            while not server.started:
+                assert time.monotonic() < deadline, "uvicorn did not start"
+                time.sleep(0.01)
+            try:
+                yield sock.getsockname()[1]
+            finally:
+                server.should_exit = True
+                thread.join(10)
+    else:
+        from werkzeug.serving import make_server
+
+        wsgi = make_server("127.0.0.1", 0, BearerGuardWSGIMiddleware(_wsgi_catch_all, guard=guard))
+        thread = threading.Thread(target=wsgi.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield wsgi.server_port
+        finally:
+            wsgi.shutdown()
+            wsgi.server_close()
+
+
+@pytest.mark.parametrize("external_url", [None, "http://api.example"])
+def test_a_request_target_not_in_origin_form_cannot_name_another_host(
+    stack: str, session_issuer: DevIssuer, holder: Holder, external_url: str | None
+) -> None:
+    # RFC 9449 §4.3 step 9, RFC 9110 §3.2.1: uvicorn (h11) and werkzeug pass the target
+    # "@evil.example/me" on as the path. Appended to the authority it became userinfo:
+    # http://api.example@evil.example/me, so a proof the client made for another server
+    # (which that server could replay here) was accepted.
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(external_url=external_url))
+    token = bound(session_issuer, holder)
+    for port in _serving(stack, guard):
+        foreign = holder.proof(token, url="http://evil.example/me")
+        assert b" 401 " in _raw_get(port, "@evil.example/me", dpop(token, foreign))
+        own = holder.proof(token, url="http://api.example/me")
+        assert b" 200 " in _raw_get(port, "/me", dpop(token, own))
 
 
 def test_a_proof_cannot_forge_or_flood_the_audit_detail(

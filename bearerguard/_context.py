@@ -21,6 +21,7 @@ __all__ = [
     "RequestAuth",
     "already_let_in",
     "current_auth",
+    "presented_with",
     "refusal_for",
 ]
 
@@ -87,6 +88,24 @@ def decided_by(prior: RequestAuth, guard: object) -> bool:
     return token is not None and routed is not None and routed(token.issuer) is guard
 
 
+def presented_with(guard: BearerGuard | TrustedIssuers, token: AccessToken | None) -> str:
+    """How ``guard`` let ``token`` in, as the audit's ``binding`` names it, for a check made
+    after authentication, which knows the token but not the scheme.
+
+    A DPoP-bound token was presented with DPoP: as Bearer it would have been refused (RFC
+    9449 §7.2); a certificate-bound one was checked against the client certificate (RFC
+    8705 §3), as ``token.accepted`` records it.
+    """
+    cnf = None if token is None else token.claims.get("cnf")
+    if not isinstance(cnf, Mapping):
+        return "bearer"
+    if guard.dpop is not None and "jkt" in cnf:
+        return "dpop"
+    if guard.mtls is not None and "x5t#S256" in cnf:
+        return "mtls"
+    return "bearer"
+
+
 def refusal_for(
     guard: BearerGuard | TrustedIssuers, error: AuthError, scope: Sequence[str] = ()
 ) -> Refusal:
@@ -98,11 +117,8 @@ def refusal_for(
     resource = guard.protected_resource
     dpop = guard.dpop
     if dpop is not None and error.binding == "bearer":
-        # A scope check after authentication knows the token, not the scheme: a bound token
-        # was presented with DPoP (a Bearer one would have been refused).
         token = error.token or getattr(current_auth.get(), "token", None)
-        cnf = None if token is None else token.claims.get("cnf")
-        if isinstance(cnf, dict) and "jkt" in cnf:
+        if presented_with(guard, token) == "dpop":
             error.binding = "dpop"
     return render_refusal(
         error,

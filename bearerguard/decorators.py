@@ -28,7 +28,13 @@ from typing import Any, TypeVar, cast
 from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection
 
-from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth, refusal_for
+from bearerguard._context import (
+    SCOPE_KEY,
+    RequestAuth,
+    current_auth,
+    presented_with,
+    refusal_for,
+)
 from bearerguard._core.scopes import validate_scope_names
 from bearerguard.errors import (
     AuthError,
@@ -134,6 +140,7 @@ def check_scopes(
         error = MissingTokenError("scoped route reached without a token")
     else:
         error = InsufficientScopeError(required, any_of=any_of)
+        error.binding = presented_with(guard, token)  # as its token.accepted said
     guard.audit.refused(error, auth, perf_counter() - auth.started, token=token)
     return error, refusal_for(guard, error, required)
 

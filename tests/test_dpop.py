@@ -522,6 +522,23 @@ def test_public_paths_stay_open(call: Client) -> None:
     assert call("GET", "/health").status_code == 200
 
 
+def test_scope_denied_names_the_dpop_binding(
+    call: Client, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    # The scope check runs after authentication: its challenge was DPoP's, but its
+    # scope.denied event said "bearer" for a request accepted, and audited, as "dpop".
+    token = bound(session_issuer, holder)
+    proof = holder.proof(token, url="http://testserver/items")
+    with structlog.testing.capture_logs() as logged:
+        response = call("GET", "/items", headers=dpop(token, proof))
+    assert response.status_code == 403
+    assert 'DPoP realm="https://api.example", error="insufficient_scope"' in challenge(response)
+    assert [(e["event"], e["binding"]) for e in logged] == [
+        ("token.accepted", "dpop"),
+        ("scope.denied", "dpop"),
+    ]
+
+
 def test_replayed_proof_is_refused(call: Client, session_issuer: DevIssuer, holder: Holder) -> None:
     token = bound(session_issuer, holder)
     headers = dpop(token, holder.proof(token))

@@ -399,6 +399,23 @@ def test_without_mtls_a_bound_token_is_refused_not_taken_as_a_bearer_token(
         assert call("GET", "/me", headers=bearer(token)).status_code == 200
 
 
+def test_scope_denied_names_the_certificate_binding(
+    stack: str, session_issuer: DevIssuer, pki: PKI
+) -> None:
+    # The scope check runs after authentication: its scope.denied event said "bearer" for a
+    # token the middleware had just accepted, and audited, as "mtls" (RFC 8705 §3).
+    token = session_issuer.mint(cnf={"x5t#S256": pki.alice.thumbprint})
+    for (alice,) in clients(stack, session_issuer, pki.alice.pem):
+        with structlog.testing.capture_logs() as logged:
+            response = alice("GET", "/items", headers=bearer(token))
+        assert response.status_code == 403
+        assert response.headers["www-authenticate"].startswith("Bearer ")
+        assert [(e["event"], e["binding"]) for e in logged] == [
+            ("token.accepted", "mtls"),
+            ("scope.denied", "mtls"),
+        ]
+
+
 def test_with_dpop_too(stack: str, session_issuer: DevIssuer, pki: PKI) -> None:
     token = session_issuer.mint(cnf={"x5t#S256": pki.alice.thumbprint})
     guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(), mtls=CertificateBinding())

@@ -763,15 +763,8 @@ class BearerGuard:
                     await self._refresh(unknown_kid=needed.unknown_kid)
                     verified = self._verify_jws(jws, digest, refreshed=True)
                 access = verified.token
-            if self.dpop is not None:
-                replay = self._check_binding(access, dpop)
-                if replay is not None:
-                    try:
-                        first = await self.dpop.replay.first_use(*replay)
-                    except Exception as exc:  # noqa: BLE001 - any store failure: fail closed
-                        self._replay_failed(exc)
-                    if not first:
-                        raise InvalidDPoPProofError("proof jti replayed")
+            policy = self.dpop
+            replay = None if policy is None else self._check_binding(access, dpop)
             if self.mtls is not None:
                 self._check_certificate(access, certificate)
             try:
@@ -784,6 +777,13 @@ class BearerGuard:
             else:
                 if revoked:
                     self._revoked(access)
+            if policy is not None and replay is not None:  # last, as _check_binding says
+                try:
+                    first = await policy.replay.first_use(*replay)
+                except Exception as exc:  # noqa: BLE001 - any store failure: fail closed
+                    self._replay_failed(exc)
+                if not first:
+                    raise InvalidDPoPProofError("proof jti replayed")
             if self.usage is not None:
                 await self._observe(access, client, request)
         except AuthError as exc:
@@ -826,15 +826,8 @@ class BearerGuard:
                     self._refresh_sync(unknown_kid=needed.unknown_kid)
                     verified = self._verify_jws(jws, digest, refreshed=True)
                 access = verified.token
-            if self.dpop is not None:
-                replay = self._check_binding(access, dpop)
-                if replay is not None:
-                    try:
-                        first = self.dpop.replay.first_use_sync(*replay)
-                    except Exception as exc:  # noqa: BLE001 - any store failure: fail closed
-                        self._replay_failed(exc)
-                    if not first:
-                        raise InvalidDPoPProofError("proof jti replayed")
+            policy = self.dpop
+            replay = None if policy is None else self._check_binding(access, dpop)
             if self.mtls is not None:
                 self._check_certificate(access, certificate)
             try:
@@ -844,6 +837,13 @@ class BearerGuard:
             else:
                 if revoked:
                     self._revoked(access)
+            if policy is not None and replay is not None:  # last, as _check_binding says
+                try:
+                    first = policy.replay.first_use_sync(*replay)
+                except Exception as exc:  # noqa: BLE001 - any store failure: fail closed
+                    self._replay_failed(exc)
+                if not first:
+                    raise InvalidDPoPProofError("proof jti replayed")
             if self.usage is not None:
                 self._observe_sync(access, client, request)
         except AuthError as exc:
@@ -868,6 +868,9 @@ class BearerGuard:
 
         Returns the replay-store key and lifetime of the proof's ``jti``, or ``None`` for a
         request with the Bearer scheme (allowed only for unbound tokens, in "allowed" mode).
+        The caller records the key after the certificate and revocation checks: a revoked
+        token, or one without its certificate, would otherwise fill a bounded store with its
+        proofs, and every other client would be answered 503 (RFC 9449 §11.1).
         """
         policy = self.dpop
         assert policy is not None  # noqa: S101 - only called when DPoP is configured

@@ -43,6 +43,7 @@ from bearerguard.dpop import (
     RedisDPoPReplayStore,
 )
 from bearerguard.errors import ConfigurationError, InvalidDPoPProofError, ReplayStoreError
+from bearerguard.revocation.memory import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
 from tests.apps import build_app, build_flask_app
@@ -385,6 +386,28 @@ def test_a_full_replay_store_answers_503_rather_than_forgetting_a_proof(
         ]
         assert statuses == [200, 200, 503, 503]  # the victim's jti is not pushed out
         assert call("GET", "/me", headers=captured).status_code == 401  # still a replay
+
+
+@pytest.mark.parametrize("stack", ["asgi", "wsgi"])
+def test_refused_tokens_take_no_room_in_the_replay_store(
+    stack: str, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    # RFC 9449 §11.1: a proof is remembered once its request is let in. Recorded before the
+    # revocation check, a revoked token's proofs (its holder keeps the key) filled the store,
+    # and every other client was answered 503 until they expired.
+    replay = MemoryDPoPReplayStore(max_entries=2)
+    revocation = MemoryRevocationStore()
+    policy = DPoPPolicy(replay=replay)
+    guard = session_issuer.guard(in_process=True, dpop=policy, revocation=revocation)
+    revoked = session_issuer.mint_revoked(revocation, cnf={"jkt": holder.jkt})
+    other = Holder()
+    token = bound(session_issuer, other)
+    for call in open_client(stack, guard):
+        for _ in range(3):
+            response = call("GET", "/me", headers=dpop(revoked, holder.proof(revoked)))
+            assert response.json()["error"] == "invalid_token"
+        assert len(replay) == 0
+        assert call("GET", "/me", headers=dpop(token, other.proof(token))).status_code == 200
 
 
 @pytest.mark.anyio

@@ -39,7 +39,7 @@ from bearerguard._core.mtls import (
     der_from_header,
     der_from_pem,
 )
-from bearerguard.dpop import DPoPPolicy
+from bearerguard.dpop import DPoPPolicy, MemoryDPoPReplayStore
 from bearerguard.errors import CertificateBindingError, ConfigurationError, MalformedTokenError
 from bearerguard.mtls import CertificateBinding, environ_certificate, scope_certificate
 from bearerguard.testing import DevIssuer
@@ -568,6 +568,25 @@ def _exercise(url: str, issuer: DevIssuer, pki: PKI, files: Files) -> None:
         assert stolen.status_code == 401
         assert 'error="invalid_token"' in stolen.headers["www-authenticate"]
         assert mallory.get(url, headers=bearer(issuer.mint())).status_code == 200
+
+
+def test_a_proof_refused_for_its_certificate_is_not_remembered(
+    session_issuer: DevIssuer, pki: PKI
+) -> None:
+    from tests.test_dpop import Holder
+
+    # RFC 9449 §11.1: the proof of a request refused for its certificate (RFC 8705 §3) is not
+    # recorded: a token bound both ways, used without its certificate, filled the replay store.
+    holder = Holder()
+    replay = MemoryDPoPReplayStore(max_entries=1)
+    policy = DPoPPolicy(replay=replay)
+    guard = session_issuer.guard(in_process=True, dpop=policy, mtls=CertificateBinding())
+    token = session_issuer.mint(cnf={"x5t#S256": pki.alice.thumbprint, "jkt": holder.jkt})
+    url = "https://testserver/me"
+    for nobody in open_client("asgi", guard, None):
+        headers = {"Authorization": f"DPoP {token}", "DPoP": holder.proof(token, url=url)}
+        assert nobody("GET", "/me", headers=headers).status_code == 401
+        assert len(replay) == 0
 
 
 def test_dpop_scheme_with_a_certificate_bound_token(session_issuer: DevIssuer, pki: PKI) -> None:

@@ -640,10 +640,11 @@ class BearerGuard:
         self._cache: dict[bytes, Verified] | None = {} if cache_size > 0 else None
         self._cache_size = cache_size
         # What reused() looks in: no cache when a reuse may need I/O (the store has no
-        # answer without a coroutine, or usage monitoring counts every use).
-        self._reuse_cache = (
-            self._cache if self._reuse_check is not None and self.usage is None else None
-        )
+        # answer without a coroutine, or usage monitoring counts every use), or a check of
+        # the request: a DPoP proof (RFC 9449 §7.1) or the client certificate (RFC 8705 §3).
+        bound = dpop is not None or mtls is not None
+        reusable = self._reuse_check is not None and self.usage is None and not bound
+        self._reuse_cache = self._cache if reusable else None
         # The async fetch under way: the event loop it runs in, and what it sets when done.
         self._refreshing: tuple[object, anyio.Event] | None = None
         self._fetch_lock = threading.Lock()

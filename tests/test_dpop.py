@@ -580,6 +580,18 @@ def test_replayed_proof_is_refused(call: Client, session_issuer: DevIssuer, hold
     assert rejected[0]["detail"] == "proof jti replayed"
 
 
+def test_reused_serves_no_bound_token_without_its_proof(
+    session_issuer: DevIssuer, holder: Holder
+) -> None:
+    # guard.reused() answers the middlewares' cache-hit fast path, which checks no proof: on
+    # a guard with DPoP it handed out a DPoP-bound token on its credentials alone.
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy())
+    token = bound(session_issuer, holder)
+    for call in open_client("asgi", guard):
+        assert call("GET", "/me", headers=dpop(token, holder.proof(token))).status_code == 200
+    assert guard.reused(token.encode()) is None
+
+
 def test_cached_token_needs_a_fresh_proof_each_time(
     call: Client, session_issuer: DevIssuer, holder: Holder
 ) -> None:

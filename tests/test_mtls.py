@@ -328,6 +328,18 @@ def test_bound_token_with_its_certificate(stack: str, session_issuer: DevIssuer,
         assert "without a client certificate" in rejected[1]["detail"]
 
 
+def test_reused_serves_no_bound_token_without_its_certificate(
+    session_issuer: DevIssuer, pki: PKI
+) -> None:
+    # guard.reused() answers the middlewares' cache-hit fast path, which reads no
+    # certificate: it handed out a certificate-bound token on its credentials alone.
+    guard = session_issuer.guard(in_process=True, mtls=CertificateBinding())
+    token = session_issuer.mint(cnf={"x5t#S256": pki.alice.thumbprint})
+    for alice in open_client("asgi", guard, pki.alice.pem):
+        assert alice("GET", "/me", headers=bearer(token)).status_code == 200
+    assert guard.reused(token.encode()) is None
+
+
 def test_unbound_tokens_stay_bearer_tokens(stack: str, session_issuer: DevIssuer, pki: PKI) -> None:
     token = session_issuer.mint()
     for with_cert, without in clients(stack, session_issuer, pki.alice.pem, None):

@@ -78,7 +78,9 @@ def check_resource(resource: str) -> str:
         raise ConfigurationError(
             f"resource must have no query and no fragment (RFC 8707 §2): {resource!r}"
         )
-    if any(segment in (".", "..") for segment in parts.path.split("/")):
+    # RFC 3986 §6.2.2.2: "%2e" is ".", and WHATWG URL parsers (browsers, Node) remove
+    # "%2e%2e" as they remove "..": compared decoded, as the metadata paths are served.
+    if any(segment in (".", "..") for segment in unquote(parts.path).split("/")):
         raise ConfigurationError(f"resource must not have dot segments: {resource!r}")
     origin = f"{parts.scheme}://{parts.netloc}"
     if origin != origin.lower():

@@ -157,6 +157,10 @@ def test_the_document_states_the_sender_constrained_tokens_the_guard_takes() -> 
         "https://api.example/mcp#x",
         "https://api.example/a/../b",
         "https://api.example/./mcp",
+        # Percent-encoded: a WHATWG URL parser removes them as it removes "." and "..".
+        "https://api.example/a/%2e%2e/b",
+        "https://api.example/%2E/mcp",
+        "https://api.example/mcp/.%2e",
     ],
 )
 def test_a_resource_with_a_fragment_or_dot_segments_is_refused(resource: str) -> None:

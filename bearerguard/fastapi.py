@@ -121,7 +121,7 @@ async def _answer_refusal(request: Request, exc: Exception) -> Response:
 
 class _MetadataRoute(BaseRoute):
     """The protected-resource metadata (RFC 9728 §3) at one path, answering any method as
-    the middlewares do (GET and HEAD; 405 otherwise).
+    the middlewares do (GET and HEAD, OPTIONS for a CORS preflight; 405 otherwise).
 
     The path is compared literally (a resource path may decode to ``{`` or ``:``, which a
     ``Route`` would read as a parameter), and a route of the app's own at the same path,

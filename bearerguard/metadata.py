@@ -33,6 +33,18 @@ __all__ = ["WELL_KNOWN_PATH", "ProtectedResource", "ResourceMetadata", "check_re
 WELL_KNOWN_PATH = "/.well-known/oauth-protected-resource"
 """The well-known URI suffix registered by RFC 9728 §3."""
 
+_ALLOWED = "GET, HEAD, OPTIONS"
+# A browser sends a CORS preflight (Fetch standard, "CORS-preflight fetch") before a GET
+# carrying a header of its own, as MCP clients send MCP-Protocol-Version: without these
+# headers in a 2xx answer, the browser never sends the GET.
+_PREFLIGHT = [
+    ("allow", _ALLOWED),
+    ("access-control-allow-origin", "*"),
+    ("access-control-allow-methods", "GET, HEAD"),
+    ("access-control-allow-headers", "*"),
+    ("access-control-max-age", "3600"),
+]
+
 
 def _strings(values: Iterable[str], what: str) -> tuple[str, ...]:
     items = (values,) if isinstance(values, str) else tuple(values)
@@ -203,11 +215,14 @@ class ProtectedResource:
     def response(self, method: str) -> tuple[int, list[tuple[str, str]], bytes]:
         """The answer to a request for the document: ``(status, headers, body)``.
 
-        ``GET`` and ``HEAD`` get the document (no body for ``HEAD``); any other method 405.
-        The document is public: it is readable cross-origin, as browser-based clients need.
+        ``GET`` and ``HEAD`` get the document (no body for ``HEAD``), ``OPTIONS`` the CORS
+        preflight answer; any other method 405. The document is public: it is readable
+        cross-origin, as browser-based clients need.
         """
+        if method == "OPTIONS":
+            return 204, _PREFLIGHT, b""
         if method not in ("GET", "HEAD"):
-            return 405, [("allow", "GET, HEAD"), ("content-length", "0")], b""
+            return 405, [("allow", _ALLOWED), ("content-length", "0")], b""
         headers = [
             ("content-type", "application/json"),
             ("content-length", str(len(self.body))),

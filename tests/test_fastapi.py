@@ -401,7 +401,11 @@ async def test_the_metadata_the_challenges_name_is_served(
     assert document.json()["resource"] == "https://api.example/api"
     assert document.headers["access-control-allow-origin"] == "*"
     assert (head.status_code, head.content) == (200, b"")
-    assert (post.status_code, post.headers["allow"], post.content) == (405, "GET, HEAD", b"")
+    assert (post.status_code, post.headers["allow"], post.content) == (
+        405,
+        "GET, HEAD, OPTIONS",
+        b"",
+    )
     assert (
         "/.well-known/oauth-protected-resource/api"
         not in build_api(guard, middleware=middleware).openapi()["paths"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
+from starlette.testclient import TestClient
 
 from bearerguard import BearerGuard
 from bearerguard._core.scopes import ScopeImplications
@@ -12,6 +14,7 @@ from bearerguard.issuers import TrustedIssuers
 from bearerguard.metadata import WELL_KNOWN_PATH, ProtectedResource, ResourceMetadata
 from bearerguard.mtls import CertificateBinding
 from bearerguard.testing import DevIssuer
+from tests.apps import build_app, build_flask_app
 
 pytestmark = pytest.mark.anyio
 
@@ -95,7 +98,7 @@ def test_document_members() -> None:
     assert published.response("HEAD")[2] == b""
     assert published.response("POST")[:2] == (
         405,
-        [("allow", "GET, HEAD"), ("content-length", "0")],
+        [("allow", "GET, HEAD, OPTIONS"), ("content-length", "0")],
     )
     assert repr(published) == "ProtectedResource('https://api.example')"
 
@@ -222,6 +225,29 @@ def test_the_resource_is_the_default_audience() -> None:
     other = BearerGuard(issuer=ISSUER, audience="api://items", resource="https://api.example")
     assert other.audiences == ("api://items",)
     assert BearerGuard(issuer=ISSUER, audience="a").resource is None
+
+
+def test_a_browsers_cors_preflight_for_the_document_is_answered() -> None:
+    # A browser-based MCP client sends MCP-Protocol-Version with its GET: the browser asks
+    # first with a preflight, and sends the GET only after a 2xx allowing it (Fetch standard).
+    guard = BearerGuard(
+        issuer=ISSUER, jwks_uri=ISSUER + "/jwks", resource="https://api.example/mcp"
+    )
+    url = "https://api.example/.well-known/oauth-protected-resource/mcp"
+    preflight = {
+        "Origin": "https://client.example",
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "mcp-protocol-version",
+    }
+    with TestClient(build_app(guard)) as client:
+        answers = [client.options(url, headers=preflight)]
+    with httpx.Client(transport=httpx.WSGITransport(app=build_flask_app(guard))) as client:
+        answers.append(client.options(url, headers=preflight))
+    for answer in answers:
+        assert (answer.status_code, answer.content) == (204, b"")
+        assert answer.headers["access-control-allow-origin"] == "*"
+        assert "GET" in answer.headers["access-control-allow-methods"]
+        assert answer.headers["access-control-allow-headers"] == "*"
 
 
 async def test_a_token_for_another_resource_is_refused(issuer: DevIssuer) -> None:

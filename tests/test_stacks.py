@@ -370,7 +370,7 @@ def test_metadata_served_on_both_stacks(
     }
     assert head.status_code == 200
     assert head.content == b""
-    assert (post.status_code, post.headers["allow"]) == (405, "GET, HEAD")
+    assert (post.status_code, post.headers["allow"]) == (405, "GET, HEAD, OPTIONS")
 
 
 def test_a_percent_encoded_resource_path_is_served_where_challenges_point(

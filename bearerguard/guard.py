@@ -665,6 +665,7 @@ class BearerGuard:
                 dpop_algorithms=None if dpop is None else dpop.allowed,
                 dpop_required=dpop is not None and dpop.mode == "required",
                 mtls=self.mtls is not None,
+                upstream=bindings_checked_upstream,
             )
         # One check on the middlewares' hot path: does any request need more than a token?
         self.sender_constrained = dpop is not None or mtls is not None

@@ -112,6 +112,22 @@ def _states(given: Any, value: Any) -> bool:
     return bool(given == value)
 
 
+def _unchecked(document: dict[str, Any], *, dpop: bool, mtls: bool) -> str | None:
+    """A member claiming a binding the guard does not check: DPoP without ``dpop``, client
+    certificates without ``mtls`` (``False`` and ``0`` claim nothing, as omission)."""
+    if not mtls and document.get("tls_client_certificate_bound_access_tokens") not in (
+        None,
+        False,
+    ):
+        return "tls_client_certificate_bound_access_tokens"
+    if not dpop:
+        if "dpop_signing_alg_values_supported" in document:
+            return "dpop_signing_alg_values_supported"
+        if document.get("dpop_bound_access_tokens_required") not in (None, False):
+            return "dpop_bound_access_tokens_required"
+    return None
+
+
 class ProtectedResource:
     """The metadata of one protected resource, and where it is published.
 
@@ -184,18 +200,29 @@ class ProtectedResource:
         return named
 
     def binding(
-        self, *, dpop_algorithms: Iterable[str] | None, dpop_required: bool, mtls: bool
+        self,
+        *,
+        dpop_algorithms: Iterable[str] | None,
+        dpop_required: bool,
+        mtls: bool,
+        upstream: bool = False,
     ) -> ProtectedResource:
         """This metadata stating which sender-constrained tokens the guard accepts.
 
         RFC 9728 §2: ``tls_client_certificate_bound_access_tokens`` and
         ``dpop_bound_access_tokens_required`` mean false when omitted, so a guard that checks
         certificate-bound tokens (RFC 8705) or requires DPoP (RFC 9449) must say so; the DPoP
-        proof algorithms go in ``dpop_signing_alg_values_supported``.
+        proof algorithms go in ``dpop_signing_alg_values_supported``. A guard that checks
+        neither may not claim them (clients would get bound tokens it refuses), unless a
+        gateway in front checks them (``upstream``).
 
         Raises:
             ConfigurationError: an ``extra`` member that says otherwise.
         """
+        dpop = dpop_algorithms is not None
+        claimed = None if upstream else _unchecked(self.document, dpop=dpop, mtls=mtls)
+        if claimed is not None:
+            raise ConfigurationError(f"extra metadata member {claimed!r} contradicts the guard")
         members: dict[str, Any] = {}
         if mtls:
             members["tls_client_certificate_bound_access_tokens"] = True

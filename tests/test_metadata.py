@@ -139,6 +139,23 @@ def test_the_document_states_the_sender_constrained_tokens_the_guard_takes() -> 
                 extra={"tls_client_certificate_bound_access_tokens": False}
             ),
         )
+    # Claiming a binding the guard does not check contradicts it too: clients would obtain
+    # bound tokens, which the guard refuses; unless a gateway in front checks them.
+    for claim in (
+        {"dpop_bound_access_tokens_required": True},
+        {"dpop_signing_alg_values_supported": ["ES256"]},
+        {"tls_client_certificate_bound_access_tokens": True},
+    ):
+        with pytest.raises(ConfigurationError, match="contradicts"):
+            document(resource_metadata=ResourceMetadata(extra=claim))
+        upstream = document(
+            resource_metadata=ResourceMetadata(extra=claim), bindings_checked_upstream=True
+        )
+        assert claim.items() <= upstream.items()
+    unclaimed = {"dpop_bound_access_tokens_required": False}
+    assert (
+        unclaimed.items() <= document(resource_metadata=ResourceMetadata(extra=unclaimed)).items()
+    )
     # Several issuers: the document naming them all keeps the members.
     policy = DPoPPolicy(mode="required")
     guards = [

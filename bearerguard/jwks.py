@@ -68,7 +68,10 @@ def check_url(url: str, what: str) -> str:
         parts = urlsplit(url)
         host = parts.hostname or ""
         parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
-    except ValueError:
+        # What httpx refuses on every request (a control character, a malformed IDNA host:
+        # an InvalidURL or a UnicodeError, neither an httpx.HTTPError) is refused here.
+        httpx.URL(url).host  # noqa: B018
+    except (ValueError, httpx.InvalidURL):
         raise refusal from None
     secure = parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(host))
     if not secure or not host or parts.username or parts.password or parts.fragment:

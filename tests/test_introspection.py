@@ -588,6 +588,10 @@ def test_a_guard_answers_503_past_the_limit(issuer: DevIssuer, server: Introspec
         ("https://as.example/introspect", {"max_concurrent": 0}),
         ("https://as.example/introspect", {"max_concurrent": 2.5}),
         ("https://as.example/introspect", {"max_concurrent": True}),
+        # URLs httpx refuses on every request: refused here, not a 500 per opaque token.
+        ("http://127.0.0.1:8000/introspect\x7f", {}),
+        ("https://as\x00.example/introspect", {}),
+        ("https://xn--/introspect", {}),
     ],
 )
 def test_configuration_is_checked(endpoint: str, options: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ __all__ = ["WELL_KNOWN_PATH", "ProtectedResource", "ResourceMetadata", "check_re
 WELL_KNOWN_PATH = "/.well-known/oauth-protected-resource"
 """The well-known URI suffix registered by RFC 9728 §3."""
 
+_DEFAULT_PORTS = {"https": 443, "http": 80}
 _ALLOWED = "GET, HEAD, OPTIONS"
 # A browser sends a CORS preflight (Fetch standard, "CORS-preflight fetch") before a GET
 # carrying a header of its own, as MCP clients send MCP-Protocol-Version: without these
@@ -78,8 +79,9 @@ def check_resource(resource: str) -> str:
     """Validate a resource identifier (RFC 8707 §2, RFC 9728 §1.2).
 
     It must be an absolute https URL (http only on a loopback host, for development) with
-    no query and no fragment, and in canonical form: lower-case scheme and host, so that
-    the ``aud`` clients obtain for it compares equal to it.
+    no query and no fragment, and in canonical form: lower-case scheme and host, no dot
+    segments, no default port, so that the ``aud`` clients obtain for it compares equal to
+    it.
 
     Raises:
         ConfigurationError: any other value.
@@ -97,6 +99,14 @@ def check_resource(resource: str) -> str:
     origin = f"{parts.scheme}://{parts.netloc}"
     if origin != origin.lower():
         raise ConfigurationError(f"resource must use a lower-case scheme and host: {resource!r}")
+    # RFC 3986 §6.2.3: the scheme's default port, an empty port or leading zeros are not
+    # canonical; clients (WHATWG URL parsers) drop them, so their aud would never match.
+    _, colon, port = parts.netloc.rpartition("]")[2].partition(":")
+    if colon and (port != str(parts.port) or parts.port == _DEFAULT_PORTS[parts.scheme]):
+        raise ConfigurationError(
+            f"resource must not name its scheme's default port, nor a port in another "
+            f"form than its number: {resource!r}"
+        )
     return resource
 
 

@@ -190,6 +190,29 @@ def test_a_resource_with_a_fragment_or_dot_segments_is_refused(resource: str) ->
 
 
 @pytest.mark.parametrize(
+    "resource",
+    [
+        "https://api.example:443/mcp",
+        "https://api.example:/mcp",
+        "https://api.example:0443/mcp",
+        "http://127.0.0.1:80/mcp",
+        "http://[::1]:80/mcp",
+        "https://api.example:08443",
+    ],
+)
+def test_a_resource_with_a_port_in_another_form_than_clients_send_is_refused(
+    resource: str,
+) -> None:
+    # RFC 3986 §6.2.3: clients drop a default port (and read 0443 as 443), so the aud they
+    # obtain is "https://api.example/mcp": a guard expecting the port refused every token.
+    with pytest.raises(ConfigurationError, match="port"):
+        BearerGuard(issuer=ISSUER, resource=resource)
+    canonical = "https://api.example:8443/mcp"
+    assert BearerGuard(issuer=ISSUER, resource=canonical).audiences == (canonical,)
+    assert BearerGuard(issuer=ISSUER, resource="http://[::1]:8000/mcp").resource
+
+
+@pytest.mark.parametrize(
     ("options", "match"),
     [
         ({"resource": "ftp://api.example"}, "https URL"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,8 @@ WELL_KNOWN_PATH = "/.well-known/oauth-protected-resource"
 """The well-known URI suffix registered by RFC 9728 §3."""
 
 _DEFAULT_PORTS = {"https": 443, "http": 80}
+# RFC 3986 §2: unreserved and reserved characters, and percent-encoded octets.
+_URI = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
 _ALLOWED = "GET, HEAD, OPTIONS"
 # A browser sends a CORS preflight (Fetch standard, "CORS-preflight fetch") before a GET
 # carrying a header of its own, as MCP clients send MCP-Protocol-Version: without these
@@ -87,6 +90,10 @@ def check_resource(resource: str) -> str:
         ConfigurationError: any other value.
     """
     check_url(resource, "resource")
+    if _URI.fullmatch(resource) is None:
+        # RFC 8707 §2: an absolute URI (RFC 3986 §4.3). A space, a backslash, a quote is in
+        # none: clients' URL parsers encode or rewrite it, and their aud never matched.
+        raise ConfigurationError(f"resource must be a URI (RFC 3986 §2): {resource!r}")
     parts = urlsplit(resource)
     if parts.query or "?" in resource or "#" in resource:
         raise ConfigurationError(

@@ -192,6 +192,25 @@ def test_a_resource_with_a_fragment_or_dot_segments_is_refused(resource: str) ->
 @pytest.mark.parametrize(
     "resource",
     [
+        "https://api.example/a b",
+        "https://api.example\\mcp",
+        "https://api.example/a\\b",
+        'https://api.example/"mcp"',
+        "https://api.example/{mcp}",
+        "https://api.example/m|cp",
+        "https://api.example/%zz",
+    ],
+)
+def test_a_resource_that_is_not_a_uri_is_refused(resource: str) -> None:
+    # RFC 8707 §2: a URI (RFC 3986). Clients' URL parsers encode a space and read a
+    # backslash as a slash: the aud they obtained never equalled such a resource.
+    with pytest.raises(ConfigurationError, match="URI"):
+        BearerGuard(issuer=ISSUER, resource=resource)
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
         "https://api.example:443/mcp",
         "https://api.example:/mcp",
         "https://api.example:0443/mcp",

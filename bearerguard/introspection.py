@@ -293,6 +293,8 @@ class Introspector:
             raise ConfigurationError("active_ttl and inactive_ttl must be finite, not negative")
         if type(max_concurrent) is not int or max_concurrent < 1:
             raise ConfigurationError("max_concurrent must be a positive integer")
+        if not callable(clock):  # called once an answer comes: a TypeError then is a 500
+            raise ConfigurationError("clock must be a callable returning epoch seconds")
         self.client_id = client_id
         self.auth_method = auth_method
         self.timeout = float(timeout)

@@ -402,7 +402,9 @@ class BearerGuard:
             (RFC 7662): a token that is not shaped as a compact JWS is introspected, one that
             is stays verified locally. The answer must say ``active: true`` and carry
             ``exp``; ``iss`` and ``aud``, when present, must match (list them in
-            ``required_claims`` to demand them). The revocation store is asked afterwards,
+            ``required_claims`` to demand them; with ``resource``, ``aud`` is required: an
+            answer naming no audience cannot show the token was obtained for this resource,
+            RFC 8707 §2). The revocation store is asked afterwards,
             as for JWTs. An endpoint failure answers 503 (fail closed).
         keys: static keys for offline use, instead of fetching: a PEM public key, a JWKS
             (dict or JSON text), or a list of these; with several keys, each needs a
@@ -615,7 +617,9 @@ class BearerGuard:
             require_typ=require_typ or strict,
             required_claims=frozenset(required_claims)
             | (_RFC9068_CLAIMS if strict else frozenset())
-            | ({"jti"} if require_jti else frozenset()),
+            | ({"jti"} if require_jti else frozenset())
+            # A JWT's aud is always required; an introspection answer's too, for a resource.
+            | ({"aud"} if resource is not None else frozenset()),
             checks=claim_checks,
             confirmations=_checked_confirmations(dpop, mtls, upstream=bindings_checked_upstream),
         )

@@ -734,6 +734,25 @@ def test_access_token_types_are_accepted_and_dpop_needs_its_binding() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_resource_needs_the_answer_to_name_it(
+    issuer: DevIssuer, server: IntrospectionServer
+) -> None:
+    # RFC 8707 §2 (and MCP): an answer naming no audience cannot show that the token was
+    # obtained for this resource; a token obtained for another one would pass.
+    resource = "https://api.example/mcp"
+    server.activate("no-aud", sub="kim")
+    server.activate("for-us", sub="kim", aud=resource)
+    guard = issuer.guard(resource=resource, introspection=server.introspector())
+    with pytest.raises(InvalidClaimError, match="aud"):
+        await guard.authenticate("no-aud")
+    with pytest.raises(InvalidClaimError, match="aud"):
+        guard.authenticate_sync("no-aud")
+    assert (await guard.authenticate("for-us")).audience == (resource,)
+    # Without a resource, aud stays optional, as RFC 7662 §2.2 makes it.
+    assert (await opaque_guard(issuer, server).authenticate("no-aud")).subject == "kim"
+
+
+@pytest.mark.anyio
 async def test_a_refresh_token_is_not_an_access_token(
     issuer: DevIssuer, server: IntrospectionServer
 ) -> None:

@@ -135,6 +135,11 @@ class TrustedIssuers:
         self.usage: UsageMonitor | SyncUsageMonitor | None = primary.usage
 
     @property
+    def configured(self) -> list[BearerGuard]:
+        """The guards given at construction, the primary first (not those resolved)."""
+        return list(self._guards.values())
+
+    @property
     def issuers(self) -> list[str]:
         """The issuers configured, then those resolved and still cached."""
         return [*self._guards, *self._resolved]

@@ -11,6 +11,10 @@ then starts its mirror, or without one pings Redis, rather than report a stale f
 The other stores a request cannot do without are asked the same way: the usage monitor when
 its policy's ``failure`` is ``"deny"`` (report ``usage``), and the DPoP replay store
 (``dpop``), whose failures answer 503 too.
+
+Given ``TrustedIssuers``, the report holds one such report per configured issuer under
+``issuers``, and is ready when every one of them is (issuers a resolver admits later are
+fetched on their first token, and not reported).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from bearerguard.errors import ServiceUnavailableError
 from bearerguard.guard import BearerGuard
+from bearerguard.issuers import TrustedIssuers
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -36,14 +41,48 @@ _HEADERS = [("content-type", "application/json"), ("cache-control", "no-store")]
 _log = logging.getLogger("bearerguard")
 
 
-def readiness(guard: BearerGuard) -> dict[str, Any]:
+def readiness(guard: BearerGuard | TrustedIssuers) -> dict[str, Any]:
     """The guard's readiness as plain data, without I/O: keys usable, key set age, store health.
 
     A store that reports no health (the memory store) counts as healthy; one that does (the
     Redis store's ``healthy``) must say so. The endpoints ask the store first (``health()``).
     """
+    if isinstance(guard, TrustedIssuers):
+        return _combined({each.issuer: readiness(each) for each in guard.configured})
     needed = _needed(guard)
     return _report(guard, _flag(guard.revocation), {name: _flag(item) for name, item in needed})
+
+
+def _combined(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Several issuers' reports: ready when every one is."""
+    return {"ready": all(report["ready"] for report in reports.values()), "issuers": reports}
+
+
+async def _asked_report(guard: BearerGuard | TrustedIssuers, warm_up: bool) -> dict[str, Any]:
+    """The report, each store asked through ``health()``; keys fetched first if asked to."""
+    if isinstance(guard, TrustedIssuers):
+        return _combined(
+            {each.issuer: await _asked_report(each, warm_up) for each in guard.configured}
+        )
+    if warm_up and not guard.keys_ready():
+        with contextlib.suppress(ServiceUnavailableError):  # reported below as not ready
+            await guard.warm_up()
+    healthy = await _asked(guard.revocation)
+    others = {name: await _asked(item) for name, item in _needed(guard)}
+    return _report(guard, healthy, others)
+
+
+def _asked_report_sync(guard: BearerGuard | TrustedIssuers, warm_up: bool) -> dict[str, Any]:
+    """``_asked_report`` for WSGI: ``health_sync()``, ``warm_up_sync()``."""
+    if isinstance(guard, TrustedIssuers):
+        return _combined(
+            {each.issuer: _asked_report_sync(each, warm_up) for each in guard.configured}
+        )
+    if warm_up and not guard.keys_ready():
+        with contextlib.suppress(ServiceUnavailableError):  # reported below as not ready
+            guard.warm_up_sync()
+    others = {name: _asked_sync(item) for name, item in _needed(guard)}
+    return _report(guard, _asked_sync(guard.revocation), others)
 
 
 def _needed(guard: BearerGuard) -> list[tuple[str, object]]:
@@ -134,12 +173,12 @@ class ReadinessEndpoint:
     ran at start-up) or, without a mirror, pings Redis.
 
     Args:
-        guard: the guard to report on.
+        guard: the guard to report on (a ``TrustedIssuers``: each configured issuer's).
         warm_up: when keys are not loaded yet, try to fetch them before answering (bounded
             by the guard's fetch timeout).
     """
 
-    def __init__(self, guard: BearerGuard, *, warm_up: bool = True) -> None:
+    def __init__(self, guard: BearerGuard | TrustedIssuers, *, warm_up: bool = True) -> None:
         self.guard = guard
         self.warm_up = warm_up
 
@@ -154,12 +193,7 @@ class ReadinessEndpoint:
         if scope["method"] not in ("GET", "HEAD"):
             await _send(send, 405, b'{"error": "method_not_allowed"}', [("allow", "GET, HEAD")])
             return
-        if self.warm_up and not self.guard.keys_ready():
-            with contextlib.suppress(ServiceUnavailableError):  # reported below as not ready
-                await self.guard.warm_up()
-        healthy = await _asked(self.guard.revocation)
-        others = {name: await _asked(item) for name, item in _needed(self.guard)}
-        status, body = _answer(_report(self.guard, healthy, others))
+        status, body = _answer(await _asked_report(self.guard, self.warm_up))
         await _send(send, status, body, head=scope["method"] == "HEAD")
 
 
@@ -182,7 +216,7 @@ def _headers(body: bytes, extra: Iterable[tuple[str, str]] = ()) -> list[tuple[s
     return [*_HEADERS, ("content-length", str(len(body))), *extra]
 
 
-def readiness_wsgi(guard: BearerGuard, *, warm_up: bool = True) -> Any:
+def readiness_wsgi(guard: BearerGuard | TrustedIssuers, *, warm_up: bool = True) -> Any:
     """The same check as a WSGI app (mount it with your framework, or wrap it in a route):
     ``GET`` and ``HEAD`` only, as the ASGI endpoint.
 
@@ -196,11 +230,7 @@ def readiness_wsgi(guard: BearerGuard, *, warm_up: bool = True) -> Any:
             refused = b'{"error": "method_not_allowed"}'
             start_response("405 Method Not Allowed", _headers(refused, [("allow", "GET, HEAD")]))
             return [refused]
-        if warm_up and not guard.keys_ready():
-            with contextlib.suppress(ServiceUnavailableError):  # reported below as not ready
-                guard.warm_up_sync()
-        others = {name: _asked_sync(item) for name, item in _needed(guard)}
-        status, body = _answer(_report(guard, _asked_sync(guard.revocation), others))
+        status, body = _answer(_asked_report_sync(guard, warm_up))
         start_response("200 OK" if status == 200 else "503 Service Unavailable", _headers(body))
         return [b"" if method == "HEAD" else body]
 

@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 from bearerguard import AccessToken, BearerGuard
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.errors import ConfigurationError
+from bearerguard.issuers import TrustedIssuers
 from bearerguard.metrics import (
     CACHE,
     DECISION_SECONDS,
@@ -400,3 +401,36 @@ def test_readiness_states_the_length_of_its_document(issuer: DevIssuer, stack: s
     assert head.content == b""
     assert refused.status_code == 405
     assert refused.headers["content-length"] == str(len(refused.content))
+
+
+def _readiness_client(guard: BearerGuard | TrustedIssuers, stack: str) -> httpx.Client:
+    if stack == "asgi":
+        return TestClient(ReadinessEndpoint(guard), base_url="http://t")
+    transport = httpx.WSGITransport(app=readiness_wsgi(guard))
+    return httpx.Client(transport=transport, base_url="http://t")
+
+
+@pytest.mark.parametrize("stack", ["asgi", "wsgi"])
+def test_readiness_of_several_issuers_reports_each(issuer: DevIssuer, stack: str) -> None:
+    # ReadinessEndpoint(TrustedIssuers(...)) answered 500 to every probe.
+    with DevIssuer() as other:
+        trusted = TrustedIssuers([issuer.guard(), other.guard()])
+        with _readiness_client(trusted, stack) as client:
+            ready = client.get("/")
+        assert ready.status_code == 200
+        report = ready.json()
+        assert report["ready"] is True
+        assert set(report["issuers"]) == {issuer.url, other.url}
+        plain = readiness(trusted)
+        assert plain["ready"] is True
+        assert {name: each["ready"] for name, each in plain["issuers"].items()} == {
+            issuer.url: True,
+            other.url: True,
+        }
+        # One issuer's keys cannot be had: not ready, and the report says which.
+        other.overrides[other.jwks_path] = Override(status=503)
+        with _readiness_client(TrustedIssuers([issuer.guard(), other.guard()]), stack) as client:
+            down = client.get("/")
+        assert down.status_code == 503
+        assert down.json()["issuers"][other.url]["ready"] is False
+        assert down.json()["issuers"][issuer.url]["ready"] is True

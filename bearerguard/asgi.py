@@ -37,6 +37,7 @@ from bearerguard._core.extract import (
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard.audit import RequestInfo
+from bearerguard.decorators import misplaced_decorators, unchecked_endpoints
 from bearerguard.dpop import DPoPPolicy, DPoPRequest, dpop_request
 from bearerguard.errors import (
     AuthError,
@@ -98,6 +99,18 @@ class TokenCredentials(AuthCredentials):
     def __init__(self, access_token: AccessToken) -> None:
         super().__init__()
         self.scopes = tuple(sorted(access_token.scopes))  # type: ignore[assignment]
+
+
+async def _refuse_startup(receive: Receive, send: Send, unchecked: list[str]) -> None:
+    """Fail the application's start-up (the server exits) rather than serve those routes.
+
+    As Starlette's own lifespan does: ``lifespan.startup.failed``, then the error raised.
+    """
+    text = misplaced_decorators(unchecked)
+    message = await receive()
+    if message["type"] == "lifespan.startup":
+        await send({"type": "lifespan.startup.failed", "message": text})
+    raise ConfigurationError(text)
 
 
 async def _serve_metadata(resource: ProtectedResource, scope: Scope, send: Send) -> None:
@@ -292,8 +305,13 @@ class BearerGuardMiddleware:
     ) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":  # noqa: PLR1714 - the hot path: no tuple
-            if kind == "lifespan" and self.warm_up:
-                receive = self._warming(receive)
+            if kind == "lifespan":
+                unchecked = unchecked_endpoints(scope.get("app", self.app))
+                if unchecked:
+                    await _refuse_startup(receive, send, unchecked)
+                    return
+                if self.warm_up:
+                    receive = self._warming(receive)
             await self.app(scope, receive, send)
             return
         started = perf_counter()

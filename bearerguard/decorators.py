@@ -16,6 +16,7 @@ run before the check.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import itertools
@@ -51,6 +52,7 @@ __all__ = [
     "requires_any_scope",
     "requires_scopes",
     "scope_requirements",
+    "unchecked_endpoints",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -66,6 +68,11 @@ else:
     # coroutine) with asgiref's markcoroutinefunction: before Python 3.12, an attribute that
     # only asyncio.iscoroutinefunction reads. Wrapped as sync, its refusal would be awaited.
     _is_coroutine_function = asyncio.iscoroutinefunction
+
+_WRAPPED_ATTRIBUTE = "__bearerguard_wrapped__"
+"""Set on a function a scope decorator wrapped, to the function's ``id``: an endpoint that
+is such a function itself (a copy made by ``functools.wraps`` holds another object's id)
+was decorated above its route decorator, which registered it unwrapped."""
 
 REQUIREMENT_ATTRIBUTE = "__bearerguard_scopes__"
 """Where a decorated handler keeps its ``ScopeRequirement`` (read for OpenAPI documents)."""
@@ -288,6 +295,9 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
 
             wrapper = sync_wrapper
         setattr(wrapper, REQUIREMENT_ATTRIBUTE, requirement)
+        # A bound method or a builtin takes no attribute: left unmarked.
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(func, _WRAPPED_ATTRIBUTE, id(func))
         # A FastAPI app has imported fastapi before its path operations are decorated;
         # Starlette, Flask and Django apps never pay for importing it.
         if "fastapi" in sys.modules:
@@ -295,6 +305,48 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
         return cast(F, wrapper)
 
     return decorate
+
+
+def _wrapped_later(endpoint: object) -> bool:
+    return getattr(endpoint, _WRAPPED_ATTRIBUTE, None) == id(endpoint)
+
+
+def unchecked_endpoints(app: object) -> list[str]:
+    """Routes of ``app`` whose endpoint a scope decorator wrapped only after the route had
+    registered it (the decorator written above ``@app.get(...)``): they run unchecked.
+
+    Reads Starlette and FastAPI routes (``Mount``, ``Host`` and routers included, as far as
+    they expose ``routes``) and a Flask app's view functions; anything else has none.
+    """
+    found: list[str] = []
+    views = getattr(app, "view_functions", None)
+    if isinstance(views, dict):  # Flask
+        found += [f"view {name!r}" for name, view in views.items() if _wrapped_later(view)]
+    seen: set[int] = set()
+
+    def visit(routes: object, prefix: str) -> None:
+        if not isinstance(routes, list | tuple) or id(routes) in seen:
+            return
+        seen.add(id(routes))
+        for route in routes:
+            path = prefix + str(getattr(route, "path", ""))
+            if _wrapped_later(getattr(route, "endpoint", None)):
+                methods = ",".join(sorted(getattr(route, "methods", None) or ()))
+                found.append(f"{methods} {path}".strip())
+            visit(getattr(route, "routes", None), path)
+
+    visit(getattr(app, "routes", None), "")
+    return found
+
+
+def misplaced_decorators(unchecked: list[str]) -> str:
+    """The error naming routes whose scope decorator sits above the route decorator."""
+    listed = ", ".join(unchecked[:10]) + (", ..." if len(unchecked) > 10 else "")
+    return (
+        f"requires_scopes (or requires_any_scope) is written above the route decorator of "
+        f"{listed}: the route registered the function unwrapped and would run unchecked. "
+        "Put the scope decorator below the route decorator, next to the function."
+    )
 
 
 def requires_scopes(*scopes: str) -> Callable[[F], F]:

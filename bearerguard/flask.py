@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from bearerguard.decorators import misplaced_decorators, unchecked_endpoints
+from bearerguard.errors import ConfigurationError
 from bearerguard.guard import BearerGuard
 from bearerguard.issuers import TrustedIssuers
 from bearerguard.wsgi import BearerGuardWSGIMiddleware, responder_for
@@ -37,8 +39,12 @@ def protect(
     ``get_access_token(flask.request)``) returns the token inside views.
 
     Raises:
-        ConfigurationError: as ``BearerGuardWSGIMiddleware``.
+        ConfigurationError: as ``BearerGuardWSGIMiddleware``; or a view registered so far
+            has its scope decorator above its route decorator (it would run unchecked).
     """
+    unchecked = unchecked_endpoints(app)
+    if unchecked:
+        raise ConfigurationError(misplaced_decorators(unchecked))
     middleware = BearerGuardWSGIMiddleware(
         app.wsgi_app,
         guard=guard,

@@ -288,3 +288,98 @@ def test_access_token_has_scopes() -> None:
     assert not token.has_scopes("c")
     assert token.audience == ("a",)
     assert token.expires_at.year == 2033
+
+
+# -- a scope decorator above the route decorator ----------------------------------------
+
+
+def _misplaced_api(guard: BearerGuard) -> FastAPI:
+    api = FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard)])
+
+    @requires_scopes("admin")  # above: FastAPI registered the function unwrapped
+    @api.get("/admin")
+    async def admin() -> dict[str, bool]:
+        return {"ok": True}  # pragma: no cover - the app never starts
+
+    return api
+
+
+def test_a_scope_decorator_above_the_route_fails_start_up(session_issuer: DevIssuer) -> None:
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    guard = session_issuer.guard()
+    misplaced = _misplaced_api(guard)
+    with pytest.raises(ConfigurationError, match="decorator of GET /admin"), TestClient(misplaced):
+        pass  # pragma: no cover
+    # Found under a mount too, and named with its full path.
+    sub = FastAPI()
+
+    @requires_any_scope("a", "b")
+    @sub.post("/items")
+    async def create() -> None:
+        pass  # pragma: no cover
+
+    outer = Starlette(
+        routes=[Mount("/v1", app=sub)], middleware=[Middleware(BearerGuardMiddleware, guard=guard)]
+    )
+    with pytest.raises(ConfigurationError, match="POST /v1/items"), TestClient(outer):
+        pass  # pragma: no cover
+    # The right order starts, and a copy of a decorated function made by functools.wraps
+    # (another decorator of the same function) is not mistaken for it.
+    api = FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard)])
+
+    async def report() -> dict[str, bool]:
+        return {"ok": True}
+
+    api.get("/scoped")(requires_scopes("reports:read")(report))
+    api.get("/copy")(functools.wraps(report)(lambda: {"ok": True}))
+    with TestClient(api) as client:
+        token = session_issuer.mint(scopes=["reports:read"])
+        assert client.get("/scoped", headers={"Authorization": f"Bearer {token}"}).json() == {
+            "ok": True
+        }
+
+
+def test_uvicorn_exits_instead_of_serving_a_misplaced_scope_decorator(
+    session_issuer: DevIssuer,
+) -> None:
+    # lifespan "auto", uvicorn's default, reads an exception as "no lifespan support" and
+    # serves anyway: the middleware reports lifespan.startup.failed, and uvicorn exits.
+    import anyio
+    import uvicorn
+
+    config = uvicorn.Config(
+        _misplaced_api(session_issuer.guard()), host="127.0.0.1", port=0, log_level="critical"
+    )
+    server = uvicorn.Server(config)
+    with pytest.raises(SystemExit) as exited:  # uvicorn's own exit: STARTUP_FAILURE
+        anyio.run(server.serve)
+    assert exited.value.code == 3
+    assert not server.started
+
+
+def test_protect_refuses_a_flask_view_with_a_misplaced_scope_decorator(
+    session_issuer: DevIssuer,
+) -> None:
+    import flask
+
+    from bearerguard.flask import protect
+
+    app = flask.Flask(__name__)
+
+    @requires_scopes("admin")
+    @app.get("/admin")
+    def admin() -> str:
+        return "ok"  # pragma: no cover
+
+    with pytest.raises(ConfigurationError, match="view 'admin'"):
+        protect(app, guard=session_issuer.guard())
+    right = flask.Flask(__name__)
+
+    @right.get("/admin")
+    @requires_scopes("admin")
+    def admin_right() -> str:
+        return "ok"  # pragma: no cover
+
+    protect(right, guard=session_issuer.guard())

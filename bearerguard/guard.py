@@ -1153,7 +1153,8 @@ class BearerGuard:
             # A fetch is under way: wait for it when there is nothing usable to go on with.
             if unknown_kid or not self._keys.usable(self.clock()):
                 loop, done = refreshing
-                if loop is anyio.lowlevel.current_token():
+                # Equal, not identical: each current_token() call returns a new token.
+                if loop == anyio.lowlevel.current_token():
                     await done.wait()
                 else:
                     # Another event loop's fetch (one guard serving two loops): its event

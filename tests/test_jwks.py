@@ -486,6 +486,36 @@ def test_a_fetch_under_way_in_another_event_loop_is_waited_for(
 
 
 @pytest.mark.anyio
+async def test_requests_of_the_fetching_loop_wait_on_its_event_not_by_polling(
+    dev: DevIssuer, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fetch's loop was compared by identity with a new anyio token each time: never the
+    # same, so every cold request of the fetching loop itself polled every 10 ms instead.
+    guard = make_guard(dev, clock, discover=False)
+    serve_jwks(dev, delay=0.3)
+    token = mint(dev)
+    polls: list[float] = []
+    sleep = anyio.sleep
+
+    async def counted(delay: float) -> None:
+        polls.append(delay)
+        await sleep(delay)
+
+    monkeypatch.setattr(anyio, "sleep", counted)
+    subjects: list[str | None] = []
+
+    async def authenticate() -> None:
+        subjects.append((await guard.authenticate(token)).subject)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(5):
+            group.start_soon(authenticate)
+    assert subjects == ["user-1"] * 5
+    assert dev.fetch_count() == 1
+    assert polls == []
+
+
+@pytest.mark.anyio
 async def test_a_key_of_another_type_published_under_a_known_kid_is_picked_up(
     clock: FakeClock,
 ) -> None:

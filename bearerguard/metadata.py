@@ -264,7 +264,9 @@ class ProtectedResource:
         cross-origin, as browser-based clients need.
         """
         if method == "OPTIONS":
-            return 204, _PREFLIGHT, b""
+            # A copy, as every answer here: WSGI servers add to the list they are given
+            # (wsgiref and Django's runserver append Content-Length, Connection).
+            return 204, list(_PREFLIGHT), b""
         if method not in ("GET", "HEAD"):
             return 405, [("allow", _ALLOWED), ("content-length", "0")], b""
         headers = [

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+from wsgiref.handlers import SimpleHandler
+
 import httpx
 import pytest
 from starlette.testclient import TestClient
@@ -307,6 +310,30 @@ def test_a_browsers_cors_preflight_for_the_document_is_answered() -> None:
         assert answer.headers["access-control-allow-origin"] == "*"
         assert "GET" in answer.headers["access-control-allow-methods"]
         assert answer.headers["access-control-allow-headers"] == "*"
+
+
+def test_a_wsgi_server_cannot_change_the_preflight_answer_of_later_requests() -> None:
+    # The preflight's headers were one module-level list handed to start_response: wsgiref
+    # (and Django's runserver, built on it) appends Content-Length to the list it is given,
+    # so every later preflight, ASGI ones included, carried it on a 204 (RFC 9110 §8.6).
+    guard = BearerGuard(
+        issuer=ISSUER, jwks_uri=ISSUER + "/jwks", resource="http://127.0.0.1:8000/mcp"
+    )
+    environ = {
+        "REQUEST_METHOD": "OPTIONS",
+        "PATH_INFO": "/.well-known/oauth-protected-resource/mcp",
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+    }
+    answer = io.BytesIO()
+    SimpleHandler(io.BytesIO(), answer, io.StringIO(), environ).run(build_flask_app(guard))
+    assert answer.getvalue().startswith(b"HTTP/1.0 204")
+    status, headers, _ = guard.protected_resource.response("OPTIONS")  # type: ignore[union-attr]
+    assert status == 204
+    assert "content-length" not in {name.lower() for name, _ in headers}
 
 
 async def test_a_token_for_another_resource_is_refused(issuer: DevIssuer) -> None:

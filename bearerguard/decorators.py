@@ -200,6 +200,7 @@ def _with_fastapi_check(
 
     from bearerguard.fastapi import (  # noqa: PLC0415 - imports fastapi
         declares_bearer,
+        declares_dependency,
         raise_refusal,
     )
 
@@ -226,10 +227,14 @@ def _with_fastapi_check(
         # they verify the token the check reads (and only that: no side effects).
         # A method's self stays first and positional: a bound method's signature drops it,
         # and inspect refuses one whose first parameter is keyword-only (ValueError when
-        # FastAPI registers it).
-        head = parameters[:1] if parameters and _defined_in_class(wrapper) else []
-        parameters = parameters[len(head) :]
+        # FastAPI registers it). A dependency is never self (a staticmethod's first
+        # parameter): it goes after the check, as any other.
         namespace = getattr(inspect.unwrap(wrapper), "__globals__", {})
+        method = parameters and _defined_in_class(wrapper)
+        head = (
+            parameters[:1] if method and not declares_dependency(parameters[0], namespace) else []
+        )
+        parameters = parameters[len(head) :]
         bearers = [each for each in parameters if declares_bearer(each, namespace)]
         others = [each for each in parameters if each not in bearers]
         parameters = head + [each.replace(kind=_keyword(each.kind)) for each in bearers]

@@ -192,23 +192,31 @@ def declares_bearer(parameter: inspect.Parameter, namespace: dict[str, Any]) -> 
     As its default (``Security(bearer, ...)``, ``bearer.requires(...)``) or in its
     ``Annotated`` metadata; a string annotation is read in ``namespace``, as FastAPI reads it.
     """
+    return any(
+        isinstance(marker.dependency, BearerAuth)
+        or isinstance(getattr(marker.dependency, _AUTHENTICATES, None), BearerAuth)
+        for marker in _dependencies(parameter, namespace)
+    )
+
+
+def declares_dependency(parameter: inspect.Parameter, namespace: dict[str, Any]) -> bool:
+    """Whether ``parameter`` is a dependency (``Depends``, ``Security``), read as in
+    ``declares_bearer``: never a method's ``self``."""
+    return bool(_dependencies(parameter, namespace))
+
+
+def _dependencies(parameter: inspect.Parameter, namespace: dict[str, Any]) -> list[params.Depends]:
+    """The ``Depends`` markers of ``parameter``: its default, its ``Annotated`` metadata."""
     annotation = parameter.annotation
     if isinstance(annotation, str):
         try:
             annotation = get_typed_annotation(annotation, namespace)
         except Exception:  # noqa: BLE001 - a name defined later: FastAPI will say so
-            return False
+            annotation = None
     markers = [parameter.default]
     if get_origin(annotation) is Annotated:
         markers.extend(get_args(annotation)[1:])
-    return any(
-        isinstance(marker, params.Depends)
-        and (
-            isinstance(marker.dependency, BearerAuth)
-            or isinstance(getattr(marker.dependency, _AUTHENTICATES, None), BearerAuth)
-        )
-        for marker in markers
-    )
+    return [marker for marker in markers if isinstance(marker, params.Depends)]
 
 
 def oauth2_flows(

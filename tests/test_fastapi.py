@@ -354,6 +354,40 @@ def test_decorated_methods_are_path_operations_and_dependencies(
     assert [p["name"] for p in app.openapi()["paths"]["/search"]["get"]["parameters"]] == ["q"]
 
 
+written: list[int] = []
+
+
+def write_record(item_id: int) -> int:
+    written.append(item_id)  # a side effect no under-scoped token may cause
+    return item_id
+
+
+class Records:
+    """A path operation written as a decorated staticmethod whose first parameter is a
+    dependency."""
+
+    @staticmethod
+    @requires_scopes("items:write")
+    def create(record: Annotated[int, Depends(write_record)]) -> dict[str, int]:
+        return {"id": record}
+
+
+def test_a_staticmethods_first_dependency_runs_after_the_check(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # A method's self is kept first; a staticmethod's first parameter was taken for self
+    # and kept before the check too: its dependency wrote for an under-scoped token.
+    app = FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard)])
+    app.add_api_route("/records/{item_id}", Records.create, methods=["POST"])
+    written.clear()
+    with TestClient(app) as client:
+        refused = client.post("/records/1", headers=bearer(session_issuer, "items:read"))
+        created = client.post("/records/2", headers=bearer(session_issuer, "items:write"))
+    assert_refusal(refused, 403, "insufficient_scope")
+    assert created.json() == {"id": 2}
+    assert written == [2]
+
+
 async def test_websocket_dependency(guard: BearerGuard, session_issuer: DevIssuer) -> None:
     for middleware in (False, True):
         with TestClient(build_api(guard, middleware=middleware)) as client:

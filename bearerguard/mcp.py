@@ -218,7 +218,7 @@ class MCPToolScopes:
             denied = check_scopes(auth, required, any_of=False) if needs_check else None
             if denied is not None:
                 refusal = denied[1]
-                headers = [(n.encode(), v.encode("latin-1")) for n, v in refusal.framed_headers]
+                headers = [(n.encode(), v.encode("latin-1")) for n, v in refusal.headers]
                 await _send(send, refusal.status, headers, refusal.body)
                 return
         await self.app(scope, _replay(body, receive), send)
@@ -267,5 +267,8 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    """Write an answer raw, stating its length: without it an HTTP/1.1 server chunks the
+    body, and an HTTP/1.0 client's connection is closed to end it (RFC 9112 §6.3)."""
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -174,6 +174,8 @@ def test_what_cannot_be_checked_is_refused(served: Served, body: bytes, status: 
         response = httpx.post(served.url, content=body, headers=served.headers())
     assert response.status_code == status
     assert response.json()["error"]["code"] in (-32700, -32600)
+    # Written raw: its length stated, not chunked (as every other refusal, RFC 9112 §6.3).
+    assert response.headers["content-length"] == str(len(response.content))
     # Audited as a refusal, after the middleware's acceptance of the token.
     assert [event["event"] for event in events] == ["token.accepted", "token.rejected"]
     assert (events[1]["reason"], events[1]["status"]) == ("invalid_request", status)
@@ -185,6 +187,7 @@ def test_a_batch_is_refused_when_one_call_is(served: Served) -> None:
     response = httpx.post(served.url, json=batch, headers=served.headers())
     assert response.status_code == 403
     assert 'scope="notes:read"' in response.headers["www-authenticate"]
+    assert response.headers.get_list("content-length") == [str(len(response.content))]
 
 
 # -- the SDK's own client ---------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from functools import cache
 from time import perf_counter
 from typing import Any
@@ -105,6 +106,24 @@ def _sdk_user() -> Callable[[AccessToken], TokenUser] | None:
     return MCPTokenUser
 
 
+@cache
+def _sdk_auth_context() -> ContextVar[Any] | None:
+    """The context variable the MCP SDK reads its authenticated user from, if installed.
+
+    The SDK's ``get_access_token()`` reads it, and so does the principal binding of sealed
+    ``requestState`` (MCP 2026-07-28 multi-round-trip requests): unset, every caller is
+    anonymous there, and a ``requestState`` minted for one principal is accepted from any
+    other. The SDK's own ``AuthContextMiddleware`` sets it only behind its own auth.
+    """
+    try:
+        from mcp.server.auth.middleware.auth_context import (  # noqa: PLC0415 - optional
+            auth_context_var,
+        )
+    except ImportError:  # pragma: no cover - the SDK is in the dev extra
+        return None
+    return auth_context_var
+
+
 class _BodyTooLargeError(InvalidRequestError):
     """A POST body over ``max_body_bytes``: refused unread (413)."""
 
@@ -164,19 +183,34 @@ class MCPToolScopes:
         self.default = validate_scope_names(default_scopes) if default_scopes else ()
         self.max_body_bytes = max_body_bytes
         self._sdk_user = _sdk_user()
+        self._sdk_context = _sdk_auth_context()
 
     def required(self, tool: object) -> tuple[str, ...]:
         """The scopes a call of ``tool`` needs."""
         return self.tools.get(tool, self.default) if isinstance(tool, str) else self.default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            verdict = scope.get(SCOPE_KEY)
-            token = verdict.token if isinstance(verdict, RequestAuth) else None
-            if token is not None and self._sdk_user is not None:
-                # Session ownership (MCP security best practices: bind sessions to the
-                # user), for every method: GET streams and DELETE end sessions too.
-                scope["user"] = self._sdk_user(token)
+        verdict = scope.get(SCOPE_KEY) if scope["type"] == "http" else None
+        token = verdict.token if isinstance(verdict, RequestAuth) else None
+        if token is None or self._sdk_user is None:
+            await self._check(scope, receive, send)
+            return
+        # Session ownership (MCP security best practices: bind sessions to the user), for
+        # every method: GET streams and DELETE end sessions too.
+        user = scope["user"] = self._sdk_user(token)
+        context = self._sdk_context
+        if context is None:  # pragma: no cover - both come with the SDK
+            await self._check(scope, receive, send)
+            return
+        # And the SDK's get_access_token() and requestState binding, as its own
+        # AuthContextMiddleware would set them.
+        reset = context.set(user)
+        try:
+            await self._check(scope, receive, send)
+        finally:
+            context.reset(reset)
+
+    async def _check(self, scope: Scope, receive: Receive, send: Send) -> None:
         paths = self._paths
         if (
             scope["type"] != "http"

@@ -30,8 +30,10 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from mcp import Client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+from mcp.server.auth.middleware.auth_context import get_access_token as sdk_token  # noqa: E402
 from mcp.server.mcpserver import Context, MCPServer  # noqa: E402
 from mcp.shared.exceptions import MCPError  # noqa: E402
+from mcp_types import ElicitRequest, ElicitRequestFormParams, InputRequiredResult  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 
@@ -387,6 +389,65 @@ def test_a_stateful_session_is_bound_to_the_principal_that_opened_it(
         mine = client.post("/mcp", json=whoami_call, headers=headers("ana", session))
         assert mine.json()["result"]["structuredContent"] == {"result": "ana"}
         assert client.delete("/mcp", headers=headers("ana", session)).status_code == 200
+
+
+def test_request_state_is_bound_to_the_principal_it_was_minted_for(
+    session_issuer: DevIssuer,
+) -> None:
+    # MCP 2026-07-28: a tool asks for input and hands the client a sealed requestState,
+    # which the SDK binds to the principal its get_access_token() names. Behind the guard
+    # that was nobody, so another principal's retry with the same state was accepted.
+    from starlette.testclient import TestClient
+
+    from bearerguard.asgi import BearerGuardMiddleware
+    from bearerguard.mcp import MCPToolScopes
+
+    server = MCPServer("notes")
+
+    @server.tool()
+    def confirm(ctx: Context) -> InputRequiredResult | str:
+        if ctx.request_state is None:
+            form = ElicitRequestFormParams(
+                message="Sure?", requested_schema={"type": "object", "properties": {}}
+            )
+            state = f"asked {ctx.request_context.request.user.display_name}"
+            return InputRequiredResult(
+                input_requests={"ok": ElicitRequest(params=form)}, request_state=state
+            )
+        token = sdk_token()
+        return f"{ctx.request_state}, answered by {token.subject if token else None}"
+
+    mcp_app = server.streamable_http_app(stateless_http=True, json_response=True)
+    app = BearerGuardMiddleware(
+        MCPToolScopes(mcp_app, tools={}), guard=session_issuer.guard(in_process=True)
+    )
+    version = "2026-07-28"
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": version,
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}},
+    }
+
+    def confirming(**retry: Any) -> dict[str, Any]:
+        message = call("confirm", {})
+        message["params"].update(_meta=meta, **retry)
+        return message
+
+    def headers(sub: str) -> dict[str, str]:
+        routing = {
+            "MCP-Protocol-Version": version,
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": "confirm",
+        }
+        return {**ACCEPT, **routing, "Authorization": f"Bearer {session_issuer.mint(sub=sub)}"}
+
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        asked = client.post("/mcp", json=confirming(), headers=headers("ana")).json()["result"]
+        answer = {"ok": {"action": "accept", "content": {}}}
+        retry = confirming(requestState=asked["requestState"], inputResponses=answer)
+        stolen = client.post("/mcp", json=retry, headers=headers("eve"))
+        mine = client.post("/mcp", json=retry, headers=headers("ana"))
+    assert "error" in stolen.json(), stolen.text
+    assert mine.json()["result"]["structuredContent"] == {"result": "asked ana, answered by ana"}
 
 
 def test_paths_cover_what_a_mount_routes_below_them(session_issuer: DevIssuer) -> None:

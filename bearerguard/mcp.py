@@ -145,7 +145,7 @@ class MCPToolScopes:
             itself under any prefix (``/api/mcp``, whether the MCP app is mounted above or
             inside the wrapped app) and the paths below it (``/messages/<anything>``);
             POSTs to other routes of the app (webhooks, uploads) pass through unread. By
-            default every POST is read as JSON-RPC.
+            default every POST is read as JSON-RPC. Plain paths: no ``"/mcp/*"``.
 
     Every refusal is the RFC 6750 answer with ``resource_metadata`` when the guard has a
     resource, and one ``scope.denied`` audit event. A body that is not strict JSON is
@@ -154,8 +154,8 @@ class MCPToolScopes:
     (``token.rejected``, ``invalid_request``). A batch is refused when any call in it is.
 
     Raises:
-        ConfigurationError: an invalid scope name (here), or no ``BearerGuardMiddleware``
-            in front (at request time).
+        ConfigurationError: an invalid scope name or path (here), or no
+            ``BearerGuardMiddleware`` in front (at request time).
     """
 
     def __init__(
@@ -167,12 +167,8 @@ class MCPToolScopes:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         paths: Iterable[str] | None = None,
     ) -> None:
-        if isinstance(paths, str):
-            raise ConfigurationError("paths is an iterable of paths: ['/mcp'], not a string")
         self.app = app
-        self.paths = None if paths is None else frozenset(paths)
-        if self.paths is not None and not all(p.startswith("/") for p in self.paths):
-            raise ConfigurationError("paths are absolute: '/mcp', not 'mcp'")
+        self.paths = _endpoint_paths(paths)
         self._paths = None if self.paths is None else frozenset(p.rstrip("/") for p in self.paths)
         self.tools = {
             name: validate_scope_names([scopes] if isinstance(scopes, str) else scopes)
@@ -271,6 +267,31 @@ class MCPToolScopes:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _endpoint_paths(paths: Iterable[str] | None) -> frozenset[str] | None:
+    """``paths`` checked: an entry that can never match leaves every tool call unchecked.
+
+    Raises:
+        ConfigurationError: a string, no path at all, a relative path, or one with a
+            wildcard, query or fragment (``"/mcp/*"``, as ``public_paths`` spells a prefix).
+    """
+    if paths is None:
+        return None
+    if isinstance(paths, str):
+        raise ConfigurationError("paths is an iterable of paths: ['/mcp'], not a string")
+    entries = frozenset(paths)
+    if not entries:
+        raise ConfigurationError("paths is empty: no POST would be checked (None checks all)")
+    for entry in entries:
+        if not isinstance(entry, str) or not entry.startswith("/"):
+            raise ConfigurationError(f"paths are absolute: '/mcp', not {entry!r}")
+        if any(char in entry for char in "*?#"):
+            raise ConfigurationError(
+                f"paths are plain paths: '/mcp' covers itself under any prefix and the "
+                f"paths below it; no wildcard, query or fragment: {entry!r}"
+            )
+    return entries
 
 
 def _on_paths(scope: Scope, paths: frozenset[str]) -> bool:

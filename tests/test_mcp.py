@@ -476,6 +476,19 @@ def test_paths_cover_what_a_mount_routes_below_them(session_issuer: DevIssuer) -
                 assert answer.status_code == 403, (paths, path)
 
 
+@pytest.mark.parametrize("paths", [[], ["/mcp/*"], ["/mcp*"], ["/mcp?x=1"], ["/mcp#tools"]])
+def test_paths_that_match_nothing_are_refused(paths: list[str]) -> None:
+    # "/mcp/*" is how public_paths spells a prefix; here it matched no request, and an empty
+    # list none either: every tool then ran without its scopes.
+    from starlette.applications import Starlette
+
+    from bearerguard.errors import ConfigurationError
+    from bearerguard.mcp import MCPToolScopes
+
+    with pytest.raises(ConfigurationError, match="paths"):
+        MCPToolScopes(Starlette(), tools={"delete_note": ["notes:write"]}, paths=paths)
+
+
 def test_default_takes_one_scope_as_a_string_as_tools_does() -> None:
     from starlette.applications import Starlette
 

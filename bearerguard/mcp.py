@@ -154,7 +154,7 @@ class MCPToolScopes:
     (``token.rejected``, ``invalid_request``). A batch is refused when any call in it is.
 
     Raises:
-        ConfigurationError: an invalid scope name or path (here), or no
+        ConfigurationError: an invalid scope name, path or size (here), or no
             ``BearerGuardMiddleware`` in front (at request time).
     """
 
@@ -177,6 +177,9 @@ class MCPToolScopes:
         # One scope as a string, as in tools: not one scope per character.
         default_scopes = (default,) if isinstance(default, str) else tuple(default)
         self.default = validate_scope_names(default_scopes) if default_scopes else ()
+        if type(max_body_bytes) is not int or max_body_bytes < 1:
+            # Compared with each body's size: None or "4MB" made every POST a 500.
+            raise ConfigurationError("max_body_bytes must be a positive integer")
         self.max_body_bytes = max_body_bytes
         self._sdk_user = _sdk_user()
         self._sdk_context = _sdk_auth_context()

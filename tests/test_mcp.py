@@ -489,6 +489,18 @@ def test_paths_that_match_nothing_are_refused(paths: list[str]) -> None:
         MCPToolScopes(Starlette(), tools={"delete_note": ["notes:write"]}, paths=paths)
 
 
+@pytest.mark.parametrize("limit", [None, "4MB", 2.5, True, 0, -1])
+def test_a_body_limit_that_is_not_a_size_is_refused(limit: object) -> None:
+    # Compared with each body's size at request time: None or "4MB" made every POST a 500.
+    from starlette.applications import Starlette
+
+    from bearerguard.errors import ConfigurationError
+    from bearerguard.mcp import MCPToolScopes
+
+    with pytest.raises(ConfigurationError, match="max_body_bytes"):
+        MCPToolScopes(Starlette(), tools={}, max_body_bytes=limit)  # type: ignore[arg-type]
+
+
 def test_default_takes_one_scope_as_a_string_as_tools_does() -> None:
     from starlette.applications import Starlette
 

@@ -64,10 +64,10 @@ class ResourceMetadata:
     Args:
         scopes_supported: the scopes clients may request for this resource (RFC 9728 §2);
             omitted from the document when empty.
-        authorization_servers: issuer identifiers of the authorization servers; the guard's
-            issuer by default (RFC 9728 §2).
+        authorization_servers: issuer identifiers (https URLs) of the authorization servers;
+            the guard's issuer by default (RFC 9728 §2).
         resource_name: a human-readable name of the resource.
-        resource_documentation: a URL of developer documentation.
+        resource_documentation: an absolute http(s) URL of developer documentation.
     """
 
     scopes_supported: Iterable[str] = ()
@@ -76,6 +76,34 @@ class ResourceMetadata:
     resource_documentation: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     """Further members, for registered parameters not modelled here."""
+
+
+def _http_url(value: str, what: str) -> str:
+    """Require an absolute http(s) URL: RFC 9728 §2 makes ``resource_documentation`` a URL,
+    and clients parse it as one (the MCP SDK's metadata model drops a document naming a
+    relative one, and with it the authorization servers)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ConfigurationError(f"{what} must be an absolute http(s) URL: {value!r}")
+    return value
+
+
+def _issuer_identifiers(servers: Iterable[str]) -> tuple[str, ...]:
+    """Require issuer identifiers (RFC 9728 §2, RFC 8414 §2): clients parse them as URLs and
+    fetch their metadata; any other string voids the whole document for them."""
+    given = _strings(servers, "authorization_servers")
+    for server in given:
+        check_url(server, "authorization_servers")
+        if "?" in server:
+            raise ConfigurationError(
+                f"authorization_servers are issuer identifiers, without a query "
+                f"(RFC 8414 §2): {server!r}"
+            )
+    return given
 
 
 def check_resource(resource: str) -> str:
@@ -164,7 +192,7 @@ class ProtectedResource:
 
     def __init__(self, resource: str, issuer: str, metadata: ResourceMetadata | None) -> None:
         metadata = metadata or ResourceMetadata()
-        given = _strings(metadata.authorization_servers, "authorization_servers")
+        given = _issuer_identifiers(metadata.authorization_servers)
         servers = given or (issuer,)
         supported = metadata.scopes_supported  # one scope, as one server is taken above
         scopes = (supported,) if isinstance(supported, str) else tuple(supported)
@@ -182,6 +210,8 @@ class ProtectedResource:
             value = getattr(metadata, name)
             if value is not None:
                 document[name] = _strings([value], name)[0]
+        if "resource_documentation" in document:
+            _http_url(document["resource_documentation"], "resource_documentation")
         for name, value in metadata.extra.items():
             if name in document:
                 raise ConfigurationError(f"extra metadata member {name!r} is set by the guard")

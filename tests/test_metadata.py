@@ -279,6 +279,36 @@ def test_resource_configuration_errors(options: dict[str, object], match: str) -
         BearerGuard(issuer=ISSUER, **options)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("metadata", "match"),
+    [
+        (ResourceMetadata(authorization_servers=["issuer.example"]), "authorization_servers"),
+        (ResourceMetadata(authorization_servers=[ISSUER, "an issuer"]), "authorization_servers"),
+        (ResourceMetadata(authorization_servers=["http://as.example"]), "authorization_servers"),
+        (ResourceMetadata(authorization_servers=[f"{ISSUER}?tenant=a"]), "query"),
+        (ResourceMetadata(resource_documentation="/docs/items"), "resource_documentation"),
+        (ResourceMetadata(resource_documentation="see the wiki"), "resource_documentation"),
+        (ResourceMetadata(resource_documentation="mailto:api@example.com"), "absolute http"),
+    ],
+)
+def test_members_clients_cannot_parse_as_urls_are_refused(
+    metadata: ResourceMetadata, match: str
+) -> None:
+    # RFC 9728 §2: issuer identifiers (RFC 8414 §2) and a URL. The MCP SDK's client drops a
+    # document with any other string in them, authorization servers and all: it could
+    # never find where to get a token.
+    sdk = pytest.importorskip("mcp.shared.auth")
+    with pytest.raises(ConfigurationError, match=match):
+        BearerGuard(issuer=ISSUER, resource="https://api.example/mcp", resource_metadata=metadata)
+    valid = ResourceMetadata(
+        authorization_servers=[ISSUER, "http://127.0.0.1:8000"],
+        resource_documentation="http://docs.example/items",
+    )
+    guard = BearerGuard(issuer=ISSUER, resource="https://api.example/mcp", resource_metadata=valid)
+    assert guard.protected_resource is not None
+    sdk.ProtectedResourceMetadata.model_validate_json(guard.protected_resource.body)
+
+
 def test_the_resource_is_the_default_audience() -> None:
     guard = BearerGuard(issuer=ISSUER, resource="https://api.example/mcp")
     assert guard.audiences == ("https://api.example/mcp",)

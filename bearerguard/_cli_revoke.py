@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import partial
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from bearerguard._cli_common import (
     EXIT_FAILURE,
@@ -245,10 +245,19 @@ def add_revocation_commands(commands: Commands) -> None:
 # -- the store ------------------------------------------------------------------------------
 
 
+def _spilled_userinfo(parts: SplitResult) -> bool:
+    """Whether an ``@`` lies beyond the authority: a user name or password holding an
+    unencoded ``/``, ``?`` or ``#`` ends the authority early (RFC 3986 §3.2), so the rest of
+    the secret lands in the path, query or fragment, and in the host and port."""
+    return "@" in parts.path or "@" in parts.query or "@" in parts.fragment
+
+
 def _redacted(url: str) -> str:
     """``url`` without its password or query (which may hold one), for messages."""
     try:
         parts = urlsplit(url)
+        if _spilled_userinfo(parts):
+            return f"{parts.scheme}://***"
         netloc = parts.netloc
         if parts.password is not None:
             user = parts.username or ""
@@ -263,6 +272,11 @@ def _check_url(url: str) -> None:
     shown = _redacted(url)
     try:
         parts = urlsplit(url)
+        if _spilled_userinfo(parts):  # the port or host error would quote the secret
+            raise usage_error(
+                f"--redis-url {shown}: the user name or password holds a '/', '?' or '#': "
+                "percent-encode it (%2F, %3F, %23)"
+            )
         port = parts.port
     except ValueError as exc:
         raise usage_error(f"--redis-url {shown}: {exc}") from None

@@ -350,6 +350,28 @@ def test_malformed_urls_are_usage_errors(cli: Any, url: str, message: str) -> No
     assert len(result.err.strip().splitlines()) <= 2  # the progress line, then the error
 
 
+@pytest.mark.parametrize("separator", ["/", "?", "#"])
+@pytest.mark.parametrize("variable", [False, True])
+def test_a_password_that_ends_the_authority_early_is_never_shown(
+    cli: Any, monkeypatch: pytest.MonkeyPatch, separator: str, variable: bool
+) -> None:
+    # An unencoded '/', '?' or '#' ends the authority (RFC 3986 §3.2): the start of the
+    # password became the "port" (quoted by the error) and the rest the path, both shown.
+    url = f"redis://admin:s3c{separator}ret@127.0.0.1:6379/0"
+    argv = ["revocations", "list", "-q"]
+    if variable:
+        monkeypatch.setenv("BEARERGUARD_REDIS_URL", url)
+    else:
+        argv += ["--redis-url", url]
+    result = cli(*argv)
+    assert result.code == 2
+    assert "percent-encode it" in result.err
+    assert "s3c" not in result.err
+    assert "ret@" not in result.err
+    document = cli(*argv, "--json").json()
+    assert "s3c" not in json.dumps(document)
+
+
 @pytest.mark.parametrize(
     "argv",
     [

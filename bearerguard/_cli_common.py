@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ EXIT_FAILURE = 1  # the command ran and the answer is "no": an invalid token, a 
 EXIT_USAGE = 2  # wrong arguments, a missing extra
 EXIT_UNREACHABLE = 3  # the issuer or key set could not be fetched or used
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of standard output went away (`| head`)
 
 Handler = Callable[[argparse.Namespace], int]
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -105,6 +107,23 @@ def non_negative_seconds(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 seconds or more: {text!r}")
     return value
+
+
+def discard_output() -> None:
+    """Point standard output at the null device once its reader has gone (``| head``).
+
+    What is still buffered would otherwise be flushed at exit into the broken pipe, and
+    Python would print that failure after all.
+    """
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # None, or not a file (a StringIO)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, descriptor)
+    finally:
+        os.close(null)
 
 
 def print_usage(parser: argparse.ArgumentParser, _args: argparse.Namespace) -> int:

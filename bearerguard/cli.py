@@ -24,7 +24,7 @@ JSON document with ``--json``; never a traceback.
 
 Exit codes: 0 success, 1 the command ran and the answer is no (an invalid token, a key set
 with errors), 2 usage error or missing extra, 3 the issuer, the key set or Redis is unreachable,
-130 interrupted (Ctrl-C).
+130 interrupted (Ctrl-C), 141 standard output closed early (``| head``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from functools import partial
 
 from bearerguard.__about__ import __version__
 from bearerguard._cli_common import (
+    EXIT_BROKEN_PIPE,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -44,6 +45,7 @@ from bearerguard._cli_common import (
     CommandError,
     Console,
     Handler,
+    discard_output,
     port_number,
     print_usage,
 )
@@ -140,7 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit code (see the module docstring).
     """
-    parser = build_parser()
+    try:
+        return _run(build_parser(), argv)
+    except BrokenPipeError:  # `bearerguard ... | head`: the reader has what it wanted
+        discard_output()
+        return EXIT_BROKEN_PIPE
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error: argparse has spoken

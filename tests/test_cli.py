@@ -949,3 +949,29 @@ def test_text_from_a_hostile_key_set_cannot_drive_the_terminal(
     code, out, _err = run(capsys, *argv, "-q")
     assert code == cli.EXIT_OK
     assert all(char.isprintable() or char == "\n" for char in out), repr(out)
+
+
+@pytest.mark.parametrize("argv", [["token", "inspect", "-"], ["token", "mint", "--json"]])
+def test_a_reader_that_went_away_is_no_traceback(argv: list[str]) -> None:
+    # `bearerguard ... | head -1`: head exits, and every later write meets a broken pipe.
+    reader, writer = os.pipe()
+    os.close(reader)
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    env.pop("PYTHONPATH", None)
+    try:
+        result = subprocess.run(  # noqa: S603 - our own command
+            [sys.executable, "-m", "bearerguard", *argv],
+            input=b"Bearer " + b64({"alg": "RS256"}).encode() + b"." + b64({"sub": "a"}).encode(),
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert result.returncode == 141
+    errors = result.stderr.decode()
+    assert "Traceback" not in errors
+    assert "BrokenPipeError" not in errors  # nor "Exception ignored" at exit

@@ -169,12 +169,30 @@ class Console:
         return cls(as_json=getattr(args, "json", False), quiet=getattr(args, "quiet", False))
 
     def say(self, text: str = "") -> None:
-        """A line of the result (text mode)."""
+        """A line of the result (text mode); what the output cannot encode is escaped."""
+        if not self._encodable(text):  # a terminal or a file in Latin-1, ASCII ...
+            encoding = self._encoding()
+            text = text.encode(encoding, "backslashreplace").decode(encoding)
         print(text, file=self.out, flush=True)
 
     def document(self, value: Any) -> None:
-        """The result as JSON (``--json``)."""
-        print(json.dumps(value, indent=2, ensure_ascii=False), file=self.out, flush=True)
+        """The result as JSON (``--json``), with ``\\u`` escapes where the output needs them."""
+        text = json.dumps(value, indent=2, ensure_ascii=False)
+        if not self._encodable(text):
+            text = json.dumps(value, indent=2)  # the same document, in ASCII
+        print(text, file=self.out, flush=True)
+
+    def _encoding(self) -> str:
+        return getattr(self.out, "encoding", None) or "utf-8"
+
+    def _encodable(self, text: str) -> bool:
+        try:
+            text.encode(self._encoding())
+        except UnicodeEncodeError:
+            return False
+        except LookupError:  # an encoding Python does not know: let print() decide
+            return True
+        return True
 
     def progress(self, text: str) -> None:
         """A progress line on standard error, unless ``--quiet``."""

@@ -975,3 +975,23 @@ def test_a_reader_that_went_away_is_no_traceback(argv: list[str]) -> None:
     errors = result.stderr.decode()
     assert "Traceback" not in errors
     assert "BrokenPipeError" not in errors  # nor "Exception ignored" at exit
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_an_output_that_is_not_utf8_gets_escapes_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, session_issuer: DevIssuer, encoding: str
+) -> None:
+    # A terminal or a redirected file in another encoding (LANG=en_US.ISO-8859-1, a
+    # Windows code page) cannot take every character a token's claims may hold.
+    token = session_issuer.mint(sub="jörg", name="日本")
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding=encoding))
+    assert cli.main(["token", "inspect", token]) == 0
+    text = raw.getvalue().decode(encoding)
+    assert ("jörg" if encoding == "latin-1" else "j\\xf6rg") in text
+    assert "\\u65e5\\u672c" in text
+    raw.seek(0)
+    raw.truncate()
+    assert cli.main(["token", "inspect", token, "--json"]) == 0
+    document = json.loads(raw.getvalue().decode(encoding))
+    assert (document["claims"]["sub"], document["claims"]["name"]) == ("jörg", "日本")

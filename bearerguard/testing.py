@@ -34,6 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
@@ -106,6 +107,8 @@ class SigningKey:
         data = pem.encode() if isinstance(pem, str) else pem
         try:
             private_key = serialization.load_pem_private_key(data, password=None)
+        except UnsupportedAlgorithm as exc:  # an EC curve OpenSSL does not offer, say
+            raise ValueError(f"not a supported private key: {exc}") from None
         except (ValueError, TypeError) as exc:
             raise ValueError(f"not an unencrypted PEM private key: {exc}") from None
         if isinstance(private_key, rsa.RSAPrivateKey):

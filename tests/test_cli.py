@@ -202,6 +202,30 @@ def test_mint_with_a_bad_key_file(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert "an RSA key signs RS256 or PS256" in err
 
 
+# An EC key on X9.62 prime192v2, a curve OpenSSL knows and cryptography does not load:
+# `openssl ecparam -name prime192v2 -genkey -noout` (a throwaway key, for this test only).
+PRIME192V2_PEM = """\
+-----BEGIN EC PRIVATE KEY-----
+MF8CAQEEGAjPAgts02kq8t8xTncQp3f9r4hXBUfgsqAKBggqhkjOPQMBAqE0AzIA
+BCKpda7xen+TVDIdxcs63lrHNDWxPTGNRXsVITzhgLnKVQz2odlGa3etKHpgRxrZ
+BA==
+-----END EC PRIVATE KEY-----
+"""
+
+
+def test_mint_with_a_key_on_an_unsupported_curve(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # cryptography raises UnsupportedAlgorithm, not ValueError: it was a traceback.
+    pem = tmp_path / "p192.pem"
+    pem.write_text(PRIME192V2_PEM)
+    code, out, err = run(capsys, "token", "mint", "--key", str(pem))
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err.startswith(f"bearerguard: {pem}: not a supported private key")
+    with pytest.raises(ValueError, match="not a supported private key"):
+        SigningKey.from_pem(PRIME192V2_PEM)
+
+
 def test_mint_serve_serves_the_keys_until_ctrl_c(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -489,7 +489,11 @@ def _add_verify(commands: Commands) -> None:
         help="an allowed algorithm; repeat for several (default: every asymmetric one)",
     )
     parser.add_argument(
-        "--scope", action="append", default=[], metavar="SCOPE", help="a scope the token needs"
+        "--scope",
+        action="append",
+        default=[],
+        metavar="SCOPE",
+        help="a scope the token needs; repeat it, or give several separated by spaces",
     )
     parser.add_argument(
         "--scope-claim",
@@ -587,9 +591,11 @@ def run_verify(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"valid": False, "issuer": args.issuer, "jwks_uri": fetcher.jwks_uri}
     try:
         access = guard.authenticate_sync(token)
-        missing = sorted(set(args.scope) - access.scopes)
+        # A scope-token holds no space (RFC 6749 §3.3): "a b" is two scopes, as for mint.
+        required = sorted({scope for value in args.scope for scope in value.split()})
+        missing = sorted(set(required) - access.scopes)
         if missing:
-            raise InsufficientScopeError(args.scope, detail=f"missing {missing}")
+            raise InsufficientScopeError(required, detail=f"missing {missing}")
     except ServiceUnavailableError as exc:  # pragma: no cover - static keys never go missing
         raise CommandError(str(exc), code=EXIT_UNREACHABLE, kind="unreachable") from None
     except AuthError as exc:

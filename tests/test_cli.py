@@ -583,6 +583,19 @@ def test_verify_scope_claims(capsys: pytest.CaptureFixture[str], session_issuer:
     assert code == 0, out
 
 
+def test_verify_scopes_separated_by_spaces_are_several(
+    capsys: pytest.CaptureFixture[str], session_issuer: DevIssuer
+) -> None:
+    # As for mint: a scope-token holds no space (RFC 6749 §3.3), so "a b" is two scopes;
+    # taken as one, no token could grant it and every token was INVALID.
+    token = session_issuer.mint(scopes=["items:read", "items:write"])
+    code, out, _err = verify(capsys, session_issuer, token, "--scope", "items:read items:write")
+    assert code == 0, out
+    code, out, _err = verify(capsys, session_issuer, token, "--scope", "items:read admin")
+    assert code == cli.EXIT_FAILURE
+    assert "missing ['admin']" in out
+
+
 def test_verify_reports_skipped_keys(capsys: pytest.CaptureFixture[str], issuer: DevIssuer) -> None:
     jwks = issuer.jwks()
     jwks["keys"].append({"kty": "RSA", "kid": "enc-1", "use": "enc", "n": "AQAB", "e": "AQAB"})

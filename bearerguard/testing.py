@@ -701,8 +701,19 @@ class AuditEvents:
         return entry
 
     def assert_none(self, event: str | None = None) -> None:
-        """Assert that no audit event (or none called ``event``) was emitted."""
+        """Assert that no audit event (or none called ``event``) was emitted.
+
+        Raises:
+            AssertionError: naming what was emitted.
+            ValueError: ``event`` is no audit event's name (``token.revoked``: a revoked
+                token is a ``token.rejected``), so the assertion could never fail.
+        """
         found = self.events if event is None else self.named(event)
+        if event is not None and not found and event not in AUDIT_EVENT_NAMES:
+            raise ValueError(
+                f"{event!r} is not the name of an audit event, so this assertion cannot fail; "
+                f"the names are {', '.join(sorted(AUDIT_EVENT_NAMES))}"
+            )
         if found:
             what = "audit events" if event is None else f"{event!r} audit events"
             raise AssertionError(f"expected no {what}; captured: {self._listing()}")

@@ -283,6 +283,18 @@ def test_audit_assertions_on_nothing_captured() -> None:
     assert list(events) == []
 
 
+def test_assert_none_refuses_a_name_no_event_has(session_issuer: DevIssuer) -> None:
+    # An expired token is a token.rejected (reason expired): assert_none("token.expired")
+    # passed whatever happened, as did any misspelt name.
+    with audit_events() as events:
+        _emit(session_issuer, session_issuer.mint_expired())
+    events.assert_one("token.rejected", reason="expired")
+    for name in ("token.expired", "token.rejectd"):
+        with pytest.raises(ValueError, match="is not the name of an audit event"):
+            events.assert_none(name)
+    events.assert_none("token.accepted")  # a real name, not emitted: passes
+
+
 def test_events_named_later_are_captured_by_their_shape() -> None:
     with audit_events() as events:
         structlog.get_logger("bearerguard.audit").warning("token.replayed", outcome="deny")

@@ -446,13 +446,15 @@ def run_inspect(args: argparse.Namespace) -> int:
             console.say("structure: acceptable (a strict compact JWS, as BearerGuard parses it)")
         else:
             console.say(
-                f"structure: REFUSED by BearerGuard's parser: {structure['error']} "
-                f"(reason {structure['reason']}): {structure['detail']}"
+                terminal_safe(
+                    f"structure: REFUSED by BearerGuard's parser: {structure['error']} "
+                    f"(reason {structure['reason']}): {structure['detail']}"
+                )
             )
         if report["notes"]:
             console.say("notes:")
-            for note in report["notes"]:
-                console.say(f"  - {note}")
+            for note in report["notes"]:  # they quote the header (its alg) as it came
+                console.say(terminal_safe(f"  - {note}"))
     return EXIT_OK if structure["ok"] else EXIT_FAILURE
 
 

@@ -988,6 +988,19 @@ def test_text_from_a_hostile_key_set_cannot_drive_the_terminal(
     assert all(char.isprintable() or char == "\n" for char in out), repr(out)
 
 
+def test_inspect_notes_quoting_a_hostile_header_cannot_drive_the_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The notes quote the header's alg as it came: "alg HS256<ESC>[2J... (HMAC)" cleared
+    # the screen, and could have drawn a fake verdict over the UNVERIFIED banner.
+    header = {"alg": "HS256\x1b[2J\x1b[1;1HVALID", "kid": "k", "typ": "at+jwt"}
+    claims = {"iss": "i", "aud": "a", "exp": 1, "jti": "j"}
+    code, out, _err = run(capsys, "token", "inspect", f"{b64(header)}.{b64(claims)}.AAAA")
+    assert code == cli.EXIT_OK
+    assert "alg HS256\\x1b[2J\\x1b[1;1HVALID (HMAC)" in out
+    assert all(char.isprintable() or char == "\n" for char in out), repr(out)
+
+
 @pytest.mark.parametrize("argv", [["token", "inspect", "-"], ["token", "mint", "--json"]])
 def test_a_reader_that_went_away_is_no_traceback(argv: list[str]) -> None:
     # `bearerguard ... | head -1`: head exits, and every later write meets a broken pipe.

@@ -310,12 +310,12 @@ def _load(args: argparse.Namespace, console: Console) -> tuple[dict[str, Any], A
 
     if args.file is not None:
         try:
-            text = args.file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise usage_error(f"cannot read {args.file}: {exc}") from None
-        try:
-            return {"file": str(args.file)}, parse_json(text)
-        except (ValueError, RecursionError):  # parse_json already maps RecursionError
+            data = args.file.read_bytes()
+        except OSError as exc:
+            raise usage_error(f"cannot read {args.file}: {exc.strerror or exc}") from None
+        try:  # JSON is UTF-8 (RFC 8259 §8.1): other bytes are "not JSON", as over HTTP
+            return {"file": str(args.file)}, parse_json(data.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise CommandError(f"{args.file} is not JSON", kind="not_a_jwks") from None
     try:
         if args.issuer is not None:

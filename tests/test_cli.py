@@ -872,6 +872,10 @@ def test_jwks_unreachable_and_not_json(capsys: pytest.CaptureFixture[str], tmp_p
     code, _out, err = run(capsys, "jwks", "show", "--file", str(path))
     assert code == cli.EXIT_FAILURE
     assert "not a JWK Set" in err
+    # Bytes that are not UTF-8 are not JSON either (RFC 8259 §8.1): exit 1, not a usage error.
+    path.write_bytes(b'\xff{"keys": []}')
+    code, doc = run_json(capsys, "jwks", "show", "--file", str(path))
+    assert (code, doc["error"]["kind"]) == (cli.EXIT_FAILURE, "not_a_jwks")
 
 
 @pytest.mark.parametrize(

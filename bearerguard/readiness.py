@@ -13,8 +13,10 @@ its policy's ``failure`` is ``"deny"`` (report ``usage``), and the DPoP replay s
 (``dpop``), whose failures answer 503 too.
 
 Given ``TrustedIssuers``, the report holds one such report per configured issuer under
-``issuers``, and is ready when every one of them is (issuers a resolver admits later are
-fetched on their first token, and not reported).
+``issuers``, and is ready when one of them is: an instance that verifies one issuer's
+tokens still serves, and an outage of one issuer's keys, shared by every instance, must not
+take them all out of the load balancer (issuers a resolver admits later are fetched on
+their first token, and not reported).
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ def readiness(guard: BearerGuard | TrustedIssuers) -> dict[str, Any]:
 
 
 def _combined(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Several issuers' reports: ready when every one is."""
-    return {"ready": all(report["ready"] for report in reports.values()), "issuers": reports}
+    """Several issuers' reports: ready when one is (each says which are)."""
+    return {"ready": any(report["ready"] for report in reports.values()), "issuers": reports}
 
 
 async def _asked_report(guard: BearerGuard | TrustedIssuers, warm_up: bool) -> dict[str, Any]:

@@ -427,10 +427,18 @@ def test_readiness_of_several_issuers_reports_each(issuer: DevIssuer, stack: str
             issuer.url: True,
             other.url: True,
         }
-        # One issuer's keys cannot be had: not ready, and the report says which.
+        # One issuer's keys cannot be had: still ready (its tokens are refused, the other's
+        # are served), and the report says which; none can be had: not ready.
         other.overrides[other.jwks_path] = Override(status=503)
         with _readiness_client(TrustedIssuers([issuer.guard(), other.guard()]), stack) as client:
-            down = client.get("/")
-        assert down.status_code == 503
-        assert down.json()["issuers"][other.url]["ready"] is False
-        assert down.json()["issuers"][issuer.url]["ready"] is True
+            partly = client.get("/")
+        assert partly.status_code == 200
+        assert partly.json()["issuers"][other.url]["ready"] is False
+        assert partly.json()["issuers"][issuer.url]["ready"] is True
+        issuer.overrides[issuer.jwks_path] = Override(status=503)
+        try:
+            guards = [issuer.guard(discover=False), other.guard(discover=False)]
+            with _readiness_client(TrustedIssuers(guards), stack) as client:
+                assert client.get("/").status_code == 503
+        finally:
+            del issuer.overrides[issuer.jwks_path]

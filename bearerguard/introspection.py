@@ -240,7 +240,8 @@ class Introspector:
         timeout: seconds for the whole exchange, connection included.
         max_bytes: the largest answer read.
         cache_size: how many answers are remembered, keyed by the token's SHA-256 (never by
-            the token itself); 0 disables the cache.
+            the token itself), active and inactive answers each up to that many, apart (junk
+            tokens never evict real users' answers); 0 disables the cache.
         active_ttl: how long an ``active: true`` answer is reused: keep it short, since a
             revocation at the authorization server is seen only once it lapses. Never past
             the answer's ``exp`` (RFC 7662 §4); 0 asks on every use.
@@ -310,7 +311,12 @@ class Introspector:
             # writes a space as %20, which form decoders and plain percent-decoders both read.
             pair = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}"
             self._headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        # Active and inactive answers apart: a flood of junk tokens (each answered inactive)
+        # evicts other junk, never the answers about real users' tokens.
         self._cache: LRUCache[bytes, tuple[IntrospectionResult, float]] | None = (
+            LRUCache(maxsize=cache_size) if cache_size > 0 else None
+        )
+        self._inactive: LRUCache[bytes, tuple[IntrospectionResult, float]] | None = (
             LRUCache(maxsize=cache_size) if cache_size > 0 else None
         )
         self._lock = threading.Lock()
@@ -419,9 +425,11 @@ class Introspector:
 
     def forget(self, token: str) -> None:
         """Drop the cached answer about ``token``, if any."""
-        if self._cache is not None:
+        if self._cache is not None and self._inactive is not None:
+            digest = _digest(token)
             with self._lock:
-                self._cache.pop(_digest(token), None)
+                self._cache.pop(digest, None)
+                self._inactive.pop(digest, None)
 
     # -- the flow both drivers share ------------------------------------------------------
 
@@ -456,20 +464,20 @@ class Introspector:
         return IntrospectionResult(claims["active"], MappingProxyType(claims))
 
     def _cached(self, digest: bytes) -> IntrospectionResult | None:
-        cache = self._cache
-        if cache is None:
+        if self._cache is None or self._inactive is None:
             return None
         with self._lock:
-            entry = cache.get(digest)
-            if entry is None:
-                return None
-            if self.clock() < entry[1]:
-                return entry[0]
-            del cache[digest]
+            for cache in (self._cache, self._inactive):
+                entry = cache.get(digest)
+                if entry is None:
+                    continue
+                if self.clock() < entry[1]:
+                    return entry[0]
+                del cache[digest]
         return None
 
     def _remember(self, digest: bytes, result: IntrospectionResult) -> None:
-        cache = self._cache
+        cache = self._cache if result.active else self._inactive
         if cache is None:
             return
         now = self.clock()

@@ -425,6 +425,25 @@ def test_cache_is_bounded_and_keyed_by_hash(server: IntrospectionServer, clock: 
     assert server.calls == 5
 
 
+def test_junk_tokens_never_evict_answers_about_real_ones(
+    server: IntrospectionServer, clock: Clock
+) -> None:
+    # A flood of random tokens, each answered inactive, used to push the active answers
+    # out of the one shared cache: every real user's next request asked again.
+    server.activate("real")
+    introspector = server.introspector(cache_size=10, clock=clock)
+    assert introspector.introspect_sync("real").active
+    for number in range(50):
+        assert not introspector.introspect_sync(f"junk-{number}").active
+    calls = server.calls
+    assert introspector.introspect_sync("real").active  # still held
+    assert not introspector.introspect_sync("junk-49").active  # the latest junk, held too
+    assert server.calls == calls
+    introspector.forget("junk-49")
+    introspector.introspect_sync("junk-49")
+    assert server.calls == calls + 1
+
+
 def test_cache_can_be_disabled(server: IntrospectionServer) -> None:
     server.activate("opaque")
     introspector = server.introspector(cache_size=0)

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from starlette.types import Receive, Scope, Send
 
 from bearerguard.errors import ServiceUnavailableError
@@ -63,9 +64,16 @@ def _combined(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
 async def _asked_report(guard: BearerGuard | TrustedIssuers, warm_up: bool) -> dict[str, Any]:
     """The report, each store asked through ``health()``; keys fetched first if asked to."""
     if isinstance(guard, TrustedIssuers):
-        return _combined(
-            {each.issuer: await _asked_report(each, warm_up) for each in guard.configured}
-        )
+        # Each issuer at once: one probe waits for the slowest fetch, not for their sum.
+        reports: dict[str, dict[str, Any]] = {}
+
+        async def ask(each: BearerGuard) -> None:
+            reports[each.issuer] = await _asked_report(each, warm_up)
+
+        async with anyio.create_task_group() as group:
+            for each in guard.configured:
+                group.start_soon(ask, each)
+        return _combined({each.issuer: reports[each.issuer] for each in guard.configured})
     if warm_up and not guard.keys_ready():
         with contextlib.suppress(ServiceUnavailableError):  # reported below as not ready
             await guard.warm_up()

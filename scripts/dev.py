@@ -4,7 +4,7 @@ Usage (from a fresh clone, with only Python 3.10+ installed):
 
     python3 scripts/dev.py demo [--serve]   # the walkthrough; --serve keeps serving
     python3 scripts/dev.py test [pytest args]
-    python3 scripts/dev.py lint              # ruff and mypy
+    python3 scripts/dev.py lint              # ruff (lint and format) and mypy
     python3 scripts/dev.py bench [args]      # benchmarks/run.py
     python3 scripts/dev.py peers [args]      # benchmarks/peers.py: Authlib, joserfc, PyJWT
     python3 scripts/dev.py instructions      # benchmarks/instructions.py: callgrind counts
@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".bearerguard-installed"
+# The Python sources ruff formats (Markdown code blocks in docs/ keep their own layout).
+_FORMATTED = ("bearerguard", "tests", "benchmarks", "scripts", "examples")
 
 
 def _python() -> Path:
@@ -91,7 +93,11 @@ def main() -> int:
         return run([python, "-m", "pytest", *rest])
     if command in scripts:
         return run([python, scripts[command], *rest])
-    return run([python, "-m", "ruff", "check", "."]) or run([python, "-m", "mypy"])
+    return (
+        run([python, "-m", "ruff", "check", "."])
+        or run([python, "-m", "ruff", "format", "--check", *_FORMATTED])
+        or run([python, "-m", "mypy"])
+    )
 
 
 if __name__ == "__main__":

@@ -1179,7 +1179,12 @@ class BearerGuard:
         self._refreshing = (anyio.lowlevel.current_token(), done)
         cache.record_attempt(now)
         try:
-            document, max_age = await self._fetcher.fetch()
+            # Shielded: the fetch is every waiting request's, not only this one's. Cancelled
+            # with it (a client gone, a request timeout), it left the others refused and the
+            # kid-miss cooldown spent: a key just published was refused for a whole cooldown.
+            # The fetch ends within its own timeout all the same.
+            with anyio.CancelScope(shield=True):
+                document, max_age = await self._fetcher.fetch()
         except Exception as exc:  # noqa: BLE001 - whatever broke, the fetch failed: fail closed
             self._keys_failed(exc)
         else:

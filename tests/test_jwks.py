@@ -439,6 +439,42 @@ async def test_tokens_of_a_new_key_wait_for_the_fetch_another_started(
     assert dev.fetch_count() == 2
 
 
+@pytest.mark.anyio
+async def test_a_cancelled_request_does_not_abandon_the_fetch_others_wait_for(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    """The request whose kid miss started a fetch is cancelled (its client left, a request
+    timeout): the fetch still ends, and the requests waiting for it get the new key, not a
+    401 lasting a whole cooldown."""
+    guard = make_guard(dev, clock, discover=False, fetch=FetchPolicy(timeout=2.0))
+    await guard.warm_up()
+    clock.advance(POLICY.cooldown)
+    dev.rotate("ES256")
+    serve_jwks(dev, delay=0.3)
+    token = mint(dev)
+    subjects: list[str | None] = []
+    leaving = anyio.CancelScope()
+
+    async def leave() -> None:
+        with leaving:
+            await guard.authenticate(token)
+
+    async def verify() -> None:
+        subjects.append((await guard.authenticate(token)).subject)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(leave)
+            await anyio.wait_all_tasks_blocked()  # its kid miss's fetch is under way
+            tasks.start_soon(verify)
+            await anyio.wait_all_tasks_blocked()
+            leaving.cancel()
+    assert leaving.cancelled_caught is not None
+    assert subjects == ["user-1"]
+    assert (await guard.authenticate(mint(dev))).subject == "user-1"
+    assert dev.fetch_count() == 2
+
+
 def test_tokens_of_a_new_key_wait_for_another_threads_fetch(
     dev: DevIssuer, clock: FakeClock
 ) -> None:

@@ -325,6 +325,9 @@ async def test_metadata_with_an_unsafe_jwks_uri_is_refused(
         ("max-age=5", 60),  # below min_ttl: clamped up (max-age=0, no-cache: test_keycache)
         ("public, max-age=999999", 3600),  # above max_ttl: clamped down
         ("no-store", 60),  # min_ttl: never a fetch per request
+        # Two header lines (the JWKS endpoint's, a proxy's) joined: stale (RFC 9111 §4.2.1),
+        # never the larger lifetime.
+        ("max-age=60, max-age=86400", 60),
         (None, 300),  # unsaid: default_ttl
     ],
 )

@@ -57,6 +57,11 @@ def _fetched(now: float = T0, max_age: float | None = None) -> KeyCache:
         # Directive names that merely contain the words are not those directives.
         ("x-no-store-ext=1, max-age=120", 120.0),
         ("x-max-age=120", None),
+        # RFC 9111 §4.2.1: conflicting values of one directive leave the response stale.
+        ("max-age=60, max-age=86400", 0.0),
+        ("max-age=86400, max-age=60", 0.0),
+        ("s-maxage=60, s-maxage=86400", 0.0),
+        ("max-age=60, max-age=60", 60.0),
     ],
 )
 def test_ttl_from_cache_control(header: str | None, expected: float | None) -> None:

@@ -69,7 +69,13 @@ def ttl_from_cache_control(value: str | None, age: str | None = None) -> float |
         return None
     if _NO_CACHE.search(value):
         return 0.0
-    found = {name.lower(): float(seconds) for name, seconds in _MAX_AGE.findall(value)}
+    found: dict[str, float] = {}
+    for name, seconds in _MAX_AGE.findall(value):
+        said = float(seconds)
+        if found.setdefault(name.lower(), said) != said:
+            # RFC 9111 §4.2.1: a directive given twice with different values (a proxy adding
+            # its own header line) leaves the response stale, not fresh for the larger one.
+            return 0.0
     # RFC 9111 §5.2.2.10: s-maxage is for shared caches; ours is private, so max-age wins
     # wherever it stands, and s-maxage serves only when there is no max-age.
     lifetime = found.get("max-age", found.get("s-maxage"))

@@ -78,6 +78,9 @@ def test_ttl_from_cache_control(header: str | None, expected: float | None) -> N
         ("max-age=3600", " 0 ", 3600.0),
         ("max-age=3600", "-5", 3600.0),  # not delta-seconds: ignored
         ("max-age=3600", "abc", 3600.0),
+        # RFC 9111 §1.2.2: an Age too large to represent is 2**31 seconds, not unsaid.
+        ("max-age=3600", "99999999999", 0.0),
+        ("max-age=3600", "9" * 5000, 0.0),
         ("public", "100", None),
         ("no-store", "100", 0.0),
     ],

@@ -23,7 +23,9 @@ from bearerguard.errors import ConfigurationError
 __all__ = ["KeyCache", "RefreshPolicy", "ttl_from_cache_control"]
 
 _MAX_AGE = re.compile(r"(?:^|[,\s])(s-maxage|max-age)\s*=\s*\"?(\d{1,10})\"?", re.IGNORECASE)
-_AGE = re.compile(r"(\d{1,10})")  # RFC 9111 §5.1: delta-seconds
+_AGE = re.compile(r"\d+")  # RFC 9111 §5.1: delta-seconds
+# RFC 9111 §1.2.2: delta-seconds too large to represent count as 2**31, never as unsaid.
+_MAX_DELTA_SECONDS = 2**31
 _NO_CACHE = re.compile(r"(?:^|[,\s])(no-cache|no-store)(?:$|[,\s=])", re.IGNORECASE)
 
 
@@ -59,6 +61,12 @@ class RefreshPolicy:
         return min(max(wanted, self.min_ttl), self.max_ttl)
 
 
+def _delta_seconds(digits: str) -> int:
+    """A delta-seconds value, at most 2**31 (RFC 9111 §1.2.2)."""
+    # The length first: int() refuses strings of over 4300 digits.
+    return _MAX_DELTA_SECONDS if len(digits) > 10 else min(int(digits), _MAX_DELTA_SECONDS)
+
+
 def ttl_from_cache_control(value: str | None, age: str | None = None) -> float | None:
     """Read ``max-age`` from a ``Cache-Control`` header (RFC 9111 §5.2.2); 0 for no-cache.
 
@@ -81,7 +89,7 @@ def ttl_from_cache_control(value: str | None, age: str | None = None) -> float |
     lifetime = found.get("max-age", found.get("s-maxage"))
     held = _AGE.fullmatch(age.strip()) if age else None
     if lifetime is not None and held is not None:
-        lifetime = max(lifetime - float(held.group(1)), 0.0)
+        lifetime = max(lifetime - _delta_seconds(held[0]), 0.0)
     return lifetime
 
 

@@ -989,7 +989,7 @@ class BearerGuard:
         try:
             key, key_set = self._select_key(jws, refreshed=refreshed)
             if not verify_signature(key, header["alg"], jws.signing_input, jws.signature):
-                raise BadSignatureError("signature does not verify")  # noqa: TRY301 - gets the header
+                self._bad_signature(key_set, refreshed=refreshed)
             claims = decode_payload(jws)
             times = validate_claims(header, claims, self._policy, self.clock())
             access = AccessToken.from_claims(
@@ -1079,6 +1079,20 @@ class BearerGuard:
         if cache.last_failed:
             raise KeySetUnavailableError(f"kid {str(kid)[:64]!r} unknown; key set unreachable")
         raise UnknownKeyError(f"no trusted key for kid {str(kid)[:64]!r}")
+
+    def _bad_signature(self, key_set: KeySet | None, *, refreshed: bool) -> NoReturn:
+        """Refuse a signature the chosen key does not verify, once the published set has
+        been looked at again if the rules allow (``_KeysNeeded``).
+
+        An issuer may replace a key and keep its ``kid``, or replace its one key without a
+        ``kid``: tokens of the new key then name the old one (RFC 7515 §4.1.4: the ``kid`` is
+        a hint). They were refused until the set's freshness ended (up to ``max_ttl``);
+        they are now looked for as a kid miss is, at most one fetch per cooldown.
+        """
+        fetched = key_set is not None and self._fetcher is not None  # not a static key
+        if fetched and not refreshed and self._may_look_again(self.clock()):
+            raise _KeysNeeded(unknown_kid=True)
+        raise BadSignatureError("signature does not verify")
 
     def _fetch_in_flight(self) -> bool:
         return self._refreshing is not None or self._fetch_lock.locked()
@@ -1373,9 +1387,9 @@ class BearerGuard:
             raise _unexpected(exc, jws) from exc
 
     def _check_signature(self, jws: CompactJWS, *, refreshed: bool) -> None:
-        key, _ = self._select_key(jws, refreshed=refreshed)
+        key, key_set = self._select_key(jws, refreshed=refreshed)
         if not verify_signature(key, jws.alg, jws.signing_input, jws.signature):
-            raise BadSignatureError("signature does not verify")
+            self._bad_signature(key_set, refreshed=refreshed)
 
     def _observe_sync(
         self, access: AccessToken, client: str | None, request: RequestInfo | None

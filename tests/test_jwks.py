@@ -42,7 +42,7 @@ from bearerguard import (
     __version__,
 )
 from bearerguard.asgi import BearerGuardMiddleware
-from bearerguard.errors import UnknownKeyError, UnsupportedAlgorithmError
+from bearerguard.errors import BadSignatureError, UnknownKeyError, UnsupportedAlgorithmError
 from bearerguard.jwks import USER_AGENT
 from bearerguard.testing import DevIssuer, Override, SigningKey
 
@@ -577,6 +577,65 @@ async def test_a_key_of_another_type_published_under_a_known_kid_is_picked_up(
         with pytest.raises(UnsupportedAlgorithmError):
             await guard.authenticate(confused)
         assert issuer.fetch_count() == 2
+
+
+def publish_without_kid(issuer: DevIssuer) -> None:
+    """Serve the issuer's published keys without their ``kid``."""
+    keys = [{k: v for k, v in key.public_jwk().items() if k != "kid"} for key in issuer.published]
+    issuer.overrides[issuer.jwks_path] = Override(body=json.dumps({"keys": keys}).encode())
+
+
+def replace_the_key(issuer: DevIssuer) -> None:
+    """Replace the issuer's one key with a new one under the same ``kid``, and sign with it."""
+    original = issuer.key()
+    new = SigningKey(original.kid, original.algorithm, SigningKey.generate("ES256").private_key)
+    issuer.keys.insert(0, new)
+    issuer.published = [new]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kid", [True, False], ids=["same-kid", "no-kid"])
+async def test_a_key_replaced_under_the_same_kid_is_picked_up(
+    clock: FakeClock, *, kid: bool
+) -> None:
+    """An issuer replaces its key but keeps the kid, or has one key and no kid: the new
+    key's tokens select the old key, and were refused bad_signature until the set's
+    freshness ended (up to max_ttl). They are looked for as a kid miss is."""
+    headers = {} if kid else {"kid": None}
+    with DevIssuer(algorithms=("ES256",)) as issuer:
+        if not kid:
+            publish_without_kid(issuer)
+        guard = make_guard(issuer, clock, discover=False)
+        await guard.authenticate(mint(issuer, headers=headers))
+        clock.advance(POLICY.cooldown)
+        replace_the_key(issuer)
+        if not kid:
+            publish_without_kid(issuer)
+        assert (await guard.authenticate(mint(issuer, headers=headers))).subject == "user-1"
+        assert issuer.fetch_count() == 2
+
+
+def test_a_key_replaced_under_the_same_kid_is_picked_up_under_wsgi(clock: FakeClock) -> None:
+    with DevIssuer(algorithms=("ES256",)) as issuer:
+        guard = make_guard(issuer, clock, discover=False)
+        guard.authenticate_sync(mint(issuer))
+        clock.advance(POLICY.cooldown)
+        replace_the_key(issuer)
+        assert guard.authenticate_sync(mint(issuer)).subject == "user-1"
+        assert issuer.fetch_count() == 2
+
+
+@pytest.mark.anyio
+async def test_a_flood_of_bad_signatures_costs_at_most_one_fetch_per_cooldown(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock)
+    await guard.warm_up()
+    for _ in range(1000):  # 1,000 forged tokens naming the real kid, over 100 s
+        with pytest.raises(BadSignatureError):
+            await guard.authenticate(dev.mint_forged(expires_in=LONG))
+        clock.advance(0.1)
+    assert dev.fetch_count() <= 1 + 100 // POLICY.cooldown
 
 
 @pytest.mark.anyio

@@ -21,7 +21,7 @@ import functools
 import inspect
 import itertools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, TypeVar, cast
@@ -316,17 +316,38 @@ def _wrapped_later(endpoint: object) -> bool:
     return getattr(endpoint, _WRAPPED_ATTRIBUTE, None) == id(endpoint)
 
 
+def _inner_ids(endpoints: Iterable[object]) -> set[int]:
+    """The ids of the functions ``endpoints`` wrap (``__wrapped__``, a partial's ``func``),
+    at any depth."""
+    inner: set[int] = set()
+    for endpoint in endpoints:
+        seen = {id(endpoint)}
+        current: object = endpoint
+        while True:
+            if isinstance(current, functools.partial):
+                current = current.func
+            else:
+                current = getattr(current, "__wrapped__", None)
+            if current is None or id(current) in seen:
+                break
+            seen.add(id(current))
+            inner.add(id(current))
+    return inner
+
+
 def unchecked_endpoints(app: object) -> list[str]:
     """Routes of ``app`` whose endpoint a scope decorator wrapped only after the route had
     registered it (the decorator written above ``@app.get(...)``): they run unchecked.
 
     Reads Starlette and FastAPI routes (``Mount``, ``Host`` and routers included, as far as
-    they expose ``routes``) and a Flask app's view functions; anything else has none.
+    they expose ``routes``) and a Flask app's view functions; anything else has none. A
+    function that another route of ``app`` serves wrapped is not one: the app serves it
+    both public and scoped on purpose.
     """
-    found: list[str] = []
+    endpoints: list[tuple[str, object]] = []
     views = getattr(app, "view_functions", None)
     if isinstance(views, dict):  # Flask
-        found += [f"view {name!r}" for name, view in views.items() if _wrapped_later(view)]
+        endpoints += [(f"view {name!r}", view) for name, view in views.items()]
     seen: set[int] = set()
 
     def visit(routes: object, prefix: str) -> None:
@@ -335,13 +356,19 @@ def unchecked_endpoints(app: object) -> list[str]:
         seen.add(id(routes))
         for route in routes:
             path = prefix + str(getattr(route, "path", ""))
-            if _wrapped_later(getattr(route, "endpoint", None)):
+            endpoint = getattr(route, "endpoint", None)
+            if endpoint is not None:
                 methods = ",".join(sorted(getattr(route, "methods", None) or ()))
-                found.append(f"{methods} {path}".strip())
+                endpoints.append((f"{methods} {path}".strip(), endpoint))
             visit(getattr(route, "routes", None), path)
 
     visit(getattr(app, "routes", None), "")
-    return found
+    inner = _inner_ids(endpoint for _, endpoint in endpoints)
+    return [
+        name
+        for name, endpoint in endpoints
+        if _wrapped_later(endpoint) and id(endpoint) not in inner
+    ]
 
 
 def misplaced_decorators(unchecked: list[str]) -> str:

@@ -383,3 +383,51 @@ def test_protect_refuses_a_flask_view_with_a_misplaced_scope_decorator(
         return "ok"  # pragma: no cover
 
     protect(right, guard=session_issuer.guard())
+
+
+def test_a_function_served_public_and_scoped_is_no_misplaced_decorator(
+    session_issuer: DevIssuer,
+) -> None:
+    # The same function on a public route and, wrapped, on a scoped one: the app starts,
+    # and the scoped route checks its scope. A misplaced decorator next to it is still found.
+    import flask
+    from starlette.responses import PlainTextResponse
+    from starlette.testclient import TestClient
+
+    from bearerguard.flask import protect
+
+    guard = session_issuer.guard()
+
+    async def items(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("items")
+
+    routes = [
+        Route("/public/items", items),
+        Route("/items", requires_scopes("items:read")(items)),
+        Route("/partial", functools.partial(requires_scopes("items:read")(items))),
+    ]
+    public = Middleware(BearerGuardMiddleware, guard=guard, public_paths=["/public/*"])
+    with TestClient(Starlette(routes=routes, middleware=[public])) as client:
+        assert client.get("/public/items").text == "items"
+        token = session_issuer.mint(scopes=["other"])
+        answer = client.get("/items", headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 403
+
+    @requires_scopes("admin")
+    async def admin(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("admin")  # pragma: no cover
+
+    misplaced = [*routes, Route("/admin", admin.__wrapped__)]  # type: ignore[attr-defined]
+    with (
+        pytest.raises(ConfigurationError, match="GET,HEAD /admin"),
+        TestClient(Starlette(routes=misplaced, middleware=[public])),
+    ):
+        pass  # pragma: no cover
+    app = flask.Flask(__name__)
+
+    def stats() -> str:
+        return "ok"  # pragma: no cover
+
+    app.add_url_rule("/public/stats", "public_stats", stats)
+    app.add_url_rule("/stats", "stats", requires_scopes("stats:read")(stats))
+    protect(app, guard=guard, public_paths=["/public/*"])

@@ -339,7 +339,7 @@ def unchecked_endpoints(app: object) -> list[str]:
     """Routes of ``app`` whose endpoint a scope decorator wrapped only after the route had
     registered it (the decorator written above ``@app.get(...)``): they run unchecked.
 
-    Reads Starlette and FastAPI routes (``Mount``, ``Host`` and routers included, as far as
+    Reads Starlette and FastAPI routes (``Mount``, ``Host``, included routers, as far as
     they expose ``routes``) and a Flask app's view functions; anything else has none. A
     function that another route of ``app`` serves wrapped is not one: the app serves it
     both public and scoped on purpose.
@@ -354,7 +354,7 @@ def unchecked_endpoints(app: object) -> list[str]:
         if not isinstance(routes, list | tuple) or id(routes) in seen:
             return
         seen.add(id(routes))
-        for route in routes:
+        for route in _flattened(routes):
             path = prefix + str(getattr(route, "path", ""))
             endpoint = getattr(route, "endpoint", None)
             if endpoint is not None:
@@ -369,6 +369,15 @@ def unchecked_endpoints(app: object) -> list[str]:
         for name, endpoint in endpoints
         if _wrapped_later(endpoint) and id(endpoint) not in inner
     ]
+
+
+def _flattened(routes: list[Any] | tuple[Any, ...]) -> Iterable[Any]:
+    """``routes``, with the routers FastAPI includes as the routes they serve, at their full
+    path: FastAPI keeps an included router nested (``app.routes`` holds no copy of its path
+    operations), and shows them through ``iter_route_contexts``."""
+    routing = sys.modules.get("fastapi.routing")
+    contexts = getattr(routing, "iter_route_contexts", None)
+    return routes if contexts is None else contexts(list(routes))
 
 
 def misplaced_decorators(unchecked: list[str]) -> str:

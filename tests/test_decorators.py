@@ -431,3 +431,30 @@ def test_a_function_served_public_and_scoped_is_no_misplaced_decorator(
     app.add_url_rule("/public/stats", "public_stats", stats)
     app.add_url_rule("/stats", "stats", requires_scopes("stats:read")(stats))
     protect(app, guard=guard, public_paths=["/public/*"])
+
+
+def test_a_misplaced_scope_decorator_in_an_included_router_fails_start_up(
+    session_issuer: DevIssuer,
+) -> None:
+    # FastAPI keeps an included router nested: app.routes holds no copy of its operations.
+    from fastapi import APIRouter
+    from starlette.testclient import TestClient
+
+    api = FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=session_issuer.guard())])
+    router, inner = APIRouter(), APIRouter()
+
+    @router.get("/items")
+    @requires_scopes("items:read")
+    async def items() -> dict[str, bool]:
+        return {"ok": True}  # pragma: no cover
+
+    @requires_scopes("admin")
+    @inner.delete("/all")
+    async def delete_all() -> dict[str, bool]:
+        return {"deleted": True}  # pragma: no cover
+
+    router.include_router(inner, prefix="/admin")
+    api.include_router(router, prefix="/v1")
+    with pytest.raises(ConfigurationError, match="DELETE /v1/admin/all"), TestClient(api):
+        pass  # pragma: no cover
+    assert decorators.unchecked_endpoints(api) == ["DELETE /v1/admin/all"]

@@ -360,15 +360,25 @@ def unchecked_endpoints(app: object) -> list[str]:
             if endpoint is not None:
                 methods = ",".join(sorted(getattr(route, "methods", None) or ()))
                 endpoints.append((f"{methods} {path}".strip(), endpoint))
-            visit(getattr(route, "routes", None), path)
+            visit(_routes_of(route), path)
 
-    visit(getattr(app, "routes", None), "")
+    visit(_routes_of(app), "")
     inner = _inner_ids(endpoint for _, endpoint in endpoints)
     return [
         name
         for name, endpoint in endpoints
         if _wrapped_later(endpoint) and id(endpoint) not in inner
     ]
+
+
+def _routes_of(owner: object) -> object:
+    """``owner.routes``; ``None`` when reading it raises (Starlette's ``Mount.routes`` reads
+    the mounted app's, which may be a proxy not configured yet): what the check cannot
+    read is no reason to stop an app from starting."""
+    try:
+        return getattr(owner, "routes", None)
+    except Exception:  # noqa: BLE001 - any app's own failure
+        return None
 
 
 def _flattened(routes: list[Any] | tuple[Any, ...]) -> Iterable[Any]:

@@ -458,3 +458,31 @@ def test_a_misplaced_scope_decorator_in_an_included_router_fails_start_up(
     with pytest.raises(ConfigurationError, match="DELETE /v1/admin/all"), TestClient(api):
         pass  # pragma: no cover
     assert decorators.unchecked_endpoints(api) == ["DELETE /v1/admin/all"]
+
+
+class _Unconfigured:
+    """A mounted ASGI app whose routes cannot be read yet (a proxy, configured later)."""
+
+    @property
+    def routes(self) -> list[Route]:
+        raise RuntimeError("not configured")
+
+    async def __call__(self, scope: object, receive: object, send: object) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+
+def test_a_mounted_app_whose_routes_cannot_be_read_still_starts(
+    session_issuer: DevIssuer,
+) -> None:
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    async def home(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})  # pragma: no cover
+
+    app = Starlette(
+        routes=[Route("/", requires_scopes("a")(home)), Mount("/legacy", app=_Unconfigured())],
+        middleware=[Middleware(BearerGuardMiddleware, guard=session_issuer.guard())],
+    )
+    with TestClient(app) as client:
+        assert client.get("/").status_code == 401

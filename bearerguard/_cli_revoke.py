@@ -249,7 +249,22 @@ def _spilled_userinfo(parts: SplitResult) -> bool:
     """Whether an ``@`` lies beyond the authority: a user name or password holding an
     unencoded ``/``, ``?`` or ``#`` ends the authority early (RFC 3986 §3.2), so the rest of
     the secret lands in the path, query or fragment, and in the host and port."""
-    return "@" in parts.path or "@" in parts.query or "@" in parts.fragment
+    if "@" in parts.path or "@" in parts.fragment:
+        return True
+    if "@" not in parts.query:
+        return False
+    # redis-py reads options from the query (?password=p@ss): an '@' in a value is one of
+    # them. A spilled secret puts it in a name, or leaves "user:pa" as the port.
+    names = (field.partition("=")[0] for field in parts.query.split("&"))
+    return any("@" in name for name in names) or not _numeric_port(parts)
+
+
+def _numeric_port(parts: SplitResult) -> bool:
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number
+    except ValueError:
+        return False
+    return True
 
 
 def _redacted(url: str) -> str:

@@ -490,3 +490,16 @@ def test_through_bearerguard_cli_main(
     assert json.loads(capsys.readouterr().out)["count"] == 1
     assert cli.main(["revocations", "list", "-q", "--redis-url", "redis://127.0.0.1:1/0"]) == 3
     assert "cannot reach Redis" in capsys.readouterr().err
+
+
+def test_a_password_option_holding_an_at_sign(cli: Any, private_redis: RedisServer) -> None:
+    # redis-py reads options from the query: ?password=p@ss is a password, not a user name
+    # or password that ended the authority early. Such a spill is still refused unshown.
+    with private_redis.client() as admin:
+        admin.config_set("requirepass", "p@ss")
+    url = f"{private_redis.url}?password=p@ss"
+    assert cli("revoke", "subject", "alice", "-q", "--redis-url", url).code == 0
+    result = cli("revocations", "list", "-q", "--redis-url", "redis://admin:s3c?r=et@h:6379/0")
+    assert result.code == 2
+    assert "percent-encode it" in result.err
+    assert "s3c" not in result.err

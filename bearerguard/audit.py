@@ -11,6 +11,7 @@ Event names (stable): ``token.accepted``, ``token.rejected``, ``scope.denied``,
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -21,9 +22,10 @@ from bearerguard.errors import AuthError, InsufficientScopeError, ServiceUnavail
 from bearerguard.metrics import DECISION_SECONDS, DECISIONS, MetricsHook
 from bearerguard.token import AccessToken
 
-__all__ = ["AUDIT_LOGGER_NAME", "AuditLog", "RequestInfo", "token_fields"]
+__all__ = ["AUDIT_LOGGER_NAME", "AuditLog", "RequestInfo", "emit_failed", "token_fields"]
 
 AUDIT_LOGGER_NAME = "bearerguard.audit"
+_log = logging.getLogger("bearerguard")
 _MAX_FIELD = 128  # header values chosen by clients are truncated before logging
 _MAX_PATH = 512
 _MAX_DETAIL = 512  # a detail may quote what a client sent (a DPoP proof's jwk members)
@@ -73,6 +75,13 @@ def _printable(value: str) -> str:
     in a path, or a control character in a header or claim, can neither forge a log line
     nor fail a sink's encoding, whatever the application's renderer."""
     return value if value.isprintable() else value.encode("unicode_escape").decode("ascii")
+
+
+def emit_failed(event: str, exc: Exception) -> None:
+    """Report an audit event the application's logger failed to take (a processor or its
+    sink raised). The decision stands: a refusal is still answered as one, an acceptance
+    still reaches the app; neither becomes a 500."""
+    _log.error("bearerguard: the audit logger failed; %s event lost", event, exc_info=exc)
 
 
 def _milliseconds(seconds: float) -> float:
@@ -230,29 +239,34 @@ class AuditLog:
         # as in every other event (a security fix: a raw "\x85" forges a log line).
         client = _printable(client[:_MAX_FIELD]) if client else client
         if token_logger is not None and binding == "bearer":
-            # The other twelve fields are bound to token_logger.
-            token_logger.info(
+            try:  # the other twelve fields are bound to token_logger
+                token_logger.info(
+                    "token.accepted",
+                    latency_ms=_milliseconds(latency),
+                    method=_printable(request.method[:_MAX_FIELD]),
+                    path=_printable(request.path[:_MAX_PATH]),
+                    client=client,
+                    request_id=_printable(request_id[:_MAX_FIELD]) if request_id else None,
+                )
+            except Exception as exc:  # noqa: BLE001 - the application's logger: never a 500
+                emit_failed("token.accepted", exc)
+            return
+        try:
+            self._logger.info(
                 "token.accepted",
+                outcome="allow",
+                reason="ok",
+                status=None,
                 latency_ms=_milliseconds(latency),
+                binding=binding,
                 method=_printable(request.method[:_MAX_FIELD]),
                 path=_printable(request.path[:_MAX_PATH]),
                 client=client,
                 request_id=_printable(request_id[:_MAX_FIELD]) if request_id else None,
+                **(token_fields(token) if described is None else described),
             )
-            return
-        self._logger.info(
-            "token.accepted",
-            outcome="allow",
-            reason="ok",
-            status=None,
-            latency_ms=_milliseconds(latency),
-            binding=binding,
-            method=_printable(request.method[:_MAX_FIELD]),
-            path=_printable(request.path[:_MAX_PATH]),
-            client=client,
-            request_id=_printable(request_id[:_MAX_FIELD]) if request_id else None,
-            **(token_fields(token) if described is None else described),
-        )
+        except Exception as exc:  # noqa: BLE001 - the application's logger: never a 500
+            emit_failed("token.accepted", exc)
         if self._proxy is not None:
             self._settle()
 
@@ -264,25 +278,28 @@ class AuditLog:
         count; the four counts are ``None`` where not measured.
         """
         action = consequence(verdict)
-        self._logger.warning(
-            "token.anomaly",
-            outcome="allow" if action in ("allow", "log") else "deny",
-            reason="usage_anomaly",
-            status=None if action in ("allow", "log") else 401,
-            action=action,
-            breaches=[
-                {"scope": b.scope, "measure": b.measure, "count": b.count, "limit": b.limit}
-                for b in verdict.breaches
-            ],
-            window_s=verdict.window,
-            first=verdict.first,
-            token_uses=verdict.token_uses,
-            token_addresses=verdict.token_addresses,
-            subject_uses=verdict.subject_uses,
-            subject_addresses=verdict.subject_addresses,
-            **request.fields(),
-            **token_fields(token),
-        )
+        try:
+            self._logger.warning(
+                "token.anomaly",
+                outcome="allow" if action in ("allow", "log") else "deny",
+                reason="usage_anomaly",
+                status=None if action in ("allow", "log") else 401,
+                action=action,
+                breaches=[
+                    {"scope": b.scope, "measure": b.measure, "count": b.count, "limit": b.limit}
+                    for b in verdict.breaches
+                ],
+                window_s=verdict.window,
+                first=verdict.first,
+                token_uses=verdict.token_uses,
+                token_addresses=verdict.token_addresses,
+                subject_uses=verdict.subject_uses,
+                subject_addresses=verdict.subject_addresses,
+                **request.fields(),
+                **token_fields(token),
+            )
+        except Exception as exc:  # noqa: BLE001 - the application's logger: never a 500
+            emit_failed("token.anomaly", exc)
 
     def refused(
         self,
@@ -317,16 +334,19 @@ class AuditLog:
             event, level = "token.rejected", "warning"
         if self.metrics is not None:
             self._count(event, error.reason, latency)
-        getattr(self._logger, level)(
-            event,
-            outcome="error" if level == "error" else "deny",
-            reason=error.reason,
-            status=error.status,
-            detail=None if error.detail is None else _printable(error.detail[:_MAX_DETAIL]),
-            latency_ms=_milliseconds(latency),
-            binding=error.binding,
-            **request.fields(),
-            **fields,
-        )
+        try:
+            getattr(self._logger, level)(
+                event,
+                outcome="error" if level == "error" else "deny",
+                reason=error.reason,
+                status=error.status,
+                detail=None if error.detail is None else _printable(error.detail[:_MAX_DETAIL]),
+                latency_ms=_milliseconds(latency),
+                binding=error.binding,
+                **request.fields(),
+                **fields,
+            )
+        except Exception as exc:  # noqa: BLE001 - the application's logger: never a 500
+            emit_failed(event, exc)  # the refusal is answered all the same
         if self._proxy is not None:
             self._settle()

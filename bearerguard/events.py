@@ -51,7 +51,7 @@ from bearerguard._core.secevent import (
     plan_security_event,
 )
 from bearerguard._core.times import Instant
-from bearerguard.audit import RequestInfo
+from bearerguard.audit import RequestInfo, emit_failed
 from bearerguard.errors import (
     BadSignatureError,
     ConfigurationError,
@@ -317,28 +317,34 @@ class SecurityEventReceiver:
             {"event": _trim(ignored.event_type), "action": "ignored", "why": ignored.why}
             for ignored in plan.ignored
         ]
-        self._audit.info(
-            "event.received",
-            outcome="allow",  # docs/audit-events.md: allow, deny or error, as every event
-            status=202,
-            iss=self.guard.issuer,
-            jti=_trim(plan.jti),
-            event_types=[_trim(event) for event in plan.event_types],
-            subjects=sorted({_trim(cutoff.subject) for cutoff in plan.cutoffs}),
-            actions=actions,
-            **request,
-        )
+        try:
+            self._audit.info(
+                "event.received",
+                outcome="allow",  # docs/audit-events.md: allow, deny or error, as every event
+                status=202,
+                iss=self.guard.issuer,
+                jti=_trim(plan.jti),
+                event_types=[_trim(event) for event in plan.event_types],
+                subjects=sorted({_trim(cutoff.subject) for cutoff in plan.cutoffs}),
+                actions=actions,
+                **request,
+            )
+        except Exception as exc:  # noqa: BLE001 - the SET was acted on: still acknowledged
+            emit_failed("event.received", exc)
 
     def _rejected(self, answer: _Answer, request: dict[str, Any]) -> None:
         log = self._audit.error if answer.status >= 500 else self._audit.warning
-        log(
-            "event.rejected",
-            outcome="error" if answer.status >= 500 else "deny",
-            status=answer.status,
-            err=answer.err or None,
-            reason=answer.detail,
-            **request,
-        )
+        try:
+            log(
+                "event.rejected",
+                outcome="error" if answer.status >= 500 else "deny",
+                status=answer.status,
+                err=answer.err or None,
+                reason=answer.detail,
+                **request,
+            )
+        except Exception as exc:  # noqa: BLE001 - the refusal is answered all the same
+            emit_failed("event.rejected", exc)
 
 
 class _Disconnected(Exception):  # noqa: N818 - the client went away: nothing to answer

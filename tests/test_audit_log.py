@@ -573,3 +573,57 @@ def test_a_kid_is_escaped_when_unverified_and_whole_once_its_key_is_published(
     assert [event["reason"] for event in events] == ["revoked", "bad_signature"]
     assert events[0]["kid"] == kid
     assert events[1]["kid"] == ("clé-" + "k" * 124).encode("unicode_escape").decode()
+
+
+def _failing_sink(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+    """A processor whose sink is down (a full disk, a closed stream): it raises."""
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("flask", [False, True], ids=["asgi", "wsgi"])
+def test_an_audit_logger_that_raises_never_changes_a_decision(
+    session_issuer: DevIssuer, caplog: pytest.LogCaptureFixture, flask: bool
+) -> None:
+    # Every decision stands when the application's logger fails: no 500 for a refusal, an
+    # acceptance (first sight and cache hit, through the token's bound logger) or a scope
+    # denial; the lost event is reported on the stdlib "bearerguard" logger instead.
+    from tests.apps import build_app, build_flask_app
+
+    guard = session_issuer.guard(audit_logger=bound_logger(_failing_sink))
+    if flask:
+        client = build_flask_app(guard).test_client()
+    else:
+        client = TestClient(build_app(guard), raise_server_exceptions=False)
+    readable = {"Authorization": f"Bearer {session_issuer.mint(scopes=['items:read'])}"}
+    other = {"Authorization": f"Bearer {session_issuer.mint(scopes=['other'])}"}
+    with caplog.at_level(logging.ERROR, "bearerguard"):
+        assert client.get("/me").status_code == 401
+        assert client.get("/me", headers={"Authorization": "Bearer a.b.c"}).status_code == 401
+        assert [client.get("/items", headers=readable).status_code for _ in range(3)] == [200] * 3
+        assert client.get("/items", headers=other).status_code == 403
+    lost = [record.getMessage() for record in caplog.records if record.name == "bearerguard"]
+    assert lost == [
+        "bearerguard: the audit logger failed; token.rejected event lost",
+        "bearerguard: the audit logger failed; token.rejected event lost",
+        *["bearerguard: the audit logger failed; token.accepted event lost"] * 3,
+        "bearerguard: the audit logger failed; token.accepted event lost",
+        "bearerguard: the audit logger failed; scope.denied event lost",
+    ]
+
+
+@pytest.mark.parametrize("action", ["log", "reject"])
+def test_a_token_anomaly_the_logger_cannot_take_keeps_its_verdict(
+    session_issuer: DevIssuer, caplog: pytest.LogCaptureFixture, action: str
+) -> None:
+    from bearerguard.usage import MemoryUsageMonitor, UsagePolicy
+
+    policy = UsagePolicy(max_uses_per_token=1, action=action)  # type: ignore[arg-type]
+    guard = session_issuer.guard(
+        usage=MemoryUsageMonitor(policy), audit_logger=bound_logger(_failing_sink)
+    )
+    client = TestClient(BearerGuardMiddleware(PlainTextResponse("hello"), guard=guard))
+    headers = {"Authorization": f"Bearer {session_issuer.mint()}"}
+    with caplog.at_level(logging.ERROR, "bearerguard"):
+        statuses = [client.get("/", headers=headers).status_code for _ in range(2)]
+    assert statuses == [200, 200 if action == "log" else 401]
+    assert "the audit logger failed; token.anomaly event lost" in caplog.text

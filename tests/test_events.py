@@ -9,6 +9,7 @@ the middleware afterwards.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 import uuid
@@ -339,6 +340,31 @@ async def test_unknown_event_types_are_acknowledged_and_change_nothing(api: Setu
         {"event": UNKNOWN_EVENT, "action": "ignored", "why": "event type not acted on"}
     ]
     assert received["subjects"] == []
+
+
+def _failing_sink(_logger: Any, _method: str, _event: Any) -> Any:
+    raise OSError(28, "No space left on device")  # a processor whose sink is down
+
+
+@pytest.mark.anyio
+async def test_an_audit_logger_that_raises_changes_no_answer(
+    issuer: DevIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The SET acted on is still acknowledged (202), a refused one still refused, not a 500
+    # the transmitter would retry; the lost events are reported on the stdlib logger.
+    sink = structlog.wrap_logger(None, processors=[_failing_sink])
+    async for api in make_setup(issuer, audit_logger=sink):
+        token = user_token(issuer, "kim")
+        with caplog.at_level(logging.ERROR, "bearerguard"):
+            cut_off = await api.push({RISC_ACCOUNT_DISABLED: {"subject": iss_sub(issuer, "kim")}})
+            refused = await api.post("not a SET")
+        assert cut_off.status_code == 202
+        assert refused.status_code == 400
+        assert await api.status_of(token) == 401
+        assert [record.getMessage() for record in caplog.records] == [
+            "bearerguard: the audit logger failed; event.received event lost",
+            "bearerguard: the audit logger failed; event.rejected event lost",
+        ]
 
 
 @pytest.mark.anyio

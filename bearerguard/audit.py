@@ -28,7 +28,7 @@ AUDIT_LOGGER_NAME = "bearerguard.audit"
 _log = logging.getLogger("bearerguard")
 _MAX_FIELD = 128  # header values chosen by clients are truncated before logging
 _MAX_PATH = 512
-_MAX_DETAIL = 512  # a detail may quote what a client sent (a DPoP proof's jwk members)
+_MAX_DETAIL = 512  # a detail may quote what a client sent (an MCP body's content coding)
 
 
 class RequestInfo:

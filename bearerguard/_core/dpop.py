@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from bearerguard._core.jws import decode_payload, parse_compact
 from bearerguard._core.keys import (
     ASYMMETRIC_ALGORITHMS,
+    HMAC_ALGORITHMS,
     VerificationKey,
     keys_from_jwks,
     verify_signature,
@@ -43,6 +44,12 @@ _THUMBPRINT_MEMBERS = {
     "RSA": ("e", "kty", "n"),
     "OKP": ("crv", "kty", "x"),
 }
+# What a JWKS skip reason that quotes member values says of a proof's jwk (see _unquoted).
+_JWK_REASONS = (
+    ("use is", "use is not 'sig'"),
+    ("alg ", "its alg does not match the key type"),
+    ("unusable key", "not a usable public key"),
+)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -125,17 +132,38 @@ def _invalid(detail: str) -> InvalidDPoPProofError:
     return InvalidDPoPProofError(detail)
 
 
+def _unquoted(why: str) -> str:
+    """Why a proof's ``jwk`` was skipped, without the member values the JWKS reasons quote.
+
+    A proof is the client's own text: a ``use``, ``alg`` or ``kty`` holding the access token
+    or its signature would put it in the refusal's audit ``detail``, which must never carry
+    any part of the token.
+    """
+    for prefix, said in _JWK_REASONS:
+        if why.startswith(prefix):
+            return said
+    return why if "'" not in why and '"' not in why else "unusable"
+
+
+def _refused_alg(alg: str) -> InvalidDPoPProofError:
+    """The refusal of a proof's ``alg``, quoted only when it is a name this library knows:
+    the proof's header is the client's text, and no part of the access token may reach the
+    audit detail."""
+    known = alg in ASYMMETRIC_ALGORITHMS or alg in HMAC_ALGORITHMS
+    return _invalid(f"{f'alg {alg!r}' if known else 'an unknown alg'} is not accepted for proofs")
+
+
 def _public_key(jwk: Any, alg: str) -> VerificationKey:
     if not isinstance(jwk, dict):
         raise _invalid("jwk header is not a JSON object")
     # Step 7: the key must be public; keys_from_jwks also binds alg to the key type.
     try:
         found, skipped = keys_from_jwks({"keys": [jwk]}, frozenset({alg}))
-    except ValueError as exc:
-        raise _invalid(f"jwk unusable: {exc}") from exc
+    except ValueError as exc:  # pragma: no cover - one JWK in a list is always a JWK Set
+        raise _invalid("jwk unusable") from exc
     if not found:
         why = skipped[0][1] if skipped else "unusable"
-        raise _invalid(f"jwk unusable: {why}")
+        raise _invalid(f"jwk unusable: {_unquoted(why)}")
     return found[0]
 
 
@@ -187,7 +215,7 @@ def check_proof(
     # Step 5: an allowed asymmetric algorithm (never none, never HS*).
     alg = jws.alg
     if alg not in algorithms or alg not in ASYMMETRIC_ALGORITHMS:
-        raise _invalid(f"alg {alg[:32]!r} is not accepted for proofs")
+        raise _refused_alg(alg)
     # Step 7 before step 6: the key must be public before it is used at all.
     jwk = header["jwk"]
     key = _public_key(jwk, alg)

@@ -116,10 +116,15 @@ def refusal_for(
     """
     resource = guard.protected_resource
     dpop = guard.dpop
-    if dpop is not None and error.binding == "bearer":
-        token = error.token or getattr(current_auth.get(), "token", None)
-        if presented_with(guard, token) == "dpop":
-            error.binding = "dpop"
+    # A refusal made after authentication says nothing of the scheme: the request's token
+    # does. authenticate's own refusals carry their token, framed in the client's scheme.
+    if (
+        dpop is not None
+        and error.binding == "bearer"
+        and error.token is None
+        and presented_with(guard, getattr(current_auth.get(), "token", None)) == "dpop"
+    ):
+        error.binding = "dpop"
     return render_refusal(
         error,
         guard.realm,

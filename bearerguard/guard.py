@@ -752,6 +752,7 @@ class BearerGuard:
                 token's fingerprint, and its header or verified token where known.
         """
         credentials, digest = _credentials(token)
+        access = None
         try:
             verified = self._cached(digest)
             if verified is not None:
@@ -794,6 +795,8 @@ class BearerGuard:
                 await self._observe(access, client, request)
         except AuthError as exc:
             exc.fingerprint = _fingerprint(digest)
+            if exc.token is None:  # refused once verified (a DPoP proof): audited with its claims
+                exc.token = access
             if dpop is not None and (exc.binding == "bearer" or dpop.scheme == "dpop"):
                 exc.binding = dpop.scheme  # the challenge of the scheme the client used
             raise
@@ -815,6 +818,7 @@ class BearerGuard:
         synchronous side (``SyncRevocationStore``).
         """
         credentials, digest = _credentials(token)
+        access = None
         try:
             verified = self._cached(digest)
             if verified is not None:
@@ -854,6 +858,8 @@ class BearerGuard:
                 self._observe_sync(access, client, request)
         except AuthError as exc:
             exc.fingerprint = _fingerprint(digest)
+            if exc.token is None:  # refused once verified (a DPoP proof): audited with its claims
+                exc.token = access
             if dpop is not None and (exc.binding == "bearer" or dpop.scheme == "dpop"):
                 exc.binding = dpop.scheme  # the challenge of the scheme the client used
             raise

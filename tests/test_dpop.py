@@ -696,6 +696,39 @@ def test_bound_token_presented_as_bearer_is_refused(
     assert rejected[0]["binding"] == "bearer"
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        lambda h, token: {"Authorization": f"Bearer {token}"},
+        lambda h, token: {"Authorization": f"DPoP {token}"},
+        lambda h, token: dpop(token, h.proof(token, method="POST")),
+    ],
+    ids=["as-bearer", "no-proof", "bad-proof"],
+)
+def test_a_verified_token_refused_for_its_proof_is_audited_with_its_claims(
+    call: Client,
+    session_issuer: DevIssuer,
+    holder: Holder,
+    headers: Callable[[Holder, str], dict[str, str]],
+) -> None:
+    # docs/audit-events.md: a verified token refused carries sub, client_id, iss, jti and
+    # scopes, and kid and alg once its header parsed; a proof refusal carried token_fp alone.
+    token = bound(session_issuer, holder, jti="dpop-audit")
+    with structlog.testing.capture_logs() as logged:
+        assert call("GET", "/me", headers=headers(holder, token)).status_code == 401
+    [event] = logged
+    assert event["event"] == "token.rejected"
+    assert (event["sub"], event["jti"], event["iss"]) == (
+        "user-1",
+        "dpop-audit",
+        session_issuer.url,
+    )
+    assert (event["kid"], event["alg"]) == (
+        session_issuer.key().kid,
+        session_issuer.key().algorithm,
+    )
+
+
 def test_unbound_token_with_the_dpop_scheme_is_refused(
     call: Client, session_issuer: DevIssuer, holder: Holder
 ) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bearerguard._context import SCOPE_KEY, RequestAuth
+from bearerguard._context import SCOPE_KEY, RequestAuth, presented_with
 from bearerguard._core.scopes import validate_scope_names
 from bearerguard._core.unicode import has_lone_surrogate
 from bearerguard.asgi import TokenUser
@@ -229,6 +229,7 @@ class MCPToolScopes:
             error = (_BodyTooLargeError if unreadable.status == 413 else InvalidRequestError)(
                 f"MCP request body: {unreadable.message}"
             )
+            error.binding = presented_with(auth.guard, auth.token)  # as its token.accepted
             auth.guard.audit.refused(error, auth, perf_counter() - auth.started, token=auth.token)
             await _send(
                 send,

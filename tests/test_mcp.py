@@ -509,3 +509,36 @@ def test_default_takes_one_scope_as_a_string_as_tools_does() -> None:
     checked = MCPToolScopes(Starlette(), tools={"a": "notes:write"}, default="notes:read")
     assert checked.required("a") == ("notes:write",)
     assert checked.required("b") == ("notes:read",)
+
+
+def test_a_body_refusal_names_the_binding_the_token_was_accepted_with(
+    session_issuer: DevIssuer,
+) -> None:
+    # docs/audit-events.md: binding is how the token was presented. A DPoP-bound token's
+    # body refused after its token.accepted (binding "dpop") was recorded as "bearer".
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from bearerguard.asgi import BearerGuardMiddleware
+    from bearerguard.dpop import DPoPPolicy
+    from bearerguard.mcp import MCPToolScopes
+    from tests.test_dpop import Holder, dpop
+
+    async def ran(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ran")  # pragma: no cover - every body here is refused
+
+    inner = Starlette(routes=[Route("/mcp", ran, methods=["POST"])])
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy())
+    app = BearerGuardMiddleware(MCPToolScopes(inner, tools={}), guard=guard)
+    holder = Holder()
+    token = session_issuer.mint(cnf={"jkt": holder.jkt})
+    proof = holder.proof(token, method="POST", url="http://testserver/mcp")
+    with TestClient(app) as client, capture_logs() as logs:
+        assert client.post("/mcp", content=b"{", headers=dpop(token, proof)).status_code == 400
+    assert [(e["event"], e["binding"]) for e in logs] == [
+        ("token.accepted", "dpop"),
+        ("token.rejected", "dpop"),
+    ]

@@ -101,6 +101,33 @@ class TokenCredentials(AuthCredentials):
         self.scopes = tuple(sorted(access_token.scopes))  # type: ignore[assignment]
 
 
+def _routed(app: object) -> object:
+    """The app under ``app``'s middleware wrappers (each holds the next as ``app``, as
+    Starlette's do), the first that has ``routes``: what ``unchecked_endpoints`` reads."""
+    for _ in range(100):  # bounded: an ``app`` attribute may lead in a circle
+        if hasattr(app, "routes") or not hasattr(app, "app"):
+            break
+        app = app.app
+    return app
+
+
+def _unchecked_routes(scope: Scope, app: ASGIApp) -> list[str]:
+    """Routes behind this middleware whose scope decorator never runs (see
+    ``unchecked_endpoints``): those of the scope's app and of the app it wraps.
+
+    Both: a middleware added with ``add_middleware`` finds the routes on the Starlette app
+    in ``scope["app"]``; one wrapping an app mounted under another (``Mount("/api",
+    app=BearerGuardMiddleware(api))``) sees the outer app there, and its own routes only
+    under ``app``.
+    """
+    outer = scope.get("app")
+    found = [] if outer is None else unchecked_endpoints(outer)
+    own = _routed(app)
+    if own is not outer:
+        found += [route for route in unchecked_endpoints(own) if route not in found]
+    return found
+
+
 async def _refuse_startup(receive: Receive, send: Send, unchecked: list[str]) -> None:
     """Fail the application's start-up (the server exits) rather than serve those routes.
 
@@ -295,6 +322,10 @@ class BearerGuardMiddleware:
         self.public_paths = PublicPaths(public_paths)
         self.warm_up = warm_up
         self.websocket_credentials = ws_credentials
+        # Until a request finds no misplaced scope decorator: a server that runs no lifespan
+        # (uvicorn --lifespan off, Daphne), or an app mounted under another (Starlette
+        # sends no lifespan to mounts), never meets the start-up check.
+        self._routes_unchecked = True
         # The cache-hit fast path serves a plain single-issuer Bearer setup (decided once).
         self._reusing = (
             guard if isinstance(guard, BearerGuard) and not guard.sender_constrained else None
@@ -306,7 +337,7 @@ class BearerGuardMiddleware:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":  # noqa: PLR1714 - the hot path: no tuple
             if kind == "lifespan":
-                unchecked = unchecked_endpoints(scope.get("app", self.app))
+                unchecked = _unchecked_routes(scope, self.app)
                 if unchecked:
                     await _refuse_startup(receive, send, unchecked)
                     return
@@ -314,6 +345,8 @@ class BearerGuardMiddleware:
                     receive = self._warming(receive)
             await self.app(scope, receive, send)
             return
+        if self._routes_unchecked:  # one test per request: the check itself runs once
+            self._check_routes(scope)
         started = perf_counter()
         guard = self.guard
         entry = None
@@ -432,6 +465,18 @@ class BearerGuardMiddleware:
             await self._send_refusal(scope, send, refused.refusal, refused.error)
         finally:
             current_auth.reset(reset)
+
+    def _check_routes(self, scope: Scope) -> None:
+        """The start-up check, on the first request: a route whose scope decorator never
+        runs must not be served unchecked. Every request fails (500) until it is fixed.
+
+        Raises:
+            ConfigurationError: a scope decorator sits above its route decorator.
+        """
+        unchecked = _unchecked_routes(scope, self.app)
+        if unchecked:
+            raise ConfigurationError(misplaced_decorators(unchecked))
+        self._routes_unchecked = False
 
     def _warming(self, receive: Receive) -> Receive:
         async def receive_and_warm_up() -> Message:

@@ -359,6 +359,52 @@ def test_uvicorn_exits_instead_of_serving_a_misplaced_scope_decorator(
     assert not server.started
 
 
+def test_a_misplaced_scope_decorator_is_refused_where_no_lifespan_runs(
+    session_issuer: DevIssuer,
+) -> None:
+    # No lifespan (uvicorn --lifespan off, Daphne, a TestClient outside "with"), and an app
+    # mounted under another (Starlette sends lifespans to no mount): the start-up check never
+    # ran, and the route served any token. The first request runs it instead.
+    from starlette.middleware.cors import CORSMiddleware
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    guard = session_issuer.guard()
+    headers = {"Authorization": f"Bearer {session_issuer.mint(scopes=['read'])}"}
+
+    def mounted(api: FastAPI) -> Starlette:
+        return Starlette(routes=[Mount("/api", app=BearerGuardMiddleware(api, guard=guard))])
+
+    def wrapped(api: FastAPI) -> Starlette:  # the middleware's app is another middleware
+        inner = CORSMiddleware(api, allow_origins=["*"])
+        return Starlette(routes=[Mount("/api", app=BearerGuardMiddleware(inner, guard=guard))])
+
+    for app, path in [
+        (_misplaced_api(guard), "/admin"),
+        (mounted(_misplaced_api(guard)), "/api/admin"),
+        (wrapped(_misplaced_api(guard)), "/api/admin"),
+    ]:
+        client = TestClient(app)
+        for _ in range(2):  # every request, not only the first
+            with pytest.raises(ConfigurationError, match="decorator of GET /admin"):
+                client.get(path, headers=headers)
+        assert TestClient(app, raise_server_exceptions=False).get(path).status_code == 500
+    # A mounted app with its decorators in order is served.
+    api = FastAPI()
+
+    @api.get("/admin")
+    @requires_scopes("admin")
+    async def admin() -> dict[str, bool]:
+        return {"ok": True}
+
+    client = TestClient(mounted(api))
+    assert client.get("/api/admin", headers=headers).status_code == 403
+    admin_token = session_issuer.mint(scopes=["admin"])
+    assert client.get("/api/admin", headers={"Authorization": f"Bearer {admin_token}"}).json() == {
+        "ok": True
+    }
+
+
 def test_protect_refuses_a_flask_view_with_a_misplaced_scope_decorator(
     session_issuer: DevIssuer,
 ) -> None:

@@ -174,8 +174,9 @@ def _websocket_credentials(
 
     Returns the ``Authorization`` values and query string to apply the common rules to. A
     token found in a subprotocol or the query is handed on as a header value, so it meets
-    the same b64token and size checks; the subprotocol is removed from what the app sees,
-    so it can never be echoed back or logged by the app. Two methods at once are refused
+    the same b64token and size checks; the subprotocol and the query parameter are removed
+    from what the app sees, so they can never be echoed back or logged by the app (or by
+    the server, which logs the scope's query string). Two methods at once are refused
     (RFC 6750 §2: a client uses one method per request).
     """
     found: list[bytes] = []
@@ -204,6 +205,9 @@ def _websocket_credentials(
             unquote_to_bytes(part.partition(b"=")[2]) for part in parts if is_query_token(part)
         )
         query = b"&".join(part for part in parts if not is_query_token(part))
+        # Out of what the app and the server see too: uvicorn logs the handshake's URL
+        # from this scope once the app accepts or refuses it (RFC 6750 §5.3).
+        scope["query_string"] = query
     if not found:
         return authorization, query
     if authorization or len(found) > 1:

@@ -128,6 +128,32 @@ def test_query_opt_in(guard: BearerGuard, session_issuer: DevIssuer) -> None:
         assert client.get(f"/anything?access_token={token}").status_code == 400
 
 
+def test_a_query_token_is_taken_out_of_the_query(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # As the subprotocol: the app and the server (uvicorn logs the handshake's path and
+    # query from the scope) never see it (RFC 6750 §5.3), the rest of the query stays.
+    async def query(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_json({"query": websocket.scope["query_string"].decode()})
+        await websocket.close()
+
+    app = Starlette(
+        routes=[WebSocketRoute("/ws", query)],
+        middleware=[
+            Middleware(BearerGuardMiddleware, guard=guard, websocket_credentials=["query"])
+        ],
+    )
+    token = session_issuer.mint(sub="cy")
+    with TestClient(app) as client:
+        for sent, kept in [
+            (f"room=1&access_token={token}&x=%20", "room=1&x=%20"),
+            (f"access%5Ftoken={token}", ""),
+        ]:
+            with client.websocket_connect(f"/ws?{sent}") as ws:
+                assert ws.receive_json() == {"query": kept}
+
+
 def test_scope_denial_closes_before_accept(guard: BearerGuard, session_issuer: DevIssuer) -> None:
     with TestClient(build(guard, ["subprotocol"])) as client:
         token = session_issuer.mint(scopes=["chat:read"])

@@ -22,6 +22,7 @@ from bearerguard._core.extract import (
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard.audit import RequestInfo
+from bearerguard.decorators import misplaced_decorators, unchecked_endpoints
 from bearerguard.dpop import DPoPPolicy, DPoPRequest, dpop_request
 from bearerguard.errors import AuthError, ConfigurationError, ServiceUnavailableError
 from bearerguard.guard import BearerGuard
@@ -155,6 +156,17 @@ def _dpop_request(
     )
 
 
+def _flask_app(app: object) -> object:
+    """The Flask app under ``app``: ``app.wsgi_app`` is a bound method of it, possibly under
+    WSGI wrappers that hold the next as ``app`` (werkzeug's ``ProxyFix``)."""
+    for _ in range(100):  # bounded: an ``app`` attribute may lead in a circle
+        owner = getattr(app, "__self__", app)
+        if hasattr(owner, "view_functions") or not hasattr(owner, "app"):
+            return owner
+        app = owner.app
+    return app
+
+
 def _is_preflight(environ: WSGIEnvironment) -> bool:
     """A CORS preflight carrying nothing that could be a credential (Fetch standard: a
     preflight sends no Authorization, no DPoP proof, and the query names no token)."""
@@ -217,6 +229,9 @@ class BearerGuardWSGIMiddleware:
         self.public_paths = PublicPaths(public_paths)
         self.respond = respond or responder_for(app)
         self.cors_preflight = cors_preflight
+        # Until a request finds no misplaced scope decorator (WSGI has no start-up hook; a
+        # Flask app's routes are all registered by its first request).
+        self._routes_unchecked = True
         if warm_up:
             try:
                 guard.warm_up_sync()
@@ -224,6 +239,8 @@ class BearerGuardWSGIMiddleware:
                 _log.warning("bearerguard: warm-up failed, requests fail closed: %s", exc)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if self._routes_unchecked:  # one test per request: the check itself runs once
+            self._check_routes()
         started = perf_counter()
         guard = self.guard
         header = environ.get("HTTP_AUTHORIZATION")
@@ -299,6 +316,18 @@ class BearerGuardWSGIMiddleware:
         if access is not None:
             guard.audit.accepted(access, auth, perf_counter() - started, binding=binding)
         return self._call_app(environ, start_response, auth)
+
+    def _check_routes(self) -> None:
+        """On the first request: a Flask view whose scope decorator sits above its route
+        decorator must not be served unchecked. Every request fails (500) until it is fixed.
+
+        Raises:
+            ConfigurationError: such a view (see ``unchecked_endpoints``).
+        """
+        unchecked = unchecked_endpoints(_flask_app(self.app))
+        if unchecked:
+            raise ConfigurationError(misplaced_decorators(unchecked))
+        self._routes_unchecked = False
 
     def _call_app(
         self, environ: WSGIEnvironment, start_response: StartResponse, auth: RequestAuth

@@ -532,3 +532,31 @@ def test_a_mounted_app_whose_routes_cannot_be_read_still_starts(
     )
     with TestClient(app) as client:
         assert client.get("/").status_code == 401
+
+
+def test_a_flask_view_registered_after_protect_is_checked_at_the_first_request(
+    session_issuer: DevIssuer,
+) -> None:
+    # protect() sees only the views registered before it; a blueprint registered later
+    # (the usual layout) is checked when the first request comes, under ProxyFix too.
+    import flask
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from bearerguard.flask import protect
+
+    app = flask.Flask(__name__)
+    app.wsgi_app = ProxyFix(app.wsgi_app)  # type: ignore[method-assign]
+    protect(app, guard=session_issuer.guard(in_process=True))
+    reports = flask.Blueprint("reports", __name__)
+
+    @requires_scopes("admin")
+    @reports.get("/reports")
+    def reports_view() -> str:
+        return "secret"  # pragma: no cover - never served
+
+    app.register_blueprint(reports)
+    client = app.test_client()
+    token = session_issuer.mint(scopes=["items:read"])
+    for _ in range(2):  # every request, until the app is fixed
+        with pytest.raises(ConfigurationError, match=r"view 'reports\.reports_view'"):
+            client.get("/reports", headers={"Authorization": f"Bearer {token}"})

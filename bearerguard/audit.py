@@ -234,19 +234,23 @@ class AuditLog:
 
         ``token_logger`` is this log's ``token_logger(described)`` when the caller keeps it.
         """
-        request_id, client = request.request_id, request.client
+        # The request's fields, as RequestInfo.fields gives them, without building a dict.
         # Behind a proxy the address is a client's X-Forwarded-For: truncated and escaped
         # as in every other event (a security fix: a raw "\x85" forges a log line).
+        request_id, client = request.request_id, request.client
+        request_id = _printable(request_id[:_MAX_FIELD]) if request_id else None
         client = _printable(client[:_MAX_FIELD]) if client else client
+        method = _printable(request.method[:_MAX_FIELD])
+        path = _printable(request.path[:_MAX_PATH])
         if token_logger is not None and binding == "bearer":
             try:  # the other twelve fields are bound to token_logger
                 token_logger.info(
                     "token.accepted",
                     latency_ms=_milliseconds(latency),
-                    method=_printable(request.method[:_MAX_FIELD]),
-                    path=_printable(request.path[:_MAX_PATH]),
+                    method=method,
+                    path=path,
                     client=client,
-                    request_id=_printable(request_id[:_MAX_FIELD]) if request_id else None,
+                    request_id=request_id,
                 )
             except Exception as exc:  # noqa: BLE001 - the application's logger: never a 500
                 emit_failed("token.accepted", exc)
@@ -259,10 +263,10 @@ class AuditLog:
                 status=None,
                 latency_ms=_milliseconds(latency),
                 binding=binding,
-                method=_printable(request.method[:_MAX_FIELD]),
-                path=_printable(request.path[:_MAX_PATH]),
+                method=method,
+                path=path,
                 client=client,
-                request_id=_printable(request_id[:_MAX_FIELD]) if request_id else None,
+                request_id=request_id,
                 **(token_fields(token) if described is None else described),
             )
         except Exception as exc:  # noqa: BLE001 - the application's logger: never a 500

@@ -19,7 +19,7 @@ import structlog
 
 from bearerguard._core.usage import UsageVerdict, consequence
 from bearerguard.errors import AuthError, InsufficientScopeError, ServiceUnavailableError
-from bearerguard.metrics import DECISION_SECONDS, DECISIONS, MetricsHook
+from bearerguard.metrics import DECISION_SECONDS, DECISIONS, MetricsHook, metrics_failed
 from bearerguard.token import AccessToken
 
 __all__ = ["AUDIT_LOGGER_NAME", "AuditLog", "RequestInfo", "emit_failed", "token_fields"]
@@ -145,8 +145,11 @@ class AuditLog:
     def _count(self, event: str, reason: str, latency: float) -> None:
         metrics = self.metrics
         if metrics is not None:
-            metrics.increment(DECISIONS, {"event": event, "reason": reason})
-            metrics.observe(DECISION_SECONDS, latency, {"event": event})
+            try:
+                metrics.increment(DECISIONS, {"event": event, "reason": reason})
+                metrics.observe(DECISION_SECONDS, latency, {"event": event})
+            except Exception as exc:  # noqa: BLE001 - the application's hook: never a 500
+                metrics_failed(DECISIONS, exc)  # the decision is answered all the same
 
     @property
     def logger(self) -> Any:

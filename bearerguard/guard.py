@@ -77,6 +77,8 @@ from bearerguard.metrics import (
     JWKS_FETCHES,
     REVOCATION_FAILURES,
     MetricsHook,
+    count,
+    metrics_failed,
 )
 from bearerguard.mtls import CertificateBinding
 from bearerguard.revocation._table import DEFAULT_EXPIRY_GRACE, RevocationTable
@@ -718,7 +720,10 @@ class BearerGuard:
                 return None
             entry.cleared = version
         if self.metrics is not None:
-            self.metrics.increment(CACHE, _HIT)
+            try:
+                self.metrics.increment(CACHE, _HIT)
+            except Exception as exc:  # noqa: BLE001 - the application's hook: never a 500
+                metrics_failed(CACHE, exc)
         return entry
 
     async def authenticate(
@@ -943,8 +948,8 @@ class BearerGuard:
     def _cached(self, digest: bytes) -> Verified | None:
         """The cache entry for ``digest`` if it may still be used, counted as a hit or miss."""
         verified = self._usable_entry(digest)
-        if self.metrics is not None:
-            self.metrics.increment(CACHE, _MISS if verified is None else _HIT)
+        if self.metrics is not None:  # no call at all without a hook: the hot path
+            count(self.metrics, CACHE, _MISS if verified is None else _HIT)
         return verified
 
     def _usable_entry(self, digest: bytes) -> Verified | None:
@@ -1125,18 +1130,15 @@ class BearerGuard:
             self._keys_failed(ValueError("the key set has no usable key"))
             return
         cache.record_success(KeySet(found, previous=cache.keys), self.clock(), max_age)
-        if self.metrics is not None:
-            self.metrics.increment(JWKS_FETCHES, {"result": "ok"})
+        count(self.metrics, JWKS_FETCHES, {"result": "ok"})
 
     def _keys_failed(self, error: Exception) -> None:
         self._keys.record_failure()
-        if self.metrics is not None:
-            self.metrics.increment(JWKS_FETCHES, {"result": "error"})
+        count(self.metrics, JWKS_FETCHES, {"result": "error"})
         _log.warning("bearerguard: key set refresh failed: %s", error)
 
     def _revocation_failed(self, access: AccessToken, exc: Exception) -> None:
-        if self.metrics is not None:
-            self.metrics.increment(REVOCATION_FAILURES, {"store": self._store_name})
+        count(self.metrics, REVOCATION_FAILURES, {"store": self._store_name})
         if self._fail_open:
             _log.warning(
                 "bearerguard: revocation store %s failed, failing open: %r", self._store_name, exc

@@ -14,6 +14,8 @@ name                                      kind       labels
 
 Every decision is counted, whatever the audit sampling. The key set's age is read when asked
 (``BearerGuard.key_set_age()``), so exporters publish it as a gauge computed at scrape time.
+A hook that raises changes no decision (never a 500, never a refusal let through): the lost
+figure is reported on the stdlib logger ``bearerguard`` (``metrics_failed``).
 
 ``InMemoryMetrics`` keeps the figures in the process (``snapshot()``, for tests and a debug
 endpoint); ``PrometheusMetrics`` (extra ``bearerguard[prometheus]``) exports them. Anything
@@ -23,6 +25,7 @@ else, OpenTelemetry or statsd, is a class with the two methods of ``MetricsHook`
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 import threading
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -40,7 +43,11 @@ __all__ = [
     "InMemoryMetrics",
     "MetricsHook",
     "PrometheusMetrics",
+    "count",
+    "metrics_failed",
 ]
+
+_log = logging.getLogger("bearerguard")
 
 DECISIONS = "bearerguard_decisions_total"
 DECISION_SECONDS = "bearerguard_decision_seconds"
@@ -80,6 +87,22 @@ class MetricsHook(Protocol):
     def observe(self, name: str, value: float, labels: dict[str, str]) -> None:
         """Record ``value`` in the histogram ``name`` with ``labels``."""
         ...
+
+
+def metrics_failed(name: str, exc: Exception) -> None:
+    """Report a figure the metrics hook failed to take (it raised). The decision it
+    described stands: a refusal is still answered as one, an acceptance still reaches the
+    app; neither becomes a 500."""
+    _log.error("bearerguard: the metrics hook failed; %s not recorded", name, exc_info=exc)
+
+
+def count(hook: MetricsHook | None, name: str, labels: dict[str, str]) -> None:
+    """``hook.increment(name, labels)`` when there is a hook, whatever it raises."""
+    if hook is not None:
+        try:
+            hook.increment(name, labels)
+        except Exception as exc:  # noqa: BLE001 - the application's hook: never a 500
+            metrics_failed(name, exc)
 
 
 class InMemoryMetrics:

@@ -92,6 +92,52 @@ def test_fetch_and_store_failures_are_counted(issuer: DevIssuer) -> None:
     assert metrics.count(DECISIONS, event="auth.unavailable", reason="revocation_unavailable") == 1
 
 
+class FailingHook:
+    """A metrics hook whose backend is down: every call raises."""
+
+    def increment(self, name: str, labels: dict[str, str]) -> None:
+        raise ConnectionError("statsd down")
+
+    def observe(self, name: str, value: float, labels: dict[str, str]) -> None:
+        raise ConnectionError("statsd down")
+
+
+class BrokenSyncStore(BrokenStore):
+    def is_revoked_sync(self, token: AccessToken) -> bool:
+        raise ConnectionError("down")
+
+
+@pytest.mark.parametrize("stack", ["asgi", "wsgi"])
+def test_a_failing_hook_changes_no_decision(
+    stack: str, issuer: DevIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every decision stands, never a 500: the hook is the application's, as its logger is."""
+    token = bearer(issuer.mint(scopes=["items:read"]))
+    guard = issuer.guard(metrics=FailingHook())
+    # A store that fails, with a policy that lets the request through all the same.
+    failing_open = issuer.guard(
+        metrics=FailingHook(), revocation=BrokenSyncStore(), revocation_failure="allow"
+    )
+    answers = []
+    for guarded in (guard, failing_open):
+        if stack == "asgi":
+            client: httpx.Client = TestClient(build_app(guarded), raise_server_exceptions=False)
+        else:
+            app = build_flask_app(guarded)
+            transport = httpx.WSGITransport(app=app, raise_app_exceptions=False)
+            client = httpx.Client(transport=transport, base_url="http://t")
+        with client:
+            answers += [
+                client.get("/items", headers=token).status_code,  # a miss, then a cache hit
+                client.get("/items", headers=token).status_code,
+                client.get("/items").status_code,
+                client.get("/items", headers=bearer(issuer.mint_expired())).status_code,
+                client.post("/items", headers=token).status_code,
+            ]
+    assert answers == [200, 200, 401, 401, 403] * 2
+    assert "the metrics hook failed" in caplog.text
+
+
 def test_metrics_must_be_a_hook(session_issuer: DevIssuer) -> None:
     with pytest.raises(ConfigurationError):
         session_issuer.guard(metrics=object())

@@ -147,7 +147,17 @@ def test_the_sliding_estimate(current: int, previous: int, remaining: int, expec
         # A dual-stack socket reports IPv4 clients as mapped addresses: they stay distinct.
         ("::ffff:203.0.113.7", {}, "203.0.113.7"),
         ("::ffff:203.0.113.7", {"ipv4_prefix": 16}, "203.0.0.0/16"),
+        # A proxy that forwards the client's port (RFC 7239 §6), passed on by ProxyFix: one
+        # client's connections each have a port of their own, and count as one address.
+        ("203.0.113.7:50001", {}, "203.0.113.7"),
+        ("203.0.113.7:50001", {"ipv4_prefix": 24}, "203.0.113.0/24"),
+        ("[2001:db8::1]:4711", {}, "2001:db8::/64"),
+        ("[::ffff:203.0.113.7]:4711", {}, "203.0.113.7"),
         ("testclient", {}, "testclient"),
+        ("testclient:80", {}, "testclient:80"),
+        ("203.0.113.7:port", {}, "203.0.113.7:port"),
+        ("203.0.113.7:655350", {}, "203.0.113.7:655350"),
+        ("2001:db8::1:4711", {}, "2001:db8::/64"),  # no brackets: an address of its own
         ("not:an:address", {}, "not:an:address"),
         ("x" * 1000, {}, "x" * 256),
     ],
@@ -490,6 +500,17 @@ async def test_uses_without_an_address_are_counted(make: Make, side: str) -> Non
     found = await observe(monitor, side, token(), "203.0.113.9")
     assert (found.token_uses, found.token_addresses) == (3, 1)
     assert found.breaches == (Breach("token", "uses", 3, 2),)
+
+
+@pytest.mark.anyio
+async def test_one_client_through_a_proxy_that_forwards_ports(make: Make, side: str) -> None:
+    """Each connection of one client has its own port: one address, however many."""
+    monitor = make(UsagePolicy(max_addresses_per_token=1), Clock())
+    for address in ("203.0.113.7:50001", "203.0.113.7:50002", "203.0.113.7"):
+        found = await observe(monitor, side, token(), address)
+    assert (found.token_addresses, found.exceeded) == (1, False)
+    found = await observe(monitor, side, token(), "198.51.100.2:50001")
+    assert (found.token_addresses, found.exceeded) == (2, True)
 
 
 @pytest.mark.anyio

@@ -261,8 +261,11 @@ def estimate(current: int, previous: int, remaining: int) -> int:
 def address_key(client: str | None, policy: UsagePolicy) -> str | None:
     """What a client address counts as: itself, or its network for the policy's prefixes.
 
-    Anything that is not an IP address (a Unix socket path, a test client's name) counts as
-    itself, cut to a bounded length; ``None`` or an empty string is not counted.
+    An address with a port, as some proxies forward it (``192.0.2.43:47011``,
+    ``[2001:db8::1]:4711``: RFC 7239 §6) and as Werkzeug's ``ProxyFix`` passes it on, counts
+    as the address: each connection of one client has a port of its own. Anything else that
+    is not an IP address (a Unix socket path, a test client's name) counts as itself, cut to
+    a bounded length; ``None`` or an empty string is not counted.
     """
     if not client:
         return None
@@ -279,7 +282,8 @@ def address_key(client: str | None, policy: UsagePolicy) -> str | None:
         # inet_pton, not ipaddress: C, and a tenth of the cost on the hot path.
         packed = inet_pton(AF_INET6, client.strip("[]"))
     except OSError:
-        return client
+        host = _without_port(client)
+        return client if host is None else address_key(host, policy)
     if packed[:12] == _IPV4_MAPPED:
         if policy.ipv4_prefix == 32:
             return inet_ntop(AF_INET, packed[12:])
@@ -288,6 +292,23 @@ def address_key(client: str | None, policy: UsagePolicy) -> str | None:
 
 
 _IPV4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96 (RFC 4291 §2.5.5.2)
+
+
+def _without_port(client: str) -> str | None:
+    """The IP address of ``client`` written with a port (RFC 7239 §6: ``IPv4:port``, or
+    ``[IPv6]:port``), else ``None``."""
+    host, _, port = client.rpartition(":")
+    if not (port.isdecimal() and port.isascii() and len(port) <= 5):
+        return None
+    if host[:1] == "[" and host[-1:] == "]":
+        family, host = AF_INET6, host[1:-1]
+    else:
+        family = AF_INET
+    try:
+        inet_pton(family, host)
+    except OSError:
+        return None
+    return host
 
 
 def _network(family: int, packed: bytes, prefix: int) -> str:

@@ -78,7 +78,6 @@ from bearerguard.metrics import (
     REVOCATION_FAILURES,
     MetricsHook,
     count,
-    metrics_failed,
 )
 from bearerguard.mtls import CertificateBinding
 from bearerguard.revocation._table import DEFAULT_EXPIRY_GRACE, RevocationTable
@@ -159,8 +158,11 @@ class Verified:
         """``audit.accepted`` for this cached token, with what the entry keeps for it.
 
         The token's logger is bound only for an event sampled in: an acceptance that is
-        only counted, or sampled out, leaves the entry as it was.
+        only counted, or sampled out, leaves the entry as it was. The middlewares' cache
+        hit is counted here, once per request decided (``BearerGuard.reused`` counts none).
         """
+        if audit.metrics is not None:
+            count(audit.metrics, CACHE, _HIT)
         if audit.admits_accepted(latency):
             audit.emit_accepted(
                 self.token,
@@ -696,6 +698,8 @@ class BearerGuard:
         (``nonblocking``, or ``is_revoked_now`` when it can), with no usage monitor.
         Anything else, refusals included, returns ``None`` and goes through
         ``authenticate``, which applies every rule and carries the details a refusal needs.
+        The hit is counted by ``Verified.record_accepted``, once the middleware decides the
+        request (an inner middleware meeting a request already let in counts nothing).
         """
         cache = self._reuse_cache
         if cache is None:
@@ -719,11 +723,6 @@ class BearerGuard:
             except Exception:  # noqa: BLE001 - authenticate applies the failure policy
                 return None
             entry.cleared = version
-        if self.metrics is not None:
-            try:
-                self.metrics.increment(CACHE, _HIT)
-            except Exception as exc:  # noqa: BLE001 - the application's hook: never a 500
-                metrics_failed(CACHE, exc)
         return entry
 
     async def authenticate(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -21,6 +22,7 @@ from structlog.testing import capture_logs
 from bearerguard import BearerGuard, get_access_token, requires_scopes
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.dpop import DPoPPolicy
+from bearerguard.metrics import CACHE, DECISIONS, InMemoryMetrics
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
 from tests.test_dpop import Holder
@@ -120,6 +122,35 @@ def test_wsgi_a_request_is_audited_once_through_two_middlewares(
             b"".join(app(environ, start_response))
         assert statuses == ["200 OK"]
         assert [event["event"] for event in events] == ["token.accepted"]
+
+
+def test_a_request_is_counted_once_through_two_middlewares(session_issuer: DevIssuer) -> None:
+    """The inner middleware's look into the cache is no second hit: the metrics count each
+    request once, cache hits as decisions, on the fast path as on the full one."""
+    token = session_issuer.mint(sub="ada")
+    for stack in ("asgi", "wsgi"):
+        metrics = InMemoryMetrics()
+        guard = session_issuer.guard(in_process=True, metrics=metrics)
+        if stack == "asgi":
+            client: httpx.Client = TestClient(stacked(guard))
+            path = "/api/me"
+        else:
+            inner = BearerGuardWSGIMiddleware(hello_wsgi, guard=guard)
+            transport = httpx.WSGITransport(app=BearerGuardWSGIMiddleware(inner, guard=guard))
+            client, path = httpx.Client(transport=transport, base_url="http://t"), "/me"
+        with client:
+            for _ in range(3):  # the token's first sight, then two cache hits
+                response = client.get(path, headers={"Authorization": f"Bearer {token}"})
+                assert (response.status_code, response.text) == (200, "ada")
+        assert metrics.count(CACHE, result="miss") == 1, stack
+        assert metrics.count(CACHE, result="hit") == 2, stack
+        assert metrics.count(DECISIONS, event="token.accepted", reason="ok") == 3, stack
+
+
+def hello_wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    token = get_access_token()
+    return [str(None if token is None else token.subject).encode()]
 
 
 def test_a_scope_refusal_inside_the_inner_app_is_answered_not_a_500(

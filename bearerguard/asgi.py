@@ -37,7 +37,7 @@ from bearerguard._core.extract import (
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard.audit import RequestInfo
-from bearerguard.decorators import misplaced_decorators, unchecked_endpoints
+from bearerguard.decorators import attribute_of, misplaced_decorators, unchecked_endpoints
 from bearerguard.dpop import DPoPPolicy, DPoPRequest, dpop_request
 from bearerguard.errors import (
     AuthError,
@@ -103,11 +103,13 @@ class TokenCredentials(AuthCredentials):
 
 def _routed(app: object) -> object:
     """The app under ``app``'s middleware wrappers (each holds the next as ``app``, as
-    Starlette's do), the first that has ``routes``: what ``unchecked_endpoints`` reads."""
+    Starlette's do), the first that has ``routes``: what ``unchecked_endpoints`` reads.
+    An attribute that raises when read ends the walk (``attribute_of``)."""
     for _ in range(100):  # bounded: an ``app`` attribute may lead in a circle
-        if hasattr(app, "routes") or not hasattr(app, "app"):
+        inner = attribute_of(app, "app")
+        if attribute_of(app, "routes") is not None or inner is None:
             break
-        app = app.app
+        app = inner
     return app
 
 

@@ -345,7 +345,7 @@ def unchecked_endpoints(app: object) -> list[str]:
     both public and scoped on purpose.
     """
     endpoints: list[tuple[str, object]] = []
-    views = getattr(app, "view_functions", None)
+    views = attribute_of(app, "view_functions")
     if isinstance(views, dict):  # Flask
         endpoints += [(f"view {name!r}", view) for name, view in views.items()]
     seen: set[int] = set()
@@ -371,14 +371,19 @@ def unchecked_endpoints(app: object) -> list[str]:
     ]
 
 
-def _routes_of(owner: object) -> object:
-    """``owner.routes``; ``None`` when reading it raises (Starlette's ``Mount.routes`` reads
-    the mounted app's, which may be a proxy not configured yet): what the check cannot
-    read is no reason to stop an app from starting."""
+def attribute_of(owner: object, name: str) -> object:
+    """``owner``'s attribute ``name``; ``None`` when it has none or reading it raises (an app
+    may be a proxy not configured yet, as a mounted app behind Starlette's ``Mount.routes``):
+    what the check cannot read is no reason to stop an app from starting or serving."""
     try:
-        return getattr(owner, "routes", None)
+        return getattr(owner, name, None)
     except Exception:  # noqa: BLE001 - any app's own failure
         return None
+
+
+def _routes_of(owner: object) -> object:
+    """``owner.routes``, or ``None`` (see ``attribute_of``)."""
+    return attribute_of(owner, "routes")
 
 
 def _flattened(routes: list[Any] | tuple[Any, ...]) -> Iterable[Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import pytest
@@ -560,3 +560,31 @@ def test_a_flask_view_registered_after_protect_is_checked_at_the_first_request(
     for _ in range(2):  # every request, until the app is fixed
         with pytest.raises(ConfigurationError, match=r"view 'reports\.reports_view'"):
             client.get("/reports", headers={"Authorization": f"Bearer {token}"})
+
+
+class _UnconfiguredASGI(_Unconfigured):
+    """As ``_Unconfigured``, serving every path from a Starlette app it holds."""
+
+    def __init__(self) -> None:
+        async def served(request: Request) -> JSONResponse:
+            return JSONResponse({"proxy": True})
+
+        self._served = Starlette(routes=[Route("/", served)])
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._served(scope, receive, send)
+
+
+def test_a_guarded_app_whose_routes_cannot_be_read_is_served(
+    session_issuer: DevIssuer,
+) -> None:
+    # The first-request check (and the lifespan's) reads the app under the middleware: one
+    # whose routes raise when read (a proxy not configured yet) failed the start-up and then
+    # every request (500), where a mounted one is skipped.
+    from starlette.testclient import TestClient
+
+    headers = {"Authorization": f"Bearer {session_issuer.mint(scopes=['read'])}"}
+    app = BearerGuardMiddleware(_UnconfiguredASGI(), guard=session_issuer.guard())
+    with TestClient(app) as client:
+        for _ in range(2):
+            assert client.get("/", headers=headers).json() == {"proxy": True}

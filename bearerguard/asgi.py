@@ -115,18 +115,20 @@ def _routed(app: object) -> object:
 
 def _unchecked_routes(scope: Scope, app: ASGIApp) -> list[str]:
     """Routes behind this middleware whose scope decorator never runs (see
-    ``unchecked_endpoints``): those of the scope's app and of the app it wraps.
+    ``unchecked_endpoints``): those of the app it wraps, else of the scope's app.
 
-    Both: a middleware added with ``add_middleware`` finds the routes on the Starlette app
-    in ``scope["app"]``; one wrapping an app mounted under another (``Mount("/api",
-    app=BearerGuardMiddleware(api))``) sees the outer app there, and its own routes only
-    under ``app``.
+    The app it wraps: a middleware added with ``add_middleware`` finds the Starlette app's
+    router there, and one wrapping an app mounted under another (``Mount("/api",
+    app=BearerGuardMiddleware(api))``) finds ``api``, where ``scope["app"]`` is the outer
+    app, whose other routes it does not guard (one may serve public a function that ``api``
+    serves scoped). The scope's app when a middleware below holds the next app under
+    another name than ``app``, so that no routes are found under it.
     """
-    outer = scope.get("app")
-    found = [] if outer is None else unchecked_endpoints(outer)
     own = _routed(app)
-    if own is not outer:
-        found += [route for route in unchecked_endpoints(own) if route not in found]
+    found = unchecked_endpoints(own)
+    outer = scope.get("app")
+    if outer is not None and outer is not own and attribute_of(own, "routes") is None:
+        found += [route for route in unchecked_endpoints(outer) if route not in found]
     return found
 
 

@@ -588,3 +588,45 @@ def test_a_guarded_app_whose_routes_cannot_be_read_is_served(
     with TestClient(app) as client:
         for _ in range(2):
             assert client.get("/", headers=headers).json() == {"proxy": True}
+
+
+def test_a_guarded_mount_does_not_judge_the_outer_apps_routes(session_issuer: DevIssuer) -> None:
+    # A middleware wrapping a mounted app sees the outer app in scope["app"]: it read the
+    # outer app's routes too, and took one serving a function public, which the mounted
+    # app serves scoped, for a misplaced decorator: every request failed (500).
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    async def status(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    api = Starlette(routes=[Route("/status", requires_scopes("admin")(status))])
+    guarded = BearerGuardMiddleware(api, guard=session_issuer.guard())
+    app = Starlette(routes=[Route("/status", status), Mount("/api", app=guarded)])
+    client = TestClient(app)
+    admin = {"Authorization": f"Bearer {session_issuer.mint(scopes=['admin'])}"}
+    reader = {"Authorization": f"Bearer {session_issuer.mint(scopes=['read'])}"}
+    assert client.get("/api/status", headers=admin).json() == {"ok": True}
+    assert client.get("/api/status", headers=reader).status_code == 403
+    assert client.get("/status").json() == {"ok": True}
+    # Where no routes are found under the middleware (one below holds the next app under
+    # another name), the app it was added to is read instead.
+
+    class Opaque:
+        def __init__(self, app: Any) -> None:
+            self._next = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await self._next(scope, receive, send)  # pragma: no cover - refused before
+
+    routes = [Route("/status", status)]
+    requires_scopes("admin")(status)  # after the route registered it: misplaced
+    stacked = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(BearerGuardMiddleware, guard=session_issuer.guard()),
+            Middleware(Opaque),
+        ],
+    )
+    with pytest.raises(ConfigurationError, match="GET,HEAD /status"):
+        TestClient(stacked).get("/status", headers=admin)

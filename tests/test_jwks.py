@@ -328,6 +328,8 @@ async def test_metadata_with_an_unsafe_jwks_uri_is_refused(
         # Two header lines (the JWKS endpoint's, a proxy's) joined: stale (RFC 9111 §4.2.1),
         # never the larger lifetime.
         ("max-age=60, max-age=86400", 60),
+        # A private cache ignores s-maxage beside max-age, even in conflict (RFC 9111 §5.2.2.10).
+        ("max-age=600, s-maxage=60, s-maxage=86400", 600),
         (None, 300),  # unsaid: default_ttl
     ],
 )

@@ -62,6 +62,8 @@ def _fetched(now: float = T0, max_age: float | None = None) -> KeyCache:
         ("max-age=86400, max-age=60", 0.0),
         ("s-maxage=60, s-maxage=86400", 0.0),
         ("max-age=60, max-age=60", 60.0),
+        # RFC 9111 §5.2.2.10: beside max-age, s-maxage is ignored, conflicting or not.
+        ("max-age=600, s-maxage=60, s-maxage=86400", 600.0),
     ],
 )
 def test_ttl_from_cache_control(header: str | None, expected: float | None) -> None:

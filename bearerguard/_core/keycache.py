@@ -78,15 +78,20 @@ def ttl_from_cache_control(value: str | None, age: str | None = None) -> float |
     if _NO_CACHE.search(value):
         return 0.0
     found: dict[str, float] = {}
+    conflicting: set[str] = set()
     for name, seconds in _MAX_AGE.findall(value):
         said = float(seconds)
         if found.setdefault(name.lower(), said) != said:
-            # RFC 9111 §4.2.1: a directive given twice with different values (a proxy adding
-            # its own header line) leaves the response stale, not fresh for the larger one.
-            return 0.0
+            conflicting.add(name.lower())
     # RFC 9111 §5.2.2.10: s-maxage is for shared caches; ours is private, so max-age wins
     # wherever it stands, and s-maxage serves only when there is no max-age.
-    lifetime = found.get("max-age", found.get("s-maxage"))
+    used = "max-age" if "max-age" in found else "s-maxage"
+    if used in conflicting:
+        # RFC 9111 §4.2.1: a directive given twice with different values (a proxy adding
+        # its own header line) leaves the response stale, not fresh for the larger one;
+        # only the directive read counts (a private cache ignores s-maxage beside max-age).
+        return 0.0
+    lifetime = found.get(used)
     held = _AGE.fullmatch(age.strip()) if age else None
     if lifetime is not None and held is not None:
         lifetime = max(lifetime - _delta_seconds(held[0]), 0.0)

@@ -316,6 +316,24 @@ def _wrapped_later(endpoint: object) -> bool:
     return getattr(endpoint, _WRAPPED_ATTRIBUTE, None) == id(endpoint)
 
 
+def _rebound(endpoint: object) -> bool | None:
+    """Whether the name ``endpoint`` was defined under now holds a wrapper of it: a scope
+    decorator written above the route decorator rebinds it so. ``False`` when the name holds
+    ``endpoint`` itself (a function served as is, which another route or app may serve
+    wrapped); ``None`` when the name cannot be read (a function defined inside another).
+    """
+    qualname = getattr(endpoint, "__qualname__", None)
+    module = sys.modules.get(str(getattr(endpoint, "__module__", None)))
+    if module is None or not isinstance(qualname, str) or "<locals>" in qualname:
+        return None
+    named: object = module
+    for part in qualname.split("."):
+        named = attribute_of(named, part)
+    if named is endpoint:
+        return False
+    return True if id(endpoint) in _inner_ids([named]) else None
+
+
 def _inner_ids(endpoints: Iterable[object]) -> set[int]:
     """The ids of the functions ``endpoints`` wrap (``__wrapped__``, a partial's ``func``),
     at any depth."""
@@ -341,8 +359,8 @@ def unchecked_endpoints(app: object) -> list[str]:
 
     Reads Starlette and FastAPI routes (``Mount``, ``Host``, included routers, as far as
     they expose ``routes``) and a Flask app's view functions; anything else has none. A
-    function that another route of ``app`` serves wrapped is not one: the app serves it
-    both public and scoped on purpose.
+    function whose name still holds it, or (where the name cannot be read) that another
+    route of ``app`` serves wrapped, is not one: it is served public on purpose.
     """
     endpoints: list[tuple[str, object]] = []
     views = attribute_of(app, "view_functions")
@@ -364,11 +382,19 @@ def unchecked_endpoints(app: object) -> list[str]:
 
     visit(_routes_of(app), "")
     inner = _inner_ids(endpoint for _, endpoint in endpoints)
-    return [
-        name
-        for name, endpoint in endpoints
-        if _wrapped_later(endpoint) and id(endpoint) not in inner
-    ]
+    return [name for name, endpoint in endpoints if _misplaced(endpoint, inner)]
+
+
+def _misplaced(endpoint: object, inner: set[int]) -> bool:
+    """Whether a route serving ``endpoint`` runs it unchecked: a scope decorator wrapped it
+    after the route had registered it. Told by the name it was defined under where that can
+    be read (it holds the wrapper: a misplaced decorator, even if another route serves the
+    wrapper; it holds the function: served as is on purpose); else by whether another route
+    of ``inner``'s app serves it wrapped."""
+    if not _wrapped_later(endpoint):
+        return False
+    rebound = _rebound(endpoint)
+    return id(endpoint) not in inner if rebound is None else rebound
 
 
 def attribute_of(owner: object, name: str) -> object:

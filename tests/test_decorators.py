@@ -630,3 +630,69 @@ def test_a_guarded_mount_does_not_judge_the_outer_apps_routes(session_issuer: De
     )
     with pytest.raises(ConfigurationError, match="GET,HEAD /status"):
         TestClient(stacked).get("/status", headers=admin)
+
+
+# At module level: the check reads the name a function was defined under.
+_aliased = FastAPI()
+
+
+@requires_scopes("admin")  # misplaced: above the route decorator
+@_aliased.get("/admin/users")
+async def _list_users() -> dict[str, list[str]]:
+    return {"users": []}  # pragma: no cover - never served
+
+
+_aliased.add_api_route("/v2/admin/users", _list_users)  # an alias: serves the wrapper
+
+
+async def _status(request: Request) -> JSONResponse:
+    return JSONResponse({"ok": True})
+
+
+def _flask_status() -> str:
+    return "ok"
+
+
+def test_a_misplaced_scope_decorator_is_found_beside_an_alias_of_its_route(
+    session_issuer: DevIssuer,
+) -> None:
+    # A second route serving the wrapper was taken for the function served public on
+    # purpose: /admin/users started and served any token.
+    from starlette.testclient import TestClient
+
+    assert decorators.unchecked_endpoints(_aliased) == ["GET /admin/users"]
+    app = BearerGuardMiddleware(_aliased, guard=session_issuer.guard())
+    headers = {"Authorization": f"Bearer {session_issuer.mint(scopes=['read'])}"}
+    with pytest.raises(ConfigurationError, match="GET /admin/users"):
+        TestClient(app).get("/admin/users", headers=headers)
+
+
+def test_a_function_served_public_by_one_app_and_scoped_by_another_is_served(
+    session_issuer: DevIssuer,
+) -> None:
+    # Two apps sharing a view function, one wrapping it: the other, which serves it as is,
+    # took it for a misplaced decorator and failed every request (500).
+    import flask
+    from starlette.testclient import TestClient
+
+    from bearerguard.wsgi import BearerGuardWSGIMiddleware
+
+    scoped = Starlette(routes=[Route("/status", requires_scopes("admin")(_status))])
+    public = Starlette(
+        routes=[Route("/status", _status)],
+        middleware=[
+            Middleware(
+                BearerGuardMiddleware, guard=session_issuer.guard(), public_paths=["/status"]
+            )
+        ],
+    )
+    assert decorators.unchecked_endpoints(scoped) == decorators.unchecked_endpoints(public) == []
+    assert TestClient(public).get("/status").json() == {"ok": True}
+    flask_scoped = flask.Flask(__name__)
+    flask_scoped.add_url_rule("/status", view_func=requires_scopes("admin")(_flask_status))
+    flask_public = flask.Flask(__name__)
+    flask_public.add_url_rule("/status", view_func=_flask_status)
+    flask_public.wsgi_app = BearerGuardWSGIMiddleware(  # type: ignore[method-assign]
+        flask_public.wsgi_app, guard=session_issuer.guard(in_process=True), public_paths=["/status"]
+    )
+    assert flask_public.test_client().get("/status").get_data() == b"ok"

@@ -32,7 +32,6 @@ def protect(
     guard: BearerGuard | TrustedIssuers,
     public_paths: Iterable[str] = (),
     warm_up: bool = False,
-    cors_preflight: bool = False,
 ) -> BearerGuardWSGIMiddleware:
     """Wrap ``app.wsgi_app`` in ``BearerGuardWSGIMiddleware`` and return the middleware.
 
@@ -52,7 +51,6 @@ def protect(
         public_paths=public_paths,
         warm_up=warm_up,
         respond=responder_for(app),
-        cors_preflight=cors_preflight,
     )
     app.wsgi_app = middleware  # type: ignore[method-assign]
     return middleware

@@ -167,20 +167,6 @@ def _flask_app(app: object) -> object:
     return app
 
 
-def _is_preflight(environ: WSGIEnvironment) -> bool:
-    """A CORS preflight carrying nothing that could be a credential (Fetch standard: a
-    preflight sends no Authorization, no DPoP proof, and the query names no token)."""
-    query = str(environ.get("QUERY_STRING", ""))
-    return (
-        environ.get("REQUEST_METHOD") == "OPTIONS"
-        and "HTTP_ORIGIN" in environ
-        and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
-        and "HTTP_DPOP" not in environ
-        and "access_token" not in query
-        and "%" not in query  # a percent-encoded name may decode to access_token
-    )
-
-
 class BearerGuardWSGIMiddleware:
     """Authenticate every request to a WSGI application with a ``BearerGuard``.
 
@@ -193,11 +179,6 @@ class BearerGuardWSGIMiddleware:
         warm_up: fetch the key set now, at construction, so the first request does not wait.
         respond: how ``requires_scopes`` builds its refusals inside ``app``; by default a
             Flask or Django response when ``app`` is one, else ``(body, status, headers)``.
-        cors_preflight: pass a browser's CORS preflight (``OPTIONS`` with ``Origin`` and
-            ``Access-Control-Request-Method``, and no credentials: the Fetch standard sends
-            none) to the app as a request without a token, as on a public path, so that the
-            app's CORS handling (Flask-CORS, django-cors-headers) answers it. Off, every
-            preflight is answered 401 and the browser never sends the request.
 
     Refusals are exactly those of the ASGI middleware (RFC 6750 §3), and so is the
     protected-resource metadata served when the guard has a ``resource`` (RFC 9728).
@@ -211,14 +192,9 @@ class BearerGuardWSGIMiddleware:
         public_paths: Iterable[str] = (),
         warm_up: bool = False,
         respond: Responder | None = None,
-        cors_preflight: bool = False,
     ) -> None:
         if not isinstance(guard, BearerGuard | TrustedIssuers):
             raise ConfigurationError("guard must be a BearerGuard or TrustedIssuers")
-        if not isinstance(cors_preflight, bool):
-            raise ConfigurationError(
-                f"cors_preflight must be True or False, not {cors_preflight!r}"
-            )
         guard.require_sync_side()
         # The cache-hit fast path serves a plain single-issuer Bearer setup (decided once).
         self._reusing = (
@@ -228,7 +204,6 @@ class BearerGuardWSGIMiddleware:
         self.guard = guard
         self.public_paths = PublicPaths(public_paths)
         self.respond = respond or responder_for(app)
-        self.cors_preflight = cors_preflight
         # Until a request finds no misplaced scope decorator (WSGI has no start-up hook; a
         # Flask app's routes are all registered by its first request).
         self._routes_unchecked = True
@@ -272,10 +247,6 @@ class BearerGuardWSGIMiddleware:
                 return self._call_app(environ, start_response, auth)
         if already_let_in(environ, guard):
             return self.app(environ, start_response)
-        if self.cors_preflight and header is None and _is_preflight(environ):
-            return self._call_app(
-                environ, start_response, RequestAuth(guard, None, started, *request, self.respond)
-            )
         # Servers join repeated headers with commas: split back, two values are refused as
         # invalid_request, as two headers are over ASGI.
         values = [] if header is None else split_joined_values(header.encode("latin-1", "replace"))

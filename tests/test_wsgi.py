@@ -15,10 +15,9 @@ import httpx
 import pytest
 import structlog
 
-from bearerguard import AccessToken, RefreshPolicy, get_access_token, requires_scopes
+from bearerguard import AccessToken, RefreshPolicy
 from bearerguard.dpop import DPoPPolicy
 from bearerguard.errors import ConfigurationError, KeySetUnavailableError, UnknownKeyError
-from bearerguard.flask import protect
 from bearerguard.guard import BearerGuard
 from bearerguard.revocation.redis import RedisRevocationStore
 from bearerguard.testing import DevIssuer, Override
@@ -381,44 +380,3 @@ def test_a_refusal_states_its_length(session_issuer: DevIssuer) -> None:
         [(status, headers)] = started
         assert status.startswith(("400", "401"))
         assert ("content-length", str(len(body))) in headers
-
-
-def test_cors_preflights_reach_the_app_only_when_asked_and_only_without_credentials(
-    session_issuer: DevIssuer,
-) -> None:
-    app = flask.Flask(__name__)
-    seen: list[object] = []
-
-    @app.route("/items", methods=["GET", "OPTIONS"])
-    def items() -> str:
-        seen.append(get_access_token())
-        return "items"
-
-    @app.route("/scoped", methods=["OPTIONS"])
-    @requires_scopes("items:read")
-    def scoped() -> str:
-        return "scoped"  # pragma: no cover - a preflight brings no token
-
-    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
-    closed = flask.Flask(__name__)
-    closed.add_url_rule("/items", view_func=items, methods=["GET", "OPTIONS"])
-    protect(closed, guard=session_issuer.guard(in_process=True))
-    assert closed.test_client().options("/items", headers=preflight).status_code == 401
-    protect(app, guard=session_issuer.guard(in_process=True), cors_preflight=True)
-    client = app.test_client()
-    assert client.options("/items", headers=preflight).status_code == 200
-    assert seen == [None]  # no token: as on a public path
-    assert client.options("/scoped", headers=preflight).status_code == 401  # the decorator
-    # Anything that is not a bare preflight is authenticated as usual.
-    for headers, query in [
-        ({"Origin": "https://app.example"}, ""),  # no Access-Control-Request-Method
-        ({**preflight, "Authorization": "Bearer not-a-jwt"}, ""),
-        ({**preflight, "DPoP": "x"}, ""),
-        (preflight, "?access_token=x"),
-        (preflight, "?%61ccess_token=x"),
-    ]:
-        assert client.options(f"/items{query}", headers=headers).status_code in (400, 401)
-    assert client.get("/items", headers=preflight).status_code == 401
-    assert seen == [None]
-    with pytest.raises(ConfigurationError, match="cors_preflight"):
-        protect(flask.Flask(__name__), guard=session_issuer.guard(), cors_preflight="yes")  # type: ignore[arg-type]

@@ -15,7 +15,8 @@ Fixtures (function-scoped, so no test sees another's state):
     A started ``DevIssuer``: discovery and a JWKS on 127.0.0.1, tokens from ``mint`` and
     its bad variants. Its keys are generated once per session and shared.
 ``bearerguard_guard``
-    A ``BearerGuard`` trusting that issuer, with ``bearerguard_guard_options``.
+    A ``BearerGuard`` trusting that issuer, with ``bearerguard_guard_options``; the issuer
+    then mints for the guard's audience.
 ``bearerguard_guard_options``
     ``{}``; override this fixture to configure ``bearerguard_guard`` (``audience``,
     ``scope_claims``, ``revocation`` ...).
@@ -73,8 +74,15 @@ def bearerguard_guard_options() -> dict[str, Any]:
 def bearerguard_guard(
     bearerguard_issuer: DevIssuer, bearerguard_guard_options: dict[str, Any]
 ) -> BearerGuard:
-    """A guard that trusts ``bearerguard_issuer``, built with ``bearerguard_guard_options``."""
-    return bearerguard_issuer.guard(**bearerguard_guard_options)
+    """A guard that trusts ``bearerguard_issuer``, built with ``bearerguard_guard_options``.
+
+    The issuer then mints for the guard's (first) audience, as a provider mints for the API
+    that asked: options naming another ``audience`` or a ``resource`` need no ``aud=`` on
+    every ``mint``.
+    """
+    guard = bearerguard_issuer.guard(**bearerguard_guard_options)
+    bearerguard_issuer.audience = guard.audiences[0]
+    return guard
 
 
 @pytest.fixture

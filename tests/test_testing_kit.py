@@ -465,6 +465,38 @@ def test_a_failing_audit_assertion_reads_well(pytester: pytest.Pytester) -> None
     )
 
 
+def test_the_issuer_mints_for_the_audience_the_options_name(pytester: pytest.Pytester) -> None:
+    # docs/testing.md tells a suite to set its API's audience in bearerguard_guard_options:
+    # the issuer's tokens must then be for that API, not all refused as invalid_audience.
+    pytester.makepyfile(
+        test_audience=textwrap.dedent(
+            """
+            import pytest
+
+            from bearerguard.errors import InvalidAudienceError
+
+
+            @pytest.fixture(params=[
+                {"audience": "https://orders.example"},
+                {"audience": ["https://orders.example", "api://orders"]},
+                {"resource": "https://orders.example"},
+            ])
+            def bearerguard_guard_options(request):
+                return request.param
+
+
+            def test_minted_tokens_are_for_the_guard(bearerguard_issuer, bearerguard_guard):
+                token = bearerguard_guard.authenticate_sync(bearerguard_issuer.mint())
+                assert token.audience == ("https://orders.example",)
+                other = bearerguard_issuer.mint_for_audience("https://api.example")
+                with pytest.raises(InvalidAudienceError):
+                    bearerguard_guard.authenticate_sync(other)
+            """
+        )
+    )
+    _run(pytester, "-p", "bearerguard").assert_outcomes(passed=3)
+
+
 def test_a_guard_for_a_resource_checks_the_resource_as_audience(session_issuer: DevIssuer) -> None:
     # As BearerGuard(resource=...) does in production (RFC 8707): no lenient test default.
     resource = "https://notes.example/mcp"

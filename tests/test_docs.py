@@ -245,3 +245,27 @@ def test_the_wsgi_page_apps_answer_as_the_page_says(session_issuer: DevIssuer) -
         settings.ROOT_URLCONF = before
         clear_url_caches()
         del sys.modules[urls.__name__]
+
+
+# The pages a new user copies from, with full type hints: what they show must pass the
+# `mypy --strict` that user code is checked with (a `str | None` passed where `str` is
+# wanted, `**options: object` forwarded to typed keywords, an attribute the type lacks).
+TYPED_PAGES = ("README.md", "getting-started.md", "starlette.md", "fastapi.md", "websockets.md")
+TYPED_PAGES += ("configuration.md", "revocation.md", "dpop.md", "mcp.md", "cli.md")
+
+
+def test_the_typed_pages_pass_mypy_strict(tmp_path: Path) -> None:
+    from mypy import api
+
+    files = []
+    for name in TYPED_PAGES:
+        document = ROOT / name if name == "README.md" else ROOT / "docs" / name
+        module = tmp_path / f"page_{document.stem.replace('-', '_')}.py"
+        module.write_text("\n".join(_BLOCK.findall(document.read_text())))
+        files.append(str(module))
+    config = tmp_path / "mypy.ini"  # a user's settings (bearerguard is read from source here)
+    config.write_text("[mypy]\n[mypy-django.*]\nignore_missing_imports = True\n")
+    options = ["--strict", "--disable-error-code", "no-redef", "--no-error-summary"]
+    options += ["--config-file", str(config), "--cache-dir", str(tmp_path / "cache")]
+    report, errors, status = api.run([*options, *files])
+    assert status == 0, report + errors

@@ -152,14 +152,21 @@ def check_scopes(
     return error, refusal_for(guard, error, required)
 
 
+# Said to whoever forgot what verifies the token, whichever framework theirs is.
+_NO_VERDICT = (
+    "requires_scopes found no verified token for this route: put BearerGuardMiddleware (ASGI) "
+    "in front of the app, call bearerguard.flask.protect(app) or wrap it in "
+    "BearerGuardWSGIMiddleware (WSGI), or with FastAPI's BearerAuth alone declare the scopes "
+    "with bearer.requires(...) instead"
+)
+
+
 def _current(
     required: tuple[str, ...], any_of: bool
 ) -> tuple[RequestAuth, tuple[AuthError, Any] | None]:
     auth = current_auth.get()
     if auth is None:
-        raise ConfigurationError(
-            "requires_scopes found no BearerGuardMiddleware in front of this route"
-        )
+        raise ConfigurationError(_NO_VERDICT)
     denied = check_scopes(auth, required, any_of=any_of)
     if denied is not None and auth.websocket:
         raise WebSocketException(code=_POLICY_VIOLATION, reason=denied[0].reason)

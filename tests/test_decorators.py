@@ -270,6 +270,37 @@ async def test_without_middleware_the_decorator_fails_loudly() -> None:
         await handler()
 
 
+def test_the_decorator_without_a_verdict_says_what_to_add_for_each_framework(
+    guard: BearerGuard,
+) -> None:
+    # The user of a Flask app without protect(), or of a FastAPI app with BearerAuth alone,
+    # must learn what to add: BearerGuardMiddleware is an ASGI middleware they cannot use.
+    import flask
+    from starlette.testclient import TestClient
+
+    app = flask.Flask(__name__)
+    app.testing = True  # the exception reaches the test, not a 500 page
+
+    @app.get("/items")
+    @requires_scopes("items:read")
+    def items() -> str:
+        return "never"  # pragma: no cover
+
+    with pytest.raises(ConfigurationError, match=r"bearerguard\.flask\.protect\(app\)"):
+        app.test_client().get("/items")
+
+    bearer = bearerguard.fastapi.BearerAuth(guard)
+    api = bearer.install(FastAPI())
+
+    @api.get("/reports")
+    @requires_scopes("reports:read")
+    async def reports() -> list[str]:
+        return []  # pragma: no cover
+
+    with pytest.raises(ConfigurationError, match=r"bearer\.requires"), TestClient(api) as client:
+        client.get("/reports")
+
+
 def test_get_access_token_outside_a_request_is_none() -> None:
     assert get_access_token() is None
 

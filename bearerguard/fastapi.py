@@ -304,7 +304,11 @@ class BearerAuth(SecurityBase):
         oauth2_flows: OAuthFlowsModel | None = None,
     ) -> None:
         if not isinstance(guard, BearerGuard):
-            raise ConfigurationError("guard must be a BearerGuard")
+            raise ConfigurationError(
+                "guard must be a BearerGuard; for several issuers (TrustedIssuers), put "
+                "BearerGuardMiddleware(guard=...) in front of the app and declare scopes "
+                "with requires_scopes"
+            )
         self.guard = guard
         self.scheme_name = scheme_name
         text = description or "An OAuth 2.0 access token (JWT) in the Authorization header."

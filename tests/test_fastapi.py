@@ -28,6 +28,7 @@ from bearerguard import (
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.errors import ConfigurationError
 from bearerguard.fastapi import BearerAuth, oauth2_flows
+from bearerguard.issuers import TrustedIssuers
 from bearerguard.testing import DevIssuer
 from bearerguard.usage import MemoryUsageMonitor, UsagePolicy
 
@@ -513,6 +514,15 @@ def test_protect_refuses_apps_that_already_have_operations(guard: BearerGuard) -
         bearer_auth.requires("two words")
     with pytest.raises(ConfigurationError):
         bearer_auth.requires_any()
+
+
+def test_a_trusted_issuers_given_to_bearer_auth_is_told_what_serves_several_issuers(
+    guard: BearerGuard,
+) -> None:
+    # A FastAPI user with two providers reaches for BearerAuth first: the refusal must name
+    # what does work with a TrustedIssuers, not only what BearerAuth wants.
+    with pytest.raises(ConfigurationError, match=r"BearerGuardMiddleware.*requires_scopes"):
+        BearerAuth(TrustedIssuers([guard]))  # type: ignore[arg-type]
 
 
 # -- OpenAPI ----------------------------------------------------------------------------

@@ -92,6 +92,27 @@ def test_audience_array_needs_one_match() -> None:
     validate_claims(HEADER, claims(aud=["other", "api"]), POLICY, NOW)
 
 
+def test_an_audience_or_issuer_refusal_shows_both_sides_in_its_detail() -> None:
+    # The audit event's detail is what an operator reads: a Keycloak token without an
+    # audience mapper (aud 'account'), or an issuer configured without its trailing slash.
+    with pytest.raises(InvalidAudienceError) as refused:
+        validate_claims(HEADER, claims(aud="account"), POLICY, NOW)
+    assert refused.value.detail == (
+        "aud 'account' does not name this resource server (accepted: 'api')"
+    )
+    many = [f"client-{n}" for n in range(5)]
+    with pytest.raises(
+        InvalidAudienceError, match=r"aud 'client-0', 'client-1', 'client-2', \.\.\. "
+    ):
+        validate_claims(HEADER, claims(aud=many), POLICY, NOW)
+    with pytest.raises(InvalidAudienceError) as refused:
+        validate_claims(HEADER, claims(aud="x" * 5000), POLICY, NOW)
+    assert len(refused.value.detail) < 200  # cut short: the value comes from the token
+    with pytest.raises(InvalidIssuerError) as wrong:
+        validate_claims(HEADER, claims(iss=ISS + "/"), POLICY, NOW)
+    assert wrong.value.detail == f"iss {ISS + '/'!r} is not trusted (trusted: {ISS!r})"
+
+
 @pytest.mark.parametrize("typ", ["at+jwt", "AT+JWT", "application/at+jwt"])
 def test_typ_enforcement_accepts_access_token_types(typ: str) -> None:
     policy = ClaimsPolicy(issuer=ISS, audiences=frozenset({"api"}), require_typ=True)

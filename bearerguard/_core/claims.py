@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn
 
@@ -107,10 +107,27 @@ def _check_typ(header: Mapping[str, Any]) -> None:
         raise InvalidTypeError(f"typ is {typ!r}, not at+jwt")
 
 
-def _refuse_issuer(iss: Any) -> NoReturn:
+def _refuse_issuer(iss: Any, policy: ClaimsPolicy) -> NoReturn:
     if not isinstance(iss, str):
         raise InvalidIssuerError("iss is missing or not a string")
-    raise InvalidIssuerError(f"iss {iss[:200]!r} is not trusted")
+    # Both sides, so that the log shows a trailing slash or scheme that differs.
+    raise InvalidIssuerError(f"iss {iss[:200]!r} is not trusted (trusted: {policy.issuer!r})")
+
+
+def _listed(values: Iterable[str]) -> str:
+    """At most three values, each cut short, for a detail line (they come from the token)."""
+    items = list(values)
+    shown = ", ".join(repr(item[:100]) for item in items[:3])
+    return shown + (", ..." if len(items) > 3 else "")
+
+
+def _refuse_audience(aud: list[str], policy: ClaimsPolicy) -> NoReturn:
+    # The token's values and this API's, as _refuse_issuer: a Keycloak token without an
+    # audience mapper says aud 'account', and the log should show it.
+    raise InvalidAudienceError(
+        f"aud {_listed(aud)} does not name this resource server "
+        f"(accepted: {_listed(sorted(policy.audiences))})"
+    )
 
 
 def _check_audience_list(aud: Any, policy: ClaimsPolicy) -> None:
@@ -120,7 +137,7 @@ def _check_audience_list(aud: Any, policy: ClaimsPolicy) -> None:
         if not isinstance(item, str):
             raise InvalidAudienceError("aud holds a non-string")
     if policy.audiences.isdisjoint(aud):
-        raise InvalidAudienceError("aud does not name this resource server")
+        _refuse_audience(aud, policy)
 
 
 def check_times(claims: Mapping[str, Any], policy: ClaimsPolicy, now: float) -> TimeClaims:
@@ -248,11 +265,11 @@ def validate_claims(
             raise InvalidTypeError(f"typ is {typ!r}, not an access token")
     iss = get("iss")
     if iss != policy.issuer or not isinstance(iss, str):
-        _refuse_issuer(iss)  # RFC 9068 §4: exact match with the trusted issuer.
+        _refuse_issuer(iss, policy)  # RFC 9068 §4: exact match with the trusted issuer.
     aud = get("aud")
     if isinstance(aud, str):  # RFC 7519 §4.1.3: a string or an array of strings
         if aud not in policy.audiences:
-            raise InvalidAudienceError("aud does not name this resource server")
+            _refuse_audience([aud], policy)
     else:
         _check_audience_list(aud, policy)
     times = check_times(claims, policy, now)

@@ -543,7 +543,8 @@ class BearerAuth(SecurityBase):
         router = target.router if isinstance(target, FastAPI) else target
         if any(True for _ in _api_routes(router.routes)):
             raise ConfigurationError(
-                "protect() before adding path operations: existing ones would stay unprotected"
+                "protect() before adding path operations: existing ones would stay unprotected "
+                "(to keep some public, such as a health check, protect an APIRouter instead)"
             )
         router.dependencies.append(self.requires(*scopes))
         if isinstance(target, FastAPI):

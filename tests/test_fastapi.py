@@ -508,6 +508,9 @@ def test_protect_refuses_apps_that_already_have_operations(guard: BearerGuard) -
 
     with pytest.raises(ConfigurationError, match="before adding path operations"):
         bearer_auth.protect(app)
+    # A public route added first is the usual reason: the error says what to do instead.
+    with pytest.raises(ConfigurationError, match="protect an APIRouter instead"):
+        bearer_auth.protect(app)
     with pytest.raises(ConfigurationError, match="BearerGuard"):
         BearerAuth("not a guard")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):

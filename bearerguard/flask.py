@@ -52,5 +52,9 @@ def protect(
         warm_up=warm_up,
         respond=responder_for(app),
     )
+    # The first request's check reads this app's views, not the ones it finds under
+    # app.wsgi_app: a wrapper there may hold the next app under another name (werkzeug's
+    # ProfilerMiddleware keeps it as ``_app``).
+    middleware._routes_owner = app
     app.wsgi_app = middleware  # type: ignore[method-assign]
     return middleware

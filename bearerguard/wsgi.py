@@ -207,6 +207,9 @@ class BearerGuardWSGIMiddleware:
         # Until a request finds no misplaced scope decorator (WSGI has no start-up hook; a
         # Flask app's routes are all registered by its first request).
         self._routes_unchecked = True
+        # The app whose views that check reads: protect() names its Flask app, which a
+        # wrapper holding the next app under another name than ``app`` would hide.
+        self._routes_owner: object = None
         if warm_up:
             try:
                 guard.warm_up_sync()
@@ -295,7 +298,8 @@ class BearerGuardWSGIMiddleware:
         Raises:
             ConfigurationError: such a view (see ``unchecked_endpoints``).
         """
-        unchecked = unchecked_endpoints(_flask_app(self.app))
+        owner = self._routes_owner
+        unchecked = unchecked_endpoints(_flask_app(self.app) if owner is None else owner)
         if unchecked:
             raise ConfigurationError(misplaced_decorators(unchecked))
         self._routes_unchecked = False

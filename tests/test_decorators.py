@@ -593,6 +593,34 @@ def test_a_flask_view_registered_after_protect_is_checked_at_the_first_request(
             client.get("/reports", headers={"Authorization": f"Bearer {token}"})
 
 
+def test_a_flask_view_registered_after_protect_is_checked_under_any_wrapper(
+    session_issuer: DevIssuer,
+) -> None:
+    # protect() knows its Flask app, but the first request's check looked for it under
+    # app.wsgi_app through wrappers holding the next app as ``app``: werkzeug's
+    # ProfilerMiddleware (Flask's profiling recipe) keeps it as ``_app``, so the check found
+    # no views and the misplaced decorator served a token without the scope.
+    import flask
+    from werkzeug.middleware.profiler import ProfilerMiddleware
+
+    from bearerguard.flask import protect
+
+    app = flask.Flask(__name__)
+    app.wsgi_app = ProfilerMiddleware(app.wsgi_app, stream=None)  # type: ignore[method-assign]
+    protect(app, guard=session_issuer.guard(in_process=True))
+    reports = flask.Blueprint("reports", __name__)
+
+    @requires_scopes("admin")
+    @reports.get("/reports")
+    def reports_view() -> str:
+        return "secret"  # pragma: no cover - never served
+
+    app.register_blueprint(reports)
+    token = session_issuer.mint(scopes=["items:read"])
+    with pytest.raises(ConfigurationError, match=r"view 'reports\.reports_view'"):
+        app.test_client().get("/reports", headers={"Authorization": f"Bearer {token}"})
+
+
 class _UnconfiguredASGI(_Unconfigured):
     """As ``_Unconfigured``, serving every path from a Starlette app it holds."""
 

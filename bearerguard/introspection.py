@@ -477,8 +477,10 @@ class Introspector:
         return None
 
     def _remember(self, digest: bytes, result: IntrospectionResult) -> None:
-        cache = self._cache if result.active else self._inactive
-        if cache is None:
+        cache, other = (
+            (self._cache, self._inactive) if result.active else (self._inactive, self._cache)
+        )
+        if cache is None or other is None:
             return
         now = self.clock()
         if result.active:
@@ -488,8 +490,11 @@ class Introspector:
                 until = min(until, exp)  # RFC 7662 §4: never past the token's expiry
         else:
             until = now + self.inactive_ttl
-        if until > now:
-            with self._lock:
+        with self._lock:
+            # The latest answer alone: an older one of the other kind (an exchange that
+            # ended earlier, on another thread or event loop) must not outlive it.
+            other.pop(digest, None)
+            if until > now:
                 cache[digest] = (result, until)
 
     def _client_options(self) -> dict[str, Any]:

@@ -1057,3 +1057,20 @@ def test_exports_are_sorted_and_resolve(name: str) -> None:
     exported = list(module.__all__)
     assert exported == sorted(exported, key=lambda item: (not item.isupper(), item))
     assert all(hasattr(module, item) for item in exported)
+
+
+def test_the_latest_answer_replaces_an_older_one_of_the_other_kind(
+    server: IntrospectionServer, clock: Clock
+) -> None:
+    # Active and inactive answers are cached apart: an answer must drop the other kind's
+    # entry, or an older "active" (looked up first) would outlive a newer "inactive" that
+    # a concurrent exchange (another thread or event loop) brought back.
+    from bearerguard.introspection import _digest
+
+    server.activate("revoked-soon")
+    introspector = server.introspector(clock=clock)
+    assert introspector.introspect_sync("revoked-soon").active
+    inactive = IntrospectionResult(False, {"active": False})
+    introspector._remember(_digest("revoked-soon"), inactive)
+    assert not introspector.introspect_sync("revoked-soon").active
+    assert server.calls == 1

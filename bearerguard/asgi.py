@@ -37,7 +37,12 @@ from bearerguard._core.extract import (
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard.audit import RequestInfo
-from bearerguard.decorators import attribute_of, misplaced_decorators, unchecked_endpoints
+from bearerguard.decorators import (
+    attribute_of,
+    misplaced_decorators,
+    unchecked_endpoints,
+    wrapped_app,
+)
 from bearerguard.dpop import DPoPPolicy, DPoPRequest, dpop_request
 from bearerguard.errors import (
     AuthError,
@@ -101,18 +106,6 @@ class TokenCredentials(AuthCredentials):
         self.scopes = tuple(sorted(access_token.scopes))  # type: ignore[assignment]
 
 
-def _routed(app: object) -> object:
-    """The app under ``app``'s middleware wrappers (each holds the next as ``app``, as
-    Starlette's do), the first that has ``routes``: what ``unchecked_endpoints`` reads.
-    An attribute that raises when read ends the walk (``attribute_of``)."""
-    for _ in range(100):  # bounded: an ``app`` attribute may lead in a circle
-        inner = attribute_of(app, "app")
-        if attribute_of(app, "routes") is not None or inner is None:
-            break
-        app = inner
-    return app
-
-
 def _unchecked_routes(scope: Scope, app: ASGIApp) -> list[str]:
     """Routes behind this middleware whose scope decorator never runs (see
     ``unchecked_endpoints``): those of the app it wraps, else of the scope's app.
@@ -124,7 +117,7 @@ def _unchecked_routes(scope: Scope, app: ASGIApp) -> list[str]:
     serves scoped). The scope's app when a middleware below holds the next app under
     another name than ``app``, so that no routes are found under it.
     """
-    own = _routed(app)
+    own = wrapped_app(app, "routes")
     found = unchecked_endpoints(own)
     outer = scope.get("app")
     if outer is not None and outer is not own and attribute_of(own, "routes") is None:

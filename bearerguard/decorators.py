@@ -414,6 +414,23 @@ def attribute_of(owner: object, name: str) -> object:
         return None
 
 
+def wrapped_app(app: object, marker: str) -> object:
+    """The app under ``app``'s middleware wrappers that has the attribute ``marker``
+    (``routes`` for Starlette, ``view_functions`` for Flask), or the innermost reached.
+
+    Each wrapper holds the next as ``app`` (Starlette's middlewares, werkzeug's
+    ``ProxyFix``); a bound method (Flask's ``app.wsgi_app``) stands for its ``__self__``.
+    An attribute that raises when read ends the walk (``attribute_of``).
+    """
+    for _ in range(100):  # bounded: an ``app`` attribute may lead in a circle
+        owner = attribute_of(app, "__self__") or app
+        inner = attribute_of(owner, "app")
+        if attribute_of(owner, marker) is not None or inner is None:
+            return owner
+        app = inner
+    return app
+
+
 def _routes_of(owner: object) -> object:
     """``owner.routes``, or ``None`` (see ``attribute_of``)."""
     return attribute_of(owner, "routes")

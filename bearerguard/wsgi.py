@@ -22,7 +22,12 @@ from bearerguard._core.extract import (
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard.audit import RequestInfo
-from bearerguard.decorators import misplaced_decorators, unchecked_endpoints
+from bearerguard.decorators import (
+    attribute_of,
+    misplaced_decorators,
+    unchecked_endpoints,
+    wrapped_app,
+)
 from bearerguard.dpop import DPoPPolicy, DPoPRequest, dpop_request
 from bearerguard.errors import AuthError, ConfigurationError, ServiceUnavailableError
 from bearerguard.guard import BearerGuard
@@ -64,7 +69,7 @@ def responder_for(app: object) -> Responder:
 
     Flask's ``app.wsgi_app`` (a bound method) counts as the Flask app.
     """
-    owner = getattr(app, "__self__", app)
+    owner = attribute_of(app, "__self__") or app
     frameworks = {cls.__module__.partition(".")[0] for cls in type(owner).__mro__}
     if "flask" in frameworks:
         return _flask_response
@@ -154,17 +159,6 @@ def _dpop_request(
         .partition("?")[0]
         .encode("latin-1", "replace"),
     )
-
-
-def _flask_app(app: object) -> object:
-    """The Flask app under ``app``: ``app.wsgi_app`` is a bound method of it, possibly under
-    WSGI wrappers that hold the next as ``app`` (werkzeug's ``ProxyFix``)."""
-    for _ in range(100):  # bounded: an ``app`` attribute may lead in a circle
-        owner = getattr(app, "__self__", app)
-        if hasattr(owner, "view_functions") or not hasattr(owner, "app"):
-            return owner
-        app = owner.app
-    return app
 
 
 class BearerGuardWSGIMiddleware:
@@ -299,7 +293,9 @@ class BearerGuardWSGIMiddleware:
             ConfigurationError: such a view (see ``unchecked_endpoints``).
         """
         owner = self._routes_owner
-        unchecked = unchecked_endpoints(_flask_app(self.app) if owner is None else owner)
+        unchecked = unchecked_endpoints(
+            wrapped_app(self.app, "view_functions") if owner is None else owner
+        )
         if unchecked:
             raise ConfigurationError(misplaced_decorators(unchecked))
         self._routes_unchecked = False

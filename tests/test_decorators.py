@@ -755,3 +755,38 @@ def test_a_function_served_public_by_one_app_and_scoped_by_another_is_served(
         flask_public.wsgi_app, guard=session_issuer.guard(in_process=True), public_paths=["/status"]
     )
     assert flask_public.test_client().get("/status").get_data() == b"ok"
+
+
+class _UnconfiguredWSGI:
+    """A WSGI proxy whose every attribute raises until configured (as the ASGI one)."""
+
+    def __getattr__(self, name: str) -> object:
+        raise RuntimeError("the proxy is not configured yet")
+
+    def __call__(self, environ: dict[str, object], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("content-type", "text/plain")])
+        return [b"proxy"]
+
+
+def test_a_guarded_wsgi_app_whose_attributes_cannot_be_read_is_served(
+    session_issuer: DevIssuer,
+) -> None:
+    # The WSGI first-request check walked wrappers with hasattr, which lets any error but
+    # AttributeError through: such a proxy made every request a 500.
+    import io
+
+    from bearerguard.wsgi import BearerGuardWSGIMiddleware
+
+    app = BearerGuardWSGIMiddleware(
+        _UnconfiguredWSGI(), guard=session_issuer.guard(in_process=True)
+    )
+    token = session_issuer.mint(scopes=["read"])
+    for _ in range(2):
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/",
+            "QUERY_STRING": "",
+            "HTTP_AUTHORIZATION": f"Bearer {token}",
+            "wsgi.input": io.BytesIO(b""),
+        }
+        assert b"".join(app(environ, lambda status, headers: None)) == b"proxy"

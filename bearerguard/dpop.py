@@ -30,7 +30,7 @@ import anyio.to_thread
 
 from bearerguard._core.dpop import b64url, normalize_htu
 from bearerguard._core.keys import ASYMMETRIC_ALGORITHMS
-from bearerguard.errors import ConfigurationError, ReplayStoreError
+from bearerguard.errors import ConfigurationError, InvalidDPoPProofError, ReplayStoreError
 
 __all__ = [
     "DEFAULT_DPOP_ALGORITHMS",
@@ -55,9 +55,10 @@ _HOST = re.compile(r"(?:\[[0-9A-Za-z:._~!$&'()*+,;=-]+\]|[0-9A-Za-z._~!$&'()*+,;
 class DPoPReplayStore(Protocol):
     """Remembers the ``jti`` of every proof seen, for RFC 9449 §11.1 replay detection.
 
-    ``first_use`` records ``key`` for ``ttl`` seconds and returns ``True`` unless it was
-    already recorded (then the proof is a replay). It must be atomic. ``first_use_sync`` is
-    the same for WSGI.
+    ``first_use`` records ``key`` (``<jkt>:<jti>``) for ``ttl`` seconds and returns ``True``
+    unless it was already recorded (then the proof is a replay). It must be atomic.
+    ``first_use_sync`` is the same for WSGI. A store may raise ``InvalidDPoPProofError`` to
+    refuse one proof (a key over its share, 401); any other exception answers 503.
     """
 
     async def first_use(self, key: str, ttl: float) -> bool: ...
@@ -71,22 +72,44 @@ class MemoryDPoPReplayStore:
     Good for one process; several instances need a shared store, or a replay may succeed
     once per instance.
 
+    Keys are ``<jkt>:<jti>``, as the guard records them: each proof key (its RFC 7638
+    thumbprint, the part before the first ``:``) may hold only ``max_per_key`` live entries.
+    A client sending proofs faster than its share allows gets its own proofs refused (401
+    ``invalid_dpop_proof``) until its older ones expire; the other clients keep working.
+
     Args:
         max_entries: the bound. A proof's ``jti`` is never forgotten before it expires: when
             every entry is still live, a new proof raises ``ReplayStoreError`` (the guard
             answers 503), as a replay could not be ruled out later. Otherwise a client
             sending many proofs of its own could push out another's and replay it.
+        max_per_key: the share of one proof key; by default a twentieth of
+            ``max_entries`` (5 000 live proofs, about 16 a second over the default window).
+            Filling the whole store then takes that many distinct keys, each with its own
+            valid token bound to it.
         clock: returns epoch seconds; injectable for tests.
+
+    Raises:
+        ConfigurationError: a bound below 1, or a share above the bound.
     """
 
     def __init__(
-        self, *, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        max_entries: int = 100_000,
+        max_per_key: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_entries < 1:
             raise ConfigurationError("max_entries must be at least 1")
+        share = max(max_entries // 20, 1) if max_per_key is None else max_per_key
+        if not 1 <= share <= max_entries:
+            raise ConfigurationError("max_per_key must be between 1 and max_entries")
         self._clock = clock
         self._max = max_entries
+        self._share = share
         self._seen: dict[str, float] = {}
+        # Live entries per proof key; a key leaves when its last entry expires.
+        self._per_key: dict[str, int] = {}
         # (expiry, key), earliest first: each proof's ttl depends on its iat, so the order
         # of insertion is not the order of expiry.
         self._expiries: list[tuple[float, str]] = []
@@ -99,27 +122,44 @@ class MemoryDPoPReplayStore:
         """Record ``key`` for ``ttl`` seconds; ``False`` if it was already recorded.
 
         Raises:
+            InvalidDPoPProofError: the proof key already holds ``max_per_key`` live entries.
             ReplayStoreError: ``max_entries`` live entries are held.
         """
         now = self._clock()
+        owner = key.partition(":")[0]
         with self._lock:
-            seen, expiries = self._seen, self._expiries
+            seen, expiries, per_key = self._seen, self._expiries, self._per_key
             while expiries and expiries[0][0] <= now:
                 expires, oldest = heapq.heappop(expiries)
                 if seen.get(oldest) == expires:  # not recorded again since
                     del seen[oldest]
+                    _forget(per_key, oldest.partition(":")[0])
             previous = seen.get(key)
             if previous is not None and previous > now:
                 return False
+            held = per_key.get(owner, 0)
+            if held >= self._share:
+                # RFC 9449 §11.1: a jti that cannot be remembered cannot be accepted; only
+                # this key's proofs are refused, never another client's.
+                raise InvalidDPoPProofError(f"proof key holds {held} live proofs, its share")
             if len(seen) >= self._max:
                 raise ReplayStoreError(f"replay store full: {self._max} live proofs")
             seen[key] = expires = now + ttl
+            per_key[owner] = held + 1
             heapq.heappush(expiries, (expires, key))
             return True
 
     async def first_use(self, key: str, ttl: float) -> bool:
         """As ``first_use_sync`` (no I/O: safe on the event loop)."""
         return self.first_use_sync(key, ttl)
+
+
+def _forget(per_key: dict[str, int], owner: str) -> None:
+    held = per_key[owner] - 1
+    if held:
+        per_key[owner] = held
+    else:
+        del per_key[owner]
 
 
 class RedisDPoPReplayStore:

@@ -873,7 +873,8 @@ class BearerGuard:
 
     @staticmethod
     def _replay_failed(exc: Exception) -> NoReturn:
-        if isinstance(exc, ReplayStoreError):
+        # A store refusing one proof (a key over its share) is that client's 401, not a 503.
+        if isinstance(exc, ReplayStoreError | InvalidDPoPProofError):
             raise exc
         raise ReplayStoreError(f"{type(exc).__name__}: {exc}"[:200]) from exc
 

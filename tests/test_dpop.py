@@ -370,7 +370,7 @@ def test_memory_replay_store_is_bounded_and_never_forgets_a_live_proof() -> None
 def test_a_full_replay_store_answers_503_rather_than_forgetting_a_proof(
     stack: str, session_issuer: DevIssuer, holder: Holder
 ) -> None:
-    replay = MemoryDPoPReplayStore(max_entries=3)
+    replay = MemoryDPoPReplayStore(max_entries=3, max_per_key=3)
     guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(replay=replay))
     victim = Holder()
     victims_token = bound(session_issuer, victim)
@@ -386,6 +386,57 @@ def test_a_full_replay_store_answers_503_rather_than_forgetting_a_proof(
         ]
         assert statuses == [200, 200, 503, 503]  # the victim's jti is not pushed out
         assert call("GET", "/me", headers=captured).status_code == 401  # still a replay
+
+
+def test_memory_replay_store_gives_each_proof_key_a_share() -> None:
+    now = [0.0]
+    store = MemoryDPoPReplayStore(max_entries=10, max_per_key=2, clock=lambda: now[0])
+    assert store.first_use_sync("jkt-a:1", 10)
+    assert store.first_use_sync("jkt-a:2", 20)
+    with pytest.raises(InvalidDPoPProofError):  # this key's share is used up: its own 401
+        store.first_use_sync("jkt-a:3", 10)
+    assert not store.first_use_sync("jkt-a:1", 10)  # a replay is still a replay
+    assert store.first_use_sync("jkt-b:1", 10)  # another key keeps its share
+    assert store.first_use_sync("jkt-b:a:b", 10)  # the key is what comes before the first ":"
+    now[0] = 11  # jkt-a:1 expired: its room in the share is free again
+    assert store.first_use_sync("jkt-a:3", 10)
+    assert len(store) == 2
+    small = MemoryDPoPReplayStore(max_entries=39)  # the default share: at least 1
+    assert small.first_use_sync("jkt-a:1", 10)
+    with pytest.raises(InvalidDPoPProofError):
+        small.first_use_sync("jkt-a:2", 10)
+    for options in ({"max_per_key": 0}, {"max_entries": 5, "max_per_key": 6}):
+        with pytest.raises(ConfigurationError):
+            MemoryDPoPReplayStore(**options)
+
+
+@pytest.mark.parametrize("stack", ["asgi", "wsgi"])
+def test_one_key_flooding_the_replay_store_does_not_lock_out_other_clients(
+    stack: str, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    # RFC 9449 §11.1. One client with one bound token filled the whole default store with
+    # its proofs, and every DPoP client was then answered 503 until they expired.
+    replay = MemoryDPoPReplayStore(max_entries=40)  # the default share: 2 per key
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(replay=replay))
+    token = bound(session_issuer, holder)
+    other = Holder()
+    others_token = bound(session_issuer, other)
+    for call in open_client(stack, guard):
+        with structlog.testing.capture_logs() as logged:
+            flood = [
+                call("GET", "/me", headers=dpop(token, holder.proof(token))) for _ in range(40)
+            ]
+        assert [r.status_code for r in flood].count(200) == 2
+        refused = flood[-1]
+        assert refused.status_code == 401
+        assert refused.json()["error"] == "invalid_dpop_proof"
+        assert 'error="invalid_dpop_proof"' in challenge(refused)
+        assert logged[-1]["reason"] == "invalid_dpop_proof"
+        assert "its share" in logged[-1]["detail"]
+        for _ in range(2):
+            response = call("GET", "/me", headers=dpop(others_token, other.proof(others_token)))
+            assert response.status_code == 200
+        assert len(replay) == 4
 
 
 @pytest.mark.parametrize("stack", ["asgi", "wsgi"])

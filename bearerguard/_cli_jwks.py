@@ -107,7 +107,7 @@ def _algorithms_for(entry: Mapping[str, Any]) -> frozenset[str]:
     if kty == "EC" and crv in _EC_ALGORITHM_BY_CURVE:
         return frozenset({_EC_ALGORITHM_BY_CURVE[crv]})
     if kty == "OKP" and crv in _OKP_CURVES:
-        return frozenset({"EdDSA"})
+        return frozenset({"EdDSA", crv})  # RFC 9864: the curve's own name, or "EdDSA"
     return frozenset()
 
 

@@ -43,7 +43,9 @@ __all__ = [
     "dpop_request",
 ]
 
-DEFAULT_DPOP_ALGORITHMS: tuple[str, ...] = ("ES256", "ES384", "EdDSA", "PS256", "RS256")
+# "Ed25519" is RFC 9864's fully-specified name for what "EdDSA" proofs mostly carry; "Ed448"
+# (rare, and "EdDSA" still admits Ed448 keys) only when configured.
+DEFAULT_DPOP_ALGORITHMS: tuple[str, ...] = ("ES256", "ES384", "Ed25519", "EdDSA", "PS256", "RS256")
 _NONCE_SKEW = 5.0
 # RFC 9110 §7.2: Host = uri-host [ ":" port ], uri-host an IP-literal or a reg-name
 # (RFC 3986 §3.2.2). Nothing that would end the authority of the rebuilt URL ("/", "?",

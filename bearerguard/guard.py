@@ -393,7 +393,8 @@ class BearerGuard:
         jwks_uri: where the issuer publishes its keys; ``None`` discovers it from the
             issuer's metadata (OIDC Discovery, then RFC 8414).
         algorithms: the allow-list. By default every asymmetric JWS algorithm (RS*, PS*,
-            ES*, EdDSA), each usable only with a key of its own type. HS* only together
+            ES*, EdDSA, and RFC 9864's Ed25519 and Ed448), each usable only with a key of its
+            own type and curve. HS* only together
             with ``secret``, and never with keys from a JWKS (RFC 8725 §3.1, §3.2).
         leeway: seconds of clock skew tolerated for ``exp``, ``nbf`` and ``iat``.
         revocation: the store asked on every request; by default a ``MemoryRevocationStore``

@@ -733,6 +733,8 @@ def bad_jwks() -> dict[str, Any]:
             {"kty": "oct", "kid": "hmac", "k": b64(b"s" * 32)},
             _public(p256, kid="mismatch", alg="RS256"),
             _public(ed25519.Ed25519PrivateKey.generate(), kid="ed", alg="EdDSA"),
+            _public(ed25519.Ed25519PrivateKey.generate(), kid="ed-9864", alg="Ed25519"),  # RFC 9864
+            _public(ed25519.Ed25519PrivateKey.generate(), kid="ed-curve", alg="Ed448"),
         ]
     }
 
@@ -754,9 +756,10 @@ def test_jwks_check_flags_every_problem(
         ("warning", "no_verify_op", "leaked"),  # a private JWK says key_ops ["sign"]
         ("error", "symmetric_key", "hmac"),
         ("error", "alg_mismatch", "mismatch"),
+        ("error", "alg_mismatch", "ed-curve"),
     }
     usable = {key["kid"] for key in doc["keys"] if key["usable"]}
-    assert usable == {"good", None, "twin", "leaked", "ed"} - {"leaked"}
+    assert usable == {"good", None, "twin", "leaked", "ed", "ed-9864"} - {"leaked"}
 
     code, out, _err = run(capsys, "jwks", "check", issuer.jwks_uri)
     assert code == cli.EXIT_FAILURE
@@ -766,7 +769,8 @@ def test_jwks_check_flags_every_problem(
     assert "ERROR    kid hmac: a symmetric (oct) key is published" in out
     assert "ERROR    kid leaked: private key members published (d, p, q, dp, dq, qi)" in out
     assert "alg 'RS256' does not fit a EC key on P-256 (it may say: ES256)" in out
-    assert out.splitlines()[-1] == "6 error(s), 2 warning(s)"
+    assert "alg 'Ed448' does not fit a OKP key on Ed25519 (it may say: Ed25519, EdDSA)" in out
+    assert out.splitlines()[-1] == "7 error(s), 2 warning(s)"
 
     code, out, _err = run(capsys, "jwks", "show", issuer.jwks_uri)
     assert code == 0

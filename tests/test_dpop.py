@@ -285,8 +285,10 @@ def test_oversized_proof_is_refused_before_parsing(holder: Holder) -> None:
         (lambda: ECKey.generate_key("P-256"), "ES256"),
         (lambda: RSAKey.generate_key(2048), "PS256"),
         (lambda: OKPKey.generate_key("Ed25519"), "EdDSA"),
+        (lambda: OKPKey.generate_key("Ed25519"), "Ed25519"),
+        (lambda: OKPKey.generate_key("Ed448"), "Ed448"),
     ],
-    ids=["ES256", "PS256", "EdDSA"],
+    ids=["ES256", "PS256", "EdDSA", "Ed25519", "Ed448"],
 )
 def test_proofs_made_by_joserfc_pass(make: Callable[[], Any], alg: str) -> None:
     key = make()
@@ -588,7 +590,7 @@ def test_missing_credentials_get_both_challenges(call: Client) -> None:
     value = challenge(response)
     assert value.startswith("Bearer realm=")
     assert ', DPoP realm="' in value
-    assert 'algs="ES256 ES384 EdDSA PS256 RS256"' in value
+    assert 'algs="ES256 ES384 Ed25519 EdDSA PS256 RS256"' in value
     assert "error=" not in value
 
 
@@ -881,6 +883,32 @@ def test_joserfc_proof_through_the_middleware(call: Client, session_issuer: DevI
     token = session_issuer.mint(cnf={"jkt": key.thumbprint()})
     response = call("GET", "/me", headers=dpop(token, joserfc_proof(key, "ES256", token)))
     assert response.status_code == 200, response.text
+
+
+def test_fully_specified_edwards_proofs_through_the_middleware(
+    call: Client, session_issuer: DevIssuer
+) -> None:
+    # RFC 9864: "Ed25519" proofs (what joserfc makes by default now) were refused; they are
+    # accepted by default, each only from a key of its own curve.
+    key = OKPKey.generate_key("Ed25519")
+    token = session_issuer.mint(cnf={"jkt": key.thumbprint()})
+    response = call("GET", "/me", headers=dpop(token, joserfc_proof(key, "Ed25519", token)))
+    assert response.status_code == 200, response.text
+    assert "Ed25519" in challenge(call("GET", "/me"))  # advertised in algs
+    # An Ed448 key signing under the Ed25519 name: refused, whatever the signature.
+    ed448 = OKPKey.generate_key("Ed448")
+    bound448 = session_issuer.mint(cnf={"jkt": ed448.thumbprint()})
+    header = {"typ": "dpop+jwt", "alg": "Ed25519", "jwk": ed448.as_dict(private=False)}
+    claims = {"jti": "j", "htm": "GET", "htu": URL, "iat": int(time.time())}
+    claims["ath"] = access_token_hash(bound448)
+    signing_input = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())
+    signature = ed448.private_key.sign(signing_input.encode())
+    proof = signing_input + "." + b64url(signature)
+    with structlog.testing.capture_logs() as logged:
+        response = call("GET", "/me", headers=dpop(bound448, proof))
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_dpop_proof"
+    assert "no allowed algorithm" in logged[-1]["detail"]
 
 
 def test_shared_replay_store_across_guards(session_issuer: DevIssuer, holder: Holder) -> None:

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -24,6 +25,9 @@ from bearerguard._core.keys import (
     verify_signature,
 )
 from bearerguard.errors import ConfigurationError, UnsupportedAlgorithmError
+from bearerguard.testing import DevIssuer, Override
+from tests.apps import build_app
+from tests.helpers import compact
 from tests.test_adversarial import self_signed_der
 
 ALL = ASYMMETRIC_ALGORITHMS
@@ -62,10 +66,102 @@ def test_ec_key_is_bound_to_its_curve() -> None:
     assert "does not match" in load_one(ec_jwk(alg="ES384"))
 
 
-def test_eddsa_key() -> None:
-    public = ed25519.Ed25519PrivateKey.generate().public_key()
-    jwk: dict[str, Any] = OKPAlgorithm.to_jwk(public, as_dict=True)
-    assert load_one(jwk).algorithms == {"EdDSA"}
+ED25519_KEY = ed25519.Ed25519PrivateKey.generate()
+ED448_KEY = ed448.Ed448PrivateKey.generate()
+
+
+def okp_jwk(private: Any, **extra: Any) -> dict[str, Any]:
+    jwk: dict[str, Any] = OKPAlgorithm.to_jwk(private.public_key(), as_dict=True)
+    jwk.update({"kid": "o1", **extra})
+    return jwk
+
+
+@pytest.mark.parametrize(
+    ("private", "alg", "loaded"),
+    [
+        (ED25519_KEY, None, {"EdDSA", "Ed25519"}),
+        (ED448_KEY, None, {"EdDSA", "Ed448"}),
+        (ED25519_KEY, "Ed25519", {"Ed25519"}),
+        (ED25519_KEY, "EdDSA", {"EdDSA"}),
+        (ED448_KEY, "Ed448", {"Ed448"}),
+        (ED25519_KEY, "Ed448", "does not match"),
+        (ED448_KEY, "Ed25519", "does not match"),
+    ],
+    ids=[
+        "ed25519",
+        "ed448",
+        "ed25519-alg",
+        "eddsa-alg",
+        "ed448-alg",
+        "ed25519-as-448",
+        "ed448-as-25519",
+    ],
+)
+def test_edwards_keys_are_bound_to_their_curve(private: Any, alg: str | None, loaded: Any) -> None:
+    """RFC 9864: "Ed25519" and "Ed448" name their curve; a key verifies its own curve's
+    name and the polymorphic "EdDSA", and a JWK's alg must agree with its curve."""
+    key = load_one(okp_jwk(private, alg=alg) if alg else okp_jwk(private))
+    if isinstance(loaded, str):
+        assert loaded in key
+    else:
+        assert key.algorithms == loaded
+
+
+@pytest.mark.parametrize("alg", ["EdDSA", "Ed25519"])
+def test_fully_specified_edwards_signatures_verify(alg: str) -> None:
+    ed25519_key = load_one(okp_jwk(ED25519_KEY))
+    signature = ED25519_KEY.sign(b"head.body")
+    assert verify_signature(ed25519_key, alg, b"head.body", signature)
+    assert not verify_signature(ed25519_key, alg, b"head.other", signature)
+    ed448_key = load_one(okp_jwk(ED448_KEY))
+    assert verify_signature(ed448_key, "Ed448", b"head.body", ED448_KEY.sign(b"head.body"))
+
+
+def _edwards_token(issuer: DevIssuer, private: Any, kid: str, alg: str) -> str:
+    unsigned = compact({"alg": alg, "kid": kid, "typ": "at+jwt"}, issuer.claims(), b"")
+    signing_input = unsigned.rsplit(".", 1)[0]
+    signature = base64.urlsafe_b64encode(private.sign(signing_input.encode())).rstrip(b"=")
+    return signing_input + "." + signature.decode()
+
+
+@pytest.mark.anyio
+async def test_fully_specified_edwards_tokens_through_the_middleware(issuer: DevIssuer) -> None:
+    # RFC 9864: issuers now sign with "Ed25519"; it was refused (unsupported_algorithm), only
+    # "EdDSA" worked. Keys come from the issuer's JWKS over HTTP, each bound to its curve.
+    published = [
+        okp_jwk(ED25519_KEY, kid="ed25519"),
+        okp_jwk(ED448_KEY, kid="ed448"),
+        okp_jwk(ED25519_KEY, kid="ed25519-eddsa-only", alg="EdDSA"),
+    ]
+    issuer.overrides[issuer.jwks_path] = Override(body=json.dumps({"keys": published}).encode())
+    guard = issuer.guard()
+    cases = [
+        (ED25519_KEY, "ed25519", "Ed25519", 200),
+        (ED25519_KEY, "ed25519", "EdDSA", 200),
+        (ED448_KEY, "ed448", "Ed448", 200),
+        (ED448_KEY, "ed448", "EdDSA", 200),
+        (ED448_KEY, "ed448", "Ed25519", 401),  # another curve's name
+        (ED25519_KEY, "ed25519", "Ed448", 401),
+        (ED25519_KEY, "ed25519-eddsa-only", "Ed25519", 401),  # its JWK alg says EdDSA
+    ]
+    transport = httpx.ASGITransport(app=build_app(guard))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        for private, kid, alg, status in cases:
+            token = _edwards_token(issuer, private, kid, alg)
+            response = await client.get("/me", headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == status, (kid, alg, response.text)
+            if status == 401:
+                assert response.json()["error"] == "invalid_token"
+
+
+def test_an_ed448_key_never_verifies_ed25519() -> None:
+    # Even if a key were listed for the other curve's name, the signature check refuses it.
+    forced = VerificationKey("o1", frozenset({"Ed25519"}), ED448_KEY.public_key())
+    assert not verify_signature(forced, "Ed25519", b"head.body", ED448_KEY.sign(b"head.body"))
+    keys = KeySet([load_one(okp_jwk(ED448_KEY))])
+    with pytest.raises(UnsupportedAlgorithmError):
+        keys.key_for("o1", "Ed25519")
+    assert "no allowed algorithm" in load_one(okp_jwk(ED448_KEY), frozenset({"Ed25519"}))
 
 
 def test_configured_allow_list_narrows_keys() -> None:

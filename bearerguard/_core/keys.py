@@ -45,7 +45,18 @@ _EC_ALGORITHM_BY_CLASS: dict[type[ec.EllipticCurve], str] = {
     ec.SECP384R1: "ES384",
     ec.SECP521R1: "ES512",
 }
-ASYMMETRIC_ALGORITHMS = _RSA_ALGORITHMS | frozenset(_EC_ALGORITHM_BY_CURVE.values()) | {"EdDSA"}
+# RFC 9864: "Ed25519" and "Ed448" name their curve; "EdDSA" (RFC 8037), now deprecated, names
+# either. Each key verifies "EdDSA" and the name of its own curve only.
+_EDDSA_ALGORITHM_BY_CLASS: dict[type[Any], str] = {
+    ed25519.Ed25519PublicKey: "Ed25519",
+    ed448.Ed448PublicKey: "Ed448",
+}
+ASYMMETRIC_ALGORITHMS = (
+    _RSA_ALGORITHMS
+    | frozenset(_EC_ALGORITHM_BY_CURVE.values())
+    | frozenset(_EDDSA_ALGORITHM_BY_CLASS.values())
+    | {"EdDSA"}
+)
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 _MIN_RSA_BITS = 2048
 # RFC 8017 §3.1 bounds the public exponent only by the modulus, and OpenSSL accepts one as
@@ -63,6 +74,8 @@ _IMPLEMENTATIONS: dict[str, Algorithm] = {
     for name, algorithm in get_default_algorithms().items()
     if name in ASYMMETRIC_ALGORITHMS | HMAC_ALGORITHMS
 }
+_EDDSA = _IMPLEMENTATIONS["EdDSA"]
+_EDDSA_KEY_CLASS = {alg: cls for cls, alg in _EDDSA_ALGORITHM_BY_CLASS.items()}
 
 
 def _pss(digest: hashes.HashAlgorithm) -> padding.PSS:
@@ -115,6 +128,9 @@ def verify_signature(
         return _verify_pkcs1v15(key.key, pkcs1, signing_input, signature)
     scheme = _PSS_SCHEMES.get(alg)
     if scheme is None:
+        curve = _EDDSA_KEY_CLASS.get(alg)
+        if curve is not None:  # RFC 9864: PyJWT knows these names only as "EdDSA"
+            return isinstance(key.key, curve) and _EDDSA.verify(signing_input, key.key, signature)
         return _IMPLEMENTATIONS[alg].verify(signing_input, key.key, signature)
     if len(signature) != (key.key.key_size + 7) // 8:
         # RFC 8017 §8.1.2 step 1: OpenSSL would accept a signature with its leading zero
@@ -216,8 +232,10 @@ def _algorithms_for_public_key(public_key: Any) -> frozenset[str]:
         public_key.public_bytes_raw()
     ):
         return frozenset()
-    if isinstance(public_key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-        return frozenset({"EdDSA"})
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return frozenset({"EdDSA", "Ed25519"})
+    if isinstance(public_key, ed448.Ed448PublicKey):
+        return frozenset({"EdDSA", "Ed448"})
     return frozenset()
 
 

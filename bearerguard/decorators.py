@@ -21,10 +21,11 @@ import functools
 import inspect
 import itertools
 import sys
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection
@@ -44,6 +45,9 @@ from bearerguard.errors import (
     MissingTokenError,
 )
 from bearerguard.token import AccessToken
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 __all__ = [
     "REQUIREMENT_ATTRIBUTE",
@@ -254,6 +258,45 @@ def _with_fastapi_check(
     wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
 
 
+_NOT_FASTAPI = frozenset({"django", "flask", "werkzeug"})
+
+
+def _origin(value: object) -> str:
+    """The top-level package ``value`` comes from: a module's own, a class's or function's
+    ``__module__``, else its type's."""
+    try:
+        if isinstance(value, types.ModuleType):
+            name: object = value.__name__
+        elif isinstance(value, type | types.FunctionType | types.BuiltinFunctionType):
+            name = value.__module__
+        else:
+            name = type(value).__module__
+    except Exception:  # noqa: BLE001 - any object's own failure: no evidence
+        return ""
+    return str(name).partition(".")[0]
+
+
+def _may_be_path_operation(func: Callable[..., Any], frame: FrameType) -> bool:
+    """Whether ``func`` may become a FastAPI path operation, told by what the namespace it is
+    decorated in holds (that of a function, a class body, or a module), then its module's:
+    the nearest holding something of FastAPI's says yes, one holding Flask's, Werkzeug's or
+    Django's (and nothing of FastAPI's) says no. Without either, yes: a path operation
+    must have its check declared before FastAPI reads the signature (a Flask or Django view
+    ignores it)."""
+    namespaces = [frame.f_locals, frame.f_globals, getattr(inspect.unwrap(func), "__globals__", {})]
+    seen: set[int] = set()
+    for namespace in namespaces:
+        if id(namespace) in seen or not isinstance(namespace, dict):
+            continue
+        seen.add(id(namespace))
+        origins = {_origin(value) for value in list(namespace.values())}
+        if "fastapi" in origins:
+            return True
+        if origins & _NOT_FASTAPI:
+            return False
+    return True
+
+
 def _defined_in_class(func: Callable[..., Any]) -> bool:
     """Whether ``func`` was defined in a class body (a method), by its qualified name."""
     outer, _, _ = getattr(func, "__qualname__", "").rpartition(".")
@@ -311,8 +354,9 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
         with contextlib.suppress(AttributeError, TypeError):
             setattr(func, _WRAPPED_ATTRIBUTE, id(func))
         # A FastAPI app has imported fastapi before its path operations are decorated;
-        # Starlette, Flask and Django apps never pay for importing it.
-        if "fastapi" in sys.modules:
+        # Starlette, Flask and Django apps never pay for importing it, and keep their views'
+        # signatures when another part of the process imports it.
+        if "fastapi" in sys.modules and _may_be_path_operation(func, sys._getframe(1)):
             _with_fastapi_check(wrapper, requirement, parameter)
         return cast(F, wrapper)
 

@@ -222,6 +222,32 @@ async def test_fastapi_scope_check_runs_before_the_operations_own_dependencies(
         assert loaded == [7]
 
 
+async def test_fastapi_check_is_declared_beside_a_flask_app(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # Flask and Django views keep their signatures, told by what the namespace they are
+    # decorated in holds; a FastAPI app there (here beside a Flask app it would mount) says
+    # the function may be a path operation: its check still runs before its dependencies.
+    import flask
+
+    loaded = _LOADED
+    loaded.clear()
+    legacy = flask.Flask("legacy")
+    app = FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard)])
+
+    @app.get("/items/{item_id}")
+    @requires_scopes("items:read")
+    async def read_item(item: Annotated[dict[str, int], Depends(load_item)]) -> dict[str, int]:
+        return item  # pragma: no cover
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        denied = await client.get("/items/7", headers=bearer(session_issuer, "other"))
+    assert denied.status_code == 403
+    assert loaded == []
+    assert legacy.name == "legacy"
+
+
 class Note(BaseModel):
     text: str
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import io
 import sys
@@ -380,3 +381,35 @@ def test_a_refusal_states_its_length(session_issuer: DevIssuer) -> None:
         [(status, headers)] = started
         assert status.startswith(("400", "401"))
         assert ("content-length", str(len(body))) in headers
+
+
+def test_views_keep_their_signatures_when_fastapi_is_imported(session_issuer: DevIssuer) -> None:
+    # Another part of the process (a FastAPI app mounted beside, a dependency) imports
+    # fastapi: Flask and Django views were given a FastAPI dependency parameter first and
+    # their own made keyword-only, which tools reading signatures choke on (Django's check of
+    # error handlers binds (request, exception); signature-driven validators).
+    importlib.import_module("fastapi")
+    from django.http import HttpRequest, HttpResponse
+
+    from bearerguard import requires_scopes
+    from bearerguard.flask import protect
+
+    app = flask.Flask("signatures", static_folder=None)
+
+    @app.get("/items/<int:item_id>")
+    @requires_scopes("items:read")
+    def item(item_id: int) -> dict[str, int]:
+        return {"id": item_id}
+
+    @requires_scopes("items:read")
+    def django_item(request: HttpRequest, pk: str) -> HttpResponse:
+        return HttpResponse(pk)
+
+    assert str(inspect.signature(item)) == "(item_id: 'int') -> 'dict[str, int]'"
+    assert inspect.signature(django_item).bind(object(), "7").arguments["pk"] == "7"
+    protect(app, guard=session_issuer.guard())
+    reader = {"Authorization": f"Bearer {session_issuer.mint(scopes=['items:read'])}"}
+    other = {"Authorization": f"Bearer {session_issuer.mint(scopes=['other'])}"}
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as client:
+        assert client.get("/items/7", headers=reader).json() == {"id": 7}
+        assert client.get("/items/7", headers=other).status_code == 403

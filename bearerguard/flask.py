@@ -39,8 +39,10 @@ def protect(
     ``get_access_token(flask.request)``) returns the token inside views.
 
     Raises:
-        ConfigurationError: as ``BearerGuardWSGIMiddleware``; or a view registered so far
-            has its scope decorator above its route decorator (it would run unchecked).
+        ConfigurationError: as ``BearerGuardWSGIMiddleware`` (``app.wsgi_app`` already
+            wrapped in werkzeug's ``ProxyFix``: wrap it after ``protect``); or a view
+            registered so far has its scope decorator above its route decorator (it would
+            run unchecked).
     """
     unchecked = unchecked_endpoints(app)
     if unchecked:

@@ -8,6 +8,7 @@ Key fetches use httpx's sync client, one at a time per guard across threads.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from time import perf_counter
@@ -76,6 +77,32 @@ def responder_for(app: object) -> Responder:
     if "django" in frameworks:
         return _django_response
     return plain_response
+
+
+def _proxy_fix_under(app: object) -> bool:
+    """Whether werkzeug's ``ProxyFix`` is ``app`` or under it (through wrappers holding the
+    next app as ``app``, and Flask's ``app.wsgi_app``, as ``wrapped_app`` walks them)."""
+    module = sys.modules.get("werkzeug.middleware.proxy_fix")
+    proxy_fix = getattr(module, "ProxyFix", None)
+    if not isinstance(proxy_fix, type):
+        return False  # never imported: no ProxyFix anywhere
+    for _ in range(100):  # bounded: an ``app`` attribute may lead in a circle
+        owner = attribute_of(app, "__self__") or app
+        if isinstance(owner, proxy_fix):
+            return True
+        app = attribute_of(owner, "app")
+        if app is None:
+            return False
+    return False
+
+
+_PROXY_FIX_INSIDE = (
+    "werkzeug's ProxyFix is inside BearerGuardWSGIMiddleware: the guard would see the "
+    "proxy's address, scheme and host instead of the client's (audit events, usage "
+    "monitoring, DPoP htu). Wrap the middleware in ProxyFix instead: with Flask, set "
+    "app.wsgi_app = ProxyFix(app.wsgi_app, ...) after protect(app); otherwise "
+    "ProxyFix(BearerGuardWSGIMiddleware(app, ...), ...)"
+)
 
 
 def _path(environ: WSGIEnvironment) -> str:
@@ -176,6 +203,13 @@ class BearerGuardWSGIMiddleware:
 
     Refusals are exactly those of the ASGI middleware (RFC 6750 §3), and so is the
     protected-resource metadata served when the guard has a ``resource`` (RFC 9728).
+
+    Behind a proxy, werkzeug's ``ProxyFix`` goes outside the middleware, so that the guard
+    reads the client's address, scheme and host as the app does.
+
+    Raises:
+        ConfigurationError: a guard that is neither, a store without the synchronous side,
+            or ``app`` is (or wraps) a ``ProxyFix``.
     """
 
     def __init__(
@@ -190,6 +224,8 @@ class BearerGuardWSGIMiddleware:
         if not isinstance(guard, BearerGuard | TrustedIssuers):
             raise ConfigurationError("guard must be a BearerGuard or TrustedIssuers")
         guard.require_sync_side()
+        if _proxy_fix_under(app):
+            raise ConfigurationError(_PROXY_FIX_INSIDE)
         # The cache-hit fast path serves a plain single-issuer Bearer setup (decided once).
         self._reusing = (
             guard if isinstance(guard, BearerGuard) and not guard.sender_constrained else None

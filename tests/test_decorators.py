@@ -595,14 +595,14 @@ def test_a_flask_view_registered_after_protect_is_checked_at_the_first_request(
     session_issuer: DevIssuer,
 ) -> None:
     # protect() sees only the views registered before it; a blueprint registered later
-    # (the usual layout) is checked when the first request comes, under ProxyFix too.
+    # (the usual layout) is checked when the first request comes, under a wrapper too.
     import flask
-    from werkzeug.middleware.proxy_fix import ProxyFix
+    from werkzeug.middleware.shared_data import SharedDataMiddleware
 
     from bearerguard.flask import protect
 
     app = flask.Flask(__name__)
-    app.wsgi_app = ProxyFix(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = SharedDataMiddleware(app.wsgi_app, {})  # type: ignore[method-assign]
     protect(app, guard=session_issuer.guard(in_process=True))
     reports = flask.Blueprint("reports", __name__)
 

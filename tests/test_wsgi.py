@@ -413,3 +413,66 @@ def test_views_keep_their_signatures_when_fastapi_is_imported(session_issuer: De
     with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as client:
         assert client.get("/items/7", headers=reader).json() == {"id": 7}
         assert client.get("/items/7", headers=other).status_code == 403
+
+
+_FORWARDED = {
+    "X-Forwarded-For": "203.0.113.9",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "api.example.com",
+}
+
+
+def test_proxy_fix_outside_the_middleware_gives_the_guard_the_client(
+    session_issuer: DevIssuer,
+) -> None:
+    # Behind a TLS-terminating proxy the guard must see what ProxyFix restores, as the app
+    # does: the client's address (audit, usage monitoring) and the https URL a DPoP proof
+    # names (RFC 9449 §4.3 step 9).
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from tests.apps import build_flask_app
+    from tests.test_dpop import Holder
+
+    holder = Holder()
+    app = build_flask_app(session_issuer.guard(dpop=DPoPPolicy()))  # protect() has run
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
+    token = session_issuer.mint(cnf={"jkt": holder.jkt})
+    headers = {
+        "Authorization": f"DPoP {token}",
+        "DPoP": holder.proof(token, url="https://api.example.com/me"),
+        **_FORWARDED,
+    }
+    transport = httpx.WSGITransport(app=app, remote_addr="10.0.0.2")
+    with (
+        structlog.testing.capture_logs() as events,
+        httpx.Client(transport=transport, base_url="http://10.0.0.7:8000") as client,
+    ):
+        assert client.get("/me", headers=headers).status_code == 200
+    assert [(event["event"], event["client"]) for event in events] == [
+        ("token.accepted", "203.0.113.9")
+    ]
+
+
+def test_proxy_fix_inside_the_middleware_is_refused(session_issuer: DevIssuer) -> None:
+    # Inside, the guard saw the proxy's address and http URL while the app saw the
+    # client's: audit events and usage monitoring named the proxy, every DPoP proof was
+    # refused (htu mismatch).
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from bearerguard.flask import protect
+
+    guard = session_issuer.guard()
+    app = flask.Flask("proxied", static_folder=None)
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
+    with pytest.raises(ConfigurationError, match=r"after protect\(app\)"):
+        protect(app, guard=guard)
+
+    class Wrapper:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+    for inner in (ProxyFix(hello_app), Wrapper(ProxyFix(hello_app))):
+        with pytest.raises(ConfigurationError, match="ProxyFix is inside"):
+            BearerGuardWSGIMiddleware(inner, guard=guard)
+    BearerGuardWSGIMiddleware(Wrapper(hello_app), guard=guard)
+    ProxyFix(BearerGuardWSGIMiddleware(hello_app, guard=guard))

@@ -320,6 +320,20 @@ def _is_async(func: Callable[..., Any]) -> bool:
     )
 
 
+def _of_async_view(func: Callable[..., Any], args: tuple[Any, ...]) -> bool:
+    """Whether ``func`` is a method of an async Django class-based view (``dispatch``, as
+    ``method_decorator(..., name="dispatch")`` hands it over, a partial of the bound
+    method): sync, but it returns the handler's coroutine, which Django awaits."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    owner = attribute_of(func, "__self__") or (args[0] if args else None)
+    return attribute_of(owner, "view_is_async") is True
+
+
+async def _awaitable(response: Any) -> Any:
+    return response
+
+
 def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F]:
     requirement = ScopeRequirement(required, any_of)
 
@@ -345,7 +359,7 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
                 if kwargs.pop(parameter, _UNCHECKED) is _UNCHECKED:
                     denial = _denial(required, any_of, args)
                     if denial is not None:
-                        return denial
+                        return _awaitable(denial) if _of_async_view(func, args) else denial
                 return func(*args, **kwargs)
 
             wrapper = sync_wrapper

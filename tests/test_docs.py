@@ -219,7 +219,10 @@ def test_the_wsgi_page_apps_answer_as_the_page_says(session_issuer: DevIssuer) -
     for block in _BLOCK.findall(source):
         exec(compile(block, "wsgi.md", "exec", dont_inherit=True), namespace)  # noqa: S102
     urls = types.ModuleType("docs_wsgi_urls")
-    urls.urlpatterns = [path("items", namespace["django_items"])]  # type: ignore[attr-defined]
+    urls.urlpatterns = [  # type: ignore[attr-defined]
+        path("items", namespace["django_items"]),
+        path("reports", namespace["DjangoReports"].as_view()),
+    ]
     sys.modules[urls.__name__], before = urls, settings.ROOT_URLCONF
     settings.ROOT_URLCONF = urls.__name__
     clear_url_caches()
@@ -241,6 +244,7 @@ def test_the_wsgi_page_apps_answer_as_the_page_says(session_issuer: DevIssuer) -
                     denied = client.get("/items", headers=nobody)
                     assert denied.status_code == 403
                     assert 'error="insufficient_scope"' in denied.headers["www-authenticate"]
+                    assert client.get("/reports", headers=nobody).status_code == 403
     finally:
         settings.ROOT_URLCONF = before
         clear_url_caches()

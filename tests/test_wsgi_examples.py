@@ -155,3 +155,54 @@ def test_django_over_asgi_gets_a_django_refusal(session_issuer: DevIssuer) -> No
     denied = asyncio.run(_under_scoped_over_asgi(session_issuer))
     assert denied.status_code == 403
     assert denied.json()["error"] == "insufficient_scope"
+
+
+def test_django_class_based_views_decorated_on_dispatch_are_refused_403(
+    session_issuer: DevIssuer,
+) -> None:
+    # method_decorator(requires_scopes(...), name="dispatch"), Django's usual way to guard a
+    # whole class-based view: the dispatch of an async view is sync but returns the
+    # handler's coroutine, which Django awaits; the refusal returned in its place was
+    # awaited too, and an under-scoped token got a 500 (its scope.denied event said 403).
+    load("django_app")  # Django is set up by then
+    from django.core.wsgi import get_wsgi_application
+    from django.http import HttpRequest, JsonResponse
+    from django.test import override_settings
+    from django.urls import path
+    from django.utils.decorators import method_decorator
+    from django.views import View
+
+    @method_decorator(requires_scopes("items:read"), name="dispatch")
+    class AsyncItems(View):
+        async def get(self, request: HttpRequest) -> JsonResponse:
+            token = get_access_token(request)
+            return JsonResponse({"for": token.subject if token else None})
+
+    @method_decorator(requires_scopes("items:read"), name="dispatch")
+    class Items(View):
+        def get(self, request: HttpRequest) -> JsonResponse:
+            token = get_access_token(request)
+            return JsonResponse({"for": token.subject if token else None})
+
+    urls = ModuleType("dispatch_view_urls")
+    urls.urlpatterns = [  # type: ignore[attr-defined]
+        path("async", AsyncItems.as_view()),
+        path("sync", Items.as_view()),
+    ]
+    sys.modules[urls.__name__] = urls
+    app = BearerGuardWSGIMiddleware(get_wsgi_application(), guard=session_issuer.guard())
+    transport = httpx.WSGITransport(app=app, raise_app_exceptions=False)
+    try:
+        with (
+            override_settings(ROOT_URLCONF=urls.__name__),
+            httpx.Client(transport=transport, base_url="http://testserver") as client,
+        ):
+            for view in ("/async", "/sync"):
+                allowed = client.get(view, headers=bearer(session_issuer, "items:read"))
+                assert allowed.json() == {"for": "mia"}
+                denied = client.get(view, headers=bearer(session_issuer, "other"))
+                assert denied.status_code == 403, view
+                assert denied.json()["error"] == "insufficient_scope"
+                assert 'scope="items:read"' in denied.headers["www-authenticate"]
+    finally:
+        del sys.modules[urls.__name__]

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from starlette.endpoints import HTTPEndpoint
 from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection
 
@@ -320,6 +321,26 @@ def _is_async(func: Callable[..., Any]) -> bool:
     )
 
 
+def _refuse_a_view_class(view: object) -> None:
+    """Refuse a class-based view's class: the decorator goes on its methods.
+
+    Raises:
+        ConfigurationError: ``view`` is a Starlette ``HTTPEndpoint`` or has ``as_view``
+            (Django's ``View``, Flask's ``View`` and ``MethodView``).
+    """
+    if not isinstance(view, type):
+        return
+    if not issubclass(view, HTTPEndpoint) and attribute_of(view, "as_view") is None:
+        return
+    raise ConfigurationError(
+        f"requires_scopes (or requires_any_scope) is written on the class {view.__qualname__}: "
+        "the framework would get a function in its place, with no as_view() and no methods. "
+        "Decorate the view's methods (Starlette's HTTPEndpoint, Flask's MethodView), or with "
+        "Django use method_decorator(requires_scopes(...), name='dispatch') on the class; "
+        "with Flask, decorators = [requires_scopes(...)] in the class also works."
+    )
+
+
 def _of_async_view(func: Callable[..., Any], args: tuple[Any, ...]) -> bool:
     """Whether ``func`` is a method of an async Django class-based view (``dispatch``, as
     ``method_decorator(..., name="dispatch")`` hands it over, a partial of the bound
@@ -338,6 +359,7 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
     requirement = ScopeRequirement(required, any_of)
 
     def decorate(func: F) -> F:
+        _refuse_a_view_class(func)
         wrapper: Callable[..., Any]
         parameter = f"{_CHECK_PARAMETER}_{next(_decorations)}"
         if _is_async(func):
@@ -522,8 +544,9 @@ def requires_scopes(*scopes: str) -> Callable[[F], F]:
     ``scope`` hint. Websocket handlers are closed with code 1008 instead.
 
     Raises:
-        ConfigurationError: no scopes, or a scope name with white space (at decoration), or
-            no ``BearerGuardMiddleware`` in front of the route (at request time).
+        ConfigurationError: no scopes, a scope name with white space, or a class-based
+            view's class decorated instead of its methods (at decoration); or no
+            ``BearerGuardMiddleware`` in front of the route (at request time).
     """
     return _scope_decorator(validate_scope_names(scopes), any_of=False)
 

@@ -206,3 +206,43 @@ def test_django_class_based_views_decorated_on_dispatch_are_refused_403(
                 assert 'scope="items:read"' in denied.headers["www-authenticate"]
     finally:
         del sys.modules[urls.__name__]
+
+
+def test_a_scope_decorator_on_a_view_class_is_refused(session_issuer: DevIssuer) -> None:
+    # On the class, the decorator put a function in its place: Django's and Flask's
+    # as_view() were gone (an AttributeError naming neither), a Starlette endpoint was
+    # called with the request and failed (500) for every allowed token.
+    load("django_app")  # Django is set up by then
+    import flask
+    from django.views import View
+    from flask.views import MethodView
+    from starlette.endpoints import HTTPEndpoint
+
+    from bearerguard.errors import ConfigurationError
+    from bearerguard.flask import protect
+
+    class DjangoItems(View):
+        pass
+
+    class FlaskItems(MethodView):
+        def get(self) -> dict[str, bool]:
+            return {"ok": True}
+
+    class StarletteItems(HTTPEndpoint):
+        pass
+
+    for view in (DjangoItems, FlaskItems, StarletteItems):
+        with pytest.raises(ConfigurationError, match=f"on the class {view.__qualname__}"):
+            requires_scopes("items:read")(view)
+
+    class GuardedItems(FlaskItems):  # what the error suggests for Flask
+        decorators = [requires_scopes("items:read")]  # noqa: RUF012 - Flask's attribute
+
+    app = flask.Flask("class-views", static_folder=None)
+    app.add_url_rule("/items", view_func=GuardedItems.as_view("items"))
+    protect(app, guard=session_issuer.guard())
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as client:
+        assert client.get("/items", headers=bearer(session_issuer, "items:read")).json() == {
+            "ok": True
+        }
+        assert client.get("/items", headers=bearer(session_issuer, "other")).status_code == 403

@@ -742,6 +742,25 @@ def test_an_answer_whose_token_use_is_not_access_is_refused(token_use: object) -
     assert judge(token_use="access_token").subject is None
 
 
+@pytest.mark.parametrize("typ", ["Refresh", "Offline", "ID", "Logout", "JWT", 5])
+def test_an_answer_whose_keycloak_typ_is_not_an_access_token_is_refused(typ: object) -> None:
+    # Keycloak answers with the token's typ claim; before it added token_type, typ alone told
+    # a refresh (or offline, or ID) token from an access token.
+    with pytest.raises(InvalidClaimError, match=r"typ .*not an access token"):
+        judge(typ=typ)
+    with pytest.raises(InvalidClaimError, match=r"typ .*not an access token"):
+        judge(typ=typ, token_type="Bearer")
+
+
+def test_keycloak_access_token_answers_are_accepted() -> None:
+    for typ in ("Bearer", "bearer", "at+jwt"):
+        assert judge(typ=typ, token_type="Bearer", azp="app").claims["typ"] == typ
+    dpop = dataclasses.replace(POLICY, confirmations=frozenset({"jkt"}))
+    assert judge(dpop, typ="DPoP", token_type="DPoP", cnf={"jkt": "x" * 43}).subject is None
+    with pytest.raises(InvalidClaimError, match=r"typ DPoP without cnf\.jkt"):
+        judge(dpop, typ="DPoP")
+
+
 def test_access_token_types_are_accepted_and_dpop_needs_its_binding() -> None:
     for token_type in ("Bearer", "bearer", "access_token"):
         assert judge(token_type=token_type).claims["token_type"] == token_type
@@ -781,6 +800,25 @@ async def test_a_refresh_token_is_not_an_access_token(
         await guard.authenticate("refresh-1")
     with pytest.raises(InvalidClaimError):
         guard.authenticate_sync("refresh-1")
+
+
+@pytest.mark.anyio
+async def test_a_keycloak_refresh_token_is_not_an_access_token(
+    issuer: DevIssuer, server: IntrospectionServer
+) -> None:
+    # What Keycloak answers about its refresh and offline tokens (older releases: typ only;
+    # newer: token_type too, equal to typ), and about an access token.
+    server.activate("kc-refresh", typ="Refresh", sub="kim", azp="app", scope="items:read")
+    server.activate("kc-offline", typ="Offline", token_type="Offline", sub="kim", azp="app")
+    server.activate("kc-access", typ="Bearer", token_type="Bearer", sub="kim", azp="app")
+    guard = opaque_guard(issuer, server)
+    for token in ("kc-refresh", "kc-offline"):
+        with pytest.raises(InvalidClaimError, match="not an access token"):
+            await guard.authenticate(token)
+        with pytest.raises(InvalidClaimError, match="not an access token"):
+            guard.authenticate_sync(token)
+    assert (await guard.authenticate("kc-access")).subject == "kim"
+    assert guard.authenticate_sync("kc-access").subject == "kim"
 
 
 @pytest.mark.parametrize(

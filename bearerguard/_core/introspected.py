@@ -52,6 +52,10 @@ _TIME_MEMBERS = ("exp", "iat", "nbf")
 _ACCESS_TOKEN_TYPES = frozenset(
     {"bearer", "dpop", "access_token", "urn:ietf:params:oauth:token-type:access_token"}
 )
+# Keycloak answers with the token's own "typ" claim (not RFC 7662): "Bearer" or "DPoP" for an
+# access token, "Refresh", "Offline" or "ID" for the others (its older releases send no
+# token_type). RFC 9068 §2.1's header value is accepted too, should a server copy it there.
+_ACCESS_TOKEN_TYPS = _ACCESS_TOKEN_TYPES | {"at+jwt", "application/at+jwt"}
 
 
 class InactiveTokenError(InvalidTokenError):
@@ -147,8 +151,8 @@ def token_from_introspection(
     ``claims`` is an answer already checked by ``parse_introspection_response``. The token
     is accepted when the answer says ``active: true``; ``exp`` is present and, with the
     policy's leeway, not passed (nor ``nbf`` and ``iat`` in the future); ``token_type``, when
-    present, names an access token (``Bearer``, or ``DPoP`` with ``cnf.jkt``), as does a
-    ``token_use`` (Hydra, Cognito); ``iss``, when
+    present, names an access token (``Bearer``, or ``DPoP`` with ``cnf.jkt``), as do a
+    ``typ`` (Keycloak) and a ``token_use`` (Hydra, Cognito); ``iss``, when
     present, equals the trusted issuer; ``aud``, when present, names one of the policy's
     audiences; and the policy's required claims, maximum age and custom checks pass. RFC 7662
     §2.2 makes ``iss`` and ``aud`` optional: list them in ``required_claims`` to demand them.
@@ -163,17 +167,8 @@ def token_from_introspection(
     # read-only, and read_scopes walks scope_claims paths through dicts only (claim checks
     # get a dict too, as for a JWT).
     plain = dict(claims)
-    token_type = claims.get("token_type")
-    if token_type is not None:
-        kind = token_type.lower()
-        if kind not in _ACCESS_TOKEN_TYPES:
-            shown = token_type[:64]
-            raise InvalidClaimError(f"introspected token_type {shown!r}: not an access token")
-        cnf = claims.get("cnf")
-        if kind == "dpop" and not (isinstance(cnf, Mapping) and "jkt" in cnf):
-            # RFC 9449 §6.2: a DPoP token's answer carries cnf.jkt; without it the binding
-            # could not be checked and the token would pass as a bearer token (§7.2).
-            raise InvalidClaimError("introspected token_type DPoP without cnf.jkt")
+    _check_kind(claims, "token_type", _ACCESS_TOKEN_TYPES)
+    _check_kind(claims, "typ", _ACCESS_TOKEN_TYPS)
     token_use = claims.get("token_use")  # not RFC 7662: ORY Hydra and Amazon Cognito name it
     if token_use is not None and token_use not in ("access_token", "access"):
         raise InvalidClaimError(f"introspected token_use {str(token_use)[:64]!r}: not access")
@@ -207,6 +202,22 @@ def token_from_introspection(
         fingerprint=fingerprint,
         raw=raw,
     )
+
+
+def _check_kind(claims: Mapping[str, Any], name: str, accepted: frozenset[str]) -> None:
+    """Refuse an answer whose ``name`` member is present and names no access token."""
+    value = claims.get(name)
+    if value is None:
+        return
+    kind = value.lower() if isinstance(value, str) else None
+    if kind not in accepted:
+        shown = value[:64] if isinstance(value, str) else type(value).__name__
+        raise InvalidClaimError(f"introspected {name} {shown!r}: not an access token")
+    cnf = claims.get("cnf")
+    if kind == "dpop" and not (isinstance(cnf, Mapping) and "jkt" in cnf):
+        # RFC 9449 §6.2: a DPoP token's answer carries cnf.jkt; without it the binding
+        # could not be checked and the token would pass as a bearer token (§7.2).
+        raise InvalidClaimError(f"introspected {name} DPoP without cnf.jkt")
 
 
 def _utc(epoch: float) -> datetime:

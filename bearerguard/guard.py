@@ -686,6 +686,11 @@ class BearerGuard:
         resource = self.protected_resource
         return None if resource is None else resource.resource
 
+    @property
+    def introspection(self) -> Introspector | None:
+        """The introspector that judges opaque tokens, if configured."""
+        return self._introspector
+
     def __repr__(self) -> str:
         return f"BearerGuard(issuer={self.issuer!r}, audience={self.audiences!r})"
 

@@ -49,6 +49,14 @@ IssuerResolver = Callable[[str], BearerGuard | None]
 
 _log = logging.getLogger("bearerguard")
 _MAX_ISSUER_LENGTH = 512
+# An opaque token names no issuer, so only one guard can judge it: sending it to every
+# introspection endpoint would disclose it to authorization servers that did not issue it,
+# and the first to answer "active" would give it that issuer's identity.
+_SECOND_INTROSPECTOR = (
+    "only the primary (first) guard of a TrustedIssuers may have introspection: opaque "
+    "tokens name no issuer and all go to it; {!r} has an introspector that would never be "
+    "asked (move that guard first, or serve its opaque tokens on another route)"
+)
 
 
 def _request_settings(guard: BearerGuard) -> tuple[Any, ...]:
@@ -64,8 +72,11 @@ class TrustedIssuers:
         guards: a guard per trusted issuer (each ``issuer`` at most once). The first is the
             primary: its request-level settings (``resource`` and its metadata, ``realm``,
             ``max_token_bytes``, the audit logger, ``scope_implications``) apply to every
-            request, and it judges tokens that are not JWTs (``introspection``). Every guard
-            must have the same ``dpop``, ``mtls`` and ``resource``.
+            request, and it alone judges tokens that are not JWTs (``introspection``): an
+            opaque token names no issuer, and is never sent to another issuer's
+            authorization server. Every guard must have the same ``dpop``, ``mtls`` and
+            ``resource``, and no other guard may have ``introspection`` (a resolved one
+            that has is not used).
         resolver: admits further issuers: called with a token's ``iss`` (a string of at most
             512 characters) when no guard names it, it returns a guard whose ``issuer`` is
             exactly that string, or ``None`` to refuse the token. It must not do I/O (it is
@@ -78,7 +89,8 @@ class TrustedIssuers:
         max_resolved: how many resolved guards are kept (least recently used go first).
 
     Raises:
-        ConfigurationError: no guard, an issuer configured twice, or guards that disagree.
+        ConfigurationError: no guard, an issuer configured twice, guards that disagree, or
+            introspection on a guard other than the primary.
 
     Warning:
         A resolved guard that breaks these rules (another issuer, other request-level
@@ -109,6 +121,8 @@ class TrustedIssuers:
                 raise ConfigurationError(
                     "every guard of a TrustedIssuers needs the same dpop, mtls and resource"
                 )
+            if guard is not primary and guard.introspection is not None:
+                raise ConfigurationError(_SECOND_INTROSPECTOR.format(guard.issuer))
             self._guards[guard.issuer] = guard
         self.primary = primary
         self.resolver = resolver
@@ -207,6 +221,8 @@ class TrustedIssuers:
             return f"its issuer is {guard.issuer!r}"
         if _request_settings(guard) != _request_settings(self.primary):
             return "its dpop, mtls or resource differ from the primary guard's"
+        if guard.introspection is not None:
+            return "it has introspection, which only the primary guard may have"
         if self._sync:
             try:
                 guard.require_sync_side()

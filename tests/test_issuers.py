@@ -21,6 +21,7 @@ from bearerguard.mtls import CertificateBinding
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
 from tests.apps import build_app, build_flask_app
+from tests.test_introspection import IntrospectionServer
 from tests.test_mtls import issue
 from tests.test_mtls import open_client as open_tls_client
 
@@ -211,6 +212,39 @@ def test_a_bad_resolved_guard_is_not_used(
         guards.authenticate_sync(beta.mint())
     assert caplog.records
     assert guards.issuers == [alpha.url]
+
+
+def test_only_the_primary_guard_may_introspect(
+    alpha: DevIssuer, beta: DevIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An opaque token names no issuer: it goes to the primary guard only, never to another
+    # issuer's authorization server; a later guard's introspector would never be asked.
+    with IntrospectionServer() as server:
+        server.activate("opaque-1", sub="kim")
+        with pytest.raises(ConfigurationError, match="only the primary"):
+            TrustedIssuers(
+                [
+                    alpha.guard(in_process=True),
+                    beta.guard(in_process=True, introspection=server.introspector()),
+                ]
+            )
+        first = TrustedIssuers(
+            [
+                alpha.guard(in_process=True, introspection=server.introspector()),
+                beta.guard(in_process=True),
+            ]
+        )
+        token = first.authenticate_sync("opaque-1")
+        assert (token.subject, token.issuer) == ("kim", alpha.url)
+        assert first.authenticate_sync(beta.mint()).issuer == beta.url
+        resolving = TrustedIssuers(
+            [alpha.guard(in_process=True)],
+            resolver=lambda iss: beta.guard(in_process=True, introspection=server.introspector()),
+        )
+        with caplog.at_level(logging.ERROR, "bearerguard"), pytest.raises(InvalidIssuerError):
+            resolving.authenticate_sync(beta.mint())
+        assert "introspection" in caplog.text
+        assert server.calls == 1
 
 
 def test_wsgi_needs_synchronous_sides(alpha: DevIssuer, beta: DevIssuer) -> None:

@@ -1,8 +1,9 @@
 """``RedisUsageMonitor``: usage counted across every instance of an API, in one round trip.
 
-Layout in Redis, per counted key (a token ``t``: ``(iss, jti)``, a subject ``s``:
-``(iss, sub)``) and fixed window (``{number}`` = ``floor(now / window)``, ``{ms}`` the window
-length, so that policies with different windows never mix their counts)::
+Layout in Redis, per counted key (a token ``t``: ``(iss, jti)``, or ``(iss, "fp:" + its
+fingerprint)`` for an opaque token without ``jti``; a subject ``s``: ``(iss, sub)``) and
+fixed window (``{number}`` = ``floor(now / window)``, ``{ms}`` the window length, so that
+policies with different windows never mix their counts)::
 
     {namespace}:use:{ms}:{number}:{t|s}n:{issuer}:{name}   uses (INCR)
     {namespace}:use:{ms}:{number}:{t|s}a:{issuer}:{name}   client addresses (HyperLogLog)

@@ -3,7 +3,8 @@
 A bearer token works for whoever holds it (token replay, RFC 6750 §5.1); watching how each
 token is used is the standard advice for noticing one that was copied. A monitor counts, for
 every accepted request, the uses and the distinct client addresses of the token (by
-``(iss, jti)``) and of its subject (by ``(iss, sub)``) within a sliding window, and says
+``(iss, jti)``, or an opaque token without ``jti`` by its fingerprint) and of its subject
+(by ``(iss, sub)``) within a sliding window, and says
 whether a ``UsagePolicy`` limit was exceeded:
 
 - ``MemoryUsageMonitor`` counts in this process (one process, or per-process limits);
@@ -141,8 +142,10 @@ class UsageMonitor(Protocol):
 
     The guard calls ``observe`` once per accepted request, after the revocation check, with
     the client's address as the integration sees it. Implementations key tokens on
-    ``(token.issuer, token.token_id)`` and subjects on ``(token.issuer, token.subject)``,
-    never on the token's bytes, and raise ``UsageMonitorError`` when their store fails.
+    ``(token.issuer, token_name(token))`` (the ``jti``; an opaque token without one, by its
+    fingerprint: ``bearerguard._core.usage.token_name``) and subjects on
+    ``(token.issuer, token.subject)``, never on the token's bytes, and raise
+    ``UsageMonitorError`` when their store fails.
     """
 
     @property

@@ -31,6 +31,7 @@ from bearerguard._core.usage import (
 )
 from bearerguard.audit import AuditLog, RequestInfo
 from bearerguard.errors import ConfigurationError, InvalidTokenError, render_challenge
+from bearerguard.testing import DevIssuer
 from bearerguard.usage import (
     MemoryUsageMonitor,
     SyncUsageMonitor,
@@ -42,6 +43,7 @@ from bearerguard.usage import (
     usage_failed,
 )
 from tests.redis_server import RedisServer
+from tests.test_introspection import AUDIENCE, IntrospectionServer
 
 ISS = "https://issuer.example"
 WINDOW = 60.0
@@ -333,6 +335,15 @@ def redis_target(backend: str, request: pytest.FixtureRequest) -> tuple[str, str
 
 
 @pytest.fixture
+def redis_server_or_none(backend: str, request: pytest.FixtureRequest) -> RedisServer | None:
+    """The Redis the backend under test counts in; ``None`` for memory."""
+    if backend == "memory":
+        return None
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server
+
+
+@pytest.fixture
 async def make(redis_target: tuple[str, str] | None) -> AsyncIterator[Make]:
     """Builds monitors of the backend under test, closed afterwards."""
     created: list[Any] = []
@@ -456,6 +467,42 @@ async def test_issuers_and_missing_claims_keep_counts_apart(make: Make, side: st
     anonymous = await observe(monitor, side, token(jti=None), None)
     assert anonymous.breaches == (Breach("subject", "uses", 2, 1),)
     assert consequence(anonymous) == "log"
+
+
+@pytest.mark.anyio
+async def test_an_opaque_token_without_jti_is_counted_by_its_fingerprint(
+    make: Make,
+    side: str,
+    redis_target: tuple[str, str] | None,
+    redis_server_or_none: RedisServer | None,
+    session_issuer: DevIssuer,
+) -> None:
+    # An opaque token has no other encoding (unlike a JWS), so a hash of it names it.
+    with IntrospectionServer() as server:
+        server.activate("opaque-kim", sub="kim")
+        server.activate("opaque-lee", sub="lee")
+        guard = session_issuer.guard(audience=AUDIENCE, introspection=server.introspector())
+        kim, lee = (guard.authenticate_sync(raw) for raw in ("opaque-kim", "opaque-lee"))
+    assert kim.token_id is None
+    assert [t.name for t in targets(kim, UsagePolicy(max_uses_per_token=1))] == [
+        f"fp:{kim.fingerprint}"
+    ]
+    monitor = make(UsagePolicy(max_addresses_per_token=1, action="revoke"), Clock())
+    assert not (await observe(monitor, side, kim, "203.0.113.1")).exceeded
+    assert (await observe(monitor, side, lee, "198.51.100.2")).token_addresses == 1
+    second = await observe(monitor, side, kim, "192.0.2.3")
+    assert second.breaches == (Breach("token", "addresses", 2, 1),)
+    assert second.first
+    assert consequence(second) == "reject"  # no jti: it cannot be revoked
+    if redis_target is not None:
+        assert redis_server_or_none is not None
+        inspect = redis_server_or_none.client()
+        try:
+            keys = list(inspect.scan_iter(match=f"{redis_target[1]}:*"))
+        finally:
+            inspect.close()
+        assert any(key.endswith(f":fp%3A{kim.fingerprint}") for key in keys), keys
+        assert not any("opaque" in key for key in keys)  # never the token itself
 
 
 @pytest.mark.anyio

@@ -16,6 +16,7 @@ from bearerguard.testing import DevIssuer
 from bearerguard.usage import MemoryUsageMonitor, UsagePolicy, UsageVerdict
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
 from tests.apps import build_app, build_flask_app
+from tests.test_introspection import AUDIENCE, IntrospectionServer
 
 Send = Callable[[str, str], httpx.Response]
 
@@ -78,6 +79,29 @@ def test_a_token_used_from_a_second_address(
         assert again.status_code == (401 if action == "revoke" else 200 if action == "log" else 401)
         if action == "revoke":
             assert len(store) == 1
+
+
+def test_an_opaque_token_without_jti_from_a_second_address(
+    stack: str, session_issuer: DevIssuer
+) -> None:
+    # Counted by its fingerprint: before, an introspected token without jti was never
+    # counted by token, and every address limit let it through.
+    with IntrospectionServer() as server:
+        server.activate("opaque-ola", sub="ola")
+        server.activate("opaque-kim", sub="kim")
+        policy = UsagePolicy(max_addresses_per_token=1, action="reject")
+        guard = session_issuer.guard(
+            audience=AUDIENCE,
+            introspection=server.introspector(),
+            usage=MemoryUsageMonitor(policy),
+        )
+        for send in client_for(stack, guard):
+            assert send("opaque-ola", "10.0.0.1").status_code == 200
+            assert send("opaque-kim", "10.0.0.2").status_code == 200  # another token
+            with structlog.testing.capture_logs() as events:
+                assert send("opaque-ola", "10.0.0.2").status_code == 401
+            refusal = next(event for event in events if event["event"] == "token.rejected")
+            assert refusal["reason"] == "usage_anomaly"
 
 
 class BrokenMonitor:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Literal, NamedTuple
 
+from bearerguard._core.introspected import INTROSPECTION_ALGORITHM
 from bearerguard.errors import ConfigurationError
 from bearerguard.token import AccessToken
 
@@ -40,6 +41,7 @@ __all__ = [
     "consequence",
     "estimate",
     "targets",
+    "token_name",
     "verdict_of",
     "window_at",
 ]
@@ -331,20 +333,37 @@ class Target(NamedTuple):
 def targets(token: AccessToken, policy: UsagePolicy) -> tuple[Target, ...]:
     """The keys ``token`` is counted under: its ``(iss, jti)`` and its ``(iss, sub)``.
 
-    A scope is tracked only when one of its limits is set and the token names it: a token
-    without ``jti`` is never counted by token (the token's bytes are no key: ECDSA signatures
-    are malleable, so one token can be presented under several byte strings).
+    A scope is tracked only when one of its limits is set and the token names it. A JWT
+    without ``jti`` is never counted by token (its bytes are no key: ECDSA signatures are
+    malleable, so one token can be presented under several byte strings); an opaque token
+    without ``jti`` is counted by its fingerprint (see ``token_name``).
     """
     found: list[Target] = []
     token_limits = (policy.max_uses_per_token, policy.max_addresses_per_token)
-    jti = token.token_id
-    if isinstance(jti, str) and jti and token_limits != (None, None):
-        found.append(Target("token", token.issuer, jti, *token_limits))
+    name = token_name(token) if token_limits != (None, None) else None
+    if name is not None:
+        found.append(Target("token", token.issuer, name, *token_limits))
     subject_limits = (policy.max_uses_per_subject, policy.max_addresses_per_subject)
     sub = token.subject
     if isinstance(sub, str) and sub and subject_limits != (None, None):
         found.append(Target("subject", token.issuer, sub, *subject_limits))
     return tuple(found)
+
+
+def token_name(token: AccessToken) -> str | None:
+    """The name ``token`` is counted under by token: its ``jti``; for an opaque token
+    without one, ``fp:`` and its fingerprint; else ``None`` (not counted by token).
+
+    An opaque token is the very string its authorization server looks up (RFC 7662 §2.1):
+    unlike a JWS it has no other encoding, so a hash of its bytes names it. The fingerprint
+    (64 bits of its SHA-256) is such a hash, already computed, and never the token itself.
+    """
+    jti = token.token_id
+    if isinstance(jti, str) and jti:
+        return jti
+    if token.algorithm == INTROSPECTION_ALGORITHM and token.fingerprint:
+        return f"fp:{token.fingerprint}"
+    return None
 
 
 def breaches_of(target: Target, uses: int, addresses: int | None) -> tuple[Breach, ...]:

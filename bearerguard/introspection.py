@@ -19,7 +19,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import math
+import secrets
 import ssl
 import threading
 import time
@@ -53,6 +55,7 @@ __all__ = [
 
 ClientAuthMethod = Literal["client_secret_basic", "client_secret_post"]
 _AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+_log = logging.getLogger("bearerguard")
 
 
 class IntrospectionError(ServiceUnavailableError):
@@ -251,6 +254,8 @@ class Introspector:
             once (``IntrospectionError``, answered 503): a flood of unknown opaque tokens
             can neither exhaust the process's connections nor pass through to the
             authorization server unbounded.
+        health_interval: the least time, in seconds, between two probes of the endpoint by
+            ``health()`` (readiness checks); meanwhile the last outcome is reported.
         clock: returns epoch seconds; injectable for tests.
 
     Raises:
@@ -261,6 +266,8 @@ class Introspector:
     timeout, a status other than 200, a body too large or not such JSON) raises
     ``IntrospectionError`` and is not cached.
     """
+
+    name = "introspection"
 
     def __init__(
         self,
@@ -275,6 +282,7 @@ class Introspector:
         active_ttl: float = 30.0,
         inactive_ttl: float = 300.0,
         max_concurrent: int = 100,
+        health_interval: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.endpoint = check_url(endpoint, "introspection endpoint")
@@ -294,6 +302,8 @@ class Introspector:
             raise ConfigurationError("active_ttl and inactive_ttl must be finite, not negative")
         if type(max_concurrent) is not int or max_concurrent < 1:
             raise ConfigurationError("max_concurrent must be a positive integer")
+        if not 0 < health_interval < math.inf:  # 0 would let readiness polls through unbounded
+            raise ConfigurationError("health_interval must be positive and finite")
         if not callable(clock):  # called once an answer comes: a TypeError then is a 500
             raise ConfigurationError("clock must be a callable returning epoch seconds")
         self.client_id = client_id
@@ -303,7 +313,11 @@ class Introspector:
         self.active_ttl = float(active_ttl)
         self.inactive_ttl = float(inactive_ttl)
         self.max_concurrent = max_concurrent
+        self.health_interval = float(health_interval)
         self.clock = clock
+        # Whether the last probe by health() was answered as it should be (none yet: no).
+        self.healthy = False
+        self._probed_at: float | None = None
         self._secret = client_secret
         self._headers = {"Content-Type": "application/x-www-form-urlencoded"}
         if auth_method == "client_secret_basic":
@@ -422,6 +436,62 @@ class Introspector:
     def _free_slot(self) -> None:
         with self._lock:
             self._in_flight -= 1
+
+    # -- readiness --------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        """Probe the endpoint, at most once per ``health_interval``, for readiness checks.
+
+        The probe asks about a random token, never a real one, and bypasses the cache: the
+        endpoint is healthy when it answers RFC 7662 JSON saying ``active: false``. Within
+        the interval (or while another probe is under way) the last outcome is reported.
+        """
+        token = self._probe_due()
+        if token is not None:
+            async with httpx.AsyncClient(**self._client_options()) as client:
+                outcome = await _post_async(
+                    client, self.endpoint, self._request(token), self._limits
+                )
+            self._probed(outcome)
+        return self._health()
+
+    def health_sync(self) -> dict[str, Any]:
+        """Probe the endpoint, blocking (for WSGI); as ``health``."""
+        token = self._probe_due()
+        if token is not None:
+            deadline = time.monotonic() + self.timeout
+            with deadline_client(self._client_options(), deadline) as client:
+                request = self._request(token)
+                outcome = _post_sync(client, self.endpoint, request, self._limits, deadline)
+            self._probed(outcome)
+        return self._health()
+
+    def _probe_due(self) -> str | None:
+        """A random token to probe with, when a probe is due (claimed under the lock)."""
+        now = self.clock()
+        with self._lock:
+            # A clock stepped back (a negative age) probes again rather than wait for it.
+            if self._probed_at is not None and 0 <= now - self._probed_at < self.health_interval:
+                return None
+            self._probed_at = now
+        return "bearerguard-probe-" + secrets.token_urlsafe(24)
+
+    def _probed(self, outcome: _Response | IntrospectionError) -> None:
+        try:
+            if isinstance(outcome, IntrospectionError):
+                raise outcome
+            result = self._result(outcome)
+        except IntrospectionError as exc:
+            _log.debug("bearerguard: introspection health probe failed: %s", exc)
+            self.healthy = False
+            return
+        if result.active:
+            # A token no one issued, answered active: this endpoint would accept anything.
+            _log.warning("bearerguard: %s answered active for a random token", self.endpoint)
+        self.healthy = not result.active
+
+    def _health(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "healthy": self.healthy}
 
     def forget(self, token: str) -> None:
         """Drop the cached answer about ``token``, if any."""

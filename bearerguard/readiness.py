@@ -10,7 +10,10 @@ then starts its mirror, or without one pings Redis, rather than report a stale f
 
 The other stores a request cannot do without are asked the same way: the usage monitor when
 its policy's ``failure`` is ``"deny"`` (report ``usage``), and the DPoP replay store
-(``dpop``), whose failures answer 503 too.
+(``dpop``), whose failures answer 503 too. An introspection endpoint (``introspection``, and
+``IntrospectionRevocationStore``) is probed with a random token, which it must answer
+``active: false``, at most once per its ``health_interval``: never with a real token, and
+never on the request path.
 
 Given ``TrustedIssuers``, the report holds one such report per configured issuer under
 ``issuers``, and is ready when one of them is: an instance that verifies one issuer's
@@ -98,6 +101,8 @@ def _asked_report_sync(guard: BearerGuard | TrustedIssuers, warm_up: bool) -> di
 def _needed(guard: BearerGuard) -> list[tuple[str, object]]:
     """The stores besides the revocation store whose failure refuses requests (503)."""
     needed: list[tuple[str, object]] = []
+    if guard.introspection is not None:
+        needed.append(("introspection", guard.introspection))
     usage = guard.usage
     if usage is not None and usage.policy.failure == "deny":
         needed.append(("usage", usage))

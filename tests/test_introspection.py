@@ -608,6 +608,9 @@ def test_a_guard_answers_503_past_the_limit(issuer: DevIssuer, server: Introspec
         ("https://as.example/introspect", {"max_concurrent": 2.5}),
         ("https://as.example/introspect", {"max_concurrent": True}),
         ("https://as.example/introspect", {"clock": None}),
+        ("https://as.example/introspect", {"health_interval": 0}),
+        ("https://as.example/introspect", {"health_interval": float("nan")}),
+        ("https://as.example/introspect", {"health_interval": float("inf")}),
         ("https://as.example/introspect", {"clock": 1700000000.0}),
         # URLs httpx refuses on every request: refused here, not a 500 per opaque token.
         ("http://127.0.0.1:8000/introspect\x7f", {}),

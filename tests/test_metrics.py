@@ -28,9 +28,12 @@ from bearerguard.metrics import (
     PrometheusMetrics,
 )
 from bearerguard.readiness import ReadinessEndpoint, readiness, readiness_wsgi
+from bearerguard.revocation import IntrospectionRevocationStore
 from bearerguard.testing import DevIssuer, Override
 from tests.apps import build_app, build_flask_app
+from tests.helpers import Clock
 from tests.redis_server import RedisServer
+from tests.test_introspection import AUDIENCE, Fault, IntrospectionServer
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -425,6 +428,52 @@ def test_readiness_leaves_out_a_usage_monitor_that_fails_open(issuer: DevIssuer)
     assert "usage" not in report
     denying = MemoryUsageMonitor(UsagePolicy(max_uses_per_token=5, failure="deny"))
     assert readiness(issuer.guard(usage=denying))["usage"] == {"store": "memory", "healthy": True}
+
+
+@pytest.mark.parametrize("stack", ["asgi", "wsgi"])
+def test_readiness_probes_the_introspection_endpoint(
+    issuer: DevIssuer, stack: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A guard that accepts opaque tokens answered every one 503 while its authorization
+    # server was down, and readiness said 200: the endpoint was never asked.
+    clock = Clock()
+    with IntrospectionServer() as server:
+        introspector = server.introspector(health_interval=30, clock=clock)
+        guard = issuer.guard(
+            audience=AUDIENCE,
+            introspection=introspector,
+            revocation=IntrospectionRevocationStore(introspector),
+        )
+        assert readiness(guard)["ready"] is False  # no I/O, nothing probed yet
+        with _readiness_client(guard, stack) as client:
+            ready = client.get("/")
+            assert ready.status_code == 200
+            assert ready.json()["introspection"] == {"store": "introspection", "healthy": True}
+            assert ready.json()["revocation"]["healthy"] is True
+            # One probe, about a random token, for the guard and its store alike.
+            assert server.calls == 1
+            probe = server.seen[0].form
+            assert probe["token"][0].startswith("bearerguard-probe-")
+            assert probe["token_type_hint"] == ["access_token"]
+            server.fault = Fault(status=500, body=b"down")
+            assert client.get("/").status_code == 200  # the last outcome, within the interval
+            assert server.calls == 1
+            clock.advance(30)
+            down = client.get("/")
+            assert down.status_code == 503
+            assert down.json()["introspection"]["healthy"] is False
+            assert down.json()["revocation"]["healthy"] is False
+            # An endpoint that says a token no one issued is active is not healthy either.
+            server.fault = Fault(body=b'{"active": true}')
+            clock.advance(30)
+            with caplog.at_level("WARNING", "bearerguard"):
+                assert client.get("/").status_code == 503
+            assert "answered active for a random token" in caplog.text
+            server.fault = None
+            clock.advance(30)
+            assert client.get("/").status_code == 200
+            assert server.calls == 4
+            assert len({seen.form["token"][0] for seen in server.seen}) == 4
 
 
 @pytest.mark.parametrize("stack", ["asgi", "wsgi"])

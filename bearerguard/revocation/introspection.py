@@ -8,6 +8,8 @@ seen by all of them within the introspector's ``active_ttl``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from bearerguard.errors import ConfigurationError
 from bearerguard.introspection import IntrospectionError, Introspector
 from bearerguard.token import AccessToken
@@ -43,6 +45,19 @@ class IntrospectionRevocationStore:
 
     def __repr__(self) -> str:
         return f"IntrospectionRevocationStore({self.introspector!r})"
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the introspector's last readiness probe was answered properly."""
+        return self.introspector.healthy
+
+    async def health(self) -> dict[str, Any]:
+        """Probe the endpoint for readiness checks (``Introspector.health``)."""
+        return await self.introspector.health()
+
+    def health_sync(self) -> dict[str, Any]:
+        """Probe the endpoint, blocking (``Introspector.health_sync``)."""
+        return self.introspector.health_sync()
 
     async def is_revoked(self, token: AccessToken) -> bool:
         """Whether the authorization server says ``token`` is no longer active.

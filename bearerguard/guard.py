@@ -8,6 +8,7 @@ the revocation store is synchronous, sans-I/O code from ``bearerguard._core``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -656,6 +657,8 @@ class BearerGuard:
         self._reuse_cache = self._cache if reusable else None
         # The async fetch under way: the event loop it runs in, and what it sets when done.
         self._refreshing: tuple[object, anyio.Event] | None = None
+        # The asyncio task running that fetch: the event loop holds tasks only weakly.
+        self._fetch_task: asyncio.Task[None] | None = None
         self._fetch_lock = threading.Lock()
         self._fetches = 0  # sync fetches ended: tells a thread that waited whether one ran
         self._fetch_timeout = (fetch or FetchPolicy()).timeout
@@ -1190,6 +1193,10 @@ class BearerGuard:
                     with anyio.move_on_after(self._fetch_timeout):
                         while self._refreshing is refreshing:  # noqa: ASYNC110 - see above
                             await anyio.sleep(0.01)
+                    if self._refreshing is refreshing:
+                        # Every fetch ends within its timeout unless its loop stopped running
+                        # (closed with the fetch pending): drop it, or no loop fetches again.
+                        self._refreshing = None
             return
         cache, now = self._keys, self.clock()
         if not (
@@ -1203,23 +1210,38 @@ class BearerGuard:
                     while self._fetch_lock.locked():  # noqa: ASYNC110 - a thread holds it
                         await anyio.sleep(0.01)
             return
-        done = anyio.Event()
-        self._refreshing = (anyio.lowlevel.current_token(), done)
+        refreshing = self._refreshing = (anyio.lowlevel.current_token(), anyio.Event())
         cache.record_attempt(now)
+        # The fetch is every waiting request's, not only this one's. Cancelled with it (a
+        # client gone, a request timeout), it left the others refused and the kid-miss
+        # cooldown spent: a key just published was refused for a whole cooldown. It ends
+        # within its own timeout all the same.
+        fetch = self._fetch_keys(refreshing)
         try:
-            # Shielded: the fetch is every waiting request's, not only this one's. Cancelled
-            # with it (a client gone, a request timeout), it left the others refused and the
-            # kid-miss cooldown spent: a key just published was refused for a whole cooldown.
-            # The fetch ends within its own timeout all the same.
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio: anyio's shield covers every cancellation
             with anyio.CancelScope(shield=True):
-                document, max_age = await self._fetcher.fetch()
+                await fetch
+            return
+        # Under asyncio, task.cancel() (uvicorn on a client gone, asyncio.wait_for) reaches
+        # the task whatever anyio shields: the fetch runs in a task of its own, which a
+        # cancelled request stops waiting for but does not stop.
+        task = self._fetch_task = loop.create_task(fetch, name="bearerguard-jwks-fetch")
+        await asyncio.shield(task)
+
+    async def _fetch_keys(self, refreshing: tuple[object, anyio.Event]) -> None:
+        """Fetch the key set and install it, or record the failure; then end ``refreshing``."""
+        assert self._fetcher is not None  # noqa: S101 - only called with a fetcher
+        try:
+            document, max_age = await self._fetcher.fetch()
         except Exception as exc:  # noqa: BLE001 - whatever broke, the fetch failed: fail closed
             self._keys_failed(exc)
         else:
             self._install_keys(document, max_age)
         finally:
-            self._refreshing = None
-            done.set()
+            if self._refreshing is refreshing:  # not dropped as abandoned meanwhile
+                self._refreshing = None
+            refreshing[1].set()
 
     async def _observe(
         self, access: AccessToken, client: str | None, request: RequestInfo | None

@@ -8,6 +8,8 @@ delay is the point (a fetch held open, a timeout).
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import gzip
 import itertools
 import json
@@ -477,6 +479,56 @@ async def test_a_cancelled_request_does_not_abandon_the_fetch_others_wait_for(
     assert leaving.cancelled_caught is not None
     assert subjects == ["user-1"]
     assert (await guard.authenticate(mint(dev))).subject == "user-1"
+    assert dev.fetch_count() == 2
+
+
+@pytest.mark.anyio
+async def test_a_natively_cancelled_request_does_not_abandon_the_fetch_others_wait_for(
+    dev: DevIssuer, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As above, but cancelled by asyncio itself (``task.cancel()``: uvicorn on a client gone,
+    ``asyncio.wait_for``), which anyio's shield does not stop: the fetch was abandoned."""
+    guard = make_guard(dev, clock, discover=False, fetch=FetchPolicy(timeout=2.0))
+    await guard.warm_up()
+    clock.advance(POLICY.cooldown)
+    dev.rotate("ES256")
+    serve_jwks(dev, delay=0.3)
+    token = mint(dev)
+    with anyio.fail_after(5):
+        leader = asyncio.ensure_future(guard.authenticate(token))
+        await anyio.wait_all_tasks_blocked()  # its kid miss's fetch is under way
+        waiter = asyncio.ensure_future(guard.authenticate(token))
+        await anyio.wait_all_tasks_blocked()
+        leader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        assert (await waiter).subject == "user-1"
+    assert dev.fetch_count() == 2
+    del leader, waiter
+    gc.collect()
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.records
+
+
+def test_a_fetch_left_by_a_cancelled_request_ends_with_its_event_loop(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    """One guard, two event loops: the first loop's request is cancelled and the loop ends
+    with the fetch it started still running: that fetch ends with its loop, and the next
+    loop fetches again (not refused after waiting for a fetch that can no longer end)."""
+    guard = make_guard(dev, clock, discover=False, fetch=FetchPolicy(timeout=5.0))
+    serve_jwks(dev, delay=0.5)
+    token = mint(dev)
+
+    async def leave() -> None:
+        request = asyncio.ensure_future(guard.authenticate(token))
+        await anyio.wait_all_tasks_blocked()  # its fetch is under way
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+
+    asyncio.run(leave())  # the fetch's task is cancelled as the loop shuts down
+    serve_jwks(dev)
+    assert anyio.run(guard.authenticate, token).subject == "user-1"
     assert dev.fetch_count() == 2
 
 

@@ -250,8 +250,12 @@ def analyze_jwks(
         if count < 2:
             continue
         if usable_kids[kid] > 1:
-            message = f"{count} keys share the kid {kid!r}: a token naming it is ambiguous"
-            findings.append(Finding("error", "duplicate_kid", message, kid))
+            # RFC 7517 §4.5: kids should be distinct; the guard tries each key in turn.
+            message = (
+                f"{count} keys share the kid {kid!r}: a token naming it is checked against "
+                "each in turn (fine during a rotation; kids should be distinct)"
+            )
+            findings.append(Finding("warning", "duplicate_kid", message, kid))
         else:
             message = f"{count} keys share the kid {kid!r} (only one is a signing key)"
             findings.append(Finding("warning", "duplicate_kid", message, kid))

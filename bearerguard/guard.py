@@ -188,13 +188,11 @@ def _still_chosen(keys: KeySet, entry: Verified) -> bool:
 
     Not only that the key is still published: that the token's ``kid`` (or its absence, once
     the set holds several keys) and ``alg`` still name that key (RFC 7515 §4.1.4), else a
-    cached token would be accepted where the same token seen first is refused.
+    cached token would be accepted where the same token seen first is refused. Among keys
+    sharing the kid, a first verification would try each: any of them will do.
     """
     token = entry.token
-    try:
-        return keys.key_for(token.key_id, token.algorithm) is entry.key
-    except UnsupportedAlgorithmError:
-        return False
+    return entry.key in keys.keys_for(token.key_id, token.algorithm)
 
 
 def _fingerprint(digest: bytes) -> str:
@@ -1009,7 +1007,7 @@ class BearerGuard:
         try:
             key, key_set = self._select_key(jws, refreshed=refreshed)
             if not verify_signature(key, header["alg"], jws.signing_input, jws.signature):
-                self._bad_signature(key_set, refreshed=refreshed)
+                key = self._another_key(jws, key, key_set, refreshed=refreshed)
             claims = decode_payload(jws)
             times = validate_claims(header, claims, self._policy, self.clock())
             access = AccessToken.from_claims(
@@ -1099,6 +1097,29 @@ class BearerGuard:
         if cache.last_failed:
             raise KeySetUnavailableError(f"kid {str(kid)[:64]!r} unknown; key set unreachable")
         raise UnknownKeyError(f"no trusted key for kid {str(kid)[:64]!r}")
+
+    def _another_key(
+        self,
+        jws: CompactJWS,
+        tried: VerificationKey,
+        key_set: KeySet | None,
+        *,
+        refreshed: bool,
+    ) -> VerificationKey:
+        """The key verifying ``jws`` among the others the set holds under its ``kid`` and for
+        its ``alg``, once ``tried`` did not; else the refusal of ``_bad_signature``.
+
+        RFC 7517 §4.5: kids should be distinct within a set, yet an issuer may publish an old
+        and a new key under one kid while it rotates. Only keys of the trusted set are tried,
+        each bound to its own algorithms (``use: enc`` keys were never loaded).
+        """
+        if key_set is not None:
+            for key in key_set.keys_for(jws.header.get("kid"), jws.alg):
+                if key is not tried and verify_signature(
+                    key, jws.alg, jws.signing_input, jws.signature
+                ):
+                    return key
+        return self._bad_signature(key_set, refreshed=refreshed)
 
     def _bad_signature(self, key_set: KeySet | None, *, refreshed: bool) -> NoReturn:
         """Refuse a signature the chosen key does not verify, once the published set has
@@ -1425,7 +1446,7 @@ class BearerGuard:
     def _check_signature(self, jws: CompactJWS, *, refreshed: bool) -> None:
         key, key_set = self._select_key(jws, refreshed=refreshed)
         if not verify_signature(key, jws.alg, jws.signing_input, jws.signature):
-            self._bad_signature(key_set, refreshed=refreshed)
+            self._another_key(jws, key, key_set, refreshed=refreshed)
 
     def _observe_sync(
         self, access: AccessToken, client: str | None, request: RequestInfo | None

@@ -633,6 +633,50 @@ async def test_a_key_of_another_type_published_under_a_known_kid_is_picked_up(
         assert issuer.fetch_count() == 2
 
 
+def publish_under_one_kid(
+    issuer: DevIssuer, *extra: dict[str, Any]
+) -> tuple[SigningKey, SigningKey]:
+    """Publish the issuer's key and a second ES256 key under the same kid (a rotation)."""
+    old = issuer.key()
+    new = SigningKey(old.kid, "ES256", SigningKey.generate("ES256").private_key)
+    keys = [old.public_jwk(), new.public_jwk(), *extra]
+    issuer.overrides[issuer.jwks_path] = Override(body=json.dumps({"keys": keys}).encode())
+    return old, new
+
+
+@pytest.mark.anyio
+async def test_every_key_published_under_one_kid_is_tried(clock: FakeClock) -> None:
+    """RFC 7517 §4.5: an issuer rotating a key may publish the old and the new one under
+    the same kid. Only the first was tried: the other's tokens were refused bad_signature."""
+    with DevIssuer(algorithms=("ES256",)) as issuer:
+        old, new = publish_under_one_kid(issuer)
+        guard = make_guard(issuer, clock, discover=False)
+        for key in (old, new, new, old):  # the second time, from the verification cache
+            assert (await guard.authenticate(sign_with(issuer, key))).subject == "user-1"
+            assert guard.authenticate_sync(sign_with(issuer, key)).subject == "user-1"
+        header, _ = await guard.verify_signed(sign_with(issuer, new))
+        assert header["kid"] == old.kid
+        clock.advance(300)  # a refresh: the same keys, and their tokens still verify
+        assert (await guard.authenticate(sign_with(issuer, new))).subject == "user-1"
+        assert issuer.fetch_count() == 2
+        # A signature neither key made is refused, after at most one fetch per cooldown.
+        with pytest.raises(BadSignatureError):
+            await guard.authenticate(issuer.mint_forged(expires_in=LONG))
+        assert issuer.fetch_count() == 2
+
+
+@pytest.mark.anyio
+async def test_an_encryption_key_under_a_signing_kid_never_verifies(clock: FakeClock) -> None:
+    with DevIssuer(algorithms=("ES256",)) as issuer:
+        encryption = SigningKey(issuer.key().kid, "ES256", SigningKey.generate("ES256").private_key)
+        publish_under_one_kid(issuer, {**encryption.public_jwk(), "use": "enc"})
+        guard = make_guard(issuer, clock, discover=False)
+        with pytest.raises(BadSignatureError):
+            await guard.authenticate(sign_with(issuer, encryption))
+        with pytest.raises(BadSignatureError):
+            guard.authenticate_sync(sign_with(issuer, encryption))
+
+
 def publish_without_kid(issuer: DevIssuer) -> None:
     """Serve the issuer's published keys without their ``kid``."""
     keys = [{k: v for k, v in key.public_jwk().items() if k != "kid"} for key in issuer.published]

@@ -419,3 +419,11 @@ class KeySet:
         if candidates:
             raise UnsupportedAlgorithmError(f"alg {alg!r} does not match the key's algorithms")
         return None
+
+    def keys_for(self, kid: str | None, alg: str) -> list[VerificationKey]:
+        """Every key that verifies ``alg`` for a token with this ``kid``, ``key_for``'s first.
+
+        RFC 7517 §4.5 asks for distinct kids within a set but lets them repeat: an issuer
+        rotating a key may publish the old and the new one under one kid for a while.
+        """
+        return [key for key in self.candidates(kid) if alg in key.algorithms]

@@ -1237,7 +1237,7 @@ class BearerGuard:
         # client gone, a request timeout), it left the others refused and the kid-miss
         # cooldown spent: a key just published was refused for a whole cooldown. It ends
         # within its own timeout all the same.
-        fetch = self._fetch_keys(refreshing)
+        fetch = self._fetch_keys(refreshing, rediscover=unknown_kid)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio: anyio's shield covers every cancellation
@@ -1250,11 +1250,16 @@ class BearerGuard:
         task = self._fetch_task = loop.create_task(fetch, name="bearerguard-jwks-fetch")
         await asyncio.shield(task)
 
-    async def _fetch_keys(self, refreshing: tuple[object, anyio.Event]) -> None:
-        """Fetch the key set and install it, or record the failure; then end ``refreshing``."""
+    async def _fetch_keys(
+        self, refreshing: tuple[object, anyio.Event], *, rediscover: bool
+    ) -> None:
+        """Fetch the key set and install it, or record the failure; then end ``refreshing``.
+
+        ``rediscover``: a kid miss, which reads a discovered set's metadata again first.
+        """
         assert self._fetcher is not None  # noqa: S101 - only called with a fetcher
         try:
-            document, max_age = await self._fetcher.fetch()
+            document, max_age = await self._fetcher.fetch(rediscover=rediscover)
         except Exception as exc:  # noqa: BLE001 - whatever broke, the fetch failed: fail closed
             self._keys_failed(exc)
         else:
@@ -1381,7 +1386,7 @@ class BearerGuard:
                 return
             cache.record_attempt(now)
             try:
-                document, max_age = self._fetcher.fetch_sync()
+                document, max_age = self._fetcher.fetch_sync(rediscover=unknown_kid)
             except Exception as exc:  # noqa: BLE001 - whatever broke, the fetch failed: fail closed
                 self._keys_failed(exc)
             else:

@@ -6,6 +6,7 @@ deciding when to fetch and what to trust lives in ``bearerguard._core``.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import ssl
@@ -42,6 +43,10 @@ _LOOPBACK_NAMES = frozenset({"localhost"})
 
 class FetchError(Exception):
     """A key set or metadata document could not be had; the message says why."""
+
+
+class _MetadataUnreachableError(FetchError):
+    """No metadata document answered (as opposed to one that answered unacceptably)."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -323,6 +328,7 @@ class JWKSFetcher:
         self.configured_uri = None if jwks_uri is None else check_url(jwks_uri, "jwks_uri")
         self.jwks_uri = self.configured_uri
         self.policy = policy
+        self._metadata_url: str | None = None  # the discovery URL that answered last
         # Loading the CA bundle takes tens of milliseconds of CPU: do it once, here, rather
         # than on the event loop at every refresh.
         self._tls = ssl.create_default_context()
@@ -332,10 +338,17 @@ class JWKSFetcher:
         # loop keeps the guard usable across loops (tests, lifespans, reloads).
         return client_options(self.policy.timeout, self._tls)
 
-    def _flow(self) -> _Flow:
+    def _flow(self, *, rediscover: bool) -> _Flow:
         """Discovery (when needed), then the key set: the logic both drivers share."""
         if self.jwks_uri is None:
             self.jwks_uri = yield from self._discover()
+        elif rediscover and self.configured_uri is None:
+            # An issuer may move its key set (RFC 8414 §2 jwks_uri), the old URL still serving
+            # the old keys: a kid the set lacks reads the metadata again, paced as that kid's
+            # fetch is (one per cooldown). Metadata that no longer answers keeps the URL
+            # known; metadata naming another issuer still fails the fetch (RFC 8414 §3.3).
+            with contextlib.suppress(_MetadataUnreachableError):
+                self.jwks_uri = yield from self._discover()
         try:
             response = yield self.jwks_uri
             document = _json(self.jwks_uri, response)
@@ -347,12 +360,14 @@ class JWKSFetcher:
 
     def _discover(self) -> Generator[str, _Response, str]:
         failures = []
-        for url in discovery_urls(self.issuer):
+        urls = sorted(discovery_urls(self.issuer), key=lambda url: url != self._metadata_url)
+        for url in urls:
             try:
                 metadata = _json(url, (yield url))
             except FetchError as exc:
                 failures.append(str(exc))
                 continue
+            self._metadata_url = url
             if not isinstance(metadata, dict) or metadata.get("issuer") != self.issuer:
                 raise FetchError(f"metadata at {url} names another issuer")
             jwks_uri = metadata.get("jwks_uri")
@@ -362,12 +377,16 @@ class JWKSFetcher:
                 return check_url(jwks_uri, "discovered jwks_uri")
             except ConfigurationError as exc:
                 raise FetchError(str(exc)) from exc
-        raise FetchError("discovery failed: " + "; ".join(failures))
+        raise _MetadataUnreachableError("discovery failed: " + "; ".join(failures))
 
-    async def fetch(self) -> tuple[Any, float | None]:
+    async def fetch(self, *, rediscover: bool = False) -> tuple[Any, float | None]:
         """Fetch the key set document without blocking the event loop.
 
         The whole fetch (discovery included) ends within ``policy.timeout``.
+
+        Args:
+            rediscover: read the issuer metadata again first, when the key set's URL was
+                discovered (the guard asks on a kid miss: the set may have moved).
 
         Returns:
             The parsed JSON, and the ``max-age`` its response allowed (``None`` if unsaid).
@@ -376,7 +395,7 @@ class JWKSFetcher:
             FetchError: the network, the server or the document failed.
         """
         deadline = time.monotonic() + self.policy.timeout
-        flow = self._flow()
+        flow = self._flow(rediscover=rediscover)
         async with httpx.AsyncClient(**self._client_options()) as client:
             try:
                 url = next(flow)
@@ -386,13 +405,13 @@ class JWKSFetcher:
                 result: _Result = done.value
                 return result
 
-    def fetch_sync(self) -> tuple[Any, float | None]:
+    def fetch_sync(self, *, rediscover: bool = False) -> tuple[Any, float | None]:
         """Fetch the key set document, blocking this thread (for WSGI); as ``fetch``.
 
         The whole fetch (discovery included) ends within ``policy.timeout``.
         """
         deadline = time.monotonic() + self.policy.timeout
-        flow = self._flow()
+        flow = self._flow(rediscover=rediscover)
         with deadline_client(self._client_options(), deadline) as client:
             try:
                 url = next(flow)

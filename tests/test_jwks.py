@@ -242,6 +242,74 @@ async def test_discovery_happens_once_then_only_the_jwks_is_refetched(
     assert dev.fetch_count(dev.oidc_metadata_path) == 1
 
 
+MOVED_PATH = "/v2/jwks.json"
+
+
+def move_the_jwks(issuer: DevIssuer, metadata: dict[str, Any] | None = None) -> None:
+    """The issuer moves its key set: the old URL keeps serving the old keys, a new key is
+    published only at the new URL, which the metadata now names (unless given other)."""
+    serve_jwks(issuer)  # a snapshot of the old keys, at the old URL
+    issuer.rotate("ES256")
+    issuer.overrides[MOVED_PATH] = Override(body=issuer.jwks_bytes())
+    moved = {**issuer.metadata(), "jwks_uri": issuer.url + MOVED_PATH}
+    body = json.dumps(moved if metadata is None else metadata).encode()
+    issuer.overrides[issuer.oidc_metadata_path] = Override(body=body)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("synchronous", [False, True], ids=["async", "sync"])
+async def test_a_moved_jwks_is_followed_when_a_kid_is_unknown(
+    dev: DevIssuer, clock: FakeClock, *, synchronous: bool
+) -> None:
+    """A kid the set lacks reads the metadata again (one fetch per cooldown, as the key set's):
+    a discovered jwks_uri was kept for as long as the old URL answered, new keys never seen."""
+    guard = make_guard(dev, clock)
+    old_token = mint(dev)
+    await guard.authenticate(old_token)
+    move_the_jwks(dev)
+    clock.advance(POLICY.cooldown)
+    new_token = mint(dev)
+    if synchronous:
+        assert guard.authenticate_sync(new_token).subject == "user-1"
+    else:
+        assert (await guard.authenticate(new_token)).subject == "user-1"
+    assert dev.fetch_count(dev.oidc_metadata_path) == 2
+    assert dev.fetch_count(MOVED_PATH) == 1
+    clock.advance(300)  # a refresh by freshness: the new URL, no metadata
+    assert (await guard.authenticate(old_token)).subject == "user-1"
+    assert dev.fetch_count(MOVED_PATH) == 2
+    assert dev.fetch_count(dev.oidc_metadata_path) == 2
+
+
+@pytest.mark.anyio
+async def test_rediscovery_keeps_the_known_jwks_uri_when_the_metadata_does_not_answer(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock)
+    await guard.authenticate(mint(dev))
+    dev.overrides[dev.oidc_metadata_path] = Override(status=503)
+    dev.rotate("ES256")  # published at the URL known
+    clock.advance(POLICY.cooldown)
+    assert (await guard.authenticate(mint(dev))).subject == "user-1"
+    assert dev.fetch_count() == 2
+
+
+@pytest.mark.anyio
+async def test_rediscovered_metadata_naming_another_issuer_fails_closed(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    guard = make_guard(dev, clock)
+    old_token = mint(dev)
+    await guard.authenticate(old_token)
+    move_the_jwks(dev, {"issuer": "https://evil.example", "jwks_uri": dev.url + MOVED_PATH})
+    clock.advance(POLICY.cooldown)
+    # RFC 8414 §3.3: never followed; the fetch failed, so the kid miss is 503, not 401 ...
+    await assert_guard_unavailable(guard, mint(dev))
+    assert dev.fetch_count(MOVED_PATH) == 0
+    # ... and the last good keys serve on (stale-if-error).
+    assert (await guard.authenticate(old_token)).subject == "user-1"
+
+
 @pytest.mark.anyio
 async def test_explicit_jwks_uri_skips_discovery(dev: DevIssuer, clock: FakeClock) -> None:
     # Discovery would fail: it is never asked.
@@ -799,7 +867,8 @@ async def test_a_flood_of_random_kids_costs_at_most_one_fetch_per_cooldown(
     assert len(fetched_at) <= 1 + 100 // POLICY.cooldown
     gaps = [later - earlier for earlier, later in itertools.pairwise(fetched_at)]
     assert all(gap >= POLICY.cooldown for gap in gaps), gaps
-    assert dev.fetch_count(dev.oidc_metadata_path) == 1
+    # Each kid miss's fetch reads the metadata again (the set may have moved): no more.
+    assert dev.fetch_count(dev.oidc_metadata_path) == len(fetched_at)
     # The genuine keys still verify in the middle of the flood.
     assert (await guard.authenticate(mint(dev))).subject == "user-1"
 

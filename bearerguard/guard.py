@@ -1154,11 +1154,18 @@ class BearerGuard:
             return
         for kid, why in skipped:
             _log.info("bearerguard: skipped JWK %r: %s", kid, why)
-        if not found:
-            # A set with no usable key is an outage, not a verdict on every token: keep the
-            # last good keys (stale-if-error) rather than refusing everything as invalid.
+        if not found and skipped:
+            # Keys published, none usable here (an algorithm not allowed, a key refused as
+            # weak): a mismatch to fix, not a verdict on every token. Keep the last good keys
+            # (stale-if-error) rather than refusing everything as invalid.
             self._keys_failed(ValueError("the key set has no usable key"))
             return
+        if not found:
+            # An empty set, over the issuer's own authenticated channel, withdraws every key
+            # (as a set without one key withdraws that one): keeping the last keys for up to
+            # max_stale would keep honouring keys an issuer dropped, perhaps as compromised.
+            # A kid miss looks again once per cooldown, so keys published again are seen.
+            _log.warning("bearerguard: the issuer publishes no key: every token is refused")
         cache.record_success(KeySet(found, previous=cache.keys), self.clock(), max_age)
         count(self.metrics, JWKS_FETCHES, {"result": "ok"})
 

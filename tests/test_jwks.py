@@ -1289,14 +1289,35 @@ async def test_a_one_key_set_whose_key_has_no_kid(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(
-    "body",
-    [b'{"keys": []}', b'{"keys": [{"kty": "EC", "use": "enc", "crv": "P-256"}]}'],
-    ids=["empty", "no-usable-key"],
-)
+async def test_an_empty_jwks_withdraws_every_key(dev: DevIssuer, clock: FakeClock) -> None:
+    """The issuer publishes ``{"keys": []}``: every key is withdrawn, as one key dropped from
+    a set is. It was taken for an outage, the last keys honoured up to max_stale (a day)."""
+    guard = make_guard(dev, clock, discover=False)
+    token = mint(dev)
+    await guard.authenticate(token)
+    dev.overrides[dev.jwks_path] = Override(body=b'{"keys": []}')
+    clock.advance(300)
+    with pytest.raises(UnknownKeyError):  # the cached verification goes with its key
+        await guard.authenticate(token)
+    with pytest.raises(UnknownKeyError):
+        guard.authenticate_sync(mint(dev))
+    async with client_for(protected(guard)) as client:
+        response = await get_me(client, mint(dev))
+    assert response.status_code == 401
+    assert not guard.keys_ready()
+    assert dev.fetch_count() == 2
+    # Keys published again are picked up by the next kid miss (one fetch per cooldown).
+    repair_jwks(dev)
+    clock.advance(POLICY.cooldown)
+    assert (await guard.authenticate(token)).subject == "user-1"
+    assert dev.fetch_count() == 3
+
+
+@pytest.mark.anyio
 async def test_a_jwks_without_usable_keys_is_an_outage_not_a_verdict(
-    dev: DevIssuer, clock: FakeClock, body: bytes
+    dev: DevIssuer, clock: FakeClock
 ) -> None:
+    body = b'{"keys": [{"kty": "EC", "use": "enc", "crv": "P-256"}]}'
     guard = make_guard(dev, clock, discover=False)
     token = mint(dev)
     await guard.authenticate(mint(dev))

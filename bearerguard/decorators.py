@@ -167,9 +167,8 @@ _NO_VERDICT = (
 
 
 def _current(
-    required: tuple[str, ...], any_of: bool
+    required: tuple[str, ...], any_of: bool, auth: RequestAuth | None
 ) -> tuple[RequestAuth, tuple[AuthError, Any] | None]:
-    auth = current_auth.get()
     if auth is None:
         raise ConfigurationError(_NO_VERDICT)
     denied = check_scopes(auth, required, any_of=any_of)
@@ -180,7 +179,7 @@ def _current(
 
 def _denial(required: tuple[str, ...], any_of: bool, args: tuple[Any, ...]) -> Any:
     """``None`` when the current request may proceed; else the response to answer with."""
-    auth, denied = _current(required, any_of)
+    auth, denied = _current(required, any_of, current_auth.get())
     if denied is None:
         return None
     response = auth.respond(denied[1])
@@ -214,10 +213,16 @@ def _with_fastapi_check(
         declares_bearer,
         declares_dependency,
         raise_refusal,
+        route_verdict,
     )
 
     async def bearerguard_scope_check(connection: HTTPConnection) -> None:
-        auth, denied = _current(requirement.scopes, requirement.any_of)
+        auth = current_auth.get()
+        if auth is None:
+            # No middleware, and the operation's BearerAuth sits inside another dependency,
+            # which FastAPI solves after this check: the check verifies the token with it.
+            auth = await route_verdict(connection, requirement.scopes)
+        auth, denied = _current(requirement.scopes, requirement.any_of, auth)
         if denied is not None:
             raise_refusal(auth, *denied, connection.scope)
 

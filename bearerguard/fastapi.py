@@ -186,6 +186,50 @@ def raise_refusal(
     raise Refused(error, refusal)
 
 
+async def route_verdict(
+    connection: HTTPConnection, required: tuple[str, ...]
+) -> RequestAuth | None:
+    """The verdict of the path operation's ``BearerAuth``, for a scope decorator's check
+    that FastAPI solves before it (the ``BearerAuth`` is inside another dependency).
+
+    Verified and audited once: the ``BearerAuth`` dependency reuses it when it runs, and
+    makes it current then. ``None`` when the operation has no ``BearerAuth``.
+
+    Raises:
+        Refused, BearerRefusal, WebSocketException: as the ``BearerAuth`` dependency does.
+    """
+    for dependant in _route_dependants(connection.scope):
+        call = dependant.call
+        bearer = call if isinstance(call, BearerAuth) else getattr(call, _AUTHENTICATES, None)
+        if isinstance(bearer, BearerAuth):
+            auth, reset = await bearer._authenticate(connection, required)
+            _forget(reset)  # until the dependency runs: it forgets it once the request is over
+            return auth
+    return None
+
+
+def _route_dependants(scope: Mapping[str, Any]) -> list[Any]:
+    """The dependencies FastAPI solves for the request's path operation, depth first in
+    declaration order; one ``app.dependency_overrides`` replaces, without what it needs."""
+    route = scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    # Newer FastAPI keeps an included router's dependencies on the route's context.
+    effective = getattr(fastapi.routing, "_get_scope_effective_route_context", None)
+    context = None if effective is None else effective(scope)
+    if context is not None and getattr(context, "original_route", None) is route:
+        dependant = getattr(context, "dependant", dependant)
+    provider = getattr(route, "dependency_overrides_provider", None)
+    overrides = getattr(provider, "dependency_overrides", None) or {}
+    found: list[Any] = []
+    pending = list(reversed(getattr(dependant, "dependencies", ())))
+    while pending:
+        each = pending.pop()
+        if each.call not in overrides:
+            found.append(each)
+            pending.extend(reversed(each.dependencies))
+    return found
+
+
 def declares_bearer(parameter: inspect.Parameter, namespace: dict[str, Any]) -> bool:
     """Whether ``parameter`` of a path operation is a ``BearerAuth`` dependency.
 
@@ -354,8 +398,11 @@ class BearerAuth(SecurityBase):
         ):
             # The middleware's verdict (or a TrustedIssuers' one reached by this guard), or this
             # dependency's earlier one: not verified twice (two audit events, and a DPoP proof
-            # refused as replayed, RFC 9449 §11.1).
-            return found, None
+            # refused as replayed, RFC 9449 §11.1). Made current here when a scope
+            # decorator's check verified it first (route_verdict) and did not keep it so.
+            if current_auth.get() is found:
+                return found, None
+            return found, current_auth.set(found)
         guard = self.guard
         started = perf_counter()
         authorization = [value for name, value in scope["headers"] if name == b"authorization"]

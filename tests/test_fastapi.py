@@ -318,6 +318,39 @@ def test_a_decorator_over_a_bearer_parameter_answers_without_middleware(
     assert closed.value.code == 1008
 
 
+def test_a_decorator_over_a_bearer_used_only_by_a_nested_dependency(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # The decorator's check runs before the dependency that holds the BearerAuth: it found
+    # no verdict, and every request, with a token or without, was answered 500.
+    bearer_auth = BearerAuth(guard)
+    app = bearer_auth.install(FastAPI())
+
+    async def current_user(token: Annotated[AccessToken, bearer_auth.requires()]) -> str:
+        return token.subject or ""
+
+    @app.get("/reports")
+    @requires_scopes("reports:read")
+    async def reports(user: Annotated[str, Depends(current_user)]) -> dict[str, Any]:
+        token = get_access_token()
+        return {"user": user, "current": None if token is None else token.subject}
+
+    with TestClient(app, raise_server_exceptions=False) as client, capture_logs() as events:
+        missing = client.get("/reports")
+        under = client.get("/reports", headers=bearer(session_issuer, "other"))
+        allowed = client.get("/reports", headers=bearer(session_issuer, "reports:read"))
+    assert assert_refusal(missing, 401, None).endswith('scope="reports:read"')
+    assert_refusal(under, 403, "insufficient_scope")
+    assert allowed.json() == {"user": "erin", "current": "erin"}
+    assert [event["event"] for event in events] == [
+        "token.rejected",
+        "token.accepted",
+        "scope.denied",
+        "token.accepted",  # verified once, by the check; the dependency reused it
+    ]
+    assert get_access_token() is None
+
+
 class Catalog:
     """Path operations and a class-based dependency written as decorated methods."""
 

@@ -199,9 +199,8 @@ async def route_verdict(
         Refused, BearerRefusal, WebSocketException: as the ``BearerAuth`` dependency does.
     """
     for dependant in _route_dependants(connection.scope):
-        call = dependant.call
-        bearer = call if isinstance(call, BearerAuth) else getattr(call, _AUTHENTICATES, None)
-        if isinstance(bearer, BearerAuth):
+        bearer = _bearer_of(dependant.call)
+        if bearer is not None:
             auth, reset = await bearer._authenticate(connection, required)
             _forget(reset)  # until the dependency runs: it forgets it once the request is over
             return auth
@@ -544,7 +543,8 @@ class BearerAuth(SecurityBase):
         Registers the exception handler for ``BearerRefusal``, serves the guard's
         protected-resource metadata (RFC 9728) when it has a ``resource``, and makes
         ``app.openapi()`` list, per operation that needs a token, the scopes (any-of as
-        alternatives), the scheme (also for operations protected by ``requires_scopes``
+        alternatives, each also naming the other security schemes the operation's
+        dependencies require), the scheme (also for operations protected by ``requires_scopes``
         behind the middleware), and the 401 and 403 responses. Returns ``app``. Installing again (as
         ``protect`` does) changes nothing.
         """
@@ -569,7 +569,8 @@ class BearerAuth(SecurityBase):
         def openapi() -> dict[str, Any]:
             schema = generate()
             if not documented or documented[0] is not schema:
-                self._document(schema, app.routes)  # once per schema FastAPI generates
+                # once per schema FastAPI generates
+                self._document(schema, app.routes, earlier=installed)
                 documented[:] = [schema]
             return schema
 
@@ -599,15 +600,28 @@ class BearerAuth(SecurityBase):
 
     # -- the OpenAPI document -------------------------------------------------------------
 
-    def _document(self, schema: dict[str, Any], routes: Iterable[Any]) -> None:
+    def _document(
+        self, schema: dict[str, Any], routes: Iterable[Any], *, earlier: tuple[str, ...]
+    ) -> None:
+        """Document the operations that need this scheme; ``earlier``: the schemes of the
+        ``BearerAuth`` instances that documented ``schema`` before this one."""
         name = self.scheme_name
         paths = schema.get("paths", {})
         used = False
+        named: dict[str, str] = {}  # every scope an operation requires, in order
         for route in _api_routes(routes):
             if not route.include_in_schema:
                 continue
-            required, groups = _dependency_requirements(route)
-            endpoint_requirements = scope_requirements(route.endpoint)
+            # Scope decorators check the verdict of the route's BearerAuth, or with none
+            # (behind the middleware) any: the first installed documents them then.
+            bearers = {
+                bearer.scheme_name
+                for bearer in map(_bearer_of, (each.call for each in _walk(route.dependant)))
+                if bearer is not None
+            }
+            decorated = name in bearers if bearers else not earlier
+            required, groups = _dependency_requirements(route, self, decorated=decorated)
+            endpoint_requirements = scope_requirements(route.endpoint) if decorated else []
             for method in sorted(route.methods or ()):
                 operation = paths.get(route.path_format, {}).get(method.lower())
                 if operation is None:
@@ -624,14 +638,22 @@ class BearerAuth(SecurityBase):
                 if not mine and not required and not alternatives and not endpoint_requirements:
                     continue
                 used = True
-                others = [entry for entry in security if name not in entry]
-                operation["security"] = others + _requirements(name, all_of, alternatives)
+                operation["security"] = _combined(
+                    _other_requirements(security, name, _optional_schemes(route), earlier),
+                    _requirements(name, all_of, alternatives),
+                )
+                for entry in operation["security"]:
+                    named.update((scope, scope) for scope in entry[name])
                 _document_refusals(operation, scoped=bool(all_of or alternatives))
         if used:
             components = schema.setdefault("components", {})
-            components.setdefault("securitySchemes", {})[name] = self.model.model_dump(
-                by_alias=True, exclude_none=True, mode="json"
-            )
+            scheme = self.model.model_dump(by_alias=True, exclude_none=True, mode="json")
+            for flow in scheme.get("flows", {}).values():
+                # OAuth 2.0: the flows offer every scope an operation requires (Swagger UI's
+                # "Authorize" lists these); the descriptions given to oauth2_flows are kept.
+                given = flow.setdefault("scopes", {})
+                given.update((scope, text) for scope, text in named.items() if scope not in given)
+            components.setdefault("securitySchemes", {})[name] = scheme
             components.setdefault("schemas", {})[_ERROR_SCHEMA] = {
                 "type": "object",
                 "title": _ERROR_SCHEMA,
@@ -655,27 +677,48 @@ def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:
             yield context
 
 
-def _dependency_requirements(route: Any) -> tuple[list[str], list[tuple[str, ...]]]:
+def _walk(dependant: Any) -> Iterator[Any]:
+    """Every dependency under ``dependant``, breadth first."""
+    pending = list(dependant.dependencies)
+    while pending:
+        each = pending.pop(0)
+        yield each
+        pending.extend(each.dependencies)
+
+
+def _bearer_of(call: Any) -> BearerAuth | None:
+    """The ``BearerAuth`` a dependency is (``Security(bearer)``) or verifies with
+    (``requires_any``)."""
+    owner = call if isinstance(call, BearerAuth) else getattr(call, _AUTHENTICATES, None)
+    return owner if isinstance(owner, BearerAuth) else None
+
+
+def _dependency_requirements(
+    route: Any, bearer: BearerAuth, *, decorated: bool
+) -> tuple[list[str], list[tuple[str, ...]]]:
     """The scopes the route's dependencies check: all-of, and the any-of groups once each.
 
-    Those of ``requires_any`` and of dependencies decorated with ``requires_scopes`` or
+    Those of ``bearer``'s scheme's ``requires_any`` (another scheme documents its own) and,
+    when ``decorated``, of dependencies decorated with ``requires_scopes`` or
     ``requires_any_scope`` (stacked ones too); a ``requires_any`` also checks, all of them,
     the scopes FastAPI hands it from ``Security(..., scopes=...)`` declared around it.
     """
     all_of: list[str] = []
     groups: list[tuple[str, ...]] = []
-    pending = list(route.dependant.dependencies)
-    while pending:
-        dependant = pending.pop(0)
+    for dependant in _walk(route.dependant):
         call = dependant.call
-        if isinstance(getattr(call, _AUTHENTICATES, None), BearerAuth):
+        owner = getattr(call, _AUTHENTICATES, None)
+        if isinstance(owner, BearerAuth):
+            if owner.scheme_name != bearer.scheme_name:
+                continue  # another scheme's, which documents it
             all_of.extend(_security_scopes(dependant))
+        elif not decorated:
+            continue
         for requirement in _call_requirements(call):
             if not requirement.any_of:
                 all_of.extend(requirement.scopes)
             elif requirement.scopes not in groups:
                 groups.append(requirement.scopes)
-        pending.extend(dependant.dependencies)
     return all_of, groups
 
 
@@ -710,6 +753,60 @@ def _requirements(
     return [
         {name: list(dict.fromkeys(base + list(pick)))} for pick in itertools.product(*alternatives)
     ]
+
+
+def _optional_schemes(route: Any) -> set[str]:
+    """The other security schemes the route's dependencies declare that let a request
+    without their credentials through (``auto_error=False``), and no dependency requires."""
+    required: set[str] = set()
+    optional: set[str] = set()
+    for dependant in _walk(route.dependant):
+        call = dependant.call
+        if isinstance(call, SecurityBase) and not isinstance(call, BearerAuth):
+            needed = getattr(call, "auto_error", True) is not False
+            (required if needed else optional).add(call.scheme_name)
+    return optional - required
+
+
+def _other_requirements(
+    security: list[dict[str, list[str]]],
+    name: str,
+    optional: set[str],
+    earlier: tuple[str, ...],
+) -> list[dict[str, list[str]]]:
+    """What the operation needs besides scheme ``name``, as alternatives.
+
+    FastAPI lists one object per security dependency, so the list reads "any one of them";
+    but every dependency runs, and each refuses a request without its credentials: they
+    are all required, in one object (OpenAPI 3.1 §4.8.30: all the schemes of one object
+    are needed, the list ORs objects). An optional one (``optional``) adds the alternative
+    with it. A list another ``BearerAuth`` (``earlier``) rewrote is alternatives already.
+    """
+    rest = [{key: scopes for key, scopes in entry.items() if key != name} for entry in security]
+    if any(key in entry for entry in rest for key in earlier):
+        unique: list[dict[str, list[str]]] = []
+        for entry in rest:
+            if entry not in unique:
+                unique.append(entry)
+        return unique
+    required: dict[str, list[str]] = {}
+    extra: dict[str, list[str]] = {}
+    for entry in rest:
+        for key, scopes in entry.items():
+            into = extra if key in optional else required
+            into[key] = list(dict.fromkeys([*into.get(key, []), *scopes]))
+    return [required, {**required, **extra}] if extra else [required]
+
+
+def _combined(
+    others: list[dict[str, list[str]]], mine: list[dict[str, list[str]]]
+) -> list[dict[str, list[str]]]:
+    """Each alternative of ``mine`` with each of ``others`` (both lists OR, objects AND)."""
+    if len(others) * len(mine) > _MAX_ALTERNATIVES:  # name every scope that may be needed
+        (name,) = mine[0]
+        flat = [scope for entry in mine for scope in entry[name]]
+        mine = [{name: list(dict.fromkeys(flat))}]
+    return [{**entry, **other} for other in others for entry in mine]
 
 
 def _document_refusals(operation: dict[str, Any], *, scoped: bool) -> None:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import httpx
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Security
+from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -763,6 +764,91 @@ def test_openapi_oauth2_flows_from_the_issuer_metadata(
         oauth2_flows({}, flows=["clientCredentials"])
     with pytest.raises(ConfigurationError, match="unsupported flow"):
         oauth2_flows(metadata, scopes=["a"], flows=["implicit"])
+
+
+def test_openapi_other_security_dependencies_are_required_with_the_token(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # FastAPI lists one requirement object per security dependency, which OpenAPI reads as
+    # "any one of them": an API key or the token. Every dependency runs, so both are needed.
+    bearer_auth = BearerAuth(guard)
+    app = bearer_auth.install(FastAPI())
+    api_key = APIKeyHeader(name="X-API-Key")
+    tenant = APIKeyHeader(name="X-Tenant", scheme_name="tenantKey", auto_error=False)
+
+    @app.get("/keyed")
+    def keyed(
+        key: Annotated[str, Security(api_key)],
+        token: Annotated[AccessToken, bearer_auth.requires("a")],
+    ) -> dict[str, str]:
+        return {"key": key}
+
+    @app.get("/keyed-any", dependencies=[Security(api_key), bearer_auth.requires_any("a", "b")])
+    def keyed_any() -> None:
+        pass  # pragma: no cover
+
+    @app.get("/tenant")
+    def tenant_optional(
+        tenant_id: Annotated[str | None, Security(tenant)],
+        token: Annotated[AccessToken, bearer_auth.requires()],
+    ) -> None:
+        pass  # pragma: no cover
+
+    @app.get("/decorated", dependencies=[Security(api_key)])
+    @requires_scopes("r")
+    def decorated() -> None:
+        pass  # pragma: no cover
+
+    other = BearerAuth(guard, scheme_name="other")
+    other.install(app)
+
+    @app.get("/two-schemes", dependencies=[bearer_auth.requires_any("a", "b")])
+    def two_schemes(token: Annotated[AccessToken, other.requires("c")]) -> None:
+        pass  # pragma: no cover
+
+    paths = app.openapi()["paths"]
+    assert paths["/keyed"]["get"]["security"] == [{"bearerAuth": ["a"], "APIKeyHeader": []}]
+    assert paths["/keyed-any"]["get"]["security"] == [
+        {"bearerAuth": ["a"], "APIKeyHeader": []},
+        {"bearerAuth": ["b"], "APIKeyHeader": []},
+    ]
+    # A scheme that lets requests without its credentials through is an option, not a need.
+    assert paths["/tenant"]["get"]["security"] == [
+        {"bearerAuth": []},
+        {"bearerAuth": [], "tenantKey": []},
+    ]
+    assert paths["/decorated"]["get"]["security"] == [{"bearerAuth": ["r"], "APIKeyHeader": []}]
+    # Each BearerAuth names its own any-of groups; both are needed.
+    assert paths["/two-schemes"]["get"]["security"] == [
+        {"bearerAuth": ["a"], "other": ["c"]},
+        {"bearerAuth": ["b"], "other": ["c"]},
+    ]
+    # as the document says: the token alone, or the key alone, is not let in
+    with TestClient(app) as client:
+        token = bearer(session_issuer, "a")
+        assert client.get("/keyed", headers=token).status_code in {401, 403}
+        assert client.get("/keyed", headers={"X-API-Key": "k"}).status_code == 401
+        both = client.get("/keyed", headers={**token, "X-API-Key": "k"})
+        assert both.json() == {"key": "k"}
+
+
+def test_openapi_oauth2_flows_offer_every_scope_operations_require(guard: BearerGuard) -> None:
+    flows = oauth2_flows(
+        {
+            "authorization_endpoint": "https://as.example/a",
+            "token_endpoint": "https://as.example/t",
+        },
+        scopes={"b": "Read B"},
+    )
+    bearer_auth = BearerAuth(guard, oauth2_flows=flows)
+    app = bearer_auth.install(FastAPI())
+
+    @app.get("/x", dependencies=[bearer_auth.requires("a", "b"), bearer_auth.requires_any("c")])
+    def x() -> None:
+        pass  # pragma: no cover
+
+    scheme = app.openapi()["components"]["securitySchemes"]["bearerAuth"]
+    assert scheme["flows"]["authorizationCode"]["scopes"] == {"b": "Read B", "a": "a", "c": "c"}
 
 
 def test_swagger_ui_is_served(guard: BearerGuard) -> None:

@@ -24,7 +24,9 @@ It works with ``BearerGuardMiddleware`` in front (it then reuses the middleware'
 one verification, one audit event) or without it (it verifies the token itself). Like any
 FastAPI dependency it runs before the body is validated, so an under-scoped request gets
 403, not 422 with validation details (a body that is not JSON at all is answered 422 by
-FastAPI before any dependency runs). Refusals are RFC 6750 answers; without the
+FastAPI before any dependency runs). FastAPI has read and parsed the whole body by then,
+multipart uploads included: for upload routes put the middleware in front, which refuses
+before reading any. Refusals are RFC 6750 answers; without the
 middleware, ``install(app)`` is what gives them the RFC 6750 JSON body (FastAPI's default
 handler would answer ``{"detail": ...}``, with the right status and challenge).
 """

@@ -9,13 +9,14 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import APIRouter, Depends, FastAPI, Security
+from fastapi import APIRouter, Depends, FastAPI, File, Security, UploadFile
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount
 from starlette.testclient import TestClient
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from structlog.testing import capture_logs
 
@@ -211,6 +212,45 @@ async def test_scope_checked_before_the_body_is_validated(
         "/items", headers=bearer(session_issuer, "items:write"), json={"name": "mug"}
     )
     assert created.json() == {"name": "mug", "owner": "erin"}
+
+
+@pytest.mark.parametrize("middleware", [False, True])
+async def test_only_the_middleware_refuses_an_upload_before_reading_it(
+    guard: BearerGuard, middleware: bool
+) -> None:
+    # docs/fastapi.md: FastAPI reads and parses a multipart body before any dependency
+    # runs, so BearerAuth alone refuses only once the upload is in; the middleware first.
+    bearer_auth = BearerAuth(guard)
+    app = bearer_auth.install(
+        FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard)] if middleware else [])
+    )
+
+    @app.post("/upload")
+    async def upload(
+        file: Annotated[UploadFile, File()],
+        token: Annotated[AccessToken, bearer_auth.requires()],
+    ) -> None:
+        pass  # pragma: no cover - refused
+
+    received: list[bytes] = []
+
+    async def reading(scope: Scope, receive: Receive, send: Send) -> None:
+        async def counted() -> Message:
+            message = await receive()
+            received.append(message.get("body", b""))
+            return message
+
+        await app(scope, counted, send)
+
+    upload_bytes = b"x" * 1_000_000
+    transport = httpx.ASGITransport(app=reading)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        refused = await client.post("/upload", files={"file": ("big.bin", upload_bytes)})
+    assert_refusal(refused, 401, None)
+    if middleware:
+        assert received == []  # not one receive() call
+    else:
+        assert sum(map(len, received)) > len(upload_bytes)
 
 
 async def test_one_verification_with_the_middleware(

@@ -22,7 +22,7 @@ import inspect
 import itertools
 import sys
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -134,27 +134,33 @@ def get_access_token(connection: object | None = None) -> AccessToken | None:
 
 
 def check_scopes(
-    auth: RequestAuth, required: tuple[str, ...], *, any_of: bool
+    auth: RequestAuth,
+    required: tuple[str, ...],
+    *,
+    any_of: bool,
+    hint: Callable[[], Sequence[str]] | None = None,
 ) -> tuple[AuthError, Any] | None:
     """Check the request's token against ``required``, with the guard's implications.
 
     Returns ``None`` when the request may proceed; else the error, already audited (one
-    ``scope.denied`` or ``token.rejected`` event), and its rendered refusal. Shared by the
-    decorators and the FastAPI dependency, so every integration applies the same rule.
+    ``scope.denied`` or ``token.rejected`` event), and its rendered refusal, whose challenge
+    names ``hint()`` (the whole route's scopes, where known) or else ``required``. Shared by
+    the decorators and the FastAPI dependency, so every integration applies the same rule.
     """
     token = auth.token
     guard = auth.guard
     if token is not None and guard.scope_implications.grants(token.scopes, required, any_of=any_of):
         return None
+    named = required if hint is None else tuple(hint())
     error: AuthError
     if token is None:
         # A public path reached without credentials: a scoped route still needs a token.
         error = MissingTokenError("scoped route reached without a token")
     else:
-        error = InsufficientScopeError(required, any_of=any_of)
+        error = InsufficientScopeError(required, any_of=any_of, scope=named)
         error.binding = presented_with(guard, token)  # as its token.accepted said
     guard.audit.refused(error, auth, perf_counter() - auth.started, token=token)
-    return error, refusal_for(guard, error, required)
+    return error, refusal_for(guard, error, named)
 
 
 # Said to whoever forgot what verifies the token, whichever framework theirs is.
@@ -167,11 +173,14 @@ _NO_VERDICT = (
 
 
 def _current(
-    required: tuple[str, ...], any_of: bool, auth: RequestAuth | None
+    required: tuple[str, ...],
+    any_of: bool,
+    auth: RequestAuth | None,
+    hint: Callable[[], Sequence[str]] | None = None,
 ) -> tuple[RequestAuth, tuple[AuthError, Any] | None]:
     if auth is None:
         raise ConfigurationError(_NO_VERDICT)
-    denied = check_scopes(auth, required, any_of=any_of)
+    denied = check_scopes(auth, required, any_of=any_of, hint=hint)
     if denied is not None and auth.websocket:
         raise WebSocketException(code=_POLICY_VIOLATION, reason=denied[0].reason)
     return auth, denied
@@ -213,6 +222,7 @@ def _with_fastapi_check(
         declares_bearer,
         declares_dependency,
         raise_refusal,
+        route_scopes,
         route_verdict,
     )
 
@@ -222,7 +232,12 @@ def _with_fastapi_check(
             # No middleware, and the operation's BearerAuth sits inside another dependency,
             # which FastAPI solves after this check: the check verifies the token with it.
             auth = await route_verdict(connection, requirement.scopes)
-        auth, denied = _current(requirement.scopes, requirement.any_of, auth)
+        auth, denied = _current(
+            requirement.scopes,
+            requirement.any_of,
+            auth,
+            lambda: route_scopes(connection.scope, auth, requirement.scopes),
+        )
         if denied is not None:
             raise_refusal(auth, *denied, connection.scope)
 

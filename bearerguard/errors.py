@@ -256,8 +256,10 @@ class InsufficientScopeError(AuthError):
     """The token lacks a scope the route needs (RFC 6750 §3.1 ``insufficient_scope``).
 
     Args:
-        required: the scopes the route asks for; rendered as the challenge's ``scope``.
+        required: the scopes the failing check asks for (the audit's ``required_scopes``).
         any_of: whether one of ``required`` suffices (otherwise all are needed).
+        scope: the challenge's ``scope``: the scope necessary to access the resource (RFC
+            6750 §3), every check's where several apply; ``required`` when not given.
     """
 
     status = 403
@@ -266,11 +268,17 @@ class InsufficientScopeError(AuthError):
     description = "The access token does not grant the scope this request needs."
 
     def __init__(
-        self, required: Iterable[str] = (), *, any_of: bool = False, detail: str | None = None
+        self,
+        required: Iterable[str] = (),
+        *,
+        any_of: bool = False,
+        detail: str | None = None,
+        scope: Iterable[str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.required = tuple(required)
         self.any_of = any_of
+        self.scope = self.required if scope is None else tuple(scope)
 
 
 class ServiceUnavailableError(AuthError):
@@ -349,7 +357,7 @@ def render_challenge(
         params.append(("error", error.error_code))
         params.append(("error_description", error.description))
         if isinstance(error, InsufficientScopeError):
-            scope = scope_attribute(error.required)
+            scope = scope_attribute(error.scope)
             if scope is not None:
                 params.append(("scope", scope))
     params.extend(extra)

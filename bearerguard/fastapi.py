@@ -209,6 +209,41 @@ async def route_verdict(
     return None
 
 
+def route_scopes(
+    scope: Mapping[str, Any], auth: RequestAuth | None, required: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The scopes a token needs for the request's whole path operation, for a challenge.
+
+    RFC 6750 §3 has ``scope`` name "the scope necessary to access the requested resource":
+    all of it, not only the failing check's ``required``, or a client that asks for what a
+    403 names gets a token the next check refuses. Every check's all-of scopes, and of an
+    any-of group the alternatives ``auth``'s token holds, or else all of them.
+    """
+    all_of: list[str] = []
+    endpoint = getattr(scope.get("route"), "endpoint", None)
+    requirements = [] if endpoint is None else scope_requirements(endpoint)
+    for dependant in _route_dependants(scope):
+        if _bearer_of(dependant.call) is not None:
+            all_of.extend(_security_scopes(dependant))
+        requirements.extend(_call_requirements(dependant.call))
+    token = None if auth is None else auth.token
+    for requirement in requirements:
+        if not requirement.any_of:
+            all_of.extend(requirement.scopes)
+            continue
+        held = (
+            []
+            if token is None or auth is None
+            else [
+                name
+                for name in requirement.scopes
+                if auth.guard.scope_implications.grants(token.scopes, (name,), any_of=False)
+            ]
+        )
+        all_of.extend(held or requirement.scopes)
+    return tuple(dict.fromkeys([*all_of, *required]))
+
+
 def _route_dependants(scope: Mapping[str, Any]) -> list[Any]:
     """The dependencies FastAPI solves for the request's path operation, depth first in
     declaration order; one ``app.dependency_overrides`` replaces, without what it needs."""
@@ -439,7 +474,10 @@ class BearerAuth(SecurityBase):
         except AuthError as error:
             guard.audit.refused(error, info, perf_counter() - started)
             self._raise(
-                connection, error, refusal_for(guard, error, required), from_middleware=False
+                connection,
+                error,
+                refusal_for(guard, error, route_scopes(scope, None, required)),
+                from_middleware=False,
             )
         auth = RequestAuth(
             guard,
@@ -467,7 +505,12 @@ class BearerAuth(SecurityBase):
         *,
         any_of: bool,
     ) -> AccessToken:
-        denied = check_scopes(auth, required, any_of=any_of)
+        denied = check_scopes(
+            auth,
+            required,
+            any_of=any_of,
+            hint=lambda: route_scopes(connection.scope, auth, required),
+        )
         if denied is not None:
             error, refusal = denied
             self._raise(

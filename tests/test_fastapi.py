@@ -392,6 +392,51 @@ def test_a_decorator_over_a_bearer_used_only_by_a_nested_dependency(
     assert get_access_token() is None
 
 
+@pytest.mark.parametrize("middleware", [False, True])
+def test_insufficient_scope_names_every_scope_the_operation_needs(
+    session_issuer: DevIssuer, middleware: bool
+) -> None:
+    # RFC 6750 §3: scope names "the scope necessary to access the requested resource". It
+    # named only the failing check's: a client granted what a 403 named was refused by the
+    # next check, and asked for the first one's scopes again (scope="a", then "b", then "a").
+    guard = session_issuer.guard()  # no implications
+    bearer_auth = BearerAuth(guard)
+    app = bearer_auth.install(
+        FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard)] if middleware else [])
+    )
+
+    @app.get("/siblings", dependencies=[bearer_auth.requires("a")])
+    async def siblings(token: Annotated[AccessToken, bearer_auth.requires("b")]) -> None:
+        pass
+
+    @app.get("/decorated")
+    @requires_scopes("c")
+    async def decorated(token: Annotated[AccessToken, bearer_auth.requires("d")]) -> None:
+        pass
+
+    @app.get("/any", dependencies=[bearer_auth.requires("a"), bearer_auth.requires_any("x", "y")])
+    async def any_of() -> None:
+        pass
+
+    def scope_named(path: str, *granted: str) -> str:
+        answer = client.get(path, headers=bearer(session_issuer, *granted))
+        assert answer.status_code == 403, (path, granted)
+        return answer.headers["www-authenticate"].rpartition("scope=")[2]
+
+    with TestClient(app) as client:
+        assert scope_named("/siblings", "b") == scope_named("/siblings", "a") == '"a b"'
+        assert scope_named("/decorated", "c") == scope_named("/decorated", "d") == '"d c"'
+        assert scope_named("/any", "a") == '"a x y"'  # none held: any of them
+        assert scope_named("/any", "y") == '"a y"'  # the alternative it holds is kept
+        # the client that asks for what was named is let in
+        for path, granted in [("/siblings", "a b"), ("/decorated", "d c"), ("/any", "a y")]:
+            answer = client.get(path, headers=bearer(session_issuer, *granted.split()))
+            assert answer.status_code == 200, path
+        if not middleware:  # the dependency names them on a 401 too
+            missing = client.get("/siblings")
+            assert missing.headers["www-authenticate"].endswith('scope="a b"')
+
+
 class Catalog:
     """Path operations and a class-based dependency written as decorated methods."""
 

@@ -227,20 +227,18 @@ def route_scopes(
             all_of.extend(_security_scopes(dependant))
         requirements.extend(_call_requirements(dependant.call))
     token = None if auth is None else auth.token
+
+    def holds(name: str) -> bool:
+        if auth is None or token is None:
+            return False
+        return auth.guard.scope_implications.grants(token.scopes, (name,), any_of=False)
+
     for requirement in requirements:
-        if not requirement.any_of:
+        if requirement.any_of:
+            held = [name for name in requirement.scopes if holds(name)]
+            all_of.extend(held or requirement.scopes)
+        else:
             all_of.extend(requirement.scopes)
-            continue
-        held = (
-            []
-            if token is None or auth is None
-            else [
-                name
-                for name in requirement.scopes
-                if auth.guard.scope_implications.grants(token.scopes, (name,), any_of=False)
-            ]
-        )
-        all_of.extend(held or requirement.scopes)
     return tuple(dict.fromkeys([*all_of, *required]))
 
 
@@ -589,9 +587,9 @@ class BearerAuth(SecurityBase):
         protected-resource metadata (RFC 9728) when it has a ``resource``, and makes
         ``app.openapi()`` list, per operation that needs a token, the scopes (any-of as
         alternatives, each also naming the other security schemes the operation's
-        dependencies require), the scheme (also for operations protected by ``requires_scopes``
-        behind the middleware), and the 401 and 403 responses. Returns ``app``. Installing again (as
-        ``protect`` does) changes nothing.
+        dependencies require), the scheme (also for operations protected by
+        ``requires_scopes`` behind the middleware), and the 401 and 403 responses. Returns
+        ``app``. Installing again (as ``protect`` does) changes nothing.
         """
         app.add_exception_handler(BearerRefusal, _answer_refusal)
         app.add_exception_handler(Refused, _answer_refusal)

@@ -13,8 +13,10 @@ Where the client certificate comes from:
   ASGI TLS extension specifies. uvicorn 0.54 does not fill it; check that your server does.
   WSGI: ``SSL_CLIENT_CERT`` (PEM) in the environ, as Apache mod_ssl exports with
   ``SSLOptions +ExportCertData`` (mod_wsgi) and werkzeug's development server sets.
-  A certificate the server could not verify is no certificate: the extension's
-  ``client_cert_error`` set, or mod_ssl's ``SSL_CLIENT_VERIFY`` other than ``SUCCESS``.
+  Whether the server could verify the certificate's chain is not looked at (the extension's
+  ``client_cert_error``, mod_ssl's ``SSL_CLIENT_VERIFY``): the TLS handshake proved the
+  client holds its key, which is all the binding needs, and RFC 8705 §6.2 has resource
+  servers accept certificates no CA vouches for (self-signed ones, §2.2).
 - ``source="header"``: a TLS-terminating proxy verified the certificate and forwards it in a
   header: an RFC 9440 ``Client-Cert`` byte sequence (``:base64(DER):``), or a URL-encoded
   PEM (nginx ``$ssl_client_escaped_cert``, AWS ALB ``X-Amzn-Mtls-Clientcert``).
@@ -103,12 +105,7 @@ def scope_certificate(scope: Mapping[str, Any], binding: CertificateBinding) -> 
             return None
         return der_from_header(values[0].decode("latin-1"))
     tls = (scope.get("extensions") or {}).get("tls")
-    if not isinstance(tls, Mapping) or tls.get("client_cert_error") is not None:
-        # ASGI TLS extension: client_cert_error is None unless the server failed to verify
-        # the certificate and let the connection through anyway (RFC 8705 §3 binds tokens to
-        # a certificate the server authenticated).
-        return None
-    chain = tls.get("client_cert_chain")
+    chain = tls.get("client_cert_chain") if isinstance(tls, Mapping) else None
     if not chain or not isinstance(chain, Iterable) or isinstance(chain, str | bytes):
         return None
     leaf = next(iter(chain), None)
@@ -120,9 +117,6 @@ def environ_certificate(environ: Mapping[str, Any], binding: CertificateBinding)
     if binding.source == "header":
         value = environ.get(binding.environ_key)
         return der_from_header(value) if isinstance(value, str) else None
-    verified = environ.get("SSL_CLIENT_VERIFY", "SUCCESS")
-    if verified != "SUCCESS":  # mod_ssl: GENERIC, FAILED:reason (SSLVerifyClient optional*)
-        return None
     value = environ.get("SSL_CLIENT_CERT")
     return der_from_pem(value) if isinstance(value, str | bytes) and value else None
 

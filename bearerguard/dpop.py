@@ -74,20 +74,22 @@ class MemoryDPoPReplayStore:
     Good for one process; several instances need a shared store, or a replay may succeed
     once per instance.
 
-    Keys are ``<jkt>:<jti>``, as the guard records them: each proof key (its RFC 7638
-    thumbprint, the part before the first ``:``) may hold only ``max_per_key`` live entries.
-    A client sending proofs faster than its share allows gets its own proofs refused (401
-    ``invalid_dpop_proof``) until its older ones expire; the other clients keep working.
+    Keys are ``<jkt>:<jti>``, as the guard records them: once the store is half full, each
+    proof key (its RFC 7638 thumbprint, the part before the first ``:``) may hold only
+    ``max_per_key`` live entries. A client then holding its share gets its own proofs
+    refused (401 ``invalid_dpop_proof``) until its older ones expire; the other clients keep
+    working. Below half full no share applies: a busy client is refused only when the store
+    needs the room for others.
 
     Args:
         max_entries: the bound. A proof's ``jti`` is never forgotten before it expires: when
             every entry is still live, a new proof raises ``ReplayStoreError`` (the guard
             answers 503), as a replay could not be ruled out later. Otherwise a client
             sending many proofs of its own could push out another's and replay it.
-        max_per_key: the share of one proof key; by default a twentieth of
-            ``max_entries`` (5 000 live proofs, about 16 a second over the default window).
-            Filling the whole store then takes that many distinct keys, each with its own
-            valid token bound to it.
+        max_per_key: the share of one proof key once the store is half full; by default a
+            twentieth of ``max_entries`` (5 000 live proofs, about 16 a second over the
+            default window). Filling the other half then takes ten distinct keys, each with
+            its own valid token bound to it.
         clock: returns epoch seconds; injectable for tests.
 
     Raises:
@@ -109,6 +111,8 @@ class MemoryDPoPReplayStore:
         self._clock = clock
         self._max = max_entries
         self._share = share
+        # The share applies from here on: below it, one busy client takes no room others need.
+        self._pressure = max_entries // 2
         self._seen: dict[str, float] = {}
         # Live entries per proof key; a key leaves when its last entry expires.
         self._per_key: dict[str, int] = {}
@@ -124,7 +128,8 @@ class MemoryDPoPReplayStore:
         """Record ``key`` for ``ttl`` seconds; ``False`` if it was already recorded.
 
         Raises:
-            InvalidDPoPProofError: the proof key already holds ``max_per_key`` live entries.
+            InvalidDPoPProofError: the store is half full and the proof key already holds
+                ``max_per_key`` live entries.
             ReplayStoreError: ``max_entries`` live entries are held.
         """
         now = self._clock()
@@ -140,7 +145,7 @@ class MemoryDPoPReplayStore:
             if previous is not None and previous > now:
                 return False
             held = per_key.get(owner, 0)
-            if held >= self._share:
+            if held >= self._share and len(seen) >= self._pressure:
                 # RFC 9449 §11.1: a jti that cannot be remembered cannot be accepted; only
                 # this key's proofs are refused, never another client's.
                 raise InvalidDPoPProofError(f"proof key holds {held} live proofs, its share")

@@ -11,8 +11,9 @@ def items():
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bearerguard.decorators import misplaced_decorators, unchecked_endpoints
 from bearerguard.errors import ConfigurationError
@@ -38,17 +39,22 @@ def protect(
     ``requires_scopes`` then answers with Flask responses, and ``get_access_token()`` (or
     ``get_access_token(flask.request)``) returns the token inside views.
 
+    When ``app.wsgi_app`` is already werkzeug's ``ProxyFix`` (Flask's documented set-up,
+    done where the app is made), the middleware goes inside it, so that the guard reads the
+    client's address, scheme and host as the app does.
+
     Raises:
-        ConfigurationError: as ``BearerGuardWSGIMiddleware`` (``app.wsgi_app`` already
-            wrapped in werkzeug's ``ProxyFix``: wrap it after ``protect``); or a view
+        ConfigurationError: as ``BearerGuardWSGIMiddleware`` (a ``ProxyFix`` deeper in
+            ``app.wsgi_app``, under another wrapper: wrap it after ``protect``); or a view
             registered so far has its scope decorator above its route decorator (it would
             run unchecked).
     """
     unchecked = unchecked_endpoints(app)
     if unchecked:
         raise ConfigurationError(misplaced_decorators(unchecked))
+    proxy, inner = _outer_proxy_fix(app.wsgi_app)
     middleware = BearerGuardWSGIMiddleware(
-        app.wsgi_app,
+        inner,
         guard=guard,
         public_paths=public_paths,
         warm_up=warm_up,
@@ -58,5 +64,20 @@ def protect(
     # app.wsgi_app: a wrapper there may hold the next app under another name (werkzeug's
     # ProfilerMiddleware keeps it as ``_app``).
     middleware._routes_owner = app
-    app.wsgi_app = middleware  # type: ignore[method-assign]
+    if proxy is None:
+        app.wsgi_app = middleware  # type: ignore[method-assign]
+    else:
+        proxy.app = middleware
     return middleware
+
+
+def _outer_proxy_fix(wsgi_app: Any) -> tuple[Any, Any]:
+    """The innermost of the ``ProxyFix`` wrappers ``wsgi_app`` starts with, and the app it
+    wraps; ``(None, wsgi_app)`` when it is no ``ProxyFix``."""
+    module = sys.modules.get("werkzeug.middleware.proxy_fix")
+    proxy_fix = getattr(module, "ProxyFix", None)
+    proxy, inner = None, wsgi_app
+    # type() rather than isinstance: an app proxy may claim any class (its __class__).
+    while isinstance(proxy_fix, type) and issubclass(type(inner), proxy_fix):
+        proxy, inner = inner, inner.app
+    return proxy, inner

@@ -462,10 +462,6 @@ def test_proxy_fix_inside_the_middleware_is_refused(session_issuer: DevIssuer) -
     from bearerguard.flask import protect
 
     guard = session_issuer.guard()
-    app = flask.Flask("proxied", static_folder=None)
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
-    with pytest.raises(ConfigurationError, match=r"after protect\(app\)"):
-        protect(app, guard=guard)
 
     class Wrapper:
         def __init__(self, app: Any) -> None:
@@ -476,3 +472,40 @@ def test_proxy_fix_inside_the_middleware_is_refused(session_issuer: DevIssuer) -
             BearerGuardWSGIMiddleware(inner, guard=guard)
     BearerGuardWSGIMiddleware(Wrapper(hello_app), guard=guard)
     ProxyFix(BearerGuardWSGIMiddleware(hello_app, guard=guard))
+    app = flask.Flask("proxied", static_folder=None)
+    app.wsgi_app = Wrapper(ProxyFix(app.wsgi_app))  # type: ignore[method-assign]
+    with pytest.raises(ConfigurationError, match=r"after protect\(app\)"):
+        protect(app, guard=guard)
+
+
+def test_protect_goes_inside_a_proxy_fix_already_on_the_app(session_issuer: DevIssuer) -> None:
+    # Flask's documented set-up wraps app.wsgi_app in ProxyFix where the app is made, before
+    # extensions run: protect() then places the guard inside it (refusing, it broke every
+    # such app at start-up), so the guard sees the client, as the app does.
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from bearerguard import get_access_token
+    from bearerguard.flask import protect
+
+    app = flask.Flask("proxied", static_folder=None)
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)  # type: ignore[method-assign]
+    app.wsgi_app = proxy = ProxyFix(app.wsgi_app, x_proto=1)  # type: ignore[method-assign]
+
+    @app.get("/me")
+    def me() -> dict[str, str]:
+        token = get_access_token()
+        return {"sub": token.subject if token else ""}
+
+    middleware = protect(app, guard=session_issuer.guard(in_process=True))
+    assert app.wsgi_app is proxy
+    assert proxy.app.app is middleware  # inside both
+    headers = {"Authorization": f"Bearer {session_issuer.mint()}", **_FORWARDED}
+    transport = httpx.WSGITransport(app=app, remote_addr="10.0.0.2")
+    with (
+        structlog.testing.capture_logs() as events,
+        httpx.Client(transport=transport, base_url="http://10.0.0.7:8000") as client,
+    ):
+        assert client.get("/me", headers=headers).json() == {"sub": "user-1"}
+        assert client.get("/me", headers=_FORWARDED).status_code == 401
+    accepted = next(event for event in events if event["event"] == "token.accepted")
+    assert accepted["client"] == "203.0.113.9"

@@ -76,7 +76,7 @@ class TrustedIssuers:
             opaque token names no issuer, and is never sent to another issuer's
             authorization server. Every guard must have the same ``dpop``, ``mtls`` and
             ``resource``, and no other guard may have ``introspection`` (a resolved one
-            that has is not used).
+            that has is used for its JWTs; its introspector is never asked, as logged).
         resolver: admits further issuers: called with a token's ``iss`` (a string of at most
             512 characters) when no guard names it, it returns a guard whose ``issuer`` is
             exactly that string, or ``None`` to refuse the token. It must not do I/O (it is
@@ -208,6 +208,14 @@ class TrustedIssuers:
         if problem is not None:
             _log.error("bearerguard: resolved guard for %r not used: %s", issuer[:128], problem)
             return None
+        if guard.introspection is not None:
+            # Only JWTs naming this issuer reach it: its introspector is never asked (an
+            # opaque token goes to the primary), so nothing is disclosed and its JWTs pass.
+            _log.warning(
+                "bearerguard: resolved guard for %r has introspection, never used: only the "
+                "primary guard judges opaque tokens",
+                issuer[:128],
+            )
         with self._lock:
             guard = self._resolved.setdefault(issuer, guard)  # another thread may have won
             while len(self._resolved) > self._max_resolved:
@@ -221,8 +229,6 @@ class TrustedIssuers:
             return f"its issuer is {guard.issuer!r}"
         if _request_settings(guard) != _request_settings(self.primary):
             return "its dpop, mtls or resource differ from the primary guard's"
-        if guard.introspection is not None:
-            return "it has introspection, which only the primary guard may have"
         if self._sync:
             try:
                 guard.require_sync_side()

@@ -364,10 +364,20 @@ def _refuse_a_view_class(view: object) -> None:
 def _of_async_view(func: Callable[..., Any], args: tuple[Any, ...]) -> bool:
     """Whether ``func`` is a method of an async Django class-based view (``dispatch``, as
     ``method_decorator(..., name="dispatch")`` hands it over, a partial of the bound
-    method): sync, but it returns the handler's coroutine, which Django awaits."""
-    while isinstance(func, functools.partial):
-        func = func.func
-    owner = attribute_of(func, "__self__") or (args[0] if args else None)
+    method, maybe under the decorators listed after ours, as ``csrf_exempt``): sync, but it
+    returns the handler's coroutine, which Django awaits."""
+    found: object = func
+    for _ in range(100):  # bounded: __wrapped__ may lead in a circle
+        if isinstance(found, functools.partial):
+            found = found.func
+            continue
+        owner = attribute_of(found, "__self__")
+        if owner is not None:
+            return attribute_of(owner, "view_is_async") is True
+        found = attribute_of(found, "__wrapped__")
+        if found is None:
+            break
+    owner = args[0] if args else None
     return attribute_of(owner, "view_is_async") is True
 
 

@@ -171,6 +171,7 @@ def test_django_class_based_views_decorated_on_dispatch_are_refused_403(
     from django.urls import path
     from django.utils.decorators import method_decorator
     from django.views import View
+    from django.views.decorators.csrf import csrf_exempt
 
     @method_decorator(requires_scopes("items:read"), name="dispatch")
     class AsyncItems(View):
@@ -184,10 +185,18 @@ def test_django_class_based_views_decorated_on_dispatch_are_refused_403(
             token = get_access_token(request)
             return JsonResponse({"for": token.subject if token else None})
 
+    # Django's list form, ours first: it wraps csrf_exempt's wrapper of the bound dispatch.
+    @method_decorator([requires_scopes("items:read"), csrf_exempt], name="dispatch")
+    class ListedItems(View):
+        async def get(self, request: HttpRequest) -> JsonResponse:
+            token = get_access_token(request)
+            return JsonResponse({"for": token.subject if token else None})
+
     urls = ModuleType("dispatch_view_urls")
     urls.urlpatterns = [  # type: ignore[attr-defined]
         path("async", AsyncItems.as_view()),
         path("sync", Items.as_view()),
+        path("listed", ListedItems.as_view()),
     ]
     sys.modules[urls.__name__] = urls
     app = BearerGuardWSGIMiddleware(get_wsgi_application(), guard=session_issuer.guard())
@@ -197,7 +206,7 @@ def test_django_class_based_views_decorated_on_dispatch_are_refused_403(
             override_settings(ROOT_URLCONF=urls.__name__),
             httpx.Client(transport=transport, base_url="http://testserver") as client,
         ):
-            for view in ("/async", "/sync"):
+            for view in ("/async", "/sync", "/listed"):
                 allowed = client.get(view, headers=bearer(session_issuer, "items:read"))
                 assert allowed.json() == {"for": "mia"}
                 denied = client.get(view, headers=bearer(session_issuer, "other"))

@@ -88,8 +88,13 @@ def _proxy_fix_under(app: object) -> bool:
         return False  # never imported: no ProxyFix anywhere
     for _ in range(100):  # bounded: an ``app`` attribute may lead in a circle
         owner = attribute_of(app, "__self__") or app
-        if isinstance(owner, proxy_fix):
-            return True
+        try:
+            # isinstance reads __class__, which an app proxy not configured yet may raise
+            # on: what cannot be read is no reason to stop the app from starting.
+            if isinstance(owner, proxy_fix):
+                return True
+        except Exception:  # noqa: BLE001 - any app's own failure
+            return False
         app = attribute_of(owner, "app")
         if app is None:
             return False

@@ -472,6 +472,19 @@ def test_proxy_fix_inside_the_middleware_is_refused(session_issuer: DevIssuer) -
             BearerGuardWSGIMiddleware(inner, guard=guard)
     BearerGuardWSGIMiddleware(Wrapper(hello_app), guard=guard)
     ProxyFix(BearerGuardWSGIMiddleware(hello_app, guard=guard))
+
+    class Unconfigured:
+        # An app proxy not configured yet: every attribute read raises, __class__ too.
+        def __getattribute__(self, name: str) -> Any:
+            if name == "__call__":
+                return object.__getattribute__(self, name)
+            raise RuntimeError(f"not configured: {name}")
+
+        def __call__(self, environ: Any, start_response: Any) -> list[bytes]:
+            return []
+
+    BearerGuardWSGIMiddleware(Unconfigured(), guard=guard)  # starts, as before the check
+    BearerGuardWSGIMiddleware(Wrapper(Unconfigured()), guard=guard)
     app = flask.Flask("proxied", static_folder=None)
     app.wsgi_app = Wrapper(ProxyFix(app.wsgi_app))  # type: ignore[method-assign]
     with pytest.raises(ConfigurationError, match=r"after protect\(app\)"):

@@ -318,6 +318,7 @@ class Introspector:
         # Whether the last probe by health() was answered as it should be (none yet: no).
         self.healthy = False
         self._probed_at: float | None = None
+        self._probing = False  # a probe under way (under _lock): no second one meanwhile
         self._secret = client_secret
         self._headers = {"Content-Type": "application/x-www-form-urlencoded"}
         if auth_method == "client_secret_basic":
@@ -448,33 +449,48 @@ class Introspector:
         """
         token = self._probe_due()
         if token is not None:
-            async with httpx.AsyncClient(**self._client_options()) as client:
-                outcome = await _post_async(
-                    client, self.endpoint, self._request(token), self._limits
-                )
-            self._probed(outcome)
+            try:
+                async with httpx.AsyncClient(**self._client_options()) as client:
+                    outcome = await _post_async(
+                        client, self.endpoint, self._request(token), self._limits
+                    )
+                self._probed(outcome)
+            finally:
+                self._probe_over()
         return self._health()
 
     def health_sync(self) -> dict[str, Any]:
         """Probe the endpoint, blocking (for WSGI); as ``health``."""
         token = self._probe_due()
         if token is not None:
-            deadline = time.monotonic() + self.timeout
-            with deadline_client(self._client_options(), deadline) as client:
-                request = self._request(token)
-                outcome = _post_sync(client, self.endpoint, request, self._limits, deadline)
-            self._probed(outcome)
+            try:
+                deadline = time.monotonic() + self.timeout
+                with deadline_client(self._client_options(), deadline) as client:
+                    request = self._request(token)
+                    outcome = _post_sync(client, self.endpoint, request, self._limits, deadline)
+                self._probed(outcome)
+            finally:
+                self._probe_over()
         return self._health()
 
     def _probe_due(self) -> str | None:
         """A random token to probe with, when a probe is due (claimed under the lock)."""
         now = self.clock()
         with self._lock:
-            # A clock stepped back (a negative age) probes again rather than wait for it.
-            if self._probed_at is not None and 0 <= now - self._probed_at < self.health_interval:
+            # A probe outlasting the interval (a timeout longer than it) is waited for, not
+            # joined by another each interval. A clock stepped back (a negative age) probes
+            # again rather than wait for it.
+            if self._probing or (
+                self._probed_at is not None and 0 <= now - self._probed_at < self.health_interval
+            ):
                 return None
             self._probed_at = now
+            self._probing = True
         return "bearerguard-probe-" + secrets.token_urlsafe(24)
+
+    def _probe_over(self) -> None:
+        with self._lock:
+            self._probing = False
 
     def _probed(self, outcome: _Response | IntrospectionError) -> None:
         try:

@@ -553,6 +553,27 @@ async def test_exchanges_in_flight_are_bounded(server: IntrospectionServer) -> N
     assert introspector._in_flight == 0
 
 
+def test_a_health_probe_under_way_is_not_joined_by_another(server: IntrospectionServer) -> None:
+    # A probe that outlasts health_interval (its timeout is longer) is waited for: readiness
+    # polls meanwhile report the last outcome instead of sending a probe each interval.
+    clock = Clock()
+    introspector = server.introspector(health_interval=1, timeout=30, clock=clock)
+    server.fault = Fault(body=b'{"active": false}', delay=1.0)  # answered, slowly
+    first = threading.Thread(target=introspector.health_sync)
+    first.start()
+    while server.calls == 0:  # the first probe has reached the server
+        first.join(0.01)
+    clock.advance(5)
+    assert introspector.health_sync()["healthy"] is False  # none had answered yet
+    assert server.calls == 1
+    first.join()
+    assert introspector.healthy is True
+    server.fault = None
+    clock.advance(5)
+    assert anyio.run(introspector.health)["healthy"] is True
+    assert server.calls == 2  # the next probe, once the first is over
+
+
 def test_a_guard_answers_503_past_the_limit(issuer: DevIssuer, server: IntrospectionServer) -> None:
     server.fault = Fault(body=b'{"active": false}', delay=1.0)
     introspector = server.introspector(max_concurrent=1)

@@ -300,12 +300,15 @@ def _json(url: str, response: _Response) -> Any:
 
 
 _Result = tuple[Any, float | None]
-_Flow = Generator[str, _Response, _Result]
-"""A fetch as a generator: it yields URLs to GET and is sent their responses."""
+_Get = tuple[str, bool]
+"""A URL to GET, and whether the GET is optional: one the fetch can do without (metadata
+read again), which may spend only the first half of the fetch's timeout."""
+_Flow = Generator[_Get, _Response, _Result]
+"""A fetch as a generator: it yields the GETs to make and is sent their responses."""
 
 
-def _advance(flow: _Flow, outcome: _Response | FetchError) -> str:
-    """Give the flow a GET's outcome; returns the next URL (StopIteration when done)."""
+def _advance(flow: _Flow, outcome: _Response | FetchError) -> _Get:
+    """Give the flow a GET's outcome; returns the next GET (StopIteration when done)."""
     if isinstance(outcome, FetchError):
         return flow.throw(outcome)
     return flow.send(outcome)
@@ -341,16 +344,17 @@ class JWKSFetcher:
     def _flow(self, *, rediscover: bool) -> _Flow:
         """Discovery (when needed), then the key set: the logic both drivers share."""
         if self.jwks_uri is None:
-            self.jwks_uri = yield from self._discover()
+            self.jwks_uri = yield from self._discover(optional=False)
         elif rediscover and self.configured_uri is None:
             # An issuer may move its key set (RFC 8414 §2 jwks_uri), the old URL still serving
             # the old keys: a kid the set lacks reads the metadata again, paced as that kid's
             # fetch is (one per cooldown). Metadata that no longer answers keeps the URL
             # known; metadata naming another issuer still fails the fetch (RFC 8414 §3.3).
+            # Optional: metadata that hangs leaves the key set half the timeout, not none.
             with contextlib.suppress(_MetadataUnreachableError):
-                self.jwks_uri = yield from self._discover()
+                self.jwks_uri = yield from self._discover(optional=True)
         try:
-            response = yield self.jwks_uri
+            response = yield self.jwks_uri, False
             document = _json(self.jwks_uri, response)
         except FetchError:
             # A discovered location may have moved: discover it again next time.
@@ -358,12 +362,12 @@ class JWKSFetcher:
             raise
         return document, ttl_from_cache_control(response.cache_control, response.age)
 
-    def _discover(self) -> Generator[str, _Response, str]:
+    def _discover(self, *, optional: bool) -> Generator[_Get, _Response, str]:
         failures = []
         urls = sorted(discovery_urls(self.issuer), key=lambda url: url != self._metadata_url)
         for url in urls:
             try:
-                metadata = _json(url, (yield url))
+                metadata = _json(url, (yield url, optional))
             except FetchError as exc:
                 failures.append(str(exc))
                 continue
@@ -394,13 +398,17 @@ class JWKSFetcher:
         Raises:
             FetchError: the network, the server or the document failed.
         """
-        deadline = time.monotonic() + self.policy.timeout
+        start = time.monotonic()
+        deadline = start + self.policy.timeout
+        optional_deadline = start + self.policy.timeout / 2
         flow = self._flow(rediscover=rediscover)
         async with httpx.AsyncClient(**self._client_options()) as client:
             try:
-                url = next(flow)
+                url, optional = next(flow)
                 while True:
-                    url = _advance(flow, await _get_async(client, url, self.policy, deadline))
+                    ends = optional_deadline if optional else deadline
+                    outcome = await _get_async(client, url, self.policy, ends)
+                    url, optional = _advance(flow, outcome)
             except StopIteration as done:
                 result: _Result = done.value
                 return result
@@ -410,13 +418,28 @@ class JWKSFetcher:
 
         The whole fetch (discovery included) ends within ``policy.timeout``.
         """
-        deadline = time.monotonic() + self.policy.timeout
+        start = time.monotonic()
+        deadline = start + self.policy.timeout
+        optional_deadline = start + self.policy.timeout / 2
         flow = self._flow(rediscover=rediscover)
-        with deadline_client(self._client_options(), deadline) as client:
+        with contextlib.ExitStack() as clients:
+            # A client's connections end by its deadline: optional GETs get a client of their
+            # own, made when one is asked for.
+            made: dict[float, httpx.Client] = {}
+
+            def client_until(ends: float) -> httpx.Client:
+                if ends not in made:
+                    made[ends] = clients.enter_context(
+                        deadline_client(self._client_options(), ends)
+                    )
+                return made[ends]
+
             try:
-                url = next(flow)
+                url, optional = next(flow)
                 while True:
-                    url = _advance(flow, _get_sync(client, url, self.policy, deadline))
+                    ends = optional_deadline if optional else deadline
+                    outcome = _get_sync(client_until(ends), url, self.policy, ends)
+                    url, optional = _advance(flow, outcome)
             except StopIteration as done:
                 result: _Result = done.value
                 return result

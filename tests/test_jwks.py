@@ -295,6 +295,28 @@ async def test_rediscovery_keeps_the_known_jwks_uri_when_the_metadata_does_not_a
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("synchronous", [False, True], ids=["async", "sync"])
+async def test_rediscovery_leaves_the_key_set_time_when_the_metadata_hangs(
+    dev: DevIssuer, clock: FakeClock, *, synchronous: bool
+) -> None:
+    """Metadata that hangs spent the whole fetch timeout, which it shares with the key set:
+    the known URL was then given no time, and a key published there was refused (503) on
+    every kid miss. Read again, the metadata may spend half the timeout, no more."""
+    guard = make_guard(dev, clock, fetch=FetchPolicy(timeout=4.0))
+    await guard.authenticate(mint(dev))
+    hang = Override(body=json.dumps(dev.metadata()).encode(), delay=6.0)
+    dev.overrides[dev.oidc_metadata_path] = dev.overrides[dev.oauth_metadata_path] = hang
+    dev.rotate("ES256")  # published at the URL known
+    clock.advance(POLICY.cooldown)
+    token = mint(dev)
+    if synchronous:
+        assert guard.authenticate_sync(token).subject == "user-1"
+    else:
+        assert (await guard.authenticate(token)).subject == "user-1"
+    assert dev.fetch_count() == 2
+
+
+@pytest.mark.anyio
 async def test_rediscovered_metadata_naming_another_issuer_fails_closed(
     dev: DevIssuer, clock: FakeClock
 ) -> None:

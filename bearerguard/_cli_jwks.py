@@ -202,7 +202,7 @@ def analyze_jwks(
     Raises:
         ValueError: the document is not a JWK Set at all.
     """
-    from bearerguard._core.keys import ASYMMETRIC_ALGORITHMS  # noqa: PLC0415
+    from bearerguard._core.keys import ASYMMETRIC_ALGORITHMS, KEYS_PER_KID  # noqa: PLC0415
 
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError(  # noqa: TRY004 - a document from the network
@@ -249,7 +249,14 @@ def analyze_jwks(
     for kid, count in sorted(all_kids.items()):
         if count < 2:
             continue
-        if usable_kids[kid] > 1:
+        if usable_kids[kid] > KEYS_PER_KID:
+            message = (
+                f"{count} keys share the kid {kid!r}: a token naming it is checked against "
+                f"the first {KEYS_PER_KID} only (each costs a signature check): give keys "
+                "distinct kids"
+            )
+            findings.append(Finding("error", "duplicate_kid", message, kid))
+        elif usable_kids[kid] > 1:
             # RFC 7517 §4.5: kids should be distinct; the guard tries each key in turn.
             message = (
                 f"{count} keys share the kid {kid!r}: a token naming it is checked against "

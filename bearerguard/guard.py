@@ -9,6 +9,7 @@ the revocation store is synchronous, sans-I/O code from ``bearerguard._core``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hashlib
@@ -43,6 +44,7 @@ from bearerguard._core.keycache import KeyCache, RefreshPolicy
 from bearerguard._core.keys import (
     ASYMMETRIC_ALGORITHMS,
     HMAC_ALGORITHMS,
+    KEYS_PER_KID,
     KeySet,
     VerificationKey,
     key_from_pem,
@@ -1154,6 +1156,15 @@ class BearerGuard:
             return
         for kid, why in skipped:
             _log.info("bearerguard: skipped JWK %r: %s", kid, why)
+        shared = collections.Counter(key.kid for key in found if key.kid is not None)
+        for kid, keys in shared.items():
+            if keys > KEYS_PER_KID:
+                _log.warning(
+                    "bearerguard: %d keys share the kid %r: only the first %d are tried",
+                    keys,
+                    kid[:64],
+                    KEYS_PER_KID,
+                )
         if not found and skipped:
             # Keys published, none usable here (an algorithm not allowed, a key refused as
             # weak): a mismatch to fix, not a verdict on every token. Keep the last good keys

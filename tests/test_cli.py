@@ -739,6 +739,17 @@ def bad_jwks() -> dict[str, Any]:
     }
 
 
+def test_jwks_check_refuses_more_keys_under_one_kid_than_are_tried(
+    capsys: pytest.CaptureFixture[str], issuer: DevIssuer
+) -> None:
+    keys = [_public(ec.generate_private_key(ec.SECP256R1()), kid="many") for _ in range(5)]
+    issuer.overrides[issuer.jwks_path] = Override(body=json.dumps({"keys": keys}).encode())
+    code, doc = run_json(capsys, "jwks", "check", issuer.jwks_uri)
+    assert code == cli.EXIT_FAILURE
+    found = {(problem["severity"], problem["code"], problem["kid"]) for problem in doc["problems"]}
+    assert found == {("error", "duplicate_kid", "many")}
+
+
 def test_jwks_check_flags_every_problem(
     capsys: pytest.CaptureFixture[str], issuer: DevIssuer, bad_jwks: dict[str, Any]
 ) -> None:

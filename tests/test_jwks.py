@@ -43,6 +43,7 @@ from bearerguard import (
     RefreshPolicy,
     __version__,
 )
+from bearerguard._core.keys import KEYS_PER_KID
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.errors import BadSignatureError, UnknownKeyError, UnsupportedAlgorithmError
 from bearerguard.jwks import USER_AGENT
@@ -753,6 +754,31 @@ async def test_every_key_published_under_one_kid_is_tried(clock: FakeClock) -> N
         with pytest.raises(BadSignatureError):
             await guard.authenticate(issuer.mint_forged(expires_in=LONG))
         assert issuer.fetch_count() == 2
+
+
+@pytest.mark.anyio
+async def test_only_the_first_few_keys_under_one_kid_are_tried(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every key under a kid costs a signature check, a forged token's too: a set repeating
+    one kid over hundreds of keys made each forged token hundreds of checks on the event
+    loop. Only the first KEYS_PER_KID are tried, and the install says so."""
+    with DevIssuer(algorithms=("ES256",)) as issuer:
+        kid = issuer.key().kid
+        first, *_ = extra = [
+            SigningKey(kid, "ES256", SigningKey.generate("ES256").private_key)
+            for _ in range(KEYS_PER_KID)
+        ]
+        keys = [key.public_jwk() for key in extra] + [issuer.key().public_jwk()]
+        issuer.overrides[issuer.jwks_path] = Override(body=json.dumps({"keys": keys}).encode())
+        guard = make_guard(issuer, clock, discover=False)
+        assert (await guard.authenticate(sign_with(issuer, first))).subject == "user-1"
+        assert f"{KEYS_PER_KID + 1} keys share the kid" in caplog.text
+        # The issuer's own key comes after the first few under its kid: never tried.
+        with pytest.raises(BadSignatureError):
+            await guard.authenticate(sign_with(issuer, issuer.key()))
+        with pytest.raises(BadSignatureError):
+            guard.authenticate_sync(sign_with(issuer, issuer.key()))
 
 
 @pytest.mark.anyio

@@ -30,6 +30,7 @@ from bearerguard.errors import ConfigurationError, UnsupportedAlgorithmError
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
     "HMAC_ALGORITHMS",
+    "KEYS_PER_KID",
     "KeySet",
     "VerificationKey",
     "key_from_pem",
@@ -64,6 +65,11 @@ _MIN_RSA_BITS = 2048
 # hundred times an e = 65537 verification, paid for a proof's or a token's bad signature
 # too. 33 bits (BoringSSL's limit) keeps every exponent in use, e = 2**32 + 1 included.
 _MAX_RSA_EXPONENT_BITS = 33
+# RFC 7517 §4.5 lets one kid name several keys (a rotation in place: the old key, the new
+# one, perhaps the next): a token naming it has that many signature checks tried, bad
+# signatures included. A set repeating one kid over hundreds of keys would make each forged
+# token cost hundreds of checks on the event loop: only the first few are tried.
+KEYS_PER_KID = 4
 # RFC 7518 §3.2: an HMAC key must be at least as long as the hash output.
 _MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 # Members that only private or symmetric JWKs carry (RFC 7518 §6.2.2, §6.3.2, §6.4.1).
@@ -424,6 +430,7 @@ class KeySet:
         """Every key that verifies ``alg`` for a token with this ``kid``, ``key_for``'s first.
 
         RFC 7517 §4.5 asks for distinct kids within a set but lets them repeat: an issuer
-        rotating a key may publish the old and the new one under one kid for a while.
+        rotating a key may publish the old and the new one under one kid for a while. The
+        first ``KEYS_PER_KID`` only: each costs a signature check, a forged token's too.
         """
-        return [key for key in self.candidates(kid) if alg in key.algorithms]
+        return [key for key in self.candidates(kid) if alg in key.algorithms][:KEYS_PER_KID]

@@ -657,8 +657,9 @@ class BearerGuard:
         self._reuse_cache = self._cache if reusable else None
         # The async fetch under way: the event loop it runs in, and what it sets when done.
         self._refreshing: tuple[object, anyio.Event] | None = None
-        # The asyncio task running that fetch: the event loop holds tasks only weakly.
-        self._fetch_task: asyncio.Task[None] | None = None
+        # The asyncio tasks running fetches (one per event loop at most): the event loop holds
+        # tasks only weakly. Each leaves when done, or it would keep its closed loop alive.
+        self._fetch_tasks: set[asyncio.Task[None]] = set()
         self._fetch_lock = threading.Lock()
         self._fetches = 0  # sync fetches ended: tells a thread that waited whether one ran
         self._fetch_timeout = (fetch or FetchPolicy()).timeout
@@ -1265,7 +1266,9 @@ class BearerGuard:
         # Under asyncio, task.cancel() (uvicorn on a client gone, asyncio.wait_for) reaches
         # the task whatever anyio shields: the fetch runs in a task of its own, which a
         # cancelled request stops waiting for but does not stop.
-        task = self._fetch_task = loop.create_task(fetch, name="bearerguard-jwks-fetch")
+        task = loop.create_task(fetch, name="bearerguard-jwks-fetch")
+        self._fetch_tasks.add(task)
+        task.add_done_callback(self._fetch_tasks.discard)
         await asyncio.shield(task)
 
     async def _fetch_keys(

@@ -18,6 +18,7 @@ import threading
 import time
 import tracemalloc
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -598,6 +599,22 @@ async def test_a_natively_cancelled_request_does_not_abandon_the_fetch_others_wa
     del leader, waiter
     gc.collect()
     assert not [r for r in caplog.records if r.name == "asyncio"], caplog.records
+
+
+def test_a_finished_fetch_keeps_no_event_loop_alive(dev: DevIssuer, clock: FakeClock) -> None:
+    """The task a fetch runs in was kept by the guard once done: and with it its event loop,
+    closed (one per test, lifespan or reload), and the context of the request that started it."""
+    guard = make_guard(dev, clock, discover=False)
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def request() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        assert (await guard.authenticate(mint(dev))).subject == "user-1"
+
+    asyncio.run(request())
+    gc.collect()
+    assert loops[0]() is None
+    assert dev.fetch_count() == 1
 
 
 def test_a_fetch_left_by_a_cancelled_request_ends_with_its_event_loop(

@@ -1508,21 +1508,31 @@ class BearerGuard:
         # As warm_up_sync (whose _refresh_sync asks needs_refresh): after a failed fetch, no
         # new one before the cooldown, or every GET of a public readiness endpoint would
         # send one to an issuer that is down.
-        if (
-            self._fetcher is not None
-            and not self._keys.usable(now)
-            and self._keys.needs_refresh(now)
-        ):
-            await self._refresh()
+        if self._fetcher is not None:
+            if not self._keys.usable(now) and self._keys.needs_refresh(now):
+                await self._refresh()
+            elif self._withdrawn():
+                await self._refresh(unknown_kid=True)
         if not self._keys.usable(self.clock()):
             raise KeySetUnavailableError("the key set could not be fetched")
 
     def warm_up_sync(self) -> None:
         """Fetch the key set now, blocking (for WSGI start-up); as ``warm_up``."""
-        if self._fetcher is not None and not self._keys.usable(self.clock()):
-            self._refresh_sync()
+        if self._fetcher is not None:
+            if not self._keys.usable(self.clock()):
+                self._refresh_sync()
+            elif self._withdrawn():
+                self._refresh_sync(unknown_kid=True)
         if not self._keys.usable(self.clock()):
             raise KeySetUnavailableError("the key set could not be fetched")
+
+    def _withdrawn(self) -> bool:
+        """Whether the issuer published an empty key set. Its tokens' kid misses look again
+        once per cooldown, but an instance its readiness took out of the load balancer gets
+        no token: warm-up looks again as a kid miss does, or it stayed out for the set's
+        freshness and ``max_stale`` (up to two days)."""
+        keys = self._keys.keys
+        return keys is not None and len(keys) == 0
 
     def keys_ready(self) -> bool:
         """Whether tokens can be verified now: a usable key set (or a shared secret) is held."""

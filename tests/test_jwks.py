@@ -48,6 +48,7 @@ from bearerguard._core.keys import KEYS_PER_KID
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.errors import BadSignatureError, UnknownKeyError, UnsupportedAlgorithmError
 from bearerguard.jwks import USER_AGENT
+from bearerguard.readiness import ReadinessEndpoint
 from bearerguard.testing import DevIssuer, Override, SigningKey
 
 # Fresh for 300 s (the issuer's max-age), one fetch per 30 s on misses or failures, and
@@ -1375,6 +1376,38 @@ async def test_an_empty_jwks_withdraws_every_key(dev: DevIssuer, clock: FakeCloc
     repair_jwks(dev)
     clock.advance(POLICY.cooldown)
     assert (await guard.authenticate(token)).subject == "user-1"
+    assert dev.fetch_count() == 3
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("synchronous", [False, True], ids=["async", "sync"])
+async def test_readiness_looks_again_at_an_empty_jwks(
+    dev: DevIssuer, clock: FakeClock, *, synchronous: bool
+) -> None:
+    """An empty set makes readiness fail, so the load balancer sends no token, so no kid
+    miss looks again: warm-up (the readiness probe's) did not either, and the instance stayed
+    out for the set's freshness and max_stale. It looks again once per cooldown."""
+    guard = make_guard(dev, clock, discover=False)
+    endpoint = ReadinessEndpoint(guard)
+    await guard.authenticate(mint(dev))
+    dev.overrides[dev.jwks_path] = Override(
+        body=b'{"keys": []}', headers={"Cache-Control": "max-age=3600"}
+    )
+    clock.advance(300)
+    with pytest.raises(UnknownKeyError):
+        await guard.authenticate(mint(dev))  # a request refreshes the set: empty
+    async with client_for(endpoint) as client:
+        assert (await client.get("/")).status_code == 503
+    assert dev.fetch_count() == 2
+    repair_jwks(dev)
+    clock.advance(POLICY.cooldown)
+    if synchronous:
+        guard.warm_up_sync()
+    else:
+        async with client_for(endpoint) as client:
+            assert (await client.get("/")).status_code == 200
+            assert (await client.get("/")).status_code == 200
+    assert guard.keys_ready()
     assert dev.fetch_count() == 3
 
 

@@ -284,17 +284,22 @@ _NOT_FASTAPI = frozenset({"django", "flask", "werkzeug"})
 
 def _origin(value: object) -> str:
     """The top-level package ``value`` comes from: a module's own, a class's or function's
-    ``__module__``, else its type's."""
+    ``__module__``, else its type's.
+
+    Told by ``type(value)``, never ``isinstance``: that reads ``value.__class__``, which a lazy
+    proxy in a namespace (Django's ``SimpleLazyObject``, ``LazySettings``) answers by
+    evaluating itself, at import time."""
+    kind = type(value)
     try:
-        if isinstance(value, types.ModuleType):
-            name: object = value.__name__
-        elif isinstance(value, type | types.FunctionType | types.BuiltinFunctionType):
+        if issubclass(kind, types.ModuleType):
+            name: object = value.__name__  # type: ignore[attr-defined]
+        elif issubclass(kind, type | types.FunctionType | types.BuiltinFunctionType):
             name = value.__module__
         else:
-            name = type(value).__module__
+            name = kind.__module__
     except Exception:  # noqa: BLE001 - any object's own failure: no evidence
         return ""
-    return str(name).partition(".")[0]
+    return name.partition(".")[0] if isinstance(name, str) else ""
 
 
 def _may_be_path_operation(func: Callable[..., Any], frame: FrameType) -> bool:

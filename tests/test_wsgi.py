@@ -522,3 +522,25 @@ def test_protect_goes_inside_a_proxy_fix_already_on_the_app(session_issuer: DevI
         assert client.get("/me", headers=_FORWARDED).status_code == 401
     accepted = next(event for event in events if event["event"] == "token.accepted")
     assert accepted["client"] == "203.0.113.9"
+
+
+def test_a_lazy_object_beside_a_view_is_not_evaluated_at_decoration() -> None:
+    # With fastapi imported, the decorator reads what the view's namespace holds to tell a
+    # path operation from a Flask or Django view. isinstance() read a lazy proxy's __class__,
+    # which evaluates it: a module's SimpleLazyObject (a query, a settings lookup) ran at
+    # import time.
+    importlib.import_module("fastapi")
+    from django.utils.functional import SimpleLazyObject
+
+    from bearerguard import requires_scopes
+
+    evaluated: list[str] = []
+    site = SimpleLazyObject(lambda: evaluated.append("site") or "example.com")
+
+    @requires_scopes("items:read")
+    def view(request: object) -> str:
+        return "ok"  # pragma: no cover
+
+    assert evaluated == []
+    assert str(site) == "example.com"
+    assert evaluated == ["site"]

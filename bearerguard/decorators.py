@@ -25,7 +25,7 @@ import types
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, get_args, get_origin
 
 from starlette.endpoints import HTTPEndpoint
 from starlette.exceptions import WebSocketException
@@ -282,9 +282,10 @@ def _with_fastapi_check(
 _NOT_FASTAPI = frozenset({"django", "flask", "werkzeug"})
 
 
-def _origin(value: object) -> str:
-    """The top-level package ``value`` comes from: a module's own, a class's or function's
-    ``__module__``, else its type's.
+def _origins(value: object) -> set[str]:
+    """The top-level packages ``value`` comes from: a module's own; a class's, or an
+    instance's type's, and those of the classes it derives from (an app's own ``APIRouter``
+    or ``FastAPI`` subclass is FastAPI's); a function's ``__module__``.
 
     Told by ``type(value)``, never ``isinstance``: that reads ``value.__class__``, which a lazy
     proxy in a namespace (Django's ``SimpleLazyObject``, ``LazySettings``) answers by
@@ -292,30 +293,62 @@ def _origin(value: object) -> str:
     kind = type(value)
     try:
         if issubclass(kind, types.ModuleType):
-            name: object = value.__name__  # type: ignore[attr-defined]
-        elif issubclass(kind, type | types.FunctionType | types.BuiltinFunctionType):
-            name = value.__module__
+            names: list[object] = [value.__name__]  # type: ignore[attr-defined]
+        elif issubclass(kind, types.FunctionType | types.BuiltinFunctionType):
+            names = [value.__module__]
         else:
-            name = kind.__module__
+            owner = cast(type, value) if issubclass(kind, type) else kind
+            names = [each.__module__ for each in owner.__mro__]
     except Exception:  # noqa: BLE001 - any object's own failure: no evidence
-        return ""
-    return name.partition(".")[0] if isinstance(name, str) else ""
+        return set()
+    return {name.partition(".")[0] for name in names if isinstance(name, str)}
+
+
+def _declares_fastapi(func: Callable[..., Any]) -> bool:
+    """Whether ``func``'s own parameters declare something of FastAPI's: a ``Depends``,
+    ``Security``, ``Query``, ``Body``... marker (as a default or in ``Annotated``), an
+    ``UploadFile``. A string annotation is read in the function's module, as FastAPI
+    reads it; one that does not resolve there is no evidence."""
+    try:
+        parameters = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    namespace = getattr(inspect.unwrap(func), "__globals__", {})
+    for parameter in parameters:
+        annotation = parameter.annotation
+        if isinstance(annotation, str):
+            from fastapi.dependencies.utils import get_typed_annotation  # noqa: PLC0415
+
+            try:
+                annotation = get_typed_annotation(annotation, namespace)
+            except Exception:  # noqa: BLE001 - a name defined later or elsewhere
+                annotation = None
+        values = [parameter.default, annotation]
+        if get_origin(annotation) is Annotated:
+            values.extend(get_args(annotation)[1:])
+        if any("fastapi" in _origins(value) for value in values):
+            return True
+    return False
 
 
 def _may_be_path_operation(func: Callable[..., Any], frame: FrameType) -> bool:
-    """Whether ``func`` may become a FastAPI path operation, told by what the namespace it is
-    decorated in holds (that of a function, a class body, or a module), then its module's:
-    the nearest holding something of FastAPI's says yes, one holding Flask's, Werkzeug's or
-    Django's (and nothing of FastAPI's) says no. Without either, yes: a path operation
-    must have its check declared before FastAPI reads the signature (a Flask or Django view
-    ignores it)."""
+    """Whether ``func`` may become a FastAPI path operation: yes when its own parameters
+    declare something of FastAPI's; else told by what the namespace it is decorated in
+    holds (that of a function, a class body, or a module), then its module's: the nearest
+    holding something of FastAPI's says yes, one holding Flask's, Werkzeug's or Django's
+    (and nothing of FastAPI's) says no. Without either, yes: a path operation must have its
+    check declared before FastAPI reads the signature (a Flask or Django view ignores it)."""
+    if _declares_fastapi(func):
+        return True
     namespaces = [frame.f_locals, frame.f_globals, getattr(inspect.unwrap(func), "__globals__", {})]
     seen: set[int] = set()
     for namespace in namespaces:
         if id(namespace) in seen or not isinstance(namespace, dict):
             continue
         seen.add(id(namespace))
-        origins = {_origin(value) for value in list(namespace.values())}
+        origins: set[str] = set()
+        for value in list(namespace.values()):
+            origins |= _origins(value)
         if "fastapi" in origins:
             return True
         if origins & _NOT_FASTAPI:

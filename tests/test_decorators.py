@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import httpx
 import pytest
 import structlog
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -250,6 +250,49 @@ async def test_fastapi_check_is_declared_beside_a_flask_app(
 
 class Note(BaseModel):
     text: str
+
+
+class _OwnRouter(APIRouter):
+    """An app's own router class: nothing of FastAPI's module, but FastAPI's all the same."""
+
+
+async def test_fastapi_check_is_declared_beside_a_werkzeug_helper(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # A FastAPI module that uses a Werkzeug (or Django) helper and reaches FastAPI only
+    # through its own router class was read as a Flask view's: no check parameter, so the
+    # operation's dependencies ran and its body was validated (422, the schema told) before
+    # the scope check. Its parameters (Depends) and its router's base class say FastAPI.
+    from werkzeug.utils import secure_filename
+
+    loaded = _LOADED
+    loaded.clear()
+
+    @requires_scopes("items:read")
+    async def read_item(item: Annotated[dict[str, int], Depends(load_item)]) -> dict[str, int]:
+        return item  # pragma: no cover
+
+    router = _OwnRouter()
+    router.get("/items/{item_id}")(read_item)
+
+    @router.post("/notes")
+    @requires_scopes("notes:write")
+    async def add_note(note: Note) -> dict[str, str]:
+        return {"text": secure_filename(note.text)}
+
+    app = FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard)])
+    app.include_router(router)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        denied = await client.get("/items/7", headers=bearer(session_issuer, "other"))
+        unread = await client.post("/notes", headers=bearer(session_issuer, "other"), json={})
+        added = await client.post(
+            "/notes", headers=bearer(session_issuer, "notes:write"), json={"text": "a b"}
+        )
+    assert denied.status_code == 403
+    assert loaded == []
+    assert unread.status_code == 403, unread.text
+    assert added.json() == {"text": "a_b"}
 
 
 async def test_fastapi_body_that_is_not_json_is_422_before_any_check(

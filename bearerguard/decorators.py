@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, get_args, get_origin
 
-from starlette.endpoints import HTTPEndpoint
+from starlette.endpoints import HTTPEndpoint, WebSocketEndpoint
 from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection
 
@@ -383,17 +383,19 @@ def _refuse_a_view_class(view: object) -> None:
     """Refuse a class-based view's class: the decorator goes on its methods.
 
     Raises:
-        ConfigurationError: ``view`` is a Starlette ``HTTPEndpoint`` or has ``as_view``
-            (Django's ``View``, Flask's ``View`` and ``MethodView``).
+        ConfigurationError: ``view`` is a Starlette ``HTTPEndpoint`` or ``WebSocketEndpoint``,
+            or has ``as_view`` (Django's ``View``, Flask's ``View`` and ``MethodView``).
     """
     if not isinstance(view, type):
         return
-    if not issubclass(view, HTTPEndpoint) and attribute_of(view, "as_view") is None:
+    endpoint = issubclass(view, HTTPEndpoint | WebSocketEndpoint)
+    if not endpoint and attribute_of(view, "as_view") is None:
         return
     raise ConfigurationError(
         f"requires_scopes (or requires_any_scope) is written on the class {view.__qualname__}: "
         "the framework would get a function in its place, with no as_view() and no methods. "
-        "Decorate the view's methods (Starlette's HTTPEndpoint, Flask's MethodView), or with "
+        "Decorate the view's methods (Starlette's HTTPEndpoint, a WebSocketEndpoint's "
+        "on_connect, Flask's MethodView), or with "
         "Django use method_decorator(requires_scopes(...), name='dispatch') on the class; "
         "with Flask, decorators = [requires_scopes(...)] in the class also works."
     )

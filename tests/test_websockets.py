@@ -258,3 +258,43 @@ def test_many_offered_subprotocols_are_split_in_one_pass(
     assert sent == [{"type": "websocket.close", "code": 1008, "reason": "invalid_request"}]
     assert scope["subprotocols"] == ["chat"] * 2_000
     assert compared <= len(offered)
+
+
+def test_a_scope_decorator_on_a_websocket_endpoint_class_is_refused(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # On a WebSocketEndpoint class the decorator put a function in its place, which Starlette
+    # called with the websocket: every allowed token failed (TypeError from __init__). It is
+    # refused as an HTTPEndpoint's class is; on_connect takes it.
+    from starlette.endpoints import WebSocketEndpoint
+
+    class Chat(WebSocketEndpoint):
+        encoding = "text"
+
+        async def on_receive(self, websocket: WebSocket, data: Any) -> None:
+            await websocket.send_text(data)
+
+    with pytest.raises(ConfigurationError, match=r"on the class .*Chat: .*on_connect"):
+        requires_scopes("chat:write")(Chat)
+
+    class GuardedChat(Chat):
+        @requires_scopes("chat:write")
+        async def on_connect(self, websocket: WebSocket) -> None:
+            await websocket.accept()
+
+    app = Starlette(
+        routes=[WebSocketRoute("/chat", GuardedChat)],
+        middleware=[Middleware(BearerGuardMiddleware, guard=guard)],
+    )
+    allowed = {"Authorization": f"Bearer {session_issuer.mint(scopes=['chat:write'])}"}
+    other = {"Authorization": f"Bearer {session_issuer.mint(scopes=['other'])}"}
+    with TestClient(app) as client:
+        with client.websocket_connect("/chat", headers=allowed) as session:
+            session.send_text("hi")
+            assert session.receive_text() == "hi"
+        with (
+            pytest.raises(WebSocketDisconnect) as closed,
+            client.websocket_connect("/chat", headers=other) as session,
+        ):
+            session.receive_text()  # pragma: no cover
+        assert closed.value.code == 1008

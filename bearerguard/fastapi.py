@@ -33,6 +33,7 @@ handler would answer ``{"detail": ...}``, with the right status and challenge).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
 import logging
@@ -244,7 +245,8 @@ def route_scopes(
 
 def _route_dependants(scope: Mapping[str, Any]) -> list[Any]:
     """The dependencies FastAPI solves for the request's path operation, depth first in
-    declaration order; one ``app.dependency_overrides`` replaces, without what it needs."""
+    declaration order; one ``app.dependency_overrides`` replaces, without what it needs,
+    unless its replacement is a ``BearerAuth`` (a test's, say): that one is listed."""
     route = scope.get("route")
     dependant = getattr(route, "dependant", None)
     # Newer FastAPI keeps an included router's dependencies on the route's context.
@@ -261,6 +263,9 @@ def _route_dependants(scope: Mapping[str, Any]) -> list[Any]:
         if each.call not in overrides:
             found.append(each)
             pending.extend(reversed(each.dependencies))
+        elif _bearer_of(replacement := overrides[each.call]) is not None:
+            # FastAPI solves the replacement with the scopes declared around the original.
+            found.append(dataclasses.replace(each, call=replacement, dependencies=[]))
     return found
 
 

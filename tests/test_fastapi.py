@@ -437,6 +437,42 @@ def test_insufficient_scope_names_every_scope_the_operation_needs(
             assert missing.headers["www-authenticate"].endswith('scope="a b"')
 
 
+def test_a_decorator_over_a_nested_bearer_replaced_by_dependency_overrides(
+    guard: BearerGuard, session_issuer: DevIssuer, issuer: DevIssuer
+) -> None:
+    # A suite replaces the app's BearerAuth with one trusting its own issuer: FastAPI runs
+    # the replacement, but the decorator's check looked for the original, found none, and
+    # answered every request 500. It verifies with the replacement, once.
+    bearer_auth = BearerAuth(guard)
+    app = bearer_auth.install(FastAPI())
+
+    async def current_user(token: Annotated[AccessToken, bearer_auth.requires()]) -> str:
+        return token.subject or ""
+
+    @app.get("/reports")
+    @requires_scopes("reports:read")
+    async def reports(user: Annotated[str, Depends(current_user)]) -> dict[str, str]:
+        return {"user": user}
+
+    app.dependency_overrides[bearer_auth] = BearerAuth(issuer.guard())
+    with TestClient(app, raise_server_exceptions=False) as client, capture_logs() as events:
+        missing = client.get("/reports")
+        under = client.get("/reports", headers=bearer(issuer, "other"))
+        allowed = client.get("/reports", headers=bearer(issuer, "reports:read"))
+        original = client.get("/reports", headers=bearer(session_issuer, "reports:read"))
+    assert_refusal(missing, 401, None)
+    assert_refusal(under, 403, "insufficient_scope")
+    assert allowed.json() == {"user": "erin"}
+    assert_refusal(original, 401, "invalid_token")
+    assert [event["event"] for event in events] == [
+        "token.rejected",
+        "token.accepted",
+        "scope.denied",
+        "token.accepted",
+        "token.rejected",
+    ]
+
+
 class Catalog:
     """Path operations and a class-based dependency written as decorated methods."""
 

@@ -22,7 +22,7 @@ import inspect
 import itertools
 import sys
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, get_args, get_origin
@@ -108,7 +108,9 @@ def scope_requirements(func: Callable[..., Any]) -> list[ScopeRequirement]:
     """The requirements of every scope decorator stacked on ``func``, outermost first."""
     found: list[ScopeRequirement] = []
     current: object = func
-    while current is not None:
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:  # a __wrapped__ cycle ends here
+        seen.add(id(current))
         # Its own attribute: functools.wraps copies the wrapped function's onto the wrapper.
         requirement = getattr(current, "__dict__", {}).get(REQUIREMENT_ATTRIBUTE)
         if isinstance(requirement, ScopeRequirement) and requirement not in found:
@@ -343,7 +345,8 @@ def _may_be_path_operation(func: Callable[..., Any], frame: FrameType) -> bool:
     namespaces = [frame.f_locals, frame.f_globals, getattr(inspect.unwrap(func), "__globals__", {})]
     seen: set[int] = set()
     for namespace in namespaces:
-        if id(namespace) in seen or not isinstance(namespace, dict):
+        # A function's f_locals is a mapping proxy, not a dict, on Python 3.13 (PEP 667).
+        if id(namespace) in seen or not isinstance(namespace, Mapping):
             continue
         seen.add(id(namespace))
         origins: set[str] = set()

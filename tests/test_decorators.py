@@ -859,3 +859,15 @@ def test_a_guarded_wsgi_app_whose_attributes_cannot_be_read_is_served(
             "wsgi.input": io.BytesIO(b""),
         }
         assert b"".join(app(environ, lambda status, headers: None)) == b"proxy"
+
+
+def test_scope_requirements_end_at_a_wrapped_cycle() -> None:
+    # A wrapper whose __wrapped__ chain loops back (a user's decorator bug) must not hang
+    # the start-up check or a refusal that names the route's scopes.
+    from bearerguard.decorators import scope_requirements
+
+    @requires_scopes("items:read")
+    def view() -> None: ...
+
+    view.__wrapped__.__wrapped__ = view  # type: ignore[attr-defined]
+    assert [requirement.scopes for requirement in scope_requirements(view)] == [("items:read",)]

@@ -349,12 +349,15 @@ def _may_be_path_operation(func: Callable[..., Any], frame: FrameType) -> bool:
         if id(namespace) in seen or not isinstance(namespace, Mapping):
             continue
         seen.add(id(namespace))
-        origins: set[str] = set()
+        # Ends at the first object of FastAPI's (its imports come first in a module): a
+        # full read per decoration made a large module's import quadratic in its size.
+        other = False
         for value in list(namespace.values()):
-            origins |= _origins(value)
-        if "fastapi" in origins:
-            return True
-        if origins & _NOT_FASTAPI:
+            origins = _origins(value)
+            if "fastapi" in origins:
+                return True
+            other = other or not origins.isdisjoint(_NOT_FASTAPI)
+        if other:
             return False
     return True
 

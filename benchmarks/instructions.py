@@ -13,7 +13,10 @@ counts by about 0.1%). Each case runs twice in a fresh interpreter, with a few h
 with a few thousand operations after the same warm-up; the difference divided by the
 difference in operations is the count per operation, start-up excluded. The ``served_``
 cases count a uvicorn server (uvloop, httptools) answering requests sent one after another
-on one keep-alive connection.
+on one keep-alive connection. A server also runs on timers (uvicorn's main loop wakes every
+0.1 s), so its count per request grows with the run's wall time: a busy machine does blur
+those cases. The same served hit counted 2% more beside five busy processes than beside
+one; compare served counts from runs under like load.
 
 Counts are not times. Python's interpreter, RSA's big-number code and SHA-256 run at very
 different instructions per cycle, and valgrind hides CPU features (SHA extensions among them)

@@ -202,7 +202,11 @@ def analyze_jwks(
     Raises:
         ValueError: the document is not a JWK Set at all.
     """
-    from bearerguard._core.keys import ASYMMETRIC_ALGORITHMS, KEYS_PER_KID  # noqa: PLC0415
+    from bearerguard._core.keys import (  # noqa: PLC0415
+        ASYMMETRIC_ALGORITHMS,
+        KEYS_PER_KID,
+        crowded_kids,
+    )
 
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError(  # noqa: TRY004 - a document from the network
@@ -246,14 +250,17 @@ def analyze_jwks(
                 )
     usable_kids = Counter(report.kid for report in reports if report.usable and report.kid)
     all_kids = Counter(report.kid for report in reports if report.kid)
+    # Per algorithm, as the guard caps them: keys of different types under one kid (RFC
+    # 7517 §4.5's own example) never compete for a token.
+    crowded = crowded_kids((report.kid, report.algorithms) for report in reports if report.usable)
     for kid, count in sorted(all_kids.items()):
         if count < 2:
             continue
-        if usable_kids[kid] > KEYS_PER_KID:
+        if kid in crowded:
             message = (
-                f"{count} keys share the kid {kid!r}: a token naming it is checked against "
-                f"the first {KEYS_PER_KID} only (each costs a signature check): give keys "
-                "distinct kids"
+                f"{crowded[kid]} keys for one alg share the kid {kid!r}: a token naming it is "
+                f"checked against the first {KEYS_PER_KID} only (each costs a signature "
+                "check): give keys distinct kids"
             )
             findings.append(Finding("error", "duplicate_kid", message, kid))
         elif usable_kids[kid] > 1:

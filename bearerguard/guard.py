@@ -9,7 +9,6 @@ the revocation store is synchronous, sans-I/O code from ``bearerguard._core``.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import hashlib
@@ -47,6 +46,7 @@ from bearerguard._core.keys import (
     KEYS_PER_KID,
     KeySet,
     VerificationKey,
+    crowded_kids,
     key_from_pem,
     key_from_secret,
     keys_from_jwks,
@@ -1157,15 +1157,14 @@ class BearerGuard:
             return
         for kid, why in skipped:
             _log.info("bearerguard: skipped JWK %r: %s", kid, why)
-        shared = collections.Counter(key.kid for key in found if key.kid is not None)
-        for kid, keys in shared.items():
-            if keys > KEYS_PER_KID:
-                _log.warning(
-                    "bearerguard: %d keys share the kid %r: only the first %d are tried",
-                    keys,
-                    kid[:64],
-                    KEYS_PER_KID,
-                )
+        # Per algorithm: keys of different types under one kid never compete for a token.
+        for kid, keys in crowded_kids((key.kid, key.algorithms) for key in found).items():
+            _log.warning(
+                "bearerguard: %d keys for one alg share the kid %r: only the first %d are tried",
+                keys,
+                kid[:64],
+                KEYS_PER_KID,
+            )
         if not found and skipped:
             # Keys published, none usable here (an algorithm not allowed, a key refused as
             # weak): a mismatch to fix, not a verdict on every token. Keep the last good keys

@@ -750,6 +750,26 @@ def test_jwks_check_refuses_more_keys_under_one_kid_than_are_tried(
     assert found == {("error", "duplicate_kid", "many")}
 
 
+def test_jwks_check_counts_keys_under_one_kid_per_alg(
+    capsys: pytest.CaptureFixture[str], issuer: DevIssuer
+) -> None:
+    """RFC 7517 §4.5's own example of a shared kid is keys of different types: a token's alg
+    picks among them, so five types under one kid are each tried, not an error."""
+    private = [
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP384R1()),
+        ec.generate_private_key(ec.SECP521R1()),
+        ed25519.Ed25519PrivateKey.generate(),
+    ]
+    keys = [_public(key, kid="shared", use="sig") for key in private]
+    issuer.overrides[issuer.jwks_path] = Override(body=json.dumps({"keys": keys}).encode())
+    code, doc = run_json(capsys, "jwks", "check", issuer.jwks_uri)
+    assert code == cli.EXIT_OK
+    found = {(problem["severity"], problem["code"], problem["kid"]) for problem in doc["problems"]}
+    assert found == {("warning", "duplicate_kid", "shared")}
+
+
 def test_jwks_check_flags_every_problem(
     capsys: pytest.CaptureFixture[str], issuer: DevIssuer, bad_jwks: dict[str, Any]
 ) -> None:

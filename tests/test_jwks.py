@@ -28,6 +28,8 @@ import anyio
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -791,12 +793,38 @@ async def test_only_the_first_few_keys_under_one_kid_are_tried(
         issuer.overrides[issuer.jwks_path] = Override(body=json.dumps({"keys": keys}).encode())
         guard = make_guard(issuer, clock, discover=False)
         assert (await guard.authenticate(sign_with(issuer, first))).subject == "user-1"
-        assert f"{KEYS_PER_KID + 1} keys share the kid" in caplog.text
+        assert f"{KEYS_PER_KID + 1} keys for one alg share the kid" in caplog.text
         # The issuer's own key comes after the first few under its kid: never tried.
         with pytest.raises(BadSignatureError):
             await guard.authenticate(sign_with(issuer, issuer.key()))
         with pytest.raises(BadSignatureError):
             guard.authenticate_sync(sign_with(issuer, issuer.key()))
+
+
+def test_keys_of_different_types_under_one_kid_are_not_capped(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cap counts keys per alg, as it applies: RFC 7517 §4.5's own example of a shared
+    kid is keys of different types, which a token's alg tells apart. Five of them drew a
+    warning that only the first four are tried, while every one verifies."""
+    with DevIssuer() as issuer:
+        kid = issuer.key().kid
+        private = {
+            "ES256": ec.generate_private_key(ec.SECP256R1()),
+            "ES384": ec.generate_private_key(ec.SECP384R1()),
+            "ES512": ec.generate_private_key(ec.SECP521R1()),
+            "EdDSA": ed25519.Ed25519PrivateKey.generate(),
+        }
+        keys = [issuer.key().public_jwk()]
+        for alg, key in private.items():
+            impl = OKPAlgorithm if alg == "EdDSA" else ECAlgorithm
+            jwk = impl.to_jwk(key.public_key(), as_dict=True)
+            keys.append({**jwk, "kid": kid, "alg": alg, "use": "sig"})
+        issuer.overrides[issuer.jwks_path] = Override(body=json.dumps({"keys": keys}).encode())
+        guard = make_guard(issuer, clock, discover=False)
+        last = SigningKey(kid, "EdDSA", private["EdDSA"])
+        assert guard.authenticate_sync(sign_with(issuer, last)).subject == "user-1"
+        assert "share the kid" not in caplog.text
 
 
 @pytest.mark.anyio

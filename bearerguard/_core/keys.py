@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = [
     "KEYS_PER_KID",
     "KeySet",
     "VerificationKey",
+    "crowded_kids",
     "key_from_pem",
     "key_from_secret",
     "keys_from_jwks",
@@ -434,3 +436,17 @@ class KeySet:
         first ``KEYS_PER_KID`` only: each costs a signature check, a forged token's too.
         """
         return [key for key in self.candidates(kid) if alg in key.algorithms][:KEYS_PER_KID]
+
+
+def crowded_kids(keys: Iterable[tuple[str | None, Iterable[str]]]) -> dict[str, int]:
+    """The kids naming more than ``KEYS_PER_KID`` keys for one algorithm, with that count.
+
+    ``keys``: each usable key's ``kid`` and algorithms. Keys of different types under one
+    kid (RFC 7517 §4.5's own example) never compete: a token's ``alg`` picks among them.
+    """
+    per_alg = Counter((kid, alg) for kid, algorithms in keys if kid for alg in algorithms)
+    crowded: dict[str, int] = {}
+    for (kid, _), count in per_alg.items():
+        if count > KEYS_PER_KID:
+            crowded[kid] = max(count, crowded.get(kid, 0))
+    return crowded

@@ -78,8 +78,9 @@ class MemoryDPoPReplayStore:
     proof key (its RFC 7638 thumbprint, the part before the first ``:``) may hold only
     ``max_per_key`` live entries. A client then holding its share gets its own proofs
     refused (401 ``invalid_dpop_proof``) until its older ones expire; the other clients keep
-    working. Below half full no share applies: a busy client is refused only when the store
-    needs the room for others.
+    working. Below half full no share applies: one busy client alone may fill half the
+    store before its own proofs are refused (size ``max_entries`` at twice its rate times the
+    window, or raise ``max_per_key`` for it).
 
     Args:
         max_entries: the bound. A proof's ``jti`` is never forgotten before it expires: when

@@ -340,6 +340,11 @@ def _may_be_path_operation(func: Callable[..., Any], frame: FrameType) -> bool:
     holding something of FastAPI's says yes, one holding Flask's, Werkzeug's or Django's
     (and nothing of FastAPI's) says no. Without either, yes: a path operation must have its
     check declared before FastAPI reads the signature (a Flask or Django view ignores it)."""
+    caller = frame.f_globals.get("__name__")
+    if isinstance(caller, str) and caller.partition(".")[0] in _NOT_FASTAPI:
+        # Decorated by Django's or Flask's own code: Django's method_decorator decorates a
+        # bound method on every request, which must not pay for this test each time.
+        return False
     if _declares_fastapi(func):
         return True
     namespaces = [frame.f_locals, frame.f_globals, getattr(inspect.unwrap(func), "__globals__", {})]

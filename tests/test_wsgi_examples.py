@@ -255,3 +255,36 @@ def test_a_scope_decorator_on_a_view_class_is_refused(session_issuer: DevIssuer)
             "ok": True
         }
         assert client.get("/items", headers=bearer(session_issuer, "other")).status_code == 403
+
+
+def test_a_method_decorated_view_skips_the_fastapi_test_per_request(
+    session_issuer: DevIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Django's method_decorator applies requires_scopes to a bound method on every request.
+    # With fastapi imported anywhere in the process, each request read the function's
+    # parameters and its namespaces to tell a path operation from a view (a Django view
+    # served about twice as slowly). Decorated from Django's own code, it is not one.
+    import bearerguard.decorators
+
+    importlib.import_module("fastapi")
+    load("django_app")
+    from django.http import HttpRequest, JsonResponse
+    from django.test import RequestFactory
+    from django.utils.decorators import method_decorator
+    from django.views import View
+
+    @method_decorator(requires_scopes("items:read"), name="dispatch")
+    class Items(View):
+        def get(self, request: HttpRequest) -> JsonResponse:
+            return JsonResponse({})  # pragma: no cover - no verdict here
+
+    looked: list[object] = []
+    real = bearerguard.decorators._declares_fastapi
+    monkeypatch.setattr(
+        bearerguard.decorators, "_declares_fastapi", lambda f: looked.append(f) or real(f)
+    )
+    view = Items.as_view()
+    for _ in range(3):
+        with pytest.raises(Exception, match="no verified token"):  # no middleware: no verdict
+            view(RequestFactory().get("/items"))
+    assert looked == []

@@ -71,13 +71,21 @@ def protect(
     return middleware
 
 
+_MAX_PROXY_FIXES = 16
+
+
 def _outer_proxy_fix(wsgi_app: Any) -> tuple[Any, Any]:
     """The innermost of the ``ProxyFix`` wrappers ``wsgi_app`` starts with, and the app it
     wraps; ``(None, wsgi_app)`` when it is no ``ProxyFix``."""
     module = sys.modules.get("werkzeug.middleware.proxy_fix")
     proxy_fix = getattr(module, "ProxyFix", None)
     proxy, inner = None, wsgi_app
-    # type() rather than isinstance: an app proxy may claim any class (its __class__).
-    while isinstance(proxy_fix, type) and issubclass(type(inner), proxy_fix):
+    if not isinstance(proxy_fix, type):
+        return proxy, inner
+    # type() rather than isinstance: an app proxy may claim any class (its __class__). A
+    # bounded walk: ProxyFix objects wrapping each other in a loop must not hang protect().
+    for _ in range(_MAX_PROXY_FIXES):
+        if not issubclass(type(inner), proxy_fix):
+            return proxy, inner
         proxy, inner = inner, inner.app
-    return proxy, inner
+    raise ConfigurationError(f"more than {_MAX_PROXY_FIXES} ProxyFix wrappers on app.wsgi_app")

@@ -544,3 +544,19 @@ def test_a_lazy_object_beside_a_view_is_not_evaluated_at_decoration() -> None:
     assert evaluated == []
     assert str(site) == "example.com"
     assert evaluated == ["site"]
+
+
+def test_protect_refuses_proxy_fix_wrappers_in_a_loop(session_issuer: DevIssuer) -> None:
+    # protect() walks the ProxyFix wrappers set on app.wsgi_app to go inside them: two that
+    # wrap each other (a set-up gone wrong) hung it, and the app's start-up with it.
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from bearerguard.flask import protect
+
+    app = flask.Flask("looped", static_folder=None)
+    first = ProxyFix(app.wsgi_app)
+    second = ProxyFix(first)
+    first.app = second
+    app.wsgi_app = second  # type: ignore[method-assign]
+    with pytest.raises(ConfigurationError, match="ProxyFix wrappers"):
+        protect(app, guard=session_issuer.guard(in_process=True))

@@ -45,8 +45,9 @@ class FetchError(Exception):
     """A key set or metadata document could not be had; the message says why."""
 
 
-class _MetadataUnreachableError(FetchError):
-    """No metadata document answered (as opposed to one that answered unacceptably)."""
+class _NoKeySetURLError(FetchError):
+    """The metadata gave no key set URL to follow, without naming another issuer: none
+    answered with JSON, or the one for this issuer has no usable ``jwks_uri``."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -348,10 +349,11 @@ class JWKSFetcher:
         elif rediscover and self.configured_uri is None:
             # An issuer may move its key set (RFC 8414 §2 jwks_uri), the old URL still serving
             # the old keys: a kid the set lacks reads the metadata again, paced as that kid's
-            # fetch is (one per cooldown). Metadata that no longer answers keeps the URL
-            # known; metadata naming another issuer still fails the fetch (RFC 8414 §3.3).
-            # Optional: metadata that hangs leaves the key set half the timeout, not none.
-            with contextlib.suppress(_MetadataUnreachableError):
+            # fetch is (one per cooldown). Metadata that no longer answers, or names no usable
+            # jwks_uri, keeps the URL known; metadata naming another issuer still fails the
+            # fetch (RFC 8414 §3.3). Optional: metadata that hangs leaves the key set half
+            # the timeout, not none.
+            with contextlib.suppress(_NoKeySetURLError):
                 self.jwks_uri = yield from self._discover(optional=True)
         try:
             response = yield self.jwks_uri, False
@@ -376,12 +378,12 @@ class JWKSFetcher:
                 raise FetchError(f"metadata at {url} names another issuer")
             jwks_uri = metadata.get("jwks_uri")
             if not isinstance(jwks_uri, str):
-                raise FetchError(f"metadata at {url} has no jwks_uri")
+                raise _NoKeySetURLError(f"metadata at {url} has no jwks_uri")
             try:
                 return check_url(jwks_uri, "discovered jwks_uri")
             except ConfigurationError as exc:
-                raise FetchError(str(exc)) from exc
-        raise _MetadataUnreachableError("discovery failed: " + "; ".join(failures))
+                raise _NoKeySetURLError(str(exc)) from exc
+        raise _NoKeySetURLError("discovery failed: " + "; ".join(failures))
 
     async def fetch(self, *, rediscover: bool = False) -> tuple[Any, float | None]:
         """Fetch the key set document without blocking the event loop.

@@ -299,6 +299,41 @@ async def test_rediscovery_keeps_the_known_jwks_uri_when_the_metadata_does_not_a
     assert dev.fetch_count() == 2
 
 
+UNUSABLE_REDISCOVERIES: dict[str, Callable[[DevIssuer], bytes]] = {
+    "no-jwks-uri": lambda i: json.dumps({"issuer": i.url}).encode(),
+    "jwks-uri-not-a-string": lambda i: json.dumps({"issuer": i.url, "jwks_uri": [1]}).encode(),
+    "jwks-uri-unsafe": lambda i: json.dumps(
+        {"issuer": i.url, "jwks_uri": "http://example.com/jwks.json"}
+    ).encode(),
+    "not-json": lambda i: b"<html>maintenance</html>",
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("synchronous", [False, True], ids=["async", "sync"])
+@pytest.mark.parametrize("case", sorted(UNUSABLE_REDISCOVERIES))
+async def test_rediscovery_keeps_the_known_jwks_uri_when_the_metadata_names_none_usable(
+    dev: DevIssuer, clock: FakeClock, case: str, *, synchronous: bool
+) -> None:
+    """Metadata of this issuer read again without a usable jwks_uri failed the fetch: a key
+    published at the URL known was refused (503) on every kid miss, while metadata that did
+    not answer at all kept the URL."""
+    guard = make_guard(dev, clock)
+    await guard.authenticate(mint(dev))
+    body = UNUSABLE_REDISCOVERIES[case](dev)
+    dev.overrides[dev.oidc_metadata_path] = dev.overrides[dev.oauth_metadata_path] = Override(
+        body=body
+    )
+    dev.rotate("ES256")  # published at the URL known
+    clock.advance(POLICY.cooldown)
+    token = mint(dev)
+    if synchronous:
+        assert guard.authenticate_sync(token).subject == "user-1"
+    else:
+        assert (await guard.authenticate(token)).subject == "user-1"
+    assert dev.fetch_count() == 2
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("synchronous", [False, True], ids=["async", "sync"])
 async def test_rediscovery_leaves_the_key_set_time_when_the_metadata_hangs(

@@ -49,6 +49,9 @@ IssuerResolver = Callable[[str], BearerGuard | None]
 
 _log = logging.getLogger("bearerguard")
 _MAX_ISSUER_LENGTH = 512
+# Issuers already warned about (resolved with an unused introspector): each is warned about
+# once, though eviction and resolving again bring it back; the most recent are remembered.
+_MAX_WARNED = 1024
 # An opaque token names no issuer, so only one guard can judge it: sending it to every
 # introspection endpoint would disclose it to authorization servers that did not issue it,
 # and the first to answer "active" would give it that issuer's identity.
@@ -76,7 +79,8 @@ class TrustedIssuers:
             opaque token names no issuer, and is never sent to another issuer's
             authorization server. Every guard must have the same ``dpop``, ``mtls`` and
             ``resource``, and no other guard may have ``introspection`` (a resolved one
-            that has is used for its JWTs; its introspector is never asked, as logged).
+            that has is used for its JWTs; its introspector is never asked, as logged once
+            per issuer).
         resolver: admits further issuers: called with a token's ``iss`` (a string of at most
             512 characters) when no guard names it, it returns a guard whose ``issuer`` is
             exactly that string, or ``None`` to refuse the token. It must not do I/O (it is
@@ -128,6 +132,7 @@ class TrustedIssuers:
         self.resolver = resolver
         self._resolved: OrderedDict[str, BearerGuard] = OrderedDict()
         self._max_resolved = max_resolved
+        self._warned: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self._sync = False
         # The request-level settings the middlewares read, from the primary guard.
@@ -208,7 +213,7 @@ class TrustedIssuers:
         if problem is not None:
             _log.error("bearerguard: resolved guard for %r not used: %s", issuer[:128], problem)
             return None
-        if guard.introspection is not None:
+        if guard.introspection is not None and self._first_warning(issuer):
             # Only JWTs naming this issuer reach it: its introspector is never asked (an
             # opaque token goes to the primary), so nothing is disclosed and its JWTs pass.
             _log.warning(
@@ -221,6 +226,17 @@ class TrustedIssuers:
             while len(self._resolved) > self._max_resolved:
                 self._resolved.popitem(last=False)
         return guard
+
+    def _first_warning(self, issuer: str) -> bool:
+        """Whether ``issuer`` is warned about for the first time (as far as remembered)."""
+        with self._lock:
+            if issuer in self._warned:
+                self._warned.move_to_end(issuer)
+                return False
+            self._warned[issuer] = None
+            if len(self._warned) > _MAX_WARNED:
+                self._warned.popitem(last=False)
+            return True
 
     def _unusable(self, guard: object, issuer: str) -> str | None:
         if not isinstance(guard, BearerGuard):

@@ -257,6 +257,34 @@ def test_only_the_primary_guard_may_introspect(
         assert server.calls == 1
 
 
+@pytest.mark.parametrize(("remembered", "warnings"), [(1024, 2), (1, 6)])
+def test_an_unused_introspector_is_warned_about_once_per_issuer(
+    beta: DevIssuer,
+    stranger: DevIssuer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    remembered: int,
+    warnings: int,
+) -> None:
+    """The warning came each time the issuer was resolved: with more tenants than
+    ``max_resolved``, on every eviction and resolving again. It now comes once per issuer,
+    among the most recent issuers warned about (a bounded memory)."""
+    monkeypatch.setattr("bearerguard.issuers._MAX_WARNED", remembered)
+    with IntrospectionServer() as server:
+        tenants = Tenants(beta, stranger, introspection=server.introspector())
+        home = BearerGuard(issuer="https://home.example", audience="x", keys=beta.jwks())
+        guards = TrustedIssuers([home], resolver=tenants, max_resolved=1)
+        with caplog.at_level(logging.WARNING, "bearerguard"):
+            for _ in range(3):
+                for issuer in (beta, stranger):
+                    assert guards.authenticate_sync(issuer.mint()).issuer == issuer.url
+        assert len(tenants.calls) == 6  # each evicted by the other, resolved again
+        warned = [r.getMessage() for r in caplog.records if "never used" in r.getMessage()]
+        assert len(warned) == warnings
+        assert all(any(issuer.url in line for line in warned) for issuer in (beta, stranger))
+        assert server.calls == 0
+
+
 def test_wsgi_needs_synchronous_sides(alpha: DevIssuer, beta: DevIssuer) -> None:
     class AsyncOnly:
         async def is_revoked(self, token: object) -> bool:

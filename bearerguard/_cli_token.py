@@ -127,14 +127,17 @@ def _add_mint(commands: Commands) -> None:
         help="a further claim; VALUE is read as JSON when it parses, else as a string",
     )
     parser.add_argument(
-        "--algorithm", choices=("RS256", "PS256", "ES256"), help="the signing algorithm"
+        "--algorithm",
+        choices=("RS256", "PS256", "ES256", "EdDSA", "Ed25519", "Ed448"),
+        help="the signing algorithm (EdDSA: an Ed25519 key)",
     )
     parser.add_argument(
         "--key",
         type=Path,
         metavar="PEM",
-        help="sign with this PEM private key (RSA >= 2048 bits or EC P-256; its kid is its "
-        "RFC 7638 thumbprint) instead of an ephemeral one, so tokens stay verifiable",
+        help="sign with this PEM private key (RSA >= 2048 bits, EC P-256, Ed25519 or Ed448; "
+        "its kid is its RFC 7638 thumbprint) instead of an ephemeral one, so tokens stay "
+        "verifiable",
     )
     parser.add_argument(
         "--issuer",

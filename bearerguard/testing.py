@@ -36,8 +36,8 @@ from typing import Any
 import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from structlog.testing import capture_logs
 
 from bearerguard.guard import BearerGuard
@@ -73,7 +73,12 @@ AUDIT_EVENT_NAMES = frozenset(
 # namespaces: events added later are captured too, before this list learns their names.
 _AUDIT_NAMESPACES = frozenset(name.partition(".")[0] for name in AUDIT_EVENT_NAMES)
 
-_GENERATED_ALGORITHMS = ("RS256", "PS256", "ES256")
+_GENERATED_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA", "Ed25519", "Ed448")
+# RFC 9864 §2.2: "Ed25519" and "Ed448" are EdDSA on one curve each. PyJWT signs them only as
+# "EdDSA"; a JWS signer of our own signs them under their own names (the same signature).
+_FULLY_SPECIFIED_EDDSA = jwt.PyJWS()
+_FULLY_SPECIFIED_EDDSA.register_algorithm("Ed25519", OKPAlgorithm())
+_FULLY_SPECIFIED_EDDSA.register_algorithm("Ed448", OKPAlgorithm())
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,18 +91,22 @@ class SigningKey:
 
     @classmethod
     def generate(cls, algorithm: str = "RS256") -> SigningKey:
-        """A new key for ``algorithm`` (RS256, PS256: RSA 2048 bits; ES256: P-256)."""
+        """A new key for ``algorithm`` (RS256, PS256: RSA 2048 bits; ES256: P-256; EdDSA,
+        Ed25519: Ed25519; Ed448: Ed448)."""
         return _new_key(algorithm)
 
     @classmethod
     def from_pem(
         cls, pem: str | bytes, *, algorithm: str | None = None, kid: str | None = None
     ) -> SigningKey:
-        """Load an unencrypted PEM private key: RSA (2048 bits or more) or EC P-256.
+        """Load an unencrypted PEM private key: RSA (2048 bits or more), EC P-256, Ed25519
+        or Ed448.
 
         Args:
             pem: the PEM text.
-            algorithm: RS256 or PS256 for an RSA key (RS256 by default); ES256 for P-256.
+            algorithm: RS256 or PS256 for an RSA key (RS256 by default); ES256 for P-256;
+                Ed25519 (the default) or EdDSA for an Ed25519 key, Ed448 (the default) or
+                EdDSA for an Ed448 key (RFC 9864).
             kid: the key id; by default the RFC 7638 thumbprint of the public key, so the
                 same key file always publishes and signs under the same ``kid``.
 
@@ -125,9 +134,14 @@ class SigningKey:
             chosen = algorithm or "ES256"
             if chosen != "ES256":
                 raise ValueError(f"a P-256 key signs ES256, not {chosen}")
+        elif isinstance(private_key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
+            curve = "Ed25519" if isinstance(private_key, ed25519.Ed25519PrivateKey) else "Ed448"
+            chosen = algorithm or curve
+            if chosen not in ("EdDSA", curve):
+                raise ValueError(f"an {curve} key signs {curve} or EdDSA, not {chosen}")
         else:
             raise ValueError(  # noqa: TRY004 - idem
-                "only RSA and EC P-256 private keys are supported"
+                "only RSA, EC P-256, Ed25519 and Ed448 private keys are supported"
             )
         if kid is None:
             kid = _thumbprint(cls("", chosen, private_key).public_jwk())
@@ -135,8 +149,14 @@ class SigningKey:
 
     def public_jwk(self) -> dict[str, Any]:
         """The public JWK, with ``kid``, ``alg`` and ``use``."""
-        impl = RSAAlgorithm if self.algorithm.startswith(("RS", "PS")) else ECAlgorithm
-        jwk: dict[str, Any] = impl.to_jwk(self.private_key.public_key(), as_dict=True)
+        public_key = self.private_key.public_key()
+        jwk: dict[str, Any]
+        if isinstance(public_key, rsa.RSAPublicKey):
+            jwk = RSAAlgorithm.to_jwk(public_key, as_dict=True)
+        elif isinstance(public_key, ec.EllipticCurvePublicKey):
+            jwk = ECAlgorithm.to_jwk(public_key, as_dict=True)
+        else:
+            jwk = OKPAlgorithm.to_jwk(public_key, as_dict=True)
         jwk.update(kid=self.kid, alg=self.algorithm, use="sig")
         return jwk
 
@@ -174,11 +194,25 @@ _SIGN_OPTIONS = frozenset({"algorithm", "headers"})
 
 
 def _thumbprint(jwk: Mapping[str, Any]) -> str:
-    """The RFC 7638 JWK thumbprint (SHA-256, base64url) of an RSA or EC public JWK."""
-    members = ("e", "kty", "n") if jwk["kty"] == "RSA" else ("crv", "kty", "x", "y")
+    """The RFC 7638 JWK thumbprint (SHA-256, base64url) of an RSA, EC or OKP public JWK."""
+    members = {"RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}.get(
+        jwk["kty"], ("crv", "kty", "x", "y")
+    )  # RFC 7638 §3.2, RFC 8037 §2
     canonical = json.dumps({name: jwk[name] for name in members}, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _sign(key: SigningKey, claims: Mapping[str, Any], headers: Mapping[str, Any]) -> str:
+    """A JWT of ``claims`` signed by ``key``; header members given as ``None`` left out."""
+    # A member given as None is left out: headers={"kid": None} signs without a kid.
+    header = {name: value for name, value in headers.items() if value is not None}
+    if key.algorithm in ("Ed25519", "Ed448"):
+        payload = json.dumps(dict(claims), separators=(",", ":")).encode()
+        return _FULLY_SPECIFIED_EDDSA.encode(
+            payload, key.private_key, algorithm=key.algorithm, headers=header
+        )
+    return jwt.encode(dict(claims), key.private_key, algorithm=key.algorithm, headers=header)
 
 
 def _new_key(algorithm: str, kid: str | None = None) -> SigningKey:
@@ -188,6 +222,10 @@ def _new_key(algorithm: str, kid: str | None = None) -> SigningKey:
         return SigningKey(kid, algorithm, private_key)
     if algorithm == "ES256":
         return SigningKey(kid, algorithm, ec.generate_private_key(ec.SECP256R1()))
+    if algorithm in ("EdDSA", "Ed25519"):
+        return SigningKey(kid, algorithm, ed25519.Ed25519PrivateKey.generate())
+    if algorithm == "Ed448":
+        return SigningKey(kid, algorithm, ed448.Ed448PrivateKey.generate())
     raise ValueError(f"DevIssuer does not generate {algorithm} keys")
 
 
@@ -237,8 +275,9 @@ class DevIssuer:
     """An OAuth issuer for development: discovery, JWKS and token minting on 127.0.0.1.
 
     Args:
-        algorithms: one key is generated per algorithm (RS256, PS256 and ES256 supported);
-            the first signs by default.
+        algorithms: one key is generated per algorithm (RS256, PS256, ES256, EdDSA and
+            RFC 9864's Ed25519 and Ed448 supported; EdDSA signs with an Ed25519 key); the
+            first signs by default.
         audience: the default ``aud`` of minted tokens.
         port: the port to listen on; 0 picks a free one.
         jwks_max_age: the ``Cache-Control: max-age`` sent with the JWKS.
@@ -433,11 +472,7 @@ class DevIssuer:
         ``None`` are left out.
         """
         key = self.key(algorithm)
-        header: dict[str, Any] = {"kid": key.kid, "typ": "at+jwt"}
-        header.update(headers or {})
-        # A member given as None is left out: headers={"kid": None} signs without a kid.
-        header = {name: value for name, value in header.items() if value is not None}
-        return jwt.encode(dict(claims), key.private_key, algorithm=key.algorithm, headers=header)
+        return _sign(key, claims, {"kid": key.kid, "typ": "at+jwt", **(headers or {})})
 
     def mint(
         self,
@@ -494,12 +529,7 @@ class DevIssuer:
             stranger = self._strangers[genuine.algorithm] = _new_key(genuine.algorithm)
         headers = dict(options.pop("headers", None) or {})
         headers.setdefault("kid", genuine.kid if kid is None else kid)
-        payload = self.claims(**options)
-        header = {"typ": "at+jwt", **headers}
-        header = {name: value for name, value in header.items() if value is not None}
-        return jwt.encode(
-            payload, stranger.private_key, algorithm=stranger.algorithm, headers=header
-        )
+        return _sign(stranger, self.claims(**options), {"typ": "at+jwt", **headers})
 
     def mint_revoked(self, store: Any, **options: Any) -> str:
         """A token that is revoked in ``store`` by its ``jti``: ``revoked``.

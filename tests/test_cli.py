@@ -189,6 +189,15 @@ def test_mint_with_a_key_file_verifies_against_an_issuer_serving_that_key(
     assert "kim" in out
 
 
+@pytest.mark.parametrize("algorithm", ["EdDSA", "Ed25519", "Ed448"])
+def test_mint_signs_with_edwards_keys(capsys: pytest.CaptureFixture[str], algorithm: str) -> None:
+    code, doc = run_json(capsys, "token", "mint", "--algorithm", algorithm)
+    assert code == 0
+    assert doc["alg"] == jwt.get_unverified_header(doc["token"])["alg"] == algorithm
+    guard = BearerGuard(issuer=doc["issuer"], audience="https://api.example", keys=doc["jwks"])
+    assert guard.authenticate_sync(doc["token"]).algorithm == algorithm
+
+
 def test_mint_with_a_bad_key_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     pem = tmp_path / "dev.pem"
     pem.write_text("-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")

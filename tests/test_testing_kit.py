@@ -9,10 +9,11 @@ from pathlib import Path
 from unittest.mock import ANY
 
 import httpx
+import jwt
 import pytest
 import structlog
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x25519
 
 from bearerguard.errors import (
     BadSignatureError,
@@ -147,7 +148,7 @@ def test_issuers_can_share_keys() -> None:
         SigningKey.generate("ES384")
 
 
-@pytest.mark.parametrize("algorithm", ["RS256", "PS256", "ES256"])
+@pytest.mark.parametrize("algorithm", ["RS256", "PS256", "ES256", "EdDSA", "Ed25519", "Ed448"])
 def test_pem_round_trip_and_stable_kid(algorithm: str) -> None:
     key = SigningKey.generate(algorithm)
     pem = key.private_pem()
@@ -158,6 +159,32 @@ def test_pem_round_trip_and_stable_kid(algorithm: str) -> None:
     assert SigningKey.from_pem(pem, algorithm=algorithm, kid="mine").kid == "mine"
     with DevIssuer(keys=[loaded]) as issuer:
         assert issuer.guard().authenticate_sync(issuer.mint()).key_id == loaded.kid
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "crv"), [("EdDSA", "Ed25519"), ("Ed25519", "Ed25519"), ("Ed448", "Ed448")]
+)
+def test_edwards_keys_sign_tokens_the_guard_accepts(algorithm: str, crv: str) -> None:
+    """DevIssuer generated RSA and P-256 keys only: EdDSA and RFC 9864's Ed25519 and Ed448,
+    which the guard accepts, could not be tested against it (PyJWT signs only "EdDSA")."""
+    with DevIssuer(algorithms=[algorithm]) as issuer:
+        token = issuer.mint()
+        assert jwt.get_unverified_header(token)["alg"] == algorithm
+        jwk = issuer.jwks()["keys"][0]
+        assert (jwk["kty"], jwk["crv"], jwk["alg"]) == ("OKP", crv, algorithm)
+        guard = issuer.guard()
+        access = guard.authenticate_sync(token)
+        assert (access.subject, access.algorithm) == ("user-1", algorithm)
+        with pytest.raises(BadSignatureError):
+            guard.authenticate_sync(issuer.mint_forged())
+
+
+def test_rfc8037_thumbprint_example() -> None:
+    # RFC 8037 §A.3: the example Ed25519 key and its RFC 7638 thumbprint.
+    from bearerguard.testing import _thumbprint
+
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
+    assert _thumbprint(jwk) == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
 
 
 def test_rfc7638_thumbprint_example() -> None:
@@ -193,19 +220,24 @@ def _pem(private_key: object) -> bytes:
         (_pem(ec.generate_private_key(ec.SECP384R1())), None, "secp384r1 is not supported"),
         (_pem(ec.generate_private_key(ec.SECP256R1())), "RS256", "signs ES256, not RS256"),
         (_pem(rsa.generate_private_key(65537, 2048)), "ES256", "signs RS256 or PS256"),
+        (_pem(ed25519.Ed25519PrivateKey.generate()), "Ed448", "signs Ed25519 or EdDSA"),
+        (_pem(ed448.Ed448PrivateKey.generate()), "Ed25519", "signs Ed448 or EdDSA"),
+        (_pem(x25519.X25519PrivateKey.generate()), None, "only RSA, EC P-256, Ed25519"),
     ],
-    ids=["garbage", "rsa-1024", "p-384", "ec-as-rsa", "rsa-as-ec"],
+    ids=[
+        "garbage",
+        "rsa-1024",
+        "p-384",
+        "ec-as-rsa",
+        "rsa-as-ec",
+        "ed25519-as-ed448",
+        "ed448-as-ed25519",
+        "x25519",
+    ],
 )
 def test_bad_pem_keys(pem: bytes, algorithm: str | None, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SigningKey.from_pem(pem, algorithm=algorithm)
-
-
-def test_ed25519_pem_is_refused() -> None:
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    with pytest.raises(ValueError, match="only RSA and EC P-256"):
-        SigningKey.from_pem(_pem(ed25519.Ed25519PrivateKey.generate()))
 
 
 # -- audit events -----------------------------------------------------------------------

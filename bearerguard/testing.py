@@ -73,7 +73,6 @@ AUDIT_EVENT_NAMES = frozenset(
 # namespaces: events added later are captured too, before this list learns their names.
 _AUDIT_NAMESPACES = frozenset(name.partition(".")[0] for name in AUDIT_EVENT_NAMES)
 
-_GENERATED_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA", "Ed25519", "Ed448")
 # RFC 9864 §2.2: "Ed25519" and "Ed448" are EdDSA on one curve each. PyJWT signs them only as
 # "EdDSA"; a JWS signer of our own signs them under their own names (the same signature).
 _FULLY_SPECIFIED_EDDSA = jwt.PyJWS()

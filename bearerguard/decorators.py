@@ -22,7 +22,7 @@ import inspect
 import itertools
 import sys
 import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, get_args, get_origin
@@ -575,9 +575,8 @@ def attribute_of(owner: object, name: str) -> object:
         return None
 
 
-def wrapped_app(app: object, marker: str) -> object:
-    """The app under ``app``'s middleware wrappers that has the attribute ``marker``
-    (``routes`` for Starlette, ``view_functions`` for Flask), or the innermost reached.
+def app_layers(app: object) -> Iterator[object]:
+    """``app`` and the apps under its middleware wrappers, outermost first.
 
     Each wrapper holds the next as ``app`` (Starlette's middlewares, werkzeug's
     ``ProxyFix``); a bound method (Flask's ``app.wsgi_app``) stands for its ``__self__``.
@@ -585,11 +584,21 @@ def wrapped_app(app: object, marker: str) -> object:
     """
     for _ in range(100):  # bounded: an ``app`` attribute may lead in a circle
         owner = attribute_of(app, "__self__") or app
-        inner = attribute_of(owner, "app")
-        if attribute_of(owner, marker) is not None or inner is None:
-            return owner
-        app = inner
-    return app
+        yield owner
+        app = attribute_of(owner, "app")
+        if app is None:
+            return
+
+
+def wrapped_app(app: object, marker: str) -> object:
+    """The app under ``app``'s middleware wrappers (``app_layers``) that has the attribute
+    ``marker`` (``routes`` for Starlette, ``view_functions`` for Flask), or the innermost
+    reached."""
+    owner = app
+    for owner in app_layers(app):
+        if attribute_of(owner, marker) is not None:
+            break
+    return owner
 
 
 def _routes_of(owner: object) -> object:

@@ -11,7 +11,6 @@ def items():
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,7 @@ from bearerguard.decorators import misplaced_decorators, unchecked_endpoints
 from bearerguard.errors import ConfigurationError
 from bearerguard.guard import BearerGuard
 from bearerguard.issuers import TrustedIssuers
-from bearerguard.wsgi import BearerGuardWSGIMiddleware, responder_for
+from bearerguard.wsgi import BearerGuardWSGIMiddleware, proxy_fix_type, responder_for
 
 if TYPE_CHECKING:
     import flask
@@ -77,10 +76,9 @@ _MAX_PROXY_FIXES = 16
 def _outer_proxy_fix(wsgi_app: Any) -> tuple[Any, Any]:
     """The innermost of the ``ProxyFix`` wrappers ``wsgi_app`` starts with, and the app it
     wraps; ``(None, wsgi_app)`` when it is no ``ProxyFix``."""
-    module = sys.modules.get("werkzeug.middleware.proxy_fix")
-    proxy_fix = getattr(module, "ProxyFix", None)
+    proxy_fix = proxy_fix_type()
     proxy, inner = None, wsgi_app
-    if not isinstance(proxy_fix, type):
+    if proxy_fix is None:
         return proxy, inner
     # type() rather than isinstance: an app proxy may claim any class (its __class__). A
     # bounded walk: ProxyFix objects wrapping each other in a loop must not hang protect().

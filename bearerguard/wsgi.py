@@ -24,6 +24,7 @@ from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard.audit import RequestInfo
 from bearerguard.decorators import (
+    app_layers,
     attribute_of,
     misplaced_decorators,
     unchecked_endpoints,
@@ -79,26 +80,21 @@ def responder_for(app: object) -> Responder:
     return plain_response
 
 
+def proxy_fix_type() -> type | None:
+    """werkzeug's ``ProxyFix`` class, once something imported it; else ``None`` (then no
+    app holds one)."""
+    proxy_fix = getattr(sys.modules.get("werkzeug.middleware.proxy_fix"), "ProxyFix", None)
+    return proxy_fix if isinstance(proxy_fix, type) else None
+
+
 def _proxy_fix_under(app: object) -> bool:
-    """Whether werkzeug's ``ProxyFix`` is ``app`` or under it (through wrappers holding the
-    next app as ``app``, and Flask's ``app.wsgi_app``, as ``wrapped_app`` walks them)."""
-    module = sys.modules.get("werkzeug.middleware.proxy_fix")
-    proxy_fix = getattr(module, "ProxyFix", None)
-    if not isinstance(proxy_fix, type):
-        return False  # never imported: no ProxyFix anywhere
-    for _ in range(100):  # bounded: an ``app`` attribute may lead in a circle
-        owner = attribute_of(app, "__self__") or app
-        try:
-            # isinstance reads __class__, which an app proxy not configured yet may raise
-            # on: what cannot be read is no reason to stop the app from starting.
-            if isinstance(owner, proxy_fix):
-                return True
-        except Exception:  # noqa: BLE001 - any app's own failure
-            return False
-        app = attribute_of(owner, "app")
-        if app is None:
-            return False
-    return False
+    """Whether werkzeug's ``ProxyFix`` is ``app`` or under it (``app_layers``)."""
+    proxy_fix = proxy_fix_type()
+    if proxy_fix is None:
+        return False
+    # type() rather than isinstance, which reads __class__: an app proxy not configured yet
+    # may raise there, and what cannot be read is no reason to stop the app from starting.
+    return any(issubclass(type(owner), proxy_fix) for owner in app_layers(app))
 
 
 _PROXY_FIX_INSIDE = (

@@ -297,6 +297,39 @@ def test_proofs_made_by_joserfc_pass(make: Callable[[], Any], alg: str) -> None:
     assert checked.thumbprint == key.thumbprint()
 
 
+@pytest.mark.parametrize(
+    ("curve", "labelled", "alg", "accepted"),
+    [
+        ("Ed25519", "EdDSA", "EdDSA", True),
+        ("Ed25519", "EdDSA", "Ed25519", True),  # the same operation under its RFC 9864 name
+        ("Ed25519", "EdDSA", "Ed448", False),  # never another curve's name
+        ("Ed25519", "Ed25519", "Ed25519", True),
+        ("Ed25519", "Ed25519", "EdDSA", False),  # labelled with the new name: only that
+        ("Ed448", "EdDSA", "Ed448", True),
+        ("Ed448", "EdDSA", "Ed25519", False),
+        ("Ed448", "Ed448", "EdDSA", False),
+    ],
+)
+def test_a_proof_jwk_labelled_eddsa_verifies_its_curves_name(
+    curve: str, labelled: str, alg: str, *, accepted: bool
+) -> None:
+    # RFC 9864: a proof's jwk carrying the deprecated "alg": "EdDSA" was refused under
+    # "Ed25519", the name of the very operation it declares.
+    key = OKPKey.generate_key(curve)
+    jwk = {**key.as_dict(private=False), "alg": labelled}
+    header = {"typ": "dpop+jwt", "alg": alg, "jwk": jwk}
+    claims = {"jti": "j", "htm": "GET", "htu": URL, "iat": int(time.time())}
+    claims["ath"] = access_token_hash("tok")
+    signing_input = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())
+    proof = signing_input + "." + b64url(key.private_key.sign(signing_input.encode()))
+    everything = frozenset({"EdDSA", "Ed25519", "Ed448"})
+    if accepted:
+        assert _check(proof, algorithms=everything).thumbprint == key.thumbprint()
+    else:
+        with pytest.raises(InvalidDPoPProofError, match="jwk unusable"):
+            _check(proof, algorithms=everything)
+
+
 def joserfc_proof(key: Any, alg: str, token: str, *, url: str = URL, **claims: Any) -> str:
     header = {"typ": "dpop+jwt", "alg": alg, "jwk": key.as_dict(private=False)}
     payload = {

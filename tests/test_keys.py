@@ -82,8 +82,9 @@ def okp_jwk(private: Any, **extra: Any) -> dict[str, Any]:
         (ED25519_KEY, None, {"EdDSA", "Ed25519"}),
         (ED448_KEY, None, {"EdDSA", "Ed448"}),
         (ED25519_KEY, "Ed25519", {"Ed25519"}),
-        (ED25519_KEY, "EdDSA", {"EdDSA"}),
+        (ED25519_KEY, "EdDSA", {"EdDSA", "Ed25519"}),
         (ED448_KEY, "Ed448", {"Ed448"}),
+        (ED448_KEY, "EdDSA", {"EdDSA", "Ed448"}),
         (ED25519_KEY, "Ed448", "does not match"),
         (ED448_KEY, "Ed25519", "does not match"),
     ],
@@ -93,18 +94,31 @@ def okp_jwk(private: Any, **extra: Any) -> dict[str, Any]:
         "ed25519-alg",
         "eddsa-alg",
         "ed448-alg",
+        "eddsa-alg-448",
         "ed25519-as-448",
         "ed448-as-25519",
     ],
 )
 def test_edwards_keys_are_bound_to_their_curve(private: Any, alg: str | None, loaded: Any) -> None:
     """RFC 9864: "Ed25519" and "Ed448" name their curve; a key verifies its own curve's
-    name and the polymorphic "EdDSA", and a JWK's alg must agree with its curve."""
+    name and the polymorphic "EdDSA", and a JWK's alg must agree with its curve. A JWK
+    labelled with the deprecated "EdDSA" also verifies its curve's fully-specified name (the
+    same operation, RFC 9864 §2.2); one labelled with the new name verifies only that."""
     key = load_one(okp_jwk(private, alg=alg) if alg else okp_jwk(private))
     if isinstance(loaded, str):
         assert loaded in key
     else:
         assert key.algorithms == loaded
+
+
+def test_an_eddsa_labelled_key_keeps_to_the_allow_list() -> None:
+    # Accepting "Ed25519" for a JWK labelled "EdDSA" never widens the configured list.
+    labelled = okp_jwk(ED25519_KEY, alg="EdDSA")
+    assert load_one(labelled, frozenset({"EdDSA"})).algorithms == {"EdDSA"}
+    assert load_one(labelled, frozenset({"Ed25519"})).algorithms == {"Ed25519"}
+    assert "no allowed algorithm" in load_one(labelled, frozenset({"Ed448", "ES256"}))
+    renamed = okp_jwk(ED25519_KEY, alg="Ed25519")
+    assert "no allowed algorithm" in load_one(renamed, frozenset({"EdDSA"}))
 
 
 @pytest.mark.parametrize("alg", ["EdDSA", "Ed25519"])
@@ -131,7 +145,10 @@ async def test_fully_specified_edwards_tokens_through_the_middleware(issuer: Dev
     published = [
         okp_jwk(ED25519_KEY, kid="ed25519"),
         okp_jwk(ED448_KEY, kid="ed448"),
-        okp_jwk(ED25519_KEY, kid="ed25519-eddsa-only", alg="EdDSA"),
+        okp_jwk(ED25519_KEY, kid="ed25519-labelled-eddsa", alg="EdDSA"),
+        okp_jwk(ED448_KEY, kid="ed448-labelled-eddsa", alg="EdDSA"),
+        okp_jwk(ED25519_KEY, kid="ed25519-labelled-ed25519", alg="Ed25519"),
+        okp_jwk(ED448_KEY, kid="ed448-labelled-ed448", alg="Ed448"),
     ]
     issuer.overrides[issuer.jwks_path] = Override(body=json.dumps({"keys": published}).encode())
     guard = issuer.guard()
@@ -142,7 +159,24 @@ async def test_fully_specified_edwards_tokens_through_the_middleware(issuer: Dev
         (ED448_KEY, "ed448", "EdDSA", 200),
         (ED448_KEY, "ed448", "Ed25519", 401),  # another curve's name
         (ED25519_KEY, "ed25519", "Ed448", 401),
-        (ED25519_KEY, "ed25519-eddsa-only", "Ed25519", 401),  # its JWK alg says EdDSA
+        # A JWK labelled with the deprecated "EdDSA": the same operation under its curve's
+        # RFC 9864 name verifies, never the other curve's name (the key stays on its curve).
+        (ED25519_KEY, "ed25519-labelled-eddsa", "EdDSA", 200),
+        (ED25519_KEY, "ed25519-labelled-eddsa", "Ed25519", 200),
+        (ED25519_KEY, "ed25519-labelled-eddsa", "Ed448", 401),
+        (ED448_KEY, "ed448-labelled-eddsa", "EdDSA", 200),
+        (ED448_KEY, "ed448-labelled-eddsa", "Ed448", 200),
+        (ED448_KEY, "ed448-labelled-eddsa", "Ed25519", 401),
+        # A JWK labelled with its RFC 9864 name verifies that name only.
+        (ED25519_KEY, "ed25519-labelled-ed25519", "Ed25519", 200),
+        (ED25519_KEY, "ed25519-labelled-ed25519", "EdDSA", 401),
+        (ED25519_KEY, "ed25519-labelled-ed25519", "Ed448", 401),
+        (ED448_KEY, "ed448-labelled-ed448", "Ed448", 200),
+        (ED448_KEY, "ed448-labelled-ed448", "EdDSA", 401),
+        (ED448_KEY, "ed448-labelled-ed448", "Ed25519", 401),
+        # Signed by another key than the kid names: refused whatever the alg.
+        (ED448_KEY, "ed25519-labelled-eddsa", "Ed25519", 401),
+        (ED25519_KEY, "ed448-labelled-eddsa", "Ed448", 401),
     ]
     transport = httpx.ASGITransport(app=build_app(guard))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

@@ -282,7 +282,10 @@ def _parse_jwk(jwk: Any, allowed: frozenset[str]) -> tuple[VerificationKey | Non
         # RFC 7517 §4.4: a JWK's alg restricts it; it must also agree with the key's type.
         if not isinstance(declared, str) or declared not in algorithms:
             return None, f"alg {declared!r} does not match the key type"
-        algorithms = frozenset({declared})
+        # RFC 9864 §2.2 deprecates "EdDSA" for "Ed25519" and "Ed448": on a key of one curve
+        # they name one operation, so a key labelled "EdDSA" also verifies its own curve's
+        # name (``algorithms`` holds no other). A key labelled with the new name keeps to it.
+        algorithms = algorithms if declared == "EdDSA" else frozenset({declared})
     algorithms &= allowed
     if not algorithms:
         return None, "no allowed algorithm for this key"

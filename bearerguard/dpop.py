@@ -104,14 +104,9 @@ class MemoryDPoPReplayStore:
         max_per_key: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_entries < 1:
-            raise ConfigurationError("max_entries must be at least 1")
-        share = max(max_entries // 20, 1) if max_per_key is None else max_per_key
-        if not 1 <= share <= max_entries:
-            raise ConfigurationError("max_per_key must be between 1 and max_entries")
+        self._share = _share(max_entries, max_per_key)
         self._clock = clock
         self._max = max_entries
-        self._share = share
         # The share applies from here on: below it, one busy client takes no room others need.
         self._pressure = max_entries // 2
         self._seen: dict[str, float] = {}
@@ -162,6 +157,16 @@ class MemoryDPoPReplayStore:
         return self.first_use_sync(key, ttl)
 
 
+def _share(max_entries: int, max_per_key: int | None) -> int:
+    """The share of one proof key: ``max_per_key``, by default a twentieth of the bound."""
+    if max_entries < 1:
+        raise ConfigurationError("max_entries must be at least 1")
+    share = max(max_entries // 20, 1) if max_per_key is None else max_per_key
+    if not 1 <= share <= max_entries:
+        raise ConfigurationError("max_per_key must be between 1 and max_entries")
+    return share
+
+
 def _forget(per_key: dict[str, int], owner: str) -> None:
     held = per_key[owner] - 1
     if held:
@@ -170,16 +175,57 @@ def _forget(per_key: dict[str, int], owner: str) -> None:
         del per_key[owner]
 
 
+# The memory store's rules, as one atomic step in Redis (RFC 9449 §11.1). KEYS: the proof
+# (<namespace>:dpop:<jkt>:<jti>), its proof key's live proofs (a sorted set of jti, scored by
+# expiry), the store's live proofs (a sorted set of <jkt>:<jti>). ARGV: ttl_ms, jti,
+# <jkt>:<jti>, max_per_key, the half-full mark, max_entries. Returns {1, 0} when recorded,
+# {0, 0} for a replay, {-1, held} for a key over its share, {-2, live} for a full store.
+# Expiry follows Redis's clock (TIME; effect replication, the default since Redis 5), as the
+# proof key's PX does; each sorted set expires with the last proof it counts.
+_FIRST_USE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 0} end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local held = redis.call('ZCARD', KEYS[2])
+local live = redis.call('ZCARD', KEYS[3])
+if held >= tonumber(ARGV[4]) and live >= tonumber(ARGV[5]) then return {-1, held} end
+if live >= tonumber(ARGV[6]) then return {-2, live} end
+redis.call('SET', KEYS[1], '1', 'PX', ttl)
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[2])
+redis.call('ZADD', KEYS[3], now + ttl, ARGV[3])
+for i = 2, 3 do
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return {1, 0}
+"""
+
+
 class RedisDPoPReplayStore:
     """A replay store shared through Redis by every instance of the API.
 
-    One round trip per proof: ``SET key 1 NX PX ttl``, atomic in Redis, so two instances
-    receiving the same proof at once cannot both accept it. Keys expire with the proof's
-    window, so the store stays bounded by the request rate times the window.
+    One round trip per proof: a Lua script, atomic in Redis, so two instances receiving the
+    same proof at once cannot both accept it, nor together let a key past its share. It
+    records the proof (``SET key 1 PX ttl``) and counts it among its proof key's live proofs
+    and the store's; every key expires with the proof's window.
+
+    Bounded and shared as ``MemoryDPoPReplayStore`` is, across every instance: once the
+    store holds half of ``max_entries`` live proofs, each proof key (its RFC 7638
+    thumbprint) may hold only ``max_per_key``; a key over its share gets its own proofs
+    refused (``InvalidDPoPProofError``, 401) and the other clients keep working
+    (RFC 9449 §11.1). With ``max_entries`` live proofs, a new one raises
+    ``ReplayStoreError`` (503): a live proof is never forgotten.
 
     Args:
         url: a ``redis://``, ``rediss://`` or ``unix://`` URL, used for both sides.
-        namespace: the prefix of every key (``<namespace>:dpop:<jkt>:<jti>``).
+        namespace: the prefix of every key (``<namespace>:dpop:<jkt>:<jti>``, and
+            ``<namespace>:dpop-key:<jkt>`` and ``<namespace>:dpop-live`` for the counts).
+        max_entries: the bound on live proofs, for every instance together (about 3 300
+            proofs a second over the default window).
+        max_per_key: the share of one proof key once the store is half full; by default a
+            twentieth of ``max_entries``.
         client: an existing ``redis.Redis`` for the synchronous side, instead of ``url``;
             without ``async_client`` the asynchronous side uses it too, in a worker thread.
         async_client: an existing ``redis.asyncio.Redis`` for the asynchronous side.
@@ -191,6 +237,10 @@ class RedisDPoPReplayStore:
     cannot be ruled out). Run Redis with ``maxmemory-policy noeviction``: any evicting policy
     may forget a live proof and then accept its replay (``volatile-ttl`` evicts these
     short-lived keys first).
+
+    Raises:
+        ConfigurationError: a bound below 1, a share above the bound, or bad connection
+            settings.
     """
 
     name = "redis"
@@ -200,6 +250,8 @@ class RedisDPoPReplayStore:
         url: str | None = None,
         *,
         namespace: str = "bearerguard",
+        max_entries: int = 1_000_000,
+        max_per_key: int | None = None,
         client: Any = None,
         async_client: Any = None,
         socket_timeout: float = 1.0,
@@ -222,10 +274,16 @@ class RedisDPoPReplayStore:
         if url is None and client is None and async_client is None:
             raise ConfigurationError("give a Redis URL or clients")
         check_namespace(namespace)
+        self._share = _share(max_entries, max_per_key)
+        self._max = max_entries
         self._prefix = f"{namespace}:dpop:"
+        self._per_key_prefix = f"{namespace}:dpop-key:"
+        self._live = f"{namespace}:dpop-live"
+        self._sync_script: Any = None
+        self._async_script: Any = None
         self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
         # A pooled connection Redis closed while idle (its ``timeout``, a restart) fails at
-        # once: one more try, on a fresh connection. A SET that did run before the connection
+        # once: one more try, on a fresh connection. A script that ran before the connection
         # broke only makes the retry see a replay (401, never an accepted replay).
         self._timeout = socket_timeout
         self._again, self._again_sync = again, again_sync
@@ -245,27 +303,50 @@ class RedisDPoPReplayStore:
         """Whether this store has its synchronous side (a synchronous client), for WSGI."""
         return self._clients.sync is not None
 
-    def _ttl_ms(self, ttl: float) -> int:
-        return max(int(ttl * 1000), 1)
+    def _call(self, key: str, ttl: float) -> tuple[list[str], list[str | int]]:
+        """The script's keys and arguments for recording ``key`` for ``ttl`` seconds."""
+        owner, _, jti = key.partition(":")
+        ttl_ms = max(int(ttl * 1000), 1)
+        keys = [self._prefix + key, self._per_key_prefix + owner, self._live]
+        return keys, [ttl_ms, jti, key, self._share, self._max // 2, self._max]
+
+    def _outcome(self, reply: Any) -> bool:
+        """``True`` when recorded, ``False`` for a replay; raises for a refusal."""
+        try:
+            code, count = (int(item) for item in reply)
+        except (TypeError, ValueError) as exc:
+            raise ReplayStoreError(f"redis replay script answered {reply!r:.100}") from exc
+        if code == -1:
+            # RFC 9449 §11.1: a jti that cannot be remembered cannot be accepted; only this
+            # key's proofs are refused, never another client's.
+            raise InvalidDPoPProofError(f"proof key holds {count} live proofs, its share")
+        if code == -2:
+            raise ReplayStoreError(f"replay store full: {count} live proofs")
+        return code == 1
 
     def first_use_sync(self, key: str, ttl: float) -> bool:
         """Record ``key`` for ``ttl`` seconds; ``False`` if it was already recorded.
 
         Raises:
-            ReplayStoreError: Redis failed, or there is no synchronous client.
+            InvalidDPoPProofError: the store is half full and the proof key already holds
+                ``max_per_key`` live entries.
+            ReplayStoreError: Redis failed, there is no synchronous client, or
+                ``max_entries`` live entries are held.
         """
         client = self._clients.sync
         if client is None:
             raise ReplayStoreError("no synchronous Redis client: give url= or client=")
+        keys, args = self._call(key, ttl)
         try:
-            return bool(
-                self._again_sync(
-                    lambda: client.set(self._prefix + key, b"1", nx=True, px=self._ttl_ms(ttl)),
-                    self._timeout,
-                )
-            )
+            if self._sync_script is None:
+                self._sync_script = client.register_script(_FIRST_USE_SCRIPT)
+            script = self._sync_script
+            reply = self._again_sync(lambda: script(keys=keys, args=args), self._timeout)
         except self._errors as exc:
-            raise ReplayStoreError(f"redis SET failed: {type(exc).__name__}: {exc}") from exc
+            raise ReplayStoreError(
+                f"redis replay script failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        return self._outcome(reply)
 
     async def first_use(self, key: str, ttl: float) -> bool:
         """As ``first_use_sync``, on the event loop."""
@@ -275,15 +356,17 @@ class RedisDPoPReplayStore:
             # rather than fail every DPoP request with 503.
             return await anyio.to_thread.run_sync(self.first_use_sync, key, ttl)
         client = self._async_client()
+        keys, args = self._call(key, ttl)
         try:
-            return bool(
-                await self._again(
-                    lambda: client.set(self._prefix + key, b"1", nx=True, px=self._ttl_ms(ttl)),
-                    self._timeout,
-                )
-            )
+            if self._async_script is None:
+                self._async_script = client.register_script(_FIRST_USE_SCRIPT)
+            script = self._async_script
+            reply = await self._again(lambda: script(keys=keys, args=args), self._timeout)
         except self._errors as exc:
-            raise ReplayStoreError(f"redis SET failed: {type(exc).__name__}: {exc}") from exc
+            raise ReplayStoreError(
+                f"redis replay script failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        return self._outcome(reply)
 
     async def health(self) -> dict[str, Any]:
         """Whether Redis answers now (a ``PING``), for a readiness endpoint: ``"healthy"``."""
@@ -309,7 +392,8 @@ class RedisDPoPReplayStore:
         return {"store": self.name, "healthy": True}
 
     def _async_client(self) -> Any:
-        self._clients.use_loop(asyncio.get_running_loop())
+        if self._clients.use_loop(asyncio.get_running_loop()):
+            self._async_script = None  # registered with the previous loop's client
         client = self._clients.asynchronous
         if client is None:
             raise ReplayStoreError("no asynchronous Redis client: give url= or async_client=")

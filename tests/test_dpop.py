@@ -1106,6 +1106,36 @@ def test_redis_replay_store_through_both_middlewares(
     assert statuses == [200, 401]
 
 
+def test_one_key_flooding_the_redis_replay_store_does_not_lock_out_other_clients(
+    stack: str,
+    session_issuer: DevIssuer,
+    holder: Holder,
+    redis_server: RedisServer,
+    redis_namespace: str,
+) -> None:
+    # RFC 9449 §11.1, as for the memory store: one client with one bound token, flooding,
+    # is refused 401 once the store is half full; another client keeps its share.
+    store = RedisDPoPReplayStore(redis_server.url, namespace=redis_namespace, max_entries=40)
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(replay=store))
+    token = bound(session_issuer, holder)
+    other = Holder()
+    others_token = bound(session_issuer, other)
+    for call in redis_client(stack, guard, store):
+        with structlog.testing.capture_logs() as logged:
+            flood = [
+                call("GET", "/me", headers=dpop(token, holder.proof(token))) for _ in range(24)
+            ]
+        assert [r.status_code for r in flood] == [200] * 20 + [401] * 4  # half the store
+        refused = flood[-1]
+        assert refused.json()["error"] == "invalid_dpop_proof"
+        assert 'error="invalid_dpop_proof"' in challenge(refused)
+        assert logged[-1]["reason"] == "invalid_dpop_proof"
+        assert "its share" in logged[-1]["detail"]
+        for _ in range(2):
+            response = call("GET", "/me", headers=dpop(others_token, other.proof(others_token)))
+            assert response.status_code == 200
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -1185,20 +1215,29 @@ def test_websocket_handshake_with_dpop(session_issuer: DevIssuer, holder: Holder
 # -- one contract for every replay store ------------------------------------------------
 
 
+ReplayStore = MemoryDPoPReplayStore | RedisDPoPReplayStore
+
+
 @pytest.fixture(params=["memory", "redis"])
-def any_replay_store(
-    request: pytest.FixtureRequest,
-) -> Iterator[Callable[[], MemoryDPoPReplayStore | RedisDPoPReplayStore]]:
-    made: list[RedisDPoPReplayStore] = []
+def any_replay_store(request: pytest.FixtureRequest) -> Iterator[Callable[..., ReplayStore]]:
+    """Makes instances of one store (options as for the store's constructor): memory
+    instances share the first one made, as instances sharing a Redis share its keys."""
     if request.param == "memory":
-        shared = MemoryDPoPReplayStore()
-        yield lambda: shared
+        shared: list[MemoryDPoPReplayStore] = []
+
+        def make_memory(**options: Any) -> MemoryDPoPReplayStore:
+            if not shared:
+                shared.append(MemoryDPoPReplayStore(**options))
+            return shared[0]
+
+        yield make_memory
         return
+    made: list[RedisDPoPReplayStore] = []
     server: RedisServer = request.getfixturevalue("redis_server")
     namespace: str = request.getfixturevalue("redis_namespace")
 
-    def make() -> RedisDPoPReplayStore:
-        made.append(RedisDPoPReplayStore(server.url, namespace=namespace))
+    def make(**options: Any) -> RedisDPoPReplayStore:
+        made.append(RedisDPoPReplayStore(server.url, namespace=namespace, **options))
         return made[-1]
 
     yield make
@@ -1206,9 +1245,7 @@ def any_replay_store(
         store.close()
 
 
-def test_replay_store_contract(
-    any_replay_store: Callable[[], MemoryDPoPReplayStore | RedisDPoPReplayStore],
-) -> None:
+def test_replay_store_contract(any_replay_store: Callable[..., ReplayStore]) -> None:
     one, two = any_replay_store(), any_replay_store()
     assert isinstance(one, DPoPReplayStore)
     assert one.first_use_sync("jkt:1", 30)
@@ -1218,6 +1255,124 @@ def test_replay_store_contract(
     assert one.first_use_sync("jkt:short", 0.05)
     time.sleep(0.12)
     assert one.first_use_sync("jkt:short", 0.05)  # expired with its window
+
+
+def test_replay_store_share_contract(any_replay_store: Callable[..., ReplayStore]) -> None:
+    # RFC 9449 §11.1. The Redis store had no share: one key with one valid bound token could
+    # fill Redis with its proofs, pushing it to maxmemory (503 for every client).
+    one = any_replay_store(max_entries=4, max_per_key=2)
+    two = any_replay_store(max_entries=4, max_per_key=2)
+    assert one.first_use_sync("jkt-a:1", 0.3)
+    assert two.first_use_sync("jkt-a:2", 30)
+    with pytest.raises(InvalidDPoPProofError, match="its share"):  # half full, share used
+        one.first_use_sync("jkt-a:3", 30)
+    with pytest.raises(InvalidDPoPProofError, match="its share"):  # on every instance
+        two.first_use_sync("jkt-a:3", 30)
+    assert not one.first_use_sync("jkt-a:1", 30)  # a replay is still a replay
+    assert two.first_use_sync("jkt-b:1", 30)  # another key keeps its share
+    assert one.first_use_sync("jkt-b:a:b", 30)  # the key is what comes before the first ":"
+    with pytest.raises(ReplayStoreError, match="full"):  # every entry live: never forgotten
+        two.first_use_sync("jkt-c:1", 30)
+    time.sleep(0.5)  # jkt-a:1 expired: its room in the share and the store is free again
+    assert one.first_use_sync("jkt-a:3", 30)
+
+
+def test_replay_store_share_applies_from_half_full(
+    any_replay_store: Callable[..., ReplayStore],
+) -> None:
+    # Below half full, one busy key alone is not held to its share.
+    store = any_replay_store(max_entries=10, max_per_key=2)
+    assert all(store.first_use_sync(f"jkt-a:{i}", 30) for i in range(5))
+    with pytest.raises(InvalidDPoPProofError):
+        store.first_use_sync("jkt-a:5", 30)
+    assert store.first_use_sync("jkt-b:1", 30)  # others keep their share of the rest
+    assert store.first_use_sync("jkt-b:2", 30)
+    with pytest.raises(InvalidDPoPProofError):
+        store.first_use_sync("jkt-b:3", 30)
+
+
+@pytest.mark.anyio
+async def test_replay_store_share_async_side(any_replay_store: Callable[..., ReplayStore]) -> None:
+    store = any_replay_store(max_entries=2, max_per_key=1)
+    try:
+        assert await store.first_use("jkt-a:1", 30)
+        with pytest.raises(InvalidDPoPProofError, match="its share"):
+            await store.first_use("jkt-a:2", 30)
+        assert not await store.first_use("jkt-a:1", 30)
+        assert await store.first_use("jkt-b:1", 30)
+        with pytest.raises(ReplayStoreError):
+            await store.first_use("jkt-c:1", 30)
+    finally:
+        if isinstance(store, RedisDPoPReplayStore):
+            await store.aclose()
+
+
+def test_replay_store_share_holds_under_concurrent_instances(
+    any_replay_store: Callable[..., ReplayStore],
+) -> None:
+    # The check and the record are one atomic step: instances racing with one key's proofs
+    # never record more than the share allows (here half the store: the key is alone).
+    stores = [any_replay_store(max_entries=20, max_per_key=5) for _ in range(4)]
+    outcomes: list[str] = []
+
+    def outcome(store: ReplayStore, key: str) -> str:
+        try:
+            return "ok" if store.first_use_sync(key, 30) else "seen"
+        except InvalidDPoPProofError:
+            return "share"
+
+    def send(store: ReplayStore, worker: int) -> None:
+        outcomes.extend(outcome(store, f"jkt-a:{worker}-{i}") for i in range(10))
+
+    threads = [threading.Thread(target=send, args=(s, n)) for n, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(set(outcomes)) == ["ok", "share"]
+    assert outcomes.count("ok") == 10
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_entries": 0},
+        {"max_per_key": 0},
+        {"max_entries": 5, "max_per_key": 6},
+    ],
+)
+def test_replay_store_share_configuration(
+    any_replay_store: Callable[..., ReplayStore], options: dict[str, Any]
+) -> None:
+    with pytest.raises(ConfigurationError):
+        any_replay_store(**options)
+
+
+def test_redis_replay_store_bookkeeping_expires_with_the_proofs(
+    redis_server: RedisServer, redis_namespace: str
+) -> None:
+    # Bounded memory: every key the share adds expires with the last proof it counts.
+    store = RedisDPoPReplayStore(redis_server.url, namespace=redis_namespace)
+    try:
+        assert store.first_use_sync("jkt-a:1", 30)
+        assert store.first_use_sync("jkt-a:2", 0.2)
+        assert store.first_use_sync("jkt-b:1", 0.2)
+        with redis_server.client() as client:
+            keys = sorted(client.scan_iter(f"{redis_namespace}:*"))
+            assert len(keys) == 6  # three proofs, a count per proof key, the store's count
+            assert all(0 < client.pttl(key) <= 30_000 for key in keys)
+            time.sleep(0.4)
+            left = sorted(client.scan_iter(f"{redis_namespace}:*"))
+            assert left == [
+                f"{redis_namespace}:{k}" for k in ("dpop-key:jkt-a", "dpop-live", "dpop:jkt-a:1")
+            ]
+            assert store.first_use_sync("jkt-c:1", 0.1)  # prunes what expired
+            time.sleep(0.3)
+            assert store.first_use_sync("jkt-c:2", 0.1)
+            live = client.zrange(f"{redis_namespace}:dpop-live", 0, -1)
+            assert sorted(live) == ["jkt-a:1", "jkt-c:2"]
+    finally:
+        store.close()
 
 
 # -- ASGI and WSGI answer alike ---------------------------------------------------------

@@ -463,6 +463,24 @@ def test_a_busy_client_alone_is_not_held_to_a_share() -> None:
     assert small.first_use_sync("jkt-b:2", 10)
 
 
+def test_filling_the_store_takes_eleven_keys() -> None:
+    # docs/dpop.md: with the default share (a twentieth) one key alone holds half the store,
+    # and ten more keys, a share each, fill the rest.
+    store = MemoryDPoPReplayStore(max_entries=200)
+    held = []
+    for owner in range(12):
+        count = 0
+        try:
+            while store.first_use_sync(f"jkt-{owner}:{count}", 30):
+                count += 1
+        except InvalidDPoPProofError:
+            held.append(count)
+        except ReplayStoreError:
+            held.append(count)
+            break
+    assert held == [100] + [10] * 10 + [0]
+
+
 @pytest.mark.parametrize("stack", ["asgi", "wsgi"])
 def test_one_key_flooding_the_replay_store_does_not_lock_out_other_clients(
     stack: str, session_issuer: DevIssuer, holder: Holder

@@ -196,12 +196,16 @@ async def route_verdict(
     that FastAPI solves before it (the ``BearerAuth`` is inside another dependency).
 
     Verified and audited once: the ``BearerAuth`` dependency reuses it when it runs, and
-    makes it current then. ``None`` when the operation has no ``BearerAuth``.
+    makes it current then. When ``app.dependency_overrides`` replaced what used it (a
+    test's own ``current_user``) with something that takes no token, the check verifies
+    with the ``BearerAuth`` the operation was written with: an override never stands in
+    for a token. ``None`` when the operation has no ``BearerAuth`` at all.
 
     Raises:
         Refused, BearerRefusal, WebSocketException: as the ``BearerAuth`` dependency does.
     """
-    for dependant in _route_dependants(connection.scope):
+    scope = connection.scope
+    for dependant in [*_route_dependants(scope), *_route_dependants(scope, overridden=True)]:
         bearer = _bearer_of(dependant.call)
         if bearer is not None:
             auth, reset = await bearer._authenticate(connection, required)
@@ -243,10 +247,12 @@ def route_scopes(
     return tuple(dict.fromkeys([*all_of, *required]))
 
 
-def _route_dependants(scope: Mapping[str, Any]) -> list[Any]:
+def _route_dependants(scope: Mapping[str, Any], *, overridden: bool = False) -> list[Any]:
     """The dependencies FastAPI solves for the request's path operation, depth first in
     declaration order; one ``app.dependency_overrides`` replaces, without what it needs,
-    unless its replacement is a ``BearerAuth`` (a test's, say): that one is listed."""
+    unless its replacement is a ``BearerAuth`` (a test's, say): that one is listed.
+    With ``overridden``, those the overrides left out instead: the replaced dependencies
+    and what they need, as the operation was written."""
     route = scope.get("route")
     dependant = getattr(route, "dependant", None)
     # Newer FastAPI keeps an included router's dependencies on the route's context.
@@ -257,12 +263,14 @@ def _route_dependants(scope: Mapping[str, Any]) -> list[Any]:
     provider = getattr(route, "dependency_overrides_provider", None)
     overrides = getattr(provider, "dependency_overrides", None) or {}
     found: list[Any] = []
-    pending = list(reversed(getattr(dependant, "dependencies", ())))
+    pending = [(each, False) for each in reversed(getattr(dependant, "dependencies", ()))]
     while pending:
-        each = pending.pop()
-        if each.call not in overrides:
+        each, dropped = pending.pop()
+        replaced = dropped or each.call in overrides
+        if replaced == overridden:
             found.append(each)
-            pending.extend(reversed(each.dependencies))
+        if not replaced or overridden:
+            pending.extend((child, replaced) for child in reversed(each.dependencies))
         elif _bearer_of(replacement := overrides[each.call]) is not None:
             # FastAPI solves the replacement with the scopes declared around the original.
             found.append(dataclasses.replace(each, call=replacement, dependencies=[]))

@@ -473,6 +473,58 @@ def test_a_decorator_over_a_nested_bearer_replaced_by_dependency_overrides(
     ]
 
 
+def fake_user() -> str:
+    """A test's replacement for a user dependency: it takes no token."""
+    return "fake"
+
+
+@pytest.mark.parametrize("middleware", [False, True])
+@pytest.mark.parametrize("replaced", ["current_user", "bearer"])
+def test_a_decorator_when_dependency_overrides_drop_the_bearer(
+    guard: BearerGuard, session_issuer: DevIssuer, middleware: bool, replaced: str
+) -> None:
+    # A test replaced the user dependency (or the BearerAuth itself) with a function that
+    # takes no token: the decorator's check found no verdict and answered every request
+    # 500. The override never stands in for a token: the check verifies it with the
+    # BearerAuth the operation was written with (or takes the middleware's verdict), so
+    # the replacement runs for a token granting the scopes, and nothing gets in without one.
+    bearer_auth = BearerAuth(guard)
+    app = bearer_auth.install(
+        FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard)] if middleware else [])
+    )
+
+    async def current_user(token: Annotated[AccessToken, bearer_auth.requires()]) -> str:
+        # The replacement's value when the BearerAuth itself is replaced.
+        return token.subject if isinstance(token, AccessToken) else str(token)
+
+    @app.get("/reports")
+    @requires_scopes("reports:read")
+    async def reports(user: Annotated[str, Depends(current_user)]) -> dict[str, str]:
+        return {"user": user}
+
+    app.dependency_overrides[current_user if replaced == "current_user" else bearer_auth] = (
+        fake_user
+    )
+    with TestClient(app, raise_server_exceptions=False) as client, capture_logs() as events:
+        missing = client.get("/reports")
+        under = client.get("/reports", headers=bearer(session_issuer, "other"))
+        allowed = client.get("/reports", headers=bearer(session_issuer, "reports:read"))
+        forged_token = session_issuer.mint_forged(scopes=["reports:read"])
+        forged = client.get("/reports", headers={"Authorization": f"Bearer {forged_token}"})
+    assert_refusal(missing, 401, None)
+    assert_refusal(under, 403, "insufficient_scope")
+    assert_refusal(forged, 401, "invalid_token")
+    assert allowed.json() == {"user": "fake"}
+    assert [event["event"] for event in events] == [
+        "token.rejected",
+        "token.accepted",
+        "scope.denied",
+        "token.accepted",
+        "token.rejected",
+    ]
+    assert get_access_token() is None
+
+
 class Catalog:
     """Path operations and a class-based dependency written as decorated methods."""
 

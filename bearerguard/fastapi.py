@@ -12,6 +12,7 @@
 
     router = APIRouter(dependencies=[bearer.requires("admin")])  # a whole router
     bearer.protect(app)  # or a whole app: a valid token on every operation
+    bearer.document_middleware(app)  # behind BearerGuardMiddleware: its token in OpenAPI
 
 ``BearerAuth`` is a FastAPI security scheme, so the OpenAPI document names it and lists,
 per operation, the scopes it needs: Swagger UI shows the padlock and its "Authorize" button
@@ -98,6 +99,7 @@ _MAX_ALTERNATIVES = 64  # any-of groups multiply; past this the document lists t
 _ERROR_SCHEMA = "BearerError"
 _INSTALLED = "__bearerguard_schemes__"  # on app.openapi: the scheme names it documents
 _AUTHENTICATES = "__bearerguard_auth__"  # on a requires_any dependency: its BearerAuth
+_GUARDED = "__bearerguard_guarded__"  # on an app: per scheme name, the middleware's public paths
 
 
 class BearerRefusal(HTTPException):
@@ -626,13 +628,55 @@ class BearerAuth(SecurityBase):
             schema = generate()
             if not documented or documented[0] is not schema:
                 # once per schema FastAPI generates
-                self._document(schema, app.routes, earlier=installed)
+                guarded = getattr(app, _GUARDED, {}).get(self.scheme_name, ())
+                self._document(schema, app.routes, earlier=installed, guarded=guarded)
                 documented[:] = [schema]
             return schema
 
         setattr(openapi, _INSTALLED, (*installed, self.scheme_name))
         app.openapi = openapi  # type: ignore[method-assign]
         return app
+
+    def document_middleware(
+        self, app: FastAPI, *, public_paths: Iterable[str] | None = None
+    ) -> FastAPI:
+        """Document the token ``BearerGuardMiddleware`` requires on ``app``'s operations.
+
+        Behind the middleware an operation with neither ``BearerAuth`` nor a scope
+        decorator needs a token too, unless its path is public; ``app.openapi()`` then
+        names this scheme (with no scopes) and the 401 response on it, so that Swagger UI's
+        "Authorize" sends the token there. Operations at a public path are left as they
+        are, compared as the middleware compares (``/files/{name}`` is public under
+        ``/files/*``). Also calls ``install``; returns ``app``.
+
+        Args:
+            app: the FastAPI app the middleware protects.
+            public_paths: the middleware's public paths; by default those of the
+                ``BearerGuardMiddleware`` among ``app``'s middleware (every one's, stacked).
+
+        Raises:
+            ConfigurationError: no ``public_paths`` and no ``BearerGuardMiddleware`` among
+                ``app``'s middleware (one wrapping the app from outside is not), or a public
+                path the middleware would refuse.
+        """
+        if public_paths is None:
+            found = [
+                _public_paths_of(entry.kwargs)
+                for entry in app.user_middleware
+                if isinstance(entry.cls, type) and issubclass(entry.cls, BearerGuardMiddleware)
+            ]
+            if not found:
+                raise ConfigurationError(
+                    "document_middleware: no BearerGuardMiddleware among the app's middleware; "
+                    "for one in front of the app, pass its public_paths=[...]"
+                )
+        else:
+            found = [PublicPaths(public_paths)]
+        guarded = dict(getattr(app, _GUARDED, {}))
+        guarded[self.scheme_name] = tuple(found)
+        setattr(app, _GUARDED, guarded)
+        app.openapi_schema = None  # a document generated before would not say it
+        return self.install(app)
 
     def protect(self, target: FastAPI | APIRouter, *scopes: str) -> None:
         """Require a valid token (granting every one of ``scopes``) on every operation.
@@ -657,10 +701,17 @@ class BearerAuth(SecurityBase):
     # -- the OpenAPI document -------------------------------------------------------------
 
     def _document(
-        self, schema: dict[str, Any], routes: Iterable[Any], *, earlier: tuple[str, ...]
+        self,
+        schema: dict[str, Any],
+        routes: Iterable[Any],
+        *,
+        earlier: tuple[str, ...],
+        guarded: Sequence[PublicPaths] = (),
     ) -> None:
         """Document the operations that need this scheme; ``earlier``: the schemes of the
-        ``BearerAuth`` instances that documented ``schema`` before this one."""
+        ``BearerAuth`` instances that documented ``schema`` before this one; ``guarded``:
+        the public paths of the middlewares in front (``document_middleware``), which
+        require a token on every other operation."""
         name = self.scheme_name
         paths = schema.get("paths", {})
         used = False
@@ -676,6 +727,9 @@ class BearerAuth(SecurityBase):
                 if bearer is not None
             }
             decorated = name in bearers if bearers else not earlier
+            # The middleware needs a token on every path not public in each of them; an
+            # operation with a BearerAuth of its own is documented by its scheme.
+            behind = not bearers and any(route.path_format not in each for each in guarded)
             required, groups = _dependency_requirements(route, self, decorated=decorated)
             endpoint_requirements = scope_requirements(route.endpoint) if decorated else []
             for method in sorted(route.methods or ()):
@@ -691,7 +745,8 @@ class BearerAuth(SecurityBase):
                         alternatives.append(requirement.scopes)
                     else:
                         all_of.extend(requirement.scopes)
-                if not mine and not required and not alternatives and not endpoint_requirements:
+                needed = mine or required or alternatives or endpoint_requirements or behind
+                if not needed:
                     continue
                 used = True
                 operation["security"] = _combined(
@@ -731,6 +786,11 @@ def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:
     for context in contexts(list(routes)):
         if isinstance(context.original_route, APIRoute):
             yield context
+
+
+def _public_paths_of(options: Mapping[str, Any]) -> PublicPaths:
+    """The public paths of a ``BearerGuardMiddleware`` given ``options`` (its keywords)."""
+    return PublicPaths(options.get("public_paths", ()))
 
 
 def _walk(dependant: Any) -> Iterator[Any]:

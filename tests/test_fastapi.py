@@ -1238,3 +1238,88 @@ def test_dependency_takes_the_trusted_issuers_middlewares_verdict() -> None:
             # The other issuer's token is still this dependency's to judge: refused.
             answer = client.get("/items", headers={"Authorization": f"Bearer {two.mint()}"})
             assert answer.status_code == 401
+
+
+def test_openapi_documents_the_token_the_middleware_requires(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # Behind BearerGuardMiddleware an operation without BearerAuth or a scope decorator
+    # needs a token all the same, but the document said nothing: Swagger UI's "Authorize"
+    # sent none, and every "Try it out" was answered 401.
+    bearer_auth = BearerAuth(guard)
+    public = ["/health", "/files/*"]
+    app = FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard, public_paths=public)])
+    partner_key = APIKeyHeader(name="X-Partner-Key")
+
+    @app.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/files/{name}")
+    async def file(name: str) -> str:
+        return name  # pragma: no cover
+
+    @app.get("/plain")
+    async def plain() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/reports")
+    @requires_scopes("reports:read")
+    async def reports() -> list[str]:
+        return []  # pragma: no cover
+
+    @app.get("/me")
+    async def me(token: Annotated[AccessToken, bearer_auth.requires("profile")]) -> None:
+        pass  # pragma: no cover
+
+    @app.get("/partner", dependencies=[Security(partner_key)])
+    async def partner() -> None:
+        pass  # pragma: no cover
+
+    bearer_auth.install(app)
+    assert "security" not in app.openapi()["paths"]["/plain"]["get"]  # the middleware unsaid
+    assert bearer_auth.document_middleware(app) is app  # reads the middleware's public paths
+    schema = app.openapi()
+    paths = schema["paths"]
+    assert paths["/plain"]["get"]["security"] == [{"bearerAuth": []}]
+    assert "401" in paths["/plain"]["get"]["responses"]
+    assert "403" not in paths["/plain"]["get"]["responses"]  # no scope to lack
+    assert paths["/partner"]["get"]["security"] == [{"bearerAuth": [], "APIKeyHeader": []}]
+    assert paths["/reports"]["get"]["security"] == [{"bearerAuth": ["reports:read"]}]
+    assert paths["/me"]["get"]["security"] == [{"bearerAuth": ["profile"]}]
+    for path in ["/health", "/files/{name}"]:
+        assert "security" not in paths[path]["get"], path
+        assert "401" not in paths[path]["get"]["responses"], path
+    assert set(schema["components"]["securitySchemes"]) == {"bearerAuth", "APIKeyHeader"}
+    assert app.openapi() is schema
+    bearer_auth.document_middleware(app)  # again: nothing changes
+    assert app.openapi()["paths"]["/plain"]["get"]["security"] == [{"bearerAuth": []}]
+    with TestClient(app) as client:  # what the document says is what the middleware does
+        assert_refusal(client.get("/plain"), 401, None)
+        assert client.get("/plain", headers=bearer(session_issuer)).status_code == 200
+        assert client.get("/health").status_code == 200
+
+
+def test_openapi_documents_a_middleware_in_front_of_the_app(guard: BearerGuard) -> None:
+    # A middleware wrapping the app from outside is not among its middleware: its public
+    # paths are given. Without them there is nothing to read, which is said at once.
+    bearer_auth = BearerAuth(guard, scheme_name="token")
+    app = FastAPI()
+
+    @app.get("/status")
+    async def status() -> None:
+        pass  # pragma: no cover
+
+    @app.get("/orders")
+    async def orders() -> None:
+        pass  # pragma: no cover
+
+    with pytest.raises(ConfigurationError, match="public_paths"):
+        bearer_auth.document_middleware(app)
+    served = BearerGuardMiddleware(app, guard=guard, public_paths=["/status"])
+    bearer_auth.document_middleware(app, public_paths=["/status"])
+    schema = app.openapi()
+    assert schema["paths"]["/orders"]["get"]["security"] == [{"token": []}]
+    assert "security" not in schema["paths"]["/status"]["get"]
+    assert schema["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
+    assert served.app is app

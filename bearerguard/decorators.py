@@ -306,16 +306,16 @@ def _origins(value: object) -> set[str]:
     return {name.partition(".")[0] for name in names if isinstance(name, str)}
 
 
-def _declares_fastapi(func: Callable[..., Any]) -> bool:
-    """Whether ``func``'s own parameters declare something of FastAPI's: a ``Depends``,
-    ``Security``, ``Query``, ``Body``... marker (as a default or in ``Annotated``), an
-    ``UploadFile``. A string annotation is read in the function's module, as FastAPI
-    reads it; one that does not resolve there is no evidence."""
+def _annotated(func: Callable[..., Any]) -> list[tuple[inspect.Parameter, object]]:
+    """``func``'s parameters with their annotations, a string one read in the function's
+    module as FastAPI reads it (``None`` when it does not resolve there); none when
+    ``func`` has no signature."""
     try:
         parameters = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError):
-        return False
+        return []
     namespace = getattr(inspect.unwrap(func), "__globals__", {})
+    annotated: list[tuple[inspect.Parameter, object]] = []
     for parameter in parameters:
         annotation = parameter.annotation
         if isinstance(annotation, str):
@@ -325,6 +325,15 @@ def _declares_fastapi(func: Callable[..., Any]) -> bool:
                 annotation = get_typed_annotation(annotation, namespace)
             except Exception:  # noqa: BLE001 - a name defined later or elsewhere
                 annotation = None
+        annotated.append((parameter, annotation))
+    return annotated
+
+
+def _declares_fastapi(func: Callable[..., Any]) -> bool:
+    """Whether ``func``'s own parameters declare something of FastAPI's: a ``Depends``,
+    ``Security``, ``Query``, ``Body``... marker (as a default or in ``Annotated``), an
+    ``UploadFile``. A string annotation that does not resolve is no evidence."""
+    for parameter, annotation in _annotated(func):
         values = [parameter.default, annotation]
         if get_origin(annotation) is Annotated:
             values.extend(get_args(annotation)[1:])
@@ -333,13 +342,36 @@ def _declares_fastapi(func: Callable[..., Any]) -> bool:
     return False
 
 
+def _is_no_django_view(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` cannot be a Django view: Django passes a view the request first
+    (Django Ninja too), so one whose first parameter (a method's after ``self``) is a
+    pydantic model, a request body as FastAPI reads it, is none."""
+    annotated = _annotated(func)
+    if annotated and _defined_in_class(func):
+        annotated = annotated[1:]
+    model = getattr(sys.modules.get("pydantic"), "BaseModel", None)
+    if not annotated or not isinstance(model, type):
+        return False
+    annotation = annotated[0][1]
+    try:
+        return isinstance(annotation, type) and issubclass(annotation, model)
+    except TypeError:  # a generic alias passing for a class (list[int] on Python 3.10)
+        return False
+
+
 def _may_be_path_operation(func: Callable[..., Any], frame: FrameType) -> bool:
     """Whether ``func`` may become a FastAPI path operation: yes when its own parameters
     declare something of FastAPI's; else told by what the namespace it is decorated in
     holds (that of a function, a class body, or a module), then its module's: the nearest
     holding something of FastAPI's says yes, one holding Flask's, Werkzeug's or Django's
-    (and nothing of FastAPI's) says no. Without either, yes: a path operation must have its
-    check declared before FastAPI reads the signature (a Flask or Django view ignores it)."""
+    (and nothing of FastAPI's) says no, unless it holds only Django's and ``func`` takes a
+    body model first, as no Django view does. Without either, yes: a path operation must
+    have its check declared before FastAPI reads the signature (a Flask or Django view
+    ignores it).
+
+    A function beside Flask's or Werkzeug's objects that takes only a body model stays a
+    Flask view's: Flask extensions (flask-pydantic, flask-openapi3) pass a view its body
+    model so, and their signatures are kept."""
     caller = frame.f_globals.get("__name__")
     if isinstance(caller, str) and caller.partition(".")[0] in _NOT_FASTAPI:
         # Decorated by Django's or Flask's own code: Django's method_decorator decorates a
@@ -356,14 +388,14 @@ def _may_be_path_operation(func: Callable[..., Any], frame: FrameType) -> bool:
         seen.add(id(namespace))
         # Ends at the first object of FastAPI's (its imports come first in a module): a
         # full read per decoration made a large module's import quadratic in its size.
-        other = False
+        other: set[str] = set()
         for value in list(namespace.values()):
             origins = _origins(value)
             if "fastapi" in origins:
                 return True
-            other = other or not origins.isdisjoint(_NOT_FASTAPI)
+            other |= origins & _NOT_FASTAPI
         if other:
-            return False
+            return other == {"django"} and _is_no_django_view(func)
     return True
 
 

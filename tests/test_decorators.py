@@ -11,7 +11,7 @@ from typing import Annotated, Any, cast
 import httpx
 import pytest
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, HTTPException
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -294,6 +294,53 @@ async def test_fastapi_check_is_declared_beside_a_werkzeug_helper(
     assert loaded == []
     assert unread.status_code == 403, unread.text
     assert added.json() == {"text": "a_b"}
+
+
+async def test_fastapi_check_is_declared_beside_a_django_helper_for_a_body_model(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # A module holding nothing of FastAPI's, a Django helper imported, a path operation
+    # added elsewhere (add_api_route) taking only a body model: read as a Django view's, so
+    # FastAPI validated the body first (422, the schema told) and the check came after.
+    # Django passes a view the request first: a body model there says it is none.
+    from django.utils.text import slugify
+
+    @requires_scopes("notes:write")
+    async def add_note(note: Note) -> dict[str, str]:
+        return {"text": slugify(note.text)}
+
+    @requires_scopes("notes:write")
+    def django_view(request: object, note: Note) -> None: ...  # Django Ninja's shape
+
+    assert "bearerguard_scope_check" not in str(inspect.signature(django_view))
+    app = FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard)])
+    app.add_api_route("/notes", add_note, methods=["POST"])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        unread = await client.post("/notes", headers=bearer(session_issuer, "other"), json={})
+        added = await client.post(
+            "/notes", headers=bearer(session_issuer, "notes:write"), json={"text": "a b"}
+        )
+    assert unread.status_code == 403, unread.text
+    assert added.json() == {"text": "a-b"}
+
+
+def test_a_body_model_beside_a_werkzeug_helper_stays_a_flask_views() -> None:
+    # Flask extensions hand a view its body model as its only parameter (flask-pydantic's
+    # validate, flask-openapi3), so that shape beside Werkzeug's or Flask's objects keeps
+    # its signature: the limitation docs/fastapi.md states, with what to write instead.
+    from werkzeug.utils import secure_filename
+
+    @requires_scopes("notes:write")
+    def add_note(body: Note) -> str:
+        return secure_filename(body.text)  # pragma: no cover
+
+    @requires_scopes("notes:write")
+    def add_marked_note(body: Annotated[Note, Body()]) -> str:  # the documented remedy
+        return secure_filename(body.text)  # pragma: no cover
+
+    assert str(inspect.signature(add_note)) == "(body: 'Note') -> 'str'"
+    assert "bearerguard_scope_check" in str(inspect.signature(add_marked_note))
 
 
 async def test_fastapi_body_that_is_not_json_is_422_before_any_check(

@@ -212,6 +212,23 @@ def _websocket_credentials(
     return [b"Bearer " + found[0]], query
 
 
+def _app_path(scope: Scope) -> str:
+    """The path inside the app, which ``public_paths`` match: as Starlette's router sees it.
+
+    Under a mount or ``uvicorn --root-path``, ``path`` includes ``root_path`` (ASGI 3); it
+    is stripped only where a ``/`` follows it, so ``/apihealth`` stays as it is under
+    ``/api``. A server that leaves it out of ``path`` gives the app's path already. The
+    mount point itself (``/api``) is the app's ``/``, as WSGI's empty ``PATH_INFO`` is.
+    """
+    root, path = scope.get("root_path", ""), scope["path"]
+    if not root or not path.startswith(root):
+        return str(path)
+    rest = path[len(root) :]
+    if not rest:
+        return "/"
+    return str(rest if rest[0] == "/" else path)
+
+
 def _full_path(scope: Scope) -> str:
     # Servers differ on whether path already includes root_path (ASGI 3 says it does).
     root, path = scope.get("root_path", ""), scope["path"]
@@ -241,7 +258,7 @@ async def _authenticate_bound(  # noqa: PLR0917 - private, one call site
         policy is not None,
         authorization,
         query,
-        scope["path"],
+        _app_path(scope),
         public_paths,
         max_bytes=guard.max_token_bytes,
     )
@@ -282,8 +299,11 @@ class BearerGuardMiddleware:
     Args:
         app: the ASGI application to protect.
         guard: the configured guard, or a ``TrustedIssuers`` for several issuers.
-        public_paths: paths served without credentials (exact, or ``"/prefix/*"``). A token
-            sent to a public path is still verified, and refused if invalid.
+        public_paths: paths served without credentials (exact, or ``"/prefix/*"``), matched
+            against the path inside the app, as Starlette's router does: ``"/health"`` of an
+            app mounted under ``/api`` (or served with ``--root-path /api``) is
+            ``/api/health``. A token sent to a public path is still verified, and refused if
+            invalid.
         warm_up: fetch the key set during lifespan start-up, so the first request does not
             wait for it. A failure is logged; requests then fail closed until keys arrive.
         websocket_credentials: where else a websocket handshake may carry its token, for
@@ -433,7 +453,7 @@ class BearerGuardMiddleware:
                     token = request_credentials(
                         authorization,
                         query,
-                        scope["path"],
+                        _app_path(scope),
                         self.public_paths,
                         max_bytes=guard.max_token_bytes,
                     )

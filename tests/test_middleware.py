@@ -8,7 +8,11 @@ from typing import Any
 import httpx
 import pytest
 import structlog
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount
 from starlette.testclient import TestClient
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from bearerguard import BearerGuard
@@ -327,3 +331,63 @@ async def test_a_refusal_states_its_length(guard: BearerGuard) -> None:
         start, body = sent
         assert start["status"] in (400, 401)
         assert (b"content-length", str(len(body["body"])).encode()) in start["headers"]
+
+
+def _mounted(guard: BearerGuard) -> Starlette:
+    """The test app mounted under /api, its middleware inside the mount."""
+    return Starlette(routes=[Mount("/api", app=build_app(guard))])
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/api/health", 200),
+        ("/api/static/app.js", 200),
+        ("/api/me", 401),
+        ("/api/healthcheck-admin", 401),
+        ("/api/health/", 401),
+    ],
+)
+async def test_public_paths_are_app_relative_in_a_mounted_app(
+    guard: BearerGuard, path: str, status: int
+) -> None:
+    # Starlette's router matches what follows the mount point (root_path), so does
+    # public_paths: "/health" of an app mounted under /api is /api/health.
+    transport = httpx.ASGITransport(app=_mounted(guard))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        assert (await client.get(path)).status_code == status
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/api/health", 200),  # ASGI 3: path includes root_path (uvicorn --root-path)
+        ("/health", 200),  # older servers: path without it
+        ("/api", 401),
+        ("/apihealth", 401),  # the root path is stripped only before a "/"
+        ("/api/api/health", 401),
+        ("/api/me", 401),
+    ],
+)
+async def test_public_paths_are_app_relative_under_a_root_path(
+    guard: BearerGuard, path: str, status: int
+) -> None:
+    app = BearerGuardMiddleware(_echo_path, guard=guard, public_paths=["/health"])
+    transport = httpx.ASGITransport(app=app, root_path="/api")
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.get(path)
+    assert response.status_code == status
+
+
+async def test_a_public_root_under_a_root_path_is_the_mount_point(guard: BearerGuard) -> None:
+    # As WSGI serves an empty PATH_INFO (the mount point reached without a slash) as "/".
+    app = BearerGuardMiddleware(_echo_path, guard=guard, public_paths=["/"])
+    transport = httpx.ASGITransport(app=app, root_path="/api")
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        assert (await client.get("/api")).status_code == 200
+        assert (await client.get("/api/")).status_code == 200
+        assert (await client.get("/api/x")).status_code == 401
+
+
+async def _echo_path(scope: Scope, receive: Receive, send: Send) -> None:
+    await PlainTextResponse(scope["path"])(scope, receive, send)

@@ -560,3 +560,25 @@ def test_protect_refuses_proxy_fix_wrappers_in_a_loop(session_issuer: DevIssuer)
     app.wsgi_app = second  # type: ignore[method-assign]
     with pytest.raises(ConfigurationError, match="ProxyFix wrappers"):
         protect(app, guard=session_issuer.guard(in_process=True))
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/api/health", "200 OK"),
+        ("/api/me", "401 Unauthorized"),
+        ("/api/api/health", "401 Unauthorized"),
+    ],
+)
+def test_public_paths_are_app_relative_under_a_mount(
+    session_issuer: DevIssuer, path: str, status: str
+) -> None:
+    # A WSGI app mounted under /api sees SCRIPT_NAME "/api" and PATH_INFO "/health": its
+    # public "/health" is /api/health, as the ASGI middleware matches under a root_path.
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    guarded = BearerGuardWSGIMiddleware(
+        hello_app, guard=session_issuer.guard(), public_paths=["/health"]
+    )
+    outer = DispatcherMiddleware(flask.Flask("outer"), {"/api": guarded})
+    assert call(outer, PATH_INFO=path)[0] == status

@@ -324,7 +324,13 @@ def add_jwks_commands(commands: Commands) -> None:
 def _load(args: argparse.Namespace, console: Console) -> tuple[dict[str, Any], Any]:
     """The source description and the parsed document."""
     from bearerguard.errors import ConfigurationError  # noqa: PLC0415
-    from bearerguard.jwks import FetchError, FetchPolicy, JWKSFetcher, check_url  # noqa: PLC0415
+    from bearerguard.jwks import (  # noqa: PLC0415
+        FetchError,
+        FetchPolicy,
+        JWKSFetcher,
+        NotJSONError,
+        check_url,
+    )
 
     if args.file is not None:
         try:
@@ -348,6 +354,8 @@ def _load(args: argparse.Namespace, console: Console) -> tuple[dict[str, Any], A
     try:
         with console.step(what):
             document, max_age = fetcher.fetch_sync()
+    except NotJSONError as exc:  # the key set answered: "not a JWK Set", as from a file
+        raise CommandError(str(exc), kind="not_a_jwks") from None
     except FetchError as exc:
         raise CommandError(str(exc), code=EXIT_UNREACHABLE, kind="unreachable") from None
     source: dict[str, Any] = {"jwks_uri": fetcher.jwks_uri, "max_age": max_age}

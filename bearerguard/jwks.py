@@ -31,6 +31,7 @@ __all__ = [
     "FetchError",
     "FetchPolicy",
     "JWKSFetcher",
+    "NotJSONError",
     "check_url",
     "client_options",
     "deadline_client",
@@ -43,6 +44,10 @@ _LOOPBACK_NAMES = frozenset({"localhost"})
 
 class FetchError(Exception):
     """A key set or metadata document could not be had; the message says why."""
+
+
+class NotJSONError(FetchError):
+    """The server answered, but not with a JSON document (RFC 8259)."""
 
 
 class _NoKeySetURLError(FetchError):
@@ -297,7 +302,7 @@ def _json(url: str, response: _Response) -> Any:
     try:
         return json.loads(response.body)
     except (ValueError, RecursionError) as exc:
-        raise FetchError(f"GET {url} did not return JSON") from exc
+        raise NotJSONError(f"GET {url} did not return JSON") from exc
 
 
 _Result = tuple[Any, float | None]

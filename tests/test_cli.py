@@ -1093,3 +1093,20 @@ def test_an_output_that_is_not_utf8_gets_escapes_not_a_traceback(
     assert cli.main(["token", "inspect", token, "--json"]) == 0
     document = json.loads(raw.getvalue().decode(encoding))
     assert (document["claims"]["sub"], document["claims"]["name"]) == ("jörg", "日本")
+
+
+@pytest.mark.parametrize("command", ["show", "check"])
+def test_a_key_set_that_is_not_json_exits_1_over_http_as_from_a_file(
+    capsys: pytest.CaptureFixture[str], issuer: DevIssuer, tmp_path: Path, command: str
+) -> None:
+    # The same bad document is "not a JWK Set" (exit 1) wherever it comes from; over HTTP
+    # it exited 3, as if the key set could not be reached.
+    issuer.overrides[issuer.jwks_path] = Override(body=b"<html>")
+    path = tmp_path / "jwks.json"
+    path.write_bytes(b"<html>")
+    for source in ([issuer.jwks_uri], ["--issuer", issuer.url], ["--file", str(path)]):
+        code, out, err = run(capsys, "jwks", command, *source, "-q")
+        assert (code, out) == (cli.EXIT_FAILURE, ""), source
+        assert "not JSON" in err or "did not return JSON" in err
+        code, document = run_json(capsys, "jwks", command, *source, "-q")
+        assert (code, document["error"]["kind"]) == (cli.EXIT_FAILURE, "not_a_jwks"), source

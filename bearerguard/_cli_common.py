@@ -21,6 +21,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # the command ran and the answer is "no": an invalid token, a bad key set
 EXIT_USAGE = 2  # wrong arguments, a missing extra
 EXIT_UNREACHABLE = 3  # the issuer or key set could not be fetched or used
+EXIT_OUTPUT = 74  # standard output could not be written (a full disk): sysexits.h EX_IOERR
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of standard output went away (`| head`)
 
@@ -42,6 +43,15 @@ class CommandError(Exception):
         self.message = message
         self.code = code
         self.kind = kind
+
+
+class OutputError(CommandError):
+    """Standard output cannot be written (``ENOSPC``, ``EIO`` ...): reported on standard
+    error only, since the failed output cannot take a JSON document either."""
+
+    def __init__(self, error: OSError) -> None:
+        reason = error.strerror or type(error).__name__
+        super().__init__(f"cannot write the output: {reason}", code=EXIT_OUTPUT, kind="output")
 
 
 def _refuse_constant(name: str) -> NoReturn:
@@ -173,14 +183,22 @@ class Console:
         if not self._encodable(text):  # a terminal or a file in Latin-1, ASCII ...
             encoding = self._encoding()
             text = text.encode(encoding, "backslashreplace").decode(encoding)
-        print(text, file=self.out, flush=True)
+        self._write(text)
 
     def document(self, value: Any) -> None:
         """The result as JSON (``--json``), with ``\\u`` escapes where the output needs them."""
         text = json.dumps(value, indent=2, ensure_ascii=False)
         if not self._encodable(text):
             text = json.dumps(value, indent=2)  # the same document, in ASCII
-        print(text, file=self.out, flush=True)
+        self._write(text)
+
+    def _write(self, text: str) -> None:
+        try:
+            print(text, file=self.out, flush=True)
+        except BrokenPipeError:  # the reader went away (`| head`): cli.main's exit 141
+            raise
+        except OSError as exc:
+            raise OutputError(exc) from None
 
     def _encoding(self) -> str:
         return getattr(self.out, "encoding", None) or "utf-8"
@@ -213,7 +231,11 @@ class Console:
 
     def fail(self, error: CommandError) -> int:
         """Report an expected failure; returns its exit code."""
-        if self.as_json:
+        if isinstance(error, OutputError):
+            # What is still buffered would fail again at exit, with a traceback of its own.
+            discard_output()
+            print(f"bearerguard: {error.message}", file=self.err, flush=True)
+        elif self.as_json:
             self.document({"ok": False, "error": {"kind": error.kind, "message": error.message}})
         else:
             print(f"bearerguard: {error.message}", file=self.err, flush=True)

@@ -24,7 +24,8 @@ JSON document with ``--json``; never a traceback.
 
 Exit codes: 0 success, 1 the command ran and the answer is no (an invalid token, a key set
 with errors), 2 usage error or missing extra, 3 the issuer, the key set or Redis is unreachable,
-130 interrupted (Ctrl-C), 141 standard output closed early (``| head``).
+74 standard output cannot be written (a full disk), 130 interrupted (Ctrl-C), 141 standard
+output closed early (``| head``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from bearerguard._cli_common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_OUTPUT,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     CommandError,
@@ -58,6 +60,7 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_OUTPUT",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
     "build_parser",

@@ -1110,3 +1110,29 @@ def test_a_key_set_that_is_not_json_exits_1_over_http_as_from_a_file(
         assert "not JSON" in err or "did not return JSON" in err
         code, document = run_json(capsys, "jwks", command, *source, "-q")
         assert (code, document["error"]["kind"]) == (cli.EXIT_FAILURE, "not_a_jwks"), source
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize(
+    "argv",
+    [["token", "mint"], ["token", "mint", "--json"], ["token", "inspect", "-"]],
+)
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_74(argv: list[str]) -> None:
+    # Standard output on a full disk (/dev/full: every write fails with ENOSPC).
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    env.pop("PYTHONPATH", None)
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(  # noqa: S603 - our own command
+            [sys.executable, "-m", "bearerguard", *argv],
+            input=b"Bearer " + b64({"alg": "RS256"}).encode() + b"." + b64({"sub": "a"}).encode(),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == cli.EXIT_OUTPUT == 74
+    assert result.stderr.decode() == (
+        "bearerguard: cannot write the output: No space left on device\n"
+    )

@@ -131,6 +131,9 @@ class Verified:
     key_set: KeySet | None = None
     """The published key set ``key`` was found in (at verification, then by ``_cached``):
     while it is still the current one, a reuse needs no membership check."""
+    valid_from: float = -math.inf
+    """The first instant it may be used (``nbf``/``iat`` less leeway): a wall clock stepped
+    back before it finds the token not yet valid (RFC 7519 §4.1.5)."""
     cleared: int = 0
     """The memory store's table version at which the token was last found unrevoked."""
     described: dict[str, Any] | None = None
@@ -719,9 +722,14 @@ class BearerGuard:
             return None
         now = self.clock()
         keys = self._keys
-        # Expiry on every use; the key set must be fresh and still the one that held the key
-        # (any refresh installs a new set: _cached checks membership again and re-stamps).
-        if not (now < entry.valid_until and now < keys.fresh_until and entry.key_set is keys.keys):
+        # Expiry (and nbf/iat, should the clock step back) on every use; the key set must be
+        # fresh and still the one that held the key (any refresh installs a new set:
+        # _cached checks membership again and re-stamps).
+        if not (
+            entry.valid_from <= now < entry.valid_until
+            and now < keys.fresh_until
+            and entry.key_set is keys.keys
+        ):
             return None
         table = self._revocations
         version = 0 if table is None else table.version  # read before the lookup it vouches for
@@ -970,10 +978,12 @@ class BearerGuard:
         if entry is None:
             return None
         now = self.clock()
-        # Expiry is checked on every use. A cached verification also lasts only while the
-        # key set it came from may be used without a refresh, and while the key that made it
-        # is still published: removing a key from the JWKS revokes its tokens.
-        if now < entry.valid_until:
+        # Expiry is checked on every use, and nbf/iat: a clock stepped back (an NTP
+        # correction) drops the entry, and verifying again refuses the token as not yet
+        # valid. A cached verification also lasts only while the key set it came from may
+        # be used without a refresh, and while the key that made it is still published:
+        # removing a key from the JWKS revokes its tokens.
+        if entry.valid_from <= now < entry.valid_until:
             if entry.key is self._secret:
                 return entry
             keys = self._keys
@@ -1030,7 +1040,7 @@ class BearerGuard:
             raise
         except Exception as exc:
             raise _unexpected(exc, jws) from exc
-        verified = Verified(access, times.valid_until, key, key_set)
+        verified = Verified(access, times.valid_until, key, key_set, times.valid_from)
         cache = self._cache
         if cache is not None:
             if len(cache) >= self._cache_size:

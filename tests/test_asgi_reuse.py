@@ -7,6 +7,7 @@ so the second request goes through ``BearerGuard.reused`` rather than ``authenti
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -304,3 +305,24 @@ async def test_a_cached_token_whose_kid_no_longer_chooses_its_key_is_refused() -
             assert response.status_code == 401
             assert [event["reason"] for event in events] == ["unknown_key"]
             assert guard.reused(kidless.encode()) is None
+
+
+async def test_a_reused_token_is_not_yet_valid_when_the_clock_steps_back(
+    session_issuer: DevIssuer,
+) -> None:
+    clock = Clock(float(int(time.time())))
+    token = session_issuer.mint(sub="nia", nbf=int(clock.now), iat=int(clock.now))
+    guard = session_issuer.guard(clock=clock, leeway=5)
+    transport = httpx.ASGITransport(app=app_for(guard))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
+        for _ in range(2):  # verified, then reused
+            assert (await http.get("/me", headers=bearer(token))).status_code == 200
+        clock.now -= 6  # the wall clock jumps back: nbf is now beyond the leeway
+        with structlog.testing.capture_logs() as events:
+            response = await http.get("/me", headers=bearer(token))
+        assert response.status_code == 401
+        assert [(event["event"], event["reason"]) for event in events] == [
+            ("token.rejected", "not_yet_valid")
+        ]
+        clock.now += 6
+        assert (await http.get("/me", headers=bearer(token))).status_code == 200

@@ -23,6 +23,7 @@ from bearerguard.errors import (
     InvalidRequestError,
     InvalidTypeError,
     MalformedTokenError,
+    NotYetValidError,
     UnknownKeyError,
     UnsupportedAlgorithmError,
 )
@@ -201,6 +202,35 @@ async def test_cached_tokens_still_expire(session_issuer: DevIssuer) -> None:
     clock.now += 61
     with pytest.raises(ExpiredTokenError):
         await guard.authenticate(minted)
+
+
+@pytest.mark.parametrize(
+    ("claims", "leeway", "back", "valid"),
+    [
+        ({"nbf": 0, "iat": 0}, 0, 1, False),
+        ({"nbf": 0, "iat": None}, 30, 29, True),  # within the leeway
+        ({"nbf": 0, "iat": None}, 30, 31, False),
+        ({"nbf": None, "iat": 0}, 0, 1, False),  # iat alone
+        ({"nbf": None, "iat": None}, 0, 3600, True),  # neither: only exp bounds the token
+    ],
+)
+async def test_cached_tokens_are_not_yet_valid_when_the_clock_steps_back(
+    session_issuer: DevIssuer, claims: dict[str, Any], leeway: float, back: float, valid: bool
+) -> None:
+    # A verified token whose nbf/iat lie in the future once the wall clock jumps back (an
+    # NTP correction) is refused as a fresh one would be, not served from the cache.
+    clock = Clock(float(int(time.time())))
+    at = {name: None if off is None else int(clock.now) + off for name, off in claims.items()}
+    minted = session_issuer.mint(**at)
+    guard = session_issuer.guard(clock=clock, leeway=leeway)
+    first = await guard.authenticate(minted)
+    assert await guard.authenticate(minted) is first
+    clock.now -= back
+    if valid:
+        assert await guard.authenticate(minted) is first
+    else:
+        with pytest.raises(NotYetValidError):
+            await guard.authenticate(minted)
 
 
 async def test_max_age_applies_to_cached_tokens(session_issuer: DevIssuer) -> None:

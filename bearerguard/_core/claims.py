@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn
@@ -84,6 +85,10 @@ class TimeClaims(NamedTuple):
     issued_at: float | None
     valid_until: float
     """The instant the token stops being acceptable: ``exp`` (or the maximum age) plus leeway."""
+    valid_from: float
+    """The first instant it is acceptable: the later of ``nbf`` and ``iat`` less leeway
+    (``-inf`` with neither), so that a clock stepped back finds a reused token not yet
+    valid, as it would find a fresh one."""
 
 
 # TimeClaims(...) without the generated Python-level __new__: this runs once per token.
@@ -180,7 +185,9 @@ def check_times(claims: Mapping[str, Any], policy: ClaimsPolicy, now: float) -> 
         if now >= oldest:
             raise TokenTooOldError(f"issued {now - iat:.0f}s ago")
         valid_until = min(valid_until, oldest)
-    return _new_times(TimeClaims, (exp, iat, valid_until))
+    start = nbf if iat is None or (nbf is not None and nbf > iat) else iat
+    valid_from = -math.inf if start is None else start - leeway
+    return _new_times(TimeClaims, (exp, iat, valid_until, valid_from))
 
 
 def run_checks(claims: Mapping[str, Any], policy: ClaimsPolicy) -> None:

@@ -273,3 +273,56 @@ def test_the_typed_pages_pass_mypy_strict(tmp_path: Path) -> None:
     options += ["--config-file", str(config), "--cache-dir", str(tmp_path / "cache")]
     report, errors, status = api.run([*options, *files])
     assert status == 0, report + errors
+
+
+def test_the_access_log_recipe_redacts_a_real_uvicorn_line(session_issuer: DevIssuer) -> None:
+    # docs/security.md's filter, on the line a real uvicorn writes for a refused
+    # ?access_token= request: uvicorn logs the query string, the guard cannot edit it.
+    import io
+    import logging
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+    from uvicorn.logging import AccessFormatter
+
+    namespace: dict[str, Any] = {"__name__": "docs_security"}
+    for block in _BLOCK.findall((ROOT / "docs" / "security.md").read_text()):
+        exec(compile(block, "security.md", "exec", dont_inherit=True), namespace)  # noqa: S102
+    access = logging.getLogger("uvicorn.access")
+    redact = namespace["RedactAccessToken"]
+    # The page installs one too (test_python_blocks_run runs it): the line is first seen raw.
+    access.filters = [f for f in access.filters if type(f).__name__ != "RedactAccessToken"]
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s'))
+    app = BearerGuardMiddleware(Starlette(), guard=session_issuer.guard())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="off"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        access.addHandler(handler)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            assert httpx.get(f"{base}/me?page=1&access_token=s3cret-1").status_code == 400
+            access.addFilter(redact())
+            assert httpx.get(f"{base}/me?page=2&access_token=s3cret-2").status_code == 400
+            assert httpx.get(f"{base}/me?access%5Ftoken=s3cret-3&x=1").status_code == 400
+        finally:
+            access.removeHandler(handler)
+            access.filters = [f for f in access.filters if not isinstance(f, redact)]
+            server.should_exit = True
+            thread.join(10)
+    before, *after = stream.getvalue().splitlines()
+    assert "access_token=s3cret-1" in before  # what the recipe is for
+    assert [line.split('"')[1] for line in after] == [
+        "GET /me?page=2&access_token=REDACTED HTTP/1.1",
+        "GET /me?access%5Ftoken=REDACTED&x=1 HTTP/1.1",
+    ]

@@ -155,6 +155,14 @@ def test_the_sliding_estimate(current: int, previous: int, remaining: int, expec
         ("203.0.113.7:50001", {"ipv4_prefix": 24}, "203.0.113.0/24"),
         ("[2001:db8::1]:4711", {}, "2001:db8::/64"),
         ("[::ffff:203.0.113.7]:4711", {}, "203.0.113.7"),
+        # Behind an IPv4/IPv6 translator every IPv4 client is 64:ff9b::<IPv4> (RFC 6052
+        # §2.1): one /64 for all of them; each counts as the IPv4 address it embeds.
+        ("64:ff9b::203.0.113.7", {}, "203.0.113.7"),
+        ("64:ff9b::cb00:7108", {}, "203.0.113.8"),
+        ("[64:ff9b::203.0.113.7]:4711", {}, "203.0.113.7"),
+        ("64:ff9b::203.0.113.7", {"ipv4_prefix": 24}, "203.0.113.0/24"),
+        ("64:ff9b:0:0:1::203.0.113.7", {}, "64:ff9b::/64"),  # not the /96: IPv6 rules
+        ("64:ff9b:1::203.0.113.7", {}, "64:ff9b:1::/64"),  # RFC 8215's local-use /48
         ("testclient", {}, "testclient"),
         ("testclient:80", {}, "testclient:80"),
         ("203.0.113.7:port", {}, "203.0.113.7:port"),
@@ -568,6 +576,20 @@ async def test_ipv6_temporary_addresses_of_one_network_count_once(make: Make, si
         found = await observe(monitor, side, token(), address)
     assert (found.token_addresses, found.exceeded) == (1, False)
     found = await observe(monitor, side, token(), "2001:db8:0:2::1")
+    assert found.token_addresses == 2
+
+
+@pytest.mark.anyio
+async def test_ipv4_clients_behind_nat64_count_apart(make: Make, side: str) -> None:
+    # Through a translator (NAT64, SIIT-DC) every IPv4 client appears in 64:ff9b::/96; a
+    # limit on addresses must not see two IPv4 clients as one /64.
+    clock = Clock()
+    monitor = make(UsagePolicy(max_addresses_per_token=1), clock)
+    found = await observe(monitor, side, token(), "64:ff9b::198.51.100.1")
+    assert (found.token_addresses, found.exceeded) == (1, False)
+    found = await observe(monitor, side, token(), "64:ff9b::198.51.100.2")
+    assert (found.token_addresses, found.exceeded) == (2, True)
+    found = await observe(monitor, side, token(), "::ffff:198.51.100.2")  # the same client
     assert found.token_addresses == 2
 
 

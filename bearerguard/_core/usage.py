@@ -98,7 +98,9 @@ class UsagePolicy:
             address on its own).
         ipv6_prefix: IPv6 addresses are counted by network of this prefix length; 64 by
             default, since one device may use several temporary addresses of its /64
-            (RFC 8981). IPv4-mapped IPv6 addresses count as IPv4.
+            (RFC 8981). IPv4-mapped IPv6 addresses (``::ffff:0:0/96``) and NAT64's
+            well-known prefix (``64:ff9b::/96``, RFC 6052) count as the IPv4 address they
+            embed.
 
     Raises:
         ConfigurationError: a limit that is not a positive integer, no limit at all, an
@@ -286,7 +288,7 @@ def address_key(client: str | None, policy: UsagePolicy) -> str | None:
     except OSError:
         host = _without_port(client)
         return client if host is None else address_key(host, policy)
-    if packed[:12] == _IPV4_MAPPED:
+    if packed[:12] in _EMBEDDING_IPV4:
         if policy.ipv4_prefix == 32:
             return inet_ntop(AF_INET, packed[12:])
         return _network(AF_INET, packed[12:], policy.ipv4_prefix)
@@ -294,6 +296,13 @@ def address_key(client: str | None, policy: UsagePolicy) -> str | None:
 
 
 _IPV4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96 (RFC 4291 §2.5.5.2)
+# 64:ff9b::/96, the well-known prefix of IPv4/IPv6 translation (RFC 6052 §2.1): an
+# IPv6-only server behind a translator (NAT64, SIIT-DC: RFC 7755) sees every IPv4 client
+# in one /64, so each counts as the IPv4 address embedded in the last 32 bits.
+# Network-specific prefixes (RFC 8215's 64:ff9b:1::/48 among them) place the address
+# according to their length, which cannot be told from the address: IPv6 rules apply.
+_NAT64 = b"\x00\x64\xff\x9b" + bytes(8)
+_EMBEDDING_IPV4 = frozenset({_IPV4_MAPPED, _NAT64})
 
 
 def _without_port(client: str) -> str | None:

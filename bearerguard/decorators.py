@@ -119,6 +119,32 @@ def scope_requirements(func: Callable[..., Any]) -> list[ScopeRequirement]:
     return found
 
 
+def challenge_scopes(
+    requirements: Iterable[ScopeRequirement], auth: RequestAuth | None
+) -> list[str]:
+    """The scopes a challenge names for ``requirements``, all of which a route checks.
+
+    RFC 6750 §3: ``scope`` names "the scope necessary to access the requested resource".
+    Every all-of scope; of an any-of group, the alternatives ``auth``'s token holds (with
+    the guard's implications), or else all of them (a space-delimited list cannot say "one
+    of these"): a client that obtains every scope named is let in.
+    """
+    token = None if auth is None else auth.token
+    named: list[str] = []
+    for requirement in requirements:
+        if requirement.any_of and auth is not None and token is not None:
+            implications = auth.guard.scope_implications
+            held = [
+                name
+                for name in requirement.scopes
+                if implications.grants(token.scopes, (name,), any_of=False)
+            ]
+            named.extend(held or requirement.scopes)
+        else:
+            named.extend(requirement.scopes)
+    return named
+
+
 def get_access_token(connection: object | None = None) -> AccessToken | None:
     """Return the verified token of a request or websocket.
 

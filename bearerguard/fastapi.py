@@ -82,6 +82,7 @@ from bearerguard.audit import RequestInfo
 from bearerguard.decorators import (
     REQUIREMENT_ATTRIBUTE,
     ScopeRequirement,
+    challenge_scopes,
     check_scopes,
     scope_requirements,
 )
@@ -233,19 +234,7 @@ def route_scopes(
         if _bearer_of(dependant.call) is not None:
             all_of.extend(_security_scopes(dependant))
         requirements.extend(_call_requirements(dependant.call))
-    token = None if auth is None else auth.token
-
-    def holds(name: str) -> bool:
-        if auth is None or token is None:
-            return False
-        return auth.guard.scope_implications.grants(token.scopes, (name,), any_of=False)
-
-    for requirement in requirements:
-        if requirement.any_of:
-            held = [name for name in requirement.scopes if holds(name)]
-            all_of.extend(held or requirement.scopes)
-        else:
-            all_of.extend(requirement.scopes)
+    all_of.extend(challenge_scopes(requirements, auth))
     return tuple(dict.fromkeys([*all_of, *required]))
 
 

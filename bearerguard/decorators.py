@@ -201,22 +201,29 @@ _NO_VERDICT = (
 
 
 def _current(
-    required: tuple[str, ...],
-    any_of: bool,
+    requirements: tuple[ScopeRequirement, ...],
     auth: RequestAuth | None,
     hint: Callable[[], Sequence[str]] | None = None,
 ) -> tuple[RequestAuth, tuple[AuthError, Any] | None]:
+    """Check ``requirements`` in order; the first that fails answers, its challenge naming
+    ``hint()``, or else every scope of ``requirements`` (``challenge_scopes``)."""
     if auth is None:
         raise ConfigurationError(_NO_VERDICT)
-    denied = check_scopes(auth, required, any_of=any_of, hint=hint)
+    if hint is None and len(requirements) > 1:
+        hint = functools.partial(challenge_scopes, requirements, auth)
+    denied = None
+    for requirement in requirements:
+        denied = check_scopes(auth, requirement.scopes, any_of=requirement.any_of, hint=hint)
+        if denied is not None:
+            break
     if denied is not None and auth.websocket:
         raise WebSocketException(code=_POLICY_VIOLATION, reason=denied[0].reason)
     return auth, denied
 
 
-def _denial(required: tuple[str, ...], any_of: bool, args: tuple[Any, ...]) -> Any:
+def _denial(requirements: tuple[ScopeRequirement, ...], args: tuple[Any, ...]) -> Any:
     """``None`` when the current request may proceed; else the response to answer with."""
-    auth, denied = _current(required, any_of, current_auth.get())
+    auth, denied = _current(requirements, current_auth.get())
     if denied is None:
         return None
     response = auth.respond(denied[1])
@@ -261,8 +268,7 @@ def _with_fastapi_check(
             # which FastAPI solves after this check: the check verifies the token with it.
             auth = await route_verdict(connection, requirement.scopes)
         auth, denied = _current(
-            requirement.scopes,
-            requirement.any_of,
+            (requirement,),
             auth,
             lambda: route_scopes(connection.scope, auth, requirement.scopes),
         )
@@ -499,6 +505,11 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
 
     def decorate(func: F) -> F:
         _refuse_a_view_class(func)
+        # The requirements of the scope decorators under this one, found once here, not per
+        # request: this wrapper checks them all, outermost first, so that whichever fails
+        # names every scope of the endpoint (RFC 6750 §3.1); theirs then pass. A FastAPI
+        # path operation checks each as a dependency instead (fastapi.route_scopes).
+        stack = (requirement, *(each for each in scope_requirements(func) if each != requirement))
         wrapper: Callable[..., Any]
         parameter = f"{_CHECK_PARAMETER}_{next(_decorations)}"
         if _is_async(func):
@@ -507,7 +518,7 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 # FastAPI passes the parameter once its dependency has run the check.
                 if kwargs.pop(parameter, _UNCHECKED) is _UNCHECKED:
-                    denial = _denial(required, any_of, args)
+                    denial = _denial(stack, args)
                     if denial is not None:
                         return denial
                 return await func(*args, **kwargs)
@@ -518,7 +529,7 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
             @functools.wraps(func)
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
                 if kwargs.pop(parameter, _UNCHECKED) is _UNCHECKED:
-                    denial = _denial(required, any_of, args)
+                    denial = _denial(stack, args)
                     if denial is not None:
                         return _awaitable(denial) if _of_async_view(func, args) else denial
                 return func(*args, **kwargs)
@@ -690,6 +701,12 @@ def requires_scopes(*scopes: str) -> Callable[[F], F]:
     answered 403 ``insufficient_scope`` with the required scopes in the challenge (RFC 6750
     §3.1); a request without a token (on a public path) is answered 401 with them as the
     ``scope`` hint. Websocket handlers are closed with code 1008 instead.
+
+    Stacked with other scope decorators (found through ``__wrapped__``), the outermost
+    checks them all, outermost first, before anything under it runs, and the challenge
+    names every scope of the stack: of a ``requires_any_scope``, the alternatives the token
+    holds, or else all of them (``challenge_scopes``). The ``scope.denied`` event's
+    ``required_scopes`` are the failing decorator's own.
 
     Raises:
         ConfigurationError: no scopes, a scope name with white space, or a class-based

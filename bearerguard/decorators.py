@@ -82,6 +82,13 @@ was decorated above its route decorator, which registered it unwrapped."""
 REQUIREMENT_ATTRIBUTE = "__bearerguard_scopes__"
 """Where a decorated handler keeps its ``ScopeRequirement`` (read for OpenAPI documents)."""
 
+_NUMBERED = ("__bearerguard_scopes_", "__")
+"""Each decoration also keeps its requirement under a name of its own, numbered in the
+order of decoration (an outer decorator's is higher): copies of ``__dict__`` made by
+``functools.update_wrapper`` then add up where one name would be overwritten. Django's
+``method_decorator`` copies the wrapped method's over the wrapper's own, so of three stacked
+on a method, the outermost wrapper keeps the innermost's ``REQUIREMENT_ATTRIBUTE`` only."""
+
 
 @dataclass(frozen=True, slots=True)
 class ScopeRequirement:
@@ -111,12 +118,25 @@ def scope_requirements(func: Callable[..., Any]) -> list[ScopeRequirement]:
     seen: set[int] = set()
     while current is not None and id(current) not in seen:  # a __wrapped__ cycle ends here
         seen.add(id(current))
-        # Its own attribute: functools.wraps copies the wrapped function's onto the wrapper.
-        requirement = getattr(current, "__dict__", {}).get(REQUIREMENT_ATTRIBUTE)
-        if isinstance(requirement, ScopeRequirement) and requirement not in found:
-            found.append(requirement)
+        # Its own attributes: functools.wraps copies the wrapped function's onto the wrapper.
+        attributes = getattr(current, "__dict__", {})
+        numbered = [(_decoration(name), value) for name, value in attributes.items()]
+        numbered = sorted((each for each in numbered if each[0]), key=lambda each: -each[0])
+        listed = [value for _, value in numbered]  # outermost first
+        for requirement in [*listed, attributes.get(REQUIREMENT_ATTRIBUTE)]:
+            if isinstance(requirement, ScopeRequirement) and requirement not in found:
+                found.append(requirement)
         current = getattr(current, "__wrapped__", None)
     return found
+
+
+def _decoration(name: object) -> int:
+    """The decoration's number an attribute's ``name`` holds (``_NUMBERED``), or 0."""
+    prefix, suffix = _NUMBERED
+    if not isinstance(name, str) or not name.startswith(prefix) or not name.endswith(suffix):
+        return 0
+    number = name[len(prefix) : -len(suffix)]
+    return int(number) if number.isascii() and number.isdigit() else 0
 
 
 def challenge_scopes(
@@ -511,7 +531,8 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
         # path operation checks each as a dependency instead (fastapi.route_scopes).
         stack = (requirement, *(each for each in scope_requirements(func) if each != requirement))
         wrapper: Callable[..., Any]
-        parameter = f"{_CHECK_PARAMETER}_{next(_decorations)}"
+        number = next(_decorations)
+        parameter = f"{_CHECK_PARAMETER}_{number}"
         if _is_async(func):
 
             @functools.wraps(func)
@@ -536,6 +557,7 @@ def _scope_decorator(required: tuple[str, ...], any_of: bool) -> Callable[[F], F
 
             wrapper = sync_wrapper
         setattr(wrapper, REQUIREMENT_ATTRIBUTE, requirement)
+        setattr(wrapper, f"{_NUMBERED[0]}{number}{_NUMBERED[1]}", requirement)
         # A bound method or a builtin takes no attribute: left unmarked.
         with contextlib.suppress(AttributeError, TypeError):
             setattr(func, _WRAPPED_ATTRIBUTE, id(func))

@@ -182,12 +182,28 @@ def django_urls() -> ModuleType:
         async def get(self, request: HttpRequest) -> JsonResponse:
             return JsonResponse({"ok": True})
 
+    # One method_decorator each, on dispatch or on a method: stacked all the same.
+    @method_decorator(requires_scopes("items:read"), name="dispatch")
+    @method_decorator(requires_scopes("items:write"), name="dispatch")
+    class SeparateTwo(View):
+        async def get(self, request: HttpRequest) -> JsonResponse:
+            return JsonResponse({"ok": True})
+
+    class SeparateThree(View):
+        @method_decorator(requires_scopes("items:read"))
+        @method_decorator(requires_any_scope("items:write", "admin"))
+        @method_decorator(requires_scopes("audit"))
+        def get(self, request: HttpRequest) -> JsonResponse:
+            return JsonResponse({"ok": True})
+
     urls = ModuleType("stacked_scope_urls")
     urls.urlpatterns = [  # type: ignore[attr-defined]
         path("django/two", django_two),
         path("django/three", django_three),
         path("dispatch/two", DispatchTwo.as_view()),
         path("dispatch/three", DispatchThree.as_view()),
+        path("separate/two", SeparateTwo.as_view()),
+        path("separate/three", SeparateThree.as_view()),
     ]
     return urls
 
@@ -235,6 +251,7 @@ VARIANTS = [
     "flask",
     "django",
     "dispatch",
+    "separate",
     "fastapi",
 ]
 

@@ -1,0 +1,303 @@
+"""Django glue: the guard as a class in ``settings.MIDDLEWARE``, under WSGI and ASGI.
+
+    MIDDLEWARE = [
+        "django.middleware.security.SecurityMiddleware",
+        "bearerguard.django.BearerGuardMiddleware",
+        ...
+    ]
+    BEARERGUARD = {"GUARD": "myproject.auth.guard", "PUBLIC_PATHS": ["/health/"]}
+
+The decisions, refusals and audit events are those of ``BearerGuardWSGIMiddleware``, from
+the same functions; Django's test ``Client`` and ``AsyncClient`` go through it. Under WSGI
+(and the test ``Client``) the guard's synchronous side verifies tokens, as the WSGI
+middleware does; under ASGI (``get_asgi_application()``, ``AsyncClient``) its asynchronous
+side does, in the event loop, with no thread hop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from time import perf_counter
+from typing import Any
+
+try:
+    from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+    from django.http import HttpResponse
+    from django.utils.module_loading import import_string
+except ImportError as exc:  # pragma: no cover - only without Django installed
+    raise ImportError("bearerguard.django needs Django: pip install 'bearerguard[django]'") from exc
+
+from bearerguard import asgi, wsgi
+from bearerguard._context import SCOPE_KEY, RequestAuth, already_let_in, current_auth, refusal_for
+from bearerguard._core.extract import request_credentials, split_joined_values
+from bearerguard._core.paths import PublicPaths
+from bearerguard.audit import RequestInfo
+from bearerguard.errors import AuthError, ConfigurationError, ServiceUnavailableError
+from bearerguard.guard import BearerGuard
+from bearerguard.issuers import TrustedIssuers
+from bearerguard.token import AccessToken
+
+__all__ = ["SETTING", "BearerGuardMiddleware"]
+
+_log = logging.getLogger("bearerguard")
+
+SETTING = "BEARERGUARD"
+"""The name of the Django setting the middleware reads."""
+
+_OPTIONS = ("GUARD", "PUBLIC_PATHS", "WARM_UP")
+_Described = tuple[str, str, str | None, str | None]
+
+
+def _refused(message: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"settings.{SETTING}: {message}")
+
+
+def _guard_of(named: object) -> BearerGuard | TrustedIssuers:
+    """The guard ``GUARD`` names: a dotted path to one, or the object itself."""
+    found = named
+    if isinstance(named, str):
+        try:
+            found = import_string(named)
+        except ImportError as exc:
+            raise _refused(f"cannot import GUARD {named!r}: {exc}") from exc
+    if not isinstance(found, BearerGuard | TrustedIssuers):
+        raise _refused(
+            f"GUARD {named!r} is not a BearerGuard or TrustedIssuers (found {type(found).__name__})"
+        )
+    return found
+
+
+def configured(
+    value: object,
+) -> tuple[BearerGuard | TrustedIssuers, PublicPaths, bool]:
+    """The guard, public paths and warm-up of a ``BEARERGUARD`` setting.
+
+    Raises:
+        ImproperlyConfigured: no setting, not a dict, an unknown key (a misspelt
+            ``PUBLIC_PATHS`` would silently protect nothing it names), no ``GUARD`` or one
+            that is not a guard, or public paths that are not a list of paths.
+    """
+    if value is None:
+        raise _refused(
+            "missing: set it to a dict such as "
+            '{"GUARD": "myproject.auth.guard", "PUBLIC_PATHS": ["/health/"]}'
+        )
+    if not isinstance(value, Mapping):
+        raise _refused(f"must be a dict with GUARD (and PUBLIC_PATHS), not {type(value).__name__}")
+    unknown = sorted(str(key) for key in value if key not in _OPTIONS)
+    if unknown:
+        raise _refused(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(_OPTIONS)}")
+    if "GUARD" not in value:
+        raise _refused("GUARD is required: the dotted path to a BearerGuard or TrustedIssuers")
+    guard = _guard_of(value["GUARD"])
+    paths = value.get("PUBLIC_PATHS", ())
+    if isinstance(paths, str | bytes):
+        raise _refused(f"PUBLIC_PATHS must be a list of paths, not the string {paths!r}")
+    try:
+        public_paths = PublicPaths(paths)
+    except (ConfigurationError, TypeError) as exc:
+        raise _refused(f"PUBLIC_PATHS: {exc}") from exc
+    warm_up = value.get("WARM_UP", False)
+    if not isinstance(warm_up, bool):
+        raise _refused("WARM_UP must be True or False")
+    return guard, public_paths, warm_up
+
+
+def _credentials(request: Any) -> tuple[list[bytes], bytes]:
+    """The ``Authorization`` values and query string of ``request``, as the WSGI middleware
+    reads them from the environ (Django's ASGI request fills ``META`` the same way)."""
+    meta = request.META
+    header = meta.get("HTTP_AUTHORIZATION")
+    # Servers (and Django's ASGI request) join repeated headers with commas: split back, so
+    # that two values are refused as invalid_request, as by the WSGI middleware.
+    values = [] if header is None else split_joined_values(str(header).encode("latin-1", "replace"))
+    return values, str(meta.get("QUERY_STRING", "")).encode("latin-1", "replace")
+
+
+def _scope(request: Any) -> dict[str, Any] | None:
+    """The ASGI scope of a request Django's ASGI handler made, else ``None``."""
+    scope = getattr(request, "scope", None)
+    return scope if isinstance(scope, dict) else None
+
+
+class BearerGuardMiddleware:
+    """Authenticate every request to a Django project with a ``BearerGuard``.
+
+    Put ``"bearerguard.django.BearerGuardMiddleware"`` in ``settings.MIDDLEWARE``, above any
+    middleware or view that must only see authenticated requests, and configure it with
+    the ``BEARERGUARD`` setting, a dict:
+
+    - ``GUARD`` (required): the dotted path to a ``BearerGuard`` or ``TrustedIssuers``
+      (``"myproject.auth.guard"``), or the object itself.
+    - ``PUBLIC_PATHS``: paths served without credentials (exact, or ``"/prefix/*"``),
+      matched against ``request.path_info`` as the WSGI middleware matches ``PATH_INFO``.
+      ``"/health"`` is not ``"/health/"``: list the path as your URLconf serves it. A
+      ``CommonMiddleware`` redirect for ``APPEND_SLASH`` leads to a path that is then
+      refused unless listed too (fail closed).
+    - ``WARM_UP``: fetch the key set when the middleware is loaded (blocking, once).
+
+    It works under WSGI and ASGI: Django hands it a sync or an async ``get_response`` and it
+    answers in kind, verifying with the guard's synchronous side (WSGI) or awaiting its
+    asynchronous one (ASGI). Refusals are RFC 6750 §3 answers, identical to those of
+    ``BearerGuardWSGIMiddleware``, with the same audit events; ``requires_scopes``,
+    ``requires_any_scope`` and ``get_access_token(request)`` work in views as behind it.
+    Behind ``BearerGuardWSGIMiddleware`` (or the ASGI middleware) with the same guard, a
+    request they let in with a token is passed on as decided: audited once.
+
+    Raises:
+        ImproperlyConfigured: at start-up (when Django loads the middleware), for a missing
+            or wrong ``BEARERGUARD`` setting, or, under WSGI, a guard whose revocation store,
+            usage monitor or DPoP replay store has no synchronous side.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        guard, public_paths, warm_up = configured(getattr(settings, SETTING, None))
+        self.get_response = get_response
+        self.guard = guard
+        self.public_paths = public_paths
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)  # Django then awaits what __call__ returns
+        else:
+            try:
+                guard.require_sync_side()
+            except ConfigurationError as exc:
+                raise _refused(f"{exc} (a WSGI deployment verifies synchronously)") from exc
+        if warm_up:
+            try:
+                guard.warm_up_sync()
+            except ServiceUnavailableError as exc:
+                _log.warning("bearerguard: warm-up failed, requests fail closed: %s", exc)
+
+    def __call__(self, request: Any) -> Any:
+        if self._async:
+            return self._acall(request)
+        started = perf_counter()
+        metadata = self._metadata(request)
+        if metadata is not None:
+            return metadata
+        if self._let_in(request):
+            return self.get_response(request)
+        described = wsgi._describe(request.META, request.path_info)
+        try:
+            access, binding = self._verify(request, described)
+        except AuthError as error:
+            return self._refuse(error, described, started)
+        reset = current_auth.set(self._admit(request, access, binding, described, started))
+        try:
+            return self.get_response(request)
+        finally:
+            current_auth.reset(reset)
+
+    async def _acall(self, request: Any) -> Any:
+        started = perf_counter()
+        metadata = self._metadata(request)
+        if metadata is not None:
+            return metadata
+        if self._let_in(request):
+            return await self.get_response(request)
+        described = wsgi._describe(request.META, request.path_info)
+        try:
+            access, binding = await self._averify(request, described)
+        except AuthError as error:
+            return self._refuse(error, described, started)
+        reset = current_auth.set(self._admit(request, access, binding, described, started))
+        try:
+            return await self.get_response(request)
+        finally:
+            current_auth.reset(reset)
+
+    def _metadata(self, request: Any) -> HttpResponse | None:
+        """The protected-resource metadata (RFC 9728 §3) when ``request`` asks for it."""
+        resource = self.guard.protected_resource
+        if resource is None or request.path_info not in resource.paths:
+            return None
+        status, headers, body = resource.response(request.method)
+        response = HttpResponse(body, status=status)
+        for name, value in headers:
+            response[name] = value
+        return response
+
+    def _let_in(self, request: Any) -> bool:
+        """Whether a middleware further out with the same guard let ``request`` in with a
+        token (``already_let_in``): the WSGI middleware's verdict is in ``META`` (the
+        environ), the ASGI middleware's in the scope, this one's (listed twice) in both."""
+        guard = self.guard
+        if already_let_in(request.META, guard):
+            return True
+        scope = _scope(request)
+        return scope is not None and already_let_in(scope, guard)
+
+    def _verify(self, request: Any, described: _Described) -> tuple[AccessToken | None, str]:
+        """Extraction and verification with the guard's synchronous side, as under WSGI."""
+        guard = self.guard
+        values, query = _credentials(request)
+        path = request.path_info
+        if guard.sender_constrained:
+            # Under WSGI, META is the environ the WSGI middleware reads DPoP and mTLS from.
+            return wsgi._authenticate_bound(
+                guard, request.META, values, query, path, described, self.public_paths
+            )
+        token = request_credentials(
+            values, query, path, self.public_paths, max_bytes=guard.max_token_bytes
+        )
+        if token is None:
+            return None, "bearer"
+        info = RequestInfo(*described)
+        return guard.authenticate_sync(token, client=info.client, request=info), "bearer"
+
+    async def _averify(self, request: Any, described: _Described) -> tuple[AccessToken | None, str]:
+        """``_verify`` with the guard's asynchronous side, as under ASGI."""
+        guard = self.guard
+        values, query = _credentials(request)
+        path = request.path_info
+        if guard.sender_constrained:
+            # DPoP's URL and the client certificate come from the ASGI scope (RFC 9449 §4.3).
+            scope = _scope(request)
+            if scope is None:
+                raise ConfigurationError(
+                    "DPoP and mTLS under Django's async path need an ASGI request"
+                )
+            return await asgi._authenticate_bound(
+                guard, scope, values, query, path, described, self.public_paths
+            )
+        token = request_credentials(
+            values, query, path, self.public_paths, max_bytes=guard.max_token_bytes
+        )
+        if token is None:
+            return None, "bearer"
+        info = RequestInfo(*described)
+        return await guard.authenticate(token, client=info.client, request=info), "bearer"
+
+    def _refuse(self, error: AuthError, described: _Described, started: float) -> HttpResponse:
+        """Audit ``error`` and answer it (RFC 6750 §3), as the WSGI middleware does."""
+        guard = self.guard
+        guard.audit.refused(error, RequestInfo(*described), perf_counter() - started)
+        return wsgi._django_response(refusal_for(guard, error))
+
+    def _admit(
+        self,
+        request: Any,
+        access: AccessToken | None,
+        binding: str,
+        described: _Described,
+        started: float,
+    ) -> RequestAuth:
+        """Audit the acceptance and record the verdict where decorators and
+        ``get_access_token(request)`` read it: ``META`` (the WSGI environ), and the ASGI
+        scope, which they read first on an ASGI request."""
+        guard = self.guard
+        auth = RequestAuth(guard, access, started, *described, wsgi._django_response)
+        if access is not None:
+            guard.audit.accepted(access, auth, perf_counter() - started, binding=binding)
+        request.META[SCOPE_KEY] = auth
+        scope = _scope(request)
+        if scope is not None:
+            scope[SCOPE_KEY] = auth
+        return auth

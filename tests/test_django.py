@@ -1,0 +1,413 @@
+"""bearerguard.django: the guard in settings.MIDDLEWARE, driven by Django's own test clients.
+
+The same requests go through Django's ``Client`` (the sync path, WSGI requests) and
+``AsyncClient`` (the async path, ASGI requests), and their answers are compared with those
+of ``BearerGuardWSGIMiddleware`` around the same Django project.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import django
+import httpx
+import pytest
+import structlog
+from django.conf import settings
+
+if not settings.configured:  # the first Django test of the session (see docs/wsgi.md)
+    settings.configure(ALLOWED_HOSTS=["*"], SECRET_KEY="tests-only", MIDDLEWARE=[])
+    django.setup()
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.handlers.wsgi import WSGIHandler
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.test import AsyncClient, Client, override_settings
+from django.urls import path
+from django.utils.decorators import method_decorator
+from django.views import View
+
+from bearerguard import BearerGuard, get_access_token, requires_any_scope, requires_scopes
+from bearerguard.revocation import MemoryRevocationStore
+from bearerguard.testing import DevIssuer
+from bearerguard.wsgi import BearerGuardWSGIMiddleware
+
+MIDDLEWARE = "bearerguard.django.BearerGuardMiddleware"
+guard: BearerGuard | None = None  # the guard the settings below name, set per test
+
+
+def health(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok")
+
+
+@requires_scopes("items:read")
+def items(request: HttpRequest) -> JsonResponse:
+    token = get_access_token(request)
+    return JsonResponse({"for": token.subject if token else None, "view": "sync"})
+
+
+@requires_any_scope("items:read", "admin")
+async def async_items(request: HttpRequest) -> JsonResponse:
+    token = get_access_token(request)
+    return JsonResponse({"for": token.subject if token else None, "view": "async"})
+
+
+def whoami(request: HttpRequest) -> JsonResponse:
+    token = get_access_token(request)
+    return JsonResponse({"for": token.subject if token else None})
+
+
+@method_decorator(requires_scopes("reports:read"), name="dispatch")
+class Reports(View):
+    async def get(self, request: HttpRequest) -> JsonResponse:
+        return JsonResponse({"reports": []})
+
+
+urlpatterns = [
+    path("health", health),
+    path("health-slash/", health),
+    path("items", items),
+    path("async-items", async_items),
+    path("whoami", whoami),
+    path("reports", Reports.as_view()),
+]
+
+ClientKind = Callable[[], Any]
+
+
+@pytest.fixture(params=["sync", "async"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def configured(
+    the_guard: BearerGuard | None, **options: Any
+) -> override_settings:  # the BEARERGUARD setting and this module's URLs
+    global guard  # noqa: PLW0603 - the settings name it by its dotted path, as a project does
+    guard = the_guard
+    bearerguard = {"GUARD": f"{__name__}.guard", "PUBLIC_PATHS": ["/health"], **options}
+    return override_settings(
+        ROOT_URLCONF=__name__,
+        ALLOWED_HOSTS=["testserver"],
+        MIDDLEWARE=[MIDDLEWARE],
+        BEARERGUARD=bearerguard,
+    )
+
+
+def get(
+    kind: str, url: str, authorization: str | None = None, headers: dict[str, str] | None = None
+) -> HttpResponse:
+    """GET ``url`` through Django's Client (sync) or AsyncClient (async)."""
+    headers = dict(headers or {})
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    if kind == "sync":
+        return Client().get(url, headers=headers)
+    return asyncio.run(AsyncClient().get(url, headers=headers))
+
+
+@pytest.fixture
+def project(session_issuer: DevIssuer) -> Iterator[BearerGuard]:
+    the_guard = session_issuer.guard()
+    with configured(the_guard):
+        yield the_guard
+
+
+def bearer(issuer: DevIssuer, *scopes: str, sub: str = "mia") -> str:
+    return f"Bearer {issuer.mint(scopes=scopes, sub=sub)}"
+
+
+@pytest.mark.parametrize("url", ["/items", "/async-items"])
+def test_a_valid_token_reaches_sync_and_async_views(
+    project: BearerGuard, session_issuer: DevIssuer, kind: str, url: str
+) -> None:
+    with structlog.testing.capture_logs() as events:
+        response = get(kind, url, bearer(session_issuer, "items:read"))
+    assert response.status_code == 200
+    assert response.json() == {"for": "mia", "view": "async" if "async" in url else "sync"}
+    assert [event["event"] for event in events] == ["token.accepted"]
+    assert events[0]["path"] == url
+
+
+def test_no_token_is_401_with_a_bare_challenge(project: BearerGuard, kind: str) -> None:
+    with structlog.testing.capture_logs() as events:
+        response = get(kind, "/items")
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == f'Bearer realm="{project.realm}"'  # RFC 6750 §3.1
+    assert [event["event"] for event in events] == ["token.rejected"]
+
+
+@pytest.mark.parametrize(
+    ("authorization", "url"),
+    [
+        ("Bearer a b", "/items"),
+        ("Bearer x, Bearer y", "/items"),
+        (None, "/items?access_token=x"),
+        (None, "/items?%61ccess_token=x"),
+    ],
+)
+def test_malformed_requests_are_400(
+    project: BearerGuard, kind: str, authorization: str | None, url: str
+) -> None:
+    with structlog.testing.capture_logs() as events:
+        response = get(kind, url, authorization)
+    assert response.status_code == 400
+    assert 'error="invalid_request"' in response["WWW-Authenticate"]
+    assert response.json()["error"] == "invalid_request"
+    assert len(events) == 1
+
+
+def test_a_bad_token_is_401_invalid_token(
+    project: BearerGuard, session_issuer: DevIssuer, kind: str
+) -> None:
+    for token in ["a.b.c", session_issuer.mint_expired(), session_issuer.mint_forged()]:
+        with structlog.testing.capture_logs() as events:
+            response = get(kind, "/items", f"Bearer {token}")
+        assert response.status_code == 401
+        assert 'error="invalid_token"' in response["WWW-Authenticate"]
+        assert [event["event"] for event in events] == ["token.rejected"]
+        assert token not in str(events)  # never a raw token in the audit log
+
+
+@pytest.mark.parametrize("url", ["/items", "/async-items", "/reports"])
+def test_a_missing_scope_is_403_naming_the_scope(
+    project: BearerGuard, session_issuer: DevIssuer, kind: str, url: str
+) -> None:
+    with structlog.testing.capture_logs() as events:
+        response = get(kind, url, bearer(session_issuer, "other"))
+    assert response.status_code == 403
+    challenge = response["WWW-Authenticate"]
+    assert 'error="insufficient_scope"' in challenge
+    wanted = {"/items": "items:read", "/async-items": "items:read admin"}
+    assert f'scope="{wanted.get(url, "reports:read")}"' in challenge
+    assert response.json()["error"] == "insufficient_scope"
+    assert [event["event"] for event in events] == ["token.accepted", "scope.denied"]
+
+
+def test_public_paths_match_path_info(
+    project: BearerGuard, session_issuer: DevIssuer, kind: str
+) -> None:
+    with structlog.testing.capture_logs() as events:
+        assert get(kind, "/health").status_code == 200
+    assert events == []  # let in without a token: nothing to audit
+    # A token sent to a public path is still verified.
+    assert get(kind, "/health", "Bearer a.b.c").status_code == 401
+    assert get(kind, "/health", bearer(session_issuer)).status_code == 200
+    # A public path reached without a token has no token to show, and a scoped view refuses.
+    assert get(kind, "/whoami").status_code == 401
+
+
+def test_append_slash_does_not_open_a_public_path(session_issuer: DevIssuer, kind: str) -> None:
+    # "/health" is public; "/health/" is another path (PATH_INFO as the WSGI middleware
+    # matches it): refused, and CommonMiddleware's redirect of "/health-slash" to
+    # "/health-slash/" (when only the former is listed) is refused too. Fail closed.
+    with (
+        configured(session_issuer.guard(), PUBLIC_PATHS=["/health", "/health-slash"]),
+        override_settings(
+            MIDDLEWARE=["django.middleware.common.CommonMiddleware", MIDDLEWARE],
+            APPEND_SLASH=True,
+        ),
+    ):
+        assert get(kind, "/health").status_code == 200
+        assert get(kind, "/health/").status_code == 401
+        redirected = get(kind, "/health-slash")
+        assert redirected.status_code == 301
+        assert redirected["Location"] == "/health-slash/"
+        assert get(kind, "/health-slash/").status_code == 401
+
+
+def test_a_revoked_token_is_401(session_issuer: DevIssuer, kind: str) -> None:
+    store = MemoryRevocationStore()
+    with configured(session_issuer.guard(revocation=store)):
+        token = session_issuer.mint_revoked(store, scopes=["items:read"])
+        with structlog.testing.capture_logs() as events:
+            response = get(kind, "/items", f"Bearer {token}")
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response["WWW-Authenticate"]
+    assert [(event["event"], event["reason"]) for event in events] == [
+        ("token.rejected", "revoked")
+    ]
+
+
+def test_keys_unavailable_fail_closed_with_503(session_issuer: DevIssuer, kind: str) -> None:
+    offline = BearerGuard(issuer="http://127.0.0.1:9", audience=session_issuer.audience)
+    with configured(offline):
+        with structlog.testing.capture_logs() as events:
+            response = get(kind, "/items", bearer(session_issuer, "items:read"))
+        assert get(kind, "/health").status_code == 200  # no token: no keys needed
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert [event["event"] for event in events] == ["auth.unavailable"]
+
+
+GARBAGE = [
+    "Bearer",
+    "Bearer ",
+    "bearer",
+    "Basic dXNlcjpwYXNz",
+    "Bearer \u00e9\u00e8",
+    "Bearer " + "a" * 20000,
+    "Bearer ....",
+    "Bearer a.b.c.d.e",
+    "Bearer eyJhbGciOiJub25lIn0.e30.",
+    "DPoP abc",
+    "Bearer\tabc",
+    "Bearer ===",
+    "Bearer a,b",
+]
+
+
+@pytest.mark.parametrize("authorization", GARBAGE)
+def test_a_garbage_header_is_never_a_500(
+    project: BearerGuard, kind: str, authorization: str
+) -> None:
+    with structlog.testing.capture_logs() as events:
+        response = get(kind, "/items", authorization)
+    assert response.status_code in {400, 401}
+    assert len(events) == 1
+    assert response["Content-Type"] == "application/json"
+
+
+def test_same_answers_as_the_wsgi_middleware(session_issuer: DevIssuer, kind: str) -> None:
+    the_guard = session_issuer.guard()
+    cases = [
+        (None, "/items"),
+        ("Bearer a.b.c", "/items"),
+        ("Bearer x, Bearer y", "/items"),
+        (bearer(session_issuer, "other"), "/items"),
+        (bearer(session_issuer, "items:read"), "/items"),
+        (None, "/health"),
+        (None, "/items?access_token=x"),
+    ]
+    with configured(the_guard):
+        wrapped = BearerGuardWSGIMiddleware(
+            WSGIHandler(), guard=the_guard, public_paths=["/health"]
+        )
+        transport = httpx.WSGITransport(app=wrapped)
+        with httpx.Client(transport=transport, base_url="http://testserver") as wsgi:
+            for authorization, url in cases:
+                headers = {} if authorization is None else {"Authorization": authorization}
+                expected = wsgi.get(url, headers=headers)
+                with override_settings(MIDDLEWARE=[MIDDLEWARE]):
+                    response = get(kind, url, authorization)
+                assert response.status_code == expected.status_code, url
+                assert response.content == expected.content, url
+                assert response.get("WWW-Authenticate") == expected.headers.get(
+                    "www-authenticate"
+                ), url
+
+
+def test_behind_the_wsgi_middleware_with_the_same_guard_one_audit_event(
+    session_issuer: DevIssuer,
+) -> None:
+    the_guard = session_issuer.guard()
+    with configured(the_guard):
+        wrapped = BearerGuardWSGIMiddleware(
+            WSGIHandler(), guard=the_guard, public_paths=["/health"]
+        )
+        transport = httpx.WSGITransport(app=wrapped)
+        with httpx.Client(transport=transport, base_url="http://testserver") as client:
+            token = bearer(session_issuer, "items:read")
+            with structlog.testing.capture_logs() as events:
+                response = client.get("/items", headers={"Authorization": token})
+                denied = client.get(
+                    "/items", headers={"Authorization": bearer(session_issuer, "x")}
+                )
+    assert response.status_code == 200
+    assert response.json()["for"] == "mia"
+    assert denied.status_code == 403
+    assert [event["event"] for event in events] == [
+        "token.accepted",
+        "token.accepted",
+        "scope.denied",
+    ]
+
+
+def test_listed_twice_audits_once(
+    project: BearerGuard, session_issuer: DevIssuer, kind: str
+) -> None:
+    with (
+        override_settings(MIDDLEWARE=[MIDDLEWARE, MIDDLEWARE]),
+        structlog.testing.capture_logs() as events,
+    ):
+        response = get(kind, "/items", bearer(session_issuer, "items:read"))
+    assert response.status_code == 200
+    assert [event["event"] for event in events] == ["token.accepted"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (None, "BEARERGUARD: missing"),
+        ({}, "GUARD"),
+        ({"GUARD": "no_such_module_here.guard"}, "cannot import"),
+        ({"GUARD": f"{__name__}.health"}, "not a BearerGuard"),
+        ({"GUARD": 42}, "not a BearerGuard"),
+        ({"GUARD": f"{__name__}.guard", "PUBLIC_PATH": ["/health"]}, "PUBLIC_PATH"),
+        ({"GUARD": f"{__name__}.guard", "PUBLIC_PATHS": "/health"}, "PUBLIC_PATHS"),
+        ({"GUARD": f"{__name__}.guard", "PUBLIC_PATHS": ["health"]}, "must start"),
+        (f"{__name__}.guard", "dict"),
+    ],
+)
+def test_a_misconfiguration_is_refused_at_start_up(
+    session_issuer: DevIssuer, setting: Any, message: str
+) -> None:
+    global guard  # noqa: PLW0603
+    guard = session_issuer.guard()
+    with override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[MIDDLEWARE]):
+        if setting is None:
+            del settings.BEARERGUARD
+        else:
+            settings.BEARERGUARD = setting
+        with pytest.raises(ImproperlyConfigured, match=message):
+            WSGIHandler()  # what get_wsgi_application() builds: the middleware is loaded
+
+
+def test_a_guard_object_in_settings(session_issuer: DevIssuer, kind: str) -> None:
+    with override_settings(
+        ROOT_URLCONF=__name__,
+        ALLOWED_HOSTS=["testserver"],
+        MIDDLEWARE=[MIDDLEWARE],
+        BEARERGUARD={"GUARD": session_issuer.guard()},
+    ):
+        assert get(kind, "/items", bearer(session_issuer, "items:read")).status_code == 200
+
+
+def test_an_async_only_store_is_refused_for_the_sync_path(session_issuer: DevIssuer) -> None:
+    class AsyncOnly:
+        async def is_revoked(self, token: Any) -> bool:
+            return False
+
+    with configured(session_issuer.guard(revocation=AsyncOnly())):
+        with pytest.raises(ImproperlyConfigured, match="synchronous"):
+            WSGIHandler()
+        # The async path (ASGI) awaits the store: served.
+        response = get("async", "/items", bearer(session_issuer, "items:read"))
+    assert response.status_code == 200
+
+
+def test_dpop_bound_tokens_on_both_paths(session_issuer: DevIssuer, kind: str) -> None:
+    # The sync path reads the proof and the URL from the environ (as the WSGI middleware),
+    # the async path from the ASGI scope (as the ASGI middleware): RFC 9449 §4.3.
+    from bearerguard.dpop import DPoPPolicy
+    from tests.test_dpop import Holder
+
+    holder = Holder()
+    with configured(session_issuer.guard(dpop=DPoPPolicy())):
+        token = session_issuer.mint(scopes=["items:read"], sub="mia", cnf={"jkt": holder.jkt})
+        proof = holder.proof(token, url="http://testserver/items")
+        with structlog.testing.capture_logs() as events:
+            accepted = get(kind, "/items", f"DPoP {token}", headers={"DPoP": proof})
+            replayed = get(kind, "/items", f"DPoP {token}", headers={"DPoP": proof})
+            as_bearer = get(kind, "/items", f"Bearer {token}")
+    assert accepted.status_code == 200
+    assert accepted.json()["for"] == "mia"
+    assert replayed.status_code == 401
+    assert as_bearer.status_code == 401
+    assert [(event["event"], event.get("binding")) for event in events] == [
+        ("token.accepted", "dpop"),
+        ("token.rejected", "dpop"),
+        ("token.rejected", "bearer"),
+    ]

@@ -215,8 +215,9 @@ def check_scopes(
 _NO_VERDICT = (
     "requires_scopes found no verified token for this route: put BearerGuardMiddleware (ASGI) "
     "in front of the app, call bearerguard.flask.protect(app) or wrap it in "
-    "BearerGuardWSGIMiddleware (WSGI), or with FastAPI's BearerAuth alone declare the scopes "
-    "with bearer.requires(...) instead"
+    "BearerGuardWSGIMiddleware (WSGI), with Django list "
+    "bearerguard.django.BearerGuardMiddleware in settings.MIDDLEWARE, or with FastAPI's "
+    "BearerAuth alone declare the scopes with bearer.requires(...) instead"
 )
 
 

@@ -70,7 +70,7 @@ def _guard_of(named: object) -> BearerGuard | TrustedIssuers:
     return found
 
 
-def configured(
+def _settings_of(
     value: object,
 ) -> tuple[BearerGuard | TrustedIssuers, PublicPaths, bool]:
     """The guard, public paths and warm-up of a ``BEARERGUARD`` setting.
@@ -157,7 +157,7 @@ class BearerGuardMiddleware:
     async_capable = True
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
-        guard, public_paths, warm_up = configured(getattr(settings, SETTING, None))
+        guard, public_paths, warm_up = _settings_of(getattr(settings, SETTING, None))
         self.get_response = get_response
         self.guard = guard
         self.public_paths = public_paths

@@ -411,3 +411,34 @@ def test_dpop_bound_tokens_on_both_paths(session_issuer: DevIssuer, kind: str) -
         ("token.rejected", "dpop"),
         ("token.rejected", "bearer"),
     ]
+
+
+def test_without_the_middleware_a_scoped_view_names_it() -> None:
+    from bearerguard.errors import ConfigurationError
+
+    with (
+        override_settings(ROOT_URLCONF=__name__, ALLOWED_HOSTS=["testserver"], MIDDLEWARE=[]),
+        pytest.raises(ConfigurationError, match=r"bearerguard\.django\.BearerGuardMiddleware"),
+    ):
+        Client().get("/items")
+
+
+def test_sync_and_async_capable(project: BearerGuard) -> None:
+    from asgiref.sync import iscoroutinefunction
+
+    from bearerguard.django import BearerGuardMiddleware
+
+    async def async_view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse()
+
+    # Django hands an async get_response under ASGI: the middleware is then awaited.
+    assert iscoroutinefunction(BearerGuardMiddleware(async_view))
+    assert not iscoroutinefunction(BearerGuardMiddleware(health))
+
+
+def test_warm_up_fetches_the_keys_when_loaded(issuer: DevIssuer) -> None:
+    the_guard = issuer.guard()
+    with configured(the_guard, WARM_UP=True):
+        WSGIHandler()
+    assert the_guard.key_ids
+    assert issuer.requests == ["/.well-known/openid-configuration", "/jwks.json"]

@@ -11,6 +11,7 @@ MODULES = [
     "bearerguard.errors",
     "bearerguard.revocation",
     "bearerguard.asgi",
+    "bearerguard.django",
     "bearerguard.decorators",
     "bearerguard.testing",
     "bearerguard.fastapi",

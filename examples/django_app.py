@@ -1,16 +1,13 @@
-"""A single-file Django API protected by bearerguard (WSGI).
+"""A single-file Django API protected by bearerguard's Django middleware.
 
 Run it against your authorization server:
 
     ISSUER=https://issuer.example AUDIENCE=https://api.example python examples/django_app.py
 
-The whole Django setup is one line in your ``wsgi.py``: wrap the application Django gives
-you in ``BearerGuardWSGIMiddleware``. Views take ``requires_scopes`` like any decorator, and
-``get_access_token(request)`` returns the verified token.
-
-    application = BearerGuardWSGIMiddleware(
-        get_wsgi_application(), guard=guard, public_paths=["/health"]
-    )
+The whole Django setup is in the settings: the middleware in ``MIDDLEWARE`` and the
+``BEARERGUARD`` setting naming the guard by its dotted path. Views take ``requires_scopes``
+like any decorator, and ``get_access_token(request)`` returns the verified token. The same
+settings serve ``get_asgi_application()``, and Django's test clients go through the guard.
 """
 
 from __future__ import annotations
@@ -18,9 +15,22 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
+from typing import Any
 
 import django
 from django.conf import settings
+from django.core.handlers.wsgi import WSGIHandler
+from django.core.wsgi import get_wsgi_application
+from django.http import HttpRequest, JsonResponse
+from django.urls import path
+
+from bearerguard import BearerGuard, get_access_token, requires_scopes
+
+guard: BearerGuard | None = None
+"""The guard ``BEARERGUARD`` names: in a project, built in a module of its own."""
+
+MIDDLEWARE = ["bearerguard.django.BearerGuardMiddleware"]
+BEARERGUARD: dict[str, Any] = {"GUARD": f"{__name__}.guard", "PUBLIC_PATHS": ["/health"]}
 
 if not settings.configured:
     settings.configure(
@@ -28,19 +38,13 @@ if not settings.configured:
         ROOT_URLCONF=__name__,
         ALLOWED_HOSTS=["*"],
         SECRET_KEY=os.environ.get("DJANGO_SECRET_KEY", secrets.token_urlsafe(32)),
-        MIDDLEWARE=[],
+        MIDDLEWARE=MIDDLEWARE,
+        BEARERGUARD=BEARERGUARD,
         INSTALLED_APPS=[],
     )
     django.setup()
 else:  # embedded in a process that configured Django already (the tests): route to this file
     settings.ROOT_URLCONF = __name__
-
-from django.core.wsgi import get_wsgi_application
-from django.http import HttpRequest, JsonResponse
-from django.urls import path
-
-from bearerguard import BearerGuard, get_access_token, requires_scopes
-from bearerguard.wsgi import BearerGuardWSGIMiddleware
 
 
 def health(request: HttpRequest) -> JsonResponse:
@@ -66,14 +70,15 @@ def guard_from_env(environ: Mapping[str, str] | None = None) -> BearerGuard:
     return BearerGuard(issuer=issuer, audience=audience, jwks_uri=env.get("JWKS_URI") or None)
 
 
-def create_app(guard: BearerGuard | None = None) -> BearerGuardWSGIMiddleware:
-    """The Django WSGI application behind the guard (from the environment when omitted)."""
-    return BearerGuardWSGIMiddleware(
-        get_wsgi_application(),
-        guard=guard or guard_from_env(),
-        public_paths=["/health"],
-        warm_up=guard is None,
-    )
+def create_app(the_guard: BearerGuard | None = None) -> WSGIHandler:
+    """The Django WSGI application, its guard from the environment when omitted.
+
+    Django loads the middleware here, under the settings above: ``BEARERGUARD`` is read,
+    and the guard imported, now.
+    """
+    global guard  # noqa: PLW0603 - the module attribute BEARERGUARD names
+    guard = the_guard or guard_from_env()
+    return get_wsgi_application()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ import structlog
 from django.conf import settings
 
 if not settings.configured:  # the first Django test of the session (see docs/wsgi.md)
-    settings.configure(ALLOWED_HOSTS=["*"], SECRET_KEY="tests-only", MIDDLEWARE=[])
+    settings.configure(
+        ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"], SECRET_KEY="tests-only", MIDDLEWARE=[]
+    )
     django.setup()
 
 from django.core.exceptions import ImproperlyConfigured

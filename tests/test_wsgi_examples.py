@@ -32,9 +32,23 @@ def load(name: str) -> ModuleType:
     return module
 
 
+def create_django_app(guard: Any) -> Any:
+    """The Django example under its own settings: Django loads the middleware (and reads
+    BEARERGUARD) when the application is built, and the process's settings stay as they
+    were for the other tests."""
+    from django.test import override_settings
+
+    example = load("django_app")
+    with override_settings(MIDDLEWARE=example.MIDDLEWARE, BEARERGUARD=example.BEARERGUARD):
+        return example.create_app(guard)
+
+
 @pytest.fixture(params=["flask_app", "django_app"])
 def client(request: pytest.FixtureRequest, session_issuer: DevIssuer) -> httpx.Client:
-    app = load(request.param).create_app(session_issuer.guard())
+    if request.param == "django_app":
+        app = create_django_app(session_issuer.guard())
+    else:
+        app = load(request.param).create_app(session_issuer.guard())
     return httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://testserver")
 
 
@@ -72,7 +86,7 @@ def test_flask_routes(session_issuer: DevIssuer) -> None:
 
 
 def test_django_passes_the_token_through_request_meta(session_issuer: DevIssuer) -> None:
-    app = load("django_app").create_app(session_issuer.guard())
+    app = create_django_app(session_issuer.guard())
     with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as client:
         response = client.get("/items", headers=bearer(session_issuer, "items:read"))
     assert response.json() == {"items": ["pen", "ink"], "for": "mia"}

@@ -197,8 +197,21 @@ def test_public_paths_match_path_info(
     # A token sent to a public path is still verified.
     assert get(kind, "/health", "Bearer a.b.c").status_code == 401
     assert get(kind, "/health", bearer(session_issuer)).status_code == 200
-    # A public path reached without a token has no token to show, and a scoped view refuses.
-    assert get(kind, "/whoami").status_code == 401
+    assert get(kind, "/whoami").status_code == 401  # not public
+
+
+def test_a_scoped_view_on_a_public_path_still_needs_a_token(
+    session_issuer: DevIssuer, kind: str
+) -> None:
+    with configured(session_issuer.guard(), PUBLIC_PATHS=["/items", "/whoami"]):
+        assert get(kind, "/whoami").json() == {"for": None}
+        with structlog.testing.capture_logs() as events:
+            refused = get(kind, "/items")
+        allowed = get(kind, "/items", bearer(session_issuer, "items:read"))
+    assert refused.status_code == 401
+    assert 'scope="items:read"' in refused["WWW-Authenticate"]  # the route's scopes, a hint
+    assert [event["event"] for event in events] == ["token.rejected"]
+    assert allowed.json() == {"for": "mia", "view": "sync"}
 
 
 def test_append_slash_does_not_open_a_public_path(session_issuer: DevIssuer, kind: str) -> None:
@@ -444,3 +457,32 @@ def test_warm_up_fetches_the_keys_when_loaded(issuer: DevIssuer) -> None:
         WSGIHandler()
     assert the_guard.key_ids
     assert issuer.requests == ["/.well-known/openid-configuration", "/jwks.json"]
+
+
+def test_behind_the_asgi_middleware_with_the_same_guard_one_audit_event(
+    session_issuer: DevIssuer,
+) -> None:
+    from django.core.asgi import get_asgi_application
+
+    from bearerguard.asgi import BearerGuardMiddleware as ASGIMiddleware
+
+    the_guard = session_issuer.guard()
+
+    async def requests() -> list[httpx.Response]:
+        app = ASGIMiddleware(get_asgi_application(), guard=the_guard)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return [
+                await client.get(url, headers={"Authorization": bearer(session_issuer, scope)})
+                for url, scope in [("/async-items", "items:read"), ("/items", "x")]
+            ]
+
+    with configured(the_guard), structlog.testing.capture_logs() as events:
+        allowed, denied = asyncio.run(requests())
+    assert allowed.json() == {"for": "mia", "view": "async"}
+    assert denied.status_code == 403
+    assert [event["event"] for event in events] == [
+        "token.accepted",
+        "token.accepted",
+        "scope.denied",
+    ]

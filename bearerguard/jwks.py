@@ -24,6 +24,7 @@ import httpx
 from bearerguard.__about__ import __version__
 from bearerguard._core.bodies import BodyError, BoundedBody
 from bearerguard._core.keycache import ttl_from_cache_control
+from bearerguard._resolver import resolve
 from bearerguard.errors import ConfigurationError
 
 __all__ = [
@@ -222,7 +223,8 @@ class _DeadlineStream(httpcore.NetworkStream):
 
 
 class _DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore's sync backend, its connections bounded by one deadline (``_DeadlineStream``)."""
+    """httpcore's sync backend, its connections bounded by one deadline (``_DeadlineStream``),
+    host name lookup included (``bearerguard._resolver``)."""
 
     def __init__(self, deadline: float) -> None:
         self._backend = httpcore.SyncBackend()
@@ -242,10 +244,28 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        stream = self._backend.connect_tcp(
-            host, port, self._left(timeout), local_address, socket_options
-        )
-        return _DeadlineStream(stream, self._deadline)
+        # getaddrinfo takes no timeout: the name is resolved within the deadline first, then
+        # each address it gives is tried in turn (as socket.create_connection does).
+        try:
+            addresses = resolve(host, port, self._left(timeout))
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        refused: httpcore.ConnectError | None = None
+        for address in addresses:
+            try:
+                stream = self._backend.connect_tcp(
+                    address, port, self._left(timeout), local_address, socket_options
+                )
+            except httpcore.ConnectTimeout:
+                raise
+            except httpcore.ConnectError as exc:
+                refused = exc
+                continue
+            return _DeadlineStream(stream, self._deadline)
+        assert refused is not None  # noqa: S101 - resolve() returns at least one address
+        raise refused
 
     def connect_unix_socket(
         self,
@@ -263,9 +283,9 @@ class _DeadlineBackend(httpcore.NetworkBackend):
 def deadline_client(options: dict[str, Any], deadline: float) -> httpx.Client:
     """A sync client (``client_options``) whose whole use ends by ``deadline`` (monotonic).
 
-    Past it, or when a read, write or connection would outlast it, httpx raises a
-    ``TimeoutException``: the sync counterpart of the ``anyio.fail_after`` around async
-    exchanges.
+    Past it, or when a host name lookup, a read, a write or a connection would outlast it,
+    httpx raises a ``TimeoutException``: the sync counterpart of the ``anyio.fail_after``
+    around async exchanges.
     """
     transport = httpx.HTTPTransport(verify=options["verify"], trust_env=False)
     # httpx offers no way to pass a network backend: its pool is rebuilt with ours.

@@ -8,11 +8,16 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
+from bearerguard._resolver import resolve
 from bearerguard.introspection import IntrospectionError, Introspector
 from bearerguard.jwks import FetchError, FetchPolicy, JWKSFetcher
+from bearerguard.testing import DevIssuer
+from bearerguard.wsgi import BearerGuardWSGIMiddleware
+from tests.test_wsgi import call, hello_app
 
 
 @pytest.fixture
@@ -120,3 +125,130 @@ def test_a_slow_sync_discovery_and_fetch_end_within_one_timeout(slow_issuer: str
     with pytest.raises(FetchError, match="timed out"):
         fetcher.fetch_sync()
     assert time.monotonic() - started < 1.0
+
+
+# -- host name lookups --------------------------------------------------------------------
+
+_getaddrinfo = socket.getaddrinfo
+
+
+class SlowResolver:
+    """The system resolver, made slow for one name as a slow DNS server would be: lookups of
+    ``localhost`` wait until ``release`` is set (10 s at most), then resolve for real.
+
+    It replaces ``socket.getaddrinfo``, which every resolution in the process goes through
+    (httpcore's sync backend, asyncio's ``loop.getaddrinfo``): neither bearerguard nor the
+    HTTP client is touched.
+    """
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.asked = 0  # lookups of the slow name begun
+        self.pending = 0  # and not yet answered
+        self._lock = threading.Lock()
+
+    def __call__(self, host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in ("localhost", b"localhost"):
+            with self._lock:
+                self.asked += 1
+                self.pending += 1
+            try:
+                self.release.wait(10)
+            finally:
+                with self._lock:
+                    self.pending -= 1
+        return _getaddrinfo(host, *args, **kwargs)
+
+
+@pytest.fixture
+def slow_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowResolver]:
+    resolver = SlowResolver()
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    yield resolver
+    resolver.release.set()
+
+
+def by_name(issuer: DevIssuer) -> str:
+    """The issuer's key set URL, its host a name to resolve (``localhost``)."""
+    return f"http://localhost:{issuer.port}{issuer.jwks_path}"
+
+
+def test_a_sync_fetch_fails_closed_while_the_host_name_is_still_resolving(
+    issuer: DevIssuer, slow_resolver: SlowResolver
+) -> None:
+    fetcher = JWKSFetcher(issuer.url, by_name(issuer), FetchPolicy(timeout=0.2))
+    with pytest.raises(FetchError, match="timed out"):
+        fetcher.fetch_sync()
+    # The fetch gave up at its deadline, not when the resolver answered.
+    assert slow_resolver.pending == 1
+    assert issuer.requests == []
+    # A second fetch meanwhile waits for the same lookup rather than start another one.
+    with pytest.raises(FetchError, match="timed out"):
+        fetcher.fetch_sync()
+    assert slow_resolver.asked == 1
+    # Once the resolver answers, the name is used (every address it gives, in turn).
+    slow_resolver.release.set()
+    document, _ = fetcher.fetch_sync()
+    assert document == issuer.jwks()
+
+
+def test_a_sync_introspection_fails_closed_while_the_host_name_is_still_resolving(
+    slow_resolver: SlowResolver,
+) -> None:
+    introspector = Introspector(
+        "http://localhost:9/introspect", client_id="rs", client_secret="s", timeout=0.2
+    )
+    with pytest.raises(IntrospectionError, match="timed out"):
+        introspector.introspect_sync("opaque")
+    assert slow_resolver.pending == 1
+    assert introspector.health_sync()["healthy"] is False
+
+
+def test_the_wsgi_middleware_answers_503_while_the_host_name_is_still_resolving(
+    issuer: DevIssuer, slow_resolver: SlowResolver
+) -> None:
+    guard = issuer.guard(jwks_uri=by_name(issuer), fetch=FetchPolicy(timeout=0.2))
+    app = BearerGuardWSGIMiddleware(hello_app, guard=guard)
+    status, headers, _ = call(app, HTTP_AUTHORIZATION=f"Bearer {issuer.mint()}")
+    assert status == "503 Service Unavailable"
+    assert "retry-after" in headers
+    assert slow_resolver.pending == 1
+
+
+@pytest.mark.anyio
+async def test_an_async_fetch_fails_closed_while_the_host_name_is_still_resolving(
+    issuer: DevIssuer, slow_resolver: SlowResolver
+) -> None:
+    # asyncio resolves in its executor; the fetch's deadline (anyio.fail_after) covers it.
+    fetcher = JWKSFetcher(issuer.url, by_name(issuer), FetchPolicy(timeout=0.2))
+    with pytest.raises(FetchError, match="timed out"):
+        await fetcher.fetch()
+    assert slow_resolver.pending == 1
+    introspector = Introspector(
+        "http://localhost:9/introspect", client_id="rs", client_secret="s", timeout=0.2
+    )
+    with pytest.raises(IntrospectionError, match="timed out"):
+        await introspector.introspect("opaque")
+    assert slow_resolver.pending >= 1
+    assert issuer.requests == []
+    slow_resolver.release.set()  # before the event loop closes: it waits for its executor
+
+
+def test_ip_addresses_are_not_looked_up(slow_resolver: SlowResolver) -> None:
+    assert resolve("127.0.0.1", 80, 0.0) == ["127.0.0.1"]
+    assert resolve("::1", 80, 0.0) == ["::1"]
+    assert slow_resolver.asked == 0
+
+
+def test_a_name_that_does_not_resolve_fails_the_fetch(
+    issuer: DevIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unknown(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "localhost":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return _getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", unknown)
+    fetcher = JWKSFetcher(issuer.url, by_name(issuer), FetchPolicy(timeout=1))
+    with pytest.raises(FetchError, match=r"ConnectError.*resolving localhost failed"):
+        fetcher.fetch_sync()

@@ -660,9 +660,11 @@ class BearerGuard:
         self._reuse_cache = self._cache if reusable else None
         # The async fetch under way: the event loop it runs in, and what it sets when done.
         self._refreshing: tuple[object, anyio.Event] | None = None
-        # The asyncio tasks running fetches (one per event loop at most): the event loop holds
-        # tasks only weakly. Each leaves when done, or it would keep its closed loop alive.
-        self._fetch_tasks: set[asyncio.Task[None]] = set()
+        # The asyncio tasks running fetches (one per event loop at most), each with the
+        # ``_refreshing`` it ends: the event loop holds tasks only weakly. Each leaves when
+        # done, or when found with its loop closed (``_drop_abandoned_fetches``), or it would
+        # keep that loop alive.
+        self._fetch_tasks: dict[asyncio.Task[None], tuple[object, anyio.Event]] = {}
         self._fetch_lock = threading.Lock()
         self._fetches = 0  # sync fetches ended: tells a thread that waited whether one ran
         self._fetch_timeout = (fetch or FetchPolicy()).timeout
@@ -1228,6 +1230,7 @@ class BearerGuard:
         """Fetch the key set once, however many requests ask at the same time."""
         if self._fetcher is None:
             return
+        self._drop_abandoned_fetches()
         refreshing = self._refreshing
         if refreshing is not None:
             # A fetch is under way: wait for it when there is nothing usable to go on with.
@@ -1276,9 +1279,27 @@ class BearerGuard:
         # the task whatever anyio shields: the fetch runs in a task of its own, which a
         # cancelled request stops waiting for but does not stop.
         task = loop.create_task(fetch, name="bearerguard-jwks-fetch")
-        self._fetch_tasks.add(task)
-        task.add_done_callback(self._fetch_tasks.discard)
+        self._fetch_tasks[task] = refreshing
+        task.add_done_callback(self._fetch_done)
         await asyncio.shield(task)
+
+    def _fetch_done(self, task: asyncio.Task[None]) -> None:
+        self._fetch_tasks.pop(task, None)
+
+    def _drop_abandoned_fetches(self) -> None:
+        """Forget fetch tasks whose event loop was closed with them pending.
+
+        A loop closed without cancelling its tasks (``loop.close()`` after
+        ``run_until_complete``, as some test runners and reloaders do) never runs them
+        again: their done callbacks never come. Kept, each held its closed loop alive, and
+        the next loop's first requests waited a whole fetch timeout for a fetch that would
+        never end, then were refused (503).
+        """
+        for task, refreshing in list(self._fetch_tasks.items()):
+            if task.get_loop().is_closed():
+                del self._fetch_tasks[task]
+                if self._refreshing is refreshing:
+                    self._refreshing = None
 
     async def _fetch_keys(
         self, refreshing: tuple[object, anyio.Event], *, rediscover: bool

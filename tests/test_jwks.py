@@ -678,6 +678,36 @@ def test_a_fetch_left_by_a_cancelled_request_ends_with_its_event_loop(
     assert dev.fetch_count() == 2
 
 
+def test_a_fetch_left_in_an_event_loop_closed_without_cancelling_it_is_dropped(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    """A loop closed with the fetch still pending (``run_until_complete`` then ``close``, no
+    cancelling: some runners and reloaders do this) never runs it again, so its done callback
+    never comes. The guard kept the task, and with it the loop, for ever; the next loop's
+    first request waited a whole fetch timeout for it, then was refused (503)."""
+    guard = make_guard(dev, clock, discover=False, fetch=FetchPolicy(timeout=5.0))
+    serve_jwks(dev, delay=0.5)
+    token = mint(dev)
+
+    async def leave() -> None:
+        request = asyncio.ensure_future(guard.authenticate(token))
+        await anyio.wait_all_tasks_blocked()  # its fetch is under way
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+
+    for _ in range(2):  # two loops in turn, each closed with its fetch pending
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(leave())
+        loop.close()
+    serve_jwks(dev)
+    # Fetched afresh: not refused after waiting for the abandoned fetch.
+    assert asyncio.run(guard.authenticate(token)).subject == "user-1"
+    # Neither closed loop's task is held any longer.
+    assert not guard._fetch_tasks
+    assert dev.fetch_count() == 3
+
+
 def test_tokens_of_a_new_key_wait_for_another_threads_fetch(
     dev: DevIssuer, clock: FakeClock
 ) -> None:

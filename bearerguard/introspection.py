@@ -249,13 +249,15 @@ class Introspector:
             revocation at the authorization server is seen only once it lapses. Never past
             the answer's ``exp`` (RFC 7662 §4); 0 asks on every use.
         inactive_ttl: how long an ``active: false`` answer is reused.
-        max_concurrent: the most exchanges in flight at once, sync and async together
-            (callers asking about one token share one). Past it a request fails closed at
-            once (``IntrospectionError``, answered 503): a flood of unknown opaque tokens
-            can neither exhaust the process's connections nor pass through to the
-            authorization server unbounded.
+        max_concurrent: the most exchanges in flight at once, sync and async together,
+            readiness probes included (callers asking about one token share one). Past it
+            a request fails closed at once (``IntrospectionError``, answered 503): a flood
+            of unknown opaque tokens can neither exhaust the process's connections nor pass
+            through to the authorization server unbounded.
         health_interval: the least time, in seconds, between two probes of the endpoint by
-            ``health()`` (readiness checks); meanwhile the last outcome is reported.
+            ``health()`` (readiness checks); meanwhile the last outcome is reported. A probe
+            is an exchange counted in ``max_concurrent``: one due at the limit is not sent,
+            and fails (not ready).
         clock: returns epoch seconds; injectable for tests.
 
     Raises:
@@ -422,13 +424,14 @@ class Introspector:
             flight.done.set()
         return flight.result
 
-    def _take_slot(self, flow: _Flow) -> None:
+    def _take_slot(self, flow: _Flow | None) -> None:
         """Count one more exchange in flight, or refuse (closing ``flow``) at the limit.
 
         The caller holds ``_lock``.
         """
         if self._in_flight >= self.max_concurrent:
-            flow.close()
+            if flow is not None:
+                flow.close()
             raise IntrospectionError(
                 f"{self.max_concurrent} exchanges with {self.endpoint} already in flight"
             )
@@ -450,10 +453,15 @@ class Introspector:
         token = self._probe_due()
         if token is not None:
             try:
-                async with httpx.AsyncClient(**self._client_options()) as client:
-                    outcome = await _post_async(
-                        client, self.endpoint, self._request(token), self._limits
-                    )
+                outcome: _Response | IntrospectionError | None = self._probe_slot()
+                if outcome is None:
+                    try:
+                        async with httpx.AsyncClient(**self._client_options()) as client:
+                            outcome = await _post_async(
+                                client, self.endpoint, self._request(token), self._limits
+                            )
+                    finally:
+                        self._free_slot()
                 self._probed(outcome)
             finally:
                 self._probe_over()
@@ -464,10 +472,17 @@ class Introspector:
         token = self._probe_due()
         if token is not None:
             try:
-                deadline = time.monotonic() + self.timeout
-                with deadline_client(self._client_options(), deadline) as client:
-                    request = self._request(token)
-                    outcome = _post_sync(client, self.endpoint, request, self._limits, deadline)
+                outcome: _Response | IntrospectionError | None = self._probe_slot()
+                if outcome is None:
+                    try:
+                        deadline = time.monotonic() + self.timeout
+                        with deadline_client(self._client_options(), deadline) as client:
+                            request = self._request(token)
+                            outcome = _post_sync(
+                                client, self.endpoint, request, self._limits, deadline
+                            )
+                    finally:
+                        self._free_slot()
                 self._probed(outcome)
             finally:
                 self._probe_over()
@@ -487,6 +502,17 @@ class Introspector:
             self._probed_at = now
             self._probing = True
         return "bearerguard-probe-" + secrets.token_urlsafe(24)
+
+    def _probe_slot(self) -> IntrospectionError | None:
+        """Take a slot for a probe: it is one more exchange with the endpoint. At the limit,
+        the refusal, which the probe reports as its outcome (not ready, as requests are
+        refused then too)."""
+        with self._lock:
+            try:
+                self._take_slot(None)
+            except IntrospectionError as exc:
+                return exc
+        return None
 
     def _probe_over(self) -> None:
         with self._lock:

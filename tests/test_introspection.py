@@ -574,6 +574,37 @@ def test_a_health_probe_under_way_is_not_joined_by_another(server: Introspection
     assert server.calls == 2  # the next probe, once the first is over
 
 
+def test_health_probes_count_toward_max_concurrent(server: IntrospectionServer) -> None:
+    # The probe is one more exchange with the authorization server: it takes a slot, and a
+    # probe due with every slot taken is not sent and fails closed, as a request would.
+    server.fault = Fault(body=b'{"active": false}', delay=1.0)  # answered, slowly
+    clock = Clock()
+    introspector = server.introspector(max_concurrent=1, health_interval=1, clock=clock)
+    probe = threading.Thread(target=introspector.health_sync)
+    probe.start()
+    while server.calls == 0:  # the probe has reached the server
+        probe.join(0.01)
+    with pytest.raises(IntrospectionError, match="already in flight"):
+        introspector.introspect_sync("opaque")
+    probe.join()
+    assert introspector.healthy is True
+    assert server.calls == 1
+
+    request = threading.Thread(target=introspector.introspect_sync, args=("opaque",))
+    request.start()
+    while server.calls == 1:  # the request's exchange has reached the server
+        request.join(0.01)
+    clock.advance(5)
+    assert introspector.health_sync()["healthy"] is False
+    clock.advance(5)
+    assert anyio.run(introspector.health)["healthy"] is False
+    request.join()
+    assert server.calls == 2  # neither probe was sent
+    assert introspector._in_flight == 0
+    clock.advance(5)
+    assert anyio.run(introspector.health)["healthy"] is True
+
+
 def test_a_guard_answers_503_past_the_limit(issuer: DevIssuer, server: IntrospectionServer) -> None:
     server.fault = Fault(body=b'{"active": false}', delay=1.0)
     introspector = server.introspector(max_concurrent=1)

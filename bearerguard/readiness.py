@@ -13,7 +13,9 @@ its policy's ``failure`` is ``"deny"`` (report ``usage``), and the DPoP replay s
 (``dpop``), whose failures answer 503 too. An introspection endpoint (``introspection``, and
 ``IntrospectionRevocationStore``) is probed with a random token, which it must answer
 ``active: false``, at most once per its ``health_interval``: never with a real token, and
-never on the request path.
+never on the request path. Every one of these counts toward ``ready`` unless named in
+``optional``: then it is still asked and reported, but left out of the verdict (for a
+service every instance shares, whose outage would take them all out of the load balancer).
 
 Given ``TrustedIssuers``, the report holds one such report per configured issuer under
 ``issuers``, and is ready when one of them is: an instance that verifies one issuer's
@@ -34,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from starlette.types import Receive, Scope, Send
 
-from bearerguard.errors import ServiceUnavailableError
+from bearerguard.errors import ConfigurationError, ServiceUnavailableError
 from bearerguard.guard import BearerGuard
 from bearerguard.issuers import TrustedIssuers
 
@@ -44,19 +46,50 @@ if TYPE_CHECKING:
 __all__ = ["ReadinessEndpoint", "readiness", "readiness_wsgi"]
 
 _HEADERS = [("content-type", "application/json"), ("cache-control", "no-store")]
+# The dependencies that may be left out of the verdict (``optional``); never the keys: an
+# instance without them refuses every JWT.
+_OPTIONAL = ("revocation", "introspection", "usage", "dpop")
 _log = logging.getLogger("bearerguard")
 
 
-def readiness(guard: BearerGuard | TrustedIssuers) -> dict[str, Any]:
+def readiness(
+    guard: BearerGuard | TrustedIssuers, *, optional: Iterable[str] = ()
+) -> dict[str, Any]:
     """The guard's readiness as plain data, without I/O: keys usable, key set age, store health.
 
     A store that reports no health (the memory store) counts as healthy; one that does (the
     Redis store's ``healthy``) must say so. The endpoints ask the store first (``health()``).
+
+    Args:
+        guard: the guard to report on (a ``TrustedIssuers``: each configured issuer's).
+        optional: dependencies reported but left out of ``ready`` (as in
+            ``ReadinessEndpoint``).
+
+    Raises:
+        ConfigurationError: ``optional`` names something else than those dependencies.
     """
+    left_out = _optional(optional)
     if isinstance(guard, TrustedIssuers):
-        return _combined({each.issuer: readiness(each) for each in guard.configured})
+        return _combined(
+            {each.issuer: readiness(each, optional=left_out) for each in guard.configured}
+        )
     needed = _needed(guard)
-    return _report(guard, _flag(guard.revocation), {name: _flag(item) for name, item in needed})
+    others = {name: _flag(item) for name, item in needed}
+    return _report(guard, _flag(guard.revocation), others, left_out)
+
+
+def _optional(names: Iterable[str]) -> frozenset[str]:
+    """``optional`` checked: a typo would silently count a dependency (or, worse, not)."""
+    if isinstance(names, str | bytes):
+        raise ConfigurationError(f"optional must be a collection of names, not {names!r}")
+    chosen = frozenset(names)
+    unknown = sorted(map(repr, chosen - frozenset(_OPTIONAL)))
+    if unknown:
+        raise ConfigurationError(
+            f"optional may name {', '.join(_OPTIONAL)} (keys always count), not "
+            + ", ".join(unknown)
+        )
+    return chosen
 
 
 def _combined(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -64,14 +97,16 @@ def _combined(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {"ready": any(report["ready"] for report in reports.values()), "issuers": reports}
 
 
-async def _asked_report(guard: BearerGuard | TrustedIssuers, warm_up: bool) -> dict[str, Any]:
+async def _asked_report(
+    guard: BearerGuard | TrustedIssuers, warm_up: bool, optional: frozenset[str]
+) -> dict[str, Any]:
     """The report, each store asked through ``health()``; keys fetched first if asked to."""
     if isinstance(guard, TrustedIssuers):
         # Each issuer at once: one probe waits for the slowest fetch, not for their sum.
         reports: dict[str, dict[str, Any]] = {}
 
         async def ask(each: BearerGuard) -> None:
-            reports[each.issuer] = await _asked_report(each, warm_up)
+            reports[each.issuer] = await _asked_report(each, warm_up, optional)
 
         async with anyio.create_task_group() as group:
             for each in guard.configured:
@@ -82,20 +117,22 @@ async def _asked_report(guard: BearerGuard | TrustedIssuers, warm_up: bool) -> d
             await guard.warm_up()
     healthy = await _asked(guard.revocation)
     others = {name: await _asked(item) for name, item in _needed(guard)}
-    return _report(guard, healthy, others)
+    return _report(guard, healthy, others, optional)
 
 
-def _asked_report_sync(guard: BearerGuard | TrustedIssuers, warm_up: bool) -> dict[str, Any]:
+def _asked_report_sync(
+    guard: BearerGuard | TrustedIssuers, warm_up: bool, optional: frozenset[str]
+) -> dict[str, Any]:
     """``_asked_report`` for WSGI: ``health_sync()``, ``warm_up_sync()``."""
     if isinstance(guard, TrustedIssuers):
         return _combined(
-            {each.issuer: _asked_report_sync(each, warm_up) for each in guard.configured}
+            {each.issuer: _asked_report_sync(each, warm_up, optional) for each in guard.configured}
         )
     if warm_up and not guard.keys_ready():
         with contextlib.suppress(ServiceUnavailableError):  # reported below as not ready
             guard.warm_up_sync()
     others = {name: _asked_sync(item) for name, item in _needed(guard)}
-    return _report(guard, _asked_sync(guard.revocation), others)
+    return _report(guard, _asked_sync(guard.revocation), others, optional)
 
 
 def _needed(guard: BearerGuard) -> list[tuple[str, object]]:
@@ -155,20 +192,25 @@ def _asked_sync(store: object) -> bool:
     return _verdict(store, report)
 
 
-def _report(guard: BearerGuard, healthy: bool, others: dict[str, bool]) -> dict[str, Any]:
-    store = guard.revocation
+def _report(
+    guard: BearerGuard, healthy: bool, others: dict[str, bool], optional: frozenset[str]
+) -> dict[str, Any]:
     keys_ready = guard.keys_ready()
+    health = {"revocation": healthy, **others}
+    stores = {"revocation": guard.revocation, **dict(_needed(guard))}
+    counted = [ok for name, ok in health.items() if name not in optional]
     report: dict[str, Any] = {
-        "ready": bool(keys_ready and healthy and all(others.values())),
+        "ready": bool(keys_ready and all(counted)),
         "keys": {
             "ready": keys_ready,
             "kids": len(guard.key_ids),
             "age_seconds": guard.key_set_age(),
         },
-        "revocation": {"store": _name(store), "healthy": healthy},
     }
-    for name, item in _needed(guard):
-        report[name] = {"store": _name(item), "healthy": others[name]}
+    for name, ok in health.items():
+        report[name] = {"store": _name(stores[name]), "healthy": ok}
+        if name in optional:
+            report[name]["required"] = False
     return report
 
 
@@ -191,11 +233,28 @@ class ReadinessEndpoint:
         guard: the guard to report on (a ``TrustedIssuers``: each configured issuer's).
         warm_up: when keys are not loaded yet, try to fetch them before answering (bounded
             by the guard's fetch timeout).
+        optional: dependencies still asked and reported (``"required": false``) but left
+            out of the verdict: any of ``"revocation"``, ``"introspection"``, ``"usage"``
+            and ``"dpop"``. By default every one counts (fail closed). An outage of a
+            service every instance shares (the authorization server, one Redis) then takes
+            every instance out of the load balancer; leave it out when the requests that do
+            not need it (JWTs verified locally, while introspection is down) should still
+            be served. The keys always count.
+
+    Raises:
+        ConfigurationError: ``optional`` names anything else.
     """
 
-    def __init__(self, guard: BearerGuard | TrustedIssuers, *, warm_up: bool = True) -> None:
+    def __init__(
+        self,
+        guard: BearerGuard | TrustedIssuers,
+        *,
+        warm_up: bool = True,
+        optional: Iterable[str] = (),
+    ) -> None:
         self.guard = guard
         self.warm_up = warm_up
+        self.optional = _optional(optional)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # served on its own: nothing to start or stop
@@ -208,7 +267,7 @@ class ReadinessEndpoint:
         if scope["method"] not in ("GET", "HEAD"):
             await _send(send, 405, b'{"error": "method_not_allowed"}', [("allow", "GET, HEAD")])
             return
-        status, body = _answer(await _asked_report(self.guard, self.warm_up))
+        status, body = _answer(await _asked_report(self.guard, self.warm_up, self.optional))
         await _send(send, status, body, head=scope["method"] == "HEAD")
 
 
@@ -231,13 +290,20 @@ def _headers(body: bytes, extra: Iterable[tuple[str, str]] = ()) -> list[tuple[s
     return [*_HEADERS, ("content-length", str(len(body))), *extra]
 
 
-def readiness_wsgi(guard: BearerGuard | TrustedIssuers, *, warm_up: bool = True) -> Any:
+def readiness_wsgi(
+    guard: BearerGuard | TrustedIssuers, *, warm_up: bool = True, optional: Iterable[str] = ()
+) -> Any:
     """The same check as a WSGI app (mount it with your framework, or wrap it in a route):
-    ``GET`` and ``HEAD`` only, as the ASGI endpoint.
+    ``GET`` and ``HEAD`` only, as the ASGI endpoint; ``warm_up`` and ``optional`` as there.
 
     It asks the store through ``health_sync()`` when it offers one (the Redis store then
     starts its mirror in a thread, or pings Redis).
+
+    Raises:
+        ConfigurationError: ``optional`` names anything else than ``ReadinessEndpoint``
+            allows.
     """
+    left_out = _optional(optional)
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -245,7 +311,7 @@ def readiness_wsgi(guard: BearerGuard | TrustedIssuers, *, warm_up: bool = True)
             refused = b'{"error": "method_not_allowed"}'
             start_response("405 Method Not Allowed", _headers(refused, [("allow", "GET, HEAD")]))
             return [refused]
-        status, body = _answer(_asked_report_sync(guard, warm_up))
+        status, body = _answer(_asked_report_sync(guard, warm_up, left_out))
         start_response("200 OK" if status == 200 else "503 Service Unavailable", _headers(body))
         return [b"" if method == "HEAD" else body]
 

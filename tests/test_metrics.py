@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -498,11 +499,80 @@ def test_readiness_states_the_length_of_its_document(issuer: DevIssuer, stack: s
     assert refused.headers["content-length"] == str(len(refused.content))
 
 
-def _readiness_client(guard: BearerGuard | TrustedIssuers, stack: str) -> httpx.Client:
+def _readiness_client(
+    guard: BearerGuard | TrustedIssuers, stack: str, **options: Any
+) -> httpx.Client:
     if stack == "asgi":
-        return TestClient(ReadinessEndpoint(guard), base_url="http://t")
-    transport = httpx.WSGITransport(app=readiness_wsgi(guard))
+        return TestClient(ReadinessEndpoint(guard, **options), base_url="http://t")
+    transport = httpx.WSGITransport(app=readiness_wsgi(guard, **options))
     return httpx.Client(transport=transport, base_url="http://t")
+
+
+@pytest.mark.parametrize("stack", ["asgi", "wsgi"])
+def test_readiness_can_leave_the_authorization_server_out_of_the_verdict(
+    issuer: DevIssuer, stack: str
+) -> None:
+    # An authorization server down took every instance out of the load balancer, JWTs
+    # (verified locally) included: optional= reports its health without counting it.
+    clock = Clock()
+    with IntrospectionServer() as server:
+        introspector = server.introspector(health_interval=30, clock=clock)
+        guard = issuer.guard(audience=AUDIENCE, introspection=introspector)
+        server.fault = Fault(status=500, body=b"down")
+        with _readiness_client(guard, stack) as client:
+            assert client.get("/").status_code == 503  # the default: it counts
+        clock.advance(30)
+        with _readiness_client(guard, stack, optional=["introspection"]) as client:
+            down = client.get("/")
+        assert down.status_code == 200
+        assert down.json()["introspection"] == {
+            "store": "introspection",
+            "healthy": False,
+            "required": False,
+        }
+        assert server.calls == 2  # still probed, for the report
+        # Keys still count: without them nothing is served.
+        issuer.overrides[issuer.jwks_path] = Override(status=500)
+        cold = issuer.guard(audience=AUDIENCE, introspection=introspector)
+        with _readiness_client(cold, stack, optional=["introspection"]) as client:
+            assert client.get("/").status_code == 503
+    assert readiness(guard, optional={"introspection"})["ready"] is True
+    assert readiness(guard)["ready"] is False
+
+
+def test_readiness_can_leave_the_revocation_store_out_of_the_verdict(
+    issuer: DevIssuer, private_redis: RedisServer
+) -> None:
+    from bearerguard.revocation import RedisRevocationStore
+
+    store = RedisRevocationStore(private_redis.url, mirror=False, socket_timeout=0.5)
+    guard = issuer.guard(revocation=store)
+    try:
+        private_redis.stop()
+        with _readiness_client(guard, "wsgi", optional=("revocation",)) as client:
+            answer = client.get("/")
+        assert answer.status_code == 200
+        assert answer.json()["revocation"] == {
+            "store": "redis",
+            "healthy": False,
+            "required": False,
+        }
+    finally:
+        private_redis.start()
+        store.close()
+
+
+@pytest.mark.parametrize("optional", [["keys"], ["introspecton"], "introspection", [1]], ids=repr)
+def test_readiness_refuses_unknown_or_unsafe_optional_dependencies(
+    session_issuer: DevIssuer, optional: Any
+) -> None:
+    guard = session_issuer.guard()
+    with pytest.raises(ConfigurationError, match="optional"):
+        ReadinessEndpoint(guard, optional=optional)
+    with pytest.raises(ConfigurationError, match="optional"):
+        readiness_wsgi(guard, optional=optional)
+    with pytest.raises(ConfigurationError, match="optional"):
+        readiness(guard, optional=optional)
 
 
 @pytest.mark.parametrize("stack", ["asgi", "wsgi"])

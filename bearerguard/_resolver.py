@@ -14,6 +14,7 @@ stops waiting for it.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -32,6 +33,21 @@ class _Lookup:
 
 _lookups: dict[tuple[str, int], _Lookup] = {}
 _lock = threading.Lock()
+
+
+def _forked() -> None:
+    """In a child process after ``fork()``: the lookups under way in the parent went on in
+    threads that did not survive the fork, so none of them will ever end here (and a lock
+    held by one of them at the fork is never released). A pre-forking server
+    (gunicorn --preload) warmed up during a slow lookup left each worker waiting for it,
+    every fetch of that name timed out, for the worker's whole life."""
+    global _lock  # noqa: PLW0603 - the module's state, made anew in the child
+    _lookups.clear()
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def resolve(host: str, port: int, timeout: float) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -252,3 +253,41 @@ def test_a_name_that_does_not_resolve_fails_the_fetch(
     fetcher = JWKSFetcher(issuer.url, by_name(issuer), FetchPolicy(timeout=1))
     with pytest.raises(FetchError, match=r"ConnectError.*resolving localhost failed"):
         fetcher.fetch_sync()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_worker_does_not_wait_for_a_lookup_left_in_its_parent(
+    issuer: DevIssuer, slow_resolver: SlowResolver
+) -> None:
+    # A pre-forking server (gunicorn --preload) warms up, its lookup still under way when it
+    # forks: the child inherits the lookup but not its thread. Waited for, every fetch of
+    # that name in the worker timed out, for as long as the worker lived.
+    import warnings
+
+    fetcher = JWKSFetcher(issuer.url, by_name(issuer), FetchPolicy(timeout=0.2))
+    with pytest.raises(FetchError, match="timed out"):
+        fetcher.fetch_sync()
+    assert slow_resolver.pending == 1
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        outcome = b"refused"
+        try:
+            socket.getaddrinfo = _getaddrinfo  # the worker's resolver answers at once
+            document, _ = JWKSFetcher(
+                issuer.url, by_name(issuer), FetchPolicy(timeout=2.0)
+            ).fetch_sync()
+            if document == issuer.jwks():
+                outcome = b"fetched"
+        except BaseException as exc:  # reported to the parent
+            outcome = repr(exc).encode()
+        finally:
+            os.write(write, outcome)
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        reported = pipe.read()
+    os.waitpid(pid, 0)
+    assert reported == b"fetched"

@@ -68,10 +68,17 @@ def resolve(host: str, port: int, timeout: float) -> list[str]:
     with _lock:
         lookup = _lookups.get(key)
         if lookup is None:
-            lookup = _lookups[key] = _Lookup()
-            threading.Thread(
+            lookup = _Lookup()
+            thread = threading.Thread(
                 target=_look_up, args=(key, lookup), name="bearerguard-resolve", daemon=True
-            ).start()
+            )
+            try:
+                thread.start()
+            except RuntimeError as exc:
+                # Out of threads: this fetch fails (closed), and the lookup is not left
+                # registered with no thread to end it, which every later one would wait on.
+                raise OSError(f"resolving {host} failed: {exc}") from exc
+            _lookups[key] = lookup
     if not lookup.done.wait(max(timeout, 0.0)):
         raise TimeoutError(f"resolving {host} took longer than the deadline")
     if lookup.error is not None:

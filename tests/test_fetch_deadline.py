@@ -291,3 +291,25 @@ def test_a_forked_worker_does_not_wait_for_a_lookup_left_in_its_parent(
         reported = pipe.read()
     os.waitpid(pid, 0)
     assert reported == b"fetched"
+
+
+def test_a_lookup_whose_thread_cannot_start_fails_that_fetch_only(
+    issuer: DevIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Out of threads (a container's pids.max reached): the lookup was registered before its
+    # thread failed to start, so every later fetch of that name waited for a lookup no
+    # thread would ever end, and timed out, long after threads were to be had again.
+    start = threading.Thread.start
+
+    def out_of_threads(thread: threading.Thread) -> None:
+        if thread.name == "bearerguard-resolve":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", out_of_threads)
+    fetcher = JWKSFetcher(issuer.url, by_name(issuer), FetchPolicy(timeout=2.0))
+    with pytest.raises(FetchError, match=r"ConnectError.*can't start new thread"):
+        fetcher.fetch_sync()
+    monkeypatch.setattr(threading.Thread, "start", start)
+    document, _ = fetcher.fetch_sync()
+    assert document == issuer.jwks()

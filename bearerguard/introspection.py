@@ -257,7 +257,8 @@ class Introspector:
         health_interval: the least time, in seconds, between two probes of the endpoint by
             ``health()`` (readiness checks); meanwhile the last outcome is reported. A probe
             is an exchange counted in ``max_concurrent``: one due at the limit is not sent,
-            and fails (not ready).
+            the last outcome stands (busy is not down: junk opaque tokens, anyone's to
+            send, must not make the instance unready), and the next check probes again.
         clock: returns epoch seconds; injectable for tests.
 
     Raises:
@@ -453,8 +454,7 @@ class Introspector:
         token = self._probe_due()
         if token is not None:
             try:
-                outcome: _Response | IntrospectionError | None = self._probe_slot()
-                if outcome is None:
+                if self._probe_slot():
                     try:
                         async with httpx.AsyncClient(**self._client_options()) as client:
                             outcome = await _post_async(
@@ -462,7 +462,7 @@ class Introspector:
                             )
                     finally:
                         self._free_slot()
-                self._probed(outcome)
+                    self._probed(outcome)
             finally:
                 self._probe_over()
         return self._health()
@@ -472,8 +472,7 @@ class Introspector:
         token = self._probe_due()
         if token is not None:
             try:
-                outcome: _Response | IntrospectionError | None = self._probe_slot()
-                if outcome is None:
+                if self._probe_slot():
                     try:
                         deadline = time.monotonic() + self.timeout
                         with deadline_client(self._client_options(), deadline) as client:
@@ -483,7 +482,7 @@ class Introspector:
                             )
                     finally:
                         self._free_slot()
-                self._probed(outcome)
+                    self._probed(outcome)
             finally:
                 self._probe_over()
         return self._health()
@@ -503,16 +502,21 @@ class Introspector:
             self._probing = True
         return "bearerguard-probe-" + secrets.token_urlsafe(24)
 
-    def _probe_slot(self) -> IntrospectionError | None:
-        """Take a slot for a probe: it is one more exchange with the endpoint. At the limit,
-        the refusal, which the probe reports as its outcome (not ready, as requests are
-        refused then too)."""
+    def _probe_slot(self) -> bool:
+        """Take a slot for a probe, which is one more exchange with the endpoint.
+
+        At the limit (``False``) the probe is not sent. Slots all taken say how busy this
+        instance is, not whether the endpoint answers, and anyone can take them with
+        random opaque tokens: counted as a failure, a flood would make every instance
+        report not ready. The last outcome stands, and the next poll probes again.
+        """
         with self._lock:
             try:
                 self._take_slot(None)
-            except IntrospectionError as exc:
-                return exc
-        return None
+            except IntrospectionError:
+                self._probed_at = None
+                return False
+        return True
 
     def _probe_over(self) -> None:
         with self._lock:

@@ -590,19 +590,60 @@ def test_health_probes_count_toward_max_concurrent(server: IntrospectionServer) 
     assert introspector.healthy is True
     assert server.calls == 1
 
-    request = threading.Thread(target=introspector.introspect_sync, args=("opaque",))
+    # A probe due with every slot taken is not sent. Slots taken say how busy this instance
+    # is, not whether the endpoint answers: the last outcome stands (a flood of junk opaque
+    # tokens, client input, must not make every instance report not ready), and the next
+    # poll probes again, without waiting for another interval.
+    server.fault = Fault(status=500, body=b"down", delay=1.0)
+
+    def ask() -> None:
+        with pytest.raises(IntrospectionError, match="answered 500"):
+            introspector.introspect_sync("opaque")
+
+    request = threading.Thread(target=ask)
     request.start()
     while server.calls == 1:  # the request's exchange has reached the server
         request.join(0.01)
     clock.advance(5)
-    assert introspector.health_sync()["healthy"] is False
-    clock.advance(5)
-    assert anyio.run(introspector.health)["healthy"] is False
+    assert introspector.health_sync()["healthy"] is True
+    assert anyio.run(introspector.health)["healthy"] is True
     request.join()
     assert server.calls == 2  # neither probe was sent
     assert introspector._in_flight == 0
-    clock.advance(5)
-    assert anyio.run(introspector.health)["healthy"] is True
+    assert anyio.run(introspector.health)["healthy"] is False  # probed once a slot is free
+    assert server.calls == 3
+
+
+def test_junk_tokens_at_the_limit_do_not_make_the_instance_unready(
+    issuer: DevIssuer, server: IntrospectionServer
+) -> None:
+    # Random opaque tokens are anyone's to send: with max_concurrent slots taken by them, the
+    # readiness endpoint answered 503, so a flood took every instance out of the load
+    # balancer, JWT traffic included, though the authorization server was up.
+    from bearerguard.readiness import readiness_wsgi
+
+    server.fault = Fault(body=b'{"active": false}', delay=1.0)
+    clock = Clock()
+    introspector = server.introspector(max_concurrent=1, health_interval=1, clock=clock)
+    guard = issuer.guard(audience=AUDIENCE, introspection=introspector)
+    ready = httpx.Client(
+        transport=httpx.WSGITransport(app=readiness_wsgi(guard)), base_url="http://t"
+    )
+    app = httpx.Client(
+        transport=httpx.WSGITransport(app=build_flask_app(guard)), base_url="http://t"
+    )
+    with ready, app:
+        assert ready.get("/").status_code == 200  # probed: the endpoint answers
+        junk = threading.Thread(
+            target=app.get, args=("/items",), kwargs={"headers": bearer("junk")}
+        )
+        junk.start()
+        while server.calls == 1:  # the junk token's exchange has reached the server
+            junk.join(0.01)
+        clock.advance(5)
+        assert ready.get("/").status_code == 200
+        junk.join()
+    assert server.calls == 2
 
 
 def test_a_guard_answers_503_past_the_limit(issuer: DevIssuer, server: IntrospectionServer) -> None:

@@ -1297,7 +1297,9 @@ class BearerGuard:
         """
         for task, refreshing in list(self._fetch_tasks.items()):
             if task.get_loop().is_closed():
-                del self._fetch_tasks[task]
+                # Not ``del``: another loop's thread may drop the same task meanwhile, and a
+                # second ``del`` raised KeyError (a 500).
+                self._fetch_tasks.pop(task, None)
                 if self._refreshing is refreshing:
                     self._refreshing = None
 

@@ -708,6 +708,43 @@ def test_a_fetch_left_in_an_event_loop_closed_without_cancelling_it_is_dropped(
     assert dev.fetch_count() == 3
 
 
+def test_two_loops_dropping_the_same_abandoned_fetch_at_once(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    """Two event loops in two threads (one guard) each drop a closed loop's fetch as they
+    refresh: the one that looked second found it gone, and its request raised KeyError (a
+    500). The other thread's drop is played where the interleaving puts it: while this
+    one asks whether the abandoned task's loop is closed."""
+    guard = make_guard(dev, clock, discover=False, fetch=FetchPolicy(timeout=5.0))
+    serve_jwks(dev, delay=0.5)
+    token = mint(dev)
+
+    class Interleaved(asyncio.SelectorEventLoop):
+        other_thread_done = False
+
+        def is_closed(self) -> bool:
+            closed = super().is_closed()
+            if closed and not self.other_thread_done:
+                self.other_thread_done = True
+                guard._drop_abandoned_fetches()  # the other loop's refresh, in between
+            return closed
+
+    async def leave() -> None:
+        request = asyncio.ensure_future(guard.authenticate(token))
+        await anyio.wait_all_tasks_blocked()  # its fetch is under way
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+
+    loop = Interleaved()
+    loop.run_until_complete(leave())
+    loop.close()
+    serve_jwks(dev)
+    assert asyncio.run(guard.authenticate(token)).subject == "user-1"
+    assert loop.other_thread_done
+    assert not guard._fetch_tasks
+
+
 def test_tokens_of_a_new_key_wait_for_another_threads_fetch(
     dev: DevIssuer, clock: FakeClock
 ) -> None:

@@ -161,6 +161,10 @@ class BearerGuardMiddleware:
         self.get_response = get_response
         self.guard = guard
         self.public_paths = public_paths
+        # The cache-hit fast path serves a plain single-issuer Bearer setup (decided once).
+        self._reusing = (
+            guard if isinstance(guard, BearerGuard) and not guard.sender_constrained else None
+        )
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)  # Django then awaits what __call__ returns
@@ -185,11 +189,14 @@ class BearerGuardMiddleware:
         if self._let_in(request):
             return self.get_response(request)
         described = wsgi._describe(request.META, request.path_info)
-        try:
-            access, binding = self._verify(request, described)
-        except AuthError as error:
-            return self._refuse(error, described, started)
-        reset = current_auth.set(self._admit(request, access, binding, described, started))
+        auth = self._reused(request, described, started)
+        if auth is None:
+            try:
+                access, binding = self._verify(request, described)
+            except AuthError as error:
+                return self._refuse(error, described, started)
+            auth = self._admit(request, access, binding, described, started)
+        reset = current_auth.set(auth)
         try:
             return self.get_response(request)
         finally:
@@ -203,11 +210,14 @@ class BearerGuardMiddleware:
         if self._let_in(request):
             return await self.get_response(request)
         described = wsgi._describe(request.META, request.path_info)
-        try:
-            access, binding = await self._averify(request, described)
-        except AuthError as error:
-            return self._refuse(error, described, started)
-        reset = current_auth.set(self._admit(request, access, binding, described, started))
+        auth = self._reused(request, described, started)  # no I/O: fine in the event loop
+        if auth is None:
+            try:
+                access, binding = await self._averify(request, described)
+            except AuthError as error:
+                return self._refuse(error, described, started)
+            auth = self._admit(request, access, binding, described, started)
+        reset = current_auth.set(auth)
         try:
             return await self.get_response(request)
         finally:
@@ -233,6 +243,34 @@ class BearerGuardMiddleware:
             return True
         scope = _scope(request)
         return scope is not None and already_let_in(scope, guard)
+
+    def _reused(self, request: Any, described: _Described, started: float) -> RequestAuth | None:
+        """The verdict for a token verified before and sent the usual way (one
+        ``Authorization: Bearer`` value, no ``access_token`` in the query), from the guard's
+        cache with no I/O (``BearerGuard.reused``), as the WSGI and ASGI middlewares serve it;
+        ``None`` sends the request down the general path, which applies every rule."""
+        reusing = self._reusing
+        if reusing is None:
+            return None
+        meta = request.META
+        header = meta.get("HTTP_AUTHORIZATION")
+        if not isinstance(header, str) or not header.startswith("Bearer "):
+            return None
+        query = str(meta.get("QUERY_STRING", ""))
+        if "access_token" in query or "%" in query:  # a percent-encoded name may decode to it
+            return None
+        entry = reusing.reused(header[7:].encode("latin-1", "replace"))
+        if entry is None:
+            return None
+        auth = RequestAuth(reusing, entry.token, started, *described, wsgi._django_response)
+        audit = reusing.audit
+        if audit.records_accepted:
+            entry.record_accepted(audit, auth, perf_counter() - started)
+        meta[SCOPE_KEY] = auth
+        scope = _scope(request)
+        if scope is not None:
+            scope[SCOPE_KEY] = auth
+        return auth
 
     def _verify(self, request: Any, described: _Described) -> tuple[AccessToken | None, str]:
         """Extraction and verification with the guard's synchronous side, as under WSGI."""

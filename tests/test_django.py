@@ -486,3 +486,40 @@ def test_behind_the_asgi_middleware_with_the_same_guard_one_audit_event(
         "token.accepted",
         "scope.denied",
     ]
+
+
+def test_a_token_seen_before_takes_the_cache_hit_path(session_issuer: DevIssuer, kind: str) -> None:
+    # As in the WSGI and ASGI middlewares, a cached token sent the usual way is served by
+    # BearerGuard.reused (which asks the store's is_revoked_now), not by a full authenticate.
+    class Store:  # a project's own store: it records which of its checks the guard asks
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        async def is_revoked(self, token: Any) -> bool:
+            self.asked.append("is_revoked")
+            return False
+
+        def is_revoked_sync(self, token: Any) -> bool:
+            self.asked.append("is_revoked_sync")
+            return False
+
+        def is_revoked_now(self, token: Any) -> bool:
+            self.asked.append("is_revoked_now")
+            return False
+
+    store = Store()
+    with configured(session_issuer.guard(revocation=store)):
+        token = bearer(session_issuer, "items:read")
+        assert get(kind, "/items", token).status_code == 200  # verified, cached
+        store.asked.clear()
+        with structlog.testing.capture_logs() as events:
+            reused = get(kind, "/items", token)
+            as_query = get(kind, "/items?x=%41", token)  # a % in the query: the general path
+    assert reused.json() == {"for": "mia", "view": "sync"}
+    assert as_query.status_code == 200
+    assert store.asked[0] == "is_revoked_now"
+    assert "is_revoked_now" not in store.asked[1:]
+    assert [(event["event"], event["path"]) for event in events] == [
+        ("token.accepted", "/items"),
+        ("token.accepted", "/items"),
+    ]

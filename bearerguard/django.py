@@ -32,12 +32,17 @@ except ImportError as exc:  # pragma: no cover - only without Django installed
 
 from bearerguard import asgi, wsgi
 from bearerguard._context import SCOPE_KEY, RequestAuth, already_let_in, current_auth, refusal_for
-from bearerguard._core.extract import request_credentials, split_joined_values
+from bearerguard._core.extract import (
+    bound_credentials,
+    request_credentials,
+    split_joined_values,
+)
 from bearerguard._core.paths import PublicPaths
 from bearerguard.audit import RequestInfo
 from bearerguard.errors import AuthError, ConfigurationError, ServiceUnavailableError
 from bearerguard.guard import BearerGuard
 from bearerguard.issuers import TrustedIssuers
+from bearerguard.mtls import binding_of, scope_certificate
 from bearerguard.token import AccessToken
 
 __all__ = ["SETTING", "BearerGuardMiddleware"]
@@ -121,6 +126,38 @@ def _scope(request: Any) -> dict[str, Any] | None:
     """The ASGI scope of a request Django's ASGI handler made, else ``None``."""
     scope = getattr(request, "scope", None)
     return scope if isinstance(scope, dict) else None
+
+
+def _authenticate_bound_sync(  # noqa: PLR0917 - private, as asgi._authenticate_bound
+    guard: BearerGuard | TrustedIssuers,
+    scope: dict[str, Any],
+    authorization: list[bytes],
+    query: bytes,
+    path: str,
+    request: _Described,
+    public_paths: PublicPaths,
+) -> tuple[AccessToken | None, str]:
+    """``asgi._authenticate_bound`` with the guard's synchronous side: DPoP's URL (RFC 9449
+    §4.3) and the client certificate (RFC 8705) from the ASGI scope."""
+    policy = guard.dpop
+    token, scheme = bound_credentials(
+        policy is not None,
+        authorization,
+        query,
+        path,
+        public_paths,
+        max_bytes=guard.max_token_bytes,
+    )
+    if token is None:
+        return None, scheme
+    dpop = None if policy is None else asgi._dpop_request(policy, scope, scheme)
+    mtls = guard.mtls
+    certificate = None if mtls is None else scope_certificate(scope, mtls)
+    info = RequestInfo(*request)
+    access = guard.authenticate_sync(
+        token, client=info.client, request=info, dpop=dpop, certificate=certificate
+    )
+    return access, binding_of(scheme, mtls, access)
 
 
 class BearerGuardMiddleware:
@@ -278,6 +315,14 @@ class BearerGuardMiddleware:
         values, query = _credentials(request)
         path = request.path_info
         if guard.sender_constrained:
+            scope = _scope(request)
+            if scope is not None:
+                # An ASGI request on the sync path (a sync-only middleware below this one):
+                # its URL and client certificate are the scope's, as on the async path (META
+                # has no wsgi.url_scheme, nor the TLS extension).
+                return _authenticate_bound_sync(
+                    guard, scope, values, query, path, described, self.public_paths
+                )
             # Under WSGI, META is the environ the WSGI middleware reads DPoP and mTLS from.
             return wsgi._authenticate_bound(
                 guard, request.META, values, query, path, described, self.public_paths

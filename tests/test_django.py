@@ -523,3 +523,38 @@ def test_a_token_seen_before_takes_the_cache_hit_path(session_issuer: DevIssuer,
         ("token.accepted", "/items"),
         ("token.accepted", "/items"),
     ]
+
+
+class SyncOnly:
+    """A middleware written for WSGI only: under ASGI, Django runs the guard above it in
+    sync mode (in a thread), with an ASGI request."""
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> Any:
+        return self.get_response(request)
+
+
+def test_dpop_over_https_under_asgi_above_a_sync_only_middleware(
+    session_issuer: DevIssuer,
+) -> None:
+    # The sync path meets an ASGI request: its URL (RFC 9449 §4.3 htu) is the ASGI scope's,
+    # https here, which request.META (no wsgi.url_scheme) does not say.
+    from bearerguard.dpop import DPoPPolicy
+    from tests.test_dpop import Holder
+
+    holder = Holder()
+    with (
+        configured(session_issuer.guard(dpop=DPoPPolicy())),
+        override_settings(MIDDLEWARE=[MIDDLEWARE, f"{__name__}.SyncOnly"]),
+    ):
+        token = session_issuer.mint(scopes=["items:read"], sub="mia", cnf={"jkt": holder.jkt})
+        proof = holder.proof(token, url="https://testserver/items")
+        headers = {"Authorization": f"DPoP {token}", "DPoP": proof}
+        response = asyncio.run(AsyncClient().get("/items", headers=headers, secure=True))
+    assert response.status_code == 200, response.content
+    assert response.json()["for"] == "mia"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from time import perf_counter
-from typing import Any
+from typing import Any, Literal
 
 try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -39,10 +39,11 @@ from bearerguard._core.extract import (
 )
 from bearerguard._core.paths import PublicPaths
 from bearerguard.audit import RequestInfo
+from bearerguard.dpop import DPoPRequest
 from bearerguard.errors import AuthError, ConfigurationError, ServiceUnavailableError
 from bearerguard.guard import BearerGuard
 from bearerguard.issuers import TrustedIssuers
-from bearerguard.mtls import binding_of, scope_certificate
+from bearerguard.mtls import binding_of, environ_certificate, scope_certificate
 from bearerguard.token import AccessToken
 
 __all__ = ["SETTING", "BearerGuardMiddleware"]
@@ -128,36 +129,34 @@ def _scope(request: Any) -> dict[str, Any] | None:
     return scope if isinstance(scope, dict) else None
 
 
-def _authenticate_bound_sync(  # noqa: PLR0917 - private, as asgi._authenticate_bound
+def _bound(  # noqa: PLR0917 - private, both paths' one call
     guard: BearerGuard | TrustedIssuers,
-    scope: dict[str, Any],
-    authorization: list[bytes],
+    request: Any,
+    values: list[bytes],
     query: bytes,
     path: str,
-    request: _Described,
     public_paths: PublicPaths,
-) -> tuple[AccessToken | None, str]:
-    """``asgi._authenticate_bound`` with the guard's synchronous side: DPoP's URL (RFC 9449
-    §4.3) and the client certificate (RFC 8705) from the ASGI scope."""
+) -> tuple[bytes | None, Literal["bearer", "dpop"], DPoPRequest | None, bytes | None]:
+    """Extraction when the guard accepts sender-constrained tokens (RFC 9449, RFC 8705):
+    the token, its scheme, and what its proof (URL, RFC 9449 §4.3) and client certificate
+    are checked against. Read from the ASGI scope of an ASGI request, as the ASGI middleware
+    reads them, else from ``META``, the environ the WSGI middleware reads: whichever path
+    (sync or async) Django runs the middleware on, as a sync-only or async-only middleware
+    below it decides."""
     policy = guard.dpop
     token, scheme = bound_credentials(
-        policy is not None,
-        authorization,
-        query,
-        path,
-        public_paths,
-        max_bytes=guard.max_token_bytes,
+        policy is not None, values, query, path, public_paths, max_bytes=guard.max_token_bytes
     )
     if token is None:
-        return None, scheme
-    dpop = None if policy is None else asgi._dpop_request(policy, scope, scheme)
+        return None, scheme, None, None
     mtls = guard.mtls
-    certificate = None if mtls is None else scope_certificate(scope, mtls)
-    info = RequestInfo(*request)
-    access = guard.authenticate_sync(
-        token, client=info.client, request=info, dpop=dpop, certificate=certificate
-    )
-    return access, binding_of(scheme, mtls, access)
+    scope = _scope(request)
+    if scope is not None:
+        dpop = None if policy is None else asgi._dpop_request(policy, scope, scheme)
+        return token, scheme, dpop, None if mtls is None else scope_certificate(scope, mtls)
+    meta = request.META
+    dpop = None if policy is None else wsgi._dpop_request(policy, meta, scheme)
+    return token, scheme, dpop, None if mtls is None else environ_certificate(meta, mtls)
 
 
 class BearerGuardMiddleware:
@@ -315,18 +314,16 @@ class BearerGuardMiddleware:
         values, query = _credentials(request)
         path = request.path_info
         if guard.sender_constrained:
-            scope = _scope(request)
-            if scope is not None:
-                # An ASGI request on the sync path (a sync-only middleware below this one):
-                # its URL and client certificate are the scope's, as on the async path (META
-                # has no wsgi.url_scheme, nor the TLS extension).
-                return _authenticate_bound_sync(
-                    guard, scope, values, query, path, described, self.public_paths
-                )
-            # Under WSGI, META is the environ the WSGI middleware reads DPoP and mTLS from.
-            return wsgi._authenticate_bound(
-                guard, request.META, values, query, path, described, self.public_paths
+            token, scheme, dpop, certificate = _bound(
+                guard, request, values, query, path, self.public_paths
             )
+            if token is None:
+                return None, scheme
+            info = RequestInfo(*described)
+            access = guard.authenticate_sync(
+                token, client=info.client, request=info, dpop=dpop, certificate=certificate
+            )
+            return access, binding_of(scheme, guard.mtls, access)
         token = request_credentials(
             values, query, path, self.public_paths, max_bytes=guard.max_token_bytes
         )
@@ -341,15 +338,16 @@ class BearerGuardMiddleware:
         values, query = _credentials(request)
         path = request.path_info
         if guard.sender_constrained:
-            # DPoP's URL and the client certificate come from the ASGI scope (RFC 9449 §4.3).
-            scope = _scope(request)
-            if scope is None:
-                raise ConfigurationError(
-                    "DPoP and mTLS under Django's async path need an ASGI request"
-                )
-            return await asgi._authenticate_bound(
-                guard, scope, values, query, path, described, self.public_paths
+            token, scheme, dpop, certificate = _bound(
+                guard, request, values, query, path, self.public_paths
             )
+            if token is None:
+                return None, scheme
+            info = RequestInfo(*described)
+            access = await guard.authenticate(
+                token, client=info.client, request=info, dpop=dpop, certificate=certificate
+            )
+            return access, binding_of(scheme, guard.mtls, access)
         token = request_credentials(
             values, query, path, self.public_paths, max_bytes=guard.max_token_bytes
         )

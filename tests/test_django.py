@@ -23,6 +23,7 @@ if not settings.configured:  # the first Django test of the session (see docs/ws
     )
     django.setup()
 
+from asgiref.sync import markcoroutinefunction
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -558,3 +559,39 @@ def test_dpop_over_https_under_asgi_above_a_sync_only_middleware(
         response = asyncio.run(AsyncClient().get("/items", headers=headers, secure=True))
     assert response.status_code == 200, response.content
     assert response.json()["for"] == "mia"
+
+
+class AsyncOnly:
+    """A middleware written for ASGI only: under WSGI, Django then hands the guard above it
+    an async get_response, with a WSGI request (no ASGI scope)."""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> Any:
+        return await self.get_response(request)
+
+
+def test_dpop_under_wsgi_above_an_async_only_middleware(session_issuer: DevIssuer) -> None:
+    # The async path meets a WSGI request: the proof and its URL are in META (the environ),
+    # as the WSGI middleware reads them; there is no ASGI scope to read.
+    from bearerguard.dpop import DPoPPolicy
+    from tests.test_dpop import Holder
+
+    holder = Holder()
+    with (
+        configured(session_issuer.guard(dpop=DPoPPolicy())),
+        override_settings(MIDDLEWARE=[MIDDLEWARE, f"{__name__}.AsyncOnly"]),
+    ):
+        token = session_issuer.mint(scopes=["items:read"], sub="mia", cnf={"jkt": holder.jkt})
+        proof = holder.proof(token, url="https://testserver/items")
+        headers = {"Authorization": f"DPoP {token}", "DPoP": proof}
+        response = Client().get("/items", headers=headers, secure=True)
+        replayed = Client().get("/items", headers=headers, secure=True)
+    assert response.status_code == 200, response.content
+    assert response.json()["for"] == "mia"
+    assert replayed.status_code == 401

@@ -595,3 +595,43 @@ def test_dpop_under_wsgi_above_an_async_only_middleware(session_issuer: DevIssue
     assert response.status_code == 200, response.content
     assert response.json()["for"] == "mia"
     assert replayed.status_code == 401
+
+
+@pytest.mark.parametrize("below", [None, "SyncOnly", "AsyncOnly"])
+def test_certificate_bound_tokens_on_every_path(
+    session_issuer: DevIssuer, kind: str, below: str | None
+) -> None:
+    # RFC 8705 §3: the certificate of the TLS connection, from the WSGI environ
+    # (SSL_CLIENT_CERT) or the ASGI scope (tls extension), whichever side Django runs on.
+    from bearerguard.mtls import CertificateBinding
+    from tests.test_mtls import issue
+
+    ca = issue("ca")
+    alice, mallory = issue("alice", ca), issue("mallory", ca)
+    middleware = [MIDDLEWARE] + ([f"{__name__}.{below}"] if below else [])
+    with (
+        configured(session_issuer.guard(mtls=CertificateBinding())),
+        override_settings(MIDDLEWARE=middleware),
+    ):
+        token = session_issuer.mint(
+            scopes=["items:read"], sub="mia", cnf={"x5t#S256": alice.thumbprint}
+        )
+        answers = []
+        for pem in (alice.pem, mallory.pem):
+            headers = {"Authorization": f"Bearer {token}"}
+            if kind == "sync":
+                answers.append(Client().get("/items", headers=headers, SSL_CLIENT_CERT=pem))
+            else:  # Django's ASGI application, as a server hands it the tls extension
+                answers.append(asyncio.run(over_tls(pem, headers)))
+    assert [answer.status_code for answer in answers] == [200, 401]
+
+
+async def over_tls(pem: str, headers: dict[str, str]) -> Any:
+    from django.core.asgi import get_asgi_application
+
+    from tests.test_mtls import _with_tls_certificate
+
+    app = _with_tls_certificate(get_asgi_application(), pem)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
+        return await client.get("/items", headers=headers)

@@ -216,7 +216,9 @@ def django_app() -> Iterator[Any]:
     urls = django_urls()
     sys.modules[urls.__name__] = urls
     try:
-        with override_settings(ROOT_URLCONF=urls.__name__):
+        # The views behind BearerGuardWSGIMiddleware alone: the example's settings (which
+        # configure Django when this file runs first) list the Django middleware.
+        with override_settings(ROOT_URLCONF=urls.__name__, MIDDLEWARE=[]):
             yield get_wsgi_application()
     finally:
         del sys.modules[urls.__name__]

@@ -147,7 +147,8 @@ def challenge_scopes(
     RFC 6750 §3: ``scope`` names "the scope necessary to access the requested resource".
     Every all-of scope; of an any-of group, the alternatives ``auth``'s token holds (with
     the guard's implications), or else all of them (a space-delimited list cannot say "one
-    of these"): a client that obtains every scope named is let in.
+    of these"): a client that obtains every scope named is let in. A scope several
+    requirements name is named once.
     """
     token = None if auth is None else auth.token
     named: list[str] = []
@@ -162,7 +163,7 @@ def challenge_scopes(
             named.extend(held or requirement.scopes)
         else:
             named.extend(requirement.scopes)
-    return named
+    return list(dict.fromkeys(named))
 
 
 def get_access_token(connection: object | None = None) -> AccessToken | None:

@@ -380,3 +380,29 @@ def test_a_decorator_between_two_scope_decorators_runs_after_both_checks(
     assert denied.headers["www-authenticate"] == challenge("items:read items:write")
     assert allowed.json() == {"ok": True}
     assert calls == ["/between"]
+
+
+def test_a_scope_two_decorators_of_the_stack_require_is_named_once(
+    session_issuer: DevIssuer,
+) -> None:
+    # A scope named by two decorators of the stack (all-of or any-of) appears once in the
+    # challenge's space-delimited list, as FastAPI routes name it.
+    @requires_scopes("items:read")
+    @requires_scopes("items:read", "items:write")
+    async def overlapping(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    @requires_any_scope("items:write", "admin")
+    @requires_any_scope("admin", "audit")
+    async def alternatives(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    app = Starlette(
+        routes=[Route("/overlapping", overlapping), Route("/alternatives", alternatives)],
+        middleware=[Middleware(BearerGuardMiddleware, guard=session_issuer.guard())],
+    )
+    with TestClient(app) as asgi_client:
+        read = asgi_client.get("/overlapping", headers=bearer(session_issuer, "items:read"))
+        other = asgi_client.get("/alternatives", headers=bearer(session_issuer, "other"))
+    assert read.headers["www-authenticate"] == challenge("items:read items:write")
+    assert other.headers["www-authenticate"] == challenge("items:write admin audit")

@@ -116,15 +116,23 @@ def scope_requirements(func: Callable[..., Any]) -> list[ScopeRequirement]:
     found: list[ScopeRequirement] = []
     current: object = func
     seen: set[int] = set()
+    # Django's method_decorator decorates on every request, and each wrapper holds copies of
+    # the requirements under it: the same objects, told apart by id before by value.
+    read: set[int] = set()
     while current is not None and id(current) not in seen:  # a __wrapped__ cycle ends here
         seen.add(id(current))
         # Its own attributes: functools.wraps copies the wrapped function's onto the wrapper.
-        attributes = getattr(current, "__dict__", {})
-        numbered = [(_decoration(name), value) for name, value in attributes.items()]
-        numbered = sorted((each for each in numbered if each[0]), key=lambda each: -each[0])
-        listed = [value for _, value in numbered]  # outermost first
-        for requirement in [*listed, attributes.get(REQUIREMENT_ATTRIBUTE)]:
-            if isinstance(requirement, ScopeRequirement) and requirement not in found:
+        listed = [
+            (number, value)
+            for name, value in getattr(current, "__dict__", {}).items()
+            if isinstance(value, ScopeRequirement)
+            and id(value) not in read
+            and ((number := _decoration(name)) or name == REQUIREMENT_ATTRIBUTE)
+        ]
+        listed.sort(key=lambda each: -each[0])  # outermost first, REQUIREMENT_ATTRIBUTE's last
+        for _, requirement in listed:
+            read.add(id(requirement))
+            if requirement not in found:
                 found.append(requirement)
         current = getattr(current, "__wrapped__", None)
     return found

@@ -181,22 +181,24 @@ def _forget(per_key: dict[str, int], owner: str) -> None:
 # <jkt>:<jti>, max_per_key, the half-full mark, max_entries. Returns {1, 0} when recorded,
 # {0, 0} for a replay, {-1, held} for a key over its share, {-2, live} for a full store.
 # Expiry follows Redis's clock (TIME; effect replication, the default since Redis 5), as the
-# proof key's PX does; each sorted set expires with the last proof it counts.
+# proof key's PX does; each sorted set expires with the last proof it counts. The SET is the
+# first write: over maxmemory Redis refuses a script's first write that may grow memory, but
+# lets all its later writes through (a script runs whole), so pruning (a write Redis never
+# refuses) comes last, and the counts before it only read the live proofs (ZCOUNT).
 _FIRST_USE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 0} end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-local held = redis.call('ZCARD', KEYS[2])
-local live = redis.call('ZCARD', KEYS[3])
+local held = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
+local live = redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')
 if held >= tonumber(ARGV[4]) and live >= tonumber(ARGV[5]) then return {-1, held} end
 if live >= tonumber(ARGV[6]) then return {-2, live} end
 redis.call('SET', KEYS[1], '1', 'PX', ttl)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[2])
 redis.call('ZADD', KEYS[3], now + ttl, ARGV[3])
 for i = 2, 3 do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
 end
 return {1, 0}

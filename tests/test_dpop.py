@@ -1366,6 +1366,32 @@ def test_replay_store_share_configuration(
         any_replay_store(**options)
 
 
+@pytest.mark.anyio
+async def test_redis_replay_store_obeys_maxmemory(private_redis: RedisServer) -> None:
+    # Over maxmemory (noeviction) Redis refuses a script's first write if it may grow memory,
+    # but lets every later write of that script through. The script once pruned first (a
+    # write Redis never refuses), so it recorded proofs far past maxmemory; it must fail
+    # closed (503) as SET NX did, writing nothing.
+    store = RedisDPoPReplayStore(private_redis.url)
+    try:
+        assert store.first_use_sync("jkt-a:1", 30)
+        with private_redis.client() as admin:
+            keys = admin.dbsize()
+            admin.config_set("maxmemory", 1)  # far below what is used
+            try:
+                with pytest.raises(ReplayStoreError, match="maxmemory"):
+                    store.first_use_sync("jkt-a:2", 30)
+                with pytest.raises(ReplayStoreError, match="maxmemory"):
+                    await store.first_use("jkt-b:1", 30)
+                assert not store.first_use_sync("jkt-a:1", 30)  # a replay is still a replay
+                assert admin.dbsize() == keys
+            finally:
+                admin.config_set("maxmemory", 0)
+        assert store.first_use_sync("jkt-a:2", 30)
+    finally:
+        await store.aclose()
+
+
 def test_redis_replay_store_bookkeeping_expires_with_the_proofs(
     redis_server: RedisServer, redis_namespace: str
 ) -> None:

@@ -176,9 +176,9 @@ def _forget(per_key: dict[str, int], owner: str) -> None:
 
 
 # The memory store's rules, as one atomic step in Redis (RFC 9449 §11.1). KEYS: the proof
-# (<namespace>:dpop:<jkt>:<jti>), its proof key's live proofs (a sorted set of jti, scored by
-# expiry), the store's live proofs (a sorted set of <jkt>:<jti>). ARGV: ttl_ms, jti,
-# <jkt>:<jti>, max_per_key, the half-full mark, max_entries. Returns {1, 0} when recorded,
+# (<namespace>:dpop:<jkt>:<jti>), its proof key's live proofs and the store's (sorted sets of
+# the proofs' digests, scored by expiry). ARGV: ttl_ms, the digest of <jkt>:<jti>,
+# max_per_key, the half-full mark, max_entries. Returns {1, 0} when recorded,
 # {0, 0} for a replay, {-1, held} for a key over its share, {-2, live} for a full store.
 # Expiry follows Redis's clock (TIME; effect replication, the default since Redis 5), as the
 # proof key's PX does; each sorted set expires with the last proof it counts. The SET is the
@@ -192,17 +192,22 @@ local ttl = tonumber(ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 0} end
 local held = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
 local live = redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')
-if held >= tonumber(ARGV[4]) and live >= tonumber(ARGV[5]) then return {-1, held} end
-if live >= tonumber(ARGV[6]) then return {-2, live} end
+if held >= tonumber(ARGV[3]) and live >= tonumber(ARGV[4]) then return {-1, held} end
+if live >= tonumber(ARGV[5]) then return {-2, live} end
 redis.call('SET', KEYS[1], '1', 'PX', ttl)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[2])
-redis.call('ZADD', KEYS[3], now + ttl, ARGV[3])
+redis.call('ZADD', KEYS[3], now + ttl, ARGV[2])
 for i = 2, 3 do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
 end
 return {1, 0}
 """
+
+
+def _member(key: str) -> str:
+    """A proof's entry in the sorted sets: 22 characters, whatever the client's ``jti``."""
+    return b64url(hashlib.sha256(key.encode()).digest()[:16])
 
 
 class RedisDPoPReplayStore:
@@ -307,10 +312,10 @@ class RedisDPoPReplayStore:
 
     def _call(self, key: str, ttl: float) -> tuple[list[str], list[str | int]]:
         """The script's keys and arguments for recording ``key`` for ``ttl`` seconds."""
-        owner, _, jti = key.partition(":")
+        owner = key.partition(":")[0]
         ttl_ms = max(int(ttl * 1000), 1)
         keys = [self._prefix + key, self._per_key_prefix + owner, self._live]
-        return keys, [ttl_ms, jti, key, self._share, self._max // 2, self._max]
+        return keys, [ttl_ms, _member(key), self._share, self._max // 2, self._max]
 
     def _outcome(self, reply: Any) -> bool:
         """``True`` when recorded, ``False`` for a replay; raises for a refusal."""

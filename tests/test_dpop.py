@@ -41,6 +41,7 @@ from bearerguard.dpop import (
     MemoryDPoPReplayStore,
     NonceIssuer,
     RedisDPoPReplayStore,
+    _member,
 )
 from bearerguard.errors import ConfigurationError, InvalidDPoPProofError, ReplayStoreError
 from bearerguard.revocation.memory import MemoryRevocationStore
@@ -1366,6 +1367,30 @@ def test_replay_store_share_configuration(
         any_replay_store(**options)
 
 
+def test_redis_replay_store_counts_do_not_grow_with_the_jti(
+    redis_server: RedisServer, redis_namespace: str
+) -> None:
+    # The jti is the client's choice (up to 256 characters, 1 KB in UTF-8): the sorted sets
+    # count each proof by a digest of fixed size, not by two more copies of the jti, so the
+    # documented bytes a proof hold whatever the client sends.
+    store = RedisDPoPReplayStore(redis_server.url, namespace=redis_namespace)
+    longest = "\U0001f600" * 253
+    try:
+        for i in range(200):
+            assert store.first_use_sync(f"jkt-a:{longest}{i:03d}", 30)
+        with redis_server.client() as client:
+            for name in ("dpop-key:jkt-a", "dpop-live"):
+                key = f"{redis_namespace}:{name}"
+                assert {len(member) for member in client.zrange(key, 0, -1)} == {22}
+                # With the jti as the member: over 1 KB a proof, in each set.
+                assert client.memory_usage(key, samples=0) < 200 * 200
+            keys = client.scan_iter(f"{redis_namespace}:*")
+            used = sum(client.memory_usage(key, samples=0) for key in keys)
+            assert used < 200 * 1_700  # docs/dpop.md: up to 1.7 KB a proof with the longest jti
+    finally:
+        store.close()
+
+
 @pytest.mark.anyio
 async def test_redis_replay_store_obeys_maxmemory(private_redis: RedisServer) -> None:
     # Over maxmemory (noeviction) Redis refuses a script's first write if it may grow memory,
@@ -1414,7 +1439,7 @@ def test_redis_replay_store_bookkeeping_expires_with_the_proofs(
             time.sleep(0.3)
             assert store.first_use_sync("jkt-c:2", 0.1)
             live = client.zrange(f"{redis_namespace}:dpop-live", 0, -1)
-            assert sorted(live) == ["jkt-a:1", "jkt-c:2"]
+            assert sorted(live) == sorted(_member(key) for key in ("jkt-a:1", "jkt-c:2"))
     finally:
         store.close()
 

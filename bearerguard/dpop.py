@@ -243,7 +243,8 @@ class RedisDPoPReplayStore:
     Any Redis failure is raised as ``ReplayStoreError``: the guard answers 503 (a replay
     cannot be ruled out). Run Redis with ``maxmemory-policy noeviction``: any evicting policy
     may forget a live proof and then accept its replay (``volatile-ttl`` evicts these
-    short-lived keys first).
+    short-lived keys first). One Redis, not Redis Cluster (the script touches keys in several
+    hash slots); a Redis ACL user needs the commands docs/dpop.md lists, not ``SET`` alone.
 
     Raises:
         ConfigurationError: a bound below 1, a share above the bound, or bad connection

@@ -7,12 +7,14 @@ joserfc, a JOSE library that shares no code with ours.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -1365,6 +1367,31 @@ def test_replay_store_share_configuration(
 ) -> None:
     with pytest.raises(ConfigurationError):
         any_replay_store(**options)
+
+
+@pytest.mark.anyio
+async def test_redis_replay_store_works_with_the_documented_acl(private_redis: RedisServer) -> None:
+    # The previous release needed SET alone; the script needs more, and a Redis ACL user
+    # without it gets 503 for every DPoP request. docs/dpop.md names what it needs.
+    page = (Path(__file__).parent.parent / "docs" / "dpop.md").read_text()
+    found = re.search(r"`(\+evalsha [^`]+)`", page)
+    assert found is not None
+    with private_redis.client() as admin:
+        admin.acl_setuser(
+            "api", enabled=True, passwords=["+secret"], commands=found[1].split(), keys=["api:*"]
+        )
+        url = private_redis.url.replace("redis://", "redis://api:secret@")
+        store = RedisDPoPReplayStore(url, namespace="api", max_entries=2, max_per_key=1)
+        try:
+            assert store.first_use_sync("jkt-a:1", 30)
+            admin.script_flush()  # redis-py loads the script again (SCRIPT LOAD)
+            assert await store.first_use("jkt-b:1", 30)
+            assert not await store.first_use("jkt-b:1", 30)
+            with pytest.raises(InvalidDPoPProofError):
+                store.first_use_sync("jkt-a:2", 30)
+            assert (await store.health())["healthy"]
+        finally:
+            await store.aclose()
 
 
 def test_redis_replay_store_counts_do_not_grow_with_the_jti(

@@ -1292,6 +1292,8 @@ def test_replay_store_share_contract(any_replay_store: Callable[..., ReplayStore
     assert not one.first_use_sync("jkt-a:1", 30)  # a replay is still a replay
     assert two.first_use_sync("jkt-b:1", 30)  # another key keeps its share
     assert one.first_use_sync("jkt-b:a:b", 30)  # the key is what comes before the first ":"
+    with pytest.raises(InvalidDPoPProofError, match="holds 2 "):  # so jkt-b holds its share
+        two.first_use_sync("jkt-b:2", 30)
     with pytest.raises(ReplayStoreError, match="full"):  # every entry live: never forgotten
         two.first_use_sync("jkt-c:1", 30)
     time.sleep(0.5)  # jkt-a:1 expired: its room in the share and the store is free again

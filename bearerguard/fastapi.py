@@ -243,7 +243,8 @@ def _route_dependants(scope: Mapping[str, Any], *, overridden: bool = False) -> 
     declaration order; one ``app.dependency_overrides`` replaces, without what it needs,
     unless its replacement is a ``BearerAuth`` (a test's, say): that one is listed.
     With ``overridden``, those the overrides left out instead: the replaced dependencies
-    and what they need, as the operation was written."""
+    and what they need, as the operation was written (a ``BearerAuth`` among them that an
+    override replaces with another ``BearerAuth``, as that one)."""
     route = scope.get("route")
     dependant = getattr(route, "dependant", None)
     # Newer FastAPI keeps an included router's dependencies on the route's context.
@@ -259,7 +260,13 @@ def _route_dependants(scope: Mapping[str, Any], *, overridden: bool = False) -> 
         each, dropped = pending.pop()
         replaced = dropped or each.call in overrides
         if replaced == overridden:
-            found.append(each)
+            swapped = overrides.get(each.call) if overridden else None
+            if _bearer_of(swapped) is not None:
+                # Left out with what needed it, but itself replaced by a BearerAuth (a test's,
+                # with its guard): that one verifies, as it would had the dependency stayed.
+                found.append(dataclasses.replace(each, call=swapped, dependencies=[]))
+            else:
+                found.append(each)
         if not replaced or overridden:
             pending.extend((child, replaced) for child in reversed(each.dependencies))
         elif _bearer_of(replacement := overrides[each.call]) is not None:

@@ -525,6 +525,41 @@ def test_a_decorator_when_dependency_overrides_drop_the_bearer(
     assert get_access_token() is None
 
 
+def test_a_decorator_when_overrides_drop_the_user_and_swap_the_bearer(
+    guard: BearerGuard, session_issuer: DevIssuer, issuer: DevIssuer
+) -> None:
+    # docs/fastapi.md's two overrides at once: a fake current_user, and the app's own
+    # BearerAuth swapped for one trusting the test's issuer. The decorator's check verified
+    # with the BearerAuth the operation was written with, ignoring the swap: the test's
+    # token was refused 401 (with a real guard, its key set fetched from production).
+    bearer_auth = BearerAuth(guard)
+    app = bearer_auth.install(FastAPI())
+
+    async def current_user(token: Annotated[AccessToken, bearer_auth.requires()]) -> str:
+        return token.subject or ""  # pragma: no cover - replaced
+
+    @app.get("/team")
+    @requires_scopes("team:read")
+    async def team(user: Annotated[str, Depends(current_user)]) -> dict[str, str]:
+        return {"user": user}
+
+    app.dependency_overrides[bearer_auth] = BearerAuth(issuer.guard())
+    app.dependency_overrides[current_user] = fake_user
+    with TestClient(app, raise_server_exceptions=False) as client, capture_logs() as events:
+        allowed = client.get("/team", headers=bearer(issuer, "team:read"))
+        under = client.get("/team", headers=bearer(issuer, "other"))
+        original = client.get("/team", headers=bearer(session_issuer, "team:read"))
+    assert allowed.json() == {"user": "fake"}
+    assert_refusal(under, 403, "insufficient_scope")
+    assert_refusal(original, 401, "invalid_token")  # the swapped-out guard's token
+    assert [event["event"] for event in events] == [
+        "token.accepted",
+        "token.accepted",
+        "scope.denied",
+        "token.rejected",
+    ]
+
+
 class Catalog:
     """Path operations and a class-based dependency written as decorated methods."""
 

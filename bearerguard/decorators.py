@@ -23,7 +23,7 @@ import itertools
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, get_args, get_origin
 
@@ -407,16 +407,20 @@ def _declares_fastapi(func: Callable[..., Any]) -> bool:
 def _is_no_django_view(func: Callable[..., Any]) -> bool:
     """Whether ``func`` cannot be a Django view: Django passes a view the request first
     (Django Ninja too), so one whose first parameter (a method's after ``self``) is a
-    pydantic model, a request body as FastAPI reads it, is none."""
+    pydantic model or a dataclass, a request body as FastAPI reads it, is none."""
     annotated = _annotated(func)
     if annotated and _defined_in_class(func):
         annotated = annotated[1:]
-    model = getattr(sys.modules.get("pydantic"), "BaseModel", None)
-    if not annotated or not isinstance(model, type):
+    if not annotated:
         return False
     annotation = annotated[0][1]
+    if not isinstance(annotation, type):
+        return False
+    if is_dataclass(annotation):
+        return True
+    model = getattr(sys.modules.get("pydantic"), "BaseModel", None)
     try:
-        return isinstance(annotation, type) and issubclass(annotation, model)
+        return isinstance(model, type) and issubclass(annotation, model)
     except TypeError:  # a generic alias passing for a class (list[int] on Python 3.10)
         return False
 
@@ -427,9 +431,9 @@ def _may_be_path_operation(func: Callable[..., Any], frame: FrameType) -> bool:
     holds (that of a function, a class body, or a module), then its module's: the nearest
     holding something of FastAPI's says yes, one holding Flask's, Werkzeug's or Django's
     (and nothing of FastAPI's) says no, unless it holds only Django's and ``func`` takes a
-    body model first, as no Django view does. Without either, yes: a path operation must
-    have its check declared before FastAPI reads the signature (a Flask or Django view
-    ignores it).
+    body model (pydantic's, or a dataclass) first, as no Django view does. Without either,
+    yes: a path operation must have its check declared before FastAPI reads the signature
+    (a Flask or Django view ignores it).
 
     A function beside Flask's or Werkzeug's objects that takes only a body model stays a
     Flask view's: Flask extensions (flask-pydantic, flask-openapi3) pass a view its body

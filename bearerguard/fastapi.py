@@ -46,7 +46,7 @@ from typing import Annotated, Any, NoReturn, get_args, get_origin
 try:
     import fastapi.routing
     from fastapi import FastAPI, Security, params
-    from fastapi.dependencies.utils import get_typed_annotation
+    from fastapi.dependencies.utils import get_dependant, get_typed_annotation
     from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
     from fastapi.openapi.models import OAuth2 as OAuth2Model
     from fastapi.openapi.models import OAuthFlows as OAuthFlowsModel
@@ -241,7 +241,8 @@ def route_scopes(
 def _route_dependants(scope: Mapping[str, Any], *, overridden: bool = False) -> list[Any]:
     """The dependencies FastAPI solves for the request's path operation, depth first in
     declaration order; one ``app.dependency_overrides`` replaces, without what it needs,
-    unless its replacement is a ``BearerAuth`` (a test's, say): that one is listed.
+    is followed by what its replacement needs, or is listed when it is a ``BearerAuth``
+    (a test's, say).
     With ``overridden``, those the overrides left out instead: the replaced dependencies
     and what they need, as the operation was written (a ``BearerAuth`` among them that an
     override replaces with another ``BearerAuth``, as that one)."""
@@ -255,6 +256,7 @@ def _route_dependants(scope: Mapping[str, Any], *, overridden: bool = False) -> 
     provider = getattr(route, "dependency_overrides_provider", None)
     overrides = getattr(provider, "dependency_overrides", None) or {}
     found: list[Any] = []
+    expanded: list[Any] = []  # replacements read, compared by identity or equality
     pending = [(each, False) for each in reversed(getattr(dependant, "dependencies", ()))]
     while pending:
         each, dropped = pending.pop()
@@ -272,6 +274,12 @@ def _route_dependants(scope: Mapping[str, Any], *, overridden: bool = False) -> 
         elif _bearer_of(replacement := overrides[each.call]) is not None:
             # FastAPI solves the replacement with the scopes declared around the original.
             found.append(dataclasses.replace(each, call=replacement, dependencies=[]))
+        elif replacement not in expanded:  # once: a replacement may need what it replaced
+            # And what the replacement needs, read as FastAPI reads it: a test's own user
+            # dependency may take the token with its own BearerAuth (its guard).
+            expanded.append(replacement)
+            solved = get_dependant(path=each.path or "", call=replacement)
+            pending.extend((child, False) for child in reversed(solved.dependencies))
     return found
 
 

@@ -560,6 +560,53 @@ def test_a_decorator_when_overrides_drop_the_user_and_swap_the_bearer(
     ]
 
 
+def test_a_decorator_when_an_override_takes_the_token_with_its_own_bearer(
+    guard: BearerGuard, session_issuer: DevIssuer, issuer: DevIssuer
+) -> None:
+    # A test's user dependency taking the token with a BearerAuth of its own (its guard):
+    # the decorator's check did not read what the replacement needs, and verified with the
+    # BearerAuth of the dependency it replaced. The test's token was refused 401, and the
+    # app's own token was verified twice (token.accepted, then token.rejected by the
+    # replacement's BearerAuth): two audit events for one request.
+    bearer_auth = BearerAuth(guard)
+    test_bearer = BearerAuth(issuer.guard())
+    app = bearer_auth.install(FastAPI())
+
+    async def current_user(token: Annotated[AccessToken, bearer_auth.requires()]) -> str:
+        return token.subject or ""  # pragma: no cover - replaced
+
+    async def test_user(token: Annotated[AccessToken, test_bearer.requires()]) -> str:
+        return f"test:{token.subject}"
+
+    async def stacked(user: Annotated[str, Depends(current_user)]) -> str:
+        return user  # pragma: no cover - refused before
+
+    @app.get("/team")
+    @requires_scopes("team:read")
+    async def team(user: Annotated[str, Depends(current_user)]) -> dict[str, str]:
+        return {"user": user}
+
+    app.dependency_overrides[current_user] = test_user
+    with TestClient(app, raise_server_exceptions=False) as client, capture_logs() as events:
+        allowed = client.get("/team", headers=bearer(issuer, "team:read"))
+        under = client.get("/team", headers=bearer(issuer, "other"))
+        original = client.get("/team", headers=bearer(session_issuer, "team:read"))
+        # A replacement needing what it replaced (read once, never a check looping forever):
+        # nothing else of it takes a token, so the original BearerAuth verifies.
+        app.dependency_overrides[current_user] = stacked
+        looping = client.get("/team", headers=bearer(issuer, "team:read"))
+    assert allowed.json() == {"user": "test:erin"}
+    assert_refusal(under, 403, "insufficient_scope")
+    assert_refusal(original, 401, "invalid_token")
+    assert_refusal(looping, 401, "invalid_token")
+    assert [event["event"] for event in events][:4] == [
+        "token.accepted",
+        "token.accepted",
+        "scope.denied",
+        "token.rejected",
+    ]
+
+
 class Catalog:
     """Path operations and a class-based dependency written as decorated methods."""
 

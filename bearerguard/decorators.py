@@ -343,7 +343,9 @@ def _with_fastapi_check(
     wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
 
 
-_NOT_FASTAPI = frozenset({"django", "flask", "werkzeug"})
+# Django Ninja (and Ninja Extra) serve Django views: a request first, or for a controller
+# method its body model first, after self; neither is a FastAPI path operation.
+_NOT_FASTAPI = frozenset({"django", "flask", "werkzeug", "ninja", "ninja_extra"})
 
 
 def _origins(value: object) -> set[str]:
@@ -430,7 +432,8 @@ def _may_be_path_operation(func: Callable[..., Any], frame: FrameType) -> bool:
     declare something of FastAPI's; else told by what the namespace it is decorated in
     holds (that of a function, a class body, or a module), then its module's: the nearest
     holding something of FastAPI's says yes, one holding Flask's, Werkzeug's or Django's
-    (and nothing of FastAPI's) says no, unless it holds only Django's and ``func`` takes a
+    (Django Ninja's too; and nothing of FastAPI's) says no, unless it holds only Django's
+    (no Ninja's: its controllers' methods take the body first) and ``func`` takes a
     body model (pydantic's, or a dataclass) first, as no Django view does. Without either,
     yes: a path operation must have its check declared before FastAPI reads the signature
     (a Flask or Django view ignores it).

@@ -355,6 +355,36 @@ def test_a_body_model_beside_a_werkzeug_helper_stays_a_flask_views() -> None:
     assert "bearerguard_scope_check" in str(inspect.signature(add_marked_note))
 
 
+def test_django_ninja_views_keep_their_signatures() -> None:
+    # Django Ninja Extra's controller methods take their body model first, after self
+    # (the request is self.context), beside Django's objects: read as path operations, they
+    # were given the FastAPI check as a parameter, and Ninja could no longer build its
+    # OpenAPI document (a Depends default it cannot encode). A plain Ninja module (a Router,
+    # no Django import) lost its views' signatures the same way. Ninja's objects are
+    # Django's: stand-ins named as Ninja's modules name them, as the check reads them.
+    from django.utils.text import slugify
+
+    router = type("Router", (), {"__module__": "ninja.router"})()
+
+    class NotesController:  # its body holds what the check reads first: as a module would
+        helper = slugify
+        route = type("Route", (), {"__module__": "ninja_extra.controllers.route"})
+
+        @requires_scopes("notes:write")
+        def create(self, payload: Note) -> str:
+            return self.helper(payload.text)  # pragma: no cover
+
+    def ninja_module() -> Any:
+        @requires_scopes("notes:write")
+        def create(request: object, payload: Note) -> str:
+            return str(router)  # pragma: no cover
+
+        return create
+
+    assert "bearerguard_scope_check" not in str(inspect.signature(NotesController.create))
+    assert "bearerguard_scope_check" not in str(inspect.signature(ninja_module()))
+
+
 async def test_fastapi_body_that_is_not_json_is_422_before_any_check(
     guard: BearerGuard, session_issuer: DevIssuer
 ) -> None:

@@ -231,12 +231,19 @@ class Console:
 
     def fail(self, error: CommandError) -> int:
         """Report an expected failure; returns its exit code."""
+        if self.as_json and not isinstance(error, OutputError):
+            try:
+                self.document(
+                    {"ok": False, "error": {"kind": error.kind, "message": error.message}}
+                )
+            except OutputError as failed:  # the failure's document cannot be written either
+                error = failed
+            else:
+                return error.code
         if isinstance(error, OutputError):
             # What is still buffered would fail again at exit, with a traceback of its own.
             discard_output()
             print(f"bearerguard: {error.message}", file=self.err, flush=True)
-        elif self.as_json:
-            self.document({"ok": False, "error": {"kind": error.kind, "message": error.message}})
         else:
             print(f"bearerguard: {error.message}", file=self.err, flush=True)
         return error.code

@@ -1136,3 +1136,29 @@ def test_an_output_that_cannot_be_written_is_one_line_and_exit_74(argv: list[str
     assert result.stderr.decode() == (
         "bearerguard: cannot write the output: No space left on device\n"
     )
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_json_failure_report_that_cannot_be_written_is_exit_74(tmp_path: Path) -> None:
+    # The command fails (not a JWK Set, exit 1), and with --json its failure document goes
+    # to standard output, which cannot take it either: one line on stderr and 74, as for a
+    # result, never a traceback.
+    document = tmp_path / "jwks.json"
+    document.write_text('{"keys": 1}')
+    argv = ["jwks", "show", "--file", str(document), "--json"]
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    env.pop("PYTHONPATH", None)
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(  # noqa: S603 - our own command
+            [sys.executable, "-m", "bearerguard", *argv],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == cli.EXIT_OUTPUT
+    assert result.stderr.decode() == (
+        "bearerguard: cannot write the output: No space left on device\n"
+    )

@@ -212,6 +212,16 @@ def _websocket_credentials(
     return [b"Bearer " + found[0]], query
 
 
+def _drop_query_token(scope: Scope) -> None:
+    """Take ``access_token`` out of a refused handshake's query, as an accepted one's is:
+    uvicorn logs a handshake's URL from the scope (to ``uvicorn.error``, where an access-log
+    filter does not look) once the app refuses it (RFC 6750 §5.3)."""
+    query = scope.get("query_string", b"")
+    if has_query_token(query):
+        parts = query.split(b"&")
+        scope["query_string"] = b"&".join(part for part in parts if not is_query_token(part))
+
+
 def _app_path(scope: Scope) -> str:
     """The path inside the app, which ``public_paths`` match: as Starlette's router sees it.
 
@@ -524,6 +534,7 @@ class BearerGuardMiddleware:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: AuthError) -> None:
         refusal = refusal_for(self.guard, error)
         if scope["type"] == "websocket":
+            _drop_query_token(scope)
             message = await receive()  # websocket.connect: refuse before accepting
             if message["type"] != "websocket.connect":
                 return

@@ -77,7 +77,12 @@ from bearerguard._core.extract import joined_request_ids, request_credentials
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
 from bearerguard._core.scopes import validate_scope_names
-from bearerguard.asgi import BearerGuardMiddleware, _authenticate_bound, _serve_metadata
+from bearerguard.asgi import (
+    BearerGuardMiddleware,
+    _authenticate_bound,
+    _drop_query_token,
+    _serve_metadata,
+)
 from bearerguard.audit import RequestInfo
 from bearerguard.decorators import (
     REQUIREMENT_ATTRIBUTE,
@@ -546,6 +551,7 @@ class BearerAuth(SecurityBase):
         from_middleware: bool,
     ) -> NoReturn:
         if connection.scope["type"] == "websocket":
+            _drop_query_token(connection.scope)  # the server logs the handshake's URL
             raise WebSocketException(code=_POLICY_VIOLATION, reason=error.reason)
         if from_middleware and _middleware_answers(connection.scope):
             raise Refused(error, refusal)  # the middleware sends it

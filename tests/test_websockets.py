@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import WebSocketRoute
@@ -17,7 +18,9 @@ from structlog.testing import capture_logs
 from bearerguard import BearerGuard, get_access_token, requires_scopes
 from bearerguard.asgi import WEBSOCKET_TOKEN_PROTOCOL_PREFIX, BearerGuardMiddleware
 from bearerguard.errors import ConfigurationError
+from bearerguard.fastapi import BearerAuth
 from bearerguard.testing import DevIssuer
+from bearerguard.token import AccessToken
 
 PREFIX = WEBSOCKET_TOKEN_PROTOCOL_PREFIX
 
@@ -298,3 +301,74 @@ def test_a_scope_decorator_on_a_websocket_endpoint_class_is_refused(
         ):
             session.receive_text()  # pragma: no cover
         assert closed.value.code == 1008
+
+
+def _bearer_auth_app(guard: BearerGuard) -> FastAPI:
+    """A FastAPI websocket route behind ``BearerAuth``, without the middleware."""
+    app = FastAPI()
+    any_token = BearerAuth(guard).requires()  # a default: annotations here are strings
+
+    @app.websocket("/ws")
+    async def socket(
+        websocket: WebSocket, token: AccessToken = any_token
+    ) -> None:  # pragma: no cover - never accepted here
+        await websocket.accept()
+        await websocket.close()
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("credentials", "status"),
+    [([], 400), (["subprotocol"], 400), (["query"], 400), (None, 403)],
+    ids=["middleware", "subprotocol", "query-and-header", "bearer-auth"],
+)
+def test_a_refused_handshake_leaves_no_query_token_in_the_server_log(
+    guard: BearerGuard, session_issuer: DevIssuer, credentials: list[str] | None, status: int
+) -> None:
+    # uvicorn logs a handshake's URL from the scope once the app answers it, and to
+    # uvicorn.error, which an access-log filter never sees (docs/security.md). A token the
+    # guard refuses in the query (no "query" opt-in, sent by two methods at once, or to
+    # BearerAuth, which takes none) is taken out of the scope too, as an accepted one is
+    # (RFC 6750 §5.3).
+    import io
+    import logging
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    token = session_issuer.mint(sub="cy")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    error_log = logging.getLogger("uvicorn.error")
+    app = _bearer_auth_app(guard) if credentials is None else build(guard, credentials)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="off"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        error_log.addHandler(handler)
+        try:
+            url = f"ws://127.0.0.1:{port}/ws?room=1&access_token={token}"
+            # With the opt-in, a header beside the query token is two methods: refused too.
+            two = credentials is not None and "query" in credentials
+            headers = {"Authorization": f"Bearer {token}"} if two else {}
+            with pytest.raises(InvalidStatus) as refused, connect(url, additional_headers=headers):
+                pass  # pragma: no cover - never accepted
+        finally:
+            error_log.removeHandler(handler)
+            server.should_exit = True
+            thread.join(10)
+    assert refused.value.response.status_code == status
+    lines = stream.getvalue().splitlines()
+    assert any(f'"WebSocket /ws?room=1" {status}' in line for line in lines), lines
+    assert not [line for line in lines if "access_token" in line or token in line]

@@ -215,6 +215,18 @@ def test_a_scoped_view_on_a_public_path_still_needs_a_token(
     assert allowed.json() == {"for": "mia", "view": "sync"}
 
 
+@pytest.mark.parametrize("url", ["/static/../whoami", "/static/%252e%252e/whoami"])
+def test_a_dot_segment_path_is_never_public(session_issuer: DevIssuer, kind: str, url: str) -> None:
+    # path_info "/static/../whoami" is /whoami to whatever removes dot segments (RFC 3986
+    # §5.2.4): refused before the URLconf answers 404 (fail closed).
+    with configured(session_issuer.guard(), PUBLIC_PATHS=["/static/*"]):
+        with structlog.testing.capture_logs() as events:
+            response = get(kind, url)
+        assert response.status_code == 401
+        assert [event["reason"] for event in events] == ["missing_token"]
+        assert get(kind, "/static/x").status_code == 404  # public: the URLconf answers
+
+
 def test_append_slash_does_not_open_a_public_path(session_issuer: DevIssuer, kind: str) -> None:
     # "/health" is public; "/health/" is another path (PATH_INFO as the WSGI middleware
     # matches it): refused, and CommonMiddleware's redirect of "/health-slash" to

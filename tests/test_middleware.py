@@ -177,6 +177,80 @@ def test_public_path_patterns_are_validated() -> None:
     assert "/x" not in paths
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/../me",
+        "/static/..",
+        "/static/./app.js",
+        "/static/a/../../me",
+        "/static/%2e%2e/me",
+        "/static/%2E./me",
+        "/health/..",
+        "/static/.",
+    ],
+)
+def test_a_dot_segment_never_matches_a_public_path(path: str) -> None:
+    # "/static/../me" is /me once a proxy, a mounted WSGI app or StaticFiles normalises it
+    # (RFC 3986 §5.2.4): fail closed, the token is required. Percent-encoded dots are what
+    # a second decoding turns into dots.
+    paths = PublicPaths(["/static/*", "/health"])
+    assert path not in paths
+
+
+@pytest.mark.parametrize("path", ["/static/.well-known/x", "/static/..x/y", "/static/a.b"])
+def test_a_segment_merely_starting_with_a_dot_is_no_dot_segment(path: str) -> None:
+    assert path in PublicPaths(["/static/*"])
+
+
+@pytest.mark.parametrize("pattern", ["/static/../*", "/a/./b", "/a/..", "/%2e%2e/x"])
+def test_a_public_path_with_a_dot_segment_is_a_configuration_error(pattern: str) -> None:
+    with pytest.raises(ConfigurationError, match="dot segment"):
+        PublicPaths([pattern])
+
+
+@pytest.mark.parametrize(
+    ("path", "raw_path"),
+    [
+        ("/static/../me", b"/static/../me"),
+        ("/static/../me", b"/static/%2e%2e/me"),
+        ("/static/%2e%2e/me", b"/static/%252e%252e/me"),
+    ],
+)
+async def test_the_middleware_asks_a_dot_segment_path_for_a_token(
+    guard: BearerGuard, path: str, raw_path: bytes
+) -> None:
+    # httpx removes dot segments from URLs, so the scope is built here as a server gives
+    # it (uvicorn decodes %2e in path and keeps raw_path as received).
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}  # pragma: no cover
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    app = build_app(guard)  # "/static/*" is public
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "raw_path": raw_path,
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+        "scheme": "http",
+        "http_version": "1.1",
+        "asgi": {"version": "3.0"},
+    }
+    with structlog.testing.capture_logs() as events:
+        await app(scope, receive, send)
+    assert sent[0]["status"] == 401
+    assert [event["reason"] for event in events] == ["missing_token"]
+
+
 async def test_audit_event_fields_and_no_raw_token(
     client: httpx.AsyncClient, session_issuer: DevIssuer
 ) -> None:

@@ -582,3 +582,18 @@ def test_public_paths_are_app_relative_under_a_mount(
     )
     outer = DispatcherMiddleware(flask.Flask("outer"), {"/api": guarded})
     assert call(outer, PATH_INFO=path)[0] == status
+
+
+@pytest.mark.parametrize("path", ["/static/../me", "/static/%2e%2e/me", "/static/./x"])
+def test_a_dot_segment_path_is_never_public(session_issuer: DevIssuer, path: str) -> None:
+    # PATH_INFO as a server decodes it: a mounted app or a proxy that removes dot segments
+    # would serve /me (RFC 3986 §5.2.4), so the token is required (fail closed).
+    app = BearerGuardWSGIMiddleware(
+        hello_app, guard=session_issuer.guard(), public_paths=["/static/*"]
+    )
+    assert call(app, PATH_INFO="/static/app.js")[0] == "200 OK"
+    with structlog.testing.capture_logs() as events:
+        status, headers, _ = call(app, PATH_INFO=path)
+    assert status == "401 Unauthorized"
+    assert "error=" not in headers["www-authenticate"]  # no token sent: a bare challenge
+    assert [event["reason"] for event in events] == ["missing_token"]

@@ -14,7 +14,8 @@ class PublicPaths:
 
     A path is public when it equals an entry exactly; an entry ending in ``/*`` makes every
     path under that prefix public (``"/static/*"``), so ``"/health"`` never opens
-    ``"/healthcheck-admin"``.
+    ``"/healthcheck-admin"``. A path with a ``.`` or ``..`` segment is never public
+    (``"/static/../me"`` is ``/me`` to whatever normalises it); nor may an entry have one.
     """
 
     __slots__ = ("_exact", "_prefixes")
@@ -25,6 +26,8 @@ class PublicPaths:
         for pattern in patterns:
             if not isinstance(pattern, str) or not pattern.startswith("/"):
                 raise ConfigurationError(f"public path {pattern!r} must start with '/'")
+            if _has_dot_segment(pattern):
+                raise ConfigurationError(f"public path {pattern!r} has a dot segment")
             if pattern.endswith("/*"):
                 prefixes.append(pattern[:-1])
             elif "*" in pattern:
@@ -35,4 +38,21 @@ class PublicPaths:
         self._prefixes = tuple(prefixes)
 
     def __contains__(self, path: object) -> bool:
-        return isinstance(path, str) and (path in self._exact or path.startswith(self._prefixes))
+        return (
+            isinstance(path, str)
+            and (path in self._exact or path.startswith(self._prefixes))
+            and not _has_dot_segment(path)
+        )
+
+
+def _has_dot_segment(path: str) -> bool:
+    """Whether ``path`` has a ``.`` or ``..`` segment, which a proxy, a mounted app or a file
+    server may remove (RFC 3986 §5.2.4) to reach a path that is not public: fail closed.
+
+    Percent-encoded dots count too (``%2e%2e``, RFC 3986 §2.3): a server or proxy that
+    decodes the path once more would see dots.
+    """
+    # The common path has neither: two C-level scans, no split.
+    if path.find("/.") == -1 and path.find("%2") == -1:
+        return False
+    return any(segment.lower().replace("%2e", ".") in (".", "..") for segment in path.split("/"))

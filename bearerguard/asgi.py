@@ -32,6 +32,7 @@ from bearerguard._core.extract import (
     has_query_token,
     is_query_token,
     joined_request_ids,
+    redact_query_token,
     request_credentials,
 )
 from bearerguard._core.paths import PublicPaths
@@ -212,14 +213,22 @@ def _websocket_credentials(
     return [b"Bearer " + found[0]], query
 
 
-def _drop_query_token(scope: Scope) -> None:
-    """Take ``access_token`` out of a refused handshake's query, as an accepted one's is:
-    uvicorn logs a handshake's URL from the scope (to ``uvicorn.error``, where an access-log
-    filter does not look) once the app refuses it (RFC 6750 §5.3)."""
+def _redact_query_token(scope: Scope) -> None:
+    """Replace ``access_token`` values in a refused request's query with ``REDACTED``.
+
+    uvicorn builds its log line from the scope once the app answers: the access log's for a
+    plain request, ``uvicorn.error``'s for a websocket handshake (RFC 6750 §5.3). Only
+    refusals are redacted: a request let in keeps its query.
+    """
     query = scope.get("query_string", b"")
-    if has_query_token(query):
-        parts = query.split(b"&")
-        scope["query_string"] = b"&".join(part for part in parts if not is_query_token(part))
+    # ASGI says bytes; Django's AsyncClient puts text there, which Django reads too.
+    raw = query.encode("utf-8", "surrogateescape") if isinstance(query, str) else query
+    if not isinstance(raw, bytes):
+        return
+    redacted = redact_query_token(raw)
+    if redacted is not raw:
+        text = isinstance(query, str)
+        scope["query_string"] = redacted.decode("utf-8", "surrogateescape") if text else redacted
 
 
 def _app_path(scope: Scope) -> str:
@@ -534,7 +543,6 @@ class BearerGuardMiddleware:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: AuthError) -> None:
         refusal = refusal_for(self.guard, error)
         if scope["type"] == "websocket":
-            _drop_query_token(scope)
             message = await receive()  # websocket.connect: refuse before accepting
             if message["type"] != "websocket.connect":
                 return
@@ -542,6 +550,7 @@ class BearerGuardMiddleware:
 
     @staticmethod
     async def _send_refusal(scope: Scope, send: Send, refusal: Refusal, error: AuthError) -> None:
+        _redact_query_token(scope)  # before the answer: the server logs from the scope
         headers = [
             (name.encode(), value.encode("latin-1")) for name, value in refusal.framed_headers
         ]

@@ -123,6 +123,17 @@ def _credentials(request: Any) -> tuple[list[bytes], bytes]:
     return values, str(meta.get("QUERY_STRING", "")).encode("latin-1", "replace")
 
 
+def _redact_query_token(request: Any) -> None:
+    """Replace ``access_token`` values with ``REDACTED`` where the server logs a refused
+    request from (RFC 6750 §5.3): ``META``, which under WSGI is the environ itself (as
+    ``BearerGuardWSGIMiddleware`` does), and an ASGI request's scope (as the ASGI middleware
+    does). Django's ``runserver`` logs its own copy of the request line: out of reach."""
+    wsgi._redact_query_token(request.META)
+    scope = _scope(request)
+    if scope is not None:
+        asgi._redact_query_token(scope)
+
+
 def _scope(request: Any) -> dict[str, Any] | None:
     """The ASGI scope of a request Django's ASGI handler made, else ``None``."""
     scope = getattr(request, "scope", None)
@@ -230,7 +241,7 @@ class BearerGuardMiddleware:
             try:
                 access, binding = self._verify(request, described)
             except AuthError as error:
-                return self._refuse(error, described, started)
+                return self._refuse(request, error, described, started)
             auth = self._admit(request, access, binding, described, started)
         reset = current_auth.set(auth)
         try:
@@ -251,7 +262,7 @@ class BearerGuardMiddleware:
             try:
                 access, binding = await self._averify(request, described)
             except AuthError as error:
-                return self._refuse(error, described, started)
+                return self._refuse(request, error, described, started)
             auth = self._admit(request, access, binding, described, started)
         reset = current_auth.set(auth)
         try:
@@ -356,10 +367,13 @@ class BearerGuardMiddleware:
         info = RequestInfo(*described)
         return await guard.authenticate(token, client=info.client, request=info), "bearer"
 
-    def _refuse(self, error: AuthError, described: _Described, started: float) -> HttpResponse:
+    def _refuse(
+        self, request: Any, error: AuthError, described: _Described, started: float
+    ) -> HttpResponse:
         """Audit ``error`` and answer it (RFC 6750 §3), as the WSGI middleware does."""
         guard = self.guard
         guard.audit.refused(error, RequestInfo(*described), perf_counter() - started)
+        _redact_query_token(request)
         return wsgi._django_response(refusal_for(guard, error))
 
     def _admit(

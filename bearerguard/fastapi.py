@@ -80,7 +80,7 @@ from bearerguard._core.scopes import validate_scope_names
 from bearerguard.asgi import (
     BearerGuardMiddleware,
     _authenticate_bound,
-    _drop_query_token,
+    _redact_query_token,
     _serve_metadata,
 )
 from bearerguard.audit import RequestInfo
@@ -550,8 +550,8 @@ class BearerAuth(SecurityBase):
         *,
         from_middleware: bool,
     ) -> NoReturn:
+        _redact_query_token(connection.scope)  # the server logs the URL from the scope
         if connection.scope["type"] == "websocket":
-            _drop_query_token(connection.scope)  # the server logs the handshake's URL
             raise WebSocketException(code=_POLICY_VIOLATION, reason=error.reason)
         if from_middleware and _middleware_answers(connection.scope):
             raise Refused(error, refusal)  # the middleware sends it

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from bearerguard._context import SCOPE_KEY, RequestAuth, already_let_in, current_auth, refusal_for
 from bearerguard._core.extract import (
     bound_credentials,
+    redact_query_token,
     request_credentials,
     split_joined_values,
 )
@@ -129,6 +130,30 @@ def _host(environ: WSGIEnvironment) -> str:
     if host:
         return str(host)
     return f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
+
+
+def _redact_query_token(environ: WSGIEnvironment) -> None:
+    """Replace ``access_token`` values with ``REDACTED`` in a refused request's environ.
+
+    gunicorn builds its access-log line from this environ after the app answers (``%(r)s``
+    from ``RAW_URI``, ``%(q)s`` from ``QUERY_STRING``), and uWSGI-style servers set
+    ``REQUEST_URI``: each is redacted where it carries the token (RFC 6750 §5.3). A server
+    that logs its own copy of the request line (werkzeug's and Django's development servers,
+    wsgiref) is out of reach: see docs/security.md.
+    """
+    for key in ("QUERY_STRING", "RAW_URI", "REQUEST_URI"):
+        value = environ.get(key)
+        if not isinstance(value, str):
+            continue
+        if key == "QUERY_STRING":
+            target, mark, query = "", "", value
+        else:
+            target, mark, query = value.partition("?")
+        # PEP 3333: latin-1 characters standing for the bytes as received.
+        raw = query.encode("latin-1", "replace")
+        redacted = redact_query_token(raw)
+        if redacted is not raw:
+            environ[key] = target + mark + redacted.decode("latin-1")
 
 
 def _authenticate_bound(  # noqa: PLR0917 - private, one call site
@@ -313,6 +338,7 @@ class BearerGuardWSGIMiddleware:
                     access = guard.authenticate_sync(token, client=info.client, request=info)
         except AuthError as error:
             guard.audit.refused(error, RequestInfo(*request), perf_counter() - started)
+            _redact_query_token(environ)  # the server may log from it once answered
             refusal = refusal_for(guard, error)
             status = f"{refusal.status} {HTTPStatus(refusal.status).phrase}"
             start_response(status, refusal.framed_headers)

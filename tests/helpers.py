@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -34,3 +37,35 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@contextlib.contextmanager
+def uvicorn_logging(app: Any, logger: str = "uvicorn.access") -> Iterator[tuple[str, io.StringIO]]:
+    """A real uvicorn server for ``app`` on 127.0.0.1: its base URL, and what ``logger``
+    writes while it serves (uvicorn's own formats: the access line with its query)."""
+    import logging
+    import socket
+    import threading
+
+    import uvicorn
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    log = logging.getLogger(logger)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="off"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        log.addHandler(handler)
+        try:
+            yield f"127.0.0.1:{port}", stream
+        finally:
+            log.removeHandler(handler)
+            server.should_exit = True
+            thread.join(10)

@@ -647,3 +647,37 @@ async def over_tls(pem: str, headers: dict[str, str]) -> Any:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
         return await client.get("/items", headers=headers)
+
+
+def test_a_refused_query_token_is_redacted_where_the_server_logs_from(
+    project: BearerGuard, session_issuer: DevIssuer, kind: str
+) -> None:
+    # Under WSGI, META is the environ a server such as gunicorn logs from once answered;
+    # under ASGI, the scope uvicorn logs from (RFC 6750 §5.3). A request let in keeps both.
+    token = session_issuer.mint(sub="mia")
+    refused = get(kind, f"/items?a=1&access_token={token}")
+    let_in = get(kind, "/health?access=1")
+    assert refused.status_code == 400
+    assert let_in.status_code == 200
+    if kind == "sync":
+        assert refused.wsgi_request.META["QUERY_STRING"] == "a=1&access_token=REDACTED"
+        assert let_in.wsgi_request.META["QUERY_STRING"] == "access=1"
+    else:  # AsyncClient's scope holds text where ASGI servers put bytes
+        assert refused.asgi_request.scope["query_string"] == "a=1&access_token=REDACTED"
+        assert refused.asgi_request.META["QUERY_STRING"] == "a=1&access_token=REDACTED"
+        assert let_in.asgi_request.scope["query_string"] == "access=1"
+
+
+def test_a_refused_query_token_stays_out_of_uvicorns_access_log(
+    project: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # Django's ASGI handler under a real uvicorn: the access line comes from the scope.
+    from django.core.handlers.asgi import ASGIHandler
+
+    from tests.helpers import uvicorn_logging
+
+    token = session_issuer.mint(sub="mia")
+    with uvicorn_logging(ASGIHandler()) as (base, log):
+        assert httpx.get(f"http://{base}/items?access_token={token}&a=1").status_code == 400
+    assert token not in log.getvalue()
+    assert '"GET /items?access_token=REDACTED&a=1 HTTP/1.1" 400' in log.getvalue()

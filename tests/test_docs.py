@@ -276,16 +276,14 @@ def test_the_typed_pages_pass_mypy_strict(tmp_path: Path) -> None:
 
 
 def test_the_access_log_recipe_redacts_a_real_uvicorn_line(session_issuer: DevIssuer) -> None:
-    # docs/security.md's filter, on the line a real uvicorn writes for a refused
-    # ?access_token= request: uvicorn logs the query string, the guard cannot edit it.
-    import io
+    # docs/security.md: the guard redacts a query token it refuses; the filter is for the
+    # lines it cannot reach, here a route beside the guarded app on a real uvicorn server.
     import logging
-    import socket
-    import threading
 
     import httpx
-    import uvicorn
-    from uvicorn.logging import AccessFormatter
+    from starlette.routing import Mount
+
+    from tests.helpers import uvicorn_logging
 
     namespace: dict[str, Any] = {"__name__": "docs_security"}
     for block in _BLOCK.findall((ROOT / "docs" / "security.md").read_text()):
@@ -294,35 +292,24 @@ def test_the_access_log_recipe_redacts_a_real_uvicorn_line(session_issuer: DevIs
     redact = namespace["RedactAccessToken"]
     # The page installs one too (test_python_blocks_run runs it): the line is first seen raw.
     access.filters = [f for f in access.filters if type(f).__name__ != "RedactAccessToken"]
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s'))
-    app = BearerGuardMiddleware(Starlette(), guard=session_issuer.guard())
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="off"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        access.addHandler(handler)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            assert httpx.get(f"{base}/me?page=1&access_token=s3cret-1").status_code == 400
+    guarded = BearerGuardMiddleware(Starlette(), guard=session_issuer.guard())
+    outside = PlainTextResponse("signed in")
+    app = Starlette(routes=[Route("/login", outside), Mount("/api", app=guarded)])
+    try:
+        with uvicorn_logging(app) as (base, log):
+            url = f"http://{base}"
+            assert httpx.get(f"{url}/api/me?page=1&access_token=s3cret-0").status_code == 400
+            assert httpx.get(f"{url}/login?page=1&access_token=s3cret-1").status_code == 200
             access.addFilter(redact())
-            assert httpx.get(f"{base}/me?page=2&access_token=s3cret-2").status_code == 400
-            assert httpx.get(f"{base}/me?access%5Ftoken=s3cret-3&x=1").status_code == 400
-        finally:
-            access.removeHandler(handler)
-            access.filters = [f for f in access.filters if not isinstance(f, redact)]
-            server.should_exit = True
-            thread.join(10)
-    before, *after = stream.getvalue().splitlines()
-    assert "access_token=s3cret-1" in before  # what the recipe is for
-    assert [line.split('"')[1] for line in after] == [
-        "GET /me?page=2&access_token=REDACTED HTTP/1.1",
-        "GET /me?access%5Ftoken=REDACTED&x=1 HTTP/1.1",
+            assert httpx.get(f"{url}/login?page=2&access_token=s3cret-2").status_code == 200
+            assert httpx.get(f"{url}/login?access%5Ftoken=s3cret-3&x=1").status_code == 200
+            assert httpx.get(f"{url}/api/me?access_token=s3cret-4").status_code == 400
+    finally:
+        access.filters = [f for f in access.filters if not isinstance(f, redact)]
+    assert [line.split('"')[1] for line in log.getvalue().splitlines()] == [
+        "GET /api/me?page=1&access_token=REDACTED HTTP/1.1",  # the guard's own doing
+        "GET /login?page=1&access_token=s3cret-1 HTTP/1.1",  # what the recipe is for
+        "GET /login?page=2&access_token=REDACTED HTTP/1.1",
+        "GET /login?access%5Ftoken=REDACTED&x=1 HTTP/1.1",
+        "GET /api/me?access_token=REDACTED HTTP/1.1",
     ]

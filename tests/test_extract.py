@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from bearerguard._core.extract import extract_bearer, has_query_token, split_joined_values
+from bearerguard._core.extract import (
+    extract_bearer,
+    has_query_token,
+    redact_query_token,
+    split_joined_values,
+)
 from bearerguard.errors import InvalidRequestError, MalformedTokenError
 
 
@@ -74,6 +79,30 @@ def test_size_cap_applies_before_decoding() -> None:
 )
 def test_query_token_detection(query: bytes, expected: bool) -> None:
     assert has_query_token(query) is expected
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (b"access_token=abc", b"access_token=REDACTED"),
+        (b"page=2&access_token=abc&x=1", b"page=2&access_token=REDACTED&x=1"),
+        (b"access%5Ftoken=abc&x=1", b"access%5Ftoken=REDACTED&x=1"),
+        (b"%61ccess_token=abc", b"%61ccess_token=REDACTED"),
+        (b"access_token", b"access_token=REDACTED"),
+        (b"access_token=a&access_token=b", b"access_token=REDACTED&access_token=REDACTED"),
+        (b"my_access_token=abc&q=access_token", b"my_access_token=abc&q=access_token"),
+        (b"page=2", b"page=2"),
+        (b"", b""),
+    ],
+)
+def test_a_query_token_value_is_redacted(query: bytes, expected: bytes) -> None:
+    # The name as sent, the rest of the query as it was: the line still says what was sent.
+    assert redact_query_token(query) == expected
+
+
+def test_a_query_without_a_token_is_returned_as_it_is() -> None:
+    query = b"page=2&q=%20"
+    assert redact_query_token(query) is query
 
 
 @pytest.mark.parametrize(

@@ -597,3 +597,51 @@ def test_a_dot_segment_path_is_never_public(session_issuer: DevIssuer, path: str
     assert status == "401 Unauthorized"
     assert "error=" not in headers["www-authenticate"]  # no token sent: a bare challenge
     assert [event["reason"] for event in events] == ["missing_token"]
+
+
+def test_a_refused_query_token_is_redacted_in_the_environ_servers_log_from(
+    session_issuer: DevIssuer,
+) -> None:
+    # gunicorn builds its access line from the environ after the app answered (%(r)s from
+    # RAW_URI, %(q)s from QUERY_STRING); uWSGI-style servers set REQUEST_URI. Read here as
+    # such a server does, after the response, on a real werkzeug server (which sets all
+    # three). RFC 6750 §5.3. A request let in keeps them as sent.
+    from werkzeug.serving import make_server
+
+    token = session_issuer.mint(sub="ann")
+    seen: list[dict[str, str]] = []
+    keys = ("QUERY_STRING", "RAW_URI", "REQUEST_URI")
+    guarded = BearerGuardWSGIMiddleware(
+        hello_app, guard=session_issuer.guard(), public_paths=["/health"]
+    )
+
+    def logging_server(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        body = list(guarded(environ, start_response))
+        seen.append({key: environ[key] for key in keys})
+        return body
+
+    server = make_server("127.0.0.1", 0, logging_server, threaded=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        assert httpx.get(f"{base}/me?a=1&access_token={token}").status_code == 400
+        assert httpx.get(f"{base}/me?access%5Ftoken={token}").status_code == 400
+        assert httpx.get(f"{base}/health?access=1").status_code == 200
+    finally:
+        server.shutdown()
+        thread.join(10)
+    assert token not in str(seen)
+    assert seen == [
+        {
+            "QUERY_STRING": "a=1&access_token=REDACTED",
+            "RAW_URI": "/me?a=1&access_token=REDACTED",
+            "REQUEST_URI": "/me?a=1&access_token=REDACTED",
+        },
+        {
+            "QUERY_STRING": "access%5Ftoken=REDACTED",
+            "RAW_URI": "/me?access%5Ftoken=REDACTED",
+            "REQUEST_URI": "/me?access%5Ftoken=REDACTED",
+        },
+        dict.fromkeys(keys[1:], "/health?access=1") | {"QUERY_STRING": "access=1"},
+    ]

@@ -25,6 +25,7 @@ __all__ = [
     "has_query_token",
     "is_query_token",
     "joined_request_ids",
+    "redact_query_token",
     "request_credentials",
     "request_dpop_credentials",
     "split_joined_values",
@@ -146,6 +147,24 @@ def has_query_token(query_string: bytes) -> bool:
     if query_string.find(b"access_token") == -1 and query_string.find(b"%") == -1:
         return False
     return any(is_query_token(part) for part in query_string.split(b"&"))
+
+
+REDACTED = b"REDACTED"
+
+
+def redact_query_token(query_string: bytes) -> bytes:
+    """``query_string`` with every ``access_token`` value replaced by ``REDACTED``.
+
+    For a refused request, whose query the server logs after the app answers (RFC 6750
+    §5.3): the name stays as sent, and so does every other parameter. The same object when
+    there is nothing to redact.
+    """
+    if not has_query_token(query_string):
+        return query_string
+    return b"&".join(
+        part.partition(b"=")[0] + b"=" + REDACTED if is_query_token(part) else part
+        for part in query_string.split(b"&")
+    )
 
 
 def request_credentials(

@@ -1,0 +1,97 @@
+"""A refused ``?access_token=`` is redacted where the server logs the request from
+(RFC 6750 §5.3): real uvicorn servers, their ``uvicorn.access`` log captured."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from bearerguard.asgi import BearerGuardMiddleware
+from bearerguard.fastapi import BearerAuth
+from bearerguard.testing import DevIssuer
+from tests.helpers import uvicorn_logging
+
+
+async def _echo(request: object) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+def _requests(base: str, token: str) -> list[int]:
+    return [
+        httpx.get(f"http://{base}/me?page=1&access_token={token}").status_code,
+        httpx.get(f"http://{base}/me?access%5Ftoken={token}&x=1").status_code,
+        httpx.get(f"http://{base}/me?page=3").status_code,  # refused, no query token
+        httpx.get(f"http://{base}/health?page=4&q=access").status_code,  # let in
+    ]
+
+
+def test_the_middleware_redacts_a_refused_query_token_in_the_access_log(
+    session_issuer: DevIssuer,
+) -> None:
+    token = session_issuer.mint(sub="ann")
+    app = BearerGuardMiddleware(
+        Starlette(routes=[Route("/me", _echo), Route("/health", _echo)]),
+        guard=session_issuer.guard(),
+        public_paths=["/health"],
+    )
+    with uvicorn_logging(app) as (base, log):
+        assert _requests(base, token) == [400, 400, 401, 200]
+    assert token not in log.getvalue()
+    assert [line.split('"')[1] for line in log.getvalue().splitlines()] == [
+        "GET /me?page=1&access_token=REDACTED HTTP/1.1",
+        "GET /me?access%5Ftoken=REDACTED&x=1 HTTP/1.1",
+        "GET /me?page=3 HTTP/1.1",
+        "GET /health?page=4&q=access HTTP/1.1",
+    ]
+
+
+def test_bearer_auth_redacts_a_refused_query_token_in_the_access_log(
+    session_issuer: DevIssuer,
+) -> None:
+    # BearerAuth without the middleware: its refusal is raised inside FastAPI's routing,
+    # on the scope uvicorn logs from.
+    token = session_issuer.mint(sub="ann")
+    bearer = BearerAuth(session_issuer.guard())
+    app = FastAPI()
+    bearer.install(app)
+
+    @app.get("/me", dependencies=[bearer.requires()])
+    async def me() -> dict[str, bool]:  # pragma: no cover - never let in here
+        return {"ok": True}
+
+    @app.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    with uvicorn_logging(app) as (base, log):
+        assert _requests(base, token) == [400, 400, 401, 200]
+    assert token not in log.getvalue()
+    assert [line.split('"')[1] for line in log.getvalue().splitlines()] == [
+        "GET /me?page=1&access_token=REDACTED HTTP/1.1",
+        "GET /me?access%5Ftoken=REDACTED&x=1 HTTP/1.1",
+        "GET /me?page=3 HTTP/1.1",
+        "GET /health?page=4&q=access HTTP/1.1",
+    ]
+
+
+@pytest.mark.parametrize("token_first", [True, False])
+def test_a_query_token_with_a_header_token_is_redacted_too(
+    session_issuer: DevIssuer, token_first: bool
+) -> None:
+    # Two methods at once (RFC 6750 §2): refused whatever the header holds, and redacted.
+    token = session_issuer.mint(sub="ann")
+    app = BearerGuardMiddleware(
+        Starlette(routes=[Route("/me", _echo)]), guard=session_issuer.guard()
+    )
+    query = f"access_token={token}&a=1" if token_first else f"a=1&access_token={token}"
+    with uvicorn_logging(app) as (base, log):
+        response = httpx.get(
+            f"http://{base}/me?{query}", headers={"Authorization": f"Bearer {token}"}
+        )
+    assert response.status_code == 400
+    assert token not in log.getvalue()
+    assert "access_token=REDACTED" in log.getvalue()

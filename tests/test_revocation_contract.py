@@ -37,8 +37,9 @@ def token(
     iat: float | None = NOW - 1000,
     client_id: str | None = "c1",
     iss: str = ISS,
+    sid: str | None = None,
 ) -> AccessToken:
-    optional = {"jti": jti, "sub": sub, "iat": iat, "client_id": client_id}
+    optional = {"jti": jti, "sub": sub, "iat": iat, "client_id": client_id, "sid": sid}
     claims: dict[str, Any] = {"iss": iss, "aud": "api", "exp": NOW + 3600}
     claims.update({name: value for name, value in optional.items() if value is not None})
     return AccessToken.from_claims(
@@ -300,3 +301,53 @@ async def test_both_sides_share_one_state(make_store: Callable[..., Any]) -> Non
     assert store.is_revoked_sync(token())
     assert await store.is_revoked(token(jti="x", sub="s2"))
     assert store.is_revoked_sync(token(jti="x", sub="s2"))
+
+
+@pytest.mark.anyio
+async def test_a_session_cutoff_refuses_that_session_only(side: Callable[..., Side]) -> None:
+    store = side(clock=Clock())
+    assert await store.revoke_session("sess-1", issuer=ISS) is True
+    assert await store.is_revoked(token(jti="x", sid="sess-1", iat=NOW - 10))
+    assert await store.is_revoked(token(jti="x", sid="sess-1", iat=None))  # cannot show newer
+    assert not await store.is_revoked(token(jti="x", sid="sess-1", iat=NOW + 1))
+    assert not await store.is_revoked(token(jti="x", sid="sess-2"))  # the user's other session
+    assert not await store.is_revoked(token(jti="x", sid="sess-1", iss=OTHER))
+    assert not await store.is_revoked(token(jti="x"))  # no sid, no subject given: untouched
+
+
+@pytest.mark.anyio
+async def test_a_session_cutoff_with_its_user_cuts_off_the_user_s_tokens_without_sid(
+    side: Callable[..., Side],
+) -> None:
+    store = side(clock=Clock())
+    await store.revoke_session("sess-1", NOW - 100, issuer=ISS, subject="s1")
+    assert await store.is_revoked(token(jti="x", iat=NOW - 200))  # s1, no sid
+    assert not await store.is_revoked(token(jti="x", iat=NOW - 50))  # issued after
+    assert await store.is_revoked(token(jti="x", sid="sess-1", iat=NOW - 200))
+    assert not await store.is_revoked(token(jti="x", sid="sess-2", iat=NOW - 200))
+    assert not await store.is_revoked(token(jti="x", sub="s2", iat=NOW - 200))
+
+
+@pytest.mark.anyio
+async def test_a_session_cutoff_lasts_the_retention(side: Callable[..., Side]) -> None:
+    clock = Clock()
+    store = side(clock=clock, retention=100, expiry_grace=10)
+    await store.revoke_session("sess-1", subject="s1")
+    await store.revoke_session("sess-1", issued_before=NOW - 1000)  # never moves back
+    assert await store.is_revoked(token(jti="x", sid="sess-1", iat=NOW - 1))
+    clock.now += 109
+    assert await store.is_revoked(token(jti="x", sid="sess-1", iat=NOW - 1))
+    assert await store.is_revoked(token(jti="x", iat=NOW - 1))
+    clock.now += 2
+    assert not await store.is_revoked(token(jti="x", sid="sess-1", iat=NOW - 1))
+    assert not await store.is_revoked(token(jti="x", iat=NOW - 1))
+
+
+@pytest.mark.anyio
+async def test_what_no_sid_can_carry_is_refused(side: Callable[..., Side]) -> None:
+    store = side(clock=Clock())
+    for bad in ("", 42, None):
+        with pytest.raises(TypeError):
+            await store.revoke_session(bad)
+    with pytest.raises(TypeError):
+        await store.revoke_session("sess-1", subject="")

@@ -43,10 +43,14 @@ ISS = "https://issuer.example"
 
 
 def token(
-    jti: str | None = "j1", sub: str | None = "s1", client_id: str | None = "c1", iss: str = ISS
+    jti: str | None = "j1",
+    sub: str | None = "s1",
+    client_id: str | None = "c1",
+    iss: str = ISS,
+    sid: str | None = None,
 ) -> AccessToken:
     now = time.time()
-    optional = {"jti": jti, "sub": sub, "client_id": client_id}
+    optional = {"jti": jti, "sub": sub, "client_id": client_id, "sid": sid}
     claims: dict[str, Any] = {"iss": iss, "aud": "api", "exp": now + 600, "iat": now - 10}
     claims.update({name: value for name, value in optional.items() if value is not None})
     return AccessToken.from_claims(
@@ -178,6 +182,28 @@ async def test_a_revocation_reaches_another_mirror_within_100ms(
     await a.revoke_client("c9")
     await eventually(lambda: b.is_revoked(token(jti="x", client_id="c9")), 0.1)
     assert worst < 0.1
+
+
+@pytest.mark.anyio
+async def test_a_session_cutoff_reaches_another_mirror_and_is_listed(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    a = stores(redis_server.url, namespace=redis_namespace)
+    b = stores(redis_server.url, namespace=redis_namespace)
+    await a.start()
+    await b.start()
+    await b.revoke_session("sess:1", issuer=ISS, subject="s1", reason="caep")
+    await eventually(lambda: a.is_revoked(token(jti="x", sid="sess:1")), 1.0)
+    assert await a.is_revoked(token(jti="x"))  # s1 without sid: cut off with the session
+    assert not await a.is_revoked(token(jti="x", sid="sess:2"))
+    assert not await a.is_revoked(token(jti="x", sub="s2"))
+    listed = {(entry.kind, entry.name) for entry in await a.list_revocations()}
+    assert listed == {("session", "sess:1"), ("sessionless", "s1")}
+    # A mirror started afterwards loads both from Redis (SCAN), as it loads the others.
+    c = stores(redis_server.url, namespace=redis_namespace)
+    await c.start()
+    assert await c.is_revoked(token(jti="x", sid="sess:1"))
+    assert not await c.is_revoked(token(jti="x", sid="sess:2"))
 
 
 @pytest.mark.anyio

@@ -12,6 +12,8 @@ Layout in Redis, one string key per entry, each expiring with what it covers::
     {namespace}:t:{issuer}:{jti}        a revoked token
     {namespace}:s:{issuer}:{sub}        a subject cut-off
     {namespace}:c:{issuer}:{client_id}  a client cut-off
+    {namespace}:n:{issuer}:{sid}        a session cut-off
+    {namespace}:u:{issuer}:{sub}        a cut-off of the subject's tokens without sid
     value: {"u": lapse_ms, "c": cutoff_ms, "r": reason, "a": updated_ms}
 
 ``{issuer}`` is ``*`` for "any issuer"; in the parts ``%``, ``:`` and ``*`` are
@@ -47,7 +49,7 @@ __all__ = [
     "session",
 ]
 
-KINDS: tuple[Kind, ...] = ("t", "s", "c")
+KINDS: tuple[Kind, ...] = ("t", "s", "c", "n", "u")
 
 # KEYS[1]: the entry. ARGV: channel, lapse_ms, cutoff_ms ("" for a token), reason, and "1"
 # when the cut-off is "now" (no instant was given).
@@ -128,7 +130,7 @@ class Layout:
     @property
     def pattern(self) -> str:
         """A SCAN pattern for this namespace's entries (narrows; ``parse_key`` decides)."""
-        return f"{_glob_escape(self.namespace)}:[tsc]:*:*"
+        return f"{_glob_escape(self.namespace)}:[tscnu]:*:*"
 
     def key(self, kind: Kind, issuer: str | None, name: str) -> str:
         return f"{self.namespace}:{kind}:{_encode_part(issuer)}:{_encode_part(name)}"

@@ -18,23 +18,25 @@ __all__ = ["DEFAULT_EXPIRY_GRACE", "Entry", "Kind", "RevocationTable", "check_ta
 DEFAULT_EXPIRY_GRACE = 300.0
 """Seconds a revoked token's entry outlives its ``exp``: past any sensible leeway."""
 
-Kind = Literal["t", "s", "c"]
-"""A revoked token, a subject cut-off, or a client cut-off."""
+Kind = Literal["t", "s", "c", "n", "u"]
+"""A revoked token, a subject cut-off, a client cut-off, a session cut-off (on ``sid``), or
+the cut-off of a subject's tokens that carry no ``sid`` (beside a session cut-off)."""
 _Key = tuple[str | None, str]
 _versions = itertools.count(1)  # shared by every table: a version never repeats
 
 
 def check_target(name: object, issuer: object) -> None:
-    """Refuse what no token's ``jti``, ``sub`` or ``client_id`` (or ``iss``) can equal.
+    """Refuse what no token's ``jti``, ``sub``, ``client_id`` or ``sid`` (or ``iss``) can equal.
 
-    The claims are non-empty JSON strings (RFC 7519 §4.1.1, §4.1.2, §4.1.7): an entry under
+    The claims are non-empty JSON strings (RFC 7519 §4.1.1, §4.1.2, §4.1.7; ``sid``: OpenID
+    Connect Front-Channel Logout 1.0 §3): an entry under
     ``b"j1"``, ``42`` or ``""`` would be held, and reported held, yet never match a token.
 
     Raises:
         TypeError: ``name`` is not a non-empty string, or ``issuer`` not a string or None.
     """
     if not isinstance(name, str) or not name:
-        raise TypeError("the jti, sub or client_id must be a non-empty string")
+        raise TypeError("the jti, sub, client_id or sid must be a non-empty string")
     if issuer is not None and not isinstance(issuer, str):
         raise TypeError("issuer must be a string or None")
 
@@ -59,13 +61,16 @@ class RevocationTable:
     writers can never leave the weaker of two entries behind.
     """
 
-    __slots__ = ("_lock", "clients", "subjects", "tokens", "version")
+    __slots__ = ("_lock", "clients", "sessionless", "sessions", "subjects", "tokens", "version")
 
     def __init__(self) -> None:
         self.tokens: dict[_Key, float] = {}
         # (cutoff, until)
         self.subjects: dict[_Key, tuple[float, float]] = {}
         self.clients: dict[_Key, tuple[float, float]] = {}
+        # Keyed on (iss, sid), and on (iss, sub) for that subject's tokens without a sid.
+        self.sessions: dict[_Key, tuple[float, float]] = {}
+        self.sessionless: dict[_Key, tuple[float, float]] = {}
         self._lock = threading.Lock()
         self.version = next(_versions)
         """Changes whenever an entry is added, after the entry is readable: a token found
@@ -73,7 +78,8 @@ class RevocationTable:
         only lapse, and a lapsed entry no longer revoked anything that had not expired)."""
 
     def __len__(self) -> int:
-        return len(self.tokens) + len(self.subjects) + len(self.clients)
+        cutoffs = len(self.subjects) + len(self.clients)
+        return len(self.tokens) + cutoffs + len(self.sessions) + len(self.sessionless)
 
     def apply(self, entry: Entry) -> None:
         key = (entry.issuer, entry.name)
@@ -81,15 +87,29 @@ class RevocationTable:
             if entry.cutoff is None:
                 self.tokens[key] = max(entry.until, self.tokens.get(key, entry.until))
             else:
-                cutoffs = self.subjects if entry.kind == "s" else self.clients
+                cutoffs = self._cutoffs(entry.kind)
                 cutoff, until = cutoffs.get(key, (entry.cutoff, entry.until))
                 cutoffs[key] = (max(cutoff, entry.cutoff), max(until, entry.until))
             self.version = next(_versions)
 
+    def _cutoffs(self, kind: Kind) -> dict[_Key, tuple[float, float]]:
+        if kind == "s":
+            return self.subjects
+        if kind == "c":
+            return self.clients
+        return self.sessions if kind == "n" else self.sessionless
+
     def revoked(self, token: AccessToken, now: float) -> bool:
-        """Whether ``token``, its subject or its client is revoked at ``now``."""
+        """Whether ``token``, its subject, its client or its session is revoked at ``now``.
+
+        A session cut-off refuses the tokens whose ``sid`` it names; the cut-off of a
+        subject's tokens without a ``sid`` (a session revoked together with its user) refuses
+        those of the subject's tokens that carry none, as they cannot show which session
+        they belong to.
+        """
         tokens, subjects, clients = self.tokens, self.subjects, self.clients
-        if not (tokens or subjects or clients):
+        sessions, sessionless = self.sessions, self.sessionless
+        if not (tokens or subjects or clients or sessions or sessionless):
             return False
         iss = token.issuer
         jti = token.token_id
@@ -99,7 +119,14 @@ class RevocationTable:
                 if until is not None and now < until:
                     return True
         iat = token.claims.get("iat")
-        for cutoffs, name in ((subjects, token.subject), (clients, token.client_id)):
+        checks = [(subjects, token.subject), (clients, token.client_id)]
+        if sessions or sessionless:
+            sid = token.claims.get("sid")
+            if isinstance(sid, str) and sid:
+                checks.append((sessions, sid))
+            else:  # no sid (or not one a session could be named by): by its subject
+                checks.append((sessionless, token.subject))
+        for cutoffs, name in checks:
             if name is None or not cutoffs:
                 continue
             for key in ((iss, name), (None, name)):
@@ -115,3 +142,7 @@ class RevocationTable:
             self.tokens = {key: until for key, until in self.tokens.items() if now < until}
             self.subjects = {key: item for key, item in self.subjects.items() if now < item[1]}
             self.clients = {key: item for key, item in self.clients.items() if now < item[1]}
+            self.sessions = {key: item for key, item in self.sessions.items() if now < item[1]}
+            self.sessionless = {
+                key: item for key, item in self.sessionless.items() if now < item[1]
+            }

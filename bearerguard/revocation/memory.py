@@ -22,7 +22,7 @@ _PRUNE_EVERY = 30.0  # seconds between sweeps of lapsed entries, on a write (as 
 
 
 class MemoryRevocationStore:
-    """Revoked tokens (by ``(iss, jti)``), subjects and clients, held in this process.
+    """Revoked tokens (by ``(iss, jti)``), subjects, clients and sessions, in this process.
 
     Entries vanish once no token they cover could still be accepted, so memory stays bounded
     by the revocations of the last token lifetime. The store never drops a live entry to make
@@ -32,7 +32,7 @@ class MemoryRevocationStore:
     Args:
         max_entries: the most live entries held, all kinds together.
         retention: how long an entry is kept when no expiry is known: a revoked token given
-            without ``expires_at``, or a subject or client cutoff (which must outlive every
+            without ``expires_at``, or a subject, client or session cutoff (which must outlive every
             token issued before it). Set it to at least your issuer's longest token lifetime;
             the entry is kept ``expiry_grace`` longer still, as a token is accepted up to
             ``leeway`` past its ``exp``.
@@ -119,10 +119,37 @@ class MemoryRevocationStore:
         """Revoke every token issued to ``client_id`` at or before ``issued_before``."""
         return self._cut("c", issuer, client_id, issued_before)
 
+    def revoke_session_sync(
+        self,
+        sid: str,
+        issued_before: Instant | None = None,
+        *,
+        issuer: str | None = None,
+        subject: str | None = None,
+    ) -> bool:
+        """Revoke every token of session ``sid`` issued at or before ``issued_before``.
+
+        Tokens are matched on their ``sid`` claim (OpenID Connect Front-Channel Logout 1.0
+        §3, which identity providers also put in access tokens); the same user's other
+        sessions are untouched. With ``subject`` (the session's user), that user's tokens
+        that carry no ``sid`` are cut off too: they cannot show they belong to another
+        session. Both entries last as a subject cut-off does.
+        """
+        check_target(sid, issuer)
+        if subject is not None:
+            check_target(subject, issuer)
+        # One instant for both entries, "now" read once.
+        cutoff = self._clock() if issued_before is None else to_epoch(issued_before)
+        if subject is not None:
+            self._cut("u", issuer, subject, cutoff)
+        return self._cut("n", issuer, sid, cutoff)
+
     def is_revoked_sync(self, token: AccessToken) -> bool:
-        """Whether ``token``, its subject or its client has been revoked."""
+        """Whether ``token``, its subject, its client or its session has been revoked."""
         table = self.table
-        if not (table.tokens or table.subjects or table.clients):
+        if not (
+            table.tokens or table.subjects or table.clients or table.sessions or table.sessionless
+        ):
             return False
         return table.revoked(token, self._clock())
 
@@ -146,8 +173,19 @@ class MemoryRevocationStore:
         """Revoke every token of a client issued up to an instant: as ``revoke_client_sync``."""
         return self.revoke_client_sync(client_id, issued_before, issuer=issuer)
 
+    async def revoke_session(
+        self,
+        sid: str,
+        issued_before: Instant | None = None,
+        *,
+        issuer: str | None = None,
+        subject: str | None = None,
+    ) -> bool:
+        """Revoke every token of a session issued up to an instant: as ``revoke_session_sync``."""
+        return self.revoke_session_sync(sid, issued_before, issuer=issuer, subject=subject)
+
     async def is_revoked(self, token: AccessToken) -> bool:
-        """Whether ``token``, its subject or its client has been revoked."""
+        """Whether ``token``, its subject, its client or its session has been revoked."""
         return self.is_revoked_sync(token)
 
     def _cut(

@@ -79,10 +79,13 @@ from bearerguard.token import AccessToken
 
 __all__ = ["DEFAULT_URL", "RedisRevocationStore", "Revocation"]
 
-_KIND_NAMES: dict[Kind, Literal["token", "subject", "client"]] = {
+RevocationKind = Literal["token", "subject", "client", "session", "sessionless"]
+_KIND_NAMES: dict[Kind, RevocationKind] = {
     "t": "token",
     "s": "subject",
     "c": "client",
+    "n": "session",
+    "u": "sessionless",
 }
 _MAX_REASON = 500
 _T = TypeVar("_T")
@@ -94,9 +97,11 @@ class Revocation:
     """One live revocation, as ``list_revocations`` reports it.
 
     Attributes:
-        kind: ``"token"`` (by ``jti``), ``"subject"`` or ``"client"``.
+        kind: ``"token"`` (by ``jti``), ``"subject"``, ``"client"``, ``"session"`` (by
+            ``sid``) or ``"sessionless"`` (a subject's tokens without ``sid``, cut off with
+            one of its sessions).
         issuer: the issuer it is limited to; ``None`` for every issuer.
-        name: the ``jti``, ``sub`` or ``client_id``.
+        name: the ``jti``, ``sub``, ``client_id`` or ``sid``.
         lapses_at: when the entry is forgotten (a token's ``exp`` plus the grace, or the
             retention of a cut-off plus the grace).
         issued_before: for a cut-off, tokens issued at or before this instant are refused.
@@ -104,7 +109,7 @@ class Revocation:
         updated_at: when the entry was last written.
     """
 
-    kind: Literal["token", "subject", "client"]
+    kind: RevocationKind
     issuer: str | None
     name: str
     lapses_at: datetime
@@ -163,7 +168,7 @@ def _message(pubsub: Any, response: Any) -> Any:
 
 
 class RedisRevocationStore:
-    """Revoked tokens (by ``(iss, jti)``), subjects and clients, shared through Redis.
+    """Revoked tokens (by ``(iss, jti)``), subjects, clients and sessions, shared through Redis.
 
     The same methods and rules as ``MemoryRevocationStore``; every instance of the API that
     points at the same Redis and ``namespace`` sees the same revocations.
@@ -355,6 +360,39 @@ class RedisRevocationStore:
         """Revoke every token issued to ``client_id`` at or before ``issued_before``."""
         return self._write_sync(self._cutoff_write("c", client_id, issued_before, issuer, reason))
 
+    def revoke_session_sync(
+        self,
+        sid: str,
+        issued_before: Instant | None = None,
+        *,
+        issuer: str | None = None,
+        subject: str | None = None,
+        reason: str | None = None,
+    ) -> bool:
+        """Revoke every token of session ``sid`` issued at or before ``issued_before``.
+
+        As ``MemoryRevocationStore.revoke_session_sync``: tokens are matched on their
+        ``sid`` claim; with ``subject``, that user's tokens without a ``sid`` are cut off
+        too (a second entry, written first). Returns whether Redis holds the session entry.
+        """
+        writes = self._session_writes(sid, issued_before, issuer, subject, reason)
+        held = [self._write_sync(write) for write in writes]
+        return held[-1]
+
+    async def revoke_session(
+        self,
+        sid: str,
+        issued_before: Instant | None = None,
+        *,
+        issuer: str | None = None,
+        subject: str | None = None,
+        reason: str | None = None,
+    ) -> bool:
+        """Revoke every token of a session issued up to an instant: as ``revoke_session_sync``."""
+        writes = self._session_writes(sid, issued_before, issuer, subject, reason)
+        held = [await self._write(write) for write in writes]
+        return held[-1]
+
     async def revoke_token(
         self,
         jti: str,
@@ -396,6 +434,21 @@ class RedisRevocationStore:
         lapse = now + self._retention if expires_at is None else to_epoch(expires_at)
         until = lapse + self._grace
         return self._prepare("t", jti, issuer, reason, now=now, until=until, cutoff=None)
+
+    def _session_writes(
+        self,
+        sid: str,
+        issued_before: Instant | None,
+        issuer: str | None,
+        subject: str | None,
+        reason: str | None,
+    ) -> list[_Write]:
+        check_target(sid, issuer)
+        writes: list[_Write] = []
+        if subject is not None:
+            writes.append(self._cutoff_write("u", subject, issued_before, issuer, reason))
+        writes.append(self._cutoff_write("n", sid, issued_before, issuer, reason))
+        return writes
 
     def _cutoff_write(
         self,
@@ -499,7 +552,7 @@ class RedisRevocationStore:
     # -- checking -------------------------------------------------------------------------
 
     def is_revoked_sync(self, token: AccessToken) -> bool:
-        """Whether ``token``, its subject or its client has been revoked.
+        """Whether ``token``, its subject, its client or its session has been revoked.
 
         Raises:
             RevocationStoreError: the answer cannot be had (the mirror is not synchronised or
@@ -530,7 +583,7 @@ class RedisRevocationStore:
         return mirror.check(token, self._clock())
 
     async def is_revoked(self, token: AccessToken) -> bool:
-        """Whether ``token``, its subject or its client has been revoked (no I/O with a mirror).
+        """Whether ``token``, its subject, client or session is revoked (no I/O with a mirror).
 
         Raises:
             RevocationStoreError: as ``is_revoked_sync``.
@@ -549,9 +602,20 @@ class RedisRevocationStore:
     def _lookup_keys(self, token: AccessToken) -> list[str]:
         key = self._layout.key
         keys: list[str] = []
-        for kind, name in (("t", token.token_id), ("s", token.subject), ("c", token.client_id)):
+        sid = token.claims.get("sid")
+        # The session's entry, or the entry of the subject's tokens without one: in the same
+        # MGET as the others (one round trip).
+        session: tuple[Kind, object] = (
+            ("n", sid) if isinstance(sid, str) and sid else ("u", token.subject)
+        )
+        for kind, name in (
+            ("t", token.token_id),
+            ("s", token.subject),
+            ("c", token.client_id),
+            session,
+        ):
             if isinstance(name, str) and name:
-                keys += [key(kind, token.issuer, name), key(kind, None, name)]  # type: ignore[arg-type]
+                keys += [key(kind, token.issuer, name), key(kind, None, name)]
         return keys
 
     def _decide(self, token: AccessToken, keys: list[str], values: list[Any]) -> bool:

@@ -7,7 +7,10 @@ and turns the events that mean "this user's tokens must stop working" (OpenID CA
 ``session-revoked`` and ``credential-change``, RISC ``account-disabled``, ``account-purged``
 and ``credential-compromise``) into subject cut-offs in the revocation store: every token of
 that subject issued up to the event is refused from then on, by every instance sharing the
-store.
+store. A ``session-revoked`` event that names the session (a complex subject with an
+``opaque`` ``session``) cuts off that session only, by the tokens' ``sid`` claim, when the
+store has ``revoke_session`` (``SessionRevocationStore``); the user's tokens without a ``sid``
+go with it.
 
 Answers (RFC 8935 §2.2-§2.4):
 
@@ -48,6 +51,7 @@ from bearerguard._core.secevent import (
     SUBJECT_CUTOFF_EVENTS,
     EventPlan,
     SecurityEventError,
+    SessionCutoff,
     plan_security_event,
 )
 from bearerguard._core.times import Instant
@@ -71,6 +75,7 @@ __all__ = [
     "SET_MEDIA_TYPE",
     "SUBJECT_CUTOFF_EVENTS",
     "SecurityEventReceiver",
+    "SessionRevocationStore",
     "SubjectRevocationStore",
 ]
 
@@ -91,6 +96,28 @@ class SubjectRevocationStore(Protocol):
     ) -> None:
         """Revoke every token of ``sub`` issued at or before ``issued_before``."""
         ...
+
+
+@runtime_checkable
+class SessionRevocationStore(Protocol):
+    """A store that can also cut off one session's tokens, by their ``sid`` claim
+    (``MemoryRevocationStore``, ``RedisRevocationStore``); optional: without it, a revoked
+    session cuts off its user."""
+
+    async def revoke_session(
+        self,
+        sid: str,
+        issued_before: Instant | None = None,
+        *,
+        issuer: str | None = None,
+        subject: str | None = None,
+    ) -> Any:
+        """Revoke every token of session ``sid`` issued at or before ``issued_before``, and
+        with ``subject`` that subject's tokens without a ``sid``."""
+        ...
+
+
+_NO_SESSIONS = "the store has no revoke_session"
 
 
 class _Answer(Exception):  # noqa: N818 - a response to send, raised from deep in the flow
@@ -133,7 +160,9 @@ class SecurityEventReceiver:
         audience: what the SET's ``aud`` must name: this receiver's identifier in the
             identity provider's stream configuration.
         store: where subject cut-offs go; the guard's revocation store by default (it must
-            then have ``revoke_subject``).
+            then have ``revoke_subject``). Session cut-offs go there too when it has
+            ``revoke_session`` (``SessionRevocationStore``); otherwise a revoked session
+            cuts off its user, and the audit event says so.
         events: the event types that cut off their subject (a string is one type); by
             default CAEP ``session-revoked`` and ``credential-change`` and RISC
             ``account-disabled``, ``account-purged`` and ``credential-compromise``.
@@ -178,6 +207,7 @@ class SecurityEventReceiver:
         self.guard = guard
         self.audiences = frozenset(audiences)
         self.store: SubjectRevocationStore = chosen
+        self._sessions = isinstance(chosen, SessionRevocationStore)
         self.events = frozenset(types)
         self.max_body_bytes = max_body_bytes
         self._seen: LRUCache[str, bool] = LRUCache(maxsize=replay_cache_size)
@@ -200,14 +230,14 @@ class SecurityEventReceiver:
         request = _request_fields(scope)
         try:
             plan = await self._receive(scope, receive)
-            await self._apply(plan)
+            applied = await self._apply(plan)
         except _Answer as answer:
             self._rejected(answer, request)
             await _respond(send, answer)
             return
         except _Disconnected:
             return
-        self._received(plan, request)
+        self._received(plan, applied, request)
         await send(
             {
                 "type": "http.response.start",
@@ -288,7 +318,8 @@ class SecurityEventReceiver:
                 SecurityEventError("invalid_request", f"{type(exc).__name__}: {exc}"[:200])
             ) from None
 
-    async def _apply(self, plan: EventPlan) -> None:
+    async def _apply(self, plan: EventPlan) -> list[dict[str, Any]]:
+        """Act on the plan; returns the audit actions of its session cut-offs."""
         # Marked before the awaits, so a copy arriving meanwhile is refused, and forgotten
         # if the store fails, so the transmitter's retry is acted on.
         self._seen[plan.jti] = True
@@ -297,13 +328,52 @@ class SecurityEventReceiver:
                 await self.store.revoke_subject(
                     cutoff.subject, cutoff.issued_before, issuer=self.guard.issuer
                 )
+            return [
+                action for cutoff in plan.sessions for action in await self._revoke_session(cutoff)
+            ]
         except Exception as exc:  # noqa: BLE001 - whatever broke, the SET was not acted on
             self._seen.pop(plan.jti, None)
             raise _unavailable(f"store failed: {type(exc).__name__}: {exc}"[:200]) from None
 
+    async def _revoke_session(self, cutoff: SessionCutoff) -> list[dict[str, Any]]:
+        issuer, at = self.guard.issuer, cutoff.issued_before
+        event = _trim(cutoff.event_type)
+        store = self.store
+        if not isinstance(store, SessionRevocationStore):
+            # Fail closed: without session cut-offs, the user's every session goes.
+            for subject in cutoff.subjects:
+                await store.revoke_subject(subject, at, issuer=issuer)
+            if not cutoff.subjects:
+                return [{"event": event, "action": "ignored", "why": f"{_NO_SESSIONS}, no user"}]
+            return [
+                {
+                    "event": event,
+                    "action": "revoke_subject",
+                    "sub": _trim(subject),
+                    "issued_before": at,
+                    "why": _NO_SESSIONS,
+                }
+                for subject in cutoff.subjects
+            ]
+        # Each user's tokens without a sid go with the session (the same entry each time).
+        users: tuple[str | None, ...] = cutoff.subjects or (None,)
+        for user in users:
+            await store.revoke_session(cutoff.session, at, issuer=issuer, subject=user)
+        return [
+            {
+                "event": event,
+                "action": "revoke_session",
+                "sid": _trim(cutoff.session),
+                "subjects": [_trim(subject) for subject in cutoff.subjects],
+                "issued_before": at,
+            }
+        ]
+
     # -- audit ----------------------------------------------------------------------------
 
-    def _received(self, plan: EventPlan, request: dict[str, Any]) -> None:
+    def _received(
+        self, plan: EventPlan, sessions: list[dict[str, Any]], request: dict[str, Any]
+    ) -> None:
         actions: list[dict[str, Any]] = [
             {
                 "event": _trim(cutoff.event_type),
@@ -313,6 +383,11 @@ class SecurityEventReceiver:
             }
             for cutoff in plan.cutoffs
         ]
+        actions += sessions
+        # The subjects whose every token was cut off (a session's user only when the store
+        # could not revoke the session alone).
+        cut_off = {_trim(cutoff.subject) for cutoff in plan.cutoffs}
+        cut_off.update(action["sub"] for action in sessions if action["action"] == "revoke_subject")
         actions += [
             {"event": _trim(ignored.event_type), "action": "ignored", "why": ignored.why}
             for ignored in plan.ignored
@@ -325,7 +400,7 @@ class SecurityEventReceiver:
                 iss=self.guard.issuer,
                 jti=_trim(plan.jti),
                 event_types=[_trim(event) for event in plan.event_types],
-                subjects=sorted({_trim(cutoff.subject) for cutoff in plan.cutoffs}),
+                subjects=sorted(cut_off),
                 actions=actions,
                 **request,
             )

@@ -8,6 +8,7 @@ the middleware afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -26,6 +27,7 @@ from starlette.routing import Mount, Route
 from bearerguard import BearerGuard, ConfigurationError, RefreshPolicy
 from bearerguard._core.secevent import (
     SecurityEventError,
+    SessionCutoff,
     plan_security_event,
 )
 from bearerguard.errors import (
@@ -42,6 +44,8 @@ from bearerguard.events import (
     SET_MEDIA_TYPE,
     SUBJECT_CUTOFF_EVENTS,
     SecurityEventReceiver,
+    SessionRevocationStore,
+    SubjectRevocationStore,
 )
 from bearerguard.introspection import Introspector
 from bearerguard.revocation import IntrospectionRevocationStore, MemoryRevocationStore
@@ -269,8 +273,9 @@ async def test_subject_identifier_formats(api: Setup, name: str) -> None:
     identifier, acted_on = SUBJECTS[name]
     identifier = json.loads(json.dumps(identifier).replace("{iss}", api.issuer.url))
     token = user_token(api.issuer, "kim")
+    # credential-change: a session-revoked event naming a session ends that session only.
     with structlog.testing.capture_logs() as events:
-        response = await api.push({CAEP_SESSION_REVOKED: {"subject": identifier}})
+        response = await api.push({CAEP_CREDENTIAL_CHANGE: {"subject": identifier}})
     assert response.status_code == 202
     assert (await api.status_of(token) == 401) is acted_on
     assert (len(api.store) == 1) is acted_on
@@ -411,6 +416,205 @@ async def test_mounted_under_a_prefix(api: Setup) -> None:
     body = api.sign(api.claims({CAEP_SESSION_REVOKED: {"subject": iss_sub(api.issuer, "kim")}}))
     assert (await api.post(body, path="/hooks/")).status_code == 202
     assert await api.status_of(token) == 401
+
+
+# -- session-revoked naming a session: that session only, by sid ---------------------------
+
+
+def session_token(
+    issuer: DevIssuer, sid: str | None, sub: str = "kim", *, iat: int | None = None
+) -> str:
+    issued = int(time.time()) - 60 if iat is None else iat
+    return issuer.mint(scopes=["items:read"], sub=sub, sid=sid, iat=issued)
+
+
+def complex_subject(issuer: DevIssuer, sid: str, sub: str | None = "kim") -> dict[str, Any]:
+    """An OpenID SSF complex subject, as CAEP 1.0 §3.1's examples give a revoked session."""
+    subject: dict[str, Any] = {
+        "session": {"format": "opaque", "id": sid},
+        "tenant": {"format": "opaque", "id": "t-1"},
+    }
+    if sub is not None:
+        subject["user"] = iss_sub(issuer, sub)
+    return subject
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("placement", ["subject", "sub_id"])
+async def test_a_revoked_session_refuses_that_session_s_tokens_only(
+    api: Setup, placement: str
+) -> None:
+    issuer = api.issuer
+    now = int(time.time())
+    revoked, other = session_token(issuer, "sess-1"), session_token(issuer, "sess-2")
+    sidless, bystander = session_token(issuer, None), session_token(issuer, None, "lee")
+    subject = complex_subject(issuer, "sess-1")
+    payload: dict[str, Any] = {"event_timestamp": now - 1}
+    members: dict[str, Any] = {}
+    if placement == "subject":
+        payload["subject"] = subject
+    else:
+        members["sub_id"] = subject
+    with structlog.testing.capture_logs() as events:
+        response = await api.push({CAEP_SESSION_REVOKED: payload}, **members)
+    assert response.status_code == 202
+    assert await api.status_of(revoked) == 401
+    assert await api.status_of(other) == 200  # the same user's other session
+    assert await api.status_of(sidless) == 401  # kim's, and cannot show its session
+    assert await api.status_of(bystander) == 200
+    later = session_token(issuer, "sess-1", iat=now + 1)
+    assert await api.status_of(later) == 200  # issued after the event
+    (received,) = [event for event in events if event["event"] == "event.received"]
+    assert received["subjects"] == []  # no subject lost all its tokens
+    assert received["actions"] == [
+        {
+            "event": CAEP_SESSION_REVOKED,
+            "action": "revoke_session",
+            "sid": "sess-1",
+            "subjects": ["kim"],
+            "issued_before": now - 1,
+        }
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_session_named_without_its_user_leaves_tokens_without_sid_alone(
+    api: Setup,
+) -> None:
+    issuer = api.issuer
+    revoked, sidless = session_token(issuer, "sess-1"), session_token(issuer, None)
+    subject = complex_subject(issuer, "sess-1", sub=None)
+    assert (await api.push({CAEP_SESSION_REVOKED: {"subject": subject}})).status_code == 202
+    assert await api.status_of(revoked) == 401
+    assert await api.status_of(sidless) == 200  # no user named: nothing ties it to the session
+
+
+@pytest.mark.anyio
+async def test_other_events_and_other_session_formats_still_cut_off_the_user(
+    api: Setup,
+) -> None:
+    issuer = api.issuer
+    other = session_token(issuer, "sess-2")
+    subject = complex_subject(issuer, "sess-1")
+    # Credential change ends every session; so does a session identifier not understood.
+    assert (await api.push({CAEP_CREDENTIAL_CHANGE: {"subject": subject}})).status_code == 202
+    assert await api.status_of(other) == 401
+    lee = session_token(issuer, "sess-3", "lee")
+    email = {
+        "session": {"format": "email", "email": "x@example.com"},
+        "user": iss_sub(issuer, "lee"),
+    }
+    assert (await api.push({CAEP_SESSION_REVOKED: {"subject": email}})).status_code == 202
+    assert await api.status_of(lee) == 401
+
+
+@pytest.mark.anyio
+async def test_a_malformed_session_identifier_is_invalid_request(api: Setup) -> None:
+    subject = {"session": {"format": "opaque"}, "user": iss_sub(api.issuer, "kim")}
+    response = await api.push({CAEP_SESSION_REVOKED: {"subject": subject}})
+    assert (response.status_code, response.json()["err"]) == (400, "invalid_request")
+
+
+class SubjectsOnlyStore:
+    """A store as an application may write one: subject cut-offs, no sessions."""
+
+    def __init__(self) -> None:
+        self.cutoffs: dict[tuple[str | None, str], float] = {}
+
+    async def revoke_subject(
+        self, sub: str, issued_before: Any = None, *, issuer: str | None = None
+    ) -> None:
+        self.cutoffs[(issuer, sub)] = float(issued_before)
+
+    async def is_revoked(self, token: Any) -> bool:
+        cutoff = self.cutoffs.get((token.issuer, token.subject))
+        iat = token.claims.get("iat")
+        return cutoff is not None and (iat is None or iat <= cutoff)
+
+
+@pytest.mark.anyio
+async def test_a_store_without_sessions_cuts_off_the_user_and_says_so(issuer: DevIssuer) -> None:
+    store = SubjectsOnlyStore()
+    guard = issuer.guard(revocation=store)
+    receiver = SecurityEventReceiver(guard=guard, audience=RECEIVER)
+    assert isinstance(store, SubjectRevocationStore)
+    assert not isinstance(store, SessionRevocationStore)
+    setup = Setup(issuer)
+    app = build_app(guard, public_paths=("/events",))
+    app.router.routes.append(Route("/events", receiver))
+    now = int(time.time())
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
+        setup.client = client
+        other = session_token(issuer, "sess-2")
+        no_user = setup.claims(
+            {CAEP_SESSION_REVOKED: {"subject": complex_subject(issuer, "sess-9", sub=None)}}
+        )
+        payload = {"subject": complex_subject(issuer, "sess-1"), "event_timestamp": now}
+        with structlog.testing.capture_logs() as events:
+            assert (await setup.post(setup.sign(no_user))).status_code == 202
+            assert (await setup.push({CAEP_SESSION_REVOKED: payload})).status_code == 202
+        assert await setup.status_of(other) == 401  # fail closed: every session of kim
+    ignored, received = [event for event in events if event["event"] == "event.received"]
+    assert ignored["actions"] == [
+        {
+            "event": CAEP_SESSION_REVOKED,
+            "action": "ignored",
+            "why": "the store has no revoke_session, no user",
+        }
+    ]
+    assert received["subjects"] == ["kim"]
+    assert received["actions"] == [
+        {
+            "event": CAEP_SESSION_REVOKED,
+            "action": "revoke_subject",
+            "sub": "kim",
+            "issued_before": now,
+            "why": "the store has no revoke_session",
+        }
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_revoked_session_reaches_every_instance_through_redis(
+    issuer: DevIssuer, redis_server: Any, redis_namespace: str
+) -> None:
+    from bearerguard.revocation import RedisRevocationStore
+
+    receiving = RedisRevocationStore(redis_server.url, namespace=redis_namespace)
+    serving = RedisRevocationStore(redis_server.url, namespace=redis_namespace)
+    # Another instance of the API: its own guard, and its own mirror of the same namespace.
+    elsewhere = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=build_app(issuer.guard(revocation=serving))),
+        base_url="http://t",
+    )
+
+    async def status_elsewhere(token: str) -> int:
+        response = await elsewhere.get("/items", headers={"Authorization": f"Bearer {token}"})
+        return response.status_code
+
+    revoked, other = session_token(issuer, "sess-1"), session_token(issuer, "sess-2")
+    sidless = session_token(issuer, None)
+    try:
+        await receiving.start()
+        await serving.start()
+        assert await status_elsewhere(revoked) == 200  # now in that guard's cache
+        async for api in make_setup(issuer, store=receiving):
+            subject = complex_subject(issuer, "sess-1")
+            response = await api.push({CAEP_SESSION_REVOKED: {"subject": subject}})
+            assert response.status_code == 202
+        for _ in range(1000):  # until the announcement reaches the other mirror
+            if await status_elsewhere(revoked) == 401:
+                break
+            await asyncio.sleep(0.005)
+        assert await status_elsewhere(revoked) == 401
+        assert await status_elsewhere(other) == 200
+        assert await status_elsewhere(sidless) == 401
+    finally:
+        await elsewhere.aclose()
+        await receiving.aclose()
+        await serving.aclose()
 
 
 # -- refusals: the RFC 8935 §2.4 codes, never a 500 ---------------------------------------
@@ -940,6 +1144,31 @@ def test_plan_of_a_set() -> None:
     ]
     assert [ignored.event_type for ignored in result.ignored] == [UNKNOWN_EVENT]
     assert result.event_types == (CAEP_SESSION_REVOKED, CAEP_CREDENTIAL_CHANGE, UNKNOWN_EVENT)
+    assert result.sessions == ()
+
+
+def test_plan_of_a_revoked_session() -> None:
+    user = {
+        "format": "aliases",
+        "identifiers": [{"format": "opaque", "id": "kim"}, {"format": "email", "email": "k@x"}],
+    }
+    result = plan(
+        {
+            "iss": "https://idp.example",
+            "aud": RECEIVER,
+            "iat": 1_700_000_000,
+            "jti": "j-2",
+            "events": {
+                CAEP_SESSION_REVOKED: {
+                    "subject": {"session": {"format": "opaque", "id": "s-1"}, "user": user}
+                },
+            },
+        }
+    )
+    assert result.cutoffs == ()
+    assert result.sessions == (
+        SessionCutoff(CAEP_SESSION_REVOKED, "s-1", ("kim",), 1_700_000_000.0),
+    )
 
 
 def test_plan_errors_carry_fixed_descriptions() -> None:

@@ -1,8 +1,8 @@
-"""Security Event Tokens (RFC 8417) judged, and turned into subject cut-offs.
+"""Security Event Tokens (RFC 8417) judged, and turned into subject and session cut-offs.
 
 Pure code: a SET's verified header and claims come in, with ``now``; out comes either the
-RFC 8935 §2.4 error to answer with, or the plan: which subjects to cut off as of when, and
-which events are acknowledged without action (and why). Receiving, verifying signatures,
+RFC 8935 §2.4 error to answer with, or the plan: which subjects and sessions to cut off as of
+when, and which events are acknowledged without action (and why). Receiving, verifying signatures,
 de-duplicating and applying the plan live in ``bearerguard.events``.
 """
 
@@ -24,6 +24,7 @@ __all__ = [
     "EventPlan",
     "IgnoredEvent",
     "SecurityEventError",
+    "SessionCutoff",
     "SubjectCutoff",
     "plan_security_event",
 ]
@@ -91,6 +92,17 @@ class SubjectCutoff:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionCutoff:
+    """Refuse every token whose ``sid`` is ``session`` issued at or before ``issued_before``;
+    and the tokens of ``subjects`` (the session's user) that carry no ``sid``."""
+
+    event_type: str
+    session: str
+    subjects: tuple[str, ...]
+    issued_before: float
+
+
+@dataclass(frozen=True, slots=True)
 class IgnoredEvent:
     """An event acknowledged without action, and why."""
 
@@ -107,6 +119,7 @@ class EventPlan:
     event_types: tuple[str, ...]
     cutoffs: tuple[SubjectCutoff, ...]
     ignored: tuple[IgnoredEvent, ...]
+    sessions: tuple[SessionCutoff, ...] = ()
 
 
 def _invalid(detail: str) -> SecurityEventError:
@@ -180,6 +193,31 @@ def _subject_of(
     return _Unsupported(f"subject format {fmt[:64]!r} is not supported")
 
 
+def _session_of(identifier: Any, issuer: str) -> tuple[str, tuple[str, ...]] | None:
+    """The session a CAEP ``session-revoked`` subject names, with its user's ``sub`` values,
+    or ``None`` when it names no session this recipient can match to a token's ``sid``.
+
+    Only a complex subject (OpenID SSF 1.0 §3.2) has a ``session`` member; CAEP 1.0 §3.1
+    gives it as an ``opaque`` identifier whose ``id`` is the session identifier, the value
+    the identity provider puts in its tokens' ``sid`` claim.
+
+    Raises:
+        SecurityEventError: the session identifier is malformed.
+    """
+    if not isinstance(identifier, dict) or "format" in identifier or "subject_type" in identifier:
+        return None
+    session = identifier.get("session")
+    if not isinstance(session, dict) or session.get("format") != "opaque":
+        return None
+    sid = session.get("id")
+    if not (isinstance(sid, str) and sid):
+        raise _invalid("an opaque session identifier lacks id")
+    users: tuple[str, ...] | _Unsupported = ()
+    if "user" in identifier:
+        users = _subject_of(identifier["user"], issuer, complex_ok=False)
+    return sid, () if isinstance(users, _Unsupported) else users
+
+
 def _check_envelope(
     header: Mapping[str, Any],
     claims: Mapping[str, Any],
@@ -248,6 +286,10 @@ def plan_security_event(
     complex subjects with a ``user`` are understood. Other event types and subject formats
     are acknowledged, not acted on.
 
+    A CAEP ``session-revoked`` event whose subject is a complex subject with an ``opaque``
+    ``session`` becomes a ``SessionCutoff`` instead: that session's tokens (by ``sid``), and
+    the tokens of its ``user`` (if named) that carry no ``sid``.
+
     Raises:
         SecurityEventError: the RFC 8935 §2.4 code to answer with.
     """
@@ -257,6 +299,7 @@ def plan_security_event(
     sub_id = claims.get("sub_id")
     sub = claims.get("sub")
     cutoffs: list[SubjectCutoff] = []
+    sessions: list[SessionCutoff] = []
     ignored: list[IgnoredEvent] = []
     for event_type, payload in events.items():
         if event_type not in cutoff_events:
@@ -269,6 +312,11 @@ def plan_security_event(
                 raise _invalid("event_timestamp is in the future")
         subjects: tuple[str, ...] | _Unsupported
         named = sub if isinstance(sub, str) and sub else None
+        if event_type == CAEP_SESSION_REVOKED:
+            session = _session_of(payload.get("subject", sub_id), issuer)
+            if session is not None:
+                sessions.append(SessionCutoff(event_type, session[0], session[1], at))
+                continue
         if "subject" in payload:
             subjects = _subject_of(payload["subject"], issuer)
         elif sub_id is not None:
@@ -285,4 +333,4 @@ def plan_security_event(
             ignored.append(IgnoredEvent(event_type, subjects.why))
         else:
             cutoffs += [SubjectCutoff(event_type, subject, at) for subject in subjects]
-    return EventPlan(jti, iat, tuple(events), tuple(cutoffs), tuple(ignored))
+    return EventPlan(jti, iat, tuple(events), tuple(cutoffs), tuple(ignored), tuple(sessions))

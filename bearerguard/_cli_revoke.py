@@ -1,4 +1,4 @@
-"""``bearerguard revoke token|subject|client`` and ``bearerguard revocations list``.
+"""``bearerguard revoke token|subject|client|session`` and ``bearerguard revocations list``.
 
 Administration of a ``RedisRevocationStore`` from a shell: every instance of the API that
 shares the Redis and the namespace enforces a revocation made here within milliseconds.
@@ -59,7 +59,7 @@ DEFAULT_NAMESPACE = "bearerguard"  # as RedisRevocationStore's default
 _MAX_EPOCH = 1e11  # year 5138: anything larger is almost certainly milliseconds
 _NUMBER = re.compile(r"\d+(\.\d+)?")
 _MAX_CELL = 80
-_NAME_ARGUMENT = {"token": "jti", "subject": "sub", "client": "client_id"}
+_NAME_ARGUMENT = {"token": "jti", "subject": "sub", "client": "client_id", "session": "sid"}
 
 _MISSING_REDIS = (
     "the revocation commands need redis-py, which is not installed.\n"
@@ -188,7 +188,8 @@ def _add_target_options(parser: argparse.ArgumentParser, *, cutoff: bool) -> Non
 
 
 def add_revocation_commands(commands: Commands) -> None:
-    """Register ``revoke`` (``token``, ``subject``, ``client``) and ``revocations list``."""
+    """Register ``revoke`` (``token``, ``subject``, ``client``, ``session``) and
+    ``revocations list``."""
     revoke = commands.add_parser(
         "revoke",
         help="revoke a token (by jti), a subject or a client in a Redis revocation store",
@@ -218,7 +219,21 @@ def add_revocation_commands(commands: Commands) -> None:
         "before an instant.",
     )
     client.add_argument("client_id", metavar="CLIENT_ID", help="the client_id claim")
-    for parser, kind in ((token, "token"), (subject, "subject"), (client, "client")):
+    session = leaves.add_parser(
+        "session",
+        help="revoke every token of one session (by sid) issued up to an instant",
+        description="Revoke every token whose sid claim names a session, issued at or before "
+        "an instant; the user's other sessions stay valid.",
+    )
+    session.add_argument("sid", metavar="SID", help="the session (the sid claim)")
+    session.add_argument(
+        "--subject",
+        metavar="SUB",
+        help="the session's user: their tokens without a sid are revoked too (they cannot "
+        "show which session they belong to)",
+    )
+    kinds = ((token, "token"), (subject, "subject"), (client, "client"), (session, "session"))
+    for parser, kind in kinds:
         _add_target_options(parser, cutoff=kind != "token")
         _add_connection_options(parser)
         parser.set_defaults(handler=partial(run_revoke, kind))
@@ -236,7 +251,10 @@ def add_revocation_commands(commands: Commands) -> None:
         "Walks the keys with SCAN, so it never blocks Redis.",
     )
     listing.add_argument(
-        "--kind", choices=("token", "subject", "client"), help="only revocations of this kind"
+        "--kind",
+        choices=("token", "subject", "client", "session", "sessionless"),
+        help="only revocations of this kind (sessionless: a user's tokens without a sid, "
+        "revoked with one of their sessions)",
     )
     _add_connection_options(listing)
     listing.set_defaults(handler=run_list)
@@ -407,10 +425,13 @@ def _check_text(name: str, value: str | None, *, limit: int) -> None:
 
 
 def run_revoke(kind: str, args: argparse.Namespace) -> int:
-    """``revoke token|subject|client``: write one revocation; exit 0 once Redis has it."""
+    """``revoke token|subject|client|session``: write one revocation; exit 0 once Redis has
+    it."""
     console = Console.of(args)
     name: str = getattr(args, _NAME_ARGUMENT[kind])
-    _check_text("the jti, sub or client_id", name, limit=1024)
+    _check_text("the jti, sub, client_id or sid", name, limit=1024)
+    subject: str | None = getattr(args, "subject", None)
+    _check_text("--subject", subject, limit=1024)
     _check_text("--reason", args.reason, limit=500)
     _check_text("--issuer", args.issuer, limit=2048)
     now = time.time()
@@ -428,6 +449,8 @@ def run_revoke(kind: str, args: argparse.Namespace) -> int:
     else:
         issued_before: float = now if args.issued_before is None else args.issued_before
         result["issued_before"] = _iso(issued_before)
+    if kind == "session":
+        result["subject"] = subject
     step = f"revoking {kind} {_cell(name)!r} in namespace {args.namespace!r}"
     grace = getattr(args, "expiry_grace", DEFAULT_EXPIRY_GRACE)
     with (
@@ -470,10 +493,12 @@ def _say_revoked(
 ) -> None:
     issuer = "any issuer" if args.issuer is None else f"issuer {args.issuer}"
     if kind != "token":
-        what = "subject" if kind == "subject" else "client"
+        also = ""
+        if kind == "session" and args.subject is not None:
+            also = f", and those of {_cell(args.subject)!r} without a sid"
         console.say(
-            f"revoked {what} {_cell(name)!r} ({issuer}): tokens issued at or before "
-            f"{result['issued_before']} are refused"
+            f"revoked {kind} {_cell(name)!r} ({issuer}): tokens issued at or before "
+            f"{result['issued_before']} are refused{also}"
         )
         return
     if args.expires_at is None:
@@ -504,6 +529,10 @@ def _write(store: RedisRevocationStore, kind: str, name: str, args: argparse.Nam
     if kind == "subject":
         return store.revoke_subject_sync(
             name, args.issued_before, issuer=args.issuer, reason=args.reason
+        )
+    if kind == "session":
+        return store.revoke_session_sync(
+            name, args.issued_before, issuer=args.issuer, subject=args.subject, reason=args.reason
         )
     return store.revoke_client_sync(
         name, args.issued_before, issuer=args.issuer, reason=args.reason

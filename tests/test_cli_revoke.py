@@ -63,10 +63,14 @@ def closed_port() -> int:
     return port
 
 
-def token(jti: str = "j1", sub: str = "alice", client_id: str = "web", iat: float = 0) -> Any:
+def token(
+    jti: str = "j1", sub: str = "alice", client_id: str = "web", iat: float = 0, sid: str = ""
+) -> Any:
     now = time.time()
     claims = {"iss": ISS, "aud": "api", "exp": now + 600, "jti": jti, "sub": sub}
     claims |= {"client_id": client_id, "iat": iat or now - 10}
+    if sid:
+        claims["sid"] = sid
     return AccessToken.from_claims(
         claims,
         scopes=frozenset(),
@@ -172,6 +176,26 @@ def test_revoke_a_subject_and_a_client(cli: Any, target: list[str], store: Any) 
     assert cli("revoke", "client", "web", "--issuer", ISS, "-q", *target).code == 0
     assert store.is_revoked_sync(token(sub="bob"))  # every token of the client, up to now
     assert not store.is_revoked_sync(token(sub="bob", client_id="cli"))
+
+
+def test_revoke_a_session(cli: Any, target: list[str], store: Any) -> None:
+    cutoff = time.time() - 5
+    argv = ["revoke", "session", "sess-1", "--subject", "alice", "--issuer", ISS]
+    result = cli(*argv, "--issued-before", str(cutoff), *target)
+    assert result.code == 0, result.err
+    assert "revoked session 'sess-1' (issuer " in result.out
+    assert "and those of 'alice' without a sid" in result.out
+    assert store.is_revoked_sync(token(iat=cutoff - 60, sid="sess-1"))
+    assert not store.is_revoked_sync(token(iat=cutoff - 60, sid="sess-2"))
+    assert store.is_revoked_sync(token(iat=cutoff - 60))  # alice's, without a sid
+    assert not store.is_revoked_sync(token(iat=cutoff + 1, sid="sess-1"))
+    listed = cli("revocations", "list", "--json", "--kind", "session", *target).json()
+    assert [(item["kind"], item["name"]) for item in listed["revocations"]] == [
+        ("session", "sess-1")
+    ]
+    document = cli("revoke", "session", "sess-2", "--json", *target).json()
+    assert document["revocation"]["kind"] == "session"
+    assert document["revocation"]["subject"] is None
 
 
 def test_issued_before_now_is_the_store_s_now(cli: Any, target: list[str], store: Any) -> None:

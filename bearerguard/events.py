@@ -207,7 +207,6 @@ class SecurityEventReceiver:
         self.guard = guard
         self.audiences = frozenset(audiences)
         self.store: SubjectRevocationStore = chosen
-        self._sessions = isinstance(chosen, SessionRevocationStore)
         self.events = frozenset(types)
         self.max_body_bytes = max_body_bytes
         self._seen: LRUCache[str, bool] = LRUCache(maxsize=replay_cache_size)

@@ -1,9 +1,9 @@
 """Security Event Tokens (RFC 8417) judged, and turned into subject and session cut-offs.
 
 Pure code: a SET's verified header and claims come in, with ``now``; out comes either the
-RFC 8935 §2.4 error to answer with, or the plan: which subjects and sessions to cut off as of
-when, and which events are acknowledged without action (and why). Receiving, verifying signatures,
-de-duplicating and applying the plan live in ``bearerguard.events``.
+RFC 8935 §2.4 error to answer with, or the plan: which subjects and sessions to cut off as
+of when, and which events are acknowledged without action (and why). Receiving, verifying
+signatures, de-duplicating and applying the plan live in ``bearerguard.events``.
 """
 
 from __future__ import annotations

@@ -13,13 +13,23 @@ from __future__ import annotations
 
 import logging
 import random
+import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 from bearerguard._core.usage import UsageVerdict, consequence
+from bearerguard._failures import FailureReport
 from bearerguard.errors import AuthError, InsufficientScopeError, ServiceUnavailableError
-from bearerguard.metrics import DECISION_SECONDS, DECISIONS, MetricsHook, metrics_failed
+from bearerguard.metrics import (
+    AUDIT_EVENTS_LOST,
+    DECISION_SECONDS,
+    DECISIONS,
+    MetricsHook,
+    count,
+    metrics_failed,
+)
 from bearerguard.token import AccessToken
 
 __all__ = ["AUDIT_LOGGER_NAME", "AuditLog", "RequestInfo", "emit_failed", "token_fields"]
@@ -80,8 +90,26 @@ def _printable(value: str) -> str:
 def emit_failed(event: str, exc: Exception) -> None:
     """Report an audit event the application's logger failed to take (a processor or its
     sink raised). The decision stands: a refusal is still answered as one, an acceptance
-    still reaches the app; neither becomes a 500."""
+    still reaches the app; neither becomes a 500.
+
+    One line with a traceback per call: ``AuditLog.lost`` reports a sink that stays down
+    boundedly, and counts what it loses.
+    """
     _log.error("bearerguard: the audit logger failed; %s event lost", event, exc_info=exc)
+
+
+def sink_failures(
+    *, window: float = 60.0, clock: Callable[[], float] = time.monotonic
+) -> FailureReport:
+    """The report of an audit logger's failures: the first in full, with its traceback;
+    then a count per ``window`` seconds while it stays down; one line once it recovers."""
+    return FailureReport(
+        "bearerguard: the audit logger failed; %s event lost",
+        "bearerguard: the audit logger is still failing; %d more events lost (%d in all)",
+        "bearerguard: audit sink recovered after %d lost events",
+        window=window,
+        clock=clock,
+    )
 
 
 def _milliseconds(seconds: float) -> float:
@@ -118,10 +146,14 @@ class AuditLog:
             1.0 (all). Refusals are always emitted.
         logger: a structlog-compatible logger; by default ``structlog.get_logger``
             named ``bearerguard.audit``.
-        metrics: counts every decision and its latency, whatever the sampling.
+        metrics: counts every decision and its latency, whatever the sampling, and the
+            events the logger failed to take (``bearerguard_audit_events_lost_total``).
+        failure_window: while the logger keeps failing, seconds between the summary
+            lines that count the events lost (see ``lost``).
+        clock: monotonic seconds for that window; injectable for tests.
     """
 
-    __slots__ = ("_logger", "_proxy", "_sample", "metrics", "records_accepted")
+    __slots__ = ("_failures", "_logger", "_proxy", "_sample", "metrics", "records_accepted")
 
     def __init__(
         self,
@@ -129,9 +161,12 @@ class AuditLog:
         sample_accepted: float = 1.0,
         logger: Any = None,
         metrics: MetricsHook | None = None,
+        failure_window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0.0 <= sample_accepted <= 1.0:
             raise ValueError("sample_accepted must be between 0 and 1")
+        self._failures = sink_failures(window=failure_window, clock=clock)
         self._sample = sample_accepted
         if logger is None:
             logger = self._proxy = structlog.get_logger(AUDIT_LOGGER_NAME)
@@ -150,6 +185,31 @@ class AuditLog:
                 metrics.observe(DECISION_SECONDS, latency, {"event": event})
             except Exception as exc:  # noqa: BLE001 - the application's hook: never a 500
                 metrics_failed(DECISIONS, exc)  # the decision is answered all the same
+
+    def lost(self, event: str, exc: Exception) -> None:
+        """Report an ``event`` the logger failed to take (a processor or its sink raised).
+
+        The decision stands: a refusal is still answered as one, an acceptance still
+        reaches the app; neither becomes a 500. The first failure is logged on the stdlib
+        ``bearerguard`` logger with its traceback; while the logger keeps failing, one line
+        per ``failure_window`` counts the events lost, and one more says when it works
+        again. Each lost event is counted in ``bearerguard_audit_events_lost_total``.
+        """
+        if self.metrics is not None:
+            count(self.metrics, AUDIT_EVENTS_LOST, {"event": event})
+        self._failures.failed(event, exc)
+
+    def taken(self) -> None:
+        """The logger took an event: after failures, report that it recovered.
+
+        Callers check ``sink_failing`` first, so a working logger costs one attribute read.
+        """
+        self._failures.recovered()
+
+    @property
+    def sink_failing(self) -> bool:
+        """Whether the logger failed last time (``lost``) and has not taken an event since."""
+        return self._failures.failing
 
     @property
     def logger(self) -> Any:
@@ -256,7 +316,10 @@ class AuditLog:
                     request_id=request_id,
                 )
             except Exception as exc:  # noqa: BLE001 - the application's logger: never a 500
-                emit_failed("token.accepted", exc)
+                self.lost("token.accepted", exc)
+            else:
+                if self._failures.failing:  # the one read a working logger costs
+                    self._failures.recovered()
             return
         try:
             self._logger.info(
@@ -273,7 +336,10 @@ class AuditLog:
                 **(token_fields(token) if described is None else described),
             )
         except Exception as exc:  # noqa: BLE001 - the application's logger: never a 500
-            emit_failed("token.accepted", exc)
+            self.lost("token.accepted", exc)
+        else:
+            if self._failures.failing:
+                self._failures.recovered()
         if self._proxy is not None:
             self._settle()
 
@@ -306,7 +372,10 @@ class AuditLog:
                 **token_fields(token),
             )
         except Exception as exc:  # noqa: BLE001 - the application's logger: never a 500
-            emit_failed("token.anomaly", exc)
+            self.lost("token.anomaly", exc)
+        else:
+            if self._failures.failing:
+                self._failures.recovered()
 
     def refused(
         self,
@@ -354,6 +423,9 @@ class AuditLog:
                 **fields,
             )
         except Exception as exc:  # noqa: BLE001 - the application's logger: never a 500
-            emit_failed(event, exc)  # the refusal is answered all the same
+            self.lost(event, exc)  # the refusal is answered all the same
+        else:
+            if self._failures.failing:
+                self._failures.recovered()
         if self._proxy is not None:
             self._settle()

@@ -55,7 +55,7 @@ from bearerguard._core.secevent import (
     plan_security_event,
 )
 from bearerguard._core.times import Instant
-from bearerguard.audit import RequestInfo, emit_failed
+from bearerguard.audit import AuditLog, RequestInfo
 from bearerguard.errors import (
     BadSignatureError,
     ConfigurationError,
@@ -213,6 +213,13 @@ class SecurityEventReceiver:
         # The guard's own audit logger, so that one configuration covers every event (AuditLog
         # has no public accessor for it yet, hence the private attribute).
         self._audit = audit_logger if audit_logger is not None else guard.audit.logger
+        # Whose failures a lost event adds to (bounded reports, the lost-events counter):
+        # the guard's, unless the receiver has a logger of its own, failing on its own.
+        self._reports = (
+            guard.audit
+            if audit_logger is None
+            else AuditLog(logger=audit_logger, metrics=guard.metrics)
+        )
 
     def __repr__(self) -> str:
         audiences = sorted(self.audiences)
@@ -404,7 +411,10 @@ class SecurityEventReceiver:
                 **request,
             )
         except Exception as exc:  # noqa: BLE001 - the SET was acted on: still acknowledged
-            emit_failed("event.received", exc)
+            self._reports.lost("event.received", exc)
+        else:
+            if self._reports.sink_failing:
+                self._reports.taken()
 
     def _rejected(self, answer: _Answer, request: dict[str, Any]) -> None:
         log = self._audit.error if answer.status >= 500 else self._audit.warning
@@ -418,7 +428,10 @@ class SecurityEventReceiver:
                 **request,
             )
         except Exception as exc:  # noqa: BLE001 - the refusal is answered all the same
-            emit_failed("event.rejected", exc)
+            self._reports.lost("event.rejected", exc)
+        else:
+            if self._reports.sink_failing:
+                self._reports.taken()
 
 
 class _Disconnected(Exception):  # noqa: N818 - the client went away: nothing to answer

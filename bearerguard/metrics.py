@@ -10,6 +10,7 @@ name                                      kind       labels
 ``bearerguard_token_cache_total``         counter    ``result``: ``hit`` or ``miss``
 ``bearerguard_jwks_fetches_total``        counter    ``result``: ``ok`` or ``error``
 ``bearerguard_revocation_failures_total`` counter    ``store``
+``bearerguard_audit_events_lost_total``   counter    ``event``: the audit logger raised
 ========================================  =========  ==========================================
 
 Every decision is counted, whatever the audit sampling. The key set's age is read when asked
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from bearerguard.guard import BearerGuard
 
 __all__ = [
+    "AUDIT_EVENTS_LOST",
     "CACHE",
     "DECISIONS",
     "DECISION_SECONDS",
@@ -55,6 +57,7 @@ CACHE = "bearerguard_token_cache_total"
 JWKS_FETCHES = "bearerguard_jwks_fetches_total"
 REVOCATION_FAILURES = "bearerguard_revocation_failures_total"
 JWKS_AGE = "bearerguard_jwks_age_seconds"
+AUDIT_EVENTS_LOST = "bearerguard_audit_events_lost_total"
 
 LATENCY_BUCKETS = (0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 """Upper bounds, in seconds: a cache hit takes microseconds, a key fetch up to the timeout."""
@@ -65,6 +68,7 @@ _LABELS = {
     CACHE: ("result",),
     JWKS_FETCHES: ("result",),
     REVOCATION_FAILURES: ("store",),
+    AUDIT_EVENTS_LOST: ("event",),
 }
 _HELP = {
     DECISIONS: "Authentication and authorization decisions, by audit event and reason.",
@@ -73,6 +77,7 @@ _HELP = {
     JWKS_FETCHES: "Key set fetches, by result.",
     REVOCATION_FAILURES: "Revocation store failures, by store.",
     JWKS_AGE: "Seconds since the key set was last fetched successfully.",
+    AUDIT_EVENTS_LOST: "Audit events the application's logger failed to take, by event.",
 }
 
 

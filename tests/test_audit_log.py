@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import io
 import json
 import logging
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
@@ -25,7 +27,7 @@ from bearerguard import BearerGuard
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.audit import AuditLog, RequestInfo, token_fields
 from bearerguard.errors import ExpiredTokenError
-from bearerguard.metrics import DECISIONS, InMemoryMetrics
+from bearerguard.metrics import AUDIT_EVENTS_LOST, DECISIONS, InMemoryMetrics
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer, audit_events
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
@@ -586,10 +588,13 @@ def test_an_audit_logger_that_raises_never_changes_a_decision(
 ) -> None:
     # Every decision stands when the application's logger fails: no 500 for a refusal, an
     # acceptance (first sight and cache hit, through the token's bound logger) or a scope
-    # denial; the lost event is reported on the stdlib "bearerguard" logger instead.
+    # denial. The first lost event is reported, with its traceback, on the stdlib
+    # "bearerguard" logger; the others are counted (bearerguard_audit_events_lost_total),
+    # not each logged: a sink that stays down must not flood the error log.
     from tests.apps import build_app, build_flask_app
 
-    guard = session_issuer.guard(audit_logger=bound_logger(_failing_sink))
+    metrics = InMemoryMetrics()
+    guard = session_issuer.guard(audit_logger=bound_logger(_failing_sink), metrics=metrics)
     if flask:
         client = build_flask_app(guard).test_client()
     else:
@@ -601,14 +606,139 @@ def test_an_audit_logger_that_raises_never_changes_a_decision(
         assert client.get("/me", headers={"Authorization": "Bearer a.b.c"}).status_code == 401
         assert [client.get("/items", headers=readable).status_code for _ in range(3)] == [200] * 3
         assert client.get("/items", headers=other).status_code == 403
-    lost = [record.getMessage() for record in caplog.records if record.name == "bearerguard"]
-    assert lost == [
-        "bearerguard: the audit logger failed; token.rejected event lost",
-        "bearerguard: the audit logger failed; token.rejected event lost",
-        *["bearerguard: the audit logger failed; token.accepted event lost"] * 3,
-        "bearerguard: the audit logger failed; token.accepted event lost",
-        "bearerguard: the audit logger failed; scope.denied event lost",
+    reported = [record for record in caplog.records if record.name == "bearerguard"]
+    assert reported[0].getMessage() == (
+        "bearerguard: the audit logger failed; token.rejected event lost"
+    )
+    assert reported[0].exc_info is not None
+    # Later lines, if any (a summary once a window has passed), carry no traceback.
+    assert all(record.exc_info is None for record in reported[1:])
+    lost = AUDIT_EVENTS_LOST
+    assert metrics.count(lost, event="token.rejected") == 2
+    assert metrics.count(lost, event="token.accepted") == 4
+    assert metrics.count(lost, event="scope.denied") == 1
+
+
+class Disk:
+    """A structlog processor writing to a disk that fills up: it raises while full."""
+
+    def __init__(self) -> None:
+        self.full = False
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, _logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+        if self.full:
+            raise OSError(28, "No space left on device")
+        self.events.append(dict(event))
+        raise structlog.DropEvent
+
+
+class Clock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _reports(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str, bool]]:
+    return [
+        (record.levelno, record.getMessage(), record.exc_info is not None)
+        for record in caplog.records
+        if record.name == "bearerguard"
     ]
+
+
+def test_a_sink_that_stays_down_is_reported_once_then_counted_per_window(
+    session_issuer: DevIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk, clock, metrics = Disk(), Clock(), InMemoryMetrics()
+    audit = AuditLog(logger=bound_logger(disk), metrics=metrics, failure_window=60.0, clock=clock)
+    token = session_issuer.guard().authenticate_sync(session_issuer.mint())
+    bound = audit.token_logger(token_fields(token))
+    expired = ExpiredTokenError("expired")
+    disk.full = True
+    with caplog.at_level(logging.DEBUG, "bearerguard"):
+        audit.refused(expired, REQUEST, 0.001)  # the first: logged with its traceback
+        for _ in range(3):
+            audit.accepted(token, REQUEST, 0.001)
+            audit.emit_accepted(token, REQUEST, 0.001, token_logger=bound)  # a cache hit
+        clock.now += 59.9
+        audit.refused(expired, REQUEST, 0.001)  # still within the window: counted only
+        clock.now += 0.1
+        audit.refused(expired, REQUEST, 0.001)  # the window is over: one summary line
+        audit.refused(expired, REQUEST, 0.001)
+        clock.now += 600
+        audit.refused(expired, REQUEST, 0.001)  # a window later: the next summary
+        disk.full = False
+        audit.accepted(token, REQUEST, 0.001)  # the sink works again: said once
+        audit.emit_accepted(token, REQUEST, 0.001, token_logger=bound)
+        audit.refused(expired, REQUEST, 0.001)
+    assert _reports(caplog) == [
+        (logging.ERROR, "bearerguard: the audit logger failed; token.rejected event lost", True),
+        (
+            logging.ERROR,
+            "bearerguard: the audit logger is still failing; 8 more events lost (9 in all)",
+            False,
+        ),
+        (
+            logging.ERROR,
+            "bearerguard: the audit logger is still failing; 2 more events lost (11 in all)",
+            False,
+        ),
+        (logging.WARNING, "bearerguard: audit sink recovered after 11 lost events", False),
+    ]
+    assert [event["event"] for event in disk.events] == ["token.accepted"] * 2 + ["token.rejected"]
+    assert metrics.count(AUDIT_EVENTS_LOST, event="token.rejected") == 5
+    assert metrics.count(AUDIT_EVENTS_LOST, event="token.accepted") == 6
+
+
+def test_a_sink_that_fails_again_after_recovering_is_reported_in_full_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    disk, clock = Disk(), Clock()
+    audit = AuditLog(logger=bound_logger(disk), clock=clock)  # no metrics: logs all the same
+    expired = ExpiredTokenError("expired")
+    with caplog.at_level(logging.DEBUG, "bearerguard"):
+        for full in (True, True, False, False, True, False):
+            disk.full = full
+            audit.refused(expired, REQUEST, 0.001)
+    assert _reports(caplog) == [
+        (logging.ERROR, "bearerguard: the audit logger failed; token.rejected event lost", True),
+        (logging.WARNING, "bearerguard: audit sink recovered after 2 lost events", False),
+        (logging.ERROR, "bearerguard: the audit logger failed; token.rejected event lost", True),
+        (logging.WARNING, "bearerguard: audit sink recovered after 1 lost events", False),
+    ]
+
+
+def test_a_sink_down_under_many_threads_is_reported_once_and_every_loss_counted(
+    session_issuer: DevIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # WSGI servers run requests in threads: the count must lose nothing, and only one
+    # thread logs the failure in full.
+    metrics = InMemoryMetrics()
+    guard = session_issuer.guard(audit_logger=bound_logger(_failing_sink), metrics=metrics)
+    get = serve_wsgi(guard)
+    token = session_issuer.mint()
+    start = threading.Barrier(8, timeout=60)
+
+    def requests() -> list[int]:
+        start.wait()
+        return [get(token) for _ in range(25)]
+
+    with (
+        caplog.at_level(logging.ERROR, "bearerguard"),
+        concurrent.futures.ThreadPoolExecutor(8) as pool,
+    ):
+        statuses = [
+            status for batch in pool.map(lambda _: requests(), range(8)) for status in batch
+        ]
+    assert statuses == [200] * 200
+    assert metrics.count(AUDIT_EVENTS_LOST, event="token.accepted") == 200
+    full = [record for record in caplog.records if record.exc_info is not None]
+    assert len(full) == 1
 
 
 @pytest.mark.parametrize("action", ["log", "reject"])
@@ -618,12 +748,15 @@ def test_a_token_anomaly_the_logger_cannot_take_keeps_its_verdict(
     from bearerguard.usage import MemoryUsageMonitor, UsagePolicy
 
     policy = UsagePolicy(max_uses_per_token=1, action=action)  # type: ignore[arg-type]
+    metrics = InMemoryMetrics()
     guard = session_issuer.guard(
-        usage=MemoryUsageMonitor(policy), audit_logger=bound_logger(_failing_sink)
+        usage=MemoryUsageMonitor(policy), audit_logger=bound_logger(_failing_sink), metrics=metrics
     )
     client = TestClient(BearerGuardMiddleware(PlainTextResponse("hello"), guard=guard))
     headers = {"Authorization": f"Bearer {session_issuer.mint()}"}
     with caplog.at_level(logging.ERROR, "bearerguard"):
         statuses = [client.get("/", headers=headers).status_code for _ in range(2)]
     assert statuses == [200, 200 if action == "log" else 401]
-    assert "the audit logger failed; token.anomaly event lost" in caplog.text
+    # The first lost event was logged in full; this one, lost while the logger is still
+    # down, is counted.
+    assert metrics.count(AUDIT_EVENTS_LOST, event="token.anomaly") == 1

@@ -347,8 +347,15 @@ async def test_unknown_event_types_are_acknowledged_and_change_nothing(api: Setu
     assert received["subjects"] == []
 
 
-def _failing_sink(_logger: Any, _method: str, _event: Any) -> Any:
-    raise OSError(28, "No space left on device")  # a processor whose sink is down
+class Disk:
+    """A processor writing to a disk that fills up: it raises while full, else drops."""
+
+    full = True
+
+    def __call__(self, _logger: Any, _method: str, _event: Any) -> Any:
+        if self.full:
+            raise OSError(28, "No space left on device")
+        raise structlog.DropEvent
 
 
 @pytest.mark.anyio
@@ -356,20 +363,26 @@ async def test_an_audit_logger_that_raises_changes_no_answer(
     issuer: DevIssuer, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The SET acted on is still acknowledged (202), a refused one still refused, not a 500
-    # the transmitter would retry; the lost events are reported on the stdlib logger.
-    sink = structlog.wrap_logger(None, processors=[_failing_sink])
+    # the transmitter would retry. The first lost event is reported on the stdlib logger
+    # with its traceback, the next only counted while the logger stays down, and its
+    # recovery said once.
+    disk = Disk()
+    sink = structlog.wrap_logger(None, processors=[disk])
     async for api in make_setup(issuer, audit_logger=sink):
         token = user_token(issuer, "kim")
-        with caplog.at_level(logging.ERROR, "bearerguard"):
+        with caplog.at_level(logging.WARNING, "bearerguard"):
             cut_off = await api.push({RISC_ACCOUNT_DISABLED: {"subject": iss_sub(issuer, "kim")}})
             refused = await api.post("not a SET")
+            disk.full = False
+            assert (await api.post("not a SET either")).status_code == 400
         assert cut_off.status_code == 202
         assert refused.status_code == 400
         assert await api.status_of(token) == 401
         assert [record.getMessage() for record in caplog.records] == [
             "bearerguard: the audit logger failed; event.received event lost",
-            "bearerguard: the audit logger failed; event.rejected event lost",
+            "bearerguard: audit sink recovered after 2 lost events",
         ]
+        assert caplog.records[0].exc_info is not None
 
 
 @pytest.mark.anyio

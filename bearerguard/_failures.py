@@ -1,0 +1,101 @@
+"""Bounded reports of a failure that recurs on every request (the audit sink, a usage store).
+
+A sink that stays down fails once per request: a traceback per failure floods the error log
+exactly when something is already wrong, and costs CPU on every request. A report logs the
+first failure in full, then only counts: one summary line at most per window while the
+failures go on, and one line when the thing works again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+_log = logging.getLogger("bearerguard")
+
+
+class FailureReport:
+    """Logs a recurring failure on the stdlib ``bearerguard`` logger, boundedly.
+
+    Args:
+        first: the first failure's message; ``%s`` is what ``failed`` was given.
+        summary: a later window's message; ``%d`` failures since the last line, ``%d`` in all.
+        recovery: the message once it works again; ``%d`` failures in all.
+        level: of the first and summary lines (recovery is a warning).
+        traceback: whether the first line carries the exception's traceback.
+        window: seconds between summary lines at most.
+        clock: monotonic seconds; injectable for tests.
+
+    Thread-safe. ``failing`` is read without the lock on the success path: a stale read only
+    moves ``recovered``'s line to the next success.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_first",
+        "_level",
+        "_lock",
+        "_recovery",
+        "_reported_at",
+        "_summary",
+        "_total",
+        "_traceback",
+        "_unreported",
+        "_window",
+        "failing",
+    )
+
+    def __init__(
+        self,
+        first: str,
+        summary: str,
+        recovery: str,
+        *,
+        level: int = logging.ERROR,
+        traceback: bool = True,
+        window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not window >= 0:  # NaN fails too
+            raise ValueError("window must not be negative")
+        self._first, self._summary, self._recovery = first, summary, recovery
+        self._level, self._traceback = level, traceback
+        self._window, self._clock = window, clock
+        self._lock = threading.Lock()
+        self._total = self._unreported = 0
+        self._reported_at = 0.0
+        self.failing = False
+        """Whether the last failure has not been followed by a ``recovered`` yet."""
+
+    def failed(self, what: str, exc: BaseException | None = None) -> None:
+        """Count one failure; log it in full if it is the first, or a summary if due."""
+        with self._lock:
+            now = self._clock()
+            if not self.failing:
+                self.failing = True
+                self._total, self._unreported, self._reported_at = 1, 0, now
+                summary = None
+            else:
+                self._total += 1
+                self._unreported += 1
+                if now - self._reported_at < self._window:
+                    return
+                summary = (self._unreported, self._total)
+                self._unreported, self._reported_at = 0, now
+        # Logged outside the lock: a slow handler must not hold up every other request.
+        if summary is None:
+            exc_info = exc if self._traceback and exc is not None else None
+            _log.log(self._level, self._first, what, exc_info=exc_info)
+        else:
+            _log.log(self._level, self._summary, *summary)
+
+    def recovered(self) -> None:
+        """It worked: log the recovery with the count, once, if it was failing."""
+        with self._lock:
+            if not self.failing:
+                return  # another thread said it first
+            self.failing = False
+            lost = self._total
+        _log.warning(self._recovery, lost)

@@ -31,6 +31,7 @@ from bearerguard.metrics import AUDIT_EVENTS_LOST, DECISIONS, InMemoryMetrics
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer, audit_events
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
+from tests.helpers import Clock
 
 REQUEST = RequestInfo("GET", "/items", "127.0.0.1", None)
 
@@ -633,16 +634,6 @@ class Disk:
         raise structlog.DropEvent
 
 
-class Clock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _reports(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str, bool]]:
     return [
         (record.levelno, record.getMessage(), record.exc_info is not None)
@@ -654,7 +645,7 @@ def _reports(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str, bool]]:
 def test_a_sink_that_stays_down_is_reported_once_then_counted_per_window(
     session_issuer: DevIssuer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    disk, clock, metrics = Disk(), Clock(), InMemoryMetrics()
+    disk, clock, metrics = Disk(), Clock(1000.0), InMemoryMetrics()
     audit = AuditLog(logger=bound_logger(disk), metrics=metrics, failure_window=60.0, clock=clock)
     token = session_issuer.guard().authenticate_sync(session_issuer.mint())
     bound = audit.token_logger(token_fields(token))
@@ -698,7 +689,7 @@ def test_a_sink_that_stays_down_is_reported_once_then_counted_per_window(
 def test_a_sink_that_fails_again_after_recovering_is_reported_in_full_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    disk, clock = Disk(), Clock()
+    disk, clock = Disk(), Clock(1000.0)
     audit = AuditLog(logger=bound_logger(disk), clock=clock)  # no metrics: logs all the same
     expired = ExpiredTokenError("expired")
     with caplog.at_level(logging.DEBUG, "bearerguard"):

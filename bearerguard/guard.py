@@ -79,6 +79,7 @@ from bearerguard.metrics import (
     CACHE,
     JWKS_FETCHES,
     REVOCATION_FAILURES,
+    USAGE_UNMONITORED,
     MetricsHook,
     count,
 )
@@ -94,6 +95,7 @@ from bearerguard.usage import (
     UsageVerdict,
     consequence,
     usage_failed,
+    usage_failures,
 )
 
 __all__ = ["DEFAULT_ALGORITHMS", "BearerGuard"]
@@ -616,6 +618,8 @@ class BearerGuard:
             )
         self._async_usage = self.usage if isinstance(self.usage, UsageMonitor) else None
         self._sync_usage = self.usage if isinstance(self.usage, SyncUsageMonitor) else None
+        self._usage_name = str(getattr(self.usage, "name", type(self.usage).__name__))
+        self._usage_failures = usage_failures()
         self._store_name = str(getattr(self.revocation, "name", type(self.revocation).__name__))
         strict = profile == "rfc9068"
         self._policy = ClaimsPolicy(
@@ -1338,8 +1342,11 @@ class BearerGuard:
                 assert sync_usage is not None  # noqa: S101 - usage is one or the other
                 verdict = await anyio.to_thread.run_sync(sync_usage.observe_sync, access, client)
         except Exception as exc:  # noqa: BLE001 - the monitor's own failure policy decides
-            usage_failed(monitor.policy, exc)
+            usage_failed(monitor.policy, exc, self._usage_failures)  # raises to deny
+            count(self.metrics, USAGE_UNMONITORED, {"monitor": self._usage_name})
             return
+        if self._usage_failures.failing:
+            self._usage_failures.recovered()
         decided = self._usage_consequence(access, verdict, request)
         if decided == "revoke":
             try:
@@ -1515,8 +1522,11 @@ class BearerGuard:
         try:
             verdict = usage.observe_sync(access, client)
         except Exception as exc:  # noqa: BLE001 - the monitor's own failure policy decides
-            usage_failed(usage.policy, exc)
+            usage_failed(usage.policy, exc, self._usage_failures)  # raises to deny
+            count(self.metrics, USAGE_UNMONITORED, {"monitor": self._usage_name})
             return
+        if self._usage_failures.failing:
+            self._usage_failures.recovered()
         decided = self._usage_consequence(access, verdict, request)
         if decided == "revoke":
             try:

@@ -11,6 +11,7 @@ name                                      kind       labels
 ``bearerguard_jwks_fetches_total``        counter    ``result``: ``ok`` or ``error``
 ``bearerguard_revocation_failures_total`` counter    ``store``
 ``bearerguard_audit_events_lost_total``   counter    ``event``: the audit logger raised
+``bearerguard_usage_unmonitored_total``   counter    ``monitor``: let in, the monitor down
 ========================================  =========  ==========================================
 
 Every decision is counted, whatever the audit sampling. The key set's age is read when asked
@@ -42,6 +43,7 @@ __all__ = [
     "JWKS_FETCHES",
     "LATENCY_BUCKETS",
     "REVOCATION_FAILURES",
+    "USAGE_UNMONITORED",
     "InMemoryMetrics",
     "MetricsHook",
     "PrometheusMetrics",
@@ -58,6 +60,7 @@ JWKS_FETCHES = "bearerguard_jwks_fetches_total"
 REVOCATION_FAILURES = "bearerguard_revocation_failures_total"
 JWKS_AGE = "bearerguard_jwks_age_seconds"
 AUDIT_EVENTS_LOST = "bearerguard_audit_events_lost_total"
+USAGE_UNMONITORED = "bearerguard_usage_unmonitored_total"
 
 LATENCY_BUCKETS = (0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 """Upper bounds, in seconds: a cache hit takes microseconds, a key fetch up to the timeout."""
@@ -69,6 +72,7 @@ _LABELS = {
     JWKS_FETCHES: ("result",),
     REVOCATION_FAILURES: ("store",),
     AUDIT_EVENTS_LOST: ("event",),
+    USAGE_UNMONITORED: ("monitor",),
 }
 _HELP = {
     DECISIONS: "Authentication and authorization decisions, by audit event and reason.",
@@ -78,6 +82,7 @@ _HELP = {
     REVOCATION_FAILURES: "Revocation store failures, by store.",
     JWKS_AGE: "Seconds since the key set was last fetched successfully.",
     AUDIT_EVENTS_LOST: "Audit events the application's logger failed to take, by event.",
+    USAGE_UNMONITORED: "Requests let in unmonitored: the usage monitor failed, failing open.",
 }
 
 

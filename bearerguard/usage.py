@@ -17,9 +17,11 @@ then does what ``consequence(verdict)`` says: let the request through (``"log"``
 with ``UsageAnomalyError`` (``"reject"``), or also revoke the token (``"revoke"``).
 
 A monitor whose store fails raises ``UsageMonitorError``; ``usage_failed`` applies the
-policy's ``failure`` mode: by default the request goes through unmonitored and a warning is
-logged, since monitoring detects misuse rather than authenticates. The counting rules are
-in ``bearerguard._core.usage``.
+policy's ``failure`` mode: by default the request goes through unmonitored, since
+monitoring detects misuse rather than authenticates. The guard then logs a warning when the
+outage starts, a count per minute while it lasts and a line when it ends
+(``usage_failures``), and counts each such request in ``bearerguard_usage_unmonitored_total``.
+The counting rules are in ``bearerguard._core.usage``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from bearerguard._core.usage import (
     verdict_of,
     window_at,
 )
+from bearerguard._failures import FailureReport
 from bearerguard.errors import ConfigurationError, InvalidTokenError, ServiceUnavailableError
 from bearerguard.token import AccessToken
 
@@ -66,6 +69,7 @@ __all__ = [
     "UsageVerdict",
     "consequence",
     "usage_failed",
+    "usage_failures",
 ]
 
 _log = logging.getLogger("bearerguard")
@@ -109,13 +113,33 @@ class UsageMonitorError(ServiceUnavailableError):
         self.skipped = skipped
 
 
-def usage_failed(policy: UsagePolicy, error: Exception) -> None:
+def usage_failures(
+    *, window: float = 60.0, clock: Callable[[], float] = time.monotonic
+) -> FailureReport:
+    """The report of a monitor failing open: a warning when the outage starts, then a count
+    of the requests let in unmonitored per ``window`` seconds, and one line when it ends."""
+    return FailureReport(
+        "bearerguard: usage monitor failed, request not monitored: %s",
+        "bearerguard: the usage monitor is still failing; %d more requests not monitored "
+        "(%d in all)",
+        "bearerguard: usage monitor recovered after %d requests not monitored",
+        level=logging.WARNING,
+        traceback=False,
+        window=window,
+        clock=clock,
+    )
+
+
+def usage_failed(
+    policy: UsagePolicy, error: Exception, report: FailureReport | None = None
+) -> None:
     """Apply ``policy.failure`` to a monitor that raised ``error``.
 
-    With ``failure="allow"`` (the default) this logs a warning on the ``bearerguard``
-    logger (at debug level while the store is skipped after a failure, so an outage logs
-    about once per cooldown rather than once per request) and returns: the request goes on
-    unmonitored.
+    With ``failure="allow"`` (the default) the request goes on unmonitored: this returns,
+    after counting the failure in ``report`` (from ``usage_failures``, the guard's), or
+    without one, after logging a warning on the ``bearerguard`` logger (at debug level
+    while the store is skipped after a failure, so an outage logs about once per cooldown
+    rather than once per request).
 
     Raises:
         UsageMonitorError: with ``failure="deny"``; the guard answers 503.
@@ -129,6 +153,9 @@ def usage_failed(policy: UsagePolicy, error: Exception) -> None:
         if failure is error:
             raise failure
         raise failure from error
+    if report is not None:
+        report.failed(str(failure.detail))
+        return
     _log.log(
         logging.DEBUG if failure.skipped else logging.WARNING,
         "bearerguard: usage monitor failed, request not monitored: %s",

@@ -20,6 +20,7 @@ from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.errors import ConfigurationError
 from bearerguard.issuers import TrustedIssuers
 from bearerguard.metrics import (
+    _LABELS,
     CACHE,
     DECISION_SECONDS,
     DECISIONS,
@@ -162,6 +163,46 @@ def test_prometheus_exporter(issuer: DevIssuer) -> None:
     assert 'bearerguard_token_cache_total{result="miss"} 1.0' in text
     assert "bearerguard_decision_seconds_bucket" in text
     assert 'bearerguard_jwks_fetches_total{result="ok"} 1.0' in text
+
+
+def test_prometheus_exports_lost_audit_events_and_unmonitored_requests(
+    issuer: DevIssuer,
+) -> None:
+    import structlog
+
+    from bearerguard.usage import UsageMonitorError, UsagePolicy, UsageVerdict
+
+    class DownMonitor:
+        name = "down"
+        policy = UsagePolicy(max_uses_per_token=10)
+
+        async def observe(self, token: AccessToken, client: str | None) -> UsageVerdict:
+            raise UsageMonitorError("store down")
+
+    def full_disk(_logger: Any, _method: str, _event: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    registry = CollectorRegistry()
+    guard = issuer.guard(
+        metrics=PrometheusMetrics(registry),
+        usage=DownMonitor(),
+        audit_logger=structlog.wrap_logger(None, processors=[full_disk]),
+    )
+    with TestClient(build_app(guard)) as client:
+        assert client.get("/me", headers=bearer(issuer.mint())).status_code == 200
+        assert client.get("/me").status_code == 401
+    text = generate_latest(registry).decode()
+    assert 'bearerguard_audit_events_lost_total{event="token.accepted"} 1.0' in text
+    assert 'bearerguard_audit_events_lost_total{event="token.rejected"} 1.0' in text
+    assert 'bearerguard_usage_unmonitored_total{monitor="down"} 1.0' in text
+
+
+def test_every_metric_is_documented() -> None:
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "observability.md").read_text()
+    for name in _LABELS:
+        assert f"| `{name}` |" in page, name
 
 
 def test_prometheus_key_set_age_before_any_fetch(issuer: DevIssuer) -> None:

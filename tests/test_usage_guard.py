@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import structlog
 
 from bearerguard import AccessToken, BearerGuard
 from bearerguard.errors import ConfigurationError
+from bearerguard.metrics import USAGE_UNMONITORED, InMemoryMetrics
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from bearerguard.usage import MemoryUsageMonitor, UsagePolicy, UsageVerdict
@@ -119,9 +121,63 @@ class BrokenMonitor:
 def test_a_failing_monitor_follows_its_policy(
     stack: str, session_issuer: DevIssuer, failure: str, status: int
 ) -> None:
-    guard = session_issuer.guard(usage=BrokenMonitor(failure))
+    metrics = InMemoryMetrics()
+    guard = session_issuer.guard(usage=BrokenMonitor(failure), metrics=metrics)
     for send in client_for(stack, guard):
         assert send(session_issuer.mint(), "10.0.0.9").status_code == status
+    # Let in unmonitored (failing open) is counted; a 503 is a decision, counted as one.
+    unmonitored = metrics.count(USAGE_UNMONITORED, monitor="BrokenMonitor")
+    assert unmonitored == (1 if failure == "allow" else 0)
+
+
+class FlakyMonitor:
+    """A monitor counting in memory through a store that can go down, as Redis can."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.down = False
+        self._memory = MemoryUsageMonitor(UsagePolicy(max_uses_per_token=100))
+
+    @property
+    def policy(self) -> UsagePolicy:
+        return self._memory.policy
+
+    async def observe(self, token: AccessToken, client: str | None) -> UsageVerdict:
+        if self.down:
+            raise ConnectionError("store down")
+        return await self._memory.observe(token, client)
+
+    def observe_sync(self, token: AccessToken, client: str | None) -> UsageVerdict:
+        if self.down:
+            raise ConnectionError("store down")
+        return self._memory.observe_sync(token, client)
+
+
+def test_a_monitor_failing_open_is_counted_and_logged_once_per_outage(
+    stack: str, session_issuer: DevIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An outage of the usage store lets requests in unmonitored: one warning when it
+    # starts, a count per window while it lasts, one line when it ends; and a counter to
+    # alert on, rather than a warning per request.
+    monitor, metrics = FlakyMonitor(), InMemoryMetrics()
+    guard = session_issuer.guard(usage=monitor, metrics=metrics)
+    token = session_issuer.mint()
+    for send in client_for(stack, guard):
+        with caplog.at_level(logging.DEBUG, "bearerguard"):
+            assert send(token, "10.0.0.9").status_code == 200
+            monitor.down = True
+            assert [send(token, "10.0.0.9").status_code for _ in range(5)] == [200] * 5
+            monitor.down = False
+            assert send(token, "10.0.0.9").status_code == 200
+    lines = [record.getMessage() for record in caplog.records if "usage monitor" in record.msg]
+    assert lines[0] == (
+        "bearerguard: usage monitor failed, request not monitored: ConnectionError: store down"
+    )
+    assert lines[-1] == "bearerguard: usage monitor recovered after 5 requests not monitored"
+    # Between them, only a summary once a window (a minute) has passed, if ever.
+    assert all("still failing" in line for line in lines[1:-1])
+    assert metrics.count(USAGE_UNMONITORED, monitor="flaky") == 5
 
 
 def test_usage_must_be_a_monitor(session_issuer: DevIssuer) -> None:

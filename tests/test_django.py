@@ -270,6 +270,47 @@ def test_keys_unavailable_fail_closed_with_503(session_issuer: DevIssuer, kind: 
     assert [event["event"] for event in events] == ["auth.unavailable"]
 
 
+def test_audit_events_carry_the_fields_their_documentation_lists(
+    session_issuer: DevIssuer, kind: str
+) -> None:
+    # docs/audit-events.md, as tests/test_docs.py checks it for the other integrations:
+    # every event the Django middleware (and requires_scopes in a Django view) emits.
+    from bearerguard.usage import MemoryUsageMonitor, UsagePolicy
+    from tests.test_docs import check_documented_fields
+
+    store = MemoryRevocationStore()
+    monitor = MemoryUsageMonitor(UsagePolicy(max_uses_per_token=1))  # action "log"
+    the_guard = session_issuer.guard(revocation=store, usage=monitor)
+    offline = BearerGuard(issuer="http://127.0.0.1:9", audience=session_issuer.audience)
+    token = f"Bearer {session_issuer.mint(scopes=['items:read'], sub='alice', jti='dj-fields')}"
+    with structlog.testing.capture_logs() as events:
+        with configured(the_guard):
+            assert get(kind, "/items", token).status_code == 200
+            assert get(kind, "/items", token).status_code == 200  # token.anomaly, a cache hit
+            assert get(kind, "/items").status_code == 401
+            assert get(kind, "/items", "Bearer a.b.c").status_code == 401
+            assert get(kind, "/items", "Bearer a b").status_code == 400
+            assert get(kind, "/items", bearer(session_issuer, "other")).status_code == 403
+            revoked = session_issuer.mint_revoked(store, scopes=["items:read"])
+            assert get(kind, "/items", f"Bearer {revoked}").status_code == 401
+        with configured(offline):
+            assert get(kind, "/items", token).status_code == 503
+    assert {event["event"] for event in events} == {
+        "token.accepted",
+        "token.anomaly",
+        "token.rejected",
+        "scope.denied",
+        "auth.unavailable",
+    }
+    assert [event["reason"] for event in events if event["event"] == "token.rejected"] == [
+        "missing_token",
+        "malformed_token",
+        "invalid_request",
+        "revoked",
+    ]
+    check_documented_fields(events)
+
+
 GARBAGE = [
     "Bearer",
     "Bearer ",

@@ -178,13 +178,19 @@ def _forget(per_key: dict[str, int], owner: str) -> None:
 # The memory store's rules, as one atomic step in Redis (RFC 9449 §11.1). KEYS: the proof
 # (<namespace>:dpop:<jkt>:<jti>), its proof key's live proofs and the store's (sorted sets of
 # the proofs' digests, scored by expiry). ARGV: ttl_ms, the digest of <jkt>:<jti>,
-# max_per_key, the half-full mark, max_entries. Returns {1, 0} when recorded,
-# {0, 0} for a replay, {-1, held} for a key over its share, {-2, live} for a full store.
+# max_per_key, the half-full mark, max_entries, the pruning batch. Returns {1, 0} when
+# recorded, {0, 0} for a replay, {-1, held} for a key over its share, {-2, live} for a full
+# store.
 # Expiry follows Redis's clock (TIME; effect replication, the default since Redis 5), as the
 # proof key's PX does; each sorted set expires with the last proof it counts. The SET is the
 # first write: over maxmemory Redis refuses a script's first write that may grow memory, but
 # lets all its later writes through (a script runs whole), so pruning (a write Redis never
-# refuses) comes last, and the counts before it only read the live proofs (ZCOUNT).
+# refuses) comes last, and the counts before it only read the live proofs (ZCOUNT). Pruning
+# takes at most a batch of the oldest entries (the expired ones rank first: a set is ordered
+# by score), so a burst of proofs expiring together never makes one call O(burst), blocking
+# Redis past the client's socket_timeout. Each recorded proof adds one entry and prunes up to
+# a batch, so a backlog drains, changing no count meanwhile, and a set still never holds more
+# than max_entries entries (it grows only when nothing in it has expired).
 _FIRST_USE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -198,11 +204,16 @@ redis.call('SET', KEYS[1], '1', 'PX', ttl)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[2])
 redis.call('ZADD', KEYS[3], now + ttl, ARGV[2])
 for i = 2, 3 do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  local expired = math.min(redis.call('ZCOUNT', KEYS[i], '-inf', now), tonumber(ARGV[6]))
+  if expired > 0 then redis.call('ZREMRANGEBYRANK', KEYS[i], 0, expired - 1) end
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
 end
 return {1, 0}
 """
+
+
+# The most expired entries one recorded proof prunes from each sorted set.
+_PRUNE_BATCH = 256
 
 
 def _member(key: str) -> str:
@@ -316,7 +327,7 @@ class RedisDPoPReplayStore:
         owner = key.partition(":")[0]
         ttl_ms = max(int(ttl * 1000), 1)
         keys = [self._prefix + key, self._per_key_prefix + owner, self._live]
-        return keys, [ttl_ms, _member(key), self._share, self._max // 2, self._max]
+        return keys, [ttl_ms, _member(key), self._share, self._max // 2, self._max, _PRUNE_BATCH]
 
     def _outcome(self, reply: Any) -> bool:
         """``True`` when recorded, ``False`` for a replay; raises for a refusal."""

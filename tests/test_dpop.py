@@ -38,6 +38,7 @@ from bearerguard._core.dpop import (
 )
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.dpop import (
+    _PRUNE_BATCH,
     DPoPPolicy,
     DPoPReplayStore,
     MemoryDPoPReplayStore,
@@ -1469,6 +1470,43 @@ def test_redis_replay_store_bookkeeping_expires_with_the_proofs(
             assert store.first_use_sync("jkt-c:2", 0.1)
             live = client.zrange(f"{redis_namespace}:dpop-live", 0, -1)
             assert sorted(live) == sorted(_member(key) for key in ("jkt-a:1", "jkt-c:2"))
+    finally:
+        store.close()
+
+
+def test_redis_replay_store_prunes_a_backlog_in_bounded_batches(
+    redis_server: RedisServer, redis_namespace: str
+) -> None:
+    # A burst then a lull left one accepted proof to prune every expired entry at once
+    # (O(M) inside the script, blocking Redis past the client's socket_timeout: 503). Each
+    # accepted proof now prunes at most _PRUNE_BATCH; the counts read only live entries
+    # (ZCOUNT by score), so the entries not yet pruned change no decision.
+    store = RedisDPoPReplayStore(
+        redis_server.url, namespace=redis_namespace, max_entries=10, max_per_key=1
+    )
+    backlog = 3 * _PRUNE_BATCH
+    live_set, key_set = f"{redis_namespace}:dpop-live", f"{redis_namespace}:dpop-key:jkt-a"
+    try:
+        with redis_server.client() as client:
+            expired = int(time.time() * 1000) - 1_000
+            for name in (live_set, key_set):
+                client.zadd(name, {f"old{i:019d}": expired for i in range(backlog)})
+                client.pexpire(name, 30_000)
+            assert store.first_use_sync("jkt-a:1", 30)  # a backlog far past both bounds
+            assert client.zcard(live_set) == backlog - _PRUNE_BATCH + 1
+            assert client.zcard(key_set) == backlog - _PRUNE_BATCH + 1
+            assert store.first_use_sync("jkt-b:1", 30)
+            assert client.zcard(live_set) == backlog - 2 * _PRUNE_BATCH + 2
+            for i in range(2, 5):  # half full (5 live): jkt-a is past its share of 1
+                assert store.first_use_sync(f"jkt-{i}:1", 30)
+            with pytest.raises(InvalidDPoPProofError):
+                store.first_use_sync("jkt-a:2", 30)
+            for i in range(5, 10):
+                assert store.first_use_sync(f"jkt-{i}:1", 30)
+            with pytest.raises(ReplayStoreError, match="10 live proofs"):
+                store.first_use_sync("jkt-10:1", 30)  # full: 10 live, whatever is pruned
+            assert client.zcard(live_set) == 10  # the backlog is gone
+            assert client.zcard(key_set) == backlog - _PRUNE_BATCH + 1  # pruned when used
     finally:
         store.close()
 

@@ -82,7 +82,12 @@ def _optional(names: Iterable[str]) -> frozenset[str]:
     """``optional`` checked: a typo would silently count a dependency (or, worse, not)."""
     if isinstance(names, str | bytes):
         raise ConfigurationError(f"optional must be a collection of names, not {names!r}")
-    chosen = frozenset(names)
+    try:
+        chosen = frozenset(names)
+    except TypeError:  # None, a number, or unhashable items: not names either
+        raise ConfigurationError(
+            f"optional must be a collection of names, not {names!r:.100}"
+        ) from None
     unknown = sorted(map(repr, chosen - frozenset(_OPTIONAL)))
     if unknown:
         raise ConfigurationError(

@@ -603,7 +603,11 @@ def test_readiness_can_leave_the_revocation_store_out_of_the_verdict(
         store.close()
 
 
-@pytest.mark.parametrize("optional", [["keys"], ["introspecton"], "introspection", [1]], ids=repr)
+@pytest.mark.parametrize(
+    "optional",
+    [["keys"], ["introspecton"], "introspection", [1], None, 3, [["revocation"]], [{}]],
+    ids=repr,
+)
 def test_readiness_refuses_unknown_or_unsafe_optional_dependencies(
     session_issuer: DevIssuer, optional: Any
 ) -> None:

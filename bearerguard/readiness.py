@@ -244,7 +244,9 @@ class ReadinessEndpoint:
             service every instance shares (the authorization server, one Redis) then takes
             every instance out of the load balancer; leave it out when the requests that do
             not need it (JWTs verified locally, while introspection is down) should still
-            be served. The keys always count.
+            be served. The keys always count. These name the report's members: an
+            ``IntrospectionRevocationStore`` is ``"revocation"``, so name it too for the
+            authorization server to be left out.
 
     Raises:
         ConfigurationError: ``optional`` names anything else.

@@ -581,6 +581,31 @@ def test_readiness_can_leave_the_authorization_server_out_of_the_verdict(
     assert readiness(guard)["ready"] is False
 
 
+@pytest.mark.parametrize("stack", ["asgi", "wsgi"])
+def test_readiness_leaves_an_introspection_revocation_store_out_only_when_named(
+    issuer: DevIssuer, stack: str
+) -> None:
+    # optional= names members of the report: an IntrospectionRevocationStore is the
+    # "revocation" member (it asks the same authorization server), so "introspection" alone
+    # leaves the instance out while that server is down; docs/reliability.md says so.
+    clock = Clock()
+    with IntrospectionServer() as server:
+        introspector = server.introspector(health_interval=30, clock=clock)
+        guard = issuer.guard(
+            audience=AUDIENCE,
+            introspection=introspector,
+            revocation=IntrospectionRevocationStore(introspector),
+        )
+        server.fault = Fault(status=500, body=b"down")
+        with _readiness_client(guard, stack, optional=["introspection"]) as client:
+            down = client.get("/")
+        assert down.status_code == 503
+        assert down.json()["revocation"] == {"store": "introspection", "healthy": False}
+        both = ["introspection", "revocation"]
+        with _readiness_client(guard, stack, optional=both) as client:
+            assert client.get("/").status_code == 200
+
+
 def test_readiness_can_leave_the_revocation_store_out_of_the_verdict(
     issuer: DevIssuer, private_redis: RedisServer
 ) -> None:

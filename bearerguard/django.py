@@ -196,8 +196,9 @@ class BearerGuardMiddleware:
 
     Raises:
         ImproperlyConfigured: at start-up (when Django loads the middleware), for a missing
-            or wrong ``BEARERGUARD`` setting, or, under WSGI, a guard whose revocation store,
-            usage monitor or DPoP replay store has no synchronous side.
+            or wrong ``BEARERGUARD`` setting, or, when Django runs it synchronously (WSGI, or
+            ASGI with a sync-only middleware listed after it), a guard whose revocation
+            store, usage monitor or DPoP replay store has no synchronous side.
     """
 
     sync_capable = True
@@ -219,7 +220,13 @@ class BearerGuardMiddleware:
             try:
                 guard.require_sync_side()
             except ConfigurationError as exc:
-                raise _refused(f"{exc} (a WSGI deployment verifies synchronously)") from exc
+                # Django's handler does not say which it is: a sync get_response comes under
+                # WSGI, and under ASGI from a sync-only middleware listed after this one.
+                raise _refused(
+                    f"{exc} (Django calls this middleware synchronously under WSGI, and under "
+                    "ASGI when a sync-only middleware listed after it in MIDDLEWARE makes it "
+                    "run in sync mode: there, list that middleware before it instead)"
+                ) from exc
         if warm_up:
             try:
                 guard.warm_up_sync()

@@ -457,6 +457,33 @@ def test_an_async_only_store_is_refused_for_the_sync_path(session_issuer: DevIss
     assert response.status_code == 200
 
 
+def test_an_async_only_store_refused_under_asgi_names_the_sync_only_middleware(
+    session_issuer: DevIssuer,
+) -> None:
+    # Under ASGI a sync-only middleware listed after the guard makes Django run it
+    # synchronously: the refusal said "(a WSGI deployment verifies synchronously)", which
+    # sent an ASGI project looking for a WSGI server it does not have.
+    from django.core.handlers.asgi import ASGIHandler
+
+    class AsyncOnlyStore:
+        async def is_revoked(self, token: Any) -> bool:
+            return False
+
+    with (
+        configured(session_issuer.guard(revocation=AsyncOnlyStore())),
+        override_settings(MIDDLEWARE=[MIDDLEWARE, f"{__name__}.SyncOnly"]),
+        pytest.raises(ImproperlyConfigured) as refused,
+    ):
+        ASGIHandler()
+    message = str(refused.value)
+    assert "a WSGI deployment" not in message
+    assert "sync-only middleware listed after it" in message
+    with configured(session_issuer.guard(revocation=AsyncOnlyStore())):
+        with pytest.raises(ImproperlyConfigured, match="under WSGI") as refused:
+            WSGIHandler()
+        ASGIHandler()  # the async path, nothing sync-only below: accepted
+
+
 def test_dpop_bound_tokens_on_both_paths(session_issuer: DevIssuer, kind: str) -> None:
     # The sync path reads the proof and the URL from the environ (as the WSGI middleware),
     # the async path from the ASGI scope (as the ASGI middleware): RFC 9449 §4.3.

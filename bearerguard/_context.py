@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCOPE_KEY",
+    "AsyncBodyWithAuth",
+    "BodyWithAuth",
     "Refused",
     "RequestAuth",
     "already_let_in",
@@ -63,6 +73,65 @@ class RequestAuth(RequestInfo):
 
 
 current_auth: ContextVar[RequestAuth | None] = ContextVar("bearerguard_auth", default=None)
+
+
+# A WSGI body, and a Django streaming one, is iterated after the middleware has returned
+# and undone its current_auth.set(). Leaving it set until close() would rely on every server
+# calling close() (PEP 3333 asks it to; one that does not would hand the next request on that
+# thread this one's token) and on close() running in the same context. Instead each step sets
+# it and resets it at once, in the caller's context: nothing is left set, however the body
+# ends.
+
+
+class BodyWithAuth:
+    """A response body iterated, and closed, with ``current_auth`` set to the request's."""
+
+    __slots__ = ("_auth", "_body", "_iterator")
+
+    def __init__(self, body: Iterable[bytes], auth: RequestAuth) -> None:
+        self._body = body
+        self._auth = auth
+        self._iterator: Iterator[bytes] = iter(body)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        reset = current_auth.set(self._auth)
+        try:
+            return next(self._iterator)
+        finally:
+            current_auth.reset(reset)
+
+    def close(self) -> None:
+        """Close the body, as a WSGI middleware must (PEP 3333)."""
+        close = getattr(self._body, "close", None)
+        if callable(close):
+            reset = current_auth.set(self._auth)
+            try:
+                close()
+            finally:
+                current_auth.reset(reset)
+
+
+class AsyncBodyWithAuth:
+    """An asynchronous response body iterated with ``current_auth`` set to the request's."""
+
+    __slots__ = ("_auth", "_iterator")
+
+    def __init__(self, body: AsyncIterable[bytes], auth: RequestAuth) -> None:
+        self._auth = auth
+        self._iterator: AsyncIterator[bytes] = aiter(body)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        reset = current_auth.set(self._auth)
+        try:
+            return await anext(self._iterator)
+        finally:
+            current_auth.reset(reset)
 
 
 def already_let_in(store: Mapping[str, Any], guard: object) -> bool:

@@ -31,7 +31,15 @@ except ImportError as exc:  # pragma: no cover - only without Django installed
     raise ImportError("bearerguard.django needs Django: pip install 'bearerguard[django]'") from exc
 
 from bearerguard import asgi, wsgi
-from bearerguard._context import SCOPE_KEY, RequestAuth, already_let_in, current_auth, refusal_for
+from bearerguard._context import (
+    SCOPE_KEY,
+    AsyncBodyWithAuth,
+    BodyWithAuth,
+    RequestAuth,
+    already_let_in,
+    current_auth,
+    refusal_for,
+)
 from bearerguard._core.extract import (
     bound_credentials,
     request_credentials,
@@ -170,6 +178,19 @@ def _bound(  # noqa: PLR0917 - private, both paths' one call
     return token, scheme, dpop, None if mtls is None else environ_certificate(meta, mtls)
 
 
+def _streamed_with(response: Any, auth: RequestAuth) -> Any:
+    """``response``, its streaming body (sync or async) read with ``current_auth`` set, so
+    that ``get_access_token()`` works while it streams, as behind the ASGI middleware; a
+    file's body is left alone (Django hands it to the server's ``wsgi.file_wrapper``)."""
+    if getattr(response, "streaming", False) and getattr(response, "file_to_stream", None) is None:
+        body = response.streaming_content
+        if getattr(response, "is_async", False):
+            response.streaming_content = AsyncBodyWithAuth(body, auth)
+        else:
+            response.streaming_content = BodyWithAuth(body, auth)
+    return response
+
+
 class BearerGuardMiddleware:
     """Authenticate every request to a Django project with a ``BearerGuard``.
 
@@ -252,9 +273,10 @@ class BearerGuardMiddleware:
             auth = self._admit(request, access, binding, described, started)
         reset = current_auth.set(auth)
         try:
-            return self.get_response(request)
+            response = self.get_response(request)
         finally:
             current_auth.reset(reset)
+        return _streamed_with(response, auth)
 
     async def _acall(self, request: Any) -> Any:
         started = perf_counter()
@@ -273,9 +295,10 @@ class BearerGuardMiddleware:
             auth = self._admit(request, access, binding, described, started)
         reset = current_auth.set(auth)
         try:
-            return await self.get_response(request)
+            response = await self.get_response(request)
         finally:
             current_auth.reset(reset)
+        return _streamed_with(response, auth)
 
     def _metadata(self, request: Any) -> HttpResponse | None:
         """The protected-resource metadata (RFC 9728 §3) when ``request`` asks for it."""

@@ -14,7 +14,14 @@ from http import HTTPStatus
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal
 
-from bearerguard._context import SCOPE_KEY, RequestAuth, already_let_in, current_auth, refusal_for
+from bearerguard._context import (
+    SCOPE_KEY,
+    BodyWithAuth,
+    RequestAuth,
+    already_let_in,
+    current_auth,
+    refusal_for,
+)
 from bearerguard._core.extract import (
     bound_credentials,
     redact_query_token,
@@ -369,6 +376,14 @@ class BearerGuardWSGIMiddleware:
         environ[SCOPE_KEY] = auth
         reset = current_auth.set(auth)
         try:
-            return self.app(environ, start_response)
+            body = self.app(environ, start_response)
         finally:
             current_auth.reset(reset)
+        # A list runs nothing while it is sent, and a server may want its len() or its
+        # file_wrapper (sendfile): only what may run code is iterated with current_auth.
+        wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(body, list | tuple) or (
+            isinstance(wrapper, type) and isinstance(body, wrapper)
+        ):
+            return body
+        return BodyWithAuth(body, auth)

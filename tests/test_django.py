@@ -8,7 +8,8 @@ of ``BearerGuardWSGIMiddleware`` around the same Django project.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import django
@@ -26,13 +27,14 @@ if not settings.configured:  # the first Django test of the session (see docs/ws
 from asgiref.sync import markcoroutinefunction
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.wsgi import WSGIHandler
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.test import AsyncClient, Client, override_settings
 from django.urls import path
 from django.utils.decorators import method_decorator
 from django.views import View
 
 from bearerguard import BearerGuard, get_access_token, requires_any_scope, requires_scopes
+from bearerguard._context import current_auth
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
@@ -68,8 +70,28 @@ class Reports(View):
         return JsonResponse({"reports": []})
 
 
+def streamed(request: HttpRequest) -> StreamingHttpResponse:
+    def body() -> Iterator[bytes]:
+        for _ in range(2):
+            token = get_access_token()  # the current request's, read while the body streams
+            yield (token.subject if token else "-").encode() + b";"
+
+    return StreamingHttpResponse(body())
+
+
+async def async_streamed(request: HttpRequest) -> StreamingHttpResponse:
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(2):
+            token = get_access_token()
+            yield (token.subject if token else "-").encode() + b";"
+
+    return StreamingHttpResponse(body())
+
+
 urlpatterns = [
     path("health", health),
+    path("streamed", streamed),
+    path("async-streamed", async_streamed),
     path("health-slash/", health),
     path("items", items),
     path("async-items", async_items),
@@ -482,6 +504,48 @@ def test_an_async_only_store_refused_under_asgi_names_the_sync_only_middleware(
         with pytest.raises(ImproperlyConfigured, match="under WSGI") as refused:
             WSGIHandler()
         ASGIHandler()  # the async path, nothing sync-only below: accepted
+
+
+@pytest.mark.parametrize("url", ["/streamed", "/async-streamed"])
+@pytest.mark.parametrize("below", [None, "SyncOnly", "AsyncOnly"])
+def test_get_access_token_while_a_streaming_body_is_consumed(
+    session_issuer: DevIssuer, kind: str, url: str, below: str | None
+) -> None:
+    # current_auth was reset when the view returned, before a StreamingHttpResponse's body
+    # ran: get_access_token() read None there. Each step of the body now sees the request's
+    # token, and nothing is left set in the caller's context, consumed or not.
+    authorization = bearer(session_issuer, sub="streamer")
+    middleware = [MIDDLEWARE] + ([] if below is None else [f"{__name__}.{below}"])
+    headers = {"Authorization": authorization}
+    with configured(session_issuer.guard()), override_settings(MIDDLEWARE=middleware):
+        if kind == "sync":
+            with warnings.catch_warnings():  # Django warns of an async body served sync
+                warnings.simplefilter("ignore", Warning)
+                response = Client().get(url, headers=headers)
+                assert b"".join(response) == b"streamer;streamer;"
+            assert current_auth.get() is None
+            Client().get(url, headers=headers)  # left unread
+            assert current_auth.get() is None
+        else:
+
+            async def consume() -> bytes:
+                response = await AsyncClient().get(url, headers=headers)
+                assert current_auth.get() is None
+                with warnings.catch_warnings():  # Django warns of a sync body served async
+                    warnings.simplefilter("ignore", Warning)
+                    parts = [part async for part in response]
+                assert current_auth.get() is None
+                return b"".join(parts)
+
+            async def abandon() -> None:  # the client went away after one chunk
+                response = await AsyncClient().get(url, headers=headers)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Warning)
+                    assert await anext(aiter(response)) == b"streamer;"
+                assert current_auth.get() is None
+
+            assert asyncio.run(consume()) == b"streamer;streamer;"
+            asyncio.run(abandon())
 
 
 def test_dpop_bound_tokens_on_both_paths(session_issuer: DevIssuer, kind: str) -> None:

@@ -8,7 +8,7 @@ import io
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import flask
@@ -16,7 +16,8 @@ import httpx
 import pytest
 import structlog
 
-from bearerguard import AccessToken, RefreshPolicy
+from bearerguard import AccessToken, RefreshPolicy, get_access_token
+from bearerguard._context import current_auth
 from bearerguard.dpop import DPoPPolicy
 from bearerguard.errors import ConfigurationError, KeySetUnavailableError, UnknownKeyError
 from bearerguard.guard import BearerGuard
@@ -645,3 +646,105 @@ def test_a_refused_query_token_is_redacted_in_the_environ_servers_log_from(
         },
         dict.fromkeys(keys[1:], "/health?access=1") | {"QUERY_STRING": "access=1"},
     ]
+
+
+class StreamedBody:
+    """A WSGI body that reads the current request's token at each chunk and on close()."""
+
+    def __init__(self) -> None:
+        self.seen: list[str | None] = []
+
+    def __iter__(self) -> Iterator[bytes]:
+        for _ in range(2):
+            self.seen.append(_subject())
+            yield b"chunk;"
+
+    def close(self) -> None:
+        self.seen.append(_subject())
+
+
+def _subject() -> str | None:
+    token = get_access_token()
+    return None if token is None else token.subject
+
+
+def test_get_access_token_while_the_body_is_iterated_and_closed(session_issuer: DevIssuer) -> None:
+    # The server iterates a WSGI body after the app returned, when the middleware had
+    # already reset current_auth: a streaming body's get_access_token() read None. Each
+    # step now sees the request's token, close() too (PEP 3333: forwarded), and nothing is
+    # left set in the server's context, whether or not it reads the body to the end.
+    bodies: list[StreamedBody] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        bodies.append(StreamedBody())
+        return bodies[-1]
+
+    guarded = BearerGuardWSGIMiddleware(app, guard=session_issuer.guard())
+    authorization = f"Bearer {session_issuer.mint(sub='streamer')}"
+    status, _, body = call(guarded, HTTP_AUTHORIZATION=authorization)
+    assert (status, body) == ("200 OK", b"chunk;chunk;")
+    assert bodies[0].seen == ["streamer", "streamer"]
+    assert current_auth.get() is None
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        pass
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.input": io.BytesIO(b""),
+        "HTTP_AUTHORIZATION": authorization,
+    }
+    result = guarded(environ, start_response)
+    assert next(iter(result)) == b"chunk;"  # the client went away after one chunk
+    assert current_auth.get() is None
+    result.close()  # type: ignore[attr-defined] # the server's duty (PEP 3333)
+    assert bodies[1].seen == ["streamer", "streamer"]
+    assert current_auth.get() is None
+    with httpx.Client(transport=httpx.WSGITransport(app=guarded), base_url="http://t") as client:
+        assert client.get("/", headers={"Authorization": authorization}).text == "chunk;chunk;"
+    assert bodies[2].seen == ["streamer", "streamer", "streamer"]
+
+
+def test_a_list_body_is_passed_on_as_it_is(session_issuer: DevIssuer) -> None:
+    # Nothing of a list runs while it is sent, and a server may take its len() (one chunk:
+    # a Content-Length) or a wsgi.file_wrapper for sendfile: it is not wrapped.
+    body = [b"hello"]
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return body
+
+    guarded = BearerGuardWSGIMiddleware(app, guard=session_issuer.guard())
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.input": io.BytesIO(b""),
+        "HTTP_AUTHORIZATION": f"Bearer {session_issuer.mint()}",
+    }
+    assert guarded(environ, lambda status, headers: None) is body
+
+
+def test_get_access_token_in_a_flask_streamed_response(session_issuer: DevIssuer) -> None:
+    # docs/wsgi.md told Flask users to pass the request in a streamed body: no longer needed.
+    from bearerguard.flask import protect
+
+    app = flask.Flask("streams", static_folder=None)
+
+    @app.get("/")
+    def stream() -> Any:
+        def body() -> Iterator[str]:
+            for _ in range(2):
+                yield f"{_subject()};"
+
+        return flask.Response(body())
+
+    protect(app, guard=session_issuer.guard())
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as client:
+        response = client.get(
+            "/", headers={"Authorization": f"Bearer {session_issuer.mint(sub='lee')}"}
+        )
+    assert response.text == "lee;lee;"

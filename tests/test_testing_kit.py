@@ -550,11 +550,21 @@ def test_the_testing_page_runs_under_pytest(pytester: pytest.Pytester) -> None:
         r"^```python\n(.*?)^```", (ROOT / "docs" / "testing.md").read_text(), re.M | re.S
     )
     conftest = next(block for block in blocks if "pytest_plugins" in block)
-    tests = [block for block in blocks if "def test_" in block]
+    # The tests, and the Django project its test runs against, in the page's order.
+    tests = [block for block in blocks if "def test_" in block or "settings.configure" in block]
     [override] = [block for block in blocks if "def bearerguard_guard_options" in block]
     pytester.makeconftest(conftest)
+    project = textwrap.dedent(
+        """
+
+        @pytest.fixture(autouse=True)
+        def _settings_module():  # the page's stand-in for a project's settings module
+            with project:
+                yield
+        """
+    )
     pytester.makepyfile(
-        test_page="\n".join([blocks[0], *tests]),
+        test_page="\n".join([blocks[0], *tests, "import pytest", project]),
         test_override=override
         + textwrap.dedent(
             """
@@ -567,4 +577,4 @@ def test_the_testing_page_runs_under_pytest(pytester: pytest.Pytester) -> None:
             """
         ),
     )
-    _run(pytester).assert_outcomes(passed=4)
+    _run(pytester).assert_outcomes(passed=5)

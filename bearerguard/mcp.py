@@ -31,7 +31,7 @@ from bearerguard._context import SCOPE_KEY, RequestAuth, presented_with
 from bearerguard._core.scopes import validate_scope_names
 from bearerguard._core.unicode import has_lone_surrogate
 from bearerguard.asgi import TokenUser
-from bearerguard.decorators import check_scopes
+from bearerguard.decorators import ScopeRequirement, challenge_scopes, check_scopes
 from bearerguard.errors import ConfigurationError, InvalidRequestError
 from bearerguard.token import AccessToken
 
@@ -151,7 +151,8 @@ class MCPToolScopes:
     resource, and one ``scope.denied`` audit event. A body that is not strict JSON is
     refused with a JSON-RPC parse error (400), and one over ``max_body_bytes`` with 413:
     what cannot be checked is not passed on, and the refusal is audited
-    (``token.rejected``, ``invalid_request``). A batch is refused when any call in it is.
+    (``token.rejected``, ``invalid_request``). A batch is refused when any call in it is, its
+    challenge naming the scopes of every call in it.
 
     Raises:
         ConfigurationError: an invalid scope name, path or size (here), or no
@@ -244,12 +245,20 @@ class MCPToolScopes:
                 ).encode(),
             )
             return
-        for tool in calls:
-            required = self.required(tool)
+        needed = [self.required(tool) for tool in calls]
+        # RFC 6750 §3.1: the challenge names the scope the request needs. For a batch, every
+        # call's: a client that steps up to the first failing call's alone is refused the
+        # next (as challenge_scopes names every check of stacked decorators).
+        hint = (
+            (lambda: challenge_scopes(map(ScopeRequirement, needed), auth))
+            if len(needed) > 1
+            else None
+        )
+        for required in needed:
             # "None beyond a valid token" still needs one: on a public path reached without
             # credentials a call is refused 401, as requires_scopes() refuses it.
             needs_check = required or auth.token is None
-            denied = check_scopes(auth, required, any_of=False) if needs_check else None
+            denied = check_scopes(auth, required, any_of=False, hint=hint) if needs_check else None
             if denied is not None:
                 refusal = denied[1]
                 headers = [(n.encode(), v.encode("latin-1")) for n, v in refusal.headers]

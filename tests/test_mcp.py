@@ -192,6 +192,50 @@ def test_a_batch_is_refused_when_one_call_is(served: Served) -> None:
     assert response.headers.get_list("content-length") == [str(len(response.content))]
 
 
+def test_a_refused_batch_names_every_scope_its_calls_need(session_issuer: DevIssuer) -> None:
+    # RFC 6750 §3.1: scope names what the request needs. Naming the first failing call's
+    # scopes only, a client that stepped up to them was refused the batch's next call.
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from bearerguard.asgi import BearerGuardMiddleware
+    from bearerguard.mcp import MCPToolScopes
+
+    async def ran(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ran")
+
+    inner = Starlette(routes=[Route("/mcp", ran, methods=["POST"])])
+    tools = {"read": ["notes:read"], "write": ["notes:write", "notes:read"]}
+    checked = MCPToolScopes(inner, tools=tools, default="misc")
+    app = BearerGuardMiddleware(checked, guard=session_issuer.guard(in_process=True))
+    batch = [call("read", {}), call("write", {}), call("other", {})]
+
+    def post(*scopes: str) -> httpx.Response:
+        token = session_issuer.mint(scopes=scopes)
+        return client.post("/mcp", json=batch, headers={"Authorization": f"Bearer {token}"})
+
+    with TestClient(app) as client:
+        for held in ((), ("notes:read",), ("notes:read", "notes:write"), ("misc",)):
+            with capture_logs() as events:
+                refused = post(*held)
+            assert refused.status_code == 403, held
+            challenge = refused.headers["www-authenticate"]
+            assert challenge.endswith('scope="notes:read notes:write misc"'), held
+            # One decision, one event: the failing call's own requirement in it.
+            assert [event["event"] for event in events] == ["token.accepted", "scope.denied"]
+        assert post("notes:read", "notes:write", "misc").text == "ran"
+    # A single call's challenge is unchanged: its own scopes.
+    with TestClient(app) as client:
+        token = session_issuer.mint(scopes=["notes:read"])
+        single = client.post(
+            "/mcp", json=call("write", {}), headers={"Authorization": f"Bearer {token}"}
+        )
+    assert single.headers["www-authenticate"].endswith('scope="notes:write notes:read"')
+
+
 # -- the SDK's own client ---------------------------------------------------------------
 
 

@@ -18,7 +18,9 @@ It needs no MCP package and sits inside ``BearerGuardMiddleware``, whose verdict
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from functools import cache
@@ -100,10 +102,27 @@ def _sdk_user() -> Callable[[AccessToken], TokenUser] | None:
 
     class MCPTokenUser(TokenUser, AuthenticatedUser):  # type: ignore[misc]
         def __init__(self, access_token: AccessToken) -> None:
-            TokenUser.__init__(self, access_token)
+            TokenUser.__init__(self, _principal_token(access_token))
             self.scopes = sorted(access_token.scopes)
 
     return MCPTokenUser
+
+
+def _principal_token(token: AccessToken) -> AccessToken:
+    """``token``, or for one naming no principal (no ``sub``, no client id), a copy whose
+    ``client_id`` is ``token:`` and its fingerprint: a principal of its own.
+
+    The SDK keys session ownership and ``requestState`` on ``(client_id, iss, sub)``, and
+    compares what is left when components are missing: every such token of an issuer was
+    one principal, and any of them could use, read or end the sessions of the others. The
+    fingerprint (the audit events' ``token_fp``) is a hash of the token, which only its
+    holder presents; a session then lasts as long as the token (after a refresh, 404: the
+    client opens a new one). Fail closed: without a fingerprint, a name no request repeats.
+    """
+    if token.subject or token.client_id:
+        return token
+    name = token.fingerprint or secrets.token_hex(16)
+    return dataclasses.replace(token, client_id=f"token:{name}")
 
 
 @cache

@@ -435,6 +435,52 @@ def test_a_stateful_session_is_bound_to_the_principal_that_opened_it(
         assert client.delete("/mcp", headers=headers("ana", session)).status_code == 200
 
 
+def test_tokens_naming_no_principal_each_are_a_principal_of_their_own(
+    session_issuer: DevIssuer,
+) -> None:
+    # The SDK binds a session to (client_id, iss, sub): with neither sub nor a client id,
+    # every token of the issuer was one principal, and any of them used or ended the others'
+    # sessions. Each such token is now its own principal, named by its fingerprint.
+    from starlette.testclient import TestClient
+
+    from bearerguard.asgi import BearerGuardMiddleware
+    from bearerguard.mcp import MCPToolScopes
+
+    server = MCPServer("notes")
+
+    @server.tool()
+    def whoami() -> list[str | None]:
+        token = sdk_token()
+        assert token is not None
+        return [token.client_id, token.subject]
+
+    app = BearerGuardMiddleware(
+        MCPToolScopes(server.streamable_http_app(json_response=True), tools={}),
+        guard=session_issuer.guard(in_process=True),
+    )
+    version = {"Mcp-Protocol-Version": "2025-06-18"}
+    first, second = (session_issuer.mint(sub=None, client_id=None) for _ in range(2))
+
+    def headers(token: str, session: str) -> dict[str, str]:
+        return {**ACCEPT, **version, "Mcp-Session-Id": session, "Authorization": f"Bearer {token}"}
+
+    whoami_call = {**call("whoami", {}), "id": 3}
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client, capture_logs() as logs:
+        opening = {**ACCEPT, "Authorization": f"Bearer {first}"}
+        session = client.post("/mcp", json=INIT, headers=opening).headers["mcp-session-id"]
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert client.post("/mcp", json=initialized, headers=headers(first, session)).is_success
+        assert (
+            client.post("/mcp", json=whoami_call, headers=headers(second, session)).status_code
+            == 404
+        )
+        assert client.delete("/mcp", headers=headers(second, session)).status_code == 404
+        mine = client.post("/mcp", json=whoami_call, headers=headers(first, session))
+        assert client.delete("/mcp", headers=headers(first, session)).status_code == 200
+    fingerprint = logs[0]["token_fp"]
+    assert mine.json()["result"]["structuredContent"] == {"result": [f"token:{fingerprint}", None]}
+
+
 def test_request_state_is_bound_to_the_principal_it_was_minted_for(
     session_issuer: DevIssuer,
 ) -> None:

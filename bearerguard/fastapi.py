@@ -13,6 +13,7 @@
     router = APIRouter(dependencies=[bearer.requires("admin")])  # a whole router
     bearer.protect(app)  # or a whole app: a valid token on every operation
     bearer.document_middleware(app)  # behind BearerGuardMiddleware: its token in OpenAPI
+    document_middleware(app)  # the same without a BearerAuth (a TrustedIssuers middleware)
 
 ``BearerAuth`` is a FastAPI security scheme, so the OpenAPI document names it and lists,
 per operation, the scopes it needs: Swagger UI shows the padlock and its "Authorize" button
@@ -50,6 +51,7 @@ try:
     from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
     from fastapi.openapi.models import OAuth2 as OAuth2Model
     from fastapi.openapi.models import OAuthFlows as OAuthFlowsModel
+    from fastapi.openapi.models import SecurityBase as SchemeModel
     from fastapi.routing import APIRoute, APIRouter
     from fastapi.security import SecurityScopes
     from fastapi.security.base import SecurityBase
@@ -96,7 +98,7 @@ from bearerguard.guard import BearerGuard
 from bearerguard.metadata import ProtectedResource
 from bearerguard.token import AccessToken
 
-__all__ = ["BearerAuth", "BearerRefusal", "oauth2_flows"]
+__all__ = ["BearerAuth", "BearerRefusal", "document_middleware", "oauth2_flows"]
 
 _log = logging.getLogger("bearerguard")
 _POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
@@ -409,17 +411,12 @@ class BearerAuth(SecurityBase):
         if not isinstance(guard, BearerGuard):
             raise ConfigurationError(
                 "guard must be a BearerGuard; for several issuers (TrustedIssuers), put "
-                "BearerGuardMiddleware(guard=...) in front of the app and declare scopes "
-                "with requires_scopes"
+                "BearerGuardMiddleware(guard=...) in front of the app, declare scopes "
+                "with requires_scopes and document them with document_middleware(app)"
             )
         self.guard = guard
         self.scheme_name = scheme_name
-        text = description or "An OAuth 2.0 access token (JWT) in the Authorization header."
-        self.model = (
-            HTTPBearerModel(bearerFormat="JWT", description=text)
-            if oauth2_flows is None
-            else OAuth2Model(flows=oauth2_flows, description=text)
-        )
+        self.model = _scheme_model(description, oauth2_flows)
         self._warned: set[int] = set()
 
     def __repr__(self) -> str:
@@ -628,25 +625,7 @@ class BearerAuth(SecurityBase):
             routes = app.router.routes
             for path in sorted(resource.paths - served, reverse=True):
                 routes.insert(0, _MetadataRoute(path, resource, routes))
-        generate = app.openapi
-        installed: tuple[str, ...] = getattr(generate, _INSTALLED, ())
-        if self.scheme_name in installed:
-            # Documenting a schema twice under one scheme would read the any-of
-            # alternatives written the first time as scopes all required.
-            return app
-        documented: list[dict[str, Any]] = []  # the schema already documented, held on to
-
-        def openapi() -> dict[str, Any]:
-            schema = generate()
-            if not documented or documented[0] is not schema:
-                # once per schema FastAPI generates
-                guarded = getattr(app, _GUARDED, {}).get(self.scheme_name, ())
-                self._document(schema, app.routes, earlier=installed, guarded=guarded)
-                documented[:] = [schema]
-            return schema
-
-        setattr(openapi, _INSTALLED, (*installed, self.scheme_name))
-        app.openapi = openapi  # type: ignore[method-assign]
+        _document_openapi(app, self.scheme_name, self.model)
         return app
 
     def document_middleware(
@@ -659,7 +638,8 @@ class BearerAuth(SecurityBase):
         names this scheme (with no scopes) and the 401 response on it, so that Swagger UI's
         "Authorize" sends the token there. Operations at a public path are left as they
         are, compared as the middleware compares (``/files/{name}`` is public under
-        ``/files/*``). Also calls ``install``; returns ``app``.
+        ``/files/*``). Also calls ``install``; returns ``app``. Without a ``BearerAuth``
+        (a ``TrustedIssuers`` middleware), the module's ``document_middleware`` does the same.
 
         Args:
             app: the FastAPI app the middleware protects.
@@ -671,23 +651,7 @@ class BearerAuth(SecurityBase):
                 ``app``'s middleware (one wrapping the app from outside is not), or a public
                 path the middleware would refuse.
         """
-        if public_paths is None:
-            found = [
-                _public_paths_of(entry.kwargs)
-                for entry in app.user_middleware
-                if isinstance(entry.cls, type) and issubclass(entry.cls, BearerGuardMiddleware)
-            ]
-            if not found:
-                raise ConfigurationError(
-                    "document_middleware: no BearerGuardMiddleware among the app's middleware; "
-                    "for one in front of the app, pass its public_paths=[...]"
-                )
-        else:
-            found = [PublicPaths(public_paths)]
-        guarded = dict(getattr(app, _GUARDED, {}))
-        guarded[self.scheme_name] = tuple(found)
-        setattr(app, _GUARDED, guarded)
-        app.openapi_schema = None  # a document generated before would not say it
+        _document_middleware(app, public_paths, self.scheme_name)
         return self.install(app)
 
     def protect(self, target: FastAPI | APIRouter, *scopes: str) -> None:
@@ -710,83 +674,173 @@ class BearerAuth(SecurityBase):
         if isinstance(target, FastAPI):
             self.install(target)
 
-    # -- the OpenAPI document -------------------------------------------------------------
 
-    def _document(
-        self,
-        schema: dict[str, Any],
-        routes: Iterable[Any],
-        *,
-        earlier: tuple[str, ...],
-        guarded: Sequence[PublicPaths] = (),
-    ) -> None:
-        """Document the operations that need this scheme; ``earlier``: the schemes of the
-        ``BearerAuth`` instances that documented ``schema`` before this one; ``guarded``:
-        the public paths of the middlewares in front (``document_middleware``), which
-        require a token on every other operation."""
-        name = self.scheme_name
-        paths = schema.get("paths", {})
-        used = False
-        named: dict[str, str] = {}  # every scope an operation requires, in order
-        for route in _api_routes(routes):
-            if not route.include_in_schema:
+def document_middleware(
+    app: FastAPI,
+    *,
+    public_paths: Iterable[str] | None = None,
+    scheme_name: str = "bearerAuth",
+    description: str | None = None,
+    oauth2_flows: OAuthFlowsModel | None = None,
+) -> FastAPI:
+    """Document the token ``BearerGuardMiddleware`` requires on ``app``'s operations.
+
+    ``BearerAuth.document_middleware`` without a ``BearerAuth``, which needs one
+    ``BearerGuard``: for a middleware with a ``TrustedIssuers``. ``app.openapi()`` names
+    the scheme on every operation not at a public path (with the scopes of its scope
+    decorators) and the 401 (and 403) responses. Only the document changes: refusals are
+    the middleware's. Returns ``app``.
+
+    Args:
+        app: the FastAPI app the middleware protects.
+        public_paths: the middleware's public paths; by default those of the
+            ``BearerGuardMiddleware`` among ``app``'s middleware (every one's, stacked).
+        scheme_name: the security scheme's name in the OpenAPI document.
+        description: its description there.
+        oauth2_flows: describe the scheme as OAuth 2.0 with these flows (see
+            ``oauth2_flows``) instead of an HTTP bearer JWT.
+
+    Raises:
+        ConfigurationError: no ``public_paths`` and no ``BearerGuardMiddleware`` among
+            ``app``'s middleware, or a public path the middleware would refuse.
+    """
+    model = _scheme_model(description, oauth2_flows)
+    _document_middleware(app, public_paths, scheme_name)
+    _document_openapi(app, scheme_name, model)
+    return app
+
+
+def _scheme_model(
+    description: str | None, flows: OAuthFlowsModel | None
+) -> HTTPBearerModel | OAuth2Model:
+    """The OpenAPI security scheme: an HTTP bearer JWT, or OAuth 2.0 with ``flows``."""
+    text = description or "An OAuth 2.0 access token (JWT) in the Authorization header."
+    if flows is None:
+        return HTTPBearerModel(bearerFormat="JWT", description=text)
+    return OAuth2Model(flows=flows, description=text)
+
+
+def _document_middleware(
+    app: FastAPI, public_paths: Iterable[str] | None, scheme_name: str
+) -> None:
+    """Record, for ``scheme_name``'s document, the public paths of the middleware in front."""
+    if public_paths is None:
+        found = [
+            _public_paths_of(entry.kwargs)
+            for entry in app.user_middleware
+            if isinstance(entry.cls, type) and issubclass(entry.cls, BearerGuardMiddleware)
+        ]
+        if not found:
+            raise ConfigurationError(
+                "document_middleware: no BearerGuardMiddleware among the app's middleware; "
+                "for one in front of the app, pass its public_paths=[...]"
+            )
+    else:
+        found = [PublicPaths(public_paths)]
+    guarded = dict(getattr(app, _GUARDED, {}))
+    guarded[scheme_name] = tuple(found)
+    setattr(app, _GUARDED, guarded)
+    app.openapi_schema = None  # a document generated before would not say it
+
+
+def _document_openapi(app: FastAPI, scheme_name: str, model: SchemeModel) -> None:
+    """Make ``app.openapi()`` document ``scheme_name``; once per scheme name."""
+    generate = app.openapi
+    installed: tuple[str, ...] = getattr(generate, _INSTALLED, ())
+    if scheme_name in installed:
+        # Documenting a schema twice under one scheme would read the any-of
+        # alternatives written the first time as scopes all required.
+        return
+    documented: list[dict[str, Any]] = []  # the schema already documented, held on to
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        if not documented or documented[0] is not schema:
+            # once per schema FastAPI generates
+            guarded = getattr(app, _GUARDED, {}).get(scheme_name, ())
+            _document(schema, app.routes, (scheme_name, model), earlier=installed, guarded=guarded)
+            documented[:] = [schema]
+        return schema
+
+    setattr(openapi, _INSTALLED, (*installed, scheme_name))
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _document(
+    schema: dict[str, Any],
+    routes: Iterable[Any],
+    scheme: tuple[str, SchemeModel],
+    *,
+    earlier: tuple[str, ...],
+    guarded: Sequence[PublicPaths] = (),
+) -> None:
+    """Document the operations that need ``scheme`` (its name and model); ``earlier``: the
+    schemes that documented ``schema`` before this one; ``guarded``: the public paths of
+    the middlewares in front (``document_middleware``), which require a token on every
+    other operation."""
+    name, model = scheme
+    paths = schema.get("paths", {})
+    used = False
+    named: dict[str, str] = {}  # every scope an operation requires, in order
+    for route in _api_routes(routes):
+        if not route.include_in_schema:
+            continue
+        # Scope decorators check the verdict of the route's BearerAuth, or with none
+        # (behind the middleware) any: the first installed documents them then.
+        bearers = {
+            bearer.scheme_name
+            for bearer in map(_bearer_of, (each.call for each in _walk(route.dependant)))
+            if bearer is not None
+        }
+        decorated = name in bearers if bearers else not earlier
+        # The middleware needs a token on every path not public in each of them; an
+        # operation with a BearerAuth of its own is documented by its scheme.
+        behind = not bearers and any(route.path_format not in each for each in guarded)
+        required, groups = _dependency_requirements(route, name, decorated=decorated)
+        endpoint_requirements = scope_requirements(route.endpoint) if decorated else []
+        for method in sorted(route.methods or ()):
+            operation = paths.get(route.path_format, {}).get(method.lower())
+            if operation is None:
                 continue
-            # Scope decorators check the verdict of the route's BearerAuth, or with none
-            # (behind the middleware) any: the first installed documents them then.
-            bearers = {
-                bearer.scheme_name
-                for bearer in map(_bearer_of, (each.call for each in _walk(route.dependant)))
-                if bearer is not None
-            }
-            decorated = name in bearers if bearers else not earlier
-            # The middleware needs a token on every path not public in each of them; an
-            # operation with a BearerAuth of its own is documented by its scheme.
-            behind = not bearers and any(route.path_format not in each for each in guarded)
-            required, groups = _dependency_requirements(route, self, decorated=decorated)
-            endpoint_requirements = scope_requirements(route.endpoint) if decorated else []
-            for method in sorted(route.methods or ()):
-                operation = paths.get(route.path_format, {}).get(method.lower())
-                if operation is None:
-                    continue
-                security = operation.get("security", [])
-                mine = [entry for entry in security if name in entry]
-                all_of = [scope for entry in mine for scope in entry[name]] + required
-                alternatives = list(groups)
-                for requirement in endpoint_requirements:
-                    if requirement.any_of:
-                        alternatives.append(requirement.scopes)
-                    else:
-                        all_of.extend(requirement.scopes)
-                needed = mine or required or alternatives or endpoint_requirements or behind
-                if not needed:
-                    continue
-                used = True
-                operation["security"] = _combined(
-                    _other_requirements(security, name, _optional_schemes(route), earlier),
-                    _requirements(name, all_of, alternatives),
-                )
-                for entry in operation["security"]:
-                    named.update((scope, scope) for scope in entry[name])
-                _document_refusals(operation, scoped=bool(all_of or alternatives))
-        if used:
-            components = schema.setdefault("components", {})
-            scheme = self.model.model_dump(by_alias=True, exclude_none=True, mode="json")
-            for flow in scheme.get("flows", {}).values():
-                # OAuth 2.0: the flows offer every scope an operation requires (Swagger UI's
-                # "Authorize" lists these); the descriptions given to oauth2_flows are kept.
-                given = flow.setdefault("scopes", {})
-                given.update((scope, text) for scope, text in named.items() if scope not in given)
-            components.setdefault("securitySchemes", {})[name] = scheme
-            components.setdefault("schemas", {})[_ERROR_SCHEMA] = {
-                "type": "object",
-                "title": _ERROR_SCHEMA,
-                "description": "An RFC 6750 error answer.",
-                "properties": {
-                    "error": {"type": "string"},
-                    "error_description": {"type": "string"},
-                },
-                "required": ["error", "error_description"],
-            }
+            security = operation.get("security", [])
+            mine = [entry for entry in security if name in entry]
+            all_of = [scope for entry in mine for scope in entry[name]] + required
+            alternatives = list(groups)
+            for requirement in endpoint_requirements:
+                if requirement.any_of:
+                    alternatives.append(requirement.scopes)
+                else:
+                    all_of.extend(requirement.scopes)
+            needed = mine or required or alternatives or endpoint_requirements or behind
+            if not needed:
+                continue
+            used = True
+            operation["security"] = _combined(
+                _other_requirements(security, name, _optional_schemes(route), earlier),
+                _requirements(name, all_of, alternatives),
+            )
+            for entry in operation["security"]:
+                named.update((scope, scope) for scope in entry[name])
+            _document_refusals(operation, scoped=bool(all_of or alternatives))
+    if used:
+        components = schema.setdefault("components", {})
+        scheme_object = model.model_dump(by_alias=True, exclude_none=True, mode="json")
+        for flow in scheme_object.get("flows", {}).values():
+            # OAuth 2.0: the flows offer every scope an operation requires (Swagger UI's
+            # "Authorize" lists these); the descriptions given to oauth2_flows are kept.
+            given = flow.setdefault("scopes", {})
+            given.update((scope, text) for scope, text in named.items() if scope not in given)
+        components.setdefault("securitySchemes", {})[name] = scheme_object
+        components.setdefault("schemas", {})[_ERROR_SCHEMA] = {
+            "type": "object",
+            "title": _ERROR_SCHEMA,
+            "description": "An RFC 6750 error answer.",
+            "properties": {
+                "error": {"type": "string"},
+                "error_description": {"type": "string"},
+            },
+            "required": ["error", "error_description"],
+        }
 
 
 def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:
@@ -822,11 +876,11 @@ def _bearer_of(call: Any) -> BearerAuth | None:
 
 
 def _dependency_requirements(
-    route: Any, bearer: BearerAuth, *, decorated: bool
+    route: Any, scheme_name: str, *, decorated: bool
 ) -> tuple[list[str], list[tuple[str, ...]]]:
     """The scopes the route's dependencies check: all-of, and the any-of groups once each.
 
-    Those of ``bearer``'s scheme's ``requires_any`` (another scheme documents its own) and,
+    Those of scheme ``scheme_name``'s ``requires_any`` (another scheme documents its own) and,
     when ``decorated``, of dependencies decorated with ``requires_scopes`` or
     ``requires_any_scope`` (stacked ones too); a ``requires_any`` also checks, all of them,
     the scopes FastAPI hands it from ``Security(..., scopes=...)`` declared around it.
@@ -837,7 +891,7 @@ def _dependency_requirements(
         call = dependant.call
         owner = getattr(call, _AUTHENTICATES, None)
         if isinstance(owner, BearerAuth):
-            if owner.scheme_name != bearer.scheme_name:
+            if owner.scheme_name != scheme_name:
                 continue  # another scheme's, which documents it
             all_of.extend(_security_scopes(dependant))
         elif not decorated:

@@ -1453,3 +1453,80 @@ def test_openapi_documents_a_middleware_in_front_of_the_app(guard: BearerGuard) 
     assert "security" not in schema["paths"]["/status"]["get"]
     assert schema["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
     assert served.app is app
+
+
+def test_openapi_documents_a_trusted_issuers_middleware_without_a_bearer_auth() -> None:
+    # BearerAuth needs one BearerGuard: behind BearerGuardMiddleware(guard=TrustedIssuers),
+    # nothing could document the token the middleware requires. The module's
+    # document_middleware needs no guard; BearerAuth's method is the same with its scheme.
+    from bearerguard.fastapi import document_middleware
+
+    with (
+        DevIssuer(audience="api://one", path="/one") as one,
+        DevIssuer(audience="api://two", path="/two") as two,
+    ):
+        trusted = TrustedIssuers([one.guard(), two.guard()])
+        app = FastAPI(
+            middleware=[Middleware(BearerGuardMiddleware, guard=trusted, public_paths=["/health"])]
+        )
+
+        @app.get("/health")
+        async def health() -> dict[str, bool]:
+            return {"ok": True}
+
+        @app.get("/orders")
+        async def orders() -> list[str]:
+            return []
+
+        @app.get("/reports")
+        @requires_scopes("reports:read")
+        async def reports() -> list[str]:
+            return []
+
+        assert document_middleware(app) is app  # the middleware's public paths, read
+        schema = app.openapi()
+        paths = schema["paths"]
+        assert paths["/orders"]["get"]["security"] == [{"bearerAuth": []}]
+        assert "401" in paths["/orders"]["get"]["responses"]
+        assert paths["/reports"]["get"]["security"] == [{"bearerAuth": ["reports:read"]}]
+        assert {"401", "403"} <= set(paths["/reports"]["get"]["responses"])
+        assert "security" not in paths["/health"]["get"]
+        assert schema["components"]["securitySchemes"] == {
+            "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "An OAuth 2.0 access token (JWT) in the Authorization header.",
+            }
+        }
+        document_middleware(app)  # again: nothing changes
+        assert app.openapi()["paths"]["/orders"]["get"]["security"] == [{"bearerAuth": []}]
+        with TestClient(app) as client:  # what the document says is what the middleware does
+            assert client.get("/orders").status_code == 401
+            for issuer in (one, two):
+                token = {"Authorization": f"Bearer {issuer.mint(scopes=['reports:read'])}"}
+                assert client.get("/orders", headers=token).json() == []
+                assert client.get("/reports", headers=token).json() == []
+            assert client.get("/health").status_code == 200
+
+    # A middleware in front of the app: its public paths given; a scheme of one's own.
+    outside = FastAPI()
+
+    @outside.get("/status")
+    async def status() -> None:
+        pass  # pragma: no cover
+
+    @outside.get("/orders")
+    async def outside_orders() -> None:
+        pass  # pragma: no cover
+
+    with pytest.raises(ConfigurationError, match="public_paths"):
+        document_middleware(outside)
+    flows = oauth2_flows(
+        {"token_endpoint": "https://issuer.example/token"}, flows=["clientCredentials"]
+    )
+    document_middleware(outside, public_paths=["/status"], scheme_name="token", oauth2_flows=flows)
+    schema = outside.openapi()
+    assert schema["paths"]["/orders"]["get"]["security"] == [{"token": []}]
+    assert "security" not in schema["paths"]["/status"]["get"]
+    assert schema["components"]["securitySchemes"]["token"]["type"] == "oauth2"

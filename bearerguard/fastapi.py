@@ -108,6 +108,10 @@ _ERROR_SCHEMA = "BearerError"
 _INSTALLED = "__bearerguard_schemes__"  # on app.openapi: the scheme names it documents
 _AUTHENTICATES = "__bearerguard_auth__"  # on a requires_any dependency: its BearerAuth
 _GUARDED = "__bearerguard_guarded__"  # on an app: per scheme name, the middleware's public paths
+_VERDICT_BEARERS: dict[
+    int, tuple[Any, BearerAuth | None]
+] = {}  # by id(dependant): see route_verdict
+_MAX_VERDICT_BEARERS = 4096
 
 
 class BearerRefusal(HTTPException):
@@ -215,13 +219,43 @@ async def route_verdict(
     Raises:
         Refused, BearerRefusal, WebSocketException: as the ``BearerAuth`` dependency does.
     """
-    scope = connection.scope
-    for dependant in [*_route_dependants(scope), *_route_dependants(scope, overridden=True)]:
-        bearer = _bearer_of(dependant.call)
+    bearer = _verdict_bearer(connection.scope)
+    if bearer is None:
+        return None
+    auth, reset = await bearer._authenticate(connection, required)
+    _forget(reset)  # until the dependency runs: it forgets it once the request is over
+    return auth
+
+
+def _verdict_bearer(scope: Mapping[str, Any]) -> BearerAuth | None:
+    """The ``BearerAuth`` whose verdict ``route_verdict`` takes: the first among what
+    FastAPI solves, else among what the overrides left out.
+
+    Without overrides it depends on the operation's dependencies alone, and is found once
+    per operation (it is looked for on every request without the middleware). Overrides
+    are a dict a test changes at will: with any, it is looked for afresh.
+    """
+    dependant, overrides = _route_dependant(scope)
+    if overrides:
+        found = _first_bearer(_route_dependants(scope))
+        if found is None:
+            found = _first_bearer(_route_dependants(scope, overridden=True))
+        return found
+    cached = _VERDICT_BEARERS.get(id(dependant))
+    if cached is not None and cached[0] is dependant:  # the dependant held: its id not reused
+        return cached[1]
+    found = _first_bearer(_route_dependants(scope))
+    if len(_VERDICT_BEARERS) >= _MAX_VERDICT_BEARERS:  # routes rebuilt again and again
+        _VERDICT_BEARERS.clear()
+    _VERDICT_BEARERS[id(dependant)] = (dependant, found)
+    return found
+
+
+def _first_bearer(dependants: Iterable[Any]) -> BearerAuth | None:
+    for each in dependants:
+        bearer = _bearer_of(each.call)
         if bearer is not None:
-            auth, reset = await bearer._authenticate(connection, required)
-            _forget(reset)  # until the dependency runs: it forgets it once the request is over
-            return auth
+            return bearer
     return None
 
 
@@ -246,14 +280,8 @@ def route_scopes(
     return tuple(dict.fromkeys([*all_of, *required]))
 
 
-def _route_dependants(scope: Mapping[str, Any], *, overridden: bool = False) -> list[Any]:
-    """The dependencies FastAPI solves for the request's path operation, depth first in
-    declaration order; one ``app.dependency_overrides`` replaces, without what it needs,
-    is followed by what its replacement needs, or is listed when it is a ``BearerAuth``
-    (a test's, say).
-    With ``overridden``, those the overrides left out instead: the replaced dependencies
-    and what they need, as the operation was written (a ``BearerAuth`` among them that an
-    override replaces with another ``BearerAuth``, as that one)."""
+def _route_dependant(scope: Mapping[str, Any]) -> tuple[Any, Mapping[Any, Any]]:
+    """The request's path operation's ``Dependant``, and the app's dependency overrides."""
     route = scope.get("route")
     dependant = getattr(route, "dependant", None)
     # Newer FastAPI keeps an included router's dependencies on the route's context.
@@ -262,7 +290,18 @@ def _route_dependants(scope: Mapping[str, Any], *, overridden: bool = False) -> 
     if context is not None and getattr(context, "original_route", None) is route:
         dependant = getattr(context, "dependant", dependant)
     provider = getattr(route, "dependency_overrides_provider", None)
-    overrides = getattr(provider, "dependency_overrides", None) or {}
+    return dependant, getattr(provider, "dependency_overrides", None) or {}
+
+
+def _route_dependants(scope: Mapping[str, Any], *, overridden: bool = False) -> list[Any]:
+    """The dependencies FastAPI solves for the request's path operation, depth first in
+    declaration order; one ``app.dependency_overrides`` replaces, without what it needs,
+    is followed by what its replacement needs, or is listed when it is a ``BearerAuth``
+    (a test's, say).
+    With ``overridden``, those the overrides left out instead: the replaced dependencies
+    and what they need, as the operation was written (a ``BearerAuth`` among them that an
+    override replaces with another ``BearerAuth``, as that one)."""
+    dependant, overrides = _route_dependant(scope)
     found: list[Any] = []
     expanded: list[Any] = []  # replacements read, compared by identity or equality
     pending = [(each, False) for each in reversed(getattr(dependant, "dependencies", ()))]

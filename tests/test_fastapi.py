@@ -573,6 +573,37 @@ async def test_the_token_a_decorator_verified_is_current_when_overrides_drop_the
     assert get_access_token() is None
 
 
+def test_a_decorator_follows_dependency_overrides_changed_between_requests(
+    guard: BearerGuard, session_issuer: DevIssuer, issuer: DevIssuer
+) -> None:
+    # The BearerAuth the check verifies with is found once per operation while there are
+    # no overrides; overrides added, changed or cleared later must still be followed.
+    bearer_auth = BearerAuth(guard)
+    app = bearer_auth.install(FastAPI())
+
+    async def current_user(token: Annotated[AccessToken, bearer_auth.requires()]) -> str:
+        return token.subject or ""
+
+    @app.get("/reports")
+    @requires_scopes("reports:read")
+    async def reports(user: Annotated[str, Depends(current_user)]) -> str:
+        return user
+
+    ours = bearer(session_issuer, "reports:read")
+    theirs = {"Authorization": f"Bearer {issuer.mint(scopes=['reports:read'], sub='tess')}"}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/reports", headers=ours).json() == "erin"
+        assert client.get("/reports", headers=theirs).status_code == 401
+        app.dependency_overrides[bearer_auth] = BearerAuth(issuer.guard())  # a test's guard
+        assert client.get("/reports", headers=theirs).json() == "tess"
+        assert client.get("/reports", headers=ours).status_code == 401
+        app.dependency_overrides[current_user] = fake_user  # and the user replaced too
+        assert client.get("/reports", headers=theirs).json() == "fake"
+        app.dependency_overrides.clear()
+        assert client.get("/reports", headers=ours).json() == "erin"
+        assert client.get("/reports", headers=theirs).status_code == 401
+
+
 def test_a_decorator_when_overrides_drop_the_user_and_swap_the_bearer(
     guard: BearerGuard, session_issuer: DevIssuer, issuer: DevIssuer
 ) -> None:

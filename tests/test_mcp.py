@@ -522,22 +522,31 @@ def test_request_state_is_bound_to_the_principal_it_was_minted_for(
         message["params"].update(_meta=meta, **retry)
         return message
 
-    def headers(sub: str) -> dict[str, str]:
+    def headers(sub: str, token: str | None = None) -> dict[str, str]:
         routing = {
             "MCP-Protocol-Version": version,
             "Mcp-Method": "tools/call",
             "Mcp-Name": "confirm",
         }
-        return {**ACCEPT, **routing, "Authorization": f"Bearer {session_issuer.mint(sub=sub)}"}
+        token = token or session_issuer.mint(sub=sub)
+        return {**ACCEPT, **routing, "Authorization": f"Bearer {token}"}
 
+    answer = {"ok": {"action": "accept", "content": {}}}
     with TestClient(app, base_url="http://127.0.0.1:8000") as client:
         asked = client.post("/mcp", json=confirming(), headers=headers("ana")).json()["result"]
-        answer = {"ok": {"action": "accept", "content": {}}}
         retry = confirming(requestState=asked["requestState"], inputResponses=answer)
         stolen = client.post("/mcp", json=retry, headers=headers("eve"))
         mine = client.post("/mcp", json=retry, headers=headers("ana"))
+        # Tokens naming no principal (no sub, no client id) are each a principal of their own.
+        first, second = (session_issuer.mint(sub=None, client_id=None) for _ in range(2))
+        asked = client.post("/mcp", json=confirming(), headers=headers("", first)).json()
+        retry = confirming(requestState=asked["result"]["requestState"], inputResponses=answer)
+        other = client.post("/mcp", json=retry, headers=headers("", second))
+        same = client.post("/mcp", json=retry, headers=headers("", first))
     assert "error" in stolen.json(), stolen.text
     assert mine.json()["result"]["structuredContent"] == {"result": "asked ana, answered by ana"}
+    assert "error" in other.json(), other.text
+    assert same.json()["result"]["structuredContent"]["result"].startswith("asked token:")
 
 
 def test_paths_cover_what_a_mount_routes_below_them(session_issuer: DevIssuer) -> None:

@@ -108,9 +108,8 @@ _ERROR_SCHEMA = "BearerError"
 _INSTALLED = "__bearerguard_schemes__"  # on app.openapi: the scheme names it documents
 _AUTHENTICATES = "__bearerguard_auth__"  # on a requires_any dependency: its BearerAuth
 _GUARDED = "__bearerguard_guarded__"  # on an app: per scheme name, the middleware's public paths
-_VERDICT_BEARERS: dict[
-    int, tuple[Any, BearerAuth | None]
-] = {}  # by id(dependant): see route_verdict
+# The BearerAuth route_verdict takes per operation, by id(dependant), the dependant held.
+_VERDICT_BEARERS: dict[int, tuple[Any, BearerAuth | None]] = {}
 _MAX_VERDICT_BEARERS = 4096
 
 

@@ -22,7 +22,7 @@ import inspect
 import itertools
 import sys
 import types
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, is_dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, get_args, get_origin
@@ -291,30 +291,19 @@ def _with_fastapi_check(
         route_verdict,
     )
 
-    async def bearerguard_scope_check(connection: HTTPConnection) -> AsyncIterator[None]:
+    async def bearerguard_scope_check(connection: HTTPConnection) -> None:
         auth = current_auth.get()
-        reset = None
         if auth is None:
             # No middleware, and the operation's BearerAuth sits inside another dependency,
             # which FastAPI solves after this check: the check verifies the token with it.
             auth = await route_verdict(connection, requirement.scopes)
-            if auth is not None:
-                # get_access_token() in the handler, also when an override dropped the
-                # BearerAuth dependency that would make it current; until the request is
-                # over (a yield dependency), so that the next one in this task never sees it.
-                reset = current_auth.set(auth)
-        try:
-            auth, denied = _current(
-                (requirement,),
-                auth,
-                lambda: route_scopes(connection.scope, auth, requirement.scopes),
-            )
-            if denied is not None:
-                raise_refusal(auth, *denied, connection.scope)
-            yield
-        finally:
-            if reset is not None:
-                current_auth.reset(reset)
+        auth, denied = _current(
+            (requirement,),
+            auth,
+            lambda: route_scopes(connection.scope, auth, requirement.scopes),
+        )
+        if denied is not None:
+            raise_refusal(auth, *denied, connection.scope)
 
     signature = inspect.signature(wrapper)
     parameters = list(signature.parameters.values())

@@ -208,9 +208,8 @@ async def route_verdict(
     """The verdict of the path operation's ``BearerAuth``, for a scope decorator's check
     that FastAPI solves before it (the ``BearerAuth`` is inside another dependency).
 
-    Verified and audited once: the ``BearerAuth`` dependency reuses it when it runs. The
-    check makes it current until the request is over (also when an override dropped that
-    dependency). When ``app.dependency_overrides`` replaced what used it (a
+    Verified and audited once: the ``BearerAuth`` dependency reuses it when it runs, and
+    makes it current then. When ``app.dependency_overrides`` replaced what used it (a
     test's own ``current_user``) with something that takes no token, the check verifies
     with the ``BearerAuth`` the operation was written with: an override never stands in
     for a token. ``None`` when the operation has no ``BearerAuth`` at all.
@@ -492,8 +491,8 @@ class BearerAuth(SecurityBase):
         ):
             # The middleware's verdict (or a TrustedIssuers' one reached by this guard), or this
             # dependency's earlier one: not verified twice (two audit events, and a DPoP proof
-            # refused as replayed, RFC 9449 §11.1). Made current here unless it is already
-            # (a scope decorator's check that verified it first keeps it current).
+            # refused as replayed, RFC 9449 §11.1). Made current here when a scope
+            # decorator's check verified it first (route_verdict) and did not keep it so.
             if current_auth.get() is found:
                 return found, None
             return found, current_auth.set(found)

@@ -143,10 +143,10 @@ def _redact_query_token(environ: WSGIEnvironment) -> None:
     """Replace ``access_token`` values with ``REDACTED`` in a refused request's environ.
 
     gunicorn builds its access-log line from this environ after the app answers (``%(r)s``
-    from ``RAW_URI``, ``%(q)s`` from ``QUERY_STRING``), and uWSGI-style servers set
-    ``REQUEST_URI``: each is redacted where it carries the token (RFC 6750 §5.3). A server
-    that logs its own copy of the request line (werkzeug's and Django's development servers,
-    wsgiref) is out of reach: see docs/security.md.
+    from ``RAW_URI``, ``%(q)s`` from ``QUERY_STRING``), and some servers set ``REQUEST_URI``
+    too: each is redacted where it carries the token (RFC 6750 §5.3). A server that logs its
+    own copy of the request line (werkzeug's and Django's development servers, wsgiref,
+    uWSGI, mod_wsgi) is out of reach: see docs/security.md.
     """
     for key in ("QUERY_STRING", "RAW_URI", "REQUEST_URI"):
         value = environ.get(key)

@@ -240,6 +240,14 @@ SUBJECTS = {
         },
         True,
     ),
+    "complex subject, SSF 1.0 final": (
+        {
+            "format": "complex",
+            "user": {"format": "iss_sub", "iss": "{iss}", "sub": "kim"},
+            "session": {"format": "opaque", "id": "s-1"},
+        },
+        True,
+    ),
     "complex subject with an aliases user": (
         {
             "user": {
@@ -441,9 +449,13 @@ def session_token(
     return issuer.mint(scopes=["items:read"], sub=sub, sid=sid, iat=issued)
 
 
-def complex_subject(issuer: DevIssuer, sid: str, sub: str | None = "kim") -> dict[str, Any]:
-    """An OpenID SSF complex subject, as CAEP 1.0 §3.1's examples give a revoked session."""
-    subject: dict[str, Any] = {
+def complex_subject(
+    issuer: DevIssuer, sid: str, sub: str | None = "kim", *, final: bool = False
+) -> dict[str, Any]:
+    """An OpenID SSF complex subject, as CAEP 1.0 §3.1's examples give a revoked session;
+    ``final``: spelled as SSF 1.0 final does, with ``"format": "complex"``."""
+    subject: dict[str, Any] = {"format": "complex"} if final else {}
+    subject |= {
         "session": {"format": "opaque", "id": sid},
         "tenant": {"format": "opaque", "id": "t-1"},
     }
@@ -454,14 +466,16 @@ def complex_subject(issuer: DevIssuer, sid: str, sub: str | None = "kim") -> dic
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("placement", ["subject", "sub_id"])
+@pytest.mark.parametrize("spelling", ["draft", "final"])
 async def test_a_revoked_session_refuses_that_session_s_tokens_only(
-    api: Setup, placement: str
+    api: Setup, placement: str, spelling: str
 ) -> None:
     issuer = api.issuer
     now = int(time.time())
     revoked, other = session_token(issuer, "sess-1"), session_token(issuer, "sess-2")
     sidless, bystander = session_token(issuer, None), session_token(issuer, None, "lee")
-    subject = complex_subject(issuer, "sess-1")
+    # SSF 1.0 final gives a complex subject "format": "complex"; its drafts gave none.
+    subject = complex_subject(issuer, "sess-1", final=spelling == "final")
     payload: dict[str, Any] = {"event_timestamp": now - 1}
     members: dict[str, Any] = {}
     if placement == "subject":

@@ -139,6 +139,14 @@ class _Unsupported:
     why: str
 
 
+def _is_complex(identifier: dict[str, Any]) -> bool:
+    """Whether a subject identifier is an OpenID SSF complex subject: ``"format":
+    "complex"`` as SSF 1.0 (final) spells it, or, as its drafts did, no format and one of
+    the complex members (``user``, ``session``, ...)."""
+    fmt = identifier.get("format", identifier.get("subject_type"))
+    return fmt == "complex" or (fmt is None and not _COMPLEX_MEMBERS.isdisjoint(identifier))
+
+
 def _subject_of(
     identifier: Any, issuer: str, *, complex_ok: bool = True, aliases_ok: bool = True
 ) -> tuple[str, ...] | _Unsupported:
@@ -157,8 +165,8 @@ def _subject_of(
     fmt = identifier.get("format", identifier.get("subject_type"))
     if fmt == "iss-sub" and "format" not in identifier:
         fmt = "iss_sub"
-    if fmt is None and complex_ok and not _COMPLEX_MEMBERS.isdisjoint(identifier):
-        # A complex subject (OpenID SSF 1.0 §3.2): act on its user, if it names one. Each
+    if complex_ok and _is_complex(identifier):
+        # A complex subject (OpenID SSF 1.0): act on its user, if it names one. Each
         # member is a Subject Identifier, so the user may be an aliases one.
         if "user" in identifier:
             return _subject_of(identifier["user"], issuer, complex_ok=False)
@@ -197,14 +205,14 @@ def _session_of(identifier: Any, issuer: str) -> tuple[str, tuple[str, ...]] | N
     """The session a CAEP ``session-revoked`` subject names, with its user's ``sub`` values,
     or ``None`` when it names no session this recipient can match to a token's ``sid``.
 
-    Only a complex subject (OpenID SSF 1.0 §3.2) has a ``session`` member; CAEP 1.0 §3.1
+    Only a complex subject (OpenID SSF 1.0) has a ``session`` member; CAEP 1.0 §3.1
     gives it as an ``opaque`` identifier whose ``id`` is the session identifier, the value
     the identity provider puts in its tokens' ``sid`` claim.
 
     Raises:
         SecurityEventError: the session identifier is malformed.
     """
-    if not isinstance(identifier, dict) or "format" in identifier or "subject_type" in identifier:
+    if not (isinstance(identifier, dict) and _is_complex(identifier)):
         return None
     session = identifier.get("session")
     if not isinstance(session, dict) or session.get("format") != "opaque":

@@ -118,8 +118,10 @@ def _principal_token(token: AccessToken) -> AccessToken:
     fingerprint (the audit events' ``token_fp``) is a hash of the token, which only its
     holder presents; a session then lasts as long as the token (after a refresh, 404: the
     client opens a new one). Fail closed: without a fingerprint, a name no request repeats.
+    A client id claim in that namespace (``token:`` and another token's fingerprint, which
+    every audit event shows) names no principal either: it would be that token's.
     """
-    if token.subject or token.client_id:
+    if token.subject or (token.client_id and not token.client_id.startswith("token:")):
         return token
     name = token.fingerprint or secrets.token_hex(16)
     return dataclasses.replace(token, client_id=f"token:{name}")

@@ -481,6 +481,66 @@ def test_tokens_naming_no_principal_each_are_a_principal_of_their_own(
     assert mine.json()["result"]["structuredContent"] == {"result": [f"token:{fingerprint}", None]}
 
 
+def test_a_client_id_claim_cannot_take_the_name_of_another_tokens_principal(
+    session_issuer: DevIssuer,
+) -> None:
+    # A token naming no principal is seen by the SDK as client "token:<its fingerprint>";
+    # fingerprints are in every audit event. A token without sub whose client id claim is
+    # literally that name was the same (client_id, iss, sub) to the SDK: it used and ended
+    # the other token's session. It is a principal of its own too.
+    from starlette.testclient import TestClient
+
+    from bearerguard.asgi import BearerGuardMiddleware
+    from bearerguard.mcp import MCPToolScopes
+
+    server = MCPServer("notes")
+
+    @server.tool()
+    def whoami() -> list[str | None]:
+        token = sdk_token()
+        assert token is not None
+        return [token.client_id, token.subject]
+
+    app = BearerGuardMiddleware(
+        MCPToolScopes(server.streamable_http_app(json_response=True), tools={}),
+        guard=session_issuer.guard(in_process=True),
+    )
+    version = {"Mcp-Protocol-Version": "2025-06-18"}
+    victim = session_issuer.mint(sub=None, client_id=None)
+
+    def headers(token: str, session: str) -> dict[str, str]:
+        return {**ACCEPT, **version, "Mcp-Session-Id": session, "Authorization": f"Bearer {token}"}
+
+    whoami_call = {**call("whoami", {}), "id": 3}
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        opening = {**ACCEPT, "Authorization": f"Bearer {victim}"}
+        with capture_logs() as logs:
+            session = client.post("/mcp", json=INIT, headers=opening).headers["mcp-session-id"]
+        name = f"token:{logs[0]['token_fp']}"
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert client.post("/mcp", json=initialized, headers=headers(victim, session)).is_success
+        for claim in ("client_id", "azp", "cid", "appid"):
+            claims = {"client_id": None, claim: name}
+            thief = session_issuer.mint(sub=None, **claims)
+            stolen = client.post("/mcp", json=whoami_call, headers=headers(thief, session))
+            assert stolen.status_code == 404, (claim, stolen.text)
+            assert client.delete("/mcp", headers=headers(thief, session)).status_code == 404
+        # The thief's own session works, under a name of its own.
+        thief = session_issuer.mint(sub=None, client_id=name)
+        opening = {**ACCEPT, "Authorization": f"Bearer {thief}"}
+        with capture_logs() as logs:
+            own = client.post("/mcp", json=INIT, headers=opening).headers["mcp-session-id"]
+        assert logs[0]["client_id"] == name  # the audit event names the claim as it is
+        assert client.post("/mcp", json=initialized, headers=headers(thief, own)).is_success
+        seen = client.post("/mcp", json=whoami_call, headers=headers(thief, own))
+        assert seen.json()["result"]["structuredContent"] == {
+            "result": [f"token:{logs[0]['token_fp']}", None]
+        }
+        mine = client.post("/mcp", json=whoami_call, headers=headers(victim, session))
+        assert mine.json()["result"]["structuredContent"] == {"result": [name, None]}
+        assert client.delete("/mcp", headers=headers(victim, session)).status_code == 200
+
+
 def test_request_state_is_bound_to_the_principal_it_was_minted_for(
     session_issuer: DevIssuer,
 ) -> None:

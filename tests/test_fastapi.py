@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import APIRouter, Depends, FastAPI, File, Security, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Request, Security, UploadFile
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
@@ -488,6 +488,7 @@ def test_a_decorator_when_dependency_overrides_drop_the_bearer(
     # 500. The override never stands in for a token: the check verifies it with the
     # BearerAuth the operation was written with (or takes the middleware's verdict), so
     # the replacement runs for a token granting the scopes, and nothing gets in without one.
+    # get_access_token(request) returns the token the check verified (docs/fastapi.md).
     bearer_auth = BearerAuth(guard)
     app = bearer_auth.install(
         FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard)] if middleware else [])
@@ -499,8 +500,11 @@ def test_a_decorator_when_dependency_overrides_drop_the_bearer(
 
     @app.get("/reports")
     @requires_scopes("reports:read")
-    async def reports(user: Annotated[str, Depends(current_user)]) -> dict[str, str]:
-        return {"user": user}
+    async def reports(
+        request: Request, user: Annotated[str, Depends(current_user)]
+    ) -> dict[str, str | None]:
+        token = get_access_token(request)
+        return {"user": user, "sub": None if token is None else token.subject}
 
     app.dependency_overrides[current_user if replaced == "current_user" else bearer_auth] = (
         fake_user
@@ -514,7 +518,7 @@ def test_a_decorator_when_dependency_overrides_drop_the_bearer(
     assert_refusal(missing, 401, None)
     assert_refusal(under, 403, "insufficient_scope")
     assert_refusal(forged, 401, "invalid_token")
-    assert allowed.json() == {"user": "fake"}
+    assert allowed.json() == {"user": "fake", "sub": "erin"}
     assert [event["event"] for event in events] == [
         "token.rejected",
         "token.accepted",

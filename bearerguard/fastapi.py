@@ -282,12 +282,14 @@ def _route_dependant(scope: Mapping[str, Any]) -> tuple[Any, Mapping[Any, Any]]:
     """The request's path operation's ``Dependant``, and the app's dependency overrides."""
     route = scope.get("route")
     dependant = getattr(route, "dependant", None)
-    # Newer FastAPI keeps an included router's dependencies on the route's context.
+    provider = getattr(route, "dependency_overrides_provider", None)
+    # Newer FastAPI keeps an included router's dependencies on the route's context, and the
+    # overrides it solves with: the including app's (the route's own are the router's).
     effective = getattr(fastapi.routing, "_get_scope_effective_route_context", None)
     context = None if effective is None else effective(scope)
     if context is not None and getattr(context, "original_route", None) is route:
         dependant = getattr(context, "dependant", dependant)
-    provider = getattr(route, "dependency_overrides_provider", None)
+        provider = getattr(context, "dependency_overrides_provider", provider)
     return dependant, getattr(provider, "dependency_overrides", None) or {}
 
 

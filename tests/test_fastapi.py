@@ -529,22 +529,29 @@ def test_a_decorator_when_dependency_overrides_drop_the_bearer(
     assert get_access_token() is None
 
 
+@pytest.mark.parametrize("included", [False, True])
 def test_a_decorator_follows_dependency_overrides_changed_between_requests(
-    guard: BearerGuard, session_issuer: DevIssuer, issuer: DevIssuer
+    guard: BearerGuard, session_issuer: DevIssuer, issuer: DevIssuer, included: bool
 ) -> None:
     # The BearerAuth the check verifies with is found once per operation while there are
-    # no overrides; overrides added, changed or cleared later must still be followed.
+    # no overrides; overrides added, changed or cleared later must still be followed. Also
+    # for an included router's operation, whose overrides FastAPI takes from the app that
+    # included it (the route's own provider is the router's: none).
     bearer_auth = BearerAuth(guard)
     app = bearer_auth.install(FastAPI())
 
     async def current_user(token: Annotated[AccessToken, bearer_auth.requires()]) -> str:
         return token.subject or ""
 
-    @app.get("/reports")
+    router = APIRouter() if included else app.router
+
+    @router.get("/reports")
     @requires_scopes("reports:read")
     async def reports(user: Annotated[str, Depends(current_user)]) -> str:
         return user
 
+    if included:
+        app.include_router(router)
     ours = bearer(session_issuer, "reports:read")
     theirs = {"Authorization": f"Bearer {issuer.mint(scopes=['reports:read'], sub='tess')}"}
     with TestClient(app, raise_server_exceptions=False) as client:

@@ -701,3 +701,23 @@ def test_a_body_refusal_names_the_binding_the_token_was_accepted_with(
         ("token.accepted", "dpop"),
         ("token.rejected", "dpop"),
     ]
+
+
+def test_a_principal_of_its_own_is_made_once_per_verified_token(session_issuer: DevIssuer) -> None:
+    # The copy naming a token's own principal cost a dataclasses.replace (several µs) on
+    # every MCP request with such a token: it is made once per verified token now (the
+    # guard's cache hands each request the same AccessToken), and only for such tokens.
+    from bearerguard.mcp import _principal_token
+
+    guard = session_issuer.guard(in_process=True)
+    raw = session_issuer.mint(sub=None, client_id=None)
+    token = guard.authenticate_sync(raw)
+    named = _principal_token(token)
+    assert named.client_id == f"token:{token.fingerprint}"
+    assert guard.authenticate_sync(raw) is token
+    assert _principal_token(token) is named
+    other = guard.authenticate_sync(session_issuer.mint(sub=None, client_id=None))
+    assert _principal_token(other).client_id == f"token:{other.fingerprint}"
+    assert _principal_token(token) is named
+    with_sub = guard.authenticate_sync(session_issuer.mint(sub="ana"))
+    assert _principal_token(with_sub) is with_sub

@@ -443,15 +443,21 @@ def test_tokens_naming_no_principal_each_are_a_principal_of_their_own(
     # sessions. Each such token is now its own principal, named by its fingerprint.
     from starlette.testclient import TestClient
 
+    from bearerguard import get_access_token
     from bearerguard.asgi import BearerGuardMiddleware
     from bearerguard.mcp import MCPToolScopes
 
     server = MCPServer("notes")
 
     @server.tool()
-    def whoami() -> list[str | None]:
+    def whoami(ctx: Context) -> list[str | None]:
         token = sdk_token()
         assert token is not None
+        # bearerguard's own view keeps the token as verified: no client id.
+        verified = get_access_token(ctx.request_context.request)
+        assert verified is not None
+        assert verified.client_id is None
+        assert "client_id" not in verified.claims
         return [token.client_id, token.subject]
 
     app = BearerGuardMiddleware(
@@ -479,6 +485,7 @@ def test_tokens_naming_no_principal_each_are_a_principal_of_their_own(
         assert client.delete("/mcp", headers=headers(first, session)).status_code == 200
     fingerprint = logs[0]["token_fp"]
     assert mine.json()["result"]["structuredContent"] == {"result": [f"token:{fingerprint}", None]}
+    assert {event.get("client_id") for event in logs} == {None}  # the audit events' too
 
 
 def test_a_client_id_claim_cannot_take_the_name_of_another_tokens_principal(

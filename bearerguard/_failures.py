@@ -8,6 +8,7 @@ failures go on, and one line when the thing works again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -28,8 +29,10 @@ class FailureReport:
         window: seconds between summary lines at most.
         clock: monotonic seconds; injectable for tests.
 
-    Thread-safe. ``failing`` is read without the lock on the success path: a stale read only
-    moves ``recovered``'s line to the next success.
+    Thread-safe. A line its logger fails to take (a handler that raises) is dropped: the
+    report never raises into the request it is made on. ``failing`` is read without the
+    lock on the success path: a stale read only moves ``recovered``'s line to the next
+    success.
     """
 
     __slots__ = (
@@ -87,9 +90,9 @@ class FailureReport:
         # Logged outside the lock: a slow handler must not hold up every other request.
         if summary is None:
             exc_info = exc if self._traceback and exc is not None else None
-            _log.log(self._level, self._first, what, exc_info=exc_info)
+            _say(self._level, self._first, what, exc_info=exc_info)
         else:
-            _log.log(self._level, self._summary, *summary)
+            _say(self._level, self._summary, *summary)
 
     def recovered(self) -> None:
         """It worked: log the recovery with the count, once, if it was failing."""
@@ -98,4 +101,14 @@ class FailureReport:
                 return  # another thread said it first
             self.failing = False
             lost = self._total
-        _log.warning(self._recovery, lost)
+        _say(logging.WARNING, self._recovery, lost)
+
+
+def _say(level: int, message: str, *args: object, exc_info: BaseException | None = None) -> None:
+    """Log a report line, whatever the logging raises.
+
+    A handler that does not catch its own failure (or the same broken pipeline as the sink
+    reported on) leaves nowhere to report it; the request it happened on must not fail.
+    """
+    with contextlib.suppress(Exception):  # the report's own logger: never a 500
+        _log.log(level, message, *args, exc_info=exc_info)

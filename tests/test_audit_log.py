@@ -25,7 +25,7 @@ from starlette.testclient import TestClient
 
 from bearerguard import BearerGuard
 from bearerguard.asgi import BearerGuardMiddleware
-from bearerguard.audit import AuditLog, RequestInfo, token_fields
+from bearerguard.audit import AuditLog, RequestInfo, sink_failures, token_fields
 from bearerguard.errors import ExpiredTokenError
 from bearerguard.metrics import AUDIT_EVENTS_LOST, DECISIONS, InMemoryMetrics
 from bearerguard.revocation import MemoryRevocationStore
@@ -702,6 +702,47 @@ def test_a_sink_that_fails_again_after_recovering_is_reported_in_full_again(
         (logging.ERROR, "bearerguard: the audit logger failed; token.rejected event lost", True),
         (logging.WARNING, "bearerguard: audit sink recovered after 1 lost events", False),
     ]
+
+
+class BrokenHandler(logging.Handler):
+    """A stdlib handler that does not catch its own failure: it raises from ``emit``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("flask", [False, True], ids=["asgi", "wsgi"])
+def test_a_report_its_own_logger_cannot_take_changes_no_decision(
+    session_issuer: DevIssuer, flask: bool
+) -> None:
+    # The audit sink and the "bearerguard" logger that reports it both down (one disk, one
+    # broken handler): the failure's first report, its summary and its recovery line all
+    # raise. None may reach the request as a 500; the lost events are still counted.
+    from tests.apps import build_app, build_flask_app
+
+    disk, clock, metrics = Disk(), Clock(), InMemoryMetrics()
+    guard = session_issuer.guard(audit_logger=bound_logger(disk), metrics=metrics)
+    guard.audit._failures = sink_failures(window=60.0, clock=clock)
+    if flask:
+        client = build_flask_app(guard).test_client()
+    else:
+        client = TestClient(build_app(guard), raise_server_exceptions=False)
+    readable = {"Authorization": f"Bearer {session_issuer.mint(scope='items:read')}"}
+    broken = BrokenHandler()
+    logging.getLogger("bearerguard").addHandler(broken)
+    try:
+        disk.full = True
+        first = client.get("/me", headers={"Authorization": "Bearer a.b.c"}).status_code
+        clock.now += 61
+        summary = client.get("/items", headers=readable).status_code
+        disk.full = False
+        recovered = client.get("/items", headers=readable).status_code
+    finally:
+        logging.getLogger("bearerguard").removeHandler(broken)
+    assert (first, summary, recovered) == (401, 200, 200)
+    assert metrics.count(AUDIT_EVENTS_LOST, event="token.rejected") == 1
+    assert metrics.count(AUDIT_EVENTS_LOST, event="token.accepted") == 1
+    assert not guard.audit.sink_failing
 
 
 def test_a_sink_down_under_many_threads_is_reported_once_and_every_loss_counted(

@@ -27,6 +27,9 @@ class FailureReport:
         level: of the first and summary lines (recovery is a warning).
         traceback: whether the first line carries the exception's traceback.
         window: seconds between summary lines at most.
+        quiet: for a caller that does not call ``recovered`` (watching every success would
+            cost too much): a failure this many seconds after the last one ends the outage
+            (its recovery line) and starts a new one, logged in full. ``None``: never.
         clock: monotonic seconds; injectable for tests.
 
     Thread-safe. A line its logger fails to take (a handler that raises) is dropped: the
@@ -37,9 +40,11 @@ class FailureReport:
 
     __slots__ = (
         "_clock",
+        "_failed_at",
         "_first",
         "_level",
         "_lock",
+        "_quiet",
         "_recovery",
         "_reported_at",
         "_summary",
@@ -59,23 +64,29 @@ class FailureReport:
         level: int = logging.ERROR,
         traceback: bool = True,
         window: float = 60.0,
+        quiet: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not window >= 0:  # NaN fails too
             raise ValueError("window must not be negative")
         self._first, self._summary, self._recovery = first, summary, recovery
         self._level, self._traceback = level, traceback
-        self._window, self._clock = window, clock
+        self._window, self._quiet, self._clock = window, quiet, clock
         self._lock = threading.Lock()
         self._total = self._unreported = 0
-        self._reported_at = 0.0
+        self._reported_at = self._failed_at = 0.0
         self.failing = False
         """Whether the last failure has not been followed by a ``recovered`` yet."""
 
     def failed(self, what: str, exc: BaseException | None = None) -> None:
         """Count one failure; log it in full if it is the first, or a summary if due."""
+        ended = None
         with self._lock:
             now = self._clock()
+            quiet = self._quiet
+            if self.failing and quiet is not None and now - self._failed_at >= quiet:
+                self.failing, ended = False, self._total
+            self._failed_at = now
             if not self.failing:
                 self.failing = True
                 self._total, self._unreported, self._reported_at = 1, 0, now
@@ -88,6 +99,8 @@ class FailureReport:
                 summary = (self._unreported, self._total)
                 self._unreported, self._reported_at = 0, now
         # Logged outside the lock: a slow handler must not hold up every other request.
+        if ended is not None:
+            _say(logging.WARNING, self._recovery, ended)
         if summary is None:
             exc_info = exc if self._traceback and exc is not None else None
             _say(self._level, self._first, what, exc_info=exc_info)

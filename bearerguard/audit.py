@@ -184,7 +184,7 @@ class AuditLog:
                 metrics.increment(DECISIONS, {"event": event, "reason": reason})
                 metrics.observe(DECISION_SECONDS, latency, {"event": event})
             except Exception as exc:  # noqa: BLE001 - the application's hook: never a 500
-                metrics_failed(DECISIONS, exc)  # the decision is answered all the same
+                metrics_failed(DECISIONS, exc, metrics)  # the decision is answered all the same
 
     def lost(self, event: str, exc: Exception) -> None:
         """Report an ``event`` the logger failed to take (a processor or its sink raised).

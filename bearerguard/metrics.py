@@ -17,7 +17,7 @@ name                                      kind       labels
 Every decision is counted, whatever the audit sampling. The key set's age is read when asked
 (``BearerGuard.key_set_age()``), so exporters publish it as a gauge computed at scrape time.
 A hook that raises changes no decision (never a 500, never a refusal let through): the lost
-figure is reported on the stdlib logger ``bearerguard`` (``metrics_failed``).
+figure is reported on the stdlib logger ``bearerguard`` (``metrics_failed``), boundedly.
 
 ``InMemoryMetrics`` keeps the figures in the process (``snapshot()``, for tests and a debug
 endpoint); ``PrometheusMetrics`` (extra ``bearerguard[prometheus]``) exports them. Anything
@@ -30,7 +30,12 @@ import bisect
 import logging
 import math
 import threading
+import time
+import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from bearerguard._failures import FailureReport
 
 if TYPE_CHECKING:
     from bearerguard.guard import BearerGuard
@@ -48,6 +53,7 @@ __all__ = [
     "MetricsHook",
     "PrometheusMetrics",
     "count",
+    "hook_failures",
     "metrics_failed",
 ]
 
@@ -99,11 +105,50 @@ class MetricsHook(Protocol):
         ...
 
 
-def metrics_failed(name: str, exc: Exception) -> None:
+def hook_failures(
+    *, window: float = 60.0, clock: Callable[[], float] = time.monotonic
+) -> FailureReport:
+    """The report of a metrics hook's failures: the first in full, with its traceback; then
+    a count per ``window`` seconds while it keeps failing. Successes are not watched (a
+    check per figure on the request path): a failure after ``window`` seconds without one
+    says the last outage ended and is logged in full again."""
+    return FailureReport(
+        "bearerguard: the metrics hook failed; %s not recorded",
+        "bearerguard: the metrics hook is still failing; %d more figures not recorded (%d in all)",
+        "bearerguard: the metrics hook took figures again after %d not recorded",
+        window=window,
+        quiet=window,
+        clock=clock,
+    )
+
+
+_hook_reports: weakref.WeakKeyDictionary[Any, FailureReport] = weakref.WeakKeyDictionary()
+_hook_reports_lock = threading.Lock()
+_unreferenced_hooks = hook_failures()
+"""The report shared by the hooks that cannot be weakly referenced (or hashed)."""
+
+
+def _report_for(hook: object) -> FailureReport:
+    with _hook_reports_lock:
+        try:
+            report = _hook_reports.get(hook)
+            if report is None:
+                report = _hook_reports[hook] = hook_failures()
+        except TypeError:
+            return _unreferenced_hooks
+    return report
+
+
+def metrics_failed(name: str, exc: Exception, hook: object = None) -> None:
     """Report a figure the metrics hook failed to take (it raised). The decision it
     described stands: a refusal is still answered as one, an acceptance still reaches the
-    app; neither becomes a 500."""
-    _log.error("bearerguard: the metrics hook failed; %s not recorded", name, exc_info=exc)
+    app; neither becomes a 500.
+
+    Bounded per ``hook`` (``hook_failures``): the first failure is logged with its
+    traceback on the stdlib ``bearerguard`` logger, then one line a minute at most counts
+    the figures lost while it keeps failing.
+    """
+    _report_for(hook).failed(name, exc)
 
 
 def count(hook: MetricsHook | None, name: str, labels: dict[str, str]) -> None:
@@ -112,7 +157,7 @@ def count(hook: MetricsHook | None, name: str, labels: dict[str, str]) -> None:
         try:
             hook.increment(name, labels)
         except Exception as exc:  # noqa: BLE001 - the application's hook: never a 500
-            metrics_failed(name, exc)
+            metrics_failed(name, exc, hook)
 
 
 class InMemoryMetrics:

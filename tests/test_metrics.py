@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -28,6 +29,7 @@ from bearerguard.metrics import (
     REVOCATION_FAILURES,
     InMemoryMetrics,
     PrometheusMetrics,
+    hook_failures,
 )
 from bearerguard.readiness import ReadinessEndpoint, readiness, readiness_wsgi
 from bearerguard.revocation import IntrospectionRevocationStore
@@ -141,6 +143,60 @@ def test_a_failing_hook_changes_no_decision(
             ]
     assert answers == [200, 200, 401, 401, 403] * 2
     assert "the metrics hook failed" in caplog.text
+
+
+@pytest.mark.parametrize("stack", ["asgi", "wsgi"])
+def test_a_hook_that_stays_down_is_reported_once_then_counted(
+    issuer: DevIssuer, caplog: pytest.LogCaptureFixture, stack: str
+) -> None:
+    # Each request records two figures or more: a traceback for each would flood the error
+    # log while the metrics backend is down. The first is logged in full, later ones only
+    # counted (a line a minute at most); a second hook's failure is its own, in full.
+    token = bearer(issuer.mint(scopes=["items:read"]))
+    statuses = []
+    with caplog.at_level(logging.WARNING, "bearerguard"):
+        for _ in range(2):
+            guard = issuer.guard(metrics=FailingHook())
+            if stack == "asgi":
+                client: httpx.Client = TestClient(build_app(guard))
+            else:
+                transport = httpx.WSGITransport(app=build_flask_app(guard))
+                client = httpx.Client(transport=transport, base_url="http://t")
+            with client:
+                statuses += [client.get("/items", headers=token).status_code for _ in range(20)]
+    assert statuses == [200] * 40
+    full = [record for record in caplog.records if record.exc_info is not None]
+    assert [record.getMessage().split(";")[0] for record in full] == [
+        "bearerguard: the metrics hook failed"
+    ] * 2
+
+
+def test_a_hook_failure_after_a_quiet_window_is_a_new_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # No success is watched for (that would cost every figure a check): a failure after a
+    # window without any says the last outage ended, and is reported in full again.
+    clock = Clock(1000.0)
+    report = hook_failures(window=60.0, clock=clock)
+    error = ConnectionError("statsd down")
+    with caplog.at_level(logging.WARNING, "bearerguard"):
+        report.failed(DECISIONS, error)
+        clock.advance(30)
+        report.failed(DECISIONS, error)  # counted
+        clock.advance(59)
+        report.failed(DECISIONS, error)  # the window since the first line is over: a summary
+        clock.advance(60)
+        report.failed(CACHE, error)  # a window without failure: a new outage
+    assert [(r.getMessage(), r.exc_info is not None) for r in caplog.records] == [
+        ("bearerguard: the metrics hook failed; bearerguard_decisions_total not recorded", True),
+        (
+            "bearerguard: the metrics hook is still failing; 2 more figures not recorded "
+            "(3 in all)",
+            False,
+        ),
+        ("bearerguard: the metrics hook took figures again after 3 not recorded", False),
+        ("bearerguard: the metrics hook failed; bearerguard_token_cache_total not recorded", True),
+    ]
 
 
 def test_metrics_must_be_a_hook(session_issuer: DevIssuer) -> None:

@@ -8,9 +8,11 @@ and turns the events that mean "this user's tokens must stop working" (OpenID CA
 and ``credential-compromise``) into subject cut-offs in the revocation store: every token of
 that subject issued up to the event is refused from then on, by every instance sharing the
 store. A ``session-revoked`` event that names the session (a complex subject with an
-``opaque`` ``session``) cuts off that session only, by the tokens' ``sid`` claim, when the
-store has ``revoke_session`` (``SessionRevocationStore``); the user's tokens without a ``sid``
-go with it.
+``opaque`` ``session``) cuts off its user too, unless the receiver is given
+``revoke_sessions=True``: then it cuts off that session only, by the tokens' ``sid`` claim
+(and the user's tokens without a ``sid``). Turn that on only when the identity provider's
+CAEP session identifier is the ``sid`` its access tokens carry; otherwise the revoked
+session's tokens would stay valid.
 
 Answers (RFC 8935 §2.2-§2.4):
 
@@ -101,8 +103,8 @@ class SubjectRevocationStore(Protocol):
 @runtime_checkable
 class SessionRevocationStore(Protocol):
     """A store that can also cut off one session's tokens, by their ``sid`` claim
-    (``MemoryRevocationStore``, ``RedisRevocationStore``); optional: without it, a revoked
-    session cuts off its user."""
+    (``MemoryRevocationStore``, ``RedisRevocationStore``); needed by
+    ``SecurityEventReceiver(revoke_sessions=True)`` only."""
 
     async def revoke_session(
         self,
@@ -117,7 +119,7 @@ class SessionRevocationStore(Protocol):
         ...
 
 
-_NO_SESSIONS = "the store has no revoke_session"
+_SESSIONS_OFF = "session revocation is off"
 
 
 class _Answer(Exception):  # noqa: N818 - a response to send, raised from deep in the flow
@@ -159,21 +161,28 @@ class SecurityEventReceiver:
             ``none`` never), and its clock and leeway apply.
         audience: what the SET's ``aud`` must name: this receiver's identifier in the
             identity provider's stream configuration.
-        store: where subject cut-offs go; the guard's revocation store by default (it must
-            then have ``revoke_subject``). Session cut-offs go there too when it has
-            ``revoke_session`` (``SessionRevocationStore``); otherwise a revoked session
-            cuts off its user, and the audit event says so.
+        store: where cut-offs go; the guard's revocation store by default (it must then
+            have ``revoke_subject``, and with ``revoke_sessions`` ``revoke_session``).
         events: the event types that cut off their subject (a string is one type); by
             default CAEP ``session-revoked`` and ``credential-change`` and RISC
             ``account-disabled``, ``account-purged`` and ``credential-compromise``.
+        revoke_sessions: a ``session-revoked`` event naming a session (an OpenID SSF
+            complex subject with an ``opaque`` ``session``, CAEP 1.0 §3.1) cuts off that
+            session's tokens only, by their ``sid`` claim, and its user's tokens without a
+            ``sid``. Off by default: such an event cuts off its user's every token, and one
+            naming no user is acknowledged without action; the audit event says why.
+            **Security**: turn it on only when the identity provider's CAEP session
+            identifier is the ``sid`` claim of its access tokens (as Keycloak's user session
+            id is); where they differ, the revoked session's tokens stay valid.
         max_body_bytes: larger bodies are refused with 413 before being read whole.
         replay_cache_size: how many received ``jti`` values are remembered, to refuse a
             SET delivered twice.
         audit_logger: a structlog-compatible logger; the guard's audit logger by default.
 
     Raises:
-        ConfigurationError: no usable store, an empty audience or event type, or a
-            nonsensical limit.
+        ConfigurationError: no usable store (``revoke_sessions`` with a store lacking
+            ``revoke_session`` included), an empty audience or event type, a non-bool
+            ``revoke_sessions``, or a nonsensical limit.
     """
 
     def __init__(
@@ -183,6 +192,7 @@ class SecurityEventReceiver:
         audience: str | Sequence[str],
         store: SubjectRevocationStore | None = None,
         events: Iterable[str] = SUBJECT_CUTOFF_EVENTS,
+        revoke_sessions: bool = False,
         max_body_bytes: int = 64 * 1024,
         replay_cache_size: int = 10_000,
         audit_logger: Any = None,
@@ -197,6 +207,18 @@ class SecurityEventReceiver:
             raise ConfigurationError(
                 f"{type(chosen).__name__} has no revoke_subject: pass a store that has"
             )
+        # The string "false" would turn session revocation on: a bool, or nothing.
+        if not isinstance(revoke_sessions, bool):
+            raise ConfigurationError("revoke_sessions must be True or False")
+        sessions: SessionRevocationStore | None = None
+        if revoke_sessions:
+            # An explicit opt-in that cannot work is refused, not quietly downgraded.
+            if not isinstance(chosen, SessionRevocationStore):
+                raise ConfigurationError(
+                    f"{type(chosen).__name__} has no revoke_session, which"
+                    " revoke_sessions=True needs: pass a store that has"
+                )
+            sessions = chosen
         # One string is one event type, not the set of its characters (which no event
         # type would match: every SET acknowledged, none acted on).
         types = (events,) if isinstance(events, str) else tuple(events)
@@ -208,6 +230,8 @@ class SecurityEventReceiver:
         self.audiences = frozenset(audiences)
         self.store: SubjectRevocationStore = chosen
         self.events = frozenset(types)
+        self.revoke_sessions = revoke_sessions
+        self._sessions = sessions
         self.max_body_bytes = max_body_bytes
         self._seen: LRUCache[str, bool] = LRUCache(maxsize=replay_cache_size)
         # The guard's own audit logger, so that one configuration covers every event (AuditLog
@@ -284,6 +308,7 @@ class SecurityEventReceiver:
                 now=guard.clock(),
                 leeway=guard.leeway,
                 cutoff_events=self.events,
+                revoke_sessions=self.revoke_sessions,
             )
         except SecurityEventError as error:
             raise _refused(error) from None
@@ -344,20 +369,21 @@ class SecurityEventReceiver:
     async def _revoke_session(self, cutoff: SessionCutoff) -> list[dict[str, Any]]:
         issuer, at = self.guard.issuer, cutoff.issued_before
         event = _trim(cutoff.event_type)
-        store = self.store
-        if not isinstance(store, SessionRevocationStore):
-            # Fail closed: without session cut-offs, the user's every session goes.
+        store = self._sessions
+        if store is None:
+            # Not asked to trust that the event's session id is the tokens' sid: the user's
+            # every session goes, as for any other cut-off event.
             for subject in cutoff.subjects:
-                await store.revoke_subject(subject, at, issuer=issuer)
+                await self.store.revoke_subject(subject, at, issuer=issuer)
             if not cutoff.subjects:
-                return [{"event": event, "action": "ignored", "why": f"{_NO_SESSIONS}, no user"}]
+                return [{"event": event, "action": "ignored", "why": f"{_SESSIONS_OFF}, no user"}]
             return [
                 {
                     "event": event,
                     "action": "revoke_subject",
                     "sub": _trim(subject),
                     "issued_before": at,
-                    "why": _NO_SESSIONS,
+                    "why": _SESSIONS_OFF,
                 }
                 for subject in cutoff.subjects
             ]
@@ -390,8 +416,8 @@ class SecurityEventReceiver:
             for cutoff in plan.cutoffs
         ]
         actions += sessions
-        # The subjects whose every token was cut off (a session's user only when the store
-        # could not revoke the session alone).
+        # The subjects whose every token was cut off (a session's user only when session
+        # revocation is off).
         cut_off = {_trim(cutoff.subject) for cutoff in plan.cutoffs}
         cut_off.update(action["sub"] for action in sessions if action["action"] == "revoke_subject")
         actions += [

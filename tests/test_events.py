@@ -144,6 +144,13 @@ async def api(issuer: DevIssuer) -> AsyncIterator[Setup]:
         yield setup
 
 
+@pytest.fixture
+async def sessions_api(issuer: DevIssuer) -> AsyncIterator[Setup]:
+    """The receiver with session-scoped revocation turned on."""
+    async for setup in make_setup(issuer, revoke_sessions=True):
+        yield setup
+
+
 def iss_sub(issuer: DevIssuer, sub: str) -> dict[str, str]:
     return {"format": "iss_sub", "iss": issuer.url, "sub": sub}
 
@@ -439,7 +446,7 @@ async def test_mounted_under_a_prefix(api: Setup) -> None:
     assert await api.status_of(token) == 401
 
 
-# -- session-revoked naming a session: that session only, by sid ---------------------------
+# -- session-revoked naming a session: that session only, by sid (revoke_sessions=True) ----
 
 
 def session_token(
@@ -468,8 +475,9 @@ def complex_subject(
 @pytest.mark.parametrize("placement", ["subject", "sub_id"])
 @pytest.mark.parametrize("spelling", ["draft", "final"])
 async def test_a_revoked_session_refuses_that_session_s_tokens_only(
-    api: Setup, placement: str, spelling: str
+    sessions_api: Setup, placement: str, spelling: str
 ) -> None:
+    api = sessions_api
     issuer = api.issuer
     now = int(time.time())
     revoked, other = session_token(issuer, "sess-1"), session_token(issuer, "sess-2")
@@ -510,8 +518,9 @@ async def test_a_revoked_session_refuses_that_session_s_tokens_only(
 
 @pytest.mark.anyio
 async def test_a_session_named_without_its_user_leaves_tokens_without_sid_alone(
-    api: Setup,
+    sessions_api: Setup,
 ) -> None:
+    api = sessions_api
     issuer = api.issuer
     revoked, sidless = session_token(issuer, "sess-1"), session_token(issuer, None)
     subject = complex_subject(issuer, "sess-1", sub=None)
@@ -522,8 +531,9 @@ async def test_a_session_named_without_its_user_leaves_tokens_without_sid_alone(
 
 @pytest.mark.anyio
 async def test_other_events_and_other_session_formats_still_cut_off_the_user(
-    api: Setup,
+    sessions_api: Setup,
 ) -> None:
+    api = sessions_api
     issuer = api.issuer
     other = session_token(issuer, "sess-2")
     subject = complex_subject(issuer, "sess-1")
@@ -540,10 +550,80 @@ async def test_other_events_and_other_session_formats_still_cut_off_the_user(
 
 
 @pytest.mark.anyio
-async def test_a_malformed_session_identifier_is_invalid_request(api: Setup) -> None:
-    subject = {"session": {"format": "opaque"}, "user": iss_sub(api.issuer, "kim")}
-    response = await api.push({CAEP_SESSION_REVOKED: {"subject": subject}})
+async def test_a_malformed_session_identifier_is_invalid_request(sessions_api: Setup) -> None:
+    subject = {"session": {"format": "opaque"}, "user": iss_sub(sessions_api.issuer, "kim")}
+    response = await sessions_api.push({CAEP_SESSION_REVOKED: {"subject": subject}})
     assert (response.status_code, response.json()["err"]) == (400, "invalid_request")
+
+
+# -- session-revoked naming a session, by default: the user, as without sessions ------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("spelling", ["draft", "final"])
+async def test_by_default_a_revoked_session_cuts_off_its_user(api: Setup, spelling: str) -> None:
+    # The IdP's CAEP session id need not be the sid its access tokens carry: cutting off by
+    # sid unasked could leave the revoked session's tokens valid. Every token of kim goes.
+    issuer = api.issuer
+    now = int(time.time())
+    tokens = [
+        session_token(issuer, "sess-1"),  # the session named
+        session_token(issuer, "sess-2"),  # another session of kim
+        session_token(issuer, "idp-internal-7"),  # a sid spelled otherwise than the event's
+        session_token(issuer, None),
+    ]
+    bystander = session_token(issuer, "sess-1", "lee")  # another user, the same sid
+    subject = complex_subject(issuer, "sess-1", final=spelling == "final")
+    payload = {"subject": subject, "event_timestamp": now - 1}
+    with structlog.testing.capture_logs() as events:
+        response = await api.push({CAEP_SESSION_REVOKED: payload})
+    assert response.status_code == 202
+    assert [await api.status_of(token) for token in tokens] == [401, 401, 401, 401]
+    assert await api.status_of(bystander) == 200
+    assert await api.status_of(session_token(issuer, "sess-1", iat=now + 1)) == 200
+    (received,) = [event for event in events if event["event"] == "event.received"]
+    assert received["subjects"] == ["kim"]
+    assert received["actions"] == [
+        {
+            "event": CAEP_SESSION_REVOKED,
+            "action": "revoke_subject",
+            "sub": "kim",
+            "issued_before": now - 1,
+            "why": "session revocation is off",
+        }
+    ]
+
+
+@pytest.mark.anyio
+async def test_by_default_a_session_named_without_its_user_is_ignored(api: Setup) -> None:
+    issuer = api.issuer
+    revoked, sidless = session_token(issuer, "sess-1"), session_token(issuer, None)
+    subject = complex_subject(issuer, "sess-1", sub=None)
+    with structlog.testing.capture_logs() as events:
+        assert (await api.push({CAEP_SESSION_REVOKED: {"subject": subject}})).status_code == 202
+    assert [await api.status_of(token) for token in (revoked, sidless)] == [200, 200]
+    assert len(api.store) == 0
+    (received,) = [event for event in events if event["event"] == "event.received"]
+    assert received["subjects"] == []
+    assert received["actions"] == [
+        {
+            "event": CAEP_SESSION_REVOKED,
+            "action": "ignored",
+            "why": "session revocation is off, no user",
+        }
+    ]
+
+
+@pytest.mark.anyio
+async def test_by_default_a_malformed_session_identifier_does_not_spare_the_user(
+    api: Setup,
+) -> None:
+    # The session is not used: its identifier, malformed, must not get the SET refused (400,
+    # not retried) and leave the user's tokens valid.
+    token = session_token(api.issuer, "sess-1")
+    subject = {"session": {"format": "opaque"}, "user": iss_sub(api.issuer, "kim")}
+    assert (await api.push({CAEP_SESSION_REVOKED: {"subject": subject}})).status_code == 202
+    assert await api.status_of(token) == 401
 
 
 class SubjectsOnlyStore:
@@ -564,47 +644,29 @@ class SubjectsOnlyStore:
 
 
 @pytest.mark.anyio
-async def test_a_store_without_sessions_cuts_off_the_user_and_says_so(issuer: DevIssuer) -> None:
+async def test_a_store_without_sessions_serves_the_default_and_refuses_the_opt_in(
+    issuer: DevIssuer,
+) -> None:
     store = SubjectsOnlyStore()
     guard = issuer.guard(revocation=store)
-    receiver = SecurityEventReceiver(guard=guard, audience=RECEIVER)
     assert isinstance(store, SubjectRevocationStore)
     assert not isinstance(store, SessionRevocationStore)
+    # Asked for session cut-offs it cannot make: loud at construction, not a silent fallback.
+    with pytest.raises(ConfigurationError, match="revoke_session"):
+        SecurityEventReceiver(guard=guard, audience=RECEIVER, revoke_sessions=True)
+    receiver = SecurityEventReceiver(guard=guard, audience=RECEIVER)
     setup = Setup(issuer)
     app = build_app(guard, public_paths=("/events",))
     app.router.routes.append(Route("/events", receiver))
-    now = int(time.time())
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://t"
     ) as client:
         setup.client = client
         other = session_token(issuer, "sess-2")
-        no_user = setup.claims(
-            {CAEP_SESSION_REVOKED: {"subject": complex_subject(issuer, "sess-9", sub=None)}}
-        )
-        payload = {"subject": complex_subject(issuer, "sess-1"), "event_timestamp": now}
-        with structlog.testing.capture_logs() as events:
-            assert (await setup.post(setup.sign(no_user))).status_code == 202
-            assert (await setup.push({CAEP_SESSION_REVOKED: payload})).status_code == 202
-        assert await setup.status_of(other) == 401  # fail closed: every session of kim
-    ignored, received = [event for event in events if event["event"] == "event.received"]
-    assert ignored["actions"] == [
-        {
-            "event": CAEP_SESSION_REVOKED,
-            "action": "ignored",
-            "why": "the store has no revoke_session, no user",
-        }
-    ]
-    assert received["subjects"] == ["kim"]
-    assert received["actions"] == [
-        {
-            "event": CAEP_SESSION_REVOKED,
-            "action": "revoke_subject",
-            "sub": "kim",
-            "issued_before": now,
-            "why": "the store has no revoke_session",
-        }
-    ]
+        payload = {"subject": complex_subject(issuer, "sess-1")}
+        assert (await setup.push({CAEP_SESSION_REVOKED: payload})).status_code == 202
+        assert await setup.status_of(other) == 401  # every session of kim
+    assert list(store.cutoffs) == [(issuer.url, "kim")]
 
 
 @pytest.mark.anyio
@@ -631,7 +693,7 @@ async def test_a_revoked_session_reaches_every_instance_through_redis(
         await receiving.start()
         await serving.start()
         assert await status_elsewhere(revoked) == 200  # now in that guard's cache
-        async for api in make_setup(issuer, store=receiving):
+        async for api in make_setup(issuer, store=receiving, revoke_sessions=True):
             subject = complex_subject(issuer, "sess-1")
             response = await api.push({CAEP_SESSION_REVOKED: {"subject": subject}})
             assert response.status_code == 202
@@ -1036,6 +1098,8 @@ def test_configuration_is_checked(session_issuer: DevIssuer) -> None:
     )
     with pytest.raises(ConfigurationError, match="revoke_subject"):
         SecurityEventReceiver(guard=introspecting, audience=RECEIVER)
+    with pytest.raises(ConfigurationError, match="revoke_sessions"):
+        SecurityEventReceiver(guard=guard, audience=RECEIVER, revoke_sessions="false")  # type: ignore[arg-type]
     store = MemoryRevocationStore()
     receiver = SecurityEventReceiver(guard=introspecting, audience=RECEIVER, store=store)
     assert receiver.store is store
@@ -1141,7 +1205,7 @@ def test_verify_signed_with_static_keys_and_hmac(issuer: DevIssuer) -> None:
 # -- the pure plan ------------------------------------------------------------------------
 
 
-def plan(claims: dict[str, Any], **header: Any) -> Any:
+def plan(claims: dict[str, Any], *, revoke_sessions: bool = True, **header: Any) -> Any:
     return plan_security_event(
         {"typ": "secevent+jwt", **header},
         claims,
@@ -1149,6 +1213,7 @@ def plan(claims: dict[str, Any], **header: Any) -> Any:
         audiences=frozenset({RECEIVER}),
         now=1_700_000_000.0,
         leeway=30.0,
+        revoke_sessions=revoke_sessions,
     )
 
 
@@ -1200,6 +1265,31 @@ def test_plan_of_a_revoked_session() -> None:
     assert result.sessions == (
         SessionCutoff(CAEP_SESSION_REVOKED, "s-1", ("kim",), 1_700_000_000.0),
     )
+
+
+def test_plan_of_a_malformed_session_without_session_revocation() -> None:
+    claims = {
+        "iss": "https://idp.example",
+        "aud": RECEIVER,
+        "iat": 1_700_000_000,
+        "jti": "j-3",
+        "events": {
+            CAEP_SESSION_REVOKED: {
+                "subject": {
+                    "session": {"format": "opaque"},
+                    "user": {"format": "opaque", "id": "kim"},
+                }
+            },
+        },
+    }
+    with pytest.raises(SecurityEventError, match="session identifier"):
+        plan(claims)
+    # Not revoking sessions, the receiver does not use the session: its user is cut off.
+    result = plan(claims, revoke_sessions=False)
+    assert [(cut.subject, cut.issued_before) for cut in result.cutoffs] == [
+        ("kim", 1_700_000_000.0)
+    ]
+    assert result.sessions == ()
 
 
 def test_plan_errors_carry_fixed_descriptions() -> None:

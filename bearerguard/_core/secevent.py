@@ -201,9 +201,12 @@ def _subject_of(
     return _Unsupported(f"subject format {fmt[:64]!r} is not supported")
 
 
-def _session_of(identifier: Any, issuer: str) -> tuple[str, tuple[str, ...]] | None:
+def _session_of(
+    identifier: Any, issuer: str, *, strict: bool
+) -> tuple[str, tuple[str, ...]] | None:
     """The session a CAEP ``session-revoked`` subject names, with its user's ``sub`` values,
-    or ``None`` when it names no session this recipient can match to a token's ``sid``.
+    or ``None`` when it names no session this recipient can match to a token's ``sid`` (or,
+    not ``strict``, a malformed one: the session is then not used, its user is).
 
     Only a complex subject (OpenID SSF 1.0) has a ``session`` member; CAEP 1.0 §3.1
     gives it as an ``opaque`` identifier whose ``id`` is the session identifier, the value
@@ -219,6 +222,8 @@ def _session_of(identifier: Any, issuer: str) -> tuple[str, tuple[str, ...]] | N
         return None
     sid = session.get("id")
     if not (isinstance(sid, str) and sid):
+        if not strict:
+            return None
         raise _invalid("an opaque session identifier lacks id")
     users: tuple[str, ...] | _Unsupported = ()
     if "user" in identifier:
@@ -277,6 +282,7 @@ def plan_security_event(
     now: float,
     leeway: float,
     cutoff_events: Collection[str] = SUBJECT_CUTOFF_EVENTS,
+    revoke_sessions: bool = False,
 ) -> EventPlan:
     """Validate a signature-verified SET and decide what it asks for.
 
@@ -296,7 +302,9 @@ def plan_security_event(
 
     A CAEP ``session-revoked`` event whose subject is a complex subject with an ``opaque``
     ``session`` becomes a ``SessionCutoff`` instead: that session's tokens (by ``sid``), and
-    the tokens of its ``user`` (if named) that carry no ``sid``.
+    the tokens of its ``user`` (if named) that carry no ``sid``. A malformed session
+    identifier is an error only with ``revoke_sessions``; without it the receiver does not use
+    the session, and the event cuts off its user.
 
     Raises:
         SecurityEventError: the RFC 8935 §2.4 code to answer with.
@@ -321,7 +329,7 @@ def plan_security_event(
         subjects: tuple[str, ...] | _Unsupported
         named = sub if isinstance(sub, str) and sub else None
         if event_type == CAEP_SESSION_REVOKED:
-            session = _session_of(payload.get("subject", sub_id), issuer)
+            session = _session_of(payload.get("subject", sub_id), issuer, strict=revoke_sessions)
             if session is not None:
                 sessions.append(SessionCutoff(event_type, session[0], session[1], at))
                 continue

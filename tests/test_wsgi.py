@@ -748,3 +748,63 @@ def test_get_access_token_in_a_flask_streamed_response(session_issuer: DevIssuer
             "/", headers={"Authorization": f"Bearer {session_issuer.mint(sub='lee')}"}
         )
     assert response.text == "lee;lee;"
+
+
+def test_a_flask_response_that_is_not_streamed_is_passed_on_as_it_is(
+    session_issuer: DevIssuer,
+) -> None:
+    # Every Flask response is werkzeug's ClosingIterator: wrapping each cost every Flask
+    # request about 1.5 µs, though a view's str, bytes or dict answer runs nothing of the
+    # app's while it is sent. Such a body is passed on as it is; a streamed one, or one with
+    # a call_on_close callback, is still iterated (and closed) with the request's token.
+    from werkzeug.wsgi import ClosingIterator
+
+    from bearerguard._context import BodyWithAuth
+    from bearerguard.flask import protect
+
+    app = flask.Flask("plain", static_folder=None)
+    closed: list[str | None] = []
+
+    @app.get("/")
+    def plain() -> Any:
+        return {"hello": True}
+
+    @app.get("/closing")
+    def closing() -> Any:
+        response = flask.make_response("bye")
+        response.call_on_close(lambda: closed.append(_subject()))
+        return response
+
+    @app.get("/stream")
+    def stream() -> Any:
+        return flask.Response(iter([b"a", b"b"]))
+
+    guarded = protect(app, guard=session_issuer.guard())
+    authorization = f"Bearer {session_issuer.mint(sub='kim')}"
+
+    def environ(path: str) -> dict[str, Any]:
+        return {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "SERVER_NAME": "t",
+            "SERVER_PORT": "80",
+            "REMOTE_ADDR": "127.0.0.1",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(b""),
+            "HTTP_AUTHORIZATION": authorization,
+        }
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        assert status == "200 OK"
+
+    body = guarded(environ("/"), start_response)
+    assert type(body) is ClosingIterator
+    assert b"".join(body) == b'{"hello":true}\n'
+    body.close()  # type: ignore[attr-defined]
+    for path in ("/closing", "/stream"):
+        body = guarded(environ(path), start_response)
+        assert type(body) is BodyWithAuth
+        b"".join(body)
+        body.close()  # type: ignore[attr-defined]
+    assert closed == ["kim"]
+    assert current_auth.get() is None

@@ -83,6 +83,9 @@ current_auth: ContextVar[RequestAuth | None] = ContextVar("bearerguard_auth", de
 # ends.
 
 
+_NOT_STARTED: Iterator[bytes] = iter(())
+
+
 class BodyWithAuth:
     """A response body iterated, and closed, with ``current_auth`` set to the request's."""
 
@@ -91,12 +94,22 @@ class BodyWithAuth:
     def __init__(self, body: Iterable[bytes], auth: RequestAuth) -> None:
         self._body = body
         self._auth = auth
-        self._iterator: Iterator[bytes] = iter(body)
+        self._iterator: Iterator[bytes] = _NOT_STARTED
 
     def __iter__(self) -> Iterator[bytes]:
+        # iter(body) when the server first asks, not in the middleware: if it raises, the
+        # server still holds this body and closes it (PEP 3333), as it would the app's own.
+        if self._iterator is _NOT_STARTED:
+            reset = current_auth.set(self._auth)
+            try:
+                self._iterator = iter(self._body)
+            finally:
+                current_auth.reset(reset)
         return self
 
     def __next__(self) -> bytes:
+        if self._iterator is _NOT_STARTED:  # next() without iter(): not a server's way
+            self.__iter__()
         reset = current_auth.set(self._auth)
         try:
             return next(self._iterator)

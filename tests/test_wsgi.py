@@ -808,3 +808,39 @@ def test_a_flask_response_that_is_not_streamed_is_passed_on_as_it_is(
         body.close()  # type: ignore[attr-defined]
     assert closed == ["kim"]
     assert current_auth.get() is None
+
+
+def test_a_body_whose_iter_raises_is_still_closed_by_the_server(
+    session_issuer: DevIssuer,
+) -> None:
+    # The wrapper called iter(body) in the middleware: a body whose __iter__ raised made
+    # the application call itself raise, so the server never held the body to close it
+    # (PEP 3333: close() even when iteration fails). iter() now runs when the server
+    # iterates, and close() is forwarded.
+    closed: list[str | None] = []
+
+    class Failing:
+        def __iter__(self) -> Iterator[bytes]:
+            raise RuntimeError("no body")
+
+        def close(self) -> None:
+            closed.append(_subject())
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return Failing()
+
+    guarded = BearerGuardWSGIMiddleware(app, guard=session_issuer.guard())
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.input": io.BytesIO(b""),
+        "HTTP_AUTHORIZATION": f"Bearer {session_issuer.mint(sub='ash')}",
+    }
+    result = guarded(environ, lambda status, headers: None)
+    with pytest.raises(RuntimeError, match="no body"):
+        list(result)
+    result.close()  # type: ignore[attr-defined] # the server's duty (PEP 3333)
+    assert closed == ["ash"]
+    assert current_auth.get() is None

@@ -262,26 +262,24 @@ def _host(scope: Scope) -> str:
     return "" if not server else f"{server[0]}:{server[1]}"
 
 
-async def _authenticate_bound(  # noqa: PLR0917 - private: the middlewares' and BearerAuth's
+async def _authenticate_bound(  # noqa: PLR0917 - private: the middleware's and BearerAuth's
     guard: BearerGuard | TrustedIssuers,
     scope: Scope,
     authorization: list[bytes],
     query: bytes,
-    path: str,
     request: tuple[str, str, str | None, str | None],
     public_paths: PublicPaths,
 ) -> tuple[AccessToken | None, str]:
     """Extraction and verification when the guard accepts sender-constrained tokens: DPoP
     (RFC 9449) and/or certificate-bound ones (RFC 8705). Returns the binding used.
 
-    ``path`` is matched against ``public_paths``: the path inside the app (``_app_path``),
-    or Django's ``path_info`` (``bearerguard.django``)."""
+    ``public_paths`` are matched against the path inside the app (``_app_path``)."""
     policy = guard.dpop
     token, scheme = bound_credentials(
         policy is not None,
         authorization,
         query,
-        path,
+        _app_path(scope),
         public_paths,
         max_bytes=guard.max_token_bytes,
     )
@@ -469,13 +467,7 @@ class BearerGuardMiddleware:
                     )
                 if guard.sender_constrained:
                     access, binding = await _authenticate_bound(
-                        guard,
-                        scope,
-                        authorization,
-                        query,
-                        _app_path(scope),
-                        request,
-                        self.public_paths,
+                        guard, scope, authorization, query, request, self.public_paths
                     )
                 else:
                     binding = "bearer"

@@ -513,7 +513,6 @@ class BearerAuth(SecurityBase):
                     scope,
                     authorization,
                     scope.get("query_string", b""),
-                    scope["path"],
                     request,
                     _NO_PUBLIC_PATHS,
                 )

@@ -120,17 +120,6 @@ def _settings_of(
     return guard, public_paths, warm_up
 
 
-def _credentials(request: Any) -> tuple[list[bytes], bytes]:
-    """The ``Authorization`` values and query string of ``request``, as the WSGI middleware
-    reads them from the environ (Django's ASGI request fills ``META`` the same way)."""
-    meta = request.META
-    header = meta.get("HTTP_AUTHORIZATION")
-    # Servers (and Django's ASGI request) join repeated headers with commas: split back, so
-    # that two values are refused as invalid_request, as by the WSGI middleware.
-    values = [] if header is None else split_joined_values(str(header).encode("latin-1", "replace"))
-    return values, str(meta.get("QUERY_STRING", "")).encode("latin-1", "replace")
-
-
 def _redact_query_token(request: Any) -> None:
     """Replace ``access_token`` values with ``REDACTED`` where the server logs a refused
     request from (RFC 6750 §5.3): ``META``, which under WSGI is the environ itself (as
@@ -148,23 +137,33 @@ def _scope(request: Any) -> dict[str, Any] | None:
     return scope if isinstance(scope, dict) else None
 
 
-def _bound(  # noqa: PLR0917 - private, both paths' one call
-    guard: BearerGuard | TrustedIssuers,
-    request: Any,
-    values: list[bytes],
-    query: bytes,
-    path: str,
-    public_paths: PublicPaths,
+def _credentials_of(
+    guard: BearerGuard | TrustedIssuers, request: Any, public_paths: PublicPaths
 ) -> tuple[bytes | None, Literal["bearer", "dpop"], DPoPRequest | None, bytes | None]:
-    """Extraction when the guard accepts sender-constrained tokens (RFC 9449, RFC 8705):
-    the token, its scheme, and what its proof (URL, RFC 9449 §4.3) and client certificate
-    are checked against. Read from the ASGI scope of an ASGI request, as the ASGI middleware
+    """The token of ``request``, its scheme, and what its proof (URL, RFC 9449 §4.3) and
+    client certificate are checked against when the guard accepts sender-constrained tokens
+    (RFC 9449, RFC 8705). Read from the ASGI scope of an ASGI request, as the ASGI middleware
     reads them, else from ``META``, the environ the WSGI middleware reads: whichever path
     (sync or async) Django runs the middleware on, as a sync-only or async-only middleware
     below it decides."""
+    meta = request.META
+    header = meta.get("HTTP_AUTHORIZATION")
+    # Servers (and Django's ASGI request) join repeated headers with commas: split back, so
+    # that two values are refused as invalid_request, as by the WSGI middleware.
+    values = [] if header is None else split_joined_values(str(header).encode("latin-1", "replace"))
+    query = str(meta.get("QUERY_STRING", "")).encode("latin-1", "replace")
+    path = request.path_info
+    max_bytes = guard.max_token_bytes
+    if not guard.sender_constrained:
+        return (
+            request_credentials(values, query, path, public_paths, max_bytes=max_bytes),
+            "bearer",
+            None,
+            None,
+        )
     policy = guard.dpop
     token, scheme = bound_credentials(
-        policy is not None, values, query, path, public_paths, max_bytes=guard.max_token_bytes
+        policy is not None, values, query, path, public_paths, max_bytes=max_bytes
     )
     if token is None:
         return None, scheme, None, None
@@ -173,7 +172,6 @@ def _bound(  # noqa: PLR0917 - private, both paths' one call
     if scope is not None:
         dpop = None if policy is None else asgi._dpop_request(policy, scope, scheme)
         return token, scheme, dpop, None if mtls is None else scope_certificate(scope, mtls)
-    meta = request.META
     dpop = None if policy is None else wsgi._dpop_request(policy, meta, scheme)
     return token, scheme, dpop, None if mtls is None else environ_certificate(meta, mtls)
 
@@ -352,50 +350,26 @@ class BearerGuardMiddleware:
     def _verify(self, request: Any, described: _Described) -> tuple[AccessToken | None, str]:
         """Extraction and verification with the guard's synchronous side, as under WSGI."""
         guard = self.guard
-        values, query = _credentials(request)
-        path = request.path_info
-        if guard.sender_constrained:
-            token, scheme, dpop, certificate = _bound(
-                guard, request, values, query, path, self.public_paths
-            )
-            if token is None:
-                return None, scheme
-            info = RequestInfo(*described)
-            access = guard.authenticate_sync(
-                token, client=info.client, request=info, dpop=dpop, certificate=certificate
-            )
-            return access, binding_of(scheme, guard.mtls, access)
-        token = request_credentials(
-            values, query, path, self.public_paths, max_bytes=guard.max_token_bytes
-        )
+        token, scheme, dpop, certificate = _credentials_of(guard, request, self.public_paths)
         if token is None:
-            return None, "bearer"
+            return None, scheme
         info = RequestInfo(*described)
-        return guard.authenticate_sync(token, client=info.client, request=info), "bearer"
+        access = guard.authenticate_sync(
+            token, client=info.client, request=info, dpop=dpop, certificate=certificate
+        )
+        return access, binding_of(scheme, guard.mtls, access)
 
     async def _averify(self, request: Any, described: _Described) -> tuple[AccessToken | None, str]:
         """``_verify`` with the guard's asynchronous side, as under ASGI."""
         guard = self.guard
-        values, query = _credentials(request)
-        path = request.path_info
-        if guard.sender_constrained:
-            token, scheme, dpop, certificate = _bound(
-                guard, request, values, query, path, self.public_paths
-            )
-            if token is None:
-                return None, scheme
-            info = RequestInfo(*described)
-            access = await guard.authenticate(
-                token, client=info.client, request=info, dpop=dpop, certificate=certificate
-            )
-            return access, binding_of(scheme, guard.mtls, access)
-        token = request_credentials(
-            values, query, path, self.public_paths, max_bytes=guard.max_token_bytes
-        )
+        token, scheme, dpop, certificate = _credentials_of(guard, request, self.public_paths)
         if token is None:
-            return None, "bearer"
+            return None, scheme
         info = RequestInfo(*described)
-        return await guard.authenticate(token, client=info.client, request=info), "bearer"
+        access = await guard.authenticate(
+            token, client=info.client, request=info, dpop=dpop, certificate=certificate
+        )
+        return access, binding_of(scheme, guard.mtls, access)
 
     def _refuse(
         self, request: Any, error: AuthError, described: _Described, started: float

@@ -176,6 +176,16 @@ def _credentials_of(
     return token, scheme, dpop, None if mtls is None else environ_certificate(meta, mtls)
 
 
+def _record(request: Any, auth: RequestAuth) -> None:
+    """Record the verdict where decorators and ``get_access_token(request)`` read it:
+    ``META`` (the WSGI environ), and the ASGI scope, which they read first on an ASGI
+    request."""
+    request.META[SCOPE_KEY] = auth
+    scope = _scope(request)
+    if scope is not None:
+        scope[SCOPE_KEY] = auth
+
+
 def _streamed_with(response: Any, auth: RequestAuth) -> Any:
     """``response``, its streaming body (sync or async) read with ``current_auth`` set, so
     that ``get_access_token()`` works while it streams, as behind the ASGI middleware; a
@@ -341,10 +351,7 @@ class BearerGuardMiddleware:
         audit = reusing.audit
         if audit.records_accepted:
             entry.record_accepted(audit, auth, perf_counter() - started)
-        meta[SCOPE_KEY] = auth
-        scope = _scope(request)
-        if scope is not None:
-            scope[SCOPE_KEY] = auth
+        _record(request, auth)
         return auth
 
     def _verify(self, request: Any, described: _Described) -> tuple[AccessToken | None, str]:
@@ -388,15 +395,10 @@ class BearerGuardMiddleware:
         described: _Described,
         started: float,
     ) -> RequestAuth:
-        """Audit the acceptance and record the verdict where decorators and
-        ``get_access_token(request)`` read it: ``META`` (the WSGI environ), and the ASGI
-        scope, which they read first on an ASGI request."""
+        """Audit the acceptance and record the verdict (``_record``)."""
         guard = self.guard
         auth = RequestAuth(guard, access, started, *described, wsgi._django_response)
         if access is not None:
             guard.audit.accepted(access, auth, perf_counter() - started, binding=binding)
-        request.META[SCOPE_KEY] = auth
-        scope = _scope(request)
-        if scope is not None:
-            scope[SCOPE_KEY] = auth
+        _record(request, auth)
         return auth

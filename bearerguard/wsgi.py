@@ -397,10 +397,11 @@ def _unstreamed_werkzeug_response(body: object) -> bool:
     ``str``, ``bytes``, a ``dict``... Nothing of the app's runs while it is sent, and a
     wrapper would cost every such Flask request about 1.5 µs. Anything else (a streamed
     ``Response``, another werkzeug) is wrapped."""
-    if type(body).__name__ != "ClosingIterator":
+    kind = type(body)
+    if kind.__name__ != "ClosingIterator" or kind.__module__ != "werkzeug.wsgi":
         return False
     try:
         response = body._callbacks[-1].__self__  # type: ignore[attr-defined]
         return isinstance(response.response, list | tuple) and not response._on_close
-    except (AttributeError, IndexError, TypeError):
+    except Exception:  # noqa: BLE001 - another werkzeug's insides: wrap, as for anything else
         return False

@@ -844,3 +844,29 @@ def test_a_body_whose_iter_raises_is_still_closed_by_the_server(
     result.close()  # type: ignore[attr-defined] # the server's duty (PEP 3333)
     assert closed == ["ash"]
     assert current_auth.get() is None
+
+
+class ClosingIterator:
+    """An app's own body type that shares werkzeug's class name, and fails on inspection."""
+
+    @property
+    def _callbacks(self) -> Any:
+        raise KeyError("not werkzeug's")
+
+    def __iter__(self) -> Iterator[bytes]:
+        token = get_access_token()
+        yield b"" if token is None else (token.subject or "").encode()
+
+
+def test_a_body_named_like_werkzeugs_is_still_iterated_with_the_token(
+    session_issuer: DevIssuer,
+) -> None:
+    # The check that passes Flask's plain responses on unwrapped reads werkzeug's private
+    # attributes: an app's own class of that name must not turn the request into a 500.
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return ClosingIterator()
+
+    guarded = BearerGuardWSGIMiddleware(app, guard=session_issuer.guard())
+    status, _, body = call(guarded, HTTP_AUTHORIZATION=f"Bearer {session_issuer.mint(sub='ola')}")
+    assert (status, body) == ("200 OK", b"ola")

@@ -11,7 +11,6 @@ Event names (stable): ``token.accepted``, ``token.rejected``, ``scope.denied``,
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Callable
@@ -32,10 +31,9 @@ from bearerguard.metrics import (
 )
 from bearerguard.token import AccessToken
 
-__all__ = ["AUDIT_LOGGER_NAME", "AuditLog", "RequestInfo", "emit_failed", "token_fields"]
+__all__ = ["AUDIT_LOGGER_NAME", "AuditLog", "RequestInfo", "token_fields"]
 
 AUDIT_LOGGER_NAME = "bearerguard.audit"
-_log = logging.getLogger("bearerguard")
 _MAX_FIELD = 128  # header values chosen by clients are truncated before logging
 _MAX_PATH = 512
 _MAX_DETAIL = 512  # a detail may quote what a client sent (an MCP body's content coding)
@@ -85,17 +83,6 @@ def _printable(value: str) -> str:
     in a path, or a control character in a header or claim, can neither forge a log line
     nor fail a sink's encoding, whatever the application's renderer."""
     return value if value.isprintable() else value.encode("unicode_escape").decode("ascii")
-
-
-def emit_failed(event: str, exc: Exception) -> None:
-    """Report an audit event the application's logger failed to take (a processor or its
-    sink raised). The decision stands: a refusal is still answered as one, an acceptance
-    still reaches the app; neither becomes a 500.
-
-    One line with a traceback per call: ``AuditLog.lost`` reports a sink that stays down
-    boundedly, and counts what it loses.
-    """
-    _log.error("bearerguard: the audit logger failed; %s event lost", event, exc_info=exc)
 
 
 def sink_failures(

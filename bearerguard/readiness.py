@@ -73,9 +73,7 @@ def readiness(
         return _combined(
             {each.issuer: readiness(each, optional=left_out) for each in guard.configured}
         )
-    needed = _needed(guard)
-    others = {name: _flag(item) for name, item in needed}
-    return _report(guard, _flag(guard.revocation), others, left_out)
+    return _report(guard, {name: (item, _flag(item)) for name, item in _members(guard)}, left_out)
 
 
 def _optional(names: Iterable[str]) -> frozenset[str]:
@@ -120,9 +118,8 @@ async def _asked_report(
     if warm_up and not guard.keys_ready():
         with contextlib.suppress(ServiceUnavailableError):  # reported below as not ready
             await guard.warm_up()
-    healthy = await _asked(guard.revocation)
-    others = {name: await _asked(item) for name, item in _needed(guard)}
-    return _report(guard, healthy, others, optional)
+    asked = {name: (item, await _asked(item)) for name, item in _members(guard)}
+    return _report(guard, asked, optional)
 
 
 def _asked_report_sync(
@@ -136,13 +133,14 @@ def _asked_report_sync(
     if warm_up and not guard.keys_ready():
         with contextlib.suppress(ServiceUnavailableError):  # reported below as not ready
             guard.warm_up_sync()
-    others = {name: _asked_sync(item) for name, item in _needed(guard)}
-    return _report(guard, _asked_sync(guard.revocation), others, optional)
+    asked = {name: (item, _asked_sync(item)) for name, item in _members(guard)}
+    return _report(guard, asked, optional)
 
 
-def _needed(guard: BearerGuard) -> list[tuple[str, object]]:
-    """The stores besides the revocation store whose failure refuses requests (503)."""
-    needed: list[tuple[str, object]] = []
+def _members(guard: BearerGuard) -> list[tuple[str, object]]:
+    """The report's members: the revocation store, then the others whose failure refuses
+    requests (503)."""
+    needed: list[tuple[str, object]] = [("revocation", guard.revocation)]
     if guard.introspection is not None:
         needed.append(("introspection", guard.introspection))
     usage = guard.usage
@@ -198,12 +196,11 @@ def _asked_sync(store: object) -> bool:
 
 
 def _report(
-    guard: BearerGuard, healthy: bool, others: dict[str, bool], optional: frozenset[str]
+    guard: BearerGuard, members: dict[str, tuple[object, bool]], optional: frozenset[str]
 ) -> dict[str, Any]:
+    """The report of ``members`` (name: the store and whether it is healthy)."""
     keys_ready = guard.keys_ready()
-    health = {"revocation": healthy, **others}
-    stores = {"revocation": guard.revocation, **dict(_needed(guard))}
-    counted = [ok for name, ok in health.items() if name not in optional]
+    counted = [ok for name, (_, ok) in members.items() if name not in optional]
     report: dict[str, Any] = {
         "ready": bool(keys_ready and all(counted)),
         "keys": {
@@ -212,8 +209,8 @@ def _report(
             "age_seconds": guard.key_set_age(),
         },
     }
-    for name, ok in health.items():
-        report[name] = {"store": _name(stores[name]), "healthy": ok}
+    for name, (store, ok) in members.items():
+        report[name] = {"store": _name(store), "healthy": ok}
         if name in optional:
             report[name]["required"] = False
     return report

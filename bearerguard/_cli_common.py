@@ -243,9 +243,7 @@ class Console:
         if isinstance(error, OutputError):
             # What is still buffered would fail again at exit, with a traceback of its own.
             discard_output()
-            print(f"bearerguard: {error.message}", file=self.err, flush=True)
-        else:
-            print(f"bearerguard: {error.message}", file=self.err, flush=True)
+        print(f"bearerguard: {error.message}", file=self.err, flush=True)
         return error.code
 
 

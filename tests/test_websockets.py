@@ -331,43 +331,20 @@ def test_a_refused_handshake_leaves_no_query_token_in_the_server_log(
     # guard refuses in the query (no "query" opt-in, sent by two methods at once, or to
     # BearerAuth, which takes none) is redacted in the scope, an accepted one taken out of
     # it (RFC 6750 §5.3).
-    import io
-    import logging
-    import socket
-    import threading
-    import time
-
-    import uvicorn
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
+    from tests.helpers import uvicorn_logging
+
     token = session_issuer.mint(sub="cy")
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    error_log = logging.getLogger("uvicorn.error")
     app = _bearer_auth_app(guard) if credentials is None else build(guard, credentials)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="off"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        error_log.addHandler(handler)
-        try:
-            url = f"ws://127.0.0.1:{port}/ws?room=1&access_token={token}"
-            # With the opt-in, a header beside the query token is two methods: refused too.
-            two = credentials is not None and "query" in credentials
-            headers = {"Authorization": f"Bearer {token}"} if two else {}
-            with pytest.raises(InvalidStatus) as refused, connect(url, additional_headers=headers):
-                pass  # pragma: no cover - never accepted
-        finally:
-            error_log.removeHandler(handler)
-            server.should_exit = True
-            thread.join(10)
+    with uvicorn_logging(app, "uvicorn.error") as (host, stream):
+        url = f"ws://{host}/ws?room=1&access_token={token}"
+        # With the opt-in, a header beside the query token is two methods: refused too.
+        two = credentials is not None and "query" in credentials
+        headers = {"Authorization": f"Bearer {token}"} if two else {}
+        with pytest.raises(InvalidStatus) as refused, connect(url, additional_headers=headers):
+            pass  # pragma: no cover - never accepted
     assert refused.value.response.status_code == status
     lines = stream.getvalue().splitlines()
     # Refused: the value is redacted. Taken from the query by the opt-in: removed, before

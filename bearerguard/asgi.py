@@ -140,6 +140,7 @@ async def _refuse_startup(receive: Receive, send: Send, unchecked: list[str]) ->
 
 async def _serve_metadata(resource: ProtectedResource, scope: Scope, send: Send) -> None:
     """Answer a request for the protected-resource metadata (RFC 9728 §3)."""
+    _redact_query_token(scope)  # served without a token check: still nothing to log
     status, headers, body = resource.response(scope["method"])
     raw = [(name.encode(), value.encode()) for name, value in headers]
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -218,7 +219,8 @@ def _redact_query_token(scope: Scope) -> None:
 
     uvicorn builds its log line from the scope once the app answers: the access log's for a
     plain request, ``uvicorn.error``'s for a websocket handshake (RFC 6750 §5.3). Only
-    refusals are redacted: a request let in keeps its query.
+    refusals and the metadata answers (which check no token) are redacted: a request let
+    in keeps its query.
     """
     query = scope.get("query_string", b"")
     # ASGI says bytes; Django's AsyncClient puts text there, which Django reads too.

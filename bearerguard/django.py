@@ -313,6 +313,7 @@ class BearerGuardMiddleware:
         resource = self.guard.protected_resource
         if resource is None or request.path_info not in resource.paths:
             return None
+        _redact_query_token(request)  # served without a token check: nothing to log
         status, headers, body = resource.response(request.method)
         response = HttpResponse(body, status=status)
         for name, value in headers:

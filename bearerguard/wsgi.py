@@ -288,6 +288,7 @@ class BearerGuardWSGIMiddleware:
         path = _path(environ)
         resource = guard.protected_resource
         if resource is not None and path in resource.paths:
+            _redact_query_token(environ)  # served without a token check: nothing to log
             status_code, headers, body = resource.response(str(environ.get("REQUEST_METHOD")))
             start_response(f"{status_code} {HTTPStatus(status_code).phrase}", headers)
             return [body]

@@ -813,3 +813,15 @@ def test_a_refused_query_token_stays_out_of_uvicorns_access_log(
         assert httpx.get(f"http://{base}/items?access_token={token}&a=1").status_code == 400
     assert token not in log.getvalue()
     assert '"GET /items?access_token=REDACTED&a=1 HTTP/1.1" 400' in log.getvalue()
+
+
+def test_the_metadata_answer_redacts_a_query_token(session_issuer: DevIssuer, kind: str) -> None:
+    # Answered without a token check (RFC 9728 §3); the server still logs the URL.
+    token = session_issuer.mint(sub="mia")
+    with configured(session_issuer.guard(audience=None, resource="https://api.example")):
+        answer = get(kind, f"/.well-known/oauth-protected-resource?access_token={token}")
+    assert answer.status_code == 200
+    if kind == "sync":
+        assert answer.wsgi_request.META["QUERY_STRING"] == "access_token=REDACTED"
+    else:
+        assert answer.asgi_request.scope["query_string"] == "access_token=REDACTED"

@@ -95,3 +95,20 @@ def test_a_query_token_with_a_header_token_is_redacted_too(
     assert response.status_code == 400
     assert token not in log.getvalue()
     assert "access_token=REDACTED" in log.getvalue()
+
+
+def test_the_metadata_answer_redacts_a_query_token_in_the_access_log(
+    session_issuer: DevIssuer,
+) -> None:
+    # The protected-resource metadata (RFC 9728 §3) is answered without a token check, so
+    # a token sent there in the query is no refusal; it is still nothing to log.
+    token = session_issuer.mint(sub="ann")
+    guard = session_issuer.guard(audience=None, resource="https://api.example")
+    app = BearerGuardMiddleware(Starlette(routes=[Route("/me", _echo)]), guard=guard)
+    with uvicorn_logging(app) as (base, log):
+        url = f"http://{base}/.well-known/oauth-protected-resource?access_token={token}"
+        assert httpx.get(url).status_code == 200
+    assert token not in log.getvalue()
+    assert [line.split('"')[1] for line in log.getvalue().splitlines()] == [
+        "GET /.well-known/oauth-protected-resource?access_token=REDACTED HTTP/1.1",
+    ]

@@ -870,3 +870,25 @@ def test_a_body_named_like_werkzeugs_is_still_iterated_with_the_token(
     guarded = BearerGuardWSGIMiddleware(app, guard=session_issuer.guard())
     status, _, body = call(guarded, HTTP_AUTHORIZATION=f"Bearer {session_issuer.mint(sub='ola')}")
     assert (status, body) == ("200 OK", b"ola")
+
+
+def test_the_metadata_answer_redacts_a_query_token_in_the_environ(
+    session_issuer: DevIssuer,
+) -> None:
+    # Answered without a token check (RFC 9728 §3), and logged from the environ after.
+    token = session_issuer.mint(sub="ola")
+    guard = session_issuer.guard(audience=None, resource="https://api.example")
+    app = BearerGuardWSGIMiddleware(hello_app, guard=guard)
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/.well-known/oauth-protected-resource",
+        "QUERY_STRING": f"access_token={token}",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.input": io.BytesIO(b""),
+        "SERVER_NAME": "t",
+        "SERVER_PORT": "80",
+    }
+    statuses: list[str] = []
+    b"".join(app(environ, lambda status, headers: statuses.append(status)))
+    assert statuses == ["200 OK"]
+    assert environ["QUERY_STRING"] == "access_token=REDACTED"

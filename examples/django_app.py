@@ -74,10 +74,12 @@ def create_app(the_guard: BearerGuard | None = None) -> WSGIHandler:
     """The Django WSGI application, its guard from the environment when omitted.
 
     Django loads the middleware here, under the settings above: ``BEARERGUARD`` is read,
-    and the guard imported, now.
+    and the guard imported, now. A guard from the environment fetches its keys then
+    (``WARM_UP``), so the first request does not wait for them.
     """
     global guard  # noqa: PLW0603 - the module attribute BEARERGUARD names
     guard = the_guard or guard_from_env()
+    settings.BEARERGUARD = {**settings.BEARERGUARD, "WARM_UP": the_guard is None}
     return get_wsgi_application()
 
 

@@ -302,3 +302,19 @@ def test_a_method_decorated_view_skips_the_fastapi_test_per_request(
         with pytest.raises(Exception, match="no verified token"):  # no middleware: no verdict
             view(RequestFactory().get("/items"))
     assert looked == []
+
+
+def test_the_django_example_warms_up_keys_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Run against a real issuer (its guard from ISSUER and AUDIENCE), the example fetches the
+    # key set while Django loads the middleware, as the WSGI example did before it.
+    from django.test import override_settings
+
+    with DevIssuer() as issuer:
+        monkeypatch.setenv("ISSUER", issuer.url)
+        monkeypatch.setenv("AUDIENCE", "https://api.example")
+        example = load("django_app")
+        with override_settings(MIDDLEWARE=example.MIDDLEWARE, BEARERGUARD=example.BEARERGUARD):
+            example.create_app()
+        assert issuer.requests == ["/.well-known/openid-configuration", "/jwks.json"]

@@ -188,6 +188,11 @@ def test_public_path_patterns_are_validated() -> None:
         "/static/%2E./me",
         "/health/..",
         "/static/.",
+        "/static/..\\me",
+        "/static/a\\..\\..\\me",
+        "/static/..%5cme",
+        "/static/..;x=1/me",
+        "/static/.;/app.js",
     ],
 )
 def test_a_dot_segment_never_matches_a_public_path(path: str) -> None:
@@ -198,7 +203,9 @@ def test_a_dot_segment_never_matches_a_public_path(path: str) -> None:
     assert path not in paths
 
 
-@pytest.mark.parametrize("path", ["/static/.well-known/x", "/static/..x/y", "/static/a.b"])
+@pytest.mark.parametrize(
+    "path", ["/static/.well-known/x", "/static/..x/y", "/static/a.b", "/static/a;v=1.js"]
+)
 def test_a_segment_merely_starting_with_a_dot_is_no_dot_segment(path: str) -> None:
     assert path in PublicPaths(["/static/*"])
 

@@ -50,9 +50,17 @@ def _has_dot_segment(path: str) -> bool:
     server may remove (RFC 3986 §5.2.4) to reach a path that is not public: fail closed.
 
     Percent-encoded dots count too (``%2e%2e``, RFC 3986 §2.3): a server or proxy that
-    decodes the path once more would see dots.
+    decodes the path once more would see dots. So do the spellings some servers read as
+    dot segments: a backslash (or ``%5c``) as the separator (IIS, and proxies normalising
+    for it), and a segment's ``;`` parameters (``..;``, Tomcat).
     """
-    # The common path has neither: two C-level scans, no split.
-    if path.find("/.") == -1 and path.find("%2") == -1:
+    # The common path has none of them: four C-level scans, no split.
+    if (
+        path.find("/.") == -1
+        and path.find("%2") == -1
+        and path.find("\\") == -1
+        and path.find("%5") == -1
+    ):
         return False
-    return any(segment.lower().replace("%2e", ".") in (".", "..") for segment in path.split("/"))
+    normal = path.lower().replace("%5c", "/").replace("\\", "/").replace("%2e", ".")
+    return any(segment.partition(";")[0] in (".", "..") for segment in normal.split("/"))

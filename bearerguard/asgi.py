@@ -224,13 +224,14 @@ def _redact_query_token(scope: Scope) -> None:
     """
     query = scope.get("query_string", b"")
     # ASGI says bytes; Django's AsyncClient puts text there, which Django reads too.
-    raw = query.encode("utf-8", "surrogateescape") if isinstance(query, str) else query
+    # surrogatepass takes any lone surrogate there and gives it back unchanged.
+    raw = query.encode("utf-8", "surrogatepass") if isinstance(query, str) else query
     if not isinstance(raw, bytes):
         return
     redacted = redact_query_token(raw)
     if redacted is not raw:
         text = isinstance(query, str)
-        scope["query_string"] = redacted.decode("utf-8", "surrogateescape") if text else redacted
+        scope["query_string"] = redacted.decode("utf-8", "surrogatepass") if text else redacted
 
 
 def _app_path(scope: Scope) -> str:

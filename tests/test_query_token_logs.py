@@ -112,3 +112,14 @@ def test_the_metadata_answer_redacts_a_query_token_in_the_access_log(
     assert [line.split('"')[1] for line in log.getvalue().splitlines()] == [
         "GET /.well-known/oauth-protected-resource?access_token=REDACTED HTTP/1.1",
     ]
+
+
+@pytest.mark.parametrize("other", [chr(0xDCFF), chr(0xD800), "é"])
+def test_a_text_query_with_any_surrogate_is_redacted_not_a_500(other: str) -> None:
+    # Django's AsyncClient puts text in scope["query_string"]; test code can put any
+    # surrogate there, not only the U+DC80-DCFF of surrogateescape.
+    from bearerguard.asgi import _redact_query_token
+
+    scope = {"query_string": f"q={other}&access_token=abc.def"}
+    _redact_query_token(scope)
+    assert scope["query_string"] == f"q={other}&access_token=REDACTED"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import io
 import statistics
 import sys
@@ -41,6 +42,7 @@ from benchmarks.apps import (
     PATH,
     SCOPE,
     Settings,
+    audit_processors,
     configure_audit_logging,
     fastapi_apps,
     starlette_apps,
@@ -427,6 +429,20 @@ def _cases(issuer: DevIssuer, settings: Settings, plan: Plan, token: str) -> lis
     def rsa_check() -> None:
         verify_signature(rsa_key, "RS256", signed, signature)
 
+    credentials = token.encode()
+
+    def sha256_token() -> None:
+        hashlib.sha256(credentials).digest()
+
+    def sha256_empty() -> None:
+        hashlib.sha256(b"").digest()
+
+    stamper = audit_processors()[3]  # the application's TimeStamper(fmt="iso", utc=True)
+    stamped: dict[str, Any] = {}
+
+    def timestamp() -> None:
+        stamper(None, "info", stamped)
+
     def pyjwt_decode() -> object:
         return jwt.decode(
             token,
@@ -585,6 +601,24 @@ def _cases(issuer: DevIssuer, settings: Settings, plan: Plan, token: str) -> lis
             "one token.accepted audit event alone (this run's structlog pipeline)",
             None,
             call=audit_event,
+        ),
+        CallCase(
+            "sha256_token",
+            "SHA-256 of the token (hashlib): what every cache hit, and the reference, pays",
+            None,
+            call=sha256_token,
+        ),
+        CallCase(
+            "sha256_empty",
+            "SHA-256 of nothing (hashlib): the fixed part, OpenSSL's set-up",
+            None,
+            call=sha256_empty,
+        ),
+        CallCase(
+            "timestamp",
+            "the application's TimeStamper(fmt='iso', utc=True) alone, one event's timestamp",
+            None,
+            call=timestamp,
         ),
         CallCase(
             "audit_event_stdlib",

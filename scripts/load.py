@@ -301,6 +301,9 @@ class Timeline:
 
     events: list[tuple[float, str]] = field(default_factory=list)
     propagation_ms: list[float] = field(default_factory=list)
+    """For each revocation, from the revoking call's return to the 401 (a round trip included)."""
+    late_accepts_ms: list[float] = field(default_factory=list)
+    """When each request that still got 200 was sent, after the revoking call returned."""
     attempts: list[int] = field(default_factory=list)
     """For each revocation, the requests it took to see a 401 (1: the very next one)."""
     revoked: list[str] = field(default_factory=list)
@@ -378,8 +381,10 @@ def side_activity(
                     attempt = 0
                     for attempt in range(1, 501):  # noqa: B007 - the count is the result
                         headers = {"Authorization": f"Bearer {token}"}
+                        sent_ms = (time.monotonic() - revoked_at) * 1000
                         if client.get(PATH, headers=headers).status_code == 401:
                             break
+                        timeline.late_accepts_ms.append(sent_ms)
                     timeline.propagation_ms.append((time.monotonic() - revoked_at) * 1000)
                     timeline.attempts.append(attempt)
                     timeline.revoked.append(token)
@@ -550,7 +555,12 @@ def saturation(run: Run, duration: int) -> str:
             f"call returned until a 401: at most {max(timeline.attempts)} (1 means the very "
             "next request was refused); from the call's return to that 401: "
             f"{min(timeline.propagation_ms):.1f} to {max(timeline.propagation_ms):.1f} ms "
-            "(one round trip through the saturated server).",
+            "(one round trip through the saturated server); still let in: "
+            + (
+                ", ".join(f"one sent {ms:.1f} ms after" for ms in timeline.late_accepts_ms)
+                or "none"
+            )
+            + ".",
         ]
     lines += ["", "The verifier's requests meanwhile (status × count):", ""]
     lines += [f"- {kind}: {_statuses(counter)}" for kind, counter in sorted(seen.items())]
@@ -559,10 +569,13 @@ def saturation(run: Run, duration: int) -> str:
         run.failures.append(f"wrongly accepted: {Counter(wrong)}")
     # The revocation is made by another process (an admin) and reaches the server's mirror by
     # pub/sub: the server may still answer one request in flight meanwhile. The promise is
-    # enforcement on every instance within 100 ms (docs/deployment.md).
-    if any(ms > PROPAGATION_BOUND_MS for ms in timeline.propagation_ms):
+    # enforcement on every instance within 100 ms (docs/deployment.md): no request sent later
+    # than that may be let in. When the request went out decides, not when its answer came
+    # back: on a busy machine one round trip through the saturated server can take longer.
+    if any(ms > PROPAGATION_BOUND_MS for ms in timeline.late_accepts_ms):
         run.failures.append(
-            f"a revoked token was accepted more than {PROPAGATION_BOUND_MS} ms after revocation"
+            f"a revoked token sent more than {PROPAGATION_BOUND_MS} ms after its revocation "
+            "was accepted"
         )
     if result.five_xx or result.socket_errors:
         run.failures.append("phase 1: 5xx or socket errors")

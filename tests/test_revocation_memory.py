@@ -147,6 +147,21 @@ async def test_full_store_refuses_rather_than_forgetting() -> None:
     assert await store.is_revoked(token(jti="b"))
 
 
+async def test_a_full_store_still_strengthens_an_entry_it_holds() -> None:
+    # Moving a held cut-off later (or a token's lapse) adds no entry: refusing it would
+    # leave the tokens issued since the first cut-off accepted.
+    clock = Clock()
+    store = MemoryRevocationStore(clock=clock, max_entries=2)
+    await store.revoke_subject("s1", clock.now - 3600)
+    await store.revoke_token("j9", expires_at=clock.now + 1000)
+    await store.revoke_subject("s1")
+    await store.revoke_token("j9", expires_at=clock.now + 2000)
+    assert len(store) == 2
+    assert await store.is_revoked(token(jti="other", iat=clock.now - 60))
+    with pytest.raises(RevocationStoreError):
+        await store.revoke_client("c9")  # a new entry is still refused
+
+
 async def test_lapsed_entries_are_forgotten_before_the_store_is_full() -> None:
     # Entries vanish once the tokens they cover would have expired: revoking five-minute
     # tokens all day keeps the last minutes' revocations, not every one (max_entries).

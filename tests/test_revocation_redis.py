@@ -758,6 +758,22 @@ async def test_a_full_mirror_stops_answering_rather_than_forget(
 
 
 @pytest.mark.anyio
+async def test_a_full_mirror_still_strengthens_an_entry_it_holds(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    # Moving a held cut-off later adds no entry: refusing it would leave the tokens issued
+    # since the first cut-off accepted.
+    small = stores(redis_server.url, namespace=redis_namespace, max_entries=2)
+    await small.start()
+    await small.revoke_subject("s1", time.time() - 3600)
+    await small.revoke_token("j1", time.time() + 60)
+    assert await small.revoke_subject("s1")
+    assert await small.is_revoked(token(jti="other"))
+    with pytest.raises(RevocationStoreError, match="max_entries"):
+        await small.revoke_client("c9")  # a new entry is still refused
+
+
+@pytest.mark.anyio
 async def test_an_unreadable_entry_fails_closed(
     redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
 ) -> None:

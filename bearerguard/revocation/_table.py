@@ -92,6 +92,12 @@ class RevocationTable:
                 cutoffs[key] = (max(cutoff, entry.cutoff), max(until, entry.until))
             self.version = next(_versions)
 
+    def holds(self, kind: Kind, issuer: str | None, name: str) -> bool:
+        """Whether an entry of ``kind`` is held under ``(issuer, name)``: writing it again
+        merges into that entry and takes no more room."""
+        entries = self.tokens if kind == "t" else self._cutoffs(kind)
+        return (issuer, name) in entries
+
     def _cutoffs(self, kind: Kind) -> dict[_Key, tuple[float, float]]:
         if kind == "s":
             return self.subjects

@@ -202,13 +202,19 @@ class MemoryRevocationStore:
 
     def _add(self, entry: Entry, now: float) -> None:
         table = self.table
+        # A held entry is merged into, not added: a full store still moves it later.
+        full = len(table) >= self._max_entries and not table.holds(*_key_of(entry))
         # Lapsed entries go on a write at least every _PRUNE_EVERY seconds, not only when the
         # table is full: the store holds the revocations of the last token lifetime.
-        if len(table) >= self._max_entries or now >= self._next_prune:
+        if full or now >= self._next_prune:
             table.prune(now)
             self._next_prune = now + _PRUNE_EVERY
-            if len(table) >= self._max_entries:
+            if len(table) >= self._max_entries and not table.holds(*_key_of(entry)):
                 raise RevocationStoreError(
                     f"memory store holds {self._max_entries} live revocations; raise max_entries"
                 )
         table.apply(entry)
+
+
+def _key_of(entry: Entry) -> tuple[Kind, str | None, str]:
+    return entry.kind, entry.issuer, entry.name

@@ -483,7 +483,7 @@ class RedisRevocationStore:
         check_target(name, issuer)
         if reason is not None and (not isinstance(reason, str) or len(reason) > _MAX_REASON):
             raise ValueError(f"reason must be a string of at most {_MAX_REASON} characters")
-        self._check_room(now)
+        self._check_room(now, kind, issuer, name)
         argv: list[str | int] = [
             self._layout.channel,
             to_ms(until),
@@ -492,9 +492,14 @@ class RedisRevocationStore:
         ]
         return _Write(self._layout.key(kind, issuer, name), argv, until)
 
-    def _check_room(self, now: float) -> None:
+    def _check_room(self, now: float, kind: Kind, issuer: str | None, name: str) -> None:
         mirror = self._mirror
-        if mirror is None or len(mirror.table) < self._max_entries:
+        # A held entry is merged into, not added: a full mirror still moves it later.
+        if (
+            mirror is None
+            or len(mirror.table) < self._max_entries
+            or mirror.table.holds(kind, issuer, name)
+        ):
             return
         mirror.table.prune(now)
         if len(mirror.table) >= self._max_entries:

@@ -112,6 +112,10 @@ def test_a_query_without_a_token_is_returned_as_it_is() -> None:
         (b"Bearer a, Bearer b", [b"Bearer a", b"Bearer b"]),
         (b"Basic x, Bearer y", [b"Basic x", b"Bearer y"]),
         (b'Digest realm="r", nonce="n"', [b'Digest realm="r", nonce="n"']),
+        # A comma inside a quoted-string separates nothing (RFC 9110 §5.6.4), whatever follows.
+        (b'Digest username="Doe, John Q"', [b'Digest username="Doe, John Q"']),
+        (b'Digest realm="a\\\\", Bearer b', [b'Digest realm="a\\\\"', b"Bearer b"]),
+        (b'Digest realm="a\\", b c", Bearer d', [b'Digest realm="a\\", b c"', b"Bearer d"]),
         (b"Bearer a,b,c, Basic d", [b"Bearer a,b,c", b"Basic d"]),
     ],
 )

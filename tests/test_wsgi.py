@@ -81,6 +81,7 @@ def test_a_percent_encoded_access_token_name_is_a_query_token(session_issuer: De
         ("Bearer {expired}, Basic dXNlcjpwYXNz", "400 Bad Request"),
         ("Basic dXNlcjpwYXNz", "200 OK"),  # not Bearer: no credentials, a public path
         ('Digest username="u", realm="a, b", nonce="n"', "200 OK"),  # one value, with commas
+        ('Digest username="Doe, John Q", realm="r"', "200 OK"),  # a quoted comma, then words
     ],
 )
 def test_joined_values_are_split_back_as_over_asgi(

@@ -41,24 +41,33 @@ _B64TOKEN_CHARS = (string.ascii_letters + string.digits + "-._~+/").encode()
 # joined with commas, a part starting with a scheme and a space opens new credentials; an
 # auth-param ("name=value", as in Digest) continues the previous ones.
 _NEW_CREDENTIALS = re.compile(rb"[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+ +[^ =]")
+_QUOTED_PAIR = re.compile(rb"\\.", re.DOTALL)
 
 
 def split_joined_values(value: bytes) -> list[bytes]:
     """The ``Authorization`` values a WSGI server joined into one with commas (RFC 9110 §5.3).
 
     ``Bearer a, Bearer b`` and ``Basic x, Bearer y`` are two values, as two headers are over
-    ASGI; ``Digest realm="r", nonce="n"`` stays one.
+    ASGI; ``Digest realm="r", nonce="n"`` and ``Digest username="Doe, John Q"`` stay one.
     """
     if value.find(b",") == -1:
         return [value]
     # Each value's parts are joined once: appending part by part copied the value so far
     # each time, quadratic in a long header (waitress takes 256 KB of them).
     values: list[list[bytes]] = []
+    # RFC 9110 §5.6.4: a comma inside a quoted-string separates nothing. Merging parts never
+    # makes credentials acceptable: a Bearer value with a comma is no b64token.
+    quotes = value.find(b'"') != -1
+    quoted = False  # the value so far ends inside a quoted-string
     for part in value.split(b","):
-        if values and not _NEW_CREDENTIALS.match(part):
+        if values and (quoted or not _NEW_CREDENTIALS.match(part)):
             values[-1].append(part)
         else:
             values.append([part.strip(b" \t")])
+        if quotes and part.find(b'"') != -1:  # its quotes, less escaped ones (quoted-pair)
+            if part.find(b"\\") != -1:
+                part = _QUOTED_PAIR.sub(b"", part)  # noqa: PLW2901 - only its quotes count
+            quoted ^= part.count(b'"') % 2 == 1
     return [b",".join(parts) for parts in values]
 
 

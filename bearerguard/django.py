@@ -75,7 +75,9 @@ def _guard_of(named: object) -> BearerGuard | TrustedIssuers:
     if isinstance(named, str):
         try:
             found = import_string(named)
-        except ImportError as exc:
+        # A relative path (".auth.guard") is importlib's TypeError, an empty module its
+        # ValueError: the same mistake in the setting as a module that is not there.
+        except (ImportError, TypeError, ValueError) as exc:
             raise _refused(f"cannot import GUARD {named!r}: {exc}") from exc
     if not isinstance(found, BearerGuard | TrustedIssuers):
         raise _refused(

@@ -434,6 +434,8 @@ def test_listed_twice_audits_once(
         (None, "BEARERGUARD: missing"),
         ({}, "GUARD"),
         ({"GUARD": "no_such_module_here.guard"}, "cannot import"),
+        ({"GUARD": ".auth.guard"}, "cannot import"),  # relative: importlib's TypeError
+        ({"GUARD": ".guard"}, "cannot import"),  # no module: importlib's ValueError
         ({"GUARD": f"{__name__}.health"}, "not a BearerGuard"),
         ({"GUARD": 42}, "not a BearerGuard"),
         ({"GUARD": f"{__name__}.guard", "PUBLIC_PATH": ["/health"]}, "PUBLIC_PATH"),

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import heapq
 import hmac
+import math
 import re
 import secrets
 import struct
@@ -442,8 +443,8 @@ class NonceIssuer:
     def __init__(self, *, secret: bytes | None = None, lifetime: float = 300.0) -> None:
         if secret is not None and len(secret) < 32:
             raise ConfigurationError("the nonce secret must be at least 32 bytes")
-        if lifetime <= 0:
-            raise ConfigurationError("lifetime must be positive")
+        if not 0 < lifetime < math.inf:  # NaN fails too
+            raise ConfigurationError("lifetime must be positive and finite")
         self._secret = secret or secrets.token_bytes(32)
         self.lifetime = lifetime
 
@@ -514,8 +515,11 @@ class DPoPPolicy:
             raise ConfigurationError(
                 f"DPoP algorithms must be asymmetric JWS algorithms: {sorted(allowed)}"
             )
-        if self.iat_window <= 0 or self.leeway < 0:
-            raise ConfigurationError("iat_window must be positive and leeway not negative")
+        # NaN fails too: it would pass every iat as fresh and every jti as new (RFC 9449 §11.1).
+        if not (0 < self.iat_window < math.inf and 0 <= self.leeway < math.inf):
+            raise ConfigurationError(
+                "iat_window must be positive and leeway not negative, both finite"
+            )
         if not isinstance(self.replay, DPoPReplayStore):
             raise ConfigurationError("replay must be a DPoPReplayStore")
         if self.external_url is not None:

@@ -558,6 +558,9 @@ def test_nonces() -> None:
         NonceIssuer(secret=b"short")
     with pytest.raises(ConfigurationError):
         NonceIssuer(lifetime=0)
+    for lifetime in (float("nan"), float("inf")):
+        with pytest.raises(ConfigurationError):
+            NonceIssuer(lifetime=lifetime)
 
 
 @pytest.mark.parametrize(
@@ -568,6 +571,11 @@ def test_nonces() -> None:
         {"algorithms": []},
         {"iat_window": 0},
         {"leeway": -1},
+        # NaN passes any comparison: it would switch off the iat window and replay detection.
+        {"iat_window": float("nan")},
+        {"iat_window": float("inf")},
+        {"leeway": float("nan")},
+        {"leeway": float("inf")},
         {"replay": object()},
         {"external_url": "ftp://x"},
         # RFC 9449 §4.3 step 9: a path appended after "?" or "#" would not be compared.

@@ -133,6 +133,11 @@ def test_policy_ttl_is_clamped(max_age: float | None, ttl: float) -> None:
         {"cooldown": math.nan},
         {"max_stale": math.nan},
         {"max_ttl": math.nan},
+        # An infinite freshness is how static keys are told apart: a fetched set given one
+        # was never fetched again, not even for a kid it lacks (a rotation) or to drop a
+        # withdrawn key.
+        {"default_ttl": math.inf, "max_ttl": math.inf},
+        {"min_ttl": math.inf, "default_ttl": math.inf, "max_ttl": math.inf},
     ],
 )
 def test_policy_refuses_inconsistent_bounds(options: dict[str, float]) -> None:
@@ -144,6 +149,15 @@ def test_policy_defaults_are_consistent() -> None:
     policy = RefreshPolicy()
     assert policy.min_ttl <= policy.default_ttl <= policy.max_ttl
     assert RefreshPolicy(cooldown=0, max_stale=0).cooldown == 0
+
+
+def test_an_unbounded_max_ttl_still_refreshes_for_an_unknown_kid() -> None:
+    # The server's max-age is finite (at most 2**31 s): so is the freshness it is granted.
+    cache = KeyCache(RefreshPolicy(max_ttl=math.inf))
+    cache.record_attempt(T0)
+    cache.record_success(_keys("a"), T0, ttl_from_cache_control("max-age=99999999999999"))
+    assert cache.fresh_until < math.inf
+    assert cache.may_refresh_for_unknown_kid(T0 + 30)
 
 
 # -- KeyCache: cold -----------------------------------------------------------------------

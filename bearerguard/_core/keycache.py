@@ -14,6 +14,7 @@ The rules:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -34,7 +35,7 @@ class RefreshPolicy:
     """How long key sets are trusted and how often they may be fetched.
 
     Args:
-        default_ttl: freshness when the response has no usable ``Cache-Control``.
+        default_ttl: freshness when the response has no usable ``Cache-Control``; finite.
         min_ttl: the least freshness granted, whatever the server says.
         max_ttl: the most freshness granted, whatever the server says.
         cooldown: the least time between two fetches triggered by unknown kids or failures.
@@ -48,8 +49,13 @@ class RefreshPolicy:
     max_stale: float = 86_400.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.min_ttl <= self.default_ttl <= self.max_ttl:
-            raise ConfigurationError("key set TTLs must satisfy 0 < min <= default <= max")
+        # default_ttl finite (min_ttl then too): an infinite freshness marks static keys,
+        # and a fetched set given one was never fetched again, not even for a kid it lacks.
+        # max_ttl may be infinite: a server's max-age is at most 2**31 s.
+        if not 0 < self.min_ttl <= self.default_ttl <= self.max_ttl or math.isinf(self.default_ttl):
+            raise ConfigurationError(
+                "key set TTLs must satisfy 0 < min <= default <= max, default finite"
+            )
         # Written so that NaN fails too: it compares false with everything, and a NaN
         # cooldown would let every request fetch.
         if not (self.cooldown >= 0 and self.max_stale >= 0):

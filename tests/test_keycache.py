@@ -62,6 +62,11 @@ def _fetched(now: float = T0, max_age: float | None = None) -> KeyCache:
         ("max-age=86400, max-age=60", 0.0),
         ("s-maxage=60, s-maxage=86400", 0.0),
         ("max-age=60, max-age=60", 60.0),
+        # RFC 9111 §1.2.2: delta-seconds is any run of digits, leading zeros included, and
+        # one too large to represent is 2**31 seconds.
+        ("max-age=0000000000600", 600.0),
+        ("max-age=12345678901", 2.0**31),
+        ("max-age=" + "9" * 5000, 2.0**31),
         # RFC 9111 §5.2.2.10: beside max-age, s-maxage is ignored, conflicting or not.
         ("max-age=600, s-maxage=60, s-maxage=86400", 600.0),
     ],
@@ -83,6 +88,7 @@ def test_ttl_from_cache_control(header: str | None, expected: float | None) -> N
         # RFC 9111 §1.2.2: an Age too large to represent is 2**31 seconds, not unsaid.
         ("max-age=3600", "99999999999", 0.0),
         ("max-age=3600", "9" * 5000, 0.0),
+        ("max-age=3600", "0000000000060", 3540.0),
         ("public", "100", None),
         ("no-store", "100", 0.0),
     ],

@@ -23,7 +23,7 @@ from bearerguard.errors import ConfigurationError
 
 __all__ = ["KeyCache", "RefreshPolicy", "ttl_from_cache_control"]
 
-_MAX_AGE = re.compile(r"(?:^|[,\s])(s-maxage|max-age)\s*=\s*\"?(\d{1,10})\"?", re.IGNORECASE)
+_MAX_AGE = re.compile(r"(?:^|[,\s])(s-maxage|max-age)\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
 _AGE = re.compile(r"\d+")  # RFC 9111 §5.1: delta-seconds
 # RFC 9111 §1.2.2: delta-seconds too large to represent count as 2**31, never as unsaid.
 _MAX_DELTA_SECONDS = 2**31
@@ -69,8 +69,10 @@ class RefreshPolicy:
 
 def _delta_seconds(digits: str) -> int:
     """A delta-seconds value, at most 2**31 (RFC 9111 §1.2.2)."""
-    # The length first: int() refuses strings of over 4300 digits.
-    return _MAX_DELTA_SECONDS if len(digits) > 10 else min(int(digits), _MAX_DELTA_SECONDS)
+    # The length first (int() refuses strings of over 4300 digits), of the value: leading
+    # zeros count for nothing.
+    digits = digits.lstrip("0")
+    return _MAX_DELTA_SECONDS if len(digits) > 10 else min(int(digits or "0"), _MAX_DELTA_SECONDS)
 
 
 def ttl_from_cache_control(value: str | None, age: str | None = None) -> float | None:
@@ -86,7 +88,7 @@ def ttl_from_cache_control(value: str | None, age: str | None = None) -> float |
     found: dict[str, float] = {}
     conflicting: set[str] = set()
     for name, seconds in _MAX_AGE.findall(value):
-        said = float(seconds)
+        said = float(_delta_seconds(seconds))
         if found.setdefault(name.lower(), said) != said:
             conflicting.add(name.lower())
     # RFC 9111 §5.2.2.10: s-maxage is for shared caches; ours is private, so max-age wins

@@ -202,6 +202,11 @@ def _still_chosen(keys: KeySet, entry: Verified) -> bool:
     return entry.key in keys.keys_for(token.key_id, token.algorithm)
 
 
+def _oversized(credentials: bytes, max_bytes: int) -> MalformedTokenError:
+    """The error extraction raises for a token longer than ``max_token_bytes``."""
+    return MalformedTokenError(f"token of {len(credentials)} bytes exceeds {max_bytes}")
+
+
 def _fingerprint(digest: bytes) -> str:
     return digest[:8].hex()
 
@@ -785,6 +790,8 @@ class BearerGuard:
             verified = self._cached(digest)
             if verified is not None:
                 access = verified.token
+            elif len(credentials) > self.max_token_bytes:  # as extraction: before decoding
+                raise _oversized(credentials, self.max_token_bytes)
             elif self._introspector is not None and not looks_compact(
                 text := check_b64token(credentials)
             ):
@@ -851,6 +858,8 @@ class BearerGuard:
             verified = self._cached(digest)
             if verified is not None:
                 access = verified.token
+            elif len(credentials) > self.max_token_bytes:  # as extraction: before decoding
+                raise _oversized(credentials, self.max_token_bytes)
             elif self._introspector is not None and not looks_compact(
                 text := check_b64token(credentials)
             ):

@@ -492,3 +492,19 @@ async def test_async_kid_miss_waits_for_a_threads_fetch_instead_of_fetching(
             await guard.authenticate(issuer.sign(issuer.claims(), headers={"kid": kid}))
     assert issuer.fetch_count() == 1  # the warm-up's only: one fetch per cooldown
     assert time.monotonic() - started >= 0.15  # the first waited for the thread's fetch
+
+
+async def test_a_direct_call_refuses_a_token_over_max_token_bytes(
+    session_issuer: DevIssuer,
+) -> None:
+    # As the middlewares' extraction does: refused before any decoding, valid or not.
+    guard = session_issuer.guard(in_process=True, max_token_bytes=256)
+    valid = session_issuer.mint(sub="big")
+    assert len(valid) > 256
+    for token in (valid, valid.encode(), "a" * 10_000_000):
+        with pytest.raises(MalformedTokenError, match="exceeds 256"):
+            await guard.authenticate(token)
+        with pytest.raises(MalformedTokenError, match="exceeds 256"):
+            guard.authenticate_sync(token)
+    roomy = session_issuer.guard(in_process=True)
+    assert (await roomy.authenticate(valid)).subject == "big"

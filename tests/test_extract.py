@@ -25,6 +25,9 @@ from bearerguard.errors import InvalidRequestError, MalformedTokenError
         ([b"Basic dXNlcjpwYXNz"], None),
         ([b"DPoP abc"], None),
         ([b"Bearerabc"], None),
+        # Trailing OWS is no part of the field value (RFC 9110 §5.5); not every server strips it.
+        ([b"Bearer abc "], "abc"),
+        ([b"Bearer abc \t"], "abc"),
     ],
 )
 def test_extracts_or_ignores(values: list[bytes], expected: str | None) -> None:
@@ -43,6 +46,8 @@ def test_extracts_or_ignores(values: list[bytes], expected: str | None) -> None:
         [b"Bearer a=b"],
         [b"Bearer \xff\xfe"],
         [b"Bearer a\tb"],
+        [b"Bearer \t"],
+        [b"Bearer abc\r\n"],
     ],
 )
 def test_malformed_credentials_are_invalid_request(values: list[bytes]) -> None:

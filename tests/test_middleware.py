@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from bearerguard.asgi import BearerGuardMiddleware, PublicPaths
 from bearerguard.errors import ConfigurationError
 from bearerguard.testing import DevIssuer
 from tests.apps import build_app
+from tests.helpers import uvicorn_logging
 
 pytestmark = pytest.mark.anyio
 
@@ -81,6 +83,24 @@ async def test_lowercase_scheme_and_extra_spaces(
         "/me", headers={"Authorization": f"bearer   {session_issuer.mint()}"}
     )
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize("ows", [b" ", b"\t", b" \t "])
+def test_trailing_white_space_after_the_token_is_no_part_of_it(
+    guard: BearerGuard, session_issuer: DevIssuer, ows: bytes
+) -> None:
+    # RFC 9110 §5.5: OWS around a field value is no part of it. uvicorn's httptools parser
+    # (its default with uvicorn[standard]) passes it on, where h11 strips it: 400 there.
+    head = b"GET /me HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n"
+    value = b"Bearer " + session_issuer.mint().encode() + ows
+    with uvicorn_logging(build_app(guard)) as (address, _):
+        host, _, port = address.partition(":")
+        with socket.create_connection((host, int(port)), timeout=10) as connection:
+            connection.sendall(head + b"Authorization: " + value + b"\r\n\r\n")
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+    assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 200 OK", answer
 
 
 async def test_two_authorization_headers_are_invalid_request(

@@ -240,7 +240,7 @@ def test_extract_bearer_refuses_cleanly_and_returns_only_a_b64token(
     assert len(values) == 1
     scheme, _, rest = values[0].partition(b" ")
     assert scheme.lower() == b"bearer"
-    assert rest.lstrip(b" ") == token.encode("ascii")
+    assert rest.lstrip(b" ").rstrip(b" \t") == token.encode("ascii")
     assert is_b64token(token)
     assert len(token) <= max_bytes
 
@@ -544,7 +544,8 @@ def test_validate_claims_over_arbitrary_dicts(claims: dict[str, Any], policy: Cl
 # -- (4) the middleware -----------------------------------------------------------------------
 
 OK_BODY = b"protected"
-BEARER_VALUE = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +(.+)", re.DOTALL)
+# The token: what follows the scheme, less trailing OWS (no part of the value, RFC 9110 §5.5).
+BEARER_VALUE = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +(.+?)[ \t]*", re.DOTALL)
 
 
 async def protected_app(scope: Scope, receive: Receive, send: Send) -> None:

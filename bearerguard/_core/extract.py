@@ -91,9 +91,10 @@ def bearer_credentials(
     scheme, _, credentials = values[0].partition(b" ")
     if scheme.lower() != b"bearer":
         return None
-    # RFC 6750 §2.1 allows 1*SP between the scheme and the token; the server already strips
-    # optional white space around the field value (RFC 9110 §5.5).
-    credentials = credentials.lstrip(b" ")
+    # RFC 6750 §2.1 allows 1*SP between the scheme and the token. Trailing OWS is no part of
+    # the field value (RFC 9110 §5.5), yet not every server strips it (uvicorn's httptools
+    # parser passes "Bearer <token> \t" on as it came).
+    credentials = credentials.lstrip(b" ").rstrip(b" \t")
     if len(credentials) > max_bytes:
         raise MalformedTokenError(f"token of {len(credentials)} bytes exceeds {max_bytes}")
     if not credentials:

@@ -715,3 +715,131 @@ async def test_control_middleware_accepts_every_genuine_token(target: Target) ->
         outcome = await target.call(values)
         assert outcome.status == 200
         target.check(values, b"", outcome)
+
+
+# -- (5) the cache-hit fast path against the general path -------------------------------------
+
+
+class Differential:
+    """One middleware whose guard reuses verified tokens (the cache-hit fast path), one whose
+    guard caches nothing (every request takes the general path): same issuer, same rules."""
+
+    PUBLIC = ("/public", "/static/*")
+
+    def __init__(self, issuer: DevIssuer) -> None:
+        self.tokens = (issuer.mint(scopes=["read"]), issuer.mint(algorithm="ES256", sub="ec"))
+        self.warm_guard = issuer.guard()
+        self.warm = BearerGuardMiddleware(
+            self._app, guard=self.warm_guard, public_paths=self.PUBLIC
+        )
+        self.cold = BearerGuardMiddleware(
+            self._app, guard=issuer.guard(cache_size=0), public_paths=self.PUBLIC
+        )
+
+    @staticmethod
+    async def _app(scope: Scope, receive: Receive, send: Send) -> None:
+        # The app answers with what the middleware put in the scope for it.
+        auth = scope.get("auth")
+        body = repr((getattr(auth, "scopes", None), scope["user"].is_authenticated)).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    async def call(
+        self,
+        app: BearerGuardMiddleware,
+        headers: list[tuple[bytes, bytes]],
+        path: str,
+        query: bytes,
+    ) -> tuple[int, bytes, list[tuple[Any, ...]]]:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query,
+            "root_path": "",
+            "headers": [(b"host", b"testserver"), *headers],
+            "client": ("127.0.0.1", 50000),
+        }
+        messages: list[MutableMapping[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            messages.append(message)
+
+        with capture_logs() as events:
+            await app(scope, receive, send)
+        seen = [
+            (e["event"], e.get("reason"), e.get("status"), e.get("request_id"), e.get("path"))
+            for e in events
+        ]
+        return messages[0]["status"], messages[1]["body"], seen
+
+
+@pytest.fixture(scope="module")
+def differential(session_issuer: DevIssuer) -> Differential:
+    return Differential(session_issuer)
+
+
+def _authorization(tokens: tuple[str, ...]) -> st.SearchStrategy[bytes]:
+    """Header values around the genuine tokens: spellings of the scheme, white space and
+    junk on either side, or arbitrary bytes."""
+    return st.one_of(
+        st.builds(
+            lambda scheme, token, suffix: scheme + token.encode() + suffix,
+            st.sampled_from([b"Bearer ", b"bearer ", b"Bearer  ", b"BEARER ", b"Bearer\t", b""]),
+            st.sampled_from(tokens),
+            st.sampled_from([b"", b" ", b"\t", b"=", b"x", b"\x00", b", Bearer x", b"\r\n"]),
+        ),
+        header_values,
+    )
+
+
+@pytest.mark.anyio
+@settings(MIDDLEWARE_PROFILE)
+@given(data=st.data())
+async def test_the_fast_path_answers_as_the_general_path(
+    differential: Differential, data: st.DataObject
+) -> None:
+    """Whatever the request, a guard serving cache hits answers it as one without a cache:
+    same status and body, same audit events (the fast path never accepts what the general
+    path refuses)."""
+    names = st.sampled_from([b"authorization", b"Authorization", b"x-request-id", b"x-other"])
+    headers = data.draw(
+        st.lists(
+            st.tuples(names, _authorization(differential.tokens) | st.binary(max_size=8)),
+            max_size=4,
+        )
+    )
+    path = data.draw(
+        st.sampled_from(["/me", "/public", "/static/a", "/static/../me", "/public/x", "/"])
+    )
+    query = data.draw(
+        st.sampled_from(
+            [b"", b"a=1", b"access_token=x", b"access%5Ftoken=x", b"a=%41", b"x=access_token"]
+        )
+    )
+    for token in differential.tokens:  # every genuine token is a cache hit for the warm one
+        await differential.call(
+            differential.warm, [(b"authorization", b"Bearer " + token.encode())], "/me", b""
+        )
+    warm = await differential.call(differential.warm, headers, path, query)
+    cold = await differential.call(differential.cold, headers, path, query)
+    event(f"status {warm[0]}")
+    assert warm == cold
+
+
+@pytest.mark.anyio
+async def test_control_the_warm_guard_serves_genuine_tokens_from_its_cache(
+    differential: Differential,
+) -> None:
+    """The comparison above is meaningful only if the warm guard's hits take the fast path."""
+    for token in differential.tokens:
+        value = b"Bearer " + token.encode()
+        await differential.call(differential.warm, [(b"authorization", value)], "/me", b"")
+        assert differential.warm_guard.reused(token.encode()) is not None

@@ -874,7 +874,7 @@ def test_unbound_token_with_the_dpop_scheme_is_refused(
 
 
 def test_dpop_scheme_errors_in_the_header(call: Client) -> None:
-    for value in ("DPoP", "DPoP  ", "DPoP a b"):
+    for value in ("DPoP", "DPoP  ", "DPoP a b", "DPoP\t"):  # trailing OWS: RFC 9110 §5.5
         response = call("GET", "/me", headers={"Authorization": value})
         assert response.status_code == 400, value
         assert 'error="invalid_request"' in challenge(response).split("DPoP realm=")[1]

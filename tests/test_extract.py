@@ -47,6 +47,7 @@ def test_extracts_or_ignores(values: list[bytes], expected: str | None) -> None:
         [b"Bearer \xff\xfe"],
         [b"Bearer a\tb"],
         [b"Bearer \t"],
+        [b"Bearer\t"],
         [b"Bearer abc\r\n"],
     ],
 )

@@ -88,13 +88,13 @@ def bearer_credentials(
         return None
     if len(values) > 1:
         raise InvalidRequestError("several Authorization headers")
-    scheme, _, credentials = values[0].partition(b" ")
+    # Trailing OWS is no part of the field value (RFC 9110 §5.5), yet not every server strips
+    # it: uvicorn's httptools parser passes "Bearer <token> \t" on as it came.
+    scheme, _, credentials = values[0].rstrip(b" \t").partition(b" ")
     if scheme.lower() != b"bearer":
         return None
-    # RFC 6750 §2.1 allows 1*SP between the scheme and the token. Trailing OWS is no part of
-    # the field value (RFC 9110 §5.5), yet not every server strips it (uvicorn's httptools
-    # parser passes "Bearer <token> \t" on as it came).
-    credentials = credentials.lstrip(b" ").rstrip(b" \t")
+    # RFC 6750 §2.1 allows 1*SP between the scheme and the token.
+    credentials = credentials.lstrip(b" ")
     if len(credentials) > max_bytes:
         raise MalformedTokenError(f"token of {len(credentials)} bytes exceeds {max_bytes}")
     if not credentials:
@@ -236,7 +236,7 @@ def request_dpop_credentials(
             exc.binding = "dpop"
             raise
         return credentials, "dpop"
-    if len(authorization) == 1 and authorization[0].lower() == b"dpop":
+    if len(authorization) == 1 and authorization[0].rstrip(b" \t").lower() == b"dpop":
         error = InvalidRequestError("DPoP without credentials")
         error.binding = "dpop"
         raise error

@@ -599,7 +599,9 @@ def dpop_request(  # noqa: PLR0917 - one call site per middleware
     """
     return DPoPRequest(
         scheme,
-        tuple(value.decode("latin-1") for value in proofs),
+        # RFC 9110 §5.5: a field's leading and trailing white space is no part of its value
+        # (uvicorn's httptools parser passes trailing white space on).
+        tuple(value.strip(b" \t").decode("latin-1") for value in proofs),
         method,
         policy.request_url(url_scheme, host, _escaped_path(path, raw_path)),
     )

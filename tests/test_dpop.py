@@ -45,6 +45,7 @@ from bearerguard.dpop import (
     NonceIssuer,
     RedisDPoPReplayStore,
     _member,
+    dpop_request,
 )
 from bearerguard.errors import ConfigurationError, InvalidDPoPProofError, ReplayStoreError
 from bearerguard.revocation.memory import MemoryRevocationStore
@@ -1740,3 +1741,19 @@ def test_an_escaped_slash_matches_the_url_the_client_requested(
         assert (
             flask_client.get(path, headers=other, base_url="http://testserver").status_code == 401
         )
+
+
+@pytest.mark.anyio
+async def test_trailing_white_space_after_a_proof_is_no_part_of_it(
+    session_issuer: DevIssuer, holder: Holder
+) -> None:
+    # RFC 9110 §5.5: uvicorn's httptools parser passes a field's trailing white space on.
+    policy = DPoPPolicy()
+    guard = session_issuer.guard(in_process=True, dpop=policy)
+    token = bound(session_issuer, holder)
+    proof = holder.proof(token)
+    request = dpop_request(
+        policy, "dpop", [proof.encode() + b" \t"], "GET", "http", "testserver", b"/me"
+    )
+    assert request.proofs == (proof,)
+    assert (await guard.authenticate(token, dpop=request)).subject == "user-1"

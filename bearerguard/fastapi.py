@@ -57,7 +57,7 @@ try:
     from fastapi.security.base import SecurityBase
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "bearerguard.fastapi needs FastAPI: pip install fastapi (or bearerguard[dev])"
+        "bearerguard.fastapi needs FastAPI: pip install 'bearerguard[fastapi]'"
     ) from exc
 from starlette._utils import get_route_path
 from starlette.datastructures import URLPath

@@ -1,4 +1,4 @@
-"""What a user installs: the extras the code and docs name exist."""
+"""What a user installs: the extras the code and docs name exist, and the license ships."""
 
 from __future__ import annotations
 
@@ -41,3 +41,14 @@ def test_a_framework_module_without_its_framework_names_its_extra(
     assert f"ImportError: {module} needs" in result.stderr
     assert f"pip install 'bearerguard[{extra}]'" in result.stderr
     assert extra in _extras()
+
+
+def test_the_license_text_ships_with_the_package() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"
+    # hatchling puts LICENSE* files into the wheel and the sdist (PEP 639 License-File);
+    # the MIT license asks for its notice in every copy.
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License\n")
+    assert "Permission is hereby granted, free of charge" in text

@@ -1,4 +1,5 @@
-"""What a user installs: the extras the code and docs name exist, and the license ships."""
+"""What a user installs: the extras the code and docs name exist, the license ships, and the
+dev extra installs from wheels on every supported Python."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 _EXTRA = re.compile(r"bearerguard\[([a-z0-9_-]+)\]")
@@ -51,3 +53,27 @@ def test_the_license_text_ships_with_the_package() -> None:
     text = (ROOT / "LICENSE").read_text()
     assert text.startswith("MIT License\n")
     assert "Permission is hereby granted, free of charge" in text
+
+
+@pytest.mark.parametrize(
+    ("python", "wheel", "sdist_only"), [("3.10", "2.3.0", "3.0.0"), ("3.13", "3.1.0", None)]
+)
+def test_the_dev_extra_asks_for_an_atheris_with_a_wheel(
+    python: str, wheel: str, sdist_only: str | None
+) -> None:
+    # scripts/dev.py installs the dev extra for the README's commands. atheris 3.x has no
+    # CPython 3.10 wheel, and building its sdist needs clang with libFuzzer: on 3.10, pip
+    # picked 3.0.0's sdist over 2.3.0's wheel and the install failed.
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    environment = {"python_version": python, "sys_platform": "linux"}
+    environment |= {"platform_machine": "x86_64", "extra": "dev"}
+    wanted = [
+        Requirement(line)
+        for line in project["optional-dependencies"]["dev"]
+        if Requirement(line).name == "atheris"
+    ]
+    applying = [req for req in wanted if req.marker is None or req.marker.evaluate(environment)]
+    assert len(applying) == 1, applying
+    assert wheel in applying[0].specifier
+    assert sdist_only is None or sdist_only not in applying[0].specifier

@@ -257,6 +257,14 @@ def _full_path(scope: Scope) -> str:
     return str(path if not root or path.startswith(root) else root + path)
 
 
+def _path_bytes(path: str) -> bytes:
+    """The path as bytes: a server's surrogate escapes give back their bytes."""
+    try:
+        return path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate no server decodes: no htu can match it
+        return path.encode("utf-8", "surrogatepass")
+
+
 def _host(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"host":
@@ -312,7 +320,7 @@ def _dpop_request(
         scope.get("method", "GET"),
         url_scheme,
         _host(scope),
-        _full_path(scope).encode("utf-8", "surrogateescape"),
+        _path_bytes(_full_path(scope)),
         scope.get("raw_path"),
     )
 
@@ -554,7 +562,7 @@ class BearerGuardMiddleware:
                 {"type": "http.response.start", "status": refusal.status, "headers": headers}
             )
             await send({"type": "http.response.body", "body": refusal.body})
-        elif "websocket.http.response" in scope.get("extensions", {}):
+        elif "websocket.http.response" in (scope.get("extensions") or {}):
             await send(
                 {
                     "type": "websocket.http.response.start",

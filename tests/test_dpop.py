@@ -1757,3 +1757,41 @@ async def test_trailing_white_space_after_a_proof_is_no_part_of_it(
     )
     assert request.proofs == (proof,)
     assert (await guard.authenticate(token, dpop=request)).subject == "user-1"
+
+
+@pytest.mark.anyio
+async def test_a_path_no_utf_8_can_hold_is_refused_not_a_500(
+    session_issuer: DevIssuer, holder: Holder
+) -> None:
+    # A lone surrogate outside surrogateescape's range: no real server decodes one, yet the
+    # answer is still a refusal with its audit event (the proof's htu cannot match it).
+    app = build_app(session_issuer.guard(in_process=True, dpop=DPoPPolicy()))
+    token = bound(session_issuer, holder)
+    headers = [
+        (b"authorization", f"DPoP {token}".encode()),
+        (b"dpop", holder.proof(token).encode()),
+    ]
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/me\ud800",
+        "raw_path": None,
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with structlog.testing.capture_logs() as logged:
+        await app(scope, receive, send)
+    assert sent[0]["status"] == 401
+    assert [e["event"] for e in logged] == ["token.rejected"]

@@ -352,7 +352,11 @@ def test_websocket_without_token_is_refused_before_accept(guard: BearerGuard) ->
     assert denied.value.headers["www-authenticate"].startswith("Bearer")
 
 
-async def test_websocket_refusal_without_denial_extension_closes_1008(guard: BearerGuard) -> None:
+@pytest.mark.parametrize("extensions", [{}, None], ids=["empty", "none"])
+async def test_websocket_refusal_without_denial_extension_closes_1008(
+    guard: BearerGuard, extensions: dict[str, Any] | None
+) -> None:
+    # Some servers send None for no extensions: read as none, as mtls reads it.
     app = build_app(guard)
     sent: list[dict[str, Any]] = []
     inbox = [{"type": "websocket.connect"}]
@@ -369,7 +373,7 @@ async def test_websocket_refusal_without_denial_extension_closes_1008(guard: Bea
         "headers": [],
         "query_string": b"",
         "client": ("127.0.0.1", 1),
-        "extensions": {},
+        "extensions": extensions,
     }
     await app(scope, receive, send)
     assert sent == [{"type": "websocket.close", "code": 1008, "reason": "missing_token"}]

@@ -40,6 +40,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("RedisUsageMonitor needs redis-py: pip install 'bearerguard[redis]'") from exc
 
+from bearerguard._core.times import check_seconds
 from bearerguard._core.usage import (
     Target,
     UsagePolicy,
@@ -171,8 +172,8 @@ class RedisUsageMonitor:
         if not isinstance(policy, UsagePolicy):
             raise ConfigurationError("policy must be a UsagePolicy")
         check_namespace(namespace)
-        if not failure_cooldown >= 0:  # NaN fails too
-            raise ConfigurationError("failure_cooldown must not be negative")
+        # NaN fails too; an infinite cooldown skipped every observation after one failure.
+        failure_cooldown = check_seconds("failure_cooldown", failure_cooldown)
         self._policy = policy
         self._prefix = f"{namespace}:use:{round(policy.window * 1000)}:"
         self._namespace = namespace

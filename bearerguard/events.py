@@ -56,7 +56,7 @@ from bearerguard._core.secevent import (
     SessionCutoff,
     plan_security_event,
 )
-from bearerguard._core.times import Instant
+from bearerguard._core.times import Instant, check_count
 from bearerguard.audit import AuditLog, RequestInfo
 from bearerguard.errors import (
     BadSignatureError,
@@ -224,8 +224,9 @@ class SecurityEventReceiver:
         types = (events,) if isinstance(events, str) else tuple(events)
         if not all(isinstance(item, str) and item for item in types):
             raise ConfigurationError("events must be event type URIs (strings)")
-        if max_body_bytes < 512 or replay_cache_size < 1:
-            raise ConfigurationError("max_body_bytes and replay_cache_size must be sensible")
+        # A NaN or infinite max_body_bytes read bodies of any size.
+        max_body_bytes = check_count("max_body_bytes", max_body_bytes, least=512)
+        replay_cache_size = check_count("replay_cache_size", replay_cache_size)
         self.guard = guard
         self.audiences = frozenset(audiences)
         self.store: SubjectRevocationStore = chosen

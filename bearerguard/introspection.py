@@ -43,6 +43,7 @@ from bearerguard._core.introspected import (
     parse_introspection_response,
 )
 from bearerguard._core.scopes import split_scope
+from bearerguard._core.times import check_count
 from bearerguard.errors import ConfigurationError, ServiceUnavailableError
 from bearerguard.jwks import check_url, client_options, deadline_client
 
@@ -299,8 +300,11 @@ class Introspector:
         # ValueError (a 500), an infinite one never fails closed, an infinite TTL never asks
         # again (a revocation is never seen). Past TIMEOUT_MAX, the longest a thread can
         # wait, every exchange raised OverflowError (a 500).
-        if not 0 < timeout <= threading.TIMEOUT_MAX or max_bytes < 256 or cache_size < 0:
-            raise ConfigurationError("timeout, max_bytes and cache_size must be sensible")
+        if not 0 < timeout <= threading.TIMEOUT_MAX:
+            raise ConfigurationError("timeout must be positive seconds")
+        # A NaN or infinite max_bytes read answers of any size; an infinite cache grew forever.
+        max_bytes = check_count("max_bytes", max_bytes, least=256)
+        cache_size = check_count("cache_size", cache_size, least=0)
         if not (0 <= active_ttl < math.inf and 0 <= inactive_ttl < math.inf):
             raise ConfigurationError("active_ttl and inactive_ttl must be finite, not negative")
         if type(max_concurrent) is not int or max_concurrent < 1:

@@ -27,6 +27,7 @@ import anyio
 from bearerguard._core.extract import check_b64token
 from bearerguard._core.jws import decode_payload, looks_compact, parse_compact
 from bearerguard._core.scopes import ScopeImplications
+from bearerguard._core.times import check_count
 from bearerguard.audit import AuditLog, RequestInfo
 from bearerguard.dpop import DPoPPolicy, DPoPRequest
 from bearerguard.errors import (
@@ -114,8 +115,8 @@ class TrustedIssuers:
             raise ConfigurationError("TrustedIssuers needs at least one BearerGuard")
         if resolver is not None and not callable(resolver):
             raise ConfigurationError("resolver must be a callable")
-        if max_resolved < 0:
-            raise ConfigurationError("max_resolved must not be negative")
+        # A NaN bound never evicted: every issuer resolved was kept.
+        max_resolved = check_count("max_resolved", max_resolved, least=0)
         self._guards: dict[str, BearerGuard] = {}
         primary = listed[0]
         for guard in listed:

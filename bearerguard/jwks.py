@@ -24,6 +24,7 @@ import httpx
 from bearerguard.__about__ import __version__
 from bearerguard._core.bodies import BodyError, BoundedBody
 from bearerguard._core.keycache import ttl_from_cache_control
+from bearerguard._core.times import check_count
 from bearerguard._resolver import resolve
 from bearerguard.errors import ConfigurationError
 
@@ -147,8 +148,8 @@ class FetchPolicy:
             raise ConfigurationError(
                 f"FetchPolicy timeout must be positive seconds: {self.timeout!r}"
             )
-        if not self.max_bytes > 0:
-            raise ConfigurationError(f"FetchPolicy max_bytes must be positive: {self.max_bytes!r}")
+        # Infinity read bodies of any size.
+        check_count("FetchPolicy max_bytes", self.max_bytes)
 
 
 @dataclass(frozen=True, slots=True)

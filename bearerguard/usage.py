@@ -33,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from bearerguard._core.times import check_count
 from bearerguard._core.usage import (
     Action,
     Breach,
@@ -263,8 +264,9 @@ class MemoryUsageMonitor:
     ) -> None:
         if not isinstance(policy, UsagePolicy):
             raise ConfigurationError("policy must be a UsagePolicy")
-        if max_keys < 1:
-            raise ConfigurationError("max_keys must be positive")
+        # NaN fails every comparison: the table (or each key's addresses) grew without bound.
+        max_keys = check_count("max_keys", max_keys)
+        max_addresses_tracked = check_count("max_addresses_tracked", max_addresses_tracked)
         limits = (policy.max_addresses_per_token, policy.max_addresses_per_subject)
         if any(limit is not None and limit >= max_addresses_tracked for limit in limits):
             raise ConfigurationError("max_addresses_tracked must exceed every address limit")

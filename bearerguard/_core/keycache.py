@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from bearerguard._core.keys import KeySet
+from bearerguard._core.times import check_seconds
 from bearerguard.errors import ConfigurationError
 
 __all__ = ["KeyCache", "RefreshPolicy", "ttl_from_cache_control"]
@@ -49,13 +50,16 @@ class RefreshPolicy:
     max_stale: float = 86_400.0
 
     def __post_init__(self) -> None:
-        # default_ttl finite (min_ttl then too): an infinite freshness marks static keys,
-        # and a fetched set given one was never fetched again, not even for a kid it lacks.
-        # max_ttl may be infinite: a server's max-age is at most 2**31 s.
-        if not 0 < self.min_ttl <= self.default_ttl <= self.max_ttl or math.isinf(self.default_ttl):
-            raise ConfigurationError(
-                "key set TTLs must satisfy 0 < min <= default <= max, default finite"
-            )
+        # Finite: an infinite TTL never fetched the set again (a key the issuer withdrew
+        # stayed trusted, a kid the set lacks was never looked for: infinite freshness marks
+        # static keys), an infinite max_stale kept a set whose fetches fail for ever.
+        for name in ("default_ttl", "min_ttl", "cooldown", "max_stale"):
+            check_seconds(name, getattr(self, name))
+        # max_ttl may be infinite (a server's max-age is at most 2**31 s), never NaN.
+        if self.max_ttl != math.inf:
+            check_seconds("max_ttl", self.max_ttl)
+        if not 0 < self.min_ttl <= self.default_ttl <= self.max_ttl:
+            raise ConfigurationError("key set TTLs must satisfy 0 < min <= default <= max")
         # Written so that NaN fails too: it compares false with everything, and a NaN
         # cooldown would let every request fetch.
         if not (self.cooldown >= 0 and self.max_stale >= 0):

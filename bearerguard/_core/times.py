@@ -1,11 +1,23 @@
-"""Instants given by users: epoch seconds or aware datetimes."""
+"""Instants given by users (epoch seconds or aware datetimes), and durations and counts
+from configuration."""
 
 from __future__ import annotations
 
 import math
 from datetime import datetime
+from decimal import Decimal
+from numbers import Integral, Real
 
-__all__ = ["MAX_NUMERIC_DATE", "Instant", "is_numeric_date", "to_epoch"]
+from bearerguard.errors import ConfigurationError
+
+__all__ = [
+    "MAX_NUMERIC_DATE",
+    "Instant",
+    "check_count",
+    "check_seconds",
+    "is_numeric_date",
+    "to_epoch",
+]
 
 Instant = int | float | datetime
 """Epoch seconds (int or float) or an aware ``datetime``."""
@@ -49,3 +61,39 @@ def to_epoch(value: Instant) -> float:
     if abs(value) > MAX_NUMERIC_DATE:
         raise ValueError("instant is out of range")
     return float(value)
+
+
+def check_seconds(name: str, value: object, *, positive: bool = False) -> float:
+    """A configured duration: a finite number of seconds, not negative (above 0 if
+    ``positive``).
+
+    NaN compares false with everything: a NaN grace or TTL turned every check made with it
+    off. ``bool`` is an ``int``, but ``True`` is no duration.
+
+    Raises:
+        ConfigurationError: anything else.
+    """
+    least = "positive" if positive else "not negative"
+    refusal = ConfigurationError(f"{name} must be a finite number of seconds, {least}: {value!r}")
+    if isinstance(value, bool) or not isinstance(value, Real | Decimal):
+        raise refusal
+    try:
+        seconds = float(value)
+    except (ValueError, OverflowError):  # Decimal("sNaN"); an int beyond any float
+        raise refusal from None
+    if not (0 < seconds < math.inf if positive else 0 <= seconds < math.inf):  # NaN fails too
+        raise refusal
+    return seconds
+
+
+def check_count(name: str, value: object, *, least: int = 1) -> int:
+    """A configured size or bound: a whole number, at least ``least``.
+
+    A NaN or infinite bound compares false with every size: the bound was off.
+
+    Raises:
+        ConfigurationError: anything else (``bool`` included).
+    """
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
+        raise ConfigurationError(f"{name} must be a whole number, at least {least}: {value!r}")
+    return int(value)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from bearerguard._core.times import Instant, to_epoch
-from bearerguard.errors import ConfigurationError, RevocationStoreError
+from bearerguard._core.times import Instant, check_count, check_seconds, to_epoch
+from bearerguard.errors import RevocationStoreError
 from bearerguard.revocation._table import (
     DEFAULT_EXPIRY_GRACE,
     Entry,
@@ -56,8 +56,11 @@ class MemoryRevocationStore:
         expiry_grace: float = DEFAULT_EXPIRY_GRACE,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if max_entries < 1 or retention <= 0 or expiry_grace < 0:
-            raise ConfigurationError("max_entries and retention must be positive")
+        # A NaN grace or retention made every entry's end NaN: never matched, revocations
+        # were quietly ignored (fail open).
+        max_entries = check_count("max_entries", max_entries)
+        retention = check_seconds("retention", retention, positive=True)
+        expiry_grace = check_seconds("expiry_grace", expiry_grace)
         self._max_entries = max_entries
         self._retention = retention
         self._grace = expiry_grace

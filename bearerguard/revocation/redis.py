@@ -57,7 +57,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "RedisRevocationStore needs redis-py: pip install 'bearerguard[redis]'"
     ) from exc
 
-from bearerguard._core.times import MAX_NUMERIC_DATE, Instant, to_epoch
+from bearerguard._core.times import (
+    MAX_NUMERIC_DATE,
+    Instant,
+    check_count,
+    check_seconds,
+    to_epoch,
+)
 from bearerguard._redis import DEFAULT_URL, RedisClients, again, again_sync, check_namespace
 from bearerguard.errors import ConfigurationError, RevocationStoreError
 from bearerguard.revocation._mirror import (
@@ -239,8 +245,12 @@ class RedisRevocationStore:
         # threading.TIMEOUT_MAX (inf included) that wait raised OverflowError.
         if not 0 < failure_timeout <= threading.TIMEOUT_MAX:
             raise ConfigurationError("failure_timeout must be positive seconds")
-        if max_entries < 1 or max_connections < 2 or retention <= 0 or expiry_grace < 0:
-            raise ConfigurationError("max_entries, max_connections and retention must be positive")
+        # NaN fails too: it made every entry's end NaN, never matched by the mirror.
+        max_entries = check_count("max_entries", max_entries)
+        retention = check_seconds("retention", retention, positive=True)
+        expiry_grace = check_seconds("expiry_grace", expiry_grace)
+        if max_connections < 2:
+            raise ConfigurationError("max_connections must be at least 2")
         self._layout = Layout(namespace)
         self._timeout = socket_timeout
         self._failure_timeout = failure_timeout

@@ -1,0 +1,123 @@
+"""Numeric settings: NaN, infinity, booleans and the wrong types are refused at construction.
+
+NaN compares false with everything, so a NaN bound or grace turned off the check made with
+it; an infinite one never ends. Each is a ``ConfigurationError`` when the object is built,
+never a check quietly off (or a 500) at request time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from bearerguard import BearerGuard, FetchPolicy, RefreshPolicy
+from bearerguard._usage_redis import RedisUsageMonitor
+from bearerguard.errors import ConfigurationError
+from bearerguard.events import SecurityEventReceiver
+from bearerguard.introspection import Introspector
+from bearerguard.issuers import TrustedIssuers
+from bearerguard.revocation import MemoryRevocationStore
+from bearerguard.revocation.redis import RedisRevocationStore
+from bearerguard.usage import MemoryUsageMonitor, UsagePolicy
+
+ISS = "https://issuer.example"
+POLICY = UsagePolicy(max_uses_per_token=5)
+
+
+def _guard() -> BearerGuard:
+    return BearerGuard(issuer=ISS, audience="api", jwks_uri=f"{ISS}/jwks")
+
+
+FACTORIES: dict[str, Callable[..., Any]] = {
+    "memory store": MemoryRevocationStore,
+    "redis store": lambda **kw: RedisRevocationStore("redis://127.0.0.1:1", mirror=False, **kw),
+    "introspector": lambda **kw: Introspector(
+        f"{ISS}/introspect", client_id="api", client_secret="secret", **kw
+    ),
+    "usage monitor": lambda **kw: MemoryUsageMonitor(POLICY, **kw),
+    "redis usage monitor": lambda **kw: RedisUsageMonitor(POLICY, "redis://127.0.0.1:1", **kw),
+    "trusted issuers": lambda **kw: TrustedIssuers([_guard()], **kw),
+    "event receiver": lambda **kw: SecurityEventReceiver(guard=_guard(), audience="api", **kw),
+}
+
+SECONDS = [math.nan, math.inf, -1.0, True, "60", None, Decimal("NaN")]
+COUNTS = [math.nan, math.inf, 1e6, True, "10", None]
+
+CASES = [
+    *[("memory store", name, bad) for name in ("retention", "expiry_grace") for bad in SECONDS],
+    *[("memory store", "max_entries", bad) for bad in COUNTS],
+    *[("redis store", name, bad) for name in ("retention", "expiry_grace") for bad in SECONDS],
+    *[("redis store", "max_entries", bad) for bad in COUNTS],
+    *[("introspector", name, bad) for name in ("max_bytes", "cache_size") for bad in COUNTS],
+    *[
+        ("usage monitor", name, bad)
+        for name in ("max_keys", "max_addresses_tracked")
+        for bad in COUNTS
+    ],
+    *[("redis usage monitor", "failure_cooldown", bad) for bad in SECONDS],
+    *[("trusted issuers", "max_resolved", bad) for bad in COUNTS],
+    *[
+        ("event receiver", name, bad)
+        for name in ("max_body_bytes", "replay_cache_size")
+        for bad in COUNTS
+    ],
+]
+
+
+@pytest.mark.parametrize(("factory", "name", "value"), CASES)
+def test_a_numeric_setting_that_is_not_a_sensible_number_is_refused(
+    factory: str, name: str, value: object
+) -> None:
+    with pytest.raises(ConfigurationError, match=name):
+        FACTORIES[factory](**{name: value})
+
+
+@pytest.mark.parametrize(
+    ("factory", "options"),
+    [
+        ("memory store", {"retention": 60, "expiry_grace": 0, "max_entries": 1}),
+        ("memory store", {"retention": Decimal("3600.5"), "expiry_grace": 30.0}),
+        ("redis store", {"retention": 60, "expiry_grace": 0, "max_entries": 1}),
+        ("introspector", {"max_bytes": 256, "cache_size": 0}),
+        ("usage monitor", {"max_keys": 1, "max_addresses_tracked": 6}),
+        ("redis usage monitor", {"failure_cooldown": 0}),
+        ("trusted issuers", {"max_resolved": 0}),
+        ("event receiver", {"max_body_bytes": 512, "replay_cache_size": 1}),
+    ],
+)
+def test_sensible_numbers_are_still_taken(factory: str, options: dict[str, Any]) -> None:
+    FACTORIES[factory](**options)
+
+
+def test_a_nan_grace_no_longer_lets_a_revoked_token_through() -> None:
+    # Was: until = exp + NaN, and "now < NaN" is false: the entry never matched.
+    with pytest.raises(ConfigurationError, match="expiry_grace"):
+        BearerGuard(
+            issuer=ISS,
+            audience="api",
+            jwks_uri=f"{ISS}/jwks",
+            revocation=MemoryRevocationStore(expiry_grace=math.nan),
+        )
+
+
+@pytest.mark.parametrize("name", ["default_ttl", "min_ttl", "max_ttl", "cooldown", "max_stale"])
+@pytest.mark.parametrize("value", [math.inf, math.nan, True, "60", None])
+def test_refresh_policy_takes_finite_seconds(name: str, value: object) -> None:
+    # An infinite TTL never fetched the set again: a withdrawn key stayed trusted. Only
+    # max_ttl may be infinite: it caps what a server's max-age asks, and no more.
+    if name == "max_ttl" and value == math.inf:
+        assert RefreshPolicy(max_ttl=value).max_ttl == math.inf
+        return
+    options = {"max_ttl": math.inf} if name == "default_ttl" else {}
+    with pytest.raises(ConfigurationError, match=name):
+        RefreshPolicy(**{**options, name: value})
+
+
+@pytest.mark.parametrize("value", [math.inf, math.nan, True, "1024", None])
+def test_fetch_policy_max_bytes_is_a_whole_number(value: object) -> None:
+    with pytest.raises(ConfigurationError, match="max_bytes"):
+        FetchPolicy(max_bytes=value)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
+from bearerguard._core.times import check_count
 from bearerguard.errors import ConfigurationError
 
 __all__ = ["DEFAULT_URL", "RedisClients", "again", "again_sync", "async_client", "sync_client"]
@@ -95,8 +96,8 @@ class RedisClients:
         # take), every command raised OverflowError, and the mirror's thread died of it.
         if not (0 < socket_timeout <= TIMEOUT_MAX and 0 < connect_timeout <= TIMEOUT_MAX):
             raise ConfigurationError("socket_timeout and connect_timeout must be positive seconds")
-        if max_connections < 1:
-            raise ConfigurationError("max_connections must be positive")
+        # NaN or a string was redis-py's ValueError or TypeError, not ours.
+        max_connections = check_count("max_connections", max_connections)
         if url is not None and (client is not None or async_client is not None):
             raise ConfigurationError("give either a URL or clients, not both")
         if client is None and async_client is None:

@@ -31,6 +31,7 @@ import anyio.to_thread
 
 from bearerguard._core.dpop import b64url, normalize_htu
 from bearerguard._core.keys import ASYMMETRIC_ALGORITHMS
+from bearerguard._core.times import check_count
 from bearerguard.errors import ConfigurationError, InvalidDPoPProofError, ReplayStoreError
 
 __all__ = [
@@ -160,9 +161,11 @@ class MemoryDPoPReplayStore:
 
 def _share(max_entries: int, max_per_key: int | None) -> int:
     """The share of one proof key: ``max_per_key``, by default a twentieth of the bound."""
-    if max_entries < 1:
-        raise ConfigurationError("max_entries must be at least 1")
-    share = max(max_entries // 20, 1) if max_per_key is None else max_per_key
+    max_entries = check_count("max_entries", max_entries)
+    if max_per_key is None:
+        share = max(max_entries // 20, 1)
+    else:
+        share = check_count("max_per_key", max_per_key)
     if not 1 <= share <= max_entries:
         raise ConfigurationError("max_per_key must be between 1 and max_entries")
     return share

@@ -16,6 +16,7 @@ import pytest
 
 from bearerguard import BearerGuard, FetchPolicy, RefreshPolicy
 from bearerguard._usage_redis import RedisUsageMonitor
+from bearerguard.dpop import MemoryDPoPReplayStore
 from bearerguard.errors import ConfigurationError
 from bearerguard.events import SecurityEventReceiver
 from bearerguard.introspection import Introspector
@@ -121,3 +122,18 @@ def test_refresh_policy_takes_finite_seconds(name: str, value: object) -> None:
 def test_fetch_policy_max_bytes_is_a_whole_number(value: object) -> None:
     with pytest.raises(ConfigurationError, match="max_bytes"):
         FetchPolicy(max_bytes=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["max_entries", "max_per_key"])
+@pytest.mark.parametrize("value", [math.nan, 1e300, True, "10", 2.5])
+def test_the_dpop_replay_store_bounds_are_whole_numbers(name: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=name):
+        MemoryDPoPReplayStore(**{name: value})
+
+
+@pytest.mark.parametrize("value", [math.nan, "50", None, 1.5])
+def test_redis_max_connections_is_a_whole_number(value: object) -> None:
+    # Was redis-py's ValueError or TypeError, or ours only for some.
+    for build in (FACTORIES["redis store"], FACTORIES["redis usage monitor"]):
+        with pytest.raises(ConfigurationError, match="max_connections"):
+            build(max_connections=value)

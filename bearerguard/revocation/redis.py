@@ -249,8 +249,7 @@ class RedisRevocationStore:
         max_entries = check_count("max_entries", max_entries)
         retention = check_seconds("retention", retention, positive=True)
         expiry_grace = check_seconds("expiry_grace", expiry_grace)
-        if max_connections < 2:
-            raise ConfigurationError("max_connections must be at least 2")
+        max_connections = check_count("max_connections", max_connections, least=2)
         self._layout = Layout(namespace)
         self._timeout = socket_timeout
         self._failure_timeout = failure_timeout

@@ -589,7 +589,7 @@ class BearerGuard:
         if not isinstance(self.revocation, RevocationStore):
             raise ConfigurationError("revocation must implement RevocationStore.is_revoked")
         grace = getattr(self.revocation, "expiry_grace", None)
-        if isinstance(grace, int | float) and grace < self.leeway:
+        if isinstance(grace, int | float) and not grace >= self.leeway:  # NaN fails too
             # A revoked token's entry would lapse while the token is still accepted.
             raise ConfigurationError(
                 f"the revocation store's expiry_grace ({grace:g} s) must be at least "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -359,3 +360,15 @@ async def test_revoking_says_whether_an_entry_is_held() -> None:
     assert len(store) == 1
     assert await store.revoke_subject("s1") is True
     assert store.revoke_client_sync("c1", issued_before=clock.now - 10) is True
+
+
+def test_a_store_of_your_own_with_a_nan_grace_is_refused(session_issuer: DevIssuer) -> None:
+    # NaN compares false with everything: its entries would never match, nor fail "< leeway".
+    class OwnStore:
+        expiry_grace = math.nan
+
+        async def is_revoked(self, token: AccessToken) -> bool:
+            return False
+
+    with pytest.raises(ConfigurationError, match="expiry_grace"):
+        session_issuer.guard(revocation=OwnStore())

@@ -10,7 +10,10 @@ by the Flask app of ``tests/apps.py`` (``build_flask_app``), called with real WS
   scopes allow; 403 only to such a token on a route needing a scope it lacks;
 * every 400 and 401 carries one RFC 6750 ``Bearer`` challenge, and every decision emits
   exactly one audit event (two for a 403: the acceptance, then ``scope.denied``);
-* no answer and no audit event contains a genuine token or its signature.
+* no answer and no audit event contains a genuine token or its signature;
+* the cache-hit fast path answers as the general path: a guard serving cache hits and one
+  caching nothing give every environ (Authorization spellings, query, request id, paths,
+  method) the same status, headers, body, verdict seen by the app, and audit events.
 
 ``HYPOTHESIS_PROFILE=long`` runs many more examples, as for the ASGI properties.
 """
@@ -27,8 +30,10 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 from werkzeug.test import EnvironBuilder
 
+from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
+from bearerguard.wsgi import BearerGuardWSGIMiddleware
 from tests.apps import build_flask_app
 from tests.test_properties import (
     BEARER_VALUE,
@@ -240,3 +245,193 @@ def test_control_wsgi_accepts_every_genuine_token_and_refuses_the_revoked(
     outcome = wsgi_target.call(f"Bearer {wsgi_target.revoked}", "/me")
     assert outcome.status == 401
     assert outcome.events[0]["reason"] == "revoked"
+
+
+# -- the cache-hit fast path against the general path -----------------------------------------
+
+DIFF_PUBLIC = ("/public", "/health", "/static/*")
+
+
+def echo_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """A plain WSGI app answering with what the middleware handed it."""
+    auth = environ.get(SCOPE_KEY)
+    seen = current_auth.get()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [repr((verdict_seen(auth), seen is auth)).encode()]
+
+
+def verdict_seen(auth: RequestAuth | None) -> tuple[Any, ...] | None:
+    """A verdict as an app can observe it (not its start time)."""
+    if auth is None:
+        return None
+    token = auth.token
+    return (
+        None if token is None else (token.subject, sorted(token.scopes)),
+        auth.method,
+        auth.path,
+        auth.client,
+        auth.request_id,
+        getattr(auth.respond, "__name__", None),
+    )
+
+
+def comparable_events(events: list[MutableMapping[str, Any]]) -> list[dict[str, Any]]:
+    """Audit events less what differs between any two requests (the measured latency)."""
+    return [{k: v for k, v in entry.items() if k != "latency_ms"} for entry in events]
+
+
+class WsgiDifferential:
+    """Two guards, same issuer and rules: one reusing verified tokens (the WSGI cache-hit
+    fast path serves its hits), one caching nothing (every request takes the general path);
+    each in front of a plain WSGI app and of the Flask test app."""
+
+    def __init__(self, issuer: DevIssuer) -> None:
+        self.tokens = (
+            issuer.mint(scopes=["items:read"]),
+            issuer.mint(algorithm="ES256", sub="ec"),
+        )
+        self.warm_guard = issuer.guard()
+        cold_guard = issuer.guard(cache_size=0)
+        self.apps = {
+            "plain": tuple(
+                BearerGuardWSGIMiddleware(echo_app, guard=guard, public_paths=DIFF_PUBLIC)
+                for guard in (self.warm_guard, cold_guard)
+            ),
+            "flask": tuple(
+                build_flask_app(guard, DIFF_PUBLIC) for guard in (self.warm_guard, cold_guard)
+            ),
+        }
+
+    def warm_up(self) -> None:
+        """Make every genuine token a cache hit of the warm guard."""
+        for token in self.tokens:
+            call_wsgi(self.apps["plain"][0], {"HTTP_AUTHORIZATION": f"Bearer {token}"})
+
+
+def call_wsgi(app: Any, overrides: dict[str, str]) -> tuple[str, list[tuple[str, str]], bytes, Any]:
+    """One request to ``app``: the environ a server would build, with ``overrides``."""
+    builder = EnvironBuilder(path="/me")
+    try:
+        environ = builder.get_environ()
+    finally:
+        builder.close()
+    environ.update(overrides)
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        seen["status"], seen["headers"] = status, headers
+        return lambda data: None
+
+    with capture_logs() as events:
+        result: Iterable[bytes] = app(environ, start_response)
+        try:
+            body = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+    return seen["status"], seen["headers"], body, comparable_events(events)
+
+
+@pytest.fixture(scope="module")
+def wsgi_differential(session_issuer: DevIssuer) -> WsgiDifferential:
+    return WsgiDifferential(session_issuer)
+
+
+def authorization_values(tokens: tuple[str, ...]) -> st.SearchStrategy[str]:
+    """``HTTP_AUTHORIZATION`` around the genuine tokens, as servers hand it over: scheme
+    case, spaces and tabs, trailing OWS, two headers joined with ", ", or any latin-1."""
+    spelled = st.builds(
+        lambda scheme, token, suffix: scheme + token + suffix,
+        st.sampled_from(["Bearer ", "bearer ", "BEARER ", "Bearer  ", "Bearer\t", " Bearer ", ""]),
+        st.sampled_from(tokens),
+        st.sampled_from(["", " ", "\t", " \t", "=", "x", "\x00", ",", ", ", "\r\n"]),
+    )
+    value = spelled | header_values.map(lambda raw: raw.decode("latin-1"))
+    usual = st.sampled_from([f"Bearer {token}" for token in tokens])  # the cache hits
+    joined = st.tuples(spelled, value).map(", ".join)
+    return st.one_of(usual, usual, spelled, value, joined)  # two draws in five are hits
+
+
+environ_overrides = st.fixed_dictionaries(
+    {
+        "REQUEST_METHOD": st.sampled_from(["GET", "HEAD", "POST", "OPTIONS", "DELETE", "get"]),
+        "SCRIPT_NAME": st.sampled_from(["", "/api"]),
+        "PATH_INFO": st.sampled_from(
+            [
+                "/me",
+                "/items",
+                "/public",
+                "/static/a",
+                "/static/../me",
+                "/public/x",
+                "/./public",
+                "/",
+                "",
+                "/nowhere",
+                "/health",
+                "/%2e%2e/me",
+                "/\xc3\xa9",
+            ]
+        ),
+        "QUERY_STRING": st.sampled_from(
+            [
+                "",
+                "a=1",
+                "access_token=x",
+                "access%5Ftoken=x",
+                "%61ccess_token=x",
+                "a=%41",
+                "x=access_token",
+                "access_token",
+                "a=1&access_token=",
+                "ACCESS_TOKEN=x",
+            ]
+        ),
+    },
+    optional={
+        "HTTP_X_REQUEST_ID": st.sampled_from(["", "abc", "a, b", "\x85x", "é", "r" * 300]),
+        "REMOTE_ADDR": st.sampled_from(["127.0.0.1", "::1", ""]),
+    },
+)
+
+
+@settings(MIDDLEWARE_PROFILE)
+@given(data=st.data())
+def test_the_wsgi_fast_path_answers_as_the_general_path(
+    wsgi_differential: WsgiDifferential, data: st.DataObject
+) -> None:
+    """Whatever environ a server hands over, a guard serving cache hits answers it as one
+    without a cache: same status, headers and body, same verdict seen by the app, same audit
+    events, under a plain WSGI app and under Flask."""
+    overrides = data.draw(environ_overrides)
+    authorization = data.draw(st.none() | authorization_values(wsgi_differential.tokens))
+    if authorization is not None:
+        overrides["HTTP_AUTHORIZATION"] = authorization
+    kind = data.draw(st.sampled_from(["plain", "flask"]))
+    wsgi_differential.warm_up()
+    warm_app, cold_app = wsgi_differential.apps[kind]
+    warm = call_wsgi(warm_app, dict(overrides))
+    cold = call_wsgi(cold_app, dict(overrides))
+    event(f"{kind} {warm[0]}")
+    assert warm == cold
+
+
+def test_control_a_hit_on_the_warm_wsgi_guard_answers_as_a_miss(
+    wsgi_differential: WsgiDifferential,
+) -> None:
+    """The comparison above is meaningful only if the warm guard's hits take the fast path
+    and reach the app: checked here for every token and app, whatever Hypothesis draws."""
+    wsgi_differential.warm_up()
+    for token in wsgi_differential.tokens:
+        assert wsgi_differential.warm_guard.reused(token.encode()) is not None
+        overrides = {
+            "PATH_INFO": "/me",
+            "HTTP_AUTHORIZATION": f"Bearer {token}",
+            "HTTP_X_REQUEST_ID": "rid",
+            "REMOTE_ADDR": "10.0.0.1",
+        }
+        for warm_app, cold_app in wsgi_differential.apps.values():
+            warm = call_wsgi(warm_app, dict(overrides))
+            assert warm[0] == "200 OK", warm
+            assert warm == call_wsgi(cold_app, dict(overrides))

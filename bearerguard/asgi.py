@@ -53,7 +53,7 @@ from bearerguard.errors import (
 )
 from bearerguard.guard import BearerGuard
 from bearerguard.issuers import TrustedIssuers
-from bearerguard.metadata import ProtectedResource
+from bearerguard.metadata import WELL_KNOWN_PATH, ProtectedResource
 from bearerguard.mtls import binding_of, scope_certificate
 from bearerguard.token import AccessToken
 
@@ -409,7 +409,7 @@ class BearerGuardMiddleware:
         if (
             kind == "http"
             and reusing is not None
-            and (resource is None or scope["path"] not in resource.paths)
+            and (resource is None or WELL_KNOWN_PATH not in scope["path"])
         ):
             # A token seen before, sent the usual way: one Authorization header with the
             # "Bearer " spelling and no access_token in the query. Anything else, or a cache
@@ -455,7 +455,9 @@ class BearerGuardMiddleware:
                 latency = perf_counter() - started
                 entry.record_accepted(audit, auth, latency)
         else:
-            if resource is not None and kind == "http" and scope["path"] in resource.paths:
+            # Compared inside the app, as public_paths and WSGI's PATH_INFO: under uvicorn
+            # --root-path every path starts with the root path, the proxied well-known one too.
+            if resource is not None and kind == "http" and _app_path(scope) in resource.paths:
                 await _serve_metadata(resource, scope, send)
                 return
             if already_let_in(scope, guard):

@@ -7,7 +7,9 @@ from wsgiref.handlers import SimpleHandler
 
 import httpx
 import pytest
+from starlette.responses import PlainTextResponse
 from starlette.testclient import TestClient
+from starlette.types import Receive, Scope, Send
 
 from bearerguard import BearerGuard
 from bearerguard._core.scopes import ScopeImplications
@@ -455,3 +457,30 @@ def test_an_extra_member_saying_what_the_guard_says_is_no_contradiction() -> Non
     for other in (["ES256"], "ES256 EdDSA", ["ES256", "EdDSA", "RS256"]):
         with pytest.raises(ConfigurationError, match="contradicts"):
             guard(other)
+
+
+async def test_the_document_is_served_under_a_root_path(session_issuer: DevIssuer) -> None:
+    # uvicorn --root-path /api (a proxy strips /api) puts the root path in front of every
+    # path (ASGI 3), the proxied well-known request's too: compared as public_paths are,
+    # inside the app, as the WSGI and Django middlewares compare PATH_INFO.
+    from bearerguard.asgi import BearerGuardMiddleware
+
+    guard = session_issuer.guard(
+        in_process=True, audience=None, resource="http://127.0.0.1:9/api/mcp"
+    )
+    app = BearerGuardMiddleware(_not_found, guard=guard)
+    transport = httpx.ASGITransport(app=app, root_path="/api")
+    url = "/api/.well-known/oauth-protected-resource/api/mcp"
+    token = session_issuer.mint(aud="http://127.0.0.1:9/api/mcp")
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert (await client.get("/api/mcp", headers=bearer)).status_code == 404  # verified
+        for headers in ({}, bearer, {"Authorization": "Bearer x"}):  # a cache hit; a bad one
+            answer = await client.get(url, headers=headers)
+            assert answer.status_code == 200, headers
+            assert answer.json()["resource"] == "http://127.0.0.1:9/api/mcp"
+        assert (await client.get("/.well-known/oauth-protected-resource")).status_code == 200
+
+
+async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    await PlainTextResponse("not found", status_code=404)(scope, receive, send)

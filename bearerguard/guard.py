@@ -54,6 +54,7 @@ from bearerguard._core.keys import (
 )
 from bearerguard._core.mtls import check_certificate_binding
 from bearerguard._core.scopes import ScopeImplications, parse_scope_claim_paths, read_scopes
+from bearerguard._fork import reset_after_fork
 from bearerguard.audit import AuditLog, RequestInfo, token_fields
 from bearerguard.dpop import DPoPPolicy, DPoPRequest
 from bearerguard.errors import (
@@ -676,6 +677,7 @@ class BearerGuard:
         self._fetch_tasks: dict[asyncio.Task[None], tuple[object, anyio.Event]] = {}
         self._fetch_lock = threading.Lock()
         self._fetches = 0  # sync fetches ended: tells a thread that waited whether one ran
+        reset_after_fork(self)
         self._fetch_timeout = (fetch or FetchPolicy()).timeout
         if metrics is not None and not isinstance(metrics, MetricsHook):
             raise ConfigurationError("metrics must implement MetricsHook (increment, observe)")
@@ -1162,6 +1164,15 @@ class BearerGuard:
         if fetched and not refreshed and self._may_look_again(self.clock()):
             raise _KeysNeeded(unknown_kid=True)
         raise BadSignatureError("signature does not verify")
+
+    def _forked(self) -> None:
+        """In a child process after ``fork()`` (bearerguard._fork): a fetch under way in
+        another thread of the parent never ends here, nor releases the fetch lock. Kept, a
+        pre-forked worker never fetched the key set again from its threads, and waited a
+        whole fetch timeout on every kid miss: a rotated key was refused for its life."""
+        self._fetch_lock = threading.Lock()
+        self._refreshing = None
+        self._fetch_tasks = {}
 
     def _fetch_in_flight(self) -> bool:
         return self._refreshing is not None or self._fetch_lock.locked()

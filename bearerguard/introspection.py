@@ -44,6 +44,7 @@ from bearerguard._core.introspected import (
 )
 from bearerguard._core.scopes import split_scope
 from bearerguard._core.times import check_count
+from bearerguard._fork import reset_after_fork
 from bearerguard.errors import ConfigurationError, ServiceUnavailableError
 from bearerguard.jwks import check_url, client_options, deadline_client
 
@@ -347,12 +348,24 @@ class Introspector:
         self._async_flights: dict[tuple[object, bytes], _AsyncFlight] = {}
         self._sync_flights: dict[bytes, _SyncFlight] = {}
         self._in_flight = 0  # exchanges under way, under _lock
+        reset_after_fork(self)
         self._limits = _Limits(self.timeout, max_bytes)
         # Loading the CA bundle costs tens of milliseconds: once, not per request.
         self._tls = ssl.create_default_context()
 
     def __repr__(self) -> str:
         return f"Introspector({self.endpoint!r}, client_id={self.client_id!r})"
+
+    def _forked(self) -> None:
+        """In a child process after ``fork()`` (bearerguard._fork): exchanges under way in
+        other threads of the parent never end here. Kept, a pre-forked worker waited for
+        them a whole timeout on every request with their tokens, then refused it, for its
+        whole life; their slots stayed taken, and a probe under way was never done again.
+        (An event loop's flights are keyed by that loop: a new loop never meets them.)"""
+        self._lock = threading.Lock()
+        self._sync_flights = {}
+        self._in_flight = 0
+        self._probing = False
 
     async def introspect(self, token: str) -> IntrospectionResult:
         """Ask whether ``token`` is active, from the cache when a fresh answer is held.

@@ -1,0 +1,231 @@
+"""Pre-forking servers: a guard built and warmed up in a master, then ``fork()``ed.
+
+gunicorn ``--preload`` builds the app, and so the guard, in its master and forks the
+workers from it (and forks new ones later, while the master's threads run on). Only the
+forking thread goes on in a child: whatever another thread had under way there (a key set
+fetch, an introspection exchange, the Redis mirror) never ends, and a lock it held is never
+released. Each test forks for real and runs the worker's part in the child, which reports
+through a pipe and is killed past its deadline: a deadlock fails the test, never hangs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import select
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from bearerguard import BearerGuard
+from bearerguard._core.keycache import RefreshPolicy
+from bearerguard.errors import InvalidTokenError, RevocationStoreError, RevokedTokenError
+from bearerguard.jwks import FetchPolicy
+from bearerguard.testing import DevIssuer, Override
+from tests.redis_server import RedisServer
+from tests.test_introspection import Fault, IntrospectionServer
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+
+redis = pytest.importorskip("redis")
+from bearerguard.revocation import RedisRevocationStore  # noqa: E402 - needs the extra
+
+
+def in_child(work: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Fork, run ``work`` in the child and return what it returned (JSON).
+
+    The child is killed once ``timeout`` has passed: the test then fails as deadlocked.
+    An exception in the child fails the test with its text.
+    """
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            report = json.dumps({"result": work()})
+        except BaseException as exc:  # reported to the parent
+            report = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            os.write(write, report.encode())
+            os._exit(0)
+    os.close(write)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail(f"the forked worker did not finish within {timeout}s (deadlock?)")
+            chunk = os.read(read, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    report: dict[str, Any] = json.loads(b"".join(chunks))
+    assert "error" not in report, report["error"]
+    return report["result"]
+
+
+def until(check: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def outcome(guard: BearerGuard, token: str) -> str:
+    try:
+        return str(guard.authenticate_sync(token).token_id)
+    except (InvalidTokenError, RevocationStoreError) as exc:
+        return type(exc).__name__
+
+
+async def outcome_async(guard: BearerGuard, token: str) -> str:
+    try:
+        return str((await guard.authenticate(token)).token_id)
+    except (InvalidTokenError, RevocationStoreError) as exc:
+        return type(exc).__name__
+
+
+@pytest.fixture
+def stores(
+    redis_server: RedisServer, redis_namespace: str
+) -> Iterator[tuple[RedisRevocationStore, RedisRevocationStore]]:
+    """The workers' mirrored store, and an admin's (another process's) direct one."""
+    mirrored = RedisRevocationStore(redis_server.url, namespace=redis_namespace)
+    admin = RedisRevocationStore(redis_server.url, namespace=redis_namespace, mirror=False)
+    yield mirrored, admin
+    mirrored.close()
+    admin.close()
+
+
+@pytest.mark.parametrize("side", ["sync", "async"])
+def test_a_preforked_worker_verifies_sees_rotations_and_revocations(
+    issuer: DevIssuer,
+    redis_server: RedisServer,
+    stores: tuple[RedisRevocationStore, RedisRevocationStore],
+    side: str,
+) -> None:
+    # The master warms the keys up and starts the mirror (its thread keeps running), then
+    # the issuer rotates its key and a worker is forked: the worker verifies with the keys
+    # it inherited, fetches the new one on its kid miss, subscribes on a connection of its
+    # own and sees a revocation made by another process after the fork.
+    mirrored, admin = stores
+    guard = issuer.guard(revocation=mirrored, refresh=RefreshPolicy(cooldown=0))
+    guard.warm_up_sync()
+    mirrored.start_sync()
+    old = issuer.mint(jti="old")
+    assert outcome(guard, old) == "old"
+    issuer.rotate()
+    new, later = issuer.mint(jti="new"), issuer.mint(jti="later")
+    channel = f"{mirrored._layout.channel}"
+
+    def subscribers() -> int:
+        with redis_server.client() as client:
+            return int(dict(client.pubsub_numsub(channel))[channel])
+
+    def worker() -> list[str]:
+        if side == "async":
+
+            async def serve() -> list[str]:
+                seen = [await outcome_async(guard, old), await outcome_async(guard, new)]
+                deadline = time.monotonic() + 5
+                while await outcome_async(guard, later) == "later":
+                    assert time.monotonic() < deadline, "the revocation went unseen"
+                    await asyncio.sleep(0.01)
+                return [*seen, await outcome_async(guard, later)]
+
+            return asyncio.run(serve())
+        seen = [outcome(guard, old), outcome(guard, new)]
+        assert until(lambda: outcome(guard, later) != "later", 5), "the revocation went unseen"
+        return [*seen, outcome(guard, later), str(subscribers())]
+
+    revoking = threading.Timer(
+        0.2, lambda: admin.revoke_token_sync("later", time.time() + 600, issuer=issuer.url)
+    )
+    revoking.start()
+    try:
+        seen = in_child(worker)
+    finally:
+        revoking.join()
+    assert seen[:3] == ["old", "new", RevokedTokenError.__name__]
+    if side == "sync":
+        assert seen[3] == "2"  # the master's subscription and the worker's own: none shared
+    # The master's mirror was not disturbed by the worker: it is live and sees revocations.
+    admin.revoke_token_sync("old", time.time() + 600, issuer=issuer.url)
+    assert until(lambda: outcome(guard, old) == RevokedTokenError.__name__, 5)
+    assert mirrored.health_report()["state"] == "live"
+
+
+def test_a_worker_forked_during_a_key_set_fetch_fetches_keys_itself(issuer: DevIssuer) -> None:
+    # A thread of the master was fetching the key set when the worker was forked: that
+    # fetch never ends in the worker, and it held the guard's fetch lock. The worker waited
+    # a whole fetch timeout on every kid miss and never fetched again: a rotated key was
+    # refused for the worker's whole life.
+    guard = issuer.guard(refresh=RefreshPolicy(cooldown=0), fetch=FetchPolicy(timeout=3))
+    guard.warm_up_sync()
+    issuer.rotate()
+    new = issuer.mint(jti="new")
+    issuer.overrides[issuer.jwks_path] = Override(body=issuer.jwks_bytes(), delay=1.0)
+    fetches = issuer.fetch_count()
+    fetching = threading.Thread(target=outcome, args=(guard, new))
+    fetching.start()
+    try:
+        assert until(lambda: issuer.fetch_count() > fetches, 2)  # the fetch is under way
+
+        def worker() -> list[object]:
+            started = time.monotonic()
+            return [outcome(guard, new), time.monotonic() - started]
+
+        forked = threading.Timer(0.1, issuer.overrides.clear)  # answered at once from now
+        forked.start()
+        accepted, took = in_child(worker)
+        forked.join()
+    finally:
+        fetching.join()
+    assert accepted == "new"
+    assert took < 2.0
+
+
+def test_a_worker_forked_during_an_introspection_answers_that_token() -> None:
+    # A thread of the master was asking the endpoint about a token when the worker was
+    # forked: the exchange never ends in the worker. Every request with that token waited
+    # for it a whole timeout, then was refused (503), for the worker's whole life; and the
+    # slot it held stayed taken (here the only one: every other token failed too, and
+    # health() never probed again).
+    with IntrospectionServer() as server:
+        server.activate("opaque")
+        introspector = server.introspector(timeout=2.0, max_concurrent=1)
+        answer = json.dumps({"active": True, "exp": int(time.time()) + 300}).encode()
+        server.fault = Fault(body=answer, delay=1.0)
+        asking = threading.Thread(target=introspector.introspect_sync, args=("opaque",))
+        asking.start()
+        try:
+            assert until(lambda: server.calls == 1, 2)  # the exchange is under way
+
+            def worker() -> list[object]:
+                return [
+                    introspector.introspect_sync("opaque").active,
+                    introspector.introspect_sync("unknown").active,
+                    introspector.health_sync()["healthy"],
+                ]
+
+            forked = threading.Timer(0.1, setattr, args=(server, "fault", None))
+            forked.start()
+            answered = in_child(worker)
+            forked.join()
+        finally:
+            asking.join()
+    assert answered == [True, False, True]

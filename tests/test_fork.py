@@ -229,3 +229,14 @@ def test_a_worker_forked_during_an_introspection_answers_that_token() -> None:
         finally:
             asking.join()
     assert answered == [True, False, True]
+
+
+def test_a_mirrored_store_is_built_where_there_is_no_fork(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Windows has no os.register_at_fork: registering the mirror's hook there raised
+    # AttributeError, so no mirrored store could be built at all.
+    monkeypatch.delattr(os, "register_at_fork")
+    store = RedisRevocationStore(redis_server.url)
+    assert repr(store).endswith("mode='mirror')")
+    store.close()

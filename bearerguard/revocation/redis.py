@@ -36,11 +36,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -64,6 +62,7 @@ from bearerguard._core.times import (
     check_seconds,
     to_epoch,
 )
+from bearerguard._fork import reset_after_fork
 from bearerguard._redis import DEFAULT_URL, RedisClients, again, again_sync, check_namespace
 from bearerguard.errors import ConfigurationError, RevocationStoreError
 from bearerguard.revocation._mirror import (
@@ -283,9 +282,9 @@ class RedisRevocationStore:
         if self._mirror is not None:
             # A pre-forking server (gunicorn --preload) may start the mirror before forking
             # its workers: a worker's copy was trusted until failure_timeout ran out, though
-            # no runner fed it, so revocations made meanwhile went unseen there.
-            store = weakref.ref(self)
-            os.register_at_fork(after_in_child=lambda: _forked(store))
+            # no runner fed it, so revocations made meanwhile went unseen there. Through
+            # bearerguard._fork: os.register_at_fork is missing where there is no fork() (Windows).
+            reset_after_fork(self)
 
     def _forked(self) -> None:
         """In a child process: the inherited mirror restarts (and is waited for) on first use."""
@@ -1077,9 +1076,3 @@ class RedisRevocationStore:
         assert isinstance(request, Scan)  # noqa: S101 - the last kind of request
         cursor, keys = await client.scan(request.cursor, match=request.match, count=request.count)
         return cursor, list(zip(keys, await client.mget(keys) if keys else [], strict=True))
-
-
-def _forked(store: weakref.ref[RedisRevocationStore]) -> None:
-    alive = store()
-    if alive is not None:
-        alive._forked()  # the store's own hook, through a weak reference

@@ -815,7 +815,24 @@ def test_jwks_check_flags_every_problem(
     code, out, _err = run(capsys, "jwks", "show", issuer.jwks_uri)
     assert code == 0
     assert "skips it: use is 'enc', not 'sig'" in out
-    assert "1024 bits" in out
+    assert "skips it: weak key: an RSA modulus of 1024 bits (under 2048)" in out
+
+
+def test_jwks_check_names_why_a_weak_or_unusable_key_is_skipped(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # It said "no allowed algorithm for this key", or "alg ... does not match the key type".
+    small_order = {"kty": "OKP", "crv": "Ed25519", "x": b64(bytes(32)), "kid": "ed", "alg": "EdDSA"}
+    n = (1 << 16400) | 1
+    huge = {"kty": "RSA", "kid": "huge", "alg": "RS256", "n": b64(n.to_bytes(2051, "big"))}
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [small_order, {**huge, "e": "AQAB"}]}))
+    code, out, _err = run(capsys, "jwks", "check", "--file", str(path))
+    assert code == cli.EXIT_FAILURE
+    assert "kid ed: the key cannot be used: weak key: an Ed25519 point of small order" in out
+    assert "kid huge: the key cannot be used: an RSA modulus of 16401 bits: OpenSSL" in out
+    code, out, _err = run(capsys, "jwks", "show", "--file", str(path))
+    assert "skips it: weak key: an Ed25519 point of small order" in out
 
 
 def test_jwks_check_warnings_alone_pass(

@@ -52,6 +52,7 @@ from bearerguard.errors import BadSignatureError, UnknownKeyError, UnsupportedAl
 from bearerguard.jwks import USER_AGENT
 from bearerguard.readiness import ReadinessEndpoint
 from bearerguard.testing import DevIssuer, Override, SigningKey
+from tests.helpers import b64
 
 # Fresh for 300 s (the issuer's max-age), one fetch per 30 s on misses or failures, and
 # stale keys served for 600 s past freshness while fetches fail.
@@ -1556,6 +1557,27 @@ async def test_a_jwks_without_usable_keys_is_an_outage_not_a_verdict(
     # ... and on a cold start, the refusal is 503, not a 401 about the client's token.
     cold = make_guard(dev, clock, discover=False)
     await assert_guard_unavailable(cold, mint(dev))
+
+
+@pytest.mark.anyio
+async def test_a_jwks_of_rsa_keys_openssl_cannot_use_keeps_the_last_good_keys(
+    dev: DevIssuer, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An RSA key over 16384 bits loads, yet OpenSSL verifies nothing with it: a set of
+    such keys replaced the last good one, and every token failed as a bad signature."""
+    n = (1 << 16400) | 1
+    huge = {"kty": "RSA", "kid": "huge", "alg": "RS256", "n": b64(n.to_bytes(2051, "big"))}
+    body = json.dumps({"keys": [{**huge, "e": "AQAB"}]}).encode()
+    guard = make_guard(dev, clock, discover=False)
+    token = mint(dev)
+    await guard.authenticate(token)
+    dev.overrides[dev.jwks_path] = Override(body=body)
+    clock.advance(300)
+    with caplog.at_level("INFO", logger="bearerguard"):
+        assert (await guard.authenticate(token)).subject == "user-1"
+    assert "skipped JWK 'huge': an RSA modulus of 16401 bits" in caplog.text
+    assert "the key set has no usable key" in caplog.text
+    assert dev.fetch_count() == 2
 
 
 @pytest.mark.anyio

@@ -223,10 +223,35 @@ def test_unusable_jwks_entries_are_skipped(jwk: Any, why: str) -> None:
     assert why in load_one(jwk)
 
 
-def test_small_rsa_keys_are_skipped() -> None:
-    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - the point
-    jwk: dict[str, Any] = RSAAlgorithm.to_jwk(small.public_key(), as_dict=True)
-    assert "no allowed algorithm" in load_one(jwk)
+SMALL_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
+
+
+@pytest.mark.parametrize("alg", [None, "RS256"])
+def test_small_rsa_keys_are_skipped_as_weak(alg: str | None) -> None:
+    # The reason names the weakness, a declared alg or not (it said "no allowed algorithm",
+    # or "alg 'RS256' does not match the key type").
+    jwk: dict[str, Any] = RSAAlgorithm.to_jwk(SMALL_RSA_KEY.public_key(), as_dict=True)
+    jwk.update({} if alg is None else {"alg": alg})
+    assert load_one(jwk) == "weak key: an RSA modulus of 1024 bits (under 2048)"
+
+
+def _b64_int(number: int) -> str:
+    encoded = base64.urlsafe_b64encode(number.to_bytes(-(-number.bit_length() // 8), "big"))
+    return encoded.rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("alg", [None, "RS256"])
+def test_rsa_keys_over_16384_bits_are_skipped_as_unusable(alg: str | None) -> None:
+    """OpenSSL loads such a key, then refuses to verify any signature with it."""
+    n = (1 << 16400) | (RSA_KEY.public_key().public_numbers().n << 8) | 1
+    jwk = rsa_jwk(n=_b64_int(n), **({} if alg is None else {"alg": alg}))
+    assert load_one(jwk) == "an RSA modulus of 16401 bits: OpenSSL verifies with 16384 at most"
+    public = rsa.RSAPublicNumbers(65537, n).public_key()
+    pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with pytest.raises(ConfigurationError, match="16401 bits"):
+        key_from_pem(pem, ALL)
 
 
 def _rsa_jwk_with_exponent(e: int) -> dict[str, Any]:
@@ -239,7 +264,9 @@ def test_rsa_keys_with_a_huge_public_exponent_are_skipped(bits: int) -> None:
     """Verifying under such a key is a full-size exponentiation (a 3072-bit modulus takes
     a 3072-bit exponent): a hundred times the usual cost, for every bad signature too."""
     e = (1 << (bits - 1)) | 1
-    assert "no allowed algorithm" in load_one(_rsa_jwk_with_exponent(e))
+    why = "weak key: an RSA public exponent over 33 bits"
+    assert load_one(_rsa_jwk_with_exponent(e)) == why
+    assert load_one({**_rsa_jwk_with_exponent(e), "alg": "PS256"}) == why
 
 
 @pytest.mark.parametrize("e", [3, 65537, 2**32 + 1])
@@ -268,7 +295,9 @@ def test_small_order_ed25519_keys_are_skipped(point: bytes, sign: int) -> None:
     for one in a few: anyone could mint tokens under it. OpenSSL loads it all the same."""
     encoded = point[:31] + bytes([point[31] | sign])
     x = base64.urlsafe_b64encode(encoded).rstrip(b"=").decode()
-    assert "no allowed algorithm" in load_one({"kty": "OKP", "crv": "Ed25519", "x": x})
+    why = "weak key: an Ed25519 point of small order"
+    assert load_one({"kty": "OKP", "crv": "Ed25519", "x": x}) == why
+    assert load_one({"kty": "OKP", "crv": "Ed25519", "x": x, "alg": "Ed25519"}) == why
 
 
 def _small_order_by_doubling(encoded: bytes) -> bool:
@@ -363,7 +392,9 @@ def test_small_order_ed448_keys_are_skipped(y: int, sign: int) -> None:
     encoded = y.to_bytes(57, "little")
     encoded = encoded[:56] + bytes([encoded[56] | sign])
     x = base64.urlsafe_b64encode(encoded).rstrip(b"=").decode()
-    assert "no allowed algorithm" in load_one({"kty": "OKP", "crv": "Ed448", "x": x})
+    why = "weak key: an Ed448 point of small order"
+    assert load_one({"kty": "OKP", "crv": "Ed448", "x": x}) == why
+    assert load_one({"kty": "OKP", "crv": "Ed448", "x": x, "alg": "EdDSA"}) == why
 
 
 def test_a_small_order_ed448_key_would_verify_anything() -> None:
@@ -389,6 +420,11 @@ def test_pem_keys() -> None:
         key_from_pem("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----", ALL)
     with pytest.raises(ConfigurationError):
         key_from_pem(pem, frozenset({"ES256"}))
+    small = SMALL_RSA_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with pytest.raises(ConfigurationError, match="weak key: an RSA modulus of 1024 bits"):
+        key_from_pem(small, ALL)
 
 
 def test_secrets_must_be_long_enough() -> None:

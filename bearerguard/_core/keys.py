@@ -3,8 +3,8 @@
 A key's algorithms come from the key itself (its JWK ``alg``, or its type and curve), never
 from the token: a token's ``alg`` header only selects among what the key already allows. Keys
 for encryption (``use: enc``), symmetric JWKs, keys carrying private members, RSA keys
-under 2048 bits or with a public exponent over 33 bits, and Ed25519 or Ed448 keys of small
-order are never loaded from a key set.
+under 2048 bits, over 16384 bits or with a public exponent over 33 bits, and Ed25519 or
+Ed448 keys of small order are never loaded from a key set.
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ ASYMMETRIC_ALGORITHMS = (
 )
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 _MIN_RSA_BITS = 2048
+# OpenSSL refuses every operation with a modulus over OPENSSL_RSA_MAX_MODULUS_BITS (16384),
+# though it loads the key: under such a key every signature fails to verify.
+_MAX_RSA_BITS = 16384
 # RFC 8017 §3.1 bounds the public exponent only by the modulus, and OpenSSL accepts one as
 # large as a 3072-bit modulus: verifying then costs a full-size exponentiation, about a
 # hundred times an e = 65537 verification, paid for a proof's or a token's bad signature
@@ -221,25 +224,33 @@ def _ed448_small_order(encoded: bytes) -> bool:
     return y % _P448 in {0, 1, _P448 - 1}
 
 
-def _algorithms_for_public_key(public_key: Any) -> frozenset[str]:
+def _weakness(public_key: Any) -> str | None:
+    """Why a public key is refused whatever its algorithm (weak, or unusable), or ``None``."""
     if isinstance(public_key, rsa.RSAPublicKey):
-        if (
-            public_key.key_size < _MIN_RSA_BITS
-            or public_key.public_numbers().e.bit_length() > _MAX_RSA_EXPONENT_BITS
-        ):
-            return frozenset()
+        bits = public_key.key_size
+        if bits < _MIN_RSA_BITS:
+            return f"weak key: an RSA modulus of {bits} bits (under {_MIN_RSA_BITS})"
+        if bits > _MAX_RSA_BITS:
+            return f"an RSA modulus of {bits} bits: OpenSSL verifies with {_MAX_RSA_BITS} at most"
+        if public_key.public_numbers().e.bit_length() > _MAX_RSA_EXPONENT_BITS:
+            return f"weak key: an RSA public exponent over {_MAX_RSA_EXPONENT_BITS} bits"
+    elif isinstance(public_key, ed25519.Ed25519PublicKey):
+        if _ed25519_small_order(public_key.public_bytes_raw()):
+            return "weak key: an Ed25519 point of small order"
+    elif isinstance(public_key, ed448.Ed448PublicKey) and _ed448_small_order(
+        public_key.public_bytes_raw()
+    ):
+        return "weak key: an Ed448 point of small order"
+    return None
+
+
+def _type_algorithms(public_key: Any) -> frozenset[str]:
+    """The algorithms a key of this type and curve verifies (its weakness aside)."""
+    if isinstance(public_key, rsa.RSAPublicKey):
         return _RSA_ALGORITHMS
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         alg = _EC_ALGORITHM_BY_CLASS.get(type(public_key.curve))
         return frozenset({alg}) if alg else frozenset()
-    if isinstance(public_key, ed25519.Ed25519PublicKey) and _ed25519_small_order(
-        public_key.public_bytes_raw()
-    ):
-        return frozenset()
-    if isinstance(public_key, ed448.Ed448PublicKey) and _ed448_small_order(
-        public_key.public_bytes_raw()
-    ):
-        return frozenset()
     if isinstance(public_key, ed25519.Ed25519PublicKey):
         return frozenset({"EdDSA", "Ed25519"})
     if isinstance(public_key, ed448.Ed448PublicKey):
@@ -276,7 +287,10 @@ def _parse_jwk(jwk: Any, allowed: frozenset[str]) -> tuple[VerificationKey | Non
         public_key = _load_jwk(jwk)
     except (InvalidKeyError, ValueError, TypeError, KeyError) as exc:
         return None, f"unusable key: {exc}"
-    algorithms = _algorithms_for_public_key(public_key)
+    weakness = _weakness(public_key)
+    if weakness is not None:
+        return None, weakness
+    algorithms = _type_algorithms(public_key)
     declared = jwk.get("alg")
     if declared is not None:
         # RFC 7517 §4.4: a JWK's alg restricts it; it must also agree with the key's type.
@@ -329,7 +343,10 @@ def key_from_pem(
         public_key = load_pem_public_key(data)
     except ValueError as exc:
         raise ConfigurationError(f"not a PEM public key: {exc}") from exc
-    algorithms = _algorithms_for_public_key(public_key) & allowed
+    weakness = _weakness(public_key)
+    if weakness is not None:
+        raise ConfigurationError(f"the PEM key is refused: {weakness}")
+    algorithms = _type_algorithms(public_key) & allowed
     if not algorithms:
         raise ConfigurationError("the PEM key fits none of the allowed algorithms (RSA >= 2048)")
     return VerificationKey(kid=kid, algorithms=algorithms, key=public_key, source=data.decode())

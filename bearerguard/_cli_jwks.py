@@ -329,7 +329,7 @@ def _load(args: argparse.Namespace, console: Console) -> tuple[dict[str, Any], A
         FetchPolicy,
         JWKSFetcher,
         NotJSONError,
-        check_url,
+        check_issuer,
     )
 
     if args.file is not None:
@@ -343,7 +343,7 @@ def _load(args: argparse.Namespace, console: Console) -> tuple[dict[str, Any], A
             raise CommandError(f"{args.file} is not JSON", kind="not_a_jwks") from None
     try:
         if args.issuer is not None:
-            issuer = check_url(args.issuer, "issuer")
+            issuer = check_issuer(args.issuer)
             fetcher = JWKSFetcher(issuer, None, FetchPolicy(timeout=args.timeout))
             what = f"discovering the keys of {args.issuer}"
         else:

@@ -74,7 +74,7 @@ from bearerguard.errors import (
     UseDPoPNonceError,
 )
 from bearerguard.introspection import Introspector
-from bearerguard.jwks import FetchPolicy, JWKSFetcher, check_url
+from bearerguard.jwks import FetchPolicy, JWKSFetcher, check_issuer
 from bearerguard.metadata import ProtectedResource, ResourceMetadata, check_resource
 from bearerguard.metrics import (
     CACHE,
@@ -398,7 +398,7 @@ class BearerGuard:
 
     Args:
         issuer: the trusted issuer; a token's ``iss`` must equal it exactly. https, or http
-            on a loopback host for development.
+            on a loopback host for development; no query or fragment (RFC 8414 §2).
         audience: this API's identifier(s); a token's ``aud`` must contain one of them. The
             ``resource`` by default: a token obtained for another resource is refused even
             from the trusted issuer (RFC 8707 §2, RFC 9068 §4).
@@ -516,7 +516,7 @@ class BearerGuard:
         bindings_checked_upstream: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.issuer = check_url(issuer, "issuer")
+        self.issuer = check_issuer(issuer)
         self.protected_resource = _protected_resource(resource, resource_metadata, self.issuer)
         self.audiences = audiences = _audiences(audience, resource)
         allowed = _allowed_algorithms(algorithms, secret)

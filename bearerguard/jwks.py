@@ -34,6 +34,7 @@ __all__ = [
     "FetchPolicy",
     "JWKSFetcher",
     "NotJSONError",
+    "check_issuer",
     "check_url",
     "client_options",
     "deadline_client",
@@ -90,6 +91,25 @@ def check_url(url: str, what: str) -> str:
     if not secure or not host or parts.username or parts.password or parts.fragment:
         raise refusal
     return url
+
+
+def check_issuer(issuer: str) -> str:
+    """Require an issuer identifier: a ``check_url`` URL without query or fragment.
+
+    RFC 8414 §2 and OIDC Discovery §3: an issuer has no query or fragment component (an
+    empty one, a bare ``?`` or ``#``, included). Its metadata URLs would drop them, so its
+    own metadata could never name it.
+
+    Raises:
+        ConfigurationError: any other value.
+    """
+    check_url(issuer, "issuer")
+    if "?" in issuer or "#" in issuer:
+        raise ConfigurationError(
+            f"issuer must be an issuer identifier, without a query or fragment "
+            f"(RFC 8414 §2): {issuer!r}"
+        )
+    return issuer
 
 
 def client_options(timeout: float, tls: ssl.SSLContext) -> dict[str, Any]:

@@ -907,6 +907,7 @@ def test_jwks_check_survives_a_curve_that_is_not_a_string(
     [
         (["jwks", "show", "http://id.example.com/jwks"], cli.EXIT_USAGE, "must be an https URL"),
         (["jwks", "check", "--issuer", "http://id.example.com"], cli.EXIT_USAGE, "issuer must be"),
+        (["jwks", "check", "--issuer", "https://id.example.com/?t=a"], cli.EXIT_USAGE, "query"),
         (["jwks", "check", "--file", "/nonexistent.json"], cli.EXIT_USAGE, "cannot read"),
         (["jwks", "show"], cli.EXIT_USAGE, "one of the arguments"),
     ],

@@ -508,3 +508,31 @@ async def test_a_direct_call_refuses_a_token_over_max_token_bytes(
             guard.authenticate_sync(token)
     roomy = session_issuer.guard(in_process=True)
     assert (await roomy.authenticate(valid)).subject == "big"
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        "https://as.example/?tenant=a",
+        "https://as.example/tenant?",
+        "https://as.example/tenant#",
+        "https://as.example/#frag",
+    ],
+)
+def test_an_issuer_with_a_query_or_fragment_is_refused(
+    session_issuer: DevIssuer, issuer: str
+) -> None:
+    # RFC 8414 §2: an issuer identifier has no query or fragment (an empty one included):
+    # its metadata URLs drop them, so its own metadata could never name it.
+    with pytest.raises(ConfigurationError, match="fragment"):
+        BearerGuard(issuer=issuer, audience="api", keys=session_issuer.jwks())
+
+
+@pytest.mark.parametrize(
+    "issuer", ["https://as.example", "https://as.example/", "https://login.example/t/v2.0"]
+)
+def test_issuers_with_or_without_a_path_or_trailing_slash_are_taken(
+    session_issuer: DevIssuer, issuer: str
+) -> None:
+    guard = BearerGuard(issuer=issuer, audience="api", keys=session_issuer.jwks())
+    assert guard.issuer == issuer

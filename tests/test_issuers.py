@@ -219,6 +219,23 @@ def test_a_bad_resolved_guard_is_not_used(
     assert guards.issuers == [alpha.url]
 
 
+def test_a_resolver_cannot_admit_an_issuer_with_a_query(
+    beta: DevIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # RFC 8414 §2: no issuer identifier has a query; a guard for one cannot be built, so a
+    # resolver building it refuses the token (logged), as a configured guard is refused.
+    def resolver(iss: str) -> BearerGuard:
+        return BearerGuard(issuer=iss, audience="api://beta", keys=beta.jwks())
+
+    guards = TrustedIssuers([beta.guard(in_process=True)], resolver=resolver)
+    token = beta.mint(iss=beta.url + "?tenant=a")
+    with caplog.at_level(logging.ERROR, "bearerguard"), pytest.raises(InvalidIssuerError):
+        guards.authenticate_sync(token)
+    assert "without a query or fragment" in caplog.text
+    with pytest.raises(ConfigurationError, match="without a query"):
+        TrustedIssuers([resolver(beta.url + "#")])
+
+
 def test_only_the_primary_guard_may_introspect(
     alpha: DevIssuer, beta: DevIssuer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -237,6 +237,30 @@ async def test_issuer_with_a_path_component(clock: FakeClock, *, oidc: bool) -> 
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("oidc", [True, False], ids=["oidc", "rfc8414"])
+@pytest.mark.parametrize("path", ["", "/tenants/a"], ids=["root", "path"])
+async def test_issuer_ending_with_a_slash(clock: FakeClock, path: str, *, oidc: bool) -> None:
+    """Auth0 issuers end with "/": OIDC Discovery §4 and RFC 8414 §3.1 both remove that
+    terminating "/" before placing the well-known suffix."""
+    options = {"oidc_discovery": False, "oauth_metadata": False}
+    with DevIssuer(algorithms=("ES256",), path=path, **options) as issuer:
+        url = issuer.url + "/"
+        where = issuer.oidc_metadata_path if oidc else issuer.oauth_metadata_path
+        metadata = {**issuer.metadata(), "issuer": url}
+        issuer.overrides[where] = Override(body=json.dumps(metadata).encode())
+        guard = BearerGuard(
+            issuer=url, audience=issuer.audience, refresh=POLICY, fetch=FETCH, clock=clock
+        )
+        await guard.authenticate(mint(issuer, iss=url))
+        assert where == (
+            f"{path}/.well-known/openid-configuration"
+            if oidc
+            else f"/.well-known/oauth-authorization-server{path}"
+        )
+        assert issuer.requests[-2:] == [where, issuer.jwks_path]
+
+
+@pytest.mark.anyio
 async def test_discovery_happens_once_then_only_the_jwks_is_refetched(
     dev: DevIssuer, clock: FakeClock
 ) -> None:

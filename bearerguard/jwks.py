@@ -396,8 +396,8 @@ class JWKSFetcher:
             # An issuer may move its key set (RFC 8414 §2 jwks_uri), the old URL still serving
             # the old keys: a kid the set lacks reads the metadata again, paced as that kid's
             # fetch is (one per cooldown). Metadata that no longer answers, or names no usable
-            # jwks_uri, keeps the URL known; metadata naming another issuer still fails the
-            # fetch (RFC 8414 §3.3). Optional: metadata that hangs leaves the key set half
+            # jwks_uri, keeps the URL known; metadata naming only another issuer still fails
+            # the fetch (RFC 8414 §3.3). Optional: metadata that hangs leaves the key set half
             # the timeout, not none.
             with contextlib.suppress(_NoKeySetURLError):
                 self.jwks_uri = yield from self._discover(optional=True)
@@ -412,6 +412,7 @@ class JWKSFetcher:
 
     def _discover(self, *, optional: bool) -> Generator[_Get, _Response, str]:
         failures = []
+        misnamed = False
         urls = sorted(discovery_urls(self.issuer), key=lambda url: url != self._metadata_url)
         for url in urls:
             try:
@@ -419,9 +420,14 @@ class JWKSFetcher:
             except FetchError as exc:
                 failures.append(str(exc))
                 continue
-            self._metadata_url = url
             if not isinstance(metadata, dict) or metadata.get("issuer") != self.issuer:
-                raise FetchError(f"metadata at {url} names another issuer")
+                # OIDC Discovery §4.3, RFC 8414 §3.3: a document not naming this issuer (a
+                # catch-all's {}, another issuer's) MUST NOT be used. The other URL may
+                # still serve this issuer's own; if none does, the fetch fails.
+                failures.append(f"metadata at {url} names another issuer")
+                misnamed = True
+                continue
+            self._metadata_url = url
             jwks_uri = metadata.get("jwks_uri")
             if not isinstance(jwks_uri, str):
                 raise _NoKeySetURLError(f"metadata at {url} has no jwks_uri")
@@ -429,7 +435,8 @@ class JWKSFetcher:
                 return check_url(jwks_uri, "discovered jwks_uri")
             except ConfigurationError as exc:
                 raise _NoKeySetURLError(str(exc)) from exc
-        raise _NoKeySetURLError("discovery failed: " + "; ".join(failures))
+        message = "discovery failed: " + "; ".join(failures)
+        raise FetchError(message) if misnamed else _NoKeySetURLError(message)
 
     async def fetch(self, *, rediscover: bool = False) -> tuple[Any, float | None]:
         """Fetch the key set document without blocking the event loop.

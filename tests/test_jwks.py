@@ -447,6 +447,43 @@ async def test_unacceptable_metadata_fails_closed(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("case", ["catch-all", "no-issuer", "other-issuer"])
+@pytest.mark.parametrize("synchronous", [False, True], ids=["async", "sync"])
+async def test_oidc_metadata_not_naming_the_issuer_falls_back_to_rfc8414(
+    clock: FakeClock, case: str, *, synchronous: bool
+) -> None:
+    """A catch-all answering the OIDC URL with {}, or another issuer's document, is never
+    used (OIDC Discovery §4.3); the RFC 8414 document naming this issuer still is. Only a
+    document naming it is read again first."""
+    with DevIssuer(algorithms=("ES256",), oidc_discovery=False, oauth_metadata=True) as issuer:
+        moved = {"keys": [{**issuer.jwks()["keys"][0], "kid": "decoy"}]}
+        issuer.overrides[MOVED_PATH] = Override(body=json.dumps(moved).encode())
+        decoy = issuer.url + MOVED_PATH
+        wrong = {
+            "catch-all": {},
+            "no-issuer": {"jwks_uri": decoy},
+            "other-issuer": {"issuer": "https://evil.example", "jwks_uri": decoy},
+        }[case]
+        issuer.overrides[issuer.oidc_metadata_path] = Override(body=json.dumps(wrong).encode())
+        guard = make_guard(issuer, clock)
+        token = mint(issuer)
+        if synchronous:
+            assert guard.authenticate_sync(token).subject == "user-1"
+        else:
+            assert (await guard.authenticate(token)).subject == "user-1"
+        assert issuer.requests == [
+            issuer.oidc_metadata_path,
+            issuer.oauth_metadata_path,
+            issuer.jwks_path,
+        ]
+        clock.advance(POLICY.cooldown)
+        with pytest.raises(UnknownKeyError):  # a kid miss rediscovers: RFC 8414 first
+            await guard.authenticate(random_kid_token(issuer))
+        assert issuer.requests[3:] == [issuer.oauth_metadata_path, issuer.jwks_path]
+        assert issuer.fetch_count(MOVED_PATH) == 0
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize(
     "jwks_uri",
     [

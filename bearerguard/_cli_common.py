@@ -8,6 +8,7 @@ and ``bearerguard jwks show URL --json | jq`` see only the result.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -52,6 +53,22 @@ class OutputError(CommandError):
     def __init__(self, error: OSError) -> None:
         reason = error.strerror or type(error).__name__
         super().__init__(f"cannot write the output: {reason}", code=EXIT_OUTPUT, kind="output")
+
+
+def write_line(out: TextIO | None, text: str) -> None:
+    """Print ``text`` to ``out``, a result that must arrive: its failure is an ``OutputError``.
+
+    ``out`` is ``None`` when the command started with standard output closed (``>&-``):
+    ``print`` would then write nowhere, and the result would be lost with exit 0.
+    """
+    if out is None:
+        raise OutputError(OSError(errno.EBADF, os.strerror(errno.EBADF)))
+    try:
+        print(text, file=out, flush=True)
+    except BrokenPipeError:  # the reader went away (`| head`): cli.main's exit 141
+        raise
+    except OSError as exc:
+        raise OutputError(exc) from None
 
 
 def _refuse_constant(name: str) -> NoReturn:
@@ -170,7 +187,7 @@ class Console:
     ) -> None:
         self.as_json = as_json
         self.quiet = quiet
-        self.out = sys.stdout if out is None else out
+        self.out: TextIO | None = sys.stdout if out is None else out
         self.err = sys.stderr if err is None else err
 
     @classmethod
@@ -193,12 +210,7 @@ class Console:
         self._write(text)
 
     def _write(self, text: str) -> None:
-        try:
-            print(text, file=self.out, flush=True)
-        except BrokenPipeError:  # the reader went away (`| head`): cli.main's exit 141
-            raise
-        except OSError as exc:
-            raise OutputError(exc) from None
+        write_line(self.out, text)
 
     def _encoding(self) -> str:
         return getattr(self.out, "encoding", None) or "utf-8"

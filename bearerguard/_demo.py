@@ -39,6 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from bearerguard._cli_common import write_line
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.decorators import get_access_token, requires_scopes
 from bearerguard.guard import BearerGuard
@@ -301,7 +302,7 @@ class Outcome:
 class Printer:
     """Writes the demo's lines, abbreviating tokens with an ellipsis the stream can encode."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO | None) -> None:
         self.out = out
         try:
             "…".encode(getattr(out, "encoding", None) or "utf-8")
@@ -310,7 +311,7 @@ class Printer:
             self.ellipsis = "..."
 
     def __call__(self, text: str = "") -> None:
-        print(text, file=self.out, flush=True)
+        write_line(self.out, text)  # a full disk: one line and exit 74, as every command
 
     def short(self, token: str, width: int = 16) -> str:
         """The first ``width`` characters of a token: enough to tell what it is."""

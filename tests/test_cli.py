@@ -1180,3 +1180,26 @@ def test_a_json_failure_report_that_cannot_be_written_is_exit_74(tmp_path: Path)
     assert result.stderr.decode() == (
         "bearerguard: cannot write the output: No space left on device\n"
     )
+
+
+@pytest.mark.parametrize(
+    "argv", [["token", "mint"], ["token", "mint", "--json"], ["token", "inspect", "-"]]
+)
+def test_a_closed_standard_output_is_exit_74_not_a_lost_result(argv: list[str]) -> None:
+    # `bearerguard token mint >&-`: Python starts with sys.stdout None, print() writes
+    # nowhere, and the command exited 0 with the token lost.
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(  # noqa: S603 - our own command, its stdout closed by sh
+        ["/bin/sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "bearerguard", *argv],
+        input=b"Bearer " + b64({"alg": "RS256"}).encode() + b"." + b64({"sub": "a"}).encode(),
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    errors = result.stderr.decode()
+    assert result.returncode == cli.EXIT_OUTPUT, errors
+    assert "bearerguard: cannot write the output: Bad file descriptor\n" in errors
+    assert "Traceback" not in errors

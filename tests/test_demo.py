@@ -327,3 +327,23 @@ def test_serve_mode_until_ctrl_c(serving_demo: Running) -> None:
     assert serving_demo.rest().rstrip().endswith("Stopping.")
     assert process.stderr is not None
     assert process.stderr.read() == ""  # no traceback
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_is_one_line_and_exit_74() -> None:
+    # As for every other command: the walkthrough's first line met ENOSPC and the demo
+    # ended in a traceback (OSError) with exit 1.
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(  # noqa: S603 - our own command
+            _command(),
+            cwd=ROOT,
+            env=_environment(),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == cli.EXIT_OUTPUT
+    assert result.stderr.decode() == (
+        "bearerguard: cannot write the output: No space left on device\n"
+    )

@@ -227,11 +227,11 @@ class Console:
     def progress(self, text: str) -> None:
         """A progress line on standard error, unless ``--quiet``."""
         if not self.quiet:
-            print(text, file=self.err, flush=True)
+            print(_printable_lines(text), file=self.err, flush=True)
 
     def warn(self, text: str) -> None:
         """A warning on standard error, even with ``--quiet``."""
-        print(text, file=self.err, flush=True)
+        print(_printable_lines(text), file=self.err, flush=True)
 
     @contextmanager
     def step(self, text: str) -> Iterator[None]:
@@ -255,7 +255,7 @@ class Console:
         if isinstance(error, OutputError):
             # What is still buffered would fail again at exit, with a traceback of its own.
             discard_output()
-        print(f"bearerguard: {error.message}", file=self.err, flush=True)
+        print(f"bearerguard: {_printable_lines(error.message)}", file=self.err, flush=True)
         return error.code
 
 
@@ -293,6 +293,12 @@ def terminal_safe(text: str) -> str:
     """``text`` with every non-printable character (C0 and C1 controls, ESC, bidi
     overrides) shown as its escape, so text from the network cannot drive the terminal."""
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def _printable_lines(text: str) -> str:
+    """``terminal_safe`` line by line: the lines of standard error name URLs from an
+    issuer's metadata (its ``jwks_uri``), which may hold C1 controls or bidi overrides."""
+    return "\n".join(terminal_safe(line) for line in text.split("\n"))
 
 
 def describe_duration(seconds: float) -> str:

@@ -1054,6 +1054,26 @@ def test_text_from_a_hostile_key_set_cannot_drive_the_terminal(
     assert all(char.isprintable() or char == "\n" for char in out), repr(out)
 
 
+@pytest.mark.parametrize("path", ["?\x9b2J\u202e", "/\x9b2J\u202e"], ids=["found", "404"])
+def test_a_jwks_uri_from_hostile_metadata_cannot_drive_the_terminal_on_stderr(
+    capsys: pytest.CaptureFixture[str], issuer: DevIssuer, path: str
+) -> None:
+    # A C1 CSI (U+009B, ESC [ to many terminals) or a bidi override in the metadata's
+    # jwks_uri passes check_url (httpx percent-encodes it on the wire), and reached the
+    # terminal raw in verify's progress line and in every command's failure line.
+    metadata = {**issuer.metadata(), "jwks_uri": issuer.jwks_uri + path}
+    issuer.overrides[issuer.oidc_metadata_path] = Override(body=json.dumps(metadata).encode())
+    verify = ["token", "verify", issuer.mint(), "--issuer", issuer.url]
+    for argv in (
+        [*verify, "--audience", issuer.audience],
+        ["jwks", "show", "--issuer", issuer.url],
+        ["jwks", "check", "--issuer", issuer.url],
+    ):
+        _code, out, err = run(capsys, *argv)
+        assert all(char.isprintable() or char == "\n" for char in out + err), repr(err)
+        assert "\\x9b2J\\u202e" in err or "\\x9b2J\\u202e" in out
+
+
 def test_inspect_notes_quoting_a_hostile_header_cannot_drive_the_terminal(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -155,7 +155,8 @@ def discard_output() -> None:
 
 def print_usage(parser: argparse.ArgumentParser, _args: argparse.Namespace) -> int:
     """The handler of a command group named alone: print its help (to stderr), exit 2."""
-    parser.print_help(sys.stderr)
+    if sys.stderr is not None:  # closed (`2>&-`): print_help(None) would write to stdout
+        parser.print_help(sys.stderr)
     return EXIT_USAGE
 
 
@@ -188,7 +189,7 @@ class Console:
         self.as_json = as_json
         self.quiet = quiet
         self.out: TextIO | None = sys.stdout if out is None else out
-        self.err = sys.stderr if err is None else err
+        self.err: TextIO | None = sys.stderr if err is None else err
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> Console:
@@ -227,11 +228,17 @@ class Console:
     def progress(self, text: str) -> None:
         """A progress line on standard error, unless ``--quiet``."""
         if not self.quiet:
-            print(_printable_lines(text), file=self.err, flush=True)
+            self._note(text)
 
     def warn(self, text: str) -> None:
         """A warning on standard error, even with ``--quiet``."""
-        print(_printable_lines(text), file=self.err, flush=True)
+        self._note(text)
+
+    def _note(self, text: str) -> None:
+        # Standard error closed (`2>&-`) is None, and print(file=None) writes to standard
+        # output: the note would land in the result (`TOKEN=$(...)`, `--json | jq`).
+        if self.err is not None:
+            print(_printable_lines(text), file=self.err, flush=True)
 
     @contextmanager
     def step(self, text: str) -> Iterator[None]:
@@ -255,7 +262,7 @@ class Console:
         if isinstance(error, OutputError):
             # What is still buffered would fail again at exit, with a traceback of its own.
             discard_output()
-        print(f"bearerguard: {_printable_lines(error.message)}", file=self.err, flush=True)
+        self._note(f"bearerguard: {error.message}")
         return error.code
 
 

@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bearerguard._cli_common import write_line
+from bearerguard._cli_common import Console, write_line
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.decorators import get_access_token, requires_scopes
 from bearerguard.guard import BearerGuard
@@ -513,6 +513,6 @@ def run_demo(*, port: int = 0, serve: bool = False, out: TextIO | None = None) -
                 if serve:
                     _serve_until_interrupted(issuer, api, trail, say)
     except DemoError as exc:
-        print(f"bearerguard demo: {exc}", file=sys.stderr)
+        Console().warn(f"bearerguard demo: {exc}")
         return EXIT_FAILURE
     return EXIT_OK if passed else EXIT_FAILURE

@@ -31,7 +31,6 @@ output closed early (``| head``).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -107,7 +106,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         if exc.name != "uvicorn":
             raise
-        print(_MISSING_UVICORN, file=sys.stderr)
+        Console().warn(_MISSING_UVICORN)
         return EXIT_USAGE
     return _demo.run_demo(port=args.port, serve=args.serve)
 
@@ -165,5 +164,5 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     except CommandError as exc:
         return Console.of(args).fail(exc)
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        Console().warn("\ninterrupted")
         return EXIT_INTERRUPTED

@@ -1223,3 +1223,32 @@ def test_a_closed_standard_output_is_exit_74_not_a_lost_result(argv: list[str]) 
     assert result.returncode == cli.EXIT_OUTPUT, errors
     assert "bearerguard: cannot write the output: Bad file descriptor\n" in errors
     assert "Traceback" not in errors
+
+
+def test_a_closed_standard_error_keeps_standard_output_the_result_alone(tmp_path: Path) -> None:
+    # `TOKEN=$(bearerguard token mint 2>&-)`: Python starts with sys.stderr None, and
+    # print(file=None) writes to standard output: the warning landed in TOKEN, and a
+    # failure line or progress lines in what a pipe or `--json | jq` reads.
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    env.pop("PYTHONPATH", None)
+
+    def output(*argv: str) -> tuple[int, str]:
+        result = subprocess.run(  # noqa: S603 - our own command, its stderr closed by sh
+            ["/bin/sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-m", "bearerguard", *argv],
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        return result.returncode, result.stdout.decode()
+
+    code, out = output("token", "mint")
+    assert code == cli.EXIT_OK
+    assert len(out.splitlines()) == 1
+    assert out.count(".") == 2
+    assert output("jwks", "show", "--file", str(tmp_path / "missing.json")) == (cli.EXIT_USAGE, "")
+    url = f"http://127.0.0.1:{closed_port()}/jwks.json"
+    code, out = output("jwks", "show", url, "--json")
+    assert code == cli.EXIT_UNREACHABLE
+    assert json.loads(out)["error"]["kind"] == "unreachable"

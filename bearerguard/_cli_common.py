@@ -276,10 +276,16 @@ def read_token(text: str, stdin: TextIO | None = None) -> str:
         CommandError: nothing was given, or bytes that are not UTF-8.
     """
     if text == "-":
+        source = sys.stdin if stdin is None else stdin
+        if source is None:  # started with standard input closed (`<&-`)
+            raise usage_error("no token given: standard input is closed")
         try:
-            text = (sys.stdin if stdin is None else stdin).read()
+            text = source.read()
         except UnicodeDecodeError:
             raise usage_error("the token read from standard input is not UTF-8 text") from None
+        except OSError as exc:  # EIO: a background job reading a terminal that is gone
+            reason = exc.strerror or type(exc).__name__
+            raise usage_error(f"cannot read the token from standard input: {reason}") from None
     try:
         text.encode()
     except UnicodeEncodeError:  # undecodable bytes, kept by surrogateescape

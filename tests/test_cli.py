@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from bearerguard import BearerGuard, cli
-from bearerguard._cli_common import describe_duration, read_token
+from bearerguard._cli_common import CommandError, describe_duration, read_token
 from bearerguard._cli_jwks import analyze_jwks
 from bearerguard._cli_token import inspect_token
 from bearerguard.testing import DevIssuer, Override, SigningKey
@@ -435,6 +435,38 @@ def test_a_token_of_undecodable_bytes_is_a_usage_error(
     code, _out, err = run(capsys, "token", command, "-", *verify)
     assert code == cli.EXIT_USAGE
     assert "not UTF-8" in err
+
+
+@pytest.mark.parametrize("command", ["inspect", "verify"])
+def test_a_closed_standard_input_is_a_usage_error(command: str) -> None:
+    # `bearerguard token inspect - <&-`: sys.stdin is None, and reading it was an
+    # AttributeError traceback.
+    verify = ["--issuer", "http://127.0.0.1:1", "--audience", "a"] if command == "verify" else []
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    env.pop("PYTHONPATH", None)
+    argv = [sys.executable, "-m", "bearerguard", "token", command, "-", *verify]
+    result = subprocess.run(  # noqa: S603 - our own command, its stdin closed by sh
+        ["/bin/sh", "-c", 'exec "$@" <&-', "sh", *argv],
+        capture_output=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (cli.EXIT_USAGE, b"")
+    assert result.stderr.decode() == "bearerguard: no token given: standard input is closed\n"
+
+
+class _TerminalGone(io.StringIO):
+    """A standard input whose terminal went away: reading fails with EIO."""
+
+    def read(self, size: int | None = -1) -> str:
+        raise OSError(5, "Input/output error")
+
+
+def test_standard_input_that_cannot_be_read_is_a_usage_error() -> None:
+    with pytest.raises(CommandError, match="cannot read the token from standard input: Input"):
+        read_token("-", _TerminalGone())
 
 
 def test_durations() -> None:

@@ -292,9 +292,11 @@ def _redacted(url: str) -> str:
         if _spilled_userinfo(parts):
             return f"{parts.scheme}://***"
         netloc = parts.netloc
+        host = netloc.rpartition("@")[2]
         if parts.password is not None:
-            user = parts.username or ""
-            netloc = f"{user}:***@{netloc.rpartition('@')[2]}"
+            netloc = f"{parts.username or ''}:***@{host}"
+        elif parts.username is not None:  # a password written without its colon, likely
+            netloc = f"***@{host}"
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     except ValueError:
         return "(unparsable URL)"

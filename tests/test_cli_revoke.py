@@ -437,13 +437,18 @@ def test_without_redis_py_the_extra_is_named() -> None:
 # -- Redis that cannot be used (exit 3) -----------------------------------------------------
 
 
-def test_an_unreachable_server(cli: Any, closed_port: int) -> None:
-    url = f"redis://:s3cret@127.0.0.1:{closed_port}/0"
+@pytest.mark.parametrize(
+    ("userinfo", "shown"),
+    # A password written where the user name goes (the colon forgotten) is hidden too.
+    [(":s3cret", ":***"), ("s3cret", "***"), ("user:s3cret", "user:***")],
+)
+def test_an_unreachable_server(cli: Any, closed_port: int, userinfo: str, shown: str) -> None:
+    url = f"redis://{userinfo}@127.0.0.1:{closed_port}/0"
     result = cli("revoke", "token", "j1", "--redis-url", url)
     assert result.code == 3
     last = result.err.strip().splitlines()[-1]
     assert last.startswith(
-        f"bearerguard: cannot reach Redis at redis://:***@127.0.0.1:{closed_port}/0"
+        f"bearerguard: cannot reach Redis at redis://{shown}@127.0.0.1:{closed_port}/0"
     )
     assert "Connection refused" in last
     assert "s3cret" not in result.err

@@ -31,8 +31,10 @@ output closed early (``| head``).
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import NoReturn, cast
 
 from bearerguard.__about__ import __version__
 from bearerguard._cli_common import (
@@ -49,6 +51,7 @@ from bearerguard._cli_common import (
     discard_output,
     port_number,
     print_usage,
+    usage_error,
 )
 from bearerguard._cli_common import Commands as _Commands
 from bearerguard._cli_jwks import add_jwks_commands
@@ -121,15 +124,33 @@ _COMMANDS: tuple[Callable[[_Commands], None], ...] = (
 )
 
 
+class _ArgumentsRefused(Exception):  # noqa: N818 - argparse's usage error, carried out
+    """argparse refused the arguments: raised rather than printed, so that ``--json`` can
+    answer it as every other usage error."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors reach ``_run`` (sub-parsers are of its class)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ArgumentsRefused(self, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bearerguard",
         description="Tools for bearerguard: accept OAuth 2.0 bearer tokens safely.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.set_defaults(handler=partial(print_usage, parser))
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    # Of _Parser, as every sub-parser made from it: typed as the commands' own signature.
+    commands = cast("_Commands", parser.add_subparsers(title="commands", metavar="COMMAND"))
     for add in _COMMANDS:
         add(commands)
     return parser
@@ -154,7 +175,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, or a usage error: argparse has spoken
+    except _ArgumentsRefused as refused:
+        if "--json" in (sys.argv[1:] if argv is None else argv):
+            return Console(as_json=True).fail(usage_error(refused.message))
+        if sys.stderr is not None:  # as argparse says it, unless stderr is closed (`2>&-`)
+            refused.parser.print_usage(sys.stderr)
+        Console().warn(f"{refused.parser.prog}: error: {refused.message}")
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help or --version: argparse has spoken
         if exc.code is None:
             return EXIT_OK
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE

@@ -1284,3 +1284,27 @@ def test_a_closed_standard_error_keeps_standard_output_the_result_alone(tmp_path
     code, out = output("jwks", "show", url, "--json")
     assert code == cli.EXIT_UNREACHABLE
     assert json.loads(out)["error"]["kind"] == "unreachable"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["token", "verify", "x", "--leeway", "nan"], "--leeway"),  # a value argparse refuses
+        (["token", "mint", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+        (["jwks", "check"], "one of the arguments"),  # a required argument missing
+    ],
+)
+def test_arguments_argparse_refuses_are_a_json_document_with_json(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    # docs/cli.md: a bad argument is {"ok": false, "error": ...} with --json, whoever finds it.
+    code, doc = run_json(capsys, *argv)
+    assert code == cli.EXIT_USAGE
+    assert doc["ok"] is False
+    assert doc["error"]["kind"] == "usage"
+    assert message in doc["error"]["message"]
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err.startswith("usage: bearerguard")
+    assert "error: " in err
+    assert message in err

@@ -22,10 +22,12 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from bearerguard import BearerGuard, requires_scopes
+from bearerguard._core.introspected import INTROSPECTION_ALGORITHM
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.dpop import DPoPPolicy
 from bearerguard.errors import AuthError, ServiceUnavailableError
 from bearerguard.events import CAEP_SESSION_REVOKED, SET_MEDIA_TYPE, SecurityEventReceiver
+from bearerguard.mcp import _BodyTooLargeError
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from bearerguard.usage import MemoryUsageMonitor, UsagePolicy
@@ -320,3 +322,18 @@ def test_the_access_log_recipe_redacts_a_real_uvicorn_line(session_issuer: DevIs
         "GET /login?access%5Ftoken=REDACTED&x=1 HTTP/1.1",
         "GET /api/me?access_token=REDACTED HTTP/1.1",
     ]
+
+
+def _audit_row(start: str) -> str:
+    return next(line for line in AUDIT_PAGE.read_text().splitlines() if line.startswith(start))
+
+
+def test_the_alg_of_an_opaque_token_is_documented() -> None:
+    # An introspected (opaque) token has no header: its events' alg is a constant.
+    assert f"`{INTROSPECTION_ALGORITHM}`" in _audit_row("| `kid`, `alg` |")
+
+
+def test_every_status_of_a_reason_is_documented() -> None:
+    # MCPToolScopes refuses a body too large to check with invalid_request and 413.
+    assert _BodyTooLargeError.reason == "invalid_request"
+    assert str(_BodyTooLargeError.status) in _audit_row("| `invalid_request` |")

@@ -681,8 +681,10 @@ class BearerAuth(SecurityBase):
 
         Args:
             app: the FastAPI app the middleware protects.
-            public_paths: the middleware's public paths; by default those of the
-                ``BearerGuardMiddleware`` among ``app``'s middleware (every one's, stacked).
+            public_paths: the middleware's public paths, as ``app``'s own paths (for an
+                app mounted under ``/api``, ``/health`` for the middleware's
+                ``/api/health``); by default those of the ``BearerGuardMiddleware`` among
+                ``app``'s middleware (every one's, stacked).
 
         Raises:
             ConfigurationError: no ``public_paths`` and no ``BearerGuardMiddleware`` among
@@ -731,8 +733,10 @@ def document_middleware(
 
     Args:
         app: the FastAPI app the middleware protects.
-        public_paths: the middleware's public paths; by default those of the
-            ``BearerGuardMiddleware`` among ``app``'s middleware (every one's, stacked).
+        public_paths: the middleware's public paths, as ``app``'s own paths (for an app
+            mounted under ``/api``, ``/health`` for the middleware's ``/api/health``); by
+            default those of the ``BearerGuardMiddleware`` among ``app``'s middleware
+            (every one's, stacked).
         scheme_name: the security scheme's name in the OpenAPI document.
         description: its description there.
         oauth2_flows: describe the scheme as OAuth 2.0 with these flows (see
@@ -771,7 +775,8 @@ def _document_middleware(
         if not found:
             raise ConfigurationError(
                 "document_middleware: no BearerGuardMiddleware among the app's middleware; "
-                "for one in front of the app, pass its public_paths=[...]"
+                "for one in front of the app, pass its public_paths=[...] as this app's "
+                "paths (without the prefix it is mounted under)"
             )
     else:
         found = [PublicPaths(public_paths)]

@@ -1449,6 +1449,45 @@ def test_openapi_documents_a_middleware_in_front_of_the_app(guard: BearerGuard) 
     assert served.app is app
 
 
+def test_openapi_documents_an_app_mounted_behind_the_middleware(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # The middleware on the outer app matches its public paths with the mount's prefix
+    # (/api/health); the mounted app's document has its own paths (/health), so its public
+    # paths are given as it sees them. Given with the prefix, as the docs said ("the
+    # middleware's"), /health was documented as needing a token it does not need.
+    api = FastAPI()
+
+    @api.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    @api.get("/orders")
+    async def orders() -> list[str]:
+        return []
+
+    outer = FastAPI(
+        middleware=[
+            Middleware(
+                BearerGuardMiddleware,
+                guard=guard,
+                public_paths=["/api/health", "/api/openapi.json"],
+            )
+        ]
+    )
+    outer.mount("/api", api)
+    BearerAuth(guard).document_middleware(api, public_paths=["/health", "/openapi.json"])
+    with TestClient(outer) as client:
+        schema = client.get("/api/openapi.json").json()
+        assert schema["servers"] == [{"url": "/api"}]
+        paths = schema["paths"]
+        assert "security" not in paths["/health"]["get"]
+        assert client.get("/api/health").status_code == 200  # as documented
+        assert paths["/orders"]["get"]["security"] == [{"bearerAuth": []}]
+        assert_refusal(client.get("/api/orders"), 401, None)
+        assert client.get("/api/orders", headers=bearer(session_issuer)).json() == []
+
+
 def test_openapi_documents_a_trusted_issuers_middleware_without_a_bearer_auth() -> None:
     # BearerAuth needs one BearerGuard: behind BearerGuardMiddleware(guard=TrustedIssuers),
     # nothing could document the token the middleware requires. The module's

@@ -105,6 +105,7 @@ _POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
 _NO_PUBLIC_PATHS = PublicPaths(())
 _MAX_ALTERNATIVES = 64  # any-of groups multiply; past this the document lists the groups
 _ERROR_SCHEMA = "BearerError"
+_ERROR_SCHEMA_TAKEN = "bearerguard.BearerError"  # when the app has a schema of that name
 _INSTALLED = "__bearerguard_schemes__"  # on app.openapi: the scheme names it documents
 _AUTHENTICATES = "__bearerguard_auth__"  # on a requires_any dependency: its BearerAuth
 _GUARDED = "__bearerguard_guarded__"  # on an app: per scheme name, the middleware's public paths
@@ -823,6 +824,7 @@ def _document(
     other operation."""
     name, model = scheme
     paths = schema.get("paths", {})
+    error_schema = _error_schema_name(schema)
     used = False
     named: dict[str, str] = {}  # every scope an operation requires, in order
     for route in _api_routes(routes):
@@ -864,7 +866,7 @@ def _document(
             )
             for entry in operation["security"]:
                 named.update((scope, scope) for scope in entry[name])
-            _document_refusals(operation, scoped=bool(all_of or alternatives))
+            _document_refusals(operation, error_schema, scoped=bool(all_of or alternatives))
     if used:
         components = schema.setdefault("components", {})
         scheme_object = model.model_dump(by_alias=True, exclude_none=True, mode="json")
@@ -874,16 +876,28 @@ def _document(
             given = flow.setdefault("scopes", {})
             given.update((scope, text) for scope, text in named.items() if scope not in given)
         components.setdefault("securitySchemes", {})[name] = scheme_object
-        components.setdefault("schemas", {})[_ERROR_SCHEMA] = {
-            "type": "object",
-            "title": _ERROR_SCHEMA,
-            "description": "An RFC 6750 error answer.",
-            "properties": {
-                "error": {"type": "string"},
-                "error_description": {"type": "string"},
-            },
-            "required": ["error", "error_description"],
-        }
+        components.setdefault("schemas", {})[error_schema] = _error_body()
+
+
+def _error_schema_name(schema: Mapping[str, Any]) -> str:
+    """The name of the RFC 6750 body's schema: ``BearerError``, unless the app has a schema
+    of its own by that name, which is kept (its operations refer to it)."""
+    taken = schema.get("components", {}).get("schemas", {}).get(_ERROR_SCHEMA)
+    return _ERROR_SCHEMA if taken in (None, _error_body()) else _ERROR_SCHEMA_TAKEN
+
+
+def _error_body() -> dict[str, Any]:
+    """The schema of an RFC 6750 error answer's body, a fresh one to put in a document."""
+    return {
+        "type": "object",
+        "title": _ERROR_SCHEMA,
+        "description": "An RFC 6750 error answer.",
+        "properties": {
+            "error": {"type": "string"},
+            "error_description": {"type": "string"},
+        },
+        "required": ["error", "error_description"],
+    }
 
 
 def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:
@@ -1034,9 +1048,9 @@ def _combined(
     return [{**entry, **other} for other in others for entry in mine]
 
 
-def _document_refusals(operation: dict[str, Any], *, scoped: bool) -> None:
+def _document_refusals(operation: dict[str, Any], error_schema: str, *, scoped: bool) -> None:
     responses = operation.setdefault("responses", {})
-    content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{_ERROR_SCHEMA}"}}}
+    content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{error_schema}"}}}
     challenge = {
         "WWW-Authenticate": {
             "description": "The Bearer challenge (RFC 6750 §3).",

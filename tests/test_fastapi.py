@@ -1148,6 +1148,31 @@ def test_openapi_oauth2_flows_offer_every_scope_operations_require(guard: Bearer
     assert scheme["flows"]["authorizationCode"]["scopes"] == {"b": "Read B", "a": "a", "c": "c"}
 
 
+class BearerError(BaseModel):
+    code: int
+
+
+def test_openapi_keeps_the_apps_own_schema_named_like_the_error_body(guard: BearerGuard) -> None:
+    # The RFC 6750 body's schema replaced an app's own model of the same name: the
+    # operation's 200 answer was documented as an RFC 6750 error.
+    bearer_auth = BearerAuth(guard)
+    app = bearer_auth.install(FastAPI())
+
+    @app.get("/x", dependencies=[bearer_auth.requires("a")])
+    def x() -> BearerError:
+        return BearerError(code=1)  # pragma: no cover
+
+    schema = app.openapi()
+    schemas = schema["components"]["schemas"]
+    assert schemas["BearerError"]["properties"] == {"code": {"title": "Code", "type": "integer"}}
+    responses = schema["paths"]["/x"]["get"]["responses"]
+    ref = responses["401"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref == responses["403"]["content"]["application/json"]["schema"]["$ref"]
+    name = ref.removeprefix("#/components/schemas/")
+    assert name != "BearerError"
+    assert schemas[name]["required"] == ["error", "error_description"]
+
+
 def test_swagger_ui_is_served(guard: BearerGuard) -> None:
     with TestClient(build_api(guard, middleware=False)) as client:
         assert "swagger-ui" in client.get("/docs").text

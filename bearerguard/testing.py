@@ -179,6 +179,16 @@ class Override:
     headers: Mapping[str, str] = field(default_factory=dict)
     """Extra response headers; a ``Content-Type`` here replaces the default JSON one."""
 
+    def __post_init__(self) -> None:
+        # A str body would fail only in the serving thread, mid-answer: a traceback on stderr
+        # and a key fetch failing for no visible reason. Say so where the mistake is made.
+        body: object = self.body
+        if not isinstance(body, bytes | bytearray):
+            raise TypeError(
+                f"Override body is bytes, not {type(body).__name__}: "
+                "encode it, as json.dumps(document).encode()"
+            )
+
 
 @dataclass(frozen=True, slots=True)
 class RecordedRequest:
@@ -315,6 +325,8 @@ class DevIssuer:
         self.oidc_discovery = oidc_discovery
         self.oauth_metadata = oauth_metadata
         self.jwks_max_age = jwks_max_age
+        if isinstance(algorithms, str):  # iterating "ES256" would ask for an "E" key
+            raise TypeError(f"algorithms is an iterable of names: [{algorithms!r}], not a string")
         self.keys: list[SigningKey] = (
             [_new_key(alg) for alg in algorithms] if keys is None else list(keys)
         )

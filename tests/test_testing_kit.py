@@ -28,6 +28,7 @@ from bearerguard.testing import (
     AUDIT_EVENT_NAMES,
     AuditEvents,
     DevIssuer,
+    Override,
     SigningKey,
     audit_events,
 )
@@ -541,6 +542,19 @@ def test_a_guard_for_a_resource_checks_the_resource_as_audience(session_issuer: 
 def test_scopes_given_as_one_string_are_refused(session_issuer: DevIssuer) -> None:
     with pytest.raises(TypeError, match="not a string"):
         session_issuer.mint(scopes="items:read")  # type: ignore[arg-type]
+
+
+def test_algorithms_given_as_one_string_are_refused() -> None:
+    # iterating "ES256" would ask for keys of algorithm "E", "S", ...
+    with pytest.raises(TypeError, match=r"\['ES256'\], not a string"):
+        DevIssuer(algorithms="ES256")
+
+
+@pytest.mark.parametrize("body", ['{"keys": []}', {"keys": []}])
+def test_an_override_body_that_is_not_bytes_is_refused_at_once(body: object) -> None:
+    # Not in the serving thread, mid-answer, as a traceback and a failed key fetch.
+    with pytest.raises(TypeError, match="body is bytes"):
+        Override(body=body)  # type: ignore[arg-type]
 
 
 def test_the_testing_page_runs_under_pytest(pytester: pytest.Pytester) -> None:

@@ -216,6 +216,8 @@ def _sign(key: SigningKey, claims: Mapping[str, Any], headers: Mapping[str, Any]
     """A JWT of ``claims`` signed by ``key``; header members given as ``None`` left out."""
     # A member given as None is left out: headers={"kid": None} signs without a kid.
     header = {name: value for name, value in headers.items() if value is not None}
+    # PyJWT writes "typ": "JWT" into a header without typ; a typ of None is its way to omit it.
+    header.setdefault("typ", None)
     if key.algorithm in ("Ed25519", "Ed448"):
         payload = json.dumps(dict(claims), separators=(",", ":")).encode()
         return _FULLY_SPECIFIED_EDDSA.encode(

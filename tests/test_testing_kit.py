@@ -544,6 +544,18 @@ def test_scopes_given_as_one_string_are_refused(session_issuer: DevIssuer) -> No
         session_issuer.mint(scopes="items:read")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("algorithm", ["RS256", "Ed25519"])
+def test_header_members_given_as_none_are_left_out(algorithm: str) -> None:
+    # PyJWT writes typ "JWT" into a header without typ: None must leave typ out altogether.
+    with DevIssuer(algorithms=[algorithm]) as issuer:
+        for token in (
+            issuer.mint(headers={"typ": None, "kid": None}),
+            issuer.mint_forged(headers={"typ": None, "kid": None}),
+            issuer.sign(issuer.claims(), headers={"typ": None, "kid": None}),
+        ):
+            assert jwt.get_unverified_header(token) == {"alg": algorithm}
+
+
 def test_algorithms_given_as_one_string_are_refused() -> None:
     # iterating "ES256" would ask for keys of algorithm "E", "S", ...
     with pytest.raises(TypeError, match=r"\['ES256'\], not a string"):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -100,7 +101,25 @@ _SCOPES = {"token": "t", "subject": "s"}
 
 
 def _part(text: str) -> str:
-    return text.replace("%", "%25").replace(":", "%3A")
+    text = text.replace("%", "%25").replace(":", "%3A")
+    return text if text.isascii() else _SURROGATE.sub(_percent, text)
+
+
+# A lone surrogate (a JSON claim's "\ud800", a client address decoded with surrogateescape)
+# has no UTF-8 encoding: redis-py refused the whole call, and the failure cooldown then left
+# every request unmonitored. Percent-encoded as its surrogatepass bytes ("%" is already).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _percent(found: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in found[0].encode("utf-8", "surrogatepass"))
+
+
+def _address(address: str | None) -> str | bytes:
+    """The script's address argument: bytes when it has no UTF-8 encoding (see above)."""
+    if not address:
+        return ""
+    return address if address.isascii() else address.encode("utf-8", "surrogatepass")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +129,7 @@ class _Plan:
     targets: tuple[Target, ...]
     remaining: int
     keys: list[str]
-    args: list[str | int]
+    args: list[str | bytes | int]
 
 
 def _failure(exc: BaseException) -> UsageMonitorError:
@@ -274,7 +293,11 @@ class RedisUsageMonitor:
         prefix = self._prefix
         now, before = f"{prefix}{window.number}:", f"{prefix}{window.number - 1}:"
         keys: list[str] = []
-        args: list[str | int] = [math.ceil(window.ttl * 1000), window.remaining, address or ""]
+        args: list[str | bytes | int] = [
+            math.ceil(window.ttl * 1000),
+            window.remaining,
+            _address(address),
+        ]
         for target in found:
             tail = f"{_part(target.issuer)}:{_part(target.name)}"
             scope = _SCOPES[target.scope]

@@ -170,6 +170,14 @@ def test_the_sliding_estimate(current: int, previous: int, remaining: int, expec
         ("2001:db8::1:4711", {}, "2001:db8::/64"),  # no brackets: an address of its own
         ("not:an:address", {}, "not:an:address"),
         ("x" * 1000, {}, "x" * 256),
+        # Text inet_pton refuses with ValueError, not OSError (a NUL, a lone surrogate):
+        # counted as itself like any other name, never a failure of the monitor.
+        ("203.0.113.7\x00", {"ipv4_prefix": 24}, "203.0.113.7\x00"),
+        ("::1\x00", {}, "::1\x00"),
+        ("[::1\x00]:80", {}, "[::1\x00]:80"),
+        ("203.0.113.7\x00:80", {}, "203.0.113.7\x00:80"),
+        ("\ud800", {"ipv4_prefix": 24}, "\ud800"),
+        ("\ud800:80", {}, "\ud800:80"),
     ],
 )
 def test_addresses_count_by_network(
@@ -566,6 +574,22 @@ async def test_one_client_through_a_proxy_that_forwards_ports(make: Make, side: 
     assert (found.token_addresses, found.exceeded) == (1, False)
     found = await observe(monitor, side, token(), "198.51.100.2:50001")
     assert (found.token_addresses, found.exceeded) == (2, True)
+
+
+@pytest.mark.anyio
+async def test_odd_addresses_and_names_are_counted_without_failing(make: Make, side: str) -> None:
+    """A client address or a claim Redis cannot take as UTF-8 text (a lone surrogate), or
+    inet_pton refuses with ValueError (a NUL), is counted like any other: a failure here let
+    the request in unmonitored, and with Redis skipped everyone's for ``failure_cooldown``."""
+    policy = UsagePolicy(max_addresses_per_token=1, max_addresses_per_subject=5, ipv4_prefix=24)
+    monitor = make(policy, Clock())
+    odd = token(jti="j\ud800", sub="al\udcffice")
+    for address in ("198.51.100.1\x00", "\ud800:80", "\ud800"):
+        found = await observe(monitor, side, odd, address)
+    assert (found.token_addresses, found.subject_addresses, found.exceeded) == (3, 3, True)
+    found = await observe(monitor, side, token(), "192.0.2.1")  # nothing skipped
+    assert (found.token_addresses, found.exceeded) == (1, False)
+    assert (await observe(monitor, side, token(jti="j\udcff"), None)).token_uses == 1
 
 
 @pytest.mark.anyio

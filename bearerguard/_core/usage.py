@@ -279,13 +279,13 @@ def address_key(client: str | None, policy: UsagePolicy) -> str | None:
             return client  # the common case, without parsing
         try:
             packed = inet_pton(AF_INET, client)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL, a lone surrogate
             return client
         return _network(AF_INET, packed, policy.ipv4_prefix)
     try:
         # inet_pton, not ipaddress: C, and a tenth of the cost on the hot path.
         packed = inet_pton(AF_INET6, client.strip("[]"))
-    except OSError:
+    except (OSError, ValueError):
         host = _without_port(client)
         return client if host is None else address_key(host, policy)
     if packed[:12] in _EMBEDDING_IPV4:
@@ -317,7 +317,7 @@ def _without_port(client: str) -> str | None:
         family = AF_INET
     try:
         inet_pton(family, host)
-    except OSError:
+    except (OSError, ValueError):
         return None
     return host
 

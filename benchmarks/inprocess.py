@@ -292,7 +292,8 @@ class WSGICase(Case):
             "wsgi.version": (1, 0),
         }
 
-    def _call(self) -> str:
+    def call(self) -> str:
+        """One request; returns its status line."""
         status = ""
 
         def start_response(line: str, headers: Any, exc_info: Any = None) -> Any:
@@ -310,12 +311,12 @@ class WSGICase(Case):
 
     async def prepare(self) -> None:
         for _ in range(20):
-            status = self._call()
+            status = self.call()
             if not status.startswith("200"):
                 raise RuntimeError(f"{self.result.label}: status {status}, expected 200")
 
     async def timed(self, n: int) -> float:
-        call = self._call
+        call = self.call
         started = time.perf_counter()
         for _ in range(n):
             call()

@@ -60,6 +60,8 @@ CASES = {
     "served_hit": "under uvicorn: + bearerguard, cache hit, accepted-audit off",
     "served_audited": "under uvicorn: + bearerguard, cache hit, every decision audited",
     "served_reference": "under uvicorn: + reference: SHA-256 token lookup only",
+    "flask_bare": "Flask (WSGI), bare (one request)",
+    "flask_hit": "+ bearerguard WSGI middleware + @requires_scopes, cache hit, accepted-audit off",
 }
 # The app each request case runs, in-process and under uvicorn.
 _APPS = {
@@ -75,6 +77,7 @@ _APPS = {
 _BARE = {
     "starlette_bare": ("starlette_hit", "starlette_audited", "reference"),
     "served_bare": ("served_hit", "served_audited", "served_reference"),
+    "flask_bare": ("flask_hit",),
 }
 WARM_UP = 200
 _COLLECTED = re.compile(r"Collected : (\d+)")
@@ -127,6 +130,17 @@ def _operation(case: str, fixture: dict[str, Any]) -> Callable[[int], None]:
 
         # One coroutine per batch, as benchmarks/inprocess.py drives its apps.
         return lambda count: loop.run_until_complete(requests(count))
+    if case in ("flask_bare", "flask_hit"):
+        from benchmarks.inprocess import WSGICase, flask_app
+
+        protected = guard(audit_sample_accepted=0.0) if case == "flask_hit" else None
+        wsgi = WSGICase(case, CASES[case], None, app=flask_app(protected), token=tokens[0])
+
+        def wsgi_requests(count: int) -> None:
+            for _ in range(count):
+                wsgi.call()
+
+        return wsgi_requests
     if case == "bg_miss":
         miss = guard(cache_size=0, audit_sample_accepted=0.0)
 

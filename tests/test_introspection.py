@@ -1035,6 +1035,26 @@ async def test_opaque_tokens_are_granted_their_scope_claims(
 
 
 @pytest.mark.anyio
+async def test_a_handler_changing_claims_does_not_change_the_next_requests_grants(
+    issuer: DevIssuer, server: IntrospectionServer
+) -> None:
+    # The introspector keeps its answer for the next request about the same token: a handler
+    # appending to a list in token.claims must not add to what that request is granted.
+    server.activate("roles", roles=["items:read"], realm_access={"roles": ["viewer"]})
+    guard = opaque_guard(issuer, server, scope_claims=["roles", "realm_access.roles"])
+    first = await guard.authenticate("roles")
+    first.claims["roles"].append("admin")
+    first.claims["realm_access"]["roles"].append("root")
+    first.claims["realm_access"]["extra"] = ["x"]
+    again = await guard.authenticate("roles")
+    assert server.calls == 1  # the cached answer
+    assert again.scopes == {"items:read", "viewer"}
+    assert again.claims["roles"] == ["items:read"]
+    assert again.claims["realm_access"] == {"roles": ["viewer"]}
+    assert guard.authenticate_sync("roles").scopes == {"items:read", "viewer"}
+
+
+@pytest.mark.anyio
 async def test_opaque_token_refusals_and_outages_are_audited(
     issuer: DevIssuer, server: IntrospectionServer
 ) -> None:

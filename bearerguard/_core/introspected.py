@@ -165,8 +165,9 @@ def token_from_introspection(
         raise InactiveTokenError("the authorization server says the token is not active")
     # A plain dict, as a verified JWT's claims are: the introspector hands its answer over
     # read-only, and read_scopes walks scope_claims paths through dicts only (claim checks
-    # get a dict too, as for a JWT).
-    plain = dict(claims)
+    # get a dict too, as for a JWT). A copy to the bottom: the introspector keeps its answer
+    # for the next request, whose scopes a handler appending to a list here must not grant.
+    plain = _copied(claims)
     _check_kind(claims, "token_type", _ACCESS_TOKEN_TYPES)
     _check_kind(claims, "typ", _ACCESS_TOKEN_TYPS)
     token_use = claims.get("token_use")  # not RFC 7662: ORY Hydra and Amazon Cognito name it
@@ -202,6 +203,23 @@ def token_from_introspection(
         fingerprint=fingerprint,
         raw=raw,
     )
+
+
+def _copied(claims: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a decoded JSON object whose nested objects and arrays are copies too.
+
+    Without recursion: an answer nested as deep as the JSON parser allows is copied too.
+    """
+    root = dict(claims)
+    pending: list[dict[Any, Any] | list[Any]] = [root]
+    while pending:
+        node = pending.pop()
+        for key, item in node.items() if isinstance(node, dict) else enumerate(node):
+            if isinstance(item, dict | list):
+                copy = dict(item) if isinstance(item, dict) else list(item)
+                node[key] = copy  # replacing a value: the size being iterated stays
+                pending.append(copy)
+    return root
 
 
 def _check_kind(claims: Mapping[str, Any], name: str, accepted: frozenset[str]) -> None:

@@ -187,6 +187,22 @@ async def test_access_token_fields(session_issuer: DevIssuer) -> None:
         token.claims["sub"] = "mallory"  # type: ignore[index]
 
 
+async def test_a_handler_changing_claims_does_not_change_what_a_reused_token_grants(
+    session_issuer: DevIssuer,
+) -> None:
+    # The verified token is cached and handed to the next request with the same credentials:
+    # its scopes were read once, so a list in its claims changed by a handler grants nothing.
+    guard = session_issuer.guard(scope_claims=["roles"])
+    token = session_issuer.mint(scopes=["a"], scp=["b"], roles=["c"])
+    first = await guard.authenticate(token)
+    first.claims["roles"].append("admin")
+    first.claims["scp"].append("admin")
+    again = await guard.authenticate(token)
+    assert again is first  # the cache hit
+    assert again.scopes == {"a", "b", "c"}
+    assert not again.has_scopes("admin")
+
+
 async def test_azp_stands_in_for_client_id(session_issuer: DevIssuer) -> None:
     guard = session_issuer.guard()
     token = await guard.authenticate(session_issuer.mint(client_id=None, azp="spa"))

@@ -350,7 +350,9 @@ class BearerGuardWSGIMiddleware:
             refusal = refusal_for(guard, error)
             status = f"{refusal.status} {HTTPStatus(refusal.status).phrase}"
             start_response(status, refusal.framed_headers)
-            return [refusal.body]
+            # RFC 9110 §9.3.2: no content for HEAD (its content-length still states GET's).
+            # A WSGI server may write what the app returns: werkzeug's development server does.
+            return [] if request[0] == "HEAD" else [refusal.body]
         auth = RequestAuth(guard, access, started, *request, self.respond)
         if access is not None:
             guard.audit.accepted(access, auth, perf_counter() - started, binding=binding)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import io
+import socket
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from bearerguard import AccessToken, RefreshPolicy, get_access_token
 from bearerguard._context import current_auth
 from bearerguard.dpop import DPoPPolicy
 from bearerguard.errors import ConfigurationError, KeySetUnavailableError, UnknownKeyError
+from bearerguard.flask import protect
 from bearerguard.guard import BearerGuard
 from bearerguard.revocation.redis import RedisRevocationStore
 from bearerguard.testing import DevIssuer, Override
@@ -647,6 +649,34 @@ def test_a_refused_query_token_is_redacted_in_the_environ_servers_log_from(
         },
         dict.fromkeys(keys[1:], "/health?access=1") | {"QUERY_STRING": "access=1"},
     ]
+
+
+def test_a_refused_head_request_gets_no_content_on_the_wire(session_issuer: DevIssuer) -> None:
+    # RFC 9110 §9.3.2: no content in the answer to HEAD. Flask's own responses leave it out,
+    # but werkzeug's development server writes whatever the app returns: read here as a
+    # client sees it, on a real server.
+    from werkzeug.serving import make_server
+
+    app = flask.Flask(__name__)
+    app.add_url_rule("/items", "items", lambda: {"items": []})
+    protect(app, guard=session_issuer.guard())
+    server = make_server("127.0.0.1", 0, app, threaded=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    answers: list[bytes] = []
+    try:
+        for header in ("", "Authorization: Bearer not-a-jwt\r\n"):
+            with socket.create_connection(("127.0.0.1", server.server_port), timeout=10) as sock:
+                sock.sendall(f"HEAD /items HTTP/1.1\r\nHost: t\r\n{header}\r\n".encode())
+                answers.append(b"".join(iter(lambda: sock.recv(4096), b"")))
+    finally:
+        server.shutdown()
+        thread.join(10)
+    for answer in answers:
+        head, _, content = answer.partition(b"\r\n\r\n")
+        assert head.split(b"\r\n")[0].endswith(b" 401 Unauthorized")
+        assert b"\r\nwww-authenticate: Bearer realm=" in head
+        assert content == b""
 
 
 class StreamedBody:

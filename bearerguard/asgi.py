@@ -563,7 +563,9 @@ class BearerGuardMiddleware:
             await send(
                 {"type": "http.response.start", "status": refusal.status, "headers": headers}
             )
-            await send({"type": "http.response.body", "body": refusal.body})
+            # RFC 9110 §9.3.2: no content for HEAD (its Content-Length is the GET's, §8.6).
+            body = b"" if scope.get("method") == "HEAD" else refusal.body
+            await send({"type": "http.response.body", "body": body})
         elif "websocket.http.response" in (scope.get("extensions") or {}):
             await send(
                 {

@@ -496,3 +496,30 @@ async def test_a_public_root_under_a_root_path_is_the_mount_point(guard: BearerG
 
 async def _echo_path(scope: Scope, receive: Receive, send: Send) -> None:
     await PlainTextResponse(scope["path"])(scope, receive, send)
+
+
+async def test_a_refused_head_request_gets_no_content(guard: BearerGuard) -> None:
+    # RFC 9110 §9.3.2: a HEAD answer carries no content, as the WSGI middleware sends it; a
+    # thin ASGI server would write out what the app sends.
+    app = build_app(guard)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "HEAD",
+        "path": "/me",
+        "headers": [(b"authorization", b"Bearer not-a-jwt")],
+        "query_string": b"",
+        "client": ("127.0.0.1", 1),
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 401
+    headers = dict(sent[0]["headers"])
+    assert headers[b"www-authenticate"].startswith(b"Bearer ")
+    assert sent[1] == {"type": "http.response.body", "body": b""}

@@ -172,12 +172,16 @@ class TrustedIssuers:
     def guard_for(self, token: str | bytes) -> BearerGuard:
         """The guard that verifies ``token``: the one for its ``iss``.
 
-        Tokens that are not compact JWS, or whose payload cannot be read, go to the primary
-        guard, which refuses them (or introspects them) exactly as it would alone.
+        Tokens longer than ``max_token_bytes``, not compact JWS, or whose payload cannot be
+        read, go to the primary guard, which refuses them (or introspects them) exactly as
+        it would alone.
 
         Raises:
             InvalidIssuerError: the ``iss`` is not a trusted issuer (401 ``invalid_token``).
         """
+        if len(token) > self.max_token_bytes:
+            # As BearerGuard.authenticate: refused (by the primary) before any decoding.
+            return self.primary
         issuer, header = _unverified_issuer(token)
         if issuer is None:
             return self.primary

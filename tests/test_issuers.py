@@ -391,3 +391,20 @@ def test_the_resource_metadata_names_every_trusted_issuer(
     assert explicit.protected_resource.document["authorization_servers"] == [
         "https://login.example"
     ]
+
+
+def test_an_oversized_token_is_refused_before_its_issuer_is_read(
+    alpha: DevIssuer, beta: DevIssuer
+) -> None:
+    """The primary's ``max_token_bytes`` refuses a token before any decoding, as
+    ``BearerGuard`` does: ``TrustedIssuers`` decoded it to read its ``iss``, asked the
+    resolver, and accepted it when its issuer's guard allowed more."""
+    tenants = Tenants(beta)
+    guards = TrustedIssuers([alpha.guard(in_process=True, max_token_bytes=2048)], resolver=tenants)
+    oversized = beta.mint(padding="x" * 4096)
+    for authenticate in (guards.authenticate_sync, guards.primary.authenticate_sync):
+        with pytest.raises(InvalidTokenError) as refused:
+            authenticate(oversized)
+        assert refused.value.reason == "malformed_token"
+    assert tenants.calls == []
+    assert guards.authenticate_sync(beta.mint()).issuer == beta.url

@@ -40,9 +40,11 @@ class Clock:
 
 
 @contextlib.contextmanager
-def uvicorn_logging(app: Any, logger: str = "uvicorn.access") -> Iterator[tuple[str, io.StringIO]]:
-    """A real uvicorn server for ``app`` on 127.0.0.1: its base URL, and what ``logger``
-    writes while it serves (uvicorn's own formats: the access line with its query)."""
+def uvicorn_logging(
+    app: Any, logger: str = "uvicorn.access", http: str = "auto"
+) -> Iterator[tuple[str, io.StringIO]]:
+    """A real uvicorn server for ``app`` on 127.0.0.1 (``http``: its parser): its base URL,
+    and what ``logger`` writes while it serves (uvicorn's own formats: the access line)."""
     import logging
     import socket
     import threading
@@ -55,7 +57,7 @@ def uvicorn_logging(app: Any, logger: str = "uvicorn.access") -> Iterator[tuple[
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="off"))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="off", http=http))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         deadline = time.monotonic() + 10

@@ -1,4 +1,5 @@
-"""Small helpers shared by the tests: base64url, hand-made tokens, a settable clock."""
+"""Small helpers shared by the tests: base64url, hand-made tokens, a settable clock, a direct
+ASGI call."""
 
 from __future__ import annotations
 
@@ -7,8 +8,28 @@ import contextlib
 import io
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+
+async def asgi_call(
+    app: Any,
+    scope: dict[str, Any],
+    inbox: Sequence[dict[str, Any]] = ({"type": "http.request", "body": b""},),
+) -> list[dict[str, Any]]:
+    """Call an ASGI app directly: ``inbox`` answers its ``receive()`` calls in turn, then a
+    disconnect; returns every message it sent."""
+    pending = list(inbox)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
 
 
 def b64(data: bytes) -> str:

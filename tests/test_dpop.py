@@ -52,6 +52,7 @@ from bearerguard.revocation.memory import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
 from tests.apps import build_app, build_flask_app
+from tests.helpers import asgi_call
 from tests.redis_server import RedisServer
 
 URL = "http://testserver/me"
@@ -1783,15 +1784,7 @@ async def test_a_path_no_utf_8_can_hold_is_refused_not_a_500(
         "client": ("127.0.0.1", 1),
         "server": ("testserver", 80),
     }
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
     with structlog.testing.capture_logs() as logged:
-        await app(scope, receive, send)
+        sent = await asgi_call(app, scope)
     assert sent[0]["status"] == 401
     assert [e["event"] for e in logged] == ["token.rejected"]

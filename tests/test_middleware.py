@@ -21,7 +21,7 @@ from bearerguard.asgi import BearerGuardMiddleware, PublicPaths
 from bearerguard.errors import ConfigurationError
 from bearerguard.testing import DevIssuer
 from tests.apps import build_app
-from tests.helpers import uvicorn_logging
+from tests.helpers import asgi_call, uvicorn_logging
 
 pytestmark = pytest.mark.anyio
 
@@ -501,15 +501,6 @@ async def _echo_path(scope: Scope, receive: Receive, send: Send) -> None:
 async def test_a_refused_head_request_gets_no_content(guard: BearerGuard) -> None:
     # RFC 9110 §9.3.2: a HEAD answer carries no content, as the WSGI middleware sends it; a
     # thin ASGI server would write out what the app sends.
-    app = build_app(guard)
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
     scope = {
         "type": "http",
         "method": "HEAD",
@@ -518,7 +509,7 @@ async def test_a_refused_head_request_gets_no_content(guard: BearerGuard) -> Non
         "query_string": b"",
         "client": ("127.0.0.1", 1),
     }
-    await app(scope, receive, send)
+    sent = await asgi_call(build_app(guard), scope)
     assert sent[0]["status"] == 401
     headers = dict(sent[0]["headers"])
     assert headers[b"www-authenticate"].startswith(b"Bearer ")

@@ -388,7 +388,10 @@ class BearerGuardMiddleware:
         guard = self.guard
         guard.audit.refused(error, RequestInfo(*described), perf_counter() - started)
         _redact_query_token(request)
-        return wsgi._django_response(refusal_for(guard, error))
+        response = wsgi._django_response(refusal_for(guard, error))
+        if request.method == "HEAD":  # RFC 9110 §9.3.2, as the WSGI and ASGI middlewares
+            response.content = b""
+        return response
 
     def _admit(
         self,

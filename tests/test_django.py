@@ -8,6 +8,7 @@ of ``BearerGuardWSGIMiddleware`` around the same Django project.
 from __future__ import annotations
 
 import asyncio
+import io
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -827,3 +828,27 @@ def test_the_metadata_answer_redacts_a_query_token(session_issuer: DevIssuer, ki
         assert answer.wsgi_request.META["QUERY_STRING"] == "access_token=REDACTED"
     else:
         assert answer.asgi_request.scope["query_string"] == "access_token=REDACTED"
+
+
+def test_a_refused_head_request_gets_no_content(project: BearerGuard) -> None:
+    # RFC 9110 §9.3.2, as the WSGI and ASGI middlewares answer it; Django's test Client
+    # drops a HEAD body itself, so the handler is called as a WSGI server calls it.
+    environ = {
+        "REQUEST_METHOD": "HEAD",
+        "PATH_INFO": "/items",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "HTTP_HOST": "testserver",
+        "HTTP_AUTHORIZATION": "Bearer not-a-jwt",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": io.StringIO(),
+    }
+    statuses: list[str] = []
+    body = WSGIHandler()(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    content = b"".join(body)
+    getattr(body, "close", lambda: None)()
+    assert statuses == ["401 Unauthorized"]
+    assert content == b""

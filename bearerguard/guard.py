@@ -30,7 +30,7 @@ import anyio.to_thread
 
 from bearerguard._core.claims import ClaimCheck, ClaimsPolicy, validate_claims
 from bearerguard._core.dpop import check_proof
-from bearerguard._core.extract import DEFAULT_MAX_TOKEN_BYTES, check_b64token
+from bearerguard._core.extract import DEFAULT_MAX_TOKEN_BYTES, check_b64token, too_large
 from bearerguard._core.introspected import token_from_introspection
 from bearerguard._core.jws import (
     CompactJWS,
@@ -201,11 +201,6 @@ def _still_chosen(keys: KeySet, entry: Verified) -> bool:
     """
     token = entry.token
     return entry.key in keys.keys_for(token.key_id, token.algorithm)
-
-
-def _oversized(credentials: bytes, max_bytes: int) -> MalformedTokenError:
-    """The error extraction raises for a token longer than ``max_token_bytes``."""
-    return MalformedTokenError(f"token of {len(credentials)} bytes exceeds {max_bytes}")
 
 
 def _fingerprint(digest: bytes) -> str:
@@ -793,7 +788,7 @@ class BearerGuard:
             if verified is not None:
                 access = verified.token
             elif len(credentials) > self.max_token_bytes:  # as extraction: before decoding
-                raise _oversized(credentials, self.max_token_bytes)
+                raise too_large(credentials, self.max_token_bytes)
             elif self._introspector is not None and not looks_compact(
                 text := check_b64token(credentials)
             ):
@@ -861,7 +856,7 @@ class BearerGuard:
             if verified is not None:
                 access = verified.token
             elif len(credentials) > self.max_token_bytes:  # as extraction: before decoding
-                raise _oversized(credentials, self.max_token_bytes)
+                raise too_large(credentials, self.max_token_bytes)
             elif self._introspector is not None and not looks_compact(
                 text := check_b64token(credentials)
             ):

@@ -357,16 +357,6 @@ async def test_websocket_refusal_without_denial_extension_closes_1008(
     guard: BearerGuard, extensions: dict[str, Any] | None
 ) -> None:
     # Some servers send None for no extensions: read as none, as mtls reads it.
-    app = build_app(guard)
-    sent: list[dict[str, Any]] = []
-    inbox = [{"type": "websocket.connect"}]
-
-    async def receive() -> dict[str, Any]:
-        return inbox.pop(0)
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
     scope = {
         "type": "websocket",
         "path": "/ws",
@@ -375,7 +365,7 @@ async def test_websocket_refusal_without_denial_extension_closes_1008(
         "client": ("127.0.0.1", 1),
         "extensions": extensions,
     }
-    await app(scope, receive, send)
+    sent = await asgi_call(build_app(guard), scope, [{"type": "websocket.connect"}])
     assert sent == [{"type": "websocket.close", "code": 1008, "reason": "missing_token"}]
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "request_credentials",
     "request_dpop_credentials",
     "split_joined_values",
+    "too_large",
 ]
 
 DEFAULT_MAX_TOKEN_BYTES = 8192
@@ -42,6 +43,11 @@ _B64TOKEN_CHARS = (string.ascii_letters + string.digits + "-._~+/").encode()
 # auth-param ("name=value", as in Digest) continues the previous ones.
 _NEW_CREDENTIALS = re.compile(rb"[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+ +[^ =]")
 _QUOTED_PAIR = re.compile(rb"\\.", re.DOTALL)
+
+
+def too_large(credentials: bytes, max_bytes: int) -> MalformedTokenError:
+    """The refusal of a token longer than ``max_bytes``, given before any decoding."""
+    return MalformedTokenError(f"token of {len(credentials)} bytes exceeds {max_bytes}")
 
 
 def split_joined_values(value: bytes) -> list[bytes]:
@@ -96,7 +102,7 @@ def bearer_credentials(
     # RFC 6750 §2.1 allows 1*SP between the scheme and the token.
     credentials = credentials.lstrip(b" ")
     if len(credentials) > max_bytes:
-        raise MalformedTokenError(f"token of {len(credentials)} bytes exceeds {max_bytes}")
+        raise too_large(credentials, max_bytes)
     if not credentials:
         raise InvalidRequestError("Bearer without credentials")
     return credentials

@@ -504,3 +504,15 @@ async def test_a_refused_head_request_gets_no_content(guard: BearerGuard) -> Non
     headers = dict(sent[0]["headers"])
     assert headers[b"www-authenticate"].startswith(b"Bearer ")
     assert sent[1] == {"type": "http.response.body", "body": b""}
+
+
+async def test_a_form_body_token_is_never_read(
+    client: httpx.AsyncClient, session_issuer: DevIssuer
+) -> None:
+    # RFC 6750 §2.2 (a MAY for resource servers; docs/security.md): the body is the app's.
+    token = session_issuer.mint(scopes=["items:read", "items:write"])
+    form = {"access_token": token}
+    response = await client.post("/items", data=form)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer realm="https://api.example"'
+    assert (await client.post("/items", data=form, headers=bearer(token))).status_code == 200

@@ -39,7 +39,7 @@ import dataclasses
 import inspect
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from contextvars import Token
 from time import perf_counter
 from typing import Annotated, Any, NoReturn, get_args, get_origin
@@ -769,7 +769,7 @@ def _document_middleware(
     """Record, for ``scheme_name``'s document, the public paths of the middleware in front."""
     if public_paths is None:
         found = [
-            _public_paths_of(entry.kwargs)
+            _public_paths_of(entry.kwargs, built=app.middleware_stack is not None)
             for entry in app.user_middleware
             if isinstance(entry.cls, type) and issubclass(entry.cls, BearerGuardMiddleware)
         ]
@@ -911,9 +911,26 @@ def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:
             yield context
 
 
-def _public_paths_of(options: Mapping[str, Any]) -> PublicPaths:
-    """The public paths of a ``BearerGuardMiddleware`` given ``options`` (its keywords)."""
-    return PublicPaths(options.get("public_paths", ()))
+def _public_paths_of(options: dict[str, Any], *, built: bool) -> PublicPaths:
+    """The public paths of a ``BearerGuardMiddleware`` given ``options`` (its keywords).
+
+    A one-shot iterable (a generator) is read once, and what it gave is put back in
+    ``options`` for the middleware, built from them on the first request: else whichever
+    reads second sees no public path. Once the middleware is ``built`` it has read it.
+
+    Raises:
+        ConfigurationError: a one-shot iterable the middleware has already read.
+    """
+    given = options.get("public_paths", ())
+    if not isinstance(given, Collection):
+        if built:
+            raise ConfigurationError(
+                "document_middleware: the middleware has already read its public_paths "
+                "(a generator, which can be read once); pass them as a list or tuple, or "
+                "document the app before it serves a request"
+            )
+        given = options["public_paths"] = tuple(given)
+    return PublicPaths(given)
 
 
 def _walk(dependant: Any) -> Iterator[Any]:

@@ -1588,3 +1588,59 @@ def test_openapi_documents_a_trusted_issuers_middleware_without_a_bearer_auth() 
     assert schema["paths"]["/orders"]["get"]["security"] == [{"token": []}]
     assert "security" not in schema["paths"]["/status"]["get"]
     assert schema["components"]["securitySchemes"]["token"]["type"] == "oauth2"
+
+
+def test_a_generator_of_public_paths_is_read_once_for_the_middleware_and_the_document(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # A generator given as public_paths was read by whichever came first, the document or
+    # the middleware (built on the first request), and the other saw no public path:
+    # /health then needed a token, or was documented as needing one.
+    app = FastAPI(
+        middleware=[
+            Middleware(
+                BearerGuardMiddleware,
+                guard=guard,
+                public_paths=(path for path in ["/health", "/openapi.json"]),
+            )
+        ]
+    )
+
+    @app.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/orders")
+    async def orders() -> list[str]:
+        return []
+
+    bearer_auth = BearerAuth(guard)
+    bearer_auth.document_middleware(app)
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200
+        assert_refusal(client.get("/orders"), 401, None)
+        assert client.get("/orders", headers=bearer(session_issuer)).json() == []
+        paths = client.get("/openapi.json").json()["paths"]
+    assert "security" not in paths["/health"]["get"]
+    assert paths["/orders"]["get"]["security"] == [{"bearerAuth": []}]
+
+
+def test_a_generator_of_public_paths_the_middleware_read_is_not_documented_as_empty(
+    guard: BearerGuard,
+) -> None:
+    # Documented after the app served a request, the generator is spent: the document would
+    # say every path needs a token. Said at once instead.
+    app = FastAPI(
+        middleware=[
+            Middleware(BearerGuardMiddleware, guard=guard, public_paths=(p for p in ["/health"]))
+        ]
+    )
+
+    @app.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200
+    with pytest.raises(ConfigurationError, match="public_paths"):
+        BearerAuth(guard).document_middleware(app)

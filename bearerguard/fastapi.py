@@ -2,7 +2,7 @@
 
     bearer = BearerAuth(guard)
     app = FastAPI()
-    bearer.install(app)  # RFC 6750 answers, and 401/403 and any-of scopes in OpenAPI
+    bearer.install(app)  # RFC 6750 answers, and its refusals and any-of scopes in OpenAPI
 
     @app.get("/items")
     async def items(token: Annotated[AccessToken, bearer.requires("items:read")]) -> ...
@@ -651,8 +651,8 @@ class BearerAuth(SecurityBase):
         ``app.openapi()`` list, per operation that needs a token, the scopes (any-of as
         alternatives, each also naming the other security schemes the operation's
         dependencies require), the scheme (also for operations protected by
-        ``requires_scopes`` behind the middleware), and the 401 and 403 responses. Returns
-        ``app``. Installing again (as ``protect`` does) changes nothing.
+        ``requires_scopes`` behind the middleware), and the 400, 401, 403 and 503
+        responses. Returns ``app``. Installing again (as ``protect`` does) changes nothing.
         """
         app.add_exception_handler(BearerRefusal, _answer_refusal)
         app.add_exception_handler(Refused, _answer_refusal)
@@ -674,9 +674,9 @@ class BearerAuth(SecurityBase):
 
         Behind the middleware an operation with neither ``BearerAuth`` nor a scope
         decorator needs a token too, unless its path is public; ``app.openapi()`` then
-        names this scheme (with no scopes) and the 401 response on it, so that Swagger UI's
-        "Authorize" sends the token there. Operations at a public path are left as they
-        are, compared as the middleware compares (``/files/{name}`` is public under
+        names this scheme (with no scopes) and the 400, 401 and 503 responses on it, so
+        that Swagger UI's "Authorize" sends the token there. Operations at a public path
+        are left as they are, compared as the middleware compares (``/files/{name}`` is public under
         ``/files/*``). Also calls ``install``; returns ``app``. Without a ``BearerAuth``
         (a ``TrustedIssuers`` middleware), the module's ``document_middleware`` does the same.
 
@@ -729,8 +729,8 @@ def document_middleware(
     ``BearerAuth.document_middleware`` without a ``BearerAuth``, which needs one
     ``BearerGuard``: for a middleware with a ``TrustedIssuers``. ``app.openapi()`` names
     the scheme on every operation not at a public path (with the scopes of its scope
-    decorators) and the 401 (and 403) responses. Only the document changes: refusals are
-    the middleware's. Returns ``app``.
+    decorators) and the 400, 401 (and 403) and 503 responses. Only the document changes:
+    refusals are the middleware's. Returns ``app``.
 
     Args:
         app: the FastAPI app the middleware protects.
@@ -1066,6 +1066,8 @@ def _combined(
 
 
 def _document_refusals(operation: dict[str, Any], error_schema: str, *, scoped: bool) -> None:
+    """The refusals an operation that needs a token answers, each with the RFC 6750 body;
+    the 403 only when it needs a scope. An answer the app documents itself is kept."""
     responses = operation.setdefault("responses", {})
     content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{error_schema}"}}}
     challenge = {
@@ -1074,20 +1076,20 @@ def _document_refusals(operation: dict[str, Any], error_schema: str, *, scoped: 
             "schema": {"type": "string"},
         }
     }
-    responses.setdefault(
-        "401",
-        {
-            "description": "No valid access token (RFC 6750 §3.1).",
-            "headers": challenge,
-            "content": content,
-        },
-    )
-    if scoped:
-        responses.setdefault(
-            "403",
-            {
-                "description": "The token lacks a required scope (insufficient_scope).",
-                "headers": challenge,
-                "content": content,
-            },
-        )
+    retry = {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying (RFC 9110 §10.2.3).",
+            "schema": {"type": "integer"},
+        }
+    }
+    refusals = [
+        ("400", "Malformed or duplicated credentials (invalid_request, RFC 6750 §3.1).", challenge),
+        ("401", "No valid access token (RFC 6750 §3.1).", challenge),
+        ("403", "The token lacks a required scope (insufficient_scope).", challenge),
+        ("503", "Tokens cannot be checked now (keys or a store unavailable): fail closed.", retry),
+    ]
+    for status, description, headers in refusals:
+        if status != "403" or scoped:
+            responses.setdefault(
+                status, {"description": description, "headers": headers, "content": content}
+            )

@@ -1644,3 +1644,39 @@ def test_a_generator_of_public_paths_the_middleware_read_is_not_documented_as_em
         assert client.get("/health").status_code == 200
     with pytest.raises(ConfigurationError, match="public_paths"):
         BearerAuth(guard).document_middleware(app)
+
+
+def test_openapi_documents_the_400_and_503_a_protected_operation_answers() -> None:
+    # Malformed credentials (400 invalid_request) and keys that cannot be had (503, fail
+    # closed) are answers of every operation that needs a token, with the RFC 6750 body,
+    # as 401 and 403 are; they were missing from the document.
+    issuer = DevIssuer().start()
+    guard = issuer.guard()
+    bearer_auth = BearerAuth(guard)
+    app = bearer_auth.install(FastAPI())
+
+    @app.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/notes")
+    async def notes(token: Annotated[AccessToken, bearer_auth.requires("notes:read")]) -> None:
+        pass  # pragma: no cover
+
+    paths = app.openapi()["paths"]
+    responses = paths["/notes"]["get"]["responses"]
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/BearerError"}}}
+    assert responses["400"]["content"] == responses["503"]["content"] == error
+    assert "WWW-Authenticate" in responses["400"]["headers"]  # error="invalid_request"
+    assert "Retry-After" in responses["503"]["headers"]
+    assert not {"400", "503"} & set(paths["/health"]["get"]["responses"])
+    token = issuer.mint(scopes=["notes:read"])
+    issuer.stop()  # the guard has no keys yet, and cannot fetch them now
+    with TestClient(app) as client:
+        malformed = client.get("/notes", headers={"Authorization": "Bearer a b"})
+        assert malformed.status_code == 400
+        assert malformed.json()["error"] == "invalid_request"
+        unavailable = client.get("/notes", headers={"Authorization": f"Bearer {token}"})
+        assert unavailable.status_code == 503
+        assert set(unavailable.json()) == {"error", "error_description"}
+        assert unavailable.headers["retry-after"].isdigit()

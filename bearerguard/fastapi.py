@@ -17,9 +17,10 @@
 
 ``BearerAuth`` is a FastAPI security scheme, so the OpenAPI document names it and lists,
 per operation, the scopes it needs: Swagger UI shows the padlock and its "Authorize" button
-takes a bearer JWT (or runs OAuth 2.0 flows, with ``oauth2_flows``). Scopes declared with
-``Security(bearer, scopes=[...])`` anywhere in an operation's dependencies add up (all-of,
-as FastAPI's ``SecurityScopes`` do); ``requires_any`` is one-of. The guard's
+takes a bearer JWT (or runs OAuth 2.0 flows, with ``oauth2_flows``, or logs in with the
+issuer's OpenID Connect discovery document, with ``openid_connect=True``). Scopes declared
+with ``Security(bearer, scopes=[...])`` anywhere in an operation's dependencies add up
+(all-of, as FastAPI's ``SecurityScopes`` do); ``requires_any`` is one-of. The guard's
 ``scope_implications`` apply to both.
 
 It works with ``BearerGuardMiddleware`` in front (it then reuses the middleware's verdict:
@@ -51,6 +52,7 @@ try:
     from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
     from fastapi.openapi.models import OAuth2 as OAuth2Model
     from fastapi.openapi.models import OAuthFlows as OAuthFlowsModel
+    from fastapi.openapi.models import OpenIdConnect as OpenIdConnectModel
     from fastapi.openapi.models import SecurityBase as SchemeModel
     from fastapi.routing import APIRoute, APIRouter
     from fastapi.security import SecurityScopes
@@ -95,6 +97,7 @@ from bearerguard.decorators import (
 )
 from bearerguard.errors import AuthError, ConfigurationError
 from bearerguard.guard import BearerGuard
+from bearerguard.jwks import check_url, discovery_urls
 from bearerguard.metadata import ProtectedResource
 from bearerguard.token import AccessToken
 
@@ -432,6 +435,16 @@ class BearerAuth(SecurityBase):
         oauth2_flows: describe the scheme as OAuth 2.0 with these flows (see
             ``oauth2_flows``) instead of an HTTP bearer JWT, so that Swagger UI's
             "Authorize" obtains a token from the issuer. Verification is the same.
+        openid_connect: offer an OpenAPI ``openIdConnect`` scheme too, so that Swagger
+            UI's "Authorize" logs in with the issuer: ``True`` for the issuer's OpenID
+            Connect discovery document (``<issuer>/.well-known/openid-configuration``,
+            OIDC Discovery 1.0 §4, where the guard discovers its keys), or that
+            document's URL. Each operation then needs the token of either scheme, with
+            the same scopes. Off by default: Swagger UI logs in only with a client
+            registered at the issuer (``swagger_ui_init_oauth``).
+        openid_connect_scheme: the ``openIdConnect`` scheme's name in the document; give
+            it ``scheme_name`` for that scheme to be the only one, instead of the HTTP
+            bearer one.
 
     Use it as ``Security(bearer, scopes=[...])`` or through ``requires`` and
     ``requires_any``; the dependency's value is the ``AccessToken``.
@@ -447,6 +460,8 @@ class BearerAuth(SecurityBase):
         scheme_name: str = "bearerAuth",
         description: str | None = None,
         oauth2_flows: OAuthFlowsModel | None = None,
+        openid_connect: bool | str = False,
+        openid_connect_scheme: str = "openIdConnect",
     ) -> None:
         if not isinstance(guard, BearerGuard):
             raise ConfigurationError(
@@ -456,7 +471,19 @@ class BearerAuth(SecurityBase):
             )
         self.guard = guard
         self.scheme_name = scheme_name
-        self.model = _scheme_model(description, oauth2_flows)
+        self.model: SchemeModel = _scheme_model(description, oauth2_flows)
+        # The openIdConnect scheme offered beside this one, as (its name, its model).
+        self.beside: tuple[str, SchemeModel] | None = None
+        url = _openid_connect_url(guard, openid_connect)
+        if url is not None and openid_connect_scheme == scheme_name:
+            if oauth2_flows is not None:
+                raise ConfigurationError(
+                    "one scheme cannot be both oauth2_flows and openid_connect: give "
+                    "openid_connect_scheme another name to offer both"
+                )
+            self.model = _openid_connect_model(url, description)
+        elif url is not None:
+            self.beside = (openid_connect_scheme, _openid_connect_model(url, None))
         self._warned: set[int] = set()
 
     def __repr__(self) -> str:
@@ -664,7 +691,7 @@ class BearerAuth(SecurityBase):
             routes = app.router.routes
             for path in sorted(resource.paths - served, reverse=True):
                 routes.insert(0, _MetadataRoute(path, resource, routes))
-        _document_openapi(app, self.scheme_name, self.model)
+        _document_openapi(app, self.scheme_name, self.model, beside=self.beside)
         return app
 
     def document_middleware(
@@ -763,6 +790,28 @@ def _scheme_model(
     return OAuth2Model(flows=flows, description=text)
 
 
+def _openid_connect_url(guard: BearerGuard, given: bool | str) -> str | None:
+    """The URL of the OpenID Connect discovery document ``given`` names, if any.
+
+    Raises:
+        ConfigurationError: a URL that is not https (http only on loopback).
+    """
+    if given is False:
+        return None
+    if given is True:
+        return discovery_urls(guard.issuer)[0]  # OIDC Discovery 1.0 §4
+    return check_url(given, "openid_connect")
+
+
+def _openid_connect_model(url: str, description: str | None) -> OpenIdConnectModel:
+    """The OpenAPI ``openIdConnect`` security scheme (OpenAPI 3.1 §4.8.27 ``openIdConnectUrl``)."""
+    text = description or (
+        "Log in with the issuer (OpenID Connect); the access token is sent in the "
+        "Authorization header."
+    )
+    return OpenIdConnectModel(openIdConnectUrl=url, description=text)
+
+
 def _document_middleware(
     app: FastAPI, public_paths: Iterable[str] | None, scheme_name: str
 ) -> None:
@@ -787,8 +836,15 @@ def _document_middleware(
     app.openapi_schema = None  # a document generated before would not say it
 
 
-def _document_openapi(app: FastAPI, scheme_name: str, model: SchemeModel) -> None:
-    """Make ``app.openapi()`` document ``scheme_name``; once per scheme name."""
+def _document_openapi(
+    app: FastAPI,
+    scheme_name: str,
+    model: SchemeModel,
+    *,
+    beside: tuple[str, SchemeModel] | None = None,
+) -> None:
+    """Make ``app.openapi()`` document ``scheme_name``, and ``beside`` (a scheme's name and
+    model) as an alternative to it; once per scheme name."""
     generate = app.openapi
     installed: tuple[str, ...] = getattr(generate, _INSTALLED, ())
     if scheme_name in installed:
@@ -802,11 +858,19 @@ def _document_openapi(app: FastAPI, scheme_name: str, model: SchemeModel) -> Non
         if not documented or documented[0] is not schema:
             # once per schema FastAPI generates
             guarded = getattr(app, _GUARDED, {}).get(scheme_name, ())
-            _document(schema, app.routes, (scheme_name, model), earlier=installed, guarded=guarded)
+            _document(
+                schema,
+                app.routes,
+                (scheme_name, model),
+                earlier=installed,
+                guarded=guarded,
+                beside=beside,
+            )
             documented[:] = [schema]
         return schema
 
-    setattr(openapi, _INSTALLED, (*installed, scheme_name))
+    names = (scheme_name,) if beside is None else (scheme_name, beside[0])
+    setattr(openapi, _INSTALLED, (*installed, *names))
     app.openapi = openapi  # type: ignore[method-assign]
 
 
@@ -817,11 +881,12 @@ def _document(
     *,
     earlier: tuple[str, ...],
     guarded: Sequence[PublicPaths] = (),
+    beside: tuple[str, SchemeModel] | None = None,
 ) -> None:
     """Document the operations that need ``scheme`` (its name and model); ``earlier``: the
     schemes that documented ``schema`` before this one; ``guarded``: the public paths of
     the middlewares in front (``document_middleware``), which require a token on every
-    other operation."""
+    other operation; ``beside``: a scheme (name and model) whose token will do as well."""
     name, model = scheme
     paths = schema.get("paths", {})
     error_schema = _error_schema_name(schema)
@@ -866,6 +931,8 @@ def _document(
             )
             for entry in operation["security"]:
                 named.update((scope, scope) for scope in entry[name])
+            if beside is not None:
+                operation["security"] = _offered_beside(operation["security"], name, beside[0])
             _document_refusals(operation, error_schema, scoped=bool(all_of or alternatives))
     if used:
         components = schema.setdefault("components", {})
@@ -876,6 +943,11 @@ def _document(
             given = flow.setdefault("scopes", {})
             given.update((scope, text) for scope, text in named.items() if scope not in given)
         components.setdefault("securitySchemes", {})[name] = scheme_object
+        if beside is not None:
+            other, other_model = beside
+            components["securitySchemes"][other] = other_model.model_dump(
+                by_alias=True, exclude_none=True, mode="json"
+            )
         components.setdefault("schemas", {})[error_schema] = _error_body()
 
 
@@ -1063,6 +1135,19 @@ def _combined(
         flat = [scope for entry in mine for scope in entry[name]]
         mine = [{name: list(dict.fromkeys(flat))}]
     return [{**entry, **other} for other in others for entry in mine]
+
+
+def _offered_beside(
+    security: list[dict[str, list[str]]], name: str, other: str
+) -> list[dict[str, list[str]]]:
+    """The requirements, then each again with scheme ``other`` in place of ``name``: a token
+    obtained through either will do (OpenAPI ORs the list), with the same scopes."""
+    swapped = [
+        {(other if key == name else key): scopes for key, scopes in entry.items()}
+        for entry in security
+        if name in entry
+    ]
+    return [*security, *swapped]
 
 
 def _document_refusals(operation: dict[str, Any], error_schema: str, *, scoped: bool) -> None:

@@ -1680,3 +1680,104 @@ def test_openapi_documents_the_400_and_503_a_protected_operation_answers() -> No
         assert unavailable.status_code == 503
         assert set(unavailable.json()) == {"error", "error_description"}
         assert unavailable.headers["retry-after"].isdigit()
+
+
+def test_openapi_offers_openid_connect_beside_the_bearer_scheme(session_issuer: DevIssuer) -> None:
+    # openid_connect=True: the issuer's OpenID Connect discovery document, where the guard
+    # discovers its keys, is offered as an openIdConnect scheme (Swagger UI logs in with
+    # it) beside the HTTP bearer one (a token pasted), with the same scopes.
+    guard = session_issuer.guard()
+    bearer_auth = BearerAuth(guard, openid_connect=True)
+    app = bearer_auth.install(FastAPI())
+
+    @app.get("/notes")
+    async def notes(token: Annotated[AccessToken, bearer_auth.requires("notes:read")]) -> str:
+        return token.subject or ""
+
+    @app.delete(
+        "/notes/{note_id}", dependencies=[bearer_auth.requires_any("notes:delete", "admin")]
+    )
+    async def delete_note(note_id: int) -> None:
+        pass  # pragma: no cover
+
+    @app.get("/health")
+    async def health() -> None:
+        pass  # pragma: no cover
+
+    schema = app.openapi()
+    schemes = schema["components"]["securitySchemes"]
+    discovery = f"{session_issuer.url}/.well-known/openid-configuration"
+    assert schemes["openIdConnect"]["type"] == "openIdConnect"
+    assert schemes["openIdConnect"]["openIdConnectUrl"] == discovery
+    assert schemes["bearerAuth"]["type"] == "http"  # kept: a token may still be pasted
+    paths = schema["paths"]
+    assert paths["/notes"]["get"]["security"] == [
+        {"bearerAuth": ["notes:read"]},
+        {"openIdConnect": ["notes:read"]},
+    ]
+    assert paths["/notes/{note_id}"]["delete"]["security"] == [
+        {"bearerAuth": ["notes:delete"]},
+        {"bearerAuth": ["admin"]},
+        {"openIdConnect": ["notes:delete"]},
+        {"openIdConnect": ["admin"]},
+    ]
+    assert "security" not in paths["/health"]["get"]
+    # The URL serves this issuer's metadata, and a token it issues is let in.
+    metadata = httpx.get(discovery).json()
+    assert metadata["issuer"] == guard.issuer
+    with TestClient(app) as client:
+        token = session_issuer.mint(scopes=["notes:read"], sub="ivy")
+        answer = client.get("/notes", headers={"Authorization": f"Bearer {token}"})
+        assert answer.json() == "ivy"
+        assert client.get("/notes").status_code == 401
+
+
+def test_openapi_openid_connect_instead_of_the_bearer_scheme_or_at_a_given_url(
+    session_issuer: DevIssuer,
+) -> None:
+    guard = session_issuer.guard()
+    url = "https://login.example/tenant/.well-known/openid-configuration"
+    # Named as the scheme itself: that one scheme is openIdConnect, at the URL given.
+    bearer_auth = BearerAuth(guard, openid_connect=url, openid_connect_scheme="bearerAuth")
+    app = bearer_auth.install(FastAPI())
+
+    @app.get("/notes")
+    async def notes(token: Annotated[AccessToken, bearer_auth.requires("notes:read")]) -> None:
+        pass  # pragma: no cover
+
+    schema = app.openapi()
+    assert schema["components"]["securitySchemes"] == {
+        "bearerAuth": {
+            "type": "openIdConnect",
+            "openIdConnectUrl": url,
+            "description": (
+                "Log in with the issuer (OpenID Connect); the access token is sent in the "
+                "Authorization header."
+            ),
+        }
+    }
+    assert schema["paths"]["/notes"]["get"]["security"] == [{"bearerAuth": ["notes:read"]}]
+    # Behind the middleware, operations without a BearerAuth are offered both schemes too.
+    beside = BearerAuth(guard, openid_connect=True)
+    mixed = FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guard)])
+
+    @mixed.get("/plain")
+    async def plain() -> None:
+        pass  # pragma: no cover
+
+    beside.document_middleware(mixed)
+    assert mixed.openapi()["paths"]["/plain"]["get"]["security"] == [
+        {"bearerAuth": []},
+        {"openIdConnect": []},
+    ]
+    with pytest.raises(ConfigurationError, match="openid_connect"):
+        BearerAuth(guard, openid_connect="http://login.example/.well-known/openid-configuration")
+    flows = oauth2_flows(
+        {"token_endpoint": "https://issuer.example/token"}, flows=["clientCredentials"]
+    )
+    with pytest.raises(ConfigurationError, match="oauth2_flows"):
+        BearerAuth(
+            guard, oauth2_flows=flows, openid_connect=True, openid_connect_scheme="bearerAuth"
+        )
+    with_flows = BearerAuth(guard, oauth2_flows=flows, openid_connect=True)  # both offered
+    assert with_flows.model.model_dump(by_alias=True, mode="json")["type"] == "oauth2"

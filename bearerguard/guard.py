@@ -1164,10 +1164,13 @@ class BearerGuard:
         """In a child process after ``fork()`` (bearerguard._fork): a fetch under way in
         another thread of the parent never ends here, nor releases the fetch lock. Kept, a
         pre-forked worker never fetched the key set again from its threads, and waited a
-        whole fetch timeout on every kid miss: a rotated key was refused for its life."""
+        whole fetch timeout on every kid miss: a rotated key was refused for its life.
+        Nor does the cooldown that fetch started hold here: the child never learns what it
+        brought, and kept it, refused a key just published for up to a whole cooldown."""
         self._fetch_lock = threading.Lock()
         self._refreshing = None
         self._fetch_tasks = {}
+        self._keys.forget_unsettled_attempt()
 
     def _fetch_in_flight(self) -> bool:
         return self._refreshing is not None or self._fetch_lock.locked()

@@ -25,7 +25,12 @@ import pytest
 
 from bearerguard import BearerGuard
 from bearerguard._core.keycache import RefreshPolicy
-from bearerguard.errors import InvalidTokenError, RevocationStoreError, RevokedTokenError
+from bearerguard.errors import (
+    InvalidTokenError,
+    RevocationStoreError,
+    RevokedTokenError,
+    UnknownKeyError,
+)
 from bearerguard.jwks import FetchPolicy
 from bearerguard.testing import DevIssuer, Override
 from tests.redis_server import RedisServer
@@ -240,3 +245,48 @@ def test_a_mirrored_store_is_built_where_there_is_no_fork(
     store = RedisRevocationStore(redis_server.url)
     assert repr(store).endswith("mode='mirror')")
     store.close()
+
+
+@pytest.mark.parametrize("side", ["sync", "async"])
+def test_a_worker_forked_during_a_key_set_fetch_keeps_no_cooldown_from_it(
+    issuer: DevIssuer, side: str
+) -> None:
+    # A kid miss in a thread of the master started a fetch, and the worker was forked while
+    # it ran: the worker never sees that fetch end, yet it kept the cooldown it started, and
+    # refused a key just published (no fetch on a kid miss) for up to a whole cooldown.
+    shift = [0.0]
+    guard = issuer.guard(
+        refresh=RefreshPolicy(cooldown=30),
+        fetch=FetchPolicy(timeout=3),
+        clock=lambda: time.time() + shift[0],
+    )
+    guard.warm_up_sync()
+    shift[0] = 40.0  # the warm-up's cooldown is over; the set is still fresh
+    issuer.rotate()
+    new = issuer.mint(jti="new")
+    issuer.overrides[issuer.jwks_path] = Override(body=issuer.jwks_bytes(), delay=1.0)
+    fetches = issuer.fetch_count()
+    fetching = threading.Thread(target=outcome, args=(guard, new))
+    fetching.start()
+    try:
+        assert until(lambda: issuer.fetch_count() > fetches, 2)  # the fetch is under way
+
+        def worker() -> str:
+            if side == "async":
+                return asyncio.run(outcome_async(guard, new))
+            return outcome(guard, new)
+
+        forked = threading.Timer(0.1, issuer.overrides.clear)  # answered at once from now
+        forked.start()
+        accepted = in_child(worker)
+        forked.join()
+    finally:
+        fetching.join()
+    assert accepted == "new"
+    assert outcome(guard, new) == "new"  # the master's own fetch ended as before
+    # A fetch that ended before the fork keeps its cooldown in the worker, as in the master:
+    # a kid just after it is not fetched for again.
+    issuer.rotate()
+    newer, fetches = issuer.mint(jti="newer"), issuer.fetch_count()
+    assert in_child(lambda: outcome(guard, newer)) == UnknownKeyError.__name__
+    assert issuer.fetch_count() == fetches

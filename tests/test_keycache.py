@@ -255,6 +255,23 @@ def test_unknown_kid_cooldown_counts_failed_attempts_too() -> None:
     assert cache.may_refresh_for_unknown_kid(T0 + 100 + POLICY.cooldown)
 
 
+def test_an_attempt_never_seen_to_end_can_be_forgotten_with_its_cooldown() -> None:
+    # After fork(): the child never sees another thread's fetch end, nor its keys.
+    cache = _fetched()
+    cache.record_attempt(T0 + 100)
+    cache.forget_unsettled_attempt()
+    assert cache.may_refresh_for_unknown_kid(T0 + 100)
+    # An attempt that ended keeps its cooldown, failed or not.
+    cache.record_attempt(T0 + 100)
+    cache.record_failure()
+    cache.forget_unsettled_attempt()
+    assert not cache.may_refresh_for_unknown_kid(T0 + 100 + POLICY.cooldown - 0.001)
+    cache.record_attempt(T0 + 200)
+    cache.record_success(_keys("b"), T0 + 201, None)
+    cache.forget_unsettled_attempt()
+    assert not cache.may_refresh_for_unknown_kid(T0 + 200 + POLICY.cooldown - 0.001)
+
+
 def test_zero_cooldown_allows_a_refresh_every_time() -> None:
     policy = RefreshPolicy(cooldown=0)
     cache = KeyCache(policy)

@@ -119,6 +119,7 @@ class KeyCache:
         "keys",
         "last_attempt",
         "last_failed",
+        "last_settled",
         "policy",
         "usable_until",
     )
@@ -131,6 +132,7 @@ class KeyCache:
         self.fresh_until = forever
         self.usable_until = forever
         self.last_attempt = float("-inf")
+        self.last_settled = float("-inf")  # the start of the last attempt seen to end
         self.last_failed = False
         self.fetched_at: float | None = None
 
@@ -164,7 +166,18 @@ class KeyCache:
         # Never before fresh_until: a set within its freshness is usable (the guard relies on it).
         self.usable_until = self.fresh_until + self.policy.max_stale
         self.last_failed = False
+        self.last_settled = self.last_attempt
 
     def record_failure(self) -> None:
         """Note that the fetch failed; the previous set stays usable until its deadline."""
         self.last_failed = True
+        self.last_settled = self.last_attempt
+
+    def forget_unsettled_attempt(self) -> None:
+        """Drop the cooldown of an attempt whose end was never recorded.
+
+        For a child process after ``fork()``: a fetch under way in another thread of the
+        parent never ends there, and nothing it brings ever comes; its cooldown would only
+        refuse the child's own first fetch.
+        """
+        self.last_attempt = self.last_settled

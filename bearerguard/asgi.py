@@ -115,8 +115,8 @@ def _unchecked_routes(scope: Scope, app: ASGIApp) -> list[str]:
     router there, and one wrapping an app mounted under another (``Mount("/api",
     app=BearerGuardMiddleware(api))``) finds ``api``, where ``scope["app"]`` is the outer
     app, whose other routes it does not guard (one may serve public a function that ``api``
-    serves scoped). The scope's app when a middleware below holds the next app under
-    another name than ``app``, so that no routes are found under it.
+    serves scoped). The scope's app when a middleware below holds the next app under a
+    name the walk does not know (``app_layers``), so that no routes are found under it.
     """
     own = wrapped_app(app, "routes")
     found = unchecked_endpoints(own)

@@ -683,25 +683,56 @@ def attribute_of(owner: object, name: str) -> object:
         return None
 
 
-def app_layers(app: object) -> Iterator[object]:
-    """``app`` and the apps under its middleware wrappers, outermost first.
+# The attributes a wrapper holds the next app under, tried in this order: ``app`` (Starlette's
+# and uvicorn's middlewares, werkzeug's ProxyFix and SharedDataMiddleware, Sentry's, a2wsgi's),
+# ``_app`` (werkzeug's ProfilerMiddleware), ``application`` (WhiteNoise, AsgiWhiteNoise,
+# Django's static files handlers), ``other_asgi_app`` (python-engineio's and python-socketio's
+# ASGIApp), ``wsgi_app`` (their WSGIApp; hypercorn's WSGI middlewares), ``wsgi_application``
+# (asgiref's WsgiToAsgi), ``wsgi`` and ``asgi`` (OpenTelemetry's middlewares).
+_NEXT_APP_ATTRIBUTES = (
+    "app",
+    "_app",
+    "application",
+    "other_asgi_app",
+    "wsgi_app",
+    "wsgi_application",
+    "wsgi",
+    "asgi",
+)
+_MAX_LAYERS = 100
 
-    Each wrapper holds the next as ``app`` (Starlette's middlewares, werkzeug's
-    ``ProxyFix``); a bound method (Flask's ``app.wsgi_app``) stands for its ``__self__``.
-    An attribute that raises when read ends the walk (``attribute_of``).
+
+def app_layers(app: object) -> Iterator[object]:
+    """``app`` and the apps under its middleware wrappers, outermost first, each once.
+
+    A wrapper holds the next app under one of ``_NEXT_APP_ATTRIBUTES`` (only callables are
+    followed); one holding several has each walked in turn, depth first. A bound method
+    (Flask's ``app.wsgi_app``) stands for its ``__self__``, and ends its branch: what its
+    owner holds is not known to be under it (a Flask app's ``wsgi_app`` attribute holds
+    the wrappers around that method). Bounded: attributes may lead in a circle, and an
+    attribute that raises when read is passed over (``attribute_of``).
     """
-    for _ in range(100):  # bounded: an ``app`` attribute may lead in a circle
-        owner = attribute_of(app, "__self__") or app
+    seen: set[int] = set()
+    pending = [app]
+    while pending and len(seen) < _MAX_LAYERS:
+        current = pending.pop()
+        bound = attribute_of(current, "__self__")
+        owner = current if bound is None else bound
+        if id(owner) in seen:
+            continue
+        seen.add(id(owner))
         yield owner
-        app = attribute_of(owner, "app")
-        if app is None:
-            return
+        if bound is not None:
+            continue
+        following = [attribute_of(owner, name) for name in _NEXT_APP_ATTRIBUTES]
+        # Reversed onto the stack: the first name's app is walked first.
+        pending += [inner for inner in reversed(following) if callable(inner)]
 
 
 def wrapped_app(app: object, marker: str) -> object:
-    """The app under ``app``'s middleware wrappers (``app_layers``) that has the attribute
-    ``marker`` (``routes`` for Starlette, ``view_functions`` for Flask), or the innermost
-    reached."""
+    """The first app under ``app``'s middleware wrappers (``app_layers``) that has the
+    attribute ``marker`` (``routes`` for Starlette, ``view_functions`` for Flask), or the
+    last one reached."""
     owner = app
     for owner in app_layers(app):
         if attribute_of(owner, marker) is not None:

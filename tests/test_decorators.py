@@ -951,6 +951,165 @@ def test_a_guarded_wsgi_app_whose_attributes_cannot_be_read_is_served(
         assert b"".join(app(environ, lambda status, headers: None)) == b"proxy"
 
 
+# Shaped as wrappers that hold the next app under another name than ``app``: only the
+# attribute the check walks through matters here.
+
+
+class _SocketIOShaped:
+    """As python-socketio's (python-engineio's) ``ASGIApp``: every request not for Socket.IO,
+    the lifespan included, goes to ``other_asgi_app``."""
+
+    def __init__(self, other_asgi_app: Any) -> None:
+        self.engineio_server = object()
+        self.other_asgi_app = other_asgi_app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.other_asgi_app(scope, receive, send)
+
+
+class _WhiteNoiseShaped:
+    """As WhiteNoise's ``WhiteNoise`` (WSGI) and ``AsgiWhiteNoise``: what is no static file
+    goes to ``application``."""
+
+    def __init__(self, application: Any) -> None:
+        self.files: dict[str, object] = {}
+        self.application = application
+
+    def __call__(self, *args: Any) -> Any:
+        return self.application(*args)
+
+
+class _EngineIOWSGIShaped:
+    """As python-engineio's (python-socketio's) ``WSGIApp``: the app is ``wsgi_app``."""
+
+    def __init__(self, wsgi_app: Any) -> None:
+        self.engineio_app = object()
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        return self.wsgi_app(environ, start_response)
+
+
+class _OpenTelemetryWSGIShaped:
+    """As OpenTelemetry's WSGI ``OpenTelemetryMiddleware``: the app is ``wsgi``."""
+
+    def __init__(self, wsgi: Any) -> None:
+        self.wsgi = wsgi
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        return self.wsgi(environ, start_response)
+
+
+def _misplaced_bare() -> FastAPI:
+    api = FastAPI()
+
+    @requires_scopes("admin")  # above: FastAPI registered the function unwrapped
+    @api.get("/admin")
+    async def admin() -> dict[str, bool]:
+        return {"ok": True}  # pragma: no cover - never served
+
+    return api
+
+
+@pytest.mark.parametrize("wrapper", [_SocketIOShaped, _WhiteNoiseShaped])
+def test_a_misplaced_scope_decorator_is_found_under_an_asgi_wrapper_of_another_name(
+    session_issuer: DevIssuer, wrapper: Any
+) -> None:
+    # The check walked only through ``app`` attributes: under python-socketio's ASGIApp
+    # (``other_asgi_app``) or AsgiWhiteNoise (``application``) it found no routes, and the
+    # misplaced decorator's route served a token without the scope.
+    from starlette.testclient import TestClient
+
+    headers = {"Authorization": f"Bearer {session_issuer.mint(scopes=['read'])}"}
+    app = BearerGuardMiddleware(wrapper(_misplaced_bare()), guard=session_issuer.guard())
+    for _ in range(2):  # every request, not only the first
+        with pytest.raises(ConfigurationError, match="decorator of GET /admin"):
+            TestClient(app).get("/admin", headers=headers)
+    starting = BearerGuardMiddleware(wrapper(_misplaced_bare()), guard=session_issuer.guard())
+    with pytest.raises(ConfigurationError, match="decorator of GET /admin"), TestClient(starting):
+        pass  # pragma: no cover
+
+
+def test_a_flask_app_is_found_under_asgirefs_wsgi_to_asgi() -> None:
+    import flask
+
+    wsgi_to_asgi = pytest.importorskip("asgiref.wsgi").WsgiToAsgi
+    app = flask.Flask(__name__)
+    assert decorators.wrapped_app(wsgi_to_asgi(app), "routes") is app
+    assert decorators.wrapped_app(wsgi_to_asgi(app.wsgi_app), "routes") is app
+
+
+def _profiled(app: Any) -> Any:
+    from werkzeug.middleware.profiler import ProfilerMiddleware
+
+    return ProfilerMiddleware(app, stream=None)  # holds it as ``_app``
+
+
+@pytest.mark.parametrize(
+    "wrapper", [_WhiteNoiseShaped, _EngineIOWSGIShaped, _OpenTelemetryWSGIShaped, _profiled]
+)
+def test_a_misplaced_flask_view_is_found_under_a_wsgi_wrapper_of_another_name(
+    session_issuer: DevIssuer, wrapper: Any
+) -> None:
+    # The check walked only through ``app`` attributes: under WhiteNoise (``application``),
+    # python-socketio's WSGIApp (``wsgi_app``) or OpenTelemetry's middleware (``wsgi``) it
+    # found no views, and the misplaced decorator's view served a token without the scope.
+    import flask
+    from werkzeug.middleware.proxy_fix import ProxyFix
+    from werkzeug.test import Client
+
+    from bearerguard.wsgi import BearerGuardWSGIMiddleware
+
+    app = flask.Flask(__name__)
+
+    @requires_scopes("admin")
+    @app.get("/admin")
+    def admin() -> str:
+        return "secret"  # pragma: no cover - never served
+
+    token = session_issuer.mint(scopes=["read"])
+    guard = session_issuer.guard(in_process=True)
+    for wrapped in [wrapper(app.wsgi_app), wrapper(app)]:
+        guarded = BearerGuardWSGIMiddleware(wrapped, guard=guard)
+        with pytest.raises(ConfigurationError, match="view 'admin'"):
+            Client(guarded).get("/admin", headers={"Authorization": f"Bearer {token}"})
+    # The same walk finds a ProxyFix under such a wrapper: inside the middleware, refused.
+    with pytest.raises(ConfigurationError, match="ProxyFix is inside"):
+        BearerGuardWSGIMiddleware(wrapper(ProxyFix(app.wsgi_app)), guard=guard)
+
+
+class _BackReferring(_SocketIOShaped):
+    """As ``_SocketIOShaped``, also holding the app in front of it as ``application``."""
+
+    application: object = None
+
+
+def test_the_walk_under_wrappers_ends_at_a_cycle(session_issuer: DevIssuer) -> None:
+    # Wrappers that lead back to one another (a back-reference, or a user's own mis-wired
+    # ones) end neither in a hang nor before the app: it is checked, and served.
+    from starlette.testclient import TestClient
+
+    async def home(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})  # pragma: no cover - refused without a token
+
+    first = _SocketIOShaped(None)
+    second = _WhiteNoiseShaped(first)
+    first.other_asgi_app = second
+    assert list(decorators.app_layers(second)) == [second, first]
+    assert decorators.wrapped_app(second, "routes") is first  # the innermost reached
+    for api, misplaced in [(_misplaced_bare(), True), (Starlette(), False)]:
+        api.add_route("/", requires_scopes("a")(home))
+        wrapper = _BackReferring(api)
+        app = BearerGuardMiddleware(wrapper, guard=session_issuer.guard())
+        wrapper.application = app
+        assert decorators.wrapped_app(app, "routes") is api
+        if misplaced:
+            with pytest.raises(ConfigurationError, match="decorator of GET /admin"):
+                TestClient(app).get("/")
+        else:
+            assert TestClient(app).get("/").status_code == 401
+
+
 def test_scope_requirements_end_at_a_wrapped_cycle() -> None:
     # A wrapper whose __wrapped__ chain loops back (a user's decorator bug) must not hang
     # the start-up check or a refusal that names the route's scopes.

@@ -256,9 +256,10 @@ class _ServingThread:
         server.timeout = 1.0  # handle_request never waits long for a connection that vanished
         self._stop_reader, self._stop_writer = socket.socketpair()
         self._thread: threading.Thread | None = None
+        self.closed = False
 
     def start(self) -> None:
-        """Start listening and serving (once)."""
+        """Start listening and serving (once; not after ``close``)."""
         if self._thread is None:
             self.server.server_activate()  # listen: before it, connections are refused
             self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -273,6 +274,7 @@ class _ServingThread:
         self._stop_reader.close()
         self._stop_writer.close()
         self.server.server_close()
+        self.closed = True
 
     def _serve(self) -> None:
         with selectors.DefaultSelector() as selector:
@@ -342,15 +344,17 @@ class DevIssuer:
         self._lock = threading.Lock()
         # Bound now, so that the port (and the issuer's URL) is known; listening only from
         # start(): an issuer not started refuses connections rather than leave them hanging.
-        self._server = ThreadingHTTPServer(
-            ("127.0.0.1", port), self._handler(), bind_and_activate=False
-        )
-        try:
-            self._server.server_bind()
-        except OSError:
-            self._server.server_close()
-            raise
+        self._server = self._bind(port)
         self._serving = _ServingThread(self._server)
+
+    def _bind(self, port: int) -> ThreadingHTTPServer:
+        server = ThreadingHTTPServer(("127.0.0.1", port), self._handler(), bind_and_activate=False)
+        try:
+            server.server_bind()
+        except OSError:
+            server.server_close()
+            raise
+        return server
 
     # -- addresses ------------------------------------------------------------------------
 
@@ -387,12 +391,31 @@ class DevIssuer:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> DevIssuer:
-        """Serve in a background thread; returns ``self``."""
+        """Serve in a background thread; returns ``self``.
+
+        A stopped issuer starts again on the same port with the same keys, so its ``url``
+        (the tokens' ``iss``) and the guards made for it still fit: stop and start it to
+        simulate an outage of the issuer. Starting a started issuer changes nothing.
+
+        Raises:
+            OSError: the issuer was stopped and its port has since been taken.
+        """
+        if self._serving.closed:
+            try:
+                server = self._bind(self.port)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno,
+                    f"cannot start the DevIssuer again: port {self.port} was taken while it "
+                    f"was stopped ({exc.strerror})",
+                ) from exc
+            self._server = server
+            self._serving = _ServingThread(server)
         self._serving.start()
         return self
 
     def stop(self) -> None:
-        """Stop serving and release the port."""
+        """Stop serving and release the port (``start()`` serves on it again)."""
         self._serving.close()
 
     def __enter__(self) -> DevIssuer:
@@ -555,6 +578,8 @@ class DevIssuer:
         Raises:
             TypeError: the store has no ``revoke_token_sync``; revoke with
                 ``await store.revoke_token(jti, expires_at)`` instead.
+            ValueError: ``jti=None`` was given: a token without ``jti`` cannot be revoked by
+                it (cut its subject off with ``store.revoke_subject_sync`` instead).
         """
         revoke = getattr(store, "revoke_token_sync", None)
         if not callable(revoke):
@@ -565,6 +590,14 @@ class DevIssuer:
         payload = self.claims(
             **{name: value for name, value in options.items() if name not in _SIGN_OPTIONS}
         )
+        if "jti" not in payload:
+            # Revoking by subject instead would also refuse every other token of that
+            # subject minted in the same second: say so rather than guess.
+            raise ValueError(
+                "mint_revoked revokes by jti, and jti=None leaves it out: mint the token with "
+                "mint(jti=None), then cut its subject off with "
+                "store.revoke_subject_sync(sub, issued_before=...)"
+            )
         revoke(payload["jti"], payload["exp"])
         return self.sign(
             payload, algorithm=options.get("algorithm"), headers=options.get("headers")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import textwrap
 import time
 from pathlib import Path
@@ -109,6 +110,13 @@ def test_revoked_variant_needs_a_synchronous_store(session_issuer: DevIssuer) ->
         session_issuer.mint_revoked(AsyncOnly())
 
 
+def test_revoked_variant_needs_a_jti(session_issuer: DevIssuer) -> None:
+    store = MemoryRevocationStore()
+    with pytest.raises(ValueError, match=r"mint_revoked revokes by jti.*revoke_subject_sync"):
+        session_issuer.mint_revoked(store, jti=None)
+    assert len(store) == 0
+
+
 def test_in_process_guard_needs_no_server() -> None:
     issuer = DevIssuer()  # never started: connections are refused
     try:
@@ -127,6 +135,42 @@ def test_an_issuer_not_started_refuses_connections_at_once() -> None:
             httpx.get(issuer.jwks_uri, timeout=5.0)
         assert time.monotonic() - started < 2.0  # refused, not left hanging to the timeout
         issuer.start()
+        assert httpx.get(issuer.jwks_uri, timeout=5.0).json() == issuer.jwks()
+    finally:
+        issuer.stop()
+
+
+def test_a_stopped_issuer_starts_again_on_its_port_with_its_keys() -> None:
+    issuer = DevIssuer(algorithms=["ES256"]).start()
+    try:
+        guard = issuer.guard()
+        token = issuer.mint(sub="ada")
+        assert guard.authenticate_sync(token).subject == "ada"
+        url, jwks = issuer.url, issuer.jwks()
+        issuer.stop()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(issuer.jwks_uri, timeout=5.0)
+        assert issuer.start() is issuer
+        assert issuer.url == url  # the same iss: guards and tokens made before still fit
+        assert httpx.get(issuer.jwks_uri, timeout=5.0).json() == jwks
+        assert issuer.guard().authenticate_sync(token).subject == "ada"
+        issuer.start()  # starting a started issuer changes nothing
+        assert httpx.get(issuer.jwks_uri, timeout=5.0).json() == jwks
+    finally:
+        issuer.stop()
+    issuer.stop()  # stopping twice is harmless
+
+
+def test_a_stopped_issuer_whose_port_was_taken_says_so() -> None:
+    issuer = DevIssuer(algorithms=["ES256"]).start()
+    issuer.stop()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", issuer.port))
+        squatter.listen()
+        with pytest.raises(OSError, match=rf"port {issuer.port} .*taken"):
+            issuer.start()
+    issuer.start()  # free again
+    try:
         assert httpx.get(issuer.jwks_uri, timeout=5.0).json() == issuer.jwks()
     finally:
         issuer.stop()

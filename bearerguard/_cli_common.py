@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeAlias
 
 EXIT_OK = 0
@@ -248,6 +249,14 @@ class Console:
         yield
         self.progress(f"  done in {(time.monotonic() - started) * 1000:.0f} ms")
 
+    def interrupted(self) -> int:
+        """Report Ctrl-C: a line on standard error, or with ``--json`` the failure document
+        every other failure gets; returns ``EXIT_INTERRUPTED``."""
+        if self.as_json:
+            return self.fail(CommandError("interrupted", code=EXIT_INTERRUPTED, kind="interrupted"))
+        self._note("\ninterrupted")  # after the terminal's ^C, on a line of its own
+        return EXIT_INTERRUPTED
+
     def fail(self, error: CommandError) -> int:
         """Report an expected failure; returns its exit code."""
         if self.as_json and not isinstance(error, OutputError):
@@ -264,6 +273,36 @@ class Console:
             discard_output()
         self._note(f"bearerguard: {error.message}")
         return error.code
+
+
+def read_file(path: Path, max_bytes: int, what: str) -> bytes:
+    """The bytes of ``path``, a file of at most ``max_bytes``.
+
+    One byte more than that is read, never the whole file: a wrong path (a log file,
+    ``/dev/zero``) is refused at once instead of filling the memory.
+
+    Args:
+        path: the file.
+        max_bytes: the largest file accepted.
+        what: what the file holds, for the message (``a JWK Set``).
+
+    Raises:
+        CommandError: a usage error: the file cannot be read, or is larger.
+    """
+    try:
+        with path.open("rb") as file:
+            data = file.read(max_bytes + 1)
+    except OSError as exc:
+        raise usage_error(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise usage_error(
+            f"cannot read {path}: it is larger than {_size(max_bytes)}, the most read of {what}"
+        )
+    return data
+
+
+def _size(count: int) -> str:
+    return f"{count // 1024} KiB" if count % 1024 == 0 else f"{count} bytes"
 
 
 def read_token(text: str, stdin: TextIO | None = None) -> str:

@@ -30,6 +30,7 @@ from bearerguard._cli_common import (
     parse_json,
     positive_seconds,
     print_usage,
+    read_file,
     terminal_safe,
     usage_error,
 )
@@ -333,10 +334,8 @@ def _load(args: argparse.Namespace, console: Console) -> tuple[dict[str, Any], A
     )
 
     if args.file is not None:
-        try:
-            data = args.file.read_bytes()
-        except OSError as exc:
-            raise usage_error(f"cannot read {args.file}: {exc.strerror or exc}") from None
+        # No larger than the guard would fetch of a key set (FetchPolicy.max_bytes).
+        data = read_file(args.file, FetchPolicy().max_bytes, "a JWK Set")
         try:  # JSON is UTF-8 (RFC 8259 §8.1): other bytes are "not JSON", as over HTTP
             return {"file": str(args.file)}, parse_json(data.decode("utf-8"))
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -642,5 +641,4 @@ def run(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         return Console.of(args).fail(exc)
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+        return Console.of(args).interrupted()

@@ -38,6 +38,7 @@ from bearerguard._cli_common import (
     port_number,
     positive_seconds,
     print_usage,
+    read_file,
     read_token,
     relative,
     seconds,
@@ -59,6 +60,7 @@ DEV_ONLY = (
 _RESERVED_SUFFIXES = (".test", ".example", ".invalid", ".localhost")
 _KEYS_FROM_TOKEN = ("jku", "x5u", "jwk", "x5c")
 _DEFAULT_MAX_TOKEN_BYTES = 8192
+_MAX_KEY_FILE_BYTES = 64 * 1024  # a PEM key of RSA 16384 bits is about 13 KB
 _TIME_CLAIMS = ("iat", "nbf", "exp")
 
 
@@ -205,10 +207,9 @@ def run_mint(args: argparse.Namespace) -> int:
             "(127.0.0.1, ::1, localhost, or a .test/.example/.invalid/.localhost name)"
         )
     if args.key is not None:
+        pem = read_file(args.key, _MAX_KEY_FILE_BYTES, "a PEM key")
         try:
-            key = SigningKey.from_pem(args.key.read_bytes(), algorithm=args.algorithm)
-        except OSError as exc:
-            raise usage_error(f"cannot read {args.key}: {exc.strerror or exc}") from None
+            key = SigningKey.from_pem(pem, algorithm=args.algorithm)
         except ValueError as exc:
             raise usage_error(f"{args.key}: {exc}") from None
     else:

@@ -192,5 +192,4 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     except CommandError as exc:
         return Console.of(args).fail(exc)
     except KeyboardInterrupt:
-        Console().warn("\ninterrupted")
-        return EXIT_INTERRUPTED
+        return Console.of(args).interrupted()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -1308,3 +1310,168 @@ def test_arguments_argparse_refuses_are_a_json_document_with_json(
     assert err.startswith("usage: bearerguard")
     assert "error: " in err
     assert message in err
+
+
+# -- Ctrl-C -----------------------------------------------------------------------------
+
+
+def _interrupted_while_waiting(
+    argv: list[str], wait_for_request: Any
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` (``python ...``), press Ctrl-C once ``wait_for_request()`` is true."""
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    env.pop("PYTHONPATH", None)
+    process = subprocess.Popen(  # noqa: S603 - our own command
+        [sys.executable, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not wait_for_request():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the command never asked"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+class _SilentServer:
+    """A TCP server on 127.0.0.1 that accepts and never answers (a hung Redis)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.listener.settimeout(0.02)
+        self.port = int(self.listener.getsockname()[1])
+        self.accepted: list[socket.socket] = []
+
+    def connected(self) -> bool:
+        with contextlib.suppress(TimeoutError):
+            self.accepted.append(self.listener.accept()[0])
+        return bool(self.accepted)
+
+    def close(self) -> None:
+        for connection in self.accepted:
+            connection.close()
+        self.listener.close()
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
+@pytest.mark.parametrize("command", ["jwks", "revoke", "revoke-run"])
+def test_ctrl_c_is_exit_130_and_with_json_a_json_document(command: str, as_json: bool) -> None:
+    # docs/cli.md: every failure is {"ok": false, ...} with --json; Ctrl-C too, exit 130.
+    issuer = DevIssuer(algorithms=["ES256"])
+    silent = _SilentServer()
+    try:
+        json_flag = ["--json"] if as_json else []
+        if command == "jwks":
+            issuer.overrides[issuer.jwks_path] = Override(delay=5.0)
+            issuer.start()
+            argv = ["-m", "bearerguard", "jwks", "show", issuer.jwks_uri, "--timeout", "30"]
+            result = _interrupted_while_waiting(argv + json_flag, lambda: issuer.fetch_count() > 0)
+        else:
+            revoke = ["revoke", "token", "j1", "--redis-url", f"redis://127.0.0.1:{silent.port}/0"]
+            revoke += ["--timeout", "30", *json_flag]
+            argv = (
+                ["-m", "bearerguard", *revoke]
+                if command == "revoke"
+                else [
+                    "-c",
+                    "import sys\nfrom bearerguard._cli_revoke import run\n"
+                    f"sys.exit(run({revoke!r}))",
+                ]
+            )
+            result = _interrupted_while_waiting(argv, silent.connected)
+    finally:
+        issuer.stop()
+        silent.close()
+    assert result.returncode == cli.EXIT_INTERRUPTED == 130
+    assert b"Traceback" not in result.stderr
+    if as_json:
+        assert json.loads(result.stdout) == {
+            "ok": False,
+            "error": {"kind": "interrupted", "message": "interrupted"},
+        }
+    else:
+        assert result.stdout == b""
+        assert result.stderr.decode().splitlines()[-1] == "interrupted"
+
+
+# -- file size caps ---------------------------------------------------------------------
+
+JWKS_FILE_CAP = 512 * 1024  # the most a guard reads of a fetched key set (FetchPolicy)
+KEY_FILE_CAP = 64 * 1024
+
+
+def test_a_jwks_file_is_read_up_to_the_fetch_cap_and_no_further(
+    capsys: pytest.CaptureFixture[str], session_issuer: DevIssuer, tmp_path: Path
+) -> None:
+    document = json.dumps(session_issuer.jwks()).encode()
+    path = tmp_path / "jwks.json"
+    path.write_bytes(document + b" " * (JWKS_FILE_CAP - len(document)))  # exactly the cap
+    code, doc = run_json(capsys, "jwks", "check", "--file", str(path))
+    assert code == cli.EXIT_OK, doc
+    path.write_bytes(document + b" " * (JWKS_FILE_CAP + 1 - len(document)))
+    code, doc = run_json(capsys, "jwks", "check", "--file", str(path))
+    message = f"cannot read {path}: it is larger than 512 KiB, the most read of a JWK Set"
+    assert (code, doc) == (
+        cli.EXIT_USAGE,
+        {"ok": False, "error": {"kind": "usage", "message": message}},
+    )
+    code, out, err = run(capsys, "jwks", "show", "--file", str(path))
+    assert (code, out, err) == (cli.EXIT_USAGE, "", f"bearerguard: {message}\n")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["jwks", "show", "--file", "/dev/zero"], ["token", "mint", "--key", "/dev/zero"]],
+    ids=["jwks", "key"],
+)
+def test_an_endless_file_is_refused_at_once(argv: list[str]) -> None:
+    # Read whole, /dev/zero filled the memory: the child gets 1 GiB of address space at most.
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(  # noqa: S603 - our own command
+        [
+            sys.executable,
+            "-c",
+            f"{limit}import sys\nfrom bearerguard.cli import main\n"
+            f"sys.exit(main({[*argv, '--json']!r}))",
+        ],
+        capture_output=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == cli.EXIT_USAGE, result.stderr
+    assert json.loads(result.stdout)["error"]["message"].startswith(
+        "cannot read /dev/zero: it is larger than"
+    )
+
+
+def test_a_key_file_larger_than_any_pem_key_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    pem = SigningKey.generate("ES256").private_pem()
+    path = tmp_path / "dev.pem"
+    path.write_bytes(pem + b"\n" * (KEY_FILE_CAP - len(pem)))  # exactly the cap: read
+    code, doc = run_json(capsys, "token", "mint", "--key", str(path))
+    assert code == cli.EXIT_OK, doc
+    path.write_bytes(pem + b"\n" * (KEY_FILE_CAP + 1 - len(pem)))
+    code, doc = run_json(capsys, "token", "mint", "--key", str(path))
+    assert code == cli.EXIT_USAGE
+    assert doc["error"] == {
+        "kind": "usage",
+        "message": f"cannot read {path}: it is larger than 64 KiB, the most read of a PEM key",
+    }

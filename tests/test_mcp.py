@@ -192,6 +192,45 @@ def test_a_batch_is_refused_when_one_call_is(served: Served) -> None:
     assert response.headers.get_list("content-length") == [str(len(response.content))]
 
 
+def test_the_401_of_a_tool_call_without_a_token_names_the_scopes_it_needs(
+    session_issuer: DevIssuer,
+) -> None:
+    # MCP authorization (2025-11-25): a server SHOULD put in its 401 challenge the scope
+    # (RFC 6750 §3) the request needs, which clients ask for before scopes_supported. Known
+    # only once the JSON-RPC message is read: MCPToolScopes' own 401s, on a public path.
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from bearerguard.asgi import BearerGuardMiddleware
+    from bearerguard.mcp import MCPToolScopes
+
+    async def ran(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ran")
+
+    resource = "http://127.0.0.1:8000/mcp"
+    inner = Starlette(routes=[Route("/mcp", ran, methods=["POST"])])
+    checked = MCPToolScopes(inner, tools={"delete_note": ["notes:write"]})
+    guard = session_issuer.guard(in_process=True, resource=resource)
+    metadata = 'resource_metadata="http://127.0.0.1:8000/.well-known/oauth-protected-resource/mcp"'
+
+    def challenge(tool: str, public_paths: list[str]) -> str:
+        app = BearerGuardMiddleware(checked, guard=guard, public_paths=public_paths)
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool}}
+        with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+            refused = client.post("/mcp", json=body)
+        assert refused.status_code == 401
+        return refused.headers["www-authenticate"]
+
+    named = challenge("delete_note", ["/mcp"])
+    assert named == f'Bearer realm="{resource}", {metadata}, scope="notes:write"'
+    assert challenge("ping", ["/mcp"]) == f'Bearer realm="{resource}", {metadata}'
+    # The middleware answers before any message is read: no scope is known to name.
+    assert challenge("delete_note", []) == f'Bearer realm="{resource}", {metadata}'
+
+
 def test_a_refused_batch_names_every_scope_its_calls_need(session_issuer: DevIssuer) -> None:
     # RFC 6750 §3.1: scope names what the request needs. Naming the first failing call's
     # scopes only, a client that stepped up to them was refused the batch's next call.

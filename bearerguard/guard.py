@@ -54,6 +54,7 @@ from bearerguard._core.keys import (
 )
 from bearerguard._core.mtls import check_certificate_binding
 from bearerguard._core.scopes import ScopeImplications, parse_scope_claim_paths, read_scopes
+from bearerguard._core.times import check_count, check_seconds
 from bearerguard._fork import reset_after_fork
 from bearerguard.audit import AuditLog, RequestInfo, token_fields
 from bearerguard.dpop import DPoPPolicy, DPoPRequest
@@ -517,35 +518,29 @@ class BearerGuard:
         allowed = _allowed_algorithms(algorithms, secret)
         if profile not in (None, "rfc9068"):
             raise ConfigurationError(f"unknown profile {profile!r}")
+        # A NaN leeway or max_age compared false with every instant: expiry, or the age
+        # limit, was off. Numbers of any kind (numpy's, Fraction, Decimal from a settings
+        # library) serve once converted.
+        leeway = check_seconds("leeway", leeway)
+        max_age = None if max_age is None else check_seconds("max_age", max_age, positive=True)
+        max_token_bytes = check_count("max_token_bytes", max_token_bytes, least=16)
         for name, number, whole in (
-            ("leeway", leeway, False),
-            ("max_age", 1 if max_age is None else max_age, False),
             ("audit_sample_accepted", audit_sample_accepted, False),
-            ("max_token_bytes", max_token_bytes, True),
             ("cache_size", cache_size, True),
         ):
-            # Not only int and float: numpy's numbers, Fraction and Decimal (from a settings
-            # library) were taken before these checks, and serve as well once converted.
             kinds = Integral if whole else (Real, Decimal)
             if isinstance(number, bool) or not isinstance(number, kinds):
                 kind = "a whole number" if whole else "a number"
                 raise ConfigurationError(f"{name} must be {kind}, not {number!r}")
         try:
-            leeway, audit_sample_accepted = float(leeway), float(audit_sample_accepted)
-            max_age = None if max_age is None else float(max_age)
+            audit_sample_accepted = float(audit_sample_accepted)
         except (ValueError, OverflowError):  # Decimal("sNaN"); an int beyond any float
-            raise ConfigurationError("leeway, max_age and the sample must be numbers") from None
-        max_token_bytes, cache_size = int(max_token_bytes), int(cache_size)
+            raise ConfigurationError("audit_sample_accepted must be a number") from None
+        cache_size = int(cache_size)
         if not 0.0 <= audit_sample_accepted <= 1.0:  # NaN fails too
             raise ConfigurationError("audit_sample_accepted must be between 0 and 1")
         if not callable(clock):
             raise ConfigurationError("clock must be a callable returning epoch seconds")
-        if (
-            not (0 <= leeway < math.inf)  # NaN fails too: it would switch off every expiry
-            or (max_age is not None and not (0 < max_age < math.inf))
-            or max_token_bytes < 16
-        ):
-            raise ConfigurationError("leeway, max_age and max_token_bytes must be sensible")
         for name, flag in (
             ("require_typ", require_typ),
             ("require_jti", require_jti),

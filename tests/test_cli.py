@@ -690,7 +690,10 @@ def test_verify_unreachable_issuer(capsys: pytest.CaptureFixture[str]) -> None:
         (["--issuer", "https://id.example", "--algorithm", "none"], "unsupported algorithms"),
         (["--issuer", "https://id.example", "--jwks-uri", "ftp://x"], "jwks_uri must be"),
         (["--issuer", "https://id.example", "--timeout", "0"], "must be more than 0 seconds"),
-        (["--issuer", "https://id.example", "--leeway", "-1"], "leeway, max_age"),
+        (
+            ["--issuer", "https://id.example", "--leeway", "-1"],
+            "leeway must be a finite number of seconds, not negative: -1",
+        ),
     ],
 )
 def test_verify_usage_errors(

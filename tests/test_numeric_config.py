@@ -8,6 +8,7 @@ never a check quietly off (or a 500) at request time.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -137,3 +138,77 @@ def test_redis_max_connections_is_a_whole_number(value: object) -> None:
     for build in (FACTORIES["redis store"], FACTORIES["redis usage monitor"]):
         with pytest.raises(ConfigurationError, match="max_connections"):
             build(max_connections=value)
+
+
+GUARD_SETTINGS = [
+    *[
+        ("leeway", bad, f"leeway must be a finite number of seconds, not negative: {bad!r}")
+        for bad in (math.nan, math.inf, -1, -0.5, True, "30", None, Decimal("NaN"))
+    ],
+    *[
+        ("max_age", bad, f"max_age must be a finite number of seconds, positive: {bad!r}")
+        for bad in (math.nan, math.inf, 0, -1, True, "60", Decimal("sNaN"))
+    ],
+    *[
+        ("max_token_bytes", bad, f"max_token_bytes must be a whole number, at least 16: {bad!r}")
+        for bad in (15, 0, -1, 8192.0, math.nan, math.inf, True, "8192", None)
+    ],
+]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), GUARD_SETTINGS)
+def test_the_guard_names_the_setting_it_refuses_and_why(
+    name: str, value: object, message: str
+) -> None:
+    # Was one sentence for three settings: "leeway, max_age and max_token_bytes must be
+    # sensible", or "must be a number, not ...", whichever check caught it first.
+    with pytest.raises(ConfigurationError) as refused:
+        BearerGuard(issuer=ISS, audience="api", jwks_uri=f"{ISS}/jwks", **{name: value})
+    assert str(refused.value) == message
+
+
+def test_the_guard_still_takes_sensible_times_and_sizes() -> None:
+    guard = BearerGuard(
+        issuer=ISS,
+        audience="api",
+        jwks_uri=f"{ISS}/jwks",
+        leeway=Decimal("0"),
+        max_age=Decimal("0.5"),
+        max_token_bytes=16,
+    )
+    assert (guard.leeway, guard.max_token_bytes) == (0.0, 16)
+    assert type(guard.leeway) is float
+    assert type(guard.max_token_bytes) is int
+    assert BearerGuard(issuer=ISS, audience="api", jwks_uri=f"{ISS}/jwks", max_age=None)
+
+
+class _Whole:
+    """An integer as a library may register one: a numbers.Integral with ``int()`` only."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __int__(self) -> int:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"_Whole({self.value})"
+
+
+numbers.Integral.register(_Whole)
+
+
+@pytest.mark.parametrize(
+    ("factory", "name"),
+    [
+        ("memory store", "max_entries"),
+        ("introspector", "cache_size"),
+        ("usage monitor", "max_keys"),
+    ],
+)
+def test_a_registered_integral_is_taken_and_bounded_once_converted(factory: str, name: str) -> None:
+    # Was TypeError: the bound was compared with the value before int(), and an Integral
+    # need not compare with an int.
+    FACTORIES[factory](**{name: _Whole(300)})
+    with pytest.raises(ConfigurationError, match=rf"^{name} must be a whole number.*_Whole\(-1\)"):
+        FACTORIES[factory](**{name: _Whole(-1)})

@@ -94,6 +94,11 @@ def check_count(name: str, value: object, *, least: int = 1) -> int:
     Raises:
         ConfigurationError: anything else (``bool`` included).
     """
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
-        raise ConfigurationError(f"{name} must be a whole number, at least {least}: {value!r}")
-    return int(value)
+    refusal = ConfigurationError(f"{name} must be a whole number, at least {least}: {value!r}")
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise refusal
+    # Compared once converted: an Integral need not compare with an int (only int() is sure).
+    count = int(value)
+    if count < least:
+        raise refusal
+    return count

@@ -524,6 +524,13 @@ async def test_metadata_with_an_unsafe_jwks_uri_is_refused(
         ("max-age=60, max-age=86400", 60),
         # A private cache ignores s-maxage beside max-age, even in conflict (RFC 9111 §5.2.2.10).
         ("max-age=600, s-maxage=60, s-maxage=86400", 600),
+        # Not delta-seconds (RFC 9111 §1.2.2): stale (§4.2.1), so min_ttl; never 600 s read
+        # out of the garbage, nor default_ttl as if unsaid.
+        ("max-age=600abc", 60),
+        ("max-age=-600", 60),
+        ("max-age=", 60),
+        ('max-age="600', 60),
+        ('max-age="600"', 600),  # the quoted-string form, which recipients accept (§5.2)
         (None, 300),  # unsaid: default_ttl
     ],
 )

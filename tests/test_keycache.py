@@ -43,8 +43,29 @@ def _fetched(now: float = T0, max_age: float | None = None) -> KeyCache:
         ("Max-Age=120", 120.0),
         ('max-age="120"', 120.0),
         ("max-age=0", 0.0),
-        ("max-age=-5", None),
-        ("max-age=abc", None),
+        # RFC 9111 §1.2.2: delta-seconds is 1*DIGIT; §4.2.1: a response whose freshness
+        # directive is invalid is stale (then min_ttl), never fresh for a number read out of it.
+        ("max-age=-5", 0.0),
+        ("max-age=abc", 0.0),
+        ("max-age=600abc", 0.0),
+        ("max-age=600 abc", 0.0),
+        ("max-age=+600", 0.0),
+        ("max-age=6.5", 0.0),
+        ("max-age=0x10", 0.0),
+        ("max-age=", 0.0),
+        ("max-age", 0.0),
+        ('max-age=""', 0.0),
+        ('max-age="600', 0.0),
+        ('max-age=600"', 0.0),
+        ('max-age="600"abc', 0.0),
+        ("max-age = 600", 0.0),
+        ("s-maxage=60x", 0.0),
+        # RFC 9111 §5.2: recipients ought to accept the quoted-string form too (RFC 9110
+        # §5.6.4: a quoted-pair stands for its character).
+        ('max-age="6\\00"', 600.0),
+        # A quoted argument is one value: the commas and names inside it are not directives.
+        ('private="x, max-age=86400", max-age=60', 60.0),
+        ('no-cache="a, b", max-age=60', 0.0),
         ("s-maxage=90", 90.0),
         # A shared cache's lifetime never overrides our own (RFC 9111 §5.2.2.10).
         ("public, s-maxage=86400, max-age=60", 60.0),

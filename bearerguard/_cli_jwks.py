@@ -378,7 +378,7 @@ def _analyzed(
 def _where(source: Mapping[str, Any]) -> str:
     where = str(source.get("jwks_uri") or source.get("file"))
     max_age = source.get("max_age")
-    where += f"  (Cache-Control max-age {max_age:g} s)" if max_age is not None else ""
+    where += f"  (fresh for {max_age:g} s)" if max_age is not None else ""
     return terminal_safe(where)  # the jwks_uri comes from the issuer's metadata
 
 

@@ -300,6 +300,7 @@ def _key_source(
     asymmetric: frozenset[str],
     refresh: RefreshPolicy,
     fetch: FetchPolicy,
+    clock: Callable[[], float],
 ) -> tuple[JWKSFetcher | None, KeyCache]:
     """Static keys, or a fetcher for the issuer's JWKS (none when only HS* is allowed)."""
     if keys is not None:
@@ -307,7 +308,7 @@ def _key_source(
             raise ConfigurationError("give either static keys or jwks_uri, not both")
         return None, KeyCache(refresh, _static_keys(keys, asymmetric))
     if asymmetric:
-        return JWKSFetcher(issuer, jwks_uri, fetch), KeyCache(refresh)
+        return JWKSFetcher(issuer, jwks_uri, fetch, clock), KeyCache(refresh)
     return None, KeyCache(refresh, KeySet([]))
 
 
@@ -647,6 +648,7 @@ class BearerGuard:
             asymmetric=asymmetric,
             refresh=self._refresh_policy,
             fetch=fetch or FetchPolicy(),
+            clock=clock,
         )
         # A plain dict, oldest entry evicted first: a lookup costs a fraction of an LRU's, and
         # single dict operations stay safe under WSGI threads without a lock.

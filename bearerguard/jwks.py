@@ -1,6 +1,6 @@
 """Fetching key sets and issuer metadata over HTTP, with httpx.
 
-This is a thin I/O edge: it returns parsed JSON documents and ``Cache-Control`` lifetimes;
+This is a thin I/O edge: it returns parsed JSON documents and their freshness lifetimes;
 deciding when to fetch and what to trust lives in ``bearerguard._core``.
 """
 
@@ -12,7 +12,7 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +23,7 @@ import httpx
 
 from bearerguard.__about__ import __version__
 from bearerguard._core.bodies import BodyError, BoundedBody
-from bearerguard._core.keycache import ttl_from_cache_control
+from bearerguard._core.freshness import freshness_lifetime
 from bearerguard._core.times import check_count
 from bearerguard._resolver import resolve
 from bearerguard.errors import ConfigurationError
@@ -175,8 +175,7 @@ class FetchPolicy:
 @dataclass(frozen=True, slots=True)
 class _Response:
     body: bytes
-    cache_control: str | None
-    age: str | None = None
+    headers: httpx.Headers
 
 
 async def _get_async(
@@ -192,7 +191,7 @@ async def _get_async(
                 body = BoundedBody(headers.get("content-encoding"), policy.max_bytes)
                 async for chunk in response.aiter_raw():
                     body.feed(chunk)
-                return _Response(body.finish(), headers.get("cache-control"), headers.get("age"))
+                return _Response(body.finish(), headers)
     except BodyError as exc:
         return FetchError(f"GET {url}: {exc}")
     except TimeoutError:
@@ -330,7 +329,7 @@ def _get_sync(
                 body.feed(chunk)
                 if time.monotonic() > deadline:
                     return FetchError(f"GET {url} timed out after {policy.timeout}s")
-            return _Response(body.finish(), headers.get("cache-control"), headers.get("age"))
+            return _Response(body.finish(), headers)
     except BodyError as exc:
         return FetchError(f"GET {url}: {exc}")
     except httpx.TimeoutException:
@@ -344,6 +343,17 @@ def _json(url: str, response: _Response) -> Any:
         return json.loads(response.body)
     except (ValueError, RecursionError) as exc:
         raise NotJSONError(f"GET {url} did not return JSON") from exc
+
+
+def _lifetime(headers: httpx.Headers, received: float) -> float | None:
+    """The freshness lifetime a response's headers give it (RFC 9111 §4.2)."""
+    return freshness_lifetime(
+        headers.get("cache-control"),
+        headers.get("age"),
+        expires=headers.get("expires"),
+        date=headers.get("date"),
+        received=received,
+    )
 
 
 _Result = tuple[Any, float | None]
@@ -369,12 +379,20 @@ class JWKSFetcher:
             (OIDC Discovery §4.3, RFC 8414 §3.3).
         jwks_uri: the key set URL; ``None`` to discover it.
         policy: timeouts and size limits.
+        clock: returns epoch seconds: when a response without a ``Date`` was received.
 
     Redirects are not followed and every URL must be https (http only on loopback).
     """
 
-    def __init__(self, issuer: str, jwks_uri: str | None, policy: FetchPolicy) -> None:
+    def __init__(
+        self,
+        issuer: str,
+        jwks_uri: str | None,
+        policy: FetchPolicy,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.issuer = issuer
+        self._clock = clock
         self.configured_uri = None if jwks_uri is None else check_url(jwks_uri, "jwks_uri")
         self.jwks_uri = self.configured_uri
         self.policy = policy
@@ -408,7 +426,7 @@ class JWKSFetcher:
             # A discovered location may have moved: discover it again next time.
             self.jwks_uri = self.configured_uri
             raise
-        return document, ttl_from_cache_control(response.cache_control, response.age)
+        return document, _lifetime(response.headers, self._clock())
 
     def _discover(self, *, optional: bool) -> Generator[_Get, _Response, str]:
         failures = []
@@ -448,7 +466,8 @@ class JWKSFetcher:
                 discovered (the guard asks on a kid miss: the set may have moved).
 
         Returns:
-            The parsed JSON, and the ``max-age`` its response allowed (``None`` if unsaid).
+            The parsed JSON, and the freshness lifetime its response's headers gave it
+            (``Cache-Control: max-age``, else ``Expires``; ``None`` if unsaid).
 
         Raises:
             FetchError: the network, the server or the document failed.

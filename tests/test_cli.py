@@ -713,7 +713,7 @@ def test_jwks_show(capsys: pytest.CaptureFixture[str], issuer: DevIssuer) -> Non
     assert code == 0
     assert f"discovering the keys of {issuer.url} ..." in err
     lines = out.splitlines()
-    assert lines[0] == f"{issuer.jwks_uri}  (Cache-Control max-age 300 s)"
+    assert lines[0] == f"{issuer.jwks_uri}  (fresh for 300 s)"
     assert lines[1].split() == ["KID", "KTY", "ALG", "USE", "SIZE", "BEARERGUARD"]
     rsa_kid, ec_kid = (key.kid for key in issuer.keys)
     assert any(

@@ -9,6 +9,7 @@ delay is the point (a fetch held open, a timeout).
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import gc
 import gzip
 import itertools
@@ -566,6 +567,99 @@ async def test_the_age_a_cache_in_between_held_the_jwks_counts(
     clock.advance(POLICY.min_ttl)
     await guard.authenticate(mint(dev))
     assert dev.fetch_count() == 2
+
+
+def http_date(epoch: float) -> str:
+    """An IMF-fixdate (RFC 9110 §5.6.7)."""
+    return email.utils.formatdate(epoch, usegmt=True)
+
+
+def assert_fresh_for(issuer: DevIssuer, guard: BearerGuard, clock: FakeClock, ttl: float) -> None:
+    """The first fetch keeps the set fresh for ``ttl`` seconds (one second either way:
+    HTTP dates have whole seconds), then one more fetch."""
+    asyncio.run(guard.authenticate(mint(issuer)))
+    clock.advance(ttl - 1.5)
+    asyncio.run(guard.authenticate(mint(issuer)))
+    assert issuer.fetch_count() == 1
+    clock.advance(3)
+    asyncio.run(guard.authenticate(mint(issuer)))
+    assert issuer.fetch_count() == 2
+
+
+# The issuer's Date is the wall clock's time; so is the FakeClock's start.
+EXPIRES_CASES: dict[str, tuple[Callable[[float], dict[str, str]], float]] = {
+    # RFC 9111 §4.2.1: without max-age, fresh for Expires minus Date.
+    "expires": (lambda now: {"Expires": http_date(now + 1200)}, 1200),
+    "expires-rfc850": (
+        lambda now: {
+            "Expires": time.strftime("%A, %d-%b-%y %H:%M:%S GMT", time.gmtime(now + 1200))
+        },
+        1200,
+    ),
+    # Within the bounds: above max_ttl clamped down, in the past clamped up to min_ttl.
+    "expires-far": (lambda now: {"Expires": http_date(now + 10 * 86_400)}, 3600),
+    "expires-past": (lambda now: {"Expires": http_date(now - 86_400)}, 60),
+    # RFC 9111 §5.3: an invalid date, "0" above all, means already expired: min_ttl.
+    "expires-0": (lambda now: {"Expires": "0"}, 60),
+    "expires-garbage": (lambda now: {"Expires": "next tuesday"}, 60),
+    "expires-numeric-offset": (lambda now: {"Expires": http_date(now)[:-3] + "+0100"}, 60),
+    # RFC 9111 §5.3: beside max-age, Expires is ignored, valid or not.
+    "max-age-wins": (
+        lambda now: {"Cache-Control": "max-age=120", "Expires": http_date(now + 1200)},
+        120,
+    ),
+    "max-age-wins-over-invalid": (
+        lambda now: {"Cache-Control": "max-age=1200", "Expires": "0"},
+        1200,
+    ),
+    # s-maxage is a shared cache's (RFC 9111 §4.2.1): a private one reads Expires first.
+    "expires-over-s-maxage": (
+        lambda now: {"Cache-Control": "s-maxage=120", "Expires": http_date(now + 1200)},
+        1200,
+    ),
+    # RFC 9111 §4.2.1: the most restrictive directive is honoured.
+    "no-cache-wins": (
+        lambda now: {"Cache-Control": "no-cache", "Expires": http_date(now + 1200)},
+        60,
+    ),
+    # RFC 9111 §4.2.3: the Age a cache in between held it counts against Expires too.
+    "expires-less-age": (
+        lambda now: {"Expires": http_date(now + 1200), "Age": "1000"},
+        200,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXPIRES_CASES))
+def test_expires_gives_the_freshness_without_max_age(
+    dev: DevIssuer, clock: FakeClock, case: str
+) -> None:
+    headers, ttl = EXPIRES_CASES[case]
+    dev.overrides[dev.jwks_path] = Override(body=jwks_body(dev), headers=headers(time.time()))
+    guard = make_guard(dev, clock, discover=False)
+    assert_fresh_for(dev, guard, clock, ttl)
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+def test_expires_without_a_date_counts_from_the_guards_clock(
+    dev: DevIssuer, clock: FakeClock, *, sync: bool
+) -> None:
+    """RFC 9111 §4.2.1: with no usable Date, Expires counts from when the response came (RFC
+    9110 §6.6.1), on the guard's clock: a second Date line makes the first unusable."""
+    clock.advance(7 * 86_400)  # a week from the wall clock: only the guard's clock fits
+    headers = {"Expires": http_date(clock.now + 1200), "Date": "not a date"}
+    dev.overrides[dev.jwks_path] = Override(body=jwks_body(dev), headers=headers)
+    guard = make_guard(dev, clock, discover=False)
+    if sync:
+        guard.authenticate_sync(mint(dev))
+        clock.advance(1200 - 1.5)
+        guard.authenticate_sync(mint(dev))
+        assert dev.fetch_count() == 1
+        clock.advance(3)
+        guard.authenticate_sync(mint(dev))
+        assert dev.fetch_count() == 2
+    else:
+        assert_fresh_for(dev, guard, clock, 1200)
 
 
 @pytest.mark.anyio

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from bearerguard._core.keycache import KeyCache, RefreshPolicy, ttl_from_cache_control
+from bearerguard._core.freshness import freshness_lifetime
+from bearerguard._core.keycache import KeyCache, RefreshPolicy
 from bearerguard._core.keys import KeySet, VerificationKey
 from bearerguard.errors import ConfigurationError
 
@@ -26,104 +27,6 @@ def _fetched(now: float = T0, max_age: float | None = None) -> KeyCache:
     cache.record_attempt(now)
     cache.record_success(_keys("a"), now, max_age)
     return cache
-
-
-# -- ttl_from_cache_control ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("header", "expected"),
-    [
-        (None, None),
-        ("", None),
-        ("public", None),
-        ("max-age=120", 120.0),
-        ("public, max-age=120", 120.0),
-        ("public,max-age=120", 120.0),
-        ("Max-Age=120", 120.0),
-        ('max-age="120"', 120.0),
-        ("max-age=0", 0.0),
-        # RFC 9111 §1.2.2: delta-seconds is 1*DIGIT; §4.2.1: a response whose freshness
-        # directive is invalid is stale (then min_ttl), never fresh for a number read out of it.
-        ("max-age=-5", 0.0),
-        ("max-age=abc", 0.0),
-        ("max-age=600abc", 0.0),
-        ("max-age=600 abc", 0.0),
-        ("max-age=+600", 0.0),
-        ("max-age=6.5", 0.0),
-        ("max-age=0x10", 0.0),
-        ("max-age=", 0.0),
-        ("max-age", 0.0),
-        ('max-age=""', 0.0),
-        ('max-age="600', 0.0),
-        ('max-age=600"', 0.0),
-        ('max-age="600"abc', 0.0),
-        ("max-age = 600", 0.0),
-        ("s-maxage=60x", 0.0),
-        # RFC 9111 §5.2: recipients ought to accept the quoted-string form too (RFC 9110
-        # §5.6.4: a quoted-pair stands for its character).
-        ('max-age="6\\00"', 600.0),
-        # A quoted argument is one value: the commas and names inside it are not directives.
-        ('private="x, max-age=86400", max-age=60', 60.0),
-        ('no-cache="a, b", max-age=60', 0.0),
-        ("s-maxage=90", 90.0),
-        # A shared cache's lifetime never overrides our own (RFC 9111 §5.2.2.10).
-        ("public, s-maxage=86400, max-age=60", 60.0),
-        ("max-age=60, s-maxage=86400", 60.0),
-        ("no-store", 0.0),
-        ("no-cache", 0.0),
-        ("public, max-age=600, no-cache", 0.0),
-        ('no-cache="Set-Cookie", max-age=600', 0.0),
-        ("NO-STORE", 0.0),
-        # Directive names that merely contain the words are not those directives.
-        ("x-no-store-ext=1, max-age=120", 120.0),
-        ("x-max-age=120", None),
-        # RFC 9111 §4.2.1: conflicting values of one directive leave the response stale.
-        ("max-age=60, max-age=86400", 0.0),
-        ("max-age=86400, max-age=60", 0.0),
-        ("s-maxage=60, s-maxage=86400", 0.0),
-        ("max-age=60, max-age=60", 60.0),
-        # RFC 9111 §1.2.2: delta-seconds is any run of digits, leading zeros included, and
-        # one too large to represent is 2**31 seconds.
-        ("max-age=0000000000600", 600.0),
-        ("max-age=12345678901", 2.0**31),
-        ("max-age=" + "9" * 5000, 2.0**31),
-        # RFC 9111 §5.2.2.10: beside max-age, s-maxage is ignored, conflicting or not.
-        ("max-age=600, s-maxage=60, s-maxage=86400", 600.0),
-    ],
-)
-def test_ttl_from_cache_control(header: str | None, expected: float | None) -> None:
-    assert ttl_from_cache_control(header) == expected
-
-
-@pytest.mark.parametrize(
-    ("header", "age", "expected"),
-    [
-        # RFC 9111 §4.2.3: a response a cache in between held for a while has used up that
-        # much of its freshness.
-        ("max-age=3600", "3500", 100.0),
-        ("max-age=3600", "7200", 0.0),
-        ("max-age=3600", " 0 ", 3600.0),
-        ("max-age=3600", "-5", 3600.0),  # not delta-seconds: ignored
-        ("max-age=3600", "abc", 3600.0),
-        # RFC 9111 §1.2.2: an Age too large to represent is 2**31 seconds, not unsaid.
-        ("max-age=3600", "99999999999", 0.0),
-        ("max-age=3600", "9" * 5000, 0.0),
-        ("max-age=3600", "0000000000060", 3540.0),
-        ("public", "100", None),
-        ("no-store", "100", 0.0),
-    ],
-)
-def test_ttl_from_cache_control_subtracts_the_age(
-    header: str, age: str, expected: float | None
-) -> None:
-    assert ttl_from_cache_control(header, age) == expected
-
-
-def test_ttl_from_cache_control_huge_max_age_is_still_a_number() -> None:
-    value = ttl_from_cache_control("max-age=99999999999999")
-    assert value is not None
-    assert POLICY.ttl(value) == POLICY.max_ttl
 
 
 # -- RefreshPolicy ------------------------------------------------------------------------
@@ -182,7 +85,7 @@ def test_an_unbounded_max_ttl_still_refreshes_for_an_unknown_kid() -> None:
     # The server's max-age is finite (at most 2**31 s): so is the freshness it is granted.
     cache = KeyCache(RefreshPolicy(max_ttl=math.inf))
     cache.record_attempt(T0)
-    cache.record_success(_keys("a"), T0, ttl_from_cache_control("max-age=99999999999999"))
+    cache.record_success(_keys("a"), T0, freshness_lifetime("max-age=99999999999999", received=T0))
     assert cache.fresh_until < math.inf
     assert cache.may_refresh_for_unknown_kid(T0 + 30)
 

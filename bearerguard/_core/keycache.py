@@ -2,7 +2,8 @@
 
 The rules:
 
-* a fetched set is fresh for its TTL: ``Cache-Control: max-age`` clamped to configured bounds;
+* a fetched set is fresh for its TTL: the lifetime its headers give (``bearerguard._core.
+  freshness``) clamped to configured bounds;
 * an unknown ``kid`` triggers a refresh, unless a fetch started less than ``cooldown`` seconds
   ago. That one rule is the negative cache: every kid that a fetch just came back without is
   answered "unknown" without another fetch, so a flood of random kids costs at most one fetch
@@ -15,27 +16,13 @@ The rules:
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from bearerguard._core.keys import KeySet
 from bearerguard._core.times import check_seconds
 from bearerguard.errors import ConfigurationError
 
-__all__ = ["KeyCache", "RefreshPolicy", "ttl_from_cache_control"]
-
-# RFC 9110 §5.6.2: a token; §5.6.4: a quoted-string, whose quoted-pairs stand for their
-# character (the alternatives are disjoint: matching stays linear). RFC 9111 §5.2:
-# cache-directive = token [ "=" ( token / quoted-string ) ].
-_TCHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_DIRECTIVE = re.compile(rf'({_TCHARS})(?:=(?:({_TCHARS})|"((?:[^"\\]|\\.)*)"))?')
-_QUOTED_PAIR = re.compile(r"\\(.)")
-_DELTA_SECONDS = re.compile(r"[0-9]+")  # RFC 9111 §1.2.2: 1*DIGIT, ASCII digits only
-# RFC 9111 §1.2.2: delta-seconds too large to represent count as 2**31, never as unsaid.
-_MAX_DELTA_SECONDS = 2**31
-_LIFETIMES = ("max-age", "s-maxage")
-_NO_REUSE = ("no-cache", "no-store")
-_STALE = 0.0
+__all__ = ["KeyCache", "RefreshPolicy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +30,8 @@ class RefreshPolicy:
     """How long key sets are trusted and how often they may be fetched.
 
     Args:
-        default_ttl: freshness when the response has no usable ``Cache-Control``; finite.
+        default_ttl: freshness when the response says none (no ``max-age``, no ``Expires``);
+            finite.
         min_ttl: the least freshness granted, whatever the server says.
         max_ttl: the most freshness granted, whatever the server says.
         cooldown: the least time between two fetches triggered by unknown kids or failures.
@@ -73,90 +61,10 @@ class RefreshPolicy:
             raise ConfigurationError("cooldown and max_stale must be numbers, not negative")
 
     def ttl(self, max_age: float | None) -> float:
-        """The freshness to grant a set the server described with ``max_age``."""
+        """The freshness to grant a set whose response gave it ``max_age`` seconds (its
+        freshness lifetime less its age, ``bearerguard._core.freshness``)."""
         wanted = self.default_ttl if max_age is None else max_age
         return min(max(wanted, self.min_ttl), self.max_ttl)
-
-
-def _delta_seconds(digits: str) -> int:
-    """A delta-seconds value, at most 2**31 (RFC 9111 §1.2.2)."""
-    # The length first (int() refuses strings of over 4300 digits), of the value: leading
-    # zeros count for nothing.
-    digits = digits.lstrip("0")
-    return _MAX_DELTA_SECONDS if len(digits) > 10 else min(int(digits or "0"), _MAX_DELTA_SECONDS)
-
-
-def _elements(value: str) -> list[str]:
-    """The members of a comma-separated list (RFC 9110 §5.6.1), a comma inside a
-    quoted-string (§5.6.4) kept in its member, each stripped of optional whitespace."""
-    members, start, quoted, escaped = [], 0, False, False
-    for index, char in enumerate(value):
-        if escaped:
-            escaped = False
-        elif quoted:
-            escaped, quoted = char == "\\", char != '"'
-        elif char == '"':
-            quoted = True
-        elif char == ",":
-            members.append(value[start:index].strip(" \t"))
-            start = index + 1
-    members.append(value[start:].strip(" \t"))
-    return members
-
-
-def _seconds(member: str) -> float:
-    """The delta-seconds of a ``max-age`` or ``s-maxage`` member; stale when invalid."""
-    directive = _DIRECTIVE.fullmatch(member)
-    if directive is None:
-        # RFC 9111 §4.2.1: a response with invalid freshness information (an argument that
-        # is not 1*DIGIT, a missing one, a stray quote) is best considered stale.
-        return _STALE
-    token, quoted = directive[2], directive[3]
-    # RFC 9111 §5.2: recipients ought to accept the quoted-string form as well as the token.
-    argument = token if quoted is None else _QUOTED_PAIR.sub(r"\1", quoted)
-    if argument is None or not _DELTA_SECONDS.fullmatch(argument):
-        return _STALE
-    return float(_delta_seconds(argument))
-
-
-def _directives(value: str) -> tuple[bool, dict[str, float]]:
-    """Whether ``no-cache`` or ``no-store`` is said, and the seconds of each lifetime
-    directive: stale for an invalid one, or one given twice with different values."""
-    no_reuse = False
-    found: dict[str, float] = {}
-    for member in _elements(value):
-        # RFC 9111 §5.2: directive names are compared case-insensitively.
-        name = member.partition("=")[0].strip(" \t").lower()
-        if name in _NO_REUSE:
-            no_reuse = True
-        elif name in _LIFETIMES:
-            said = _seconds(member)
-            # RFC 9111 §4.2.1: a directive given twice with different values (a proxy adding
-            # its own header line) leaves the response stale, not fresh for the larger one.
-            found[name] = said if found.setdefault(name, said) == said else _STALE
-    return no_reuse, found
-
-
-def ttl_from_cache_control(value: str | None, age: str | None = None) -> float | None:
-    """Read ``max-age`` from a ``Cache-Control`` header (RFC 9111 §5.2.2); 0 for no-cache.
-
-    An invalid or conflicting ``max-age`` gives 0: the response is stale (RFC 9111 §4.2.1).
-    ``age`` is the response's ``Age`` header: the seconds a cache in between already held
-    it, which its freshness has used up (RFC 9111 §4.2.3, §5.1).
-    """
-    if not value:
-        return None
-    no_reuse, found = _directives(value)
-    if no_reuse:
-        return _STALE
-    # RFC 9111 §5.2.2.10: s-maxage is for shared caches; ours is private, so max-age wins
-    # wherever it stands, and s-maxage serves only when there is no max-age. Only the
-    # directive read counts: a conflict in an s-maxage beside max-age is ignored with it.
-    lifetime = found.get("max-age", found.get("s-maxage"))
-    held = _DELTA_SECONDS.fullmatch(age.strip()) if age else None
-    if lifetime is not None and held is not None:
-        lifetime = max(lifetime - _delta_seconds(held[0]), 0.0)
-    return lifetime
 
 
 class KeyCache:

@@ -19,7 +19,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from numbers import Integral, Real
 from typing import Any, Literal, NoReturn
@@ -123,6 +123,16 @@ def _unexpected(exc: Exception, jws: CompactJWS | None) -> MalformedTokenError:
     error = MalformedTokenError(f"unexpected {type(exc).__name__} during verification")
     error.header = None if jws is None else jws.header
     return error
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Refreshing:
+    """An event loop's key set fetch under way: the loop (an anyio token), the event its
+    requests wait on, and the one threads wait on (``authenticate_sync``)."""
+
+    loop: object
+    done: anyio.Event
+    ended: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(slots=True)
@@ -661,12 +671,12 @@ class BearerGuard:
         reusable = self._reuse_check is not None and self.usage is None and not bound
         self._reuse_cache = self._cache if reusable else None
         # The async fetch under way: the event loop it runs in, and what it sets when done.
-        self._refreshing: tuple[object, anyio.Event] | None = None
+        self._refreshing: _Refreshing | None = None
         # The asyncio tasks running fetches (one per event loop at most), each with the
         # ``_refreshing`` it ends: the event loop holds tasks only weakly. Each leaves when
         # done, or when found with its loop closed (``_drop_abandoned_fetches``), or it would
         # keep that loop alive.
-        self._fetch_tasks: dict[asyncio.Task[None], tuple[object, anyio.Event]] = {}
+        self._fetch_tasks: dict[asyncio.Task[None], _Refreshing] = {}
         self._fetch_lock = threading.Lock()
         self._fetches = 0  # sync fetches ended: tells a thread that waited whether one ran
         reset_after_fork(self)
@@ -1254,10 +1264,9 @@ class BearerGuard:
         if refreshing is not None:
             # A fetch is under way: wait for it when there is nothing usable to go on with.
             if unknown_kid or not self._keys.usable(self.clock()):
-                loop, done = refreshing
                 # Equal, not identical: each current_token() call returns a new token.
-                if loop == anyio.lowlevel.current_token():
-                    await done.wait()
+                if refreshing.loop == anyio.lowlevel.current_token():
+                    await refreshing.done.wait()
                 else:
                     # Another event loop's fetch (one guard serving two loops): its event
                     # cannot wake this loop, so look, as for a thread's fetch below.
@@ -1270,19 +1279,20 @@ class BearerGuard:
                         self._refreshing = None
             return
         cache, now = self._keys, self.clock()
-        if not (
-            cache.needs_refresh(now) or (unknown_kid and cache.may_refresh_for_unknown_kid(now))
-        ):
-            # Only a thread's fetch (authenticate_sync, warm_up_sync) is under way: a fetch of
-            # our own would break the one-fetch-per-cooldown rule, so wait for that one as a
-            # thread would (at most one fetch timeout), without blocking the event loop.
-            if unknown_kid or not cache.usable(now):
-                with anyio.move_on_after(self._fetch_timeout):
-                    while self._fetch_lock.locked():  # noqa: ASYNC110 - a thread holds it
-                        await anyio.sleep(0.01)
-            return
-        refreshing = self._refreshing = (anyio.lowlevel.current_token(), anyio.Event())
-        cache.record_attempt(now)
+        refreshing = self._claim_fetch(now, unknown_kid=unknown_kid)
+        if refreshing is None:
+            if not unknown_kid and cache.usable(now):
+                return  # the keys there are will do meanwhile
+            # No fetch now, or a thread's (authenticate_sync, warm_up_sync) is under way: a
+            # fetch of our own would fetch twice, so wait for that one as a thread would (at
+            # most one fetch timeout), without blocking the event loop; then ask the rules
+            # again (a thread may have held the lock only to decide).
+            with anyio.move_on_after(self._fetch_timeout):
+                while self._fetch_lock.locked():  # noqa: ASYNC110 - a thread holds it
+                    await anyio.sleep(0.01)
+            refreshing = self._claim_fetch(self.clock(), unknown_kid=unknown_kid)
+            if refreshing is None:
+                return
         # The fetch is every waiting request's, not only this one's. Cancelled with it (a
         # client gone, a request timeout), it left the others refused and the kid-miss
         # cooldown spent: a key just published was refused for a whole cooldown. It ends
@@ -1301,6 +1311,28 @@ class BearerGuard:
         self._fetch_tasks[task] = refreshing
         task.add_done_callback(self._fetch_done)
         await asyncio.shield(task)
+
+    def _claim_fetch(self, now: float, *, unknown_kid: bool) -> _Refreshing | None:
+        """Start an event loop's fetch if the rules want one and no thread's is under way.
+
+        Decided holding the fetch lock, as a thread decides: a thread and the event loop
+        starting at once fetched the key set twice (Django under ASGI, sync views beside
+        async ones, on a cold start). The lock is only tried: the event loop never waits.
+        """
+        if not self._fetch_lock.acquire(blocking=False):
+            return None
+        try:
+            cache = self._keys
+            if not (
+                cache.needs_refresh(now) or (unknown_kid and cache.may_refresh_for_unknown_kid(now))
+            ):
+                return None
+            refreshing = _Refreshing(anyio.lowlevel.current_token(), anyio.Event())
+            self._refreshing = refreshing
+            cache.record_attempt(now)
+            return refreshing
+        finally:
+            self._fetch_lock.release()
 
     def _fetch_done(self, task: asyncio.Task[None]) -> None:
         self._fetch_tasks.pop(task, None)
@@ -1322,9 +1354,7 @@ class BearerGuard:
                 if self._refreshing is refreshing:
                     self._refreshing = None
 
-    async def _fetch_keys(
-        self, refreshing: tuple[object, anyio.Event], *, rediscover: bool
-    ) -> None:
+    async def _fetch_keys(self, refreshing: _Refreshing, *, rediscover: bool) -> None:
         """Fetch the key set and install it, or record the failure; then end ``refreshing``.
 
         ``rediscover``: a kid miss, which reads a discovered set's metadata again first.
@@ -1339,7 +1369,8 @@ class BearerGuard:
         finally:
             if self._refreshing is refreshing:  # not dropped as abandoned meanwhile
                 self._refreshing = None
-            refreshing[1].set()
+            refreshing.done.set()
+            refreshing.ended.set()
 
     async def _observe(
         self, access: AccessToken, client: str | None, request: RequestInfo | None
@@ -1452,24 +1483,57 @@ class BearerGuard:
                 lock.release()
                 return
         try:
-            # Another thread may have fetched while this one waited: ask the rules again.
-            now = self.clock()
-            wanted = cache.needs_refresh(now) or (
-                unknown_kid and cache.may_refresh_for_unknown_kid(now)
-            )
-            if not wanted:
-                return
-            cache.record_attempt(now)
-            try:
-                document, max_age = self._fetcher.fetch_sync(rediscover=unknown_kid)
-            except Exception as exc:  # noqa: BLE001 - whatever broke, the fetch failed: fail closed
-                self._keys_failed(exc)
-            else:
-                self._install_keys(document, max_age)
-            finally:
-                self._fetches += 1  # under the lock
+            # An event loop's fetch under way (one guard on both sides, as Django under ASGI
+            # with sync views): wait for it, below, rather than fetch the set a second time.
+            # Event loops start theirs holding this lock (_claim_fetch): no race between them.
+            elsewhere = self._loop_fetch_elsewhere()
+            if elsewhere is None:
+                self._fetch_sync(unknown_kid=unknown_kid)
         finally:
             lock.release()
+        if elsewhere is not None and (unknown_kid or not cache.usable(self.clock())):
+            self._wait_for_loop_fetch(elsewhere)
+
+    def _fetch_sync(self, *, unknown_kid: bool) -> None:
+        """Fetch the key set in this thread if the rules want it; under the fetch lock."""
+        assert self._fetcher is not None  # noqa: S101 - only called with a fetcher
+        cache = self._keys
+        # Another thread may have fetched while this one waited: ask the rules again.
+        now = self.clock()
+        if not (
+            cache.needs_refresh(now) or (unknown_kid and cache.may_refresh_for_unknown_kid(now))
+        ):
+            return
+        cache.record_attempt(now)
+        try:
+            document, max_age = self._fetcher.fetch_sync(rediscover=unknown_kid)
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the fetch failed: fail closed
+            self._keys_failed(exc)
+        else:
+            self._install_keys(document, max_age)
+        finally:
+            self._fetches += 1  # under the lock
+
+    def _loop_fetch_elsewhere(self) -> _Refreshing | None:
+        """An event loop's fetch under way, unless that loop runs in this thread: waiting
+        for it here would stop it (``authenticate_sync`` called inside a coroutine)."""
+        self._drop_abandoned_fetches()
+        refreshing = self._refreshing
+        if refreshing is None:
+            return None
+        try:
+            here = anyio.lowlevel.current_token()
+        except RuntimeError:  # no event loop in this thread (anyio's NoEventLoopError)
+            return refreshing
+        # Equal, not identical: each current_token() call returns a new token.
+        return None if refreshing.loop == here else refreshing
+
+    def _wait_for_loop_fetch(self, refreshing: _Refreshing) -> None:
+        """Block until an event loop's fetch ends, at most one fetch timeout."""
+        if not refreshing.ended.wait(self._fetch_timeout) and self._refreshing is refreshing:
+            # Every fetch ends within its timeout unless its loop stopped running (closed
+            # with the fetch pending): drop it, or no thread would fetch again.
+            self._refreshing = None
 
     # -- the signature step alone, for other signed JWTs ----------------------------------
 

@@ -1307,6 +1307,53 @@ async def test_concurrent_cold_requests_share_one_failing_fetch(
     assert dev.fetch_count() == 1
 
 
+@pytest.mark.parametrize("first", ["async", "sync"])
+def test_cold_requests_on_both_sides_of_one_guard_share_one_fetch(
+    dev: DevIssuer, clock: FakeClock, first: str
+) -> None:
+    """Django under ASGI, sync views beside async ones: one guard verifies in the event loop
+    and in worker threads. A cold start fetched the key set once per side."""
+    serve_jwks(dev, delay=0.3)
+    guard = make_guard(dev, clock, discover=False, fetch=FetchPolicy(timeout=3.0))
+    subjects: list[str] = []
+
+    def in_a_thread() -> None:
+        subjects.append(guard.authenticate_sync(mint(dev)).subject)
+
+    async def in_the_loop() -> None:
+        subjects.append((await guard.authenticate(mint(dev))).subject)
+
+    async def both() -> None:
+        async with anyio.create_task_group() as tasks:
+            if first == "async":
+                tasks.start_soon(in_the_loop)
+                await anyio.sleep(0.1)  # its fetch under way
+                tasks.start_soon(anyio.to_thread.run_sync, in_a_thread)
+            else:
+                tasks.start_soon(anyio.to_thread.run_sync, in_a_thread)
+                await anyio.sleep(0.1)
+                tasks.start_soon(in_the_loop)
+
+    asyncio.run(both())
+    assert subjects == ["user-1"] * 2
+    assert dev.fetch_count() == 1
+
+
+@pytest.mark.anyio
+async def test_a_sync_call_inside_the_fetching_event_loop_does_not_wait_for_it(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    # Waiting would block the loop whose fetch it waits for: it fetches, as before.
+    serve_jwks(dev, delay=0.3)
+    guard = make_guard(dev, clock, discover=False, fetch=FetchPolicy(timeout=3.0))
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(guard.authenticate, mint(dev))
+        await anyio.sleep(0.1)  # its fetch under way
+        started = time.monotonic()
+        assert guard.authenticate_sync(mint(dev)).subject == "user-1"
+        assert time.monotonic() - started < 2.0
+
+
 # == outages ==============================================================================
 
 _VALID_PADDING = "x" * (FETCH.max_bytes + 1)

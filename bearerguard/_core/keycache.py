@@ -2,8 +2,8 @@
 
 The rules:
 
-* a fetched set is fresh for its TTL: the lifetime its headers give (``bearerguard._core.
-  freshness``) clamped to configured bounds;
+* a fetched set is fresh for its TTL: the lifetime its response's headers give it
+  (``bearerguard._core.freshness``), clamped to configured bounds;
 * an unknown ``kid`` triggers a refresh, unless a fetch started less than ``cooldown`` seconds
   ago. That one rule is the negative cache: every kid that a fetch just came back without is
   answered "unknown" without another fetch, so a flood of random kids costs at most one fetch

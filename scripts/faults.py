@@ -349,6 +349,21 @@ def _audit_lines(path: Path) -> int:
         return sum(1 for _ in file)
 
 
+def recovery(samples: list[Sample], healed: float) -> tuple[float | None, float | None]:
+    """When valid tokens were accepted again after the fault ended at ``healed``.
+
+    Returns ``(recovered, back)``: the seconds from ``healed`` to the sending of the first
+    valid token answered 200, and the instant from which every request sent is judged
+    "after" the recovery (nothing may flap from then on); ``(None, None)`` until then.
+    """
+    first = next(
+        (s for s in samples if s.sent >= healed and s.kind == "valid" and s.status == 200), None
+    )
+    if first is None:
+        return None, None
+    return first.sent - healed, first.sent
+
+
 async def _wait_healthy(world: World, limit: float) -> bool:
     """Wait until a valid token gets 200 (between scenarios)."""
     token = world.pools["valid"][0]
@@ -392,18 +407,11 @@ async def run_scenario(
     await asyncio.sleep(max(0.0, remaining))
     await asyncio.to_thread(scenario.heal, world)
     healed = time.monotonic()
-    recovered: float | None = None
+    recovered = back = None
     deadline = healed + recovery_limit
     while time.monotonic() < deadline:
-        recovered = next(
-            (
-                s.sent - healed
-                for s in load.samples
-                if s.sent >= healed and s.kind == "valid" and s.status == 200
-            ),
-            None,
-        )
-        if recovered is not None and time.monotonic() - healed >= recovered + observe_after:
+        recovered, back = recovery(load.samples, healed)
+        if back is not None and time.monotonic() >= back + observe_after:
             break  # recovered, and some "after" observed
         await asyncio.sleep(0.1)
     load.stop()
@@ -414,8 +422,7 @@ async def run_scenario(
 
     during = [s for s in samples if fault_start <= s.sent < healed]
     # "After" starts once valid tokens get 200 again: from then on nothing may flap.
-    back = healed + (recovered if recovered is not None else recovery_limit)
-    after = [s for s in samples if s.sent >= back]
+    after = [s for s in samples if s.sent >= (healed + recovery_limit if back is None else back)]
     retired = world.marks.get("retired")
     wrong = sum(1 for s in samples if s.kind in MUST_REFUSE and s.status == 200)
     retired_last: float | None = None

@@ -353,15 +353,22 @@ def recovery(samples: list[Sample], healed: float) -> tuple[float | None, float 
     """When valid tokens were accepted again after the fault ended at ``healed``.
 
     Returns ``(recovered, back)``: the seconds from ``healed`` to the sending of the first
-    valid token answered 200, and the instant from which every request sent is judged
-    "after" the recovery (nothing may flap from then on); ``(None, None)`` until then.
+    valid token answered 200, and the instant that answer was received, from which every
+    request sent is judged "after" the recovery (nothing may flap from then on);
+    ``(None, None)`` until then.
+
+    Not from the sending of that request: the server decides a request some time after it
+    is sent, and not in the order sent (the one that starts a JWKS refresh waits for the
+    fetch; a starved client writes a request late), so a request sent after it may have been
+    decided before the recovery, and answered 503 rightly. A request sent once its 200 is
+    received reaches the one server process after it decided that 200: a refusal then is a
+    flap.
     """
-    first = next(
-        (s for s in samples if s.sent >= healed and s.kind == "valid" and s.status == 200), None
-    )
-    if first is None:
+    accepted = [s for s in samples if s.sent >= healed and s.kind == "valid" and s.status == 200]
+    if not accepted:
         return None, None
-    return first.sent - healed, first.sent
+    first = min(accepted, key=lambda s: s.sent + s.latency)
+    return first.sent - healed, first.sent + first.latency
 
 
 async def _wait_healthy(world: World, limit: float) -> bool:
@@ -421,7 +428,7 @@ async def run_scenario(
     audit_events = _audit_lines(world.audit_path) - audit_before
 
     during = [s for s in samples if fault_start <= s.sent < healed]
-    # "After" starts once valid tokens get 200 again: from then on nothing may flap.
+    # "After" starts once a valid token's 200 is received: from then on nothing may flap.
     after = [s for s in samples if s.sent >= (healed + recovery_limit if back is None else back)]
     retired = world.marks.get("retired")
     wrong = sum(1 for s in samples if s.kind in MUST_REFUSE and s.status == 200)

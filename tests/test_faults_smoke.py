@@ -72,6 +72,30 @@ def test_jwks_down_and_redis_frozen_fail_closed_and_recover(faults: Any) -> None
     assert redis.fail_closed_after <= faults.FAILURE_TIMEOUT + 1.0, report
 
 
+def test_after_the_recovery_starts_once_a_valid_200_was_received(faults: Any) -> None:
+    """Found under load (three suites at once): a revoked token's 503, decided before Redis
+    was back, was counted as a flap "after" the recovery because its request was sent after
+    that of the first valid 200, whose answer was decided later (it waited for a JWKS fetch,
+    or the starved client wrote it late). Only a request sent once the client holds that 200
+    is surely decided after it, by the one server process; a 503 from then on is a flap."""
+    sample = faults.Sample
+    healed = 100.0
+    samples = [  # in the order answered, as Load records them
+        sample(100.010, "valid", 503, 0.005),
+        sample(100.030, "revoked", 503, 0.004),  # decided before the recovery
+        sample(100.020, "valid", 200, 0.030),  # sent before it, answered at 100.050
+        sample(100.040, "revoked", 401, 0.020),
+        sample(100.060, "revoked", 503, 0.002),  # a flap: sent once the 200 was received
+        sample(100.070, "valid", 200, 0.002),
+    ]
+    recovered, back = faults.recovery(samples, healed)
+    assert recovered == pytest.approx(0.020)
+    assert back == pytest.approx(100.050)
+    after = [(s.kind, s.status) for s in samples if s.sent >= back]
+    assert after == [("revoked", 503), ("valid", 200)]
+    assert faults.recovery(samples[:2], healed) == (None, None)
+
+
 @pytest.mark.anyio
 async def test_requests_during_the_recovering_fetch_wait_for_it() -> None:
     """Found by scripts/faults.py: once an outage had made the key set unusable, a request

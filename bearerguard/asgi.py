@@ -179,7 +179,7 @@ def _websocket_credentials(
     (RFC 6750 §2: a client uses one method per request).
     """
     found: list[bytes] = []
-    query = scope.get("query_string", b"")
+    query = _query_string(scope)
     if "subprotocol" in allowed:
         offered = list(scope.get("subprotocols") or ())
         tokens = [p for p in offered if p.startswith(WEBSOCKET_TOKEN_PROTOCOL_PREFIX)]
@@ -205,13 +205,28 @@ def _websocket_credentials(
         )
         query = b"&".join(part for part in parts if not is_query_token(part))
         # Out of what the app and the server see too: uvicorn logs the handshake's URL
-        # from this scope once the app accepts or refuses it (RFC 6750 §5.3).
-        scope["query_string"] = query
+        # from this scope once the app accepts or refuses it (RFC 6750 §5.3). Given as
+        # text, it is left as text: the app was handed it so.
+        text = isinstance(scope.get("query_string"), str)
+        scope["query_string"] = query.decode("utf-8", "surrogatepass") if text else query
     if not found:
         return authorization, query
     if authorization or len(found) > 1:
         raise InvalidRequestError("bearer credentials sent by more than one method")
     return [b"Bearer " + found[0]], query
+
+
+def _query_string(scope: Scope) -> bytes:
+    """The scope's query string as bytes, which the extraction rules read.
+
+    ASGI says bytes; Django's AsyncClient and some test tools put text there, read back as
+    the bytes it stands for (``surrogatepass`` keeps any lone surrogate, as
+    ``_redact_query_token`` does). Anything else is no query.
+    """
+    query = scope.get("query_string", b"")
+    if isinstance(query, bytes):
+        return query
+    return query.encode("utf-8", "surrogatepass") if isinstance(query, str) else b""
 
 
 def _redact_query_token(scope: Scope) -> None:
@@ -429,8 +444,13 @@ class BearerGuardMiddleware:
                 request_id = joined_request_ids(scope["headers"])
             if credentials is not None and not repeated and credentials[:7] == b"Bearer ":
                 query = scope.get("query_string")
-                # A percent-encoded name may decode to access_token: the general path decides.
-                if not query or (query.find(b"access_token") == -1 and query.find(b"%") == -1):
+                # A percent-encoded name may decode to access_token, and a query given as text
+                # (see _query_string) is no bytes to search: the general path decides.
+                if not query or (
+                    query.__class__ is bytes
+                    and query.find(b"access_token") == -1
+                    and query.find(b"%") == -1
+                ):
                     entry = reusing.reused(credentials[7:])
         access: AccessToken | None
         if entry is not None:
@@ -471,7 +491,7 @@ class BearerGuardMiddleware:
                 return
             authorization = [value for name, value in scope["headers"] if name == b"authorization"]
             request_id = joined_request_ids(scope["headers"]) or None  # read again, as above
-            query = scope.get("query_string", b"")
+            query = _query_string(scope)
             request = _describe(scope, request_id)
             try:
                 if kind == "websocket" and self.websocket_credentials:

@@ -84,6 +84,7 @@ from bearerguard._core.scopes import validate_scope_names
 from bearerguard.asgi import (
     BearerGuardMiddleware,
     _authenticate_bound,
+    _query_string,
     _redact_query_token,
     _serve_metadata,
 )
@@ -540,7 +541,7 @@ class BearerAuth(SecurityBase):
                     guard,
                     scope,
                     authorization,
-                    scope.get("query_string", b""),
+                    _query_string(scope),
                     request,
                     _NO_PUBLIC_PATHS,
                 )
@@ -549,7 +550,7 @@ class BearerAuth(SecurityBase):
             else:
                 raw = request_credentials(
                     authorization,
-                    scope.get("query_string", b""),
+                    _query_string(scope),
                     scope["path"],
                     _NO_PUBLIC_PATHS,
                     max_bytes=guard.max_token_bytes,

@@ -25,7 +25,7 @@ from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.metrics import CACHE, DECISIONS, InMemoryMetrics
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
-from tests.helpers import Clock
+from tests.helpers import Clock, asgi_call
 
 pytestmark = pytest.mark.anyio
 
@@ -326,3 +326,43 @@ async def test_a_reused_token_is_not_yet_valid_when_the_clock_steps_back(
         ]
         clock.now += 6
         assert (await http.get("/me", headers=bearer(token))).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("", 200),
+        ("page=2&q=%C3%A9", 200),
+        ("q=\u00e9t\u00e9", 200),
+        ("a=1&access_token={t}", 400),
+        ("access%5Ftoken={t}", 400),
+    ],
+    ids=["empty", "percent", "non-ascii", "token", "encoded-name"],
+)
+async def test_a_text_query_string_is_answered_not_a_500(
+    session_issuer: DevIssuer, query: str, status: int
+) -> None:
+    # ASGI says bytes; Django's AsyncClient and some test tools put text in query_string.
+    # The cache-hit path ran bytes methods on it (a 500): it now takes the general path,
+    # which reads the text as the bytes it stands for. A refused query is redacted as text.
+    guard = session_issuer.guard()
+    token = session_issuer.mint(sub="ana")
+    app = app_for(guard)
+    for _ in range(2):  # the token's first sight, then a cache hit
+        scope: dict[str, Any] = {
+            "type": "http",
+            "method": "GET",
+            "path": "/me",
+            "raw_path": b"/me",
+            "query_string": query.format(t=token),
+            "headers": [(b"host", b"api.test"), (b"authorization", f"Bearer {token}".encode())],
+            "client": ("127.0.0.1", 1234),
+        }
+        with structlog.testing.capture_logs() as events:
+            sent = await asgi_call(app, scope)
+        assert sent[0]["status"] == status
+        assert [e["event"] for e in events] == [
+            "token.accepted" if status == 200 else "token.rejected"
+        ]
+        assert isinstance(scope["query_string"], str)
+        assert token not in scope["query_string"]

@@ -202,11 +202,11 @@ def refusal_for(
     # does. authenticate's own refusals carry their token, framed in the client's scheme.
     if (
         dpop is not None
-        and error.binding == "bearer"
+        and error.scheme == "bearer"
         and error.token is None
         and presented_with(guard, getattr(current_auth.get(), "token", None)) == "dpop"
     ):
-        error.binding = "dpop"
+        error.sent_with("dpop")
     return render_refusal(
         error,
         guard.realm,

@@ -216,6 +216,8 @@ def check_scopes(
     else:
         error = InsufficientScopeError(required, any_of=any_of, scope=named)
         error.binding = presented_with(guard, token)  # as its token.accepted said
+        if error.binding == "dpop":  # a DPoP-bound token came with its scheme (RFC 9449 §7.2)
+            error.scheme = "dpop"
     guard.audit.refused(error, auth, perf_counter() - auth.started, token=token)
     return error, refusal_for(guard, error, named)
 

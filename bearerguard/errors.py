@@ -103,10 +103,19 @@ class AuthError(BearerGuardError):
         self.header: dict[str, object] | None = None
         self.token: AccessToken | None = None
         self.store: str | None = None  # the revocation store that answered or failed
-        # "dpop" when the request used the DPoP scheme (RFC 9449), "mtls" when a certificate
-        # binding failed (RFC 8705), else "bearer"; chooses the challenge that carries the
-        # error code and is recorded by the audit log.
+        # The authorization scheme the request used: "dpop" (RFC 9449 §7.1) or "bearer". Its
+        # challenge carries the error code.
+        self.scheme: str = "bearer"
+        # What the audit log records: the scheme, or "mtls" when a certificate binding
+        # refused the token (RFC 8705 §3), whichever scheme carried it.
         self.binding: str = "bearer"
+
+    def sent_with(self, scheme: str) -> None:
+        """Note the scheme the request used: its challenge carries the error code, and it
+        is the audit's ``binding`` unless a certificate binding refused the token."""
+        self.scheme = scheme
+        if self.binding == "bearer":
+            self.binding = scheme
 
 
 class MissingTokenError(AuthError):

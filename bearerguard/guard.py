@@ -836,8 +836,8 @@ class BearerGuard:
             exc.fingerprint = _fingerprint(digest)
             if exc.token is None:  # refused once verified (a DPoP proof): audited with its claims
                 exc.token = access
-            if dpop is not None and (exc.binding == "bearer" or dpop.scheme == "dpop"):
-                exc.binding = dpop.scheme  # the challenge of the scheme the client used
+            if dpop is not None:
+                exc.sent_with(dpop.scheme)  # the challenge of the scheme the client used
             raise
         return access
 
@@ -901,8 +901,8 @@ class BearerGuard:
             exc.fingerprint = _fingerprint(digest)
             if exc.token is None:  # refused once verified (a DPoP proof): audited with its claims
                 exc.token = access
-            if dpop is not None and (exc.binding == "bearer" or dpop.scheme == "dpop"):
-                exc.binding = dpop.scheme  # the challenge of the scheme the client used
+            if dpop is not None:
+                exc.sent_with(dpop.scheme)  # the challenge of the scheme the client used
             raise
         return access
 

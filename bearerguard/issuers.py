@@ -295,7 +295,7 @@ class TrustedIssuers:
         except AuthError as exc:
             exc.fingerprint = _fingerprint(_credentials(token)[1])
             if dpop is not None:
-                exc.binding = dpop.scheme
+                exc.sent_with(dpop.scheme)
             raise
 
     # -- lifecycle ------------------------------------------------------------------------

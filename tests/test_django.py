@@ -773,6 +773,42 @@ def test_certificate_bound_tokens_on_every_path(
     assert [answer.status_code for answer in answers] == [200, 401]
 
 
+def test_a_certificate_refusal_on_the_dpop_scheme_is_audited_as_mtls(
+    session_issuer: DevIssuer, kind: str
+) -> None:
+    # A token bound both ways (RFC 9449, RFC 8705 §3), sent with the DPoP scheme and a good
+    # proof but another client certificate: the DPoP challenge carries the error, the scheme
+    # the client used; the audit names the binding that refused it (docs/audit-events.md).
+    from bearerguard.dpop import DPoPPolicy
+    from bearerguard.mtls import CertificateBinding
+    from tests.test_dpop import Holder
+    from tests.test_mtls import issue
+
+    ca = issue("ca")
+    alice, mallory = issue("alice", ca), issue("mallory", ca)
+    holder = Holder()
+    with configured(session_issuer.guard(dpop=DPoPPolicy(), mtls=CertificateBinding())):
+        token = session_issuer.mint(
+            scopes=["items:read"], cnf={"x5t#S256": alice.thumbprint, "jkt": holder.jkt}
+        )
+        proof = holder.proof(token, url="https://testserver/items")
+        headers = {"Authorization": f"DPoP {token}", "DPoP": proof}
+        with structlog.testing.capture_logs() as logged:
+            if kind == "sync":
+                response = Client().get(
+                    "/items", headers=headers, secure=True, SSL_CLIENT_CERT=mallory.pem
+                )
+            else:
+                response = asyncio.run(over_tls(mallory.pem, headers))
+    assert response.status_code == 401
+    bearer_part, _, dpop_part = response.headers["WWW-Authenticate"].partition(", DPoP ")
+    assert 'error="invalid_token"' in dpop_part
+    assert "error=" not in bearer_part
+    assert [(e["event"], e["reason"], e["binding"]) for e in logged] == [
+        ("token.rejected", "certificate_binding", "mtls")
+    ]
+
+
 async def over_tls(pem: str, headers: dict[str, str]) -> Any:
     from django.core.asgi import get_asgi_application
 

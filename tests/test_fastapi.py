@@ -1378,6 +1378,39 @@ def test_the_dependency_alone_checks_dpop_proofs(session_issuer: DevIssuer) -> N
     ]
 
 
+def test_the_dependency_alone_audits_a_certificate_refusal_as_mtls(
+    session_issuer: DevIssuer,
+) -> None:
+    # A token bound both ways (RFC 9449, RFC 8705 §3), sent with the DPoP scheme and a good
+    # proof but no client certificate: the audit names the binding that refused it.
+    from bearerguard.dpop import DPoPPolicy
+    from bearerguard.mtls import CertificateBinding
+    from tests.test_dpop import Holder
+    from tests.test_mtls import issue
+
+    holder = Holder()
+    alice = issue("alice", issue("ca"))
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(), mtls=CertificateBinding())
+    bearer = BearerAuth(guard)
+    app = bearer.install(FastAPI())
+
+    @app.get("/private")
+    async def private(token: Annotated[AccessToken, bearer.requires()]) -> dict[str, Any]:
+        return {"sub": token.subject}  # pragma: no cover - refused before
+
+    token = session_issuer.mint(cnf={"x5t#S256": alice.thumbprint, "jkt": holder.jkt})
+    with TestClient(app) as client, capture_logs() as logged:
+        proof = holder.proof(token, url="http://testserver/private")
+        response = client.get("/private", headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+    assert response.status_code == 401
+    bearer_part, _, dpop_part = response.headers["www-authenticate"].partition(", DPoP ")
+    assert 'error="invalid_token"' in dpop_part
+    assert "error=" not in bearer_part
+    assert [(e["event"], e["reason"], e["binding"]) for e in logged] == [
+        ("token.rejected", "certificate_binding", "mtls")
+    ]
+
+
 def test_security_scopes_no_challenge_can_carry_answer_a_plain_401(guard: BearerGuard) -> None:
     bearer = BearerAuth(guard)
     app = bearer.install(FastAPI())

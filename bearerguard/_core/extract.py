@@ -239,12 +239,12 @@ def request_dpop_credentials(
             if has_query_token(query_string):
                 raise InvalidRequestError("access_token in the query string is not accepted")
         except AuthError as exc:
-            exc.binding = "dpop"
+            exc.sent_with("dpop")
             raise
         return credentials, "dpop"
     if len(authorization) == 1 and authorization[0].rstrip(b" \t").lower() == b"dpop":
         error = InvalidRequestError("DPoP without credentials")
-        error.binding = "dpop"
+        error.sent_with("dpop")
         raise error
     return (
         request_credentials(authorization, query_string, path, public_paths, max_bytes=max_bytes),

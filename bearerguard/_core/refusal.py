@@ -96,7 +96,7 @@ def _dpop_challenges(
 ) -> list[tuple[str, str]]:
     on_dpop = (
         dpop_only
-        or error.binding == "dpop"
+        or error.scheme == "dpop"
         or isinstance(error, InvalidDPoPProofError | UseDPoPNonceError)
     )
     challenges = []

@@ -452,6 +452,11 @@ class BearerGuardMiddleware:
                     and query.find(b"%") == -1
                 ):
                     entry = reusing.reused(credentials[7:])
+            # A middleware further out with this guard let the request in: the general path
+            # passes it on with that verdict, which a hit here would replace. The membership
+            # test spares the hot path a call.
+            if entry is not None and SCOPE_KEY in scope and already_let_in(scope, guard):
+                entry = None
         access: AccessToken | None
         if entry is not None:
             reused = access = entry.token
@@ -471,7 +476,7 @@ class BearerGuardMiddleware:
                 _respond,
             )
             audit = guard.audit
-            if audit.records_accepted and not already_let_in(scope, guard):
+            if audit.records_accepted:
                 latency = perf_counter() - started
                 entry.record_accepted(audit, auth, latency)
         else:

@@ -292,6 +292,11 @@ class BearerGuardWSGIMiddleware:
             status_code, headers, body = resource.response(str(environ.get("REQUEST_METHOD")))
             start_response(f"{status_code} {HTTPStatus(status_code).phrase}", headers)
             return [body]
+        # A middleware further out with this guard let the request in: its verdict stands
+        # (responder, start time), audited once. Before the cache-hit path, which would
+        # replace it; the membership test spares the hot path a call.
+        if SCOPE_KEY in environ and already_let_in(environ, guard):
+            return self.app(environ, start_response)
         request = _describe(environ, path)
         reusing = self._reusing
         if (
@@ -308,12 +313,10 @@ class BearerGuardWSGIMiddleware:
                 reused = entry.token
                 auth = RequestAuth(guard, reused, started, *request, self.respond)
                 audit = guard.audit
-                if audit.records_accepted and not already_let_in(environ, guard):
+                if audit.records_accepted:
                     latency = perf_counter() - started
                     entry.record_accepted(audit, auth, latency)
                 return self._call_app(environ, start_response, auth)
-        if already_let_in(environ, guard):
-            return self.app(environ, start_response)
         # Servers join repeated headers with commas: split back, two values are refused as
         # invalid_request, as two headers are over ASGI.
         values = [] if header is None else split_joined_values(header.encode("latin-1", "replace"))

@@ -35,7 +35,7 @@ from django.utils.decorators import method_decorator
 from django.views import View
 
 from bearerguard import BearerGuard, get_access_token, requires_any_scope, requires_scopes
-from bearerguard._context import current_auth
+from bearerguard._context import SCOPE_KEY, current_auth
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
@@ -89,7 +89,18 @@ async def async_streamed(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(body())
 
 
+verdicts: list[object] = []  # what the verdict view found, for the tests that ask
+
+
+def verdict(request: HttpRequest) -> HttpResponse:
+    scope = getattr(request, "scope", None)
+    found = request.META.get(SCOPE_KEY) if scope is None else scope.get(SCOPE_KEY)
+    verdicts.extend((found, current_auth.get()))
+    return HttpResponse("ok")
+
+
 urlpatterns = [
+    path("verdict", verdict),
     path("health", health),
     path("streamed", streamed),
     path("async-streamed", async_streamed),
@@ -634,6 +645,49 @@ def test_behind_the_asgi_middleware_with_the_same_guard_one_audit_event(
         "token.accepted",
         "scope.denied",
     ]
+
+
+def test_behind_a_middleware_with_the_same_guard_the_outer_verdict_stands(
+    session_issuer: DevIssuer, kind: str
+) -> None:
+    # Django's middleware finds the token in the cache (the outer one put it there): the
+    # request keeps the outer verdict (its responder and start time), audited once.
+    from django.core.asgi import get_asgi_application
+
+    from bearerguard.asgi import BearerGuardMiddleware as ASGIMiddleware
+
+    the_guard = session_issuer.guard()
+    headers = {"Authorization": bearer(session_issuer)}
+    decided: list[object] = []
+
+    def between(environ: dict[str, Any], start_response: Any) -> Any:
+        decided.append(environ[SCOPE_KEY])
+        return WSGIHandler()(environ, start_response)
+
+    async def between_asgi(scope: Any, receive: Any, send: Any) -> None:
+        decided.append(scope[SCOPE_KEY])
+        await get_asgi_application()(scope, receive, send)
+
+    async def over_asgi() -> httpx.Response:
+        transport = httpx.ASGITransport(app=ASGIMiddleware(between_asgi, guard=the_guard))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return await client.get("/verdict", headers=headers)
+
+    with configured(the_guard):
+        for _ in range(2):  # the token's first sight outside, then a cache hit outside too
+            decided.clear()
+            verdicts.clear()
+            with structlog.testing.capture_logs() as events:
+                if kind == "sync":
+                    wrapped = BearerGuardWSGIMiddleware(between, guard=the_guard)
+                    transport = httpx.WSGITransport(app=wrapped)
+                    with httpx.Client(transport=transport, base_url="http://testserver") as client:
+                        response = client.get("/verdict", headers=headers)
+                else:
+                    response = asyncio.run(over_asgi())
+            assert response.status_code == 200
+            assert [event["event"] for event in events] == ["token.accepted"]
+            assert verdicts == [decided[0], decided[0]]
 
 
 def test_a_token_seen_before_takes_the_cache_hit_path(session_issuer: DevIssuer, kind: str) -> None:

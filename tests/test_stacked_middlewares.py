@@ -20,11 +20,12 @@ from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
 from bearerguard import BearerGuard, get_access_token, requires_scopes
+from bearerguard._context import SCOPE_KEY, RequestAuth, current_auth
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.dpop import DPoPPolicy
 from bearerguard.metrics import CACHE, DECISIONS, InMemoryMetrics
 from bearerguard.testing import DevIssuer
-from bearerguard.wsgi import BearerGuardWSGIMiddleware
+from bearerguard.wsgi import BearerGuardWSGIMiddleware, plain_response
 from tests.test_dpop import Holder
 
 
@@ -182,3 +183,66 @@ def test_a_scope_refusal_inside_the_inner_app_is_answered_not_a_500(
     assert client.get("/api/admin", headers={"Authorization": f"Bearer {admin_token}"}).json() == {
         "ok": "yes"
     }
+
+
+def test_wsgi_an_inner_cache_hit_keeps_the_outer_verdict(session_issuer: DevIssuer) -> None:
+    # The inner middleware found the token in the cache (the outer one had just put it
+    # there) and replaced the outer verdict in the environ: its responder and start time.
+    guard = session_issuer.guard(in_process=True)
+    seen: list[object] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.extend((environ[SCOPE_KEY], current_auth.get()))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    def between(environ: dict[str, Any], start_response: Any) -> Any:
+        seen.append(environ[SCOPE_KEY])
+        return inner(environ, start_response)
+
+    def outer_respond(refusal: Any) -> Any:  # pragma: no cover - no refusal here
+        return plain_response(refusal)
+
+    inner = BearerGuardWSGIMiddleware(app, guard=guard)
+    outer = BearerGuardWSGIMiddleware(between, guard=guard, respond=outer_respond)
+    client = httpx.Client(transport=httpx.WSGITransport(app=outer), base_url="http://t")
+    token = session_issuer.mint(sub="ada")
+    with client:
+        for _ in range(2):  # the token's first sight outside, then a cache hit outside too
+            seen.clear()
+            with capture_logs() as events:
+                response = client.get("/me", headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == 200
+            assert [event["event"] for event in events] == ["token.accepted"]
+            decided, in_app, current = seen
+            assert in_app is decided
+            assert current is decided
+            assert isinstance(decided, RequestAuth)
+            assert decided.respond is outer_respond
+
+
+def test_asgi_an_inner_cache_hit_keeps_the_outer_verdict(session_issuer: DevIssuer) -> None:
+    guard = session_issuer.guard(in_process=True)
+    seen: list[object] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.extend((scope[SCOPE_KEY], current_auth.get()))
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    inner = BearerGuardMiddleware(app, guard=guard)
+
+    async def between(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope[SCOPE_KEY])
+        await inner(scope, receive, send)
+
+    client = TestClient(BearerGuardMiddleware(between, guard=guard))
+    token = session_issuer.mint(sub="ada")
+    for _ in range(2):  # the token's first sight outside, then a cache hit outside too
+        seen.clear()
+        with capture_logs() as events:
+            response = client.get("/me", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200
+        assert [event["event"] for event in events] == ["token.accepted"]
+        decided, in_app, current = seen
+        assert in_app is decided
+        assert current is decided

@@ -42,7 +42,8 @@ SCOPE_KEY = "bearerguard"
 class RequestAuth(RequestInfo):
     """What the middleware decided for this request, with what the audit log records of it.
 
-    One plain slotted object per request: it is built on the hot path.
+    One plain slotted object per request: it is built on the hot path. The ASGI cache hit
+    sets its slots without calling ``__init__``: a slot added here is set there too.
     """
 
     __slots__ = ("guard", "respond", "started", "token", "websocket")

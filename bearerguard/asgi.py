@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger("bearerguard")
+_new_auth = object.__new__
 _POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
 WebSocketCredential = Literal["subprotocol", "query"]
 
@@ -465,16 +466,18 @@ class BearerGuardMiddleware:
                 attached = entry.attached = (TokenCredentials(reused), TokenUser(reused))
             scope["auth"], scope["user"] = attached
             client = scope.get("client")
-            auth = RequestAuth(  # the request's four fields as _describe gives them, inline
-                guard,
-                access,
-                started,
-                scope["method"],  # an HTTP scope: the fast path serves no websocket
-                scope["path"],
-                client[0] if client else None,
-                request_id.decode("latin-1") if request_id else None,
-                _respond,
-            )
+            # RequestAuth's slots set here, without its __init__ frame: every one of them (a
+            # test holds it), the request's four as _describe gives them.
+            auth = _new_auth(RequestAuth)
+            auth.guard = guard
+            auth.token = access
+            auth.started = started
+            auth.method = scope["method"]  # an HTTP scope: the fast path serves no websocket
+            auth.path = scope["path"]
+            auth.client = client[0] if client else None
+            auth.request_id = request_id.decode("latin-1") if request_id else None
+            auth.respond = _respond
+            auth.websocket = False
             audit = guard.audit
             if audit.records_accepted:
                 latency = perf_counter() - started

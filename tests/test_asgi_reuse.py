@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bearerguard import BearerGuard, RefreshPolicy, get_access_token, requires_scopes
+from bearerguard._context import SCOPE_KEY, RequestAuth
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.metrics import CACHE, DECISIONS, InMemoryMetrics
 from bearerguard.revocation import MemoryRevocationStore
@@ -366,3 +367,46 @@ async def test_a_text_query_string_is_answered_not_a_500(
         ]
         assert isinstance(scope["query_string"], str)
         assert token not in scope["query_string"]
+
+
+async def test_a_reused_token_records_the_request_as_a_fresh_one(
+    session_issuer: DevIssuer,
+) -> None:
+    # The fast path sets RequestAuth's slots one by one (no __init__ frame): every slot is
+    # set, to what the general path gives the same request.
+    seen: list[RequestAuth] = []
+
+    async def record(request: Request) -> JSONResponse:
+        seen.append(request.scope[SCOPE_KEY])
+        return JSONResponse({})
+
+    guard = session_issuer.guard()
+    app = BearerGuardMiddleware(Starlette(routes=[Route("/r", record)]), guard=guard)
+    token = session_issuer.mint()
+    headers = {**bearer(token), "X-Request-ID": "req-9"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        for _ in range(2):
+            assert (await http.get("http://api.test/r", headers=headers)).status_code == 200
+    fresh, reused = seen
+    assert guard.reused(token.encode()) is not None  # the second request could take it
+    slots = [name for cls in type(fresh).__mro__ for name in getattr(cls, "__slots__", ())]
+    assert sorted(slots) == sorted(
+        (
+            "client",
+            "method",
+            "path",
+            "request_id",
+            "guard",
+            "respond",
+            "started",
+            "token",
+            "websocket",
+        )
+    )
+    for name in slots:
+        if name == "started":
+            assert getattr(reused, name) > getattr(fresh, name)
+        elif name == "token":
+            assert reused.token == fresh.token
+        else:
+            assert getattr(reused, name) == getattr(fresh, name), name

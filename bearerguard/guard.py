@@ -142,6 +142,8 @@ class Verified:
     token: AccessToken
     valid_until: float
     key: VerificationKey
+    credentials: bytes = field(repr=False)
+    """The token as sent, which a lookup compares in full: the cache's key is its hash."""
     key_set: KeySet | None = None
     """The published key set ``key`` was found in (at verification, then by ``_cached``):
     while it is still the current one, a reuse needs no membership check."""
@@ -194,6 +196,13 @@ class Verified:
 
 
 _sha256 = hashlib.sha256  # one global lookup on the general path
+
+_cache_key = hash
+"""The verification cache's key for a token's bytes: Python's hash of them, SipHash-1-3 under
+a key drawn at random per process (PEP 456), about a tenth of SHA-256's cost for a typical
+token, whose fixed set-up alone costs more than the whole of it. Not collision resistant
+where ``PYTHONHASHSEED`` is fixed, nor needed to be: a lookup compares the whole token, so a
+collision is only a miss (and two verified tokens colliding, one evicting the other)."""
 
 
 def _credentials(token: str | bytes) -> tuple[bytes, bytes]:
@@ -662,12 +671,9 @@ class BearerGuard:
             clock=clock,
         )
         # A plain dict, oldest entry evicted first: a lookup costs a fraction of an LRU's, and
-        # single dict operations stay safe under WSGI threads without a lock. Keyed by the
-        # token's own bytes, which each entry keeps anyway (AccessToken.raw): Python's keyed
-        # hash of them and one comparison take a cache hit less than a third of the time
-        # SHA-256 takes (its set-up alone costs more), and only a verified token is ever
-        # stored, so no client can fill the cache with keys of its choosing.
-        self._cache: dict[bytes, Verified] | None = {} if cache_size > 0 else None
+        # single dict operations stay safe under WSGI threads without a lock. Keyed by a hash
+        # of the token (_cache_key), each match confirmed by comparing the whole token.
+        self._cache: dict[int, Verified] | None = {} if cache_size > 0 else None
         self._cache_size = cache_size
         # What reused() looks in: no cache when a reuse may need I/O (the store has no
         # answer without a coroutine, or usage monitoring counts every use), or a check of
@@ -737,8 +743,8 @@ class BearerGuard:
         cache = self._reuse_cache
         if cache is None:
             return None
-        entry = cache.get(credentials)
-        if entry is None:
+        entry = cache.get(_cache_key(credentials))
+        if entry is None or entry.credentials != credentials:
             return None
         now = self.clock()
         keys = self._keys
@@ -998,8 +1004,9 @@ class BearerGuard:
         cache = self._cache
         if cache is None:
             return None
-        entry = cache.get(credentials)
-        if entry is None:
+        key = _cache_key(credentials)
+        entry = cache.get(key)
+        if entry is None or entry.credentials != credentials:
             return None
         now = self.clock()
         # Expiry is checked on every use, and nbf/iat: a clock stepped back (an NTP
@@ -1021,7 +1028,7 @@ class BearerGuard:
             ):
                 entry.key_set = published
                 return entry
-        cache.pop(credentials, None)
+        cache.pop(key, None)
         return None
 
     @staticmethod
@@ -1069,14 +1076,14 @@ class BearerGuard:
             raise
         except Exception as exc:
             raise _unexpected(exc, jws) from exc
-        verified = Verified(access, times.valid_until, key, key_set, times.valid_from)
+        verified = Verified(access, times.valid_until, key, credentials, key_set, times.valid_from)
         cache = self._cache
         if cache is not None:
             if len(cache) >= self._cache_size:
                 # Another thread may change the dict meanwhile: then evict next time.
                 with contextlib.suppress(RuntimeError, StopIteration):
                     cache.pop(next(iter(cache)), None)
-            cache[credentials] = verified
+            cache[_cache_key(credentials)] = verified
         return verified
 
     def _introspected(self, answer: Mapping[str, Any], token: str, digest: bytes) -> AccessToken:

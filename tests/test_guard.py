@@ -14,6 +14,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+import bearerguard.guard as guard_module
 from bearerguard import BearerGuard, RefreshPolicy
 from bearerguard.errors import (
     BadSignatureError,
@@ -291,6 +292,27 @@ async def test_the_verification_cache_is_bounded(session_issuer: DevIssuer) -> N
         assert guard._cache is not None
         assert len(guard._cache) <= 3
     assert await guard.authenticate(tokens[-1]) is await guard.authenticate(tokens[-1])
+
+
+async def test_a_cache_key_collision_is_only_a_miss(
+    session_issuer: DevIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cache is keyed by a hash of the token and each match compares the whole token:
+    # with every token hashed alike, another token (a forgery with a cached token's header
+    # and payload among them) is never answered with a cached verification.
+    monkeypatch.setattr(guard_module, "_cache_key", lambda credentials: 0)
+    guard = session_issuer.guard()
+    ana, bob = session_issuer.mint(sub="ana"), session_issuer.mint(sub="bob")
+    assert (await guard.authenticate(ana)).subject == "ana"
+    assert guard.reused(ana.encode()) is not None
+    assert guard.reused(bob.encode()) is None
+    assert (await guard.authenticate(bob)).subject == "bob"  # it takes the only slot
+    assert guard.reused(ana.encode()) is None
+    forged = ana.rsplit(".", 1)[0] + "." + bob.rsplit(".", 1)[1]
+    assert guard.reused(forged.encode()) is None
+    with pytest.raises(BadSignatureError):
+        await guard.authenticate(forged)
+    assert (await guard.authenticate(bob)).subject == "bob"
 
 
 def _respelled(token: str, how: str) -> str:

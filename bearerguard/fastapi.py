@@ -111,6 +111,7 @@ _MAX_ALTERNATIVES = 64  # any-of groups multiply; past this the document lists t
 _ERROR_SCHEMA = "BearerError"
 _ERROR_SCHEMA_TAKEN = "bearerguard.BearerError"  # when the app has a schema of that name
 _INSTALLED = "__bearerguard_schemes__"  # on app.openapi: the scheme names it documents
+_DESCRIBED = "__bearerguard_described__"  # on app.openapi: by name, the scheme it documents
 _AUTHENTICATES = "__bearerguard_auth__"  # on a requires_any dependency: its BearerAuth
 _GUARDED = "__bearerguard_guarded__"  # on an app: per scheme name, the middleware's public paths
 # The BearerAuth route_verdict takes per operation, by id(dependant), the dependant held.
@@ -848,6 +849,7 @@ def _document_openapi(
     model) as an alternative to it; once per scheme name."""
     generate = app.openapi
     installed: tuple[str, ...] = getattr(generate, _INSTALLED, ())
+    described = _described(generate, [(scheme_name, model), *([] if beside is None else [beside])])
     if scheme_name in installed:
         # Documenting a schema twice under one scheme would read the any-of
         # alternatives written the first time as scopes all required.
@@ -872,7 +874,33 @@ def _document_openapi(
 
     names = (scheme_name,) if beside is None else (scheme_name, beside[0])
     setattr(openapi, _INSTALLED, (*installed, *names))
+    setattr(openapi, _DESCRIBED, described)
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _described(
+    generate: Any, schemes: Iterable[tuple[str, SchemeModel]]
+) -> dict[str, dict[str, Any]]:
+    """The schemes ``generate`` (an app's ``openapi``) documents, by name, with ``schemes``
+    (names and models) added; a description may differ.
+
+    Raises:
+        ConfigurationError: a name that already documents another scheme: one of the two
+            would be lost from the document (``securitySchemes`` is a map by name), and its
+            operations would name the other (a login at another issuer, for instance).
+    """
+    described: dict[str, dict[str, Any]] = dict(getattr(generate, _DESCRIBED, {}))
+    for name, model in schemes:
+        shape = model.model_dump(
+            by_alias=True, exclude_none=True, mode="json", exclude={"description"}
+        )
+        if described.setdefault(name, shape) != shape:
+            raise ConfigurationError(
+                f"the OpenAPI security scheme {name!r} already describes another scheme in "
+                "this app: give each BearerAuth its own scheme_name, and each issuer's "
+                "openid_connect its own openid_connect_scheme"
+            )
+    return described
 
 
 def _document(

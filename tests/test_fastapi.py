@@ -1845,3 +1845,40 @@ def test_openapi_openid_connect_instead_of_the_bearer_scheme_or_at_a_given_url(
         )
     with_flows = BearerAuth(guard, oauth2_flows=flows, openid_connect=True)  # both offered
     assert with_flows.model.model_dump(by_alias=True, mode="json")["type"] == "oauth2"
+
+
+def test_openapi_refuses_one_scheme_name_for_two_schemes(session_issuer: DevIssuer) -> None:
+    # Two BearerAuth of different issuers offering openIdConnect under the default name, or
+    # one named as another's openIdConnect scheme: the document kept one scheme under that
+    # name, so Swagger UI logged in at one issuer for the other's operations (refused with
+    # 401), or the other scheme vanished. Refused at install, naming the scheme.
+    with DevIssuer(keys=session_issuer.keys) as partner:
+        ours = BearerAuth(session_issuer.guard(), openid_connect=True)
+        theirs = BearerAuth(partner.guard(), scheme_name="partnerAuth", openid_connect=True)
+        app = ours.install(FastAPI())
+        with pytest.raises(ConfigurationError, match=r"'openIdConnect'.*openid_connect_scheme"):
+            theirs.install(app)
+        named = BearerAuth(partner.guard(), scheme_name="openIdConnect")
+        with pytest.raises(ConfigurationError, match="'openIdConnect'"):
+            named.install(ours.install(FastAPI()))
+        with pytest.raises(ConfigurationError, match="'openIdConnect'"):
+            ours.install(named.install(FastAPI()))
+        # Installing again, or another BearerAuth describing the same scheme, is no clash.
+        same = BearerAuth(session_issuer.guard(), scheme_name="more", openid_connect=True)
+        again = same.install(ours.install(ours.install(FastAPI())))
+
+        @again.get("/notes")
+        async def notes(token: Annotated[AccessToken, same.requires("notes:read")]) -> None:
+            pass  # pragma: no cover
+
+        assert again.openapi()["paths"]["/notes"]["get"]["security"] == [
+            {"more": ["notes:read"]},
+            {"openIdConnect": ["notes:read"]},
+        ]
+        renamed = BearerAuth(
+            partner.guard(),
+            scheme_name="partnerAuth",
+            openid_connect=True,
+            openid_connect_scheme="partnerLogin",
+        )
+        assert renamed.install(ours.install(FastAPI())).openapi() is not None

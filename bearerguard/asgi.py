@@ -118,8 +118,10 @@ def _unchecked_routes(scope: Scope, app: ASGIApp) -> list[str]:
     app, whose other routes it does not guard (one may serve public a function that ``api``
     serves scoped). The scope's app when a middleware below holds the next app under a
     name the walk does not know (``app_layers``), so that no routes are found under it.
+    A Flask app under asgiref's ``WsgiToAsgi`` is found by its views: the last layer
+    reached may be a wrapper of its ``wsgi_app`` instead.
     """
-    own = wrapped_app(app, "routes")
+    own = wrapped_app(app, "routes", "view_functions")
     found = unchecked_endpoints(own)
     outer = scope.get("app")
     if outer is not None and outer is not own and attribute_of(own, "routes") is None:

@@ -731,13 +731,13 @@ def app_layers(app: object) -> Iterator[object]:
         pending += [inner for inner in reversed(following) if callable(inner)]
 
 
-def wrapped_app(app: object, marker: str) -> object:
-    """The first app under ``app``'s middleware wrappers (``app_layers``) that has the
-    attribute ``marker`` (``routes`` for Starlette, ``view_functions`` for Flask), or the
-    last one reached."""
+def wrapped_app(app: object, *markers: str) -> object:
+    """The first app under ``app``'s middleware wrappers (``app_layers``) that has one of
+    the attributes ``markers`` (``routes`` for Starlette, ``view_functions`` for Flask), or
+    the last one reached."""
     owner = app
     for owner in app_layers(app):
-        if attribute_of(owner, marker) is not None:
+        if any(attribute_of(owner, marker) is not None for marker in markers):
             break
     return owner
 

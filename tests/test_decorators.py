@@ -1039,6 +1039,40 @@ def test_a_flask_app_is_found_under_asgirefs_wsgi_to_asgi() -> None:
     assert decorators.wrapped_app(wsgi_to_asgi(app.wsgi_app), "routes") is app
 
 
+class _ErrorReporting:
+    """A Sentry-style WSGI wrapper (``app.wsgi_app = _ErrorReporting(app.wsgi_app)``)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        return self.app(environ, start_response)  # pragma: no cover - refused before
+
+
+def test_a_misplaced_flask_view_is_found_under_wsgi_to_asgi_with_its_wsgi_app_wrapped(
+    session_issuer: DevIssuer,
+) -> None:
+    # Under asgiref's WsgiToAsgi, the Flask app was found only while its wsgi_app was its
+    # own method: a wrapper there (Sentry's, ProxyFix, python-socketio's) was the last
+    # layer reached, with no views, and the misplaced decorator's view was served.
+    import flask
+    from starlette.testclient import TestClient
+
+    wsgi_to_asgi = pytest.importorskip("asgiref.wsgi").WsgiToAsgi
+    app = flask.Flask(__name__)
+
+    @requires_scopes("admin")
+    @app.get("/admin")
+    def admin() -> str:
+        return "secret"  # pragma: no cover - never served
+
+    app.wsgi_app = _ErrorReporting(app.wsgi_app)  # type: ignore[method-assign]
+    guarded = BearerGuardMiddleware(wsgi_to_asgi(app), guard=session_issuer.guard())
+    headers = {"Authorization": f"Bearer {session_issuer.mint(scopes=['read'])}"}
+    with pytest.raises(ConfigurationError, match="view 'admin'"):
+        TestClient(guarded).get("/admin", headers=headers)
+
+
 def _profiled(app: Any) -> Any:
     from werkzeug.middleware.profiler import ProfilerMiddleware
 

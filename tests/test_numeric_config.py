@@ -212,3 +212,27 @@ def test_a_registered_integral_is_taken_and_bounded_once_converted(factory: str,
     FACTORIES[factory](**{name: _Whole(300)})
     with pytest.raises(ConfigurationError, match=rf"^{name} must be a whole number.*_Whole\(-1\)"):
         FACTORIES[factory](**{name: _Whole(-1)})
+
+
+class _Unshowable(_Whole):
+    """A whole number whose ``repr`` fails, as a proxy not configured yet may."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("not configured")
+
+
+def test_a_setting_is_judged_without_being_shown() -> None:
+    # The refusal's message was built before the value was judged: an integer beyond
+    # Python's 4300 digits for str() raised ValueError for a sound max_token_bytes (and for
+    # any leeway, which must be a ConfigurationError), and a failing repr failed every value.
+    huge = 10**5000
+    guard = BearerGuard(issuer=ISS, audience="api", jwks_uri=f"{ISS}/jwks", max_token_bytes=huge)
+    assert guard.max_token_bytes == huge
+    for name, value in [("leeway", huge), ("max_age", huge), ("max_token_bytes", -huge)]:
+        with pytest.raises(ConfigurationError, match=rf"^{name} must be .*: <int of \d+ bits>$"):
+            BearerGuard(issuer=ISS, audience="api", jwks_uri=f"{ISS}/jwks", **{name: value})
+    MemoryRevocationStore(max_entries=_Unshowable(300))  # taken: only a refusal shows it
+    with pytest.raises(ConfigurationError, match=r"^max_entries must be .*: <_Unshowable>$"):
+        MemoryRevocationStore(max_entries=_Unshowable(-1))
+    with pytest.raises(ConfigurationError, match=r": 'x{56}\.\.\.$"):
+        MemoryRevocationStore(retention="x" * 1000)

@@ -74,15 +74,14 @@ def check_seconds(name: str, value: object, *, positive: bool = False) -> float:
         ConfigurationError: anything else.
     """
     least = "positive" if positive else "not negative"
-    refusal = ConfigurationError(f"{name} must be a finite number of seconds, {least}: {value!r}")
     if isinstance(value, bool) or not isinstance(value, Real | Decimal):
-        raise refusal
+        raise _refusal(name, f"a finite number of seconds, {least}", value)
     try:
         seconds = float(value)
     except (ValueError, OverflowError):  # Decimal("sNaN"); an int beyond any float
-        raise refusal from None
+        raise _refusal(name, f"a finite number of seconds, {least}", value) from None
     if not (0 < seconds < math.inf if positive else 0 <= seconds < math.inf):  # NaN fails too
-        raise refusal
+        raise _refusal(name, f"a finite number of seconds, {least}", value)
     return seconds
 
 
@@ -94,11 +93,27 @@ def check_count(name: str, value: object, *, least: int = 1) -> int:
     Raises:
         ConfigurationError: anything else (``bool`` included).
     """
-    refusal = ConfigurationError(f"{name} must be a whole number, at least {least}: {value!r}")
     if isinstance(value, bool) or not isinstance(value, Integral):
-        raise refusal
+        raise _refusal(name, f"a whole number, at least {least}", value)
     # Compared once converted: an Integral need not compare with an int (only int() is sure).
     count = int(value)
     if count < least:
-        raise refusal
+        raise _refusal(name, f"a whole number, at least {least}", value)
     return count
+
+
+_MAX_SHOWN = 60
+
+
+def _refusal(name: str, wanted: str, value: object) -> ConfigurationError:
+    """The error refusing setting ``name``, built only once refused: ``value`` is shown
+    shortened, and a value that cannot be shown (an int past Python's 4300 digits for
+    ``str()``, a failing ``repr``) by its type, so that the error is this one."""
+    try:
+        shown = repr(value)
+    except Exception:  # noqa: BLE001 - any value's own failure
+        size = f" of {value.bit_length()} bits" if isinstance(value, int) else ""
+        shown = f"<{type(value).__name__}{size}>"
+    if len(shown) > _MAX_SHOWN:
+        shown = shown[: _MAX_SHOWN - 3] + "..."
+    return ConfigurationError(f"{name} must be {wanted}: {shown}")

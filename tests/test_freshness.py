@@ -99,10 +99,35 @@ def test_cache_control(header: str | None, expected: float | None) -> None:
         ("max-age=3600", "0000000000060", 3540.0),
         ("public", "100", None),
         ("no-store", "100", 0.0),
+        # RFC 9111 §5.1: a list-based Age (two header lines joined) counts its first member,
+        # never none: ignored, it left the set fresh for all of its max-age.
+        ("max-age=3600", "3500, 3500", 100.0),
+        ("max-age=3600", "3500,10", 100.0),
+        ("max-age=3600", "3500 , abc", 100.0),
+        # ... and when that first member is invalid, the field is ignored (RFC 9111 §5.1).
+        ("max-age=3600", "abc, 3500", 3600.0),
+        ("max-age=3600", ", 3500", 3600.0),
     ],
 )
 def test_the_age_is_subtracted(header: str, age: str, expected: float | None) -> None:
     assert freshness_lifetime(header, age, received=T0) == expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        # A quote never closed leaves the rest of the list unreadable (RFC 9110 §5.6.4): the
+        # directives after it may say anything, no-store included. Read as unsaid, it made
+        # the set fresh for default_ttl; invalid freshness information is stale (RFC 9111
+        # §4.2.1).
+        'ext="x, no-store',
+        'ext="x, max-age=0',
+        'public, ext="x',
+        'max-age=60, ext="x\\',
+    ],
+)
+def test_a_quote_never_closed_leaves_the_response_stale(header: str) -> None:
+    assert freshness_lifetime(header, received=T0) == 0.0
 
 
 def test_a_huge_max_age_is_still_a_number() -> None:
@@ -184,6 +209,14 @@ def test_an_rfc850_two_digit_year(now_year: int, two_digits: int, year: int) -> 
 
 def test_an_rfc850_date_with_a_clock_out_of_any_calendar_is_none() -> None:
     assert http_date("Sunday, 06-Nov-94 08:49:37 GMT", 1e300) is None
+
+
+def test_an_rfc850_year_past_9999_is_none() -> None:
+    # A clock in 9990 places "00" in 10000, which no calendar function takes: a ValueError
+    # raised out of the fetch, and the key set it brought was lost.
+    now = float(calendar.timegm((9990, 6, 1, 0, 0, 0, 0, 0, 0)))
+    assert http_date("Monday, 01-Jan-00 00:00:00 GMT", now) is None
+    assert freshness_lifetime(None, expires="Monday, 01-Jan-00 00:00:00 GMT", received=now) == 0
 
 
 # -- Expires ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ delay is the point (a fetch held open, a timeout).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import gc
 import gzip
@@ -567,6 +568,78 @@ async def test_the_age_a_cache_in_between_held_the_jwks_counts(
     clock.advance(POLICY.min_ttl)
     await guard.authenticate(mint(dev))
     assert dev.fetch_count() == 2
+
+
+class RawKeyServer:
+    """A JWKS endpoint on a raw socket, answering every GET with the header lines it is
+    given, byte for byte: two lines of one field, bytes no HTTP library would write."""
+
+    def __init__(self, body: bytes, header_lines: list[bytes]) -> None:
+        self._answer = b"\r\n".join(
+            [
+                b"HTTP/1.1 200 OK",
+                b"Content-Type: application/json",
+                b"Content-Length: " + str(len(body)).encode(),
+                b"Connection: close",
+                *header_lines,
+                b"",
+                body,
+            ]
+        )
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(8)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/jwks.json"
+        self.fetches = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):  # closed: the test is over
+            while True:
+                conn, _ = self._sock.accept()
+                with conn:
+                    request = b""
+                    while b"\r\n\r\n" not in request:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            break
+                        request += chunk
+                    self.fetches += 1
+                    conn.sendall(self._answer)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.mark.parametrize(
+    ("header_lines", "ttl"),
+    [
+        # RFC 9111 §5.1: of two Age lines (two caches in between), the first counts; both
+        # ignored, the set was fresh for all 300 s of its max-age rather than min_ttl.
+        ([b"Cache-Control: max-age=300", b"Age: 250", b"Age: 250"], 60),
+        # A quote never closed hides the no-store after it: stale (min_ttl), not default_ttl.
+        ([b'Cache-Control: ext="x, no-store'], 60),
+        ([b'Cache-Control: ext="x', b"Cache-Control: max-age=0"], 60),
+        # Bytes beyond ASCII in a header: read as an unknown directive, never a failed fetch.
+        ([b"Cache-Control: max-age=120, \xff\xfe=\xe9"], 120),
+        ([b"Cache-Control: max-age=120", b"Expires: \xff"], 120),
+    ],
+)
+def test_odd_header_lines_from_the_key_server(
+    dev: DevIssuer, clock: FakeClock, header_lines: list[bytes], ttl: float
+) -> None:
+    server = RawKeyServer(jwks_body(dev), header_lines)
+    try:
+        guard = make_guard(dev, clock, discover=False, jwks_uri=server.url)
+        asyncio.run(guard.authenticate(mint(dev)))
+        clock.advance(ttl - 0.5)
+        asyncio.run(guard.authenticate(mint(dev)))
+        assert server.fetches == 1
+        clock.advance(1)
+        asyncio.run(guard.authenticate(mint(dev)))
+        assert server.fetches == 2
+    finally:
+        server.close()
 
 
 def http_date(epoch: float) -> str:

@@ -66,7 +66,8 @@ def http_date(value: str, now: float) -> float | None:
     month = _MONTHS.index(found["month"]) + 1
     day, hour, minute, second = (int(found[name]) for name in ("day", "hour", "minute", "second"))
     # RFC 9110 §5.6.7: second 60 is a leap second; a day the month lacks is no date.
-    if year is None or year < 1 or hour > 23 or minute > 59 or second > 60:
+    # Years beyond 9999 (a two-digit one placed by a clock near then) no calendar takes.
+    if year is None or not 1 <= year <= 9999 or hour > 23 or minute > 59 or second > 60:
         return None
     if not 1 <= day <= calendar.monthrange(year, month)[1]:
         return None
@@ -82,10 +83,12 @@ def _delta_seconds(digits: str) -> int:
     return _MAX_DELTA_SECONDS if len(digits) > 10 else min(int(digits or "0"), _MAX_DELTA_SECONDS)
 
 
-def _elements(value: str) -> list[str]:
+def _elements(value: str) -> list[str] | None:
     """The members of a comma-separated list (RFC 9110 §5.6.1), a comma inside a
-    quoted-string (§5.6.4) kept in its member, each stripped of optional whitespace."""
-    members, start, quoted, escaped = [], 0, False, False
+    quoted-string (§5.6.4) kept in its member, each stripped of optional whitespace;
+    ``None`` when a quoted-string is never closed: where the members end is unknown."""
+    members: list[str] = []
+    start, quoted, escaped = 0, False, False
     for index, char in enumerate(value):
         if escaped:
             escaped = False
@@ -96,6 +99,8 @@ def _elements(value: str) -> list[str]:
         elif char == ",":
             members.append(value[start:index].strip(" \t"))
             start = index + 1
+    if quoted:
+        return None
     members.append(value[start:].strip(" \t"))
     return members
 
@@ -118,9 +123,14 @@ def _seconds(member: str) -> float:
 def _directives(value: str) -> tuple[bool, dict[str, float]]:
     """Whether ``no-cache`` or ``no-store`` is said, and the seconds of each lifetime
     directive: stale for an invalid one, or one given twice with different values."""
+    members = _elements(value)
+    if members is None:
+        # A quote never closed hides every directive after it, no-store or max-age=0 among
+        # them: invalid freshness information, best considered stale (RFC 9111 §4.2.1).
+        return True, {}
     no_reuse = False
     found: dict[str, float] = {}
-    for member in _elements(value):
+    for member in members:
         # RFC 9111 §5.2: directive names are compared case-insensitively.
         name = member.partition("=")[0].strip(" \t").lower()
         if name in _NO_REUSE:
@@ -131,6 +141,16 @@ def _directives(value: str) -> tuple[bool, dict[str, float]]:
             # its own header line) leaves the response stale, not fresh for the larger one.
             found[name] = said if found.setdefault(name, said) == said else _STALE
     return no_reuse, found
+
+
+def _age(value: str | None) -> int | None:
+    """The seconds of an ``Age`` header; ``None`` if absent or invalid (RFC 9111 §5.1)."""
+    if value is None:
+        return None
+    # RFC 9111 §5.1: a list-based Age (two header lines, joined) counts by its first member;
+    # when that is invalid, the field is ignored.
+    first = value.partition(",")[0].strip(" \t")
+    return _delta_seconds(first) if _DELTA_SECONDS.fullmatch(first) else None
 
 
 def _expires_in(expires: str, date: str | None, received: float) -> float:
@@ -181,7 +201,7 @@ def freshness_lifetime(
         lifetime = (
             found.get("s-maxage") if expires is None else _expires_in(expires, date, received)
         )
-    held = _DELTA_SECONDS.fullmatch(age.strip()) if age else None
+    held = _age(age)
     if lifetime is not None and held is not None:
-        lifetime = max(lifetime - _delta_seconds(held[0]), 0.0)
+        lifetime = max(lifetime - held, 0.0)
     return lifetime

@@ -1277,44 +1277,80 @@ class BearerGuard:
         if self._fetcher is None:
             return
         self._drop_abandoned_fetches()
-        refreshing = self._refreshing
-        if refreshing is not None:
-            # A fetch is under way: wait for it when there is nothing usable to go on with.
-            if unknown_kid or not self._keys.usable(self.clock()):
-                # Equal, not identical: each current_token() call returns a new token.
-                if refreshing.loop == anyio.lowlevel.current_token():
-                    await refreshing.done.wait()
-                else:
-                    # Another event loop's fetch (one guard serving two loops): its event
-                    # cannot wake this loop, so look, as for a thread's fetch below.
-                    with anyio.move_on_after(self._fetch_timeout):
-                        while self._refreshing is refreshing:  # noqa: ASYNC110 - see above
-                            await anyio.sleep(0.01)
-                    if self._refreshing is refreshing:
-                        # Every fetch ends within its timeout unless its loop stopped running
-                        # (closed with the fetch pending): drop it, or no loop fetches again.
-                        self._refreshing = None
-            return
-        cache, now = self._keys, self.clock()
-        refreshing = self._claim_fetch(now, unknown_kid=unknown_kid)
-        if refreshing is None:
-            if not unknown_kid and cache.usable(now):
-                return  # the keys there are will do meanwhile
-            # No fetch now, or a thread's (authenticate_sync, warm_up_sync) is under way: a
-            # fetch of our own would fetch twice, so wait for that one as a thread would (at
-            # most one fetch timeout), without blocking the event loop; then ask the rules
-            # again (a thread may have held the lock only to decide).
-            with anyio.move_on_after(self._fetch_timeout):
-                while self._fetch_lock.locked():  # noqa: ASYNC110 - a thread holds it
-                    await anyio.sleep(0.01)
-            refreshing = self._claim_fetch(self.clock(), unknown_kid=unknown_kid)
-            if refreshing is None:
+        if self._refreshing is None:
+            ours = await self._claim_fetch(unknown_kid=unknown_kid)
+            if ours is not None:
+                await self._run_fetch(ours, rediscover=unknown_kid)
                 return
+        # Another request's fetch may be under way (found before claiming, or claimed by
+        # another event loop meanwhile): wait for it when there is nothing usable to go on with.
+        refreshing = self._refreshing
+        if refreshing is not None and (unknown_kid or not self._keys.usable(self.clock())):
+            await self._wait_for_fetch(refreshing)
+
+    async def _wait_for_fetch(self, refreshing: _Refreshing) -> None:
+        """Wait until an event loop's fetch ends (another loop's: at most one fetch timeout)."""
+        # Equal, not identical: each current_token() call returns a new token.
+        if refreshing.loop == anyio.lowlevel.current_token():
+            await refreshing.done.wait()
+            return
+        # Another event loop's fetch (one guard serving two loops): its event cannot wake
+        # this loop, so look, as for a thread's fetch (_claim_fetch).
+        with anyio.move_on_after(self._fetch_timeout):
+            while self._refreshing is refreshing:  # noqa: ASYNC110 - see above
+                await anyio.sleep(0.01)
+        if self._refreshing is refreshing:
+            # Every fetch ends within its timeout unless its loop stopped running (closed
+            # with the fetch pending): drop it, or no loop fetches again.
+            self._refreshing = None
+
+    async def _claim_fetch(self, *, unknown_kid: bool) -> _Refreshing | None:
+        """Start this event loop's fetch if the rules want one and none is under way.
+
+        ``None``: no fetch of ours (the rules want none, another's is under way, or a
+        thread's held the fetch lock for a whole fetch timeout). While a thread holds the
+        lock (authenticate_sync, warm_up_sync fetching), a fetch of our own would fetch twice:
+        wait for it as a thread would, without blocking the event loop, then ask again.
+        """
+        with anyio.move_on_after(self._fetch_timeout):
+            while True:
+                decided, ours = self._try_claim_fetch(self.clock(), unknown_kid=unknown_kid)
+                if decided or (not unknown_kid and self._keys.usable(self.clock())):
+                    return ours  # decided, or the keys there are will do meanwhile
+                await anyio.sleep(0.01)
+        return None
+
+    def _try_claim_fetch(self, now: float, *, unknown_kid: bool) -> tuple[bool, _Refreshing | None]:
+        """Whether the fetch lock was free to decide, and the fetch started if one was.
+
+        Decided holding the fetch lock, as a thread decides: a thread and the event loop
+        starting at once fetched the key set twice (Django under ASGI, sync views beside
+        async ones, on a cold start), and so did two event loops (one guard serving loops in
+        two threads) each finding no fetch under way before either claimed one. The lock is
+        only tried: the event loop never waits on it.
+        """
+        if not self._fetch_lock.acquire(blocking=False):
+            return False, None
+        try:
+            cache = self._keys
+            if self._refreshing is not None or not (
+                cache.needs_refresh(now) or (unknown_kid and cache.may_refresh_for_unknown_kid(now))
+            ):
+                return True, None
+            refreshing = _Refreshing(anyio.lowlevel.current_token(), anyio.Event())
+            self._refreshing = refreshing
+            cache.record_attempt(now)
+            return True, refreshing
+        finally:
+            self._fetch_lock.release()
+
+    async def _run_fetch(self, refreshing: _Refreshing, *, rediscover: bool) -> None:
+        """Run the fetch this request claimed, to its end whatever becomes of the request."""
         # The fetch is every waiting request's, not only this one's. Cancelled with it (a
         # client gone, a request timeout), it left the others refused and the kid-miss
         # cooldown spent: a key just published was refused for a whole cooldown. It ends
         # within its own timeout all the same.
-        fetch = self._fetch_keys(refreshing, rediscover=unknown_kid)
+        fetch = self._fetch_keys(refreshing, rediscover=rediscover)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio: anyio's shield covers every cancellation
@@ -1329,30 +1365,15 @@ class BearerGuard:
         task.add_done_callback(self._fetch_done)
         await asyncio.shield(task)
 
-    def _claim_fetch(self, now: float, *, unknown_kid: bool) -> _Refreshing | None:
-        """Start an event loop's fetch if the rules want one and no thread's is under way.
-
-        Decided holding the fetch lock, as a thread decides: a thread and the event loop
-        starting at once fetched the key set twice (Django under ASGI, sync views beside
-        async ones, on a cold start). The lock is only tried: the event loop never waits.
-        """
-        if not self._fetch_lock.acquire(blocking=False):
-            return None
-        try:
-            cache = self._keys
-            if not (
-                cache.needs_refresh(now) or (unknown_kid and cache.may_refresh_for_unknown_kid(now))
-            ):
-                return None
-            refreshing = _Refreshing(anyio.lowlevel.current_token(), anyio.Event())
-            self._refreshing = refreshing
-            cache.record_attempt(now)
-            return refreshing
-        finally:
-            self._fetch_lock.release()
-
     def _fetch_done(self, task: asyncio.Task[None]) -> None:
         self._fetch_tasks.pop(task, None)
+
+    def _end_fetch(self, refreshing: _Refreshing) -> None:
+        """Wake whoever waits for ``refreshing``; a second call changes nothing."""
+        if self._refreshing is refreshing:  # not dropped as abandoned meanwhile
+            self._refreshing = None
+        refreshing.done.set()
+        refreshing.ended.set()
 
     def _drop_abandoned_fetches(self) -> None:
         """Forget fetch tasks whose event loop was closed with them pending.
@@ -1384,10 +1405,7 @@ class BearerGuard:
         else:
             self._install_keys(document, max_age)
         finally:
-            if self._refreshing is refreshing:  # not dropped as abandoned meanwhile
-                self._refreshing = None
-            refreshing.done.set()
-            refreshing.ended.set()
+            self._end_fetch(refreshing)
 
     async def _observe(
         self, access: AccessToken, client: str | None, request: RequestInfo | None

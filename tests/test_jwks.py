@@ -16,6 +16,7 @@ import gzip
 import itertools
 import json
 import socket
+import sys
 import threading
 import time
 import tracemalloc
@@ -1025,6 +1026,53 @@ def test_a_fetch_under_way_in_another_event_loop_is_waited_for(
     assert not any(thread.is_alive() for thread in threads)
     assert subjects == ["user-1", "user-1"]
     assert dev.fetch_count() == 1
+
+
+def authenticate_in_a_loop_of_its_own(
+    guard: BearerGuard, token: str, start: threading.Barrier, failures: list[str]
+) -> None:
+    """Verify ``token`` in an event loop of this thread's own, once every thread is ready."""
+    start.wait()
+    try:
+        asyncio.run(guard.authenticate(token))
+    except Exception as exc:
+        failures.append(repr(exc))
+
+
+def test_event_loops_starting_at_once_in_threads_share_one_fetch(dev: DevIssuer) -> None:
+    """One guard, cold, asked at once by event loops in eight threads. Each looked for a
+    fetch under way, then claimed one under the fetch lock without looking again: a loop
+    between the two claimed a second fetch, and a loop finding the lock held by another's
+    claim took it for a thread's fetch, waited for it to be released, found it released
+    again by the time it tried: no fetch of its own, none waited for, and a 503."""
+    serve_jwks(dev, delay=0.05)
+    token = mint(dev)
+    failures: list[str] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race is narrow
+    try:
+        for _ in range(30):
+            before = dev.fetch_count()
+            guard = make_guard(dev, FakeClock(time.time()), discover=False)
+            start = threading.Barrier(8)
+            threads = [
+                threading.Thread(
+                    target=authenticate_in_a_loop_of_its_own,
+                    args=(guard, token, start, failures),
+                    daemon=True,
+                )
+                for _ in range(8)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=30)  # a hang detector, not a timing assertion
+            assert not any(thread.is_alive() for thread in threads)
+            if dev.fetch_count() - before != 1:
+                failures.append(f"{dev.fetch_count() - before} fetches")
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == []
 
 
 @pytest.mark.anyio

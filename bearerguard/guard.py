@@ -1366,7 +1366,11 @@ class BearerGuard:
         await asyncio.shield(task)
 
     def _fetch_done(self, task: asyncio.Task[None]) -> None:
-        self._fetch_tasks.pop(task, None)
+        refreshing = self._fetch_tasks.pop(task, None)
+        if refreshing is not None:
+            # A task cancelled before its first step never runs _fetch_keys, whose finally
+            # ends the fetch: ended here, or the fetching loop's requests waited for ever.
+            self._end_fetch(refreshing)
 
     def _end_fetch(self, refreshing: _Refreshing) -> None:
         """Wake whoever waits for ``refreshing``; a second call changes nothing."""

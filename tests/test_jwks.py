@@ -1075,6 +1075,30 @@ def test_event_loops_starting_at_once_in_threads_share_one_fetch(dev: DevIssuer)
     assert failures == []
 
 
+def test_a_fetch_task_cancelled_before_it_ran_is_not_waited_for_for_ever(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    """Something cancelling every task (a shutdown hook's asyncio.all_tasks()) reaches the
+    fetch's task before its first step: its coroutine never runs, nor the code that ends the
+    fetch. Every later request of that loop waited for it for ever."""
+    guard = make_guard(dev, clock, discover=False)
+    token = mint(dev)
+
+    async def main() -> str | None:
+        first = asyncio.create_task(guard.authenticate(token))
+        await asyncio.sleep(0)  # the first request has started its fetch task, not run it
+        fetches = [task for task in asyncio.all_tasks() if task.get_name().startswith("bearer")]
+        assert fetches
+        for task in fetches:
+            task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        with anyio.fail_after(10):
+            return (await guard.authenticate(token)).subject
+
+    assert asyncio.run(main()) == "user-1"
+
+
 @pytest.mark.anyio
 async def test_requests_of_the_fetching_loop_wait_on_its_event_not_by_polling(
     dev: DevIssuer, clock: FakeClock, monkeypatch: pytest.MonkeyPatch

@@ -212,6 +212,21 @@ def _credentials(token: str | bytes) -> tuple[bytes, bytes]:
     return credentials, _sha256(credentials).digest()
 
 
+def _make_room(cache: dict[int, Verified], size: int) -> None:
+    """Evict the oldest entries of ``cache`` until one more fits within ``size``.
+
+    Down below the bound, not one entry: WSGI threads verifying at once may each find room
+    and each insert, and an eviction is skipped when another thread changes the dict under
+    it. Evicting one entry per insertion would keep every such excess for good; this way
+    the next insertion takes the cache back within its bound.
+    """
+    # Another thread changing the dict meanwhile makes next(iter()) raise: the next
+    # insertion evicts what this one could not.
+    with contextlib.suppress(RuntimeError, StopIteration):
+        while len(cache) >= size:
+            cache.pop(next(iter(cache)), None)
+
+
 def _still_chosen(keys: KeySet, entry: Verified) -> bool:
     """Whether a first verification of the entry's token would pick its key in ``keys``.
 
@@ -1080,9 +1095,7 @@ class BearerGuard:
         cache = self._cache
         if cache is not None:
             if len(cache) >= self._cache_size:
-                # Another thread may change the dict meanwhile: then evict next time.
-                with contextlib.suppress(RuntimeError, StopIteration):
-                    cache.pop(next(iter(cache)), None)
+                _make_room(cache, self._cache_size)
             cache[_cache_key(credentials)] = verified
         return verified
 

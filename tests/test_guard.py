@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import numbers
+import sys
+import threading
 import time
 from decimal import Decimal
 from fractions import Fraction
@@ -292,6 +294,38 @@ async def test_the_verification_cache_is_bounded(session_issuer: DevIssuer) -> N
         assert guard._cache is not None
         assert len(guard._cache) <= 3
     assert await guard.authenticate(tokens[-1]) is await guard.authenticate(tokens[-1])
+
+
+def test_the_verification_cache_returns_within_its_bound_after_threads_overfill_it(
+    session_issuer: DevIssuer,
+) -> None:
+    # WSGI threads verifying new tokens at once: checking for room and inserting are two
+    # steps, so two threads may both find room and both insert (or an eviction is skipped
+    # when another thread changes the dict). The cache then stayed over its bound for good,
+    # each later insertion evicting one entry only: it grew with every such race (this test
+    # failed in each of six runs before the fix).
+    size, threads = 4, 16
+    guard = session_issuer.guard(in_process=True, cache_size=size)
+    assert guard._cache is not None
+    tokens = [session_issuer.mint() for _ in range(threads * 60)]
+    workers = [
+        threading.Thread(
+            target=lambda mine: [guard.authenticate_sync(token) for token in mine],
+            args=(tokens[index::threads],),
+        )
+        for index in range(threads)
+    ]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races happen
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    guard.authenticate_sync(session_issuer.mint())
+    assert len(guard._cache) <= size
 
 
 async def test_a_cache_key_collision_is_only_a_miss(

@@ -223,13 +223,16 @@ def _query_string(scope: Scope) -> bytes:
     """The scope's query string as bytes, which the extraction rules read.
 
     ASGI says bytes; Django's AsyncClient and some test tools put text there, read back as
-    the bytes it stands for (``surrogatepass`` keeps any lone surrogate, as
-    ``_redact_query_token`` does). Anything else is no query.
+    the bytes it stands for (``surrogatepass`` keeps any lone surrogate). A ``bytearray``
+    or ``memoryview`` is read as the bytes it holds, not taken for no query: its
+    ``access_token`` is refused (RFC 6750 §2). Anything else is no query.
     """
     query = scope.get("query_string", b"")
     if isinstance(query, bytes):
         return query
-    return query.encode("utf-8", "surrogatepass") if isinstance(query, str) else b""
+    if isinstance(query, str):
+        return query.encode("utf-8", "surrogatepass")
+    return bytes(query) if isinstance(query, bytearray | memoryview) else b""
 
 
 def _redact_query_token(scope: Scope) -> None:
@@ -240,15 +243,11 @@ def _redact_query_token(scope: Scope) -> None:
     refusals and the metadata answers (which check no token) are redacted: a request let
     in keeps its query.
     """
-    query = scope.get("query_string", b"")
-    # ASGI says bytes; Django's AsyncClient puts text there, which Django reads too.
-    # surrogatepass takes any lone surrogate there and gives it back unchanged.
-    raw = query.encode("utf-8", "surrogatepass") if isinstance(query, str) else query
-    if not isinstance(raw, bytes):
-        return
+    raw = _query_string(scope)  # as the extraction read it
     redacted = redact_query_token(raw)
     if redacted is not raw:
-        text = isinstance(query, str)
+        # Text stays text (Django reads it too); surrogatepass gives back any lone surrogate.
+        text = isinstance(scope.get("query_string"), str)
         scope["query_string"] = redacted.decode("utf-8", "surrogatepass") if text else redacted
 
 

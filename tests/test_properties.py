@@ -749,7 +749,7 @@ class Differential:
         app: BearerGuardMiddleware,
         headers: list[tuple[bytes, bytes]],
         path: str,
-        query: bytes,
+        query: bytes | bytearray | str,
     ) -> tuple[int, bytes, list[tuple[Any, ...]]]:
         scope = {
             "type": "http",
@@ -819,11 +819,13 @@ async def test_the_fast_path_answers_as_the_general_path(
     path = data.draw(
         st.sampled_from(["/me", "/public", "/static/a", "/static/../me", "/public/x", "/"])
     )
-    query = data.draw(
+    query: bytes | bytearray | str = data.draw(
         st.sampled_from(
             [b"", b"a=1", b"access_token=x", b"access%5Ftoken=x", b"a=%41", b"x=access_token"]
         )
     )
+    # ASGI says bytes; test tools put text there, or another kind of bytes.
+    query = data.draw(st.sampled_from([bytes, bytearray, bytes.decode]))(query)
     for token in differential.tokens:  # every genuine token is a cache hit for the warm one
         await differential.call(
             differential.warm, [(b"authorization", b"Bearer " + token.encode())], "/me", b""
@@ -843,3 +845,80 @@ async def test_control_the_warm_guard_serves_genuine_tokens_from_its_cache(
         value = b"Bearer " + token.encode()
         await differential.call(differential.warm, [(b"authorization", value)], "/me", b"")
         assert differential.warm_guard.reused(token.encode()) is not None
+
+
+# -- (6) the guard's cache lookup against a guard without one ---------------------------------
+
+# What a respelling writes into a genuine token: its own alphabet, "?" (what latin-1's
+# "replace" writes for text it cannot encode, as authenticate() and the WSGI cache hit
+# encode text), text latin-1 cannot encode (two of them become the same bytes), latin-1
+# beyond ASCII, white space, NUL and a lone surrogate.
+RESPELLING_CHARS = "A_-.=?\u20ac\u0100\u2024\u00e9\u00a0 \t\n\x00\udc80"
+
+
+def respelled(token: str, how: str, at: int, char: str) -> str:
+    """``token`` with ``char`` put at ``at`` (replacing or inserting) or around it."""
+    at %= len(token) + 1
+    if how == "replace":
+        return token[:at] + char + token[at + 1 :]
+    if how == "insert":
+        return token[:at] + char + token[at:]
+    return char + token if how == "prefix" else token + char
+
+
+class GuardDifferential:
+    """A guard caching verified tokens and one caching nothing: same issuer, same rules."""
+
+    def __init__(self, issuer: DevIssuer) -> None:
+        self.tokens = (issuer.mint(scopes=["read"]), issuer.mint(algorithm="ES256", sub="ec"))
+        self.warm = issuer.guard(in_process=True)
+        self.cold = issuer.guard(in_process=True, cache_size=0)
+
+    @staticmethod
+    def verdict(guard: BearerGuard, token: str | bytes) -> tuple[Any, ...]:
+        try:
+            access = guard.authenticate_sync(token)
+        except AuthError as error:
+            return ("refused", type(error).__name__, error.status, error.fingerprint)
+        return ("accepted", access.subject, access.raw, access.fingerprint)
+
+
+@pytest.fixture(scope="module")
+def guard_differential(session_issuer: DevIssuer) -> GuardDifferential:
+    return GuardDifferential(session_issuer)
+
+
+@settings(PROFILE)
+@given(
+    index=st.integers(min_value=0, max_value=1),
+    how=st.sampled_from(["none", "replace", "insert", "prefix", "suffix"]),
+    at=positions,
+    char=st.sampled_from(RESPELLING_CHARS),
+    as_bytes=st.booleans(),
+)
+def test_the_guard_answers_a_cached_token_as_an_uncached_one(
+    guard_differential: GuardDifferential,
+    index: int,
+    how: str,
+    at: int,
+    char: str,
+    as_bytes: bool,
+) -> None:
+    """Text or bytes, a genuine token or a respelling of one (latin-1's "replace" makes
+    "?" of what it cannot encode, so two texts can give the same bytes): a guard whose cache
+    holds every genuine token answers as one without a cache, and serves a cached
+    verification, authenticate's or reused()'s, only to the very bytes of a genuine token."""
+    diff = guard_differential
+    genuine = diff.tokens[index]
+    text = genuine if how == "none" else respelled(genuine, how, at, char)
+    token: str | bytes = text.encode("utf-8", "surrogatepass") if as_bytes else text
+    for each in diff.tokens:  # every genuine token is a cache hit for the warm guard
+        diff.warm.authenticate_sync(each)
+    warm = diff.verdict(diff.warm, token)
+    event(f"{warm[0]} {'bytes' if as_bytes else 'text'}")
+    assert warm == diff.verdict(diff.cold, token)
+    sent = token if isinstance(token, bytes) else token.encode("latin-1", "replace")
+    genuine_bytes = {each.encode() for each in diff.tokens}
+    assert (warm[0] == "accepted") == (sent in genuine_bytes)
+    assert (warm[0] == "accepted") == (text in diff.tokens)
+    assert (diff.warm.reused(sent) is not None) == (sent in genuine_bytes)

@@ -85,6 +85,15 @@ class DjangoDifferential:
             call_wsgi(self.wsgi[0], {"HTTP_AUTHORIZATION": f"Bearer {token}"})
 
 
+def _header_bytes(text: str) -> bytes:
+    """An environ's header text as an ASGI server hands it over: its latin-1 bytes, or for
+    text that is not latin-1 (a respelled token), the UTF-8 a client would have sent."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
 def call_asgi(handler: Any, overrides: dict[str, str]) -> Outcome:
     """The request of ``overrides`` (an environ's keys) as an ASGI server would send it."""
     root = overrides["SCRIPT_NAME"]
@@ -94,7 +103,7 @@ def call_asgi(handler: Any, overrides: dict[str, str]) -> Outcome:
         ("HTTP_X_REQUEST_ID", b"x-request-id"),
     ):
         if key in overrides:
-            headers.append((name, overrides[key].encode("latin-1")))
+            headers.append((name, _header_bytes(overrides[key])))
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},

@@ -38,10 +38,13 @@ from tests.apps import build_flask_app
 from tests.test_properties import (
     BEARER_VALUE,
     MIDDLEWARE_PROFILE,
+    RESPELLING_CHARS,
     header_values,
     mutate,
     mutations,
+    positions,
     queries,
+    respelled,
 )
 
 # Protected routes only (public paths answer without a token by design): a route any valid
@@ -340,14 +343,23 @@ def wsgi_differential(session_issuer: DevIssuer) -> WsgiDifferential:
 
 def authorization_values(tokens: tuple[str, ...]) -> st.SearchStrategy[str]:
     """``HTTP_AUTHORIZATION`` around the genuine tokens, as servers hand it over: scheme
-    case, spaces and tabs, trailing OWS, two headers joined with ", ", or any latin-1."""
+    case, spaces and tabs, trailing OWS, two headers joined with ", ", any latin-1, or a
+    token respelled with text that is not latin-1 (a server outside PEP 3333), which the
+    cache lookup encodes with "replace": "?" for what latin-1 cannot say."""
     spelled = st.builds(
         lambda scheme, token, suffix: scheme + token + suffix,
         st.sampled_from(["Bearer ", "bearer ", "BEARER ", "Bearer  ", "Bearer\t", " Bearer ", ""]),
         st.sampled_from(tokens),
         st.sampled_from(["", " ", "\t", " \t", "=", "x", "\x00", ",", ", ", "\r\n"]),
     )
-    value = spelled | header_values.map(lambda raw: raw.decode("latin-1"))
+    respelling = st.builds(
+        lambda token, how, at, char: "Bearer " + respelled(token, how, at, char),
+        st.sampled_from(tokens),
+        st.sampled_from(["replace", "insert", "prefix", "suffix"]),
+        positions,
+        st.sampled_from(RESPELLING_CHARS),
+    )
+    value = spelled | respelling | header_values.map(lambda raw: raw.decode("latin-1"))
     usual = st.sampled_from([f"Bearer {token}" for token in tokens])  # the cache hits
     joined = st.tuples(spelled, value).map(", ".join)
     return st.one_of(usual, usual, spelled, value, joined)  # two draws in five are hits

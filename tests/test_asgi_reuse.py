@@ -329,6 +329,33 @@ async def test_a_reused_token_is_not_yet_valid_when_the_clock_steps_back(
         assert (await http.get("/me", headers=bearer(token))).status_code == 200
 
 
+async def _twice_with_query(
+    issuer: DevIssuer, token: str, query_string: object, status: int
+) -> list[dict[str, Any]]:
+    """``GET /me`` with ``token`` and this scope ``query_string``, on the token's first sight
+    and then as a cache hit; each answered ``status`` with one audit event. The scopes sent."""
+    app = app_for(issuer.guard())
+    scopes: list[dict[str, Any]] = []
+    for _ in range(2):
+        scope: dict[str, Any] = {
+            "type": "http",
+            "method": "GET",
+            "path": "/me",
+            "raw_path": b"/me",
+            "query_string": query_string,
+            "headers": [(b"host", b"api.test"), (b"authorization", f"Bearer {token}".encode())],
+            "client": ("127.0.0.1", 1234),
+        }
+        with structlog.testing.capture_logs() as events:
+            sent = await asgi_call(app, scope)
+        assert sent[0]["status"] == status
+        assert [e["event"] for e in events] == [
+            "token.accepted" if status == 200 else "token.rejected"
+        ]
+        scopes.append(scope)
+    return scopes
+
+
 @pytest.mark.parametrize(
     ("query", "status"),
     [
@@ -346,25 +373,8 @@ async def test_a_text_query_string_is_answered_not_a_500(
     # ASGI says bytes; Django's AsyncClient and some test tools put text in query_string.
     # The cache-hit path ran bytes methods on it (a 500): it now takes the general path,
     # which reads the text as the bytes it stands for. A refused query is redacted as text.
-    guard = session_issuer.guard()
     token = session_issuer.mint(sub="ana")
-    app = app_for(guard)
-    for _ in range(2):  # the token's first sight, then a cache hit
-        scope: dict[str, Any] = {
-            "type": "http",
-            "method": "GET",
-            "path": "/me",
-            "raw_path": b"/me",
-            "query_string": query.format(t=token),
-            "headers": [(b"host", b"api.test"), (b"authorization", f"Bearer {token}".encode())],
-            "client": ("127.0.0.1", 1234),
-        }
-        with structlog.testing.capture_logs() as events:
-            sent = await asgi_call(app, scope)
-        assert sent[0]["status"] == status
-        assert [e["event"] for e in events] == [
-            "token.accepted" if status == 200 else "token.rejected"
-        ]
+    for scope in await _twice_with_query(session_issuer, token, query.format(t=token), status):
         assert isinstance(scope["query_string"], str)
         assert token not in scope["query_string"]
 
@@ -382,25 +392,9 @@ async def test_a_bytes_like_query_string_is_read_as_its_bytes(
     # in beside the header's (RFC 6750 §2: one method per request) and left in the scope
     # unredacted, on the cache hit (which hands such a query to the general path) as on the
     # first sight. Bytes of another type are read as the bytes they hold: fail closed.
-    guard = session_issuer.guard()
     token = session_issuer.mint(sub="ana")
-    app = app_for(guard)
-    for _ in range(2):  # the token's first sight, then a cache hit
-        scope: dict[str, Any] = {
-            "type": "http",
-            "method": "GET",
-            "path": "/me",
-            "raw_path": b"/me",
-            "query_string": kind(query.format(t=token).encode()),
-            "headers": [(b"host", b"api.test"), (b"authorization", f"Bearer {token}".encode())],
-            "client": ("127.0.0.1", 1234),
-        }
-        with structlog.testing.capture_logs() as events:
-            sent = await asgi_call(app, scope)
-        assert sent[0]["status"] == status
-        assert [e["event"] for e in events] == [
-            "token.accepted" if status == 200 else "token.rejected"
-        ]
+    query_string = kind(query.format(t=token).encode())
+    for scope in await _twice_with_query(session_issuer, token, query_string, status):
         if status == 400:
             assert token.encode() not in bytes(scope["query_string"])
 

@@ -714,7 +714,9 @@ def app_layers(app: object) -> Iterator[object]:
     the wrappers around that method). Bounded: attributes may lead in a circle, and an
     attribute that raises when read is passed over (``attribute_of``).
     """
-    seen: set[int] = set()
+    # Each by its id, and kept alive by it: an attribute may give a new object each time it
+    # is read, and one freed would leave its id to the next, which would then be skipped.
+    seen: dict[int, object] = {}
     pending = [app]
     while pending and len(seen) < _MAX_LAYERS:
         current = pending.pop()
@@ -722,7 +724,7 @@ def app_layers(app: object) -> Iterator[object]:
         owner = current if bound is None else bound
         if id(owner) in seen:
             continue
-        seen.add(id(owner))
+        seen[id(owner)] = owner
         yield owner
         if bound is not None:
             continue

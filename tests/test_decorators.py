@@ -1144,6 +1144,24 @@ def test_the_walk_under_wrappers_ends_at_a_cycle(session_issuer: DevIssuer) -> N
             assert TestClient(app).get("/").status_code == 401
 
 
+def test_the_walk_reaches_the_app_under_wrappers_made_on_each_read() -> None:
+    # A wrapper whose attribute gives a new object on every read: one freed during the walk
+    # left its id to the next, which was taken for seen, and the walk ended above the app.
+    class Made:
+        def __init__(self, depth: int) -> None:
+            self.depth = depth
+
+        def __call__(self) -> None:  # pragma: no cover - never called
+            pass
+
+        @property
+        def app(self) -> object:
+            return Made(self.depth + 1) if self.depth < 5 else api
+
+    api = Starlette()
+    assert decorators.wrapped_app(Made(0), "routes") is api
+
+
 def test_scope_requirements_end_at_a_wrapped_cycle() -> None:
     # A wrapper whose __wrapped__ chain loops back (a user's decorator bug) must not hang
     # the start-up check or a refusal that names the route's scopes.

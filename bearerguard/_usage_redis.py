@@ -260,15 +260,7 @@ class RedisUsageMonitor:
         if plan is None:
             return verdict_of(self._policy, token, [], first=False)
         redis_client, slots = self._async_client()
-        # Wait for a connection in turn: redis-py's asyncio pool lets a waiter starve until
-        # its timeout while others come and go, and an observation must stay bounded.
-        with anyio.move_on_after(self._timeout) as waiting:
-            await slots.acquire()
-        if waiting.cancelled_caught:
-            raise UsageMonitorError(
-                f"redis usage monitor busy: no connection free within {self._timeout:g} s "
-                "(raise max_connections?)"
-            )
+        await self._take_turn(slots)
         try:
             with self._failures():
                 if self._async_script is None:
@@ -278,6 +270,22 @@ class RedisUsageMonitor:
         finally:
             slots.release()
         return self._verdict(token, plan, reply)
+
+    async def _take_turn(self, slots: anyio.Semaphore) -> None:
+        """Wait for a connection in turn, at most the timeout: redis-py's asyncio pool lets
+        a waiter starve until its timeout while others come and go, and every call to Redis
+        must stay bounded.
+
+        Raises:
+            UsageMonitorError: no connection came free in time.
+        """
+        with anyio.move_on_after(self._timeout) as waiting:
+            await slots.acquire()
+        if waiting.cancelled_caught:
+            raise UsageMonitorError(
+                f"redis usage monitor busy: no connection free within {self._timeout:g} s "
+                "(raise max_connections?)"
+            )
 
     def _plan(self, token: AccessToken, client: str | None) -> _Plan | None:
         policy = self._policy
@@ -358,8 +366,13 @@ class RedisUsageMonitor:
         if clients.asynchronous is None and not clients.owns_async and clients.sync is not None:
             return await anyio.to_thread.run_sync(self.health_sync)
         try:
-            client, _ = self._async_client()
-            await self._again(client.ping)
+            client, slots = self._async_client()
+            # In turn with the observations (one busy for the whole timeout: not ready).
+            await self._take_turn(slots)
+            try:
+                await self._again(client.ping)
+            finally:
+                slots.release()
         except (UsageMonitorError, RedisError, OSError, asyncio.TimeoutError):
             return self._health(healthy=False)
         return self._health(healthy=True)

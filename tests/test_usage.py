@@ -787,6 +787,44 @@ async def test_a_burst_larger_than_the_pool_waits_in_turn(
 
 
 @pytest.mark.anyio
+async def test_the_readiness_ping_waits_its_turn_for_a_connection(
+    redis_server: RedisServer, redis_namespace: str, redis_monitor_class: Any
+) -> None:
+    # The ping took a connection without its turn: an observation holding a slot then
+    # waited in redis-py's pool, which is not first come, first served, and could time out
+    # into the failure cooldown. It now queues as observations do; a saturated monitor is
+    # not ready.
+    monitor = redis_monitor_class(
+        UsagePolicy(max_uses_per_token=10),
+        redis_server.url,
+        namespace=redis_namespace,
+        max_connections=1,
+        socket_timeout=0.5,
+    )
+    try:
+        assert (await monitor.health())["healthy"] is True
+        _, slots = monitor._async_client()
+        await slots.acquire()  # as an observation under way holds it
+        answered: list[bool] = []
+
+        async def ready() -> None:
+            answered.append((await monitor.health())["healthy"])
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(ready)
+            await anyio.sleep(0.2)
+            assert answered == []  # waiting its turn
+            slots.release()
+        assert answered == [True]
+        await slots.acquire()
+        assert (await monitor.health())["healthy"] is False  # no connection within the timeout
+        slots.release()
+        assert (await monitor.health())["healthy"] is True
+    finally:
+        await monitor.aclose()
+
+
+@pytest.mark.anyio
 async def test_one_round_trip_and_keys_that_expire(
     private_redis: RedisServer, redis_monitor_class: Any
 ) -> None:

@@ -1,6 +1,6 @@
 """``BearerGuard``: the one verification flow, shared by every integration.
 
-The flow for a token: a cache lookup by SHA-256 of the token; on a miss, strict JWS parsing,
+The flow for a token: a cache lookup by a hash of the token; on a miss, strict JWS parsing,
 key selection (fetching the JWK Set only when the cache says so), signature verification,
 claim validation; then, hit or miss, the revocation check. Everything but the key fetch and
 the revocation store is synchronous, sans-I/O code from ``bearerguard._core``.

@@ -96,23 +96,8 @@ class WsgiTarget:
         environ["PATH_INFO"] = path
         if value is not None:
             environ["HTTP_AUTHORIZATION"] = value
-        seen: dict[str, Any] = {}
-
-        def start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Any:
-            seen["status"], seen["headers"] = status, headers
-            return lambda data: None
-
-        with capture_logs() as events:
-            result: Iterable[bytes] = self.app(environ, start_response)
-            try:
-                body = b"".join(result)
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
-        return Outcome(int(seen["status"][:3]), seen["headers"], body, events)
+        status, headers, body, events = served(self.app, environ)
+        return Outcome(int(status[:3]), headers, body, events)
 
     def check(self, values: list[bytes] | str, path: str, query: bytes, outcome: Outcome) -> None:
         """The properties of every answer; ``values`` are the headers sent (or the raw text)."""
@@ -319,6 +304,15 @@ def call_wsgi(app: Any, overrides: dict[str, str]) -> tuple[str, list[tuple[str,
     finally:
         builder.close()
     environ.update(overrides)
+    status, headers, body, events = served(app, environ)
+    return status, headers, body, comparable_events(events)
+
+
+def served(
+    app: Any, environ: dict[str, Any]
+) -> tuple[str, list[tuple[str, str]], bytes, list[dict[str, Any]]]:
+    """Call ``app`` as a WSGI server does (the body read, then closed): its status line,
+    headers, body and the audit events captured meanwhile."""
     seen: dict[str, Any] = {}
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -333,7 +327,7 @@ def call_wsgi(app: Any, overrides: dict[str, str]) -> tuple[str, list[tuple[str,
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-    return seen["status"], seen["headers"], body, comparable_events(events)
+    return seen["status"], seen["headers"], body, events
 
 
 @pytest.fixture(scope="module")

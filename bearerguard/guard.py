@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import inspect
 import json
 import logging
@@ -89,7 +88,7 @@ from bearerguard.mtls import CertificateBinding
 from bearerguard.revocation._table import DEFAULT_EXPIRY_GRACE, RevocationTable
 from bearerguard.revocation.memory import MemoryRevocationStore
 from bearerguard.revocation.protocol import RevocationStore, SyncRevocationStore
-from bearerguard.token import AccessToken
+from bearerguard.token import AccessToken, token_fingerprint
 from bearerguard.usage import (
     SyncUsageMonitor,
     UsageAnomalyError,
@@ -195,8 +194,6 @@ class Verified:
             )
 
 
-_sha256 = hashlib.sha256  # one global lookup on the general path
-
 _cache_key = hash
 """The verification cache's key for a token's bytes: Python's hash of them, SipHash-1-3 under
 a key drawn at random per process (PEP 456): 0.17 µs for a typical token against SHA-256's
@@ -205,11 +202,9 @@ where ``PYTHONHASHSEED`` is fixed, nor needed to be: a lookup compares the whole
 collision is only a miss (and two verified tokens colliding, one evicting the other)."""
 
 
-def _credentials(token: str | bytes) -> tuple[bytes, bytes]:
-    """The token's bytes, the key of the verification cache, and their SHA-256, which
-    gives the token's fingerprint."""
-    credentials = token if isinstance(token, bytes) else token.encode("latin-1", "replace")
-    return credentials, _sha256(credentials).digest()
+def _credentials(token: str | bytes) -> bytes:
+    """The token's bytes, as the verification cache and the fingerprint take them."""
+    return token if isinstance(token, bytes) else token.encode("latin-1", "replace")
 
 
 def _make_room(cache: dict[int, Verified], size: int) -> None:
@@ -237,10 +232,6 @@ def _still_chosen(keys: KeySet, entry: Verified) -> bool:
     """
     token = entry.token
     return entry.key in keys.keys_for(token.key_id, token.algorithm)
-
-
-def _fingerprint(digest: bytes) -> str:
-    return digest[:8].hex()
 
 
 def _answers_as_is_revoked(store: RevocationStore, method: str) -> bool:
@@ -814,7 +805,7 @@ class BearerGuard:
                 status cannot be had (``ServiceUnavailableError``). The error carries the
                 token's fingerprint, and its header or verified token where known.
         """
-        credentials, digest = _credentials(token)
+        credentials = _credentials(token)
         access = None
         try:
             verified = self._cached(credentials)
@@ -826,14 +817,14 @@ class BearerGuard:
                 text := check_b64token(credentials)
             ):
                 answer = await self._introspector.introspect(text)
-                access = self._introspected(answer.claims, text, digest)
+                access = self._introspected(answer.claims, text)
             else:
                 jws = self._parse(credentials)
                 try:
-                    verified = self._verify_jws(jws, credentials, digest, refreshed=False)
+                    verified = self._verify_jws(jws, credentials, refreshed=False)
                 except _KeysNeeded as needed:
                     await self._refresh(unknown_kid=needed.unknown_kid)
-                    verified = self._verify_jws(jws, credentials, digest, refreshed=True)
+                    verified = self._verify_jws(jws, credentials, refreshed=True)
                 access = verified.token
             policy = self.dpop
             replay = None if policy is None else self._check_binding(access, dpop)
@@ -859,7 +850,7 @@ class BearerGuard:
             if self.usage is not None:
                 await self._observe(access, client, request)
         except AuthError as exc:
-            exc.fingerprint = _fingerprint(digest)
+            exc.fingerprint = token_fingerprint(credentials)
             if exc.token is None:  # refused once verified (a DPoP proof): audited with its claims
                 exc.token = access
             if dpop is not None:
@@ -882,7 +873,7 @@ class BearerGuard:
         call blocks for longer than one fetch's timeout. The revocation store must offer the
         synchronous side (``SyncRevocationStore``).
         """
-        credentials, digest = _credentials(token)
+        credentials = _credentials(token)
         access = None
         try:
             verified = self._cached(credentials)
@@ -894,14 +885,14 @@ class BearerGuard:
                 text := check_b64token(credentials)
             ):
                 answer = self._introspector.introspect_sync(text)
-                access = self._introspected(answer.claims, text, digest)
+                access = self._introspected(answer.claims, text)
             else:
                 jws = self._parse(credentials)
                 try:
-                    verified = self._verify_jws(jws, credentials, digest, refreshed=False)
+                    verified = self._verify_jws(jws, credentials, refreshed=False)
                 except _KeysNeeded as needed:
                     self._refresh_sync(unknown_kid=needed.unknown_kid)
-                    verified = self._verify_jws(jws, credentials, digest, refreshed=True)
+                    verified = self._verify_jws(jws, credentials, refreshed=True)
                 access = verified.token
             policy = self.dpop
             replay = None if policy is None else self._check_binding(access, dpop)
@@ -924,7 +915,7 @@ class BearerGuard:
             if self.usage is not None:
                 self._observe_sync(access, client, request)
         except AuthError as exc:
-            exc.fingerprint = _fingerprint(digest)
+            exc.fingerprint = token_fingerprint(credentials)
             if exc.token is None:  # refused once verified (a DPoP proof): audited with its claims
                 exc.token = access
             if dpop is not None:
@@ -1060,12 +1051,10 @@ class BearerGuard:
         except Exception as exc:
             raise _unexpected(exc, None) from exc
 
-    def _verify_jws(
-        self, jws: CompactJWS, credentials: bytes, digest: bytes, *, refreshed: bool
-    ) -> Verified:
+    def _verify_jws(self, jws: CompactJWS, credentials: bytes, *, refreshed: bool) -> Verified:
         """Verify a parsed token; raises ``_KeysNeeded`` when the key set must be fetched.
 
-        The verification is cached under ``credentials``; ``digest`` gives its fingerprint.
+        The verification is cached under ``credentials``.
         """
         header = jws.header
         try:
@@ -1081,7 +1070,7 @@ class BearerGuard:
                 issued_at=times.issued_at,
                 key_id=header.get("kid"),
                 algorithm=header["alg"],
-                fingerprint=digest[:8].hex(),  # _fingerprint, inlined on the hot path
+                fingerprint=None,  # hashed on first read: a miss nobody logs spends no SHA-256
                 raw=jws.token,
             )
         except AuthError as exc:
@@ -1099,7 +1088,7 @@ class BearerGuard:
             cache[_cache_key(credentials)] = verified
         return verified
 
-    def _introspected(self, answer: Mapping[str, Any], token: str, digest: bytes) -> AccessToken:
+    def _introspected(self, answer: Mapping[str, Any], token: str) -> AccessToken:
         """Judge an opaque token on the authorization server's answer (never cached here:
         the introspector's own cache keeps active answers briefly)."""
         try:
@@ -1108,7 +1097,7 @@ class BearerGuard:
                 policy=self._policy,
                 scope_paths=self._scope_paths,
                 now=self.clock(),
-                fingerprint=_fingerprint(digest),
+                fingerprint=token_fingerprint(token),
                 raw=token,
             )
         except AuthError:

@@ -36,11 +36,11 @@ from bearerguard.errors import (
     InvalidIssuerError,
     ServiceUnavailableError,
 )
-from bearerguard.guard import BearerGuard, _credentials, _fingerprint
+from bearerguard.guard import BearerGuard
 from bearerguard.metadata import ProtectedResource
 from bearerguard.metrics import MetricsHook
 from bearerguard.mtls import CertificateBinding
-from bearerguard.token import AccessToken
+from bearerguard.token import AccessToken, token_fingerprint
 from bearerguard.usage import SyncUsageMonitor, UsageMonitor
 
 __all__ = ["IssuerResolver", "TrustedIssuers"]
@@ -293,7 +293,7 @@ class TrustedIssuers:
         try:
             return self.guard_for(token)
         except AuthError as exc:
-            exc.fingerprint = _fingerprint(_credentials(token)[1])
+            exc.fingerprint = token_fingerprint(token)
             if dpop is not None:
                 exc.sent_with(dpop.scheme)
             raise

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["AccessToken"]
+__all__ = ["AccessToken", "token_fingerprint"]
+
+
+def token_fingerprint(token: str | bytes) -> str:
+    """A token's fingerprint: the first 8 bytes of its SHA-256, in hex.
+
+    It correlates the log lines of one token and reveals nothing of it.
+    """
+    credentials = token if isinstance(token, bytes) else token.encode("latin-1", "replace")
+    return hashlib.sha256(credentials).digest()[:8].hex()
 
 
 # RFC 9068 §2.2 names the client in client_id; OIDC-style tokens use azp, Okta uses cid and
@@ -72,10 +82,13 @@ class AccessToken:
         issued_at: float | None,
         key_id: str | None,
         algorithm: str,
-        fingerprint: str,
+        fingerprint: str | None,
         raw: str = "",
     ) -> AccessToken:
-        """Build a token from claims that have already been validated."""
+        """Build a token from claims that have already been validated.
+
+        ``fingerprint=None``: ``token_fingerprint(raw)``, computed on first read.
+        """
         aud = claims["aud"]
         audience = (aud,) if isinstance(aud, str) else tuple(aud)
         if cls is not AccessToken:  # a subclass may add fields or a __post_init__
@@ -91,7 +104,7 @@ class AccessToken:
                 issued_at=None if issued_at is None else datetime.fromtimestamp(issued_at, _UTC),
                 key_id=key_id,
                 algorithm=algorithm,
-                fingerprint=fingerprint,
+                fingerprint=token_fingerprint(raw) if fingerprint is None else fingerprint,
                 raw=raw,
             )
         # Once per verified token, so built without the frozen __init__ (object.__setattr__
@@ -112,7 +125,7 @@ class AccessToken:
         draft.issued_at = None if issued_at is None else float(issued_at)
         draft.key_id = key_id
         draft.algorithm = algorithm
-        draft.fingerprint = fingerprint
+        draft.fingerprint = fingerprint  # None: _Fingerprint hashes raw on first read
         draft.raw = raw
         draft.__class__ = AccessToken
         token: AccessToken = draft
@@ -161,3 +174,34 @@ class _Instant:
 
 for _name in ("expires_at", "issued_at"):
     setattr(AccessToken, _name, _Instant(AccessToken.__dict__[_name]))
+
+
+_RAW: Any = AccessToken.__dict__["raw"]  # the raw slot's own member descriptor
+
+
+class _Fingerprint:
+    """``AccessToken``'s fingerprint slot, which ``from_claims`` may leave to first read.
+
+    A verification whose token nobody logs (a cache miss that records no event) then spends
+    no SHA-256 on it. Every read sees the fingerprint of ``raw``.
+    """
+
+    __slots__ = ("_slot",)
+
+    def __init__(self, slot: Any) -> None:
+        self._slot = slot
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        value = self._slot.__get__(instance, owner)
+        if value is None:
+            value = token_fingerprint(_RAW.__get__(instance, owner))
+            self._slot.__set__(instance, value)
+        return value
+
+    def __set__(self, instance: object, value: Any) -> None:
+        self._slot.__set__(instance, value)
+
+
+setattr(AccessToken, "fingerprint", _Fingerprint(AccessToken.__dict__["fingerprint"]))  # noqa: B010

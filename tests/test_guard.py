@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import numbers
 import sys
@@ -31,6 +32,7 @@ from bearerguard.errors import (
     UnsupportedAlgorithmError,
 )
 from bearerguard.testing import DevIssuer, Override
+from bearerguard.token import token_fingerprint
 from tests.helpers import Clock
 
 
@@ -284,6 +286,20 @@ async def test_refusals_carry_the_fingerprint_and_header(session_issuer: DevIssu
     assert refused.value.header["alg"] == "RS256"
     assert "BearerGuard(issuer=" in repr(guard)
     assert guard.key_ids
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+async def test_accepted_and_refused_tokens_carry_one_fingerprint_of_their_bytes(
+    session_issuer: DevIssuer, as_bytes: bool
+) -> None:
+    guard = session_issuer.guard(cache_size=0)
+    expected = hashlib.sha256(minted := session_issuer.mint().encode()).digest()[:8].hex()
+    accepted = await guard.authenticate(minted if as_bytes else minted.decode())
+    assert accepted.fingerprint == expected == token_fingerprint(minted)
+    expired = session_issuer.mint(expires_in=-100)
+    with pytest.raises(ExpiredTokenError) as refused:
+        await guard.authenticate(expired.encode() if as_bytes else expired)
+    assert refused.value.fingerprint == token_fingerprint(expired)
 
 
 async def test_the_verification_cache_is_bounded(session_issuer: DevIssuer) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 
 from bearerguard import AccessToken
+from bearerguard.token import token_fingerprint
 
 CLAIMS: dict[str, Any] = {
     "iss": "https://issuer.example",
@@ -86,6 +88,46 @@ def test_times_are_aware_datetimes_made_once_on_first_read() -> None:
     fractional = built(expires_at=1_800_000_060.25, issued_at=None)
     assert fractional.expires_at == datetime.fromtimestamp(1_800_000_060.25, timezone.utc)
     assert fractional.issued_at is None
+
+
+def test_a_fingerprint_left_to_first_read_is_the_raw_tokens() -> None:
+    token = AccessToken.from_claims(
+        {**CLAIMS},
+        scopes=frozenset(),
+        expires_at=1_800_000_060.0,
+        issued_at=None,
+        key_id=None,
+        algorithm="RS256",
+        fingerprint=None,
+        raw="h.p.s",
+    )
+    expected = hashlib.sha256(b"h.p.s").digest()[:8].hex()
+    assert token_fingerprint("h.p.s") == token_fingerprint(b"h.p.s") == expected
+    assert token == dataclasses.replace(
+        built(), fingerprint=expected, key_id=None, scopes=frozenset(), issued_at=None
+    )
+    assert token.fingerprint == expected
+    assert hash(token) == hash(copy.copy(token))
+    assert dataclasses.replace(token, raw="x").fingerprint == expected  # kept, not rehashed
+    assert expected in repr(token)
+
+
+def test_subclasses_get_the_fingerprint_of_raw_at_once() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Tagged(AccessToken):
+        tag: str = "x"
+
+    token = Tagged.from_claims(
+        {**CLAIMS},
+        scopes=frozenset(),
+        expires_at=1_800_000_060.0,
+        issued_at=None,
+        key_id=None,
+        algorithm="RS256",
+        fingerprint=None,
+        raw="h.p.s",
+    )
+    assert token.fingerprint == token_fingerprint("h.p.s")
 
 
 def test_datetimes_given_to_the_constructor_are_kept_as_they_are() -> None:

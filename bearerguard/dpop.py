@@ -16,7 +16,6 @@ import base64
 import hashlib
 import heapq
 import hmac
-import math
 import re
 import secrets
 import struct
@@ -31,7 +30,7 @@ import anyio.to_thread
 
 from bearerguard._core.dpop import b64url, normalize_htu
 from bearerguard._core.keys import ASYMMETRIC_ALGORITHMS
-from bearerguard._core.times import check_count
+from bearerguard._core.times import check_count, check_seconds
 from bearerguard.errors import ConfigurationError, InvalidDPoPProofError, ReplayStoreError
 
 __all__ = [
@@ -446,10 +445,8 @@ class NonceIssuer:
     def __init__(self, *, secret: bytes | None = None, lifetime: float = 300.0) -> None:
         if secret is not None and len(secret) < 32:
             raise ConfigurationError("the nonce secret must be at least 32 bytes")
-        if not 0 < lifetime < math.inf:  # NaN fails too
-            raise ConfigurationError("lifetime must be positive and finite")
         self._secret = secret or secrets.token_bytes(32)
-        self.lifetime = lifetime
+        self.lifetime = check_seconds("lifetime", lifetime, positive=True)  # NaN fails too
 
     def _mac(self, stamp: bytes) -> bytes:
         return hmac.new(self._secret, b"dpop-nonce" + stamp, hashlib.sha256).digest()[:16]
@@ -496,7 +493,8 @@ class DPoPPolicy:
             and ``Host``, which a proxy may change.
 
     Raises:
-        ConfigurationError: an unknown mode, a non-asymmetric algorithm, or a bad URL.
+        ConfigurationError: an unknown mode, a non-asymmetric algorithm, a window that is
+            not a finite number of seconds, or a bad URL.
     """
 
     mode: Literal["allowed", "required"] = "allowed"
@@ -519,10 +517,11 @@ class DPoPPolicy:
                 f"DPoP algorithms must be asymmetric JWS algorithms: {sorted(allowed)}"
             )
         # NaN fails too: it would pass every iat as fresh and every jti as new (RFC 9449 §11.1).
-        if not (0 < self.iat_window < math.inf and 0 <= self.leeway < math.inf):
-            raise ConfigurationError(
-                "iat_window must be positive and leeway not negative, both finite"
-            )
+        # Kept as floats: a Decimal failed every proof's iat check (float - Decimal).
+        object.__setattr__(
+            self, "iat_window", check_seconds("iat_window", self.iat_window, positive=True)
+        )
+        object.__setattr__(self, "leeway", check_seconds("leeway", self.leeway))
         if not isinstance(self.replay, DPoPReplayStore):
             raise ConfigurationError("replay must be a DPoPReplayStore")
         if self.external_url is not None:

@@ -14,6 +14,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -947,6 +948,19 @@ def test_external_url_behind_a_proxy(stack: str, session_issuer: DevIssuer, hold
     for call in make_client(stack, session_issuer):
         refused = call("GET", "/me", headers=dpop(token, holder.proof(token, url=public)))
         assert refused.json()["error"] == "invalid_dpop_proof"
+
+
+def test_a_decimal_window_checks_proofs(
+    stack: str, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    # Read from a configuration file as Decimal, the window passed the policy's checks and
+    # every proof then failed on float - Decimal: 401 invalid_dpop_proof for every client.
+    token = bound(session_issuer, holder)
+    for call in make_client(stack, session_issuer, iat_window=Decimal("300")):
+        response = call("GET", "/me", headers=dpop(token, holder.proof(token)))
+        assert response.status_code == 200, response.text
+        stale = holder.proof(token, iat=time.time() - 400)
+        assert call("GET", "/me", headers=dpop(token, stale)).status_code == 401
 
 
 def test_htu_from_host_and_scheme_without_external_url(

@@ -17,7 +17,7 @@ import pytest
 
 from bearerguard import BearerGuard, FetchPolicy, RefreshPolicy
 from bearerguard._usage_redis import RedisUsageMonitor
-from bearerguard.dpop import MemoryDPoPReplayStore
+from bearerguard.dpop import DPoPPolicy, MemoryDPoPReplayStore, NonceIssuer
 from bearerguard.errors import ConfigurationError
 from bearerguard.events import SecurityEventReceiver
 from bearerguard.introspection import Introspector
@@ -130,6 +130,32 @@ def test_fetch_policy_max_bytes_is_a_whole_number(value: object) -> None:
 def test_the_dpop_replay_store_bounds_are_whole_numbers(name: str, value: object) -> None:
     with pytest.raises(ConfigurationError, match=name):
         MemoryDPoPReplayStore(**{name: value})
+
+
+@pytest.mark.parametrize(
+    ("build", "name", "value"),
+    [
+        *[(DPoPPolicy, "iat_window", bad) for bad in (True, "300", None, Decimal("NaN"), 0)],
+        *[(DPoPPolicy, "leeway", bad) for bad in (True, "5", None, Decimal("sNaN"), -1)],
+        *[(NonceIssuer, "lifetime", bad) for bad in (True, "300", None, Decimal("NaN"), 0)],
+    ],
+)
+def test_the_dpop_windows_are_finite_seconds(
+    build: Callable[..., Any], name: str, value: object
+) -> None:
+    # Was a TypeError, or True taken for one second.
+    with pytest.raises(ConfigurationError, match=name):
+        build(**{name: value})
+
+
+def test_the_dpop_windows_are_kept_as_floats() -> None:
+    # A Decimal window passed the policy's checks, then every proof failed on float - Decimal
+    # (401 invalid_dpop_proof: DPoP was off for every client).
+    policy = DPoPPolicy(iat_window=Decimal("300"), leeway=Decimal("0.5"))
+    assert (policy.iat_window, policy.leeway) == (300.0, 0.5)
+    assert type(policy.iat_window) is float
+    assert type(policy.leeway) is float
+    assert type(NonceIssuer(lifetime=Decimal("60")).lifetime) is float
 
 
 @pytest.mark.parametrize("value", [math.nan, "50", None, 1.5])

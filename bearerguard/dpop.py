@@ -440,12 +440,23 @@ class NonceIssuer:
     Args:
         secret: at least 32 bytes, shared by every instance; random per process by default.
         lifetime: seconds a nonce stays acceptable.
+
+    Raises:
+        ConfigurationError: a secret that is not bytes or is shorter, or a lifetime that is
+            not a positive, finite number of seconds.
     """
 
-    def __init__(self, *, secret: bytes | None = None, lifetime: float = 300.0) -> None:
-        if secret is not None and len(secret) < 32:
+    def __init__(
+        self, *, secret: bytes | bytearray | memoryview | None = None, lifetime: float = 300.0
+    ) -> None:
+        if secret is None:
+            secret = secrets.token_bytes(32)
+        elif not isinstance(secret, bytes | bytearray | memoryview):
+            # The HMAC takes bytes only: a str (an environment variable) failed every request.
+            raise ConfigurationError(f"the nonce secret must be bytes, not {type(secret).__name__}")
+        if len(secret) < 32:
             raise ConfigurationError("the nonce secret must be at least 32 bytes")
-        self._secret = secret or secrets.token_bytes(32)
+        self._secret = bytes(secret)
         self.lifetime = check_seconds("lifetime", lifetime, positive=True)  # NaN fails too
 
     def _mac(self, stamp: bytes) -> bytes:
@@ -494,7 +505,8 @@ class DPoPPolicy:
 
     Raises:
         ConfigurationError: an unknown mode, a non-asymmetric algorithm, a window that is
-            not a finite number of seconds, or a bad URL.
+            not a finite number of seconds, a nonce issuer or replay store of another type,
+            or a bad URL.
     """
 
     mode: Literal["allowed", "required"] = "allowed"
@@ -524,6 +536,8 @@ class DPoPPolicy:
         object.__setattr__(self, "leeway", check_seconds("leeway", self.leeway))
         if not isinstance(self.replay, DPoPReplayStore):
             raise ConfigurationError("replay must be a DPoPReplayStore")
+        if self.nonce is not None and not isinstance(self.nonce, NonceIssuer):
+            raise ConfigurationError("nonce must be a NonceIssuer")
         if self.external_url is not None:
             netloc = urlsplit(self.external_url).netloc
             try:

@@ -566,6 +566,26 @@ def test_nonces() -> None:
             NonceIssuer(lifetime=lifetime)
 
 
+@pytest.mark.parametrize("secret", ["s" * 32, 32, ["s"] * 32])
+def test_a_nonce_secret_that_is_not_bytes_is_refused_at_construction(secret: Any) -> None:
+    # A str secret (an environment variable) passed, then every DPoP request was a 500:
+    # the HMAC takes bytes only.
+    with pytest.raises(ConfigurationError, match="secret"):
+        NonceIssuer(secret=secret)
+
+
+def test_a_nonce_secret_may_be_any_bytes_like_object() -> None:
+    for secret in (bytearray(b"s" * 32), memoryview(b"s" * 32)):
+        nonce = NonceIssuer(secret=secret).issue(1000)
+        assert NonceIssuer(secret=b"s" * 32).is_valid(nonce, 1000)
+
+
+def test_a_policy_nonce_that_is_no_nonce_issuer_is_refused() -> None:
+    # Was taken, then every DPoP request was a 500 (an AttributeError on issue()).
+    with pytest.raises(ConfigurationError, match="nonce"):
+        DPoPPolicy(nonce="a shared secret")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     "options",
     [

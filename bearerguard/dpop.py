@@ -608,7 +608,7 @@ def dpop_request(  # noqa: PLR0917 - one call site per middleware
         proofs: every ``DPoP`` header value.
         method: the request method.
         url_scheme: ``http`` or ``https``, as the server saw the request.
-        host: the ``Host`` header (or the server's name and port).
+        host: the ``Host`` header (or the server's name and port), as the server passes it.
         path: the full path the server received (including any root path), unescaped.
         raw_path: the same path as the client escaped it, when the server passes it on
             (ASGI ``raw_path``, WSGI ``REQUEST_URI``); used only if it unescapes to ``path``.
@@ -616,10 +616,11 @@ def dpop_request(  # noqa: PLR0917 - one call site per middleware
     return DPoPRequest(
         scheme,
         # RFC 9110 §5.5: a field's leading and trailing white space is no part of its value
-        # (uvicorn's httptools parser passes trailing white space on).
+        # (uvicorn's httptools parser and werkzeug pass trailing white space on), the Host
+        # field's included.
         tuple(value.strip(b" \t").decode("latin-1") for value in proofs),
         method,
-        policy.request_url(url_scheme, host, _escaped_path(path, raw_path)),
+        policy.request_url(url_scheme, host.strip(" \t"), _escaped_path(path, raw_path)),
     )
 
 

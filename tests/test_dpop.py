@@ -220,6 +220,15 @@ def test_htu_is_compared_after_normalisation(holder: Holder) -> None:
     assert _check(proof).thumbprint == holder.jkt
 
 
+@pytest.mark.parametrize(
+    "typ", ["dpop+jwt", "application/dpop+jwt", "DPoP+JWT", "Application/DPoP+jwt"]
+)
+def test_typ_is_compared_as_a_media_type(holder: Holder, typ: str) -> None:
+    # RFC 7515 §4.1.9: a typ without "/" is read with "application/" before it, and media
+    # types are case-insensitive (RFC 6838 §4.2), as for the access token's at+jwt.
+    assert _check(holder.proof("tok", header={"typ": typ})).thumbprint == holder.jkt
+
+
 def _private_jwk(holder: Holder) -> dict[str, Any]:
     d = holder.key.private_numbers().private_value.to_bytes(32, "big")
     return {**holder.jwk, "d": b64url(d)}
@@ -238,6 +247,9 @@ FAILURES: list[tuple[str, Callable[[Holder], str], str]] = [
     ("no-ath", lambda h: h.proof("tok", claims={"ath": None}), "ath missing"),
     ("typ-jwt", lambda h: h.proof("tok", header={"typ": "JWT"}), "typ is not"),
     ("typ-at+jwt", lambda h: h.proof("tok", header={"typ": "at+jwt"}), "typ is not"),
+    ("typ-other-prefix", lambda h: h.proof("tok", header={"typ": "text/dpop+jwt"}), "typ is not"),
+    ("typ-padded", lambda h: h.proof("tok", header={"typ": " dpop+jwt"}), "typ is not"),
+    ("typ-not-string", lambda h: h.proof("tok", header={"typ": ["dpop+jwt"]}), "typ is not"),
     ("alg-none", lambda h: h.proof("tok", header={"alg": "none"}), "strict compact JWS"),
     ("alg-hs256", lambda h: h.proof("tok", header={"alg": "HS256"}), "not accepted"),
     ("alg-not-allowed", lambda h: h.proof("tok", header={"alg": "ES384"}), "not accepted"),

@@ -50,6 +50,9 @@ _JWK_REASONS = (
     ("alg ", "its alg does not match the key type"),
     ("unusable key", "not a usable public key"),
 )
+# RFC 9449 §4.2, with or without the "application/" prefix (RFC 7515 §4.1.9), compared
+# case-insensitively as media types are (RFC 6838 §4.2).
+_PROOF_TYPES = frozenset({"dpop+jwt", "application/dpop+jwt"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -210,7 +213,7 @@ def check_proof(
         if name not in claims:
             raise _invalid(f"claim {name} missing")
     # Step 4: explicit typing.
-    if header["typ"] != "dpop+jwt":
+    if not isinstance(typ := header["typ"], str) or typ.lower() not in _PROOF_TYPES:
         raise _invalid("typ is not dpop+jwt")
     # Step 5: an allowed asymmetric algorithm (never none, never HS*).
     alg = jws.alg

@@ -27,6 +27,7 @@ from bearerguard._context import (
     current_auth,
     refusal_for,
 )
+from bearerguard._core.dpop import server_authority
 from bearerguard._core.extract import (
     bound_credentials,
     has_query_token,
@@ -287,7 +288,7 @@ def _host(scope: Scope) -> str:
         if name == b"host":
             return str(value.decode("latin-1"))
     server = scope.get("server")
-    return "" if not server else f"{server[0]}:{server[1]}"
+    return "" if not server else server_authority(server[0], server[1])
 
 
 async def _authenticate_bound(  # noqa: PLR0917 - private: the middleware's and BearerAuth's

@@ -523,11 +523,13 @@ class DPoPPolicy:
         if self.mode not in ("allowed", "required"):
             raise ConfigurationError("mode must be 'allowed' or 'required'")
         algorithms = self.algorithms
-        allowed = frozenset((algorithms,) if isinstance(algorithms, str) else algorithms)
+        try:
+            allowed = frozenset((algorithms,) if isinstance(algorithms, str) else algorithms)
+        except TypeError:  # not iterable, or an unhashable member
+            allowed = frozenset()
         if not allowed or not allowed <= ASYMMETRIC_ALGORITHMS:
-            raise ConfigurationError(
-                f"DPoP algorithms must be asymmetric JWS algorithms: {sorted(allowed)}"
-            )
+            named = sorted(map(repr, allowed))
+            raise ConfigurationError(f"DPoP algorithms must be asymmetric JWS algorithms: {named}")
         # NaN fails too: it would pass every iat as fresh and every jti as new (RFC 9449 §11.1).
         # Kept as floats: a Decimal failed every proof's iat check (float - Decimal).
         object.__setattr__(

@@ -22,6 +22,7 @@ from bearerguard._context import (
     current_auth,
     refusal_for,
 )
+from bearerguard._core.dpop import server_authority
 from bearerguard._core.extract import (
     bound_credentials,
     redact_query_token,
@@ -136,7 +137,7 @@ def _host(environ: WSGIEnvironment) -> str:
     host = environ.get("HTTP_HOST")
     if host:
         return str(host)
-    return f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
+    return server_authority(environ.get("SERVER_NAME", ""), environ.get("SERVER_PORT"))
 
 
 def _redact_query_token(environ: WSGIEnvironment) -> None:

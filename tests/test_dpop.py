@@ -28,6 +28,7 @@ from joserfc import jws as jose_jws
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from starlette.testclient import TestClient
+from werkzeug.test import EnvironBuilder
 
 from bearerguard import BearerGuard
 from bearerguard._core.dpop import (
@@ -604,6 +605,8 @@ def test_a_policy_nonce_that_is_no_nonce_issuer_is_refused() -> None:
         {"mode": "sometimes"},
         {"algorithms": ["HS256"]},
         {"algorithms": []},
+        {"algorithms": ["ES256", 1]},  # not sortable with the names: still the config error
+        {"algorithms": 7},
         {"iat_window": 0},
         {"leeway": -1},
         # NaN passes any comparison: it would switch off the iat window and replay detection.
@@ -1853,3 +1856,60 @@ async def test_a_path_no_utf_8_can_hold_is_refused_not_a_500(
         sent = await asgi_call(app, scope)
     assert sent[0]["status"] == 401
     assert [e["event"] for e in logged] == ["token.rejected"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("server", "url"),
+    [
+        (("::1", 8000), "http://[::1]:8000/me"),
+        (("127.0.0.1", 8000), "http://127.0.0.1:8000/me"),
+        (("/run/api.sock", None), "http:///run/api.sock/me"),
+    ],
+)
+async def test_without_a_host_header_the_servers_address_is_the_authority(
+    session_issuer: DevIssuer, holder: Holder, server: tuple[str, int | None], url: str
+) -> None:
+    # HTTP/1.0 sends no Host: the URL is rebuilt from the server's address, an IPv6 one in
+    # brackets (RFC 3986 §3.2.2), as a client would have written it in its proof's htu.
+    app = build_app(session_issuer.guard(in_process=True, dpop=DPoPPolicy()))
+    token = bound(session_issuer, holder)
+    scope = {
+        "type": "http",
+        "http_version": "1.0",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/me",
+        "raw_path": b"/me",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"authorization", f"DPoP {token}".encode()),
+            (b"dpop", holder.proof(token, url=url).encode()),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": server,
+    }
+    sent = await asgi_call(app, scope)
+    expected = 401 if server[1] is None else 200  # a socket path is no authority: no htu matches
+    assert sent[0]["status"] == expected
+
+
+@pytest.mark.parametrize(
+    ("server_name", "url"),
+    [("::1", "http://[::1]:8000/me"), ("api.example", "http://api.example:8000/me")],
+)
+def test_without_a_host_header_wsgi_rebuilds_the_authority_from_the_server(
+    session_issuer: DevIssuer, holder: Holder, server_name: str, url: str
+) -> None:
+    app = build_flask_app(session_issuer.guard(in_process=True, dpop=DPoPPolicy()))
+    token = bound(session_issuer, holder)
+    environ = EnvironBuilder(
+        path="/me",
+        headers={"Authorization": f"DPoP {token}", "DPoP": holder.proof(token, url=url)},
+    ).get_environ()
+    del environ["HTTP_HOST"]
+    environ.update(SERVER_NAME=server_name, SERVER_PORT="8000", SERVER_PROTOCOL="HTTP/1.0")
+    statuses: list[str] = []
+    b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    assert statuses[0].startswith("200")

@@ -34,7 +34,19 @@ __all__ = [
     "check_proof",
     "jwk_thumbprint",
     "normalize_htu",
+    "server_authority",
 ]
+
+
+def server_authority(host: object, port: object) -> str:
+    """The authority a request reached when it carried no ``Host`` header: the server's own
+    address, an IPv6 one in brackets (RFC 3986 §3.2.2), without a port when it has none (a
+    Unix socket's)."""
+    name = str(host)
+    if ":" in name and not name.startswith("["):
+        name = f"[{name}]"
+    return name if port is None or port == "" else f"{name}:{port}"
+
 
 MAX_PROOF_BYTES = 8192
 _MAX_JTI = 256

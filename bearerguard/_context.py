@@ -195,9 +195,12 @@ def refusal_for(
     """The RFC 6750 answer to ``error`` under ``guard``'s settings, for every integration.
 
     Adds ``resource_metadata`` when the guard has a resource (RFC 9728 §5.1), and ``scope``
-    as a hint to 401 challenges when the route's scopes are known.
+    as a hint to 401 challenges (RFC 6750 §3): the route's scopes when known, else the
+    resource's ``challenge_scopes`` (the MCP authorization specification's scope selection).
     """
     resource = guard.protected_resource
+    if not scope and resource is not None:
+        scope = resource.challenge_scopes
     dpop = guard.dpop
     # A refusal made after authentication says nothing of the scheme: the request's token
     # does. authenticate's own refusals carry their token, framed in the client's scheme.

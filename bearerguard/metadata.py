@@ -59,7 +59,8 @@ def _strings(values: Iterable[str], what: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class ResourceMetadata:
-    """The parts of the metadata document that the guard's own settings do not give.
+    """The parts of the metadata document that the guard's own settings do not give, and
+    the scopes its 401 challenges name.
 
     Args:
         scopes_supported: the scopes clients may request for this resource (RFC 9728 §2);
@@ -68,6 +69,13 @@ class ResourceMetadata:
             the guard's issuer by default (RFC 9728 §2).
         resource_name: a human-readable name of the resource.
         resource_documentation: an absolute http(s) URL of developer documentation.
+        challenge_scopes: the scopes a client should request first, named as ``scope`` (RFC
+            6750 §3) by every 401 challenge whose request's own scopes are not known (the
+            middlewares' own, before any route runs). The MCP authorization specification
+            asks servers for it (its scope selection strategy): clients request exactly
+            these, and step up on a 403 ``insufficient_scope``; without it they request all
+            of ``scopes_supported``. Not a member of the document, and not enforced: what
+            a route or tool needs is checked where it is declared. None by default.
     """
 
     scopes_supported: Iterable[str] = ()
@@ -76,6 +84,7 @@ class ResourceMetadata:
     resource_documentation: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     """Further members, for registered parameters not modelled here."""
+    challenge_scopes: Iterable[str] = ()
 
 
 def _http_url(value: str, what: str) -> str:
@@ -186,9 +195,19 @@ class ProtectedResource:
             name in ``resource_metadata``.
         paths: the request paths served: the path-suffixed form and the bare
             ``/.well-known/oauth-protected-resource`` that some clients try next.
+        challenge_scopes: the ``scope`` of 401 challenges that know no other (see
+            ``ResourceMetadata``); empty for none.
     """
 
-    __slots__ = ("body", "document", "metadata_url", "paths", "resource", "servers_given")
+    __slots__ = (
+        "body",
+        "challenge_scopes",
+        "document",
+        "metadata_url",
+        "paths",
+        "resource",
+        "servers_given",
+    )
 
     def __init__(self, resource: str, issuer: str, metadata: ResourceMetadata | None) -> None:
         metadata = metadata or ResourceMetadata()
@@ -198,6 +217,10 @@ class ProtectedResource:
         scopes = (supported,) if isinstance(supported, str) else tuple(supported)
         if scopes:
             validate_scope_names(scopes)
+        challenged = metadata.challenge_scopes  # one scope as a string, as scopes_supported
+        first = (challenged,) if isinstance(challenged, str) else tuple(challenged)
+        # Checked here: a name no challenge can carry would be dropped from every 401.
+        self.challenge_scopes = validate_scope_names(first) if first else ()
         document: dict[str, Any] = {
             "resource": resource,
             "authorization_servers": list(servers),

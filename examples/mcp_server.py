@@ -11,7 +11,8 @@ Environment:
     HOST/PORT  optional: where to listen (127.0.0.1:8000).
 
 What a client sees:
-    POST /mcp without a token      401, WWW-Authenticate: Bearer resource_metadata="..."
+    POST /mcp without a token      401, WWW-Authenticate: Bearer resource_metadata="...",
+                                   scope="notes:read" (the scope to ask for first)
     GET  /.well-known/oauth-protected-resource/mcp
                                    the metadata: authorization server, scopes_supported
     tools/call of a tool whose scope the token lacks
@@ -59,7 +60,10 @@ def create_guard(issuer: str, resource: str) -> BearerGuard:
         resource=resource,  # tokens must be issued for this server (aud), RFC 8707
         scope_implications=SCOPE_IMPLICATIONS,
         resource_metadata=ResourceMetadata(
-            scopes_supported=["notes:read", "notes:write"], resource_name="Notes"
+            scopes_supported=["notes:read", "notes:write"],
+            resource_name="Notes",
+            # Named in every 401: clients ask for it first, and step up to notes:write.
+            challenge_scopes=["notes:read"],
         ),
     )
 

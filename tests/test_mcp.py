@@ -119,7 +119,7 @@ def test_401_points_to_the_metadata(served: Served) -> None:
         response = httpx.post(served.url, json=INIT, headers=ACCEPT)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == (
-        f'Bearer realm="{served.resource}", resource_metadata="{metadata_url}"'
+        f'Bearer realm="{served.resource}", resource_metadata="{metadata_url}", scope="notes:read"'
     )
     assert response.json()["error"] == "unauthorized"
     assert [event["event"] for event in events] == ["token.rejected"]
@@ -229,6 +229,68 @@ def test_the_401_of_a_tool_call_without_a_token_names_the_scopes_it_needs(
     assert challenge("ping", ["/mcp"]) == f'Bearer realm="{resource}", {metadata}'
     # The middleware answers before any message is read: no scope is known to name.
     assert challenge("delete_note", []) == f'Bearer realm="{resource}", {metadata}'
+
+
+def test_every_401_names_the_scopes_to_ask_for_first(session_issuer: DevIssuer) -> None:
+    # MCP authorization (2025-11-25, 2026-07-28), scope selection strategy: a server SHOULD
+    # put in its 401 challenge the scope (RFC 6750 §3) a client is to request first; without
+    # it the SDK's client requests every scope of scopes_supported (or, with none there,
+    # every scope of the authorization server): no least privilege, no step-up.
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from bearerguard.asgi import BearerGuardMiddleware
+    from bearerguard.mcp import MCPToolScopes
+    from bearerguard.metadata import ResourceMetadata
+
+    async def ran(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ran")
+
+    resource = "http://127.0.0.1:8000/mcp"
+    metadata = ResourceMetadata(
+        scopes_supported=["notes:read", "notes:write"], challenge_scopes=["notes:read"]
+    )
+    guard = session_issuer.guard(in_process=True, resource=resource, resource_metadata=metadata)
+    inner = Starlette(routes=[Route("/mcp", ran, methods=["POST"])])
+    checked = MCPToolScopes(inner, tools={"delete_note": ["notes:write"]})
+    url = "http://127.0.0.1:8000/.well-known/oauth-protected-resource/mcp"
+    prefix = f'Bearer realm="{resource}"'
+
+    def post(body: object, public_paths: list[str], **headers: str) -> httpx.Response:
+        app = BearerGuardMiddleware(checked, guard=guard, public_paths=public_paths)
+        with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+            return client.post("/mcp", json=body, headers=headers)
+
+    tool = call("delete_note", {})
+    # The middleware's own 401s, before any message is read: the scopes to ask for first.
+    missing = post(INIT, [])
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == (
+        f'{prefix}, resource_metadata="{url}", scope="notes:read"'
+    )
+    assert post(tool, []).headers["www-authenticate"].endswith('scope="notes:read"')
+    expired = session_issuer.mint_expired(aud=resource)
+    invalid = post(INIT, [], authorization=f"Bearer {expired}")
+    assert invalid.status_code == 401
+    challenge = invalid.headers["www-authenticate"]
+    assert 'error="invalid_token"' in challenge
+    assert challenge.endswith('scope="notes:read"')
+    # Where the request's own scopes are known, they are named: the call's, else the first.
+    assert post(tool, ["/mcp"]).headers["www-authenticate"].endswith('scope="notes:write"')
+    ping = post(call("ping", {}), ["/mcp"])
+    assert ping.status_code == 401
+    assert ping.headers["www-authenticate"].endswith('scope="notes:read"')
+    # A 403 names what the call needs, not the scopes to ask for first.
+    reader = session_issuer.mint(aud=resource, scopes=["notes:read"])
+    denied = post(tool, [], authorization=f"Bearer {reader}")
+    assert denied.status_code == 403
+    assert ', scope="notes:write", ' in denied.headers["www-authenticate"]
+    assert 'scope="notes:read' not in denied.headers["www-authenticate"]
+    # The document is unchanged: challenge_scopes is no member of it.
+    assert "challenge_scopes" not in guard.protected_resource.document  # type: ignore[union-attr]
 
 
 def test_a_refused_batch_names_every_scope_its_calls_need(session_issuer: DevIssuer) -> None:

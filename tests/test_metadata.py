@@ -118,6 +118,34 @@ def test_a_single_string_is_one_scope_as_it_is_one_server() -> None:
     assert published.document["authorization_servers"] == [ISSUER]
     with pytest.raises(ConfigurationError):
         ProtectedResource("https://api.example", ISSUER, ResourceMetadata(scopes_supported="a b"))
+    first = ProtectedResource("https://api.example", ISSUER, ResourceMetadata(challenge_scopes="a"))
+    assert first.challenge_scopes == ("a",)
+    assert "challenge_scopes" not in first.document  # no member of the document
+    with pytest.raises(ConfigurationError, match="invalid scope"):
+        ProtectedResource("https://api.example", ISSUER, ResourceMetadata(challenge_scopes="a b"))
+
+
+def test_the_wsgi_middlewares_401_names_the_challenge_scopes(session_issuer: DevIssuer) -> None:
+    # MCP authorization, scope selection strategy: what a client should request first, in
+    # every 401 (RFC 6750 §3 scope), whichever middleware answers it.
+    metadata = ResourceMetadata(scopes_supported=["items:read"], challenge_scopes=["items:read"])
+    guard = session_issuer.guard(
+        in_process=True, resource="http://127.0.0.1:8000", resource_metadata=metadata
+    )
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/items",
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+    }
+    answer = io.BytesIO()
+    SimpleHandler(io.BytesIO(), answer, io.StringIO(), environ).run(build_flask_app(guard))
+    head = answer.getvalue().split(b"\r\n\r\n", 1)[0].decode()
+    assert head.startswith("HTTP/1.0 401")
+    assert 'scope="items:read"' in head
 
 
 def test_the_document_states_the_sender_constrained_tokens_the_guard_takes() -> None:

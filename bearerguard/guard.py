@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from numbers import Integral, Real
 from typing import Any, Literal, NoReturn
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.lowlevel
@@ -382,11 +383,25 @@ def _audiences(audience: str | Sequence[str] | None, resource: str | None) -> tu
     if audience is None:
         if resource is None:
             raise ConfigurationError("give the audience, or the resource (RFC 8707) as audience")
-        return (resource,)
+        return _resource_audiences(resource)
     audiences = (audience,) if isinstance(audience, str) else tuple(audience)
     if not audiences or not all(isinstance(item, str) and item for item in audiences):
         raise ConfigurationError("audience must be a non-empty string or strings")
     return audiences
+
+
+def _resource_audiences(resource: str) -> tuple[str, ...]:
+    """The ``aud`` values naming ``resource``: itself, and for one without a path, its other
+    spelling. RFC 3986 §6.2.3 makes ``https://api.example`` and ``https://api.example/`` one
+    URI (MCP takes both as a server's canonical URI), and clients that serialize the
+    metadata's ``resource`` with a URL parser (WHATWG URL's ``href``) ask for the latter
+    when it says the former. A path is kept as it is: ``/mcp/`` is not ``/mcp``."""
+    path = urlsplit(resource).path
+    if path == "":
+        return (resource, resource + "/")
+    if path == "/":
+        return (resource, resource[:-1])
+    return (resource,)
 
 
 def _protected_resource(
@@ -469,7 +484,8 @@ class BearerGuard:
             every scope check (``{"items:write": ["items:read"], "admin": ["admin:*"]}``);
             see ``ScopeImplications``.
         resource: this API's canonical resource identifier (RFC 8707 §2, RFC 9728 §1.2),
-            an https URL without query or fragment. It is the default audience, the
+            an https URL without query or fragment. It is the default audience (one
+            without a path also spelt with ``/`` as its path, RFC 3986 §6.2.3), the
             middlewares serve its protected-resource metadata (RFC 9728 §3), and every 401
             and 403 challenge carries ``resource_metadata`` (RFC 9728 §5.1).
         resource_metadata: further members of that metadata document (needs ``resource``).

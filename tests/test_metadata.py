@@ -407,6 +407,24 @@ async def test_a_token_for_another_resource_is_refused(issuer: DevIssuer) -> Non
             await guard.authenticate(issuer.mint(aud=audience))
 
 
+@pytest.mark.parametrize("resource", ["http://127.0.0.1:9", "http://127.0.0.1:9/"])
+async def test_a_resource_without_a_path_takes_its_aud_with_or_without_the_slash(
+    issuer: DevIssuer, resource: str
+) -> None:
+    # RFC 3986 §6.2.3: for http(s) an empty path is "/", one URI spelt two ways, and MCP
+    # takes both as the canonical server URI. Clients that serialize the metadata's
+    # resource with a URL parser (WHATWG URL's href: the MCP TypeScript SDK, Claude Code)
+    # ask for "http://127.0.0.1:9/" when it says "http://127.0.0.1:9", and an authorization
+    # server puts what they asked for in aud: every token of theirs was refused.
+    guard = issuer.guard(audience=None, resource=resource)
+    for aud in ("http://127.0.0.1:9", "http://127.0.0.1:9/"):
+        assert (await guard.authenticate(issuer.mint(aud=aud))).audience == (aud,)
+    assert guard.realm == resource  # as configured
+    for other in ["http://127.0.0.1:9//", "http://127.0.0.1:9/mcp", "http://127.0.0.1:90"]:
+        with pytest.raises(InvalidAudienceError):
+            await guard.authenticate(issuer.mint(aud=other))
+
+
 # -- scope implications -----------------------------------------------------------------
 
 

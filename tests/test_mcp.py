@@ -227,7 +227,8 @@ def test_the_401_of_a_tool_call_without_a_token_names_the_scopes_it_needs(
     named = challenge("delete_note", ["/mcp"])
     assert named == f'Bearer realm="{resource}", {metadata}, scope="notes:write"'
     assert challenge("ping", ["/mcp"]) == f'Bearer realm="{resource}", {metadata}'
-    # The middleware answers before any message is read: no scope is known to name.
+    # The middleware answers before any message is read: no scope is known to name (no
+    # challenge_scopes were given: see the next test).
     assert challenge("delete_note", []) == f'Bearer realm="{resource}", {metadata}'
 
 

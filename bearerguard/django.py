@@ -388,9 +388,13 @@ class BearerGuardMiddleware:
         guard = self.guard
         guard.audit.refused(error, RequestInfo(*described), perf_counter() - started)
         _redact_query_token(request)
-        response = wsgi._django_response(refusal_for(guard, error))
+        refusal = refusal_for(guard, error)
+        response = wsgi._django_response(refusal)
         if request.method == "HEAD":  # RFC 9110 §9.3.2, as the WSGI and ASGI middlewares
             response.content = b""
+            # RFC 9110 §8.6: the GET's length, which a middleware above (CommonMiddleware)
+            # would otherwise measure on the emptied content, as 0.
+            response["Content-Length"] = str(len(refusal.body))
         return response
 
     def _admit(

@@ -942,3 +942,23 @@ def test_a_refused_head_request_gets_no_content(project: BearerGuard) -> None:
     getattr(body, "close", lambda: None)()
     assert statuses == ["401 Unauthorized"]
     assert content == b""
+
+
+def test_a_refused_head_request_states_the_length_of_the_get_refusal(
+    session_issuer: DevIssuer, kind: str
+) -> None:
+    # RFC 9110 §8.6: a HEAD response's Content-Length, if any, is the GET's. CommonMiddleware
+    # above the guard measured the emptied refusal: "Content-Length: 0" for a GET of 84 bytes.
+    common = "django.middleware.common.CommonMiddleware"
+    with configured(session_issuer.guard()), override_settings(MIDDLEWARE=[common, MIDDLEWARE]):
+        for authorization in (None, "Bearer not-a-jwt"):
+            headers = {} if authorization is None else {"Authorization": authorization}
+            answers = []
+            for method in ("get", "head"):
+                client = Client() if kind == "sync" else AsyncClient()
+                answer = getattr(client, method)("/items", headers=headers)
+                answers.append(answer if kind == "sync" else asyncio.run(answer))
+            got, head = answers
+            assert head.status_code == got.status_code
+            assert head.content == b""
+            assert head["Content-Length"] == got["Content-Length"] == str(len(got.content))

@@ -198,7 +198,24 @@ def _streamed_with(response: Any, auth: RequestAuth) -> Any:
             response.streaming_content = AsyncBodyWithAuth(body, auth)
         else:
             response.streaming_content = BodyWithAuth(body, auth)
+            # Django closes the view's generator in response.close(), which the server calls
+            # when the client went away mid-stream: its clean-up reads the token there too,
+            # as behind the WSGI middleware, which closes the response with it set.
+            response.close = _closed_with(response.close, auth)
     return response
+
+
+def _closed_with(close: Callable[[], object], auth: RequestAuth) -> Callable[[], None]:
+    """``close``, run with ``current_auth`` set to ``auth`` and reset at once."""
+
+    def closed() -> None:
+        reset = current_auth.set(auth)
+        try:
+            close()
+        finally:
+            current_auth.reset(reset)
+
+    return closed
 
 
 class BearerGuardMiddleware:

@@ -89,6 +89,20 @@ async def async_streamed(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(body())
 
 
+cleaned_up: list[str | None] = []  # what the abandoned body's clean-up read, as it ran
+
+
+def abandoned(request: HttpRequest) -> StreamingHttpResponse:
+    def body() -> Iterator[bytes]:
+        try:
+            yield from (b"chunk;", b"chunk;")
+        finally:  # on close(), when the client went away before the end
+            token = get_access_token()
+            cleaned_up.append(token.subject if token else None)
+
+    return StreamingHttpResponse(body())
+
+
 verdicts: list[object] = []  # what the verdict view found, for the tests that ask
 
 
@@ -104,6 +118,7 @@ urlpatterns = [
     path("health", health),
     path("streamed", streamed),
     path("async-streamed", async_streamed),
+    path("abandoned", abandoned),
     path("health-slash/", health),
     path("items", items),
     path("async-items", async_items),
@@ -962,3 +977,33 @@ def test_a_refused_head_request_states_the_length_of_the_get_refusal(
             assert head.status_code == got.status_code
             assert head.content == b""
             assert head["Content-Length"] == got["Content-Length"] == str(len(got.content))
+
+
+def test_get_access_token_while_an_abandoned_streaming_body_is_closed(
+    session_issuer: DevIssuer,
+) -> None:
+    # A WSGI server closes the response when the client goes away mid-stream: the body's
+    # clean-up ran there with no token, where behind BearerGuardWSGIMiddleware (which closes
+    # the body with it set, as PEP 3333's close()) it read the request's.
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/abandoned",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "HTTP_HOST": "testserver",
+        "HTTP_AUTHORIZATION": bearer(session_issuer, sub="leaver"),
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": io.StringIO(),
+    }
+    cleaned_up.clear()
+    with configured(session_issuer.guard()):
+        for app in (WSGIHandler(), BearerGuardWSGIMiddleware(WSGIHandler(), guard=guard)):
+            body = app(dict(environ), lambda status, headers, exc_info=None: None)
+            assert next(iter(body)) == b"chunk;"
+            assert current_auth.get() is None
+            body.close()  # type: ignore[attr-defined] # the server's duty (PEP 3333)
+            assert current_auth.get() is None
+    assert cleaned_up == ["leaver", "leaver"]

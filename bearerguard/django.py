@@ -139,6 +139,15 @@ def _scope(request: Any) -> dict[str, Any] | None:
     return scope if isinstance(scope, dict) else None
 
 
+def _sent_as_head(request: Any) -> bool:
+    """Whether ``request`` is a HEAD request as the server frames its answer: by the method
+    it received (RFC 9110 §9.1: case-sensitive), not Django's ``request.method``, which
+    reads ``"HEAD"`` for ``head`` too."""
+    scope = _scope(request)
+    method = request.META.get("REQUEST_METHOD") if scope is None else scope.get("method")
+    return method == "HEAD"
+
+
 def _credentials_of(
     guard: BearerGuard | TrustedIssuers, request: Any, public_paths: PublicPaths
 ) -> tuple[bytes | None, Literal["bearer", "dpop"], DPoPRequest | None, bytes | None]:
@@ -407,7 +416,7 @@ class BearerGuardMiddleware:
         _redact_query_token(request)
         refusal = refusal_for(guard, error)
         response = wsgi._django_response(refusal)
-        if request.method == "HEAD":  # RFC 9110 §9.3.2, as the WSGI and ASGI middlewares
+        if _sent_as_head(request):  # RFC 9110 §9.3.2, as the WSGI and ASGI middlewares
             response.content = b""
             # RFC 9110 §8.6: the GET's length, which a middleware above (CommonMiddleware)
             # would otherwise measure on the emptied content, as 0.

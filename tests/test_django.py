@@ -1007,3 +1007,62 @@ def test_get_access_token_while_an_abandoned_streaming_body_is_closed(
             body.close()  # type: ignore[attr-defined] # the server's duty (PEP 3333)
             assert current_auth.get() is None
     assert cleaned_up == ["leaver", "leaver"]
+
+
+@pytest.mark.parametrize("handler", ["wsgi", "asgi"])
+def test_a_method_spelt_head_in_lower_case_is_no_head_request(
+    session_issuer: DevIssuer, handler: str
+) -> None:
+    # Methods are case-sensitive (RFC 9110 §9.1): the server frames an answer to "head" with
+    # its content, so the refusal keeps it, as the WSGI and ASGI middlewares keep it (Django's
+    # request.method reads "HEAD": emptied, under a Content-Length of 84, no server sent it).
+    common = "django.middleware.common.CommonMiddleware"
+    with configured(session_issuer.guard()), override_settings(MIDDLEWARE=[common, MIDDLEWARE]):
+        if handler == "wsgi":
+            environ = {
+                "REQUEST_METHOD": "head",
+                "PATH_INFO": "/items",
+                "QUERY_STRING": "",
+                "SERVER_NAME": "testserver",
+                "SERVER_PORT": "80",
+                "HTTP_HOST": "testserver",
+                "REMOTE_ADDR": "127.0.0.1",
+                "wsgi.url_scheme": "http",
+                "wsgi.input": io.BytesIO(b""),
+                "wsgi.errors": io.StringIO(),
+            }
+            seen: list[list[tuple[str, str]]] = []
+            body = WSGIHandler()(environ, lambda status, headers, exc_info=None: seen.append(headers))
+            content = b"".join(body)
+            getattr(body, "close", lambda: None)()
+            headers = dict(seen[0])
+        else:
+            from django.core.handlers.asgi import ASGIHandler
+
+            scope = {
+                "type": "http",
+                "method": "head",
+                "path": "/items",
+                "query_string": b"",
+                "headers": [(b"host", b"testserver")],
+                "client": ("127.0.0.1", 1),
+                "server": ("testserver", 80),
+                "scheme": "http",
+            }
+            sent: list[dict[str, Any]] = []
+            requests = [{"type": "http.request", "body": b""}]
+
+            async def receive() -> dict[str, Any]:
+                if requests:
+                    return requests.pop()
+                await asyncio.Event().wait()  # the client stays until answered
+                raise AssertionError  # pragma: no cover
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            asyncio.run(ASGIHandler()(scope, receive, send))
+            content = b"".join(message.get("body", b"") for message in sent[1:])
+            headers = {name.decode(): value.decode() for name, value in sent[0]["headers"]}
+    assert content.startswith(b'{"error"')
+    assert headers["Content-Length"] == str(len(content))

@@ -139,13 +139,13 @@ def _scope(request: Any) -> dict[str, Any] | None:
     return scope if isinstance(scope, dict) else None
 
 
-def _sent_as_head(request: Any) -> bool:
-    """Whether ``request`` is a HEAD request as the server frames its answer: by the method
-    it received (RFC 9110 §9.1: case-sensitive), not Django's ``request.method``, which
-    reads ``"HEAD"`` for ``head`` too."""
+def _received_method(request: Any) -> str:
+    """The method of ``request`` as the server received it, and frames the answer by (RFC
+    9110 §9.1: case-sensitive), as the WSGI and ASGI middlewares read it; Django's
+    ``request.method`` is upper-cased (``"HEAD"`` for ``head``)."""
     scope = _scope(request)
     method = request.META.get("REQUEST_METHOD") if scope is None else scope.get("method")
-    return method == "HEAD"
+    return str(method)
 
 
 def _credentials_of(
@@ -342,7 +342,7 @@ class BearerGuardMiddleware:
         if resource is None or request.path_info not in resource.paths:
             return None
         _redact_query_token(request)  # served without a token check: nothing to log
-        status, headers, body = resource.response(request.method)
+        status, headers, body = resource.response(_received_method(request))
         response = HttpResponse(body, status=status)
         for name, value in headers:
             response[name] = value
@@ -416,7 +416,7 @@ class BearerGuardMiddleware:
         _redact_query_token(request)
         refusal = refusal_for(guard, error)
         response = wsgi._django_response(refusal)
-        if _sent_as_head(request):  # RFC 9110 §9.3.2, as the WSGI and ASGI middlewares
+        if _received_method(request) == "HEAD":  # RFC 9110 §9.3.2, as WSGI and ASGI
             response.content = b""
             # RFC 9110 §8.6: the GET's length, which a middleware above (CommonMiddleware)
             # would otherwise measure on the emptied content, as 0.

@@ -1010,18 +1010,24 @@ def test_get_access_token_while_an_abandoned_streaming_body_is_closed(
 
 
 @pytest.mark.parametrize("handler", ["wsgi", "asgi"])
+@pytest.mark.parametrize(
+    ("path", "status"), [("/items", 401), ("/.well-known/oauth-protected-resource", 405)]
+)
 def test_a_method_spelt_head_in_lower_case_is_no_head_request(
-    session_issuer: DevIssuer, handler: str
+    session_issuer: DevIssuer, handler: str, path: str, status: int
 ) -> None:
     # Methods are case-sensitive (RFC 9110 §9.1): the server frames an answer to "head" with
-    # its content, so the refusal keeps it, as the WSGI and ASGI middlewares keep it (Django's
-    # request.method reads "HEAD": emptied, under a Content-Length of 84, no server sent it).
+    # its content. Django's request.method reads "HEAD": the refusal was emptied (under a
+    # Content-Length of 84 that no server sent) and the metadata document too; they are
+    # answered as by the WSGI and ASGI middlewares, the refusal with its body, the metadata
+    # 405 (only GET, HEAD and OPTIONS are served).
     common = "django.middleware.common.CommonMiddleware"
-    with configured(session_issuer.guard()), override_settings(MIDDLEWARE=[common, MIDDLEWARE]):
+    the_guard = session_issuer.guard(resource="https://api.example")
+    with configured(the_guard), override_settings(MIDDLEWARE=[common, MIDDLEWARE]):
         if handler == "wsgi":
             environ = {
                 "REQUEST_METHOD": "head",
-                "PATH_INFO": "/items",
+                "PATH_INFO": path,
                 "QUERY_STRING": "",
                 "SERVER_NAME": "testserver",
                 "SERVER_PORT": "80",
@@ -1031,18 +1037,18 @@ def test_a_method_spelt_head_in_lower_case_is_no_head_request(
                 "wsgi.input": io.BytesIO(b""),
                 "wsgi.errors": io.StringIO(),
             }
-            seen: list[list[tuple[str, str]]] = []
-            body = WSGIHandler()(environ, lambda status, headers, exc_info=None: seen.append(headers))
+            seen: list[tuple[str, list[tuple[str, str]]]] = []
+            body = WSGIHandler()(environ, lambda *answer: seen.append(answer[:2]))
             content = b"".join(body)
             getattr(body, "close", lambda: None)()
-            headers = dict(seen[0])
+            answered, headers = int(seen[0][0][:3]), dict(seen[0][1])
         else:
             from django.core.handlers.asgi import ASGIHandler
 
             scope = {
                 "type": "http",
                 "method": "head",
-                "path": "/items",
+                "path": path,
                 "query_string": b"",
                 "headers": [(b"host", b"testserver")],
                 "client": ("127.0.0.1", 1),
@@ -1063,6 +1069,10 @@ def test_a_method_spelt_head_in_lower_case_is_no_head_request(
 
             asyncio.run(ASGIHandler()(scope, receive, send))
             content = b"".join(message.get("body", b"") for message in sent[1:])
+            answered = sent[0]["status"]
             headers = {name.decode(): value.decode() for name, value in sent[0]["headers"]}
-    assert content.startswith(b'{"error"')
-    assert headers["Content-Length"] == str(len(content))
+    assert answered == status
+    assert content.startswith(b'{"error"') == (status == 401)
+    assert {name.lower(): value for name, value in headers.items()}["content-length"] == str(
+        len(content)
+    )

@@ -20,7 +20,6 @@ import base64
 import hashlib
 import json
 import logging
-import math
 import secrets
 import ssl
 import threading
@@ -43,7 +42,7 @@ from bearerguard._core.introspected import (
     parse_introspection_response,
 )
 from bearerguard._core.scopes import split_scope
-from bearerguard._core.times import check_count
+from bearerguard._core.times import check_count, check_seconds
 from bearerguard._fork import reset_after_fork
 from bearerguard.errors import ConfigurationError, ServiceUnavailableError
 from bearerguard.jwks import check_url, client_options, deadline_client
@@ -297,31 +296,32 @@ class Introspector:
             raise ConfigurationError("client_secret must be a non-empty string (RFC 7662 §2.1)")
         if auth_method not in _AUTH_METHODS:
             raise ConfigurationError(f"auth_method must be one of {_AUTH_METHODS}")
-        # NaN fails these comparisons too: a NaN timeout fails every exchange with a
-        # ValueError (a 500), an infinite one never fails closed, an infinite TTL never asks
-        # again (a revocation is never seen). Past TIMEOUT_MAX, the longest a thread can
-        # wait, every exchange raised OverflowError (a 500).
-        if not 0 < timeout <= threading.TIMEOUT_MAX:
+        # A NaN timeout fails every exchange with a ValueError (a 500), an infinite one
+        # never fails closed, an infinite TTL never asks again (a revocation is never seen);
+        # True is no duration. Past TIMEOUT_MAX, the longest a thread can wait, every
+        # exchange raised OverflowError (a 500).
+        timeout = check_seconds("timeout", timeout, positive=True)
+        if timeout > threading.TIMEOUT_MAX:
             raise ConfigurationError("timeout must be positive seconds")
         # A NaN or infinite max_bytes read answers of any size; an infinite cache grew forever.
         max_bytes = check_count("max_bytes", max_bytes, least=256)
         cache_size = check_count("cache_size", cache_size, least=0)
-        if not (0 <= active_ttl < math.inf and 0 <= inactive_ttl < math.inf):
-            raise ConfigurationError("active_ttl and inactive_ttl must be finite, not negative")
+        active_ttl = check_seconds("active_ttl", active_ttl)
+        inactive_ttl = check_seconds("inactive_ttl", inactive_ttl)
         if type(max_concurrent) is not int or max_concurrent < 1:
             raise ConfigurationError("max_concurrent must be a positive integer")
-        if not 0 < health_interval < math.inf:  # 0 would let readiness polls through unbounded
-            raise ConfigurationError("health_interval must be positive and finite")
+        # 0 would let readiness polls through unbounded.
+        health_interval = check_seconds("health_interval", health_interval, positive=True)
         if not callable(clock):  # called once an answer comes: a TypeError then is a 500
             raise ConfigurationError("clock must be a callable returning epoch seconds")
         self.client_id = client_id
         self.auth_method = auth_method
-        self.timeout = float(timeout)
+        self.timeout = timeout
         self.max_bytes = max_bytes
-        self.active_ttl = float(active_ttl)
-        self.inactive_ttl = float(inactive_ttl)
+        self.active_ttl = active_ttl
+        self.inactive_ttl = inactive_ttl
         self.max_concurrent = max_concurrent
-        self.health_interval = float(health_interval)
+        self.health_interval = health_interval
         self.clock = clock
         # Whether the last probe by health() was answered as it should be (none yet: no).
         self.healthy = False

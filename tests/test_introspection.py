@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus
@@ -705,6 +706,12 @@ def test_a_guard_answers_503_past_the_limit(issuer: DevIssuer, server: Introspec
         ("https://as.example/introspect", {"health_interval": float("nan")}),
         ("https://as.example/introspect", {"health_interval": float("inf")}),
         ("https://as.example/introspect", {"clock": 1700000000.0}),
+        # Booleans are no durations, and a string or None was a TypeError, not this error.
+        *[
+            ("https://as.example/introspect", {name: bad})
+            for name in ("timeout", "active_ttl", "inactive_ttl", "health_interval")
+            for bad in (True, "30", None, Decimal("NaN"))
+        ],
         # URLs httpx refuses on every request: refused here, not a 500 per opaque token.
         ("http://127.0.0.1:8000/introspect\x7f", {}),
         ("https://as\x00.example/introspect", {}),

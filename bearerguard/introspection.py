@@ -336,10 +336,10 @@ class Introspector:
             self._headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         # Active and inactive answers apart: a flood of junk tokens (each answered inactive)
         # evicts other junk, never the answers about real users' tokens.
-        self._cache: LRUCache[bytes, tuple[IntrospectionResult, float]] | None = (
+        self._cache: LRUCache[bytes, tuple[IntrospectionResult, float, float]] | None = (
             LRUCache(maxsize=cache_size) if cache_size > 0 else None
         )
-        self._inactive: LRUCache[bytes, tuple[IntrospectionResult, float]] | None = (
+        self._inactive: LRUCache[bytes, tuple[IntrospectionResult, float, float]] | None = (
             LRUCache(maxsize=cache_size) if cache_size > 0 else None
         )
         self._lock = threading.Lock()
@@ -604,7 +604,9 @@ class Introspector:
                 entry = cache.get(digest)
                 if entry is None:
                     continue
-                if self.clock() < entry[1]:
+                # Held from when it came until its lapse: a clock stepped back (before it
+                # came) would otherwise stretch its lifetime past the configured TTL.
+                if entry[1] <= self.clock() < entry[2]:
                     return entry[0]
                 del cache[digest]
         return None
@@ -628,7 +630,7 @@ class Introspector:
             # ended earlier, on another thread or event loop) must not outlive it.
             other.pop(digest, None)
             if until > now:
-                cache[digest] = (result, until)
+                cache[digest] = (result, now, until)
 
     def _client_options(self) -> dict[str, Any]:
         # A short-lived client per exchange, bound to no event loop (as in jwks.py).

@@ -406,6 +406,29 @@ def test_inactive_answers_are_cached_for_inactive_ttl(
     assert server.calls == 2
 
 
+@pytest.mark.anyio
+async def test_a_clock_stepped_back_does_not_stretch_a_cached_answer(
+    server: IntrospectionServer, clock: Clock
+) -> None:
+    # An answer was held until a wall-clock instant alone: a clock stepped back an hour (an
+    # NTP correction) reused an "active" answer for an hour past active_ttl, a revocation
+    # at the authorization server unseen all that time.
+    server.activate("opaque", exp=int(clock.now) + 7200)
+    introspector = server.introspector(active_ttl=30, inactive_ttl=60, clock=clock)
+    assert (await introspector.introspect("opaque")).active
+    server.deactivate("opaque")
+    clock.advance(-3600)
+    assert not (await introspector.introspect("opaque")).active
+    assert server.calls == 2
+    server.activate("opaque", exp=int(clock.now) + 7200)
+    clock.advance(-3600)  # the inactive answer is not stretched either
+    assert introspector.introspect_sync("opaque").active
+    assert server.calls == 3
+    clock.advance(29)  # time running forward again: the answer is reused as before
+    assert introspector.introspect_sync("opaque").active
+    assert server.calls == 3
+
+
 def test_cache_is_bounded_and_keyed_by_hash(server: IntrospectionServer, clock: Clock) -> None:
     for name in ("a", "b", "c"):
         server.activate(f"token-{name}")

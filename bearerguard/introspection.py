@@ -265,10 +265,11 @@ class Introspector:
     Raises:
         ConfigurationError: an unusable endpoint, credentials or limit.
 
-    Answers are parsed strictly (RFC 7662 §2.2): a JSON object whose ``active`` is a JSON
-    boolean, with typed members (see ``parse_introspection_response``). Any failure (network,
-    timeout, a status other than 200, a body too large or not such JSON) raises
-    ``IntrospectionError`` and is not cached.
+    Answers are parsed strictly (RFC 7662 §2.2): a JSON object, active only when its
+    ``active`` is JSON ``true`` (anything else is an inactive answer), with typed members
+    (see ``parse_introspection_response``). Any failure (network, timeout, a status other
+    than 200, a body too large or not such JSON) raises ``IntrospectionError`` and is not
+    cached.
     """
 
     name = "introspection"
@@ -465,7 +466,7 @@ class Introspector:
         """Probe the endpoint, at most once per ``health_interval``, for readiness checks.
 
         The probe asks about a random token, never a real one, and bypasses the cache: the
-        endpoint is healthy when it answers RFC 7662 JSON saying ``active: false``. Within
+        endpoint is healthy when it answers RFC 7662 JSON not saying ``active: true``. Within
         the interval (or while another probe is under way) the last outcome is reported.
         """
         token = self._probe_due()

@@ -302,10 +302,6 @@ GARBAGE = {
     "html content type": Fault(body=b'{"active": true}', content_type="text/html"),
     "array": Fault(body=b'[{"active": true}]'),
     "string": Fault(body=b'"active"'),
-    "active missing": Fault(body=b'{"scope": "items:read"}'),
-    "active as string": Fault(body=b'{"active": "true"}'),
-    "active as number": Fault(body=b'{"active": 1}'),
-    "active null": Fault(body=b'{"active": null}'),
     "duplicate active": Fault(body=b'{"active": false, "active": true}'),
     "scope as list": Fault(body=b'{"active": true, "scope": ["items:read"]}'),
     "exp as string": Fault(body=b'{"active": true, "exp": "9999999999"}'),
@@ -346,8 +342,41 @@ async def test_garbage_answers_fail_closed(server: IntrospectionServer, name: st
     assert server.calls == 2
 
 
+NOT_TRUE = {
+    "active missing": b'{"scope": "items:read", "exp": 9999999999}',
+    "active as string": b'{"active": "true", "exp": 9999999999}',
+    "active as number": b'{"active": 1}',
+    "active null": b'{"active": null}',
+    "active as list": b'{"active": [true]}',
+    "false as string": b'{"active": "false"}',
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", list(NOT_TRUE))
+async def test_an_answer_whose_active_is_not_json_true_is_inactive(
+    issuer: DevIssuer, server: IntrospectionServer, name: str
+) -> None:
+    # RFC 7662 §2.2: only "active": true says a token is active; anything else is an answer
+    # that it is not. Taken for a failure instead, a guard with revocation_failure="allow"
+    # let a JWT through that its authorization server had just said was not active.
+    server.fault = Fault(body=NOT_TRUE[name])
+    introspector = server.introspector(cache_size=0)
+    assert (await introspector.introspect("opaque")).claims == {"active": False}
+    assert introspector.introspect_sync("opaque").claims == {"active": False}
+    store = IntrospectionRevocationStore(introspector)
+    lenient = issuer.guard(audience=AUDIENCE, revocation=store, revocation_failure="allow")
+    token = issuer.mint(aud=AUDIENCE)
+    with pytest.raises(RevokedTokenError):
+        await lenient.authenticate(token)
+    with pytest.raises(RevokedTokenError):
+        lenient.authenticate_sync(token)
+    with pytest.raises(InactiveTokenError):  # an opaque token: 401, not 503
+        opaque_guard(issuer, server).authenticate_sync("opaque")
+
+
 def test_errors_never_carry_the_token(server: IntrospectionServer) -> None:
-    server.fault = GARBAGE["active as string"]
+    server.fault = GARBAGE["exp as string"]
     with pytest.raises(IntrospectionError) as caught:
         server.introspector().introspect_sync("very-secret-token-value")
     assert "very-secret-token-value" not in str(caught.value)
@@ -769,15 +798,15 @@ def test_guard_and_store_check_their_arguments(session_issuer: DevIssuer) -> Non
 def test_parsing_reduces_inactive_answers() -> None:
     body = b'{"active": false, "sub": 1, "exp": "never"}'
     assert parse_introspection_response(body) == {"active": False}
+    for body in (b"{}", b'{"active": "true", "sub": 1}', b'{"active": 1}', b'{"active": null}'):
+        assert parse_introspection_response(body) == {"active": False}
 
 
 @pytest.mark.parametrize(
     "body",
     [
-        b"{}",
         b"[]",
         b"null",
-        b'{"active": "false"}',
         b'{"active": true, "iat": -1}',
         b"\xff",
         b'{"active": true, "sub": "\\ud800"}',  # no UTF-8 can carry it (RFC 8259 8.2)

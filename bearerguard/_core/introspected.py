@@ -91,12 +91,13 @@ def _numeric_date(value: Any, name: str) -> None:
 def parse_introspection_response(body: bytes) -> dict[str, Any]:
     """Parse an introspection response body strictly (RFC 7662 §2.2).
 
-    The body must be a UTF-8 JSON object without duplicate members whose ``active`` is a
-    JSON boolean. For an active token, ``scope``, ``client_id``, ``username``,
-    ``token_type``, ``sub``, ``iss`` and ``jti`` must be strings when present, ``exp``,
-    ``iat`` and ``nbf`` NumericDates, and ``aud`` a string or a non-empty array of strings.
-    An inactive answer is reduced to ``{"active": False}``: RFC 7662 §2.2 gives its other
-    members no meaning.
+    The body must be a UTF-8 JSON object without duplicate members. Only ``"active": true``
+    says the token is active; any other ``active`` (``false``, missing, a string, a number,
+    ``null``) is an inactive answer, reduced to ``{"active": False}``: RFC 7662 §2.2 gives
+    its other members no meaning. For an active token, ``scope``, ``client_id``,
+    ``username``, ``token_type``, ``sub``, ``iss`` and ``jti`` must be strings when present,
+    ``exp``, ``iat`` and ``nbf`` NumericDates, and ``aud`` a string or a non-empty array of
+    strings.
 
     Raises:
         IntrospectionResponseError: anything else.
@@ -114,10 +115,9 @@ def parse_introspection_response(body: bytes) -> dict[str, Any]:
         raise IntrospectionResponseError("the body is not UTF-8 JSON")
     if not isinstance(value, dict):
         raise IntrospectionResponseError("the body is not a JSON object")
-    active = value.get("active")
-    if not isinstance(active, bool):
-        raise IntrospectionResponseError("'active' is missing or not a JSON boolean")
-    if not active:
+    # RFC 7662 §2.2: anything but JSON true is not active. Read as a failure instead, a
+    # guard with revocation_failure="allow" let a token through on {"active": "false"}.
+    if value.get("active") is not True:
         return {"active": False}
     for name in _STRING_MEMBERS:
         if name in value and not isinstance(value[name], str):

@@ -571,9 +571,12 @@ class Introspector:
         cached = self._cached(digest)
         if cached is not None:
             return cached
+        # The answer is as of some instant after this one: its TTL counts from here, or a
+        # long exchange would stretch it (a revocation meanwhile unseen past active_ttl).
+        asked = self.clock()
         response = yield self._request(token)
         result = self._result(response)
-        self._remember(digest, result)
+        self._remember(digest, result, asked)
         return result
 
     def _request(self, token: str) -> _Request:
@@ -605,14 +608,15 @@ class Introspector:
                 entry = cache.get(digest)
                 if entry is None:
                     continue
-                # Held from when it came until its lapse: a clock stepped back (before it
-                # came) would otherwise stretch its lifetime past the configured TTL.
+                # Held from when it was asked for until its lapse: a clock stepped back
+                # (before then) would otherwise stretch its lifetime past the configured TTL.
                 if entry[1] <= self.clock() < entry[2]:
                     return entry[0]
                 del cache[digest]
         return None
 
-    def _remember(self, digest: bytes, result: IntrospectionResult) -> None:
+    def _remember(self, digest: bytes, result: IntrospectionResult, asked: float) -> None:
+        """Cache ``result``, an answer to a question asked at ``asked`` (clock seconds)."""
         cache, other = (
             (self._cache, self._inactive) if result.active else (self._inactive, self._cache)
         )
@@ -620,18 +624,18 @@ class Introspector:
             return
         now = self.clock()
         if result.active:
-            until = now + self.active_ttl
+            until = asked + self.active_ttl
             exp = result.expires_at
             if exp is not None:
                 until = min(until, exp)  # RFC 7662 §4: never past the token's expiry
         else:
-            until = now + self.inactive_ttl
+            until = asked + self.inactive_ttl
         with self._lock:
             # The latest answer alone: an older one of the other kind (an exchange that
             # ended earlier, on another thread or event loop) must not outlive it.
             other.pop(digest, None)
             if until > now:
-                cache[digest] = (result, now, until)
+                cache[digest] = (result, asked, until)
 
     def _client_options(self) -> dict[str, Any]:
         # A short-lived client per exchange, bound to no event loop (as in jwks.py).

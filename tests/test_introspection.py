@@ -16,7 +16,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -94,6 +94,8 @@ class IntrospectionServer:
         self.tokens: dict[str, dict[str, Any]] = {}
         self.fault: Fault | None = None
         self.seen: list[Seen] = []
+        self.answering: Callable[[], object] | None = None
+        """Called before each answer is sent: what passes while the exchange is under way."""
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._serving = _ServingThread(self._server)
@@ -165,6 +167,8 @@ class IntrospectionServer:
                     server.seen.append(Seen(form, headers, client))
                     fault = server.fault
                     answer = server.tokens.get(form.get("token", [""])[0], {"active": False})
+                if server.answering is not None:
+                    server.answering()
                 if fault is not None:
                     self._send(fault.status, fault.body, fault.content_type, fault.headers)
                 elif self.path != "/introspect":
@@ -402,6 +406,27 @@ async def test_active_answers_are_cached_for_active_ttl(
     server.deactivate("opaque")
     clock.advance(1)  # active_ttl has passed: ask again
     assert not (await introspector.introspect("opaque")).active
+    assert server.calls == 2
+
+
+@pytest.mark.anyio
+async def test_active_ttl_counts_from_when_the_question_was_asked(
+    server: IntrospectionServer, clock: Clock
+) -> None:
+    # The authorization server answers as of when it is asked: counted from when the answer
+    # came, active_ttl was stretched by the exchange's length, and a revocation made just
+    # after the question went unseen for longer than active_ttl (docs/revocation.md).
+    server.activate("opaque", exp=int(clock.now) + 3600)
+    introspector = server.introspector(active_ttl=30, clock=clock)
+    server.answering = lambda: clock.advance(4)  # an exchange that takes 4 s
+    assert (await introspector.introspect("opaque")).active
+    server.answering = None
+    server.deactivate("opaque")
+    clock.advance(25)  # 29 s since the question: reused
+    assert introspector.introspect_sync("opaque").active
+    assert server.calls == 1
+    clock.advance(1)  # 30 s since the question: asked again
+    assert not introspector.introspect_sync("opaque").active
     assert server.calls == 2
 
 
@@ -1284,6 +1309,6 @@ def test_the_latest_answer_replaces_an_older_one_of_the_other_kind(
     introspector = server.introspector(clock=clock)
     assert introspector.introspect_sync("revoked-soon").active
     inactive = IntrospectionResult(False, {"active": False})
-    introspector._remember(_digest("revoked-soon"), inactive)
+    introspector._remember(_digest("revoked-soon"), inactive, clock.now)
     assert not introspector.introspect_sync("revoked-soon").active
     assert server.calls == 1

@@ -631,8 +631,14 @@ class Introspector:
         else:
             until = asked + self.inactive_ttl
         with self._lock:
-            # The latest answer alone: an older one of the other kind (an exchange that
-            # ended earlier, on another thread or event loop) must not outlive it.
+            # The answer to the latest question alone. Threads and event loops each run
+            # their own exchange: one asked later and answered first stands (an "active"
+            # from before a revocation must not replace the "inactive" since), and an older
+            # answer of the other kind must not outlive this one.
+            for held in (cache, other):
+                entry = held.get(digest)
+                if entry is not None and entry[1] > asked:
+                    return
             other.pop(digest, None)
             if until > now:
                 cache[digest] = (result, asked, until)

@@ -1297,6 +1297,40 @@ def test_exports_are_sorted_and_resolve(name: str) -> None:
     assert all(hasattr(module, item) for item in exported)
 
 
+@pytest.mark.anyio
+async def test_an_answer_to_an_older_question_does_not_replace_a_newer_one(
+    server: IntrospectionServer, clock: Clock
+) -> None:
+    # Threads and event loops each run their own exchange about one token. One asked before
+    # the revocation and answered after another that asked since: its "active" replaced the
+    # newer "inactive", and the revoked token was accepted for active_ttl more.
+    server.activate("revoked-meanwhile")
+    introspector = server.introspector(clock=clock)
+    asked, release = threading.Event(), threading.Event()
+
+    def stall() -> None:
+        server.answering = None
+        asked.set()
+        release.wait(10)
+
+    server.answering = stall
+    early: list[bool] = []
+    thread = threading.Thread(
+        target=lambda: early.append(introspector.introspect_sync("revoked-meanwhile").active)
+    )
+    thread.start()
+    assert asked.wait(10)  # the server has read its answer ("active") and holds it
+    server.deactivate("revoked-meanwhile")
+    clock.advance(1)
+    assert not (await introspector.introspect("revoked-meanwhile")).active
+    release.set()
+    thread.join()
+    assert early == [True]
+    assert not (await introspector.introspect("revoked-meanwhile")).active
+    assert not introspector.introspect_sync("revoked-meanwhile").active
+    assert server.calls == 2
+
+
 def test_the_latest_answer_replaces_an_older_one_of_the_other_kind(
     server: IntrospectionServer, clock: Clock
 ) -> None:

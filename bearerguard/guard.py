@@ -1,6 +1,6 @@
 """``BearerGuard``: the one verification flow, shared by every integration.
 
-The flow for a token: a cache lookup by a hash of the token; on a miss, strict JWS parsing,
+The flow for a token: a cache lookup by a hash of the token's end; on a miss, strict JWS parsing,
 key selection (fetching the JWK Set only when the cache says so), signature verification,
 claim validation; then, hit or miss, the revocation check. Everything but the key fetch and
 the revocation store is synchronous, sans-I/O code from ``bearerguard._core``.
@@ -196,11 +196,13 @@ class Verified:
 
 
 _cache_key = hash
-"""The verification cache's key for a token's bytes: Python's hash of them, SipHash-1-3 under
-a key drawn at random per process (PEP 456): 0.17 µs for a typical token against SHA-256's
-0.77 µs, whose fixed set-up alone costs more than the whole of it. Not collision resistant
-where ``PYTHONHASHSEED`` is fixed, nor needed to be: a lookup compares the whole token, so a
-collision is only a miss (and two verified tokens colliding, one evicting the other)."""
+"""The verification cache's key, applied to a token's last 32 bytes (``credentials[-32:]``,
+its signature's end): Python's hash of them, SipHash-1-3 under a key drawn at random per
+process (PEP 456). Only a key: a lookup compares the whole token, so a collision, chosen or
+not, is only a miss, and only verified tokens are inserted, whose signatures' ends nobody
+else chooses. The tail, not the whole token: 0.17 µs for the slice, hash and lookup against
+0.44 µs with the whole token (0.77 µs for SHA-256 alone, whose fixed set-up costs more than
+hashing)."""
 
 
 def _credentials(token: str | bytes) -> bytes:
@@ -694,7 +696,7 @@ class BearerGuard:
         )
         # A plain dict, oldest entry evicted first: a lookup costs a fraction of an LRU's, and
         # single dict operations stay safe under WSGI threads without a lock. Keyed by a hash
-        # of the token (_cache_key), each match confirmed by comparing the whole token.
+        # of the token's end (_cache_key), each match confirmed by comparing the whole token.
         self._cache: dict[int, Verified] | None = {} if cache_size > 0 else None
         self._cache_size = cache_size
         # What reused() looks in: no cache when a reuse may need I/O (the store has no
@@ -765,7 +767,7 @@ class BearerGuard:
         cache = self._reuse_cache
         if cache is None:
             return None
-        entry = cache.get(_cache_key(credentials))
+        entry = cache.get(_cache_key(credentials[-32:]))
         if entry is None or entry.credentials != credentials:
             return None
         now = self.clock()
@@ -1026,7 +1028,7 @@ class BearerGuard:
         cache = self._cache
         if cache is None:
             return None
-        key = _cache_key(credentials)
+        key = _cache_key(credentials[-32:])
         entry = cache.get(key)
         if entry is None or entry.credentials != credentials:
             return None
@@ -1101,7 +1103,7 @@ class BearerGuard:
         if cache is not None:
             if len(cache) >= self._cache_size:
                 _make_room(cache, self._cache_size)
-            cache[_cache_key(credentials)] = verified
+            cache[_cache_key(credentials[-32:])] = verified
         return verified
 
     def _introspected(self, answer: Mapping[str, Any], token: str) -> AccessToken:

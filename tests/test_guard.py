@@ -365,6 +365,25 @@ async def test_a_cache_key_collision_is_only_a_miss(
     assert (await guard.authenticate(bob)).subject == "bob"
 
 
+async def test_a_token_ending_as_a_cached_one_is_verified_on_its_own(
+    session_issuer: DevIssuer,
+) -> None:
+    # The cache is keyed by the token's last 32 bytes (its signature's end): a forgery that
+    # keeps a cached token's signature has its key, and is still compared in full, verified
+    # and refused, leaving the cached token in place.
+    guard = session_issuer.guard()
+    ana, bob = session_issuer.mint(sub="ana"), session_issuer.mint(sub="bob")
+    assert (await guard.authenticate(ana)).subject == "ana"
+    forged = bob.rsplit(".", 1)[0] + "." + ana.rsplit(".", 1)[1]
+    assert forged[-32:] == ana[-32:]
+    assert guard.reused(forged.encode()) is None
+    with pytest.raises(BadSignatureError):
+        await guard.authenticate(forged)
+    entry = guard.reused(ana.encode())
+    assert entry is not None
+    assert entry.token.subject == "ana"
+
+
 def _respelled(token: str, how: str) -> str:
     header, payload, signature = token.split(".")
     return {

@@ -220,6 +220,15 @@ def _websocket_credentials(
     return [b"Bearer " + found[0]], query
 
 
+def _authorization(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+    """Every ``Authorization`` value of an ASGI header list, as bytes.
+
+    ASGI says bytes; a ``bytearray`` or ``memoryview`` value, which Starlette reads as well,
+    is read as the bytes it holds (the extraction rules and the cache need ``bytes``).
+    """
+    return [bytes(value) for name, value in headers if name == b"authorization"]
+
+
 def _query_string(scope: Scope) -> bytes:
     """The scope's query string as bytes, which the extraction rules read.
 
@@ -445,7 +454,13 @@ class BearerGuardMiddleware:
                         ids_repeated = True
             if ids_repeated:
                 request_id = joined_request_ids(scope["headers"])
-            if credentials is not None and not repeated and credentials[:7] == b"Bearer ":
+            # Bytes only: a bytes-like value (see _authorization) is no key to look up.
+            if (
+                credentials is not None
+                and not repeated
+                and credentials[:7] == b"Bearer "
+                and credentials.__class__ is bytes
+            ):
                 query = scope.get("query_string")
                 # A percent-encoded name may decode to access_token, and a query given as text
                 # (see _query_string) is no bytes to search: the general path decides.
@@ -499,7 +514,7 @@ class BearerGuardMiddleware:
                     # would turn it into a 500 before the outer middleware saw it.
                     await self._send_refusal(scope, send, refused.refusal, refused.error)
                 return
-            authorization = [value for name, value in scope["headers"] if name == b"authorization"]
+            authorization = _authorization(scope["headers"])
             request_id = joined_request_ids(scope["headers"]) or None  # read again, as above
             query = _query_string(scope)
             request = _describe(scope, request_id)

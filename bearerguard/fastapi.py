@@ -84,6 +84,7 @@ from bearerguard._core.scopes import validate_scope_names
 from bearerguard.asgi import (
     BearerGuardMiddleware,
     _authenticate_bound,
+    _authorization,
     _query_string,
     _redact_query_token,
     _serve_metadata,
@@ -530,7 +531,7 @@ class BearerAuth(SecurityBase):
             return found, current_auth.set(found)
         guard = self.guard
         started = perf_counter()
-        authorization = [value for name, value in scope["headers"] if name == b"authorization"]
+        authorization = _authorization(scope["headers"])
         info = _describe(scope)
         binding = "bearer"
         try:

@@ -440,3 +440,33 @@ async def test_a_reused_token_records_the_request_as_a_fresh_one(
             assert reused.token == fresh.token
         else:
             assert getattr(reused, name) == getattr(fresh, name), name
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+async def test_a_bytes_like_authorization_value_is_read_as_its_bytes(
+    session_issuer: DevIssuer, kind: type[bytearray | memoryview]
+) -> None:
+    # ASGI says bytes, yet Starlette reads any bytes-like header value (it only decodes it).
+    # A bytearray or memoryview one raised on first sight (no rstrip, or unhashable) and a
+    # bytearray one on the cache-hit lookup: a 500 where the token's answer was due. Read
+    # as its bytes: verified, then reused; and refused as bytes are.
+    app = app_for(session_issuer.guard())
+    token = session_issuer.mint(sub="ana").encode()
+    for credentials, status, event in [
+        (token, 200, "token.accepted"),
+        (token, 200, "token.accepted"),
+        (token + b"!", 400, "token.rejected"),
+    ]:
+        scope: dict[str, Any] = {
+            "type": "http",
+            "method": "GET",
+            "path": "/me",
+            "raw_path": b"/me",
+            "query_string": b"",
+            "headers": [(b"host", b"api.test"), (b"authorization", kind(b"Bearer " + credentials))],
+            "client": ("127.0.0.1", 1234),
+        }
+        with structlog.testing.capture_logs() as events:
+            sent = await asgi_call(app, scope)
+        assert sent[0]["status"] == status
+        assert [each["event"] for each in events] == [event]

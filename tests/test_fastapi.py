@@ -227,6 +227,41 @@ async def test_a_text_query_string_is_answered_not_a_500(
     ]
 
 
+async def test_a_bytearray_authorization_value_is_answered_not_a_500(
+    guard: BearerGuard, session_issuer: DevIssuer, middleware: bool
+) -> None:
+    # ASGI says bytes; Starlette reads a bytearray value too. BearerAuth (and the
+    # middleware) called bytes methods on it: AttributeError, a 500.
+    from tests.helpers import asgi_call
+
+    app = build_api(guard, middleware=middleware)
+    token = session_issuer.mint(sub="erin")
+    for credentials, status in [(token, 200), (token + "!", 400)]:
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/me",
+            "raw_path": b"/me",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [
+                (b"host", b"testserver"),
+                (b"authorization", bytearray(f"Bearer {credentials}".encode())),
+            ],
+            "client": ("127.0.0.1", 1234),
+            "server": ("testserver", 80),
+        }
+        with capture_logs() as events:
+            sent = await asgi_call(app, scope)
+        assert sent[0]["status"] == status
+        assert [event["event"] for event in events] == [
+            "token.accepted" if status == 200 else "token.rejected"
+        ]
+
+
 async def test_scope_checked_before_the_body_is_validated(
     client: httpx.AsyncClient, session_issuer: DevIssuer
 ) -> None:

@@ -77,12 +77,21 @@ carries the token (browsers cannot set headers on a websocket handshake)."""
 
 
 class TokenUser(BaseUser):
-    """The Starlette user of a request authenticated by a token."""
+    """The Starlette user of a request authenticated by a token.
 
-    __slots__ = ("access_token",)
+    ``access_token`` is read-only: one instance serves every request that reuses the token,
+    so it cannot be changed by one of them.
+    """
+
+    __slots__ = ("_access_token",)
 
     def __init__(self, access_token: AccessToken) -> None:
-        self.access_token = access_token
+        self._access_token = access_token
+
+    @property
+    def access_token(self) -> AccessToken:
+        """The verified token."""
+        return self._access_token
 
     @property
     def is_authenticated(self) -> bool:
@@ -100,13 +109,21 @@ class TokenUser(BaseUser):
 class TokenCredentials(AuthCredentials):
     """Starlette's ``request.auth`` for a request authenticated by a token.
 
-    ``scopes`` holds the token's scopes, sorted, as a tuple: one instance serves every
-    request that reuses the token, so it cannot be changed by one of them.
+    ``scopes`` holds the token's scopes, sorted, as a tuple, and is read-only: one instance
+    serves every request that reuses the token, so it cannot be changed (nor rebound) by
+    one of them.
     """
 
+    __slots__ = ("_scopes",)
+
     def __init__(self, access_token: AccessToken) -> None:
-        super().__init__()
-        self.scopes = tuple(sorted(access_token.scopes))  # type: ignore[assignment]
+        # Not AuthCredentials.__init__: it only assigns the list this property replaces.
+        self._scopes = tuple(sorted(access_token.scopes))
+
+    @property
+    def scopes(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The token's scopes, sorted."""
+        return self._scopes
 
 
 def _unchecked_routes(scope: Scope, app: ASGIApp) -> list[str]:

@@ -470,3 +470,43 @@ async def test_a_bytes_like_authorization_value_is_read_as_its_bytes(
             sent = await asgi_call(app, scope)
         assert sent[0]["status"] == status
         assert [each["event"] for each in events] == [event]
+
+
+async def test_one_request_cannot_change_what_later_reuses_of_its_token_see(
+    session_issuer: DevIssuer,
+) -> None:
+    # The cache hit hands every request of a token the same request.auth and request.user.
+    # A tuple kept their scopes from being changed in place, but rebinding them (a per-request
+    # grant, an app's own sudo step) changed them for every later request of the token:
+    # the second request below held "admin" without it. They are read-only now.
+    rebound: list[str] = []
+
+    async def widen(request: Request) -> JSONResponse:
+        for owner, name, value in [
+            (request.auth, "scopes", (*request.auth.scopes, "admin")),
+            (request.user, "access_token", None),
+        ]:
+            try:
+                setattr(owner, name, value)
+            except AttributeError:
+                continue
+            rebound.append(name)
+        return JSONResponse({})
+
+    async def show(request: Request) -> JSONResponse:
+        token = request.user.access_token
+        return JSONResponse({"scopes": list(request.auth.scopes), "sub": token and token.subject})
+
+    app = BearerGuardMiddleware(
+        Starlette(routes=[Route("/widen", widen), Route("/show", show)]),
+        guard=session_issuer.guard(),
+    )
+    token = session_issuer.mint(sub="ana", scope="items:read")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://api.test"
+    ) as http:
+        assert (await http.get("/show", headers=bearer(token))).status_code == 200  # verified
+        assert (await http.get("/widen", headers=bearer(token))).status_code == 200  # reused
+        shown = (await http.get("/show", headers=bearer(token))).json()
+    assert shown == {"scopes": ["items:read"], "sub": "ana"}
+    assert rebound == []

@@ -11,7 +11,7 @@ import pytest
 import structlog
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
@@ -195,6 +195,20 @@ def test_public_path_patterns_are_validated() -> None:
     assert "/docs/" in paths
     assert "/docs" not in paths
     assert "/x" not in paths
+
+
+def test_public_paths_may_be_given_as_public_paths(session_issuer: DevIssuer) -> None:
+    paths = PublicPaths(["/health", "/static/*", "/a"])
+    assert list(paths) == ["/a", "/health", "/static/*"]
+    again = PublicPaths(paths)
+    assert "/static/x" in again
+    assert "/health" in again
+    assert "/healthz" not in again
+    app = Starlette(routes=[Route("/health", lambda _request: PlainTextResponse("ok"))])
+    guarded = BearerGuardMiddleware(app, guard=session_issuer.guard(), public_paths=paths)
+    with TestClient(guarded) as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/healthz").status_code == 401
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from bearerguard.errors import ConfigurationError
 
@@ -36,6 +36,12 @@ class PublicPaths:
                 exact.add(pattern)
         self._exact = frozenset(exact)
         self._prefixes = tuple(prefixes)
+
+    def __iter__(self) -> Iterator[str]:
+        """The entries, as given: ``public_paths=`` takes a ``PublicPaths`` too."""
+        yield from sorted(self._exact)
+        for prefix in self._prefixes:
+            yield prefix + "*"
 
     def __contains__(self, path: object) -> bool:
         return (

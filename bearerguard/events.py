@@ -57,7 +57,7 @@ from bearerguard._core.secevent import (
     plan_security_event,
 )
 from bearerguard._core.times import Instant, check_count
-from bearerguard.audit import AuditLog, RequestInfo
+from bearerguard.audit import AuditLog, RequestInfo, _printable
 from bearerguard.errors import (
     BadSignatureError,
     ConfigurationError,
@@ -149,7 +149,10 @@ def _unavailable(detail: str) -> _Answer:
 
 
 def _trim(value: str) -> str:
-    return value[:_MAX_FIELD]
+    # The SET's own text (jti, event types, subjects, session ids) is written as a verified
+    # token's claims are (docs/audit-events.md): a control character in it must neither
+    # forge nor garble a log line.
+    return _printable(value[:_MAX_FIELD])
 
 
 class SecurityEventReceiver:

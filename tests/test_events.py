@@ -975,6 +975,46 @@ async def test_request_fields_are_escaped_in_audit_events(api: Setup) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("revoke_sessions", [False, True])
+async def test_set_claims_are_escaped_in_audit_events(
+    issuer: DevIssuer, revoke_sessions: bool
+) -> None:
+    # The SET's jti, event types, subjects and session ids are written as a verified
+    # token's claims are (docs/audit-events.md): a line break or terminal escape in them
+    # must not forge or garble a log line. Each is still acted on as sent.
+    async for api in make_setup(issuer, revoke_sessions=revoke_sessions):
+        kim = session_token(issuer, "s\x1b[2K", "kim\n")
+        subject = {
+            "user": iss_sub(issuer, "kim\n"),
+            "session": {"format": "opaque", "id": "s\x1b[2K"},
+        }
+        with structlog.testing.capture_logs() as events:
+            response = await api.push(
+                {
+                    CAEP_SESSION_REVOKED: {"subject": subject},
+                    RISC_ACCOUNT_DISABLED: {"subject": {"format": "opaque", "id": "lee\u2028"}},
+                    UNKNOWN_EVENT + "\r\n": {},
+                },
+                jti="j\nevent.received outcome=allow",
+            )
+        assert response.status_code == 202
+        assert await api.status_of(kim) == 401
+        (received,) = events
+        assert received["jti"] == "j\\nevent.received outcome=allow"
+        assert received["event_types"] == [
+            CAEP_SESSION_REVOKED,
+            RISC_ACCOUNT_DISABLED,
+            UNKNOWN_EVENT + "\\r\\n",
+        ]
+        rendered = json.dumps(received, ensure_ascii=False)
+        for raw in ("\n", "\r", "\x1b", "\u2028"):
+            assert raw not in rendered
+        assert received["subjects"] == (
+            ["lee\\u2028"] if revoke_sessions else ["kim\\n", "lee\\u2028"]
+        )
+
+
+@pytest.mark.anyio
 async def test_random_input_never_gets_a_500(api: Setup, stranger: DevIssuer) -> None:
     rng = random.Random(8417)
     issuer = api.issuer

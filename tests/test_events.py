@@ -777,6 +777,13 @@ def refusals(api: Setup, stranger: DevIssuer) -> dict[str, tuple[str | bytes, st
             "invalid_request",
         ),
         "expired": (api.sign({**good, "exp": int(time.time()) - 3600}), "invalid_request"),
+        # RFC 7519 §4.1.5: not to be accepted for processing before nbf, as exp after.
+        "nbf in the future": (
+            api.sign({**good, "nbf": int(time.time()) + 3600}),
+            "invalid_request",
+        ),
+        "nbf as string": (api.sign({**good, "nbf": "soon"}), "invalid_request"),
+        "nbf null": (api.sign({**good, "nbf": None}), "invalid_request"),
         "no jti": (api.sign(without(good, "jti")), "invalid_request"),
         "jti as number": (api.sign({**good, "jti": 7}), "invalid_request"),
         "no events": (api.sign(without(good, "events")), "invalid_request"),
@@ -1281,6 +1288,23 @@ def test_plan_of_a_set() -> None:
     assert [ignored.event_type for ignored in result.ignored] == [UNKNOWN_EVENT]
     assert result.event_types == (CAEP_SESSION_REVOKED, CAEP_CREDENTIAL_CHANGE, UNKNOWN_EVENT)
     assert result.sessions == ()
+
+
+def test_plan_takes_nbf_with_the_leeway() -> None:
+    # RFC 7519 §4.1.5: from nbf on (less the leeway); before it, not processed at all.
+    claims = {
+        "iss": "https://idp.example",
+        "aud": RECEIVER,
+        "iat": 1_699_999_990,
+        "jti": "j-1",
+        "sub": "kim",
+        "events": {RISC_ACCOUNT_DISABLED: {}},
+    }
+    for nbf in (1_699_999_990, 1_700_000_030):
+        assert plan({**claims, "nbf": nbf}).cutoffs[0].subject == "kim"
+    with pytest.raises(SecurityEventError, match="not yet valid") as refused:
+        plan({**claims, "nbf": 1_700_000_031})
+    assert refused.value.err == "invalid_request"
 
 
 def test_plan_of_a_revoked_session() -> None:

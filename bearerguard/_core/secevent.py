@@ -261,6 +261,9 @@ def _check_envelope(
         raise _invalid(f"iat is {iat - now:.0f}s in the future")
     if "exp" in claims and now >= _numeric_date(claims["exp"], "exp") + leeway:
         raise _invalid("the SET has expired")
+    # RFC 7519 §4.1.5: a JWT is not accepted for processing before its nbf, when it has one.
+    if "nbf" in claims and now + leeway < _numeric_date(claims["nbf"], "nbf"):
+        raise _invalid("the SET is not yet valid")
     jti = claims.get("jti")
     if not (isinstance(jti, str) and 0 < len(jti) <= _MAX_JTI):
         raise _invalid("jti is missing, not a string or too long")
@@ -289,7 +292,8 @@ def plan_security_event(
     The SET must be explicitly typed ``secevent+jwt`` (RFC 8417 §2.3), come from
     ``issuer``, name one of ``audiences``, carry ``iat`` (not in the future beyond
     ``leeway``), a ``jti`` and a non-empty ``events`` object of objects (RFC 8417 §2.2). A
-    SET needs no ``exp``; one that has it must not have expired.
+    SET needs no ``exp`` nor ``nbf``; one that has them must not have expired, nor be
+    before its ``nbf`` (RFC 7519 §4.1.4, §4.1.5).
 
     Each event of a type in ``cutoff_events`` becomes a ``SubjectCutoff`` for its subject as
     of its ``event_timestamp`` (CAEP), else the SET's ``iat``. The subject is the event's

@@ -26,8 +26,9 @@ Answers (RFC 8935 §2.2-§2.4):
   ``invalid_issuer``, ``invalid_audience``.
 - ``405`` for another method, ``413`` for a body over ``max_body_bytes``, ``415`` for
   another ``Content-Type``: with the same JSON body, ``err`` ``invalid_request``.
-- ``503`` with ``Retry-After`` when the keys or the store cannot be had: the transmitter
-  should retry, and the ``jti`` is not remembered as received.
+- ``503`` with ``Retry-After`` when the keys or the store cannot be had (the ``jti`` is then
+  not remembered as received), or for a copy of a SET still being acted on (which may yet
+  fail): the transmitter should retry.
 
 Audit events go to the guard's audit logger: ``event.received`` (event types, subjects,
 the action taken for each event) and ``event.rejected`` (the error code and reason).
@@ -316,7 +317,13 @@ class SecurityEventReceiver:
             )
         except SecurityEventError as error:
             raise _refused(error) from None
-        if plan.jti in self._seen:
+        received = self._seen.get(plan.jti)
+        if received is False:
+            # A copy of a SET still being acted on: the first delivery may yet fail (and its
+            # jti be forgotten), and a transmitter does not retry a 400. Asked to retry, it
+            # is acted on then, or refused as received.
+            raise _unavailable(f"jti {plan.jti[:64]!r} is being acted on")
+        if received:
             raise _Answer(
                 400,
                 "invalid_request",
@@ -355,20 +362,26 @@ class SecurityEventReceiver:
 
     async def _apply(self, plan: EventPlan) -> list[dict[str, Any]]:
         """Act on the plan; returns the audit actions of its session cut-offs."""
-        # Marked before the awaits, so a copy arriving meanwhile is refused, and forgotten
-        # if the store fails, so the transmitter's retry is acted on.
-        self._seen[plan.jti] = True
+        # Marked in flight before the awaits, so a copy arriving meanwhile is not acted on
+        # twice; received once acted on, and forgotten if the store fails, so the
+        # transmitter's retry is acted on.
+        self._seen[plan.jti] = False
         try:
             for cutoff in plan.cutoffs:
                 await self.store.revoke_subject(
                     cutoff.subject, cutoff.issued_before, issuer=self.guard.issuer
                 )
-            return [
+            actions = [
                 action for cutoff in plan.sessions for action in await self._revoke_session(cutoff)
             ]
-        except Exception as exc:  # noqa: BLE001 - whatever broke, the SET was not acted on
+        except BaseException as exc:
+            # Whatever broke (the request cancelled too), the SET was not acted on.
             self._seen.pop(plan.jti, None)
+            if not isinstance(exc, Exception):
+                raise
             raise _unavailable(f"store failed: {type(exc).__name__}: {exc}"[:200]) from None
+        self._seen[plan.jti] = True
+        return actions
 
     async def _revoke_session(self, cutoff: SessionCutoff) -> list[dict[str, Any]]:
         issuer, at = self.guard.issuer, cutoff.issued_before

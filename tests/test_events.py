@@ -1111,6 +1111,83 @@ async def test_store_failure_is_503_and_the_retry_is_acted_on(issuer: DevIssuer)
         assert await api.status_of(token) == 200
 
 
+class StalledStore(MemoryRevocationStore):
+    """A store whose first write hangs until released, then fails (Redis timing out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.stalls = 1
+
+    async def revoke_subject(self, sub: str, issued_before: Any = None, *, issuer: Any = None):
+        if self.stalls:
+            self.stalls -= 1
+            self.entered.set()
+            await self.release.wait()
+            raise TimeoutError("store timed out")
+        await super().revoke_subject(sub, issued_before, issuer=issuer)
+
+
+@pytest.mark.anyio
+async def test_a_copy_sent_while_the_set_is_in_flight_is_asked_to_retry(
+    issuer: DevIssuer,
+) -> None:
+    # The transmitter gave up waiting and sent the SET again while the first delivery was
+    # still at the store. The copy cannot be refused as received: the first delivery may
+    # yet fail, and a transmitter does not retry a 400. It is asked to retry (503).
+    store = StalledStore()
+    async for api in make_setup(issuer, store=store):
+        body = api.sign(api.claims({RISC_ACCOUNT_DISABLED: {"subject": iss_sub(issuer, "kim")}}))
+        first = asyncio.ensure_future(api.post(body))
+        await store.entered.wait()
+        with structlog.testing.capture_logs() as events:
+            copy = await api.post(body)
+        assert copy.status_code == 503
+        assert copy.headers["retry-after"]
+        assert "err" not in copy.json()
+        assert (events[0]["event"], events[0]["status"]) == ("event.rejected", 503)
+        store.release.set()
+        assert (await first).status_code == 503
+        assert (await api.post(body)).status_code == 202  # the retry is acted on
+        assert len(store) == 1
+        assert (await api.post(body)).status_code == 400  # and only then received
+
+
+@pytest.mark.anyio
+async def test_a_set_cancelled_at_the_store_is_acted_on_when_sent_again(
+    issuer: DevIssuer,
+) -> None:
+    # The server cancelled the request (shutting down, or the client went away) while the
+    # store was written: nothing was acknowledged, so the transmitter's retry must be acted
+    # on, not refused as received.
+    store = StalledStore()
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError(f"nothing is answered, yet {message} was sent")
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/events",
+        "headers": [(b"content-type", SET_MEDIA_TYPE.encode())],
+    }
+    async for api in make_setup(issuer, store=store):
+        body = api.sign(api.claims({RISC_ACCOUNT_DISABLED: {"subject": iss_sub(issuer, "kim")}}))
+        messages.append({"type": "http.request", "body": body.encode(), "more_body": False})
+        delivery = asyncio.ensure_future(api.receiver(scope, receive, send))
+        await store.entered.wait()
+        delivery.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await delivery
+        assert (await api.post(body)).status_code == 202
+        assert len(store) == 1
+
+
 @pytest.mark.anyio
 async def test_keys_unavailable_is_503(issuer: DevIssuer) -> None:
     issuer.overrides[issuer.jwks_path] = Override(status=500, body=b"{}")

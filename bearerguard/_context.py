@@ -14,6 +14,7 @@ from collections.abc import (
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from bearerguard._core.introspected import INTROSPECTION_ALGORITHM
 from bearerguard._core.refusal import Refusal, render_refusal
 from bearerguard.audit import RequestInfo
 from bearerguard.errors import AuthError
@@ -162,13 +163,29 @@ def already_let_in(store: Mapping[str, Any], guard: object) -> bool:
 
 
 def decided_by(prior: RequestAuth, guard: object) -> bool:
-    """Whether ``prior`` is ``guard``'s verdict: its own, or a ``TrustedIssuers``' that handed
-    the token to ``guard`` (the guard of the token's issuer verified it, DPoP proof and all)."""
+    """Whether ``prior`` is ``guard``'s verdict: its own, or one made by the very guard that
+    ``guard`` would hand the token to. A ``TrustedIssuers``, on either side, hands a token to
+    the guard of its issuer, which verified it, DPoP proof and all: verified again, the proof
+    was refused as replayed (RFC 9449 §11.1)."""
     if prior.guard is guard:
         return True
     token = prior.token
-    routed = getattr(prior.guard, "guard_of", None)
-    return token is not None and routed is not None and routed(token.issuer) is guard
+    if token is None:
+        return False
+    verifier = _verifier(prior.guard, token)
+    return verifier is not None and verifier is _verifier(guard, token)
+
+
+def _verifier(guard: object, token: AccessToken) -> object:
+    """The guard that verifies ``token`` for ``guard``: ``guard`` itself, or the one a
+    ``TrustedIssuers`` hands it to (its primary for a token accepted on introspection, which
+    names no issuer; else its issuer's, configured or resolved and still cached)."""
+    routed = getattr(guard, "guard_of", None)
+    if routed is None:
+        return guard
+    if token.algorithm == INTROSPECTION_ALGORITHM:
+        return getattr(guard, "primary", None)
+    return routed(token.issuer)
 
 
 def presented_with(guard: BearerGuard | TrustedIssuers, token: AccessToken | None) -> str:

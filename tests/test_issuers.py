@@ -10,9 +10,13 @@ from typing import Any
 import httpx
 import pytest
 import structlog
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 from bearerguard import BearerGuard
+from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.dpop import DPoPPolicy
 from bearerguard.errors import (
     ConfigurationError,
@@ -26,6 +30,7 @@ from bearerguard.mtls import CertificateBinding
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
 from tests.apps import build_app, build_flask_app
+from tests.test_dpop import Holder
 from tests.test_introspection import IntrospectionServer
 from tests.test_mtls import issue
 from tests.test_mtls import open_client as open_tls_client
@@ -408,3 +413,55 @@ def test_an_oversized_token_is_refused_before_its_issuer_is_read(
         assert refused.value.reason == "malformed_token"
     assert tenants.calls == []
     assert guards.authenticate_sync(beta.mint()).issuer == beta.url
+
+
+def test_a_guards_verdict_stands_behind_a_trusted_issuers_holding_it(
+    alpha: DevIssuer, beta: DevIssuer
+) -> None:
+    """A middleware with one guard outside, one with a ``TrustedIssuers`` holding that guard
+    inside (or another ``TrustedIssuers`` sharing it): the inner one would hand the token to
+    the guard that let it in. It verified the token again instead: a second audit event, and
+    the DPoP proof refused as replayed (RFC 9449 §11.1), a 401 for every DPoP request."""
+    holder = Holder()
+    policy = DPoPPolicy()
+    first = alpha.guard(in_process=True, dpop=policy)
+    second = beta.guard(in_process=True, dpop=policy)
+    token = alpha.mint(sub="ada", cnf={"jkt": holder.jkt})
+    for outer in (first, TrustedIssuers([second, first])):
+        inner = build_app(TrustedIssuers([first, second]))
+        app = Starlette(
+            routes=[Mount("/api", app=inner)],
+            middleware=[Middleware(BearerGuardMiddleware, guard=outer)],
+        )
+        proof = holder.proof(token, url="http://testserver/api/me")
+        with TestClient(app) as client, structlog.testing.capture_logs() as logged:
+            response = client.get(
+                "/api/me", headers={"Authorization": f"DPoP {token}", "DPoP": proof}
+            )
+        assert response.status_code == 200, (outer, response.text)
+        assert response.json()["sub"] == "ada"
+        assert [e["event"] for e in logged] == ["token.accepted"]
+    # Under WSGI as well: one decision, one event. An opaque token goes to the primary
+    # only: a TrustedIssuers that would give it to another guard decides for itself.
+    with IntrospectionServer() as server:
+        server.activate("opaque-1", sub="kim")
+        guard = alpha.guard(in_process=True, introspection=server.introspector())
+        home = BearerGuard(issuer="https://home.example", audience="x", keys=beta.jwks())
+        trusting = TrustedIssuers([guard])
+        resolving = TrustedIssuers([home], resolver=lambda iss: guard)
+        resolving.authenticate_sync(alpha.mint())  # resolved: its guard_of is the guard
+        for inner, events in (
+            (trusting, ["token.accepted"] * 2),
+            (resolving, ["token.accepted", "token.accepted", "token.rejected"]),
+        ):
+            wrapped = BearerGuardWSGIMiddleware(build_flask_app(inner), guard=guard)
+            transport = httpx.WSGITransport(app=wrapped)
+            with (
+                httpx.Client(transport=transport, base_url="http://t") as client,
+                structlog.testing.capture_logs() as logged,
+            ):
+                jwt = client.get("/me", headers=bearer(alpha.mint(sub="ada")))
+                opaque = client.get("/me", headers=bearer("opaque-1"))
+            assert (jwt.status_code, jwt.json()["sub"]) == (200, "ada")
+            assert opaque.status_code == (200 if inner is trusting else 401)
+            assert [e["event"] for e in logged] == events

@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import anyio
 
@@ -44,6 +45,8 @@ from bearerguard.token import AccessToken, token_fingerprint
 from bearerguard.usage import SyncUsageMonitor, UsageMonitor
 
 __all__ = ["IssuerResolver", "TrustedIssuers"]
+
+_T = TypeVar("_T")
 
 IssuerResolver = Callable[[str], BearerGuard | None]
 """Given a token's (unverified) ``iss``, a guard for that issuer, or ``None`` to refuse it."""
@@ -334,14 +337,25 @@ class TrustedIssuers:
             raise failures[0]
 
     def warm_up_sync(self) -> None:
-        """Fetch every configured issuer's key set now, blocking; as ``warm_up``."""
+        """Fetch every configured issuer's key set now, blocking; as ``warm_up``, all at once
+        (a thread each): issuers that are down hold it for one fetch timeout, not their sum."""
         failures = [
             failure
-            for guard in self._guards.values()
-            if (failure := _warm_up_sync(guard)) is not None
+            for failure in each_at_once(_warm_up_sync, self.configured)
+            if failure is not None
         ]
         if failures:
             raise failures[0]
+
+
+def each_at_once(call: Callable[[BearerGuard], _T], guards: Sequence[BearerGuard]) -> list[_T]:
+    """``call`` on every guard, each in a thread of its own (a lone guard in this one), the
+    results in the guards' order: blocking calls that may each wait for a key set fetch end
+    within the slowest one, as the asynchronous sides' task groups do."""
+    if len(guards) < 2:
+        return [call(guard) for guard in guards]
+    with ThreadPoolExecutor(len(guards), thread_name_prefix="bearerguard-issuer") as pool:
+        return list(pool.map(call, guards))
 
 
 def _warm_up_sync(guard: BearerGuard) -> ServiceUnavailableError | None:

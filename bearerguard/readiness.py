@@ -38,7 +38,7 @@ from starlette.types import Receive, Scope, Send
 
 from bearerguard.errors import ConfigurationError, ServiceUnavailableError
 from bearerguard.guard import BearerGuard
-from bearerguard.issuers import TrustedIssuers
+from bearerguard.issuers import TrustedIssuers, each_at_once
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -127,9 +127,10 @@ def _asked_report_sync(
 ) -> dict[str, Any]:
     """``_asked_report`` for WSGI: ``health_sync()``, ``warm_up_sync()``."""
     if isinstance(guard, TrustedIssuers):
-        return _combined(
-            {each.issuer: _asked_report_sync(each, warm_up, optional) for each in guard.configured}
-        )
+        # Each issuer at once, as above: a thread each.
+        configured = guard.configured
+        reports = each_at_once(lambda each: _asked_report_sync(each, warm_up, optional), configured)
+        return _combined(dict(zip([each.issuer for each in configured], reports, strict=True)))
     if warm_up and not guard.keys_ready():
         with contextlib.suppress(ServiceUnavailableError):  # reported below as not ready
             guard.warm_up_sync()

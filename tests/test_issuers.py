@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -25,8 +29,10 @@ from bearerguard.errors import (
     KeySetUnavailableError,
 )
 from bearerguard.issuers import TrustedIssuers
+from bearerguard.jwks import FetchPolicy
 from bearerguard.metadata import ResourceMetadata
 from bearerguard.mtls import CertificateBinding
+from bearerguard.readiness import readiness_wsgi
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
 from tests.apps import build_app, build_flask_app
@@ -465,3 +471,74 @@ def test_a_guards_verdict_stands_behind_a_trusted_issuers_holding_it(
             assert (jwt.status_code, jwt.json()["sub"]) == (200, "ada")
             assert opaque.status_code == (200 if inner is trusting else 401)
             assert [e["event"] for e in logged] == events
+
+
+class _Rendezvous(BaseHTTPRequestHandler):
+    """A key set answered once every issuer's fetch has arrived (a barrier), else 503."""
+
+    def do_GET(self) -> None:
+        server: Any = self.server
+        try:
+            server.barrier.wait()
+            status, body = 200, json.dumps(server.jwks).encode()
+        except threading.BrokenBarrierError:
+            status, body = 503, b"{}"
+        try:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass  # the fetch gave up meanwhile
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def rendezvous(*issuers: DevIssuer) -> Iterator[Callable[[], list[BearerGuard]]]:
+    """Key set servers for ``issuers`` that answer only when all are asked at once (each
+    waits for the others at most twice the fetch timeout), and a maker of fresh guards."""
+    barrier = threading.Barrier(len(issuers), timeout=2.0)
+    servers = []
+    for issuer in issuers:
+        server: Any = ThreadingHTTPServer(("127.0.0.1", 0), _Rendezvous)
+        server.daemon_threads = True
+        server.barrier, server.jwks = barrier, issuer.jwks()
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+
+    def guards() -> list[BearerGuard]:
+        barrier.reset()
+        return [
+            BearerGuard(
+                issuer=f"http://127.0.0.1:{server.server_address[1]}",
+                audience="x",
+                jwks_uri=f"http://127.0.0.1:{server.server_address[1]}/jwks",
+                fetch=FetchPolicy(timeout=1.0),
+            )
+            for server in servers
+        ]
+
+    try:
+        yield guards
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def test_synchronous_warm_up_and_readiness_fetch_every_issuer_at_once(
+    alpha: DevIssuer, beta: DevIssuer
+) -> None:
+    """As their asynchronous sides do: one fetch after the other, issuers down held a WSGI
+    start-up, or a readiness probe (documented as bounded by the fetch timeout), for the sum
+    of their fetch timeouts."""
+    with rendezvous(alpha, beta) as guards:
+        trusted = TrustedIssuers(guards())
+        trusted.warm_up_sync()
+        assert all(guard.keys_ready() for guard in trusted.configured)
+        probe = readiness_wsgi(TrustedIssuers(guards()))
+        with httpx.Client(transport=httpx.WSGITransport(app=probe), base_url="http://t") as client:
+            report = client.get("/").json()
+        assert [each["keys"]["ready"] for each in report["issuers"].values()] == [True, True]

@@ -14,7 +14,6 @@ from collections.abc import (
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from bearerguard._core.introspected import INTROSPECTION_ALGORITHM
 from bearerguard._core.refusal import Refusal, render_refusal
 from bearerguard.audit import RequestInfo
 from bearerguard.errors import AuthError
@@ -178,14 +177,9 @@ def decided_by(prior: RequestAuth, guard: object) -> bool:
 
 def _verifier(guard: object, token: AccessToken) -> object:
     """The guard that verifies ``token`` for ``guard``: ``guard`` itself, or the one a
-    ``TrustedIssuers`` hands it to (its primary for a token accepted on introspection, which
-    names no issuer; else its issuer's, configured or resolved and still cached)."""
-    routed = getattr(guard, "guard_of", None)
-    if routed is None:
-        return guard
-    if token.algorithm == INTROSPECTION_ALGORITHM:
-        return getattr(guard, "primary", None)
-    return routed(token.issuer)
+    ``TrustedIssuers`` hands it to (``verifier_of``)."""
+    routed = getattr(guard, "verifier_of", None)
+    return guard if routed is None else routed(token)
 
 
 def presented_with(guard: BearerGuard | TrustedIssuers, token: AccessToken | None) -> str:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import anyio
 
 from bearerguard._core.extract import check_b64token
+from bearerguard._core.introspected import INTROSPECTION_ALGORITHM
 from bearerguard._core.jws import decode_payload, looks_compact, parse_compact
 from bearerguard._core.scopes import ScopeImplications
 from bearerguard._core.times import check_count
@@ -200,6 +201,14 @@ class TrustedIssuers:
     def guard_of(self, issuer: str) -> BearerGuard | None:
         """The guard configured or resolved (and still cached) for ``issuer``; no resolving."""
         return self._guards.get(issuer) or self._resolved.get(issuer)
+
+    def verifier_of(self, token: AccessToken) -> BearerGuard | None:
+        """The guard ``guard_for`` hands the accepted ``token`` to, without reading it again
+        or resolving: the primary for one too large or accepted on introspection (an opaque
+        token names no issuer), else ``guard_of`` its issuer."""
+        if token.algorithm == INTROSPECTION_ALGORITHM or len(token.raw) > self.max_token_bytes:
+            return self.primary
+        return self.guard_of(token.issuer)
 
     def _resolve(self, issuer: str) -> BearerGuard | None:
         resolver = self.resolver

@@ -447,6 +447,12 @@ def test_a_guards_verdict_stands_behind_a_trusted_issuers_holding_it(
         assert response.status_code == 200, (outer, response.text)
         assert response.json()["sub"] == "ada"
         assert [e["event"] for e in logged] == ["token.accepted"]
+    # The guard each accepted token is handed to, as guard_for reads it: one over the
+    # primary's max_token_bytes goes to the primary, which refuses it.
+    big = alpha.guard(in_process=True, max_token_bytes=16384)
+    small = TrustedIssuers([beta.guard(in_process=True, max_token_bytes=2048), big])
+    assert small.verifier_of(big.authenticate_sync(alpha.mint())) is big
+    assert small.verifier_of(big.authenticate_sync(alpha.mint(pad="x" * 4096))) is small.primary
     # Under WSGI as well: one decision, one event. An opaque token goes to the primary
     # only: a TrustedIssuers that would give it to another guard decides for itself.
     with IntrospectionServer() as server:

@@ -350,14 +350,14 @@ class TrustedIssuers:
         (a thread each): issuers that are down hold it for one fetch timeout, not their sum."""
         failures = [
             failure
-            for failure in each_at_once(_warm_up_sync, self.configured)
+            for failure in _each_at_once(_warm_up_sync, self.configured)
             if failure is not None
         ]
         if failures:
             raise failures[0]
 
 
-def each_at_once(call: Callable[[BearerGuard], _T], guards: Sequence[BearerGuard]) -> list[_T]:
+def _each_at_once(call: Callable[[BearerGuard], _T], guards: Sequence[BearerGuard]) -> list[_T]:
     """``call`` on every guard, each in a thread of its own (a lone guard in this one), the
     results in the guards' order: blocking calls that may each wait for a key set fetch end
     within the slowest one, as the asynchronous sides' task groups do."""

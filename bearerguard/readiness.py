@@ -38,7 +38,7 @@ from starlette.types import Receive, Scope, Send
 
 from bearerguard.errors import ConfigurationError, ServiceUnavailableError
 from bearerguard.guard import BearerGuard
-from bearerguard.issuers import TrustedIssuers, each_at_once
+from bearerguard.issuers import TrustedIssuers, _each_at_once
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -129,7 +129,11 @@ def _asked_report_sync(
     if isinstance(guard, TrustedIssuers):
         # Each issuer at once, as above: a thread each.
         configured = guard.configured
-        reports = each_at_once(lambda each: _asked_report_sync(each, warm_up, optional), configured)
+
+        def ask(each: BearerGuard) -> dict[str, Any]:
+            return _asked_report_sync(each, warm_up, optional)
+
+        reports = _each_at_once(ask, configured)
         return _combined(dict(zip([each.issuer for each in configured], reports, strict=True)))
     if warm_up and not guard.keys_ready():
         with contextlib.suppress(ServiceUnavailableError):  # reported below as not ready

@@ -210,6 +210,28 @@ def _credentials(token: str | bytes) -> bytes:
     return token if isinstance(token, bytes) else token.encode("latin-1", "replace")
 
 
+def _describe_refusal(
+    exc: AuthError,
+    credentials: bytes,
+    access: AccessToken | None,
+    dpop: DPoPRequest | None,
+    *,
+    held: bool,
+) -> None:
+    """What the audit log and the challenge need to know of a refusal by ``authenticate``.
+
+    ``held``: the token's certificate binding held (RFC 8705 §3) before it was refused (it
+    was revoked, its store was down): audited with ``binding="mtls"``, as its acceptance.
+    """
+    exc.fingerprint = token_fingerprint(credentials)
+    if exc.token is None:  # refused once verified (a DPoP proof): audited with its claims
+        exc.token = access
+    if dpop is not None:
+        exc.sent_with(dpop.scheme)  # the challenge of the scheme the client used
+    if held and exc.binding == "bearer":
+        exc.binding = "mtls"
+
+
 def _make_room(cache: dict[int, Verified], size: int) -> None:
     """Evict the oldest entries of ``cache`` until one more fits within ``size``.
 
@@ -825,6 +847,7 @@ class BearerGuard:
         """
         credentials = _credentials(token)
         access = None
+        held = False  # the token's certificate binding held (RFC 8705 §3)
         try:
             verified = self._cached(credentials)
             if verified is not None:
@@ -847,7 +870,7 @@ class BearerGuard:
             policy = self.dpop
             replay = None if policy is None else self._check_binding(access, dpop)
             if self.mtls is not None:
-                self._check_certificate(access, certificate)
+                held = self._check_certificate(access, certificate)
             try:
                 if self._revoked_now is not None:  # a store that never blocks: no coroutine
                     revoked = self._revoked_now(access)
@@ -868,11 +891,7 @@ class BearerGuard:
             if self.usage is not None:
                 await self._observe(access, client, request)
         except AuthError as exc:
-            exc.fingerprint = token_fingerprint(credentials)
-            if exc.token is None:  # refused once verified (a DPoP proof): audited with its claims
-                exc.token = access
-            if dpop is not None:
-                exc.sent_with(dpop.scheme)  # the challenge of the scheme the client used
+            _describe_refusal(exc, credentials, access, dpop, held=held)
             raise
         return access
 
@@ -893,6 +912,7 @@ class BearerGuard:
         """
         credentials = _credentials(token)
         access = None
+        held = False  # the token's certificate binding held (RFC 8705 §3)
         try:
             verified = self._cached(credentials)
             if verified is not None:
@@ -915,7 +935,7 @@ class BearerGuard:
             policy = self.dpop
             replay = None if policy is None else self._check_binding(access, dpop)
             if self.mtls is not None:
-                self._check_certificate(access, certificate)
+                held = self._check_certificate(access, certificate)
             try:
                 revoked = self.require_sync_revocation().is_revoked_sync(access)
             except Exception as exc:  # noqa: BLE001 - any store failure: the policy decides
@@ -933,11 +953,7 @@ class BearerGuard:
             if self.usage is not None:
                 self._observe_sync(access, client, request)
         except AuthError as exc:
-            exc.fingerprint = token_fingerprint(credentials)
-            if exc.token is None:  # refused once verified (a DPoP proof): audited with its claims
-                exc.token = access
-            if dpop is not None:
-                exc.sent_with(dpop.scheme)  # the challenge of the scheme the client used
+            _describe_refusal(exc, credentials, access, dpop, held=held)
             raise
         return access
 
@@ -1003,8 +1019,12 @@ class BearerGuard:
         ttl = max(proof.issued_at + policy.iat_window + policy.leeway - now, 1.0)
         return f"{proof.thumbprint}:{proof.jti}", ttl
 
-    def _check_certificate(self, access: AccessToken, certificate: bytes | None) -> None:
-        """RFC 8705 §3 for this request, whether the token came from the cache or not."""
+    def _check_certificate(self, access: AccessToken, certificate: bytes | None) -> bool:
+        """RFC 8705 §3 for this request, whether the token came from the cache or not.
+
+        Returns whether the token is certificate-bound (its binding held): a later refusal
+        (revoked, the store down) is audited with ``binding="mtls"``, as its acceptance is.
+        """
         policy = self.mtls
         assert policy is not None  # noqa: S101 - only called when mTLS is configured
         try:
@@ -1016,6 +1036,7 @@ class BearerGuard:
             refusal = CertificateBindingError("token not certificate-bound where mTLS is required")
             refusal.binding, refusal.token = "mtls", access
             raise refusal
+        return bound
 
     def _cached(self, credentials: bytes) -> Verified | None:
         """The cache entry for ``credentials`` if it may still be used, counted as a hit or miss."""

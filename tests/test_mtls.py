@@ -42,6 +42,7 @@ from bearerguard._core.mtls import (
 from bearerguard.dpop import DPoPPolicy, MemoryDPoPReplayStore
 from bearerguard.errors import CertificateBindingError, ConfigurationError, MalformedTokenError
 from bearerguard.mtls import CertificateBinding, environ_certificate, scope_certificate
+from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from tests.apps import build_app, build_flask_app
 
@@ -465,6 +466,46 @@ def test_scope_denied_names_the_certificate_binding(
             ("token.accepted", "mtls"),
             ("scope.denied", "mtls"),
         ]
+
+
+def test_a_refusal_after_the_certificate_held_names_the_binding(
+    stack: str, session_issuer: DevIssuer, pki: PKI
+) -> None:
+    from tests.test_audit_reasons import FailingStore
+    from tests.test_dpop import Holder
+
+    # The certificate was checked and held, then the token was revoked or its store was
+    # down: the audit said binding "bearer" for a token its token.accepted calls "mtls", as
+    # docs/audit-events.md promises for a certificate-bound token checked against the client
+    # certificate (a DPoP-bound one refused for the same reasons says "dpop").
+    store = MemoryRevocationStore()
+    revoked = session_issuer.mint_revoked(store, cnf={"x5t#S256": pki.alice.thumbprint})
+    bound = session_issuer.mint(cnf={"x5t#S256": pki.alice.thumbprint})
+    for revocation, token, event, status in (
+        (store, revoked, "token.rejected", 401),
+        (FailingStore(), bound, "auth.unavailable", 503),
+    ):
+        guard = session_issuer.guard(
+            in_process=True, mtls=CertificateBinding(), revocation=revocation
+        )
+        for alice in open_client(stack, guard, pki.alice.pem):
+            with structlog.testing.capture_logs() as logged:
+                assert alice("GET", "/me", headers=bearer(token)).status_code == status
+            assert [(e["event"], e["binding"]) for e in logged] == [(event, "mtls")]
+    # Bound both ways and sent with the DPoP scheme: accepted as "dpop", refused as "dpop".
+    holder = Holder()
+    both = session_issuer.mint_revoked(
+        store, cnf={"x5t#S256": pki.alice.thumbprint, "jkt": holder.jkt}
+    )
+    guard = session_issuer.guard(
+        in_process=True, dpop=DPoPPolicy(), mtls=CertificateBinding(), revocation=store
+    )
+    for alice in open_client(stack, guard, pki.alice.pem):
+        proof = holder.proof(both, url="https://testserver/me")
+        with structlog.testing.capture_logs() as logged:
+            response = alice("GET", "/me", headers={"Authorization": f"DPoP {both}", "DPoP": proof})
+        assert response.status_code == 401
+        assert [(e["event"], e["binding"]) for e in logged] == [("token.rejected", "dpop")]
 
 
 def test_with_dpop_too(stack: str, session_issuer: DevIssuer, pki: PKI) -> None:

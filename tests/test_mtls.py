@@ -183,6 +183,15 @@ def test_der_from_header_forms(pki: PKI) -> None:
     assert der_from_header(quote(pki.alice.pem, safe="")) == pki.alice.der
 
 
+def test_der_from_header_takes_a_byte_sequence_without_padding(pki: PKI) -> None:
+    # RFC 8941 §4.2.7: parsers of a Byte Sequence SHOULD NOT fail when its "=" padding is
+    # missing; a certificate whose length is no multiple of 3 was taken for none at all.
+    for der in (pki.alice.der, pki.alice.der[:-1], pki.alice.der[:-2]):
+        unpadded = base64.b64encode(der).decode().rstrip("=")
+        assert der_from_header(f":{unpadded}:") == der
+    assert der_from_header(":QUFBQ:") is None  # 4n + 1 characters: no base64 at all
+
+
 @pytest.mark.parametrize(
     "value",
     ["", "::", ":not base64!:", "garbage", "a" * (MAX_CERTIFICATE_BYTES * 3 + 1), ":QQ==:, :QQ==:"],

@@ -59,16 +59,20 @@ def der_from_pem(pem: str | bytes) -> bytes | None:
 def der_from_header(value: str) -> bytes | None:
     """The DER of a certificate forwarded in a header by a TLS-terminating proxy, or ``None``.
 
-    Accepts the RFC 9440 §2.2 byte sequence ``:base64(DER):`` and a URL-encoded PEM. A value
-    with a comma is refused: servers join repeated headers with commas, and a second value
-    may have come from the client rather than the proxy.
+    Accepts the RFC 9440 §2.2 byte sequence ``:base64(DER):``, its padding optional (RFC
+    8941 §4.2.7), and a URL-encoded PEM. A value with a comma is refused: servers join
+    repeated headers with commas, and a second value may have come from the client rather
+    than the proxy.
     """
     value = value.strip()
     if not value or len(value) > MAX_CERTIFICATE_BYTES * 3 or "," in value:
         return None
     if len(value) > 2 and value[0] == ":" and value[-1] == ":":
+        encoded = value[1:-1]
+        # RFC 8941 §4.2.7: parsers SHOULD NOT fail when the "=" padding is not present.
+        encoded += "=" * (-len(encoded) % 4)
         try:
-            der = base64.b64decode(value[1:-1], validate=True)
+            der = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             return None
         return der or None

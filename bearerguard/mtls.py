@@ -75,7 +75,8 @@ class CertificateBinding:
             tokens are still accepted, bound ones only with their certificate.
 
     Raises:
-        ConfigurationError: an unknown source, or a malformed header name.
+        ConfigurationError: an unknown source, a malformed header name, or a ``required``
+            that is not ``True`` or ``False``.
     """
 
     source: Literal["tls", "header"] = "tls"
@@ -85,7 +86,10 @@ class CertificateBinding:
     def __post_init__(self) -> None:
         if self.source not in ("tls", "header"):
             raise ConfigurationError("CertificateBinding source is 'tls' or 'header'")
-        name = self.header.lower()
+        if not isinstance(self.required, bool):
+            # A string such as "false" (from the environment) is truthy.
+            raise ConfigurationError(f"required must be True or False, not {self.required!r}")
+        name = self.header.lower() if isinstance(self.header, str) else ""
         if not _HEADER_NAME.fullmatch(name) or name in ("authorization", "dpop"):
             raise ConfigurationError(f"not a usable header name: {self.header!r}")
         object.__setattr__(self, "header", name)

@@ -227,6 +227,22 @@ def test_certificate_binding_configuration() -> None:
             CertificateBinding(**bad)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"header": None},  # AttributeError
+        {"header": b"client-cert"},  # TypeError
+        {"source": "header", "header": 42},
+        {"required": "false"},  # from the environment: truthy, silently required
+        {"required": None},
+        {"required": 1},
+    ],
+)
+def test_certificate_binding_refuses_values_of_another_type(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        CertificateBinding(**options)
+
+
 def test_guard_refuses_a_binding_of_another_type(session_issuer: DevIssuer) -> None:
     with pytest.raises(ConfigurationError):
         session_issuer.guard(in_process=True, mtls="tls")

@@ -789,6 +789,24 @@ async def test_rotated_key_within_the_cooldown_waits_for_it(
 
 
 @pytest.mark.anyio
+async def test_a_rotated_key_is_picked_up_after_the_clock_stepped_back(dev: DevIssuer) -> None:
+    """A wall clock an hour fast, then stepped back (NTP): the last fetch is an hour "in
+    the future", and its cooldown held for that hour; a key published meanwhile was refused
+    (401) until the clock caught up. The first token naming it now fetches it."""
+    clock = FakeClock(time.time() + 3600)
+    guard = make_guard(dev, clock, discover=False)
+    await guard.authenticate(mint(dev))
+    clock.advance(-3600 + 1)
+    dev.rotate("ES256")
+    await guard.authenticate(mint(dev))
+    assert dev.fetch_count() == 2
+    # From there, one fetch per cooldown again.
+    with pytest.raises(UnknownKeyError):
+        await guard.authenticate(random_kid_token(dev))
+    assert dev.fetch_count() == 2
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("elapsed", [POLICY.cooldown, 400], ids=["fresh", "stale"])
 async def test_tokens_of_a_new_key_wait_for_the_fetch_another_started(
     dev: DevIssuer, clock: FakeClock, elapsed: float

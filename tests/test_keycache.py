@@ -280,3 +280,20 @@ def test_keyset_reuses_unchanged_keys_by_identity() -> None:
     assert old_a in second  # same published JWK: same object, cached verifications survive
     [old_b] = first.candidates("b")
     assert old_b not in second  # retired: its cached verifications are dropped
+
+
+def test_a_clock_stepped_back_holds_no_cooldown() -> None:
+    # An attempt after "now" (the wall clock stepped back since, NTP or a VM restored)
+    # started no one knows how long ago: it holds no cooldown, or a rotated key's tokens
+    # were refused, and a failed fetch never retried, for as long as the step.
+    cache = _fetched()
+    assert not cache.may_refresh_for_unknown_kid(T0 + POLICY.cooldown - 0.001)
+    assert cache.may_refresh_for_unknown_kid(T0 - 3600)
+    cold = KeyCache(POLICY)
+    cold.record_attempt(T0)
+    cold.record_failure()
+    assert not cold.needs_refresh(T0 + POLICY.cooldown - 0.001)
+    assert cold.needs_refresh(T0 - 3600)
+    # The attempt made after the step holds its cooldown, counted from the new time.
+    cache.record_attempt(T0 - 3600)
+    assert not cache.may_refresh_for_unknown_kid(T0 - 3600 + POLICY.cooldown - 0.001)

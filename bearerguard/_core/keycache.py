@@ -105,11 +105,20 @@ class KeyCache:
         """Whether the set is past its freshness and a fetch may start now."""
         if now < self.fresh_until:
             return False
-        return not (self.last_failed and now - self.last_attempt < self.policy.cooldown)
+        return not (self.last_failed and self._cooling(now))
 
     def may_refresh_for_unknown_kid(self, now: float) -> bool:
         """Whether an unknown ``kid`` may trigger a fetch now (one per cooldown)."""
-        return self.fresh_until != float("inf") and now - self.last_attempt >= self.policy.cooldown
+        return self.fresh_until != float("inf") and not self._cooling(now)
+
+    def _cooling(self, now: float) -> bool:
+        """Whether the last attempt started less than ``cooldown`` before ``now``.
+
+        An attempt after ``now`` (the wall clock stepped back since: NTP, a VM restored)
+        started no one knows how long ago, and holds none: counted as recent, it refused a
+        newly published key, and retried no failed fetch, for as long as the step.
+        """
+        return 0 <= now - self.last_attempt < self.policy.cooldown
 
     def record_attempt(self, now: float) -> None:
         """Note that a fetch starts at ``now``."""

@@ -311,7 +311,10 @@ def _static_keys(keys: Any, allowed: frozenset[str]) -> KeySet:
     for item in items:
         document = item
         if isinstance(item, bytes | str):
-            text = item.decode() if isinstance(item, bytes) else item
+            try:
+                text = item.decode() if isinstance(item, bytes) else item
+            except UnicodeDecodeError:  # a DER key, say: neither PEM nor JSON
+                raise ConfigurationError("keys must be PEM public keys or a JWKS") from None
             if text.lstrip().startswith("-----BEGIN"):
                 loaded.append(key_from_pem(text, allowed))
                 continue

@@ -119,6 +119,30 @@ async def test_static_keys_work_offline(session_issuer: DevIssuer) -> None:
             BearerGuard(issuer=session_issuer.url, audience=session_issuer.audience, keys=keys)
 
 
+# A P-112 key (secp112r1): PEM that cryptography parses, on a curve it does not support.
+SECP112R1_PEM = """-----BEGIN PUBLIC KEY-----
+MDIwEAYHKoZIzj0CAQYFK4EEAAYDHgAEyNpSz4iNRPGKeRqufqxXaXdn1vb4877o
+zDU3gA==
+-----END PUBLIC KEY-----
+"""
+
+
+def test_static_keys_that_are_no_usable_key_are_a_configuration_error(
+    session_issuer: DevIssuer,
+) -> None:
+    """A DER key given as bytes (not text: it raised UnicodeDecodeError) and a PEM key on
+    a curve cryptography lacks (UnsupportedAlgorithm) are refused as every other unusable
+    key is, with a ConfigurationError."""
+    der = (
+        session_issuer.key("ES256")
+        .private_key.public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    for keys in (der, [der], SECP112R1_PEM, SECP112R1_PEM.encode()):
+        with pytest.raises(ConfigurationError):
+            BearerGuard(issuer=session_issuer.url, audience=session_issuer.audience, keys=keys)
+
+
 async def test_pem_key_verifies_tokens_whatever_their_kid(session_issuer: DevIssuer) -> None:
     public = session_issuer.key("ES256").private_key.public_key()
     pem = public.public_bytes(

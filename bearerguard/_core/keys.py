@@ -341,7 +341,7 @@ def key_from_pem(
     data = pem.encode() if isinstance(pem, str) else pem
     try:
         public_key = load_pem_public_key(data)
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:  # a curve cryptography lacks: the latter
         raise ConfigurationError(f"not a PEM public key: {exc}") from exc
     weakness = _weakness(public_key)
     if weakness is not None:

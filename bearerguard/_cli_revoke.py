@@ -191,7 +191,7 @@ def add_revocation_commands(commands: Commands) -> None:
     ``revocations list``."""
     revoke = commands.add_parser(
         "revoke",
-        help="revoke a token (by jti), a subject or a client in a Redis revocation store",
+        help="revoke a token (by jti), a subject, a client or a session in a Redis store",
         description=(
             "Revoke in a RedisRevocationStore: every instance of the API sharing the Redis "
             "and the namespace refuses the token(s) within milliseconds."
@@ -214,10 +214,12 @@ def add_revocation_commands(commands: Commands) -> None:
     client = leaves.add_parser(
         "client",
         help="revoke every token of a client issued up to an instant",
-        description="Revoke every token issued to a client (client_id, else azp) at or "
-        "before an instant.",
+        description="Revoke every token issued to a client (client_id, else azp, cid or "
+        "appid: the token's client_id) at or before an instant.",
     )
-    client.add_argument("client_id", metavar="CLIENT_ID", help="the client_id claim")
+    client.add_argument(
+        "client_id", metavar="CLIENT_ID", help="the client, as the token's client_id names it"
+    )
     session = leaves.add_parser(
         "session",
         help="revoke every token of one session (by sid) issued up to an instant",

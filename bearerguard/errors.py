@@ -220,7 +220,7 @@ class InvalidClaimError(InvalidTokenError):
 
 
 class RevokedTokenError(InvalidTokenError):
-    """The token, its subject or its client has been revoked."""
+    """The token, its subject, its client or its session (``sid``) has been revoked."""
 
     reason = "revoked"
     description = "The access token has been revoked."

@@ -17,7 +17,7 @@ class RevocationStore(Protocol):
     and also for tokens served from its verification cache, so a revocation takes effect on
     the next request. Stores key individual tokens on ``(token.issuer, token.token_id)``,
     never on the token's bytes (ECDSA signatures are malleable), and may also revoke by
-    subject or client.
+    subject, client or session (``sid``).
 
     Any exception raised is treated as the store failing: the guard fails closed (503)
     unless it was built with ``revocation_failure="allow"``.

@@ -54,7 +54,7 @@ try:
     from fastapi.openapi.models import OAuthFlows as OAuthFlowsModel
     from fastapi.openapi.models import OpenIdConnect as OpenIdConnectModel
     from fastapi.openapi.models import SecurityBase as SchemeModel
-    from fastapi.routing import APIRoute, APIRouter
+    from fastapi.routing import APIRoute, APIRouter, APIWebSocketRoute
     from fastapi.security import SecurityScopes
     from fastapi.security.base import SecurityBase
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -732,11 +732,12 @@ class BearerAuth(SecurityBase):
         applies router-wide dependencies to the routes added afterwards.
 
         Raises:
-            ConfigurationError: ``target`` already has path operations, which would stay
-                unprotected.
+            ConfigurationError: ``target`` already has path operations or websocket
+                routes, which would stay unprotected.
         """
         router = target.router if isinstance(target, FastAPI) else target
-        if any(True for _ in _api_routes(router.routes)):
+        # A websocket route, too, takes the router's dependencies only when it is added.
+        if any(True for _ in _api_routes(router.routes, (APIRoute, APIWebSocketRoute))):
             raise ConfigurationError(
                 "protect() before adding path operations: existing ones would stay unprotected "
                 "(to keep some public, such as a health check, protect an APIRouter instead)"
@@ -1002,14 +1003,15 @@ def _error_body() -> dict[str, Any]:
     }
 
 
-def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:
-    """Every path operation, with the dependencies and path it has where it is mounted."""
+def _api_routes(routes: Iterable[Any], kinds: type | tuple[type, ...] = APIRoute) -> Iterator[Any]:
+    """Every path operation (every route of ``kinds``), with the dependencies and path it
+    has where it is mounted."""
     contexts = getattr(fastapi.routing, "iter_route_contexts", None)
     if contexts is None:  # pragma: no cover - FastAPI before included routers stayed nested
-        yield from (route for route in routes if isinstance(route, APIRoute))
+        yield from (route for route in routes if isinstance(route, kinds))
         return
     for context in contexts(list(routes)):
-        if isinstance(context.original_route, APIRoute):
+        if isinstance(context.original_route, kinds):
             yield context
 
 

@@ -1258,6 +1258,31 @@ def test_protect_refuses_apps_with_included_routers(guard: BearerGuard) -> None:
         BearerAuth(guard).protect(app)
 
 
+def test_protect_refuses_apps_and_routers_with_websocket_routes(guard: BearerGuard) -> None:
+    # A websocket route takes the router's dependencies when it is added, as a path
+    # operation does: one added before protect() would accept handshakes without a token.
+    app = FastAPI()
+
+    @app.websocket("/early")
+    async def early(websocket: WebSocket) -> None:
+        pass  # pragma: no cover
+
+    with pytest.raises(ConfigurationError, match="before adding path operations"):
+        BearerAuth(guard).protect(app)
+    router = APIRouter()
+
+    @router.websocket("/early")
+    async def routed(websocket: WebSocket) -> None:
+        pass  # pragma: no cover
+
+    with pytest.raises(ConfigurationError, match="before adding path operations"):
+        BearerAuth(guard).protect(router)
+    including = FastAPI()
+    including.include_router(router)
+    with pytest.raises(ConfigurationError, match="before adding path operations"):
+        BearerAuth(guard).protect(including)
+
+
 def test_openapi_documents_included_routers(guard: BearerGuard) -> None:
     bearer_auth = BearerAuth(guard)
     app = bearer_auth.install(FastAPI())

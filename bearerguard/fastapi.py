@@ -1083,9 +1083,12 @@ def _dependency_requirements(
 
 
 def _call_requirements(call: Any) -> list[ScopeRequirement]:
-    """The scope decorators on a dependency: a function, or an object's ``__call__``."""
+    """The scope decorators on a dependency: a function, a class's ``__init__`` (FastAPI
+    calls the class), or an object's ``__call__``."""
     found = scope_requirements(call)
-    if not found and not inspect.isroutine(call) and callable(call):
+    if not found and inspect.isclass(call):
+        found = scope_requirements(call.__init__)
+    elif not found and not inspect.isroutine(call) and callable(call):
         found = scope_requirements(type(call).__call__)
     return found
 

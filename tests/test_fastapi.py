@@ -1094,6 +1094,43 @@ def test_openapi_documents_what_dependencies_check(
             assert response.status_code == status, (path, granted)
 
 
+class Ledger:
+    """A class-based dependency whose __init__ carries the scope decorator."""
+
+    @requires_scopes("ledger:read")
+    def __init__(self, record: Annotated[int, Depends(write_record)]) -> None:
+        self.record = record
+
+
+def test_a_class_dependency_decorated_on_init_is_documented_and_named(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # FastAPI calls the class; its scopes were looked for on type.__call__, so the
+    # document said any token would do and the 401 challenge named no scope.
+    bearer_auth = BearerAuth(guard)
+    app = bearer_auth.install(FastAPI())
+
+    @app.get("/ledger/{item_id}")
+    async def ledger(
+        entry: Annotated[Ledger, Depends()],
+        token: Annotated[AccessToken, bearer_auth.requires()],
+    ) -> int:
+        return entry.record
+
+    operation = app.openapi()["paths"]["/ledger/{item_id}"]["get"]
+    assert operation["security"] == [{"bearerAuth": ["ledger:read"]}]
+    assert "403" in operation["responses"]
+    written.clear()
+    with TestClient(app) as client:
+        missing = client.get("/ledger/1")
+        denied = client.get("/ledger/1", headers=bearer(session_issuer, "other"))
+        read = client.get("/ledger/2", headers=bearer(session_issuer, "ledger:read"))
+    assert assert_refusal(missing, 401, None).endswith('scope="ledger:read"')
+    assert assert_refusal(denied, 403, "insufficient_scope").endswith('scope="ledger:read"')
+    assert read.json() == 2
+    assert written == [2]
+
+
 def test_openapi_oauth2_flows_from_the_issuer_metadata(
     guard: BearerGuard, session_issuer: DevIssuer
 ) -> None:

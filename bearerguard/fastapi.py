@@ -732,15 +732,20 @@ class BearerAuth(SecurityBase):
         applies router-wide dependencies to the routes added afterwards.
 
         Raises:
-            ConfigurationError: ``target`` already has path operations or websocket
-                routes, which would stay unprotected.
+            ConfigurationError: ``target`` already has path operations, websocket
+                routes or included routers, which would stay unprotected.
         """
         router = target.router if isinstance(target, FastAPI) else target
-        # A websocket route, too, takes the router's dependencies only when it is added.
-        if any(True for _ in _api_routes(router.routes, (APIRoute, APIWebSocketRoute))):
+        # A websocket route, too, takes the router's dependencies only when it is added, and
+        # an included router (empty yet) those the router had when it was included.
+        if any(
+            isinstance(getattr(route, "original_router", None), APIRouter)
+            for route in router.routes
+        ) or any(True for _ in _api_routes(router.routes, (APIRoute, APIWebSocketRoute))):
             raise ConfigurationError(
-                "protect() before adding path operations: existing ones would stay unprotected "
-                "(to keep some public, such as a health check, protect an APIRouter instead)"
+                "protect() before adding path operations or including routers: existing "
+                "ones would stay unprotected (to keep some public, such as a health check, "
+                "protect an APIRouter instead)"
             )
         router.dependencies.append(self.requires(*scopes))
         if isinstance(target, FastAPI):

@@ -1320,6 +1320,22 @@ def test_protect_refuses_apps_and_routers_with_websocket_routes(guard: BearerGua
         BearerAuth(guard).protect(including)
 
 
+def test_protect_refuses_apps_with_a_router_included_before_its_operations(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # FastAPI gives an included router the including one's dependencies as they are when it
+    # is included: an operation added to it after protect() was served without a token.
+    router = APIRouter(prefix="/later")
+    app = FastAPI()
+    app.include_router(router)
+    with pytest.raises(ConfigurationError, match="before adding path operations"):
+        BearerAuth(guard).protect(app)
+    outer = APIRouter()
+    outer.include_router(router)
+    with pytest.raises(ConfigurationError, match="before adding path operations"):
+        BearerAuth(guard).protect(outer)
+
+
 def test_openapi_documents_included_routers(guard: BearerGuard) -> None:
     bearer_auth = BearerAuth(guard)
     app = bearer_auth.install(FastAPI())

@@ -158,13 +158,15 @@ async def test_names_with_separators_are_not_confused(side: Callable[..., Side])
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    ("name", "issuer"), [(b"j1", None), (42, None), ("", None), ("j1", b"https://issuer.example")]
+    ("name", "issuer"),
+    [(b"j1", None), (42, None), ("", None), ("j1", b"https://issuer.example"), ("j1", "")],
 )
 async def test_what_no_token_can_carry_is_refused_not_held(
     side: Callable[..., Side], name: Any, issuer: Any
 ) -> None:
-    # A jti, sub or client_id is a non-empty JSON string (RFC 7519 §4.1): an entry under
-    # anything else would be reported held, yet never refuse a token.
+    # A jti, sub or client_id is a non-empty JSON string (RFC 7519 §4.1), and a guard's
+    # issuer a URL: an entry under anything else would be reported held, yet never refuse a
+    # token ("" is no issuer: None means every issuer).
     store = side(clock=Clock())
     for method in ("revoke_token", "revoke_subject", "revoke_client"):
         with pytest.raises(TypeError):

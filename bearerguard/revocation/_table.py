@@ -29,16 +29,17 @@ def check_target(name: object, issuer: object) -> None:
     """Refuse what no token's ``jti``, ``sub``, ``client_id`` or ``sid`` (or ``iss``) can equal.
 
     The claims are non-empty JSON strings (RFC 7519 §4.1.1, §4.1.2, §4.1.7; ``sid``: OpenID
-    Connect Front-Channel Logout 1.0 §3): an entry under
+    Connect Front-Channel Logout 1.0 §3), and a guard's issuer is a URL: an entry under
     ``b"j1"``, ``42`` or ``""`` would be held, and reported held, yet never match a token.
 
     Raises:
-        TypeError: ``name`` is not a non-empty string, or ``issuer`` not a string or None.
+        TypeError: ``name`` is not a non-empty string, or ``issuer`` neither a non-empty
+            string nor None (every issuer).
     """
     if not isinstance(name, str) or not name:
         raise TypeError("the jti, sub, client_id or sid must be a non-empty string")
-    if issuer is not None and not isinstance(issuer, str):
-        raise TypeError("issuer must be a string or None")
+    if issuer is not None and (not isinstance(issuer, str) or not issuer):
+        raise TypeError("issuer must be a non-empty string or None")
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ test for those that stop, restart or pause it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import subprocess
 import sys
@@ -771,6 +772,34 @@ async def test_a_full_mirror_still_strengthens_an_entry_it_holds(
     assert await small.is_revoked(token(jti="other"))
     with pytest.raises(RevocationStoreError, match="max_entries"):
         await small.revoke_client("c9")  # a new entry is still refused
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("sync", [False, True])
+async def test_a_session_cutoff_that_does_not_fit_is_refused_whole(
+    redis_server: RedisServer,
+    redis_namespace: str,
+    stores: Callable[..., RedisRevocationStore],
+    sync: bool,
+) -> None:
+    # A session cut-off with its user is two entries. With room for one, both were written:
+    # the mirror then held more than max_entries and stopped answering, on this instance
+    # and on every other of the same limit, for as long as the entries lived.
+    small = stores(redis_server.url, namespace=redis_namespace, max_entries=3)
+    await small.start()
+    for i in range(2):
+        await small.revoke_token(f"j{i}", time.time() + 60)
+    revoke = (
+        functools.partial(asyncio.to_thread, small.revoke_session_sync)
+        if sync
+        else small.revoke_session
+    )
+    with pytest.raises(RevocationStoreError, match="max_entries"):
+        await revoke("sess-1", subject="s9")
+    assert len(await small.list_revocations()) == 2  # neither entry was written
+    assert await small.is_revoked(token(jti="j0"))
+    assert not await small.is_revoked(token(jti="other", sub="s9"))
+    assert await revoke("sess-1")  # one entry still fits
 
 
 @pytest.mark.anyio

@@ -452,10 +452,15 @@ class RedisRevocationStore:
         reason: str | None,
     ) -> list[_Write]:
         check_target(sid, issuer)
-        writes: list[_Write] = []
+        targets: list[tuple[Kind, str]] = [("n", sid)]
         if subject is not None:
-            writes.append(self._cutoff_write("u", subject, issued_before, issuer, reason))
-        writes.append(self._cutoff_write("n", sid, issued_before, issuer, reason))
+            targets.insert(0, ("u", subject))
+        writes = [
+            self._cutoff_write(kind, name, issued_before, issuer, reason) for kind, name in targets
+        ]
+        # Room for both entries, or neither is written: each alone fitted, yet the two took
+        # the mirror past max_entries, and it stopped answering.
+        self._check_room(self._clock(), issuer, targets)
         return writes
 
     def _cutoff_write(
@@ -491,7 +496,7 @@ class RedisRevocationStore:
         check_target(name, issuer)
         if reason is not None and (not isinstance(reason, str) or len(reason) > _MAX_REASON):
             raise ValueError(f"reason must be a string of at most {_MAX_REASON} characters")
-        self._check_room(now, kind, issuer, name)
+        self._check_room(now, issuer, [(kind, name)])
         argv: list[str | int] = [
             self._layout.channel,
             to_ms(until),
@@ -500,17 +505,19 @@ class RedisRevocationStore:
         ]
         return _Write(self._layout.key(kind, issuer, name), argv, until)
 
-    def _check_room(self, now: float, kind: Kind, issuer: str | None, name: str) -> None:
+    def _check_room(self, now: float, issuer: str | None, targets: list[tuple[Kind, str]]) -> None:
+        """Refuse entries the mirror has no room for (it would stop answering)."""
         mirror = self._mirror
-        # A held entry is merged into, not added: a full mirror still moves it later.
-        if (
-            mirror is None
-            or len(mirror.table) < self._max_entries
-            or mirror.table.holds(kind, issuer, name)
-        ):
+        if mirror is None:
             return
-        mirror.table.prune(now)
-        if len(mirror.table) >= self._max_entries:
+        table = mirror.table
+        # A held entry is merged into, not added: a full mirror still moves it later.
+        added = sum(not table.holds(kind, issuer, name) for kind, name in targets)
+        if len(table) + added <= self._max_entries:
+            return
+        table.prune(now)
+        added = sum(not table.holds(kind, issuer, name) for kind, name in targets)
+        if len(table) + added > self._max_entries:
             raise RevocationStoreError(
                 f"the mirror holds {self._max_entries} live revocations; raise max_entries"
             )

@@ -157,6 +157,23 @@ async def test_names_with_separators_are_not_confused(side: Callable[..., Side])
 
 
 @pytest.mark.anyio
+async def test_names_with_lone_surrogates_are_revoked(side: Callable[..., Side]) -> None:
+    # A JSON string may hold a lone surrogate ("\ud800"), which has no UTF-8 encoding: Redis
+    # could not be asked about such a token (503) nor told to revoke it.
+    store = side(clock=Clock())
+    odd = "\ud800a:\udfff"
+    assert await store.revoke_token(odd, NOW + 100, issuer=ISS + "/\udc80")
+    assert await store.revoke_subject(odd, NOW - 100)
+    assert await store.revoke_session(odd, NOW - 100, subject="s\ud800")
+    assert await store.is_revoked(token(jti=odd, iss=ISS + "/\udc80"))
+    assert not await store.is_revoked(token(jti=odd + "b", iss=ISS + "/\udc80"))
+    assert await store.is_revoked(token(jti="x", sub=odd, iat=NOW - 200))
+    assert await store.is_revoked(token(jti="x", sub="s2", sid=odd, iat=NOW - 200))
+    assert await store.is_revoked(token(jti="x", sub="s\ud800", iat=NOW - 200))
+    assert not await store.is_revoked(token(jti="x", sub="s2", sid="\ud800", iat=NOW - 200))
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize(
     ("name", "issuer"),
     [(b"j1", None), (42, None), ("", None), ("j1", b"https://issuer.example"), ("j1", "")],

@@ -208,6 +208,34 @@ async def test_a_session_cutoff_reaches_another_mirror_and_is_listed(
 
 
 @pytest.mark.anyio
+async def test_names_with_lone_surrogates_reach_other_mirrors_and_are_listed(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    odd = "\ud800:%ED%A0%80*\udfff"  # its own encoding as text, too: not confused
+    a = stores(redis_server.url, namespace=redis_namespace)
+    b = stores(redis_server.url, namespace=redis_namespace)
+    await a.start()
+    await b.revoke_token(odd, time.time() + 60, issuer="https://\udc80.example")
+    await b.revoke_subject(odd)
+    await eventually(lambda: a.is_revoked(token(jti="x", sub=odd)), 1.0)
+    assert await a.is_revoked(token(jti=odd, iss="https://\udc80.example"))
+    assert not await a.is_revoked(token(jti="\ud800:%ED%A0%80*", iss="https://\udc80.example"))
+    listed = {(entry.kind, entry.issuer, entry.name) for entry in await a.list_revocations()}
+    assert listed == {("token", "https://\udc80.example", odd), ("subject", None, odd)}
+    c = stores(redis_server.url, namespace=redis_namespace)  # loads them from Redis (SCAN)
+    await c.start()
+    assert await c.is_revoked(token(jti=odd, iss="https://\udc80.example"))
+    assert await c.is_revoked(token(jti="x", sub=odd))
+    # A reason has no key to be encoded in: one without UTF-8 is refused before any I/O,
+    # not failed at Redis as if the store were down.
+    direct = stores(redis_server.url, namespace=redis_namespace, mirror=False)
+    assert await direct.revoke_client("c1", reason="caf\u00e9")
+    with pytest.raises(ValueError, match="reason"):
+        await direct.revoke_client("c1", reason="\ud800")
+    assert direct.healthy
+
+
+@pytest.mark.anyio
 async def test_the_synchronous_mirror_runs_in_a_thread(
     redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
 ) -> None:

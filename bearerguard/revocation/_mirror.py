@@ -17,7 +17,8 @@ Layout in Redis, one string key per entry, each expiring with what it covers::
     value: {"u": lapse_ms, "c": cutoff_ms, "r": reason, "a": updated_ms}
 
 ``{issuer}`` is ``*`` for "any issuer"; in the parts ``%``, ``:`` and ``*`` are
-percent-encoded, so a key splits unambiguously and namespaces cannot read each other's keys.
+percent-encoded, so a key splits unambiguously and namespaces cannot read each other's keys
+(and lone surrogates, as their ``surrogatepass`` UTF-8 bytes: a key must be UTF-8).
 Every change is published on ``{namespace}:changes`` as ``[key, value]`` by the same Lua
 script that writes it, so the write and its announcement are one atomic step.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -93,16 +95,33 @@ return value
 """
 
 
+# A lone surrogate (a JSON claim's "\ud800") has no UTF-8 encoding: redis-py refused every
+# call naming it, so such a token could be neither revoked nor checked without a mirror.
+# Percent-encoded as its surrogatepass bytes, which no other text encodes to ("%" is %25).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ENCODED_SURROGATE = re.compile("%ED%[AB][0-9A-F]%[89AB][0-9A-F]")
+
+
+def _percent(found: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in found[0].encode("utf-8", "surrogatepass"))
+
+
+def _surrogate(found: re.Match[str]) -> str:
+    return bytes.fromhex(found[0].replace("%", "")).decode("utf-8", "surrogatepass")
+
+
 def _encode_part(value: str | None) -> str:
     if value is None:
         return "*"
-    return value.replace("%", "%25").replace(":", "%3A").replace("*", "%2A")
+    part = value.replace("%", "%25").replace(":", "%3A").replace("*", "%2A")
+    return part if part.isascii() else _SURROGATE.sub(_percent, part)
 
 
 def _decode_part(part: str) -> str | None:
     if part == "*":
         return None
-    value = part.replace("%2A", "*").replace("%3A", ":").replace("%25", "%")
+    text = _ENCODED_SURROGATE.sub(_surrogate, part) if "%ED" in part else part
+    value = text.replace("%2A", "*").replace("%3A", ":").replace("%25", "%")
     # Only what _encode_part produces is ours: anything else is a foreign key.
     if _encode_part(value) != part:
         raise ValueError("not an encoded key part")

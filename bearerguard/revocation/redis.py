@@ -160,6 +160,17 @@ def _failures(action: str) -> Iterator[None]:
         raise RevocationStoreError(f"redis {action} failed: {type(exc).__name__}: {exc}") from exc
 
 
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` has a UTF-8 encoding (no lone surrogate), as Redis needs."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _message(pubsub: Any, response: Any) -> Any:
     """redis-py's message for a raw pub/sub response.
 
@@ -494,8 +505,14 @@ class RedisRevocationStore:
     ) -> _Write:
         """The script's arguments: absolute instants only, Redis supplies "now" (TIME)."""
         check_target(name, issuer)
-        if reason is not None and (not isinstance(reason, str) or len(reason) > _MAX_REASON):
-            raise ValueError(f"reason must be a string of at most {_MAX_REASON} characters")
+        # A lone surrogate has no UTF-8 encoding: refused here, not failed at Redis as if the
+        # store were down (reported unhealthy without a mirror).
+        if reason is not None and (
+            not isinstance(reason, str) or len(reason) > _MAX_REASON or not _is_utf8(reason)
+        ):
+            raise ValueError(
+                f"reason must be UTF-8 text of at most {_MAX_REASON} characters (no lone surrogate)"
+            )
         self._check_room(now, issuer, [(kind, name)])
         argv: list[str | int] = [
             self._layout.channel,

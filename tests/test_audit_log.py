@@ -331,6 +331,50 @@ def test_unverified_header_text_is_escaped_in_audit_events(
     assert event["alg"] == "ES256"
 
 
+@pytest.mark.parametrize("serve", SERVERS)
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (b'{"alg":"none","kid":"k1"}', "unsupported_algorithm"),
+        (b'{"alg":"RS256","kid":"k1","crit":["exp"]}', "malformed_token"),
+        (b'{"alg":"RS256","kid":"k1","cty":"JWT"}', "malformed_token"),
+        (b'{"alg":"RS256","kid":"k1","zip":"DEF"}', "malformed_token"),
+    ],
+    ids=["alg-none", "crit", "nested", "zip"],
+)
+def test_a_header_refused_as_it_is_read_is_audited_with_its_kid_and_alg(
+    session_issuer: DevIssuer,
+    serve: Callable[[BearerGuard], Callable[[str], int]],
+    header: bytes,
+    reason: str,
+) -> None:
+    # docs/audit-events.md: a refused token's kid and alg are recorded whenever its header
+    # parsed; an alg "none" token (RFC 8725 §3.1) is the one an operator most wants to see.
+    sink = Sink()
+    get = serve(session_issuer.guard(audit_logger=structlog.wrap_logger(None, processors=[sink])))
+    assert get(_unsigned(header)) == 401
+    [event] = sink.events
+    assert event["reason"] == reason
+    parsed = json.loads(header)
+    assert (event["kid"], event["alg"]) == (parsed["kid"], parsed["alg"])
+
+
+def test_a_non_canonical_signature_is_audited_with_the_headers_kid_and_alg(
+    session_issuer: DevIssuer,
+) -> None:
+    sink = Sink()
+    get = serve_asgi(
+        session_issuer.guard(audit_logger=structlog.wrap_logger(None, processors=[sink]))
+    )
+    header, payload, _ = _unsigned(b'{"alg":"ES256","kid":"k1"}').split(".")
+    # "c2k" is b"si"; "c2l" decodes alike with low bits set that a canonical encoding leaves
+    # zero (RFC 4648 §3.5): refused while reading the token, after its header.
+    assert get(f"{header}.{payload}.c2l") == 401
+    [event] = sink.events
+    assert event["detail"] == "non-canonical base64url segment"
+    assert (event["kid"], event["alg"]) == ("k1", "ES256")
+
+
 FORGED = "\n2026-11-29 [info     ] token.accepted sub=admin\x1b[0m\u2028"
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from bearerguard._core.unicode import has_lone_surrogate
-from bearerguard.errors import MalformedTokenError, UnsupportedAlgorithmError
+from bearerguard.errors import AuthError, MalformedTokenError, UnsupportedAlgorithmError
 
 __all__ = [
     "CompactJWS",
@@ -182,6 +182,15 @@ _MAX_CACHED_HEADERS = 256
 
 def _checked_header(header_segment: bytes) -> dict[str, Any]:
     header = _decode_object(header_segment, "header")
+    try:
+        _check_header(header)
+    except AuthError as exc:
+        exc.header = header  # the audit log records its kid and alg, escaped
+        raise
+    return header
+
+
+def _check_header(header: dict[str, Any]) -> None:
     for member in _REFUSED_HEADER_MEMBERS:
         if member in header:
             raise MalformedTokenError(f"header parameter {member!r} is not accepted")
@@ -198,7 +207,6 @@ def _checked_header(header_segment: bytes) -> dict[str, Any]:
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise MalformedTokenError("header kid is not a string")
-    return header
 
 
 def parse_credentials(credentials: bytes, text: str | None = None) -> CompactJWS | None:
@@ -228,7 +236,11 @@ def parse_credentials(credentials: bytes, text: str | None = None) -> CompactJWS
         if len(_HEADERS) >= _MAX_CACHED_HEADERS:
             _HEADERS.clear()
         _HEADERS[header_segment] = header
-    signature = _b64decode(signature_segment)
+    try:
+        signature = _b64decode(signature_segment)
+    except AuthError as exc:
+        exc.header = header
+        raise
     token = credentials.decode("ascii") if text is None else text
     signing_input = credentials[: len(header_segment) + 1 + len(payload_segment)]
     return _new_jws(CompactJWS, (token, header, signing_input, signature, payload_segment))

@@ -1,5 +1,5 @@
 """Small helpers shared by the tests: base64url, hand-made tokens, a settable clock, a direct
-ASGI call."""
+ASGI call and the scope it takes."""
 
 from __future__ import annotations
 
@@ -30,6 +30,27 @@ async def asgi_call(
 
     await app(scope, receive, send)
     return sent
+
+
+def http_scope(headers: list[tuple[bytes, Any]], **changes: Any) -> dict[str, Any]:
+    """A raw ASGI scope of ``GET /me`` as a server builds it, with ``changes`` applied: for
+    what a test client cannot send (odd header types, no Host, another server address)."""
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/me",
+        "raw_path": b"/me",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 80),
+    }
+    scope.update(changes)
+    return scope
 
 
 def b64(data: bytes) -> str:

@@ -54,7 +54,7 @@ from bearerguard.revocation.memory import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
 from tests.apps import build_app, build_flask_app
-from tests.helpers import asgi_call
+from tests.helpers import asgi_call, http_scope
 from tests.redis_server import RedisServer
 
 URL = "http://testserver/me"
@@ -1874,22 +1874,11 @@ async def test_without_a_host_header_the_servers_address_is_the_authority(
     # brackets (RFC 3986 §3.2.2), as a client would have written it in its proof's htu.
     app = build_app(session_issuer.guard(in_process=True, dpop=DPoPPolicy()))
     token = bound(session_issuer, holder)
-    scope = {
-        "type": "http",
-        "http_version": "1.0",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/me",
-        "raw_path": b"/me",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"authorization", f"DPoP {token}".encode()),
-            (b"dpop", holder.proof(token, url=url).encode()),
-        ],
-        "client": ("127.0.0.1", 1),
-        "server": server,
-    }
+    headers = [
+        (b"authorization", f"DPoP {token}".encode()),
+        (b"dpop", holder.proof(token, url=url).encode()),
+    ]
+    scope = http_scope(headers, http_version="1.0", server=server)
     sent = await asgi_call(app, scope)
     expected = 401 if server[1] is None else 200  # a socket path is no authority: no htu matches
     assert sent[0]["status"] == expected

@@ -201,24 +201,14 @@ async def test_a_text_query_string_is_answered_not_a_500(
     guard: BearerGuard, session_issuer: DevIssuer, middleware: bool, query: str, status: int
 ) -> None:
     # ASGI says bytes; Django's AsyncClient and some test tools put text in query_string.
-    from tests.helpers import asgi_call
+    from tests.helpers import asgi_call, http_scope
 
     app = build_api(guard, middleware=middleware)
     token = session_issuer.mint(sub="erin")
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/me",
-        "raw_path": b"/me",
-        "root_path": "",
-        "query_string": query.format(t=token),
-        "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode())],
-        "client": ("127.0.0.1", 1234),
-        "server": ("testserver", 80),
-    }
+    scope = http_scope(
+        [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode())],
+        query_string=query.format(t=token),
+    )
     with capture_logs() as events:
         sent = await asgi_call(app, scope)
     assert sent[0]["status"] == status
@@ -232,28 +222,17 @@ async def test_a_bytearray_authorization_value_is_answered_not_a_500(
 ) -> None:
     # ASGI says bytes; Starlette reads a bytearray value too. BearerAuth (and the
     # middleware) called bytes methods on it: AttributeError, a 500.
-    from tests.helpers import asgi_call
+    from tests.helpers import asgi_call, http_scope
 
     app = build_api(guard, middleware=middleware)
     token = session_issuer.mint(sub="erin")
     for credentials, status in [(token, 200), (token + "!", 400)]:
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": "/me",
-            "raw_path": b"/me",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [
+        scope = http_scope(
+            [
                 (b"host", b"testserver"),
                 (b"authorization", bytearray(f"Bearer {credentials}".encode())),
-            ],
-            "client": ("127.0.0.1", 1234),
-            "server": ("testserver", 80),
-        }
+            ]
+        )
         with capture_logs() as events:
             sent = await asgi_call(app, scope)
         assert sent[0]["status"] == status

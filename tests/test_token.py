@@ -90,8 +90,8 @@ def test_times_are_aware_datetimes_made_once_on_first_read() -> None:
     assert fractional.issued_at is None
 
 
-def test_a_fingerprint_left_to_first_read_is_the_raw_tokens() -> None:
-    token = AccessToken.from_claims(
+def fingerprinted_on_read(cls: type[AccessToken] = AccessToken) -> AccessToken:
+    return cls.from_claims(
         {**CLAIMS},
         scopes=frozenset(),
         expires_at=1_800_000_060.0,
@@ -101,6 +101,10 @@ def test_a_fingerprint_left_to_first_read_is_the_raw_tokens() -> None:
         fingerprint=None,
         raw="h.p.s",
     )
+
+
+def test_a_fingerprint_left_to_first_read_is_the_raw_tokens() -> None:
+    token = fingerprinted_on_read()
     expected = hashlib.sha256(b"h.p.s").digest()[:8].hex()
     assert token_fingerprint("h.p.s") == token_fingerprint(b"h.p.s") == expected
     assert token == dataclasses.replace(
@@ -117,16 +121,7 @@ def test_subclasses_get_the_fingerprint_of_raw_at_once() -> None:
     class Tagged(AccessToken):
         tag: str = "x"
 
-    token = Tagged.from_claims(
-        {**CLAIMS},
-        scopes=frozenset(),
-        expires_at=1_800_000_060.0,
-        issued_at=None,
-        key_id=None,
-        algorithm="RS256",
-        fingerprint=None,
-        raw="h.p.s",
-    )
+    token = fingerprinted_on_read(Tagged)
     assert token.fingerprint == token_fingerprint("h.p.s")
 
 

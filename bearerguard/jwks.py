@@ -76,7 +76,7 @@ def check_url(url: str, what: str) -> str:
     """
     refusal = ConfigurationError(
         f"{what} must be an https URL without credentials or fragment "
-        f"(http only for 127.0.0.1, ::1 or localhost): {url!r}"
+        f"(http only for a loopback host: 127.0.0.0/8, ::1 or localhost): {url!r}"
     )
     try:
         parts = urlsplit(url)

@@ -114,7 +114,12 @@ class TrustedIssuers:
         resolver: IssuerResolver | None = None,
         max_resolved: int = 100,
     ) -> None:
-        listed = list(guards)
+        if isinstance(guards, BearerGuard):
+            raise ConfigurationError("TrustedIssuers takes a list of guards: [guard, ...]")
+        try:
+            listed = list(guards)
+        except TypeError:  # not iterable
+            listed = []
         if not listed or not all(isinstance(guard, BearerGuard) for guard in listed):
             raise ConfigurationError("TrustedIssuers needs at least one BearerGuard")
         if resolver is not None and not callable(resolver):

@@ -88,6 +88,10 @@ def test_construction_rules(alpha: DevIssuer, beta: DevIssuer) -> None:
         TrustedIssuers([alpha.guard(in_process=True), alpha.guard(in_process=True)])
     with pytest.raises(ConfigurationError):
         TrustedIssuers(["https://issuer.example"])  # type: ignore[list-item]
+    with pytest.raises(ConfigurationError, match=r"a list of guards"):
+        TrustedIssuers(alpha.guard(in_process=True))  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        TrustedIssuers(7)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
         TrustedIssuers(
             [alpha.guard(in_process=True), beta.guard(in_process=True, dpop=DPoPPolicy())]

@@ -500,8 +500,9 @@ class DPoPPolicy:
             when several instances serve the API.
         external_url: the URL clients reach the API at (``https://api.example.com`` or
             with a path prefix), when a proxy stands in front: the request's path is appended
-            to it to check ``htu``. Without it the URL is rebuilt from the request's scheme
-            and ``Host``, which a proxy may change.
+            to it to check ``htu``. That path includes any ASGI ``root_path`` or WSGI
+            ``SCRIPT_NAME``: leave such a prefix out of it. Without it the URL is rebuilt
+            from the request's scheme and ``Host``, which a proxy may change.
 
     Raises:
         ConfigurationError: an unknown mode, a non-asymmetric algorithm, a window that is

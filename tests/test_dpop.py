@@ -28,6 +28,7 @@ from joserfc import jws as jose_jws
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from starlette.testclient import TestClient
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.test import EnvironBuilder
 
 from bearerguard import BearerGuard
@@ -1674,13 +1675,17 @@ def _raw_get(port: int, target: str, headers: dict[str, str], host: str = "api.e
     return data.split(b"\r\n", 1)[0]
 
 
-def _serving(stack: str, guard: BearerGuard, http: str = "h11") -> Iterator[int]:
+def _serving(
+    stack: str, guard: BearerGuard, http: str = "h11", root_path: str = ""
+) -> Iterator[int]:
     """uvicorn (``http``: h11 or httptools) or werkzeug on 127.0.0.1 serving a catch-all app
-    behind the guard."""
+    behind the guard. ``root_path``: uvicorn's ``--root-path``; werkzeug gets a ``ProxyFix``
+    taking ``X-Forwarded-Prefix`` into ``SCRIPT_NAME``."""
     if stack == "asgi":
         uvicorn = pytest.importorskip("uvicorn")
         app = BearerGuardMiddleware(_asgi_catch_all, guard=guard)
-        server = uvicorn.Server(uvicorn.Config(app, http=http, log_level="warning"))
+        config = uvicorn.Config(app, http=http, log_level="warning", root_path=root_path)
+        server = uvicorn.Server(config)
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -1697,7 +1702,8 @@ def _serving(stack: str, guard: BearerGuard, http: str = "h11") -> Iterator[int]
     else:
         from werkzeug.serving import make_server
 
-        wsgi = make_server("127.0.0.1", 0, BearerGuardWSGIMiddleware(_wsgi_catch_all, guard=guard))
+        guarded = BearerGuardWSGIMiddleware(_wsgi_catch_all, guard=guard)
+        wsgi = make_server("127.0.0.1", 0, ProxyFix(guarded, x_prefix=1) if root_path else guarded)
         thread = threading.Thread(target=wsgi.serve_forever, daemon=True)
         thread.start()
         try:
@@ -1722,6 +1728,24 @@ def test_a_request_target_not_in_origin_form_cannot_name_another_host(
         assert b" 401 " in _raw_get(port, "@evil.example/me", dpop(token, foreign))
         own = holder.proof(token, url="http://api.example/me")
         assert b" 200 " in _raw_get(port, "/me", dpop(token, own))
+
+
+def test_under_a_root_path_external_url_is_the_origin_alone(
+    stack: str, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    # docs/dpop.md: a proxy strips /v1 and the server is told of it (uvicorn --root-path /v1,
+    # or SCRIPT_NAME through ProxyFix's x_prefix). The path then includes /v1 (ASGI 3,
+    # PEP 3333), so an external_url ending in /v1 names /v1/v1/me and matches no htu.
+    token = bound(session_issuer, holder)
+    stripped = {"X-Forwarded-Prefix": "/v1"}  # what the proxy sends; uvicorn ignores it
+    for external_url, status in [
+        ("http://api.example", b" 200 "),
+        ("http://api.example/v1", b" 401 "),
+    ]:
+        guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(external_url=external_url))
+        for port in _serving(stack, guard, root_path="/v1"):
+            proof = holder.proof(token, url="http://api.example/v1/me")
+            assert status in _raw_get(port, "/me", {**dpop(token, proof), **stripped})
 
 
 @pytest.mark.parametrize(("stack", "http"), [("asgi", "h11"), ("asgi", "httptools"), ("wsgi", "")])

@@ -735,3 +735,47 @@ def test_dpop_scheme_with_a_certificate_bound_token(
                 ]
             else:
                 assert [(e["event"], e["binding"]) for e in logged] == [("token.accepted", "dpop")]
+
+
+def _wsgi_server(kind: str, app: Any) -> Iterator[int]:
+    """The standard library's wsgiref or werkzeug's server, plain HTTP on 127.0.0.1."""
+    if kind == "wsgiref":
+        from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server: Any = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+    else:
+        from werkzeug.serving import make_server as werkzeug_server
+
+        server = werkzeug_server("127.0.0.1", 0, app)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.mark.parametrize(("kind", "reaches"), [("wsgiref", True), ("werkzeug", False)])
+def test_an_underscore_header_name_under_wsgi(
+    session_issuer: DevIssuer, pki: PKI, kind: str, reaches: bool
+) -> None:
+    # docs/reusing-tokens.md: CGI naming maps Client-Cert and Client_Cert to one environ key,
+    # HTTP_CLIENT_CERT. wsgiref takes a client's Client_Cert there (the proxy must drop it);
+    # werkzeug drops every header name with "_", so a proxy's X_Client_Cert never arrives.
+    token = session_issuer.mint(cnf={"x5t#S256": pki.alice.thumbprint})
+    alice = ":" + base64.b64encode(pki.alice.der).decode() + ":"
+    for header in ("client-cert", "x_client_cert"):
+        binding = CertificateBinding(source="header", header=header)
+        guard = session_issuer.guard(in_process=True, mtls=binding)
+        sent = "Client_Cert" if header == "client-cert" else "X_Client_Cert"
+        for port in _wsgi_server(kind, build_flask_app(guard)):
+            response = httpx.get(
+                f"http://127.0.0.1:{port}/me", headers={**bearer(token), sent: alice}
+            )
+            assert response.status_code == (200 if reaches else 401), (header, response.text)

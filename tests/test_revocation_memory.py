@@ -163,6 +163,29 @@ async def test_a_full_store_still_strengthens_an_entry_it_holds() -> None:
         await store.revoke_client("c9")  # a new entry is still refused
 
 
+@pytest.mark.parametrize("sync", [False, True])
+async def test_a_session_cutoff_that_does_not_fit_is_refused_whole(sync: bool) -> None:
+    # A session cut-off with its user is two entries. With room for one, the user's entry
+    # was written and the session's refused: half a revocation, reported as a failure.
+    clock = Clock()
+    store = MemoryRevocationStore(clock=clock, max_entries=3)
+    await store.revoke_token("j0", expires_at=clock.now + 1000)
+    await store.revoke_token("j1", expires_at=clock.now + 1000)
+
+    async def revoke_with_user() -> None:
+        if sync:
+            store.revoke_session_sync("sess-1", subject="s9")
+        else:
+            await store.revoke_session("sess-1", subject="s9")
+
+    with pytest.raises(RevocationStoreError, match="max_entries"):
+        await revoke_with_user()
+    assert len(store) == 2  # neither entry was written
+    assert not await store.is_revoked(token(jti="other", sub="s9", iat=clock.now - 60))
+    assert await store.revoke_session("sess-1")  # one entry still fits
+    assert len(store) == 3
+
+
 async def test_lapsed_entries_are_forgotten_before_the_store_is_full() -> None:
     # Entries vanish once the tokens they cover would have expired: revoking five-minute
     # tokens all day keeps the last minutes' revocations, not every one (max_entries).

@@ -103,7 +103,7 @@ class MemoryRevocationStore:
         until = lapse + self._grace
         if until <= now:
             return False
-        self._add(Entry("t", issuer, jti, until, None, None, now), now)
+        self._add([Entry("t", issuer, jti, until, None, None, now)], now)
         return True
 
     def revoke_subject_sync(
@@ -142,10 +142,15 @@ class MemoryRevocationStore:
         if subject is not None:
             check_target(subject, issuer)
         # One instant for both entries, "now" read once.
-        cutoff = self._clock() if issued_before is None else to_epoch(issued_before)
+        now = self._clock()
+        cutoff = now if issued_before is None else to_epoch(issued_before)
+        entries = [self._cutoff_entry("n", issuer, sid, cutoff, now)]
         if subject is not None:
-            self._cut("u", issuer, subject, cutoff)
-        return self._cut("n", issuer, sid, cutoff)
+            entries.insert(0, self._cutoff_entry("u", issuer, subject, cutoff, now))
+        # Room for both entries, or neither is written: half a session cut-off was held
+        # though the call reported a failure.
+        self._add(entries, now)
+        return True  # a cut-off lives for retention past now: never lapsed already
 
     def is_revoked_sync(self, token: AccessToken) -> bool:
         """Whether ``token``, its subject, its client or its session has been revoked."""
@@ -197,27 +202,34 @@ class MemoryRevocationStore:
         check_target(name, issuer)
         now = self._clock()
         cutoff = now if issued_before is None else to_epoch(issued_before)
+        self._add([self._cutoff_entry(kind, issuer, name, cutoff, now)], now)
+        return True  # a cut-off lives for retention past now: never lapsed already
+
+    def _cutoff_entry(
+        self, kind: Kind, issuer: str | None, name: str, cutoff: float, now: float
+    ) -> Entry:
         # A token issued at the cut-off lives up to retention, and is accepted up to the
         # guard's leeway (at most expiry_grace) past its exp: the cut-off outlasts both.
         until = max(cutoff, now) + self._retention + self._grace
-        self._add(Entry(kind, issuer, name, until, cutoff, None, now), now)
-        return True  # a cut-off lives for retention past now: never lapsed already
+        return Entry(kind, issuer, name, until, cutoff, None, now)
 
-    def _add(self, entry: Entry, now: float) -> None:
+    def _add(self, entries: list[Entry], now: float) -> None:
+        """Hold every one of ``entries``, or none when they do not all fit."""
         table = self.table
-        # A held entry is merged into, not added: a full store still moves it later.
-        full = len(table) >= self._max_entries and not table.holds(*_key_of(entry))
+        full = len(table) + _added(table, entries) > self._max_entries
         # Lapsed entries go on a write at least every _PRUNE_EVERY seconds, not only when the
         # table is full: the store holds the revocations of the last token lifetime.
         if full or now >= self._next_prune:
             table.prune(now)
             self._next_prune = now + _PRUNE_EVERY
-            if len(table) >= self._max_entries and not table.holds(*_key_of(entry)):
+            if len(table) + _added(table, entries) > self._max_entries:
                 raise RevocationStoreError(
                     f"memory store holds {self._max_entries} live revocations; raise max_entries"
                 )
-        table.apply(entry)
+        for entry in entries:
+            table.apply(entry)
 
 
-def _key_of(entry: Entry) -> tuple[Kind, str | None, str]:
-    return entry.kind, entry.issuer, entry.name
+def _added(table: RevocationTable, entries: list[Entry]) -> int:
+    # A held entry is merged into, not added: a full store still moves it later.
+    return sum(not table.holds(entry.kind, entry.issuer, entry.name) for entry in entries)

@@ -22,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
-from bearerguard._core.times import check_count
+from bearerguard._core.times import check_count, check_seconds
 from bearerguard.errors import ConfigurationError
 
 __all__ = ["DEFAULT_URL", "RedisClients", "again", "again_sync", "async_client", "sync_client"]
@@ -72,6 +72,22 @@ def check_namespace(namespace: object) -> None:
         raise ConfigurationError("namespace must be a non-empty string")
 
 
+def check_wait(name: str, value: object) -> float:
+    """A timeout: positive seconds, as a float, no longer than a thread can wait.
+
+    NaN fails too, and ``True`` is no duration (``check_seconds``). Past ``TIMEOUT_MAX`` (the
+    longest wait Python's sockets and locks take), every command raised OverflowError, and
+    the mirror's thread died of it.
+
+    Raises:
+        ConfigurationError: anything else.
+    """
+    seconds = check_seconds(name, value, positive=True)
+    if seconds > TIMEOUT_MAX:
+        raise ConfigurationError(f"{name} must be at most {TIMEOUT_MAX:.0f} seconds: {seconds!r}")
+    return seconds
+
+
 class RedisClients:
     """The clients of one Redis-backed component, and which of them it owns.
 
@@ -92,10 +108,8 @@ class RedisClients:
         max_connections: int,
         client_name: str,
     ) -> None:
-        # NaN fails too. Past TIMEOUT_MAX (the longest wait Python's sockets and locks
-        # take), every command raised OverflowError, and the mirror's thread died of it.
-        if not (0 < socket_timeout <= TIMEOUT_MAX and 0 < connect_timeout <= TIMEOUT_MAX):
-            raise ConfigurationError("socket_timeout and connect_timeout must be positive seconds")
+        socket_timeout = check_wait("socket_timeout", socket_timeout)
+        connect_timeout = check_wait("connect_timeout", connect_timeout)
         # NaN or a string was redis-py's ValueError or TypeError, not ours.
         max_connections = check_count("max_connections", max_connections)
         if url is not None and (client is not None or async_client is not None):
@@ -105,6 +119,8 @@ class RedisClients:
             if not url.startswith(("redis://", "rediss://", "unix://")):
                 raise ConfigurationError("url must start with redis://, rediss:// or unix://")
         self.url = url
+        self.timeout = socket_timeout
+        """``socket_timeout`` as checked: a float."""
         self.options: dict[str, Any] = {
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": connect_timeout,

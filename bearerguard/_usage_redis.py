@@ -197,7 +197,6 @@ class RedisUsageMonitor:
         self._prefix = f"{namespace}:use:{round(policy.window * 1000)}:"
         self._namespace = namespace
         self._max_connections = max_connections
-        self._timeout = socket_timeout
         self._cooldown = failure_cooldown
         self._down_until = -math.inf
         self._clock = clock
@@ -212,6 +211,7 @@ class RedisUsageMonitor:
             max_connections=max_connections,
             client_name="bearerguard-usage",
         )
+        self._timeout = self._clients.timeout
         self._sync_script: Any = None
         self._async_script: Any = None
         self._slots: anyio.Semaphore | None = None

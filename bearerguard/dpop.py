@@ -307,7 +307,6 @@ class RedisDPoPReplayStore:
         # A pooled connection Redis closed while idle (its ``timeout``, a restart) fails at
         # once: one more try, on a fresh connection. A script that ran before the connection
         # broke only makes the retry see a replay (401, never an accepted replay).
-        self._timeout = socket_timeout
         self._again, self._again_sync = again, again_sync
         # Clients without retries, bounded waits (bearerguard._redis).
         self._clients = RedisClients(
@@ -319,6 +318,7 @@ class RedisDPoPReplayStore:
             max_connections=max_connections,
             client_name="bearerguard-dpop",
         )
+        self._timeout = self._clients.timeout
 
     @property
     def synchronous(self) -> bool:

@@ -17,7 +17,7 @@ import pytest
 
 from bearerguard import BearerGuard, FetchPolicy, RefreshPolicy
 from bearerguard._usage_redis import RedisUsageMonitor
-from bearerguard.dpop import DPoPPolicy, MemoryDPoPReplayStore, NonceIssuer
+from bearerguard.dpop import DPoPPolicy, MemoryDPoPReplayStore, NonceIssuer, RedisDPoPReplayStore
 from bearerguard.errors import ConfigurationError
 from bearerguard.events import SecurityEventReceiver
 from bearerguard.introspection import Introspector
@@ -44,6 +44,12 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "redis usage monitor": lambda **kw: RedisUsageMonitor(POLICY, "redis://127.0.0.1:1", **kw),
     "trusted issuers": lambda **kw: TrustedIssuers([_guard()], **kw),
     "event receiver": lambda **kw: SecurityEventReceiver(guard=_guard(), audience="api", **kw),
+}
+
+REDIS_FACTORIES: dict[str, Callable[..., Any]] = {
+    "redis store": FACTORIES["redis store"],
+    "redis usage monitor": FACTORIES["redis usage monitor"],
+    "redis replay store": lambda **kw: RedisDPoPReplayStore("redis://127.0.0.1:1", **kw),
 }
 
 SECONDS = [math.nan, math.inf, -1.0, True, "60", None, Decimal("NaN")]
@@ -164,6 +170,36 @@ def test_redis_max_connections_is_a_whole_number(value: object) -> None:
     for build in (FACTORIES["redis store"], FACTORIES["redis usage monitor"]):
         with pytest.raises(ConfigurationError, match="max_connections"):
             build(max_connections=value)
+
+
+REDIS_TIMEOUTS = [
+    *[("redis store", name) for name in ("socket_timeout", "connect_timeout", "failure_timeout")],
+    *[("redis usage monitor", name) for name in ("socket_timeout", "connect_timeout")],
+    *[("redis replay store", name) for name in ("socket_timeout", "connect_timeout")],
+]
+
+
+@pytest.mark.parametrize(("factory", "name"), REDIS_TIMEOUTS)
+@pytest.mark.parametrize(
+    "value", [True, "1", None, math.nan, math.inf, 1e300, 0, -1, Decimal("sNaN")]
+)
+def test_redis_timeouts_are_finite_seconds(factory: str, name: str, value: object) -> None:
+    # Was True taken for one second, and a plain TypeError for a string or None.
+    with pytest.raises(ConfigurationError, match=name):
+        REDIS_FACTORIES[factory](**{name: value})
+
+
+@pytest.mark.parametrize(("factory", "name"), REDIS_TIMEOUTS)
+def test_redis_timeouts_are_kept_as_floats(factory: str, name: str) -> None:
+    built = REDIS_FACTORIES[factory](**{name: Decimal("0.5")})
+    if name == "failure_timeout":
+        assert type(built._failure_timeout) is float
+    else:
+        options = built._clients.options
+        assert options[name.replace("connect", "socket_connect")] == 0.5
+        keys = ("socket_timeout", "socket_connect_timeout", "timeout")
+        assert all(type(options[key]) is float for key in keys)
+        assert type(built._timeout) is float
 
 
 GUARD_SETTINGS = [

@@ -63,8 +63,15 @@ from bearerguard._core.times import (
     to_epoch,
 )
 from bearerguard._fork import reset_after_fork
-from bearerguard._redis import DEFAULT_URL, RedisClients, again, again_sync, check_namespace
-from bearerguard.errors import ConfigurationError, RevocationStoreError
+from bearerguard._redis import (
+    DEFAULT_URL,
+    RedisClients,
+    again,
+    again_sync,
+    check_namespace,
+    check_wait,
+)
+from bearerguard.errors import RevocationStoreError
 from bearerguard.revocation._mirror import (
     REVOKE_SCRIPT,
     SCAN_COUNT,
@@ -253,15 +260,13 @@ class RedisRevocationStore:
         check_namespace(namespace)
         # NaN fails too. The first checks wait up to failure_timeout for the mirror: past
         # threading.TIMEOUT_MAX (inf included) that wait raised OverflowError.
-        if not 0 < failure_timeout <= threading.TIMEOUT_MAX:
-            raise ConfigurationError("failure_timeout must be positive seconds")
+        failure_timeout = check_wait("failure_timeout", failure_timeout)
         # NaN fails too: it made every entry's end NaN, never matched by the mirror.
         max_entries = check_count("max_entries", max_entries)
         retention = check_seconds("retention", retention, positive=True)
         expiry_grace = check_seconds("expiry_grace", expiry_grace)
         max_connections = check_count("max_connections", max_connections, least=2)
         self._layout = Layout(namespace)
-        self._timeout = socket_timeout
         self._failure_timeout = failure_timeout
         self._max_entries = max_entries
         self._retention = retention
@@ -283,6 +288,7 @@ class RedisRevocationStore:
             max_connections=max_connections,
             client_name="bearerguard",
         )
+        self._timeout = self._clients.timeout
         self._sync_script: Any = None
         self._async_script: Any = None
         self._lock = threading.Lock()

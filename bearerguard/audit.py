@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from bearerguard._core.extract import redact_token
 from bearerguard._core.usage import UsageVerdict, consequence
 from bearerguard._failures import FailureReport
 from bearerguard.errors import AuthError, InsufficientScopeError, ServiceUnavailableError
@@ -375,6 +376,7 @@ class AuditLog:
         """Record a refusal, with what ``error`` (or ``token``) tells of the refused token."""
         fields: dict[str, Any]
         token = token or error.token
+        detail = error.detail
         if token is not None:
             fields = token_fields(token)
         else:
@@ -393,6 +395,10 @@ class AuditLog:
             fields["scope_match"] = "any" if error.any_of else "all"
         elif isinstance(error, ServiceUnavailableError):
             event, level = "auth.unavailable", "error"
+            # A store's own error (a usage monitor's, a DPoP replay store's) may quote the
+            # token it was given: kept out, as every event keeps it out.
+            if detail is not None and token is not None:
+                detail = redact_token(detail, token.raw)
         else:
             event, level = "token.rejected", "warning"
         if self.metrics is not None:
@@ -403,7 +409,7 @@ class AuditLog:
                 outcome="error" if level == "error" else "deny",
                 reason=error.reason,
                 status=error.status,
-                detail=None if error.detail is None else _printable(error.detail[:_MAX_DETAIL]),
+                detail=None if detail is None else _printable(detail[:_MAX_DETAIL]),
                 latency_ms=_milliseconds(latency),
                 binding=error.binding,
                 **request.fields(),

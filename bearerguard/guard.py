@@ -30,7 +30,12 @@ import anyio.to_thread
 
 from bearerguard._core.claims import ClaimCheck, ClaimsPolicy, validate_claims
 from bearerguard._core.dpop import check_proof
-from bearerguard._core.extract import DEFAULT_MAX_TOKEN_BYTES, check_b64token, too_large
+from bearerguard._core.extract import (
+    DEFAULT_MAX_TOKEN_BYTES,
+    check_b64token,
+    redact_token,
+    too_large,
+)
 from bearerguard._core.introspected import token_from_introspection
 from bearerguard._core.jws import (
     CompactJWS,
@@ -1289,12 +1294,16 @@ class BearerGuard:
 
     def _revocation_failed(self, access: AccessToken, exc: Exception) -> None:
         count(self.metrics, REVOCATION_FAILURES, {"store": self._store_name})
+        # The application's store may quote the token it was given: never logged.
+        detail = redact_token(f"{type(exc).__name__}: {exc}", access.raw)
         if self._fail_open:
             _log.warning(
-                "bearerguard: revocation store %s failed, failing open: %r", self._store_name, exc
+                "bearerguard: revocation store %s failed, failing open: %s",
+                self._store_name,
+                detail,
             )
             return
-        failure = RevocationStoreError(f"{type(exc).__name__}: {exc}"[:200])
+        failure = RevocationStoreError(detail[:200])
         failure.token = access
         failure.store = self._store_name
         raise failure from exc

@@ -23,13 +23,14 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from bearerguard import BearerGuard
+from bearerguard import AccessToken, BearerGuard
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.audit import AuditLog, RequestInfo, sink_failures, token_fields
 from bearerguard.errors import ExpiredTokenError
 from bearerguard.metrics import AUDIT_EVENTS_LOST, DECISIONS, InMemoryMetrics
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer, audit_events
+from bearerguard.usage import UsageMonitorError, UsagePolicy, UsageVerdict
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
 from tests.helpers import Clock
 
@@ -836,3 +837,80 @@ def test_a_token_anomaly_the_logger_cannot_take_keeps_its_verdict(
     # The first lost event was logged in full; this one, lost while the logger is still
     # down, is counted.
     assert metrics.count(AUDIT_EVENTS_LOST, event="token.anomaly") == 1
+
+
+class _QuotingStore:
+    """A store whose failure quotes what it was given, as a careless store's may."""
+
+    def __init__(self, quote: Callable[[str], str]) -> None:
+        self.quote = quote
+
+    async def is_revoked(self, token: AccessToken) -> bool:
+        return self.is_revoked_sync(token)
+
+    def is_revoked_sync(self, token: AccessToken) -> bool:
+        raise KeyError(self.quote(token.raw))
+
+
+class _QuotingMonitor:
+    """A usage monitor whose failure (denying) quotes the token it was given."""
+
+    policy = UsagePolicy(max_uses_per_token=10, failure="deny")
+
+    async def observe(self, token: AccessToken, client: str | None) -> UsageVerdict:
+        return self.observe_sync(token, client)
+
+    def observe_sync(self, token: AccessToken, client: str | None) -> UsageVerdict:
+        raise UsageMonitorError(f"no counter for {token.raw}")
+
+
+def _signature(raw: str) -> str:
+    return raw.rpartition(".")[2]
+
+
+QUOTES = [
+    pytest.param(lambda raw: raw, id="token"),
+    pytest.param(lambda raw: f"signature {_signature(raw)} unknown", id="signature"),
+]
+
+
+@pytest.mark.parametrize("serve", SERVERS)
+@pytest.mark.parametrize("quote", QUOTES)
+def test_a_store_failure_quoting_the_token_is_audited_without_it(
+    session_issuer: DevIssuer, serve: Callable[..., Callable[[str], int]], quote: Any
+) -> None:
+    # The detail carried str(exc) of the application's store: the raw token (or a 200
+    # character prefix of it, header and payload) or its signature went to the audit log.
+    get = serve(session_issuer.guard(revocation=_QuotingStore(quote)))
+    raw = session_issuer.mint()
+    with audit_events() as events:
+        assert get(raw) == 503
+    detail = events.assert_one("auth.unavailable")["detail"]
+    assert "REDACTED" in detail
+    assert _signature(raw) not in detail
+    assert raw.partition(".")[0] not in detail  # not even the start of the token
+    assert detail.startswith("KeyError: ")
+
+
+@pytest.mark.parametrize("serve", SERVERS)
+def test_a_usage_monitor_failure_quoting_the_token_is_audited_without_it(
+    session_issuer: DevIssuer, serve: Callable[..., Callable[[str], int]]
+) -> None:
+    get = serve(session_issuer.guard(usage=_QuotingMonitor()))
+    raw = session_issuer.mint()
+    with audit_events() as events:
+        assert get(raw) == 503
+    detail = events.assert_one("auth.unavailable")["detail"]
+    assert detail == "no counter for REDACTED"
+
+
+def test_a_store_failing_open_is_logged_without_the_token_it_quotes(
+    session_issuer: DevIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _QuotingStore(lambda raw: raw)
+    get = serve_asgi(session_issuer.guard(revocation=store, revocation_failure="allow"))
+    raw = session_issuer.mint()
+    with caplog.at_level(logging.WARNING, logger="bearerguard"):
+        assert get(raw) == 200
+    assert "failing open: KeyError: 'REDACTED'" in caplog.text
+    assert _signature(raw) not in caplog.text

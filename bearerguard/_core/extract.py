@@ -26,6 +26,7 @@ __all__ = [
     "is_query_token",
     "joined_request_ids",
     "redact_query_token",
+    "redact_token",
     "request_credentials",
     "request_dpop_credentials",
     "split_joined_values",
@@ -166,6 +167,26 @@ def has_query_token(query_string: bytes) -> bool:
 
 
 REDACTED = b"REDACTED"
+
+
+_MIN_SIGNATURE = 16  # a shorter last segment (a hand-built token's) could be any word
+
+
+def redact_token(text: str, raw: str) -> str:
+    """``text`` with the token ``raw``, and its signature segment, replaced by ``REDACTED``.
+
+    For the message of an application's store that failed, logged in a refusal's detail:
+    it may quote the token it was given, and audit events never carry the raw token nor
+    any part of its signature. Called on failure paths only, before any truncation (which
+    would leave a prefix no replacement finds).
+    """
+    if not raw:
+        return text
+    text = text.replace(raw, "REDACTED")
+    signature = raw.rpartition(".")[2]
+    if len(signature) >= _MIN_SIGNATURE:
+        text = text.replace(signature, "REDACTED")
+    return text
 
 
 def redact_query_token(query_string: bytes) -> bytes:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from threading import TIMEOUT_MAX
 from typing import Any, TypeVar
 
 import redis
@@ -22,7 +21,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
-from bearerguard._core.times import check_count, check_seconds
+from bearerguard._core.times import check_count, check_wait
 from bearerguard.errors import ConfigurationError
 
 __all__ = ["DEFAULT_URL", "RedisClients", "again", "again_sync", "async_client", "sync_client"]
@@ -70,22 +69,6 @@ def check_namespace(namespace: object) -> None:
     """Refuse a key namespace that is not a non-empty string, or holds NUL or a newline."""
     if not isinstance(namespace, str) or not namespace or any(c in namespace for c in "\0\n"):
         raise ConfigurationError("namespace must be a non-empty string")
-
-
-def check_wait(name: str, value: object) -> float:
-    """A timeout: positive seconds, as a float, no longer than a thread can wait.
-
-    NaN fails too, and ``True`` is no duration (``check_seconds``). Past ``TIMEOUT_MAX`` (the
-    longest wait Python's sockets and locks take), every command raised OverflowError, and
-    the mirror's thread died of it.
-
-    Raises:
-        ConfigurationError: anything else.
-    """
-    seconds = check_seconds(name, value, positive=True)
-    if seconds > TIMEOUT_MAX:
-        raise ConfigurationError(f"{name} must be at most {TIMEOUT_MAX:.0f} seconds: {seconds!r}")
-    return seconds
 
 
 class RedisClients:

@@ -42,7 +42,7 @@ from bearerguard._core.introspected import (
     parse_introspection_response,
 )
 from bearerguard._core.scopes import split_scope
-from bearerguard._core.times import check_count, check_seconds
+from bearerguard._core.times import check_count, check_seconds, check_wait
 from bearerguard._fork import reset_after_fork
 from bearerguard.errors import ConfigurationError, ServiceUnavailableError
 from bearerguard.jwks import check_url, client_options, deadline_client
@@ -301,9 +301,7 @@ class Introspector:
         # never fails closed, an infinite TTL never asks again (a revocation is never seen);
         # True is no duration. Past TIMEOUT_MAX, the longest a thread can wait, every
         # exchange raised OverflowError (a 500).
-        timeout = check_seconds("timeout", timeout, positive=True)
-        if timeout > threading.TIMEOUT_MAX:
-            raise ConfigurationError("timeout must be positive seconds")
+        timeout = check_wait("timeout", timeout)
         # A NaN or infinite max_bytes read answers of any size; an infinite cache grew forever.
         max_bytes = check_count("max_bytes", max_bytes, least=256)
         cache_size = check_count("cache_size", cache_size, least=0)

@@ -10,7 +10,6 @@ import contextlib
 import ipaddress
 import json
 import ssl
-import threading
 import time
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import httpx
 from bearerguard.__about__ import __version__
 from bearerguard._core.bodies import BodyError, BoundedBody
 from bearerguard._core.freshness import freshness_lifetime
-from bearerguard._core.times import check_count
+from bearerguard._core.times import check_count, check_wait
 from bearerguard._resolver import resolve
 from bearerguard.errors import ConfigurationError
 
@@ -164,10 +163,7 @@ class FetchPolicy:
         # Written so that NaN fails too. Every fetch failed at once with an obscure message
         # (503 on every request), and under WSGI a thread waiting for another's fetch waits
         # up to ``timeout`` on a lock, which refuses more than TIMEOUT_MAX: a 500.
-        if not 0 < self.timeout <= threading.TIMEOUT_MAX:
-            raise ConfigurationError(
-                f"FetchPolicy timeout must be positive seconds: {self.timeout!r}"
-            )
+        object.__setattr__(self, "timeout", check_wait("FetchPolicy timeout", self.timeout))
         # Infinity read bodies of any size.
         check_count("FetchPolicy max_bytes", self.max_bytes)
 

@@ -131,6 +131,17 @@ def test_fetch_policy_max_bytes_is_a_whole_number(value: object) -> None:
         FetchPolicy(max_bytes=value)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "value", [True, "5", None, math.nan, math.inf, 1e300, 0, -1, Decimal("sNaN")]
+)
+def test_fetch_policy_timeout_is_a_finite_wait(value: object) -> None:
+    # True was taken for one second and a string raised TypeError: one check_wait for
+    # every timeout (FetchPolicy, Introspector, the Redis components).
+    with pytest.raises(ConfigurationError, match="timeout"):
+        FetchPolicy(timeout=value)  # type: ignore[arg-type]
+    assert type(FetchPolicy(timeout=Decimal("0.5")).timeout) is float  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("name", ["max_entries", "max_per_key"])
 @pytest.mark.parametrize("value", [math.nan, 1e300, True, "10", 2.5])
 def test_the_dpop_replay_store_bounds_are_whole_numbers(name: str, value: object) -> None:

@@ -7,6 +7,7 @@ import math
 from datetime import datetime
 from decimal import Decimal
 from numbers import Integral, Real
+from threading import TIMEOUT_MAX
 
 from bearerguard.errors import ConfigurationError
 
@@ -15,6 +16,7 @@ __all__ = [
     "Instant",
     "check_count",
     "check_seconds",
+    "check_wait",
     "is_numeric_date",
     "to_epoch",
 ]
@@ -82,6 +84,21 @@ def check_seconds(name: str, value: object, *, positive: bool = False) -> float:
         raise _refusal(name, f"a finite number of seconds, {least}", value) from None
     if not (0 < seconds < math.inf if positive else 0 <= seconds < math.inf):  # NaN fails too
         raise _refusal(name, f"a finite number of seconds, {least}", value)
+    return seconds
+
+
+def check_wait(name: str, value: object) -> float:
+    """A timeout: positive seconds (``check_seconds``), no longer than a thread can wait.
+
+    Past ``threading.TIMEOUT_MAX`` (the longest wait Python's sockets and locks take) every
+    wait raised OverflowError: a 500, or a worker thread dead of it.
+
+    Raises:
+        ConfigurationError: anything else.
+    """
+    seconds = check_seconds(name, value, positive=True)
+    if seconds > TIMEOUT_MAX:
+        raise ConfigurationError(f"{name} must be at most {TIMEOUT_MAX:.0f} seconds: {seconds!r}")
     return seconds
 
 

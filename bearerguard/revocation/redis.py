@@ -60,6 +60,7 @@ from bearerguard._core.times import (
     Instant,
     check_count,
     check_seconds,
+    check_wait,
     to_epoch,
 )
 from bearerguard._fork import reset_after_fork
@@ -69,7 +70,6 @@ from bearerguard._redis import (
     again,
     again_sync,
     check_namespace,
-    check_wait,
 )
 from bearerguard.errors import RevocationStoreError
 from bearerguard.revocation._mirror import (

@@ -1480,7 +1480,7 @@ class BearerGuard:
                 assert sync_usage is not None  # noqa: S101 - usage is one or the other
                 verdict = await anyio.to_thread.run_sync(sync_usage.observe_sync, access, client)
         except Exception as exc:  # noqa: BLE001 - the monitor's own failure policy decides
-            usage_failed(monitor.policy, exc, self._usage_failures)  # raises to deny
+            usage_failed(monitor.policy, exc, self._usage_failures, token=access)  # deny: raises
             count(self.metrics, USAGE_UNMONITORED, {"monitor": self._usage_name})
             return
         if self._usage_failures.failing:
@@ -1693,7 +1693,7 @@ class BearerGuard:
         try:
             verdict = usage.observe_sync(access, client)
         except Exception as exc:  # noqa: BLE001 - the monitor's own failure policy decides
-            usage_failed(usage.policy, exc, self._usage_failures)  # raises to deny
+            usage_failed(usage.policy, exc, self._usage_failures, token=access)  # deny: raises
             count(self.metrics, USAGE_UNMONITORED, {"monitor": self._usage_name})
             return
         if self._usage_failures.failing:

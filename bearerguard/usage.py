@@ -33,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from bearerguard._core.extract import redact_token
 from bearerguard._core.times import check_count
 from bearerguard._core.usage import (
     Action,
@@ -132,7 +133,11 @@ def usage_failures(
 
 
 def usage_failed(
-    policy: UsagePolicy, error: Exception, report: FailureReport | None = None
+    policy: UsagePolicy,
+    error: Exception,
+    report: FailureReport | None = None,
+    *,
+    token: AccessToken | None = None,
 ) -> None:
     """Apply ``policy.failure`` to a monitor that raised ``error``.
 
@@ -140,27 +145,33 @@ def usage_failed(
     after counting the failure in ``report`` (from ``usage_failures``, the guard's), or
     without one, after logging a warning on the ``bearerguard`` logger (at debug level
     while the store is skipped after a failure, so an outage logs about once per cooldown
-    rather than once per request).
+    rather than once per request). With ``token`` (the one observed), the monitor's message
+    has it and its signature replaced with ``REDACTED`` before it is cut and logged.
 
     Raises:
         UsageMonitorError: with ``failure="deny"``; the guard answers 503.
     """
-    failure = (
-        error
-        if isinstance(error, UsageMonitorError)
-        else UsageMonitorError(f"{type(error).__name__}: {error}"[:200])
-    )
+    if isinstance(error, UsageMonitorError):
+        failure = error
+    else:
+        text = f"{type(error).__name__}: {error}"
+        if token is not None:  # the monitor may quote the token it was given: never logged
+            text = redact_token(text, token.raw)
+        failure = UsageMonitorError(text[:200])
     if policy.failure == "deny":
         if failure is error:
             raise failure
         raise failure from error
+    detail = str(failure.detail)
+    if token is not None and failure is error:
+        detail = redact_token(detail, token.raw)
     if report is not None:
-        report.failed(str(failure.detail))
+        report.failed(detail)
         return
     _log.log(
         logging.DEBUG if failure.skipped else logging.WARNING,
         "bearerguard: usage monitor failed, request not monitored: %s",
-        failure.detail,
+        detail,
     )
 
 

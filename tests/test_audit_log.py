@@ -904,6 +904,39 @@ def test_a_usage_monitor_failure_quoting_the_token_is_audited_without_it(
     assert detail == "no counter for REDACTED"
 
 
+class _RaisingMonitor:
+    """A usage monitor failing with an exception of its own that quotes the token."""
+
+    def __init__(self, failure: str) -> None:
+        self.policy = UsagePolicy(max_uses_per_token=10, failure=failure)  # type: ignore[arg-type]
+
+    async def observe(self, token: AccessToken, client: str | None) -> UsageVerdict:
+        return self.observe_sync(token, client)
+
+    def observe_sync(self, token: AccessToken, client: str | None) -> UsageVerdict:
+        raise KeyError(token.raw)
+
+
+@pytest.mark.parametrize("serve", SERVERS)
+def test_a_usage_monitor_error_quoting_the_token_is_redacted_before_it_is_cut(
+    session_issuer: DevIssuer,
+    serve: Callable[..., Callable[[str], int]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # usage_failed cut "KeyError: '<token>'" to 200 characters before the audit log looked
+    # for the token: its header and part of its payload went to auth.unavailable; failing
+    # open, the warning on the bearerguard logger carried the whole token.
+    raw = session_issuer.mint()
+    with audit_events() as events:
+        assert serve(session_issuer.guard(usage=_RaisingMonitor("deny")))(raw) == 503
+    detail = events.assert_one("auth.unavailable")["detail"]
+    assert detail == "KeyError: 'REDACTED'"
+    with caplog.at_level(logging.WARNING, logger="bearerguard"):
+        assert serve(session_issuer.guard(usage=_RaisingMonitor("allow")))(raw) == 200
+    assert "request not monitored: KeyError: 'REDACTED'" in caplog.text
+    assert raw.partition(".")[0] not in caplog.text
+
+
 def test_a_store_failing_open_is_logged_without_the_token_it_quotes(
     session_issuer: DevIssuer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -27,15 +27,17 @@ else, OpenTelemetry or statsd, is a class with the two methods of ``MetricsHook`
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import math
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from bearerguard._failures import FailureReport
+from bearerguard.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from bearerguard.guard import BearerGuard
@@ -160,11 +162,37 @@ def count(hook: MetricsHook | None, name: str, labels: dict[str, str]) -> None:
             metrics_failed(name, exc, hook)
 
 
+def _check_buckets(buckets: Iterable[Any]) -> tuple[float, ...]:
+    """``buckets`` as a tuple of floats, if finite and strictly increasing.
+
+    ``bisect`` needs them sorted (an unsorted bound put values in the wrong bucket), and
+    ``+Inf`` is the implicit last one (given too, its count was overwritten in snapshots).
+    """
+    try:
+        bounds = tuple(buckets)
+    except TypeError:
+        raise ConfigurationError("buckets must be a sequence of numbers") from None
+    if not all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds):
+        raise ConfigurationError("buckets must be a sequence of numbers")
+    if not all(math.isfinite(b) for b in bounds):
+        raise ConfigurationError("buckets must be finite (+Inf is added)")
+    if any(low >= high for low, high in itertools.pairwise(bounds)):
+        raise ConfigurationError("buckets must be strictly increasing")
+    return tuple(float(b) for b in bounds)
+
+
 class InMemoryMetrics:
-    """Counters and histograms kept in this process; thread-safe."""
+    """Counters and histograms kept in this process; thread-safe.
+
+    Args:
+        buckets: the histograms' upper bounds, finite and increasing (``+Inf`` is added).
+
+    Raises:
+        ConfigurationError: buckets that are not finite, increasing numbers.
+    """
 
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self._buckets = buckets
+        self._buckets = _check_buckets(buckets)
         self._lock = threading.Lock()
         self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._histograms: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}

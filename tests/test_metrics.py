@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -197,6 +198,25 @@ def test_a_hook_failure_after_a_quiet_window_is_a_new_outage(
         ("bearerguard: the metrics hook took figures again after 3 not recorded", False),
         ("bearerguard: the metrics hook failed; bearerguard_token_cache_total not recorded", True),
     ]
+
+
+@pytest.mark.parametrize(
+    "buckets",
+    [(1.0, 0.1), (0.1, 0.1), (0.1, math.inf), (math.nan,), ("0.1",), (True,), 0.1, None],
+)
+def test_in_memory_buckets_must_be_finite_and_increasing(buckets: Any) -> None:
+    # Unsorted bounds put 0.5 under +Inf rather than under 1.0; an explicit +Inf had its
+    # count overwritten by the implicit one in snapshot(); both were taken silently.
+    with pytest.raises(ConfigurationError, match="buckets"):
+        InMemoryMetrics(buckets)
+
+
+def test_in_memory_buckets_given_count_where_they_fall() -> None:
+    metrics = InMemoryMetrics([0.1, 1])  # type: ignore[arg-type]
+    metrics.observe("h", 0.5, {})
+    metrics.observe("h", 5, {})
+    (histogram,) = metrics.snapshot()["histograms"]
+    assert histogram["buckets"] == {0.1: 0, 1.0: 1, math.inf: 1}
 
 
 def test_metrics_must_be_a_hook(session_issuer: DevIssuer) -> None:

@@ -446,9 +446,14 @@ class DevIssuer:
             "id_token_signing_alg_values_supported": sorted({k.algorithm for k in self.keys}),
         }
 
-    def rotate(self, algorithm: str = "RS256") -> SigningKey:
-        """Publish a new key and sign with it from now on; older keys stay published."""
-        key = _new_key(algorithm)
+    def rotate(self, algorithm: str | None = None) -> SigningKey:
+        """Publish a new key and sign with it from now on; older keys stay published.
+
+        The new key is for ``algorithm``, by default the current signing key's: a provider
+        rotating its key keeps its algorithm, and a guard allowing only that one still
+        accepts the new key's tokens.
+        """
+        key = _new_key(self.key().algorithm if algorithm is None else algorithm)
         with self._lock:
             self.keys.insert(0, key)
             self.published.append(key)

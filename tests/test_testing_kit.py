@@ -16,6 +16,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x25519
 
+from bearerguard import RefreshPolicy
 from bearerguard.errors import (
     BadSignatureError,
     ExpiredTokenError,
@@ -191,6 +192,20 @@ def test_issuers_can_share_keys() -> None:
         DevIssuer(keys=[])
     with pytest.raises(ValueError, match="does not generate"):
         SigningKey.generate("ES384")
+
+
+@pytest.mark.parametrize("algorithm", ["ES256", "Ed25519"])
+def test_rotation_keeps_the_signing_algorithm(algorithm: str) -> None:
+    # A provider rotating its key keeps its algorithm: a guard allowing only that one
+    # must accept the new key's tokens, as it would the provider's.
+    with DevIssuer(algorithms=[algorithm]) as issuer:
+        guard = issuer.guard(algorithms=[algorithm], refresh=RefreshPolicy(cooldown=0))
+        guard.authenticate_sync(issuer.mint())
+        new = issuer.rotate()
+        assert new.algorithm == algorithm
+        assert issuer.key() is new
+        assert guard.authenticate_sync(issuer.mint(sub="rob")).key_id == new.kid
+        assert issuer.rotate("PS256").algorithm == "PS256"  # another one when named
 
 
 @pytest.mark.parametrize("algorithm", ["RS256", "PS256", "ES256", "EdDSA", "Ed25519", "Ed448"])

@@ -436,10 +436,12 @@ class DevIssuer:
         return json.dumps(self.jwks()).encode()
 
     def metadata(self) -> dict[str, Any]:
-        """The discovery document."""
+        """The discovery document, with the members OpenID Connect Discovery 1.0 §3 requires
+        (the endpoints are named, not served: tokens come from ``mint``)."""
         return {
             "issuer": self.url,
             "jwks_uri": self.jwks_uri,
+            "authorization_endpoint": f"{self.url}/authorize",
             "token_endpoint": f"{self.url}/token",
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],

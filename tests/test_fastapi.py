@@ -1113,10 +1113,7 @@ def test_a_class_dependency_decorated_on_init_is_documented_and_named(
 def test_openapi_oauth2_flows_from_the_issuer_metadata(
     guard: BearerGuard, session_issuer: DevIssuer
 ) -> None:
-    metadata = {
-        **session_issuer.metadata(),
-        "authorization_endpoint": f"{session_issuer.url}/authorize",
-    }
+    metadata = session_issuer.metadata()
     flows = oauth2_flows(
         metadata,
         scopes={"items:read": "Read items"},
@@ -1138,7 +1135,7 @@ def test_openapi_oauth2_flows_from_the_issuer_metadata(
     }
     assert scheme["flows"]["clientCredentials"]["tokenUrl"] == f"{session_issuer.url}/token"
     with pytest.raises(ConfigurationError, match="authorization_endpoint"):
-        oauth2_flows(session_issuer.metadata())
+        oauth2_flows({**metadata, "authorization_endpoint": None})
     with pytest.raises(ConfigurationError, match="token_endpoint"):
         oauth2_flows({}, flows=["clientCredentials"])
     with pytest.raises(ConfigurationError, match="unsupported flow"):

@@ -194,6 +194,19 @@ def test_issuers_can_share_keys() -> None:
         SigningKey.generate("ES384")
 
 
+def test_discovery_has_the_members_oidc_discovery_requires(session_issuer: DevIssuer) -> None:
+    from bearerguard.fastapi import oauth2_flows
+
+    served = httpx.get(session_issuer.url + "/.well-known/openid-configuration").json()
+    # OpenID Connect Discovery 1.0 §3: REQUIRED members (token_endpoint: no implicit flow).
+    required = {"issuer", "authorization_endpoint", "token_endpoint", "jwks_uri"}
+    required |= {"response_types_supported", "subject_types_supported"}
+    required.add("id_token_signing_alg_values_supported")
+    assert required <= served.keys()
+    flows = oauth2_flows(served).model_dump(by_alias=True, exclude_none=True)
+    assert flows["authorizationCode"]["authorizationUrl"] == f"{session_issuer.url}/authorize"
+
+
 @pytest.mark.parametrize("algorithm", ["ES256", "Ed25519"])
 def test_rotation_keeps_the_signing_algorithm(algorithm: str) -> None:
     # A provider rotating its key keeps its algorithm: a guard allowing only that one

@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -254,7 +255,9 @@ class _ServingThread:
         self.server = server
         server.daemon_threads = True
         server.timeout = 1.0  # handle_request never waits long for a connection that vanished
-        self._stop_reader, self._stop_writer = socket.socketpair()
+        # Made by start(): an issuer never started (in_process guards) holds no pair to close.
+        self._stop_reader: socket.socket | None = None
+        self._stop_writer: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self.closed = False
 
@@ -262,25 +265,29 @@ class _ServingThread:
         """Start listening and serving (once; not after ``close``)."""
         if self._thread is None:
             self.server.server_activate()  # listen: before it, connections are refused
-            self._thread = threading.Thread(target=self._serve, daemon=True)
+            self._stop_reader, self._stop_writer = socket.socketpair()
+            self._thread = threading.Thread(
+                target=self._serve, args=(self._stop_reader,), daemon=True
+            )
             self._thread.start()
 
     def close(self) -> None:
         """Stop serving, wait for the thread, and release the port."""
-        if self._thread is not None:
+        if self._thread is not None and self._stop_writer is not None:
             self._stop_writer.send(b"\0")
             self._thread.join()
             self._thread = None
-        self._stop_reader.close()
-        self._stop_writer.close()
+        for end in (self._stop_reader, self._stop_writer):
+            if end is not None:
+                end.close()
         self.server.server_close()
         self.closed = True
 
-    def _serve(self) -> None:
+    def _serve(self, stop: socket.socket) -> None:
         with selectors.DefaultSelector() as selector:
             selector.register(self.server.socket, selectors.EVENT_READ)
-            selector.register(self._stop_reader, selectors.EVENT_READ)
-            while all(key.fileobj is not self._stop_reader for key, _ in selector.select()):
+            selector.register(stop, selectors.EVENT_READ)
+            while all(key.fileobj is not stop for key, _ in selector.select()):
                 self.server.handle_request()
 
 
@@ -354,6 +361,10 @@ class DevIssuer:
         except OSError:
             server.server_close()
             raise
+        # The port is bound from construction (for the URL), and an issuer used only for
+        # in_process guards is never stopped: close it when the issuer goes. The socket alone,
+        # as the server refers back to the issuer (its handler), which would then never go.
+        weakref.finalize(self, server.socket.close)
         return server
 
     # -- addresses ------------------------------------------------------------------------

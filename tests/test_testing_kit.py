@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import socket
 import textwrap
 import time
+import warnings
 from pathlib import Path
 from unittest.mock import ANY
 
@@ -126,6 +128,20 @@ def test_in_process_guard_needs_no_server() -> None:
         assert issuer.requests == []
     finally:
         issuer.stop()
+
+
+def test_an_issuer_never_started_nor_stopped_leaves_no_socket_open() -> None:
+    # in_process needs no server, so an issuer used for it alone is never stopped: its
+    # sockets must not outlive it (a ResourceWarning, an error under filterwarnings).
+    def use() -> str:
+        issuer = DevIssuer(keys=[SigningKey.generate("ES256")])
+        return issuer.guard(in_process=True).authenticate_sync(issuer.mint()).subject or ""
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert use() == "user-1"
+        gc.collect()
+    assert [str(each.message) for each in caught if each.category is ResourceWarning] == []
 
 
 def test_an_issuer_not_started_refuses_connections_at_once() -> None:

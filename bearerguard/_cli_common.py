@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeAlias
@@ -159,6 +159,12 @@ def print_usage(parser: argparse.ArgumentParser, _args: argparse.Namespace) -> i
     if sys.stderr is not None:  # closed (`2>&-`): print_help(None) would write to stdout
         parser.print_help(sys.stderr)
     return EXIT_USAGE
+
+
+def interrupted(argv: Sequence[str]) -> int:
+    """Report Ctrl-C pressed before a command's handler runs (while the command line loads
+    or parses ``argv``), as ``Console.interrupted`` does once it runs; returns 130."""
+    return Console(as_json="--json" in argv).interrupted()
 
 
 def usage_error(message: str) -> CommandError:

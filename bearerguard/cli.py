@@ -49,6 +49,7 @@ from bearerguard._cli_common import (
     Console,
     Handler,
     discard_output,
+    interrupted,
     port_number,
     print_usage,
     usage_error,
@@ -170,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `bearerguard ... | head`: the reader has what it wanted
         discard_output()
         return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:  # Ctrl-C while the parser is built or reads the arguments
+        return interrupted(sys.argv[1:] if argv is None else argv)
 
 
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:

@@ -1409,6 +1409,65 @@ def test_ctrl_c_is_exit_130_and_with_json_a_json_document(command: str, as_json:
         assert result.stderr.decode().splitlines()[-1] == "interrupted"
 
 
+# A real SIGINT, sent by the process to itself when the named code starts running: the
+# KeyboardInterrupt is raised in it, as when Ctrl-C is pressed at that moment.
+_SIGINT_WHEN = """
+import os, signal, sys
+
+def _press_ctrl_c(frame, event, arg):
+    code = frame.f_code
+    if event == "call" and (code.co_name, os.path.basename(code.co_filename)) == {where!r}:
+        sys.setprofile(None)
+        os.kill(os.getpid(), signal.SIGINT)
+
+sys.setprofile(_press_ctrl_c)
+"""
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
+@pytest.mark.parametrize(
+    ("where", "entry"),
+    [
+        (("parse_known_args", "argparse.py"), "main"),  # argparse reading the arguments
+        (("add_parser", "argparse.py"), "main"),  # the parser being built
+        (("<module>", "_cli_token.py"), "python -m"),  # python -m bearerguard, loading
+    ],
+    ids=["parsing", "building", "loading"],
+)
+def test_ctrl_c_before_the_command_runs_is_exit_130_without_a_traceback(
+    where: tuple[str, str], entry: str, as_json: bool
+) -> None:
+    # Ctrl-C pressed as soon as the command starts ended in a KeyboardInterrupt traceback.
+    argv = ["jwks", "show", "--file", "keys.json", *(["--json"] if as_json else [])]
+    if entry == "main":
+        run_it = f"from bearerguard import cli\nsys.exit(cli.main({argv!r}))"
+    else:
+        run_it = (
+            f"import runpy\nsys.argv[1:] = {argv!r}\n"
+            "runpy.run_module('bearerguard', run_name='__main__')"
+        )
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(  # noqa: S603 - our own command
+        [sys.executable, "-c", _SIGINT_WHEN.format(where=where) + run_it],
+        capture_output=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == cli.EXIT_INTERRUPTED, result.stderr.decode()
+    assert b"Traceback" not in result.stderr
+    if as_json:
+        assert json.loads(result.stdout) == {
+            "ok": False,
+            "error": {"kind": "interrupted", "message": "interrupted"},
+        }
+    else:
+        assert result.stdout == b""
+        assert result.stderr.decode().splitlines()[-1] == "interrupted"
+
+
 # -- file size caps ---------------------------------------------------------------------
 
 JWKS_FILE_CAP = 512 * 1024  # the most a guard reads of a fetched key set (FetchPolicy)

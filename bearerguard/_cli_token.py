@@ -196,9 +196,16 @@ def run_mint(args: argparse.Namespace) -> int:
 
     console = Console.of(args)
     claims = _claim_values(args.claim)
+    if args.serve:
+        # The token would name another issuer than the one served: nothing could verify it.
+        given = (
+            "--issuer" if args.issuer is not None else "--claim iss" if "iss" in claims else None
+        )
+        if given is not None:
+            raise usage_error(f"{given} and --serve do not go together: --serve is the issuer")
+    elif args.port != 0:
+        raise usage_error("--port is the port of --serve: without it nothing is served")
     if args.issuer is not None:
-        if args.serve:
-            raise usage_error("--issuer and --serve do not go together: --serve is the issuer")
         claims.setdefault("iss", args.issuer)
     iss = claims.get("iss")
     if iss is not None and not (isinstance(iss, str) and _is_dev_issuer(iss)):

@@ -139,6 +139,9 @@ def test_mint_json_carries_the_keys_to_verify_it(capsys: pytest.CaptureFixture[s
         (["--issuer", "http://[::1"], "development issuers only"),
         (["--claim", "novalue"], "--claim takes NAME=VALUE"),
         (["--issuer", "http://127.0.0.1:9", "--serve"], "do not go together"),
+        # The token would name an issuer other than the one served: nothing could verify it.
+        (["--claim", "iss=http://127.0.0.1:9", "--serve"], "do not go together"),
+        (["--port", "9000"], "--port is the port of --serve"),  # would be ignored
         (["--key", "/nonexistent/dev.pem"], "cannot read /nonexistent/dev.pem"),
         (["--expires-in", "nan"], "not a sensible number of seconds"),
         (["--expires-in", "soon"], "not a number of seconds"),

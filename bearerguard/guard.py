@@ -507,7 +507,8 @@ class BearerGuard:
         claim_checks: callables given the claims; a falsy result or an exception refuses.
             They run when a token is verified, not on each reuse of a cached one.
         scope_claims: further claims read as scopes, besides ``scope`` and ``scp``; dotted
-            paths reach into objects (``"realm_access.roles"``).
+            paths reach into objects (``"realm_access.roles"``), and a claim named by a URI
+            (``"https://app.example/roles"``) is read whole, its dots part of its name.
         usage: watch how each token is used (``bearerguard.usage``): distinct client
             networks and uses per token and per subject over a window, with a
             ``token.anomaly`` audit event and, as its policy says, the token refused or

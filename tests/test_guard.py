@@ -201,6 +201,16 @@ async def test_scope_claims(session_issuer: DevIssuer) -> None:
     assert token.scopes == {"a", "b", "c"}
 
 
+async def test_scope_claims_named_by_a_uri_are_read_whole(session_issuer: DevIssuer) -> None:
+    # Auth0 (and RFC 7519 §4.2's collision-resistant names) put custom claims under a URI:
+    # its dots are part of the name, not a path, or every scoped route answered 403.
+    guard = session_issuer.guard(scope_claims=["https://api.example/roles"])
+    token = await guard.authenticate(
+        session_issuer.mint(scopes=["a"], **{"https://api.example/roles": ["admin"]})
+    )
+    assert token.scopes == {"a", "admin"}
+
+
 async def test_access_token_fields(session_issuer: DevIssuer) -> None:
     guard = session_issuer.guard()
     token = await guard.authenticate(session_issuer.mint(scopes=["x"], sub="gail", expires_in=120))

@@ -39,6 +39,16 @@ from bearerguard.testing import DevIssuer
         ({"realm_access": {"roles": ["admin"]}}, ("realm_access.roles",), {"admin"}),
         ({"realm_access": "oops"}, ("realm_access.roles",), set()),
         ({"scope": ""}, (), set()),
+        # RFC 7519 §4.2: a public claim name is collision-resistant, usually a URI, whose dots
+        # are part of the name (Auth0's namespaced claims), at the top or further down.
+        ({"https://app.example/roles": ["admin"]}, ("https://app.example/roles",), {"admin"}),
+        (
+            {"https://hasura.io/jwt/claims": {"x-hasura-allowed-roles": ["user"]}},
+            ("https://hasura.io/jwt/claims.x-hasura-allowed-roles",),
+            {"user"},
+        ),
+        ({"ext": {"app.example/roles": ["ops"]}}, ("ext.app.example/roles",), {"ops"}),
+        ({"a.b": ["whole"], "a": {"b": ["nested"]}}, ("a.b",), {"whole"}),
     ],
 )
 def test_read_scopes(claims: dict[str, Any], paths: tuple[str, ...], expected: set[str]) -> None:

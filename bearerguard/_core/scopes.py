@@ -50,6 +50,28 @@ def parse_scope_claim_paths(claims: Iterable[str]) -> tuple[tuple[str, ...], ...
     return tuple(paths)
 
 
+def _walk(claims: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at ``path`` through nested objects, or ``None``.
+
+    RFC 7519 §4.2: a public claim name should be collision-resistant, usually a URI
+    (``https://app.example/roles``, as Auth0 requires), whose dots are part of the name: at
+    each level the longest run of parts that names a member is taken.
+    """
+    node: Any = claims
+    start = 0
+    while start < len(path):
+        if not isinstance(node, dict):
+            return None
+        for end in range(len(path), start, -1):
+            child = node.get(".".join(path[start:end]))
+            if child is not None:
+                break
+        else:
+            return None
+        node, start = child, end
+    return node
+
+
 def read_scopes(
     claims: Mapping[str, Any], extra_paths: tuple[tuple[str, ...], ...] = ()
 ) -> frozenset[str]:
@@ -70,11 +92,7 @@ def read_scopes(
         if value is not None:
             granted.update(_split(value, name))
     for path in extra_paths:
-        node: Any = claims
-        for part in path:
-            node = node.get(part) if isinstance(node, dict) else None
-            if node is None:
-                break
+        node = _walk(claims, path)
         if node is not None:
             granted.update(_split(node, ".".join(path)))
     granted.discard("")  # an empty name in a list

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
@@ -600,19 +600,15 @@ class BearerGuard:
         leeway = check_seconds("leeway", leeway)
         max_age = None if max_age is None else check_seconds("max_age", max_age, positive=True)
         max_token_bytes = check_count("max_token_bytes", max_token_bytes, least=16)
-        for name, number, whole in (
-            ("audit_sample_accepted", audit_sample_accepted, False),
-            ("cache_size", cache_size, True),
-        ):
-            kinds = Integral if whole else (Real, Decimal)
-            if isinstance(number, bool) or not isinstance(number, kinds):
-                kind = "a whole number" if whole else "a number"
-                raise ConfigurationError(f"{name} must be {kind}, not {number!r}")
+        # 0 turns the cache off; a negative size did too, silently.
+        cache_size = check_count("cache_size", cache_size, least=0)
+        share: object = audit_sample_accepted  # typed float, given anything
+        if isinstance(share, bool) or not isinstance(share, Real | Decimal):
+            raise ConfigurationError(f"audit_sample_accepted must be a number, not {share!r}")
         try:
             audit_sample_accepted = float(audit_sample_accepted)
         except (ValueError, OverflowError):  # Decimal("sNaN"); an int beyond any float
             raise ConfigurationError("audit_sample_accepted must be a number") from None
-        cache_size = int(cache_size)
         if not 0.0 <= audit_sample_accepted <= 1.0:  # NaN fails too
             raise ConfigurationError("audit_sample_accepted must be between 0 and 1")
         if not callable(clock):

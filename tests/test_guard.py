@@ -537,6 +537,7 @@ def test_a_bare_string_of_scope_claims_grants_nothing_from_its_letters(
         {"max_token_bytes": float("inf")},
         {"cache_size": "10"},
         {"cache_size": None},
+        {"cache_size": -1},  # not "off": 0 is, as for Introspector(cache_size=)
         {"audit_sample_accepted": 2},
         {"audit_sample_accepted": float("nan")},
         {"audit_sample_accepted": "1"},

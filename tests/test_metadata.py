@@ -470,7 +470,15 @@ def test_implications_declared_and_validated() -> None:
     assert "ScopeImplications" in repr(implications)
     cyclic = ScopeImplications({"a": ["b"], "b": ["a", "c"]})
     assert cyclic.grants(frozenset({"a"}), ("c",), any_of=False)
-    for bad in [{"a:*": ["b"]}, {"a": ["*"]}, {"a": ["b*c"]}, {"a b": ["c"]}, {"a": [""]}]:
+    for bad in [
+        {"a:*": ["b"]},
+        {"a": ["*"]},
+        {"a": ["b*c"]},
+        {"a b": ["c"]},
+        {"a": [""]},
+        {"a": None},  # a TypeError before, not the ConfigurationError documented
+        {"a": 5},
+    ]:
         with pytest.raises(ConfigurationError):
             ScopeImplications(bad)
 

@@ -145,7 +145,7 @@ class ScopeImplications:
 
     Raises:
         ConfigurationError: a scope name with white space, a ``*`` anywhere but at the end
-            of an implied scope, or a key that is a pattern.
+            of an implied scope, a key that is a pattern, or a key implying no scope names.
     """
 
     __slots__ = ("_cache", "_map")
@@ -158,7 +158,12 @@ class ScopeImplications:
             (key,) = validate_scope_names([broad])
             if "*" in key:
                 raise ConfigurationError(f"scope implication key {key!r} cannot be a pattern")
-            implied = tuple(narrower) if not isinstance(narrower, str) else (narrower,)
+            if isinstance(narrower, str):
+                implied: tuple[str, ...] = (narrower,)
+            elif isinstance(narrower, Iterable):
+                implied = tuple(narrower)
+            else:  # None or a number: iterating it raised a bare TypeError
+                raise ConfigurationError(f"scope {key!r} implies {narrower!r}, not scope names")
             for name in validate_scope_names(implied):
                 if "*" in name[:-1] or name == "*":
                     raise ConfigurationError(f"implied scope {name!r}: '*' only after a prefix")

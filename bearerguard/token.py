@@ -6,8 +6,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["AccessToken", "token_fingerprint"]
 
@@ -19,6 +18,38 @@ def token_fingerprint(token: str | bytes) -> str:
     """
     credentials = token if isinstance(token, bytes) else token.encode("latin-1", "replace")
     return hashlib.sha256(credentials).digest()[:8].hex()
+
+
+class _Claims(dict[str, Any]):
+    """A token's claims: a ``dict`` that refuses every change.
+
+    A dict, so that it serializes as one (``json.dumps``, Flask's ``jsonify``, FastAPI's
+    ``jsonable_encoder``) and a token pickles, copies and goes through
+    ``dataclasses.asdict``; read-only, as the verification cache hands one token to every
+    request that sends it.
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (dict(self),))  # rebuilt whole: pickle's item by item would write
+
+
+def _read_only(*_args: Any, **_kwargs: Any) -> NoReturn:
+    raise TypeError("a token's claims are read-only: change a copy, dict(token.claims)")
+
+
+for _method in (
+    "__setitem__",
+    "__delitem__",
+    "__ior__",
+    "clear",
+    "pop",
+    "popitem",
+    "setdefault",
+    "update",
+):
+    setattr(_Claims, _method, _read_only)
 
 
 # RFC 9068 §2.2 names the client in client_id; OIDC-style tokens use azp, Okta uses cid and
@@ -41,9 +72,10 @@ class AccessToken:
     Attributes:
         subject: the ``sub`` claim (RFC 7519 §4.1.2), if any.
         scopes: every scope granted, from ``scope``, ``scp`` and any configured claim.
-        claims: all claims, read-only. Nested objects and arrays are the decoded JSON,
-            shared by every request that reuses the token (the verification cache): read
-            them, copy them to change them.
+        claims: all claims, a read-only ``dict`` (it serializes, pickles and copies as
+            one; change a copy, ``dict(token.claims)``). Nested objects and arrays are the
+            decoded JSON, shared by every request that reuses the token (the verification
+            cache): read them, copy them to change them.
         token_id: the ``jti`` claim (RFC 7519 §4.1.7), if any.
         client_id: the ``client_id`` claim (RFC 9068 §2.2), else ``azp``, ``cid`` (Okta) or
             ``appid`` (Entra ID v1), if any.
@@ -95,7 +127,7 @@ class AccessToken:
             return cls(
                 subject=claims.get("sub"),
                 scopes=scopes,
-                claims=MappingProxyType(claims),
+                claims=_Claims(claims),
                 token_id=claims.get("jti"),
                 client_id=_client_id(claims),
                 issuer=claims["iss"],
@@ -116,7 +148,7 @@ class AccessToken:
         draft: Any = object.__new__(_Draft)
         draft.subject = claims.get("sub")
         draft.scopes = scopes
-        draft.claims = MappingProxyType(claims)
+        draft.claims = _Claims(claims)
         draft.token_id = claims.get("jti")
         draft.client_id = client_id
         draft.issuer = claims["iss"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import json
+import pickle
 from datetime import datetime, timezone
 from typing import Any
 
@@ -178,3 +180,40 @@ def test_tokens_are_hashable_and_equal_by_value() -> None:
     assert token == built()
     assert len({token, built(), built(sub="other")}) == 2
     assert "h.p.s" not in repr(token)
+
+
+def test_claims_serialize_pickle_and_copy_as_the_dict_they_are() -> None:
+    # A mappingproxy before: json.dumps(token.claims) and Flask's jsonify raised TypeError,
+    # and so did pickling the token, copy.deepcopy and dataclasses.asdict (FastAPI's
+    # jsonable_encoder returning it): a 500 from a "who am I" route.
+    token = built()
+    assert json.loads(json.dumps(token.claims)) == CLAIMS
+    assert isinstance(token.claims, dict)
+    for twin in (pickle.loads(pickle.dumps(token)), copy.deepcopy(token)):  # noqa: S301 - ours
+        assert twin == token
+        assert twin.claims == CLAIMS
+        with pytest.raises(TypeError):
+            twin.claims["sub"] = "someone-else"  # type: ignore[index]
+    assert dataclasses.asdict(token)["claims"] == CLAIMS
+    assert copy.copy(token.claims) == CLAIMS
+    assert dict(token.claims) | {"sub": "x"} == {**CLAIMS, "sub": "x"}  # a copy may change
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda claims: claims.__setitem__("sub", "x"),
+        lambda claims: claims.__delitem__("sub"),
+        lambda claims: claims.update(sub="x"),
+        lambda claims: claims.setdefault("new", 1),
+        lambda claims: claims.pop("sub"),
+        lambda claims: claims.popitem(),
+        lambda claims: claims.clear(),
+        lambda claims: claims.__ior__({"sub": "x"}),
+    ],
+)
+def test_claims_refuse_every_change(change: Any) -> None:
+    token = built()
+    with pytest.raises(TypeError):
+        change(token.claims)
+    assert token.claims == CLAIMS

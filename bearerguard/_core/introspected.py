@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from types import MappingProxyType
 from typing import Any
 
 from bearerguard._core.claims import (
@@ -28,7 +27,7 @@ from bearerguard.errors import (
     InvalidIssuerError,
     InvalidTokenError,
 )
-from bearerguard.token import AccessToken
+from bearerguard.token import AccessToken, _Claims
 
 __all__ = [
     "INTROSPECTION_ALGORITHM",
@@ -191,7 +190,7 @@ def token_from_introspection(
     return AccessToken(
         subject=claims.get("sub"),
         scopes=read_scopes(plain, scope_paths),
-        claims=MappingProxyType(plain),
+        claims=_Claims(plain),
         token_id=claims.get("jti"),
         client_id=claims.get("client_id"),
         issuer=policy.issuer,

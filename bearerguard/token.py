@@ -87,7 +87,9 @@ class AccessToken:
         algorithm: the JWS algorithm that was verified.
         fingerprint: a short, non-reversible hash of the token, for correlating log lines.
         raw: the token as the client sent it, for forwarding downstream or introspection
-            (RFC 7662); never in ``repr`` and never logged by bearerguard.
+            (RFC 7662); never in ``repr`` and never logged by bearerguard. It is a field:
+            ``dataclasses.asdict`` includes it, and so does a FastAPI route returning the
+            token; return the fields the client needs instead.
     """
 
     subject: str | None

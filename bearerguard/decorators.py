@@ -635,30 +635,42 @@ def unchecked_endpoints(app: object) -> list[str]:
     """Routes of ``app`` whose endpoint a scope decorator wrapped only after the route had
     registered it (the decorator written above ``@app.get(...)``): they run unchecked.
 
-    Reads Starlette and FastAPI routes (``Mount``, ``Host``, included routers, as far as
-    they expose ``routes``) and a Flask app's view functions; anything else has none. A
+    Reads Starlette and FastAPI routes (``Mount``, ``Host``, included routers, and the app
+    a ``Mount`` or ``Host`` holds under middleware wrappers, ``app_layers``) and a Flask app's
+    view functions; anything else has none. A
     function whose name still holds it, or (where the name cannot be read) that another
     route of ``app`` serves wrapped, is not one: it is served public on purpose.
     """
     endpoints: list[tuple[str, object]] = []
-    views = attribute_of(app, "view_functions")
-    if isinstance(views, dict):  # Flask
-        endpoints += [(f"view {name!r}", view) for name, view in views.items()]
     seen: set[int] = set()
+
+    def collect(owner: object, prefix: str) -> None:
+        views = attribute_of(owner, "view_functions")
+        if isinstance(views, dict) and id(views) not in seen:  # Flask
+            seen.add(id(views))
+            named = [(f"{prefix} view {name!r}".strip(), view) for name, view in views.items()]
+            endpoints.extend(named)
+        visit(_routes_of(owner), prefix)
 
     def visit(routes: object, prefix: str) -> None:
         if not isinstance(routes, list | tuple) or id(routes) in seen:
             return
         seen.add(id(routes))
         for route in _flattened(routes):
-            path = prefix + str(getattr(route, "path", ""))
+            path = prefix + str(getattr(route, "path", None) or "")  # a Host has none
             endpoint = getattr(route, "endpoint", None)
             if endpoint is not None:
                 methods = ",".join(sorted(getattr(route, "methods", None) or ()))
                 endpoints.append((f"{methods} {path}".strip(), endpoint))
-            visit(_routes_of(route), path)
+            inner = _routes_of(route)
+            if endpoint is None and not inner:
+                # A Mount's or Host's routes are its app's own: none when the app is wrapped
+                # in a middleware (Mount("/v2", app=GZipMiddleware(v2))). Look under it.
+                collect(wrapped_app(attribute_of(route, "app"), "routes", "view_functions"), path)
+            else:
+                visit(inner, path)
 
-    visit(_routes_of(app), "")
+    collect(app, "")
     inner = _inner_ids(endpoint for _, endpoint in endpoints)
     return [name for name, endpoint in endpoints if _misplaced(endpoint, inner)]
 

@@ -696,6 +696,40 @@ def test_a_misplaced_scope_decorator_in_an_included_router_fails_start_up(
     assert decorators.unchecked_endpoints(api) == ["DELETE /v1/admin/all"]
 
 
+def test_a_misplaced_scope_decorator_under_a_wrapped_mount_fails_start_up(
+    session_issuer: DevIssuer,
+) -> None:
+    # Starlette's Mount.routes and Host.routes read the mounted app's own routes only: one
+    # wrapped in a middleware (Mount("/v2", app=GZipMiddleware(v2))) showed none, and its
+    # misplaced decorator served every token unchecked.
+    from starlette.middleware.gzip import GZipMiddleware
+    from starlette.routing import Host, Mount
+    from starlette.testclient import TestClient
+
+    v2, admin = FastAPI(), Starlette()
+
+    @requires_scopes("admin")
+    @v2.delete("/all")
+    async def delete_all() -> dict[str, bool]:
+        return {"deleted": True}  # pragma: no cover
+
+    async def purge(request: Request) -> JSONResponse:
+        return JSONResponse({"purged": True})  # pragma: no cover
+
+    admin.add_route("/purge", purge, methods=["POST"])
+    purge = requires_scopes("admin")(purge)  # rebound after the route took it
+    app = Starlette(
+        routes=[
+            Mount("/v2", app=GZipMiddleware(v2)),
+            Host("admin.example", app=GZipMiddleware(admin)),
+        ],
+        middleware=[Middleware(BearerGuardMiddleware, guard=session_issuer.guard())],
+    )
+    assert decorators.unchecked_endpoints(app) == ["DELETE /v2/all", "POST /purge"]
+    with pytest.raises(ConfigurationError, match="DELETE /v2/all"), TestClient(app):
+        pass  # pragma: no cover
+
+
 class _Unconfigured:
     """A mounted ASGI app whose routes cannot be read yet (a proxy, configured later)."""
 

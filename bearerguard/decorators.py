@@ -635,9 +635,10 @@ def unchecked_endpoints(app: object) -> list[str]:
     """Routes of ``app`` whose endpoint a scope decorator wrapped only after the route had
     registered it (the decorator written above ``@app.get(...)``): they run unchecked.
 
-    Reads Starlette and FastAPI routes (``Mount``, ``Host``, included routers, and the app
-    a ``Mount`` or ``Host`` holds under middleware wrappers, ``app_layers``) and a Flask app's
-    view functions; anything else has none. A
+    Reads Starlette and FastAPI routes (``Mount``, ``Host``, included routers) and a Flask
+    app's view functions, of ``app`` and of the apps under its middleware wrappers
+    (``app_layers``), a ``Mount``'s or ``Host``'s and werkzeug's ``DispatcherMiddleware``'s
+    mounts included; anything else has none. A
     function whose name still holds it, or (where the name cannot be read) that another
     route of ``app`` serves wrapped, is not one: it is served public on purpose.
     """
@@ -645,12 +646,18 @@ def unchecked_endpoints(app: object) -> list[str]:
     seen: set[int] = set()
 
     def collect(owner: object, prefix: str) -> None:
-        views = attribute_of(owner, "view_functions")
-        if isinstance(views, dict) and id(views) not in seen:  # Flask
-            seen.add(id(views))
-            named = [(f"{prefix} view {name!r}".strip(), view) for name, view in views.items()]
-            endpoints.extend(named)
-        visit(_routes_of(owner), prefix)
+        for layer in app_layers(owner):
+            views = attribute_of(layer, "view_functions")
+            if isinstance(views, dict) and id(views) not in seen:  # Flask
+                seen.add(id(views))
+                named = [(f"{prefix} view {name!r}".strip(), each) for name, each in views.items()]
+                endpoints.extend(named)
+            mounts = attribute_of(layer, "mounts")
+            if isinstance(mounts, dict) and id(mounts) not in seen:  # DispatcherMiddleware
+                seen.add(id(mounts))
+                for mounted, under in list(mounts.items()):
+                    collect(under, prefix + str(mounted))
+            visit(_routes_of(layer), prefix)
 
     def visit(routes: object, prefix: str) -> None:
         if not isinstance(routes, list | tuple) or id(routes) in seen:
@@ -666,7 +673,7 @@ def unchecked_endpoints(app: object) -> list[str]:
             if endpoint is None and not inner:
                 # A Mount's or Host's routes are its app's own: none when the app is wrapped
                 # in a middleware (Mount("/v2", app=GZipMiddleware(v2))). Look under it.
-                collect(wrapped_app(attribute_of(route, "app"), "routes", "view_functions"), path)
+                collect(attribute_of(route, "app"), path)
             else:
                 visit(inner, path)
 

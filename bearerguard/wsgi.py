@@ -371,7 +371,7 @@ class BearerGuardWSGIMiddleware:
         """
         owner = self._routes_owner
         unchecked = unchecked_endpoints(
-            wrapped_app(self.app, "view_functions") if owner is None else owner
+            wrapped_app(self.app, "view_functions", "mounts") if owner is None else owner
         )
         if unchecked:
             raise ConfigurationError(misplaced_decorators(unchecked))

@@ -814,6 +814,41 @@ def test_a_flask_view_registered_after_protect_is_checked_under_any_wrapper(
         app.test_client().get("/reports", headers={"Authorization": f"Bearer {token}"})
 
 
+def test_a_misplaced_scope_decorator_under_werkzeugs_dispatcher_is_found(
+    session_issuer: DevIssuer,
+) -> None:
+    # werkzeug's DispatcherMiddleware (Flask's "application dispatching" recipe) keeps the
+    # apps it mounts in ``mounts``: the check found only the front app's views, and the
+    # mounted app's misplaced decorator served a token without the scope.
+    import flask
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+    from werkzeug.test import Client
+
+    from bearerguard.flask import protect
+    from bearerguard.wsgi import BearerGuardWSGIMiddleware
+
+    api = flask.Flask("api")
+
+    @requires_scopes("admin")
+    @api.delete("/all")
+    def delete_all() -> str:
+        return "deleted"  # pragma: no cover - never served
+
+    guard = session_issuer.guard(in_process=True)
+    token = session_issuer.mint(scopes=["items:read"])
+    headers = {"Authorization": f"Bearer {token}"}
+    front = flask.Flask("front")
+    wrapped = BearerGuardWSGIMiddleware(DispatcherMiddleware(front, {"/api": api}), guard=guard)
+    with pytest.raises(ConfigurationError, match=r"/api view 'delete_all'"):
+        Client(wrapped).delete("/api/all", headers=headers)
+    assert decorators.unchecked_endpoints(wrapped) == ["/api view 'delete_all'"]
+    # Mounted on a Flask app's wsgi_app, as the recipe does: protect() refuses it.
+    front = flask.Flask("front")
+    front.wsgi_app = DispatcherMiddleware(front.wsgi_app, {"/api": api})  # type: ignore[method-assign]
+    with pytest.raises(ConfigurationError, match=r"/api view 'delete_all'"):
+        protect(front, guard=guard)
+
+
 class _UnconfiguredASGI(_Unconfigured):
     """As ``_Unconfigured``, serving every path from a Starlette app it holds."""
 

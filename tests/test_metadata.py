@@ -478,6 +478,8 @@ def test_implications_declared_and_validated() -> None:
         {"a": [""]},
         {"a": None},  # a TypeError before, not the ConfigurationError documented
         {"a": 5},
+        {"a": True},
+        {"a": {"b": ["c"]}},  # a nested map: its keys were read as the implied scopes
     ]:
         with pytest.raises(ConfigurationError):
             ScopeImplications(bad)

@@ -160,9 +160,9 @@ class ScopeImplications:
                 raise ConfigurationError(f"scope implication key {key!r} cannot be a pattern")
             if isinstance(narrower, str):
                 implied: tuple[str, ...] = (narrower,)
-            elif isinstance(narrower, Iterable):
+            elif isinstance(narrower, Iterable) and not isinstance(narrower, Mapping):
                 implied = tuple(narrower)
-            else:  # None or a number: iterating it raised a bare TypeError
+            else:  # None or a number (a bare TypeError), a nested map (its keys were taken)
                 raise ConfigurationError(f"scope {key!r} implies {narrower!r}, not scope names")
             for name in validate_scope_names(implied):
                 if "*" in name[:-1] or name == "*":

@@ -63,3 +63,19 @@ def test_a_bomb_is_never_inflated_past_the_limit() -> None:
 def test_corrupt_streams_are_refused(coding: str, wire: bytes) -> None:
     with pytest.raises(BodyError):
         collect(coding, wire, 10_000)
+
+
+@pytest.mark.parametrize(
+    ("coding", "wire"),
+    [("gzip", gzip.compress(DATA)), ("deflate", zlib.compress(DATA))],
+    ids=["gzip", "deflate"],
+)
+def test_data_after_the_compressed_stream_is_refused_as_it_comes(coding: str, wire: bytes) -> None:
+    body = BoundedBody(coding, len(DATA))
+    body.feed(wire)
+    # zlib keeps what follows the stream's end aside (unused_data), outside the limit: a
+    # server sending a small stream then gigabytes would fill memory until the deadline.
+    with pytest.raises(BodyError, match="trailing data"):
+        body.feed(b"x" * 100_000)  # refused at once, not after the deadline
+    assert body._inflate is not None
+    assert len(body._inflate.unused_data) <= 100_000

@@ -58,6 +58,10 @@ class BoundedBody:
                 self._body += inflate.decompress(chunk, self._max - len(self._body) + 1)
             except zlib.error as exc:
                 raise BodyError(f"corrupt compressed body: {exc}") from None
+            if inflate.unused_data:
+                # What follows the stream's end is kept aside by zlib, outside the limit:
+                # refused as it comes, not held until the deadline ends the fetch.
+                raise BodyError("trailing data after the compressed body")
         if len(self._body) > self._max:
             raise BodyError(f"body exceeds {self._max} bytes")
 

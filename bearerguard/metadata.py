@@ -37,6 +37,10 @@ WELL_KNOWN_PATH = "/.well-known/oauth-protected-resource"
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 # RFC 3986 §2: unreserved and reserved characters, and percent-encoded octets.
 _URI = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
+# The members ResourceMetadata's own arguments give, checked there; never taken from extra.
+_MODELLED = frozenset(
+    {"authorization_servers", "resource_documentation", "resource_name", "scopes_supported"}
+)
 _ALLOWED = "GET, HEAD, OPTIONS"
 # A browser sends a CORS preflight (Fetch standard, "CORS-preflight fetch") before a GET
 # carrying a header of its own, as MCP clients send MCP-Protocol-Version: without these
@@ -83,7 +87,8 @@ class ResourceMetadata:
     resource_name: str | None = None
     resource_documentation: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    """Further members, for registered parameters not modelled here."""
+    """Further members, for registered parameters not modelled here (one of the arguments
+    above given here raises ``ConfigurationError``)."""
     challenge_scopes: Iterable[str] = ()
 
 
@@ -238,6 +243,11 @@ class ProtectedResource:
         for name, value in metadata.extra.items():
             if name in document:
                 raise ConfigurationError(f"extra metadata member {name!r} is set by the guard")
+            if name in _MODELLED:  # left out above, as not given: would escape its checks
+                raise ConfigurationError(
+                    f"extra metadata member {name!r} is a ResourceMetadata argument: "
+                    f"pass {name}= instead"
+                )
             document[name] = value
         parts = urlsplit(resource)
         # RFC 9728 §3.1: the well-known suffix goes between the host and the path; a path of

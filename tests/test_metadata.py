@@ -339,6 +339,28 @@ def test_members_clients_cannot_parse_as_urls_are_refused(
     sdk.ProtectedResourceMetadata.model_validate_json(guard.protected_resource.body)
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"resource_documentation": "see the wiki"},
+        {"resource_name": 5},
+        {"scopes_supported": "notes:read"},
+        {"scopes_supported": ["a b"]},
+    ],
+    ids=["documentation", "name", "scopes-string", "scope-not-a-token"],
+)
+def test_a_modelled_member_given_as_extra_is_refused(extra: dict[str, object]) -> None:
+    # Given as extra, these members escaped the checks of their ResourceMetadata argument:
+    # the MCP SDK's client drops a document whose resource_documentation is not a URL,
+    # authorization servers and all.
+    with pytest.raises(ConfigurationError, match="ResourceMetadata argument"):
+        BearerGuard(
+            issuer=ISSUER,
+            resource="https://api.example/mcp",
+            resource_metadata=ResourceMetadata(extra=extra),
+        )
+
+
 def test_the_resource_is_the_default_audience() -> None:
     guard = BearerGuard(issuer=ISSUER, resource="https://api.example/mcp")
     assert guard.audiences == ("https://api.example/mcp",)

@@ -241,6 +241,8 @@ class ProtectedResource:
         if "resource_documentation" in document:
             _http_url(document["resource_documentation"], "resource_documentation")
         for name, value in metadata.extra.items():
+            if not isinstance(name, str):  # json.dumps would write 1 as "1", None as "null"
+                raise ConfigurationError(f"resource metadata is not JSON: member name {name!r}")
             if name in document:
                 raise ConfigurationError(f"extra metadata member {name!r} is set by the guard")
             if name in _MODELLED:  # left out above, as not given: would escape its checks
@@ -258,7 +260,8 @@ class ProtectedResource:
         """Whether ``authorization_servers`` was configured rather than the guard's issuer."""
         self.document = document
         try:
-            self.body = json.dumps(document).encode()
+            # NaN and infinities are no JSON numbers (RFC 8259 §6): refused, not written.
+            self.body = json.dumps(document, allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"resource metadata is not JSON: {exc}") from exc
         self.metadata_url = f"{parts.scheme}://{parts.netloc}{WELL_KNOWN_PATH}{suffix}"

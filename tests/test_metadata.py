@@ -291,6 +291,20 @@ def test_a_resource_with_a_port_in_another_form_than_clients_send_is_refused(
         (
             {
                 "resource": "https://api.example",
+                "resource_metadata": ResourceMetadata(extra={"x": float("nan")}),
+            },
+            "not JSON",  # json.dumps writes NaN, which no JSON parser need take (RFC 8259 §6)
+        ),
+        (
+            {
+                "resource": "https://api.example",
+                "resource_metadata": ResourceMetadata(extra={1: "a"}),  # type: ignore[dict-item]
+            },
+            "not JSON",  # json.dumps writes the member name "1"
+        ),
+        (
+            {
+                "resource": "https://api.example",
                 "resource_metadata": ResourceMetadata(scopes_supported=["a b"]),
             },
             "invalid scope",

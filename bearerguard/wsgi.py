@@ -20,6 +20,7 @@ from bearerguard._context import (
     RequestAuth,
     already_let_in,
     current_auth,
+    decided_by,
     refusal_for,
 )
 from bearerguard._core.dpop import server_authority
@@ -295,9 +296,15 @@ class BearerGuardWSGIMiddleware:
             return [body]
         # A middleware further out with this guard let the request in: its verdict stands
         # (responder, start time), audited once. Before the cache-hit path, which would
-        # replace it; the membership test spares the hot path a call.
-        if SCOPE_KEY in environ and already_let_in(environ, guard):
-            return self.app(environ, start_response)
+        # replace it; the membership test spares the hot path a call. Under a WSGI server
+        # current_auth is unset here (each middleware resets what it set).
+        if SCOPE_KEY in environ:
+            if already_let_in(environ, guard):
+                return self.app(environ, start_response)
+        elif (outer := current_auth.get()) is not None and _let_in_outside(outer, guard, header):
+            # Under a bridge from ASGI (asgiref's WsgiToAsgi, Starlette's WSGIMiddleware): a
+            # new environ, but the request's context, with the outer verdict in it.
+            return self._call_app(environ, start_response, self._taken_over(outer))
         request = _describe(environ, path)
         reusing = self._reusing
         if (
@@ -362,6 +369,19 @@ class BearerGuardWSGIMiddleware:
             guard.audit.accepted(access, auth, perf_counter() - started, binding=binding)
         return self._call_app(environ, start_response, auth)
 
+    def _taken_over(self, outer: RequestAuth) -> RequestAuth:
+        """``outer``'s verdict, answering scope refusals as this app's framework does."""
+        return RequestAuth(
+            outer.guard,
+            outer.token,
+            outer.started,
+            outer.method,
+            outer.path,
+            outer.client,
+            outer.request_id,
+            self.respond,
+        )
+
     def _check_routes(self) -> None:
         """On the first request: a Flask view whose scope decorator sits above its route
         decorator must not be served unchecked. Every request fails (500) until it is fixed.
@@ -396,6 +416,23 @@ class BearerGuardWSGIMiddleware:
         ):
             return body
         return BodyWithAuth(body, auth)
+
+
+def _let_in_outside(
+    outer: RequestAuth, guard: BearerGuard | TrustedIssuers, header: object
+) -> bool:
+    """Whether a middleware with ``guard`` outside an ASGI-to-WSGI bridge, which hands the
+    app a new environ without its verdict, let in this very request: the token it accepted
+    is the one this request carries. Verified again, the request was audited twice, and its
+    DPoP proof refused as replayed (RFC 9449 §11.1). A request the app makes itself, with
+    another token or none, is decided on its own."""
+    token = outer.token
+    return (
+        token is not None
+        and isinstance(header, str)
+        and header.partition(" ")[2].strip(" \t") == token.raw
+        and decided_by(outer, guard)
+    )
 
 
 def _unstreamed_werkzeug_response(body: object) -> bool:

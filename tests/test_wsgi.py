@@ -17,7 +17,7 @@ import httpx
 import pytest
 import structlog
 
-from bearerguard import AccessToken, RefreshPolicy, get_access_token
+from bearerguard import AccessToken, RefreshPolicy, get_access_token, requires_scopes
 from bearerguard._context import current_auth
 from bearerguard.dpop import DPoPPolicy
 from bearerguard.errors import ConfigurationError, KeySetUnavailableError, UnknownKeyError
@@ -923,3 +923,54 @@ def test_the_metadata_answer_redacts_a_query_token_in_the_environ(
     b"".join(app(environ, lambda status, headers: statuses.append(status)))
     assert statuses == ["200 OK"]
     assert environ["QUERY_STRING"] == "access_token=REDACTED"
+
+
+def test_a_flask_app_under_an_asgi_bridge_takes_the_outer_verdict(
+    session_issuer: DevIssuer,
+) -> None:
+    # A Flask app with its own protect(), mounted under BearerGuardMiddleware with the same
+    # guard through asgiref's WsgiToAsgi: the bridge builds a new environ, so the inner
+    # middleware verified again. Every request was audited twice, and every DPoP request
+    # refused, its proof taken for a replay (RFC 9449 §11.1).
+    from asgiref.wsgi import WsgiToAsgi
+    from starlette.testclient import TestClient
+
+    from bearerguard.asgi import BearerGuardMiddleware
+    from tests.test_dpop import Holder
+
+    guard = session_issuer.guard(dpop=DPoPPolicy())
+    inner = flask.Flask(__name__)
+    plain = BearerGuardWSGIMiddleware(hello_app, guard=guard)
+
+    @inner.get("/me")
+    def me() -> dict[str, Any]:
+        token = get_access_token(flask.request)
+        # A request the view makes itself, without the token, is decided on its own.
+        status, _, _ = call(plain)
+        return {"sub": token.subject if token else None, "nested": status}
+
+    @inner.get("/admin")
+    @requires_scopes("admin")
+    def admin() -> str:
+        return "secret"  # pragma: no cover - refused
+
+    protect(inner, guard=guard)
+    client = TestClient(BearerGuardMiddleware(WsgiToAsgi(inner), guard=guard))
+    holder = Holder()
+    bound = session_issuer.mint(sub="ida", cnf={"jkt": holder.jkt})
+    proof = holder.proof(bound, url="http://testserver/me")
+    bearer = session_issuer.mint(sub="ida")
+    for headers in (
+        {"Authorization": f"DPoP {bound}", "DPoP": proof},
+        {"Authorization": f"Bearer {bearer}"},
+        {"Authorization": f"Bearer {bearer}"},  # a cache hit
+    ):
+        with structlog.testing.capture_logs() as events:
+            response = client.get("/me", headers=headers)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"sub": "ida", "nested": "401 Unauthorized"}
+        assert [event["event"] for event in events] == ["token.accepted", "token.rejected"]
+    # Its scope refusals are Flask's responses: the outer verdict's Starlette one was a 500.
+    denied = client.get("/admin", headers={"Authorization": f"Bearer {bearer}"})
+    assert denied.status_code == 403
+    assert 'error="insufficient_scope"' in denied.headers["www-authenticate"]

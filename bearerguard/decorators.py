@@ -260,15 +260,31 @@ def _denial(requirements: tuple[ScopeRequirement, ...], args: tuple[Any, ...]) -
         return None
     response = auth.respond(denied[1])
     http = sys.modules.get("django.http")
-    if http is None or isinstance(response, http.HttpResponseBase):
-        return response
     # A Django view must return an HttpResponse, even when the app the middleware wraps is
     # not Django's own (WhiteNoise, Sentry, OpenTelemetry...) and the default responder
     # did not recognise it: the view's request says which framework serves it.
-    if any(isinstance(arg, http.HttpRequest) for arg in args[:2]):
+    if (
+        http is not None
+        and not isinstance(response, http.HttpResponseBase)
+        and any(isinstance(arg, http.HttpRequest) for arg in args[:2])
+    ):
         from bearerguard.wsgi import _django_response  # noqa: PLC0415 - Django only
 
         return _django_response(denied[1])
+    # A Flask app under BearerGuardMiddleware through an ASGI-to-WSGI bridge (asgiref's
+    # WsgiToAsgi) has the ASGI middleware's verdict, whose responder makes a Starlette
+    # response: no return value for a Flask view (a 500).
+    flask = sys.modules.get("flask")
+    starlette = sys.modules.get("starlette.responses")
+    if (
+        flask is not None
+        and starlette is not None
+        and isinstance(response, starlette.Response)
+        and flask.has_request_context()
+    ):
+        from bearerguard.wsgi import _flask_response  # noqa: PLC0415 - Flask only
+
+        return _flask_response(denied[1])
     return response
 
 

@@ -1108,6 +1108,32 @@ def test_a_flask_app_is_found_under_asgirefs_wsgi_to_asgi() -> None:
     assert decorators.wrapped_app(wsgi_to_asgi(app.wsgi_app), "routes") is app
 
 
+def test_a_flask_view_under_wsgi_to_asgi_is_refused_with_a_flask_response(
+    session_issuer: DevIssuer,
+) -> None:
+    # Behind BearerGuardMiddleware through asgiref's WsgiToAsgi, the verdict's responder is
+    # the ASGI middleware's: its Starlette Response, returned by a Flask view, was a 500.
+    import flask
+    from starlette.testclient import TestClient
+
+    wsgi_to_asgi = pytest.importorskip("asgiref.wsgi").WsgiToAsgi
+    app = flask.Flask(__name__)
+
+    @app.get("/admin")
+    @requires_scopes("admin")
+    def admin() -> str:
+        return "secret"  # pragma: no cover - refused
+
+    guarded = BearerGuardMiddleware(wsgi_to_asgi(app), guard=session_issuer.guard())
+    headers = {"Authorization": f"Bearer {session_issuer.mint(scopes=['read'])}"}
+    with structlog.testing.capture_logs() as events:
+        denied = TestClient(guarded, raise_server_exceptions=False).get("/admin", headers=headers)
+    assert denied.status_code == 403
+    assert 'error="insufficient_scope"' in denied.headers["www-authenticate"]
+    assert denied.json()["error"] == "insufficient_scope"
+    assert [event["event"] for event in events] == ["token.accepted", "scope.denied"]
+
+
 class _ErrorReporting:
     """A Sentry-style WSGI wrapper (``app.wsgi_app = _ErrorReporting(app.wsgi_app)``)."""
 

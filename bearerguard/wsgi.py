@@ -244,7 +244,7 @@ class BearerGuardWSGIMiddleware:
 
     Raises:
         ConfigurationError: a guard that is neither, a store without the synchronous side,
-            or ``app`` is (or wraps) a ``ProxyFix``.
+            ``app`` is (or wraps) a ``ProxyFix``, or ``respond`` cannot be called.
     """
 
     def __init__(
@@ -261,6 +261,8 @@ class BearerGuardWSGIMiddleware:
         guard.require_sync_side()
         if _proxy_fix_under(app):
             raise ConfigurationError(_PROXY_FIX_INSIDE)
+        if respond is not None and not callable(respond):
+            raise ConfigurationError("respond must be a callable that builds a response")
         # The cache-hit fast path serves a plain single-issuer Bearer setup (decided once).
         self._reusing = (
             guard if isinstance(guard, BearerGuard) and not guard.sender_constrained else None

@@ -173,6 +173,19 @@ def test_store_without_a_sync_side_is_refused_at_construction(session_issuer: De
         BearerGuardWSGIMiddleware(hello_app, guard=session_issuer.guard(revocation=AsyncOnly()))
 
 
+def test_a_responder_that_cannot_be_called_is_refused_at_construction(
+    session_issuer: DevIssuer,
+) -> None:
+    # Taken before, the first scope refusal inside the app was a 500.
+    for respond in ["json", 403]:
+        with pytest.raises(ConfigurationError, match="respond"):
+            BearerGuardWSGIMiddleware(
+                hello_app,
+                guard=session_issuer.guard(),
+                respond=respond,  # type: ignore[arg-type]
+            )
+
+
 def test_warm_up_at_construction(issuer: DevIssuer) -> None:
     guard = issuer.guard()
     BearerGuardWSGIMiddleware(hello_app, guard=guard, warm_up=True)

@@ -93,7 +93,7 @@ def check_url(url: str, what: str) -> str:
 
 
 def check_issuer(issuer: str) -> str:
-    """Require an issuer identifier: a ``check_url`` URL without query or fragment.
+    """Require an issuer identifier: a ``check_url`` URL without whitespace, query or fragment.
 
     RFC 8414 §2 and OIDC Discovery §3: an issuer has no query or fragment component (an
     empty one, a bare ``?`` or ``#``, included). Its metadata URLs would drop them, so its
@@ -102,6 +102,11 @@ def check_issuer(issuer: str) -> str:
     Raises:
         ConfigurationError: any other value.
     """
+    if isinstance(issuer, str) and any(char.isspace() for char in issuer):
+        # A stray space or newline (from the environment, a file) never matches a token's
+        # iss, compared exactly, and URL parsers drop it: the metadata found at the trimmed
+        # URL names another issuer, and every token was refused.
+        raise ConfigurationError(f"issuer must not contain whitespace: {issuer!r}")
     check_url(issuer, "issuer")
     if "?" in issuer or "#" in issuer:
         raise ConfigurationError(

@@ -679,3 +679,15 @@ def test_issuers_with_or_without_a_path_or_trailing_slash_are_taken(
 ) -> None:
     guard = BearerGuard(issuer=issuer, audience="api", keys=session_issuer.jwks())
     assert guard.issuer == issuer
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    ["https://as.example ", " https://as.example", "https://as.example/\n", "https://as.\texample"],
+)
+def test_an_issuer_with_whitespace_is_refused(session_issuer: DevIssuer, issuer: str) -> None:
+    # An issuer read from the environment or a file with its newline or a stray space
+    # never equals a token's iss (compared exactly), and URL parsers drop the space, so
+    # discovery answered for the other spelling: every token was refused, unexplained.
+    with pytest.raises(ConfigurationError, match="whitespace"):
+        BearerGuard(issuer=issuer, audience="api", keys=session_issuer.jwks())

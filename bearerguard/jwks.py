@@ -439,11 +439,17 @@ class JWKSFetcher:
             except FetchError as exc:
                 failures.append(str(exc))
                 continue
-            if not isinstance(metadata, dict) or metadata.get("issuer") != self.issuer:
+            named = metadata.get("issuer") if isinstance(metadata, dict) else None
+            if named != self.issuer:
                 # OIDC Discovery §4.3, RFC 8414 §3.3: a document not naming this issuer (a
                 # catch-all's {}, another issuer's) MUST NOT be used. The other URL may
-                # still serve this issuer's own; if none does, the fetch fails.
-                failures.append(f"metadata at {url} names another issuer")
+                # still serve this issuer's own; if none does, the fetch fails. The name it
+                # gives shows the usual mistake: a trailing slash too many or too few.
+                failures.append(
+                    f"metadata at {url} names the issuer {named[:200]!r}, not {self.issuer!r}"
+                    if isinstance(named, str)
+                    else f"metadata at {url} names no issuer"
+                )
                 misnamed = True
                 continue
             self._metadata_url = url

@@ -52,7 +52,7 @@ from bearerguard import (
 from bearerguard._core.keys import KEYS_PER_KID
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.errors import BadSignatureError, UnknownKeyError, UnsupportedAlgorithmError
-from bearerguard.jwks import USER_AGENT
+from bearerguard.jwks import USER_AGENT, FetchError, JWKSFetcher
 from bearerguard.readiness import ReadinessEndpoint
 from bearerguard.testing import DevIssuer, Override, SigningKey
 from tests.helpers import b64
@@ -2235,3 +2235,18 @@ def test_a_fetch_policy_that_cannot_work_is_a_configuration_error(options: dict[
     # another's fetch raised from Lock.acquire(timeout=...): a 500.
     with pytest.raises(ConfigurationError):
         FetchPolicy(**options)
+
+
+def test_discovery_names_the_issuer_the_metadata_gives() -> None:
+    """An issuer configured with a trailing slash its metadata lacks (or the reverse, as
+    with Auth0's) is refused by discovery: the message says which issuer the metadata
+    names, so the mistake shows in the log and in ``bearerguard jwks check``."""
+    with DevIssuer() as issuer:
+        configured = issuer.url + "/"
+        fetcher = JWKSFetcher(configured, None, FetchPolicy())
+        with pytest.raises(FetchError) as caught:
+            fetcher.fetch_sync()
+    assert (
+        f"metadata at {issuer.url}/.well-known/openid-configuration names the issuer "
+        f"{issuer.url!r}, not {configured!r}"
+    ) in str(caught.value)

@@ -416,6 +416,10 @@ def _audiences(audience: str | Sequence[str] | None, resource: str | None) -> tu
         if resource is None:
             raise ConfigurationError("give the audience, or the resource (RFC 8707) as audience")
         return _resource_audiences(resource)
+    if not isinstance(audience, str | Iterable):
+        raise ConfigurationError(
+            f"audience must be a non-empty string or strings, not {audience!r}"
+        )
     audiences = (audience,) if isinstance(audience, str) else tuple(audience)
     if not audiences or not all(isinstance(item, str) and item for item in audiences):
         raise ConfigurationError("audience must be a non-empty string or strings")
@@ -449,10 +453,18 @@ def _protected_resource(
 
 
 def _allowed_algorithms(algorithms: Iterable[str], secret: str | bytes | None) -> frozenset[str]:
-    allowed = frozenset(algorithms)
+    if isinstance(algorithms, str | bytes):
+        # Read as its letters, "RS256" was refused as the algorithms R, S, 2, 5 and 6.
+        raise ConfigurationError(f"algorithms takes a list of names, not {algorithms!r}")
+    try:
+        allowed = frozenset(algorithms)
+    except TypeError:  # None, a number, a list of lists
+        raise ConfigurationError(f"algorithms takes a list of names, not {algorithms!r}") from None
     unknown = allowed - ASYMMETRIC_ALGORITHMS - HMAC_ALGORITHMS
     if unknown:
-        raise ConfigurationError(f"unsupported algorithms: {sorted(unknown)} ('none' never)")
+        raise ConfigurationError(
+            f"unsupported algorithms: {sorted(unknown, key=str)} ('none' never)"
+        )
     if not allowed:
         raise ConfigurationError("algorithms must not be empty")
     if bool(allowed & HMAC_ALGORITHMS) != (secret is not None):

@@ -544,6 +544,10 @@ def test_a_bare_string_of_scope_claims_grants_nothing_from_its_letters(
         {"clock": 5},
         {"claim_checks": lambda claims: True},
         {"scope_implications": [("admin", "read")]},
+        {"audience": 5},
+        {"algorithms": None},
+        {"algorithms": [["RS256"]]},
+        {"algorithms": ["RS999", 5]},
     ],
 )
 def test_options_that_are_not_what_they_take_raise_configuration_errors(
@@ -691,3 +695,10 @@ def test_an_issuer_with_whitespace_is_refused(session_issuer: DevIssuer, issuer:
     # discovery answered for the other spelling: every token was refused, unexplained.
     with pytest.raises(ConfigurationError, match="whitespace"):
         BearerGuard(issuer=issuer, audience="api", keys=session_issuer.jwks())
+
+
+def test_a_bare_algorithm_name_is_refused_as_such(session_issuer: DevIssuer) -> None:
+    # PyJWT's habit: algorithms="RS256" was read as its letters, and refused as the
+    # "unsupported algorithms ['2', '5', '6', 'R', 'S']".
+    with pytest.raises(ConfigurationError, match=r"^algorithms takes a list of names, not 'RS256'"):
+        session_issuer.guard(algorithms="RS256")

@@ -10,6 +10,8 @@ stays bounded by about the socket timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -22,6 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from bearerguard._core.times import check_count, check_wait
+from bearerguard._fork import reset_after_fork
 from bearerguard.errors import ConfigurationError
 
 __all__ = ["DEFAULT_URL", "RedisClients", "again", "again_sync", "async_client", "sync_client"]
@@ -76,8 +79,9 @@ class RedisClients:
 
     Clients given by the application are used as they are and never closed here. From a URL
     (``DEFAULT_URL`` when nothing is given), the clients are built and owned: ``close`` and
-    ``aclose`` close them, and the asynchronous one is rebuilt for each event loop it is
-    used in, as redis.asyncio connections belong to one loop.
+    ``aclose`` close them, and an asynchronous one is built for each event loop it is used
+    in, as redis.asyncio connections belong to one loop: loops running at once (one per
+    thread) each have their own.
     """
 
     def __init__(
@@ -118,29 +122,57 @@ class RedisClients:
         )
         self._owns_async = async_client is None and url is not None
         self.asynchronous: aredis.Redis | None = async_client
-        self._loop: asyncio.AbstractEventLoop | None = None
+        """The application's asynchronous client (owned ones are per loop: ``for_loop``)."""
+        # The owned clients, by the loop each belongs to. One client swapped as each loop
+        # came along was used by two loops running at once (a guard serving a loop per
+        # thread): a connection of one loop awaited in another hung that request for ever.
+        self._by_loop: dict[asyncio.AbstractEventLoop, aredis.Redis] = {}
+        self._loops_lock = threading.Lock()
+        reset_after_fork(self)
+
+    def _forked(self) -> None:
+        """In a child process after ``fork()`` (bearerguard._fork): the lock another thread
+        of the parent held is never released, and the parent's loops do not run here."""
+        self._loops_lock = threading.Lock()
+        self._by_loop = {}
 
     @property
     def owns_async(self) -> bool:
         """Whether the asynchronous client is built here (from the URL) for each loop."""
         return self._owns_async
 
-    def use_loop(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Make the asynchronous client one for ``loop``; ``True`` when the loop is new to it."""
-        if self._loop is loop:
-            return False
-        if self._owns_async and self.url is not None:
-            self.asynchronous = async_client(self.url, self.options)
-        self._loop = loop
-        return True
+    def for_loop(self, loop: asyncio.AbstractEventLoop) -> aredis.Redis | None:
+        """The asynchronous client to use in ``loop``: its own when owned, else the
+        application's (``None`` when there is none)."""
+        if not self._owns_async or self.url is None:
+            return self.asynchronous
+        client = self._by_loop.get(loop)
+        if client is None:
+            with self._loops_lock:
+                client = self._by_loop.get(loop)
+                if client is None:
+                    # Loops closed meanwhile never run their clients again: dropped.
+                    self._by_loop = {
+                        known: kept
+                        for known, kept in self._by_loop.items()
+                        if not known.is_closed()
+                    }
+                    client = self._by_loop[loop] = async_client(self.url, self.options)
+        return client
 
     async def aclose(self) -> None:
-        """Close the owned clients: the asynchronous one from its own loop, then the other."""
-        client = self.asynchronous
-        if self._owns_async and client is not None:
-            self.asynchronous = None
-            if self._loop is asyncio.get_running_loop():
+        """Close the owned clients: each asynchronous one from its own loop, then the other."""
+        with self._loops_lock:
+            owned, self._by_loop = self._by_loop, {}
+        here = asyncio.get_running_loop()
+        for loop, client in owned.items():
+            if loop is here:
                 await client.aclose()
+            elif loop.is_running():
+                # Another thread's loop: closed there, waited for at most the socket timeout.
+                closing = asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.wrap_future(closing), self.timeout)
         self.close()
 
     def close(self) -> None:

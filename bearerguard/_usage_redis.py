@@ -214,7 +214,7 @@ class RedisUsageMonitor:
         self._timeout = self._clients.timeout
         self._sync_script: Any = None
         self._async_script: Any = None
-        self._slots: anyio.Semaphore | None = None
+        self._slots: dict[asyncio.AbstractEventLoop, anyio.Semaphore] = {}
 
     @property
     def synchronous(self) -> bool:
@@ -266,7 +266,10 @@ class RedisUsageMonitor:
                 if self._async_script is None:
                     self._async_script = redis_client.register_script(OBSERVE_SCRIPT)
                 script = self._async_script
-                reply = await self._again(lambda: script(keys=plan.keys, args=plan.args))
+                # This loop's client, not the one the script was registered with.
+                reply = await self._again(
+                    lambda: script(keys=plan.keys, args=plan.args, client=redis_client)
+                )
         finally:
             slots.release()
         return self._verdict(token, plan, reply)
@@ -402,16 +405,21 @@ class RedisUsageMonitor:
     def _async_client(self) -> tuple[aredis.Redis, anyio.Semaphore]:
         if self._closed:
             raise UsageMonitorError("the usage monitor is closed")
-        if self._clients.use_loop(asyncio.get_running_loop()):
-            # A loop new to the monitor: its own client (when owned) and its own queue.
-            self._async_script = None
-            self._slots = anyio.Semaphore(self._max_connections)
-        client = self._clients.asynchronous
-        if client is None or self._slots is None:
+        loop = asyncio.get_running_loop()
+        # Each loop's own client when owned (bearerguard._redis.RedisClients), and its own
+        # queue: an anyio.Semaphore belongs to one loop.
+        client = self._clients.for_loop(loop)
+        if client is None:
             raise UsageMonitorError(
                 "this monitor has no asynchronous client: give url= or async_client="
             )
-        return client, self._slots
+        slots = self._slots.get(loop)
+        if slots is None:
+            self._slots = {
+                known: kept for known, kept in self._slots.items() if not known.is_closed()
+            }
+            slots = self._slots.setdefault(loop, anyio.Semaphore(self._max_connections))
+        return client, slots
 
     async def aclose(self) -> None:
         """Close the connections this monitor opened (both sides)."""

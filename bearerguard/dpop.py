@@ -383,7 +383,10 @@ class RedisDPoPReplayStore:
             if self._async_script is None:
                 self._async_script = client.register_script(_FIRST_USE_SCRIPT)
             script = self._async_script
-            reply = await self._again(lambda: script(keys=keys, args=args), self._timeout)
+            # This loop's client, not the one the script was registered with (another loop's).
+            reply = await self._again(
+                lambda: script(keys=keys, args=args, client=client), self._timeout
+            )
         except self._errors as exc:
             raise ReplayStoreError(
                 f"redis replay script failed: {type(exc).__name__}: {exc}"
@@ -414,9 +417,8 @@ class RedisDPoPReplayStore:
         return {"store": self.name, "healthy": True}
 
     def _async_client(self) -> Any:
-        if self._clients.use_loop(asyncio.get_running_loop()):
-            self._async_script = None  # registered with the previous loop's client
-        client = self._clients.asynchronous
+        # Each loop's own client when owned (bearerguard._redis.RedisClients).
+        client = self._clients.for_loop(asyncio.get_running_loop())
         if client is None:
             raise ReplayStoreError("no asynchronous Redis client: give url= or async_client=")
         return client

@@ -12,6 +12,7 @@ import functools
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
@@ -768,6 +769,47 @@ async def test_only_a_sync_client_still_serves_the_async_side(
     finally:
         await store.aclose()
         sync_client.close()
+
+
+def test_event_loops_in_threads_at_once_each_get_answers(
+    redis_server: RedisServer, redis_namespace: str
+) -> None:
+    """One store (one guard) serving event loops in several threads at once: each loop
+    must use a client of its own, and ``aclose()`` closes each in its loop. One client,
+    swapped as each loop came along, was used by two loops at once, and requests waited
+    for ever on another loop's connection."""
+    store = RedisRevocationStore(redis_server.url, namespace=redis_namespace)
+    answered: list[int] = []
+    served = threading.Barrier(6)
+    closed = threading.Event()
+
+    def serve(thread: int) -> None:
+        async def requests() -> None:
+            for i in range(150):
+                await store.revoke_token(f"t{thread}-{i}", time.time() + 60)
+                assert await store.is_revoked(token(jti=f"t{thread}-{i}"))
+            answered.append(thread)
+            # Every loop still running: the first closes the store, each client in its loop.
+            await asyncio.to_thread(served.wait, 30)
+            if thread == 0:
+                await store.aclose()
+                closed.set()
+            await asyncio.to_thread(closed.wait, 30)
+
+        asyncio.run(requests())
+
+    threads = [threading.Thread(target=serve, args=(n,), daemon=True) for n in range(6)]
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: a race between loops shows at once
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        sys.setswitchinterval(switching)
+    assert sorted(answered) == list(range(6))
+    assert closed.is_set()
 
 
 @pytest.mark.anyio

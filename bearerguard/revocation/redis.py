@@ -589,7 +589,10 @@ class RedisRevocationStore:
             if self._async_script is None:
                 self._async_script = client.register_script(REVOKE_SCRIPT)
             script = self._async_script
-            value = await self._again(lambda: script(keys=[write.key], args=write.argv))
+            # This loop's client, not the one the script was registered with (another loop's).
+            value = await self._again(
+                lambda: script(keys=[write.key], args=write.argv, client=client)
+            )
             return self._written(write, value)
 
     # -- checking -------------------------------------------------------------------------
@@ -948,11 +951,8 @@ class RedisRevocationStore:
     def _async_client(self) -> aredis.Redis:
         if self._closed:
             raise RevocationStoreError("the revocation store is closed")
-        if self._clients.use_loop(asyncio.get_running_loop()):
-            # A loop new to the store (a test, a worker restarted in-process): its own
-            # client there when owned, and the script registered again.
-            self._async_script = None
-        client = self._clients.asynchronous
+        # Each loop's own client when owned (bearerguard._redis.RedisClients).
+        client = self._clients.for_loop(asyncio.get_running_loop())
         if client is None:
             raise RevocationStoreError(
                 "this store has no asynchronous client: give url= or async_client="

@@ -212,6 +212,10 @@ def test_null_claims_are_not_absent(name: str) -> None:
         # RFC 9701 §5: an introspection response, whose aud is this resource server.
         "token-introspection+jwt",
         "application/token-introspection+jwt",
+        # A media type with parameters or white space is the same type (RFC 9110 §8.3.1).
+        "secevent+jwt; charset=utf-8",
+        "application/logout+jwt ;x=1",
+        " secevent+jwt",
     ],
 )
 def test_a_security_event_token_is_never_an_access_token(typ: str) -> None:

@@ -268,7 +268,8 @@ def validate_claims(
         _check_typ(header)  # RFC 9068 §2.1
     else:
         typ = header.get("typ")
-        if isinstance(typ, str) and typ.lower() in _OTHER_TYPES:
+        # Compared as a media type: without parameters or white space (RFC 9110 §8.3.1).
+        if isinstance(typ, str) and typ.partition(";")[0].strip(" \t").lower() in _OTHER_TYPES:
             raise InvalidTypeError(f"typ is {typ!r}, not an access token")
     iss = get("iss")
     if iss != policy.issuer or not isinstance(iss, str):

@@ -245,7 +245,7 @@ def _verdict_bearer(scope: Mapping[str, Any]) -> BearerAuth | None:
         found = _first_bearer(_route_dependants(scope))
         if found is None:
             found = _first_bearer(_route_dependants(scope, overridden=True))
-        return found
+        return None if found is None else _swapped(scope, found)
     cached = _VERDICT_BEARERS.get(id(dependant))
     if cached is not None and cached[0] is dependant:  # the dependant held: its id not reused
         return cached[1]
@@ -254,6 +254,15 @@ def _verdict_bearer(scope: Mapping[str, Any]) -> BearerAuth | None:
         _VERDICT_BEARERS.clear()
     _VERDICT_BEARERS[id(dependant)] = (dependant, found)
     return found
+
+
+def _swapped(scope: Mapping[str, Any], bearer: BearerAuth) -> BearerAuth:
+    """The ``BearerAuth`` that ``app.dependency_overrides`` puts in ``bearer``'s place (a
+    test's, with its guard), else ``bearer``: FastAPI swaps ``Security(bearer)`` itself, but
+    not a ``requires_any`` that verifies with it. A stub is no ``BearerAuth``: ignored."""
+    _, overrides = _route_dependant(scope)
+    swapped = overrides.get(bearer) if overrides else None
+    return swapped if isinstance(swapped, BearerAuth) else bearer
 
 
 def _first_bearer(dependants: Iterable[Any]) -> BearerAuth | None:
@@ -659,10 +668,11 @@ class BearerAuth(SecurityBase):
             connection: HTTPConnection, security_scopes: SecurityScopes
         ) -> AsyncIterator[AccessToken]:
             # The all-of scopes declared around this dependency still apply.
-            auth, reset = await bearer._authenticate(connection, tuple(security_scopes.scopes))
+            verifier = _swapped(connection.scope, bearer)
+            auth, reset = await verifier._authenticate(connection, tuple(security_scopes.scopes))
             try:
-                bearer._check(connection, auth, tuple(security_scopes.scopes), any_of=False)
-                yield bearer._check(connection, auth, required, any_of=True)
+                verifier._check(connection, auth, tuple(security_scopes.scopes), any_of=False)
+                yield verifier._check(connection, auth, required, any_of=True)
             finally:
                 _forget(reset)
 

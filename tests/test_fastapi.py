@@ -518,6 +518,46 @@ def test_a_decorator_over_a_nested_bearer_replaced_by_dependency_overrides(
     ]
 
 
+def test_requires_any_verifies_with_the_bearer_auth_dependency_overrides_swap_in(
+    guard: BearerGuard, session_issuer: DevIssuer, issuer: DevIssuer
+) -> None:
+    # docs/fastapi.md swaps an app's guard in a test with
+    # app.dependency_overrides[bearer] = BearerAuth(issuer.guard()): requires_any (and a
+    # decorator reading its verdict) kept verifying with the original, refusing every token.
+    bearer_auth = BearerAuth(guard)
+    app = bearer_auth.install(FastAPI())
+
+    @app.delete(
+        "/items/{item_id}", dependencies=[bearer_auth.requires_any("items:delete", "admin")]
+    )
+    async def delete_item(item_id: int) -> dict[str, int]:
+        return {"deleted": item_id}
+
+    async def reader(
+        token: Annotated[AccessToken, bearer_auth.requires_any("reports:read", "admin")],
+    ) -> str:
+        return token.subject or ""
+
+    @app.get("/reports")
+    @requires_scopes("reports:export")
+    async def reports(user: Annotated[str, Depends(reader)]) -> dict[str, str]:
+        return {"user": user}
+
+    app.dependency_overrides[bearer_auth] = BearerAuth(issuer.guard())
+    with TestClient(app) as client, capture_logs() as events:
+        allowed = client.delete("/items/1", headers=bearer(issuer, "admin"))
+        under = client.delete("/items/1", headers=bearer(issuer, "items:write"))
+        original = client.delete("/items/1", headers=bearer(session_issuer, "admin"))
+        both = client.get("/reports", headers=bearer(issuer, "reports:read", "reports:export"))
+        no_export = client.get("/reports", headers=bearer(issuer, "reports:read"))
+    assert allowed.json() == {"deleted": 1}
+    assert_refusal(under, 403, "insufficient_scope")
+    assert_refusal(original, 401, "invalid_token")
+    assert both.json() == {"user": "erin"}
+    assert_refusal(no_export, 403, "insufficient_scope")
+    assert [event["event"] for event in events].count("token.accepted") == 4
+
+
 def fake_user() -> str:
     """A test's replacement for a user dependency: it takes no token."""
     return "fake"

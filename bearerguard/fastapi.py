@@ -40,6 +40,7 @@ import dataclasses
 import inspect
 import itertools
 import logging
+import re
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from contextvars import Token
 from time import perf_counter
@@ -108,6 +109,7 @@ __all__ = ["BearerAuth", "BearerRefusal", "document_middleware", "oauth2_flows"]
 _log = logging.getLogger("bearerguard")
 _POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
 _NO_PUBLIC_PATHS = PublicPaths(())
+_COMPONENT_NAME = re.compile(r"[a-zA-Z0-9.\-_]+")  # OpenAPI 3.1 §4.8.7
 _MAX_ALTERNATIVES = 64  # any-of groups multiply; past this the document lists the groups
 _ERROR_SCHEMA = "BearerError"
 _ERROR_SCHEMA_TAKEN = "bearerguard.BearerError"  # when the app has a schema of that name
@@ -462,7 +464,8 @@ class BearerAuth(SecurityBase):
     ``requires_any``; the dependency's value is the ``AccessToken``.
 
     Raises:
-        ConfigurationError: ``guard`` is not a ``BearerGuard``.
+        ConfigurationError: ``guard`` is not a ``BearerGuard``; a scheme name that is not an
+            OpenAPI component name; ``openid_connect`` neither a bool nor an https URL.
     """
 
     def __init__(
@@ -482,7 +485,7 @@ class BearerAuth(SecurityBase):
                 "with requires_scopes and document them with document_middleware(app)"
             )
         self.guard = guard
-        self.scheme_name = scheme_name
+        self.scheme_name = _checked_scheme_name(scheme_name, "scheme_name")
         self.model: SchemeModel = _scheme_model(description, oauth2_flows)
         # The openIdConnect scheme offered beside this one, as (its name, its model).
         self.beside: tuple[str, SchemeModel] | None = None
@@ -495,7 +498,8 @@ class BearerAuth(SecurityBase):
                 )
             self.model = _openid_connect_model(url, description)
         elif url is not None:
-            self.beside = (openid_connect_scheme, _openid_connect_model(url, None))
+            name = _checked_scheme_name(openid_connect_scheme, "openid_connect_scheme")
+            self.beside = (name, _openid_connect_model(url, None))
         self._warned: set[int] = set()
 
     def __repr__(self) -> str:
@@ -791,12 +795,27 @@ def document_middleware(
 
     Raises:
         ConfigurationError: no ``public_paths`` and no ``BearerGuardMiddleware`` among
-            ``app``'s middleware, or a public path the middleware would refuse.
+            ``app``'s middleware, a public path the middleware would refuse, or a
+            ``scheme_name`` that is not an OpenAPI component name.
     """
     model = _scheme_model(description, oauth2_flows)
-    _document_middleware(app, public_paths, scheme_name)
+    _document_middleware(app, public_paths, _checked_scheme_name(scheme_name, "scheme_name"))
     _document_openapi(app, scheme_name, model)
     return app
+
+
+def _checked_scheme_name(name: object, option: str) -> str:
+    """``name``, a security scheme's name in the OpenAPI document.
+
+    Raises:
+        ConfigurationError: not a name OpenAPI allows: the keys of ``components`` are
+            letters, digits, ``.``, ``-`` and ``_`` (OpenAPI 3.1 §4.8.7).
+    """
+    if not isinstance(name, str) or _COMPONENT_NAME.fullmatch(name) is None:
+        raise ConfigurationError(
+            f"{option} must be an OpenAPI component name (letters, digits, '.', '-', '_'): {name!r}"
+        )
+    return name
 
 
 def _scheme_model(
@@ -813,12 +832,17 @@ def _openid_connect_url(guard: BearerGuard, given: bool | str) -> str | None:
     """The URL of the OpenID Connect discovery document ``given`` names, if any.
 
     Raises:
-        ConfigurationError: a URL that is not https (http only on loopback).
+        ConfigurationError: neither a bool nor a string, or a URL that is not https (http
+            only on loopback).
     """
     if given is False:
         return None
     if given is True:
         return discovery_urls(guard.issuer)[0]  # OIDC Discovery 1.0 §4
+    if not isinstance(given, str):
+        raise ConfigurationError(
+            f"openid_connect must be True, False or the discovery document's URL: {given!r}"
+        )
     return check_url(given, "openid_connect")
 
 

@@ -29,7 +29,7 @@ from bearerguard import (
 )
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.errors import ConfigurationError
-from bearerguard.fastapi import BearerAuth, oauth2_flows
+from bearerguard.fastapi import BearerAuth, document_middleware, oauth2_flows
 from bearerguard.issuers import TrustedIssuers
 from bearerguard.testing import DevIssuer
 from bearerguard.usage import MemoryUsageMonitor, UsagePolicy
@@ -2011,3 +2011,27 @@ def test_openapi_refuses_one_scheme_name_for_two_schemes(session_issuer: DevIssu
             openid_connect_scheme="partnerLogin",
         )
         assert renamed.install(ours.install(FastAPI())).openapi() is not None
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"openid_connect": 1}, "openid_connect"),  # AttributeError: 'int' ... 'decode'
+        ({"openid_connect": None}, "openid_connect"),
+        ({"scheme_name": ""}, "scheme_name"),
+        ({"scheme_name": "bearer auth"}, "scheme_name"),  # not an OpenAPI component name
+        ({"scheme_name": 5}, "scheme_name"),
+        ({"openid_connect": True, "openid_connect_scheme": ""}, "openid_connect_scheme"),
+    ],
+)
+def test_bearer_auth_refuses_scheme_options_it_cannot_document(
+    guard: BearerGuard, options: dict[str, Any], named: str
+) -> None:
+    # These were taken (an empty or spaced name went into the OpenAPI document, where
+    # OpenAPI 3.1 §4.8.7 allows component names of [a-zA-Z0-9.-_] only), or raised
+    # AttributeError; each is a ConfigurationError naming the option.
+    with pytest.raises(ConfigurationError, match=named):
+        BearerAuth(guard, **options)
+    if "scheme_name" in options:
+        with pytest.raises(ConfigurationError, match=named):
+            document_middleware(FastAPI(), public_paths=[], scheme_name=options["scheme_name"])

@@ -397,9 +397,18 @@ def oauth2_flows(
             and/or ``"clientCredentials"``.
 
     Raises:
-        ConfigurationError: the metadata lacks an endpoint a requested flow needs.
+        ConfigurationError: the metadata lacks an endpoint a requested flow needs; no flow,
+            or a string given for ``flows`` or ``scopes`` (a list of names), or a scope
+            name that is no scope-token (RFC 6749 §3.3).
     """
+    for option, given in (("scopes", scopes), ("flows", flows)):
+        if isinstance(given, str):
+            raise ConfigurationError(f"oauth2_flows: {option} takes a list of names: [{given!r}]")
+    if not flows:
+        raise ConfigurationError("oauth2_flows: flows names no flow")
     described = dict(scopes) if isinstance(scopes, Mapping) else {name: name for name in scopes}
+    if described:
+        validate_scope_names(described)
     built: dict[str, Any] = {}
     token_url = metadata.get("token_endpoint")
     for flow in flows:

@@ -1182,6 +1182,23 @@ def test_openapi_oauth2_flows_from_the_issuer_metadata(
         oauth2_flows(metadata, scopes=["a"], flows=["implicit"])
 
 
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"scopes": "items:read"}, "scopes"),  # was the scopes i, t, e, m, s, :, r, a, d
+        ({"scopes": ["items:read write"]}, "invalid scope name"),
+        ({"flows": "clientCredentials"}, "flows"),  # was "unsupported flow 'c'"
+        ({"flows": []}, "flows"),  # was a scheme with no flow to log in with
+    ],
+)
+def test_oauth2_flows_refuses_a_string_for_a_list(
+    session_issuer: DevIssuer, options: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        oauth2_flows(session_issuer.metadata(), **options)
+    assert oauth2_flows(session_issuer.metadata(), scopes=("items:read",)).authorizationCode
+
+
 def test_openapi_other_security_dependencies_are_required_with_the_token(
     guard: BearerGuard, session_issuer: DevIssuer
 ) -> None:

@@ -544,6 +544,17 @@ class DPoPPolicy:
         if self.nonce is not None and not isinstance(self.nonce, NonceIssuer):
             raise ConfigurationError("nonce must be a NonceIssuer")
         if self.external_url is not None:
+            if not isinstance(self.external_url, str):
+                raise ConfigurationError(
+                    f"external_url must be a string, not {type(self.external_url).__name__}"
+                )
+            if any(char.isspace() or not char.isprintable() for char in self.external_url):
+                # RFC 3986 §2: no URI holds white space or controls. A stray one (from the
+                # environment, a file) ended up in every rebuilt URL, or was dropped by the
+                # URL parser only where it happened to be a newline: every proof refused.
+                raise ConfigurationError(
+                    f"external_url must not contain white space: {self.external_url!r}"
+                )
             netloc = urlsplit(self.external_url).netloc
             try:
                 normalize_htu(self.external_url)

@@ -628,6 +628,28 @@ def test_policy_configuration_errors(options: dict[str, Any]) -> None:
         DPoPPolicy(**options)
 
 
+@pytest.mark.parametrize(
+    "external_url",
+    [
+        "https://api.example.com ",  # the host "api.example.com ": no htu matches
+        "https://api.example.com/v1 ",  # the path "/v1 /me": no htu matches
+        "https://api.example.com/v1\n",  # read from a file or the environment
+        "\thttps://api.example.com",
+        "https://api.example.com/v\x001",
+        b"https://api.example.com",
+        7,
+    ],
+)
+def test_an_external_url_with_white_space_or_of_another_type_is_refused(
+    external_url: Any,
+) -> None:
+    # RFC 9449 §4.3 step 9: every request's URL is rebuilt from external_url, so a stray
+    # space (an environment variable, a file) failed every proof with "htu does not match",
+    # and a value other than text raised AttributeError rather than a configuration error.
+    with pytest.raises(ConfigurationError, match="external_url"):
+        DPoPPolicy(external_url=external_url)
+
+
 def test_external_url_may_hold_an_at_sign_in_its_path() -> None:
     policy = DPoPPolicy(external_url="https://api.example.com/@v1/")
     assert policy.request_url("http", "ignored", "/me") == "https://api.example.com/@v1/me"

@@ -70,13 +70,14 @@ class CertificateBinding:
             the WSGI ``SSL_CLIENT_CERT``). ``"header"``: a header set by a trusted
             TLS-terminating proxy (see the module's warning).
         header: with ``source="header"``, the header's name (case-insensitive):
-            ``client-cert`` (RFC 9440) by default.
+            ``client-cert`` (RFC 9440) by default; another name needs ``source="header"``.
         required: refuse tokens that are not certificate-bound. Off by default: bearer
             tokens are still accepted, bound ones only with their certificate.
 
     Raises:
-        ConfigurationError: an unknown source, a malformed header name, or a ``required``
-            that is not ``True`` or ``False``.
+        ConfigurationError: an unknown source, a malformed header name, a ``header`` other
+            than the default without ``source="header"``, or a ``required`` that is not
+            ``True`` or ``False``.
     """
 
     source: Literal["tls", "header"] = "tls"
@@ -92,6 +93,13 @@ class CertificateBinding:
         name = self.header.lower() if isinstance(self.header, str) else ""
         if not _HEADER_NAME.fullmatch(name) or name in ("authorization", "dpop"):
             raise ConfigurationError(f"not a usable header name: {self.header!r}")
+        if self.source == "tls" and name != "client-cert":
+            # Read only from a proxy's header: given alone, the TLS connection was read
+            # instead (nothing, behind that proxy) and every bound token refused.
+            raise ConfigurationError(
+                f"header={self.header!r} is read only with source='header'; "
+                "source='tls' reads the server's TLS connection"
+            )
         object.__setattr__(self, "header", name)
 
     @property

@@ -227,6 +227,19 @@ def test_certificate_binding_configuration() -> None:
             CertificateBinding(**bad)
 
 
+def test_a_header_named_without_source_header_is_refused(pki: PKI) -> None:
+    # header= is read only with source="header": given alone, the guard read the TLS
+    # connection instead (nothing, behind the proxy) and refused every bound token.
+    with pytest.raises(ConfigurationError, match="source='header'"):
+        CertificateBinding(header="X-SSL-Client-Cert")
+    with pytest.raises(ConfigurationError, match="source='header'"):
+        CertificateBinding(source="tls", header="x-amzn-mtls-clientcert")
+    assert CertificateBinding(source="tls", header="Client-Cert").source == "tls"  # the default
+    binding = CertificateBinding(source="header", header="X-SSL-Client-Cert")
+    value = quote(pki.alice.pem).encode()
+    assert scope_certificate({"headers": [(b"x-ssl-client-cert", value)]}, binding) == pki.alice.der
+
+
 @pytest.mark.parametrize(
     "options",
     [

@@ -556,14 +556,14 @@ class DPoPPolicy:
                     f"external_url must not contain white space: {self.external_url!r}"
                 )
             netloc = urlsplit(self.external_url).netloc
-            try:
-                normalize_htu(self.external_url)
-            except ValueError as exc:
-                raise ConfigurationError("external_url must be an http(s) URL") from exc
             if "?" in self.external_url or "#" in self.external_url or "@" in netloc:
                 # The request's path is appended to it: after a query or fragment it would
                 # drop out of the htu compared (RFC 9449 §4.3 step 9), matching every path.
                 raise ConfigurationError("external_url takes no query, fragment or userinfo")
+            try:
+                normalize_htu(self.external_url)
+            except ValueError as exc:
+                raise ConfigurationError("external_url must be an http(s) URL") from exc
             object.__setattr__(self, "external_url", self.external_url.rstrip("/"))
         object.__setattr__(self, "allowed", allowed)
         object.__setattr__(self, "algs", " ".join(sorted(allowed)))

@@ -190,10 +190,30 @@ def test_htu_normalisation(url: str, normal: str) -> None:
     assert normalize_htu(url) == normal
 
 
-@pytest.mark.parametrize("url", ["ftp://x/a", "/relative", "https:///nohost", "http://h:99999/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://x/a",
+        "/relative",
+        "https:///nohost",
+        "http://h:99999/",
+        # RFC 9110 §4.2.4: userinfo in an http(s) URI from an untrusted source is an error.
+        "http://user@h/a",
+        "http://user:secret@h/a",
+        "http://@h/a",
+    ],
+)
 def test_htu_normalisation_refuses_non_http_uris(url: str) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - the message varies by cause
         normalize_htu(url)
+
+
+@pytest.mark.parametrize("htu", ["http://user@testserver/me", "http://user:pw@testserver/me"])
+def test_a_proof_whose_htu_holds_userinfo_is_refused(holder: Holder, htu: str) -> None:
+    # RFC 9449 §4.3 step 9: the htu names the request's URI, which holds no userinfo (RFC
+    # 9110 §4.2.4); it was dropped by the normalisation and the proof accepted.
+    with pytest.raises(InvalidDPoPProofError, match="htu does not match"):
+        _check(holder.proof("tok", url=htu))
 
 
 def _check(proof: str, token: str = "tok", **options: Any) -> Any:  # noqa: S107

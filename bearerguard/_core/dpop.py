@@ -117,12 +117,16 @@ def normalize_htu(url: str) -> str:
     empty path made ``/``, and the query and fragment removed.
 
     Raises:
-        ValueError: not an absolute http(s) URI.
+        ValueError: not an absolute http(s) URI, or one with userinfo.
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not parts.hostname:
         raise ValueError("not an absolute http(s) URI")
+    if "@" in parts.netloc:
+        # RFC 9110 §4.2.4: userinfo in an http(s) URI from an untrusted source is an error;
+        # no request's URI holds one, so dropping it would pass an htu naming another URI.
+        raise ValueError("userinfo in an http(s) URI")
     host = parts.hostname.lower()
     if ":" in host:
         host = f"[{host}]"

@@ -290,11 +290,26 @@ class Introspector:
         health_interval: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        # White space in a URL is sent as %20 or read as a relative URL by httpx: every
+        # exchange would fail (503) for a mistake made here. None was a TypeError.
+        if not isinstance(endpoint, str) or any(char.isspace() for char in endpoint):
+            raise ConfigurationError(
+                f"introspection endpoint must be a URL without white space: {endpoint!r}"
+            )
         self.endpoint = check_url(endpoint, "introspection endpoint")
         if not (isinstance(client_id, str) and client_id):
             raise ConfigurationError("client_id must be a non-empty string")
         if not (isinstance(client_secret, str) and client_secret):
             raise ConfigurationError("client_secret must be a non-empty string (RFC 7662 §2.1)")
+        # RFC 6749 Appendix A.1, A.2: both are VSCHARs, no control character. A secret read
+        # from a file with its newline was refused (401) at every exchange: a 503 for every
+        # opaque token, where the configuration was at fault.
+        for name, value in (("client_id", client_id), ("client_secret", client_secret)):
+            if any(char < " " or char == "\x7f" for char in value):
+                raise ConfigurationError(
+                    f"{name} must not contain control characters such as a line break "
+                    "(RFC 6749 Appendix A)"
+                )
         if auth_method not in _AUTH_METHODS:
             raise ConfigurationError(f"auth_method must be one of {_AUTH_METHODS}")
         # A NaN timeout fails every exchange with a ValueError (a 500), an infinite one

@@ -793,9 +793,24 @@ def test_a_guard_answers_503_past_the_limit(issuer: DevIssuer, server: Introspec
         ("http://127.0.0.1:8000/introspect\x7f", {}),
         ("https://as\x00.example/introspect", {}),
         ("https://xn--/introspect", {}),
+        # RFC 6749 Appendix A: client_id and client_secret are VSCHARs. A secret read from a
+        # file with its newline was every exchange's 401: every opaque token a 503.
+        ("https://as.example/introspect", {"client_secret": "secret\n"}),
+        ("https://as.example/introspect", {"client_id": "api\r\n"}),
+        ("https://as.example/introspect", {"client_secret": "sec\tret"}),
+        ("https://as.example/introspect", {"client_id": "api\x00"}),
+        ("https://as.example/introspect", {"client_secret": "secret\x7f"}),
+        ("https://as.example/introspect", {"client_id": 7}),
+        # A URL whose white space httpx would send (%20) or read as relative: every exchange
+        # a 404 or a failure (503), where the configuration was at fault.
+        ("https://as.example/introspect ", {}),
+        (" https://as.example/introspect", {}),
+        ("https://as.example/intro spect", {}),
+        (None, {}),
+        (b"https://as.example/introspect", {}),
     ],
 )
-def test_configuration_is_checked(endpoint: str, options: dict[str, Any]) -> None:
+def test_configuration_is_checked(endpoint: Any, options: dict[str, Any]) -> None:
     settings: dict[str, Any] = {"client_id": "api", "client_secret": "secret", **options}
     with pytest.raises(ConfigurationError):
         Introspector(endpoint, **settings)

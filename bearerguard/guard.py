@@ -925,7 +925,7 @@ class BearerGuard:
 
         Key fetches are coalesced across threads, no lock is held while verifying, and no
         call blocks for longer than one fetch's timeout. The revocation store must offer the
-        synchronous side (``SyncRevocationStore``).
+        synchronous side (``SyncRevocationStore``): without it, ``ConfigurationError``.
         """
         credentials = _credentials(token)
         access = None
@@ -953,8 +953,11 @@ class BearerGuard:
             replay = None if policy is None else self._check_binding(access, dpop)
             if self.mtls is not None:
                 held = self._check_certificate(access, certificate)
+            # Outside the failure policy: a store without a synchronous side is a
+            # configuration mistake, never an outage ("allow" let every token through).
+            store = self.require_sync_revocation()
             try:
-                revoked = self.require_sync_revocation().is_revoked_sync(access)
+                revoked = store.is_revoked_sync(access)
             except Exception as exc:  # noqa: BLE001 - any store failure: the policy decides
                 self._revocation_failed(access, exc)
             else:

@@ -374,6 +374,19 @@ def test_such_a_subclass_has_no_synchronous_side_for_wsgi(session_issuer: DevIss
         guard.require_sync_side()
 
 
+@pytest.mark.parametrize("failure", ["deny", "allow"])
+def test_authenticate_sync_without_a_synchronous_side_is_a_configuration_error(
+    session_issuer: DevIssuer, failure: Any
+) -> None:
+    # Read as the store failing, it was a 503, and with "allow" every token was let in,
+    # revoked ones included: the store was never asked.
+    store = DenyList()
+    store.denied.add("carol")
+    guard = session_issuer.guard(revocation=store, revocation_failure=failure)
+    with pytest.raises(ConfigurationError, match="is_revoked_sync"):
+        guard.authenticate_sync(session_issuer.mint(sub="carol"))
+
+
 async def test_revoking_says_whether_an_entry_is_held() -> None:
     # As RedisRevocationStore: False when the entry had already lapsed (nothing kept).
     clock = Clock()

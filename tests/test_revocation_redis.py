@@ -447,6 +447,23 @@ async def test_a_cut_off_at_now_is_not_earlier_than_redis_s_now(
 
 
 @pytest.mark.anyio
+async def test_a_session_cut_off_at_now_is_not_earlier_than_redis_s_now_as_documented(
+    redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    # docs/deployment.md said the default cut-off came from the revoking process's clock, so
+    # that a clock running behind spared the tokens issued just before; it is Redis's now.
+    behind = stores(
+        redis_server.url, namespace=redis_namespace, mirror=False, clock=lambda: time.time() - 600
+    )
+    assert await behind.revoke_session("n1", subject="s1") is True
+    assert await behind.is_revoked(token(jti="x", sub="other", client_id="o", sid="n1"))
+    assert await behind.is_revoked(token(jti="x", sub="s1", client_id="o"))  # no sid
+    page = _deployment_page()
+    assert "the later of the revoking process's clock and Redis's" in page
+    assert "A clock running behind sets the cut-off too early" not in page
+
+
+@pytest.mark.anyio
 async def test_an_entry_lapsed_by_redis_s_clock_is_not_written_and_says_so(
     redis_server: RedisServer,
     redis_namespace: str,
@@ -557,9 +574,13 @@ async def test_the_health_signal(
         await store.is_revoked(token())
 
 
-def test_the_deployment_page_lists_the_state_without_a_mirror() -> None:
+def _deployment_page() -> str:
     page = (Path(__file__).resolve().parent.parent / "docs" / "deployment.md").read_text()
-    assert "without a mirror it is `direct`" in " ".join(page.split())
+    return " ".join(page.split())
+
+
+def test_the_deployment_page_lists_the_state_without_a_mirror() -> None:
+    assert "without a mirror it is `direct`" in _deployment_page()
 
 
 @pytest.mark.anyio

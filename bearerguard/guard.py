@@ -15,6 +15,7 @@ import inspect
 import json
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -110,6 +111,10 @@ __all__ = ["DEFAULT_ALGORITHMS", "BearerGuard"]
 DEFAULT_ALGORITHMS: tuple[str, ...] = tuple(sorted(ASYMMETRIC_ALGORITHMS))
 _RFC9068_CLAIMS = frozenset({"sub", "client_id", "iat", "jti"})
 _log = logging.getLogger("bearerguard")
+# asgiref's markcoroutinefunction, before Python 3.12, sets a marker only asyncio reads.
+_is_coroutine_function = (
+    inspect.iscoroutinefunction if sys.version_info >= (3, 12) else asyncio.iscoroutinefunction
+)
 _HIT, _MISS = {"result": "hit"}, {"result": "miss"}
 _UNKNOWN_REQUEST = RequestInfo("-", "-", None, None)
 
@@ -282,6 +287,23 @@ def _answers_as_is_revoked(store: RevocationStore, method: str) -> bool:
         issubclass(owner, next((cls for cls in mro if name in vars(cls)), object))
         for name in others
     )
+
+
+def _check_store_methods(store: RevocationStore) -> None:
+    """Refuse a store whose checks cannot be called as the guard calls them.
+
+    ``is_revoked`` is awaited: a plain function failed every await, read as the store
+    failing (503, and with ``revocation_failure="allow"`` every token let in, revoked ones
+    included). ``is_revoked_sync`` and ``is_revoked_now`` are called: as coroutine
+    functions, their answer (a coroutine) is true, and every token was refused as revoked.
+    """
+    name = type(store).__name__
+    check = store.is_revoked
+    if inspect.isroutine(check) and not _is_coroutine_function(check):
+        raise ConfigurationError(f"{name}.is_revoked must be a coroutine function (async def)")
+    for method in ("is_revoked_sync", "is_revoked_now"):
+        if _is_coroutine_function(getattr(store, method, None)):
+            raise ConfigurationError(f"{name}.{method} must be a plain function, not async def")
 
 
 def _nonblocking_checks(
@@ -663,6 +685,7 @@ class BearerGuard:
         )
         if not isinstance(self.revocation, RevocationStore):
             raise ConfigurationError("revocation must implement RevocationStore.is_revoked")
+        _check_store_methods(self.revocation)
         grace = getattr(self.revocation, "expiry_grace", None)
         if isinstance(grace, int | float) and not grace >= self.leeway:  # NaN fails too
             # A revoked token's entry would lapse while the token is still accepted.

@@ -387,6 +387,30 @@ def test_authenticate_sync_without_a_synchronous_side_is_a_configuration_error(
         guard.authenticate_sync(session_issuer.mint(sub="carol"))
 
 
+class SyncIsRevoked:
+    """``is_revoked`` written as a plain function: it cannot be awaited."""
+
+    def is_revoked(self, token: AccessToken) -> bool:
+        return token.subject == "mallory"
+
+
+class AsyncIsRevokedSync(MemoryRevocationStore):
+    """``is_revoked_sync`` written as a coroutine function: its answer is a coroutine."""
+
+    async def is_revoked_sync(self, token: AccessToken) -> bool:  # type: ignore[override]
+        return False
+
+
+@pytest.mark.parametrize("store", [SyncIsRevoked, AsyncIsRevokedSync])
+async def test_a_store_whose_checks_have_the_wrong_colour_is_refused(
+    session_issuer: DevIssuer, store: type[Any]
+) -> None:
+    # A plain is_revoked failed every await: 503 on every request, and with "allow" every
+    # token let in, revoked ones included (mallory's here).
+    with pytest.raises(ConfigurationError, match="is_revoked"):
+        session_issuer.guard(revocation=store(), revocation_failure="allow")
+
+
 async def test_revoking_says_whether_an_entry_is_held() -> None:
     # As RedisRevocationStore: False when the entry had already lapsed (nothing kept).
     clock = Clock()

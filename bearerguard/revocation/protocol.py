@@ -20,7 +20,9 @@ class RevocationStore(Protocol):
     subject, client or session (``sid``).
 
     Any exception raised is treated as the store failing: the guard fails closed (503)
-    unless it was built with ``revocation_failure="allow"``.
+    unless it was built with ``revocation_failure="allow"``. ``is_revoked`` must be a
+    coroutine function (and ``is_revoked_sync``/``is_revoked_now`` plain ones): the guard
+    refuses any other with ``ConfigurationError``.
 
     A store whose ``is_revoked_sync`` answers from memory without ever waiting may set a
     class attribute ``nonblocking = True``: the guard then calls that method directly on the

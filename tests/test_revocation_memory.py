@@ -422,6 +422,12 @@ async def test_revoking_says_whether_an_entry_is_held() -> None:
     assert store.revoke_client_sync("c1", issued_before=clock.now - 10) is True
 
 
+def test_a_clock_that_is_not_callable_is_refused() -> None:
+    # time.time() for time.time: a TypeError, not the ConfigurationError of other options.
+    with pytest.raises(ConfigurationError, match="clock"):
+        MemoryRevocationStore(clock=time.time())  # type: ignore[arg-type]
+
+
 def test_a_store_of_your_own_with_a_nan_grace_is_refused(session_issuer: DevIssuer) -> None:
     # NaN compares false with everything: its entries would never match, nor fail "< leeway".
     class OwnStore:

@@ -148,6 +148,9 @@ def test_construction_does_not_connect_and_checks_options() -> None:
         {"failure_timeout": float("nan")},
         {"failure_timeout": float("inf")},  # the first checks' wait raised OverflowError
         {"namespace": "a\nb"},
+        # The clock's value, not the clock: the mirror never loaded, every check failed (503,
+        # and with revocation_failure="allow" every token let in).
+        {"clock": time.time()},
     ):
         with pytest.raises(ConfigurationError):
             RedisRevocationStore(**options)  # checked before any client is built

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 from bearerguard._core.times import Instant, check_count, check_seconds, to_epoch
-from bearerguard.errors import RevocationStoreError
+from bearerguard.errors import ConfigurationError, RevocationStoreError
 from bearerguard.revocation._table import (
     DEFAULT_EXPIRY_GRACE,
     Entry,
@@ -61,6 +61,8 @@ class MemoryRevocationStore:
         max_entries = check_count("max_entries", max_entries)
         retention = check_seconds("retention", retention, positive=True)
         expiry_grace = check_seconds("expiry_grace", expiry_grace)
+        if not callable(clock):  # time.time() for time.time
+            raise ConfigurationError("clock must be a callable returning epoch seconds")
         self._max_entries = max_entries
         self._retention = retention
         self._grace = expiry_grace

@@ -71,7 +71,7 @@ from bearerguard._redis import (
     again_sync,
     check_namespace,
 )
-from bearerguard.errors import RevocationStoreError
+from bearerguard.errors import ConfigurationError, RevocationStoreError
 from bearerguard.revocation._mirror import (
     REVOKE_SCRIPT,
     SCAN_COUNT,
@@ -266,6 +266,8 @@ class RedisRevocationStore:
         retention = check_seconds("retention", retention, positive=True)
         expiry_grace = check_seconds("expiry_grace", expiry_grace)
         max_connections = check_count("max_connections", max_connections, least=2)
+        if not callable(clock):  # first called by the mirror: every check failed, 503
+            raise ConfigurationError("clock must be a callable returning epoch seconds")
         self._layout = Layout(namespace)
         self._failure_timeout = failure_timeout
         self._max_entries = max_entries

@@ -615,6 +615,23 @@ async def test_by_default_a_session_named_without_its_user_is_ignored(api: Setup
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("revoke_sessions", [False, True])
+async def test_a_session_in_sub_id_without_a_user_is_the_sub_claim_s(
+    issuer: DevIssuer, revoke_sessions: bool
+) -> None:
+    # RFC 9493 §4.1: sub and sub_id name the same principal, so the top-level sub is the
+    # revoked session's user, as it is for a sub_id naming a session of another format.
+    async for api in make_setup(issuer, revoke_sessions=revoke_sessions):
+        other, sidless = session_token(issuer, "sess-2"), session_token(issuer, None)
+        subject = complex_subject(issuer, "sess-1", sub=None, final=True)
+        pushed = await api.push({CAEP_SESSION_REVOKED: {}}, sub="kim", sub_id=subject)
+        assert pushed.status_code == 202
+        # Cut off with the session (revoke_sessions), or every token of kim (the default).
+        assert await api.status_of(sidless) == 401
+        assert await api.status_of(other) == (200 if revoke_sessions else 401)
+
+
+@pytest.mark.anyio
 async def test_by_default_a_malformed_session_identifier_does_not_spare_the_user(
     api: Setup,
 ) -> None:

@@ -306,9 +306,10 @@ def plan_security_event(
 
     A CAEP ``session-revoked`` event whose subject is a complex subject with an ``opaque``
     ``session`` becomes a ``SessionCutoff`` instead: that session's tokens (by ``sid``), and
-    the tokens of its ``user`` (if named) that carry no ``sid``. A malformed session
-    identifier is an error only with ``revoke_sessions``; without it the receiver does not use
-    the session, and the event cuts off its user.
+    the tokens of its ``user`` (if named; else, for a ``sub_id``, the SET's ``sub``, RFC 9493
+    §4.1) that carry no ``sid``. A malformed session identifier is an error only with
+    ``revoke_sessions``; without it the receiver does not use the session, and the event cuts
+    off its user.
 
     Raises:
         SecurityEventError: the RFC 8935 §2.4 code to answer with.
@@ -335,7 +336,12 @@ def plan_security_event(
         if event_type == CAEP_SESSION_REVOKED:
             session = _session_of(payload.get("subject", sub_id), issuer, strict=revoke_sessions)
             if session is not None:
-                sessions.append(SessionCutoff(event_type, session[0], session[1], at))
+                sid, users = session
+                if not users and "subject" not in payload and named is not None:
+                    # RFC 9493 §4.1: sub names the principal sub_id does, the session's user
+                    # (as for a sub_id naming no session it is the subject).
+                    users = (named,)
+                sessions.append(SessionCutoff(event_type, sid, users, at))
                 continue
         if "subject" in payload:
             subjects = _subject_of(payload["subject"], issuer)

@@ -82,6 +82,22 @@ class Clock:
 
 
 @contextlib.contextmanager
+def serving(server: Any) -> Iterator[int]:
+    """Run a ``socketserver`` server (wsgiref's, werkzeug's) in a thread: its port; shut
+    down, closed and joined on exit."""
+    import threading
+
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@contextlib.contextmanager
 def uvicorn_logging(
     app: Any, logger: str = "uvicorn.access", http: str = "auto"
 ) -> Iterator[tuple[str, io.StringIO]]:

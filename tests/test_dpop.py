@@ -55,7 +55,7 @@ from bearerguard.revocation.memory import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
 from tests.apps import build_app, build_flask_app
-from tests.helpers import asgi_call, http_scope
+from tests.helpers import asgi_call, http_scope, serving
 from tests.redis_server import RedisServer
 
 URL = "http://testserver/me"
@@ -1746,13 +1746,8 @@ def _serving(
 
         guarded = BearerGuardWSGIMiddleware(_wsgi_catch_all, guard=guard)
         wsgi = make_server("127.0.0.1", 0, ProxyFix(guarded, x_prefix=1) if root_path else guarded)
-        thread = threading.Thread(target=wsgi.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield wsgi.server_port
-        finally:
-            wsgi.shutdown()
-            wsgi.server_close()
+        with serving(wsgi) as port:
+            yield port
 
 
 @pytest.mark.parametrize("external_url", [None, "http://api.example"])

@@ -45,6 +45,7 @@ from bearerguard.mtls import CertificateBinding, environ_certificate, scope_cert
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from tests.apps import build_app, build_flask_app
+from tests.helpers import serving
 
 Client = Callable[..., httpx.Response]
 _DAY = datetime.timedelta(days=1)
@@ -678,14 +679,8 @@ def test_werkzeug_https_with_client_certificates(
     context.verify_mode = ssl.CERT_REQUIRED
     guard = session_issuer.guard(in_process=True, mtls=CertificateBinding())
     server = make_server("127.0.0.1", 0, build_flask_app(guard), ssl_context=context)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        _exercise(f"https://127.0.0.1:{server.server_port}/me", session_issuer, pki, files)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serving(server) as port:
+        _exercise(f"https://127.0.0.1:{port}/me", session_issuer, pki, files)
 
 
 def _exercise(url: str, issuer: DevIssuer, pki: PKI, files: Files) -> None:
@@ -764,14 +759,8 @@ def _wsgi_server(kind: str, app: Any) -> Iterator[int]:
         from werkzeug.serving import make_server as werkzeug_server
 
         server = werkzeug_server("127.0.0.1", 0, app)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serving(server) as port:
+        yield port
 
 
 @pytest.mark.parametrize(("kind", "reaches"), [("wsgiref", True), ("werkzeug", False)])

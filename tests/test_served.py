@@ -14,7 +14,6 @@ import contextlib
 import random
 import re
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from structlog.testing import capture_logs
 
 from bearerguard.testing import DevIssuer
 from tests.apps import build_app, build_flask_app
-from tests.helpers import uvicorn_logging
+from tests.helpers import serving, uvicorn_logging
 
 SEED = 20261130
 REQUESTS = 120
@@ -241,13 +240,8 @@ def _werkzeug(issuer: DevIssuer) -> Iterator[int]:
     from werkzeug.serving import make_server
 
     server = make_server("127.0.0.1", 0, build_flask_app(issuer.guard()), threaded=False)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        thread.join(10)
+    with serving(server) as port:
+        yield port
 
 
 SERVERS: dict[str, ServerFactory] = {

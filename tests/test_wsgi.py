@@ -26,6 +26,7 @@ from bearerguard.guard import BearerGuard
 from bearerguard.revocation.redis import RedisRevocationStore
 from bearerguard.testing import DevIssuer, Override
 from bearerguard.wsgi import BearerGuardWSGIMiddleware, plain_response, responder_for
+from tests.helpers import serving
 from tests.redis_server import RedisServer
 
 
@@ -638,16 +639,11 @@ def test_a_refused_query_token_is_redacted_in_the_environ_servers_log_from(
         return body
 
     server = make_server("127.0.0.1", 0, logging_server, threaded=False)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        base = f"http://127.0.0.1:{server.server_port}"
+    with serving(server) as port:
+        base = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{base}/me?a=1&access_token={token}").status_code == 400
         assert httpx.get(f"{base}/me?access%5Ftoken={token}").status_code == 400
         assert httpx.get(f"{base}/health?access=1").status_code == 200
-    finally:
-        server.shutdown()
-        thread.join(10)
     assert token not in str(seen)
     assert seen == [
         {
@@ -674,17 +670,12 @@ def test_a_refused_head_request_gets_no_content_on_the_wire(session_issuer: DevI
     app.add_url_rule("/items", "items", lambda: {"items": []})
     protect(app, guard=session_issuer.guard())
     server = make_server("127.0.0.1", 0, app, threaded=False)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     answers: list[bytes] = []
-    try:
+    with serving(server) as port:
         for header in ("", "Authorization: Bearer not-a-jwt\r\n"):
-            with socket.create_connection(("127.0.0.1", server.server_port), timeout=10) as sock:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
                 sock.sendall(f"HEAD /items HTTP/1.1\r\nHost: t\r\n{header}\r\n".encode())
                 answers.append(b"".join(iter(lambda: sock.recv(4096), b"")))
-    finally:
-        server.shutdown()
-        thread.join(10)
     for answer in answers:
         head, _, content = answer.partition(b"\r\n\r\n")
         assert head.split(b"\r\n")[0].endswith(b" 401 Unauthorized")

@@ -468,6 +468,8 @@ def test_listed_twice_audits_once(
         ({"GUARD": f"{__name__}.guard", "PUBLIC_PATH": ["/health"]}, "PUBLIC_PATH"),
         ({"GUARD": f"{__name__}.guard", "PUBLIC_PATHS": "/health"}, "PUBLIC_PATHS"),
         ({"GUARD": f"{__name__}.guard", "PUBLIC_PATHS": ["health"]}, "must start"),
+        ({"GUARD": f"{__name__}.guard", "PUBLIC_PATHS": ["/health/?x=1"]}, "query string"),
+        ({"GUARD": f"{__name__}.guard", "PUBLIC_PATHS": ["/health/ "]}, "white space"),
         (f"{__name__}.guard", "dict"),
     ],
 )

@@ -1675,6 +1675,10 @@ def test_openapi_documents_a_middleware_in_front_of_the_app(guard: BearerGuard) 
 
     with pytest.raises(ConfigurationError, match="public_paths"):
         bearer_auth.document_middleware(app)
+    with pytest.raises(ConfigurationError, match="query string"):
+        bearer_auth.document_middleware(app, public_paths=["/status?verbose=1"])
+    with pytest.raises(ConfigurationError, match="a list of paths"):
+        document_middleware(app, public_paths="/status")
     served = BearerGuardMiddleware(app, guard=guard, public_paths=["/status"])
     bearer_auth.document_middleware(app, public_paths=["/status"])
     schema = app.openapi()

@@ -251,6 +251,49 @@ def test_a_public_path_with_a_dot_segment_is_a_configuration_error(pattern: str)
 
 
 @pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("/health?probe=1", "query string"),
+        ("/docs#intro", "fragment"),
+        ("/health ", "white space or control"),
+        ("/health\n", "white space or control"),
+        ("/a\tb", "white space or control"),
+        ("/health\x00", "white space or control"),
+        ("/health\x7f", "white space or control"),
+        ("/health\u2028", "white space or control"),
+        ("/caf%C3%A9", "decoded path"),
+        ("/static%2F*", "decoded path"),
+        ("health", "must start with '/'"),
+        (" /health", "must start with '/'"),
+        ("https://api.example/health", "must start with '/'"),
+        ("", "must start with '/'"),
+    ],
+)
+def test_a_public_path_that_can_never_match_is_a_configuration_error(
+    guard: BearerGuard, pattern: str, message: str
+) -> None:
+    # Requests are matched on their decoded path alone: an entry with a query, a fragment,
+    # white space or a percent-encoding would silently protect what it was meant to open.
+    with pytest.raises(ConfigurationError, match=message):
+        PublicPaths([pattern])
+    with pytest.raises(ConfigurationError, match=message):
+        BearerGuardMiddleware(build_app(guard), guard=guard, public_paths=[pattern])
+
+
+def test_public_paths_given_as_one_string_is_a_configuration_error(guard: BearerGuard) -> None:
+    # A string is an iterable of one-character "paths"; "/" alone would open the root.
+    for given in ("/", "/health"):
+        with pytest.raises(ConfigurationError, match=r"a list of paths"):
+            BearerGuardMiddleware(build_app(guard), guard=guard, public_paths=given)
+
+
+def test_a_public_path_keeps_its_other_characters() -> None:
+    # Decoded paths may hold these: "/50%" is what a request for "/50%25" is matched as.
+    paths = PublicPaths(["/caf\u00e9", "/a+b", "/v1/items:batch", "/~user/*", "/50%"])
+    assert all(p in paths for p in ("/caf\u00e9", "/a+b", "/v1/items:batch", "/~user/x", "/50%"))
+
+
+@pytest.mark.parametrize(
     ("path", "raw_path"),
     [
         ("/static/../me", b"/static/../me"),

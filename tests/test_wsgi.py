@@ -128,6 +128,27 @@ def test_odd_environ_values_never_crash(session_issuer: DevIssuer) -> None:
     assert status.startswith("401")
 
 
+@pytest.mark.parametrize(
+    ("public_paths", "message"),
+    [
+        (["/health?full=1"], "query string"),
+        (["/health#top"], "fragment"),
+        (["/health\n"], "white space"),
+        (["/caf%C3%A9"], "decoded path"),
+        ("/health", "a list of paths"),
+    ],
+)
+def test_a_public_path_that_can_never_match_is_refused(
+    session_issuer: DevIssuer, public_paths: Any, message: str
+) -> None:
+    # PATH_INFO is the decoded path alone: such an entry would keep its path protected.
+    guard = session_issuer.guard()
+    with pytest.raises(ConfigurationError, match=message):
+        BearerGuardWSGIMiddleware(hello_app, guard=guard, public_paths=public_paths)
+    with pytest.raises(ConfigurationError, match=message):
+        protect(flask.Flask(__name__), guard=guard, public_paths=public_paths)
+
+
 def test_the_root_reached_without_a_slash_is_the_public_root(session_issuer: DevIssuer) -> None:
     # PATH_INFO is empty for a request to the mount point itself (SCRIPT_NAME "/api", request
     # "/api"): Django serves its "/" route for it, so a public "/" was refused there (401).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 
 from bearerguard.errors import ConfigurationError
@@ -16,18 +18,25 @@ class PublicPaths:
     path under that prefix public (``"/static/*"``), so ``"/health"`` never opens
     ``"/healthcheck-admin"``. A path with a ``.`` or ``..`` segment is never public
     (``"/static/../me"`` is ``/me`` to whatever normalises it); nor may an entry have one.
+
+    Entries are matched against the request's decoded path alone, so an entry that could
+    never be one (a query, a fragment, white space, a control character, a percent-encoding)
+    is refused at construction rather than silently protecting what it was meant to open.
+
+    Raises:
+        ConfigurationError: ``patterns`` is a single string, or an entry is not a path.
     """
 
     __slots__ = ("_exact", "_prefixes")
 
     def __init__(self, patterns: Iterable[str]) -> None:
+        if isinstance(patterns, str):
+            # Iterated, a string is one-character "paths": "/" alone would open the root.
+            raise ConfigurationError(f"public paths are a list of paths: [{patterns!r}]")
         exact: set[str] = set()
         prefixes: list[str] = []
         for pattern in patterns:
-            if not isinstance(pattern, str) or not pattern.startswith("/"):
-                raise ConfigurationError(f"public path {pattern!r} must start with '/'")
-            if _has_dot_segment(pattern):
-                raise ConfigurationError(f"public path {pattern!r} has a dot segment")
+            _check_pattern(pattern)
             if pattern.endswith("/*"):
                 prefixes.append(pattern[:-1])
             elif "*" in pattern:
@@ -48,6 +57,38 @@ class PublicPaths:
             isinstance(path, str)
             and (path in self._exact or path.startswith(self._prefixes))
             and not _has_dot_segment(path)
+        )
+
+
+# RFC 3986 §2.1: a "%" followed by two hex digits; the request path is matched decoded.
+_PERCENT_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def _check_pattern(pattern: object) -> None:
+    """Refuse an entry that no decoded request path (ASGI ``path``, WSGI ``PATH_INFO``)
+    would ever equal: left in, it would silently keep its path protected."""
+    if not isinstance(pattern, str) or not pattern.startswith("/"):
+        raise ConfigurationError(f"public path {pattern!r} must start with '/'")
+    if "?" in pattern:
+        raise ConfigurationError(
+            f"public path {pattern!r}: public paths match the path only, not the query string"
+        )
+    if "#" in pattern:
+        # RFC 3986 §3.5: a fragment is never sent to the server.
+        raise ConfigurationError(
+            f"public path {pattern!r}: a fragment is never part of a request's path"
+        )
+    if any(char.isspace() or unicodedata.category(char) in ("Cc", "Cf") for char in pattern):
+        raise ConfigurationError(
+            f"public path {pattern!r} has white space or control characters: none belongs "
+            f"in a path (RFC 3986 §3.3)"
+        )
+    if _has_dot_segment(pattern):
+        raise ConfigurationError(f"public path {pattern!r} has a dot segment")
+    if _PERCENT_ENCODED.search(pattern):
+        raise ConfigurationError(
+            f"public path {pattern!r} is percent-encoded: public paths match the decoded "
+            f"path, so write the characters themselves ('/café', not '/caf%C3%A9')"
         )
 
 

@@ -269,6 +269,8 @@ class InsufficientScopeError(AuthError):
         any_of: whether one of ``required`` suffices (otherwise all are needed).
         scope: the challenge's ``scope``: the scope necessary to access the resource (RFC
             6750 §3), every check's where several apply; ``required`` when not given.
+
+    ``required`` and ``scope`` keep each name once, in the order first given.
     """
 
     status = 403
@@ -285,9 +287,11 @@ class InsufficientScopeError(AuthError):
         scope: Iterable[str] | None = None,
     ) -> None:
         super().__init__(detail)
-        self.required = tuple(required)
+        # Each scope once, in order: stacked checks and FastAPI's summed Security scopes
+        # can name one twice, which the challenge and the audit event would repeat.
+        self.required = _once(required)
         self.any_of = any_of
-        self.scope = self.required if scope is None else tuple(scope)
+        self.scope = self.required if scope is None else _once(scope)
 
 
 class ServiceUnavailableError(AuthError):
@@ -329,13 +333,24 @@ def scope_attribute(names: Iterable[str]) -> str | None:
     """The ``scope`` auth-param for ``names`` (RFC 6750 §3), or ``None`` when there are none
     or one is not a scope-token: a name declared unchecked (FastAPI's ``Security(...,
     scopes=[...])``) with a space, a quote or a character outside ASCII would split the
-    attribute or fail to encode the header, so the optional attribute is left out."""
-    listed = tuple(names)
+    attribute or fail to encode the header, so the optional attribute is left out. A name
+    given twice is named once."""
+    listed = _once(names)
     if not listed or not all(
         isinstance(name, str) and _SCOPE_TOKEN.fullmatch(name) for name in listed
     ):
         return None
     return " ".join(listed)
+
+
+def _once(names: Iterable[str]) -> tuple[str, ...]:
+    """``names`` with each one once, in order; compared by equality, so that a name that is
+    not a string (declared unchecked, refused later) cannot raise here."""
+    kept: list[str] = []
+    for name in names:
+        if name not in kept:
+            kept.append(name)
+    return tuple(kept)
 
 
 def _quote(value: str) -> str:

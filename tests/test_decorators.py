@@ -1299,3 +1299,33 @@ def test_path_operation_test_stops_at_the_first_object_of_fastapis() -> None:
     assert _CountedMeta.reads == 0
     assert "bearerguard_scope_check" in str(inspect.signature(read_items))
     del router, helper  # they were in the namespace at the decoration
+
+
+async def test_a_scope_named_twice_is_challenged_and_audited_once(
+    guard: BearerGuard, session_issuer: DevIssuer
+) -> None:
+    # RFC 6750 §3: scope is a space-delimited list of scopes; naming one twice says nothing
+    # more and reads as a mistake. The audit's required_scopes lists each once too.
+    async def ok(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    app = Starlette(
+        routes=[
+            Route("/all", requires_scopes("a", "b", "a")(ok)),
+            Route("/any", requires_any_scope("a", "a")(ok)),
+            Route("/stacked", requires_scopes("b", "a", "b")(requires_scopes("a")(ok))),
+        ],
+        middleware=[Middleware(BearerGuardMiddleware, guard=guard)],
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for path, scope, required in [
+            ("/all", "a b", ["a", "b"]),
+            ("/any", "a", ["a"]),
+            ("/stacked", "b a", ["b", "a"]),
+        ]:
+            with structlog.testing.capture_logs() as events:
+                response = await client.get(path, headers=bearer(session_issuer, "c"))
+            assert response.status_code == 403, path
+            assert f'scope="{scope}"' in response.headers["www-authenticate"], path
+            assert events[-1]["required_scopes"] == required, path

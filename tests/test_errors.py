@@ -92,3 +92,17 @@ def test_a_scope_no_challenge_can_carry_is_left_out(name: str) -> None:
         assert "scope=" not in challenge
     kept = render_refusal(InsufficientScopeError(["a:read", "b"]), "api")
     assert 'scope="a:read b"' in dict(kept.headers)["www-authenticate"]
+
+
+def test_a_scope_given_twice_is_named_once() -> None:
+    """RFC 6750 §3: ``scope`` lists scopes; one named twice (stacked checks, summed Security
+    scopes) is named once, in the order first given, in the challenge and the audit event."""
+    error = InsufficientScopeError(["b", "a", "b"], scope=["a", "b", "a", ["x"]])  # type: ignore[list-item]
+    assert error.required == ("b", "a")
+    assert error.scope == ("a", "b", ["x"])
+    deduplicated = InsufficientScopeError(["b", "a", "b"])
+    assert dict(render_refusal(deduplicated, "api").headers)["www-authenticate"].endswith(
+        'scope="b a"'
+    )
+    hinted = render_refusal(ExpiredTokenError(), "api", scope=("a", "a"))
+    assert dict(hinted.headers)["www-authenticate"].endswith('scope="a"')

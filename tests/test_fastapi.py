@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
+import structlog
 from fastapi import APIRouter, Depends, FastAPI, File, Request, Security, UploadFile
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
@@ -435,6 +436,24 @@ def test_a_decorator_over_a_bearer_used_only_by_a_nested_dependency(
         "token.accepted",  # verified once, by the check; the dependency reused it
     ]
     assert get_access_token() is None
+
+
+def test_a_scope_declared_twice_is_challenged_and_audited_once(session_issuer: DevIssuer) -> None:
+    # FastAPI adds up the Security scopes around a dependency, and requires() kept a name
+    # given twice: the audit event and the challenge repeated it (RFC 6750 §3).
+    guard = session_issuer.guard()
+    bearer_auth = BearerAuth(guard)
+    app = bearer_auth.install(FastAPI())
+
+    @app.get("/twice", dependencies=[bearer_auth.requires("a")])
+    async def twice(token: Annotated[AccessToken, bearer_auth.requires("a", "b", "a")]) -> None:
+        pass  # pragma: no cover
+
+    with TestClient(app) as client, structlog.testing.capture_logs() as events:
+        answer = client.get("/twice", headers=bearer(session_issuer, "a"))
+    assert answer.status_code == 403
+    assert answer.headers["www-authenticate"].endswith('scope="a b"')
+    assert events[-1]["required_scopes"] == ["a", "b"]
 
 
 @pytest.mark.parametrize("middleware", [False, True])

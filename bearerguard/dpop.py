@@ -16,6 +16,7 @@ import base64
 import hashlib
 import heapq
 import hmac
+import math
 import re
 import secrets
 import struct
@@ -48,6 +49,12 @@ __all__ = [
 # (rare, and "EdDSA" still admits Ed448 keys) only when configured.
 DEFAULT_DPOP_ALGORITHMS: tuple[str, ...] = ("ES256", "ES384", "Ed25519", "EdDSA", "PS256", "RS256")
 _NONCE_SKEW = 5.0
+# The longest iat_window and leeway: a proof's jti is remembered for up to iat_window plus
+# twice the leeway, and RFC 9449 §11.1 has proofs accepted for "a reasonably short time".
+_MAX_WINDOW = 86_400.0
+# The longest a replay store records a jti: far beyond what the guard asks (three days at
+# most), far below what Redis's millisecond expiry or a float can hold.
+_MAX_TTL = 365 * 86_400.0
 # RFC 9110 §7.2: Host = uri-host [ ":" port ], uri-host an IP-literal or a reg-name
 # (RFC 3986 §3.2.2). Nothing that would end the authority of the rebuilt URL ("/", "?",
 # "#") or add userinfo ("@") may pass: the htu would then be checked against another path.
@@ -127,8 +134,10 @@ class MemoryDPoPReplayStore:
         Raises:
             InvalidDPoPProofError: the store is half full and the proof key already holds
                 ``max_per_key`` live entries.
-            ReplayStoreError: ``max_entries`` live entries are held.
+            ReplayStoreError: ``max_entries`` live entries are held, or ``ttl`` is not a
+                finite number of seconds up to a year.
         """
+        ttl = _checked_ttl(ttl)
         now = self._clock()
         owner = key.partition(":")[0]
         with self._lock:
@@ -168,6 +177,17 @@ def _share(max_entries: int, max_per_key: int | None) -> int:
     if not 1 <= share <= max_entries:
         raise ConfigurationError("max_per_key must be between 1 and max_entries")
     return share
+
+
+def _checked_ttl(ttl: float) -> float:
+    """``ttl`` if a store can keep a ``jti`` that long; else ``ReplayStoreError`` (503).
+
+    A NaN expiry compares false with every instant, so the ``jti`` would never count as
+    seen (replays accepted); an infinite or huge one overflows Redis's millisecond expiry.
+    """
+    if not (math.isfinite(ttl) and ttl <= _MAX_TTL):
+        raise ReplayStoreError(f"replay ttl out of range: {ttl!r} seconds")
+    return ttl
 
 
 def _forget(per_key: dict[str, int], owner: str) -> None:
@@ -328,7 +348,7 @@ class RedisDPoPReplayStore:
     def _call(self, key: str, ttl: float) -> tuple[list[str], list[str | int]]:
         """The script's keys and arguments for recording ``key`` for ``ttl`` seconds."""
         owner = key.partition(":")[0]
-        ttl_ms = max(int(ttl * 1000), 1)
+        ttl_ms = max(int(_checked_ttl(ttl) * 1000), 1)
         keys = [self._prefix + key, self._per_key_prefix + owner, self._live]
         return keys, [ttl_ms, _member(key), self._share, self._max // 2, self._max, _PRUNE_BATCH]
 
@@ -352,8 +372,9 @@ class RedisDPoPReplayStore:
         Raises:
             InvalidDPoPProofError: the store is half full and the proof key already holds
                 ``max_per_key`` live entries.
-            ReplayStoreError: Redis failed, there is no synchronous client, or
-                ``max_entries`` live entries are held.
+            ReplayStoreError: Redis failed, there is no synchronous client,
+                ``max_entries`` live entries are held, or ``ttl`` is not a finite number of
+                seconds up to a year.
         """
         client = self._clients.sync
         if client is None:
@@ -496,7 +517,9 @@ class DPoPPolicy:
         algorithms: the proof algorithms accepted (asymmetric only; RFC 9449 §4.3 step 5),
             advertised in the challenge's ``algs``.
         iat_window: how many seconds old a proof may be; its ``jti`` is remembered that long.
-        leeway: how many seconds in the future a proof's ``iat`` may be (clock skew).
+            At most a day (RFC 9449 §11.1: a short window).
+        leeway: how many seconds in the future a proof's ``iat`` may be (clock skew); at
+            most a day.
         nonce: a ``NonceIssuer`` to require server nonces (RFC 9449 §9); off by default.
         replay: the ``jti`` store; a ``MemoryDPoPReplayStore`` by default. Use a shared one
             when several instances serve the API.
@@ -507,9 +530,9 @@ class DPoPPolicy:
             from the request's scheme and ``Host``, which a proxy may change.
 
     Raises:
-        ConfigurationError: an unknown mode, a non-asymmetric algorithm, a window that is
-            not a finite number of seconds, a nonce issuer or replay store of another type,
-            or a bad URL.
+        ConfigurationError: an unknown mode, a non-asymmetric algorithm, a window or
+            leeway that is not a number of seconds up to a day, a nonce issuer or replay
+            store of another type, or a bad URL.
     """
 
     mode: Literal["allowed", "required"] = "allowed"
@@ -535,10 +558,17 @@ class DPoPPolicy:
             raise ConfigurationError(f"DPoP algorithms must be asymmetric JWS algorithms: {named}")
         # NaN fails too: it would pass every iat as fresh and every jti as new (RFC 9449 §11.1).
         # Kept as floats: a Decimal failed every proof's iat check (float - Decimal).
-        object.__setattr__(
-            self, "iat_window", check_seconds("iat_window", self.iat_window, positive=True)
-        )
-        object.__setattr__(self, "leeway", check_seconds("leeway", self.leeway))
+        iat_window = check_seconds("iat_window", self.iat_window, positive=True)
+        leeway = check_seconds("leeway", self.leeway)
+        for name, seconds in (("iat_window", iat_window), ("leeway", leeway)):
+            if seconds > _MAX_WINDOW:
+                # Every jti is remembered that long (RFC 9449 §11.1): a longer window made
+                # the Redis store's expiry overflow, every DPoP request then failing.
+                raise ConfigurationError(
+                    f"{name} must be at most {_MAX_WINDOW:.0f} seconds (a day): {seconds!r}"
+                )
+        object.__setattr__(self, "iat_window", iat_window)
+        object.__setattr__(self, "leeway", leeway)
         if not isinstance(self.replay, DPoPReplayStore):
             raise ConfigurationError("replay must be a DPoPReplayStore")
         if self.nonce is not None and not isinstance(self.nonce, NonceIssuer):

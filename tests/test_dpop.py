@@ -1260,6 +1260,46 @@ def test_one_key_flooding_the_redis_replay_store_does_not_lock_out_other_clients
             assert response.status_code == 200
 
 
+@pytest.mark.parametrize("setting", ["iat_window", "leeway"])
+@pytest.mark.parametrize("seconds", [86_400.5, 10**6, 1e17, 1e306])
+def test_a_window_beyond_a_day_is_a_configuration_error(setting: str, seconds: float) -> None:
+    # Every jti is remembered for iat_window + leeway: 1e17 s overflowed Redis's expiry (503
+    # on every DPoP request), 1e306 the milliseconds computed for it (a 500).
+    with pytest.raises(ConfigurationError, match=f"{setting} must be at most 86400 seconds"):
+        DPoPPolicy(**{setting: seconds})
+
+
+def test_the_longest_window_works_with_the_redis_store(
+    stack: str,
+    session_issuer: DevIssuer,
+    holder: Holder,
+    redis_server: RedisServer,
+    redis_namespace: str,
+) -> None:
+    store = RedisDPoPReplayStore(redis_server.url, namespace=redis_namespace)
+    policy = DPoPPolicy(iat_window=86_400, leeway=86_400, replay=store)
+    guard = session_issuer.guard(in_process=True, dpop=policy)
+    token = bound(session_issuer, holder)
+    old = holder.proof(token, iat=time.time() - 86_000)
+    for call in redis_client(stack, guard, store):
+        statuses = [call("GET", "/me", headers=dpop(token, old)).status_code for _ in range(2)]
+        assert statuses == [200, 401]  # accepted, then a replay
+    with redis_server.client() as client:
+        (key,) = client.scan_iter(f"{redis_namespace}:dpop:{holder.jkt}:*")
+        assert 86_000_000 < client.pttl(key) <= 86_800_000  # iat + window + leeway - now
+
+
+@pytest.mark.parametrize("ttl", [1e17, 1e306, float("inf"), float("nan")])
+def test_a_replay_store_refuses_a_ttl_it_cannot_keep(
+    redis_replay: RedisDPoPReplayStore, ttl: float
+) -> None:
+    # Fails closed (503), never an OverflowError (a 500) nor a NaN expiry that never
+    # expires a jti it compares against (replays accepted).
+    for store in (redis_replay, MemoryDPoPReplayStore()):
+        with pytest.raises(ReplayStoreError, match="ttl"):
+            store.first_use_sync("jkt:huge", ttl)
+
+
 @pytest.mark.parametrize(
     "options",
     [

@@ -532,7 +532,8 @@ class DPoPPolicy:
     Raises:
         ConfigurationError: an unknown mode, a non-asymmetric algorithm, a window or
             leeway that is not a number of seconds up to a day, a nonce issuer or replay
-            store of another type, or a bad URL.
+            store of another type, or a bad URL (one with a query, fragment, userinfo or
+            dot segment).
     """
 
     mode: Literal["allowed", "required"] = "allowed"
@@ -591,9 +592,15 @@ class DPoPPolicy:
                 # drop out of the htu compared (RFC 9449 §4.3 step 9), matching every path.
                 raise ConfigurationError("external_url takes no query, fragment or userinfo")
             try:
-                normalize_htu(self.external_url)
+                normal = normalize_htu(self.external_url)
             except ValueError as exc:
                 raise ConfigurationError("external_url must be an http(s) URL") from exc
+            if any(part in {".", ".."} for part in urlsplit(normal).path.split("/")):
+                # Clients remove dot segments before sending (RFC 3986 §5.2.4), so their htu
+                # never holds one; the htu comparison keeps them: no proof would match.
+                raise ConfigurationError(
+                    f"external_url must not contain '.' or '..' segments: {self.external_url!r}"
+                )
             object.__setattr__(self, "external_url", self.external_url.rstrip("/"))
         object.__setattr__(self, "allowed", allowed)
         object.__setattr__(self, "algs", " ".join(sorted(allowed)))

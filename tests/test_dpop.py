@@ -641,6 +641,10 @@ def test_a_policy_nonce_that_is_no_nonce_issuer_is_refused() -> None:
         {"external_url": "https://api.example.com/v1?"},
         {"external_url": "https://api.example.com/v1#"},
         {"external_url": "https://user@api.example.com"},
+        # Clients remove dot segments (RFC 3986 §5.2): no htu would ever match.
+        {"external_url": "https://api.example.com/v1/.."},
+        {"external_url": "https://api.example.com/v1/./"},
+        {"external_url": "https://api.example.com/%2E%2E/v1"},
     ],
 )
 def test_policy_configuration_errors(options: dict[str, Any]) -> None:
@@ -1911,6 +1915,52 @@ def test_an_escaped_slash_matches_the_url_the_client_requested(
         assert (
             flask_client.get(path, headers=other, base_url="http://testserver").status_code == 401
         )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("htu_path", "path", "raw_path", "accepted"),
+    [
+        # RFC 3986 §2.3: a percent-encoded unreserved character is that character.
+        ("/%7Euser/%61", b"/~user/a", b"/~user/a", True),
+        ("/~user/a", b"/~user/a", b"/%7euser/%61", True),
+        ("/a/%2E/b", b"/a/./b", b"/a/./b", True),
+        # Dot segments are compared as written, never removed on either side: a proof
+        # matches only a request that names the same segments.
+        ("/a/./b", b"/a/./b", b"/a/./b", True),
+        ("/a/./b", b"/a/b", b"/a/b", False),
+        ("/a/b", b"/a/./b", b"/a/./b", False),
+        ("/static/../admin", b"/admin", b"/admin", False),
+        ("/admin", b"/static/../admin", b"/static/../admin", False),
+        ("/admin", b"/static/../admin", b"/static/%2e%2e/admin", False),
+        ("/admin", b"/static/%2e%2e/admin", b"/static/%252e%252e/admin", False),
+    ],
+)
+async def test_htu_dot_segments_and_escapes(
+    session_issuer: DevIssuer,
+    holder: Holder,
+    htu_path: str,
+    path: bytes,
+    raw_path: bytes,
+    accepted: bool,
+) -> None:
+    # RFC 9449 §4.3 step 9 compares after RFC 3986 §6.2.2 normalisation. Escapes of
+    # unreserved characters are undone on both sides. Dot segments are not removed
+    # (§6.2.2.3): "/static/../admin" may reach another handler than "/admin" (a file
+    # server, a router matching as written), so a proof naming one never passes for the
+    # other; clients remove dot segments before sending (RFC 3986 §5.2), so theirs match.
+    policy = DPoPPolicy()
+    guard = session_issuer.guard(in_process=True, dpop=policy)
+    token = bound(session_issuer, holder)
+    proof = holder.proof(token, url="http://testserver" + htu_path)
+    request = dpop_request(
+        policy, "dpop", [proof.encode()], "GET", "http", "testserver", path, raw_path
+    )
+    if accepted:
+        assert (await guard.authenticate(token, dpop=request)).subject == "user-1"
+    else:
+        with pytest.raises(InvalidDPoPProofError, match="htu"):
+            await guard.authenticate(token, dpop=request)
 
 
 @pytest.mark.anyio

@@ -116,6 +116,11 @@ def normalize_htu(url: str) -> str:
     Scheme and host lowercase, the default port dropped, percent-escapes normalised, an
     empty path made ``/``, and the query and fragment removed.
 
+    Dot segments are kept (not removed as RFC 3986 §6.2.2.3 would): ``/static/../admin``
+    may reach another handler than ``/admin`` (a file server, a router matching the path
+    as written), so a proof naming one must not pass for the other. Clients remove them
+    before sending (RFC 3986 §5.2), so their htu and request agree.
+
     Raises:
         ValueError: not an absolute http(s) URI, or one with userinfo.
     """

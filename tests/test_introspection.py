@@ -315,7 +315,6 @@ GARBAGE = {
     "exp beyond a float": Fault(body=b'{"active": true, "exp": 1' + b"0" * 400 + b"}"),
     "lone surrogate": Fault(body=b'{"active": true, "sub": "\\udc00"}'),
     "sub as number": Fault(body=b'{"active": true, "sub": 42}'),
-    "aud empty": Fault(body=b'{"active": true, "aud": []}'),
     "aud of numbers": Fault(body=b'{"active": true, "aud": [1]}'),
     "not utf-8": Fault(body=b'{"active": true, "sub": "\xff"}'),
     "deep nesting": Fault(body=b'{"active": true, "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"),
@@ -983,6 +982,49 @@ async def test_a_resource_needs_the_answer_to_name_it(
     assert (await guard.authenticate("for-us")).audience == (resource,)
     # Without a resource, aud stays optional, as RFC 7662 §2.2 makes it.
     assert (await opaque_guard(issuer, server).authenticate("no-aud")).subject == "kim"
+
+
+@pytest.mark.anyio
+async def test_null_members_and_an_empty_aud_judge_the_token_not_the_server(
+    issuer: DevIssuer, server: IntrospectionServer
+) -> None:
+    # RFC 7662 §2.2: every member but active is optional. A null one says nothing (read as
+    # absent), and "aud": [] names no audience, so the token is not for us: each answered
+    # 401 or accepted on the token's merits, never 503 as if the server had failed.
+    exp = int(time.time()) + 300
+    nulls = dict.fromkeys(("sub", "iss", "aud", "scope", "client_id", "jti", "iat", "nbf"))
+    server.tokens["nulls"] = {"active": True, "exp": exp, "token_type": None, **nulls}
+    server.tokens["no-audience"] = {"active": True, "exp": exp, "sub": "kim", "aud": []}
+    server.tokens["null-exp"] = {"active": True, "exp": None, "sub": "kim"}
+    guard = opaque_guard(issuer, server)
+    for token in (await guard.authenticate("nulls"), guard.authenticate_sync("nulls")):
+        assert (token.subject, token.token_id, token.audience) == (None, None, ())
+        assert "sub" not in token.claims
+    with pytest.raises(InvalidAudienceError):
+        await guard.authenticate("no-audience")
+    with pytest.raises(InvalidAudienceError):
+        guard.authenticate_sync("no-audience")
+    with pytest.raises(InvalidClaimError, match="exp is required"):
+        await guard.authenticate("null-exp")
+    strict = opaque_guard(issuer, server, required_claims=["sub"])
+    with pytest.raises(InvalidClaimError, match="required claims missing: sub"):
+        await strict.authenticate("nulls")
+    app = build_app(guard)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        with structlog.testing.capture_logs() as events:
+            response = await client.get("/items", headers=bearer("no-audience"))
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+    assert [(event["event"], event["reason"]) for event in events] == [
+        ("token.rejected", "invalid_audience")
+    ]
+
+
+def test_parsing_reads_null_members_as_absent() -> None:
+    body = b'{"active": true, "sub": null, "exp": null, "aud": null, "scope": null, "x": null}'
+    assert parse_introspection_response(body) == {"active": True, "x": None}
+    assert parse_introspection_response(b'{"active": true, "aud": []}')["aud"] == []
 
 
 @pytest.mark.anyio

@@ -95,8 +95,8 @@ def parse_introspection_response(body: bytes) -> dict[str, Any]:
     ``null``) is an inactive answer, reduced to ``{"active": False}``: RFC 7662 §2.2 gives
     its other members no meaning. For an active token, ``scope``, ``client_id``,
     ``username``, ``token_type``, ``sub``, ``iss`` and ``jti`` must be strings when present,
-    ``exp``, ``iat`` and ``nbf`` NumericDates, and ``aud`` a string or a non-empty array of
-    strings.
+    ``exp``, ``iat`` and ``nbf`` NumericDates, and ``aud`` a string or an array of strings;
+    any of these sent as ``null`` is left out, as if absent.
 
     Raises:
         IntrospectionResponseError: anything else.
@@ -118,6 +118,12 @@ def parse_introspection_response(body: bytes) -> dict[str, Any]:
     # guard with revocation_failure="allow" let a token through on {"active": "false"}.
     if value.get("active") is not True:
         return {"active": False}
+    # RFC 7662 §2.2 makes every member but active optional: one sent as null (servers that
+    # serialise unset fields) says nothing and is read as absent. The token is then judged
+    # on the rest (no exp: 401), where the whole answer was refused as the server's failure.
+    for name in (*_STRING_MEMBERS, *_TIME_MEMBERS, "aud"):
+        if name in value and value[name] is None:
+            del value[name]
     for name in _STRING_MEMBERS:
         if name in value and not isinstance(value[name], str):
             raise IntrospectionResponseError(f"{name!r} is not a string")
@@ -127,11 +133,9 @@ def parse_introspection_response(body: bytes) -> dict[str, Any]:
     if "aud" in value:
         aud = value["aud"]
         audiences = [aud] if isinstance(aud, str) else aud
-        if not (
-            isinstance(audiences, list)
-            and audiences
-            and all(isinstance(item, str) for item in audiences)
-        ):
+        # An empty array is understood: the token names no audience, and so is not for us
+        # (token_from_introspection refuses it, 401), not an answer to fail on (503).
+        if not (isinstance(audiences, list) and all(isinstance(item, str) for item in audiences)):
             raise IntrospectionResponseError("'aud' is not a string or array of strings")
     return value
 
@@ -180,6 +184,7 @@ def token_from_introspection(
     audiences: tuple[str, ...] = ()
     if aud is not None:
         audiences = (aud,) if isinstance(aud, str) else tuple(aud)
+        # An empty aud names no audience, this resource server's included (RFC 7519 §4.1.3).
         if policy.audiences.isdisjoint(audiences):
             raise InvalidAudienceError("introspected aud does not name this resource server")
     times = check_times(claims, policy, now)

@@ -208,12 +208,15 @@ class TrustedIssuers:
         return self._guards.get(issuer) or self._resolved.get(issuer)
 
     def verifier_of(self, token: AccessToken) -> BearerGuard | None:
-        """The guard ``guard_for`` hands the accepted ``token`` to, without reading it again
-        or resolving: the primary for one too large or accepted on introspection (an opaque
-        token names no issuer), else ``guard_of`` its issuer."""
+        """The guard ``guard_for`` hands the accepted ``token`` to, without reading it again:
+        the primary for one too large or accepted on introspection (an opaque token names no
+        issuer), else ``guard_of`` its issuer, or the resolver's guard for it when none is
+        held (``max_resolved=0``, or dropped since); ``None`` when the resolver refuses it."""
         if token.algorithm == INTROSPECTION_ALGORITHM or len(token.raw) > self.max_token_bytes:
             return self.primary
-        return self.guard_of(token.issuer)
+        # Resolved again as guard_for would: with none kept, a verdict made by the very guard
+        # a dependency holds (BearerAuth) was not known for its own, and verified twice.
+        return self.guard_of(token.issuer) or self._resolve(token.issuer)
 
     def _resolve(self, issuer: str) -> BearerGuard | None:
         resolver = self.resolver

@@ -483,6 +483,53 @@ def test_a_guards_verdict_stands_behind_a_trusted_issuers_holding_it(
             assert [e["event"] for e in logged] == events
 
 
+@pytest.mark.parametrize("max_resolved", [0, 100])
+def test_a_resolved_guards_verdict_stands_for_its_fastapi_dependency(
+    alpha: DevIssuer, beta: DevIssuer, max_resolved: int
+) -> None:
+    """The middleware's ``TrustedIssuers`` resolves a tenant to the guard a ``BearerAuth``
+    holds. With ``max_resolved=0`` no resolved guard was kept, so the verdict was not known
+    for that guard's: the dependency verified the token again (two audit events, and a DPoP
+    proof refused as replayed, RFC 9449 §11.1: a 401 for every DPoP request)."""
+    fastapi = pytest.importorskip("fastapi")
+    from bearerguard import get_access_token
+    from bearerguard.fastapi import BearerAuth
+
+    policy = DPoPPolicy()
+    tenant = beta.guard(in_process=True, dpop=policy)
+    calls: list[str] = []
+
+    def tenants(iss: str) -> BearerGuard | None:
+        calls.append(iss)
+        return tenant if iss == beta.url else None
+
+    home = alpha.guard(in_process=True, dpop=policy)
+    guards = TrustedIssuers([home], resolver=tenants, max_resolved=max_resolved)
+    bearer_auth = BearerAuth(tenant)
+    app = bearer_auth.install(
+        fastapi.FastAPI(middleware=[Middleware(BearerGuardMiddleware, guard=guards)])
+    )
+
+    @app.get("/me", dependencies=[bearer_auth.requires("items:read")])
+    async def me() -> dict[str, Any]:
+        token = get_access_token()
+        return {"sub": None if token is None else token.subject}
+
+    holder = Holder()
+    with TestClient(app) as client:
+        for sub in ("ada", "kim"):
+            token = beta.mint(sub=sub, scopes=["items:read"], cnf={"jkt": holder.jkt})
+            proof = holder.proof(token, url="http://testserver/me")
+            with structlog.testing.capture_logs() as logged:
+                response = client.get(
+                    "/me", headers={"Authorization": f"DPoP {token}", "DPoP": proof}
+                )
+            assert response.status_code == 200, response.text
+            assert response.json() == {"sub": sub}
+            assert [e["event"] for e in logged] == ["token.accepted"]
+    assert set(calls) == {beta.url}
+
+
 class _Rendezvous(BaseHTTPRequestHandler):
     """A key set answered once every issuer's fetch has arrived (a barrier), else 503."""
 

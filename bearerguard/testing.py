@@ -29,10 +29,10 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -291,6 +291,60 @@ class _ServingThread:
                 self.server.handle_request()
 
 
+class _IssuerServer(ThreadingHTTPServer):
+    """A ``ThreadingHTTPServer`` whose closing ends the connections it is still handling.
+
+    Its handler threads are daemons, which ``server_close`` does not wait for: one waiting
+    out an ``Override`` delay lived on after ``stop()``, its connection open, and answered
+    once the delay ran out. Closing now wakes them (``pause``) and waits for them to end.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", port), handler, bind_and_activate=False)
+        self.closing = threading.Event()
+        self._handling: dict[threading.Thread, socket.socket] = {}
+        self._handling_lock = threading.Lock()
+
+    def pause(self, seconds: float) -> bool:
+        """Wait ``seconds`` in a handler; ``False`` when the server closes meanwhile."""
+        return not self.closing.wait(seconds)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # ThreadingMixIn's, with each thread and its connection kept until it ends.
+        thread = threading.Thread(target=self._handle, args=(request, client_address), daemon=True)
+        with self._handling_lock:
+            self._handling[thread] = request
+        try:
+            thread.start()
+        except BaseException:
+            with self._handling_lock:
+                del self._handling[thread]
+            raise
+
+    def _handle(self, request: Any, client_address: Any) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            with self._handling_lock:
+                self._handling.pop(threading.current_thread(), None)
+
+    def server_close(self) -> None:
+        self.closing.set()  # a paused handler wakes and closes its connection unanswered
+        super().server_close()
+        with self._handling_lock:
+            handling = list(self._handling.items())
+        for _, connection in handling:
+            # A handler reading a request that never comes reads its end now; one writing
+            # an answer still finishes it.
+            with suppress(OSError):
+                connection.shutdown(socket.SHUT_RD)
+        deadline = time.monotonic() + 5.0
+        for thread, _ in handling:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+
+
 class DevIssuer:
     """An OAuth issuer for development: discovery, JWKS and token minting on 127.0.0.1.
 
@@ -354,8 +408,8 @@ class DevIssuer:
         self._server = self._bind(port)
         self._serving = _ServingThread(self._server)
 
-    def _bind(self, port: int) -> ThreadingHTTPServer:
-        server = ThreadingHTTPServer(("127.0.0.1", port), self._handler(), bind_and_activate=False)
+    def _bind(self, port: int) -> _IssuerServer:
+        server = _IssuerServer(port, self._handler())
         try:
             server.server_bind()
         except OSError:
@@ -676,8 +730,9 @@ class DevIssuer:
             def do_GET(self) -> None:
                 headers = {name.lower(): value for name, value in self.headers.items()}
                 answer = issuer._answer(self.path.split("?", 1)[0], headers)
-                if answer.delay:
-                    time.sleep(answer.delay)
+                server = cast("_IssuerServer", self.server)  # the one made with this class
+                if answer.delay and not server.pause(answer.delay):
+                    return  # stopped meanwhile: the connection closes unanswered
                 try:
                     self.send_response(answer.status)
                     if not any(name.lower() == "content-type" for name in answer.headers):

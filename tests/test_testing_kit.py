@@ -6,6 +6,7 @@ import gc
 import re
 import socket
 import textwrap
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -191,6 +192,44 @@ def test_a_stopped_issuer_whose_port_was_taken_says_so() -> None:
         assert httpx.get(issuer.jwks_uri, timeout=5.0).json() == issuer.jwks()
     finally:
         issuer.stop()
+
+
+def test_stop_ends_connections_still_waiting_out_a_delay() -> None:
+    # An Override's delay slept on after stop(): the handler thread and its connection
+    # lived on, and the "stopped" issuer answered 200 when the delay ran out. Now stop()
+    # ends them at once, unanswered, as an issuer that went down would.
+    issuer = DevIssuer(keys=[SigningKey.generate("ES256")]).start()
+    issuer.overrides[issuer.jwks_path] = Override(body=issuer.jwks_bytes(), delay=30)
+    before = set(threading.enumerate())
+    outcomes: list[object] = []
+
+    def fetch() -> None:
+        try:
+            outcomes.append(httpx.get(issuer.jwks_uri, timeout=60).status_code)
+        except httpx.HTTPError as exc:
+            outcomes.append(exc)
+
+    client = threading.Thread(target=fetch)
+    try:
+        client.start()
+        deadline = time.monotonic() + 5
+        while issuer.fetch_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert issuer.fetch_count() == 1
+        started = time.monotonic()
+        issuer.stop()
+        assert time.monotonic() - started < 2.0
+        assert [t for t in threading.enumerate() if t not in before and t is not client] == []
+        client.join(5)
+        assert not client.is_alive()
+        assert len(outcomes) == 1
+        assert isinstance(outcomes[0], httpx.RemoteProtocolError)  # closed, unanswered
+        del issuer.overrides[issuer.jwks_path]
+        issuer.start()  # and it serves again
+        assert httpx.get(issuer.jwks_uri, timeout=5.0).json() == issuer.jwks()
+    finally:
+        issuer.stop()
+        client.join(60)
 
 
 # -- keys -------------------------------------------------------------------------------

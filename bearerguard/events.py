@@ -17,9 +17,11 @@ session's tokens would stay valid.
 Answers (RFC 8935 §2.2-§2.4):
 
 - ``202 Accepted``: the SET is valid and has been acted on (or acknowledged: unknown event
-  types and subject formats are logged and not acted on).
+  types and subject formats are logged and not acted on). A SET whose ``jti`` was received
+  before is acknowledged again and not acted on twice: a transmitter may deliver a SET more
+  than once (its 202 lost), and is answered as if it had not been received (RFC 8935 §2).
 - ``400`` with ``{"err": ..., "description": ...}``: ``invalid_request`` (not a SET: not a
-  compact JWS, wrong ``typ``, missing or ill-typed claims, a ``jti`` already received),
+  compact JWS, wrong ``typ``, missing or ill-typed claims),
   ``invalid_key`` (an algorithm or key this recipient does not accept, ``alg: none``
   included; an unsigned SET, its signature empty, is not a compact JWS:
   ``invalid_request``), ``authentication_failed`` (the signature does not verify),
@@ -179,8 +181,8 @@ class SecurityEventReceiver:
             identifier is the ``sid`` claim of its access tokens (as Keycloak's user session
             id is); where they differ, the revoked session's tokens stay valid.
         max_body_bytes: larger bodies are refused with 413 before being read whole.
-        replay_cache_size: how many received ``jti`` values are remembered, to refuse a
-            SET delivered twice.
+        replay_cache_size: how many received ``jti`` values are remembered, so that a SET
+            delivered again is acknowledged without being acted on twice.
         audit_logger: a structlog-compatible logger; the guard's audit logger by default.
 
     Raises:
@@ -265,7 +267,7 @@ class SecurityEventReceiver:
         request = _request_fields(scope)
         try:
             plan = await self._receive(scope, receive)
-            applied = await self._apply(plan)
+            applied = await self._apply(plan)  # None: received before, not acted on again
         except _Answer as answer:
             self._rejected(answer, request)
             await _respond(send, answer)
@@ -317,19 +319,6 @@ class SecurityEventReceiver:
             )
         except SecurityEventError as error:
             raise _refused(error) from None
-        received = self._seen.get(plan.jti)
-        if received is False:
-            # A copy of a SET still being acted on: the first delivery may yet fail (and its
-            # jti be forgotten), and a transmitter does not retry a 400. Asked to retry, it
-            # is acted on then, or refused as received.
-            raise _unavailable(f"jti {plan.jti[:64]!r} is being acted on")
-        if received:
-            raise _Answer(
-                400,
-                "invalid_request",
-                "A SET with this jti has already been received.",
-                f"duplicate jti {plan.jti[:64]!r}",
-            )
         return plan
 
     async def _body(self, receive: Receive) -> bytes:
@@ -360,8 +349,19 @@ class SecurityEventReceiver:
                 SecurityEventError("invalid_request", f"{type(exc).__name__}: {exc}"[:200])
             ) from None
 
-    async def _apply(self, plan: EventPlan) -> list[dict[str, Any]]:
-        """Act on the plan; returns the audit actions of its session cut-offs."""
+    async def _apply(self, plan: EventPlan) -> list[dict[str, Any]] | None:
+        """Act on the plan; returns the audit actions of its session cut-offs, or ``None``
+        for a SET already acted on."""
+        received = self._seen.get(plan.jti)
+        if received is False:
+            # A copy of a SET still being acted on: the first delivery may yet fail (and its
+            # jti be forgotten). Asked to retry, it is acted on then, or acknowledged as
+            # received.
+            raise _unavailable(f"jti {plan.jti[:64]!r} is being acted on")
+        if received:
+            # RFC 8935 §2: the transmitter may send a SET again, whatever it was answered,
+            # and the recipient answers as if it had not received it: 202, not acted on twice.
+            return None
         # Marked in flight before the awaits, so a copy arriving meanwhile is not acted on
         # twice; received once acted on, and forgotten if the store fails, so the
         # transmitter's retry is acted on.
@@ -421,8 +421,19 @@ class SecurityEventReceiver:
     # -- audit ----------------------------------------------------------------------------
 
     def _received(
-        self, plan: EventPlan, sessions: list[dict[str, Any]], request: dict[str, Any]
+        self, plan: EventPlan, sessions: list[dict[str, Any]] | None, request: dict[str, Any]
     ) -> None:
+        if sessions is None:  # received before: acknowledged, nothing done this time
+            self._log_received(
+                plan,
+                [
+                    {"event": _trim(event), "action": "ignored", "why": "already received"}
+                    for event in plan.event_types
+                ],
+                set(),
+                request,
+            )
+            return
         actions: list[dict[str, Any]] = [
             {
                 "event": _trim(cutoff.event_type),
@@ -441,6 +452,15 @@ class SecurityEventReceiver:
             {"event": _trim(ignored.event_type), "action": "ignored", "why": ignored.why}
             for ignored in plan.ignored
         ]
+        self._log_received(plan, actions, cut_off, request)
+
+    def _log_received(
+        self,
+        plan: EventPlan,
+        actions: list[dict[str, Any]],
+        cut_off: set[str],
+        request: dict[str, Any],
+    ) -> None:
         try:
             self._audit.info(
                 "event.received",

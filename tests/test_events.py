@@ -907,16 +907,47 @@ async def test_refusals_answer_the_rfc8935_codes(api: Setup, stranger: DevIssuer
     assert await api.status_of(token) == 200
 
 
+class CountingStore(MemoryRevocationStore):
+    """A memory store that counts the cut-offs it is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cutoffs = 0
+
+    async def revoke_subject(self, sub: str, issued_before: Any = None, *, issuer: Any = None):
+        self.cutoffs += 1
+        await super().revoke_subject(sub, issued_before, issuer=issuer)
+
+
 @pytest.mark.anyio
-async def test_a_replayed_jti_is_refused(api: Setup) -> None:
-    body = api.sign(api.claims({RISC_ACCOUNT_DISABLED: {"subject": iss_sub(api.issuer, "kim")}}))
-    assert (await api.post(body)).status_code == 202
-    replay = await api.post(body)
-    assert replay.status_code == 400
-    assert replay.json() == {
-        "err": "invalid_request",
-        "description": "A SET with this jti has already been received.",
-    }
+async def test_a_set_delivered_again_is_acknowledged_and_not_acted_on_twice(
+    issuer: DevIssuer,
+) -> None:
+    # RFC 8935 §2: a transmitter may send a SET again (its 202 lost on the way); the
+    # recipient answers as if it had not received it before. A 400 made the transmitter
+    # report a failed delivery for a SET that had been acted on.
+    store = CountingStore()
+    async for api in make_setup(issuer, store=store):
+        kim = iss_sub(issuer, "kim")
+        body = api.sign(api.claims({RISC_ACCOUNT_DISABLED: {"subject": kim}, UNKNOWN_EVENT: {}}))
+        assert (await api.post(body)).status_code == 202
+        with structlog.testing.capture_logs() as events:
+            again = await api.post(body)
+        assert again.status_code == 202
+        assert again.content == b""
+        assert store.cutoffs == 1  # acted on once
+        (received,) = events
+        assert (received["event"], received["outcome"], received["status"]) == (
+            "event.received",
+            "allow",
+            202,
+        )
+        assert received["jti"] == jwt.decode(body, options={"verify_signature": False})["jti"]
+        assert received["subjects"] == []
+        assert received["actions"] == [
+            {"event": RISC_ACCOUNT_DISABLED, "action": "ignored", "why": "already received"},
+            {"event": UNKNOWN_EVENT, "action": "ignored", "why": "already received"},
+        ]
 
 
 @pytest.mark.anyio
@@ -925,7 +956,7 @@ async def test_the_replay_cache_is_bounded(issuer: DevIssuer) -> None:
         bodies = [api.sign(api.claims({UNKNOWN_EVENT: {}})) for _ in range(3)]
         for body in bodies:
             assert (await api.post(body)).status_code == 202
-        assert (await api.post(bodies[2])).status_code == 400
+        assert (await api.post(bodies[2])).status_code == 202  # received: not acted on
         assert len(api.receiver._seen) == 2
         # The oldest was forgotten; acting on it again is harmless (cut-offs are idempotent).
         assert (await api.post(bodies[0])).status_code == 202
@@ -1168,7 +1199,8 @@ async def test_a_copy_sent_while_the_set_is_in_flight_is_asked_to_retry(
         assert (await first).status_code == 503
         assert (await api.post(body)).status_code == 202  # the retry is acted on
         assert len(store) == 1
-        assert (await api.post(body)).status_code == 400  # and only then received
+        assert (await api.post(body)).status_code == 202  # and only then received (RFC 8935 §2)
+        assert len(store) == 1
 
 
 @pytest.mark.anyio

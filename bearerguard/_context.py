@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -129,23 +130,42 @@ class BodyWithAuth:
 
 
 class AsyncBodyWithAuth:
-    """An asynchronous response body iterated with ``current_auth`` set to the request's."""
+    """An asynchronous response body iterated with ``current_auth`` set to the request's.
 
-    __slots__ = ("_auth", "_iterator")
+    Attributes:
+        loop: the event loop it was first iterated in (``None`` before): where it is
+            closed (``aclose``) from another thread.
+    """
+
+    __slots__ = ("_auth", "_iterator", "loop")
 
     def __init__(self, body: AsyncIterable[bytes], auth: RequestAuth) -> None:
         self._auth = auth
         self._iterator: AsyncIterator[bytes] = aiter(body)
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
 
     async def __anext__(self) -> bytes:
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
         reset = current_auth.set(self._auth)
         try:
             return await anext(self._iterator)
         finally:
             current_auth.reset(reset)
+
+    async def aclose(self) -> None:
+        """Close the body (an async generator's ``aclose()``), its clean-up run with
+        ``current_auth`` set; nothing to do for one that has ended."""
+        close = getattr(self._iterator, "aclose", None)
+        if callable(close):
+            reset = current_auth.set(self._auth)
+            try:
+                await close()
+            finally:
+                current_auth.reset(reset)
 
 
 def already_let_in(store: Mapping[str, Any], guard: object) -> bool:

@@ -16,6 +16,8 @@ side does, in the event loop, with no thread hop.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from time import perf_counter
@@ -204,7 +206,9 @@ def _streamed_with(response: Any, auth: RequestAuth) -> Any:
     if getattr(response, "streaming", False) and getattr(response, "file_to_stream", None) is None:
         body = response.streaming_content
         if getattr(response, "is_async", False):
-            response.streaming_content = AsyncBodyWithAuth(body, auth)
+            streamed = AsyncBodyWithAuth(body, auth)
+            response.streaming_content = streamed
+            response.close = _aclosed_with(response.close, streamed)
         else:
             response.streaming_content = BodyWithAuth(body, auth)
             # Django closes the view's generator in response.close(), which the server calls
@@ -225,6 +229,36 @@ def _closed_with(close: Callable[[], object], auth: RequestAuth) -> Callable[[],
             current_auth.reset(reset)
 
     return closed
+
+
+_closing: set[asyncio.Task[None]] = set()  # strong references: the loop keeps weak ones
+
+
+def _aclosed_with(close: Callable[[], object], body: AsyncBodyWithAuth) -> Callable[[], None]:
+    """``close``, which first has ``body`` closed with ``current_auth`` set.
+
+    Django never closes an async body: a view's async generator left suspended by a client
+    that went away was finalized by the garbage collector, its clean-up (``finally``) run
+    with no token, where behind the ASGI middleware it reads the request's. Django closes
+    the response synchronously (in a worker thread under ASGI): the generator's ``aclose()``
+    is started on the loop it streamed in, as the collector would start it, with the token.
+    A body never iterated has no clean-up to run.
+    """
+
+    def closed() -> None:
+        loop = body.loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs there
+                loop.call_soon_threadsafe(_start_closing, body)
+        close()
+
+    return closed
+
+
+def _start_closing(body: AsyncBodyWithAuth) -> None:
+    task = asyncio.ensure_future(body.aclose())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
 
 
 class BearerGuardMiddleware:

@@ -39,6 +39,7 @@ from bearerguard._context import SCOPE_KEY, current_auth
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
+from tests.helpers import http_scope
 
 MIDDLEWARE = "bearerguard.django.BearerGuardMiddleware"
 guard: BearerGuard | None = None  # the guard the settings below name, set per test
@@ -103,6 +104,18 @@ def abandoned(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(body())
 
 
+async def async_abandoned(request: HttpRequest) -> StreamingHttpResponse:
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            for _ in range(3):
+                yield b"chunk;"
+        finally:  # when the client went away before the end
+            token = get_access_token()
+            cleaned_up.append(token.subject if token else None)
+
+    return StreamingHttpResponse(body())
+
+
 verdicts: list[object] = []  # what the verdict view found, for the tests that ask
 
 
@@ -119,6 +132,7 @@ urlpatterns = [
     path("streamed", streamed),
     path("async-streamed", async_streamed),
     path("abandoned", abandoned),
+    path("async-abandoned", async_abandoned),
     path("health-slash/", health),
     path("items", items),
     path("async-items", async_items),
@@ -1009,6 +1023,52 @@ def test_get_access_token_while_an_abandoned_streaming_body_is_closed(
             body.close()  # type: ignore[attr-defined] # the server's duty (PEP 3333)
             assert current_auth.get() is None
     assert cleaned_up == ["leaver", "leaver"]
+
+
+@pytest.mark.parametrize("below", [None, "SyncOnly"])
+def test_get_access_token_while_an_abandoned_async_streaming_body_is_closed(
+    session_issuer: DevIssuer, below: str | None
+) -> None:
+    # Under ASGI, a client that goes away mid-stream leaves the view's async generator
+    # suspended: Django never closes it, the garbage collector did, later, and its clean-up
+    # (its finally) ran with no token, where behind the ASGI middleware, whose context the
+    # whole app runs in, it read the request's. The middleware now closes it with the token
+    # set when Django closes the response.
+    from django.core.handlers.asgi import ASGIHandler
+
+    authorization = bearer(session_issuer, sub="leaver").encode()
+    scope = http_scope(
+        [(b"host", b"testserver"), (b"authorization", authorization)],
+        path="/async-abandoned",
+        raw_path=b"/async-abandoned",
+    )
+
+    async def serve() -> None:
+        gone = asyncio.Event()
+        messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                gone.set()  # the client went away after the first chunk
+                await asyncio.sleep(1)  # cancelled by Django once it sees the disconnect
+
+        await ASGIHandler()(scope, receive, send)
+        assert current_auth.get() is None
+        for _ in range(3):  # the clean-up runs on the loop, after Django's close()
+            await asyncio.sleep(0)
+
+    cleaned_up.clear()
+    # A sync-only middleware below runs this one synchronously, in a worker thread.
+    middleware = [MIDDLEWARE] + ([] if below is None else [f"{__name__}.{below}"])
+    with configured(session_issuer.guard()), override_settings(MIDDLEWARE=middleware):
+        asyncio.run(serve())
+    assert cleaned_up == ["leaver"]
 
 
 @pytest.mark.parametrize("handler", ["wsgi", "asgi"])

@@ -63,6 +63,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "bearerguard.fastapi needs FastAPI: pip install 'bearerguard[fastapi]'"
     ) from exc
 from starlette._utils import get_route_path
+from starlette.applications import Starlette
 from starlette.datastructures import URLPath
 from starlette.exceptions import HTTPException, WebSocketException
 from starlette.requests import HTTPConnection, Request
@@ -100,11 +101,12 @@ from bearerguard.decorators import (
 )
 from bearerguard.errors import AuthError, ConfigurationError
 from bearerguard.guard import BearerGuard
+from bearerguard.issuers import TrustedIssuers
 from bearerguard.jwks import check_url, discovery_urls
 from bearerguard.metadata import ProtectedResource
 from bearerguard.token import AccessToken
 
-__all__ = ["BearerAuth", "BearerRefusal", "document_middleware", "oauth2_flows"]
+__all__ = ["BearerAuth", "BearerRefusal", "document_middleware", "oauth2_flows", "serve_metadata"]
 
 _log = logging.getLogger("bearerguard")
 _POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
@@ -712,11 +714,8 @@ class BearerAuth(SecurityBase):
         resource = self.guard.protected_resource
         if resource is not None:
             # Every 401 and 403 names the metadata (RFC 9728 §5.1): without the middleware in
-            # front, the app serves it. First, so that no catch-all route shadows it.
-            served = {getattr(route, "path", None) for route in app.router.routes}
-            routes = app.router.routes
-            for path in sorted(resource.paths - served, reverse=True):
-                routes.insert(0, _MetadataRoute(path, resource, routes))
+            # front, the app serves it.
+            _add_metadata_routes(app.router.routes, resource)
         _document_openapi(app, self.scheme_name, self.model, beside=self.beside)
         return app
 
@@ -773,6 +772,43 @@ class BearerAuth(SecurityBase):
         router.dependencies.append(self.requires(*scopes))
         if isinstance(target, FastAPI):
             self.install(target)
+
+
+def serve_metadata(app: Starlette, guard: BearerGuard | TrustedIssuers) -> Starlette:
+    """Serve ``guard``'s protected-resource metadata (RFC 9728 §3) from ``app``; returns it.
+
+    RFC 9728 §3.1 puts the well-known path between the host and the resource's path: for
+    ``https://api.example/api`` the document is at
+    ``https://api.example/.well-known/oauth-protected-resource/api``, the URL every 401 and
+    403 names. An app mounted under a path (``Mount("/api", app=api)``) never receives it,
+    whether ``BearerAuth.install`` or a ``BearerGuardMiddleware`` of its own serves the
+    metadata: call this on the outer app, the one that receives the host's paths. It serves
+    only those paths (``GET``, ``HEAD``, ``OPTIONS``), without credentials, ahead of the
+    app's other routes; a route of the app's own at one of them answers instead.
+
+    Args:
+        app: the outer Starlette or FastAPI app.
+        guard: the guard (or ``TrustedIssuers``) of the mounted app, with a ``resource``.
+
+    Raises:
+        ConfigurationError: the guard has no ``resource``, so no metadata to serve.
+    """
+    resource = guard.protected_resource
+    if resource is None:
+        raise ConfigurationError(
+            "serve_metadata: the guard has no resource, so no protected-resource metadata "
+            "(give it resource=, the API's canonical URL)"
+        )
+    _add_metadata_routes(app.router.routes, resource)
+    return app
+
+
+def _add_metadata_routes(routes: list[BaseRoute], resource: ProtectedResource) -> None:
+    """Put a ``_MetadataRoute`` for each of ``resource``'s paths that ``routes`` does not
+    serve itself first, so that no catch-all route shadows it; none twice."""
+    served = {getattr(route, "path", None) for route in routes}
+    for path in sorted(resource.paths - served, reverse=True):
+        routes.insert(0, _MetadataRoute(path, resource, routes))
 
 
 def document_middleware(

@@ -30,7 +30,7 @@ from bearerguard import (
 )
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.errors import ConfigurationError
-from bearerguard.fastapi import BearerAuth, document_middleware, oauth2_flows
+from bearerguard.fastapi import BearerAuth, document_middleware, oauth2_flows, serve_metadata
 from bearerguard.issuers import TrustedIssuers
 from bearerguard.testing import DevIssuer
 from bearerguard.usage import MemoryUsageMonitor, UsagePolicy
@@ -899,6 +899,35 @@ def test_install_leaves_the_apps_own_metadata_route_and_reads_the_path_literally
     served = client.get("/.well-known/oauth-protected-resource/%7Bt:x%7D")
     assert served.json()["resource"] == "https://api.example/%7Bt:x%7D"
     assert client.get("/.well-known/oauth-protected-resource/other").status_code == 404
+
+
+@pytest.mark.parametrize("middleware", [False, True])
+def test_the_metadata_of_a_mounted_app_is_served_by_the_outer_app(
+    session_issuer: DevIssuer, middleware: bool
+) -> None:
+    # RFC 9728 §3.1: the well-known path goes between the host and the resource's path, so
+    # an app mounted under /api (which install() or its own middleware serve from) never
+    # receives the URL its challenges name: GET answered 404 by the outer app. The outer app
+    # serves it with serve_metadata(); the mounted app's other requests are unchanged.
+    guard = session_issuer.guard(audience=None, resource="https://api.example/api")
+    api = build_api(guard, middleware=middleware)
+    outer = Starlette(routes=[Mount("/api", app=api)])
+    assert serve_metadata(outer, guard) is outer
+    url = "https://api.example/.well-known/oauth-protected-resource/api"
+    with TestClient(outer, base_url="https://api.example") as client:
+        missing = client.get("/api/items")
+        assert f'resource_metadata="{url}"' in missing.headers["www-authenticate"]
+        document = client.get(url)
+        assert document.status_code == 200
+        assert document.json()["resource"] == "https://api.example/api"
+        assert client.get("/.well-known/oauth-protected-resource").status_code == 200
+        assert client.post(url).status_code == 405
+        assert client.get("/api/health").json() == {"ok": True}
+
+
+def test_serve_metadata_needs_a_resource(guard: BearerGuard) -> None:
+    with pytest.raises(ConfigurationError, match="resource"):
+        serve_metadata(FastAPI(), guard)
 
 
 # -- whole apps and routers -------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
 from typing import Any, Literal
 
@@ -56,7 +56,7 @@ from bearerguard.issuers import TrustedIssuers
 from bearerguard.mtls import binding_of, environ_certificate, scope_certificate
 from bearerguard.token import AccessToken
 
-__all__ = ["SETTING", "BearerGuardMiddleware"]
+__all__ = ["SETTING", "BearerGuardMiddleware", "TokenUser"]
 
 _log = logging.getLogger("bearerguard")
 
@@ -192,11 +192,94 @@ def _credentials_of(
 def _record(request: Any, auth: RequestAuth) -> None:
     """Record the verdict where decorators and ``get_access_token(request)`` read it:
     ``META`` (the WSGI environ), and the ASGI scope, which they read first on an ASGI
-    request."""
+    request; and the token's user as ``request.user`` (``_log_in``)."""
     request.META[SCOPE_KEY] = auth
     scope = _scope(request)
     if scope is not None:
         scope[SCOPE_KEY] = auth
+    if auth.token is not None:
+        _log_in(request, auth.token)
+
+
+def _log_in(request: Any, token: AccessToken) -> None:
+    """Make ``request.user`` (and ``await request.auser()``) the ``TokenUser`` of ``token``.
+
+    Django's ``AuthenticationMiddleware`` listed after this one replaces both with lazy
+    reads of the session's user, which it caches on the request as ``_cached_user`` and
+    ``_acached_user``: cached here first, they read this user instead, so the token's
+    user stands whichever the order (listed before, it is simply replaced here).
+    """
+    user = TokenUser(token)
+
+    async def auser() -> TokenUser:
+        return user
+
+    request.user = request._cached_user = request._acached_user = user
+    request.auser = auser
+
+
+class TokenUser:
+    """``request.user`` for a request let in with a token: who the token names, with no
+    database row behind it and no permission.
+
+    ``is_authenticated`` is true, so Django's ``login_required``, ``LoginRequiredMiddleware``
+    and ``request.user.is_authenticated`` let it in; ``is_staff``, ``is_superuser`` and every
+    ``has_perm`` are false (the admin and permission checks refuse it: scopes are checked
+    with ``requires_scopes``). ``is_active`` is false as for Django's ``AnonymousUser``:
+    Django REST framework's ``SessionAuthentication`` takes an active ``request.user`` for a
+    session login and would then require a CSRF token of a request that carries no cookie.
+
+    Attributes:
+        token: the verified ``AccessToken``.
+        username: its subject (``sub``), or ``""``.
+    """
+
+    __slots__ = ("token", "username")
+
+    id = None
+    pk = None
+    is_active = False
+    is_staff = False
+    is_superuser = False
+    is_anonymous = False
+    is_authenticated = True
+
+    def __init__(self, token: AccessToken) -> None:
+        self.token = token
+        self.username = token.subject or ""
+
+    def __str__(self) -> str:
+        return self.username
+
+    def __repr__(self) -> str:
+        return f"TokenUser({self.username!r})"
+
+    def get_username(self) -> str:
+        return self.username
+
+    def has_perm(self, perm: str, obj: object = None) -> bool:
+        return False
+
+    def has_perms(self, perm_list: Iterable[str], obj: object = None) -> bool:
+        return False
+
+    def has_module_perms(self, app_label: str) -> bool:
+        return False
+
+    async def ahas_perm(self, perm: str, obj: object = None) -> bool:
+        return False
+
+    async def ahas_perms(self, perm_list: Iterable[str], obj: object = None) -> bool:
+        return False
+
+    async def ahas_module_perms(self, app_label: str) -> bool:
+        return False
+
+    def get_all_permissions(self, obj: object = None) -> set[str]:
+        return set()
+
+    async def aget_all_permissions(self, obj: object = None) -> set[str]:
+        return set()
 
 
 def _streamed_with(response: Any, auth: RequestAuth) -> Any:
@@ -387,10 +470,12 @@ class BearerGuardMiddleware:
         token (``already_let_in``): the WSGI middleware's verdict is in ``META`` (the
         environ), the ASGI middleware's in the scope, this one's (listed twice) in both."""
         guard = self.guard
-        if already_let_in(request.META, guard):
-            return True
         scope = _scope(request)
-        return scope is not None and already_let_in(scope, guard)
+        for store in (request.META,) if scope is None else (request.META, scope):
+            if already_let_in(store, guard):
+                _log_in(request, store[SCOPE_KEY].token)
+                return True
+        return False
 
     def _reused(self, request: Any, described: _Described, started: float) -> RequestAuth | None:
         """The verdict for a token verified before and sent the usual way (one

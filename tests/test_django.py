@@ -116,6 +116,25 @@ async def async_abandoned(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(body())
 
 
+def user(request: HttpRequest) -> JsonResponse:
+    current = request.user
+    return JsonResponse(
+        {
+            "authenticated": current.is_authenticated,
+            "anonymous": current.is_anonymous,
+            "username": current.get_username(),
+            "staff": current.is_staff,
+            "perm": current.has_perm("auth.view_user"),
+        }
+    )
+
+
+async def async_user(request: HttpRequest) -> JsonResponse:
+    current = await request.auser()
+    names = [current.get_username(), request.user.get_username()]
+    return JsonResponse({"authenticated": current.is_authenticated, "names": names})
+
+
 verdicts: list[object] = []  # what the verdict view found, for the tests that ask
 
 
@@ -133,6 +152,8 @@ urlpatterns = [
     path("async-streamed", async_streamed),
     path("abandoned", abandoned),
     path("async-abandoned", async_abandoned),
+    path("user", user),
+    path("async-user", async_user),
     path("health-slash/", health),
     path("items", items),
     path("async-items", async_items),
@@ -591,6 +612,81 @@ def test_get_access_token_while_a_streaming_body_is_consumed(
 
             assert asyncio.run(consume()) == b"streamer;streamer;"
             asyncio.run(abandon())
+
+
+AUTH_APPS = ["django.contrib.auth", "django.contrib.contenttypes"]
+SESSIONS = "django.contrib.sessions.middleware.SessionMiddleware"
+AUTHENTICATION = "django.contrib.auth.middleware.AuthenticationMiddleware"
+
+
+@pytest.mark.parametrize(
+    "middleware",
+    [
+        [MIDDLEWARE],
+        [SESSIONS, AUTHENTICATION, MIDDLEWARE],
+        [MIDDLEWARE, SESSIONS, AUTHENTICATION],  # Django's, below, replaces request.user
+    ],
+    ids=["alone", "below-django-auth", "above-django-auth"],
+)
+@pytest.mark.parametrize("url", ["/user", "/async-user"])
+def test_request_user_is_the_token_user(
+    session_issuer: DevIssuer, kind: str, middleware: list[str], url: str
+) -> None:
+    # request.user was never set: Django's login_required, LoginRequiredMiddleware and
+    # request.user.is_authenticated (and DRF's permissions) saw no user, or AnonymousUser,
+    # for a request the guard let in. It is now the token's, with no permission, whichever
+    # the order beside Django's AuthenticationMiddleware.
+    with (
+        configured(session_issuer.guard(), PUBLIC_PATHS=["/user"]),
+        override_settings(
+            MIDDLEWARE=middleware,
+            INSTALLED_APPS=AUTH_APPS,
+            SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies",
+        ),
+    ):
+        answered = get(kind, url, bearer(session_issuer, sub="ada")).json()
+        if url == "/user":
+            assert answered == {
+                "authenticated": True,
+                "anonymous": False,
+                "username": "ada",
+                "staff": False,
+                "perm": False,
+            }
+            if AUTHENTICATION in middleware:  # a public path without a token: Django's user
+                assert get(kind, url).json()["authenticated"] is False
+        else:
+            assert answered == {"authenticated": True, "names": ["ada", "ada"]}
+
+
+def test_request_user_behind_the_wsgi_middleware(session_issuer: DevIssuer) -> None:
+    # Let in by BearerGuardWSGIMiddleware with the same guard, the request is passed on as
+    # decided: request.user is the token's there too.
+    the_guard = session_issuer.guard()
+    with configured(the_guard):
+        wrapped = BearerGuardWSGIMiddleware(WSGIHandler(), guard=the_guard)
+        transport = httpx.WSGITransport(app=wrapped)
+        with httpx.Client(transport=transport, base_url="http://testserver") as client:
+            headers = {"Authorization": bearer(session_issuer, sub="kim")}
+            answered = client.get("/user", headers=headers).json()
+    assert (answered["authenticated"], answered["username"]) == (True, "kim")
+
+
+def test_login_required_lets_the_token_user_in(session_issuer: DevIssuer) -> None:
+    from django.contrib.auth.decorators import login_required
+    from django.test import RequestFactory
+
+    from bearerguard.django import BearerGuardMiddleware
+
+    with (
+        configured(session_issuer.guard()),
+        override_settings(INSTALLED_APPS=AUTH_APPS, LOGIN_URL="/login"),
+    ):
+        request = RequestFactory().get("/whoami")
+        request.META["HTTP_AUTHORIZATION"] = bearer(session_issuer, sub="lee")
+        response = BearerGuardMiddleware(login_required(whoami))(request)
+        assert response.status_code == 200  # not a redirect to the login page
+        assert response.content == b'{"for": "lee"}'
 
 
 def test_dpop_bound_tokens_on_both_paths(session_issuer: DevIssuer, kind: str) -> None:

@@ -7,6 +7,10 @@ when that is set. Tests share it by using a namespace of their own (``redis_name
 ``private_redis`` (function) is a server of the test's own, which it may stop, restart, pause
 (SIGSTOP) and resume: for outage tests. It needs the ``redis-server`` binary.
 
+``cutting_proxy`` (function) is a loopback TCP proxy in front of the session server that drops
+one connection on a chosen command, before Redis gets it or after Redis ran it (its answer
+lost): for tests of what is retried.
+
 When no server can be had the tests are skipped with a loud reason, except under CI (the ``CI``
 environment variable is set), where they fail: a CI run must not pass by skipping them.
 """
@@ -14,23 +18,33 @@ environment variable is set), where they fail: a CI run must not pass by skippin
 from __future__ import annotations
 
 import os
+import selectors
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
+from urllib.parse import urlsplit
 
 import pytest
 
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["RedisServer", "private_redis", "redis_namespace", "redis_server"]
+__all__ = [
+    "CuttingProxy",
+    "RedisServer",
+    "cutting_proxy",
+    "private_redis",
+    "redis_namespace",
+    "redis_server",
+]
 
 URL_VARIABLE = "BEARERGUARD_REDIS_URL"
 
@@ -191,3 +205,106 @@ def private_redis() -> Iterator[RedisServer]:
 def redis_namespace() -> str:
     """A namespace no other test uses, so tests can share one server."""
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+class CuttingProxy:
+    """A loopback TCP proxy to a Redis server that can drop one connection on a command.
+
+    ``cut(b"EVALSHA")`` drops the connection that next sends a command holding those bytes,
+    before Redis gets it; ``cut(b"EVALSHA", answered=True)`` forwards it, lets Redis run it and
+    drops the connection instead of passing the answer on. Other connections, and the same
+    connection before that command, are forwarded as they are.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        parsed = urlsplit(upstream)
+        self._upstream = (parsed.hostname or "127.0.0.1", parsed.port or 6379)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.setblocking(False)
+        self.port: int = self._listener.getsockname()[1]
+        credentials, at, _ = parsed.netloc.rpartition("@")  # kept: the proxy passes them on
+        self.url = parsed._replace(netloc=f"{credentials}{at}127.0.0.1:{self.port}").geturl()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._peers: dict[socket.socket, socket.socket] = {}
+        self._dropping: set[socket.socket] = set()  # upstreams whose next answer is dropped
+        self._cut: tuple[bytes, bool] | None = None
+        self.cuts = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def cut(self, marker: bytes, *, answered: bool = False) -> None:
+        with self._lock:
+            self._cut = (marker, answered)
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            for ready, _ in self._selector.select(0.05):
+                sock = ready.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self._listener:
+                    self._accept()
+                elif sock in self._peers:
+                    self._pump(sock)
+        for sock in list(self._peers):
+            self._drop(sock)
+        self._selector.close()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        client, _ = self._listener.accept()
+        upstream = socket.create_connection(self._upstream)
+        for sock in (client, upstream):
+            sock.setblocking(True)
+            self._selector.register(sock, selectors.EVENT_READ)
+        self._peers[client], self._peers[upstream] = upstream, client
+
+    def _pump(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(sock)
+            return
+        if sock in self._dropping:  # Redis ran the command: its answer is lost
+            self._drop(sock)
+            return
+        with self._lock:
+            cut = self._cut
+            if cut is not None and cut[0] in data:
+                self._cut = None
+                self.cuts += 1
+            else:
+                cut = None
+        if cut is not None and not cut[1]:
+            self._drop(sock)  # before Redis gets it
+            return
+        if cut is not None:
+            self._dropping.add(self._peers[sock])
+        self._peers[sock].sendall(data)
+
+    def _drop(self, sock: socket.socket) -> None:
+        peer = self._peers.pop(sock, None)
+        for each in (sock, peer):
+            if each is not None:
+                self._peers.pop(each, None)
+                self._dropping.discard(each)
+                self._selector.unregister(each)
+                each.close()
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def cutting_proxy(redis_server: RedisServer) -> Iterator[CuttingProxy]:
+    """A ``CuttingProxy`` in front of the session's Redis."""
+    proxy = CuttingProxy(redis_server.url)
+    try:
+        yield proxy
+    finally:
+        proxy.close()

@@ -897,6 +897,37 @@ async def test_a_session_cutoff_that_does_not_fit_is_refused_whole(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("sync", [False, True])
+async def test_a_session_cutoff_that_fails_in_redis_leaves_nothing_half_done(
+    redis_server: RedisServer,
+    redis_namespace: str,
+    stores: Callable[..., RedisRevocationStore],
+    sync: bool,
+) -> None:
+    # The user's entry was written by one call and the session's by another: when the second
+    # failed, the user's tokens without sid were cut off and the session's were not. The two
+    # are now one script that reads everything before it writes anything.
+    store = stores(redis_server.url, namespace=redis_namespace)
+    await store.start()
+    revoke = (
+        functools.partial(asyncio.to_thread, store.revoke_session_sync)
+        if sync
+        else store.revoke_session
+    )
+    with redis_server.client() as inspect:
+        inspect.hset(f"{redis_namespace}:n:*:sess-1", "not", "an entry")  # WRONGTYPE for GET
+        with pytest.raises(RevocationStoreError, match="WRONGTYPE"):
+            await revoke("sess-1", subject="s9")
+        assert inspect.exists(f"{redis_namespace}:u:*:s9") == 0
+        assert not await store.is_revoked(token(jti="other", sub="s9"))
+        inspect.delete(f"{redis_namespace}:n:*:sess-1")
+        assert await revoke("sess-1", subject="s9")
+        assert inspect.exists(f"{redis_namespace}:u:*:s9", f"{redis_namespace}:n:*:sess-1") == 2
+    assert await store.is_revoked(token(jti="other", sub="s9"))
+    assert await store.is_revoked(token(jti="other", sub="s8", sid="sess-1"))
+
+
+@pytest.mark.anyio
 async def test_an_unreadable_entry_fails_closed(
     redis_server: RedisServer, redis_namespace: str, stores: Callable[..., RedisRevocationStore]
 ) -> None:

@@ -53,45 +53,58 @@ __all__ = [
 
 KINDS: tuple[Kind, ...] = ("t", "s", "c", "n", "u")
 
-# KEYS[1]: the entry. ARGV: channel, lapse_ms, cutoff_ms ("" for a token), reason, and "1"
-# when the cut-off is "now" (no instant was given).
+# KEYS: the entries. ARGV: the channel, then four per entry: lapse_ms, cutoff_ms ("" for a
+# token), reason, and "1" when the cut-off is "now" (no instant was given).
 # "Now" is Redis's own clock (TIME), never the caller's: a revoking process whose clock is
 # wrong neither drops the entry nor shortens its expiry. A cut-off at "now" is at least
 # Redis's now (the lapse moves with it): a revoker whose clock is behind would otherwise
 # spare the tokens issued in the last moments before it. Calling TIME before a write needs
 # effect replication, the default since Redis 5. Merges with an existing entry (the later
 # lapse, the later cut-off: a revocation is never weakened), writes it to expire at its
-# lapse by that clock, and publishes it. Returns the stored value, or false when it had
-# already lapsed by Redis's clock (nothing written, nothing published).
+# lapse by that clock, and publishes it. Every entry is read before any is written: a
+# script is not rolled back, so a failure (a key of another type) must come before the
+# first write, and the entries of one revocation (a session and its user's tokens without
+# sid) are written together or not at all. Returns each stored value, or false for one
+# that had already lapsed by Redis's clock (nothing written, nothing published).
 REVOKE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local u = tonumber(ARGV[2])
-local c = tonumber(ARGV[3])
-local r = ARGV[4]
-if c and ARGV[5] == '1' and c < now then
-  u = u + (now - c)
-  c = now
-end
-local old = redis.call('GET', KEYS[1])
-if old then
-  local ok, e = pcall(cjson.decode, old)
-  if ok and type(e) == 'table' then
-    local ou = tonumber(e.u)
-    if ou and ou > u then u = ou end
-    local oc = tonumber(e.c)
-    if c and oc and oc > c then c = oc end
-    if r == '' and type(e.r) == 'string' then r = e.r end
+local out = {}
+local writes = {}
+for i = 1, #KEYS do
+  local a = 1 + (i - 1) * 4
+  local u = tonumber(ARGV[a + 1])
+  local c = tonumber(ARGV[a + 2])
+  local r = ARGV[a + 3]
+  if c and ARGV[a + 4] == '1' and c < now then
+    u = u + (now - c)
+    c = now
+  end
+  local old = redis.call('GET', KEYS[i])
+  if old then
+    local ok, e = pcall(cjson.decode, old)
+    if ok and type(e) == 'table' then
+      local ou = tonumber(e.u)
+      if ou and ou > u then u = ou end
+      local oc = tonumber(e.c)
+      if c and oc and oc > c then c = oc end
+      if r == '' and type(e.r) == 'string' then r = e.r end
+    end
+  end
+  out[i] = false
+  if u > now then
+    local entry = {u = u, a = now}
+    if c then entry.c = c end
+    if r ~= '' then entry.r = r end
+    out[i] = cjson.encode(entry)
+    writes[#writes + 1] = {KEYS[i], out[i], u - now}
   end
 end
-if u <= now then return false end
-local entry = {u = u, a = now}
-if c then entry.c = c end
-if r ~= '' then entry.r = r end
-local value = cjson.encode(entry)
-redis.call('SET', KEYS[1], value, 'PX', u - now)
-redis.call('PUBLISH', ARGV[1], cjson.encode({KEYS[1], value}))
-return value
+for _, w in ipairs(writes) do
+  redis.call('SET', w[1], w[2], 'PX', w[3])
+  redis.call('PUBLISH', ARGV[1], cjson.encode({w[1], w[2]}))
+end
+return out
 """
 
 

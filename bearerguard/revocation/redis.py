@@ -149,7 +149,7 @@ class Revocation:
 
 @dataclass(frozen=True, slots=True)
 class _Write:
-    """One call of ``REVOKE_SCRIPT``: the key, its arguments, and the lapse (epoch seconds)."""
+    """One entry for ``REVOKE_SCRIPT``: the key, its four arguments, the lapse (epoch seconds)."""
 
     key: str
     argv: list[str | int]
@@ -356,7 +356,7 @@ class RedisRevocationStore:
             ValueError: a naive datetime; TypeError: not an instant.
             RevocationStoreError: Redis failed, or the mirror is full.
         """
-        return self._write_sync(self._token_write(jti, expires_at, issuer, reason))
+        return self._write_sync([self._token_write(jti, expires_at, issuer, reason)])[0]
 
     def revoke_subject_sync(
         self,
@@ -374,7 +374,7 @@ class RedisRevocationStore:
         the tokens issued just before. Returns whether Redis holds the entry, as
         ``revoke_token_sync``.
         """
-        return self._write_sync(self._cutoff_write("s", sub, issued_before, issuer, reason))
+        return self._write_sync([self._cutoff_write("s", sub, issued_before, issuer, reason)])[0]
 
     def revoke_client_sync(
         self,
@@ -385,7 +385,8 @@ class RedisRevocationStore:
         reason: str | None = None,
     ) -> bool:
         """Revoke every token issued to ``client_id`` at or before ``issued_before``."""
-        return self._write_sync(self._cutoff_write("c", client_id, issued_before, issuer, reason))
+        write = self._cutoff_write("c", client_id, issued_before, issuer, reason)
+        return self._write_sync([write])[0]
 
     def revoke_session_sync(
         self,
@@ -400,11 +401,11 @@ class RedisRevocationStore:
 
         As ``MemoryRevocationStore.revoke_session_sync``: tokens are matched on their
         ``sid`` claim; with ``subject``, that user's tokens without a ``sid`` are cut off
-        too (a second entry, written first). Returns whether Redis holds the session entry.
+        too (a second entry, written in the same script: both or neither). Returns whether
+        Redis holds the session entry.
         """
         writes = self._session_writes(sid, issued_before, issuer, subject, reason)
-        held = [self._write_sync(write) for write in writes]
-        return held[-1]
+        return self._write_sync(writes)[-1]
 
     async def revoke_session(
         self,
@@ -417,8 +418,7 @@ class RedisRevocationStore:
     ) -> bool:
         """Revoke every token of a session issued up to an instant: as ``revoke_session_sync``."""
         writes = self._session_writes(sid, issued_before, issuer, subject, reason)
-        held = [await self._write(write) for write in writes]
-        return held[-1]
+        return (await self._write(writes))[-1]
 
     async def revoke_token(
         self,
@@ -429,7 +429,7 @@ class RedisRevocationStore:
         reason: str | None = None,
     ) -> bool:
         """Revoke one token by its ``jti``: as ``revoke_token_sync``."""
-        return await self._write(self._token_write(jti, expires_at, issuer, reason))
+        return (await self._write([self._token_write(jti, expires_at, issuer, reason)]))[0]
 
     async def revoke_subject(
         self,
@@ -440,7 +440,7 @@ class RedisRevocationStore:
         reason: str | None = None,
     ) -> bool:
         """Revoke every token of ``sub`` issued up to an instant: as ``revoke_subject_sync``."""
-        return await self._write(self._cutoff_write("s", sub, issued_before, issuer, reason))
+        return (await self._write([self._cutoff_write("s", sub, issued_before, issuer, reason)]))[0]
 
     async def revoke_client(
         self,
@@ -451,7 +451,8 @@ class RedisRevocationStore:
         reason: str | None = None,
     ) -> bool:
         """Revoke every token of a client issued up to an instant: as ``revoke_client_sync``."""
-        return await self._write(self._cutoff_write("c", client_id, issued_before, issuer, reason))
+        write = self._cutoff_write("c", client_id, issued_before, issuer, reason)
+        return (await self._write([write]))[0]
 
     def _token_write(
         self, jti: str, expires_at: Instant | None, issuer: str | None, reason: str | None
@@ -495,10 +496,17 @@ class RedisRevocationStore:
         # A token issued at the cut-off lives up to retention, and is accepted up to the
         # guard's leeway (at most expiry_grace) past its exp: the cut-off outlasts both.
         until = max(cutoff, now) + self._retention + self._grace
-        write = self._prepare(kind, name, issuer, reason, now=now, until=until, cutoff=cutoff)
-        if issued_before is None:
-            write.argv.append("1")  # "now": at least Redis's now (see REVOKE_SCRIPT)
-        return write
+        # "now": at least Redis's now (see REVOKE_SCRIPT).
+        return self._prepare(
+            kind,
+            name,
+            issuer,
+            reason,
+            now=now,
+            until=until,
+            cutoff=cutoff,
+            at_now=issued_before is None,
+        )
 
     def _prepare(
         self,
@@ -510,6 +518,7 @@ class RedisRevocationStore:
         now: float,
         until: float,
         cutoff: float | None,
+        at_now: bool = False,
     ) -> _Write:
         """The script's arguments: absolute instants only, Redis supplies "now" (TIME)."""
         check_target(name, issuer)
@@ -523,10 +532,10 @@ class RedisRevocationStore:
             )
         self._check_room(now, issuer, [(kind, name)])
         argv: list[str | int] = [
-            self._layout.channel,
             to_ms(until),
             "" if cutoff is None else to_ms(cutoff),
             reason or "",
+            "1" if at_now else "",
         ]
         return _Write(self._layout.key(kind, issuer, name), argv, until)
 
@@ -547,18 +556,20 @@ class RedisRevocationStore:
                 f"the mirror holds {self._max_entries} live revocations; raise max_entries"
             )
 
-    def _written(self, write: _Write, value: bytes | str | None) -> bool:
-        """Whether Redis holds the entry; the mirror reads its own writes at once."""
+    def _written(self, writes: list[_Write], values: Any) -> list[bool]:
+        """Whether Redis holds each entry; the mirror reads its own writes at once."""
         self._last_ok = True
-        if value is None:
-            self._not_written(write)
-            return False
-        if self._mirror is not None:
-            entry = self._layout.entry(write.key, value)
-            if entry is not None:
-                # Read your own writes at once; the announcement brings the same entry again.
-                self._mirror.table.apply(entry)
-        return True
+        held: list[bool] = []
+        for write, value in zip(writes, values, strict=True):
+            held.append(value is not None)
+            if value is None:
+                self._not_written(write)
+            elif self._mirror is not None:
+                entry = self._layout.entry(write.key, value)
+                if entry is not None:
+                    # Read your own writes at once; the announcement brings it again.
+                    self._mirror.table.apply(entry)
+        return held
 
     def _not_written(self, write: _Write) -> None:
         """Say that an entry was not written: it had lapsed by Redis's clock."""
@@ -574,28 +585,34 @@ class RedisRevocationStore:
         else:
             _log.debug("bearerguard: revocation %s not written: lapsed", write.key[:200])
 
-    def _write_sync(self, write: _Write) -> bool:
+    def _script_call(self, writes: list[_Write]) -> dict[str, Any]:
+        """``REVOKE_SCRIPT``'s keys and arguments: every entry of one revocation, one call."""
+        args: list[str | int] = [self._layout.channel]
+        for write in writes:
+            args += write.argv
+        return {"keys": [write.key for write in writes], "args": args}
+
+    def _write_sync(self, writes: list[_Write]) -> list[bool]:
         client = self._sync_client()
+        call = self._script_call(writes)
         with self._recording("revocation"):
             if self._sync_script is None:
                 self._sync_script = client.register_script(REVOKE_SCRIPT)
             script = self._sync_script
-            value = self._again_sync(lambda: script(keys=[write.key], args=write.argv))
-            return self._written(write, value)
+            # Retried safely: writing an entry again merges it into itself.
+            return self._written(writes, self._again_sync(lambda: script(**call)))
 
-    async def _write(self, write: _Write) -> bool:
+    async def _write(self, writes: list[_Write]) -> list[bool]:
         if self._sync_only():
-            return await anyio.to_thread.run_sync(self._write_sync, write)
+            return await anyio.to_thread.run_sync(self._write_sync, writes)
         client = self._async_client()
+        call = self._script_call(writes)
         with self._recording("revocation"):
             if self._async_script is None:
                 self._async_script = client.register_script(REVOKE_SCRIPT)
             script = self._async_script
             # This loop's client, not the one the script was registered with (another loop's).
-            value = await self._again(
-                lambda: script(keys=[write.key], args=write.argv, client=client)
-            )
-            return self._written(write, value)
+            return self._written(writes, await self._again(lambda: script(**call, client=client)))
 
     # -- checking -------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from bearerguard import AccessToken
 from bearerguard.errors import ConfigurationError, RevocationStoreError, RevokedTokenError
 from bearerguard.testing import DevIssuer
 from tests.apps import build_app
-from tests.redis_server import RedisServer
+from tests.redis_server import CuttingProxy, RedisServer
 
 try:
     import redis
@@ -580,6 +580,30 @@ async def test_the_health_signal(
 def _deployment_page() -> str:
     page = (Path(__file__).resolve().parent.parent / "docs" / "deployment.md").read_text()
     return " ".join(page.split())
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("sync", [False, True])
+async def test_listing_retries_a_dropped_connection_as_other_calls_do(
+    cutting_proxy: CuttingProxy,
+    redis_namespace: str,
+    stores: Callable[..., RedisRevocationStore],
+    sync: bool,
+) -> None:
+    # A pooled connection dropped under the listing (the CLI's) failed it, where a revocation
+    # or a check on the same connection was retried once on a new one.
+    store = stores(cutting_proxy.url, namespace=redis_namespace, mirror=False)
+    list_revocations = (
+        functools.partial(asyncio.to_thread, store.list_revocations_sync)
+        if sync
+        else store.list_revocations
+    )
+    assert await store.revoke_token("j1", time.time() + 60)
+    assert store.revoke_token_sync("j2", time.time() + 60)
+    for command in (b"SCAN", b"MGET"):
+        cutting_proxy.cut(command)
+        assert {entry.name for entry in await list_revocations()} == {"j1", "j2"}
+    assert cutting_proxy.cuts == 2
 
 
 def test_the_deployment_page_lists_the_state_without_a_mirror() -> None:

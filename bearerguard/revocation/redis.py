@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import threading
@@ -715,10 +716,13 @@ class RedisRevocationStore:
         client = self._sync_client()
         entries: list[Entry] = []
         cursor = 0
+        pattern = self._layout.pattern
         with self._recording("listing"):
             while True:
-                cursor, keys = client.scan(cursor, match=self._layout.pattern, count=SCAN_COUNT)
-                values = client.mget(keys) if keys else []
+                # Each step retried as the other calls are: it only reads.
+                scan = functools.partial(client.scan, cursor, match=pattern, count=SCAN_COUNT)
+                cursor, keys = self._again_sync(scan)
+                values = self._again_sync(functools.partial(client.mget, keys)) if keys else []
                 entries += self._entries(keys, values)
                 if not cursor:
                     break
@@ -731,12 +735,12 @@ class RedisRevocationStore:
         client = self._async_client()
         entries: list[Entry] = []
         cursor = 0
+        pattern = self._layout.pattern
         with self._recording("listing"):
             while True:
-                cursor, keys = await client.scan(
-                    cursor, match=self._layout.pattern, count=SCAN_COUNT
-                )
-                values = await client.mget(keys) if keys else []
+                scan = functools.partial(client.scan, cursor, match=pattern, count=SCAN_COUNT)
+                cursor, keys = await self._again(scan)
+                values = await self._again(functools.partial(client.mget, keys)) if keys else []
                 entries += self._entries(keys, values)
                 if not cursor:
                     break

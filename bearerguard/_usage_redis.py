@@ -8,11 +8,18 @@ policies with different windows never mix their counts)::
     {namespace}:use:{ms}:{number}:{t|s}n:{issuer}:{name}   uses (INCR)
     {namespace}:use:{ms}:{number}:{t|s}a:{issuer}:{name}   client addresses (HyperLogLog)
     {namespace}:use:{ms}:{number}:{t|s}r:{issuer}:{name}   "a breach was reported" (SET NX)
+    {namespace}:use:{ms}:o:{random id}                     "this observation ran" (seconds)
 
 Every key expires once the window after its own has ended (the next window reads it as its
 previous one). One Lua script counts the use, reads the previous window, and sets the
 "reported" marker when a limit is exceeded, for every tracked key at once: one round trip,
 atomic, with the same integer arithmetic as ``bearerguard._core.usage``.
+
+An observation whose connection drops is retried once (``bearerguard._redis.again``); if
+Redis had run it and only the answer was lost, the retry must not count the use again. So
+each observation leaves a mark under an id of its own, kept a few seconds: a retry that
+finds it counts nothing and answers what the first run found. That is one more small key
+per observation while it lives (about 2,000 at 1,000 observations a second, by default).
 
 A HyperLogLog in its sparse form takes a few dozen bytes for a handful of addresses. Its
 count of a small set is exact unless two addresses fall into the same of its 16,384
@@ -25,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -61,23 +69,33 @@ __all__ = ["DEFAULT_URL", "OBSERVE_SCRIPT", "RedisUsageMonitor"]
 
 _T = TypeVar("_T")
 
-# KEYS, five per counted key: uses now, uses before, addresses now, addresses before, marker.
-# ARGV: ttl_ms, remaining (thousandths), address ("" for none), then per counted key its
-# uses limit and its addresses limit (-1: none; addresses are counted only with a limit).
+# KEYS, five per counted key: uses now, uses before, addresses now, addresses before, marker;
+# then the observation's mark. ARGV: ttl_ms, remaining (thousandths), address ("" for none),
+# the mark's ttl_ms, then per counted key its uses limit and its addresses limit (-1: none;
+# addresses are counted only with a limit).
 # Returns per counted key {uses now, uses before, addresses (-1: not counted)}, then 1 when
-# this call set a marker (the first breach of its key in this window), else 0.
+# this observation set a marker (the first breach of its key in this window), else 0. Run
+# again with the same mark (a retry), it counts nothing more (adding an address again is
+# harmless) and answers 1 if either run set a marker.
 OBSERVE_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local remaining = tonumber(ARGV[2])
 local address = ARGV[3]
+local mark = KEYS[#KEYS]
+local ran = redis.call('GET', mark)
 local out = {}
 local first = 0
-for i = 0, #KEYS / 5 - 1 do
+for i = 0, (#KEYS - 1) / 5 - 1 do
   local k = i * 5
-  local max_uses = tonumber(ARGV[4 + i * 2])
-  local max_addresses = tonumber(ARGV[5 + i * 2])
-  local uses = redis.call('INCR', KEYS[k + 1])
-  if uses == 1 then redis.call('PEXPIRE', KEYS[k + 1], ttl) end
+  local max_uses = tonumber(ARGV[5 + i * 2])
+  local max_addresses = tonumber(ARGV[6 + i * 2])
+  local uses
+  if ran then
+    uses = tonumber(redis.call('GET', KEYS[k + 1]) or '0') or 0
+  else
+    uses = redis.call('INCR', KEYS[k + 1])
+    if uses == 1 then redis.call('PEXPIRE', KEYS[k + 1], ttl) end
+  end
   local before = tonumber(redis.call('GET', KEYS[k + 2]) or '0') or 0
   local exceeded = max_uses >= 0 and uses + math.floor(before * remaining / 1000) > max_uses
   local addresses = -1
@@ -92,6 +110,11 @@ for i = 0, #KEYS / 5 - 1 do
   out[#out + 1] = uses
   out[#out + 1] = before
   out[#out + 1] = addresses
+end
+if ran then
+  first = math.max(first, tonumber(ran) or 0)
+else
+  redis.call('SET', mark, first, 'PX', tonumber(ARGV[4]))
 end
 out[#out + 1] = first
 return out
@@ -212,6 +235,11 @@ class RedisUsageMonitor:
             client_name="bearerguard-usage",
         )
         self._timeout = self._clients.timeout
+        # How long an observation's mark lives: a retry starts within half the socket
+        # timeout, then waits at most that timeout for a connection, the connect timeout to
+        # make one and the socket timeout for Redis; kept twice that, at least a second.
+        longest = 2.5 * self._timeout + self._clients.options["socket_connect_timeout"]
+        self._mark_ttl = math.ceil(1000 * max(1.0, 2 * longest))
         self._sync_script: Any = None
         self._async_script: Any = None
         self._slots: dict[asyncio.AbstractEventLoop, anyio.Semaphore] = {}
@@ -308,6 +336,7 @@ class RedisUsageMonitor:
             math.ceil(window.ttl * 1000),
             window.remaining,
             _address(address),
+            self._mark_ttl,
         ]
         for target in found:
             tail = f"{_part(target.issuer)}:{_part(target.name)}"
@@ -323,6 +352,7 @@ class RedisUsageMonitor:
                 -1 if target.max_uses is None else target.max_uses,
                 -1 if target.max_addresses is None else target.max_addresses,
             ]
+        keys.append(f"{prefix}o:{os.urandom(8).hex()}")  # this observation's mark
         return _Plan(found, window.remaining, keys, args)
 
     def _verdict(self, token: AccessToken, plan: _Plan, reply: Any) -> UsageVerdict:

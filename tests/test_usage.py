@@ -42,7 +42,7 @@ from bearerguard.usage import (
     consequence,
     usage_failed,
 )
-from tests.redis_server import RedisServer
+from tests.redis_server import CuttingProxy, RedisServer
 from tests.test_introspection import AUDIENCE, IntrospectionServer
 
 ISS = "https://issuer.example"
@@ -841,8 +841,12 @@ async def test_one_round_trip_and_keys_that_expire(
         after = calls(inspect).items()
         sent = {name: n - before.get(name, 0) for name, n in after if n != before.get(name)}
         assert sent.pop("evalsha") == 10  # one round trip each; the rest ran in the script
-        assert set(sent) <= {"info", "incr", "get", "pfadd", "pfcount", "pexpire"}, sent
+        assert set(sent) <= {"info", "incr", "get", "pfadd", "pfcount", "pexpire", "set"}, sent
         keys = sorted(inspect.scan_iter(match="*"))
+        marks = [key for key in keys if key.startswith("api:use:10000:o:")]
+        assert len(marks) == 11  # one per observation, for its retry
+        assert all(0 < inspect.pttl(mark) <= 2_000 for mark in marks)  # briefly
+        keys = [key for key in keys if key not in marks]
         assert keys
         index = int(START // 10)
         assert all(key.startswith(f"api:use:10000:{index}:") for key in keys), keys
@@ -856,6 +860,32 @@ async def test_one_round_trip_and_keys_that_expire(
         assert 0 < inspect.pttl(marker) <= 25_000
     finally:
         inspect.close()
+        await monitor.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_observation_retried_after_its_answer_was_lost_counts_once(
+    cutting_proxy: CuttingProxy, redis_namespace: str, redis_monitor_class: Any, side: str
+) -> None:
+    # A connection dropped after Redis ran the script, before its answer arrived, was
+    # retried on a new connection: the use was counted twice, and a token was refused for
+    # uses it never made. The retry now finds the first run's mark and counts nothing more.
+    monitor = redis_monitor_class(
+        UsagePolicy(max_uses_per_token=1),
+        cutting_proxy.url,
+        namespace=redis_namespace,
+        clock=Clock(),
+        socket_timeout=2,
+    )
+    try:
+        assert (await observe(monitor, side, token(), None)).token_uses == 1
+        cutting_proxy.cut(b"EVALSHA", answered=True)
+        found = await observe(monitor, side, token(), None)
+        assert cutting_proxy.cuts == 1
+        assert (found.token_uses, found.exceeded, found.first) == (2, True, True)
+        found = await observe(monitor, side, token(), None)
+        assert (found.token_uses, found.first) == (3, False)
+    finally:
         await monitor.aclose()
 
 

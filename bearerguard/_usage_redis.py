@@ -34,6 +34,7 @@ import contextlib
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ from bearerguard._core.usage import (
     verdict_of,
     window_at,
 )
+from bearerguard._fork import reset_after_fork
 from bearerguard._redis import DEFAULT_URL, RedisClients, again, again_sync, check_namespace
 from bearerguard.errors import ConfigurationError
 from bearerguard.token import AccessToken
@@ -179,8 +181,9 @@ class RedisUsageMonitor:
         socket_timeout: seconds an observation may take before it fails. Every accepted
             request waits for it, so keep it short.
         connect_timeout: seconds to establish a connection.
-        max_connections: connections per side (with ``async_client``, the most observations
-            in flight at once); a call waits in turn, up to ``socket_timeout``, for one.
+        max_connections: connections per side (with ``client`` or ``async_client``, the
+            most observations in flight at once); a call waits in turn, up to
+            ``socket_timeout``, for one, then fails alone ("busy"), without the cooldown.
         failure_cooldown: after a failure, observations raise at once (``skipped``) for this
             many seconds instead of asking Redis: an outage then costs requests nothing.
         clock: returns epoch seconds, which name the windows: keep the instances' clocks
@@ -243,6 +246,15 @@ class RedisUsageMonitor:
         self._sync_script: Any = None
         self._async_script: Any = None
         self._slots: dict[asyncio.AbstractEventLoop, anyio.Semaphore] = {}
+        # The synchronous side's turns: threads queue here, not in redis-py's pool, whose
+        # "No connection available" looked like Redis failing and started the cooldown.
+        self._turns = threading.BoundedSemaphore(self._max_connections)
+        reset_after_fork(self)
+
+    def _forked(self) -> None:
+        """In a child process (bearerguard._fork): turns taken by the parent's other
+        threads are never given back here."""
+        self._turns = threading.BoundedSemaphore(self._max_connections)
 
     @property
     def synchronous(self) -> bool:
@@ -270,11 +282,15 @@ class RedisUsageMonitor:
         if plan is None:
             return verdict_of(self._policy, token, [], first=False)
         redis_client = self._sync_client()
-        with self._failures():
-            if self._sync_script is None:
-                self._sync_script = redis_client.register_script(OBSERVE_SCRIPT)
-            script = self._sync_script
-            reply = self._again_sync(lambda: script(keys=plan.keys, args=plan.args))
+        turns = self._take_turn_sync()
+        try:
+            with self._failures():
+                if self._sync_script is None:
+                    self._sync_script = redis_client.register_script(OBSERVE_SCRIPT)
+                script = self._sync_script
+                reply = self._again_sync(lambda: script(keys=plan.keys, args=plan.args))
+        finally:
+            turns.release()
         return self._verdict(token, plan, reply)
 
     async def observe(self, token: AccessToken, client: str | None) -> UsageVerdict:
@@ -313,10 +329,25 @@ class RedisUsageMonitor:
         with anyio.move_on_after(self._timeout) as waiting:
             await slots.acquire()
         if waiting.cancelled_caught:
-            raise UsageMonitorError(
-                f"redis usage monitor busy: no connection free within {self._timeout:g} s "
-                "(raise max_connections?)"
-            )
+            raise self._busy()
+
+    def _take_turn_sync(self) -> threading.BoundedSemaphore:
+        """As ``_take_turn``, for a thread; returns the semaphore to release.
+
+        Raises:
+            UsageMonitorError: no connection came free in time (not a failure of Redis: the
+                cooldown is not started).
+        """
+        turns = self._turns
+        if not turns.acquire(timeout=self._timeout):
+            raise self._busy()
+        return turns
+
+    def _busy(self) -> UsageMonitorError:
+        return UsageMonitorError(
+            f"redis usage monitor busy: no connection free within {self._timeout:g} s "
+            "(raise max_connections?)"
+        )
 
     def _plan(self, token: AccessToken, client: str | None) -> _Plan | None:
         policy = self._policy
@@ -414,7 +445,11 @@ class RedisUsageMonitor:
         """As ``health``, blocking (for WSGI)."""
         try:
             client = self._sync_client()
-            self._again_sync(client.ping)
+            turns = self._take_turn_sync()  # in turn with the observations, as in ``health``
+            try:
+                self._again_sync(client.ping)
+            finally:
+                turns.release()
         except (UsageMonitorError, RedisError, OSError, asyncio.TimeoutError):
             return self._health(healthy=False)
         return self._health(healthy=True)

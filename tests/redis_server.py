@@ -213,7 +213,8 @@ class CuttingProxy:
     ``cut(b"EVALSHA")`` drops the connection that next sends a command holding those bytes,
     before Redis gets it; ``cut(b"EVALSHA", answered=True)`` forwards it, lets Redis run it and
     drops the connection instead of passing the answer on. Other connections, and the same
-    connection before that command, are forwarded as they are.
+    connection before that command, are forwarded as they are. ``slow(b"EVALSHA", 0.1)``
+    holds every such command that long before passing it on (a slow Redis, or network).
     """
 
     def __init__(self, upstream: str) -> None:
@@ -229,6 +230,8 @@ class CuttingProxy:
         self._peers: dict[socket.socket, socket.socket] = {}
         self._dropping: set[socket.socket] = set()  # upstreams whose next answer is dropped
         self._cut: tuple[bytes, bool] | None = None
+        self._slow: tuple[bytes, float] | None = None
+        self._later: list[tuple[float, socket.socket, bytes]] = []  # (when, to, data)
         self.cuts = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -239,9 +242,19 @@ class CuttingProxy:
         with self._lock:
             self._cut = (marker, answered)
 
+    def slow(self, marker: bytes, seconds: float) -> None:
+        with self._lock:
+            self._slow = (marker, seconds)
+
     def _serve(self) -> None:
         while not self._stopping.is_set():
-            for ready, _ in self._selector.select(0.05):
+            now = time.monotonic()
+            while self._later and self._later[0][0] <= now:
+                _, to, data = self._later.pop(0)
+                if to in self._peers:
+                    to.sendall(data)
+            wait = min([0.05] + [when - now for when, _, _ in self._later[:1]])
+            for ready, _ in self._selector.select(max(wait, 0.0)):
                 sock = ready.fileobj
                 assert isinstance(sock, socket.socket)
                 if sock is self._listener:
@@ -273,7 +286,7 @@ class CuttingProxy:
             self._drop(sock)
             return
         with self._lock:
-            cut = self._cut
+            cut, slow = self._cut, self._slow
             if cut is not None and cut[0] in data:
                 self._cut = None
                 self.cuts += 1
@@ -284,6 +297,11 @@ class CuttingProxy:
             return
         if cut is not None:
             self._dropping.add(self._peers[sock])
+        if slow is not None and slow[0] in data:
+            # In order: redis-py sends a connection's next command after this one's answer.
+            self._later.append((time.monotonic() + slow[1], self._peers[sock], data))
+            self._later.sort(key=lambda item: item[0])
+            return
         self._peers[sock].sendall(data)
 
     def _drop(self, sock: socket.socket) -> None:

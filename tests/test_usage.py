@@ -889,6 +889,49 @@ async def test_an_observation_retried_after_its_answer_was_lost_counts_once(
         await monitor.aclose()
 
 
+def test_a_sync_burst_larger_than_the_pool_is_not_taken_for_redis_down(
+    cutting_proxy: CuttingProxy, redis_namespace: str, redis_monitor_class: Any
+) -> None:
+    # WSGI threads queueing for the synchronous side's connections (Redis answering, only
+    # slowly) timed out in redis-py's pool as "No connection available", which started the
+    # failure cooldown: every request was then let in unmonitored, though Redis was up. An
+    # observation that gets no connection in time now fails alone ("busy"), as on the
+    # asynchronous side.
+    monitor = redis_monitor_class(
+        UsagePolicy(max_uses_per_token=1_000),
+        cutting_proxy.url,
+        namespace=redis_namespace,
+        clock=Clock(),
+        max_connections=1,
+        socket_timeout=0.5,
+        failure_cooldown=60,
+    )
+    try:
+        monitor.observe_sync(token(), None)  # connected, the script loaded
+        cutting_proxy.slow(b"EVALSHA", 0.15)
+        failures: list[UsageMonitorError] = []
+
+        def observe_in_thread() -> None:
+            try:
+                monitor.observe_sync(token(), None)
+            except UsageMonitorError as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=observe_in_thread) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures  # 0.15 s each, one at a time: the last ones wait beyond 0.5 s
+        assert all("busy" in str(exc) and not exc.skipped for exc in failures), failures
+        cutting_proxy.slow(b"EVALSHA", 0)
+        counted = 1 + 6 - len(failures)
+        assert monitor.observe_sync(token(), None).token_uses == counted + 1  # not skipped
+        assert monitor.health_sync()["healthy"] is True
+    finally:
+        monitor.close()
+
+
 @pytest.mark.anyio
 async def test_an_unreachable_redis_raises_fast_then_skips(
     private_redis: RedisServer, redis_monitor_class: Any

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis
@@ -68,6 +68,25 @@ async def again(call: Callable[[], Awaitable[_T]], timeout: float) -> _T:
     return await call()
 
 
+async def _closed_with_loop(client: aredis.Redis) -> AsyncGenerator[None, None]:
+    """Held open for as long as ``client``'s loop runs: closes the client when the loop shuts
+    its asynchronous generators down (``asyncio.run``, ``asyncio.Runner``, anyio, asgiref)."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()
+
+
+def _keeper(client: aredis.Redis) -> AsyncGenerator[None, None]:
+    """A started ``_closed_with_loop``: the running loop now knows it (its asyncgen hooks)."""
+    keeper = _closed_with_loop(client)
+    step = keeper.asend(None)
+    with contextlib.suppress(StopIteration):  # it yields at once: no awaiting needed
+        step.send(None)
+    return keeper
+
+
 def check_namespace(namespace: object) -> None:
     """Refuse a key namespace that is not a non-empty string, or holds NUL or a newline."""
     if not isinstance(namespace, str) or not namespace or any(c in namespace for c in "\0\n"):
@@ -81,7 +100,8 @@ class RedisClients:
     (``DEFAULT_URL`` when nothing is given), the clients are built and owned: ``close`` and
     ``aclose`` close them, and an asynchronous one is built for each event loop it is used
     in, as redis.asyncio connections belong to one loop: loops running at once (one per
-    thread) each have their own.
+    thread) each have their own, and each is closed as its loop shuts down (a loop closed
+    without shutting its asynchronous generators down leaves it to the garbage collector).
     """
 
     def __init__(
@@ -126,7 +146,12 @@ class RedisClients:
         # The owned clients, by the loop each belongs to. One client swapped as each loop
         # came along was used by two loops running at once (a guard serving a loop per
         # thread): a connection of one loop awaited in another hung that request for ever.
-        self._by_loop: dict[asyncio.AbstractEventLoop, aredis.Redis] = {}
+        # Each with its keeper (``_keeper``), which closes it as its loop shuts down: a loop
+        # that ended (asyncio.run, asgiref's loop per call) left its client open until the
+        # garbage collector closed it, with a ResourceWarning, one connection per loop.
+        self._by_loop: dict[
+            asyncio.AbstractEventLoop, tuple[aredis.Redis, AsyncGenerator[None, None]]
+        ] = {}
         self._loops_lock = threading.Lock()
         reset_after_fork(self)
 
@@ -146,31 +171,33 @@ class RedisClients:
         application's (``None`` when there is none)."""
         if not self._owns_async or self.url is None:
             return self.asynchronous
-        client = self._by_loop.get(loop)
-        if client is None:
+        owned = self._by_loop.get(loop)
+        if owned is None:
             with self._loops_lock:
-                client = self._by_loop.get(loop)
-                if client is None:
-                    # Loops closed meanwhile never run their clients again: dropped.
+                owned = self._by_loop.get(loop)
+                if owned is None:
+                    # Loops closed meanwhile never run their clients again (their keepers
+                    # closed them): dropped.
                     self._by_loop = {
                         known: kept
                         for known, kept in self._by_loop.items()
                         if not known.is_closed()
                     }
-                    client = self._by_loop[loop] = async_client(self.url, self.options)
-        return client
+                    client = async_client(self.url, self.options)
+                    owned = self._by_loop[loop] = (client, _keeper(client))
+        return owned[0]
 
     async def aclose(self) -> None:
         """Close the owned clients: each asynchronous one from its own loop, then the other."""
         with self._loops_lock:
             owned, self._by_loop = self._by_loop, {}
         here = asyncio.get_running_loop()
-        for loop, client in owned.items():
+        for loop, (_, keeper) in owned.items():
             if loop is here:
-                await client.aclose()
+                await keeper.aclose()  # closes its client
             elif loop.is_running():
                 # Another thread's loop: closed there, waited for at most the socket timeout.
-                closing = asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+                closing = asyncio.run_coroutine_threadsafe(keeper.aclose(), loop)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.wrap_future(closing), self.timeout)
         self.close()

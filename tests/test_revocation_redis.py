@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import os
 import subprocess
 import sys
@@ -604,6 +605,41 @@ async def test_listing_retries_a_dropped_connection_as_other_calls_do(
         cutting_proxy.cut(command)
         assert {entry.name for entry in await list_revocations()} == {"j1", "j2"}
     assert cutting_proxy.cuts == 2
+
+
+def test_the_clients_of_an_event_loop_are_closed_when_it_ends(
+    private_redis: RedisServer,
+) -> None:
+    # A client made for an event loop stayed open after the loop ended (asyncio.run, and
+    # asgiref's loop per call under WSGI): one more connection per loop until the garbage
+    # collector closed it, with a ResourceWarning. Each is now closed as its loop shuts down.
+    from bearerguard.usage import RedisUsageMonitor, UsagePolicy
+
+    store = RedisRevocationStore(private_redis.url, namespace="api", mirror=False)
+    monitor = RedisUsageMonitor(UsagePolicy(max_uses_per_token=50), private_redis.url)
+    admin = private_redis.client()
+
+    def connected() -> int:
+        names = {"bearerguard", "bearerguard-usage"}
+        return sum(client["name"] in names for client in admin.client_list())
+
+    async def serve() -> None:
+        assert not await store.is_revoked(token())
+        assert (await monitor.observe(token(), None)).token_uses >= 1
+        assert connected() == 2
+
+    try:
+        for _ in range(3):
+            asyncio.run(serve())
+            deadline = time.monotonic() + 5
+            while connected() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert connected() == 0
+        gc.collect()  # nothing left to the collector (a ResourceWarning fails the test)
+    finally:
+        store.close()
+        monitor.close()
+        admin.close()
 
 
 def test_the_deployment_page_lists_the_state_without_a_mirror() -> None:

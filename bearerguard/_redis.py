@@ -34,15 +34,52 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _T = TypeVar("_T")
 
 
+class _Pool(redis.BlockingConnectionPool):
+    """A blocking pool that, once ``closed``, makes no connection and keeps none given back.
+
+    Closing a pool cuts the connections it holds, but a call under way then retried on a new
+    connection, or gave its own back afterwards: left open in the closed pool, until the
+    garbage collector closed it.
+    """
+
+    closed = False
+
+    def get_connection(self, *args: Any, **options: Any) -> Any:
+        if self.closed:
+            raise RedisConnectionError("the client was closed")
+        return super().get_connection(*args, **options)  # type: ignore[no-untyped-call]
+
+    def release(self, connection: Any) -> None:
+        super().release(connection)  # type: ignore[no-untyped-call]
+        if self.closed:
+            connection.disconnect()
+
+
+class _AsyncPool(aredis.BlockingConnectionPool):
+    """As ``_Pool``, for ``redis.asyncio``."""
+
+    closed = False
+
+    async def get_connection(self, *args: Any, **options: Any) -> Any:
+        if self.closed:
+            raise RedisConnectionError("the client was closed")
+        return await super().get_connection(*args, **options)  # type: ignore[no-untyped-call]
+
+    async def release(self, connection: Any) -> None:
+        await super().release(connection)
+        if self.closed:
+            await connection.disconnect()
+
+
 def sync_client(url: str, options: dict[str, Any]) -> redis.Redis:
     """A client over a blocking pool (waiting for a connection is bounded too), no retries."""
-    pool = redis.BlockingConnectionPool.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+    pool = _Pool.from_url(url, retry=Retry(NoBackoff(), 0), **options)
     return redis.Redis.from_pool(pool)
 
 
 def async_client(url: str, options: dict[str, Any]) -> aredis.Redis:
     """As ``sync_client``, for ``redis.asyncio`` (one per event loop)."""
-    pool = aredis.BlockingConnectionPool.from_url(url, retry=AsyncRetry(NoBackoff(), 0), **options)
+    pool = _AsyncPool.from_url(url, retry=AsyncRetry(NoBackoff(), 0), **options)
     return aredis.Redis.from_pool(pool)
 
 
@@ -74,6 +111,9 @@ async def _closed_with_loop(client: aredis.Redis) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:
+        pool = client.connection_pool
+        if isinstance(pool, _AsyncPool):
+            pool.closed = True  # for good: see _Pool
         with contextlib.suppress(Exception):
             await client.aclose()
 
@@ -207,4 +247,7 @@ class RedisClients:
         client = self.sync
         if self._owns_sync and client is not None:
             self.sync = None
+            pool = client.connection_pool
+            if isinstance(pool, _Pool):
+                pool.closed = True  # for good: a call under way keeps no connection
             client.close()

@@ -305,13 +305,13 @@ class CuttingProxy:
         self._peers[sock].sendall(data)
 
     def _drop(self, sock: socket.socket) -> None:
-        peer = self._peers.pop(sock, None)
-        for each in (sock, peer):
-            if each is not None:
-                self._peers.pop(each, None)
-                self._dropping.discard(each)
-                self._selector.unregister(each)
-                each.close()
+        if sock not in self._peers:
+            return  # dropped with its peer
+        for each in (sock, self._peers[sock]):
+            del self._peers[each]
+            self._dropping.discard(each)
+            self._selector.unregister(each)
+            each.close()
 
     def close(self) -> None:
         self._stopping.set()

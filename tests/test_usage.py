@@ -933,6 +933,71 @@ def test_a_sync_burst_larger_than_the_pool_is_not_taken_for_redis_down(
 
 
 @pytest.mark.anyio
+async def test_closing_during_an_observation_leaves_no_connection_open(
+    cutting_proxy: CuttingProxy,
+    redis_server: RedisServer,
+    redis_namespace: str,
+    redis_monitor_class: Any,
+    side: str,
+) -> None:
+    # close() cut the connection of an observation under way, which then retried on a new
+    # one: that connection, made after the close, stayed open in the closed pool.
+    name = f"usage-{redis_namespace}"
+    monitor = redis_monitor_class(
+        UsagePolicy(max_uses_per_token=50),
+        cutting_proxy.url,
+        namespace=redis_namespace,
+        socket_timeout=2,
+    )
+    monitor._clients.options["client_name"] = name  # to find its connections
+    admin = redis_server.client()
+
+    def connected() -> int:
+        return sum(client["name"] == name for client in admin.client_list())
+
+    def closed() -> bool:  # Redis notices a closed connection a moment later
+        deadline = time.monotonic() + 5
+        while connected() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return connected() == 0
+
+    try:
+        await observe(monitor, side, token(), None)
+        cutting_proxy.slow(b"EVALSHA", 0.3)
+        outcome: list[object] = []
+
+        def in_thread() -> None:
+            try:
+                outcome.append(monitor.observe_sync(token(), None))
+            except UsageMonitorError as exc:
+                outcome.append(exc)
+
+        async def in_task() -> None:
+            try:
+                outcome.append(await monitor.observe(token(), None))
+            except UsageMonitorError as exc:
+                outcome.append(exc)
+
+        if side == "sync":
+            thread = threading.Thread(target=in_thread)
+            thread.start()
+            await anyio.sleep(0.1)
+            monitor.close()
+            await anyio.to_thread.run_sync(thread.join)
+        else:
+            async with anyio.create_task_group() as group:
+                group.start_soon(in_task)
+                await anyio.sleep(0.1)
+                await monitor.aclose()
+        assert len(outcome) == 1
+        cutting_proxy.slow(b"EVALSHA", 0)
+        assert await anyio.to_thread.run_sync(closed)
+    finally:
+        await monitor.aclose()
+        admin.close()
+
+
+@pytest.mark.anyio
 async def test_an_unreachable_redis_raises_fast_then_skips(
     private_redis: RedisServer, redis_monitor_class: Any
 ) -> None:

@@ -191,7 +191,7 @@ def test_an_awaitable_from_a_claim_check_refuses_the_token() -> None:
         validate_claims(HEADER, claims(tenant="acme"), policy, NOW)
 
 
-@pytest.mark.parametrize("name", ["nbf", "iat", "sub", "jti", "client_id", "azp"])
+@pytest.mark.parametrize("name", ["nbf", "iat", "sub", "jti", "client_id", "azp", "cnf"])
 def test_null_claims_are_not_absent(name: str) -> None:
     # RFC 7519 §4.1: a registered claim, when present, has a value of its type; JSON null
     # is neither that nor absence (nbf: null must not read as "no not-before").
@@ -199,6 +199,24 @@ def test_null_claims_are_not_absent(name: str) -> None:
     values[name] = None
     with pytest.raises(MalformedTokenError):
         validate_claims(HEADER, values, POLICY, NOW)
+
+
+@pytest.mark.parametrize("cnf", [None, "jkt", ["jkt"], 5, True, {}], ids=repr)
+@pytest.mark.parametrize("confirmations", [frozenset(), frozenset({"jkt", "x5t#S256"}), None])
+def test_a_confirmation_that_is_not_a_json_object_is_refused(
+    cnf: object, confirmations: frozenset[str] | None
+) -> None:
+    # RFC 7800 §3.1: cnf is a JSON object. Present as anything else (null included), it is
+    # refused, never read as "no cnf": the token would pass as a plain bearer token, even
+    # where DPoP or mTLS are checked or a gateway checks bindings (confirmations None).
+    policy = ClaimsPolicy(issuer=ISS, audiences=frozenset({"api"}), confirmations=confirmations)
+    values = claims()
+    values["cnf"] = cnf
+    if cnf == {}:  # an object binding nothing is no binding to check
+        validate_claims(HEADER, values, policy, NOW)
+        return
+    with pytest.raises(MalformedTokenError, match="'cnf' is not a JSON object"):
+        validate_claims(HEADER, values, policy, NOW)
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 import bearerguard.guard as guard_module
 from bearerguard import BearerGuard, RefreshPolicy
+from bearerguard.dpop import DPoPPolicy
 from bearerguard.errors import (
     BadSignatureError,
     ConfigurationError,
@@ -31,6 +32,7 @@ from bearerguard.errors import (
     UnknownKeyError,
     UnsupportedAlgorithmError,
 )
+from bearerguard.mtls import CertificateBinding
 from bearerguard.testing import DevIssuer, Override
 from bearerguard.token import token_fingerprint
 from tests.helpers import Clock
@@ -702,3 +704,27 @@ def test_a_bare_algorithm_name_is_refused_as_such(session_issuer: DevIssuer) -> 
     # "unsupported algorithms ['2', '5', '6', 'R', 'S']".
     with pytest.raises(ConfigurationError, match=r"^algorithms takes a list of names, not 'RS256'"):
         session_issuer.guard(algorithms="RS256")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"dpop": DPoPPolicy()},
+        {"mtls": CertificateBinding()},
+        {"dpop": DPoPPolicy(), "mtls": CertificateBinding()},
+        {"bindings_checked_upstream": True},
+    ],
+    ids=["bearer", "dpop", "mtls", "dpop-mtls", "upstream"],
+)
+async def test_a_null_confirmation_is_refused_not_read_as_a_bearer_token(
+    session_issuer: DevIssuer, options: dict[str, Any]
+) -> None:
+    # RFC 7800 §3.1: cnf is a JSON object; "cnf": null once passed as a plain bearer token.
+    guard = session_issuer.guard(in_process=True, **options)
+    token = session_issuer.sign({**session_issuer.claims(), "cnf": None})
+    with pytest.raises(MalformedTokenError, match="'cnf' is not a JSON object"):
+        await guard.authenticate(token)
+    with pytest.raises(MalformedTokenError, match="'cnf' is not a JSON object"):
+        guard.authenticate_sync(token)
+

@@ -281,8 +281,10 @@ def validate_claims(
     else:
         _check_audience_list(aud, policy)
     times = check_times(claims, policy, now)
-    cnf = get("cnf")
-    if cnf is not None:
+    # RFC 7800 §3.1: cnf, when present, is a JSON object; null is not absent, or a bound
+    # token whose cnf an issuer wrote as null would pass as a plain bearer token.
+    cnf = get("cnf", _ABSENT)
+    if cnf is not _ABSENT:
         check_confirmation(cnf, policy)
     if policy.required_claims or policy.checks:
         run_checks(claims, policy)

@@ -597,9 +597,8 @@ def _header_key_cases() -> list[Case]:
             UNKNOWN_KEY,
             lambda lab: bearer(lab.token(header=lab.header(kid=DROP))),
         ),
-        refused(
-            "kid_null", UNKNOWN_KEY, lambda lab: bearer(lab.token(header=lab.header(kid=None)))
-        ),
+        # RFC 7515 §4.1.4: kid is a string; null is not "no kid".
+        refused("kid_null", MALFORMED, lambda lab: bearer(lab.token(header=lab.header(kid=None)))),
         refused(
             "kid_wrong_case",
             UNKNOWN_KEY,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import numbers
 import sys
@@ -15,7 +16,8 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
 
 import bearerguard.guard as guard_module
 from bearerguard import BearerGuard, RefreshPolicy
@@ -35,7 +37,7 @@ from bearerguard.errors import (
 from bearerguard.mtls import CertificateBinding
 from bearerguard.testing import DevIssuer, Override
 from bearerguard.token import token_fingerprint
-from tests.helpers import Clock
+from tests.helpers import Clock, b64, segment
 
 
 class _Whole:
@@ -728,3 +730,45 @@ async def test_a_null_confirmation_is_refused_not_read_as_a_bearer_token(
     with pytest.raises(MalformedTokenError, match="'cnf' is not a JSON object"):
         guard.authenticate_sync(token)
 
+
+def _signed_by_hand(header: dict[str, Any], claims: dict[str, Any], sign: Any) -> str:
+    """A JWS whose header no JWT library would write (PyJWT refuses a non-string kid)."""
+    signing_input = f"{segment(header)}.{segment(claims)}"
+    return f"{signing_input}.{b64(sign(signing_input.encode()))}"
+
+
+@pytest.mark.parametrize("kid", [None, 7, ["k"]], ids=repr)
+async def test_a_kid_that_is_not_a_string_is_refused_even_by_a_sole_key(
+    session_issuer: DevIssuer, kid: object
+) -> None:
+    # RFC 7515 §4.1.4: kid is a string. "kid": null once read as no kid, taken by the sole
+    # key (a PEM key, the shared secret) that verifies tokens whatever their kid.
+    private = session_issuer.key("RS256").private_key
+    pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    sole = BearerGuard(issuer=session_issuer.url, audience=session_issuer.audience, keys=pem)
+    rsa_token = _signed_by_hand(
+        {"alg": "RS256", "typ": "at+jwt", "kid": kid},
+        session_issuer.claims(),
+        lambda data: private.sign(data, padding.PKCS1v15(), hashes.SHA256()),
+    )
+    shared = BearerGuard(issuer=ISS, audience="api", algorithms=["HS256"], secret=SECRET)
+    now = int(time.time())
+    hs_claims = {"iss": ISS, "aud": "api", "exp": now + 60, "iat": now, "sub": "svc"}
+    hs_token = _signed_by_hand(
+        {"alg": "HS256", "kid": kid},
+        hs_claims,
+        lambda data: hmac.digest(SECRET.encode(), data, "sha256"),
+    )
+    for guard, token in ((sole, rsa_token), (shared, hs_token)):
+        with pytest.raises(MalformedTokenError, match="kid is not a string"):
+            await guard.authenticate(token)
+    # The same tokens with a string kid are accepted: only the kid's type is refused.
+    assert await sole.authenticate(
+        _signed_by_hand(
+            {"alg": "RS256", "typ": "at+jwt", "kid": "any"},
+            session_issuer.claims(),
+            lambda data: private.sign(data, padding.PKCS1v15(), hashes.SHA256()),
+        )
+    )

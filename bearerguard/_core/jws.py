@@ -204,8 +204,9 @@ def _check_header(header: dict[str, Any]) -> None:
     if alg.lower() == "none":
         # RFC 8725 §3.1: never accept unsecured JWTs.
         raise UnsupportedAlgorithmError("alg none")
-    kid = header.get("kid")
-    if kid is not None and not isinstance(kid, str):
+    # RFC 7515 §4.1.4: kid, when present, is a string; "kid": null is not "no kid", which a
+    # sole key (a PEM key, the shared secret) accepts whatever the token names.
+    if "kid" in header and not isinstance(header["kid"], str):
         raise MalformedTokenError("header kid is not a string")
 
 

@@ -79,7 +79,8 @@ def test_refusals(overrides: dict[str, Any], error: type[InvalidTokenError]) -> 
 
 
 def test_leeway_applies_to_exp_nbf_and_iat() -> None:
-    validate_claims(HEADER, claims(exp=NOW - 29, nbf=NOW + 29, iat=NOW + 29), POLICY, NOW)
+    validate_claims(HEADER, claims(exp=NOW - 29, iat=NOW - 60), POLICY, NOW)
+    validate_claims(HEADER, claims(nbf=NOW + 29, iat=NOW + 29), POLICY, NOW)
     with pytest.raises(ExpiredTokenError):
         validate_claims(HEADER, claims(exp=NOW - 30.5), POLICY, NOW)
 
@@ -217,6 +218,24 @@ def test_a_confirmation_that_is_not_a_json_object_is_refused(
         return
     with pytest.raises(MalformedTokenError, match="'cnf' is not a JSON object"):
         validate_claims(HEADER, values, policy, NOW)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"nbf": NOW + 10, "exp": NOW + 5},
+        {"nbf": NOW - 5, "exp": NOW - 10},
+        {"nbf": NOW, "exp": NOW},
+        {"iat": NOW + 10, "exp": NOW + 5},
+        {"iat": NOW + 5, "exp": NOW + 5},
+    ],
+    ids=["nbf-after-exp", "nbf-after-exp-past", "nbf-at-exp", "iat-after-exp", "iat-at-exp"],
+)
+def test_a_token_never_valid_is_refused_whatever_the_leeway(overrides: dict[str, float]) -> None:
+    # Each time falls within the leeway of now, so each check alone passes: the token is
+    # still acceptable at no instant (RFC 7519 §4.1.4, §4.1.5), and must not be for 2x leeway.
+    with pytest.raises(InvalidClaimError, match="never valid"):
+        validate_claims(HEADER, claims(**overrides), POLICY, NOW)
 
 
 @pytest.mark.parametrize(

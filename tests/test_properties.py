@@ -404,6 +404,7 @@ def check_accepted(
     for name in ("nbf", "iat"):
         if name in claims:
             assert numeric_date(claims[name]) <= now + policy.leeway
+            assert numeric_date(claims[name]) < exp
     if policy.max_age is not None:
         assert now < numeric_date(claims["iat"]) + policy.max_age + policy.leeway
     for name in STRING_CLAIMS:
@@ -496,6 +497,8 @@ def time_rules_accept(claims: Mapping[str, Any], policy: ClaimsPolicy, now: floa
         return False
     if any(date is not None and now + policy.leeway < date for date in (nbf, iat)):
         return False
+    if any(date is not None and date >= exp for date in (nbf, iat)):
+        return False  # valid at no instant: from nbf (iat) until before exp is empty
     if policy.max_age is None:
         return True
     return iat is not None and now < iat + policy.max_age + policy.leeway

@@ -178,6 +178,11 @@ def check_times(claims: Mapping[str, Any], policy: ClaimsPolicy, now: float) -> 
         raise NotYetValidError(f"nbf is {nbf - now:.0f}s in the future")
     if iat is not None and now + leeway < iat:
         raise NotYetValidError(f"iat is {iat - now:.0f}s in the future")
+    # RFC 7519 §4.1.4, §4.1.5: acceptable from nbf (and, here, iat) until before exp. Not
+    # before exp, the token is acceptable at no instant, yet the leeway on each side alone
+    # let it in for up to twice the leeway.
+    if (nbf is not None and nbf >= exp) or (iat is not None and iat >= exp):
+        raise InvalidClaimError("nbf or iat is not before exp: the token is never valid")
     if policy.max_age is not None:
         if iat is None:
             raise InvalidClaimError("iat is required to enforce a maximum token age")

@@ -18,6 +18,7 @@ import math
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -129,10 +130,31 @@ class _KeysNeeded(Exception):  # noqa: N818 - a signal between the core and its 
 
 def _unexpected(exc: Exception, jws: CompactJWS | None) -> MalformedTokenError:
     """A defect reached by client input must still be a refusal, never a 500."""
-    _log.error("unexpected error while verifying a token", exc_info=exc)
+    # Not exc_info: an exception's message may quote what it failed on (claim values, header
+    # bytes), and no log may hold any part of a token. Its type and frames say where.
+    _log.error("unexpected error while verifying a token\n%s", _traceback_without_text(exc))
     error = MalformedTokenError(f"unexpected {type(exc).__name__} during verification")
     error.header = None if jws is None else jws.header
     return error
+
+
+def _traceback_without_text(exc: BaseException) -> str:
+    """``exc``'s traceback and those of its causes, as Python prints them, but each
+    exception named by its type alone: none of their messages (nor notes)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        context = None if current.__suppress_context__ else current.__context__
+        current = current.__cause__ or context
+    parts: list[str] = []
+    for error in reversed(chain):  # the first cause first, as Python prints them
+        if parts:
+            parts.append("\nwhich led to:\n\n")
+        parts.append("Traceback (most recent call last):\n")
+        parts.extend(traceback.format_tb(error.__traceback__))
+        parts.append(f"{type(error).__module__}.{type(error).__qualname__}")
+    return "".join(parts)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import numbers
 import sys
 import threading
@@ -772,3 +773,32 @@ async def test_a_kid_that_is_not_a_string_is_refused_even_by_a_sole_key(
             lambda data: private.sign(data, padding.PKCS1v15(), hashes.SHA256()),
         )
     )
+
+
+def test_an_unexpected_error_is_logged_without_its_message(
+    session_issuer: DevIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An exception's message may quote what it failed on: claim values, header bytes. The
+    # log keeps its type and where it was raised, never its text (nor its causes' text).
+    secret_claim = "claim-value-7f3c9a"
+
+    def failing_on(value: str) -> None:
+        try:
+            raise KeyError(f"cause {value}")
+        except KeyError as cause:
+            raise ValueError(f"cannot read {value!r}") from cause
+
+    with caplog.at_level(logging.ERROR, "bearerguard"):
+        try:
+            failing_on(secret_claim)
+        except ValueError as exc:
+            refusal = guard_module._unexpected(exc, None)
+    assert refusal.detail == "unexpected ValueError during verification"
+    [record] = [r for r in caplog.records if r.name == "bearerguard"]
+    logged = caplog.text
+    assert secret_claim not in logged
+    assert record.exc_info is None  # the default formatter would print the message
+    # What and where: each exception's type, its cause's first, and their frames.
+    assert logged.index("builtins.KeyError") < logged.index("builtins.ValueError")
+    assert f'File "{__file__}"' in logged
+    assert "in failing_on" in logged

@@ -861,7 +861,7 @@ class BearerGuard:
         # _cached checks membership again and re-stamps).
         if not (
             entry.valid_from <= now < entry.valid_until
-            and now < keys.fresh_until
+            and keys.fresh_from <= now < keys.fresh_until
             and entry.key_set is keys.keys
         ):
             return None
@@ -1229,7 +1229,7 @@ class BearerGuard:
         keys = cache.keys
         now = self.clock()
         # A set within its freshness is usable and needs no refresh: the rules apply past it.
-        if keys is None or now >= cache.fresh_until:
+        if keys is None or not cache.fresh(now):
             if not refreshed and self._fetcher is not None and cache.needs_refresh(now):
                 # A kid the set lacks waits for a fetch already under way (rotation).
                 raise _KeysNeeded(unknown_kid=keys is not None and not keys.candidates(kid))

@@ -287,7 +287,9 @@ async def test_cached_tokens_are_not_yet_valid_when_the_clock_steps_back(
     assert await guard.authenticate(minted) is first
     clock.now -= back
     if valid:
-        assert await guard.authenticate(minted) is first
+        # Accepted again; verified again too: the key set, fetched after the clock's new
+        # "now", is fetched once more first (test_a_clock_stepped_back_...).
+        assert (await guard.authenticate(minted)).token_id == first.token_id
     else:
         with pytest.raises(NotYetValidError):
             await guard.authenticate(minted)
@@ -802,3 +804,30 @@ def test_an_unexpected_error_is_logged_without_its_message(
     assert logged.index("builtins.KeyError") < logged.index("builtins.ValueError")
     assert f'File "{__file__}"' in logged
     assert "in failing_on" in logged
+
+
+async def test_a_clock_stepped_back_does_not_keep_a_key_set_fresh(issuer: DevIssuer) -> None:
+    # The key set's TTL is counted on the guard's (wall) clock. Stepped back past the fetch,
+    # the set's age is unknown: it was kept fresh for its TTL plus the step, and a key the
+    # issuer withdrew stayed trusted for as long. Now the set is fetched again first.
+    clock = Clock()
+    guard = issuer.guard(discover=False, clock=clock)
+    old = issuer.key()
+    await guard.authenticate(issuer.mint())
+    assert issuer.fetch_count() == 1
+    issuer.rotate()
+    issuer.retire(old.kid)
+    clock.advance(-3600)
+    now = int(clock())
+    signed_by_old = jwt.encode(
+        issuer.claims(iat=now - 5, exp=now + 300),
+        old.private_key,
+        algorithm=old.algorithm,
+        headers={"kid": old.kid, "typ": "at+jwt"},
+    )
+    with pytest.raises(UnknownKeyError):
+        await guard.authenticate(signed_by_old)
+    assert issuer.fetch_count() == 2
+    new_token = issuer.mint(iat=now - 5, exp=now + 300)
+    assert (await guard.authenticate(new_token)).key_id == issuer.key().kid
+    assert issuer.fetch_count() == 2  # fresh again, counted from the fetch after the step

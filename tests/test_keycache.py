@@ -297,3 +297,25 @@ def test_a_clock_stepped_back_holds_no_cooldown() -> None:
     # The attempt made after the step holds its cooldown, counted from the new time.
     cache.record_attempt(T0 - 3600)
     assert not cache.may_refresh_for_unknown_kid(T0 - 3600 + POLICY.cooldown - 0.001)
+
+
+def test_a_set_fetched_after_now_is_not_fresh() -> None:
+    # A set fetched after "now" (the wall clock stepped back since) is of unknown age, as an
+    # attempt is: taken as fresh, it stayed so for its TTL plus the step, and a key its
+    # issuer withdrew stayed trusted that much longer. It is fetched again, and used
+    # meanwhile (and should fetches fail) as a stale set is.
+    cache = _fetched()
+    assert cache.current(T0 + 299)
+    assert not cache.needs_refresh(T0 + 299)
+    for stepped_back in (T0 - 0.001, T0 - 3600):
+        assert not cache.current(stepped_back)
+        assert cache.needs_refresh(stepped_back)
+        assert cache.usable(stepped_back)
+    cache.record_attempt(T0 - 3600)
+    cache.record_success(_keys("b"), T0 - 3600, None)  # fetched after the step: fresh again
+    assert cache.current(T0 - 3600 + 299)
+    assert not cache.needs_refresh(T0 - 3600)
+    # Static keys have no age: the step changes nothing.
+    static = KeyCache(POLICY, _keys("a"))
+    assert static.current(T0 - 3600)
+    assert not static.needs_refresh(T0 - 3600)

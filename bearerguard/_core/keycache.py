@@ -72,6 +72,7 @@ class KeyCache:
 
     __slots__ = (
         "fetched_at",
+        "fresh_from",
         "fresh_until",
         "keys",
         "last_attempt",
@@ -86,6 +87,8 @@ class KeyCache:
         self.keys = keys
         # Static keys never expire; fetched ones get their deadlines in record_success.
         forever = float("inf") if keys is not None else float("-inf")
+        # The set is fresh from its fetch until fresh_until; static keys always are.
+        self.fresh_from = float("-inf")
         self.fresh_until = forever
         self.usable_until = forever
         self.last_attempt = float("-inf")
@@ -97,13 +100,22 @@ class KeyCache:
         """Whether a key set may be used to verify tokens at ``now``."""
         return self.keys is not None and now < self.usable_until
 
+    def fresh(self, now: float) -> bool:
+        """Whether the set is within its freshness at ``now``.
+
+        Not before its fetch: a set fetched after ``now`` (the wall clock stepped back since)
+        is of no known age, as an attempt is (``_cooling``); taken as fresh, it stayed so
+        for its TTL plus the step, and a key its issuer withdrew stayed trusted as long.
+        """
+        return self.fresh_from <= now < self.fresh_until
+
     def current(self, now: float) -> bool:
         """Whether the set may be used at ``now`` without trying a refresh first."""
-        return now < self.fresh_until or (self.usable(now) and not self.needs_refresh(now))
+        return self.fresh(now) or (self.usable(now) and not self.needs_refresh(now))
 
     def needs_refresh(self, now: float) -> bool:
         """Whether the set is past its freshness and a fetch may start now."""
-        if now < self.fresh_until:
+        if self.fresh(now):
             return False
         return not (self.last_failed and self._cooling(now))
 
@@ -127,7 +139,7 @@ class KeyCache:
     def record_success(self, keys: KeySet, now: float, max_age: float | None) -> None:
         """Install a freshly fetched set."""
         self.keys = keys
-        self.fetched_at = now
+        self.fetched_at = self.fresh_from = now
         self.fresh_until = now + self.policy.ttl(max_age)
         # Never before fresh_until: a set within its freshness is usable (the guard relies on it).
         self.usable_until = self.fresh_until + self.policy.max_stale

@@ -911,6 +911,17 @@ def test_an_answer_bound_to_its_client_needs_a_guard_that_checks_the_binding() -
         judge(dpop, cnf="jkt")
 
 
+@pytest.mark.parametrize("policy", [POLICY, dataclasses.replace(POLICY, confirmations=None)])
+def test_an_answer_whose_cnf_is_null_is_refused_not_taken_as_unbound(policy: ClaimsPolicy) -> None:
+    # RFC 7800 §3.1: cnf is an object. A null one says nothing about the binding, so the
+    # token is refused as a JWT with it is, never let in as a plain bearer token.
+    answer = parse_introspection_response(b'{"active": true, "exp": %d, "cnf": null}' % (NOW + 60))
+    with pytest.raises(MalformedTokenError, match="cnf"):
+        token_from_introspection(
+            answer, policy=policy, scope_paths=(), now=NOW, fingerprint="fp", raw="opaque"
+        )
+
+
 @pytest.mark.parametrize(
     "token_type",
     [

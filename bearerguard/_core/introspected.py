@@ -188,9 +188,10 @@ def token_from_introspection(
         if policy.audiences.isdisjoint(audiences):
             raise InvalidAudienceError("introspected aud does not name this resource server")
     times = check_times(claims, policy, now)
-    cnf = claims.get("cnf")
-    if cnf is not None:  # RFC 7662 §2.2 allows it; RFC 8705 §3.2 and RFC 9449 §6.2 use it
-        check_confirmation(cnf, policy)
+    # RFC 7662 §2.2 allows cnf; RFC 8705 §3.2 and RFC 9449 §6.2 use it. Present, it must be
+    # an object (RFC 7800 §3.1): a null one is refused, never read as an unbound token.
+    if "cnf" in claims:
+        check_confirmation(claims["cnf"], policy)
     run_checks(plain, policy)
     return AccessToken(
         subject=claims.get("sub"),

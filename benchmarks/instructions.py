@@ -56,6 +56,8 @@ CASES = {
     "jwt_decode": "jwt.decode (key object at hand)",
     "audit_event": "one token.accepted audit event alone",
     "audit_event_dropped": "the same, dropped by the app's first processor",
+    "audit_event_unrendered": "the same, to a logger whose one processor renders nothing",
+    "audit_pipeline": "the app's processors and write alone, on that event's fields",
     "served_bare": "under uvicorn: Starlette, bare (one HTTP request)",
     "served_hit": "under uvicorn: + bearerguard, cache hit, accepted-audit off",
     "served_audited": "under uvicorn: + bearerguard, cache hit, every decision audited",
@@ -159,14 +161,20 @@ def _operation(case: str, fixture: dict[str, Any]) -> Callable[[int], None]:
                 jwt.decode(token, key, algorithms=["RS256"], audience=audience, issuer=issuer)
 
         return decodes
-    if case in ("audit_event", "audit_event_dropped"):
-        dropping = dropping_audit_logger() if case == "audit_event_dropped" else None
-        audited = guard(audit_sample_accepted=1.0, audit_logger=dropping)
+    if case == "audit_pipeline":
+        return _pipeline(guard, tokens[0])
+    if case in ("audit_event", "audit_event_dropped", "audit_event_unrendered"):
+        chosen = {"audit_event_dropped": dropping_audit_logger, "audit_event_unrendered": _silent}
+        audit_logger = chosen[case]() if case in chosen else None
+        audited = guard(audit_sample_accepted=1.0, audit_logger=audit_logger)
         audited.authenticate_sync(tokens[0])  # verified once: the cache holds it
         entry = audited.reused(tokens[0].encode())
         assert entry is not None
         request = RequestInfo("GET", PATH, "127.0.0.1", None)
         audit = audited.audit
+        entry.record_accepted(audit, request, 0.0001)
+        if audit.sink_failing:  # an event the logger failed to take counts the failure's cost
+            raise RuntimeError(f"{case}: the audit logger failed to take the event")
 
         def events(count: int) -> None:
             for _ in range(count):
@@ -174,6 +182,66 @@ def _operation(case: str, fixture: dict[str, Any]) -> Callable[[int], None]:
 
         return events
     raise ValueError(f"unknown case {case!r}")
+
+
+class _Null:
+    """A logger that writes nothing (structlog calls the method named as the level)."""
+
+    def msg(self, message: bytes) -> None:
+        return None
+
+    info = msg
+
+
+def _silent() -> Any:
+    """A bound logger whose one processor renders nothing, to a logger that writes nothing:
+    what structlog's dispatch and the library cost, with no exception (``DropEvent``) raised."""
+    import logging
+
+    import structlog
+
+    def nothing(logger: Any, method: str, event: Any) -> bytes:
+        return b""
+
+    bound: Any = structlog.make_filtering_bound_logger(logging.INFO)
+    return bound(_Null(), [nothing], {})
+
+
+def _pipeline(guard: Callable[..., Any], token: str) -> Callable[[int], None]:
+    """The application's processors and write, as ``configure_audit_logging`` sets them up,
+    on a copy of the fields of one ``token.accepted`` event of ``token`` (taken once)."""
+    import logging
+
+    import structlog
+
+    from bearerguard.audit import RequestInfo
+    from benchmarks.apps import PATH, audit_processors
+
+    taken: list[dict[str, Any]] = []
+
+    def take(logger: Any, method: str, event: Any) -> bytes:
+        taken.append(dict(event))
+        return b""
+
+    bound: Any = structlog.make_filtering_bound_logger(logging.INFO)
+    taking = bound(_Null(), [take], {})
+    audited = guard(audit_sample_accepted=1.0, audit_logger=taking)
+    audited.authenticate_sync(token)
+    entry = audited.reused(token.encode())
+    assert entry is not None
+    entry.record_accepted(audited.audit, RequestInfo("GET", PATH, "127.0.0.1", None), 0.0001)
+    fields = taken[0]
+    processors = audit_processors()
+    sink = structlog.BytesLogger(open(os.devnull, "wb"))  # noqa: SIM115 - the process's life
+
+    def events(count: int) -> None:
+        for _ in range(count):
+            event: Any = fields.copy()
+            for processor in processors:
+                event = processor(sink, "info", event)
+            sink.msg(event)
+
+    return events
 
 
 def _child(case: str, count: int, fixture_path: Path) -> None:

@@ -312,7 +312,7 @@ def _path_bytes(path: str) -> bytes:
 def _host(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"host":
-            return str(value.decode("latin-1"))
+            return bytes(value).decode("latin-1")  # bytes-like too, as _authorization reads
     server = scope.get("server")
     return "" if not server else server_authority(server[0], server[1])
 
@@ -360,7 +360,7 @@ def _dpop_request(
     return dpop_request(
         policy,
         scheme,
-        [value for name, value in scope["headers"] if name == b"dpop"],
+        [bytes(value) for name, value in scope["headers"] if name == b"dpop"],
         scope.get("method", "GET"),
         url_scheme,
         _host(scope),
@@ -459,17 +459,19 @@ class BearerGuardMiddleware:
             # "Bearer " spelling and no access_token in the query. Anything else, or a cache
             # miss, takes the general path below, which applies every rule.
             credentials = None
-            repeated = ids_repeated = False
+            repeated = ids_joined = False
             for name, value in scope["headers"]:
                 if name == b"authorization":
                     repeated = credentials is not None
                     credentials = value
                 elif name == b"x-request-id":
-                    if request_id is None:
+                    if request_id is None and value.__class__ is bytes:
                         request_id = value
                     else:
-                        ids_repeated = True
-            if ids_repeated:
+                        # Repeated, or a bytearray or memoryview value (see _authorization):
+                        # joined as the general path joins them, into bytes.
+                        ids_joined = True
+            if ids_joined:
                 request_id = joined_request_ids(scope["headers"])
             # Bytes only: a bytes-like value (see _authorization) is no key to look up.
             if (

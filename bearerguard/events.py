@@ -509,11 +509,12 @@ def _headers(scope: Scope) -> tuple[str, int | None]:
     content_type = ""
     length: int | None = None
     for name, value in scope.get("headers", []):
+        # ASGI says bytes; a bytearray or memoryview value is read as the bytes it holds.
         if name == b"content-type":
-            content_type = value.decode("latin-1").partition(";")[0].strip().lower()
+            content_type = bytes(value).decode("latin-1").partition(";")[0].strip().lower()
         elif name == b"content-length":
             try:
-                length = int(value)
+                length = int(bytes(value))
             except ValueError:
                 raise _Answer(
                     400, "invalid_request", "Content-Length is invalid.", "bad content-length"

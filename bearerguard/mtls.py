@@ -115,7 +115,7 @@ def scope_certificate(scope: Mapping[str, Any], binding: CertificateBinding) -> 
         values = [value for name, value in scope.get("headers", ()) if name == wanted]
         if len(values) != 1:
             return None
-        return der_from_header(values[0].decode("latin-1"))
+        return der_from_header(bytes(values[0]).decode("latin-1"))  # bytes-like too
     tls = (scope.get("extensions") or {}).get("tls")
     chain = tls.get("client_cert_chain") if isinstance(tls, Mapping) else None
     if not chain or not isinstance(chain, Iterable) or isinstance(chain, str | bytes):

@@ -472,6 +472,37 @@ async def test_a_bytes_like_authorization_value_is_read_as_its_bytes(
         assert [each["event"] for each in events] == [event]
 
 
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+async def test_a_bytes_like_request_id_is_read_as_its_bytes(
+    session_issuer: DevIssuer, kind: type[bytearray | memoryview]
+) -> None:
+    # As an Authorization value: the general path joins X-Request-ID values into bytes, but
+    # the cache hit decoded the one value as given, and a memoryview has no decode(): the
+    # token's second request answered 500. Both requests now record the id as text.
+    app = app_for(session_issuer.guard())
+    token = session_issuer.mint(sub="ana").encode()
+    for _ in range(2):
+        scope: dict[str, Any] = {
+            "type": "http",
+            "method": "GET",
+            "path": "/me",
+            "raw_path": b"/me",
+            "query_string": b"",
+            "headers": [
+                (b"host", b"api.test"),
+                (b"authorization", b"Bearer " + token),
+                (b"x-request-id", kind(b"req-7")),
+            ],
+            "client": ("127.0.0.1", 1234),
+        }
+        with structlog.testing.capture_logs() as events:
+            sent = await asgi_call(app, scope)
+        assert sent[0]["status"] == 200
+        assert [(each["event"], each["request_id"]) for each in events] == [
+            ("token.accepted", "req-7")
+        ]
+
+
 async def test_one_request_cannot_change_what_later_reuses_of_its_token_see(
     session_issuer: DevIssuer,
 ) -> None:

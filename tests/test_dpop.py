@@ -2035,6 +2035,32 @@ async def test_without_a_host_header_the_servers_address_is_the_authority(
     assert sent[0]["status"] == expected
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+@pytest.mark.parametrize("header", [b"host", b"dpop"])
+async def test_a_bytes_like_host_or_proof_value_is_read_as_its_bytes(
+    session_issuer: DevIssuer, holder: Holder, header: bytes, kind: type[bytearray | memoryview]
+) -> None:
+    # ASGI says bytes, yet Starlette reads any bytes-like header value, and the middleware
+    # reads an Authorization one as its bytes. A memoryview Host or DPoP value answered 500
+    # (no decode(), no strip()): each is now read as the bytes it holds, the proof checked.
+    app = build_app(session_issuer.guard(in_process=True, dpop=DPoPPolicy()))
+    token = bound(session_issuer, holder)
+    for proof, status, event in [
+        (holder.proof(token), 200, "token.accepted"),
+        (holder.proof(token, url="http://elsewhere/me"), 401, "token.rejected"),
+    ]:
+        values = {b"host": b"testserver", b"dpop": proof.encode()}
+        headers = [(b"authorization", f"DPoP {token}".encode())]
+        headers += [
+            (name, kind(value) if name == header else value) for name, value in values.items()
+        ]
+        with structlog.testing.capture_logs() as logged:
+            sent = await asgi_call(app, http_scope(headers))
+        assert sent[0]["status"] == status
+        assert [e["event"] for e in logged] == [event]
+
+
 @pytest.mark.parametrize(
     ("server_name", "url"),
     [("::1", "http://[::1]:8000/me"), ("api.example", "http://api.example:8000/me")],

@@ -51,7 +51,7 @@ from bearerguard.introspection import Introspector
 from bearerguard.revocation import IntrospectionRevocationStore, MemoryRevocationStore
 from bearerguard.testing import DevIssuer, Override
 from tests.apps import build_app
-from tests.helpers import b64, compact, segment
+from tests.helpers import asgi_call, b64, compact, http_scope, segment
 
 RECEIVER = "https://api.example/events"
 UNKNOWN_EVENT = "https://schemas.example/event-type/coffee-brewed"
@@ -1004,6 +1004,25 @@ async def test_huge_bodies_are_413(issuer: DevIssuer) -> None:
             headers={"Content-Type": SET_MEDIA_TYPE, "Content-Length": "nope"},
         )
         assert lying.status_code in {400, 413}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+async def test_bytes_like_header_values_are_read_as_their_bytes(
+    api: Setup, kind: type[bytearray | memoryview]
+) -> None:
+    # ASGI says bytes, yet Starlette reads any bytes-like header value: a memoryview
+    # Content-Type or Content-Length answered 500 (no decode(), int() refuses it).
+    body = api.sign(api.claims({UNKNOWN_EVENT: {}})).encode()
+    headers = [
+        (b"content-type", kind(SET_MEDIA_TYPE.encode())),
+        (b"content-length", kind(str(len(body)).encode())),
+    ]
+    scope = http_scope(headers, method="POST", path="/events")
+    with structlog.testing.capture_logs() as events:
+        sent = await asgi_call(api.receiver, scope, [{"type": "http.request", "body": body}])
+    assert sent[0]["status"] == 202
+    assert [event["event"] for event in events] == ["event.received"]
 
 
 @pytest.mark.anyio

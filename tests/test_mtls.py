@@ -283,6 +283,18 @@ def test_certificate_sources(pki: PKI) -> None:
     assert environ_certificate({"SSL_CLIENT_CERT": pki.alice.pem}, header) is None
 
 
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_a_bytes_like_certificate_header_is_read_as_its_bytes(
+    pki: PKI, kind: type[bytearray | memoryview]
+) -> None:
+    # ASGI says bytes, yet Starlette reads any bytes-like header value, and the middleware
+    # reads an Authorization one as its bytes: a memoryview client-cert value answered 500
+    # (no decode()) where the certificate was to be read.
+    header = CertificateBinding(source="header")
+    value = (":" + base64.b64encode(pki.alice.der).decode() + ":").encode()
+    assert scope_certificate({"headers": [(b"client-cert", kind(value))]}, header) == pki.alice.der
+
+
 # -- both middlewares, with the certificate handed over as the server would -------------
 
 

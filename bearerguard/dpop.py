@@ -684,7 +684,13 @@ def _escaped_path(path: bytes, raw_path: bytes | None) -> str:
     §2.2), so a proof for ``/files/a%2Fb`` names a URL that no re-escaping of ``/files/a/b``
     gives back. The raw path, when the server passes it on and it unescapes to the path the
     app routes on, is that URL; anything else falls back to escaping the decoded path.
+    uvicorn (urllib's unquote) decodes escapes of bytes that are not UTF-8 to U+FFFD: such a path
+    is the raw one decoded so, and the raw path is the URL (``/caf%E9``, not ``/caf%EF%BF%BD``).
     """
-    if raw_path and raw_path[:1] == b"/" and unquote_to_bytes(raw_path) == path:
-        return quote(raw_path, safe=_PATH_SAFE + "%")
+    if raw_path and raw_path[:1] == b"/":
+        unescaped = unquote_to_bytes(raw_path)
+        if unescaped == path or (
+            b"\xef\xbf\xbd" in path and unescaped.decode("utf-8", "replace").encode() == path
+        ):
+            return quote(raw_path, safe=_PATH_SAFE + "%")
     return quote(path, safe=_PATH_SAFE)

@@ -1918,6 +1918,30 @@ def test_an_escaped_slash_matches_the_url_the_client_requested(
 
 
 @pytest.mark.anyio
+async def test_a_path_escaping_bytes_that_are_not_utf8_matches_the_url_the_client_requested(
+    session_issuer: DevIssuer, holder: Holder
+) -> None:
+    # uvicorn decodes the path as UTF-8 with replacement (urllib's unquote: U+FFFD for %E9): the
+    # raw path no longer unescaped to it, so the htu was checked against the decoded path
+    # escaped again (/caf%EF%BF%BD), a URL the client never requested, and every proof for
+    # the one it did was refused. The raw path is the request's URL when the server's
+    # decoding of it is the path the app routes on.
+    app = build_app(session_issuer.guard(in_process=True, dpop=DPoPPolicy()))
+    token = bound(session_issuer, holder)
+    for url, status in [
+        ("http://testserver/caf%E9", 404),  # past the guard: the app has no such route
+        ("http://testserver/caf%EF%BF%BD", 401),
+    ]:
+        headers = [
+            (b"host", b"testserver"),
+            (b"authorization", f"DPoP {token}".encode()),
+            (b"dpop", holder.proof(token, url=url).encode()),
+        ]
+        scope = http_scope(headers, path="/caf\ufffd", raw_path=b"/caf%E9")
+        assert (await asgi_call(app, scope))[0]["status"] == status
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize(
     ("htu_path", "path", "raw_path", "accepted"),
     [

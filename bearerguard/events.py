@@ -513,12 +513,14 @@ def _headers(scope: Scope) -> tuple[str, int | None]:
         if name == b"content-type":
             content_type = bytes(value).decode("latin-1").partition(";")[0].strip().lower()
         elif name == b"content-length":
-            try:
-                length = int(bytes(value))
-            except ValueError:
+            # RFC 9110 §8.6: 1*DIGIT, around which §5.5 strips white space; int() would
+            # also take a sign and underscores.
+            digits = bytes(value).strip(b" \t")
+            if not digits.isdigit():  # ASCII digits only, and at least one
                 raise _Answer(
                     400, "invalid_request", "Content-Length is invalid.", "bad content-length"
-                ) from None
+                )
+            length = int(digits)
     return content_type, length
 
 

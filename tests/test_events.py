@@ -1026,6 +1026,20 @@ async def test_bytes_like_header_values_are_read_as_their_bytes(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("length", [b"-1", b"+5", b"1_0", b"0x10", b"", b"\xd9\xa5"])
+async def test_a_content_length_that_is_not_digits_is_refused(api: Setup, length: bytes) -> None:
+    # RFC 9110 §8.6: Content-Length = 1*DIGIT. int() also reads a sign and underscores;
+    # neither is a length (white space around the value is not part of it, §5.5).
+    body = api.sign(api.claims({UNKNOWN_EVENT: {}})).encode()
+    headers = [(b"content-type", SET_MEDIA_TYPE.encode()), (b"content-length", length)]
+    scope = http_scope(headers, method="POST", path="/events")
+    with structlog.testing.capture_logs() as events:
+        sent = await asgi_call(api.receiver, scope, [{"type": "http.request", "body": body}])
+    assert sent[0]["status"] == 400
+    assert [event["event"] for event in events] == ["event.rejected"]
+
+
+@pytest.mark.anyio
 async def test_other_methods_are_405(api: Setup) -> None:
     response = await api.client.get("/events")
     assert response.status_code == 405

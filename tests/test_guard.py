@@ -777,6 +777,31 @@ async def test_a_kid_that_is_not_a_string_is_refused_even_by_a_sole_key(
     )
 
 
+@pytest.mark.parametrize(
+    ("member", "value"),
+    [("typ", None), ("typ", ["secevent+jwt"]), ("typ", 1), ("cty", None)],
+    ids=repr,
+)
+async def test_a_typ_or_cty_that_is_not_a_string_is_refused(
+    session_issuer: DevIssuer, member: str, value: object
+) -> None:
+    # RFC 7515 §4.1.9, §4.1.10: typ and cty are strings. A typ of ["secevent+jwt"] once
+    # slipped past the check that keeps other JWT types out (RFC 8725 §3.11).
+    key = session_issuer.key("RS256")
+    guard = session_issuer.guard()
+
+    def signed(header: dict[str, Any]) -> str:
+        return _signed_by_hand(
+            header,
+            session_issuer.claims(),
+            lambda data: key.private_key.sign(data, padding.PKCS1v15(), hashes.SHA256()),
+        )
+
+    with pytest.raises(MalformedTokenError, match=f"{member} is not a string"):
+        await guard.authenticate(signed({"alg": "RS256", "kid": key.kid, member: value}))
+    assert await guard.authenticate(signed({"alg": "RS256", "kid": key.kid}))
+
+
 def test_an_unexpected_error_is_logged_without_its_message(
     session_issuer: DevIssuer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -194,8 +194,13 @@ def _check_header(header: dict[str, Any]) -> None:
     for member in _REFUSED_HEADER_MEMBERS:
         if member in header:
             raise MalformedTokenError(f"header parameter {member!r} is not accepted")
+    # RFC 7515 §4.1.9, §4.1.10: typ and cty, when present, are strings; "typ": null is not
+    # "no typ", and a typ of ["secevent+jwt"] would pass the checks made on a string typ.
+    for member in ("typ", "cty"):
+        if member in header and not isinstance(header[member], str):
+            raise MalformedTokenError(f"header {member} is not a string")
     cty = header.get("cty")
-    if cty is not None and (not isinstance(cty, str) or cty.upper() in {"JWT", "APPLICATION/JWT"}):
+    if cty is not None and cty.upper() in {"JWT", "APPLICATION/JWT"}:
         # RFC 7519 §5.2: cty "JWT" means a nested JWT; we accept only one layer.
         raise MalformedTokenError("nested JWTs are not accepted")
     alg = header.get("alg")

@@ -49,8 +49,9 @@ __all__ = [
 # (rare, and "EdDSA" still admits Ed448 keys) only when configured.
 DEFAULT_DPOP_ALGORITHMS: tuple[str, ...] = ("ES256", "ES384", "Ed25519", "EdDSA", "PS256", "RS256")
 _NONCE_SKEW = 5.0
-# The longest iat_window and leeway: a proof's jti is remembered for up to iat_window plus
-# twice the leeway, and RFC 9449 §11.1 has proofs accepted for "a reasonably short time".
+# The longest iat_window, leeway and nonce lifetime: a proof's jti is remembered for up to
+# iat_window plus twice the leeway, and RFC 9449 §11.1 has proofs accepted for "a reasonably
+# short time".
 _MAX_WINDOW = 86_400.0
 # The longest a replay store records a jti: far beyond what the guard asks (three days at
 # most), far below what Redis's millisecond expiry or a float can hold.
@@ -462,11 +463,11 @@ class NonceIssuer:
 
     Args:
         secret: at least 32 bytes, shared by every instance; random per process by default.
-        lifetime: seconds a nonce stays acceptable.
+        lifetime: seconds a nonce stays acceptable; at most a day.
 
     Raises:
         ConfigurationError: a secret that is not bytes or is shorter, or a lifetime that is
-            not a positive, finite number of seconds.
+            not a positive number of seconds up to a day.
     """
 
     def __init__(
@@ -481,6 +482,12 @@ class NonceIssuer:
             raise ConfigurationError("the nonce secret must be at least 32 bytes")
         self._secret = bytes(secret)
         self.lifetime = check_seconds("lifetime", lifetime, positive=True)  # NaN fails too
+        if self.lifetime > _MAX_WINDOW:
+            # A nonce limits how long a proof made ahead stays usable (RFC 9449 §8, §11.1): a
+            # huge lifetime kept every nonce fresh for good, silently.
+            raise ConfigurationError(
+                f"lifetime must be at most {_MAX_WINDOW:.0f} seconds (a day): {self.lifetime!r}"
+            )
 
     def _mac(self, stamp: bytes) -> bytes:
         return hmac.new(self._secret, b"dpop-nonce" + stamp, hashlib.sha256).digest()[:16]

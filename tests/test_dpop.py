@@ -1273,6 +1273,18 @@ def test_a_window_beyond_a_day_is_a_configuration_error(setting: str, seconds: f
         DPoPPolicy(**{setting: seconds})
 
 
+@pytest.mark.parametrize("seconds", [86_400.5, 10**6, 1e17, 1e306])
+def test_a_nonce_lifetime_beyond_a_day_is_a_configuration_error(seconds: float) -> None:
+    # A nonce limits how far ahead proofs can be made (RFC 9449 §8, §11.1): a huge lifetime
+    # silently kept every nonce fresh for good.
+    with pytest.raises(ConfigurationError, match="lifetime must be at most 86400 seconds"):
+        NonceIssuer(lifetime=seconds)
+    longest = NonceIssuer(secret=b"s" * 32, lifetime=86_400)
+    nonce = longest.issue(1000)
+    assert longest.is_valid(nonce, 1000 + 86_399)
+    assert not longest.is_valid(nonce, 1000 + 86_400)
+
+
 def test_the_longest_window_works_with_the_redis_store(
     stack: str,
     session_issuer: DevIssuer,

@@ -4,6 +4,10 @@ A sink that stays down fails once per request: a traceback per failure floods th
 exactly when something is already wrong, and costs CPU on every request. A report logs the
 first failure in full, then only counts: one summary line at most per window while the
 failures go on, and one line when the thing works again.
+
+"In full" is the failure's own message and the traceback, but no message of an exception
+chained to it (``traceback_text``): a refusal is audited while it is handled, so it is the
+context of a sink failing then, and its cause may quote the token (a store's error).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable
 
 _log = logging.getLogger("bearerguard")
@@ -25,7 +30,8 @@ class FailureReport:
         summary: a later window's message; ``%d`` failures since the last line, ``%d`` in all.
         recovery: the message once it works again; ``%d`` failures in all.
         level: of the first and summary lines (recovery is a warning).
-        traceback: whether the first line carries the exception's traceback.
+        traceback: whether the first line carries the exception's traceback (as
+            ``traceback_text`` writes it).
         window: seconds between summary lines at most.
         quiet: for a caller that does not call ``recovered`` (watching every success would
             cost too much): a failure this many seconds after the last one ends the outage
@@ -102,8 +108,7 @@ class FailureReport:
         if ended is not None:
             _say(logging.WARNING, self._recovery, ended)
         if summary is None:
-            exc_info = exc if self._traceback and exc is not None else None
-            _say(self._level, self._first, what, exc_info=exc_info)
+            _say(self._level, self._first, what, exc=exc if self._traceback else None)
         else:
             _say(self._level, self._summary, *summary)
 
@@ -117,11 +122,41 @@ class FailureReport:
         _say(logging.WARNING, self._recovery, lost)
 
 
-def _say(level: int, message: str, *args: object, exc_info: BaseException | None = None) -> None:
-    """Log a report line, whatever the logging raises.
+def traceback_text(exc: BaseException, *, message: bool = True) -> str:
+    """``exc``'s traceback and those of the exceptions chained to it, as Python prints them,
+    but each chained exception named by its type alone (``exc`` too, unless ``message``).
+
+    Not ``exc_info``: the logging module prints every message in the chain, and a message
+    may quote what its exception failed on (claim values, header bytes, a token a store was
+    given), which no log may hold.
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        context = None if current.__suppress_context__ else current.__context__
+        current = current.__cause__ or context
+    parts: list[str] = []
+    for error in reversed(chain):  # the first cause first, as Python prints them
+        if parts:
+            parts.append("\nwhich led to:\n\n")
+        parts.append("Traceback (most recent call last):\n")
+        parts.extend(traceback.format_tb(error.__traceback__))
+        if message and error is exc:
+            parts.extend(traceback.format_exception_only(type(error), error))
+        else:
+            parts.append(f"{type(error).__module__}.{type(error).__qualname__}")
+    return "".join(parts).rstrip("\n")
+
+
+def _say(level: int, message: str, *args: object, exc: BaseException | None = None) -> None:
+    """Log a report line, with ``exc``'s ``traceback_text`` if given, whatever the logging
+    raises.
 
     A handler that does not catch its own failure (or the same broken pipeline as the sink
     reported on) leaves nowhere to report it; the request it happened on must not fail.
     """
     with contextlib.suppress(Exception):  # the report's own logger: never a 500
-        _log.log(level, message, *args, exc_info=exc_info)
+        if exc is not None:
+            message, args = f"{message}\n%s", (*args, traceback_text(exc))
+        _log.log(level, message, *args)

@@ -18,7 +18,6 @@ import math
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -62,6 +61,7 @@ from bearerguard._core.keys import (
 from bearerguard._core.mtls import check_certificate_binding
 from bearerguard._core.scopes import ScopeImplications, parse_scope_claim_paths, read_scopes
 from bearerguard._core.times import check_count, check_seconds
+from bearerguard._failures import traceback_text
 from bearerguard._fork import reset_after_fork
 from bearerguard.audit import AuditLog, RequestInfo, token_fields
 from bearerguard.dpop import DPoPPolicy, DPoPRequest
@@ -132,29 +132,10 @@ def _unexpected(exc: Exception, jws: CompactJWS | None) -> MalformedTokenError:
     """A defect reached by client input must still be a refusal, never a 500."""
     # Not exc_info: an exception's message may quote what it failed on (claim values, header
     # bytes), and no log may hold any part of a token. Its type and frames say where.
-    _log.error("unexpected error while verifying a token\n%s", _traceback_without_text(exc))
+    _log.error("unexpected error while verifying a token\n%s", traceback_text(exc, message=False))
     error = MalformedTokenError(f"unexpected {type(exc).__name__} during verification")
     error.header = None if jws is None else jws.header
     return error
-
-
-def _traceback_without_text(exc: BaseException) -> str:
-    """``exc``'s traceback and those of its causes, as Python prints them, but each
-    exception named by its type alone: none of their messages (nor notes)."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and all(current is not seen for seen in chain):
-        chain.append(current)
-        context = None if current.__suppress_context__ else current.__context__
-        current = current.__cause__ or context
-    parts: list[str] = []
-    for error in reversed(chain):  # the first cause first, as Python prints them
-        if parts:
-            parts.append("\nwhich led to:\n\n")
-        parts.append("Traceback (most recent call last):\n")
-        parts.extend(traceback.format_tb(error.__traceback__))
-        parts.append(f"{type(error).__module__}.{type(error).__qualname__}")
-    return "".join(parts)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -653,12 +653,11 @@ def test_an_audit_logger_that_raises_never_changes_a_decision(
         assert [client.get("/items", headers=readable).status_code for _ in range(3)] == [200] * 3
         assert client.get("/items", headers=other).status_code == 403
     reported = [record for record in caplog.records if record.name == "bearerguard"]
-    assert reported[0].getMessage() == (
-        "bearerguard: the audit logger failed; token.rejected event lost"
-    )
-    assert reported[0].exc_info is not None
+    first, _, traceback = reported[0].getMessage().partition("\n")
+    assert first == "bearerguard: the audit logger failed; token.rejected event lost"
+    assert traceback.startswith("Traceback (most recent call last)")
     # Later lines, if any (a summary once a window has passed), carry no traceback.
-    assert all(record.exc_info is None for record in reported[1:])
+    assert all("\n" not in record.getMessage() for record in reported[1:])
     lost = AUDIT_EVENTS_LOST
     assert metrics.count(lost, event="token.rejected") == 2
     assert metrics.count(lost, event="token.accepted") == 4
@@ -680,11 +679,17 @@ class Disk:
 
 
 def _reports(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str, bool]]:
+    """Each report's level, first line, and whether a traceback follows it."""
     return [
-        (record.levelno, record.getMessage(), record.exc_info is not None)
+        (record.levelno, *_traced(record.getMessage()))
         for record in caplog.records
         if record.name == "bearerguard"
     ]
+
+
+def _traced(message: str) -> tuple[str, bool]:
+    first, _, rest = message.partition("\n")
+    return first, rest.startswith("Traceback (most recent call last)")
 
 
 def test_a_sink_that_stays_down_is_reported_once_then_counted_per_window(
@@ -814,7 +819,7 @@ def test_a_sink_down_under_many_threads_is_reported_once_and_every_loss_counted(
         ]
     assert statuses == [200] * 200
     assert metrics.count(AUDIT_EVENTS_LOST, event="token.accepted") == 200
-    full = [record for record in caplog.records if record.exc_info is not None]
+    full = [record for record in caplog.records if _traced(record.getMessage())[1]]
     assert len(full) == 1
 
 
@@ -947,3 +952,43 @@ def test_a_store_failing_open_is_logged_without_the_token_it_quotes(
         assert get(raw) == 200
     assert "failing open: KeyError: 'REDACTED'" in caplog.text
     assert _signature(raw) not in caplog.text
+
+
+class _DecisionsDown(InMemoryMetrics):
+    """A metrics hook whose decision counter is down: counting a decision raises."""
+
+    def increment(self, name: str, labels: dict[str, str]) -> None:
+        if name == DECISIONS:
+            raise OSError(28, "No space left on device")
+        super().increment(name, labels)
+
+
+@pytest.mark.parametrize("serve", SERVERS)
+@pytest.mark.parametrize("down", ["audit_logger", "metrics"])
+@pytest.mark.parametrize("failing", ["revocation", "usage"])
+def test_a_sink_failure_is_reported_without_the_text_of_the_refusal_under_way(
+    session_issuer: DevIssuer,
+    serve: Callable[..., Callable[[str], int]],
+    caplog: pytest.LogCaptureFixture,
+    down: str,
+    failing: str,
+) -> None:
+    # The refusal is audited while it is being handled: a sink failing then has it as its
+    # context, and the refusal has the store's own error, quoting the token, as its cause.
+    # The report's traceback printed the whole chain, messages included.
+    raw = session_issuer.mint()
+    options: dict[str, Any] = (
+        {"revocation": _QuotingStore(lambda quoted: quoted)}
+        if failing == "revocation"
+        else {"usage": _RaisingMonitor("deny")}
+    )
+    options[down] = bound_logger(_failing_sink) if down == "audit_logger" else _DecisionsDown()
+    with caplog.at_level(logging.ERROR, logger="bearerguard"):
+        assert serve(session_issuer.guard(**options))(raw) == 503
+    (report,) = [record for record in caplog.records if record.name == "bearerguard"]
+    assert _signature(raw) not in caplog.text
+    assert raw.partition(".")[0] not in caplog.text
+    assert report.exc_info is None  # the logging module would print every message
+    assert "Traceback (most recent call last)" in report.getMessage()
+    assert "OSError: [Errno 28] No space left on device" in caplog.text  # the sink's own
+    assert "builtins.KeyError" in caplog.text  # where the refusal came from, by type

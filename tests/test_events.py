@@ -393,11 +393,11 @@ async def test_an_audit_logger_that_raises_changes_no_answer(
         assert cut_off.status_code == 202
         assert refused.status_code == 400
         assert await api.status_of(token) == 401
-        assert [record.getMessage() for record in caplog.records] == [
+        assert [record.getMessage().split("\n")[0] for record in caplog.records] == [
             "bearerguard: the audit logger failed; event.received event lost",
             "bearerguard: audit sink recovered after 2 lost events",
         ]
-        assert caplog.records[0].exc_info is not None
+        assert "\nTraceback (most recent call last)" in caplog.records[0].getMessage()
 
 
 @pytest.mark.anyio

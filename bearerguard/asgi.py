@@ -295,6 +295,21 @@ def _app_path(scope: Scope) -> str:
     return str(rest if rest[0] == "/" else path)
 
 
+def _well_known_path(scope: Scope) -> str:
+    """The path compared with the metadata's (RFC 9728 §3.1): below the server's root path
+    (``uvicorn --root-path`` behind a proxy that strips it, as ``_app_path``), not below
+    a mount.
+
+    A well-known URI is only one at the top of the path (RFC 8615 §3): under a mount at
+    ``/api``, ``/api/.well-known/oauth-protected-resource/api`` is a path of the API, not
+    the URL challenges name, which the outer app serves (``bearerguard.fastapi
+    .serve_metadata``). Starlette's ``Mount`` keeps the server's root path in
+    ``app_root_path`` as it adds its own prefix to ``root_path``.
+    """
+    root = scope.get("app_root_path")
+    return _app_path(scope if root is None else {"root_path": root, "path": scope["path"]})
+
+
 def _full_path(scope: Scope) -> str:
     # Servers differ on whether path already includes root_path (ASGI 3 says it does).
     root, path = scope.get("root_path", ""), scope["path"]
@@ -519,9 +534,14 @@ class BearerGuardMiddleware:
                 latency = perf_counter() - started
                 entry.record_accepted(audit, auth, latency)
         else:
-            # Compared inside the app, as public_paths and WSGI's PATH_INFO: under uvicorn
-            # --root-path every path starts with the root path, the proxied well-known one too.
-            if resource is not None and kind == "http" and _app_path(scope) in resource.paths:
+            # Compared below the server's root path, as WSGI's PATH_INFO: under uvicorn
+            # --root-path every path starts with it, the proxied well-known one too. Not
+            # below a mount: the well-known URL is at the host's top (RFC 8615 §3).
+            if (
+                resource is not None
+                and kind == "http"
+                and _well_known_path(scope) in resource.paths
+            ):
                 await _serve_metadata(resource, scope, send)
                 return
             if already_let_in(scope, guard):

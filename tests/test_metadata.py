@@ -576,3 +576,49 @@ async def test_the_document_is_served_under_a_root_path(session_issuer: DevIssue
 
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
     await PlainTextResponse("not found", status_code=404)(scope, receive, send)
+
+
+@pytest.mark.parametrize("server_root", ["", "/x"])
+async def test_a_mounted_app_serves_no_metadata_inside_its_mount(
+    session_issuer: DevIssuer, server_root: str
+) -> None:
+    # RFC 9728 §3.1, RFC 8615 §3: the well-known path follows the host, never a path below
+    # it. A sub-app with its own middleware, mounted at /api, also answered the document at
+    # /api/.well-known/oauth-protected-resource/api, a URL no challenge names and no client
+    # derives, inside the API (without a token, over the app's own route there). The outer
+    # app serves the advertised URL (serve_metadata); a server's root path (uvicorn
+    # --root-path) still counts as the host's, as test_the_document_is_served_under_a_root_path.
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.routing import Mount, Route
+
+    from bearerguard.asgi import BearerGuardMiddleware
+    from bearerguard.fastapi import serve_metadata
+
+    async def echo(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(f"app: {request.url.path}")
+
+    resource = "https://api.example/api"
+    guard = session_issuer.guard(in_process=True, audience=None, resource=resource)
+    api = Starlette(
+        routes=[Route("/{rest:path}", echo)],
+        middleware=[Middleware(BearerGuardMiddleware, guard=guard)],
+    )
+    outer = serve_metadata(Starlette(routes=[Mount("/api", app=api)]), guard)
+    transport = httpx.ASGITransport(app=outer, root_path=server_root)
+    bearer = {"Authorization": f"Bearer {session_issuer.mint(aud=resource)}"}
+    async with httpx.AsyncClient(transport=transport, base_url="https://api.example") as client:
+        advertised = f"{server_root}{WELL_KNOWN_PATH}/api"
+        document = await client.get(advertised)
+        assert document.status_code == 200
+        assert document.json()["resource"] == resource
+        challenge = (await client.get(f"{server_root}/api/items")).headers["www-authenticate"]
+        assert f'resource_metadata="https://api.example{WELL_KNOWN_PATH}/api"' in challenge
+        for inside in (f"{WELL_KNOWN_PATH}/api", WELL_KNOWN_PATH):
+            path = f"{server_root}/api{inside}"
+            refused = await client.get(path)
+            assert refused.status_code == 401, path
+            assert "resource_metadata=" in refused.headers["www-authenticate"]
+            mine = await client.get(path, headers=bearer)  # the app's own route answers
+            assert (mine.status_code, mine.text) == (200, f"app: {path}")

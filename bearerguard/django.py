@@ -230,11 +230,12 @@ class TokenUser:
     session login and would then require a CSRF token of a request that carries no cookie.
 
     Attributes:
-        token: the verified ``AccessToken``.
+        access_token: the verified ``AccessToken`` (read-only), as on Starlette's
+            ``request.user`` (``bearerguard.asgi.TokenUser``).
         username: its subject (``sub``), or ``""``.
     """
 
-    __slots__ = ("token", "username")
+    __slots__ = ("_access_token", "username")
 
     id = None
     pk = None
@@ -244,9 +245,14 @@ class TokenUser:
     is_anonymous = False
     is_authenticated = True
 
-    def __init__(self, token: AccessToken) -> None:
-        self.token = token
-        self.username = token.subject or ""
+    def __init__(self, access_token: AccessToken) -> None:
+        self._access_token = access_token
+        self.username = access_token.subject or ""
+
+    @property
+    def access_token(self) -> AccessToken:
+        """The verified token."""
+        return self._access_token
 
     def __str__(self) -> str:
         return self.username

@@ -123,6 +123,8 @@ def user(request: HttpRequest) -> JsonResponse:
             "authenticated": current.is_authenticated,
             "anonymous": current.is_anonymous,
             "username": current.get_username(),
+            # The token, as on Starlette's request.user (none for Django's AnonymousUser).
+            "subject": getattr(getattr(current, "access_token", None), "subject", None),
             "staff": current.is_staff,
             "perm": current.has_perm("auth.view_user"),
         }
@@ -650,6 +652,7 @@ def test_request_user_is_the_token_user(
                 "authenticated": True,
                 "anonymous": False,
                 "username": "ada",
+                "subject": "ada",
                 "staff": False,
                 "perm": False,
             }
@@ -670,6 +673,20 @@ def test_request_user_behind_the_wsgi_middleware(session_issuer: DevIssuer) -> N
             headers = {"Authorization": bearer(session_issuer, sub="kim")}
             answered = client.get("/user", headers=headers).json()
     assert (answered["authenticated"], answered["username"]) == (True, "kim")
+
+
+def test_the_token_user_holds_its_token_as_starlettes_does(session_issuer: DevIssuer) -> None:
+    # One name on every framework: Starlette's request.user.access_token, read-only there
+    # (one user per token), read-only here too, so a view cannot swap the verified token.
+    from bearerguard.asgi import TokenUser as StarletteUser
+    from bearerguard.django import TokenUser
+
+    access = session_issuer.guard(in_process=True).authenticate_sync(session_issuer.mint())
+    user = TokenUser(access)
+    assert user.access_token is StarletteUser(access).access_token is access
+    with pytest.raises(AttributeError):
+        user.access_token = access  # type: ignore[misc]
+    assert not hasattr(user, "token")
 
 
 def test_login_required_lets_the_token_user_in(session_issuer: DevIssuer) -> None:

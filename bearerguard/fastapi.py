@@ -44,7 +44,7 @@ import re
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from contextvars import Token
 from time import perf_counter
-from typing import Annotated, Any, NoReturn, get_args, get_origin
+from typing import Annotated, Any, NoReturn, TypeVar, get_args, get_origin
 
 try:
     import fastapi.routing
@@ -109,6 +109,7 @@ from bearerguard.token import AccessToken
 __all__ = ["BearerAuth", "BearerRefusal", "document_middleware", "oauth2_flows", "serve_metadata"]
 
 _log = logging.getLogger("bearerguard")
+_App = TypeVar("_App", bound=Starlette)  # serve_metadata returns the app it is given
 _POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
 _NO_PUBLIC_PATHS = PublicPaths(())
 _COMPONENT_NAME = re.compile(r"[a-zA-Z0-9.\-_]+")  # OpenAPI 3.1 §4.8.7
@@ -774,7 +775,7 @@ class BearerAuth(SecurityBase):
             self.install(target)
 
 
-def serve_metadata(app: Starlette, guard: BearerGuard | TrustedIssuers) -> Starlette:
+def serve_metadata(app: _App, guard: BearerGuard | TrustedIssuers) -> _App:
     """Serve ``guard``'s protected-resource metadata (RFC 9728 §3) from ``app``; returns it.
 
     RFC 9728 §3.1 puts the well-known path between the host and the resource's path: for

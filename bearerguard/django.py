@@ -293,13 +293,18 @@ def _streamed_with(response: Any, auth: RequestAuth) -> Any:
     that ``get_access_token()`` works while it streams, as behind the ASGI middleware; a
     file's body is left alone (Django hands it to the server's ``wsgi.file_wrapper``)."""
     if getattr(response, "streaming", False) and getattr(response, "file_to_stream", None) is None:
-        body = response.streaming_content
         if getattr(response, "is_async", False):
+            # The view's own iterator (Django keeps it as _iterator): streaming_content is a
+            # wrapper of it, whose aclose() leaves it suspended (an async for never closes
+            # what it iterates), to the garbage collector and no token whenever anything
+            # else held it. Django's wrapper is put back around this one as it streams.
+            inner = getattr(response, "_iterator", None)
+            body = response.streaming_content if inner is None else inner
             streamed = AsyncBodyWithAuth(body, auth)
             response.streaming_content = streamed
             response.close = _aclosed_with(response.close, streamed)
         else:
-            response.streaming_content = BodyWithAuth(body, auth)
+            response.streaming_content = BodyWithAuth(response.streaming_content, auth)
             # Django closes the view's generator in response.close(), which the server calls
             # when the client went away mid-stream: its clean-up reads the token there too,
             # as behind the WSGI middleware, which closes the response with it set.

@@ -105,6 +105,8 @@ def abandoned(request: HttpRequest) -> StreamingHttpResponse:
 
 
 async def async_abandoned(request: HttpRequest) -> StreamingHttpResponse:
+    held: list[object] = []
+
     async def body() -> AsyncIterator[bytes]:
         try:
             for _ in range(3):
@@ -112,8 +114,14 @@ async def async_abandoned(request: HttpRequest) -> StreamingHttpResponse:
         finally:  # when the client went away before the end
             token = get_access_token()
             cleaned_up.append(token.subject if token else None)
+            held.clear()
 
-    return StreamingHttpResponse(body())
+    generator = body()
+    if "cycle" in request.GET:
+        # The generator's frame holds `held`, which holds the generator: only the cyclic
+        # garbage collector frees it, not its last reference going away.
+        held.append(generator)
+    return StreamingHttpResponse(generator)
 
 
 def user(request: HttpRequest) -> JsonResponse:
@@ -1138,15 +1146,17 @@ def test_get_access_token_while_an_abandoned_streaming_body_is_closed(
     assert cleaned_up == ["leaver", "leaver"]
 
 
+@pytest.mark.parametrize("query", [b"", b"cycle"], ids=["plain", "in-a-cycle"])
 @pytest.mark.parametrize("below", [None, "SyncOnly"])
 def test_get_access_token_while_an_abandoned_async_streaming_body_is_closed(
-    session_issuer: DevIssuer, below: str | None
+    session_issuer: DevIssuer, below: str | None, query: bytes
 ) -> None:
     # Under ASGI, a client that goes away mid-stream leaves the view's async generator
     # suspended: Django never closes it, the garbage collector did, later, and its clean-up
     # (its finally) ran with no token, where behind the ASGI middleware, whose context the
     # whole app runs in, it read the request's. The middleware now closes it with the token
-    # set when Django closes the response.
+    # set when Django closes the response: the view's own generator, not only Django's
+    # wrapper of it, whose end freed the generator only if nothing else held it (in-a-cycle).
     from django.core.handlers.asgi import ASGIHandler
 
     authorization = bearer(session_issuer, sub="leaver").encode()
@@ -1154,6 +1164,7 @@ def test_get_access_token_while_an_abandoned_async_streaming_body_is_closed(
         [(b"host", b"testserver"), (b"authorization", authorization)],
         path="/async-abandoned",
         raw_path=b"/async-abandoned",
+        query_string=query,
     )
 
     async def serve() -> None:

@@ -26,7 +26,7 @@ from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.metrics import CACHE, DECISIONS, InMemoryMetrics
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
-from tests.helpers import Clock, asgi_call
+from tests.helpers import Clock, asgi_call, http_scope
 
 pytestmark = pytest.mark.anyio
 
@@ -457,15 +457,9 @@ async def test_a_bytes_like_authorization_value_is_read_as_its_bytes(
         (token, 200, "token.accepted"),
         (token + b"!", 400, "token.rejected"),
     ]:
-        scope: dict[str, Any] = {
-            "type": "http",
-            "method": "GET",
-            "path": "/me",
-            "raw_path": b"/me",
-            "query_string": b"",
-            "headers": [(b"host", b"api.test"), (b"authorization", kind(b"Bearer " + credentials))],
-            "client": ("127.0.0.1", 1234),
-        }
+        scope = http_scope(
+            [(b"host", b"api.test"), (b"authorization", kind(b"Bearer " + credentials))]
+        )
         with structlog.testing.capture_logs() as events:
             sent = await asgi_call(app, scope)
         assert sent[0]["status"] == status
@@ -482,19 +476,13 @@ async def test_a_bytes_like_request_id_is_read_as_its_bytes(
     app = app_for(session_issuer.guard())
     token = session_issuer.mint(sub="ana").encode()
     for _ in range(2):
-        scope: dict[str, Any] = {
-            "type": "http",
-            "method": "GET",
-            "path": "/me",
-            "raw_path": b"/me",
-            "query_string": b"",
-            "headers": [
+        scope = http_scope(
+            [
                 (b"host", b"api.test"),
                 (b"authorization", b"Bearer " + token),
                 (b"x-request-id", kind(b"req-7")),
-            ],
-            "client": ("127.0.0.1", 1234),
-        }
+            ]
+        )
         with structlog.testing.capture_logs() as events:
             sent = await asgi_call(app, scope)
         assert sent[0]["status"] == 200

@@ -30,6 +30,7 @@ from bearerguard._core.introspected import INTROSPECTION_ALGORITHM
 from bearerguard._core.jws import decode_payload, looks_compact, parse_compact
 from bearerguard._core.scopes import ScopeImplications
 from bearerguard._core.times import check_count
+from bearerguard._failures import traceback_text
 from bearerguard.audit import AuditLog, RequestInfo
 from bearerguard.dpop import DPoPPolicy, DPoPRequest
 from bearerguard.errors import (
@@ -71,6 +72,15 @@ def _request_settings(guard: BearerGuard) -> tuple[Any, ...]:
     """What every guard of a ``TrustedIssuers`` must agree on: it shapes each request."""
     resource = guard.protected_resource
     return (guard.dpop, guard.mtls, None if resource is None else resource.resource)
+
+
+def _escaped_message(exc: BaseException) -> str:
+    """``exc``'s type and message for one log line: escaped (``repr``) and cut to 256."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - an application's exception may not print
+        text = "<unprintable>"
+    return f"{type(exc).__name__}({text[:256]!r})"
 
 
 class TrustedIssuers:
@@ -229,8 +239,16 @@ class TrustedIssuers:
                 return cached
         try:
             guard = resolver(issuer)
-        except Exception:  # noqa: BLE001 - a broken resolver refuses the token, never a 500
-            _log.exception("bearerguard: the issuer resolver failed for %r", issuer[:128])
+        except Exception as exc:  # noqa: BLE001 - a broken resolver refuses the token, never a 500
+            # Not exc_info: the messages would be printed raw, and they may quote the token's
+            # unverified iss (line breaks: a forged log line). The resolver's own message is
+            # the application's, kept but escaped and cut; chained ones by their type only.
+            _log.error(
+                "bearerguard: the issuer resolver failed for %r: %s\n%s",
+                issuer[:128],
+                _escaped_message(exc),
+                traceback_text(exc, message=False),
+            )
             return None
         if guard is None:
             return None

@@ -599,3 +599,29 @@ def test_synchronous_warm_up_and_readiness_fetch_every_issuer_at_once(
         with httpx.Client(transport=httpx.WSGITransport(app=probe), base_url="http://t") as client:
             report = client.get("/").json()
         assert [each["keys"]["ready"] for each in report["issuers"].values()] == [True, True]
+
+
+def test_a_failing_resolver_cannot_forge_a_log_line(
+    alpha: DevIssuer, beta: DevIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The resolver's message may quote the unverified ``iss``: it is logged escaped."""
+    forged = "https://evil.example\nCRITICAL bearerguard: forged line"
+
+    def resolver(iss: str) -> BearerGuard | None:
+        try:
+            raise KeyError(f"no tenant db for {iss}")
+        except KeyError as exc:
+            raise ValueError(f"unknown tenant {iss}") from exc
+
+    guards = TrustedIssuers([alpha.guard(in_process=True)], resolver=resolver)
+    with caplog.at_level(logging.ERROR, "bearerguard"), pytest.raises(InvalidIssuerError):
+        guards.authenticate_sync(beta.mint(iss=forged))
+    (record,) = caplog.records
+    text = record.getMessage()
+    assert record.exc_info is None
+    assert not any(line.startswith("CRITICAL") for line in text.splitlines())
+    assert "unknown tenant https://evil.example\\nCRITICAL" in text  # kept, escaped
+    assert "builtins.ValueError" in text
+    assert "builtins.KeyError" in text
+    assert "no tenant db for https" not in text  # a chained message is never logged
+    assert "in resolver" in text  # the frames say where

@@ -62,7 +62,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError(
         "bearerguard.fastapi needs FastAPI: pip install 'bearerguard[fastapi]'"
     ) from exc
-from starlette._utils import get_route_path
 from starlette.applications import Starlette
 from starlette.datastructures import URLPath
 from starlette.exceptions import HTTPException, WebSocketException
@@ -90,6 +89,7 @@ from bearerguard.asgi import (
     _query_string,
     _redact_query_token,
     _serve_metadata,
+    _well_known_path,
 )
 from bearerguard.audit import RequestInfo
 from bearerguard.decorators import (
@@ -154,7 +154,9 @@ class _MetadataRoute(BaseRoute):
     The path is compared literally (a resource path may decode to ``{`` or ``:``, which a
     ``Route`` would read as a parameter), and a route of the app's own at the same path,
     added before or after ``install``, serves it instead: this one only stands first so
-    that no catch-all route shadows it.
+    that no catch-all route shadows it. Only below the server's root path, as
+    ``BearerGuardMiddleware`` compares it: inside a mount it is a path of the app, and no
+    well-known URL (RFC 8615 §3).
     """
 
     def __init__(self, path: str, resource: ProtectedResource, routes: list[BaseRoute]) -> None:
@@ -164,7 +166,7 @@ class _MetadataRoute(BaseRoute):
         self.include_in_schema = False
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] != "http" or get_route_path(scope) != self.path:
+        if scope["type"] != "http" or _well_known_path(scope) != self.path:
             return Match.NONE, {}
         for route in self.routes:
             if route is not self and getattr(route, "path", None) == self.path:

@@ -925,6 +925,32 @@ def test_the_metadata_of_a_mounted_app_is_served_by_the_outer_app(
         assert client.get("/api/health").json() == {"ok": True}
 
 
+@pytest.mark.parametrize("server_root", ["", "/x"])
+@pytest.mark.parametrize("mounted", [False, True])
+async def test_install_serves_no_metadata_inside_a_mount(
+    session_issuer: DevIssuer, mounted: bool, server_root: str
+) -> None:
+    # RFC 9728 §3.1, RFC 8615 §3: a well-known path follows the host (or the server's root
+    # path, uvicorn --root-path), never a mount. install() on an app mounted at /api also
+    # answered /api/.well-known/oauth-protected-resource/api, a URL no client derives; it
+    # now answers where BearerGuardMiddleware would, and the outer app serves the real one.
+    guard = session_issuer.guard(audience=None, resource="https://api.example/api")
+    api = build_api(guard, middleware=False)
+    app = serve_metadata(Starlette(routes=[Mount("/api", app=api)]), guard) if mounted else api
+    transport = httpx.ASGITransport(app=app, root_path=server_root)
+    well_known = "/.well-known/oauth-protected-resource"
+    async with httpx.AsyncClient(transport=transport, base_url="https://api.example") as client:
+        for served in (f"{well_known}/api", well_known):
+            document = await client.get(f"{server_root}{served}")
+            assert document.status_code == 200, served
+            assert document.json()["resource"] == "https://api.example/api"
+        if mounted:
+            for inside in (f"{well_known}/api", well_known):
+                path = f"{server_root}/api{inside}"
+                assert (await client.get(path)).status_code == 404, path
+            assert (await client.get(f"{server_root}/api/health")).json() == {"ok": True}
+
+
 def test_serve_metadata_needs_a_resource(guard: BearerGuard) -> None:
     with pytest.raises(ConfigurationError, match="resource"):
         serve_metadata(FastAPI(), guard)

@@ -252,7 +252,7 @@ class CuttingProxy:
             while self._later and self._later[0][0] <= now:
                 _, to, data = self._later.pop(0)
                 if to in self._peers:
-                    to.sendall(data)
+                    self._send(to, data)
             wait = min([0.05] + [when - now for when, _, _ in self._later[:1]])
             for ready, _ in self._selector.select(max(wait, 0.0)):
                 sock = ready.fileobj
@@ -302,7 +302,15 @@ class CuttingProxy:
             self._later.append((time.monotonic() + slow[1], self._peers[sock], data))
             self._later.sort(key=lambda item: item[0])
             return
-        self._peers[sock].sendall(data)
+        self._send(self._peers[sock], data)
+
+    def _send(self, to: socket.socket, data: bytes) -> None:
+        """Pass ``data`` on, dropping the connection if ``to`` is gone (a reset peer) rather
+        than ending the proxy's thread."""
+        try:
+            to.sendall(data)
+        except OSError:
+            self._drop(to)
 
     def _drop(self, sock: socket.socket) -> None:
         if sock not in self._peers:

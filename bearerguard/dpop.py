@@ -463,11 +463,12 @@ class NonceIssuer:
 
     Args:
         secret: at least 32 bytes, shared by every instance; random per process by default.
-        lifetime: seconds a nonce stays acceptable; at most a day.
+        lifetime: seconds a nonce stays acceptable; at least 5, at most a day. The issue
+            time is kept to the second, so a nonce is acceptable for up to a second less.
 
     Raises:
         ConfigurationError: a secret that is not bytes or is shorter, or a lifetime that is
-            not a positive number of seconds up to a day.
+            not a number of seconds from 5 up to a day.
     """
 
     def __init__(
@@ -487,6 +488,13 @@ class NonceIssuer:
             # huge lifetime kept every nonce fresh for good, silently.
             raise ConfigurationError(
                 f"lifetime must be at most {_MAX_WINDOW:.0f} seconds (a day): {self.lifetime!r}"
+            )
+        if self.lifetime < _NONCE_SKEW:
+            # The issue time is kept to the second (a nonce issued at x.9 with lifetime=0.5
+            # was expired when issued), instances sharing the secret may be _NONCE_SKEW
+            # apart, and a client needs a round trip to use a nonce (RFC 9449 §8, §9).
+            raise ConfigurationError(
+                f"lifetime must be at least {_NONCE_SKEW:.0f} seconds: {self.lifetime!r}"
             )
 
     def _mac(self, stamp: bytes) -> bytes:

@@ -1285,6 +1285,20 @@ def test_a_nonce_lifetime_beyond_a_day_is_a_configuration_error(seconds: float) 
     assert not longest.is_valid(nonce, 1000 + 86_400)
 
 
+@pytest.mark.parametrize("seconds", [0.5, 0.999, 1, 4.9])
+def test_a_nonce_lifetime_under_five_seconds_is_a_configuration_error(seconds: float) -> None:
+    # A nonce's issue time is kept to the second: with lifetime=0.5 one issued at x.9 was
+    # expired when issued. Instances sharing the secret may be 5 s apart (_NONCE_SKEW), and
+    # a client needs a round trip to use a nonce: under 5 s, nonces failed unpredictably.
+    with pytest.raises(ConfigurationError, match="lifetime must be at least 5 seconds"):
+        NonceIssuer(lifetime=seconds)
+    shortest = NonceIssuer(secret=b"s" * 32, lifetime=5)
+    nonce = shortest.issue(1000.999)  # kept as 1000: acceptable for 4 s at least
+    assert shortest.is_valid(nonce, 1000.999)
+    assert shortest.is_valid(nonce, 1004.999)
+    assert not shortest.is_valid(nonce, 1005)
+
+
 def test_the_longest_window_works_with_the_redis_store(
     stack: str,
     session_issuer: DevIssuer,

@@ -480,9 +480,12 @@ class RedisUsageMonitor:
             )
         slots = self._slots.get(loop)
         if slots is None:
-            self._slots = {
-                known: kept for known, kept in self._slots.items() if not known.is_closed()
-            }
+            # In place, no lock: setdefault is atomic, and only closed loops are dropped. A
+            # dict rebuilt here could drop the queue another thread's loop had just added,
+            # and that loop would then make a second one (twice max_connections in flight).
+            for known in list(self._slots):
+                if known.is_closed():
+                    self._slots.pop(known, None)
             slots = self._slots.setdefault(loop, anyio.Semaphore(self._max_connections))
         return client, slots
 

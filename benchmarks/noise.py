@@ -10,16 +10,30 @@ A virtual machine's host can also slow a core down without any of it showing in
 ``/proc/stat`` (seen on 2026-11-29: a fixed loop took 4.2 ms, then 8 to 10 ms, in phases of
 0.1 to 1 s, on each core independently). ``speed_probe`` times a fixed piece of work around
 each in-process sample, so that samples taken while the core ran slow count as noisy too.
+Under uvicorn the server's core is busy, so ``CoreWatch`` times the same work every 0.2 s
+from a process pinned beside the server, by its own CPU time (``time.thread_time``): the
+server's turns on the core do not count, a core the host slows down does.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from time import perf_counter
 
-__all__ = ["FULL_SPEED", "QUIET", "CpuMeter", "process_cpu_seconds", "speed_probe"]
+__all__ = [
+    "FULL_SPEED",
+    "QUIET",
+    "CoreWatch",
+    "CpuMeter",
+    "process_cpu_seconds",
+    "speed_probe",
+    "window_speeds",
+]
 
 QUIET = 0.10
 """A sample is quiet when other processes used at most this share of all CPUs."""
@@ -88,3 +102,74 @@ class CpuMeter:
         own = _own_seconds() + (self._running() if self._running else 0.0) - self._own
         busy = end[0] - self._machine[0]
         return min(1.0, max(0.0, busy - own) / (end[1] - self._machine[1]))
+
+
+_WATCHER = f"""
+import sys, time
+while True:
+    started = time.thread_time()
+    total = 0
+    for step in range({_PROBE_STEPS}):
+        total += step
+    print(time.monotonic(), time.thread_time() - started, flush=True)
+    time.sleep(float(sys.argv[1]))
+"""
+
+
+def window_speeds(
+    probes: Sequence[tuple[float, float]], windows: Sequence[tuple[float, float]]
+) -> list[float | None]:
+    """The core's mean speed within each ``(start, end)`` window (monotonic seconds).
+
+    ``probes`` are ``(when, seconds)`` timings of the same work. Full speed is the tenth
+    percentile of all of them, as for the in-process probes; a window no probe fell in
+    has no speed (``None``).
+    """
+    timings = sorted(seconds for _, seconds in probes if seconds > 0)
+    if not timings:
+        return [None] * len(windows)
+    full = timings[len(timings) // 10]
+    speeds: list[float | None] = []
+    for start, end in windows:
+        inside = [
+            full / seconds for when, seconds in probes if start <= when <= end and seconds > 0
+        ]
+        speeds.append(sum(inside) / len(inside) if inside else None)
+    return speeds
+
+
+class CoreWatch:
+    """Times a fixed piece of work every ``interval`` seconds on one core, until closed.
+
+    Args:
+        prefix: the command prefix that pins a process to the core (``taskset -c N``).
+        interval: seconds between two timings; each takes about 1 ms of the core.
+    """
+
+    def __init__(self, prefix: Sequence[str], interval: float = 0.2) -> None:
+        self.probes: list[tuple[float, float]] = []
+        self._process = subprocess.Popen(  # noqa: S603 - our own fixed command line
+            [*prefix, sys.executable, "-c", _WATCHER, str(interval)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            fields = line.split()
+            if len(fields) == 2:  # not a line cut short when the process was ended
+                self.probes.append((float(fields[0]), float(fields[1])))
+
+    def speeds(self, windows: Sequence[tuple[float, float]]) -> list[float | None]:
+        """The core's mean speed within each window, from the timings so far."""
+        return window_speeds(list(self.probes), windows)
+
+    def close(self) -> None:
+        self._process.terminate()
+        self._process.wait()
+        self._reader.join(timeout=5)
+        if self._process.stdout is not None:
+            self._process.stdout.close()

@@ -291,6 +291,20 @@ class Report:
                 f"{bullet}the core ran below {FULL_SPEED:.0%} of its full speed around {slow} of "
                 f"{len(speeds)} in-process samples (slowest: {min(speeds):.0%}){warning}"
             )
+        rounds = [
+            run.core_speed
+            for result in self.served or []
+            for run in result.runs
+            if run.core_speed is not None
+        ]
+        if rounds:
+            slow = sum(1 for speed in rounds if speed < FULL_SPEED)
+            warning = " (a throttled core: see the quiet column)" if slow else ""
+            lines.append(
+                f"{bullet}the server's core ran below {FULL_SPEED:.0%} of its full speed, on "
+                f"average, during {slow} of {len(rounds)} wrk rounds (slowest: "
+                f"{min(rounds):.0%}){warning}"
+            )
         return lines
 
     def _inprocess_rows(self, group: str) -> list[list[str]]:
@@ -485,6 +499,7 @@ class Report:
                         "server_cpu_us_per_request": r.server_cpu_us,
                         "utilization": r.utilization,
                         "others_cpu_share": r.others,
+                        "core_speed": None if r.core_speed is None else round(r.core_speed, 3),
                     }
                     for r in result.runs
                 ],

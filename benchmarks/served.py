@@ -7,7 +7,10 @@ through the apps in turn, so a slow spell of a shared machine spreads over every
 figure reported for an app is its best quiet round by requests per second (a round during
 which other processes used at most 10% of all CPUs, see ``benchmarks/noise.py``; the two
 quietest when none was), with that round's latency percentiles, and the server's CPU time per
-request (median of the quiet rounds), which other processes disturb least of all.
+request (median of the quiet rounds), which other processes disturb least of all. A round
+is quiet only if, besides, the server's core ran at full speed through it: a ``CoreWatch``
+pinned beside the server times a fixed piece of work every 0.2 s (a host that slows a core
+down slows the server's req/s and its CPU time per request alike, unseen by ``/proc/stat``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import IO
 import httpx
 
 from benchmarks.apps import AUDIT_DROPPED, PATH, Audit, Settings
-from benchmarks.noise import QUIET, CpuMeter, process_cpu_seconds
+from benchmarks.noise import FULL_SPEED, QUIET, CoreWatch, CpuMeter, process_cpu_seconds
 
 __all__ = [
     "SERVED_APPS",
@@ -152,11 +155,15 @@ class WrkRun:
     bottleneck (the load generator was, or other processes took its core)."""
     others: float | None = None
     """The share of all CPUs other processes used during the run."""
+    core_speed: float | None = None
+    """The server's core's mean speed during the run against the run's full speed (1.0),
+    from a ``CoreWatch``; ``None`` when unwatched (the server not pinned)."""
 
     @property
     def quiet(self) -> bool:
-        """Whether other processes left the machine quiet during the run."""
-        return self.others is None or self.others <= QUIET
+        """Whether other processes left the machine quiet, and the core ran at full speed."""
+        calm = self.others is None or self.others <= QUIET
+        return calm and (self.core_speed is None or self.core_speed >= FULL_SPEED)
 
 
 @dataclass(slots=True)
@@ -175,7 +182,7 @@ class ServedResult:
         quiet = [run for run in self.runs if run.quiet]
         if quiet:
             return quiet
-        return sorted(self.runs, key=lambda run: run.others or 0.0)[:2]
+        return sorted(self.runs, key=_noise)[:2]
 
     @property
     def best(self) -> WrkRun | None:
@@ -193,6 +200,11 @@ class ServedResult:
         """(max - min) / median of the quiet rounds' requests per second."""
         rates = [run.requests_per_second for run in self.quiet]
         return (max(rates) - min(rates)) / statistics.median(rates) if rates else 0.0
+
+
+def _noise(run: WrkRun) -> float:
+    """How far a round was from quiet: other processes' share, plus the core's slowdown."""
+    return (run.others or 0.0) + (1.0 - min(1.0, run.core_speed or 1.0))
 
 
 def wrk_version() -> str | None:
@@ -357,6 +369,7 @@ def _wrk(
     options: WrkOptions,
     seconds: int,
     running: Callable[[], float],
+    windows: list[tuple[float, float]],
 ) -> WrkRun:
     command = [
         *prefix,
@@ -371,9 +384,11 @@ def _wrk(
     ]
     meter = CpuMeter(running)
     cpu_before = server.cpu_seconds()
+    started = time.monotonic()
     done = subprocess.run(  # noqa: S603 - our own fixed command line
         command, capture_output=True, text=True, check=False, timeout=seconds + 30
     )
+    windows.append((started, time.monotonic()))
     cpu_after = server.cpu_seconds()
     others = meter.others()
     if done.returncode != 0:
@@ -395,52 +410,90 @@ def run_served(
     server_prefix, client_prefix, _ = pinning()
     authorization = f"Bearer {token}"
     results = {app.key: ServedResult(app.key, app.label, app.baseline) for app in SERVED_APPS}
-    with _servers(SERVED_APPS, settings, server_prefix) as servers:
-        ready: list[_Server] = []
-        for server in servers:
-            try:
-                server.wait_ready(authorization)
-            except RuntimeError as exc:
-                results[server.app.key].error = str(exc)
-                progress(f"{server.app.key}: {exc}")
-                continue
-            ready.append(server)
+    windows: dict[str, list[tuple[float, float]]] = {app.key: [] for app in SERVED_APPS}
+    watch = CoreWatch(server_prefix) if server_prefix else None
+    try:
+        with _servers(SERVED_APPS, settings, server_prefix) as servers:
+            _drive(
+                servers,
+                results,
+                windows,
+                command=(wrk, client_prefix, authorization),
+                options=options,
+                progress=progress,
+            )
+    finally:
+        if watch is not None:
+            watch.close()
+    if watch is not None:
+        for result in results.values():
+            speeds = watch.speeds(windows[result.key])
+            result.runs = [
+                replace(run, core_speed=speed)
+                for run, speed in zip(result.runs, speeds, strict=True)
+            ]
+    return [results[app.key] for app in SERVED_APPS]
 
-        def running() -> float:
-            return sum(server.cpu_seconds() or 0.0 for server in servers)
 
+def _drive(
+    servers: list[_Server],
+    results: dict[str, ServedResult],
+    windows: dict[str, list[tuple[float, float]]],
+    *,
+    command: tuple[str, list[str], str],
+    options: WrkOptions,
+    progress: Callable[[str], None],
+) -> None:
+    """Warm every ready server up, then run the rounds, the apps taking turns in each.
+
+    ``command`` is wrk's path, the prefix pinning it, and the ``Authorization`` value; each
+    round's start and end go to ``windows``, by app.
+    """
+    wrk, client_prefix, authorization = command
+    ready: list[_Server] = []
+    for server in servers:
+        try:
+            server.wait_ready(authorization)
+        except RuntimeError as exc:
+            results[server.app.key].error = str(exc)
+            progress(f"{server.app.key}: {exc}")
+            continue
+        ready.append(server)
+
+    def running() -> float:
+        return sum(server.cpu_seconds() or 0.0 for server in servers)
+
+    for server in ready:
+        progress(f"warming up {server.app.key} ({options.warmup}s)")
+        _wrk(
+            wrk,
+            client_prefix,
+            server,
+            authorization,
+            options=options,
+            seconds=options.warmup,
+            running=running,
+            windows=[],
+        )
+    for round_number in range(options.rounds):
         for server in ready:
-            progress(f"warming up {server.app.key} ({options.warmup}s)")
-            _wrk(
+            result = results[server.app.key]
+            if result.error:
+                continue
+            progress(
+                f"wrk round {round_number + 1}/{options.rounds}: {server.app.key} "
+                f"({options.duration}s)"
+            )
+            run = _wrk(
                 wrk,
                 client_prefix,
                 server,
                 authorization,
                 options=options,
-                seconds=options.warmup,
+                seconds=options.duration,
                 running=running,
+                windows=windows[server.app.key],
             )
-        for round_number in range(options.rounds):
-            for server in ready:
-                result = results[server.app.key]
-                if result.error:
-                    continue
-                progress(
-                    f"wrk round {round_number + 1}/{options.rounds}: {server.app.key} "
-                    f"({options.duration}s)"
-                )
-                run = _wrk(
-                    wrk,
-                    client_prefix,
-                    server,
-                    authorization,
-                    options=options,
-                    seconds=options.duration,
-                    running=running,
-                )
-                if run.non_2xx or run.socket_errors:
-                    result.error = (
-                        f"{run.non_2xx} non-2xx responses, {run.socket_errors} socket errors"
-                    )
-                result.runs.append(run)
-    return [results[app.key] for app in SERVED_APPS]
+            if run.non_2xx or run.socket_errors:
+                result.error = f"{run.non_2xx} non-2xx responses, {run.socket_errors} socket errors"
+            result.runs.append(run)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 from benchmarks.inprocess import Measurement
-from benchmarks.noise import speed_probe
+from benchmarks.noise import CoreWatch, speed_probe, window_speeds
 from benchmarks.report import Report, Target, targets
 from benchmarks.served import ServedResult, WrkRun
 
@@ -137,3 +139,77 @@ def test_a_served_target_shows_the_median_of_the_rounds_paired_ratios() -> None:
     assert found.figure == (
         "0.69x (27,600 / 40,000 req/s; the rounds' paired ratios, median: 0.90x)"
     )
+
+
+def test_a_round_on_a_slowed_server_core_is_not_quiet() -> None:
+    result = ServedResult("starlette_bg_hit", "hit", "starlette_bare")
+    result.runs.extend(
+        WrkRun(rate, 1.0, 2.0, 1000, 0, 0, others=0.0, core_speed=speed)
+        for rate, speed in ((9_000, 0.6), (8_000, 1.0), (7_900, 0.9))
+    )
+    assert [run.requests_per_second for run in result.quiet] == [8_000, 7_900]
+    assert result.best is not None
+    assert result.best.requests_per_second == 8_000
+
+
+def test_with_no_round_at_full_speed_the_least_disturbed_two_count_and_the_verdict_is_noisy() -> (
+    None
+):
+    def slowed(key: str, *rounds: tuple[float, float, float]) -> ServedResult:
+        result = ServedResult(key, key, None)
+        result.runs.extend(
+            WrkRun(rate, 1.0, 2.0, 1000, 0, 0, others=others, core_speed=speed)
+            for rate, others, speed in rounds
+        )
+        return result
+
+    hit = slowed("starlette_bg_hit", (9_000, 0.0, 0.5), (8_000, 0.0, 0.8), (8_500, 0.05, 0.7))
+    assert [run.requests_per_second for run in hit.quiet] == [8_000, 8_500]
+    bare = slowed("starlette_bare", (9_000, 0.0, 1.0))
+    assert target(targets([], [bare, hit]), "cache hit >= 0.90x").verdict == "met (noisy)"
+
+
+def test_the_core_speed_within_each_window_is_the_mean_of_its_probes() -> None:
+    probes = [(float(when), seconds) for when, seconds in enumerate([1.0] * 9 + [2.0, 4.0])]
+    assert window_speeds(probes, [(0.0, 2.5), (8.5, 10.0), (20.0, 21.0)]) == [
+        1.0,
+        (0.5 + 0.25) / 2,
+        None,
+    ]
+    assert window_speeds([], [(0.0, 1.0)]) == [None]
+
+
+def test_the_core_watch_times_its_loop_until_closed() -> None:
+    watch = CoreWatch([], interval=0.01)
+    try:
+        started = time.monotonic()
+        deadline = started + 30
+        while len(watch.probes) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(watch.probes) >= 3
+        assert watch.speeds([(started - 60, time.monotonic())])[0] is not None
+    finally:
+        watch.close()
+    assert watch._process.returncode is not None
+
+
+def test_the_report_says_how_often_the_server_core_ran_slow() -> None:
+    result = ServedResult("starlette_bare", "bare", None)
+    result.runs.extend(
+        WrkRun(8_000, 1.0, 2.0, 1000, 0, 0, others=0.0, core_speed=speed) for speed in (1.0, 0.6)
+    )
+    report = Report(
+        started="now",
+        command="bench",
+        machine={},
+        settings={},
+        inprocess=[],
+        served=[result],
+        served_note="",
+        targets=[],
+    )
+    assert report._noise_lines("- ") == [
+        "- the server's core ran below 85% of its full speed, on average, during 1 of 2 wrk "
+        "rounds (slowest: 60%) (a throttled core: see the quiet column)"
+    ]
+    assert report.as_json()["served"]["starlette_bare"]["rounds"][1]["core_speed"] == 0.6

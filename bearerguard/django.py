@@ -49,14 +49,20 @@ from bearerguard._core.extract import (
 )
 from bearerguard._core.paths import PublicPaths
 from bearerguard.audit import RequestInfo
+from bearerguard.decorators import _request_auth
 from bearerguard.dpop import DPoPRequest
-from bearerguard.errors import AuthError, ConfigurationError, ServiceUnavailableError
+from bearerguard.errors import (
+    AuthError,
+    ConfigurationError,
+    MissingTokenError,
+    ServiceUnavailableError,
+)
 from bearerguard.guard import BearerGuard
 from bearerguard.issuers import TrustedIssuers
 from bearerguard.mtls import binding_of, environ_certificate, scope_certificate
 from bearerguard.token import AccessToken
 
-__all__ = ["SETTING", "BearerGuardMiddleware", "TokenUser"]
+__all__ = ["SETTING", "BearerGuardAuthentication", "BearerGuardMiddleware", "TokenUser"]
 
 _log = logging.getLogger("bearerguard")
 
@@ -286,6 +292,52 @@ class TokenUser:
 
     async def aget_all_permissions(self, obj: object = None) -> set[str]:
         return set()
+
+
+class BearerGuardAuthentication:
+    """Django REST framework authentication: the token the middleware verified, handed to
+    DRF. List ``"bearerguard.django.BearerGuardAuthentication"`` first in
+    ``REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"]`` (or a view's
+    ``authentication_classes``); it needs no DRF import and verifies nothing itself.
+
+    For a request let in with a token, DRF's ``request.user`` is its ``TokenUser`` and
+    ``request.auth`` the ``AccessToken``, so ``IsAuthenticated`` lets it in. A request let in
+    without one (a public path) is left to the classes listed after it; refused by DRF
+    then, it is answered 401 with the challenge the middleware answers a missing token with
+    (RFC 6750 §3.1: the guard's ``realm``, and ``resource_metadata`` or the ``DPoP`` scheme
+    as configured), and audited as the middleware audits one. DRF takes the challenge of
+    the class listed first: listed after ``SessionAuthentication``, such a request gets
+    DRF's 403 without one.
+
+    Raises:
+        ConfigurationError: the request reached DRF with no verdict of the middleware
+            (``BearerGuardMiddleware`` is not in ``settings.MIDDLEWARE``).
+    """
+
+    def authenticate(self, request: Any) -> tuple[TokenUser, AccessToken] | None:
+        token = _verdict(request).token
+        return None if token is None else (TokenUser(token), token)
+
+    def authenticate_header(self, request: Any) -> str:
+        # DRF asks for it only to answer a request no class authenticated (401): the
+        # middleware's own answer to a missing token, audited as the middleware audits one.
+        auth = _verdict(request)
+        guard = auth.guard
+        error = MissingTokenError("Django REST framework refused a request without a token")
+        guard.audit.refused(error, auth, perf_counter() - auth.started)
+        headers = refusal_for(guard, error).headers
+        return next(value for name, value in headers if name == "www-authenticate")
+
+
+def _verdict(request: Any) -> RequestAuth:
+    """The middleware's verdict on ``request`` (DRF's ``Request`` or Django's)."""
+    auth = _request_auth(request)
+    if auth is None:
+        raise ConfigurationError(
+            "BearerGuardAuthentication found no verified token for this request: list "
+            "bearerguard.django.BearerGuardMiddleware in settings.MIDDLEWARE"
+        )
+    return auth
 
 
 def _streamed_with(response: Any, auth: RequestAuth) -> Any:

@@ -35,6 +35,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 from rest_framework.settings import api_settings
+from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 from rest_framework.viewsets import ViewSet
 
@@ -45,19 +46,21 @@ from bearerguard.testing import DevIssuer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _page_setting() -> dict[str, Any]:
-    """docs/django.md's ``REST_FRAMEWORK`` setting, its block run as written."""
+def _page_block(marker: str) -> dict[str, Any]:
+    """The namespace of docs/django.md's block holding ``marker``, run as written."""
     page = (ROOT / "docs" / "django.md").read_text()
     blocks = [block.split("\n```", 1)[0] for block in page.split("```python\n")[1:]]
-    (block,) = [block for block in blocks if "DEFAULT_AUTHENTICATION_CLASSES" in block]
+    (block,) = [block for block in blocks if marker in block]
     namespace: dict[str, Any] = {"__name__": "docs_django_drf"}
     exec(compile(block, "django.md", "exec", dont_inherit=True), namespace)  # noqa: S102
-    return dict(namespace["REST_FRAMEWORK"])
+    return namespace
 
 
 # What APIView.authentication_classes is in a project with the page's setting: DRF reads
 # it once, when rest_framework.views is first imported (after the project's settings).
-with override_settings(REST_FRAMEWORK=_page_setting()):
+with override_settings(
+    REST_FRAMEWORK=_page_block("DEFAULT_AUTHENTICATION_CLASSES")["REST_FRAMEWORK"]
+):
     PAGE_CLASSES = tuple(api_settings.DEFAULT_AUTHENTICATION_CLASSES)
 
 MIDDLEWARE = "bearerguard.django.BearerGuardMiddleware"
@@ -136,6 +139,22 @@ class Defaults(APIView):  # DRF's own authentication classes: session, basic
         return Response(_user(request))
 
 
+class UserThrottled(UserRateThrottle):
+    rate = "1/hour"  # set here: DRF reads DEFAULT_THROTTLE_RATES once, at import
+
+
+class TokenThrottled(_page_block("class TokenRateThrottle")["TokenRateThrottle"]):
+    rate = "1/hour"
+
+
+class Throttled(Authenticated):
+    throttle_classes = (UserThrottled,)
+
+
+class TokenRateThrottled(Authenticated):
+    throttle_classes = (TokenThrottled,)
+
+
 def plain(request: Any) -> HttpResponse:  # a Django view beside them, not exempt from CSRF
     return HttpResponse("ok")
 
@@ -151,6 +170,8 @@ urlpatterns = [
     path("session-first", SessionFirst.as_view()),
     path("defaults", Defaults.as_view()),
     path("plain", plain),
+    path("throttled", Throttled.as_view()),
+    path("token-throttled", TokenRateThrottled.as_view()),
     *router.urls,
 ]
 
@@ -379,3 +400,22 @@ def test_drf_views_need_no_csrf_token_for_a_bearer_request(
         for cookies in ({}, {settings.SESSION_COOKIE_NAME: "stale"}):
             response = send(kind, "POST", url, token, csrf=True, cookies=cookies)
             assert response.status_code == 200, response.content
+
+
+def test_drfs_user_throttle_shares_one_rate_among_tokens_the_pages_does_not(
+    session_issuer: DevIssuer, kind: str
+) -> None:
+    # UserRateThrottle keys on request.user.pk, None for every TokenUser: one client's
+    # request spends the rate of every other. The page's throttle keys on the principal.
+    from django.core.cache import cache
+
+    cache.clear()
+    ann, bob = (bearer(session_issuer, sub=sub) for sub in ("ann", "bob"))
+    with configured(session_issuer.guard()):
+        shared = [send(kind, "GET", "/throttled", token).status_code for token in (ann, bob)]
+        own = [send(kind, "GET", "/token-throttled", token).status_code for token in (ann, bob)]
+        again = send(kind, "GET", "/token-throttled", ann).status_code
+    cache.clear()
+    assert shared == [200, 429]
+    assert own == [200, 200]
+    assert again == 429

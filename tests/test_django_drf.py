@@ -28,6 +28,7 @@ if not settings.configured:  # the first Django test of the session (see docs/ws
 from django.http import HttpResponse
 from django.test import AsyncClient, Client, override_settings
 from django.urls import path
+from django.utils.decorators import method_decorator
 from rest_framework.authentication import BasicAuthentication, SessionAuthentication
 from rest_framework.decorators import action, api_view
 from rest_framework.permissions import IsAuthenticated
@@ -107,6 +108,17 @@ class ItemSet(ViewSet):
     def recent(self, request: Request) -> Response:
         return Response(_whom(request))
 
+    @requires_scopes("reports:write")  # above @action, which marks what it wraps
+    @action(detail=False, methods=["post"])
+    def archive(self, request: Request) -> Response:
+        return Response(_whom(request))
+
+
+@method_decorator(requires_scopes("items:read"), name="dispatch")
+class Whole(APIView):  # every method, OPTIONS (DRF's own answer) included
+    def get(self, request: Request) -> Response:
+        return Response(_whom(request))
+
 
 def _user(request: Request) -> dict[str, Any]:
     user, auth = request.user, request.auth
@@ -166,6 +178,7 @@ urlpatterns = [
     path("below", below),
     path("above", above),
     path("items", Items.as_view()),
+    path("whole", Whole.as_view()),
     path("authenticated", Authenticated.as_view()),
     path("session-first", SessionFirst.as_view()),
     path("defaults", Defaults.as_view()),
@@ -181,6 +194,7 @@ SCOPED = {  # each scoped DRF view, its scope for a GET
     "/items": "items:read",
     "/set": "items:read",
     "/set/recent": "reports:read",
+    "/whole": "items:read",
 }
 PUBLIC = ["/public/*"]
 
@@ -267,6 +281,24 @@ def test_an_apiview_method_checks_its_own_scope(
     writer = bearer(session_issuer, "items:write")
     created = send(kind, "POST", "/items", writer)
     assert (created.status_code, created.json()) == (201, {"created": True})
+
+
+def test_a_viewset_action_decorated_above_action_checks_its_scope(
+    project: BearerGuard, session_issuer: DevIssuer, kind: str
+) -> None:
+    assert send(kind, "POST", "/set/archive", bearer(session_issuer, "other")).status_code == 403
+    archived = send(kind, "POST", "/set/archive", bearer(session_issuer, "reports:write"))
+    assert (archived.status_code, archived.json()) == (200, {"for": "mia", "drf": True})
+
+
+def test_on_dispatch_the_check_covers_drfs_options_answer(
+    project: BearerGuard, session_issuer: DevIssuer, kind: str
+) -> None:
+    # A method's decorator leaves OPTIONS to DRF, which describes the view to any token.
+    other = bearer(session_issuer, "other")
+    assert send(kind, "OPTIONS", "/items", other).status_code == 200
+    assert send(kind, "OPTIONS", "/whole", other).status_code == 403
+    assert send(kind, "OPTIONS", "/whole", bearer(session_issuer, "items:read")).status_code == 200
 
 
 @pytest.mark.parametrize("url", [*SCOPED, "/authenticated", "/defaults"])

@@ -319,12 +319,15 @@ class BearerGuardAuthentication:
         return None if token is None else (TokenUser(token), token)
 
     def authenticate_header(self, request: Any) -> str:
-        # DRF asks for it only to answer a request no class authenticated (401): the
-        # middleware's own answer to a missing token, audited as the middleware audits one.
+        # DRF asks for it to answer NotAuthenticated or AuthenticationFailed with a 401: the
+        # middleware's own answer to a missing token. Audited as the middleware audits one
+        # when no token was sent; a token it let in was audited then, and the refusal is the
+        # view's (an AuthenticationFailed of its own).
         auth = _verdict(request)
         guard = auth.guard
         error = MissingTokenError("Django REST framework refused a request without a token")
-        guard.audit.refused(error, auth, perf_counter() - auth.started)
+        if auth.token is None:
+            guard.audit.refused(error, auth, perf_counter() - auth.started)
         headers = refusal_for(guard, error).headers
         return next(value for name, value in headers if name == "www-authenticate")
 

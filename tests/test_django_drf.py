@@ -31,6 +31,7 @@ from django.urls import path
 from django.utils.decorators import method_decorator
 from rest_framework.authentication import BasicAuthentication, SessionAuthentication
 from rest_framework.decorators import action, api_view
+from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -140,6 +141,11 @@ class Authenticated(APIView):
         return Response(_user(request))
 
 
+class Failing(Authenticated):  # the view's own refusal of a token the middleware let in
+    def get(self, request: Request) -> Response:
+        raise AuthenticationFailed("the account is locked")
+
+
 class SessionFirst(Authenticated):  # the page's classes, listed the other way round
     authentication_classes = PAGE_CLASSES[::-1]
 
@@ -181,6 +187,7 @@ urlpatterns = [
     path("whole", Whole.as_view()),
     path("authenticated", Authenticated.as_view()),
     path("session-first", SessionFirst.as_view()),
+    path("failing", Failing.as_view()),
     path("defaults", Defaults.as_view()),
     path("plain", plain),
     path("throttled", Throttled.as_view()),
@@ -380,6 +387,20 @@ def test_without_a_token_drf_answers_401_with_the_middlewares_challenge(
         ("token.rejected", "missing_token")
     ]
     check_documented_fields(events)
+
+
+def test_a_views_own_refusal_of_a_token_is_not_audited_as_a_missing_token(
+    project: BearerGuard, session_issuer: DevIssuer, kind: str
+) -> None:
+    # DRF asks the class for its challenge whenever AuthenticationFailed is raised, here by
+    # the view for a token the middleware let in (and audited): a 401, and no second event
+    # saying that no token was sent.
+    expected = send(kind, "GET", "/items")  # the middleware's answer to a missing token
+    with structlog.testing.capture_logs() as events:
+        response = send(kind, "GET", "/failing", bearer(session_issuer))
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == expected["WWW-Authenticate"]
+    assert [event["event"] for event in events] == ["token.accepted"]
 
 
 def test_listed_after_session_authentication_drf_answers_403(

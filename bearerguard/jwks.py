@@ -113,7 +113,51 @@ def check_issuer(issuer: str) -> str:
             f"issuer must be an issuer identifier, without a query or fragment "
             f"(RFC 8414 §2): {issuer!r}"
         )
+    if "{" in issuer or "}" in issuer:
+        # Entra ID's multi-tenant metadata names the issuer ".../{tenantid}/v2.0": copied
+        # as is, a template no token's iss equals (and braces are no URI characters,
+        # RFC 3986 §2).
+        raise ConfigurationError(
+            f"issuer {issuer!r} holds a placeholder: put in the value it stands for "
+            "(your tenant ID, your realm)"
+        )
+    _refuse_entra_alias(issuer)
     return issuer
+
+
+# Entra ID's login hosts (public, US government, China) and the tenant aliases of its
+# multi-tenant endpoints: an authority for sign-in, never the iss of a token, which names
+# the user's own tenant.
+_ENTRA_HOSTS = frozenset(
+    {
+        "login.microsoftonline.com",
+        "login.microsoft.com",
+        "login.windows.net",
+        "sts.windows.net",
+        "login.microsoftonline.us",
+        "login.chinacloudapi.cn",
+        "login.partner.microsoftonline.cn",
+    }
+)
+_ENTRA_ALIASES = frozenset({"common", "organizations", "consumers"})
+
+
+def _refuse_entra_alias(issuer: str) -> None:
+    """Refuse an Entra ID multi-tenant endpoint given as the issuer.
+
+    With it every request was answered 503 (its metadata names another issuer), or with a
+    configured ``jwks_uri`` every token 401 ``invalid_issuer``: no token carries it.
+    """
+    parts = urlsplit(issuer)
+    tenant = parts.path.strip("/").split("/")[0].lower()
+    if (parts.hostname or "") in _ENTRA_HOSTS and tenant in _ENTRA_ALIASES:
+        form = "TENANT_ID/" if parts.hostname == "sts.windows.net" else "TENANT_ID/v2.0"
+        raise ConfigurationError(
+            f"issuer {issuer!r} is Entra ID's multi-tenant endpoint, which no token names "
+            "as its iss: each names its user's tenant. Configure "
+            f"https://{parts.hostname}/{form} with your tenant ID, or accept several "
+            "tenants with TrustedIssuers and a resolver (see the recipes)"
+        )
 
 
 def client_options(timeout: float, tls: ssl.SSLContext) -> dict[str, Any]:

@@ -704,6 +704,47 @@ def test_an_issuer_with_whitespace_is_refused(session_issuer: DevIssuer, issuer:
         BearerGuard(issuer=issuer, audience="api", keys=session_issuer.jwks())
 
 
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        "https://login.microsoftonline.com/common/v2.0",
+        "https://login.microsoftonline.com/organizations/v2.0",
+        "https://login.microsoftonline.com/consumers/v2.0",
+        "https://login.microsoftonline.com/Common/v2.0/",
+        "https://login.microsoftonline.com/common/",
+        "https://sts.windows.net/common/",
+        "https://login.microsoftonline.us/organizations/v2.0",
+    ],
+)
+def test_an_entra_multi_tenant_endpoint_is_refused_as_an_issuer(
+    session_issuer: DevIssuer, issuer: str
+) -> None:
+    # MSAL's authority, copied as the issuer: no token ever names it (each names its user's
+    # tenant), and its metadata names '{tenantid}', so every request was answered 503.
+    with pytest.raises(ConfigurationError, match=r"multi-tenant.*TENANT_ID.*TrustedIssuers"):
+        BearerGuard(issuer=issuer, audience="api", keys=session_issuer.jwks())
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        "https://login.microsoftonline.com/{tenantid}/v2.0",
+        "https://auth.example/{realm}",
+    ],
+)
+def test_a_templated_issuer_is_refused(session_issuer: DevIssuer, issuer: str) -> None:
+    # The issuer of Entra ID's multi-tenant metadata is a template; copied as is, it never
+    # equals a token's iss.
+    with pytest.raises(ConfigurationError, match="placeholder"):
+        BearerGuard(issuer=issuer, audience="api", keys=session_issuer.jwks())
+
+
+def test_a_tenant_named_like_an_alias_elsewhere_is_taken(session_issuer: DevIssuer) -> None:
+    # Only Microsoft's login hosts give those path names their meaning.
+    for issuer in ("https://sso.example/common", "https://login.microsoftonline.com/t/v2.0"):
+        assert BearerGuard(issuer=issuer, audience="api", keys=session_issuer.jwks()).issuer
+
+
 def test_a_bare_algorithm_name_is_refused_as_such(session_issuer: DevIssuer) -> None:
     # PyJWT's habit: algorithms="RS256" was read as its letters, and refused as the
     # "unsupported algorithms ['2', '5', '6', 'R', 'S']".

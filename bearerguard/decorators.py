@@ -822,9 +822,9 @@ def requires_scopes(*scopes: str) -> Callable[[F], F]:
             view's class decorated instead of its methods (at decoration); or no
             ``BearerGuardMiddleware`` in front of the route (at request time).
     """
-    return _scope_decorator(validate_scope_names(scopes), any_of=False)
+    return _scope_decorator(validate_scope_names(scopes, usage="requires_scopes"), any_of=False)
 
 
 def requires_any_scope(*scopes: str) -> Callable[[F], F]:
     """Require at least one of ``scopes``; otherwise as ``requires_scopes``."""
-    return _scope_decorator(validate_scope_names(scopes), any_of=True)
+    return _scope_decorator(validate_scope_names(scopes, usage="requires_any_scope"), any_of=True)

@@ -83,6 +83,26 @@ def test_scope_names_are_validated(names: tuple[object, ...]) -> None:
         validate_scope_names(names)  # type: ignore[arg-type]
 
 
+async def _view() -> None:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("call", "hint"),
+    [
+        # Auth0's scope string, copied whole: RFC 6749 §3.3 scopes hold no space.
+        (lambda: requires_scopes("read:orders write:orders"), r"'read:orders', 'write:orders'"),
+        (lambda: requires_scopes(["a", "b"]), r"one per argument: requires_scopes\('a', 'b'\)"),
+        (lambda: requires_scopes(("a",)), r"one per argument: requires_scopes\('a'\)"),
+        # @requires_scopes without its parentheses: the view is taken as the scope.
+        (lambda: requires_scopes(_view), r"@requires_scopes\('items:read'\)"),
+    ],
+)
+def test_a_misused_scope_argument_says_how_to_write_it(call: Any, hint: str) -> None:
+    with pytest.raises(ConfigurationError, match=hint):
+        call()
+
+
 def test_every_scope_token_character_is_accepted() -> None:
     every = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) not in '"\\')
     assert validate_scope_names([every, "items:read", "realm_access.roles"])[0] == every

@@ -99,11 +99,12 @@ def read_scopes(
     return frozenset(granted)
 
 
-def validate_scope_names(scopes: Iterable[str]) -> tuple[str, ...]:
+def validate_scope_names(scopes: Iterable[str], *, usage: str = "") -> tuple[str, ...]:
     """Check scope names given to a decorator: each one a scope-token (RFC 6749 §3.3).
 
     Those are the characters a challenge's ``scope`` attribute can carry (RFC 6750 §3):
     a name outside them is refused here, at configuration, never while refusing a request.
+    ``usage`` names the decorator, for the hint on how to call it.
     """
     names = tuple(scopes)
     if not names:
@@ -112,8 +113,25 @@ def validate_scope_names(scopes: Iterable[str]) -> tuple[str, ...]:
         if not isinstance(name, str) or not _SCOPE_TOKEN.fullmatch(name):
             raise ConfigurationError(
                 f"invalid scope name {name!r}: printable ASCII but space, '\"' and '\\'"
+                + _hint(name, usage)
             )
     return names
+
+
+def _hint(name: object, usage: str) -> str:
+    """How the likely mistake behind an invalid scope name is written right."""
+    if isinstance(name, str) and " " in name.strip(" "):
+        # A scope claim's string, copied whole: its spaces separate scopes (RFC 6749 §3.3).
+        parts = ", ".join(repr(part) for part in name.split(" ") if part)
+        return f"; give {parts} as separate scopes"
+    if isinstance(name, list | tuple | set | frozenset):
+        if not usage:
+            return "; scopes are given one per argument, not as a list"
+        listed = ", ".join(repr(part) for part in name)
+        return f"; scopes are given one per argument: {usage}({listed})"
+    if callable(name) and usage:
+        return f"; the decorator needs its scopes: @{usage}('items:read')"
+    return ""
 
 
 # scope-token = 1*( %x21 / %x23-5B / %x5D-7E )

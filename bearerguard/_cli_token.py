@@ -20,7 +20,7 @@ import json
 import math
 import textwrap
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -536,6 +536,7 @@ def _explain(
     args: argparse.Namespace,
     kids: Sequence[str],
     now: float,
+    granted: Iterable[str] = (),
 ) -> str | None:
     """Why the check failed, in terms of what the token says (read without trusting it)."""
     reason = error.reason
@@ -566,8 +567,48 @@ def _explain(
     if reason == "invalid_type":
         return f"the header's typ is {header.get('typ')!r}; the rfc9068 profile needs 'at+jwt'"
     if reason == "insufficient_scope":
-        return f"--scope asks for {sorted(error.required)}"
+        return _explain_scopes(error.required, granted, claims)
     return None
+
+
+def _explain_scopes(
+    required: Sequence[str], granted: Iterable[str], claims: Mapping[str, Any]
+) -> str:
+    """The scopes asked for and granted, and where a missing one is, if in a claim not read.
+
+    Keycloak's roles (``realm_access.roles``), Auth0's RBAC ``permissions`` and Entra ID's
+    app ``roles`` are read only when named with ``--scope-claim``, as with the guard's
+    ``scope_claims``: say which claim holds a scope the token seems not to grant.
+    """
+    held = set(granted)
+    text = f"--scope asks for {sorted(required)}; the token grants {sorted(held)}"
+    for scope in sorted(set(required) - held):
+        claim = _claim_holding(claims, scope)
+        if claim is not None:
+            text += f"; {scope!r} is in the claim {claim!r}, not read: add --scope-claim {claim}"
+    return text
+
+
+def _claim_holding(claims: Mapping[str, Any], scope: str) -> str | None:
+    """The dotted name of a claim (nested at most 3 deep) listing ``scope``, or ``None``."""
+    pending: list[tuple[str, Any]] = [
+        (name, value) for name, value in claims.items() if name not in ("scope", "scp")
+    ]
+    for _ in range(3):
+        nested: list[tuple[str, Any]] = []
+        for name, value in pending[:_MAX_CLAIMS_SEARCHED]:
+            if isinstance(value, str) and scope in value.split(" "):
+                return name
+            if isinstance(value, list) and scope in value:
+                return name
+            if isinstance(value, dict):
+                nested.extend((f"{name}.{key}", child) for key, child in value.items())
+        pending = nested
+    return None
+
+
+# A token's claims are read to explain, not trusted: a bounded search per level.
+_MAX_CLAIMS_SEARCHED = 1000
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -602,8 +643,10 @@ def run_verify(args: argparse.Namespace) -> int:
     guard = BearerGuard(keys={"keys": [json.loads(key.source) for key in usable]}, **options)
     now = time.time()
     report: dict[str, Any] = {"valid": False, "issuer": args.issuer, "jwks_uri": fetcher.jwks_uri}
+    granted: frozenset[str] = frozenset()
     try:
         access = guard.authenticate_sync(token)
+        granted = access.scopes
         # A scope-token holds no space (RFC 6749 §3.3): "a b" is two scopes, as for mint.
         required = sorted({scope for value in args.scope for scope in value.split()})
         missing = sorted(set(required) - access.scopes)
@@ -620,7 +663,7 @@ def run_verify(args: argparse.Namespace) -> int:
             "reason": exc.reason,
             "detail": exc.detail,
             "explanation": _explain(
-                exc, header=header, claims=claims, args=args, kids=kids, now=now
+                exc, header=header, claims=claims, args=args, kids=kids, now=now, granted=granted
             ),
             "status": exc.status,
             "error_code": exc.error_code,

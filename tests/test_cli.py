@@ -629,6 +629,40 @@ def test_verify_scope_claims(capsys: pytest.CaptureFixture[str], session_issuer:
     assert code == 0, out
 
 
+@pytest.mark.parametrize(
+    ("claims", "scope", "claim"),
+    [
+        ({"realm_access": {"roles": ["orders-admin"]}}, "orders-admin", "realm_access.roles"),
+        ({"permissions": ["read:orders"]}, "read:orders", "permissions"),  # Auth0 RBAC
+        ({"roles": "Orders.Read"}, "Orders.Read", "roles"),
+        (
+            {"resource_access": {"orders-api": {"roles": ["reader"]}}},
+            "reader",
+            "resource_access.orders-api.roles",
+        ),
+        ({"https://api.example/roles": ["editor"]}, "editor", "https://api.example/roles"),
+    ],
+)
+def test_verify_names_the_claim_a_missing_scope_is_in(
+    capsys: pytest.CaptureFixture[str],
+    session_issuer: DevIssuer,
+    claims: dict[str, Any],
+    scope: str,
+    claim: str,
+) -> None:
+    # Keycloak's roles or Auth0's permissions, not read without --scope-claim: the check
+    # said only that the scope was missing, though the token grants it elsewhere.
+    token = session_issuer.mint(scopes=["openid"], **claims)
+    code, out, _err = verify(capsys, session_issuer, token, "--scope", scope)
+    assert code == cli.EXIT_FAILURE
+    assert "the token grants ['openid']" in out
+    assert f"{scope!r} is in the claim {claim!r}, not read: add --scope-claim {claim}" in out
+    code, out, _err = verify(
+        capsys, session_issuer, token, "--scope", scope, "--scope-claim", claim
+    )
+    assert code == 0, out
+
+
 def test_verify_scopes_separated_by_spaces_are_several(
     capsys: pytest.CaptureFixture[str], session_issuer: DevIssuer
 ) -> None:

@@ -207,12 +207,11 @@ def analyze_jwks(
         ASYMMETRIC_ALGORITHMS,
         KEYS_PER_KID,
         crowded_kids,
+        not_a_jwks,
     )
 
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise ValueError(  # noqa: TRY004 - a document from the network
-            "not a JWK Set: expected an object with a 'keys' array"
-        )
+        raise not_a_jwks(document)
     allowed = ASYMMETRIC_ALGORITHMS if allowed is None else allowed
     reports: list[KeyReport] = []
     findings: list[Finding] = []

@@ -663,6 +663,17 @@ def test_verify_names_the_claim_a_missing_scope_is_in(
     assert code == 0, out
 
 
+@pytest.mark.parametrize("command", ["show", "check"])
+def test_jwks_of_a_metadata_url_names_its_key_set(
+    capsys: pytest.CaptureFixture[str], session_issuer: DevIssuer, command: str
+) -> None:
+    # The discovery URL pasted where the key set URL goes: it was "not a JWK Set" alone.
+    url = session_issuer.url + session_issuer.oidc_metadata_path
+    code, _out, err = run(capsys, "jwks", command, url, "--quiet")
+    assert code == cli.EXIT_FAILURE
+    assert f"its jwks_uri is {session_issuer.jwks_uri!r}" in err
+
+
 def test_verify_scopes_separated_by_spaces_are_several(
     capsys: pytest.CaptureFixture[str], session_issuer: DevIssuer
 ) -> None:

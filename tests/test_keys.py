@@ -411,6 +411,17 @@ def test_not_a_jwks(document: Any) -> None:
         keys_from_jwks(document, ALL)
 
 
+def test_issuer_metadata_given_as_a_jwks_names_its_key_set() -> None:
+    # The openid-configuration URL given as the jwks_uri: say where its keys are.
+    metadata = {"issuer": "https://as.example", "jwks_uri": "https://as.example/keys\n"}
+    with pytest.raises(
+        ValueError, match=r"metadata, not a JWK Set: its jwks_uri is 'https://as.example/keys\\n'"
+    ):
+        keys_from_jwks(metadata, ALL)
+    with pytest.raises(ValueError, match=r"not a JWK Set: expected an object with a 'keys' array$"):
+        keys_from_jwks({"jwks_uri": 5}, ALL)
+
+
 def test_pem_keys() -> None:
     pem = RSA_KEY.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -38,6 +38,7 @@ __all__ = [
     "key_from_pem",
     "key_from_secret",
     "keys_from_jwks",
+    "not_a_jwks",
     "verify_signature",
 ]
 
@@ -307,6 +308,22 @@ def _parse_jwk(jwk: Any, allowed: frozenset[str]) -> tuple[VerificationKey | Non
     return VerificationKey(kid=kid, algorithms=algorithms, key=public_key, source=source), ""
 
 
+def not_a_jwks(document: Any) -> ValueError:
+    """The error for a document that is no JWK Set, naming the key set of issuer metadata.
+
+    The discovery URL (``.../.well-known/openid-configuration``) given where the key set's
+    goes is a common slip: its ``jwks_uri`` says what to give instead. The value comes from
+    the network, so it is quoted (``repr``: no line break reaches a log) and cut short.
+    """
+    jwks_uri = document.get("jwks_uri") if isinstance(document, dict) else None
+    if isinstance(jwks_uri, str):
+        return ValueError(
+            f"issuer metadata, not a JWK Set: its jwks_uri is {jwks_uri[:256]!r}, "
+            "the key set URL to give"
+        )
+    return ValueError("not a JWK Set: expected an object with a 'keys' array")
+
+
 def keys_from_jwks(
     document: Any, allowed: frozenset[str]
 ) -> tuple[list[VerificationKey], list[tuple[str | None, str]]]:
@@ -319,9 +336,7 @@ def keys_from_jwks(
         ValueError: the document is not a JWK Set at all.
     """
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise ValueError(  # noqa: TRY004 - a bad document from the network, not a caller's bug
-            "not a JWK Set: expected an object with a 'keys' array"
-        )
+        raise not_a_jwks(document)
     keys: list[VerificationKey] = []
     skipped: list[tuple[str | None, str]] = []
     for entry in document["keys"]:

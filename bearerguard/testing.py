@@ -357,6 +357,8 @@ class DevIssuer:
         jwks_max_age: the ``Cache-Control: max-age`` sent with the JWKS.
         path: a path component for the issuer identifier (``"/tenant-a"`` makes the issuer
             ``http://127.0.0.1:<port>/tenant-a``); metadata and JWKS are served under it.
+            A trailing slash is kept in the issuer: ``"/"`` makes it
+            ``http://127.0.0.1:<port>/``, as Auth0's issuers end.
         oidc_discovery: serve OpenID Connect Discovery metadata at
             ``<path>/.well-known/openid-configuration``.
         oauth_metadata: also serve RFC 8414 metadata at
@@ -383,10 +385,16 @@ class DevIssuer:
         oauth_metadata: bool = False,
         keys: Iterable[SigningKey] | None = None,
     ) -> None:
-        if path and (not path.startswith("/") or path.endswith("/") or "?" in path):
-            raise ValueError("path must start with '/' and end without '/' (or be empty)")
+        if path and (not path.startswith("/") or "//" in path or "?" in path or "#" in path):
+            raise ValueError(
+                "path must start with '/', without an empty segment, query or fragment "
+                "(or be empty)"
+            )
         self.audience = audience
         self.path = path
+        # Where metadata and keys are served: under the path, its trailing slash aside (the
+        # guard's discovery drops it too: OIDC Discovery §4.1, RFC 8414 §3.1).
+        self._base = path.rstrip("/")
         self.oidc_discovery = oidc_discovery
         self.oauth_metadata = oauth_metadata
         self.jwks_max_age = jwks_max_age
@@ -436,22 +444,22 @@ class DevIssuer:
     @property
     def jwks_uri(self) -> str:
         """Where the JWKS is served."""
-        return f"{self.url}/jwks.json"
+        return f"http://127.0.0.1:{self.port}{self._base}/jwks.json"
 
     @property
     def jwks_path(self) -> str:
         """The request path of the JWKS (a key for ``overrides`` and ``fetch_count``)."""
-        return f"{self.path}/jwks.json"
+        return f"{self._base}/jwks.json"
 
     @property
     def oidc_metadata_path(self) -> str:
         """The request path of the OpenID Connect Discovery document."""
-        return f"{self.path}/.well-known/openid-configuration"
+        return f"{self._base}/.well-known/openid-configuration"
 
     @property
     def oauth_metadata_path(self) -> str:
         """The request path of the RFC 8414 metadata document (RFC 8414 §3.1)."""
-        return f"/.well-known/oauth-authorization-server{self.path}"
+        return f"/.well-known/oauth-authorization-server{self._base}"
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -506,8 +514,8 @@ class DevIssuer:
         return {
             "issuer": self.url,
             "jwks_uri": self.jwks_uri,
-            "authorization_endpoint": f"{self.url}/authorize",
-            "token_endpoint": f"{self.url}/token",
+            "authorization_endpoint": f"http://127.0.0.1:{self.port}{self._base}/authorize",
+            "token_endpoint": f"http://127.0.0.1:{self.port}{self._base}/token",
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": sorted({k.algorithm for k in self.keys}),

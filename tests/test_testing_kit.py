@@ -19,11 +19,12 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x25519
 
-from bearerguard import RefreshPolicy
+from bearerguard import BearerGuard, RefreshPolicy
 from bearerguard.errors import (
     BadSignatureError,
     ExpiredTokenError,
     InvalidAudienceError,
+    KeySetUnavailableError,
     NotYetValidError,
     RevokedTokenError,
     UnknownKeyError,
@@ -247,6 +248,34 @@ def test_issuers_can_share_keys() -> None:
         DevIssuer(keys=[])
     with pytest.raises(ValueError, match="does not generate"):
         SigningKey.generate("ES384")
+
+
+@pytest.mark.parametrize(("path", "suffix"), [("/", "/"), ("/tenant/", "/tenant/")])
+def test_an_issuer_with_a_trailing_slash_as_auth0s(
+    session_issuer: DevIssuer, path: str, suffix: str
+) -> None:
+    # Auth0's issuers end with a slash, the most common mismatch: a test can now reproduce
+    # both the configuration that works and the one missing the slash.
+    with DevIssuer(path=path, keys=session_issuer.keys) as issuer:
+        assert issuer.url == f"http://127.0.0.1:{issuer.port}{suffix}"
+        assert issuer.metadata()["issuer"] == issuer.url
+        token = issuer.mint(scopes=["items:read"])
+        assert issuer.guard().authenticate_sync(token).issuer == issuer.url
+        assert issuer.guard(discover=False).authenticate_sync(token).issuer == issuer.url
+        assert "//" not in issuer.jwks_uri.removeprefix("http://")
+        slashless = issuer.url.removesuffix("/")
+        with pytest.raises(KeySetUnavailableError):  # its metadata names the other spelling
+            BearerGuard(issuer=slashless, audience=issuer.audience).authenticate_sync(token)
+    with DevIssuer(
+        path="/", keys=session_issuer.keys, oauth_metadata=True, oidc_discovery=False
+    ) as rfc8414:
+        assert rfc8414.guard().authenticate_sync(rfc8414.mint()).issuer == rfc8414.url
+
+
+@pytest.mark.parametrize("path", ["//", "tenant/", "/a//", "/a?b"])
+def test_a_malformed_issuer_path_is_refused(path: str) -> None:
+    with pytest.raises(ValueError, match="path must start with '/'"):
+        DevIssuer(path=path, keys=[SigningKey.generate("ES256")])
 
 
 def test_discovery_has_the_members_oidc_discovery_requires(session_issuer: DevIssuer) -> None:

@@ -328,6 +328,15 @@ def _when(value: Any, now: float) -> dict[str, Any] | None:
     }
 
 
+# Auth0 issues an encrypted token (for its own /userinfo) when the authorization request
+# names no audience: the usual way an encrypted token reaches an API.
+_ENCRYPTED = (
+    "an encrypted token (JWE): only its issuer can read it, so it is no access token for "
+    "your API. Auth0 issues one when the client's authorization request names no audience: "
+    "have the client ask for the audience of your API"
+)
+
+
 def _notes(
     token: str, header: Mapping[str, Any], claims: Mapping[str, Any], now: float
 ) -> list[str]:
@@ -344,6 +353,8 @@ def _notes(
     )
     if not header:
         return notes
+    if "enc" in header:  # RFC 7516 §9: a JWE header has "enc"; its kid and typ mean nothing here
+        return [*notes, _ENCRYPTED]
     alg = header.get("alg")
     if isinstance(alg, str) and alg.upper().startswith("HS"):
         notes.append(f"alg {alg} (HMAC): verifiable only with a shared secret set on purpose")
@@ -540,6 +551,8 @@ def _explain(
 ) -> str | None:
     """Why the check failed, in terms of what the token says (read without trusting it)."""
     reason = error.reason
+    if reason == "malformed_token" and "enc" in header:
+        return _ENCRYPTED
     if reason == "expired" and "exp" in claims:
         return f"exp was {relative(float(claims['exp']), now)} (leeway {args.leeway:g} s)"
     if reason == "not_yet_valid":

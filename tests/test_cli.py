@@ -375,6 +375,21 @@ def test_inspect_notes() -> None:
     assert odd["times"] == {}
 
 
+def test_an_encrypted_token_is_explained(
+    capsys: pytest.CaptureFixture[str], session_issuer: DevIssuer
+) -> None:
+    # Auth0 issues an encrypted token when the client names no audience: "JWE is not
+    # accepted" and notes on its kid and typ left the user guessing what to change.
+    jwe = f"{b64({'alg': 'dir', 'enc': 'A256GCM'})}..aXY.Y2lwaGVy.dGFn"
+    notes = inspect_token(jwe)["notes"]
+    assert len(notes) == 1
+    assert notes[0].startswith("an encrypted token (JWE): only its issuer can read it")
+    assert "the audience of your API" in notes[0]
+    code, out, _err = verify(capsys, session_issuer, jwe)
+    assert code == cli.EXIT_FAILURE
+    assert "why      an encrypted token (JWE): only its issuer can read it" in out
+
+
 def _strict_json(text: str) -> Any:
     """``text`` as RFC 8259 JSON: Python's ``Infinity`` and ``NaN`` are refused."""
 

@@ -561,12 +561,9 @@ def _explain(
             if isinstance(value, int | float) and value > now:
                 return f"{name} is {relative(float(value), now)} (leeway {args.leeway:g} s)"
     if reason == "invalid_issuer":
-        return (
-            f"the token's iss is {claims.get('iss')!r}; --issuer is {args.issuer!r}: they must "
-            "be equal character for character (a trailing slash counts)"
-        )
+        return _explain_issuer(claims.get("iss"), args.issuer)
     if reason == "invalid_audience":
-        return f"the token's aud is {claims.get('aud')!r}; --audience is {args.audience!r}"
+        return _explain_audience(claims.get("aud"), args.audience)
     if reason == "unknown_key":
         kid = header.get("kid")
         return f"the token's kid {kid!r} is not published; the key set has {list(kids)}"
@@ -582,6 +579,37 @@ def _explain(
     if reason == "insufficient_scope":
         return _explain_scopes(error.required, granted, claims)
     return None
+
+
+def _explain_issuer(iss: Any, issuer: str) -> str:
+    """An issuer mismatch, and Entra ID's v1.0 tokens (its default) named as such."""
+    text = (
+        f"the token's iss is {iss!r}; --issuer is {issuer!r}: they must be equal character "
+        "for character (a trailing slash counts)"
+    )
+    if isinstance(iss, str) and iss.startswith("https://sts.windows.net/"):
+        text += (
+            "; an Entra ID v1.0 token: set the API's app registration to issue v2.0 tokens "
+            "(requestedAccessTokenVersion 2 in its manifest), or configure the v1.0 issuer "
+            "(see the Entra ID recipe)"
+        )
+    return text
+
+
+def _explain_audience(aud: Any, audience: Sequence[str]) -> str:
+    """An audience mismatch, with the usual cause of a missing one or Keycloak's default."""
+    if aud is None:
+        return (
+            "the token has no aud: it names no API (RFC 9068 §4). Keycloak adds yours with "
+            "an Audience mapper; Auth0 when the client asks for your API's audience"
+        )
+    text = f"the token's aud is {aud!r}; --audience is {list(audience)!r}"
+    if aud == "account" or (isinstance(aud, list) and aud == ["account"]):
+        text += (
+            "; Keycloak's default audience 'account' names its account console: add an "
+            "Audience mapper naming your API"
+        )
+    return text
 
 
 def _explain_scopes(

@@ -689,6 +689,24 @@ def test_jwks_of_a_metadata_url_names_its_key_set(
     assert f"its jwks_uri is {session_issuer.jwks_uri!r}" in err
 
 
+def test_verify_names_an_entra_v1_token_and_a_missing_audience(
+    capsys: pytest.CaptureFixture[str], session_issuer: DevIssuer
+) -> None:
+    # Entra ID's v1.0 tokens (its default) against the v2.0 issuer of the recipe, and a
+    # Keycloak token without an audience mapper: both named with what to change.
+    v1 = session_issuer.mint(iss="https://sts.windows.net/00000000-0000-0000-0000-000000000000/")
+    code, out, _err = verify(capsys, session_issuer, v1)
+    assert code == cli.EXIT_FAILURE
+    assert "an Entra ID v1.0 token: set the API's app registration" in out
+    assert "requestedAccessTokenVersion" in out
+    code, out, _err = verify(capsys, session_issuer, session_issuer.mint(aud=None))
+    assert code == cli.EXIT_FAILURE
+    assert "the token has no aud: it names no API" in out
+    assert "Audience mapper" in out
+    code, out, _err = verify(capsys, session_issuer, session_issuer.mint(aud="account"))
+    assert "Keycloak's default audience 'account'" in out
+
+
 def test_verify_scopes_separated_by_spaces_are_several(
     capsys: pytest.CaptureFixture[str], session_issuer: DevIssuer
 ) -> None:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from bearerguard._cli_common import (
     EXIT_FAILURE,
@@ -321,6 +322,19 @@ def add_jwks_commands(commands: Commands) -> None:
         parser_.set_defaults(handler=handler)
 
 
+# Words in the path of the providers' key set URLs (/.well-known/jwks.json, /v1/keys,
+# /discovery/v2.0/keys, /protocol/openid-connect/certs): a URL without any is likelier the
+# issuer itself, pasted where the key set's goes.
+_KEY_SET_WORDS = ("jwk", "key", "cert")
+
+
+def _issuer_hint(url: str | None) -> str:
+    """For a URL that failed as a key set and does not look like one: try it as the issuer."""
+    if url is None or any(word in urlsplit(url).path.lower() for word in _KEY_SET_WORDS):
+        return ""
+    return f"; if {url} is an issuer, --issuer {url} discovers its key set"
+
+
 def _load(args: argparse.Namespace, console: Console) -> tuple[dict[str, Any], Any]:
     """The source description and the parsed document."""
     from bearerguard.errors import ConfigurationError  # noqa: PLC0415
@@ -353,9 +367,11 @@ def _load(args: argparse.Namespace, console: Console) -> tuple[dict[str, Any], A
         with console.step(what):
             document, max_age = fetcher.fetch_sync()
     except NotJSONError as exc:  # the key set answered: "not a JWK Set", as from a file
-        raise CommandError(str(exc), kind="not_a_jwks") from None
+        raise CommandError(str(exc) + _issuer_hint(args.url), kind="not_a_jwks") from None
     except FetchError as exc:
-        raise CommandError(str(exc), code=EXIT_UNREACHABLE, kind="unreachable") from None
+        raise CommandError(
+            str(exc) + _issuer_hint(args.url), code=EXIT_UNREACHABLE, kind="unreachable"
+        ) from None
     source: dict[str, Any] = {"jwks_uri": fetcher.jwks_uri, "max_age": max_age}
     if args.issuer is not None:
         source["issuer"] = args.issuer

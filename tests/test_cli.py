@@ -1038,6 +1038,22 @@ def test_jwks_usage_errors(
     assert message in err
 
 
+@pytest.mark.parametrize("suffix", ["", "/"])
+def test_jwks_of_an_issuer_url_suggests_discovery(
+    capsys: pytest.CaptureFixture[str], session_issuer: DevIssuer, suffix: str
+) -> None:
+    # The issuer pasted where the key set URL goes: "answered 404" alone.
+    url = session_issuer.url + suffix
+    code, _out, err = run(capsys, "jwks", "check", url, "--quiet")
+    assert code == cli.EXIT_UNREACHABLE
+    assert err.startswith(f"bearerguard: GET {url} answered 404")
+    assert f"if {url} is an issuer, --issuer {url} discovers its key set" in err
+    keys = session_issuer.jwks_uri.replace("jwks.json", "keys.json")  # a key set URL: no hint
+    code, _out, err = run(capsys, "jwks", "check", keys, "--quiet")
+    assert code == cli.EXIT_UNREACHABLE
+    assert "--issuer" not in err
+
+
 def test_jwks_unreachable_and_not_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{closed_port()}/jwks.json"
     code, _out, err = run(capsys, "jwks", "check", url, "--timeout", "2")

@@ -141,10 +141,12 @@ def _unexpected(exc: Exception, jws: CompactJWS | None) -> MalformedTokenError:
 @dataclass(frozen=True, slots=True, eq=False)
 class _Refreshing:
     """An event loop's key set fetch under way: the loop (an anyio token), the event its
-    requests wait on, and the one threads wait on (``authenticate_sync``)."""
+    requests wait on, when it started (clock seconds), and the event threads wait on
+    (``authenticate_sync``)."""
 
     loop: object
     done: anyio.Event
+    started: float
     ended: threading.Event = field(default_factory=threading.Event)
 
 
@@ -1393,7 +1395,7 @@ class BearerGuard:
         if self._refreshing is refreshing:
             # Every fetch ends within its timeout unless its loop stopped running (closed
             # with the fetch pending): drop it, or no loop fetches again.
-            self._refreshing = None
+            self._drop_fetch(refreshing)
 
     async def _claim_fetch(self, *, unknown_kid: bool) -> _Refreshing | None:
         """Start this event loop's fetch if the rules want one and none is under way.
@@ -1428,7 +1430,7 @@ class BearerGuard:
                 cache.needs_refresh(now) or (unknown_kid and cache.may_refresh_for_unknown_kid(now))
             ):
                 return True, None
-            refreshing = _Refreshing(anyio.lowlevel.current_token(), anyio.Event())
+            refreshing = _Refreshing(anyio.lowlevel.current_token(), anyio.Event(), now)
             self._refreshing = refreshing
             cache.record_attempt(now)
             return True, refreshing
@@ -1465,10 +1467,21 @@ class BearerGuard:
 
     def _end_fetch(self, refreshing: _Refreshing) -> None:
         """Wake whoever waits for ``refreshing``; a second call changes nothing."""
-        if self._refreshing is refreshing:  # not dropped as abandoned meanwhile
-            self._refreshing = None
+        self._drop_fetch(refreshing)
         refreshing.done.set()
         refreshing.ended.set()
+
+    def _drop_fetch(self, refreshing: _Refreshing) -> None:
+        """No longer take ``refreshing`` for the fetch under way (unless dropped already).
+
+        A fetch ended without an outcome (cancelled as its event loop shut down, or left in
+        a loop closed with it pending) keeps no cooldown: kept, the next loop's tokens of a
+        key just published were refused for a whole cooldown, the fetch that spent it
+        having brought nothing.
+        """
+        if self._refreshing is refreshing:
+            self._refreshing = None
+        self._keys.abandon_attempt(refreshing.started)
 
     def _drop_abandoned_fetches(self) -> None:
         """Forget fetch tasks whose event loop was closed with them pending.
@@ -1484,8 +1497,7 @@ class BearerGuard:
                 # Not ``del``: another loop's thread may drop the same task meanwhile, and a
                 # second ``del`` raised KeyError (a 500).
                 self._fetch_tasks.pop(task, None)
-                if self._refreshing is refreshing:
-                    self._refreshing = None
+                self._drop_fetch(refreshing)
 
     async def _fetch_keys(self, refreshing: _Refreshing, *, rediscover: bool) -> None:
         """Fetch the key set and install it, or record the failure; then end ``refreshing``.
@@ -1663,7 +1675,7 @@ class BearerGuard:
         if not refreshing.ended.wait(self._fetch_timeout) and self._refreshing is refreshing:
             # Every fetch ends within its timeout unless its loop stopped running (closed
             # with the fetch pending): drop it, or no thread would fetch again.
-            self._refreshing = None
+            self._drop_fetch(refreshing)
 
     # -- the signature step alone, for other signed JWTs ----------------------------------
 

@@ -963,6 +963,39 @@ def test_a_fetch_left_in_an_event_loop_closed_without_cancelling_it_is_dropped(
     assert dev.fetch_count() == 3
 
 
+@pytest.mark.parametrize("cancelled", [True, False], ids=["cancelled", "left-pending"])
+def test_a_kid_miss_fetch_its_event_loop_ended_spends_no_cooldown(
+    dev: DevIssuer, clock: FakeClock, *, cancelled: bool
+) -> None:
+    """A kid miss's fetch that its event loop ended (cancelled as ``asyncio.run`` shuts
+    down, or left pending in a loop closed without cancelling) brought nothing, yet its
+    cooldown held: the next loop's tokens of a key just published were refused (401) for
+    a whole cooldown, as after a fork (``forget_unsettled_attempt``)."""
+    guard = make_guard(dev, clock, discover=False, fetch=FetchPolicy(timeout=5.0))
+    guard.warm_up_sync()
+    clock.advance(POLICY.cooldown)
+    dev.rotate("ES256")
+    serve_jwks(dev, delay=0.5)
+    token = mint(dev)
+
+    async def leave() -> None:
+        request = asyncio.ensure_future(guard.authenticate(token))
+        await anyio.wait_all_tasks_blocked()  # its kid miss's fetch is under way
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+
+    if cancelled:
+        asyncio.run(leave())  # the fetch's task is cancelled as the loop shuts down
+    else:
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(leave())
+        loop.close()
+    serve_jwks(dev)
+    assert asyncio.run(guard.authenticate(token)).subject == "user-1"
+    assert dev.fetch_count() == 3
+
+
 def test_two_loops_dropping_the_same_abandoned_fetch_at_once(
     dev: DevIssuer, clock: FakeClock
 ) -> None:

@@ -196,6 +196,22 @@ def test_an_attempt_never_seen_to_end_can_be_forgotten_with_its_cooldown() -> No
     assert not cache.may_refresh_for_unknown_kid(T0 + 200 + POLICY.cooldown - 0.001)
 
 
+def test_an_abandoned_attempt_keeps_no_cooldown_unless_another_started_since() -> None:
+    # A fetch cancelled with its event loop: it brought nothing.
+    cache = _fetched()
+    cache.record_attempt(T0 + 100)
+    cache.abandon_attempt(T0 + 100)
+    assert cache.may_refresh_for_unknown_kid(T0 + 100)
+    # One that ended keeps its cooldown; a later attempt's is not the abandoned one's.
+    cache.record_attempt(T0 + 200)
+    cache.record_failure()
+    cache.abandon_attempt(T0 + 200)
+    assert not cache.may_refresh_for_unknown_kid(T0 + 200 + POLICY.cooldown - 0.001)
+    cache.record_attempt(T0 + 300)
+    cache.abandon_attempt(T0 + 250)
+    assert not cache.may_refresh_for_unknown_kid(T0 + 300 + POLICY.cooldown - 0.001)
+
+
 def test_zero_cooldown_allows_a_refresh_every_time() -> None:
     policy = RefreshPolicy(cooldown=0)
     cache = KeyCache(policy)

@@ -151,6 +151,13 @@ class KeyCache:
         self.last_failed = True
         self.last_settled = self.last_attempt
 
+    def abandon_attempt(self, started: float) -> None:
+        """Drop the cooldown of the attempt started at ``started``, if it is the last one and
+        never ended: a fetch cancelled with its event loop brought nothing, and its cooldown
+        would only refuse a key published meanwhile. One that ended changes nothing."""
+        if self.last_attempt == started:
+            self.last_attempt = self.last_settled
+
     def forget_unsettled_attempt(self) -> None:
         """Drop the cooldown of an attempt whose end was never recorded.
 

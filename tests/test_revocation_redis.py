@@ -644,6 +644,51 @@ def test_the_clients_of_an_event_loop_are_closed_when_it_ends(
         admin.close()
 
 
+def test_a_mirror_whose_event_loop_ended_is_started_again_and_waited_for(
+    redis_server: RedisServer, redis_namespace: str
+) -> None:
+    """The mirror runs as a task of the event loop that first needed it, cancelled as that
+    loop ends (``asyncio.run``; asgiref's loop per call, as for Django's middleware run
+    asynchronously under WSGI). It still said live: the next loop answered from a table
+    nobody fed, blind to a revocation made meanwhile; past ``failure_timeout``, every check
+    was refused (503) without waiting for the new task, each loop ending before it loaded."""
+    store = RedisRevocationStore(redis_server.url, namespace=redis_namespace, failure_timeout=1.0)
+    revoker = RedisRevocationStore(redis_server.url, namespace=redis_namespace, mirror=False)
+    try:
+        assert not asyncio.run(store.is_revoked(token(jti="a")))
+        assert revoker.revoke_token_sync("a", time.time() + 60)
+        assert asyncio.run(store.is_revoked(token(jti="a")))
+        time.sleep(1.2)  # past failure_timeout: the last loop's mirror heard nothing since
+        for _ in range(3):
+            assert not asyncio.run(store.is_revoked(token(jti="b")))
+    finally:
+        store.close()
+        revoker.close()
+
+
+# What the closed loops leave to the collector (their tasks' connections) is the point.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_mirror_left_in_an_event_loop_closed_under_it_is_started_again_and_waited_for(
+    redis_server: RedisServer, redis_namespace: str
+) -> None:
+    """As above, with each loop closed without cancelling its tasks: the mirror's task never
+    learns that it ended, and once ``failure_timeout`` had passed every check was refused
+    (503) without waiting for the task started in its stead."""
+    store = RedisRevocationStore(redis_server.url, namespace=redis_namespace, failure_timeout=1.0)
+    try:
+        for _ in range(3):
+            loop = asyncio.new_event_loop()
+            try:
+                assert not loop.run_until_complete(store.is_revoked(token(jti="b")))
+            finally:
+                loop.close()  # the mirror's task still pending
+            time.sleep(1.2)  # past failure_timeout: the closed loop's mirror heard nothing since
+    finally:
+        asyncio.run(store.aclose())  # lets go of the closed loops
+        gc.collect()  # their tasks and connections, here rather than in another test
+
+
 def test_the_deployment_page_lists_the_state_without_a_mirror() -> None:
     assert "without a mirror it is `direct`" in _deployment_page()
 

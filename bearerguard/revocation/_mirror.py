@@ -360,6 +360,19 @@ class Mirror:
         else:
             self.state = "stopped"
 
+    def stopped(self) -> None:
+        """Its runner ended without a failure of Redis (its event loop ended): nothing it
+        held may be trusted, and the next start is waited for, as the first one is."""
+        if self.state == "closed":
+            return
+        self.state = "stopped"  # before the table, as in ``lost``
+        self.live.clear()
+        self.settled.clear()
+        self.fresh_at = -math.inf
+        self.ever_live = False
+        self.error = None
+        self.table = RevocationTable()
+
     def close(self) -> None:
         self.state = "closed"
         self.error = "the store was closed"

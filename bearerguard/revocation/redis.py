@@ -1015,6 +1015,10 @@ class RedisRevocationStore:
             if self._runner_alive():
                 return
             self._async_client()  # fails now, in the caller, when there is no async client
+            if self._task is not None:
+                # A task left pending in an event loop closed without cancelling it: it
+                # ended without a word (_task_ended), and the new one is waited for too.
+                mirror.stopped()
             self._task = loop.create_task(self._run_async(mirror), name="bearerguard-mirror")
             self._task_loop = loop
 
@@ -1091,6 +1095,37 @@ class RedisRevocationStore:
         return cursor, list(zip(keys, client.mget(keys) if keys else [], strict=True))
 
     async def _run_async(self, mirror: Mirror) -> None:
+        task = asyncio.current_task()
+        try:
+            await self._sessions_async(mirror)
+        finally:
+            self._task_ended(mirror, task)
+
+    def _task_ended(self, mirror: Mirror, task: asyncio.Task[Any] | None) -> None:
+        """The mirror's ``task`` ended without the store closing: cancelled, mostly, as its
+        event loop shut down (``asyncio.run``, asgiref's loop per call under WSGI).
+
+        Nothing feeds the mirror any longer: it is stopped, and the next check starts it
+        again and waits for it, as the first ones do. Left live, the next loops answered
+        from a table nobody fed (revocations made meanwhile unseen, up to
+        ``failure_timeout``), then refused every check at once (503) while a new task
+        loaded, one such loop after another when each ended first.
+        """
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if task is None or task.get_loop() is not running:
+            # Finalized by the garbage collector, its loop closed under it: _start_task
+            # stops the mirror when it replaces the task.
+            return
+        with self._lock:
+            if self._task is not task:  # closed, or replaced meanwhile
+                return
+            mirror.stopped()  # first: no other runner starts while this one is registered
+            self._task = self._task_loop = None
+
+    async def _sessions_async(self, mirror: Mirror) -> None:
         client = self._async_client()
         attempt = 0
         while not self._closed:

@@ -16,6 +16,7 @@ never read as an answer, active or inactive (fail closed).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -24,7 +25,7 @@ import secrets
 import ssl
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
@@ -362,6 +363,7 @@ class Introspector:
         self._async_flights: dict[tuple[object, bytes], _AsyncFlight] = {}
         self._sync_flights: dict[bytes, _SyncFlight] = {}
         self._in_flight = 0  # exchanges under way, under _lock
+        self._probes: set[asyncio.Task[None]] = set()  # async probes under way (health)
         reset_after_fork(self)
         self._limits = _Limits(self.timeout, max_bytes)
         # Loading the CA bundle costs tens of milliseconds: once, not per request.
@@ -481,22 +483,48 @@ class Introspector:
         The probe asks about a random token, never a real one, and bypasses the cache: the
         endpoint is healthy when it answers RFC 7662 JSON not saying ``active: true``. Within
         the interval (or while another probe is under way) the last outcome is reported.
+        A probe runs to its end (within ``timeout``) even if the check that started it is
+        cancelled: its outcome is what every check reports until the next one.
         """
         token = self._probe_due()
         if token is not None:
-            try:
-                if self._probe_slot():
-                    try:
-                        async with httpx.AsyncClient(**self._client_options()) as client:
-                            outcome = await _post_async(
-                                client, self.endpoint, self._request(token), self._limits
-                            )
-                    finally:
-                        self._free_slot()
-                    self._probed(outcome)
-            finally:
-                self._probe_over()
+            await self._to_the_end(self._probe(token))
         return self._health()
+
+    async def _to_the_end(self, probe: Coroutine[Any, Any, None]) -> None:
+        """Await ``probe``, which goes on if this caller is cancelled.
+
+        Cancelled with its caller (a readiness poll's timeout shorter than the probe's, a
+        server cancelling the request of a client gone), the probe recorded nothing, yet
+        none was due again for ``health_interval``: every check meanwhile reported the
+        outcome from before, healthy while the endpoint hung.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio: anyio's shield covers every cancellation
+            with anyio.CancelScope(shield=True):
+                await probe
+            return
+        # Under asyncio, task.cancel() reaches the caller whatever anyio shields: the probe
+        # runs in a task of its own (held here: the event loop holds tasks only weakly).
+        task = loop.create_task(probe, name="bearerguard-introspection-probe")
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+        await asyncio.shield(task)
+
+    async def _probe(self, token: str) -> None:
+        try:
+            if self._probe_slot():
+                try:
+                    async with httpx.AsyncClient(**self._client_options()) as client:
+                        outcome = await _post_async(
+                            client, self.endpoint, self._request(token), self._limits
+                        )
+                finally:
+                    self._free_slot()
+                self._probed(outcome)
+        finally:
+            self._probe_over()
 
     def health_sync(self) -> dict[str, Any]:
         """Probe the endpoint, blocking (for WSGI); as ``health``."""

@@ -651,6 +651,37 @@ def test_a_health_probe_under_way_is_not_joined_by_another(server: Introspection
     assert server.calls == 2  # the next probe, once the first is over
 
 
+@pytest.mark.anyio
+async def test_a_health_probe_outlives_a_readiness_poll_cancelled_meanwhile(
+    server: IntrospectionServer,
+) -> None:
+    """A readiness poll cancelled while its probe waited for the endpoint (a caller's
+    timeout shorter than the probe's, a server cancelling the request of a client gone)
+    abandoned the probe: its outcome was never recorded, yet no other probe was due for a
+    whole interval, and every poll meanwhile reported the endpoint healthy as it was before.
+    The probe is every later poll's: it now runs to its end, within its own timeout."""
+    clock = Clock()
+    introspector = server.introspector(health_interval=1, timeout=30, clock=clock)
+    assert (await introspector.health())["healthy"] is True
+    server.fault = Fault(status=500, body=b"down", delay=0.5)
+    clock.advance(5)
+    async with anyio.create_task_group() as group:
+
+        async def poll() -> None:
+            await introspector.health()
+
+        group.start_soon(poll)
+        await anyio.wait_all_tasks_blocked()  # its probe waits for the endpoint
+        group.cancel_scope.cancel()
+    for _ in range(1000):  # the probe ends in its own time (10 s: a hang detector)
+        if not introspector.healthy:
+            break
+        await anyio.sleep(0.01)
+    assert (await introspector.health())["healthy"] is False  # the interval holds it
+    assert server.calls == 2
+    assert introspector._in_flight == 0
+
+
 def test_health_probes_count_toward_max_concurrent(server: IntrospectionServer) -> None:
     # The probe is one more exchange with the authorization server: it takes a slot, and a
     # probe due with every slot taken is not sent and fails closed, as a request would.

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -363,7 +365,9 @@ class Introspector:
         self._async_flights: dict[tuple[object, bytes], _AsyncFlight] = {}
         self._sync_flights: dict[bytes, _SyncFlight] = {}
         self._in_flight = 0  # exchanges under way, under _lock
-        self._probes: set[asyncio.Task[None]] = set()  # async probes under way (health)
+        # Async exchanges and probes under way, each in a task of its own (_to_the_end),
+        # with what ends it.
+        self._tasks: dict[asyncio.Task[None], Callable[[], None]] = {}
         reset_after_fork(self)
         self._limits = _Limits(self.timeout, max_bytes)
         # Loading the CA bundle costs tens of milliseconds: once, not per request.
@@ -396,6 +400,7 @@ class Introspector:
         except StopIteration as done:  # answered from the cache
             cached: IntrospectionResult = done.value
             return cached
+        self._drop_abandoned()
         # An anyio.Event belongs to one event loop: flights are shared within a loop only.
         key = (anyio.lowlevel.current_token(), digest)
         flight = self._async_flights.get(key)
@@ -407,18 +412,36 @@ class Introspector:
         with self._lock:
             self._take_slot(flow)
         flight = self._async_flights[key] = _AsyncFlight()
+        # The exchange is every caller's who shares it, not only this one's: cancelled with
+        # this caller, it left the others asking again, and an endpoint slower than the
+        # callers' patience never had an answer taken, nor cached for the next ones.
+        await self._to_the_end(
+            self._exchange(flow, request, flight),
+            functools.partial(self._exchange_ended, key, flight),
+            "bearerguard-introspection",
+        )
+        if flight.error is not None:
+            raise flight.error
+        assert flight.result is not None  # noqa: S101 - _exchange sets one or the other
+        return flight.result
+
+    async def _exchange(self, flow: _Flow, request: _Request, flight: _AsyncFlight) -> None:
+        """Run one exchange and leave its outcome in ``flight``."""
         try:
             async with httpx.AsyncClient(**self._client_options()) as client:
                 outcome = await _post_async(client, self.endpoint, request, self._limits)
             flight.result = _finish(flow, outcome)
         except IntrospectionError as exc:
             flight.error = exc
-            raise
-        finally:
+
+    def _exchange_ended(self, key: tuple[object, bytes], flight: _AsyncFlight) -> None:
+        """Give an exchange's slot back, and its outcome to whoever waits for it."""
+        if self._async_flights.get(key) is flight:
             del self._async_flights[key]
-            self._free_slot()
+        self._free_slot()
+        # An abandoned exchange's loop is closed: its waiters, if any, never run again.
+        with contextlib.suppress(RuntimeError):
             flight.done.set()
-        return flight.result
 
     def introspect_sync(self, token: str) -> IntrospectionResult:
         """Ask whether ``token`` is active, blocking this thread (for WSGI); as ``introspect``."""
@@ -486,45 +509,67 @@ class Introspector:
         A probe runs to its end (within ``timeout``) even if the check that started it is
         cancelled: its outcome is what every check reports until the next one.
         """
+        self._drop_abandoned()
         token = self._probe_due()
         if token is not None:
-            await self._to_the_end(self._probe(token))
+            if not self._probe_slot():
+                self._probe_over()
+                return self._health()
+            # Cancelled with its caller (a readiness poll's timeout shorter than the probe's,
+            # a server cancelling the request of a client gone), the probe recorded nothing,
+            # yet none was due again for health_interval: every check meanwhile reported
+            # the outcome from before, healthy while the endpoint hung.
+            await self._to_the_end(
+                self._probe(token), self._probe_ended, "bearerguard-introspection-probe"
+            )
         return self._health()
 
-    async def _to_the_end(self, probe: Coroutine[Any, Any, None]) -> None:
-        """Await ``probe``, which goes on if this caller is cancelled.
+    async def _probe(self, token: str) -> None:
+        async with httpx.AsyncClient(**self._client_options()) as client:
+            outcome = await _post_async(client, self.endpoint, self._request(token), self._limits)
+        self._probed(outcome)
 
-        Cancelled with its caller (a readiness poll's timeout shorter than the probe's, a
-        server cancelling the request of a client gone), the probe recorded nothing, yet
-        none was due again for ``health_interval``: every check meanwhile reported the
-        outcome from before, healthy while the endpoint hung.
-        """
+    def _probe_ended(self) -> None:
+        self._free_slot()
+        self._probe_over()
+
+    async def _to_the_end(
+        self, work: Coroutine[Any, Any, None], ended: Callable[[], None], name: str
+    ) -> None:
+        """Await ``work``, which goes on to its end (bounded by ``timeout``) if this caller is
+        cancelled; ``ended`` is called once, when it ends or is abandoned."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio: anyio's shield covers every cancellation
             with anyio.CancelScope(shield=True):
-                await probe
+                try:
+                    await work
+                finally:
+                    ended()
             return
-        # Under asyncio, task.cancel() reaches the caller whatever anyio shields: the probe
-        # runs in a task of its own (held here: the event loop holds tasks only weakly).
-        task = loop.create_task(probe, name="bearerguard-introspection-probe")
-        self._probes.add(task)
-        task.add_done_callback(self._probes.discard)
+        # Under asyncio, task.cancel() reaches the caller whatever anyio shields: the work
+        # runs in a task of its own, held here (the event loop holds tasks only weakly), and
+        # ended by its done callback, which also comes for a task cancelled before it ran.
+        task = loop.create_task(work, name=name)
+        self._tasks[task] = ended
+        task.add_done_callback(self._task_done)
         await asyncio.shield(task)
 
-    async def _probe(self, token: str) -> None:
-        try:
-            if self._probe_slot():
-                try:
-                    async with httpx.AsyncClient(**self._client_options()) as client:
-                        outcome = await _post_async(
-                            client, self.endpoint, self._request(token), self._limits
-                        )
-                finally:
-                    self._free_slot()
-                self._probed(outcome)
-        finally:
-            self._probe_over()
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        ended = self._tasks.pop(task, None)
+        if ended is not None:  # not abandoned meanwhile (_drop_abandoned)
+            ended()
+
+    def _drop_abandoned(self) -> None:
+        """End the tasks of event loops closed with them pending (``loop.close()`` without
+        cancelling them, as some test runners and reloaders do): those loops never run them
+        again, nor their done callbacks. Held here for good, each kept its slot
+        (``max_concurrent``: a few such loops left none for any exchange) and its loop."""
+        for task in list(self._tasks):
+            if task.get_loop().is_closed():
+                ended = self._tasks.pop(task, None)  # not ``del``: another thread may drop it
+                if ended is not None:
+                    ended()
 
     def health_sync(self) -> dict[str, Any]:
         """Probe the endpoint, blocking (for WSGI); as ``health``."""

@@ -9,8 +9,10 @@ advancing it, never by sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
+import gc
 import gzip
 import io
 import json
@@ -559,6 +561,62 @@ async def test_concurrent_calls_about_one_token_share_one_exchange(
         thread.join()
     assert server.calls == 2
     assert len(results) == 40
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_caller_does_not_abandon_the_exchange_others_share(
+    server: IntrospectionServer,
+) -> None:
+    """The caller that started an exchange, cancelled (a client gone, a request timeout,
+    ``task.cancel()`` as uvicorn and ``asyncio.wait_for`` do), abandoned it: the callers
+    sharing it asked again, and with an endpoint slower than the callers' patience no
+    answer was ever had, nor cached for the next ones. It now runs to its end (within its
+    timeout), its answer given to those waiting and cached."""
+    answer = json.dumps({"active": True, "exp": int(time.time()) + 300, "sub": "kim"})
+    server.fault = Fault(body=answer.encode(), delay=0.5)  # a slow answer
+    introspector = server.introspector()
+    leader = asyncio.ensure_future(introspector.introspect("opaque"))
+    await anyio.wait_all_tasks_blocked()  # its exchange waits for the endpoint
+    follower = asyncio.ensure_future(introspector.introspect("opaque"))
+    await anyio.wait_all_tasks_blocked()
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    with anyio.fail_after(10):  # a hang detector, not a timing assertion
+        assert (await follower).subject == "kim"
+    assert (await introspector.introspect("opaque")).subject == "kim"  # cached
+    assert server.calls == 1
+    assert introspector._in_flight == 0
+
+
+# What the closed loops leave to the collector (their exchanges' connections) is the point.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_exchanges_left_in_event_loops_closed_under_them_give_their_slots_back(
+    server: IntrospectionServer,
+) -> None:
+    """An exchange runs to its end in a task of its own, which the introspector holds. A
+    loop closed without cancelling its tasks never runs it again: held for good, it kept
+    its slot, and ``max_concurrent`` such loops left no slot for any other exchange."""
+    server.fault = Fault(body=b'{"active": false}', delay=0.5)  # answered, slowly
+    introspector = server.introspector(max_concurrent=2, cache_size=0)
+
+    async def leave() -> None:
+        asking = asyncio.ensure_future(introspector.introspect("opaque"))
+        await anyio.wait_all_tasks_blocked()  # its exchange waits for the endpoint
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+
+    for _ in range(2):
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(leave())
+        loop.close()  # the exchange's task still pending
+    gc.collect()
+    server.fault = None
+    assert asyncio.run(introspector.introspect("opaque")).active is False
+    gc.collect()
+    assert introspector._in_flight == 0
 
 
 @pytest.mark.anyio

@@ -96,8 +96,11 @@ def _look_up(key: tuple[str, int], lookup: _Lookup) -> None:
         lookup.addresses = list(dict.fromkeys(addresses))
         if not lookup.addresses:
             lookup.error = f"{key[0]} resolves to no usable address"
-    except (OSError, UnicodeError) as exc:
-        lookup.error = f"resolving {key[0]} failed: {exc}"
+    except Exception as exc:  # noqa: BLE001 - whatever the resolver raised, the lookup failed
+        # Not only OSError and UnicodeError: a resolver may raise anything (LookupError in a
+        # frozen app without the idna codec, a patched getaddrinfo's own exception), and a
+        # lookup ended with neither addresses nor an error left its callers nothing to go on.
+        lookup.error = f"resolving {key[0]} failed: {type(exc).__name__}: {exc}"
     finally:
         with _lock:
             # Not cached: the next lookup asks the resolver again (which honours DNS TTLs).

@@ -48,7 +48,7 @@ from bearerguard._core.scopes import split_scope
 from bearerguard._core.times import check_count, check_seconds, check_wait
 from bearerguard._fork import reset_after_fork
 from bearerguard.errors import ConfigurationError, ServiceUnavailableError
-from bearerguard.jwks import check_url, client_options, deadline_client
+from bearerguard.jwks import async_client, check_url, client_options, deadline_client
 
 __all__ = [
     "InactiveTokenError",
@@ -428,7 +428,7 @@ class Introspector:
     async def _exchange(self, flow: _Flow, request: _Request, flight: _AsyncFlight) -> None:
         """Run one exchange and leave its outcome in ``flight``."""
         try:
-            async with httpx.AsyncClient(**self._client_options()) as client:
+            async with async_client(self._client_options()) as client:
                 outcome = await _post_async(client, self.endpoint, request, self._limits)
             flight.result = _finish(flow, outcome)
         except IntrospectionError as exc:
@@ -525,7 +525,7 @@ class Introspector:
         return self._health()
 
     async def _probe(self, token: str) -> None:
-        async with httpx.AsyncClient(**self._client_options()) as client:
+        async with async_client(self._client_options()) as client:
             outcome = await _post_async(client, self.endpoint, self._request(token), self._limits)
         self._probed(outcome)
 

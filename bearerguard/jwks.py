@@ -33,6 +33,7 @@ __all__ = [
     "FetchPolicy",
     "JWKSFetcher",
     "NotJSONError",
+    "async_client",
     "check_issuer",
     "check_url",
     "client_options",
@@ -317,7 +318,7 @@ class _DeadlineBackend(httpcore.NetworkBackend):
             raise httpcore.ConnectTimeout(str(exc)) from exc
         except OSError as exc:
             raise httpcore.ConnectError(str(exc)) from exc
-        refused: httpcore.ConnectError | None = None
+        refused = httpcore.ConnectError(f"{host} resolves to no address")
         for address in addresses:
             try:
                 stream = self._backend.connect_tcp(
@@ -329,7 +330,7 @@ class _DeadlineBackend(httpcore.NetworkBackend):
                 refused = exc
                 continue
             return _DeadlineStream(stream, self._deadline)
-        assert refused is not None  # noqa: S101 - resolve() returns at least one address
+        # Never an assert (python -O drops it): the fetch fails closed whatever resolve() gave.
         raise refused
 
     def connect_unix_socket(
@@ -359,6 +360,58 @@ def deadline_client(options: dict[str, Any], deadline: float) -> httpx.Client:
         network_backend=_DeadlineBackend(deadline),
     )
     return httpx.Client(transport=transport, **options)
+
+
+class _ConnectErrorBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's async backend, any failure to connect a ``ConnectError``.
+
+    httpcore maps only ``OSError`` (and timeouts) from a connection attempt: whatever else
+    the host name lookup raises (``LookupError`` from a frozen app without the idna codec,
+    a patched ``getaddrinfo``'s own exception) went out of the fetch as it was, a 500 where
+    not caught. The sync edge's ``_resolver`` turns the same into a failed lookup.
+    """
+
+    def __init__(self) -> None:
+        self._backend = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            return await self._backend.connect_tcp(
+                host, port, timeout, local_address, socket_options
+            )
+        except (httpcore.ConnectError, httpcore.ConnectTimeout):
+            raise
+        except Exception as exc:  # whatever broke, the connection failed (fail closed)
+            raise httpcore.ConnectError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._backend.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+def async_client(options: dict[str, Any]) -> httpx.AsyncClient:
+    """An async client (``client_options``) whose failures to connect are all httpx errors."""
+    transport = httpx.AsyncHTTPTransport(verify=options["verify"], trust_env=False)
+    # httpx offers no way to pass a network backend: its pool is rebuilt with ours.
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=options["verify"],
+        network_backend=_ConnectErrorBackend(),
+    )
+    return httpx.AsyncClient(transport=transport, **options)
 
 
 def _get_sync(
@@ -527,7 +580,7 @@ class JWKSFetcher:
         deadline = start + self.policy.timeout
         optional_deadline = start + self.policy.timeout / 2
         flow = self._flow(rediscover=rediscover)
-        async with httpx.AsyncClient(**self._client_options()) as client:
+        async with async_client(self._client_options()) as client:
             try:
                 url, optional = next(flow)
                 while True:

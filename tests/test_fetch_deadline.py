@@ -313,3 +313,51 @@ def test_a_lookup_whose_thread_cannot_start_fails_that_fetch_only(
     monkeypatch.setattr(threading.Thread, "start", start)
     document, _ = fetcher.fetch_sync()
     assert document == issuer.jwks()
+
+
+@pytest.fixture
+def odd_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The system resolver failing ``localhost`` with neither an OSError nor a UnicodeError,
+    as one does in a frozen app whose ``idna`` codec was left out (LookupError)."""
+
+    def odd(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in ("localhost", b"localhost"):
+            raise LookupError("unknown encoding: idna")
+        return _getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", odd)
+
+
+@pytest.mark.usefixtures("odd_resolver")
+def test_a_lookup_failing_oddly_fails_a_sync_fetch_cleanly(issuer: DevIssuer) -> None:
+    # The lookup's thread caught OSError and UnicodeError only: with any other exception it
+    # left neither an address nor an error, and the connection failed an assert (an
+    # AssertionError out of fetch_sync and introspect_sync; under python -O, a TypeError).
+    fetcher = JWKSFetcher(issuer.url, by_name(issuer), FetchPolicy(timeout=1))
+    with pytest.raises(FetchError, match=r"ConnectError.*resolving localhost failed"):
+        fetcher.fetch_sync()
+    introspector = Introspector(
+        "http://localhost:9/introspect", client_id="rs", client_secret="s", timeout=1
+    )
+    with pytest.raises(IntrospectionError, match="resolving localhost failed"):
+        introspector.introspect_sync("opaque")
+    guard = issuer.guard(jwks_uri=by_name(issuer), fetch=FetchPolicy(timeout=1))
+    app = BearerGuardWSGIMiddleware(hello_app, guard=guard)
+    status, headers, _ = call(app, HTTP_AUTHORIZATION=f"Bearer {issuer.mint()}")
+    assert status == "503 Service Unavailable"
+    assert "retry-after" in headers
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("odd_resolver")
+async def test_a_lookup_failing_oddly_fails_an_async_fetch_cleanly(issuer: DevIssuer) -> None:
+    # httpcore maps only OSError from a connection to ConnectError: the resolver's other
+    # exceptions went out of fetch() and introspect() as they were (a 500 where not caught).
+    fetcher = JWKSFetcher(issuer.url, by_name(issuer), FetchPolicy(timeout=1))
+    with pytest.raises(FetchError, match=r"ConnectError.*unknown encoding"):
+        await fetcher.fetch()
+    introspector = Introspector(
+        "http://localhost:9/introspect", client_id="rs", client_secret="s", timeout=1
+    )
+    with pytest.raises(IntrospectionError, match="unknown encoding"):
+        await introspector.introspect("opaque")

@@ -19,6 +19,8 @@ import time
 import traceback
 from collections.abc import Callable
 
+from bearerguard._fork import reset_after_fork
+
 _log = logging.getLogger("bearerguard")
 
 
@@ -45,6 +47,7 @@ class FailureReport:
     """
 
     __slots__ = (
+        "__weakref__",  # bearerguard._fork holds each report weakly
         "_clock",
         "_failed_at",
         "_first",
@@ -83,6 +86,13 @@ class FailureReport:
         self._reported_at = self._failed_at = 0.0
         self.failing = False
         """Whether the last failure has not been followed by a ``recovered`` yet."""
+        reset_after_fork(self)
+
+    def _forked(self) -> None:
+        """In a child process after ``fork()`` (bearerguard._fork): a lock another thread of
+        the parent held at the fork is never released here, and the first failure reported waited
+        for it for the worker's whole life."""
+        self._lock = threading.Lock()
 
     def failed(self, what: str, exc: BaseException | None = None) -> None:
         """Count one failure; log it in full if it is the first, or a summary if due."""

@@ -32,6 +32,7 @@ import anyio.to_thread
 from bearerguard._core.dpop import b64url, normalize_htu
 from bearerguard._core.keys import ASYMMETRIC_ALGORITHMS
 from bearerguard._core.times import check_count, check_seconds
+from bearerguard._fork import reset_after_fork
 from bearerguard.errors import ConfigurationError, InvalidDPoPProofError, ReplayStoreError
 
 __all__ = [
@@ -124,6 +125,13 @@ class MemoryDPoPReplayStore:
         # (expiry, key), earliest first: each proof's ttl depends on its iat, so the order
         # of insertion is not the order of expiry.
         self._expiries: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        reset_after_fork(self)
+
+    def _forked(self) -> None:
+        """In a child process after ``fork()`` (bearerguard._fork): a lock another thread of
+        the parent held at the fork is never released here, and the first proof checked waited
+        for it for the worker's whole life."""
         self._lock = threading.Lock()
 
     def __len__(self) -> int:

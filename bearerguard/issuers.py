@@ -31,6 +31,7 @@ from bearerguard._core.jws import decode_payload, looks_compact, parse_compact
 from bearerguard._core.scopes import ScopeImplications
 from bearerguard._core.times import check_count
 from bearerguard._failures import traceback_text
+from bearerguard._fork import reset_after_fork
 from bearerguard.audit import AuditLog, RequestInfo
 from bearerguard.dpop import DPoPPolicy, DPoPRequest
 from bearerguard.errors import (
@@ -154,6 +155,7 @@ class TrustedIssuers:
         self._max_resolved = max_resolved
         self._warned: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
+        reset_after_fork(self)
         self._sync = False
         # The request-level settings the middlewares read, from the primary guard.
         resource = primary.protected_resource
@@ -172,6 +174,12 @@ class TrustedIssuers:
         self.metrics: MetricsHook | None = primary.metrics
         self.scope_implications: ScopeImplications = primary.scope_implications
         self.usage: UsageMonitor | SyncUsageMonitor | None = primary.usage
+
+    def _forked(self) -> None:
+        """In a child process after ``fork()`` (bearerguard._fork): a lock another thread of
+        the parent held at the fork is never released here, and the first token of an issuer
+        not listed waited for it for the worker's whole life."""
+        self._lock = threading.Lock()
 
     @property
     def configured(self) -> list[BearerGuard]:

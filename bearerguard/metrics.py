@@ -30,6 +30,7 @@ import bisect
 import itertools
 import logging
 import math
+import os
 import threading
 import time
 import weakref
@@ -37,6 +38,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from bearerguard._failures import FailureReport
+from bearerguard._fork import reset_after_fork
 from bearerguard.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -130,6 +132,17 @@ _unreferenced_hooks = hook_failures()
 """The report shared by the hooks that cannot be weakly referenced (or hashed)."""
 
 
+def _forked() -> None:
+    """In a child process after ``fork()``: a lock another thread of the parent held at the
+    fork is never released here, and every failing hook's report waited for it forever."""
+    global _hook_reports_lock  # noqa: PLW0603 - the module's state, made anew in the child
+    _hook_reports_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork()
+    os.register_at_fork(after_in_child=_forked)
+
+
 def _report_for(hook: object) -> FailureReport:
     with _hook_reports_lock:
         try:
@@ -194,8 +207,15 @@ class InMemoryMetrics:
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self._buckets = _check_buckets(buckets)
         self._lock = threading.Lock()
+        reset_after_fork(self)
         self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._histograms: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}
+
+    def _forked(self) -> None:
+        """In a child process after ``fork()`` (bearerguard._fork): a lock another thread of
+        the parent held at the fork is never released here, and every request of the worker
+        waited for it when recording its figures."""
+        self._lock = threading.Lock()
 
     def increment(self, name: str, labels: dict[str, str]) -> None:
         """Add one to a counter."""

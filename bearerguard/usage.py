@@ -51,6 +51,7 @@ from bearerguard._core.usage import (
     window_at,
 )
 from bearerguard._failures import FailureReport
+from bearerguard._fork import reset_after_fork
 from bearerguard.errors import ConfigurationError, InvalidTokenError, ServiceUnavailableError
 from bearerguard.token import AccessToken
 
@@ -286,6 +287,13 @@ class MemoryUsageMonitor:
         self._cap = max_addresses_tracked
         self._clock = clock
         self._table: OrderedDict[tuple[str, str, str], _Counts] = OrderedDict()
+        self._lock = threading.Lock()
+        reset_after_fork(self)
+
+    def _forked(self) -> None:
+        """In a child process after ``fork()`` (bearerguard._fork): a lock another thread of
+        the parent held at the fork is never released here, and the first use counted waited
+        for it for the worker's whole life."""
         self._lock = threading.Lock()
 
     @property

@@ -11,6 +11,8 @@ through a pipe and is killed past its deadline: a deadlock fails the test, never
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import os
 import select
@@ -23,16 +25,23 @@ from typing import Any
 
 import pytest
 
+import bearerguard.metrics
 from bearerguard import BearerGuard
 from bearerguard._core.keycache import RefreshPolicy
+from bearerguard._failures import FailureReport
+from bearerguard.dpop import MemoryDPoPReplayStore
 from bearerguard.errors import (
     InvalidTokenError,
     RevocationStoreError,
     RevokedTokenError,
     UnknownKeyError,
 )
+from bearerguard.issuers import TrustedIssuers
 from bearerguard.jwks import FetchPolicy
+from bearerguard.metrics import InMemoryMetrics, _report_for
+from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer, Override
+from bearerguard.usage import MemoryUsageMonitor, UsagePolicy
 from tests.redis_server import RedisServer
 from tests.test_introspection import Fault, IntrospectionServer
 
@@ -290,3 +299,90 @@ def test_a_worker_forked_during_a_key_set_fetch_keeps_no_cooldown_from_it(
     newer, fetches = issuer.mint(jti="newer"), issuer.fetch_count()
     assert in_child(lambda: outcome(guard, newer)) == UnknownKeyError.__name__
     assert issuer.fetch_count() == fetches
+
+
+@contextlib.contextmanager
+def held_by_another_thread(lock: Any) -> Iterator[None]:
+    """A thread of the master holds ``lock`` (as one mid-update would) until the block ends."""
+    taken, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            taken.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert taken.wait(5)
+        yield
+    finally:
+        done.set()
+        holder.join()
+
+
+def _usage(issuer: DevIssuer) -> tuple[Any, Callable[[], Any]]:
+    monitor = MemoryUsageMonitor(UsagePolicy(max_uses_per_token=10))
+    guard = issuer.guard(in_process=True, usage=monitor)
+    token = issuer.mint(jti="used")
+    return monitor._lock, lambda: outcome(guard, token)
+
+
+def _revocations(issuer: DevIssuer) -> tuple[Any, Callable[[], Any]]:
+    store = MemoryRevocationStore()
+    guard = issuer.guard(in_process=True, revocation=store)
+    token = issuer.mint(jti="revoked")
+
+    def work() -> str:
+        store.revoke_token_sync("revoked", time.time() + 600, issuer=issuer.url)
+        return outcome(guard, token)
+
+    return store.table._lock, work
+
+
+def _metrics(issuer: DevIssuer) -> tuple[Any, Callable[[], Any]]:
+    metrics = InMemoryMetrics()
+    return metrics._lock, lambda: metrics.increment("bearerguard_requests_total", {})
+
+
+def _hook_reports(issuer: DevIssuer) -> tuple[Any, Callable[[], Any]]:
+    return bearerguard.metrics._hook_reports_lock, lambda: bool(_report_for(object()))
+
+
+def _failure_report(issuer: DevIssuer) -> tuple[Any, Callable[[], Any]]:
+    report = FailureReport("failed: %s", "%d more, %d in all", "recovered after %d")
+    return report._lock, lambda: report.failed("once")
+
+
+def _replays(issuer: DevIssuer) -> tuple[Any, Callable[[], Any]]:
+    replays, proofs = MemoryDPoPReplayStore(), itertools.count()
+    return replays._lock, lambda: replays.first_use_sync(f"proof {next(proofs)}", 60)
+
+
+def _issuers(issuer: DevIssuer) -> tuple[Any, Callable[[], Any]]:
+    trusted = TrustedIssuers([issuer.guard(in_process=True)], resolver=lambda iss: None)
+    stranger = issuer.mint(iss="https://elsewhere.example")
+    return trusted._lock, lambda: outcome_of(trusted, stranger)
+
+
+def outcome_of(trusted: TrustedIssuers, token: str) -> str:
+    try:
+        return str(trusted.authenticate_sync(token).token_id)
+    except InvalidTokenError as exc:
+        return type(exc).__name__
+
+
+@pytest.mark.parametrize(
+    "component",
+    [_usage, _revocations, _metrics, _hook_reports, _failure_report, _replays, _issuers],
+)
+def test_a_worker_forked_while_a_lock_was_held_does_not_deadlock(
+    issuer: DevIssuer, component: Callable[[DevIssuer], tuple[Any, Callable[[], Any]]]
+) -> None:
+    # Another thread of the master held a component's lock when the worker was forked: that
+    # thread never runs in the worker, so the lock stayed held there, and the first request
+    # needing it hung the worker for good.
+    lock, work = component(issuer)
+    expected = work()  # what the master makes of it
+    with held_by_another_thread(lock):
+        assert in_child(work, timeout=10) == expected

@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import Literal
 
+from bearerguard._fork import reset_after_fork
 from bearerguard.token import AccessToken
 
 __all__ = ["DEFAULT_EXPIRY_GRACE", "Entry", "Kind", "RevocationTable", "check_target"]
@@ -62,7 +63,17 @@ class RevocationTable:
     writers can never leave the weaker of two entries behind.
     """
 
-    __slots__ = ("_lock", "clients", "sessionless", "sessions", "subjects", "tokens", "version")
+    # __weakref__: bearerguard._fork holds each table weakly.
+    __slots__ = (
+        "__weakref__",
+        "_lock",
+        "clients",
+        "sessionless",
+        "sessions",
+        "subjects",
+        "tokens",
+        "version",
+    )
 
     def __init__(self) -> None:
         self.tokens: dict[_Key, float] = {}
@@ -73,10 +84,17 @@ class RevocationTable:
         self.sessions: dict[_Key, tuple[float, float]] = {}
         self.sessionless: dict[_Key, tuple[float, float]] = {}
         self._lock = threading.Lock()
+        reset_after_fork(self)
         self.version = next(_versions)
         """Changes whenever an entry is added, after the entry is readable: a token found
         unrevoked at one version stays unrevoked while the version stays the same (entries
         only lapse, and a lapsed entry no longer revoked anything that had not expired)."""
+
+    def _forked(self) -> None:
+        """In a child process after ``fork()`` (bearerguard._fork): a lock another thread of
+        the parent held at the fork (a revocation or the mirror's update being merged) is
+        never released here, and the next revocation waited for it forever."""
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         cutoffs = len(self.subjects) + len(self.clients)

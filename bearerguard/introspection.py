@@ -365,6 +365,8 @@ class Introspector:
         self._async_flights: dict[tuple[object, bytes], _AsyncFlight] = {}
         self._sync_flights: dict[bytes, _SyncFlight] = {}
         self._in_flight = 0  # exchanges under way, under _lock
+        # Bumped by each fork: a slot taken before it is not given back after it (_free_slot).
+        self._generation = 0
         # Async exchanges and probes under way, each in a task of its own (_to_the_end),
         # with what ends it.
         self._tasks: dict[asyncio.Task[None], Callable[[], None]] = {}
@@ -386,6 +388,10 @@ class Introspector:
         self._sync_flights = {}
         self._in_flight = 0
         self._probing = False
+        # A coroutine that forks goes on running its event loop in the child, where the
+        # exchanges it had in flight end: given back there, slots the child never counted
+        # took the count below zero, and max_concurrent was exceeded for good.
+        self._generation += 1
 
     async def introspect(self, token: str) -> IntrospectionResult:
         """Ask whether ``token`` is active, from the cache when a fresh answer is held.
@@ -410,14 +416,14 @@ class Introspector:
             shared = flight.shared()
             return shared if shared is not None else await self.introspect(token)
         with self._lock:
-            self._take_slot(flow)
+            generation = self._take_slot(flow)
         flight = self._async_flights[key] = _AsyncFlight()
         # The exchange is every caller's who shares it, not only this one's: cancelled with
         # this caller, it left the others asking again, and an endpoint slower than the
         # callers' patience never had an answer taken, nor cached for the next ones.
         await self._to_the_end(
             self._exchange(flow, request, flight),
-            functools.partial(self._exchange_ended, key, flight),
+            functools.partial(self._exchange_ended, key, flight, generation),
             "bearerguard-introspection",
         )
         if flight.error is not None:
@@ -434,11 +440,13 @@ class Introspector:
         except IntrospectionError as exc:
             flight.error = exc
 
-    def _exchange_ended(self, key: tuple[object, bytes], flight: _AsyncFlight) -> None:
+    def _exchange_ended(
+        self, key: tuple[object, bytes], flight: _AsyncFlight, generation: int
+    ) -> None:
         """Give an exchange's slot back, and its outcome to whoever waits for it."""
         if self._async_flights.get(key) is flight:
             del self._async_flights[key]
-        self._free_slot()
+        self._free_slot(generation)
         # An abandoned exchange's loop is closed: its waiters, if any, never run again.
         with contextlib.suppress(RuntimeError):
             flight.done.set()
@@ -456,7 +464,7 @@ class Introspector:
             flight = self._sync_flights.get(digest)
             leading = flight is None
             if flight is None:
-                self._take_slot(flow)
+                generation = self._take_slot(flow)
                 flight = self._sync_flights[digest] = _SyncFlight()
         if not leading:
             flow.close()
@@ -477,14 +485,14 @@ class Introspector:
         finally:
             with self._lock:
                 del self._sync_flights[digest]
-            self._free_slot()
+            self._free_slot(generation)
             flight.done.set()
         return flight.result
 
-    def _take_slot(self, flow: _Flow | None) -> None:
+    def _take_slot(self, flow: _Flow | None) -> int:
         """Count one more exchange in flight, or refuse (closing ``flow``) at the limit.
 
-        The caller holds ``_lock``.
+        The caller holds ``_lock``. Returns the generation to give the slot back with.
         """
         if self._in_flight >= self.max_concurrent:
             if flow is not None:
@@ -493,10 +501,15 @@ class Introspector:
                 f"{self.max_concurrent} exchanges with {self.endpoint} already in flight"
             )
         self._in_flight += 1
+        return self._generation
 
-    def _free_slot(self) -> None:
+    def _free_slot(self, generation: int) -> bool:
+        """Give a slot back; ``False`` (nothing given) for one taken before a fork."""
         with self._lock:
+            if generation != self._generation:
+                return False
             self._in_flight -= 1
+            return True
 
     # -- readiness --------------------------------------------------------------------------
 
@@ -512,7 +525,8 @@ class Introspector:
         self._drop_abandoned()
         token = self._probe_due()
         if token is not None:
-            if not self._probe_slot():
+            generation = self._probe_slot()
+            if generation is None:
                 self._probe_over()
                 return self._health()
             # Cancelled with its caller (a readiness poll's timeout shorter than the probe's,
@@ -520,7 +534,9 @@ class Introspector:
             # yet none was due again for health_interval: every check meanwhile reported
             # the outcome from before, healthy while the endpoint hung.
             await self._to_the_end(
-                self._probe(token), self._probe_ended, "bearerguard-introspection-probe"
+                self._probe(token),
+                functools.partial(self._probe_ended, generation),
+                "bearerguard-introspection-probe",
             )
         return self._health()
 
@@ -529,9 +545,10 @@ class Introspector:
             outcome = await _post_async(client, self.endpoint, self._request(token), self._limits)
         self._probed(outcome)
 
-    def _probe_ended(self) -> None:
-        self._free_slot()
-        self._probe_over()
+    def _probe_ended(self, generation: int) -> None:
+        # A probe of the parent's, ended in a child, must not end the child's own.
+        if self._free_slot(generation):
+            self._probe_over()
 
     async def _to_the_end(
         self, work: Coroutine[Any, Any, None], ended: Callable[[], None], name: str
@@ -576,7 +593,8 @@ class Introspector:
         token = self._probe_due()
         if token is not None:
             try:
-                if self._probe_slot():
+                generation = self._probe_slot()
+                if generation is not None:
                     try:
                         deadline = time.monotonic() + self.timeout
                         with deadline_client(self._client_options(), deadline) as client:
@@ -585,7 +603,7 @@ class Introspector:
                                 client, self.endpoint, request, self._limits, deadline
                             )
                     finally:
-                        self._free_slot()
+                        self._free_slot(generation)
                     self._probed(outcome)
             finally:
                 self._probe_over()
@@ -606,21 +624,21 @@ class Introspector:
             self._probing = True
         return "bearerguard-probe-" + secrets.token_urlsafe(24)
 
-    def _probe_slot(self) -> bool:
-        """Take a slot for a probe, which is one more exchange with the endpoint.
+    def _probe_slot(self) -> int | None:
+        """Take a slot for a probe, which is one more exchange with the endpoint; its
+        generation (``_take_slot``).
 
-        At the limit (``False``) the probe is not sent. Slots all taken say how busy this
+        At the limit (``None``) the probe is not sent. Slots all taken say how busy this
         instance is, not whether the endpoint answers, and anyone can take them with
         random opaque tokens: counted as a failure, a flood would make every instance
         report not ready. The last outcome stands, and the next poll probes again.
         """
         with self._lock:
             try:
-                self._take_slot(None)
+                return self._take_slot(None)
             except IntrospectionError:
                 self._probed_at = None
-                return False
-        return True
+                return None
 
     def _probe_over(self) -> None:
         with self._lock:

@@ -21,6 +21,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -36,6 +37,7 @@ from bearerguard.errors import (
     RevokedTokenError,
     UnknownKeyError,
 )
+from bearerguard.introspection import IntrospectionError
 from bearerguard.issuers import TrustedIssuers
 from bearerguard.jwks import FetchPolicy
 from bearerguard.metrics import InMemoryMetrics, _report_for
@@ -70,6 +72,11 @@ def in_child(work: Callable[[], Any], timeout: float = 20.0) -> Any:
             os.write(write, report.encode())
             os._exit(0)
     os.close(write)
+    return reported(pid, read, timeout)
+
+
+def reported(pid: int, read: int, timeout: float) -> Any:
+    """What the child ``pid`` reported through ``read``; killed (failing) past ``timeout``."""
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
     try:
@@ -386,3 +393,52 @@ def test_a_worker_forked_while_a_lock_was_held_does_not_deadlock(
     expected = work()  # what the master makes of it
     with held_by_another_thread(lock):
         assert in_child(work, timeout=10) == expected
+
+
+def test_a_fork_inside_a_running_loop_keeps_the_exchange_limit_in_the_child() -> None:
+    # A coroutine forked with an exchange in flight: the child goes on running the parent's
+    # event loop (asyncio refuses new work there, but callbacks already due still run), and
+    # the exchange ends in it. The fork forgot its slot (it was the parent's); its ending
+    # freed it all the same, so the count went negative and the child let one exchange more
+    # than max_concurrent run at once.
+    answer = json.dumps({"active": True, "exp": int(time.time()) + 300}).encode()
+    with IntrospectionServer() as server:
+        introspector = server.introspector(timeout=5.0, max_concurrent=1)
+        server.fault = Fault(body=answer, delay=0.5)
+
+        def asked(token: str) -> str:
+            try:
+                return str(introspector.introspect_sync(token).active)
+            except IntrospectionError as exc:
+                return type(exc).__name__
+
+        def at_once(tokens: list[str]) -> list[str]:
+            with ThreadPoolExecutor(len(tokens)) as pool:
+                return sorted(pool.map(asked, tokens))
+
+        async def main() -> list[str]:
+            first = asyncio.ensure_future(introspector.introspect("first"))
+            while server.calls < 1:  # noqa: ASYNC110 - the server is another thread's
+                await asyncio.sleep(0.01)
+            read, write = os.pipe()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+                pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child reports through the pipe
+                try:
+                    with contextlib.suppress(Exception):
+                        await first  # the parent's exchange, ended in the child
+                    report = json.dumps({"result": at_once(["a", "b"])})
+                except BaseException as exc:  # reported to the parent
+                    report = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+                finally:
+                    os.write(write, report.encode())
+                    os._exit(0)
+            os.close(write)
+            # Blocking: this loop does not run meanwhile, so the child alone reads the answer.
+            result: list[str] = reported(pid, read, 20)
+            first.cancel()
+            return result
+
+        seen = asyncio.run(main())
+    assert seen == [IntrospectionError.__name__, "True"]

@@ -228,11 +228,15 @@ class RedisClients:
         return owned[0]
 
     async def aclose(self) -> None:
-        """Close the owned clients: each asynchronous one from its own loop, then the other."""
+        """Close the owned clients: each asynchronous one from its own loop, then the other.
+
+        The client of a loop stopped but not closed (``run_until_complete``, a test runner's
+        loop between tests) is closed by that loop as it shuts down, or used there again.
+        """
         with self._loops_lock:
             owned, self._by_loop = self._by_loop, {}
         here = asyncio.get_running_loop()
-        for loop, (_, keeper) in owned.items():
+        for loop, (client, keeper) in owned.items():
             if loop is here:
                 await keeper.aclose()  # closes its client
             elif loop.is_running():
@@ -240,6 +244,12 @@ class RedisClients:
                 closing = asyncio.run_coroutine_threadsafe(keeper.aclose(), loop)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.wrap_future(closing), self.timeout)
+            elif not loop.is_closed():
+                # Nothing runs there now. Dropped, the client stayed open, and the loop's
+                # own clean shutdown (shutdown_asyncgens) warned of a pending task and an
+                # unclosed connection: kept, its keeper closes it then.
+                with self._loops_lock:
+                    self._by_loop.setdefault(loop, (client, keeper))
         self.close()
 
     def close(self) -> None:

@@ -644,6 +644,37 @@ def test_the_clients_of_an_event_loop_are_closed_when_it_ends(
         admin.close()
 
 
+def test_aclose_leaves_the_client_of_a_stopped_event_loop_to_be_closed_as_it_ends(
+    private_redis: RedisServer,
+) -> None:
+    # A loop stopped but not closed (run_until_complete, a test runner's session-wide loop
+    # between tests) cannot close its client while aclose() runs in another: the client was
+    # dropped, open. Its connection stayed open, and the loop's own clean shutdown
+    # (shutdown_asyncgens, then close) warned of a pending task, an un-awaited disconnect
+    # and an unclosed connection. The loop now closes it as it shuts down.
+    store = RedisRevocationStore(private_redis.url, namespace="api", mirror=False)
+    admin = private_redis.client()
+
+    def connected() -> int:
+        return sum(client["name"] == "bearerguard" for client in admin.client_list())
+
+    stopped = asyncio.new_event_loop()
+    try:
+        assert not stopped.run_until_complete(store.is_revoked(token()))
+        assert connected() == 1
+        asyncio.run(store.aclose())
+        gc.collect()  # the dropped client's keeper, finalized
+        stopped.run_until_complete(stopped.shutdown_asyncgens())
+        deadline = time.monotonic() + 5
+        while connected() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert connected() == 0
+    finally:
+        stopped.close()
+        admin.close()
+    gc.collect()  # nothing left to the collector (a ResourceWarning fails the test)
+
+
 def test_a_mirror_whose_event_loop_ended_is_started_again_and_waited_for(
     redis_server: RedisServer, redis_namespace: str
 ) -> None:

@@ -904,7 +904,11 @@ class RedisRevocationStore:
             raise RevocationStoreError(f"revocation mirror not ready: {mirror.error or 'timeout'}")
 
     async def aclose(self) -> None:
-        """Stop the mirror and close the connections this store opened."""
+        """Stop the mirror and close the connections this store opened.
+
+        Those of an event loop stopped but not closed (``run_until_complete``) are closed
+        by that loop as it shuts down (``shutdown_asyncgens``, as ``asyncio.run`` does).
+        """
         task, loop = self._shutdown()
         if task is not None and not task.done():
             if loop is asyncio.get_running_loop():

@@ -285,6 +285,9 @@ class AuditLog:
 
         ``token_logger`` is this log's ``token_logger(described)`` when the caller keeps it.
         """
+        if token_logger is not None and binding == "bearer":
+            self.accepted_through(token_logger, request, latency, admitted=True)
+            return
         # The request's fields, as RequestInfo.fields gives them, without building a dict.
         # Behind a proxy the address is a client's X-Forwarded-For: truncated and escaped
         # as in every other event (a security fix: a raw "\x85" forges a log line).
@@ -293,22 +296,6 @@ class AuditLog:
         client = _printable(client[:_MAX_FIELD]) if client else client
         method = _printable(request.method[:_MAX_FIELD])
         path = _printable(request.path[:_MAX_PATH])
-        if token_logger is not None and binding == "bearer":
-            try:  # the other twelve fields are bound to token_logger
-                token_logger.info(
-                    "token.accepted",
-                    latency_ms=_milliseconds(latency),
-                    method=method,
-                    path=path,
-                    client=client,
-                    request_id=request_id,
-                )
-            except Exception as exc:  # noqa: BLE001 - the application's logger: never a 500
-                self.lost("token.accepted", exc)
-            else:
-                if self._failures.failing:  # the one read a working logger costs
-                    self._failures.recovered()
-            return
         try:
             self._logger.info(
                 "token.accepted",
@@ -330,6 +317,57 @@ class AuditLog:
                 self._failures.recovered()
         if self._proxy is not None:
             self._settle()
+
+    def accepted_through(
+        self, token_logger: Any, request: RequestInfo, latency: float, *, admitted: bool = False
+    ) -> None:
+        """``accepted`` for a Bearer token whose ``token_logger`` is kept: counted, sampled
+        and emitted in one frame, the same event as ``emit_accepted``'s.
+
+        The cache hit's path, every event of a token after its first. ``admitted``: the
+        caller asked ``admits_accepted`` already, so the acceptance is neither counted nor
+        sampled again.
+        """
+        if not admitted:  # as admits_accepted, without its frame
+            if self.metrics is not None:
+                self._count("token.accepted", "ok", latency)
+            sample = self._sample
+            if sample < 1.0 and (sample <= 0.0 or random.random() >= sample):  # noqa: S311
+                return
+        # The request's fields as RequestInfo.fields gives them (truncated, then escaped:
+        # behind a proxy the client is an X-Forwarded-For, and a raw "\x85" forges a log
+        # line). Written out: a text short enough and printable is its own field, which
+        # spares a slice and a call per field (_printable's test, made first).
+        method, path, client, request_id = (
+            request.method,
+            request.path,
+            request.client,
+            request.request_id,
+        )
+        if len(method) > _MAX_FIELD or not method.isprintable():
+            method = _printable(method[:_MAX_FIELD])
+        if len(path) > _MAX_PATH or not path.isprintable():
+            path = _printable(path[:_MAX_PATH])
+        if client and (len(client) > _MAX_FIELD or not client.isprintable()):
+            client = _printable(client[:_MAX_FIELD])
+        if not request_id:
+            request_id = None
+        elif len(request_id) > _MAX_FIELD or not request_id.isprintable():
+            request_id = _printable(request_id[:_MAX_FIELD])
+        try:  # the other twelve fields are bound to token_logger
+            token_logger.info(
+                "token.accepted",
+                latency_ms=round(latency * 1_000_000) / 1000,  # as _milliseconds, no call
+                method=method,
+                path=path,
+                client=client,
+                request_id=request_id,
+            )
+        except Exception as exc:  # noqa: BLE001 - the application's logger: never a 500
+            self.lost("token.accepted", exc)
+        else:
+            if self._failures.failing:  # the one read a working logger costs
+                self._failures.recovered()
 
     def anomaly(self, token: AccessToken, request: RequestInfo, verdict: UsageVerdict) -> None:
         """Record ``token`` used beyond a usage limit: ``token.anomaly`` (always emitted).

@@ -200,7 +200,10 @@ class Verified:
         """
         if audit.metrics is not None:
             count(audit.metrics, CACHE, _HIT)
-        if audit.admits_accepted(latency):
+        kept = self.audit_logger
+        if kept is not None and kept[0] is audit:  # every event after the token's first
+            audit.accepted_through(kept[1], request, latency)
+        elif audit.admits_accepted(latency):
             audit.emit_accepted(
                 self.token,
                 request,

@@ -157,6 +157,47 @@ def test_a_token_logger_carries_the_tokens_fields(session_issuer: DevIssuer) -> 
     assert sink.events[2] == {**sink.events[0], "binding": "dpop"}
 
 
+@pytest.mark.parametrize(
+    "request_info",
+    [
+        REQUEST,
+        RequestInfo("GET", "/items", "", ""),
+        RequestInfo("GET", "/" + "p" * 600, "c" * 200, "r" * 200),
+        RequestInfo("GE\nT", "/a\x1b[31m\u2028b", "10.0.0.1\r\nx", "id\x85\ud800"),
+        RequestInfo("X" * 130 + "\n", "/" + "p" * 511 + "\n", "c" * 128 + "\n", "\t" * 300),
+    ],
+)
+def test_an_event_through_a_token_logger_is_the_full_event(
+    session_issuer: DevIssuer, request_info: RequestInfo
+) -> None:
+    # The cache hit's emission (the token's fields bound) truncates and escapes the
+    # request's text exactly as the event with every field passed does.
+    sink = Sink()
+    audit = AuditLog(logger=bound_logger(sink))
+    token = session_issuer.guard().authenticate_sync(session_issuer.mint())
+    audit.accepted(token, request_info, 0.0012345)
+    audit.accepted_through(audit.token_logger(token_fields(token)), request_info, 0.0012345)
+    assert sink.events[0] == sink.events[1]
+    assert all(str(value).isprintable() for value in sink.events[1].values())
+
+
+@pytest.mark.parametrize("sample", [0.0, 1.0])
+def test_an_event_through_a_token_logger_is_counted_and_sampled_as_any(
+    session_issuer: DevIssuer, sample: float
+) -> None:
+    sink, metrics = Sink(), InMemoryMetrics()
+    audit = AuditLog(logger=bound_logger(sink), sample_accepted=sample, metrics=metrics)
+    token = session_issuer.guard().authenticate_sync(session_issuer.mint())
+    bound = audit.token_logger(token_fields(token))
+    audit.accepted_through(bound, REQUEST, 0.001)
+    assert len(sink.events) == (1 if sample else 0)
+    assert metrics.count(DECISIONS, event="token.accepted", reason="ok") == 1
+    # Admitted by the caller already: emitted, and neither sampled nor counted again.
+    audit.accepted_through(bound, REQUEST, 0.001, admitted=True)
+    assert len(sink.events) == (2 if sample else 1)
+    assert metrics.count(DECISIONS, event="token.accepted", reason="ok") == 1
+
+
 def serve_asgi(guard: BearerGuard) -> Callable[[str], int]:
     async def hello(request: Request) -> PlainTextResponse:
         return PlainTextResponse("hello")

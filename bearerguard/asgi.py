@@ -380,8 +380,21 @@ def _dpop_request(
         url_scheme,
         _host(scope),
         _path_bytes(_full_path(scope)),
-        scope.get("raw_path"),
+        _raw_path(scope),
     )
+
+
+def _raw_path(scope: Scope) -> bytes | None:
+    """The scope's ``raw_path`` as bytes, or ``None`` for no raw path.
+
+    ASGI says bytes or absent; a ``bytearray`` or ``memoryview`` is read as the bytes it
+    holds, as ``_authorization`` reads header values. Anything else (text, a number) is no
+    raw path: the decoded path, escaped again, stands for the URL, as when it is absent.
+    """
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes):
+        return raw
+    return bytes(raw) if isinstance(raw, bytearray | memoryview) else None
 
 
 class BearerGuardMiddleware:

@@ -2014,6 +2014,44 @@ async def test_htu_dot_segments_and_escapes(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("raw_path", "url", "status"),
+    [
+        # A bytearray or memoryview is read as the bytes it holds, as asgi.py reads header
+        # values: its escaped slash is the URL the client requested (RFC 3986 §2.2).
+        (bytearray(b"/files/a%2Fb"), "http://testserver/files/a%2Fb", 404),
+        (memoryview(b"/files/a%2Fb"), "http://testserver/files/a%2Fb", 404),
+        (memoryview(b"/files/a%2Fb"), "http://testserver/files/a/b", 401),
+        # ASGI says bytes or None: anything else is no raw path, and the decoded path,
+        # escaped again, is the URL.
+        (7, "http://testserver/files/a/b", 404),
+        ("/files/a%2Fb", "http://testserver/files/a/b", 404),
+        ("/files/a%2Fb", "http://testserver/files/a%2Fb", 401),
+        ([b"/files/a%2Fb"], "http://testserver/files/a/b", 404),
+    ],
+)
+async def test_a_raw_path_that_is_not_bytes_is_no_500(
+    session_issuer: DevIssuer, holder: Holder, raw_path: object, url: str, status: int
+) -> None:
+    # A raw_path of another type made _escaped_path raise (memoryview has no split, an int
+    # no slice): a 500 without an audit event on any DPoP request such a server passed on.
+    app = build_app(session_issuer.guard(in_process=True, dpop=DPoPPolicy()))
+    token = bound(session_issuer, holder)
+    headers = [
+        (b"host", b"testserver"),
+        (b"authorization", f"DPoP {token}".encode()),
+        (b"dpop", holder.proof(token, url=url).encode()),
+    ]
+    scope = http_scope(headers, path="/files/a/b", raw_path=raw_path)
+    with structlog.testing.capture_logs() as logged:
+        sent = await asgi_call(app, scope)
+    assert sent[0]["status"] == status
+    assert [e["event"] for e in logged if e["event"].startswith("token.")] == [
+        "token.accepted" if status == 404 else "token.rejected"
+    ]
+
+
+@pytest.mark.anyio
 async def test_trailing_white_space_after_a_proof_is_no_part_of_it(
     session_issuer: DevIssuer, holder: Holder
 ) -> None:

@@ -152,8 +152,9 @@ def _received_method(request: Any) -> str:
     9110 §9.1: case-sensitive), as the WSGI and ASGI middlewares read it; Django's
     ``request.method`` is upper-cased (``"HEAD"`` for ``head``)."""
     scope = _scope(request)
-    method = request.META.get("REQUEST_METHOD") if scope is None else scope.get("method")
-    return str(method)
+    if scope is None:
+        return wsgi._native(request.META.get("REQUEST_METHOD")) or ""
+    return str(scope.get("method"))
 
 
 def _credentials_of(
@@ -166,11 +167,11 @@ def _credentials_of(
     (sync or async) Django runs the middleware on, as a sync-only or async-only middleware
     below it decides."""
     meta = request.META
-    header = meta.get("HTTP_AUTHORIZATION")
+    header = wsgi._native(meta.get("HTTP_AUTHORIZATION"))
     # Servers (and Django's ASGI request) join repeated headers with commas: split back, so
     # that two values are refused as invalid_request, as by the WSGI middleware.
-    values = [] if header is None else split_joined_values(str(header).encode("latin-1", "replace"))
-    query = str(meta.get("QUERY_STRING", "")).encode("latin-1", "replace")
+    values = [] if header is None else split_joined_values(header.encode("latin-1", "replace"))
+    query = wsgi._native_bytes(meta, "QUERY_STRING")
     path = request.path_info
     max_bytes = guard.max_token_bytes
     if not guard.sender_constrained:

@@ -116,29 +116,58 @@ _PROXY_FIX_INSIDE = (
 )
 
 
+def _native(value: object) -> str | None:
+    """An environ value as PEP 3333's native string, or ``None`` for no value.
+
+    A server outside PEP 3333 may hand bytes over: read as the latin-1 characters that
+    stand for them, as a native string stands for the bytes received (and as the ASGI
+    middleware reads a ``bytearray`` or ``memoryview`` as the bytes it holds). Anything
+    else (a number, a list) is no value: its ``repr`` (``"b'GET'"``) is no request's.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("latin-1")
+    return None
+
+
+def _native_bytes(environ: WSGIEnvironment, key: str) -> bytes:
+    """The bytes an environ value stands for (``b""`` for none), as the extraction reads."""
+    return (_native(environ.get(key)) or "").encode("latin-1", "replace")
+
+
 def _path(environ: WSGIEnvironment) -> str:
     # PEP 3333 hands PATH_INFO over as latin-1; decode it as UTF-8, as ASGI servers do. It
     # is empty for the application's root reached without a slash (SCRIPT_NAME "/api",
     # request "/api"), which Django serves as "/" and Werkzeug redirects to "/": so is it
     # matched against public_paths.
-    path = str(environ.get("PATH_INFO", "")).encode("latin-1", "replace").decode("utf-8", "replace")
-    return path or "/"
+    path = environ.get("PATH_INFO", "")
+    if type(path) is not str:  # a server outside PEP 3333 (see _native)
+        path = _native(path) or ""
+    return path.encode("latin-1", "replace").decode("utf-8", "replace") or "/"
 
 
 def _describe(environ: WSGIEnvironment, path: str) -> tuple[str, str, str | None, str | None]:
-    return (
-        str(environ.get("REQUEST_METHOD", "GET")),
-        path,
-        environ.get("REMOTE_ADDR"),
-        environ.get("HTTP_X_REQUEST_ID"),
-    )
+    """The request as ``RequestInfo`` takes it: every audit event's fields are text."""
+    method = environ.get("REQUEST_METHOD", "GET")
+    client = environ.get("REMOTE_ADDR")
+    request_id = environ.get("HTTP_X_REQUEST_ID")
+    if type(method) is str and type(client) in _TEXT_OR_NONE and type(request_id) in _TEXT_OR_NONE:
+        return method, path, client, request_id
+    # A server outside PEP 3333: the values as text, or none (the event is still emitted).
+    return _native(method) or "", path, _native(client), _native(request_id)
+
+
+_TEXT_OR_NONE = (str, type(None))
 
 
 def _host(environ: WSGIEnvironment) -> str:
-    host = environ.get("HTTP_HOST")
+    host = _native(environ.get("HTTP_HOST"))
     if host:
-        return str(host)
-    return server_authority(environ.get("SERVER_NAME", ""), environ.get("SERVER_PORT"))
+        return host
+    return server_authority(
+        _native(environ.get("SERVER_NAME")) or "", _native(environ.get("SERVER_PORT"))
+    )
 
 
 def _redact_query_token(environ: WSGIEnvironment) -> None:
@@ -151,8 +180,8 @@ def _redact_query_token(environ: WSGIEnvironment) -> None:
     uWSGI, mod_wsgi) is out of reach: see docs/security.md.
     """
     for key in ("QUERY_STRING", "RAW_URI", "REQUEST_URI"):
-        value = environ.get(key)
-        if not isinstance(value, str):
+        value = _native(environ.get(key))
+        if value is None:
             continue
         if key == "QUERY_STRING":
             target, mark, query = "", "", value
@@ -162,7 +191,9 @@ def _redact_query_token(environ: WSGIEnvironment) -> None:
         raw = query.encode("latin-1", "replace")
         redacted = redact_query_token(raw)
         if redacted is not raw:
-            environ[key] = target + mark + redacted.decode("latin-1")
+            text = target + mark + redacted.decode("latin-1")
+            # Given as bytes (see _native), it is left as bytes: the server set it so.
+            environ[key] = text if isinstance(environ[key], str) else text.encode("latin-1")
 
 
 def _authenticate_bound(  # noqa: PLR0917 - private, one call site
@@ -201,23 +232,23 @@ def _dpop_request(
     policy: DPoPPolicy, environ: WSGIEnvironment, scheme: Literal["bearer", "dpop"]
 ) -> DPoPRequest:
     """What the guard needs of the request to check a DPoP proof (RFC 9449 §4.3)."""
-    proof = environ.get("HTTP_DPOP")
+    proof = _native(environ.get("HTTP_DPOP"))
     # PEP 3333 hands the path over as latin-1 characters standing for the raw bytes.
-    full_path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+    full_path = (_native(environ.get("SCRIPT_NAME")) or "") + (
+        _native(environ.get("PATH_INFO")) or ""
+    )
     return dpop_request(
         policy,
         scheme,
         # Servers join repeated headers with commas, so two proofs arrive as one value. A
         # value that is not latin-1 (a server outside PEP 3333) is a bad proof, not a 500.
-        []
-        if proof is None
-        else [part.encode("latin-1", "replace") for part in str(proof).split(",")],
-        str(environ.get("REQUEST_METHOD", "GET")),
-        str(environ.get("wsgi.url_scheme", "http")),
+        [] if proof is None else [part.encode("latin-1", "replace") for part in proof.split(",")],
+        _native(environ.get("REQUEST_METHOD", "GET")) or "",
+        _native(environ.get("wsgi.url_scheme")) or "http",
         _host(environ),
         full_path.encode("latin-1", "replace"),
         # The request target as received (werkzeug, uWSGI: REQUEST_URI; gunicorn: RAW_URI).
-        str(environ.get("REQUEST_URI") or environ.get("RAW_URI") or "")
+        (_native(environ.get("REQUEST_URI")) or _native(environ.get("RAW_URI")) or "")
         .partition("?")[0]
         .encode("latin-1", "replace"),
     )
@@ -289,11 +320,15 @@ class BearerGuardWSGIMiddleware:
         started = perf_counter()
         guard = self.guard
         header = environ.get("HTTP_AUTHORIZATION")
+        if header is not None and type(header) is not str:  # outside PEP 3333: see _native
+            header = _native(header)
         path = _path(environ)
         resource = guard.protected_resource
         if resource is not None and path in resource.paths:
             _redact_query_token(environ)  # served without a token check: nothing to log
-            status_code, headers, body = resource.response(str(environ.get("REQUEST_METHOD")))
+            status_code, headers, body = resource.response(
+                _native(environ.get("REQUEST_METHOD")) or ""
+            )
             start_response(f"{status_code} {HTTPStatus(status_code).phrase}", headers)
             return [body]
         # A middleware further out with this guard let the request in: its verdict stands
@@ -336,7 +371,7 @@ class BearerGuardWSGIMiddleware:
                     guard,
                     environ,
                     values,
-                    str(environ.get("QUERY_STRING", "")).encode("latin-1", "replace"),
+                    _native_bytes(environ, "QUERY_STRING"),
                     path,
                     request,
                     self.public_paths,
@@ -345,7 +380,7 @@ class BearerGuardWSGIMiddleware:
                 binding = "bearer"
                 token = request_credentials(
                     values,
-                    str(environ.get("QUERY_STRING", "")).encode("latin-1", "replace"),
+                    _native_bytes(environ, "QUERY_STRING"),
                     path,
                     self.public_paths,
                     max_bytes=guard.max_token_bytes,

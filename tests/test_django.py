@@ -1096,6 +1096,41 @@ def test_a_refused_head_request_gets_no_content(project: BearerGuard) -> None:
     assert content == b""
 
 
+@pytest.mark.parametrize("valid", [True, False])
+def test_meta_values_given_as_bytes_are_read_as_the_text_they_stand_for(
+    project: BearerGuard, session_issuer: DevIssuer, valid: bool
+) -> None:
+    # PEP 3333 says native strings; under a server outside it, a bytes REMOTE_ADDR made an
+    # accepted request a 500 and lost a refusal's event, and a bytes Authorization was read
+    # as its repr ("b'Bearer ...'": no credentials). As under BearerGuardWSGIMiddleware.
+    token = session_issuer.mint(sub="kim") if valid else session_issuer.mint_expired()
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/whoami",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "HTTP_HOST": "testserver",
+        "HTTP_AUTHORIZATION": f"Bearer {token}".encode(),
+        "HTTP_X_REQUEST_ID": b"r-1",
+        "REMOTE_ADDR": b"10.0.0.7",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": io.StringIO(),
+    }
+    statuses: list[str] = []
+    with structlog.testing.capture_logs() as events:
+        body = WSGIHandler()(
+            environ, lambda status, headers, exc_info=None: statuses.append(status)
+        )
+        b"".join(body)
+        getattr(body, "close", lambda: None)()
+    assert statuses == ["200 OK" if valid else "401 Unauthorized"]
+    (event,) = [e for e in events if e["event"].startswith("token.")]
+    assert event["event"] == ("token.accepted" if valid else "token.rejected")
+    assert (event["client"], event["request_id"], event["method"]) == ("10.0.0.7", "r-1", "GET")
+
+
 def test_a_refused_head_request_states_the_length_of_the_get_refusal(
     session_issuer: DevIssuer, kind: str
 ) -> None:

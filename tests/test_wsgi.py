@@ -129,6 +129,58 @@ def test_odd_environ_values_never_crash(session_issuer: DevIssuer) -> None:
 
 
 @pytest.mark.parametrize(
+    ("environ", "field", "logged"),
+    [
+        ({"REQUEST_METHOD": b"GET"}, "method", "GET"),
+        ({"PATH_INFO": b"/caf\xc3\xa9"}, "path", "/caf\u00e9"),
+        ({"REMOTE_ADDR": b"10.0.0.7"}, "client", "10.0.0.7"),
+        ({"REMOTE_ADDR": bytearray(b"10.0.0.7")}, "client", "10.0.0.7"),
+        ({"HTTP_X_REQUEST_ID": b"r-\n1"}, "request_id", "r-\\n1"),
+        ({"HTTP_X_REQUEST_ID": memoryview(b"r-1")}, "request_id", "r-1"),
+        # Neither text nor bytes: no value, rather than its repr.
+        ({"REMOTE_ADDR": 7}, "client", None),
+        ({"HTTP_X_REQUEST_ID": ["r-1"]}, "request_id", None),
+        ({"REQUEST_METHOD": None}, "method", ""),
+    ],
+)
+@pytest.mark.parametrize("valid", [True, False])
+def test_environ_values_given_as_bytes_are_read_as_the_text_they_stand_for(
+    session_issuer: DevIssuer, environ: dict[str, Any], field: str, logged: Any, valid: bool
+) -> None:
+    # PEP 3333 says native strings; a server outside it may hand bytes over. A bytes
+    # REMOTE_ADDR or X-Request-ID made an accepted request a 500 and lost a refusal's event
+    # (the audit log truncates and escapes text); a bytes method or path was logged as its
+    # repr ("b'GET'"). Every decision still emits exactly one event, its fields text.
+    app = BearerGuardWSGIMiddleware(hello_app, guard=session_issuer.guard())
+    token = session_issuer.mint() if valid else session_issuer.mint_expired()
+    with structlog.testing.capture_logs() as events:
+        status, _, _ = call(app, HTTP_AUTHORIZATION=f"Bearer {token}", **environ)
+    assert status == ("200 OK" if valid else "401 Unauthorized")
+    (event,) = events
+    assert event["event"] == ("token.accepted" if valid else "token.rejected")
+    assert event[field] == logged
+
+
+def test_an_authorization_given_as_bytes_is_read_as_its_text(session_issuer: DevIssuer) -> None:
+    # A bytes Authorization value was a 500 (str.startswith on bytes), first use or cached.
+    app = BearerGuardWSGIMiddleware(
+        hello_app, guard=session_issuer.guard(), public_paths=["/health"]
+    )
+    token = session_issuer.mint(sub="kim")
+    for _ in range(2):  # verified, then from the cache
+        with structlog.testing.capture_logs() as events:
+            status, _, _ = call(app, HTTP_AUTHORIZATION=f"Bearer {token}".encode())
+        assert status == "200 OK"
+        assert [(e["event"], e["sub"]) for e in events] == [("token.accepted", "kim")]
+    expired = f"Bearer {session_issuer.mint_expired()}".encode()
+    assert call(app, HTTP_AUTHORIZATION=expired)[0] == "401 Unauthorized"
+    # A public path given as bytes is that path; a query token given as bytes is refused.
+    assert call(app, PATH_INFO=b"/health")[0] == "200 OK"
+    environ = {"PATH_INFO": b"/health", "QUERY_STRING": f"access_token={token}".encode()}
+    assert call(app, **environ)[0] == "400 Bad Request"
+
+
+@pytest.mark.parametrize(
     ("public_paths", "message"),
     [
         (["/health?full=1"], "query string"),

@@ -521,9 +521,17 @@ class BearerGuardMiddleware:
         return _streamed_with(response, auth)
 
     def _metadata(self, request: Any) -> HttpResponse | None:
-        """The protected-resource metadata (RFC 9728 §3) when ``request`` asks for it."""
+        """The protected-resource metadata (RFC 9728 §3) when ``request`` asks for it at
+        the host's top (RFC 8615 §3), as the WSGI and ASGI middlewares serve it: not under
+        a ``SCRIPT_NAME``, nor below a Starlette ``Mount`` (see ``serve_metadata``)."""
         resource = self.guard.protected_resource
         if resource is None or request.path_info not in resource.paths:
+            return None
+        scope = _scope(request)
+        if scope is None:
+            if not wsgi._at_the_top(request.META):
+                return None
+        elif asgi._well_known_path(scope) not in resource.paths:
             return None
         _redact_query_token(request)  # served without a token check: nothing to log
         status, headers, body = resource.response(_received_method(request))

@@ -44,13 +44,14 @@ from bearerguard.dpop import DPoPPolicy, DPoPRequest, dpop_request
 from bearerguard.errors import AuthError, ConfigurationError, ServiceUnavailableError
 from bearerguard.guard import BearerGuard
 from bearerguard.issuers import TrustedIssuers
+from bearerguard.metadata import ProtectedResource
 from bearerguard.mtls import binding_of, environ_certificate
 from bearerguard.token import AccessToken
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["BearerGuardWSGIMiddleware", "plain_response", "responder_for"]
+__all__ = ["BearerGuardWSGIMiddleware", "plain_response", "responder_for", "serve_metadata"]
 
 _log = logging.getLogger("bearerguard")
 Responder = Callable[[Refusal], Any]
@@ -196,6 +197,74 @@ def _redact_query_token(environ: WSGIEnvironment) -> None:
             environ[key] = text if isinstance(environ[key], str) else text.encode("latin-1")
 
 
+def _at_the_top(environ: WSGIEnvironment) -> bool:
+    """Whether the request reached the app at the host's top (``SCRIPT_NAME`` empty).
+
+    A well-known URI is one only at the top of the path (RFC 8615 §3): under a mount at
+    ``/api`` (a dispatcher, a server's alias or ``SCRIPT_NAME`` setting, ``ProxyFix``'s
+    ``x_prefix`` for a prefix the proxy stripped), ``PATH_INFO``
+    ``/.well-known/oauth-protected-resource/api`` is the URL
+    ``/api/.well-known/oauth-protected-resource/api``, a path of the API, not the one
+    challenges name, which the outer app serves (``serve_metadata``).
+    """
+    return not environ.get("SCRIPT_NAME")
+
+
+def _metadata_answer(
+    resource: ProtectedResource, environ: WSGIEnvironment, start_response: StartResponse
+) -> list[bytes]:
+    """Answer a request for the protected-resource metadata (RFC 9728 §3)."""
+    _redact_query_token(environ)  # served without a token check: nothing to log
+    status_code, headers, body = resource.response(_native(environ.get("REQUEST_METHOD")) or "")
+    start_response(f"{status_code} {HTTPStatus(status_code).phrase}", headers)
+    return [body]
+
+
+class _MetadataServer:
+    """``app``, with the protected-resource metadata served at the host's top in front."""
+
+    def __init__(self, app: WSGIApplication, resource: ProtectedResource) -> None:
+        self.app = app
+        self.resource = resource
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        resource = self.resource
+        if _path(environ) in resource.paths and _at_the_top(environ):
+            return _metadata_answer(resource, environ, start_response)
+        return self.app(environ, start_response)
+
+
+def serve_metadata(app: WSGIApplication, guard: BearerGuard | TrustedIssuers) -> WSGIApplication:
+    """Serve ``guard``'s protected-resource metadata (RFC 9728 §3) in front of ``app``.
+
+    RFC 9728 §3.1 puts the well-known path between the host and the resource's path: for
+    ``https://api.example/api`` the document is at
+    ``https://api.example/.well-known/oauth-protected-resource/api``, the URL every 401 and
+    403 names. An app mounted under a path (``SCRIPT_NAME``: werkzeug's
+    ``DispatcherMiddleware``, a server's alias) never receives it, and its middleware
+    serves the metadata at the host's top only: wrap the outer app, the one that receives
+    the host's paths. The wrapper answers those paths (``GET``, ``HEAD``, ``OPTIONS``)
+    without credentials; every other request goes to ``app`` unchanged.
+
+    Args:
+        app: the outer WSGI application.
+        guard: the guard (or ``TrustedIssuers``) of the mounted app, with a ``resource``.
+
+    Returns:
+        The WSGI application to serve in place of ``app``.
+
+    Raises:
+        ConfigurationError: the guard has no ``resource``, so no metadata to serve.
+    """
+    resource = guard.protected_resource
+    if resource is None:
+        raise ConfigurationError(
+            "serve_metadata: the guard has no resource, so no protected-resource metadata "
+            "(give it resource=, the API's canonical URL)"
+        )
+    return _MetadataServer(app, resource)
+
+
 def _authenticate_bound(  # noqa: PLR0917 - private, one call site
     guard: BearerGuard | TrustedIssuers,
     environ: WSGIEnvironment,
@@ -268,7 +337,8 @@ class BearerGuardWSGIMiddleware:
             Flask or Django response when ``app`` is one, else ``(body, status, headers)``.
 
     Refusals are exactly those of the ASGI middleware (RFC 6750 §3), and so is the
-    protected-resource metadata served when the guard has a ``resource`` (RFC 9728).
+    protected-resource metadata served when the guard has a ``resource`` (RFC 9728), at
+    the host's top only (``SCRIPT_NAME`` empty; for a mounted app, see ``serve_metadata``).
 
     Behind a proxy, werkzeug's ``ProxyFix`` goes outside the middleware, so that the guard
     reads the client's address, scheme and host as the app does.
@@ -324,13 +394,8 @@ class BearerGuardWSGIMiddleware:
             header = _native(header)
         path = _path(environ)
         resource = guard.protected_resource
-        if resource is not None and path in resource.paths:
-            _redact_query_token(environ)  # served without a token check: nothing to log
-            status_code, headers, body = resource.response(
-                _native(environ.get("REQUEST_METHOD")) or ""
-            )
-            start_response(f"{status_code} {HTTPStatus(status_code).phrase}", headers)
-            return [body]
+        if resource is not None and path in resource.paths and _at_the_top(environ):
+            return _metadata_answer(resource, environ, start_response)
         # A middleware further out with this guard let the request in: its verdict stands
         # (responder, start time), audited once. Before the cache-hit path, which would
         # replace it; the membership test spares the hot path a call. Under a WSGI server

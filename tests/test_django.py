@@ -36,6 +36,7 @@ from django.views import View
 
 from bearerguard import BearerGuard, get_access_token, requires_any_scope, requires_scopes
 from bearerguard._context import SCOPE_KEY, current_auth
+from bearerguard.metadata import WELL_KNOWN_PATH
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
@@ -768,6 +769,63 @@ def test_warm_up_fetches_the_keys_when_loaded(issuer: DevIssuer) -> None:
         WSGIHandler()
     assert the_guard.key_ids
     assert issuer.requests == ["/.well-known/openid-configuration", "/jwks.json"]
+
+
+def test_a_project_under_a_script_name_serves_no_metadata_inside_it(
+    session_issuer: DevIssuer,
+) -> None:
+    # RFC 9728 §3.1, RFC 8615 §3: the well-known path follows the host. Under SCRIPT_NAME
+    # /api (a server's alias, a dispatcher), the middleware answered the document at
+    # /api/.well-known/oauth-protected-resource/api, a URL no challenge names, over the
+    # project's own URL there; it now answers at the host's top only, as the WSGI middleware.
+    the_guard = session_issuer.guard(audience=None, resource="https://api.example/api")
+    statuses: list[str] = []
+    with configured(the_guard):
+        for script_name in ("", "/api"):
+            environ = {
+                "REQUEST_METHOD": "GET",
+                "SCRIPT_NAME": script_name,
+                "PATH_INFO": f"{WELL_KNOWN_PATH}/api",
+                "QUERY_STRING": "",
+                "SERVER_NAME": "api.example",
+                "SERVER_PORT": "443",
+                "HTTP_HOST": "api.example",
+                "REMOTE_ADDR": "127.0.0.1",
+                "wsgi.url_scheme": "https",
+                "wsgi.input": io.BytesIO(b""),
+                "wsgi.errors": io.StringIO(),
+            }
+            body = WSGIHandler()(environ, lambda status, *_: statuses.append(status))
+            b"".join(body)
+            getattr(body, "close", lambda: None)()
+    assert statuses == ["200 OK", "401 Unauthorized"]
+
+
+def test_an_asgi_project_mounted_under_a_path_serves_no_metadata_inside_it(
+    session_issuer: DevIssuer,
+) -> None:
+    # As BearerGuardMiddleware: below the server's root path (uvicorn --root-path), not
+    # below a Starlette Mount, whose prefix Django's request.path_info leaves out too.
+    from django.core.asgi import get_asgi_application
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    the_guard = session_issuer.guard(audience=None, resource="https://api.example/api")
+    url = f"/api{WELL_KNOWN_PATH}/api"
+
+    async def statuses() -> list[int]:
+        mounted = Starlette(routes=[Mount("/api", app=get_asgi_application())])
+        answers = []
+        for app, root_path in [(get_asgi_application(), "/api"), (mounted, "")]:
+            transport = httpx.ASGITransport(app=app, root_path=root_path)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="https://api.example"
+            ) as client:
+                answers.append((await client.get(url)).status_code)
+        return answers
+
+    with configured(the_guard):
+        assert asyncio.run(statuses()) == [200, 401]
 
 
 def test_behind_the_asgi_middleware_with_the_same_guard_one_audit_event(

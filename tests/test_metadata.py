@@ -554,7 +554,7 @@ def test_an_extra_member_saying_what_the_guard_says_is_no_contradiction() -> Non
 async def test_the_document_is_served_under_a_root_path(session_issuer: DevIssuer) -> None:
     # uvicorn --root-path /api (a proxy strips /api) puts the root path in front of every
     # path (ASGI 3), the proxied well-known request's too: compared as public_paths are,
-    # inside the app, as the WSGI and Django middlewares compare PATH_INFO.
+    # inside the app. (A WSGI SCRIPT_NAME is per request: see test_wsgi's mounted app.)
     from bearerguard.asgi import BearerGuardMiddleware
 
     guard = session_issuer.guard(

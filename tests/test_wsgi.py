@@ -23,9 +23,15 @@ from bearerguard.dpop import DPoPPolicy
 from bearerguard.errors import ConfigurationError, KeySetUnavailableError, UnknownKeyError
 from bearerguard.flask import protect
 from bearerguard.guard import BearerGuard
+from bearerguard.metadata import WELL_KNOWN_PATH
 from bearerguard.revocation.redis import RedisRevocationStore
 from bearerguard.testing import DevIssuer, Override
-from bearerguard.wsgi import BearerGuardWSGIMiddleware, plain_response, responder_for
+from bearerguard.wsgi import (
+    BearerGuardWSGIMiddleware,
+    plain_response,
+    responder_for,
+    serve_metadata,
+)
 from tests.helpers import serving
 from tests.redis_server import RedisServer
 
@@ -673,6 +679,59 @@ def test_public_paths_are_app_relative_under_a_mount(
     )
     outer = DispatcherMiddleware(flask.Flask("outer"), {"/api": guarded})
     assert call(outer, PATH_INFO=path)[0] == status
+
+
+def test_a_mounted_app_serves_no_metadata_inside_its_mount(session_issuer: DevIssuer) -> None:
+    # RFC 9728 §3.1, RFC 8615 §3: the well-known path follows the host, never a path below
+    # it. Mounted under /api (SCRIPT_NAME), the middleware also answered the document at
+    # /api/.well-known/oauth-protected-resource/api, a URL no challenge names and no client
+    # derives, without a token and over the app's own route there; the URL challenges name
+    # reached the outer app, which answered 404. As over ASGI, the middleware now serves it
+    # at the host's top only (SCRIPT_NAME empty), and serve_metadata serves it from the
+    # outer app.
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+    from werkzeug.test import Client
+
+    resource = "https://api.example/api"
+    guard = session_issuer.guard(audience=None, resource=resource)
+
+    def echo(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"app: {environ['SCRIPT_NAME']}{environ['PATH_INFO']}".encode()]
+
+    def not_found(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found"]
+
+    api = BearerGuardWSGIMiddleware(echo, guard=guard)
+    outer = serve_metadata(DispatcherMiddleware(not_found, {"/api": api}), guard)
+    client = Client(outer)
+    base = "https://api.example"
+    bearer = {"Authorization": f"Bearer {session_issuer.mint(aud=resource)}"}
+    advertised = f"{WELL_KNOWN_PATH}/api"
+    document = client.get(advertised, base_url=base)
+    assert document.status_code == 200
+    assert document.json["resource"] == resource
+    assert client.options(advertised, base_url=base).status_code == 204  # a CORS preflight
+    assert client.get(WELL_KNOWN_PATH, base_url=base).status_code == 200
+    challenge = client.get("/api/items", base_url=base).headers["www-authenticate"]
+    assert f'resource_metadata="{base}{advertised}"' in challenge
+    for inside in (advertised, WELL_KNOWN_PATH):
+        path = f"/api{inside}"
+        refused = client.get(path, base_url=base)
+        assert refused.status_code == 401, path
+        assert "resource_metadata=" in refused.headers["www-authenticate"]
+        mine = client.get(path, headers=bearer, base_url=base)  # the app's own route answers
+        assert (mine.status_code, mine.text) == (200, f"app: {path}")
+    # Any other path of the outer app is its own.
+    assert client.get("/other", base_url=base).status_code == 404
+    # At the host's top (SCRIPT_NAME empty), the middleware serves it itself, as before.
+    assert call(api, PATH_INFO=advertised)[0] == "200 OK"
+
+
+def test_serve_metadata_needs_a_resource(session_issuer: DevIssuer) -> None:
+    with pytest.raises(ConfigurationError, match="no resource"):
+        serve_metadata(hello_app, session_issuer.guard())
 
 
 @pytest.mark.parametrize("path", ["/static/../me", "/static/%2e%2e/me", "/static/./x"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.applications import Starlette
 from starlette.authentication import requires
@@ -14,7 +14,13 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from bearerguard import BearerGuard, get_access_token, requires_any_scope, requires_scopes
+from bearerguard import (
+    AccessToken,
+    BearerGuard,
+    get_access_token,
+    requires_any_scope,
+    requires_scopes,
+)
 from bearerguard.asgi import BearerGuardMiddleware
 
 
@@ -168,4 +174,125 @@ def build_flask_app(
         return {"never": "without a token"}
 
     protect(app, guard=guard, public_paths=public_paths)
+    return app
+
+
+def build_django_urls() -> Any:
+    """The same routes as ``build_app``, as a Django URLconf (``ROOT_URLCONF`` takes it)."""
+    from django.http import HttpRequest, JsonResponse
+    from django.urls import path
+    from django.utils.decorators import method_decorator
+    from django.views import View
+
+    def django_me(request: HttpRequest) -> JsonResponse:
+        token = get_access_token(request)
+        return JsonResponse({"sub": None if token is None else token.subject})
+
+    class Items(View):
+        @method_decorator(requires_scopes("items:read"))
+        def get(self, request: HttpRequest) -> JsonResponse:
+            return JsonResponse({"items": []})
+
+        @method_decorator(requires_scopes("items:read", "items:write"))
+        def post(self, request: HttpRequest) -> JsonResponse:
+            return JsonResponse({"written": True})
+
+        @method_decorator(requires_any_scope("admin", "items:delete"))
+        def delete(self, request: HttpRequest) -> JsonResponse:
+            return JsonResponse({"deleted": True})
+
+    class DjangoReports(View):
+        @method_decorator(requires_scopes("reports:read"))
+        def get(self, request: HttpRequest) -> JsonResponse:
+            return JsonResponse({"reports": []})
+
+        @method_decorator(requires_scopes("reports:write"))
+        def post(self, request: HttpRequest) -> JsonResponse:
+            return JsonResponse({"created": True})
+
+    def django_health(request: HttpRequest, name: str | None = None) -> JsonResponse:
+        token = get_access_token(request)
+        return JsonResponse({"ok": True, "sub": None if token is None else token.subject})
+
+    @requires_scopes("items:read")
+    def django_public_but_scoped(request: HttpRequest) -> JsonResponse:
+        return JsonResponse({"never": "without a token"})
+
+    class URLconf:  # what ROOT_URLCONF names: an object with urlpatterns
+        urlpatterns: ClassVar[list[Any]] = [
+            path("me", django_me),
+            path("items", Items.as_view()),
+            path("reports", DjangoReports.as_view()),
+            path("health", django_health),
+            path("healthcheck-admin", django_health),
+            path("static/<str:name>", django_health),
+            path("open", django_public_but_scoped),
+        ]
+
+    return URLconf
+
+
+def build_fastapi_app(guard: BearerGuard) -> Any:
+    """The same routes as ``build_app``, in FastAPI with ``BearerAuth`` and no middleware.
+
+    Without the middleware there are no public paths: a route is public when it declares no
+    ``BearerAuth`` dependency. GET routes take HEAD too, as Starlette's and Flask's do.
+    """
+    from fastapi import FastAPI
+
+    from bearerguard.fastapi import BearerAuth
+
+    bearer = BearerAuth(guard)
+    app = bearer.install(FastAPI())
+    get = ["GET", "HEAD"]
+    anyone = bearer.requires()
+    item_reader = bearer.requires("items:read")
+    item_writer = bearer.requires("items:read", "items:write")
+    report_reader = bearer.requires("reports:read")
+    report_writer = bearer.requires("reports:write")
+
+    @app.api_route("/me", methods=get)
+    async def fastapi_me(token: AccessToken = anyone) -> dict[str, Any]:
+        return {"sub": token.subject}
+
+    @app.api_route("/items", methods=get)
+    async def fastapi_read_items(
+        token: AccessToken = item_reader,
+    ) -> dict[str, Any]:
+        return {"items": []}
+
+    @app.post("/items")
+    def fastapi_write_items(
+        token: AccessToken = item_writer,
+    ) -> dict[str, Any]:
+        return {"written": True}
+
+    @app.delete("/items", dependencies=[bearer.requires_any("admin", "items:delete")])
+    async def fastapi_delete_items() -> dict[str, Any]:
+        return {"deleted": True}
+
+    @app.api_route("/reports", methods=get)
+    async def fastapi_reports(token: AccessToken = report_reader) -> Any:
+        return {"reports": []}
+
+    @app.post("/reports")
+    async def fastapi_create_report(token: AccessToken = report_writer) -> Any:
+        return {"created": True}
+
+    @app.api_route("/health", methods=get)
+    @app.api_route("/static/{name}", methods=get)
+    async def fastapi_health() -> dict[str, Any]:
+        token = get_access_token()
+        return {"ok": True, "sub": None if token is None else token.subject}
+
+    @app.api_route("/healthcheck-admin", methods=get)
+    async def fastapi_not_public(token: AccessToken = anyone) -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.api_route("/open", methods=get)
+    async def fastapi_public_but_scoped(
+        token: AccessToken = item_reader,
+    ) -> dict[str, Any]:
+        return {"never": "without a token"}
+
     return app

@@ -35,10 +35,12 @@ if not settings.configured:  # the first Django test of the session (see docs/ws
 from django.test import override_settings
 
 from bearerguard import AccessToken, BearerGuard
+from bearerguard.dpop import DPoPPolicy
 from bearerguard.metadata import ResourceMetadata
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from tests.apps import build_app, build_django_urls, build_fastapi_app, build_flask_app
+from tests.test_dpop import Holder
 
 Client = Callable[..., httpx.Response]
 urlpatterns: list[Any] = []  # the default URLconf, when this module configures Django
@@ -138,7 +140,7 @@ def open_stack(stack: str, guard: BearerGuard) -> Iterator[Send]:
         # as WSGI servers do (PEP 3333).
         wsgi_client = WerkzeugClient(build_flask_app(guard))
         yield lambda method, path, headers: _from_werkzeug(
-            wsgi_client.open(path, method=method, headers=_latin1(headers))
+            wsgi_client.open(path, "http://testserver", method=method, headers=_latin1(headers))
         )
         return
     app = build_app(guard) if stack == "asgi" else build_fastapi_app(guard)
@@ -183,6 +185,9 @@ class Case:
     events: list[tuple[str, str]]  # (event, reason)
     skip: dict[str, str] = field(default_factory=dict)  # stack -> why it cannot send this
     store: str = "memory"  # "down": a revocation store that fails
+    dpop: bool = False  # the guard accepts DPoP (RFC 9449)
+    keys_down: bool = False  # the guard's key set cannot be fetched
+    warm: Callable[[Headers], Headers] | None = None  # sent first: the token is then reused
     before: Callable[[MemoryRevocationStore], object] | None = None
     # stack -> audit fields that differ from ASGI's on purpose (documented), with their value
     differs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -199,6 +204,49 @@ def minted(scheme: str = "Bearer", **options: Any) -> Callable[[DevIssuer], Head
     return lambda i: [("Authorization", f"{scheme} {i.mint(**options)}")]
 
 
+def proved(
+    path: str = "/me",
+    *,
+    method: str = "GET",
+    scheme: str = "DPoP",
+    url: str | None = None,
+    proofs: int = 1,
+    **options: Any,
+) -> Callable[[DevIssuer], Headers]:
+    """A DPoP-bound token and ``proofs`` proofs for ``url`` (the request's, by default)."""
+
+    def headers(i: DevIssuer) -> Headers:
+        holder = Holder()
+        token = i.mint(cnf={"jkt": holder.jkt}, **options)
+        proof = holder.proof(token, method=method, url=url or f"http://testserver{path}")
+        return [("Authorization", f"{scheme} {token}"), *[("DPoP", proof)] * proofs]
+
+    return headers
+
+
+def same(headers: Headers) -> Headers:
+    return headers
+
+
+def as_bearer(headers: Headers) -> Headers:
+    """The same token, sent the usual way: ``Bearer`` and one space."""
+    value = headers[0][1]
+    token = (value.decode() if isinstance(value, bytes) else value).split()[-1]
+    return [("Authorization", f"Bearer {token}")]
+
+
+def joined(i: DevIssuer) -> Headers:
+    token = i.mint()
+    return [("Authorization", f"Bearer {token}, Bearer {token}")]
+
+
+def first(headers: Headers) -> Headers:
+    """The first token of a joined ``Authorization`` value, alone."""
+    value = headers[0][1]
+    text = value.decode() if isinstance(value, bytes) else value
+    return [("Authorization", text.split(",")[0])]
+
+
 def none(i: DevIssuer) -> Headers:
     return []
 
@@ -207,6 +255,15 @@ ACCEPTED = [("token.accepted", "ok")]
 MISSING = [("token.rejected", "missing_token")]
 DENIED = [("token.accepted", "ok"), ("scope.denied", "insufficient_scope")]
 BAD_REQUEST = [("token.rejected", "invalid_request")]
+
+
+# docs/wsgi.md "Differences that remain": a WSGI server joins repeated headers, so the WSGI
+# side reads a joined value as several (docs/django.md: Django decides as the WSGI
+# middleware, under ASGI too); one such ASGI header is one bad b64token.
+JOINED_ON_WSGI: dict[str, dict[str, Any]] = {
+    stack: {"detail": "several Authorization headers", "token_fp": None}
+    for stack in ("wsgi", "django-sync", "django-async")
+}
 
 
 def rejected(reason: str) -> list[tuple[str, str]]:
@@ -300,13 +357,7 @@ CASES: dict[str, Case] = {
         400,
         "invalid_request",
         BAD_REQUEST,
-        # docs/wsgi.md "Differences that remain": a WSGI server joins repeated headers, so
-        # the WSGI side reads a joined value as several (docs/django.md: Django decides as
-        # the WSGI middleware, under ASGI too); one such ASGI header is one bad b64token.
-        differs={
-            stack: {"detail": "several Authorization headers", "token_fp": None}
-            for stack in ("wsgi", "django-sync", "django-async")
-        },
+        differs=JOINED_ON_WSGI,
     ),
     "header-and-query": Case(
         "GET",
@@ -519,6 +570,146 @@ CASES: dict[str, Case] = {
     "path-not-routed-token": Case(
         "GET", "/nowhere", minted(), 404, None, ACCEPTED, skip={"fastapi": NO_ROUTE}
     ),
+    "dpop": Case("GET", "/me", proved(), 200, None, [("token.accepted", "ok")], dpop=True),
+    "dpop-head": Case(
+        "HEAD", "/me", proved(method="HEAD"), 200, None, [("token.accepted", "ok")], dpop=True
+    ),
+    "dpop-query-string": Case(  # RFC 9449 §4.3: htu without the query
+        "GET", "/me?page=2", proved(url="http://testserver/me"), 200, None, ACCEPTED, dpop=True
+    ),
+    "dpop-percent-encoded-path": Case(
+        "GET", "/m%65", proved("/m%65"), 200, None, ACCEPTED, dpop=True
+    ),
+    "dpop-scope-missing": Case(
+        "GET", "/items", proved("/items"), 403, "insufficient_scope", DENIED, dpop=True
+    ),
+    "dpop-bound-token-as-bearer": Case(  # RFC 9449 §7.2
+        "GET",
+        "/me",
+        proved(scheme="Bearer"),
+        401,
+        "invalid_token",
+        rejected("invalid_token"),
+        dpop=True,
+    ),
+    "dpop-without-proof": Case(
+        "GET",
+        "/me",
+        proved(proofs=0),
+        401,
+        "invalid_dpop_proof",
+        rejected("invalid_dpop_proof"),
+        dpop=True,
+    ),
+    "dpop-two-proofs": Case(
+        "GET",
+        "/me",
+        proved(proofs=2),
+        401,
+        "invalid_dpop_proof",
+        rejected("invalid_dpop_proof"),
+        dpop=True,
+        skip={"django-sync": DJANGO_HEADERS, "django-async": DJANGO_HEADERS},
+    ),
+    "dpop-other-url": Case(
+        "GET",
+        "/me",
+        proved(url="http://testserver/items"),
+        401,
+        "invalid_dpop_proof",
+        rejected("invalid_dpop_proof"),
+        dpop=True,
+    ),
+    "dpop-no-credentials": Case("GET", "/me", none, 401, None, MISSING, dpop=True),
+    "reused": Case("GET", "/me", minted(), 200, None, ACCEPTED, warm=same),
+    "reused-revoked-token": Case(
+        "GET",
+        "/me",
+        minted(jti="revoked-3"),
+        401,
+        "invalid_token",
+        rejected("revoked"),
+        before=lambda store: store.revoke_token_sync("revoked-3"),
+        warm=same,
+    ),
+    "reused-revoked-subject": Case(
+        "GET",
+        "/me",
+        minted(sub="cut-off-3"),
+        401,
+        "invalid_token",
+        rejected("revoked"),
+        before=lambda store: store.revoke_subject_sync("cut-off-3"),
+        warm=same,
+    ),
+    "reused-lowercase-scheme": Case(
+        "GET", "/me", minted("bearer"), 200, None, ACCEPTED, warm=as_bearer
+    ),
+    "reused-with-query": Case(
+        "GET", "/me?access_token=x", minted(), 400, "invalid_request", BAD_REQUEST, warm=same
+    ),
+    "reused-query-percent-encoded": Case(
+        "GET", "/me?%61ccess_token=x", minted(), 400, "invalid_request", BAD_REQUEST, warm=same
+    ),
+    "reused-joined": Case(
+        "GET",
+        "/me",
+        joined,
+        400,
+        "invalid_request",
+        BAD_REQUEST,
+        warm=first,
+        differs=JOINED_ON_WSGI,
+    ),
+    "reused-two-spaces": Case("GET", "/me", minted("Bearer "), 200, None, ACCEPTED, warm=as_bearer),
+    "reused-trailing-whitespace": Case(
+        "GET",
+        "/me",
+        lambda i: [("Authorization", f"Bearer {i.mint()} ")],
+        200,
+        None,
+        ACCEPTED,
+        warm=as_bearer,
+    ),
+    "reused-request-id": Case(
+        "GET",
+        "/me",
+        lambda i: [*minted()(i), ("X-Request-ID", "r-5")],
+        200,
+        None,
+        ACCEPTED,
+        warm=same,
+    ),
+    "reused-scope-missing": Case(
+        "POST",
+        "/items",
+        minted(scopes=["items:read"]),
+        403,
+        "insufficient_scope",
+        DENIED,
+        warm=same,
+    ),
+    "reused-on-public-path": Case(
+        "GET",
+        "/health",
+        minted(),
+        200,
+        None,
+        ACCEPTED,
+        warm=same,
+        skip={"fastapi": NO_PUBLIC_PATHS},
+    ),
+    "reused-head": Case("HEAD", "/me", minted(), 200, None, ACCEPTED, warm=same),
+    "keys-down": Case(
+        "GET",
+        "/me",
+        minted(),
+        503,
+        None,
+        [("auth.unavailable", "keys_unavailable")],
+        keys_down=True,
+    ),
+    "keys-down-no-credentials": Case("GET", "/me", none, 401, None, MISSING, keys_down=True),
 }
 
 
@@ -533,8 +724,15 @@ def _events(logged: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return events
 
 
-def _ask(stack: str, guard: BearerGuard, case: Case, headers: Headers) -> tuple[Answer, Any]:
+def _ask(
+    stack: str, guard: BearerGuard, case: Case, headers: Headers, store: MemoryRevocationStore
+) -> tuple[Answer, Any]:
     for send in open_stack(stack, guard):
+        if case.warm is not None:  # until the guard serves the token from its cache
+            for _ in range(3):
+                assert send("GET", "/me", case.warm(headers)).status == 200
+        if case.before is not None:
+            case.before(store)
         with structlog.testing.capture_logs() as logged:
             answer = send(case.method, case.path, headers)
         return answer, _events(logged)
@@ -556,14 +754,23 @@ def _ask(stack: str, guard: BearerGuard, case: Case, headers: Headers) -> tuple[
 def test_same_answer_on_every_stack(session_issuer: DevIssuer, name: str, stack: str) -> None:
     case = CASES[name]
     store = MemoryRevocationStore()
-    if case.before is not None:
-        case.before(store)
 
     def guard() -> BearerGuard:
-        return session_issuer.guard(revocation=BrokenStore() if case.store == "down" else store)
+        options: dict[str, Any] = {
+            "revocation": BrokenStore() if case.store == "down" else store,
+            "dpop": DPoPPolicy() if case.dpop else None,
+        }
+        if case.keys_down:  # nothing listens on port 9 of the loopback: refused at once
+            return BearerGuard(
+                issuer=session_issuer.url,
+                audience=session_issuer.audience,
+                jwks_uri="http://127.0.0.1:9/jwks.json",
+                **options,
+            )
+        return session_issuer.guard(**options)
 
     headers = case.headers(session_issuer)  # one request, sent to ASGI and to `stack`
-    answer, events = _ask(stack, guard(), case, headers)
+    answer, events = _ask(stack, guard(), case, headers, store)
     assert answer.status == case.status, answer.body
     assert [(event["event"], event["reason"]) for event in events] == case.events
     if case.status in (400, 401, 403):
@@ -576,7 +783,9 @@ def test_same_answer_on_every_stack(session_issuer: DevIssuer, name: str, stack:
             assert set(json.loads(answer.body)) == {"error", "error_description"}
     if stack == "asgi":
         return
-    reference, reference_events = _ask("asgi", guard(), case, headers)
+    if case.warm is not None:
+        store = MemoryRevocationStore()  # the reference warms up before its revocation too
+    reference, reference_events = _ask("asgi", guard(), case, headers, store)
     assert len(events) == len(reference_events)
     for event, expected in zip(events, reference_events, strict=True):
         expected.update(case.differs.get(stack, {}))

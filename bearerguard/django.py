@@ -44,6 +44,7 @@ from bearerguard._context import (
 )
 from bearerguard._core.extract import (
     bound_credentials,
+    joined_request_ids,
     request_credentials,
     split_joined_values,
 )
@@ -145,6 +146,21 @@ def _scope(request: Any) -> dict[str, Any] | None:
     """The ASGI scope of a request Django's ASGI handler made, else ``None``."""
     scope = getattr(request, "scope", None)
     return scope if isinstance(scope, dict) else None
+
+
+def _described(request: Any) -> tuple[str, str, str | None, str | None]:
+    """The method, path, client and request id the audit events give for ``request``, as
+    the WSGI middleware reads them from ``META``; for an ASGI request, the request ids as
+    the ASGI middleware joins them."""
+    described = wsgi._describe(request.META, request.path_info)
+    scope = _scope(request)
+    if scope is None:
+        return described
+    # Django's ASGI request joins repeated headers with a bare ","; the ASGI middleware
+    # joins X-Request-ID values as WSGI servers do, with ", " (RFC 9110 §5.3), so one
+    # request names one id whichever integration audits it.
+    joined = joined_request_ids(scope.get("headers", ()))
+    return (*described[:3], joined.decode("latin-1") if joined else None)
 
 
 def _received_method(request: Any) -> str:
@@ -483,7 +499,7 @@ class BearerGuardMiddleware:
             return metadata
         if self._let_in(request):
             return self.get_response(request)
-        described = wsgi._describe(request.META, request.path_info)
+        described = _described(request)
         auth = self._reused(request, described, started)
         if auth is None:
             try:
@@ -505,7 +521,7 @@ class BearerGuardMiddleware:
             return metadata
         if self._let_in(request):
             return await self.get_response(request)
-        described = wsgi._describe(request.META, request.path_info)
+        described = _described(request)
         auth = self._reused(request, described, started)  # no I/O: fine in the event loop
         if auth is None:
             try:

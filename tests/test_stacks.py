@@ -1039,3 +1039,33 @@ def test_reused_token_events_and_scope_checks_on_both_stacks(
     assert [event["request_id"] for event in logged] == ["r-9", "r-10", "r-10"]
     assert {event["sub"] for event in logged} == {"kai"}
     assert logged[0]["scopes"] == ["items:read"]
+
+
+@pytest.mark.parametrize(
+    "name", ["two-authorization-headers", "request-id-repeated", "dpop-two-proofs"]
+)
+def test_repeated_headers_under_django_asgi(session_issuer: DevIssuer, name: str) -> None:
+    # Django's AsyncClient takes one value per header: Django's ASGI handler, driven as a
+    # server drives it, receives each. Its request joins them with a bare ","; the audit
+    # events must still be those of the ASGI middleware, which joins X-Request-ID values as
+    # WSGI servers do (", ").
+    from django.core.handlers.asgi import ASGIHandler
+
+    case = CASES[name]
+    headers = case.headers(session_issuer)
+
+    def guard() -> BearerGuard:
+        return session_issuer.guard(dpop=DPoPPolicy() if case.dpop else None)
+
+    async def ask() -> httpx.Response:
+        transport = httpx.ASGITransport(app=ASGIHandler())
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return await c.request(case.method, case.path, headers=headers)
+
+    for _ in _open_django("django-async", guard()):
+        with structlog.testing.capture_logs() as logged:
+            response = asyncio.run(ask())
+        reference, expected = _ask("asgi", guard(), case, headers, MemoryRevocationStore())
+        assert response.status_code == reference.status == case.status
+        assert response.headers["www-authenticate"] == reference.headers["www-authenticate"]
+        assert _events(logged) == expected

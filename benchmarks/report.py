@@ -119,7 +119,8 @@ def _paired(ours: ServedResult, base: ServedResult) -> str:
     """The median over rounds of the two apps' req/s ratio, each pair from the same round.
 
     The apps take turns within a round, so a pair was measured seconds apart. One lucky or
-    unlucky round of either app moves the best-round ratio; it hardly moves this one.
+    unlucky round of either app moves the best-round ratio; it hardly moves this one. Beside
+    it, the same median with each round's req/s divided by its core's mean speed.
     """
     pairs = [
         (mine, theirs)
@@ -129,9 +130,23 @@ def _paired(ours: ServedResult, base: ServedResult) -> str:
     quiet = [(mine, theirs) for mine, theirs in pairs if mine.quiet and theirs.quiet]
     chosen = quiet or pairs
     ratios = [mine.requests_per_second / theirs.requests_per_second for mine, theirs in chosen]
-    if len(ratios) < 2:
-        return ""
-    return f"; the rounds' paired ratios, median: {statistics.median(ratios):.2f}x"
+    figure = ""
+    if len(ratios) >= 2:
+        figure = f"; the rounds' paired ratios, median: {statistics.median(ratios):.2f}x"
+    # Every round, each app's req/s over its core's mean speed: on a core the host throttles
+    # through most rounds, the figure the quiet rounds are too few to give (not a verdict).
+    adjusted = [
+        (mine.requests_per_second / mine.core_speed)
+        / (theirs.requests_per_second / theirs.core_speed)
+        for mine, theirs in pairs
+        if mine.core_speed and theirs.core_speed
+    ]
+    if len(adjusted) >= 2:
+        figure += (
+            f"{',' if figure else ';'} each app's req/s over its core's speed, median of the "
+            f"rounds: {statistics.median(adjusted):.2f}x"
+        )
+    return figure
 
 
 def _beside(runs: dict[str, ServedResult], key: str, label: str) -> str:

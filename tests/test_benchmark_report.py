@@ -213,3 +213,25 @@ def test_the_report_says_how_often_the_server_core_ran_slow() -> None:
         "rounds (slowest: 60%) (a throttled core: see the quiet column)"
     ]
     assert report.as_json()["served"]["starlette_bare"]["rounds"][1]["core_speed"] == 0.6
+
+
+def test_a_served_target_shows_the_paired_ratios_adjusted_for_the_cores_speed() -> None:
+    def rounds(key: str, *runs: tuple[float, float]) -> ServedResult:
+        result = ServedResult(key, key, None)
+        result.runs.extend(
+            WrkRun(rate, 1.0, 2.0, 1000, 0, 0, others=0.0, core_speed=speed) for rate, speed in runs
+        )
+        return result
+
+    # The bare app's second and third rounds ran on a slowed core (not quiet: the paired
+    # ratios of quiet rounds are too few); by req/s alone the hit beat it there, over each
+    # round's core speed every pair says 0.90x.
+    runs = [
+        rounds("starlette_bare", (10_000, 1.0), (5_000, 0.5), (6_000, 0.6)),
+        rounds("starlette_bg_hit", (9_000, 1.0), (9_000, 1.0), (7_200, 0.8)),
+    ]
+    found = target(targets([], runs), "cache hit >= 0.90x")
+    assert found.figure == (
+        "0.90x (9,000 / 10,000 req/s; each app's req/s over its core's speed, median of the "
+        "rounds: 0.90x)"
+    )

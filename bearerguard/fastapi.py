@@ -103,7 +103,7 @@ from bearerguard.errors import AuthError, ConfigurationError
 from bearerguard.guard import BearerGuard
 from bearerguard.issuers import TrustedIssuers
 from bearerguard.jwks import check_url, discovery_urls
-from bearerguard.metadata import ProtectedResource
+from bearerguard.metadata import ProtectedResource, resource_to_serve
 from bearerguard.token import AccessToken
 
 __all__ = ["BearerAuth", "BearerRefusal", "document_middleware", "oauth2_flows", "serve_metadata"]
@@ -796,12 +796,7 @@ def serve_metadata(app: _App, guard: BearerGuard | TrustedIssuers) -> _App:
     Raises:
         ConfigurationError: the guard has no ``resource``, so no metadata to serve.
     """
-    resource = guard.protected_resource
-    if resource is None:
-        raise ConfigurationError(
-            "serve_metadata: the guard has no resource, so no protected-resource metadata "
-            "(give it resource=, the API's canonical URL)"
-        )
+    resource = resource_to_serve(guard)
     _add_metadata_routes(app.router.routes, resource)
     return app
 

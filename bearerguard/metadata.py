@@ -29,7 +29,13 @@ from bearerguard._core.scopes import validate_scope_names
 from bearerguard.errors import ConfigurationError
 from bearerguard.jwks import check_url
 
-__all__ = ["WELL_KNOWN_PATH", "ProtectedResource", "ResourceMetadata", "check_resource"]
+__all__ = [
+    "WELL_KNOWN_PATH",
+    "ProtectedResource",
+    "ResourceMetadata",
+    "check_resource",
+    "resource_to_serve",
+]
 
 WELL_KNOWN_PATH = "/.well-known/oauth-protected-resource"
 """The well-known URI suffix registered by RFC 9728 §3."""
@@ -342,3 +348,19 @@ class ProtectedResource:
             ("access-control-allow-origin", "*"),
         ]
         return 200, headers, b"" if method == "HEAD" else self.body
+
+
+def resource_to_serve(guard: Any) -> ProtectedResource:
+    """The protected resource whose metadata ``serve_metadata`` serves for ``guard`` (a
+    ``BearerGuard`` or ``TrustedIssuers``).
+
+    Raises:
+        ConfigurationError: the guard has no ``resource``, so no metadata to serve.
+    """
+    resource: ProtectedResource | None = guard.protected_resource
+    if resource is None:
+        raise ConfigurationError(
+            "serve_metadata: the guard has no resource, so no protected-resource metadata "
+            "(give it resource=, the API's canonical URL)"
+        )
+    return resource

@@ -44,7 +44,7 @@ from bearerguard.dpop import DPoPPolicy, DPoPRequest, dpop_request
 from bearerguard.errors import AuthError, ConfigurationError, ServiceUnavailableError
 from bearerguard.guard import BearerGuard
 from bearerguard.issuers import TrustedIssuers
-from bearerguard.metadata import ProtectedResource
+from bearerguard.metadata import ProtectedResource, resource_to_serve
 from bearerguard.mtls import binding_of, environ_certificate
 from bearerguard.token import AccessToken
 
@@ -256,12 +256,7 @@ def serve_metadata(app: WSGIApplication, guard: BearerGuard | TrustedIssuers) ->
     Raises:
         ConfigurationError: the guard has no ``resource``, so no metadata to serve.
     """
-    resource = guard.protected_resource
-    if resource is None:
-        raise ConfigurationError(
-            "serve_metadata: the guard has no resource, so no protected-resource metadata "
-            "(give it resource=, the API's canonical URL)"
-        )
+    resource = resource_to_serve(guard)
     return _MetadataServer(app, resource)
 
 

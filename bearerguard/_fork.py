@@ -9,6 +9,7 @@ object gone costs nothing, and none adds a hook of its own that could never be r
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from typing import Protocol
@@ -32,7 +33,12 @@ def reset_after_fork(instance: Forkable) -> None:
 
 def _after_fork_in_child() -> None:
     for instance in list(_objects.values()):
-        instance._forked()
+        try:
+            instance._forked()
+        except Exception:  # noqa: PERF203 - one failing hook must not leave the others undone
+            logging.getLogger("bearerguard").exception(
+                "bearerguard: resetting %s after fork failed", type(instance).__name__
+            )
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork()

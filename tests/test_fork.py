@@ -442,3 +442,24 @@ def test_a_fork_inside_a_running_loop_keeps_the_exchange_limit_in_the_child() ->
 
         seen = asyncio.run(main())
     assert seen == [IntrospectionError.__name__, "True"]
+
+
+class _BrokenHook:
+    def _forked(self) -> None:
+        raise RuntimeError("a hook that fails")
+
+
+class _RecordingHook:
+    reset = False
+
+    def _forked(self) -> None:
+        self.reset = True
+
+
+def test_a_failing_fork_hook_leaves_the_others_run() -> None:
+    from bearerguard._fork import reset_after_fork
+
+    broken, recording = _BrokenHook(), _RecordingHook()
+    reset_after_fork(broken)  # registered first: its failure came before the other's turn
+    reset_after_fork(recording)
+    assert in_child(lambda: recording.reset) is True

@@ -492,8 +492,16 @@ def _allowed_algorithms(algorithms: Iterable[str], secret: str | bytes | None) -
         raise ConfigurationError(f"algorithms takes a list of names, not {algorithms!r}") from None
     unknown = allowed - ASYMMETRIC_ALGORITHMS - HMAC_ALGORITHMS
     if unknown:
+        # "alg" is a case-sensitive string (RFC 7515 §4.1.1): "rs256" names nothing.
+        spelled = {name.upper(): name for name in ASYMMETRIC_ALGORITHMS | HMAC_ALGORITHMS}
+        meant = sorted(
+            spelled[name.upper()]
+            for name in unknown
+            if isinstance(name, str) and name.upper() in spelled
+        )
+        hint = f"; names are case-sensitive: did you mean {meant}?" if meant else ""
         raise ConfigurationError(
-            f"unsupported algorithms: {sorted(unknown, key=str)} ('none' never)"
+            f"unsupported algorithms: {sorted(unknown, key=str)} ('none' never){hint}"
         )
     if not allowed:
         raise ConfigurationError("algorithms must not be empty")

@@ -752,6 +752,18 @@ def test_a_bare_algorithm_name_is_refused_as_such(session_issuer: DevIssuer) -> 
         session_issuer.guard(algorithms="RS256")
 
 
+def test_an_algorithm_name_in_the_wrong_case_is_named_in_the_right_one(
+    session_issuer: DevIssuer,
+) -> None:
+    # "alg" is case-sensitive (RFC 7515 §4.1.1); "rs256" was refused with no hint.
+    with pytest.raises(
+        ConfigurationError, match=r"case-sensitive: did you mean \['ES256', 'RS256'\]"
+    ):
+        session_issuer.guard(algorithms=["rs256", "es256"])
+    with pytest.raises(ConfigurationError, match=r"did you mean \['EdDSA'\]"):
+        session_issuer.guard(algorithms=["RS256", "eddsa"])
+
+
 @pytest.mark.parametrize(
     "options",
     [

@@ -388,11 +388,12 @@ def _wrk(
     done = subprocess.run(  # noqa: S603 - our own fixed command line
         command, capture_output=True, text=True, check=False, timeout=seconds + 30
     )
-    windows.append((started, time.monotonic()))
+    ended = time.monotonic()
     cpu_after = server.cpu_seconds()
     others = meter.others()
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
+    windows.append((started, ended))  # one per round kept: the runs and windows pair up
     run = replace(parse_wrk(done.stdout), others=others)
     if cpu_before is None or cpu_after is None or not run.requests:
         return run

@@ -276,6 +276,18 @@ def _table(header: list[str], rows: list[list[str]], *, markdown: bool) -> list[
     ]
 
 
+def _slowed(core: str, how: str, speeds: list[float], samples: str, column: str) -> str:
+    """The report's line saying how many ``samples`` ran on a slowed core ("" for none)."""
+    if not speeds:
+        return ""
+    slow = sum(1 for speed in speeds if speed < FULL_SPEED)
+    warning = f" (a throttled core: see the quiet {column})" if slow else ""
+    return (
+        f"{core} ran below {FULL_SPEED:.0%} of its full speed{how} {slow} of {len(speeds)} "
+        f"{samples} (slowest: {min(speeds):.0%}){warning}"
+    )
+
+
 @dataclass(slots=True)
 class Report:
     """Everything one run found."""
@@ -299,27 +311,17 @@ class Report:
                 f"{bullet}other processes used {share:.0%} of all CPUs during the {part}{warning}"
             )
         speeds = [speed for case in self.inprocess for speed in case.speeds if speed is not None]
-        if speeds:
-            slow = sum(1 for speed in speeds if speed < FULL_SPEED)
-            warning = " (a throttled core: see the quiet columns)" if slow else ""
-            lines.append(
-                f"{bullet}the core ran below {FULL_SPEED:.0%} of its full speed around {slow} of "
-                f"{len(speeds)} in-process samples (slowest: {min(speeds):.0%}){warning}"
-            )
         rounds = [
             run.core_speed
             for result in self.served or []
             for run in result.runs
             if run.core_speed is not None
         ]
-        if rounds:
-            slow = sum(1 for speed in rounds if speed < FULL_SPEED)
-            warning = " (a throttled core: see the quiet column)" if slow else ""
-            lines.append(
-                f"{bullet}the server's core ran below {FULL_SPEED:.0%} of its full speed, on "
-                f"average, during {slow} of {len(rounds)} wrk rounds (slowest: "
-                f"{min(rounds):.0%}){warning}"
-            )
+        slowed = (
+            _slowed("the core", " around", speeds, "in-process samples", "columns"),
+            _slowed("the server's core", ", on average, during", rounds, "wrk rounds", "column"),
+        )
+        lines.extend(bullet + line for line in slowed if line)
         return lines
 
     def _inprocess_rows(self, group: str) -> list[list[str]]:

@@ -82,7 +82,7 @@ from bearerguard.errors import (
     UseDPoPNonceError,
 )
 from bearerguard.introspection import Introspector
-from bearerguard.jwks import FetchPolicy, JWKSFetcher, check_issuer
+from bearerguard.jwks import FetchError, FetchPolicy, JWKSFetcher, check_issuer
 from bearerguard.metadata import ProtectedResource, ResourceMetadata, check_resource
 from bearerguard.metrics import (
     CACHE,
@@ -1230,7 +1230,7 @@ class BearerGuard:
             if not cache.usable(now) or keys is None:
                 if not refreshed and self._fetch_in_flight():
                     raise _KeysNeeded(unknown_kid=False)  # wait for the fetch under way
-                raise KeySetUnavailableError("no usable key set")
+                raise KeySetUnavailableError(cache.unavailable(now))
         try:
             key = keys.key_for(kid, alg)
         except UnsupportedAlgorithmError:
@@ -1244,7 +1244,10 @@ class BearerGuard:
         if not refreshed and self._may_look_again(now):
             raise _KeysNeeded(unknown_kid=True)
         if cache.last_failed:
-            raise KeySetUnavailableError(f"kid {str(kid)[:64]!r} unknown; key set unreachable")
+            raise KeySetUnavailableError(
+                f"kid {str(kid)[:64]!r} unknown; key set unreachable: "
+                f"last fetch failed ({cache.failure})"
+            )
         raise UnknownKeyError(f"no trusted key for kid {str(kid)[:64]!r}")
 
     def _another_key(
@@ -1311,7 +1314,7 @@ class BearerGuard:
         try:
             found, skipped = keys_from_jwks(document, self.algorithms & ASYMMETRIC_ALGORITHMS)
         except ValueError as exc:
-            self._keys_failed(exc)
+            self._keys_failed(exc, "not a JWK Set")
             return
         for kid, why in skipped:
             _log.info("bearerguard: skipped JWK %r: %s", kid, why)
@@ -1327,7 +1330,9 @@ class BearerGuard:
             # Keys published, none usable here (an algorithm not allowed, a key refused as
             # weak): a mismatch to fix, not a verdict on every token. Keep the last good keys
             # (stale-if-error) rather than refusing everything as invalid.
-            self._keys_failed(ValueError("the key set has no usable key"))
+            self._keys_failed(
+                ValueError("the key set has no usable key"), "no usable key in the set"
+            )
             return
         if not found:
             # An empty set, over the issuer's own authenticated channel, withdraws every key
@@ -1338,8 +1343,13 @@ class BearerGuard:
         cache.record_success(KeySet(found, previous=cache.keys), self.clock(), max_age)
         count(self.metrics, JWKS_FETCHES, {"result": "ok"})
 
-    def _keys_failed(self, error: Exception) -> None:
-        self._keys.record_failure()
+    def _keys_failed(self, error: Exception, cause: str | None = None) -> None:
+        """Record a failed fetch; ``cause`` (else the ``FetchError``'s, else the exception's
+        type) is what the ``auth.unavailable`` event's detail will name: never a URL or
+        anything the server sent. The client is told none of it."""
+        if cause is None:
+            cause = error.cause if isinstance(error, FetchError) else type(error).__name__
+        self._keys.record_failure(cause)
         count(self.metrics, JWKS_FETCHES, {"result": "error"})
         _log.warning("bearerguard: key set refresh failed: %s", error)
 

@@ -7,6 +7,7 @@ deciding when to fetch and what to trust lives in ``bearerguard._core``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import json
 import ssl
@@ -46,16 +47,30 @@ _LOOPBACK_NAMES = frozenset({"localhost"})
 
 
 class FetchError(Exception):
-    """A key set or metadata document could not be had; the message says why."""
+    """A key set or metadata document could not be had; the message says why.
+
+    ``cause`` says it again in a short fixed form that holds no URL and nothing the server
+    sent (``HTTP 503``, ``timed out``): the ``auth.unavailable`` event's detail quotes it.
+    """
+
+    def __init__(self, message: str, cause: str = "fetch failed") -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class NotJSONError(FetchError):
     """The server answered, but not with a JSON document (RFC 8259)."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "invalid JSON")
+
 
 class _NoKeySetURLError(FetchError):
     """The metadata gave no key set URL to follow, without naming another issuer: none
     answered with JSON, or the one for this issuer has no usable ``jwks_uri``."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message, cause)
 
 
 def _is_loopback(host: str) -> bool:
@@ -218,6 +233,49 @@ class FetchPolicy:
         check_count("FetchPolicy max_bytes", self.max_bytes)
 
 
+def _status_error(url: str, status: int) -> FetchError:
+    return FetchError(f"GET {url} answered {status}", f"HTTP {status}")
+
+
+def _timed_out(url: str, policy: FetchPolicy) -> FetchError:
+    return FetchError(f"GET {url} timed out after {policy.timeout}s", "timed out")
+
+
+def _failed(url: str, exc: httpx.HTTPError) -> FetchError:
+    """A GET that failed in transport: the cause names the httpx error and, when the
+    system gave one, the errno's symbol (``ConnectError: ECONNREFUSED``), never its text:
+    a name lookup's message quotes the host, a proxy's the URL."""
+    symbol = _errno_symbol(exc)
+    cause = type(exc).__name__ if symbol is None else f"{type(exc).__name__}: {symbol}"
+    return FetchError(f"GET {url} failed: {type(exc).__name__}: {exc}", cause)
+
+
+def _errno_symbol(exc: BaseException) -> str | None:
+    """The symbol of the first ``OSError``'s errno found under ``exc`` (``ECONNREFUSED``).
+
+    Looked for in its causes, its contexts and its arguments: httpcore wraps the socket's
+    error as an argument, and a connection error raised again after its handler ended (the
+    sync backend tries each address in turn) takes for context whatever exception is being
+    handled then (the guard fetches while it handles a kid miss), not the socket's error.
+    """
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending and len(seen) < 16:  # a short chain: httpx's error, httpcore's, the OSError
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        code = current.errno if isinstance(current, OSError) else None
+        if isinstance(code, int) and code in errno.errorcode:
+            return errno.errorcode[code]
+        pending.extend(
+            found
+            for found in (current.__cause__, current.__context__, *current.args)
+            if isinstance(found, BaseException)
+        )
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class _Response:
     body: bytes
@@ -232,18 +290,18 @@ async def _get_async(
         with anyio.fail_after(max(deadline - time.monotonic(), 0.0)):
             async with client.stream("GET", url) as response:
                 if response.status_code != 200:
-                    return FetchError(f"GET {url} answered {response.status_code}")
+                    return _status_error(url, response.status_code)
                 headers = response.headers
                 body = BoundedBody(headers.get("content-encoding"), policy.max_bytes)
                 async for chunk in response.aiter_raw():
                     body.feed(chunk)
                 return _Response(body.finish(), headers)
     except BodyError as exc:
-        return FetchError(f"GET {url}: {exc}")
+        return FetchError(f"GET {url}: {exc}", exc.cause)
     except TimeoutError:
-        return FetchError(f"GET {url} timed out after {policy.timeout}s")
+        return _timed_out(url, policy)
     except httpx.HTTPError as exc:
-        return FetchError(f"GET {url} failed: {type(exc).__name__}: {exc}")
+        return _failed(url, exc)
 
 
 class _DeadlineStream(httpcore.NetworkStream):
@@ -420,20 +478,20 @@ def _get_sync(
     try:
         with client.stream("GET", url) as response:
             if response.status_code != 200:
-                return FetchError(f"GET {url} answered {response.status_code}")
+                return _status_error(url, response.status_code)
             headers = response.headers
             body = BoundedBody(headers.get("content-encoding"), policy.max_bytes)
             for chunk in response.iter_raw():
                 body.feed(chunk)
                 if time.monotonic() > deadline:
-                    return FetchError(f"GET {url} timed out after {policy.timeout}s")
+                    return _timed_out(url, policy)
             return _Response(body.finish(), headers)
     except BodyError as exc:
-        return FetchError(f"GET {url}: {exc}")
+        return FetchError(f"GET {url}: {exc}", exc.cause)
     except httpx.TimeoutException:
-        return FetchError(f"GET {url} timed out after {policy.timeout}s")
+        return _timed_out(url, policy)
     except httpx.HTTPError as exc:
-        return FetchError(f"GET {url} failed: {type(exc).__name__}: {exc}")
+        return _failed(url, exc)
 
 
 def _json(url: str, response: _Response) -> Any:
@@ -528,6 +586,7 @@ class JWKSFetcher:
 
     def _discover(self, *, optional: bool) -> Generator[_Get, _Response, str]:
         failures = []
+        causes = []  # each URL's, for FetchError.cause
         misnamed = False
         urls = sorted(discovery_urls(self.issuer), key=lambda url: url != self._metadata_url)
         for url in urls:
@@ -535,6 +594,7 @@ class JWKSFetcher:
                 metadata = _json(url, (yield url, optional))
             except FetchError as exc:
                 failures.append(str(exc))
+                causes.append(exc.cause)
                 continue
             named = metadata.get("issuer") if isinstance(metadata, dict) else None
             if named != self.issuer:
@@ -547,18 +607,22 @@ class JWKSFetcher:
                     if isinstance(named, str)
                     else f"metadata at {url} names no issuer"
                 )
+                causes.append("another issuer named" if isinstance(named, str) else "no issuer")
                 misnamed = True
                 continue
             self._metadata_url = url
             jwks_uri = metadata.get("jwks_uri")
             if not isinstance(jwks_uri, str):
-                raise _NoKeySetURLError(f"metadata at {url} has no jwks_uri")
+                raise _NoKeySetURLError(
+                    f"metadata at {url} has no jwks_uri", "discovery: no jwks_uri"
+                )
             try:
                 return check_url(jwks_uri, "discovered jwks_uri")
             except ConfigurationError as exc:
-                raise _NoKeySetURLError(str(exc)) from exc
+                raise _NoKeySetURLError(str(exc), "discovery: jwks_uri refused") from exc
         message = "discovery failed: " + "; ".join(failures)
-        raise FetchError(message) if misnamed else _NoKeySetURLError(message)
+        cause = "discovery: " + ", ".join(causes)
+        raise FetchError(message, cause) if misnamed else _NoKeySetURLError(message, cause)
 
     async def fetch(self, *, rediscover: bool = False) -> tuple[Any, float | None]:
         """Fetch the key set document without blocking the event loop.

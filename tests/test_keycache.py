@@ -335,3 +335,25 @@ def test_a_set_fetched_after_now_is_not_fresh() -> None:
     static = KeyCache(POLICY, _keys("a"))
     assert static.current(T0 - 3600)
     assert not static.needs_refresh(T0 - 3600)
+
+
+# -- KeyCache: why no set is usable (the auth.unavailable detail) ---------------------------
+
+
+def test_unavailable_names_the_last_failure_and_a_set_too_stale() -> None:
+    cache = KeyCache(POLICY)
+    assert cache.unavailable(T0) == "no usable key set: no fetch has succeeded yet"
+    cache.record_attempt(T0)
+    cache.record_failure("HTTP 503")
+    assert cache.unavailable(T0) == "no usable key set: last fetch failed (HTTP 503)"
+    cache = _fetched()
+    late = cache.usable_until
+    cache.record_attempt(late)
+    cache.record_failure("timed out" + "!" * 500)  # the edge's cause, bounded
+    assert cache.unavailable(late) == (
+        "no usable key set: the last good set is past max_stale; last fetch failed "
+        f"(timed out{'!' * 111})"
+    )
+    cache.record_attempt(late + 1)
+    cache.record_success(_keys("k2"), late + 1, None)
+    assert not cache.last_failed

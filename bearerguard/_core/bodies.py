@@ -16,9 +16,20 @@ __all__ = ["BodyError", "BoundedBody"]
 _WINDOW_BITS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": 15}
 
 
+_CORRUPT = "corrupt compressed body"
+
+
 class BodyError(Exception):
     """The body is not one a fetch may use: a coding other than one gzip or deflate layer,
-    a corrupt or truncated stream, or more than the limit once decoded."""
+    a corrupt or truncated stream, or more than the limit once decoded.
+
+    ``cause`` says which in a fixed form that quotes nothing the server sent (for the
+    ``auth.unavailable`` event's detail).
+    """
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class BoundedBody:
@@ -38,7 +49,9 @@ class BoundedBody:
         self._inflate: zlib._Decompress | None = None
         if coding != "identity":
             if coding not in _WINDOW_BITS:
-                raise BodyError(f"content coding {coding[:40]!r} is not accepted")
+                raise BodyError(
+                    f"content coding {coding[:40]!r} is not accepted", "content coding refused"
+                )
             self._inflate = zlib.decompressobj(_WINDOW_BITS[coding])
         self._max = max_bytes
         self._body = bytearray()
@@ -57,13 +70,13 @@ class BoundedBody:
                 # One byte past what is left, to tell "exactly full" from "too large".
                 self._body += inflate.decompress(chunk, self._max - len(self._body) + 1)
             except zlib.error as exc:
-                raise BodyError(f"corrupt compressed body: {exc}") from None
+                raise BodyError(f"corrupt compressed body: {exc}", _CORRUPT) from None
             if inflate.unused_data:
                 # What follows the stream's end is kept aside by zlib, outside the limit:
                 # refused as it comes, not held until the deadline ends the fetch.
-                raise BodyError("trailing data after the compressed body")
+                raise BodyError("trailing data after the compressed body", _CORRUPT)
         if len(self._body) > self._max:
-            raise BodyError(f"body exceeds {self._max} bytes")
+            raise BodyError(f"body exceeds {self._max} bytes", "body too large")
 
     def finish(self) -> bytes:
         """The whole decoded body.
@@ -76,9 +89,9 @@ class BoundedBody:
             try:
                 self._body += inflate.flush()
             except zlib.error as exc:
-                raise BodyError(f"corrupt compressed body: {exc}") from None
+                raise BodyError(f"corrupt compressed body: {exc}", _CORRUPT) from None
             if not inflate.eof or inflate.unused_data:
-                raise BodyError("truncated or trailing data in the compressed body")
+                raise BodyError("truncated or trailing data in the compressed body", _CORRUPT)
             if len(self._body) > self._max:
-                raise BodyError(f"body exceeds {self._max} bytes")
+                raise BodyError(f"body exceeds {self._max} bytes", "body too large")
         return bytes(self._body)

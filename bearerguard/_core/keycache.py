@@ -24,6 +24,8 @@ from bearerguard.errors import ConfigurationError
 
 __all__ = ["KeyCache", "RefreshPolicy"]
 
+_MAX_CAUSE = 120  # a failure's cause, as the edge gave it: kept short for the audit detail
+
 
 @dataclass(frozen=True, slots=True)
 class RefreshPolicy:
@@ -71,6 +73,7 @@ class KeyCache:
     """The current key set and its fetch history."""
 
     __slots__ = (
+        "failure",
         "fetched_at",
         "fresh_from",
         "fresh_until",
@@ -94,6 +97,7 @@ class KeyCache:
         self.last_attempt = float("-inf")
         self.last_settled = float("-inf")  # the start of the last attempt seen to end
         self.last_failed = False
+        self.failure = ""  # the last failed fetch's cause, in the edge's short fixed form
         self.fetched_at: float | None = None
 
     def usable(self, now: float) -> bool:
@@ -146,10 +150,28 @@ class KeyCache:
         self.last_failed = False
         self.last_settled = self.last_attempt
 
-    def record_failure(self) -> None:
-        """Note that the fetch failed; the previous set stays usable until its deadline."""
+    def record_failure(self, cause: str = "unknown cause") -> None:
+        """Note that the fetch failed; the previous set stays usable until its deadline.
+
+        Args:
+            cause: why, in a short fixed form holding no URL and nothing the server sent
+                (``HTTP 503``, ``timed out``): ``unavailable`` quotes it to operators.
+        """
         self.last_failed = True
+        self.failure = cause[:_MAX_CAUSE]
         self.last_settled = self.last_attempt
+
+    def unavailable(self, now: float) -> str:
+        """Why no key set is usable at ``now``, for operators (the ``auth.unavailable``
+        event's detail): the last good set too stale, and the last fetch's failure."""
+        reasons = []
+        if self.keys is not None and now >= self.usable_until:
+            reasons.append("the last good set is past max_stale")
+        if self.last_failed:
+            reasons.append(f"last fetch failed ({self.failure})")
+        elif self.keys is None:
+            reasons.append("no fetch has succeeded yet")
+        return "no usable key set: " + "; ".join(reasons)
 
     def abandon_attempt(self, started: float) -> None:
         """Drop the cooldown of the attempt started at ``started``, if it is the last one and

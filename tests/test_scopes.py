@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
+from structlog.testing import capture_logs
 
 from bearerguard import requires_scopes
 from bearerguard._core.scopes import (
@@ -62,6 +63,78 @@ def test_read_scopes(claims: dict[str, Any], paths: tuple[str, ...], expected: s
 def test_scope_claims_of_wrong_type_are_malformed(claims: dict[str, Any]) -> None:
     with pytest.raises(MalformedTokenError):
         read_scopes(claims)
+
+
+@pytest.mark.parametrize(
+    ("claims", "paths", "detail"),
+    [
+        (
+            # Keycloak's realm roles object where its roles array was meant.
+            {"realm_access": {"roles": ["admin"], "x-secret": "v"}},
+            ("realm_access",),
+            "scope claim 'realm_access' is an object, not a string or array of strings; "
+            "name the member holding the scopes: scope_claims=['realm_access.roles']",
+        ),
+        (
+            {"perms": {"scopes": ["a"], "permissions": ["b"]}},
+            ("perms",),
+            "scope claim 'perms' is an object, not a string or array of strings; name the "
+            "member holding the scopes: scope_claims=['perms.scopes'] or ['perms.permissions']",
+        ),
+        (
+            {"ext": {"x-secret": ["admin"]}},  # member names from the token are never echoed
+            ("ext",),
+            "scope claim 'ext' is an object, not a string or array of strings; name the "
+            "member holding the scopes: scope_claims=['ext.<member>']",
+        ),
+        ({"scope": 5}, (), "scope claim 'scope' is a number, not a string or array of strings"),
+        (
+            {"scp": True},
+            (),
+            "scope claim 'scp' is a boolean, not a string or array of strings",
+        ),
+        (
+            {"scope": ["a", 1]},
+            (),
+            "scope claim 'scope' is an array holding a number, not a string or array of strings",
+        ),
+        (
+            {"scp": {"roles": ["a"]}},  # a standard claim: no scope_claims path to suggest
+            (),
+            "scope claim 'scp' is an object, not a string or array of strings",
+        ),
+    ],
+)
+def test_a_scope_claim_of_the_wrong_type_is_named_with_its_type(
+    claims: dict[str, Any], paths: tuple[str, ...], detail: str
+) -> None:
+    with pytest.raises(MalformedTokenError) as refused:
+        read_scopes(claims, parse_scope_claim_paths(paths))
+    assert refused.value.detail == detail
+    assert "x-secret" not in detail
+
+
+def test_an_object_scope_claim_is_refused_with_the_path_to_give(
+    session_issuer: DevIssuer,
+) -> None:
+    guard = session_issuer.guard(scope_claims=["realm_access"])
+    token = session_issuer.mint(realm_access={"roles": ["orders-admin", "offline_access"]})
+    app = Starlette(
+        routes=[Route("/", lambda request: JSONResponse({}))],
+        middleware=[Middleware(BearerGuardMiddleware, guard=guard)],
+    )
+    detail = (
+        "scope claim 'realm_access' is an object, not a string or array of strings; "
+        "name the member holding the scopes: scope_claims=['realm_access.roles']"
+    )
+    with capture_logs() as events:
+        response = TestClient(app).get("/", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert [(event["reason"], event["detail"]) for event in events] == [("malformed_token", detail)]
+    assert "orders-admin" not in repr(events)
+    with pytest.raises(MalformedTokenError) as refused:
+        guard.authenticate_sync(token)
+    assert refused.value.detail == detail
 
 
 def test_matching_is_exact_and_case_sensitive() -> None:

@@ -31,12 +31,47 @@ def split_scope(value: str) -> frozenset[str]:
     return names - _NOTHING if "" in names else names
 
 
-def _split(value: Any, claim: str) -> Iterable[str]:
+# Members that, in an object given as a scope claim, usually hold the scopes (Keycloak's
+# realm_access.roles, resource_access.<client>.roles): the only member names a refusal
+# names. Others come from the token and are never echoed.
+_SCOPE_MEMBERS = ("roles", "scopes", "permissions")
+
+
+def _split(value: Any, claim: str, *, configured: bool = False) -> Iterable[str]:
     if isinstance(value, str):
         return split_scope(value)
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return value
-    raise MalformedTokenError(f"claim {claim!r} is neither a string nor a list of strings")
+    raise MalformedTokenError(_wrong_type(value, claim, configured=configured))
+
+
+def _json_type(value: Any) -> str:
+    """The JSON type of a claim's value, with its article (RFC 8259 §3)."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a string" if isinstance(value, str) else "null"
+
+
+def _wrong_type(value: Any, claim: str, *, configured: bool) -> str:
+    """Why a scope claim's value is refused, for the audit event's detail: its JSON type and,
+    for an object named in ``scope_claims``, the nested path that was likely meant."""
+    if isinstance(value, list):
+        odd = next(item for item in value if not isinstance(item, str))
+        kind = f"an array holding {_json_type(odd)}"
+    else:
+        kind = _json_type(value)
+    detail = f"scope claim {claim!r} is {kind}, not a string or array of strings"
+    if configured and isinstance(value, dict):
+        members = [name for name in _SCOPE_MEMBERS if name in value] or ["<member>"]
+        paths = " or ".join(repr([f"{claim}.{name}"]) for name in members)
+        detail += f"; name the member holding the scopes: scope_claims={paths}"
+    return detail
 
 
 def parse_scope_claim_paths(claims: Iterable[str]) -> tuple[tuple[str, ...], ...]:
@@ -94,7 +129,7 @@ def read_scopes(
     for path in extra_paths:
         node = _walk(claims, path)
         if node is not None:
-            granted.update(_split(node, ".".join(path)))
+            granted.update(_split(node, ".".join(path), configured=True))
     granted.discard("")  # an empty name in a list
     return frozenset(granted)
 

@@ -27,6 +27,7 @@ if not settings.configured:  # the first Django test of the session (see docs/ws
 
 from asgiref.sync import markcoroutinefunction
 from django.core.exceptions import ImproperlyConfigured
+from django.core.handlers.asgi import ASGIRequest
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.test import AsyncClient, Client, override_settings
@@ -36,6 +37,7 @@ from django.views import View
 
 from bearerguard import BearerGuard, get_access_token, requires_any_scope, requires_scopes
 from bearerguard._context import SCOPE_KEY, current_auth
+from bearerguard.django import _described
 from bearerguard.metadata import WELL_KNOWN_PATH
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
@@ -1355,3 +1357,31 @@ def test_a_method_spelt_head_in_lower_case_is_no_head_request(
     assert {name.lower(): value for name, value in headers.items()}["content-length"] == str(
         len(content)
     )
+
+
+class _CountedMeta(dict[str, Any]):
+    """A request's ``META`` that counts the reads of ``HTTP_X_REQUEST_ID``."""
+
+    reads = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "HTTP_X_REQUEST_ID":
+            self.reads += 1
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "HTTP_X_REQUEST_ID":
+            self.reads += 1
+        return super().__getitem__(key)
+
+
+def test_an_asgi_request_s_ids_are_read_once_from_its_scope() -> None:
+    # Django's ASGI request joins X-Request-ID values with a bare ",": the events take them
+    # from the scope, joined as the ASGI middleware joins them, and META's copy is not read.
+    headers = [(b"x-request-id", b"r-1"), (b"x-request-id", b"r-2")]
+    request = ASGIRequest(http_scope(headers, client=("10.0.0.7", 1234)), io.BytesIO(b""))
+    meta = request.META = _CountedMeta(request.META)
+    assert meta["HTTP_X_REQUEST_ID"] == "r-1,r-2"
+    meta.reads = 0
+    assert _described(request) == ("GET", "/me", "10.0.0.7", "r-1, r-2")
+    assert meta.reads == 0

@@ -287,6 +287,15 @@ def test_public_paths_given_as_one_string_is_a_configuration_error(guard: Bearer
             BearerGuardMiddleware(build_app(guard), guard=guard, public_paths=given)
 
 
+@pytest.mark.parametrize("pattern", ["/50%25", "/files/a%2541", "/static/%25/*"])
+def test_a_percent_written_as_25_is_refused_with_how_to_write_it(pattern: str) -> None:
+    # "%25" stays refused: "/50%" already matches a request for "/50%25", and what "%25"
+    # alone would add is a decoded path holding "%XX" ("/a%41"), which a second decoding
+    # (a proxy, a framework) turns into another path ("/aA"), as "%2e%2e" into "..".
+    with pytest.raises(ConfigurationError, match=r"a literal '%' is written as itself"):
+        PublicPaths([pattern])
+
+
 def test_a_public_path_keeps_its_other_characters() -> None:
     # Decoded paths may hold these: "/50%" is what a request for "/50%25" is matched as.
     paths = PublicPaths(["/caf\u00e9", "/a+b", "/v1/items:batch", "/~user/*", "/50%"])

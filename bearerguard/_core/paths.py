@@ -61,6 +61,11 @@ class PublicPaths:
 
 
 # RFC 3986 §2.1: a "%" followed by two hex digits; the request path is matched decoded.
+# "%25" is refused too, not read as a literal "%": a "%" not followed by two hex digits is
+# written as itself ("/50%" matches a request for "/50%25"), so all "%25" would add is a
+# decoded path holding "%XX" ("/a%41"). RFC 3986 §2.4 warns that decoding twice misreads
+# such data as an encoding: a proxy or framework that does serves another path ("/aA"),
+# as "%2e%2e" becomes "..". And "/50%25" would then have two meanings.
 _PERCENT_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
@@ -85,6 +90,13 @@ def _check_pattern(pattern: object) -> None:
         )
     if _has_dot_segment(pattern):
         raise ConfigurationError(f"public path {pattern!r} has a dot segment")
+    if "%25" in pattern:
+        raise ConfigurationError(
+            f"public path {pattern!r} is percent-encoded: public paths match the decoded "
+            f"path, and a literal '%' is written as itself ('/50%', not '/50%25'); no "
+            f"entry holds '%' and two hex digits, which a second decoding would read as an "
+            f"encoding (RFC 3986 §2.4)"
+        )
     if _PERCENT_ENCODED.search(pattern):
         raise ConfigurationError(
             f"public path {pattern!r} is percent-encoded: public paths match the decoded "

@@ -227,12 +227,15 @@ def test_public_paths_may_be_given_as_public_paths(session_issuer: DevIssuer) ->
         "/static/..%5cme",
         "/static/..;x=1/me",
         "/static/.;/app.js",
+        "/static/..%2f..%2fme",
+        "/static/%2F..%2F..%2Fme",
+        "/static/a%2f..",
     ],
 )
 def test_a_dot_segment_never_matches_a_public_path(path: str) -> None:
     # "/static/../me" is /me once a proxy, a mounted WSGI app or StaticFiles normalises it
     # (RFC 3986 §5.2.4): fail closed, the token is required. Percent-encoded dots are what
-    # a second decoding turns into dots.
+    # a second decoding turns into dots, and "%2f" into the slashes around them.
     paths = PublicPaths(["/static/*", "/health"])
     assert path not in paths
 

@@ -109,7 +109,8 @@ def _has_dot_segment(path: str) -> bool:
     server may remove (RFC 3986 §5.2.4) to reach a path that is not public: fail closed.
 
     Percent-encoded dots count too (``%2e%2e``, RFC 3986 §2.3): a server or proxy that
-    decodes the path once more would see dots. So do the spellings some servers read as
+    decodes the path once more would see dots, and slashes around them where the path
+    holds ``%2f`` (``..%2f..%2fadmin``). So do the spellings some servers read as
     dot segments: a backslash (or ``%5c``) as the separator (IIS, and proxies normalising
     for it), and a segment's ``;`` parameters (``..;``, Tomcat).
     """
@@ -121,5 +122,7 @@ def _has_dot_segment(path: str) -> bool:
         and path.find("%5") == -1
     ):
         return False
-    normal = path.lower().replace("%5c", "/").replace("\\", "/").replace("%2e", ".")
+    normal = (
+        path.lower().replace("%5c", "/").replace("%2f", "/").replace("\\", "/").replace("%2e", ".")
+    )
     return any(segment.partition(";")[0] in (".", "..") for segment in normal.split("/"))

@@ -1797,8 +1797,9 @@ class BearerGuard:
                 await self._refresh()
             elif self._withdrawn():
                 await self._refresh(unknown_kid=True)
-        if not self._keys.usable(self.clock()):
-            raise KeySetUnavailableError("the key set could not be fetched")
+        now = self.clock()
+        if not self._keys.usable(now):
+            raise KeySetUnavailableError(self._keys.unavailable(now))
 
     def warm_up_sync(self) -> None:
         """Fetch the key set now, blocking (for WSGI start-up); as ``warm_up``."""
@@ -1807,8 +1808,9 @@ class BearerGuard:
                 self._refresh_sync()
             elif self._withdrawn():
                 self._refresh_sync(unknown_kid=True)
-        if not self._keys.usable(self.clock()):
-            raise KeySetUnavailableError("the key set could not be fetched")
+        now = self.clock()
+        if not self._keys.usable(now):
+            raise KeySetUnavailableError(self._keys.unavailable(now))
 
     def _withdrawn(self) -> bool:
         """Whether the issuer published an empty key set. Its tokens' kid misses look again

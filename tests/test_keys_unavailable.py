@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import anyio
 import pytest
 import structlog
 from starlette.applications import Starlette
@@ -20,6 +21,7 @@ from starlette.testclient import TestClient
 
 from bearerguard import BearerGuard, RefreshPolicy
 from bearerguard.asgi import BearerGuardMiddleware
+from bearerguard.errors import KeySetUnavailableError
 from bearerguard.jwks import FetchPolicy
 from bearerguard.testing import DevIssuer, Override
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
@@ -186,3 +188,14 @@ def test_the_event_names_a_body_too_large(
     guard = issuer.guard(discover=False, fetch=FetchPolicy(max_bytes=64))
     detail = _detail(serve(guard), issuer.mint())
     assert detail == "no usable key set: last fetch failed (body too large)"
+
+
+def test_a_failed_warm_up_names_the_cause(issuer: DevIssuer) -> None:
+    # What the middlewares log at start-up ("warm-up failed, requests fail closed: ...").
+    issuer.overrides[issuer.jwks_path] = Override(status=503)
+    with pytest.raises(KeySetUnavailableError) as failed:
+        issuer.guard(discover=False).warm_up_sync()
+    assert str(failed.value) == "no usable key set: last fetch failed (HTTP 503)"
+    with pytest.raises(KeySetUnavailableError) as failed:
+        anyio.run(issuer.guard(discover=False).warm_up)
+    assert str(failed.value) == "no usable key set: last fetch failed (HTTP 503)"

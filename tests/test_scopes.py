@@ -49,6 +49,12 @@ from bearerguard.testing import DevIssuer
             {"user"},
         ),
         ({"ext": {"app.example/roles": ["ops"]}}, ("ext.app.example/roles",), {"ops"}),
+        # A Keycloak client ID holding dots (docs/recipes.md): its client roles are reached.
+        (
+            {"resource_access": {"orders.api": {"roles": ["ship"]}}},
+            ("resource_access.orders.api.roles",),
+            {"ship"},
+        ),
         ({"a.b": ["whole"], "a": {"b": ["nested"]}}, ("a.b",), {"whole"}),
     ],
 )

@@ -365,30 +365,34 @@ class TrustedIssuers:
             KeySetUnavailableError: some issuer's keys could not be had (the others are
                 fetched all the same).
         """
-        failures: list[ServiceUnavailableError] = []
+        failures: dict[str, ServiceUnavailableError] = {}
 
         async def warm(guard: BearerGuard) -> None:
             try:
                 await guard.warm_up()
             except ServiceUnavailableError as exc:
-                failures.append(exc)
+                failures[guard.issuer] = exc
 
         async with anyio.create_task_group() as group:
             for guard in self._guards.values():
                 group.start_soon(warm, guard)
-        if failures:
-            raise failures[0]
+        _raise_for_issuers([(issuer, failures.get(issuer)) for issuer in self._guards])
 
     def warm_up_sync(self) -> None:
         """Fetch every configured issuer's key set now, blocking; as ``warm_up``, all at once
         (a thread each): issuers that are down hold it for one fetch timeout, not their sum."""
-        failures = [
-            failure
-            for failure in _each_at_once(_warm_up_sync, self.configured)
-            if failure is not None
-        ]
-        if failures:
-            raise failures[0]
+        outcomes = _each_at_once(_warm_up_sync, self.configured)
+        _raise_for_issuers([(g.issuer, o) for g, o in zip(self.configured, outcomes, strict=True)])
+
+
+def _raise_for_issuers(outcomes: Sequence[tuple[str, ServiceUnavailableError | None]]) -> None:
+    """Raise the first issuer's failure, its detail naming every issuer that failed and why
+    (the start-up log line then tells an operator which key set to look at)."""
+    failed = [(issuer, failure) for issuer, failure in outcomes if failure is not None]
+    if failed:
+        first = failed[0][1]
+        detail = "; ".join(f"{issuer}: {failure.detail or failure}" for issuer, failure in failed)
+        raise type(first)(detail) from first
 
 
 def _each_at_once(call: Callable[[BearerGuard], _T], guards: Sequence[BearerGuard]) -> list[_T]:

@@ -265,10 +265,12 @@ class PrometheusMetrics:
     Args:
         registry: where to register; the default registry when omitted.
         guard: when given, also publishes ``bearerguard_jwks_age_seconds``, read at scrape
-            (or later, for the guard given this hook: ``publish_key_set_age``).
+            (or later, for the guard given this hook: ``publish_key_set_age``); not in
+            prometheus_client's multiprocess mode.
 
     Raises:
         ImportError: ``prometheus_client`` is not installed.
+        ConfigurationError: ``guard`` given in multiprocess mode (``publish_key_set_age``).
     """
 
     def __init__(self, registry: Any = None, *, guard: BearerGuard | None = None) -> None:
@@ -278,6 +280,8 @@ class PrometheusMetrics:
             raise ImportError(
                 "PrometheusMetrics needs prometheus_client: pip install 'bearerguard[prometheus]'"
             ) from exc
+        if guard is not None:
+            _refuse_multiprocess(prometheus)  # before any counter is registered
         options: dict[str, Any] = {} if registry is None else {"registry": registry}
         self._metrics: dict[str, Any] = {}
         for name, labels in _LABELS.items():
@@ -303,7 +307,12 @@ class PrometheusMetrics:
         For the guard built with this hook (``BearerGuard(metrics=...)`` needs the hook
         first): a second ``PrometheusMetrics`` on the same registry would register every
         counter twice. Calling it again switches the gauge to another guard.
+
+        Raises:
+            ConfigurationError: prometheus_client runs in multiprocess mode
+                (``PROMETHEUS_MULTIPROC_DIR``), which cannot export a value read at scrape.
         """
+        _refuse_multiprocess(self._prometheus)
         if self._age is None:
             self._age = self._prometheus.Gauge(JWKS_AGE, _HELP[JWKS_AGE], **self._options)
         self._age.set_function(lambda: _key_set_age(guard))
@@ -315,6 +324,20 @@ class PrometheusMetrics:
     def observe(self, name: str, value: float, labels: dict[str, str]) -> None:
         """Record a value in a histogram."""
         self._metrics[name].labels(**labels).observe(value)
+
+
+def _refuse_multiprocess(prometheus: Any) -> None:
+    """Refuse the key set's age where prometheus_client could only export it wrong."""
+    if prometheus.values.ValueClass is not prometheus.values.MutexValue:
+        # Multiprocess mode exports what each process wrote to its files and never calls a
+        # gauge's function: the age would read 0 for ever, even with no key ever fetched.
+        raise ConfigurationError(
+            f"{JWKS_AGE} is read when scraped, which prometheus_client's multiprocess mode "
+            "(PROMETHEUS_MULTIPROC_DIR is set) cannot do: every worker would export 0. "
+            "Leave it out there (no guard=, no publish_key_set_age); alert on "
+            f'{JWKS_FETCHES}{{result="error"}} and the readiness report\'s '
+            "keys.age_seconds instead"
+        )
 
 
 def _key_set_age(guard: BearerGuard) -> float:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -275,8 +279,6 @@ def test_prometheus_exports_lost_audit_events_and_unmonitored_requests(
 
 
 def test_every_metric_is_documented() -> None:
-    from pathlib import Path
-
     page = (Path(__file__).resolve().parent.parent / "docs" / "observability.md").read_text()
     for name in _LABELS:
         assert f"| `{name}` |" in page, name
@@ -312,6 +314,51 @@ def test_prometheus_decisions_and_key_set_age_on_one_registry(issuer: DevIssuer)
     assert 'bearerguard_jwks_fetches_total{result="ok"} 1.0' in text
     age = next(line for line in text.splitlines() if line.startswith("bearerguard_jwks_age"))
     assert 0.0 <= float(age.split()[1]) < 60
+
+
+_MULTIPROCESS_AGE = """
+import sys
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from bearerguard import BearerGuard
+from bearerguard.errors import ConfigurationError
+from bearerguard.metrics import PrometheusMetrics
+
+metrics = PrometheusMetrics()  # the counters work in multiprocess mode
+guard = BearerGuard(issuer=sys.argv[1], audience="api", jwks_uri=sys.argv[1] + "/jwks.json")
+try:
+    PrometheusMetrics(CollectorRegistry(), guard=guard)
+except ConfigurationError as exc:
+    print("refused:", exc)
+try:
+    metrics.publish_key_set_age(guard)
+except ConfigurationError:
+    print("refused again")
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry)
+print(generate_latest(registry).decode())
+"""
+
+
+def test_prometheus_key_set_age_is_refused_in_multiprocess_mode(
+    issuer: DevIssuer, tmp_path: Path
+) -> None:
+    """prometheus_client's multiprocess mode (several workers) exports what each process
+    wrote to its files, never calling a gauge's function: the age would read 0 for ever,
+    even before any key was fetched, so an alert on it could never fire."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(  # noqa: S603 - our own snippet
+        [sys.executable, "-c", _MULTIPROCESS_AGE, issuer.url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "refused: bearerguard_jwks_age_seconds" in done.stdout
+    assert "PROMETHEUS_MULTIPROC_DIR" in done.stdout
+    assert "refused again" in done.stdout
+    assert "bearerguard_jwks_age_seconds" not in done.stdout.split("refused again")[1]
 
 
 def test_readiness_asgi(issuer: DevIssuer) -> None:

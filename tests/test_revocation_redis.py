@@ -869,6 +869,37 @@ async def test_after_a_restart_the_mirror_resynchronises_before_answering(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("runner", ["task", "thread"])
+async def test_the_mirror_logs_when_it_is_live_again_after_losing_redis(
+    private_redis: RedisServer,
+    stores: Callable[..., RedisRevocationStore],
+    caplog: pytest.LogCaptureFixture,
+    runner: str,
+) -> None:
+    """An operator sees the outage begin (a warning) and must see it end: every check in
+    between was answered 503, and the lines about reconnecting stop without a word."""
+    store = stores(private_redis.url, failure_timeout=0.5)
+    with caplog.at_level("INFO", logger="bearerguard"):
+        if runner == "task":
+            await store.start()
+        else:
+            store.start_sync()
+        assert "live again" not in caplog.text  # the first start is no recovery
+        private_redis.restart()
+        await eventually(lambda: refuses(store), 1.0)
+        await eventually(lambda: store.healthy, 5.0)
+        await eventually(lambda: "live again" in caplog.text, 1.0)
+    lost = [r for r in caplog.records if "lost Redis" in r.getMessage()]
+    again = [r for r in caplog.records if "live again" in r.getMessage()]
+    assert lost[0].levelname == "WARNING"
+    assert len(again) == 1
+    assert again[0].levelname == "WARNING"
+    assert again[0].created > lost[0].created
+    assert "revocation mirror live again after" in again[0].getMessage()
+    assert "0 entries" in again[0].getMessage()
+
+
+@pytest.mark.anyio
 async def test_a_client_that_resubscribes_on_its_own_still_resynchronises(
     private_redis: RedisServer, stores: Callable[..., RedisRevocationStore]
 ) -> None:

@@ -26,6 +26,7 @@ script that writes it, so the write and its announcement are one atomic step.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import threading
@@ -37,6 +38,8 @@ from typing import Any, Literal, NoReturn
 from bearerguard.errors import RevocationStoreError
 from bearerguard.revocation._table import Entry, Kind, RevocationTable
 from bearerguard.token import AccessToken
+
+_log = logging.getLogger("bearerguard")
 
 __all__ = [
     "REVOKE_SCRIPT",
@@ -264,6 +267,7 @@ class Mirror:
         self.fresh_at = -math.inf  # monotonic instant up to which the table is complete
         self.resyncs = 0
         self.ever_live = False
+        self.down_since: float | None = None  # monotonic instant a live mirror lost Redis
         self.live = threading.Event()  # set while live
         self.settled = threading.Event()  # set once a start has succeeded or failed
         self._monotonic = monotonic
@@ -329,12 +333,23 @@ class Mirror:
             self.ever_live = True
             self.live.set()
             self.settled.set()
+            if self.down_since is not None:
+                # The end of the outage whose start was logged: checks are answered again.
+                _log.warning(
+                    "bearerguard: revocation mirror live again after %.1fs without Redis "
+                    "(%d entries)",
+                    self._monotonic() - self.down_since,
+                    len(self.table),
+                )
+                self.down_since = None
 
     def lost(self, error: BaseException) -> bool:
         """The session ended; returns whether it had been live."""
         if self.state == "closed":
             return False
         was_live = self.state == "live"
+        if was_live and self.down_since is None:
+            self.down_since = self._monotonic()
         self.state = "failed"
         self.live.clear()
         self.error = f"{type(error).__name__}: {error}"[:300]
@@ -354,6 +369,7 @@ class Mirror:
         self.settled = threading.Event()
         self.fresh_at = -math.inf
         self.ever_live = False
+        self.down_since = None
         self.error = None
         if self.state == "closed":
             self.settled.set()
@@ -370,6 +386,7 @@ class Mirror:
         self.settled.clear()
         self.fresh_at = -math.inf
         self.ever_live = False
+        self.down_since = None
         self.error = None
         self.table = RevocationTable()
 

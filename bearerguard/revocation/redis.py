@@ -1149,6 +1149,10 @@ class RedisRevocationStore:
                     reply = await self._perform(client, pubsub, flow.send(reply))
             except Exception as exc:  # noqa: BLE001 - any failure ends the session: resync
                 attempt = self._lost(mirror, exc, attempt)
+                # The pool's idle connections may be dead too (Redis restarted): redis.asyncio
+                # 8 hands them out unchecked under RESP3, and the next load would fail on one.
+                with contextlib.suppress(Exception):
+                    await client.connection_pool.disconnect(inuse_connections=False)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -461,12 +461,22 @@ def run_revoke(kind: str, args: argparse.Namespace) -> int:
         console.step(step),
     ):
         written = _write(store, kind, name, args)
+        listening = store._listening_mirrors()  # the CLI is part of the package
     if console.as_json:
-        console.document({"ok": True, "written": written, "revocation": result})
+        console.document(
+            {"ok": True, "written": written, "listening": listening, "revocation": result}
+        )
     elif not written:
         console.say(f"nothing written: {_lapsed_note(args, now)}")
     else:
         _say_revoked(console, kind, name, args, result)
+    if listening == 0:
+        # A namespace no API reads: a mistyped or forgotten --namespace revokes nothing.
+        console.warn(
+            f"warning: no API instance listens on namespace {args.namespace!r} (no mirror "
+            f"subscribed to {args.namespace + ':changes'!r}): check --namespace; stores "
+            "built with mirror=False read Redis at each check and are not counted"
+        )
     return EXIT_OK
 
 

@@ -255,6 +255,7 @@ def test_json_output_of_revoke(cli: Any, target: list[str]) -> None:
     assert result.json() == {
         "ok": True,
         "written": True,
+        "listening": 0,
         "revocation": {
             "kind": "client",
             "name": "web",
@@ -273,6 +274,29 @@ def test_the_url_comes_from_the_environment(
     assert cli("revoke", "token", "j9", "--namespace", redis_namespace).code == 0
     listed = cli("revocations", "list", "--json", "--namespace", redis_namespace).json()
     assert [item["name"] for item in listed["revocations"]] == ["j9"]
+
+
+def test_a_namespace_no_api_listens_on_is_flagged(
+    cli: Any, target: list[str], redis_server: RedisServer, redis_namespace: str
+) -> None:
+    """An operator who forgets --namespace (or mistypes it) revokes in a namespace no API
+    reads: the write succeeds and nothing is refused, so the command must say so."""
+    from bearerguard.revocation import RedisRevocationStore
+
+    alone = cli("revoke", "subject", "alice", "-q", *target)
+    assert alone.code == 0
+    assert alone.out.startswith("revoked subject 'alice'")
+    assert f"no API instance listens on namespace {redis_namespace!r}" in alone.err
+    assert cli("revoke", "subject", "alice", "--json", *target).json()["listening"] == 0
+    api = RedisRevocationStore(redis_server.url, namespace=redis_namespace)
+    api.start_sync()
+    try:
+        heard = cli("revoke", "subject", "bob", "-q", *target)
+        assert heard.code == 0
+        assert heard.err == ""
+        assert cli("revoke", "subject", "bob", "--json", *target).json()["listening"] == 1
+    finally:
+        api.close()
 
 
 def test_namespaces_are_apart(cli: Any, target: list[str]) -> None:

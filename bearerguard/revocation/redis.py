@@ -833,6 +833,18 @@ class RedisRevocationStore:
                     self._again_sync(client.ping)
         return self.health_report()
 
+    def _listening_mirrors(self) -> int | None:
+        """How many mirrors (API processes) are subscribed to this namespace's announcements
+        (``PUBSUB NUMSUB``), for the admin CLI; ``None`` when Redis would not say."""
+        channel = self._layout.channel
+        try:
+            client = self._sync_client()
+            with _failures("pubsub numsub"):
+                [(_, count)] = self._again_sync(lambda: client.pubsub_numsub(channel))
+            return int(count)
+        except (RevocationStoreError, ValueError, TypeError):  # denied by an ACL, odd reply
+            return None
+
     def _note_policy(self, info: Any) -> None:
         policy = info.get("maxmemory_policy") if isinstance(info, dict) else None
         self._eviction_policy = None if policy is None else str(policy)

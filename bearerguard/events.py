@@ -261,18 +261,25 @@ class SecurityEventReceiver:
         if kind == "lifespan":
             await _lifespan(receive, send)
             return
+        request = _request_fields(scope)
         if kind != "http":
+            # A refusal like any other, one event (status: the 405 a GET gets; the
+            # handshake itself is closed, as the middleware closes one it refuses).
+            self._rejected(request, 405, "invalid_request", "websocket handshake, not a POST")
             await send({"type": "websocket.close", "code": _POLICY_VIOLATION})
             return
-        request = _request_fields(scope)
         try:
             plan = await self._receive(scope, receive)
             applied = await self._apply(plan)  # None: received before, not acted on again
         except _Answer as answer:
-            self._rejected(answer, request)
+            self._rejected(request, answer.status, answer.err, answer.detail)
             await _respond(send, answer)
             return
         except _Disconnected:
+            # Nothing to answer (status null), but the SET was not taken: still one event.
+            self._rejected(
+                request, None, "invalid_request", "client disconnected before the SET was read"
+            )
             return
         self._received(plan, applied, request)
         await send(
@@ -479,15 +486,16 @@ class SecurityEventReceiver:
             if self._reports.sink_failing:
                 self._reports.taken()
 
-    def _rejected(self, answer: _Answer, request: dict[str, Any]) -> None:
-        log = self._audit.error if answer.status >= 500 else self._audit.warning
+    def _rejected(self, request: dict[str, Any], status: int | None, err: str, reason: str) -> None:
+        failed = status is not None and status >= 500
+        log = self._audit.error if failed else self._audit.warning
         try:
             log(
                 "event.rejected",
-                outcome="error" if answer.status >= 500 else "deny",
-                status=answer.status,
-                err=answer.err or None,
-                reason=answer.detail,
+                outcome="error" if failed else "deny",
+                status=status,
+                err=err or None,
+                reason=reason,
                 **request,
             )
         except Exception as exc:  # noqa: BLE001 - the refusal is answered all the same
@@ -531,7 +539,8 @@ def _request_fields(scope: Scope) -> dict[str, Any]:
     # Truncated and escaped as every other audit event's: a control character in the
     # (percent-decoded) path or the header must not forge or garble a log line.
     return RequestInfo(
-        str(scope.get("method", ""))[:16],
+        # A websocket scope has no method: WEBSOCKET, as the middleware records a handshake.
+        str(scope.get("method", "WEBSOCKET"))[:16],
         str(scope.get("path", "")),
         client[0] if client else None,
         request_id,

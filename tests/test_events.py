@@ -1324,14 +1324,33 @@ async def test_lifespan_and_websocket_scopes(session_issuer: DevIssuer) -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    await receiver({"type": "lifespan"}, receive, send)
+    with structlog.testing.capture_logs() as events:
+        await receiver({"type": "lifespan"}, receive, send)
     assert [message["type"] for message in sent] == [
         "lifespan.startup.complete",
         "lifespan.shutdown.complete",
     ]
+    assert events == []  # no decision: no event
     sent.clear()
-    await receiver({"type": "websocket", "path": "/"}, receive, send)
+    with structlog.testing.capture_logs() as events:
+        scope = {"type": "websocket", "path": "/", "client": ("192.0.2.7", 4000)}
+        await receiver(scope, receive, send)
     assert sent == [{"type": "websocket.close", "code": 1008}]
+    # A refusal like any other: one event, as the middleware audits a handshake.
+    assert events == [
+        {
+            "event": "event.rejected",
+            "log_level": "warning",
+            "outcome": "deny",
+            "status": 405,
+            "err": "invalid_request",
+            "reason": "websocket handshake, not a POST",
+            "method": "WEBSOCKET",
+            "path": "/",
+            "client": "192.0.2.7",
+            "request_id": None,
+        }
+    ]
 
 
 @pytest.mark.anyio
@@ -1351,8 +1370,24 @@ async def test_a_client_that_disconnects_gets_no_answer(session_issuer: DevIssue
         "path": "/",
         "headers": [(b"content-type", SET_MEDIA_TYPE.encode())],
     }
-    await receiver(scope, receive, send)
+    with structlog.testing.capture_logs() as events:
+        await receiver(scope, receive, send)
     assert sent == []
+    # Nothing answered (status null), but the SET was not taken: one event says so.
+    assert events == [
+        {
+            "event": "event.rejected",
+            "log_level": "warning",
+            "outcome": "deny",
+            "status": None,
+            "err": "invalid_request",
+            "reason": "client disconnected before the SET was read",
+            "method": "POST",
+            "path": "/",
+            "client": None,
+            "request_id": None,
+        }
+    ]
 
 
 # -- the guard's signature step on its own --------------------------------------------------

@@ -941,7 +941,7 @@ class BearerGuard:
                 try:
                     first = await policy.replay.first_use(*replay)
                 except Exception as exc:  # noqa: BLE001 - any store failure: fail closed
-                    self._replay_failed(exc)
+                    self._replay_failed(access, exc)
                 if not first:
                     raise InvalidDPoPProofError("proof jti replayed")
             if self.usage is not None:
@@ -1006,7 +1006,7 @@ class BearerGuard:
                 try:
                     first = policy.replay.first_use_sync(*replay)
                 except Exception as exc:  # noqa: BLE001 - any store failure: fail closed
-                    self._replay_failed(exc)
+                    self._replay_failed(access, exc)
                 if not first:
                     raise InvalidDPoPProofError("proof jti replayed")
             if self.usage is not None:
@@ -1019,11 +1019,14 @@ class BearerGuard:
     # Everything below up to the I/O edges is synchronous and shared by every driver.
 
     @staticmethod
-    def _replay_failed(exc: Exception) -> NoReturn:
+    def _replay_failed(access: AccessToken, exc: Exception) -> NoReturn:
         # A store refusing one proof (a key over its share) is that client's 401, not a 503.
         if isinstance(exc, ReplayStoreError | InvalidDPoPProofError):
             raise exc
-        raise ReplayStoreError(f"{type(exc).__name__}: {exc}"[:200]) from exc
+        # The application's store may quote the token: redacted before the cut, as in
+        # _revocation_failed (a token cut in two is no longer found).
+        detail = redact_token(f"{type(exc).__name__}: {exc}", access.raw)
+        raise ReplayStoreError(detail[:200]) from exc
 
     def _check_binding(
         self, access: AccessToken, request: DPoPRequest | None

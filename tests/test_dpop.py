@@ -52,7 +52,7 @@ from bearerguard.dpop import (
 )
 from bearerguard.errors import ConfigurationError, InvalidDPoPProofError, ReplayStoreError
 from bearerguard.revocation.memory import MemoryRevocationStore
-from bearerguard.testing import DevIssuer
+from bearerguard.testing import DevIssuer, audit_events
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
 from tests.apps import build_app, build_flask_app
 from tests.helpers import asgi_call, http_scope, serving
@@ -1392,6 +1392,38 @@ def test_any_store_failure_fails_closed(
     for call in open_client(stack, guard):
         response = call("GET", "/me", headers=dpop(token, holder.proof(token)))
         assert response.status_code == 503
+
+
+class QuotingStore:
+    """A replay store whose failure quotes the access token from the request it serves
+    (as a careless application's store may), starting ``at`` characters into its message."""
+
+    def __init__(self, token: str, at: int) -> None:
+        self.message = "x" * (at - len("RuntimeError: ")) + token
+
+    async def first_use(self, key: str, ttl: float) -> bool:
+        raise RuntimeError(self.message)
+
+    def first_use_sync(self, key: str, ttl: float) -> bool:
+        raise RuntimeError(self.message)
+
+
+@pytest.mark.parametrize("at", [20, 150, 199])
+def test_a_replay_store_failure_quoting_the_token_is_audited_without_it(
+    stack: str, session_issuer: DevIssuer, holder: Holder, at: int
+) -> None:
+    # _replay_failed cut the message to 200 characters before the audit log looked for the
+    # token: a token straddling the cut was no longer found, and its start (its header, part
+    # of its payload) went to auth.unavailable.
+    token = bound(session_issuer, holder)
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(replay=QuotingStore(token, at)))
+    for call in open_client(stack, guard):
+        with audit_events() as events:
+            response = call("GET", "/me", headers=dpop(token, holder.proof(token)))
+        assert response.status_code == 503
+        detail = events.assert_one("auth.unavailable")["detail"]
+        # Redacted, then cut: not even the token's first character is left.
+        assert detail == ("RuntimeError: ".ljust(at, "x") + "REDACTED")[:200]
 
 
 def test_websocket_handshake_with_dpop(session_issuer: DevIssuer, holder: Holder) -> None:

@@ -339,3 +339,14 @@ def test_every_status_of_a_reason_is_documented() -> None:
     # MCPToolScopes refuses a body too large to check with invalid_request and 413.
     assert _BodyTooLargeError.reason == "invalid_request"
     assert str(_BodyTooLargeError.status) in _audit_row("| `invalid_request` |")
+
+
+def test_the_optional_aud_of_an_introspection_answer_is_said_before_its_rules() -> None:
+    # RFC 7662 §2.2 makes aud optional: without resource= or required_claims=["aud"], an
+    # answer naming no audience is accepted (tests/test_introspection.py). The page said so
+    # only after the table of members, in a paragraph about other resource servers.
+    page = (ROOT / "docs" / "revocation.md").read_text()
+    section = page.partition("\n## Opaque access tokens\n")[2]
+    before_the_rules = section.partition("| member | rule |")[0]
+    assert 'required_claims=["aud"]' in before_the_rules
+    assert "without `aud` is accepted" in before_the_rules

@@ -1086,8 +1086,14 @@ async def test_a_resource_needs_the_answer_to_name_it(
     with pytest.raises(InvalidClaimError, match="aud"):
         guard.authenticate_sync("no-aud")
     assert (await guard.authenticate("for-us")).audience == (resource,)
-    # Without a resource, aud stays optional, as RFC 7662 §2.2 makes it.
+    # Without a resource, aud stays optional, as RFC 7662 §2.2 makes it; the one line
+    # docs/revocation.md gives demands it.
     assert (await opaque_guard(issuer, server).authenticate("no-aud")).subject == "kim"
+    strict = opaque_guard(issuer, server, required_claims=["aud"])
+    with pytest.raises(InvalidClaimError, match="required claims missing: aud"):
+        await strict.authenticate("no-aud")
+    server.activate("for-the-api", sub="kim", aud=AUDIENCE)
+    assert (await strict.authenticate("for-the-api")).subject == "kim"
 
 
 @pytest.mark.anyio

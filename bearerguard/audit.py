@@ -415,6 +415,10 @@ class AuditLog:
         fields: dict[str, Any]
         token = token or error.token
         detail = error.detail
+        if detail is not None and token is not None:
+            # An application's store or check may quote the token it was given (a usage
+            # monitor's failure, a DPoP replay store's refusal): kept out of every event.
+            detail = redact_token(detail, token.raw)
         if token is not None:
             fields = token_fields(token)
         else:
@@ -433,10 +437,6 @@ class AuditLog:
             fields["scope_match"] = "any" if error.any_of else "all"
         elif isinstance(error, ServiceUnavailableError):
             event, level = "auth.unavailable", "error"
-            # A store's own error (a usage monitor's, a DPoP replay store's) may quote the
-            # token it was given: kept out, as every event keeps it out.
-            if detail is not None and token is not None:
-                detail = redact_token(detail, token.raw)
         else:
             event, level = "token.rejected", "warning"
         if self.metrics is not None:

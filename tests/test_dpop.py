@@ -1426,6 +1426,36 @@ def test_a_replay_store_failure_quoting_the_token_is_audited_without_it(
         assert detail == ("RuntimeError: ".ljust(at, "x") + "REDACTED")[:200]
 
 
+class QuotingRefusal:
+    """A replay store refusing the proof itself (a client over its share), its message
+    quoting the access token."""
+
+    def __init__(self, token: str) -> None:
+        self.message = f"too many proofs for {token}"
+
+    async def first_use(self, key: str, ttl: float) -> bool:
+        raise InvalidDPoPProofError(self.message)
+
+    def first_use_sync(self, key: str, ttl: float) -> bool:
+        raise InvalidDPoPProofError(self.message)
+
+
+def test_a_replay_store_refusal_quoting_the_token_is_audited_without_it(
+    stack: str, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    # A store's own InvalidDPoPProofError is the client's 401: its detail went to
+    # token.rejected as the store wrote it, token included.
+    token = bound(session_issuer, holder)
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(replay=QuotingRefusal(token)))
+    for call in open_client(stack, guard):
+        with audit_events() as events:
+            response = call("GET", "/me", headers=dpop(token, holder.proof(token)))
+        assert response.status_code == 401
+        event = events.assert_one("token.rejected")
+        assert event["detail"] == "too many proofs for REDACTED"
+        assert token.rpartition(".")[2] not in repr(event)
+
+
 def test_websocket_handshake_with_dpop(session_issuer: DevIssuer, holder: Holder) -> None:
     guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(mode="required"))
     token = bound(session_issuer, holder)

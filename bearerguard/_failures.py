@@ -122,6 +122,12 @@ class FailureReport:
         else:
             _say(self._level, self._summary, *summary)
 
+    def reset(self) -> None:
+        """End the current outage without a line, for an owner that logs its own ends and
+        beginnings: the next failure is logged in full again."""
+        with self._lock:
+            self.failing = False
+
     def recovered(self) -> None:
         """It worked: log the recovery with the count, once, if it was failing."""
         with self._lock:

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import gc
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -897,6 +898,68 @@ async def test_the_mirror_logs_when_it_is_live_again_after_losing_redis(
     assert again[0].created > lost[0].created
     assert "revocation mirror live again after" in again[0].getMessage()
     assert "0 entries" in again[0].getMessage()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("runner", ["task", "thread"])
+async def test_failed_reconnections_are_logged_once_a_minute_not_each(
+    private_redis: RedisServer,
+    stores: Callable[..., RedisRevocationStore],
+    caplog: pytest.LogCaptureFixture,
+    runner: str,
+) -> None:
+    """While Redis stays down every worker retried every 2 s at most and logged an INFO line
+    each time (about 30 a minute per worker); the loss and the recovery are warnings, the
+    attempts in between a line a minute at most, and each new outage is told in full."""
+    store = stores(private_redis.url, failure_timeout=0.2)  # a retry every 0.2 s at most
+
+    def lines(level: str) -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelname == level and "revocation mirror" in r.getMessage()
+        ]
+
+    with caplog.at_level("INFO", logger="bearerguard"):
+        if runner == "task":
+            await store.start()
+        else:
+            store.start_sync()
+        for outage in (1, 2):
+            private_redis.stop()
+            await eventually(lambda: refuses(store), 1.0)
+            await asyncio.sleep(2.0)  # ten attempts or more
+            private_redis.start()
+            await eventually(lambda: store.healthy, 5.0)
+            await eventually(lambda n=outage: len(lines("WARNING")) == 2 * n, 1.0)
+            assert len(lines("INFO")) == outage, lines("INFO")
+    warnings = lines("WARNING")
+    assert ["lost Redis" in w for w in warnings] == [True, False, True, False], warnings
+    assert all("live again" in w for w in warnings[1::2])
+    assert all("lost Redis" in i and "resynchronising" in i for i in lines("INFO"))
+
+
+@pytest.mark.anyio
+async def test_the_reconnection_summary_says_how_many_attempts_went_unlogged(
+    private_redis: RedisServer,
+    stores: Callable[..., RedisRevocationStore],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = stores(private_redis.url, failure_timeout=0.2)
+    store._reconnects._window = 0.5  # a minute in production
+    with caplog.at_level("INFO", logger="bearerguard"):
+        await store.start()
+        private_redis.stop()
+        await eventually(lambda: "still cannot reach Redis" in caplog.text, 3.0)
+        private_redis.start()
+        await eventually(lambda: store.healthy, 5.0)
+    summaries = [r for r in caplog.records if "still cannot reach" in r.getMessage()]
+    assert summaries[0].levelname == "INFO"
+    assert re.fullmatch(
+        r"bearerguard: revocation mirror still cannot reach Redis; "
+        r"(\d+) more failed reconnections \((\d+) in all\)",
+        summaries[0].getMessage(),
+    )
 
 
 @pytest.mark.anyio

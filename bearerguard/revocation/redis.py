@@ -64,6 +64,7 @@ from bearerguard._core.times import (
     check_wait,
     to_epoch,
 )
+from bearerguard._failures import FailureReport
 from bearerguard._fork import reset_after_fork
 from bearerguard._redis import (
     DEFAULT_URL,
@@ -299,6 +300,14 @@ class RedisRevocationStore:
         self._task_loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._reconnects = FailureReport(
+            "bearerguard: revocation mirror lost Redis (%s); resynchronising",
+            "bearerguard: revocation mirror still cannot reach Redis; "
+            "%d more failed reconnections (%d in all)",
+            "",  # never recovered(): the mirror says when it is live again
+            level=logging.INFO,
+            traceback=False,
+        )
         if self._mirror is not None:
             # A pre-forking server (gunicorn --preload) may start the mirror before forking
             # its workers: a worker's copy was trusted until failure_timeout ran out, though
@@ -1071,10 +1080,17 @@ class RedisRevocationStore:
         if self._closed:
             return attempt
         was_live = mirror.lost(exc)
-        (_log.warning if was_live else _log.info)(
-            "bearerguard: revocation mirror lost Redis (%s); resynchronising", mirror.error
-        )
-        return 0 if was_live else attempt + 1
+        if was_live:
+            # A new outage: its warning here, the first failed reconnection in full after it.
+            self._reconnects.reset()
+            _log.warning(
+                "bearerguard: revocation mirror lost Redis (%s); resynchronising", mirror.error
+            )
+            return 0
+        # Every failed reconnection (up to one per 2 s per worker while Redis is down):
+        # counted, and a line per minute at most.
+        self._reconnects.failed(mirror.error or type(exc).__name__)
+        return attempt + 1
 
     def _run_thread(self, mirror: Mirror) -> None:
         client = self._clients.sync

@@ -1033,3 +1033,28 @@ def test_a_sink_failure_is_reported_without_the_text_of_the_refusal_under_way(
     assert "Traceback (most recent call last)" in report.getMessage()
     assert "OSError: [Errno 28] No space left on device" in caplog.text  # the sink's own
     assert "builtins.KeyError" in caplog.text  # where the refusal came from, by type
+
+
+def test_events_of_a_token_carry_its_exp_to_revoke_it_by(session_issuer: DevIssuer) -> None:
+    """Revoking a token takes its iss, jti and exp; an event gave only the first two, so an
+    operator holding an event could not revoke the token it names."""
+    exp = int(time.time()) + 600
+    store = MemoryRevocationStore()
+    get = serve_asgi(session_issuer.guard(revocation=store))
+    raw = session_issuer.mint(exp=exp)
+    with audit_events() as events:
+        assert get(raw) == 200
+        assert get(raw) == 200  # a cache hit: its fields bound once to the token's logger
+        accepted = events.named("token.accepted")
+        assert [event["exp"] for event in accepted] == [exp, exp]
+        assert type(accepted[1]["exp"]) is int  # the claim as the token has it
+        # Revoked by the event's own fields: the refusal's event carries them too.
+        store.revoke_token_sync(accepted[0]["jti"], accepted[0]["exp"])
+        assert get(raw) == 401
+    assert events.named("token.rejected")[0]["exp"] == exp
+    # The cache hit's own emission, through the token's logger with its fields bound.
+    sink = Sink()
+    audit = AuditLog(logger=bound_logger(sink))
+    token = session_issuer.guard().authenticate_sync(session_issuer.mint(exp=exp + 0.5))
+    audit.accepted_through(audit.token_logger(token_fields(token)), REQUEST, 0.001)
+    assert sink.events[0]["exp"] == exp + 0.5

@@ -298,6 +298,7 @@ def test_the_anomaly_audit_event() -> None:
         "client_id": None,
         "iss": ISS,
         "jti": "j1",
+        "exp": START + 3600,
         "kid": None,
         "alg": "RS256",
         "scopes": [],

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ from bearerguard._cli_common import (
     non_negative_seconds,
     positive_seconds,
     print_usage,
+    read_token,
     relative,
     terminal_safe,
     usage_error,
@@ -201,10 +203,21 @@ def add_revocation_commands(commands: Commands) -> None:
     leaves = revoke.add_subparsers(title="commands", metavar="COMMAND")
     token = leaves.add_parser(
         "token",
-        help="revoke one token by its jti",
-        description="Revoke one token by its jti, until it would have expired anyway.",
+        help="revoke one token by its jti, or the token itself (--token)",
+        description="Revoke one token, until it would have expired anyway: by its jti, or "
+        "given whole with --token.",
     )
-    token.add_argument("jti", help="the token's jti claim")
+    which = token.add_mutually_exclusive_group(required=True)
+    which.add_argument("jti", nargs="?", help="the token's jti claim")
+    which.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="the token itself ('-': read from standard input, which keeps it out of the "
+        "process list and shell history; an Authorization header pasted whole works): its "
+        "iss, jti and exp are read from its payload, parsed strictly but not verified: no "
+        "signature is checked, since revoking grants nothing (a forged token can only cut "
+        "off the jti it names). The token is never printed",
+    )
     subject = leaves.add_parser(
         "subject",
         help="revoke every token of a subject issued up to an instant",
@@ -431,6 +444,8 @@ def run_revoke(kind: str, args: argparse.Namespace) -> int:
     """``revoke token|subject|client|session``: write one revocation; exit 0 once Redis has
     it."""
     console = Console.of(args)
+    if kind == "token" and args.token is not None:
+        _take_token(args)
     name: str = getattr(args, _NAME_ARGUMENT[kind])
     _check_text("the jti, sub, client_id or sid", name, limit=1024)
     subject: str | None = getattr(args, "subject", None)
@@ -478,6 +493,55 @@ def run_revoke(kind: str, args: argparse.Namespace) -> int:
             "built with mirror=False read Redis at each check and are not counted"
         )
     return EXIT_OK
+
+
+def _take_token(args: argparse.Namespace) -> None:
+    """``revoke token --token``: the jti, issuer and exp of the token given, as if given
+    as arguments. The token is parsed as the guard parses it (a strict compact JWS: RFC
+    7515 §7.1, §5.2) but its signature is not checked: a revocation refuses, never grants.
+
+    Raises:
+        CommandError: a usage error for ``--issuer`` or ``--expires-at`` given too, a token
+            that does not parse, or one without a usable ``iss``, ``jti`` or ``exp``;
+            messages never quote the token.
+    """
+    from bearerguard._core.jws import decode_payload, parse_compact  # noqa: PLC0415
+    from bearerguard.errors import AuthError  # noqa: PLC0415
+
+    if args.issuer is not None or args.expires_at is not None:
+        raise usage_error("--issuer and --expires-at come from --token: leave them out")
+    try:
+        claims = decode_payload(parse_compact(read_token(args.token)))
+    except AuthError as exc:  # its detail names the rule broken, never the token's text
+        raise usage_error(f"--token: {exc.detail or exc.description}") from None
+    issuer, jti, exp = claims.get("iss"), claims.get("jti"), claims.get("exp")
+    if jti is None:
+        raise usage_error(_no_jti(claims.get("sub"), issuer))
+    for claim, value in (("iss", issuer), ("jti", jti)):
+        if value is None:
+            raise usage_error(f"the token has no {claim} claim")
+        if not isinstance(value, str):
+            raise usage_error(f"the token's {claim} claim is not a string")
+    # RFC 7519 §4.1.4: exp is a NumericDate, a JSON number of seconds since the epoch.
+    if exp is None:
+        raise usage_error("the token has no exp claim")
+    if type(exp) is not int and type(exp) is not float:
+        raise usage_error("the token's exp claim is not a number")
+    if not 0 <= exp < _MAX_EPOCH:  # milliseconds, or a lapse no datetime can hold
+        raise usage_error("the token's exp claim is out of range")
+    args.jti, args.issuer, args.expires_at = jti, issuer, float(exp)
+
+
+def _no_jti(subject: object, issuer: object) -> str:
+    """The error for a token without ``jti``: the command that cuts it off instead."""
+    command = "bearerguard revoke subject "
+    command += shlex.quote(terminal_safe(subject)) if isinstance(subject, str) else "SUB"
+    if isinstance(issuer, str):
+        command += f" --issuer {shlex.quote(terminal_safe(issuer))}"
+    return (
+        "the token has no jti claim, so it cannot be revoked alone: revoke its subject "
+        f"instead ({command})"
+    )
 
 
 def _token_lapse(args: argparse.Namespace, now: float) -> float:

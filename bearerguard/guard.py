@@ -87,10 +87,12 @@ from bearerguard.metadata import ProtectedResource, ResourceMetadata, check_reso
 from bearerguard.metrics import (
     CACHE,
     JWKS_FETCHES,
+    JWKS_LAST_SUCCESS,
     REVOCATION_FAILURES,
     USAGE_UNMONITORED,
     MetricsHook,
     count,
+    set_gauge,
 )
 from bearerguard.mtls import CertificateBinding
 from bearerguard.revocation._table import DEFAULT_EXPIRY_GRACE, RevocationTable
@@ -1343,8 +1345,10 @@ class BearerGuard:
             # max_stale would keep honouring keys an issuer dropped, perhaps as compromised.
             # A kid miss looks again once per cooldown, so keys published again are seen.
             _log.warning("bearerguard: the issuer publishes no key: every token is refused")
-        cache.record_success(KeySet(found, previous=cache.keys), self.clock(), max_age)
+        now = self.clock()
+        cache.record_success(KeySet(found, previous=cache.keys), now, max_age)
         count(self.metrics, JWKS_FETCHES, {"result": "ok"})
+        set_gauge(self.metrics, JWKS_LAST_SUCCESS, now, {"issuer": self.issuer})
 
     def _keys_failed(self, error: Exception, cause: str | None = None) -> None:
         """Record a failed fetch; ``cause`` (else the ``FetchError``'s, else the exception's

@@ -14,6 +14,10 @@ name                                      kind       labels
 ``bearerguard_usage_unmonitored_total``   counter    ``monitor``: let in, the monitor down
 ========================================  =========  ==========================================
 
+and, to a hook with the optional ``set_gauge`` method (both built-in hooks have it), the
+gauge ``bearerguard_jwks_last_success_timestamp_seconds`` (label ``issuer``): the instant,
+in epoch seconds by the guard's clock, of each successful key set fetch.
+
 Every decision is counted, whatever the audit sampling. The key set's age is read when asked
 (``BearerGuard.key_set_age()``), so exporters publish it as a gauge computed at scrape time.
 A hook that raises changes no decision (never a 500, never a refusal let through): the lost
@@ -50,6 +54,7 @@ __all__ = [
     "DECISIONS",
     "DECISION_SECONDS",
     "JWKS_FETCHES",
+    "JWKS_LAST_SUCCESS",
     "LATENCY_BUCKETS",
     "REVOCATION_FAILURES",
     "USAGE_UNMONITORED",
@@ -59,6 +64,7 @@ __all__ = [
     "count",
     "hook_failures",
     "metrics_failed",
+    "set_gauge",
 ]
 
 _log = logging.getLogger("bearerguard")
@@ -69,6 +75,7 @@ CACHE = "bearerguard_token_cache_total"
 JWKS_FETCHES = "bearerguard_jwks_fetches_total"
 REVOCATION_FAILURES = "bearerguard_revocation_failures_total"
 JWKS_AGE = "bearerguard_jwks_age_seconds"
+JWKS_LAST_SUCCESS = "bearerguard_jwks_last_success_timestamp_seconds"
 AUDIT_EVENTS_LOST = "bearerguard_audit_events_lost_total"
 USAGE_UNMONITORED = "bearerguard_usage_unmonitored_total"
 
@@ -91,6 +98,7 @@ _HELP = {
     JWKS_FETCHES: "Key set fetches, by result.",
     REVOCATION_FAILURES: "Revocation store failures, by store.",
     JWKS_AGE: "Seconds since the key set was last fetched successfully.",
+    JWKS_LAST_SUCCESS: "When the key set was last fetched successfully, in epoch seconds.",
     AUDIT_EVENTS_LOST: "Audit events the application's logger failed to take, by event.",
     USAGE_UNMONITORED: "Requests let in unmonitored: the usage monitor failed, failing open.",
 }
@@ -98,7 +106,11 @@ _HELP = {
 
 @runtime_checkable
 class MetricsHook(Protocol):
-    """Receives the guard's metrics. Called on the request path: keep both methods cheap."""
+    """Receives the guard's metrics. Called on the request path: keep both methods cheap.
+
+    A hook may also have ``set_gauge(name, value, labels)``, which sets the gauge ``name``
+    with ``labels`` to ``value``; a hook without it gets no gauge (see ``set_gauge``).
+    """
 
     def increment(self, name: str, labels: dict[str, str]) -> None:
         """Add one to the counter ``name`` with ``labels``."""
@@ -175,6 +187,18 @@ def count(hook: MetricsHook | None, name: str, labels: dict[str, str]) -> None:
             metrics_failed(name, exc, hook)
 
 
+def set_gauge(hook: MetricsHook | None, name: str, value: float, labels: dict[str, str]) -> None:
+    """``hook.set_gauge(name, value, labels)`` when the hook has that optional method (a
+    hook written with ``MetricsHook``'s two methods only is left alone), whatever it raises."""
+    if hook is not None:
+        try:
+            setter = getattr(hook, "set_gauge", None)
+            if setter is not None:
+                setter(name, value, labels)
+        except Exception as exc:  # noqa: BLE001 - the application's hook: never a 500
+            metrics_failed(name, exc, hook)
+
+
 def _check_buckets(buckets: Iterable[Any]) -> tuple[float, ...]:
     """``buckets`` as a tuple of floats, if finite and strictly increasing.
 
@@ -195,7 +219,7 @@ def _check_buckets(buckets: Iterable[Any]) -> tuple[float, ...]:
 
 
 class InMemoryMetrics:
-    """Counters and histograms kept in this process; thread-safe.
+    """Counters, histograms and gauges kept in this process; thread-safe.
 
     Args:
         buckets: the histograms' upper bounds, finite and increasing (``+Inf`` is added).
@@ -210,6 +234,7 @@ class InMemoryMetrics:
         reset_after_fork(self)
         self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._histograms: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}
+        self._gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
 
     def _forked(self) -> None:
         """In a child process after ``fork()`` (bearerguard._fork): a lock another thread of
@@ -235,12 +260,22 @@ class InMemoryMetrics:
             histogram[-2] += 1
             histogram[-1] += value
 
+    def set_gauge(self, name: str, value: float, labels: dict[str, str]) -> None:
+        """Set a gauge."""
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self._gauges[key] = value
+
     def count(self, name: str, **labels: str) -> float:
         """A counter's value (0 when never incremented)."""
         return self._counters.get((name, tuple(sorted(labels.items()))), 0)
 
+    def gauge(self, name: str, **labels: str) -> float | None:
+        """A gauge's value (``None`` when never set)."""
+        return self._gauges.get((name, tuple(sorted(labels.items()))))
+
     def snapshot(self) -> dict[str, Any]:
-        """Every counter and histogram, as plain data."""
+        """Every counter, histogram and gauge, as plain data."""
         with self._lock:
             counters = [
                 {"name": name, "labels": dict(labels), "value": value}
@@ -256,11 +291,18 @@ class InMemoryMetrics:
                 }
                 for (name, labels), values in sorted(self._histograms.items())
             ]
-        return {"counters": counters, "histograms": histograms}
+            gauges = [
+                {"name": name, "labels": dict(labels), "value": value}
+                for (name, labels), value in sorted(self._gauges.items())
+            ]
+        return {"counters": counters, "histograms": histograms, "gauges": gauges}
 
 
 class PrometheusMetrics:
     """Exports the guard's metrics with ``prometheus_client`` (``bearerguard[prometheus]``).
+
+    The gauge ``bearerguard_jwks_last_success_timestamp_seconds`` (``set_gauge``) is
+    exported in multiprocess mode too, as the greatest of the workers' values.
 
     Args:
         registry: where to register; the default registry when omitted.
@@ -296,6 +338,19 @@ class PrometheusMetrics:
                     name.removesuffix("_total"), _HELP[name], labels, **options
                 )
             self._metrics[name] = metric
+        # Set by each worker as its fetch succeeds: under multiprocess mode the scrape
+        # keeps the greatest of the workers' values, the latest success ("max"; as the
+        # value is the instant it is written, "mostrecent" would give the same figure,
+        # at the cost of a write timestamp per sample). Without that mode, "max" is unused.
+        self._gauges: dict[str, Any] = {
+            JWKS_LAST_SUCCESS: prometheus.Gauge(
+                JWKS_LAST_SUCCESS,
+                _HELP[JWKS_LAST_SUCCESS],
+                ("issuer",),
+                multiprocess_mode="max",
+                **options,
+            )
+        }
         self._prometheus, self._options = prometheus, options
         self._age: Any = None
         if guard is not None:
@@ -325,6 +380,10 @@ class PrometheusMetrics:
         """Record a value in a histogram."""
         self._metrics[name].labels(**labels).observe(value)
 
+    def set_gauge(self, name: str, value: float, labels: dict[str, str]) -> None:
+        """Set a gauge."""
+        self._gauges[name].labels(**labels).set(value)
+
 
 def _refuse_multiprocess(prometheus: Any) -> None:
     """Refuse the key set's age where prometheus_client could only export it wrong."""
@@ -335,8 +394,7 @@ def _refuse_multiprocess(prometheus: Any) -> None:
             f"{JWKS_AGE} is read when scraped, which prometheus_client's multiprocess mode "
             "(PROMETHEUS_MULTIPROC_DIR is set) cannot do: every worker would export 0. "
             "Leave it out there (no guard=, no publish_key_set_age); alert on "
-            f'{JWKS_FETCHES}{{result="error"}} and the readiness report\'s '
-            "keys.age_seconds instead"
+            f"time() - {JWKS_LAST_SUCCESS} instead, which every PrometheusMetrics exports"
         )
 
 

@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 
 from bearerguard import AccessToken, BearerGuard
 from bearerguard.asgi import BearerGuardMiddleware
-from bearerguard.errors import ConfigurationError
+from bearerguard.errors import ConfigurationError, KeySetUnavailableError
 from bearerguard.issuers import TrustedIssuers
 from bearerguard.metrics import (
     _LABELS,
@@ -31,6 +31,7 @@ from bearerguard.metrics import (
     DECISION_SECONDS,
     DECISIONS,
     JWKS_FETCHES,
+    JWKS_LAST_SUCCESS,
     REVOCATION_FAILURES,
     InMemoryMetrics,
     PrometheusMetrics,
@@ -359,6 +360,104 @@ def test_prometheus_key_set_age_is_refused_in_multiprocess_mode(
     assert "PROMETHEUS_MULTIPROC_DIR" in done.stdout
     assert "refused again" in done.stdout
     assert "bearerguard_jwks_age_seconds" not in done.stdout.split("refused again")[1]
+
+
+_MULTIPROCESS_LAST_SUCCESS = """
+import sys, time
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from bearerguard import BearerGuard
+from bearerguard.metrics import PrometheusMetrics
+
+guard = BearerGuard(
+    issuer=sys.argv[1],
+    audience="api",
+    jwks_uri=sys.argv[1] + "/jwks.json",
+    metrics=PrometheusMetrics(),
+)
+print("before", time.time())
+guard.warm_up_sync()
+print("after", time.time())
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry)
+print(generate_latest(registry).decode())
+"""
+
+
+def test_the_last_successful_fetch_is_exported_in_multiprocess_mode(
+    issuer: DevIssuer, tmp_path: Path
+) -> None:
+    """Where the key set's age cannot be exported (read at scrape), the instant of the last
+    successful fetch can: each worker writes it as it happens, and the scrape adds up the
+    workers' files, keeping the latest (``max``)."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    outputs = []
+    for _worker in range(2):  # one after the other: the second's fetch is the latest
+        done = subprocess.run(  # noqa: S603 - our own snippet
+            [sys.executable, "-c", _MULTIPROCESS_LAST_SUCCESS, issuer.url],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    lines = outputs[1].splitlines()
+    before, after = (float(lines[i].split()[1]) for i in (0, 1))
+    name = "bearerguard_jwks_last_success_timestamp_seconds"
+    assert f"# TYPE {name} gauge" in lines
+    [sample] = [line for line in lines if line.startswith(name + "{")]
+    assert sample.startswith(f'{name}{{issuer="{issuer.url}"}} ')
+    assert before <= float(sample.split()[-1]) <= after
+    first_after = float(outputs[0].splitlines()[1].split()[1])
+    assert float(sample.split()[-1]) > first_after
+
+
+def test_the_last_successful_fetch_is_set_on_success_only(issuer: DevIssuer) -> None:
+    registry = CollectorRegistry()
+    clock = Clock(1_800_000_000.0)
+    guard = issuer.guard(metrics=PrometheusMetrics(registry), clock=clock)
+    name = "bearerguard_jwks_last_success_timestamp_seconds"
+    assert registry.get_sample_value(name, {"issuer": issuer.url}) is None
+    guard.warm_up_sync()
+    assert registry.get_sample_value(name, {"issuer": issuer.url}) == 1_800_000_000.0
+    issuer.overrides["/jwks.json"] = Override(status=500)
+    clock.advance(30 * 86_400)  # past the keys' freshness and max_stale: fetched again
+    with pytest.raises(KeySetUnavailableError):
+        guard.warm_up_sync()
+    fetches = "bearerguard_jwks_fetches_total"
+    assert registry.get_sample_value(fetches, {"result": "error"}) == 1
+    assert registry.get_sample_value(name, {"issuer": issuer.url}) == 1_800_000_000.0
+
+
+class _TwoMethods:
+    """A hook written to ``MetricsHook``'s two methods, from before gauges."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def increment(self, name: str, labels: dict[str, str]) -> None:
+        self.names.append(name)
+
+    def observe(self, name: str, value: float, labels: dict[str, str]) -> None:
+        self.names.append(name)
+
+
+def test_the_last_successful_fetch_in_memory_and_to_a_hook_without_gauges(
+    issuer: DevIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = InMemoryMetrics()
+    clock = Clock(1_800_000_000.0)
+    issuer.guard(metrics=metrics, clock=clock).warm_up_sync()
+    assert metrics.gauge(JWKS_LAST_SUCCESS, issuer=issuer.url) == 1_800_000_000.0
+    assert metrics.snapshot()["gauges"] == [
+        {"name": JWKS_LAST_SUCCESS, "labels": {"issuer": issuer.url}, "value": 1_800_000_000.0}
+    ]
+    older = _TwoMethods()
+    with caplog.at_level(logging.ERROR, logger="bearerguard"):
+        issuer.guard(metrics=older).warm_up_sync()
+    assert older.names == [JWKS_FETCHES]
+    assert not caplog.records
 
 
 def test_readiness_asgi(issuer: DevIssuer) -> None:

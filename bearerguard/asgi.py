@@ -501,13 +501,9 @@ class BearerGuardMiddleware:
                         ids_joined = True
             if ids_joined:
                 request_id = joined_request_ids(scope["headers"])
-            # Bytes only: a bytes-like value (see _authorization) is no key to look up.
-            if (
-                credentials is not None
-                and not repeated
-                and credentials[:7] == b"Bearer "
-                and credentials.__class__ is bytes
-            ):
+            # Bytes only: a bytes-like value (see _authorization) is no key to look up. The
+            # "Bearer " spelling is checked by reused(), which compares the whole value.
+            if credentials is not None and not repeated and credentials.__class__ is bytes:
                 query = scope.get("query_string")
                 # A percent-encoded name may decode to access_token, and a query given as text
                 # (see _query_string) is no bytes to search: the general path decides.
@@ -516,7 +512,7 @@ class BearerGuardMiddleware:
                     and query.find(b"access_token") == -1
                     and query.find(b"%") == -1
                 ):
-                    entry = reusing.reused(credentials[7:])
+                    entry = reusing.reused(credentials)
             # A middleware further out with this guard let the request in: the general path
             # passes it on with that verdict, which a hit here would replace. The membership
             # test spares the hot path a call.

@@ -589,7 +589,7 @@ class BearerGuardMiddleware:
         query = str(meta.get("QUERY_STRING", ""))
         if "access_token" in query or "%" in query:  # a percent-encoded name may decode to it
             return None
-        entry = reusing.reused(header[7:].encode("latin-1", "replace"))
+        entry = reusing.reused(header.encode("latin-1", "replace"))
         if entry is None:
             return None
         auth = RequestAuth(reusing, entry.token, started, *described, wsgi._django_response)

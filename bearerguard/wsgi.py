@@ -413,7 +413,7 @@ class BearerGuardWSGIMiddleware:
         ):
             # A token seen before, sent the usual way: as in the ASGI middleware, a cache hit
             # that needs no I/O is served here; anything else takes the general path.
-            entry = reusing.reused(header[7:].encode("latin-1", "replace"))
+            entry = reusing.reused(header.encode("latin-1", "replace"))
             if entry is not None:
                 reused = entry.token
                 auth = RequestAuth(guard, reused, started, *request, self.respond)

@@ -458,7 +458,7 @@ def _cases(issuer: DevIssuer, settings: Settings, plan: Plan, token: str) -> lis
 
     audit_guard = starlette_apps.guard_for(audited)
     accepted = audit_guard.authenticate_sync(token)
-    entry = audit_guard.reused(token.encode())
+    entry = audit_guard.reused(b"Bearer " + token.encode())
     assert entry is not None
     request = RequestInfo("GET", PATH, "127.0.0.1", None)
     audit = audit_guard.audit

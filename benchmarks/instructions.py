@@ -168,7 +168,7 @@ def _operation(case: str, fixture: dict[str, Any]) -> Callable[[int], None]:
         audit_logger = chosen[case]() if case in chosen else None
         audited = guard(audit_sample_accepted=1.0, audit_logger=audit_logger)
         audited.authenticate_sync(tokens[0])  # verified once: the cache holds it
-        entry = audited.reused(tokens[0].encode())
+        entry = audited.reused(b"Bearer " + tokens[0].encode())
         assert entry is not None
         request = RequestInfo("GET", PATH, "127.0.0.1", None)
         audit = audited.audit
@@ -227,7 +227,7 @@ def _pipeline(guard: Callable[..., Any], token: str) -> Callable[[int], None]:
     taking = bound(_Null(), [take], {})
     audited = guard(audit_sample_accepted=1.0, audit_logger=taking)
     audited.authenticate_sync(token)
-    entry = audited.reused(token.encode())
+    entry = audited.reused(b"Bearer " + token.encode())
     assert entry is not None
     entry.record_accepted(audited.audit, RequestInfo("GET", PATH, "127.0.0.1", None), 0.0001)
     fields = taken[0]

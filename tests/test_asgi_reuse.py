@@ -176,14 +176,15 @@ async def test_a_reused_token_stops_when_its_key_leaves_the_key_set() -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
             for _ in range(2):  # verified, then found in the cache with its key set
                 assert (await http.get("/me", headers=bearer(token))).status_code == 200
-            assert guard.reused(token.encode()) is not None  # the next request reuses it
+            # the next request reuses it
+            assert guard.reused(b"Bearer " + token.encode()) is not None
             old = issuer.key().kid
             issuer.rotate("ES256")
             issuer.retire(old)
             # Within the set's freshness the cached verification stands, as documented.
             assert (await http.get("/me", headers=bearer(token))).status_code == 200
             clock.now += 301  # past freshness: the reuse path must not answer alone
-            assert guard.reused(token.encode()) is None
+            assert guard.reused(b"Bearer " + token.encode()) is None
             response = await http.get("/me", headers=bearer(token))
             assert response.status_code == 401
             fresh = issuer.mint(expires_in=86_400)
@@ -202,9 +203,9 @@ async def test_a_refreshed_set_still_holding_the_key_keeps_reusing(
         for _ in range(2):
             assert (await http.get("/me", headers=bearer(token))).status_code == 200
             assert (await http.get("/me", headers=bearer(token))).status_code == 200
-            assert guard.reused(token.encode()) is not None
+            assert guard.reused(b"Bearer " + token.encode()) is not None
             clock.now += 7200  # past any TTL: the next request refreshes the set
-            assert guard.reused(token.encode()) is None
+            assert guard.reused(b"Bearer " + token.encode()) is None
     assert session_issuer.fetch_count() >= 2
 
 
@@ -281,9 +282,9 @@ async def test_a_store_subclass_is_asked_on_every_reuse(session_issuer: DevIssue
 async def test_the_first_reuse_already_takes_the_fast_path(session_issuer: DevIssuer) -> None:
     guard = session_issuer.guard()
     token = session_issuer.mint()
-    assert guard.reused(token.encode()) is None  # never seen
+    assert guard.reused(b"Bearer " + token.encode()) is None  # never seen
     await guard.authenticate(token)
-    entry = guard.reused(token.encode())
+    entry = guard.reused(b"Bearer " + token.encode())
     assert entry is not None
     assert entry.key_set is not None  # stamped with the set its key came from
 
@@ -305,7 +306,7 @@ async def test_a_cached_token_whose_kid_no_longer_chooses_its_key_is_refused() -
                 response = await http.get("/me", headers=bearer(kidless))
             assert response.status_code == 401
             assert [event["reason"] for event in events] == ["unknown_key"]
-            assert guard.reused(kidless.encode()) is None
+            assert guard.reused(b"Bearer " + kidless.encode()) is None
 
 
 async def test_a_reused_token_is_not_yet_valid_when_the_clock_steps_back(
@@ -418,7 +419,7 @@ async def test_a_reused_token_records_the_request_as_a_fresh_one(
         for _ in range(2):
             assert (await http.get("http://api.test/r", headers=headers)).status_code == 200
     fresh, reused = seen
-    assert guard.reused(token.encode()) is not None  # the second request could take it
+    assert guard.reused(b"Bearer " + token.encode()) is not None  # the second request could take it
     slots = [name for cls in type(fresh).__mro__ for name in getattr(cls, "__slots__", ())]
     assert sorted(slots) == sorted(
         (

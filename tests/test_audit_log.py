@@ -249,7 +249,7 @@ def test_a_reused_token_is_audited_through_a_logger_with_its_fields_bound(
     get = serve(guard)
     token = session_issuer.mint()
     assert [get(token) for _ in range(3)] == [200, 200, 200]
-    entry = guard.reused(token.encode())
+    entry = guard.reused(b"Bearer " + token.encode())
     assert entry is not None
     assert entry.audit_logger is not None
     assert entry.audit_logger[0] is guard.audit
@@ -275,7 +275,7 @@ def test_without_caching_a_reused_tokens_events_follow_a_later_configuration(
     assert [get(token) for _ in range(2)] == [200, 200]
     structlog.configure(processors=[second])
     assert get(token) == 200
-    entry = guard.reused(token.encode())
+    entry = guard.reused(b"Bearer " + token.encode())
     assert entry is not None
     assert entry.audit_logger is None
     assert len(first.events) == 2
@@ -286,7 +286,7 @@ def test_a_cached_token_binds_again_for_another_audit_log(session_issuer: DevIss
     guard = session_issuer.guard()
     token = session_issuer.mint()
     guard.authenticate_sync(token)
-    entry = guard.reused(token.encode())
+    entry = guard.reused(b"Bearer " + token.encode())
     assert entry is not None
     one, other = Sink(), Sink()
     first, second = AuditLog(logger=bound_logger(one)), AuditLog(logger=bound_logger(other))
@@ -308,7 +308,7 @@ def test_an_acceptance_only_counted_binds_no_logger(
     get = serve(guard)
     token = session_issuer.mint()
     assert [get(token) for _ in range(3)] == [200, 200, 200]
-    entry = guard.reused(token.encode())
+    entry = guard.reused(b"Bearer " + token.encode())
     assert entry is not None
     assert entry.audit_logger is None  # nothing emitted, so nothing bound
     assert sink.events == []

@@ -808,7 +808,7 @@ def test_reused_serves_no_bound_token_without_its_proof(
     token = bound(session_issuer, holder)
     for call in open_client("asgi", guard):
         assert call("GET", "/me", headers=dpop(token, holder.proof(token))).status_code == 200
-    assert guard.reused(token.encode()) is None
+    assert guard.reused(b"Bearer " + token.encode()) is None
 
 
 def test_cached_token_needs_a_fresh_proof_each_time(

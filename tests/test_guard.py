@@ -395,12 +395,12 @@ async def test_a_cache_key_collision_is_only_a_miss(
     guard = session_issuer.guard()
     ana, bob = session_issuer.mint(sub="ana"), session_issuer.mint(sub="bob")
     assert (await guard.authenticate(ana)).subject == "ana"
-    assert guard.reused(ana.encode()) is not None
-    assert guard.reused(bob.encode()) is None
+    assert guard.reused(b"Bearer " + ana.encode()) is not None
+    assert guard.reused(b"Bearer " + bob.encode()) is None
     assert (await guard.authenticate(bob)).subject == "bob"  # it takes the only slot
-    assert guard.reused(ana.encode()) is None
+    assert guard.reused(b"Bearer " + ana.encode()) is None
     forged = ana.rsplit(".", 1)[0] + "." + bob.rsplit(".", 1)[1]
-    assert guard.reused(forged.encode()) is None
+    assert guard.reused(b"Bearer " + forged.encode()) is None
     with pytest.raises(BadSignatureError):
         await guard.authenticate(forged)
     assert (await guard.authenticate(bob)).subject == "bob"
@@ -417,12 +417,29 @@ async def test_a_token_ending_as_a_cached_one_is_verified_on_its_own(
     assert (await guard.authenticate(ana)).subject == "ana"
     forged = bob.rsplit(".", 1)[0] + "." + ana.rsplit(".", 1)[1]
     assert forged[-32:] == ana[-32:]
-    assert guard.reused(forged.encode()) is None
+    assert guard.reused(b"Bearer " + forged.encode()) is None
     with pytest.raises(BadSignatureError):
         await guard.authenticate(forged)
-    entry = guard.reused(ana.encode())
+    entry = guard.reused(b"Bearer " + ana.encode())
     assert entry is not None
     assert entry.token.subject == "ana"
+
+
+async def test_reused_takes_the_authorization_value_as_sent(session_issuer: DevIssuer) -> None:
+    # The middlewares pass the header's whole value: the entry compares it in full, the
+    # scheme's spelling included, so a hit spares the copy of the token (RFC 6750 §2.1: any
+    # other spelling of "Bearer", or the bare token, takes the general path, which applies
+    # every rule and still finds the cached verification).
+    guard = session_issuer.guard()
+    token = session_issuer.mint(sub="ana")
+    await guard.authenticate(token)
+    entry = guard.reused(b"Bearer " + token.encode())
+    assert entry is not None
+    assert entry.token.subject == "ana"
+    for other in (b"", b"bearer ", b"BEARER ", b"Bearer  ", b"DPoP ", b"Bearer x", b" Bearer "):
+        assert guard.reused(other + token.encode()) is None
+    assert guard.reused(b"Bearer " + token.encode() + b" ") is None
+    assert (await guard.authenticate(token)).subject == "ana"
 
 
 def _respelled(token: str, how: str) -> str:

@@ -428,7 +428,7 @@ def test_reused_serves_no_bound_token_without_its_certificate(
     token = session_issuer.mint(cnf={"x5t#S256": pki.alice.thumbprint})
     for alice in open_client("asgi", guard, pki.alice.pem):
         assert alice("GET", "/me", headers=bearer(token)).status_code == 200
-    assert guard.reused(token.encode()) is None
+    assert guard.reused(b"Bearer " + token.encode()) is None
 
 
 def test_unbound_tokens_stay_bearer_tokens(stack: str, session_issuer: DevIssuer, pki: PKI) -> None:

@@ -847,7 +847,7 @@ async def test_control_the_warm_guard_serves_genuine_tokens_from_its_cache(
     for token in differential.tokens:
         value = b"Bearer " + token.encode()
         await differential.call(differential.warm, [(b"authorization", value)], "/me", b"")
-        assert differential.warm_guard.reused(token.encode()) is not None
+        assert differential.warm_guard.reused(b"Bearer " + token.encode()) is not None
 
 
 # -- (6) the guard's cache lookup against a guard without one ---------------------------------
@@ -924,4 +924,4 @@ def test_the_guard_answers_a_cached_token_as_an_uncached_one(
     genuine_bytes = {each.encode() for each in diff.tokens}
     assert (warm[0] == "accepted") == (sent in genuine_bytes)
     assert (warm[0] == "accepted") == (text in diff.tokens)
-    assert (diff.warm.reused(sent) is not None) == (sent in genuine_bytes)
+    assert (diff.warm.reused(b"Bearer " + sent) is not None) == (sent in genuine_bytes)

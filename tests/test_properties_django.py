@@ -176,7 +176,7 @@ def test_control_a_hit_on_the_warm_django_guard_answers_as_a_miss(
     and reach the view: checked here for every token and mode, whatever Hypothesis draws."""
     django_differential.warm_up()
     for token in django_differential.tokens:
-        assert django_differential.warm_guard.reused(token.encode()) is not None
+        assert django_differential.warm_guard.reused(b"Bearer " + token.encode()) is not None
         overrides = {
             **USUAL,
             "HTTP_AUTHORIZATION": f"Bearer {token}",

@@ -430,7 +430,7 @@ def test_control_a_hit_on_the_warm_wsgi_guard_answers_as_a_miss(
     and reach the app: checked here for every token and app, whatever Hypothesis draws."""
     wsgi_differential.warm_up()
     for token in wsgi_differential.tokens:
-        assert wsgi_differential.warm_guard.reused(token.encode()) is not None
+        assert wsgi_differential.warm_guard.reused(b"Bearer " + token.encode()) is not None
         overrides = {
             "PATH_INFO": "/me",
             "HTTP_AUTHORIZATION": f"Bearer {token}",

@@ -1272,14 +1272,14 @@ async def test_reused_tokens_are_cleared_by_the_mirror_without_a_round_trip(
     revoked, kept = (session_issuer.mint(sub=sub).encode() for sub in ("gil", "hal"))
     for credentials in (revoked, kept) * 2:
         await guard.authenticate(credentials)
-    assert guard.reused(revoked) is not None  # the mirror answered: no coroutine
+    assert guard.reused(b"Bearer " + revoked) is not None  # the mirror answered: no coroutine
     await direct.revoke_subject("gil", issuer=session_issuer.url)
-    await eventually(lambda: guard.reused(revoked) is None, 1.0)
-    assert guard.reused(kept) is not None
+    await eventually(lambda: guard.reused(b"Bearer " + revoked) is None, 1.0)
+    assert guard.reused(b"Bearer " + kept) is not None
     private_redis.stop()
     # Out of contact, the mirror cannot answer: the reuse path steps aside, and the guard's
     # own path fails closed (see test_the_guard_answers_503_when_redis_goes_down).
-    await eventually(lambda: guard.reused(kept) is None, 2.0)
+    await eventually(lambda: guard.reused(b"Bearer " + kept) is None, 2.0)
     with pytest.raises(RevocationStoreError):
         mirrored.is_revoked_now(token())
 

@@ -340,15 +340,12 @@ print(generate_latest(registry).decode())
 """
 
 
-def test_prometheus_key_set_age_is_refused_in_multiprocess_mode(
-    issuer: DevIssuer, tmp_path: Path
-) -> None:
-    """prometheus_client's multiprocess mode (several workers) exports what each process
-    wrote to its files, never calling a gauge's function: the age would read 0 for ever,
-    even before any key was fetched, so an alert on it could never fire."""
+def _in_multiprocess_mode(snippet: str, issuer: DevIssuer, tmp_path: Path) -> str:
+    """What ``snippet`` prints, run as a worker in prometheus_client's multiprocess mode
+    (its files in ``tmp_path``, shared by every call), given the issuer's URL."""
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     done = subprocess.run(  # noqa: S603 - our own snippet
-        [sys.executable, "-c", _MULTIPROCESS_AGE, issuer.url],
+        [sys.executable, "-c", snippet, issuer.url],
         capture_output=True,
         text=True,
         env=env,
@@ -356,10 +353,20 @@ def test_prometheus_key_set_age_is_refused_in_multiprocess_mode(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "refused: bearerguard_jwks_age_seconds" in done.stdout
-    assert "PROMETHEUS_MULTIPROC_DIR" in done.stdout
-    assert "refused again" in done.stdout
-    assert "bearerguard_jwks_age_seconds" not in done.stdout.split("refused again")[1]
+    return done.stdout
+
+
+def test_prometheus_key_set_age_is_refused_in_multiprocess_mode(
+    issuer: DevIssuer, tmp_path: Path
+) -> None:
+    """prometheus_client's multiprocess mode (several workers) exports what each process
+    wrote to its files, never calling a gauge's function: the age would read 0 for ever,
+    even before any key was fetched, so an alert on it could never fire."""
+    output = _in_multiprocess_mode(_MULTIPROCESS_AGE, issuer, tmp_path)
+    assert "refused: bearerguard_jwks_age_seconds" in output
+    assert "PROMETHEUS_MULTIPROC_DIR" in output
+    assert "refused again" in output
+    assert "bearerguard_jwks_age_seconds" not in output.split("refused again")[1]
 
 
 _MULTIPROCESS_LAST_SUCCESS = """
@@ -389,19 +396,8 @@ def test_the_last_successful_fetch_is_exported_in_multiprocess_mode(
     """Where the key set's age cannot be exported (read at scrape), the instant of the last
     successful fetch can: each worker writes it as it happens, and the scrape adds up the
     workers' files, keeping the latest (``max``)."""
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    outputs = []
-    for _worker in range(2):  # one after the other: the second's fetch is the latest
-        done = subprocess.run(  # noqa: S603 - our own snippet
-            [sys.executable, "-c", _MULTIPROCESS_LAST_SUCCESS, issuer.url],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        outputs.append(done.stdout)
+    # One worker after the other: the second's fetch is the latest.
+    outputs = [_in_multiprocess_mode(_MULTIPROCESS_LAST_SUCCESS, issuer, tmp_path) for _ in "ab"]
     lines = outputs[1].splitlines()
     before, after = (float(lines[i].split()[1]) for i in (0, 1))
     name = "bearerguard_jwks_last_success_timestamp_seconds"

@@ -568,7 +568,8 @@ def _lapsed_note(args: argparse.Namespace, now: float) -> str:
 def _say_revoked(
     console: Console, kind: str, name: str, args: argparse.Namespace, result: dict[str, Any]
 ) -> None:
-    issuer = "any issuer" if args.issuer is None else f"issuer {args.issuer}"
+    # terminal_safe: with --token, iss comes from a payload no signature vouches for.
+    issuer = "any issuer" if args.issuer is None else f"issuer {terminal_safe(args.issuer)}"
     if kind != "token":
         also = ""
         if kind == "session" and args.subject is not None:

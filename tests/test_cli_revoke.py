@@ -688,3 +688,19 @@ def test_the_jti_or_the_token(
     assert "usage: bearerguard revoke token" in result.err
     assert message in result.err
     assert raw not in result.err
+
+
+def test_a_token_s_issuer_is_printed_without_its_control_characters(
+    cli: Any, target: list[str], session_issuer: DevIssuer, store: Any
+) -> None:
+    """--token reads iss from a payload no signature vouches for (a token found in a log may
+    be anyone's): its text must not drive the operator's terminal, as jti's does not."""
+    issuer = "https://id.example/\x1b]0;owned\x07\x1b[2J\u202e"
+    raw = session_issuer.sign(session_issuer.claims(jti="odd-iss", iss=issuer))
+    result = cli("revoke", "token", "--token", raw, "-q", *target)
+    assert result.code == 0, result.err
+    assert result.out.startswith("revoked token jti='odd-iss' (issuer https://id.example/")
+    assert r"\x1b]0;owned\x07\x1b[2J\u202e" in result.out
+    for shown in (result.out, result.err):
+        assert not [char for char in shown if not char.isprintable() and char != "\n"]
+    assert store.list_revocations_sync()[0].issuer == issuer  # written as the token has it

@@ -24,6 +24,7 @@ from starlette.testclient import TestClient
 from bearerguard import BearerGuard, requires_scopes
 from bearerguard._core.introspected import INTROSPECTION_ALGORITHM
 from bearerguard.asgi import BearerGuardMiddleware
+from bearerguard.audit import token_fields
 from bearerguard.dpop import DPoPPolicy
 from bearerguard.errors import AuthError, ServiceUnavailableError
 from bearerguard.events import CAEP_SESSION_REVOKED, SET_MEDIA_TYPE, SecurityEventReceiver
@@ -350,3 +351,12 @@ def test_the_optional_aud_of_an_introspection_answer_is_said_before_its_rules() 
     before_the_rules = section.partition("| member | rule |")[0]
     assert 'required_claims=["aud"]' in before_the_rules
     assert "without `aud` is accepted" in before_the_rules
+
+
+def test_the_count_of_a_cached_token_s_bound_fields_is_the_one_documented() -> None:
+    # The fields bound once to a cached token's logger are token_fields'; exp joined them.
+    with DevIssuer() as issuer:
+        count = len(token_fields(issuer.guard().authenticate_sync(issuer.mint())))
+    words = {8: "eight", 9: "nine", 10: "ten"}
+    page = " ".join((ROOT / "docs" / "audit-events.md").read_text().split())
+    assert f"its own logger, with its {words[count]} fields and the four constant" in page

@@ -905,6 +905,37 @@ async def test_the_mirror_logs_when_it_is_live_again_after_losing_redis(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("runner", ["task", "thread"])
+async def test_a_mirror_started_while_redis_is_down_logs_when_it_is_live(
+    private_redis: RedisServer,
+    stores: Callable[..., RedisRevocationStore],
+    caplog: pytest.LogCaptureFixture,
+    runner: str,
+) -> None:
+    """docs/deployment.md has a worker catch start()'s failure and stay up failing closed
+    while Redis is down: the end of those 503s must be logged as an outage's end is."""
+    private_redis.stop()
+    store = stores(private_redis.url, failure_timeout=0.2)
+    with caplog.at_level("INFO", logger="bearerguard"):
+        if runner == "task":
+            with pytest.raises(RevocationStoreError):
+                await store.start(timeout=0.5)
+        else:
+            with pytest.raises(RevocationStoreError):
+                store.start_sync(timeout=0.5)
+        assert await refuses(store)
+        private_redis.start()
+        await eventually(lambda: store.healthy, 5.0)
+        await eventually(lambda: "without Redis" in caplog.text, 1.0)
+    [live] = [r for r in caplog.records if "without Redis" in r.getMessage()]
+    assert live.levelname == "WARNING"
+    assert re.fullmatch(
+        r"bearerguard: revocation mirror live after [0-9.]+s without Redis \(0 entries\)",
+        live.getMessage(),
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("runner", ["task", "thread"])
 async def test_failed_reconnections_are_logged_once_a_minute_not_each(
     private_redis: RedisServer,
     stores: Callable[..., RedisRevocationStore],

@@ -267,7 +267,7 @@ class Mirror:
         self.fresh_at = -math.inf  # monotonic instant up to which the table is complete
         self.resyncs = 0
         self.ever_live = False
-        self.down_since: float | None = None  # monotonic instant a live mirror lost Redis
+        self.down_since: float | None = None  # monotonic instant Redis was first missed
         self.live = threading.Event()  # set while live
         self.settled = threading.Event()  # set once a start has succeeded or failed
         self._monotonic = monotonic
@@ -330,14 +330,16 @@ class Mirror:
         if self.state == "syncing":
             self.state = "live"
             self.error = None
+            again = self.ever_live
             self.ever_live = True
             self.live.set()
             self.settled.set()
             if self.down_since is not None:
-                # The end of the outage whose start was logged: checks are answered again.
+                # The end of the outage whose start was logged (a lost session, or a start
+                # that failed): checks are answered again.
                 _log.warning(
-                    "bearerguard: revocation mirror live again after %.1fs without Redis "
-                    "(%d entries)",
+                    "bearerguard: revocation mirror live %safter %.1fs without Redis (%d entries)",
+                    "again " if again else "",
                     self._monotonic() - self.down_since,
                     len(self.table),
                 )
@@ -348,7 +350,9 @@ class Mirror:
         if self.state == "closed":
             return False
         was_live = self.state == "live"
-        if was_live and self.down_since is None:
+        if self.down_since is None:
+            # An outage begins: a live mirror lost Redis, or its start failed (a worker that
+            # stays up failing closed, as docs/deployment.md shows, must see the 503s end).
             self.down_since = self._monotonic()
         self.state = "failed"
         self.live.clear()

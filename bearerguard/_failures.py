@@ -91,8 +91,11 @@ class FailureReport:
     def _forked(self) -> None:
         """In a child process after ``fork()`` (bearerguard._fork): a lock another thread of
         the parent held at the fork is never released here, and the first failure reported waited
-        for it for the worker's whole life."""
+        for it for the worker's whole life. And the parent's outage is not the worker's: its
+        first failure is logged in full, not counted towards the parent's summary."""
         self._lock = threading.Lock()
+        self.failing = False
+        self._total = self._unreported = 0
 
     def failed(self, what: str, exc: BaseException | None = None) -> None:
         """Count one failure; log it in full if it is the first, or a summary if due."""

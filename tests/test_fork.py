@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import os
 import select
 import signal
@@ -463,3 +464,24 @@ def test_a_failing_fork_hook_leaves_the_others_run() -> None:
     reset_after_fork(broken)  # registered first: its failure came before the other's turn
     reset_after_fork(recording)
     assert in_child(lambda: recording.reset) is True
+
+
+def test_a_worker_forked_during_an_outage_logs_its_own_first_failure_in_full() -> None:
+    # The master's outage was inherited as under way: the worker's first failure counted
+    # towards a summary line a minute later, and its message (the error) was never logged.
+    report = FailureReport("failed: %s", "%d more, %d in all", "recovered after %d")
+    report.failed("in the master")
+    lines: list[str] = []
+
+    def first_line() -> list[str]:
+        handler = logging.Handler()
+        handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+        logger = logging.getLogger("bearerguard")
+        logger.addHandler(handler)
+        try:
+            report.failed("in the worker")
+        finally:
+            logger.removeHandler(handler)
+        return lines
+
+    assert in_child(first_line) == ["failed: in the worker"]

@@ -326,8 +326,10 @@ def _path_bytes(path: str) -> bytes:
 
 def _host(scope: Scope) -> str:
     for name, value in scope["headers"]:
-        if name == b"host":
-            return bytes(value).decode("latin-1")  # bytes-like too, as _authorization reads
+        # An empty Host names no authority (RFC 9112 §3.2): granian passes one on from an
+        # HTTP/1.0 request that sent none. Bytes-like values too, as _authorization reads.
+        if name == b"host" and value:
+            return bytes(value).decode("latin-1")
     server = scope.get("server")
     return "" if not server else server_authority(server[0], server[1])
 

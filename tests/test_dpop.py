@@ -2186,6 +2186,28 @@ async def test_without_a_host_header_the_servers_address_is_the_authority(
 
 
 @pytest.mark.anyio
+async def test_an_empty_host_header_is_no_authority_the_servers_address_is(
+    session_issuer: DevIssuer, holder: Holder
+) -> None:
+    # granian (2.x) answers an HTTP/1.0 request without Host with an empty one in the scope
+    # (and http_version "1", its port as text). An empty Host names no authority (RFC 9112
+    # §3.2): the URL is rebuilt from the server's address, as without the header; it was
+    # rebuilt as "http:///me" and every proof refused.
+    app = build_app(session_issuer.guard(in_process=True, dpop=DPoPPolicy()))
+    token = bound(session_issuer, holder)
+    headers = [
+        (b"host", b""),
+        (b"authorization", f"DPoP {token}".encode()),
+        (b"dpop", holder.proof(token, url="http://127.0.0.1:8000/me").encode()),
+    ]
+    scope = http_scope(headers, http_version="1", server=("127.0.0.1", "8000"))
+    with structlog.testing.capture_logs() as logged:
+        sent = await asgi_call(app, scope)
+    assert sent[0]["status"] == 200
+    assert [e["event"] for e in logged] == ["token.accepted"]
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("kind", [bytearray, memoryview])
 @pytest.mark.parametrize("header", [b"host", b"dpop"])
 async def test_a_bytes_like_host_or_proof_value_is_read_as_its_bytes(

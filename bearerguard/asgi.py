@@ -38,6 +38,7 @@ from bearerguard._core.extract import (
 )
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
+from bearerguard._websocket import RecheckedWebSocket
 from bearerguard.audit import RequestInfo
 from bearerguard.decorators import (
     attribute_of,
@@ -418,6 +419,11 @@ class BearerGuardMiddleware:
             (``?access_token=``, RFC 6750 §2.3). Empty by default: the header only. A query
             token can end up in server and proxy logs (RFC 6750 §5.3); prefer the
             subprotocol. Plain HTTP requests never accept either.
+        websocket_recheck: check an accepted websocket's token again before each message,
+            inbound ``websocket.receive`` and outbound ``websocket.send`` (``recheck``:
+            expiry with the guard's leeway, and revocation under its failure policy); the
+            first that fails closes the connection with 1008 (RFC 6455 §7.4.1), audited as
+            one refusal. On by default; a websocket reached without a token is not wrapped.
 
     When the guard has a ``resource``, its protected-resource metadata (RFC 9728 §3) is
     served at ``/.well-known/oauth-protected-resource`` and its path-suffixed form, without
@@ -438,6 +444,7 @@ class BearerGuardMiddleware:
         public_paths: Iterable[str] = (),
         warm_up: bool = False,
         websocket_credentials: Iterable[WebSocketCredential] = (),
+        websocket_recheck: bool = True,
     ) -> None:
         if not isinstance(guard, BearerGuard | TrustedIssuers):
             raise ConfigurationError("guard must be a BearerGuard or TrustedIssuers")
@@ -449,6 +456,7 @@ class BearerGuardMiddleware:
         self.public_paths = PublicPaths(public_paths)
         self.warm_up = warm_up
         self.websocket_credentials = ws_credentials
+        self.websocket_recheck = bool(websocket_recheck)
         # Until a request finds no misplaced scope decorator: a server that runs no lifespan
         # (uvicorn --lifespan off, Daphne), or an app mounted under another (Starlette
         # sends no lifespan to mounts), never meets the start-up check.
@@ -605,6 +613,13 @@ class BearerGuardMiddleware:
                 guard.audit.accepted(access, auth, perf_counter() - started, binding=binding)
                 scope["auth"] = TokenCredentials(access)
                 scope["user"] = TokenUser(access)
+                if kind == "websocket" and self.websocket_recheck:
+                    # Each message is a use of the token: a connection must not outlive
+                    # its expiry nor its revocation.
+                    connection = RecheckedWebSocket(
+                        guard, access, RequestInfo(*request), receive, send
+                    )
+                    receive, send = connection.receive, connection.send
         scope[SCOPE_KEY] = auth
         reset = current_auth.set(auth)
         try:

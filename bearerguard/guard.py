@@ -29,7 +29,12 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from bearerguard._core.claims import ClaimCheck, ClaimsPolicy, validate_claims
+from bearerguard._core.claims import (
+    ClaimCheck,
+    ClaimsPolicy,
+    check_still_valid,
+    validate_claims,
+)
 from bearerguard._core.dpop import check_proof
 from bearerguard._core.extract import (
     DEFAULT_MAX_TOKEN_BYTES,
@@ -963,6 +968,47 @@ class BearerGuard:
             _describe_refusal(exc, credentials, access, dpop, held=held)
             raise
         return access
+
+    async def recheck(self, token: AccessToken) -> None:
+        """Check again, at a later use, a token this guard accepted earlier (each message of
+        a websocket): what may have changed since. Expiry at the guard's clock, with its
+        leeway and maximum age, as at acceptance (RFC 7519 §4.1.4), and revocation: the
+        store's check that never waits when it has one, else ``is_revoked``, under the
+        guard's ``revocation_failure`` policy. Signature and claims are not checked again.
+
+        Raises:
+            ExpiredTokenError: ``exp`` (plus leeway) has passed.
+            TokenTooOldError: the maximum age (plus leeway) has passed.
+            RevokedTokenError: the store says the token is revoked.
+            RevocationStoreError: the store failed (not with ``revocation_failure="allow"``).
+        """
+        try:
+            issued = token.issued_at
+            check_still_valid(
+                token.expires_at.timestamp(),
+                None if issued is None else issued.timestamp(),
+                self._policy,
+                self.clock(),
+            )
+        except AuthError as exc:
+            exc.token = token
+            raise
+        try:
+            if self._revoked_now is not None:  # a store that never blocks: no coroutine
+                revoked = self._revoked_now(token)
+            else:
+                answer_now = self._reuse_check  # is_revoked_now: raises to say "not now"
+                try:
+                    revoked = answer_now is not None and answer_now(token)
+                except Exception:  # noqa: BLE001 - is_revoked answers, or fails, below
+                    answer_now = None
+                if answer_now is None:
+                    revoked = await self.revocation.is_revoked(token)
+        except Exception as exc:  # noqa: BLE001 - any store failure: the policy decides
+            self._revocation_failed(token, exc)
+        else:
+            if revoked:
+                self._revoked(token)
 
     def authenticate_sync(
         self,

@@ -335,6 +335,13 @@ class TrustedIssuers:
             token, client=client, request=request, dpop=dpop, certificate=certificate
         )
 
+    async def recheck(self, token: AccessToken) -> None:
+        """Check again, at a later use, a token accepted earlier, with the guard that
+        accepted it (``verifier_of``); as ``BearerGuard.recheck``. Refused as at acceptance
+        when that guard is no longer to be had (the resolver now refuses its issuer)."""
+        guard = self.verifier_of(token) or self._route(token.raw, None)
+        await guard.recheck(token)
+
     def _route(self, token: str | bytes, dpop: DPoPRequest | None) -> BearerGuard:
         try:
             return self.guard_for(token)

@@ -19,9 +19,11 @@ from bearerguard import BearerGuard, get_access_token, requires_scopes
 from bearerguard.asgi import WEBSOCKET_TOKEN_PROTOCOL_PREFIX, BearerGuardMiddleware
 from bearerguard.errors import ConfigurationError
 from bearerguard.fastapi import BearerAuth
+from bearerguard.issuers import TrustedIssuers
+from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from bearerguard.token import AccessToken
-from tests.helpers import asgi_call
+from tests.helpers import Clock, asgi_call
 
 PREFIX = WEBSOCKET_TOKEN_PROTOCOL_PREFIX
 
@@ -404,3 +406,254 @@ def test_a_refused_handshake_leaves_no_query_token_in_the_server_log(
     query = "room=1" if two else "room=1&access_token=REDACTED"
     assert any(f'"WebSocket /ws?{query}" {status}' in line for line in lines), lines
     assert not [line for line in lines if token in line]
+
+
+# -- the token checked again at each message (websocket_recheck) ---------------------------
+
+
+class _Store:
+    """An application's revocation store that can be made to fail (never blocks)."""
+
+    failing = False
+
+    async def is_revoked(self, token: AccessToken) -> bool:
+        if self.failing:
+            raise ConnectionError("store down")
+        return False
+
+
+def _rechecked(guard: BearerGuard, clock: Clock, seen: list[Any], **options: Any) -> Starlette:
+    """An echo websocket; ``expire`` has the app move the clock past exp and send twice.
+
+    ``seen`` gets what the app's receives returned and whether its sends raised."""
+
+    async def chat(websocket: WebSocket) -> None:
+        await websocket.accept()
+        while True:
+            message = await websocket.receive()
+            seen.append(message)
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message["text"]
+            if text == "expire":
+                clock.advance(61)
+                for _ in range(2):  # the first closes the connection, the second is dropped
+                    await websocket.send_text("too late")
+                seen.append("sent")
+            else:
+                await websocket.send_text(text)
+
+    return Starlette(
+        routes=[WebSocketRoute("/ws", chat)],
+        middleware=[Middleware(BearerGuardMiddleware, guard=guard, **options)],
+    )
+
+
+def _closed(ws: Any) -> WebSocketDisconnect:
+    with pytest.raises(WebSocketDisconnect) as closed:
+        ws.receive_text()
+    return closed.value
+
+
+def test_an_expired_token_closes_the_websocket_at_its_next_inbound_message(
+    session_issuer: DevIssuer,
+) -> None:
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()  # after minting: iat must not be ahead of the clock
+    guard = session_issuer.guard(clock=clock, leeway=5)
+    seen: list[Any] = []
+    headers = {"Authorization": f"Bearer {token}"}
+    with (
+        TestClient(_rechecked(guard, clock, seen)) as client,
+        client.websocket_connect("/ws", headers=headers) as ws,
+    ):
+        ws.send_text("one")
+        assert ws.receive_text() == "one"
+        clock.advance(64)  # exp (60) + leeway (5) not reached: still good
+        ws.send_text("two")
+        assert ws.receive_text() == "two"
+        clock.advance(1)
+        with capture_logs() as events:
+            ws.send_text("three")
+            closed = _closed(ws)
+    assert (closed.code, closed.reason) == (1008, "token expired")
+    assert [(e["event"], e["reason"]) for e in events] == [("token.rejected", "expired")]
+    assert events[0]["path"] == "/ws"
+    # The message never reached the app: it was told of a disconnect instead.
+    assert seen[-1] == {"type": "websocket.disconnect", "code": 1008}
+    assert [m["text"] for m in seen[:-1]] == ["one", "two"]
+
+
+def test_an_expired_token_closes_the_websocket_at_its_next_outbound_message(
+    session_issuer: DevIssuer,
+) -> None:
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=0)
+    seen: list[Any] = []
+    headers = {"Authorization": f"Bearer {token}"}
+    with (
+        TestClient(_rechecked(guard, clock, seen)) as client,
+        capture_logs() as events,
+        client.websocket_connect("/ws", headers=headers) as ws,
+    ):
+        ws.send_text("expire")
+        closed = _closed(ws)
+    assert (closed.code, closed.reason) == (1008, "token expired")
+    # The handshake's acceptance, then one refusal for the two sends.
+    assert [e["event"] for e in events] == ["token.accepted", "token.rejected"]
+    assert events[1]["reason"] == "expired"
+    # Neither send raised into the app; its next receive was the disconnect.
+    assert seen[1:] == ["sent", {"type": "websocket.disconnect", "code": 1008}]
+
+
+def test_the_maximum_age_closes_the_websocket_of_trusted_issuers(
+    session_issuer: DevIssuer,
+) -> None:
+    # Through TrustedIssuers, the guard that accepted the token checks it, with its own
+    # leeway and maximum age: past iat + max_age + leeway is expired as well.
+    token = session_issuer.mint(sub="eve", expires_in=3600)
+    clock = Clock()
+    issuers = TrustedIssuers([session_issuer.guard(clock=clock, leeway=5, max_age=100)])
+    seen: list[Any] = []
+    headers = {"Authorization": f"Bearer {token}"}
+    with (
+        TestClient(_rechecked(issuers, clock, seen)) as client,
+        client.websocket_connect("/ws", headers=headers) as ws,
+    ):
+        clock.advance(100)
+        ws.send_text("one")
+        assert ws.receive_text() == "one"
+        clock.advance(6)
+        with capture_logs() as events:
+            ws.send_text("two")
+            closed = _closed(ws)
+    assert (closed.code, closed.reason) == (1008, "token expired")
+    assert [(e["event"], e["reason"]) for e in events] == [("token.rejected", "too_old")]
+
+
+def test_a_revoked_token_closes_the_websocket_at_once(session_issuer: DevIssuer) -> None:
+    token = session_issuer.mint(sub="eve", expires_in=3600)
+    clock = Clock()
+    store = MemoryRevocationStore(clock=clock)
+    guard = session_issuer.guard(clock=clock, revocation=store)
+    seen: list[Any] = []
+    access = guard.authenticate_sync(token)
+    headers = {"Authorization": f"Bearer {token}"}
+    with (
+        TestClient(_rechecked(guard, clock, seen)) as client,
+        client.websocket_connect("/ws", headers=headers) as ws,
+    ):
+        ws.send_text("one")
+        assert ws.receive_text() == "one"
+        assert access.token_id is not None
+        store.revoke_token_sync(access.token_id, access.expires_at, issuer=access.issuer)
+        with capture_logs() as events:
+            ws.send_text("two")
+            closed = _closed(ws)
+    assert (closed.code, closed.reason) == (1008, "token revoked")
+    assert [(e["event"], e["reason"]) for e in events] == [("token.rejected", "revoked")]
+    assert seen[-1] == {"type": "websocket.disconnect", "code": 1008}
+
+
+def test_a_token_revoked_in_redis_closes_the_websocket(
+    session_issuer: DevIssuer, redis_server: Any, redis_namespace: str
+) -> None:
+    from bearerguard.revocation import RedisRevocationStore
+
+    # No mirror: is_revoked_now cannot answer, so each message asks Redis (is_revoked).
+    store = RedisRevocationStore(redis_server.url, namespace=redis_namespace, mirror=False)
+    token = session_issuer.mint(sub="eve", expires_in=3600)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, revocation=store)
+    seen: list[Any] = []
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        with (
+            TestClient(_rechecked(guard, clock, seen)) as client,
+            client.websocket_connect("/ws", headers=headers) as ws,
+        ):
+            ws.send_text("one")
+            assert ws.receive_text() == "one"
+            access = guard.authenticate_sync(token)  # not revoked yet
+            store.revoke_token_sync(access.token_id or "", access.expires_at, issuer=access.issuer)
+            with capture_logs() as events:
+                ws.send_text("two")
+                closed = _closed(ws)
+    finally:
+        store.close()
+    assert (closed.code, closed.reason) == (1008, "token revoked")
+    assert [(e["event"], e["reason"]) for e in events] == [("token.rejected", "revoked")]
+
+
+@pytest.mark.parametrize("policy", ["deny", "allow"])
+def test_a_failing_store_closes_the_websocket_unless_failing_open(
+    session_issuer: DevIssuer, policy: str
+) -> None:
+    store = _Store()
+    token = session_issuer.mint(sub="eve", expires_in=3600)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, revocation=store, revocation_failure=policy)
+    seen: list[Any] = []
+    headers = {"Authorization": f"Bearer {token}"}
+    with (
+        TestClient(_rechecked(guard, clock, seen)) as client,
+        client.websocket_connect("/ws", headers=headers) as ws,
+    ):
+        store.failing = True
+        with capture_logs() as events:
+            ws.send_text("one")
+            if policy == "allow":
+                assert ws.receive_text() == "one"
+            else:
+                closed = _closed(ws)
+    if policy == "allow":
+        assert events == []
+    else:
+        assert (closed.code, closed.reason) == (1008, "revocation unavailable")
+        assert [(e["event"], e["reason"]) for e in events] == [
+            ("auth.unavailable", "revocation_unavailable")
+        ]
+
+
+def test_an_anonymous_websocket_on_a_public_path_is_not_rechecked(
+    session_issuer: DevIssuer,
+) -> None:
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock)
+    seen: list[Any] = []
+    app = _rechecked(guard, clock, seen, public_paths=["/ws"])
+    with (
+        TestClient(app) as client,
+        capture_logs() as events,
+        client.websocket_connect("/ws") as ws,
+    ):
+        ws.send_text("expire")  # the app moves the clock: no token to expire
+        assert ws.receive_text() == "too late"
+        assert ws.receive_text() == "too late"
+        clock.advance(86_400)
+        ws.send_text("still")
+        assert ws.receive_text() == "still"
+    assert events == []
+
+
+def test_websocket_recheck_off_leaves_the_connection_to_the_app(
+    session_issuer: DevIssuer,
+) -> None:
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=0)
+    seen: list[Any] = []
+    app = _rechecked(guard, clock, seen, websocket_recheck=False)
+    headers = {"Authorization": f"Bearer {token}"}
+    with (
+        TestClient(app) as client,
+        capture_logs() as events,
+        client.websocket_connect("/ws", headers=headers) as ws,
+    ):
+        ws.send_text("expire")
+        assert ws.receive_text() == "too late"
+        assert ws.receive_text() == "too late"
+        ws.send_text("still")
+        assert ws.receive_text() == "still"
+    assert [e["event"] for e in events] == ["token.accepted"]

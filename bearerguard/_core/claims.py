@@ -27,6 +27,7 @@ __all__ = [
     "TimeClaims",
     "check_confirmation",
     "check_identifiers",
+    "check_still_valid",
     "check_times",
     "run_checks",
     "validate_claims",
@@ -193,6 +194,19 @@ def check_times(claims: Mapping[str, Any], policy: ClaimsPolicy, now: float) -> 
     start = nbf if iat is None or (nbf is not None and nbf > iat) else iat
     valid_from = -math.inf if start is None else start - leeway
     return _new_times(TimeClaims, (exp, iat, valid_until, valid_from))
+
+
+def check_still_valid(
+    expires_at: float, issued_at: float | None, policy: ClaimsPolicy, now: float
+) -> None:
+    """At a later use of a token accepted before (a websocket message): ``exp`` and the
+    maximum age at ``now``, with leeway, as ``check_times`` judged them at acceptance."""
+    leeway = policy.leeway
+    if now >= expires_at + leeway:  # RFC 7519 §4.1.4: now must be before exp.
+        raise ExpiredTokenError(f"expired {now - expires_at:.0f}s ago")
+    max_age = policy.max_age
+    if max_age is not None and issued_at is not None and now >= issued_at + max_age + leeway:
+        raise TokenTooOldError(f"issued {now - issued_at:.0f}s ago")
 
 
 def run_checks(claims: Mapping[str, Any], policy: ClaimsPolicy) -> None:

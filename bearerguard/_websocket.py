@@ -1,0 +1,108 @@
+"""An accepted websocket's token, checked again at each message (``websocket_recheck``).
+
+A websocket is authenticated at its handshake, then may stay open for hours: past its
+token's ``exp``, and after the token is revoked. Each message is a use of the token, so
+each one in either direction is let through only while ``recheck`` passes; the first that
+fails closes the connection with 1008 (RFC 6455 §7.4.1, policy violation), audited once.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+from bearerguard.errors import (
+    AuthError,
+    ExpiredTokenError,
+    RevocationStoreError,
+    RevokedTokenError,
+    TokenTooOldError,
+)
+
+if TYPE_CHECKING:
+    from starlette.types import Message, Receive, Send
+
+    from bearerguard.audit import RequestInfo
+    from bearerguard.guard import BearerGuard
+    from bearerguard.issuers import TrustedIssuers
+    from bearerguard.token import AccessToken
+
+__all__ = ["CLOSE_CODE", "RecheckedWebSocket", "close_reason"]
+
+CLOSE_CODE = 1008  # RFC 6455 §7.4.1
+
+
+def _disconnected() -> Message:
+    # A new one each time: the app may keep or change what it is handed.
+    return {"type": "websocket.disconnect", "code": CLOSE_CODE}
+
+
+def close_reason(error: AuthError) -> str:
+    """The close frame's reason: fixed text, never the error's detail (RFC 6455 §5.5.1
+    allows 123 bytes; the client needs only the kind of refusal)."""
+    if isinstance(error, ExpiredTokenError | TokenTooOldError):
+        return "token expired"
+    if isinstance(error, RevokedTokenError):
+        return "token revoked"
+    if isinstance(error, RevocationStoreError):
+        return "revocation unavailable"
+    return "token refused"
+
+
+class RecheckedWebSocket:
+    """One accepted connection's ``receive`` and ``send``, wrapped: an inbound
+    ``websocket.receive`` reaches the app, and an outbound ``websocket.send`` the client,
+    only while the token passes ``recheck``.
+
+    Once it fails: the close is sent, the app's pending (or next) receive gets
+    ``websocket.disconnect`` with 1008, and its later sends are dropped, not raised (a
+    server fails a send after close). Other messages pass as they are.
+    """
+
+    __slots__ = ("_closed", "_guard", "_receive", "_request", "_send", "_token")
+
+    def __init__(
+        self,
+        guard: BearerGuard | TrustedIssuers,
+        token: AccessToken,
+        request: RequestInfo,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        self._guard = guard
+        self._token = token
+        self._request = request
+        self._receive = receive
+        self._send = send
+        self._closed = False
+
+    async def receive(self) -> Message:
+        """The next message for the app; a disconnect once the token failed."""
+        if self._closed:
+            return _disconnected()
+        message = await self._receive()
+        # Closed meanwhile by a send that failed the check: whatever came is not the app's.
+        if self._closed or (message["type"] == "websocket.receive" and not await self._valid()):
+            return _disconnected()
+        return message
+
+    async def send(self, message: Message) -> None:
+        """Pass the app's message on; dropped once the token failed."""
+        if self._closed or (message["type"] == "websocket.send" and not await self._valid()):
+            return
+        await self._send(message)
+
+    async def _valid(self) -> bool:
+        started = perf_counter()
+        try:
+            await self._guard.recheck(self._token)
+        except AuthError as error:
+            # A receive and a send may both be checking: only the first to fail closes.
+            if self._closed:
+                return False
+            self._closed = True
+            self._guard.audit.refused(error, self._request, perf_counter() - started)
+            reason = close_reason(error)
+            await self._send({"type": "websocket.close", "code": CLOSE_CODE, "reason": reason})
+            return False
+        return not self._closed

@@ -3,7 +3,10 @@
 A websocket is authenticated at its handshake, then may stay open for hours: past its
 token's ``exp``, and after the token is revoked. Each message is a use of the token, so
 each one in either direction is let through only while ``recheck`` passes; the first that
-fails closes the connection with 1008 (RFC 6455 §7.4.1, policy violation), audited once.
+fails closes the connection, audited once: with 1008 (RFC 6455 §7.4.1, policy violation)
+for the token, with 1013 (Try Again Later, IANA's WebSocket close code registry, RFC 6455
+§11.7) when the revocation store could not answer, as a request's 503 says the token may be
+good.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from bearerguard.errors import (
     ExpiredTokenError,
     RevocationStoreError,
     RevokedTokenError,
+    ServiceUnavailableError,
     TokenTooOldError,
 )
 
@@ -27,14 +31,22 @@ if TYPE_CHECKING:
     from bearerguard.issuers import TrustedIssuers
     from bearerguard.token import AccessToken
 
-__all__ = ["CLOSE_CODE", "RecheckedWebSocket", "close_reason"]
+__all__ = [
+    "POLICY_VIOLATION",
+    "TRY_AGAIN_LATER",
+    "RecheckedWebSocket",
+    "close_code",
+    "close_reason",
+]
 
-CLOSE_CODE = 1008  # RFC 6455 §7.4.1
+POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
+TRY_AGAIN_LATER = 1013  # IANA WebSocket Close Code Number Registry (RFC 6455 §11.7)
 
 
-def _disconnected() -> Message:
-    # A new one each time: the app may keep or change what it is handed.
-    return {"type": "websocket.disconnect", "code": CLOSE_CODE}
+def close_code(error: AuthError) -> int:
+    """The close frame's code: 1013 when a dependency could not answer (the token may be
+    good, and the client should come back), else 1008."""
+    return TRY_AGAIN_LATER if isinstance(error, ServiceUnavailableError) else POLICY_VIOLATION
 
 
 def close_reason(error: AuthError) -> str:
@@ -55,11 +67,11 @@ class RecheckedWebSocket:
     only while the token passes ``recheck``.
 
     Once it fails: the close is sent, the app's pending (or next) receive gets
-    ``websocket.disconnect`` with 1008, and its later sends are dropped, not raised (a
-    server fails a send after close). Other messages pass as they are.
+    ``websocket.disconnect`` with the close's code, and its later sends are dropped, not
+    raised (a server fails a send after close). Other messages pass as they are.
     """
 
-    __slots__ = ("_closed", "_guard", "_receive", "_request", "_send", "_token")
+    __slots__ = ("_closed", "_code", "_guard", "_receive", "_request", "_send", "_token")
 
     def __init__(
         self,
@@ -75,15 +87,20 @@ class RecheckedWebSocket:
         self._receive = receive
         self._send = send
         self._closed = False
+        self._code = POLICY_VIOLATION
+
+    def _disconnected(self) -> Message:
+        # A new one each time: the app may keep or change what it is handed.
+        return {"type": "websocket.disconnect", "code": self._code}
 
     async def receive(self) -> Message:
         """The next message for the app; a disconnect once the token failed."""
         if self._closed:
-            return _disconnected()
+            return self._disconnected()
         message = await self._receive()
         # Closed meanwhile by a send that failed the check: whatever came is not the app's.
         if self._closed or (message["type"] == "websocket.receive" and not await self._valid()):
-            return _disconnected()
+            return self._disconnected()
         return message
 
     async def send(self, message: Message) -> None:
@@ -101,8 +118,9 @@ class RecheckedWebSocket:
             if self._closed:
                 return False
             self._closed = True
+            self._code = code = close_code(error)
             self._guard.audit.refused(error, self._request, perf_counter() - started)
             reason = close_reason(error)
-            await self._send({"type": "websocket.close", "code": CLOSE_CODE, "reason": reason})
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
             return False
         return not self._closed

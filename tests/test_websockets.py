@@ -610,7 +610,10 @@ def test_a_failing_store_closes_the_websocket_unless_failing_open(
     if policy == "allow":
         assert events == []
     else:
-        assert (closed.code, closed.reason) == (1008, "revocation unavailable")
+        # 1013, Try Again Later (RFC 6455 §11.7's registry): the token may be good, as a
+        # request's 503 says; 1008 would send the client for a new token.
+        assert (closed.code, closed.reason) == (1013, "revocation unavailable")
+        assert seen[-1] == {"type": "websocket.disconnect", "code": 1013}
         assert [(e["event"], e["reason"]) for e in events] == [
             ("auth.unavailable", "revocation_unavailable")
         ]

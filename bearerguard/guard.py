@@ -993,17 +993,12 @@ class BearerGuard:
         except AuthError as exc:
             exc.token = token
             raise
+        # As authenticate asks (a Redis store's is_revoked reads its mirror when it has one).
         try:
             if self._revoked_now is not None:  # a store that never blocks: no coroutine
                 revoked = self._revoked_now(token)
             else:
-                answer_now = self._reuse_check  # is_revoked_now: raises to say "not now"
-                try:
-                    revoked = answer_now is not None and answer_now(token)
-                except Exception:  # noqa: BLE001 - is_revoked answers, or fails, below
-                    answer_now = None
-                if answer_now is None:
-                    revoked = await self.revocation.is_revoked(token)
+                revoked = await self.revocation.is_revoked(token)
         except Exception as exc:  # noqa: BLE001 - any store failure: the policy decides
             self._revocation_failed(token, exc)
         else:

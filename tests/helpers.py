@@ -8,7 +8,7 @@ import contextlib
 import io
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 
@@ -129,3 +129,14 @@ def uvicorn_logging(
             log.removeHandler(handler)
             server.should_exit = True
             thread.join(10)
+
+
+def until(check: Callable[[], bool], timeout: float) -> bool:
+    """Whether ``check()`` came true within ``timeout`` seconds (polled every 10 ms): for
+    what another thread or process does, instead of a sleep that guesses how long it takes."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

@@ -45,6 +45,7 @@ from bearerguard.metrics import InMemoryMetrics, _report_for
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer, Override
 from bearerguard.usage import MemoryUsageMonitor, UsagePolicy
+from tests.helpers import until
 from tests.redis_server import RedisServer
 from tests.test_introspection import Fault, IntrospectionServer
 
@@ -96,15 +97,6 @@ def reported(pid: int, read: int, timeout: float) -> Any:
     report: dict[str, Any] = json.loads(b"".join(chunks))
     assert "error" not in report, report["error"]
     return report["result"]
-
-
-def until(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def outcome(guard: BearerGuard, token: str) -> str:

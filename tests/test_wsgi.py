@@ -32,7 +32,7 @@ from bearerguard.wsgi import (
     responder_for,
     serve_metadata,
 )
-from tests.helpers import serving
+from tests.helpers import serving, until
 from tests.redis_server import RedisServer
 
 
@@ -307,7 +307,9 @@ def test_threads_with_usable_keys_do_not_wait_for_a_refresh(issuer: DevIssuer) -
     issuer.overrides["/jwks.json"] = Override(body=issuer.jwks_bytes(), delay=1.0)
     slow = threading.Thread(target=guard.authenticate_sync, args=(issuer.mint(expires_in=7200),))
     slow.start()
-    time.sleep(0.1)
+    # The slow refresh under way (its request received), not guessed by a sleep: a thread
+    # started late would leave the refresh to this one.
+    assert until(lambda: issuer.fetch_count("/jwks.json") == 2, timeout=5)
     started = time.perf_counter()
     guard.authenticate_sync(issuer.mint(expires_in=7200))
     assert time.perf_counter() - started < 0.5
@@ -344,7 +346,7 @@ def test_a_thread_that_waited_for_a_fetch_does_not_fetch_again(issuer: DevIssuer
 
     first = threading.Thread(target=fetching)
     first.start()
-    time.sleep(0.15)
+    assert until(lambda: issuer.fetch_count("/jwks.json") == 1, timeout=5)  # its fetch under way
     started = time.perf_counter()
     with pytest.raises(KeySetUnavailableError):
         guard.authenticate_sync(token)

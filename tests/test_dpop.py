@@ -1518,7 +1518,10 @@ def test_replay_store_share_contract(any_replay_store: Callable[..., ReplayStore
     # fill Redis with its proofs, pushing it to maxmemory (503 for every client).
     one = any_replay_store(max_entries=4, max_per_key=2)
     two = any_replay_store(max_entries=4, max_per_key=2)
-    assert one.first_use_sync("jkt-a:1", 0.3)
+    # jkt-a:1 must stay live through the checks below, and lapse before the last: 1 s, not
+    # 0.3, which a process kept off the CPU on a loaded machine could outlast midway.
+    lapses = time.monotonic() + 1.0
+    assert one.first_use_sync("jkt-a:1", 1.0)
     assert two.first_use_sync("jkt-a:2", 30)
     with pytest.raises(InvalidDPoPProofError, match="its share"):  # half full, share used
         one.first_use_sync("jkt-a:3", 30)
@@ -1531,7 +1534,8 @@ def test_replay_store_share_contract(any_replay_store: Callable[..., ReplayStore
         two.first_use_sync("jkt-b:2", 30)
     with pytest.raises(ReplayStoreError, match="full"):  # every entry live: never forgotten
         two.first_use_sync("jkt-c:1", 30)
-    time.sleep(0.5)  # jkt-a:1 expired: its room in the share and the store is free again
+    time.sleep(max(0.0, lapses + 0.2 - time.monotonic()))
+    # jkt-a:1 expired: its room in the share and the store is free again.
     assert one.first_use_sync("jkt-a:3", 30)
 
 

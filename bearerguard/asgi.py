@@ -422,8 +422,9 @@ class BearerGuardMiddleware:
         websocket_recheck: check an accepted websocket's token again before each message,
             inbound ``websocket.receive`` and outbound ``websocket.send`` (``recheck``:
             expiry with the guard's leeway, and revocation under its failure policy); the
-            first that fails closes the connection with 1008 (RFC 6455 §7.4.1), audited as
-            one refusal. On by default; a websocket reached without a token is not wrapped.
+            first that fails closes the connection with 1008 (RFC 6455 §7.4.1), or 1013 (Try
+            Again Later) when the store could not answer, audited as one refusal. On by
+            default; a websocket reached without a token is not wrapped.
 
     When the guard has a ``resource``, its protected-resource metadata (RFC 9728 §3) is
     served at ``/.well-known/oauth-protected-resource`` and its path-suffixed form, without

@@ -549,12 +549,13 @@ class BearerGuard:
             ``"allow"`` lets verified tokens through and records the failure.
         introspection: accept opaque access tokens by asking the authorization server
             (RFC 7662): a token that is not shaped as a compact JWS is introspected, one that
-            is stays verified locally. The answer must say ``active: true`` and carry
-            ``exp``; ``iss`` and ``aud``, when present, must match (list them in
-            ``required_claims`` to demand them; with ``resource``, ``aud`` is required: an
-            answer naming no audience cannot show the token was obtained for this resource,
-            RFC 8707 §2). The revocation store is asked afterwards,
-            as for JWTs. An endpoint failure answers 503 (fail closed).
+            is stays verified locally. The answer must say ``active: true``, carry ``exp``,
+            and name one of the audiences in ``aud``, as a JWT must (RFC 9068 §4): an answer
+            without ``aud`` cannot show the token was meant for this API, unless the
+            introspector was built with ``audience_checked_by_server=True``. ``iss``, when
+            present, must match (list it in ``required_claims`` to demand it). The
+            revocation store is asked afterwards, as for JWTs. An endpoint failure answers
+            503 (fail closed).
         keys: static keys for offline use, instead of fetching: a PEM public key, a JWKS
             (dict or JSON text), or a list of these; with several keys, each needs a
             ``kid`` (tokens name their key by it).
@@ -761,9 +762,7 @@ class BearerGuard:
             require_typ=require_typ or strict,
             required_claims=frozenset(required_claims)
             | (_RFC9068_CLAIMS if strict else frozenset())
-            | ({"jti"} if require_jti else frozenset())
-            # A JWT's aud is always required; an introspection answer's too, for a resource.
-            | ({"aud"} if resource is not None else frozenset()),
+            | ({"jti"} if require_jti else frozenset()),
             checks=claim_checks,
             confirmations=_checked_confirmations(dpop, mtls, upstream=bindings_checked_upstream),
         )
@@ -1257,6 +1256,8 @@ class BearerGuard:
     def _introspected(self, answer: Mapping[str, Any], token: str) -> AccessToken:
         """Judge an opaque token on the authorization server's answer (never cached here:
         the introspector's own cache keeps active answers briefly)."""
+        introspector = self._introspector
+        assert introspector is not None  # noqa: S101 - only introspected tokens come here
         try:
             return token_from_introspection(
                 answer,
@@ -1265,6 +1266,7 @@ class BearerGuard:
                 now=self.clock(),
                 fingerprint=token_fingerprint(token),
                 raw=token,
+                audience_checked_by_server=introspector.audience_checked_by_server,
             )
         except AuthError:
             raise

@@ -263,10 +263,17 @@ class Introspector:
             is an exchange counted in ``max_concurrent``: one due at the limit is not sent,
             the last outcome stands (busy is not down: junk opaque tokens, anyone's to
             send, must not make the instance unready), and the next check probes again.
+        audience_checked_by_server: whether the authorization server answers ``active: true``
+            only about tokens meant for this client (the resource server it authenticates
+            by ``client_id``), as RFC 7662 §4 asks of it. Off by default: a guard refuses an
+            opaque token whose answer names no audience (``aud``, optional in RFC 7662
+            §2.2), since a token the same server issued for another API would pass here.
+            Turn it on only for a server that never sends ``aud`` and scopes its answers to
+            the caller; an ``aud`` it does send is still checked.
         clock: returns epoch seconds; injectable for tests.
 
     Raises:
-        ConfigurationError: an unusable endpoint, credentials or limit.
+        ConfigurationError: an unusable endpoint, credentials, limit or flag.
 
     Answers are parsed strictly (RFC 7662 §2.2): a JSON object, active only when its
     ``active`` is JSON ``true`` (anything else is an inactive answer), with typed members
@@ -277,7 +284,7 @@ class Introspector:
 
     name = "introspection"
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - one statement per setting
         self,
         endpoint: str,
         *,
@@ -291,6 +298,7 @@ class Introspector:
         inactive_ttl: float = 300.0,
         max_concurrent: int = 100,
         health_interval: float = 10.0,
+        audience_checked_by_server: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         # White space in a URL is sent as %20 or read as a relative URL by httpx: every
@@ -331,6 +339,13 @@ class Introspector:
         health_interval = check_seconds("health_interval", health_interval, positive=True)
         if not callable(clock):  # called once an answer comes: a TypeError then is a 500
             raise ConfigurationError("clock must be a callable returning epoch seconds")
+        if not isinstance(audience_checked_by_server, bool):
+            # "false" read from the environment is truthy: the audience check would be off.
+            raise ConfigurationError(
+                "audience_checked_by_server must be True or False, "
+                f"not {audience_checked_by_server!r}"
+            )
+        self.audience_checked_by_server = audience_checked_by_server
         self.client_id = client_id
         self.auth_method = auth_method
         self.timeout = timeout

@@ -342,15 +342,17 @@ def test_every_status_of_a_reason_is_documented() -> None:
     assert str(_BodyTooLargeError.status) in _audit_row("| `invalid_request` |")
 
 
-def test_the_optional_aud_of_an_introspection_answer_is_said_before_its_rules() -> None:
-    # RFC 7662 §2.2 makes aud optional: without resource= or required_claims=["aud"], an
-    # answer naming no audience is accepted (tests/test_introspection.py). The page said so
-    # only after the table of members, in a paragraph about other resource servers.
+def test_the_required_aud_of_an_introspection_answer_is_said_before_its_rules() -> None:
+    # RFC 7662 §2.2 makes aud optional, yet an answer naming no audience is refused unless
+    # the introspector says the server checks it (tests/test_introspection.py): the page
+    # says so, and the way out, before the table of members; no page says it is accepted.
     page = (ROOT / "docs" / "revocation.md").read_text()
     section = page.partition("\n## Opaque access tokens\n")[2]
     before_the_rules = section.partition("| member | rule |")[0]
-    assert 'required_claims=["aud"]' in before_the_rules
-    assert "without `aud` is accepted" in before_the_rules
+    assert "without `aud` is refused" in before_the_rules
+    assert "audience_checked_by_server=True" in before_the_rules
+    for document in DOCUMENTS:
+        assert "without `aud` is accepted" not in document.read_text(), document.name
 
 
 def test_the_count_of_a_cached_token_s_bound_fields_is_the_one_documented() -> None:

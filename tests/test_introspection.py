@@ -117,9 +117,10 @@ class IntrospectionServer:
         return Introspector(self.endpoint, **options)
 
     def activate(self, token: str, **members: Any) -> None:
-        """Make ``token`` active with ``members`` (exp in five minutes unless given); a
-        member given as ``None`` is left out."""
+        """Make ``token`` active with ``members`` (exp in five minutes and aud the tests' API
+        unless given); a member given as ``None`` is left out."""
         members.setdefault("exp", int(time.time()) + 300)
+        members.setdefault("aud", AUDIENCE)
         answer = {"active": True, **members}
         self.tokens[token] = {name: value for name, value in answer.items() if value is not None}
 
@@ -957,12 +958,21 @@ POLICY = ClaimsPolicy(issuer="https://as.example", audiences=frozenset({AUDIENCE
 NOW = 1_700_000_000.0
 
 
-def judge(policy: ClaimsPolicy = POLICY, **members: Any) -> Any:
-    """Judge an active answer expiring in a minute, with ``members`` (``None`` removes one)."""
-    claims = {"active": True, "exp": NOW + 60, **members}
+def judge(
+    policy: ClaimsPolicy = POLICY, *, audience_checked_by_server: bool = False, **members: Any
+) -> Any:
+    """Judge an active answer for this API expiring in a minute, with ``members`` (``None``
+    removes one)."""
+    claims = {"active": True, "exp": NOW + 60, "aud": AUDIENCE, **members}
     claims = {name: value for name, value in claims.items() if value is not None}
     return token_from_introspection(
-        claims, policy=policy, scope_paths=(), now=NOW, fingerprint="fp", raw="opaque"
+        claims,
+        policy=policy,
+        scope_paths=(),
+        now=NOW,
+        fingerprint="fp",
+        raw="opaque",
+        audience_checked_by_server=audience_checked_by_server,
     )
 
 
@@ -985,9 +995,21 @@ def test_an_acceptable_answer_becomes_a_token() -> None:
     assert token.raw == "opaque"
     assert token.expires_at.timestamp() == NOW + 60
     assert token.issued_at is not None
-    # iss and aud are optional (RFC 7662 §2.2): absent, the trusted issuer stands in.
-    bare = judge()
-    assert (bare.issuer, bare.audience, bare.scopes) == ("https://as.example", (), frozenset())
+    # iss is optional (RFC 7662 §2.2): absent, the trusted issuer stands in.
+    bare = judge(iss=None)
+    assert (bare.issuer, bare.audience, bare.scopes) == ("https://as.example", (AUDIENCE,), set())
+
+
+def test_an_answer_naming_no_audience_is_refused_unless_the_server_checks_it() -> None:
+    # RFC 7662 §2.2 makes aud optional; RFC 9068 §4 requires it of a JWT, and an answer
+    # without it cannot show the token is meant for this API. A server that answers active
+    # only for tokens usable by the caller (RFC 7662 §4) shows it another way.
+    with pytest.raises(InvalidAudienceError, match="names no audience"):
+        judge(aud=None)
+    assert judge(aud=None, audience_checked_by_server=True).audience == ()
+    for aud in ([], "https://other.example", ["a", "b"]):
+        with pytest.raises(InvalidAudienceError):
+            judge(aud=aud, audience_checked_by_server=True)
 
 
 @pytest.mark.parametrize("name", ["sub", "jti", "client_id"])
@@ -1010,7 +1032,8 @@ def test_an_answer_bound_to_its_client_needs_a_guard_that_checks_the_binding() -
 def test_an_answer_whose_cnf_is_null_is_refused_not_taken_as_unbound(policy: ClaimsPolicy) -> None:
     # RFC 7800 §3.1: cnf is an object. A null one says nothing about the binding, so the
     # token is refused as a JWT with it is, never let in as a plain bearer token.
-    answer = parse_introspection_response(b'{"active": true, "exp": %d, "cnf": null}' % (NOW + 60))
+    body = b'{"active": true, "exp": %d, "aud": "%s", "cnf": null}' % (NOW + 60, AUDIENCE.encode())
+    answer = parse_introspection_response(body)
     with pytest.raises(MalformedTokenError, match="cnf"):
         token_from_introspection(
             answer, policy=policy, scope_paths=(), now=NOW, fingerprint="fp", raw="opaque"
@@ -1072,28 +1095,108 @@ def test_access_token_types_are_accepted_and_dpop_needs_its_binding() -> None:
 
 
 @pytest.mark.anyio
+async def test_an_answer_must_name_this_api_unless_the_server_checks_the_audience(
+    issuer: DevIssuer, server: IntrospectionServer
+) -> None:
+    # RFC 7662 §2.2 makes aud optional, but an answer naming no audience cannot show that
+    # the token was meant for this API: one the same authorization server issued for another
+    # resource server would pass (token confusion). A JWT's aud is required (RFC 9068 §4);
+    # so is an answer's, unless the server itself refuses tokens not meant for the caller
+    # (RFC 7662 §4), which the Introspector is told.
+    server.activate("no-aud", sub="kim", aud=None)
+    server.activate("for-us", sub="kim", aud=[AUDIENCE, "https://other.example"])
+    server.activate("for-another", sub="kim", aud="https://other.example")
+    server.activate("for-none", sub="kim", aud=[])
+    default = opaque_guard(issuer, server)
+    checked = opaque_guard(issuer, server, audience_checked_by_server=True)
+    for guard in (default, checked):
+        assert (await guard.authenticate("for-us")).subject == "kim"
+        assert guard.authenticate_sync("for-us").audience == (AUDIENCE, "https://other.example")
+        # Named, the audience is checked whoever else does: another one, or none, is refused.
+        for token in ("for-another", "for-none"):
+            with pytest.raises(InvalidAudienceError):
+                await guard.authenticate(token)
+            with pytest.raises(InvalidAudienceError):
+                guard.authenticate_sync(token)
+    with pytest.raises(InvalidAudienceError, match="names no audience"):
+        await default.authenticate("no-aud")
+    with pytest.raises(InvalidAudienceError, match="names no audience"):
+        default.authenticate_sync("no-aud")
+    assert (await checked.authenticate("no-aud")).audience == ()
+    assert checked.authenticate_sync("no-aud").subject == "kim"
+    # Demanded in required_claims, aud is required whatever the introspector says.
+    strict = opaque_guard(issuer, server, audience_checked_by_server=True, required_claims=["aud"])
+    with pytest.raises(InvalidClaimError, match="required claims missing: aud"):
+        await strict.authenticate("no-aud")
+
+
+@pytest.mark.anyio
+async def test_an_answer_naming_no_audience_is_audited_as_not_for_this_api(
+    issuer: DevIssuer, server: IntrospectionServer
+) -> None:
+    server.activate("no-aud", sub="kim", scope="items:read", aud=None)
+    refusing = build_app(opaque_guard(issuer, server))
+    accepting = build_app(opaque_guard(issuer, server, audience_checked_by_server=True))
+    with structlog.testing.capture_logs() as events:
+        refused = await _get(refusing, "no-aud")
+        accepted = await _get(accepting, "no-aud")
+    assert (refused.status_code, accepted.status_code) == (401, 200)
+    assert [(event["event"], event["reason"]) for event in events] == [
+        ("token.rejected", "invalid_audience"),
+        ("token.accepted", "ok"),
+    ]
+    # The client gets the fixed sentence; the log says what was missing and the way out.
+    challenge = refused.headers["www-authenticate"]
+    assert 'error="invalid_token"' in challenge
+    assert 'error_description="The access token is not meant for this resource."' in challenge
+    assert "names no audience" in events[0]["detail"]
+    assert "audience_checked_by_server" in events[0]["detail"]
+
+
+async def _get(app: Any, token: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        return await client.get("/items", headers=bearer(token))
+
+
+@pytest.mark.anyio
 async def test_a_resource_needs_the_answer_to_name_it(
     issuer: DevIssuer, server: IntrospectionServer
 ) -> None:
     # RFC 8707 §2 (and MCP): an answer naming no audience cannot show that the token was
-    # obtained for this resource; a token obtained for another one would pass.
+    # obtained for this resource; a token obtained for another one would pass. A server that
+    # answers active only for tokens usable here (RFC 7662 §4) shows it all the same.
     resource = "https://api.example/mcp"
-    server.activate("no-aud", sub="kim")
+    server.activate("no-aud", sub="kim", aud=None)
     server.activate("for-us", sub="kim", aud=resource)
     guard = issuer.guard(resource=resource, introspection=server.introspector())
-    with pytest.raises(InvalidClaimError, match="aud"):
+    with pytest.raises(InvalidAudienceError, match="names no audience"):
         await guard.authenticate("no-aud")
-    with pytest.raises(InvalidClaimError, match="aud"):
+    with pytest.raises(InvalidAudienceError, match="names no audience"):
         guard.authenticate_sync("no-aud")
     assert (await guard.authenticate("for-us")).audience == (resource,)
-    # Without a resource, aud stays optional, as RFC 7662 §2.2 makes it; the one line
-    # docs/revocation.md gives demands it.
-    assert (await opaque_guard(issuer, server).authenticate("no-aud")).subject == "kim"
-    strict = opaque_guard(issuer, server, required_claims=["aud"])
-    with pytest.raises(InvalidClaimError, match="required claims missing: aud"):
-        await strict.authenticate("no-aud")
-    server.activate("for-the-api", sub="kim", aud=AUDIENCE)
-    assert (await strict.authenticate("for-the-api")).subject == "kim"
+    checking = server.introspector(audience_checked_by_server=True)
+    trusting = issuer.guard(resource=resource, introspection=checking)
+    assert (await trusting.authenticate("no-aud")).subject == "kim"
+    # JWTs are judged locally: their aud stays required.
+    with pytest.raises(InvalidAudienceError):
+        await trusting.authenticate(issuer.mint(aud=None))
+
+
+def test_the_audience_opt_out_is_a_real_boolean() -> None:
+    # A string such as "false" (read from the environment) is truthy: it would turn the
+    # audience check off.
+    for value in ("false", 0, None):
+        with pytest.raises(ConfigurationError, match="audience_checked_by_server"):
+            Introspector(
+                "https://as.example/introspect",
+                client_id="api",
+                client_secret="secret",
+                audience_checked_by_server=value,  # type: ignore[arg-type]
+            )
+    assert not Introspector(
+        "https://as.example/introspect", client_id="api", client_secret="secret"
+    ).audience_checked_by_server
 
 
 @pytest.mark.anyio
@@ -1107,9 +1210,13 @@ async def test_null_members_and_an_empty_aud_judge_the_token_not_the_server(
     nulls = dict.fromkeys(("sub", "iss", "aud", "scope", "client_id", "jti", "iat", "nbf"))
     server.tokens["nulls"] = {"active": True, "exp": exp, "token_type": None, **nulls}
     server.tokens["no-audience"] = {"active": True, "exp": exp, "sub": "kim", "aud": []}
-    server.tokens["null-exp"] = {"active": True, "exp": None, "sub": "kim"}
+    server.tokens["null-exp"] = {"active": True, "exp": None, "sub": "kim", "aud": AUDIENCE}
     guard = opaque_guard(issuer, server)
-    for token in (await guard.authenticate("nulls"), guard.authenticate_sync("nulls")):
+    # "aud": null is no audience named: refused, unless the server checks it itself.
+    with pytest.raises(InvalidAudienceError, match="names no audience"):
+        await guard.authenticate("nulls")
+    checked = opaque_guard(issuer, server, audience_checked_by_server=True)
+    for token in (await checked.authenticate("nulls"), checked.authenticate_sync("nulls")):
         assert (token.subject, token.token_id, token.audience) == (None, None, ())
         assert "sub" not in token.claims
     with pytest.raises(InvalidAudienceError):
@@ -1118,7 +1225,7 @@ async def test_null_members_and_an_empty_aud_judge_the_token_not_the_server(
         guard.authenticate_sync("no-audience")
     with pytest.raises(InvalidClaimError, match="exp is required"):
         await guard.authenticate("null-exp")
-    strict = opaque_guard(issuer, server, required_claims=["sub"])
+    strict = opaque_guard(issuer, server, audience_checked_by_server=True, required_claims=["sub"])
     with pytest.raises(InvalidClaimError, match="required claims missing: sub"):
         await strict.authenticate("nulls")
     app = build_app(guard)
@@ -1197,8 +1304,11 @@ def test_leeway_and_the_guard_policy_apply() -> None:
         max_age=60,
         checks=(lambda claims: claims.get("sub") != "blocked",),
     )
-    with pytest.raises(InvalidClaimError, match="aud"):
-        judge(strict, sub="kim", iat=NOW)
+    with pytest.raises(InvalidClaimError, match="required claims missing: sub"):
+        judge(strict, iat=NOW)
+    # Demanded, aud is required even from a server said to check the audience itself.
+    with pytest.raises(InvalidClaimError, match="required claims missing: aud"):
+        judge(strict, sub="kim", aud=None, iat=NOW, audience_checked_by_server=True)
     with pytest.raises(InvalidClaimError, match="refused"):
         judge(strict, sub="blocked", aud=AUDIENCE, iat=NOW)
     with pytest.raises(InvalidClaimError, match="iat is required"):
@@ -1226,7 +1336,10 @@ def test_result_accessors() -> None:
 
 
 def opaque_guard(issuer: DevIssuer, server: IntrospectionServer, **options: Any) -> BearerGuard:
-    introspector = server.introspector(clock=options.pop("introspector_clock", time.time))
+    introspector = server.introspector(
+        clock=options.pop("introspector_clock", time.time),
+        **{name: options.pop(name) for name in ("audience_checked_by_server",) if name in options},
+    )
     return issuer.guard(audience=AUDIENCE, introspection=introspector, **options)
 
 

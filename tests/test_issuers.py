@@ -258,7 +258,7 @@ def test_only_the_primary_guard_may_introspect(
     # An opaque token names no issuer: it goes to the primary guard only, never to another
     # issuer's authorization server; a later guard's introspector would never be asked.
     with IntrospectionServer() as server:
-        server.activate("opaque-1", sub="kim")
+        server.activate("opaque-1", sub="kim", aud=alpha.audience)
         with pytest.raises(ConfigurationError, match="only the primary"):
             TrustedIssuers(
                 [
@@ -461,7 +461,7 @@ def test_a_guards_verdict_stands_behind_a_trusted_issuers_holding_it(
     # Under WSGI as well: one decision, one event. An opaque token goes to the primary
     # only: a TrustedIssuers that would give it to another guard decides for itself.
     with IntrospectionServer() as server:
-        server.activate("opaque-1", sub="kim")
+        server.activate("opaque-1", sub="kim", aud=alpha.audience)
         guard = alpha.guard(in_process=True, introspection=server.introspector())
         home = BearerGuard(issuer="https://home.example", audience="x", keys=beta.jwks())
         trusting = TrustedIssuers([guard])

@@ -148,6 +148,7 @@ def token_from_introspection(
     now: float,
     fingerprint: str,
     raw: str,
+    audience_checked_by_server: bool = False,
 ) -> AccessToken:
     """Accept or refuse a token on the authorization server's answer about it.
 
@@ -156,9 +157,10 @@ def token_from_introspection(
     policy's leeway, not passed (nor ``nbf`` and ``iat`` in the future); ``token_type``, when
     present, names an access token (``Bearer``, or ``DPoP`` with ``cnf.jkt``), as do a
     ``typ`` (Keycloak) and a ``token_use`` (Hydra, Cognito); ``iss``, when
-    present, equals the trusted issuer; ``aud``, when present, names one of the policy's
-    audiences; and the policy's required claims, maximum age and custom checks pass. RFC 7662
-    §2.2 makes ``iss`` and ``aud`` optional: list them in ``required_claims`` to demand them.
+    present, equals the trusted issuer; ``aud`` names one of the policy's audiences (absent,
+    it is accepted only if ``audience_checked_by_server``); and the policy's required
+    claims, maximum age and custom checks pass. RFC 7662 §2.2 makes ``iss`` optional: list
+    it in ``required_claims`` to demand it.
 
     Raises:
         InvalidTokenError: a subclass naming the first rule broken (``InactiveTokenError``
@@ -180,13 +182,7 @@ def token_from_introspection(
     iss = claims.get("iss")
     if iss is not None and iss != policy.issuer:
         raise InvalidIssuerError(f"introspected iss {str(iss)[:200]!r} is not trusted")
-    aud = claims.get("aud")
-    audiences: tuple[str, ...] = ()
-    if aud is not None:
-        audiences = (aud,) if isinstance(aud, str) else tuple(aud)
-        # An empty aud names no audience, this resource server's included (RFC 7519 §4.1.3).
-        if policy.audiences.isdisjoint(audiences):
-            raise InvalidAudienceError("introspected aud does not name this resource server")
+    audiences = _audiences(claims.get("aud"), policy, checked=audience_checked_by_server)
     times = check_times(claims, policy, now)
     # RFC 7662 §2.2 allows cnf; RFC 8705 §3.2 and RFC 9449 §6.2 use it. Present, it must be
     # an object (RFC 7800 §3.1): a null one is refused, never read as an unbound token.
@@ -208,6 +204,34 @@ def token_from_introspection(
         fingerprint=fingerprint,
         raw=raw,
     )
+
+
+def _audiences(
+    aud: str | list[str] | None, policy: ClaimsPolicy, *, checked: bool
+) -> tuple[str, ...]:
+    """The answer's audiences, which must name this resource server.
+
+    RFC 7662 §2.2 makes ``aud`` optional, but an answer without it cannot show the token was
+    meant for this resource server: one the same authorization server issued for another
+    would pass (token confusion), where a JWT's ``aud`` is required (RFC 9068 §4). Absent, it
+    is accepted only from a server said to check it: RFC 7662 §4 has it determine whether
+    the token can be used at the resource server making the call (``active: false`` if
+    not), which shows what ``aud`` would. The same holds with ``resource``: RFC 8707 §2
+    wants the token obtained for it, and such a server answers active for no other.
+    """
+    if aud is None:
+        if checked:
+            return ()
+        raise InvalidAudienceError(
+            "introspected answer names no audience (aud); if the authorization server answers "
+            "active only for tokens meant for this client, say so with "
+            "Introspector(audience_checked_by_server=True)"
+        )
+    audiences = (aud,) if isinstance(aud, str) else tuple(aud)
+    # An empty aud names no audience, this resource server's included (RFC 7519 §4.1.3).
+    if policy.audiences.isdisjoint(audiences):
+        raise InvalidAudienceError("introspected aud does not name this resource server")
+    return audiences
 
 
 def _copied(claims: Mapping[str, Any]) -> dict[str, Any]:

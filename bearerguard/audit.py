@@ -416,8 +416,13 @@ class AuditLog:
         latency: float,
         *,
         token: AccessToken | None = None,
+        status: int | None = None,
     ) -> None:
-        """Record a refusal, with what ``error`` (or ``token``) tells of the refused token."""
+        """Record a refusal, with what ``error`` (or ``token``) tells of the refused token.
+
+        ``status`` is the HTTP status answered when it is not the error's own: the MCP SDK
+        answers every refusal of its token verifier with 401.
+        """
         fields: dict[str, Any]
         token = token or error.token
         detail = error.detail
@@ -452,7 +457,7 @@ class AuditLog:
                 event,
                 outcome="error" if level == "error" else "deny",
                 reason=error.reason,
-                status=error.status,
+                status=error.status if status is None else status,
                 detail=None if detail is None else _printable(detail[:_MAX_DETAIL]),
                 latency_ms=_milliseconds(latency),
                 binding=error.binding,

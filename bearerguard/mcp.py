@@ -14,6 +14,10 @@ lacks (with the guard's ``scope_implications`` applied).
     )
 
 It needs no MCP package and sits inside ``BearerGuardMiddleware``, whose verdict it reads.
+
+``GuardTokenVerifier`` serves servers that use the SDK's own resource-server auth instead
+(``MCPServer(auth=AuthSettings(...), token_verifier=...)``): the SDK asks it about each
+token, and bearerguard's verification, revocation and failure policy decide.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from functools import cache
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,11 +37,17 @@ from bearerguard._context import SCOPE_KEY, RequestAuth, presented_with
 from bearerguard._core.scopes import validate_scope_names
 from bearerguard._core.unicode import has_lone_surrogate
 from bearerguard.asgi import TokenUser
+from bearerguard.audit import RequestInfo
 from bearerguard.decorators import ScopeRequirement, challenge_scopes, check_scopes
-from bearerguard.errors import ConfigurationError, InvalidRequestError
+from bearerguard.errors import AuthError, ConfigurationError, InvalidRequestError
+from bearerguard.guard import BearerGuard
+from bearerguard.issuers import TrustedIssuers
 from bearerguard.token import AccessToken
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "MCPToolScopes"]
+if TYPE_CHECKING:
+    from mcp.server.auth.provider import AccessToken as SDKAccessToken
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "GuardTokenVerifier", "MCPToolScopes"]
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 """The largest JSON-RPC POST body read for checking (the MCP SDK's own default limit)."""
@@ -376,3 +386,136 @@ async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], bod
     headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+# The SDK hands a token verifier the token alone: no request line, no client address.
+_SDK_REQUEST = RequestInfo("-", "-", None, None)
+# What the SDK answers when its verifier refuses a token (RequireAuthMiddleware).
+_SDK_REFUSAL_STATUS = 401
+
+
+class GuardTokenVerifier:
+    """The MCP SDK's ``TokenVerifier``, verifying with a ``BearerGuard`` or ``TrustedIssuers``.
+
+    For servers that use the SDK's own resource-server auth::
+
+        server = MCPServer(
+            "notes",
+            token_verifier=GuardTokenVerifier(guard),  # guard built with resource=RESOURCE
+            auth=AuthSettings(
+                issuer_url=ISSUER,
+                resource_server_url=RESOURCE,
+                required_scopes=["notes:read"],
+                validate_token_resource=True,
+            ),
+        )
+
+    Each token goes through the guard's ``authenticate``: signature, claims, audience,
+    revocation and the failure policy. An accepted token is answered as the SDK's
+    ``AccessToken``, a refused one as ``None`` (the SDK's 401), and each verification is
+    one audit event on the guard's audit log, with ``method`` and ``path`` ``"-"``: the SDK
+    passes no request. A dependency that cannot answer (keys, revocation store) is refused
+    too, audited as ``auth.unavailable``: the SDK can answer a verifier only with 401, or a
+    500 for an exception.
+
+    The SDK's ``AccessToken``:
+
+    - ``client_id``: the token's client id (``client_id``, ``azp``, ``cid``, ``appid``),
+      else ``""`` (the field is a string). A token naming neither a client nor a subject
+      gets ``token:`` and its fingerprint, a principal of its own: the SDK binds sessions
+      and ``requestState`` to (``client_id``, ``iss``, ``sub``), which would otherwise be
+      the same for every such token of an issuer.
+    - ``scopes``: the granted scopes with those ``scope_implications`` imply (the SDK's
+      ``required_scopes`` check reads this list).
+    - ``expires_at``: ``exp`` plus the guard's ``leeway``, when the guard stops accepting
+      the token. The SDK refuses a token past ``expires_at`` with no leeway: given ``exp``,
+      it would refuse tokens the guard accepted and audited as accepted. ``claims["exp"]``
+      keeps the token's own.
+    - ``resource``: the guard's ``resource`` when the token's ``aud`` matched it, else the
+      guard's audience it matched (for ``AuthSettings.validate_token_resource``).
+    - ``subject`` and ``claims`` (``iss`` always among them).
+
+    Args:
+        guard: the guard (or guards) that verifies tokens.
+        scopes_supported: scope names to list in ``scopes`` when an implied prefix
+            (``{"notes:admin": ["notes:*"]}``) covers them: a prefix itself cannot be
+            listed. Give it the ``AuthSettings.required_scopes``.
+
+    Raises:
+        ConfigurationError: a guard that checks DPoP proofs or client certificates: the
+            SDK hands its verifier neither, so every bound token would be refused.
+    """
+
+    def __init__(
+        self, guard: BearerGuard | TrustedIssuers, *, scopes_supported: Iterable[str] = ()
+    ) -> None:
+        if not isinstance(guard, BearerGuard | TrustedIssuers):
+            raise ConfigurationError("GuardTokenVerifier takes a BearerGuard or TrustedIssuers")
+        if guard.dpop is not None or guard.mtls is not None:
+            raise ConfigurationError(
+                "the MCP SDK passes its token verifier no DPoP proof nor client certificate: "
+                "protect the server with BearerGuardMiddleware instead"
+            )
+        supported = (scopes_supported,) if isinstance(scopes_supported, str) else scopes_supported
+        self.scopes_supported = validate_scope_names(tuple(supported)) if supported else ()
+        self.guard = guard
+        self._sdk_token = _sdk_access_token()
+
+    def __repr__(self) -> str:
+        return f"GuardTokenVerifier({self.guard!r})"
+
+    async def verify_token(self, token: str) -> SDKAccessToken | None:
+        """The SDK's ``AccessToken`` for ``token``, or ``None`` when it is refused."""
+        guard = self.guard
+        started = perf_counter()
+        try:
+            access = await guard.authenticate(token, request=_SDK_REQUEST)
+        except AuthError as error:
+            latency = perf_counter() - started
+            guard.audit.refused(error, _SDK_REQUEST, latency, status=_SDK_REFUSAL_STATUS)
+            return None
+        guard.audit.accepted(access, _SDK_REQUEST, perf_counter() - started)
+        return self._answer(token, access)
+
+    def _answer(self, token: str, access: AccessToken) -> SDKAccessToken:
+        guard = self.guard
+        # The guard that accepted the token: its leeway and audiences.
+        verifier = (
+            guard.verifier_of(access) or guard.primary
+            if isinstance(guard, TrustedIssuers)
+            else guard
+        )
+        scopes = guard.scope_implications.reached(access.scopes, self.scopes_supported)
+        claims = dict(access.claims)
+        claims.setdefault("iss", access.issuer)  # an introspection answer may leave it out
+        return self._sdk_token(
+            token=token,
+            client_id=_principal_token(access).client_id or "",
+            scopes=sorted(scopes),
+            # The SDK refuses once int(time.time()) exceeds it, with no leeway of its own:
+            # floored, it lapses when the guard's acceptance (exp + leeway) does.
+            expires_at=int(access.expires_at.timestamp() + verifier.leeway),
+            resource=_resource_of(verifier, access),
+            subject=access.subject,
+            claims=claims,
+        )
+
+
+def _resource_of(guard: BearerGuard, token: AccessToken) -> str | None:
+    """The guard's audience ``token`` was accepted for: its ``resource`` when the ``aud``
+    matched one of its spellings (RFC 8707 §2), else the first audience matched."""
+    matched = next((name for name in guard.audiences if name in token.audience), None)
+    resource = guard.resource
+    if matched is not None and resource is not None and matched.rstrip("/") == resource.rstrip("/"):
+        return resource
+    return matched
+
+
+def _sdk_access_token() -> type[SDKAccessToken]:
+    try:
+        from mcp.server.auth.provider import (  # noqa: PLC0415 - optional
+            AccessToken as SDKAccessToken,
+        )
+    except ImportError:  # pragma: no cover - the SDK is in the dev extra
+        raise ConfigurationError("GuardTokenVerifier needs the MCP SDK: pip install mcp") from None
+    return SDKAccessToken

@@ -269,6 +269,16 @@ class ScopeImplications:
         self._cache[granted] = result
         return result
 
+    def reached(self, granted: frozenset[str], names: Iterable[str] = ()) -> frozenset[str]:
+        """``granted`` and every scope name it implies, listed: those ``names`` an implied
+        prefix covers too (a prefix, ``admin:*``, stands for names no list can hold)."""
+        if not self._map:
+            return granted
+        exact, prefixes = self._closure(granted)
+        if not prefixes:
+            return exact
+        return exact | {name for name in names if name.startswith(prefixes)}
+
     def grants(self, granted: frozenset[str], required: tuple[str, ...], *, any_of: bool) -> bool:
         """Whether ``granted``, with everything it implies, satisfies ``required``."""
         if grants(granted, required, any_of=any_of):

@@ -1,0 +1,341 @@
+"""``GuardTokenVerifier``: the MCP SDK's own resource-server auth, verifying with bearerguard.
+
+A real ``MCPServer`` with ``AuthSettings`` and the verifier as its ``token_verifier``, served
+by uvicorn on 127.0.0.1, called over raw HTTP for the exact answers and with the SDK's own
+``Client``; tokens come from a real development issuer.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from bearerguard import BearerGuard
+from bearerguard.dpop import DPoPPolicy
+from bearerguard.errors import ConfigurationError
+from bearerguard.issuers import TrustedIssuers
+from bearerguard.mcp import GuardTokenVerifier
+from bearerguard.revocation import MemoryRevocationStore
+from bearerguard.testing import DevIssuer
+
+mcp = pytest.importorskip("mcp", reason="the MCP SDK (mcp, in the dev extra) is not installed")
+httpx2 = pytest.importorskip("httpx2")
+uvicorn = pytest.importorskip("uvicorn")
+
+from mcp import Client  # noqa: E402
+from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+from mcp.server.auth.middleware.auth_context import get_access_token as sdk_token  # noqa: E402
+from mcp.server.auth.settings import AuthSettings  # noqa: E402
+from mcp.server.mcpserver import MCPServer  # noqa: E402
+from mcp.shared.exceptions import MCPError  # noqa: E402
+
+pytestmark = pytest.mark.anyio
+
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+
+
+@dataclass
+class Served:
+    url: str
+    resource: str
+    issuer: DevIssuer
+    guard: BearerGuard
+
+    def token(self, *scopes: str, **claims: Any) -> str:
+        claims.setdefault("aud", self.resource)
+        claims.setdefault("sub", "mia")
+        return self.issuer.mint(scopes=scopes, **claims)
+
+    def post(self, token: str | None, body: object = LIST) -> httpx.Response:
+        headers = dict(ACCEPT)
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return httpx.post(self.url, json=body, headers=headers, timeout=10)
+
+    @property
+    def store(self) -> MemoryRevocationStore:
+        store = self.guard.revocation
+        assert isinstance(store, MemoryRevocationStore)
+        return store
+
+
+def notes_server(verifier: GuardTokenVerifier, issuer_url: str, resource: str) -> MCPServer:
+    """An MCP server using the SDK's own auth, with ``verifier`` as its token verifier."""
+    server = MCPServer(
+        "notes",
+        token_verifier=verifier,
+        auth=AuthSettings(
+            issuer_url=issuer_url,
+            resource_server_url=resource,
+            required_scopes=["notes:read"],
+            validate_token_resource=True,
+        ),
+    )
+
+    @server.tool()
+    def whoami() -> dict[str, Any]:
+        token = sdk_token()
+        assert token is not None
+        return {"sub": token.subject, "client_id": token.client_id, "scopes": token.scopes}
+
+    return server
+
+
+@contextmanager
+def serving(build: Callable[[str], Any]) -> Iterator[str]:
+    """The app ``build`` makes for its URL (``http://127.0.0.1:<port>/mcp``), served by
+    uvicorn on that port until the block ends; yields the URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+        server = uvicorn.Server(uvicorn.Config(build(url), log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "the MCP server did not start"
+            time.sleep(0.01)
+        try:
+            yield url
+        finally:
+            server.should_exit = True
+            thread.join(10)
+
+
+def mcp_app(verifier: GuardTokenVerifier, issuer_url: str, resource: str) -> Any:
+    server = notes_server(verifier, issuer_url, resource)
+    return server.streamable_http_app(stateless_http=True, json_response=True)
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Served]:
+    with DevIssuer() as issuer:
+        guards: list[BearerGuard] = []
+
+        def build(url: str) -> Any:
+            guard = BearerGuard(
+                issuer=issuer.url,
+                resource=url,
+                scope_implications={"notes:write": ["notes:read"], "notes:admin": ["notes:*"]},
+            )
+            guards.append(guard)
+            verifier = GuardTokenVerifier(guard, scopes_supported=["notes:read", "notes:delete"])
+            return mcp_app(verifier, issuer.url, url)
+
+        with serving(build) as url:
+            yield Served(url, url, issuer, guards[0])
+
+
+def events_of(captured: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(event["event"], event["reason"]) for event in captured]
+
+
+# -- raw HTTP: what the SDK answers with the verifier's verdict ----------------------------
+
+
+def test_a_valid_token_is_let_in_with_one_audit_event(served: Served) -> None:
+    with capture_logs() as captured:
+        answer = served.post(served.token("notes:read"))
+    assert answer.status_code == 200
+    assert [tool["name"] for tool in answer.json()["result"]["tools"]] == ["whoami"]
+    assert events_of(captured) == [("token.accepted", "ok")]
+    assert captured[0]["sub"] == "mia"
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("expired", "expired"),
+        ("revoked", "revoked"),
+        ("another_resource", "invalid_audience"),
+        ("garbage", "malformed_token"),
+        ("forged", "bad_signature"),
+    ],
+)
+def test_a_refused_token_is_a_401_with_one_audit_event(
+    served: Served, kind: str, reason: str
+) -> None:
+    if kind == "expired":
+        token = served.issuer.mint_expired(aud=served.resource)
+    elif kind == "revoked":
+        jti = f"revoked-{time.time_ns()}"
+        token = served.token("notes:read", jti=jti)
+        served.store.revoke_token_sync(jti, issuer=served.issuer.url)
+    elif kind == "another_resource":
+        token = served.token("notes:read", aud="http://127.0.0.1:1/mcp")
+    elif kind == "garbage":
+        token = "not-a-token"
+    else:
+        token = served.issuer.mint_forged(aud=served.resource, scopes=["notes:read"])
+    with capture_logs() as captured:
+        answer = served.post(token)
+    assert answer.status_code == 401
+    assert 'error="invalid_token"' in answer.headers["www-authenticate"]
+    assert events_of(captured) == [("token.rejected", reason)]
+    assert token not in repr(captured)
+
+
+def test_no_token_is_the_sdks_401_and_no_audit_event(served: Served) -> None:
+    with capture_logs() as captured:
+        answer = served.post(None)
+    assert answer.status_code == 401
+    assert "resource_metadata=" in answer.headers["www-authenticate"]
+    assert captured == []
+
+
+def test_a_token_without_the_required_scopes_is_the_sdks_403(served: Served) -> None:
+    with capture_logs() as captured:
+        answer = served.post(served.token("notes:other"))
+    assert answer.status_code == 403
+    assert 'error="insufficient_scope"' in answer.headers["www-authenticate"]
+    # The verifier accepted the token; the SDK's required_scopes refused it.
+    assert events_of(captured) == [("token.accepted", "ok")]
+
+
+def test_implied_scopes_satisfy_the_required_scopes(served: Served) -> None:
+    assert served.post(served.token("notes:write")).status_code == 200
+    # A prefix implication (notes:admin implies notes:*): the scopes_supported it covers.
+    assert served.post(served.token("notes:admin")).status_code == 200
+
+
+def test_a_token_within_the_leeway_is_answered_as_the_guard_decided(served: Served) -> None:
+    # exp 10 s ago, within the guard's 30 s leeway: the guard accepts it, and the SDK (which
+    # refuses a token past its expires_at) must not refuse what was audited as accepted.
+    now = int(time.time())
+    token = served.token("notes:read", exp=now - 10, iat=now - 100)
+    with capture_logs() as captured:
+        answer = served.post(token)
+    assert events_of(captured) == [("token.accepted", "ok")]
+    assert answer.status_code == 200
+
+
+def test_a_dependency_that_cannot_answer_is_a_401_not_a_500(issuer: DevIssuer) -> None:
+    # The keys cannot be had (nothing listens at jwks_uri): fail closed, audited as such.
+    def build(url: str) -> Any:
+        guard = BearerGuard(
+            issuer=issuer.url, resource=url, jwks_uri=f"http://127.0.0.1:{closed_port()}/jwks"
+        )
+        return mcp_app(GuardTokenVerifier(guard), issuer.url, url)
+
+    with serving(build) as url, capture_logs() as captured:
+        token = issuer.mint(scopes=["notes:read"], aud=url)
+        answer = httpx.post(
+            url, json=LIST, headers={**ACCEPT, "Authorization": f"Bearer {token}"}, timeout=30
+        )
+    assert answer.status_code == 401
+    assert events_of(captured) == [("auth.unavailable", "keys_unavailable")]
+    # The event says what the client was answered.
+    assert captured[0]["status"] == 401
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# -- the SDK's AccessToken the verifier answers ------------------------------------------
+
+
+async def test_the_sdk_token_carries_what_the_guard_verified(session_issuer: DevIssuer) -> None:
+    resource = "https://notes.example/mcp"
+    guard = BearerGuard(
+        issuer=session_issuer.url,
+        resource=resource,
+        scope_implications={"notes:write": ["notes:read"]},
+    )
+    verifier = GuardTokenVerifier(guard)
+    token = session_issuer.mint(scopes=["notes:write"], sub="ann", aud=[resource, "other"])
+    answer = await verifier.verify_token(token)
+    assert answer is not None
+    assert answer.token == token
+    assert answer.client_id == "dev-client"
+    assert answer.subject == "ann"
+    assert answer.scopes == ["notes:read", "notes:write"]
+    assert answer.resource == resource
+    assert answer.claims is not None
+    assert answer.claims["iss"] == session_issuer.url
+    assert answer.claims["sub"] == "ann"
+    exp = answer.claims["exp"]
+    assert answer.expires_at == int(exp + guard.leeway)
+    assert await verifier.verify_token("garbage") is None
+
+
+async def test_a_token_naming_no_principal_is_a_principal_of_its_own(
+    session_issuer: DevIssuer,
+) -> None:
+    guard = BearerGuard(issuer=session_issuer.url, audience="api")
+    verifier = GuardTokenVerifier(guard)
+    first = await verifier.verify_token(session_issuer.mint(sub=None, client_id=None, aud="api"))
+    second = await verifier.verify_token(session_issuer.mint(sub=None, client_id=None, aud="api"))
+    assert first is not None
+    assert second is not None
+    assert first.client_id.startswith("token:")
+    assert first.client_id != second.client_id
+    # A subject without a client id: the SDK's field is a string, left empty.
+    named = await verifier.verify_token(session_issuer.mint(sub="ann", client_id=None, aud="api"))
+    assert named is not None
+    assert (named.client_id, named.subject) == ("", "ann")
+    assert named.resource == "api"
+
+
+async def test_trusted_issuers_verify_with_the_guard_of_the_tokens_issuer(
+    session_issuer: DevIssuer, issuer: DevIssuer
+) -> None:
+    resource = "https://notes.example/mcp"
+    issuers = TrustedIssuers(
+        [
+            BearerGuard(issuer=session_issuer.url, resource=resource),
+            BearerGuard(issuer=issuer.url, resource=resource, leeway=5),
+        ]
+    )
+    verifier = GuardTokenVerifier(issuers)
+    with capture_logs() as captured:
+        answer = await verifier.verify_token(issuer.mint(sub="bo", aud=resource))
+        refused = await verifier.verify_token(
+            issuer.mint(aud=resource, iss="https://stranger.example")
+        )
+    assert answer is not None
+    assert (answer.subject, answer.resource) == ("bo", resource)
+    assert answer.claims is not None
+    assert answer.expires_at == int(answer.claims["exp"] + 5)
+    assert refused is None
+    assert events_of(captured) == [("token.accepted", "ok"), ("token.rejected", "invalid_issuer")]
+
+
+def test_a_guard_checking_dpop_or_certificates_is_refused(session_issuer: DevIssuer) -> None:
+    # The SDK hands the verifier the token alone: no proof, no certificate to check.
+    guard = BearerGuard(issuer=session_issuer.url, audience="api", dpop=DPoPPolicy())
+    with pytest.raises(ConfigurationError, match="DPoP"):
+        GuardTokenVerifier(guard)
+
+
+# -- the SDK's own client ---------------------------------------------------------------
+
+
+async def test_the_sdk_client_calls_tools_through_the_verifier(served: Served) -> None:
+    bearer = {"Authorization": f"Bearer {served.token('notes:write', jti='sdk-1')}"}
+    async with (
+        httpx2.AsyncClient(headers=bearer, timeout=10) as http,
+        Client(streamable_http_client(served.url, http_client=http)) as client,
+    ):
+        whoami = await client.call_tool("whoami", {})
+        assert whoami.structured_content == {
+            "sub": "mia",
+            "client_id": "dev-client",
+            "scopes": ["notes:read", "notes:write"],
+        }
+        served.store.revoke_token_sync("sdk-1", issuer=served.issuer.url)
+        with pytest.raises(MCPError):
+            await client.call_tool("whoami", {})

@@ -31,6 +31,7 @@ from bearerguard import AccessToken
 from bearerguard.errors import ConfigurationError, RevocationStoreError, RevokedTokenError
 from bearerguard.testing import DevIssuer
 from tests.apps import build_app
+from tests.helpers import until
 from tests.redis_server import CuttingProxy, RedisServer
 
 try:
@@ -722,6 +723,45 @@ def test_a_mirror_left_in_an_event_loop_closed_under_it_is_started_again_and_wai
     finally:
         asyncio.run(store.aclose())  # lets go of the closed loops
         gc.collect()  # their tasks and connections, here rather than in another test
+
+
+@pytest.mark.parametrize("successor", ["thread", "another loop"])
+def test_the_mirror_of_a_paused_event_loop_stands_down_once_another_replaces_it(
+    redis_server: RedisServer, redis_namespace: str, successor: str
+) -> None:
+    """A loop stopped between two ``run_until_complete`` calls keeps the mirror's task
+    pending. It looked dead (its loop not running), so the synchronous side, or another
+    loop, started a mirror in its stead; but nothing told the task, which went on listening
+    as soon as its loop ran again: two subscriptions feeding one mirror, and a loss in
+    either left the other's live mirror refusing every check. The task replaced now stands
+    down when its loop runs again, and one listener is left."""
+    store = RedisRevocationStore(redis_server.url, namespace=redis_namespace)
+    revoker = RedisRevocationStore(redis_server.url, namespace=redis_namespace, mirror=False)
+    admin = redis_server.client()
+
+    def listeners() -> int:
+        [(_, count)] = admin.pubsub_numsub(f"{redis_namespace}:changes")
+        return int(count)
+
+    paused = asyncio.new_event_loop()
+    try:
+        paused.run_until_complete(store.start())
+        [task] = [t for t in asyncio.all_tasks(paused) if t.get_name() == "bearerguard-mirror"]
+        if successor == "thread":
+            store.start_sync()
+        else:
+            asyncio.run(store.start())  # its task is cancelled as that loop ends
+        paused.run_until_complete(asyncio.wait({task}, timeout=5))  # the loop runs again
+        assert task.done()
+        assert revoker.revoke_token_sync("a", time.time() + 60)
+        assert until(lambda: paused.run_until_complete(store.is_revoked(token(jti="a"))), 5)
+        assert until(lambda: listeners() == 1, 5)
+    finally:
+        store.close()
+        revoker.close()
+        admin.close()
+        paused.run_until_complete(paused.shutdown_asyncgens())
+        paused.close()
 
 
 def test_the_deployment_page_lists_the_state_without_a_mirror() -> None:

@@ -300,6 +300,9 @@ class RedisRevocationStore:
         self._task_loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        # Which start of the mirror is current: a runner whose number is no longer this one
+        # was replaced, and stands down at its next step without touching the mirror.
+        self._run = 0
         self._reconnects = FailureReport(
             "bearerguard: revocation mirror lost Redis (%s); resynchronising",
             "bearerguard: revocation mirror still cannot reach Redis; "
@@ -1040,11 +1043,11 @@ class RedisRevocationStore:
             if self._runner_alive():
                 return
             self._async_client()  # fails now, in the caller, when there is no async client
-            if self._task is not None:
-                # A task left pending in an event loop closed without cancelling it: it
-                # ended without a word (_task_ended), and the new one is waited for too.
-                mirror.stopped()
-            self._task = loop.create_task(self._run_async(mirror), name="bearerguard-mirror")
+            self._retire_task(mirror)
+            self._run += 1
+            self._task = loop.create_task(
+                self._run_async(mirror, self._run), name="bearerguard-mirror"
+            )
             self._task_loop = loop
 
     def _start_thread(self) -> None:
@@ -1057,10 +1060,38 @@ class RedisRevocationStore:
             if self._runner_alive():
                 return
             self._sync_client()
+            self._retire_task(mirror)
+            self._run += 1
             self._thread = threading.Thread(
-                target=self._run_thread, args=(mirror,), name="bearerguard-mirror", daemon=True
+                target=self._run_thread,
+                args=(mirror, self._run),
+                name="bearerguard-mirror",
+                daemon=True,
             )
             self._thread.start()
+
+    def _retire_task(self, mirror: Mirror) -> None:
+        """Let go of a registered task that is not running, before another runner starts.
+
+        Called with the lock held, once ``_runner_alive`` said no. The task may be over
+        (cancelled, or left in a closed loop, where it ended without a word) or only paused:
+        its loop stopped but not closed (between two ``run_until_complete`` calls), where it
+        would go on listening once the loop ran again. Its number is no longer current, so
+        it then stands down at its next step (and is cancelled, for a sooner end); either
+        way the mirror it fed is stopped, and the new runner's first load is waited for.
+        """
+        task, loop = self._task, self._task_loop
+        if task is None:
+            return
+        mirror.stopped()
+        self._task = self._task_loop = None
+        if loop is not None and not task.done() and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile by its thread
+                loop.call_soon_threadsafe(task.cancel)
+
+    def _current(self, run: int) -> bool:
+        """Whether the runner started as ``run`` is still the store's (not closed or replaced)."""
+        return self._run == run and not self._closed
 
     @staticmethod
     async def _wait(event: threading.Event, timeout: float) -> bool:  # noqa: ASYNC109 - polled
@@ -1076,9 +1107,9 @@ class RedisRevocationStore:
         cap = min(2.0, self._failure_timeout)
         return min(cap, 0.05 * 2.0**attempt) * (0.5 + random.random() / 2)  # noqa: S311 - jitter
 
-    def _lost(self, mirror: Mirror, exc: BaseException, attempt: int) -> int:
-        if self._closed:
-            return attempt
+    def _lost(self, mirror: Mirror, exc: BaseException, attempt: int, run: int) -> int:
+        if not self._current(run):
+            return attempt  # the mirror is another runner's now: its state is not ours to fail
         was_live = mirror.lost(exc)
         if was_live:
             # A new outage: its warning here, the first failed reconnection in full after it.
@@ -1092,11 +1123,11 @@ class RedisRevocationStore:
         self._reconnects.failed(mirror.error or type(exc).__name__)
         return attempt + 1
 
-    def _run_thread(self, mirror: Mirror) -> None:
+    def _run_thread(self, mirror: Mirror, run: int) -> None:
         client = self._clients.sync
         assert client is not None  # noqa: S101 - checked by _start_thread
         attempt = 0
-        while not self._stop.is_set():
+        while self._current(run):
             if self._eviction_policy is None:
                 # Started lazily (no start_sync()): read the policy here, for the warning
                 # and health().
@@ -1106,10 +1137,10 @@ class RedisRevocationStore:
             try:
                 flow = session(mirror, self._layout, clock=self._clock)
                 reply: Any = None
-                while not self._stop.is_set():
+                while self._current(run):
                     reply = self._perform_sync(client, pubsub, flow.send(reply))
             except Exception as exc:  # noqa: BLE001 - any failure ends the session: resync
-                attempt = self._lost(mirror, exc, attempt)
+                attempt = self._lost(mirror, exc, attempt, run)
             finally:
                 with contextlib.suppress(Exception):
                     pubsub.close()
@@ -1126,10 +1157,10 @@ class RedisRevocationStore:
         cursor, keys = client.scan(request.cursor, match=request.match, count=request.count)
         return cursor, list(zip(keys, client.mget(keys) if keys else [], strict=True))
 
-    async def _run_async(self, mirror: Mirror) -> None:
+    async def _run_async(self, mirror: Mirror, run: int) -> None:
         task = asyncio.current_task()
         try:
-            await self._sessions_async(mirror)
+            await self._sessions_async(mirror, run)
         finally:
             self._task_ended(mirror, task)
 
@@ -1157,10 +1188,10 @@ class RedisRevocationStore:
             mirror.stopped()  # first: no other runner starts while this one is registered
             self._task = self._task_loop = None
 
-    async def _sessions_async(self, mirror: Mirror) -> None:
+    async def _sessions_async(self, mirror: Mirror, run: int) -> None:
         client = self._async_client()
         attempt = 0
-        while not self._closed:
+        while self._current(run):
             if self._eviction_policy is None:
                 # Started lazily (no start()): read the policy here, for the warning and
                 # health().
@@ -1172,11 +1203,12 @@ class RedisRevocationStore:
                 reply: Any = None
                 # Checked at every step, not only left to cancellation: a client library that
                 # swallows a CancelledError (seen with redis-py's reads under uvloop) would
-                # otherwise keep the mirror running after aclose().
-                while not self._closed:
+                # otherwise keep the mirror running after aclose(), or once replaced. Before
+                # each step: a task resuming in a paused loop has been replaced meanwhile.
+                while self._current(run):
                     reply = await self._perform(client, pubsub, flow.send(reply))
             except Exception as exc:  # noqa: BLE001 - any failure ends the session: resync
-                attempt = self._lost(mirror, exc, attempt)
+                attempt = self._lost(mirror, exc, attempt, run)
                 # The pool's idle connections may be dead too (Redis restarted): redis.asyncio
                 # 8 hands them out unchecked under RESP3, and the next load would fail on one.
                 with contextlib.suppress(Exception):

@@ -5,29 +5,47 @@ pub/sub connection never reconnects and resubscribes behind a mirror's back. A p
 connection that Redis closed while idle (or a restarted Redis) fails at once; one
 more try gets a fresh connection. A slow failure or a timeout is never retried, so a call
 stays bounded by about the socket timeout.
+
+redis-py bounds each wait on its own (connecting, then each answer: a new connection's
+handshake has several, a script unknown to Redis two more), so a call that must end by a
+deadline, waits and retry included, sets it: ``within`` for an owned synchronous client,
+``again_within`` for an asynchronous one (cancelled at the deadline).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
+import anyio
 import redis
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from bearerguard._core.times import check_count, check_wait
 from bearerguard._fork import reset_after_fork
 from bearerguard.errors import ConfigurationError
 
-__all__ = ["DEFAULT_URL", "RedisClients", "again", "again_sync", "async_client", "sync_client"]
+__all__ = [
+    "DEFAULT_URL",
+    "RedisClients",
+    "again",
+    "again_sync",
+    "again_within",
+    "async_client",
+    "sync_client",
+    "within",
+]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -71,9 +89,74 @@ class _AsyncPool(aredis.BlockingConnectionPool):
             await connection.disconnect()
 
 
+# The instant (time.monotonic) by which the synchronous calls of this thread must end, if any.
+_deadline: ContextVar[float | None] = ContextVar("bearerguard_redis_deadline", default=None)
+
+
+@contextlib.contextmanager
+def within(deadline: float) -> Iterator[None]:
+    """Every connection made and every answer awaited in this block by an owned synchronous
+    client (``sync_client``) ends by ``deadline``, a ``time.monotonic()`` instant: together,
+    not each within the socket timeout."""
+    token = _deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def _time_left() -> float | None:
+    deadline = _deadline.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+@functools.cache
+def _bounded(base: type[Any]) -> type[Any]:
+    """redis-py's connection class for the URL (TCP, TLS or a Unix socket), whose waits end
+    by the deadline ``within`` set, when one is set: each is given what is left of it."""
+
+    class Bounded(base):  # type: ignore[misc]
+        def connect(self) -> None:
+            left = _time_left()
+            if left is None or self._sock is not None:
+                super().connect()
+                return
+            if left <= 0:
+                raise RedisTimeoutError("Timeout connecting to server")
+            connection: Any = self  # redis-py's attribute, unknown to mypy through Any
+            configured = connection.socket_connect_timeout
+            bounded = left if configured is None else min(configured, left)
+            connection.socket_connect_timeout = bounded
+            try:
+                super().connect()  # the handshake's answers come through read_response
+            finally:
+                connection.socket_connect_timeout = configured
+
+        def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            left = _time_left()
+            sock = self._sock
+            if left is None or sock is None:
+                return super().read_response(*args, **kwargs)
+            if left <= 0:
+                self.disconnect()  # the answer, unread, must not be the next command's
+                raise RedisTimeoutError("Timeout reading from socket")
+            configured = self.socket_timeout
+            sock.settimeout(left if configured is None else min(configured, left))
+            try:
+                return super().read_response(*args, **kwargs)
+            finally:
+                if self._sock is sock:  # not disconnected by a failure
+                    sock.settimeout(configured)
+
+    Bounded.__name__ = Bounded.__qualname__ = f"Bounded{base.__name__}"
+    return Bounded
+
+
 def sync_client(url: str, options: dict[str, Any]) -> redis.Redis:
-    """A client over a blocking pool (waiting for a connection is bounded too), no retries."""
+    """A client over a blocking pool (waiting for a connection is bounded too), no retries,
+    whose calls end by the deadline ``within`` sets."""
     pool = _Pool.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+    pool.connection_class = _bounded(pool.connection_class)
     return redis.Redis.from_pool(pool)
 
 
@@ -94,15 +177,29 @@ def again_sync(call: Callable[[], _T], timeout: float) -> _T:
     return call()
 
 
-async def again(call: Callable[[], Awaitable[_T]], timeout: float) -> _T:
+async def again(call: Callable[[], Awaitable[_T]], socket_timeout: float) -> _T:
     """As ``again_sync``, awaited."""
     started = time.monotonic()
     try:
         return await call()
     except RedisConnectionError:
-        if time.monotonic() - started > timeout / 2:
+        if time.monotonic() - started > socket_timeout / 2:
             raise
     return await call()
+
+
+async def again_within(
+    call: Callable[[], Awaitable[_T]], socket_timeout: float, deadline: float
+) -> _T:
+    """As ``again``, cancelled at ``deadline`` (a ``time.monotonic()`` instant): every wait,
+    connecting and the retry included, ends by then.
+
+    Raises:
+        redis.exceptions.TimeoutError: the deadline passed first.
+    """
+    with anyio.move_on_after(deadline - time.monotonic()):
+        return await again(call, socket_timeout)
+    raise RedisTimeoutError(f"Timeout: no answer within {socket_timeout:g} s")
 
 
 async def _closed_with_loop(client: aredis.Redis) -> AsyncGenerator[None, None]:

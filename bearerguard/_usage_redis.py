@@ -62,7 +62,14 @@ from bearerguard._core.usage import (
     window_at,
 )
 from bearerguard._fork import reset_after_fork
-from bearerguard._redis import DEFAULT_URL, RedisClients, again, again_sync, check_namespace
+from bearerguard._redis import (
+    DEFAULT_URL,
+    RedisClients,
+    again_sync,
+    again_within,
+    check_namespace,
+    within,
+)
 from bearerguard.errors import ConfigurationError
 from bearerguard.token import AccessToken
 from bearerguard.usage import UsageMonitorError
@@ -178,9 +185,12 @@ class RedisUsageMonitor:
             (not closed by the monitor; give it timeouts). Without ``async_client``,
             ``observe`` uses it too, in a worker thread.
         async_client: an existing ``redis.asyncio.Redis`` for the asynchronous side.
-        socket_timeout: seconds an observation may take before it fails. Every accepted
-            request waits for it, so keep it short.
-        connect_timeout: seconds to establish a connection.
+        socket_timeout: seconds an observation may take before it fails, in all once it
+            has its turn: connecting and its one retry included (with ``client``, each
+            command is bounded by that client's own timeouts). Every accepted request waits
+            for it, so keep it short.
+        connect_timeout: seconds to establish a connection (within ``socket_timeout``
+            during an observation).
         max_connections: connections per side (with ``client`` or ``async_client``, the
             most observations in flight at once); a call waits in turn, up to
             ``socket_timeout``, for one, then fails alone ("busy"), without the cooldown.
@@ -238,9 +248,11 @@ class RedisUsageMonitor:
             client_name="bearerguard-usage",
         )
         self._timeout = self._clients.timeout
-        # How long an observation's mark lives: a retry starts within half the socket
-        # timeout, then waits at most that timeout for a connection, the connect timeout to
-        # make one and the socket timeout for Redis; kept twice that, at least a second.
+        # How long an observation's mark lives: through the application's own synchronous
+        # client (ours end all of it within the socket timeout), a retry starts within half
+        # the socket timeout, then waits at most that timeout for a connection, the connect
+        # timeout to make one and the socket timeout for Redis; kept twice that, at least a
+        # second.
         longest = 2.5 * self._timeout + self._clients.options["socket_connect_timeout"]
         self._mark_ttl = math.ceil(1000 * max(1.0, 2 * longest))
         self._sync_script: Any = None
@@ -283,8 +295,9 @@ class RedisUsageMonitor:
             return verdict_of(self._policy, token, [], first=False)
         redis_client = self._sync_client()
         turns = self._take_turn_sync()
+        deadline = time.monotonic() + self._timeout
         try:
-            with self._failures():
+            with self._failures(), within(deadline):
                 if self._sync_script is None:
                     self._sync_script = redis_client.register_script(OBSERVE_SCRIPT)
                 script = self._sync_script
@@ -305,6 +318,7 @@ class RedisUsageMonitor:
             return verdict_of(self._policy, token, [], first=False)
         redis_client, slots = self._async_client()
         await self._take_turn(slots)
+        deadline = time.monotonic() + self._timeout
         try:
             with self._failures():
                 if self._async_script is None:
@@ -312,7 +326,8 @@ class RedisUsageMonitor:
                 script = self._async_script
                 # This loop's client, not the one the script was registered with.
                 reply = await self._again(
-                    lambda: script(keys=plan.keys, args=plan.args, client=redis_client)
+                    lambda: script(keys=plan.keys, args=plan.args, client=redis_client),
+                    deadline,
                 )
         finally:
             slots.release()
@@ -419,8 +434,8 @@ class RedisUsageMonitor:
     def _again_sync(self, call: Callable[[], _T]) -> _T:
         return again_sync(call, self._timeout)
 
-    async def _again(self, call: Callable[[], Awaitable[_T]]) -> _T:
-        return await again(call, self._timeout)
+    async def _again(self, call: Callable[[], Awaitable[_T]], deadline: float) -> _T:
+        return await again_within(call, self._timeout, deadline)
 
     # -- health ---------------------------------------------------------------------------
 
@@ -433,8 +448,9 @@ class RedisUsageMonitor:
             client, slots = self._async_client()
             # In turn with the observations (one busy for the whole timeout: not ready).
             await self._take_turn(slots)
+            deadline = time.monotonic() + self._timeout
             try:
-                await self._again(client.ping)
+                await self._again(client.ping, deadline)
             finally:
                 slots.release()
         except (UsageMonitorError, RedisError, OSError, asyncio.TimeoutError):
@@ -446,8 +462,10 @@ class RedisUsageMonitor:
         try:
             client = self._sync_client()
             turns = self._take_turn_sync()  # in turn with the observations, as in ``health``
+            deadline = time.monotonic() + self._timeout
             try:
-                self._again_sync(client.ping)
+                with within(deadline):
+                    self._again_sync(client.ping)
             finally:
                 turns.release()
         except (UsageMonitorError, RedisError, OSError, asyncio.TimeoutError):

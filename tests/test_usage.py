@@ -1047,6 +1047,44 @@ async def test_a_paused_redis_costs_at_most_the_socket_timeout(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("connection", ["new", "retried"])
+async def test_a_slow_redis_costs_an_observation_one_socket_timeout_in_all(
+    cutting_proxy: CuttingProxy,
+    redis_namespace: str,
+    redis_monitor_class: Any,
+    side: str,
+    connection: str,
+) -> None:
+    # Each wait for Redis had a socket_timeout of its own, not the observation: a new
+    # connection's handshake (CLIENT SETNAME, two CLIENT SETINFO) and the script, each
+    # answered within it, added up to several (a request waited 1.5 to 2 s here); a retry
+    # after a dropped connection made a new one, as slowly. The observation now fails once
+    # socket_timeout has passed in all: here, within the third answer of 0.2 s or more.
+    monitor = redis_monitor_class(
+        UsagePolicy(max_uses_per_token=100),
+        cutting_proxy.url,
+        namespace=redis_namespace,
+        socket_timeout=0.5,
+        failure_cooldown=60,
+        clock=Clock(),
+    )
+    try:
+        if connection == "retried":
+            await observe(monitor, side, token(), None)  # connected, the script loaded
+            cutting_proxy.cut(b"EVALSHA")  # dropped at once: retried on a new connection
+        cutting_proxy.slow(b"*", 0.2)  # every command, each answered well within 0.5 s
+        with pytest.raises(UsageMonitorError, match="Timeout") as raised:
+            await observe(monitor, side, token(), None)
+        assert not raised.value.skipped
+        cutting_proxy.slow(b"*", 0)
+        with pytest.raises(UsageMonitorError) as raised:  # a failure of Redis: the cooldown
+            await observe(monitor, side, token(), None)
+        assert raised.value.skipped
+    finally:
+        await monitor.aclose()
+
+
+@pytest.mark.anyio
 async def test_existing_clients_with_decoded_responses(
     redis_server: RedisServer, redis_namespace: str, redis_monitor_class: Any
 ) -> None:

@@ -47,6 +47,7 @@ try:
     import redis
     import redis.asyncio as aredis
     from redis.exceptions import RedisError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("RedisUsageMonitor needs redis-py: pip install 'bearerguard[redis]'") from exc
 
@@ -185,15 +186,16 @@ class RedisUsageMonitor:
             (not closed by the monitor; give it timeouts). Without ``async_client``,
             ``observe`` uses it too, in a worker thread.
         async_client: an existing ``redis.asyncio.Redis`` for the asynchronous side.
-        socket_timeout: seconds an observation may take before it fails, in all once it
-            has its turn: connecting and its one retry included (with ``client``, each
-            command is bounded by that client's own timeouts). Every accepted request waits
-            for it, so keep it short.
+        socket_timeout: seconds an observation may take before it fails, in all: waiting
+            its turn for a connection, connecting and its one retry included (with
+            ``client``, each command is bounded by that client's own timeouts). Every
+            accepted request waits for it, so keep it short.
         connect_timeout: seconds to establish a connection (within ``socket_timeout``
             during an observation).
         max_connections: connections per side (with ``client`` or ``async_client``, the
-            most observations in flight at once); a call waits in turn, up to
-            ``socket_timeout``, for one, then fails alone ("busy"), without the cooldown.
+            most observations in flight at once); a call waits in turn for one, out of its
+            ``socket_timeout``, and fails alone ("busy"), without the cooldown, when it gets
+            none, or no answer in the time left.
         failure_cooldown: after a failure, observations raise at once (``skipped``) for this
             many seconds instead of asking Redis: an outage then costs requests nothing.
         clock: returns epoch seconds, which name the windows: keep the instances' clocks
@@ -293,11 +295,11 @@ class RedisUsageMonitor:
         plan = self._plan(token, client)
         if plan is None:
             return verdict_of(self._policy, token, [], first=False)
-        redis_client = self._sync_client()
-        turns = self._take_turn_sync()
         deadline = time.monotonic() + self._timeout
+        redis_client = self._sync_client()
+        turns, queued = self._take_turn_sync(deadline)
         try:
-            with self._failures(), within(deadline):
+            with self._failures(queued=queued), within(deadline):
                 if self._sync_script is None:
                     self._sync_script = redis_client.register_script(OBSERVE_SCRIPT)
                 script = self._sync_script
@@ -316,11 +318,11 @@ class RedisUsageMonitor:
         plan = self._plan(token, client)
         if plan is None:
             return verdict_of(self._policy, token, [], first=False)
-        redis_client, slots = self._async_client()
-        await self._take_turn(slots)
         deadline = time.monotonic() + self._timeout
+        redis_client, slots = self._async_client()
+        queued = await self._take_turn(slots, deadline)
         try:
-            with self._failures():
+            with self._failures(queued=queued):
                 if self._async_script is None:
                     self._async_script = redis_client.register_script(OBSERVE_SCRIPT)
                 script = self._async_script
@@ -333,34 +335,44 @@ class RedisUsageMonitor:
             slots.release()
         return self._verdict(token, plan, reply)
 
-    async def _take_turn(self, slots: anyio.Semaphore) -> None:
-        """Wait for a connection in turn, at most the timeout: redis-py's asyncio pool lets
-        a waiter starve until its timeout while others come and go, and every call to Redis
-        must stay bounded.
+    async def _take_turn(self, slots: anyio.Semaphore, deadline: float) -> bool:
+        """Wait for a connection in turn, at most until ``deadline``: redis-py's asyncio pool
+        lets a waiter starve until its timeout while others come and go, and every call to
+        Redis must stay bounded. Returns whether it had to wait.
 
         Raises:
             UsageMonitorError: no connection came free in time.
         """
-        with anyio.move_on_after(self._timeout) as waiting:
+        try:
+            slots.acquire_nowait()
+        except anyio.WouldBlock:
+            pass
+        else:
+            return False
+        with anyio.move_on_after(deadline - time.monotonic()) as waiting:
             await slots.acquire()
         if waiting.cancelled_caught:
             raise self._busy()
+        return True
 
-    def _take_turn_sync(self) -> threading.BoundedSemaphore:
-        """As ``_take_turn``, for a thread; returns the semaphore to release.
+    def _take_turn_sync(self, deadline: float) -> tuple[threading.BoundedSemaphore, bool]:
+        """As ``_take_turn``, for a thread; returns the semaphore to release, and whether it
+        had to wait.
 
         Raises:
             UsageMonitorError: no connection came free in time (not a failure of Redis: the
                 cooldown is not started).
         """
         turns = self._turns
-        if not turns.acquire(timeout=self._timeout):
+        if turns.acquire(blocking=False):
+            return turns, False
+        if not turns.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise self._busy()
-        return turns
+        return turns, True
 
-    def _busy(self) -> UsageMonitorError:
+    def _busy(self, waiting: str = "no connection free") -> UsageMonitorError:
         return UsageMonitorError(
-            f"redis usage monitor busy: no connection free within {self._timeout:g} s "
+            f"redis usage monitor busy: {waiting} within {self._timeout:g} s "
             "(raise max_connections?)"
         )
 
@@ -422,11 +434,21 @@ class RedisUsageMonitor:
         return verdict_of(self._policy, token, counted, first=first)
 
     @contextlib.contextmanager
-    def _failures(self) -> Iterator[None]:
-        """Every failure of Redis becomes ``UsageMonitorError``, and starts the cooldown."""
+    def _failures(self, *, queued: bool) -> Iterator[None]:
+        """Every failure of Redis becomes ``UsageMonitorError``, and starts the cooldown.
+
+        Except a timeout after waiting a turn: the wait took part of the observation's
+        ``socket_timeout``, so the call had less than all of it. That one fails alone, as
+        "busy": a busy monitor is not a Redis that is down.
+        """
         try:
             yield
-        except (RedisError, OSError, asyncio.TimeoutError, ValueError) as exc:
+        except (RedisTimeoutError, TimeoutError, asyncio.TimeoutError) as exc:
+            if queued:
+                raise self._busy("no answer, after waiting its turn,") from exc
+            self._down_until = time.monotonic() + self._cooldown
+            raise _failure(exc) from exc
+        except (RedisError, OSError, ValueError) as exc:
             self._down_until = time.monotonic() + self._cooldown
             raise _failure(exc) from exc
         self._down_until = -math.inf
@@ -445,10 +467,10 @@ class RedisUsageMonitor:
         if clients.asynchronous is None and not clients.owns_async and clients.sync is not None:
             return await anyio.to_thread.run_sync(self.health_sync)
         try:
+            deadline = time.monotonic() + self._timeout
             client, slots = self._async_client()
             # In turn with the observations (one busy for the whole timeout: not ready).
-            await self._take_turn(slots)
-            deadline = time.monotonic() + self._timeout
+            await self._take_turn(slots, deadline)
             try:
                 await self._again(client.ping, deadline)
             finally:
@@ -460,9 +482,10 @@ class RedisUsageMonitor:
     def health_sync(self) -> dict[str, Any]:
         """As ``health``, blocking (for WSGI)."""
         try:
-            client = self._sync_client()
-            turns = self._take_turn_sync()  # in turn with the observations, as in ``health``
             deadline = time.monotonic() + self._timeout
+            client = self._sync_client()
+            # In turn with the observations, as in ``health``.
+            turns, _ = self._take_turn_sync(deadline)
             try:
                 with within(deadline):
                     self._again_sync(client.ping)

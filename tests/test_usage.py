@@ -1085,6 +1085,59 @@ async def test_a_slow_redis_costs_an_observation_one_socket_timeout_in_all(
 
 
 @pytest.mark.anyio
+async def test_waiting_for_a_turn_comes_out_of_the_same_socket_timeout(
+    cutting_proxy: CuttingProxy, redis_namespace: str, redis_monitor_class: Any, side: str
+) -> None:
+    # The wait for a free connection and the call had a socket_timeout each: a request could
+    # wait twice it. They share one now; a call left too little of it fails as busy (handled
+    # as the policy's failure mode says), without the cooldown: the monitor is busy, Redis
+    # is not down.
+    monitor = redis_monitor_class(
+        UsagePolicy(max_uses_per_token=100),
+        cutting_proxy.url,
+        namespace=redis_namespace,
+        max_connections=1,
+        socket_timeout=0.5,
+        failure_cooldown=60,
+        clock=Clock(),
+    )
+    outcome: list[object] = []
+
+    async def observe_in_turn() -> None:
+        try:
+            if side == "sync":
+                outcome.append(await anyio.to_thread.run_sync(monitor.observe_sync, token(), None))
+            else:
+                outcome.append(await monitor.observe(token(), None))
+        except UsageMonitorError as exc:
+            outcome.append(exc)
+
+    try:
+        assert (await observe(monitor, side, token(), None)).token_uses == 1
+        cutting_proxy.slow(b"EVALSHA", 0.3)
+        if side == "sync":
+            turns = monitor._turns
+            turns.acquire()  # as an observation under way holds it
+            release = turns.release
+        else:
+            _, slots = monitor._async_client()
+            await slots.acquire()
+            release = slots.release
+        async with anyio.create_task_group() as group:
+            group.start_soon(observe_in_turn)
+            await anyio.sleep(0.3)  # at least: 0.3 s waited, 0.3 s more for the answer
+            release()
+        [failure] = outcome
+        assert isinstance(failure, UsageMonitorError)
+        assert "busy" in str(failure)
+        assert not failure.skipped
+        cutting_proxy.slow(b"EVALSHA", 0)
+        assert (await observe(monitor, side, token(), None)).token_uses >= 2  # no cooldown
+    finally:
+        await monitor.aclose()
+
+
+@pytest.mark.anyio
 async def test_existing_clients_with_decoded_responses(
     redis_server: RedisServer, redis_namespace: str, redis_monitor_class: Any
 ) -> None:

@@ -38,6 +38,7 @@ from bearerguard._core.extract import (
 )
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
+from bearerguard._stream import STREAM_KEY, RecheckedStream
 from bearerguard._websocket import RecheckedWebSocket
 from bearerguard.audit import RequestInfo
 from bearerguard.decorators import (
@@ -425,6 +426,13 @@ class BearerGuardMiddleware:
             first that fails closes the connection with 1008 (RFC 6455 §7.4.1), or 1013 (Try
             Again Later) when the store could not answer, audited as one refusal. On by
             default; a websocket reached without a token is not wrapped.
+        stream_recheck: check a request's token again before each further chunk of a
+            streamed response (one sent in parts, ``more_body``: Server-Sent Events, a long
+            download), as ``websocket_recheck`` does for messages; the first that fails ends
+            the response (a last empty chunk: the client sees the stream end, and is refused
+            when it reconnects), audited as one refusal, and the app is told of a
+            disconnect. Off by default: on, every response with a token passes through a
+            wrapper (``MCPToolScopes`` turns it on for an MCP server's streams).
 
     When the guard has a ``resource``, its protected-resource metadata (RFC 9728 §3) is
     served at ``/.well-known/oauth-protected-resource`` and its path-suffixed form, without
@@ -446,6 +454,7 @@ class BearerGuardMiddleware:
         warm_up: bool = False,
         websocket_credentials: Iterable[WebSocketCredential] = (),
         websocket_recheck: bool = True,
+        stream_recheck: bool = False,
     ) -> None:
         if not isinstance(guard, BearerGuard | TrustedIssuers):
             raise ConfigurationError("guard must be a BearerGuard or TrustedIssuers")
@@ -458,6 +467,7 @@ class BearerGuardMiddleware:
         self.warm_up = warm_up
         self.websocket_credentials = ws_credentials
         self.websocket_recheck = bool(websocket_recheck)
+        self.stream_recheck = bool(stream_recheck)
         # Until a request finds no misplaced scope decorator: a server that runs no lifespan
         # (uvicorn --lifespan off, Daphne), or an app mounted under another (Starlette
         # sends no lifespan to mounts), never meets the start-up check.
@@ -621,6 +631,10 @@ class BearerGuardMiddleware:
                         guard, access, RequestInfo(*request), receive, send
                     )
                     receive, send = connection.receive, connection.send
+        if self.stream_recheck and access is not None and kind == "http":
+            # Each further chunk of a streamed response is a use of the token.
+            stream = scope[STREAM_KEY] = RecheckedStream(guard, access, auth, receive, send)
+            receive, send = stream.receive, stream.send
         scope[SCOPE_KEY] = auth
         reset = current_auth.set(auth)
         try:

@@ -1,0 +1,322 @@
+"""A streamed HTTP response's token checked again at each body chunk (``stream_recheck``).
+
+Server-Sent Events, an MCP GET stream or a long download is authenticated once, when the
+request arrives; each further chunk is a use of the token, so it passes only while the token
+does. The in-process client (Starlette's ``TestClient``) runs each response to its end, so
+its streams are finite and move the clock or revoke from inside; the revocation test runs a
+real uvicorn server with an endless stream, as an SSE endpoint is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+from structlog.testing import capture_logs
+
+from bearerguard import BearerGuard
+from bearerguard.asgi import BearerGuardMiddleware
+from bearerguard.issuers import TrustedIssuers
+from bearerguard.revocation import MemoryRevocationStore
+from bearerguard.testing import DevIssuer
+from bearerguard.token import AccessToken
+from tests.helpers import Clock, asgi_call, http_scope, until, uvicorn_logging
+
+EVENTS = [b"data: one\n\n", b"data: two\n\n", b"data: three\n\n"]
+
+
+class _Store:
+    """An application's revocation store that can be made to fail (never blocks)."""
+
+    failing = False
+
+    async def is_revoked(self, token: AccessToken) -> bool:
+        if self.failing:
+            raise ConnectionError("store down")
+        return False
+
+
+def _events(between: Callable[[], None], seen: list[Any]) -> Starlette:
+    """``/events``: three SSE events, ``between()`` called after the first is sent; ``seen``
+    gets ``"ended"`` when the generator stops, however it stops."""
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            yield EVENTS[0]
+            between()
+            for event in EVENTS[1:]:
+                yield event
+        finally:
+            seen.append("ended")
+
+    async def events(request: Request) -> StreamingResponse:
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    async def plain(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    return Starlette(routes=[Route("/events", events), Route("/plain", plain)])
+
+
+def _streamed(
+    guard: BearerGuard | TrustedIssuers, token: str, between: Callable[[], None], **options: Any
+) -> tuple[httpx.Response, list[Any], list[Any]]:
+    """``/events`` behind the middleware: the response, what the app saw and the audit events
+    while the stream ran (its acceptance excluded)."""
+    seen: list[Any] = []
+    app = _events(between, seen)
+    guarded = Starlette(
+        routes=app.routes,
+        middleware=[Middleware(BearerGuardMiddleware, guard=guard, **options)],
+    )
+    with TestClient(guarded) as client, capture_logs() as events:
+        response = client.get("/events", headers={"Authorization": f"Bearer {token}"})
+    return response, seen, [e for e in events if e["event"] != "token.accepted"]
+
+
+def test_an_expired_token_ends_the_stream_at_its_next_chunk(session_issuer: DevIssuer) -> None:
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()  # after minting: iat must not be ahead of the clock
+    guard = session_issuer.guard(clock=clock, leeway=5)
+    response, seen, events = _streamed(guard, token, lambda: clock.advance(66), stream_recheck=True)
+    # Ended cleanly after the first event: a 200 whose body stops there (an SSE client
+    # reconnects, with its token, and meets the 401).
+    assert response.status_code == 200
+    assert response.content == EVENTS[0]
+    assert [(e["event"], e["reason"]) for e in events] == [("token.rejected", "expired")]
+    assert events[0]["path"] == "/events"
+    assert seen == ["ended"]  # the app was told of a disconnect, and stopped
+
+
+def test_a_token_within_its_leeway_streams_to_the_end(session_issuer: DevIssuer) -> None:
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=5)
+    response, _, events = _streamed(guard, token, lambda: clock.advance(64), stream_recheck=True)
+    assert response.content == b"".join(EVENTS)
+    assert events == []
+
+
+def test_the_maximum_age_ends_the_stream_of_trusted_issuers(session_issuer: DevIssuer) -> None:
+    token = session_issuer.mint(sub="eve", expires_in=3600)
+    clock = Clock()
+    issuers = TrustedIssuers([session_issuer.guard(clock=clock, leeway=5, max_age=100)])
+    response, _, events = _streamed(issuers, token, lambda: clock.advance(106), stream_recheck=True)
+    assert response.content == EVENTS[0]
+    assert [(e["event"], e["reason"]) for e in events] == [("token.rejected", "too_old")]
+
+
+@pytest.mark.parametrize("policy", ["deny", "allow"])
+def test_a_store_down_mid_stream_ends_it_unless_failing_open(
+    session_issuer: DevIssuer, policy: str
+) -> None:
+    store = _Store()
+    token = session_issuer.mint(sub="eve", expires_in=3600)
+    guard = session_issuer.guard(revocation=store, revocation_failure=policy)
+
+    def store_down() -> None:
+        store.failing = True
+
+    response, seen, events = _streamed(guard, token, store_down, stream_recheck=True)
+    assert seen == ["ended"]
+    if policy == "allow":
+        assert response.content == b"".join(EVENTS)
+        assert events == []
+    else:
+        assert response.content == EVENTS[0]
+        assert [(e["event"], e["reason"]) for e in events] == [
+            ("auth.unavailable", "revocation_unavailable")
+        ]
+
+
+def test_a_token_revoked_in_redis_ends_the_stream(
+    session_issuer: DevIssuer, redis_server: Any, redis_namespace: str
+) -> None:
+    from bearerguard.revocation import RedisRevocationStore
+
+    # No mirror: each chunk asks Redis (is_revoked), as the websocket recheck does.
+    store = RedisRevocationStore(redis_server.url, namespace=redis_namespace, mirror=False)
+    token = session_issuer.mint(sub="eve", expires_in=3600, jti="eve-1")
+    guard = session_issuer.guard(revocation=store)
+    try:
+        response, _, events = _streamed(
+            guard,
+            token,
+            lambda: store.revoke_token_sync("eve-1", issuer=session_issuer.url),
+            stream_recheck=True,
+        )
+    finally:
+        store.close()
+    assert response.content == EVENTS[0]
+    assert [(e["event"], e["reason"]) for e in events] == [("token.rejected", "revoked")]
+
+
+def test_a_token_revoked_mid_stream_ends_a_served_sse_stream(session_issuer: DevIssuer) -> None:
+    # A real server and an endless stream, as an SSE endpoint is: once the token is revoked
+    # the stream ends, the app's generator stops, and the client's reconnection is refused.
+    store = MemoryRevocationStore()
+    guard = session_issuer.guard(revocation=store)
+    token = session_issuer.mint(sub="eve", expires_in=3600, jti="eve-2")
+    stopped: list[str] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        try:
+            number = 0
+            while True:
+                number += 1
+                yield f"data: {number}\n\n".encode()
+                await asyncio.sleep(0.01)
+        finally:
+            stopped.append("stopped")
+
+    async def events(request: Request) -> StreamingResponse:
+        return StreamingResponse(endless(), media_type="text/event-stream")
+
+    app = Starlette(
+        routes=[Route("/events", events)],
+        middleware=[Middleware(BearerGuardMiddleware, guard=guard, stream_recheck=True)],
+    )
+    headers = {"Authorization": f"Bearer {token}"}
+    received: list[str] = []
+    with uvicorn_logging(app) as (host, _), httpx.Client(base_url=f"http://{host}") as client:
+        with capture_logs() as audit, client.stream("GET", "/events", headers=headers) as stream:
+            for line in stream.iter_lines():
+                if not line:
+                    continue
+                received.append(line)
+                if len(received) == 2:
+                    store.revoke_token_sync("eve-2", issuer=session_issuer.url)
+                # Unchecked, this stream never ends: fail rather than read it forever.
+                assert len(received) < 500, "the stream outlived its revoked token"
+        assert until(lambda: stopped == ["stopped"], 10)
+        again = client.get("/events", headers=headers)
+    # Every event up to the end, in order: the stream was ended, not broken off.
+    assert received == [f"data: {number}" for number in range(1, len(received) + 1)]
+    refused = [(e["event"], e["reason"]) for e in audit if e["event"] != "token.accepted"]
+    assert refused == [("token.rejected", "revoked")]
+    assert again.status_code == 401
+    assert 'error="invalid_token"' in again.headers["www-authenticate"]
+
+
+def test_a_sized_response_is_cut_short_not_ended_as_complete(session_issuer: DevIssuer) -> None:
+    # A download that states its length cannot be ended early with a clean end: the server
+    # refuses a body shorter than its Content-Length. Its later chunks are dropped and the
+    # response left unfinished, so the server closes the connection and the client sees the
+    # download cut short, not a complete (shorter) file.
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=0)
+
+    async def download(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-length", b"6")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ab", "more_body": True})
+        clock.advance(61)
+        await send({"type": "http.response.body", "body": b"cd", "more_body": True})
+        await send({"type": "http.response.body", "body": b"ef"})
+
+    app = BearerGuardMiddleware(download, guard=guard, stream_recheck=True)
+    scope = http_scope([(b"authorization", f"Bearer {token}".encode())])
+    with capture_logs() as events:
+        sent = asyncio.run(asgi_call(app, scope))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[1]["body"] == b"ab"
+    assert [e["event"] for e in events] == ["token.accepted", "token.rejected"]
+
+
+def test_the_app_is_handed_a_disconnect_once_the_stream_ended(session_issuer: DevIssuer) -> None:
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=0)
+    received: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        clock.advance(61)
+        await send({"type": "http.response.body", "body": b"b", "more_body": True})
+        await send({"type": "http.response.body", "body": b"c", "more_body": True})
+        received.append(await receive())
+
+    guarded = BearerGuardMiddleware(app, guard=guard, stream_recheck=True)
+    scope = http_scope([(b"authorization", f"Bearer {token}".encode())])
+    # The server still has the request's body to hand: the app is told of a disconnect.
+    inbox = [{"type": "http.request", "body": b"", "more_body": True}]
+    sent = asyncio.run(asgi_call(guarded, scope, inbox))
+    assert sent[1:] == [
+        {"type": "http.response.body", "body": b"a", "more_body": True},
+        {"type": "http.response.body", "body": b"", "more_body": False},
+    ]
+    assert received == [{"type": "http.disconnect"}]
+
+
+def test_a_normal_response_is_untouched(session_issuer: DevIssuer) -> None:
+    # Checked on the cache-hit path too: the second request reuses the verified token.
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=0)
+    seen: list[Any] = []
+    app = _events(lambda: None, seen)
+    headers = {"Authorization": f"Bearer {token}"}
+    answers: dict[bool, list[Any]] = {}
+    for recheck in (False, True):
+        guarded = BearerGuardMiddleware(app, guard=guard, stream_recheck=recheck)
+        scope = http_scope([(b"authorization", f"Bearer {token}".encode())], path="/plain")
+        answers[recheck] = [asyncio.run(asgi_call(guarded, dict(scope))) for _ in range(2)]
+    assert answers[True] == answers[False]
+    assert answers[True][1][-1] == {"type": "http.response.body", "body": b'{"ok":true}'}
+    served = Starlette(
+        routes=app.routes,
+        middleware=[Middleware(BearerGuardMiddleware, guard=guard, stream_recheck=True)],
+    )
+    with TestClient(served) as client:
+        assert client.get("/plain", headers=headers).json() == {"ok": True}
+
+
+def test_a_stream_reused_from_the_cache_is_rechecked(session_issuer: DevIssuer) -> None:
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=0)
+    guard.authenticate_sync(token)  # cached: the middleware's fast path serves the request
+    response, _, events = _streamed(guard, token, lambda: clock.advance(61), stream_recheck=True)
+    assert response.content == EVENTS[0]
+    assert [(e["event"], e["reason"]) for e in events] == [("token.rejected", "expired")]
+
+
+def test_stream_recheck_is_off_by_default(session_issuer: DevIssuer) -> None:
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=0)
+    response, _, events = _streamed(guard, token, lambda: clock.advance(61))
+    assert response.content == b"".join(EVENTS)
+    assert events == []
+
+
+def test_an_anonymous_stream_on_a_public_path_is_not_rechecked(
+    session_issuer: DevIssuer,
+) -> None:
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock)
+    seen: list[Any] = []
+    app = _events(lambda: clock.advance(86_400), seen)
+    guarded = Starlette(
+        routes=app.routes,
+        middleware=[
+            Middleware(
+                BearerGuardMiddleware, guard=guard, public_paths=["/events"], stream_recheck=True
+            )
+        ],
+    )
+    with TestClient(guarded) as client, capture_logs() as events:
+        response = client.get("/events")
+    assert response.content == b"".join(EVENTS)
+    assert events == []

@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bearerguard._context import SCOPE_KEY, RequestAuth, presented_with
 from bearerguard._core.scopes import validate_scope_names
 from bearerguard._core.unicode import has_lone_surrogate
+from bearerguard._stream import STREAM_KEY, RecheckedStream
 from bearerguard.asgi import TokenUser
 from bearerguard.audit import RequestInfo
 from bearerguard.decorators import ScopeRequirement, challenge_scopes, check_scopes
@@ -192,6 +193,11 @@ class MCPToolScopes:
             inside the wrapped app) and the paths below it (``/messages/<anything>``);
             POSTs to other routes of the app (webhooks, uploads) pass through unread. By
             default every POST is read as JSON-RPC. Plain paths: no ``"/mcp/*"``.
+        stream_recheck: check the token again before each further chunk of a streamed
+            answer (a session's GET stream, a POST answered as an event stream), as
+            ``BearerGuardMiddleware(stream_recheck=True)`` does: once it is expired or
+            revoked the stream ends, audited once, and the client's reconnection is refused.
+            On by default: an MCP stream lives as long as the client holds it.
 
     Every refusal is the RFC 6750 answer with ``resource_metadata`` when the guard has a
     resource, and one ``scope.denied`` audit event. A body that is not strict JSON is
@@ -213,8 +219,10 @@ class MCPToolScopes:
         default: str | Iterable[str] = (),
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         paths: Iterable[str] | None = None,
+        stream_recheck: bool = True,
     ) -> None:
         self.app = app
+        self.stream_recheck = bool(stream_recheck)
         self.paths = _endpoint_paths(paths)
         self._paths = None if self.paths is None else frozenset(p.rstrip("/") for p in self.paths)
         self.tools = {
@@ -236,8 +244,11 @@ class MCPToolScopes:
         return self.tools.get(tool, self.default) if isinstance(tool, str) else self.default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        verdict = scope.get(SCOPE_KEY) if scope["type"] == "http" else None
-        token = verdict.token if isinstance(verdict, RequestAuth) else None
+        found = scope.get(SCOPE_KEY) if scope["type"] == "http" else None
+        verdict = found if isinstance(found, RequestAuth) else None
+        token = None if verdict is None else verdict.token
+        if verdict is not None and token is not None and self.stream_recheck:
+            receive, send = _rechecked(scope, verdict, token, receive, send)
         if token is None or self._sdk_user is None:
             await self._check(scope, receive, send)
             return
@@ -365,6 +376,18 @@ def _on_paths(scope: Scope, paths: frozenset[str]) -> bool:
     # And what lies below: Mount("/messages/") (the SSE transport's message endpoint)
     # routes /messages/<anything> to the same app.
     return any(path.endswith(entry) or f"{entry}/" in path for entry in paths)
+
+
+def _rechecked(
+    scope: Scope, verdict: RequestAuth, token: AccessToken, receive: Receive, send: Send
+) -> tuple[Receive, Send]:
+    """The request's ``receive`` and ``send``, its streamed answer rechecked: unless the
+    middleware in front rechecks it already (its ``stream_recheck``), so that a stream
+    ended is audited once."""
+    if STREAM_KEY in scope:
+        return receive, send
+    stream = scope[STREAM_KEY] = RecheckedStream(verdict.guard, token, verdict, receive, send)
+    return stream.receive, stream.send
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -830,3 +830,86 @@ def test_a_principal_of_its_own_is_made_once_per_verified_token(session_issuer: 
     assert _principal_token(token) is named
     with_sub = guard.authenticate_sync(session_issuer.mint(sub="ana"))
     assert _principal_token(with_sub) is with_sub
+
+
+def test_a_session_get_stream_ends_once_its_token_is_revoked(session_issuer: DevIssuer) -> None:
+    # The SDK's own GET stream (a stateful session's notifications), served by uvicorn: the
+    # stream opened with a token revoked since ends at its next event, audited once, and
+    # reopening it with that token is refused. Another token of the same principal (its
+    # sessions are the principal's) has the server send that event.
+    from bearerguard.asgi import BearerGuardMiddleware
+    from bearerguard.mcp import MCPToolScopes
+    from bearerguard.revocation import MemoryRevocationStore
+
+    server = MCPServer("notes")
+
+    @server.tool()
+    async def touch(ctx: Context) -> str:
+        await ctx.session.send_resource_list_changed()  # no request's: on the GET stream
+        return "touched"
+
+    store = MemoryRevocationStore()
+    app = BearerGuardMiddleware(
+        MCPToolScopes(server.streamable_http_app(json_response=True), tools={}),
+        guard=session_issuer.guard(revocation=store),
+    )
+    opener, other = (session_issuer.mint(sub="ana", jti=jti) for jti in ("ana-1", "ana-2"))
+    version = {"Mcp-Protocol-Version": "2025-06-18"}
+
+    def headers(token: str, session: str | None = None) -> dict[str, str]:
+        extra = {} if session is None else {"Mcp-Session-Id": session}
+        return {**ACCEPT, **version, **extra, "Authorization": f"Bearer {token}"}
+
+    events: list[str] = []
+    with (
+        _serving(app) as base,
+        httpx.Client(base_url=base, timeout=10) as client,
+        capture_logs() as logs,
+    ):
+        opened = client.post("/mcp", json=INIT, headers=headers(opener))
+        session = opened.headers["mcp-session-id"]
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        client.post("/mcp", json=initialized, headers=headers(opener, session))
+        get = client.build_request("GET", "/mcp", headers=headers(opener, session))
+        stream = client.send(get, stream=True)
+        try:
+            assert stream.status_code == 200
+            touch_call = {**call("touch", {}), "id": 3}
+            client.post("/mcp", json=touch_call, headers=headers(other, session))
+            lines = stream.iter_lines()
+            events.append(next(line for line in lines if line.startswith("data:")))
+            store.revoke_token_sync("ana-1", issuer=session_issuer.url)
+            client.post("/mcp", json=touch_call, headers=headers(other, session))
+            # Ended at that event: the rest of the stream is empty (unchecked, it stays
+            # open and this read times out).
+            events.extend(line for line in lines if line.startswith("data:"))
+        finally:
+            stream.close()
+        reopened = client.get("/mcp", headers=headers(opener, session))
+    assert len(events) == 1
+    assert "notifications/resources/list_changed" in events[0]
+    assert reopened.status_code == 401
+    refused = [(e["event"], e.get("reason"), e.get("jti")) for e in logs]
+    assert [r for r in refused if r[0] != "token.accepted"] == [
+        ("token.rejected", "revoked", "ana-1"),  # the stream's end
+        ("token.rejected", "revoked", "ana-1"),  # the reopening
+    ]
+
+
+@contextmanager
+def _serving(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn on 127.0.0.1, its lifespan run (the MCP session manager's):
+    its base URL."""
+    from tests.helpers import until
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            assert until(lambda: server.started, 10), "the MCP server did not start"
+            yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        finally:
+            server.should_exit = True
+            thread.join(10)

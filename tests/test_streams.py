@@ -26,6 +26,7 @@ from structlog.testing import capture_logs
 from bearerguard import BearerGuard
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.issuers import TrustedIssuers
+from bearerguard.mcp import MCPToolScopes
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from bearerguard.token import AccessToken
@@ -320,3 +321,51 @@ def test_an_anonymous_stream_on_a_public_path_is_not_rechecked(
         response = client.get("/events")
     assert response.content == b"".join(EVENTS)
     assert events == []
+
+
+# -- MCP: MCPToolScopes turns it on for what it serves --------------------------------------
+
+
+def _mcp_stream(guard: BearerGuard, between: Callable[[], None], **options: Any) -> Any:
+    """A stand-in for an MCP app's GET stream (the SDK's notifications stream), inside
+    ``MCPToolScopes`` and the middleware."""
+    seen: list[Any] = []
+    app = _events(between, seen)
+    return BearerGuardMiddleware(MCPToolScopes(app, tools={}), guard=guard, **options)
+
+
+@pytest.mark.parametrize("outer", [False, True])
+def test_an_mcp_get_stream_ends_when_its_token_is_revoked(
+    session_issuer: DevIssuer, outer: bool
+) -> None:
+    store = MemoryRevocationStore()
+    guard = session_issuer.guard(revocation=store)
+    token = session_issuer.mint(sub="eve", expires_in=3600, jti="eve-3")
+
+    def revoke() -> None:
+        store.revoke_token_sync("eve-3", issuer=session_issuer.url)
+
+    # With the middleware's own stream_recheck on as well, the stream is checked once.
+    app = _mcp_stream(guard, revoke, **({"stream_recheck": True} if outer else {}))
+    with TestClient(app) as client, capture_logs() as events:
+        response = client.get("/events", headers={"Authorization": f"Bearer {token}"})
+    assert response.content == EVENTS[0]
+    refused = [(e["event"], e["reason"]) for e in events if e["event"] != "token.accepted"]
+    assert refused == [("token.rejected", "revoked")]
+
+
+def test_mcp_tool_scopes_stream_recheck_false_leaves_streams_alone(
+    session_issuer: DevIssuer,
+) -> None:
+    store = MemoryRevocationStore()
+    guard = session_issuer.guard(revocation=store)
+    token = session_issuer.mint(sub="eve", expires_in=3600, jti="eve-4")
+    seen: list[Any] = []
+
+    def revoke() -> None:
+        store.revoke_token_sync("eve-4", issuer=session_issuer.url)
+
+    inner = MCPToolScopes(_events(revoke, seen), tools={}, stream_recheck=False)
+    with TestClient(BearerGuardMiddleware(inner, guard=guard)) as client:
+        response = client.get("/events", headers={"Authorization": f"Bearer {token}"})
+    assert response.content == b"".join(EVENTS)

@@ -211,11 +211,12 @@ class Console:
         self._write(text)
 
     def document(self, value: Any) -> None:
-        """The result as JSON (``--json``), with ``\\u`` escapes where the output needs them."""
+        """The result as JSON (``--json``), with ``\\u`` escapes where the output needs them:
+        for what it cannot encode, and for every character ``terminal_safe`` escapes."""
         text = json.dumps(value, indent=2, ensure_ascii=False)
         if not self._encodable(text):
             text = json.dumps(value, indent=2)  # the same document, in ASCII
-        self._write(text)
+        self._write(_terminal_safe_json(text))
 
     def _write(self, text: str) -> None:
         write_line(self.out, text)
@@ -350,7 +351,40 @@ def read_token(text: str, stdin: TextIO | None = None) -> str:
 def terminal_safe(text: str) -> str:
     """``text`` with every non-printable character (C0 and C1 controls, ESC, bidi
     overrides) shown as its escape, so text from the network cannot drive the terminal."""
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    return _escaped(text, _python_escape)
+
+
+def _terminal_safe_json(text: str) -> str:
+    """The JSON document ``text`` with what ``terminal_safe`` escapes written as ``\\u``
+    escapes instead, so ``json.loads`` reads back the same value.
+
+    ``json.dumps`` escapes only C0 controls (RFC 8259 §7 requires no more), and leaves C1
+    controls, DEL and bidi formatting characters raw: printed to a terminal, claims or a key
+    set could reorder or hide what the operator reads (Trojan Source, CVE-2021-42574).
+    Outside its strings a document has no character to escape but the newlines of its
+    indentation, and inside them a ``\\u`` escape stands for the character it replaces.
+    """
+    return "\n".join(_escaped(line, _json_escape) for line in text.split("\n"))
+
+
+def _escaped(text: str, escape: Callable[[str], str]) -> str:
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else escape(char) for char in text)
+
+
+def _python_escape(char: str) -> str:
+    return repr(char)[1:-1]
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    # RFC 8259 §7: a character outside the Basic Multilingual Plane is escaped as the
+    # UTF-16 surrogate pair that encodes it.
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def _printable_lines(text: str) -> str:

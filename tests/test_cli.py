@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from bearerguard import BearerGuard, cli
-from bearerguard._cli_common import CommandError, describe_duration, read_token
+from bearerguard._cli_common import CommandError, Console, describe_duration, read_token
 from bearerguard._cli_jwks import analyze_jwks
 from bearerguard._cli_token import inspect_token
 from bearerguard.testing import DevIssuer, Override, SigningKey
@@ -1219,6 +1219,53 @@ def test_inspect_notes_quoting_a_hostile_header_cannot_drive_the_terminal(
     assert code == cli.EXIT_OK
     assert "alg HS256\\x1b[2J\\x1b[1;1HVALID (HMAC)" in out
     assert all(char.isprintable() or char == "\n" for char in out), repr(out)
+
+
+# C1 controls, DEL, bidi embeddings/overrides/isolates and marks (Trojan Source,
+# CVE-2021-42574), a line separator and an astral format character (a language tag).
+HOSTILE_TEXT = "m\x85\x9b2J\x7f\u202a\u202e\u2066\u2069\u200e\u200f\u061c\u2028\U000e0001"
+
+
+def _printable_json(out: str) -> Any:
+    assert all(char.isprintable() or char == "\n" for char in out), repr(out)
+    return json.loads(out)
+
+
+def test_json_output_escapes_what_could_reorder_or_hide_text_on_a_terminal(
+    capsys: pytest.CaptureFixture[str], issuer: DevIssuer
+) -> None:
+    # json.dumps escapes only C0 controls: claims and key sets are attacker-chosen text, and
+    # `--json` printed to a terminal showed them raw. Escaped, they read back the same.
+    token = issuer.mint(sub=HOSTILE_TEXT)
+    _code, out, _err = run(capsys, "token", "inspect", token, "--json")
+    assert _printable_json(out)["claims"]["sub"] == HOSTILE_TEXT
+    _code, out, _err = verify(capsys, issuer, token, "--json", "-q")
+    assert _printable_json(out)["token"]["sub"] == HOSTILE_TEXT
+    keys = [{"kty": "RSA", "kid": HOSTILE_TEXT, "n": "AQAB", "e": "AQAB"}]
+    issuer.overrides[issuer.jwks_path] = Override(body=json.dumps({"keys": keys}).encode())
+    for command in ("show", "check"):
+        _code, out, _err = run(capsys, "jwks", command, issuer.jwks_uri, "--json", "-q")
+        assert HOSTILE_TEXT in json.dumps(_printable_json(out), ensure_ascii=False)
+
+
+def test_a_json_failure_document_escapes_what_could_drive_the_terminal(
+    capsys: pytest.CaptureFixture[str], issuer: DevIssuer
+) -> None:
+    # The failure's message names the jwks_uri the issuer's metadata gave, which answers 404.
+    metadata = {**issuer.metadata(), "jwks_uri": f"{issuer.jwks_uri}/\x9b2J\u202e"}
+    issuer.overrides[issuer.oidc_metadata_path] = Override(body=json.dumps(metadata).encode())
+    code, out, _err = run(capsys, "jwks", "show", "--issuer", issuer.url, "--json", "-q")
+    assert code != cli.EXIT_OK
+    assert "/jwks.json/\x9b2J\u202e" in _printable_json(out)["error"]["message"]
+
+
+@pytest.mark.parametrize("text", [HOSTILE_TEXT, f"{HOSTILE_TEXT}\ud800"], ids=["text", "surrogate"])
+def test_a_json_document_reads_back_as_the_value_it_escapes(text: str) -> None:
+    # A lone surrogate cannot be UTF-8: the document falls back to ASCII escapes.
+    value = {"text": f"{text}\U000f0000 jörg 日本"}
+    out = io.StringIO()
+    Console(as_json=True, out=out).document(value)
+    assert _printable_json(out.getvalue()) == value
 
 
 @pytest.mark.parametrize("argv", [["token", "inspect", "-"], ["token", "mint", "--json"]])

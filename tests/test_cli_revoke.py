@@ -704,3 +704,19 @@ def test_a_token_s_issuer_is_printed_without_its_control_characters(
     for shown in (result.out, result.err):
         assert not [char for char in shown if not char.isprintable() and char != "\n"]
     assert store.list_revocations_sync()[0].issuer == issuer  # written as the token has it
+
+
+def test_json_output_escapes_what_could_drive_the_terminal(
+    cli: Any, target: list[str], session_issuer: DevIssuer
+) -> None:
+    """--json showed C1 controls and bidi overrides raw (json.dumps escapes only C0); they
+    are \\u escapes, and the document reads back to the issuer the token has."""
+    issuer = "https://id.example/\x9b2J\u202e\u2066\x85"
+    raw = session_issuer.sign(session_issuer.claims(jti="odd-iss", iss=issuer))
+    written = cli("revoke", "token", "--token", raw, "--json", "-q", *target)
+    listed = cli("revocations", "list", "--json", *target)
+    for result in (written, listed):
+        assert result.code == 0, result.err
+        assert not [char for char in result.out if not char.isprintable() and char != "\n"]
+    assert written.json()["revocation"]["issuer"] == issuer
+    assert listed.json()["revocations"][0]["issuer"] == issuer

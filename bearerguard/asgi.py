@@ -177,6 +177,9 @@ def _respond(refusal: Refusal) -> Response:
 def _describe(scope: Scope, request_id: bytes | None) -> tuple[str, str, str | None, str | None]:
     """Method, path, client address and request id, as the audit log records them.
 
+    The address is ``None`` when the server gives none: ``client`` absent or ``None``, or a
+    host of ``""`` (granian, gunicorn on a Unix socket), which is no address either.
+
     The cache-hit fast path in ``BearerGuardMiddleware.__call__`` writes the same four
     values inline (no frame, no tuple): a change here belongs there too.
     """
@@ -184,7 +187,7 @@ def _describe(scope: Scope, request_id: bytes | None) -> tuple[str, str, str | N
     return (
         scope.get("method", "WEBSOCKET"),
         scope["path"],
-        client[0] if client else None,
+        (client[0] or None) if client else None,
         request_id.decode("latin-1") if request_id else None,
     )
 
@@ -555,7 +558,7 @@ class BearerGuardMiddleware:
             auth.started = started
             auth.method = scope["method"]  # an HTTP scope: the fast path serves no websocket
             auth.path = scope["path"]
-            auth.client = client[0] if client else None
+            auth.client = (client[0] or None) if client else None
             auth.request_id = request_id.decode("latin-1") if request_id else None
             auth.respond = _respond
             auth.websocket = False

@@ -64,7 +64,7 @@ class RequestInfo:
             "path": _printable(self.path[:_MAX_PATH]),
             # Behind a proxy the address is a client's header (X-Forwarded-For, read by
             # uvicorn's --proxy-headers or werkzeug's ProxyFix): any text, of any length.
-            "client": _printable(client[:_MAX_FIELD]) if client else client,
+            "client": _printable(client[:_MAX_FIELD]) if client else None,  # "": no address
             "request_id": _printable(request_id[:_MAX_FIELD]) if request_id else None,
         }
 
@@ -299,7 +299,7 @@ class AuditLog:
         # as in every other event (a security fix: a raw "\x85" forges a log line).
         request_id, client = request.request_id, request.client
         request_id = _printable(request_id[:_MAX_FIELD]) if request_id else None
-        client = _printable(client[:_MAX_FIELD]) if client else client
+        client = _printable(client[:_MAX_FIELD]) if client else None
         method = _printable(request.method[:_MAX_FIELD])
         path = _printable(request.path[:_MAX_PATH])
         try:
@@ -354,7 +354,9 @@ class AuditLog:
             method = _printable(method[:_MAX_FIELD])
         if len(path) > _MAX_PATH or not path.isprintable():
             path = _printable(path[:_MAX_PATH])
-        if client and (len(client) > _MAX_FIELD or not client.isprintable()):
+        if not client:  # "": no address, as RequestInfo.fields gives it
+            client = None
+        elif len(client) > _MAX_FIELD or not client.isprintable():
             client = _printable(client[:_MAX_FIELD])
         if not request_id:
             request_id = None

@@ -164,7 +164,7 @@ def _described(request: Any) -> tuple[str, str, str | None, str | None]:
     return (
         wsgi._native(meta.get("REQUEST_METHOD", "GET")) or "",
         request.path_info,
-        wsgi._native(meta.get("REMOTE_ADDR")),
+        wsgi._native(meta.get("REMOTE_ADDR")) or None,  # "": no address, as wsgi._describe
         joined.decode("latin-1") if joined else None,
     )
 

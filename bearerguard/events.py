@@ -542,7 +542,7 @@ def _request_fields(scope: Scope) -> dict[str, Any]:
         # A websocket scope has no method: WEBSOCKET, as the middleware records a handshake.
         str(scope.get("method", "WEBSOCKET"))[:16],
         str(scope.get("path", "")),
-        client[0] if client else None,
+        (client[0] or None) if client else None,  # a host of "": no address, as the middleware
         request_id,
     ).fields()
 

@@ -448,7 +448,7 @@ def _describe(scope: Mapping[str, Any]) -> RequestInfo:
     return RequestInfo(
         scope.get("method", "WEBSOCKET"),
         scope.get("path", ""),
-        client[0] if client else None,
+        (client[0] or None) if client else None,  # a host of "": no address, as the middleware
         request_id.decode("latin-1") if request_id else None,
     )
 

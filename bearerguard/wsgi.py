@@ -149,14 +149,18 @@ def _path(environ: WSGIEnvironment) -> str:
 
 
 def _describe(environ: WSGIEnvironment, path: str) -> tuple[str, str, str | None, str | None]:
-    """The request as ``RequestInfo`` takes it: every audit event's fields are text."""
+    """The request as ``RequestInfo`` takes it: every audit event's fields are text.
+
+    The client is ``None`` when ``REMOTE_ADDR`` is absent or empty (granian, gunicorn on a
+    Unix socket): no address, as the ASGI middleware gives for such a server.
+    """
     method = environ.get("REQUEST_METHOD", "GET")
     client = environ.get("REMOTE_ADDR")
     request_id = environ.get("HTTP_X_REQUEST_ID")
     if type(method) is str and type(client) in _TEXT_OR_NONE and type(request_id) in _TEXT_OR_NONE:
-        return method, path, client, request_id
+        return method, path, client or None, request_id
     # A server outside PEP 3333: the values as text, or none (the event is still emitted).
-    return _native(method) or "", path, _native(client), _native(request_id)
+    return _native(method) or "", path, _native(client) or None, _native(request_id)
 
 
 _TEXT_OR_NONE = (str, type(None))

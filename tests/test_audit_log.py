@@ -24,6 +24,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from bearerguard import AccessToken, BearerGuard
+from bearerguard._context import SCOPE_KEY
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.audit import AuditLog, RequestInfo, sink_failures, token_fields
 from bearerguard.errors import ExpiredTokenError
@@ -32,7 +33,7 @@ from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer, audit_events
 from bearerguard.usage import UsageMonitorError, UsagePolicy, UsageVerdict
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
-from tests.helpers import Clock
+from tests.helpers import Clock, asgi_call, http_scope
 
 REQUEST = RequestInfo("GET", "/items", "127.0.0.1", None)
 
@@ -1058,3 +1059,78 @@ def test_events_of_a_token_carry_its_exp_to_revoke_it_by(session_issuer: DevIssu
     token = session_issuer.guard().authenticate_sync(session_issuer.mint(exp=exp + 0.5))
     audit.accepted_through(audit.token_logger(token_fields(token)), REQUEST, 0.001)
     assert sink.events[0]["exp"] == exp + 0.5
+
+
+# -- a server that gives no client address ------------------------------------------------
+
+# granian and gunicorn serving a Unix socket give an empty host: the ASGI scope's client is
+# None, absent, or a pair (a list once it went through JSON) whose host is "", and WSGI's
+# REMOTE_ADDR is "" or absent. Every event, and the request's auth, says null: no address.
+NO_ASGI_CLIENT = [
+    pytest.param({"client": None}, id="none"),
+    pytest.param({"client": ("", 0)}, id="empty-tuple"),
+    pytest.param({"client": ["", 0]}, id="empty-list"),
+    pytest.param({}, id="absent"),
+]
+
+
+@pytest.mark.parametrize("client", NO_ASGI_CLIENT)
+def test_an_asgi_request_without_a_client_address_is_audited_with_client_null(
+    session_issuer: DevIssuer, client: dict[str, Any]
+) -> None:
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope[SCOPE_KEY].client)
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    guard = session_issuer.guard()
+    middleware = BearerGuardMiddleware(app, guard=guard)
+    valid, expired = session_issuer.mint(), session_issuer.mint_expired()
+
+    async def call(token: str) -> None:
+        scope = http_scope([(b"authorization", f"Bearer {token}".encode())])
+        scope.pop("client")
+        await asgi_call(middleware, scope | client)
+
+    with audit_events() as events:
+        for token in (valid, valid, expired):  # verified, then a cache hit, then refused
+            anyio.run(call, token)
+    assert [event["event"] for event in events] == ["token.accepted"] * 2 + ["token.rejected"]
+    assert [event["client"] for event in events] == [None] * 3
+    assert seen == [None, None]
+
+
+@pytest.mark.parametrize("remote_addr", [{"REMOTE_ADDR": ""}, {}], ids=["empty", "absent"])
+def test_a_wsgi_request_without_a_client_address_is_audited_with_client_null(
+    session_issuer: DevIssuer, remote_addr: dict[str, str]
+) -> None:
+    seen: list[Any] = []
+
+    def app(environ: Any, start_response: Any) -> Iterable[bytes]:
+        seen.append(environ[SCOPE_KEY].client)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    middleware = BearerGuardWSGIMiddleware(app, guard=session_issuer.guard())
+    valid, expired = session_issuer.mint(), session_issuer.mint_expired()
+    with audit_events() as events:
+        for token in (valid, valid, expired):
+            environ = {
+                "REQUEST_METHOD": "GET",
+                "PATH_INFO": "/",
+                "QUERY_STRING": "",
+                "SERVER_NAME": "t",
+                "SERVER_PORT": "80",
+                "HTTP_AUTHORIZATION": f"Bearer {token}",
+                "wsgi.input": io.BytesIO(b""),
+                **remote_addr,
+            }
+            b"".join(middleware(environ, lambda status, headers, exc_info=None: None))
+    assert [event["event"] for event in events] == ["token.accepted"] * 2 + ["token.rejected"]
+    assert [event["client"] for event in events] == [None] * 3
+    assert seen == [None, None]
+
+
+def test_request_info_given_an_empty_client_gives_client_null() -> None:
+    assert RequestInfo("GET", "/", "", None).fields()["client"] is None

@@ -28,7 +28,7 @@ if not settings.configured:  # the first Django test of the session (see docs/ws
 from asgiref.sync import markcoroutinefunction
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIRequest
-from django.core.handlers.wsgi import WSGIHandler
+from django.core.handlers.wsgi import WSGIHandler, WSGIRequest
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.test import AsyncClient, Client, override_settings
 from django.urls import path
@@ -1373,6 +1373,31 @@ class _CountedMeta(dict[str, Any]):
         if key == "HTTP_X_REQUEST_ID":
             self.reads += 1
         return super().__getitem__(key)
+
+
+@pytest.mark.parametrize("client", [None, ("", 0), ["", 0]], ids=["none", "tuple", "list"])
+def test_an_asgi_request_without_a_client_address_is_described_with_client_none(
+    client: Any,
+) -> None:
+    # granian and gunicorn on a Unix socket: Django's ASGI request sets REMOTE_ADDR to the
+    # scope's empty host, or leaves it out. No address: None, as the ASGI middleware gives.
+    request = ASGIRequest(http_scope([], client=client), io.BytesIO(b""))
+    assert _described(request) == ("GET", "/me", None, None)
+
+
+@pytest.mark.parametrize("remote_addr", [{"REMOTE_ADDR": ""}, {}], ids=["empty", "absent"])
+def test_a_wsgi_request_without_a_client_address_is_described_with_client_none(
+    remote_addr: dict[str, str],
+) -> None:
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/me",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "wsgi.input": io.BytesIO(b""),
+        **remote_addr,
+    }
+    assert _described(WSGIRequest(environ)) == ("GET", "/me", None, None)
 
 
 def test_an_asgi_request_s_ids_are_read_once_from_its_scope() -> None:

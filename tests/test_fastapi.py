@@ -2130,3 +2130,24 @@ def test_bearer_auth_refuses_scheme_options_it_cannot_document(
     if "scheme_name" in options:
         with pytest.raises(ConfigurationError, match=named):
             document_middleware(FastAPI(), public_paths=[], scheme_name=options["scheme_name"])
+
+
+def test_the_dependency_alone_audits_an_empty_client_host_as_null(
+    session_issuer: DevIssuer,
+) -> None:
+    # A server on a Unix socket (granian, gunicorn) gives the client's host as "": no
+    # address, null in the events as under the middleware.
+    bearer = BearerAuth(session_issuer.guard(in_process=True))
+    app = bearer.install(FastAPI())
+
+    @app.get("/private")
+    async def private(token: Annotated[AccessToken, bearer.requires()]) -> dict[str, Any]:
+        return {"sub": token.subject}
+
+    with TestClient(app, client=("", 0)) as client, capture_logs() as logged:
+        for token in (session_issuer.mint(), session_issuer.mint_expired()):
+            client.get("/private", headers={"Authorization": f"Bearer {token}"})
+    assert [(e["event"], e["client"]) for e in logged] == [
+        ("token.accepted", None),
+        ("token.rejected", None),
+    ]

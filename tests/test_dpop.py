@@ -1468,6 +1468,51 @@ def test_websocket_handshake_with_dpop(session_issuer: DevIssuer, holder: Holder
         assert socket.receive_json() == {"sub": "user-1"}
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("scheme", "external_url", "htu", "accepted"),
+    [
+        # ASGI: a websocket scope's scheme is optional, "ws" when absent; Daphne over TLS
+        # leaves it out. A handshake is a GET over http(s) (RFC 6455 §4.1), so "ws" is http.
+        ({}, None, "http://testserver/ws", True),
+        ({}, None, "https://testserver/ws", False),  # TLS unknown: external_url says it
+        ({}, "https://api.example.com", "https://api.example.com/ws", True),
+        ({"scheme": "ws"}, None, "http://testserver/ws", True),
+        ({"scheme": "wss"}, None, "https://testserver/ws", True),
+        ({"scheme": "wss"}, None, "http://testserver/ws", False),
+    ],
+    ids=["absent", "absent-https", "absent-external", "ws", "wss", "wss-http"],
+)
+async def test_a_websocket_scope_s_scheme_names_the_http_url_of_the_handshake(
+    session_issuer: DevIssuer,
+    holder: Holder,
+    scheme: dict[str, str],
+    external_url: str | None,
+    htu: str,
+    accepted: bool,
+) -> None:
+    policy = DPoPPolicy(mode="required", external_url=external_url)
+    guard = session_issuer.guard(in_process=True, dpop=policy)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1000})
+
+    token = bound(session_issuer, holder)
+    headers = [
+        (b"host", b"testserver"),
+        (b"authorization", f"DPoP {token}".encode()),
+        (b"dpop", holder.proof(token, url=htu).encode()),
+    ]
+    scope = {"type": "websocket", "path": "/ws", "raw_path": b"/ws", "query_string": b""}
+    scope |= {"headers": headers, "client": ("127.0.0.1", 1), **scheme}
+    sent = await asgi_call(
+        BearerGuardMiddleware(app, guard=guard), scope, [{"type": "websocket.connect"}]
+    )
+    refused = {"type": "websocket.close", "code": 1008, "reason": "invalid_dpop_proof"}
+    assert sent[0] == ({"type": "websocket.accept"} if accepted else refused)
+
+
 # -- one contract for every replay store ------------------------------------------------
 
 

@@ -614,6 +614,93 @@ async def test_listing_retries_a_dropped_connection_as_other_calls_do(
     assert cutting_proxy.cuts == 2
 
 
+async def _direct_call(store: RedisRevocationStore, call: str, sync: bool) -> object:
+    """A direct check (no mirror) or a revocation, on the synchronous side or not."""
+    if call == "check":
+        if sync:
+            return await asyncio.to_thread(store.is_revoked_sync, token())
+        return await store.is_revoked(token())
+    if sync:
+        return await asyncio.to_thread(store.revoke_token_sync, "j1", time.time() + 60)
+    return await store.revoke_token("j1", time.time() + 60)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("sync", [False, True])
+@pytest.mark.parametrize("call", ["check", "revoke"])
+@pytest.mark.parametrize("connection", ["new", "retried"])
+async def test_a_slow_redis_costs_a_call_one_socket_timeout_in_all(
+    cutting_proxy: CuttingProxy,
+    redis_namespace: str,
+    stores: Callable[..., RedisRevocationStore],
+    sync: bool,
+    call: str,
+    connection: str,
+) -> None:
+    # redis-py gave each wait its own socket_timeout: a new connection's handshake (CLIENT
+    # SETNAME, two CLIENT SETINFO), the script loaded again after NOSCRIPT, the retry on a
+    # new connection. Each answered within it, a check or a revocation went through after
+    # several (0.8 s and more here, with 0.5 s); it now fails closed once socket_timeout has
+    # passed in all: here, within the third answer of 0.2 s.
+    store = stores(cutting_proxy.url, namespace=redis_namespace, mirror=False, socket_timeout=0.5)
+    if connection == "retried":
+        await _direct_call(store, call, sync)  # connected, the script loaded
+        cutting_proxy.cut(b"MGET" if call == "check" else b"EVALSHA")  # retried on a new one
+    cutting_proxy.slow(b"*", 0.2)  # every command, each answered well within 0.5 s
+    with pytest.raises(RevocationStoreError, match="Timeout"):
+        await _direct_call(store, call, sync)
+    assert cutting_proxy.cuts == (1 if connection == "retried" else 0)
+    cutting_proxy.slow(b"*", 0)
+    await _direct_call(store, call, sync)  # nothing left behind: answered again at once
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("sync", [False, True])
+async def test_waiting_for_a_free_connection_comes_out_of_the_same_socket_timeout(
+    cutting_proxy: CuttingProxy,
+    redis_namespace: str,
+    stores: Callable[..., RedisRevocationStore],
+    sync: bool,
+) -> None:
+    # The wait for a free pooled connection and the call had a socket_timeout each: a check
+    # could hold a request twice it. They share one now: 0.3 s waited for the connection
+    # leaves too little of 0.5 s for an answer that takes 0.3 s more.
+    store = stores(
+        cutting_proxy.url,
+        namespace=redis_namespace,
+        mirror=False,
+        socket_timeout=0.5,
+        max_connections=2,
+    )
+    if sync:
+        assert not store.is_revoked_sync(token())  # connected
+        pool: Any = store._clients.sync.connection_pool  # type: ignore[union-attr]
+        held = [pool.get_connection(), pool.get_connection()]  # as two calls under way
+
+        async def give_back() -> None:
+            pool.release(held.pop())
+    else:
+        assert not await store.is_revoked(token())
+        pool = store._async_client().connection_pool
+        held = [await pool.get_connection(), await pool.get_connection()]
+
+        async def give_back() -> None:
+            await pool.release(held.pop())
+
+    # Who waits for a free connection: the pool's queue (threads) or its condition (tasks).
+    waiting = pool.pool.not_empty if sync else pool._condition
+    cutting_proxy.slow(b"MGET", 0.3)
+    checking = asyncio.ensure_future(_direct_call(store, "check", sync))
+    await eventually(lambda: bool(waiting._waiters), 5.0)
+    await asyncio.sleep(0.3)  # at least: 0.3 s waited, 0.3 s more for the answer
+    await give_back()
+    with pytest.raises(RevocationStoreError, match="Timeout"):
+        await checking
+    await give_back()
+    cutting_proxy.slow(b"MGET", 0)
+    assert not await _direct_call(store, "check", sync)
+
+
 def test_the_clients_of_an_event_loop_are_closed_when_it_ends(
     private_redis: RedisServer,
 ) -> None:

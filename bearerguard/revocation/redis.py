@@ -69,9 +69,10 @@ from bearerguard._fork import reset_after_fork
 from bearerguard._redis import (
     DEFAULT_URL,
     RedisClients,
-    again,
     again_sync,
+    again_within,
     check_namespace,
+    within,
 )
 from bearerguard.errors import ConfigurationError, RevocationStoreError
 from bearerguard.revocation._mirror import (
@@ -211,11 +212,15 @@ class RedisRevocationStore:
             a client without them. Without ``async_client`` the asynchronous side uses it
             too (the mirror in its thread, other calls in a worker thread).
         async_client: an existing ``redis.asyncio.Redis`` for the asynchronous side.
-        socket_timeout: seconds any Redis command may take (revoking, direct checks,
-            loading the mirror) before it fails.
-        connect_timeout: seconds to establish a connection.
-        max_connections: connections per side (synchronous, asynchronous); a call waits up
-            to ``socket_timeout`` for a free one.
+        socket_timeout: seconds a call to Redis may take before it fails, in all: a
+            revocation, a direct check, a ping or a step of a listing, waiting for a free
+            connection, connecting, loading the script again and its one retry included
+            (with ``client``, each command is bounded by that client's own timeouts). Each
+            command of the mirror's load is bounded by it too.
+        connect_timeout: seconds to establish a connection (within ``socket_timeout``
+            during a call).
+        max_connections: connections per side (synchronous, asynchronous); a call waits for
+            a free one out of its ``socket_timeout``.
         failure_timeout: the longest the mirror is trusted without word from Redis; a ping
             goes out every quarter of it. Also the longest the first check waits for the
             mirror's first load. While Redis is down, checks fail after at most this long.
@@ -868,10 +873,15 @@ class RedisRevocationStore:
             )
 
     def _again_sync(self, call: Callable[[], _T]) -> _T:
-        return again_sync(call, self._timeout)
+        """``call()`` (retried once, as ``again_sync`` says), ended within one socket timeout
+        in all: redis-py gives each wait its own (a free connection, a new connection's
+        handshake, a script loaded again, the retry), and a request waited several."""
+        with within(time.monotonic() + self._timeout):
+            return again_sync(call, self._timeout)
 
     async def _again(self, call: Callable[[], Awaitable[_T]]) -> _T:
-        return await again(call, self._timeout)
+        """As ``_again_sync``, awaited: cancelled once the socket timeout has passed."""
+        return await again_within(call, self._timeout, time.monotonic() + self._timeout)
 
     @contextlib.contextmanager
     def _recording(self, action: str) -> Iterator[None]:

@@ -48,6 +48,7 @@ from bearerguard.usage import MemoryUsageMonitor, UsagePolicy
 from tests.helpers import until
 from tests.redis_server import RedisServer
 from tests.test_introspection import Fault, IntrospectionServer
+from tests.test_revocation_redis import token
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 
@@ -243,6 +244,55 @@ def test_a_worker_forked_during_an_introspection_answers_that_token() -> None:
         finally:
             asking.join()
     assert answered == [True, False, True]
+
+
+def _pause(loop: asyncio.AbstractEventLoop, seconds: float) -> asyncio.Future[None]:
+    """A wait in ``loop`` that a forked child can run on: asyncio knows no running loop
+    there (``asyncio.sleep`` raises), though the parent's loop is still on its stack."""
+    paused = loop.create_future()
+    loop.call_later(seconds, paused.set_result, None)
+    return paused
+
+
+@pytest.mark.anyio
+async def test_a_mirror_task_inherited_by_a_child_that_runs_its_loop_on_stands_down(
+    redis_server: RedisServer, redis_namespace: str
+) -> None:
+    # A process forked from inside its event loop (os.fork in a coroutine) whose child runs
+    # that loop on: the mirror's task came along, and the child's store, reset for a runner
+    # of its own, still took it for its current runner. It went on listening on the
+    # connection it shares with the parent (where either process may read an announcement,
+    # or the answer to a ping), and failed the child's mirror as its own (asyncio knows no
+    # running loop in a child): the child's first checks could be refused at once (503)
+    # instead of waiting for its own runner's load. It now stands down at its next step,
+    # without touching the child's mirror.
+    store = RedisRevocationStore(redis_server.url, namespace=redis_namespace)
+    try:
+        await store.start()
+        inherited, loop = store._task, asyncio.get_running_loop()
+        assert inherited is not None
+        read, write = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the pipe
+            try:
+                deadline = time.monotonic() + 5
+                while not inherited.done() and time.monotonic() < deadline:
+                    await _pause(loop, 0.01)  # the loop runs on: the inherited task too
+                state = store.health_report()["state"]
+                # The child's first check waits for its own runner's load, as after any fork.
+                result = [inherited.done(), state, store.is_revoked_sync(token())]
+                report = json.dumps({"result": result})
+            except BaseException as exc:  # reported to the parent
+                report = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+            finally:
+                os.write(write, report.encode())
+                os._exit(0)
+        os.close(write)
+        assert reported(pid, read, 20.0) == [True, "stopped", False]
+    finally:
+        await store.aclose()
 
 
 def test_a_mirrored_store_is_built_where_there_is_no_fork(

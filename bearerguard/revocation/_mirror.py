@@ -364,7 +364,8 @@ class Mirror:
     def forked(self) -> None:
         """In a child process after ``fork()``: nothing inherited may be trusted.
 
-        The runner did not survive the fork, so announcements published from now on would
+        The runner did not survive the fork (a task of a loop the child runs on is no longer
+        current there, and stands down), so announcements published from now on would
         never reach this copy of the table; it starts over as new (its events and table are
         new too: a lock held by a parent's thread at the fork is never released here).
         """

@@ -325,6 +325,10 @@ class RedisRevocationStore:
 
     def _forked(self) -> None:
         """In a child process: the inherited mirror restarts (and is waited for) on first use."""
+        # A task of the forking thread's loop came along, and runs on if the child runs that
+        # loop on: no longer current, it stands down at its next step, leaving the mirror to
+        # the child's own runner (it listens on a connection shared with the parent).
+        self._run += 1
         self._lock = threading.Lock()
         self._thread = None
         self._task = self._task_loop = None

@@ -110,6 +110,16 @@ def _time_left() -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
+def _socket_of(connection: object) -> Any:
+    """A redis-py connection's socket (``None`` while not connected).
+
+    Private to redis-py (``_sock`` from 5.0 to 8 at least), and the extra allows any later
+    release: one that keeps it elsewhere gets ``None``, its waits then bounded each by its
+    own timeouts (as before the deadline), rather than every call failing.
+    """
+    return getattr(connection, "_sock", None)
+
+
 @functools.cache
 def _bounded(base: type[Any]) -> type[Any]:
     """redis-py's connection class for the URL (TCP, TLS or a Unix socket), whose waits end
@@ -118,7 +128,7 @@ def _bounded(base: type[Any]) -> type[Any]:
     class Bounded(base):  # type: ignore[misc]
         def connect(self) -> None:
             left = _time_left()
-            if left is None or self._sock is not None:
+            if left is None or _socket_of(self) is not None:
                 super().connect()
                 return
             if left <= 0:
@@ -134,7 +144,7 @@ def _bounded(base: type[Any]) -> type[Any]:
 
         def read_response(self, *args: Any, **kwargs: Any) -> Any:
             left = _time_left()
-            sock = self._sock
+            sock = _socket_of(self)
             if left is None or sock is None:
                 return super().read_response(*args, **kwargs)
             if left <= 0:
@@ -145,7 +155,7 @@ def _bounded(base: type[Any]) -> type[Any]:
             try:
                 return super().read_response(*args, **kwargs)
             finally:
-                if self._sock is sock:  # not disconnected by a failure
+                if _socket_of(self) is sock:  # not disconnected by a failure
                     sock.settimeout(configured)
 
     Bounded.__name__ = Bounded.__qualname__ = f"Bounded{base.__name__}"

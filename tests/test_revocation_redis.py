@@ -44,6 +44,7 @@ except ImportError:  # pragma: no cover - the extra is part of the dev environme
         "!!! redis-py is missing: pip install 'bearerguard[redis]'", allow_module_level=True
     )
 
+from bearerguard._redis import _bounded, within
 from bearerguard.revocation import RedisRevocationStore
 
 ISS = "https://issuer.example"
@@ -703,6 +704,37 @@ async def test_waiting_for_a_free_connection_comes_out_of_the_same_socket_timeou
     await give_back()
     cutting_proxy.slow(b"MGET", 0)
     assert not await _direct_call(store, "check", sync)
+
+
+class _SocketElsewhere:
+    """A connection class keeping its socket under another name than redis-py's ``_sock``."""
+
+    socket_timeout = 0.5
+    socket_connect_timeout = 0.5
+
+    def __init__(self) -> None:
+        self.connected = False
+
+    def connect(self) -> None:
+        self.connected = True
+
+    def read_response(self, *args: Any, **kwargs: Any) -> bytes:
+        return b"PONG"
+
+    def disconnect(self) -> None:
+        self.connected = False
+
+
+def test_a_connection_class_without_a_sock_attribute_is_still_served() -> None:
+    # The deadline reaches each wait through redis-py's private _sock (the extra allows any
+    # redis>=5.0). A release that renamed it failed every call of an owned client with an
+    # AttributeError (every check refused, every observation failed); such a class is now
+    # used as it is, each wait bounded by its own socket timeout.
+    connection = _bounded(_SocketElsewhere)()
+    with within(time.monotonic() + 5):
+        connection.connect()
+        assert connection.read_response() == b"PONG"
+    assert connection.connected
 
 
 def test_the_clients_of_an_event_loop_are_closed_when_it_ends(

@@ -455,7 +455,9 @@ class GuardTokenVerifier:
       it would refuse tokens the guard accepted and audited as accepted. ``claims["exp"]``
       keeps the token's own.
     - ``resource``: the guard's ``resource`` when the token's ``aud`` matched it, else the
-      guard's audience it matched (for ``AuthSettings.validate_token_resource``).
+      guard's audience it matched (for ``AuthSettings.validate_token_resource``); the
+      guard's ``resource`` for an opaque token accepted without ``aud`` from an
+      introspector built with ``audience_checked_by_server=True``.
     - ``subject`` and ``claims`` (``iss`` always among them).
 
     Args:
@@ -526,7 +528,14 @@ class GuardTokenVerifier:
 
 def _resource_of(guard: BearerGuard, token: AccessToken) -> str | None:
     """The guard's audience ``token`` was accepted for: its ``resource`` when the ``aud``
-    matched one of its spellings (RFC 8707 §2), else the first audience matched."""
+    matched one of its spellings (RFC 8707 §2), else the first audience matched.
+
+    A token accepted with no ``aud`` at all is an introspected one whose server checks the
+    audience itself (``Introspector(audience_checked_by_server=True)``): it answered active
+    only for a token meant for this resource server, so the ``resource`` is the guard's.
+    """
+    if not token.audience:
+        return guard.resource
     matched = next((name for name in guard.audiences if name in token.audience), None)
     resource = guard.resource
     if matched is not None and resource is not None and matched.rstrip("/") == resource.rstrip("/"):

@@ -26,6 +26,7 @@ from bearerguard.issuers import TrustedIssuers
 from bearerguard.mcp import GuardTokenVerifier
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
+from tests.test_introspection import IntrospectionServer
 
 mcp = pytest.importorskip("mcp", reason="the MCP SDK (mcp, in the dev extra) is not installed")
 httpx2 = pytest.importorskip("httpx2")
@@ -236,6 +237,32 @@ def test_a_dependency_that_cannot_answer_is_a_401_not_a_500(issuer: DevIssuer) -
     assert events_of(captured) == [("auth.unavailable", "keys_unavailable")]
     # The event says what the client was answered.
     assert captured[0]["status"] == 401
+
+
+def test_an_opaque_token_vouched_for_by_its_server_names_this_resource(
+    issuer: DevIssuer,
+) -> None:
+    # An introspector with audience_checked_by_server=True: the guard accepts an answer
+    # without aud, the server having said the token is meant for this API. Its resource was
+    # the aud matched, so None here, and the SDK's validate_token_resource refused every such
+    # token (401) the guard had accepted and audited as accepted. It is the guard's resource.
+    with IntrospectionServer() as introspection:
+
+        def build(url: str) -> Any:
+            guard = BearerGuard(
+                issuer=issuer.url,
+                resource=url,
+                introspection=introspection.introspector(audience_checked_by_server=True),
+            )
+            return mcp_app(GuardTokenVerifier(guard), issuer.url, url)
+
+        introspection.activate("opaque-1", aud=None, scope="notes:read", sub="mia")
+        with serving(build) as url, capture_logs() as captured:
+            answer = httpx.post(
+                url, json=LIST, headers={**ACCEPT, "Authorization": "Bearer opaque-1"}, timeout=10
+            )
+    assert events_of(captured) == [("token.accepted", "ok")]
+    assert answer.status_code == 200
 
 
 def closed_port() -> int:

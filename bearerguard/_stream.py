@@ -4,21 +4,22 @@ A request is authenticated when it arrives, and its response may then stream for
 Server-Sent Events, an MCP session's GET stream, a long download. Each chunk after the
 first that said more would follow is a use of the token, so it is sent only while
 ``recheck`` passes. The first that fails ends the response, audited once as the websocket
-recheck is (``_websocket``): the same events and reasons. A response that sent no body yet,
-or sent it whole, is never checked: a plain response costs one call per message.
+recheck is (``_recheck`` holds what both share): the same events and reasons. A response
+that sent no body yet, or sent it whole, is never checked: a plain response costs one call
+per message.
 """
 
 from __future__ import annotations
 
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from bearerguard.errors import AuthError
+from bearerguard._recheck import Rechecked
 
 if TYPE_CHECKING:
     from starlette.types import Message, Receive, Send
 
     from bearerguard.audit import RequestInfo
+    from bearerguard.errors import AuthError
     from bearerguard.guard import BearerGuard
     from bearerguard.issuers import TrustedIssuers
     from bearerguard.token import AccessToken
@@ -41,7 +42,7 @@ def _sized(start: Message | None) -> bool:
     )
 
 
-class RecheckedStream:
+class RecheckedStream(Rechecked):
     """One HTTP request's ``receive`` and ``send``, wrapped: once a body chunk with
     ``more_body`` has gone out, each further ``http.response.body`` reaches the client only
     while the token passes ``recheck``.
@@ -55,16 +56,7 @@ class RecheckedStream:
     as the server does for a client that went away (ASGI HTTP spec 2.3).
     """
 
-    __slots__ = (
-        "_ended",
-        "_guard",
-        "_receive",
-        "_request",
-        "_send",
-        "_start",
-        "_streaming",
-        "_token",
-    )
+    __slots__ = ("_start", "_streaming")
 
     def __init__(
         self,
@@ -74,14 +66,9 @@ class RecheckedStream:
         receive: Receive,
         send: Send,
     ) -> None:
-        self._guard = guard
-        self._token = token
-        self._request = request
-        self._receive = receive
-        self._send = send
+        super().__init__(guard, token, request, receive, send)
         self._start: Message | None = None
         self._streaming = False
-        self._ended = False
 
     async def receive(self) -> Message:
         """The next message for the app; a disconnect once the stream was ended."""
@@ -106,17 +93,6 @@ class RecheckedStream:
             self._start = message  # read only if the stream is ended
         await self._send(message)
 
-    async def _valid(self) -> bool:
-        started = perf_counter()
-        try:
-            await self._guard.recheck(self._token)
-        except AuthError as error:
-            # Another send of the app's may be checking as well: only the first ends it.
-            if self._ended:
-                return False
-            self._ended = True
-            self._guard.audit.refused(error, self._request, perf_counter() - started)
-            if not _sized(self._start):
-                await self._send({"type": "http.response.body", "body": b"", "more_body": False})
-            return False
-        return not self._ended
+    async def _end(self, error: AuthError) -> None:
+        if not _sized(self._start):
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -11,9 +11,9 @@ good.
 
 from __future__ import annotations
 
-from time import perf_counter
 from typing import TYPE_CHECKING
 
+from bearerguard._recheck import Rechecked
 from bearerguard.errors import (
     AuthError,
     ExpiredTokenError,
@@ -61,7 +61,7 @@ def close_reason(error: AuthError) -> str:
     return "token refused"
 
 
-class RecheckedWebSocket:
+class RecheckedWebSocket(Rechecked):
     """One accepted connection's ``receive`` and ``send``, wrapped: an inbound
     ``websocket.receive`` reaches the app, and an outbound ``websocket.send`` the client,
     only while the token passes ``recheck``.
@@ -71,7 +71,7 @@ class RecheckedWebSocket:
     raised (a server fails a send after close). Other messages pass as they are.
     """
 
-    __slots__ = ("_closed", "_code", "_guard", "_receive", "_request", "_send", "_token")
+    __slots__ = ("_code",)
 
     def __init__(
         self,
@@ -81,12 +81,7 @@ class RecheckedWebSocket:
         receive: Receive,
         send: Send,
     ) -> None:
-        self._guard = guard
-        self._token = token
-        self._request = request
-        self._receive = receive
-        self._send = send
-        self._closed = False
+        super().__init__(guard, token, request, receive, send)
         self._code = POLICY_VIOLATION
 
     def _disconnected(self) -> Message:
@@ -95,32 +90,20 @@ class RecheckedWebSocket:
 
     async def receive(self) -> Message:
         """The next message for the app; a disconnect once the token failed."""
-        if self._closed:
+        if self._ended:
             return self._disconnected()
         message = await self._receive()
         # Closed meanwhile by a send that failed the check: whatever came is not the app's.
-        if self._closed or (message["type"] == "websocket.receive" and not await self._valid()):
+        if self._ended or (message["type"] == "websocket.receive" and not await self._valid()):
             return self._disconnected()
         return message
 
     async def send(self, message: Message) -> None:
         """Pass the app's message on; dropped once the token failed."""
-        if self._closed or (message["type"] == "websocket.send" and not await self._valid()):
+        if self._ended or (message["type"] == "websocket.send" and not await self._valid()):
             return
         await self._send(message)
 
-    async def _valid(self) -> bool:
-        started = perf_counter()
-        try:
-            await self._guard.recheck(self._token)
-        except AuthError as error:
-            # A receive and a send may both be checking: only the first to fail closes.
-            if self._closed:
-                return False
-            self._closed = True
-            self._code = code = close_code(error)
-            self._guard.audit.refused(error, self._request, perf_counter() - started)
-            reason = close_reason(error)
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
-            return False
-        return not self._closed
+    async def _end(self, error: AuthError) -> None:
+        self._code = code = close_code(error)
+        await self._send({"type": "websocket.close", "code": code, "reason": close_reason(error)})

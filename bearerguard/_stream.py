@@ -7,6 +7,12 @@ first that said more would follow is a use of the token, so it is sent only whil
 recheck is (``_recheck`` holds what both share): the same events and reasons. A response
 that sent no body yet, or sent it whole, is never checked: a plain response costs one call
 per message.
+
+Once ended, the stream answers the app as its server answers for a client that went away,
+by the scope's ASGI HTTP spec version: sends dropped up to 2.3, an ``OSError`` raised from
+2.4 (which Starlette's ``StreamingResponse`` stops on, listening for no disconnect). What
+that raises out of the app is absorbed by whoever ended the stream (``absorbed``), as the
+spec asks a server to catch what it raised, and not log it.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from bearerguard._recheck import Rechecked
 
 if TYPE_CHECKING:
-    from starlette.types import Message, Receive, Send
+    from starlette.types import Message, Receive, Scope, Send
 
     from bearerguard.audit import RequestInfo
     from bearerguard.errors import AuthError
@@ -24,11 +30,42 @@ if TYPE_CHECKING:
     from bearerguard.issuers import TrustedIssuers
     from bearerguard.token import AccessToken
 
-__all__ = ["STREAM_KEY", "RecheckedStream"]
+__all__ = [
+    "STREAM_KEY",
+    "RecheckedStream",
+    "StreamEndedError",
+    "absorbed",
+]
 
 STREAM_KEY = "bearerguard.stream"
 """The scope key holding a request's ``RecheckedStream``: one per request, however many
 layers (the middleware, ``MCPToolScopes``) would recheck it."""
+
+
+class StreamEndedError(OSError):
+    """A send after bearerguard ended the stream, under ASGI HTTP spec 2.4 or later."""
+
+
+def _raises_on_send(scope: Scope) -> bool:
+    """Whether the scope's server raises from a send to a client that went away: ASGI HTTP
+    spec 2.4 ("Disconnected Client - send exception"); before it, such a send is a no-op.
+    A missing version is the spec's default, 2.0, and so is one that does not parse."""
+    declared = (scope.get("asgi") or {}).get("spec_version", "2.0")
+    try:
+        major, minor = (int(part) for part in str(declared).split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (2, 4)
+
+
+def absorbed(error: BaseException) -> bool:
+    """Whether ``error``, raised out of the app, is only what an ended stream's send raised:
+    a ``StreamEndedError``, or what the app raised while handling one (Starlette's
+    ``ClientDisconnect``). The ASGI spec asks a server to catch the ``OSError`` it raised
+    and not log it as an error; any other error is the app's own and goes on."""
+    if isinstance(error, StreamEndedError):
+        return True
+    return isinstance(error.__cause__ or error.__context__, StreamEndedError)
 
 
 def _sized(start: Message | None) -> bool:
@@ -52,11 +89,12 @@ class RecheckedStream(Rechecked):
     401); without it when the start stated a ``Content-Length``, which the server will not
     let a shorter body end cleanly (it closes the connection once the app returns, and the
     client sees the download cut short, not a complete shorter file). The app's pending
-    (or next) receive gets ``http.disconnect``, and its later sends are dropped, not raised:
-    as the server does for a client that went away (ASGI HTTP spec 2.3).
+    (or next) receive gets ``http.disconnect``, and the send that failed and its later
+    ones answer as the server does for a client that went away: dropped under ASGI HTTP
+    spec 2.3 and before, a ``StreamEndedError`` (an ``OSError``) raised from 2.4 on.
     """
 
-    __slots__ = ("_start", "_streaming")
+    __slots__ = ("_raises", "_scope", "_start", "_streaming")
 
     def __init__(
         self,
@@ -65,10 +103,14 @@ class RecheckedStream(Rechecked):
         request: RequestInfo,
         receive: Receive,
         send: Send,
+        *,
+        scope: Scope,
     ) -> None:
         super().__init__(guard, token, request, receive, send)
+        self._scope = scope
         self._start: Message | None = None
         self._streaming = False
+        self._raises = False  # set once ended, from the scope's spec version
 
     async def receive(self) -> Message:
         """The next message for the app; a disconnect once the stream was ended."""
@@ -82,10 +124,12 @@ class RecheckedStream(Rechecked):
     async def send(self, message: Message) -> None:
         """Pass the app's message on; a body chunk only while the token is good."""
         if self._ended:
+            self._gone()
             return
         kind = message["type"]
         if kind == "http.response.body":
             if self._streaming and not await self._valid():
+                self._gone()
                 return
             if message.get("more_body", False):
                 self._streaming = True
@@ -93,6 +137,12 @@ class RecheckedStream(Rechecked):
             self._start = message  # read only if the stream is ended
         await self._send(message)
 
+    def _gone(self) -> None:
+        """A send once the stream ended: a no-op, or raised under ASGI HTTP spec 2.4."""
+        if self._raises:
+            raise StreamEndedError("the stream was ended: its token no longer passes")
+
     async def _end(self, error: AuthError) -> None:
+        self._raises = _raises_on_send(self._scope)
         if not _sized(self._start):
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -38,7 +38,7 @@ from bearerguard._core.extract import (
 )
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
-from bearerguard._stream import STREAM_KEY, RecheckedStream
+from bearerguard._stream import STREAM_KEY, RecheckedStream, absorbed
 from bearerguard._websocket import RecheckedWebSocket
 from bearerguard.audit import RequestInfo
 from bearerguard.decorators import (
@@ -636,7 +636,8 @@ class BearerGuardMiddleware:
                     receive, send = connection.receive, connection.send
         if self.stream_recheck and access is not None and kind == "http":
             # Each further chunk of a streamed response is a use of the token.
-            stream = scope[STREAM_KEY] = RecheckedStream(guard, access, auth, receive, send)
+            stream = RecheckedStream(guard, access, auth, receive, send, scope=scope)
+            scope[STREAM_KEY] = stream
             receive, send = stream.receive, stream.send
         scope[SCOPE_KEY] = auth
         reset = current_auth.set(auth)
@@ -646,6 +647,11 @@ class BearerGuardMiddleware:
             # A check that ran as a FastAPI dependency, before the app answered: already
             # audited, so only the answer is left to send.
             await self._send_refusal(scope, send, refused.refusal, refused.error)
+        except Exception as error:
+            # A stream this middleware ended raised into the app (ASGI HTTP spec 2.4): the
+            # end is audited and the client has it; as a server, catch it and log nothing.
+            if not (self.stream_recheck and absorbed(error)):
+                raise
         finally:
             current_auth.reset(reset)
 

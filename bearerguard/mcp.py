@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bearerguard._context import SCOPE_KEY, RequestAuth, presented_with
 from bearerguard._core.scopes import validate_scope_names
 from bearerguard._core.unicode import has_lone_surrogate
-from bearerguard._stream import STREAM_KEY, RecheckedStream
+from bearerguard._stream import STREAM_KEY, RecheckedStream, absorbed
 from bearerguard.asgi import TokenUser
 from bearerguard.audit import RequestInfo
 from bearerguard.decorators import ScopeRequirement, challenge_scopes, check_scopes
@@ -247,8 +247,24 @@ class MCPToolScopes:
         found = scope.get(SCOPE_KEY) if scope["type"] == "http" else None
         verdict = found if isinstance(found, RequestAuth) else None
         token = None if verdict is None else verdict.token
-        if verdict is not None and token is not None and self.stream_recheck:
-            receive, send = _rechecked(scope, verdict, token, receive, send)
+        # Unless the middleware in front rechecks the stream already (its stream_recheck):
+        # an ended stream is audited once.
+        if verdict is None or token is None or not self.stream_recheck or STREAM_KEY in scope:
+            await self._serve(scope, receive, send, token)
+            return
+        stream = RecheckedStream(verdict.guard, token, verdict, receive, send, scope=scope)
+        scope[STREAM_KEY] = stream
+        try:
+            await self._serve(scope, stream.receive, stream.send, token)
+        except Exception as error:
+            # What the stream raised once it ended it (ASGI HTTP spec 2.4): audited, and
+            # the client has the end; as a server, catch it and log nothing.
+            if not absorbed(error):
+                raise
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, token: AccessToken | None
+    ) -> None:
         if token is None or self._sdk_user is None:
             await self._check(scope, receive, send)
             return
@@ -376,18 +392,6 @@ def _on_paths(scope: Scope, paths: frozenset[str]) -> bool:
     # And what lies below: Mount("/messages/") (the SSE transport's message endpoint)
     # routes /messages/<anything> to the same app.
     return any(path.endswith(entry) or f"{entry}/" in path for entry in paths)
-
-
-def _rechecked(
-    scope: Scope, verdict: RequestAuth, token: AccessToken, receive: Receive, send: Send
-) -> tuple[Receive, Send]:
-    """The request's ``receive`` and ``send``, its streamed answer rechecked: unless the
-    middleware in front rechecks it already (its ``stream_recheck``), so that a stream
-    ended is audited once."""
-    if STREAM_KEY in scope:
-        return receive, send
-    stream = scope[STREAM_KEY] = RecheckedStream(verdict.guard, token, verdict, receive, send)
-    return stream.receive, stream.send
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

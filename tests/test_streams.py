@@ -10,6 +10,7 @@ real uvicorn server with an endless stream, as an SSE endpoint is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -369,3 +370,173 @@ def test_mcp_tool_scopes_stream_recheck_false_leaves_streams_alone(
     with TestClient(BearerGuardMiddleware(inner, guard=guard)) as client:
         response = client.get("/events", headers={"Authorization": f"Bearer {token}"})
     assert response.content == b"".join(EVENTS)
+
+
+# -- ASGI HTTP spec 2.4: a send after the end raises, as for a client that went away ---------
+
+
+def _endless(stopped: list[int], limit: int = 200) -> Starlette:
+    """``/events``: an SSE generator with no end of its own (``limit`` only bounds a failing
+    test); ``stopped`` gets how many events it had made when it stopped."""
+
+    async def numbers() -> AsyncIterator[bytes]:
+        number = 0
+        try:
+            while number < limit:
+                number += 1
+                yield f"data: {number}\n\n".encode()
+        finally:
+            stopped.append(number)
+
+    async def events(request: Request) -> StreamingResponse:
+        return StreamingResponse(numbers(), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/events", events)])
+
+
+def _spec_24(scope: Any) -> Any:
+    """``scope`` as a server declaring ASGI HTTP spec 2.4 builds it."""
+    return {**scope, "asgi": {"version": "3.0", "spec_version": "2.4"}, "path": "/events"}
+
+
+def _revoking(store: MemoryRevocationStore, issuer: str, jti: str, after: int) -> Callable:
+    """A ``send`` wrapper for ``asgi_call``'s app: revokes ``jti`` once ``after`` body chunks
+    have reached the server."""
+
+    def wrap(app: Any) -> Any:
+        async def revoking(scope: Any, receive: Any, send: Any) -> None:
+            chunks = 0
+
+            async def counting(message: Any) -> None:
+                nonlocal chunks
+                await send(message)
+                if message["type"] == "http.response.body":
+                    chunks += 1
+                    if chunks == after:
+                        store.revoke_token_sync(jti, issuer=issuer)
+
+            await app(scope, receive, counting)
+
+        return revoking
+
+    return wrap
+
+
+@pytest.mark.parametrize("mcp", [False, True])
+def test_an_endless_stream_stops_under_asgi_spec_24(session_issuer: DevIssuer, mcp: bool) -> None:
+    # Spec 2.4's StreamingResponse listens for no disconnect: it stops when a send raises
+    # (ASGI HTTP spec, "Disconnected Client - send exception"). A dropped send would leave
+    # its generator running for ever; the raise it turns into ClientDisconnect must not
+    # reach the server as an error.
+    store = MemoryRevocationStore()
+    guard = session_issuer.guard(revocation=store)
+    token = session_issuer.mint(sub="eve", expires_in=3600, jti="eve-5")
+    stopped: list[int] = []
+    app: Any = _endless(stopped)
+    if mcp:
+        app = MCPToolScopes(app, tools={})
+    guarded = _revoking(store, session_issuer.url, "eve-5", after=2)(
+        BearerGuardMiddleware(app, guard=guard, stream_recheck=not mcp)
+    )
+    scope = _spec_24(http_scope([(b"authorization", f"Bearer {token}".encode())]))
+    with capture_logs() as audit:
+        sent = asyncio.run(asgi_call(guarded, scope, []))
+    assert stopped == [3]  # the third event was refused, and the generator closed there
+    assert [m.get("body") for m in sent[1:]] == [b"data: 1\n\n", b"data: 2\n\n", b""]
+    refused = [(e["event"], e["reason"]) for e in audit if e["event"] != "token.accepted"]
+    assert refused == [("token.rejected", "revoked")]
+
+
+def test_a_failure_after_the_end_that_is_not_the_disconnect_still_raises(
+    session_issuer: DevIssuer,
+) -> None:
+    # Only what the ended stream raised is absorbed: the app's own error is still its own.
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=0)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        clock.advance(61)
+        with contextlib.suppress(OSError):  # the app cleans up after the disconnect...
+            await send({"type": "http.response.body", "body": b"b", "more_body": True})
+        raise LookupError("the app's own")  # ... then fails on its own
+
+    guarded = BearerGuardMiddleware(app, guard=guard, stream_recheck=True)
+    scope = _spec_24(http_scope([(b"authorization", f"Bearer {token}".encode())]))
+    with pytest.raises(LookupError):
+        asyncio.run(asgi_call(guarded, scope))
+
+
+def _after_the_end(issuer: DevIssuer, version: str) -> list[str]:
+    """What two sends after the end did under a scope declaring ``version``."""
+    token = issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = issuer.guard(clock=clock, leeway=0)
+    seen: list[str] = []
+
+    async def try_send(send: Any, chunk: bytes) -> None:
+        try:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            seen.append("dropped")
+        except OSError:
+            seen.append("raised")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        clock.advance(61)
+        await try_send(send, b"b")
+        await try_send(send, b"c")
+
+    guarded = BearerGuardMiddleware(app, guard=guard, stream_recheck=True)
+    scope = http_scope([(b"authorization", f"Bearer {token}".encode())])
+    scope["asgi"] = {"version": "3.0", "spec_version": version}
+    asyncio.run(asgi_call(guarded, scope))
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("version", "outcome"),
+    # One that does not parse is taken as the spec's default, 2.0.
+    [("2.3", "dropped"), ("2.4", "raised"), ("2.10", "raised"), ("two", "dropped")],
+)
+def test_sends_after_the_end_raise_an_os_error_under_spec_24_only(
+    session_issuer: DevIssuer, version: str, outcome: str
+) -> None:
+    assert _after_the_end(session_issuer, version) == [outcome, outcome]
+
+
+def test_a_served_spec_24_stream_ends_without_a_server_error(session_issuer: DevIssuer) -> None:
+    # uvicorn declares 2.3 for HTTP: a shim declares 2.4, as another server would, so that
+    # the server's log shows whether what the ended stream raised reached it as an error.
+    store = MemoryRevocationStore()
+    guard = session_issuer.guard(revocation=store)
+    token = session_issuer.mint(sub="eve", expires_in=3600, jti="eve-6")
+    stopped: list[int] = []
+    guarded = BearerGuardMiddleware(_endless(stopped, 100_000), guard=guard, stream_recheck=True)
+
+    async def declaring_24(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "asgi": {**scope["asgi"], "spec_version": "2.4"}}
+        await guarded(scope, receive, send)
+
+    headers = {"Authorization": f"Bearer {token}"}
+    received = 0
+    with (
+        uvicorn_logging(declaring_24, logger="uvicorn.error") as (host, log),
+        httpx.Client(base_url=f"http://{host}") as client,
+    ):
+        with client.stream("GET", "/events", headers=headers) as stream:
+            for line in stream.iter_lines():
+                if line:
+                    received += 1
+                    if received == 2:
+                        store.revoke_token_sync("eve-6", issuer=session_issuer.url)
+        assert until(lambda: len(stopped) == 1, 10)
+        again = client.get("/events", headers=headers)
+    assert stopped[0] < 100_000  # stopped by the end, not by running out
+    assert again.status_code == 401
+    assert "Exception" not in log.getvalue()
+    assert "Traceback" not in log.getvalue()

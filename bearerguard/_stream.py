@@ -1,4 +1,6 @@
-"""A streamed HTTP response's token, checked again at each body chunk (``stream_recheck``).
+"""A streamed HTTP response's token, checked again at each body chunk (``stream_recheck``):
+an ASGI response's ``send`` (``RecheckedStream``), a WSGI or Django body (``RecheckedBody``,
+``RecheckedAsyncBody``).
 
 A request is authenticated when it arrives, and its response may then stream for hours:
 Server-Sent Events, an MCP session's GET stream, a long download. Each chunk after the
@@ -17,21 +19,27 @@ spec asks a server to catch what it raised, and not log it.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, Iterable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from bearerguard._context import AsyncBodyWithAuth, BodyWithAuth
 from bearerguard._recheck import Rechecked
+from bearerguard.errors import AuthError
 
 if TYPE_CHECKING:
     from starlette.types import Message, Receive, Scope, Send
 
+    from bearerguard._context import RequestAuth
     from bearerguard.audit import RequestInfo
-    from bearerguard.errors import AuthError
     from bearerguard.guard import BearerGuard
     from bearerguard.issuers import TrustedIssuers
     from bearerguard.token import AccessToken
 
 __all__ = [
     "STREAM_KEY",
+    "RecheckedAsyncBody",
+    "RecheckedBody",
     "RecheckedStream",
     "StreamEndedError",
     "absorbed",
@@ -146,3 +154,86 @@ class RecheckedStream(Rechecked):
         self._raises = _raises_on_send(self._scope)
         if not _sized(self._start):
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class RecheckedBody(BodyWithAuth):
+    """A WSGI response body (or a Django streaming one) whose chunks after the first reach
+    the server only while the token passes ``recheck_sync``: a WSGI server has sent one
+    chunk when it asks for the next (PEP 3333), so each further one is a use of the token.
+
+    The first that fails ends the body where it stands, audited once as the ASGI stream
+    is: the server sees the iteration stop, and the app's iterable is closed there (its
+    clean-up runs with ``current_auth`` set), once, however often the server closes this.
+    """
+
+    __slots__ = ("_closed", "_ended", "_streaming")
+
+    def __init__(self, body: Iterable[bytes], auth: RequestAuth) -> None:
+        super().__init__(body, auth)
+        self._streaming = False
+        self._ended = False
+        self._closed = False
+
+    def __next__(self) -> bytes:
+        if self._ended:
+            raise StopIteration
+        chunk = super().__next__()
+        if self._streaming and not self._valid():
+            raise StopIteration
+        self._streaming = True
+        return chunk
+
+    def close(self) -> None:
+        """Close the app's body, once."""
+        if not self._closed:
+            self._closed = True
+            super().close()
+
+    def _valid(self) -> bool:
+        auth = self._auth
+        token = auth.token
+        assert token is not None  # noqa: S101 - only a request with a token is rechecked
+        started = perf_counter()
+        try:
+            auth.guard.recheck_sync(token)
+        except AuthError as error:
+            self._ended = True
+            auth.guard.audit.refused(error, auth, perf_counter() - started)
+            self.close()
+            return False
+        return True
+
+
+class RecheckedAsyncBody(AsyncBodyWithAuth):
+    """An asynchronous streaming body (Django's, under ASGI) rechecked as ``RecheckedBody``
+    is, with the guard's ``recheck``: its app's iterator is closed (``aclose``) at the end."""
+
+    __slots__ = ("_ended", "_streaming")
+
+    def __init__(self, body: AsyncIterable[bytes], auth: RequestAuth) -> None:
+        super().__init__(body, auth)
+        self._streaming = False
+        self._ended = False
+
+    async def __anext__(self) -> bytes:
+        if self._ended:
+            raise StopAsyncIteration
+        chunk = await super().__anext__()
+        if self._streaming and not await self._valid():
+            raise StopAsyncIteration
+        self._streaming = True
+        return chunk
+
+    async def _valid(self) -> bool:
+        auth = self._auth
+        token = auth.token
+        assert token is not None  # noqa: S101 - only a request with a token is rechecked
+        started = perf_counter()
+        try:
+            await auth.guard.recheck(token)
+        except AuthError as error:
+            self._ended = True
+            auth.guard.audit.refused(error, auth, perf_counter() - started)
+            await self.aclose()  # an async generator closes once: again is a no-op
+            return False
+        return True

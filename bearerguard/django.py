@@ -49,6 +49,7 @@ from bearerguard._core.extract import (
     split_joined_values,
 )
 from bearerguard._core.paths import PublicPaths
+from bearerguard._stream import RecheckedAsyncBody, RecheckedBody
 from bearerguard.audit import RequestInfo
 from bearerguard.decorators import _request_auth
 from bearerguard.dpop import DPoPRequest
@@ -70,7 +71,7 @@ _log = logging.getLogger("bearerguard")
 SETTING = "BEARERGUARD"
 """The name of the Django setting the middleware reads."""
 
-_OPTIONS = ("GUARD", "PUBLIC_PATHS", "WARM_UP")
+_OPTIONS = ("GUARD", "PUBLIC_PATHS", "WARM_UP", "STREAM_RECHECK")
 _Described = tuple[str, str, str | None, str | None]
 
 
@@ -97,8 +98,8 @@ def _guard_of(named: object) -> BearerGuard | TrustedIssuers:
 
 def _settings_of(
     value: object,
-) -> tuple[BearerGuard | TrustedIssuers, PublicPaths, bool]:
-    """The guard, public paths and warm-up of a ``BEARERGUARD`` setting.
+) -> tuple[BearerGuard | TrustedIssuers, PublicPaths, bool, bool]:
+    """The guard, public paths, warm-up and stream recheck of a ``BEARERGUARD`` setting.
 
     Raises:
         ImproperlyConfigured: no setting, not a dict, an unknown key (a misspelt
@@ -128,7 +129,10 @@ def _settings_of(
     warm_up = value.get("WARM_UP", False)
     if not isinstance(warm_up, bool):
         raise _refused("WARM_UP must be True or False")
-    return guard, public_paths, warm_up
+    stream_recheck = value.get("STREAM_RECHECK", False)
+    if not isinstance(stream_recheck, bool):
+        raise _refused("STREAM_RECHECK must be True or False")
+    return guard, public_paths, warm_up, stream_recheck
 
 
 def _redact_query_token(request: Any) -> None:
@@ -366,11 +370,16 @@ def _verdict(request: Any) -> RequestAuth:
     return auth
 
 
-def _streamed_with(response: Any, auth: RequestAuth) -> Any:
+def _streamed_with(response: Any, auth: RequestAuth, *, recheck: bool, run_async: bool) -> Any:
     """``response``, its streaming body (sync or async) read with ``current_auth`` set, so
     that ``get_access_token()`` works while it streams, as behind the ASGI middleware; a
-    file's body is left alone (Django hands it to the server's ``wsgi.file_wrapper``)."""
+    file's body is left alone (Django hands it to the server's ``wsgi.file_wrapper``).
+
+    With ``recheck`` (``STREAM_RECHECK``), a request's token is checked again before each
+    further chunk: not for a sync body under ASGI, which Django reads whole before sending
+    any of it (nothing streams), and whose recheck would need the store's sync side."""
     if getattr(response, "streaming", False) and getattr(response, "file_to_stream", None) is None:
+        recheck = recheck and auth.token is not None
         if getattr(response, "is_async", False):
             # The view's own iterator (Django keeps it as _iterator): streaming_content is a
             # wrapper of it, whose aclose() leaves it suspended (an async for never closes
@@ -378,11 +387,12 @@ def _streamed_with(response: Any, auth: RequestAuth) -> Any:
             # else held it. Django's wrapper is put back around this one as it streams.
             inner = getattr(response, "_iterator", None)
             body = response.streaming_content if inner is None else inner
-            streamed = AsyncBodyWithAuth(body, auth)
+            streamed = (RecheckedAsyncBody if recheck else AsyncBodyWithAuth)(body, auth)
             response.streaming_content = streamed
             response.close = _aclosed_with(response.close, streamed)
         else:
-            response.streaming_content = BodyWithAuth(response.streaming_content, auth)
+            wrapper = RecheckedBody if recheck and not run_async else BodyWithAuth
+            response.streaming_content = wrapper(response.streaming_content, auth)
             # Django closes the view's generator in response.close(), which the server calls
             # when the client went away mid-stream: its clean-up reads the token there too,
             # as behind the WSGI middleware, which closes the response with it set.
@@ -448,6 +458,9 @@ class BearerGuardMiddleware:
       ``CommonMiddleware`` redirect for ``APPEND_SLASH`` leads to a path that is then
       refused unless listed too (fail closed).
     - ``WARM_UP``: fetch the key set when the middleware is loaded (blocking, once).
+    - ``STREAM_RECHECK``: check a request's token again before each further chunk of a
+      ``StreamingHttpResponse``, as ``BearerGuardWSGIMiddleware(stream_recheck=True)``
+      does; the first that fails ends the response there, audited once. Off by default.
 
     It works under WSGI and ASGI: Django hands it a sync or an async ``get_response`` and it
     answers in kind, verifying with the guard's synchronous side (WSGI) or awaiting its
@@ -468,8 +481,11 @@ class BearerGuardMiddleware:
     async_capable = True
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
-        guard, public_paths, warm_up = _settings_of(getattr(settings, SETTING, None))
+        guard, public_paths, warm_up, stream_recheck = _settings_of(
+            getattr(settings, SETTING, None)
+        )
         self.get_response = get_response
+        self.stream_recheck = stream_recheck
         self.guard = guard
         self.public_paths = public_paths
         # The cache-hit fast path serves a plain single-issuer Bearer setup (decided once).
@@ -518,7 +534,7 @@ class BearerGuardMiddleware:
             response = self.get_response(request)
         finally:
             current_auth.reset(reset)
-        return _streamed_with(response, auth)
+        return _streamed_with(response, auth, recheck=self.stream_recheck, run_async=False)
 
     async def _acall(self, request: Any) -> Any:
         started = perf_counter()
@@ -540,7 +556,7 @@ class BearerGuardMiddleware:
             response = await self.get_response(request)
         finally:
             current_auth.reset(reset)
-        return _streamed_with(response, auth)
+        return _streamed_with(response, auth, recheck=self.stream_recheck, run_async=True)
 
     def _metadata(self, request: Any) -> HttpResponse | None:
         """The protected-resource metadata (RFC 9728 §3) when ``request`` asks for it at

@@ -32,11 +32,15 @@ def protect(
     guard: BearerGuard | TrustedIssuers,
     public_paths: Iterable[str] = (),
     warm_up: bool = False,
+    stream_recheck: bool = False,
 ) -> BearerGuardWSGIMiddleware:
     """Wrap ``app.wsgi_app`` in ``BearerGuardWSGIMiddleware`` and return the middleware.
 
     ``requires_scopes`` then answers with Flask responses, and ``get_access_token()`` (or
     ``get_access_token(flask.request)``) returns the token inside views.
+
+    ``public_paths``, ``warm_up`` and ``stream_recheck`` (a streamed response's token checked
+    again at each further chunk, off by default) are the middleware's.
 
     When ``app.wsgi_app`` is already werkzeug's ``ProxyFix`` (Flask's documented set-up,
     done where the app is made), the middleware goes inside it, so that the guard reads the
@@ -58,6 +62,7 @@ def protect(
         public_paths=public_paths,
         warm_up=warm_up,
         respond=responder_for(app),
+        stream_recheck=stream_recheck,
     )
     # The first request's check reads this app's views, not the ones it finds under
     # app.wsgi_app: a wrapper there may hold the next app under another name (werkzeug's

@@ -980,23 +980,35 @@ class BearerGuard:
             RevokedTokenError: the store says the token is revoked.
             RevocationStoreError: the store failed (not with ``revocation_failure="allow"``).
         """
-        try:
-            issued = token.issued_at
-            check_still_valid(
-                token.expires_at.timestamp(),
-                None if issued is None else issued.timestamp(),
-                self._policy,
-                self.clock(),
-            )
-        except AuthError as exc:
-            exc.token = token
-            raise
+        self._check_still_valid(token)
         # As authenticate asks (a Redis store's is_revoked reads its mirror when it has one).
         try:
             if self._revoked_now is not None:  # a store that never blocks: no coroutine
                 revoked = self._revoked_now(token)
             else:
                 revoked = await self.revocation.is_revoked(token)
+        except Exception as exc:  # noqa: BLE001 - any store failure: the policy decides
+            self._revocation_failed(token, exc)
+        else:
+            if revoked:
+                self._revoked(token)
+
+    def recheck_sync(self, token: AccessToken) -> None:
+        """Check again a token accepted earlier, as ``recheck`` does, blocking this thread
+        (for WSGI: each further chunk of a streamed response). The revocation store's
+        synchronous side answers (``SyncRevocationStore``), as in ``authenticate_sync``.
+
+        Raises:
+            ExpiredTokenError: ``exp`` (plus leeway) has passed.
+            TokenTooOldError: the maximum age (plus leeway) has passed.
+            RevokedTokenError: the store says the token is revoked.
+            RevocationStoreError: the store failed (not with ``revocation_failure="allow"``).
+            ConfigurationError: the store has no synchronous side.
+        """
+        self._check_still_valid(token)
+        store = self.require_sync_revocation()  # outside the failure policy, as at acceptance
+        try:
+            revoked = store.is_revoked_sync(token)
         except Exception as exc:  # noqa: BLE001 - any store failure: the policy decides
             self._revocation_failed(token, exc)
         else:
@@ -1069,6 +1081,20 @@ class BearerGuard:
         return access
 
     # Everything below up to the I/O edges is synchronous and shared by every driver.
+
+    def _check_still_valid(self, token: AccessToken) -> None:
+        """A recheck's expiry and maximum age, at the guard's clock (RFC 7519 §4.1.4)."""
+        try:
+            issued = token.issued_at
+            check_still_valid(
+                token.expires_at.timestamp(),
+                None if issued is None else issued.timestamp(),
+                self._policy,
+                self.clock(),
+            )
+        except AuthError as exc:
+            exc.token = token
+            raise
 
     @staticmethod
     def _replay_failed(access: AccessToken, exc: Exception) -> NoReturn:

@@ -342,6 +342,11 @@ class TrustedIssuers:
         guard = self.verifier_of(token) or self._route(token.raw, None)
         await guard.recheck(token)
 
+    def recheck_sync(self, token: AccessToken) -> None:
+        """As ``recheck``, blocking this thread (for WSGI); as ``BearerGuard.recheck_sync``."""
+        guard = self.verifier_of(token) or self._route(token.raw, None)
+        guard.recheck_sync(token)
+
     def _route(self, token: str | bytes, dpop: DPoPRequest | None) -> BearerGuard:
         try:
             return self.guard_for(token)

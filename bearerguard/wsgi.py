@@ -32,6 +32,7 @@ from bearerguard._core.extract import (
 )
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
+from bearerguard._stream import RecheckedBody
 from bearerguard.audit import RequestInfo
 from bearerguard.decorators import (
     app_layers,
@@ -334,6 +335,13 @@ class BearerGuardWSGIMiddleware:
         warm_up: fetch the key set now, at construction, so the first request does not wait.
         respond: how ``requires_scopes`` builds its refusals inside ``app``; by default a
             Flask or Django response when ``app`` is one, else ``(body, status, headers)``.
+        stream_recheck: check a request's token again before each further chunk of a
+            streamed body (a generator, Flask's ``stream_with_context``, Django's
+            ``StreamingHttpResponse``), as the ASGI middleware's ``stream_recheck`` does:
+            the first that fails ends the body there (the app's iterable is closed),
+            audited as one refusal. A body returned whole (a list, a Flask view's ``str``
+            or ``dict``) or a file handed to the server's ``wsgi.file_wrapper`` is not
+            rechecked. Off by default.
 
     Refusals are exactly those of the ASGI middleware (RFC 6750 §3), and so is the
     protected-resource metadata served when the guard has a ``resource`` (RFC 9728), at
@@ -355,6 +363,7 @@ class BearerGuardWSGIMiddleware:
         public_paths: Iterable[str] = (),
         warm_up: bool = False,
         respond: Responder | None = None,
+        stream_recheck: bool = False,
     ) -> None:
         if not isinstance(guard, BearerGuard | TrustedIssuers):
             raise ConfigurationError("guard must be a BearerGuard or TrustedIssuers")
@@ -371,6 +380,7 @@ class BearerGuardWSGIMiddleware:
         self.guard = guard
         self.public_paths = PublicPaths(public_paths)
         self.respond = respond or responder_for(app)
+        self.stream_recheck = bool(stream_recheck)
         # Until a request finds no misplaced scope decorator (WSGI has no start-up hook; a
         # Flask app's routes are all registered by its first request).
         self._routes_unchecked = True
@@ -516,6 +526,9 @@ class BearerGuardWSGIMiddleware:
             or _unstreamed_werkzeug_response(body)
         ):
             return body
+        if self.stream_recheck and auth.token is not None:
+            # Each further chunk of a streamed body is a use of the token.
+            return RecheckedBody(body, auth)
         return BodyWithAuth(body, auth)
 
 

@@ -42,7 +42,7 @@ from bearerguard.metadata import WELL_KNOWN_PATH
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
-from tests.helpers import http_scope
+from tests.helpers import Clock, http_scope
 
 MIDDLEWARE = "bearerguard.django.BearerGuardMiddleware"
 guard: BearerGuard | None = None  # the guard the settings below name, set per test
@@ -148,6 +148,29 @@ async def async_user(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"authenticated": current.is_authenticated, "names": names})
 
 
+between_chunks: list[Callable[[], None]] = []  # run by the rechecked views after a chunk
+
+
+def rechecked(request: HttpRequest) -> StreamingHttpResponse:
+    def body() -> Iterator[bytes]:
+        yield b"one;"
+        for step in between_chunks:
+            step()
+        yield b"two;"
+
+    return StreamingHttpResponse(body())
+
+
+async def async_rechecked(request: HttpRequest) -> StreamingHttpResponse:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"one;"
+        for step in between_chunks:
+            step()
+        yield b"two;"
+
+    return StreamingHttpResponse(body())
+
+
 verdicts: list[object] = []  # what the verdict view found, for the tests that ask
 
 
@@ -164,6 +187,8 @@ urlpatterns = [
     path("streamed", streamed),
     path("async-streamed", async_streamed),
     path("abandoned", abandoned),
+    path("rechecked", rechecked),
+    path("async-rechecked", async_rechecked),
     path("async-abandoned", async_abandoned),
     path("user", user),
     path("async-user", async_user),
@@ -519,6 +544,7 @@ def test_listed_twice_audits_once(
         ({"GUARD": f"{__name__}.guard", "PUBLIC_PATHS": ["/health/?x=1"]}, "query string"),
         ({"GUARD": f"{__name__}.guard", "PUBLIC_PATHS": ["/health/ "]}, "white space"),
         (f"{__name__}.guard", "dict"),
+        ({"GUARD": f"{__name__}.guard", "STREAM_RECHECK": "yes"}, "STREAM_RECHECK must be"),
     ],
 )
 def test_a_misconfiguration_is_refused_at_start_up(
@@ -625,6 +651,40 @@ def test_get_access_token_while_a_streaming_body_is_consumed(
 
             assert asyncio.run(consume()) == b"streamer;streamer;"
             asyncio.run(abandon())
+
+
+@pytest.mark.parametrize("recheck", [False, True])
+def test_stream_recheck_ends_a_streaming_response_once_its_token_expires(
+    session_issuer: DevIssuer, kind: str, recheck: bool
+) -> None:
+    # Sync under WSGI (Django's Client), async under ASGI (AsyncClient): the token is
+    # checked again before the second chunk, which an expired token does not get.
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    between_chunks[:] = [lambda: clock.advance(61)]
+    headers = {"Authorization": f"Bearer {token}"}
+    options = {"STREAM_RECHECK": True} if recheck else {}
+    try:
+        with (
+            configured(session_issuer.guard(clock=clock, leeway=0), **options),
+            structlog.testing.capture_logs() as events,
+        ):
+            if kind == "sync":
+                body = b"".join(Client().get("/rechecked", headers=headers))
+            else:
+
+                async def consume() -> bytes:
+                    response = await AsyncClient().get("/async-rechecked", headers=headers)
+                    return b"".join([part async for part in response])
+
+                body = asyncio.run(consume())
+    finally:
+        between_chunks.clear()
+    refused = [(e["event"], e["reason"]) for e in events if e["event"] != "token.accepted"]
+    if recheck:
+        assert (body, refused) == (b"one;", [("token.rejected", "expired")])
+    else:
+        assert (body, refused) == (b"one;two;", [])
 
 
 AUTH_APPS = ["django.contrib.auth", "django.contrib.contenttypes"]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import io
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -31,7 +32,7 @@ from bearerguard.mcp import MCPToolScopes
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from bearerguard.token import AccessToken
-from tests.helpers import Clock, asgi_call, http_scope, until, uvicorn_logging
+from tests.helpers import Clock, asgi_call, http_scope, serving, until, uvicorn_logging
 
 EVENTS = [b"data: one\n\n", b"data: two\n\n", b"data: three\n\n"]
 
@@ -540,3 +541,246 @@ def test_a_served_spec_24_stream_ends_without_a_server_error(session_issuer: Dev
     assert again.status_code == 401
     assert "Exception" not in log.getvalue()
     assert "Traceback" not in log.getvalue()
+
+
+# -- WSGI: a streamed body (Flask, a plain generator) on a real werkzeug server --------------
+
+
+def _flask_events(between: Callable[[], None], stopped: list[str]) -> Any:
+    """A Flask app: ``/events`` streams three SSE events with ``stream_with_context``,
+    ``between()`` called after the first; ``/plain`` answers JSON."""
+    from flask import Flask, Response, stream_with_context
+
+    app = Flask(__name__)
+
+    @app.get("/events")
+    def events() -> Response:
+        def stream() -> Iterator[bytes]:
+            try:
+                yield EVENTS[0]
+                between()
+                yield from EVENTS[1:]
+            finally:
+                stopped.append("stopped")
+
+        return Response(stream_with_context(stream()), mimetype="text/event-stream")
+
+    @app.get("/plain")
+    def plain() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+@contextlib.contextmanager
+def _served_flask(
+    guard: BearerGuard, between: Callable[[], None], **options: Any
+) -> Iterator[tuple[httpx.Client, list[str]]]:
+    """The Flask app behind ``protect(...)`` on a real werkzeug server: a client for it and
+    what the app's generator reported."""
+    from werkzeug.serving import make_server
+
+    from bearerguard.flask import protect
+
+    stopped: list[str] = []
+    app = _flask_events(between, stopped)
+    protect(app, guard=guard, **options)
+    server = make_server("127.0.0.1", 0, app, threaded=False)
+    with serving(server) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        yield client, stopped
+
+
+def test_a_flask_stream_ends_when_its_token_expires(session_issuer: DevIssuer) -> None:
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=5)
+    headers = {"Authorization": f"Bearer {token}"}
+    with (
+        _served_flask(guard, lambda: clock.advance(66), stream_recheck=True) as (client, stopped),
+        capture_logs() as audit,
+    ):
+        response = client.get("/events", headers=headers)
+        assert until(lambda: stopped == ["stopped"], 10)  # the app's generator was closed
+        again = client.get("/events", headers=headers)
+    assert response.status_code == 200
+    assert response.content == EVENTS[0]
+    refused = [
+        (e["event"], e["reason"], e["path"]) for e in audit if e["event"] != "token.accepted"
+    ]
+    assert refused[0] == ("token.rejected", "expired", "/events")
+    assert len(refused) == 2  # and the reconnection's refusal
+    assert again.status_code == 401
+
+
+def test_a_wsgi_stream_ends_when_its_token_is_revoked(session_issuer: DevIssuer) -> None:
+    # A plain WSGI generator with no end of its own, as an SSE endpoint is.
+    from werkzeug.serving import make_server
+
+    from bearerguard.wsgi import BearerGuardWSGIMiddleware
+
+    store = MemoryRevocationStore()
+    guard = session_issuer.guard(revocation=store)
+    token = session_issuer.mint(sub="eve", expires_in=3600, jti="eve-7")
+    made: list[int] = []
+
+    def endless(environ: Any, start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        number = 0
+        try:
+            while number < 100_000:  # bounds only a failing test
+                number += 1
+                yield f"data: {number}\n\n".encode()
+        finally:
+            made.append(number)
+
+    guarded = BearerGuardWSGIMiddleware(endless, guard=guard, stream_recheck=True)
+    server = make_server("127.0.0.1", 0, guarded, threaded=False)
+    received: list[str] = []
+    headers = {"Authorization": f"Bearer {token}"}
+    with (
+        serving(server) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}") as client,
+        capture_logs() as audit,
+    ):
+        with client.stream("GET", "/events", headers=headers) as stream:
+            for line in stream.iter_lines():
+                if line:
+                    received.append(line)
+                    if len(received) == 2:
+                        store.revoke_token_sync("eve-7", issuer=session_issuer.url)
+        assert until(lambda: len(made) == 1, 10)
+        again = client.get("/events", headers=headers)
+    assert made[0] < 100_000  # closed by the end, not run out
+    assert received == [f"data: {number}" for number in range(1, len(received) + 1)]
+    refused = [(e["event"], e["reason"]) for e in audit if e["event"] != "token.accepted"]
+    assert refused[0] == ("token.rejected", "revoked")
+    assert again.status_code == 401
+
+
+@pytest.mark.parametrize("recheck", [False, True])
+def test_a_flask_response_with_a_good_token_is_untouched(
+    session_issuer: DevIssuer, recheck: bool
+) -> None:
+    token = session_issuer.mint(sub="eve", expires_in=3600)
+    headers = {"Authorization": f"Bearer {token}"}
+    guard = session_issuer.guard()
+    with (
+        _served_flask(guard, lambda: None, stream_recheck=recheck) as (client, stopped),
+        capture_logs() as audit,
+    ):
+        streamed = client.get("/events", headers=headers)
+        plain = client.get("/plain", headers=headers)
+        assert until(lambda: stopped == ["stopped"], 10)
+    assert streamed.content == b"".join(EVENTS)
+    assert plain.json() == {"ok": True}
+    assert [e["event"] for e in audit if e["event"] != "token.accepted"] == []
+
+
+def test_wsgi_stream_recheck_is_off_by_default(session_issuer: DevIssuer) -> None:
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=0)
+    with _served_flask(guard, lambda: clock.advance(61)) as (client, _):
+        response = client.get("/events", headers={"Authorization": f"Bearer {token}"})
+    assert response.content == b"".join(EVENTS)
+
+
+class _SyncStore(_Store):
+    """``_Store`` with the synchronous side WSGI asks."""
+
+    def is_revoked_sync(self, token: AccessToken) -> bool:
+        if self.failing:
+            raise ConnectionError("store down")
+        return False
+
+
+def _wsgi_streamed(
+    guard: BearerGuard | TrustedIssuers, token: str, between: Callable[[], None]
+) -> tuple[bytes, list[Any], list[Any]]:
+    """Three chunks from a WSGI generator behind the middleware (``stream_recheck``), read
+    and closed as a server does: the body, what the app saw and the refusals audited."""
+    from bearerguard.wsgi import BearerGuardWSGIMiddleware
+
+    seen: list[Any] = []
+
+    def app(environ: Any, start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        try:
+            yield EVENTS[0]
+            between()
+            yield from EVENTS[1:]
+        finally:
+            seen.append("ended")
+
+    guarded = BearerGuardWSGIMiddleware(app, guard=guard, stream_recheck=True)
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/events",
+        "QUERY_STRING": "",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.input": io.BytesIO(b""),
+        "HTTP_AUTHORIZATION": f"Bearer {token}",
+    }
+    with capture_logs() as events:
+        body = guarded(environ, lambda status, headers: None)
+        try:
+            content = b"".join(body)
+        finally:
+            body.close()  # type: ignore[attr-defined]
+    return content, seen, [e for e in events if e["event"] != "token.accepted"]
+
+
+@pytest.mark.parametrize("policy", ["deny", "allow"])
+def test_a_store_down_mid_wsgi_stream_ends_it_unless_failing_open(
+    session_issuer: DevIssuer, policy: str
+) -> None:
+    store = _SyncStore()
+    token = session_issuer.mint(sub="eve", expires_in=3600)
+    guard = session_issuer.guard(revocation=store, revocation_failure=policy)
+
+    def store_down() -> None:
+        store.failing = True
+
+    content, seen, events = _wsgi_streamed(guard, token, store_down)
+    assert seen == ["ended"]
+    if policy == "allow":
+        assert (content, events) == (b"".join(EVENTS), [])
+    else:
+        assert content == EVENTS[0]
+        assert [(e["event"], e["reason"]) for e in events] == [
+            ("auth.unavailable", "revocation_unavailable")
+        ]
+
+
+def test_the_maximum_age_ends_a_wsgi_stream_of_trusted_issuers(session_issuer: DevIssuer) -> None:
+    token = session_issuer.mint(sub="eve", expires_in=3600)
+    clock = Clock()
+    issuers = TrustedIssuers([session_issuer.guard(clock=clock, leeway=5, max_age=100)])
+    content, seen, events = _wsgi_streamed(issuers, token, lambda: clock.advance(106))
+    assert content == EVENTS[0]
+    assert seen == ["ended"]
+    assert [(e["event"], e["reason"]) for e in events] == [("token.rejected", "too_old")]
+
+
+def test_a_sized_wsgi_response_ended_early_is_cut_short(session_issuer: DevIssuer) -> None:
+    # As docs/wsgi.md says: the server sends fewer bytes than the Content-Length it stated
+    # and closes the connection; the client sees the download cut short, not complete.
+    from werkzeug.serving import make_server
+
+    from bearerguard.wsgi import BearerGuardWSGIMiddleware
+
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=0)
+
+    def download(environ: Any, start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Length", "6")])
+        yield b"ab"
+        clock.advance(61)
+        yield b"cd"
+        yield b"ef"
+
+    guarded = BearerGuardWSGIMiddleware(download, guard=guard, stream_recheck=True)
+    server = make_server("127.0.0.1", 0, guarded, threaded=True)
+    with serving(server) as port, pytest.raises(httpx.RemoteProtocolError, match="received 2"):
+        httpx.get(f"http://127.0.0.1:{port}/", headers={"Authorization": f"Bearer {token}"})

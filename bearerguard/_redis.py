@@ -113,9 +113,9 @@ def _time_left() -> float | None:
 def _socket_of(connection: object) -> Any:
     """A redis-py connection's socket (``None`` while not connected).
 
-    Private to redis-py (``_sock`` from 5.0 to 8 at least), and the extra allows any later
-    release: one that keeps it elsewhere gets ``None``, its waits then bounded each by its
-    own timeouts (as before the deadline), rather than every call failing.
+    Private to redis-py (``_sock`` from 5.0 to 8 at least), and the extra allows any release
+    from 5.2.1 on: one that keeps it elsewhere gets ``None``, its waits then bounded each by
+    its own timeouts (as before the deadline), rather than every call failing.
     """
     return getattr(connection, "_sock", None)
 

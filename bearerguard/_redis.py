@@ -9,7 +9,10 @@ stays bounded by about the socket timeout.
 redis-py bounds each wait on its own (connecting, then each answer: a new connection's
 handshake has several, a script unknown to Redis two more), so a call that must end by a
 deadline, waits and retry included, sets it: ``within`` for an owned synchronous client,
-``again_within`` for an asynchronous one (cancelled at the deadline).
+``again_within`` for an asynchronous one (cancelled at the deadline). ``within`` reaches
+connecting and reading only: waiting for a free pooled connection, sending and a TLS
+handshake keep a socket timeout each (redis-py's pool and socket set them), as
+docs/deployment.md says.
 """
 
 from __future__ import annotations

@@ -188,8 +188,10 @@ class RedisUsageMonitor:
         async_client: an existing ``redis.asyncio.Redis`` for the asynchronous side.
         socket_timeout: seconds an observation may take before it fails, in all: waiting
             its turn for a connection, connecting and its one retry included (with
-            ``client``, each command is bounded by that client's own timeouts). Every
-            accepted request waits for it, so keep it short.
+            ``client``, each command is bounded by that client's own timeouts). On the
+            synchronous side, sending and a ``rediss://`` TLS handshake are each bounded by
+            it alone, not by what is left of it. Every accepted request waits for it, so
+            keep it short.
         connect_timeout: seconds to establish a connection (within ``socket_timeout``
             during an observation).
         max_connections: connections per side (with ``client`` or ``async_client``, the

@@ -215,8 +215,10 @@ class RedisRevocationStore:
         socket_timeout: seconds a call to Redis may take before it fails, in all: a
             revocation, a direct check, a ping or a step of a listing, waiting for a free
             connection, connecting, loading the script again and its one retry included
-            (with ``client``, each command is bounded by that client's own timeouts). Each
-            command of the mirror's load is bounded by it too.
+            (with ``client``, each command is bounded by that client's own timeouts). On
+            the synchronous side, waiting for a free connection, sending and a ``rediss://``
+            TLS handshake are each bounded by it alone, not by what is left of it (see
+            docs/deployment.md). Each command of the mirror's load is bounded by it too.
         connect_timeout: seconds to establish a connection (within ``socket_timeout``
             during a call).
         max_connections: connections per side (synchronous, asynchronous); a call waits for

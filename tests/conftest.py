@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from bearerguard.testing import DevIssuer
+from tests import helpers
 
 pytest_plugins = ["tests.redis_server"]
 
@@ -21,6 +22,14 @@ def session_issuer() -> Iterator[DevIssuer]:
     """One issuer for tests that only mint tokens and never change its keys."""
     with DevIssuer() as issuer:
         yield issuer
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections for the whole test (``helpers.closed_port``:
+    held bound, so no other process can start listening on it meanwhile)."""
+    with helpers.closed_port() as port:
+        yield port
 
 
 @pytest.fixture

@@ -98,6 +98,18 @@ def serving(server: Any) -> Iterator[int]:
 
 
 @contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections for the whole block: bound, never
+    listening. A port bound and released at once could be taken by another process (a
+    server) before the test dials it; one held bound cannot."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@contextlib.contextmanager
 def uvicorn_logging(
     app: Any, logger: str = "uvicorn.access", http: str = "auto"
 ) -> Iterator[tuple[str, io.StringIO]]:

@@ -47,12 +47,6 @@ def b64(value: object) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # -- groups and help --------------------------------------------------------------------
 
 
@@ -750,8 +744,8 @@ def test_verify_when_keys_cannot_be_had(
     assert "Traceback" not in err
 
 
-def test_verify_unreachable_issuer(capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"http://127.0.0.1:{closed_port()}"
+def test_verify_unreachable_issuer(capsys: pytest.CaptureFixture[str], closed_port: int) -> None:
+    url = f"http://127.0.0.1:{closed_port}"
     argv = ["token", "verify", "a.b.c", "--issuer", url, "--audience", "x", "--timeout", "2"]
     code, _out, err = run(capsys, *argv)
     assert code == cli.EXIT_UNREACHABLE
@@ -1054,8 +1048,10 @@ def test_jwks_of_an_issuer_url_suggests_discovery(
     assert "--issuer" not in err
 
 
-def test_jwks_unreachable_and_not_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{closed_port()}/jwks.json"
+def test_jwks_unreachable_and_not_json(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, closed_port: int
+) -> None:
+    url = f"http://127.0.0.1:{closed_port}/jwks.json"
     code, _out, err = run(capsys, "jwks", "check", url, "--timeout", "2")
     assert code == cli.EXIT_UNREACHABLE
     assert f"bearerguard: GET {url} failed" in err
@@ -1406,7 +1402,9 @@ def test_a_closed_standard_output_is_exit_74_not_a_lost_result(argv: list[str]) 
     assert "Traceback" not in errors
 
 
-def test_a_closed_standard_error_keeps_standard_output_the_result_alone(tmp_path: Path) -> None:
+def test_a_closed_standard_error_keeps_standard_output_the_result_alone(
+    tmp_path: Path, closed_port: int
+) -> None:
     # `TOKEN=$(bearerguard token mint 2>&-)`: Python starts with sys.stderr None, and
     # print(file=None) writes to standard output: the warning landed in TOKEN, and a
     # failure line or progress lines in what a pipe or `--json | jq` reads.
@@ -1429,7 +1427,7 @@ def test_a_closed_standard_error_keeps_standard_output_the_result_alone(tmp_path
     assert len(out.splitlines()) == 1
     assert out.count(".") == 2
     assert output("jwks", "show", "--file", str(tmp_path / "missing.json")) == (cli.EXIT_USAGE, "")
-    url = f"http://127.0.0.1:{closed_port()}/jwks.json"
+    url = f"http://127.0.0.1:{closed_port}/jwks.json"
     code, out = output("jwks", "show", url, "--json")
     assert code == cli.EXIT_UNREACHABLE
     assert json.loads(out)["error"]["kind"] == "unreachable"

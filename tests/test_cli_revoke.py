@@ -55,14 +55,6 @@ def target(redis_server: RedisServer, redis_namespace: str) -> list[str]:
     return ["--redis-url", redis_server.url, "--namespace", redis_namespace]
 
 
-@pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def token(
     jti: str = "j1", sub: str = "alice", client_id: str = "web", iat: float = 0, sid: str = ""
 ) -> Any:

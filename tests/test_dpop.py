@@ -1356,13 +1356,10 @@ async def test_redis_replay_store_without_a_side() -> None:
         async_only.first_use_sync("k", 1)
 
 
-def test_redis_down_fails_closed(stack: str, session_issuer: DevIssuer, holder: Holder) -> None:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    store = RedisDPoPReplayStore(f"redis://127.0.0.1:{port}/0", connect_timeout=0.2)
+def test_redis_down_fails_closed(
+    stack: str, session_issuer: DevIssuer, holder: Holder, closed_port: int
+) -> None:
+    store = RedisDPoPReplayStore(f"redis://127.0.0.1:{closed_port}/0", connect_timeout=0.2)
     guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(replay=store))
     token = bound(session_issuer, holder)
     try:

@@ -220,11 +220,13 @@ def test_a_token_within_the_leeway_is_answered_as_the_guard_decided(served: Serv
     assert answer.status_code == 200
 
 
-def test_a_dependency_that_cannot_answer_is_a_401_not_a_500(issuer: DevIssuer) -> None:
+def test_a_dependency_that_cannot_answer_is_a_401_not_a_500(
+    issuer: DevIssuer, closed_port: int
+) -> None:
     # The keys cannot be had (nothing listens at jwks_uri): fail closed, audited as such.
     def build(url: str) -> Any:
         guard = BearerGuard(
-            issuer=issuer.url, resource=url, jwks_uri=f"http://127.0.0.1:{closed_port()}/jwks"
+            issuer=issuer.url, resource=url, jwks_uri=f"http://127.0.0.1:{closed_port}/jwks"
         )
         return mcp_app(GuardTokenVerifier(guard), issuer.url, url)
 
@@ -263,13 +265,6 @@ def test_an_opaque_token_vouched_for_by_its_server_names_this_resource(
             )
     assert events_of(captured) == [("token.accepted", "ok")]
     assert answer.status_code == 200
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # -- the SDK's AccessToken the verifier answers ------------------------------------------

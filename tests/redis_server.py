@@ -74,9 +74,31 @@ class RedisServer:
         self.external = url is not None
         self.url = url or f"redis://127.0.0.1:{self.port}/0"
         self.paused = False
+        self.started = False  # once started, a restart keeps the port
 
-    def start(self, timeout: float = 5.0) -> RedisServer:
-        """Start (or restart, on the same port) and wait until it answers PING."""
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start (or restart, on the same port) and wait until it answers PING.
+
+        The port was free when picked, but another process may take it before redis-server
+        binds it (redis-server cannot be handed a bound socket): a first start then moves to
+        another port; a restart cannot (its clients hold the URL) and fails saying why.
+        """
+        for _ in range(5):
+            if self._launch(timeout):
+                self.started = True
+                return self
+            if self.started or "Address already in use" not in self.log():
+                break
+            self.port = _free_port()
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+        raise RuntimeError(f"redis-server did not start on port {self.port}: {self.log()}")
+
+    def log(self) -> str:
+        return (self.directory / "redis.log").read_text(errors="replace")
+
+    def _launch(self, timeout: float) -> bool:
+        """Whether redis-server, started on ``self.port``, came to answer there (it, and not
+        another process that took the port)."""
         assert self.binary is not None
         assert not self.external
         options = {
@@ -91,20 +113,29 @@ class RedisServer:
             self.binary,
             *(part for name, value in options.items() for part in (f"--{name}", value)),
         ]
-        log = (self.directory / "redis.log").open("ab")
+        log = (self.directory / "redis.log").open("wb")  # this start's lines alone
         self.process = subprocess.Popen(  # noqa: S603 - a fixed argv of our own
             argv, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
         deadline = time.monotonic() + timeout
-        while not self.ping():
+        while not self._ours_answers():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(
-                    f"redis-server did not start: {(self.directory / 'redis.log').read_text()}"
-                )
+                return False
             time.sleep(0.01)
-        return self
+        return True
+
+    def _ours_answers(self) -> bool:
+        """Whether the server answering on the port is the process we started."""
+        import redis
+
+        assert self.process is not None
+        try:
+            with redis.Redis.from_url(self.url, socket_timeout=0.5) as client:
+                return int(client.info("server")["process_id"]) == self.process.pid
+        except (redis.RedisError, OSError):
+            return False
 
     def ping(self) -> bool:
         import redis

@@ -152,3 +152,16 @@ def until(check: Callable[[], bool], timeout: float) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+async def until_awaited(check: Callable[[], bool], timeout: float) -> bool:
+    """``until`` inside an event loop: polls with ``anyio.sleep``, so that the loop's own
+    tasks (a fetch under way) run meanwhile."""
+    import anyio
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await anyio.sleep(0.01)
+    return True

@@ -55,7 +55,7 @@ from bearerguard.errors import BadSignatureError, UnknownKeyError, UnsupportedAl
 from bearerguard.jwks import USER_AGENT, FetchError, JWKSFetcher
 from bearerguard.readiness import ReadinessEndpoint
 from bearerguard.testing import DevIssuer, Override, SigningKey
-from tests.helpers import b64
+from tests.helpers import b64, until, until_awaited
 
 # Fresh for 300 s (the issuer's max-age), one fetch per 30 s on misses or failures, and
 # stale keys served for 600 s past freshness while fetches fail.
@@ -1054,17 +1054,13 @@ def test_a_fetch_under_way_in_another_event_loop_is_waited_for(
     # One guard serving two event loops (two threads each running one): the second loop's
     # cold request waited on the first loop's event, which can never wake it, and hung.
     guard = make_guard(dev, clock, discover=False, fetch=FetchPolicy(timeout=5.0))
-    serve_jwks(dev, delay=0.5)
+    serve_jwks(dev, delay=1.0)  # long enough for the second loop to come while it lasts
     token = mint(dev)
-    fetching = threading.Event()
     subjects: list[str | None] = []
 
     def in_its_own_loop(first: bool) -> None:
-        if not first:
-            fetching.wait()
-            time.sleep(0.1)  # the first loop's fetch is under way
-        else:
-            fetching.set()
+        if not first:  # once the first loop's fetch is under way (the issuer has it)
+            until(lambda: dev.fetch_count() == 1, 10)
         subjects.append(anyio.run(guard.authenticate, token).subject)
 
     threads = [
@@ -1509,8 +1505,8 @@ def test_cold_requests_on_both_sides_of_one_guard_share_one_fetch(
 ) -> None:
     """Django under ASGI, sync views beside async ones: one guard verifies in the event loop
     and in worker threads. A cold start fetched the key set once per side."""
-    serve_jwks(dev, delay=0.3)
-    guard = make_guard(dev, clock, discover=False, fetch=FetchPolicy(timeout=3.0))
+    serve_jwks(dev, delay=1.0)  # long enough for the other side to come while it lasts
+    guard = make_guard(dev, clock, discover=False, fetch=FetchPolicy(timeout=5.0))
     subjects: list[str] = []
 
     def in_a_thread() -> None:
@@ -1519,15 +1515,18 @@ def test_cold_requests_on_both_sides_of_one_guard_share_one_fetch(
     async def in_the_loop() -> None:
         subjects.append((await guard.authenticate(mint(dev))).subject)
 
+    def fetching() -> bool:  # the first side's fetch is under way: the issuer has it
+        return dev.fetch_count() == 1
+
     async def both() -> None:
         async with anyio.create_task_group() as tasks:
             if first == "async":
                 tasks.start_soon(in_the_loop)
-                await anyio.sleep(0.1)  # its fetch under way
+                assert await until_awaited(fetching, 10)
                 tasks.start_soon(anyio.to_thread.run_sync, in_a_thread)
             else:
                 tasks.start_soon(anyio.to_thread.run_sync, in_a_thread)
-                await anyio.sleep(0.1)
+                assert await until_awaited(fetching, 10)
                 tasks.start_soon(in_the_loop)
 
     asyncio.run(both())
@@ -1544,7 +1543,7 @@ async def test_a_sync_call_inside_the_fetching_event_loop_does_not_wait_for_it(
     guard = make_guard(dev, clock, discover=False, fetch=FetchPolicy(timeout=3.0))
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(guard.authenticate, mint(dev))
-        await anyio.sleep(0.1)  # its fetch under way
+        assert await until_awaited(lambda: dev.fetch_count() == 1, 10)  # its fetch under way
         started = time.monotonic()
         assert guard.authenticate_sync(mint(dev)).subject == "user-1"
         assert time.monotonic() - started < 2.0

@@ -198,7 +198,7 @@ def test_a_worker_forked_during_a_key_set_fetch_fetches_keys_itself(issuer: DevI
     fetching = threading.Thread(target=outcome, args=(guard, new))
     fetching.start()
     try:
-        assert until(lambda: issuer.fetch_count() > fetches, 2)  # the fetch is under way
+        assert until(lambda: issuer.fetch_count() > fetches, 10)  # the fetch is under way
 
         def worker() -> list[object]:
             started = time.monotonic()
@@ -228,7 +228,7 @@ def test_a_worker_forked_during_an_introspection_answers_that_token() -> None:
         asking = threading.Thread(target=introspector.introspect_sync, args=("opaque",))
         asking.start()
         try:
-            assert until(lambda: server.calls == 1, 2)  # the exchange is under way
+            assert until(lambda: server.calls == 1, 10)  # the exchange is under way
 
             def worker() -> list[object]:
                 return [
@@ -328,7 +328,7 @@ def test_a_worker_forked_during_a_key_set_fetch_keeps_no_cooldown_from_it(
     fetching = threading.Thread(target=outcome, args=(guard, new))
     fetching.start()
     try:
-        assert until(lambda: issuer.fetch_count() > fetches, 2)  # the fetch is under way
+        assert until(lambda: issuer.fetch_count() > fetches, 10)  # the fetch is under way
 
         def worker() -> str:
             if side == "async":

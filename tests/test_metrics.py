@@ -534,7 +534,7 @@ def test_readiness_wsgi_answers_as_the_asgi_endpoint(issuer: DevIssuer) -> None:
 # -- readiness with a Redis revocation store (real servers, tests/redis_server.py) ----------
 
 
-def _poll_ready(client: httpx.Client, within: float = 3.0) -> list[int]:
+def _poll_ready(client: httpx.Client, within: float = 10.0) -> list[int]:
     """GET /ready/ until it answers 200; the statuses seen, failing after ``within``."""
     statuses: list[int] = []
     deadline = time.monotonic() + within

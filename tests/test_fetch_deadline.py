@@ -59,7 +59,7 @@ def test_a_sync_key_set_fetch_ends_within_its_timeout(dripping_server: str) -> N
     started = time.monotonic()
     with pytest.raises(FetchError, match="timed out"):
         fetcher.fetch_sync()
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 3.0  # the drip lasts 4 s; a margin for a slow core
 
 
 def test_a_sync_discovery_and_fetch_end_within_one_timeout(dripping_server: str) -> None:
@@ -68,7 +68,7 @@ def test_a_sync_discovery_and_fetch_end_within_one_timeout(dripping_server: str)
     started = time.monotonic()
     with pytest.raises(FetchError):
         fetcher.fetch_sync()
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 3.0  # the drip lasts 4 s; a margin for a slow core
 
 
 def test_a_sync_introspection_ends_within_its_timeout(dripping_server: str) -> None:
@@ -78,7 +78,7 @@ def test_a_sync_introspection_ends_within_its_timeout(dripping_server: str) -> N
     started = time.monotonic()
     with pytest.raises(IntrospectionError, match="timed out"):
         introspector.introspect_sync("opaque")
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 3.0  # the drip lasts 4 s; a margin for a slow core
 
 
 class _SlowIssuer(BaseHTTPRequestHandler):

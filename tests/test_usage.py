@@ -1003,7 +1003,8 @@ async def test_an_unreachable_redis_raises_fast_then_skips(
     private_redis: RedisServer, redis_monitor_class: Any
 ) -> None:
     policy = UsagePolicy(max_uses_per_token=5)
-    monitor = redis_monitor_class(policy, private_redis.url, failure_cooldown=0.3)
+    # The calls below must fall within the cooldown: 2 s, for a process kept off its core.
+    monitor = redis_monitor_class(policy, private_redis.url, failure_cooldown=2.0)
     try:
         assert (await monitor.observe(token(), None)).token_uses == 1
         private_redis.stop()
@@ -1012,12 +1013,11 @@ async def test_an_unreachable_redis_raises_fast_then_skips(
                 await observe(monitor, observe_on, token(), None)
             assert raised.value.skipped is (observe_on == "sync")
             assert raised.value.status == 503
-        started = time.perf_counter()
-        with pytest.raises(UsageMonitorError):
+        with pytest.raises(UsageMonitorError) as raised:
             await monitor.observe(token(), None)
-        assert time.perf_counter() - started < 0.01  # skipped: Redis is not asked
+        assert raised.value.skipped  # Redis is not asked
         private_redis.start()
-        await anyio.sleep(0.35)
+        await anyio.sleep(2.05)  # past the cooldown
         assert (await monitor.observe(token(), None)).token_uses == 1  # a new, empty Redis
         assert monitor.observe_sync(token(), None).token_uses == 2
     finally:

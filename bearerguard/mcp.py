@@ -17,14 +17,21 @@ It needs no MCP package and sits inside ``BearerGuardMiddleware``, whose verdict
 
 ``GuardTokenVerifier`` serves servers that use the SDK's own resource-server auth instead
 (``MCPServer(auth=AuthSettings(...), token_verifier=...)``): the SDK asks it about each
-token, and bearerguard's verification, revocation and failure policy decide.
+token, and bearerguard's verification, revocation and failure policy decide. Wrapped in
+``SDKAuthAudit``, the SDK's app audits each request once, with its request line, the
+SDK's own refusals included:
+
+    app = SDKAuthAudit(server.streamable_http_app(), verifier=verifier)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import re
 import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from functools import cache
@@ -34,13 +41,22 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bearerguard._context import SCOPE_KEY, RequestAuth, presented_with
+from bearerguard._core.extract import joined_request_ids
 from bearerguard._core.scopes import validate_scope_names
 from bearerguard._core.unicode import has_lone_surrogate
 from bearerguard._stream import STREAM_KEY, RecheckedStream, absorbed
-from bearerguard.asgi import TokenUser
+from bearerguard.asgi import TokenUser, _describe
 from bearerguard.audit import RequestInfo
 from bearerguard.decorators import ScopeRequirement, challenge_scopes, check_scopes
-from bearerguard.errors import AuthError, ConfigurationError, InvalidRequestError
+from bearerguard.errors import (
+    AuthError,
+    ConfigurationError,
+    ExpiredTokenError,
+    InsufficientScopeError,
+    InvalidAudienceError,
+    InvalidRequestError,
+    MissingTokenError,
+)
 from bearerguard.guard import BearerGuard
 from bearerguard.issuers import TrustedIssuers
 from bearerguard.token import AccessToken
@@ -48,7 +64,9 @@ from bearerguard.token import AccessToken
 if TYPE_CHECKING:
     from mcp.server.auth.provider import AccessToken as SDKAccessToken
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "GuardTokenVerifier", "MCPToolScopes"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "GuardTokenVerifier", "MCPToolScopes", "SDKAuthAudit"]
+
+_log = logging.getLogger("bearerguard")
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 """The largest JSON-RPC POST body read for checking (the MCP SDK's own default limit)."""
@@ -419,6 +437,114 @@ async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], bod
 _SDK_REQUEST = RequestInfo("-", "-", None, None)
 # What the SDK answers when its verifier refuses a token (RequireAuthMiddleware).
 _SDK_REFUSAL_STATUS = 401
+# The scope named by the SDK's 403 (RequireAuthMiddleware's error_description).
+_SDK_REQUIRED_SCOPE = re.compile(r'error_description="Required scope: ([^"\s]+)"')
+
+
+class _Exchange:
+    """One request served by ``SDKAuthAudit``: the verifier's verdict, held until the SDK's
+    answer shows what was decided, then audited once."""
+
+    __slots__ = (
+        "decided",
+        "error",
+        "expires_at",
+        "guard",
+        "latency",
+        "request",
+        "started",
+        "token",
+    )
+
+    def __init__(
+        self, guard: BearerGuard | TrustedIssuers, request: RequestInfo, started: float
+    ) -> None:
+        self.guard = guard  # the wrapper's; the verifier's once it is called
+        self.request = request
+        self.started = started
+        self.token: AccessToken | None = None
+        self.error: AuthError | None = None
+        self.latency = 0.0
+        self.expires_at: int | None = None  # what the SDK was told
+        self.decided = False
+
+    def verified(
+        self,
+        guard: BearerGuard | TrustedIssuers,
+        outcome: AccessToken | AuthError,
+        expires_at: int | None = None,
+    ) -> None:
+        """Hold the verifier's verdict: the SDK may still refuse an accepted token."""
+        self.guard = guard
+        self.latency = perf_counter() - self.started
+        if isinstance(outcome, AuthError):
+            self.error = outcome
+        else:
+            self.token, self.expires_at = outcome, expires_at
+
+    def went_on(self) -> None:
+        """The SDK let the request on to its app, which reads the body: the SDK refuses
+        unread, so an accepted token's decision is final (and audited before the tool runs)."""
+        if self.token is not None:
+            self.decided = True
+            self.guard.audit.accepted(self.token, self.request, self.latency)
+
+    def answered(self, status: int | None, challenge: str | None) -> None:
+        """The answer began with ``status`` (``None``: it never did) and ``challenge``, its
+        ``Bearer`` ``WWW-Authenticate`` value: audit what was decided."""
+        self.decided = True
+        audit, request, token = self.guard.audit, self.request, self.token
+        latency = perf_counter() - self.started
+        # Only the SDK's refusals carry a Bearer challenge: RequireAuthMiddleware's 401 for
+        # a request it did not authenticate, its 403 for AuthSettings.required_scopes.
+        refused_by_sdk = challenge is not None and status in {401, 403}
+        if token is not None:
+            if not refused_by_sdk:
+                audit.accepted(token, request, self.latency)
+            elif status == 403:
+                audit.refused(_sdk_scope_refusal(challenge or ""), request, latency, token=token)
+            else:
+                audit.refused(self._after_verifier(), request, latency, token=token)
+        elif self.error is not None:
+            # A route the SDK serves without auth (its metadata) answers as usual: say so.
+            answered = _SDK_REFUSAL_STATUS if status is None or refused_by_sdk else status
+            audit.refused(self.error, request, self.latency, status=answered)
+        elif refused_by_sdk:
+            # The SDK looks for "Bearer " alone and calls no verifier without it.
+            audit.refused(MissingTokenError("no bearer credentials"), request, latency)
+
+    def _after_verifier(self) -> AuthError:
+        """Why the SDK's BearerAuthBackend refused a token the verifier accepted: its
+        ``expires_at`` passed meanwhile, or its ``resource`` is not ``resource_server_url``."""
+        if self.expires_at is not None and self.expires_at < int(time.time()):
+            return ExpiredTokenError("the MCP SDK refused it past its expires_at")
+        return InvalidAudienceError(
+            "the MCP SDK refused its resource: not AuthSettings.resource_server_url "
+            "(validate_token_resource)"
+        )
+
+
+def _sdk_scope_refusal(challenge: str) -> InsufficientScopeError:
+    """The SDK's 403 for ``AuthSettings.required_scopes``, as the audit records it: its
+    challenge names the first scope missing (RFC 6750 §3.1 ``insufficient_scope``)."""
+    named = _SDK_REQUIRED_SCOPE.search(challenge)
+    return InsufficientScopeError(
+        () if named is None else (named.group(1),),
+        detail="the MCP SDK's required_scopes (AuthSettings) refused it",
+    )
+
+
+def _bearer_challenge(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The response's ``WWW-Authenticate`` value when it is a ``Bearer`` challenge."""
+    for name, value in headers:
+        if name.lower() == b"www-authenticate" and value[:7].lower() == b"bearer ":
+            return value.decode("latin-1")
+    return None
+
+
+# The request SDKAuthAudit serves, for the verifier the SDK calls while it does: the SDK's
+# AuthenticationMiddleware calls it in the request's own task, so the variable reaches it.
+_EXCHANGE: ContextVar[_Exchange | None] = ContextVar("bearerguard_sdk_exchange", default=None)
 
 
 class GuardTokenVerifier:
@@ -439,11 +565,15 @@ class GuardTokenVerifier:
 
     Each token goes through the guard's ``authenticate``: signature, claims, audience,
     revocation and the failure policy. An accepted token is answered as the SDK's
-    ``AccessToken``, a refused one as ``None`` (the SDK's 401), and each verification is
-    one audit event on the guard's audit log, with ``method`` and ``path`` ``"-"``: the SDK
-    passes no request. A dependency that cannot answer (keys, revocation store) is refused
-    too, audited as ``auth.unavailable``: the SDK can answer a verifier only with 401, or a
-    500 for an exception.
+    ``AccessToken``, a refused one as ``None`` (the SDK's 401). A dependency that cannot
+    answer (keys, revocation store) is refused too, audited as ``auth.unavailable``: the
+    SDK can answer a verifier only with 401, or a 500 for an exception.
+
+    Audit: wrap the SDK's app in ``SDKAuthAudit`` and each request is one event on the
+    guard's audit log, with its method, path, client address and request id, the SDK's own
+    refusals included (no token, ``required_scopes``). Outside it, the SDK passes no
+    request: each verification is one event with ``method`` and ``path`` ``"-"``, and the
+    SDK's own refusals are not audited (a 403 follows the token's ``token.accepted``).
 
     The SDK's ``AccessToken``:
 
@@ -489,6 +619,7 @@ class GuardTokenVerifier:
         self.scopes_supported = validate_scope_names(tuple(supported)) if supported else ()
         self.guard = guard
         self._sdk_token = _sdk_access_token()
+        self._unwrapped_told = False
 
     def __repr__(self) -> str:
         return f"GuardTokenVerifier({self.guard!r})"
@@ -496,14 +627,34 @@ class GuardTokenVerifier:
     async def verify_token(self, token: str) -> SDKAccessToken | None:
         """The SDK's ``AccessToken`` for ``token``, or ``None`` when it is refused."""
         guard = self.guard
+        exchange = _EXCHANGE.get()
+        if exchange is not None and not exchange.decided:
+            # Inside SDKAuthAudit: it audits once the SDK's answer shows the decision.
+            request = exchange.request
+            try:
+                access = await guard.authenticate(token, client=request.client, request=request)
+            except AuthError as error:
+                exchange.verified(guard, error)
+                return None
+            answer = self._answer(token, access)
+            exchange.verified(guard, access, answer.expires_at)
+            return answer
+        if exchange is None and not self._unwrapped_told:
+            self._unwrapped_told = True
+            _log.warning(
+                "bearerguard: GuardTokenVerifier is called outside SDKAuthAudit: its audit "
+                "events name no request, and the MCP SDK's own refusals (no token, "
+                "required_scopes) are not audited"
+            )
+        request = _SDK_REQUEST if exchange is None else exchange.request
         started = perf_counter()
         try:
-            access = await guard.authenticate(token, request=_SDK_REQUEST)
+            access = await guard.authenticate(token, client=request.client, request=request)
         except AuthError as error:
             latency = perf_counter() - started
-            guard.audit.refused(error, _SDK_REQUEST, latency, status=_SDK_REFUSAL_STATUS)
+            guard.audit.refused(error, request, latency, status=_SDK_REFUSAL_STATUS)
             return None
-        guard.audit.accepted(access, _SDK_REQUEST, perf_counter() - started)
+        guard.audit.accepted(access, request, perf_counter() - started)
         return self._answer(token, access)
 
     def _answer(self, token: str, access: AccessToken) -> SDKAccessToken:
@@ -555,3 +706,82 @@ def _sdk_access_token() -> type[SDKAccessToken]:
     except ImportError:  # pragma: no cover - the SDK is in the dev extra
         raise ConfigurationError("GuardTokenVerifier needs the MCP SDK: pip install mcp") from None
     return SDKAccessToken
+
+
+class SDKAuthAudit:
+    """ASGI middleware around an MCP SDK app whose auth uses ``GuardTokenVerifier``: one
+    audit event per request, naming the request, the SDK's own refusals included.
+
+    The SDK calls its token verifier with the token alone, and answers some requests
+    without calling it at all. Around the SDK's app (``streamable_http_app()``,
+    ``sse_app()``)::
+
+        verifier = GuardTokenVerifier(guard)
+        server = MCPServer("notes", token_verifier=verifier, auth=AuthSettings(...))
+        app = SDKAuthAudit(server.streamable_http_app(), verifier=verifier)
+
+    each request's event carries its ``method``, ``path``, ``client`` address and
+    ``request_id`` (``X-Request-ID``), and records the decision the SDK answered:
+
+    - ``token.accepted`` for a token the verifier accepted and the SDK let through,
+      emitted when the SDK's app first reads the request (before a tool runs) or answers;
+    - the verifier's refusal (``token.rejected``, ``auth.unavailable``), status 401;
+    - ``scope.denied`` (403) for a token the verifier accepted and the SDK then refused
+      for ``AuthSettings.required_scopes``: ``required_scopes`` is the scope its challenge
+      names, the first one missing;
+    - ``token.rejected`` (401) for a token the verifier accepted and the SDK's own checks
+      then refused: ``invalid_audience`` when its ``resource`` is not the SDK's
+      ``resource_server_url`` (``validate_token_resource``), ``expired`` past its
+      ``expires_at``;
+    - ``token.rejected`` ``missing_token`` (401) for a request without a Bearer token,
+      which the SDK refuses without calling the verifier;
+    - on a route the SDK serves without auth (its metadata), no event without a token, and
+      a refused token's event with the ``status`` the SDK answered.
+
+    An answer's ``401`` or ``403`` with a ``Bearer`` challenge is taken for the SDK's
+    refusal: it is how the SDK refuses, and the app behind it has no such answer of its
+    own. Starlette's ``app.add_middleware(SDKAuthAudit, verifier=verifier)`` on the SDK's
+    app places it the same way, around the SDK's auth middleware.
+
+    Args:
+        app: the MCP SDK's ASGI app.
+        verifier: the ``GuardTokenVerifier`` given to the server as its ``token_verifier``;
+            its guard audits the requests the SDK refuses without calling it.
+
+    Raises:
+        ConfigurationError: ``verifier`` is not a ``GuardTokenVerifier``.
+    """
+
+    def __init__(self, app: ASGIApp, *, verifier: GuardTokenVerifier) -> None:
+        if not isinstance(verifier, GuardTokenVerifier):
+            raise ConfigurationError("SDKAuthAudit takes the server's GuardTokenVerifier")
+        self.app = app
+        self.verifier = verifier
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Inside another SDKAuthAudit, that one audits the request.
+        if scope["type"] != "http" or _EXCHANGE.get() is not None:
+            await self.app(scope, receive, send)
+            return
+        request_id = joined_request_ids(scope["headers"]) or None
+        exchange = _Exchange(
+            self.verifier.guard, RequestInfo(*_describe(scope, request_id)), perf_counter()
+        )
+
+        async def receive_on() -> Message:
+            if not exchange.decided:
+                exchange.went_on()
+            return await receive()
+
+        async def send_on(message: Message) -> None:
+            if message["type"] == "http.response.start" and not exchange.decided:
+                exchange.answered(message["status"], _bearer_challenge(message.get("headers", ())))
+            await send(message)
+
+        reset = _EXCHANGE.set(exchange)
+        try:
+            await self.app(scope, receive_on, send_on)
+        finally:
+            _EXCHANGE.reset(reset)
+            if not exchange.decided:  # no answer began: the client went away, or the app
+                exchange.answered(None, None)

@@ -23,7 +23,7 @@ from bearerguard import BearerGuard
 from bearerguard.dpop import DPoPPolicy
 from bearerguard.errors import ConfigurationError
 from bearerguard.issuers import TrustedIssuers
-from bearerguard.mcp import GuardTokenVerifier
+from bearerguard.mcp import GuardTokenVerifier, SDKAuthAudit
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from tests.test_introspection import IntrospectionServer
@@ -57,10 +57,14 @@ class Served:
         claims.setdefault("sub", "mia")
         return self.issuer.mint(scopes=scopes, **claims)
 
-    def post(self, token: str | None, body: object = LIST) -> httpx.Response:
+    def post(
+        self, token: str | None, body: object = LIST, *, request_id: str | None = None
+    ) -> httpx.Response:
         headers = dict(ACCEPT)
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
+        if request_id is not None:
+            headers["X-Request-ID"] = request_id
         return httpx.post(self.url, json=body, headers=headers, timeout=10)
 
     @property
@@ -265,6 +269,161 @@ def test_an_opaque_token_vouched_for_by_its_server_names_this_resource(
             )
     assert events_of(captured) == [("token.accepted", "ok")]
     assert answer.status_code == 200
+
+
+# -- SDKAuthAudit: the SDK's own decisions, and the request, in the audit trail ------------
+
+
+@pytest.fixture(scope="module")
+def audited(served: Served) -> Iterator[Served]:
+    """The same server as ``served``, wrapped in ``SDKAuthAudit``."""
+    guards: list[BearerGuard] = []
+
+    def build(url: str) -> Any:
+        guard = BearerGuard(issuer=served.issuer.url, resource=url)
+        guards.append(guard)
+        verifier = GuardTokenVerifier(guard)
+        return SDKAuthAudit(mcp_app(verifier, served.issuer.url, url), verifier=verifier)
+
+    with serving(build) as url:
+        yield Served(url, url, served.issuer, guards[0])
+
+
+def request_fields(event: dict[str, Any]) -> tuple[Any, ...]:
+    return (event["method"], event["path"], event["client"], event["request_id"])
+
+
+def test_an_accepted_token_is_audited_with_its_request(audited: Served) -> None:
+    with capture_logs() as captured:
+        answer = audited.post(audited.token("notes:read"), request_id="req-1")
+    assert answer.status_code == 200
+    assert events_of(captured) == [("token.accepted", "ok")]
+    assert request_fields(captured[0]) == ("POST", "/mcp", "127.0.0.1", "req-1")
+    assert captured[0]["sub"] == "mia"
+
+
+def test_a_refused_token_is_audited_with_its_request(audited: Served) -> None:
+    token = audited.issuer.mint_expired(aud=audited.resource)
+    with capture_logs() as captured:
+        answer = audited.post(token, request_id="req-2")
+    assert answer.status_code == 401
+    assert events_of(captured) == [("token.rejected", "expired")]
+    assert request_fields(captured[0]) == ("POST", "/mcp", "127.0.0.1", "req-2")
+    assert captured[0]["status"] == 401
+
+
+def test_the_sdks_401_for_a_missing_token_is_audited(audited: Served) -> None:
+    # The verifier is never called: the SDK refuses a request without a Bearer token itself.
+    with capture_logs() as captured:
+        answer = audited.post(None, request_id="req-3")
+    assert answer.status_code == 401
+    assert events_of(captured) == [("token.rejected", "missing_token")]
+    assert request_fields(captured[0]) == ("POST", "/mcp", "127.0.0.1", "req-3")
+    assert captured[0]["status"] == 401
+
+
+def test_the_sdks_403_for_its_required_scopes_is_the_one_event(audited: Served) -> None:
+    # The verifier accepted the token; the SDK's required_scopes refused it: one event, the
+    # refusal, not a token.accepted.
+    with capture_logs() as captured:
+        answer = audited.post(audited.token("notes:other"), request_id="req-4")
+    assert answer.status_code == 403
+    assert events_of(captured) == [("scope.denied", "insufficient_scope")]
+    event = captured[0]
+    assert request_fields(event) == ("POST", "/mcp", "127.0.0.1", "req-4")
+    assert (event["status"], event["sub"], event["scopes"]) == (403, "mia", ["notes:other"])
+    assert event["required_scopes"] == ["notes:read"]
+
+
+def test_the_sdks_own_401_after_the_verifier_accepted_is_the_one_event(
+    issuer: DevIssuer,
+) -> None:
+    # The guard accepts aud "notes-api", so the verifier names that as the resource; the
+    # SDK's validate_token_resource refuses it (401) after the verifier accepted the token.
+    def build(url: str) -> Any:
+        verifier = GuardTokenVerifier(BearerGuard(issuer=issuer.url, audience="notes-api"))
+        return SDKAuthAudit(mcp_app(verifier, issuer.url, url), verifier=verifier)
+
+    with serving(build) as url, capture_logs() as captured:
+        token = issuer.mint(scopes=["notes:read"], aud="notes-api")
+        answer = httpx.post(
+            url, json=LIST, headers={**ACCEPT, "Authorization": f"Bearer {token}"}, timeout=10
+        )
+    assert answer.status_code == 401
+    assert events_of(captured) == [("token.rejected", "invalid_audience")]
+    assert (captured[0]["status"], captured[0]["path"]) == (401, "/mcp")
+
+
+def test_the_sdks_public_metadata_is_audited_only_for_a_token(audited: Served) -> None:
+    metadata = audited.url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")
+    with capture_logs() as captured:
+        assert httpx.get(metadata, timeout=10).status_code == 200
+    assert captured == []
+    # A refused token there: the SDK serves the document all the same, and the event says so.
+    forged = audited.issuer.mint_forged(aud=audited.resource)
+    with capture_logs() as captured:
+        answer = httpx.get(metadata, headers={"Authorization": f"Bearer {forged}"}, timeout=10)
+    assert answer.status_code == 200
+    assert events_of(captured) == [("token.rejected", "bad_signature")]
+    assert captured[0]["status"] == 200
+
+
+async def test_the_sdk_client_through_the_audit_has_one_event_per_request(
+    audited: Served,
+) -> None:
+    bearer = {"Authorization": f"Bearer {audited.token('notes:read')}"}
+    with capture_logs() as captured:
+        async with (
+            httpx2.AsyncClient(headers=bearer, timeout=10) as http,
+            Client(streamable_http_client(audited.url, http_client=http)) as client,
+        ):
+            whoami = await client.call_tool("whoami", {})
+    assert whoami.structured_content is not None
+    assert whoami.structured_content["sub"] == "mia"
+    assert {event["event"] for event in captured} == {"token.accepted"}
+    assert all(event["path"] == "/mcp" for event in captured)
+
+
+def test_the_audit_takes_a_guard_token_verifier(session_issuer: DevIssuer) -> None:
+    with pytest.raises(ConfigurationError, match="GuardTokenVerifier"):
+        SDKAuthAudit(mcp_app, verifier=object())  # type: ignore[arg-type]
+
+
+def test_the_audit_added_as_the_sdk_apps_middleware_sees_the_same(issuer: DevIssuer) -> None:
+    # Starlette's add_middleware puts it outside the SDK's auth middleware, nested twice
+    # (with a wrapper around) the outer one audits: one event each.
+    def build(url: str) -> Any:
+        verifier = GuardTokenVerifier(BearerGuard(issuer=issuer.url, resource=url))
+        app = mcp_app(verifier, issuer.url, url)
+        app.add_middleware(SDKAuthAudit, verifier=verifier)
+        return SDKAuthAudit(app, verifier=verifier)
+
+    with serving(build) as url, capture_logs() as captured:
+        token = issuer.mint(scopes=["notes:other"], aud=url)
+        refused = httpx.post(
+            url, json=LIST, headers={**ACCEPT, "Authorization": f"Bearer {token}"}, timeout=10
+        )
+        missing = httpx.post(url, json=LIST, headers=ACCEPT, timeout=10)
+    assert (refused.status_code, missing.status_code) == (403, 401)
+    assert events_of(captured) == [
+        ("scope.denied", "insufficient_scope"),
+        ("token.rejected", "missing_token"),
+    ]
+    assert {event["client"] for event in captured} == {"127.0.0.1"}
+
+
+async def test_outside_the_audit_the_verifier_says_once_what_its_events_lack(
+    session_issuer: DevIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    verifier = GuardTokenVerifier(BearerGuard(issuer=session_issuer.url, audience="api"))
+    with capture_logs() as captured:
+        assert await verifier.verify_token(session_issuer.mint(aud="api")) is not None
+        assert await verifier.verify_token("garbage") is None
+    assert events_of(captured) == [("token.accepted", "ok"), ("token.rejected", "malformed_token")]
+    assert {(event["method"], event["path"]) for event in captured} == {("-", "-")}
+    told = [record.getMessage() for record in caplog.records if record.name == "bearerguard"]
+    assert len(told) == 1
+    assert "outside SDKAuthAudit" in told[0]
 
 
 # -- the SDK's AccessToken the verifier answers ------------------------------------------

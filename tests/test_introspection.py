@@ -1153,6 +1153,40 @@ async def test_an_answer_naming_no_audience_is_audited_as_not_for_this_api(
     assert "audience_checked_by_server" in events[0]["detail"]
 
 
+@pytest.mark.anyio
+async def test_an_audience_or_issuer_refusal_audits_both_sides_as_for_a_jwt(
+    issuer: DevIssuer, server: IntrospectionServer
+) -> None:
+    # The operator reads the detail: which aud the authorization server said, and which this
+    # API accepts, worded and cut short as for a JWT (a long value, at most three shown).
+    # The client gets the fixed sentence only.
+    many = ["https://other.example", "x" * 5000, "c", "d"]
+    server.activate("for-another", sub="kim", aud="https://other.example")
+    server.activate("for-many", sub="kim", aud=many)
+    server.activate("for-none", sub="kim", aud=[])
+    server.activate("from-another", sub="kim", iss="https://other-as.example")
+    app = build_app(opaque_guard(issuer, server))
+    with structlog.testing.capture_logs() as events:
+        answers = [await _get(app, token) for token in server.tokens]
+    assert [answer.status_code for answer in answers] == [401] * 4
+    details = [event["detail"] for event in events]
+    accepted = f"(accepted: {AUDIENCE!r})"
+    assert details[0] == (
+        f"introspected aud 'https://other.example' does not name this resource server {accepted}"
+    )
+    assert details[1].startswith(
+        f"introspected aud 'https://other.example', {'x' * 100!r}, 'c', ... does not name"
+    )
+    assert details[1].endswith(accepted)
+    assert details[2] == f"introspected aud [] does not name this resource server {accepted}"
+    assert details[3] == (
+        f"introspected iss 'https://other-as.example' is not trusted (trusted: {issuer.url!r})"
+    )
+    for answer in answers:
+        for said in ("other", "xxx"):
+            assert said not in answer.text + answer.headers["www-authenticate"]
+
+
 async def _get(app: Any, token: str) -> httpx.Response:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

@@ -29,6 +29,8 @@ __all__ = [
     "check_identifiers",
     "check_still_valid",
     "check_times",
+    "refuse_audience",
+    "refuse_issuer",
     "run_checks",
     "validate_claims",
 ]
@@ -113,25 +115,35 @@ def _check_typ(header: Mapping[str, Any]) -> None:
         raise InvalidTypeError(f"typ is {typ!r}, not at+jwt")
 
 
-def _refuse_issuer(iss: Any, policy: ClaimsPolicy) -> NoReturn:
+def refuse_issuer(iss: Any, policy: ClaimsPolicy, *, claim: str = "iss") -> NoReturn:
+    """Refuse ``iss``, its value and the trusted one in the detail (operators read it).
+
+    ``claim`` names where the value came from (``introspected iss`` for an answer).
+    """
     if not isinstance(iss, str):
-        raise InvalidIssuerError("iss is missing or not a string")
+        raise InvalidIssuerError(f"{claim} is missing or not a string")
     # Both sides, so that the log shows a trailing slash or scheme that differs.
-    raise InvalidIssuerError(f"iss {iss[:200]!r} is not trusted (trusted: {policy.issuer!r})")
+    raise InvalidIssuerError(f"{claim} {iss[:200]!r} is not trusted (trusted: {policy.issuer!r})")
 
 
 def _listed(values: Iterable[str]) -> str:
     """At most three values, each cut short, for a detail line (they come from the token)."""
     items = list(values)
+    if not items:
+        return "[]"
     shown = ", ".join(repr(item[:100]) for item in items[:3])
     return shown + (", ..." if len(items) > 3 else "")
 
 
-def _refuse_audience(aud: list[str], policy: ClaimsPolicy) -> NoReturn:
-    # The token's values and this API's, as _refuse_issuer: a Keycloak token without an
+def refuse_audience(aud: Iterable[str], policy: ClaimsPolicy, *, claim: str = "aud") -> NoReturn:
+    """Refuse ``aud``, its values and the accepted ones in the detail, each cut short.
+
+    ``claim`` names where the values came from (``introspected aud`` for an answer).
+    """
+    # The token's values and this API's, as refuse_issuer: a Keycloak token without an
     # audience mapper says aud 'account', and the log should show it.
     raise InvalidAudienceError(
-        f"aud {_listed(aud)} does not name this resource server "
+        f"{claim} {_listed(aud)} does not name this resource server "
         f"(accepted: {_listed(sorted(policy.audiences))})"
     )
 
@@ -143,7 +155,7 @@ def _check_audience_list(aud: Any, policy: ClaimsPolicy) -> None:
         if not isinstance(item, str):
             raise InvalidAudienceError("aud holds a non-string")
     if policy.audiences.isdisjoint(aud):
-        _refuse_audience(aud, policy)
+        refuse_audience(aud, policy)
 
 
 def check_times(claims: Mapping[str, Any], policy: ClaimsPolicy, now: float) -> TimeClaims:
@@ -292,11 +304,11 @@ def validate_claims(
             raise InvalidTypeError(f"typ is {typ!r}, not an access token")
     iss = get("iss")
     if iss != policy.issuer or not isinstance(iss, str):
-        _refuse_issuer(iss, policy)  # RFC 9068 §4: exact match with the trusted issuer.
+        refuse_issuer(iss, policy)  # RFC 9068 §4: exact match with the trusted issuer.
     aud = get("aud")
     if isinstance(aud, str):  # RFC 7519 §4.1.3: a string or an array of strings
         if aud not in policy.audiences:
-            _refuse_audience([aud], policy)
+            refuse_audience([aud], policy)
     else:
         _check_audience_list(aud, policy)
     times = check_times(claims, policy, now)

@@ -16,6 +16,8 @@ from bearerguard._core.claims import (
     check_confirmation,
     check_identifiers,
     check_times,
+    refuse_audience,
+    refuse_issuer,
     run_checks,
 )
 from bearerguard._core.scopes import read_scopes
@@ -24,7 +26,6 @@ from bearerguard._core.unicode import has_lone_surrogate
 from bearerguard.errors import (
     InvalidAudienceError,
     InvalidClaimError,
-    InvalidIssuerError,
     InvalidTokenError,
 )
 from bearerguard.token import AccessToken, _Claims
@@ -181,7 +182,7 @@ def token_from_introspection(
     check_identifiers(claims)  # as for a verified JWT
     iss = claims.get("iss")
     if iss is not None and iss != policy.issuer:
-        raise InvalidIssuerError(f"introspected iss {str(iss)[:200]!r} is not trusted")
+        refuse_issuer(iss, policy, claim="introspected iss")
     audiences = _audiences(claims.get("aud"), policy, checked=audience_checked_by_server)
     times = check_times(claims, policy, now)
     # RFC 7662 §2.2 allows cnf; RFC 8705 §3.2 and RFC 9449 §6.2 use it. Present, it must be
@@ -230,7 +231,8 @@ def _audiences(
     audiences = (aud,) if isinstance(aud, str) else tuple(aud)
     # An empty aud names no audience, this resource server's included (RFC 7519 §4.1.3).
     if policy.audiences.isdisjoint(audiences):
-        raise InvalidAudienceError("introspected aud does not name this resource server")
+        # Worded and cut short as for a JWT: the answer's values reach the audit detail only.
+        refuse_audience(audiences, policy, claim="introspected aud")
     return audiences
 
 

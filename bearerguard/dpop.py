@@ -61,6 +61,21 @@ _MAX_TTL = 365 * 86_400.0
 # (RFC 3986 §3.2.2). Nothing that would end the authority of the rebuilt URL ("/", "?",
 # "#") or add userinfo ("@") may pass: the htu would then be checked against another path.
 _HOST = re.compile(r"(?:\[[0-9A-Za-z:._~!$&'()*+,;=-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}  # RFC 9110 §4.2.1, §4.2.2
+
+
+def _authority(host: str) -> tuple[str, int | None] | None:
+    """A ``Host`` value as its lower-cased name and its port (``None`` if not given), or
+    ``None`` if it is not one (RFC 9110 §7.2). Names compare case-insensitively (RFC 3986
+    §3.2.2); an empty port is no port (§6.2.3)."""
+    if not host or not _HOST.fullmatch(host):
+        return None
+    name, colon, port = host.rpartition(":")
+    if not colon or "]" in port:  # no port; or the colon was inside an IPv6 literal
+        name, port = host, ""
+    if not name:
+        return None
+    return name.lower(), int(port) if port else None
 
 
 @runtime_checkable
@@ -551,12 +566,19 @@ class DPoPPolicy:
             to it to check ``htu``. That path includes any ASGI ``root_path`` or WSGI
             ``SCRIPT_NAME``: leave such a prefix out of it. Without it the URL is rebuilt
             from the request's scheme and ``Host``, which a proxy may change.
+        hosts: without ``external_url``, the hosts (``api.example.com``, or with a port,
+            ``api.example.com:8443``) clients reach the API at; a request whose ``Host`` is
+            not one of them matches no proof's ``htu``. Compared case-insensitively; one
+            listed without a port stands for the scheme's default port. ``None`` (the
+            default) takes any well-formed ``Host``, which the client chooses: a proof made
+            for another API accepting the same tokens can then be replayed here, and the
+            guard logs a warning once at start.
 
     Raises:
         ConfigurationError: an unknown mode, a non-asymmetric algorithm, a window or
             leeway that is not a number of seconds up to a day, a nonce issuer or replay
-            store of another type, or a bad URL (one with a query, fragment, userinfo or
-            dot segment).
+            store of another type, a bad URL (one with a query, fragment, userinfo or
+            dot segment), a bad host, or both ``external_url`` and ``hosts``.
     """
 
     mode: Literal["allowed", "required"] = "allowed"
@@ -566,8 +588,12 @@ class DPoPPolicy:
     nonce: NonceIssuer | None = None
     replay: DPoPReplayStore = field(default_factory=MemoryDPoPReplayStore)
     external_url: str | None = None
+    hosts: Iterable[str] | None = None
     allowed: frozenset[str] = field(init=False, repr=False)
     algs: str = field(init=False, repr=False)
+    _authorities: frozenset[tuple[str, int | None]] | None = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in ("allowed", "required"):
@@ -625,8 +651,54 @@ class DPoPPolicy:
                     f"external_url must not contain '.' or '..' segments: {self.external_url!r}"
                 )
             object.__setattr__(self, "external_url", self.external_url.rstrip("/"))
+        self._check_hosts()
         object.__setattr__(self, "allowed", allowed)
         object.__setattr__(self, "algs", " ".join(sorted(allowed)))
+
+    def _check_hosts(self) -> None:
+        """Check ``hosts`` and keep each as its name and port (``None``: the default)."""
+        hosts = self.hosts
+        if hosts is None:
+            object.__setattr__(self, "_authorities", None)
+            return
+        if self.external_url is not None:
+            # external_url fixes the URL: Host is never read, and a list beside it would
+            # look like a check that is not made.
+            raise ConfigurationError("give external_url or hosts, not both")
+        named = [hosts] if isinstance(hosts, str) else hosts
+        try:
+            listed = list(named)
+        except TypeError:
+            raise ConfigurationError(f"hosts must be host names, not {hosts!r}") from None
+        authorities = set()
+        for host in listed:
+            authority = _authority(host) if isinstance(host, str) and host else None
+            if authority is None:
+                raise ConfigurationError(
+                    f"hosts must be host names, each with an optional port: {host!r}"
+                )
+            authorities.add(authority)
+        if not authorities:
+            raise ConfigurationError("hosts must name at least one host")
+        shown = frozenset(name if port is None else f"{name}:{port}" for name, port in authorities)
+        object.__setattr__(self, "hosts", shown)
+        object.__setattr__(self, "_authorities", frozenset(authorities))
+
+    def _serves(self, scheme: str, host: str) -> bool:
+        """Whether ``host`` (a well-formed ``Host``) is one of ``hosts``, if they are listed."""
+        if self._authorities is None:
+            return True
+        authority = _authority(host)
+        if authority is None:
+            return False
+        name, port = authority
+        default = _DEFAULT_PORTS.get(scheme)
+        port = default if port is None else port
+        # One listed without a port is the host at the scheme's default port (RFC 3986
+        # §6.2.3); any other port is another origin (RFC 6454 §4).
+        return (name, port) in self._authorities or (
+            port == default and (name, None) in self._authorities
+        )
 
     def request_url(self, scheme: str, host: str, path: str) -> str:
         """The URL a request was addressed to, as its proof's ``htu`` must name it."""
@@ -640,6 +712,12 @@ class DPoPPolicy:
             return self.external_url + path
         if not _HOST.fullmatch(host):
             return ""  # matches no htu (RFC 9449 §4.3 step 9)
+        if not self._serves(scheme, host):
+            # RFC 9449 §4.3 step 9 and §11.1: htu binds a proof to one URI. Host is the
+            # client's to choose, so a proof made for another API accepting the same tokens
+            # would match here if its host were taken at its word (RFC 9110 §7.4: a server
+            # decides whether a target URI is one it serves).
+            return ""
         return f"{scheme}://{host}{path}"
 
 

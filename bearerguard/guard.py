@@ -825,6 +825,16 @@ class BearerGuard:
         # One check on the middlewares' hot path: does any request need more than a token?
         self.sender_constrained = dpop is not None or mtls is not None
         self.clock = clock
+        if dpop is not None and dpop.external_url is None and dpop.hosts is None:
+            # RFC 9449 §4.3 step 9, §11.1: the htu is then checked against a URL rebuilt from
+            # the client's own Host header. Refusing such requests would break every server
+            # reached directly and local development; a word at start makes it a choice.
+            _log.warning(
+                "bearerguard: DPoP proofs are checked against the request's Host header, "
+                "which the client chooses: a proof made for another API accepting the same "
+                "tokens can be replayed here. Set DPoPPolicy(external_url=...) or "
+                "DPoPPolicy(hosts=[...]) in production"
+            )
 
     @property
     def resource(self) -> str | None:

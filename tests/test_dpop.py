@@ -7,6 +7,7 @@ joserfc, a JOSE library that shares no code with ours.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 import threading
@@ -1055,6 +1056,87 @@ def test_htu_from_host_and_scheme_without_external_url(
         assert call("GET", "/me", headers=dpop(token, holder.proof(token, url=url))).is_success
         url = "http://api.example.com/me"
         assert call("GET", "/me", headers=dpop(token, holder.proof(token, url=url))).is_error
+
+
+def test_a_proof_made_for_another_host_is_refused_once_the_apis_hosts_are_listed(
+    stack: str, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    # RFC 9449 §4.3 step 9, §11.1: htu binds a proof to one URI. Rebuilt from Host, which the
+    # client chooses, a proof captured on its way to server A (same audience, same path) was
+    # accepted by server B when sent with "Host: A". Listing B's hosts makes it B's URI only.
+    token = bound(session_issuer, holder)
+    a_proof = holder.proof(token, url="https://a.example/me")
+    listed = DPoPPolicy(hosts=["b.example", "b.example:8443"])
+    for policy, replayed in ((DPoPPolicy(), 200), (listed, 401)):
+        guard = session_issuer.guard(in_process=True, dpop=policy)
+        for call in open_client(stack, guard, base_url="https://b.example"):
+            headers = {**dpop(token, a_proof), "Host": "a.example"}
+            assert call("GET", "/me", headers=headers).status_code == replayed
+    guard = session_issuer.guard(in_process=True, dpop=listed)
+    for call in open_client(stack, guard, base_url="https://b.example"):
+        # The listed hosts, compared case-insensitively, the default port said or not.
+        for host, url in (
+            ("b.example", "https://b.example/me"),
+            ("B.Example:443", "https://b.example/me"),
+            ("b.example:8443", "https://b.example:8443/me"),
+        ):
+            headers = {**dpop(token, holder.proof(token, url=url)), "Host": host}
+            assert call("GET", "/me", headers=headers).is_success, host
+        # A port not listed is another origin (RFC 6454 §4).
+        proof = holder.proof(token, url="https://b.example:9443/me")
+        headers = {**dpop(token, proof), "Host": "b.example:9443"}
+        assert call("GET", "/me", headers=headers).status_code == 401
+
+
+def test_listed_hosts_are_matched_per_scheme_and_port() -> None:
+    policy = DPoPPolicy(hosts=("API.example.com", "[::1]:8000", "localhost:443"))
+    assert policy.hosts == frozenset({"api.example.com", "[::1]:8000", "localhost:443"})
+    assert policy.request_url("https", "api.example.com", "/me") == "https://api.example.com/me"
+    assert policy.request_url("http", "api.example.com:80", "/me") == "http://api.example.com:80/me"
+    assert policy.request_url("https", "api.example.com:80", "/me") == ""
+    assert policy.request_url("http", "[::1]:8000", "/me") == "http://[::1]:8000/me"
+    assert policy.request_url("http", "[::1]", "/me") == ""
+    assert policy.request_url("https", "localhost", "/me") == "https://localhost/me"
+    assert policy.request_url("http", "localhost", "/me") == ""
+    assert policy.request_url("https", "evil.example", "/me") == ""
+    assert DPoPPolicy(hosts="api.example.com").hosts == frozenset({"api.example.com"})
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"hosts": []},
+        {"hosts": [""]},
+        {"hosts": ["api.example.com/v1"]},
+        {"hosts": ["https://api.example.com"]},
+        {"hosts": ["user@api.example.com"]},
+        {"hosts": ["api.example.com:port"]},
+        {"hosts": ["api.example.com "]},
+        {"hosts": [7]},
+        {"hosts": 7},
+        {"hosts": ["api.example.com"], "external_url": "https://api.example.com"},
+    ],
+)
+def test_hosts_configuration_errors(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match="hosts"):
+        DPoPPolicy(**options)
+
+
+def test_a_guard_warns_once_when_its_dpop_urls_come_from_the_host_header(
+    session_issuer: DevIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, "bearerguard"):
+        session_issuer.guard(in_process=True, dpop=DPoPPolicy())
+        session_issuer.guard(in_process=True, dpop=DPoPPolicy(hosts=["api.example.com"]))
+        session_issuer.guard(
+            in_process=True, dpop=DPoPPolicy(external_url="https://api.example.com")
+        )
+        session_issuer.guard(in_process=True)
+    warned = [record.getMessage() for record in caplog.records if record.name == "bearerguard"]
+    assert len(warned) == 1
+    assert "DPoPPolicy" in warned[0]
+    assert "external_url" in warned[0]
+    assert "hosts" in warned[0]
 
 
 def test_joserfc_proof_through_the_middleware(call: Client, session_issuer: DevIssuer) -> None:

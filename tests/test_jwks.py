@@ -1771,6 +1771,40 @@ async def test_stale_keys_through_the_middleware(dev: DevIssuer, clock: FakeCloc
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    "cache_control",
+    [
+        "max-age=300, must-revalidate",
+        "public, max-age=300, must-revalidate, no-transform",  # as Google's JWKS says it
+        "max-age=300, proxy-revalidate",  # for shared caches only (RFC 9111 §5.2.2.8)
+        "max-age=300, must-revalidate, stale-if-error=0",
+        "max-age=300, stale-if-error=60",  # RFC 5861 §4: a permission, not a limit
+        "max-age=300, stale-if-error=86400",  # nor more than max_stale
+    ],
+)
+async def test_revalidation_directives_leave_stale_if_error_to_max_stale(
+    dev: DevIssuer, clock: FakeClock, cache_control: str
+) -> None:
+    """Pinned on purpose (docs/configuration.md): past its freshness the set is fetched
+    again whatever the directives, and while those fetches fail the last good set serves
+    for max_stale, the operator's bound, as for a response without them. must-revalidate
+    (RFC 9111 §5.2.2.2), which identity providers send with every key set response, would
+    otherwise refuse every token in any outage of theirs past the set's max-age."""
+    serve_jwks(dev, cache_control=cache_control)
+    guard = make_guard(dev, clock, discover=False)
+    await guard.authenticate(mint(dev))
+    assert dev.fetch_count() == 1
+    break_jwks(dev)
+    clock.advance(300)  # stale: a fetch is tried, fails, and the last good keys answer
+    await guard.authenticate(mint(dev))
+    assert dev.fetch_count() == 2
+    clock.advance(600 - 1)
+    await guard.authenticate(mint(dev))
+    clock.advance(1)  # max_stale past freshness: fails closed
+    await assert_guard_unavailable(guard, mint(dev))
+
+
+@pytest.mark.anyio
 async def test_cached_tokens_also_fail_closed_past_max_stale(
     dev: DevIssuer, clock: FakeClock
 ) -> None:

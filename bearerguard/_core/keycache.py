@@ -9,7 +9,10 @@ The rules:
   answered "unknown" without another fetch, so a flood of random kids costs at most one fetch
   per cooldown, while a key that newly appears is picked up by the first request after it;
 * a failed fetch keeps the last good set usable until ``max_stale`` seconds past its
-  freshness (stale-if-error), and is retried at most once per cooldown;
+  freshness (stale-if-error), and is retried at most once per cooldown. The operator's
+  bound alone: a response's ``must-revalidate`` (RFC 9111 §5.2.2.2), which identity
+  providers send as a matter of course, and its ``stale-if-error`` (RFC 5861 §4) change
+  nothing (why: docs/configuration.md);
 * past that, there are no usable keys and the guard fails closed.
 """
 

@@ -406,7 +406,9 @@ def _on_paths(scope: Scope, paths: frozenset[str]) -> bool:
     which no scope field reveals here). ``/mcp`` must match ``/api/mcp`` either way: a
     path matched in excess is only read as JSON-RPC, one missed runs tools unchecked.
     """
-    path: str = scope["path"]
+    # Starlette's route patterns end in "$", which Python's re matches before a final
+    # newline too: /mcp%0A is routed to Route("/mcp"), and must be read as /mcp is.
+    path: str = scope["path"].rstrip("\n")
     # And what lies below: Mount("/messages/") (the SSE transport's message endpoint)
     # routes /messages/<anything> to the same app.
     return any(path.endswith(entry) or f"{entry}/" in path for entry in paths)

@@ -744,6 +744,30 @@ def test_paths_cover_what_a_mount_routes_below_them(session_issuer: DevIssuer) -
                 assert answer.status_code == 403, (paths, path)
 
 
+def test_paths_match_what_the_router_takes_for_them(
+    example: ModuleType, session_issuer: DevIssuer
+) -> None:
+    # Starlette's route patterns end in "$", which Python matches before a final newline:
+    # POST /mcp%0A reaches Route("/mcp") (uvicorn unescapes it into scope["path"]), and
+    # was passed on unread, the tool run without its scope.
+    from bearerguard.asgi import BearerGuardMiddleware
+    from bearerguard.mcp import MCPToolScopes
+
+    mcp_app = example.create_server().streamable_http_app(stateless_http=True, json_response=True)
+    app = BearerGuardMiddleware(
+        MCPToolScopes(mcp_app, tools=example.TOOL_SCOPES, paths=["/mcp"]),
+        guard=session_issuer.guard(in_process=True),
+    )
+    token = session_issuer.mint(scopes=["notes:read"])
+    write = call("write_note", {"text": "x"})
+    with _serving(app) as base:
+        for path in ("/mcp", "/mcp%0A", "/mcp/"):
+            answer = httpx.post(
+                f"{base}{path}", json=write, headers={**ACCEPT, "Authorization": f"Bearer {token}"}
+            )
+            assert answer.status_code == 403, (path, answer.text)
+
+
 @pytest.mark.parametrize("paths", [[], ["/mcp/*"], ["/mcp*"], ["/mcp?x=1"], ["/mcp#tools"]])
 def test_paths_that_match_nothing_are_refused(paths: list[str]) -> None:
     # "/mcp/*" is how public_paths spells a prefix; here it matched no request, and an empty

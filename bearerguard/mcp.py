@@ -536,6 +536,19 @@ def _sdk_scope_refusal(challenge: str) -> InsufficientScopeError:
     )
 
 
+_AUDITED_SCOPES = frozenset({"http", "websocket"})
+
+
+def _answer_status(message: Message) -> int | None:
+    """The status an answer begins with, or ``None`` if ``message`` begins none. A websocket
+    accepted is 101; one closed before it was accepted is the server's 403 (ASGI spec)."""
+    kind = message["type"]
+    if kind in ("http.response.start", "websocket.http.response.start"):
+        status: int = message["status"]
+        return status
+    return {"websocket.accept": 101, "websocket.close": 403}.get(kind)
+
+
 def _bearer_challenge(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """The response's ``WWW-Authenticate`` value when it is a ``Bearer`` challenge."""
     for name, value in headers:
@@ -738,7 +751,10 @@ class SDKAuthAudit:
     - ``token.rejected`` ``missing_token`` (401) for a request without a Bearer token,
       which the SDK refuses without calling the verifier;
     - on a route the SDK serves without auth (its metadata), no event without a token, and
-      a refused token's event with the ``status`` the SDK answered.
+      a refused token's event with the ``status`` the SDK answered;
+    - a websocket handshake, whose token the SDK's auth middleware verifies too, likewise
+      (method ``WEBSOCKET``; ``status`` 403 when it is closed before being accepted, as
+      the SDK's app, with no websocket route, closes it).
 
     An answer's ``401`` or ``403`` with a ``Bearer`` challenge is taken for the SDK's
     refusal: it is how the SDK refuses, and the app behind it has no such answer of its
@@ -761,8 +777,9 @@ class SDKAuthAudit:
         self.verifier = verifier
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Inside another SDKAuthAudit, that one audits the request.
-        if scope["type"] != "http" or _EXCHANGE.get() is not None:
+        # Inside another SDKAuthAudit, that one audits the request. A websocket handshake
+        # too: the SDK's auth middleware verifies its token as a request's.
+        if scope["type"] not in _AUDITED_SCOPES or _EXCHANGE.get() is not None:
             await self.app(scope, receive, send)
             return
         request_id = joined_request_ids(scope["headers"]) or None
@@ -776,8 +793,9 @@ class SDKAuthAudit:
             return await receive()
 
         async def send_on(message: Message) -> None:
-            if message["type"] == "http.response.start" and not exchange.decided:
-                exchange.answered(message["status"], _bearer_challenge(message.get("headers", ())))
+            status = None if exchange.decided else _answer_status(message)
+            if status is not None:
+                exchange.answered(status, _bearer_challenge(message.get("headers", ())))
             await send(message)
 
         reset = _EXCHANGE.set(exchange)

@@ -384,6 +384,31 @@ async def test_the_sdk_client_through_the_audit_has_one_event_per_request(
     assert all(event["path"] == "/mcp" for event in captured)
 
 
+def test_a_websocket_handshake_is_audited_with_its_request(
+    audited: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The SDK's auth middleware verifies a websocket handshake's token too (its app then
+    # refuses the handshake: no websocket route): outside the exchange, the event named no
+    # request, and any client could have the verifier warn that it was not wrapped.
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    ws_url = audited.url.replace("http://", "ws://")
+    good, forged = audited.token("notes:read"), audited.issuer.mint_forged(aud=audited.resource)
+    with capture_logs() as captured:
+        for token in (good, forged):
+            bearer = {"Authorization": f"Bearer {token}", "X-Request-ID": "ws-1"}
+            with pytest.raises(InvalidStatus) as refused:
+                connect(ws_url, additional_headers=bearer, open_timeout=10)
+            assert refused.value.response.status_code == 403
+    assert events_of(captured) == [("token.accepted", "ok"), ("token.rejected", "bad_signature")]
+    assert {request_fields(event) for event in captured} == {
+        ("WEBSOCKET", "/mcp", "127.0.0.1", "ws-1")
+    }
+    assert captured[1]["status"] == 403  # the handshake closed before it was accepted
+    assert not [record for record in caplog.records if "outside SDKAuthAudit" in record.message]
+
+
 def test_the_audit_takes_a_guard_token_verifier(session_issuer: DevIssuer) -> None:
     with pytest.raises(ConfigurationError, match="GuardTokenVerifier"):
         SDKAuthAudit(mcp_app, verifier=object())  # type: ignore[arg-type]

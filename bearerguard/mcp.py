@@ -603,8 +603,9 @@ class GuardTokenVerifier:
       the token. The SDK refuses a token past ``expires_at`` with no leeway: given ``exp``,
       it would refuse tokens the guard accepted and audited as accepted. ``claims["exp"]``
       keeps the token's own.
-    - ``resource``: the guard's ``resource`` when the token's ``aud`` matched it, else the
-      guard's audience it matched (for ``AuthSettings.validate_token_resource``); the
+    - ``resource``: the guard's ``resource`` when the token's ``aud`` names it (whatever
+      else it names), else the guard's audience it names (for
+      ``AuthSettings.validate_token_resource``); the
       guard's ``resource`` for an opaque token accepted without ``aud`` from an
       introspector built with ``audience_checked_by_server=True``.
     - ``subject`` and ``claims`` (``iss`` always among them).
@@ -698,7 +699,8 @@ class GuardTokenVerifier:
 
 def _resource_of(guard: BearerGuard, token: AccessToken) -> str | None:
     """The guard's audience ``token`` was accepted for: its ``resource`` when the ``aud``
-    matched one of its spellings (RFC 8707 §2), else the first audience matched.
+    names one of its spellings (RFC 8707 §2), whatever else it names; else the first of the
+    guard's audiences it names.
 
     A token accepted with no ``aud`` at all is an introspected one whose server checks the
     audience itself (``Introspector(audience_checked_by_server=True)``): it answered active
@@ -706,11 +708,13 @@ def _resource_of(guard: BearerGuard, token: AccessToken) -> str | None:
     """
     if not token.audience:
         return guard.resource
-    matched = next((name for name in guard.audiences if name in token.audience), None)
+    matched = [name for name in guard.audiences if name in token.audience]
     resource = guard.resource
-    if matched is not None and resource is not None and matched.rstrip("/") == resource.rstrip("/"):
+    # Naming the resource among the guard's other audiences, the token is for it (RFC 8707
+    # §2): the first matched would have the SDK refuse a token issued for this very server.
+    if resource is not None and any(name.rstrip("/") == resource.rstrip("/") for name in matched):
         return resource
-    return matched
+    return matched[0] if matched else None
 
 
 def _sdk_access_token() -> type[SDKAccessToken]:

@@ -478,6 +478,26 @@ async def test_the_sdk_token_carries_what_the_guard_verified(session_issuer: Dev
     assert await verifier.verify_token("garbage") is None
 
 
+async def test_a_token_naming_the_resource_among_other_audiences_names_the_resource(
+    session_issuer: DevIssuer,
+) -> None:
+    # The guard takes an older audience and the resource; a token naming both (Keycloak's
+    # several aud) was answered with the first of the guard's it names, and the SDK's
+    # validate_token_resource refused (401) a token issued for this very resource.
+    resource = "https://notes.example/mcp"
+    guard = BearerGuard(
+        issuer=session_issuer.url, audience=["api://notes", resource], resource=resource
+    )
+    verifier = GuardTokenVerifier(guard)
+    for aud in (["api://notes", resource], [resource, "api://notes"], [resource + "/", resource]):
+        answer = await verifier.verify_token(session_issuer.mint(sub="ann", aud=aud))
+        assert answer is not None
+        assert answer.resource == resource, aud
+    older = await verifier.verify_token(session_issuer.mint(sub="ann", aud="api://notes"))
+    assert older is not None
+    assert older.resource == "api://notes"  # the audience matched, as before
+
+
 async def test_a_token_naming_no_principal_is_a_principal_of_its_own(
     session_issuer: DevIssuer,
 ) -> None:

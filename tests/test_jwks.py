@@ -64,6 +64,10 @@ POLICY = RefreshPolicy(default_ttl=300, min_ttl=60, max_ttl=3600, cooldown=30, m
 # fetch is meant to time out, or is bound to fail anyway.
 FETCH = FetchPolicy(timeout=5.0, max_bytes=16 * 1024)
 SHORT = FetchPolicy(timeout=0.3, max_bytes=FETCH.max_bytes)
+# How late a "slow" answer comes: well past SHORT's timeout (0.3 s later let a process
+# stalled on a busy core read the answer before its timeout fired). Nothing waits for it:
+# a stopped DevIssuer ends its delays.
+SLOW = SHORT.timeout + 5.0
 LONG = 30 * 86_400  # token lifetime that outlives every clock jump in this file
 
 
@@ -1578,7 +1582,7 @@ JWKS_FAULTS: dict[str, Callable[[DevIssuer], Override]] = {
     "deeply-nested": lambda _: Override(body=b"[" * 5000 + b"]" * 5000),
     # A valid JWKS, just too big: the limit is about bytes, not content.
     "oversized": lambda i: Override(body=jwks_body(i, padding=_VALID_PADDING)),
-    "slow": lambda i: Override(body=jwks_body(i), delay=SHORT.timeout + 0.3),
+    "slow": lambda i: Override(body=jwks_body(i), delay=SLOW),
     "redirect": lambda i: Override(status=302, headers={"Location": i.jwks_uri + "?moved"}),
     "bad-gzip": lambda i: Override(body=jwks_body(i), headers={"Content-Encoding": "gzip"}),
     # Small on the wire, bigger than max_bytes once decoded: the limit counts decoded bytes.
@@ -1665,7 +1669,7 @@ async def test_oversized_or_slow_metadata_fails_closed(dev: DevIssuer, clock: Fa
     metadata = {**dev.metadata(), "padding": _VALID_PADDING}
     dev.overrides[dev.oidc_metadata_path] = Override(body=json.dumps(metadata).encode())
     dev.overrides[dev.oauth_metadata_path] = Override(
-        body=json.dumps(dev.metadata()).encode(), delay=SHORT.timeout + 0.3
+        body=json.dumps(dev.metadata()).encode(), delay=SLOW
     )
     guard = make_guard(dev, clock, fetch=SHORT)
     await assert_guard_unavailable(guard, mint(dev))
@@ -2184,7 +2188,7 @@ async def test_middleware_without_warm_up_fetches_on_the_first_request(
 LIFESPAN_FAULTS: dict[str, Callable[[DevIssuer], None]] = {
     "500": break_jwks,
     "timeout": lambda i: i.overrides.__setitem__(
-        i.jwks_path, Override(body=jwks_body(i), delay=SHORT.timeout + 0.3)
+        i.jwks_path, Override(body=jwks_body(i), delay=SLOW)
     ),
     "issuer-mismatch": lambda i: i.overrides.__setitem__(
         i.oidc_metadata_path, Override(body=json.dumps(_mismatched(i)).encode())

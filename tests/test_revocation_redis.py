@@ -12,6 +12,7 @@ import functools
 import gc
 import os
 import re
+import select
 import socket
 import struct
 import subprocess
@@ -1043,6 +1044,37 @@ async def test_a_stalled_event_loop_reads_the_answer_before_giving_up(
     time.sleep(0.4)  # noqa: ASYNC251 - ...for longer than failure_timeout
     await eventually(lambda: mirrored.healthy)
     assert mirrored.health_report()["resyncs"] == 1  # read, not reloaded
+
+
+@pytest.mark.anyio
+async def test_a_zero_wait_reads_an_answer_that_came_while_the_event_loop_stalled(
+    private_redis: RedisServer, stores: Callable[..., RedisRevocationStore]
+) -> None:
+    """Before giving a ping up the mirror looks once more, without waiting (``Receive(0.0)``),
+    for an answer that came while the event loop stalled. That look read only what the loop
+    had taken from the socket: when the wait that timed out during the stall ended before
+    the loop polled the socket again (both due in one pass, under load), the answer, there
+    all along, went unread, the ping was given up and the mirror reloaded for nothing."""
+    from bearerguard.revocation._mirror import Receive
+
+    store = stores(private_redis.url, mirror=False)
+    client = store._async_client()
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe("bearerguard-stall")
+        subscribed = await RedisRevocationStore._perform(client, pubsub, Receive(5.0))
+        assert subscribed["type"] == "subscribe"
+        private_redis.pause()  # the answer comes only once the loop stalls
+        await pubsub.ping("stalled")
+        private_redis.resume()
+        # The loop stalls until the answer is in the socket (it does not take it in).
+        raw = pubsub.connection._writer.get_extra_info("socket")
+        assert select.select([raw], [], [], 10)[0]
+        answer = await RedisRevocationStore._perform(client, pubsub, Receive(0.0))
+        assert answer is not None
+        assert answer["type"] == "pong"
+    finally:
+        await pubsub.aclose()
 
 
 @pytest.mark.anyio

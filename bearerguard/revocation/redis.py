@@ -181,6 +181,19 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+async def _polled() -> None:
+    """Let the event loop take in what its sockets hold, for a read that does not wait.
+
+    Such a read sees only what the loop has taken from the socket. After a stall (a blocked
+    event loop), the wait that timed out meanwhile can end before the loop polls the socket
+    again (both due in one pass): an answer there all along would go unread. asyncio polls its
+    selector at the start of a pass and queues what it found behind what is already queued:
+    the second yield comes after that (uvloop polls between its passes too).
+    """
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
 def _message(pubsub: Any, response: Any) -> Any:
     """redis-py's message for a raw pub/sub response.
 
@@ -1237,6 +1250,8 @@ class RedisRevocationStore:
     @staticmethod
     async def _perform(client: aredis.Redis, pubsub: Any, request: Request) -> Any:
         if isinstance(request, Receive):
+            if request.timeout <= 0:
+                await _polled()
             response = await pubsub.parse_response(block=False, timeout=request.timeout)
             if isinstance(response, bytes | str) or not response:
                 return _message(pubsub, response)

@@ -77,3 +77,29 @@ def test_the_dev_extra_asks_for_an_atheris_with_a_wheel(
     assert len(applying) == 1, applying
     assert wheel in applying[0].specifier
     assert sdist_only is None or sdist_only not in applying[0].specifier
+
+
+def test_the_metadata_names_what_a_user_searches_for() -> None:
+    # PyPI's search and filters read the summary, keywords and classifiers: each framework
+    # with an extra of its own, and each Python the package supports, is named there.
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    classifiers = set(project["classifiers"])
+    for framework in ("FastAPI", "Flask", "Django"):
+        assert f"Framework :: {framework}" in classifiers, framework
+        assert framework in project["description"], framework
+        assert framework.lower() in project["keywords"], framework
+    assert project["requires-python"] == ">=3.10"
+    versions = {c.rsplit(" :: ", 1)[1] for c in classifiers if re.fullmatch(r".*:: 3\.\d+", c)}
+    assert versions == {"3.10", "3.11", "3.12", "3.13"}
+    assert "Programming Language :: Python :: 3 :: Only" in classifiers
+
+
+def test_the_readme_says_how_to_install() -> None:
+    # The README is the PyPI page (readme = "README.md"): its first commands a user reads are
+    # the pip install lines, with the extra of each framework, not only a clone's dev script.
+    readme = (ROOT / "README.md").read_text()
+    install = readme.index("pip install bearerguard")
+    assert install < readme.index("scripts/dev.py")
+    for extra in ("fastapi", "flask", "django"):
+        assert f"pip install 'bearerguard[{extra}]'" in readme, extra

@@ -19,6 +19,7 @@ spec asks a server to catch what it raised, and not log it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterable, Iterable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,9 @@ from typing import TYPE_CHECKING, Any
 from bearerguard._context import AsyncBodyWithAuth, BodyWithAuth
 from bearerguard._recheck import Rechecked
 from bearerguard.errors import AuthError
+
+if sys.version_info < (3, 11):  # anyio, a dependency, brings the backport there
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 if TYPE_CHECKING:
     from starlette.types import Message, Receive, Scope, Send
@@ -69,8 +73,13 @@ def _raises_on_send(scope: Scope) -> bool:
 def absorbed(error: BaseException) -> bool:
     """Whether ``error``, raised out of the app, is only what an ended stream's send raised:
     a ``StreamEndedError``, or what the app raised while handling one (Starlette's
-    ``ClientDisconnect``). The ASGI spec asks a server to catch the ``OSError`` it raised
-    and not log it as an error; any other error is the app's own and goes on."""
+    ``ClientDisconnect``), or a group of nothing else (an app streaming from an anyio task
+    group raises its task's error wrapped in one). The ASGI spec asks a server to catch the
+    ``OSError`` it raised and not log it as an error; any other error is the app's own and
+    goes on, and so does a group holding one beside the stream's."""
+    if isinstance(error, BaseExceptionGroup):
+        # Never empty (the constructor refuses that): all() is not vacuously true here.
+        return all(absorbed(leaf) for leaf in error.exceptions)
     if isinstance(error, StreamEndedError):
         return True
     return isinstance(error.__cause__ or error.__context__, StreamEndedError)

@@ -12,20 +12,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
 from bearerguard import BearerGuard
+from bearerguard._stream import StreamEndedError, absorbed
 from bearerguard.asgi import BearerGuardMiddleware
 from bearerguard.issuers import TrustedIssuers
 from bearerguard.mcp import MCPToolScopes
@@ -33,6 +36,9 @@ from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from bearerguard.token import AccessToken
 from tests.helpers import Clock, asgi_call, http_scope, serving, until, uvicorn_logging
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup, ExceptionGroup
 
 EVENTS = [b"data: one\n\n", b"data: two\n\n", b"data: three\n\n"]
 
@@ -470,6 +476,96 @@ def test_a_failure_after_the_end_that_is_not_the_disconnect_still_raises(
         asyncio.run(asgi_call(guarded, scope))
 
 
+# -- exception groups: an app that streams inside a task group -------------------------------
+
+
+def _ended_in_a_group(issuer: DevIssuer, shape: str, *, mcp: bool = False) -> Any:
+    """A spec 2.4 app behind the middleware (or ``MCPToolScopes``) whose stream is ended at
+    its second chunk, and which then raises what ``shape`` names, built from what its sends
+    raised: an anyio task group's own, or a group made by hand."""
+    token = issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = issuer.guard(clock=clock, leeway=0)
+
+    async def caught(send: Any) -> BaseException:
+        try:
+            await send({"type": "http.response.body", "body": b"b", "more_body": True})
+        except OSError as error:
+            return error
+        raise AssertionError("the send after the end did not raise")  # pragma: no cover
+
+    async def disconnect(send: Any) -> BaseException:
+        try:  # as Starlette's StreamingResponse answers the raise: ClientDisconnect
+            await send({"type": "http.response.body", "body": b"b", "more_body": True})
+        except OSError:
+            try:
+                raise ClientDisconnect
+            except ClientDisconnect as error:
+                return error
+        raise AssertionError("the send after the end did not raise")  # pragma: no cover
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        clock.advance(61)
+        if shape == "task group":  # anyio wraps its task's raise in an ExceptionGroup
+            async with anyio.create_task_group() as group:
+                group.start_soon(send, {"type": "http.response.body", "body": b"b"})
+        elif shape == "two leaves":
+            raise ExceptionGroup("sends", [await caught(send), await disconnect(send)])
+        elif shape == "nested":
+            inner = ExceptionGroup("inner", [await disconnect(send)])
+            raise BaseExceptionGroup("outer", [await caught(send), inner])
+        elif shape == "another error":
+            raise ExceptionGroup("sends", [await caught(send), LookupError("the app's own")])
+        elif shape == "another error nested":
+            inner = ExceptionGroup("inner", [await caught(send), LookupError("the app's own")])
+            raise ExceptionGroup("outer", [await disconnect(send), inner])
+
+    inner: Any = MCPToolScopes(app, tools={}) if mcp else app
+    guarded = BearerGuardMiddleware(inner, guard=guard, stream_recheck=not mcp)
+    scope = _spec_24(http_scope([(b"authorization", f"Bearer {token}".encode())]))
+    return guarded, scope
+
+
+@pytest.mark.parametrize("mcp", [False, True])
+@pytest.mark.parametrize("shape", ["task group", "two leaves", "nested"])
+def test_a_group_of_only_what_the_ended_stream_raised_is_absorbed(
+    session_issuer: DevIssuer, shape: str, mcp: bool
+) -> None:
+    # An app that streams inside a task group raises a group, not the bare OSError: each
+    # of its leaves is what the ended stream raised, so the group is absorbed as they are.
+    guarded, scope = _ended_in_a_group(session_issuer, shape, mcp=mcp)
+    with capture_logs() as audit:
+        sent = asyncio.run(asgi_call(guarded, scope))
+    assert [m.get("body") for m in sent[1:]] == [b"a", b""]
+    refused = [(e["event"], e["reason"]) for e in audit if e["event"] != "token.accepted"]
+    assert refused == [("token.rejected", "expired")]
+
+
+@pytest.mark.parametrize("mcp", [False, True])
+@pytest.mark.parametrize("shape", ["another error", "another error nested"])
+def test_a_group_with_any_other_error_goes_on_unchanged(
+    session_issuer: DevIssuer, shape: str, mcp: bool
+) -> None:
+    guarded, scope = _ended_in_a_group(session_issuer, shape, mcp=mcp)
+    with pytest.raises(ExceptionGroup) as raised:
+        asyncio.run(asgi_call(guarded, scope))
+    assert raised.value.subgroup(LookupError) is not None  # the app's own error, kept
+    assert raised.value.message == ("sends" if shape == "another error" else "outer")
+
+
+class _Stop(BaseException):
+    """Not an ``Exception``: what a server must see (a cancellation, an exit)."""
+
+
+def test_a_group_is_absorbed_only_when_each_of_its_leaves_is() -> None:
+    ended = StreamEndedError("ended")
+    assert absorbed(BaseExceptionGroup("g", [ended, ExceptionGroup("h", [ended])]))
+    assert not absorbed(BaseExceptionGroup("g", [ended, _Stop()]))
+    assert not absorbed(ExceptionGroup("g", [ended, ExceptionGroup("h", [LookupError()])]))
+
+
 def _after_the_end(issuer: DevIssuer, version: str) -> list[str]:
     """What two sends after the end did under a scope declaring ``version``."""
     token = issuer.mint(sub="eve", expires_in=60)
@@ -509,14 +605,27 @@ def test_sends_after_the_end_raise_an_os_error_under_spec_24_only(
     assert _after_the_end(session_issuer, version) == [outcome, outcome]
 
 
-def test_a_served_spec_24_stream_ends_without_a_server_error(session_issuer: DevIssuer) -> None:
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_served_spec_24_stream_ends_without_a_server_error(
+    session_issuer: DevIssuer, grouped: bool
+) -> None:
     # uvicorn declares 2.3 for HTTP: a shim declares 2.4, as another server would, so that
     # the server's log shows whether what the ended stream raised reached it as an error.
+    # Grouped, the response is sent from inside the app's own anyio task group (a stream
+    # fed by a producer task): its ClientDisconnect comes out wrapped in an ExceptionGroup.
     store = MemoryRevocationStore()
     guard = session_issuer.guard(revocation=store)
     token = session_issuer.mint(sub="eve", expires_in=3600, jti="eve-6")
     stopped: list[int] = []
-    guarded = BearerGuardMiddleware(_endless(stopped, 100_000), guard=guard, stream_recheck=True)
+    endless = _endless(stopped, 100_000)
+
+    async def in_a_group(scope: Any, receive: Any, send: Any) -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(endless, scope, receive, send)
+
+    guarded = BearerGuardMiddleware(
+        in_a_group if grouped else endless, guard=guard, stream_recheck=True
+    )
 
     async def declaring_24(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":

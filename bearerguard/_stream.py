@@ -24,6 +24,8 @@ from collections.abc import AsyncIterable, Iterable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
+
 from bearerguard._context import AsyncBodyWithAuth, BodyWithAuth
 from bearerguard._recheck import Rechecked
 from bearerguard.errors import AuthError
@@ -141,12 +143,12 @@ class RecheckedStream(Rechecked):
     async def send(self, message: Message) -> None:
         """Pass the app's message on; a body chunk only while the token is good."""
         if self._ended:
-            self._gone()
+            await self._gone()
             return
         kind = message["type"]
         if kind == "http.response.body":
             if self._streaming and not await self._valid():
-                self._gone()
+                await self._gone()
                 return
             if message.get("more_body", False):
                 self._streaming = True
@@ -154,10 +156,18 @@ class RecheckedStream(Rechecked):
             self._start = message  # read only if the stream is ended
         await self._send(message)
 
-    def _gone(self) -> None:
-        """A send once the stream ended: a no-op, or raised under ASGI HTTP spec 2.4."""
+    async def _gone(self) -> None:
+        """A send once the stream ended: raised under ASGI HTTP spec 2.4, else dropped."""
         if self._raises:
             raise StreamEndedError("the stream was ended: its token no longer passes")
+        # Dropped, but the loop gets a turn: a body that never awaits (its chunks at hand,
+        # sent at the client's pace only while the server's sends pushed back) would send
+        # on for ever holding the event loop, its disconnect listener (Starlette's
+        # StreamingResponse under 2.3) never run. A cancellation that listener asked for
+        # lands here only at the next dropped send: an app that awaits gets it in its own
+        # code (a generator's finally then runs), as for a client that went away.
+        await checkpoint_if_cancelled()
+        await cancel_shielded_checkpoint()
 
     async def _end(self, error: AuthError) -> None:
         self._raises = _raises_on_send(self._scope)

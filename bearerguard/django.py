@@ -373,13 +373,19 @@ def _verdict(request: Any) -> RequestAuth:
 def _streamed_with(response: Any, auth: RequestAuth, *, recheck: bool, run_async: bool) -> Any:
     """``response``, its streaming body (sync or async) read with ``current_auth`` set, so
     that ``get_access_token()`` works while it streams, as behind the ASGI middleware; a
-    file's body is left alone (Django hands it to the server's ``wsgi.file_wrapper``).
+    file's body is left alone (Django hands it to the server's ``wsgi.file_wrapper``),
+    unless it is rechecked.
 
     With ``recheck`` (``STREAM_RECHECK``), a request's token is checked again before each
     further chunk: not for a sync body under ASGI, which Django reads whole before sending
-    any of it (nothing streams), and whose recheck would need the store's sync side."""
-    if getattr(response, "streaming", False) and getattr(response, "file_to_stream", None) is None:
+    any of it (nothing streams), and whose recheck would need the store's sync side. A
+    ``FileResponse`` is rechecked too: its file, read through the recheck, is no longer
+    one Django hands to the server's ``wsgi.file_wrapper`` (which may send it with
+    ``sendfile``, past any recheck), but a body the server iterates."""
+    if getattr(response, "streaming", False):
         recheck = recheck and auth.token is not None
+        if getattr(response, "file_to_stream", None) is not None and (not recheck or run_async):
+            return response
         if getattr(response, "is_async", False):
             # The view's own iterator (Django keeps it as _iterator): streaming_content is a
             # wrapper of it, whose aclose() leaves it suspended (an async for never closes
@@ -392,6 +398,8 @@ def _streamed_with(response: Any, auth: RequestAuth, *, recheck: bool, run_async
             response.close = _aclosed_with(response.close, streamed)
         else:
             wrapper = RecheckedBody if recheck and not run_async else BodyWithAuth
+            # A FileResponse's file_to_stream goes with a body that cannot read(): Django
+            # then serves the body, rechecked, and still closes the file with the response.
             response.streaming_content = wrapper(response.streaming_content, auth)
             # Django closes the view's generator in response.close(), which the server calls
             # when the client went away mid-stream: its clean-up reads the token there too,
@@ -459,8 +467,10 @@ class BearerGuardMiddleware:
       refused unless listed too (fail closed).
     - ``WARM_UP``: fetch the key set when the middleware is loaded (blocking, once).
     - ``STREAM_RECHECK``: check a request's token again before each further chunk of a
-      ``StreamingHttpResponse``, as ``BearerGuardWSGIMiddleware(stream_recheck=True)``
-      does; the first that fails ends the response there, audited once. Off by default.
+      ``StreamingHttpResponse`` (and, under WSGI, of a ``FileResponse``, which the
+      server then iterates instead of sending it through its ``wsgi.file_wrapper``), as
+      ``BearerGuardWSGIMiddleware(stream_recheck=True)`` does; the first that fails ends
+      the response there, audited once. Off by default.
 
     It works under WSGI and ASGI: Django hands it a sync or an async ``get_response`` and it
     answers in kind, verifying with the guard's synchronous side (WSGI) or awaiting its

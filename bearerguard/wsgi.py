@@ -340,8 +340,9 @@ class BearerGuardWSGIMiddleware:
             ``StreamingHttpResponse``), as the ASGI middleware's ``stream_recheck`` does:
             the first that fails ends the body there (the app's iterable is closed),
             audited as one refusal. A body returned whole (a list, a Flask view's ``str``
-            or ``dict``) or a file handed to the server's ``wsgi.file_wrapper`` is not
-            rechecked. Off by default.
+            or ``dict``) is not rechecked; a file handed to the server's
+            ``wsgi.file_wrapper`` (``send_file``) is, so the server iterates it instead of
+            sending it with ``sendfile``. Off by default.
 
     Refusals are exactly those of the ASGI middleware (RFC 6750 §3), and so is the
     protected-resource metadata served when the guard has a ``resource`` (RFC 9728), at
@@ -522,12 +523,19 @@ class BearerGuardWSGIMiddleware:
         wrapper = environ.get("wsgi.file_wrapper")
         if (
             isinstance(body, list | tuple)
-            or (isinstance(wrapper, type) and isinstance(body, wrapper))
+            or (
+                isinstance(wrapper, type)
+                and isinstance(body, wrapper)
+                and not (self.stream_recheck and auth.token is not None)
+            )
             or _unstreamed_werkzeug_response(body)
         ):
             return body
         if self.stream_recheck and auth.token is not None:
-            # Each further chunk of a streamed body is a use of the token.
+            # Each further chunk of a streamed body is a use of the token. A file in the
+            # server's own wrapper too: handed back, the server would send it as it likes
+            # (gunicorn with sendfile), past any recheck; wrapped, the server iterates it
+            # (PEP 3333 makes it iterable), in chunks of the app's block size.
             return RecheckedBody(body, auth)
         return BodyWithAuth(body, auth)
 

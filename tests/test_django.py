@@ -29,7 +29,13 @@ from asgiref.sync import markcoroutinefunction
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIRequest
 from django.core.handlers.wsgi import WSGIHandler, WSGIRequest
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import (
+    FileResponse,
+    HttpRequest,
+    HttpResponse,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.test import AsyncClient, Client, override_settings
 from django.urls import path
 from django.utils.decorators import method_decorator
@@ -42,7 +48,7 @@ from bearerguard.metadata import WELL_KNOWN_PATH
 from bearerguard.revocation import MemoryRevocationStore
 from bearerguard.testing import DevIssuer
 from bearerguard.wsgi import BearerGuardWSGIMiddleware
-from tests.helpers import Clock, http_scope
+from tests.helpers import Clock, http_scope, serving, until
 
 MIDDLEWARE = "bearerguard.django.BearerGuardMiddleware"
 guard: BearerGuard | None = None  # the guard the settings below name, set per test
@@ -171,6 +177,32 @@ async def async_rechecked(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(body())
 
 
+class ChunkedFile(io.RawIOBase):
+    """A file sent by ``rechecked_file``: one chunk per read, ``between_chunks`` run at the
+    second read, closed by the response."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks = [b"one;", b"two;"]
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if len(self._chunks) == 1:
+            for step in between_chunks:
+                step()
+        return self._chunks.pop(0) if self._chunks else b""
+
+
+files: list[ChunkedFile] = []  # what rechecked_file sent
+
+
+def rechecked_file(request: HttpRequest) -> FileResponse:
+    files.append(ChunkedFile())
+    return FileResponse(files[-1], content_type="application/octet-stream")
+
+
 verdicts: list[object] = []  # what the verdict view found, for the tests that ask
 
 
@@ -189,6 +221,7 @@ urlpatterns = [
     path("abandoned", abandoned),
     path("rechecked", rechecked),
     path("async-rechecked", async_rechecked),
+    path("rechecked-file", rechecked_file),
     path("async-abandoned", async_abandoned),
     path("user", user),
     path("async-user", async_user),
@@ -678,6 +711,51 @@ def test_stream_recheck_ends_a_streaming_response_once_its_token_expires(
                     return b"".join([part async for part in response])
 
                 body = asyncio.run(consume())
+    finally:
+        between_chunks.clear()
+    refused = [(e["event"], e["reason"]) for e in events if e["event"] != "token.accepted"]
+    if recheck:
+        assert (body, refused) == (b"one;", [("token.rejected", "expired")])
+    else:
+        assert (body, refused) == (b"one;two;", [])
+
+
+@pytest.mark.parametrize("served", [False, True])
+@pytest.mark.parametrize("recheck", [False, True])
+def test_stream_recheck_ends_a_file_response_once_its_token_expires(
+    session_issuer: DevIssuer, recheck: bool, served: bool
+) -> None:
+    # A FileResponse was left alone: Django hands its file to the server's
+    # wsgi.file_wrapper when there is one (served here by wsgiref, which offers it), else
+    # iterates it (Django's Client), either way past the recheck. Rechecked, it is read
+    # through the recheck as a StreamingHttpResponse is, and its file closed at the end.
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    between_chunks[:] = [lambda: clock.advance(61)]
+    headers = {"Authorization": f"Bearer {token}"}
+    options = {"STREAM_RECHECK": True} if recheck else {}
+    try:
+        with (
+            configured(session_issuer.guard(clock=clock, leeway=0), **options),
+            structlog.testing.capture_logs() as events,
+        ):
+            if served:
+                from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+                class Quiet(WSGIRequestHandler):
+                    def log_message(self, *args: Any) -> None:
+                        pass
+
+                server = make_server("127.0.0.1", 0, WSGIHandler(), handler_class=Quiet)
+                with serving(server) as port:
+                    url = f"http://127.0.0.1:{port}/rechecked-file"
+                    body = httpx.get(url, headers=headers).content
+                    assert until(lambda: files[-1].closed, 10)
+            else:
+                response = Client().get("/rechecked-file", headers=headers)
+                body = b"".join(response)
+                response.close()
+                assert files[-1].closed
     finally:
         between_chunks.clear()
     refused = [(e["event"], e["reason"]) for e in events if e["event"] != "token.accepted"]

@@ -805,6 +805,138 @@ def test_wsgi_stream_recheck_is_off_by_default(session_issuer: DevIssuer) -> Non
     assert response.content == b"".join(EVENTS)
 
 
+# -- a file the app hands to the server's wsgi.file_wrapper (send_file, FileResponse) ---------
+
+
+class _File(io.RawIOBase):
+    """A file an app sends: one of ``chunks`` per read, ``between()`` run at the second."""
+
+    def __init__(self, chunks: list[bytes], between: Callable[[], None]) -> None:
+        super().__init__()
+        self._chunks = list(chunks)
+        self._between = between
+        self.reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        self.reads += 1
+        if self.reads == 2:
+            self._between()
+        return self._chunks.pop(0) if self._chunks else b""
+
+
+@contextlib.contextmanager
+def _wsgi_served(kind: str, app: Any) -> Iterator[httpx.Client]:
+    """``app`` on a real server: the standard library's wsgiref, which offers its
+    ``wsgi.file_wrapper`` (and, sending no file itself, iterates what it wraps), or
+    werkzeug's, which offers none; a client for it."""
+    if kind == "wsgiref":
+        from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server: Any = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+    else:
+        from werkzeug.serving import make_server as werkzeug_server
+
+        server = werkzeug_server("127.0.0.1", 0, app)
+    with serving(server) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        yield client
+
+
+def test_a_file_handed_to_the_servers_file_wrapper_is_rechecked(
+    session_issuer: DevIssuer,
+) -> None:
+    # A server sends what its own wsgi.file_wrapper wrapped as it likes (gunicorn and
+    # waitress with sendfile, past any iteration): a long download read after its token
+    # expired. Rechecked, the middleware has the server iterate it through the recheck.
+    from bearerguard.wsgi import BearerGuardWSGIMiddleware
+
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=0)
+    sent = _File([b"ab", b"cd", b"ef"], lambda: clock.advance(61))
+
+    def download(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](sent, 2)
+
+    guarded = BearerGuardWSGIMiddleware(download, guard=guard, stream_recheck=True)
+    headers = {"Authorization": f"Bearer {token}"}
+    with _wsgi_served("wsgiref", guarded) as client, capture_logs() as audit:
+        response = client.get("/", headers=headers)
+        assert until(lambda: sent.closed, 10)  # closed by the server, through the recheck
+    assert response.content == b"ab"
+    refused = [(e["event"], e["reason"]) for e in audit if e["event"] != "token.accepted"]
+    assert refused == [("token.rejected", "expired")]
+
+
+@pytest.mark.parametrize("server", ["wsgiref", "werkzeug"])
+def test_a_flask_send_file_download_is_rechecked(session_issuer: DevIssuer, server: str) -> None:
+    # Flask's send_file hands its file to the server's wsgi.file_wrapper when the server
+    # offers one (wsgiref), else to werkzeug's own FileWrapper (werkzeug's server).
+    from flask import Flask, Response, send_file
+
+    from bearerguard.flask import protect
+
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=0)
+    sent = _File([b"ab", b"cd", b"ef"], lambda: clock.advance(61))
+    app = Flask(__name__)
+
+    @app.get("/download")
+    def download() -> Response:
+        return send_file(sent, mimetype="application/octet-stream")
+
+    protect(app, guard=guard, stream_recheck=True)
+    headers = {"Authorization": f"Bearer {token}"}
+    with _wsgi_served(server, app) as client, capture_logs() as audit:
+        response = client.get("/download", headers=headers)
+        assert until(lambda: sent.closed, 10)
+    assert response.content == b"ab"
+    refused = [(e["event"], e["reason"]) for e in audit if e["event"] != "token.accepted"]
+    assert refused == [("token.rejected", "expired")]
+
+
+def test_a_file_wrapper_is_left_to_the_server_without_the_recheck(
+    session_issuer: DevIssuer,
+) -> None:
+    # Off (by default), or for a request with no token, the server gets its own wrapper
+    # back, as the app returned it: it may send the file as it likes (sendfile).
+    from bearerguard.wsgi import BearerGuardWSGIMiddleware
+
+    guard = session_issuer.guard()
+    returned: list[Any] = []
+
+    def download(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [])
+        returned.append(environ["wsgi.file_wrapper"](io.BytesIO(b"abcdef"), 2))
+        return returned[-1]
+
+    from wsgiref.util import FileWrapper
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/files/a",
+        "QUERY_STRING": "",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.file_wrapper": FileWrapper,
+    }
+    token = {"HTTP_AUTHORIZATION": f"Bearer {session_issuer.mint(sub='eve')}"}
+    off = BearerGuardWSGIMiddleware(download, guard=guard)
+    assert off({**environ, **token}, lambda status, headers: None) is returned[-1]
+    public = BearerGuardWSGIMiddleware(
+        download, guard=guard, public_paths=["/files/*"], stream_recheck=True
+    )
+    assert public(environ, lambda status, headers: None) is returned[-1]
+
+
 class _SyncStore(_Store):
     """``_Store`` with the synchronous side WSGI asks."""
 

@@ -56,6 +56,14 @@ STREAM_KEY = "bearerguard.stream"
 layers (the middleware, ``MCPToolScopes``) would recheck it."""
 
 
+_BODY = frozenset(("http.response.body", "http.response.zerocopysend", "http.response.pathsend"))
+"""The messages that send a response's body: a chunk of it, a part of a file the server
+sends (zero-copy send extension), or a whole file it sends by its path (path send)."""
+
+_FILE_SENDS = ("http.response.zerocopysend", "http.response.pathsend")
+"""The extensions by which the server sends a file itself: a whole file in one message."""
+
+
 class StreamEndedError(OSError):
     """A send after bearerguard ended the stream, under ASGI HTTP spec 2.4 or later."""
 
@@ -87,6 +95,18 @@ def absorbed(error: BaseException) -> bool:
     return isinstance(error.__cause__ or error.__context__, StreamEndedError)
 
 
+def _offering_no_file_sends(scope: Scope) -> None:
+    """Take the server's file sends out of what ``scope`` offers the app: a file it sends
+    in one message (Starlette's ``FileResponse`` with path send) would go out whole, past
+    any recheck; not offered, the app sends it in chunks, each further one rechecked. The
+    server's own dict is left as it is: the scope gets a copy."""
+    extensions = scope.get("extensions")
+    if extensions and any(name in extensions for name in _FILE_SENDS):
+        scope["extensions"] = {
+            name: value for name, value in extensions.items() if name not in _FILE_SENDS
+        }
+
+
 def _sized(start: Message | None) -> bool:
     """Whether the response's start stated a ``Content-Length``."""
     headers: Any = () if start is None else start.get("headers") or ()
@@ -100,8 +120,11 @@ def _sized(start: Message | None) -> bool:
 
 class RecheckedStream(Rechecked):
     """One HTTP request's ``receive`` and ``send``, wrapped: once a body chunk with
-    ``more_body`` has gone out, each further ``http.response.body`` reaches the client only
-    while the token passes ``recheck``.
+    ``more_body`` has gone out, each further one (``http.response.body``, or a file part
+    the server sends, ``http.response.zerocopysend``) reaches the client only while the
+    token passes ``recheck``. The app is not offered the server's file sends (zero-copy and
+    path send), with which a file would go out in one message, whole: it sends the file in
+    chunks instead (Starlette's ``FileResponse`` in 64 KiB ones), at the cost of sendfile.
 
     Once it fails, the response is ended: with a last empty chunk, so that the client sees
     the stream end (an SSE client then reconnects, with its token, and meets the RFC 6750
@@ -126,6 +149,7 @@ class RecheckedStream(Rechecked):
         scope: Scope,
     ) -> None:
         super().__init__(guard, token, request, receive, send)
+        _offering_no_file_sends(scope)
         self._scope = scope
         self._start: Message | None = None
         self._streaming = False
@@ -146,7 +170,7 @@ class RecheckedStream(Rechecked):
             await self._gone()
             return
         kind = message["type"]
-        if kind == "http.response.body":
+        if kind in _BODY:
             if self._streaming and not await self._valid():
                 await self._gone()
                 return

@@ -663,6 +663,82 @@ def test_a_served_endless_stream_ends_without_a_server_error(
     assert "Traceback" not in log.getvalue()
 
 
+# -- files the server sends itself: the pathsend and zero-copy send extensions ---------------
+
+_FILE_SENDS = {"http.response.pathsend": {}, "http.response.zerocopysend": {}}
+
+
+def _download(tmp_path: Any) -> Starlette:
+    """``/events``: a Starlette ``FileResponse`` of four of its 64 KiB chunks."""
+    from starlette.responses import FileResponse
+
+    path = tmp_path / "download.bin"
+    path.write_bytes(b"x" * (4 * 64 * 1024))
+
+    async def download(request: Request) -> FileResponse:
+        return FileResponse(path)
+
+    return Starlette(routes=[Route("/events", download)])
+
+
+@pytest.mark.parametrize("recheck", [False, True])
+def test_a_file_response_is_sent_in_rechecked_chunks_not_by_the_server(
+    session_issuer: DevIssuer, tmp_path: Any, recheck: bool
+) -> None:
+    # A server offering http.response.pathsend (granian) sends the whole file itself once
+    # told its path: one message, past any recheck. Rechecked, the app is not offered it,
+    # and Starlette's FileResponse sends the file in chunks, each further one rechecked.
+    store = MemoryRevocationStore()
+    guard = session_issuer.guard(revocation=store)
+    token = session_issuer.mint(sub="eve", expires_in=3600, jti="eve-9")
+    guarded = _revoking(store, session_issuer.url, "eve-9", after=1)(
+        BearerGuardMiddleware(_download(tmp_path), guard=guard, stream_recheck=recheck)
+    )
+    # Under 2.4, where a FileResponse listens for no disconnect (asgi_call's would come at
+    # once): the sends after the end raise, and what that raises out of the app is absorbed.
+    scope = _spec_24(http_scope([(b"authorization", f"Bearer {token}".encode())]))
+    scope["extensions"] = _FILE_SENDS
+    with capture_logs() as audit:
+        sent = asyncio.run(asgi_call(guarded, scope))
+    refused = [(e["event"], e["reason"]) for e in audit if e["event"] != "token.accepted"]
+    if recheck:
+        # Sized: cut short after the first chunk, never ended as complete.
+        assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+        assert refused == [("token.rejected", "revoked")]
+    else:
+        assert [m["type"] for m in sent] == ["http.response.start", "http.response.pathsend"]
+        assert refused == []
+    assert len(_FILE_SENDS) == 2  # the server's own dict, left as it was
+
+
+def test_zero_copy_sends_are_rechecked_as_body_chunks(session_issuer: DevIssuer) -> None:
+    # An app that sends a file in http.response.zerocopysend parts (the server sendfile()s
+    # each): each part after one that said more would follow is a use of the token.
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=0)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        part = {"type": "http.response.zerocopysend", "file": 0, "count": 2, "more_body": True}
+        await send(part)
+        clock.advance(61)
+        await send(part)
+        await send({"type": "http.response.body", "body": b""})
+
+    guarded = BearerGuardMiddleware(app, guard=guard, stream_recheck=True)
+    scope = http_scope([(b"authorization", f"Bearer {token}".encode())], extensions=_FILE_SENDS)
+    with capture_logs() as audit:
+        sent = asyncio.run(asgi_call(guarded, scope))
+    assert [(m["type"], m.get("more_body")) for m in sent] == [
+        ("http.response.start", None),
+        ("http.response.zerocopysend", True),
+        ("http.response.body", False),  # the end, not the app's
+    ]
+    refused = [(e["event"], e["reason"]) for e in audit if e["event"] != "token.accepted"]
+    assert refused == [("token.rejected", "expired")]
+
+
 # -- WSGI: a streamed body (Flask, a plain generator) on a real werkzeug server --------------
 
 

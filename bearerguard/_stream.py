@@ -20,7 +20,7 @@ spec asks a server to catch what it raised, and not log it.
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ if sys.version_info < (3, 11):  # anyio, a dependency, brings the backport there
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse
     from starlette.types import Message, Receive, Scope, Send
 
     from bearerguard._context import RequestAuth
@@ -46,6 +47,7 @@ __all__ = [
     "STREAM_KEY",
     "RecheckedAsyncBody",
     "RecheckedBody",
+    "RecheckedSends",
     "RecheckedStream",
     "StreamEndedError",
     "absorbed",
@@ -199,6 +201,66 @@ class RecheckedStream(Rechecked):
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+class RecheckedSends:
+    """What a rechecked WSGI response sends, by either way PEP 3333 has: the ``write``
+    callable ``start_response`` returns, and the body the app returns (``RecheckedBody``).
+    The first chunk goes unchecked; each further one, written or yielded, only while the
+    token passes ``recheck_sync`` (the server has sent one chunk when it asks for the next,
+    or when ``write`` returns). The first that fails ends the response, audited once.
+
+    A write after the end raises a ``StreamEndedError`` (an ``OSError``), as a write to a
+    client that went away does: an app that streams with ``write`` stops there, and the
+    middleware absorbs what that raises out of the app (``absorbed``).
+    """
+
+    __slots__ = ("_auth", "ended", "started")
+
+    def __init__(self, auth: RequestAuth) -> None:
+        self._auth = auth
+        self.started = False  # a chunk went out
+        self.ended = False
+
+    def start_response(self, start_response: StartResponse) -> StartResponse:
+        """``start_response``, whose ``write`` callable sends only while the token passes."""
+
+        def starting(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], object]:
+            write = (
+                start_response(status, headers)
+                if exc_info is None
+                else start_response(status, headers, exc_info)
+            )
+
+            def rechecked(data: bytes) -> None:
+                if not self.passes():
+                    raise StreamEndedError("the stream was ended: its token no longer passes")
+                write(data)
+
+            return rechecked
+
+        return starting
+
+    def passes(self) -> bool:
+        """Whether a chunk may go now: the first one, or a further one while the token
+        passes; the first that fails ends the response, audited once."""
+        if self.ended:
+            return False
+        if self.started:
+            auth = self._auth
+            token = auth.token
+            assert token is not None  # noqa: S101 - only a request with a token is rechecked
+            started = perf_counter()
+            try:
+                auth.guard.recheck_sync(token)
+            except AuthError as error:
+                self.ended = True
+                auth.guard.audit.refused(error, auth, perf_counter() - started)
+                return False
+        self.started = True
+        return True
+
+
 class RecheckedBody(BodyWithAuth):
     """A WSGI response body (or a Django streaming one) whose chunks after the first reach
     the server only while the token passes ``recheck_sync``: a WSGI server has sent one
@@ -207,23 +269,26 @@ class RecheckedBody(BodyWithAuth):
     The first that fails ends the body where it stands, audited once as the ASGI stream
     is: the server sees the iteration stop, and the app's iterable is closed there (its
     clean-up runs with ``current_auth`` set), once, however often the server closes this.
+    ``sent`` is what the app's ``write`` calls sent before it returned the body, if any.
     """
 
-    __slots__ = ("_closed", "_ended", "_streaming")
+    __slots__ = ("_closed", "_sent")
 
-    def __init__(self, body: Iterable[bytes], auth: RequestAuth) -> None:
+    def __init__(
+        self, body: Iterable[bytes], auth: RequestAuth, sent: RecheckedSends | None = None
+    ) -> None:
         super().__init__(body, auth)
-        self._streaming = False
-        self._ended = False
+        self._sent = RecheckedSends(auth) if sent is None else sent
         self._closed = False
 
     def __next__(self) -> bytes:
-        if self._ended:
+        sent = self._sent
+        if sent.ended:
             raise StopIteration
         chunk = super().__next__()
-        if self._streaming and not self._valid():
+        if not sent.passes():
+            self.close()
             raise StopIteration
-        self._streaming = True
         return chunk
 
     def close(self) -> None:
@@ -231,20 +296,6 @@ class RecheckedBody(BodyWithAuth):
         if not self._closed:
             self._closed = True
             super().close()
-
-    def _valid(self) -> bool:
-        auth = self._auth
-        token = auth.token
-        assert token is not None  # noqa: S101 - only a request with a token is rechecked
-        started = perf_counter()
-        try:
-            auth.guard.recheck_sync(token)
-        except AuthError as error:
-            self._ended = True
-            auth.guard.audit.refused(error, auth, perf_counter() - started)
-            self.close()
-            return False
-        return True
 
 
 class RecheckedAsyncBody(AsyncBodyWithAuth):

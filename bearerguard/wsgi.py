@@ -32,7 +32,7 @@ from bearerguard._core.extract import (
 )
 from bearerguard._core.paths import PublicPaths
 from bearerguard._core.refusal import Refusal
-from bearerguard._stream import RecheckedBody
+from bearerguard._stream import RecheckedBody, RecheckedSends, absorbed
 from bearerguard.audit import RequestInfo
 from bearerguard.decorators import (
     app_layers,
@@ -342,7 +342,9 @@ class BearerGuardWSGIMiddleware:
             audited as one refusal. A body returned whole (a list, a Flask view's ``str``
             or ``dict``) is not rechecked; a file handed to the server's
             ``wsgi.file_wrapper`` (``send_file``) is, so the server iterates it instead of
-            sending it with ``sendfile``. Off by default.
+            sending it with ``sendfile``, and so are the chunks sent with
+            ``start_response``'s ``write``, the first failing one raising an ``OSError``
+            as for a client that went away (absorbed here). Off by default.
 
     Refusals are exactly those of the ASGI middleware (RFC 6750 §3), and so is the
     protected-resource metadata served when the guard has a ``resource`` (RFC 9728), at
@@ -513,6 +515,8 @@ class BearerGuardWSGIMiddleware:
         self, environ: WSGIEnvironment, start_response: StartResponse, auth: RequestAuth
     ) -> Iterable[bytes]:
         environ[SCOPE_KEY] = auth
+        if self.stream_recheck and auth.token is not None:
+            return self._call_rechecked(environ, start_response, auth)
         reset = current_auth.set(auth)
         try:
             body = self.app(environ, start_response)
@@ -523,21 +527,40 @@ class BearerGuardWSGIMiddleware:
         wrapper = environ.get("wsgi.file_wrapper")
         if (
             isinstance(body, list | tuple)
-            or (
-                isinstance(wrapper, type)
-                and isinstance(body, wrapper)
-                and not (self.stream_recheck and auth.token is not None)
-            )
+            or (isinstance(wrapper, type) and isinstance(body, wrapper))
             or _unstreamed_werkzeug_response(body)
         ):
             return body
-        if self.stream_recheck and auth.token is not None:
-            # Each further chunk of a streamed body is a use of the token. A file in the
-            # server's own wrapper too: handed back, the server would send it as it likes
-            # (gunicorn with sendfile), past any recheck; wrapped, the server iterates it
-            # (PEP 3333 makes it iterable), in chunks of the app's block size.
-            return RecheckedBody(body, auth)
         return BodyWithAuth(body, auth)
+
+    def _call_rechecked(
+        self, environ: WSGIEnvironment, start_response: StartResponse, auth: RequestAuth
+    ) -> Iterable[bytes]:
+        """``_call_app`` under ``stream_recheck``: each further chunk the app sends, by
+        ``write`` or in the body it returns, is a use of the token."""
+        sent = RecheckedSends(auth)
+        reset = current_auth.set(auth)
+        try:
+            body = self.app(environ, sent.start_response(start_response))
+        except Exception as error:
+            # A write after the end raised, as for a client that went away: the end is
+            # audited and the server has what was written; as a server, log nothing.
+            if not (sent.ended and absorbed(error)):
+                raise
+            return []
+        finally:
+            current_auth.reset(reset)
+        if sent.ended:  # the app caught the raise and answered: nothing more goes
+            RecheckedBody(body, auth, sent).close()
+            return []
+        if not sent.started and (
+            isinstance(body, list | tuple) or _unstreamed_werkzeug_response(body)
+        ):
+            return body  # sent whole, as without the recheck
+        # A file in the server's own wrapper too: handed back, the server would send it as
+        # it likes (gunicorn with sendfile), past any recheck; wrapped, the server iterates
+        # it (PEP 3333 makes it iterable), in chunks of the app's block size.
+        return RecheckedBody(body, auth, sent)
 
 
 def _let_in_outside(

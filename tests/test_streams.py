@@ -1013,6 +1013,82 @@ def test_a_file_wrapper_is_left_to_the_server_without_the_recheck(
     assert public(environ, lambda status, headers: None) is returned[-1]
 
 
+@pytest.mark.parametrize("server", ["wsgiref", "werkzeug"])
+def test_a_body_written_with_start_responses_write_is_rechecked(
+    session_issuer: DevIssuer, server: str
+) -> None:
+    # PEP 3333's write() callable sends past the iterable the app returns: an app that
+    # streams with it (an endless one here) ran on after its token was revoked. Its
+    # further writes are rechecked; the first that fails raises an OSError, as a write to
+    # a client that went away does, which stops the app and is absorbed.
+    from bearerguard.wsgi import BearerGuardWSGIMiddleware
+
+    store = MemoryRevocationStore()
+    guard = session_issuer.guard(revocation=store)
+    token = session_issuer.mint(sub="eve", expires_in=3600, jti="eve-10")
+    written: list[int] = []
+    stopped: list[str] = []
+
+    def writer(environ: Any, start_response: Any) -> list[bytes]:
+        write = start_response("200 OK", [("Content-Type", "text/event-stream")])
+        try:
+            while len(written) < 100_000:  # bounds only a failing test
+                write(f"data: {len(written) + 1}\n\n".encode())
+                written.append(len(written) + 1)
+                if len(written) == 2:
+                    store.revoke_token_sync("eve-10", issuer=session_issuer.url)
+        finally:
+            stopped.append("stopped")
+        return []
+
+    guarded = BearerGuardWSGIMiddleware(writer, guard=guard, stream_recheck=True)
+    headers = {"Authorization": f"Bearer {token}"}
+    with _wsgi_served(server, guarded) as client, capture_logs() as audit:
+        response = client.get("/events", headers=headers)
+        again = client.get("/events", headers=headers)
+    assert stopped == ["stopped"]
+    assert written == [1, 2]  # the third write raised
+    assert response.text == "data: 1\n\ndata: 2\n\n"
+    refused = [(e["event"], e["reason"]) for e in audit if e["event"] != "token.accepted"]
+    assert refused == [("token.rejected", "revoked"), ("token.rejected", "revoked")]
+    assert again.status_code == 401
+
+
+def test_a_body_returned_after_a_failed_write_sends_nothing(session_issuer: DevIssuer) -> None:
+    # The app catches the write's OSError (as it would a client gone) and returns a body:
+    # the stream is over, so nothing of it goes, and it is closed.
+    from bearerguard.wsgi import BearerGuardWSGIMiddleware
+
+    token = session_issuer.mint(sub="eve", expires_in=60)
+    clock = Clock()
+    guard = session_issuer.guard(clock=clock, leeway=0)
+    closed: list[str] = []
+
+    def rest() -> Iterator[bytes]:
+        try:
+            yield b"c"
+        finally:
+            closed.append("closed")
+
+    def writer(environ: Any, start_response: Any) -> Iterator[bytes]:
+        write = start_response("200 OK", [])
+        write(b"a")
+        clock.advance(61)
+        with contextlib.suppress(OSError):
+            write(b"b")
+        body = rest()
+        next(body)  # started: a generator only runs its finally once started
+        return body
+
+    guarded = BearerGuardWSGIMiddleware(writer, guard=guard, stream_recheck=True)
+    with _wsgi_served("wsgiref", guarded) as client, capture_logs() as audit:
+        response = client.get("/", headers={"Authorization": f"Bearer {token}"})
+        assert until(lambda: closed == ["closed"], 10)
+    assert response.content == b"a"
+    refused = [(e["event"], e["reason"]) for e in audit if e["event"] != "token.accepted"]
+    assert refused == [("token.rejected", "expired")]
+
+
 class _SyncStore(_Store):
     """``_Store`` with the synchronous side WSGI asks."""
 

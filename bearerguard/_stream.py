@@ -1,6 +1,6 @@
 """A streamed HTTP response's token, checked again at each body chunk (``stream_recheck``):
 an ASGI response's ``send`` (``RecheckedStream``), a WSGI or Django body (``RecheckedBody``,
-``RecheckedAsyncBody``).
+``RecheckedAsyncBody``) and a WSGI app's ``write`` (``RecheckedSends``).
 
 A request is authenticated when it arrives, and its response may then stream for hours:
 Server-Sent Events, an MCP session's GET stream, a long download. Each chunk after the

@@ -404,4 +404,4 @@ def _key_set_age(guard: BearerGuard) -> float:
     age = guard.key_set_age()
     if age is not None:
         return age
-    return 0.0 if guard._fetcher is None else math.inf
+    return 0.0 if guard._refresher.fetcher is None else math.inf

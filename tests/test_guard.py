@@ -655,8 +655,8 @@ async def test_async_kid_miss_waits_for_a_threads_fetch_instead_of_fetching(
     await guard.warm_up()
     clock.advance(31)
     guard._keys.record_attempt(clock())  # a thread's fetch starts now, holding the lock
-    guard._fetch_lock.acquire()
-    threading.Timer(0.2, guard._fetch_lock.release).start()
+    guard._refresher._fetch_lock.acquire()
+    threading.Timer(0.2, guard._refresher._fetch_lock.release).start()
     started = time.monotonic()
     for kid in ("random-1", "random-2", "random-3"):
         with pytest.raises(UnknownKeyError):

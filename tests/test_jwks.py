@@ -963,7 +963,7 @@ def test_a_fetch_left_in_an_event_loop_closed_without_cancelling_it_is_dropped(
     # Fetched afresh: not refused after waiting for the abandoned fetch.
     assert asyncio.run(guard.authenticate(token)).subject == "user-1"
     # Neither closed loop's task is held any longer.
-    assert not guard._fetch_tasks
+    assert not guard._refresher._fetch_tasks
     assert dev.fetch_count() == 3
 
 
@@ -1018,7 +1018,7 @@ def test_two_loops_dropping_the_same_abandoned_fetch_at_once(
             closed = super().is_closed()
             if closed and not self.other_thread_done:
                 self.other_thread_done = True
-                guard._drop_abandoned_fetches()  # the other loop's refresh, in between
+                guard._refresher._drop_abandoned_fetches()  # the other loop's refresh, in between
             return closed
 
     async def leave() -> None:
@@ -1034,7 +1034,7 @@ def test_two_loops_dropping_the_same_abandoned_fetch_at_once(
     serve_jwks(dev)
     assert asyncio.run(guard.authenticate(token)).subject == "user-1"
     assert loop.other_thread_done
-    assert not guard._fetch_tasks
+    assert not guard._refresher._fetch_tasks
 
 
 def test_tokens_of_a_new_key_wait_for_another_threads_fetch(

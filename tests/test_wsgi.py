@@ -443,7 +443,9 @@ def test_a_set_installed_during_a_reuse_check_is_never_stamped_unchecked(
         if event == "line" and frame.f_lineno == stamp:
             sys.settrace(previous)
             frame.f_trace = None
-            worker = threading.Thread(target=guard._refresh_sync, kwargs={"unknown_kid": True})
+            worker = threading.Thread(
+                target=guard._refresher.refresh_sync, kwargs={"unknown_kid": True}
+            )
             worker.start()  # another request's refresh: the set without the old key
             worker.join()
         return local

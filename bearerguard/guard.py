@@ -24,13 +24,13 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from bearerguard._binding import check_certificate, check_dpop_binding, replay_failed
 from bearerguard._core.claims import (
     ClaimCheck,
     ClaimsPolicy,
     check_still_valid,
     validate_claims,
 )
-from bearerguard._core.dpop import check_proof
 from bearerguard._core.extract import (
     DEFAULT_MAX_TOKEN_BYTES,
     check_b64token,
@@ -54,7 +54,6 @@ from bearerguard._core.keys import (
     key_from_secret,
     verify_signature,
 )
-from bearerguard._core.mtls import check_certificate_binding
 from bearerguard._core.scopes import ScopeImplications, parse_scope_claim_paths, read_scopes
 from bearerguard._core.times import check_count, check_seconds
 from bearerguard._failures import traceback_text
@@ -79,18 +78,14 @@ from bearerguard.dpop import DPoPPolicy, DPoPRequest
 from bearerguard.errors import (
     AuthError,
     BadSignatureError,
-    CertificateBindingError,
     ConfigurationError,
     InvalidDPoPProofError,
-    InvalidTokenError,
     KeySetUnavailableError,
     MalformedTokenError,
-    ReplayStoreError,
     RevocationStoreError,
     RevokedTokenError,
     UnknownKeyError,
     UnsupportedAlgorithmError,
-    UseDPoPNonceError,
 )
 from bearerguard.introspection import Introspector
 from bearerguard.jwks import FetchPolicy, check_issuer
@@ -701,9 +696,11 @@ class BearerGuard:
                     verified = self._verify_jws(jws, credentials, refreshed=True)
                 access = verified.token
             policy = self.dpop
-            replay = None if policy is None else self._check_binding(access, dpop)
+            replay = (
+                None if policy is None else check_dpop_binding(policy, access, dpop, self.clock)
+            )
             if self.mtls is not None:
-                held = self._check_certificate(access, certificate)
+                held = check_certificate(self.mtls, access, certificate)
             try:
                 if self._revoked_now is not None:  # a store that never blocks: no coroutine
                     revoked = self._revoked_now(access)
@@ -714,11 +711,11 @@ class BearerGuard:
             else:
                 if revoked:
                     self._revoked(access)
-            if policy is not None and replay is not None:  # last, as _check_binding says
+            if policy is not None and replay is not None:  # last, as check_dpop_binding says
                 try:
                     first = await policy.replay.first_use(*replay)
                 except Exception as exc:  # noqa: BLE001 - any store failure: fail closed
-                    self._replay_failed(access, exc)
+                    replay_failed(access, exc)
                 if not first:
                     raise InvalidDPoPProofError("proof jti replayed")
             if self.usage is not None:
@@ -814,9 +811,11 @@ class BearerGuard:
                     verified = self._verify_jws(jws, credentials, refreshed=True)
                 access = verified.token
             policy = self.dpop
-            replay = None if policy is None else self._check_binding(access, dpop)
+            replay = (
+                None if policy is None else check_dpop_binding(policy, access, dpop, self.clock)
+            )
             if self.mtls is not None:
-                held = self._check_certificate(access, certificate)
+                held = check_certificate(self.mtls, access, certificate)
             # Outside the failure policy: a store without a synchronous side is a
             # configuration mistake, never an outage ("allow" let every token through).
             store = self.require_sync_revocation()
@@ -827,11 +826,11 @@ class BearerGuard:
             else:
                 if revoked:
                     self._revoked(access)
-            if policy is not None and replay is not None:  # last, as _check_binding says
+            if policy is not None and replay is not None:  # last, as check_dpop_binding says
                 try:
                     first = policy.replay.first_use_sync(*replay)
                 except Exception as exc:  # noqa: BLE001 - any store failure: fail closed
-                    self._replay_failed(access, exc)
+                    replay_failed(access, exc)
                 if not first:
                     raise InvalidDPoPProofError("proof jti replayed")
             if self.usage is not None:
@@ -856,88 +855,6 @@ class BearerGuard:
         except AuthError as exc:
             exc.token = token
             raise
-
-    @staticmethod
-    def _replay_failed(access: AccessToken, exc: Exception) -> NoReturn:
-        # A store refusing one proof (a key over its share) is that client's 401, not a 503.
-        if isinstance(exc, ReplayStoreError | InvalidDPoPProofError):
-            raise exc
-        # The application's store may quote the token: redacted before the cut, as in
-        # _revocation_failed (a token cut in two is no longer found).
-        detail = redact_token(f"{type(exc).__name__}: {exc}", access.raw)
-        raise ReplayStoreError(detail[:200]) from exc
-
-    def _check_binding(
-        self, access: AccessToken, request: DPoPRequest | None
-    ) -> tuple[str, float] | None:
-        """RFC 9449 checks for this request, whether the token came from the cache or not.
-
-        Returns the replay-store key and lifetime of the proof's ``jti``, or ``None`` for a
-        request with the Bearer scheme (allowed only for unbound tokens, in "allowed" mode).
-        The caller records the key after the certificate and revocation checks: a revoked
-        token, or one without its certificate, would otherwise fill a bounded store with its
-        proofs, and every other client would be answered 503 (RFC 9449 §11.1).
-        """
-        policy = self.dpop
-        assert policy is not None  # noqa: S101 - only called when DPoP is configured
-        cnf = access.claims.get("cnf")
-        jkt = cnf.get("jkt") if isinstance(cnf, Mapping) else None
-        if request is None or request.scheme == "bearer":
-            if policy.mode == "required":
-                raise InvalidTokenError("Bearer scheme used where DPoP is required")
-            if isinstance(cnf, Mapping) and "jkt" in cnf:  # even "jkt": null
-                # RFC 9449 §7.2: a DPoP-bound token must not be accepted as a bearer token.
-                raise InvalidTokenError("DPoP-bound token presented with the Bearer scheme")
-            return None
-        if not request.proofs:
-            raise InvalidDPoPProofError("no DPoP proof header")
-        if len(request.proofs) > 1:
-            raise InvalidDPoPProofError("several DPoP proof headers")  # RFC 9449 §4.3 step 1
-        now = self.clock()
-        try:
-            proof = check_proof(
-                request.proofs[0],
-                method=request.method,
-                url=request.url,
-                access_token=access.raw,
-                now=now,
-                algorithms=policy.allowed,
-                iat_window=policy.iat_window,
-                leeway=policy.leeway,
-            )
-        except AuthError:
-            raise
-        except Exception as exc:
-            raise InvalidDPoPProofError(f"unexpected {type(exc).__name__} in the proof") from exc
-        if policy.nonce is not None and (
-            proof.nonce is None or not policy.nonce.is_valid(proof.nonce, now)
-        ):
-            raise UseDPoPNonceError(policy.nonce.issue(now), "proof without a current nonce")
-        if not isinstance(jkt, str):
-            raise InvalidTokenError("DPoP scheme used with a token that is not DPoP-bound")
-        if jkt != proof.thumbprint:
-            raise InvalidDPoPProofError("the proof key is not the key the token is bound to")
-        ttl = max(proof.issued_at + policy.iat_window + policy.leeway - now, 1.0)
-        return f"{proof.thumbprint}:{proof.jti}", ttl
-
-    def _check_certificate(self, access: AccessToken, certificate: bytes | None) -> bool:
-        """RFC 8705 §3 for this request, whether the token came from the cache or not.
-
-        Returns whether the token is certificate-bound (its binding held): a later refusal
-        (revoked, the store down) is audited with ``binding="mtls"``, as its acceptance is.
-        """
-        policy = self.mtls
-        assert policy is not None  # noqa: S101 - only called when mTLS is configured
-        try:
-            bound = check_certificate_binding(access.claims, certificate)
-        except CertificateBindingError as exc:
-            exc.binding, exc.token = "mtls", access
-            raise
-        if policy.required and not bound:
-            refusal = CertificateBindingError("token not certificate-bound where mTLS is required")
-            refusal.binding, refusal.token = "mtls", access
-            raise refusal
-        return bound
 
     def _cached(self, credentials: bytes) -> Verified | None:
         """The cache entry for ``credentials`` if it may still be used, counted as a hit or miss."""

@@ -1491,7 +1491,7 @@ class QuotingStore:
 def test_a_replay_store_failure_quoting_the_token_is_audited_without_it(
     stack: str, session_issuer: DevIssuer, holder: Holder, at: int
 ) -> None:
-    # _replay_failed cut the message to 200 characters before the audit log looked for the
+    # replay_failed cut the message to 200 characters before the audit log looked for the
     # token: a token straddling the cut was no longer found, and its start (its header, part
     # of its payload) went to auth.unavailable.
     token = bound(session_issuer, holder)

@@ -9,7 +9,6 @@ the revocation store is synchronous, sans-I/O code from ``bearerguard._core``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import logging
 import math
@@ -19,10 +18,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from numbers import Real
 from typing import Any, Literal, NoReturn
-
-import anyio
-import anyio.lowlevel
-import anyio.to_thread
 
 from bearerguard._binding import check_certificate, check_dpop_binding, replay_failed
 from bearerguard._core.claims import (
@@ -73,6 +68,7 @@ from bearerguard._guard_options import (
     _usage_monitor,
 )
 from bearerguard._keyrefresh import KeyRefresher
+from bearerguard._usage_watch import UsageWatch
 from bearerguard.audit import AuditLog, RequestInfo, token_fields
 from bearerguard.dpop import DPoPPolicy, DPoPRequest
 from bearerguard.errors import (
@@ -93,7 +89,6 @@ from bearerguard.metadata import ResourceMetadata
 from bearerguard.metrics import (
     CACHE,
     REVOCATION_FAILURES,
-    USAGE_UNMONITORED,
     MetricsHook,
     count,
 )
@@ -104,12 +99,7 @@ from bearerguard.revocation.protocol import RevocationStore, SyncRevocationStore
 from bearerguard.token import AccessToken, token_fingerprint
 from bearerguard.usage import (
     SyncUsageMonitor,
-    UsageAnomalyError,
     UsageMonitor,
-    UsageVerdict,
-    consequence,
-    usage_failed,
-    usage_failures,
 )
 
 __all__ = ["DEFAULT_ALGORITHMS", "BearerGuard"]
@@ -494,10 +484,6 @@ class BearerGuard:
                 f"UsagePolicy(action='revoke') needs a revocation store with revoke_token; "
                 f"{type(store).__name__} has none (use action='reject')"
             )
-        self._async_usage = self.usage if isinstance(self.usage, UsageMonitor) else None
-        self._sync_usage = self.usage if isinstance(self.usage, SyncUsageMonitor) else None
-        self._usage_name = str(getattr(self.usage, "name", type(self.usage).__name__))
-        self._usage_failures = usage_failures()
         self._store_name = str(getattr(self.revocation, "name", type(self.revocation).__name__))
         strict = profile == "rfc9068"
         self._policy = ClaimsPolicy(
@@ -556,6 +542,14 @@ class BearerGuard:
         )
         self.audit = AuditLog(
             sample_accepted=audit_sample_accepted, logger=audit_logger, metrics=metrics
+        )
+        # Each accepted token's use observed, and its verdict applied (bearerguard.usage).
+        self._usage_watch = (
+            None
+            if self.usage is None
+            else UsageWatch(
+                self.usage, revocation=self.revocation, audit=self.audit, metrics=metrics
+            )
         )
         if dpop is not None and not isinstance(dpop, DPoPPolicy):
             raise ConfigurationError("dpop must be a DPoPPolicy")
@@ -718,8 +712,8 @@ class BearerGuard:
                     replay_failed(access, exc)
                 if not first:
                     raise InvalidDPoPProofError("proof jti replayed")
-            if self.usage is not None:
-                await self._observe(access, client, request)
+            if self._usage_watch is not None:
+                await self._usage_watch.observe(access, client, request)
         except AuthError as exc:
             _describe_refusal(exc, credentials, access, dpop, held=held)
             raise
@@ -833,8 +827,8 @@ class BearerGuard:
                     replay_failed(access, exc)
                 if not first:
                     raise InvalidDPoPProofError("proof jti replayed")
-            if self.usage is not None:
-                self._observe_sync(access, client, request)
+            if self._usage_watch is not None:
+                self._usage_watch.observe_sync(access, client, request)
         except AuthError as exc:
             _describe_refusal(exc, credentials, access, dpop, held=held)
             raise
@@ -1083,55 +1077,6 @@ class BearerGuard:
         refusal.store = self._store_name
         raise refusal
 
-    def _usage_consequence(
-        self, access: AccessToken, verdict: UsageVerdict, request: RequestInfo | None
-    ) -> str:
-        """What a usage verdict means for this request; records the anomaly once a window."""
-        decided = consequence(verdict)
-        if decided != "allow" and verdict.first:
-            self.audit.anomaly(access, request or _UNKNOWN_REQUEST, verdict)
-        return decided
-
-    async def _observe(
-        self, access: AccessToken, client: str | None, request: RequestInfo | None
-    ) -> None:
-        usage = self._async_usage
-        sync_usage = self._sync_usage
-        monitor = usage or sync_usage
-        assert monitor is not None  # noqa: S101 - only called with a usage monitor
-        try:
-            if usage is not None:
-                verdict = await usage.observe(access, client)
-            else:
-                # A monitor with only the synchronous side (SyncUsageMonitor) is accepted at
-                # construction: it runs in a worker thread rather than failing every request.
-                assert sync_usage is not None  # noqa: S101 - usage is one or the other
-                verdict = await anyio.to_thread.run_sync(sync_usage.observe_sync, access, client)
-        except Exception as exc:  # noqa: BLE001 - the monitor's own failure policy decides
-            usage_failed(monitor.policy, exc, self._usage_failures, token=access)  # deny: raises
-            count(self.metrics, USAGE_UNMONITORED, {"monitor": self._usage_name})
-            return
-        if self._usage_failures.failing:
-            self._usage_failures.recovered()
-        decided = self._usage_consequence(access, verdict, request)
-        if decided == "revoke":
-            try:
-                revoke = getattr(self.revocation, "revoke_token", None)
-                if callable(revoke):
-                    await revoke(access.token_id, access.expires_at, issuer=access.issuer)
-                else:
-                    # __init__ accepts a store with only revoke_token_sync: in a worker thread.
-                    revoke_sync = getattr(self.revocation, "revoke_token_sync")  # noqa: B009
-                    await anyio.to_thread.run_sync(
-                        functools.partial(
-                            revoke_sync, access.token_id, access.expires_at, issuer=access.issuer
-                        )
-                    )
-            except Exception as exc:  # noqa: BLE001 - the token is refused all the same
-                _log.warning("bearerguard: revoking a misused token failed: %r", exc)
-        if decided in ("reject", "revoke"):
-            raise UsageAnomalyError.of(verdict, access)
-
     # -- the synchronous I/O edge ---------------------------------------------------------
 
     def require_sync_side(self) -> None:
@@ -1149,9 +1094,7 @@ class BearerGuard:
                 f"{type(self.revocation).__name__} has no synchronous client: give it url= "
                 "or client= for WSGI"
             )
-        if self.usage is not None and (
-            self._sync_usage is None or getattr(self.usage, "synchronous", True) is False
-        ):
+        if self._usage_watch is not None and not self._usage_watch.has_sync_side():
             raise ConfigurationError("the usage monitor has no synchronous side (observe_sync)")
         if (
             self.usage is not None
@@ -1238,31 +1181,6 @@ class BearerGuard:
         key, key_set = self._select_key(jws, refreshed=refreshed)
         if not verify_signature(key, jws.alg, jws.signing_input, jws.signature):
             self._another_key(jws, key, key_set, refreshed=refreshed)
-
-    def _observe_sync(
-        self, access: AccessToken, client: str | None, request: RequestInfo | None
-    ) -> None:
-        usage = self._sync_usage
-        if usage is None:
-            raise ConfigurationError("the usage monitor has no synchronous side (observe_sync)")
-        try:
-            verdict = usage.observe_sync(access, client)
-        except Exception as exc:  # noqa: BLE001 - the monitor's own failure policy decides
-            usage_failed(usage.policy, exc, self._usage_failures, token=access)  # deny: raises
-            count(self.metrics, USAGE_UNMONITORED, {"monitor": self._usage_name})
-            return
-        if self._usage_failures.failing:
-            self._usage_failures.recovered()
-        decided = self._usage_consequence(access, verdict, request)
-        if decided == "revoke":
-            try:
-                getattr(self.revocation, "revoke_token_sync")(  # noqa: B009 - not in the protocol
-                    access.token_id, access.expires_at, issuer=access.issuer
-                )
-            except Exception as exc:  # noqa: BLE001 - the token is refused all the same
-                _log.warning("bearerguard: revoking a misused token failed: %r", exc)
-        if decided in ("reject", "revoke"):
-            raise UsageAnomalyError.of(verdict, access)
 
     # -- lifecycle ------------------------------------------------------------------------
 

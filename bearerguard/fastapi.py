@@ -32,6 +32,8 @@ multipart uploads included: for upload routes put the middleware in front, which
 before reading any. Refusals are RFC 6750 answers; without the
 middleware, ``install(app)`` is what gives them the RFC 6750 JSON body (FastAPI's default
 handler would answer ``{"detail": ...}``, with the right status and challenge).
+
+What ``app.openapi()`` says of the scheme is written by ``bearerguard._openapi``.
 """
 
 from __future__ import annotations

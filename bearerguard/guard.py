@@ -4,6 +4,11 @@ The flow for a token: a cache lookup by a hash of the token's end; on a miss, st
 key selection (fetching the JWK Set only when the cache says so), signature verification,
 claim validation; then, hit or miss, the revocation check. Everything but the key fetch and
 the revocation store is synchronous, sans-I/O code from ``bearerguard._core``.
+
+Around the flow, each in a module of its own: the constructor's argument checks
+(``_guard_options``), fetching the key set (``_keyrefresh.KeyRefresher``), a bound token's
+DPoP proof and client certificate (``_binding``), and usage monitoring's verdicts
+(``_usage_watch.UsageWatch``).
 """
 
 from __future__ import annotations

@@ -209,7 +209,11 @@ def _certificate_binding(mtls: object) -> CertificateBinding | None:
 def _audiences(audience: str | Sequence[str] | None, resource: str | None) -> tuple[str, ...]:
     if audience is None:
         if resource is None:
-            raise ConfigurationError("give the audience, or the resource (RFC 8707) as audience")
+            raise ConfigurationError(
+                "give audience= (the aud your API is registered as at the issuer, e.g. "
+                'audience="https://api.example"), or resource= (RFC 8707), which serves '
+                "as the audience"
+            )
         return _resource_audiences(resource)
     if not isinstance(audience, str | Iterable):
         raise ConfigurationError(

@@ -273,7 +273,7 @@ def test_a_resource_with_a_port_in_another_form_than_clients_send_is_refused(
         ({"resource": "https://api.example/mcp?tenant=a"}, "query"),
         ({"resource": "https://API.example/mcp"}, "lower-case"),
         ({"audience": "a", "resource_metadata": ResourceMetadata()}, "needs resource"),
-        ({}, "give the audience"),
+        ({}, "give audience= .the aud your API is registered as"),
         (
             {
                 "resource": "https://api.example",

@@ -66,14 +66,16 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}  # RFC 9110 §4.2.1, §4.2.2
 
 def _authority(host: str) -> tuple[str, int | None] | None:
     """A ``Host`` value as its lower-cased name and its port (``None`` if not given), or
-    ``None`` if it is not one (RFC 9110 §7.2). Names compare case-insensitively (RFC 3986
-    §3.2.2); an empty port is no port (§6.2.3)."""
+    ``None`` if it is not one (RFC 9110 §7.2) or its port is out of range. Names compare
+    case-insensitively (RFC 3986 §3.2.2); an empty port is no port (§6.2.3)."""
     if not host or not _HOST.fullmatch(host):
         return None
     name, colon, port = host.rpartition(":")
     if not colon or "]" in port:  # no port; or the colon was inside an IPv6 literal
         name, port = host, ""
-    if not name:
+    # No port has more than five digits (0-65535, RFC 6335 §6); past 4,300 int() would
+    # raise (CPython's conversion limit), and the Host is the client's.
+    if not name or len(port) > 5 or (port and int(port) > 65535):
         return None
     return name.lower(), int(port) if port else None
 

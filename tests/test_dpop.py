@@ -1088,6 +1088,24 @@ def test_a_proof_made_for_another_host_is_refused_once_the_apis_hosts_are_listed
         assert call("GET", "/me", headers=headers).status_code == 401
 
 
+def test_a_host_with_a_port_too_long_for_a_port_is_refused_not_a_500(
+    stack: str, session_issuer: DevIssuer, holder: Holder
+) -> None:
+    # RFC 9110 §7.2 lets port be any run of digits; past 4,300 of them int() raises
+    # ValueError (CPython's conversion limit). No port has more than five digits (0-65535).
+    token = bound(session_issuer, holder)
+    guard = session_issuer.guard(in_process=True, dpop=DPoPPolicy(hosts=["b.example"]))
+    for call in open_client(stack, guard, base_url="https://b.example"):
+        for port in ("9" * 5000, "0" * 4400 + "443", "65536"):
+            host = f"b.example:{port}"
+            proof = holder.proof(token, url=f"https://{host}/me")
+            headers = {**dpop(token, proof), "Host": host}
+            assert call("GET", "/me", headers=headers).status_code == 401, port[:8]
+    for port in ("9" * 5000, "65536"):
+        with pytest.raises(ConfigurationError, match="hosts"):
+            DPoPPolicy(hosts=[f"b.example:{port}"])
+
+
 def test_listed_hosts_are_matched_per_scheme_and_port() -> None:
     policy = DPoPPolicy(hosts=("API.example.com", "[::1]:8000", "localhost:443"))
     assert policy.hosts == frozenset({"api.example.com", "[::1]:8000", "localhost:443"})
